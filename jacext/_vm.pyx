@@ -1,0 +1,763 @@
+# cython: language_level=3, cdivision=True
+"""Function: a compiled tape and the thin layer between NumPy and the C VM.
+
+The tape is checked once, when the Function is made (``jx_tape_check``); the
+sweeps then run unchecked with the GIL released for anything but the smallest
+tapes.  Arguments are checked and converted here, before C sees a pointer;
+C returns status codes and this layer raises.
+
+Function lives in Cython rather than in api.py because its single-point path
+(``F.jacobian(x, out=J)``) must cost well under a microsecond: one Python call
+into a typed method, no Python frames in between.
+"""
+import os
+
+import numpy as np
+cimport numpy as cnp
+from libc.stdint cimport int32_t
+from libc.stdlib cimport free, malloc
+
+from jacext.errors import JacextError
+
+cnp.import_array()
+
+cdef extern from "vm.h" nogil:
+    int JX_OK, JX_ENOMEM, JX_EBADTAPE, JX_EARG, JX_ETHREAD
+    int JX_MAX_LANES, JX_MODE_FORWARD, JX_MODE_REVERSE
+    int JX_TASK_VALUE, JX_TASK_JACOBIAN, JX_TASK_JVP, JX_TASK_VJP
+    int JX_OP_MASK, JX_A_IMM, JX_B_IMM, JX_N_OPS
+    const char *jx_op_names[]
+    const int jx_op_arity[]
+
+    ctypedef struct jx_tape:
+        int32_t n_instr, n_slots, n_in, n_out, n_const
+        const int32_t *op
+        const int32_t *dst
+        const int32_t *a
+        const int32_t *b
+        const double *imm
+        const int32_t *out_slot
+        const double *const_value
+
+    ctypedef struct jx_work:
+        int32_t lanes
+        double *value
+
+    ctypedef struct jx_batch:
+        int task, mode
+        const int32_t *cols
+        int32_t n_cols
+        Py_ssize_t n_points
+        const double *x
+        const double *seed
+        double *y
+        double *out
+
+    int jx_tape_check(const jx_tape *t)
+    int jx_work_init(jx_work *w, const jx_tape *t, int32_t lanes)
+    void jx_work_free(jx_work *w)
+    int jx_point_jacobian(const jx_tape *t, jx_work *w, const double *x, double *y,
+                          double *jac, const int32_t *cols, int32_t n_cols, int mode)
+    int jx_point_value(const jx_tape *t, jx_work *w, const double *x, double *y)
+    int jx_point_jvp(const jx_tape *t, jx_work *w, const double *x, const double *v,
+                     double *y, double *ydot)
+    int jx_point_vjp(const jx_tape *t, jx_work *w, const double *x, const double *u,
+                     double *y, double *xbar)
+    int jx_batch_run(const jx_tape *t, const jx_batch *job, int n_threads)
+    double jx_op_value(int op, double a, double b, double s)
+    void jx_op_partials(int op, double a, double b, double s, double *d0, double *d1)
+
+
+def op_value(int op, double a, double b=0.0, double s=0.0):
+    """The C value of one op on scalars (for tests and tools)."""
+    if op < 0 or op >= JX_N_OPS:
+        raise ValueError(f"no op number {op}")
+    return jx_op_value(op, a, b, s)
+
+
+def op_partials(int op, double a, double b=0.0, double s=0.0):
+    """The C local partials (d0, d1) of one op on scalars."""
+    cdef double d0, d1
+    if op < 0 or op >= JX_N_OPS:
+        raise ValueError(f"no op number {op}")
+    jx_op_partials(op, a, b, s, &d0, &d1)
+    return d0, d1
+
+
+cdef int _raise_status(int st) except -1:
+    if st == JX_OK:
+        return 0
+    if st == JX_ENOMEM:
+        raise MemoryError("jacext: out of memory for the work arrays of this evaluation")
+    if st == JX_ETHREAD:
+        raise RuntimeError("jacext: could not start worker threads")
+    if st == JX_EBADTAPE:
+        raise ValueError("jacext: the tape is corrupt (an index out of range or an unknown op)")
+    raise ValueError(f"jacext: invalid arguments to the VM (status {st})")
+
+
+# Below this much work (instructions x lanes) the GIL is kept: releasing and
+# taking it back costs more than the sweep itself.
+DEF NOGIL_WORK = 4096
+# Batches: points per thread below which no thread is started.
+DEF MIN_WORK_PER_THREAD = 200000
+
+_MODES = {"forward": 1, "reverse": 2}
+
+
+cdef inline bint _shape_is(cnp.ndarray a, tuple shape):
+    cdef int k, nd = cnp.PyArray_NDIM(a)
+    cdef cnp.npy_intp *dims = cnp.PyArray_DIMS(a)
+    if nd != len(shape):
+        return False
+    for k in range(nd):
+        if dims[k] != <cnp.npy_intp>shape[k]:
+            return False
+    return True
+
+
+def _shape_str(shape):
+    return "(" + ", ".join(str(int(d)) for d in shape) + ("," if len(shape) == 1 else "") + ")"
+
+
+def _physical_memory():
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 62
+
+
+cdef class Function:
+    """A traced and compiled function: values, Jacobians, jvp and vjp.
+
+    Made by :func:`jacext.compile`.  The tape is immutable; each call uses its
+    own work memory, so one Function may be shared across threads, and it
+    pickles as plain arrays.
+    """
+
+    cdef jx_tape tape
+    cdef dict _arrays
+    cdef readonly tuple arg_shapes
+    cdef readonly tuple out_shapes
+    cdef readonly bint out_is_tuple
+    cdef readonly str name
+    cdef tuple _arg_sizes
+    cdef tuple _arg_offsets
+    cdef tuple _out_offsets
+    cdef dict _cols
+    cdef jx_work _work
+    cdef bint _work_busy
+    cdef bint _has_work
+    cdef tuple _single_shape      # the one argument's shape, or None
+    cdef tuple _single_jac_shape   # out_shape + arg_shape when both are single
+    cdef cnp.ndarray _cols0
+
+    def __cinit__(self):
+        self._has_work = False
+        self._work_busy = False
+
+    def __init__(self, dict tape, tuple arg_shapes, tuple out_shapes, bint out_is_tuple,
+                 str name="f"):
+        cdef dict arrays = {}
+        for key, dtype in (("op", np.int32), ("dst", np.int32), ("a", np.int32), ("b", np.int32),
+                           ("imm", np.float64), ("out_slot", np.int32),
+                           ("const_value", np.float64)):
+            arr = np.ascontiguousarray(tape[key], dtype=dtype)
+            arr.setflags(write=False)
+            arrays[key] = arr
+        n_instr = arrays["op"].shape[0]
+        for key in ("dst", "a", "b", "imm"):
+            if arrays[key].shape[0] != n_instr:
+                raise ValueError(f"jacext: corrupt tape: '{key}' has {arrays[key].shape[0]} "
+                                 f"entries for {n_instr} instructions")
+        self._arrays = arrays
+        self.arg_shapes = tuple(tuple(int(d) for d in s) for s in arg_shapes)
+        self.out_shapes = tuple(tuple(int(d) for d in s) for s in out_shapes)
+        self.out_is_tuple = out_is_tuple
+        self.name = name
+        sizes = tuple(int(np.prod(s, dtype=np.int64)) for s in self.arg_shapes)
+        self._arg_sizes = sizes
+        self._arg_offsets = tuple(int(v) for v in np.concatenate([[0], np.cumsum(sizes)]))
+        out_sizes = [int(np.prod(s, dtype=np.int64)) for s in self.out_shapes]
+        self._out_offsets = tuple(int(v) for v in np.concatenate([[0], np.cumsum(out_sizes)]))
+        n_in = int(tape["n_in"])
+        if n_in != self._arg_offsets[-1]:
+            raise ValueError("jacext: corrupt tape: input count differs from the argument shapes")
+        if arrays["out_slot"].shape[0] != self._out_offsets[-1]:
+            raise ValueError("jacext: corrupt tape: output count differs from the output shapes")
+        if not out_is_tuple and len(self.out_shapes) != 1:
+            raise ValueError("jacext: a single output needs exactly one output shape")
+
+        self.tape.n_instr = <int32_t>n_instr
+        self.tape.n_slots = <int32_t>int(tape["n_slots"])
+        self.tape.n_in = <int32_t>n_in
+        self.tape.n_out = <int32_t>arrays["out_slot"].shape[0]
+        self.tape.n_const = <int32_t>arrays["const_value"].shape[0]
+        self.tape.op = <const int32_t *>cnp.PyArray_DATA(arrays["op"])
+        self.tape.dst = <const int32_t *>cnp.PyArray_DATA(arrays["dst"])
+        self.tape.a = <const int32_t *>cnp.PyArray_DATA(arrays["a"])
+        self.tape.b = <const int32_t *>cnp.PyArray_DATA(arrays["b"])
+        self.tape.imm = <const double *>cnp.PyArray_DATA(arrays["imm"])
+        self.tape.out_slot = <const int32_t *>cnp.PyArray_DATA(arrays["out_slot"])
+        self.tape.const_value = <const double *>cnp.PyArray_DATA(arrays["const_value"])
+        _raise_status(jx_tape_check(&self.tape))
+        self._cols = {}
+        self._single_shape = self.arg_shapes[0] if len(self.arg_shapes) == 1 else None
+        if self._single_shape is not None and not out_is_tuple:
+            self._single_jac_shape = self.out_shapes[0] + self._single_shape
+        else:
+            self._single_jac_shape = None
+        self._cols0 = self._columns(0)
+
+    def __dealloc__(self):
+        if self._has_work:
+            jx_work_free(&self._work)
+
+    def __reduce__(self):
+        tape = dict(self._arrays)
+        tape["n_in"] = int(self.tape.n_in)
+        tape["n_slots"] = int(self.tape.n_slots)
+        return (Function, (tape, self.arg_shapes, self.out_shapes, self.out_is_tuple, self.name))
+
+    # ---- facts ----
+
+    @property
+    def n_instructions(self):
+        """Instructions on the tape."""
+        return int(self.tape.n_instr)
+
+    @property
+    def n_slots(self):
+        """Work slots one evaluation needs (inputs, constants, temporaries)."""
+        return int(self.tape.n_slots)
+
+    @property
+    def n_inputs(self):
+        return int(self.tape.n_in)
+
+    @property
+    def n_outputs(self):
+        return int(self.tape.n_out)
+
+    def tape_arrays(self):
+        """The tape as read-only NumPy arrays (op, dst, a, b, imm, out_slot, const_value)."""
+        return dict(self._arrays)
+
+    def __repr__(self):
+        ins = ", ".join(_shape_str(s) for s in self.arg_shapes)
+        outs = ", ".join(_shape_str(s) for s in self.out_shapes)
+        if self.out_is_tuple:
+            outs = "(" + outs + ("," if len(self.out_shapes) == 1 else "") + ")"
+        return (f"<jacext.Function {self.name}: inputs {ins} -> outputs {outs}; "
+                f"{self.tape.n_instr} instructions, {self.tape.n_slots} work slots "
+                f"({self.tape.n_in} inputs, {self.tape.n_const} constants)>")
+
+    def disassemble(self, file=None):
+        """Print the tape, one instruction a line (to ``file``, default stdout)."""
+        import sys
+        lines = [f"; {self!r}"]
+        ops = self._arrays["op"]
+        dst = self._arrays["dst"]
+        a = self._arrays["a"]
+        b = self._arrays["b"]
+        imm = self._arrays["imm"]
+        n_in = self.tape.n_in
+        for k, v in enumerate(self._arrays["const_value"]):
+            lines.append(f"       s{n_in + k} = {float(v)!r}")
+        for i in range(self.tape.n_instr):
+            word = int(ops[i])
+            op = word & JX_OP_MASK
+            name = jx_op_names[op].decode()
+            if jx_op_arity[op] == 3:
+                args = f"s{int(imm[i])} ? s{a[i]} : s{b[i]}"
+            elif jx_op_arity[op] == 1:
+                args = f"s{a[i]}"
+            elif word & JX_A_IMM:
+                args = f"{float(imm[i])!r}, s{b[i]}"
+            elif word & JX_B_IMM:
+                args = f"s{a[i]}, {float(imm[i])!r}"
+            else:
+                args = f"s{a[i]}, s{b[i]}"
+            lines.append(f"{i:6d} s{dst[i]} = {name} {args}")
+        outs = self._arrays["out_slot"]
+        lines.append("; outputs: " + " ".join(f"s{int(s)}" for s in outs))
+        print("\n".join(lines), file=file if file is not None else sys.stdout)
+
+    # ---- helpers ----
+
+    cdef cnp.ndarray _columns(self, argnums):
+        """Input indices (int32) of the selected arguments, cached per argnums."""
+        cols = self._cols.get(argnums)
+        if cols is not None:
+            return cols
+        if isinstance(argnums, (int, np.integer)):
+            nums = (int(argnums),)
+        else:
+            nums = tuple(int(k) for k in argnums)
+        parts = []
+        for k in nums:
+            if not -len(self.arg_shapes) <= k < len(self.arg_shapes):
+                raise ValueError(f"jacext: argnums {argnums!r} names argument {k}, but "
+                                 f"{self.name} takes {len(self.arg_shapes)} argument(s)")
+            k %= len(self.arg_shapes)
+            parts.append(np.arange(self._arg_offsets[k], self._arg_offsets[k + 1], dtype=np.int32))
+        cols = np.ascontiguousarray(np.concatenate(parts) if parts else np.zeros(0, np.int32))
+        cols.setflags(write=False)
+        self._cols[argnums] = cols
+        return cols
+
+    cdef jx_work *_take_work(self, int32_t lanes) except NULL:
+        """The Function's own work memory if free, else a fresh one (caller frees)."""
+        cdef jx_work *w
+        if not self._work_busy and self._has_work and self._work.lanes >= lanes:
+            self._work_busy = True
+            return &self._work
+        if not self._work_busy:
+            if self._has_work:
+                jx_work_free(&self._work)
+                self._has_work = False
+            _raise_status(jx_work_init(&self._work, &self.tape, lanes))
+            self._has_work = True
+            self._work_busy = True
+            return &self._work
+        w = <jx_work *>malloc(sizeof(jx_work))
+        if w == NULL:
+            raise MemoryError("jacext: out of memory")
+        st = jx_work_init(w, &self.tape, lanes)
+        if st != JX_OK:
+            free(w)
+            _raise_status(st)
+        return w
+
+    cdef void _give_work(self, jx_work *w) noexcept:
+        if w == &self._work:
+            self._work_busy = False
+        else:
+            jx_work_free(w)
+            free(w)
+
+    cdef int32_t _lanes(self, int mode, int32_t n_cols):
+        cdef int32_t need = n_cols if mode == JX_MODE_FORWARD else self.tape.n_out
+        if need > JX_MAX_LANES:
+            need = JX_MAX_LANES
+        return need if need > 0 else 1
+
+    cdef int _mode(self, mode, Py_ssize_t n_cols) except -1:
+        if mode == "auto":
+            # cost of the sweeps: one tangent lane per column or one adjoint lane per row
+            return JX_MODE_FORWARD if n_cols <= self.tape.n_out else JX_MODE_REVERSE
+        m = _MODES.get(mode)
+        if m is None:
+            raise ValueError(f"jacext: mode must be 'auto', 'forward' or 'reverse'; got {mode!r}")
+        return m
+
+    def _prepare(self, args, int n_args):
+        """(x, batch_shape): x float64 C-contiguous, (n_in,) or (N, n_in)."""
+        if n_args != len(self.arg_shapes):
+            raise TypeError(f"jacext: {self.name} was compiled for {len(self.arg_shapes)} "
+                            f"argument(s); got {n_args}")
+        arrays = []
+        batch_shapes = []
+        for k in range(n_args):
+            arrays.append(_as_real_array(args[k], k))
+            want = self.arg_shapes[k]
+            got = arrays[k].shape
+            nd = len(want)
+            if len(got) < nd or tuple(got[len(got) - nd:]) != want:
+                raise ValueError(
+                    f"jacext: argument {k} of {self.name} must have shape {_shape_str(want)}"
+                    f" (or (..., {', '.join(map(str, want))}) for a batch); got shape "
+                    f"{_shape_str(got)}")
+            batch_shapes.append(tuple(got[:len(got) - nd]))
+        try:
+            batch = np.broadcast_shapes(*batch_shapes)
+        except ValueError:
+            raise ValueError("jacext: the batch shapes of the arguments do not broadcast: "
+                             + ", ".join(_shape_str(s) for s in batch_shapes)) from None
+        if not batch:
+            if n_args == 1:
+                return np.ascontiguousarray(arrays[0]).reshape(-1), batch
+            return np.concatenate([a.reshape(-1) for a in arrays]), batch
+        n_points = int(np.prod(batch, dtype=np.int64))
+        cols = [np.broadcast_to(a, batch + a.shape[len(a.shape) - len(s):]).reshape(n_points, -1)
+                for a, s in zip(arrays, self.arg_shapes)]
+        if len(cols) == 1:
+            return np.ascontiguousarray(cols[0]).reshape(batch + (-1,)), batch
+        return np.ascontiguousarray(np.concatenate(cols, axis=1)).reshape(batch + (-1,)), batch
+
+    def _outputs(self, cnp.ndarray y, tuple batch):
+        """Split flat outputs (..., n_out) into the traced output structure."""
+        if not self.out_is_tuple:
+            return y.reshape(batch + self.out_shapes[0])
+        parts = []
+        for k, s in enumerate(self.out_shapes):
+            lo, hi = self._out_offsets[k], self._out_offsets[k + 1]
+            parts.append(np.ascontiguousarray(y[..., lo:hi]).reshape(batch + s))
+        return tuple(parts)
+
+    def _n_threads(self, threads, Py_ssize_t n_points, Py_ssize_t work_per_point):
+        if threads is None:
+            threads = os.cpu_count() or 1
+        elif not isinstance(threads, (int, np.integer)) or threads < 1:
+            raise ValueError(f"jacext: threads must be a positive int or None; got {threads!r}")
+        threads = int(threads)
+        if threads <= 1:
+            return 1
+        per = max(1, n_points * max(work_per_point, 1) // MIN_WORK_PER_THREAD)
+        return int(max(1, min(threads, per, n_points)))
+
+    cdef int _run_batch(self, jx_batch *job, int n_threads) except -1:
+        cdef int st
+        with nogil:
+            st = jx_batch_run(&self.tape, job, n_threads)
+        return _raise_status(st)
+
+    # ---- values ----
+
+    def __call__(self, *args):
+        """The function's value; leading axes beyond the traced shapes are a batch."""
+        cdef cnp.ndarray x, y
+        cdef jx_work *w
+        cdef jx_batch job
+        cdef int st
+        x, batch = self._prepare(args, len(args))
+        if not batch:
+            y = np.empty(self.tape.n_out, dtype=np.float64)
+            w = self._take_work(1)
+            try:
+                if self.tape.n_instr > NOGIL_WORK:
+                    with nogil:
+                        st = jx_point_value(&self.tape, w, <const double *>cnp.PyArray_DATA(x),
+                                            <double *>cnp.PyArray_DATA(y))
+                else:
+                    st = jx_point_value(&self.tape, w, <const double *>cnp.PyArray_DATA(x),
+                                        <double *>cnp.PyArray_DATA(y))
+            finally:
+                self._give_work(w)
+            _raise_status(st)
+            return self._outputs(y, batch)
+        x = x.reshape(-1, self.tape.n_in)
+        y = np.empty((x.shape[0], self.tape.n_out), dtype=np.float64)
+        job.task = JX_TASK_VALUE
+        job.mode = 0
+        job.cols = NULL
+        job.n_cols = 0
+        job.n_points = x.shape[0]
+        job.x = <const double *>cnp.PyArray_DATA(x)
+        job.seed = NULL
+        job.y = <double *>cnp.PyArray_DATA(y)
+        job.out = NULL
+        self._run_batch(&job, 1)
+        return self._outputs(y, batch)
+
+    # ---- Jacobians ----
+
+    def jacobian(self, *args, argnums=0, mode="auto", out=None, threads=None):
+        """The Jacobian d out / d args[argnums], shape out.shape + arg.shape.
+
+        ``argnums`` an int or a tuple (then a tuple of Jacobians); tuple outputs
+        give a tuple over outputs (over outputs, then arguments, as torch).
+        ``mode``: "auto" (cheapest sweep), "forward" or "reverse".  ``out``: a
+        preallocated float64 C-contiguous array of the result's shape.  A batch
+        (leading axes) gives batch.shape + out.shape + arg.shape, ``threads``
+        splitting it (None: all cores).
+        """
+        cdef cnp.ndarray x, jac, cols
+        cdef jx_work *w
+        cdef int m, st
+        cdef int32_t n_cols
+        # Fast path: one argument of exactly the traced shape, one output.
+        if (len(args) == 1 and argnums == 0 and self._single_jac_shape is not None
+                and type(args[0]) is np.ndarray):
+            x = <cnp.ndarray>args[0]
+            if (cnp.PyArray_TYPE(x) == cnp.NPY_DOUBLE and cnp.PyArray_IS_C_CONTIGUOUS(x)
+                    and _shape_is(x, self._single_shape)):
+                cols = self._cols0
+                n_cols = <int32_t>cols.shape[0]
+                m = self._mode(mode, n_cols)
+                if out is None:
+                    jac = np.empty(self._single_jac_shape, dtype=np.float64)
+                else:
+                    jac = self._check_out(out, self._single_jac_shape)
+                w = self._take_work(self._lanes(m, n_cols))
+                try:
+                    if self.tape.n_instr * w.lanes > NOGIL_WORK:
+                        with nogil:
+                            st = jx_point_jacobian(&self.tape, w,
+                                                   <const double *>cnp.PyArray_DATA(x), NULL,
+                                                   <double *>cnp.PyArray_DATA(jac),
+                                                   <const int32_t *>cnp.PyArray_DATA(cols),
+                                                   n_cols, m)
+                    else:
+                        st = jx_point_jacobian(&self.tape, w, <const double *>cnp.PyArray_DATA(x),
+                                               NULL, <double *>cnp.PyArray_DATA(jac),
+                                               <const int32_t *>cnp.PyArray_DATA(cols), n_cols, m)
+                finally:
+                    self._give_work(w)
+                _raise_status(st)
+                return jac
+        return self._jacobian(args, argnums, mode, out, threads, False)[1]
+
+    def value_and_jacobian(self, *args, argnums=0, mode="auto", threads=None):
+        """(value, Jacobian) from one forward sweep."""
+        return self._jacobian(args, argnums, mode, None, threads, True)
+
+    cdef cnp.ndarray _check_out(self, out, tuple shape):
+        if not isinstance(out, np.ndarray):
+            raise TypeError(f"jacext: out must be a NumPy array; got {type(out).__name__}")
+        arr = <cnp.ndarray>out
+        if cnp.PyArray_TYPE(arr) != cnp.NPY_DOUBLE or not cnp.PyArray_IS_C_CONTIGUOUS(arr) \
+                or not cnp.PyArray_ISWRITEABLE(arr):
+            raise ValueError("jacext: out must be a writeable, C-contiguous float64 array "
+                             "(np.empty(shape))")
+        if not _shape_is(arr, shape):
+            raise ValueError(f"jacext: out has shape {_shape_str((<object>arr).shape)}; the Jacobian "
+                             f"has shape {_shape_str(shape)}")
+        return arr
+
+    def _jacobian(self, tuple args, argnums, mode, out, threads, bint want_value):
+        cdef cnp.ndarray x, cols, mat, y
+        cdef jx_work *w
+        cdef jx_batch job
+        cdef int m, st
+        cdef int32_t n_cols
+        x, batch = self._prepare(args, len(args))
+        multi = not isinstance(argnums, (int, np.integer))
+        if multi:
+            argnums = tuple(int(k) for k in argnums)
+        cols = self._columns(argnums)
+        n_cols = <int32_t>cols.shape[0]
+        m = self._mode(mode, n_cols)
+        n_points = int(np.prod(batch, dtype=np.int64)) if batch else 1
+        nbytes = 8 * n_points * int(self.tape.n_out) * int(n_cols)
+        mem = _physical_memory()
+        if nbytes > mem:
+            raise MemoryError(
+                f"jacext: the dense Jacobian would take {nbytes / 2**30:.1f} GiB "
+                f"({n_points} x {self.tape.n_out} x {n_cols} float64), more than this "
+                f"machine's {mem / 2**30:.1f} GiB of memory; ask for a sparse Jacobian "
+                f"(sparse=True), Jacobian-vector products (jvp/vjp), or a smaller batch")
+        single_result = not multi and not self.out_is_tuple
+        direct = out is not None and single_result
+        if direct:
+            arg = argnums % len(self.arg_shapes)
+            mat = self._check_out(out, batch + self.out_shapes[0] + self.arg_shapes[arg])
+        else:
+            mat = np.empty(batch + (self.tape.n_out, n_cols), dtype=np.float64)
+        y = np.empty(batch + (self.tape.n_out,), dtype=np.float64) if want_value else None
+        if not batch:
+            w = self._take_work(self._lanes(m, n_cols))
+            try:
+                with nogil:
+                    st = jx_point_jacobian(&self.tape, w, <const double *>cnp.PyArray_DATA(x),
+                                           <double *>cnp.PyArray_DATA(y) if y is not None else NULL,
+                                           <double *>cnp.PyArray_DATA(mat),
+                                           <const int32_t *>cnp.PyArray_DATA(cols), n_cols, m)
+            finally:
+                self._give_work(w)
+            _raise_status(st)
+        else:
+            x = x.reshape(-1, self.tape.n_in)
+            job.task = JX_TASK_JACOBIAN
+            job.mode = m
+            job.cols = <const int32_t *>cnp.PyArray_DATA(cols)
+            job.n_cols = n_cols
+            job.n_points = x.shape[0]
+            job.x = <const double *>cnp.PyArray_DATA(x)
+            job.seed = NULL
+            job.y = <double *>cnp.PyArray_DATA(y) if y is not None else NULL
+            job.out = <double *>cnp.PyArray_DATA(mat)
+            self._run_batch(&job, self._n_threads(threads, x.shape[0],
+                                                  self.tape.n_instr * (1 + n_cols)))
+        result = self._split_jacobian(mat, batch, argnums, multi)
+        if out is not None and not direct:
+            _copy_into(out, result)
+            result = out
+        value = self._outputs(y, batch) if want_value else None
+        return value, result
+
+    def _split_jacobian(self, cnp.ndarray mat, tuple batch, argnums, bint multi):
+        """(..., n_out, n_cols) -> the nested structure of Jacobians."""
+        nums = argnums if multi else (argnums,)
+        nums = tuple(k % len(self.arg_shapes) for k in nums)
+        mat = mat.reshape(batch + (self.tape.n_out, -1))
+        col_lo = [0]
+        for k in nums:
+            col_lo.append(col_lo[-1] + self._arg_sizes[k])
+        per_out = []
+        for o, oshape in enumerate(self.out_shapes):
+            rows = mat[..., self._out_offsets[o]:self._out_offsets[o + 1], :]
+            per_arg = []
+            for j, k in enumerate(nums):
+                block = rows[..., col_lo[j]:col_lo[j + 1]]
+                if len(nums) > 1 or self.out_is_tuple:
+                    block = np.ascontiguousarray(block)
+                per_arg.append(block.reshape(batch + oshape + self.arg_shapes[k]))
+            per_out.append(tuple(per_arg) if multi else per_arg[0])
+        return tuple(per_out) if self.out_is_tuple else per_out[0]
+
+    # ---- products ----
+
+    def jvp(self, *args):
+        """``F.jvp(*args, tangents) -> (value, J @ tangents)`` (forward mode).
+
+        ``tangents`` has the shape of the argument for a one-argument Function,
+        else it is a tuple with one array per argument.
+        """
+        cdef cnp.ndarray x, v, y, ydot
+        cdef jx_work *w
+        cdef jx_batch job
+        cdef int st
+        if len(args) != len(self.arg_shapes) + 1:
+            raise TypeError(f"jacext: jvp takes the {len(self.arg_shapes)} argument(s) of "
+                            f"{self.name} and then the tangents; got {len(args)} values")
+        tangents = args[-1]
+        if len(self.arg_shapes) == 1:
+            tangents = (tangents,)
+        elif not isinstance(tangents, (tuple, list)) or len(tangents) != len(self.arg_shapes):
+            raise TypeError(f"jacext: tangents must be a tuple of {len(self.arg_shapes)} arrays, "
+                            "one per argument")
+        x, batch = self._prepare(args[:-1], len(args) - 1)
+        v, vbatch = self._prepare(tuple(tangents), len(tangents))
+        batch = np.broadcast_shapes(batch, vbatch)
+        if not batch:
+            y = np.empty(self.tape.n_out, dtype=np.float64)
+            ydot = np.empty(self.tape.n_out, dtype=np.float64)
+            w = self._take_work(1)
+            try:
+                with nogil:
+                    st = jx_point_jvp(&self.tape, w, <const double *>cnp.PyArray_DATA(x),
+                                      <const double *>cnp.PyArray_DATA(v),
+                                      <double *>cnp.PyArray_DATA(y), <double *>cnp.PyArray_DATA(ydot))
+            finally:
+                self._give_work(w)
+            _raise_status(st)
+            return self._outputs(y, batch), self._outputs(ydot, batch)
+        n_points = int(np.prod(batch, dtype=np.int64))
+        x = _broadcast_rows(x, batch, n_points)
+        v = _broadcast_rows(v, batch, n_points)
+        y = np.empty((n_points, self.tape.n_out), dtype=np.float64)
+        ydot = np.empty((n_points, self.tape.n_out), dtype=np.float64)
+        job.task = JX_TASK_JVP
+        job.mode = JX_MODE_FORWARD
+        job.cols = NULL
+        job.n_cols = 0
+        job.n_points = n_points
+        job.x = <const double *>cnp.PyArray_DATA(x)
+        job.seed = <const double *>cnp.PyArray_DATA(v)
+        job.y = <double *>cnp.PyArray_DATA(y)
+        job.out = <double *>cnp.PyArray_DATA(ydot)
+        self._run_batch(&job, 1)
+        return self._outputs(y, batch), self._outputs(ydot, batch)
+
+    def vjp(self, *args):
+        """``F.vjp(*args, cotangent) -> (value, cotangent @ J)`` (reverse mode).
+
+        ``cotangent`` has the output's structure; the result has one array per
+        argument (a tuple when the Function takes several).
+        """
+        cdef cnp.ndarray x, u, y, xbar
+        cdef jx_work *w
+        cdef jx_batch job
+        cdef int st
+        if len(args) != len(self.arg_shapes) + 1:
+            raise TypeError(f"jacext: vjp takes the {len(self.arg_shapes)} argument(s) of "
+                            f"{self.name} and then the output cotangent; got {len(args)} values")
+        x, batch = self._prepare(args[:-1], len(args) - 1)
+        u, ubatch = self._flat_cotangent(args[-1])
+        batch = np.broadcast_shapes(batch, ubatch)
+        if not batch:
+            y = np.empty(self.tape.n_out, dtype=np.float64)
+            xbar = np.empty(self.tape.n_in, dtype=np.float64)
+            w = self._take_work(1)
+            try:
+                with nogil:
+                    st = jx_point_vjp(&self.tape, w, <const double *>cnp.PyArray_DATA(x),
+                                      <const double *>cnp.PyArray_DATA(u),
+                                      <double *>cnp.PyArray_DATA(y), <double *>cnp.PyArray_DATA(xbar))
+            finally:
+                self._give_work(w)
+            _raise_status(st)
+        else:
+            n_points = int(np.prod(batch, dtype=np.int64))
+            x = _broadcast_rows(x, batch, n_points)
+            u = _broadcast_rows(u, batch, n_points)
+            y = np.empty((n_points, self.tape.n_out), dtype=np.float64)
+            xbar = np.empty((n_points, self.tape.n_in), dtype=np.float64)
+            job.task = JX_TASK_VJP
+            job.mode = JX_MODE_REVERSE
+            job.cols = NULL
+            job.n_cols = 0
+            job.n_points = n_points
+            job.x = <const double *>cnp.PyArray_DATA(x)
+            job.seed = <const double *>cnp.PyArray_DATA(u)
+            job.y = <double *>cnp.PyArray_DATA(y)
+            job.out = <double *>cnp.PyArray_DATA(xbar)
+            self._run_batch(&job, 1)
+        parts = []
+        for k, s in enumerate(self.arg_shapes):
+            lo, hi = self._arg_offsets[k], self._arg_offsets[k + 1]
+            parts.append(np.ascontiguousarray(xbar[..., lo:hi]).reshape(batch + s))
+        grads = parts[0] if len(parts) == 1 else tuple(parts)
+        return self._outputs(y, batch), grads
+
+    def _flat_cotangent(self, u):
+        parts = (u,) if not self.out_is_tuple else tuple(u)
+        if len(parts) != len(self.out_shapes):
+            raise TypeError(f"jacext: the cotangent must have the output's structure: "
+                            f"{len(self.out_shapes)} array(s)")
+        arrays, batches = [], []
+        for k, (p, s) in enumerate(zip(parts, self.out_shapes)):
+            arr = _as_real_array(p, k)
+            nd = len(s)
+            if arr.ndim < nd or tuple(arr.shape[arr.ndim - nd:]) != s:
+                raise ValueError(f"jacext: cotangent {k} must have shape {_shape_str(s)}; "
+                                 f"got {_shape_str(arr.shape)}")
+            arrays.append(arr)
+            batches.append(arr.shape[:arr.ndim - nd])
+        batch = np.broadcast_shapes(*batches)
+        if not batch:
+            return np.ascontiguousarray(np.concatenate([a.reshape(-1) for a in arrays])), batch
+        n = int(np.prod(batch, dtype=np.int64))
+        cols = [np.broadcast_to(a, batch + s).reshape(n, -1) for a, s in zip(arrays, self.out_shapes)]
+        return np.ascontiguousarray(np.concatenate(cols, axis=1)).reshape(batch + (-1,)), batch
+
+
+def _broadcast_rows(cnp.ndarray x, tuple batch, Py_ssize_t n_points):
+    """Flat C-contiguous rows (n_points, width) from rows of shape (..., width)."""
+    width = x.shape[x.ndim - 1]
+    return np.ascontiguousarray(np.broadcast_to(x, batch + (width,))).reshape(n_points, width)
+
+
+def _copy_into(out, result):
+    if isinstance(result, tuple):
+        if not isinstance(out, tuple) or len(out) != len(result):
+            raise ValueError("jacext: out must be a tuple of arrays matching the Jacobians' nesting")
+        for o, r in zip(out, result):
+            _copy_into(o, r)
+        return
+    if not isinstance(out, np.ndarray) or out.shape != result.shape:
+        raise ValueError(f"jacext: out has the wrong shape; the Jacobian has shape "
+                         f"{_shape_str(result.shape)}")
+    np.copyto(out, result)
+
+
+def _as_real_array(value, int k):
+    """float64 array from what the user passed; complex and non-numbers are refused."""
+    if isinstance(value, np.ndarray):
+        arr = value
+    else:
+        try:
+            arr = np.asarray(value)
+        except Exception as exc:   # ragged lists and the like
+            raise TypeError(f"jacext: argument {k} is not an array of real numbers: {exc}") from None
+    kind = arr.dtype.kind
+    if kind == "c":
+        raise TypeError(f"jacext: argument {k} is complex ({arr.dtype}); jacext computes "
+                        "real Jacobians: pass the real and imaginary parts as separate "
+                        "real arguments")
+    if kind not in "biuf":
+        raise TypeError(f"jacext: argument {k} must be real numbers; got dtype {arr.dtype}")
+    if kind != "f" or arr.dtype != np.float64:
+        arr = arr.astype(np.float64)
+    return arr

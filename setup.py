@@ -1,0 +1,39 @@
+"""Declares the compiled extensions; the metadata lives in pyproject.toml."""
+import os
+import sys
+
+import numpy as np
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+HEADERS = ["src_c/ops.def", "src_c/ops.h", "src_c/vm.h"]
+C_SOURCES = ["src_c/vm.c", "src_c/batch.c"]
+
+if sys.platform == "win32":
+    compile_args = ["/O2"]
+    link_args = []
+else:
+    compile_args = ["-O3", "-std=c99", "-Wall", "-Wextra", "-D_POSIX_C_SOURCE=200809L"]
+    link_args = ["-lpthread"] if sys.platform != "darwin" else []
+    if os.environ.get("JACEXT_WERROR"):
+        compile_args.append("-Werror")
+    sanitize = os.environ.get("JACEXT_SANITIZE")
+    if sanitize:  # e.g. "address,undefined"
+        compile_args += [f"-fsanitize={sanitize}", "-fno-omit-frame-pointer", "-O1", "-g"]
+        link_args += [f"-fsanitize={sanitize}"]
+
+common = dict(
+    include_dirs=["src_c", np.get_include()],
+    depends=HEADERS,
+    extra_compile_args=compile_args,
+    extra_link_args=link_args,
+    define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+)
+
+extensions = [
+    Extension("jacext._graph", ["jacext/_graph.pyx", "src_c/vm.c"], **common),
+    Extension("jacext._vm", ["jacext/_vm.pyx", *C_SOURCES], **common),
+]
+
+setup(ext_modules=cythonize(extensions, language_level=3,
+                            compiler_directives={"embedsignature": True}))

@@ -1,0 +1,378 @@
+/*
+ * vm.c -- op tables generated from ops.def, the tape check, and the sweeps.
+ *
+ * The forward sweep is the only code that knows ops: it evaluates each
+ * instruction and stores its local partials d0 = dz/da, d1 = dz/db.  The
+ * tangent and adjoint sweeps after it are multiply-adds over
+ * (dst, a, b, d0, d1) across K lanes and never name an op.
+ *
+ * Zero kills: a zero partial, tangent or adjoint contributes exactly zero,
+ * even against an infinite or nan factor, so that
+ * np.where(x > 0, np.sqrt(x), 0.0) has a finite derivative at 0 in both
+ * modes.  Terms with a zero partial are skipped (per instruction, a
+ * predictable branch); a non-finite partial takes a per-lane select so that
+ * a zero tangent still gives zero.  Values keep NumPy's nan/inf unchanged.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "vm.h"
+
+const char *const jx_op_names[JX_N_OPS] = {
+#define OP(NAME, ARITY, COMMUTES, VALUE, D0, D1) #NAME,
+#include "ops.def"
+#undef OP
+};
+
+const int jx_op_arity[JX_N_OPS] = {
+#define OP(NAME, ARITY, COMMUTES, VALUE, D0, D1) ARITY,
+#include "ops.def"
+#undef OP
+};
+
+const int jx_op_commutes[JX_N_OPS] = {
+#define OP(NAME, ARITY, COMMUTES, VALUE, D0, D1) COMMUTES,
+#include "ops.def"
+#undef OP
+};
+
+double jx_op_value(int op, double a, double b, double s)
+{
+    double z = 0.0;
+    (void)b;
+    (void)s;
+    switch (op) {
+#define OP(NAME, ARITY, COMMUTES, VALUE, D0, D1) \
+    case JX_OP_##NAME: z = (VALUE); break;
+#include "ops.def"
+#undef OP
+    default: z = NAN;
+    }
+    return z;
+}
+
+void jx_op_partials(int op, double a, double b, double s, double *d0, double *d1)
+{
+    double z = jx_op_value(op, a, b, s);
+    (void)z;
+    switch (op) {
+#define OP(NAME, ARITY, COMMUTES, VALUE, D0, D1) \
+    case JX_OP_##NAME: *d0 = (D0); *d1 = (D1); break;
+#include "ops.def"
+#undef OP
+    default: *d0 = NAN; *d1 = NAN;
+    }
+}
+
+int jx_tape_check(const jx_tape *t)
+{
+    int32_t i, first_temp;
+    if (t->n_instr < 0 || t->n_in < 0 || t->n_out < 0 || t->n_const < 0 || t->n_slots < 0)
+        return JX_EBADTAPE;
+    first_temp = t->n_in + t->n_const;
+    if (first_temp < 0 || first_temp > t->n_slots) return JX_EBADTAPE;
+    for (i = 0; i < t->n_instr; i++) {
+        int32_t word = t->op[i];
+        int32_t op = word & JX_OP_MASK;
+        int32_t flags = word & ~JX_OP_MASK;
+        if (op < 0 || op >= JX_N_OPS) return JX_EBADTAPE;
+        if (flags & ~(JX_A_IMM | JX_B_IMM)) return JX_EBADTAPE;
+        if (flags == (JX_A_IMM | JX_B_IMM)) return JX_EBADTAPE;
+        if (flags && jx_op_arity[op] != 2) return JX_EBADTAPE;
+        if (t->dst[i] < first_temp || t->dst[i] >= t->n_slots) return JX_EBADTAPE;
+        if (t->a[i] < 0 || t->a[i] >= t->n_slots) return JX_EBADTAPE;
+        if (t->b[i] < 0 || t->b[i] >= t->n_slots) return JX_EBADTAPE;
+        if (jx_op_arity[op] == 3) {
+            double c = t->imm[i];
+            if (!(c >= 0.0 && c < (double)t->n_slots) || c != (double)(int32_t)c)
+                return JX_EBADTAPE;
+        }
+    }
+    for (i = 0; i < t->n_out; i++)
+        if (t->out_slot[i] < 0 || t->out_slot[i] >= t->n_slots) return JX_EBADTAPE;
+    return JX_OK;
+}
+
+int jx_work_init(jx_work *w, const jx_tape *t, int32_t lanes)
+{
+    size_t n_slots = (size_t)(t->n_slots > 0 ? t->n_slots : 1);
+    size_t n_instr = (size_t)(t->n_instr > 0 ? t->n_instr : 1);
+    if (lanes < 1) lanes = 1;
+    w->lanes = lanes;
+    w->value = (double *)calloc(n_slots, sizeof(double));
+    w->d0 = (double *)malloc(n_instr * sizeof(double));
+    w->d1 = (double *)malloc(n_instr * sizeof(double));
+    w->lane = (double *)calloc(n_slots * (size_t)lanes, sizeof(double));
+    if (!w->value || !w->d0 || !w->d1 || !w->lane) {
+        jx_work_free(w);
+        return JX_ENOMEM;
+    }
+    if (t->n_const > 0)
+        memcpy(w->value + t->n_in, t->const_value, (size_t)t->n_const * sizeof(double));
+    return JX_OK;
+}
+
+void jx_work_free(jx_work *w)
+{
+    free(w->value);
+    free(w->d0);
+    free(w->d1);
+    free(w->lane);
+    w->value = w->d0 = w->d1 = w->lane = NULL;
+}
+
+/* Loads an instruction's operands: an immediate where the op word says so. */
+#define JX_LOAD_OPERANDS(value, i, word)                                   \
+    a = ((word) & JX_A_IMM) ? t->imm[i] : value[t->a[i]];                  \
+    b = ((word) & JX_B_IMM) ? t->imm[i] : value[t->b[i]];                  \
+    s = (((word) & JX_OP_MASK) == JX_OP_SELECT) ? value[(int32_t)t->imm[i]] : 0.0
+
+void jx_forward(const jx_tape *t, double *value)
+{
+    int32_t i;
+    for (i = 0; i < t->n_instr; i++) {
+        int32_t word = t->op[i];
+        double a, b, s, z;
+        JX_LOAD_OPERANDS(value, i, word);
+        switch (word & JX_OP_MASK) {
+#define OP(NAME, ARITY, COMMUTES, VALUE, D0, D1) \
+        case JX_OP_##NAME: z = (VALUE); break;
+#include "ops.def"
+#undef OP
+        default: z = NAN; /* unreachable: the tape was checked */
+        }
+        (void)s;
+        value[t->dst[i]] = z;
+    }
+}
+
+void jx_forward_partials(const jx_tape *t, double *value, double *d0, double *d1)
+{
+    int32_t i;
+    for (i = 0; i < t->n_instr; i++) {
+        int32_t word = t->op[i];
+        double a, b, s, z, p0, p1;
+        JX_LOAD_OPERANDS(value, i, word);
+        /* A partial for an immediate operand is never formed: x**2 at x < 0
+           must not meet log(x). */
+        switch (word & JX_OP_MASK) {
+#define OP(NAME, ARITY, COMMUTES, VALUE, D0, D1)            \
+        case JX_OP_##NAME:                                  \
+            z = (VALUE);                                    \
+            p0 = (word & JX_A_IMM) ? 0.0 : (D0);            \
+            p1 = (word & JX_B_IMM) ? 0.0 : (D1);            \
+            break;
+#include "ops.def"
+#undef OP
+        default: z = p0 = p1 = NAN;
+        }
+        (void)s;
+        value[t->dst[i]] = z;
+        d0[i] = p0;
+        d1[i] = p1;
+    }
+}
+
+/* d * t where a zero factor on either side gives exactly zero. */
+static inline double jx_strong_mul(double d, double t)
+{
+    return (t == 0.0) ? 0.0 : d * t;
+}
+
+void jx_tangent_sweep(const jx_tape *t, const double *d0, const double *d1,
+                      double *tangent, int32_t lanes)
+{
+    int32_t i, k;
+    const size_t K = (size_t)lanes;
+    for (i = 0; i < t->n_instr; i++) {
+        const double p0 = d0[i], p1 = d1[i];
+        double *td = tangent + (size_t)t->dst[i] * K;
+        const double *ta = tangent + (size_t)t->a[i] * K;
+        const double *tb = tangent + (size_t)t->b[i] * K;
+        if (p1 == 0.0) {
+            if (p0 == 0.0) {
+                for (k = 0; k < lanes; k++) td[k] = 0.0;
+            } else if (isfinite(p0)) {
+                for (k = 0; k < lanes; k++) td[k] = p0 * ta[k];
+            } else {
+                for (k = 0; k < lanes; k++) td[k] = jx_strong_mul(p0, ta[k]);
+            }
+        } else if (p0 == 0.0) {
+            if (isfinite(p1)) {
+                for (k = 0; k < lanes; k++) td[k] = p1 * tb[k];
+            } else {
+                for (k = 0; k < lanes; k++) td[k] = jx_strong_mul(p1, tb[k]);
+            }
+        } else if (isfinite(p0) && isfinite(p1)) {
+            for (k = 0; k < lanes; k++) td[k] = p0 * ta[k] + p1 * tb[k];
+        } else {
+            for (k = 0; k < lanes; k++)
+                td[k] = jx_strong_mul(p0, ta[k]) + jx_strong_mul(p1, tb[k]);
+        }
+    }
+}
+
+void jx_adjoint_sweep(const jx_tape *t, const double *d0, const double *d1,
+                      double *adjoint, int32_t lanes)
+{
+    int32_t i, k;
+    const size_t K = (size_t)lanes;
+    /* Going backwards, instruction i is where slot dst[i]'s value is born:
+       every use has already added into its adjoint.  Pass it on, then clear
+       it for the value that held the slot before (slots are reused).  Each
+       lane is read before it is written, so dst may alias a or b. */
+    for (i = t->n_instr - 1; i >= 0; i--) {
+        const double p0 = d0[i], p1 = d1[i];
+        double *ad = adjoint + (size_t)t->dst[i] * K;
+        double *aa = adjoint + (size_t)t->a[i] * K;
+        double *ab = adjoint + (size_t)t->b[i] * K;
+        if (p0 == 0.0 && p1 == 0.0) {
+            for (k = 0; k < lanes; k++) ad[k] = 0.0;
+        } else if (p1 == 0.0) {
+            if (isfinite(p0)) {
+                for (k = 0; k < lanes; k++) {
+                    double g = ad[k];
+                    ad[k] = 0.0;
+                    aa[k] += p0 * g;
+                }
+            } else {
+                for (k = 0; k < lanes; k++) {
+                    double g = ad[k];
+                    ad[k] = 0.0;
+                    aa[k] += jx_strong_mul(p0, g);
+                }
+            }
+        } else if (p0 == 0.0) {
+            if (isfinite(p1)) {
+                for (k = 0; k < lanes; k++) {
+                    double g = ad[k];
+                    ad[k] = 0.0;
+                    ab[k] += p1 * g;
+                }
+            } else {
+                for (k = 0; k < lanes; k++) {
+                    double g = ad[k];
+                    ad[k] = 0.0;
+                    ab[k] += jx_strong_mul(p1, g);
+                }
+            }
+        } else {
+            for (k = 0; k < lanes; k++) {
+                double g = ad[k];
+                ad[k] = 0.0;
+                aa[k] += jx_strong_mul(p0, g);
+                ab[k] += jx_strong_mul(p1, g);
+            }
+        }
+    }
+}
+
+static void jx_load_point(const jx_tape *t, jx_work *w, const double *x)
+{
+    if (t->n_in > 0) memcpy(w->value, x, (size_t)t->n_in * sizeof(double));
+}
+
+static void jx_store_outputs(const jx_tape *t, const jx_work *w, double *y)
+{
+    int32_t i;
+    if (!y) return;
+    for (i = 0; i < t->n_out; i++) y[i] = w->value[t->out_slot[i]];
+}
+
+int jx_point_value(const jx_tape *t, jx_work *w, const double *x, double *y)
+{
+    jx_load_point(t, w, x);
+    jx_forward(t, w->value);
+    jx_store_outputs(t, w, y);
+    return JX_OK;
+}
+
+static void jx_jacobian_forward(const jx_tape *t, jx_work *w, double *jac,
+                                const int32_t *cols, int32_t n_cols)
+{
+    const int32_t K = n_cols < w->lanes ? n_cols : w->lanes;
+    const size_t fixed = (size_t)(t->n_in + t->n_const) * (size_t)K;
+    int32_t c0, k, i;
+    for (c0 = 0; c0 < n_cols; c0 += K) {
+        const int32_t kk = (n_cols - c0 < K) ? n_cols - c0 : K;
+        /* inputs and constants: zero tangents but for this chunk's seeds */
+        memset(w->lane, 0, fixed * sizeof(double));
+        for (k = 0; k < kk; k++) w->lane[(size_t)cols[c0 + k] * K + k] = 1.0;
+        jx_tangent_sweep(t, w->d0, w->d1, w->lane, K);
+        for (i = 0; i < t->n_out; i++) {
+            const double *src = w->lane + (size_t)t->out_slot[i] * K;
+            double *row = jac + (size_t)i * n_cols + c0;
+            for (k = 0; k < kk; k++) row[k] = src[k];
+        }
+    }
+}
+
+static void jx_jacobian_reverse(const jx_tape *t, jx_work *w, double *jac,
+                                const int32_t *cols, int32_t n_cols)
+{
+    const int32_t K = t->n_out < w->lanes ? t->n_out : w->lanes;
+    int32_t r0, k, c;
+    if (K == 0) return;
+    /* After a sweep every temporary's adjoint is zero again (the sweep clears
+       each slot where its value is born); only inputs and constants keep
+       what they gathered. */
+    memset(w->lane, 0, (size_t)t->n_slots * (size_t)K * sizeof(double));
+    for (r0 = 0; r0 < t->n_out; r0 += K) {
+        const int32_t kk = (t->n_out - r0 < K) ? t->n_out - r0 : K;
+        if (r0 > 0)
+            memset(w->lane, 0, (size_t)(t->n_in + t->n_const) * (size_t)K * sizeof(double));
+        for (k = 0; k < kk; k++) w->lane[(size_t)t->out_slot[r0 + k] * K + k] += 1.0;
+        jx_adjoint_sweep(t, w->d0, w->d1, w->lane, K);
+        for (k = 0; k < kk; k++) {
+            double *row = jac + (size_t)(r0 + k) * n_cols;
+            for (c = 0; c < n_cols; c++) row[c] = w->lane[(size_t)cols[c] * K + k];
+        }
+        /* an output that is an input or constant slot kept its seed in a
+           slot no instruction clears: cleared by the prefix memset above */
+    }
+}
+
+int jx_point_jacobian(const jx_tape *t, jx_work *w, const double *x, double *y,
+                      double *jac, const int32_t *cols, int32_t n_cols, int mode)
+{
+    jx_load_point(t, w, x);
+    jx_forward_partials(t, w->value, w->d0, w->d1);
+    jx_store_outputs(t, w, y);
+    if (n_cols == 0 || t->n_out == 0) return JX_OK;
+    if (mode == JX_MODE_FORWARD)
+        jx_jacobian_forward(t, w, jac, cols, n_cols);
+    else if (mode == JX_MODE_REVERSE)
+        jx_jacobian_reverse(t, w, jac, cols, n_cols);
+    else
+        return JX_EARG;
+    return JX_OK;
+}
+
+int jx_point_jvp(const jx_tape *t, jx_work *w, const double *x, const double *v,
+                 double *y, double *ydot)
+{
+    int32_t i;
+    jx_load_point(t, w, x);
+    jx_forward_partials(t, w->value, w->d0, w->d1);
+    jx_store_outputs(t, w, y);
+    /* one lane: the first n_slots entries of the lane array */
+    if (t->n_in > 0) memcpy(w->lane, v, (size_t)t->n_in * sizeof(double));
+    for (i = 0; i < t->n_const; i++) w->lane[t->n_in + i] = 0.0;
+    jx_tangent_sweep(t, w->d0, w->d1, w->lane, 1);
+    for (i = 0; i < t->n_out; i++) ydot[i] = w->lane[t->out_slot[i]];
+    return JX_OK;
+}
+
+int jx_point_vjp(const jx_tape *t, jx_work *w, const double *x, const double *u,
+                 double *y, double *xbar)
+{
+    int32_t i;
+    jx_load_point(t, w, x);
+    jx_forward_partials(t, w->value, w->d0, w->d1);
+    jx_store_outputs(t, w, y);
+    memset(w->lane, 0, (size_t)t->n_slots * sizeof(double));
+    for (i = 0; i < t->n_out; i++) w->lane[t->out_slot[i]] += u[i];
+    jx_adjoint_sweep(t, w->d0, w->d1, w->lane, 1);
+    if (t->n_in > 0) memcpy(xbar, w->lane, (size_t)t->n_in * sizeof(double));
+    return JX_OK;
+}

@@ -1,0 +1,113 @@
+/*
+ * vm.h -- the jacext virtual machine: a flat tape and the sweeps over it.
+ *
+ * Slot layout of the work array:  [inputs | constants | temporaries]
+ *   inputs      n_in slots, filled from the caller's point
+ *   constants   n_const slots, filled once per work buffer (used only where an
+ *               immediate cannot serve: np.where's branches, constant outputs)
+ *   temporaries written by instructions; reused by liveness
+ *
+ * An instruction i computes slot dst[i] from slots a[i], b[i] (and, for
+ * SELECT, the condition slot stored in imm[i]).  Unary ops and immediate
+ * operands point their unused operand index at a valid slot and have a zero
+ * partial for it, so derivative sweeps need no case for them.
+ *
+ * The C core never touches Python objects.  Functions return 0 or a negative
+ * JX_E* status; the Cython layer raises.
+ */
+#ifndef JACEXT_VM_H
+#define JACEXT_VM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "ops.h"
+
+#define JX_OK 0
+#define JX_ENOMEM (-1)
+#define JX_EBADTAPE (-2)
+#define JX_EARG (-3)
+#define JX_ETHREAD (-4)
+
+/* Lanes of one tangent or adjoint sweep: directions done together. */
+#define JX_MAX_LANES 16
+
+typedef struct {
+    int32_t n_instr;
+    int32_t n_slots;
+    int32_t n_in;
+    int32_t n_out;
+    int32_t n_const;
+    const int32_t *op;      /* n_instr: op number | JX_A_IMM | JX_B_IMM */
+    const int32_t *dst;     /* n_instr */
+    const int32_t *a;       /* n_instr */
+    const int32_t *b;       /* n_instr */
+    const double *imm;      /* n_instr */
+    const int32_t *out_slot;    /* n_out */
+    const double *const_value;  /* n_const; slot n_in + k */
+} jx_tape;
+
+/* Private memory of one evaluation (one per thread). */
+typedef struct {
+    int32_t lanes;   /* capacity of the lane arrays */
+    double *value;   /* n_slots */
+    double *d0;      /* n_instr */
+    double *d1;      /* n_instr */
+    double *lane;    /* n_slots * lanes: tangents or adjoints */
+} jx_work;
+
+/* Checks every index of the tape once; the sweeps then run unchecked. */
+int jx_tape_check(const jx_tape *t);
+
+int jx_work_init(jx_work *w, const jx_tape *t, int32_t lanes);
+void jx_work_free(jx_work *w);
+
+/* Sweeps.  value[] must hold the inputs (and constants) before a forward sweep. */
+void jx_forward(const jx_tape *t, double *value);
+void jx_forward_partials(const jx_tape *t, double *value, double *d0, double *d1);
+void jx_tangent_sweep(const jx_tape *t, const double *d0, const double *d1,
+                      double *tangent, int32_t lanes);
+void jx_adjoint_sweep(const jx_tape *t, const double *d0, const double *d1,
+                      double *adjoint, int32_t lanes);
+
+/* ---- one point ---- */
+
+#define JX_MODE_FORWARD 1
+#define JX_MODE_REVERSE 2
+
+/*
+ * y (n_out, may be NULL) and the Jacobian J (n_out x n_cols, row-major) of the
+ * outputs with respect to the inputs cols[0..n_cols).
+ */
+int jx_point_jacobian(const jx_tape *t, jx_work *w, const double *x, double *y,
+                      double *jac, const int32_t *cols, int32_t n_cols, int mode);
+int jx_point_value(const jx_tape *t, jx_work *w, const double *x, double *y);
+/* y and ydot = J v, v over all inputs */
+int jx_point_jvp(const jx_tape *t, jx_work *w, const double *x, const double *v,
+                 double *y, double *ydot);
+/* y and xbar = J^T u, u over all outputs */
+int jx_point_vjp(const jx_tape *t, jx_work *w, const double *x, const double *u,
+                 double *y, double *xbar);
+
+/* ---- batches (batch.c): n_points rows, threads split the rows ---- */
+
+#define JX_TASK_VALUE 0
+#define JX_TASK_JACOBIAN 1
+#define JX_TASK_JVP 2
+#define JX_TASK_VJP 3
+
+typedef struct {
+    int task;
+    int mode;                 /* for JX_TASK_JACOBIAN */
+    const int32_t *cols;      /* for JX_TASK_JACOBIAN */
+    int32_t n_cols;
+    ptrdiff_t n_points;
+    const double *x;          /* n_points x n_in */
+    const double *seed;       /* JVP: n_points x n_in, VJP: n_points x n_out */
+    double *y;                /* n_points x n_out, or NULL */
+    double *out;              /* jacobian: n_points x n_out x n_cols; jvp: x n_out; vjp: x n_in */
+} jx_batch;
+
+int jx_batch_run(const jx_tape *t, const jx_batch *job, int n_threads);
+
+#endif
