@@ -193,8 +193,8 @@ def run_problem(problem, selected, frameworks, settings):
     """Build and check every selected peer on one problem, then time those that work."""
     alt = problem.input + 0.01 * np.random.default_rng(1).standard_normal(problem.input.shape)
     points = [problem.input, alt]
-    references = [independent_reference(problem, p)[0] for p in points]
-    reference_name = independent_reference(problem, problem.x)[1]
+    references, names = zip(*(independent_reference(problem, p) for p in points), strict=True)
+    reference_name = names[0]
     rows, built = [], []
     # jacext first: once it agrees with the independent reference it becomes the reference.
     for peer in sorted(selected, key=lambda p: p.framework != "jacext"):
@@ -298,6 +298,10 @@ def markdown(report):
         ratio = f"{r['median_ns'] / base:.3g}" if base else "–"
         lines.append(f"| {r['problem']} | {r['peer']} | {format_ns(r['median_ns'])} | "
                      f"{format_ns(r.get('first_call_ns'))} | {ratio} |")
+    errors = [r for r in report["results"] if r["status"] == "error"]
+    if errors:
+        lines += [""] + [f"- error, {r['problem']} / {r['peer']}: "
+                         f"{r['message'].splitlines()[0][:200]}" for r in errors]
     big = report.get("big_trace")
     if big is not None:
         lines += ["", (f"big_trace (jacext, {BIG_TRACE_SIZE:,} elements, "

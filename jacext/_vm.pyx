@@ -420,7 +420,13 @@ cdef class Function:
         cdef jx_work *w
         cdef jx_batch job
         cdef int st
-        x, batch = self._prepare(args, len(args))
+        if (len(args) == 1 and self._single_shape is not None and type(args[0]) is np.ndarray
+                and cnp.PyArray_TYPE(<cnp.ndarray>args[0]) == cnp.NPY_DOUBLE
+                and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>args[0])
+                and _shape_is(<cnp.ndarray>args[0], self._single_shape)):
+            x, batch = <cnp.ndarray>args[0], ()   # fast path: one point, nothing to convert
+        else:
+            x, batch = self._prepare(args, len(args))
         if not batch:
             y = np.empty(self.tape.n_out, dtype=np.float64)
             w = self._take_work(1)
