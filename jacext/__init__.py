@@ -9,9 +9,9 @@ array([[12.,  0.],
        [ 0., 27.]])
 """
 from jacext._version import __version__
+from jacext._vm import Function
 from jacext.api import compile, jacobian
 from jacext.errors import JacextError, TracingError
-from jacext._vm import Function
 from jacext.trace import Array
 
 __all__ = [

@@ -367,7 +367,7 @@ def elementwise(op, *operands, graph=None):
 
 
 def _const_array(g, value, shape):
-    return Array(g, np.broadcast_to(g.consts(np.array([value], dtype=np.float64)),
+    return Array(g, np.broadcast_to(g.consts(np.array([value], dtype=np.float64))[0],
                                     shape).copy())
 
 
@@ -1051,6 +1051,7 @@ for _f in (np.append, np.insert):
     FUNCTIONS[_f] = _structural(_f, "two")
 for _f in (np.diag, np.diagflat, np.triu, np.tril):
     FUNCTIONS[_f] = _structural(_f, zero_fill=True)
+UFUNCS[np.matmul] = _matmul   # a ufunc since NumPy 2: `ndarray @ Array` arrives here
 if hasattr(np, "concat"):
     FUNCTIONS[np.concat] = _structural(np.concat, "seq")
 if hasattr(np, "permute_dims"):
