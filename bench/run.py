@@ -229,7 +229,7 @@ def run_problem(problem, selected, frameworks, settings):
             jac(problem.input)
             row["first_call_inprocess_ns"] = time.perf_counter_ns() - start
             results = [np.array(jac(p)) for p in points]  # copy: -out variants reuse memory
-        except Exception as e:  # noqa: BLE001 -- any failure of a peer is reported, not fatal
+        except Exception as e:  # any failure of a peer is reported, not fatal
             traceback.print_exc()
             row.update(status="error", message=f"{type(e).__name__}: {e}")
             continue
@@ -285,6 +285,10 @@ def format_ns(ns):
     return f"{ns:.3g} ns"
 
 
+def format_ratio(ratio):
+    return f"{ratio:,.0f}" if ratio >= 100 else f"{ratio:.3g}"
+
+
 def markdown(report):
     info, settings = report["machine"], report["settings"]
     lines = [
@@ -311,7 +315,7 @@ def markdown(report):
             lines.append(f"| {r['problem']} | {r['peer']} | {r['status']} | | |")
             continue
         base = baseline.get(r["problem"])
-        ratio = f"{r['median_ns'] / base:.3g}" if base else "–"
+        ratio = "–" if not base else format_ratio(r["median_ns"] / base)
         lines.append(f"| {r['problem']} | {r['peer']} | {format_ns(r['median_ns'])} | "
                      f"{format_ns(r.get('first_call_ns'))} | {ratio} |")
     errors = [r for r in report["results"] if r["status"] == "error"]
@@ -383,7 +387,7 @@ def main(argv=None):
             frameworks[framework] = {"status": "ok", "version": version, "message": ""}
         except ImportError as e:
             frameworks[framework] = {"status": "missing", "message": str(e)}
-        except Exception as e:  # noqa: BLE001 -- e.g. a half-built jacext in the tree
+        except Exception as e:  # e.g. a half-built jacext in the tree
             traceback.print_exc()
             frameworks[framework] = {"status": "error", "message": f"{type(e).__name__}: {e}"}
         if frameworks[framework]["status"] != "ok":
