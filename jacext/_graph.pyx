@@ -392,7 +392,7 @@ cdef class Graph:
             if live[i] and self.op[i] == C_INPUT and slot[i] < 0:
                 raise ValueError("jacext: the outputs depend on an input that is not an argument")
         # 4. work slots by liveness (a free stack of slots)
-        cdef cnp.ndarray free_arr = np.empty(n_instr + 1, dtype=np.int64)
+        cdef cnp.ndarray free_arr = np.empty(n_instr + 3, dtype=np.int64)
         cdef int64_t[::1] free_stack = free_arr
         cdef int64_t n_free = 0, next_slot = n_in + n_const
         cdef int64_t ops3[3]
@@ -427,7 +427,16 @@ cdef class Graph:
                 timm[j] = <double>slot[ops3[2]]
             else:
                 timm[j] = self.imm[nd]
-            # free temporaries that die here (once each), then take a slot
+            # take a slot, then free the temporaries that die here (once each):
+            # dst never shares a slot with its own operands, so the batched
+            # sweeps' lane loops see no aliasing and vectorise
+            if n_free > 0:
+                n_free -= 1
+                slot[nd] = free_stack[n_free]
+            else:
+                slot[nd] = next_slot
+                next_slot += 1
+            tdst[j] = <int32_t>slot[nd]
             for k in range(3):
                 o = ops3[k]
                 if o < 0 or last[o] != j or slot[o] < n_in + n_const:
@@ -436,13 +445,6 @@ cdef class Graph:
                     continue
                 free_stack[n_free] = slot[o]
                 n_free += 1
-            if n_free > 0:
-                n_free -= 1
-                slot[nd] = free_stack[n_free]
-            else:
-                slot[nd] = next_slot
-                next_slot += 1
-            tdst[j] = <int32_t>slot[nd]
             if last[nd] < 0:   # a value nobody reads (cannot happen after DCE)
                 free_stack[n_free] = slot[nd]
                 n_free += 1

@@ -38,6 +38,9 @@ cdef extern from "vm.h" nogil:
         const double *imm
         const int32_t *out_slot
         const double *const_value
+        const unsigned char *fixed
+        const double *fixed_d0
+        const double *fixed_d1
 
     ctypedef struct jx_work:
         int32_t lanes
@@ -54,6 +57,7 @@ cdef extern from "vm.h" nogil:
         double *out
 
     int jx_tape_check(const jx_tape *t)
+    int32_t jx_tape_fixed_partials(const jx_tape *t, unsigned char *fixed, double *d0, double *d1)
     int jx_work_init(jx_work *w, const jx_tape *t, int32_t lanes)
     void jx_work_free(jx_work *w)
     int jx_point_jacobian(const jx_tape *t, jx_work *w, const double *x, double *y,
@@ -137,6 +141,7 @@ cdef class Function:
 
     cdef jx_tape tape
     cdef dict _arrays
+    cdef tuple _derived
     cdef readonly tuple arg_shapes
     cdef readonly tuple out_shapes
     cdef readonly bint out_is_tuple
@@ -200,7 +205,21 @@ cdef class Function:
         self.tape.imm = <const double *>cnp.PyArray_DATA(arrays["imm"])
         self.tape.out_slot = <const int32_t *>cnp.PyArray_DATA(arrays["out_slot"])
         self.tape.const_value = <const double *>cnp.PyArray_DATA(arrays["const_value"])
+        self.tape.fixed = NULL
+        self.tape.fixed_d0 = NULL
+        self.tape.fixed_d1 = NULL
         _raise_status(jx_tape_check(&self.tape))
+        # derived, not pickled: which instructions have constant partials
+        fixed = np.zeros(n_instr, dtype=np.uint8)
+        fixed_d0 = np.zeros(n_instr, dtype=np.float64)
+        fixed_d1 = np.zeros(n_instr, dtype=np.float64)
+        jx_tape_fixed_partials(&self.tape, <unsigned char *>cnp.PyArray_DATA(fixed),
+                               <double *>cnp.PyArray_DATA(fixed_d0),
+                               <double *>cnp.PyArray_DATA(fixed_d1))
+        self._derived = (fixed, fixed_d0, fixed_d1)
+        self.tape.fixed = <const unsigned char *>cnp.PyArray_DATA(fixed)
+        self.tape.fixed_d0 = <const double *>cnp.PyArray_DATA(fixed_d0)
+        self.tape.fixed_d1 = <const double *>cnp.PyArray_DATA(fixed_d1)
         self._cols = {}
         self._single_shape = self.arg_shapes[0] if len(self.arg_shapes) == 1 else None
         if self._single_shape is not None and not out_is_tuple:
@@ -527,22 +546,19 @@ cdef class Function:
         cdef jx_batch job
         cdef int m, st
         cdef int32_t n_cols
-        x, batch = self._prepare(args, len(args))
         multi = not isinstance(argnums, (int, np.integer))
         if multi:
             argnums = tuple(int(k) for k in argnums)
+        # The size check comes before _prepare: that copies the batch (a cheap
+        # np.broadcast_to view included), which alone may exhaust memory.
+        early = _batch_of_shapes(args, self.arg_shapes)
+        if early is not None:
+            self._check_jacobian_size(early, <int32_t>self._columns(argnums).shape[0])
+        x, batch = self._prepare(args, len(args))
         cols = self._columns(argnums)
         n_cols = <int32_t>cols.shape[0]
         m = self._mode(mode, n_cols)
-        n_points = int(np.prod(batch, dtype=np.int64)) if batch else 1
-        nbytes = 8 * n_points * int(self.tape.n_out) * int(n_cols)
-        mem = _physical_memory()
-        if nbytes > mem:
-            raise MemoryError(
-                f"jacext: the dense Jacobian would take {nbytes / 2**30:.1f} GiB "
-                f"({n_points} x {self.tape.n_out} x {n_cols} float64), more than this "
-                f"machine's {mem / 2**30:.1f} GiB of memory; ask for a sparse Jacobian "
-                f"(sparse=True), Jacobian-vector products (jvp/vjp), or a smaller batch")
+        self._check_jacobian_size(batch, n_cols)
         single_result = not multi and not self.out_is_tuple
         direct = out is not None and single_result
         if direct:
@@ -581,6 +597,18 @@ cdef class Function:
             result = out
         value = self._outputs(y, batch) if want_value else None
         return value, result
+
+    def _check_jacobian_size(self, tuple batch, Py_ssize_t n_cols):
+        """MemoryError, before anything is allocated, for a dense Jacobian beyond RAM."""
+        n_points = int(np.prod(batch, dtype=np.int64)) if batch else 1
+        nbytes = 8 * n_points * int(self.tape.n_out) * int(n_cols)
+        mem = _physical_memory()
+        if nbytes > mem:
+            raise MemoryError(
+                f"jacext: the dense Jacobian would take {nbytes / 2**30:.1f} GiB "
+                f"({n_points} x {self.tape.n_out} x {n_cols} float64), more than this "
+                f"machine's {mem / 2**30:.1f} GiB of memory; ask for a sparse Jacobian "
+                f"(sparse=True), Jacobian-vector products (jvp/vjp), or a smaller batch")
 
     def _split_jacobian(self, cnp.ndarray mat, tuple batch, argnums, bint multi):
         """(..., n_out, n_cols) -> the nested structure of Jacobians."""
@@ -727,6 +755,24 @@ cdef class Function:
         n = int(np.prod(batch, dtype=np.int64))
         cols = [np.broadcast_to(a, batch + s).reshape(n, -1) for a, s in zip(arrays, self.out_shapes)]
         return np.ascontiguousarray(np.concatenate(cols, axis=1)).reshape(batch + (-1,)), batch
+
+
+def _batch_of_shapes(args, arg_shapes):
+    """The broadcast batch shape of the arguments, from their shapes alone
+    (nothing converted or copied); None where _prepare would raise."""
+    if len(args) != len(arg_shapes):
+        return None
+    batches = []
+    try:
+        for a, want in zip(args, arg_shapes):
+            got = tuple(np.shape(a))
+            nd = len(want)
+            if len(got) < nd or got[len(got) - nd:] != tuple(want):
+                return None
+            batches.append(got[:len(got) - nd])
+        return tuple(np.broadcast_shapes(*batches))
+    except Exception:
+        return None
 
 
 def _broadcast_rows(cnp.ndarray x, tuple batch, Py_ssize_t n_points):

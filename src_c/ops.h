@@ -14,7 +14,7 @@
 #define JX_2_SQRTPI 1.12837916709551257389615890312154517
 
 typedef enum {
-#define OP(NAME, ARITY, COMMUTES, VALUE, D0, D1) JX_OP_##NAME,
+#define OP(NAME, ARITY, COMMUTES, VALUE, D0, D1, FIXED) JX_OP_##NAME,
 #include "ops.def"
 #undef OP
     JX_N_OPS
@@ -29,7 +29,13 @@ typedef enum {
 #define JX_A_IMM 0x100
 #define JX_B_IMM 0x200
 
+/* FIXED column of ops.def: when the partials are constants */
+#define JX_K 1     /* always */
+#define JX_K_BI 2  /* when b is an immediate */
+#define JX_K_AI 4  /* when a is an immediate */
+
 extern const char *const jx_op_names[JX_N_OPS];
+extern const int jx_op_fixed[JX_N_OPS];
 extern const int jx_op_arity[JX_N_OPS];
 extern const int jx_op_commutes[JX_N_OPS];
 
@@ -71,13 +77,15 @@ static inline double jx_dmin(double a, double b)
 /* fmax ignores a nan operand: the other one wins outright. */
 static inline double jx_dfmax(double a, double b)
 {
-    if (b != b) return (a != a) ? 0.0 : 1.0;
+    if (a != a) return 0.0;   /* a nan a never wins (fmax(nan, b) == b) */
+    if (b != b) return 1.0;
     return jx_dmax(a, b);
 }
 
 static inline double jx_dfmin(double a, double b)
 {
-    if (b != b) return (a != a) ? 0.0 : 1.0;
+    if (a != a) return 0.0;
+    if (b != b) return 1.0;
     return jx_dmin(a, b);
 }
 
@@ -143,6 +151,14 @@ static inline double jx_expit(double a)
         double e = exp(a);
         return e / (1.0 + e);
     }
+}
+
+static inline double jx_logit(double a)
+{
+    /* scipy.special.logit: log(a / (1 - a)) cancels near a = 1/2 (a million
+       ulp at 0.5000001); there, log1p(2 (a - 1/2) / (1 - a)) is exact-ish */
+    if (a > 0.3 && a < 0.65) return log1p(2.0 * (a - 0.5) / (1.0 - a));
+    return log(a / (1.0 - a));
 }
 
 #endif

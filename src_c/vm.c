@@ -19,19 +19,25 @@
 #include "vm.h"
 
 const char *const jx_op_names[JX_N_OPS] = {
-#define OP(NAME, ARITY, COMMUTES, VALUE, D0, D1) #NAME,
+#define OP(NAME, ARITY, COMMUTES, VALUE, D0, D1, FIXED) #NAME,
 #include "ops.def"
 #undef OP
 };
 
 const int jx_op_arity[JX_N_OPS] = {
-#define OP(NAME, ARITY, COMMUTES, VALUE, D0, D1) ARITY,
+#define OP(NAME, ARITY, COMMUTES, VALUE, D0, D1, FIXED) ARITY,
 #include "ops.def"
 #undef OP
 };
 
 const int jx_op_commutes[JX_N_OPS] = {
-#define OP(NAME, ARITY, COMMUTES, VALUE, D0, D1) COMMUTES,
+#define OP(NAME, ARITY, COMMUTES, VALUE, D0, D1, FIXED) COMMUTES,
+#include "ops.def"
+#undef OP
+};
+
+const int jx_op_fixed[JX_N_OPS] = {
+#define OP(NAME, ARITY, COMMUTES, VALUE, D0, D1, FIXED) FIXED,
 #include "ops.def"
 #undef OP
 };
@@ -42,7 +48,7 @@ double jx_op_value(int op, double a, double b, double s)
     (void)b;
     (void)s;
     switch (op) {
-#define OP(NAME, ARITY, COMMUTES, VALUE, D0, D1) \
+#define OP(NAME, ARITY, COMMUTES, VALUE, D0, D1, FIXED) \
     case JX_OP_##NAME: z = (VALUE); break;
 #include "ops.def"
 #undef OP
@@ -56,7 +62,7 @@ void jx_op_partials(int op, double a, double b, double s, double *d0, double *d1
     double z = jx_op_value(op, a, b, s);
     (void)z;
     switch (op) {
-#define OP(NAME, ARITY, COMMUTES, VALUE, D0, D1) \
+#define OP(NAME, ARITY, COMMUTES, VALUE, D0, D1, FIXED) \
     case JX_OP_##NAME: *d0 = (D0); *d1 = (D1); break;
 #include "ops.def"
 #undef OP
@@ -91,6 +97,34 @@ int jx_tape_check(const jx_tape *t)
     for (i = 0; i < t->n_out; i++)
         if (t->out_slot[i] < 0 || t->out_slot[i] >= t->n_slots) return JX_EBADTAPE;
     return JX_OK;
+}
+
+int32_t jx_tape_fixed_partials(const jx_tape *t, unsigned char *fixed, double *d0, double *d1)
+{
+    int32_t i, count = 0;
+    for (i = 0; i < t->n_instr; i++) {
+        const int32_t word = t->op[i];
+        const int op = word & JX_OP_MASK;
+        const int k = jx_op_fixed[op];
+        int is_fixed = (k & JX_K) || ((k & JX_K_BI) && (word & JX_B_IMM))
+                       || ((k & JX_K_AI) && (word & JX_A_IMM));
+        double p0 = 0.0, p1 = 0.0;
+        if (is_fixed) {
+            /* constants: any operand value gives them; the immediate is its own */
+            double a = (word & JX_A_IMM) ? t->imm[i] : 1.0;
+            double b = (word & JX_B_IMM) ? t->imm[i] : 1.0;
+            jx_op_partials(op, a, b, 1.0, &p0, &p1);
+            if (word & JX_A_IMM) p0 = 0.0;
+            if (word & JX_B_IMM) p1 = 0.0;
+            /* an infinite constant (x / 0) takes the general path */
+            is_fixed = isfinite(p0) && isfinite(p1);
+        }
+        fixed[i] = (unsigned char)is_fixed;
+        d0[i] = is_fixed ? p0 : 0.0;
+        d1[i] = is_fixed ? p1 : 0.0;
+        count += is_fixed;
+    }
+    return count;
 }
 
 int jx_work_init(jx_work *w, const jx_tape *t, int32_t lanes)
@@ -135,7 +169,7 @@ void jx_forward(const jx_tape *t, double *value)
         double a, b, s, z;
         JX_LOAD_OPERANDS(value, i, word);
         switch (word & JX_OP_MASK) {
-#define OP(NAME, ARITY, COMMUTES, VALUE, D0, D1) \
+#define OP(NAME, ARITY, COMMUTES, VALUE, D0, D1, FIXED) \
         case JX_OP_##NAME: z = (VALUE); break;
 #include "ops.def"
 #undef OP
@@ -156,7 +190,7 @@ void jx_forward_partials(const jx_tape *t, double *value, double *d0, double *d1
         /* A partial for an immediate operand is never formed: x**2 at x < 0
            must not meet log(x). */
         switch (word & JX_OP_MASK) {
-#define OP(NAME, ARITY, COMMUTES, VALUE, D0, D1)            \
+#define OP(NAME, ARITY, COMMUTES, VALUE, D0, D1, FIXED)            \
         case JX_OP_##NAME:                                  \
             z = (VALUE);                                    \
             p0 = (word & JX_A_IMM) ? 0.0 : (D0);            \

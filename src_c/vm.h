@@ -45,6 +45,12 @@ typedef struct {
     const double *imm;      /* n_instr */
     const int32_t *out_slot;    /* n_out */
     const double *const_value;  /* n_const; slot n_in + k */
+    /* Derived once from the above by jx_tape_fixed_partials (may be NULL):
+       fixed[i] = 1 when instruction i's partials are the constants
+       fixed_d0[i], fixed_d1[i] whatever its operands' values. */
+    const unsigned char *fixed;
+    const double *fixed_d0;
+    const double *fixed_d1;
 } jx_tape;
 
 /* Private memory of one evaluation (one per thread). */
@@ -58,6 +64,8 @@ typedef struct {
 
 /* Checks every index of the tape once; the sweeps then run unchecked. */
 int jx_tape_check(const jx_tape *t);
+/* Fills fixed, d0, d1 (n_instr each) for a checked tape; returns how many are fixed. */
+int32_t jx_tape_fixed_partials(const jx_tape *t, unsigned char *fixed, double *d0, double *d1);
 
 int jx_work_init(jx_work *w, const jx_tape *t, int32_t lanes);
 void jx_work_free(jx_work *w);
