@@ -1,4 +1,10 @@
-"""Declares the compiled extensions; the metadata lives in pyproject.toml."""
+"""Declares the compiled extensions; the metadata lives in pyproject.toml.
+
+Build switches (environment variables, POSIX compilers):
+  JACEXT_WERROR=1                      warnings are errors (CI sets it)
+  JACEXT_SANITIZE=address,undefined    AddressSanitizer + UBSan build (.ci/sanitize)
+  JACEXT_DEBUG=1                       keep debug information (-g); release builds use -g0
+"""
 import os
 import sys
 
@@ -7,9 +13,10 @@ from Cython.Build import cythonize
 from setuptools import Extension, setup
 
 HEADERS = ["src_c/ops.def", "src_c/ops.h", "src_c/vm.h"]
-C_SOURCES = ["src_c/vm.c", "src_c/batch.c"]
+C_SOURCES = ["src_c/vm.c", "src_c/batch.c", "src_c/sparsity.c"]
 
 if sys.platform == "win32":
+    # MSVC: C99 in the form MSVC's C compiler accepts (VS 2015 or newer), no OpenMP
     compile_args = ["/O2"]
     link_args = []
 else:
@@ -21,6 +28,11 @@ else:
     if sanitize:  # e.g. "address,undefined"
         compile_args += [f"-fsanitize={sanitize}", "-fno-omit-frame-pointer", "-O1", "-g"]
         link_args += [f"-fsanitize={sanitize}"]
+    elif os.environ.get("JACEXT_DEBUG"):
+        compile_args.append("-g")
+    else:
+        # Python's own CFLAGS carry -g: without this the wheel ships megabytes of DWARF
+        compile_args.append("-g0")
 
 common = dict(
     include_dirs=["src_c", np.get_include()],

@@ -14,9 +14,10 @@ import os
 
 import numpy as np
 cimport numpy as cnp
-from libc.stdint cimport int32_t
+from libc.stdint cimport int32_t, int64_t
 from libc.stdlib cimport free, malloc
 
+from jacext import sparse as _sparse
 from jacext.errors import JacextError
 
 cnp.import_array()
@@ -24,7 +25,7 @@ cnp.import_array()
 cdef extern from "vm.h" nogil:
     int JX_OK, JX_ENOMEM, JX_EBADTAPE, JX_EARG, JX_ETHREAD
     int JX_MAX_LANES, JX_MODE_FORWARD, JX_MODE_REVERSE
-    int JX_TASK_VALUE, JX_TASK_JACOBIAN, JX_TASK_JVP, JX_TASK_VJP
+    int JX_TASK_VALUE, JX_TASK_JACOBIAN, JX_TASK_JVP, JX_TASK_VJP, JX_TASK_COMPRESSED
     int JX_OP_MASK, JX_A_IMM, JX_B_IMM, JX_N_OPS
     const char *jx_op_names[]
     const int jx_op_arity[]
@@ -50,6 +51,8 @@ cdef extern from "vm.h" nogil:
         int task, mode
         const int32_t *cols
         int32_t n_cols
+        const int32_t *colour
+        int32_t n_colours
         Py_ssize_t n_points
         const double *x
         const double *seed
@@ -68,6 +71,14 @@ cdef extern from "vm.h" nogil:
     int jx_point_vjp(const jx_tape *t, jx_work *w, const double *x, const double *u,
                      double *y, double *xbar)
     int jx_batch_run(const jx_tape *t, const jx_batch *job, int n_threads)
+    int jx_point_compressed(const jx_tape *t, jx_work *w, const double *x, double *y,
+                            double *comp, const int32_t *cols, int32_t n_cols,
+                            const int32_t *colour, int32_t n_colours, int mode)
+    int jx_sparsity(const jx_tape *t, const int32_t *col_of_input, int32_t **indptr,
+                    int32_t **indices)
+    int32_t jx_colour_columns(int32_t n_rows, int32_t n_cols, const int32_t *indptr,
+                              const int32_t *indices, const int32_t *order, int32_t *colour,
+                              int64_t max_work)
     double jx_op_value(int op, double a, double b, double s)
     void jx_op_partials(int op, double a, double b, double s, double *d0, double *d1)
 
@@ -150,6 +161,8 @@ cdef class Function:
     cdef tuple _arg_offsets
     cdef tuple _out_offsets
     cdef dict _cols
+    cdef dict _sparse_cache
+    cdef int _auto0      # _auto_colours(0), or -1 before it is known
     cdef jx_work _work
     cdef bint _work_busy
     cdef bint _has_work
@@ -221,6 +234,8 @@ cdef class Function:
         self.tape.fixed_d0 = <const double *>cnp.PyArray_DATA(fixed_d0)
         self.tape.fixed_d1 = <const double *>cnp.PyArray_DATA(fixed_d1)
         self._cols = {}
+        self._sparse_cache = {}
+        self._auto0 = -1
         self._single_shape = self.arg_shapes[0] if len(self.arg_shapes) == 1 else None
         if self._single_shape is not None and not out_is_tuple:
             self._single_jac_shape = self.out_shapes[0] + self._single_shape
@@ -398,11 +413,14 @@ cdef class Function:
                 return np.ascontiguousarray(arrays[0]).reshape(-1), batch
             return np.concatenate([a.reshape(-1) for a in arrays]), batch
         n_points = int(np.prod(batch, dtype=np.int64))
-        cols = [np.broadcast_to(a, batch + a.shape[len(a.shape) - len(s):]).reshape(n_points, -1)
+        # explicit widths, not -1: an empty batch (0 points) must reshape too
+        cols = [np.broadcast_to(a, batch + a.shape[len(a.shape) - len(s):])
+                .reshape(n_points, int(np.prod(s, dtype=np.int64)))
                 for a, s in zip(arrays, self.arg_shapes)]
+        width = (int(self.tape.n_in),)
         if len(cols) == 1:
-            return np.ascontiguousarray(cols[0]).reshape(batch + (-1,)), batch
-        return np.ascontiguousarray(np.concatenate(cols, axis=1)).reshape(batch + (-1,)), batch
+            return np.ascontiguousarray(cols[0]).reshape(batch + width), batch
+        return np.ascontiguousarray(np.concatenate(cols, axis=1)).reshape(batch + width), batch
 
     def _outputs(self, cnp.ndarray y, tuple batch):
         """Split flat outputs (..., n_out) into the traced output structure."""
@@ -467,6 +485,8 @@ cdef class Function:
         job.mode = 0
         job.cols = NULL
         job.n_cols = 0
+        job.colour = NULL
+        job.n_colours = 0
         job.n_points = x.shape[0]
         job.x = <const double *>cnp.PyArray_DATA(x)
         job.seed = NULL
@@ -477,7 +497,7 @@ cdef class Function:
 
     # ---- Jacobians ----
 
-    def jacobian(self, *args, argnums=0, mode="auto", out=None, threads=None):
+    def jacobian(self, *args, argnums=0, mode="auto", out=None, threads=None, sparse=False):
         """The Jacobian d out / d args[argnums], shape out.shape + arg.shape.
 
         ``argnums`` an int or a tuple (then a tuple of Jacobians); tuple outputs
@@ -486,14 +506,27 @@ cdef class Function:
         preallocated float64 C-contiguous array of the result's shape.  A batch
         (leading axes) gives batch.shape + out.shape + arg.shape, ``threads``
         splitting it (None: all cores).
+
+        ``sparse=True`` returns a ``scipy.sparse.csr_array`` of shape
+        (out.size, arg.size) filled from compressed sweeps (column or row
+        colouring of the exact pattern, :meth:`sparsity`), never building the
+        dense matrix; for a batch, a :class:`jacext.sparse.SparseJacobians`
+        (one pattern, values per point).
         """
         cdef cnp.ndarray x, jac, cols
+        if sparse:
+            if out is not None:
+                raise ValueError("jacext: out= is for dense Jacobians; sparse=True returns "
+                                 "a new scipy.sparse.csr_array")
+            return self._sparse_jacobian(args, argnums, mode, threads)
         cdef jx_work *w
         cdef int m, st
         cdef int32_t n_cols
         # Fast path: one argument of exactly the traced shape, one output.
         if (len(args) == 1 and argnums == 0 and self._single_jac_shape is not None
-                and type(args[0]) is np.ndarray):
+                and type(args[0]) is np.ndarray
+                and (mode != "auto" or self._auto0 == 0
+                     or (self._auto0 < 0 and self._set_auto0() == 0))):
             x = <cnp.ndarray>args[0]
             if (cnp.PyArray_TYPE(x) == cnp.NPY_DOUBLE and cnp.PyArray_IS_C_CONTIGUOUS(x)
                     and _shape_is(x, self._single_shape)):
@@ -561,13 +594,27 @@ cdef class Function:
         self._check_jacobian_size(batch, n_cols)
         single_result = not multi and not self.out_is_tuple
         direct = out is not None and single_result
+        sparse_mode = self._auto_colours(argnums) if mode == "auto" else 0
         if direct:
             arg = argnums % len(self.arg_shapes)
             mat = self._check_out(out, batch + self.out_shapes[0] + self.arg_shapes[arg])
+        elif sparse_mode:
+            mat = np.zeros(batch + (self.tape.n_out, n_cols), dtype=np.float64)
         else:
             mat = np.empty(batch + (self.tape.n_out, n_cols), dtype=np.float64)
         y = np.empty(batch + (self.tape.n_out,), dtype=np.float64) if want_value else None
-        if not batch:
+        if sparse_mode:
+            # compressed sweeps over the colours, then a scatter into zeros
+            vals, yv = self._compressed(x, batch, argnums, sparse_mode, threads, want_value)
+            ptr, idx = self._pattern(argnums)
+            rows = self._sparse_cache[("rows", argnums)]
+            flat = mat.reshape(batch + (self.tape.n_out, n_cols))
+            if direct:
+                flat[...] = 0.0
+            flat[..., rows, idx] = vals
+            if want_value:
+                y = yv
+        elif not batch:
             w = self._take_work(self._lanes(m, n_cols))
             try:
                 with nogil:
@@ -584,6 +631,8 @@ cdef class Function:
             job.mode = m
             job.cols = <const int32_t *>cnp.PyArray_DATA(cols)
             job.n_cols = n_cols
+            job.colour = NULL
+            job.n_colours = 0
             job.n_points = x.shape[0]
             job.x = <const double *>cnp.PyArray_DATA(x)
             job.seed = NULL
@@ -592,7 +641,9 @@ cdef class Function:
             self._run_batch(&job, self._n_threads(threads, x.shape[0],
                                                   self.tape.n_instr * (1 + n_cols)))
         result = self._split_jacobian(mat, batch, argnums, multi)
-        if out is not None and not direct:
+        if direct:
+            result = out      # the caller's array itself, as the fast path returns it
+        elif out is not None:
             _copy_into(out, result)
             result = out
         value = self._outputs(y, batch) if want_value else None
@@ -614,7 +665,7 @@ cdef class Function:
         """(..., n_out, n_cols) -> the nested structure of Jacobians."""
         nums = argnums if multi else (argnums,)
         nums = tuple(k % len(self.arg_shapes) for k in nums)
-        mat = mat.reshape(batch + (self.tape.n_out, -1))
+        mat = mat.reshape(batch + (self.tape.n_out, sum(self._arg_sizes[k] for k in nums)))
         col_lo = [0]
         for k in nums:
             col_lo.append(col_lo[-1] + self._arg_sizes[k])
@@ -627,6 +678,192 @@ cdef class Function:
                 if len(nums) > 1 or self.out_is_tuple:
                     block = np.ascontiguousarray(block)
                 per_arg.append(block.reshape(batch + oshape + self.arg_shapes[k]))
+            per_out.append(tuple(per_arg) if multi else per_arg[0])
+        return tuple(per_out) if self.out_is_tuple else per_out[0]
+
+    # ---- sparsity ----
+
+    def _pattern(self, argnums):
+        """(indptr, indices) of the exact pattern, cached per argnums."""
+        key = ("pattern", argnums)
+        hit = self._sparse_cache.get(key)
+        if hit is not None:
+            return hit
+        cdef cnp.ndarray cols = self._columns(argnums)
+        cdef cnp.ndarray col_of_input = np.full(max(self.tape.n_in, 1), -1, dtype=np.int32)
+        col_of_input[cols] = np.arange(cols.shape[0], dtype=np.int32)
+        cdef int32_t *indptr = NULL
+        cdef int32_t *indices = NULL
+        cdef int st
+        with nogil:
+            st = jx_sparsity(&self.tape, <const int32_t *>cnp.PyArray_DATA(col_of_input),
+                             &indptr, &indices)
+        _raise_status(st)
+        n_out = self.tape.n_out
+        try:
+            ptr = np.asarray(<int32_t[:n_out + 1]>indptr).copy()
+            nnz = int(ptr[n_out])
+            idx = (np.asarray(<int32_t[:nnz]>indices).copy() if nnz
+                   else np.zeros(0, dtype=np.int32))
+        finally:
+            free(indptr)
+            free(indices)
+        ptr.setflags(write=False)
+        idx.setflags(write=False)
+        self._sparse_cache[key] = (ptr, idx)
+        return ptr, idx
+
+    def sparsity(self, argnums=0):
+        """The exact structural pattern of d out / d args[argnums].
+
+        A ``scipy.sparse.csr_array`` of bool, shape (out.size, arg.size) (the
+        outputs and the selected arguments flattened and concatenated).  An
+        entry is structurally nonzero when the output depends on that input
+        through differentiable operations; ``np.where``'s condition, floor,
+        sign and comparisons contribute no dependence.  Computed once.
+        """
+        ptr, idx = self._pattern(argnums)
+        return _sparse.pattern_array(ptr, idx, (self.tape.n_out, self._columns(argnums).shape[0]))
+
+    def _colouring(self, argnums):
+        """Column and row colourings of the pattern, cached: (col, p, row, q)."""
+        key = ("colouring", argnums)
+        hit = self._sparse_cache.get(key)
+        if hit is not None:
+            return hit
+        ptr, idx = self._pattern(argnums)
+        n_cols = int(self._columns(argnums).shape[0])
+        n_out = int(self.tape.n_out)
+        budget = 64 * int(idx.shape[0]) + 10**7
+        col = _colour(ptr, idx, n_out, n_cols, budget)
+        tptr, tidx = _sparse.transpose_pattern(ptr, idx, (n_out, n_cols))
+        row = _colour(tptr, tidx, n_cols, n_out, budget)
+        result = (col, int(col.max()) + 1 if col.size else 0,
+                  row, int(row.max()) + 1 if row.size else 0)
+        self._sparse_cache[key] = result
+        return result
+
+    def colours(self, argnums=0):
+        """(column colours, row colours): the sweeps a sparse Jacobian costs."""
+        col, p, row, q = self._colouring(argnums)
+        return p, q
+
+    def _compressed(self, cnp.ndarray x, tuple batch, argnums, int m, threads, bint want_value):
+        """Compressed Jacobians of x (one point or rows of a batch)."""
+        cdef cnp.ndarray cols = self._columns(argnums)
+        cdef cnp.ndarray colour, comp, y
+        cdef jx_work *w
+        cdef jx_batch job
+        cdef int st
+        cdef int32_t n_cols = <int32_t>cols.shape[0], n_colours
+        col, p, row, q = self._colouring(argnums)
+        if m == JX_MODE_FORWARD:
+            colour, n_colours = col, p
+            shape = (self.tape.n_out, p)
+        else:
+            colour, n_colours = row, q
+            shape = (q, n_cols)
+        n_points = int(np.prod(batch, dtype=np.int64)) if batch else 1
+        comp = np.empty((n_points,) + shape if batch else shape, dtype=np.float64)
+        y = np.empty(batch + (self.tape.n_out,), dtype=np.float64) if want_value else None
+        if not batch:
+            w = self._take_work(min(max(n_colours, 1), JX_MAX_LANES))
+            try:
+                with nogil:
+                    st = jx_point_compressed(&self.tape, w, <const double *>cnp.PyArray_DATA(x),
+                                             <double *>cnp.PyArray_DATA(y) if y is not None else NULL,
+                                             <double *>cnp.PyArray_DATA(comp),
+                                             <const int32_t *>cnp.PyArray_DATA(cols), n_cols,
+                                             <const int32_t *>cnp.PyArray_DATA(colour), n_colours, m)
+            finally:
+                self._give_work(w)
+            _raise_status(st)
+        else:
+            x = x.reshape(-1, self.tape.n_in)
+            job.task = JX_TASK_COMPRESSED
+            job.mode = m
+            job.cols = <const int32_t *>cnp.PyArray_DATA(cols)
+            job.n_cols = n_cols
+            job.colour = <const int32_t *>cnp.PyArray_DATA(colour)
+            job.n_colours = n_colours
+            job.n_points = x.shape[0]
+            job.x = <const double *>cnp.PyArray_DATA(x)
+            job.seed = NULL
+            job.y = <double *>cnp.PyArray_DATA(y) if y is not None else NULL
+            job.out = <double *>cnp.PyArray_DATA(comp)
+            self._run_batch(&job, self._n_threads(threads, x.shape[0],
+                                                  self.tape.n_instr * (1 + n_colours)))
+        ptr, idx = self._pattern(argnums)
+        rows = self._sparse_cache.get(("rows", argnums))
+        if rows is None:
+            rows = np.repeat(np.arange(self.tape.n_out, dtype=np.intp), np.diff(ptr))
+            self._sparse_cache[("rows", argnums)] = rows
+        # one entry per nonzero: a valid colouring gives each its own place
+        if m == JX_MODE_FORWARD:
+            vals = comp[..., rows, col[idx]]
+        else:
+            vals = comp[..., row[rows], idx]
+        return vals, y
+
+    cdef int _set_auto0(self) except -1:
+        self._auto0 = self._auto_colours(0)
+        return self._auto0
+
+    def _auto_colours(self, argnums):
+        """Sweep mode when compressed sweeps beat dense ones for a dense result, else 0.
+
+        Only asked for Jacobians of more than 32 rows and columns (below that a
+        dense sweep is already a few lanes); the pattern is found once.
+        """
+        key = ("auto", argnums)
+        hit = self._sparse_cache.get(key)
+        if hit is not None:
+            return hit
+        n_cols = int(self._columns(argnums).shape[0])
+        n_out = int(self.tape.n_out)
+        choice = 0
+        if min(n_cols, n_out) > 32:
+            col, p, row, q = self._colouring(argnums)
+            if 2 * min(p, q) <= min(n_cols, n_out):
+                choice = JX_MODE_FORWARD if p <= q else JX_MODE_REVERSE
+        self._sparse_cache[key] = choice
+        return choice
+
+    def _sparse_mode(self, mode, argnums):
+        col, p, row, q = self._colouring(argnums)
+        if mode == "auto":
+            return JX_MODE_FORWARD if p <= q else JX_MODE_REVERSE
+        return self._mode(mode, 1)
+
+    def _sparse_jacobian(self, tuple args, argnums, mode, threads):
+        x, batch = self._prepare(args, len(args))
+        multi = not isinstance(argnums, (int, np.integer))
+        if multi:
+            argnums = tuple(int(k) for k in argnums)
+        m = self._sparse_mode(mode, argnums)
+        vals, _ = self._compressed(x, batch, argnums, m, threads, False)
+        ptr, idx = self._pattern(argnums)
+        shape = (self.tape.n_out, int(self._columns(argnums).shape[0]))
+        if batch:
+            full = _sparse.SparseJacobians(_sparse.pattern_array(ptr, idx, shape),
+                                           vals.reshape(batch + (-1,)))
+            if multi or self.out_is_tuple:
+                raise ValueError("jacext: sparse=True for a batch needs one output and one "
+                                 "argument (a single pattern); compile a Function per block")
+            return full
+        import scipy.sparse as sp
+        mat = sp.csr_array((vals, idx, ptr), shape=shape)
+        nums = argnums if multi else (argnums,)
+        nums = tuple(k % len(self.arg_shapes) for k in nums)
+        col_lo = [0]
+        for k in nums:
+            col_lo.append(col_lo[-1] + self._arg_sizes[k])
+        per_out = []
+        for o in range(len(self.out_shapes)):
+            r0, r1 = self._out_offsets[o], self._out_offsets[o + 1]
+            rows = mat if not self.out_is_tuple else mat[r0:r1]
+            per_arg = [rows if len(nums) == 1 else rows[:, col_lo[j]:col_lo[j + 1]]
+                       for j in range(len(nums))]
             per_out.append(tuple(per_arg) if multi else per_arg[0])
         return tuple(per_out) if self.out_is_tuple else per_out[0]
 
@@ -676,6 +913,8 @@ cdef class Function:
         job.mode = JX_MODE_FORWARD
         job.cols = NULL
         job.n_cols = 0
+        job.colour = NULL
+        job.n_colours = 0
         job.n_points = n_points
         job.x = <const double *>cnp.PyArray_DATA(x)
         job.seed = <const double *>cnp.PyArray_DATA(v)
@@ -722,6 +961,8 @@ cdef class Function:
             job.mode = JX_MODE_REVERSE
             job.cols = NULL
             job.n_cols = 0
+            job.colour = NULL
+            job.n_colours = 0
             job.n_points = n_points
             job.x = <const double *>cnp.PyArray_DATA(x)
             job.seed = <const double *>cnp.PyArray_DATA(u)
@@ -753,8 +994,10 @@ cdef class Function:
         if not batch:
             return np.ascontiguousarray(np.concatenate([a.reshape(-1) for a in arrays])), batch
         n = int(np.prod(batch, dtype=np.int64))
-        cols = [np.broadcast_to(a, batch + s).reshape(n, -1) for a, s in zip(arrays, self.out_shapes)]
-        return np.ascontiguousarray(np.concatenate(cols, axis=1)).reshape(batch + (-1,)), batch
+        cols = [np.broadcast_to(a, batch + s).reshape(n, int(np.prod(s, dtype=np.int64)))
+                for a, s in zip(arrays, self.out_shapes)]
+        return (np.ascontiguousarray(np.concatenate(cols, axis=1))
+                .reshape(batch + (int(self.tape.n_out),)), batch)
 
 
 def _batch_of_shapes(args, arg_shapes):
@@ -773,6 +1016,28 @@ def _batch_of_shapes(args, arg_shapes):
         return tuple(np.broadcast_shapes(*batches))
     except Exception:
         return None
+
+
+def _colour(ptr, idx, int32_t n_rows, int32_t n_cols, budget):
+    """Greedy distance-2 colouring, largest-first; identity when it would cost too much."""
+    cdef cnp.ndarray order = _sparse.largest_first(idx, n_cols)
+    cdef cnp.ndarray colour = np.empty(n_cols, dtype=np.int32)
+    cdef cnp.ndarray p = np.ascontiguousarray(ptr, dtype=np.int32)
+    cdef cnp.ndarray q = np.ascontiguousarray(idx, dtype=np.int32)
+    cdef int32_t n
+    cdef int64_t limit = budget
+    if q.shape[0] == 0:
+        q = np.zeros(1, dtype=np.int32)
+    with nogil:
+        n = jx_colour_columns(n_rows, n_cols, <const int32_t *>cnp.PyArray_DATA(p),
+                              <const int32_t *>cnp.PyArray_DATA(q),
+                              <const int32_t *>cnp.PyArray_DATA(order),
+                              <int32_t *>cnp.PyArray_DATA(colour), limit)
+    if n == JX_ENOMEM:
+        raise MemoryError("jacext: out of memory colouring the sparsity pattern")
+    if n < 0:   # too much work (dense rows): every column its own colour
+        return np.arange(n_cols, dtype=np.int32)
+    return colour
 
 
 def _broadcast_rows(cnp.ndarray x, tuple batch, Py_ssize_t n_points):

@@ -393,6 +393,7 @@ static int32_t jx_dirs_for(const jx_tape *t, const jx_batch *job)
     int32_t need = 1;
     if (job->task == JX_TASK_JACOBIAN)
         need = (job->mode == JX_MODE_FORWARD) ? job->n_cols : t->n_out;
+    if (job->task == JX_TASK_COMPRESSED) need = job->n_colours;
     if (need > JX_MAX_LANES) need = JX_MAX_LANES;
     return need < 1 ? 1 : need;
 }
@@ -403,7 +404,24 @@ static void jx_run_share(jx_share *sh)
     const jx_batch *job = sh->job;
     jx_block_work w;
     ptrdiff_t p;
-    int st = jx_block_init(&w, t, jx_dirs_for(t, job));
+    int st;
+    if (job->task == JX_TASK_COMPRESSED) {
+        /* sparse Jacobians of a batch: point by point, each thread its own work */
+        const size_t size = job->mode == JX_MODE_FORWARD
+                                ? (size_t)t->n_out * (size_t)job->n_colours
+                                : (size_t)job->n_colours * (size_t)job->n_cols;
+        jx_work pw;
+        st = jx_work_init(&pw, t, jx_dirs_for(t, job));
+        for (p = sh->lo; p < sh->hi && st == JX_OK; p++)
+            st = jx_point_compressed(t, &pw, job->x + (size_t)p * (size_t)t->n_in,
+                                     job->y ? job->y + (size_t)p * (size_t)t->n_out : NULL,
+                                     job->out + (size_t)p * size, job->cols, job->n_cols,
+                                     job->colour, job->n_colours, job->mode);
+        if (pw.value) jx_work_free(&pw);
+        sh->status = st;
+        return;
+    }
+    st = jx_block_init(&w, t, jx_dirs_for(t, job));
     if (st != JX_OK) {
         sh->status = st;
         return;

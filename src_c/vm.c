@@ -321,65 +321,87 @@ int jx_point_value(const jx_tape *t, jx_work *w, const double *x, double *y)
     return JX_OK;
 }
 
-static void jx_jacobian_forward(const jx_tape *t, jx_work *w, double *jac,
-                                const int32_t *cols, int32_t n_cols)
+/*
+ * Forward: lane k of a sweep seeds every column whose colour is k (a dense
+ * Jacobian is the colouring colour[c] = c), so comp[i, k] is the sum of the
+ * row-i entries over the columns of colour k; with a valid column colouring
+ * that sum has one term.
+ */
+static void jx_jacobian_forward(const jx_tape *t, jx_work *w, double *comp,
+                                const int32_t *cols, int32_t n_cols,
+                                const int32_t *colour, int32_t n_colours)
 {
-    const int32_t K = n_cols < w->lanes ? n_cols : w->lanes;
+    const int32_t K = n_colours < w->lanes ? n_colours : w->lanes;
     const size_t fixed = (size_t)(t->n_in + t->n_const) * (size_t)K;
-    int32_t c0, k, i;
-    for (c0 = 0; c0 < n_cols; c0 += K) {
-        const int32_t kk = (n_cols - c0 < K) ? n_cols - c0 : K;
+    int32_t k0, k, i, c;
+    for (k0 = 0; k0 < n_colours; k0 += K) {
+        const int32_t kk = (n_colours - k0 < K) ? n_colours - k0 : K;
         /* inputs and constants: zero tangents but for this chunk's seeds */
         memset(w->lane, 0, fixed * sizeof(double));
-        for (k = 0; k < kk; k++) w->lane[(size_t)cols[c0 + k] * K + k] = 1.0;
+        for (c = 0; c < n_cols; c++) {
+            const int32_t col = colour ? colour[c] : c;
+            if (col >= k0 && col < k0 + kk) w->lane[(size_t)cols[c] * K + (col - k0)] = 1.0;
+        }
         jx_tangent_sweep(t, w->d0, w->d1, w->lane, K);
         for (i = 0; i < t->n_out; i++) {
             const double *src = w->lane + (size_t)t->out_slot[i] * K;
-            double *row = jac + (size_t)i * n_cols + c0;
+            double *row = comp + (size_t)i * n_colours + k0;
             for (k = 0; k < kk; k++) row[k] = src[k];
         }
     }
 }
 
-static void jx_jacobian_reverse(const jx_tape *t, jx_work *w, double *jac,
-                                const int32_t *cols, int32_t n_cols)
+/* Reverse: lane k seeds every output row of colour k; comp is n_colours x n_cols. */
+static void jx_jacobian_reverse(const jx_tape *t, jx_work *w, double *comp,
+                                const int32_t *cols, int32_t n_cols,
+                                const int32_t *colour, int32_t n_colours)
 {
-    const int32_t K = t->n_out < w->lanes ? t->n_out : w->lanes;
-    int32_t r0, k, c;
+    const int32_t K = n_colours < w->lanes ? n_colours : w->lanes;
+    int32_t k0, k, c, i;
     if (K == 0) return;
     /* After a sweep every temporary's adjoint is zero again (the sweep clears
        each slot where its value is born); only inputs and constants keep
-       what they gathered. */
+       what they gathered, and the prefix memset clears them. */
     memset(w->lane, 0, (size_t)t->n_slots * (size_t)K * sizeof(double));
-    for (r0 = 0; r0 < t->n_out; r0 += K) {
-        const int32_t kk = (t->n_out - r0 < K) ? t->n_out - r0 : K;
-        if (r0 > 0)
+    for (k0 = 0; k0 < n_colours; k0 += K) {
+        const int32_t kk = (n_colours - k0 < K) ? n_colours - k0 : K;
+        if (k0 > 0)
             memset(w->lane, 0, (size_t)(t->n_in + t->n_const) * (size_t)K * sizeof(double));
-        for (k = 0; k < kk; k++) w->lane[(size_t)t->out_slot[r0 + k] * K + k] += 1.0;
+        for (i = 0; i < t->n_out; i++) {
+            const int32_t row = colour ? colour[i] : i;
+            if (row >= k0 && row < k0 + kk) w->lane[(size_t)t->out_slot[i] * K + (row - k0)] += 1.0;
+        }
         jx_adjoint_sweep(t, w->d0, w->d1, w->lane, K);
         for (k = 0; k < kk; k++) {
-            double *row = jac + (size_t)(r0 + k) * n_cols;
-            for (c = 0; c < n_cols; c++) row[c] = w->lane[(size_t)cols[c] * K + k];
+            double *dst = comp + (size_t)(k0 + k) * n_cols;
+            for (c = 0; c < n_cols; c++) dst[c] = w->lane[(size_t)cols[c] * K + k];
         }
-        /* an output that is an input or constant slot kept its seed in a
-           slot no instruction clears: cleared by the prefix memset above */
     }
+}
+
+int jx_point_compressed(const jx_tape *t, jx_work *w, const double *x, double *y,
+                        double *comp, const int32_t *cols, int32_t n_cols,
+                        const int32_t *colour, int32_t n_colours, int mode)
+{
+    jx_load_point(t, w, x);
+    jx_forward_partials(t, w->value, w->d0, w->d1);
+    jx_store_outputs(t, w, y);
+    if (n_cols == 0 || t->n_out == 0 || n_colours == 0) return JX_OK;
+    if (mode == JX_MODE_FORWARD)
+        jx_jacobian_forward(t, w, comp, cols, n_cols, colour, n_colours);
+    else if (mode == JX_MODE_REVERSE)
+        jx_jacobian_reverse(t, w, comp, cols, n_cols, colour, n_colours);
+    else
+        return JX_EARG;
+    return JX_OK;
 }
 
 int jx_point_jacobian(const jx_tape *t, jx_work *w, const double *x, double *y,
                       double *jac, const int32_t *cols, int32_t n_cols, int mode)
 {
-    jx_load_point(t, w, x);
-    jx_forward_partials(t, w->value, w->d0, w->d1);
-    jx_store_outputs(t, w, y);
-    if (n_cols == 0 || t->n_out == 0) return JX_OK;
-    if (mode == JX_MODE_FORWARD)
-        jx_jacobian_forward(t, w, jac, cols, n_cols);
-    else if (mode == JX_MODE_REVERSE)
-        jx_jacobian_reverse(t, w, jac, cols, n_cols);
-    else
-        return JX_EARG;
-    return JX_OK;
+    /* the dense Jacobian: every column (forward) or row (reverse) its own colour */
+    return jx_point_compressed(t, w, x, y, jac, cols, n_cols, NULL,
+                               mode == JX_MODE_FORWARD ? n_cols : t->n_out, mode);
 }
 
 int jx_point_jvp(const jx_tape *t, jx_work *w, const double *x, const double *v,

@@ -89,6 +89,15 @@ void jx_adjoint_sweep(const jx_tape *t, const double *d0, const double *d1,
  */
 int jx_point_jacobian(const jx_tape *t, jx_work *w, const double *x, double *y,
                       double *jac, const int32_t *cols, int32_t n_cols, int mode);
+/*
+ * Compressed Jacobian (sparse.c's colourings): forward, colour[c] is column
+ * c's colour and comp is n_out x n_colours; reverse, colour[i] is output
+ * row i's colour and comp is n_colours x n_cols.  colour NULL: the dense
+ * Jacobian (every column, or row, its own colour).
+ */
+int jx_point_compressed(const jx_tape *t, jx_work *w, const double *x, double *y,
+                        double *comp, const int32_t *cols, int32_t n_cols,
+                        const int32_t *colour, int32_t n_colours, int mode);
 int jx_point_value(const jx_tape *t, jx_work *w, const double *x, double *y);
 /* y and ydot = J v, v over all inputs */
 int jx_point_jvp(const jx_tape *t, jx_work *w, const double *x, const double *v,
@@ -103,18 +112,43 @@ int jx_point_vjp(const jx_tape *t, jx_work *w, const double *x, const double *u,
 #define JX_TASK_JACOBIAN 1
 #define JX_TASK_JVP 2
 #define JX_TASK_VJP 3
+#define JX_TASK_COMPRESSED 4
 
 typedef struct {
     int task;
     int mode;                 /* for JX_TASK_JACOBIAN */
-    const int32_t *cols;      /* for JX_TASK_JACOBIAN */
+    const int32_t *cols;      /* for JX_TASK_JACOBIAN and _COMPRESSED */
     int32_t n_cols;
+    const int32_t *colour;    /* for JX_TASK_COMPRESSED */
+    int32_t n_colours;
     ptrdiff_t n_points;
     const double *x;          /* n_points x n_in */
     const double *seed;       /* JVP: n_points x n_in, VJP: n_points x n_out */
     double *y;                /* n_points x n_out, or NULL */
-    double *out;              /* jacobian: n_points x n_out x n_cols; jvp: x n_out; vjp: x n_in */
+    double *out;              /* jacobian: n_points x n_out x n_cols; jvp: x n_out; vjp: x n_in;
+                                 compressed: n_points x (n_out x n_colours | n_colours x n_cols) */
 } jx_batch;
+
+/* ---- sparsity (sparsity.c) ---- */
+
+/*
+ * The exact structural pattern of d outputs / d inputs[cols], found by
+ * propagating sorted sets of column numbers over the tape.  col_of_input[j]
+ * is input j's column, or -1.  On success *indptr (n_out + 1) and *indices
+ * are malloc'ed CSR arrays the caller frees.
+ */
+int jx_sparsity(const jx_tape *t, const int32_t *col_of_input, int32_t **indptr,
+                int32_t **indices);
+
+/*
+ * Greedy distance-2 colouring of the columns of an n_rows x n_cols CSR
+ * pattern, visiting columns in `order`: two columns that share a row never
+ * share a colour.  Returns the number of colours (>= 0) or a JX_E* status;
+ * gives up with JX_EARG when the work would pass max_work.
+ */
+int32_t jx_colour_columns(int32_t n_rows, int32_t n_cols, const int32_t *indptr,
+                          const int32_t *indices, const int32_t *order, int32_t *colour,
+                          int64_t max_work);
 
 int jx_batch_run(const jx_tape *t, const jx_batch *job, int n_threads);
 
