@@ -107,7 +107,8 @@ cdef int _raise_status(int st) except -1:
     if st == JX_ETHREAD:
         raise RuntimeError("jacext: could not start worker threads")
     if st == JX_EBADTAPE:
-        raise ValueError("jacext: the tape is corrupt (an index out of range or an unknown op)")
+        raise ValueError("jacext: the tape is corrupt (an index out of range, an unknown op, "
+                         "or an instruction writing over its own operand)")
     raise ValueError(f"jacext: invalid arguments to the VM (status {st})")
 
 
@@ -133,6 +134,14 @@ cdef inline bint _shape_is(cnp.ndarray a, tuple shape):
 
 def _shape_str(shape):
     return "(" + ", ".join(str(int(d)) for d in shape) + ("," if len(shape) == 1 else "") + ")"
+
+
+def _usable_cores():
+    """Cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
 
 
 def _physical_memory():
@@ -284,7 +293,16 @@ cdef class Function:
             outs = "(" + outs + ("," if len(self.out_shapes) == 1 else "") + ")"
         return (f"<jacext.Function {self.name}: inputs {ins} -> outputs {outs}; "
                 f"{self.tape.n_instr} instructions, {self.tape.n_slots} work slots "
-                f"({self.tape.n_in} inputs, {self.tape.n_const} constants)>")
+                f"({self.tape.n_in} inputs, {self.tape.n_const} constants)"
+                + self._colour_note() + ">")
+
+    def _colour_note(self):
+        hit = self._sparse_cache.get(("colouring", 0))
+        if hit is None:
+            return ""
+        col, p, row, q = hit
+        return f"; sparse: {p} column colours, {q} row colours"
+
 
     def disassemble(self, file=None):
         """Print the tape, one instruction a line (to ``file``, default stdout)."""
@@ -434,7 +452,7 @@ cdef class Function:
 
     def _n_threads(self, threads, Py_ssize_t n_points, Py_ssize_t work_per_point):
         if threads is None:
-            threads = os.cpu_count() or 1
+            threads = _usable_cores()
         elif not isinstance(threads, (int, np.integer)) or threads < 1:
             raise ValueError(f"jacext: threads must be a positive int or None; got {threads!r}")
         threads = int(threads)
@@ -492,7 +510,7 @@ cdef class Function:
         job.seed = NULL
         job.y = <double *>cnp.PyArray_DATA(y)
         job.out = NULL
-        self._run_batch(&job, 1)
+        self._run_batch(&job, self._n_threads(None, job.n_points, self.tape.n_instr))
         return self._outputs(y, batch)
 
     # ---- Jacobians ----
@@ -920,7 +938,7 @@ cdef class Function:
         job.seed = <const double *>cnp.PyArray_DATA(v)
         job.y = <double *>cnp.PyArray_DATA(y)
         job.out = <double *>cnp.PyArray_DATA(ydot)
-        self._run_batch(&job, 1)
+        self._run_batch(&job, self._n_threads(None, job.n_points, 2 * self.tape.n_instr))
         return self._outputs(y, batch), self._outputs(ydot, batch)
 
     def vjp(self, *args):
@@ -968,7 +986,7 @@ cdef class Function:
             job.seed = <const double *>cnp.PyArray_DATA(u)
             job.y = <double *>cnp.PyArray_DATA(y)
             job.out = <double *>cnp.PyArray_DATA(xbar)
-            self._run_batch(&job, 1)
+            self._run_batch(&job, self._n_threads(None, job.n_points, 2 * self.tape.n_instr))
         parts = []
         for k, s in enumerate(self.arg_shapes):
             lo, hi = self._arg_offsets[k], self._arg_offsets[k + 1]
