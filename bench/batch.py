@@ -236,7 +236,7 @@ def run(quick=False):
         for threads in (1, 2):
             check(f"jacext threads={threads}", F.jacobian(*args, threads=threads), J)
             row[f"jacext_{threads}t_s"] = median_time(
-                lambda t=threads: F.jacobian(*args, threads=t), repeats)
+                lambda t=threads, F=F, args=args: F.jacobian(*args, threads=t), repeats)
         try:
             t_c, Jc = compiled_c(cas, n_x, n_data, m, X, data, repeats)
             check("compiled C", Jc, J)
@@ -250,8 +250,8 @@ def run(quick=False):
             g = jax.jit(jax.vmap(jax.jacrev(jaxf())))
             jax_args = tuple(jax.numpy.asarray(a) for a in args)
             check("jax", np.asarray(g(*jax_args)), J)
-            row["jax_vmap_jacrev_s"] = median_time(lambda: g(*jax_args).block_until_ready(),
-                                                    repeats)
+            row["jax_vmap_jacrev_s"] = median_time(
+                lambda g=g, a=jax_args: g(*a).block_until_ready(), repeats)
         except ImportError:
             row["jax_vmap_jacrev_s"] = None
             row["jax_note"] = "missing"
