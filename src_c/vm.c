@@ -88,6 +88,9 @@ int jx_tape_check(const jx_tape *t)
         if (t->dst[i] < first_temp || t->dst[i] >= t->n_slots) return JX_EBADTAPE;
         if (t->a[i] < 0 || t->a[i] >= t->n_slots) return JX_EBADTAPE;
         if (t->b[i] < 0 || t->b[i] >= t->n_slots) return JX_EBADTAPE;
+        /* the batched sweeps (batch.c) rely on dst never being an operand's
+           slot: a tape that breaks this would give wrong batch results */
+        if (t->dst[i] == t->a[i] || t->dst[i] == t->b[i]) return JX_EBADTAPE;
         if (jx_op_arity[op] == 3) {
             double c = t->imm[i];
             if (!(c >= 0.0 && c < (double)t->n_slots) || c != (double)(int32_t)c)

@@ -1,0 +1,205 @@
+"""The one Jacobian check every test module uses: :func:`check_jacobian`.
+
+It compiles ``f``, computes its Jacobian in forward and in reverse mode and
+compares them with each other, with an independent reference (an analytic
+Jacobian passed as ``expected=`` and/or a 6th-order central difference of
+``f`` evaluated by NumPy on plain arrays), checks that the compiled value
+equals NumPy's, and that jvp/vjp agree with the Jacobian (J v, u J and the
+dot-product identity u.(J v) == (u J).v).
+
+The references never come from jacext: the finite differences call ``f``
+itself on float64 NumPy arrays.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+import jacext as jx
+
+# 6th-order central difference: f'(x) ~ sum_k c_k f(x + k h) / h
+_FD_OFFSETS = (-3, -2, -1, 1, 2, 3)
+_FD_WEIGHTS = (-1.0 / 60, 9.0 / 60, -45.0 / 60, 45.0 / 60, -9.0 / 60, 1.0 / 60)
+
+
+def as_outputs(value):
+    """f's result as a tuple of float64 arrays (a single output is a 1-tuple)."""
+    if isinstance(value, (tuple, list)):
+        return tuple(np.asarray(v, dtype=np.float64) for v in value)
+    return (np.asarray(value, dtype=np.float64),)
+
+
+def flat(value):
+    """f's result (array or tuple of arrays) as one flat float64 vector."""
+    parts = [np.ravel(v) for v in as_outputs(value)]
+    return np.concatenate(parts) if parts else np.zeros(0)
+
+
+def assert_same_values(actual, desired, rtol=1e-13, atol=None):
+    """Equal up to rounding, with nan and inf in exactly the same places.
+
+    ``atol`` defaults to ``rtol`` times the largest finite magnitude (sums may
+    cancel, and jacext sums in a balanced tree where NumPy/BLAS do not).
+    """
+    actual = np.asarray(actual, dtype=np.float64)
+    desired = np.asarray(desired, dtype=np.float64)
+    if atol is None:
+        finite = np.abs(desired[np.isfinite(desired)])
+        atol = rtol * max(1.0, float(np.max(finite, initial=0.0)))
+    assert actual.shape == desired.shape, (actual.shape, desired.shape)
+    np.testing.assert_array_equal(np.isnan(actual), np.isnan(desired), err_msg="nan positions")
+    inf_a = np.where(np.isinf(actual), np.sign(actual), 0.0)
+    inf_d = np.where(np.isinf(desired), np.sign(desired), 0.0)
+    np.testing.assert_array_equal(inf_a, inf_d, err_msg="inf positions")
+    fin = np.isfinite(desired)
+    np.testing.assert_allclose(actual[fin], desired[fin], rtol=rtol, atol=atol)
+
+
+def _to_matrix(J, out_shapes, arg_shapes, out_is_tuple, multi):
+    per_out = J if out_is_tuple else (J,)
+    assert len(per_out) == len(out_shapes)
+    row_blocks = []
+    for block, oshape in zip(per_out, out_shapes):
+        per_arg = block if multi else (block,)
+        assert not multi or isinstance(per_arg, tuple)
+        assert len(per_arg) == len(arg_shapes)
+        cols = []
+        for b, ashape in zip(per_arg, arg_shapes):
+            b = np.asarray(b)
+            assert b.shape == tuple(oshape) + tuple(ashape), (b.shape, oshape, ashape)
+            cols.append(b.reshape(int(np.prod(oshape, dtype=int)), int(np.prod(ashape, dtype=int))))
+        row_blocks.append(np.concatenate(cols, axis=1))
+    return np.concatenate(row_blocks, axis=0)
+
+
+def central_difference(f, args, argnums, step=1e-3):
+    """d flat(f) / d (args[argnums] flattened): 6th-order central differences.
+
+    The step for an entry x is ``step * max(1, |x|)``.
+    """
+    args = [np.array(a, dtype=np.float64) for a in args]
+    cols = []
+    for k in argnums:
+        base = args[k]
+        for j in range(base.size):
+            x0 = base.flat[j]
+            h = step * max(1.0, abs(x0))
+            acc = None
+            for off, w in zip(_FD_OFFSETS, _FD_WEIGHTS):
+                pert = [a.copy() for a in args]
+                pert[k].flat[j] = x0 + off * h
+                term = w * flat(f(*pert))
+                acc = term if acc is None else acc + term
+            cols.append(acc / h)
+    n_out = flat(f(*args)).size
+    if not cols:
+        return np.zeros((n_out, 0))
+    return np.stack(cols, axis=1)
+
+
+def check_jacobian(f, *args, argnums=0, expected=None, fd=True, step=1e-3,
+                   rtol=1e-7, atol=1e-9, expected_rtol=None, value_rtol=1e-13, F=None,
+                   seed=0):
+    """Check the compiled Jacobian of ``f`` at ``args``; returns it (F.jacobian's nesting).
+
+    * forward and reverse mode agree to ~1e-12 (relative to the largest entry);
+    * they match ``expected`` (an analytic Jacobian in F.jacobian's nesting, or a
+      2-D matrix over all outputs x the chosen inputs), if given, and a 6th-order
+      central difference of ``f`` run by NumPy (unless ``fd=False``), within
+      ``rtol``/``atol`` (atol scaled by the largest entry when it exceeds 1;
+      ``expected_rtol`` overrides ``rtol`` for the analytic Jacobian);
+    * ``F(*args)`` and ``value_and_jacobian`` equal ``f(*args)`` run by NumPy;
+    * jvp and vjp equal J v and u J for random v, u, and u.(J v) == (u J).v.
+    """
+    arrays = tuple(np.array(a, dtype=np.float64) for a in args)
+    if F is None:
+        F = jx.compile(f, *arrays)
+    multi = not isinstance(argnums, (int, np.integer))
+    nums = tuple(argnums) if multi else (int(argnums),)
+    with np.errstate(all="ignore"):
+        want_value = f(*[a.copy() for a in arrays])
+    out_is_tuple = isinstance(want_value, (tuple, list))
+    want_outs = as_outputs(want_value)
+    out_shapes = tuple(o.shape for o in want_outs)
+    assert F.out_is_tuple == out_is_tuple
+    assert F.out_shapes == out_shapes
+
+    # values
+    got = F(*arrays)
+    got_outs = got if out_is_tuple else (got,)
+    assert len(got_outs) == len(want_outs)
+    for g, w in zip(got_outs, want_outs):
+        assert isinstance(g, np.ndarray) and g.dtype == np.float64
+        assert_same_values(g, w, rtol=value_rtol)
+
+    # Jacobians in both modes
+    chosen_shapes = tuple(arrays[k].shape for k in nums)
+    Jf = F.jacobian(*arrays, argnums=argnums, mode="forward")
+    Jr = F.jacobian(*arrays, argnums=argnums, mode="reverse")
+    Ja = F.jacobian(*arrays, argnums=argnums)
+    Mf = _to_matrix(Jf, out_shapes, chosen_shapes, out_is_tuple, multi)
+    Mr = _to_matrix(Jr, out_shapes, chosen_shapes, out_is_tuple, multi)
+    Ma = _to_matrix(Ja, out_shapes, chosen_shapes, out_is_tuple, multi)
+    scale = max(1.0, float(np.max(np.abs(Mf), initial=0.0)))
+    np.testing.assert_allclose(Mf, Mr, rtol=1e-12, atol=1e-12 * scale,
+                               err_msg="forward and reverse Jacobians differ")
+    # mode='auto' picks the cheapest strategy (possibly compressed sweeps): same numbers
+    np.testing.assert_allclose(Ma, Mf, rtol=1e-12, atol=1e-12 * scale,
+                               err_msg="mode='auto' differs from the forward sweep")
+    val, Jv = F.value_and_jacobian(*arrays, argnums=argnums)
+    vals = val if out_is_tuple else (val,)
+    for g, w in zip(vals, want_outs):
+        assert_same_values(g, w, rtol=value_rtol)
+    np.testing.assert_allclose(_to_matrix(Jv, out_shapes, chosen_shapes, out_is_tuple, multi), Ma,
+                               rtol=1e-12, atol=1e-12 * scale,
+                               err_msg="value_and_jacobian differs from jacobian")
+
+    # independent references
+    tol_atol = atol * scale
+    if expected is not None:
+        E = expected
+        if not (isinstance(E, np.ndarray) and E.ndim == 2 and E.shape == Mf.shape):
+            E = _to_matrix(E, out_shapes, chosen_shapes, out_is_tuple, multi)
+        E = np.asarray(E, dtype=np.float64)
+        e_rtol = rtol if expected_rtol is None else expected_rtol
+        e_atol = tol_atol if expected_rtol is None else 1e-300
+        np.testing.assert_allclose(Mf, E, rtol=e_rtol, atol=e_atol,
+                                   err_msg="forward Jacobian vs the analytic one")
+        np.testing.assert_allclose(Mr, E, rtol=e_rtol, atol=e_atol,
+                                   err_msg="reverse Jacobian vs the analytic one")
+    if fd:
+        with np.errstate(all="ignore"):
+            D = central_difference(f, arrays, nums, step=step)
+        assert np.all(np.isfinite(D)), "finite differences met a singular point"
+        np.testing.assert_allclose(Mf, D, rtol=rtol, atol=tol_atol,
+                                   err_msg="forward Jacobian vs central differences")
+        np.testing.assert_allclose(Mr, D, rtol=rtol, atol=tol_atol,
+                                   err_msg="reverse Jacobian vs central differences")
+
+    # jvp / vjp against the full Jacobian (all arguments)
+    all_nums = tuple(range(len(arrays)))
+    Jall = F.jacobian(*arrays, argnums=all_nums, mode="forward")
+    M = _to_matrix(Jall, out_shapes, tuple(a.shape for a in arrays), out_is_tuple, True)
+    rng = np.random.default_rng(seed)
+    tangents = tuple(rng.standard_normal(a.shape) for a in arrays)
+    cotangent = tuple(rng.standard_normal(s) for s in out_shapes)
+    v = np.concatenate([t.ravel() for t in tangents]) if tangents else np.zeros(0)
+    u = np.concatenate([c.ravel() for c in cotangent]) if cotangent else np.zeros(0)
+    y1, ydot = F.jvp(*arrays, tangents if len(arrays) > 1 else tangents[0])
+    y2, xbar = F.vjp(*arrays, cotangent if out_is_tuple else cotangent[0])
+    for y in (y1, y2):
+        assert_same_values(flat(y), flat(want_value), rtol=value_rtol)
+    ydot_flat = flat(ydot)
+    xbar_parts = xbar if len(arrays) > 1 else (xbar,)
+    assert isinstance(xbar_parts, tuple) and len(xbar_parts) == len(arrays)
+    for part, a in zip(xbar_parts, arrays):
+        assert np.shape(part) == a.shape
+    xbar_flat = np.concatenate([np.ravel(p) for p in xbar_parts]) if xbar_parts else np.zeros(0)
+    mscale = max(1.0, float(np.max(np.abs(M), initial=0.0)))
+    np.testing.assert_allclose(ydot_flat, M @ v, rtol=1e-12,
+                               atol=1e-12 * mscale * max(1.0, np.abs(v).sum()), err_msg="jvp")
+    np.testing.assert_allclose(xbar_flat, u @ M, rtol=1e-12,
+                               atol=1e-12 * mscale * max(1.0, np.abs(u).sum()), err_msg="vjp")
+    lhs, rhs = float(u @ ydot_flat), float(xbar_flat @ v)
+    assert abs(lhs - rhs) <= 1e-12 * mscale * max(1.0, np.abs(u).sum() * np.abs(v).sum()), \
+        "dot-product identity u.(J v) == (u J).v"
+    return Jf
