@@ -74,6 +74,40 @@ def _cached_function(f, shapes):
     return F
 
 
+_recent: dict = {}
+
+
+def _captured(f):
+    func = getattr(f, "__func__", f)
+    cells = tuple(_cell_value(c) for c in (getattr(func, "__closure__", None) or ()))
+    return (getattr(func, "__code__", None), cells, getattr(func, "__defaults__", None),
+            getattr(func, "__kwdefaults__", None))
+
+
+def _cell_value(cell):
+    try:
+        return cell.cell_contents
+    except ValueError:
+        return None
+
+
+def _remember(f, shape, F):
+    try:
+        with _cache_lock:
+            if len(_recent) >= _CACHE_SIZE:
+                _recent.clear()
+            _recent[(f, shape)] = (F,) + _captured(f)
+    except TypeError:   # an unhashable callable: the slower cache still serves it
+        pass
+
+
+def _still_valid(f, hit):
+    """Same code, the same objects in the closure cells and defaults as when traced."""
+    code, cells, defaults, kwdefaults = _captured(f)
+    return (code is hit[1] and defaults is hit[3] and kwdefaults is hit[4]
+            and len(cells) == len(hit[2]) and all(a is b for a, b in zip(cells, hit[2])))
+
+
 def jacobian(f, inputs, *, mode="auto", cache=True):
     """The Jacobian of ``f`` at ``inputs``: a drop-in for torch's functional jacobian.
 
@@ -88,12 +122,19 @@ def jacobian(f, inputs, *, mode="auto", cache=True):
     mutating such an array in place is not seen by the cached tape, so pass
     ``cache=False`` to retrace, or pass the array as an argument.
     """
+    if cache and type(inputs) is np.ndarray:
+        # the common call, one array: a dict probe and identity checks only
+        hit = _recent.get((f, inputs.shape))
+        if hit is not None and _still_valid(f, hit):
+            return hit[0].jacobian(inputs, mode=mode)
     is_tuple = isinstance(inputs, tuple)
     args = inputs if is_tuple else (inputs,)
     arrays = tuple(_as_real_array(a, k) for k, a in enumerate(args))
     shapes = tuple(a.shape for a in arrays)
     if cache:
         F = _cached_function(f, shapes)
+        if not is_tuple:
+            _remember(f, shapes[0], F)
     else:
         F = compile_function(f, shapes)
     if is_tuple:
@@ -105,6 +146,7 @@ def clear_cache():
     """Forget every cached tape of :func:`jacobian`."""
     with _cache_lock:
         _cache.clear()
+        _recent.clear()
 
 
-__all__ = ["clear_cache", "compile", "jacobian", "np"]
+__all__ = ["clear_cache", "compile", "jacobian"]
