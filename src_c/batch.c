@@ -172,20 +172,21 @@ static void jx_block_tangent(const jx_tape *t, jx_block_work *w, int32_t dirs, i
         const double *q0 = w->d0 + (size_t)i * B, *q1 = w->d1 + (size_t)i * B;
         if (t->fixed && t->fixed[i]) {
             /* constant, finite partials: a zero one drops its term exactly */
+            /* the same two numbers for every direction and point: one loop
+               over the slot's dirs * B contiguous tangents */
             const double c0 = use_a ? t->fixed_d0[i] : 0.0, c1 = use_b ? t->fixed_d1[i] : 0.0;
-            for (d = 0; d < dirs; d++) {
-                double *td = w->lane + ((size_t)t->dst[i] * dirs + d) * B;
-                const double *ta = w->lane + ((size_t)t->a[i] * dirs + d) * B;
-                const double *tb = w->lane + ((size_t)t->b[i] * dirs + d) * B;
-                if (c0 != 0.0 && c1 != 0.0)
-                    for (l = 0; l < B; l++) td[l] = c0 * ta[l] + c1 * tb[l];
-                else if (c0 != 0.0)
-                    for (l = 0; l < B; l++) td[l] = c0 * ta[l];
-                else if (c1 != 0.0)
-                    for (l = 0; l < B; l++) td[l] = c1 * tb[l];
-                else
-                    for (l = 0; l < B; l++) td[l] = 0.0;
-            }
+            const int32_t n = dirs * B;
+            double *td = w->lane + (size_t)t->dst[i] * n;
+            const double *ta = w->lane + (size_t)t->a[i] * n;
+            const double *tb = w->lane + (size_t)t->b[i] * n;
+            if (c0 != 0.0 && c1 != 0.0)
+                for (l = 0; l < n; l++) td[l] = c0 * ta[l] + c1 * tb[l];
+            else if (c0 != 0.0)
+                for (l = 0; l < n; l++) td[l] = c0 * ta[l];
+            else if (c1 != 0.0)
+                for (l = 0; l < n; l++) td[l] = c1 * tb[l];
+            else
+                for (l = 0; l < n; l++) td[l] = 0.0;
             continue;
         }
         for (d = 0; d < dirs; d++) {
@@ -223,16 +224,15 @@ static void jx_block_adjoint(const jx_tape *t, jx_block_work *w, int32_t rows, i
         const double *q0 = w->d0 + (size_t)i * B, *q1 = w->d1 + (size_t)i * B;
         if (t->fixed && t->fixed[i]) {
             const double c0 = use_a ? t->fixed_d0[i] : 0.0, c1 = use_b ? t->fixed_d1[i] : 0.0;
-            for (r = 0; r < rows; r++) {
-                double *ad = w->lane + ((size_t)t->dst[i] * rows + r) * B;
-                double *aa = w->lane + ((size_t)t->a[i] * rows + r) * B;
-                double *ab = w->lane + ((size_t)t->b[i] * rows + r) * B;
-                if (c0 != 0.0)
-                    for (l = 0; l < B; l++) aa[l] += c0 * ad[l];
-                if (c1 != 0.0)
-                    for (l = 0; l < B; l++) ab[l] += c1 * ad[l];
-                for (l = 0; l < B; l++) ad[l] = 0.0;
-            }
+            const int32_t n = rows * B;
+            double *ad = w->lane + (size_t)t->dst[i] * n;
+            double *aa = w->lane + (size_t)t->a[i] * n;
+            double *ab = w->lane + (size_t)t->b[i] * n;
+            if (c0 != 0.0)
+                for (l = 0; l < n; l++) aa[l] += c0 * ad[l];
+            if (c1 != 0.0)
+                for (l = 0; l < n; l++) ab[l] += c1 * ad[l];
+            for (l = 0; l < n; l++) ad[l] = 0.0;
             continue;
         }
         for (r = 0; r < rows; r++) {
