@@ -4,18 +4,24 @@
 Nodes are hash-consed on insert (common subexpressions become one node),
 constant operands are folded or turned into immediates, and exact identities
 are simplified.  Only IEEE-exact rewrites are made: ``x * 1 -> x`` yes,
-``x * 0 -> 0`` no (nan * 0 must stay nan).  Every insert is a bulk operation
-over arrays of node ids, so a NumPy call over 10**6 elements costs one call
-here.
+``x * 0 -> 0`` no (nan * 0 must stay nan), ``x + 0.0 -> x`` no (-0.0 + 0.0 is
++0.0) while ``x + (-0.0) -> x`` yes.  Every insert is a bulk operation over
+arrays of node ids, so a NumPy call over 10**6 elements costs one call here.
 
 Node ids are topologically ordered: a node's operands always have smaller ids.
+
+Memory layout (what makes a trace of 10**6 elements fast): a node is 24 bytes
+(int32 op, a, b, s and a double immediate); the hash table holds int64 entries
+of a node id plus 23 bits of its hash, so a probe reads the node arrays only on
+a likely match; bulk inserts compute a block of keys first and prefetch their
+table slots, which hides the cache miss of each random probe.
 """
 import numpy as np
 cimport numpy as cnp
 from libc.math cimport signbit
-from libc.stdint cimport int32_t, int64_t, uint64_t
+from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc, realloc
-from libc.string cimport memcpy, memset
+from libc.string cimport memset
 
 cnp.import_array()
 
@@ -31,6 +37,16 @@ cdef extern from "ops.h":
     int JX_OP_ADD, JX_OP_SUB, JX_OP_MUL, JX_OP_DIV, JX_OP_POW, JX_OP_NEG
     int JX_OP_SQUARE, JX_OP_SQRT, JX_OP_RECIPROCAL, JX_OP_SELECT
 
+cdef extern from *:
+    """
+    #if defined(__GNUC__) || defined(__clang__)
+    #define JX_PREFETCH(p) __builtin_prefetch((const void *)(p))
+    #else
+    #define JX_PREFETCH(p) ((void)0)
+    #endif
+    """
+    void JX_PREFETCH(const void *p) nogil
+
 #: {op name: op number}, read from the C op table (ops.def)
 OPS = {jx_op_names[i].decode(): i for i in range(JX_N_OPS)}
 #: {op number: arity}
@@ -43,6 +59,23 @@ KIND_INPUT = JX_N_OPS
 KIND_CONST = JX_N_OPS + 1
 cdef int C_INPUT = JX_N_OPS
 cdef int C_CONST = JX_N_OPS + 1
+
+#: the most nodes a graph holds (ids are int32 inside, as on the tape)
+MAX_NODES = 2**31 - 2
+cdef int64_t C_MAX_NODES = 2**31 - 2
+
+# A hash-table entry: node id in the low 40 bits, hash bits 40..62 above it
+# (the sign bit stays 0, so no entry is the empty marker -1).
+cdef int64_t _ID_MASK = (<int64_t>1 << 40) - 1
+cdef uint64_t _TAG_MASK = <uint64_t>0x7FFFFF0000000000
+# Keys computed and prefetched ahead of their inserts in bulk apply.
+cdef enum:
+    BLOCK = 16
+# Graph._run's modes
+cdef enum:
+    RUN_PLAIN = 0
+    RUN_SKIP_MISSING = 1
+    RUN_ZERO_KILLS = 2
 
 
 cdef inline uint64_t _mix(uint64_t h, uint64_t v) noexcept nogil:
@@ -67,23 +100,40 @@ cdef inline uint64_t _dbits(double x) noexcept nogil:
     return b.u
 
 
+cdef inline uint64_t _hash(int32_t op, int32_t a, int32_t b, int32_t s,
+                           double imm) noexcept nogil:
+    cdef uint64_t h = <uint64_t>(<uint32_t>op) | (<uint64_t>(<uint32_t>a) << 32)
+    h = _mix(h, <uint64_t>(<uint32_t>b) | (<uint64_t>(<uint32_t>s) << 32))
+    h = _mix(h, _dbits(imm))
+    return h
+
+cdef struct Key:
+    int32_t op
+    int32_t a
+    int32_t b
+    int32_t s
+    double imm
+    uint64_t h
+
+
 cdef class Graph:
     """Struct-of-arrays DAG with a hash table for common subexpressions."""
 
     cdef int32_t *op
-    cdef int64_t *a
-    cdef int64_t *b
-    cdef int64_t *s
+    cdef int32_t *a
+    cdef int32_t *b
+    cdef int32_t *s
     cdef double *imm
     cdef int64_t n, cap
     cdef int64_t *table
-    cdef int64_t table_cap
+    cdef int64_t table_cap, n_interned
     cdef public int64_t n_inputs
 
     def __cinit__(self):
         self.n = 0
         self.cap = 0
         self.table_cap = 0
+        self.n_interned = 0
         self.n_inputs = 0
         self.op = NULL
         self.a = NULL
@@ -92,7 +142,7 @@ cdef class Graph:
         self.imm = NULL
         self.table = NULL
         self._grow(1024)
-        self._rehash(4096)
+        self._rehash(1024)
 
     def __dealloc__(self):
         free(self.op)
@@ -107,22 +157,26 @@ cdef class Graph:
 
     cdef int _grow(self, int64_t cap) except -1:
         cdef void *p
+        if cap > C_MAX_NODES:
+            cap = C_MAX_NODES
+        if cap <= self.n:
+            raise MemoryError(f"jacext: the expression graph exceeds {MAX_NODES} nodes")
         p = realloc(self.op, cap * sizeof(int32_t))
         if p == NULL:
             raise MemoryError("jacext: out of memory growing the expression graph")
         self.op = <int32_t *>p
-        p = realloc(self.a, cap * sizeof(int64_t))
+        p = realloc(self.a, cap * sizeof(int32_t))
         if p == NULL:
             raise MemoryError("jacext: out of memory growing the expression graph")
-        self.a = <int64_t *>p
-        p = realloc(self.b, cap * sizeof(int64_t))
+        self.a = <int32_t *>p
+        p = realloc(self.b, cap * sizeof(int32_t))
         if p == NULL:
             raise MemoryError("jacext: out of memory growing the expression graph")
-        self.b = <int64_t *>p
-        p = realloc(self.s, cap * sizeof(int64_t))
+        self.b = <int32_t *>p
+        p = realloc(self.s, cap * sizeof(int32_t))
         if p == NULL:
             raise MemoryError("jacext: out of memory growing the expression graph")
-        self.s = <int64_t *>p
+        self.s = <int32_t *>p
         p = realloc(self.imm, cap * sizeof(double))
         if p == NULL:
             raise MemoryError("jacext: out of memory growing the expression graph")
@@ -130,35 +184,46 @@ cdef class Graph:
         self.cap = cap
         return 0
 
-    cdef inline uint64_t _hash(self, int32_t op, int64_t a, int64_t b, int64_t s,
-                               double imm) noexcept nogil:
-        cdef uint64_t h = <uint64_t>op
-        h = _mix(h, <uint64_t>a)
-        h = _mix(h, <uint64_t>b)
-        h = _mix(h, <uint64_t>s)
-        h = _mix(h, _dbits(imm))
-        return h
+    cdef int _reserve(self, int64_t extra) except -1:
+        """Room for ``extra`` more nodes without growing in the middle of a loop."""
+        cdef int64_t want = self.n + extra, cap = self.cap
+        if want <= cap:
+            return 0
+        while cap < want:
+            cap *= 2
+        return self._grow(cap)
 
-    cdef int _rehash(self, int64_t new_cap) except -1:
-        cdef int64_t *t = <int64_t *>malloc(new_cap * sizeof(int64_t))
-        cdef int64_t i, j, mask = new_cap - 1
+    cdef int _rehash(self, int64_t min_entries) except -1:
+        """A table for at least ``min_entries`` nodes at load <= 0.7 (power of two)."""
+        cdef int64_t new_cap = self.table_cap if self.table_cap > 0 else 1024
+        cdef int64_t i, j, mask, ahead
+        cdef uint64_t h
+        cdef int64_t *t
+        while 10 * min_entries > 7 * new_cap:
+            new_cap *= 2
+        t = <int64_t *>malloc(new_cap * sizeof(int64_t))
         if t == NULL:
             raise MemoryError("jacext: out of memory growing the expression graph")
         memset(t, 0xff, new_cap * sizeof(int64_t))  # all -1: empty
+        mask = new_cap - 1
         for i in range(self.n):
             if self.op[i] == C_INPUT:
                 continue
-            j = <int64_t>(self._hash(self.op[i], self.a[i], self.b[i], self.s[i],
-                                     self.imm[i]) & <uint64_t>mask)
+            ahead = i + 8
+            if ahead < self.n:
+                JX_PREFETCH(&t[_hash(self.op[ahead], self.a[ahead], self.b[ahead],
+                                     self.s[ahead], self.imm[ahead]) & <uint64_t>mask])
+            h = _hash(self.op[i], self.a[i], self.b[i], self.s[i], self.imm[i])
+            j = <int64_t>(h & <uint64_t>mask)
             while t[j] != -1:
                 j = (j + 1) & mask
-            t[j] = i
+            t[j] = <int64_t>(h & _TAG_MASK) | i
         free(self.table)
         self.table = t
         self.table_cap = new_cap
         return 0
 
-    cdef int64_t _append(self, int32_t op, int64_t a, int64_t b, int64_t s,
+    cdef int64_t _append(self, int32_t op, int32_t a, int32_t b, int32_t s,
                          double imm) except -1:
         if self.n == self.cap:
             self._grow(self.cap * 2)
@@ -171,25 +236,41 @@ cdef class Graph:
         self.n += 1
         return i
 
-    cdef int64_t _intern(self, int32_t op, int64_t a, int64_t b, int64_t s,
-                         double imm) except -1:
-        cdef int64_t mask, j, k
-        cdef uint64_t ib = _dbits(imm)
-        if 2 * (self.n + 1) > self.table_cap:
-            self._rehash(self.table_cap * 2)
+    cdef int64_t _intern_key(self, Key *k) except -1:
+        """The node of this key: the existing one, or a new one appended."""
+        cdef int64_t mask, j, e, node, tag
+        cdef uint64_t ib
+        if 10 * (self.n_interned + 1) > 7 * self.table_cap:
+            self._rehash(self.n_interned + 1)
         mask = self.table_cap - 1
-        j = <int64_t>(self._hash(op, a, b, s, imm) & <uint64_t>mask)
+        tag = <int64_t>(k.h & _TAG_MASK)
+        ib = _dbits(k.imm)
+        j = <int64_t>(k.h & <uint64_t>mask)
         while True:
-            k = self.table[j]
-            if k == -1:
+            e = self.table[j]
+            if e == -1:
                 break
-            if (self.op[k] == op and self.a[k] == a and self.b[k] == b
-                    and self.s[k] == s and _dbits(self.imm[k]) == ib):
-                return k
+            if (e & ~_ID_MASK) == tag:
+                node = e & _ID_MASK
+                if (self.op[node] == k.op and self.a[node] == k.a and self.b[node] == k.b
+                        and self.s[node] == k.s and _dbits(self.imm[node]) == ib):
+                    return node
             j = (j + 1) & mask
-        k = self._append(op, a, b, s, imm)
-        self.table[j] = k
-        return k
+        node = self._append(k.op, k.a, k.b, k.s, k.imm)
+        self.table[j] = tag | node
+        self.n_interned += 1
+        return node
+
+    cdef int64_t _intern(self, int32_t op, int32_t a, int32_t b, int32_t s,
+                         double imm) except -1:
+        cdef Key k
+        k.op = op
+        k.a = a
+        k.b = b
+        k.s = s
+        k.imm = imm
+        k.h = _hash(op, a, b, s, imm)
+        return self._intern_key(&k)
 
     cdef inline int64_t _const(self, double value) except -1:
         return self._intern(C_CONST, -1, -1, -1, value)
@@ -197,8 +278,22 @@ cdef class Graph:
     cdef inline bint _is_const(self, int64_t i) noexcept:
         return self.op[i] == C_CONST
 
-    cdef int64_t _apply(self, int op, int64_t x, int64_t y, int64_t c) except -1:
-        """One scalar node for op(x, y) (or SELECT(c, x, y)), simplified."""
+    cdef inline int64_t _key(self, Key *k, int32_t op, int32_t a, int32_t b, int32_t s,
+                             double imm) noexcept:
+        k.op = op
+        k.a = a
+        k.b = b
+        k.s = s
+        k.imm = imm
+        return -1
+
+    cdef int64_t _canon(self, int op, int64_t x, int64_t y, int64_t c, Key *k) except -2:
+        """Simplify op(x, y) (or SELECT(c, x, y)).
+
+        Returns the id of an existing node (a fold or an identity), or -1 with
+        ``k`` set to the key of the node to intern.  Constants that folding
+        makes are interned here; nothing else is inserted.
+        """
         cdef int arity = jx_op_arity[op]
         cdef bint cx, cy
         cdef double v
@@ -208,13 +303,13 @@ cdef class Graph:
                 return x if self.imm[c] != 0.0 else y
             if x == y:
                 return x
-            return self._intern(op, x, y, c, 0.0)
+            return self._key(k, op, <int32_t>x, <int32_t>y, <int32_t>c, 0.0)
         if arity == 1:
             if self._is_const(x):
                 return self._const(jx_op_value(op, self.imm[x], 0.0, 0.0))
             if op == JX_OP_NEG and self.op[x] == JX_OP_NEG:
                 return self.a[x]
-            return self._intern(op, x, -1, -1, 0.0)
+            return self._key(k, op, <int32_t>x, -1, -1, 0.0)
         cx = self._is_const(x)
         cy = self._is_const(y)
         if cx and cy:
@@ -228,7 +323,7 @@ cdef class Graph:
                 if v == 1.0:
                     return x
                 if v == -1.0:
-                    return self._apply(JX_OP_NEG, x, -1, -1)
+                    return self._canon(JX_OP_NEG, x, -1, -1, k)
             elif op == JX_OP_DIV:
                 if v == 1.0:
                     return x
@@ -243,29 +338,40 @@ cdef class Graph:
                     return x
                 if v == 0.0:    # NumPy: x**0 == 1 for every x, nan included
                     return self._const(1.0)
+                # NumPy's own power loop computes these exponents this way
                 if v == 2.0:
-                    return self._apply(JX_OP_SQUARE, x, -1, -1)
+                    return self._canon(JX_OP_SQUARE, x, -1, -1, k)
                 if v == 0.5:
-                    return self._apply(JX_OP_SQRT, x, -1, -1)
+                    return self._canon(JX_OP_SQRT, x, -1, -1, k)
                 if v == -1.0:
-                    return self._apply(JX_OP_RECIPROCAL, x, -1, -1)
-            return self._intern(op | JX_B_IMM, x, -1, -1, v)
+                    return self._canon(JX_OP_RECIPROCAL, x, -1, -1, k)
+            return self._key(k, op | JX_B_IMM, <int32_t>x, -1, -1, v)
         if cx:
             v = self.imm[x]
             if op == JX_OP_DIV and v == 1.0:
-                return self._apply(JX_OP_RECIPROCAL, y, -1, -1)
-            return self._intern(op | JX_A_IMM, -1, y, -1, v)
+                return self._canon(JX_OP_RECIPROCAL, y, -1, -1, k)
+            return self._key(k, op | JX_A_IMM, -1, <int32_t>y, -1, v)
         if op == JX_OP_MUL and x == y:
-            return self._apply(JX_OP_SQUARE, x, -1, -1)
-        return self._intern(op, x, y, -1, 0.0)
+            return self._canon(JX_OP_SQUARE, x, -1, -1, k)
+        return self._key(k, op, <int32_t>x, <int32_t>y, -1, 0.0)
+
+    cdef int64_t _apply(self, int op, int64_t x, int64_t y, int64_t c) except -1:
+        """One scalar node for op(x, y) (or SELECT(c, x, y)), simplified."""
+        cdef Key k
+        cdef int64_t r = self._canon(op, x, y, c, &k)
+        if r >= 0:
+            return r
+        k.h = _hash(k.op, k.a, k.b, k.s, k.imm)
+        return self._intern_key(&k)
 
     # ---- bulk interface used by the tracer ----
 
     def inputs(self, int64_t count):
         """``count`` new input nodes; returns their ids."""
         cdef int64_t i, first = self.n
+        self._reserve(count)
         for i in range(count):
-            self._append(C_INPUT, self.n_inputs, -1, -1, 0.0)
+            self._append(C_INPUT, <int32_t>self.n_inputs, -1, -1, 0.0)
             self.n_inputs += 1
         return np.arange(first, first + count, dtype=np.int64)
 
@@ -279,24 +385,193 @@ cdef class Graph:
             o[i] = self._const(v[i])
         return out
 
+    cdef inline bint _is_zero(self, int64_t i) noexcept:
+        return self.op[i] == C_CONST and self.imm[i] == 0.0
+
+    cdef int _run(self, int op, int mode, const int64_t *x, Py_ssize_t sx,
+                  const int64_t *y, Py_ssize_t sy, const int64_t *c, Py_ssize_t sc,
+                  int64_t *out, Py_ssize_t so, Py_ssize_t n) except -1:
+        """out[i*so] = op(x[i*sx], y[i*sy]) (SELECT: c[i*sc] the condition), n times.
+
+        Block by block: simplify and hash BLOCK keys, prefetching their table
+        slots, then intern them (the probes then mostly hit the cache).  All
+        operands of a block are read before any of its results is written, so
+        ``out`` may overlap the operands as a tree level does (out[i] over
+        x[2i], y[2i + 1]).  Modes: RUN_PLAIN; RUN_SKIP_MISSING, where an
+        operand -1 (a structural zero) makes the other one the result; and
+        RUN_ZERO_KILLS, where an operand -1 or a constant zero makes -1 (the
+        products of matmul with a constant matrix's zero entries).  The caller
+        checks the ids and reserves room for n nodes.
+        """
+        cdef Key keys[BLOCK]
+        cdef int64_t res[BLOCK]
+        cdef bint need[BLOCK]
+        cdef Py_ssize_t base = 0, t, m, i
+        cdef int64_t xi, yi, ci, mask
+        while base < n:
+            m = n - base if n - base < BLOCK else BLOCK
+            mask = self.table_cap - 1
+            for t in range(m):
+                i = base + t
+                xi = x[i * sx]
+                yi = y[i * sy]
+                ci = c[i * sc]
+                need[t] = False
+                if mode == RUN_SKIP_MISSING:
+                    if xi < 0:
+                        res[t] = yi
+                        continue
+                    if yi < 0:
+                        res[t] = xi
+                        continue
+                elif mode == RUN_ZERO_KILLS:
+                    if xi < 0 or yi < 0 or self._is_zero(xi) or self._is_zero(yi):
+                        res[t] = -1
+                        continue
+                res[t] = self._canon(op, xi, yi, ci, &keys[t])
+                if res[t] < 0:
+                    need[t] = True
+                    keys[t].h = _hash(keys[t].op, keys[t].a, keys[t].b, keys[t].s,
+                                      keys[t].imm)
+                    JX_PREFETCH(&self.table[keys[t].h & <uint64_t>mask])
+            for t in range(m):
+                out[(base + t) * so] = self._intern_key(&keys[t]) if need[t] else res[t]
+            base += m
+        return 0
+
+    cdef int _check_ids(self, const int64_t[::1] v, int64_t lo) except -1:
+        cdef Py_ssize_t i
+        cdef int64_t lim = self.n
+        for i in range(v.shape[0]):
+            if v[i] < lo or v[i] >= lim:
+                raise IndexError("jacext: node id out of range (an array from another trace?)")
+        return 0
+
+    cdef int _room(self, Py_ssize_t n) except -1:
+        if self.n + n > C_MAX_NODES:
+            raise MemoryError(f"jacext: the expression graph would exceed {MAX_NODES} nodes")
+        return self._reserve(n)
+
     def apply(self, int op, x, y=None, c=None):
-        """Elementwise op over equal-length 1-D id arrays; returns the result ids."""
+        """Elementwise op over 1-D int64 id arrays of one length (or 1, broadcast);
+        returns the result ids.
+
+        Unary ops take ``x``; binary ops ``x, y``; SELECT takes ``x, y`` (the
+        branches) and ``c`` (the condition).
+        """
+        if op < 0 or op >= JX_N_OPS:
+            raise ValueError(f"jacext: no op number {op}")
+        cdef int arity = jx_op_arity[op]
+        if (y is None) != (arity < 2) or (c is None) != (arity < 3):
+            raise ValueError(f"jacext: op {jx_op_names[op].decode()} takes {arity} "
+                             f"operand array(s)")
         cdef const int64_t[::1] xv = x
         cdef const int64_t[::1] yv = xv if y is None else y
         cdef const int64_t[::1] cv = xv if c is None else c
-        cdef Py_ssize_t i, n = xv.shape[0]
-        if op < 0 or op >= JX_N_OPS:
-            raise ValueError(f"jacext: no op number {op}")
-        if yv.shape[0] != n or cv.shape[0] != n:
+        # an operand of length 1 is broadcast (stride 0): x * 2.0 allocates nothing
+        cdef Py_ssize_t n = 1, k
+        for k in (xv.shape[0], yv.shape[0], cv.shape[0]):
+            if k != 1:
+                if n != 1 and k != n:
+                    raise ValueError("jacext: operand id arrays differ in length")
+                n = k
+        cdef cnp.ndarray out = np.empty(n, dtype=np.int64)
+        if n == 0:
+            return out
+        self._check_ids(xv, 0)
+        if y is not None:
+            self._check_ids(yv, 0)
+        if c is not None:
+            self._check_ids(cv, 0)
+        self._room(n)
+        self._run(op, RUN_PLAIN, &xv[0], xv.shape[0] != 1, &yv[0], yv.shape[0] != 1,
+                  &cv[0], cv.shape[0] != 1, <int64_t *>cnp.PyArray_DATA(out), 1, n)
+        return out
+
+    cpdef int64_t const(self, double value) except -1:
+        """The node id of one constant."""
+        return self._const(value)
+
+    def mul_nonzero(self, x, y):
+        """Products x*y of equal-length 1-D id arrays, -1 where a factor is -1 or a
+        constant zero (structural zeros of matmul/dot/einsum; no node made)."""
+        cdef const int64_t[::1] xv = x
+        cdef const int64_t[::1] yv = y
+        cdef Py_ssize_t n = xv.shape[0]
+        if yv.shape[0] != n:
             raise ValueError("jacext: operand id arrays differ in length")
         cdef cnp.ndarray out = np.empty(n, dtype=np.int64)
-        cdef int64_t[::1] o = out
-        cdef int64_t lim = self.n
-        for i in range(n):
-            if xv[i] < 0 or xv[i] >= lim or yv[i] < 0 or yv[i] >= lim or cv[i] < 0 or cv[i] >= lim:
-                raise IndexError("jacext: node id out of range (an array from another trace?)")
-            o[i] = self._apply(op, xv[i], yv[i], cv[i])
+        if n == 0:
+            return out
+        self._check_ids(xv, -1)
+        self._check_ids(yv, -1)
+        self._room(n)
+        self._run(JX_OP_MUL, RUN_ZERO_KILLS, &xv[0], 1, &yv[0], 1, &xv[0], 1,
+                  <int64_t *>cnp.PyArray_DATA(out), 1, n)
         return out
+
+    def reduce(self, int op, ids, bint sparse=False):
+        """Balanced-tree reduction of each row of a 2-D id array: (rows, k) -> (rows,).
+
+        Level by level, pairs (0, 1), (2, 3), ... with an odd last element
+        carried up, so the dependency chain is ceil(log2 k) long.  ``sparse``:
+        -1 marks a structural zero, skipped; a row of nothing but -1 sums to
+        the constant 0.  ``k`` must be at least 1.
+        """
+        if op < 0 or op >= JX_N_OPS or jx_op_arity[op] != 2:
+            raise ValueError(f"jacext: no binary op number {op}")
+        cdef cnp.ndarray buf = np.array(ids, dtype=np.int64, order="C", copy=True)
+        if buf.ndim != 2 or buf.shape[1] < 1:
+            raise ValueError("jacext: reduce takes a 2-D id array with at least one column")
+        cdef Py_ssize_t rows = buf.shape[0], k = buf.shape[1], r, kk, half
+        cdef int64_t *base = <int64_t *>cnp.PyArray_DATA(buf)
+        cdef int64_t *row
+        cdef int64_t zero = -1
+        self._check_ids(buf.reshape(-1), -1 if sparse else 0)
+        self._room(rows * (k - 1) + 1)
+        for r in range(rows):
+            row = base + r * k
+            kk = k
+            while kk > 1:
+                half = kk // 2
+                self._run(op, RUN_SKIP_MISSING if sparse else RUN_PLAIN,
+                          row, 2, row + 1, 2, row, 2, row, 1, half)
+                if kk % 2:
+                    row[half] = row[kk - 1]
+                kk = half + kk % 2
+            if row[0] < 0:
+                if zero < 0:
+                    zero = self._const(0.0)
+                row[0] = zero
+        return buf[:, 0].copy()
+
+    def scan(self, int op, ids):
+        """Running op along each row of a 2-D id array (cumsum, cumprod): sequential,
+        as NumPy's own, so the rounding is the same."""
+        if op < 0 or op >= JX_N_OPS or jx_op_arity[op] != 2:
+            raise ValueError(f"jacext: no binary op number {op}")
+        cdef cnp.ndarray buf = np.array(ids, dtype=np.int64, order="C", copy=True)
+        if buf.ndim != 2:
+            raise ValueError("jacext: scan takes a 2-D id array")
+        cdef Py_ssize_t rows = buf.shape[0], k = buf.shape[1], j
+        cdef int64_t *base = <int64_t *>cnp.PyArray_DATA(buf)
+        if rows == 0 or k == 0:
+            return buf
+        self._check_ids(buf.reshape(-1), 0)
+        self._room(rows * k)
+        for j in range(1, k):
+            self._run(op, RUN_PLAIN, base + j - 1, k, base + j, k, base + j, k,
+                      base + j, k, rows)
+        return buf
+
+    def node(self, int64_t i):
+        """(op word, a, b, s, imm) of node ``i``: a tape op word (op number plus
+        A_IMM/B_IMM flags), KIND_INPUT (a = the input's index) or KIND_CONST
+        (imm = the value); unused operands are -1."""
+        if i < 0 or i >= self.n:
+            raise IndexError("jacext: node id out of range")
+        return (int(self.op[i]), int(self.a[i]), int(self.b[i]), int(self.s[i]),
+                float(self.imm[i]))
 
     def const_mask(self, ids):
         """Boolean array: which ids are constants."""
@@ -327,8 +602,9 @@ cdef class Graph:
 
         Dead-code elimination (only what reaches an output), constant slots for
         the constants that cannot be immediates, then work slots by liveness: a
-        temporary's slot is freed after its last use and reused, and an
-        instruction may write over an operand that dies there.
+        temporary's slot is freed after its last use and reused by a later
+        instruction (never by the instruction that reads it last: dst does not
+        alias its own operands).
         """
         cdef const int64_t[::1] ins = np.ascontiguousarray(input_ids, dtype=np.int64)
         cdef const int64_t[::1] outs = np.ascontiguousarray(output_ids, dtype=np.int64)
@@ -336,10 +612,6 @@ cdef class Graph:
         cdef Py_ssize_t n_in = ins.shape[0], n_out = outs.shape[0]
         cdef cnp.ndarray live_arr = np.zeros(n, dtype=np.uint8)
         cdef unsigned char[::1] live = live_arr
-        cdef cnp.ndarray slot_arr = np.full(n, -1, dtype=np.int64)
-        cdef int64_t[::1] slot = slot_arr
-        cdef cnp.ndarray last_arr = np.full(n, -1, dtype=np.int64)
-        cdef int64_t[::1] last = last_arr
         cdef int32_t opw, base
         cdef int64_t n_instr = 0, n_const = 0
 
@@ -362,39 +634,50 @@ cdef class Graph:
             if self.s[i] >= 0:
                 live[self.s[i]] = 1
         # 2. inputs get slots 0..n_in-1, live constants the next ones
+        cdef cnp.ndarray slot_arr = np.full(n, -1, dtype=np.int32)
+        cdef int32_t[::1] slot = slot_arr
         for i in range(n_in):
             if ins[i] < 0 or ins[i] >= n or self.op[ins[i]] != C_INPUT:
                 raise ValueError("jacext: an input id is not an input node")
-            slot[ins[i]] = i
-        const_vals = []
+            slot[ins[i]] = <int32_t>i
         for i in range(n):
             if live[i] and self.op[i] == C_CONST:
-                slot[i] = n_in + n_const
                 n_const += 1
-                const_vals.append(self.imm[i])
-        # 3. instructions in id order; last use of every operand
-        cdef cnp.ndarray order_arr = np.empty(n_instr, dtype=np.int64)
-        cdef int64_t[::1] order = order_arr
+        cdef cnp.ndarray const_arr = np.empty(n_const, dtype=np.float64)
+        cdef double[::1] const_vals = const_arr
         j = 0
         for i in range(n):
-            if live[i] and self.op[i] != C_INPUT and self.op[i] != C_CONST:
-                order[j] = i
-                if self.a[i] >= 0:
-                    last[self.a[i]] = j
-                if self.b[i] >= 0:
-                    last[self.b[i]] = j
-                if self.s[i] >= 0:
-                    last[self.s[i]] = j
+            if live[i] and self.op[i] == C_CONST:
+                slot[i] = <int32_t>(n_in + j)
+                const_vals[j] = self.imm[i]
                 j += 1
-        for i in range(n_out):
-            last[outs[i]] = n_instr   # outputs live to the end
         for i in range(n):
             if live[i] and self.op[i] == C_INPUT and slot[i] < 0:
                 raise ValueError("jacext: the outputs depend on an input that is not an argument")
+        # 3. instructions in id order; the last use of every operand (-1: none,
+        # n_instr: an output, alive to the end)
+        cdef cnp.ndarray order_arr = np.empty(n_instr, dtype=np.int32)
+        cdef int32_t[::1] order = order_arr
+        cdef cnp.ndarray last_arr = np.full(n, -1, dtype=np.int32)
+        cdef int32_t[::1] last = last_arr
+        j = 0
+        for i in range(n):
+            if live[i] and self.op[i] != C_INPUT and self.op[i] != C_CONST:
+                order[j] = <int32_t>i
+                if self.a[i] >= 0:
+                    last[self.a[i]] = <int32_t>j
+                if self.b[i] >= 0:
+                    last[self.b[i]] = <int32_t>j
+                if self.s[i] >= 0:
+                    last[self.s[i]] = <int32_t>j
+                j += 1
+        for i in range(n_out):
+            last[outs[i]] = <int32_t>n_instr   # outputs live to the end
         # 4. work slots by liveness (a free stack of slots)
-        cdef cnp.ndarray free_arr = np.empty(n_instr + 3, dtype=np.int64)
-        cdef int64_t[::1] free_stack = free_arr
+        cdef cnp.ndarray free_arr = np.empty(n_instr + 3, dtype=np.int32)
+        cdef int32_t[::1] free_stack = free_arr
         cdef int64_t n_free = 0, next_slot = n_in + n_const
+        cdef int64_t fixed = n_in + n_const
         cdef int64_t ops3[3]
         cdef cnp.ndarray t_op = np.empty(n_instr, dtype=np.int32)
         cdef cnp.ndarray t_dst = np.empty(n_instr, dtype=np.int32)
@@ -434,12 +717,14 @@ cdef class Graph:
                 n_free -= 1
                 slot[nd] = free_stack[n_free]
             else:
-                slot[nd] = next_slot
+                if next_slot >= 2**31 - 1:
+                    raise MemoryError("jacext: the tape needs more than 2**31 work slots")
+                slot[nd] = <int32_t>next_slot
                 next_slot += 1
-            tdst[j] = <int32_t>slot[nd]
+            tdst[j] = slot[nd]
             for k in range(3):
                 o = ops3[k]
-                if o < 0 or last[o] != j or slot[o] < n_in + n_const:
+                if o < 0 or last[o] != j or slot[o] < fixed:
                     continue
                 if (k >= 1 and o == ops3[0]) or (k == 2 and o == ops3[1]):
                     continue
@@ -448,15 +733,13 @@ cdef class Graph:
             if last[nd] < 0:   # a value nobody reads (cannot happen after DCE)
                 free_stack[n_free] = slot[nd]
                 n_free += 1
-        if next_slot >= 2**31 - 1:
-            raise MemoryError("jacext: the tape needs more than 2**31 work slots")
         cdef cnp.ndarray t_out = np.empty(n_out, dtype=np.int32)
         cdef int32_t[::1] tout = t_out
         for i in range(n_out):
-            tout[i] = <int32_t>slot[outs[i]]
+            tout[i] = slot[outs[i]]
         return {
             "op": t_op, "dst": t_dst, "a": t_a, "b": t_b, "imm": t_imm,
             "out_slot": t_out,
-            "const_value": np.array(const_vals, dtype=np.float64),
+            "const_value": const_arr,
             "n_in": int(n_in), "n_slots": int(next_slot),
         }

@@ -10,37 +10,52 @@ bulk graph operation over all its elements:
 * array functions (``np.sum``, ``np.stack``, ``np.einsum`` ...) reach
   ``Array.__array_function__`` and are looked up in ``FUNCTIONS``;
 * broadcasting, indexing, reshape, transpose, stack and concatenate are NumPy's
-  own operations on the id arrays: they create no nodes at all.
+  own operations on the id arrays: they create no nodes at all;
+* reductions, matmul/dot/einsum sums and cumsum are one Graph call each
+  (``reduce``, ``mul_nonzero``, ``scan``), whatever the size.
+
+Object arrays of traced scalars (``np.array([[c, -s], [s, c]])``) work too:
+NumPy's object loops handle them element by element (Python operators, and
+the ufunc-named methods of Array such as ``.sin()``), and ``_ids`` turns them
+back into one id array wherever they meet a traced array or are returned.
+That path is per element, so it suits small literal matrices, not big arrays.
 
 The NumPy-name -> op mapping is the one table ``UFUNCS`` below (plus
 ``FUNCTIONS`` for array functions); the op numbers come from the C op table.
 """
 from __future__ import annotations
 
-import math
 import os
+import re
 import sys
-import threading
 
 import numpy as np
 
 from jacext._graph import OPS, Graph
 from jacext.errors import TracingError
 
-_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
-_NUMPY_DIR = os.path.dirname(os.path.abspath(np.__file__))
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+_NUMPY_DIR = os.path.dirname(os.path.abspath(np.__file__)) + os.sep
 
 
 # ---------------------------------------------------------------- errors --
 
+def _library_dirs():
+    dirs = [_PACKAGE_DIR, _NUMPY_DIR]
+    scipy = sys.modules.get("scipy")
+    if scipy is not None and getattr(scipy, "__file__", None):
+        dirs.append(os.path.dirname(os.path.abspath(scipy.__file__)) + os.sep)
+    return tuple(dirs)
+
+
 def _user_line():
-    """'file:line: source' of the innermost frame outside jacext and NumPy."""
+    """('file:line', source) of the innermost frame outside jacext, NumPy and SciPy."""
+    import linecache
+    skip = _library_dirs()
     frame = sys._getframe(1)
     while frame is not None:
         fn = os.path.abspath(frame.f_code.co_filename)
-        if not (fn.startswith(_PACKAGE_DIR) or fn.startswith(_NUMPY_DIR)
-                or fn.startswith("<frozen")):
-            import linecache
+        if not (fn.startswith(skip) or frame.f_code.co_filename.startswith("<frozen")):
             src = linecache.getline(frame.f_code.co_filename, frame.f_lineno).strip()
             where = f"{frame.f_code.co_filename}:{frame.f_lineno}"
             return where, src
@@ -48,17 +63,54 @@ def _user_line():
     return "<unknown>", ""
 
 
+#: math-module functions whose NumPy counterpart has another name
+_MATH_TO_NUMPY = {"asin": "arcsin", "acos": "arccos", "atan": "arctan", "atan2": "arctan2",
+                  "asinh": "arcsinh", "acosh": "arccosh", "atanh": "arctanh", "pow": "power",
+                  "fabs": "abs", "fmod": "fmod", "isclose": "isclose", "fsum": "sum",
+                  "dist": "linalg.norm", "radians": "radians", "degrees": "degrees"}
+
+
 def _fail(cause, fix):
     where, src = _user_line()
     line = f"\n  at {where}" + (f"\n    {src}" if src else "")
     math_hint = ""
-    if "math." in src:
-        math_hint = ("\n  The math module works on Python floats only: use NumPy's "
-                     "function of the same name (np.sin for math.sin, np.exp for math.exp, ...).")
+    names = re.findall(r"\bmath\.(\w+)\s*\(", src)
+    if names:
+        pairs = ", ".join(f"np.{_MATH_TO_NUMPY.get(n, n)} for math.{n}"
+                          for n in dict.fromkeys(names))
+        math_hint = (f"\n  The math module works on Python floats only: use NumPy's function "
+                     f"({pairs}), which traces.")
     raise TracingError(f"jacext: {cause}{line}\n  Fix: {fix}{math_hint}")
 
 
 # ------------------------------------------------------------ the array --
+
+#: operand types that an operator hands to the graph directly
+_PLAIN_OPERANDS = frozenset({float, int, bool, np.float64, np.float32, np.int64, np.int32,
+                             np.bool_, np.ndarray, list, tuple})
+
+
+def _binary_operator(op, ufunc):
+    """(x op o, o op x) for a traced x: its operator and its reflected one.
+
+    For comparisons the pair is (x < o, x > o): Python reflects x < o into o > x.
+    """
+    def forward(self, o):
+        if type(o) is Array or type(o) in _PLAIN_OPERANDS:
+            return elementwise(op, self, o)
+        return ufunc(self, o)
+
+    def reflected(self, o):
+        if type(o) in _PLAIN_OPERANDS:
+            return elementwise(op, o, self)
+        return ufunc(o, self)
+
+    if op in ("LESS", "LESS_EQUAL"):
+        flipped = {"LESS": "GREATER", "LESS_EQUAL": "GREATER_EQUAL"}[op]
+        flipped_ufunc = {"LESS": np.greater, "LESS_EQUAL": np.greater_equal}[op]
+        return forward, _binary_operator(flipped, flipped_ufunc)[0]
+    return forward, reflected
+
 
 class Array:
     """A symbolic float64 array met while tracing: a NumPy array of node ids.
@@ -121,6 +173,33 @@ class Array:
               "index with constants (Python ints, NumPy integer arrays); for a "
               "value-dependent choice use np.where")
 
+    def __array__(self, dtype=None, copy=None):
+        """NumPy's conversion (np.asarray(x), np.array([c, -s]), z[:] = x).
+
+        A traced array cannot become numbers.  As an object array of traced
+        scalars it still traces: element by element through NumPy's object
+        loops (Python operators and the ufunc-named methods below), and back to
+        one id array wherever it meets a traced array or is returned.  That is
+        the path of small literal matrices such as ``np.array([[c, -s], [s, c]])``.
+        """
+        if dtype is not None and np.dtype(dtype) != np.dtype(object):
+            _fail(f"a traced array was converted to a NumPy array of {np.dtype(dtype)} "
+                  "(np.asarray(x, dtype=...), z[...] = x into an array made by "
+                  "np.zeros/np.empty, or a NumPy function given a list of traced values)",
+                  "keep it traced: drop the conversion (a traced array already acts as a "
+                  "float64 array), join lists of traced values with np.stack, or start from "
+                  "np.zeros_like(x) and assign into that")
+        if copy is False:
+            raise ValueError("jacext: a traced array has no NumPy buffer to share "
+                             "(np.asarray(x, copy=False))")
+        ids = self.ids
+        out = np.empty(ids.shape, dtype=object)
+        g = self.graph
+        flat = out.reshape(-1)
+        for k, i in enumerate(ids.reshape(-1).tolist()):
+            flat[k] = Array(g, np.array(i, dtype=np.int64))
+        return out
+
     def item(self, *args):
         self.__float__()
 
@@ -135,8 +214,8 @@ class Array:
     def __setitem__(self, key, value):
         _check_key(key)
         ids = _ids(self.graph, value)
-        if not self.ids.flags.writeable:
-            self.ids = self.ids.copy()
+        if not isinstance(self.ids, np.ndarray) or not self.ids.flags.writeable:
+            self.ids = np.array(self.ids, dtype=np.int64)
         self.ids[key] = ids
 
     # -- NumPy protocols --
@@ -154,7 +233,12 @@ class Array:
         return handler(*args, **kwargs)
 
     # -- methods that mirror ndarray's --
-    def reshape(self, *shape, order="C"):
+    def reshape(self, *shape, order="C", **kw):
+        if "shape" in kw:
+            shape = (kw.pop("shape"),)
+        kw.pop("copy", None)
+        if kw:
+            raise TypeError(f"reshape() got unexpected keywords {sorted(kw)}")
         if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
             shape = tuple(shape[0])
         return Array(self.graph, self.ids.reshape(shape, order=order))
@@ -235,32 +319,28 @@ class Array:
     def trace(self, offset=0, axis1=0, axis2=1, dtype=None, out=None):
         return _trace(self, offset, axis1, axis2, dtype, out)
 
-    # -- operators: through NumPy's ufuncs, so that one path handles all --
-    def __add__(self, o): return np.add(self, o)
-    def __radd__(self, o): return np.add(o, self)
-    def __sub__(self, o): return np.subtract(self, o)
-    def __rsub__(self, o): return np.subtract(o, self)
-    def __mul__(self, o): return np.multiply(self, o)
-    def __rmul__(self, o): return np.multiply(o, self)
-    def __truediv__(self, o): return np.true_divide(self, o)
-    def __rtruediv__(self, o): return np.true_divide(o, self)
-    def __floordiv__(self, o): return np.floor_divide(self, o)
-    def __rfloordiv__(self, o): return np.floor_divide(o, self)
-    def __mod__(self, o): return np.remainder(self, o)
-    def __rmod__(self, o): return np.remainder(o, self)
-    def __pow__(self, o): return np.power(self, o)
-    def __rpow__(self, o): return np.power(o, self)
+    # -- operators: straight to the graph for the operand types NumPy would treat
+    # as plain arrays (the common case, a few microseconds less per operator);
+    # anything else goes through NumPy's ufunc, so its own protocols decide --
+    __add__, __radd__ = _binary_operator("ADD", np.add)
+    __sub__, __rsub__ = _binary_operator("SUB", np.subtract)
+    __mul__, __rmul__ = _binary_operator("MUL", np.multiply)
+    __truediv__, __rtruediv__ = _binary_operator("DIV", np.true_divide)
+    __floordiv__, __rfloordiv__ = _binary_operator("FLOOR_DIVIDE", np.floor_divide)
+    __mod__, __rmod__ = _binary_operator("MOD", np.remainder)
+    __pow__, __rpow__ = _binary_operator("POW", np.power)
+    __lt__, __gt__ = _binary_operator("LESS", np.less)
+    __le__, __ge__ = _binary_operator("LESS_EQUAL", np.less_equal)
+    __eq__, _ = _binary_operator("EQUAL", np.equal)
+    __ne__, _ = _binary_operator("NOT_EQUAL", np.not_equal)
     def __matmul__(self, o): return np.matmul(self, o)
     def __rmatmul__(self, o): return np.matmul(o, self)
-    def __neg__(self): return np.negative(self)
+    def __neg__(self): return elementwise("NEG", self)
     def __pos__(self): return self
-    def __abs__(self): return np.absolute(self)
-    def __lt__(self, o): return np.less(self, o)
-    def __le__(self, o): return np.less_equal(self, o)
-    def __gt__(self, o): return np.greater(self, o)
-    def __ge__(self, o): return np.greater_equal(self, o)
-    def __eq__(self, o): return np.equal(self, o)
-    def __ne__(self, o): return np.not_equal(self, o)
+    def __round__(self, ndigits=None): return _round(self, ndigits or 0)
+    def __divmod__(self, o): return np.floor_divide(self, o), np.remainder(self, o)
+    def __rdivmod__(self, o): return np.floor_divide(o, self), np.remainder(o, self)
+    def __abs__(self): return elementwise("ABS", self)
     def __and__(self, o): return np.logical_and(self, o)
     def __rand__(self, o): return np.logical_and(o, self)
     def __or__(self, o): return np.logical_or(self, o)
@@ -286,9 +366,6 @@ def _check_key(key):
 
 # ------------------------------------------------------- id conversion --
 
-_local = threading.local()
-
-
 def _graph_of(values):
     for v in values:
         if isinstance(v, Array):
@@ -304,21 +381,26 @@ def _graph_of(values):
     return None
 
 
+_SCALARS = (float, int, np.floating, np.integer)
+
+
 def _ids(graph, v):
-    """Node ids (int64 array) of an Array, a constant, or an object array of both."""
+    """Node ids (int64 array or NumPy int64 scalar) of an Array, a constant, or a
+    (nested) list or object array of traced values and numbers."""
     if type(v) is Array:
         if v.graph is not graph:
             raise TracingError("jacext: a traced array from another trace was used here; "
                                "each jacext.compile traces with its own arrays")
         return v.ids
-    if isinstance(v, (float, int)) and not isinstance(v, bool):
-        return np.asarray(graph.consts(np.array([v], dtype=np.float64))[0])
+    if isinstance(v, _SCALARS) and not isinstance(v, (bool, np.bool_)):
+        return np.int64(graph.const(v))
     if isinstance(v, (list, tuple)) and _graph_of(v) is not None:
-        v = _object_array(v)
+        # as np.asarray would: equal shapes stack, ragged ones are an error
+        return np.array([_ids(graph, e) for e in v], dtype=np.int64)
     if isinstance(v, np.ndarray) and v.dtype == object:
         flat = v.ravel()
         out = np.empty(flat.shape[0], dtype=np.int64)
-        for k, e in enumerate(flat):
+        for k, e in enumerate(flat.tolist()):
             e_ids = _ids(graph, e)
             if np.ndim(e_ids) != 0:
                 raise TracingError("jacext: an object array of traced arrays must hold "
@@ -335,35 +417,37 @@ def _ids(graph, v):
     return graph.consts(arr.astype(np.float64).ravel()).reshape(arr.shape)
 
 
-def _object_array(seq):
-    """A nested list of traced scalars and numbers as an object array."""
-    out = np.empty(len(seq), dtype=object)
-    for k, e in enumerate(seq):
-        out[k] = e
-    if all(isinstance(e, (list, tuple)) for e in seq):
-        rows = [_object_array(e) for e in seq]
-        return np.stack(rows)
-    return out
-
-
 def wrap(graph, ids):
     return Array(graph, ids)
 
 
 def elementwise(op, *operands, graph=None):
-    """One graph op over the broadcast operands: the heart of bulk tracing."""
+    """One graph op over the broadcast operands: the heart of bulk tracing.
+
+    op: an op name of the C table.  A scalar operand is broadcast inside
+    Graph.apply (no id array is made for it); other shapes by NumPy.
+    """
     g = graph if graph is not None else _graph_of(operands)
-    ids = [_ids(g, o) for o in operands]
-    if len(ids) > 1:
-        ids = np.broadcast_arrays(*ids)
-    shape = ids[0].shape
-    flat = [np.ascontiguousarray(i, dtype=np.int64).reshape(-1) for i in ids]
     code = OPS[op]
-    if op == "SELECT":   # operands: condition, if-true, if-false
-        res = g.apply(code, flat[1], flat[2], flat[0])
-    else:
-        res = g.apply(code, *flat)
-    return Array(g, res.reshape(shape))
+    if len(operands) == 1:
+        a = _ids(g, operands[0])
+        return Array(g, g.apply(code, a.ravel()).reshape(a.shape))
+    if len(operands) == 2:
+        a = _ids(g, operands[0])
+        b = _ids(g, operands[1])
+        sa, sb = a.shape, b.shape
+        if sa == sb or not sb:
+            shape = sa
+        elif not sa:
+            shape = sb
+        else:
+            a, b = np.broadcast_arrays(a, b)
+            shape = a.shape
+        return Array(g, g.apply(code, a.ravel(), b.ravel()).reshape(shape))
+    # SELECT: condition, if-true, if-false
+    ids = np.broadcast_arrays(*[_ids(g, o) for o in operands])
+    cond, x, y = (i.ravel() for i in ids)
+    return Array(g, g.apply(code, x, y, cond).reshape(ids[0].shape))
 
 
 def _const_array(g, value, shape):
@@ -399,6 +483,22 @@ def _logical_not(a):
     return elementwise("EQUAL", a, 0.0)
 
 
+def _divmod(a, b):
+    return elementwise("FLOOR_DIVIDE", a, b), elementwise("MOD", a, b)
+
+
+def _isnan(a):
+    return elementwise("NOT_EQUAL", a, a)
+
+
+def _isinf(a):
+    return elementwise("EQUAL", elementwise("ABS", a), np.inf)
+
+
+def _isfinite(a):
+    return elementwise("LESS", elementwise("ABS", a), np.inf)
+
+
 #: NumPy ufunc -> op name of the C table, or a lowering function.
 UFUNCS = {
     np.add: "ADD", np.subtract: "SUB", np.multiply: "MUL", np.true_divide: "DIV",
@@ -421,6 +521,11 @@ UFUNCS = {
     np.rad2deg: _scaled(180.0 / np.pi), np.degrees: _scaled(180.0 / np.pi),
     np.logical_and: _logical_and, np.logical_or: _logical_or,
     np.logical_xor: _logical_xor, np.logical_not: _logical_not,
+    # on what a trace holds as booleans (comparisons, constant masks) the bitwise
+    # ufuncs are the logical ones: `mask & (x > 0)` with a NumPy bool mask
+    np.bitwise_and: _logical_and, np.bitwise_or: _logical_or,
+    np.bitwise_xor: _logical_xor, np.invert: _logical_not,
+    np.isnan: _isnan, np.isinf: _isinf, np.isfinite: _isfinite, np.divmod: _divmod,
 }
 
 #: SciPy ufuncs, by scipy.special name (looked up lazily: importing SciPy is slow)
@@ -440,16 +545,29 @@ def _ufunc_rule(ufunc):
 
 
 def _dispatch_ufunc(ufunc, method, inputs, kwargs):
+    if not kwargs and method == "__call__":     # the common case, first
+        rule = UFUNCS.get(ufunc)
+        if type(rule) is str:
+            return elementwise(rule, *inputs)
     out = kwargs.pop("out", None)
     if out is not None:
-        _fail(f"np.{ufunc.__name__}(..., out=...) writes into an array while tracing",
-              "drop out= and use the returned value")
+        outs = out if isinstance(out, tuple) else (out,)
+        if len(outs) != 1 or type(outs[0]) is not Array:
+            _fail(f"a traced value was written into a NumPy array (np.{ufunc.__name__}"
+                  f"(..., out=z), or an in-place operator such as z += x on an array "
+                  f"made by np.zeros/np.empty)",
+                  "use the returned value, or start from np.zeros_like(x) (a traced "
+                  "array) and assign into that")
+        result = _dispatch_ufunc(ufunc, method, inputs, kwargs)
+        outs[0][...] = result
+        return outs[0]
     if kwargs.pop("where", True) is not True:
         _fail(f"np.{ufunc.__name__}(..., where=...) is not supported while tracing",
               "use np.where(condition, np.f(x), other) instead")
     kwargs.pop("dtype", None)
     kwargs.pop("casting", None)
     kwargs.pop("subok", None)
+    kwargs.pop("order", None)
     if method == "__call__":
         if kwargs:
             _fail(f"np.{ufunc.__name__} got unsupported keywords {sorted(kwargs)}",
@@ -458,15 +576,19 @@ def _dispatch_ufunc(ufunc, method, inputs, kwargs):
         if rule is None:
             _fail(f"the ufunc {ufunc.__name__} is not supported on traced arrays",
                   "express it with supported functions (see jacext.trace.supported())")
-        if isinstance(rule, str):
+        if type(rule) is str:
             return elementwise(rule, *inputs)
         return rule(*inputs)
     if method == "reduce" and ufunc in _REDUCE_OPS:
         axis = kwargs.pop("axis", 0)
         keepdims = kwargs.pop("keepdims", False)
-        return reduce_tree(_REDUCE_OPS[ufunc], inputs[0], axis, keepdims)
+        initial = kwargs.pop("initial", None)
+        if not kwargs:
+            return reduce_tree(_REDUCE_OPS[ufunc], inputs[0], axis, keepdims, initial)
     if method == "accumulate" and ufunc in (np.add, np.multiply):
-        return _cumulative(_REDUCE_OPS[ufunc], inputs[0], kwargs.pop("axis", 0), None)
+        axis = kwargs.pop("axis", 0)
+        if not kwargs:
+            return _cumulative(_REDUCE_OPS[ufunc], inputs[0], axis, None)
     if method == "outer" and _ufunc_rule(ufunc) is not None:
         a, b = inputs
         g = _graph_of(inputs)
@@ -494,44 +616,23 @@ def _norm_axis(axis, ndim):
 
 
 def tree(g, op, ids):
-    """Balanced-tree reduction of ids along the last axis (one apply per level)."""
-    code = OPS[op]
-    while ids.shape[-1] > 1:
-        k = ids.shape[-1]
-        half = k // 2
-        left = np.ascontiguousarray(ids[..., 0:2 * half:2])
-        right = np.ascontiguousarray(ids[..., 1:2 * half:2])
-        merged = g.apply(code, left.reshape(-1), right.reshape(-1)).reshape(left.shape)
-        if k % 2:
-            merged = np.concatenate([merged, ids[..., k - 1:]], axis=-1)
-        ids = merged
-    return ids[..., 0]
+    """Balanced-tree reduction of ids along the last axis (one graph call)."""
+    lead = ids.shape[:-1]
+    return g.reduce(OPS[op], ids.reshape(-1, ids.shape[-1])).reshape(lead)
 
 
 def sparse_sum(g, ids):
-    """Sum along the last axis where id -1 marks a structural zero (skipped)."""
-    code = OPS["ADD"]
-    while ids.shape[-1] > 1:
-        k = ids.shape[-1]
-        half = k // 2
-        left = ids[..., 0:2 * half:2]
-        right = ids[..., 1:2 * half:2]
-        merged = np.where(left >= 0, left, right)
-        both = (left >= 0) & (right >= 0)
-        if both.any():
-            merged[both] = g.apply(code, np.ascontiguousarray(left[both]),
-                                   np.ascontiguousarray(right[both]))
-        if k % 2:
-            merged = np.concatenate([merged, ids[..., k - 1:]], axis=-1)
-        ids = merged
-    out = ids[..., 0] if ids.shape[-1] else np.full(ids.shape[:-1], -1, np.int64)
-    missing = out < 0
-    if missing.any():
-        out = np.where(missing, g.consts(np.zeros(1))[0], out)
-    return out
+    """Sum along the last axis where id -1 marks a structural zero (skipped);
+    a sum of nothing is the constant 0."""
+    lead = ids.shape[:-1]
+    k = ids.shape[-1]
+    if k == 0:
+        return np.full(lead, g.consts(np.zeros(1))[0], dtype=np.int64)
+    return g.reduce(_ADD, ids.reshape(-1, k), True).reshape(lead)
 
 
 _EMPTY_VALUE = {"ADD": 0.0, "MUL": 1.0}
+_ADD = OPS["ADD"]
 
 
 def reduce_tree(op, x, axis=None, keepdims=False, initial=None):
@@ -543,13 +644,13 @@ def reduce_tree(op, x, axis=None, keepdims=False, initial=None):
     rest = [d for d in range(ids.ndim) if d not in axes]
     moved = np.transpose(ids, rest + list(axes))
     lead = moved.shape[:len(rest)]
-    flat = moved.reshape(lead + (-1,))
+    flat = moved.reshape(lead + (int(np.prod([ids.shape[d] for d in axes], dtype=np.int64)),))
     if initial is not None:
         flat = np.concatenate([np.broadcast_to(_ids(g, initial), lead + (1,)), flat], axis=-1)
     if flat.shape[-1] == 0:
         if op not in _EMPTY_VALUE:
             raise ValueError("zero-size array to reduction operation which has no identity")
-        res = np.broadcast_to(g.consts(np.array([_EMPTY_VALUE[op]])), lead).copy()
+        res = np.broadcast_to(g.consts(np.array([_EMPTY_VALUE[op]]))[0], lead).copy()
     else:
         res = tree(g, op, flat)
     if keepdims:
@@ -578,13 +679,24 @@ def _prod(a, axis=None, dtype=None, out=None, keepdims=False, initial=None, wher
     return reduce_tree("MUL", a, axis, keepdims, initial)
 
 
+def _masked_extreme(op, a, initial, where):
+    if where is not True:
+        if initial is None:
+            raise ValueError(f"reduction operation '{op.lower()}' does not have an identity, "
+                             "so to use a where mask one has to specify 'initial'")
+        a = np.where(where, a, initial)
+    return a
+
+
 def _amax(a, axis=None, out=None, keepdims=False, initial=None, where=True):
     _no_out(out, "np.max")
+    a = _masked_extreme("MAXIMUM", a, initial, where)
     return reduce_tree("MAXIMUM", a, axis, keepdims, initial)
 
 
 def _amin(a, axis=None, out=None, keepdims=False, initial=None, where=True):
     _no_out(out, "np.min")
+    a = _masked_extreme("MINIMUM", a, initial, where)
     return reduce_tree("MINIMUM", a, axis, keepdims, initial)
 
 
@@ -595,12 +707,24 @@ def _count(a, axis):
 
 def _mean(a, axis=None, dtype=None, out=None, keepdims=False, where=True):
     _no_out(out, "np.mean")
+    if where is not True:
+        if isinstance(where, Array):
+            _fail("np.mean(..., where=mask) with a traced mask is not supported",
+                  "use np.sum(np.where(mask, x, 0.0)) / np.sum(np.where(mask, 1.0, 0.0))")
+        total = _sum(a, axis, keepdims=keepdims, where=where)
+        mask = np.asarray(where, dtype=bool)
+        count = np.sum(np.broadcast_to(mask, np.broadcast_shapes(mask.shape, np.shape(a))),
+                       axis=axis, keepdims=keepdims).astype(np.float64)
+        return elementwise("DIV", total, count)
     return elementwise("DIV", _sum(a, axis, keepdims=keepdims), float(_count(a, axis)))
 
 
 def _var(a, axis=None, dtype=None, out=None, ddof=0, keepdims=False, where=True, mean=None,
          correction=None):
     _no_out(out, "np.var")
+    if where is not True:
+        _fail("np.var/np.std(..., where=mask) is not supported while tracing",
+              "select the elements with a constant index or mask first: np.var(x[mask])")
     if correction is not None:
         ddof = correction
     centred = a - _mean(a, axis, keepdims=True)
@@ -610,7 +734,8 @@ def _var(a, axis=None, dtype=None, out=None, ddof=0, keepdims=False, where=True,
 
 def _std(a, axis=None, dtype=None, out=None, ddof=0, keepdims=False, where=True, mean=None,
          correction=None):
-    return np.sqrt(_var(a, axis, ddof=ddof, keepdims=keepdims, correction=correction))
+    return np.sqrt(_var(a, axis, ddof=ddof, keepdims=keepdims, where=where,
+                        correction=correction))
 
 
 def _cumulative(op, a, axis=None, out=None, dtype=None):
@@ -619,13 +744,12 @@ def _cumulative(op, a, axis=None, out=None, dtype=None):
     ids = _ids(g, a)
     if axis is None:
         ids, axis = ids.ravel(), 0
-    ids = np.moveaxis(ids, axis, -1).copy()
-    code = OPS[op]
+    moved = np.moveaxis(ids, axis, -1)
+    if moved.size == 0:
+        return Array(g, np.moveaxis(moved.copy(), -1, axis))
     # sequential, as NumPy's own cumsum: the same rounding
-    for k in range(1, ids.shape[-1]):
-        ids[..., k] = g.apply(code, np.ascontiguousarray(ids[..., k - 1]).reshape(-1),
-                              np.ascontiguousarray(ids[..., k]).reshape(-1)).reshape(ids.shape[:-1])
-    return Array(g, np.moveaxis(ids, -1, axis))
+    res = g.scan(OPS[op], moved.reshape(-1, moved.shape[-1])).reshape(moved.shape)
+    return Array(g, np.moveaxis(res, -1, axis))
 
 
 def _diff(a, n=1, axis=-1, prepend=None, append=None):
@@ -686,8 +810,7 @@ def _where(condition, x=None, y=None):
         _fail("np.where(condition) with one argument returns indices that depend on values",
               "use the three-argument form np.where(condition, a, b)")
     g = _graph_of((condition, x, y))
-    cond = _ids(g, condition) if isinstance(condition, Array) else None
-    if cond is None:
+    if not isinstance(condition, Array) and _graph_of((condition,)) is None:
         # a constant condition picks ids: no node at all
         c = np.asarray(condition).astype(bool)
         return Array(g, np.where(c, _ids(g, x), _ids(g, y)))
@@ -702,19 +825,10 @@ def _products(g, ia, ib):
     Zero entries of constant matrices are skipped structurally (DESIGN.md): a
     factor that is the constant 0.0, or an id already -1, gives -1 and no node.
     """
-    ia, ib = np.broadcast_arrays(ia, ib)
+    if ia.shape != ib.shape:
+        ia, ib = np.broadcast_arrays(ia, ib)
     shape = ia.shape
-    ia = np.ascontiguousarray(ia).reshape(-1)
-    ib = np.ascontiguousarray(ib).reshape(-1)
-    keep = (ia >= 0) & (ib >= 0)
-    for side in (ia, ib):
-        where = np.flatnonzero(keep)
-        vals = side[where]
-        zero = g.const_mask(vals) & (g.const_values(vals) == 0.0)
-        keep[where[zero]] = False
-    out = np.full(ia.shape[0], -1, dtype=np.int64)
-    out[keep] = g.apply(OPS["MUL"], np.ascontiguousarray(ia[keep]), np.ascontiguousarray(ib[keep]))
-    return out.reshape(shape)
+    return g.mul_nonzero(ia.ravel(), ib.ravel()).reshape(shape)
 
 
 def _matmul_ids(g, ia, ib):
@@ -832,17 +946,41 @@ def _einsum(subscripts, *operands, out=None, optimize=False, **kw):
                 raise ValueError(f"einsum: size of '{c}' differs between operands")
             sizes[c] = max(sizes[c], n)
         views.append((uniq, ids))
-    summed = [c for c in sizes if c not in out_spec]
-    order = list(out_spec) + summed
+    for c in out_spec:
+        if c not in sizes:
+            raise ValueError(f"einsum: output subscript '{c}' appears in no operand")
+    # Contract left to right, two operands at a time, summing a letter out as soon
+    # as no later operand and not the output needs it: 'ij,jk,kl->il' costs two
+    # matrix products, not one product over all four letters.
+    spec, ids = views[0]
+    for k in range(1, len(views)):
+        later = set(out_spec).union(*(v[0] for v in views[k + 1:]))
+        spec, ids = _contract(g, spec, ids, later, sizes, *views[k])
+    spec, ids = _contract(g, spec, ids, set(out_spec), sizes)
+    return Array(g, np.asarray(np.transpose(ids, [spec.index(c) for c in out_spec])))
+
+
+def _contract(g, s1, a1, keep, sizes, s2="", a2=None):
+    """The sum of the product a1 * a2 over the letters of s1 and s2 that ``keep``
+    lacks; returns (letters, ids).  Without a2, a sum over a1 alone."""
+    letters = "".join(dict.fromkeys(s1 + s2))
+    kept = [c for c in letters if c in keep]
+    summed = [c for c in letters if c not in keep]
+    order = kept + summed
     full = tuple(sizes[c] for c in order)
-    prod = None
-    for uniq, ids in views:
-        t = np.transpose(ids, [uniq.index(c) for c in order if c in uniq])
+
+    def aligned(spec, ids):
+        t = np.transpose(ids, [spec.index(c) for c in order if c in spec])
         it = iter(t.shape)
-        t = t.reshape([next(it) if c in uniq else 1 for c in order])
-        prod = np.broadcast_to(t, full) if prod is None else _products(g, prod, t)
-    prod = np.broadcast_to(prod, full).reshape(full[:len(out_spec)] + (-1,))
-    return Array(g, np.asarray(sparse_sum(g, prod)))
+        return t.reshape([next(it) if c in spec else 1 for c in order])
+
+    prod = aligned(s1, a1)
+    if a2 is not None:
+        prod = _products(g, prod, aligned(s2, a2))
+    if not summed:
+        return "".join(kept), np.broadcast_to(prod, full)
+    prod = np.broadcast_to(prod, full).reshape(full[:len(kept)] + (-1,))
+    return "".join(kept), sparse_sum(g, prod)
 
 
 def _cross(a, b, axisa=-1, axisb=-1, axisc=-1, axis=None):
@@ -851,19 +989,24 @@ def _cross(a, b, axisa=-1, axisb=-1, axisc=-1, axis=None):
         axisa = axisb = axisc = axis
     ia = np.moveaxis(_ids(g, a), axisa, -1)
     ib = np.moveaxis(_ids(g, b), axisb, -1)
-    A = [Array(g, ia[..., k]) for k in range(ia.shape[-1])]
-    B = [Array(g, ib[..., k]) for k in range(ib.shape[-1])]
-    if len(A) == 2:
-        A.append(0.0)
-    if len(B) == 2:
-        B.append(0.0)
-    if len(A) != 3 or len(B) != 3:
+    if ia.shape[-1] not in (2, 3) or ib.shape[-1] not in (2, 3):
         raise ValueError("incompatible dimensions for cross product (dimension must be 2 or 3)")
+    # a 2-vector's missing z is None: its products are left out, as NumPy does,
+    # so no x * 0 node and NumPy's signed zeros
+    A = [Array(g, ia[..., k]) for k in range(ia.shape[-1])] + [None]
+    B = [Array(g, ib[..., k]) for k in range(ib.shape[-1])] + [None]
+
+    def mul(p, q):
+        return None if p is None or q is None else p * q
+
+    def sub(p, q):
+        return p if q is None else (-q if p is None else p - q)
+
+    c2 = sub(mul(A[0], B[1]), mul(A[1], B[0]))
     if ia.shape[-1] == 2 and ib.shape[-1] == 2:
-        return A[0] * B[1] - A[1] * B[0]
-    c = [A[1] * B[2] - A[2] * B[1], A[2] * B[0] - A[0] * B[2], A[0] * B[1] - A[1] * B[0]]
-    c = [ci if isinstance(ci, Array) else _const_array(g, ci, np.shape(c[0])) for ci in c]
-    res = np.stack([_ids(g, ci) for ci in c], axis=-1)
+        return c2
+    c = [sub(mul(A[1], B[2]), mul(A[2], B[1])), sub(mul(A[2], B[0]), mul(A[0], B[2])), c2]
+    res = np.stack(np.broadcast_arrays(*[ci.ids for ci in c]), axis=-1)
     return Array(g, np.moveaxis(res, -1, axisc))
 
 
@@ -947,6 +1090,18 @@ def _full_like(a, fill_value, dtype=None, order="K", subok=True, shape=None, **k
     return _const_array(g, float(fill_value), s)
 
 
+def _copyto(dst, src, casting="same_kind", where=True):
+    if type(dst) is not Array:
+        _fail("a traced value was written into a NumPy array (np.copyto, or "
+              "np.full/np.full_like with a traced fill value and a NumPy array's shape)",
+              "make the array from the traced value: np.full_like(x, v) with a traced x, "
+              "np.broadcast_to(v, shape), or start from np.zeros_like(x) and assign into that")
+    if where is True:
+        dst[...] = src
+    else:
+        dst[...] = np.where(where, src, dst)
+
+
 def _polyval(p, x):
     g = _graph_of((p, x))
     coeffs = list(p) if not isinstance(p, Array) else [Array(g, i) for i in p.ids]
@@ -964,36 +1119,48 @@ def _structural(func, arrays="first", zero_fill=False):
     """A NumPy function applied to the id arrays themselves: no new nodes.
 
     arrays: which arguments hold arrays: "first", "seq" (a sequence first),
-    "all" (every positional), "two" (the first two).  zero_fill: the function
-    fills new places with 0 (np.diag of a vector, np.triu): shift ids so that
-    the fill lands on the constant-zero node.
+    "all" (every positional), "two" (the first two), "insert" (the first and
+    the third, np.insert's arr and values).  zero_fill: the function fills new
+    places with 0 (np.diag of a vector, np.triu): shift ids so that the fill
+    lands on the constant-zero node.  Any other argument (indices, counts,
+    shapes) must be a constant.
     """
+    name = func.__name__
+    positions = {"first": (0,), "two": (0, 1), "insert": (0, 2), "seq": (0,)}.get(arrays)
+
+    def bad_argument():
+        _fail(f"a traced value was used as an index, count or shape argument of "
+              f"np.{name} (what it selects would depend on values not known while "
+              f"tracing)",
+              "pass constants there (Python ints, NumPy integer arrays); for a "
+              "value-dependent choice use np.where(condition, a, b)")
+
     def handler(*args, **kwargs):
         g = _graph_of(args) or _graph_of(tuple(kwargs.values()))
         args = list(args)
-        if arrays == "first":
-            idx = [0]
-        elif arrays == "two":
-            idx = [0, 1]
-        elif arrays == "all":
-            idx = list(range(len(args)))
-        else:
-            idx = []
-            args[0] = [_ids(g, e) if not isinstance(e, (list, tuple)) or _graph_of(e) is None
-                       else _nested_ids(g, e) for e in args[0]]
+        idx = range(len(args)) if positions is None else positions
         for k in idx:
             if k < len(args):
-                args[k] = _ids(g, args[k])
-        if arrays == "two" and "values" in kwargs:
+                if arrays == "seq":
+                    args[k] = [_ids(g, e) for e in args[k]]
+                else:
+                    args[k] = _ids(g, args[k])
+        if arrays in ("two", "insert") and "values" in kwargs:
             kwargs["values"] = _ids(g, kwargs["values"])
+        # every other argument is an index, count, axis or shape: a constant
+        if positions is not None and len(args) > 1:
+            if _graph_of([a for k, a in enumerate(args) if k not in positions]) is not None:
+                bad_argument()
+        if kwargs and _graph_of([v for k, v in kwargs.items() if k != "values"]) is not None:
+            bad_argument()
         if zero_fill:
-            z = g.consts(np.zeros(1))[0]
+            z = g.const(0.0)
             args[0] = args[0] - z
             res = func(*args, **kwargs) + z
         else:
             res = func(*args, **kwargs)
         return _wrap_result(g, res)
-    handler.__name__ = func.__name__
+    handler.__name__ = name
     return handler
 
 
@@ -1029,7 +1196,7 @@ FUNCTIONS = {
     np.tensordot: _tensordot, np.einsum: _einsum, np.cross: _cross, np.trace: _trace,
     np.linalg.norm: _norm, np.linalg.det: _det, np.polyval: _polyval,
     np.zeros_like: _like(0.0), np.ones_like: _like(1.0), np.empty_like: _like(0.0),
-    np.full_like: _full_like, np.block: _block,
+    np.full_like: _full_like, np.block: _block, np.copyto: _copyto,
     np.shape: _shape, np.ndim: lambda a: len(_shape(a)),
     np.size: lambda a, axis=None: (int(np.prod(_shape(a))) if axis is None
                                    else _shape(a)[axis]),
@@ -1047,11 +1214,26 @@ for _f in (np.atleast_1d, np.atleast_2d, np.atleast_3d, np.broadcast_arrays, np.
     FUNCTIONS[_f] = _structural(_f, "all")
 for _f in (np.stack, np.concatenate, np.hstack, np.vstack, np.dstack, np.column_stack):
     FUNCTIONS[_f] = _structural(_f, "seq")
-for _f in (np.append, np.insert):
-    FUNCTIONS[_f] = _structural(_f, "two")
+FUNCTIONS[np.append] = _structural(np.append, "two")
+FUNCTIONS[np.insert] = _structural(np.insert, "insert")
 for _f in (np.diag, np.diagflat, np.triu, np.tril):
     FUNCTIONS[_f] = _structural(_f, zero_fill=True)
 UFUNCS[np.matmul] = _matmul   # a ufunc since NumPy 2: `ndarray @ Array` arrives here
+
+
+def _ufunc_method(ufunc):
+    def method(self, *others):
+        return ufunc(self, *others)
+    method.__name__ = ufunc.__name__
+    method.__doc__ = f"np.{ufunc.__name__}(self, ...): what NumPy's object loops call."
+    return method
+
+
+# NumPy's object-dtype loops call np.sin(o) as o.sin(): an object array of traced
+# scalars (np.array([[c, -s], [s, c]])) then traces element by element.
+for _u in list(UFUNCS):
+    if not hasattr(Array, _u.__name__):
+        setattr(Array, _u.__name__, _ufunc_method(_u))
 if hasattr(np, "concat"):
     FUNCTIONS[np.concat] = _structural(np.concat, "seq")
 if hasattr(np, "permute_dims"):
@@ -1094,4 +1276,4 @@ def trace(f, arg_shapes):
     return g, inputs, out_ids, tuple(o.shape for o in out_ids), is_tuple
 
 
-__all__ = ["Array", "FUNCTIONS", "UFUNCS", "elementwise", "supported", "trace", "math"]
+__all__ = ["Array", "FUNCTIONS", "UFUNCS", "elementwise", "supported", "trace"]

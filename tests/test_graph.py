@@ -1,0 +1,408 @@
+"""The expression DAG (jacext/_graph.pyx): hash-consing, folding, identities, lowering."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from jacext._graph import A_IMM, B_IMM, KIND_CONST, KIND_INPUT, OP_MASK, OPS, Graph
+from jacext._vm import op_value
+
+import jacext as jx
+
+NAME = {v: k for k, v in OPS.items()}
+
+
+def kind(g, i):
+    """'INPUT', 'CONST', or the op name with |A_IMM / |B_IMM."""
+    word = g.node(int(i))[0]
+    if word == KIND_INPUT:
+        return "INPUT"
+    if word == KIND_CONST:
+        return "CONST"
+    name = NAME[word & OP_MASK]
+    if word & A_IMM:
+        name += "|A_IMM"
+    if word & B_IMM:
+        name += "|B_IMM"
+    return name
+
+
+def ids(*v):
+    return np.array(v, dtype=np.int64)
+
+
+def one(g, op, x, y=None, c=None):
+    """apply over single ids; returns the one result id."""
+    args = [ids(x)] + ([ids(y)] if y is not None else []) + ([ids(c)] if c is not None else [])
+    return int(g.apply(OPS[op], *args)[0])
+
+
+def const_value(g, i):
+    assert kind(g, i) == "CONST"
+    return g.node(int(i))[4]
+
+
+@pytest.fixture
+def g():
+    return Graph()
+
+
+@pytest.fixture
+def xy(g):
+    x, y = g.inputs(2)
+    return int(x), int(y)
+
+
+# ----------------------------------------------------------- hash-consing --
+
+def test_inputs_are_distinct_nodes(g):
+    a = g.inputs(3)
+    b = g.inputs(2)
+    np.testing.assert_array_equal(a, [0, 1, 2])
+    np.testing.assert_array_equal(b, [3, 4])
+    assert g.n_inputs == 5 and len(g) == 5
+    assert [g.node(i)[:2] for i in range(5)] == [(KIND_INPUT, k) for k in range(5)]
+
+
+def test_same_op_and_operands_same_node(g, xy):
+    x, y = xy
+    s1 = one(g, "SIN", x)
+    s2 = one(g, "SIN", x)
+    assert s1 == s2
+    n = len(g)
+    assert one(g, "ADD", s1, y) == one(g, "ADD", s2, y)
+    assert len(g) == n + 1
+    assert one(g, "COS", x) != s1
+    assert one(g, "SIN", y) != s1
+
+
+def test_commutative_operands_are_canonical(g, xy):
+    x, y = xy
+    for op in ("ADD", "MUL", "MAXIMUM", "MINIMUM", "HYPOT", "EQUAL", "NOT_EQUAL", "FMAX",
+               "FMIN", "LOGADDEXP"):
+        assert one(g, op, x, y) == one(g, op, y, x), op
+        node = g.node(one(g, op, x, y))
+        assert node[1] < node[2]        # smaller id first
+    for op in ("SUB", "DIV", "POW", "ATAN2", "LESS", "GREATER", "MOD"):
+        assert one(g, op, x, y) != one(g, op, y, x), op
+
+
+def test_bulk_apply_hash_conses_within_one_call(g):
+    x = g.inputs(4)
+    res = g.apply(OPS["EXP"], ids(x[0], x[1], x[0], x[1], x[2]))
+    assert res[0] == res[2] and res[1] == res[3]
+    assert len(set(res.tolist())) == 3
+    assert len(g) == 4 + 3
+
+
+def test_constants_are_interned_by_bits(g):
+    c = g.consts(np.array([1.5, 1.5, 0.0, -0.0, np.nan, np.nan, np.inf]))
+    assert c[0] == c[1]
+    assert c[2] != c[3]             # +0.0 and -0.0 differ
+    assert c[4] == c[5]             # the same nan
+    assert g.const(1.5) == c[0]
+    assert math.copysign(1.0, const_value(g, c[3])) == -1.0
+    np.testing.assert_array_equal(g.const_mask(ids(c[0], 0) if False else c), [True] * 7)
+
+
+def test_node_ids_are_topological(g):
+    x = g.inputs(3)
+    s = g.apply(OPS["SIN"], x)
+    m = g.apply(OPS["MUL"], s, x[::-1].copy())
+    t = g.apply(OPS["SELECT"], m, s, g.apply(OPS["GREATER"], x, m))
+    for i in range(len(g)):
+        op, a, b, sel, _ = g.node(i)
+        for operand in (a, b, sel):
+            if op not in (KIND_INPUT, KIND_CONST) and operand >= 0:
+                assert operand < i
+    assert t.shape == (3,)
+
+
+def test_large_graph_grows_and_stays_consistent(g):
+    n = 200_000
+    x = g.inputs(n)
+    a = g.apply(OPS["SIN"], x)
+    b = g.apply(OPS["ADD"], a, x)
+    assert len(g) == 3 * n
+    # every node is found again after the table has grown many times
+    np.testing.assert_array_equal(g.apply(OPS["SIN"], x), a)
+    np.testing.assert_array_equal(g.apply(OPS["ADD"], x, a), b)
+    assert len(g) == 3 * n
+
+
+# -------------------------------------------------------- constant folding --
+
+FOLD_UNARY = ["NEG", "ABS", "SIGN", "SQUARE", "SQRT", "CBRT", "RECIPROCAL", "EXP", "EXP2",
+              "EXPM1", "LOG", "LOG2", "LOG10", "LOG1P", "SIN", "COS", "TAN", "ARCSIN", "ARCCOS",
+              "ARCTAN", "SINH", "COSH", "TANH", "ARCSINH", "ARCCOSH", "ARCTANH", "ERF", "ERFC",
+              "EXPIT", "LOGIT", "FLOOR", "CEIL", "RINT", "TRUNC"]
+FOLD_BINARY = ["ADD", "SUB", "MUL", "DIV", "POW", "MOD", "FMOD", "FLOOR_DIVIDE", "ATAN2",
+               "HYPOT", "MAXIMUM", "MINIMUM", "FMAX", "FMIN", "LOGADDEXP", "LESS",
+               "LESS_EQUAL", "GREATER", "GREATER_EQUAL", "EQUAL", "NOT_EQUAL"]
+VALUES = [0.3, -0.7, 2.5, 0.0, -0.0, 1.0, np.inf, -np.inf, np.nan]
+
+
+def same_bits(a, b):
+    return np.float64(a).tobytes() == np.float64(b).tobytes() or (np.isnan(a) and np.isnan(b))
+
+
+@pytest.mark.parametrize("op", FOLD_UNARY)
+def test_unary_folding_matches_the_c_value(g, op):
+    with np.errstate(all="ignore"):
+        for v in VALUES:
+            r = one(g, op, g.const(v))
+            assert same_bits(const_value(g, r), op_value(OPS[op], v)), (op, v)
+
+
+@pytest.mark.parametrize("op", FOLD_BINARY)
+def test_binary_folding_matches_the_c_value(g, op):
+    for u in VALUES:
+        for v in VALUES:
+            r = one(g, op, g.const(u), g.const(v))
+            assert same_bits(const_value(g, r), op_value(OPS[op], u, v)), (op, u, v)
+
+
+def test_select_folding(g, xy):
+    x, y = xy
+    assert one(g, "SELECT", x, y, g.const(1.0)) == x
+    assert one(g, "SELECT", x, y, g.const(0.0)) == y
+    assert one(g, "SELECT", x, y, g.const(-0.0)) == y
+    assert one(g, "SELECT", x, y, g.const(np.nan)) == x      # nan is true, as in NumPy
+    c = one(g, "GREATER", x, y)
+    assert one(g, "SELECT", x, x, c) == x                     # both branches the same
+    s = one(g, "SELECT", x, y, c)
+    assert kind(g, s) == "SELECT" and g.node(s)[1:4] == (x, y, c)
+
+
+def test_folding_makes_no_op_node(g):
+    n0 = len(g)
+    a, b = g.const(2.0), g.const(3.0)
+    r = one(g, "MUL", a, b)
+    assert const_value(g, r) == 6.0
+    assert len(g) == n0 + 3
+
+
+# ------------------------------------------------------------- identities --
+
+def test_exact_identities_fold_to_the_operand(g, xy):
+    x, _ = xy
+    one_ = g.const(1.0)
+    assert one(g, "MUL", x, one_) == x
+    assert one(g, "MUL", one_, x) == x
+    assert one(g, "DIV", x, one_) == x
+    assert one(g, "SUB", x, g.const(0.0)) == x
+    assert one(g, "ADD", x, g.const(-0.0)) == x
+    assert one(g, "ADD", g.const(-0.0), x) == x
+    assert one(g, "POW", x, one_) == x
+    assert const_value(g, one(g, "POW", x, g.const(0.0))) == 1.0    # NumPy: nan**0 == 1
+    n = one(g, "NEG", x)
+    assert one(g, "NEG", n) == x
+
+
+def test_cheaper_equivalent_ops(g, xy):
+    x, y = xy
+    sq = one(g, "POW", x, g.const(2.0))
+    assert kind(g, sq) == "SQUARE" and g.node(sq)[1] == x
+    assert one(g, "MUL", x, x) == sq
+    assert kind(g, one(g, "POW", x, g.const(0.5))) == "SQRT"
+    assert kind(g, one(g, "POW", x, g.const(-1.0))) == "RECIPROCAL"
+    assert kind(g, one(g, "DIV", g.const(1.0), x)) == "RECIPROCAL"
+    assert kind(g, one(g, "MUL", x, g.const(-1.0))) == "NEG"
+    assert one(g, "MUL", g.const(-1.0), one(g, "NEG", y)) == y
+
+
+@pytest.mark.parametrize("op,c", [("MUL", 0.0), ("MUL", -0.0), ("ADD", 0.0), ("SUB", -0.0),
+                                  ("DIV", -1.0), ("POW", 3.0), ("MUL", 2.0), ("SUB", 1.0)])
+def test_not_folded_when_not_exact(g, xy, op, c):
+    # x*0 is nan for x = nan or inf; -0.0 + 0.0 is +0.0; x - (-0.0) is x + 0.0
+    x, _ = xy
+    r = one(g, op, x, g.const(c))
+    assert r != x and kind(g, r) == f"{op}|B_IMM"
+    assert g.node(r)[1] == x and g.node(r)[4] == c or same_bits(g.node(r)[4], c)
+
+
+def test_constant_operands_become_immediates(g, xy):
+    x, _ = xy
+    r = one(g, "MUL", g.const(3.0), x)          # commuted: x * 3
+    assert kind(g, r) == "MUL|B_IMM" and g.node(r)[1] == x and g.node(r)[4] == 3.0
+    r = one(g, "SUB", g.const(3.0), x)          # 3 - x keeps its order
+    assert kind(g, r) == "SUB|A_IMM" and g.node(r)[2] == x and g.node(r)[4] == 3.0
+    r = one(g, "DIV", g.const(2.0), x)
+    assert kind(g, r) == "DIV|A_IMM"
+    r = one(g, "POW", g.const(2.0), x)
+    assert kind(g, r) == "POW|A_IMM"
+
+
+def test_ieee_semantics_survive_compilation():
+    # what the graph keeps is what NumPy computes at nan, inf and signed zeros
+    v = np.array([np.nan, np.inf, -0.0, 0.0, -2.0])
+    fs = [lambda x: x * 0.0, lambda x: x + 0.0, lambda x: 0.0 * x, lambda x: x - (-0.0),
+          lambda x: x * 1.0, lambda x: x + (-0.0), lambda x: x ** 1, lambda x: x / 1.0,
+          lambda x: x - 0.0, lambda x: x ** 0, lambda x: np.negative(-x), lambda x: x ** 2,
+          lambda x: x ** 0.5, lambda x: x ** -1, lambda x: 1.0 / x, lambda x: x * -1.0]
+    with np.errstate(all="ignore"):
+        for f in fs:
+            F = jx.compile(f, v)
+            got, want = F(v), f(v)
+            real = ~np.isnan(want)        # (IEEE leaves the sign of a nan unspecified)
+            assert np.array_equal(np.signbit(got[real]), np.signbit(want[real])), f
+            np.testing.assert_array_equal(got, want)
+
+
+# ------------------------------------------------------------ apply's checks --
+
+def test_apply_rejects_bad_ids_and_ops(g):
+    x = g.inputs(2)
+    with pytest.raises(IndexError):
+        g.apply(OPS["SIN"], ids(5))
+    with pytest.raises(IndexError):
+        g.apply(OPS["SIN"], ids(-1))
+    with pytest.raises(ValueError):
+        g.apply(999, x)
+    with pytest.raises(ValueError):
+        g.apply(OPS["ADD"], x, ids(0, 1, 0))       # lengths differ
+    with pytest.raises(ValueError):
+        g.apply(OPS["ADD"], x)                     # a binary op needs two arrays
+    with pytest.raises(ValueError):
+        g.apply(OPS["SIN"], x, x)
+
+
+def test_apply_broadcasts_length_one(g):
+    x = g.inputs(3)
+    c = g.consts(np.array([2.0]))
+    r = g.apply(OPS["MUL"], x, c)
+    np.testing.assert_array_equal(r, g.apply(OPS["MUL"], x, np.repeat(c, 3)))
+    assert g.apply(OPS["MUL"], x[:0].copy(), c).shape == (0,)
+
+
+def test_reduce_is_a_balanced_tree(g):
+    x = g.inputs(7)
+    r = g.reduce(OPS["ADD"], x.reshape(1, 7))
+    assert r.shape == (1,)
+
+    def depth(i):
+        op, a, b, _, _ = g.node(int(i))
+        if op == KIND_INPUT:
+            return 0
+        return 1 + max(depth(a), depth(b))
+
+    assert depth(r[0]) == 3
+    assert len(g) == 7 + 6
+    # the same sums again: all shared
+    np.testing.assert_array_equal(g.reduce(OPS["ADD"], x.reshape(1, 7)), r)
+    assert len(g) == 13
+
+
+def test_reduce_sparse_skips_structural_zeros(g):
+    x = g.inputs(3)
+    rows = np.array([[x[0], -1, x[1], -1], [-1, -1, -1, -1], [-1, x[2], -1, -1]])
+    r = g.reduce(OPS["ADD"], rows, True)
+    assert kind(g, r[0]) == "ADD"
+    assert const_value(g, r[1]) == 0.0
+    assert r[2] == x[2]
+
+
+def test_mul_nonzero_skips_zero_constants(g):
+    x = g.inputs(2)
+    z, mz, two = g.const(0.0), g.const(-0.0), g.const(2.0)
+    r = g.mul_nonzero(ids(x[0], x[0], z, x[1], -1), ids(x[1], mz, x[0], two, x[0]))
+    assert r[1] == r[2] == r[4] == -1
+    assert kind(g, r[0]) == "MUL" and kind(g, r[3]) == "MUL|B_IMM"
+
+
+def test_scan_is_sequential(g):
+    x = g.inputs(4)
+    r = g.scan(OPS["ADD"], x.reshape(1, 4))[0]
+    assert r[0] == x[0]
+    for k in range(1, 4):
+        assert g.node(int(r[k]))[0] == OPS["ADD"]
+        assert sorted(g.node(int(r[k]))[1:3]) == sorted([int(r[k - 1]), int(x[k])])
+
+
+# ------------------------------------------------------------------ lower --
+
+def lowered(g, ins, outs):
+    return g.lower(np.asarray(ins, np.int64), np.asarray(outs, np.int64))
+
+
+def test_lower_dead_code_elimination(g):
+    x = g.inputs(2)
+    keep = g.apply(OPS["SIN"], x[:1].copy())
+    g.apply(OPS["COS"], x)                  # dead
+    g.apply(OPS["EXP"], keep)               # dead
+    g.consts(np.array([7.0]))               # a dead constant
+    t = lowered(g, x, keep)
+    assert list(t["op"]) == [OPS["SIN"]]
+    assert len(t["const_value"]) == 0
+    assert t["n_in"] == 2
+
+
+def test_lower_slots_inputs_constants_then_work(g):
+    x = g.inputs(2)
+    c = g.const(3.0)
+    s = g.apply(OPS["SELECT"], x[:1].copy(), ids(c), g.apply(OPS["LESS"], x[:1].copy(),
+                                                             x[1:].copy()))
+    t = lowered(g, x, s)
+    assert t["n_in"] == 2
+    np.testing.assert_array_equal(t["const_value"], [3.0])   # not an immediate: a slot
+    assert t["n_slots"] == 2 + 1 + 2
+    # LESS into slot 3; SELECT reads x0 (slot 0) and the constant (slot 2), cond slot 3
+    assert list(t["op"]) == [OPS["LESS"], OPS["SELECT"]]
+    assert t["a"][1] == 0 and t["b"][1] == 2 and t["imm"][1] == t["dst"][0]
+
+
+def test_lower_reuses_slots_of_dead_temporaries(g):
+    x = g.inputs(1)
+    v = x
+    for _ in range(100):                    # a chain: sin(sin(...(x)))
+        v = g.apply(OPS["SIN"], v)
+    t = lowered(g, x, v)
+    assert len(t["op"]) == 100
+    assert t["n_slots"] <= 1 + 2            # input + two work slots alternating
+    # dst never aliases the instruction's own operands (the batched sweeps need it)
+    for k in range(100):
+        assert t["dst"][k] != t["a"][k]
+
+
+def test_lower_outputs_stay_alive(g):
+    x = g.inputs(1)
+    a = g.apply(OPS["SIN"], x)
+    b = g.apply(OPS["COS"], a)
+    c = g.apply(OPS["EXP"], b)
+    t = lowered(g, x, np.concatenate([a, c]))
+    out_a, out_c = t["out_slot"]
+    # a's slot is never written again after it is computed
+    assert list(t["dst"]).count(out_a) == 1
+    assert out_a != out_c
+
+
+def test_lower_outputs_may_be_inputs_or_constants(g):
+    x = g.inputs(2)
+    c = g.const(5.0)
+    t = lowered(g, x, ids(x[1], c, x[1]))
+    assert len(t["op"]) == 0
+    np.testing.assert_array_equal(t["out_slot"], [1, 2, 1])
+    np.testing.assert_array_equal(t["const_value"], [5.0])
+
+
+def test_lower_checks(g):
+    x = g.inputs(2)
+    s = g.apply(OPS["ADD"], x[:1].copy(), x[1:].copy())
+    with pytest.raises(ValueError):
+        lowered(g, x[:1], s)               # depends on an input that is not an argument
+    with pytest.raises(ValueError):
+        lowered(g, np.concatenate([x, s]), s)   # s is not an input node
+    with pytest.raises(IndexError):
+        lowered(g, x, ids(99))
+
+
+def test_lower_of_a_traced_function_runs():
+    def f(x):
+        return np.sin(x) * np.cos(x[::-1]) + x.sum()
+
+    x = np.linspace(0.1, 1.0, 50)
+    F = jx.compile(f, x)
+    np.testing.assert_allclose(F(x), f(x), rtol=1e-14)
+    # 50 sin + 50 cos + 50 mul + 49 adds (the sum) + 50 adds
+    assert F.n_instructions == 50 * 4 + 49
