@@ -178,6 +178,7 @@ cdef class Function:
     cdef tuple _single_shape      # the one argument's shape, or None
     cdef tuple _single_jac_shape   # out_shape + arg_shape when both are single
     cdef cnp.ndarray _cols0
+    cdef bint _single_fits
 
     def __cinit__(self):
         self._has_work = False
@@ -251,6 +252,9 @@ cdef class Function:
         else:
             self._single_jac_shape = None
         self._cols0 = self._columns(0)
+        # a single dense Jacobian beyond RAM takes the slow path, which raises
+        self._single_fits = (8 * int(self.tape.n_out) * int(self.tape.n_in)
+                             <= _physical_memory())
 
     def __dealloc__(self):
         if self._has_work:
@@ -542,7 +546,7 @@ cdef class Function:
         cdef int32_t n_cols
         # Fast path: one argument of exactly the traced shape, one output.
         if (len(args) == 1 and argnums == 0 and self._single_jac_shape is not None
-                and type(args[0]) is np.ndarray
+                and self._single_fits and type(args[0]) is np.ndarray
                 and (mode != "auto" or self._auto0 == 0
                      or (self._auto0 < 0 and self._set_auto0() == 0))):
             x = <cnp.ndarray>args[0]
@@ -752,9 +756,13 @@ cdef class Function:
         ptr, idx = self._pattern(argnums)
         n_cols = int(self._columns(argnums).shape[0])
         n_out = int(self.tape.n_out)
-        budget = 64 * int(idx.shape[0]) + 10**7
-        col = _colour(ptr, idx, n_out, n_cols, budget)
+        # Greedy colouring of columns costs the sum of the squared row lengths
+        # (each column looks at every row it is in); of rows, the same over
+        # columns.  Above the budget (a dense-ish pattern, where colouring buys
+        # little) every column or row keeps its own colour.
+        budget = 4 * 10**8
         tptr, tidx = _sparse.transpose_pattern(ptr, idx, (n_out, n_cols))
+        col = _colour(ptr, idx, n_out, n_cols, budget)
         row = _colour(tptr, tidx, n_cols, n_out, budget)
         result = (col, int(col.max()) + 1 if col.size else 0,
                   row, int(row.max()) + 1 if row.size else 0)
@@ -816,11 +824,19 @@ cdef class Function:
         if rows is None:
             rows = np.repeat(np.arange(self.tape.n_out, dtype=np.intp), np.diff(ptr))
             self._sparse_cache[("rows", argnums)] = rows
-        # one entry per nonzero: a valid colouring gives each its own place
-        if m == JX_MODE_FORWARD:
-            vals = comp[..., rows, col[idx]]
+        # one entry per nonzero: a valid colouring gives each its own place in
+        # the compressed matrix; its flat index there is computed once
+        gather = self._sparse_cache.get(("gather", argnums, m))
+        if gather is None:
+            if m == JX_MODE_FORWARD:
+                gather = rows * n_colours + col[idx]
+            else:
+                gather = row[rows].astype(np.intp) * n_cols + idx
+            self._sparse_cache[("gather", argnums, m)] = gather
+        if batch:
+            vals = np.take(comp.reshape(comp.shape[0], int(np.prod(shape))), gather, axis=1)
         else:
-            vals = comp[..., row[rows], idx]
+            vals = np.take(comp.reshape(-1), gather)
         return vals, y
 
     cdef int _set_auto0(self) except -1:
@@ -864,7 +880,7 @@ cdef class Function:
         shape = (self.tape.n_out, int(self._columns(argnums).shape[0]))
         if batch:
             full = _sparse.SparseJacobians(_sparse.pattern_array(ptr, idx, shape),
-                                           vals.reshape(batch + (-1,)))
+                                           vals.reshape(batch + (idx.shape[0],)))
             if multi or self.out_is_tuple:
                 raise ValueError("jacext: sparse=True for a batch needs one output and one "
                                  "argument (a single pattern); compile a Function per block")
@@ -1044,6 +1060,9 @@ def _colour(ptr, idx, int32_t n_rows, int32_t n_cols, budget):
     cdef cnp.ndarray q = np.ascontiguousarray(idx, dtype=np.int32)
     cdef int32_t n
     cdef int64_t limit = budget
+    lengths = np.diff(p).astype(np.int64)
+    if int(np.dot(lengths, lengths)) > limit:
+        return np.arange(n_cols, dtype=np.int32)
     if q.shape[0] == 0:
         q = np.zeros(1, dtype=np.int32)
     with nogil:

@@ -1,0 +1,594 @@
+"""Sparse Jacobians: the exact pattern, colourings, compressed sweeps, SciPy results.
+
+Every expected pattern here is written down analytically (banded, block-diagonal, arrow-head,
+random sparse, dense, 5-point stencil, np.where, zero-derivative ops) and also checked
+against the support of jacext's dense Jacobian at points that visit every branch, so the
+expectation cannot silently agree with a wrong ``F.sparsity()``. Colourings are checked by
+the verifiers below, written for this file (the library's own verifier is not trusted).
+"""
+from __future__ import annotations
+
+import pickle
+import tracemalloc
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+import jacext as jx
+from jacext.sparse import SparseJacobians
+
+MODES = ("forward", "reverse", "auto")
+
+
+def assert_close(actual, desired):
+    """Equal to rounding: jacext sums a chain rule's terms in its own order."""
+    np.testing.assert_allclose(actual, desired, rtol=4e-16, atol=4e-15)
+
+
+# ------------------------------------------------------------------ independent verifiers
+def column_colouring_is_valid(pattern, colour):
+    """No two columns of one colour share a row: per colour, each row has <= 1 nonzero."""
+    pattern = np.asarray(pattern, dtype=bool)
+    colour = np.asarray(colour)
+    if colour.shape != (pattern.shape[1],) or (colour.size and colour.min() < 0):
+        return False
+    for c in np.unique(colour):
+        if (pattern[:, colour == c].sum(axis=1) > 1).any():
+            return False
+    return True
+
+
+def row_colouring_is_valid(pattern, colour):
+    """The row analogue: per colour, each column has <= 1 nonzero among its rows."""
+    return column_colouring_is_valid(np.asarray(pattern, dtype=bool).T, colour)
+
+
+def test_verifiers_reject_bad_colourings():
+    tri = np.abs(np.subtract.outer(np.arange(6), np.arange(6))) <= 1
+    assert column_colouring_is_valid(tri, np.arange(6) % 3)
+    assert not column_colouring_is_valid(tri, np.arange(6) % 2)   # columns 0 and 2 share row 1
+    assert not column_colouring_is_valid(tri, np.zeros(6, int))
+    assert not column_colouring_is_valid(tri, np.arange(5))        # wrong length
+    assert row_colouring_is_valid(tri, np.arange(6) % 3)
+    assert not row_colouring_is_valid(tri, np.arange(6) % 2)
+    # a non-square case, where rows and columns cannot be mixed up
+    wide = np.zeros((2, 4), bool)
+    wide[0, :2] = wide[1, 2:] = True
+    assert column_colouring_is_valid(wide, [0, 1, 0, 1])
+    assert not column_colouring_is_valid(wide, [0, 0, 1, 1])
+    assert row_colouring_is_valid(wide, [0, 0])
+
+
+# ------------------------------------------------------------------ functions and patterns
+def _shift(x, k):
+    """y[i] = x[i - k], zero outside (x_0 = x_{n+1} = 0), without writing into an array."""
+    if k > 0:
+        return np.concatenate([np.zeros(k), x[:-k]])
+    return np.concatenate([x[-k:], np.zeros(-k)])
+
+
+def _band(m, n, lower, upper):
+    d = np.subtract.outer(np.arange(m), np.arange(n))      # i - j
+    return (d <= lower) & (-d <= upper)
+
+
+def broyden(x):
+    return (3 - 2 * x) * x - _shift(x, 1) - 2 * _shift(x, -1) + 1
+
+
+def broyden_jacobian(x):
+    """Hand-written, for values (not only patterns)."""
+    n = x.size
+    return (np.diag(3 - 4 * x) - np.diag(np.ones(n - 1), -1) - 2 * np.diag(np.ones(n - 1), 1))
+
+
+def pentadiagonal(x):
+    # additive terms only: a zero pad is then a constant, never a factor of x
+    return (x**3 + np.sin(_shift(x, 2)) + 2 * _shift(x, 1) + _shift(x, -1) ** 2
+            + np.tanh(_shift(x, -2)))
+
+
+BLOCKS, BLOCK = 8, 5
+
+
+def block_diagonal(x):
+    X = x.reshape(BLOCKS, BLOCK)
+    return (np.tanh(X) * (X**2).sum(axis=1, keepdims=True)).reshape(-1)
+
+
+def arrow_head(x):
+    return np.concatenate([np.sum(x**2, keepdims=True), x[1:] ** 2 + x[0] * x[1:]])
+
+
+def _arrow_pattern(n):
+    P = np.eye(n, dtype=bool)
+    P[0, :] = P[:, 0] = True
+    return P
+
+
+RNG_DATA = np.random.default_rng(7)
+N_RANDOM, M_RANDOM = 40, 45
+I_IDX, J_IDX, K_IDX = (RNG_DATA.integers(0, N_RANDOM, M_RANDOM) for _ in range(3))
+A_SPARSE = (RNG_DATA.random((35, N_RANDOM)) < 0.08) * RNG_DATA.uniform(0.5, 2.0, (35, N_RANDOM))
+A_SPARSE[3] = 0.0                    # an empty row
+W_DENSE = RNG_DATA.uniform(0.5, 1.5, (36, N_RANDOM)) * RNG_DATA.choice([-1, 1], (36, N_RANDOM))
+
+
+def random_indexed(x):
+    return np.sin(x[I_IDX]) * np.cos(x[J_IDX]) + x[K_IDX] ** 2
+
+
+def _indexed_pattern():
+    P = np.zeros((M_RANDOM, N_RANDOM), bool)
+    rows = np.arange(M_RANDOM)
+    for idx in (I_IDX, J_IDX, K_IDX):
+        P[rows, idx] = True
+    return P
+
+
+def random_matrix(x):
+    # constant zeros of a matrix in @ are skipped structurally (DESIGN.md)
+    return np.tanh(A_SPARSE @ np.sin(x))
+
+
+def dense(x):
+    return np.tanh(W_DENSE @ x)
+
+
+K_GRID = 7
+
+
+def bratu(u, lam=6.0, k=K_GRID):
+    """Discrete Laplacian + lam exp(u) on a k x k grid, zero Dirichlet boundary."""
+    U = u.reshape(k, k)
+    zr, zc = np.zeros((1, k)), np.zeros((k, 1))
+    up = np.concatenate([zr, U[:-1]], axis=0)
+    down = np.concatenate([U[1:], zr], axis=0)
+    left = np.concatenate([zc, U[:, :-1]], axis=1)
+    right = np.concatenate([U[:, 1:], zc], axis=1)
+    h2 = (k + 1.0) ** 2
+    return ((up + down + left + right - 4 * U) * h2 + lam * np.exp(U)).reshape(-1)
+
+
+def _stencil_pattern(k):
+    r, c = np.divmod(np.arange(k * k), k)
+    dr = np.abs(np.subtract.outer(r, r))
+    dc = np.abs(np.subtract.outer(c, c))
+    return (dr + dc) <= 1
+
+
+def where_branches(x):
+    # the condition reads x reversed; it must add no dependence
+    return np.where(x[::-1] > 0, x**2, np.sin(np.roll(x, 1)))
+
+
+def _where_pattern(n):
+    return np.eye(n, dtype=bool) | np.roll(np.eye(n, dtype=bool), 1, axis=0)
+
+
+def zero_derivative_ops(x):
+    # floor, ceil, round, sign and comparisons of other entries: only the diagonal remains
+    r = x[::-1]
+    return (x**2 * (1.0 + np.floor(r) ** 2) + np.sign(np.roll(x, 1)) + np.ceil(np.roll(x, 2))
+            + np.round(np.roll(x, 3)) + (np.roll(x, 4) > 0.5) * x + (r <= 0.0) * 2.0)
+
+
+def with_constant_rows(x):
+    return np.concatenate([np.exp(x[:4]) * x[1:5], np.ones(3), x[5:] ** 2])
+
+
+def _constant_rows_pattern(n):
+    P = np.zeros((4 + 3 + n - 5, n), bool)
+    for i in range(4):
+        P[i, i] = P[i, i + 1] = True
+    for j in range(5, n):
+        P[7 + j - 5, j] = True
+    return P
+
+
+# name -> (f, n, analytic pattern, the colour counts it must reach, or None)
+CASES = {
+    "tridiagonal": (broyden, 50, _band(50, 50, 1, 1), (3, 3)),
+    "pentadiagonal": (pentadiagonal, 50, _band(50, 50, 2, 2), (5, 5)),
+    "block_diagonal": (block_diagonal, BLOCKS * BLOCK,
+                       np.kron(np.eye(BLOCKS), np.ones((BLOCK, BLOCK))).astype(bool),
+                       (BLOCK, BLOCK)),
+    "arrow_head": (arrow_head, 40, _arrow_pattern(40), (40, 40)),
+    "random_indexed": (random_indexed, N_RANDOM, _indexed_pattern(), None),
+    "random_matrix": (random_matrix, N_RANDOM, A_SPARSE != 0, None),
+    "dense": (dense, N_RANDOM, np.ones((36, N_RANDOM), bool), (N_RANDOM, 36)),
+    "stencil_2d": (bratu, K_GRID**2, _stencil_pattern(K_GRID), None),
+    "where": (where_branches, 40, _where_pattern(40), (2, 2)),
+    "zero_derivative": (zero_derivative_ops, 40, np.eye(40, dtype=bool), (1, 1)),
+    "constant_rows": (with_constant_rows, 12, _constant_rows_pattern(12), (2, 2)),
+}
+
+
+def _points(n, rng):
+    """Points that visit both sides of every comparison used above (x > 0, x <= 0, ...)."""
+    return [rng.uniform(0.6, 0.95, n), -rng.uniform(0.1, 0.95, n), rng.uniform(-0.95, 0.95, n),
+            rng.uniform(0.05, 0.45, n)]
+
+
+_compiled = {}
+
+
+def compiled(name):
+    """One Function per case for the whole module (compiling is the slow part)."""
+    if name not in _compiled:
+        f, n = CASES[name][:2]
+        _compiled[name] = jx.compile(f, np.zeros(n))
+    return _compiled[name]
+
+
+# ----------------------------------------------------------------------------- patterns
+@pytest.mark.parametrize("name", CASES)
+def test_expected_pattern_is_the_dense_support(name, rng):
+    """The analytic pattern is right: dense Jacobians live inside it and fill it."""
+    f, n, P = CASES[name][:3]
+    F = compiled(name)
+    seen = np.zeros_like(P)
+    for x in _points(n, rng):
+        J = F.jacobian(x, mode="forward")
+        assert J.shape == P.shape
+        support = J != 0
+        assert not (support & ~P).any(), f"{name}: nonzero outside the analytic pattern"
+        seen |= support
+    assert np.array_equal(seen, P), f"{name}: analytic pattern entries never attained"
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_sparsity_is_the_exact_pattern(name):
+    P = CASES[name][2]
+    F = compiled(name)
+    S = F.sparsity()
+    assert isinstance(S, sp.csr_array)
+    assert S.dtype == bool and S.shape == P.shape
+    assert S.nnz == P.sum() and S.data.all()           # no explicit False entries
+    assert S.has_sorted_indices
+    np.testing.assert_array_equal(S.toarray(), P)
+    # the same pattern from argnums=0 spelled as a tuple, and a fresh csr each call
+    assert np.array_equal(F.sparsity(0).toarray(), P)
+    assert F.sparsity() is not S and np.array_equal(F.sparsity().indices, S.indices)
+
+
+def test_pattern_computed_once():
+    F = jx.compile(broyden, np.zeros(20))
+    ptr, idx = F._pattern(0)
+    again = F._pattern(0)
+    assert again[0] is ptr and again[1] is idx
+    assert F._colouring(0) is F._colouring(0)
+
+
+# ---------------------------------------------------------------------------- colourings
+@pytest.mark.parametrize("name", CASES)
+def test_colourings_are_valid(name):
+    P, counts = CASES[name][2], CASES[name][3]
+    m, n = P.shape
+    F = compiled(name)
+    col, p, row, q = F._colouring(0)
+    assert F.colours() == (p, q)
+    col, row = np.asarray(col), np.asarray(row)
+    assert col.shape == (n,) and row.shape == (m,)
+    assert col.dtype == np.int32 and row.dtype == np.int32
+    assert column_colouring_is_valid(P, col), f"{name}: invalid column colouring"
+    assert row_colouring_is_valid(P, row), f"{name}: invalid row colouring"
+    assert p == (col.max() + 1 if n else 0) and q == (row.max() + 1 if m else 0)
+    # every colour count is at least the largest row (column) count, at most n (m)
+    assert P.sum(axis=1).max(initial=0) <= p <= n
+    assert P.sum(axis=0).max(initial=0) <= q <= m
+    if counts is not None:
+        assert (p, q) == counts
+    # the library's verifier agrees with ours (a check of it, not a reliance on it)
+    from jacext.sparse import verify_column_colouring
+    ptr, idx = F._pattern(0)
+    assert verify_column_colouring(ptr, idx, col)
+
+
+def test_colourings_of_a_bigger_random_pattern(rng):
+    """A random pattern with varied row and column degrees, checked by both verifiers."""
+    n, m = 300, 260
+    deg = rng.integers(0, 7, m)
+    cols = [rng.choice(n, d, replace=False) for d in deg]
+    rows = np.repeat(np.arange(m), deg)
+    flat = np.concatenate(cols).astype(np.int64)
+    P = np.zeros((m, n), bool)
+    P[rows, flat] = True
+    weights = rng.uniform(0.5, 1.5, flat.size)
+
+    def f(x):
+        terms = weights * np.sin(x[flat])
+        return _segment_sum(terms, deg)
+
+    F = jx.compile(f, np.zeros(n))
+    np.testing.assert_array_equal(F.sparsity().toarray(), P)
+    col, p, row, q = F._colouring(0)
+    assert column_colouring_is_valid(P, col) and row_colouring_is_valid(P, row)
+    assert p < n // 4 and q < m // 4          # the colouring actually compresses
+    x = rng.standard_normal(n)
+    for mode in MODES:
+        np.testing.assert_allclose(F.jacobian(x, sparse=True, mode=mode).toarray(),
+                                   F.jacobian(x, mode="reverse"), rtol=1e-14, atol=0)
+
+
+# BUG (jacext/_vm.pyx, Function._colouring): the greedy colouring's work budget,
+# 64 * nnz + 10**7, is below its inherent cost (the sum of squared row lengths) as soon as rows
+# hold more than ~64 nonzeros, and the fallback is the identity colouring: 20 dense 200 x 200
+# blocks get p = q = 4000 colours instead of 200 (20x the sweeps, and a compressed matrix
+# as large as the dense one). Greedy itself finishes here in well under a second.
+def test_colouring_of_wide_blocks_is_not_abandoned():
+    blocks, b = 20, 200
+
+    def f(x):
+        X = x.reshape(blocks, b)
+        return (np.tanh(X) * (X**2).sum(axis=1, keepdims=True)).reshape(-1)
+
+    F = jx.compile(f, np.zeros(blocks * b))
+    assert F.sparsity().nnz == blocks * b * b
+    assert F.colours() == (b, b)
+
+
+def _segment_sum(terms, deg):
+    """Row sums of consecutive segments of lengths deg, via a constant 0/1 matrix product
+    (zero entries of a constant matrix are skipped structurally)."""
+    S = np.zeros((deg.size, terms.shape[0]))
+    S[np.repeat(np.arange(deg.size), deg), np.arange(terms.shape[0])] = 1.0
+    return S @ terms
+
+
+# ---------------------------------------------------------------------- sparse == dense
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("name", CASES)
+def test_sparse_equals_dense(name, mode, rng):
+    f, n, P = CASES[name][:3]
+    F = compiled(name)
+    ptr, idx = F._pattern(0)
+    for x in _points(n, rng)[:2]:
+        Js = F.jacobian(x, sparse=True, mode=mode)
+        assert isinstance(Js, sp.csr_array)
+        assert Js.shape == P.shape and Js.dtype == np.float64
+        # the result carries the whole pattern, numerical zeros included
+        np.testing.assert_array_equal(Js.indptr, ptr)
+        np.testing.assert_array_equal(Js.indices, idx)
+        dense_fwd = F.jacobian(x, mode="forward")
+        np.testing.assert_allclose(Js.toarray(), dense_fwd, rtol=1e-14, atol=0)
+        # the dense auto result (compressed sweeps + scatter when that is cheaper)
+        np.testing.assert_allclose(F.jacobian(x), dense_fwd, rtol=1e-14, atol=0)
+        np.testing.assert_allclose(F.jacobian(x, mode="reverse"), dense_fwd, rtol=1e-14, atol=0)
+
+
+def test_sparse_values_against_the_hand_written_jacobian(rng):
+    F = compiled("tridiagonal")
+    x = rng.standard_normal(50)
+    for mode in MODES:
+        assert_close(F.jacobian(x, sparse=True, mode=mode).toarray(), broyden_jacobian(x))
+    assert_close(F.jacobian(x), broyden_jacobian(x))
+
+
+def test_dense_auto_uses_the_colouring_only_when_it_pays(rng):
+    # tridiagonal 50 x 50: 3 colours instead of 50 sweeps; dense 36 x 40: no gain
+    assert compiled("tridiagonal")._auto_colours(0) != 0
+    assert compiled("dense")._auto_colours(0) == 0
+    # small Jacobians (<= 32 a side) never ask for the pattern
+    small = jx.compile(broyden, np.zeros(10))
+    assert small._auto_colours(0) == 0
+    x = rng.standard_normal(10)
+    assert_close(small.jacobian(x), broyden_jacobian(x))
+
+
+def test_out_keeps_working_with_compressed_dense(rng):
+    F = compiled("tridiagonal")
+    x = rng.standard_normal(50)
+    out = np.full((50, 50), np.nan)
+    assert F.jacobian(x, out=out) is out
+    assert_close(out, broyden_jacobian(x))
+    y, J = F.value_and_jacobian(x)
+    assert_close(y, broyden(x))
+    assert_close(J, broyden_jacobian(x))
+
+
+# ------------------------------------------------------- tuple outputs and argnums tuples
+def two_outputs(x):
+    return broyden(x), arrow_head(x)[:7]
+
+
+def two_arguments(x, p):
+    # d/dx tridiagonal, d/dp: each output reads one of p's 3 entries
+    return broyden(x) + p[np.arange(x.shape[0]) % 3] ** 2 * x
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_tuple_outputs(mode, rng):
+    n = 40
+    F = jx.compile(two_outputs, np.zeros(n))
+    P1, P2 = _band(n, n, 1, 1), _arrow_pattern(n)[:7]
+    np.testing.assert_array_equal(F.sparsity().toarray(), np.vstack([P1, P2]))
+    x = rng.standard_normal(n)
+    J1, J2 = F.jacobian(x, sparse=True, mode=mode)
+    D1, D2 = F.jacobian(x, mode="forward")
+    A1, A2 = F.jacobian(x)                    # dense auto: compressed, then scattered
+    np.testing.assert_allclose(A1, D1, rtol=1e-14, atol=0)
+    np.testing.assert_allclose(A2, D2, rtol=1e-14, atol=0)
+    for Js, D, P in ((J1, D1, P1), (J2, D2, P2)):
+        assert isinstance(Js, sp.csr_array) and Js.shape == D.shape
+        np.testing.assert_array_equal(Js.toarray() != 0, P)
+        np.testing.assert_allclose(Js.toarray(), D, rtol=1e-14, atol=0)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_argnums_tuple(mode, rng):
+    n = 40
+    x, p = rng.standard_normal(n), rng.uniform(0.5, 1.5, 3)
+    G = jx.compile(two_arguments, x, p)
+    Pp = np.zeros((n, 3), bool)
+    Pp[np.arange(n), np.arange(n) % 3] = True
+    np.testing.assert_array_equal(G.sparsity(argnums=1).toarray(), Pp)
+    np.testing.assert_array_equal(G.sparsity(argnums=(0, 1)).toarray(),
+                                  np.hstack([_band(n, n, 1, 1), Pp]))
+    Jx, Jp = G.jacobian(x, p, argnums=(0, 1), sparse=True, mode=mode)
+    Dx, Dp = G.jacobian(x, p, argnums=(0, 1), mode="forward")
+    assert isinstance(Jx, sp.csr_array) and isinstance(Jp, sp.csr_array)
+    assert Jx.shape == (n, n) and Jp.shape == (n, 3)
+    np.testing.assert_allclose(Jx.toarray(), Dx, rtol=1e-14, atol=0)
+    np.testing.assert_allclose(Jp.toarray(), Dp, rtol=1e-14, atol=0)
+    only_p = G.jacobian(x, p, argnums=1, sparse=True, mode=mode)
+    assert isinstance(only_p, sp.csr_array)
+    np.testing.assert_allclose(only_p.toarray(), Dp, rtol=1e-14, atol=0)
+    # colourings of the joint pattern are valid too
+    P = np.hstack([_band(n, n, 1, 1), Pp])
+    col, _, row, _ = G._colouring((0, 1))
+    assert column_colouring_is_valid(P, col) and row_colouring_is_valid(P, row)
+
+
+def test_tuple_outputs_and_argnums_tuple(rng):
+    def h(x, p):
+        return two_arguments(x, p), (x[:5] * p[0]) ** 2
+
+    n = 40
+    x, p = rng.standard_normal(n), rng.uniform(0.5, 1.5, 3)
+    H = jx.compile(h, x, p)
+    sparse = H.jacobian(x, p, argnums=(0, 1), sparse=True)
+    dense_ = H.jacobian(x, p, argnums=(0, 1), mode="forward")
+    assert len(sparse) == 2 and all(len(s) == 2 for s in sparse)
+    for s_out, d_out in zip(sparse, dense_):
+        for s, d in zip(s_out, d_out):
+            assert isinstance(s, sp.csr_array)
+            np.testing.assert_allclose(s.toarray(), d.reshape(s.shape), rtol=1e-14, atol=0)
+
+
+# ------------------------------------------------------------------------------ batches
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("name", ["tridiagonal", "block_diagonal", "stencil_2d", "where"])
+def test_batched_sparse_equals_per_point(name, mode, rng):
+    f, n, P = CASES[name][:3]
+    F = compiled(name)
+    X = np.concatenate([np.stack(_points(n, rng)), rng.standard_normal((3, n))])
+    JB = F.jacobian(X, sparse=True, mode=mode, threads=2)
+    assert isinstance(JB, SparseJacobians)
+    N, nnz = X.shape[0], int(P.sum())
+    assert len(JB) == N and JB.nnz == nnz
+    assert JB.shape == (N,) + P.shape and JB.values.shape == (N, nnz)
+    assert isinstance(JB.pattern, sp.csr_array)
+    np.testing.assert_array_equal(JB.pattern.toarray(), P)
+    for k in range(N):
+        Jk = JB[k]
+        assert isinstance(Jk, sp.csr_array) and Jk.shape == P.shape
+        one = F.jacobian(X[k], sparse=True, mode=mode)
+        np.testing.assert_array_equal(Jk.indptr, one.indptr)
+        np.testing.assert_array_equal(Jk.indices, one.indices)
+        np.testing.assert_allclose(Jk.data, one.data, rtol=1e-15, atol=0)
+    np.testing.assert_allclose(JB.toarray(), F.jacobian(X, mode="forward"), rtol=1e-14, atol=0)
+
+
+def test_sparse_jacobians_type(rng):
+    F = compiled("tridiagonal")
+    X = rng.standard_normal((2, 3, 50))
+    JB = F.jacobian(X, sparse=True)
+    assert JB.batch_shape == (2, 3) and JB.shape == (2, 3, 50, 50)
+    assert JB.values.shape == (2, 3, 148)
+    row = JB[1]
+    assert isinstance(row, SparseJacobians) and row.values.shape == (3, 148)
+    assert_close(row[2].toarray(), broyden_jacobian(X[1, 2]))
+    assert_close(JB.toarray()[1, 2], broyden_jacobian(X[1, 2]))
+    assert "SparseJacobians" in repr(JB)
+    # a point's csr_array owns its values: editing it leaves the batch alone
+    J0 = JB[0][0]
+    J0.data[:] = 0.0
+    assert_close(JB[0][0].toarray(), broyden_jacobian(X[0, 0]))
+
+
+# BUG (jacext/_vm.pyx, Function._sparse_jacobian): vals.reshape(batch + (-1,)) cannot infer
+# -1 from 0 points ("cannot reshape array of size 0 into shape (0,newaxis)"); the width
+# is the pattern's nnz. The dense batch path handles empty batches.
+def test_empty_batch_sparse():
+    F = compiled("tridiagonal")
+    assert F.jacobian(np.zeros((0, 50))).shape == (0, 50, 50)
+    empty = F.jacobian(np.zeros((0, 50)), sparse=True)
+    assert empty.values.shape == (0, 148) and empty.toarray().shape == (0, 50, 50)
+
+
+def test_batched_sparse_with_tuple_outputs_is_refused():
+    F = jx.compile(two_outputs, np.zeros(40))
+    with pytest.raises(ValueError, match="single pattern"):
+        F.jacobian(np.zeros((2, 40)), sparse=True)
+
+
+# ------------------------------------------------------------------------------- errors
+def test_sparse_with_out_is_refused():
+    F = compiled("tridiagonal")
+    with pytest.raises(ValueError, match="sparse=True"):
+        F.jacobian(np.zeros(50), sparse=True, out=np.empty((50, 50)))
+
+
+def test_bad_mode_with_sparse():
+    with pytest.raises(ValueError, match="mode"):
+        compiled("tridiagonal").jacobian(np.zeros(50), sparse=True, mode="sideways")
+
+
+def test_pickled_function_gives_the_same_sparse_jacobian(rng):
+    F = compiled("stencil_2d")
+    x = rng.standard_normal(K_GRID**2)
+    F2 = pickle.loads(pickle.dumps(F))
+    assert F2.colours() == F.colours()
+    np.testing.assert_array_equal(F2.jacobian(x, sparse=True).toarray(),
+                                  F.jacobian(x, sparse=True).toarray())
+
+
+HUGE = 200_000      # a dense Jacobian of 8 * HUGE**2 bytes = 320 GB
+
+
+@pytest.fixture(scope="module")
+def huge():
+    return jx.compile(broyden, np.zeros(HUGE))
+
+
+def _kernel_overcommits():
+    try:
+        with open("/proc/sys/vm/overcommit_memory") as f:
+            return f.read().strip() == "1"
+    except OSError:
+        return False
+
+
+def _raises_before_allocating(call):
+    """call() raises MemoryError while Python-visible allocations (NumPy's included,
+    which tracemalloc sees) stay small; returns the message."""
+    tracemalloc.start()
+    try:
+        with pytest.raises(MemoryError) as info:
+            call()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 * 2**20, f"{peak / 2**20:.0f} MiB allocated before the MemoryError"
+    return str(info.value)
+
+
+@pytest.mark.parametrize("mode", [
+    "auto",
+    # The one-point fast path (any explicit mode, and "auto" when colouring does not pay)
+    # must check the size too, before np.empty.
+    "forward",
+    "reverse",
+])
+def test_huge_dense_jacobian_raises_memory_error_naming_its_size(huge, mode):
+    x = np.zeros(HUGE)
+    msg = _raises_before_allocating(lambda: huge.jacobian(x, mode=mode))
+    assert "sparse=True" in msg
+    assert "GiB" in msg and str(HUGE) in msg
+    assert "298" in msg            # 8 * 2e5**2 bytes in GiB
+
+
+def test_huge_sparse_jacobian_works(huge, rng):
+    x = rng.standard_normal(HUGE)
+    J = huge.jacobian(x, sparse=True)
+    assert isinstance(J, sp.csr_array) and J.shape == (HUGE, HUGE)
+    assert J.nnz == 3 * HUGE - 2
+    assert_close(J.diagonal(), 3 - 4 * x)
+    np.testing.assert_array_equal(J.diagonal(1), np.full(HUGE - 1, -2.0))
+    np.testing.assert_array_equal(J.diagonal(-1), np.full(HUGE - 1, -1.0))
+    assert huge.colours() == (3, 3)
+    # the value_and_jacobian path checks the size too
+    with pytest.raises(MemoryError, match="sparse=True"):
+        huge.value_and_jacobian(x)
