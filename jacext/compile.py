@@ -31,6 +31,7 @@ def compile_function(f, arg_shapes, name=None):
     arg_shapes = tuple(tuple(int(d) for d in s) for s in arg_shapes)
     graph, inputs, outputs, out_shapes, out_is_tuple = trace(f, arg_shapes)
     tape = lower(graph, inputs, outputs)
+    del graph, inputs, outputs   # the DAG can be larger than the tape: free it first
     if name is None:
         name = getattr(f, "__name__", type(f).__name__)
     return Function(tape, arg_shapes, out_shapes, out_is_tuple, str(name))
