@@ -216,36 +216,71 @@ static inline double jx_strong_mul(double d, double t)
     return (t == 0.0) ? 0.0 : d * t;
 }
 
+/* One instruction's tangent lanes from its partials (zero kills, see above). */
+static inline void jx_tangent_step(double p0, double p1, double *td, const double *ta,
+                                   const double *tb, int32_t lanes)
+{
+    int32_t k;
+    if (p1 == 0.0) {
+        if (p0 == 0.0) {
+            for (k = 0; k < lanes; k++) td[k] = 0.0;
+        } else if (isfinite(p0)) {
+            for (k = 0; k < lanes; k++) td[k] = p0 * ta[k];
+        } else {
+            for (k = 0; k < lanes; k++) td[k] = jx_strong_mul(p0, ta[k]);
+        }
+    } else if (p0 == 0.0) {
+        if (isfinite(p1)) {
+            for (k = 0; k < lanes; k++) td[k] = p1 * tb[k];
+        } else {
+            for (k = 0; k < lanes; k++) td[k] = jx_strong_mul(p1, tb[k]);
+        }
+    } else if (isfinite(p0) && isfinite(p1)) {
+        for (k = 0; k < lanes; k++) td[k] = p0 * ta[k] + p1 * tb[k];
+    } else {
+        for (k = 0; k < lanes; k++)
+            td[k] = jx_strong_mul(p0, ta[k]) + jx_strong_mul(p1, tb[k]);
+    }
+}
+
 void jx_tangent_sweep(const jx_tape *t, const double *d0, const double *d1,
                       double *tangent, int32_t lanes)
 {
-    int32_t i, k;
+    int32_t i;
+    const size_t K = (size_t)lanes;
+    for (i = 0; i < t->n_instr; i++)
+        jx_tangent_step(d0[i], d1[i], tangent + (size_t)t->dst[i] * K,
+                        tangent + (size_t)t->a[i] * K, tangent + (size_t)t->b[i] * K, lanes);
+}
+
+/*
+ * Values, partials and tangents in one pass: when one tangent sweep covers
+ * every direction, the partials are used where they are made and never
+ * stored.  Same arithmetic as jx_forward_partials + jx_tangent_sweep.
+ */
+static void jx_forward_tangent(const jx_tape *t, double *value, double *tangent, int32_t lanes)
+{
+    int32_t i;
     const size_t K = (size_t)lanes;
     for (i = 0; i < t->n_instr; i++) {
-        const double p0 = d0[i], p1 = d1[i];
-        double *td = tangent + (size_t)t->dst[i] * K;
-        const double *ta = tangent + (size_t)t->a[i] * K;
-        const double *tb = tangent + (size_t)t->b[i] * K;
-        if (p1 == 0.0) {
-            if (p0 == 0.0) {
-                for (k = 0; k < lanes; k++) td[k] = 0.0;
-            } else if (isfinite(p0)) {
-                for (k = 0; k < lanes; k++) td[k] = p0 * ta[k];
-            } else {
-                for (k = 0; k < lanes; k++) td[k] = jx_strong_mul(p0, ta[k]);
-            }
-        } else if (p0 == 0.0) {
-            if (isfinite(p1)) {
-                for (k = 0; k < lanes; k++) td[k] = p1 * tb[k];
-            } else {
-                for (k = 0; k < lanes; k++) td[k] = jx_strong_mul(p1, tb[k]);
-            }
-        } else if (isfinite(p0) && isfinite(p1)) {
-            for (k = 0; k < lanes; k++) td[k] = p0 * ta[k] + p1 * tb[k];
-        } else {
-            for (k = 0; k < lanes; k++)
-                td[k] = jx_strong_mul(p0, ta[k]) + jx_strong_mul(p1, tb[k]);
+        int32_t word = t->op[i];
+        double a, b, s, z, p0, p1;
+        JX_LOAD_OPERANDS(value, i, word);
+        switch (word & JX_OP_MASK) {
+#define OP(NAME, ARITY, COMMUTES, VALUE, D0, D1, FIXED)       \
+        case JX_OP_##NAME:                                  \
+            z = (VALUE);                                    \
+            p0 = (word & JX_A_IMM) ? 0.0 : (D0);            \
+            p1 = (word & JX_B_IMM) ? 0.0 : (D1);            \
+            break;
+#include "ops.def"
+#undef OP
+        default: z = p0 = p1 = NAN;
         }
+        (void)s;
+        value[t->dst[i]] = z;
+        jx_tangent_step(p0, p1, tangent + (size_t)t->dst[i] * K,
+                        tangent + (size_t)t->a[i] * K, tangent + (size_t)t->b[i] * K, lanes);
     }
 }
 
@@ -387,6 +422,23 @@ int jx_point_compressed(const jx_tape *t, jx_work *w, const double *x, double *y
                         const int32_t *colour, int32_t n_colours, int mode)
 {
     jx_load_point(t, w, x);
+    if (mode == JX_MODE_FORWARD && n_colours > 0 && n_colours <= w->lanes && n_cols > 0
+        && t->n_out > 0) {
+        /* every colour in one sweep: fuse it with the forward sweep */
+        const int32_t K = n_colours;
+        int32_t c, i, k;
+        memset(w->lane, 0, (size_t)(t->n_in + t->n_const) * (size_t)K * sizeof(double));
+        for (c = 0; c < n_cols; c++)
+            w->lane[(size_t)cols[c] * K + (colour ? colour[c] : c)] = 1.0;
+        jx_forward_tangent(t, w->value, w->lane, K);
+        jx_store_outputs(t, w, y);
+        for (i = 0; i < t->n_out; i++) {
+            const double *src = w->lane + (size_t)t->out_slot[i] * K;
+            double *row = comp + (size_t)i * n_colours;
+            for (k = 0; k < K; k++) row[k] = src[k];
+        }
+        return JX_OK;
+    }
     jx_forward_partials(t, w->value, w->d0, w->d1);
     jx_store_outputs(t, w, y);
     if (n_cols == 0 || t->n_out == 0 || n_colours == 0) return JX_OK;
