@@ -630,10 +630,17 @@ cdef class Function:
             vals, yv = self._compressed(x, batch, argnums, sparse_mode, threads, want_value)
             ptr, idx = self._pattern(argnums)
             rows = self._sparse_cache[("rows", argnums)]
-            flat = mat.reshape(batch + (self.tape.n_out, n_cols))
+            where = self._sparse_cache.get(("scatter", argnums))
+            if where is None:   # flat index of each nonzero in the dense result
+                where = rows * n_cols + idx
+                self._sparse_cache[("scatter", argnums)] = where
+            flat = mat.reshape(-1, int(self.tape.n_out) * n_cols)
             if direct:
                 flat[...] = 0.0
-            flat[..., rows, idx] = vals
+            if batch:
+                flat[:, where] = vals.reshape(flat.shape[0], where.shape[0])
+            else:
+                flat[0, where] = vals
             if want_value:
                 y = yv
         elif not batch:
