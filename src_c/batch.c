@@ -1,20 +1,16 @@
 /*
  * batch.c -- many points in one call: points are the lanes of the sweeps.
  *
- * A block of JX_BLOCK points runs through the tape together: each
- * instruction's value and local partials are computed for all points of the
- * block in one inner loop (lane-major work arrays: slot s of point l lives at
- * value[s * JX_BLOCK + l]), and the tangent or adjoint sweeps loop over the
- * block's points innermost.  The op switch is paid once per instruction and
- * block instead of once per instruction and point, and the inner loops are
- * plain array arithmetic the compiler vectorises.  (The compiler passes give
- * every instruction a destination slot distinct from its operands, so these
- * loops see no aliasing.)
- *
- * JX_BLOCK = 32: a block of the 7 -> 12 robot-arm tape (279 instructions,
- * 43 slots, 7 tangent directions) keeps values, partials and tangents in
- * (43 + 2*279 + 43*7) * 32 * 8 bytes = 230 KB, inside L2.  Measured on the
- * arm batch (bench/): 16 and 64 were no faster.
+ * A block of B points runs through the tape together: each instruction's
+ * value and local partials are computed for all points of the block in one
+ * inner loop (lane-major work arrays: slot s of point l lives at
+ * value[s * B + l]), and the tangent or adjoint sweeps loop over the block's
+ * points innermost.  The op switch is paid once per instruction and block
+ * instead of once per instruction and point, and the inner loops are plain
+ * array arithmetic the compiler vectorises.  (The compiler passes give every
+ * instruction a destination slot distinct from its operands, so these loops
+ * see no aliasing.)  B is chosen per tape so that a block's work arrays stay
+ * in L2 (jx_block_size, with the measurements behind it).
  *
  * A last, partial block is padded with copies of its last point; only real
  * points are written out.  Threads take whole blocks, so the results do not
@@ -32,10 +28,15 @@
 #include <pthread.h>
 #endif
 
-#define JX_BLOCK 32
-#define B JX_BLOCK
+/* points per block: a multiple of 8 between these, chosen per tape (jx_block_size) */
+#define JX_BLOCK_MIN 8
+#define JX_BLOCK_MAX 256
+/* what a block's work arrays may take: inside a 1 MiB L2 with room to spare */
+#define JX_BLOCK_BUDGET (640 * 1024)
+#define B blk
 
 typedef struct {
+    int32_t block;   /* points per block */
     int32_t dirs;    /* tangent directions or adjoint rows per sweep */
     double *value;   /* n_slots * B */
     double *d0;      /* n_instr * B */
@@ -54,12 +55,13 @@ static void jx_block_free(jx_block_work *w)
     memset(w, 0, sizeof(*w));
 }
 
-static int jx_block_init(jx_block_work *w, const jx_tape *t, int32_t dirs)
+static int jx_block_init(jx_block_work *w, const jx_tape *t, int32_t dirs, int32_t blk)
 {
     size_t n_slots = (size_t)(t->n_slots > 0 ? t->n_slots : 1);
     size_t n_instr = (size_t)(t->n_instr > 0 ? t->n_instr : 1);
     int32_t k, l;
     memset(w, 0, sizeof(*w));
+    w->block = blk;
     w->dirs = dirs < 1 ? 1 : dirs;
     w->value = (double *)calloc(n_slots * B, sizeof(double));
     w->d0 = (double *)malloc(n_instr * B * sizeof(double));
@@ -97,6 +99,7 @@ static int jx_block_init(jx_block_work *w, const jx_tape *t, int32_t dirs)
 /* Returns 1 when every partial of the block is finite (see jx_block_tangent). */
 static int jx_block_forward(const jx_tape *t, jx_block_work *w, int want_partials)
 {
+    const int32_t blk = w->block;
     int32_t i, l;
     double *V = w->value;
     for (i = 0; i < t->n_instr; i++) {
@@ -133,7 +136,7 @@ static int jx_block_forward(const jx_tape *t, jx_block_work *w, int want_partial
     if (want_partials) {
         /* x - x is 0 for finite x, nan for inf and nan; one accumulator per
            lane, so the loop vectorises (a single sum would be a serial chain) */
-        double acc[B];
+        double acc[JX_BLOCK_MAX];
         int finite = 1;
         for (l = 0; l < B; l++) acc[l] = 0.0;
         for (i = 0; i < t->n_instr; i++) {
@@ -163,6 +166,7 @@ static inline double jx_zmul(double d, double t)
 
 static void jx_block_tangent(const jx_tape *t, jx_block_work *w, int32_t dirs, int finite)
 {
+    const int32_t blk = w->block;
     int32_t i, d, l;
     for (i = 0; i < t->n_instr; i++) {
         const int32_t word = t->op[i];
@@ -215,6 +219,7 @@ static void jx_block_tangent(const jx_tape *t, jx_block_work *w, int32_t dirs, i
 /* Adjoints over `rows` output rows: A[(slot * rows + r) * B + l], backwards. */
 static void jx_block_adjoint(const jx_tape *t, jx_block_work *w, int32_t rows, int finite)
 {
+    const int32_t blk = w->block;
     int32_t i, r, l;
     for (i = t->n_instr - 1; i >= 0; i--) {
         const int32_t word = t->op[i];
@@ -271,6 +276,7 @@ static void jx_block_adjoint(const jx_tape *t, jx_block_work *w, int32_t rows, i
 /* Inputs of points p0 .. p0+n-1 into the lanes; pads with the last point. */
 static void jx_block_load(const jx_tape *t, jx_block_work *w, const double *x, int32_t n)
 {
+    const int32_t blk = w->block;
     int32_t j, l;
     for (l = 0; l < B; l++) {
         const double *row = x + (size_t)(l < n ? l : n - 1) * (size_t)t->n_in;
@@ -280,6 +286,7 @@ static void jx_block_load(const jx_tape *t, jx_block_work *w, const double *x, i
 
 static void jx_block_store_outputs(const jx_tape *t, const jx_block_work *w, double *y, int32_t n)
 {
+    const int32_t blk = w->block;
     int32_t i, l;
     if (!y) return;
     for (l = 0; l < n; l++)
@@ -290,6 +297,7 @@ static void jx_block_store_outputs(const jx_tape *t, const jx_block_work *w, dou
 static void jx_block_jacobian(const jx_tape *t, jx_block_work *w, const jx_batch *job,
                               ptrdiff_t p0, int32_t n)
 {
+    const int32_t blk = w->block;
     const int32_t n_cols = job->n_cols, n_out = t->n_out;
     const size_t fixed = (size_t)(t->n_in + t->n_const);
     double *jac = job->out + (size_t)p0 * (size_t)n_out * (size_t)n_cols;
@@ -344,6 +352,7 @@ static void jx_block_jacobian(const jx_tape *t, jx_block_work *w, const jx_batch
 static void jx_block_jvp(const jx_tape *t, jx_block_work *w, const jx_batch *job,
                          ptrdiff_t p0, int32_t n)
 {
+    const int32_t blk = w->block;
     int32_t i, j, l, finite;
     const double *v = job->seed + (size_t)p0 * t->n_in;
     double *ydot = job->out + (size_t)p0 * t->n_out;
@@ -363,6 +372,7 @@ static void jx_block_jvp(const jx_tape *t, jx_block_work *w, const jx_batch *job
 static void jx_block_vjp(const jx_tape *t, jx_block_work *w, const jx_batch *job,
                          ptrdiff_t p0, int32_t n)
 {
+    const int32_t blk = w->block;
     int32_t i, j, l, finite;
     const double *u = job->seed + (size_t)p0 * t->n_out;
     double *xbar = job->out + (size_t)p0 * t->n_in;
@@ -379,12 +389,37 @@ static void jx_block_vjp(const jx_tape *t, jx_block_work *w, const jx_batch *job
             xbar[(size_t)l * t->n_in + j] = w->lane[(size_t)j * B + l];
 }
 
+/*
+ * Points per block: as many as keep one block's work arrays (values,
+ * per-point partials of the instructions whose partials are not fixed, and
+ * the tangent or adjoint lanes) within JX_BLOCK_BUDGET.  Measured on this
+ * project's machine (bench/batch.py, AMD EPYC, 1 MiB L2 per core): the arm
+ * tape (4.6 KB a point) ran 15% faster at 128 points than at 32; the 64x64
+ * MLP tape (~170 KB a point) ran twice as fast at 32 as at 128, and faster
+ * still at 8 (54 ms against 81 ms for 256 points).
+ */
+static int32_t jx_dirs_for(const jx_tape *t, const jx_batch *job);
+
+static int32_t jx_block_size(const jx_tape *t, const jx_batch *job)
+{
+    size_t n_var = 0, per_point, b;
+    int32_t i;
+    for (i = 0; i < t->n_instr; i++) n_var += !(t->fixed && t->fixed[i]);
+    per_point = 8 * ((size_t)t->n_slots * (1 + (size_t)jx_dirs_for(t, job)) + 2 * n_var);
+    b = JX_BLOCK_BUDGET / (per_point > 0 ? per_point : 1);
+    b = b / 8 * 8;
+    if (b < JX_BLOCK_MIN) b = JX_BLOCK_MIN;
+    if (b > JX_BLOCK_MAX) b = JX_BLOCK_MAX;
+    return (int32_t)b;
+}
+
 /* ---- threads ---- */
 
 typedef struct {
     const jx_tape *tape;
     const jx_batch *job;
     ptrdiff_t lo, hi;   /* points */
+    int32_t block;
     int status;
 } jx_share;
 
@@ -421,13 +456,13 @@ static void jx_run_share(jx_share *sh)
         sh->status = st;
         return;
     }
-    st = jx_block_init(&w, t, jx_dirs_for(t, job));
+    st = jx_block_init(&w, t, jx_dirs_for(t, job), sh->block);
     if (st != JX_OK) {
         sh->status = st;
         return;
     }
-    for (p = sh->lo; p < sh->hi; p += B) {
-        const int32_t n = (int32_t)((sh->hi - p) < B ? (sh->hi - p) : B);
+    for (p = sh->lo; p < sh->hi; p += sh->block) {
+        const int32_t n = (int32_t)((sh->hi - p) < sh->block ? (sh->hi - p) : sh->block);
         switch (job->task) {
         case JX_TASK_VALUE:
             jx_block_load(t, &w, job->x + (size_t)p * (size_t)t->n_in, n);
@@ -479,6 +514,7 @@ int jx_batch_run(const jx_tape *t, const jx_batch *job, int n_threads)
     int started[JX_MAX_THREADS];
     int i, status = JX_OK;
     const ptrdiff_t n = job->n_points;
+    const int32_t blk = jx_block_size(t, job);
     const ptrdiff_t n_blocks = (n + B - 1) / B;
     if (n < 0) return JX_EARG;
     if (n_threads < 1) n_threads = 1;
@@ -491,6 +527,7 @@ int jx_batch_run(const jx_tape *t, const jx_batch *job, int n_threads)
         shares[i].job = job;
         shares[i].lo = lo < n ? lo : n;
         shares[i].hi = hi < n ? hi : n;
+        shares[i].block = blk;
         shares[i].status = JX_OK;
         started[i] = 0;
     }
