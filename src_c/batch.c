@@ -514,7 +514,9 @@ int jx_batch_run(const jx_tape *t, const jx_batch *job, int n_threads)
     int started[JX_MAX_THREADS];
     int i, status = JX_OK;
     const ptrdiff_t n = job->n_points;
-    const int32_t blk = jx_block_size(t, job);
+    /* a small batch takes a block no larger than itself (rounded up to 8) */
+    const int32_t fit = jx_block_size(t, job);
+    const int32_t blk = (n < fit) ? (int32_t)((n + 7) / 8 * 8 > 0 ? (n + 7) / 8 * 8 : 8) : fit;
     const ptrdiff_t n_blocks = (n + B - 1) / B;
     if (n < 0) return JX_EARG;
     if (n_threads < 1) n_threads = 1;
