@@ -10,6 +10,7 @@ Function lives in Cython rather than in api.py because its single-point path
 (``F.jacobian(x, out=J)``) must cost well under a microsecond: one Python call
 into a typed method, no Python frames in between.
 """
+import math
 import os
 
 import numpy as np
@@ -144,7 +145,18 @@ def _usable_cores():
         return os.cpu_count() or 1
 
 
+_MEMORY = None
+
+
 def _physical_memory():
+    """Bytes of RAM (read once)."""
+    global _MEMORY
+    if _MEMORY is None:
+        _MEMORY = _read_physical_memory()
+    return _MEMORY
+
+
+def _read_physical_memory():
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
@@ -203,10 +215,10 @@ cdef class Function:
         self.out_shapes = tuple(tuple(int(d) for d in s) for s in out_shapes)
         self.out_is_tuple = out_is_tuple
         self.name = name
-        sizes = tuple(int(np.prod(s, dtype=np.int64)) for s in self.arg_shapes)
+        sizes = tuple(math.prod(s) for s in self.arg_shapes)
         self._arg_sizes = sizes
         self._arg_offsets = tuple(int(v) for v in np.concatenate([[0], np.cumsum(sizes)]))
-        out_sizes = [int(np.prod(s, dtype=np.int64)) for s in self.out_shapes]
+        out_sizes = [math.prod(s) for s in self.out_shapes]
         self._out_offsets = tuple(int(v) for v in np.concatenate([[0], np.cumsum(out_sizes)]))
         n_in = int(tape["n_in"])
         if n_in != self._arg_offsets[-1]:
@@ -426,7 +438,7 @@ cdef class Function:
                     f"{_shape_str(got)}")
             batch_shapes.append(tuple(got[:len(got) - nd]))
         try:
-            batch = np.broadcast_shapes(*batch_shapes)
+            batch = batch_shapes[0] if n_args == 1 else np.broadcast_shapes(*batch_shapes)
         except ValueError:
             raise ValueError("jacext: the batch shapes of the arguments do not broadcast: "
                              + ", ".join(_shape_str(s) for s in batch_shapes)) from None
@@ -434,12 +446,14 @@ cdef class Function:
             if n_args == 1:
                 return np.ascontiguousarray(arrays[0]).reshape(-1), batch
             return np.concatenate([a.reshape(-1) for a in arrays]), batch
-        n_points = int(np.prod(batch, dtype=np.int64))
+        n_points = math.prod(batch)
+        width = (int(self.tape.n_in),)
+        if n_args == 1:   # one argument: its own rows, no broadcasting
+            return np.ascontiguousarray(arrays[0]).reshape(batch + width), batch
         # explicit widths, not -1: an empty batch (0 points) must reshape too
         cols = [np.broadcast_to(a, batch + a.shape[len(a.shape) - len(s):])
-                .reshape(n_points, int(np.prod(s, dtype=np.int64)))
+                .reshape(n_points, math.prod(s))
                 for a, s in zip(arrays, self.arg_shapes)]
-        width = (int(self.tape.n_in),)
         if len(cols) == 1:
             return np.ascontiguousarray(cols[0]).reshape(batch + width), batch
         return np.ascontiguousarray(np.concatenate(cols, axis=1)).reshape(batch + width), batch
@@ -680,7 +694,7 @@ cdef class Function:
 
     def _check_jacobian_size(self, tuple batch, Py_ssize_t n_cols):
         """MemoryError, before anything is allocated, for a dense Jacobian beyond RAM."""
-        n_points = int(np.prod(batch, dtype=np.int64)) if batch else 1
+        n_points = math.prod(batch) if batch else 1
         nbytes = 8 * n_points * int(self.tape.n_out) * int(n_cols)
         mem = _physical_memory()
         if nbytes > mem:
@@ -796,7 +810,7 @@ cdef class Function:
         else:
             colour, n_colours = row, q
             shape = (q, n_cols)
-        n_points = int(np.prod(batch, dtype=np.int64)) if batch else 1
+        n_points = math.prod(batch) if batch else 1
         comp = np.empty((n_points,) + shape if batch else shape, dtype=np.float64)
         y = np.empty(batch + (self.tape.n_out,), dtype=np.float64) if want_value else None
         if not batch:
@@ -841,7 +855,7 @@ cdef class Function:
                 gather = row[rows].astype(np.intp) * n_cols + idx
             self._sparse_cache[("gather", argnums, m)] = gather
         if batch:
-            vals = np.take(comp.reshape(comp.shape[0], int(np.prod(shape))), gather, axis=1)
+            vals = np.take(comp.reshape(comp.shape[0], math.prod(shape)), gather, axis=1)
         else:
             vals = np.take(comp.reshape(-1), gather)
         return vals, y
@@ -945,7 +959,7 @@ cdef class Function:
                 self._give_work(w)
             _raise_status(st)
             return self._outputs(y, batch), self._outputs(ydot, batch)
-        n_points = int(np.prod(batch, dtype=np.int64))
+        n_points = math.prod(batch)
         x = _broadcast_rows(x, batch, n_points)
         v = _broadcast_rows(v, batch, n_points)
         y = np.empty((n_points, self.tape.n_out), dtype=np.float64)
@@ -993,7 +1007,7 @@ cdef class Function:
                 self._give_work(w)
             _raise_status(st)
         else:
-            n_points = int(np.prod(batch, dtype=np.int64))
+            n_points = math.prod(batch)
             x = _broadcast_rows(x, batch, n_points)
             u = _broadcast_rows(u, batch, n_points)
             y = np.empty((n_points, self.tape.n_out), dtype=np.float64)
@@ -1034,8 +1048,8 @@ cdef class Function:
         batch = np.broadcast_shapes(*batches)
         if not batch:
             return np.ascontiguousarray(np.concatenate([a.reshape(-1) for a in arrays])), batch
-        n = int(np.prod(batch, dtype=np.int64))
-        cols = [np.broadcast_to(a, batch + s).reshape(n, int(np.prod(s, dtype=np.int64)))
+        n = math.prod(batch)
+        cols = [np.broadcast_to(a, batch + s).reshape(n, math.prod(s))
                 for a, s in zip(arrays, self.out_shapes)]
         return (np.ascontiguousarray(np.concatenate(cols, axis=1))
                 .reshape(batch + (int(self.tape.n_out),)), batch)

@@ -440,18 +440,40 @@ static void jx_run_share(jx_share *sh)
     jx_block_work w;
     ptrdiff_t p;
     int st;
-    if (job->task == JX_TASK_COMPRESSED) {
-        /* sparse Jacobians of a batch: point by point, each thread its own work */
-        const size_t size = job->mode == JX_MODE_FORWARD
-                                ? (size_t)t->n_out * (size_t)job->n_colours
-                                : (size_t)job->n_colours * (size_t)job->n_cols;
+    if (job->task == JX_TASK_COMPRESSED || sh->block == 0) {
+        /* point by point (sparse Jacobians of a batch, and batches smaller
+           than a block), each thread its own work; the same arithmetic as the
+           block path */
+        const size_t n_in = (size_t)t->n_in, n_out = (size_t)t->n_out;
+        const size_t size = job->task != JX_TASK_COMPRESSED ? n_out * (size_t)job->n_cols
+                            : job->mode == JX_MODE_FORWARD ? n_out * (size_t)job->n_colours
+                                                            : (size_t)job->n_colours * (size_t)job->n_cols;
         jx_work pw;
         st = jx_work_init(&pw, t, jx_dirs_for(t, job));
-        for (p = sh->lo; p < sh->hi && st == JX_OK; p++)
-            st = jx_point_compressed(t, &pw, job->x + (size_t)p * (size_t)t->n_in,
-                                     job->y ? job->y + (size_t)p * (size_t)t->n_out : NULL,
-                                     job->out + (size_t)p * size, job->cols, job->n_cols,
-                                     job->colour, job->n_colours, job->mode);
+        for (p = sh->lo; p < sh->hi && st == JX_OK; p++) {
+            const double *x = job->x + (size_t)p * n_in;
+            double *y = job->y ? job->y + (size_t)p * n_out : NULL;
+            switch (job->task) {
+            case JX_TASK_VALUE:
+                st = jx_point_value(t, &pw, x, y);
+                break;
+            case JX_TASK_JACOBIAN:
+                st = jx_point_jacobian(t, &pw, x, y, job->out + (size_t)p * size, job->cols,
+                                       job->n_cols, job->mode);
+                break;
+            case JX_TASK_JVP:
+                st = jx_point_jvp(t, &pw, x, job->seed + (size_t)p * n_in, y,
+                                  job->out + (size_t)p * n_out);
+                break;
+            case JX_TASK_VJP:
+                st = jx_point_vjp(t, &pw, x, job->seed + (size_t)p * n_out, y,
+                                  job->out + (size_t)p * n_in);
+                break;
+            default:
+                st = jx_point_compressed(t, &pw, x, y, job->out + (size_t)p * size, job->cols,
+                                         job->n_cols, job->colour, job->n_colours, job->mode);
+            }
+        }
         if (pw.value) jx_work_free(&pw);
         sh->status = st;
         return;
@@ -514,10 +536,12 @@ int jx_batch_run(const jx_tape *t, const jx_batch *job, int n_threads)
     int started[JX_MAX_THREADS];
     int i, status = JX_OK;
     const ptrdiff_t n = job->n_points;
-    /* a small batch takes a block no larger than itself (rounded up to 8) */
+    /* a small batch takes a block no larger than itself (rounded up to 8);
+       below 8 points, points go one by one (block 0 in the shares) */
     const int32_t fit = jx_block_size(t, job);
     const int32_t blk = (n < fit) ? (int32_t)((n + 7) / 8 * 8 > 0 ? (n + 7) / 8 * 8 : 8) : fit;
     const ptrdiff_t n_blocks = (n + B - 1) / B;
+    const int point_by_point = n < JX_BLOCK_MIN;
     if (n < 0) return JX_EARG;
     if (n_threads < 1) n_threads = 1;
     if (n_threads > JX_MAX_THREADS) n_threads = JX_MAX_THREADS;
@@ -529,7 +553,7 @@ int jx_batch_run(const jx_tape *t, const jx_batch *job, int n_threads)
         shares[i].job = job;
         shares[i].lo = lo < n ? lo : n;
         shares[i].hi = hi < n ? hi : n;
-        shares[i].block = blk;
+        shares[i].block = point_by_point ? 0 : blk;
         shares[i].status = JX_OK;
         started[i] = 0;
     }
