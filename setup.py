@@ -26,7 +26,10 @@ else:
         compile_args.append("-Werror")
     sanitize = os.environ.get("JACEXT_SANITIZE")
     if sanitize:  # e.g. "address,undefined"
-        compile_args += [f"-fsanitize={sanitize}", "-fno-omit-frame-pointer", "-O1", "-g"]
+        # -fno-wrapv: Python's CFLAGS carry -fwrapv (or -fno-strict-overflow), which makes
+        # signed overflow defined and so invisible to UBSan; MSVC promises no wrapping
+        compile_args += [f"-fsanitize={sanitize}", "-fno-omit-frame-pointer", "-O1", "-g",
+                         "-fno-wrapv"]
         link_args += [f"-fsanitize={sanitize}"]
     elif os.environ.get("JACEXT_DEBUG"):
         compile_args.append("-g")

@@ -19,6 +19,8 @@ from check import check_jacobian
 import jacext as jx
 
 ROOT = Path(__file__).resolve().parent.parent
+# where the jacext under test lives: the tree (in-place build) or an installed wheel
+PKG_PARENT = Path(jx.__file__).resolve().parent.parent
 
 
 def f_api(x):
@@ -420,7 +422,7 @@ def test_pickle_loads_in_a_fresh_process(tmp_path):
         np.savez({str(tmp_path / 'res.npz')!r}, y0=y0, y1=y1, a=a, b=b, c=c, d=d, r=repr(F))
     """)
     proc = subprocess.run([sys.executable, "-c", script], cwd=str(tmp_path),
-                          env={**os.environ, "PYTHONPATH": str(ROOT)},
+                          env={**os.environ, "PYTHONPATH": str(PKG_PARENT)},
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     res = np.load(tmp_path / "res.npz")
