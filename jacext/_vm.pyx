@@ -479,6 +479,24 @@ cdef class Function:
         per = max(1, n_points * max(work_per_point, 1) // MIN_WORK_PER_THREAD)
         return int(max(1, min(threads, per, n_points)))
 
+    cdef int _batch(self, int task, int mode, cnp.ndarray cols, cnp.ndarray colour,
+                    int32_t n_colours, cnp.ndarray x, cnp.ndarray seed, cnp.ndarray y, cnp.ndarray out,
+                    int n_threads) except -1:
+        """One C call over the rows of x (C-contiguous arrays; None for what a task lacks)."""
+        cdef jx_batch job
+        job.task = task
+        job.mode = mode
+        job.cols = <const int32_t *>cnp.PyArray_DATA(cols) if cols is not None else NULL
+        job.n_cols = <int32_t>cols.shape[0] if cols is not None else 0
+        job.colour = <const int32_t *>cnp.PyArray_DATA(colour) if colour is not None else NULL
+        job.n_colours = n_colours
+        job.n_points = x.shape[0]
+        job.x = <const double *>cnp.PyArray_DATA(x)
+        job.seed = <const double *>cnp.PyArray_DATA(seed) if seed is not None else NULL
+        job.y = <double *>cnp.PyArray_DATA(y) if y is not None else NULL
+        job.out = <double *>cnp.PyArray_DATA(out) if out is not None else NULL
+        return self._run_batch(&job, n_threads)
+
     cdef int _run_batch(self, jx_batch *job, int n_threads) except -1:
         cdef int st
         with nogil:
@@ -491,7 +509,6 @@ cdef class Function:
         """The function's value; leading axes beyond the traced shapes are a batch."""
         cdef cnp.ndarray x, y
         cdef jx_work *w
-        cdef jx_batch job
         cdef int st
         if (len(args) == 1 and self._single_shape is not None and type(args[0]) is np.ndarray
                 and cnp.PyArray_TYPE(<cnp.ndarray>args[0]) == cnp.NPY_DOUBLE
@@ -517,18 +534,8 @@ cdef class Function:
             return self._outputs(y, batch)
         x = x.reshape(-1, self.tape.n_in)
         y = np.empty((x.shape[0], self.tape.n_out), dtype=np.float64)
-        job.task = JX_TASK_VALUE
-        job.mode = 0
-        job.cols = NULL
-        job.n_cols = 0
-        job.colour = NULL
-        job.n_colours = 0
-        job.n_points = x.shape[0]
-        job.x = <const double *>cnp.PyArray_DATA(x)
-        job.seed = NULL
-        job.y = <double *>cnp.PyArray_DATA(y)
-        job.out = NULL
-        self._run_batch(&job, self._n_threads(None, job.n_points, self.tape.n_instr))
+        self._batch(JX_TASK_VALUE, 0, None, None, 0, x, None, y, None,
+                    self._n_threads(None, x.shape[0], self.tape.n_instr))
         return self._outputs(y, batch)
 
     # ---- Jacobians ----
@@ -612,7 +619,6 @@ cdef class Function:
     def _jacobian(self, tuple args, argnums, mode, out, threads, bint want_value):
         cdef cnp.ndarray x, cols, mat, y
         cdef jx_work *w
-        cdef jx_batch job
         cdef int m, st
         cdef int32_t n_cols
         multi = not isinstance(argnums, (int, np.integer))
@@ -670,19 +676,8 @@ cdef class Function:
             _raise_status(st)
         else:
             x = x.reshape(-1, self.tape.n_in)
-            job.task = JX_TASK_JACOBIAN
-            job.mode = m
-            job.cols = <const int32_t *>cnp.PyArray_DATA(cols)
-            job.n_cols = n_cols
-            job.colour = NULL
-            job.n_colours = 0
-            job.n_points = x.shape[0]
-            job.x = <const double *>cnp.PyArray_DATA(x)
-            job.seed = NULL
-            job.y = <double *>cnp.PyArray_DATA(y) if y is not None else NULL
-            job.out = <double *>cnp.PyArray_DATA(mat)
-            self._run_batch(&job, self._n_threads(threads, x.shape[0],
-                                                  self.tape.n_instr * (1 + n_cols)))
+            self._batch(JX_TASK_JACOBIAN, m, cols, None, 0, x, None, y, mat,
+                        self._n_threads(threads, x.shape[0], self.tape.n_instr * (1 + n_cols)))
         result = self._split_jacobian(mat, batch, argnums, multi)
         if direct:
             result = out      # the caller's array itself, as the fast path returns it
@@ -800,7 +795,6 @@ cdef class Function:
         cdef cnp.ndarray cols = self._columns(argnums)
         cdef cnp.ndarray colour, comp, y
         cdef jx_work *w
-        cdef jx_batch job
         cdef int st
         cdef int32_t n_cols = <int32_t>cols.shape[0], n_colours
         col, p, row, q = self._colouring(argnums)
@@ -827,19 +821,8 @@ cdef class Function:
             _raise_status(st)
         else:
             x = x.reshape(-1, self.tape.n_in)
-            job.task = JX_TASK_COMPRESSED
-            job.mode = m
-            job.cols = <const int32_t *>cnp.PyArray_DATA(cols)
-            job.n_cols = n_cols
-            job.colour = <const int32_t *>cnp.PyArray_DATA(colour)
-            job.n_colours = n_colours
-            job.n_points = x.shape[0]
-            job.x = <const double *>cnp.PyArray_DATA(x)
-            job.seed = NULL
-            job.y = <double *>cnp.PyArray_DATA(y) if y is not None else NULL
-            job.out = <double *>cnp.PyArray_DATA(comp)
-            self._run_batch(&job, self._n_threads(threads, x.shape[0],
-                                                  self.tape.n_instr * (1 + n_colours)))
+            self._batch(JX_TASK_COMPRESSED, m, cols, colour, n_colours, x, None, y, comp,
+                        self._n_threads(threads, x.shape[0], self.tape.n_instr * (1 + n_colours)))
         ptr, idx = self._pattern(argnums)
         rows = self._sparse_cache.get(("rows", argnums))
         if rows is None:
@@ -932,7 +915,6 @@ cdef class Function:
         """
         cdef cnp.ndarray x, v, y, ydot
         cdef jx_work *w
-        cdef jx_batch job
         cdef int st
         if len(args) != len(self.arg_shapes) + 1:
             raise TypeError(f"jacext: jvp takes the {len(self.arg_shapes)} argument(s) of "
@@ -964,18 +946,8 @@ cdef class Function:
         v = _broadcast_rows(v, batch, n_points)
         y = np.empty((n_points, self.tape.n_out), dtype=np.float64)
         ydot = np.empty((n_points, self.tape.n_out), dtype=np.float64)
-        job.task = JX_TASK_JVP
-        job.mode = JX_MODE_FORWARD
-        job.cols = NULL
-        job.n_cols = 0
-        job.colour = NULL
-        job.n_colours = 0
-        job.n_points = n_points
-        job.x = <const double *>cnp.PyArray_DATA(x)
-        job.seed = <const double *>cnp.PyArray_DATA(v)
-        job.y = <double *>cnp.PyArray_DATA(y)
-        job.out = <double *>cnp.PyArray_DATA(ydot)
-        self._run_batch(&job, self._n_threads(None, job.n_points, 2 * self.tape.n_instr))
+        self._batch(JX_TASK_JVP, JX_MODE_FORWARD, None, None, 0, x, v, y, ydot,
+                    self._n_threads(None, n_points, 2 * self.tape.n_instr))
         return self._outputs(y, batch), self._outputs(ydot, batch)
 
     def vjp(self, *args):
@@ -986,7 +958,6 @@ cdef class Function:
         """
         cdef cnp.ndarray x, u, y, xbar
         cdef jx_work *w
-        cdef jx_batch job
         cdef int st
         if len(args) != len(self.arg_shapes) + 1:
             raise TypeError(f"jacext: vjp takes the {len(self.arg_shapes)} argument(s) of "
@@ -1012,18 +983,8 @@ cdef class Function:
             u = _broadcast_rows(u, batch, n_points)
             y = np.empty((n_points, self.tape.n_out), dtype=np.float64)
             xbar = np.empty((n_points, self.tape.n_in), dtype=np.float64)
-            job.task = JX_TASK_VJP
-            job.mode = JX_MODE_REVERSE
-            job.cols = NULL
-            job.n_cols = 0
-            job.colour = NULL
-            job.n_colours = 0
-            job.n_points = n_points
-            job.x = <const double *>cnp.PyArray_DATA(x)
-            job.seed = <const double *>cnp.PyArray_DATA(u)
-            job.y = <double *>cnp.PyArray_DATA(y)
-            job.out = <double *>cnp.PyArray_DATA(xbar)
-            self._run_batch(&job, self._n_threads(None, job.n_points, 2 * self.tape.n_instr))
+            self._batch(JX_TASK_VJP, JX_MODE_REVERSE, None, None, 0, x, u, y, xbar,
+                        self._n_threads(None, n_points, 2 * self.tape.n_instr))
         parts = []
         for k, s in enumerate(self.arg_shapes):
             lo, hi = self._arg_offsets[k], self._arg_offsets[k + 1]
