@@ -183,31 +183,35 @@ void jx_forward(const jx_tape *t, double *value)
     }
 }
 
+/* Value and local partials of instruction i (both forward sweeps inline this). */
+static inline double jx_value_partials(const jx_tape *t, const double *value, int32_t i,
+                                       double *p0, double *p1)
+{
+    const int32_t word = t->op[i];
+    double a, b, s, z;
+    JX_LOAD_OPERANDS(value, i, word);
+    /* A partial for an immediate operand is never formed: x**2 at x < 0
+       must not meet log(x). */
+    switch (word & JX_OP_MASK) {
+#define OP(NAME, ARITY, COMMUTES, VALUE, D0, D1, FIXED)  \
+    case JX_OP_##NAME:                                  \
+        z = (VALUE);                                    \
+        *p0 = (word & JX_A_IMM) ? 0.0 : (D0);           \
+        *p1 = (word & JX_B_IMM) ? 0.0 : (D1);           \
+        break;
+#include "ops.def"
+#undef OP
+    default: z = *p0 = *p1 = NAN;
+    }
+    (void)s;
+    return z;
+}
+
 void jx_forward_partials(const jx_tape *t, double *value, double *d0, double *d1)
 {
     int32_t i;
-    for (i = 0; i < t->n_instr; i++) {
-        int32_t word = t->op[i];
-        double a, b, s, z, p0, p1;
-        JX_LOAD_OPERANDS(value, i, word);
-        /* A partial for an immediate operand is never formed: x**2 at x < 0
-           must not meet log(x). */
-        switch (word & JX_OP_MASK) {
-#define OP(NAME, ARITY, COMMUTES, VALUE, D0, D1, FIXED)            \
-        case JX_OP_##NAME:                                  \
-            z = (VALUE);                                    \
-            p0 = (word & JX_A_IMM) ? 0.0 : (D0);            \
-            p1 = (word & JX_B_IMM) ? 0.0 : (D1);            \
-            break;
-#include "ops.def"
-#undef OP
-        default: z = p0 = p1 = NAN;
-        }
-        (void)s;
-        value[t->dst[i]] = z;
-        d0[i] = p0;
-        d1[i] = p1;
-    }
+    for (i = 0; i < t->n_instr; i++)
+        value[t->dst[i]] = jx_value_partials(t, value, i, &d0[i], &d1[i]);
 }
 
 /* d * t where a zero factor on either side gives exactly zero. */
@@ -263,22 +267,8 @@ static void jx_forward_tangent(const jx_tape *t, double *value, double *tangent,
     int32_t i;
     const size_t K = (size_t)lanes;
     for (i = 0; i < t->n_instr; i++) {
-        int32_t word = t->op[i];
-        double a, b, s, z, p0, p1;
-        JX_LOAD_OPERANDS(value, i, word);
-        switch (word & JX_OP_MASK) {
-#define OP(NAME, ARITY, COMMUTES, VALUE, D0, D1, FIXED)       \
-        case JX_OP_##NAME:                                  \
-            z = (VALUE);                                    \
-            p0 = (word & JX_A_IMM) ? 0.0 : (D0);            \
-            p1 = (word & JX_B_IMM) ? 0.0 : (D1);            \
-            break;
-#include "ops.def"
-#undef OP
-        default: z = p0 = p1 = NAN;
-        }
-        (void)s;
-        value[t->dst[i]] = z;
+        double p0, p1;
+        value[t->dst[i]] = jx_value_partials(t, value, i, &p0, &p1);
         jx_tangent_step(p0, p1, tangent + (size_t)t->dst[i] * K,
                         tangent + (size_t)t->a[i] * K, tangent + (size_t)t->b[i] * K, lanes);
     }
