@@ -27,6 +27,7 @@ cdef extern from "vm.h" nogil:
     int JX_OK, JX_ENOMEM, JX_EBADTAPE, JX_EARG, JX_ETHREAD
     int JX_MAX_LANES, JX_MODE_FORWARD, JX_MODE_REVERSE
     int JX_TASK_VALUE, JX_TASK_JACOBIAN, JX_TASK_JVP, JX_TASK_VJP, JX_TASK_COMPRESSED
+    int JX_TASK_SUBGRAPH, JX_MODE_SUBGRAPH
     int JX_OP_MASK, JX_A_IMM, JX_B_IMM, JX_N_OPS
     const char *jx_op_names[]
     const int jx_op_arity[]
@@ -54,6 +55,10 @@ cdef extern from "vm.h" nogil:
         int32_t n_cols
         const int32_t *colour
         int32_t n_colours
+        const int64_t *cone_ptr
+        const int32_t *cone
+        const int32_t *row_ptr
+        const int32_t *nz_input
         Py_ssize_t n_points
         const double *x
         const double *seed
@@ -77,6 +82,10 @@ cdef extern from "vm.h" nogil:
                             const int32_t *colour, int32_t n_colours, int mode)
     int jx_sparsity(const jx_tape *t, const int32_t *col_of_input, int32_t **indptr,
                     int32_t **indices)
+    int jx_cones(const jx_tape *t, int64_t max_total, int64_t **cone_ptr, int32_t **cone)
+    int jx_point_subgraph(const jx_tape *t, jx_work *w, const double *x, double *y,
+                          const int64_t *cone_ptr, const int32_t *cone, const int32_t *row_ptr,
+                          const int32_t *nz_input, double *vals)
     int32_t jx_colour_columns(int32_t n_rows, int32_t n_cols, const int32_t *indptr,
                               const int32_t *indices, const int32_t *order, int32_t *colour,
                               int64_t max_work)
@@ -495,6 +504,10 @@ cdef class Function:
         job.seed = <const double *>cnp.PyArray_DATA(seed) if seed is not None else NULL
         job.y = <double *>cnp.PyArray_DATA(y) if y is not None else NULL
         job.out = <double *>cnp.PyArray_DATA(out) if out is not None else NULL
+        job.cone_ptr = NULL
+        job.cone = NULL
+        job.row_ptr = NULL
+        job.nz_input = NULL
         return self._run_batch(&job, n_threads)
 
     cdef int _run_batch(self, jx_batch *job, int n_threads) except -1:
@@ -649,7 +662,7 @@ cdef class Function:
             # compressed sweeps over the colours, then a scatter into zeros
             vals, yv = self._compressed(x, batch, argnums, sparse_mode, threads, want_value)
             ptr, idx = self._pattern(argnums)
-            rows = self._sparse_cache[("rows", argnums)]
+            rows = self._rows(argnums)
             where = self._sparse_cache.get(("scatter", argnums))
             if where is None:   # flat index of each nonzero in the dense result
                 where = rows * n_cols + idx
@@ -751,6 +764,15 @@ cdef class Function:
         self._sparse_cache[key] = (ptr, idx)
         return ptr, idx
 
+    def _rows(self, argnums):
+        """Row number of every nonzero of the pattern (cached)."""
+        rows = self._sparse_cache.get(("rows", argnums))
+        if rows is None:
+            ptr, idx = self._pattern(argnums)
+            rows = np.repeat(np.arange(self.tape.n_out, dtype=np.intp), np.diff(ptr))
+            self._sparse_cache[("rows", argnums)] = rows
+        return rows
+
     def sparsity(self, argnums=0):
         """The exact structural pattern of d out / d args[argnums].
 
@@ -797,6 +819,8 @@ cdef class Function:
         cdef jx_work *w
         cdef int st
         cdef int32_t n_cols = <int32_t>cols.shape[0], n_colours
+        if m == JX_MODE_SUBGRAPH:
+            return self._subgraph(x, batch, argnums, threads, want_value)
         col, p, row, q = self._colouring(argnums)
         if m == JX_MODE_FORWARD:
             colour, n_colours = col, p
@@ -824,10 +848,7 @@ cdef class Function:
             self._batch(JX_TASK_COMPRESSED, m, cols, colour, n_colours, x, None, y, comp,
                         self._n_threads(threads, x.shape[0], self.tape.n_instr * (1 + n_colours)))
         ptr, idx = self._pattern(argnums)
-        rows = self._sparse_cache.get(("rows", argnums))
-        if rows is None:
-            rows = np.repeat(np.arange(self.tape.n_out, dtype=np.intp), np.diff(ptr))
-            self._sparse_cache[("rows", argnums)] = rows
+        rows = self._rows(argnums)
         # one entry per nonzero: a valid colouring gives each its own place in
         # the compressed matrix; its flat index there is computed once
         gather = self._sparse_cache.get(("gather", argnums, m))
@@ -841,6 +862,57 @@ cdef class Function:
             vals = np.take(comp.reshape(comp.shape[0], math.prod(shape)), gather, axis=1)
         else:
             vals = np.take(comp.reshape(-1), gather)
+        return vals, y
+
+    def _subgraph(self, cnp.ndarray x, tuple batch, argnums, threads, bint want_value):
+        """Sparse values by one reverse sweep per output over its cone."""
+        cdef cnp.ndarray cols = self._columns(argnums)
+        cdef cnp.ndarray ptr, idx, nz_input, cone_ptr, cone, vals, y
+        cdef jx_work *w
+        cdef jx_batch job
+        cdef int st
+        ptr, idx = self._pattern(argnums)
+        cone_ptr, cone = self._cones(self._best_sparse(argnums)[1])
+        nz_input = self._sparse_cache.get(("nz_input", argnums))
+        if nz_input is None:
+            nz_input = np.ascontiguousarray(cols[idx], dtype=np.int32)
+            self._sparse_cache[("nz_input", argnums)] = nz_input
+        nnz = int(idx.shape[0])
+        n_points = math.prod(batch) if batch else 1
+        vals = np.empty((n_points, nnz) if batch else (nnz,), dtype=np.float64)
+        y = np.empty(batch + (self.tape.n_out,), dtype=np.float64) if want_value else None
+        if not batch:
+            w = self._take_work(1)
+            try:
+                with nogil:
+                    st = jx_point_subgraph(&self.tape, w, <const double *>cnp.PyArray_DATA(x),
+                                           <double *>cnp.PyArray_DATA(y) if y is not None else NULL,
+                                           <const int64_t *>cnp.PyArray_DATA(cone_ptr),
+                                           <const int32_t *>cnp.PyArray_DATA(cone),
+                                           <const int32_t *>cnp.PyArray_DATA(ptr),
+                                           <const int32_t *>cnp.PyArray_DATA(nz_input),
+                                           <double *>cnp.PyArray_DATA(vals))
+            finally:
+                self._give_work(w)
+            _raise_status(st)
+            return vals, y
+        x = x.reshape(-1, self.tape.n_in)
+        job.task = JX_TASK_SUBGRAPH
+        job.mode = JX_MODE_SUBGRAPH
+        job.cols = NULL
+        job.n_cols = 0
+        job.colour = NULL
+        job.n_colours = 0
+        job.n_points = x.shape[0]
+        job.x = <const double *>cnp.PyArray_DATA(x)
+        job.seed = NULL
+        job.y = <double *>cnp.PyArray_DATA(y) if y is not None else NULL
+        job.out = <double *>cnp.PyArray_DATA(vals)
+        job.cone_ptr = <const int64_t *>cnp.PyArray_DATA(cone_ptr)
+        job.cone = <const int32_t *>cnp.PyArray_DATA(cone)
+        job.row_ptr = <const int32_t *>cnp.PyArray_DATA(ptr)
+        job.nz_input = <const int32_t *>cnp.PyArray_DATA(nz_input)
+        self._run_batch(&job, self._n_threads(threads, x.shape[0], 3 * self.tape.n_instr))
         return vals, y
 
     cdef int _set_auto0(self) except -1:
@@ -861,16 +933,68 @@ cdef class Function:
         n_out = int(self.tape.n_out)
         choice = 0
         if min(n_cols, n_out) > 32:
-            col, p, row, q = self._colouring(argnums)
-            if 2 * min(p, q) <= min(n_cols, n_out):
-                choice = JX_MODE_FORWARD if p <= q else JX_MODE_REVERSE
+            mode, cost = self._best_sparse(argnums)
+            if 2 * cost <= min(n_cols, n_out) * max(int(self.tape.n_instr), 1):
+                choice = mode
         self._sparse_cache[key] = choice
         return choice
 
-    def _sparse_mode(self, mode, argnums):
+    def _cones(self, budget):
+        """(cone_ptr, cone) of every output, or None when they pass ``budget`` entries."""
+        hit = self._sparse_cache.get("cones")
+        if hit is not None and (hit[0] is not None or hit[1] >= budget):
+            return hit[0]
+        cdef int64_t *ptr = NULL
+        cdef int32_t *cone = NULL
+        cdef int64_t limit = max(int(budget), 1)
+        cdef int st
+        with nogil:
+            st = jx_cones(&self.tape, limit, &ptr, &cone)
+        if st == JX_EARG:   # larger than the budget: not worth it
+            self._sparse_cache["cones"] = (None, budget)
+            return None
+        _raise_status(st)
+        n_out = int(self.tape.n_out)
+        try:
+            p = np.asarray(<int64_t[:n_out + 1]>ptr).copy()
+            total = int(p[n_out])
+            c = (np.asarray(<int32_t[:total]>cone).copy() if total
+                 else np.zeros(1, dtype=np.int32))
+        finally:
+            free(ptr)
+            free(cone)
+        self._sparse_cache["cones"] = ((p, c), budget)
+        return (p, c)
+
+    def _best_sparse(self, argnums):
+        """(mode, cost) of the cheapest sparse evaluation, in instruction-sweeps.
+
+        Forward over p column colours costs p sweeps of the tape, reverse over
+        q row colours q sweeps; one reverse sweep per output over its own
+        dependency cone (CppAD's subgraph mode) costs the sum of the cone
+        sizes, which wins when the outputs have small cones that colouring
+        cannot separate (an arrow-head, a dense row among sparse ones).
+        """
+        key = ("best", argnums)
+        hit = self._sparse_cache.get(key)
+        if hit is not None:
+            return hit
         col, p, row, q = self._colouring(argnums)
+        T = max(int(self.tape.n_instr), 1)
+        mode, cost = (JX_MODE_FORWARD, p * T) if p <= q else (JX_MODE_REVERSE, q * T)
+        # A cone step (scattered reads and writes, its own clean-up) costs
+        # about four lanes of a colour sweep, whose partials come fused with
+        # the values (measured on broyden: 7000 cone steps took longer than
+        # 3 colours of 6000 instructions).
+        cones = self._cones(cost // 4)
+        if cones is not None and 4 * int(cones[0][-1]) < cost:
+            mode, cost = JX_MODE_SUBGRAPH, 4 * int(cones[0][-1])
+        self._sparse_cache[key] = (mode, cost)
+        return mode, cost
+
+    def _sparse_mode(self, mode, argnums):
         if mode == "auto":
-            return JX_MODE_FORWARD if p <= q else JX_MODE_REVERSE
+            return self._best_sparse(argnums)[0]
         return self._mode(mode, 1)
 
     def _sparse_jacobian(self, tuple args, argnums, mode, threads):

@@ -440,7 +440,7 @@ static void jx_run_share(jx_share *sh)
     jx_block_work w;
     ptrdiff_t p;
     int st;
-    if (job->task == JX_TASK_COMPRESSED || sh->block == 0) {
+    if (job->task == JX_TASK_COMPRESSED || job->task == JX_TASK_SUBGRAPH || sh->block == 0) {
         /* point by point (sparse Jacobians of a batch, and batches smaller
            than a block), each thread its own work; the same arithmetic as the
            block path */
@@ -468,6 +468,11 @@ static void jx_run_share(jx_share *sh)
             case JX_TASK_VJP:
                 st = jx_point_vjp(t, &pw, x, job->seed + (size_t)p * n_out, y,
                                   job->out + (size_t)p * n_in);
+                break;
+            case JX_TASK_SUBGRAPH:
+                st = jx_point_subgraph(t, &pw, x, y, job->cone_ptr, job->cone, job->row_ptr,
+                                       job->nz_input,
+                                       job->out + (size_t)p * (size_t)job->row_ptr[t->n_out]);
                 break;
             default:
                 st = jx_point_compressed(t, &pw, x, y, job->out + (size_t)p * size, job->cols,

@@ -177,3 +177,142 @@ int32_t jx_colour_columns(int32_t n_rows, int32_t n_cols, const int32_t *indptr,
     free(stamp);
     return n_colours;
 }
+
+/* ---- dependency cones and per-output reverse sweeps ---- */
+
+static int jx_cmp_desc(const void *x, const void *y)
+{
+    const int32_t a = *(const int32_t *)x, b = *(const int32_t *)y;
+    return (a < b) - (a > b);
+}
+
+int jx_cones(const jx_tape *t, int64_t max_total, int64_t **cone_ptr_out, int32_t **cone_out)
+{
+    /* writer[i][k]: the instruction whose value operand k of instruction i
+       reads (-1: an input or constant); found by tracking each slot's last
+       writer through the tape */
+    int32_t *last = (int32_t *)malloc((size_t)(t->n_slots > 0 ? t->n_slots : 1) * sizeof(int32_t));
+    int32_t *writer = (int32_t *)malloc((size_t)(t->n_instr > 0 ? t->n_instr : 1) * 3 * sizeof(int32_t));
+    int32_t *stamp = (int32_t *)malloc((size_t)(t->n_instr > 0 ? t->n_instr : 1) * sizeof(int32_t));
+    int32_t *stack = (int32_t *)malloc((size_t)(t->n_instr > 0 ? t->n_instr : 1) * sizeof(int32_t));
+    int64_t *ptr = (int64_t *)malloc(((size_t)t->n_out + 1) * sizeof(int64_t));
+    int32_t *cone = NULL;
+    int64_t total = 0, cap = 0;
+    int32_t i, o;
+    int st = JX_OK;
+    if (!last || !writer || !stamp || !stack || !ptr) {
+        st = JX_ENOMEM;
+        goto done;
+    }
+    for (i = 0; i < t->n_slots; i++) last[i] = -1;
+    for (i = 0; i < t->n_instr; i++) {
+        const int32_t word = t->op[i];
+        const int op = word & JX_OP_MASK;
+        writer[3 * i] = (word & JX_A_IMM) ? -1 : last[t->a[i]];
+        writer[3 * i + 1] = (jx_op_arity[op] >= 2 && !(word & JX_B_IMM)) ? last[t->b[i]] : -1;
+        writer[3 * i + 2] = (jx_op_arity[op] == 3) ? last[(int32_t)t->imm[i]] : -1;
+        last[t->dst[i]] = i;
+        stamp[i] = -1;
+    }
+    ptr[0] = 0;
+    for (o = 0; o < t->n_out; o++) {
+        int32_t top = 0, start = -1;
+        const int32_t slot = t->out_slot[o];
+        if (slot >= t->n_in + t->n_const) start = last[slot];
+        if (start >= 0) {
+            stack[top++] = start;
+            stamp[start] = o;
+        }
+        while (top > 0) {
+            const int32_t j = stack[--top];
+            int k;
+            if (total == cap) {
+                int64_t ncap = cap ? 2 * cap : 1024;
+                int32_t *p;
+                if (ncap > max_total) ncap = max_total;
+                if (total >= max_total) {
+                    st = JX_EARG;   /* the cones are too large to pay */
+                    goto done;
+                }
+                p = (int32_t *)realloc(cone, (size_t)ncap * sizeof(int32_t));
+                if (!p) {
+                    st = JX_ENOMEM;
+                    goto done;
+                }
+                cone = p;
+                cap = ncap;
+            }
+            cone[total++] = j;
+            for (k = 0; k < 3; k++) {
+                const int32_t d = writer[3 * j + k];
+                if (d >= 0 && stamp[d] != o) {
+                    stamp[d] = o;
+                    stack[top++] = d;
+                }
+            }
+        }
+        /* reverse order of the tape within each cone */
+        qsort(cone + ptr[o], (size_t)(total - ptr[o]), sizeof(int32_t), jx_cmp_desc);
+        ptr[o + 1] = total;
+    }
+done:
+    free(last);
+    free(writer);
+    free(stamp);
+    free(stack);
+    if (st != JX_OK) {
+        free(ptr);
+        free(cone);
+        return st;
+    }
+    if (!cone) cone = (int32_t *)malloc(sizeof(int32_t));
+    if (!cone) {
+        free(ptr);
+        return JX_ENOMEM;
+    }
+    *cone_ptr_out = ptr;
+    *cone_out = cone;
+    return JX_OK;
+}
+
+/* a zero partial or a zero adjoint contributes exactly zero (vm.c) */
+static inline double jx_zero_kill_mul(double d, double g)
+{
+    return (d == 0.0 || g == 0.0) ? 0.0 : d * g;
+}
+
+int jx_point_subgraph(const jx_tape *t, jx_work *w, const double *x, double *y,
+                      const int64_t *cone_ptr, const int32_t *cone, const int32_t *row_ptr,
+                      const int32_t *nz_input, double *vals)
+{
+    double *A = w->lane;   /* one lane */
+    int32_t o, k;
+    int64_t c;
+    if (t->n_in > 0) memcpy(w->value, x, (size_t)t->n_in * sizeof(double));
+    jx_forward_partials(t, w->value, w->d0, w->d1);
+    if (y)
+        for (o = 0; o < t->n_out; o++) y[o] = w->value[t->out_slot[o]];
+    memset(A, 0, (size_t)t->n_slots * sizeof(double));
+    for (o = 0; o < t->n_out; o++) {
+        A[t->out_slot[o]] = 1.0;
+        /* only the cone: every other instruction's adjoint is zero for this
+           output, and the cone's own temporaries are cleared as they go */
+        for (c = cone_ptr[o]; c < cone_ptr[o + 1]; c++) {
+            const int32_t j = cone[c];
+            const double g = A[t->dst[j]];
+            A[t->dst[j]] = 0.0;
+            A[t->a[j]] += jx_zero_kill_mul(w->d0[j], g);
+            A[t->b[j]] += jx_zero_kill_mul(w->d1[j], g);
+        }
+        for (k = row_ptr[o]; k < row_ptr[o + 1]; k++) vals[k] = A[nz_input[k]];
+        /* inputs and constants keep what they gathered: clear every slot the
+           cone read, and the seed */
+        A[t->out_slot[o]] = 0.0;
+        for (c = cone_ptr[o]; c < cone_ptr[o + 1]; c++) {
+            const int32_t j = cone[c];
+            A[t->a[j]] = 0.0;
+            A[t->b[j]] = 0.0;
+        }
+    }
+    return JX_OK;
+}

@@ -82,6 +82,7 @@ void jx_adjoint_sweep(const jx_tape *t, const double *d0, const double *d1,
 
 #define JX_MODE_FORWARD 1
 #define JX_MODE_REVERSE 2
+#define JX_MODE_SUBGRAPH 3   /* sparse only: one reverse sweep per output over its cone */
 
 /*
  * y (n_out, may be NULL) and the Jacobian J (n_out x n_cols, row-major) of the
@@ -113,6 +114,7 @@ int jx_point_vjp(const jx_tape *t, jx_work *w, const double *x, const double *u,
 #define JX_TASK_JVP 2
 #define JX_TASK_VJP 3
 #define JX_TASK_COMPRESSED 4
+#define JX_TASK_SUBGRAPH 5
 
 typedef struct {
     int task;
@@ -121,6 +123,10 @@ typedef struct {
     int32_t n_cols;
     const int32_t *colour;    /* for JX_TASK_COMPRESSED */
     int32_t n_colours;
+    const int64_t *cone_ptr;  /* for JX_TASK_SUBGRAPH: jx_cones' lists */
+    const int32_t *cone;
+    const int32_t *row_ptr;   /* for JX_TASK_SUBGRAPH: the pattern's rows, and */
+    const int32_t *nz_input;  /* the input index of each nonzero */
     ptrdiff_t n_points;
     const double *x;          /* n_points x n_in */
     const double *seed;       /* JVP: n_points x n_in, VJP: n_points x n_out */
@@ -146,6 +152,24 @@ int jx_sparsity(const jx_tape *t, const int32_t *col_of_input, int32_t **indptr,
  * share a colour.  Returns the number of colours (>= 0) or a JX_E* status;
  * gives up with JX_EARG when the work would pass max_work.
  */
+/*
+ * The dependency cone of every output: the instructions its value depends
+ * on, in decreasing order, as lists cone[cone_ptr[i] .. cone_ptr[i+1]).
+ * Returns JX_EARG (nothing allocated) once the lists would pass max_total
+ * entries; else *cone_ptr and *cone are malloc'ed for the caller to free.
+ */
+int jx_cones(const jx_tape *t, int64_t max_total, int64_t **cone_ptr, int32_t **cone);
+
+/*
+ * Sparse Jacobian values by one reverse sweep per output over its cone only
+ * (CppAD's "subgraph" mode): cost the sum of the cone sizes.  vals receives
+ * the nonzeros in the pattern's CSR order (row_ptr, nz_input = the input
+ * index of each nonzero).  The work needs 1 lane.
+ */
+int jx_point_subgraph(const jx_tape *t, jx_work *w, const double *x, double *y,
+                      const int64_t *cone_ptr, const int32_t *cone, const int32_t *row_ptr,
+                      const int32_t *nz_input, double *vals);
+
 int32_t jx_colour_columns(int32_t n_rows, int32_t n_cols, const int32_t *indptr,
                           const int32_t *indices, const int32_t *order, int32_t *colour,
                           int64_t max_work);

@@ -367,9 +367,16 @@ def test_sparse_values_against_the_hand_written_jacobian(rng):
 
 
 def test_dense_auto_uses_the_colouring_only_when_it_pays(rng):
-    # tridiagonal 50 x 50: 3 colours instead of 50 sweeps; dense 36 x 40: no gain
+    # tridiagonal 50 x 50: 3 colours instead of 50 sweeps
     assert compiled("tridiagonal")._auto_colours(0) != 0
-    assert compiled("dense")._auto_colours(0) == 0
+    # dense 36 x 40 (a constant matrix times x): colouring gains nothing, but every output
+    # has its own small dependency cone, so one reverse sweep per cone (subgraph mode, 3)
+    # costs a ninth of a dense sweep set
+    dense = compiled("dense")
+    assert dense.colours() == (40, 36)
+    assert dense._auto_colours(0) == 3
+    x = rng.standard_normal(40)
+    np.testing.assert_array_equal(dense.jacobian(x), dense.jacobian(x, mode="reverse"))
     # small Jacobians (<= 32 a side) never ask for the pattern
     small = jx.compile(broyden, np.zeros(10))
     assert small._auto_colours(0) == 0
@@ -592,3 +599,36 @@ def test_huge_sparse_jacobian_works(huge, rng):
     # the value_and_jacobian path checks the size too
     with pytest.raises(MemoryError, match="sparse=True"):
         huge.value_and_jacobian(x)
+
+
+# ------------------------------------------------------------------ per-output cones
+def _arrow_head_jacobian_csr(x):
+    """d arrow_head / dx by hand: row 0 is 2x; row i >= 1 has x_i at column 0 and
+    2 x_i + x_0 on the diagonal."""
+    n = x.shape[0]
+    rows = np.concatenate([np.zeros(n, dtype=int), np.arange(1, n), np.arange(1, n)])
+    cols = np.concatenate([np.arange(n), np.zeros(n - 1, dtype=int), np.arange(1, n)])
+    vals = np.concatenate([2 * x, x[1:], 2 * x[1:] + x[0]])
+    return sp.csr_array((vals, (rows, cols)), shape=(n, n))
+
+
+def test_arrow_head_at_scale_uses_one_reverse_sweep_per_output(rng):
+    """Both colourings fail on an arrow-head (a dense row and a dense column: n colours
+    either way), so compressed sweeps would cost n sweeps and an n x n compressed
+    matrix; the per-output cones cost O(n) in all."""
+    n = 200_000
+    F = jx.compile(arrow_head, np.zeros(n))
+    x = rng.standard_normal(n)
+    J = F.jacobian(x, sparse=True)
+    assert F.colours() == (n, n)
+    assert F._best_sparse(0)[0] == 3          # subgraph mode
+    want = _arrow_head_jacobian_csr(x)
+    assert J.nnz == 3 * n - 2
+    assert abs(J - want).max() <= 1e-12 * abs(want).max()
+    # a batch takes the same route, point by point
+    X = rng.standard_normal((3, 50))
+    G = jx.compile(arrow_head, np.zeros(50))
+    JB = G.jacobian(X, sparse=True)
+    for k in range(3):
+        assert abs(JB[k] - _arrow_head_jacobian_csr(X[k])).max() <= 1e-12 * 50
+        np.testing.assert_array_equal(JB[k].toarray(), G.jacobian(X[k], mode="reverse"))
