@@ -10,6 +10,10 @@ problems, and returns the dense Jacobian as a NumPy array of `problem.jacobian_s
 
 The "-out" / "-buffer" variants write into one preallocated array and return it each call,
 so a caller that keeps results must copy them.
+
+PEERS are BENCH.md's peers (dense results). SPARSE_PEERS return a scipy.sparse.csr_array
+(jacext's sparse=True, CasADi's sparse Jacobian through its buffer, the hand-written CSR);
+the runner times them beside the dense peers in the broyden scaling only.
 """
 
 from __future__ import annotations
@@ -64,13 +68,27 @@ def _jacext(problem, threads, out=False):
     F = jx.compile(problem.numpy, problem.x)  # traced at one point's shape
     kwargs = {} if problem.batch is None else {"threads": threads}
     if not out:
-        return partial(F.jacobian, **kwargs)
-    J = np.empty(problem.jacobian_shape)
+        jac = partial(F.jacobian, **kwargs)
+    else:
+        J = np.empty(problem.jacobian_shape)
 
-    def jac(x):
-        F.jacobian(x, out=J, **kwargs)
-        return J
+        def jac(x):
+            F.jacobian(x, out=J, **kwargs)
+            return J
 
+    jac.n_instructions = F.n_instructions  # the tape size, for the first-call plot
+    return jac
+
+
+def _jacext_sparse(problem, threads):
+    """F.jacobian(x, sparse=True): a scipy.sparse.csr_array from the compressed sweeps."""
+    if problem.batch is not None:
+        return None
+    import jacext as jx
+
+    F = jx.compile(problem.numpy, problem.x)
+    jac = partial(F.jacobian, sparse=True)
+    jac.n_instructions = F.n_instructions
     return jac
 
 
@@ -187,9 +205,45 @@ def _casadi_buffer(problem, threads):
     return jac
 
 
+def _casadi_sparse_buffer(problem, threads):
+    """CasADi's sparse SX Jacobian through Function.buffer(), returned as a csr_array.
+
+    The Function outputs J^T: its column-major (CSC) arrays are J's CSR arrays, so the
+    nonzeros land in CSR order with no transpose. Each call wraps a copy of them in a fresh
+    csr_array, exactly what jacext's sparse=True returns (as bench/sparse.py's
+    casadi-buffer).
+    """
+    if problem.batch is not None:
+        return None
+    import casadi as ca
+    import scipy.sparse as sp
+
+    n = problem.x.size
+    m = int(np.prod(problem.out_shape))
+    x = ca.SX.sym("x", n)
+    F = ca.Function("jacobian_t", [x], [ca.jacobian(problem.casadi()(x), x).T])
+    pattern = F.sparsity_out(0)
+    indptr = np.asarray(pattern.colind(), np.int32)
+    indices = np.asarray(pattern.row(), np.int32)
+    values = np.full(F.nnz_out(0), np.nan)
+    buffer, trigger = F.buffer()
+    buffer.set_res(0, memoryview(values))
+
+    def jac(x):
+        buffer.set_arg(0, memoryview(x))
+        trigger()
+        return sp.csr_array((values.copy(), indices, indptr), shape=(m, n))
+
+    return jac
+
+
 # ----------------------------------------------------------------------- hand-written NumPy
 def _numpy_hand(problem, threads):
     return problem.jacobian  # None when the problem has no short hand-written Jacobian
+
+
+def _numpy_hand_csr(problem, threads):
+    return problem.jacobian_csr  # the hand-written Jacobian straight into CSR, or None
 
 
 PEERS = [
@@ -205,4 +259,18 @@ PEERS = [
     Peer("casadi-buffer", "casadi", _casadi_buffer),
     Peer("numpy-hand", "numpy", _numpy_hand),
 ]
+
+# Sparse results (scipy.sparse.csr_array): beside the dense peers in the broyden scaling,
+# where at n = 10^5 a dense Jacobian (80 GB) is out of reach for everyone.
+SPARSE_PEERS = [
+    Peer("jacext-sparse", "jacext", _jacext_sparse),
+    Peer("casadi-sparse-buffer", "casadi", _casadi_sparse_buffer),
+    Peer("numpy-hand-csr", "numpy", _numpy_hand_csr),
+]
+SPARSE_NAMES = {p.name for p in SPARSE_PEERS}
+ALL_PEERS = PEERS + SPARSE_PEERS
+
+
+def find(name: str) -> Peer:
+    return next(p for p in ALL_PEERS if p.name == name)
 

@@ -36,6 +36,7 @@ class Problem:
     jacobian: Callable | None
     x: np.ndarray
     batch: np.ndarray | None = None
+    jacobian_csr: Callable | None = None  # the hand-written Jacobian as a SciPy CSR
     out_shape: tuple = field(init=False)
 
     def __post_init__(self):
@@ -50,6 +51,11 @@ class Problem:
     def jacobian_shape(self) -> tuple:
         lead = () if self.batch is None else self.batch.shape[:-1]
         return lead + self.out_shape + self.x.shape
+
+    @property
+    def size(self) -> int:
+        """The size that names this instance: n for broyden, N for a batch, else x.size."""
+        return self.x.size if self.batch is None else self.batch.shape[0]
 
 
 # --------------------------------------------------------------------------------- seed
@@ -257,7 +263,26 @@ def broyden_problem(n: int = 1000) -> Problem:
     rng = np.random.default_rng(0)
     return Problem("broyden", f"Broyden tridiagonal: {n} -> {n}, banded and sparse",
                    f, torch_version, jax_version, casadi_version, jacobian,
-                   rng.uniform(-1.0, 1.0, n))
+                   rng.uniform(-1.0, 1.0, n), jacobian_csr=broyden_jacobian_csr)
+
+
+def broyden_jacobian_csr(x):
+    """The hand-written Broyden Jacobian straight into CSR: row i holds -1, 3 - 4 x_i, -2.
+
+    Written as a NumPy user would for speed (as bench/sparse.py's broyden_csr): all rows
+    as (n, 3) blocks, the two entries that fall outside the matrix sliced off the ends.
+    """
+    import scipy.sparse as sp
+
+    n = x.size
+    data = np.empty((n, 3))
+    data[:, 0] = -1.0
+    data[:, 1] = 3 - 4 * x
+    data[:, 2] = -2.0
+    cols = (np.arange(n, dtype=np.int32)[:, None] + np.array([-1, 0, 1], np.int32)).ravel()
+    indptr = 3 * np.arange(n + 1, dtype=np.int32) - 1  # row 0 and row n-1 hold 2 entries
+    indptr[0], indptr[n] = 0, 3 * n - 2
+    return sp.csr_array((data.ravel()[1:-1], cols[1:-1], indptr), shape=(n, n))
 
 
 # ---------------------------------------------------------------------------------- mlp
@@ -315,9 +340,26 @@ def mlp_problem(width: int = 64) -> Problem:
 # ------------------------------------------------------------------------------ catalog
 def all_problems() -> dict[str, Problem]:
     """Every timed problem, in BENCH.md's order (big_trace lives in run.py)."""
-    problems = [seed_problem(), arm_problem(), broyden_problem(), mlp_problem(),
-                arm_batch_problem()]
-    return {p.name: p for p in problems}
+    return {name: make_problem(name) for name in PROBLEM_FACTORIES}
+
+
+PROBLEM_FACTORIES = {"seed": seed_problem, "arm": arm_problem, "broyden": broyden_problem,
+                     "mlp": mlp_problem, "arm_batch": arm_batch_problem}
+SIZED = {"broyden", "arm_batch", "mlp"}  # factories that take a size (n, N, width)
+
+
+def make_problem(name: str, size: int | None = None) -> Problem:
+    """A problem by name, at BENCH.md's size or at `size` (broyden's n, arm_batch's N).
+
+    Deterministic: every process that asks for (name, size) gets the same data, which is how
+    the benchmark's worker processes rebuild the parent's problems from a name and a size.
+    """
+    factory = PROBLEM_FACTORIES[name]
+    if size is None:
+        return factory()
+    if name not in SIZED:
+        raise ValueError(f"problem {name!r} has no size parameter")
+    return factory(size)
 
 
 def complex_step_jacobian(f, x: np.ndarray, h: float = 1e-30) -> np.ndarray:
