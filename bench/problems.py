@@ -360,18 +360,3 @@ def make_problem(name: str, size: int | None = None) -> Problem:
     if name not in SIZED:
         raise ValueError(f"problem {name!r} has no size parameter")
     return factory(size)
-
-
-def complex_step_jacobian(f, x: np.ndarray, h: float = 1e-30) -> np.ndarray:
-    """Reference Jacobian by the complex step: J[:, j] = Im f(x + i h e_j) / h.
-
-    Exact to rounding for real-analytic f (no subtraction, so no cancellation), which makes
-    it a tight, framework-independent reference. x may carry leading batch axes when f
-    broadcasts over them; the result has shape batch + out + (n,).
-    """
-    columns = []
-    for j in range(x.shape[-1]):
-        xc = x.astype(complex)
-        xc[..., j] += 1j * h
-        columns.append(np.imag(f(xc)) / h)
-    return np.stack(columns, axis=-1)

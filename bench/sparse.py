@@ -156,11 +156,6 @@ def _casadi_sparse_function(problem):
     return ca.Function("jacobian_t", [x], [J.T])
 
 
-def _casadi_csr_pattern(F, shape):
-    s = F.sparsity_out(0)  # of J^T: colind over J's rows, row over J's columns
-    return np.asarray(s.colind(), np.int32), np.asarray(s.row(), np.int32)
-
-
 def casadi_dm(problem):
     """The ordinary call, the Jacobian left as CasADi's sparse DM (no SciPy result)."""
     F = _casadi_sparse_function(problem)
@@ -181,20 +176,11 @@ def casadi_scipy(problem):
 
 def casadi_buffer(problem):
     """Function.buffer(): nonzeros written into NumPy memory, wrapped as a fresh csr_array
-    with the fixed pattern (what jacext returns), data copied so each result is its own."""
-    F = _casadi_sparse_function(problem)
-    m, n = int(np.prod(problem.out_shape)), problem.x.size
-    indptr, indices = _casadi_csr_pattern(F, (m, n))
-    values = np.full(F.nnz_out(0), np.nan)
-    buffer, trigger = F.buffer()
-    buffer.set_res(0, memoryview(values))
+    with the fixed pattern (what jacext returns); the same peer as run.py's
+    casadi-sparse-buffer."""
+    from bench import peers
 
-    def jac(x):
-        buffer.set_arg(0, memoryview(x))
-        trigger()
-        return sp.csr_array((values.copy(), indices, indptr), shape=(m, n))
-
-    return jac
+    return peers._casadi_sparse_buffer(problem, None)
 
 
 def hand_csr(problem):
