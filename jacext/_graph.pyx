@@ -488,6 +488,18 @@ cdef class Graph:
                   &cv[0], cv.shape[0] != 1, <int64_t *>cnp.PyArray_DATA(out), 1, n)
         return out
 
+    cpdef int64_t apply1(self, int op, int64_t x, int64_t y=-1, int64_t c=-1) except -1:
+        """One node op(x, y) (SELECT: the branches x, y and the condition c), simplified
+        as ``apply`` does; the scalar form for passes that build node by node."""
+        if op < 0 or op >= JX_N_OPS:
+            raise ValueError(f"jacext: no op number {op}")
+        cdef int arity = jx_op_arity[op]
+        if x < 0 or x >= self.n or (arity >= 2 and (y < 0 or y >= self.n)) or (
+                arity == 3 and (c < 0 or c >= self.n)):
+            raise IndexError("jacext: node id out of range")
+        self._room(1)
+        return self._apply(op, x, y if arity >= 2 else -1, c if arity == 3 else -1)
+
     cpdef int64_t const(self, double value) except -1:
         """The node id of one constant."""
         return self._const(value)

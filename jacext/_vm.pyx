@@ -18,6 +18,7 @@ cimport numpy as cnp
 from libc.stdint cimport int32_t, int64_t
 from libc.stdlib cimport free, malloc
 
+from jacext import derivative as _derivative
 from jacext import sparse as _sparse
 from jacext.errors import JacextError
 
@@ -59,6 +60,7 @@ cdef extern from "vm.h" nogil:
         const int32_t *cone
         const int32_t *row_ptr
         const int32_t *nz_input
+        const jx_tape *jac_tape
         Py_ssize_t n_points
         const double *x
         const double *seed
@@ -129,6 +131,16 @@ DEF NOGIL_WORK = 4096
 DEF MIN_WORK_PER_THREAD = 200000
 
 _MODES = {"forward": 1, "reverse": 2}
+_MODE_NAMES = {1: "forward", 2: "reverse"}
+
+# Batched Jacobians switch to a Jacobian tape (jacext/derivative.py) once the sweeps
+# have done this many points for the same argnums and mode, this call's included: then
+# building it (about a microsecond per node, in Python) costs less than the sweeps it
+# replaces, and a one-off small batch never pays for it.
+JAC_TAPE_AFTER_POINTS = 2048
+# Tapes whose sweeps do more than this many instruction-lanes per point get none (the
+# build would take seconds).
+JAC_TAPE_MAX_WORK = 1000000
 
 
 cdef inline bint _shape_is(cnp.ndarray a, tuple shape):
@@ -306,6 +318,10 @@ cdef class Function:
     @property
     def n_outputs(self):
         return int(self.tape.n_out)
+
+    def _fixed_partials(self):
+        """(fixed, d0, d1): which instructions have constant partials, and those constants."""
+        return self._derived
 
     def tape_arrays(self):
         """The tape as read-only NumPy arrays (op, dst, a, b, imm, out_slot, const_value)."""
@@ -488,9 +504,37 @@ cdef class Function:
         per = max(1, n_points * max(work_per_point, 1) // MIN_WORK_PER_THREAD)
         return int(max(1, min(threads, per, n_points)))
 
+    def _jac_tape(self, argnums, int m, cnp.ndarray cols, Py_ssize_t n_points):
+        """The Jacobian tape for batches of these columns in mode m (a Function), or None:
+        made once enough batched points have asked for it, then cached."""
+        key = ("jac_tape", argnums, m)
+        hit = self._sparse_cache.get(key)
+        if hit is not None:
+            return hit or None
+        n_dirs = cols.shape[0] if m == JX_MODE_FORWARD else self.tape.n_out
+        work = int(self.tape.n_instr) * (1 + int(n_dirs))
+        if work > JAC_TAPE_MAX_WORK or n_dirs == 0:
+            self._sparse_cache[key] = False
+            return None
+        seen = self._sparse_cache.get(("jac_tape_points", argnums, m), 0) + n_points
+        if seen < JAC_TAPE_AFTER_POINTS:
+            self._sparse_cache[("jac_tape_points", argnums, m)] = seen
+            return None
+        tape = dict(self._arrays)
+        tape["n_in"] = int(self.tape.n_in)
+        jt = _derivative.jacobian_tape(tape, self._derived, cols, _MODE_NAMES[m],
+                                       max_nodes=4 * work + 1000)
+        result = False
+        # worth it only if its one sweep is shorter than the sweeps it replaces
+        if jt is not None and jt["op"].shape[0] <= work:
+            n_total = int(self.tape.n_out) * (1 + int(cols.shape[0]))
+            result = Function(jt, self.arg_shapes, ((n_total,),), False, self.name + "'")
+        self._sparse_cache[key] = result
+        return result or None
+
     cdef int _batch(self, int task, int mode, cnp.ndarray cols, cnp.ndarray colour,
                     int32_t n_colours, cnp.ndarray x, cnp.ndarray seed, cnp.ndarray y, cnp.ndarray out,
-                    int n_threads) except -1:
+                    int n_threads, Function jac_tape=None) except -1:
         """One C call over the rows of x (C-contiguous arrays; None for what a task lacks)."""
         cdef jx_batch job
         job.task = task
@@ -508,6 +552,7 @@ cdef class Function:
         job.cone = NULL
         job.row_ptr = NULL
         job.nz_input = NULL
+        job.jac_tape = &jac_tape.tape if jac_tape is not None else NULL
         return self._run_batch(&job, n_threads)
 
     cdef int _run_batch(self, jx_batch *job, int n_threads) except -1:
@@ -631,6 +676,7 @@ cdef class Function:
 
     def _jacobian(self, tuple args, argnums, mode, out, threads, bint want_value):
         cdef cnp.ndarray x, cols, mat, y
+        cdef Function jt
         cdef jx_work *w
         cdef int m, st
         cdef int32_t n_cols
@@ -649,7 +695,9 @@ cdef class Function:
         self._check_jacobian_size(batch, n_cols)
         single_result = not multi and not self.out_is_tuple
         direct = out is not None and single_result
-        sparse_mode = self._auto_colours(argnums) if mode == "auto" else 0
+        jt = self._jac_tape(argnums, m, cols, math.prod(batch)) if batch else None
+        # (a Jacobian tape skips structural zeros by itself: no colouring on top)
+        sparse_mode = self._auto_colours(argnums) if mode == "auto" and jt is None else 0
         if direct:
             arg = argnums % len(self.arg_shapes)
             mat = self._check_out(out, batch + self.out_shapes[0] + self.arg_shapes[arg])
@@ -689,8 +737,9 @@ cdef class Function:
             _raise_status(st)
         else:
             x = x.reshape(-1, self.tape.n_in)
+            work = jt.tape.n_instr if jt is not None else self.tape.n_instr * (1 + n_cols)
             self._batch(JX_TASK_JACOBIAN, m, cols, None, 0, x, None, y, mat,
-                        self._n_threads(threads, x.shape[0], self.tape.n_instr * (1 + n_cols)))
+                        self._n_threads(threads, x.shape[0], work), jt)
         result = self._split_jacobian(mat, batch, argnums, multi)
         if direct:
             result = out      # the caller's array itself, as the fast path returns it
@@ -912,6 +961,7 @@ cdef class Function:
         job.cone = <const int32_t *>cnp.PyArray_DATA(cone)
         job.row_ptr = <const int32_t *>cnp.PyArray_DATA(ptr)
         job.nz_input = <const int32_t *>cnp.PyArray_DATA(nz_input)
+        job.jac_tape = NULL
         self._run_batch(&job, self._n_threads(threads, x.shape[0], 3 * self.tape.n_instr))
         return vals, y
 

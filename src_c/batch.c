@@ -55,20 +55,24 @@ static void jx_block_free(jx_block_work *w)
     memset(w, 0, sizeof(*w));
 }
 
+/* dirs 0: values only (no partials, no lanes) */
 static int jx_block_init(jx_block_work *w, const jx_tape *t, int32_t dirs, int32_t blk)
 {
     size_t n_slots = (size_t)(t->n_slots > 0 ? t->n_slots : 1);
     size_t n_instr = (size_t)(t->n_instr > 0 ? t->n_instr : 1);
+    const int values_only = dirs == 0;
     int32_t k, l;
     memset(w, 0, sizeof(*w));
     w->block = blk;
     w->dirs = dirs < 1 ? 1 : dirs;
     w->value = (double *)calloc(n_slots * B, sizeof(double));
-    w->d0 = (double *)malloc(n_instr * B * sizeof(double));
-    w->d1 = (double *)malloc(n_instr * B * sizeof(double));
-    w->lane = (double *)calloc(n_slots * (size_t)w->dirs * B, sizeof(double));
     w->imm = (double *)malloc(B * sizeof(double));
-    if (!w->value || !w->d0 || !w->d1 || !w->lane || !w->imm) {
+    if (!values_only) {
+        w->d0 = (double *)malloc(n_instr * B * sizeof(double));
+        w->d1 = (double *)malloc(n_instr * B * sizeof(double));
+        w->lane = (double *)calloc(n_slots * (size_t)w->dirs * B, sizeof(double));
+    }
+    if (!w->value || !w->imm || (!values_only && (!w->d0 || !w->d1 || !w->lane))) {
         jx_block_free(w);
         return JX_ENOMEM;
     }
@@ -349,6 +353,58 @@ static void jx_block_jacobian(const jx_tape *t, jx_block_work *w, const jx_batch
     }
 }
 
+/*
+ * The Jacobian from its own tape (job->jac_tape): one value sweep, then the
+ * values and the Jacobian copied out.  A block whose Jacobian entries hold an
+ * inf or nan goes again point by point through the sweeps of t (*pw made on
+ * first need): there the zero kills decide, which a product in the Jacobian
+ * tape does not know (an infinite partial times a tangent that is zero only
+ * at this point).  Elsewhere the two agree (jacext/derivative.py).
+ */
+static int jx_block_jac_tape(const jx_tape *t, jx_block_work *w, jx_work *pw,
+                             const jx_batch *job, ptrdiff_t p0, int32_t n)
+{
+    const jx_tape *jt = job->jac_tape;
+    const int32_t blk = w->block;
+    const int32_t n_out = t->n_out, n_jac = jt->n_out - n_out;
+    const double *V = w->value;
+    double acc[JX_BLOCK_MAX];
+    int32_t e, l, finite = 1;
+    jx_block_load(jt, w, job->x + (size_t)p0 * (size_t)t->n_in, n);
+    jx_block_forward(jt, w, 0);
+    for (l = 0; l < B; l++) acc[l] = 0.0;
+    for (e = 0; e < n_jac; e++) {
+        const double *src = V + (size_t)jt->out_slot[n_out + e] * B;
+        for (l = 0; l < B; l++) acc[l] += src[l] - src[l];
+    }
+    for (l = 0; l < n; l++) finite &= (acc[l] == 0.0);
+    if (finite) {
+        double *jac = job->out + (size_t)p0 * (size_t)n_jac;
+        jx_block_store_outputs(t, w, job->y ? job->y + (size_t)p0 * n_out : NULL, n);
+        for (l = 0; l < n; l++) {
+            double *dst = jac + (size_t)l * (size_t)n_jac;
+            const int32_t *slot = jt->out_slot + n_out;
+            for (e = 0; e < n_jac; e++) dst[e] = V[(size_t)slot[e] * B + l];
+        }
+        return JX_OK;
+    }
+    if (!pw->value) {
+        int st = jx_work_init(pw, t, job->mode == JX_MODE_FORWARD
+                              ? (job->n_cols < JX_MAX_LANES ? job->n_cols : JX_MAX_LANES)
+                              : (n_out < JX_MAX_LANES ? n_out : JX_MAX_LANES));
+        if (st != JX_OK) return st;
+    }
+    for (l = 0; l < n; l++) {
+        const ptrdiff_t p = p0 + l;
+        int st = jx_point_jacobian(t, pw, job->x + (size_t)p * (size_t)t->n_in,
+                                   job->y ? job->y + (size_t)p * n_out : NULL,
+                                   job->out + (size_t)p * (size_t)n_jac, job->cols,
+                                   job->n_cols, job->mode);
+        if (st != JX_OK) return st;
+    }
+    return JX_OK;
+}
+
 static void jx_block_jvp(const jx_tape *t, jx_block_work *w, const jx_batch *job,
                          ptrdiff_t p0, int32_t n)
 {
@@ -405,7 +461,12 @@ static int32_t jx_block_size(const jx_tape *t, const jx_batch *job)
     size_t n_var = 0, per_point, b;
     int32_t i;
     for (i = 0; i < t->n_instr; i++) n_var += !(t->fixed && t->fixed[i]);
-    per_point = 8 * ((size_t)t->n_slots * (1 + (size_t)jx_dirs_for(t, job)) + 2 * n_var);
+    if (job->task == JX_TASK_JACOBIAN && job->jac_tape)
+        per_point = 8 * (size_t)job->jac_tape->n_slots;   /* its values only */
+    else if (job->task == JX_TASK_VALUE)
+        per_point = 8 * (size_t)t->n_slots;   /* values only: no partials, no lanes */
+    else
+        per_point = 8 * ((size_t)t->n_slots * (1 + (size_t)jx_dirs_for(t, job)) + 2 * n_var);
     b = JX_BLOCK_BUDGET / (per_point > 0 ? per_point : 1);
     b = b / 8 * 8;
     if (b < JX_BLOCK_MIN) b = JX_BLOCK_MIN;
@@ -483,7 +544,20 @@ static void jx_run_share(jx_share *sh)
         sh->status = st;
         return;
     }
-    st = jx_block_init(&w, t, jx_dirs_for(t, job), sh->block);
+    if (job->task == JX_TASK_JACOBIAN && job->jac_tape) {
+        jx_work pw;
+        memset(&pw, 0, sizeof(pw));
+        st = jx_block_init(&w, job->jac_tape, 0, sh->block);
+        for (p = sh->lo; p < sh->hi && st == JX_OK; p += sh->block) {
+            const int32_t n = (int32_t)((sh->hi - p) < sh->block ? (sh->hi - p) : sh->block);
+            st = jx_block_jac_tape(t, &w, &pw, job, p, n);
+        }
+        jx_block_free(&w);
+        if (pw.value) jx_work_free(&pw);
+        sh->status = st;
+        return;
+    }
+    st = jx_block_init(&w, t, job->task == JX_TASK_VALUE ? 0 : jx_dirs_for(t, job), sh->block);
     if (st != JX_OK) {
         sh->status = st;
         return;

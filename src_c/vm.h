@@ -127,6 +127,11 @@ typedef struct {
     const int32_t *cone;
     const int32_t *row_ptr;   /* for JX_TASK_SUBGRAPH: the pattern's rows, and */
     const int32_t *nz_input;  /* the input index of each nonzero */
+    /* for JX_TASK_JACOBIAN, or NULL: the Jacobian's own tape (jacext/derivative.py),
+       whose outputs are the function's n_out values, then the n_out x n_cols
+       Jacobian row-major; blocks run it in one value sweep.  A block whose Jacobian
+       holds an inf or nan is redone point by point by the sweeps of the tape. */
+    const jx_tape *jac_tape;
     ptrdiff_t n_points;
     const double *x;          /* n_points x n_in */
     const double *seed;       /* JVP: n_points x n_in, VJP: n_points x n_out */
