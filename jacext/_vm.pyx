@@ -43,6 +43,8 @@ cdef extern from "vm.h" nogil:
         const int32_t *out_slot
         const double *const_value
         const unsigned char *fixed
+        const int32_t *sincos_pair
+        int32_t n_sincos
         const double *fixed_d0
         const double *fixed_d1
 
@@ -69,6 +71,7 @@ cdef extern from "vm.h" nogil:
 
     int jx_tape_check(const jx_tape *t)
     int32_t jx_tape_fixed_partials(const jx_tape *t, unsigned char *fixed, double *d0, double *d1)
+    int32_t jx_tape_sincos_pairs(const jx_tape *t, int32_t *pair)
     int jx_work_init(jx_work *w, const jx_tape *t, int32_t lanes)
     void jx_work_free(jx_work *w)
     int jx_point_jacobian(const jx_tape *t, jx_work *w, const double *x, double *y,
@@ -195,6 +198,7 @@ cdef class Function:
     cdef jx_tape tape
     cdef dict _arrays
     cdef tuple _derived
+    cdef cnp.ndarray _pairs
     cdef readonly tuple arg_shapes
     cdef readonly tuple out_shapes
     cdef readonly bint out_is_tuple
@@ -264,6 +268,8 @@ cdef class Function:
         self.tape.fixed = NULL
         self.tape.fixed_d0 = NULL
         self.tape.fixed_d1 = NULL
+        self.tape.sincos_pair = NULL
+        self.tape.n_sincos = 0
         _raise_status(jx_tape_check(&self.tape))
         # derived, not pickled: which instructions have constant partials
         fixed = np.zeros(n_instr, dtype=np.uint8)
@@ -273,6 +279,13 @@ cdef class Function:
                                <double *>cnp.PyArray_DATA(fixed_d0),
                                <double *>cnp.PyArray_DATA(fixed_d1))
         self._derived = (fixed, fixed_d0, fixed_d1)
+        # derived, not pickled: sin and cos of one value, one sincos call in batches
+        pairs = np.empty(n_instr, dtype=np.int32)
+        n_pairs = jx_tape_sincos_pairs(&self.tape, <int32_t *>cnp.PyArray_DATA(pairs))
+        _raise_status(min(n_pairs, 0))
+        self._pairs = pairs
+        self.tape.sincos_pair = <const int32_t *>cnp.PyArray_DATA(pairs)
+        self.tape.n_sincos = n_pairs
         self.tape.fixed = <const unsigned char *>cnp.PyArray_DATA(fixed)
         self.tape.fixed_d0 = <const double *>cnp.PyArray_DATA(fixed_d0)
         self.tape.fixed_d1 = <const double *>cnp.PyArray_DATA(fixed_d1)
@@ -525,8 +538,9 @@ cdef class Function:
         jt = _derivative.jacobian_tape(tape, self._derived, cols, _MODE_NAMES[m],
                                        max_nodes=4 * work + 1000)
         result = False
-        # worth it only if its one sweep is shorter than the sweeps it replaces
-        if jt is not None and jt["op"].shape[0] <= work:
+        # worth it unless its one value sweep is longer than the sweeps it replaces, which
+        # store two partials per instruction and then read them back per direction
+        if jt is not None and jt["op"].shape[0] <= 2 * work:
             n_total = int(self.tape.n_out) * (1 + int(cols.shape[0]))
             result = Function(jt, self.arg_shapes, ((n_total,),), False, self.name + "'")
         self._sparse_cache[key] = result

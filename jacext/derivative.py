@@ -205,7 +205,7 @@ def _uses(word):
 def _forward(e, tape, fixed, steps, cols, n_out, max_nodes):
     """Tangents by slot, {column: node}, instruction by instruction as jx_block_tangent."""
     is_fixed, fd0, fd1 = fixed
-    dst, ta, tb, imm = tape["dst"], tape["a"], tape["b"], tape["imm"]
+    dst, ta, tb = tape["dst"], tape["a"], tape["b"]
     tan = {}
     for k, j in enumerate(cols):
         tan.setdefault(j, {})[k] = e.c(1.0)

@@ -130,6 +130,34 @@ int32_t jx_tape_fixed_partials(const jx_tape *t, unsigned char *fixed, double *d
     return count;
 }
 
+int32_t jx_tape_sincos_pairs(const jx_tape *t, int32_t *pair)
+{
+    /* open[s]: a sin or cos instruction that reads slot s's current value and
+       has no partner yet, or -1; a write to s closes it */
+    int32_t *open = (int32_t *)malloc((size_t)(t->n_slots > 0 ? t->n_slots : 1) * sizeof(int32_t));
+    int32_t i, n = 0;
+    if (!open) return JX_ENOMEM;
+    for (i = 0; i < t->n_slots; i++) open[i] = -1;
+    for (i = 0; i < t->n_instr; i++) {
+        const int32_t word = t->op[i];
+        pair[i] = -1;
+        if (word == JX_OP_SIN || word == JX_OP_COS) {   /* no immediate flags */
+            const int32_t s = t->a[i], p = open[s];
+            if (p >= 0 && t->op[p] != word) {
+                pair[p] = 2 * n;
+                pair[i] = 2 * n + 1;
+                n++;
+                open[s] = -1;
+            } else if (p < 0) {
+                open[s] = i;
+            }
+        }
+        open[t->dst[i]] = -1;
+    }
+    free(open);
+    return n;
+}
+
 int jx_work_init(jx_work *w, const jx_tape *t, int32_t lanes)
 {
     size_t n_slots = (size_t)(t->n_slots > 0 ? t->n_slots : 1);

@@ -51,6 +51,11 @@ typedef struct {
     const unsigned char *fixed;
     const double *fixed_d0;
     const double *fixed_d1;
+    /* Derived by jx_tape_sincos_pairs (may be NULL): sin and cos instructions
+       of one slot value, which the batched value sweep computes with one
+       sincos call: 2k for the first of pair k, 2k + 1 for the second, else -1. */
+    const int32_t *sincos_pair;
+    int32_t n_sincos;
 } jx_tape;
 
 /* Private memory of one evaluation (one per thread). */
@@ -66,6 +71,9 @@ typedef struct {
 int jx_tape_check(const jx_tape *t);
 /* Fills fixed, d0, d1 (n_instr each) for a checked tape; returns how many are fixed. */
 int32_t jx_tape_fixed_partials(const jx_tape *t, unsigned char *fixed, double *d0, double *d1);
+
+/* Fills pair (n_instr) as jx_tape.sincos_pair; returns the number of pairs or JX_ENOMEM. */
+int32_t jx_tape_sincos_pairs(const jx_tape *t, int32_t *pair);
 
 int jx_work_init(jx_work *w, const jx_tape *t, int32_t lanes);
 void jx_work_free(jx_work *w);
