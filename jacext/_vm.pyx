@@ -45,6 +45,8 @@ cdef extern from "vm.h" nogil:
         const unsigned char *fixed
         const int32_t *sincos_pair
         int32_t n_sincos
+        const int32_t *runs
+        int32_t n_runs
         const double *fixed_d0
         const double *fixed_d1
 
@@ -72,6 +74,8 @@ cdef extern from "vm.h" nogil:
     int jx_tape_check(const jx_tape *t)
     int32_t jx_tape_fixed_partials(const jx_tape *t, unsigned char *fixed, double *d0, double *d1)
     int32_t jx_tape_sincos_pairs(const jx_tape *t, int32_t *pair)
+    int32_t jx_tape_runs(const jx_tape *t, int32_t *runs)
+    int JX_RUN_FIELDS
     int jx_work_init(jx_work *w, const jx_tape *t, int32_t lanes)
     void jx_work_free(jx_work *w)
     int jx_point_jacobian(const jx_tape *t, jx_work *w, const double *x, double *y,
@@ -199,6 +203,7 @@ cdef class Function:
     cdef dict _arrays
     cdef tuple _derived
     cdef cnp.ndarray _pairs
+    cdef cnp.ndarray _runs
     cdef readonly tuple arg_shapes
     cdef readonly tuple out_shapes
     cdef readonly bint out_is_tuple
@@ -270,6 +275,8 @@ cdef class Function:
         self.tape.fixed_d1 = NULL
         self.tape.sincos_pair = NULL
         self.tape.n_sincos = 0
+        self.tape.runs = NULL
+        self.tape.n_runs = 0
         _raise_status(jx_tape_check(&self.tape))
         # derived, not pickled: which instructions have constant partials
         fixed = np.zeros(n_instr, dtype=np.uint8)
@@ -286,6 +293,13 @@ cdef class Function:
         self._pairs = pairs
         self.tape.sincos_pair = <const int32_t *>cnp.PyArray_DATA(pairs)
         self.tape.n_sincos = n_pairs
+        # derived, not pickled: runs of one op word over evenly stepping slots
+        runs = np.empty(max(1, JX_RUN_FIELDS * n_instr), dtype=np.int32)
+        n_runs = jx_tape_runs(&self.tape, <int32_t *>cnp.PyArray_DATA(runs))
+        self._runs = runs[:JX_RUN_FIELDS * n_runs].copy()
+        if 4 * n_runs <= 3 * n_instr:   # worth a run's setup only where runs are long
+            self.tape.runs = <const int32_t *>cnp.PyArray_DATA(self._runs)
+            self.tape.n_runs = n_runs
         self.tape.fixed = <const unsigned char *>cnp.PyArray_DATA(fixed)
         self.tape.fixed_d0 = <const double *>cnp.PyArray_DATA(fixed_d0)
         self.tape.fixed_d1 = <const double *>cnp.PyArray_DATA(fixed_d1)

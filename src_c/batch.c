@@ -449,26 +449,26 @@ static int jx_block_jac_tape(const jx_tape *t, jx_block_work *w, jx_work *pw,
     const int32_t blk = w->block;
     const int32_t n_out = t->n_out, n_jac = jt->n_out - n_out;
     const double *V = w->value;
+    double *jac = job->out + (size_t)p0 * (size_t)n_jac;
     double acc[JX_BLOCK_MAX];
     int32_t e, l, finite = 1;
     jx_block_load(jt, w, job->x + (size_t)p0 * (size_t)t->n_in, n);
     jx_block_values(jt, w->value, w->stash);
-    for (l = 0; l < B; l++) acc[l] = 0.0;
+    jx_block_store_outputs(t, w, job->y ? job->y + (size_t)p0 * n_out : NULL, n);
+    /* the Jacobian out, point-major, checking on the way that it is finite
+       (x - x is 0 for finite x; one accumulator per point, no serial chain) */
+    for (l = 0; l < n; l++) acc[l] = 0.0;
     for (e = 0; e < n_jac; e++) {
-        const double *src = V + (size_t)jt->out_slot[n_out + e] * B;
-        for (l = 0; l < B; l++) acc[l] += src[l] - src[l];
+        const double *JX_RESTRICT src = V + (size_t)jt->out_slot[n_out + e] * B;
+        double *JX_RESTRICT dst = jac + e;
+        for (l = 0; l < n; l++) {
+            const double v = src[l];
+            dst[(size_t)l * (size_t)n_jac] = v;
+            acc[l] += v - v;
+        }
     }
     for (l = 0; l < n; l++) finite &= (acc[l] == 0.0);
-    if (finite) {
-        double *jac = job->out + (size_t)p0 * (size_t)n_jac;
-        jx_block_store_outputs(t, w, job->y ? job->y + (size_t)p0 * n_out : NULL, n);
-        for (l = 0; l < n; l++) {
-            double *dst = jac + (size_t)l * (size_t)n_jac;
-            const int32_t *slot = jt->out_slot + n_out;
-            for (e = 0; e < n_jac; e++) dst[e] = V[(size_t)slot[e] * B + l];
-        }
-        return JX_OK;
-    }
+    if (finite) return JX_OK;
     if (!pw->value) {
         int st = jx_work_init(pw, t, job->mode == JX_MODE_FORWARD
                               ? (job->n_cols < JX_MAX_LANES ? job->n_cols : JX_MAX_LANES)

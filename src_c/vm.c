@@ -192,9 +192,152 @@ void jx_work_free(jx_work *w)
     b = ((word) & JX_B_IMM) ? t->imm[i] : value[t->b[i]];                  \
     s = (((word) & JX_OP_MASK) == JX_OP_SELECT) ? value[(int32_t)t->imm[i]] : 0.0
 
+/* Which operand slots instruction i reads: bit 0 a, bit 1 b, bit 2 s. */
+static int jx_reads(const jx_tape *t, int32_t i)
+{
+    const int32_t word = t->op[i];
+    const int op = word & JX_OP_MASK;
+    return (!(word & JX_A_IMM) ? 1 : 0) | ((jx_op_arity[op] >= 2 && !(word & JX_B_IMM)) ? 2 : 0)
+           | (op == JX_OP_SELECT ? 4 : 0);
+}
+
+static int32_t jx_cond_slot(const jx_tape *t, int32_t i)
+{
+    return (t->op[i] & JX_OP_MASK) == JX_OP_SELECT ? (int32_t)t->imm[i] : 0;
+}
+
+int32_t jx_tape_runs(const jx_tape *t, int32_t *runs)
+{
+    int32_t i = 0, n = 0;
+    while (i < t->n_instr) {
+        const int32_t word = t->op[i];
+        const int reads = jx_reads(t, i);
+        const int uses_imm = (word & (JX_A_IMM | JX_B_IMM)) != 0;
+        int32_t j = i + 1, sd = 0, sa = 0, sb = 0, ss = 0, k, flags = 0;
+        if (j < t->n_instr && t->op[j] == word && (!uses_imm || t->imm[j] == t->imm[i])) {
+            sd = t->dst[j] - t->dst[i];
+            sa = (reads & 1) ? t->a[j] - t->a[i] : 0;
+            sb = (reads & 2) ? t->b[j] - t->b[i] : 0;
+            ss = (reads & 4) ? jx_cond_slot(t, j) - jx_cond_slot(t, i) : 0;
+            while (j < t->n_instr && t->op[j] == word && (!uses_imm || t->imm[j] == t->imm[i])
+                   && t->dst[j] - t->dst[j - 1] == sd
+                   && (!(reads & 1) || t->a[j] - t->a[j - 1] == sa)
+                   && (!(reads & 2) || t->b[j] - t->b[j - 1] == sb)
+                   && (!(reads & 4) || jx_cond_slot(t, j) - jx_cond_slot(t, j - 1) == ss))
+                j++;
+        }
+        if (j - i > 1 && sd == 1 && (!(reads & 1) || sa == 1) && (!(reads & 2) || sb == 1)
+            && (!(reads & 4) || ss == 1)) {
+            /* contiguous: no operand range may meet the dst range */
+            const int32_t d0 = t->dst[i], d1 = t->dst[j - 1];
+            int meets = 0;
+            for (k = 0; k < 3; k++) {
+                int32_t lo;
+                if (!(reads & (1 << k))) continue;
+                lo = k == 0 ? t->a[i] : k == 1 ? t->b[i] : jx_cond_slot(t, i);
+                if (lo <= d1 && lo + (j - i - 1) >= d0) meets = 1;
+            }
+            if (!meets) flags = JX_RUN_CONTIGUOUS;
+        }
+        runs[JX_RUN_FIELDS * n + 0] = j - i;
+        runs[JX_RUN_FIELDS * n + 1] = sd;
+        runs[JX_RUN_FIELDS * n + 2] = sa;
+        runs[JX_RUN_FIELDS * n + 3] = sb;
+        runs[JX_RUN_FIELDS * n + 4] = ss;
+        runs[JX_RUN_FIELDS * n + 5] = flags;
+        n++;
+        i = j;
+    }
+    return n;
+}
+
+/*
+ * Values of a run of instructions i .. i+L-1 with one op word: the same
+ * arithmetic as one instruction at a time, in the same order, with the op
+ * switch paid once.  Contiguous runs (no operand meets the dst range) go
+ * through restrict pointers and vectorise.
+ */
+#ifdef _MSC_VER
+#define JX_VM_RESTRICT __restrict
+#else
+#define JX_VM_RESTRICT restrict
+#endif
+
+#define JX_RUN_LOOP(AEXPR, BEXPR, SEXPR, VALUE)                              \
+    for (k = 0; k < L; k++) {                                                \
+        const double a = (AEXPR), b = (BEXPR), s = (SEXPR);                  \
+        (void)a; (void)b; (void)s;                                           \
+        value[d0 + k * sd] = (VALUE);                                        \
+    }
+#define JX_RUN_CLOOP(AEXPR, BEXPR, SEXPR, VALUE)                             \
+    for (k = 0; k < L; k++) {                                                \
+        const double a = (AEXPR), b = (BEXPR), s = (SEXPR);                  \
+        (void)a; (void)b; (void)s;                                           \
+        pz[k] = (VALUE);                                                     \
+    }
+
+static void jx_forward_run(const jx_tape *t, double *value, int32_t i, const int32_t *run)
+{
+    const int32_t word = t->op[i], L = run[0];
+    const ptrdiff_t sd = run[1], sa = run[2], sb = run[3], ss = run[4];
+    const ptrdiff_t d0 = t->dst[i], a0 = t->a[i], b0 = t->b[i], s0 = jx_cond_slot(t, i);
+    const double c = t->imm[i];
+    ptrdiff_t k;
+    if (run[5] & JX_RUN_CONTIGUOUS) {
+        double *JX_VM_RESTRICT pz = value + d0;
+        const double *JX_VM_RESTRICT pa = value + a0;
+        const double *JX_VM_RESTRICT pb = value + b0;
+        const double *JX_VM_RESTRICT ps = value + s0;
+        switch (word & JX_OP_MASK) {
+#define OP(NAME, ARITY, COMMUTES, VALUE, D0, D1, FIXED)                      \
+        case JX_OP_##NAME:                                                   \
+            if (word & JX_A_IMM) {                                           \
+                JX_RUN_CLOOP(c, ARITY >= 2 ? pb[k] : 0.0, 0.0, VALUE)        \
+            } else if (word & JX_B_IMM) {                                    \
+                JX_RUN_CLOOP(pa[k], c, 0.0, VALUE)                           \
+            } else {                                                         \
+                JX_RUN_CLOOP(pa[k], ARITY >= 2 ? pb[k] : 0.0,                \
+                             ARITY == 3 ? ps[k] : 0.0, VALUE)                \
+            }                                                                \
+            break;
+#include "ops.def"
+#undef OP
+        default:
+            break;
+        }
+        return;
+    }
+    switch (word & JX_OP_MASK) {
+#define OP(NAME, ARITY, COMMUTES, VALUE, D0, D1, FIXED)                      \
+    case JX_OP_##NAME:                                                       \
+        if (word & JX_A_IMM) {                                               \
+            JX_RUN_LOOP(c, value[b0 + k * sb], 0.0, VALUE)                   \
+        } else if (word & JX_B_IMM) {                                        \
+            JX_RUN_LOOP(value[a0 + k * sa], c, 0.0, VALUE)                   \
+        } else {                                                             \
+            JX_RUN_LOOP(value[a0 + k * sa], value[b0 + k * sb],              \
+                        ARITY == 3 ? value[s0 + k * ss] : 0.0, VALUE)        \
+        }                                                                    \
+        break;
+#include "ops.def"
+#undef OP
+    default:
+        break;
+    }
+}
+
 void jx_forward(const jx_tape *t, double *value)
 {
     int32_t i;
+    if (t->runs) {
+        int32_t r;
+        for (r = 0, i = 0; r < t->n_runs; r++) {
+            const int32_t *run = t->runs + (size_t)JX_RUN_FIELDS * r;
+            jx_forward_run(t, value, i, run);
+            i += run[0];
+        }
+        return;
+    }
     for (i = 0; i < t->n_instr; i++) {
         int32_t word = t->op[i];
         double a, b, s, z;

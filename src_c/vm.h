@@ -56,7 +56,19 @@ typedef struct {
        sincos call: 2k for the first of pair k, 2k + 1 for the second, else -1. */
     const int32_t *sincos_pair;
     int32_t n_sincos;
+    /* Derived by jx_tape_runs (may be NULL): the tape cut into runs of
+       consecutive instructions with one op word (and immediate) whose dst, a,
+       b (and SELECT's condition) slots step evenly -- one traced NumPy call
+       over an array is one run.  JX_RUN_FIELDS int32 per run: length, the
+       steps of dst, a, b, s, and JX_RUN_CONTIGUOUS when every step is 1 and no
+       instruction reads a slot the run writes.  The single-point value sweep
+       pays its dispatch once per run. */
+    const int32_t *runs;
+    int32_t n_runs;
 } jx_tape;
+
+#define JX_RUN_FIELDS 6
+#define JX_RUN_CONTIGUOUS 1
 
 /* Private memory of one evaluation (one per thread). */
 typedef struct {
@@ -72,6 +84,8 @@ int jx_tape_check(const jx_tape *t);
 /* Fills fixed, d0, d1 (n_instr each) for a checked tape; returns how many are fixed. */
 int32_t jx_tape_fixed_partials(const jx_tape *t, unsigned char *fixed, double *d0, double *d1);
 
+/* Fills runs (JX_RUN_FIELDS * n_instr at most) as jx_tape.runs; returns the number of runs. */
+int32_t jx_tape_runs(const jx_tape *t, int32_t *runs);
 /* Fills pair (n_instr) as jx_tape.sincos_pair; returns the number of pairs or JX_ENOMEM. */
 int32_t jx_tape_sincos_pairs(const jx_tape *t, int32_t *pair);
 
