@@ -10,6 +10,7 @@ Function lives in Cython rather than in api.py because its single-point path
 (``F.jacobian(x, out=J)``) must cost well under a microsecond: one Python call
 into a typed method, no Python frames in between.
 """
+import copy as _copy
 import math
 import os
 
@@ -148,6 +149,19 @@ JAC_TAPE_AFTER_POINTS = 2048
 # Tapes whose sweeps do more than this many instruction-lanes per point get none (the
 # build would take seconds).
 JAC_TAPE_MAX_WORK = 1000000
+
+
+cdef void _scatter(cnp.ndarray dense, cnp.ndarray where, cnp.ndarray vals) noexcept:
+    """dense.flat[where] = vals for C-contiguous float64 dense and vals, intp where
+    (indices checked when the pattern was made): a loop, where NumPy's fancy
+    assignment costs more than the sweep at a few thousand nonzeros."""
+    cdef double *d = <double *>cnp.PyArray_DATA(dense)
+    cdef const cnp.npy_intp *w = <const cnp.npy_intp *>cnp.PyArray_DATA(where)
+    cdef const double *v = <const double *>cnp.PyArray_DATA(vals)
+    cdef Py_ssize_t k, n = where.shape[0]
+    with nogil:
+        for k in range(n):
+            d[w[k]] = v[k]
 
 
 cdef inline bint _shape_is(cnp.ndarray a, tuple shape):
@@ -531,31 +545,39 @@ cdef class Function:
         per = max(1, n_points * max(work_per_point, 1) // MIN_WORK_PER_THREAD)
         return int(max(1, min(threads, per, n_points)))
 
-    def _jac_tape(self, argnums, int m, cnp.ndarray cols, Py_ssize_t n_points):
-        """The Jacobian tape for batches of these columns in mode m (a Function), or None:
-        made once enough batched points have asked for it, then cached."""
-        key = ("jac_tape", argnums, m)
+    def _jac_tape(self, argnums, int m, cnp.ndarray cols, Py_ssize_t n_points, bint sparse=False):
+        """The Jacobian tape (jacext/derivative.py) for these columns in mode m, as a
+        Function, or None: made once ``n_points`` over the calls that asked for it reach
+        JAC_TAPE_AFTER_POINTS, then cached.  Dense: the n_out x n_cols Jacobian after the
+        values; sparse (forward mode): the pattern's nonzeros, in CSR order."""
+        key = ("jac_tape", argnums, m, sparse)
         hit = self._sparse_cache.get(key)
         if hit is not None:
             return hit or None
         n_dirs = cols.shape[0] if m == JX_MODE_FORWARD else self.tape.n_out
         work = int(self.tape.n_instr) * (1 + int(n_dirs))
-        if work > JAC_TAPE_MAX_WORK or n_dirs == 0:
+        if (not sparse and work > JAC_TAPE_MAX_WORK) or n_dirs == 0 or (
+                sparse and int(self.tape.n_instr) > JAC_TAPE_MAX_WORK):
             self._sparse_cache[key] = False
             return None
-        seen = self._sparse_cache.get(("jac_tape_points", argnums, m), 0) + n_points
+        count = ("jac_tape_points",) + key[1:]
+        seen = self._sparse_cache.get(count, 0) + n_points
         if seen < JAC_TAPE_AFTER_POINTS:
-            self._sparse_cache[("jac_tape_points", argnums, m)] = seen
+            self._sparse_cache[count] = seen
             return None
         tape = dict(self._arrays)
         tape["n_in"] = int(self.tape.n_in)
-        jt = _derivative.jacobian_tape(tape, self._derived, cols, _MODE_NAMES[m],
-                                       max_nodes=4 * work + 1000)
+        pattern = self._pattern(argnums) if sparse else None
+        size = pattern[1].shape[0] if sparse else int(self.tape.n_out) * int(cols.shape[0])
+        # the budget: a few nodes per term of the sweeps it replaces
+        budget = 4 * (int(self.tape.n_instr) + 4 * size if sparse else work) + 1000
+        jt = _derivative.jacobian_tape(tape, self._derived, cols, _MODE_NAMES[m], budget,
+                                       pattern=pattern)
         result = False
         # worth it unless its one value sweep is longer than the sweeps it replaces, which
         # store two partials per instruction and then read them back per direction
         if jt is not None and jt["op"].shape[0] <= 2 * work:
-            n_total = int(self.tape.n_out) * (1 + int(cols.shape[0]))
+            n_total = int(self.tape.n_out) + size
             result = Function(jt, self.arg_shapes, ((n_total,),), False, self.name + "'")
         self._sparse_cache[key] = result
         return result or None
@@ -748,6 +770,9 @@ cdef class Function:
                 flat[...] = 0.0
             if batch:
                 flat[:, where] = vals.reshape(flat.shape[0], where.shape[0])
+            elif (cnp.PyArray_IS_C_CONTIGUOUS(mat) and cnp.PyArray_IS_C_CONTIGUOUS(vals)
+                  and cnp.PyArray_TYPE(vals) == cnp.NPY_DOUBLE):
+                _scatter(mat, where, vals)
             else:
                 flat[0, where] = vals
             if want_value:
@@ -905,6 +930,10 @@ cdef class Function:
         else:
             colour, n_colours = row, q
             shape = (q, n_cols)
+        if not batch and m == JX_MODE_FORWARD:
+            hit = self._point_sparse_tape(x, argnums, cols, want_value)
+            if hit is not None:
+                return hit
         n_points = math.prod(batch) if batch else 1
         comp = np.empty((n_points,) + shape if batch else shape, dtype=np.float64)
         y = np.empty(batch + (self.tape.n_out,), dtype=np.float64) if want_value else None
@@ -940,6 +969,34 @@ cdef class Function:
         else:
             vals = np.take(comp.reshape(-1), gather)
         return vals, y
+
+    def _point_sparse_tape(self, cnp.ndarray x, argnums, cnp.ndarray cols, bint want_value):
+        """(nonzeros, y) at one point from the sparse Jacobian tape, or None (no tape yet,
+        or a value that is not finite: the sweeps, with their zero kills, decide then)."""
+        cdef Function jt = self._jac_tape(argnums, JX_MODE_FORWARD, cols, 1, True)
+        cdef cnp.ndarray r
+        cdef jx_work *w
+        cdef int st
+        cdef Py_ssize_t k, n_out = self.tape.n_out
+        cdef const double *p
+        cdef double acc = 0.0
+        if jt is None:
+            return None
+        r = np.empty(jt.tape.n_out, dtype=np.float64)
+        w = jt._take_work(1)
+        try:
+            with nogil:
+                st = jx_point_value(&jt.tape, w, <const double *>cnp.PyArray_DATA(x),
+                                    <double *>cnp.PyArray_DATA(r))
+        finally:
+            jt._give_work(w)
+        _raise_status(st)
+        p = <const double *>cnp.PyArray_DATA(r)
+        for k in range(n_out, jt.tape.n_out):
+            acc += p[k] - p[k]       # 0 for finite entries, nan otherwise
+        if acc != 0.0:
+            return None
+        return r[n_out:], (r[:n_out] if want_value else None)
 
     def _subgraph(self, cnp.ndarray x, tuple batch, argnums, threads, bint want_value):
         """Sparse values by one reverse sweep per output over its cone."""
@@ -1075,6 +1132,22 @@ cdef class Function:
             return self._best_sparse(argnums)[0]
         return self._mode(mode, 1)
 
+    def _csr(self, argnums, cnp.ndarray vals, cnp.ndarray ptr, cnp.ndarray idx, tuple shape):
+        """A csr_array of these values on the pattern.  SciPy's constructor checks its
+        arrays on every call (8 us at 3,000 nonzeros); the pattern is checked once, in a
+        template, and each result is a shallow copy of it with its own arrays."""
+        key = ("csr", argnums)
+        template = self._sparse_cache.get(key)
+        if template is None:
+            import scipy.sparse as sp
+            template = sp.csr_array((np.zeros(idx.shape[0]), idx, ptr), shape=shape)
+            self._sparse_cache[key] = template
+        mat = _copy.copy(template)
+        mat.data = vals
+        mat.indices = template.indices.copy()
+        mat.indptr = template.indptr.copy()
+        return mat
+
     def _sparse_jacobian(self, tuple args, argnums, mode, threads):
         x, batch = self._prepare(args, len(args))
         multi = not isinstance(argnums, (int, np.integer))
@@ -1091,8 +1164,7 @@ cdef class Function:
                 raise ValueError("jacext: sparse=True for a batch needs one output and one "
                                  "argument (a single pattern); compile a Function per block")
             return full
-        import scipy.sparse as sp
-        mat = sp.csr_array((vals, idx, ptr), shape=shape)
+        mat = self._csr(argnums, vals, ptr, idx, shape)
         nums = argnums if multi else (argnums,)
         nums = tuple(k % len(self.arg_shapes) for k in nums)
         col_lo = [0]

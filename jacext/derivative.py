@@ -139,21 +139,23 @@ class TooLarge(Exception):
     """The Jacobian tape would pass its node budget."""
 
 
-def jacobian_tape(tape, fixed, cols, mode, max_nodes):
+def jacobian_tape(tape, fixed, cols, mode, max_nodes, pattern=None):
     """The tape of [outputs..., J[0, 0], J[0, 1], ..., J[n_out-1, n_cols-1]] (row-major),
     J the Jacobian of the outputs with respect to the inputs ``cols``, as the batched
     ``mode`` sweep ("forward" or "reverse") computes it; or None when an op of the tape
-    has no row in PARTIALS or the graph would pass ``max_nodes`` nodes.
+    has no row in PARTIALS or the graph would pass ``max_nodes`` nodes.  With ``pattern``
+    (CSR indptr, indices of the Jacobian's structural nonzeros; forward mode), the
+    outputs after the function's are those nonzeros only, in CSR order.
 
     ``tape``: a Function's tape arrays with n_in; ``fixed``: its (fixed, d0, d1) arrays.
     """
     try:
-        return _build(tape, fixed, [int(c) for c in cols], mode, max_nodes)
+        return _build(tape, fixed, [int(c) for c in cols], mode, max_nodes, pattern)
     except TooLarge:
         return None
 
 
-def _build(tape, fixed, cols, mode, max_nodes):
+def _build(tape, fixed, cols, mode, max_nodes, pattern):
     op, dst, ta, tb, imm = (tape[k] for k in ("op", "dst", "a", "b", "imm"))
     n_in, n_instr = int(tape["n_in"]), len(op)
     is_fixed, fd0, fd1 = fixed
@@ -182,7 +184,13 @@ def _build(tape, fixed, cols, mode, max_nodes):
     outs = [node[int(s)] for s in tape["out_slot"]]
     n_out = len(outs)
     sweep = _forward if mode == "forward" else _reverse
-    jac = sweep(e, tape, fixed, steps, cols, n_out, max_nodes)
+    rows = sweep(e, tape, fixed, steps, cols, n_out, max_nodes)
+    if pattern is None:
+        jac = [int(v) for row in rows for v in np.ravel(row)]
+    else:   # the pattern's nonzeros only, in CSR order
+        indptr, indices = pattern
+        jac = [int(np.ravel(rows[i][int(k)])[0])
+               for i in range(n_out) for k in indices[indptr[i]:indptr[i + 1]]]
     ids = np.asarray(outs + jac, dtype=np.int64)
     if len(g) > max_nodes:
         raise TooLarge
@@ -202,53 +210,129 @@ def _uses(word):
     return not (word & A_IMM), ARITY[base] >= 2 and not (word & B_IMM)
 
 
+class _Bulk:
+    """The same construction over arrays of node ids, one ``Graph.apply`` per call: the
+    nodes of one call get consecutive ids, so a traced NumPy call's derivative stays a run
+    of instructions on the tape (the single-point value sweep pays dispatch per run)."""
+
+    def __init__(self, graph: Graph):
+        self.g = graph
+
+    def __call__(self, name, x, y=None, c=None):
+        op = OPS[name]
+        x = np.asarray(x, dtype=np.int64)
+        if ARITY[op] == 1:
+            return self.g.apply(op, x)
+        y = np.asarray(y, dtype=np.int64)
+        if ARITY[op] == 2:
+            return self.g.apply(op, x, y)
+        return self.g.apply(op, x, y, np.asarray(c, dtype=np.int64))
+
+    def c(self, value):
+        return np.array([self.g.const(float(value))], dtype=np.int64)
+
+    def select(self, cond, x, y):
+        return self("SELECT", x, y, cond)
+
+    dmax = _Builder.dmax
+
+
+def _groups(tape):
+    """(first, end) of the groups of consecutive instructions that may be differentiated
+    together: one op word (and immediate), and no instruction reading a slot that an
+    earlier one of the group writes (a running sum splits into one per instruction)."""
+    op, imm, dst, ta, tb = (tape[k] for k in ("op", "imm", "dst", "a", "b"))
+    n, i = len(op), 0
+    while i < n:
+        word = int(op[i])
+        with_imm = word & (A_IMM | B_IMM)
+        use_a, use_b = _uses(word)
+        written = {int(dst[i])}
+        j = i + 1
+        while j < n and int(op[j]) == word and (not with_imm or imm[j] == imm[i]):
+            if (use_a and int(ta[j]) in written) or (use_b and int(tb[j]) in written):
+                break
+            written.add(int(dst[j]))
+            j += 1
+        yield i, j
+        i = j
+
+
 def _forward(e, tape, fixed, steps, cols, n_out, max_nodes):
-    """Tangents by slot, {column: node}, instruction by instruction as jx_block_tangent."""
+    """Tangents by slot, {column: node}, as jx_block_tangent computes them, a group of
+    instructions at a time (``_groups``), each stage of a group one bulk call."""
     is_fixed, fd0, fd1 = fixed
     dst, ta, tb = tape["dst"], tape["a"], tape["b"]
+    bulk = _Bulk(e.g)
     tan = {}
     for k, j in enumerate(cols):
         tan.setdefault(j, {})[k] = e.c(1.0)
-    g = e.g
-    for i, step in enumerate(steps):
-        word = step[0]
+    zero = e.c(0.0)
+    for i0, i1 in _groups(tape):
+        word = steps[i0][0]
         use_a, use_b = _uses(word)
-        t_a = tan.get(int(ta[i]), {}) if use_a else {}
-        t_b = tan.get(int(tb[i]), {}) if use_b else {}
-        out = {}
+        group = range(i0, i1)
+        t_a = [tan.get(int(ta[i]), {}) if use_a else {} for i in group]
+        t_b = [tan.get(int(tb[i]), {}) if use_b else {} for i in group]
+        keys = [sorted(x.keys() | y.keys()) for x, y in zip(t_a, t_b)]
+        out = [{} for _ in group]
         if word & OP_MASK == _SELECT:
             # (s != 0) * ta + (s == 0) * tb: the taken branch's tangent (zero kills)
-            cond = step[3]
-            zero = e.c(0.0)
-            for k in sorted(t_a.keys() | t_b.keys()):
-                out[k] = e.select(cond, t_a.get(k, zero), t_b.get(k, zero))
-        elif is_fixed[i]:
-            c0 = float(fd0[i]) if use_a else 0.0
-            c1 = float(fd1[i]) if use_b else 0.0
-            p0 = e.c(c0) if c0 != 0.0 else None
-            p1 = e.c(c1) if c1 != 0.0 else None
-            _combine(e, p0, t_a, p1, t_b, out)
-        elif t_a or t_b:
-            p0, p1 = _partials(e, word, step)
-            _combine(e, p0 if t_a else None, t_a, p1 if t_b else None, t_b, out)
-        tan[int(dst[i])] = out
-        if len(g) > max_nodes:
+            for j in range(max(map(len, keys), default=0)):
+                ms = [m for m in range(len(keys)) if len(keys[m]) > j]
+                r = bulk.select([steps[i0 + m][3] for m in ms],
+                                [t_a[m].get(keys[m][j], zero) for m in ms],
+                                [t_b[m].get(keys[m][j], zero) for m in ms])
+                for m, node in zip(ms, r):
+                    out[m][keys[m][j]] = int(node)
+        else:
+            p0 = [None] * len(keys)
+            p1 = [None] * len(keys)
+            live = [m for m in range(len(keys)) if keys[m]]
+            fix = [m for m in live if is_fixed[i0 + m]]
+            for m in fix:
+                c0 = float(fd0[i0 + m]) if use_a else 0.0
+                c1 = float(fd1[i0 + m]) if use_b else 0.0
+                p0[m] = e.c(c0) if c0 != 0.0 else None
+                p1[m] = e.c(c1) if c1 != 0.0 else None
+            var = [m for m in live if not is_fixed[i0 + m]]
+            if var:
+                rule = PARTIALS[_NAME[word & OP_MASK]]
+                a, b, z = ([steps[i0 + m][f] for m in var] for f in (1, 2, 4))
+                q0, q1 = rule(bulk, a, b, z)
+                q0 = None if q0 is None else np.broadcast_to(q0, (len(var),))
+                q1 = None if q1 is None else np.broadcast_to(q1, (len(var),))
+                for r, m in enumerate(var):
+                    p0[m] = int(q0[r]) if q0 is not None and t_a[m] else None
+                    p1[m] = int(q1[r]) if q1 is not None and t_b[m] else None
+            _combine_bulk(bulk, keys, p0, t_a, p1, t_b, out)
+        for m, i in enumerate(group):
+            tan[int(dst[i])] = out[m]
+        if len(e.g) > max_nodes:
             raise TooLarge
-    zero = e.c(0.0)
-    jac = []
-    for s in tape["out_slot"]:
-        t = tan.get(int(s), {})
-        jac.extend(t.get(k, zero) for k in range(len(cols)))
-    return jac
+    return [[t.get(k, zero) for k in range(len(cols))]
+            for t in (tan.get(int(s), {}) for s in tape["out_slot"])]
 
 
-def _combine(e, p0, t_a, p1, t_b, out):
-    """out[k] = p0 * t_a[k] + p1 * t_b[k], a term only where both factors exist."""
-    for k in sorted((t_a.keys() if p0 is not None else set())
-                    | (t_b.keys() if p1 is not None else set())):
-        x = e("MUL", p0, t_a[k]) if p0 is not None and k in t_a else None
-        y = e("MUL", p1, t_b[k]) if p1 is not None and k in t_b else None
-        out[k] = x if y is None else y if x is None else e("ADD", x, y)
+def _combine_bulk(bulk, keys, p0, t_a, p1, t_b, out):
+    """out[m][k] = p0[m] * t_a[m][k] + p1[m] * t_b[m][k], a term only where both factors
+    exist; key position by key position, each stage one bulk call."""
+    for j in range(max(map(len, keys), default=0)):
+        ms = [m for m in range(len(keys)) if len(keys[m]) > j]
+        xs = [m for m in ms if p0[m] is not None and keys[m][j] in t_a[m]]
+        ys = [m for m in ms if p1[m] is not None and keys[m][j] in t_b[m]]
+        x = dict(zip(xs, bulk("MUL", [p0[m] for m in xs], [t_a[m][keys[m][j]] for m in xs])
+                     if xs else ()))
+        y = dict(zip(ys, bulk("MUL", [p1[m] for m in ys], [t_b[m][keys[m][j]] for m in ys])
+                     if ys else ()))
+        both = [m for m in xs if m in y]
+        s = dict(zip(both, bulk("ADD", [x[m] for m in both], [y[m] for m in both])
+                     if both else ()))
+        for m in ms:
+            k = keys[m][j]
+            node = s.get(m, x.get(m, y.get(m)))
+            if node is not None:
+                out[m][k] = int(node)
 
 
 def _reverse(e, tape, fixed, steps, cols, n_out, max_nodes):
@@ -290,9 +374,6 @@ def _reverse(e, tape, fixed, steps, cols, n_out, max_nodes):
         else:
             p0, p1 = _partials(e, word, step)
             for r, ad in d.items():
-                if use_a and use_b and sa == sb:
-                    add(sa, r, e("MUL", e("ADD", p0, p1), ad))
-                    continue
                 if use_a:
                     add(sa, r, e("MUL", p0, ad))
                 if use_b:
@@ -300,7 +381,4 @@ def _reverse(e, tape, fixed, steps, cols, n_out, max_nodes):
         if len(g) > max_nodes:
             raise TooLarge
     zero = e.c(0.0)
-    jac = []
-    for r in range(n_out):
-        jac.extend(adj.get(j, {}).get(r, zero) for j in cols)
-    return jac
+    return [[adj.get(j, {}).get(r, zero) for j in cols] for r in range(n_out)]

@@ -329,17 +329,15 @@ static void jx_block_adjoint(const jx_tape *t, jx_block_work *w, int32_t rows, i
             double *ad = w->lane + ((size_t)t->dst[i] * rows + r) * B;
             double *aa = w->lane + ((size_t)t->a[i] * rows + r) * B;
             double *ab = w->lane + ((size_t)t->b[i] * rows + r) * B;
-            /* a == b is possible (atan2(x, x)): one statement per lane keeps
-               the order right; dst is never a or b (see the file comment). */
+            /* a == b is possible (atan2(x, x)): the a term, then the b term,
+               per lane, as the point sweep adds them; dst is never a or b (see
+               the file comment). */
             if (finite) {
                 if (use_a && use_b) {
-                    if (aa == ab)
-                        for (l = 0; l < B; l++) aa[l] += (q0[l] + q1[l]) * ad[l];
-                    else
-                        for (l = 0; l < B; l++) {
-                            aa[l] += q0[l] * ad[l];
-                            ab[l] += q1[l] * ad[l];
-                        }
+                    for (l = 0; l < B; l++) {
+                        aa[l] += q0[l] * ad[l];
+                        ab[l] += q1[l] * ad[l];
+                    }
                 } else if (use_a) {
                     for (l = 0; l < B; l++) aa[l] += q0[l] * ad[l];
                 } else {
@@ -454,7 +452,12 @@ static int jx_block_jac_tape(const jx_tape *t, jx_block_work *w, jx_work *pw,
     int32_t e, l, finite = 1;
     jx_block_load(jt, w, job->x + (size_t)p0 * (size_t)t->n_in, n);
     jx_block_values(jt, w->value, w->stash);
-    jx_block_store_outputs(t, w, job->y ? job->y + (size_t)p0 * n_out : NULL, n);
+    if (job->y) {   /* the values: the Jacobian tape's first n_out outputs */
+        double *y = job->y + (size_t)p0 * n_out;
+        for (l = 0; l < n; l++)
+            for (e = 0; e < n_out; e++)
+                y[(size_t)l * n_out + e] = V[(size_t)jt->out_slot[e] * B + l];
+    }
     /* the Jacobian out, point-major, checking on the way that it is finite
        (x - x is 0 for finite x; one accumulator per point, no serial chain) */
     for (l = 0; l < n; l++) acc[l] = 0.0;

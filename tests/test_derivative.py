@@ -1,0 +1,531 @@
+"""Jacobian tapes (jacext/derivative.py): the tape differentiated symbolically, run in
+one value sweep per block of 64 points (src_c/batch.c, block_values.h).
+
+Once a Function has been asked for batched Jacobians of enough points
+(``JAC_TAPE_AFTER_POINTS``, per argnums and mode), ``F.jacobian(X)`` evaluates
+its Jacobian tape instead of the tangent or adjoint sweeps; a block whose
+Jacobian holds an inf or nan is redone point by point by the sweeps.  The
+reference for all of it is the single-point path, which never uses a Jacobian
+tape: a batch must equal the loop of single points bit for bit (up to the sign
+of a zero, which ``np.testing.assert_array_equal`` ignores; nan equals nan
+there).  Independent references: analytic formulas written here, the complex
+step (bench/reference.py) and the C library's sin and cos (``math``).
+
+* every op of tests/test_ops.py's table: batch vs single points, both modes,
+  interior points and edge values (0, -0, +-inf, nan, huge) scattered over
+  blocks; whether a Jacobian tape exists (POW, FMAX, FMIN: none);
+* zero kills through np.where; the robot arm against the complex step;
+  thread counts; several arguments, argnums and ``out=``;
+* the point threshold, the node budget, the tape's own outputs;
+* sin and cos of one value (one sincos call) against the C library;
+* plain batched values (the fixed-block value sweep) for every op.
+"""
+from __future__ import annotations
+
+import importlib
+import math
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from jacext._graph import OP_MASK, OPS
+from jacext._vm import JAC_TAPE_AFTER_POINTS
+from test_ops import NAMES, REF, edges
+
+import jacext as jx
+from jacext.derivative import PARTIALS, jacobian_tape
+
+ROOT = Path(__file__).resolve().parent.parent
+MODES = ("forward", "reverse")
+M = {"forward": 1, "reverse": 2}
+BLOCK = 64                      # points per block of the value sweep (batch.c's JX_VB)
+OP_NAME = {number: name for name, number in OPS.items()}
+N_INTERIOR = JAC_TAPE_AFTER_POINTS + 2 * BLOCK + 29   # > the threshold, a partial last block
+N_EDGE = 40 * BLOCK + 21
+
+
+def _cols(F, argnums=0):
+    """The int32 input indices of argnums (the arguments' flattened, concatenated entries)."""
+    nums = (argnums,) if isinstance(argnums, int) else argnums
+    offsets = np.cumsum([0] + [math.prod(s) for s in F.arg_shapes])
+    return np.concatenate([np.arange(offsets[k], offsets[k + 1]) for k in nums]).astype(np.int32)
+
+
+def _probe(F, mode, argnums=0):
+    """F's Jacobian tape for (argnums, mode) if built; n_points=0 adds nothing to the count."""
+    return F._jac_tape(argnums, M[mode], _cols(F, argnums), 0)
+
+
+def _has_partials_rows(F):
+    """Every instruction of F's tape has fixed partials, is SELECT or has a PARTIALS row."""
+    fixed = F._fixed_partials()[0]
+    for word, is_fixed in zip(F.tape_arrays()["op"], fixed):
+        name = OP_NAME[int(word) & OP_MASK]
+        if not is_fixed and name != "SELECT" and name not in PARTIALS:
+            return False
+    return True
+
+
+def _loop_jacobian(F, X, mode):
+    """The per-point Jacobians (the sweeps of the single-point path), stacked."""
+    return np.stack([F.jacobian(x, mode=mode) for x in X])
+
+
+def _loop_values(F, X):
+    return np.stack([F(x) for x in X])
+
+
+# ------------------------------------------------------------- one op, three inputs --
+
+def _op_function(name, variant):
+    """x of shape (3,) -> (4,): the op elementwise, mixed with + and * (so that forward and
+    reverse sum differently).  ``variant``: "vars" (every operand a variable) or "const"
+    (binary ops: a constant on the right in one use, on the left in the other)."""
+    spec = REF[name]
+    fn = spec.fn
+    if spec.arity == 1:
+        def f(x):
+            u, v, w = fn(x[0]), fn(x[1]), fn(x[2])
+            return np.stack([u * x[1] + x[2], u + v, v * w, w - x[0]])
+    elif spec.arity == 3:      # np.where(c, a, b): x[0] the condition
+        def f(x):
+            u = fn(x[0], x[1], x[2])
+            v = fn(x[0], x[2] * x[1], x[1])
+            return np.stack([u * x[2] + x[1], u + v, v * x[0], u * v])
+    elif variant == "vars":
+        def f(x):
+            u, v = fn(x[0], x[1]), fn(x[2], x[1])
+            return np.stack([u * x[2] + x[1], u + v, v * x[0], u * v])
+    else:
+        ca, cb = float(spec.domain[0][0]), float(spec.domain[1][0])
+
+        def f(x):
+            u, v = fn(x[0], cb), fn(ca, x[1])
+            return np.stack([u * x[2] + x[1], u + v, v * x[0], x[2] - u])
+    return f
+
+
+def _roles(name):
+    """Which operand of the op each input plays (its domain is drawn from that operand's)."""
+    arity = REF[name].arity
+    return {1: (0, 0, 0), 2: (0, 1, 0), 3: (0, 1, 2)}[arity]
+
+
+def _cases():
+    for name in NAMES:
+        yield pytest.param(name, "vars", id=f"{name}-vars")
+        if REF[name].arity == 2:
+            yield pytest.param(name, "const", id=f"{name}-const")
+
+
+CASES = list(_cases())
+
+
+def _interior(name, n, rng):
+    """n points of the op's domain: each input uniform over the hull of its operand's sample
+    points (interior for every op of the table), a condition drawn from its sample values
+    (zeros included, so that both branches are taken)."""
+    spec = REF[name]
+    cols = []
+    for role in _roles(name):
+        pts = np.asarray(spec.domain[role], dtype=np.float64)
+        if spec.arity == 3 and role == 0:
+            cols.append(rng.choice(pts, n))
+        else:
+            cols.append(rng.uniform(pts.min(), pts.max(), n))
+    return np.stack(cols, axis=1)
+
+
+def _with_edges(name, n, rng):
+    """n interior points with the op's edge values written into rows of a few blocks (the
+    first and last point always among them): the other blocks stay finite."""
+    X = _interior(name, n, rng)
+    E = np.stack(edges(name), axis=1)            # (n_edges, arity)
+    arity = REF[name].arity
+    # where an edge tuple goes: (input indices) per use
+    uses = {1: [(0,), (1,), (2,)], 2: [(0, 1), (2, 1)], 3: [(0, 1, 2)]}[arity]
+    n_blocks = (n + BLOCK - 1) // BLOCK
+    blocks = sorted({0, 1, 5, 6, 7, 12, 20, 21, 22, 30, n_blocks - 2, n_blocks - 1})
+    pool = np.concatenate([np.arange(b * BLOCK, min((b + 1) * BLOCK, n)) for b in blocks])
+    full = (2, BLOCK - 1, BLOCK, n - 2)              # rows entirely of edge values, below
+    pool = pool[~np.isin(pool, (0, n - 1) + full)]
+    count = len(E) * len(uses)
+    rows = np.concatenate([[0, n - 1], rng.choice(pool, count - 2, replace=False)])
+    k = 0
+    for use in uses:
+        for e in E:
+            X[rows[k], list(use)] = e
+            k += 1
+    # a few rows entirely of edge values
+    flat = E.ravel()
+    for r in full:
+        X[r] = flat[rng.integers(0, len(flat), 3)]
+    return X
+
+
+@pytest.mark.parametrize("name, variant", CASES)
+def test_op_batch_jacobian_equals_single_points(name, variant):
+    """Interior points, more than the threshold: the Jacobian tape (where there is one)
+    against the single-point sweeps, bit for bit, in both modes."""
+    rng = np.random.default_rng(OPS[name])
+    f = _op_function(name, variant)
+    X = _interior(name, N_INTERIOR, rng)
+    F = jx.compile(f, X[0])
+    expect_tape = _has_partials_rows(F)
+    if name in ("POW", "FMAX", "FMIN"):     # no PARTIALS row and variable partials
+        assert not expect_tape
+    elif variant == "vars":
+        assert expect_tape, f"{name}: no PARTIALS row, partials not fixed"
+    for mode in MODES:
+        assert _probe(F, mode) is None
+        J = F.jacobian(X, mode=mode)
+        assert J.shape == (len(X), 4, 3)
+        jt = _probe(F, mode)
+        if expect_tape:
+            assert isinstance(jt, jx.Function), f"{name} {mode}: no Jacobian tape"
+        else:
+            assert jt is None, f"{name} {mode}: a Jacobian tape for an op without partials"
+        np.testing.assert_array_equal(J, _loop_jacobian(F, X, mode), err_msg=f"{name} {mode}")
+
+
+def test_pow_with_a_variable_exponent_has_no_jacobian_tape():
+    F = jx.compile(lambda x: np.stack([x[0] ** x[1], x[1] * x[2]]), np.ones(3))
+    X = np.random.default_rng(1).uniform(0.5, 2.0, (JAC_TAPE_AFTER_POINTS, 3))
+    for mode in MODES:
+        J = F.jacobian(X, mode=mode)
+        assert _probe(F, mode) is None
+        np.testing.assert_array_equal(J, _loop_jacobian(F, X, mode))
+        tape = dict(F.tape_arrays(), n_in=F.n_inputs)
+        assert jacobian_tape(tape, F._fixed_partials(), _cols(F), mode, 10**6) is None
+    # x[0] ** 2.5 is POW too (its partial depends on x): still none
+    G = jx.compile(lambda x: x ** 2.5 + x, np.ones(3))
+    assert OPS["POW"] in {int(w) & OP_MASK for w in G.tape_arrays()["op"]}
+    G.jacobian(X + 0.0, mode="forward")
+    assert _probe(G, "forward") is None
+
+
+def test_immediates_mixed():
+    """x * 2.5, 3.0 / x, x - 1.5 and friends: fixed partials (constants) and immediates."""
+    def f(x):
+        return np.stack([x[0] * 2.5, 3.0 / x[1], x[2] - 1.5 + x[0] * x[1], 2.0 - x[0] / 4.0,
+                         np.sin(x[1]) * 0.5 + x[2] * x[2]])
+    rng = np.random.default_rng(7)
+    X = rng.uniform(0.5, 3.0, (N_INTERIOR, 3)) * rng.choice([-1.0, 1.0], (N_INTERIOR, 3))
+    F = jx.compile(f, X[0])
+    x0, x1, x2 = X.T
+    zero = np.zeros_like(x0)
+    want = np.stack([np.stack([2.5 + zero, zero, zero], -1),
+                     np.stack([zero, -3.0 / x1**2, zero], -1),
+                     np.stack([x1, x0, 1.0 + zero], -1),
+                     np.stack([-0.25 + zero, zero, zero], -1),
+                     np.stack([zero, 0.5 * np.cos(x1), 2.0 * x2], -1)], axis=1)
+    for mode in MODES:
+        J = F.jacobian(X, mode=mode)
+        assert isinstance(_probe(F, mode), jx.Function)
+        np.testing.assert_array_equal(J, _loop_jacobian(F, X, mode))
+        np.testing.assert_allclose(J, want, rtol=1e-14, atol=0)
+
+
+@pytest.mark.parametrize("name, variant", CASES)
+def test_op_batch_jacobian_at_edge_values(name, variant):
+    """Edge values in some blocks (their Jacobian holds inf or nan: redone by the sweeps,
+    zero kills), finite blocks from the Jacobian tape; both equal the single points."""
+    rng = np.random.default_rng(1000 + OPS[name])
+    f = _op_function(name, variant)
+    X = _with_edges(name, N_EDGE, rng)
+    # f alone (a comparison's Jacobian stays finite: its blocks stay on the Jacobian tape),
+    # and with x0 * x1 * x2 beside it, whose Jacobian is inf or nan wherever an input is:
+    # those blocks go to the sweeps whatever the op
+    g = lambda x: np.concatenate([f(x), np.stack([x[0] * x[1] * x[2]])])  # noqa: E731
+    for h, n_out in ((f, 4), (g, 5)):
+        F = jx.compile(h, np.zeros(3))
+        for mode in MODES:
+            J = F.jacobian(X, mode=mode)
+            assert J.shape == (len(X), n_out, 3)
+            if _has_partials_rows(F):
+                assert isinstance(_probe(F, mode), jx.Function)
+            single = _loop_jacobian(F, X, mode)
+            np.testing.assert_array_equal(J, single, err_msg=f"{name} {mode}")
+            np.testing.assert_array_equal(F.jacobian(X, mode=mode, threads=2), J)
+            if h is g:      # non-finite blocks met, else the fallback went untested
+                assert not np.isfinite(J[:, 4]).all()
+
+
+@pytest.mark.parametrize("name, variant", CASES)
+def test_op_batch_values_equal_single_points(name, variant):
+    """F(X), the fixed-block value sweep, against single points, interior and edge values."""
+    rng = np.random.default_rng(2000 + OPS[name])
+    f = _op_function(name, variant)
+    F = jx.compile(f, np.zeros(3))
+    for X in (_interior(name, 700, rng), _with_edges(name, N_EDGE, rng)):
+        np.testing.assert_array_equal(F(X), _loop_values(F, X), err_msg=name)
+        np.testing.assert_array_equal(F(X[:37]), _loop_values(F, X[:37]))   # a partial block
+
+
+# ------------------------------------------------------------------- zero kills --
+
+def test_zero_kill_through_where():
+    """d/dx where(x > 0, sqrt(x), 0) at x = 0: the sqrt branch's partial is inf, but the
+    branch is not taken: 0, finite, as the sweeps give it."""
+    f = lambda x: np.where(x > 0, np.sqrt(x), 0.0)
+    rng = np.random.default_rng(3)
+    X = rng.uniform(-2.0, 4.0, (4096, 3))
+    X[rng.choice(4096, 300, replace=False), rng.integers(0, 3, 300)] = 0.0
+    X[[0, 63, 64, 4095]] = [[0.0, -0.0, 1.0], [0.0, 0.0, 0.0], [-1.0, 0.0, 2.0], [0.0, 5.0, -0.0]]
+    X[100:164] = 0.0                    # one whole block of zeros
+    F = jx.compile(f, np.zeros(3))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        d = np.where(X > 0, 0.5 / np.sqrt(X), 0.0)
+    want = d[:, :, None] * np.eye(3)
+    for mode in MODES:
+        J = F.jacobian(X, mode=mode)
+        assert isinstance(_probe(F, mode), jx.Function)
+        assert np.isfinite(J).all()
+        assert (J[X <= 0] == 0.0).all()
+        np.testing.assert_array_equal(J, _loop_jacobian(F, X, mode))
+        np.testing.assert_allclose(J, want, rtol=1e-15, atol=0)
+
+
+# ---------------------------------------------------------------- the robot arm --
+
+def _bench(module):
+    if not (ROOT / "bench" / "run.py").exists():
+        pytest.skip("bench/ is not part of this tree (an sdist)")
+    if os.environ.get("JACEXT_TEST_INSTALLED") == "1":
+        pytest.skip("the benchmark problems run against the source checkout")
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    return importlib.import_module(f"bench.{module}")
+
+
+def test_arm_against_complex_step_and_single_points():
+    arm = _bench("problems").arm
+    reference = _bench("reference")
+    Q = np.random.default_rng(4).uniform(-np.pi, np.pi, (3000, 7))
+    F = jx.compile(arm, Q[0])
+    want = reference.complex_step_jacobian(arm, Q)
+    assert want.shape == (3000, 12, 7)
+    for mode in MODES:
+        J = F.jacobian(Q, mode=mode)
+        assert isinstance(_probe(F, mode), jx.Function)
+        np.testing.assert_allclose(J, want, rtol=1e-12, atol=1e-14)
+        np.testing.assert_array_equal(J, _loop_jacobian(F, Q, mode))
+        for threads in (1, 2, 3):
+            np.testing.assert_array_equal(F.jacobian(Q, mode=mode, threads=threads), J)
+        # a batch of several axes is the same points
+        np.testing.assert_array_equal(F.jacobian(Q.reshape(30, 100, 7), mode=mode),
+                                      J.reshape(30, 100, 12, 7))
+    np.testing.assert_array_equal(F.jacobian(Q), F.jacobian(Q, mode="forward"))   # auto: 7 < 12
+
+
+def test_node_budget():
+    arm = _bench("problems").arm
+    F = jx.compile(arm, np.zeros(7))
+    tape = dict(F.tape_arrays(), n_in=F.n_inputs)
+    cols = np.arange(7, dtype=np.int32)
+    for mode in MODES:
+        assert jacobian_tape(tape, F._fixed_partials(), cols, mode, max_nodes=10) is None
+        jt = jacobian_tape(tape, F._fixed_partials(), cols, mode, max_nodes=10**6)
+        assert jt is not None
+        assert len(jt["out_slot"]) == 12 * (1 + 7)
+        assert jt["n_in"] == 7
+
+
+def test_jacobian_tape_outputs_are_values_then_rows():
+    """The tape's own outputs at single points: [f(x), J row-major], J as the sweeps give it."""
+    def f(x):
+        return np.stack([np.sin(x[0]) * x[1], np.exp(x[1] - x[2]), np.hypot(x[0], x[2]),
+                         np.tanh(x[0] * x[1] * x[2])])
+    rng = np.random.default_rng(5)
+    X = rng.uniform(-2.0, 2.0, (JAC_TAPE_AFTER_POINTS, 3))
+    F = jx.compile(f, X[0])
+    for mode in MODES:
+        F.jacobian(X, mode=mode)
+        jt = _probe(F, mode)
+        assert isinstance(jt, jx.Function)
+        assert jt.out_shapes == ((4 + 4 * 3,),)
+        for x in X[:50]:
+            out = jt(x)
+            np.testing.assert_array_equal(out[:4], F(x))
+            np.testing.assert_array_equal(out[4:].reshape(4, 3), F.jacobian(x, mode=mode))
+
+
+# ---------------------------------------------------- arguments, argnums, out= --
+
+def _two_args(a, b):
+    return np.concatenate([np.tanh(a @ b), a[1] * np.exp(b) - a[0] * b[2],
+                           np.stack([np.hypot(a[0, 0], b[1])])])
+
+
+@pytest.fixture(scope="module")
+def two_args():
+    rng = np.random.default_rng(6)
+    A = rng.uniform(-1.5, 1.5, (2500, 2, 3))
+    B = rng.uniform(-1.5, 1.5, (2500, 3))
+    return A, B
+
+
+@pytest.mark.parametrize("argnums", [0, 1, (0, 1)], ids=["a", "b", "ab"])
+def test_several_arguments_and_argnums(two_args, argnums):
+    A, B = two_args
+    F = jx.compile(_two_args, A[0], B[0])
+    multi = isinstance(argnums, tuple)
+    nums = argnums if multi else (argnums,)
+    shapes = [(len(A), 6) + (A, B)[k].shape[1:] for k in nums]
+    for mode in MODES:
+        J = F.jacobian(A, B, argnums=argnums, mode=mode)
+        assert isinstance(_probe(F, mode, argnums), jx.Function)
+        parts = J if multi else (J,)
+        loop = [F.jacobian(a, b, argnums=argnums, mode=mode) for a, b in zip(A, B)]
+        for j, part in enumerate(parts):
+            assert part.shape == shapes[j]
+            want = np.stack([p[j] if multi else p for p in loop])
+            np.testing.assert_array_equal(part, want, err_msg=f"{argnums} {mode}")
+        # into the caller's arrays, which come back
+        if multi:
+            out = tuple(np.full(s, np.nan) for s in shapes)
+        else:
+            out = np.full(shapes[0], np.nan)
+        got = F.jacobian(A, B, argnums=argnums, mode=mode, out=out)
+        assert got is out
+        for o, part in zip(out if multi else (out,), parts):
+            np.testing.assert_array_equal(o, part)
+    # a broadcast argument: b the same for every point
+    J = F.jacobian(A, B[0], argnums=argnums, mode="reverse")
+    loop = [F.jacobian(a, B[0], argnums=argnums, mode="reverse") for a in A]
+    for j, part in enumerate(J if multi else (J,)):
+        np.testing.assert_array_equal(part, np.stack([p[j] if multi else p for p in loop]))
+
+
+def test_value_and_jacobian_of_a_batch(two_args):
+    A, B = two_args
+    F = jx.compile(_two_args, A[0], B[0])
+    for mode in MODES:
+        y, J = F.value_and_jacobian(A, B, argnums=(0, 1), mode=mode)
+        assert isinstance(_probe(F, mode, (0, 1)), jx.Function)
+        np.testing.assert_array_equal(J[0], F.jacobian(A, B, argnums=0, mode=mode))
+        np.testing.assert_array_equal(y, F(A, B))
+        np.testing.assert_array_equal(y, np.stack([F(a, b) for a, b in zip(A, B)]))
+
+
+# ------------------------------------------------------------------ the threshold --
+
+def test_threshold_counts_points_per_argnums_and_mode():
+    def f(x):
+        return np.stack([np.sin(x[0]) * x[1], x[1] * x[2] + np.exp(x[0]), np.sqrt(x[2] * x[2])])
+    assert 2 * 1000 < JAC_TAPE_AFTER_POINTS <= 3 * 1000
+    X = np.random.default_rng(8).uniform(-2.0, 2.0, (1000, 3))
+    F = jx.compile(f, X[0])
+    cols = np.arange(3, dtype=np.int32)
+    single = _loop_jacobian(F, X, "forward")
+    results = []
+    for k in range(3):
+        assert F._jac_tape(0, 1, cols, 0) is None, f"built after {k * 1000} points"
+        results.append(F.jacobian(X, mode="forward"))
+    jt = F._jac_tape(0, 1, cols, 0)
+    assert isinstance(jt, jx.Function)
+    assert F._jac_tape(0, 1, cols, 0) is jt                       # cached
+    assert F._jac_tape(0, 2, cols, 0) is None                     # reverse counts apart
+    results.append(F.jacobian(X, mode="forward"))                 # the tape's own run
+    for r in results:
+        np.testing.assert_array_equal(r, single)
+    # reverse: one point short of the threshold, then one more point
+    F.jacobian(np.zeros((JAC_TAPE_AFTER_POINTS - 1, 3)) + X[:1], mode="reverse")
+    assert F._jac_tape(0, 2, cols, 0) is None
+    J1 = F.jacobian(X[:1], mode="reverse")
+    assert isinstance(F._jac_tape(0, 2, cols, 0), jx.Function)
+    np.testing.assert_array_equal(J1[0], F.jacobian(X[0], mode="reverse"))
+    # an empty batch, with a tape at hand
+    assert F.jacobian(np.zeros((0, 3)), mode="forward").shape == (0, 3, 3)
+    # single points never count
+    G = jx.compile(f, X[0])
+    for x in X[:50]:
+        G.jacobian(x, mode="forward")
+    G.jacobian(X[: JAC_TAPE_AFTER_POINTS - 1000], mode="forward")
+    assert G._jac_tape(0, 1, cols, 0) is None
+
+
+# --------------------------------------------------------------------- sin and cos --
+
+def _libm(fn, values):
+    """The C library's sin or cos (math calls it), nan where it raises (inf)."""
+    out = np.empty_like(values)
+    for i, v in enumerate(values.ravel()):
+        out.flat[i] = fn(v) if math.isfinite(v) else math.nan
+    return out
+
+
+def test_sin_and_cos_of_one_value():
+    """sin(x) and cos(x) of the same slot: one sincos call in the block value sweep (glibc),
+    which must give sin's and cos's own results."""
+    special = np.array([1e5, 1e22, -1e22, -3.7, 0.0, -0.0, np.inf, -np.inf, np.nan, 1e300,
+                        -1e300, 5e-324, np.pi, 2.0**1023 * 1.5, 7.0e17, 1e-300, 3.0e9])
+    rng = np.random.default_rng(9)
+    n = JAC_TAPE_AFTER_POINTS + 77
+    X = np.concatenate([rng.uniform(-10.0, 10.0, (n // 2, 4)),
+                        rng.uniform(-1e6, 1e6, (n - n // 2, 4))])
+    rows = rng.choice(n, 400, replace=False)
+    X[rows, rng.integers(0, 4, 400)] = rng.choice(special, 400)
+    X[0] = special[:4]
+    X[-1] = special[4:8]
+    X[BLOCK:BLOCK + len(special)] = special[:, None]
+
+    def f(x):
+        return np.concatenate([np.sin(x), np.cos(x) * x[0]])
+
+    def g(x):
+        return np.concatenate([np.sin(x), np.cos(x)])
+
+    G = jx.compile(g, np.zeros(4))
+    values = G(X)
+    np.testing.assert_array_equal(values, _loop_values(G, X))
+    s, c = _libm(math.sin, X), _libm(math.cos, X)
+    np.testing.assert_array_equal(values, np.concatenate([s, c], axis=1))
+    # NumPy's float64 sin and cos call the C library on this build (not a SIMD
+    # approximation); where they do not, only the C library is the reference
+    with np.errstate(invalid="ignore"):
+        np_s, np_c = np.sin(X), np.cos(X)
+    if np.array_equal(np_s, s, equal_nan=True) and np.array_equal(np_c, c, equal_nan=True):
+        np.testing.assert_array_equal(values, np.concatenate([np_s, np_c], axis=1))
+    # the Jacobian tape pairs them too (d sin = cos, d cos = -sin)
+    for mode in MODES:
+        J = G.jacobian(X, mode=mode)
+        assert isinstance(_probe(G, mode), jx.Function)
+        np.testing.assert_array_equal(J, _loop_jacobian(G, X, mode))
+        eye = np.eye(4, dtype=bool)
+        want = np.concatenate([np.where(eye, c[:, :, None], 0.0),
+                               np.where(eye, -s[:, :, None], 0.0)], axis=1)
+        np.testing.assert_array_equal(J, want)
+    F = jx.compile(f, np.zeros(4))
+    np.testing.assert_array_equal(F(X), _loop_values(F, X))
+    for mode in MODES:
+        np.testing.assert_array_equal(F.jacobian(X, mode=mode), _loop_jacobian(F, X, mode))
+
+
+# ------------------------------------------------- one slot as both operands --
+
+SAME_OPERAND = ["ATAN2", "HYPOT", "MAXIMUM", "MINIMUM", "LOGADDEXP", "DIV", "MOD", "FMOD",
+                "POW", "FMAX", "FMIN"]
+
+
+def _same_operand_cases():
+    for name in SAME_OPERAND:
+        yield pytest.param(name, "forward", id=f"{name}-forward")
+        yield pytest.param(name, "reverse", id=f"{name}-reverse")
+
+
+@pytest.mark.parametrize("name, mode", list(_same_operand_cases()))
+def test_one_slot_as_both_operands(name, mode):
+    """op(x, x): one slot read twice by one instruction; batch equals single points."""
+    fn = REF[name].fn
+
+    def f(x):
+        u = fn(x[0], x[0])
+        w = np.sin(x[0]) * x[1]
+        return np.stack([u * w + w * 1.7, u + np.exp(x[0]) * 0.3])
+    X = np.random.default_rng(10).uniform(0.3, 2.5, (2500, 2))
+    F = jx.compile(f, X[0])
+    assert OPS[name] in {int(w) & OP_MASK for w in F.tape_arrays()["op"]}
+    np.testing.assert_array_equal(F.jacobian(X, mode=mode), _loop_jacobian(F, X, mode))
