@@ -20,7 +20,7 @@ import numpy as np
 cimport numpy as cnp
 from libc.math cimport signbit
 from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
-from libc.stdlib cimport free, malloc, realloc
+from libc.stdlib cimport free, malloc, qsort, realloc
 from libc.string cimport memset
 
 cnp.import_array()
@@ -76,6 +76,11 @@ cdef enum:
     RUN_PLAIN = 0
     RUN_SKIP_MISSING = 1
     RUN_ZERO_KILLS = 2
+
+
+cdef int _cmp_int32(const void *x, const void *y) noexcept nogil:
+    cdef int32_t a = (<const int32_t *>x)[0], b = (<const int32_t *>y)[0]
+    return (a > b) - (a < b)
 
 
 cdef inline uint64_t _mix(uint64_t h, uint64_t v) noexcept nogil:
@@ -685,9 +690,19 @@ cdef class Graph:
                 j += 1
         for i in range(n_out):
             last[outs[i]] = <int32_t>n_instr   # outputs live to the end
-        # 4. work slots by liveness (a free stack of slots)
+        # 4. work slots by liveness (a free stack of slots).  Slots freed inside a
+        # group -- consecutive instructions of one op word, none reading a value the
+        # group made (one traced NumPy call over an array) -- are reused only after
+        # it: then a group's dst slots do not meet its operand slots, and the
+        # single-point sweep runs it as one contiguous vector loop (vm.c's runs).
         cdef cnp.ndarray free_arr = np.empty(n_instr + 3, dtype=np.int32)
         cdef int32_t[::1] free_stack = free_arr
+        cdef cnp.ndarray pend_arr = np.empty(n_instr + 3, dtype=np.int32)
+        cdef int32_t[::1] pending = pend_arr
+        cdef cnp.ndarray born_arr = np.full(n, -1, dtype=np.int32)
+        cdef int32_t[::1] born = born_arr
+        cdef int64_t n_pend = 0, group_start = 0, prev_opw = -1
+        cdef bint new_group
         cdef int64_t n_free = 0, next_slot = n_in + n_const
         cdef int64_t fixed = n_in + n_const
         cdef int64_t ops3[3]
@@ -722,6 +737,23 @@ cdef class Graph:
                 timm[j] = <double>slot[ops3[2]]
             else:
                 timm[j] = self.imm[nd]
+            new_group = opw != prev_opw
+            for k in range(3):
+                o = ops3[k]
+                if o >= 0 and born[o] >= group_start:
+                    new_group = True
+            if new_group:
+                # the group's freed slots, pushed so that they pop in increasing order
+                # (an instruction may free two, from two ranges: sort them apart)
+                if n_pend > 1:
+                    qsort(&pending[0], <size_t>n_pend, sizeof(int32_t), _cmp_int32)
+                while n_pend > 0:
+                    n_pend -= 1
+                    free_stack[n_free] = pending[n_pend]
+                    n_free += 1
+                group_start = j
+            prev_opw = opw
+            born[nd] = <int32_t>j
             # take a slot, then free the temporaries that die here (once each):
             # dst never shares a slot with its own operands, so the batched
             # sweeps' lane loops see no aliasing and vectorise
@@ -740,11 +772,11 @@ cdef class Graph:
                     continue
                 if (k >= 1 and o == ops3[0]) or (k == 2 and o == ops3[1]):
                     continue
-                free_stack[n_free] = slot[o]
-                n_free += 1
+                pending[n_pend] = slot[o]
+                n_pend += 1
             if last[nd] < 0:   # a value nobody reads (cannot happen after DCE)
-                free_stack[n_free] = slot[nd]
-                n_free += 1
+                pending[n_pend] = slot[nd]
+                n_pend += 1
         cdef cnp.ndarray t_out = np.empty(n_out, dtype=np.int32)
         cdef int32_t[::1] tout = t_out
         for i in range(n_out):

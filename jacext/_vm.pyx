@@ -18,6 +18,7 @@ import numpy as np
 cimport numpy as cnp
 from libc.stdint cimport int32_t, int64_t
 from libc.stdlib cimport free, malloc
+from libc.string cimport memset
 
 from jacext import derivative as _derivative
 from jacext import sparse as _sparse
@@ -151,17 +152,34 @@ JAC_TAPE_AFTER_POINTS = 2048
 JAC_TAPE_MAX_WORK = 1000000
 
 
-cdef void _scatter(cnp.ndarray dense, cnp.ndarray where, cnp.ndarray vals) noexcept:
-    """dense.flat[where] = vals for C-contiguous float64 dense and vals, intp where
-    (indices checked when the pattern was made): a loop, where NumPy's fancy
-    assignment costs more than the sweep at a few thousand nonzeros."""
+cdef void _fill_rows(cnp.ndarray dense, cnp.ndarray ptr, cnp.ndarray idx,
+                     cnp.ndarray vals) noexcept:
+    """A dense (n_rows, n_cols) C-contiguous float64 matrix from CSR nonzeros (int32 ptr
+    and idx, checked when the pattern was made): each row zeroed and filled while it is
+    in cache.  Scattering into np.zeros instead costs a cache miss per nonzero once the
+    matrix passes the cache (a 1000 x 1000 Jacobian is 8 MB)."""
     cdef double *d = <double *>cnp.PyArray_DATA(dense)
-    cdef const cnp.npy_intp *w = <const cnp.npy_intp *>cnp.PyArray_DATA(where)
+    cdef const int32_t *p = <const int32_t *>cnp.PyArray_DATA(ptr)
+    cdef const int32_t *j = <const int32_t *>cnp.PyArray_DATA(idx)
     cdef const double *v = <const double *>cnp.PyArray_DATA(vals)
-    cdef Py_ssize_t k, n = where.shape[0]
+    cdef Py_ssize_t n_rows = ptr.shape[0] - 1
+    cdef Py_ssize_t n_cols = dense.size // n_rows if n_rows > 0 else 0
+    cdef Py_ssize_t i, i1 = 0, i2, k
+    cdef Py_ssize_t chunk = (256 * 1024) // (n_cols * 8) if n_cols > 0 else 1
+    cdef double *row
+    if chunk < 1:
+        chunk = 1
     with nogil:
-        for k in range(n):
-            d[w[k]] = v[k]
+        # rows in chunks of about 256 KB: one memset per chunk (fast string stores
+        # that keep it in cache), then its nonzeros while it is there
+        while i1 < n_rows:
+            i2 = i1 + chunk if i1 + chunk < n_rows else n_rows
+            memset(d + i1 * n_cols, 0, (i2 - i1) * n_cols * sizeof(double))
+            for i in range(i1, i2):
+                row = d + i * n_cols
+                for k in range(p[i], p[i + 1]):
+                    row[j[k]] = v[k]
+            i1 = i2
 
 
 cdef inline bint _shape_is(cnp.ndarray a, tuple shape):
@@ -360,6 +378,12 @@ cdef class Function:
     def n_outputs(self):
         return int(self.tape.n_out)
 
+    def _run_table(self):
+        """The runs of the single-point value sweep, (n_runs, JX_RUN_FIELDS): length, steps
+        of dst, a, b, s, flags; empty when the tape has too few long runs to use them."""
+        return self._runs.reshape(-1, JX_RUN_FIELDS) if self.tape.runs != NULL else (
+            np.zeros((0, JX_RUN_FIELDS), dtype=np.int32))
+
     def _fixed_partials(self):
         """(fixed, d0, d1): which instructions have constant partials, and those constants."""
         return self._derived
@@ -545,12 +569,14 @@ cdef class Function:
         per = max(1, n_points * max(work_per_point, 1) // MIN_WORK_PER_THREAD)
         return int(max(1, min(threads, per, n_points)))
 
-    def _jac_tape(self, argnums, int m, cnp.ndarray cols, Py_ssize_t n_points, bint sparse=False):
+    def _jac_tape(self, argnums, int m, cnp.ndarray cols, Py_ssize_t n_points, bint sparse=False,
+                  bint values=True):
         """The Jacobian tape (jacext/derivative.py) for these columns in mode m, as a
         Function, or None: made once ``n_points`` over the calls that asked for it reach
         JAC_TAPE_AFTER_POINTS, then cached.  Dense: the n_out x n_cols Jacobian after the
-        values; sparse (forward mode): the pattern's nonzeros, in CSR order."""
-        key = ("jac_tape", argnums, m, sparse)
+        values; sparse (forward mode): the pattern's nonzeros, in CSR order; values=False
+        leaves the function's values out (and what only they need)."""
+        key = ("jac_tape", argnums, m, sparse, values)
         hit = self._sparse_cache.get(key)
         if hit is not None:
             return hit or None
@@ -572,12 +598,12 @@ cdef class Function:
         # the budget: a few nodes per term of the sweeps it replaces
         budget = 4 * (int(self.tape.n_instr) + 4 * size if sparse else work) + 1000
         jt = _derivative.jacobian_tape(tape, self._derived, cols, _MODE_NAMES[m], budget,
-                                       pattern=pattern)
+                                       pattern=pattern, values=values)
         result = False
         # worth it unless its one value sweep is longer than the sweeps it replaces, which
         # store two partials per instruction and then read them back per direction
         if jt is not None and jt["op"].shape[0] <= 2 * work:
-            n_total = int(self.tape.n_out) + size
+            n_total = int(self.tape.n_out) * values + size
             result = Function(jt, self.arg_shapes, ((n_total,),), False, self.name + "'")
         self._sparse_cache[key] = result
         return result or None
@@ -751,30 +777,32 @@ cdef class Function:
         if direct:
             arg = argnums % len(self.arg_shapes)
             mat = self._check_out(out, batch + self.out_shapes[0] + self.arg_shapes[arg])
-        elif sparse_mode:
+        elif sparse_mode and batch:
             mat = np.zeros(batch + (self.tape.n_out, n_cols), dtype=np.float64)
         else:
             mat = np.empty(batch + (self.tape.n_out, n_cols), dtype=np.float64)
         y = np.empty(batch + (self.tape.n_out,), dtype=np.float64) if want_value else None
         if sparse_mode:
-            # compressed sweeps over the colours, then a scatter into zeros
+            # compressed sweeps over the colours (or the sparse Jacobian tape), then the
+            # nonzeros into the dense result
             vals, yv = self._compressed(x, batch, argnums, sparse_mode, threads, want_value)
             ptr, idx = self._pattern(argnums)
-            rows = self._rows(argnums)
-            where = self._sparse_cache.get(("scatter", argnums))
-            if where is None:   # flat index of each nonzero in the dense result
-                where = rows * n_cols + idx
-                self._sparse_cache[("scatter", argnums)] = where
-            flat = mat.reshape(-1, int(self.tape.n_out) * n_cols)
-            if direct:
-                flat[...] = 0.0
-            if batch:
-                flat[:, where] = vals.reshape(flat.shape[0], where.shape[0])
-            elif (cnp.PyArray_IS_C_CONTIGUOUS(mat) and cnp.PyArray_IS_C_CONTIGUOUS(vals)
-                  and cnp.PyArray_TYPE(vals) == cnp.NPY_DOUBLE):
-                _scatter(mat, where, vals)
+            if (not batch and cnp.PyArray_IS_C_CONTIGUOUS(mat)
+                    and cnp.PyArray_IS_C_CONTIGUOUS(vals) and cnp.PyArray_TYPE(vals) == cnp.NPY_DOUBLE):
+                _fill_rows(mat, ptr, idx, vals)   # zeros and nonzeros, row by row
             else:
-                flat[0, where] = vals
+                rows = self._rows(argnums)
+                where = self._sparse_cache.get(("scatter", argnums))
+                if where is None:   # flat index of each nonzero in the dense result
+                    where = rows * n_cols + idx
+                    self._sparse_cache[("scatter", argnums)] = where
+                flat = mat.reshape(-1, int(self.tape.n_out) * n_cols)
+                if direct or not batch:
+                    flat[...] = 0.0
+                if batch:
+                    flat[:, where] = vals.reshape(flat.shape[0], where.shape[0])
+                else:
+                    flat[0, where] = vals
             if want_value:
                 y = yv
         elif not batch:
@@ -973,11 +1001,11 @@ cdef class Function:
     def _point_sparse_tape(self, cnp.ndarray x, argnums, cnp.ndarray cols, bint want_value):
         """(nonzeros, y) at one point from the sparse Jacobian tape, or None (no tape yet,
         or a value that is not finite: the sweeps, with their zero kills, decide then)."""
-        cdef Function jt = self._jac_tape(argnums, JX_MODE_FORWARD, cols, 1, True)
+        cdef Function jt = self._jac_tape(argnums, JX_MODE_FORWARD, cols, 1, True, want_value)
         cdef cnp.ndarray r
         cdef jx_work *w
         cdef int st
-        cdef Py_ssize_t k, n_out = self.tape.n_out
+        cdef Py_ssize_t k, n_out = self.tape.n_out if want_value else 0
         cdef const double *p
         cdef double acc = 0.0
         if jt is None:

@@ -139,23 +139,25 @@ class TooLarge(Exception):
     """The Jacobian tape would pass its node budget."""
 
 
-def jacobian_tape(tape, fixed, cols, mode, max_nodes, pattern=None):
+def jacobian_tape(tape, fixed, cols, mode, max_nodes, pattern=None, values=True):
     """The tape of [outputs..., J[0, 0], J[0, 1], ..., J[n_out-1, n_cols-1]] (row-major),
     J the Jacobian of the outputs with respect to the inputs ``cols``, as the batched
     ``mode`` sweep ("forward" or "reverse") computes it; or None when an op of the tape
     has no row in PARTIALS or the graph would pass ``max_nodes`` nodes.  With ``pattern``
     (CSR indptr, indices of the Jacobian's structural nonzeros; forward mode), the
-    outputs after the function's are those nonzeros only, in CSR order.
+    outputs after the function's are those nonzeros only, in CSR order.  With
+    ``values=False`` the function's outputs are left out: what the derivative does not
+    need of the function is then dead code, and goes.
 
     ``tape``: a Function's tape arrays with n_in; ``fixed``: its (fixed, d0, d1) arrays.
     """
     try:
-        return _build(tape, fixed, [int(c) for c in cols], mode, max_nodes, pattern)
+        return _build(tape, fixed, [int(c) for c in cols], mode, max_nodes, pattern, values)
     except TooLarge:
         return None
 
 
-def _build(tape, fixed, cols, mode, max_nodes, pattern):
+def _build(tape, fixed, cols, mode, max_nodes, pattern, values):
     op, dst, ta, tb, imm = (tape[k] for k in ("op", "dst", "a", "b", "imm"))
     n_in, n_instr = int(tape["n_in"]), len(op)
     is_fixed, fd0, fd1 = fixed
@@ -191,7 +193,7 @@ def _build(tape, fixed, cols, mode, max_nodes, pattern):
         indptr, indices = pattern
         jac = [int(np.ravel(rows[i][int(k)])[0])
                for i in range(n_out) for k in indices[indptr[i]:indptr[i + 1]]]
-    ids = np.asarray(outs + jac, dtype=np.int64)
+    ids = np.asarray((outs if values else []) + jac, dtype=np.int64)
     if len(g) > max_nodes:
         raise TooLarge
     lowered = g.lower(np.asarray(ins, dtype=np.int64), ids)
