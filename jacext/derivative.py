@@ -188,7 +188,7 @@ def _build(tape, fixed, cols, mode, max_nodes, pattern, values):
     sweep = _forward if mode == "forward" else _reverse
     rows = sweep(e, tape, fixed, steps, cols, n_out, max_nodes)
     if pattern is None:
-        jac = [int(v) for row in rows for v in np.ravel(row)]
+        jac = [int(np.ravel(row[k])[0]) for row in rows for k in range(len(cols))]
     else:   # the pattern's nonzeros only, in CSR order
         indptr, indices = pattern
         jac = [int(np.ravel(rows[i][int(k)])[0])
@@ -312,8 +312,18 @@ def _forward(e, tape, fixed, steps, cols, n_out, max_nodes):
             tan[int(dst[i])] = out[m]
         if len(e.g) > max_nodes:
             raise TooLarge
-    return [[t.get(k, zero) for k in range(len(cols))]
-            for t in (tan.get(int(s), {}) for s in tape["out_slot"])]
+    return [_Row(tan.get(int(s), {}), zero) for s in tape["out_slot"]]
+
+
+class _Row:
+    """One output's tangents as a Jacobian row: row[k] is column k's node (zero if none),
+    without listing every column of a sparse row."""
+
+    def __init__(self, tangents, zero):
+        self.t, self.zero = tangents, zero
+
+    def __getitem__(self, k):
+        return self.t.get(k, self.zero)
 
 
 def _combine_bulk(bulk, keys, p0, t_a, p1, t_b, out):
