@@ -300,9 +300,9 @@ cdef class Graph:
         makes are interned here; nothing else is inserted.
         """
         cdef int arity = jx_op_arity[op]
-        cdef bint cx, cy
+        cdef bint cx, cy, nx, ny
         cdef double v
-        cdef int64_t t
+        cdef int64_t t, u, w
         if arity == 3:
             if self._is_const(c):
                 return x if self.imm[c] != 0.0 else y
@@ -356,6 +356,27 @@ cdef class Graph:
             if op == JX_OP_DIV and v == 1.0:
                 return self._canon(JX_OP_RECIPROCAL, y, -1, -1, k)
             return self._key(k, op | JX_A_IMM, -1, <int32_t>y, -1, v)
+        # signs move out of products and into sums, where they cost nothing:
+        # (-u) * v == -(u * v) and u + (-v) == u - v exactly, signed zeros included
+        # (not (-u) - v == -(u + v): -0 - -0 is +0, -(0 + -0) is -0)
+        if op == JX_OP_MUL or op == JX_OP_DIV:
+            nx = self.op[x] == JX_OP_NEG
+            ny = self.op[y] == JX_OP_NEG
+            if nx or ny:
+                u = self.a[x] if nx else x
+                w = self.a[y] if ny else y
+                if nx and ny:
+                    return self._canon(op, u, w, -1, k)
+                t = self._apply(op, u, w, -1)
+                return self._canon(JX_OP_NEG, t, -1, -1, k)
+        elif op == JX_OP_ADD:
+            if self.op[y] == JX_OP_NEG:
+                return self._canon(JX_OP_SUB, x, self.a[y], -1, k)
+            if self.op[x] == JX_OP_NEG:
+                return self._canon(JX_OP_SUB, y, self.a[x], -1, k)
+        elif op == JX_OP_SUB:
+            if self.op[y] == JX_OP_NEG:
+                return self._canon(JX_OP_ADD, x, self.a[y], -1, k)
         if op == JX_OP_MUL and x == y:
             return self._canon(JX_OP_SQUARE, x, -1, -1, k)
         return self._key(k, op, <int32_t>x, <int32_t>y, -1, 0.0)
