@@ -215,17 +215,47 @@ def check(name, got, ref):
         raise SystemExit(f"DISAGREEMENT: {name} differs from jacext at {i}: {got[i]} vs {ref[i]}")
 
 
+def _cases(n):
+    return {
+        "arm_batch": (arm, _arm_casadi, _arm_jax, arm_data(n), None, 7, 0, 12),
+        "ba_batch": (ba, _ba_casadi, _ba_jax, *ba_data(n), 15, 2, 2),
+    }
+
+
+def _jax_time(name, n, repeats):
+    """Median seconds of jax.jit(jax.vmap(jax.jacrev)) on one case (in this process)."""
+    import jax
+    jax.config.update("jax_enable_x64", True)
+    _, _, jaxf, X, data, _, _, _ = _cases(n)[name]
+    g = jax.jit(jax.vmap(jax.jacrev(jaxf())))
+    jax_args = tuple(jax.numpy.asarray(a) for a in ((X,) if data is None else (X, data)))
+    return median_time(lambda: g(*jax_args).block_until_ready(), repeats), g, jax_args
+
+
+def jax_one_core(name, n, repeats):
+    """JAX's median seconds with its process pinned to one core (XLA sizes its thread pool
+    by the cores it may run on), to set beside jacext's one thread; None where the OS
+    cannot pin a process."""
+    if not hasattr(os, "sched_setaffinity"):
+        return None
+    core = min(os.sched_getaffinity(0))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = (f"import sys; sys.path.insert(0, {root!r}); from bench.batch import _jax_time; "
+            f"print(_jax_time({name!r}, {n}, {repeats})[0])")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=900, preexec_fn=lambda: os.sched_setaffinity(0, {core}))
+    if res.returncode != 0:
+        raise RuntimeError(res.stderr.strip().splitlines()[-1] if res.stderr else "failed")
+    return float(res.stdout.strip().splitlines()[-1])
+
+
 def run(quick=False):
     import jacext as jx
 
     repeats = 3 if quick else 9
     n = 2_000 if quick else 10_000
     rows = []
-    cases = {
-        "arm_batch": (arm, _arm_casadi, _arm_jax, arm_data(n), None, 7, 0, 12),
-        "ba_batch": (ba, _ba_casadi, _ba_jax, *ba_data(n), 15, 2, 2),
-    }
-    for name, (f, cas, jaxf, X, data, n_x, n_data, m) in cases.items():
+    for name, (f, cas, _jaxf, X, data, n_x, n_data, m) in _cases(n).items():
         args = (X,) if data is None else (X, data)
         t0 = time.perf_counter()
         F = jx.compile(f, *(a[0] for a in args))
@@ -249,15 +279,11 @@ def run(quick=False):
             row["compiled_c_s"] = None
             row["compiled_c_note"] = f"{type(exc).__name__}: {exc}"
         try:
-            import jax
-            jax.config.update("jax_enable_x64", True)
-            g = jax.jit(jax.vmap(jax.jacrev(jaxf())))
-            jax_args = tuple(jax.numpy.asarray(a) for a in args)
+            row["jax_vmap_jacrev_s"], g, jax_args = _jax_time(name, n, repeats)
             check("jax", np.asarray(g(*jax_args)), J)
-            row["jax_vmap_jacrev_s"] = median_time(
-                lambda g=g, a=jax_args: g(*a).block_until_ready(), repeats)
+            row["jax_one_core_s"] = jax_one_core(name, n, repeats)
         except ImportError:
-            row["jax_vmap_jacrev_s"] = None
+            row["jax_vmap_jacrev_s"] = row["jax_one_core_s"] = None
             row["jax_note"] = "missing"
         rows.append(row)
     return rows
@@ -276,14 +302,15 @@ def main(argv=None):
     except (OSError, StopIteration):
         pass
     print(f"machine: {cpu}, {os.cpu_count()} cores; medians of repeats; per batch of N points")
-    print("JAX runs with its default threads (XLA uses every core); jacext 2 threads is its "
-          "default on this machine (threads=None: all cores).")
+    print("jax: jax.jit(jax.vmap(jax.jacrev)) with its default threads (XLA uses every core); "
+          "jax 1 core: its process pinned to one core. jacext 2 threads is its default here "
+          "(threads=None: all cores).")
     print("| problem | N | jacext 1 thread | jacext 1t, out= | jacext 2 threads | "
-          "compiled C (gcc -O3, 1 thread) | jax vmap(jacrev) | jacext 1t / C | jacext 2t / C | "
-          "jax / jacext 1t | jax / jacext 2t |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "compiled C (gcc -O3, 1 thread) | jax | jax 1 core | jacext 1t / C | jacext 2t / C | "
+          "jax 1 core / jacext 1t | jax / jacext 2t |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        c, j = r.get("compiled_c_s"), r.get("jax_vmap_jacrev_s")
+        c, j, j1 = r.get("compiled_c_s"), r.get("jax_vmap_jacrev_s"), r.get("jax_one_core_s")
         one, two, one_out = r["jacext_1t_s"], r["jacext_2t_s"], r["jacext_1t_out_s"]
 
         def ms(v):
@@ -292,7 +319,8 @@ def main(argv=None):
         def ratio(a, b):
             return f"{a / b:.2f}x" if a and b else "n/a"
         print(f"| {r['problem']} | {r['N']} | {ms(one)} | {ms(one_out)} | {ms(two)} | {ms(c)} | "
-              f"{ms(j)} | {ratio(one, c)} | {ratio(two, c)} | {ratio(j, one)} | {ratio(j, two)} |")
+              f"{ms(j)} | {ms(j1)} | {ratio(one, c)} | {ratio(two, c)} | {ratio(j1, one)} | "
+              f"{ratio(j, two)} |")
         for note in ("compiled_c_note", "jax_note"):
             if note in r:
                 print(f"  {r['problem']}: {note}: {r[note]}")
