@@ -152,6 +152,41 @@ JAC_TAPE_AFTER_POINTS = 2048
 JAC_TAPE_MAX_WORK = 1000000
 
 
+cdef object _eval_jac_tape(Function jt, cnp.ndarray x, Py_ssize_t n_values):
+    """jt's outputs at the point x (float64, C-contiguous, checked), or None when an
+    output past the first n_values is not finite (then the sweeps decide)."""
+    cdef cnp.ndarray r = np.empty(jt.tape.n_out, dtype=np.float64)
+    cdef jx_work *w = jt._take_work(1)
+    cdef int st
+    try:
+        with nogil:
+            st = jx_point_value(&jt.tape, w, <const double *>cnp.PyArray_DATA(x),
+                                <double *>cnp.PyArray_DATA(r))
+    finally:
+        jt._give_work(w)
+    _raise_status(st)
+    if not _all_finite(<const double *>cnp.PyArray_DATA(r) + n_values, jt.tape.n_out - n_values):
+        return None
+    return r
+
+
+cdef bint _all_finite(const double *p, Py_ssize_t n) noexcept nogil:
+    """Whether p[0..n) are all finite: x - x is 0 for finite x and nan otherwise, summed
+    in four independent accumulators (one would be a serial chain of adds)."""
+    cdef double a0 = 0.0, a1 = 0.0, a2 = 0.0, a3 = 0.0
+    cdef Py_ssize_t k = 0
+    while k + 4 <= n:
+        a0 += p[k] - p[k]
+        a1 += p[k + 1] - p[k + 1]
+        a2 += p[k + 2] - p[k + 2]
+        a3 += p[k + 3] - p[k + 3]
+        k += 4
+    while k < n:
+        a0 += p[k] - p[k]
+        k += 1
+    return (a0 + a1) + (a2 + a3) == 0.0
+
+
 cdef void _fill_rows(cnp.ndarray dense, cnp.ndarray ptr, cnp.ndarray idx,
                      cnp.ndarray vals) noexcept:
     """A dense (n_rows, n_cols) C-contiguous float64 matrix from CSR nonzeros (int32 ptr
@@ -253,6 +288,8 @@ cdef class Function:
     cdef tuple _single_jac_shape   # out_shape + arg_shape when both are single
     cdef cnp.ndarray _cols0
     cdef bint _single_fits
+    cdef Function _jt0            # the sparse Jacobian tape of argnums 0 (auto, forward), or None
+    cdef cnp.ndarray _jt0_ptr, _jt0_idx
 
     def __cinit__(self):
         self._has_work = False
@@ -606,6 +643,12 @@ cdef class Function:
             n_total = int(self.tape.n_out) * values + size
             result = Function(jt, self.arg_shapes, ((n_total,),), False, self.name + "'")
         self._sparse_cache[key] = result
+        if (result and sparse and not values and argnums == 0 and m == JX_MODE_FORWARD
+                and self._auto_colours(0) == JX_MODE_FORWARD and len(self.arg_shapes) == 1
+                and not self.out_is_tuple):
+            # dense auto Jacobians of a single point take it straight (jacobian's fast path)
+            self._jt0 = result
+            self._jt0_ptr, self._jt0_idx = pattern
         return result or None
 
     cdef int _batch(self, int task, int mode, cnp.ndarray cols, cnp.ndarray colour,
@@ -699,6 +742,17 @@ cdef class Function:
         cdef jx_work *w
         cdef int m, st
         cdef int32_t n_cols
+        # Fast path, sparse: dense auto from the sparse Jacobian tape once it is made.
+        if (self._jt0 is not None and len(args) == 1 and argnums == 0 and mode == "auto"
+                and out is None and type(args[0]) is np.ndarray):
+            x = <cnp.ndarray>args[0]
+            if (cnp.PyArray_TYPE(x) == cnp.NPY_DOUBLE and cnp.PyArray_IS_C_CONTIGUOUS(x)
+                    and _shape_is(x, self._single_shape)):
+                vals = _eval_jac_tape(self._jt0, x, 0)
+                if vals is not None:
+                    jac = np.empty(self._single_jac_shape, dtype=np.float64)
+                    _fill_rows(jac, self._jt0_ptr, self._jt0_idx, vals)
+                    return jac
         # Fast path: one argument of exactly the traced shape, one output.
         if (len(args) == 1 and argnums == 0 and self._single_jac_shape is not None
                 and self._single_fits and type(args[0]) is np.ndarray
@@ -1007,22 +1061,10 @@ cdef class Function:
         cdef int st
         cdef Py_ssize_t k, n_out = self.tape.n_out if want_value else 0
         cdef const double *p
-        cdef double acc = 0.0
         if jt is None:
             return None
-        r = np.empty(jt.tape.n_out, dtype=np.float64)
-        w = jt._take_work(1)
-        try:
-            with nogil:
-                st = jx_point_value(&jt.tape, w, <const double *>cnp.PyArray_DATA(x),
-                                    <double *>cnp.PyArray_DATA(r))
-        finally:
-            jt._give_work(w)
-        _raise_status(st)
-        p = <const double *>cnp.PyArray_DATA(r)
-        for k in range(n_out, jt.tape.n_out):
-            acc += p[k] - p[k]       # 0 for finite entries, nan otherwise
-        if acc != 0.0:
+        r = _eval_jac_tape(jt, x, n_out)
+        if r is None:
             return None
         return r[n_out:], (r[:n_out] if want_value else None)
 

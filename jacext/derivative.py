@@ -239,6 +239,10 @@ class _Bulk:
     dmax = _Builder.dmax
 
 
+def _same_bits(x, y):
+    return np.float64(x).tobytes() == np.float64(y).tobytes()
+
+
 def _groups(tape):
     """(first, end) of the groups of consecutive instructions that may be differentiated
     together: one op word (and immediate), and no instruction reading a slot that an
@@ -251,7 +255,7 @@ def _groups(tape):
         use_a, use_b = _uses(word)
         written = {int(dst[i])}
         j = i + 1
-        while j < n and int(op[j]) == word and (not with_imm or imm[j] == imm[i]):
+        while j < n and int(op[j]) == word and (not with_imm or _same_bits(imm[j], imm[i])):
             if (use_a and int(ta[j]) in written) or (use_b and int(tb[j]) in written):
                 break
             written.add(int(dst[j]))

@@ -206,6 +206,12 @@ static int32_t jx_cond_slot(const jx_tape *t, int32_t i)
     return (t->op[i] & JX_OP_MASK) == JX_OP_SELECT ? (int32_t)t->imm[i] : 0;
 }
 
+/* The same double bit for bit (0.0 and -0.0 are two immediates: x * -0.0 is not x * 0.0). */
+static int jx_same_bits(double x, double y)
+{
+    return memcmp(&x, &y, sizeof(double)) == 0;
+}
+
 int32_t jx_tape_runs(const jx_tape *t, int32_t *runs)
 {
     int32_t i = 0, n = 0;
@@ -213,13 +219,14 @@ int32_t jx_tape_runs(const jx_tape *t, int32_t *runs)
         const int32_t word = t->op[i];
         const int reads = jx_reads(t, i);
         const int uses_imm = (word & (JX_A_IMM | JX_B_IMM)) != 0;
+#define JX_SAME_IMM(j) (!uses_imm || jx_same_bits(t->imm[j], t->imm[i]))
         int32_t j = i + 1, sd = 0, sa = 0, sb = 0, ss = 0, k, flags = 0;
-        if (j < t->n_instr && t->op[j] == word && (!uses_imm || t->imm[j] == t->imm[i])) {
+        if (j < t->n_instr && t->op[j] == word && JX_SAME_IMM(j)) {
             sd = t->dst[j] - t->dst[i];
             sa = (reads & 1) ? t->a[j] - t->a[i] : 0;
             sb = (reads & 2) ? t->b[j] - t->b[i] : 0;
             ss = (reads & 4) ? jx_cond_slot(t, j) - jx_cond_slot(t, i) : 0;
-            while (j < t->n_instr && t->op[j] == word && (!uses_imm || t->imm[j] == t->imm[i])
+            while (j < t->n_instr && t->op[j] == word && JX_SAME_IMM(j)
                    && t->dst[j] - t->dst[j - 1] == sd
                    && (!(reads & 1) || t->a[j] - t->a[j - 1] == sa)
                    && (!(reads & 2) || t->b[j] - t->b[j - 1] == sb)
@@ -239,6 +246,7 @@ int32_t jx_tape_runs(const jx_tape *t, int32_t *runs)
             }
             if (!meets) flags = JX_RUN_CONTIGUOUS;
         }
+#undef JX_SAME_IMM
         runs[JX_RUN_FIELDS * n + 0] = j - i;
         runs[JX_RUN_FIELDS * n + 1] = sd;
         runs[JX_RUN_FIELDS * n + 2] = sa;
