@@ -188,11 +188,11 @@ cdef bint _all_finite(const double *p, Py_ssize_t n) noexcept nogil:
 
 
 cdef void _fill_rows(cnp.ndarray dense, cnp.ndarray ptr, cnp.ndarray idx,
-                     cnp.ndarray vals) noexcept:
+                     cnp.ndarray vals, bint zeroed=False) noexcept:
     """A dense (n_rows, n_cols) C-contiguous float64 matrix from CSR nonzeros (int32 ptr
-    and idx, checked when the pattern was made): each row zeroed and filled while it is
-    in cache.  Scattering into np.zeros instead costs a cache miss per nonzero once the
-    matrix passes the cache (a 1000 x 1000 Jacobian is 8 MB)."""
+    and idx, checked when the pattern was made), row by row; unless ``zeroed`` (a fresh
+    np.zeros, whose pages calloc zeroes), each chunk of rows is zeroed first and filled
+    while it is in cache (a caller's out=)."""
     cdef double *d = <double *>cnp.PyArray_DATA(dense)
     cdef const int32_t *p = <const int32_t *>cnp.PyArray_DATA(ptr)
     cdef const int32_t *j = <const int32_t *>cnp.PyArray_DATA(idx)
@@ -209,7 +209,8 @@ cdef void _fill_rows(cnp.ndarray dense, cnp.ndarray ptr, cnp.ndarray idx,
         # that keep it in cache), then its nonzeros while it is there
         while i1 < n_rows:
             i2 = i1 + chunk if i1 + chunk < n_rows else n_rows
-            memset(d + i1 * n_cols, 0, (i2 - i1) * n_cols * sizeof(double))
+            if not zeroed:
+                memset(d + i1 * n_cols, 0, (i2 - i1) * n_cols * sizeof(double))
             for i in range(i1, i2):
                 row = d + i * n_cols
                 for k in range(p[i], p[i + 1]):
@@ -750,8 +751,8 @@ cdef class Function:
                     and _shape_is(x, self._single_shape)):
                 vals = _eval_jac_tape(self._jt0, x, 0)
                 if vals is not None:
-                    jac = np.empty(self._single_jac_shape, dtype=np.float64)
-                    _fill_rows(jac, self._jt0_ptr, self._jt0_idx, vals)
+                    jac = np.zeros(self._single_jac_shape, dtype=np.float64)
+                    _fill_rows(jac, self._jt0_ptr, self._jt0_idx, vals, True)
                     return jac
         # Fast path: one argument of exactly the traced shape, one output.
         if (len(args) == 1 and argnums == 0 and self._single_jac_shape is not None
@@ -831,7 +832,7 @@ cdef class Function:
         if direct:
             arg = argnums % len(self.arg_shapes)
             mat = self._check_out(out, batch + self.out_shapes[0] + self.arg_shapes[arg])
-        elif sparse_mode and batch:
+        elif sparse_mode:
             mat = np.zeros(batch + (self.tape.n_out, n_cols), dtype=np.float64)
         else:
             mat = np.empty(batch + (self.tape.n_out, n_cols), dtype=np.float64)
@@ -843,7 +844,7 @@ cdef class Function:
             ptr, idx = self._pattern(argnums)
             if (not batch and cnp.PyArray_IS_C_CONTIGUOUS(mat)
                     and cnp.PyArray_IS_C_CONTIGUOUS(vals) and cnp.PyArray_TYPE(vals) == cnp.NPY_DOUBLE):
-                _fill_rows(mat, ptr, idx, vals)   # zeros and nonzeros, row by row
+                _fill_rows(mat, ptr, idx, vals, not direct)   # (the caller's out: zeros too)
             else:
                 rows = self._rows(argnums)
                 where = self._sparse_cache.get(("scatter", argnums))
@@ -851,7 +852,7 @@ cdef class Function:
                     where = rows * n_cols + idx
                     self._sparse_cache[("scatter", argnums)] = where
                 flat = mat.reshape(-1, int(self.tape.n_out) * n_cols)
-                if direct or not batch:
+                if direct:
                     flat[...] = 0.0
                 if batch:
                     flat[:, where] = vals.reshape(flat.shape[0], where.shape[0])

@@ -632,3 +632,345 @@ def test_arrow_head_at_scale_uses_one_reverse_sweep_per_output(rng):
     for k in range(3):
         assert abs(JB[k] - _arrow_head_jacobian_csr(X[k])).max() <= 1e-12 * 50
         np.testing.assert_array_equal(JB[k].toarray(), G.jacobian(X[k], mode="reverse"))
+
+
+# ------------------------------------------------- the sparse Jacobian tape (one point)
+# After JAC_TAPE_AFTER_POINTS single-point forward sparse Jacobians (sparse=True, or dense
+# mode="auto" when it colours; value_and_jacobian counts apart), a tape of the pattern's
+# nonzeros (jacext/derivative.py) replaces the compressed sweeps; a result with an inf or
+# nan goes back to the sweeps (their zero kills).  What it returns must not change: the
+# results after the threshold equal those before bit for bit (up to the sign of a zero),
+# and the hand-written Jacobians to rounding.
+
+FORWARD = 1
+
+
+def _cols(n):
+    return np.arange(n, dtype=np.int32)
+
+
+def _sparse_tape(F, n, values=False):
+    """F's single-point sparse Jacobian tape (forward, argnums 0), or None; asking adds no
+    point to the count."""
+    return F._jac_tape(0, FORWARD, _cols(n), 0, True, values)
+
+
+def _pass_threshold(F, x, call):
+    from jacext._vm import JAC_TAPE_AFTER_POINTS
+    for _ in range(JAC_TAPE_AFTER_POINTS):
+        call(F, x)
+
+
+def _blocks(x, nb=24, b=5):
+    X = x.reshape(nb, b)
+    return (np.tanh(X) * (X**2).sum(axis=1, keepdims=True)).reshape(-1)
+
+
+def _blocks_jacobian(x, nb=24, b=5):
+    """y_i = tanh(x_i) S, S the sum of squares over x_i's block: dy_i/dx_j =
+    [i == j] (1 - tanh(x_i)**2) S + tanh(x_i) 2 x_j inside a block, 0 outside."""
+    J = np.zeros((x.size, x.size))
+    for k in range(nb):
+        s = slice(k * b, (k + 1) * b)
+        xb = x[s]
+        t = np.tanh(xb)
+        J[s, s] = np.diag((1 - t**2) * np.sum(xb**2)) + np.outer(t, 2 * xb)
+    return J
+
+
+RNG_TAPE = np.random.default_rng(3)
+N_RT, M_RT = 120, 130
+I_RT, J_RT, K_RT = (RNG_TAPE.integers(0, N_RT, M_RT) for _ in range(3))
+
+
+def _random_sparse(x):
+    return np.sin(x[I_RT]) * np.cos(x[J_RT]) + x[K_RT] ** 2
+
+
+def _random_sparse_jacobian(x):
+    J = np.zeros((M_RT, N_RT))
+    rows = np.arange(M_RT)
+    np.add.at(J, (rows, I_RT), np.cos(x[I_RT]) * np.cos(x[J_RT]))
+    np.add.at(J, (rows, J_RT), -np.sin(x[I_RT]) * np.sin(x[J_RT]))
+    np.add.at(J, (rows, K_RT), 2 * x[K_RT])
+    return J
+
+
+# name -> (f, n, the hand-written dense Jacobian, mode for sparse=True)
+TAPE_FAMILIES = {
+    "banded": (broyden, 120, broyden_jacobian, "auto"),
+    "block_diagonal": (_blocks, 120, _blocks_jacobian, "auto"),
+    # both colourings need n colours: auto takes the per-output cones; forward is asked
+    "arrow_head": (arrow_head, 60, lambda x: _arrow_head_jacobian_csr(x).toarray(), "forward"),
+    "random_sparse": (_random_sparse, N_RT, _random_sparse_jacobian, "forward"),
+}
+
+
+def test_sparse_tape_threshold_counts_single_points():
+    from jacext._vm import JAC_TAPE_AFTER_POINTS
+    n = 80
+    F = jx.compile(broyden, np.zeros(n))
+    x = np.linspace(-1.0, 1.0, n)
+    for _ in range(JAC_TAPE_AFTER_POINTS - 1):
+        F.jacobian(x, sparse=True)
+    assert _sparse_tape(F, n) is None
+    assert _sparse_tape(F, n) is None             # asking counts nothing
+    F.jacobian(x)                                 # dense auto (coloured) counts with them
+    jt = _sparse_tape(F, n)
+    assert isinstance(jt, jx.Function)
+    assert _sparse_tape(F, n) is jt               # cached
+    assert jt.n_outputs == F.sparsity().nnz == 3 * n - 2
+    # value_and_jacobian counts apart (a tape with the values too)
+    assert _sparse_tape(F, n, values=True) is None
+    for _ in range(JAC_TAPE_AFTER_POINTS):
+        F.value_and_jacobian(x)
+    jv = _sparse_tape(F, n, values=True)
+    assert isinstance(jv, jx.Function) and jv is not jt
+    assert jv.n_outputs == n + 3 * n - 2
+
+
+@pytest.mark.parametrize("name", TAPE_FAMILIES)
+def test_sparse_tape_gives_the_results_of_the_sweeps(name, rng):
+    f, n, jac, mode = TAPE_FAMILIES[name]
+    F = jx.compile(f, np.zeros(n))
+    assert F._sparse_mode(mode, 0) == FORWARD
+    coloured_dense = F._auto_colours(0) == FORWARD
+    points = [rng.uniform(-1.0, 1.0, n) for _ in range(3)] + [rng.standard_normal(n)]
+    with np.errstate(all="ignore"):
+        before_s = [F.jacobian(x, sparse=True, mode=mode) for x in points]
+        before_d = [F.jacobian(x) for x in points]
+        before_v = [F.value_and_jacobian(x) for x in points]
+    assert _sparse_tape(F, n) is None
+    _pass_threshold(F, points[0], lambda G, x: G.jacobian(x, sparse=True, mode=mode))
+    jt = _sparse_tape(F, n)
+    assert isinstance(jt, jx.Function)
+    if coloured_dense:
+        _pass_threshold(F, points[0], lambda G, x: G.value_and_jacobian(x))
+        assert isinstance(_sparse_tape(F, n, values=True), jx.Function)
+    ptr, idx = F._pattern(0)
+    for k, x in enumerate(points):
+        Js = F.jacobian(x, sparse=True, mode=mode)
+        assert isinstance(Js, sp.csr_array) and Js.shape == (F.n_outputs, n)
+        np.testing.assert_array_equal(Js.indptr, ptr)
+        np.testing.assert_array_equal(Js.indices, idx)
+        np.testing.assert_array_equal(Js.indptr, before_s[k].indptr)
+        np.testing.assert_array_equal(Js.indices, before_s[k].indices)
+        np.testing.assert_array_equal(Js.data, before_s[k].data)
+        np.testing.assert_array_equal(jt(x), Js.data)      # the tape gave them
+        Jd = F.jacobian(x)
+        np.testing.assert_array_equal(Jd, before_d[k])
+        y, Jv = F.value_and_jacobian(x)
+        np.testing.assert_array_equal(y, before_v[k][0])
+        np.testing.assert_array_equal(Jv, before_v[k][1])
+        assert_same_bits(y, F(x))
+        # NumPy sums in its own order (jacext in a balanced tree): equal to rounding
+        np.testing.assert_allclose(y, f(x), rtol=1e-14, atol=1e-14)
+        # the independent reference: the hand-written Jacobian
+        want = jac(x)
+        np.testing.assert_allclose(Js.toarray(), want, rtol=1e-13, atol=1e-14)
+        np.testing.assert_allclose(Jd, want, rtol=1e-13, atol=1e-14)
+        np.testing.assert_allclose(Jv, want, rtol=1e-13, atol=1e-14)
+
+
+def assert_same_bits(actual, desired):
+    np.testing.assert_array_equal(actual, desired)
+    np.testing.assert_array_equal(np.signbit(actual), np.signbit(desired))
+
+
+def sqrt_where(x):
+    return np.where(x > 0, np.sqrt(x), 0.0) * (2.0 + _shift(x, 1))
+
+
+def sqrt_of_where(x):
+    # at x <= 0 the tape's term is sqrt's infinite partial times a zero tangent (nan);
+    # the sweeps' zero kill makes it 0
+    return np.sqrt(np.where(x > 0, x, 0.0)) * (2.0 + _shift(x, 1))
+
+
+def _sqrt_where_jacobian(x):
+    """Both functions: y_i = s_i (2 + x_{i-1}), s_i = sqrt(x_i) for x_i > 0 else 0, with
+    ds_i/dx_i = 1 / (2 sqrt(x_i)) for x_i > 0 and 0 otherwise."""
+    pos = x > 0
+    s = np.where(pos, np.sqrt(np.where(pos, x, 1.0)), 0.0)
+    ds = np.where(pos, 0.5 / np.sqrt(np.where(pos, x, 1.0)), 0.0)
+    J = np.diag(ds * (2.0 + _shift(x, 1)))
+    J[np.arange(1, x.size), np.arange(x.size - 1)] = s[1:]
+    return J
+
+
+@pytest.mark.parametrize("f", [sqrt_where, sqrt_of_where])
+def test_non_finite_tape_results_go_back_to_the_sweeps(f, rng):
+    n = 60
+    F = jx.compile(f, np.zeros(n))
+    assert F._sparse_mode("auto", 0) == FORWARD and F._auto_colours(0) == FORWARD
+    np.testing.assert_array_equal(F.sparsity().toarray(), _band(n, n, 1, 0))
+    x = rng.uniform(0.2, 2.0, n)
+    x[::4] = 0.0
+    x[1::7] = -0.5
+    x[2::9] = -0.0
+    before_s = F.jacobian(x, sparse=True)
+    before_d = F.jacobian(x)
+    before_v = F.value_and_jacobian(x)
+    positive = rng.uniform(0.2, 2.0, n)
+    _pass_threshold(F, positive, lambda G, p: G.jacobian(p, sparse=True))
+    _pass_threshold(F, positive, lambda G, p: G.value_and_jacobian(p))
+    jt = _sparse_tape(F, n)
+    assert isinstance(jt, jx.Function)
+    assert isinstance(_sparse_tape(F, n, values=True), jx.Function)
+    if f is sqrt_of_where:
+        with np.errstate(all="ignore"):
+            assert not np.isfinite(jt(x)).all()      # the tape alone would give nan here
+    want = _sqrt_where_jacobian(x)
+    Js = F.jacobian(x, sparse=True)
+    assert np.isfinite(Js.data).all()
+    np.testing.assert_array_equal(Js.data, before_s.data)
+    np.testing.assert_array_equal(Js.indices, before_s.indices)
+    np.testing.assert_allclose(Js.toarray(), want, rtol=1e-15, atol=0)
+    Jd = F.jacobian(x)
+    np.testing.assert_array_equal(Jd, before_d)
+    np.testing.assert_allclose(Jd, want, rtol=1e-15, atol=0)
+    out = np.full((n, n), np.nan)
+    assert F.jacobian(x, out=out) is out
+    np.testing.assert_array_equal(out, before_d)
+    y, Jv = F.value_and_jacobian(x)
+    assert_same_bits(y, before_v[0])
+    with np.errstate(invalid="ignore"):
+        assert_same_bits(y, f(x))
+    np.testing.assert_array_equal(Jv, before_v[1])
+    np.testing.assert_allclose(Jv, want, rtol=1e-15, atol=0)
+    # where every entry is finite the tape serves, with the same numbers
+    Jp = F.jacobian(positive, sparse=True)
+    np.testing.assert_array_equal(jt(positive), Jp.data)
+    np.testing.assert_allclose(Jp.toarray(), _sqrt_where_jacobian(positive), rtol=1e-15,
+                               atol=0)
+
+
+def _row_indices_increase(J):
+    return all((np.diff(J.indices[J.indptr[i]:J.indptr[i + 1]]) > 0).all()
+               for i in range(J.shape[0]))
+
+
+@pytest.mark.parametrize("phase", ["sweeps", "tape"])
+def test_csr_results_are_independent_and_canonical(phase, rng):
+    import scipy.sparse.linalg as spla
+    n = 100
+    F = jx.compile(broyden, np.zeros(n))
+    x1, x2 = rng.uniform(-0.5, 0.5, n), rng.uniform(-0.5, 0.5, n)
+    if phase == "tape":
+        _pass_threshold(F, x1, lambda G, x: G.jacobian(x, sparse=True))
+        assert isinstance(_sparse_tape(F, n), jx.Function)
+    else:
+        assert _sparse_tape(F, n) is None
+    J1 = F.jacobian(x1, sparse=True)
+    J2 = F.jacobian(x2, sparse=True)
+    ptr, idx = F._pattern(0)
+    S = F.sparsity()
+    for J in (J1, J2):
+        assert isinstance(J, sp.csr_array) and J.shape == (n, n) and J.dtype == np.float64
+        assert J.data.dtype == np.float64 and J.nnz == 3 * n - 2
+        assert J.has_sorted_indices and J.has_canonical_format
+        assert _row_indices_increase(J)                      # checked, not only flagged
+        for arr in (J.data, J.indices, J.indptr):
+            for other in (ptr, idx, S.indices, S.indptr):
+                assert not np.shares_memory(arr, other)
+    for a in ("data", "indices", "indptr"):
+        assert not np.shares_memory(getattr(J1, a), getattr(J2, a)), a
+    assert_close(J1.toarray(), broyden_jacobian(x1))
+    want2 = broyden_jacobian(x2)
+    assert_close(J2.toarray(), want2)
+    keep = [J2.data.copy(), J2.indices.copy(), J2.indptr.copy()]
+    # the caller owns its arrays: writing into one result changes no other, and no later one
+    J1.data[:] = 0.0
+    J1.indices[0] = n - 1
+    J1.indptr[1] = 0
+    J1.indices[::-1].sort()
+    for arr, old in zip((J2.data, J2.indices, J2.indptr), keep):
+        np.testing.assert_array_equal(arr, old)
+    J3 = F.jacobian(x2, sparse=True)
+    np.testing.assert_array_equal(J3.indptr, ptr)
+    np.testing.assert_array_equal(J3.indices, idx)
+    np.testing.assert_array_equal(J3.data, J2.data)
+    assert J3.has_sorted_indices and _row_indices_increase(J3)
+    assert_close(J3.toarray(), want2)
+    np.testing.assert_array_equal(F.sparsity().toarray(), _band(n, n, 1, 1))
+    # SciPy's solver takes it: the same solution as a dense solve of the hand Jacobian
+    b = rng.standard_normal(n)
+    got = spla.spsolve(J3.tocsc(), b)
+    np.testing.assert_allclose(got, np.linalg.solve(want2, b), rtol=1e-10, atol=1e-12)
+    got = spla.spsolve(J3, b)
+    np.testing.assert_allclose(got, np.linalg.solve(want2, b), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("phase", ["sweeps", "tape"])
+def test_dense_auto_out_is_overwritten_entirely(phase, rng):
+    n = 100
+    F = jx.compile(broyden, np.zeros(n))
+    assert F._auto_colours(0) == FORWARD
+    x = rng.standard_normal(n)
+    if phase == "tape":
+        _pass_threshold(F, x, lambda G, p: G.jacobian(p))
+        assert isinstance(_sparse_tape(F, n), jx.Function)
+    P = _band(n, n, 1, 1)
+    for x in (rng.standard_normal(n), rng.uniform(-1.0, 1.0, n)):
+        want = broyden_jacobian(x)
+        out = np.full((n, n), np.nan)
+        assert F.jacobian(x, out=out) is out
+        assert not np.isnan(out).any()
+        np.testing.assert_array_equal(out[~P], 0.0)          # structural zeros written
+        assert_close(out, want)
+        np.testing.assert_array_equal(out, F.jacobian(x, mode="forward"))
+        # a C-contiguous view into a larger array: its rows only
+        big = np.full((n + 5, n), np.nan)
+        view = big[2:n + 2]
+        assert F.jacobian(x, out=view) is view
+        np.testing.assert_array_equal(view, out)
+        assert np.isnan(big[:2]).all() and np.isnan(big[n + 2:]).all()
+        # not C-contiguous (a transposed view, a strided slice): refused, left untouched,
+        # as documented (out is "a preallocated float64 C-contiguous array")
+        for bad in (np.full((n, n), np.nan).T, np.full((n, 2 * n), np.nan)[:, ::2]):
+            with pytest.raises(ValueError, match="C-contiguous"):
+                F.jacobian(x, out=bad)
+            assert np.isnan(bad).all()
+
+
+def test_dense_auto_out_tuple_of_non_contiguous_arrays(rng):
+    """Tuple outputs: out is a tuple of arrays, any layout (each copied into)."""
+    n = 40
+    F = jx.compile(two_outputs, np.zeros(n))
+    assert F._auto_colours(0) != 0
+    x = rng.standard_normal(n)
+    D1, D2 = F.jacobian(x, mode="forward")
+    o1 = np.full((n, n), np.nan).T                           # F-contiguous
+    o2_base = np.full((7, 3 * n), np.nan)
+    o2 = o2_base[:, 1::3]                                    # strided
+    res = F.jacobian(x, out=(o1, o2))
+    assert isinstance(res, tuple) and res[0] is o1 and res[1] is o2
+    np.testing.assert_allclose(o1, D1, rtol=1e-14, atol=0)
+    np.testing.assert_allclose(o2, D2, rtol=1e-14, atol=0)
+    assert_close(o1, broyden_jacobian(x))
+    assert_close(o2, _arrow_head_jacobian_csr(x).toarray()[:7])
+    assert np.isnan(o2_base[:, 0::3]).all() and np.isnan(o2_base[:, 2::3]).all()
+
+
+def test_sparse_tape_keeps_signed_zero_constants_apart(rng):
+    """atan2(+-0.0, x) * x for x < 0: +-pi, a finite Jacobian whose sign follows the zero's.
+    The tape's instructions for 0.0 and -0.0 are neighbours of one op word (one traced call):
+    the single-point sweep must not run them as one immediate (at 1443d7c the tape gave
+    +pi where the sweeps gave -pi; fixed in 696b0a6)."""
+    n = 40
+    c = np.where(np.arange(n) < n // 2, 0.0, -0.0)
+    f = lambda v: np.arctan2(c, v) * v
+    F = jx.compile(f, np.zeros(n))
+    assert F._sparse_mode("auto", 0) == FORWARD
+    points = [-rng.uniform(0.5, 2.0, n) for _ in range(3)]
+    before = [F.jacobian(x, sparse=True) for x in points]
+    _pass_threshold(F, points[0], lambda G, x: G.jacobian(x, sparse=True))
+    assert isinstance(_sparse_tape(F, n), jx.Function)
+    for x, b in zip(points, before):
+        want = np.diag(np.arctan2(c, x) + x * (-c / (c**2 + x**2)))
+        assert (np.diag(want)[: n // 2] > 3.0).all() and (np.diag(want)[n // 2:] < -3.0).all()
+        np.testing.assert_allclose(b.toarray(), want, rtol=1e-15, atol=0)
+        J = F.jacobian(x, sparse=True)
+        np.testing.assert_array_equal(J.data, b.data)
+        np.testing.assert_allclose(J.toarray(), want, rtol=1e-15, atol=0)
+        assert_same_bits(F(x), f(x))

@@ -1,13 +1,14 @@
-"""The C VM: zero kills, NumPy's nan/inf, slot reuse, odd outputs, corrupt tapes."""
+"""The C VM: zero kills, NumPy's nan/inf, slot reuse, odd outputs, corrupt tapes, runs."""
 from __future__ import annotations
 
 import copy
+import math
 import pickle
 
 import numpy as np
 import pytest
 from check import assert_same_values, check_jacobian
-from jacext._graph import A_IMM, B_IMM, OPS
+from jacext._graph import A_IMM, B_IMM, OP_MASK, OPS
 
 import jacext as jx
 from jacext import Function
@@ -482,3 +483,325 @@ def test_empty_batches():
     out = np.empty((0, 2, 2))
     G = jx.compile(np.sin, np.zeros(2))
     assert G.jacobian(E, out=out) is out
+
+
+# ----------------------------------------------------------------------- runs --
+# The single-point value sweep cuts the tape into runs (vm.c's jx_tape_runs): consecutive
+# instructions of one op word (and one immediate) whose dst/a/b/condition slots step
+# evenly.  A run whose steps are all 1 and whose operand ranges miss its dst range is one
+# vector loop (flag 1); any other run is a strided loop that must still execute its
+# instructions in order.  F._run_table() gives (length, step dst, a, b, s, flags) per run,
+# or nothing when the runs are too short to be used (4 * n_runs > 3 * n_instructions).
+# References: NumPy on the traced expression, and the tape executed one instruction at a
+# time in Python (_interpret); the expected tables are written out by hand, and a Python
+# re-derivation of the cut (_expected_runs) is checked against them.
+
+RUN_FIELDS = 6
+RUN_CONTIGUOUS = 1
+SELECT = OPS["SELECT"]
+ARITY = {OPS[name]: arity for name, arity in (
+    ("ADD", 2), ("SUB", 2), ("MUL", 2), ("DIV", 2), ("SIN", 1), ("SELECT", 3))}
+
+
+def _ins(name, dst, a, b=None, imm=0.0, flag=0):
+    """One instruction row; a unary op's b is its a (any valid slot would do)."""
+    return (int(OPS[name]) | flag, dst, a, a if b is None else b, float(imm))
+
+
+def _hand_tape(n_in, code, out_slot, const_value=()):
+    op, dst, a, b, imm = (list(col) for col in zip(*code))
+    n_slots = max(max(dst), max(out_slot), n_in + len(const_value) - 1) + 1
+    return {"op": np.array(op, np.int32), "dst": np.array(dst, np.int32),
+            "a": np.array(a, np.int32), "b": np.array(b, np.int32),
+            "imm": np.array(imm, np.float64), "out_slot": np.array(out_slot, np.int32),
+            "const_value": np.array(const_value, np.float64), "n_in": n_in,
+            "n_slots": n_slots}
+
+
+def _hand_function(tape):
+    return Function(tape, ((int(tape["n_in"]),),), ((len(tape["out_slot"]),),), False, "t")
+
+
+def _interpret(tape, x):
+    """The tape run one instruction at a time on NumPy float64 scalars (math.sin, the C
+    library's sin, for SIN, as the VM calls it)."""
+    n_in = int(tape["n_in"])
+    v = np.zeros(int(tape["n_slots"]))
+    v[:n_in] = x
+    v[n_in:n_in + len(tape["const_value"])] = tape["const_value"]
+    with np.errstate(all="ignore"):
+        for word, d, a, b, imm in zip(*(tape[k] for k in ("op", "dst", "a", "b", "imm"))):
+            word, base, c = int(word), int(word) & OP_MASK, np.float64(imm)
+            p = c if word & A_IMM else v[a]
+            q = c if word & B_IMM else v[b]
+            if base == OPS["ADD"]:
+                z = p + q
+            elif base == OPS["SUB"]:
+                z = p - q
+            elif base == OPS["MUL"]:
+                z = p * q
+            elif base == OPS["DIV"]:
+                z = p / q
+            elif base == OPS["SIN"]:
+                z = math.sin(p) if math.isfinite(p) else math.nan
+            elif base == SELECT:
+                z = p if v[int(imm)] != 0.0 else q
+            else:
+                raise AssertionError(f"no reference for op {base}")
+            v[d] = z
+    return v[np.asarray(tape["out_slot"])].copy()
+
+
+def _same_immediate(p, q):
+    """Equal as the op sees them: == and the same sign (0.0 and -0.0 are different
+    divisors); nan never equals itself."""
+    return p == q and math.copysign(1.0, p) == math.copysign(1.0, q)
+
+
+def _expected_runs(tape):
+    """jx_tape_runs' cut, re-derived: maximal runs of one op word (one immediate where the
+    word has one) over evenly stepping read slots (unread slots do not count)."""
+    op, dst, ta, tb, imm = (np.asarray(tape[k]) for k in ("op", "dst", "a", "b", "imm"))
+    n = len(op)
+
+    def reads(i):
+        word = int(op[i])
+        base = word & OP_MASK
+        return (not word & A_IMM, ARITY[base] >= 2 and not word & B_IMM, base == SELECT)
+
+    def slots(i):
+        return (int(dst[i]), int(ta[i]), int(tb[i]),
+                int(imm[i]) if int(op[i]) & OP_MASK == SELECT else 0)
+
+    def same(i, j):
+        with_imm = int(op[i]) & (A_IMM | B_IMM)
+        return op[j] == op[i] and (not with_imm or _same_immediate(imm[i], imm[j]))
+
+    rows, i = [], 0
+    while i < n:
+        used = (True,) + reads(i)
+        steps = [0, 0, 0, 0]
+        j = i + 1
+        if j < n and same(i, j):
+            steps = [sj - si if u else 0 for sj, si, u in zip(slots(j), slots(i), used)]
+            while j < n and same(i, j) and all(
+                    not u or sj - sp == st
+                    for sj, sp, st, u in zip(slots(j), slots(j - 1), steps, used)):
+                j += 1
+        length, flags = j - i, 0
+        if length > 1 and all(st == 1 for st, u in zip(steps, used) if u):
+            d0, d1 = int(dst[i]), int(dst[j - 1])
+            meets = any(u and lo <= d1 and lo + length - 1 >= d0
+                        for lo, u in zip(slots(i)[1:], used[1:]))
+            flags = 0 if meets else RUN_CONTIGUOUS
+        rows.append([length] + steps + [flags])
+        i = j
+    if 4 * len(rows) > 3 * n:
+        rows = []
+    return np.array(rows, dtype=np.int32).reshape(-1, RUN_FIELDS)
+
+
+def assert_identical(actual, desired):
+    """Equal bit for bit, but for a nan's payload: nan in the same places, zeros of the
+    same sign."""
+    actual, desired = np.asarray(actual), np.asarray(desired)
+    np.testing.assert_array_equal(actual, desired)
+    keep = ~np.isnan(desired)
+    np.testing.assert_array_equal(np.signbit(actual[keep]), np.signbit(desired[keep]),
+                                  err_msg="signs of zeros")
+
+
+def _broyden_expr(x):
+    return ((3 - 2 * x) * x - np.concatenate([[0.0], x[:-1]])
+            - 2 * np.concatenate([x[1:], [0.0]]) + 1)
+
+
+def test_traced_elementwise_function_runs_as_contiguous_loops(rng):
+    n = 1000
+    F = jx.compile(_broyden_expr, np.zeros(n))
+    runs = F._run_table()
+    assert runs.dtype == np.int32 and runs.shape[1] == RUN_FIELDS and runs.shape[0] > 0
+    assert (runs[:, 0] >= 1).all()
+    assert runs[:, 0].sum() == F.n_instructions
+    assert 4 * runs.shape[0] <= 3 * F.n_instructions
+    in_vector_loops = runs[(runs[:, 5] & RUN_CONTIGUOUS) != 0, 0].sum()
+    assert in_vector_loops > 0.9 * F.n_instructions, runs
+    np.testing.assert_array_equal(runs, _expected_runs(F.tape_arrays()))
+    # values: NumPy's, bit for bit, at ordinary points and with inf, nan and signed zeros
+    nasty = rng.standard_normal(n)
+    where = rng.choice(n, 4 * NASTY.size, replace=False)
+    nasty[where] = np.resize(NASTY, where.size)
+    nasty[:2], nasty[-2:] = (np.nan, -0.0), (np.inf, 0.0)
+    for x in (rng.standard_normal(n), rng.uniform(-1e3, 1e3, n), nasty, np.zeros(n),
+              np.full(n, -0.0)):
+        with np.errstate(all="ignore"):
+            want = _broyden_expr(x.copy())
+        assert_identical(F(x), want)
+    # a small batch (fewer points than a block: the point sweep, runs included)
+    X = np.stack([nasty, -nasty, nasty[::-1]])
+    with np.errstate(all="ignore"):
+        assert_identical(F(X), np.stack([_broyden_expr(r.copy()) for r in X]))
+
+
+def test_traced_function_with_runs_pickles(rng):
+    F = jx.compile(_broyden_expr, np.zeros(300))
+    G = pickle.loads(pickle.dumps(F))
+    assert G.n_instructions == F.n_instructions
+    np.testing.assert_array_equal(G._run_table(), F._run_table())
+    assert G._run_table().shape[0] > 0
+    for x in (rng.standard_normal(300), np.resize(NASTY, 300)):
+        with np.errstate(all="ignore"):
+            want = _broyden_expr(x.copy())
+        assert_identical(G(x), F(x))
+        assert_identical(G(x), want)
+
+
+# name -> (n_in, code, out_slot, the run table it must get); inputs are slots 0 .. n_in-1
+HAND_TAPES = {
+    # (a) strided, step -1: y[15 - k] = x[k] + x[7 - k], then read back in reverse
+    "step -1": (8, [_ins("ADD", 15 - k, k, 7 - k) for k in range(8)]
+                + [_ins("SUB", 16 + k, 15 - k, 8 + k) for k in range(8)],
+                list(range(8, 24)),
+                [[8, -1, 1, -1, 0, 0], [8, 1, -1, 1, 0, 0]]),
+    # (b) a broadcast operand (step 0) on either side; a dst of step 0 (the last write wins)
+    "broadcast": (8, [_ins("SIN", 8, 0)] + [_ins("MUL", 9 + k, k, 8) for k in range(8)]
+                  + [_ins("SUB", 17 + k, 8, k) for k in range(8)]
+                  + [_ins("ADD", 25, k, 9 + k) for k in range(4)],
+                  list(range(8, 26)),
+                  [[1, 0, 0, 0, 0, 0], [8, 1, 1, 0, 0, 0], [8, 1, 0, 1, 0, 0],
+                   [4, 0, 1, 1, 0, 0]]),
+    # (c) anti-dependences: instruction k reads the slot that instruction k + 1 then
+    # overwrites (steps 1, the operand range meeting the dst range; and steps -1)
+    "anti-dependence": (8, [_ins("SIN", 8 + k, k) for k in range(8)]
+                        + [_ins("SUB", 8 + k, 9 + k, k) for k in range(7)]
+                        + [_ins("DIV", 15 - k, 14 - k, k) for k in range(7)],
+                        list(range(8, 16)),
+                        [[8, 1, 1, 0, 0, 1], [7, 1, 1, 1, 0, 0], [7, -1, -1, 1, 0, 0]]),
+    # (d) running chains: each instruction reads the previous one's result (a running sum
+    # with steps 1; a running product with steps -2)
+    "chain": (8, [_ins("MUL", 8, 0, 1)] + [_ins("ADD", 9 + k, 8 + k, k) for k in range(8)]
+              + [_ins("SIN", 34, 7)] + [_ins("MUL", 32 - 2 * k, 34 - 2 * k, k) for k in range(8)],
+              list(range(9, 17)) + list(range(18, 33, 2)),
+              [[1, 0, 0, 0, 0, 0], [8, 1, 1, 1, 0, 0], [1, 0, 0, 0, 0, 0],
+               [8, -2, -2, 1, 0, 0]]),
+    # (e) immediates: one immediate per run (2.5 - x, x / 3), a change of immediate cuts
+    # the run (x * 2 then x * 5), alternating ones give runs of one, and an operand slot
+    # the op does not read may step anyhow
+    "immediates": (8, [_ins("SUB", 8 + k, k, imm=2.5, flag=A_IMM) for k in range(8)]
+                   + [_ins("DIV", 16 + k, 8 + k, imm=3.0, flag=B_IMM) for k in range(8)]
+                   + [_ins("MUL", 24 + k, 16 + k, imm=2.0 if k < 4 else 5.0, flag=B_IMM)
+                      for k in range(8)]
+                   + [_ins("SUB", 32 + k, 24 + k, imm=1.5 * (-1) ** k, flag=A_IMM)
+                      for k in range(4)]
+                   + [_ins("ADD", 36 + k, k, (0, 5, 2, 7)[k], imm=1.0, flag=B_IMM)
+                      for k in range(4)],
+                   list(range(8, 40)),
+                   [[8, 1, 0, 1, 0, 1], [8, 1, 1, 0, 0, 1], [4, 1, 1, 0, 0, 1],
+                    [4, 1, 1, 0, 0, 1]] + [[1, 0, 0, 0, 0, 0]] * 4 + [[4, 1, 1, 0, 0, 1]]),
+    # SELECT: its condition slot steps too; a condition range meeting the dst range (an
+    # anti-dependence through the condition alone) makes the run strided
+    "select": (8, [_ins("SUB", 8 + k, k, imm=0.5, flag=B_IMM) for k in range(8)]
+               + [_ins("SELECT", 16 + k, k, 8 + k, imm=8 + k) for k in range(8)]
+               + [_ins("SELECT", 8 + k, 16 + k, k, imm=9 + k) for k in range(7)],
+               list(range(8, 24)),
+               [[8, 1, 1, 0, 0, 1], [8, 1, 1, 1, 1, 1], [7, 1, 1, 1, 1, 0]]),
+    # constants: a run reading a constant slot (step 0) and one over the constants
+    "constants": (4, [_ins("MUL", 7 + k, k, 4) for k in range(4)]
+                  + [_ins("ADD", 11 + k, 7 + k, 4 + k % 3) for k in range(3)]
+                  + [_ins("DIV", 14 + k, 5, 7 + k) for k in range(4)],
+                  list(range(7, 18)),
+                  [[4, 1, 1, 0, 0, 0], [3, 1, 1, 1, 0, 1], [4, 1, 0, 1, 0, 0]]),
+}
+HAND_CONSTANTS = {"constants": (-1.25, 3.0, 0.1)}
+
+
+def _hand_points(n_in, rng):
+    return [rng.standard_normal(n_in), rng.uniform(-4.0, 4.0, n_in), NASTY[:n_in].copy(),
+            NASTY[-n_in:].copy(), NASTY[2:2 + n_in][::-1].copy()]
+
+
+@pytest.mark.parametrize("name", sorted(HAND_TAPES))
+def test_hand_made_runs_execute_as_one_instruction_at_a_time(name, rng):
+    n_in, code, out_slot, table = HAND_TAPES[name]
+    tape = _hand_tape(n_in, code, out_slot, HAND_CONSTANTS.get(name, ()))
+    table = np.array(table, dtype=np.int32)
+    # the table written by hand is the cut's rule (and is long enough to be used)
+    np.testing.assert_array_equal(_expected_runs(tape), table)
+    F = _hand_function(tape)
+    np.testing.assert_array_equal(F._run_table(), table)
+    assert F._run_table()[:, 0].sum() == F.n_instructions == len(code)
+    points = _hand_points(n_in, rng)
+    for x in points + points[:1]:      # again: the work memory of an earlier call
+        assert_identical(F(x), _interpret(tape, x))
+    # a batch of 70 points: one block of the batched value sweep and a tail
+    X = np.concatenate([np.stack(points), rng.standard_normal((65, n_in))])
+    assert_identical(F(X), np.stack([_interpret(tape, x) for x in X]))
+    # pickles (the runs are derived again) with the same table and values
+    G = pickle.loads(pickle.dumps(F))
+    np.testing.assert_array_equal(G._run_table(), table)
+    for x in points:
+        assert_identical(G(x), F(x))
+
+
+@pytest.mark.parametrize("code, used", [
+    # 4 instructions in 3 runs: 4 * 3 <= 3 * 4, used
+    ([_ins("ADD", 8, 0, 2), _ins("ADD", 9, 1, 3), _ins("MUL", 10, 8, 9), _ins("SUB", 11, 10, 0)],
+     True),
+    # 4 instructions in 4 runs, and 5 in 4: too short, not used
+    ([_ins("ADD", 8, 0, 2), _ins("MUL", 9, 1, 3), _ins("SUB", 10, 8, 9),
+      _ins("DIV", 11, 10, 0)], False),
+    ([_ins("ADD", 8, 0, 2), _ins("ADD", 9, 1, 3), _ins("MUL", 10, 8, 9), _ins("SUB", 11, 10, 0),
+      _ins("DIV", 12, 11, 1)], False),
+])
+def test_runs_are_used_only_where_long_enough(code, used, rng):
+    tape = _hand_tape(4, code, [8, 9, 10, 11] + ([12] if len(code) > 4 else []))
+    F = _hand_function(tape)
+    runs = F._run_table()
+    assert runs.shape == ((3, RUN_FIELDS) if used else (0, RUN_FIELDS))
+    assert runs.dtype == np.int32
+    if used:
+        np.testing.assert_array_equal(runs, [[2, 1, 1, 1, 0, 1], [1, 0, 0, 0, 0, 0],
+                                             [1, 0, 0, 0, 0, 0]])
+    np.testing.assert_array_equal(runs, _expected_runs(tape))
+    for x in _hand_points(4, rng):
+        assert_identical(F(x), _interpret(tape, x))
+
+
+SIGNED_ZEROS = np.where(np.arange(8) < 4, 0.0, -0.0)     # 0.0 x 4, then -0.0 x 4
+
+
+# A bug at 1443d7c (src_c/vm.c, jx_tape_runs; fixed in 696b0a6): immediates were compared with ==,
+# for which 0.0 == -0.0, so x / 0.0 and x / -0.0 (or atan2(0.0, x) and atan2(-0.0, x)) joined
+# one run and jx_forward_run applied the first instruction's immediate to the whole run:
+# x / [0., 0., 0., 0., -0., -0., -0., -0.] at x = 1 gave +inf x 8 (one run [8, 1, 1, 0, 0, 1]).
+# Single points and small batches (the point sweep) were wrong; the batched block sweep
+# (block_values.h) reads each instruction's own immediate.  Runs now compare the bits.
+def test_signed_zero_immediates_are_not_one_run():
+    code = ([_ins("DIV", 8 + k, k, imm=SIGNED_ZEROS[k], flag=B_IMM) for k in range(8)]
+            + [_ins("SUB", 16 + k, k, imm=SIGNED_ZEROS[k], flag=A_IMM) for k in range(8)])
+    tape = _hand_tape(8, code, list(range(8, 24)))
+    F = _hand_function(tape)
+    for x in (np.ones(8), np.array([1.0, -2.0, 0.5, -0.0, 3.0, -1.0, 0.0, 7.0])):
+        want = _interpret(tape, x)
+        assert np.isposinf(want[:8]).any() and np.isneginf(want[:8]).any()
+        assert_identical(F(x), want)
+    np.testing.assert_array_equal(F._run_table(), _expected_runs(tape))
+    np.testing.assert_array_equal(F._run_table(), [[4, 1, 1, 0, 0, 1]] * 2
+                                  + [[4, 1, 0, 1, 0, 1]] * 2)
+
+
+def test_traced_signed_zero_constants_keep_their_sign():
+    c = np.repeat(SIGNED_ZEROS, 5)
+    x = -np.linspace(1.0, 2.0, c.size)
+    F = jx.compile(lambda v: np.arctan2(c, v) * v, x)   # atan2(+-0, negative) = +-pi: finite
+    G = jx.compile(lambda v: v / c, x)
+    with np.errstate(all="ignore"):
+        want_f, want_g = np.arctan2(c, x) * x, x / c
+    # the batched block sweep (64 points and more) has it right ...
+    X = np.broadcast_to(x, (64, x.size)).copy()
+    assert_identical(F(X)[0], want_f)
+    with np.errstate(all="ignore"):
+        assert_identical(G(X)[-1], want_g)
+    # ... the single-point sweep must too
+    assert_identical(F(x), want_f)
+    assert_identical(G(x), want_g)
