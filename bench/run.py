@@ -9,7 +9,8 @@ Sections: the table (every problem of BENCH.md x every peer), broyden_scaling (n
 Each framework runs in its own worker process (bench/worker.py) with a time limit per cell;
 a cell that overruns is recorded as a timeout. Every peer's Jacobian is checked against a
 reference before anything is timed; a disagreement stops the run with exit status 2.
-Steady state is the median over interleaved repeats of a perf_counter_ns loop; first call
+Steady state is the median over interleaved repeats of a perf_counter_ns loop, after a
+warm-up of 2,100 calls (or 3 s) per peer (bench/worker.py: warm_up); first call
 (construction + trace/compile + first evaluation) is measured apart. Writes DIR/results.json,
 DIR/results.md and the plots DIR/*.png (matplotlib), and prints the tables.
 """
@@ -102,6 +103,8 @@ def time_peers(timed, x, target_ns, repeats):
     across peers so a noisy stretch of the machine hits them all alike (bench/sparse.py)."""
     import gc
 
+    for _, jac in timed:
+        worker_module.warm_up(jac, x)
     numbers = {name: autorange(jac, x, target_ns) for name, jac in timed}
     samples = {name: [] for name, _ in timed}
     gc_was_enabled = gc.isenabled()
@@ -651,7 +654,8 @@ def markdown(report):
             f"{when} " + ", ".join(f"{v:.2f}" for v in load[when]) for when in load)
             + " (a shared machine: compare numbers within one run)")
     lines.append(
-        f"Steady state: median of {settings['repeats']} repeats interleaved across peers, "
+        "Steady state: after a warm-up of 2,100 calls (or 3 s) per peer, "
+        f"median of {settings['repeats']} repeats interleaved across peers, "
         f"each >= {settings['target_ns'] / 1e6:g} ms (fewer repeats where they would not fit "
         f"in the cell limit of {settings['cell_limit_s']:g} s); time per Jacobian (per batch "
         "for arm_batch). First call: construction + trace/compile + first evaluation, "
