@@ -289,6 +289,47 @@ def run(quick=False):
     return rows
 
 
+MILLION = r"""
+import sys, time
+sys.path.insert(0, sys.argv[1])
+import numpy as np, jacext as jx
+from bench.batch import arm, arm_data
+def peak():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM"):
+            return int(line.split()[1]) * 1024
+F = jx.compile(arm, np.zeros(7))
+F.jacobian(arm_data(4096))        # the Jacobian tape is built here, not in the timed call
+X = arm_data(10**6)
+before = peak()
+t0 = time.perf_counter()
+J = F.jacobian(X)
+elapsed = time.perf_counter() - t0
+print(elapsed, before, peak(), J.nbytes)
+"""
+
+
+def scaling(quick=False):
+    """Two threads against one on arm_batch at N = 10^5, and 10^6 arm Jacobians in a fresh
+    process: time and how much the peak resident memory grew during the call (VmHWM)."""
+    import jacext as jx
+
+    n = 10**4 if quick else 10**5
+    F = jx.compile(arm, np.zeros(7))
+    X = arm_data(n)
+    F.jacobian(X)
+    one = median_time(lambda: F.jacobian(X, threads=1), 3 if quick else 7)
+    two = median_time(lambda: F.jacobian(X, threads=2), 3 if quick else 7)
+    out = {"threads_N": n, "one_thread_s": one, "two_threads_s": two}
+    if not quick and os.path.exists("/proc/self/status"):
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        res = subprocess.run([sys.executable, "-c", MILLION, root], capture_output=True,
+                             text=True, check=True)
+        elapsed, before, after, nbytes = (float(v) for v in res.stdout.split())
+        out.update(million_s=elapsed, million_peak_grew=after - before, million_out=nbytes)
+    return out
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
@@ -324,9 +365,19 @@ def main(argv=None):
         for note in ("compiled_c_note", "jax_note"):
             if note in r:
                 print(f"  {r['problem']}: {note}: {r[note]}")
+    sc = scaling(args.quick)
+    print(f"arm_batch N = {sc['threads_N']}: 1 thread {sc['one_thread_s'] * 1e3:.1f} ms, "
+          f"2 threads {sc['two_threads_s'] * 1e3:.1f} ms: "
+          f"{sc['one_thread_s'] / sc['two_threads_s']:.2f}x (bar 1.8x)")
+    if "million_s" in sc:
+        mib = 2**20
+        print(f"arm, 10^6 Jacobians in one call (fresh process, all cores): "
+              f"{sc['million_s']:.2f} s; peak memory grew {sc['million_peak_grew'] / mib:.0f} MiB "
+              f"for a {sc['million_out'] / mib:.0f} MiB output (bar 1.2x + 50 MiB = "
+              f"{(1.2 * sc['million_out'] + 50 * mib) / mib:.0f} MiB)")
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump(rows, fh, indent=1)
+            json.dump({"batches": rows, "scaling": sc}, fh, indent=1)
     return 0
 
 
