@@ -10,7 +10,7 @@ Each framework runs in its own worker process (bench/worker.py) with a time limi
 a cell that overruns is recorded as a timeout. Every peer's Jacobian is checked against a
 reference before anything is timed; a disagreement stops the run with exit status 2.
 Steady state is the median over interleaved repeats of a perf_counter_ns loop, after a
-warm-up of 2,100 calls (or 3 s) per peer (bench/worker.py: warm_up); first call
+warm-up of 2,100 calls (or 10 s) per peer (bench/worker.py: warm_up); first call
 (construction + trace/compile + first evaluation) is measured apart. Writes DIR/results.json,
 DIR/results.md and the plots DIR/*.png (matplotlib), and prints the tables.
 """
@@ -654,7 +654,7 @@ def markdown(report):
             f"{when} " + ", ".join(f"{v:.2f}" for v in load[when]) for when in load)
             + " (a shared machine: compare numbers within one run)")
     lines.append(
-        "Steady state: after a warm-up of 2,100 calls (or 3 s) per peer, "
+        "Steady state: after a warm-up of 2,100 calls (or 10 s) per peer, "
         f"median of {settings['repeats']} repeats interleaved across peers, "
         f"each >= {settings['target_ns'] / 1e6:g} ms (fewer repeats where they would not fit "
         f"in the cell limit of {settings['cell_limit_s']:g} s); time per Jacobian (per batch "

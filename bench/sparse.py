@@ -417,7 +417,7 @@ def markdown(report):
                                  for when in ("start", "end"))
                      + " (a shared machine: compare within a run)")
     lines += [
-        "Steady state: after a warm-up of 2,100 calls (or 3 s) per peer, "
+        "Steady state: after a warm-up of 2,100 calls (or 10 s) per peer, "
         f"median of {settings['repeats']} interleaved repeats, each >= "
         f"{settings['target_ns'] / 1e6:g} ms; first call = construction + trace/compile "
         "(+ jacext's pattern and colouring) + first evaluation, in this process.",

@@ -39,7 +39,7 @@ WARMUP = {
 # torch's compiled functions, jacext's Jacobian tapes, which a Function builds once 2,048
 # points' Jacobians have been asked of it).  Capped in time for the slow peers.
 WARMUP_CALLS = 2100
-WARMUP_NS = 3_000_000_000
+WARMUP_NS = 10_000_000_000
 
 
 def warm_up(jac, x):

@@ -12,6 +12,13 @@
  * see no aliasing.)  B is chosen per tape so that a block's work arrays stay
  * in L2 (jx_block_size, with the measurements behind it).
  *
+ * Two kinds of block.  The sweeps' (jx_block_forward with its partials, then
+ * jx_block_tangent or jx_block_adjoint) for the first batches of a Function;
+ * and once a Jacobian tape exists (jacext/derivative.py: the Jacobian's
+ * entries as a tape of their own), one value sweep over it (jx_block_values,
+ * block_values.h) per block of JX_VB points.  Plain values (F(X)) take the
+ * value sweep too.
+ *
  * A last, partial block is padded with copies of its last point; only real
  * points are written out.  Threads take whole blocks, so the results do not
  * depend on the thread count (bit for bit).  Threads are plain POSIX or
@@ -181,8 +188,9 @@ static void jx_block_values(const jx_tape *t, double *V, double *stash)
     jx_block_values_base(t, V, stash);
 }
 
-/* Returns 1 when every partial of the block is finite (see jx_block_tangent). */
-static int jx_block_forward(const jx_tape *t, jx_block_work *w, int want_partials)
+/* Values and partials of a block, for the sweeps; returns 1 when every partial
+   of the block is finite (see jx_block_tangent). */
+static int jx_block_forward(const jx_tape *t, jx_block_work *w)
 {
     const int32_t blk = w->block;
     int32_t i, l;
@@ -198,7 +206,7 @@ static int jx_block_forward(const jx_tape *t, jx_block_work *w, int want_partial
         pb = (word & JX_B_IMM) ? w->imm : V + (size_t)t->b[i] * B;
         ps = ((word & JX_OP_MASK) == JX_OP_SELECT) ? V + (size_t)(int32_t)t->imm[i] * B : pa;
         /* an instruction with fixed partials stores none per point */
-        const int values_only = !want_partials || (t->fixed && t->fixed[i]);
+        const int values_only = t->fixed && t->fixed[i];
         switch (word & JX_OP_MASK) {
 #define OP(NAME, ARITY, COMMUTES, VALUE, D0, D1, FIXED)                  \
         case JX_OP_##NAME:                                               \
@@ -218,7 +226,7 @@ static int jx_block_forward(const jx_tape *t, jx_block_work *w, int want_partial
             break;
         }
     }
-    if (want_partials) {
+    {
         /* x - x is 0 for finite x, nan for inf and nan; one accumulator per
            lane, so the loop vectorises (a single sum would be a serial chain) */
         double acc[JX_BLOCK_MAX];
@@ -232,7 +240,6 @@ static int jx_block_forward(const jx_tape *t, jx_block_work *w, int want_partial
         for (l = 0; l < B; l++) finite &= (acc[l] == 0.0);
         return finite;
     }
-    return 1;
 }
 
 /*
@@ -387,7 +394,7 @@ static void jx_block_jacobian(const jx_tape *t, jx_block_work *w, const jx_batch
     int finite;
     int32_t k0, k, l, i, c;
     jx_block_load(t, w, job->x + (size_t)p0 * (size_t)t->n_in, n);
-    finite = jx_block_forward(t, w, 1);
+    finite = jx_block_forward(t, w);
     jx_block_store_outputs(t, w, job->y ? job->y + (size_t)p0 * n_out : NULL, n);
     if (n_cols == 0 || n_out == 0) return;
     if (job->mode == JX_MODE_FORWARD) {
@@ -497,7 +504,7 @@ static void jx_block_jvp(const jx_tape *t, jx_block_work *w, const jx_batch *job
     const double *v = job->seed + (size_t)p0 * t->n_in;
     double *ydot = job->out + (size_t)p0 * t->n_out;
     jx_block_load(t, w, job->x + (size_t)p0 * (size_t)t->n_in, n);
-    finite = jx_block_forward(t, w, 1);
+    finite = jx_block_forward(t, w);
     jx_block_store_outputs(t, w, job->y ? job->y + (size_t)p0 * t->n_out : NULL, n);
     memset(w->lane, 0, (size_t)(t->n_in + t->n_const) * B * sizeof(double));
     for (l = 0; l < B; l++)
@@ -517,7 +524,7 @@ static void jx_block_vjp(const jx_tape *t, jx_block_work *w, const jx_batch *job
     const double *u = job->seed + (size_t)p0 * t->n_out;
     double *xbar = job->out + (size_t)p0 * t->n_in;
     jx_block_load(t, w, job->x + (size_t)p0 * (size_t)t->n_in, n);
-    finite = jx_block_forward(t, w, 1);
+    finite = jx_block_forward(t, w);
     jx_block_store_outputs(t, w, job->y ? job->y + (size_t)p0 * t->n_out : NULL, n);
     memset(w->lane, 0, (size_t)t->n_slots * B * sizeof(double));
     for (l = 0; l < B; l++)
