@@ -335,7 +335,17 @@ def broyden_scaling(section, sizes, with_casadi_upto):
     pair = {n: compiled[n] for n in (10**4, 10**6) if n in compiled}
     if len(pair) == 2:
         print("  broyden sparse: 10^4 and 10^6 interleaved", file=sys.stderr)
-        return interleaved_per_nnz(pair, section.settings)
+        steady = interleaved_per_nnz(pair, section.settings)
+        # the same with fresh Functions, below the Jacobian-tape threshold: the compressed
+        # sweeps at both sizes (a Jacobian tape is never made above 10^6 instructions, so
+        # the steady state compares the tape at 10^4 with the sweeps at 10^6)
+        import jacext as jx
+        fresh = {}
+        for n in pair:
+            problem = problem_module.broyden_problem(n)
+            fresh[n] = (jx.compile(problem.numpy, problem.x), problem.x, pair[n][2])
+        sweeps = interleaved_per_nnz(fresh, section.settings)
+        return {"steady": steady, "sweeps": sweeps}
     return {}
 
 
@@ -376,12 +386,14 @@ def bars(rows, interleaved):
         once = s["pattern_ns"] + s["colouring_ns"]
         out.append((f"broyden n=10^6 pattern + colouring: {fmt(once)} "
                     f"({fmt(s['pattern_ns'])} + {fmt(s['colouring_ns'])}; bar 1 s)", once <= 1e9))
-    if interleaved:
-        a, b = interleaved[10**4], interleaved[10**6]
-        ratio = max(a, b) / min(a, b)
-        out.append((f"broyden time per nonzero (10^4 and 10^6 timed interleaved): "
-                    f"{a:.3g} ns at 10^4, {b:.3g} ns at 10^6, ratio {ratio:.2f} (bar 2)",
-                    ratio <= 2.0))
+    for key, label in (("steady", "steady state: 10^4 from its Jacobian tape, 10^6 from the "
+                        "sweeps"), ("sweeps", "the compressed sweeps at both sizes")):
+        if key in interleaved:
+            a, b = interleaved[key][10**4], interleaved[key][10**6]
+            ratio = max(a, b) / min(a, b)
+            out.append((f"broyden time per nonzero, 10^4 and 10^6 timed interleaved ({label}): "
+                        f"{a:.3g} ns at 10^4, {b:.3g} ns at 10^6, ratio {ratio:.2f} (bar 2)",
+                        ratio <= 2.0))
     hand = next((r for r in rows if r["section"] == "broyden n=1000"
                  and r["peer"] == "numpy-hand-dense" and r.get("status") == "ok"), None)
     if hand:
@@ -508,7 +520,8 @@ def main(argv=None):
         return 2
     report = {"machine": runner.machine_info(frameworks), "settings": settings,
               "results": rows,
-              "interleaved_per_nnz_ns": {str(n): v for n, v in interleaved.items()}}
+              "interleaved_per_nnz_ns": {k: {str(n): v for n, v in d.items()}
+                                         for k, d in interleaved.items()}}
     report["bars"] = bars(rows, interleaved)
     if load_before is not None:
         report["machine"]["load_average_1_5_15"] = {"start": load_before,
