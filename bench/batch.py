@@ -240,10 +240,11 @@ def jax_one_core(name, n, repeats):
         return None
     core = min(os.sched_getaffinity(0))
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    code = (f"import sys; sys.path.insert(0, {root!r}); from bench.batch import _jax_time; "
-            f"print(_jax_time({name!r}, {n}, {repeats})[0])")
+    # the child pins itself before JAX starts (no preexec_fn: this process has JAX's threads)
+    code = (f"import os, sys; os.sched_setaffinity(0, {{{core}}}); sys.path.insert(0, {root!r}); "
+            f"from bench.batch import _jax_time; print(_jax_time({name!r}, {n}, {repeats})[0])")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=900, preexec_fn=lambda: os.sched_setaffinity(0, {core}))
+                         timeout=900)
     if res.returncode != 0:
         raise RuntimeError(res.stderr.strip().splitlines()[-1] if res.stderr else "failed")
     return float(res.stdout.strip().splitlines()[-1])
