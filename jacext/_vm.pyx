@@ -152,6 +152,12 @@ JAC_TAPE_AFTER_POINTS = 2048
 JAC_TAPE_MAX_WORK = 1000000
 
 
+cdef int _tape_mode(int m) noexcept:
+    """The Jacobian tape that mirrors a sparse mode's sweeps: forward for the forward
+    colouring, reverse for the reverse colouring and the per-output cones."""
+    return JX_MODE_FORWARD if m == JX_MODE_FORWARD else JX_MODE_REVERSE
+
+
 cdef object _eval_jac_tape(Function jt, cnp.ndarray x, Py_ssize_t n_values):
     """jt's outputs at the point x (float64, C-contiguous, checked), or None when an
     output past the first n_values is not finite (then the sweeps decide)."""
@@ -612,7 +618,7 @@ cdef class Function:
         """The Jacobian tape (jacext/derivative.py) for these columns in mode m, as a
         Function, or None: made once ``n_points`` over the calls that asked for it reach
         JAC_TAPE_AFTER_POINTS, then cached.  Dense: the n_out x n_cols Jacobian after the
-        values; sparse (forward mode): the pattern's nonzeros, in CSR order; values=False
+        values; sparse: the pattern's nonzeros, in CSR order; values=False
         leaves the function's values out (and what only they need)."""
         key = ("jac_tape", argnums, m, sparse, values)
         hit = self._sparse_cache.get(key)
@@ -644,9 +650,9 @@ cdef class Function:
             n_total = int(self.tape.n_out) * values + size
             result = Function(jt, self.arg_shapes, ((n_total,),), False, self.name + "'")
         self._sparse_cache[key] = result
-        if (result and sparse and not values and argnums == 0 and m == JX_MODE_FORWARD
-                and self._auto_colours(0) == JX_MODE_FORWARD and len(self.arg_shapes) == 1
-                and not self.out_is_tuple):
+        if (result and sparse and not values and argnums == 0
+                and self._auto_colours(0) != 0 and _tape_mode(self._auto_colours(0)) == m
+                and len(self.arg_shapes) == 1 and not self.out_is_tuple):
             # dense auto Jacobians of a single point take it straight (jacobian's fast path)
             self._jt0 = result
             self._jt0_ptr, self._jt0_idx = pattern
@@ -1004,6 +1010,10 @@ cdef class Function:
         cdef jx_work *w
         cdef int st
         cdef int32_t n_cols = <int32_t>cols.shape[0], n_colours
+        if not batch:
+            hit = self._point_sparse_tape(x, argnums, cols, want_value, m)
+            if hit is not None:
+                return hit
         if m == JX_MODE_SUBGRAPH:
             return self._subgraph(x, batch, argnums, threads, want_value)
         col, p, row, q = self._colouring(argnums)
@@ -1013,10 +1023,6 @@ cdef class Function:
         else:
             colour, n_colours = row, q
             shape = (q, n_cols)
-        if not batch and m == JX_MODE_FORWARD:
-            hit = self._point_sparse_tape(x, argnums, cols, want_value)
-            if hit is not None:
-                return hit
         n_points = math.prod(batch) if batch else 1
         comp = np.empty((n_points,) + shape if batch else shape, dtype=np.float64)
         y = np.empty(batch + (self.tape.n_out,), dtype=np.float64) if want_value else None
@@ -1053,10 +1059,13 @@ cdef class Function:
             vals = np.take(comp.reshape(-1), gather)
         return vals, y
 
-    def _point_sparse_tape(self, cnp.ndarray x, argnums, cnp.ndarray cols, bint want_value):
+    def _point_sparse_tape(self, cnp.ndarray x, argnums, cnp.ndarray cols, bint want_value,
+                           int m=JX_MODE_FORWARD):
         """(nonzeros, y) at one point from the sparse Jacobian tape, or None (no tape yet,
         or a value that is not finite: the sweeps, with their zero kills, decide then)."""
-        cdef Function jt = self._jac_tape(argnums, JX_MODE_FORWARD, cols, 1, True, want_value)
+        # the forward colouring's sweeps in forward mode; the reverse colouring's and the
+        # per-output cones' (the same adjoint sums, term for term) in reverse mode
+        cdef Function jt = self._jac_tape(argnums, _tape_mode(m), cols, 1, True, want_value)
         cdef cnp.ndarray r
         cdef jx_work *w
         cdef int st

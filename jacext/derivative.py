@@ -144,8 +144,8 @@ def jacobian_tape(tape, fixed, cols, mode, max_nodes, pattern=None, values=True)
     J the Jacobian of the outputs with respect to the inputs ``cols``, as the batched
     ``mode`` sweep ("forward" or "reverse") computes it; or None when an op of the tape
     has no row in PARTIALS or the graph would pass ``max_nodes`` nodes.  With ``pattern``
-    (CSR indptr, indices of the Jacobian's structural nonzeros; forward mode), the
-    outputs after the function's are those nonzeros only, in CSR order.  With
+    (CSR indptr, indices of the Jacobian's structural nonzeros), the outputs after the
+    function's are those nonzeros only, in CSR order.  With
     ``values=False`` the function's outputs are left out: what the derivative does not
     need of the function is then dead code, and goes.
 
@@ -397,4 +397,8 @@ def _reverse(e, tape, fixed, steps, cols, n_out, max_nodes):
         if len(g) > max_nodes:
             raise TooLarge
     zero = e.c(0.0)
-    return [[adj.get(j, {}).get(r, zero) for j in cols] for r in range(n_out)]
+    rows = [{} for _ in range(n_out)]
+    for k, j in enumerate(cols):
+        for r, node in adj.get(j, {}).items():
+            rows[r][k] = node
+    return [_Row(row, zero) for row in rows]
