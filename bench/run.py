@@ -386,16 +386,10 @@ class Runner:
         become_reference = peer.name in REFERENCE_PEERS and refs[0].name not in REFERENCE_PEERS
         key = (row["problem"], size, peer.name)  # the worker rebuilds the problem from it
         row["_key"] = key
-        try:
-            reply = self.pool.request(peer.framework, {
-                "op": "build", "key": key, "refs": refs,
-                "extract_as": peer.name if become_reference else None}, self.limit)
-        except worker_module.Timeout:
-            self.fail(row, "timeout", f"construction + first call + check at two points "
-                      f"did not finish within the {self.limit:g} s cell limit")
-            return False
-        except worker_module.WorkerDied as e:
-            self.fail(row, "crashed", f"the {peer.framework} worker died: {e}")
+        reply = self.request(row, {"op": "build", "key": key, "refs": refs,
+                                   "extract_as": peer.name if become_reference else None},
+                             "construction + first call + check at two points", "")
+        if reply is None:
             return False
         status = reply["status"]
         if status == "disagree":
@@ -450,15 +444,21 @@ class Runner:
             if row["status"] == "ok" and "median_ns" not in row:  # autorange failed
                 row["status"] = "error"
 
-    def timed_request(self, row, msg):
+    def request(self, row, msg, what, during):
+        """The worker's reply to msg, or None with the row failed: a timeout (``what`` did
+        not finish within the cell limit) or a dead worker (``during`` says when)."""
         try:
-            reply = self.pool.request(row["framework"], msg, self.limit)
+            return self.pool.request(row["framework"], msg, self.limit)
         except worker_module.Timeout:
-            self.fail(row, "timeout", f"a timing loop did not finish within the "
-                      f"{self.limit:g} s cell limit")
-            return None
+            self.fail(row, "timeout", f"{what} did not finish within the {self.limit:g} s "
+                      "cell limit")
         except worker_module.WorkerDied as e:
-            self.fail(row, "crashed", f"the {row['framework']} worker died while timing: {e}")
+            self.fail(row, "crashed", f"the {row['framework']} worker died{during}: {e}")
+        return None
+
+    def timed_request(self, row, msg):
+        reply = self.request(row, msg, "a timing loop", " while timing")
+        if reply is None:
             return None
         if reply["status"] != "ok":
             self.fail(row, reply["status"], reply.get("message", ""))

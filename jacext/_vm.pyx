@@ -1066,11 +1066,7 @@ cdef class Function:
         # the forward colouring's sweeps in forward mode; the reverse colouring's and the
         # per-output cones' (the same adjoint sums, term for term) in reverse mode
         cdef Function jt = self._jac_tape(argnums, _tape_mode(m), cols, 1, True, want_value)
-        cdef cnp.ndarray r
-        cdef jx_work *w
-        cdef int st
-        cdef Py_ssize_t k, n_out = self.tape.n_out if want_value else 0
-        cdef const double *p
+        cdef Py_ssize_t n_out = self.tape.n_out if want_value else 0
         if jt is None:
             return None
         r = _eval_jac_tape(jt, x, n_out)

@@ -363,6 +363,9 @@ static void jx_block_adjoint(const jx_tape *t, jx_block_work *w, int32_t rows, i
 
 /* ---- one block of a batch ---- */
 
+/* tangent directions or adjoint rows a sweep of this job carries (defined below) */
+static int32_t jx_dirs_for(const jx_tape *t, const jx_batch *job);
+
 /* Inputs of points p0 .. p0+n-1 into the lanes; pads with the last point. */
 static void jx_block_load(const jx_tape *t, jx_block_work *w, const double *x, int32_t n)
 {
@@ -374,14 +377,21 @@ static void jx_block_load(const jx_tape *t, jx_block_work *w, const double *x, i
     }
 }
 
-static void jx_block_store_outputs(const jx_tape *t, const jx_block_work *w, double *y, int32_t n)
+/* The values of slots slot[0 .. count) of the first n points into y, point-major. */
+static void jx_block_store(const int32_t *slot, int32_t count, const jx_block_work *w,
+                           double *y, int32_t n)
 {
     const int32_t blk = w->block;
     int32_t i, l;
     if (!y) return;
     for (l = 0; l < n; l++)
-        for (i = 0; i < t->n_out; i++)
-            y[(size_t)l * t->n_out + i] = w->value[(size_t)t->out_slot[i] * B + l];
+        for (i = 0; i < count; i++)
+            y[(size_t)l * count + i] = w->value[(size_t)slot[i] * B + l];
+}
+
+static void jx_block_store_outputs(const jx_tape *t, const jx_block_work *w, double *y, int32_t n)
+{
+    jx_block_store(t->out_slot, t->n_out, w, y, n);
 }
 
 static void jx_block_jacobian(const jx_tape *t, jx_block_work *w, const jx_batch *job,
@@ -459,12 +469,8 @@ static int jx_block_jac_tape(const jx_tape *t, jx_block_work *w, jx_work *pw,
     int32_t e, l, finite = 1;
     jx_block_load(jt, w, job->x + (size_t)p0 * (size_t)t->n_in, n);
     jx_block_values(jt, w->value, w->stash);
-    if (job->y) {   /* the values: the Jacobian tape's first n_out outputs */
-        double *y = job->y + (size_t)p0 * n_out;
-        for (l = 0; l < n; l++)
-            for (e = 0; e < n_out; e++)
-                y[(size_t)l * n_out + e] = V[(size_t)jt->out_slot[e] * B + l];
-    }
+    /* the values: the Jacobian tape's first n_out outputs */
+    jx_block_store(jt->out_slot, n_out, w, job->y ? job->y + (size_t)p0 * n_out : NULL, n);
     /* the Jacobian out, point-major, checking on the way that it is finite
        (x - x is 0 for finite x; one accumulator per point, no serial chain) */
     for (l = 0; l < n; l++) acc[l] = 0.0;
@@ -480,9 +486,7 @@ static int jx_block_jac_tape(const jx_tape *t, jx_block_work *w, jx_work *pw,
     for (l = 0; l < n; l++) finite &= (acc[l] == 0.0);
     if (finite) return JX_OK;
     if (!pw->value) {
-        int st = jx_work_init(pw, t, job->mode == JX_MODE_FORWARD
-                              ? (job->n_cols < JX_MAX_LANES ? job->n_cols : JX_MAX_LANES)
-                              : (n_out < JX_MAX_LANES ? n_out : JX_MAX_LANES));
+        int st = jx_work_init(pw, t, jx_dirs_for(t, job));
         if (st != JX_OK) return st;
     }
     for (l = 0; l < n; l++) {
@@ -545,7 +549,6 @@ static void jx_block_vjp(const jx_tape *t, jx_block_work *w, const jx_batch *job
  * MLP tape (~170 KB a point) ran twice as fast at 32 as at 128, and faster
  * still at 8 (54 ms against 81 ms for 256 points).
  */
-static int32_t jx_dirs_for(const jx_tape *t, const jx_batch *job);
 
 static int32_t jx_block_size(const jx_tape *t, const jx_batch *job)
 {
