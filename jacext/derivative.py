@@ -158,42 +158,36 @@ def jacobian_tape(tape, fixed, cols, mode, max_nodes, pattern=None, values=True)
 
 
 def _build(tape, fixed, cols, mode, max_nodes, pattern, values):
-    op, dst, ta, tb, imm = (tape[k] for k in ("op", "dst", "a", "b", "imm"))
-    n_in, n_instr = int(tape["n_in"]), len(op)
-    is_fixed, fd0, fd1 = fixed
-    rules = []
-    for i in range(n_instr):
-        base = int(op[i]) & OP_MASK
-        if not is_fixed[i] and base != _SELECT and _NAME[base] not in PARTIALS:
-            return None
-        rules.append(base)
+    op = np.asarray(tape["op"])
+    n_in = int(tape["n_in"])
+    is_fixed = np.asarray(fixed[0], dtype=bool)
+    base = op & OP_MASK
+    needs = np.unique(base[~is_fixed & (base != _SELECT)])
+    if any(_NAME[int(b)] not in PARTIALS for b in needs):
+        return None
     g = Graph()
-    e = _Builder(g)
     ins = g.inputs(n_in)
-    node = {j: int(ins[j]) for j in range(n_in)}          # slot -> node, as the sweep goes
-    for k, v in enumerate(tape["const_value"]):
-        node[n_in + k] = e.c(v)
-    # the function itself, instruction by instruction: (word, a, b, cond, z) in nodes
-    steps = []
-    for i in range(n_instr):
-        word, base = int(op[i]), rules[i]
-        a = e.c(imm[i]) if word & A_IMM else node[int(ta[i])]
-        b = e.c(imm[i]) if word & B_IMM else node[int(tb[i])]
-        cond = node[int(imm[i])] if base == _SELECT else -1
-        z = e(_NAME[base], a, b if ARITY[base] >= 2 else -1, cond)
-        steps.append((word, a, b, cond, z))
-        node[int(dst[i])] = z
-    outs = [node[int(s)] for s in tape["out_slot"]]
-    n_out = len(outs)
-    sweep = _forward if mode == "forward" else _reverse
-    rows = sweep(e, tape, fixed, steps, cols, n_out, max_nodes)
+    groups = _groups(tape)
+    steps = _values(g, tape, ins, groups)
+    out_slot = np.asarray(tape["out_slot"], dtype=np.int64)
+    outs = steps.node_after[out_slot]
+    n_out = len(out_slot)
+    if mode == "forward":
+        codes, nodes = _forward(g, tape, fixed, steps, groups, cols, max_nodes)
+    else:
+        codes, nodes = _reverse(_Builder(g), tape, fixed, steps, cols, n_out, max_nodes)
+    # Jacobian entries (row i, column position k) by code i * n_cols + k, sorted
+    n_cols = len(cols)
     if pattern is None:
-        jac = [int(np.ravel(row[k])[0]) for row in rows for k in range(len(cols))]
+        want = np.arange(n_out * n_cols, dtype=np.int64)
     else:   # the pattern's nonzeros only, in CSR order
         indptr, indices = pattern
-        jac = [int(np.ravel(rows[i][int(k)])[0])
-               for i in range(n_out) for k in indices[indptr[i]:indptr[i + 1]]]
-    ids = np.asarray((outs if values else []) + jac, dtype=np.int64)
+        rows = np.repeat(np.arange(n_out, dtype=np.int64), np.diff(np.asarray(indptr)))
+        want = rows * n_cols + np.asarray(indices, dtype=np.int64)
+    at = np.minimum(np.searchsorted(codes, want), max(len(codes) - 1, 0))
+    found = (codes[at] == want) if len(codes) else np.zeros(len(want), dtype=bool)
+    jac = np.where(found, nodes[at] if len(codes) else 0, g.const(0.0))
+    ids = np.concatenate([outs if values else outs[:0], jac]).astype(np.int64)
     if len(g) > max_nodes:
         raise TooLarge
     lowered = g.lower(np.asarray(ins, dtype=np.int64), ids)
@@ -201,9 +195,59 @@ def _build(tape, fixed, cols, mode, max_nodes, pattern, values):
     return lowered
 
 
-def _partials(e, word, step):
+class _Steps:
+    """The function's own nodes, instruction by instruction: a, b (operands; an
+    immediate's constant), cond (SELECT's condition, else -1), z (the result); and
+    node_after, slot -> node once the tape has run."""
+
+    def __init__(self, n_instr):
+        self.a, self.b, self.cond, self.z = (np.full(n_instr, -1, dtype=np.int64)
+                                             for _ in range(4))
+        self.node_after = None
+
+
+def _slot_count(tape):
+    n = int(tape["n_in"]) + len(tape["const_value"])
+    for k in ("dst", "out_slot"):
+        if len(tape[k]):
+            n = max(n, int(np.max(tape[k])) + 1)
+    return n
+
+
+def _values(g, tape, ins, groups):
+    """The function rebuilt in the Graph, one bulk call per group (``_groups``)."""
+    op, dst, ta, tb, imm = (np.asarray(tape[k]) for k in ("op", "dst", "a", "b", "imm"))
+    n_in = int(tape["n_in"])
+    node = np.full(_slot_count(tape), -1, dtype=np.int64)
+    node[:n_in] = ins
+    consts = np.asarray(tape["const_value"], dtype=np.float64)
+    node[n_in:n_in + len(consts)] = g.consts(consts)
+    steps = _Steps(len(op))
+    for i0, i1 in groups:
+        word = int(op[i0])
+        rule = word & OP_MASK
+        sl = slice(i0, i1)
+        a = g.consts(imm[sl]) if word & A_IMM else node[ta[sl]]
+        steps.a[sl] = a
+        if ARITY[rule] == 1:
+            z = g.apply(rule, a)
+        else:
+            b = g.consts(imm[sl]) if word & B_IMM else node[tb[sl]]
+            steps.b[sl] = b
+            if rule == _SELECT:
+                cond = node[imm[sl].astype(np.int64)]
+                steps.cond[sl] = cond
+                z = g.apply(rule, a, b, cond)
+            else:
+                z = g.apply(rule, a, b)
+        steps.z[sl] = z
+        node[dst[sl]] = z     # a group reads no slot it writes (``_groups``)
+    steps.node_after = node
+    return steps
+
+
+def _partials(e, word, a, b, z):
     """The instruction's (p0, p1) nodes: its op's PARTIALS row at its operand nodes."""
-    _, a, b, _, z = step
     return PARTIALS[_NAME[word & OP_MASK]](e, a, b, z)
 
 
@@ -239,122 +283,195 @@ class _Bulk:
     dmax = _Builder.dmax
 
 
-def _same_bits(x, y):
-    return np.float64(x).tobytes() == np.float64(y).tobytes()
+def _last_write_before(dst, slots):
+    """For each instruction j, the latest i < j with dst[i] == slots[j], or -1."""
+    n = len(dst)
+    idx = np.arange(n, dtype=np.int64)
+    writes = np.sort(np.asarray(dst, dtype=np.int64) * n + idx)
+    query = np.asarray(slots, dtype=np.int64) * n + idx
+    at = np.searchsorted(writes, query) - 1
+    hit = writes[np.maximum(at, 0)]
+    ok = (at >= 0) & (hit // n == query // n)
+    return np.where(ok, hit % n, -1)
 
 
 def _groups(tape):
     """(first, end) of the groups of consecutive instructions that may be differentiated
     together: one op word (and immediate), and no instruction reading a slot that an
-    earlier one of the group writes (a running sum splits into one per instruction)."""
-    op, imm, dst, ta, tb = (tape[k] for k in ("op", "imm", "dst", "a", "b"))
-    n, i = len(op), 0
-    while i < n:
-        word = int(op[i])
-        with_imm = word & (A_IMM | B_IMM)
-        use_a, use_b = _uses(word)
-        written = {int(dst[i])}
-        j = i + 1
-        while j < n and int(op[j]) == word and (not with_imm or _same_bits(imm[j], imm[i])):
-            if (use_a and int(ta[j]) in written) or (use_b and int(tb[j]) in written):
-                break
-            written.add(int(dst[j]))
-            j += 1
-        yield i, j
-        i = j
+    earlier one of the group writes (a running sum splits into one per instruction), or
+    writing one again.  Vectorised: only instructions whose operand was written since the
+    start of their op's run are visited one by one."""
+    op, imm, dst, ta, tb = (np.asarray(tape[k]) for k in ("op", "imm", "dst", "a", "b"))
+    n = len(op)
+    if n == 0:
+        return []
+    op = op.astype(np.int64)
+    base = op & OP_MASK
+    arity = np.array([ARITY[k] for k in range(max(ARITY) + 1)])[base]
+    use_a = (op & A_IMM) == 0
+    use_b = (arity >= 2) & ((op & B_IMM) == 0)
+    bits = np.ascontiguousarray(imm, dtype=np.float64).view(np.int64)
+    start = np.ones(n, dtype=bool)
+    start[1:] = (op[1:] != op[:-1]) | (((op[1:] & (A_IMM | B_IMM)) != 0)
+                                       & (bits[1:] != bits[:-1]))
+    conflict = np.maximum(_last_write_before(dst, dst),
+                          np.where(use_a, _last_write_before(dst, ta), -1))
+    conflict = np.maximum(conflict, np.where(use_b, _last_write_before(dst, tb), -1))
+    run_start = np.maximum.accumulate(np.where(start, np.arange(n), 0))
+    cuts = start.copy()
+    group_start = -1
+    for j in np.flatnonzero(~start & (conflict >= run_start)).tolist():
+        # greedy, as a sweep over the run would go: split where the conflict is inside
+        # the current group
+        if int(run_start[j]) > group_start:
+            group_start = int(run_start[j])
+        if int(conflict[j]) >= group_start:
+            cuts[j] = True
+            group_start = j
+    first = np.flatnonzero(cuts)
+    return list(zip(first.tolist(), np.r_[first[1:], n].tolist()))
 
 
-def _forward(e, tape, fixed, steps, cols, n_out, max_nodes):
-    """Tangents by slot, {column: node}, as jx_block_tangent computes them, a group of
-    instructions at a time (``_groups``), each stage of a group one bulk call."""
+class _Tangents:
+    """Forward tangents by slot, each group's as a CSR block: row m (the group's m-th
+    instruction) holds its (column key, node) pairs, keys ascending.  A slot points at
+    the block and row of the instruction that last wrote it (-1: no tangent)."""
+
+    def __init__(self, n_slots, n_cols):
+        self.block = np.full(n_slots, -1, dtype=np.int64)
+        self.row = np.zeros(n_slots, dtype=np.int64)
+        self.blocks = []
+        self.n_cols = n_cols
+
+    def put(self, slots, m, members, keys, nodes):
+        """Rows for an m-instruction group writing ``slots``; entries sorted by
+        (member, key)."""
+        ptr = np.zeros(m + 1, dtype=np.int64)
+        np.cumsum(np.bincount(members, minlength=m), out=ptr[1:])
+        self.blocks.append((ptr, keys, nodes))
+        has = ptr[1:] > ptr[:-1]
+        self.block[slots] = np.where(has, len(self.blocks) - 1, -1)
+        self.row[slots] = np.arange(m)
+
+    def get(self, slots):
+        """(member, key, node) of the tangents of ``slots``, sorted by (member, key)."""
+        blk = self.block[slots]
+        members = np.flatnonzero(blk >= 0)
+        if len(members) == 0:
+            e = np.zeros(0, dtype=np.int64)
+            return e, e, e
+        blk_m = blk[members]
+        parts = []
+        for b in np.unique(blk_m).tolist():
+            sel = members[blk_m == b]
+            ptr, keys, nodes = self.blocks[b]
+            rows = self.row[slots[sel]]
+            lo, count = ptr[rows], ptr[rows + 1] - ptr[rows]
+            rep = np.repeat(np.arange(len(sel)), count)
+            at = lo[rep] + (np.arange(len(rep)) - (np.cumsum(count) - count)[rep])
+            parts.append((sel[rep], keys[at], nodes[at]))
+        m, k, v = (np.concatenate(p) for p in zip(*parts))
+        if len(parts) > 1:
+            order = np.lexsort((k, m))
+            m, k, v = m[order], k[order], v[order]
+        return m, k, v
+
+
+def _forward(g, tape, fixed, steps, groups, cols, max_nodes):
+    """The Jacobian entries as jx_block_tangent computes them, a group at a time, each
+    stage of a group one bulk call: (codes, nodes), code = output row * n_cols + column
+    position k, sorted.  Per instruction: tangent = p0 * t_a + p1 * t_b, a term only where
+    both factors exist (a zero fixed partial drops its term)."""
     is_fixed, fd0, fd1 = fixed
-    dst, ta, tb = tape["dst"], tape["a"], tape["b"]
-    bulk = _Bulk(e.g)
-    tan = {}
-    for k, j in enumerate(cols):
-        tan.setdefault(j, {})[k] = e.c(1.0)
-    zero = e.c(0.0)
-    for i0, i1 in _groups(tape):
-        word = steps[i0][0]
+    op, dst, ta, tb = (np.asarray(tape[k]) for k in ("op", "dst", "a", "b"))
+    dst = dst.astype(np.int64)
+    n_cols = len(cols)
+    bulk = _Bulk(g)
+    one, zero = g.const(1.0), g.const(0.0)
+    tan = _Tangents(len(steps.node_after), n_cols)
+    # the seeds: input cols[k] has tangent 1 in column k
+    n_in = int(tape["n_in"])
+    cols = np.asarray(cols, dtype=np.int64)
+    order = np.lexsort((np.arange(n_cols), cols))
+    tan.put(np.arange(n_in), n_in, cols[order], order.astype(np.int64),
+            np.full(n_cols, one, dtype=np.int64))
+    empty = np.zeros(0, dtype=np.int64)
+    for i0, i1 in groups:
+        word = int(op[i0])
+        m = i1 - i0
+        sl = slice(i0, i1)
         use_a, use_b = _uses(word)
-        group = range(i0, i1)
-        t_a = [tan.get(int(ta[i]), {}) if use_a else {} for i in group]
-        t_b = [tan.get(int(tb[i]), {}) if use_b else {} for i in group]
-        keys = [sorted(x.keys() | y.keys()) for x, y in zip(t_a, t_b)]
-        out = [{} for _ in group]
+        ma, ka, na = tan.get(ta[sl].astype(np.int64)) if use_a else (empty,) * 3
+        mb, kb, nb = tan.get(tb[sl].astype(np.int64)) if use_b else (empty,) * 3
+        if len(ma) + len(mb) == 0:
+            tan.block[dst[sl]] = -1
+            continue
+        code_a, code_b = ma * n_cols + ka, mb * n_cols + kb
+        union = np.union1d(code_a, code_b)
+        um = union // n_cols
+        ia, ib = np.searchsorted(union, code_a), np.searchsorted(union, code_b)
         if word & OP_MASK == _SELECT:
             # (s != 0) * ta + (s == 0) * tb: the taken branch's tangent (zero kills)
-            for j in range(max(map(len, keys), default=0)):
-                ms = [m for m in range(len(keys)) if len(keys[m]) > j]
-                r = bulk.select([steps[i0 + m][3] for m in ms],
-                                [t_a[m].get(keys[m][j], zero) for m in ms],
-                                [t_b[m].get(keys[m][j], zero) for m in ms])
-                for m, node in zip(ms, r):
-                    out[m][keys[m][j]] = int(node)
+            x = np.full(len(union), zero, dtype=np.int64)
+            y = x.copy()
+            x[ia], y[ib] = na, nb
+            res = bulk.select(steps.cond[sl][um], x, y)
         else:
-            p0 = [None] * len(keys)
-            p1 = [None] * len(keys)
-            live = [m for m in range(len(keys)) if keys[m]]
-            fix = [m for m in live if is_fixed[i0 + m]]
-            for m in fix:
-                c0 = float(fd0[i0 + m]) if use_a else 0.0
-                c1 = float(fd1[i0 + m]) if use_b else 0.0
-                p0[m] = e.c(c0) if c0 != 0.0 else None
-                p1[m] = e.c(c1) if c1 != 0.0 else None
-            var = [m for m in live if not is_fixed[i0 + m]]
-            if var:
+            p0 = np.full(m, -1, dtype=np.int64)
+            p1 = np.full(m, -1, dtype=np.int64)
+            live = np.zeros(m, dtype=bool)
+            live[um] = True
+            fix = live & np.asarray(is_fixed[sl], dtype=bool)
+            if fix.any():
+                c0 = np.asarray(fd0[sl], dtype=np.float64) if use_a else np.zeros(m)
+                c1 = np.asarray(fd1[sl], dtype=np.float64) if use_b else np.zeros(m)
+                f0, f1 = fix & (c0 != 0.0), fix & (c1 != 0.0)
+                p0[f0] = g.consts(c0[f0])
+                p1[f1] = g.consts(c1[f1])
+            var = np.flatnonzero(live & ~fix)
+            if len(var):
                 rule = PARTIALS[_NAME[word & OP_MASK]]
-                a, b, z = ([steps[i0 + m][f] for m in var] for f in (1, 2, 4))
-                q0, q1 = rule(bulk, a, b, z)
-                q0 = None if q0 is None else np.broadcast_to(q0, (len(var),))
-                q1 = None if q1 is None else np.broadcast_to(q1, (len(var),))
-                for r, m in enumerate(var):
-                    p0[m] = int(q0[r]) if q0 is not None and t_a[m] else None
-                    p1[m] = int(q1[r]) if q1 is not None and t_b[m] else None
-            _combine_bulk(bulk, keys, p0, t_a, p1, t_b, out)
-        for m, i in enumerate(group):
-            tan[int(dst[i])] = out[m]
-        if len(e.g) > max_nodes:
+                at = var + i0
+                q0, q1 = rule(bulk, steps.a[at], steps.b[at], steps.z[at])
+                has_a = np.zeros(m, dtype=bool)
+                has_a[ma] = True
+                has_b = np.zeros(m, dtype=bool)
+                has_b[mb] = True
+                if q0 is not None:
+                    p0[var] = np.where(has_a[var], np.broadcast_to(q0, (len(var),)), -1)
+                if q1 is not None:
+                    p1[var] = np.where(has_b[var], np.broadcast_to(q1, (len(var),)), -1)
+            res = np.full(len(union), -1, dtype=np.int64)
+            xa = p0[ma] >= 0
+            x_at = ia[xa]
+            x = bulk("MUL", p0[ma][xa], na[xa]) if xa.any() else empty
+            yb = p1[mb] >= 0
+            y_at = ib[yb]
+            y = bulk("MUL", p1[mb][yb], nb[yb]) if yb.any() else empty
+            res[x_at] = x
+            # where both terms exist, one ADD; else the one term
+            in_x = np.zeros(len(union), dtype=bool)
+            in_x[x_at] = True
+            both = in_x[y_at]
+            if both.any():
+                xs = res[y_at[both]]
+                res[y_at[both]] = bulk("ADD", xs, y[both])
+            res[y_at[~both]] = y[~both]
+        keep = res >= 0
+        tan.put(dst[sl], m, um[keep], (union % n_cols)[keep], res[keep])
+        if len(g) > max_nodes:
             raise TooLarge
-    return [_Row(tan.get(int(s), {}), zero) for s in tape["out_slot"]]
-
-
-class _Row:
-    """One output's tangents as a Jacobian row: row[k] is column k's node (zero if none),
-    without listing every column of a sparse row."""
-
-    def __init__(self, tangents, zero):
-        self.t, self.zero = tangents, zero
-
-    def __getitem__(self, k):
-        return self.t.get(k, self.zero)
-
-
-def _combine_bulk(bulk, keys, p0, t_a, p1, t_b, out):
-    """out[m][k] = p0[m] * t_a[m][k] + p1[m] * t_b[m][k], a term only where both factors
-    exist; key position by key position, each stage one bulk call."""
-    for j in range(max(map(len, keys), default=0)):
-        ms = [m for m in range(len(keys)) if len(keys[m]) > j]
-        xs = [m for m in ms if p0[m] is not None and keys[m][j] in t_a[m]]
-        ys = [m for m in ms if p1[m] is not None and keys[m][j] in t_b[m]]
-        x = dict(zip(xs, bulk("MUL", [p0[m] for m in xs], [t_a[m][keys[m][j]] for m in xs])
-                     if xs else ()))
-        y = dict(zip(ys, bulk("MUL", [p1[m] for m in ys], [t_b[m][keys[m][j]] for m in ys])
-                     if ys else ()))
-        both = [m for m in xs if m in y]
-        s = dict(zip(both, bulk("ADD", [x[m] for m in both], [y[m] for m in both])
-                     if both else ()))
-        for m in ms:
-            k = keys[m][j]
-            node = s.get(m, x.get(m, y.get(m)))
-            if node is not None:
-                out[m][k] = int(node)
+    out_slot = np.asarray(tape["out_slot"], dtype=np.int64)
+    rows, keys, nodes = tan.get(out_slot)
+    return rows * n_cols + keys, nodes
 
 
 def _reverse(e, tape, fixed, steps, cols, n_out, max_nodes):
-    """Adjoints by slot, {output row: node}, backwards as jx_block_adjoint."""
+    """Adjoints by slot, {output row: node}, backwards as jx_block_adjoint; returns the
+    Jacobian entries as ``_forward`` does, (codes, nodes) sorted by code."""
     is_fixed, fd0, fd1 = fixed
-    dst, ta, tb = tape["dst"], tape["a"], tape["b"]
+    op, dst, ta, tb = (np.asarray(tape[k]).tolist() for k in ("op", "dst", "a", "b"))
+    s_a, s_b, s_cond, s_z = (x.tolist() for x in (steps.a, steps.b, steps.cond, steps.z))
     adj = {}
     for r, s in enumerate(tape["out_slot"]):
         adj.setdefault(int(s), {})[r] = e.c(1.0)
@@ -364,16 +481,15 @@ def _reverse(e, tape, fixed, steps, cols, n_out, max_nodes):
         row = adj.setdefault(slot, {})
         row[r] = term if r not in row else e("ADD", row[r], term)
 
-    for i in range(len(steps) - 1, -1, -1):
-        step = steps[i]
-        word = step[0]
-        d = adj.pop(int(dst[i]), None)    # the sweep clears dst's adjoint here
+    for i in range(len(op) - 1, -1, -1):
+        word = op[i]
+        d = adj.pop(dst[i], None)    # the sweep clears dst's adjoint here
         if not d:
             continue
         use_a, use_b = _uses(word)
-        sa, sb = int(ta[i]), int(tb[i])
+        sa, sb = ta[i], tb[i]
         if word & OP_MASK == _SELECT:
-            cond, zero = step[3], e.c(0.0)
+            cond, zero = s_cond[i], e.c(0.0)
             for r, ad in d.items():
                 if use_a:
                     add(sa, r, e.select(cond, ad, zero))
@@ -388,7 +504,7 @@ def _reverse(e, tape, fixed, steps, cols, n_out, max_nodes):
                 if c1 != 0.0:
                     add(sb, r, e("MUL", e.c(c1), ad))
         else:
-            p0, p1 = _partials(e, word, step)
+            p0, p1 = _partials(e, word, s_a[i], s_b[i], s_z[i])
             for r, ad in d.items():
                 if use_a:
                     add(sa, r, e("MUL", p0, ad))
@@ -396,9 +512,9 @@ def _reverse(e, tape, fixed, steps, cols, n_out, max_nodes):
                     add(sb, r, e("MUL", p1, ad))
         if len(g) > max_nodes:
             raise TooLarge
-    zero = e.c(0.0)
-    rows = [{} for _ in range(n_out)]
-    for k, j in enumerate(cols):
-        for r, node in adj.get(j, {}).items():
-            rows[r][k] = node
-    return [_Row(row, zero) for row in rows]
+    n_cols = len(cols)
+    entries = sorted((r * n_cols + k, node) for k, j in enumerate(cols)
+                     for r, node in adj.get(int(j), {}).items())
+    codes = np.array([c for c, _ in entries], dtype=np.int64)
+    nodes = np.array([v for _, v in entries], dtype=np.int64)
+    return codes, nodes
