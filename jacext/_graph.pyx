@@ -808,3 +808,46 @@ cdef class Graph:
             "const_value": const_arr,
             "n_in": int(n_in), "n_slots": int(next_slot),
         }
+
+
+# ---- tape utilities for the passes that rebuild a tape into a Graph ----
+
+def tape_groups(const int32_t[::1] op, const double[::1] imm, const int32_t[::1] dst,
+                const int32_t[::1] a, const int32_t[::1] b):
+    """The first instruction of each group of consecutive instructions that one bulk
+    ``apply`` may rebuild together: one op word (with its immediate, bit for bit, where
+    the word has one), and no instruction reading or writing a slot that an earlier one
+    of its group writes.  One pass with the last writer of every slot; returns int64."""
+    cdef Py_ssize_t n = op.shape[0], j
+    if imm.shape[0] != n or dst.shape[0] != n or a.shape[0] != n or b.shape[0] != n:
+        raise ValueError("jacext: tape arrays differ in length")
+    cdef int32_t n_slots = 0
+    for j in range(n):
+        if dst[j] < 0 or a[j] < -1 or b[j] < -1:
+            raise ValueError("jacext: negative slot in a tape")
+        n_slots = max(n_slots, dst[j] + 1, a[j] + 1, b[j] + 1)
+    cdef cnp.ndarray last_arr = np.full(n_slots, -1, dtype=np.int64)
+    cdef int64_t[::1] last = last_arr
+    cdef cnp.ndarray first_arr = np.empty(n, dtype=np.int64)
+    cdef int64_t[::1] first = first_arr
+    cdef Py_ssize_t n_groups = 0, start = 0
+    cdef int32_t word, base
+    cdef bint use_a, use_b, cut
+    for j in range(n):
+        word = op[j]
+        base = word & JX_OP_MASK
+        if base < 0 or base >= JX_N_OPS:
+            raise ValueError(f"jacext: no op number {base}")
+        use_a = not (word & JX_A_IMM) and a[j] >= 0
+        use_b = jx_op_arity[base] >= 2 and not (word & JX_B_IMM) and b[j] >= 0
+        cut = j == 0 or word != op[j - 1] or (
+            (word & (JX_A_IMM | JX_B_IMM)) and _dbits(imm[j]) != _dbits(imm[j - 1]))
+        if not cut:
+            cut = last[dst[j]] >= start or (use_a and last[a[j]] >= start) or (
+                use_b and last[b[j]] >= start)
+        if cut:
+            start = j
+            first[n_groups] = j
+            n_groups += 1
+        last[dst[j]] = j
+    return first_arr[:n_groups].copy()

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from jacext._graph import A_IMM, ARITY, B_IMM, OP_MASK, OPS, Graph
+from jacext._graph import A_IMM, ARITY, B_IMM, OP_MASK, OPS, Graph, tape_groups
 
 # The constants of ops.h, parsed as the C compiler parses them (correctly rounded).
 LN2 = float("0.693147180559945309417232121458176568")
@@ -283,53 +283,15 @@ class _Bulk:
     dmax = _Builder.dmax
 
 
-def _last_write_before(dst, slots):
-    """For each instruction j, the latest i < j with dst[i] == slots[j], or -1."""
-    n = len(dst)
-    idx = np.arange(n, dtype=np.int64)
-    writes = np.sort(np.asarray(dst, dtype=np.int64) * n + idx)
-    query = np.asarray(slots, dtype=np.int64) * n + idx
-    at = np.searchsorted(writes, query) - 1
-    hit = writes[np.maximum(at, 0)]
-    ok = (at >= 0) & (hit // n == query // n)
-    return np.where(ok, hit % n, -1)
-
-
 def _groups(tape):
     """(first, end) of the groups of consecutive instructions that may be differentiated
-    together: one op word (and immediate), and no instruction reading a slot that an
-    earlier one of the group writes (a running sum splits into one per instruction), or
-    writing one again.  Vectorised: only instructions whose operand was written since the
-    start of their op's run are visited one by one."""
-    op, imm, dst, ta, tb = (np.asarray(tape[k]) for k in ("op", "imm", "dst", "a", "b"))
-    n = len(op)
-    if n == 0:
-        return []
-    op = op.astype(np.int64)
-    base = op & OP_MASK
-    arity = np.array([ARITY[k] for k in range(max(ARITY) + 1)])[base]
-    use_a = (op & A_IMM) == 0
-    use_b = (arity >= 2) & ((op & B_IMM) == 0)
-    bits = np.ascontiguousarray(imm, dtype=np.float64).view(np.int64)
-    start = np.ones(n, dtype=bool)
-    start[1:] = (op[1:] != op[:-1]) | (((op[1:] & (A_IMM | B_IMM)) != 0)
-                                       & (bits[1:] != bits[:-1]))
-    conflict = np.maximum(_last_write_before(dst, dst),
-                          np.where(use_a, _last_write_before(dst, ta), -1))
-    conflict = np.maximum(conflict, np.where(use_b, _last_write_before(dst, tb), -1))
-    run_start = np.maximum.accumulate(np.where(start, np.arange(n), 0))
-    cuts = start.copy()
-    group_start = -1
-    for j in np.flatnonzero(~start & (conflict >= run_start)).tolist():
-        # greedy, as a sweep over the run would go: split where the conflict is inside
-        # the current group
-        if int(run_start[j]) > group_start:
-            group_start = int(run_start[j])
-        if int(conflict[j]) >= group_start:
-            cuts[j] = True
-            group_start = j
-    first = np.flatnonzero(cuts)
-    return list(zip(first.tolist(), np.r_[first[1:], n].tolist()))
+    together (``tape_groups``): one op word (and immediate), and no instruction reading a
+    slot that an earlier one of the group writes (a running sum splits into one per
+    instruction)."""
+    first = tape_groups(*(np.ascontiguousarray(tape[k], dtype=t) for k, t in (
+        ("op", np.int32), ("imm", np.float64), ("dst", np.int32), ("a", np.int32),
+        ("b", np.int32))))
+    return list(zip(first.tolist(), np.r_[first[1:], len(tape["op"])].tolist()))
 
 
 class _Tangents:
@@ -370,11 +332,27 @@ class _Tangents:
             rep = np.repeat(np.arange(len(sel)), count)
             at = lo[rep] + (np.arange(len(rep)) - (np.cumsum(count) - count)[rep])
             parts.append((sel[rep], keys[at], nodes[at]))
+        if len(parts) == 1:
+            return parts[0]
         m, k, v = (np.concatenate(p) for p in zip(*parts))
-        if len(parts) > 1:
-            order = np.lexsort((k, m))
-            m, k, v = m[order], k[order], v[order]
-        return m, k, v
+        order = np.lexsort((k, m))
+        return m[order], k[order], v[order]
+
+
+def _merge(x, y):
+    """The sorted union of two sorted arrays of distinct codes, and where each of x and
+    y lands in it.  A stable argsort of the two runs side by side is a merge (timsort
+    finds the runs), linear where np.union1d would hash and sort."""
+    if len(y) == 0:
+        return x, np.arange(len(x)), y
+    both = np.concatenate([x, y])
+    order = np.argsort(both, kind="stable")
+    s = both[order]
+    first = np.ones(len(s), dtype=bool)
+    first[1:] = s[1:] != s[:-1]
+    where = np.empty(len(s), dtype=np.int64)
+    where[order] = np.cumsum(first) - 1
+    return s[first], where[:len(x)], where[len(x):]
 
 
 def _forward(g, tape, fixed, steps, groups, cols, max_nodes):
@@ -406,10 +384,8 @@ def _forward(g, tape, fixed, steps, groups, cols, max_nodes):
         if len(ma) + len(mb) == 0:
             tan.block[dst[sl]] = -1
             continue
-        code_a, code_b = ma * n_cols + ka, mb * n_cols + kb
-        union = np.union1d(code_a, code_b)
+        union, ia, ib = _merge(ma * n_cols + ka, mb * n_cols + kb)
         um = union // n_cols
-        ia, ib = np.searchsorted(union, code_a), np.searchsorted(union, code_b)
         if word & OP_MASK == _SELECT:
             # (s != 0) * ta + (s == 0) * tb: the taken branch's tangent (zero kills)
             x = np.full(len(union), zero, dtype=np.int64)

@@ -419,6 +419,9 @@ def test_threshold_counts_points_per_argnums_and_mode():
     X = np.random.default_rng(8).uniform(-2.0, 2.0, (1000, 3))
     F = jx.compile(f, X[0])
     cols = np.arange(3, dtype=np.int32)
+    # a small tape's build (Python per group) outweighs its sweeps: the cap applies
+    assert F._jac_tape_after(0, 1, 3, False) == F._jac_tape_after(0, 2, 3, False) == (
+        JAC_TAPE_AFTER_POINTS)
     single = _loop_jacobian(F, X, "forward")
     results = []
     for k in range(3):
@@ -445,6 +448,36 @@ def test_threshold_counts_points_per_argnums_and_mode():
         G.jacobian(x, mode="forward")
     G.jacobian(X[: JAC_TAPE_AFTER_POINTS - 1000], mode="forward")
     assert G._jac_tape(0, 1, cols, 0) is None
+
+
+def test_threshold_of_a_long_tape_is_its_build_cost_over_its_sweeps():
+    """Ski rental: a tape whose sweeps per point cost about as much as its build gets
+    its Jacobian tape after few points (here 2: n = 400 Broyden, 2,398 instructions,
+    401 forward lanes), and the results stay the single points' bit for bit."""
+    from jacext._vm import BUILD_LANES_PER_GROUP, BUILD_LANES_PER_INSTR
+
+    n = 400
+
+    def broyden(x):
+        left = np.concatenate([np.zeros(1), x[:-1]])
+        right = np.concatenate([x[1:], np.zeros(1)])
+        return (3 - 2 * x) * x - left - 2 * right + 1
+
+    X = np.random.default_rng(9).uniform(-1.0, 1.0, (3, n))
+    F = jx.compile(broyden, X[0])
+    cols = np.arange(n, dtype=np.int32)
+    after = F._jac_tape_after(0, 1, n, False)
+    T = F.n_instructions
+    assert after == 2
+    # the model: the sweeps of `after` points cover the build, those of one fewer do not
+    build = BUILD_LANES_PER_INSTR[1] * T + BUILD_LANES_PER_GROUP * 6    # 6 NumPy calls
+    assert (after - 1) * T * (1 + n) < build <= after * T * (1 + n)
+    J0 = F.jacobian(X[:1], mode="forward")
+    assert F._jac_tape(0, 1, cols, 0) is None
+    J12 = F.jacobian(X[1:], mode="forward")
+    assert isinstance(F._jac_tape(0, 1, cols, 0), jx.Function)
+    J = np.concatenate([J0, J12, F.jacobian(X, mode="forward")])
+    np.testing.assert_array_equal(J, np.concatenate([_loop_jacobian(F, X, "forward")] * 2))
 
 
 # --------------------------------------------------------------------- sin and cos --

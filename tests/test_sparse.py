@@ -655,9 +655,17 @@ def _sparse_tape(F, n, values=False):
     return F._jac_tape(0, FORWARD, _cols(n), 0, True, values)
 
 
-def _pass_threshold(F, x, call):
+def _after(F, mode=FORWARD):
+    """How many single-point sparse Jacobians F's sweeps do before its sparse Jacobian
+    tape of this mode is built (the build's estimated cost over a point's sweeps)."""
     from jacext._vm import JAC_TAPE_AFTER_POINTS
-    for _ in range(JAC_TAPE_AFTER_POINTS):
+    after = F._jac_tape_after(0, mode, F.n_inputs, True)
+    assert 1 <= after <= JAC_TAPE_AFTER_POINTS
+    return after
+
+
+def _pass_threshold(F, x, call, mode=FORWARD):
+    for _ in range(_after(F, mode)):
         call(F, x)
 
 
@@ -707,11 +715,11 @@ TAPE_FAMILIES = {
 
 
 def test_sparse_tape_threshold_counts_single_points():
-    from jacext._vm import JAC_TAPE_AFTER_POINTS
     n = 80
     F = jx.compile(broyden, np.zeros(n))
     x = np.linspace(-1.0, 1.0, n)
-    for _ in range(JAC_TAPE_AFTER_POINTS - 1):
+    after = _after(F)
+    for _ in range(after - 1):
         F.jacobian(x, sparse=True)
     assert _sparse_tape(F, n) is None
     assert _sparse_tape(F, n) is None             # asking counts nothing
@@ -722,7 +730,7 @@ def test_sparse_tape_threshold_counts_single_points():
     assert jt.n_outputs == F.sparsity().nnz == 3 * n - 2
     # value_and_jacobian counts apart (a tape with the values too)
     assert _sparse_tape(F, n, values=True) is None
-    for _ in range(JAC_TAPE_AFTER_POINTS):
+    for _ in range(after):
         F.value_and_jacobian(x)
     jv = _sparse_tape(F, n, values=True)
     assert isinstance(jv, jx.Function) and jv is not jt
@@ -1005,7 +1013,7 @@ def test_reverse_sparse_tape_gives_the_results_of_the_sweeps(f, n, jac, mode, rn
     before = [F.jacobian(x, sparse=True, mode=mode) for x in points]
     before_d = [F.jacobian(x) for x in points]
     assert F._jac_tape(0, REVERSE, _cols(n), 0, True, False) is None
-    _pass_threshold(F, points[0], lambda G, x: G.jacobian(x, sparse=True, mode=mode))
+    _pass_threshold(F, points[0], lambda G, x: G.jacobian(x, sparse=True, mode=mode), REVERSE)
     jt = F._jac_tape(0, REVERSE, _cols(n), 0, True, False)
     assert isinstance(jt, jx.Function)
     for k, x in enumerate(points):
@@ -1030,7 +1038,8 @@ def test_reverse_sparse_tape_falls_back_where_not_finite():
     x = np.where(np.arange(n) % 3 == 0, 0.0, np.linspace(0.1, 2.0, n))
     want = F.jacobian(x, sparse=True, mode="reverse")
     assert np.isfinite(want.data).all()
-    _pass_threshold(F, np.ones(n), lambda G, z: G.jacobian(z, sparse=True, mode="reverse"))
+    _pass_threshold(F, np.ones(n), lambda G, z: G.jacobian(z, sparse=True, mode="reverse"),
+                    REVERSE)
     jt = F._jac_tape(0, REVERSE, _cols(n), 0, True, False)
     assert isinstance(jt, jx.Function) and not np.isfinite(jt(x)).all()
     got = F.jacobian(x, sparse=True, mode="reverse")
