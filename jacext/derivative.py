@@ -294,6 +294,9 @@ def _groups(tape):
     return list(zip(first.tolist(), np.r_[first[1:], len(tape["op"])].tolist()))
 
 
+_EMPTY = np.zeros(0, dtype=np.int64)
+
+
 class _Tangents:
     """Forward tangents by slot, each group's as a CSR block: row m (the group's m-th
     instruction) holds its (column key, node) pairs, keys ascending.  A slot points at
@@ -317,6 +320,14 @@ class _Tangents:
 
     def get(self, slots):
         """(member, key, node) of the tangents of ``slots``, sorted by (member, key)."""
+        if len(slots) == 1:     # a group of one (scalar code): no gathering
+            b = int(self.block[slots[0]])
+            if b < 0:
+                return (_EMPTY,) * 3
+            ptr, keys, nodes = self.blocks[b]
+            r = int(self.row[slots[0]])
+            lo, hi = int(ptr[r]), int(ptr[r + 1])
+            return np.zeros(hi - lo, dtype=np.int64), keys[lo:hi], nodes[lo:hi]
         blk = self.block[slots]
         members = np.flatnonzero(blk >= 0)
         if len(members) == 0:
