@@ -406,3 +406,65 @@ def test_lower_of_a_traced_function_runs():
     np.testing.assert_allclose(F(x), f(x), rtol=1e-14)
     # 50 sin + 50 cos + 50 mul + 49 adds (the sum) + 50 adds
     assert F.n_instructions == 50 * 4 + 49
+
+
+# ------------------------------------------------------- tape_groups (tape utilities) --
+
+def _groups_reference(op, imm, dst, a, b):
+    """tape_groups written out plainly: a new group where the op word (or, for a word with
+    an immediate, the immediate's bits) changes, or where an instruction reads (through an
+    operand it uses) or writes a slot that an earlier instruction of its group wrote."""
+    from jacext._graph import ARITY
+    firsts, written = [], set()
+    for j in range(len(op)):
+        word = int(op[j])
+        uses = []
+        if not word & A_IMM:
+            uses.append(int(a[j]))
+        if ARITY[word & OP_MASK] >= 2 and not word & B_IMM:
+            uses.append(int(b[j]))
+        new = j == 0 or word != int(op[j - 1]) or (
+            word & (A_IMM | B_IMM) and np.float64(imm[j]).tobytes()
+            != np.float64(imm[j - 1]).tobytes())
+        if new or int(dst[j]) in written or any(s in written for s in uses):
+            firsts.append(j)
+            written = set()
+        written.add(int(dst[j]))
+    return firsts
+
+
+def test_tape_groups_matches_a_plain_reference_on_random_tapes():
+    from jacext._graph import tape_groups
+    rng = np.random.default_rng(5)
+    words = [OPS["ADD"], OPS["MUL"], OPS["MUL"] | B_IMM, OPS["SUB"] | A_IMM, OPS["SIN"]]
+    for trial in range(200):
+        n = int(rng.integers(1, 60))
+        # long stretches of one word, so that the slot rules decide most cuts
+        op = np.repeat(rng.choice(words, size=n // 8 + 1), 8)[:n].astype(np.int32)
+        slots = int(rng.integers(2, 40))
+        dst, a, b = (rng.integers(0, slots, n).astype(np.int32) for _ in range(3))
+        imm = rng.choice([2.0, 3.0, 0.0, -0.0], size=n)
+        got = tape_groups(op, imm, dst, a, b)
+        assert got.dtype == np.int64
+        assert got.tolist() == _groups_reference(op, imm, dst, a, b), trial
+
+
+def test_tape_groups_on_a_traced_tape_and_bad_input():
+    from jacext._graph import tape_groups
+
+    def f(x):    # a vectorised map (one group per call) and a running sum (one per step)
+        return np.concatenate([np.sin(x) * 2.0, [x[0] + x[1] + x[2] + x[3]]])
+
+    t = jx.compile(f, np.zeros(4)).tape_arrays()
+    got = tape_groups(t["op"], t["imm"], t["dst"], t["a"], t["b"])
+    assert got.tolist() == _groups_reference(t["op"], t["imm"], t["dst"], t["a"], t["b"])
+    assert len(got) < len(t["op"])      # the map's instructions share their groups
+    one = np.zeros(1, dtype=np.int32)
+    with pytest.raises(ValueError, match="differ in length"):
+        tape_groups(one, np.zeros(2), one, one, one)
+    with pytest.raises(ValueError, match="negative slot"):
+        tape_groups(one, np.zeros(1), one - 1, one, one)
+    with pytest.raises(ValueError, match="no op number"):
+        tape_groups(one + 255, np.zeros(1), one, one, one)
+    assert tape_groups(*(np.zeros(0, dtype=t) for t in
+                         (np.int32, np.float64, np.int32, np.int32, np.int32))).shape == (0,)
