@@ -354,7 +354,7 @@ def broyden_scaling(section, sizes, with_casadi_upto):
             problem = problem_module.broyden_problem(n)
             fresh[n] = (jx.compile(problem.numpy, problem.x), problem.x, pair[n][2])
         cap = vm.JAC_TAPE_MAX_INSTR
-        vm.JAC_TAPE_MAX_INSTR = {mode: 0 for mode in cap}   # refused once, cached per Function
+        vm.JAC_TAPE_MAX_INSTR = 0            # refused once, the refusal cached per Function
         try:
             for F, x, _ in fresh.values():
                 F.jacobian(x, sparse=True)

@@ -147,19 +147,16 @@ _MODE_NAMES = {1: "forward", 2: "reverse"}
 # enough points for the same argnums and mode, this call's included: ski rental, the
 # sweeps' work so far (in instruction-lanes: one instruction's value, or one tangent or
 # adjoint of it, at one point; about a nanosecond here) at least the build's estimated
-# cost, so a one-off call never pays for it and a repeated one pays at most about twice.
-# The build (measured on arm, mlp, broyden): the forward builder, bulk per group of like
-# instructions, ~0.5 us per instruction plus ~60 us per group; the reverse one, node by
-# node, ~8 us per instruction.  At most JAC_TAPE_AFTER_POINTS points in any case.
+# cost (derivative.build_cost), so a one-off call never pays for it and a repeated one
+# pays at most about twice.  At most JAC_TAPE_AFTER_POINTS points in any case.
 JAC_TAPE_AFTER_POINTS = 2048
-BUILD_LANES_PER_INSTR = {1: 500, 2: 8000}
-BUILD_LANES_PER_GROUP = 50000
 # Dense tapes whose sweeps do more than this many instruction-lanes per point get none
 # (the tape would hold that many Jacobian entries' terms).
 JAC_TAPE_MAX_WORK = 1000000
-# Sparse tapes: at most this many instructions in the function's tape (the build's peak
-# memory is ~0.4 KB per instruction: 2.2 GB for broyden n = 10^6's 6 million).
-JAC_TAPE_MAX_INSTR = {1: 8000000, 2: 1000000}
+# Sparse tapes: at most this many instructions in the function's tape where the builder
+# goes group by group (the build's peak memory is ~0.4 KB per instruction: 2.2 GB for
+# broyden n = 10^6's 6 million), a tenth of it node by node (~8 us per instruction).
+JAC_TAPE_MAX_INSTR = 8000000
 
 
 cdef int _tape_mode(int m) noexcept:
@@ -623,17 +620,21 @@ cdef class Function:
         per = max(1, n_points * max(work_per_point, 1) // MIN_WORK_PER_THREAD)
         return int(max(1, min(threads, per, n_points)))
 
-    def _jac_tape_after(self, argnums, int m, Py_ssize_t n_cols, bint sparse):
-        """How many points' Jacobians (argnums, mode m, sparse or not) the sweeps do before
-        the Jacobian tape is built: the build's estimated cost over the sweeps' work per
-        point (see BUILD_LANES_PER_INSTR), at most JAC_TAPE_AFTER_POINTS."""
-        cdef int64_t n_instr = max(int(self.tape.n_instr), 1)
+    def _n_groups(self):
+        """How many groups of like instructions the Jacobian-tape builders work in."""
         n_groups = self._sparse_cache.get(("n_groups",))
         if n_groups is None:
             a = self._arrays
             n_groups = int(tape_groups(a["op"], a["imm"], a["dst"], a["a"], a["b"]).shape[0])
             self._sparse_cache[("n_groups",)] = n_groups
-        build = BUILD_LANES_PER_INSTR[m] * n_instr + BUILD_LANES_PER_GROUP * n_groups
+        return n_groups
+
+    def _jac_tape_after(self, argnums, int m, Py_ssize_t n_cols, bint sparse):
+        """How many points' Jacobians (argnums, mode m, sparse or not) the sweeps do before
+        the Jacobian tape is built: the build's estimated cost over the sweeps' work per
+        point (see BUILD_LANES_PER_INSTR), at most JAC_TAPE_AFTER_POINTS."""
+        cdef int64_t n_instr = max(int(self.tape.n_instr), 1)
+        build = _derivative.build_cost(_MODE_NAMES[m], n_instr, self._n_groups())
         if sparse:    # values plus the sparse evaluation's sweeps
             per_point = n_instr + int(self._best_sparse(argnums)[1])
         else:
@@ -653,8 +654,10 @@ cdef class Function:
             return hit or None
         n_dirs = cols.shape[0] if m == JX_MODE_FORWARD else self.tape.n_out
         work = int(self.tape.n_instr) * (1 + int(n_dirs))
+        max_instr = JAC_TAPE_MAX_INSTR if m == JX_MODE_FORWARD or _derivative.reverse_in_bulk(
+            int(self.tape.n_instr), self._n_groups()) else JAC_TAPE_MAX_INSTR // 10
         if (not sparse and work > JAC_TAPE_MAX_WORK) or n_dirs == 0 or (
-                sparse and int(self.tape.n_instr) > JAC_TAPE_MAX_INSTR[m]):
+                sparse and int(self.tape.n_instr) > max_instr):
             self._sparse_cache[key] = False
             return None
         count = ("jac_tape_points",) + key[1:]

@@ -190,6 +190,58 @@ def test_op_batch_jacobian_equals_single_points(name, variant):
         np.testing.assert_array_equal(J, _loop_jacobian(F, X, mode), err_msg=f"{name} {mode}")
 
 
+@pytest.mark.parametrize("name, variant", CASES)
+def test_op_reverse_tape_built_by_group_equals_single_points(name, variant, monkeypatch):
+    """The reverse builder by group (``_reverse_bulk``, which long vectorised tapes take)
+    forced onto every op's tape, edge values included: the batch against the single-point
+    sweeps, bit for bit; and the same tape as the builder by node makes."""
+    import jacext.derivative as derivative
+    rng = np.random.default_rng(OPS[name] + 1000)
+    f = _op_function(name, variant)
+    X = _with_edges(name, N_EDGE, rng)
+    F = jx.compile(f, X[0])
+    tape = dict(F.tape_arrays(), n_in=3)
+    by_node = jacobian_tape(tape, F._fixed_partials(), _cols(F), "reverse", 10**6)
+    monkeypatch.setattr(derivative, "REVERSE_BULK_MIN_GROUP", 0)
+    by_group = jacobian_tape(tape, F._fixed_partials(), _cols(F), "reverse", 10**6)
+    assert (by_node is None) == (by_group is None) == (not _has_partials_rows(F))
+    if by_group is None:
+        return
+    assert len(by_group["op"]) == len(by_node["op"])
+    with np.errstate(all="ignore"):
+        J = F.jacobian(X, mode="reverse")
+        assert isinstance(_probe(F, "reverse"), jx.Function)
+        np.testing.assert_array_equal(J, _loop_jacobian(F, X, "reverse"), err_msg=name)
+        G = [jx._vm.Function(t, F.arg_shapes, ((len(t["out_slot"]),),), False, "t")
+             for t in (by_node, by_group)]
+        np.testing.assert_array_equal(G[0](X), G[1](X))
+
+
+def _vectorised(x):
+    """Long traced calls (the builders go group by group): a where over both branches, a
+    reversal, a running sum, a broadcast scalar, reductions."""
+    y = np.where(x > 0.1, np.sin(x) * x[0], np.exp(-x) + x[::-1])
+    z = np.arctan2(x, x[::-1]) + np.hypot(x, 2.0) - np.abs(x - 0.3)
+    return np.concatenate([y * y, [np.sum(y), np.max(x), x[1]], np.cumsum(x) * 2.0,
+                           x / (1 + x[2] ** 2), np.tanh(z) * np.maximum(x, 0.2)])
+
+
+def test_vectorised_tape_by_group_in_both_modes():
+    from jacext.derivative import reverse_in_bulk
+    X = np.random.default_rng(12).uniform(-1.0, 1.0, (300, 40))
+    X[5, :3] = [0.1, 0.0, -0.0]          # where's condition on its edge, abs at zero
+    F = jx.compile(_vectorised, X[0])
+    assert reverse_in_bulk(F.n_instructions, F._n_groups())
+    cols = _cols(F)
+    for mode in MODES:
+        after = F._jac_tape_after(0, M[mode], 40, False)
+        assert after < 300
+        J = F.jacobian(X, mode=mode)
+        assert isinstance(F._jac_tape(0, M[mode], cols, 0), jx.Function)
+        np.testing.assert_array_equal(J, _loop_jacobian(F, X, mode), err_msg=mode)
+        np.testing.assert_array_equal(F.jacobian(X, mode=mode), J)
+
+
 def test_pow_with_a_variable_exponent_has_no_jacobian_tape():
     F = jx.compile(lambda x: np.stack([x[0] ** x[1], x[1] * x[2]]), np.ones(3))
     X = np.random.default_rng(1).uniform(0.5, 2.0, (JAC_TAPE_AFTER_POINTS, 3))
@@ -454,7 +506,7 @@ def test_threshold_of_a_long_tape_is_its_build_cost_over_its_sweeps():
     """Ski rental: a tape whose sweeps per point cost about as much as its build gets
     its Jacobian tape after few points (here 2: n = 400 Broyden, 2,398 instructions,
     401 forward lanes), and the results stay the single points' bit for bit."""
-    from jacext._vm import BUILD_LANES_PER_GROUP, BUILD_LANES_PER_INSTR
+    from jacext.derivative import build_cost
 
     n = 400
 
@@ -470,7 +522,7 @@ def test_threshold_of_a_long_tape_is_its_build_cost_over_its_sweeps():
     T = F.n_instructions
     assert after == 2
     # the model: the sweeps of `after` points cover the build, those of one fewer do not
-    build = BUILD_LANES_PER_INSTR[1] * T + BUILD_LANES_PER_GROUP * 6    # 6 NumPy calls
+    build = build_cost("forward", T, 6)     # 6 groups: one per traced NumPy call
     assert (after - 1) * T * (1 + n) < build <= after * T * (1 + n)
     J0 = F.jacobian(X[:1], mode="forward")
     assert F._jac_tape(0, 1, cols, 0) is None
