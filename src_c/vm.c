@@ -212,6 +212,60 @@ static int jx_same_bits(double x, double y)
     return memcmp(&x, &y, sizeof(double)) == 0;
 }
 
+/* Two slot ranges of length L: apart, or the same (element k meets element k). */
+static int jx_ranges_align(int32_t x, int32_t y, int32_t L)
+{
+    return x == y || x + L <= y || y + L <= x;
+}
+
+/* Whether run q (first instruction iq) may join a tile chain of runs first .. q-1 (first
+   instructions from i0, each of length L): every range it writes or reads meets every
+   range they write (and what it writes meets what they read) element for element. */
+static int jx_joins_chain(const jx_tape *t, int32_t i0, int32_t count, int32_t iq, int32_t L)
+{
+    int32_t c, k, m;
+    const int rq = jx_reads(t, iq);
+    const int32_t q_slots[4] = {t->dst[iq], t->a[iq], t->b[iq], jx_cond_slot(t, iq)};
+    for (c = 0; c < count; c++) {
+        const int32_t ic = i0 + c * L, rc = jx_reads(t, ic);
+        const int32_t c_slots[4] = {t->dst[ic], t->a[ic], t->b[ic], jx_cond_slot(t, ic)};
+        /* q's dst and reads against c's dst; q's dst against c's reads */
+        for (k = 0; k < 4; k++) {
+            if (k > 0 && !(rq & (1 << (k - 1)))) continue;
+            if (!jx_ranges_align(q_slots[k], c_slots[0], L)) return 0;
+        }
+        for (m = 1; m < 4; m++) {
+            if (!(rc & (1 << (m - 1)))) continue;
+            if (!jx_ranges_align(q_slots[0], c_slots[m], L)) return 0;
+        }
+    }
+    return 1;
+}
+
+/* Marks the tile chains (JX_RUN_TILE_NEXT) among n runs. */
+static void jx_tile_chains(const jx_tape *t, int32_t *runs, int32_t n)
+{
+    int32_t r, i = 0, first = -1, i_first = 0, count = 0;
+    for (r = 0; r < n; r++) {
+        int32_t *run = runs + (size_t)JX_RUN_FIELDS * r;
+        const int32_t L = run[0];
+        const int ok = (run[5] & JX_RUN_CONTIGUOUS) && L >= JX_TILE_MIN;
+        if (ok && count > 0 && count < JX_TILE_MAX_CHAIN
+            && runs[(size_t)JX_RUN_FIELDS * first] == L
+            && jx_joins_chain(t, i_first, count, i, L)) {
+            runs[(size_t)JX_RUN_FIELDS * (r - 1) + 5] |= JX_RUN_TILE_NEXT;
+            count++;
+        } else if (ok) {
+            first = r;
+            i_first = i;
+            count = 1;
+        } else {
+            count = 0;
+        }
+        i += L;
+    }
+}
+
 int32_t jx_tape_runs(const jx_tape *t, int32_t *runs)
 {
     int32_t i = 0, n = 0;
@@ -256,6 +310,7 @@ int32_t jx_tape_runs(const jx_tape *t, int32_t *runs)
         n++;
         i = j;
     }
+    jx_tile_chains(t, runs, n);
     return n;
 }
 
@@ -278,13 +333,15 @@ int32_t jx_tape_runs(const jx_tape *t, int32_t *runs)
         value[d0 + k * sd] = (VALUE);                                        \
     }
 #define JX_RUN_CLOOP(AEXPR, BEXPR, SEXPR, VALUE)                             \
-    for (k = 0; k < L; k++) {                                                \
+    for (k = 0; k < len; k++) {                                              \
         const double a = (AEXPR), b = (BEXPR), s = (SEXPR);                  \
         (void)a; (void)b; (void)s;                                           \
         pz[k] = (VALUE);                                                     \
     }
 
-static void jx_forward_run(const jx_tape *t, double *value, int32_t i, const int32_t *run)
+/* Elements off .. off+len-1 of the run (a contiguous run; any other: off 0, len L). */
+static void jx_forward_run(const jx_tape *t, double *value, int32_t i, const int32_t *run,
+                           ptrdiff_t off, ptrdiff_t len)
 {
     const int32_t word = t->op[i], L = run[0];
     const ptrdiff_t sd = run[1], sa = run[2], sb = run[3], ss = run[4];
@@ -292,10 +349,10 @@ static void jx_forward_run(const jx_tape *t, double *value, int32_t i, const int
     const double c = t->imm[i];
     ptrdiff_t k;
     if (run[5] & JX_RUN_CONTIGUOUS) {
-        double *JX_VM_RESTRICT pz = value + d0;
-        const double *JX_VM_RESTRICT pa = value + a0;
-        const double *JX_VM_RESTRICT pb = value + b0;
-        const double *JX_VM_RESTRICT ps = value + s0;
+        double *JX_VM_RESTRICT pz = value + d0 + off;
+        const double *JX_VM_RESTRICT pa = value + a0 + off;
+        const double *JX_VM_RESTRICT pb = value + b0 + off;
+        const double *JX_VM_RESTRICT ps = value + s0 + off;
         switch (word & JX_OP_MASK) {
 #define OP(NAME, ARITY, COMMUTES, VALUE, D0, D1, FIXED)                      \
         case JX_OP_##NAME:                                                   \
@@ -339,10 +396,26 @@ void jx_forward(const jx_tape *t, double *value)
     int32_t i;
     if (t->runs) {
         int32_t r;
-        for (r = 0, i = 0; r < t->n_runs; r++) {
+        for (r = 0, i = 0; r < t->n_runs;) {
             const int32_t *run = t->runs + (size_t)JX_RUN_FIELDS * r;
-            jx_forward_run(t, value, i, run);
-            i += run[0];
+            const int32_t L = run[0];
+            if (run[5] & JX_RUN_TILE_NEXT) {    /* a tile chain: runs r .. e */
+                int32_t e = r, q;
+                ptrdiff_t off;
+                while (t->runs[(size_t)JX_RUN_FIELDS * e + 5] & JX_RUN_TILE_NEXT) e++;
+                for (off = 0; off < L; off += JX_TILE) {
+                    const ptrdiff_t len = L - off < JX_TILE ? L - off : JX_TILE;
+                    for (q = r; q <= e; q++)
+                        jx_forward_run(t, value, i + (q - r) * L,
+                                       t->runs + (size_t)JX_RUN_FIELDS * q, off, len);
+                }
+                i += (e - r + 1) * L;
+                r = e + 1;
+            } else {
+                jx_forward_run(t, value, i, run, 0, L);
+                i += L;
+                r++;
+            }
         }
         return;
     }

@@ -69,6 +69,16 @@ typedef struct {
 
 #define JX_RUN_FIELDS 6
 #define JX_RUN_CONTIGUOUS 1
+/* Flag of a contiguous run whose tile chain goes on with the next run: runs of one length
+   (at least JX_TILE_MIN) whose slot ranges, where they meet, meet element for element (a
+   run reads element k of what an earlier one wrote, or writes over element k of what
+   another one reads or writes).  The value sweep then runs the chain JX_TILE elements at
+   a time, every run of the chain on one tile before the next tile: each element sees the
+   same instructions in the same order, and the tile's data stays in cache between runs. */
+#define JX_RUN_TILE_NEXT 2
+#define JX_TILE 1024
+#define JX_TILE_MIN 4096
+#define JX_TILE_MAX_CHAIN 32
 
 /* Private memory of one evaluation (one per thread). */
 typedef struct {

@@ -498,6 +498,8 @@ def test_empty_batches():
 
 RUN_FIELDS = 6
 RUN_CONTIGUOUS = 1
+RUN_TILE_NEXT = 2            # the next run continues this one's tile chain
+TILE_MIN, TILE_MAX_CHAIN = 4096, 32
 SELECT = OPS["SELECT"]
 ARITY = {OPS[name]: arity for name, arity in (
     ("ADD", 2), ("SUB", 2), ("MUL", 2), ("DIV", 2), ("SIN", 1), ("SELECT", 3))}
@@ -596,9 +598,42 @@ def _expected_runs(tape):
             flags = 0 if meets else RUN_CONTIGUOUS
         rows.append([length] + steps + [flags])
         i = j
+    _mark_tile_chains(rows, slots, reads)
     if 4 * len(rows) > 3 * n:
         rows = []
     return np.array(rows, dtype=np.int32).reshape(-1, RUN_FIELDS)
+
+
+def _mark_tile_chains(rows, slots, reads):
+    """Tile chains, re-derived: consecutive contiguous runs of one length >= TILE_MIN (at
+    most TILE_MAX_CHAIN) where every range a run writes or reads and every range an
+    earlier run of the chain writes (and what the run writes against what they read) are
+    either apart or the very same range; all runs of a chain but the last get the flag."""
+    first = np.cumsum([0] + [row[0] for row in rows])[:-1]
+    chain = []
+    for r, row in enumerate(rows):
+        length = row[0]
+
+        def apart_or_same(x, y, length=length):
+            return x == y or x + length <= y or y + length <= x
+
+        def ranges(k):
+            dst, *read_slots = slots(int(first[k]))
+            return dst, [s for s, u in zip(read_slots, reads(int(first[k]))) if u]
+
+        long_contiguous = row[5] & RUN_CONTIGUOUS and length >= TILE_MIN
+        if long_contiguous and 0 < len(chain) < TILE_MAX_CHAIN and rows[chain[0]][0] == length:
+            dst, read_slots = ranges(r)
+            joins = all(apart_or_same(s, c_dst) for c_dst, _ in map(ranges, chain)
+                        for s in [dst] + read_slots) and all(
+                apart_or_same(dst, s) for _, c_reads in map(ranges, chain) for s in c_reads)
+        else:
+            joins = False
+        if joins:
+            rows[r - 1][5] |= RUN_TILE_NEXT
+            chain.append(r)
+        else:
+            chain = [r] if long_contiguous else []
 
 
 def assert_identical(actual, desired):
@@ -741,6 +776,59 @@ def test_hand_made_runs_execute_as_one_instruction_at_a_time(name, rng):
     np.testing.assert_array_equal(G._run_table(), table)
     for x in points:
         assert_identical(G(x), F(x))
+
+
+L_TILE = TILE_MIN
+
+
+def _tile_code(shift):
+    """t = x * 2; u = 3 - t[k + shift]; t = x * -2 (over t again); out = u + t: four runs
+    of L_TILE.  shift 0: one tile chain; shift 1: u reads t one element off, which breaks
+    the chain before u and, as the third run writes over what u read, before it again."""
+    L = L_TILE
+    T, U, OUT = L, 2 * L + 1, 3 * L + 1
+    return ([_ins("MUL", T + k, k, imm=2.0, flag=B_IMM) for k in range(L)]
+            + [_ins("SUB", U + k, T + shift + k, T + shift + k, imm=3.0, flag=A_IMM)
+               for k in range(L)]
+            + [_ins("MUL", T + k, k, imm=-2.0, flag=B_IMM) for k in range(L)]
+            + [_ins("ADD", OUT + k, U + k, T + k) for k in range(L)],
+            list(range(OUT, OUT + L)))
+
+
+@pytest.mark.parametrize("shift, flags", [(0, [3, 3, 3, 1]), (1, [1, 1, 3, 1])])
+def test_tile_chains_run_element_for_element_in_order(shift, flags, rng):
+    code, out_slot = _tile_code(shift)
+    tape = _hand_tape(L_TILE, code, out_slot)
+    L = L_TILE
+    table = np.array([[L, 1, 1, 0, 0, flags[0]], [L, 1, 0, 1, 0, flags[1]],
+                      [L, 1, 1, 0, 0, flags[2]], [L, 1, 1, 1, 0, flags[3]]], dtype=np.int32)
+    np.testing.assert_array_equal(_expected_runs(tape), table)
+    F = _hand_function(tape)
+    np.testing.assert_array_equal(F._run_table(), table)
+    x = rng.standard_normal(L)
+    x[:NASTY.size] = NASTY
+    for point in (x, x[::-1].copy(), x):
+        with np.errstate(all="ignore"):
+            assert_identical(F(point), _interpret(tape, point))
+
+
+def test_tile_chains_of_a_traced_function(rng):
+    """An elementwise function over 5,000 entries: its aligned runs share tiles, and the
+    values are NumPy's bit for bit (the same operations on each element, in order)."""
+    def f(x):
+        t = np.sin(x) * 2.0
+        return (t + x) * (x - 0.5) - t / (x * (x + 1.0) + 2.0)
+
+    n = 5000
+    F = jx.compile(f, np.zeros(n))
+    runs = F._run_table()
+    assert (runs[:, 5] & RUN_TILE_NEXT).sum() >= 4, runs
+    np.testing.assert_array_equal(runs, _expected_runs(F.tape_arrays()))
+    nasty = rng.standard_normal(n)
+    nasty[rng.choice(n, NASTY.size, replace=False)] = NASTY
+    for x in (rng.standard_normal(n), nasty, np.full(n, -0.0)):
+        with np.errstate(all="ignore"):
+            assert_identical(F(x), f(x.copy()))
 
 
 @pytest.mark.parametrize("code, used", [
