@@ -1034,16 +1034,22 @@ cdef class Function:
         return p, q
 
     def _compressed(self, cnp.ndarray x, tuple batch, argnums, int m, threads, bint want_value):
-        """Compressed Jacobians of x (one point or rows of a batch)."""
+        """Compressed Jacobians of x (one point or rows of a batch): (nonzeros, y)."""
+        cdef cnp.ndarray cols = self._columns(argnums)
+        hit = (self._batch_sparse_tape(x, batch, argnums, cols, want_value, m, threads)
+               if batch else self._point_sparse_tape(x, argnums, cols, want_value, m))
+        if hit is not None:
+            return hit
+        return self._compressed_sweeps(x, batch, argnums, m, threads, want_value)
+
+    def _compressed_sweeps(self, cnp.ndarray x, tuple batch, argnums, int m, threads,
+                           bint want_value):
+        """``_compressed`` by the sweeps (compressed, or per-output cones)."""
         cdef cnp.ndarray cols = self._columns(argnums)
         cdef cnp.ndarray colour, comp, y
         cdef jx_work *w
         cdef int st
         cdef int32_t n_cols = <int32_t>cols.shape[0], n_colours
-        if not batch:
-            hit = self._point_sparse_tape(x, argnums, cols, want_value, m)
-            if hit is not None:
-                return hit
         if m == JX_MODE_SUBGRAPH:
             return self._subgraph(x, batch, argnums, threads, want_value)
         col, p, row, q = self._colouring(argnums)
@@ -1088,6 +1094,33 @@ cdef class Function:
         else:
             vals = np.take(comp.reshape(-1), gather)
         return vals, y
+
+    def _batch_sparse_tape(self, cnp.ndarray x, tuple batch, argnums, cnp.ndarray cols,
+                           bint want_value, int m, threads):
+        """(nonzeros (N, nnz), y) of a batch from the sparse Jacobian tape in one batched
+        value sweep, or None (no tape yet).  Points whose nonzeros are not all finite are
+        done again by the sweeps, whose zero kills decide there."""
+        cdef Py_ssize_t n_points = math.prod(batch)
+        cdef Function jt = self._jac_tape(argnums, _tape_mode(m), cols, n_points, True,
+                                          want_value)
+        if jt is None:
+            return None
+        cdef Py_ssize_t n_y = self.tape.n_out if want_value else 0
+        X = x.reshape(-1, self.tape.n_in)
+        r = np.empty((n_points, jt.tape.n_out), dtype=np.float64)
+        jt._batch(JX_TASK_VALUE, 0, None, None, 0, X, None, r, None,
+                  jt._n_threads(threads, n_points, jt.tape.n_instr))
+        vals = np.ascontiguousarray(r[:, n_y:]) if n_y else r
+        y = np.ascontiguousarray(r[:, :n_y]) if want_value else None
+        bad = np.flatnonzero(~np.isfinite(vals).all(axis=1))
+        if bad.shape[0]:
+            redo, y_redo = self._compressed_sweeps(np.ascontiguousarray(X[bad]),
+                                                   (bad.shape[0],), argnums, m, threads,
+                                                   want_value)
+            vals[bad] = redo
+            if want_value:
+                y[bad] = y_redo
+        return vals, (y.reshape(batch + (n_y,)) if want_value else None)
 
     def _point_sparse_tape(self, cnp.ndarray x, argnums, cnp.ndarray cols, bint want_value,
                            int m=JX_MODE_FORWARD):

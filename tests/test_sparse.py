@@ -1047,3 +1047,57 @@ def test_reverse_sparse_tape_falls_back_where_not_finite():
     with np.errstate(divide="ignore", invalid="ignore"):
         ref = np.where(x > 0, np.sin(x) / (2 * np.sqrt(x)) + np.sqrt(x) * np.cos(x), 0.0)
     np.testing.assert_allclose(got.toarray(), np.diag(ref), rtol=1e-14, atol=0)
+
+
+# --------------------------------------------- batches with sparse=True: the tape too --
+
+@pytest.mark.parametrize("f, n, mode, tape_mode", [
+    (broyden, 80, "auto", FORWARD),                   # column colouring
+    (_bratu_12, 144, "auto", REVERSE),                # per-output cones
+    (broyden, 90, "reverse", REVERSE),                # row colouring
+    (sqrt_of_where, 60, "auto", FORWARD),             # nan in the tape: the sweeps redo
+])
+def test_batched_sparse_tape_gives_the_results_of_the_sweeps(f, n, mode, tape_mode, rng):
+    """A batch with sparse=True runs the sparse Jacobian tape (once its threshold is met)
+    in one batched value sweep; points whose nonzeros are not all finite go back to the
+    sweeps.  Every point equals its single-point result from before the tape, bit for bit,
+    values too; a leading batch shape of two axes keeps its shape."""
+    F = jx.compile(f, np.zeros(n))
+    X = rng.uniform(-0.9, 0.9, (6, 7, n))
+    X[1, 2, ::4] = 0.0                                # sqrt_of_where: a nan in the tape
+    X[4, 0, 1::3] = -0.0
+    points = X.reshape(-1, n)
+    with np.errstate(all="ignore"):
+        single = [F.jacobian(x, sparse=True, mode=mode) for x in points]
+        single_y = [F(x) for x in points]
+    cols = _cols(n)
+    assert F._jac_tape(0, tape_mode, cols, 0, True, False) is None
+    after = F._jac_tape_after(0, tape_mode, n, True)
+    from jacext._vm import JAC_TAPE_AFTER_POINTS
+    assert after <= JAC_TAPE_AFTER_POINTS
+    Z = np.repeat(X[:1, :1], after, axis=1)[0]         # `after` copies of one point
+    F.jacobian(Z, sparse=True, mode=mode)
+    jt = F._jac_tape(0, tape_mode, cols, 0, True, False)
+    assert isinstance(jt, jx.Function)
+    # with the values too (the path of value_and_jacobian's dense auto batches): a tape
+    # of its own, built after as many points
+    m = F._sparse_mode(mode, 0)
+    F._compressed(np.ascontiguousarray(Z), (after,), 0, m, None, True)
+    assert isinstance(F._jac_tape(0, tape_mode, cols, 0, True, True), jx.Function)
+    with np.errstate(all="ignore"):
+        JB = F.jacobian(X, sparse=True, mode=mode)
+        VB, yB = F._compressed(np.ascontiguousarray(points), (points.shape[0],), 0, m, None,
+                               True)
+        jt_vals = jt(points)
+    assert JB.values.shape == (6, 7, single[0].nnz)
+    flat = JB.values.reshape(-1, single[0].nnz)
+    for k, (J, y) in enumerate(zip(single, single_y)):
+        np.testing.assert_array_equal(flat[k], J.data, err_msg=str(k))
+        np.testing.assert_array_equal(VB[k], J.data)
+        assert_same_bits(yB[k], y)
+    finite = np.isfinite(jt_vals).all(axis=1)
+    np.testing.assert_array_equal(flat[finite], jt_vals[finite])     # the tape gave these
+    if f is sqrt_of_where:
+        assert not finite.all()                       # ... and the sweeps the others
+    else:
+        assert finite.all()
