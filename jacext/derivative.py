@@ -28,6 +28,15 @@ Jacobian tape (the sweeps serve).
 The graph is rebuilt from the tape (the trace's graph is not kept), so the
 function's nodes and the derivative's share one hash-consed DAG; the Graph's
 passes (folding, exact identities, DCE, liveness slots) then make the tape.
+
+The build goes a group of like instructions at a time (``tape_groups``: one
+traced NumPy call is one group), each stage of a group one bulk ``Graph.apply``
+over NumPy arrays of node ids: forward tangents live as CSR blocks per group
+(``_Tangents``), reverse adjoint terms wait for the group that defines their
+value (``_Pending``).  A tape of short groups (scalar code) goes node by node
+in reverse (``_reverse``), where the per-group NumPy calls would cost more;
+both reverse builders make the same tape (tests/test_derivative.py).
+``build_cost`` estimates the build for the ski-rental threshold (_vm.pyx).
 """
 from __future__ import annotations
 
