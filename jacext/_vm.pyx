@@ -632,7 +632,7 @@ cdef class Function:
     def _jac_tape_after(self, argnums, int m, Py_ssize_t n_cols, bint sparse):
         """How many points' Jacobians (argnums, mode m, sparse or not) the sweeps do before
         the Jacobian tape is built: the build's estimated cost over the sweeps' work per
-        point (see BUILD_LANES_PER_INSTR), at most JAC_TAPE_AFTER_POINTS."""
+        point (derivative.build_cost), at most JAC_TAPE_AFTER_POINTS."""
         cdef int64_t n_instr = max(int(self.tape.n_instr), 1)
         build = _derivative.build_cost(_MODE_NAMES[m], n_instr, self._n_groups())
         if sparse:    # values plus the sparse evaluation's sweeps
