@@ -34,8 +34,9 @@ traced NumPy call is one group), each stage of a group one bulk ``Graph.apply``
 over NumPy arrays of node ids: forward tangents live as CSR blocks per group
 (``_Tangents``), reverse adjoint terms wait for the group that defines their
 value (``_Pending``).  A tape of short groups (scalar code) goes node by node
-in reverse (``_reverse``), where the per-group NumPy calls would cost more;
-both reverse builders make the same tape (tests/test_derivative.py).
+(``_reverse``; forward, its groups of one: ``_forward_one``), where the
+per-group NumPy calls would cost more; both ways make the same tape
+(tests/test_derivative.py).
 ``build_cost`` estimates the build for the ski-rental threshold (_vm.pyx).
 """
 from __future__ import annotations
@@ -305,9 +306,6 @@ def _groups(tape):
     return list(zip(first.tolist(), np.r_[first[1:], len(tape["op"])].tolist()))
 
 
-_EMPTY = np.zeros(0, dtype=np.int64)
-
-
 class _Tangents:
     """Forward tangents by slot, each group's as a CSR block: row m (the group's m-th
     instruction) holds its (column key, node) pairs, keys ascending.  A slot points at
@@ -329,16 +327,28 @@ class _Tangents:
         self.block[slots] = np.where(has, len(self.blocks) - 1, -1)
         self.row[slots] = np.arange(m)
 
+    def row_of(self, slot):
+        """One slot's tangents as {key: node}."""
+        b = int(self.block[slot])
+        if b < 0:
+            return {}
+        ptr, keys, nodes = self.blocks[b]
+        r = int(self.row[slot])
+        lo, hi = int(ptr[r]), int(ptr[r + 1])
+        return dict(zip(keys[lo:hi].tolist(), nodes[lo:hi].tolist()))
+
+    def put_one(self, slot, keys, nodes):
+        """One instruction's tangents (keys ascending) for ``slot``."""
+        if not keys:
+            self.block[slot] = -1
+            return
+        self.blocks.append((np.array([0, len(keys)], dtype=np.int64),
+                            np.array(keys, dtype=np.int64), np.array(nodes, dtype=np.int64)))
+        self.block[slot] = len(self.blocks) - 1
+        self.row[slot] = 0
+
     def get(self, slots):
         """(member, key, node) of the tangents of ``slots``, sorted by (member, key)."""
-        if len(slots) == 1:     # a group of one (scalar code): no gathering
-            b = int(self.block[slots[0]])
-            if b < 0:
-                return (_EMPTY,) * 3
-            ptr, keys, nodes = self.blocks[b]
-            r = int(self.row[slots[0]])
-            lo, hi = int(ptr[r]), int(ptr[r + 1])
-            return np.zeros(hi - lo, dtype=np.int64), keys[lo:hi], nodes[lo:hi]
         blk = self.block[slots]
         members = np.flatnonzero(blk >= 0)
         if len(members) == 0:
@@ -359,6 +369,45 @@ class _Tangents:
         m, k, v = (np.concatenate(p) for p in zip(*parts))
         order = np.lexsort((k, m))
         return m[order], k[order], v[order]
+
+
+# Groups of one instruction (scalar code) go node by node in the forward builder too
+# (``_forward_one``); tests turn this off to run every op through the bulk path.
+FORWARD_ONE_BY_NODE = True
+
+
+def _forward_one(e, tan, i, word, use_a, use_b, steps, fixed, slots, zero):
+    """``_forward``'s arithmetic for a group of one instruction, node by node."""
+    sa, sb, d = slots
+    t_a = tan.row_of(sa) if use_a else {}
+    t_b = tan.row_of(sb) if use_b else {}
+    keys = sorted(t_a.keys() | t_b.keys())
+    out_keys, out_nodes = [], []
+    if keys and word & OP_MASK == _SELECT:
+        # (s != 0) * ta + (s == 0) * tb: the taken branch's tangent (zero kills)
+        cond = int(steps.cond[i])
+        out_keys = keys
+        out_nodes = [e.select(cond, t_a.get(k, zero), t_b.get(k, zero)) for k in keys]
+    elif keys:
+        is_fixed, fd0, fd1 = fixed
+        if is_fixed[i]:
+            c0 = float(fd0[i]) if use_a else 0.0
+            c1 = float(fd1[i]) if use_b else 0.0
+            p0 = e.c(c0) if c0 != 0.0 else None
+            p1 = e.c(c1) if c1 != 0.0 else None
+        else:
+            q0, q1 = _partials(e, word, int(steps.a[i]), int(steps.b[i]), int(steps.z[i]))
+            p0 = q0 if q0 is not None and t_a else None
+            p1 = q1 if q1 is not None and t_b else None
+        for k in keys:
+            x = e("MUL", p0, t_a[k]) if p0 is not None and k in t_a else None
+            y = e("MUL", p1, t_b[k]) if p1 is not None and k in t_b else None
+            r = e("ADD", x, y) if x is not None and y is not None else (
+                x if x is not None else y)
+            if r is not None:
+                out_keys.append(k)
+                out_nodes.append(r)
+    tan.put_one(d, out_keys, out_nodes)
 
 
 def _merge(x, y):
@@ -396,11 +445,18 @@ def _forward(g, tape, fixed, steps, groups, cols, max_nodes):
     tan.put(np.arange(n_in), n_in, cols[order], order.astype(np.int64),
             np.full(n_cols, one, dtype=np.int64))
     empty = np.zeros(0, dtype=np.int64)
+    scalar = _Builder(g)
     for i0, i1 in groups:
         word = int(op[i0])
         m = i1 - i0
         sl = slice(i0, i1)
         use_a, use_b = _uses(word)
+        if m == 1 and FORWARD_ONE_BY_NODE:   # scalar code: NumPy's per-call cost would dominate
+            _forward_one(scalar, tan, i0, word, use_a, use_b, steps, fixed,
+                         (int(ta[i0]), int(tb[i0]), int(dst[i0])), zero)
+            if len(g) > max_nodes:
+                raise TooLarge
+            continue
         ma, ka, na = tan.get(ta[sl].astype(np.int64)) if use_a else (empty,) * 3
         mb, kb, nb = tan.get(tb[sl].astype(np.int64)) if use_b else (empty,) * 3
         if len(ma) + len(mb) == 0:

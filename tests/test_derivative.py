@@ -191,27 +191,29 @@ def test_op_batch_jacobian_equals_single_points(name, variant):
 
 
 @pytest.mark.parametrize("name, variant", CASES)
-def test_op_reverse_tape_built_by_group_equals_single_points(name, variant, monkeypatch):
-    """The reverse builder by group (``_reverse_bulk``, which long vectorised tapes take)
-    forced onto every op's tape, edge values included: the batch against the single-point
-    sweeps, bit for bit; and the same tape as the builder by node makes."""
+@pytest.mark.parametrize("mode", MODES)
+def test_op_tape_built_by_group_equals_single_points(name, variant, mode, monkeypatch):
+    """The builders' bulk paths (which long vectorised tapes take; a scalar tape's groups
+    of one go node by node) forced onto every op's tape, edge values included: the batch
+    against the single-point sweeps, bit for bit; and the same tape as node by node."""
     import jacext.derivative as derivative
     rng = np.random.default_rng(OPS[name] + 1000)
     f = _op_function(name, variant)
     X = _with_edges(name, N_EDGE, rng)
     F = jx.compile(f, X[0])
     tape = dict(F.tape_arrays(), n_in=3)
-    by_node = jacobian_tape(tape, F._fixed_partials(), _cols(F), "reverse", 10**6)
+    by_node = jacobian_tape(tape, F._fixed_partials(), _cols(F), mode, 10**6)
     monkeypatch.setattr(derivative, "REVERSE_BULK_MIN_GROUP", 0)
-    by_group = jacobian_tape(tape, F._fixed_partials(), _cols(F), "reverse", 10**6)
+    monkeypatch.setattr(derivative, "FORWARD_ONE_BY_NODE", False)
+    by_group = jacobian_tape(tape, F._fixed_partials(), _cols(F), mode, 10**6)
     assert (by_node is None) == (by_group is None) == (not _has_partials_rows(F))
     if by_group is None:
         return
     assert len(by_group["op"]) == len(by_node["op"])
     with np.errstate(all="ignore"):
-        J = F.jacobian(X, mode="reverse")
-        assert isinstance(_probe(F, "reverse"), jx.Function)
-        np.testing.assert_array_equal(J, _loop_jacobian(F, X, "reverse"), err_msg=name)
+        J = F.jacobian(X, mode=mode)
+        assert isinstance(_probe(F, mode), jx.Function)
+        np.testing.assert_array_equal(J, _loop_jacobian(F, X, mode), err_msg=name)
         G = [jx._vm.Function(t, F.arg_shapes, ((len(t["out_slot"]),),), False, "t")
              for t in (by_node, by_group)]
         np.testing.assert_array_equal(G[0](X), G[1](X))
