@@ -645,7 +645,7 @@ cdef class Function:
                   bint values=True):
         """The Jacobian tape (jacext/derivative.py) for these columns in mode m, as a
         Function, or None: made once ``n_points`` over the calls that asked for it reach
-        JAC_TAPE_AFTER_POINTS, then cached.  Dense: the n_out x n_cols Jacobian after the
+        ``_jac_tape_after``, then cached.  Dense: the n_out x n_cols Jacobian after the
         values; sparse: the pattern's nonzeros, in CSR order; values=False
         leaves the function's values out (and what only they need)."""
         key = ("jac_tape", argnums, m, sparse, values)

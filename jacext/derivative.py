@@ -162,7 +162,8 @@ def jacobian_tape(tape, fixed, cols, mode, max_nodes, pattern=None, values=True)
     ``tape``: a Function's tape arrays with n_in; ``fixed``: its (fixed, d0, d1) arrays.
     """
     try:
-        return _build(tape, fixed, [int(c) for c in cols], mode, max_nodes, pattern, values)
+        return _build(tape, fixed, np.asarray(cols, dtype=np.int64), mode, max_nodes, pattern,
+                      values)
     except TooLarge:
         return None
 
@@ -295,6 +296,13 @@ class _Bulk:
     dmax = _Builder.dmax
 
 
+def _expand(lo, count):
+    """Ranges lo[j] .. lo[j] + count[j] side by side: (j, index) for each of their
+    elements, in order."""
+    owner = np.repeat(np.arange(len(lo)), count)
+    return owner, lo[owner] + (np.arange(len(owner)) - (np.cumsum(count) - count)[owner])
+
+
 def _groups(tape):
     """(first, end) of the groups of consecutive instructions that may be differentiated
     together (``tape_groups``): one op word (and immediate), and no instruction reading a
@@ -311,11 +319,10 @@ class _Tangents:
     instruction) holds its (column key, node) pairs, keys ascending.  A slot points at
     the block and row of the instruction that last wrote it (-1: no tangent)."""
 
-    def __init__(self, n_slots, n_cols):
+    def __init__(self, n_slots):
         self.block = np.full(n_slots, -1, dtype=np.int64)
         self.row = np.zeros(n_slots, dtype=np.int64)
         self.blocks = []
-        self.n_cols = n_cols
 
     def put(self, slots, m, members, keys, nodes):
         """Rows for an m-instruction group writing ``slots``; entries sorted by
@@ -360,9 +367,7 @@ class _Tangents:
             sel = members[blk_m == b]
             ptr, keys, nodes = self.blocks[b]
             rows = self.row[slots[sel]]
-            lo, count = ptr[rows], ptr[rows + 1] - ptr[rows]
-            rep = np.repeat(np.arange(len(sel)), count)
-            at = lo[rep] + (np.arange(len(rep)) - (np.cumsum(count) - count)[rep])
+            rep, at = _expand(ptr[rows], ptr[rows + 1] - ptr[rows])
             parts.append((sel[rep], keys[at], nodes[at]))
         if len(parts) == 1:
             return parts[0]
@@ -437,10 +442,9 @@ def _forward(g, tape, fixed, steps, groups, cols, max_nodes):
     n_cols = len(cols)
     bulk = _Bulk(g)
     one, zero = g.const(1.0), g.const(0.0)
-    tan = _Tangents(len(steps.node_after), n_cols)
+    tan = _Tangents(len(steps.node_after))
     # the seeds: input cols[k] has tangent 1 in column k
     n_in = int(tape["n_in"])
-    cols = np.asarray(cols, dtype=np.int64)
     order = np.lexsort((np.arange(n_cols), cols))
     tan.put(np.arange(n_in), n_in, cols[order], order.astype(np.int64),
             np.full(n_cols, one, dtype=np.int64))
@@ -567,8 +571,8 @@ def _reverse(e, tape, fixed, steps, cols, n_out, max_nodes):
         if len(g) > max_nodes:
             raise TooLarge
     n_cols = len(cols)
-    entries = sorted((r * n_cols + k, node) for k, j in enumerate(cols)
-                     for r, node in adj.get(int(j), {}).items())
+    entries = sorted((r * n_cols + k, node) for k, j in enumerate(cols.tolist())
+                     for r, node in adj.get(j, {}).items())
     codes = np.array([c for c, _ in entries], dtype=np.int64)
     nodes = np.array([v for _, v in entries], dtype=np.int64)
     return codes, nodes
@@ -595,13 +599,17 @@ def build_cost(mode, n_instr, n_groups):
     return 100000 + 8000 * n_instr
 
 
-def _writers(tape, slots, at):
-    """The instruction that last wrote slots[k] before instruction at[k], or -1 - slot
-    where none did (the slot's initial value: an input or a constant)."""
+def _writes(tape):
+    """The tape's writes as sorted codes dst[i] * (n + 1) + i, for ``_writers``."""
     dst = np.asarray(tape["dst"], dtype=np.int64)
-    n = len(dst)
-    size = n + 1
-    writes = np.sort(dst * size + np.arange(n, dtype=np.int64))
+    return np.sort(dst * (len(dst) + 1) + np.arange(len(dst), dtype=np.int64))
+
+
+def _writers(writes, slots, at):
+    """The instruction that last wrote slots[k] before instruction at[k], or -1 - slot
+    where none did (the slot's initial value: an input or a constant); ``writes`` from
+    ``_writes``."""
+    size = len(writes) + 1
     slots = np.asarray(slots, dtype=np.int64)
     query = slots * size + np.asarray(at, dtype=np.int64)
     k = np.searchsorted(writes, query) - 1
@@ -676,18 +684,20 @@ def _reverse_bulk(g, tape, fixed, steps, groups, cols, max_nodes):
     instruction i writes is, as the sweep sums it: the seed (an output's row), then the
     terms of the instructions reading it, the last reader first and, within one reader,
     its a-operand's term before its b-operand's (``seq``), summed left to right."""
-    is_fixed, fd0, fd1 = fixed
+    is_fixed = np.asarray(fixed[0], dtype=bool)
+    fd0, fd1 = (np.asarray(d, dtype=np.float64) for d in fixed[1:])
     op = np.asarray(tape["op"])
     n = len(op)
     ta, tb = (np.asarray(tape[k], dtype=np.int64) for k in ("a", "b"))
     idx = np.arange(n, dtype=np.int64)
-    def_a, def_b = _writers(tape, ta, idx), _writers(tape, tb, idx)
+    writes = _writes(tape)
+    def_a, def_b = _writers(writes, ta, idx), _writers(writes, tb, idx)
     sizes = np.array([i1 - i0 for i0, i1 in groups], dtype=np.int64)
     pending = _Pending(np.repeat(np.arange(len(groups), dtype=np.int64), sizes))
     out_slot = np.asarray(tape["out_slot"], dtype=np.int64)
     n_out = len(out_slot)
     one, zero = g.const(1.0), g.const(0.0)
-    pending.send(_writers(tape, out_slot, np.full(n_out, n)), np.arange(n_out),
+    pending.send(_writers(writes, out_slot, np.full(n_out, n)), np.arange(n_out),
                  np.full(n_out, one, dtype=np.int64), np.full(n_out, -1, dtype=np.int64))
     bulk = _Bulk(g)
     for gid in range(len(groups) - 1, -1, -1):
@@ -708,10 +718,10 @@ def _reverse_bulk(g, tape, fixed, steps, groups, cols, max_nodes):
             if use_b:
                 pending.send(def_b[i], r, bulk.select(cond, [zero], adj), sb)
         else:
-            fix = np.asarray(is_fixed, dtype=bool)[i]
+            fix = is_fixed[i]
             if fix.any():
-                c0 = np.asarray(fd0, dtype=np.float64)[i] if use_a else np.zeros(len(i))
-                c1 = np.asarray(fd1, dtype=np.float64)[i] if use_b else np.zeros(len(i))
+                c0 = fd0[i] if use_a else np.zeros(len(i))
+                c1 = fd1[i] if use_b else np.zeros(len(i))
                 for c, defs_x, s in ((c0, def_a, sa), (c1, def_b, sb)):
                     f = fix & (c != 0.0)
                     if f.any():
@@ -740,13 +750,10 @@ def _reverse_bulk(g, tape, fixed, steps, groups, cols, max_nodes):
     slots, rows, terms, seq = got
     keys, adj = _chain_sums(g, slots * n_out + rows, terms, seq)
     slot, r = keys // n_out, keys % n_out
-    cols = np.asarray(cols, dtype=np.int64)
     order = np.argsort(cols, kind="stable")
     lo = np.searchsorted(cols[order], slot, side="left")
     hi = np.searchsorted(cols[order], slot, side="right")
-    count = hi - lo
-    rep = np.repeat(np.arange(len(slot)), count)
-    k = order[lo[rep] + (np.arange(len(rep)) - np.repeat(np.cumsum(count) - count, count))]
-    codes = r[rep] * n_cols + k
+    rep, at = _expand(lo, hi - lo)
+    codes = r[rep] * n_cols + order[at]
     sort = np.argsort(codes)
     return codes[sort], adj[rep][sort]
