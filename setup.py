@@ -12,7 +12,10 @@ import numpy as np
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
-HEADERS = ["src_c/ops.def", "src_c/ops.h", "src_c/vm.h"]
+HEADERS = ["src_c/ops.def", "src_c/ops.h", "src_c/kernels.h", "src_c/vm.h",
+           "src_c/block_values.h", "jacext/_graph.pxd", "jacext/_tape.pxd"]
+# vm.c holds the op tables every extension reads; batch.c and sparsity.c only the Tape's
+VM = ["src_c/vm.c"]
 C_SOURCES = ["src_c/vm.c", "src_c/batch.c", "src_c/sparsity.c"]
 
 if sys.platform == "win32":
@@ -46,8 +49,10 @@ common = dict(
 )
 
 extensions = [
-    Extension("jacext._graph", ["jacext/_graph.pyx", "src_c/vm.c"], **common),
-    Extension("jacext._vm", ["jacext/_vm.pyx", *C_SOURCES], **common),
+    Extension("jacext._graph", ["jacext/_graph.pyx", *VM], **common),
+    Extension("jacext.passes", ["jacext/passes.pyx", *VM], **common),
+    Extension("jacext._tape", ["jacext/_tape.pyx", *C_SOURCES], **common),
+    Extension("jacext._function", ["jacext/_function.pyx", *VM], **common),
 ]
 
 setup(ext_modules=cythonize(extensions, language_level=3,

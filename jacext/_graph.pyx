@@ -10,6 +10,9 @@ arrays of node ids, so a NumPy call over 10**6 elements costs one call here.
 
 Node ids are topologically ordered: a node's operands always have smaller ids.
 
+The compiler passes over a finished graph (dead code, slots, the tape) are in
+``jacext/passes.pyx``, which reads the node arrays through ``_graph.pxd``.
+
 Memory layout (what makes a trace of 10**6 elements fast): a node is 24 bytes
 (int32 op, a, b, s and a double immediate); the hash table holds int64 entries
 of a node id plus 23 bits of its hash, so a probe reads the node arrays only on
@@ -20,22 +23,10 @@ import numpy as np
 cimport numpy as cnp
 from libc.math cimport signbit
 from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
-from libc.stdlib cimport free, malloc, qsort, realloc
+from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memset
 
 cnp.import_array()
-
-cdef extern from "ops.h":
-    int JX_N_OPS
-    int JX_OP_MASK
-    int JX_A_IMM
-    int JX_B_IMM
-    const char *jx_op_names[]
-    const int jx_op_arity[]
-    const int jx_op_commutes[]
-    double jx_op_value(int op, double a, double b, double s) nogil
-    int JX_OP_ADD, JX_OP_SUB, JX_OP_MUL, JX_OP_DIV, JX_OP_POW, JX_OP_NEG
-    int JX_OP_SQUARE, JX_OP_SQRT, JX_OP_RECIPROCAL, JX_OP_SELECT
 
 cdef extern from *:
     """
@@ -47,18 +38,9 @@ cdef extern from *:
     """
     void JX_PREFETCH(const void *p) nogil
 
-#: {op name: op number}, read from the C op table (ops.def)
-OPS = {jx_op_names[i].decode(): i for i in range(JX_N_OPS)}
-#: {op number: arity}
-ARITY = {i: jx_op_arity[i] for i in range(JX_N_OPS)}
-OP_MASK = JX_OP_MASK
-A_IMM = JX_A_IMM
-B_IMM = JX_B_IMM
-# Graph-only node kinds, numbered past the tape ops.
-KIND_INPUT = JX_N_OPS
-KIND_CONST = JX_N_OPS + 1
-cdef int C_INPUT = JX_N_OPS
-cdef int C_CONST = JX_N_OPS + 1
+# Graph-only node kinds, numbered past the tape ops (C_INPUT, C_CONST in _graph.pxd).
+KIND_INPUT = C_INPUT
+KIND_CONST = C_CONST
 
 #: the most nodes a graph holds (ids are int32 inside, as on the tape)
 MAX_NODES = 2**31 - 2
@@ -76,11 +58,6 @@ cdef enum:
     RUN_PLAIN = 0
     RUN_SKIP_MISSING = 1
     RUN_ZERO_KILLS = 2
-
-
-cdef int _cmp_int32(const void *x, const void *y) noexcept nogil:
-    cdef int32_t a = (<const int32_t *>x)[0], b = (<const int32_t *>y)[0]
-    return (a > b) - (a < b)
 
 
 cdef inline uint64_t _mix(uint64_t h, uint64_t v) noexcept nogil:
@@ -112,29 +89,17 @@ cdef inline uint64_t _hash(int32_t op, int32_t a, int32_t b, int32_t s,
     h = _mix(h, _dbits(imm))
     return h
 
-cdef struct Key:
-    int32_t op
-    int32_t a
-    int32_t b
-    int32_t s
-    double imm
-    uint64_t h
-
-
 cdef class Graph:
-    """Struct-of-arrays DAG with a hash table for common subexpressions."""
+    """Struct-of-arrays DAG with a hash table for common subexpressions.
 
-    cdef int32_t *op
-    cdef int32_t *a
-    cdef int32_t *b
-    cdef int32_t *s
-    cdef double *imm
-    cdef int64_t n, cap
-    cdef int64_t *table
-    cdef int64_t table_cap, n_interned
-    cdef public int64_t n_inputs
+    ``numpy_power``: ``x ** c`` for a constant c of 2, 0.5 or -1 becomes ``square``,
+    ``sqrt`` or ``reciprocal``, as NumPy's own power loop computes those exponents
+    (traced code); without it every power stays C's ``pow`` (the Jacobian-tape builder,
+    whose partials must equal the C sweeps' ``pow`` bit for bit).
+    """
 
-    def __cinit__(self):
+    def __cinit__(self, bint numpy_power=True):
+        self.numpy_power = numpy_power
         self.n = 0
         self.cap = 0
         self.table_cap = 0
@@ -339,16 +304,16 @@ cdef class Graph:
                 if v == 0.0 and not signbit(v):   # x - (+0.0) == x, bit for bit
                     return x
             elif op == JX_OP_POW:
-                if v == 1.0:
+                if v == 1.0:    # pow(x, 1) is x, nan and signed zeros included
                     return x
-                if v == 0.0:    # NumPy: x**0 == 1 for every x, nan included
+                if v == 0.0:    # pow(x, 0) is 1 for every x, nan included (so is NumPy's)
                     return self._const(1.0)
                 # NumPy's own power loop computes these exponents this way
-                if v == 2.0:
+                if self.numpy_power and v == 2.0:
                     return self._canon(JX_OP_SQUARE, x, -1, -1, k)
-                if v == 0.5:
+                if self.numpy_power and v == 0.5:
                     return self._canon(JX_OP_SQRT, x, -1, -1, k)
-                if v == -1.0:
+                if self.numpy_power and v == -1.0:
                     return self._canon(JX_OP_RECIPROCAL, x, -1, -1, k)
             return self._key(k, op | JX_B_IMM, <int32_t>x, -1, -1, v)
         if cx:
@@ -610,244 +575,3 @@ cdef class Graph:
             raise IndexError("jacext: node id out of range")
         return (int(self.op[i]), int(self.a[i]), int(self.b[i]), int(self.s[i]),
                 float(self.imm[i]))
-
-    def const_mask(self, ids):
-        """Boolean array: which ids are constants."""
-        cdef const int64_t[::1] v = np.ascontiguousarray(ids, dtype=np.int64).ravel()
-        cdef cnp.ndarray out = np.empty(v.shape[0], dtype=np.bool_)
-        cdef cnp.npy_bool[::1] o = out
-        cdef Py_ssize_t i
-        for i in range(v.shape[0]):
-            if v[i] < 0 or v[i] >= self.n:
-                raise IndexError("jacext: node id out of range")
-            o[i] = self.op[v[i]] == C_CONST
-        return out.reshape(np.shape(ids))
-
-    def const_values(self, ids):
-        """Values of constant ids (nan where an id is not a constant)."""
-        cdef const int64_t[::1] v = np.ascontiguousarray(ids, dtype=np.int64).ravel()
-        cdef cnp.ndarray out = np.empty(v.shape[0], dtype=np.float64)
-        cdef double[::1] o = out
-        cdef Py_ssize_t i
-        for i in range(v.shape[0]):
-            if v[i] < 0 or v[i] >= self.n:
-                raise IndexError("jacext: node id out of range")
-            o[i] = self.imm[v[i]] if self.op[v[i]] == C_CONST else float("nan")
-        return out.reshape(np.shape(ids))
-
-    def lower(self, input_ids, output_ids):
-        """The tape arrays for these inputs and outputs (the compile passes).
-
-        Dead-code elimination (only what reaches an output), constant slots for
-        the constants that cannot be immediates, then work slots by liveness: a
-        temporary's slot is freed after its last use and reused by a later
-        instruction (never by the instruction that reads it last: dst does not
-        alias its own operands).
-        """
-        cdef const int64_t[::1] ins = np.ascontiguousarray(input_ids, dtype=np.int64)
-        cdef const int64_t[::1] outs = np.ascontiguousarray(output_ids, dtype=np.int64)
-        cdef int64_t n = self.n, i, j, k, nd, o
-        cdef Py_ssize_t n_in = ins.shape[0], n_out = outs.shape[0]
-        cdef cnp.ndarray live_arr = np.zeros(n, dtype=np.uint8)
-        cdef unsigned char[::1] live = live_arr
-        cdef int32_t opw, base
-        cdef int64_t n_instr = 0, n_const = 0
-
-        for i in range(n_out):
-            if outs[i] < 0 or outs[i] >= n:
-                raise IndexError("jacext: output id out of range")
-            live[outs[i]] = 1
-        # 1. dead-code elimination: ids are topological, so one backward pass
-        for i in range(n - 1, -1, -1):
-            if not live[i]:
-                continue
-            opw = self.op[i]
-            if opw == C_INPUT or opw == C_CONST:
-                continue
-            n_instr += 1
-            if self.a[i] >= 0:
-                live[self.a[i]] = 1
-            if self.b[i] >= 0:
-                live[self.b[i]] = 1
-            if self.s[i] >= 0:
-                live[self.s[i]] = 1
-        # 2. inputs get slots 0..n_in-1, live constants the next ones
-        cdef cnp.ndarray slot_arr = np.full(n, -1, dtype=np.int32)
-        cdef int32_t[::1] slot = slot_arr
-        for i in range(n_in):
-            if ins[i] < 0 or ins[i] >= n or self.op[ins[i]] != C_INPUT:
-                raise ValueError("jacext: an input id is not an input node")
-            slot[ins[i]] = <int32_t>i
-        for i in range(n):
-            if live[i] and self.op[i] == C_CONST:
-                n_const += 1
-        cdef cnp.ndarray const_arr = np.empty(n_const, dtype=np.float64)
-        cdef double[::1] const_vals = const_arr
-        j = 0
-        for i in range(n):
-            if live[i] and self.op[i] == C_CONST:
-                slot[i] = <int32_t>(n_in + j)
-                const_vals[j] = self.imm[i]
-                j += 1
-        for i in range(n):
-            if live[i] and self.op[i] == C_INPUT and slot[i] < 0:
-                raise ValueError("jacext: the outputs depend on an input that is not an argument")
-        # 3. instructions in id order; the last use of every operand (-1: none,
-        # n_instr: an output, alive to the end)
-        cdef cnp.ndarray order_arr = np.empty(n_instr, dtype=np.int32)
-        cdef int32_t[::1] order = order_arr
-        cdef cnp.ndarray last_arr = np.full(n, -1, dtype=np.int32)
-        cdef int32_t[::1] last = last_arr
-        j = 0
-        for i in range(n):
-            if live[i] and self.op[i] != C_INPUT and self.op[i] != C_CONST:
-                order[j] = <int32_t>i
-                if self.a[i] >= 0:
-                    last[self.a[i]] = <int32_t>j
-                if self.b[i] >= 0:
-                    last[self.b[i]] = <int32_t>j
-                if self.s[i] >= 0:
-                    last[self.s[i]] = <int32_t>j
-                j += 1
-        for i in range(n_out):
-            last[outs[i]] = <int32_t>n_instr   # outputs live to the end
-        # 4. work slots by liveness (a free stack of slots).  Slots freed inside a
-        # group -- consecutive instructions of one op word, none reading a value the
-        # group made (one traced NumPy call over an array) -- are reused only after
-        # it: then a group's dst slots do not meet its operand slots, and the
-        # single-point sweep runs it as one contiguous vector loop (vm.c's runs).
-        cdef cnp.ndarray free_arr = np.empty(n_instr + 3, dtype=np.int32)
-        cdef int32_t[::1] free_stack = free_arr
-        cdef cnp.ndarray pend_arr = np.empty(n_instr + 3, dtype=np.int32)
-        cdef int32_t[::1] pending = pend_arr
-        cdef cnp.ndarray born_arr = np.full(n, -1, dtype=np.int32)
-        cdef int32_t[::1] born = born_arr
-        cdef int64_t n_pend = 0, group_start = 0, prev_opw = -1
-        cdef bint new_group
-        cdef int64_t n_free = 0, next_slot = n_in + n_const
-        cdef int64_t fixed = n_in + n_const
-        cdef int64_t ops3[3]
-        cdef cnp.ndarray t_op = np.empty(n_instr, dtype=np.int32)
-        cdef cnp.ndarray t_dst = np.empty(n_instr, dtype=np.int32)
-        cdef cnp.ndarray t_a = np.empty(n_instr, dtype=np.int32)
-        cdef cnp.ndarray t_b = np.empty(n_instr, dtype=np.int32)
-        cdef cnp.ndarray t_imm = np.empty(n_instr, dtype=np.float64)
-        cdef int32_t[::1] top = t_op
-        cdef int32_t[::1] tdst = t_dst
-        cdef int32_t[::1] ta = t_a
-        cdef int32_t[::1] tb = t_b
-        cdef double[::1] timm = t_imm
-        cdef int64_t sa, sb
-        for j in range(n_instr):
-            nd = order[j]
-            opw = self.op[nd]
-            base = opw & JX_OP_MASK
-            ops3[0] = self.a[nd]
-            ops3[1] = self.b[nd]
-            ops3[2] = self.s[nd]
-            sa = slot[ops3[0]] if ops3[0] >= 0 else -1
-            sb = slot[ops3[1]] if ops3[1] >= 0 else -1
-            if sa < 0:
-                sa = sb
-            if sb < 0:
-                sb = sa
-            top[j] = opw
-            ta[j] = <int32_t>sa
-            tb[j] = <int32_t>sb
-            if jx_op_arity[base] == 3:
-                timm[j] = <double>slot[ops3[2]]
-            else:
-                timm[j] = self.imm[nd]
-            new_group = opw != prev_opw
-            for k in range(3):
-                o = ops3[k]
-                if o >= 0 and born[o] >= group_start:
-                    new_group = True
-            if new_group:
-                # the group's freed slots, pushed so that they pop in increasing order
-                # (an instruction may free two, from two ranges: sort them apart)
-                if n_pend > 1:
-                    qsort(&pending[0], <size_t>n_pend, sizeof(int32_t), _cmp_int32)
-                while n_pend > 0:
-                    n_pend -= 1
-                    free_stack[n_free] = pending[n_pend]
-                    n_free += 1
-                group_start = j
-            prev_opw = opw
-            born[nd] = <int32_t>j
-            # take a slot, then free the temporaries that die here (once each):
-            # dst never shares a slot with its own operands, so the batched
-            # sweeps' lane loops see no aliasing and vectorise
-            if n_free > 0:
-                n_free -= 1
-                slot[nd] = free_stack[n_free]
-            else:
-                if next_slot >= 2**31 - 1:
-                    raise MemoryError("jacext: the tape needs more than 2**31 work slots")
-                slot[nd] = <int32_t>next_slot
-                next_slot += 1
-            tdst[j] = slot[nd]
-            for k in range(3):
-                o = ops3[k]
-                if o < 0 or last[o] != j or slot[o] < fixed:
-                    continue
-                if (k >= 1 and o == ops3[0]) or (k == 2 and o == ops3[1]):
-                    continue
-                pending[n_pend] = slot[o]
-                n_pend += 1
-            if last[nd] < 0:   # a value nobody reads (cannot happen after DCE)
-                pending[n_pend] = slot[nd]
-                n_pend += 1
-        cdef cnp.ndarray t_out = np.empty(n_out, dtype=np.int32)
-        cdef int32_t[::1] tout = t_out
-        for i in range(n_out):
-            tout[i] = slot[outs[i]]
-        return {
-            "op": t_op, "dst": t_dst, "a": t_a, "b": t_b, "imm": t_imm,
-            "out_slot": t_out,
-            "const_value": const_arr,
-            "n_in": int(n_in), "n_slots": int(next_slot),
-        }
-
-
-# ---- tape utilities for the passes that rebuild a tape into a Graph ----
-
-def tape_groups(const int32_t[::1] op, const double[::1] imm, const int32_t[::1] dst,
-                const int32_t[::1] a, const int32_t[::1] b):
-    """The first instruction of each group of consecutive instructions that one bulk
-    ``apply`` may rebuild together: one op word (with its immediate, bit for bit, where
-    the word has one), and no instruction reading or writing a slot that an earlier one
-    of its group writes.  One pass with the last writer of every slot; returns int64."""
-    cdef Py_ssize_t n = op.shape[0], j
-    if imm.shape[0] != n or dst.shape[0] != n or a.shape[0] != n or b.shape[0] != n:
-        raise ValueError("jacext: tape arrays differ in length")
-    cdef int32_t n_slots = 0
-    for j in range(n):
-        if dst[j] < 0 or a[j] < -1 or b[j] < -1:
-            raise ValueError("jacext: negative slot in a tape")
-        n_slots = max(n_slots, dst[j] + 1, a[j] + 1, b[j] + 1)
-    cdef cnp.ndarray last_arr = np.full(n_slots, -1, dtype=np.int64)
-    cdef int64_t[::1] last = last_arr
-    cdef cnp.ndarray first_arr = np.empty(n, dtype=np.int64)
-    cdef int64_t[::1] first = first_arr
-    cdef Py_ssize_t n_groups = 0, start = 0
-    cdef int32_t word, base
-    cdef bint use_a, use_b, cut
-    for j in range(n):
-        word = op[j]
-        base = word & JX_OP_MASK
-        if base < 0 or base >= JX_N_OPS:
-            raise ValueError(f"jacext: no op number {base}")
-        use_a = not (word & JX_A_IMM) and a[j] >= 0
-        use_b = jx_op_arity[base] >= 2 and not (word & JX_B_IMM) and b[j] >= 0
-        cut = j == 0 or word != op[j - 1] or (
-            (word & (JX_A_IMM | JX_B_IMM)) and _dbits(imm[j]) != _dbits(imm[j - 1]))
-        if not cut:
-            cut = last[dst[j]] >= start or (use_a and last[a[j]] >= start) or (
-                use_b and last[b[j]] >= start)
-        if cut:
-            start = j
-            first[n_groups] = j
-            n_groups += 1
-        last[dst[j]] = j
-    return first_arr[:n_groups].copy()

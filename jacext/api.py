@@ -6,7 +6,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from jacext._vm import _as_real_array
+from jacext.arguments import as_real_array as _as_real_array
 from jacext.compile import compile_function
 
 _CACHE_SIZE = 256

@@ -1,14 +1,23 @@
-"""Sparse Jacobians: patterns, colourings, and the batch type.
+"""Sparse Jacobians: patterns, colourings, cones, CSR assembly, and the batch type.
 
-The pattern is found in C (``src_c/sparsity.c``) by propagating index sets
-over the tape; the colourings (greedy, largest-first order) are computed in C
-too.  Results are SciPy sparse arrays: SciPy's CSR is what Newton and ODE
-solvers take, so there is no type of our own for a single Jacobian.
+The pattern is found in C (``src_c/sparsity.c``) by propagating index sets over the tape;
+the colourings (greedy distance-2, largest-first order) and the dependency cones are
+computed in C too.  A :class:`Structure` holds them for one choice of columns, each made
+on first use and kept; the Plans (``jacext/plan.py``) decide which evaluation uses them.
+
+Results are SciPy sparse arrays: SciPy's CSR is what Newton and ODE solvers take, so
+there is no type of our own for a single Jacobian.  SciPy's constructor checks its arrays
+on every call (8 us at 3,000 nonzeros); a Structure checks its pattern once, in a
+template, and each result is a shallow copy of it with its own arrays.
 """
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import scipy.sparse as sp
+
+from jacext import _tape
 
 
 class SparseJacobians:
@@ -80,8 +89,136 @@ def transpose_pattern(indptr, indices, shape):
     return t.indptr.astype(np.int32), t.indices.astype(np.int32)
 
 
-def verify_column_colouring(indptr, indices, colour):
-    """True when no two columns of one colour share a row (an independent check)."""
-    rows = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
-    pairs = np.stack([rows, np.asarray(colour)[indices]], axis=1)
-    return len(np.unique(pairs, axis=0)) == len(pairs)
+def colour(indptr, indices, n_rows, n_cols, max_work):
+    """Greedy distance-2 colouring of the columns, largest first; every column its own
+    colour where the greedy work (the sum of the squared row lengths) would pass
+    ``max_work``."""
+    lengths = np.diff(indptr).astype(np.int64)
+    result = None
+    if int(np.dot(lengths, lengths)) <= max_work:
+        result = _tape.colour_columns(indptr, indices, n_rows, n_cols,
+                                      largest_first(indices, n_cols), max_work)
+    if result is None:
+        result = np.arange(n_cols, dtype=np.int32)
+    result.setflags(write=False)
+    return result
+
+
+class Structure:
+    """The sparsity of one tape's outputs with respect to the inputs ``cols``: the exact
+    pattern and what the sparse evaluations derive from it, each made on first use.
+
+    Deterministic throughout: two threads racing to the same attribute compute the same
+    value (the Planner makes them under its lock anyway).
+    """
+
+    def __init__(self, tape, cols, max_colouring_work):
+        self.tape = tape
+        self.cols = cols
+        self.shape = (tape.n_outputs, int(cols.shape[0]))
+        self._max_work = max_colouring_work
+        self._pattern = None
+        self._colourings = None
+        self._cones = None   # (Cones or None, the budget it was asked with)
+        self._cache = {}
+
+    @property
+    def pattern(self):
+        """(indptr, indices), int32, read-only."""
+        if self._pattern is None:
+            self._pattern = self.tape.pattern(self.cols)
+        return self._pattern
+
+    @property
+    def nnz(self):
+        return int(self.pattern[1].shape[0])
+
+    @property
+    def colourings(self):
+        """(column colours, p, row colours, q)."""
+        if self._colourings is None:
+            ptr, idx = self.pattern
+            n_out, n_cols = self.shape
+            tptr, tidx = transpose_pattern(ptr, idx, self.shape)
+            col = colour(ptr, idx, n_out, n_cols, self._max_work)
+            row = colour(tptr, tidx, n_cols, n_out, self._max_work)
+            self._colourings = (col, int(col.max()) + 1 if col.size else 0,
+                                row, int(row.max()) + 1 if row.size else 0)
+        return self._colourings
+
+    @property
+    def colours_known(self):
+        """Whether the colourings have been made (repr shows them then)."""
+        return self._colourings is not None
+
+    @property
+    def colours(self):
+        """(column colours, row colours): the sweeps a compressed Jacobian costs."""
+        col, p, row, q = self.colourings
+        return p, q
+
+    def cones(self, budget):
+        """The tape's per-output dependency cones over this pattern (a ``_tape.Cones``),
+        or None when they pass ``budget`` entries; kept once made."""
+        hit = self._cones
+        if hit is not None and (hit[0] is not None or hit[1] >= budget):
+            return hit[0]
+        ptr, idx = self.pattern
+        cones = self.tape.cones(budget, ptr, self._derived("nz_input"))
+        self._cones = (cones, budget)
+        return cones
+
+    def _derived(self, what, mode=None):
+        key = (what, mode)
+        hit = self._cache.get(key)
+        if hit is not None:
+            return hit
+        ptr, idx = self.pattern
+        rows = np.repeat(np.arange(self.shape[0], dtype=np.intp), np.diff(ptr))
+        if what == "rows":
+            hit = rows
+        elif what == "nz_input":   # the input index of each nonzero
+            hit = np.ascontiguousarray(self.cols[idx], dtype=np.int32)
+        elif what == "scatter":    # each nonzero's flat index in the dense result
+            hit = rows * self.shape[1] + idx
+        elif mode == "forward":    # gather: its flat index in the compressed matrix
+            col, p, _, _ = self.colourings
+            hit = rows * p + col[idx]
+        else:
+            _, _, row, _ = self.colourings
+            hit = row[rows].astype(np.intp) * self.shape[1] + idx
+        hit.setflags(write=False)
+        self._cache[key] = hit
+        return hit
+
+    def scatter(self):
+        """Flat index of each nonzero in the dense (n_out, n_cols) result."""
+        return self._derived("scatter")
+
+    def gather(self, mode):
+        """Flat index of each nonzero in the compressed matrix of ``mode`` (a valid
+        colouring gives each its own place)."""
+        return self._derived("gather", mode)
+
+    def compressed_shape(self, mode):
+        n_out, n_cols = self.shape
+        p, q = self.colours
+        return (n_out, p) if mode == "forward" else (q, n_cols)
+
+    def csr(self, vals):
+        """A csr_array of these values (CSR order) on the pattern."""
+        template = self._cache.get(("csr", None))
+        if template is None:
+            ptr, idx = self.pattern
+            template = sp.csr_array((np.zeros(idx.shape[0]), idx, ptr), shape=self.shape)
+            self._cache[("csr", None)] = template
+        mat = copy.copy(template)
+        mat.data = vals
+        mat.indices = template.indices.copy()
+        mat.indptr = template.indptr.copy()
+        return mat
+
+    def array(self):
+        """The pattern as a bool csr_array."""
+        ptr, idx = self.pattern
+        return pattern_array(ptr, idx, self.shape)

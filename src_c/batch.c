@@ -204,7 +204,7 @@ static int jx_block_forward(const jx_tape *t, jx_block_work *w)
             for (l = 0; l < B; l++) w->imm[l] = t->imm[i];
         pa = (word & JX_A_IMM) ? w->imm : V + (size_t)t->a[i] * B;
         pb = (word & JX_B_IMM) ? w->imm : V + (size_t)t->b[i] * B;
-        ps = ((word & JX_OP_MASK) == JX_OP_SELECT) ? V + (size_t)(int32_t)t->imm[i] * B : pa;
+        ps = ((word & JX_OP_MASK) == JX_OP_SELECT) ? V + (size_t)t->s[i] * B : pa;
         /* an instruction with fixed partials stores none per point */
         const int values_only = t->fixed && t->fixed[i];
         switch (word & JX_OP_MASK) {
@@ -227,44 +227,34 @@ static int jx_block_forward(const jx_tape *t, jx_block_work *w)
         }
     }
     {
-        /* x - x is 0 for finite x, nan for inf and nan; one accumulator per
-           lane, so the loop vectorises (a single sum would be a serial chain) */
+        /* whether every partial of the block is finite (kernels.h) */
         double acc[JX_BLOCK_MAX];
-        int finite = 1;
         for (l = 0; l < B; l++) acc[l] = 0.0;
         for (i = 0; i < t->n_instr; i++) {
-            const double *q0 = w->d0 + (size_t)i * B, *q1 = w->d1 + (size_t)i * B;
             if (t->fixed && t->fixed[i]) continue;   /* finite by construction */
-            for (l = 0; l < B; l++) acc[l] += (q0[l] - q0[l]) + (q1[l] - q1[l]);
+            jx_nonfinite_acc(acc, w->d0 + (size_t)i * B, B);
+            jx_nonfinite_acc(acc, w->d1 + (size_t)i * B, B);
         }
-        for (l = 0; l < B; l++) finite &= (acc[l] == 0.0);
-        return finite;
+        return jx_acc_finite(acc, B);
     }
 }
 
 /*
  * Tangents over `dirs` directions: T[(slot * dirs + d) * B + l].
  *
- * Zero kills (vm.c): a term with a zero partial or a zero tangent is exactly
- * zero.  When every partial of the block is finite, tangents stay finite and
- * the plain product already gives that (up to the sign of a zero), so the
- * strong form with its per-lane selects runs only for blocks that met an
+ * Zero kills (kernels.h): a term with a zero partial or a zero tangent is
+ * exactly zero.  When every partial of the block is finite, tangents stay
+ * finite and the plain product already gives that (up to the sign of a zero),
+ * so jx_zmul with its per-lane selects runs only for blocks that met an
  * infinite or nan partial.
  */
-static inline double jx_zmul(double d, double t)
-{
-    return (d == 0.0 || t == 0.0) ? 0.0 : d * t;
-}
-
 static void jx_block_tangent(const jx_tape *t, jx_block_work *w, int32_t dirs, int finite)
 {
     const int32_t blk = w->block;
     int32_t i, d, l;
     for (i = 0; i < t->n_instr; i++) {
-        const int32_t word = t->op[i];
-        const int op = word & JX_OP_MASK;
-        const int use_a = !(word & JX_A_IMM);
-        const int use_b = jx_op_arity[op] >= 2 && !(word & JX_B_IMM);
+        const int reads = jx_reads(t->op[i]);
+        const int use_a = reads & JX_READS_A, use_b = reads & JX_READS_B;
         const double *q0 = w->d0 + (size_t)i * B, *q1 = w->d1 + (size_t)i * B;
         if (t->fixed && t->fixed[i]) {
             /* constant, finite partials: a zero one drops its term exactly */
@@ -314,10 +304,8 @@ static void jx_block_adjoint(const jx_tape *t, jx_block_work *w, int32_t rows, i
     const int32_t blk = w->block;
     int32_t i, r, l;
     for (i = t->n_instr - 1; i >= 0; i--) {
-        const int32_t word = t->op[i];
-        const int op = word & JX_OP_MASK;
-        const int use_a = !(word & JX_A_IMM);
-        const int use_b = jx_op_arity[op] >= 2 && !(word & JX_B_IMM);
+        const int reads = jx_reads(t->op[i]);
+        const int use_a = reads & JX_READS_A, use_b = reads & JX_READS_B;
         const double *q0 = w->d0 + (size_t)i * B, *q1 = w->d1 + (size_t)i * B;
         if (t->fixed && t->fixed[i]) {
             const double c0 = use_a ? t->fixed_d0[i] : 0.0, c1 = use_b ? t->fixed_d1[i] : 0.0;
@@ -466,25 +454,20 @@ static int jx_block_jac_tape(const jx_tape *t, jx_block_work *w, jx_work *pw,
     const double *V = w->value;
     double *jac = job->out + (size_t)p0 * (size_t)n_jac;
     double acc[JX_BLOCK_MAX];
-    int32_t e, l, finite = 1;
+    int32_t e, l;
     jx_block_load(jt, w, job->x + (size_t)p0 * (size_t)t->n_in, n);
     jx_block_values(jt, w->value, w->stash);
     /* the values: the Jacobian tape's first n_out outputs */
     jx_block_store(jt->out_slot, n_out, w, job->y ? job->y + (size_t)p0 * n_out : NULL, n);
-    /* the Jacobian out, point-major, checking on the way that it is finite
-       (x - x is 0 for finite x; one accumulator per point, no serial chain) */
+    /* the Jacobian out, point-major, checking on the way that it is finite (kernels.h) */
     for (l = 0; l < n; l++) acc[l] = 0.0;
     for (e = 0; e < n_jac; e++) {
         const double *JX_RESTRICT src = V + (size_t)jt->out_slot[n_out + e] * B;
         double *JX_RESTRICT dst = jac + e;
-        for (l = 0; l < n; l++) {
-            const double v = src[l];
-            dst[(size_t)l * (size_t)n_jac] = v;
-            acc[l] += v - v;
-        }
+        for (l = 0; l < n; l++) dst[(size_t)l * (size_t)n_jac] = src[l];
+        jx_nonfinite_acc(acc, src, n);
     }
-    for (l = 0; l < n; l++) finite &= (acc[l] == 0.0);
-    if (finite) return JX_OK;
+    if (jx_acc_finite(acc, n)) return JX_OK;
     if (!pw->value) {
         int st = jx_work_init(pw, t, jx_dirs_for(t, job));
         if (st != JX_OK) return st;

@@ -28,7 +28,7 @@ static void JX_VALUES_FN(const jx_tape *t, double *V, double *stash)
         const double *JX_RESTRICT pa = V + (size_t)t->a[i] * JX_VB;
         const double *JX_RESTRICT pb = V + (size_t)t->b[i] * JX_VB;
         const double *JX_RESTRICT ps =
-            ((word & JX_OP_MASK) == JX_OP_SELECT) ? V + (size_t)(int32_t)c * JX_VB : pa;
+            ((word & JX_OP_MASK) == JX_OP_SELECT) ? V + (size_t)t->s[i] * JX_VB : pa;
 #if JX_HAVE_SINCOS
         if (t->sincos_pair && t->sincos_pair[i] >= 0) {
             const int32_t k = t->sincos_pair[i];

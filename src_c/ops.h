@@ -9,9 +9,15 @@
 #include <math.h>
 #include <stdint.h>
 
-#define JX_LN2 0.693147180559945309417232121458176568
-#define JX_LN10 2.30258509299404568401799145468436421
-#define JX_2_SQRTPI 1.12837916709551257389615890312154517
+/* Named constants of ops.def's formulas, once: C sees them as static doubles, and
+   jx_op_constants (vm.c) hands the same doubles to the Python rules (jacext/ops.py). */
+#define JX_CONSTANTS(X)                                  \
+    X(JX_LN2, 0.693147180559945309417232121458176568)    \
+    X(JX_LN10, 2.30258509299404568401799145468436421)    \
+    X(JX_2_SQRTPI, 1.12837916709551257389615890312154517)
+#define JX_DEFINE_CONSTANT(NAME, VALUE) static const double NAME = VALUE;
+JX_CONSTANTS(JX_DEFINE_CONSTANT)
+#undef JX_DEFINE_CONSTANT
 
 typedef enum {
 #define OP(NAME, ARITY, COMMUTES, VALUE, D0, D1, FIXED) JX_OP_##NAME,
@@ -29,6 +35,11 @@ typedef enum {
 #define JX_A_IMM 0x100
 #define JX_B_IMM 0x200
 
+/* The expression graph's own node kinds (jacext/_graph.pyx), numbered past the ops and
+   below any op word with a flag: an input, a constant. */
+#define JX_KIND_INPUT JX_N_OPS
+#define JX_KIND_CONST (JX_N_OPS + 1)
+
 /* FIXED column of ops.def: when the partials are constants */
 #define JX_K 1     /* always */
 #define JX_K_BI 2  /* when b is an immediate */
@@ -38,6 +49,24 @@ extern const char *const jx_op_names[JX_N_OPS];
 extern const int jx_op_fixed[JX_N_OPS];
 extern const int jx_op_arity[JX_N_OPS];
 extern const int jx_op_commutes[JX_N_OPS];
+
+/* ops.def as text, for the Python derivative rules (jacext/ops.py): each row's
+   VALUE, D0 and D1 as written there, the helpers, and the named constants. */
+typedef struct {
+    const char *value, *d0, *d1;
+} jx_op_text_row;
+typedef struct {
+    const char *name, *p, *q, *expr;
+} jx_helper_text_row;
+typedef struct {
+    const char *name;
+    double value;
+} jx_constant_row;
+extern const jx_op_text_row jx_op_text[JX_N_OPS];
+extern const jx_helper_text_row jx_helper_text[];
+extern const int jx_n_helpers;
+extern const jx_constant_row jx_op_constants[];
+extern const int jx_n_op_constants;
 
 /* Value of one op on scalars: constant folding uses the very code the VM runs. */
 double jx_op_value(int op, double a, double b, double s);
@@ -61,44 +90,6 @@ static inline double jx_maximum(double a, double b)
 static inline double jx_minimum(double a, double b)
 {
     return (a <= b || a != a) ? a : b;
-}
-
-/* d max(a, b) / da: 1 where a wins, 0 where b wins, 1/2 at a tie. */
-static inline double jx_dmax(double a, double b)
-{
-    return (a > b) ? 1.0 : ((a == b) ? 0.5 : (b != b ? 0.0 : (a != a ? 1.0 : 0.0)));
-}
-
-static inline double jx_dmin(double a, double b)
-{
-    return (a < b) ? 1.0 : ((a == b) ? 0.5 : (b != b ? 0.0 : (a != a ? 1.0 : 0.0)));
-}
-
-/* fmax ignores a nan operand: the other one wins outright. */
-static inline double jx_dfmax(double a, double b)
-{
-    if (a != a) return 0.0;   /* a nan a never wins (fmax(nan, b) == b) */
-    if (b != b) return 1.0;
-    return jx_dmax(a, b);
-}
-
-static inline double jx_dfmin(double a, double b)
-{
-    if (a != a) return 0.0;
-    if (b != b) return 1.0;
-    return jx_dmin(a, b);
-}
-
-static inline double jx_dpow_base(double a, double b)
-{
-    /* b * a**(b-1); b == 0 gives exactly 0 (x**0 is constant 1 everywhere) */
-    return (b == 0.0) ? 0.0 : b * pow(a, b - 1.0);
-}
-
-static inline double jx_dpow_exp(double a, double z)
-{
-    /* z * log(a); 0**b (b > 0) is 0 for all b nearby, so its slope is 0 */
-    return (z == 0.0) ? 0.0 : z * log(a);
 }
 
 static inline double jx_mod(double a, double b)
@@ -160,5 +151,11 @@ static inline double jx_logit(double a)
     if (a > 0.3 && a < 0.65) return log1p(2.0 * (a - 0.5) / (1.0 - a));
     return log(a / (1.0 - a));
 }
+
+/* ---- the derivative helpers of ops.def ---- */
+#define HELPER(NAME, P, Q, EXPR) \
+    static inline double NAME(double P, double Q) { return (EXPR); }
+#include "ops.def"
+#undef HELPER
 
 #endif

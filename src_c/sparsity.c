@@ -74,12 +74,10 @@ int jx_sparsity(const jx_tape *t, const int32_t *col_of_input, int32_t **indptr_
         }
     }
     for (i = 0; i < t->n_instr && st == JX_OK; i++) {
-        const int32_t word = t->op[i];
-        const int op = word & JX_OP_MASK;
+        const int reads = jx_reads(t->op[i]);
         const int fixed = t->fixed && t->fixed[i];
-        const int use_a = !(word & JX_A_IMM) && !(fixed && t->fixed_d0[i] == 0.0);
-        const int use_b = jx_op_arity[op] >= 2 && !(word & JX_B_IMM)
-                          && !(fixed && t->fixed_d1[i] == 0.0);
+        const int use_a = (reads & JX_READS_A) && !(fixed && t->fixed_d0[i] == 0.0);
+        const int use_b = (reads & JX_READS_B) && !(fixed && t->fixed_d1[i] == 0.0);
         jx_set *d;
         st = jx_set_union(&tmp, use_a ? &sets[t->a[i]] : &empty, use_b ? &sets[t->b[i]] : &empty);
         if (st != JX_OK) break;
@@ -206,11 +204,10 @@ int jx_cones(const jx_tape *t, int64_t max_total, int64_t **cone_ptr_out, int32_
     }
     for (i = 0; i < t->n_slots; i++) last[i] = -1;
     for (i = 0; i < t->n_instr; i++) {
-        const int32_t word = t->op[i];
-        const int op = word & JX_OP_MASK;
-        writer[3 * i] = (word & JX_A_IMM) ? -1 : last[t->a[i]];
-        writer[3 * i + 1] = (jx_op_arity[op] >= 2 && !(word & JX_B_IMM)) ? last[t->b[i]] : -1;
-        writer[3 * i + 2] = (jx_op_arity[op] == 3) ? last[(int32_t)t->imm[i]] : -1;
+        const int reads = jx_reads(t->op[i]);
+        writer[3 * i] = (reads & JX_READS_A) ? last[t->a[i]] : -1;
+        writer[3 * i + 1] = (reads & JX_READS_B) ? last[t->b[i]] : -1;
+        writer[3 * i + 2] = (reads & JX_READS_S) ? last[t->s[i]] : -1;
         last[t->dst[i]] = i;
         stamp[i] = -1;
     }
@@ -275,12 +272,6 @@ done:
     return JX_OK;
 }
 
-/* a zero partial or a zero adjoint contributes exactly zero (vm.c) */
-static inline double jx_zero_kill_mul(double d, double g)
-{
-    return (d == 0.0 || g == 0.0) ? 0.0 : d * g;
-}
-
 int jx_point_subgraph(const jx_tape *t, jx_work *w, const double *x, double *y,
                       const int64_t *cone_ptr, const int32_t *cone, const int32_t *row_ptr,
                       const int32_t *nz_input, double *vals)
@@ -301,8 +292,8 @@ int jx_point_subgraph(const jx_tape *t, jx_work *w, const double *x, double *y,
             const int32_t j = cone[c];
             const double g = A[t->dst[j]];
             A[t->dst[j]] = 0.0;
-            A[t->a[j]] += jx_zero_kill_mul(w->d0[j], g);
-            A[t->b[j]] += jx_zero_kill_mul(w->d1[j], g);
+            A[t->a[j]] += jx_zmul(w->d0[j], g);
+            A[t->b[j]] += jx_zmul(w->d1[j], g);
         }
         for (k = row_ptr[o]; k < row_ptr[o + 1]; k++) vals[k] = A[nz_input[k]];
         /* inputs and constants keep what they gathered: clear every slot the

@@ -6,12 +6,9 @@
  * tangent and adjoint sweeps after it are multiply-adds over
  * (dst, a, b, d0, d1) across K lanes and never name an op.
  *
- * Zero kills: a zero partial, tangent or adjoint contributes exactly zero,
- * even against an infinite or nan factor, so that
- * np.where(x > 0, np.sqrt(x), 0.0) has a finite derivative at 0 in both
- * modes.  Terms with a zero partial are skipped (per instruction, a
- * predictable branch); a non-finite partial takes a per-lane select so that
- * a zero tangent still gives zero.  Values keep NumPy's nan/inf unchanged.
+ * Zero kills (kernels.h): terms with a zero partial are skipped (per
+ * instruction, a predictable branch); a non-finite partial takes jx_zmul's
+ * per-lane select so that a zero tangent still gives zero.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -41,6 +38,30 @@ const int jx_op_fixed[JX_N_OPS] = {
 #include "ops.def"
 #undef OP
 };
+
+/* the rows as text: the preprocessor's # turns each argument into the string of its
+   tokens, unexpanded, so Python reads exactly what C compiles */
+const jx_op_text_row jx_op_text[JX_N_OPS] = {
+#define OP(NAME, ARITY, COMMUTES, VALUE, D0, D1, FIXED) {#VALUE, #D0, #D1},
+#include "ops.def"
+#undef OP
+};
+
+const jx_helper_text_row jx_helper_text[] = {
+#define HELPER(NAME, P, Q, EXPR) {#NAME, #P, #Q, #EXPR},
+#include "ops.def"
+#undef HELPER
+    {NULL, NULL, NULL, NULL}
+};
+const int jx_n_helpers = (int)(sizeof(jx_helper_text) / sizeof(jx_helper_text[0])) - 1;
+
+const jx_constant_row jx_op_constants[] = {
+#define JX_CONSTANT_ROW(NAME, VALUE) {#NAME, NAME},
+    JX_CONSTANTS(JX_CONSTANT_ROW)
+#undef JX_CONSTANT_ROW
+    {NULL, 0.0}
+};
+const int jx_n_op_constants = (int)(sizeof(jx_op_constants) / sizeof(jx_op_constants[0])) - 1;
 
 double jx_op_value(int op, double a, double b, double s)
 {
@@ -88,14 +109,11 @@ int jx_tape_check(const jx_tape *t)
         if (t->dst[i] < first_temp || t->dst[i] >= t->n_slots) return JX_EBADTAPE;
         if (t->a[i] < 0 || t->a[i] >= t->n_slots) return JX_EBADTAPE;
         if (t->b[i] < 0 || t->b[i] >= t->n_slots) return JX_EBADTAPE;
+        if (t->s[i] < 0 || t->s[i] >= t->n_slots) return JX_EBADTAPE;
         /* the batched sweeps (batch.c) rely on dst never being an operand's
            slot: a tape that breaks this would give wrong batch results */
         if (t->dst[i] == t->a[i] || t->dst[i] == t->b[i]) return JX_EBADTAPE;
-        if (jx_op_arity[op] == 3) {
-            double c = t->imm[i];
-            if (!(c >= 0.0 && c < (double)t->n_slots) || c != (double)(int32_t)c)
-                return JX_EBADTAPE;
-        }
+        if ((jx_reads(word) & JX_READS_S) && t->dst[i] == t->s[i]) return JX_EBADTAPE;
     }
     for (i = 0; i < t->n_out; i++)
         if (t->out_slot[i] < 0 || t->out_slot[i] >= t->n_slots) return JX_EBADTAPE;
@@ -190,21 +208,8 @@ void jx_work_free(jx_work *w)
 #define JX_LOAD_OPERANDS(value, i, word)                                   \
     a = ((word) & JX_A_IMM) ? t->imm[i] : value[t->a[i]];                  \
     b = ((word) & JX_B_IMM) ? t->imm[i] : value[t->b[i]];                  \
-    s = (((word) & JX_OP_MASK) == JX_OP_SELECT) ? value[(int32_t)t->imm[i]] : 0.0
+    s = (((word) & JX_OP_MASK) == JX_OP_SELECT) ? value[t->s[i]] : 0.0
 
-/* Which operand slots instruction i reads: bit 0 a, bit 1 b, bit 2 s. */
-static int jx_reads(const jx_tape *t, int32_t i)
-{
-    const int32_t word = t->op[i];
-    const int op = word & JX_OP_MASK;
-    return (!(word & JX_A_IMM) ? 1 : 0) | ((jx_op_arity[op] >= 2 && !(word & JX_B_IMM)) ? 2 : 0)
-           | (op == JX_OP_SELECT ? 4 : 0);
-}
-
-static int32_t jx_cond_slot(const jx_tape *t, int32_t i)
-{
-    return (t->op[i] & JX_OP_MASK) == JX_OP_SELECT ? (int32_t)t->imm[i] : 0;
-}
 
 /* The same double bit for bit (0.0 and -0.0 are two immediates: x * -0.0 is not x * 0.0). */
 static int jx_same_bits(double x, double y)
@@ -224,11 +229,11 @@ static int jx_ranges_align(int32_t x, int32_t y, int32_t L)
 static int jx_joins_chain(const jx_tape *t, int32_t i0, int32_t count, int32_t iq, int32_t L)
 {
     int32_t c, k, m;
-    const int rq = jx_reads(t, iq);
-    const int32_t q_slots[4] = {t->dst[iq], t->a[iq], t->b[iq], jx_cond_slot(t, iq)};
+    const int rq = jx_reads(t->op[iq]);
+    const int32_t q_slots[4] = {t->dst[iq], t->a[iq], t->b[iq], t->s[iq]};
     for (c = 0; c < count; c++) {
-        const int32_t ic = i0 + c * L, rc = jx_reads(t, ic);
-        const int32_t c_slots[4] = {t->dst[ic], t->a[ic], t->b[ic], jx_cond_slot(t, ic)};
+        const int32_t ic = i0 + c * L, rc = jx_reads(t->op[ic]);
+        const int32_t c_slots[4] = {t->dst[ic], t->a[ic], t->b[ic], t->s[ic]};
         /* q's dst and reads against c's dst; q's dst against c's reads */
         for (k = 0; k < 4; k++) {
             if (k > 0 && !(rq & (1 << (k - 1)))) continue;
@@ -271,7 +276,7 @@ int32_t jx_tape_runs(const jx_tape *t, int32_t *runs)
     int32_t i = 0, n = 0;
     while (i < t->n_instr) {
         const int32_t word = t->op[i];
-        const int reads = jx_reads(t, i);
+        const int reads = jx_reads(t->op[i]);
         const int uses_imm = (word & (JX_A_IMM | JX_B_IMM)) != 0;
 #define JX_SAME_IMM(j) (!uses_imm || jx_same_bits(t->imm[j], t->imm[i]))
         int32_t j = i + 1, sd = 0, sa = 0, sb = 0, ss = 0, k, flags = 0;
@@ -279,12 +284,12 @@ int32_t jx_tape_runs(const jx_tape *t, int32_t *runs)
             sd = t->dst[j] - t->dst[i];
             sa = (reads & 1) ? t->a[j] - t->a[i] : 0;
             sb = (reads & 2) ? t->b[j] - t->b[i] : 0;
-            ss = (reads & 4) ? jx_cond_slot(t, j) - jx_cond_slot(t, i) : 0;
+            ss = (reads & 4) ? t->s[j] - t->s[i] : 0;
             while (j < t->n_instr && t->op[j] == word && JX_SAME_IMM(j)
                    && t->dst[j] - t->dst[j - 1] == sd
                    && (!(reads & 1) || t->a[j] - t->a[j - 1] == sa)
                    && (!(reads & 2) || t->b[j] - t->b[j - 1] == sb)
-                   && (!(reads & 4) || jx_cond_slot(t, j) - jx_cond_slot(t, j - 1) == ss))
+                   && (!(reads & 4) || t->s[j] - t->s[j - 1] == ss))
                 j++;
         }
         if (j - i > 1 && sd == 1 && (!(reads & 1) || sa == 1) && (!(reads & 2) || sb == 1)
@@ -295,7 +300,7 @@ int32_t jx_tape_runs(const jx_tape *t, int32_t *runs)
             for (k = 0; k < 3; k++) {
                 int32_t lo;
                 if (!(reads & (1 << k))) continue;
-                lo = k == 0 ? t->a[i] : k == 1 ? t->b[i] : jx_cond_slot(t, i);
+                lo = k == 0 ? t->a[i] : k == 1 ? t->b[i] : t->s[i];
                 if (lo <= d1 && lo + (j - i - 1) >= d0) meets = 1;
             }
             if (!meets) flags = JX_RUN_CONTIGUOUS;
@@ -345,7 +350,7 @@ static void jx_forward_run(const jx_tape *t, double *value, int32_t i, const int
 {
     const int32_t word = t->op[i], L = run[0];
     const ptrdiff_t sd = run[1], sa = run[2], sb = run[3], ss = run[4];
-    const ptrdiff_t d0 = t->dst[i], a0 = t->a[i], b0 = t->b[i], s0 = jx_cond_slot(t, i);
+    const ptrdiff_t d0 = t->dst[i], a0 = t->a[i], b0 = t->b[i], s0 = t->s[i];
     const double c = t->imm[i];
     ptrdiff_t k;
     if (run[5] & JX_RUN_CONTIGUOUS) {
@@ -466,12 +471,6 @@ void jx_forward_partials(const jx_tape *t, double *value, double *d0, double *d1
         value[t->dst[i]] = jx_value_partials(t, value, i, &d0[i], &d1[i]);
 }
 
-/* d * t where a zero factor on either side gives exactly zero. */
-static inline double jx_strong_mul(double d, double t)
-{
-    return (t == 0.0) ? 0.0 : d * t;
-}
-
 /* One instruction's tangent lanes from its partials (zero kills, see above). */
 static inline void jx_tangent_step(double p0, double p1, double *td, const double *ta,
                                    const double *tb, int32_t lanes)
@@ -483,19 +482,19 @@ static inline void jx_tangent_step(double p0, double p1, double *td, const doubl
         } else if (isfinite(p0)) {
             for (k = 0; k < lanes; k++) td[k] = p0 * ta[k];
         } else {
-            for (k = 0; k < lanes; k++) td[k] = jx_strong_mul(p0, ta[k]);
+            for (k = 0; k < lanes; k++) td[k] = jx_zmul(p0, ta[k]);
         }
     } else if (p0 == 0.0) {
         if (isfinite(p1)) {
             for (k = 0; k < lanes; k++) td[k] = p1 * tb[k];
         } else {
-            for (k = 0; k < lanes; k++) td[k] = jx_strong_mul(p1, tb[k]);
+            for (k = 0; k < lanes; k++) td[k] = jx_zmul(p1, tb[k]);
         }
     } else if (isfinite(p0) && isfinite(p1)) {
         for (k = 0; k < lanes; k++) td[k] = p0 * ta[k] + p1 * tb[k];
     } else {
         for (k = 0; k < lanes; k++)
-            td[k] = jx_strong_mul(p0, ta[k]) + jx_strong_mul(p1, tb[k]);
+            td[k] = jx_zmul(p0, ta[k]) + jx_zmul(p1, tb[k]);
     }
 }
 
@@ -553,7 +552,7 @@ void jx_adjoint_sweep(const jx_tape *t, const double *d0, const double *d1,
                 for (k = 0; k < lanes; k++) {
                     double g = ad[k];
                     ad[k] = 0.0;
-                    aa[k] += jx_strong_mul(p0, g);
+                    aa[k] += jx_zmul(p0, g);
                 }
             }
         } else if (p0 == 0.0) {
@@ -567,15 +566,15 @@ void jx_adjoint_sweep(const jx_tape *t, const double *d0, const double *d1,
                 for (k = 0; k < lanes; k++) {
                     double g = ad[k];
                     ad[k] = 0.0;
-                    ab[k] += jx_strong_mul(p1, g);
+                    ab[k] += jx_zmul(p1, g);
                 }
             }
         } else {
             for (k = 0; k < lanes; k++) {
                 double g = ad[k];
                 ad[k] = 0.0;
-                aa[k] += jx_strong_mul(p0, g);
-                ab[k] += jx_strong_mul(p1, g);
+                aa[k] += jx_zmul(p0, g);
+                ab[k] += jx_zmul(p1, g);
             }
         }
     }

@@ -8,9 +8,10 @@
  *   temporaries written by instructions; reused by liveness
  *
  * An instruction i computes slot dst[i] from slots a[i], b[i] (and, for
- * SELECT, the condition slot stored in imm[i]).  Unary ops and immediate
- * operands point their unused operand index at a valid slot and have a zero
- * partial for it, so derivative sweeps need no case for them.
+ * SELECT, the condition slot s[i]).  Unary ops and immediate operands point
+ * their unused operand index at a valid slot and have a zero partial for it,
+ * so derivative sweeps need no case for them; s[i] of an op without a
+ * condition is a valid slot too (the lowering repeats a[i]).
  *
  * The C core never touches Python objects.  Functions return 0 or a negative
  * JX_E* status; the Cython layer raises.
@@ -21,6 +22,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "kernels.h"
 #include "ops.h"
 
 #define JX_OK 0
@@ -42,6 +44,7 @@ typedef struct {
     const int32_t *dst;     /* n_instr */
     const int32_t *a;       /* n_instr */
     const int32_t *b;       /* n_instr */
+    const int32_t *s;       /* n_instr: SELECT's condition slot (others: any valid slot) */
     const double *imm;      /* n_instr */
     const int32_t *out_slot;    /* n_out */
     const double *const_value;  /* n_const; slot n_in + k */

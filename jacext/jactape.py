@@ -1,58 +1,53 @@
 """The Jacobian as a tape of its own: a tape differentiated symbolically.
 
-For batches, evaluating a tape of the Jacobian's entries in one value-only
-sweep per block beats the tangent or adjoint sweeps of the original tape
-(CasADi's generated C is fast for the same reason):
+For batches, evaluating a tape of the Jacobian's entries in one value-only sweep per
+block beats the tangent or adjoint sweeps of the original tape (CasADi's generated C is
+fast for the same reason):
 
-- structural zeros cost nothing: a node's tangent exists only for the inputs
-  it depends on (a robot arm's early joints feed few products), where the
-  sweeps carry every direction through every instruction;
+- structural zeros cost nothing: a node's tangent exists only for the inputs it depends
+  on (a robot arm's early joints feed few products), where the sweeps carry every
+  direction through every instruction;
 - partials become shared nodes (d sin(q)/dq is the cos(q) the function already
   computes), hash-consed with the function's own nodes;
-- one sweep over the points reads two operands and writes one value per
-  instruction, where the sweeps store two partials per instruction and then
-  read them back for every direction.
+- one sweep over the points reads two operands and writes one value per instruction,
+  where the sweeps store two partials per instruction and then read them back for every
+  direction.
 
-The Jacobian tape computes exactly what the batched sweeps compute
-(src_c/batch.c), bit for bit up to the sign of a zero: each tangent (or
-adjoint) term is the same product, summed in the same order, of the same
-partial, written with the same floating-point operations as ``ops.def``'s D0
-and D1 (``PARTIALS`` below; tests/test_ops.py checks every row against the C
-partials bit for bit).  Instructions with fixed partials (``x + y``,
-``x * 2.0``) use the constant, as the sweeps do; a zero one drops its term.
-Two things the sweeps do differently are left to them: a block whose
-Jacobian holds an inf or nan is recomputed by the sweeps (their zero kills
-then apply, see vm.c), and an op with no row in ``PARTIALS`` means no
-Jacobian tape (the sweeps serve).
+The Jacobian tape computes exactly what the batched sweeps compute (src_c/batch.c), bit
+for bit up to the sign of a zero: each tangent (or adjoint) term is the same product,
+summed in the same order, of the same partial, built from ops.def's own D0 and D1
+(``jacext.ops.partials``) with the same floating-point operations.  Instructions with
+fixed partials (``x + y``, ``x * 2.0``) use the constant, as the sweeps do; a zero one
+drops its term; np.where's tangent is the taken branch's (``SELECT``: the sweeps' zero
+kills, exactly).  A block whose Jacobian holds an inf or nan is recomputed by the
+sweeps (their zero kills then apply where a product here would meet an infinite partial
+and a zero tangent).
 
-The graph is rebuilt from the tape (the trace's graph is not kept), so the
-function's nodes and the derivative's share one hash-consed DAG; the Graph's
-passes (folding, exact identities, DCE, liveness slots) then make the tape.
+The graph is rebuilt from the tape (the trace's graph is not kept), so the function's
+nodes and the derivative's share one hash-consed DAG (without NumPy's ``x**2 -> x*x``
+rewrites: a partial ``pow(a, b - 1.0)`` must stay C's pow, as the sweeps compute it); the
+compiler passes then make the tape.
 
-The build goes a group of like instructions at a time (``tape_groups``: one
-traced NumPy call is one group), each stage of a group one bulk ``Graph.apply``
-over NumPy arrays of node ids: forward tangents live as CSR blocks per group
-(``_Tangents``), reverse adjoint terms wait for the group that defines their
-value (``_Pending``).  A tape of short groups (scalar code) goes node by node
-(``_reverse``; forward, its groups of one: ``_forward_one``), where the
-per-group NumPy calls would cost more; both ways make the same tape
-(tests/test_derivative.py).
-``build_cost`` estimates the build for the ski-rental threshold (_vm.pyx).
+The build goes a group of like instructions at a time (``passes.tape_groups``: one traced
+NumPy call is one group), each stage of a group one bulk ``Graph.apply`` over NumPy arrays
+of node ids: forward tangents live as CSR blocks per group (``_Tangents``), reverse
+adjoint terms wait for the group that defines their value (``_Pending``).  Node by node
+(``by_group=False``; forward, also the groups of one) serves scalar code, where the
+per-group NumPy calls would cost more.  Both ways make the same tape
+(tests/test_jactape.py).  ``jacext.plan`` decides which, and when a tape is worth it.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from jacext._graph import A_IMM, ARITY, B_IMM, OP_MASK, OPS, Graph, tape_groups
-
-# The constants of ops.h, parsed as the C compiler parses them (correctly rounded).
-LN2 = float("0.693147180559945309417232121458176568")
-LN10 = float("2.30258509299404568401799145468436421")
-TWO_SQRTPI = float("1.12837916709551257389615890312154517")
-
+from jacext import ops
+from jacext._graph import Graph
+from jacext.ops import A_IMM, ARITY, B_IMM, OP_MASK, OPS
+from jacext.passes import lower, tape_groups
 
 class _Builder:
-    """Node-by-node construction over a Graph: ``e("MUL", x, y)``, ``e.c(2.0)``."""
+    """Node-by-node construction over a Graph: ``e("MUL", x, y)``, ``e.c(2.0)``; the
+    emitter ``jacext.ops.partials`` builds through."""
 
     def __init__(self, graph: Graph):
         self.g = graph
@@ -66,82 +61,9 @@ class _Builder:
 
     def select(self, cond, x, y):
         """np.where(cond, x, y): SELECT's value is (cond != 0) ? x : y."""
-        return self._apply(OPS["SELECT"], x, y, cond)
-
-    def dmax(self, a, b, less=False):
-        """ops.h's jx_dmax (jx_dmin with less=True), one comparison per branch."""
-        e = self
-        win = e("LESS" if less else "GREATER", a, b)
-        nan_b, nan_a = e("NOT_EQUAL", b, b), e("NOT_EQUAL", a, a)
-        tail = e.select(nan_b, e.c(0.0), e.select(nan_a, e.c(1.0), e.c(0.0)))
-        return e.select(win, e.c(1.0), e.select(e("EQUAL", a, b), e.c(0.5), tail))
+        return self._apply(_SELECT, x, y, cond)
 
 
-def _recip(e, x):
-    return e("RECIPROCAL", x)
-
-
-# d z / d a and d z / d b of each op, written with the operations of ops.def's D0 and D1
-# in the same order (``1.0 / x`` is RECIPROCAL, whose value is 1.0 / x; ``x * x`` is
-# SQUARE).  None: that operand has no partial (unary ops).  Ops whose partials are always
-# fixed (comparisons, floor, ...) need no row: the fixed constants serve.  POW has none:
-# its partial b * pow(a, b - 1) would meet the Graph's rewrites of pow(a, 2.0) into a * a
-# (and of 0.5, -1), which are NumPy's values for x**2 but not always pow's, bit for bit.
-PARTIALS = {
-    "ADD": lambda e, a, b, z: (e.c(1.0), e.c(1.0)),
-    "SUB": lambda e, a, b, z: (e.c(1.0), e.c(-1.0)),
-    "MUL": lambda e, a, b, z: (b, a),
-    "DIV": lambda e, a, b, z: (_recip(e, b), e("DIV", e("NEG", z), b)),
-    "MOD": lambda e, a, b, z: (e.c(1.0), e("NEG", e("FLOOR_DIVIDE", a, b))),
-    "FMOD": lambda e, a, b, z: (e.c(1.0), e("NEG", e("TRUNC", e("DIV", a, b)))),
-    "ATAN2": lambda e, a, b, z: _atan2(e, a, b),
-    "HYPOT": lambda e, a, b, z: (e("DIV", a, z), e("DIV", b, z)),
-    "MAXIMUM": lambda e, a, b, z: (e.dmax(a, b), e.dmax(b, a)),
-    "MINIMUM": lambda e, a, b, z: (e.dmax(a, b, less=True), e.dmax(b, a, less=True)),
-    "LOGADDEXP": lambda e, a, b, z: (e("EXP", e("SUB", a, z)), e("EXP", e("SUB", b, z))),
-    "ABS": lambda e, a, b, z: (e("SIGN", a), None),
-    "SQUARE": lambda e, a, b, z: (e("MUL", e.c(2.0), a), None),
-    "SQRT": lambda e, a, b, z: (e("DIV", e.c(0.5), z), None),
-    "CBRT": lambda e, a, b, z: (_recip(e, e("MUL", e("MUL", e.c(3.0), z), z)), None),
-    "RECIPROCAL": lambda e, a, b, z: (e("MUL", e("NEG", z), z), None),
-    "EXP": lambda e, a, b, z: (z, None),
-    "EXP2": lambda e, a, b, z: (e("MUL", z, e.c(LN2)), None),
-    "EXPM1": lambda e, a, b, z: (e("ADD", z, e.c(1.0)), None),
-    "LOG": lambda e, a, b, z: (_recip(e, a), None),
-    "LOG2": lambda e, a, b, z: (_recip(e, e("MUL", a, e.c(LN2))), None),
-    "LOG10": lambda e, a, b, z: (_recip(e, e("MUL", a, e.c(LN10))), None),
-    "LOG1P": lambda e, a, b, z: (_recip(e, e("ADD", e.c(1.0), a)), None),
-    "SIN": lambda e, a, b, z: (e("COS", a), None),
-    "COS": lambda e, a, b, z: (e("NEG", e("SIN", a)), None),
-    "TAN": lambda e, a, b, z: (e("ADD", e.c(1.0), e("SQUARE", z)), None),
-    "ARCSIN": lambda e, a, b, z: (
-        _recip(e, e("SQRT", e("SUB", e.c(1.0), e("SQUARE", a)))), None),
-    "ARCCOS": lambda e, a, b, z: (
-        e("DIV", e.c(-1.0), e("SQRT", e("SUB", e.c(1.0), e("SQUARE", a)))), None),
-    "ARCTAN": lambda e, a, b, z: (_recip(e, e("ADD", e.c(1.0), e("SQUARE", a))), None),
-    "SINH": lambda e, a, b, z: (e("COSH", a), None),
-    "COSH": lambda e, a, b, z: (e("SINH", a), None),
-    "TANH": lambda e, a, b, z: (e("SUB", e.c(1.0), e("SQUARE", z)), None),
-    "ARCSINH": lambda e, a, b, z: (_recip(e, e("HYPOT", a, e.c(1.0))), None),
-    "ARCCOSH": lambda e, a, b, z: (
-        _recip(e, e("MUL", e("SQRT", e("SUB", a, e.c(1.0))), e("SQRT", e("ADD", a, e.c(1.0))))),
-        None),
-    "ARCTANH": lambda e, a, b, z: (_recip(e, e("SUB", e.c(1.0), e("SQUARE", a))), None),
-    "ERF": lambda e, a, b, z: (
-        e("MUL", e.c(TWO_SQRTPI), e("EXP", e("MUL", e("NEG", a), a))), None),
-    "ERFC": lambda e, a, b, z: (
-        e("MUL", e.c(-TWO_SQRTPI), e("EXP", e("MUL", e("NEG", a), a))), None),
-    "EXPIT": lambda e, a, b, z: (e("MUL", z, e("SUB", e.c(1.0), z)), None),
-    "LOGIT": lambda e, a, b, z: (_recip(e, e("MUL", a, e("SUB", e.c(1.0), a))), None),
-}
-
-
-def _atan2(e, a, b):
-    den = e("ADD", e("SQUARE", a), e("SQUARE", b))
-    return e("DIV", b, den), e("DIV", e("NEG", a), den)
-
-
-_NAME = {number: name for name, number in OPS.items()}
 _SELECT = OPS["SELECT"]
 
 
@@ -149,34 +71,38 @@ class TooLarge(Exception):
     """The Jacobian tape would pass its node budget."""
 
 
-def jacobian_tape(tape, fixed, cols, mode, max_nodes, pattern=None, values=True):
-    """The tape of [outputs..., J[0, 0], J[0, 1], ..., J[n_out-1, n_cols-1]] (row-major),
-    J the Jacobian of the outputs with respect to the inputs ``cols``, as the batched
-    ``mode`` sweep ("forward" or "reverse") computes it; or None when an op of the tape
-    has no row in PARTIALS or the graph would pass ``max_nodes`` nodes.  With ``pattern``
-    (CSR indptr, indices of the Jacobian's structural nonzeros), the outputs after the
-    function's are those nonzeros only, in CSR order.  With
-    ``values=False`` the function's outputs are left out: what the derivative does not
-    need of the function is then dead code, and goes.
+def build(tape, fixed, cols, mode, max_nodes, pattern=None, values=True, by_group=True,
+          singletons_in_bulk=False):
+    """The tape arrays of [outputs..., J[0, 0], J[0, 1], ..., J[n_out-1, n_cols-1]]
+    (row-major), J the Jacobian of the outputs with respect to the inputs ``cols``, as the
+    batched ``mode`` sweep ("forward" or "reverse") computes it; or None when the graph
+    would pass ``max_nodes`` nodes.
 
-    ``tape``: a Function's tape arrays with n_in; ``fixed``: its (fixed, d0, d1) arrays.
+    ``tape``: a Tape's arrays (``Tape.arrays()``); ``fixed``: its ``fixed_partials()``.
+    With ``pattern`` (CSR indptr, indices of the Jacobian's structural nonzeros) the
+    entries are those nonzeros only, in CSR order.  With ``values=False`` the function's
+    outputs are left out: what the derivative does not need of the function is then dead
+    code, and goes.  ``by_group``: build a group of like instructions at a time (else node
+    by node throughout); forward, groups of one instruction still go node by node unless
+    ``singletons_in_bulk``.  Every choice gives the same tape.
     """
     try:
         return _build(tape, fixed, np.asarray(cols, dtype=np.int64), mode, max_nodes, pattern,
-                      values)
+                      values, by_group, singletons_in_bulk)
     except TooLarge:
         return None
 
 
-def _build(tape, fixed, cols, mode, max_nodes, pattern, values):
+def n_groups(tape):
+    """How many groups of like instructions the builders work in."""
+    return len(_groups(tape))
+
+
+def _build(tape, fixed, cols, mode, max_nodes, pattern, values, by_group, singletons_in_bulk):
     op = np.asarray(tape["op"])
     n_in = int(tape["n_in"])
-    is_fixed = np.asarray(fixed[0], dtype=bool)
-    base = op & OP_MASK
-    needs = np.unique(base[~is_fixed & (base != _SELECT)])
-    if any(_NAME[int(b)] not in PARTIALS for b in needs):
-        return None
-    g = Graph()
+    # NumPy's x**2 -> x*x rewrites are for traced code; a partial's pow stays C's pow
+    g = Graph(numpy_power=False)
     ins = g.inputs(n_in)
     groups = _groups(tape)
     steps = _values(g, tape, ins, groups)
@@ -184,8 +110,11 @@ def _build(tape, fixed, cols, mode, max_nodes, pattern, values):
     outs = steps.node_after[out_slot]
     n_out = len(out_slot)
     if mode == "forward":
-        codes, nodes = _forward(g, tape, fixed, steps, groups, cols, max_nodes)
-    elif reverse_in_bulk(len(op), len(groups)):
+        one_by_one = not by_group or not singletons_in_bulk
+        if not by_group:   # every instruction a group of its own
+            groups = [(i, i + 1) for i in range(len(op))]
+        codes, nodes = _forward(g, tape, fixed, steps, groups, cols, max_nodes, one_by_one)
+    elif by_group:
         codes, nodes = _reverse_bulk(g, tape, fixed, steps, groups, cols, max_nodes)
     else:
         codes, nodes = _reverse(_Builder(g), tape, fixed, steps, cols, n_out, max_nodes)
@@ -203,9 +132,7 @@ def _build(tape, fixed, cols, mode, max_nodes, pattern, values):
     ids = np.concatenate([outs if values else outs[:0], jac]).astype(np.int64)
     if len(g) > max_nodes:
         raise TooLarge
-    lowered = g.lower(np.asarray(ins, dtype=np.int64), ids)
-    lowered["n_in"] = n_in
-    return lowered
+    return lower(g, np.asarray(ins, dtype=np.int64), ids)
 
 
 class _Steps:
@@ -229,7 +156,8 @@ def _slot_count(tape):
 
 def _values(g, tape, ins, groups):
     """The function rebuilt in the Graph, one bulk call per group (``_groups``)."""
-    op, dst, ta, tb, imm = (np.asarray(tape[k]) for k in ("op", "dst", "a", "b", "imm"))
+    op, dst, ta, tb, ts, imm = (np.asarray(tape[k])
+                                for k in ("op", "dst", "a", "b", "s", "imm"))
     n_in = int(tape["n_in"])
     node = np.full(_slot_count(tape), -1, dtype=np.int64)
     node[:n_in] = ins
@@ -248,7 +176,7 @@ def _values(g, tape, ins, groups):
             b = g.consts(imm[sl]) if word & B_IMM else node[tb[sl]]
             steps.b[sl] = b
             if rule == _SELECT:
-                cond = node[imm[sl].astype(np.int64)]
+                cond = node[ts[sl]]
                 steps.cond[sl] = cond
                 z = g.apply(rule, a, b, cond)
             else:
@@ -257,16 +185,6 @@ def _values(g, tape, ins, groups):
         node[dst[sl]] = z     # a group reads no slot it writes (``_groups``)
     steps.node_after = node
     return steps
-
-
-def _partials(e, word, a, b, z):
-    """The instruction's (p0, p1) nodes: its op's PARTIALS row at its operand nodes."""
-    return PARTIALS[_NAME[word & OP_MASK]](e, a, b, z)
-
-
-def _uses(word):
-    base = word & OP_MASK
-    return not (word & A_IMM), ARITY[base] >= 2 and not (word & B_IMM)
 
 
 class _Bulk:
@@ -293,8 +211,6 @@ class _Bulk:
     def select(self, cond, x, y):
         return self("SELECT", x, y, cond)
 
-    dmax = _Builder.dmax
-
 
 def _expand(lo, count):
     """Ranges lo[j] .. lo[j] + count[j] side by side: (j, index) for each of their
@@ -305,12 +221,10 @@ def _expand(lo, count):
 
 def _groups(tape):
     """(first, end) of the groups of consecutive instructions that may be differentiated
-    together (``tape_groups``): one op word (and immediate), and no instruction reading a
-    slot that an earlier one of the group writes (a running sum splits into one per
-    instruction)."""
-    first = tape_groups(*(np.ascontiguousarray(tape[k], dtype=t) for k, t in (
-        ("op", np.int32), ("imm", np.float64), ("dst", np.int32), ("a", np.int32),
-        ("b", np.int32))))
+    together (``passes.tape_groups``): one op word (and immediate), and no instruction
+    reading a slot that an earlier one of the group writes (a running sum splits into one
+    per instruction)."""
+    first = tape_groups(tape)
     return list(zip(first.tolist(), np.r_[first[1:], len(tape["op"])].tolist()))
 
 
@@ -376,11 +290,6 @@ class _Tangents:
         return m[order], k[order], v[order]
 
 
-# Groups of one instruction (scalar code) go node by node in the forward builder too
-# (``_forward_one``); tests turn this off to run every op through the bulk path.
-FORWARD_ONE_BY_NODE = True
-
-
 def _forward_one(e, tan, i, word, use_a, use_b, steps, fixed, slots, zero):
     """``_forward``'s arithmetic for a group of one instruction, node by node."""
     sa, sb, d = slots
@@ -401,7 +310,7 @@ def _forward_one(e, tan, i, word, use_a, use_b, steps, fixed, slots, zero):
             p0 = e.c(c0) if c0 != 0.0 else None
             p1 = e.c(c1) if c1 != 0.0 else None
         else:
-            q0, q1 = _partials(e, word, int(steps.a[i]), int(steps.b[i]), int(steps.z[i]))
+            q0, q1 = ops.partials(word, e, int(steps.a[i]), int(steps.b[i]), int(steps.z[i]))
             p0 = q0 if q0 is not None and t_a else None
             p1 = q1 if q1 is not None and t_b else None
         for k in keys:
@@ -431,7 +340,7 @@ def _merge(x, y):
     return s[first], where[:len(x)], where[len(x):]
 
 
-def _forward(g, tape, fixed, steps, groups, cols, max_nodes):
+def _forward(g, tape, fixed, steps, groups, cols, max_nodes, one_by_one):
     """The Jacobian entries as jx_block_tangent computes them, a group at a time, each
     stage of a group one bulk call: (codes, nodes), code = output row * n_cols + column
     position k, sorted.  Per instruction: tangent = p0 * t_a + p1 * t_b, a term only where
@@ -454,8 +363,8 @@ def _forward(g, tape, fixed, steps, groups, cols, max_nodes):
         word = int(op[i0])
         m = i1 - i0
         sl = slice(i0, i1)
-        use_a, use_b = _uses(word)
-        if m == 1 and FORWARD_ONE_BY_NODE:   # scalar code: NumPy's per-call cost would dominate
+        use_a, use_b = ops.uses(word)
+        if m == 1 and one_by_one:   # scalar code: NumPy's per-call cost would dominate
             _forward_one(scalar, tan, i0, word, use_a, use_b, steps, fixed,
                          (int(ta[i0]), int(tb[i0]), int(dst[i0])), zero)
             if len(g) > max_nodes:
@@ -488,9 +397,8 @@ def _forward(g, tape, fixed, steps, groups, cols, max_nodes):
                 p1[f1] = g.consts(c1[f1])
             var = np.flatnonzero(live & ~fix)
             if len(var):
-                rule = PARTIALS[_NAME[word & OP_MASK]]
                 at = var + i0
-                q0, q1 = rule(bulk, steps.a[at], steps.b[at], steps.z[at])
+                q0, q1 = ops.partials(word, bulk, steps.a[at], steps.b[at], steps.z[at])
                 has_a = np.zeros(m, dtype=bool)
                 has_a[ma] = True
                 has_b = np.zeros(m, dtype=bool)
@@ -544,7 +452,7 @@ def _reverse(e, tape, fixed, steps, cols, n_out, max_nodes):
         d = adj.pop(dst[i], None)    # the sweep clears dst's adjoint here
         if not d:
             continue
-        use_a, use_b = _uses(word)
+        use_a, use_b = ops.uses(word)
         sa, sb = ta[i], tb[i]
         if word & OP_MASK == _SELECT:
             cond, zero = s_cond[i], e.c(0.0)
@@ -562,7 +470,7 @@ def _reverse(e, tape, fixed, steps, cols, n_out, max_nodes):
                 if c1 != 0.0:
                     add(sb, r, e("MUL", e.c(c1), ad))
         else:
-            p0, p1 = _partials(e, word, s_a[i], s_b[i], s_z[i])
+            p0, p1 = ops.partials(word, e, s_a[i], s_b[i], s_z[i])
             for r, ad in d.items():
                 if use_a:
                     add(sa, r, e("MUL", p0, ad))
@@ -576,27 +484,6 @@ def _reverse(e, tape, fixed, steps, cols, n_out, max_nodes):
     codes = np.array([c for c, _ in entries], dtype=np.int64)
     nodes = np.array([v for _, v in entries], dtype=np.int64)
     return codes, nodes
-
-
-# The reverse builder works group by group where the groups are long enough to pay for
-# their NumPy calls (a traced vectorised call), node by node otherwise (scalar code).
-REVERSE_BULK_MIN_GROUP = 8
-
-
-def reverse_in_bulk(n_instr, n_groups):
-    """Whether the reverse builder goes group by group (``_reverse_bulk``)."""
-    return n_instr >= REVERSE_BULK_MIN_GROUP * max(n_groups, 1)
-
-
-def build_cost(mode, n_instr, n_groups):
-    """The estimated cost of building a Jacobian tape, in instruction-lanes of the sweeps
-    (one instruction's value, tangent or adjoint at one point, about a nanosecond here).
-    Measured on seed, arm, mlp, broyden and bratu: ~0.1 ms whatever the tape (a Graph,
-    its lowering, a Function); the builders by group ~0.5 us per instruction plus ~60 us
-    of Python per group; the one by node ~8 us per instruction."""
-    if mode == "forward" or reverse_in_bulk(n_instr, n_groups):
-        return 100000 + 500 * n_instr + 50000 * n_groups
-    return 100000 + 8000 * n_instr
 
 
 def _writes(tape):
@@ -709,7 +596,7 @@ def _reverse_bulk(g, tape, fixed, steps, groups, cols, max_nodes):
         i = keys // n_out                 # the instruction of each (instruction, row) adjoint
         r = keys % n_out
         word = int(op[int(i[0])])
-        use_a, use_b = _uses(word)
+        use_a, use_b = ops.uses(word)
         sa, sb = 2 * (n - 1 - i), 2 * (n - 1 - i) + 1
         if word & OP_MASK == _SELECT:
             cond = steps.cond[i]
@@ -731,7 +618,7 @@ def _reverse_bulk(g, tape, fixed, steps, groups, cols, max_nodes):
             if len(var):
                 # the partials once per instruction, as the sweep computes them per point
                 inst, back = np.unique(i[var], return_inverse=True)
-                q0, q1 = _partials(bulk, word, steps.a[inst], steps.b[inst], steps.z[inst])
+                q0, q1 = ops.partials(word, bulk, steps.a[inst], steps.b[inst], steps.z[inst])
                 iv, rv, av = i[var], r[var], adj[var]
                 if use_a:
                     p0 = np.broadcast_to(q0, (len(inst),))[back]

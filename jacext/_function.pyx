@@ -1,0 +1,599 @@
+# cython: language_level=3, cdivision=True
+"""Function: a compiled function's entry points (values, Jacobians, jvp, vjp, sparsity).
+
+A Function owns its Tape (``jacext/_tape.pyx``) and a Planner (``jacext/plan.py``) that
+decides, once per kind of request, how that kind is computed.  Its methods parse the
+arguments (``jacext/arguments.py``), ask for the request's Plan, and carry it out
+through the Tape's entry points.
+
+Function lives in Cython because its single-point paths must cost well under a
+microsecond: ``F.jacobian(x)`` and ``F.jacobian(x, out=J)`` with one float64 argument of
+exactly the traced shape go straight to C (one typed call, no Python frames between),
+and so does a dense auto Jacobian from its sparse Jacobian tape once that exists.
+Everything else takes the general path, which gives the same numbers.
+"""
+import math
+import sys
+
+import numpy as np
+cimport numpy as cnp
+from libc.stdint cimport int32_t
+from libc.string cimport memset
+
+from jacext import arguments as _args
+from jacext import plan as _plan
+from jacext import sparse as _sparse
+from jacext._tape cimport (JX_MAX_LANES, JX_MODE_FORWARD, JX_MODE_REVERSE, Tape,
+                           jx_all_finite, jx_point_jacobian, jx_point_value, jx_work,
+                           raise_status)
+
+cnp.import_array()
+
+cdef Py_ssize_t NOGIL_WORK = _plan.NOGIL_WORK
+cdef Py_ssize_t FILL_CHUNK_BYTES = _plan.FILL_CHUNK_BYTES
+cdef dict _MODE = {"forward": JX_MODE_FORWARD, "reverse": JX_MODE_REVERSE}
+
+
+cdef class Function:
+    """A traced and compiled function: values, Jacobians, jvp and vjp.
+
+    Made by :func:`jacext.compile`.  The tape is immutable; each call uses its
+    own work memory, so one Function may be shared across threads, and it
+    pickles as plain arrays.
+    """
+
+    cdef readonly Tape tape
+    cdef readonly tuple arg_shapes
+    cdef readonly tuple out_shapes
+    cdef readonly bint out_is_tuple
+    cdef readonly str name
+    cdef object _planner
+    cdef tuple _arg_offsets
+    cdef tuple _out_offsets
+    # the fast paths: one argument, one output
+    cdef tuple _single_shape       # the argument's shape, or None
+    cdef tuple _single_jac_shape   # out_shape + arg_shape, or None
+    cdef cnp.ndarray _cols0
+    cdef bint _single_fits         # its dense Jacobian fits in memory
+    cdef int _auto0                # auto mode of argnums 0 takes dense sweeps: 1, no: 0, unknown: -1
+    cdef Tape _jt0                 # the sparse Jacobian tape of a dense auto Jacobian, once built
+    cdef cnp.ndarray _jt0_ptr, _jt0_idx
+
+    def __init__(self, tape, tuple arg_shapes, tuple out_shapes, bint out_is_tuple,
+                 str name="f"):
+        self.tape = tape if isinstance(tape, Tape) else Tape(tape)
+        self.arg_shapes = tuple(tuple(int(d) for d in s) for s in arg_shapes)
+        self.out_shapes = tuple(tuple(int(d) for d in s) for s in out_shapes)
+        self.out_is_tuple = out_is_tuple
+        self.name = name
+        self._arg_offsets = _args.offsets(self.arg_shapes)
+        self._out_offsets = _args.offsets(self.out_shapes)
+        if self.tape.t.n_in != self._arg_offsets[-1]:
+            raise ValueError("jacext: corrupt tape: input count differs from the argument shapes")
+        if self.tape.t.n_out != self._out_offsets[-1]:
+            raise ValueError("jacext: corrupt tape: output count differs from the output shapes")
+        if not out_is_tuple and len(self.out_shapes) != 1:
+            raise ValueError("jacext: a single output needs exactly one output shape")
+        self._planner = _plan.Planner(self.tape, self._arg_offsets)
+        self._single_shape = self.arg_shapes[0] if len(self.arg_shapes) == 1 else None
+        self._single_jac_shape = (self.out_shapes[0] + self._single_shape
+                                  if self._single_shape is not None and not out_is_tuple
+                                  else None)
+        self._cols0 = self._planner.columns(0) if self.arg_shapes else None
+        # a single dense Jacobian beyond RAM takes the general path, which raises
+        self._single_fits = (8 * int(self.tape.t.n_out) * int(self.tape.t.n_in)
+                             <= _plan.physical_memory())
+        self._auto0 = -1
+
+    def __reduce__(self):
+        return (Function, (self.tape.arrays(), self.arg_shapes, self.out_shapes,
+                           self.out_is_tuple, self.name))
+
+    # ---- facts ----
+
+    @property
+    def n_instructions(self):
+        """Instructions on the tape."""
+        return self.tape.n_instructions
+
+    @property
+    def n_slots(self):
+        """Work slots one evaluation needs (inputs, constants, temporaries)."""
+        return self.tape.n_slots
+
+    @property
+    def n_inputs(self):
+        return self.tape.n_inputs
+
+    @property
+    def n_outputs(self):
+        return self.tape.n_outputs
+
+    def tape_arrays(self):
+        """The tape as read-only NumPy arrays (op, dst, a, b, s, imm, out_slot,
+        const_value) and its counts n_in, n_slots."""
+        return self.tape.arrays()
+
+    def __repr__(self):
+        ins = ", ".join(_args.shape_str(s) for s in self.arg_shapes)
+        outs = ", ".join(_args.shape_str(s) for s in self.out_shapes)
+        if self.out_is_tuple:
+            outs = "(" + outs + ("," if len(self.out_shapes) == 1 else "") + ")"
+        t = self.tape
+        note = ""
+        structure = self._planner.known_structure(0)
+        if structure is not None and structure.colours_known:
+            p, q = structure.colours
+            note = f"; sparse: {p} column colours, {q} row colours"
+        return (f"<jacext.Function {self.name}: inputs {ins} -> outputs {outs}; "
+                f"{t.n_instructions} instructions, {t.n_slots} work slots "
+                f"({t.n_inputs} inputs, {t.n_constants} constants){note}>")
+
+    def disassemble(self, file=None):
+        """Print the tape, one instruction a line (to ``file``, default stdout)."""
+        lines = [f"; {self!r}"] + self.tape.disassemble()
+        print("\n".join(lines), file=file if file is not None else sys.stdout)
+
+    # ---- values ----
+
+    def __call__(self, *args):
+        """The function's value; leading axes beyond the traced shapes are a batch."""
+        cdef cnp.ndarray x, y
+        if (len(args) == 1 and self._single_shape is not None and _is_point(args[0],
+                                                                            self._single_shape)):
+            x, batch = <cnp.ndarray>args[0], ()   # one point, nothing to convert
+        else:
+            x, batch = self._rows(args)
+        if not batch:
+            y = np.empty(self.tape.t.n_out, dtype=np.float64)
+            self.tape.value(x, y)
+            return _args.split(y, self.out_shapes, self.out_is_tuple, batch)
+        x = x.reshape(-1, self.tape.t.n_in)
+        y = np.empty((x.shape[0], self.tape.t.n_out), dtype=np.float64)
+        self.tape.batch("value", x, y, None,
+                        _plan.n_threads(None, x.shape[0], self.tape.t.n_instr))
+        return _args.split(y, self.out_shapes, self.out_is_tuple, batch)
+
+    def _rows(self, args, memory_check=None):
+        """(x, batch): the arguments as the VM's rows; ``memory_check(batch)`` runs after
+        the shapes are known and before anything is copied."""
+        arrays, batch = _args.parse(args, self.arg_shapes, self.name)
+        if memory_check is not None:
+            memory_check(batch)
+        return _args.flatten(arrays, self.arg_shapes, batch), batch
+
+    # ---- Jacobians ----
+
+    def jacobian(self, *args, argnums=0, mode="auto", out=None, threads=None, sparse=False):
+        """The Jacobian d out / d args[argnums], shape out.shape + arg.shape.
+
+        ``argnums`` an int or a tuple (then a tuple of Jacobians); tuple outputs
+        give a tuple over outputs (over outputs, then arguments, as torch).
+        ``mode``: "auto" (cheapest sweep), "forward" or "reverse".  ``out``: a
+        preallocated float64 C-contiguous array of the result's shape.  A batch
+        (leading axes) gives batch.shape + out.shape + arg.shape, ``threads``
+        splitting it (None: all cores).
+
+        ``sparse=True`` returns a ``scipy.sparse.csr_array`` of shape
+        (out.size, arg.size) filled from compressed sweeps (column or row
+        colouring of the exact pattern, :meth:`sparsity`), never building the
+        dense matrix; for a batch, a :class:`jacext.sparse.SparseJacobians`
+        (one pattern, values per point).
+        """
+        cdef cnp.ndarray x, jac
+        cdef jx_work *w
+        cdef int m, st
+        cdef int32_t n_cols
+        if sparse:
+            if out is not None:
+                raise ValueError("jacext: out= is for dense Jacobians; sparse=True returns "
+                                 "a new scipy.sparse.csr_array")
+            return self._sparse_jacobian(args, argnums, mode, threads)
+        if (len(args) == 1 and argnums == 0 and self._single_jac_shape is not None
+                and self._single_fits and _is_point(args[0], self._single_shape)):
+            x = <cnp.ndarray>args[0]
+            # a dense auto Jacobian from its sparse Jacobian tape, once made
+            if self._jt0 is not None and mode == "auto" and out is None:
+                vals = _eval_tape(self._jt0, x, 0)
+                if vals is not None:
+                    jac = np.zeros(self._single_jac_shape, dtype=np.float64)
+                    _fill_rows(jac, self._jt0_ptr, self._jt0_idx, vals, True)
+                    return jac
+            # dense sweeps straight from C
+            elif mode != "auto" or self._auto0 == 1 or (self._auto0 < 0 and self._set_auto0()):
+                n_cols = <int32_t>self._cols0.shape[0]
+                if mode == "auto":
+                    m = JX_MODE_FORWARD if n_cols <= self.tape.t.n_out else JX_MODE_REVERSE
+                else:
+                    m = _MODE.get(mode, 0)
+                if m:
+                    jac = (np.empty(self._single_jac_shape, dtype=np.float64) if out is None
+                           else _check_out(out, self._single_jac_shape))
+                    w = self.tape.take_work(_lanes(m, n_cols, self.tape.t.n_out))
+                    try:
+                        st = _point_jacobian(self.tape, w, x, jac, self._cols0, m)
+                    finally:
+                        self.tape.give_work(w)
+                    raise_status(st)
+                    return jac
+        return self._jacobian(args, argnums, mode, out, threads, False)[1]
+
+    def value_and_jacobian(self, *args, argnums=0, mode="auto", threads=None):
+        """(value, Jacobian) from one forward sweep."""
+        return self._jacobian(args, argnums, mode, None, threads, True)
+
+    cdef bint _set_auto0(self) except -1:
+        """Whether a dense auto Jacobian of argnums 0 takes plain sweeps (its Plan's)."""
+        self._auto0 = self._planner.plan(0, "auto", False).compressed is None
+        return self._auto0
+
+    def _jacobian(self, tuple args, argnums, mode, out, threads, bint want_value):
+        cdef cnp.ndarray x, mat, y = None
+        cdef Py_ssize_t n_out = self.tape.t.n_out, n_points
+        multi = not isinstance(argnums, (int, np.integer))
+        argnums = tuple(int(k) for k in argnums) if multi else int(argnums)
+        nums = argnums if multi else (argnums,)
+        plan = self._planner.plan(argnums, mode, False)
+        n_cols = int(plan.cols.shape[0])
+        x, batch = self._rows(args, lambda b: self._check_size(b, n_cols))
+        direct = out is not None and not multi and not self.out_is_tuple
+        shape = batch + (n_out, n_cols)
+        if direct:
+            mat = _check_out(out, batch + self.out_shapes[0] + self.arg_shapes[argnums])
+        if batch:
+            n_points = math.prod(batch)
+            X = x.reshape(n_points, self.tape.t.n_in)
+            jt = plan.dense_tape.tape(n_points)
+            if jt is None and plan.compressed is not None:
+                vals, y = self._compressed(plan, X, n_points, threads, want_value)
+                if not direct:
+                    mat = np.zeros(shape, dtype=np.float64)
+                flat = mat.reshape(n_points, n_out * n_cols)
+                if direct:
+                    flat[...] = 0.0
+                flat[:, plan.structure.scatter()] = vals
+            else:
+                if not direct:
+                    mat = np.empty(shape, dtype=np.float64)
+                if want_value:
+                    y = np.empty((n_points, n_out), dtype=np.float64)
+                self.tape.batch("jacobian", X, y, mat.reshape(n_points, n_out * n_cols),
+                                _plan.n_threads(threads, n_points,
+                                                jt.n_instructions if jt is not None
+                                                else self.tape.t.n_instr * (1 + n_cols)),
+                                mode=_MODE[plan.mode], cols=plan.cols, jac_tape=jt)
+        elif plan.compressed is not None:
+            vals, y = self._compressed(plan, x, 0, threads, want_value)
+            if not direct:
+                mat = np.zeros(shape, dtype=np.float64)
+            ptr, idx = plan.structure.pattern
+            _fill_rows(mat, ptr, idx, vals, not direct)
+        else:
+            if not direct:
+                mat = np.empty(shape, dtype=np.float64)
+            if want_value:
+                y = np.empty(n_out, dtype=np.float64)
+            self.tape.compressed(x, y, mat, plan.cols, None, 0, _MODE[plan.mode])
+        result = self._nest_dense(mat, batch, nums, multi)
+        if direct:
+            result = out      # the caller's array itself, as the fast path returns it
+        elif out is not None:
+            _args.copy_into(out, result)
+            result = out
+        value = (_args.split(y.reshape(batch + (n_out,)), self.out_shapes, self.out_is_tuple,
+                              batch) if want_value else None)
+        return value, result
+
+    def _nest_dense(self, cnp.ndarray mat, tuple batch, tuple nums, bint multi):
+        """(..., n_out, n_cols) -> the nested structure of Jacobians."""
+        col = _args.offsets([self.arg_shapes[k] for k in nums])
+        mat = mat.reshape(batch + (self.tape.t.n_out, col[-1]))
+        split = multi or self.out_is_tuple
+
+        def block(o, j):
+            b = mat[..., self._out_offsets[o]:self._out_offsets[o + 1], col[j]:col[j + 1]]
+            if split:
+                b = np.ascontiguousarray(b)
+            return b.reshape(batch + self.out_shapes[o] + self.arg_shapes[nums[j]])
+        return _args.nest(block, self.out_shapes, self.out_is_tuple, nums, multi)
+
+    def _check_size(self, tuple batch, Py_ssize_t n_cols):
+        """MemoryError, before anything is allocated, for a dense Jacobian beyond RAM."""
+        n_points = math.prod(batch) if batch else 1
+        nbytes = 8 * n_points * int(self.tape.t.n_out) * int(n_cols)
+        mem = _plan.physical_memory()
+        if nbytes > mem:
+            raise MemoryError(
+                f"jacext: the dense Jacobian would take {nbytes / 2**30:.1f} GiB "
+                f"({n_points} x {self.tape.t.n_out} x {n_cols} float64), more than this "
+                f"machine's {mem / 2**30:.1f} GiB of memory; ask for a sparse Jacobian "
+                f"(sparse=True), Jacobian-vector products (jvp/vjp), or a smaller batch")
+
+    # ---- sparse ----
+
+    def sparsity(self, argnums=0):
+        """The exact structural pattern of d out / d args[argnums].
+
+        A ``scipy.sparse.csr_array`` of bool, shape (out.size, arg.size) (the
+        outputs and the selected arguments flattened and concatenated).  An
+        entry is structurally nonzero when the output depends on that input
+        through differentiable operations; ``np.where``'s condition, floor,
+        sign and comparisons contribute no dependence.  Computed once.
+        """
+        return self._planner.structure(_key(argnums)).array()
+
+    def colours(self, argnums=0):
+        """(column colours, row colours): the sweeps a sparse Jacobian costs."""
+        return self._planner.structure(_key(argnums)).colours
+
+    def _sparse_jacobian(self, tuple args, argnums, mode, threads):
+        multi = not isinstance(argnums, (int, np.integer))
+        argnums = _key(argnums)
+        plan = self._planner.plan(argnums, mode, True)
+        x, batch = self._rows(args)
+        if batch and (multi or self.out_is_tuple):
+            raise ValueError("jacext: sparse=True for a batch needs one output and one "
+                             "argument (a single pattern); compile a Function per block")
+        n_points = math.prod(batch) if batch else 0
+        vals, _ = self._compressed(plan, x.reshape(-1, self.tape.t.n_in) if batch else x,
+                                   n_points, threads, False)
+        structure = plan.structure
+        if batch:
+            return _sparse.SparseJacobians(structure.array(),
+                                           vals.reshape(batch + (structure.nnz,)))
+        mat = structure.csr(vals)
+        nums = argnums if multi else (argnums,)
+        col = _args.offsets([self.arg_shapes[k] for k in nums])
+
+        def block(o, j):
+            rows = mat if not self.out_is_tuple else mat[self._out_offsets[o]:
+                                                          self._out_offsets[o + 1]]
+            return rows if len(nums) == 1 else rows[:, col[j]:col[j + 1]]
+        return _args.nest(block, self.out_shapes, self.out_is_tuple, nums, multi)
+
+    def _compressed(self, plan, cnp.ndarray x, Py_ssize_t n_points, threads,
+                    bint want_value):
+        """(nonzeros, y) of the plan's compressed evaluation at one point (n_points 0: x a
+        row) or at the rows of x: from the sparse Jacobian tape where it exists, whose
+        points with a non-finite nonzero the sweeps redo (their zero kills decide)."""
+        cdef Tape jt = plan.sparse_tapes[want_value].tape(n_points or 1)
+        cdef Py_ssize_t n_y = self.tape.t.n_out if want_value else 0
+        if jt is None:
+            return self._compressed_sweeps(plan, x, n_points, threads, want_value)
+        if not n_points:
+            if (self._jt0 is None and not want_value and self._single_jac_shape is not None
+                    and plan is self._planner.plan(0, "auto", False)):
+                self._jt0 = jt    # dense auto Jacobians take it straight from now on
+                self._jt0_ptr, self._jt0_idx = plan.structure.pattern
+            r = _eval_tape(jt, x, n_y)
+            if r is None:
+                return self._compressed_sweeps(plan, x, 0, threads, want_value)
+            return r[n_y:], (r[:n_y] if want_value else None)
+        r = np.empty((n_points, jt.t.n_out), dtype=np.float64)
+        jt.batch("value", x, r, None, _plan.n_threads(threads, n_points, jt.t.n_instr))
+        vals = np.ascontiguousarray(r[:, n_y:]) if n_y else r
+        y = np.ascontiguousarray(r[:, :n_y]) if want_value else None
+        bad = np.flatnonzero(~np.isfinite(vals).all(axis=1))
+        if bad.shape[0]:
+            redo, y_redo = self._compressed_sweeps(plan, np.ascontiguousarray(x[bad]),
+                                                   bad.shape[0], threads, want_value)
+            vals[bad] = redo
+            if want_value:
+                y[bad] = y_redo
+        return vals, y
+
+    def _compressed_sweeps(self, plan, cnp.ndarray x, Py_ssize_t n_points, threads,
+                           bint want_value):
+        """``_compressed`` by the sweeps: colourings, or one reverse sweep per output."""
+        structure = plan.structure
+        n_out, n_cols = structure.shape
+        y = (np.empty((n_points, n_out) if n_points else n_out, dtype=np.float64)
+             if want_value else None)
+        if plan.compressed == "cones":
+            cones = structure.cones(self._planner.best(plan.argnums)[1])
+            vals = np.empty((n_points, structure.nnz) if n_points else structure.nnz,
+                            dtype=np.float64)
+            if n_points:
+                self.tape.batch("cones", x, y, vals,
+                                _plan.n_threads(threads, n_points, 3 * self.tape.t.n_instr),
+                                cones=cones)
+            else:
+                self.tape.cones_jacobian(x, y, cones, vals)
+            return vals, y
+        col, p, row, q = structure.colourings
+        forward = plan.compressed == "forward"
+        colour, n_colours = (col, p) if forward else (row, q)
+        shape = structure.compressed_shape(plan.compressed)
+        comp = np.empty((n_points,) + shape if n_points else shape, dtype=np.float64)
+        m = _MODE[plan.compressed]
+        if n_points:
+            self.tape.batch("compressed", x, y, comp,
+                            _plan.n_threads(threads, n_points,
+                                            self.tape.t.n_instr * (1 + n_colours)),
+                            mode=m, cols=plan.cols, colour=colour, n_colours=n_colours)
+            vals = np.take(comp.reshape(n_points, -1), structure.gather(plan.compressed), axis=1)
+        else:
+            self.tape.compressed(x, y, comp, plan.cols, colour, n_colours, m)
+            vals = np.take(comp.reshape(-1), structure.gather(plan.compressed))
+        return vals, y
+
+    # ---- products ----
+
+    def jvp(self, *args):
+        """``F.jvp(*args, tangents) -> (value, J @ tangents)`` (forward mode).
+
+        ``tangents`` has the shape of the argument for a one-argument Function,
+        else it is a tuple with one array per argument.
+        """
+        n_args = len(self.arg_shapes)
+        if len(args) != n_args + 1:
+            raise TypeError(f"jacext: jvp takes the {n_args} argument(s) of {self.name} and "
+                            f"then the tangents; got {len(args)} values")
+        tangents = args[-1]
+        if n_args == 1:
+            tangents = (tangents,)
+        elif not isinstance(tangents, (tuple, list)) or len(tangents) != n_args:
+            raise TypeError(f"jacext: tangents must be a tuple of {n_args} arrays, one per "
+                            "argument")
+        return self._product("jvp", args[:-1], tuple(tangents), self.arg_shapes, "tangent")
+
+    def vjp(self, *args):
+        """``F.vjp(*args, cotangent) -> (value, cotangent @ J)`` (reverse mode).
+
+        ``cotangent`` has the output's structure; the result has one array per
+        argument (a tuple when the Function takes several).
+        """
+        if len(args) != len(self.arg_shapes) + 1:
+            raise TypeError(f"jacext: vjp takes the {len(self.arg_shapes)} argument(s) of "
+                            f"{self.name} and then the output cotangent; got {len(args)} "
+                            "values")
+        u = args[-1]
+        parts = tuple(u) if self.out_is_tuple else (u,)
+        if len(parts) != len(self.out_shapes):
+            raise TypeError(f"jacext: the cotangent must have the output's structure: "
+                            f"{len(self.out_shapes)} array(s)")
+        return self._product("vjp", args[:-1], parts, self.out_shapes, "cotangent")
+
+    def _product(self, str kind, tuple args, tuple seeds, tuple seed_shapes, str what):
+        """jvp or vjp: (value, J v) or (value, u J) at one point or a batch."""
+        cdef cnp.ndarray x, v, y, r
+        x, batch = self._rows(args)
+        arrays, sbatch = _args.parse(seeds, seed_shapes, self.name, what)
+        v = _args.flatten(arrays, seed_shapes, sbatch)
+        batch = tuple(np.broadcast_shapes(batch, sbatch))
+        n_in, n_out = self.tape.t.n_in, self.tape.t.n_out
+        width = n_out if kind == "jvp" else n_in
+        if not batch:
+            y = np.empty(n_out, dtype=np.float64)
+            r = np.empty(width, dtype=np.float64)
+            if kind == "jvp":
+                self.tape.jvp(x, v, y, r)
+            else:
+                self.tape.vjp(x, v, y, r)
+        else:
+            x = _args.broadcast_rows(x, batch)
+            v = _args.broadcast_rows(v, batch)
+            y = np.empty((x.shape[0], n_out), dtype=np.float64)
+            r = np.empty((x.shape[0], width), dtype=np.float64)
+            self.tape.batch(kind, x, y, r,
+                            _plan.n_threads(None, x.shape[0], 2 * self.tape.t.n_instr), seed=v)
+        value = _args.split(y, self.out_shapes, self.out_is_tuple, batch)
+        if kind == "jvp":
+            return value, _args.split(r, self.out_shapes, self.out_is_tuple, batch)
+        return value, _args.split(r, self.arg_shapes, len(self.arg_shapes) > 1, batch)
+
+
+# ---- the fast paths' pieces ----
+
+cdef inline bint _is_point(object a, tuple shape):
+    """Whether a is a float64 C-contiguous ndarray of exactly this shape."""
+    cdef cnp.ndarray arr
+    cdef int k, nd
+    cdef cnp.npy_intp *dims
+    if type(a) is not np.ndarray:
+        return False
+    arr = <cnp.ndarray>a
+    if cnp.PyArray_TYPE(arr) != cnp.NPY_DOUBLE or not cnp.PyArray_IS_C_CONTIGUOUS(arr):
+        return False
+    nd = cnp.PyArray_NDIM(arr)
+    dims = cnp.PyArray_DIMS(arr)
+    if nd != len(shape):
+        return False
+    for k in range(nd):
+        if dims[k] != <cnp.npy_intp>shape[k]:
+            return False
+    return True
+
+
+cdef inline int32_t _lanes(int mode, int32_t n_cols, int32_t n_out) noexcept:
+    cdef int32_t need = n_cols if mode == JX_MODE_FORWARD else n_out
+    if need > JX_MAX_LANES:
+        need = JX_MAX_LANES
+    return need if need > 0 else 1
+
+
+cdef int _point_jacobian(Tape tape, jx_work *w, cnp.ndarray x, cnp.ndarray jac,
+                         cnp.ndarray cols, int m) noexcept:
+    """The dense Jacobian at one point (arguments checked by the caller), the GIL
+    released where the sweep is long enough to pay for it."""
+    cdef const double *px = <const double *>cnp.PyArray_DATA(x)
+    cdef double *pj = <double *>cnp.PyArray_DATA(jac)
+    cdef const int32_t *pc = <const int32_t *>cnp.PyArray_DATA(cols)
+    cdef int32_t n_cols = <int32_t>cols.shape[0]
+    cdef int st
+    if tape.t.n_instr * w.lanes > NOGIL_WORK:
+        with nogil:
+            st = jx_point_jacobian(&tape.t, w, px, NULL, pj, pc, n_cols, m)
+    else:
+        st = jx_point_jacobian(&tape.t, w, px, NULL, pj, pc, n_cols, m)
+    return st
+
+
+cdef cnp.ndarray _check_out(out, tuple shape):
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"jacext: out must be a NumPy array; got {type(out).__name__}")
+    if (cnp.PyArray_TYPE(<cnp.ndarray>out) != cnp.NPY_DOUBLE
+            or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>out)
+            or not cnp.PyArray_ISWRITEABLE(<cnp.ndarray>out)):
+        raise ValueError("jacext: out must be a writeable, C-contiguous float64 array "
+                         "(np.empty(shape))")
+    if out.shape != shape:
+        raise ValueError(f"jacext: out has shape {_args.shape_str(out.shape)}; the Jacobian "
+                         f"has shape {_args.shape_str(shape)}")
+    return <cnp.ndarray>out
+
+
+cdef object _eval_tape(Tape jt, cnp.ndarray x, Py_ssize_t n_values):
+    """jt's outputs at the point x (float64, C-contiguous, checked), or None when an
+    output past the first n_values is not finite (then the sweeps decide)."""
+    cdef cnp.ndarray r = np.empty(jt.t.n_out, dtype=np.float64)
+    cdef jx_work *w = jt.take_work(1)
+    cdef int st
+    try:
+        with nogil:
+            st = jx_point_value(&jt.t, w, <const double *>cnp.PyArray_DATA(x),
+                                <double *>cnp.PyArray_DATA(r))
+    finally:
+        jt.give_work(w)
+    raise_status(st)
+    if not jx_all_finite(<const double *>cnp.PyArray_DATA(r) + n_values,
+                         jt.t.n_out - n_values):
+        return None
+    return r
+
+
+cdef void _fill_rows(cnp.ndarray dense, cnp.ndarray ptr, cnp.ndarray idx,
+                     cnp.ndarray vals, bint zeroed) noexcept:
+    """A dense (n_rows, n_cols) C-contiguous float64 matrix from CSR nonzeros (int32 ptr
+    and idx, checked when the pattern was made) a chunk of rows (FILL_CHUNK_BYTES) at a
+    time: unless ``zeroed`` (a fresh np.zeros, whose pages calloc zeroes) the chunk is
+    zeroed first (one memset, fast string stores that keep it in cache), then its
+    nonzeros are written while it is there (a caller's out=)."""
+    cdef double *d = <double *>cnp.PyArray_DATA(dense)
+    cdef const int32_t *p = <const int32_t *>cnp.PyArray_DATA(ptr)
+    cdef const int32_t *j = <const int32_t *>cnp.PyArray_DATA(idx)
+    cdef const double *v = <const double *>cnp.PyArray_DATA(vals)
+    cdef Py_ssize_t n_rows = ptr.shape[0] - 1
+    cdef Py_ssize_t n_cols = dense.size // n_rows if n_rows > 0 else 0
+    cdef Py_ssize_t i, i1 = 0, i2, k
+    cdef Py_ssize_t chunk = FILL_CHUNK_BYTES // (n_cols * 8) if n_cols > 0 else 1
+    cdef double *row
+    if chunk < 1:
+        chunk = 1
+    with nogil:
+        while i1 < n_rows:
+            i2 = i1 + chunk if i1 + chunk < n_rows else n_rows
+            if not zeroed:
+                memset(d + i1 * n_cols, 0, (i2 - i1) * n_cols * sizeof(double))
+            for i in range(i1, i2):
+                row = d + i * n_cols
+                for k in range(p[i], p[i + 1]):
+                    row[j[k]] = v[k]
+            i1 = i2
+
+
+def _key(argnums):
+    """argnums as the plans' key: an int, or a tuple of ints."""
+    if isinstance(argnums, (int, np.integer)):
+        return int(argnums)
+    return tuple(int(k) for k in argnums)

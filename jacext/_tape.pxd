@@ -1,0 +1,82 @@
+# The C declarations of src_c/vm.h that the Cython modules share, and the Tape class
+# (jacext/_tape.pyx), whose C fields _function.pyx reads directly on its fast paths.
+from libc.stdint cimport int32_t, int64_t
+
+cimport numpy as cnp
+
+cdef extern from "vm.h" nogil:
+    int JX_OK, JX_ENOMEM, JX_EBADTAPE, JX_EARG, JX_ETHREAD
+    int JX_MAX_LANES, JX_MODE_FORWARD, JX_MODE_REVERSE, JX_MODE_SUBGRAPH
+    int JX_TASK_VALUE, JX_TASK_JACOBIAN, JX_TASK_JVP, JX_TASK_VJP, JX_TASK_COMPRESSED
+    int JX_TASK_SUBGRAPH
+    int JX_OP_MASK, JX_A_IMM, JX_B_IMM, JX_N_OPS, JX_RUN_FIELDS
+
+    ctypedef struct jx_tape:
+        int32_t n_instr, n_slots, n_in, n_out, n_const
+        const int32_t *op
+        const int32_t *dst
+        const int32_t *a
+        const int32_t *b
+        const int32_t *s
+        const double *imm
+        const int32_t *out_slot
+        const double *const_value
+        const unsigned char *fixed
+        const double *fixed_d0
+        const double *fixed_d1
+        const int32_t *sincos_pair
+        int32_t n_sincos
+        const int32_t *runs
+        int32_t n_runs
+
+    ctypedef struct jx_work:
+        int32_t lanes
+        double *value
+
+    int jx_work_init(jx_work *w, const jx_tape *t, int32_t lanes)
+    void jx_work_free(jx_work *w)
+    int jx_point_value(const jx_tape *t, jx_work *w, const double *x, double *y)
+    int jx_point_jacobian(const jx_tape *t, jx_work *w, const double *x, double *y,
+                          double *jac, const int32_t *cols, int32_t n_cols, int mode)
+
+cdef extern from "kernels.h" nogil:
+    bint jx_all_finite(const double *p, Py_ssize_t n)
+
+
+cdef int raise_status(int st) except -1
+
+
+cdef class Cones
+
+
+cdef class Tape:
+    cdef jx_tape t
+    cdef dict _arrays
+    cdef tuple _fixed
+    cdef cnp.ndarray _pairs
+    cdef cnp.ndarray _runs
+    cdef bint _runs_used
+    cdef jx_work _work
+    cdef bint _work_busy
+    cdef bint _has_work
+
+    cdef _derive(self)
+    cdef jx_work *take_work(self, int32_t lanes) except NULL
+    cdef void give_work(self, jx_work *w) noexcept
+    cdef bint _nogil(self, Py_ssize_t lanes) noexcept
+    cdef int _check_colours(self, cnp.ndarray colour, int32_t n_colours) except -1
+    cpdef value(self, cnp.ndarray x, cnp.ndarray y)
+    cpdef compressed(self, cnp.ndarray x, cnp.ndarray y, cnp.ndarray comp, cnp.ndarray cols,
+                     cnp.ndarray colour, int32_t n_colours, int mode)
+    cpdef cones_jacobian(self, cnp.ndarray x, cnp.ndarray y, Cones cones, cnp.ndarray vals)
+    cpdef jvp(self, cnp.ndarray x, cnp.ndarray v, cnp.ndarray y, cnp.ndarray ydot)
+    cpdef vjp(self, cnp.ndarray x, cnp.ndarray u, cnp.ndarray y, cnp.ndarray xbar)
+
+
+cdef class Cones:
+    cdef readonly Tape tape
+    cdef readonly cnp.ndarray cone_ptr, cone, row_ptr, nz_input
+    cdef const int64_t *cp
+    cdef const int32_t *cn
+    cdef const int32_t *rp
+    cdef const int32_t *nz

@@ -1,0 +1,727 @@
+# cython: language_level=3, cdivision=True
+"""Tape: the flat instruction list of a compiled function, and the C VM's entry points.
+
+A Tape holds the arrays the compiler passes make (``jacext/passes.pyx``): per instruction
+``op`` (op number plus immediate flags), ``dst``, ``a``, ``b``, ``s`` (SELECT's condition
+slot) and ``imm``; ``out_slot`` and ``const_value``; ``n_in`` and ``n_slots``.  It checks
+them once (``jx_tape_check``), derives the tables the sweeps use (fixed partials, runs,
+sincos pairs), pickles as those arrays, disassembles, and wraps every C sweep with typed,
+checked arguments; the sweeps then run unchecked with the GIL released for anything but
+the smallest work.  C returns status codes and this layer raises.
+
+Also here: the op table as C has it (names, arities, flags, and ops.def's rows as text)
+for ``jacext/ops.py``, and the scalar op evaluation the Graph folds constants with.
+
+What to run and when (strategies, thresholds) is decided in ``jacext/plan.py``; the
+Function (``jacext/_function.pyx``) calls these entry points, or C directly on its fast
+paths through the Tape's ``t`` struct.
+"""
+import numpy as np
+cimport numpy as cnp
+from libc.stdint cimport int32_t, int64_t
+from libc.stdlib cimport free, malloc
+
+from jacext import plan as _plan
+
+cnp.import_array()
+
+cdef extern from "vm.h" nogil:
+    ctypedef struct jx_op_text_row:
+        const char *value
+        const char *d0
+        const char *d1
+    ctypedef struct jx_helper_text_row:
+        const char *name
+        const char *p
+        const char *q
+        const char *expr
+    ctypedef struct jx_constant_row:
+        const char *name
+        double value
+    const char *jx_op_names[]
+    const int jx_op_arity[]
+    const int jx_op_commutes[]
+    const int jx_op_fixed[]
+    const jx_op_text_row jx_op_text[]
+    const jx_helper_text_row jx_helper_text[]
+    const int jx_n_helpers
+    const jx_constant_row jx_op_constants[]
+    const int jx_n_op_constants
+    int JX_K, JX_K_BI, JX_K_AI
+    double jx_op_value(int op, double a, double b, double s)
+    void jx_op_partials(int op, double a, double b, double s, double *d0, double *d1)
+
+    ctypedef struct jx_batch:
+        int task, mode
+        const int32_t *cols
+        int32_t n_cols
+        const int32_t *colour
+        int32_t n_colours
+        const int64_t *cone_ptr
+        const int32_t *cone
+        const int32_t *row_ptr
+        const int32_t *nz_input
+        const jx_tape *jac_tape
+        Py_ssize_t n_points
+        const double *x
+        const double *seed
+        double *y
+        double *out
+
+    int jx_tape_check(const jx_tape *t)
+    int32_t jx_tape_fixed_partials(const jx_tape *t, unsigned char *fixed, double *d0,
+                                   double *d1)
+    int32_t jx_tape_sincos_pairs(const jx_tape *t, int32_t *pair)
+    int32_t jx_tape_runs(const jx_tape *t, int32_t *runs)
+    int jx_point_compressed(const jx_tape *t, jx_work *w, const double *x, double *y,
+                            double *comp, const int32_t *cols, int32_t n_cols,
+                            const int32_t *colour, int32_t n_colours, int mode)
+    int jx_point_jvp(const jx_tape *t, jx_work *w, const double *x, const double *v,
+                     double *y, double *ydot)
+    int jx_point_vjp(const jx_tape *t, jx_work *w, const double *x, const double *u,
+                     double *y, double *xbar)
+    int jx_point_subgraph(const jx_tape *t, jx_work *w, const double *x, double *y,
+                          const int64_t *cone_ptr, const int32_t *cone,
+                          const int32_t *row_ptr, const int32_t *nz_input, double *vals)
+    int jx_batch_run(const jx_tape *t, const jx_batch *job, int n_threads)
+    int jx_sparsity(const jx_tape *t, const int32_t *col_of_input, int32_t **indptr,
+                    int32_t **indices)
+    int jx_cones(const jx_tape *t, int64_t max_total, int64_t **cone_ptr, int32_t **cone)
+    int32_t jx_colour_columns(int32_t n_rows, int32_t n_cols, const int32_t *indptr,
+                              const int32_t *indices, const int32_t *order, int32_t *colour,
+                              int64_t max_work)
+
+
+cdef int raise_status(int st) except -1:
+    if st == JX_OK:
+        return 0
+    if st == JX_ENOMEM:
+        raise MemoryError("jacext: out of memory for the work arrays of this evaluation")
+    if st == JX_ETHREAD:
+        raise RuntimeError("jacext: could not start worker threads")
+    if st == JX_EBADTAPE:
+        raise ValueError("jacext: the tape is corrupt (an index out of range, an unknown op, "
+                         "or an instruction writing over its own operand)")
+    raise ValueError(f"jacext: invalid arguments to the VM (status {st})")
+
+
+# ---- the op table as C has it (jacext/ops.py builds on it) ----
+
+#: the op word's parts: op number, and the flags of an immediate a or b
+OP_MASK = JX_OP_MASK
+A_IMM = JX_A_IMM
+B_IMM = JX_B_IMM
+#: the FIXED column's flags (ops.def)
+FIXED_ALWAYS = JX_K
+FIXED_B_IMM = JX_K_BI
+FIXED_A_IMM = JX_K_AI
+#: sweep modes and batch tasks of the C VM, by name
+MODES = {"forward": JX_MODE_FORWARD, "reverse": JX_MODE_REVERSE, "cones": JX_MODE_SUBGRAPH}
+TASKS = {"value": JX_TASK_VALUE, "jacobian": JX_TASK_JACOBIAN, "jvp": JX_TASK_JVP,
+         "vjp": JX_TASK_VJP, "compressed": JX_TASK_COMPRESSED, "cones": JX_TASK_SUBGRAPH}
+RUN_FIELDS = JX_RUN_FIELDS
+MAX_LANES = JX_MAX_LANES
+
+
+def op_rows():
+    """ops.def's rows as C compiled them: (name, arity, commutes, fixed, value, d0, d1),
+    the expressions as the text of the row."""
+    return [(jx_op_names[i].decode(), jx_op_arity[i], jx_op_commutes[i], jx_op_fixed[i],
+             jx_op_text[i].value.decode(), jx_op_text[i].d0.decode(),
+             jx_op_text[i].d1.decode()) for i in range(JX_N_OPS)]
+
+
+def op_helpers():
+    """ops.def's derivative helpers: (name, first parameter, second parameter, text)."""
+    return [(jx_helper_text[i].name.decode(), jx_helper_text[i].p.decode(),
+             jx_helper_text[i].q.decode(), jx_helper_text[i].expr.decode())
+            for i in range(jx_n_helpers)]
+
+
+def op_constants():
+    """The named constants of ops.def's formulas, as the doubles C uses."""
+    return {jx_op_constants[i].name.decode(): jx_op_constants[i].value
+            for i in range(jx_n_op_constants)}
+
+
+def op_value(int op, double a, double b=0.0, double s=0.0):
+    """The value of op number ``op`` on scalars, computed by the C table itself."""
+    if op < 0 or op >= JX_N_OPS:
+        raise ValueError(f"jacext: no op number {op}")
+    return jx_op_value(op, a, b, s)
+
+
+def op_partials(int op, double a, double b=0.0, double s=0.0):
+    """The local partials (d0, d1) of op number ``op`` on scalars, from the C table."""
+    cdef double d0, d1
+    if op < 0 or op >= JX_N_OPS:
+        raise ValueError(f"jacext: no op number {op}")
+    jx_op_partials(op, a, b, s, &d0, &d1)
+    return d0, d1
+
+
+# ---- argument checks of the entry points below ----
+
+cdef inline const void *_buf(cnp.ndarray arr, int typenum, Py_ssize_t size,
+                             str what) except NULL:
+    """A pointer to arr's data after checking its dtype, contiguity and size (entry
+    points are the boundary between NumPy and the unchecked C sweeps)."""
+    if arr is None:
+        raise ValueError(f"jacext: {what} is missing")
+    if (cnp.PyArray_TYPE(arr) != typenum or not cnp.PyArray_IS_C_CONTIGUOUS(arr)
+            or cnp.PyArray_SIZE(arr) < size):
+        raise ValueError(f"jacext: {what} must be a C-contiguous "
+                         f"{'float64' if typenum == cnp.NPY_DOUBLE else 'int'} array of at "
+                         f"least {size} elements")
+    if size == 0:
+        return <const void *>&_EMPTY
+    return cnp.PyArray_DATA(arr)
+
+
+cdef double _EMPTY = 0.0
+
+
+cdef inline double *_out(cnp.ndarray arr, Py_ssize_t size, str what) except NULL:
+    if arr is not None and not cnp.PyArray_ISWRITEABLE(arr):
+        raise ValueError(f"jacext: {what} is read-only")
+    return <double *>_buf(arr, cnp.NPY_DOUBLE, size, what)
+
+
+cdef inline double *_maybe_out(cnp.ndarray arr, Py_ssize_t size, str what) except? NULL:
+    return NULL if arr is None else _out(arr, size, what)
+
+
+_TAPE_FIELDS = (("op", np.int32), ("dst", np.int32), ("a", np.int32), ("b", np.int32),
+                ("s", np.int32), ("imm", np.float64), ("out_slot", np.int32),
+                ("const_value", np.float64))
+_PER_INSTRUCTION = ("dst", "a", "b", "s", "imm")
+
+
+cdef class Tape:
+    """A checked tape and the sweeps over it.
+
+    ``Tape(arrays)`` takes the dict of arrays the lowering makes (``op, dst, a, b, s, imm,
+    out_slot, const_value`` and the counts ``n_in, n_slots``); a ValueError names what is
+    inconsistent.  The arrays are kept read-only; the Tape is immutable.
+    """
+
+    def __cinit__(self):
+        self._has_work = False
+        self._work_busy = False
+
+    def __init__(self, dict arrays):
+        cdef dict own = {}
+        for key, dtype in _TAPE_FIELDS:
+            if key not in arrays:
+                raise ValueError(f"jacext: corrupt tape: no '{key}' array")
+            arr = np.array(arrays[key], dtype=dtype, order="C", copy=True).reshape(-1)
+            arr.setflags(write=False)
+            own[key] = arr
+        n_instr = own["op"].shape[0]
+        for key in _PER_INSTRUCTION:
+            if own[key].shape[0] != n_instr:
+                raise ValueError(f"jacext: corrupt tape: '{key}' has {own[key].shape[0]} "
+                                 f"entries for {n_instr} instructions")
+        for key in ("n_in", "n_slots"):
+            if key not in arrays or not -2**31 <= int(arrays[key]) < 2**31:
+                raise ValueError(f"jacext: corrupt tape: '{key}' missing or out of range")
+        if n_instr >= 2**31 or own["out_slot"].shape[0] >= 2**31:
+            raise ValueError("jacext: corrupt tape: more than 2**31 instructions or outputs")
+        self._arrays = own
+        self.t.n_instr = <int32_t>n_instr
+        self.t.n_slots = <int32_t>int(arrays["n_slots"])
+        self.t.n_in = <int32_t>int(arrays["n_in"])
+        self.t.n_out = <int32_t>own["out_slot"].shape[0]
+        self.t.n_const = <int32_t>own["const_value"].shape[0]
+        self.t.op = <const int32_t *>cnp.PyArray_DATA(own["op"])
+        self.t.dst = <const int32_t *>cnp.PyArray_DATA(own["dst"])
+        self.t.a = <const int32_t *>cnp.PyArray_DATA(own["a"])
+        self.t.b = <const int32_t *>cnp.PyArray_DATA(own["b"])
+        self.t.s = <const int32_t *>cnp.PyArray_DATA(own["s"])
+        self.t.imm = <const double *>cnp.PyArray_DATA(own["imm"])
+        self.t.out_slot = <const int32_t *>cnp.PyArray_DATA(own["out_slot"])
+        self.t.const_value = <const double *>cnp.PyArray_DATA(own["const_value"])
+        self.t.fixed = NULL
+        self.t.fixed_d0 = NULL
+        self.t.fixed_d1 = NULL
+        self.t.sincos_pair = NULL
+        self.t.n_sincos = 0
+        self.t.runs = NULL
+        self.t.n_runs = 0
+        raise_status(jx_tape_check(&self.t))
+        self._derive()
+
+    cdef _derive(self):
+        """The tables the sweeps use, derived from the checked arrays (not pickled)."""
+        cdef Py_ssize_t n = self.t.n_instr
+        fixed = np.zeros(n, dtype=np.uint8)
+        d0 = np.zeros(n, dtype=np.float64)
+        d1 = np.zeros(n, dtype=np.float64)
+        jx_tape_fixed_partials(&self.t, <unsigned char *>cnp.PyArray_DATA(fixed),
+                               <double *>cnp.PyArray_DATA(d0), <double *>cnp.PyArray_DATA(d1))
+        for arr in (fixed, d0, d1):
+            arr.setflags(write=False)
+        self._fixed = (fixed.view(np.bool_), d0, d1)
+        self.t.fixed = <const unsigned char *>cnp.PyArray_DATA(fixed)
+        self.t.fixed_d0 = <const double *>cnp.PyArray_DATA(d0)
+        self.t.fixed_d1 = <const double *>cnp.PyArray_DATA(d1)
+        # sin and cos of one value: one sincos call in the batched value sweep
+        pairs = np.empty(max(n, 1), dtype=np.int32)
+        n_pairs = jx_tape_sincos_pairs(&self.t, <int32_t *>cnp.PyArray_DATA(pairs))
+        raise_status(min(n_pairs, 0))
+        self._pairs = pairs
+        self.t.sincos_pair = <const int32_t *>cnp.PyArray_DATA(pairs)
+        self.t.n_sincos = n_pairs
+        # runs of one op word over evenly stepping slots (the single-point value sweep)
+        runs = np.empty(max(1, JX_RUN_FIELDS * n), dtype=np.int32)
+        n_runs = jx_tape_runs(&self.t, <int32_t *>cnp.PyArray_DATA(runs))
+        self._runs = runs[:JX_RUN_FIELDS * n_runs].copy()
+        self._runs_used = _plan.runs_pay(n_runs, n)
+        if self._runs_used:
+            self.t.runs = <const int32_t *>cnp.PyArray_DATA(self._runs)
+            self.t.n_runs = n_runs
+
+    def __dealloc__(self):
+        if self._has_work:
+            jx_work_free(&self._work)
+
+    def __reduce__(self):
+        return (Tape, (self.arrays(),))
+
+    # ---- facts ----
+
+    @property
+    def n_instructions(self):
+        return int(self.t.n_instr)
+
+    @property
+    def n_slots(self):
+        return int(self.t.n_slots)
+
+    @property
+    def n_inputs(self):
+        return int(self.t.n_in)
+
+    @property
+    def n_outputs(self):
+        return int(self.t.n_out)
+
+    @property
+    def n_constants(self):
+        return int(self.t.n_const)
+
+    def arrays(self):
+        """The tape as read-only arrays (op, dst, a, b, s, imm, out_slot, const_value) and
+        the counts n_in, n_slots: what ``Tape(arrays)`` takes back."""
+        out = dict(self._arrays)
+        out["n_in"] = int(self.t.n_in)
+        out["n_slots"] = int(self.t.n_slots)
+        return out
+
+    def fixed_partials(self):
+        """(fixed, d0, d1): which instructions have constant partials (the FIXED column of
+        ops.def, where the instruction's immediates make them constant and finite), and
+        those constants; read-only arrays."""
+        return self._fixed
+
+    def runs(self):
+        """The runs of the single-point value sweep as (n_runs, RUN_FIELDS) int32: length,
+        the steps of dst, a, b, s, and flags; empty when the tape's runs are too short to
+        be used (``plan.runs_pay``)."""
+        if not self._runs_used:
+            return np.zeros((0, JX_RUN_FIELDS), dtype=np.int32)
+        return self._runs.reshape(-1, JX_RUN_FIELDS)
+
+    def disassemble(self):
+        """The tape as text lines: constants, then one instruction a line, then the
+        output slots."""
+        a = self._arrays
+        n_in = self.t.n_in
+        lines = [f"       s{n_in + k} = {float(v)!r}" for k, v in enumerate(a["const_value"])]
+        for i, (word, d, x, y, c, imm) in enumerate(zip(
+                a["op"].tolist(), a["dst"].tolist(), a["a"].tolist(), a["b"].tolist(),
+                a["s"].tolist(), a["imm"].tolist())):
+            op = word & JX_OP_MASK
+            name = jx_op_names[op].decode()
+            if jx_op_arity[op] == 3:
+                args = f"s{c} ? s{x} : s{y}"
+            elif jx_op_arity[op] == 1:
+                args = f"s{x}"
+            elif word & JX_A_IMM:
+                args = f"{imm!r}, s{y}"
+            elif word & JX_B_IMM:
+                args = f"s{x}, {imm!r}"
+            else:
+                args = f"s{x}, s{y}"
+            lines.append(f"{i:6d} s{d} = {name} {args}")
+        lines.append("; outputs: " + " ".join(f"s{s}" for s in a["out_slot"].tolist()))
+        return lines
+
+    # ---- work memory ----
+
+    cdef jx_work *take_work(self, int32_t lanes) except NULL:
+        """The Tape's own work memory if free (grown to ``lanes``), else a fresh one that
+        give_work frees.  Safe under the GIL: no Python call between test and set."""
+        cdef jx_work *w
+        cdef int st
+        if not self._work_busy:
+            if self._has_work and self._work.lanes < lanes:
+                jx_work_free(&self._work)
+                self._has_work = False
+            if not self._has_work:
+                raise_status(jx_work_init(&self._work, &self.t, lanes))
+                self._has_work = True
+            self._work_busy = True
+            return &self._work
+        w = <jx_work *>malloc(sizeof(jx_work))
+        if w == NULL:
+            raise MemoryError("jacext: out of memory")
+        st = jx_work_init(w, &self.t, lanes)
+        if st != JX_OK:
+            free(w)
+            raise_status(st)
+        return w
+
+    cdef void give_work(self, jx_work *w) noexcept:
+        if w == &self._work:
+            self._work_busy = False
+        else:
+            jx_work_free(w)
+            free(w)
+
+    cdef bint _nogil(self, Py_ssize_t lanes) noexcept:
+        return self.t.n_instr * lanes > _NOGIL_WORK
+
+    # ---- one point (x: n_in values; y: n_out or None) ----
+
+    cpdef value(self, cnp.ndarray x, cnp.ndarray y):
+        """The outputs at the point x into y."""
+        cdef const double *px = <const double *>_buf(x, cnp.NPY_DOUBLE, self.t.n_in, "x")
+        cdef double *py = _out(y, self.t.n_out, "y")
+        cdef jx_work *w = self.take_work(1)
+        cdef int st
+        try:
+            if self._nogil(1):
+                with nogil:
+                    st = jx_point_value(&self.t, w, px, py)
+            else:
+                st = jx_point_value(&self.t, w, px, py)
+        finally:
+            self.give_work(w)
+        return raise_status(st)
+
+    cpdef compressed(self, cnp.ndarray x, cnp.ndarray y, cnp.ndarray comp, cnp.ndarray cols,
+                     cnp.ndarray colour, int32_t n_colours, int mode):
+        """The Jacobian of the outputs with respect to the inputs ``cols`` (int32), dense
+        (colour None: comp is n_out x n_cols) or compressed by a column colouring
+        (forward: comp n_out x n_colours) or a row colouring (reverse: n_colours x
+        n_cols); mode a C sweep mode (MODES)."""
+        cdef Py_ssize_t n_cols = cols.shape[0]
+        cdef const double *px = <const double *>_buf(x, cnp.NPY_DOUBLE, self.t.n_in, "x")
+        cdef double *py = _maybe_out(y, self.t.n_out, "y")
+        cdef const int32_t *pc = <const int32_t *>_buf(cols, cnp.NPY_INT32, n_cols, "cols")
+        cdef const int32_t *pk = NULL
+        cdef Py_ssize_t size
+        cdef jx_work *w
+        cdef int st
+        if mode != JX_MODE_FORWARD and mode != JX_MODE_REVERSE:
+            raise ValueError("jacext: compressed sweeps run forward or reverse")
+        if colour is None:
+            n_colours = <int32_t>(n_cols if mode == JX_MODE_FORWARD else self.t.n_out)
+        else:
+            pk = <const int32_t *>_buf(colour, cnp.NPY_INT32,
+                                       n_cols if mode == JX_MODE_FORWARD else self.t.n_out,
+                                       "colour")
+            self._check_colours(colour, n_colours)
+        _check_columns(cols, self.t.n_in)
+        size = (<Py_ssize_t>self.t.n_out * n_colours if mode == JX_MODE_FORWARD
+                else <Py_ssize_t>n_colours * n_cols)
+        cdef double *pj = _out(comp, size, "comp")
+        w = self.take_work(min(max(n_colours, 1), JX_MAX_LANES))
+        try:
+            if self._nogil(w.lanes):
+                with nogil:
+                    st = jx_point_compressed(&self.t, w, px, py, pj, pc, <int32_t>n_cols, pk,
+                                             n_colours, mode)
+            else:
+                st = jx_point_compressed(&self.t, w, px, py, pj, pc, <int32_t>n_cols, pk,
+                                         n_colours, mode)
+        finally:
+            self.give_work(w)
+        return raise_status(st)
+
+    cdef int _check_colours(self, cnp.ndarray colour, int32_t n_colours) except -1:
+        if not _in_range(<const int32_t *>cnp.PyArray_DATA(colour), colour.shape[0], 0,
+                         n_colours):
+            raise ValueError("jacext: a colour out of range")
+        return 0
+
+    cpdef cones_jacobian(self, cnp.ndarray x, cnp.ndarray y, Cones cones, cnp.ndarray vals):
+        """Sparse Jacobian values by one reverse sweep per output over its dependency cone
+        (``cones`` from :meth:`cones`), in the pattern's CSR order."""
+        cdef const double *px = <const double *>_buf(x, cnp.NPY_DOUBLE, self.t.n_in, "x")
+        cdef double *py = _maybe_out(y, self.t.n_out, "y")
+        cdef double *pv
+        cdef jx_work *w
+        cdef int st
+        if cones is None or cones.tape is not self:
+            raise ValueError("jacext: cones must come from this tape's cones()")
+        pv = _out(vals, cones.nz_input.shape[0], "vals")
+        w = self.take_work(1)
+        try:
+            with nogil:
+                st = jx_point_subgraph(&self.t, w, px, py, cones.cp, cones.cn, cones.rp,
+                                       cones.nz, pv)
+        finally:
+            self.give_work(w)
+        return raise_status(st)
+
+    cpdef jvp(self, cnp.ndarray x, cnp.ndarray v, cnp.ndarray y, cnp.ndarray ydot):
+        """y and ydot = J v at the point x (v over all inputs)."""
+        cdef const double *px = <const double *>_buf(x, cnp.NPY_DOUBLE, self.t.n_in, "x")
+        cdef const double *pv = <const double *>_buf(v, cnp.NPY_DOUBLE, self.t.n_in, "v")
+        cdef double *py = _out(y, self.t.n_out, "y")
+        cdef double *pd = _out(ydot, self.t.n_out, "ydot")
+        cdef jx_work *w = self.take_work(1)
+        cdef int st
+        try:
+            with nogil:
+                st = jx_point_jvp(&self.t, w, px, pv, py, pd)
+        finally:
+            self.give_work(w)
+        return raise_status(st)
+
+    cpdef vjp(self, cnp.ndarray x, cnp.ndarray u, cnp.ndarray y, cnp.ndarray xbar):
+        """y and xbar = u J at the point x (u over all outputs)."""
+        cdef const double *px = <const double *>_buf(x, cnp.NPY_DOUBLE, self.t.n_in, "x")
+        cdef const double *pu = <const double *>_buf(u, cnp.NPY_DOUBLE, self.t.n_out, "u")
+        cdef double *py = _out(y, self.t.n_out, "y")
+        cdef double *pb = _out(xbar, self.t.n_in, "xbar")
+        cdef jx_work *w = self.take_work(1)
+        cdef int st
+        try:
+            with nogil:
+                st = jx_point_vjp(&self.t, w, px, pu, py, pb)
+        finally:
+            self.give_work(w)
+        return raise_status(st)
+
+    # ---- batches: rows of x, threads splitting them ----
+
+    def batch(self, str task, cnp.ndarray x, cnp.ndarray y, cnp.ndarray out,
+                int threads=1, int mode=0, cnp.ndarray seed=None, cnp.ndarray cols=None,
+                cnp.ndarray colour=None, int32_t n_colours=0, Tape jac_tape=None,
+                Cones cones=None):
+        """One C call over the rows of x (n_points x n_in): ``task`` one of TASKS.
+
+        value: y (n_points x n_out).  jacobian: out n_points x n_out x n_cols in ``mode``,
+        or from ``jac_tape`` (whose outputs are the n_out values, then the Jacobian
+        row-major).  jvp / vjp: ``seed`` rows of tangents (n_in) or cotangents (n_out),
+        out rows of n_out / n_in.  compressed: as :meth:`compressed`, per point.  cones:
+        as :meth:`cones_jacobian`, per point.  y may be None where out is given.
+        """
+        cdef jx_batch job
+        cdef Py_ssize_t n_points = x.shape[0] if x.ndim == 2 else -1
+        cdef Py_ssize_t n_in = self.t.n_in, n_out = self.t.n_out, per
+        cdef int st
+        job.task = TASKS.get(task, -1)
+        if job.task < 0:
+            raise ValueError(f"jacext: no batch task {task!r}")
+        if n_points < 0 or x.shape[1] != n_in:
+            raise ValueError("jacext: a batch takes x of shape (n_points, n_in)")
+        job.mode = mode
+        job.n_points = n_points
+        job.x = <const double *>_buf(x, cnp.NPY_DOUBLE, n_points * n_in, "x")
+        job.y = _maybe_out(y, n_points * n_out, "y")
+        job.cols = NULL
+        job.n_cols = 0
+        job.colour = NULL
+        job.n_colours = 0
+        job.seed = NULL
+        job.out = NULL
+        job.cone_ptr = NULL
+        job.cone = NULL
+        job.row_ptr = NULL
+        job.nz_input = NULL
+        job.jac_tape = NULL
+        if cols is not None:
+            job.cols = <const int32_t *>_buf(cols, cnp.NPY_INT32, cols.shape[0], "cols")
+            job.n_cols = <int32_t>cols.shape[0]
+            _check_columns(cols, n_in)
+        if job.task == JX_TASK_VALUE:
+            if y is None:
+                raise ValueError("jacext: a value batch needs y")
+            per = 0
+        elif job.task == JX_TASK_JACOBIAN:
+            if mode != JX_MODE_FORWARD and mode != JX_MODE_REVERSE:
+                raise ValueError("jacext: Jacobians run forward or reverse")
+            per = n_out * job.n_cols
+            if jac_tape is not None:
+                if (jac_tape.t.n_in != n_in or jac_tape.t.n_out != n_out + per):
+                    raise ValueError("jacext: the Jacobian tape does not match this request")
+                job.jac_tape = &jac_tape.t
+        elif job.task == JX_TASK_JVP or job.task == JX_TASK_VJP:
+            job.seed = <const double *>_buf(
+                seed, cnp.NPY_DOUBLE, n_points * (n_in if job.task == JX_TASK_JVP else n_out),
+                "seed")
+            per = n_out if job.task == JX_TASK_JVP else n_in
+        elif job.task == JX_TASK_COMPRESSED:
+            if mode != JX_MODE_FORWARD and mode != JX_MODE_REVERSE:
+                raise ValueError("jacext: compressed sweeps run forward or reverse")
+            job.colour = <const int32_t *>_buf(
+                colour, cnp.NPY_INT32, job.n_cols if mode == JX_MODE_FORWARD else n_out,
+                "colour")
+            self._check_colours(colour, n_colours)
+            job.n_colours = n_colours
+            per = n_out * n_colours if mode == JX_MODE_FORWARD else n_colours * job.n_cols
+        else:   # cones
+            if cones is None or cones.tape is not self:
+                raise ValueError("jacext: cones must come from this tape's cones()")
+            job.mode = JX_MODE_SUBGRAPH
+            job.cone_ptr = cones.cp
+            job.cone = cones.cn
+            job.row_ptr = cones.rp
+            job.nz_input = cones.nz
+            per = cones.nz_input.shape[0]
+        if job.task != JX_TASK_VALUE:
+            job.out = _out(out, n_points * per, "out")
+        with nogil:
+            st = jx_batch_run(&self.t, &job, threads)
+        return raise_status(st)
+
+    # ---- sparsity ----
+
+    def pattern(self, cnp.ndarray cols):
+        """(indptr, indices), int32 and read-only: the exact structural pattern of the
+        outputs with respect to the inputs ``cols`` (column k is input cols[k])."""
+        cdef cnp.ndarray col_of_input = np.full(max(self.t.n_in, 1), -1, dtype=np.int32)
+        cdef int32_t *indptr = NULL
+        cdef int32_t *indices = NULL
+        cdef int st
+        _check_columns(cols, self.t.n_in)
+        col_of_input[cols] = np.arange(cols.shape[0], dtype=np.int32)
+        with nogil:
+            st = jx_sparsity(&self.t, <const int32_t *>cnp.PyArray_DATA(col_of_input),
+                             &indptr, &indices)
+        raise_status(st)
+        n_out = self.t.n_out
+        try:
+            ptr = np.asarray(<int32_t[:n_out + 1]>indptr).copy()
+            nnz = int(ptr[n_out])
+            idx = (np.asarray(<int32_t[:nnz]>indices).copy() if nnz
+                   else np.zeros(0, dtype=np.int32))
+        finally:
+            free(indptr)
+            free(indices)
+        ptr.setflags(write=False)
+        idx.setflags(write=False)
+        return ptr, idx
+
+    def cones(self, budget, row_ptr, nz_input):
+        """The dependency cone of every output (the instructions its value depends on, last
+        first) for :meth:`cones_jacobian`, with the pattern they fill (CSR ``row_ptr`` and
+        each nonzero's input index ``nz_input``): a :class:`Cones`, or None when the cones
+        pass ``budget`` entries."""
+        cdef int64_t *ptr = NULL
+        cdef int32_t *cone = NULL
+        cdef int64_t limit = max(int(budget), 1)
+        cdef int st
+        with nogil:
+            st = jx_cones(&self.t, limit, &ptr, &cone)
+        if st == JX_EARG:
+            return None
+        raise_status(st)
+        n_out = int(self.t.n_out)
+        try:
+            p = np.asarray(<int64_t[:n_out + 1]>ptr).copy()
+            total = int(p[n_out])
+            c = (np.asarray(<int32_t[:total]>cone).copy() if total
+                 else np.zeros(1, dtype=np.int32))
+        finally:
+            free(ptr)
+            free(cone)
+        return Cones(self, p, c, row_ptr, nz_input)
+
+
+cdef class Cones:
+    """Every output's dependency cone on a tape, and the CSR pattern its per-output
+    reverse sweeps fill; checked once here, read-only after."""
+
+    def __init__(self, Tape tape, cone_ptr, cone, row_ptr, nz_input):
+        cdef Py_ssize_t n_out = tape.t.n_out
+        self.tape = tape
+        self.cone_ptr = np.array(cone_ptr, dtype=np.int64, copy=True)
+        self.cone = np.array(cone, dtype=np.int32, copy=True)
+        self.row_ptr = np.array(row_ptr, dtype=np.int32, copy=True)
+        self.nz_input = np.array(nz_input, dtype=np.int32, copy=True)
+        for arr in (self.cone_ptr, self.cone, self.row_ptr, self.nz_input):
+            arr.setflags(write=False)
+        if (self.cone_ptr.shape[0] != n_out + 1 or self.row_ptr.shape[0] != n_out + 1
+                or self.cone_ptr[0] != 0 or self.row_ptr[0] != 0
+                or (np.diff(self.cone_ptr) < 0).any() or (np.diff(self.row_ptr) < 0).any()
+                or self.row_ptr[n_out] != self.nz_input.shape[0]
+                or self.cone_ptr[n_out] > self.cone.shape[0]):
+            raise ValueError("jacext: inconsistent cones")
+        if not (_in_range(<const int32_t *>cnp.PyArray_DATA(self.cone), self.cone_ptr[n_out],
+                          0, tape.t.n_instr)
+                and _in_range(<const int32_t *>cnp.PyArray_DATA(self.nz_input),
+                              self.nz_input.shape[0], 0, tape.t.n_in)):
+            raise ValueError("jacext: a cone or nonzero index out of range")
+        self.cp = <const int64_t *>cnp.PyArray_DATA(self.cone_ptr)
+        self.cn = <const int32_t *>cnp.PyArray_DATA(self.cone)
+        self.rp = <const int32_t *>cnp.PyArray_DATA(self.row_ptr)
+        self.nz = <const int32_t *>cnp.PyArray_DATA(self.nz_input)
+
+    @property
+    def size(self):
+        """Entries of all cones together: the instructions the sweeps visit."""
+        return int(self.cone_ptr[-1])
+
+
+cdef bint _in_range(const int32_t *p, Py_ssize_t n, int64_t lo, int64_t hi) noexcept nogil:
+    """Whether lo <= p[k] < hi for every k < n."""
+    cdef Py_ssize_t k
+    cdef bint ok = True
+    for k in range(n):
+        ok &= (p[k] >= lo) & (p[k] < hi)
+    return ok
+
+
+cdef int _check_columns(cnp.ndarray cols, Py_ssize_t n_in) except -1:
+    _buf(cols, cnp.NPY_INT32, 0, "cols")
+    if not _in_range(<const int32_t *>cnp.PyArray_DATA(cols), cols.shape[0], 0, n_in):
+        raise ValueError("jacext: an input index out of range")
+    return 0
+
+
+def colour_columns(ptr, idx, int32_t n_rows, int32_t n_cols, order, max_work):
+    """Greedy distance-2 colouring of the columns of a CSR pattern (columns sharing a row
+    get different colours), visiting columns in ``order``: int32 colours, or None when
+    the work would pass ``max_work``."""
+    cdef cnp.ndarray p = np.ascontiguousarray(ptr, dtype=np.int32)
+    cdef cnp.ndarray q = np.ascontiguousarray(idx, dtype=np.int32)
+    cdef cnp.ndarray o = np.ascontiguousarray(order, dtype=np.int32)
+    cdef cnp.ndarray colour = np.empty(n_cols, dtype=np.int32)
+    cdef int32_t n
+    cdef int64_t limit = max_work
+    if p.shape[0] != n_rows + 1 or o.shape[0] != n_cols or (n_rows and p[n_rows] != q.shape[0]):
+        raise ValueError("jacext: the pattern and its sizes do not match")
+    if q.shape[0] and (q.min() < 0 or q.max() >= n_cols):
+        raise ValueError("jacext: a column index out of range")
+    if n_cols and (np.sort(o) != np.arange(n_cols)).any():
+        raise ValueError("jacext: order must be a permutation of the columns")
+    if q.shape[0] == 0:
+        q = np.zeros(1, dtype=np.int32)
+    with nogil:
+        n = jx_colour_columns(n_rows, n_cols, <const int32_t *>cnp.PyArray_DATA(p),
+                              <const int32_t *>cnp.PyArray_DATA(q),
+                              <const int32_t *>cnp.PyArray_DATA(o),
+                              <int32_t *>cnp.PyArray_DATA(colour), limit)
+    if n == JX_ENOMEM:
+        raise MemoryError("jacext: out of memory colouring the sparsity pattern")
+    if n < 0:
+        return None
+    return colour
+
+
+cdef int64_t _NOGIL_WORK = _plan.NOGIL_WORK

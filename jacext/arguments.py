@@ -1,0 +1,134 @@
+"""A Function's arguments in and its results out: the one parser and the one nesting.
+
+Arguments, jvp tangents and vjp cotangents are all "arrays of given trailing shapes,
+with optional leading batch axes that broadcast": :func:`parse` checks and converts them
+(a ValueError states the expected and the given shape, a TypeError complex or
+non-numeric input), :func:`flatten` lays them out as the VM's rows.  Results go back
+into the traced structure by :func:`split` (values) and :func:`nest` (Jacobians: over
+outputs, then arguments, as torch nests them).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def shape_str(shape):
+    return "(" + ", ".join(str(int(d)) for d in shape) + ("," if len(shape) == 1 else "") + ")"
+
+
+def as_real_array(value, k, what="argument"):
+    """float64 array from what the user passed; complex and non-numbers are refused."""
+    if isinstance(value, np.ndarray):
+        arr = value
+    else:
+        try:
+            arr = np.asarray(value)
+        except Exception as exc:   # ragged lists and the like
+            raise TypeError(f"jacext: {what} {k} is not an array of real numbers: "
+                            f"{exc}") from None
+    kind = arr.dtype.kind
+    if kind == "c":
+        raise TypeError(f"jacext: {what} {k} is complex ({arr.dtype}); jacext computes "
+                        "real Jacobians: pass the real and imaginary parts as separate "
+                        "real arguments")
+    if kind not in "biuf":
+        raise TypeError(f"jacext: {what} {k} must be real numbers; got dtype {arr.dtype}")
+    if arr.dtype != np.float64:
+        arr = arr.astype(np.float64)
+    return arr
+
+
+def parse(values, shapes, name, what="argument"):
+    """(arrays, batch): ``values`` converted to float64 arrays, each of shape
+    batch_k + shapes[k], and the broadcast batch shape of the batch_k."""
+    if len(values) != len(shapes):
+        raise TypeError(f"jacext: {name} was compiled for {len(shapes)} {what}(s); got "
+                        f"{len(values)}")
+    arrays, batches = [], []
+    for k, (value, want) in enumerate(zip(values, shapes)):
+        arr = as_real_array(value, k, what)
+        got, nd = arr.shape, len(want)
+        if len(got) < nd or tuple(got[len(got) - nd:]) != want:
+            raise ValueError(
+                f"jacext: {what} {k} of {name} must have shape {shape_str(want)}"
+                f" (or (..., {', '.join(map(str, want))}) for a batch); got shape "
+                f"{shape_str(got)}")
+        arrays.append(arr)
+        batches.append(tuple(got[:len(got) - nd]))
+    if len(batches) == 1:
+        return arrays, batches[0]
+    try:
+        return arrays, tuple(np.broadcast_shapes(*batches))
+    except ValueError:
+        raise ValueError(f"jacext: the batch shapes of the {what}s do not broadcast: "
+                         + ", ".join(shape_str(s) for s in batches)) from None
+
+
+def flatten(arrays, shapes, batch):
+    """The arrays as the VM's input: one C-contiguous float64 row of all their elements,
+    (width,) for one point or batch + (width,) for a batch (broadcast)."""
+    if not batch:
+        if len(arrays) == 1:
+            return np.ascontiguousarray(arrays[0]).reshape(-1)
+        return np.concatenate([a.reshape(-1) for a in arrays])
+    width = (sum(math.prod(s) for s in shapes),)
+    if len(arrays) == 1 and arrays[0].shape[:len(batch)] == batch:   # its own rows
+        return np.ascontiguousarray(arrays[0]).reshape(batch + width)
+    # explicit widths, not -1: an empty batch (0 points) must reshape too
+    n = math.prod(batch)
+    cols = [np.broadcast_to(a, batch + s).reshape(n, math.prod(s))
+            for a, s in zip(arrays, shapes)]
+    flat = cols[0] if len(cols) == 1 else np.concatenate(cols, axis=1)
+    return np.ascontiguousarray(flat).reshape(batch + width)
+
+
+def offsets(shapes):
+    """Where each of these shapes' elements start in a flat row, and the end."""
+    out = [0]
+    for s in shapes:
+        out.append(out[-1] + math.prod(s))
+    return tuple(out)
+
+
+def split(flat, shapes, is_tuple, batch):
+    """Flat rows (..., total) into arrays of batch + shapes[k] (a tuple if is_tuple)."""
+    if not is_tuple:
+        return flat.reshape(batch + shapes[0])
+    lo = offsets(shapes)
+    return tuple(np.ascontiguousarray(flat[..., lo[k]:lo[k + 1]]).reshape(batch + s)
+                 for k, s in enumerate(shapes))
+
+
+def nest(block, out_shapes, out_is_tuple, nums, multi):
+    """Jacobians nested as torch nests them: a tuple over outputs (if the function returns
+    a tuple) of tuples over the arguments ``nums`` (if several were asked for);
+    ``block(o, j)`` makes the block of output o and the j-th asked argument."""
+    per_out = []
+    for o in range(len(out_shapes)):
+        per_arg = tuple(block(o, j) for j in range(len(nums)))
+        per_out.append(per_arg if multi else per_arg[0])
+    return tuple(per_out) if out_is_tuple else per_out[0]
+
+
+def copy_into(out, result):
+    """np.copyto of a (nested tuple of) result(s) into the caller's out arrays."""
+    if isinstance(result, tuple):
+        if not isinstance(out, tuple) or len(out) != len(result):
+            raise ValueError("jacext: out must be a tuple of arrays matching the Jacobians' "
+                             "nesting")
+        for o, r in zip(out, result):
+            copy_into(o, r)
+        return
+    if not isinstance(out, np.ndarray) or out.shape != result.shape:
+        raise ValueError(f"jacext: out has the wrong shape; the Jacobian has shape "
+                         f"{shape_str(result.shape)}")
+    np.copyto(out, result)
+
+
+def broadcast_rows(x, batch):
+    """Flat C-contiguous rows (n_points, width) of rows of shape (..., width) broadcast to
+    the batch shape ``batch``."""
+    width = x.shape[-1]
+    return np.ascontiguousarray(np.broadcast_to(x, batch + (width,))).reshape(-1, width)

@@ -1,0 +1,263 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""Compiler passes: from a finished expression graph to a tape, and over tapes.
+
+``lower`` runs the passes that turn the graph's live nodes into the Tape's arrays (dead
+code, constant slots, last uses, work slots by liveness); ``tape_groups`` finds the
+groups of like instructions of a tape that the Jacobian-tape builder rebuilds in bulk.
+The DAG-level rewrites (common subexpressions, folding, exact identities, immediates)
+happen earlier, on insert into the graph (``jacext/_graph.pyx``).  The passes over all
+nodes are Cython loops: a trace of 10**6 elements has millions of nodes.
+"""
+import numpy as np
+cimport numpy as cnp
+from libc.stdint cimport int32_t, int64_t, uint64_t
+from libc.stdlib cimport qsort
+
+from jacext._graph cimport (C_CONST, C_INPUT, JX_A_IMM, JX_B_IMM, JX_N_OPS, JX_OP_MASK, Graph,
+                            jx_op_arity)
+
+cnp.import_array()
+
+
+cdef int _cmp_int32(const void *x, const void *y) noexcept nogil:
+    cdef int32_t a = (<const int32_t *>x)[0], b = (<const int32_t *>y)[0]
+    return (a > b) - (a < b)
+
+
+cdef union _Bits:
+    double d
+    uint64_t u
+
+
+cdef inline uint64_t _dbits(double x) noexcept nogil:
+    cdef _Bits b
+    b.d = x
+    return b.u
+
+
+def lower(Graph g, input_ids, output_ids):
+    """The tape arrays (``Tape``'s constructor takes them) for these input and output
+    node ids of a finished graph: the passes in order.
+
+    1. dead code: only what reaches an output is kept;
+    2. constant slots: inputs take slots 0 .. n_in-1, then the constants that cannot be
+       immediates (np.where's branches, constant outputs) the next ones;
+    3. last uses: each value's last reader (outputs live to the end);
+    4. work slots by liveness: a temporary's slot is freed after its last use and reused
+       by a later instruction (never by the instruction that reads it last: dst does not
+       alias its own operands), a group's freed slots only after the group.
+    """
+    cdef const int64_t[::1] ins = np.ascontiguousarray(input_ids, dtype=np.int64)
+    cdef const int64_t[::1] outs = np.ascontiguousarray(output_ids, dtype=np.int64)
+    cdef int64_t n = g.n, i, j, k, nd, o
+    cdef Py_ssize_t n_in = ins.shape[0], n_out = outs.shape[0]
+    cdef cnp.ndarray live_arr = np.zeros(n, dtype=np.uint8)
+    cdef unsigned char[::1] live = live_arr
+    cdef int32_t opw, base
+    cdef int64_t n_instr = 0, n_const = 0
+
+    for i in range(n_out):
+        if outs[i] < 0 or outs[i] >= n:
+            raise IndexError("jacext: output id out of range")
+        live[outs[i]] = 1
+    # 1. dead code: ids are topological, so one backward pass
+    for i in range(n - 1, -1, -1):
+        if not live[i]:
+            continue
+        opw = g.op[i]
+        if opw == C_INPUT or opw == C_CONST:
+            continue
+        n_instr += 1
+        if g.a[i] >= 0:
+            live[g.a[i]] = 1
+        if g.b[i] >= 0:
+            live[g.b[i]] = 1
+        if g.s[i] >= 0:
+            live[g.s[i]] = 1
+    # 2. constant slots: inputs get slots 0..n_in-1, live constants the next ones
+    cdef cnp.ndarray slot_arr = np.full(n, -1, dtype=np.int32)
+    cdef int32_t[::1] slot = slot_arr
+    for i in range(n_in):
+        if ins[i] < 0 or ins[i] >= n or g.op[ins[i]] != C_INPUT:
+            raise ValueError("jacext: an input id is not an input node")
+        slot[ins[i]] = <int32_t>i
+    for i in range(n):
+        if live[i] and g.op[i] == C_CONST:
+            n_const += 1
+    cdef cnp.ndarray const_arr = np.empty(n_const, dtype=np.float64)
+    cdef double[::1] const_vals = const_arr
+    j = 0
+    for i in range(n):
+        if live[i] and g.op[i] == C_CONST:
+            slot[i] = <int32_t>(n_in + j)
+            const_vals[j] = g.imm[i]
+            j += 1
+    for i in range(n):
+        if live[i] and g.op[i] == C_INPUT and slot[i] < 0:
+            raise ValueError("jacext: the outputs depend on an input that is not an argument")
+    # 3. last uses: instructions in id order; the last use of every operand (-1: none,
+    # n_instr: an output, alive to the end)
+    cdef cnp.ndarray order_arr = np.empty(n_instr, dtype=np.int32)
+    cdef int32_t[::1] order = order_arr
+    cdef cnp.ndarray last_arr = np.full(n, -1, dtype=np.int32)
+    cdef int32_t[::1] last = last_arr
+    j = 0
+    for i in range(n):
+        if live[i] and g.op[i] != C_INPUT and g.op[i] != C_CONST:
+            order[j] = <int32_t>i
+            if g.a[i] >= 0:
+                last[g.a[i]] = <int32_t>j
+            if g.b[i] >= 0:
+                last[g.b[i]] = <int32_t>j
+            if g.s[i] >= 0:
+                last[g.s[i]] = <int32_t>j
+            j += 1
+    for i in range(n_out):
+        last[outs[i]] = <int32_t>n_instr   # outputs live to the end
+    # 4. work slots by liveness (a free stack of slots).  Slots freed inside a
+    # group -- consecutive instructions of one op word, none reading a value the
+    # group made (one traced NumPy call over an array) -- are reused only after
+    # it: then a group's dst slots do not meet its operand slots, and the
+    # single-point sweep runs it as one contiguous vector loop (vm.c's runs).
+    cdef cnp.ndarray free_arr = np.empty(n_instr + 3, dtype=np.int32)
+    cdef int32_t[::1] free_stack = free_arr
+    cdef cnp.ndarray pend_arr = np.empty(n_instr + 3, dtype=np.int32)
+    cdef int32_t[::1] pending = pend_arr
+    cdef cnp.ndarray born_arr = np.full(n, -1, dtype=np.int32)
+    cdef int32_t[::1] born = born_arr
+    cdef int64_t n_pend = 0, group_start = 0, prev_opw = -1
+    cdef bint new_group
+    cdef int64_t n_free = 0, next_slot = n_in + n_const
+    cdef int64_t fixed = n_in + n_const
+    cdef int64_t ops3[3]
+    cdef cnp.ndarray t_op = np.empty(n_instr, dtype=np.int32)
+    cdef cnp.ndarray t_dst = np.empty(n_instr, dtype=np.int32)
+    cdef cnp.ndarray t_a = np.empty(n_instr, dtype=np.int32)
+    cdef cnp.ndarray t_b = np.empty(n_instr, dtype=np.int32)
+    cdef cnp.ndarray t_s = np.empty(n_instr, dtype=np.int32)
+    cdef cnp.ndarray t_imm = np.empty(n_instr, dtype=np.float64)
+    cdef int32_t[::1] top = t_op
+    cdef int32_t[::1] tdst = t_dst
+    cdef int32_t[::1] ta = t_a
+    cdef int32_t[::1] tb = t_b
+    cdef int32_t[::1] ts = t_s
+    cdef double[::1] timm = t_imm
+    cdef int64_t sa, sb
+    for j in range(n_instr):
+        nd = order[j]
+        opw = g.op[nd]
+        base = opw & JX_OP_MASK
+        ops3[0] = g.a[nd]
+        ops3[1] = g.b[nd]
+        ops3[2] = g.s[nd]
+        sa = slot[ops3[0]] if ops3[0] >= 0 else -1
+        sb = slot[ops3[1]] if ops3[1] >= 0 else -1
+        if sa < 0:
+            sa = sb
+        if sb < 0:
+            sb = sa
+        top[j] = opw
+        ta[j] = <int32_t>sa
+        tb[j] = <int32_t>sb
+        # SELECT's condition is its slot s; any other instruction repeats a there
+        ts[j] = slot[ops3[2]] if jx_op_arity[base] == 3 else <int32_t>sa
+        timm[j] = g.imm[nd]
+        new_group = opw != prev_opw
+        for k in range(3):
+            o = ops3[k]
+            if o >= 0 and born[o] >= group_start:
+                new_group = True
+        if new_group:
+            # the group's freed slots, pushed so that they pop in increasing order
+            # (an instruction may free two, from two ranges: sort them apart)
+            if n_pend > 1:
+                qsort(&pending[0], <size_t>n_pend, sizeof(int32_t), _cmp_int32)
+            while n_pend > 0:
+                n_pend -= 1
+                free_stack[n_free] = pending[n_pend]
+                n_free += 1
+            group_start = j
+        prev_opw = opw
+        born[nd] = <int32_t>j
+        # take a slot, then free the temporaries that die here (once each):
+        # dst never shares a slot with its own operands, so the batched
+        # sweeps' lane loops see no aliasing and vectorise
+        if n_free > 0:
+            n_free -= 1
+            slot[nd] = free_stack[n_free]
+        else:
+            if next_slot >= 2**31 - 1:
+                raise MemoryError("jacext: the tape needs more than 2**31 work slots")
+            slot[nd] = <int32_t>next_slot
+            next_slot += 1
+        tdst[j] = slot[nd]
+        for k in range(3):
+            o = ops3[k]
+            if o < 0 or last[o] != j or slot[o] < fixed:
+                continue
+            if (k >= 1 and o == ops3[0]) or (k == 2 and o == ops3[1]):
+                continue
+            pending[n_pend] = slot[o]
+            n_pend += 1
+        if last[nd] < 0:   # a value nobody reads (cannot happen after DCE)
+            pending[n_pend] = slot[nd]
+            n_pend += 1
+    cdef cnp.ndarray t_out = np.empty(n_out, dtype=np.int32)
+    cdef int32_t[::1] tout = t_out
+    for i in range(n_out):
+        tout[i] = slot[outs[i]]
+    return {
+        "op": t_op, "dst": t_dst, "a": t_a, "b": t_b, "s": t_s, "imm": t_imm,
+        "out_slot": t_out,
+        "const_value": const_arr,
+        "n_in": int(n_in), "n_slots": int(next_slot),
+    }
+
+
+def tape_groups(tape):
+    """The first instruction (int64) of each group of consecutive instructions of a tape
+    (its arrays, as ``Tape.arrays()``) that one bulk graph call may rebuild together:
+    one op word (with its immediate, bit for bit, where the word has one), and no
+    instruction reading (a, b or SELECT's s) or writing a slot that an earlier one of its
+    group writes.  One pass with the last writer of every slot."""
+    cdef const int32_t[::1] op = np.ascontiguousarray(tape["op"], dtype=np.int32)
+    cdef const double[::1] imm = np.ascontiguousarray(tape["imm"], dtype=np.float64)
+    cdef const int32_t[::1] dst = np.ascontiguousarray(tape["dst"], dtype=np.int32)
+    cdef const int32_t[::1] a = np.ascontiguousarray(tape["a"], dtype=np.int32)
+    cdef const int32_t[::1] b = np.ascontiguousarray(tape["b"], dtype=np.int32)
+    cdef const int32_t[::1] s = np.ascontiguousarray(tape["s"], dtype=np.int32)
+    cdef Py_ssize_t n = op.shape[0], j
+    if (imm.shape[0] != n or dst.shape[0] != n or a.shape[0] != n or b.shape[0] != n
+            or s.shape[0] != n):
+        raise ValueError("jacext: tape arrays differ in length")
+    cdef int32_t n_slots = 0
+    for j in range(n):
+        if dst[j] < 0 or a[j] < 0 or b[j] < 0 or s[j] < 0:
+            raise ValueError("jacext: negative slot in a tape")
+        n_slots = max(n_slots, dst[j] + 1, a[j] + 1, b[j] + 1, s[j] + 1)
+    cdef cnp.ndarray last_arr = np.full(n_slots, -1, dtype=np.int64)
+    cdef int64_t[::1] last = last_arr
+    cdef cnp.ndarray first_arr = np.empty(n, dtype=np.int64)
+    cdef int64_t[::1] first = first_arr
+    cdef Py_ssize_t n_groups = 0, start = 0
+    cdef int32_t word, base
+    cdef bint use_a, use_b, use_s, cut
+    for j in range(n):
+        word = op[j]
+        base = word & JX_OP_MASK
+        if base < 0 or base >= JX_N_OPS:
+            raise ValueError(f"jacext: no op number {base}")
+        use_a = not (word & JX_A_IMM)
+        use_b = jx_op_arity[base] >= 2 and not (word & JX_B_IMM)
+        use_s = jx_op_arity[base] == 3
+        cut = j == 0 or word != op[j - 1] or (
+            (word & (JX_A_IMM | JX_B_IMM)) and _dbits(imm[j]) != _dbits(imm[j - 1]))
+        if not cut:
+            cut = last[dst[j]] >= start or (use_a and last[a[j]] >= start) or (
+                use_b and last[b[j]] >= start) or (use_s and last[s[j]] >= start)
+        if cut:
+            start = j
+            first[n_groups] = j
+            n_groups += 1
+        last[dst[j]] = j
+    return first_arr[:n_groups].copy()
