@@ -29,7 +29,6 @@
             "-Wall",
             "-Wextra",
             "-D_POSIX_C_SOURCE=200809L",
-            "-Werror",
             "-g0"
         ],
         "extra_link_args": [
@@ -2172,7 +2171,7 @@ struct __pyx_obj_6jacext_9_function___pyx_scope_struct_9__sparse_jacobian {
 };
 
 
-/* "jacext/_function.pyx":599
+/* "jacext/_function.pyx":600
  *     if isinstance(argnums, (int, np.integer)):
  *         return int(argnums)
  *     return tuple(int(k) for k in argnums)             # <<<<<<<<<<<<<<
@@ -3915,6 +3914,7 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_10arg_shapes___get__(stru
 static PyObject *__pyx_pf_6jacext_9_function_8Function_10out_shapes___get__(struct __pyx_obj_6jacext_9_function_Function *__pyx_v_self); /* proto */
 static PyObject *__pyx_pf_6jacext_9_function_8Function_12out_is_tuple___get__(struct __pyx_obj_6jacext_9_function_Function *__pyx_v_self); /* proto */
 static PyObject *__pyx_pf_6jacext_9_function_8Function_4name___get__(struct __pyx_obj_6jacext_9_function_Function *__pyx_v_self); /* proto */
+static PyObject *__pyx_pf_6jacext_9_function_8Function_8_planner___get__(struct __pyx_obj_6jacext_9_function_Function *__pyx_v_self); /* proto */
 static PyObject *__pyx_pf_6jacext_9_function_4_key_genexpr(CYTHON_UNUSED PyObject *__pyx_self, PyObject *__pyx_genexpr_arg_0); /* proto */
 static PyObject *__pyx_pf_6jacext_9_function__key(CYTHON_UNUSED PyObject *__pyx_self, PyObject *__pyx_v_argnums); /* proto */
 static PyObject *__pyx_tp_new__initialisation_6jacext_9_function_Function(PyObject *o, 
@@ -4665,8 +4665,8 @@ static __pyx_mstatetype * const __pyx_mstate_global = &__pyx_mstate_global_stati
 #define __pyx_kp_b_iso88591_A_4uAZ_2Yb_1D_Rxr_AQ_e_1_7_A_Q_8 __pyx_string_tab[278]
 #define __pyx_kp_b_iso88591_A_84vQa_fAWM_WA_E_q_Qb_hd_r_E_1 __pyx_string_tab[279]
 #define __pyx_kp_b_iso88591_A_t5_q __pyx_string_tab[280]
-#define __pyx_kp_b_iso88591_A_D_y_RvQaz_b_4_3a_IV1D_at9AQ_2V __pyx_string_tab[281]
-#define __pyx_kp_b_iso88591_A_t_E_3a_d_r_3C1_3c_4_6_Jiq_4q_F __pyx_string_tab[282]
+#define __pyx_kp_b_iso88591_A_D_y_RvQaz_9CwgV2Q_4_3a_IV1D_at __pyx_string_tab[281]
+#define __pyx_kp_b_iso88591_A_t_E_isRYYZ_d_r_3C1_3c_4_6_Jiq __pyx_string_tab[282]
 #define __pyx_kp_b_iso88591_A_3avS_1D_Rq_1_4AS_Q_at_MQcQRRS __pyx_string_tab[283]
 #define __pyx_kp_b_iso88591_A_AT_3avS_r_1_4A5LATQR_5Qc_4r_7 __pyx_string_tab[284]
 #define __pyx_kp_b_iso88591_1E_3d_q_D_1CsRSSUUWWX_q_B_1HAV2 __pyx_string_tab[285]
@@ -13250,7 +13250,7 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_18_jacobian(struct __pyx_
  *                                                 else self.tape.t.n_instr * (1 + n_cols)),
  *                                 mode=_MODE[plan.mode], cols=plan.cols, jac_tape=jt)             # <<<<<<<<<<<<<<
  *         elif plan.compressed is not None:
- *             vals, y = self._compressed(plan, x, 0, threads, want_value)
+ *             vals, y = self._compressed(plan, x, -1, threads, want_value)
 */
       if (unlikely(__pyx_v_6jacext_9_function__MODE == Py_None)) {
         PyErr_SetString(PyExc_TypeError, "\047NoneType\047 object is not subscriptable");
@@ -13318,7 +13318,7 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_18_jacobian(struct __pyx_
  *                                                 else self.tape.t.n_instr * (1 + n_cols)),
  *                                 mode=_MODE[plan.mode], cols=plan.cols, jac_tape=jt)
  *         elif plan.compressed is not None:             # <<<<<<<<<<<<<<
- *             vals, y = self._compressed(plan, x, 0, threads, want_value)
+ *             vals, y = self._compressed(plan, x, -1, threads, want_value)
  *             if not direct:
 */
   __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_v_plan, __pyx_mstate_global->__pyx_n_u_compressed); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 265, __pyx_L1_error)
@@ -13331,7 +13331,7 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_18_jacobian(struct __pyx_
     /* "jacext/_function.pyx":266
  *                                 mode=_MODE[plan.mode], cols=plan.cols, jac_tape=jt)
  *         elif plan.compressed is not None:
- *             vals, y = self._compressed(plan, x, 0, threads, want_value)             # <<<<<<<<<<<<<<
+ *             vals, y = self._compressed(plan, x, -1, threads, want_value)             # <<<<<<<<<<<<<<
  *             if not direct:
  *                 mat = np.zeros(shape, dtype=np.float64)
 */
@@ -13341,7 +13341,7 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_18_jacobian(struct __pyx_
     __Pyx_GOTREF(__pyx_t_2);
     __pyx_t_7 = 0;
     {
-      PyObject *__pyx_callargs[6] = {__pyx_t_8, __pyx_v_plan, ((PyObject *)__pyx_v_x), __pyx_mstate_global->__pyx_int_0, __pyx_v_threads, __pyx_t_2};
+      PyObject *__pyx_callargs[6] = {__pyx_t_8, __pyx_v_plan, ((PyObject *)__pyx_v_x), __pyx_mstate_global->__pyx_int_neg_1, __pyx_v_threads, __pyx_t_2};
       __pyx_t_3 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_compressed_2, __pyx_callargs+__pyx_t_7, (6-__pyx_t_7) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_8); __pyx_t_8 = 0;
       __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
@@ -13406,7 +13406,7 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_18_jacobian(struct __pyx_
 
     /* "jacext/_function.pyx":267
  *         elif plan.compressed is not None:
- *             vals, y = self._compressed(plan, x, 0, threads, want_value)
+ *             vals, y = self._compressed(plan, x, -1, threads, want_value)
  *             if not direct:             # <<<<<<<<<<<<<<
  *                 mat = np.zeros(shape, dtype=np.float64)
  *             ptr, idx = plan.structure.pattern
@@ -13419,7 +13419,7 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_18_jacobian(struct __pyx_
 
 
       /* "jacext/_function.pyx":268
- *             vals, y = self._compressed(plan, x, 0, threads, want_value)
+ *             vals, y = self._compressed(plan, x, -1, threads, want_value)
  *             if not direct:
  *                 mat = np.zeros(shape, dtype=np.float64)             # <<<<<<<<<<<<<<
  *             ptr, idx = plan.structure.pattern
@@ -13480,7 +13480,7 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_18_jacobian(struct __pyx_
 
       /* "jacext/_function.pyx":267
  *         elif plan.compressed is not None:
- *             vals, y = self._compressed(plan, x, 0, threads, want_value)
+ *             vals, y = self._compressed(plan, x, -1, threads, want_value)
  *             if not direct:             # <<<<<<<<<<<<<<
  *                 mat = np.zeros(shape, dtype=np.float64)
  *             ptr, idx = plan.structure.pattern
@@ -13573,7 +13573,7 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_18_jacobian(struct __pyx_
  *                                                 else self.tape.t.n_instr * (1 + n_cols)),
  *                                 mode=_MODE[plan.mode], cols=plan.cols, jac_tape=jt)
  *         elif plan.compressed is not None:             # <<<<<<<<<<<<<<
- *             vals, y = self._compressed(plan, x, 0, threads, want_value)
+ *             vals, y = self._compressed(plan, x, -1, threads, want_value)
  *             if not direct:
 */
     goto __pyx_L11;
@@ -16219,7 +16219,7 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_28_sparse_jacobian(struct
  *         if batch and (multi or self.out_is_tuple):
  *             raise ValueError("jacext: sparse=True for a batch needs one output and one "             # <<<<<<<<<<<<<<
  *                              "argument (a single pattern); compile a Function per block")
- *         n_points = math.prod(batch) if batch else 0
+ *         n_points = math.prod(batch) if batch else -1
 */
     __pyx_t_1 = NULL;
     __pyx_t_6 = 1;
@@ -16246,7 +16246,7 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_28_sparse_jacobian(struct
   /* "jacext/_function.pyx":337
  *             raise ValueError("jacext: sparse=True for a batch needs one output and one "
  *                              "argument (a single pattern); compile a Function per block")
- *         n_points = math.prod(batch) if batch else 0             # <<<<<<<<<<<<<<
+ *         n_points = math.prod(batch) if batch else -1             # <<<<<<<<<<<<<<
  *         vals, _ = self._compressed(plan, x.reshape(-1, self.tape.t.n_in) if batch else x,
  *                                    n_points, threads, False)
 */
@@ -16281,8 +16281,8 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_28_sparse_jacobian(struct
     __pyx_t_2 = __pyx_t_1;
     __pyx_t_1 = 0;
   } else {
-    __Pyx_INCREF(__pyx_mstate_global->__pyx_int_0);
-    __pyx_t_2 = __pyx_mstate_global->__pyx_int_0;
+    __Pyx_INCREF(__pyx_mstate_global->__pyx_int_neg_1);
+    __pyx_t_2 = __pyx_mstate_global->__pyx_int_neg_1;
   }
 
   __pyx_v_n_points = __pyx_t_2;
@@ -16290,7 +16290,7 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_28_sparse_jacobian(struct
 
   /* "jacext/_function.pyx":338
  *                              "argument (a single pattern); compile a Function per block")
- *         n_points = math.prod(batch) if batch else 0
+ *         n_points = math.prod(batch) if batch else -1
  *         vals, _ = self._compressed(plan, x.reshape(-1, self.tape.t.n_in) if batch else x,             # <<<<<<<<<<<<<<
  *                                    n_points, threads, False)
  *         structure = plan.structure
@@ -16321,7 +16321,7 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_28_sparse_jacobian(struct
 
 
   /* "jacext/_function.pyx":339
- *         n_points = math.prod(batch) if batch else 0
+ *         n_points = math.prod(batch) if batch else -1
  *         vals, _ = self._compressed(plan, x.reshape(-1, self.tape.t.n_in) if batch else x,
  *                                    n_points, threads, False)             # <<<<<<<<<<<<<<
  *         structure = plan.structure
@@ -16389,7 +16389,7 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_28_sparse_jacobian(struct
 
   /* "jacext/_function.pyx":338
  *                              "argument (a single pattern); compile a Function per block")
- *         n_points = math.prod(batch) if batch else 0
+ *         n_points = math.prod(batch) if batch else -1
  *         vals, _ = self._compressed(plan, x.reshape(-1, self.tape.t.n_in) if batch else x,             # <<<<<<<<<<<<<<
  *                                    n_points, threads, False)
  *         structure = plan.structure
@@ -16775,7 +16775,7 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_28_sparse_jacobian(struct
  * 
  *     def _compressed(self, plan, cnp.ndarray x, Py_ssize_t n_points, threads,             # <<<<<<<<<<<<<<
  *                     bint want_value):
- *         """(nonzeros, y) of the plan's compressed evaluation at one point (n_points 0: x a
+ *         """(nonzeros, y) of the plan's compressed evaluation at one point (n_points -1: x a
 */
 
 /* Python wrapper */
@@ -16786,7 +16786,7 @@ PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 PyObject *__pyx_args, PyObject *__pyx_kwds
 #endif
 ); /*proto*/
-PyDoc_STRVAR(__pyx_doc_6jacext_9_function_8Function_30_compressed, "Function._compressed(self, plan, ndarray x, Py_ssize_t n_points, threads, bool want_value)\n\n(nonzeros, y) of the plan\047s compressed evaluation at one point (n_points 0: x a\nrow) or at the rows of x: from the sparse Jacobian tape where it exists, whose\npoints with a non-finite nonzero the sweeps redo (their zero kills decide).");
+PyDoc_STRVAR(__pyx_doc_6jacext_9_function_8Function_30_compressed, "Function._compressed(self, plan, ndarray x, Py_ssize_t n_points, threads, bool want_value)\n\n(nonzeros, y) of the plan\047s compressed evaluation at one point (n_points -1: x a\nrow) or at the n_points rows of x: from the sparse Jacobian tape where it exists,\nwhose points with a non-finite nonzero the sweeps redo (their zero kills decide).");
 static PyMethodDef __pyx_mdef_6jacext_9_function_8Function_31_compressed = {"_compressed", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6jacext_9_function_8Function_31_compressed, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6jacext_9_function_8Function_30_compressed};
 static PyObject *__pyx_pw_6jacext_9_function_8Function_31_compressed(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
@@ -16923,10 +16923,10 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_30_compressed(struct __py
   PyObject *__pyx_t_2 = NULL;
   PyObject *__pyx_t_3 = NULL;
   PyObject *__pyx_t_4 = NULL;
-  PyObject *__pyx_t_5 = NULL;
-  size_t __pyx_t_6;
-  Py_ssize_t __pyx_t_7;
-  int __pyx_t_8;
+  int __pyx_t_5;
+  PyObject *__pyx_t_6 = NULL;
+  size_t __pyx_t_7;
+  Py_ssize_t __pyx_t_8;
   int __pyx_t_9;
   PyObject *(*__pyx_t_10)(PyObject *);
   PyObject *__pyx_t_11 = NULL;
@@ -16939,9 +16939,9 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_30_compressed(struct __py
   __Pyx_RefNannySetupContext("_compressed", 0);
 
   /* "jacext/_function.pyx":359
- *         row) or at the rows of x: from the sparse Jacobian tape where it exists, whose
- *         points with a non-finite nonzero the sweeps redo (their zero kills decide)."""
- *         cdef Tape jt = plan.sparse_tapes[want_value].tape(n_points or 1)             # <<<<<<<<<<<<<<
+ *         row) or at the n_points rows of x: from the sparse Jacobian tape where it exists,
+ *         whose points with a non-finite nonzero the sweeps redo (their zero kills decide)."""
+ *         cdef Tape jt = plan.sparse_tapes[want_value].tape(n_points if n_points >= 0 else 1)             # <<<<<<<<<<<<<<
  *         cdef Py_ssize_t n_y = self.tape.t.n_out if want_value else 0
  *         if jt is None:
 */
@@ -16952,23 +16952,22 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_30_compressed(struct __py
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   __pyx_t_2 = __pyx_t_4;
   __Pyx_INCREF(__pyx_t_2);
-  if (!__pyx_v_n_points) {
+  __pyx_t_5 = (__pyx_v_n_points >= 0);
+
+  if (__pyx_t_5) {
+    __pyx_t_6 = PyLong_FromSsize_t(__pyx_v_n_points); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 359, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_6);
+    __pyx_t_3 = __pyx_t_6;
+    __pyx_t_6 = 0;
   } else {
-    __pyx_t_5 = PyLong_FromSsize_t(__pyx_v_n_points); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 359, __pyx_L1_error)
-    __Pyx_GOTREF(__pyx_t_5);
-    __pyx_t_3 = __pyx_t_5;
-    __pyx_t_5 = 0;
-    goto __pyx_L3_bool_binop_done;
+    __Pyx_INCREF(__pyx_mstate_global->__pyx_int_1);
+    __pyx_t_3 = __pyx_mstate_global->__pyx_int_1;
   }
-  __pyx_t_5 = __Pyx_PyLong_From_long(1); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 359, __pyx_L1_error)
-  __Pyx_GOTREF(__pyx_t_5);
-  __pyx_t_3 = __pyx_t_5;
-  __pyx_t_5 = 0;
-  __pyx_L3_bool_binop_done:;
-  __pyx_t_6 = 0;
+
+  __pyx_t_7 = 0;
   {
     PyObject *__pyx_callargs[2] = {__pyx_t_2, __pyx_t_3};
-    __pyx_t_1 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_tape, __pyx_callargs+__pyx_t_6, (2-__pyx_t_6) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
+    __pyx_t_1 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_tape, __pyx_callargs+__pyx_t_7, (2-__pyx_t_7) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
@@ -16980,37 +16979,37 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_30_compressed(struct __py
   __pyx_t_1 = 0;
 
   /* "jacext/_function.pyx":360
- *         points with a non-finite nonzero the sweeps redo (their zero kills decide)."""
- *         cdef Tape jt = plan.sparse_tapes[want_value].tape(n_points or 1)
+ *         whose points with a non-finite nonzero the sweeps redo (their zero kills decide)."""
+ *         cdef Tape jt = plan.sparse_tapes[want_value].tape(n_points if n_points >= 0 else 1)
  *         cdef Py_ssize_t n_y = self.tape.t.n_out if want_value else 0             # <<<<<<<<<<<<<<
  *         if jt is None:
  *             return self._compressed_sweeps(plan, x, n_points, threads, want_value)
 */
   if (__pyx_v_want_value) {
 
-    __pyx_t_7 = __pyx_v_self->tape->t.n_out;
+    __pyx_t_8 = __pyx_v_self->tape->t.n_out;
   } else {
 
-    __pyx_t_7 = 0;
+    __pyx_t_8 = 0;
   }
-  __pyx_v_n_y = __pyx_t_7;
+  __pyx_v_n_y = __pyx_t_8;
 
   /* "jacext/_function.pyx":361
- *         cdef Tape jt = plan.sparse_tapes[want_value].tape(n_points or 1)
+ *         cdef Tape jt = plan.sparse_tapes[want_value].tape(n_points if n_points >= 0 else 1)
  *         cdef Py_ssize_t n_y = self.tape.t.n_out if want_value else 0
  *         if jt is None:             # <<<<<<<<<<<<<<
  *             return self._compressed_sweeps(plan, x, n_points, threads, want_value)
- *         if not n_points:
+ *         if n_points < 0:
 */
-  __pyx_t_8 = (((PyObject *)__pyx_v_jt) == Py_None);
-  if (__pyx_t_8) {
+  __pyx_t_5 = (((PyObject *)__pyx_v_jt) == Py_None);
+  if (__pyx_t_5) {
 
 
     /* "jacext/_function.pyx":362
  *         cdef Py_ssize_t n_y = self.tape.t.n_out if want_value else 0
  *         if jt is None:
  *             return self._compressed_sweeps(plan, x, n_points, threads, want_value)             # <<<<<<<<<<<<<<
- *         if not n_points:
+ *         if n_points < 0:
  *             if (self._jt0 is None and not want_value and self._single_jac_shape is not None
 */
     __pyx_t_4 = ((PyObject *)__pyx_v_self);
@@ -17019,10 +17018,10 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_30_compressed(struct __py
     __Pyx_GOTREF(__pyx_t_3);
     __pyx_t_2 = __Pyx_PyBool_FromLong(__pyx_v_want_value); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 362, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
-    __pyx_t_6 = 0;
+    __pyx_t_7 = 0;
     {
       PyObject *__pyx_callargs[6] = {__pyx_t_4, __pyx_v_plan, ((PyObject *)__pyx_v_x), __pyx_t_3, __pyx_v_threads, __pyx_t_2};
-      __pyx_t_1 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_compressed_sweeps, __pyx_callargs+__pyx_t_6, (6-__pyx_t_6) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
+      __pyx_t_1 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_compressed_sweeps, __pyx_callargs+__pyx_t_7, (6-__pyx_t_7) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
       __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
       __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
@@ -17041,29 +17040,29 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_30_compressed(struct __py
     goto __pyx_L0;
 
     /* "jacext/_function.pyx":361
- *         cdef Tape jt = plan.sparse_tapes[want_value].tape(n_points or 1)
+ *         cdef Tape jt = plan.sparse_tapes[want_value].tape(n_points if n_points >= 0 else 1)
  *         cdef Py_ssize_t n_y = self.tape.t.n_out if want_value else 0
  *         if jt is None:             # <<<<<<<<<<<<<<
  *             return self._compressed_sweeps(plan, x, n_points, threads, want_value)
- *         if not n_points:
+ *         if n_points < 0:
 */
   }
 
   /* "jacext/_function.pyx":363
  *         if jt is None:
  *             return self._compressed_sweeps(plan, x, n_points, threads, want_value)
- *         if not n_points:             # <<<<<<<<<<<<<<
+ *         if n_points < 0:             # <<<<<<<<<<<<<<
  *             if (self._jt0 is None and not want_value and self._single_jac_shape is not None
  *                     and plan is self._planner.plan(0, "auto", False)):
 */
-  __pyx_t_8 = (!(__pyx_v_n_points != 0));
+  __pyx_t_5 = (__pyx_v_n_points < 0);
 
-  if (__pyx_t_8) {
+  if (__pyx_t_5) {
 
 
     /* "jacext/_function.pyx":364
  *             return self._compressed_sweeps(plan, x, n_points, threads, want_value)
- *         if not n_points:
+ *         if n_points < 0:
  *             if (self._jt0 is None and not want_value and self._single_jac_shape is not None             # <<<<<<<<<<<<<<
  *                     and plan is self._planner.plan(0, "auto", False)):
  *                 self._jt0 = jt    # dense auto Jacobians take it straight from now on
@@ -17073,9 +17072,9 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_30_compressed(struct __py
 
     } else {
 
-      __pyx_t_8 = __pyx_t_9;
+      __pyx_t_5 = __pyx_t_9;
 
-      goto __pyx_L8_bool_binop_done;
+      goto __pyx_L6_bool_binop_done;
     }
     __pyx_t_9 = (!__pyx_v_want_value);
 
@@ -17083,13 +17082,13 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_30_compressed(struct __py
 
     } else {
 
-      __pyx_t_8 = __pyx_t_9;
+      __pyx_t_5 = __pyx_t_9;
 
-      goto __pyx_L8_bool_binop_done;
+      goto __pyx_L6_bool_binop_done;
     }
 
     /* "jacext/_function.pyx":365
- *         if not n_points:
+ *         if n_points < 0:
  *             if (self._jt0 is None and not want_value and self._single_jac_shape is not None
  *                     and plan is self._planner.plan(0, "auto", False)):             # <<<<<<<<<<<<<<
  *                 self._jt0 = jt    # dense auto Jacobians take it straight from now on
@@ -17100,9 +17099,9 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_30_compressed(struct __py
 
     } else {
 
-      __pyx_t_8 = __pyx_t_9;
+      __pyx_t_5 = __pyx_t_9;
 
-      goto __pyx_L8_bool_binop_done;
+      goto __pyx_L6_bool_binop_done;
     }
     __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_self->_planner, __pyx_mstate_global->__pyx_n_u_plan_2); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 365, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
@@ -17112,18 +17111,18 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_30_compressed(struct __py
     __pyx_t_9 = (__pyx_v_plan == __pyx_t_2);
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-    __pyx_t_8 = __pyx_t_9;
+    __pyx_t_5 = __pyx_t_9;
 
-    __pyx_L8_bool_binop_done:;
+    __pyx_L6_bool_binop_done:;
 
     /* "jacext/_function.pyx":364
  *             return self._compressed_sweeps(plan, x, n_points, threads, want_value)
- *         if not n_points:
+ *         if n_points < 0:
  *             if (self._jt0 is None and not want_value and self._single_jac_shape is not None             # <<<<<<<<<<<<<<
  *                     and plan is self._planner.plan(0, "auto", False)):
  *                 self._jt0 = jt    # dense auto Jacobians take it straight from now on
 */
-    if (__pyx_t_8) {
+    if (__pyx_t_5) {
 
 
       /* "jacext/_function.pyx":366
@@ -17185,20 +17184,20 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_30_compressed(struct __py
         __Pyx_GOTREF(__pyx_t_4);
         __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
         __pyx_t_10 = (CYTHON_COMPILING_IN_LIMITED_API) ? PyIter_Next : __Pyx_PyObject_GetIterNextFunc(__pyx_t_4);
-        index = 0; __pyx_t_2 = __pyx_t_10(__pyx_t_4); if (unlikely(!__pyx_t_2)) goto __pyx_L12_unpacking_failed;
+        index = 0; __pyx_t_2 = __pyx_t_10(__pyx_t_4); if (unlikely(!__pyx_t_2)) goto __pyx_L10_unpacking_failed;
         __Pyx_GOTREF(__pyx_t_2);
-        index = 1; __pyx_t_3 = __pyx_t_10(__pyx_t_4); if (unlikely(!__pyx_t_3)) goto __pyx_L12_unpacking_failed;
+        index = 1; __pyx_t_3 = __pyx_t_10(__pyx_t_4); if (unlikely(!__pyx_t_3)) goto __pyx_L10_unpacking_failed;
         __Pyx_GOTREF(__pyx_t_3);
         if (__Pyx_IternextUnpackEndCheck(__pyx_t_10(__pyx_t_4), 2) < (0)) __PYX_ERR(0, 367, __pyx_L1_error)
         __pyx_t_10 = NULL;
         __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-        goto __pyx_L13_unpacking_done;
-        __pyx_L12_unpacking_failed:;
+        goto __pyx_L11_unpacking_done;
+        __pyx_L10_unpacking_failed:;
         __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
         __pyx_t_10 = NULL;
         if (__Pyx_IterFinish() == 0) __Pyx_RaiseNeedMoreValuesError(index);
         __PYX_ERR(0, 367, __pyx_L1_error)
-        __pyx_L13_unpacking_done:;
+        __pyx_L11_unpacking_done:;
       }
       if (!(likely(((__pyx_t_2) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_2, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 367, __pyx_L1_error)
       if (!(likely(((__pyx_t_3) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_3, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 367, __pyx_L1_error)
@@ -17213,7 +17212,7 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_30_compressed(struct __py
 
       /* "jacext/_function.pyx":364
  *             return self._compressed_sweeps(plan, x, n_points, threads, want_value)
- *         if not n_points:
+ *         if n_points < 0:
  *             if (self._jt0 is None and not want_value and self._single_jac_shape is not None             # <<<<<<<<<<<<<<
  *                     and plan is self._planner.plan(0, "auto", False)):
  *                 self._jt0 = jt    # dense auto Jacobians take it straight from now on
@@ -17225,7 +17224,7 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_30_compressed(struct __py
  *                 self._jt0_ptr, self._jt0_idx = plan.structure.pattern
  *             r = _eval_tape(jt, x, n_y)             # <<<<<<<<<<<<<<
  *             if r is None:
- *                 return self._compressed_sweeps(plan, x, 0, threads, want_value)
+ *                 return self._compressed_sweeps(plan, x, -1, threads, want_value)
 */
     __pyx_t_1 = __pyx_f_6jacext_9_function__eval_tape(__pyx_v_jt, __pyx_v_x, __pyx_v_n_y); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 368, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
@@ -17236,17 +17235,17 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_30_compressed(struct __py
  *                 self._jt0_ptr, self._jt0_idx = plan.structure.pattern
  *             r = _eval_tape(jt, x, n_y)
  *             if r is None:             # <<<<<<<<<<<<<<
- *                 return self._compressed_sweeps(plan, x, 0, threads, want_value)
+ *                 return self._compressed_sweeps(plan, x, -1, threads, want_value)
  *             return r[n_y:], (r[:n_y] if want_value else None)
 */
-    __pyx_t_8 = (__pyx_v_r == Py_None);
-    if (__pyx_t_8) {
+    __pyx_t_5 = (__pyx_v_r == Py_None);
+    if (__pyx_t_5) {
 
 
       /* "jacext/_function.pyx":370
  *             r = _eval_tape(jt, x, n_y)
  *             if r is None:
- *                 return self._compressed_sweeps(plan, x, 0, threads, want_value)             # <<<<<<<<<<<<<<
+ *                 return self._compressed_sweeps(plan, x, -1, threads, want_value)             # <<<<<<<<<<<<<<
  *             return r[n_y:], (r[:n_y] if want_value else None)
  *         r = np.empty((n_points, jt.t.n_out), dtype=np.float64)
 */
@@ -17254,10 +17253,10 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_30_compressed(struct __py
       __Pyx_INCREF(__pyx_t_3);
       __pyx_t_2 = __Pyx_PyBool_FromLong(__pyx_v_want_value); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 370, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
-      __pyx_t_6 = 0;
+      __pyx_t_7 = 0;
       {
-        PyObject *__pyx_callargs[6] = {__pyx_t_3, __pyx_v_plan, ((PyObject *)__pyx_v_x), __pyx_mstate_global->__pyx_int_0, __pyx_v_threads, __pyx_t_2};
-        __pyx_t_1 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_compressed_sweeps, __pyx_callargs+__pyx_t_6, (6-__pyx_t_6) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
+        PyObject *__pyx_callargs[6] = {__pyx_t_3, __pyx_v_plan, ((PyObject *)__pyx_v_x), __pyx_mstate_global->__pyx_int_neg_1, __pyx_v_threads, __pyx_t_2};
+        __pyx_t_1 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_compressed_sweeps, __pyx_callargs+__pyx_t_7, (6-__pyx_t_7) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
         __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
         __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
         if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 370, __pyx_L1_error)
@@ -17278,14 +17277,14 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_30_compressed(struct __py
  *                 self._jt0_ptr, self._jt0_idx = plan.structure.pattern
  *             r = _eval_tape(jt, x, n_y)
  *             if r is None:             # <<<<<<<<<<<<<<
- *                 return self._compressed_sweeps(plan, x, 0, threads, want_value)
+ *                 return self._compressed_sweeps(plan, x, -1, threads, want_value)
  *             return r[n_y:], (r[:n_y] if want_value else None)
 */
     }
 
     /* "jacext/_function.pyx":371
  *             if r is None:
- *                 return self._compressed_sweeps(plan, x, 0, threads, want_value)
+ *                 return self._compressed_sweeps(plan, x, -1, threads, want_value)
  *             return r[n_y:], (r[:n_y] if want_value else None)             # <<<<<<<<<<<<<<
  *         r = np.empty((n_points, jt.t.n_out), dtype=np.float64)
  *         jt.batch("value", x, r, None, _plan.n_threads(threads, n_points, jt.t.n_instr))
@@ -17323,14 +17322,14 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_30_compressed(struct __py
     /* "jacext/_function.pyx":363
  *         if jt is None:
  *             return self._compressed_sweeps(plan, x, n_points, threads, want_value)
- *         if not n_points:             # <<<<<<<<<<<<<<
+ *         if n_points < 0:             # <<<<<<<<<<<<<<
  *             if (self._jt0 is None and not want_value and self._single_jac_shape is not None
  *                     and plan is self._planner.plan(0, "auto", False)):
 */
   }
 
   /* "jacext/_function.pyx":372
- *                 return self._compressed_sweeps(plan, x, 0, threads, want_value)
+ *                 return self._compressed_sweeps(plan, x, -1, threads, want_value)
  *             return r[n_y:], (r[:n_y] if want_value else None)
  *         r = np.empty((n_points, jt.t.n_out), dtype=np.float64)             # <<<<<<<<<<<<<<
  *         jt.batch("value", x, r, None, _plan.n_threads(threads, n_points, jt.t.n_instr))
@@ -17344,24 +17343,24 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_30_compressed(struct __py
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   __pyx_t_1 = PyLong_FromSsize_t(__pyx_v_n_points); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 372, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_5 = __Pyx_PyLong_From_int32_t(__pyx_v_jt->t.n_out); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 372, __pyx_L1_error)
-  __Pyx_GOTREF(__pyx_t_5);
+  __pyx_t_6 = __Pyx_PyLong_From_int32_t(__pyx_v_jt->t.n_out); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 372, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_6);
   __pyx_t_11 = PyTuple_New(2); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 372, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_11);
   __Pyx_GIVEREF(__pyx_t_1);
   if (__Pyx_PyTuple_SET_ITEM(__pyx_t_11, 0, __pyx_t_1) != (0)) __PYX_ERR(0, 372, __pyx_L1_error);
-  __Pyx_GIVEREF(__pyx_t_5);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_11, 1, __pyx_t_5) != (0)) __PYX_ERR(0, 372, __pyx_L1_error);
+  __Pyx_GIVEREF(__pyx_t_6);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_11, 1, __pyx_t_6) != (0)) __PYX_ERR(0, 372, __pyx_L1_error);
   __pyx_t_1 = 0;
-  __pyx_t_5 = 0;
-  __Pyx_GetModuleGlobalName(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 372, __pyx_L1_error)
-  __Pyx_GOTREF(__pyx_t_5);
-  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_float64); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 372, __pyx_L1_error)
+  __pyx_t_6 = 0;
+  __Pyx_GetModuleGlobalName(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 372, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_6);
+  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_float64); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 372, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
+  __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
   #if CYTHON_VECTORCALL
   #endif
-  __pyx_t_6 = 1;
+  __pyx_t_7 = 1;
   #if CYTHON_UNPACK_METHODS
   if (unlikely(PyMethod_Check(__pyx_t_4))) {
     __pyx_t_2 = PyMethod_GET_SELF(__pyx_t_4);
@@ -17370,30 +17369,30 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_30_compressed(struct __py
     __Pyx_INCREF(__pyx_t_2);
     __Pyx_INCREF(__pyx__function);
     __Pyx_DECREF_SET(__pyx_t_4, __pyx__function);
-    __pyx_t_6 = 0;
+    __pyx_t_7 = 0;
   }
   #endif
   {
     PyObject *__pyx_callargs[3] = {__pyx_t_2, __pyx_t_11, __pyx_t_1};
     #if CYTHON_VECTORCALL
-    __pyx_t_5 = __pyx_mstate_global->__pyx_tuple[1];
-    if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 372, __pyx_L1_error)
-    __Pyx_INCREF(__pyx_t_5);
+    __pyx_t_6 = __pyx_mstate_global->__pyx_tuple[1];
+    if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 372, __pyx_L1_error)
+    __Pyx_INCREF(__pyx_t_6);
     #else
     {
       PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
-      __pyx_t_5 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 1);
-      if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 372, __pyx_L1_error)
-      __Pyx_GOTREF(__pyx_t_5);
+      __pyx_t_6 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 1);
+      if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 372, __pyx_L1_error)
+      __Pyx_GOTREF(__pyx_t_6);
     }
     #endif
-    __pyx_t_3 = __Pyx_Object_VectorcallKwds((PyObject*)__pyx_t_4, __pyx_callargs+__pyx_t_6, (2-__pyx_t_6) | (__pyx_t_6*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET), __pyx_t_5);
+    __pyx_t_3 = __Pyx_Object_VectorcallKwds((PyObject*)__pyx_t_4, __pyx_callargs+__pyx_t_7, (2-__pyx_t_7) | (__pyx_t_7*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET), __pyx_t_6);
     __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
     #if CYTHON_VECTORCALL
     #endif
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-    __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
+    __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
     if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 372, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
@@ -17420,7 +17419,7 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_30_compressed(struct __py
   __Pyx_GOTREF(__pyx_t_11);
   __pyx_t_12 = __Pyx_PyLong_From_int32_t(__pyx_v_jt->t.n_instr); if (unlikely(!__pyx_t_12)) __PYX_ERR(0, 373, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_12);
-  __pyx_t_6 = 1;
+  __pyx_t_7 = 1;
   #if CYTHON_UNPACK_METHODS
   if (unlikely(PyMethod_Check(__pyx_t_2))) {
     __pyx_t_1 = PyMethod_GET_SELF(__pyx_t_2);
@@ -17429,25 +17428,25 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_30_compressed(struct __py
     __Pyx_INCREF(__pyx_t_1);
     __Pyx_INCREF(__pyx__function);
     __Pyx_DECREF_SET(__pyx_t_2, __pyx__function);
-    __pyx_t_6 = 0;
+    __pyx_t_7 = 0;
   }
   #endif
   {
     PyObject *__pyx_callargs[4] = {__pyx_t_1, __pyx_v_threads, __pyx_t_11, __pyx_t_12};
-    __pyx_t_5 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_2, __pyx_callargs+__pyx_t_6, (4-__pyx_t_6) | (__pyx_t_6*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
+    __pyx_t_6 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_2, __pyx_callargs+__pyx_t_7, (4-__pyx_t_7) | (__pyx_t_7*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_1); __pyx_t_1 = 0;
     __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
     __Pyx_DECREF(__pyx_t_12); __pyx_t_12 = 0;
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 373, __pyx_L1_error)
-    __Pyx_GOTREF(__pyx_t_5);
+    if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 373, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_6);
   }
-  __pyx_t_6 = 0;
+  __pyx_t_7 = 0;
   {
-    PyObject *__pyx_callargs[6] = {__pyx_t_4, __pyx_mstate_global->__pyx_n_u_value, ((PyObject *)__pyx_v_x), __pyx_v_r, Py_None, __pyx_t_5};
-    __pyx_t_3 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_batch, __pyx_callargs+__pyx_t_6, (6-__pyx_t_6) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
+    PyObject *__pyx_callargs[6] = {__pyx_t_4, __pyx_mstate_global->__pyx_n_u_value, ((PyObject *)__pyx_v_x), __pyx_v_r, Py_None, __pyx_t_6};
+    __pyx_t_3 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_batch, __pyx_callargs+__pyx_t_7, (6-__pyx_t_7) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
-    __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
+    __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
     if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 373, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
   }
@@ -17460,9 +17459,9 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_30_compressed(struct __py
  *         y = np.ascontiguousarray(r[:, :n_y]) if want_value else None
  *         bad = np.flatnonzero(~np.isfinite(vals).all(axis=1))
 */
-  __pyx_t_8 = (__pyx_v_n_y != 0);
+  __pyx_t_5 = (__pyx_v_n_y != 0);
 
-  if (__pyx_t_8) {
+  if (__pyx_t_5) {
     __pyx_t_4 = NULL;
     __Pyx_GetModuleGlobalName(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 374, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
@@ -17485,7 +17484,7 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_30_compressed(struct __py
     __pyx_t_11 = __Pyx_PyObject_GetItem(__pyx_v_r, __pyx_t_2); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 374, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_11);
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    __pyx_t_6 = 1;
+    __pyx_t_7 = 1;
     #if CYTHON_UNPACK_METHODS
     if (unlikely(PyMethod_Check(__pyx_t_12))) {
       __pyx_t_4 = PyMethod_GET_SELF(__pyx_t_12);
@@ -17494,20 +17493,20 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_30_compressed(struct __py
       __Pyx_INCREF(__pyx_t_4);
       __Pyx_INCREF(__pyx__function);
       __Pyx_DECREF_SET(__pyx_t_12, __pyx__function);
-      __pyx_t_6 = 0;
+      __pyx_t_7 = 0;
     }
     #endif
     {
       PyObject *__pyx_callargs[2] = {__pyx_t_4, __pyx_t_11};
-      __pyx_t_5 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_12, __pyx_callargs+__pyx_t_6, (2-__pyx_t_6) | (__pyx_t_6*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
+      __pyx_t_6 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_12, __pyx_callargs+__pyx_t_7, (2-__pyx_t_7) | (__pyx_t_7*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
       __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
       __Pyx_DECREF(__pyx_t_12); __pyx_t_12 = 0;
-      if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 374, __pyx_L1_error)
-      __Pyx_GOTREF(__pyx_t_5);
+      if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 374, __pyx_L1_error)
+      __Pyx_GOTREF(__pyx_t_6);
     }
-    __pyx_t_3 = __pyx_t_5;
-    __pyx_t_5 = 0;
+    __pyx_t_3 = __pyx_t_6;
+    __pyx_t_6 = 0;
   } else {
     __Pyx_INCREF(__pyx_v_r);
     __pyx_t_3 = __pyx_v_r;
@@ -17546,7 +17545,7 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_30_compressed(struct __py
     __pyx_t_2 = __Pyx_PyObject_GetItem(__pyx_v_r, __pyx_t_11); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 375, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
     __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
-    __pyx_t_6 = 1;
+    __pyx_t_7 = 1;
     #if CYTHON_UNPACK_METHODS
     if (unlikely(PyMethod_Check(__pyx_t_4))) {
       __pyx_t_12 = PyMethod_GET_SELF(__pyx_t_4);
@@ -17555,20 +17554,20 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_30_compressed(struct __py
       __Pyx_INCREF(__pyx_t_12);
       __Pyx_INCREF(__pyx__function);
       __Pyx_DECREF_SET(__pyx_t_4, __pyx__function);
-      __pyx_t_6 = 0;
+      __pyx_t_7 = 0;
     }
     #endif
     {
       PyObject *__pyx_callargs[2] = {__pyx_t_12, __pyx_t_2};
-      __pyx_t_5 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_4, __pyx_callargs+__pyx_t_6, (2-__pyx_t_6) | (__pyx_t_6*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
+      __pyx_t_6 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_4, __pyx_callargs+__pyx_t_7, (2-__pyx_t_7) | (__pyx_t_7*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_12); __pyx_t_12 = 0;
       __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
       __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-      if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 375, __pyx_L1_error)
-      __Pyx_GOTREF(__pyx_t_5);
+      if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 375, __pyx_L1_error)
+      __Pyx_GOTREF(__pyx_t_6);
     }
-    __pyx_t_3 = __pyx_t_5;
-    __pyx_t_5 = 0;
+    __pyx_t_3 = __pyx_t_6;
+    __pyx_t_6 = 0;
   } else {
     __Pyx_INCREF(Py_None);
     __pyx_t_3 = Py_None;
@@ -17583,7 +17582,7 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_30_compressed(struct __py
  *         if bad.shape[0]:
  *             redo, y_redo = self._compressed_sweeps(plan, np.ascontiguousarray(x[bad]),
 */
-  __pyx_t_5 = NULL;
+  __pyx_t_6 = NULL;
   __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 376, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_flatnonzero); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 376, __pyx_L1_error)
@@ -17595,7 +17594,7 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_30_compressed(struct __py
   __pyx_t_14 = __Pyx_PyObject_GetAttrStr(__pyx_t_13, __pyx_mstate_global->__pyx_n_u_isfinite); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 376, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_14);
   __Pyx_DECREF(__pyx_t_13); __pyx_t_13 = 0;
-  __pyx_t_6 = 1;
+  __pyx_t_7 = 1;
   #if CYTHON_UNPACK_METHODS
   if (unlikely(PyMethod_Check(__pyx_t_14))) {
     __pyx_t_1 = PyMethod_GET_SELF(__pyx_t_14);
@@ -17604,12 +17603,12 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_30_compressed(struct __py
     __Pyx_INCREF(__pyx_t_1);
     __Pyx_INCREF(__pyx__function);
     __Pyx_DECREF_SET(__pyx_t_14, __pyx__function);
-    __pyx_t_6 = 0;
+    __pyx_t_7 = 0;
   }
   #endif
   {
     PyObject *__pyx_callargs[2] = {__pyx_t_1, __pyx_v_vals};
-    __pyx_t_11 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_14, __pyx_callargs+__pyx_t_6, (2-__pyx_t_6) | (__pyx_t_6*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
+    __pyx_t_11 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_14, __pyx_callargs+__pyx_t_7, (2-__pyx_t_7) | (__pyx_t_7*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_1); __pyx_t_1 = 0;
     __Pyx_DECREF(__pyx_t_14); __pyx_t_14 = 0;
     if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 376, __pyx_L1_error)
@@ -17619,7 +17618,7 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_30_compressed(struct __py
   __Pyx_INCREF(__pyx_t_12);
   #if CYTHON_VECTORCALL
   #endif
-  __pyx_t_6 = 0;
+  __pyx_t_7 = 0;
   {
     PyObject *__pyx_callargs[2] = {__pyx_t_12, __pyx_mstate_global->__pyx_int_1};
     #if CYTHON_VECTORCALL
@@ -17634,7 +17633,7 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_30_compressed(struct __py
       __Pyx_GOTREF(__pyx_t_14);
     }
     #endif
-    __pyx_t_4 = __Pyx_Object_VectorcallMethodKwds((PyObject*)__pyx_mstate_global->__pyx_n_u_all, __pyx_callargs+__pyx_t_6, (1-__pyx_t_6) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET), __pyx_t_14);
+    __pyx_t_4 = __Pyx_Object_VectorcallMethodKwds((PyObject*)__pyx_mstate_global->__pyx_n_u_all, __pyx_callargs+__pyx_t_7, (1-__pyx_t_7) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET), __pyx_t_14);
     __Pyx_XDECREF(__pyx_t_12); __pyx_t_12 = 0;
     #if CYTHON_VECTORCALL
     #endif
@@ -17646,22 +17645,22 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_30_compressed(struct __py
   __pyx_t_11 = PyNumber_Invert(__pyx_t_4); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 376, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_11);
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-  __pyx_t_6 = 1;
+  __pyx_t_7 = 1;
   #if CYTHON_UNPACK_METHODS
   if (unlikely(PyMethod_Check(__pyx_t_2))) {
-    __pyx_t_5 = PyMethod_GET_SELF(__pyx_t_2);
-    assert(__pyx_t_5);
+    __pyx_t_6 = PyMethod_GET_SELF(__pyx_t_2);
+    assert(__pyx_t_6);
     PyObject* __pyx__function = PyMethod_GET_FUNCTION(__pyx_t_2);
-    __Pyx_INCREF(__pyx_t_5);
+    __Pyx_INCREF(__pyx_t_6);
     __Pyx_INCREF(__pyx__function);
     __Pyx_DECREF_SET(__pyx_t_2, __pyx__function);
-    __pyx_t_6 = 0;
+    __pyx_t_7 = 0;
   }
   #endif
   {
-    PyObject *__pyx_callargs[2] = {__pyx_t_5, __pyx_t_11};
-    __pyx_t_3 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_2, __pyx_callargs+__pyx_t_6, (2-__pyx_t_6) | (__pyx_t_6*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
-    __Pyx_XDECREF(__pyx_t_5); __pyx_t_5 = 0;
+    PyObject *__pyx_callargs[2] = {__pyx_t_6, __pyx_t_11};
+    __pyx_t_3 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_2, __pyx_callargs+__pyx_t_7, (2-__pyx_t_7) | (__pyx_t_7*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
+    __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
     __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
     if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 376, __pyx_L1_error)
@@ -17682,9 +17681,9 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_30_compressed(struct __py
   __pyx_t_2 = __Pyx_GetItemInt(__pyx_t_3, 0, long, 1, __Pyx_PyLong_From_long, 0, 1, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 377, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __pyx_t_8 = __Pyx_PyObject_IsTrue(__pyx_t_2); if (unlikely((__pyx_t_8 < 0))) __PYX_ERR(0, 377, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyObject_IsTrue(__pyx_t_2); if (unlikely((__pyx_t_5 < 0))) __PYX_ERR(0, 377, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-  if (__pyx_t_8) {
+  if (__pyx_t_5) {
 
 
     /* "jacext/_function.pyx":378
@@ -17696,7 +17695,7 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_30_compressed(struct __py
 */
     __pyx_t_3 = ((PyObject *)__pyx_v_self);
     __Pyx_INCREF(__pyx_t_3);
-    __pyx_t_5 = NULL;
+    __pyx_t_6 = NULL;
     __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 378, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
     __pyx_t_14 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_ascontiguousarray); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 378, __pyx_L1_error)
@@ -17704,22 +17703,22 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_30_compressed(struct __py
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
     __pyx_t_4 = __Pyx_PyObject_GetItem(((PyObject *)__pyx_v_x), __pyx_v_bad); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 378, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
-    __pyx_t_6 = 1;
+    __pyx_t_7 = 1;
     #if CYTHON_UNPACK_METHODS
     if (unlikely(PyMethod_Check(__pyx_t_14))) {
-      __pyx_t_5 = PyMethod_GET_SELF(__pyx_t_14);
-      assert(__pyx_t_5);
+      __pyx_t_6 = PyMethod_GET_SELF(__pyx_t_14);
+      assert(__pyx_t_6);
       PyObject* __pyx__function = PyMethod_GET_FUNCTION(__pyx_t_14);
-      __Pyx_INCREF(__pyx_t_5);
+      __Pyx_INCREF(__pyx_t_6);
       __Pyx_INCREF(__pyx__function);
       __Pyx_DECREF_SET(__pyx_t_14, __pyx__function);
-      __pyx_t_6 = 0;
+      __pyx_t_7 = 0;
     }
     #endif
     {
-      PyObject *__pyx_callargs[2] = {__pyx_t_5, __pyx_t_4};
-      __pyx_t_11 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_14, __pyx_callargs+__pyx_t_6, (2-__pyx_t_6) | (__pyx_t_6*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
-      __Pyx_XDECREF(__pyx_t_5); __pyx_t_5 = 0;
+      PyObject *__pyx_callargs[2] = {__pyx_t_6, __pyx_t_4};
+      __pyx_t_11 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_14, __pyx_callargs+__pyx_t_7, (2-__pyx_t_7) | (__pyx_t_7*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
+      __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
       __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
       __Pyx_DECREF(__pyx_t_14); __pyx_t_14 = 0;
       if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 378, __pyx_L1_error)
@@ -17740,10 +17739,10 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_30_compressed(struct __py
     __Pyx_DECREF(__pyx_t_14); __pyx_t_14 = 0;
     __pyx_t_14 = __Pyx_PyBool_FromLong(__pyx_v_want_value); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 379, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_14);
-    __pyx_t_6 = 0;
+    __pyx_t_7 = 0;
     {
       PyObject *__pyx_callargs[6] = {__pyx_t_3, __pyx_v_plan, __pyx_t_11, __pyx_t_4, __pyx_v_threads, __pyx_t_14};
-      __pyx_t_2 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_compressed_sweeps, __pyx_callargs+__pyx_t_6, (6-__pyx_t_6) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
+      __pyx_t_2 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_compressed_sweeps, __pyx_callargs+__pyx_t_7, (6-__pyx_t_7) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
       __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
       __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
@@ -17786,20 +17785,20 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_30_compressed(struct __py
       __Pyx_GOTREF(__pyx_t_11);
       __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
       __pyx_t_10 = (CYTHON_COMPILING_IN_LIMITED_API) ? PyIter_Next : __Pyx_PyObject_GetIterNextFunc(__pyx_t_11);
-      index = 0; __pyx_t_14 = __pyx_t_10(__pyx_t_11); if (unlikely(!__pyx_t_14)) goto __pyx_L16_unpacking_failed;
+      index = 0; __pyx_t_14 = __pyx_t_10(__pyx_t_11); if (unlikely(!__pyx_t_14)) goto __pyx_L14_unpacking_failed;
       __Pyx_GOTREF(__pyx_t_14);
-      index = 1; __pyx_t_4 = __pyx_t_10(__pyx_t_11); if (unlikely(!__pyx_t_4)) goto __pyx_L16_unpacking_failed;
+      index = 1; __pyx_t_4 = __pyx_t_10(__pyx_t_11); if (unlikely(!__pyx_t_4)) goto __pyx_L14_unpacking_failed;
       __Pyx_GOTREF(__pyx_t_4);
       if (__Pyx_IternextUnpackEndCheck(__pyx_t_10(__pyx_t_11), 2) < (0)) __PYX_ERR(0, 378, __pyx_L1_error)
       __pyx_t_10 = NULL;
       __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
-      goto __pyx_L17_unpacking_done;
-      __pyx_L16_unpacking_failed:;
+      goto __pyx_L15_unpacking_done;
+      __pyx_L14_unpacking_failed:;
       __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
       __pyx_t_10 = NULL;
       if (__Pyx_IterFinish() == 0) __Pyx_RaiseNeedMoreValuesError(index);
       __PYX_ERR(0, 378, __pyx_L1_error)
-      __pyx_L17_unpacking_done:;
+      __pyx_L15_unpacking_done:;
     }
 
     /* "jacext/_function.pyx":378
@@ -17890,7 +17889,7 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_30_compressed(struct __py
  * 
  *     def _compressed(self, plan, cnp.ndarray x, Py_ssize_t n_points, threads,             # <<<<<<<<<<<<<<
  *                     bint want_value):
- *         """(nonzeros, y) of the plan's compressed evaluation at one point (n_points 0: x a
+ *         """(nonzeros, y) of the plan's compressed evaluation at one point (n_points -1: x a
 */
 
   /* function exit code */
@@ -17899,7 +17898,7 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_30_compressed(struct __py
   __Pyx_XDECREF(__pyx_t_2);
   __Pyx_XDECREF(__pyx_t_3);
   __Pyx_XDECREF(__pyx_t_4);
-  __Pyx_XDECREF(__pyx_t_5);
+  __Pyx_XDECREF(__pyx_t_6);
   __Pyx_XDECREF(__pyx_t_11);
   __Pyx_XDECREF(__pyx_t_12);
   __Pyx_XDECREF(__pyx_t_13);
@@ -18089,8 +18088,9 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_32_compressed_sweeps(stru
   size_t __pyx_t_10;
   PyObject *__pyx_t_11 = NULL;
   PyObject *__pyx_t_12 = NULL;
-  int32_t __pyx_t_13;
-  int __pyx_t_14;
+  PyObject *__pyx_t_13 = NULL;
+  int32_t __pyx_t_14;
+  int __pyx_t_15;
   int __pyx_lineno = 0;
   const char *__pyx_filename = NULL;
   int __pyx_clineno = 0;
@@ -18101,7 +18101,7 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_32_compressed_sweeps(stru
  *         """``_compressed`` by the sweeps: colourings, or one reverse sweep per output."""
  *         structure = plan.structure             # <<<<<<<<<<<<<<
  *         n_out, n_cols = structure.shape
- *         y = (np.empty((n_points, n_out) if n_points else n_out, dtype=np.float64)
+ *         y = (np.empty((n_points, n_out) if n_points >= 0 else n_out, dtype=np.float64)
 */
   __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_plan, __pyx_mstate_global->__pyx_n_u_structure); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 388, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
@@ -18112,7 +18112,7 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_32_compressed_sweeps(stru
  *         """``_compressed`` by the sweeps: colourings, or one reverse sweep per output."""
  *         structure = plan.structure
  *         n_out, n_cols = structure.shape             # <<<<<<<<<<<<<<
- *         y = (np.empty((n_points, n_out) if n_points else n_out, dtype=np.float64)
+ *         y = (np.empty((n_points, n_out) if n_points >= 0 else n_out, dtype=np.float64)
  *              if want_value else None)
 */
   __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_structure, __pyx_mstate_global->__pyx_n_u_shape); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 389, __pyx_L1_error)
@@ -18174,7 +18174,7 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_32_compressed_sweeps(stru
 
   /* "jacext/_function.pyx":391
  *         n_out, n_cols = structure.shape
- *         y = (np.empty((n_points, n_out) if n_points else n_out, dtype=np.float64)
+ *         y = (np.empty((n_points, n_out) if n_points >= 0 else n_out, dtype=np.float64)
  *              if want_value else None)             # <<<<<<<<<<<<<<
  *         if plan.compressed == "cones":
  *             cones = structure.cones(self._planner.best(plan.argnums)[1])
@@ -18184,7 +18184,7 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_32_compressed_sweeps(stru
     /* "jacext/_function.pyx":390
  *         structure = plan.structure
  *         n_out, n_cols = structure.shape
- *         y = (np.empty((n_points, n_out) if n_points else n_out, dtype=np.float64)             # <<<<<<<<<<<<<<
+ *         y = (np.empty((n_points, n_out) if n_points >= 0 else n_out, dtype=np.float64)             # <<<<<<<<<<<<<<
  *              if want_value else None)
  *         if plan.compressed == "cones":
 */
@@ -18194,7 +18194,7 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_32_compressed_sweeps(stru
     __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_empty); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 390, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    __pyx_t_7 = (__pyx_v_n_points != 0);
+    __pyx_t_7 = (__pyx_v_n_points >= 0);
 
     if (__pyx_t_7) {
       __pyx_t_8 = PyLong_FromSsize_t(__pyx_v_n_points); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 390, __pyx_L1_error)
@@ -18264,7 +18264,7 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_32_compressed_sweeps(stru
 
     /* "jacext/_function.pyx":391
  *         n_out, n_cols = structure.shape
- *         y = (np.empty((n_points, n_out) if n_points else n_out, dtype=np.float64)
+ *         y = (np.empty((n_points, n_out) if n_points >= 0 else n_out, dtype=np.float64)
  *              if want_value else None)             # <<<<<<<<<<<<<<
  *         if plan.compressed == "cones":
  *             cones = structure.cones(self._planner.best(plan.argnums)[1])
@@ -18276,11 +18276,11 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_32_compressed_sweeps(stru
   __pyx_t_1 = 0;
 
   /* "jacext/_function.pyx":392
- *         y = (np.empty((n_points, n_out) if n_points else n_out, dtype=np.float64)
+ *         y = (np.empty((n_points, n_out) if n_points >= 0 else n_out, dtype=np.float64)
  *              if want_value else None)
  *         if plan.compressed == "cones":             # <<<<<<<<<<<<<<
  *             cones = structure.cones(self._planner.best(plan.argnums)[1])
- *             vals = np.empty((n_points, structure.nnz) if n_points else structure.nnz,
+ *             vals = np.empty((n_points, structure.nnz) if n_points >= 0 else structure.nnz,
 */
   __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_plan, __pyx_mstate_global->__pyx_n_u_compressed); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 392, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
@@ -18293,7 +18293,7 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_32_compressed_sweeps(stru
  *              if want_value else None)
  *         if plan.compressed == "cones":
  *             cones = structure.cones(self._planner.best(plan.argnums)[1])             # <<<<<<<<<<<<<<
- *             vals = np.empty((n_points, structure.nnz) if n_points else structure.nnz,
+ *             vals = np.empty((n_points, structure.nnz) if n_points >= 0 else structure.nnz,
  *                             dtype=np.float64)
 */
     __pyx_t_3 = __pyx_v_structure;
@@ -18329,9 +18329,9 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_32_compressed_sweeps(stru
     /* "jacext/_function.pyx":394
  *         if plan.compressed == "cones":
  *             cones = structure.cones(self._planner.best(plan.argnums)[1])
- *             vals = np.empty((n_points, structure.nnz) if n_points else structure.nnz,             # <<<<<<<<<<<<<<
+ *             vals = np.empty((n_points, structure.nnz) if n_points >= 0 else structure.nnz,             # <<<<<<<<<<<<<<
  *                             dtype=np.float64)
- *             if n_points:
+ *             if n_points >= 0:
 */
     __pyx_t_8 = NULL;
     __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 394, __pyx_L1_error)
@@ -18339,7 +18339,7 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_32_compressed_sweeps(stru
     __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_empty); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 394, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    __pyx_t_7 = (__pyx_v_n_points != 0);
+    __pyx_t_7 = (__pyx_v_n_points >= 0);
 
     if (__pyx_t_7) {
       __pyx_t_9 = PyLong_FromSsize_t(__pyx_v_n_points); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 394, __pyx_L1_error)
@@ -18366,9 +18366,9 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_32_compressed_sweeps(stru
 
     /* "jacext/_function.pyx":395
  *             cones = structure.cones(self._planner.best(plan.argnums)[1])
- *             vals = np.empty((n_points, structure.nnz) if n_points else structure.nnz,
+ *             vals = np.empty((n_points, structure.nnz) if n_points >= 0 else structure.nnz,
  *                             dtype=np.float64)             # <<<<<<<<<<<<<<
- *             if n_points:
+ *             if n_points >= 0:
  *                 self.tape.batch("cones", x, y, vals,
 */
     __Pyx_GetModuleGlobalName(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 395, __pyx_L1_error)
@@ -18381,9 +18381,9 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_32_compressed_sweeps(stru
     /* "jacext/_function.pyx":394
  *         if plan.compressed == "cones":
  *             cones = structure.cones(self._planner.best(plan.argnums)[1])
- *             vals = np.empty((n_points, structure.nnz) if n_points else structure.nnz,             # <<<<<<<<<<<<<<
+ *             vals = np.empty((n_points, structure.nnz) if n_points >= 0 else structure.nnz,             # <<<<<<<<<<<<<<
  *                             dtype=np.float64)
- *             if n_points:
+ *             if n_points >= 0:
 */
     #endif
     __pyx_t_10 = 1;
@@ -18427,20 +18427,20 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_32_compressed_sweeps(stru
     __pyx_t_1 = 0;
 
     /* "jacext/_function.pyx":396
- *             vals = np.empty((n_points, structure.nnz) if n_points else structure.nnz,
+ *             vals = np.empty((n_points, structure.nnz) if n_points >= 0 else structure.nnz,
  *                             dtype=np.float64)
- *             if n_points:             # <<<<<<<<<<<<<<
+ *             if n_points >= 0:             # <<<<<<<<<<<<<<
  *                 self.tape.batch("cones", x, y, vals,
  *                                 _plan.n_threads(threads, n_points, 3 * self.tape.t.n_instr),
 */
-    __pyx_t_7 = (__pyx_v_n_points != 0);
+    __pyx_t_7 = (__pyx_v_n_points >= 0);
 
     if (__pyx_t_7) {
 
 
       /* "jacext/_function.pyx":397
  *                             dtype=np.float64)
- *             if n_points:
+ *             if n_points >= 0:
  *                 self.tape.batch("cones", x, y, vals,             # <<<<<<<<<<<<<<
  *                                 _plan.n_threads(threads, n_points, 3 * self.tape.t.n_instr),
  *                                 cones=cones)
@@ -18449,7 +18449,7 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_32_compressed_sweeps(stru
       __Pyx_INCREF(__pyx_t_6);
 
       /* "jacext/_function.pyx":398
- *             if n_points:
+ *             if n_points >= 0:
  *                 self.tape.batch("cones", x, y, vals,
  *                                 _plan.n_threads(threads, n_points, 3 * self.tape.t.n_instr),             # <<<<<<<<<<<<<<
  *                                 cones=cones)
@@ -18499,7 +18499,7 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_32_compressed_sweeps(stru
 
       /* "jacext/_function.pyx":397
  *                             dtype=np.float64)
- *             if n_points:
+ *             if n_points >= 0:
  *                 self.tape.batch("cones", x, y, vals,             # <<<<<<<<<<<<<<
  *                                 _plan.n_threads(threads, n_points, 3 * self.tape.t.n_instr),
  *                                 cones=cones)
@@ -18532,9 +18532,9 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_32_compressed_sweeps(stru
       __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
       /* "jacext/_function.pyx":396
- *             vals = np.empty((n_points, structure.nnz) if n_points else structure.nnz,
+ *             vals = np.empty((n_points, structure.nnz) if n_points >= 0 else structure.nnz,
  *                             dtype=np.float64)
- *             if n_points:             # <<<<<<<<<<<<<<
+ *             if n_points >= 0:             # <<<<<<<<<<<<<<
  *                 self.tape.batch("cones", x, y, vals,
  *                                 _plan.n_threads(threads, n_points, 3 * self.tape.t.n_instr),
 */
@@ -18585,11 +18585,11 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_32_compressed_sweeps(stru
     goto __pyx_L0;
 
     /* "jacext/_function.pyx":392
- *         y = (np.empty((n_points, n_out) if n_points else n_out, dtype=np.float64)
+ *         y = (np.empty((n_points, n_out) if n_points >= 0 else n_out, dtype=np.float64)
  *              if want_value else None)
  *         if plan.compressed == "cones":             # <<<<<<<<<<<<<<
  *             cones = structure.cones(self._planner.best(plan.argnums)[1])
- *             vals = np.empty((n_points, structure.nnz) if n_points else structure.nnz,
+ *             vals = np.empty((n_points, structure.nnz) if n_points >= 0 else structure.nnz,
 */
   }
 
@@ -18697,7 +18697,7 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_32_compressed_sweeps(stru
  *         forward = plan.compressed == "forward"
  *         colour, n_colours = (col, p) if forward else (row, q)             # <<<<<<<<<<<<<<
  *         shape = structure.compressed_shape(plan.compressed)
- *         comp = np.empty((n_points,) + shape if n_points else shape, dtype=np.float64)
+ *         comp = np.empty((n_points,) + shape if n_points >= 0 else shape, dtype=np.float64)
 */
   __pyx_t_7 = __Pyx_PyObject_IsTrue(__pyx_v_forward); if (unlikely((__pyx_t_7 < 0))) __PYX_ERR(0, 405, __pyx_L1_error)
   if (__pyx_t_7) {
@@ -18756,7 +18756,7 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_32_compressed_sweeps(stru
  *         forward = plan.compressed == "forward"
  *         colour, n_colours = (col, p) if forward else (row, q)
  *         shape = structure.compressed_shape(plan.compressed)             # <<<<<<<<<<<<<<
- *         comp = np.empty((n_points,) + shape if n_points else shape, dtype=np.float64)
+ *         comp = np.empty((n_points,) + shape if n_points >= 0 else shape, dtype=np.float64)
  *         m = _MODE[plan.compressed]
 */
   __pyx_t_6 = __pyx_v_structure;
@@ -18778,9 +18778,9 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_32_compressed_sweeps(stru
   /* "jacext/_function.pyx":407
  *         colour, n_colours = (col, p) if forward else (row, q)
  *         shape = structure.compressed_shape(plan.compressed)
- *         comp = np.empty((n_points,) + shape if n_points else shape, dtype=np.float64)             # <<<<<<<<<<<<<<
+ *         comp = np.empty((n_points,) + shape if n_points >= 0 else shape, dtype=np.float64)             # <<<<<<<<<<<<<<
  *         m = _MODE[plan.compressed]
- *         if n_points:
+ *         if n_points >= 0:
 */
   __pyx_t_1 = NULL;
   __Pyx_GetModuleGlobalName(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 407, __pyx_L1_error)
@@ -18788,7 +18788,7 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_32_compressed_sweeps(stru
   __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_empty); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 407, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-  __pyx_t_7 = (__pyx_v_n_points != 0);
+  __pyx_t_7 = (__pyx_v_n_points >= 0);
 
   if (__pyx_t_7) {
     __pyx_t_8 = PyLong_FromSsize_t(__pyx_v_n_points); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 407, __pyx_L1_error)
@@ -18857,9 +18857,9 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_32_compressed_sweeps(stru
 
   /* "jacext/_function.pyx":408
  *         shape = structure.compressed_shape(plan.compressed)
- *         comp = np.empty((n_points,) + shape if n_points else shape, dtype=np.float64)
+ *         comp = np.empty((n_points,) + shape if n_points >= 0 else shape, dtype=np.float64)
  *         m = _MODE[plan.compressed]             # <<<<<<<<<<<<<<
- *         if n_points:
+ *         if n_points >= 0:
  *             self.tape.batch("compressed", x, y, comp,
 */
   if (unlikely(__pyx_v_6jacext_9_function__MODE == Py_None)) {
@@ -18875,20 +18875,20 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_32_compressed_sweeps(stru
   __pyx_t_2 = 0;
 
   /* "jacext/_function.pyx":409
- *         comp = np.empty((n_points,) + shape if n_points else shape, dtype=np.float64)
+ *         comp = np.empty((n_points,) + shape if n_points >= 0 else shape, dtype=np.float64)
  *         m = _MODE[plan.compressed]
- *         if n_points:             # <<<<<<<<<<<<<<
+ *         if n_points >= 0:             # <<<<<<<<<<<<<<
  *             self.tape.batch("compressed", x, y, comp,
  *                             _plan.n_threads(threads, n_points,
 */
-  __pyx_t_7 = (__pyx_v_n_points != 0);
+  __pyx_t_7 = (__pyx_v_n_points >= 0);
 
   if (__pyx_t_7) {
 
 
     /* "jacext/_function.pyx":410
  *         m = _MODE[plan.compressed]
- *         if n_points:
+ *         if n_points >= 0:
  *             self.tape.batch("compressed", x, y, comp,             # <<<<<<<<<<<<<<
  *                             _plan.n_threads(threads, n_points,
  *                                             self.tape.t.n_instr * (1 + n_colours)),
@@ -18897,7 +18897,7 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_32_compressed_sweeps(stru
     __Pyx_INCREF(__pyx_t_9);
 
     /* "jacext/_function.pyx":411
- *         if n_points:
+ *         if n_points >= 0:
  *             self.tape.batch("compressed", x, y, comp,
  *                             _plan.n_threads(threads, n_points,             # <<<<<<<<<<<<<<
  *                                             self.tape.t.n_instr * (1 + n_colours)),
@@ -18917,7 +18917,7 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_32_compressed_sweeps(stru
  *                             _plan.n_threads(threads, n_points,
  *                                             self.tape.t.n_instr * (1 + n_colours)),             # <<<<<<<<<<<<<<
  *                             mode=m, cols=plan.cols, colour=colour, n_colours=n_colours)
- *             vals = np.take(comp.reshape(n_points, -1), structure.gather(plan.compressed), axis=1)
+ *             vals = np.take(comp.reshape(n_points, math.prod(shape)),
 */
     __pyx_t_4 = __Pyx_PyLong_From_int32_t(__pyx_v_self->tape->t.n_instr); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 412, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
@@ -18954,8 +18954,8 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_32_compressed_sweeps(stru
  *                             _plan.n_threads(threads, n_points,
  *                                             self.tape.t.n_instr * (1 + n_colours)),
  *                             mode=m, cols=plan.cols, colour=colour, n_colours=n_colours)             # <<<<<<<<<<<<<<
- *             vals = np.take(comp.reshape(n_points, -1), structure.gather(plan.compressed), axis=1)
- *         else:
+ *             vals = np.take(comp.reshape(n_points, math.prod(shape)),
+ *                            structure.gather(plan.compressed), axis=1)
 */
     __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_plan, __pyx_mstate_global->__pyx_n_u_cols); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 413, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
@@ -18963,7 +18963,7 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_32_compressed_sweeps(stru
 
     /* "jacext/_function.pyx":410
  *         m = _MODE[plan.compressed]
- *         if n_points:
+ *         if n_points >= 0:
  *             self.tape.batch("compressed", x, y, comp,             # <<<<<<<<<<<<<<
  *                             _plan.n_threads(threads, n_points,
  *                                             self.tape.t.n_instr * (1 + n_colours)),
@@ -18999,9 +18999,9 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_32_compressed_sweeps(stru
     /* "jacext/_function.pyx":414
  *                                             self.tape.t.n_instr * (1 + n_colours)),
  *                             mode=m, cols=plan.cols, colour=colour, n_colours=n_colours)
- *             vals = np.take(comp.reshape(n_points, -1), structure.gather(plan.compressed), axis=1)             # <<<<<<<<<<<<<<
+ *             vals = np.take(comp.reshape(n_points, math.prod(shape)),             # <<<<<<<<<<<<<<
+ *                            structure.gather(plan.compressed), axis=1)
  *         else:
- *             self.tape.compressed(x, y, comp, plan.cols, colour, n_colours, m)
 */
     __pyx_t_12 = NULL;
     __Pyx_GetModuleGlobalName(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 414, __pyx_L1_error)
@@ -19013,29 +19013,72 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_32_compressed_sweeps(stru
     __Pyx_INCREF(__pyx_t_9);
     __pyx_t_6 = PyLong_FromSsize_t(__pyx_v_n_points); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 414, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
+    __pyx_t_11 = NULL;
+    __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_math); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 414, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_4);
+    __pyx_t_13 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_prod); if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 414, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_13);
+    __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
+    __pyx_t_10 = 1;
+    #if CYTHON_UNPACK_METHODS
+    if (unlikely(PyMethod_Check(__pyx_t_13))) {
+      __pyx_t_11 = PyMethod_GET_SELF(__pyx_t_13);
+      assert(__pyx_t_11);
+      PyObject* __pyx__function = PyMethod_GET_FUNCTION(__pyx_t_13);
+      __Pyx_INCREF(__pyx_t_11);
+      __Pyx_INCREF(__pyx__function);
+      __Pyx_DECREF_SET(__pyx_t_13, __pyx__function);
+      __pyx_t_10 = 0;
+    }
+    #endif
+    {
+      PyObject *__pyx_callargs[2] = {__pyx_t_11, __pyx_v_shape};
+      __pyx_t_3 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_13, __pyx_callargs+__pyx_t_10, (2-__pyx_t_10) | (__pyx_t_10*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
+      __Pyx_XDECREF(__pyx_t_11); __pyx_t_11 = 0;
+      __Pyx_DECREF(__pyx_t_13); __pyx_t_13 = 0;
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 414, __pyx_L1_error)
+      __Pyx_GOTREF(__pyx_t_3);
+    }
     __pyx_t_10 = 0;
     {
-      PyObject *__pyx_callargs[3] = {__pyx_t_9, __pyx_t_6, __pyx_mstate_global->__pyx_int_neg_1};
+      PyObject *__pyx_callargs[3] = {__pyx_t_9, __pyx_t_6, __pyx_t_3};
       __pyx_t_1 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_reshape, __pyx_callargs+__pyx_t_10, (3-__pyx_t_10) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_9); __pyx_t_9 = 0;
       __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
+      __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
       if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 414, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_1);
     }
-    __pyx_t_9 = __pyx_v_structure;
-    __Pyx_INCREF(__pyx_t_9);
-    __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_v_plan, __pyx_mstate_global->__pyx_n_u_compressed); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 414, __pyx_L1_error)
-    __Pyx_GOTREF(__pyx_t_3);
+
+    /* "jacext/_function.pyx":415
+ *                             mode=m, cols=plan.cols, colour=colour, n_colours=n_colours)
+ *             vals = np.take(comp.reshape(n_points, math.prod(shape)),
+ *                            structure.gather(plan.compressed), axis=1)             # <<<<<<<<<<<<<<
+ *         else:
+ *             self.tape.compressed(x, y, comp, plan.cols, colour, n_colours, m)
+*/
+    __pyx_t_6 = __pyx_v_structure;
+    __Pyx_INCREF(__pyx_t_6);
+    __pyx_t_9 = __Pyx_PyObject_GetAttrStr(__pyx_v_plan, __pyx_mstate_global->__pyx_n_u_compressed); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 415, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_9);
     __pyx_t_10 = 0;
     {
-      PyObject *__pyx_callargs[2] = {__pyx_t_9, __pyx_t_3};
-      __pyx_t_6 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_gather, __pyx_callargs+__pyx_t_10, (2-__pyx_t_10) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
-      __Pyx_XDECREF(__pyx_t_9); __pyx_t_9 = 0;
-      __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-      if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 414, __pyx_L1_error)
-      __Pyx_GOTREF(__pyx_t_6);
+      PyObject *__pyx_callargs[2] = {__pyx_t_6, __pyx_t_9};
+      __pyx_t_3 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_gather, __pyx_callargs+__pyx_t_10, (2-__pyx_t_10) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
+      __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
+      __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 415, __pyx_L1_error)
+      __Pyx_GOTREF(__pyx_t_3);
     }
     #if CYTHON_VECTORCALL
+
+    /* "jacext/_function.pyx":414
+ *                                             self.tape.t.n_instr * (1 + n_colours)),
+ *                             mode=m, cols=plan.cols, colour=colour, n_colours=n_colours)
+ *             vals = np.take(comp.reshape(n_points, math.prod(shape)),             # <<<<<<<<<<<<<<
+ *                            structure.gather(plan.compressed), axis=1)
+ *         else:
+*/
     #endif
     __pyx_t_10 = 1;
     #if CYTHON_UNPACK_METHODS
@@ -19050,26 +19093,26 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_32_compressed_sweeps(stru
     }
     #endif
     {
-      PyObject *__pyx_callargs[4] = {__pyx_t_12, __pyx_t_1, __pyx_t_6, __pyx_mstate_global->__pyx_int_1};
+      PyObject *__pyx_callargs[4] = {__pyx_t_12, __pyx_t_1, __pyx_t_3, __pyx_mstate_global->__pyx_int_1};
       #if CYTHON_VECTORCALL
-      __pyx_t_3 = __pyx_mstate_global->__pyx_tuple[4];
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 414, __pyx_L1_error)
-      __Pyx_INCREF(__pyx_t_3);
+      __pyx_t_9 = __pyx_mstate_global->__pyx_tuple[4];
+      if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 414, __pyx_L1_error)
+      __Pyx_INCREF(__pyx_t_9);
       #else
       {
         PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_axis};
-        __pyx_t_3 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+3, 1);
-        if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 414, __pyx_L1_error)
-        __Pyx_GOTREF(__pyx_t_3);
+        __pyx_t_9 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+3, 1);
+        if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 414, __pyx_L1_error)
+        __Pyx_GOTREF(__pyx_t_9);
       }
       #endif
-      __pyx_t_2 = __Pyx_Object_VectorcallKwds((PyObject*)__pyx_t_8, __pyx_callargs+__pyx_t_10, (3-__pyx_t_10) | (__pyx_t_10*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET), __pyx_t_3);
+      __pyx_t_2 = __Pyx_Object_VectorcallKwds((PyObject*)__pyx_t_8, __pyx_callargs+__pyx_t_10, (3-__pyx_t_10) | (__pyx_t_10*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET), __pyx_t_9);
       __Pyx_XDECREF(__pyx_t_12); __pyx_t_12 = 0;
       __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-      __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
+      __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
       #if CYTHON_VECTORCALL
       #endif
-      __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
+      __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
       __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
       if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 414, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
@@ -19078,39 +19121,39 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_32_compressed_sweeps(stru
     __pyx_t_2 = 0;
 
     /* "jacext/_function.pyx":409
- *         comp = np.empty((n_points,) + shape if n_points else shape, dtype=np.float64)
+ *         comp = np.empty((n_points,) + shape if n_points >= 0 else shape, dtype=np.float64)
  *         m = _MODE[plan.compressed]
- *         if n_points:             # <<<<<<<<<<<<<<
+ *         if n_points >= 0:             # <<<<<<<<<<<<<<
  *             self.tape.batch("compressed", x, y, comp,
  *                             _plan.n_threads(threads, n_points,
 */
     goto __pyx_L9;
   }
 
-  /* "jacext/_function.pyx":416
- *             vals = np.take(comp.reshape(n_points, -1), structure.gather(plan.compressed), axis=1)
+  /* "jacext/_function.pyx":417
+ *                            structure.gather(plan.compressed), axis=1)
  *         else:
  *             self.tape.compressed(x, y, comp, plan.cols, colour, n_colours, m)             # <<<<<<<<<<<<<<
  *             vals = np.take(comp.reshape(-1), structure.gather(plan.compressed))
  *         return vals, y
 */
   /*else*/ {
-    if (!(likely(((__pyx_v_y) == Py_None) || likely(__Pyx_TypeTest(__pyx_v_y, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 416, __pyx_L1_error)
-    if (!(likely(((__pyx_v_comp) == Py_None) || likely(__Pyx_TypeTest(__pyx_v_comp, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 416, __pyx_L1_error)
-    __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_v_plan, __pyx_mstate_global->__pyx_n_u_cols); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 416, __pyx_L1_error)
+    if (!(likely(((__pyx_v_y) == Py_None) || likely(__Pyx_TypeTest(__pyx_v_y, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 417, __pyx_L1_error)
+    if (!(likely(((__pyx_v_comp) == Py_None) || likely(__Pyx_TypeTest(__pyx_v_comp, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 417, __pyx_L1_error)
+    __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_v_plan, __pyx_mstate_global->__pyx_n_u_cols); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 417, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
-    if (!(likely(((__pyx_t_2) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_2, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 416, __pyx_L1_error)
-    if (!(likely(((__pyx_v_colour) == Py_None) || likely(__Pyx_TypeTest(__pyx_v_colour, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 416, __pyx_L1_error)
-    __pyx_t_13 = __Pyx_PyLong_As_int32_t(__pyx_v_n_colours); if (unlikely((__pyx_t_13 == ((int32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 416, __pyx_L1_error)
-    __pyx_t_14 = __Pyx_PyLong_As_int(__pyx_v_m); if (unlikely((__pyx_t_14 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 416, __pyx_L1_error)
-    __pyx_t_8 = ((struct __pyx_vtabstruct_6jacext_5_tape_Tape *)__pyx_v_self->tape->__pyx_vtab)->compressed(__pyx_v_self->tape, __pyx_v_x, ((PyArrayObject *)__pyx_v_y), ((PyArrayObject *)__pyx_v_comp), ((PyArrayObject *)__pyx_t_2), ((PyArrayObject *)__pyx_v_colour), __pyx_t_13, __pyx_t_14, 0); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 416, __pyx_L1_error)
+    if (!(likely(((__pyx_t_2) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_2, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 417, __pyx_L1_error)
+    if (!(likely(((__pyx_v_colour) == Py_None) || likely(__Pyx_TypeTest(__pyx_v_colour, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 417, __pyx_L1_error)
+    __pyx_t_14 = __Pyx_PyLong_As_int32_t(__pyx_v_n_colours); if (unlikely((__pyx_t_14 == ((int32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 417, __pyx_L1_error)
+    __pyx_t_15 = __Pyx_PyLong_As_int(__pyx_v_m); if (unlikely((__pyx_t_15 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 417, __pyx_L1_error)
+    __pyx_t_8 = ((struct __pyx_vtabstruct_6jacext_5_tape_Tape *)__pyx_v_self->tape->__pyx_vtab)->compressed(__pyx_v_self->tape, __pyx_v_x, ((PyArrayObject *)__pyx_v_y), ((PyArrayObject *)__pyx_v_comp), ((PyArrayObject *)__pyx_t_2), ((PyArrayObject *)__pyx_v_colour), __pyx_t_14, __pyx_t_15, 0); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 417, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_8);
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
 
     __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
 
-    /* "jacext/_function.pyx":417
+    /* "jacext/_function.pyx":418
  *         else:
  *             self.tape.compressed(x, y, comp, plan.cols, colour, n_colours, m)
  *             vals = np.take(comp.reshape(-1), structure.gather(plan.compressed))             # <<<<<<<<<<<<<<
@@ -19118,54 +19161,54 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_32_compressed_sweeps(stru
  * 
 */
     __pyx_t_2 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 417, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_9, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 418, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_9);
+    __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_t_9, __pyx_mstate_global->__pyx_n_u_take); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 418, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
-    __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_take); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 417, __pyx_L1_error)
-    __Pyx_GOTREF(__pyx_t_6);
-    __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
+    __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
     __pyx_t_1 = __pyx_v_comp;
     __Pyx_INCREF(__pyx_t_1);
     __pyx_t_10 = 0;
     {
       PyObject *__pyx_callargs[2] = {__pyx_t_1, __pyx_mstate_global->__pyx_int_neg_1};
-      __pyx_t_3 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_reshape, __pyx_callargs+__pyx_t_10, (2-__pyx_t_10) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
+      __pyx_t_9 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_reshape, __pyx_callargs+__pyx_t_10, (2-__pyx_t_10) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_1); __pyx_t_1 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 417, __pyx_L1_error)
-      __Pyx_GOTREF(__pyx_t_3);
+      if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 418, __pyx_L1_error)
+      __Pyx_GOTREF(__pyx_t_9);
     }
     __pyx_t_12 = __pyx_v_structure;
     __Pyx_INCREF(__pyx_t_12);
-    __pyx_t_9 = __Pyx_PyObject_GetAttrStr(__pyx_v_plan, __pyx_mstate_global->__pyx_n_u_compressed); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 417, __pyx_L1_error)
-    __Pyx_GOTREF(__pyx_t_9);
+    __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_v_plan, __pyx_mstate_global->__pyx_n_u_compressed); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 418, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_6);
     __pyx_t_10 = 0;
     {
-      PyObject *__pyx_callargs[2] = {__pyx_t_12, __pyx_t_9};
+      PyObject *__pyx_callargs[2] = {__pyx_t_12, __pyx_t_6};
       __pyx_t_1 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_gather, __pyx_callargs+__pyx_t_10, (2-__pyx_t_10) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_12); __pyx_t_12 = 0;
-      __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
-      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 417, __pyx_L1_error)
+      __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
+      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 418, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_1);
     }
     __pyx_t_10 = 1;
     #if CYTHON_UNPACK_METHODS
-    if (unlikely(PyMethod_Check(__pyx_t_6))) {
-      __pyx_t_2 = PyMethod_GET_SELF(__pyx_t_6);
+    if (unlikely(PyMethod_Check(__pyx_t_3))) {
+      __pyx_t_2 = PyMethod_GET_SELF(__pyx_t_3);
       assert(__pyx_t_2);
-      PyObject* __pyx__function = PyMethod_GET_FUNCTION(__pyx_t_6);
+      PyObject* __pyx__function = PyMethod_GET_FUNCTION(__pyx_t_3);
       __Pyx_INCREF(__pyx_t_2);
       __Pyx_INCREF(__pyx__function);
-      __Pyx_DECREF_SET(__pyx_t_6, __pyx__function);
+      __Pyx_DECREF_SET(__pyx_t_3, __pyx__function);
       __pyx_t_10 = 0;
     }
     #endif
     {
-      PyObject *__pyx_callargs[3] = {__pyx_t_2, __pyx_t_3, __pyx_t_1};
-      __pyx_t_8 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_6, __pyx_callargs+__pyx_t_10, (3-__pyx_t_10) | (__pyx_t_10*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
+      PyObject *__pyx_callargs[3] = {__pyx_t_2, __pyx_t_9, __pyx_t_1};
+      __pyx_t_8 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_3, __pyx_callargs+__pyx_t_10, (3-__pyx_t_10) | (__pyx_t_10*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
-      __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
+      __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
       __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-      __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-      if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 417, __pyx_L1_error)
+      __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
+      if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 418, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_8);
     }
     __pyx_v_vals = __pyx_t_8;
@@ -19173,21 +19216,21 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_32_compressed_sweeps(stru
   }
   __pyx_L9:;
 
-  /* "jacext/_function.pyx":418
+  /* "jacext/_function.pyx":419
  *             self.tape.compressed(x, y, comp, plan.cols, colour, n_colours, m)
  *             vals = np.take(comp.reshape(-1), structure.gather(plan.compressed))
  *         return vals, y             # <<<<<<<<<<<<<<
  * 
  *     # ---- products ----
 */
-  __pyx_t_8 = PyTuple_New(2); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 418, __pyx_L1_error)
+  __pyx_t_8 = PyTuple_New(2); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 419, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_8);
   __Pyx_INCREF(__pyx_v_vals);
   __Pyx_GIVEREF(__pyx_v_vals);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_8, 0, __pyx_v_vals) != (0)) __PYX_ERR(0, 418, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_8, 0, __pyx_v_vals) != (0)) __PYX_ERR(0, 419, __pyx_L1_error);
   __Pyx_INCREF(__pyx_v_y);
   __Pyx_GIVEREF(__pyx_v_y);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_8, 1, __pyx_v_y) != (0)) __PYX_ERR(0, 418, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_8, 1, __pyx_v_y) != (0)) __PYX_ERR(0, 419, __pyx_L1_error);
   {
     PyObject *__pyx_temp;
     {
@@ -19218,6 +19261,7 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_32_compressed_sweeps(stru
   __Pyx_XDECREF(__pyx_t_9);
   __Pyx_XDECREF(__pyx_t_11);
   __Pyx_XDECREF(__pyx_t_12);
+  __Pyx_XDECREF(__pyx_t_13);
   __Pyx_AddTraceback("jacext._function.Function._compressed_sweeps", __pyx_clineno, __pyx_lineno, __pyx_filename);
   __pyx_r = NULL;
   __pyx_L0:;
@@ -19242,7 +19286,7 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_32_compressed_sweeps(stru
   return __pyx_r;
 }
 
-/* "jacext/_function.pyx":422
+/* "jacext/_function.pyx":423
  *     # ---- products ----
  * 
  *     def jvp(self, *args):             # <<<<<<<<<<<<<<
@@ -19304,7 +19348,7 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_34jvp(struct __pyx_obj_6j
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("jvp", 0);
 
-  /* "jacext/_function.pyx":428
+  /* "jacext/_function.pyx":429
  *         else it is a tuple with one array per argument.
  *         """
  *         n_args = len(self.arg_shapes)             # <<<<<<<<<<<<<<
@@ -19315,37 +19359,37 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_34jvp(struct __pyx_obj_6j
   __Pyx_INCREF(__pyx_t_1);
   if (unlikely(__pyx_t_1 == Py_None)) {
     PyErr_SetString(PyExc_TypeError, "object of type \047NoneType\047 has no len()");
-    __PYX_ERR(0, 428, __pyx_L1_error)
+    __PYX_ERR(0, 429, __pyx_L1_error)
   }
-  __pyx_t_2 = __Pyx_PyTuple_GET_SIZE(__pyx_t_1); if (unlikely(__pyx_t_2 == ((Py_ssize_t)-1))) __PYX_ERR(0, 428, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyTuple_GET_SIZE(__pyx_t_1); if (unlikely(__pyx_t_2 == ((Py_ssize_t)-1))) __PYX_ERR(0, 429, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-  __pyx_t_1 = PyLong_FromSsize_t(__pyx_t_2); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 428, __pyx_L1_error)
+  __pyx_t_1 = PyLong_FromSsize_t(__pyx_t_2); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 429, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
 
-  if (__Pyx_PyInt_FromNumber(&__pyx_t_1, NULL, 0) < (0)) __PYX_ERR(0, 428, __pyx_L1_error)
+  if (__Pyx_PyInt_FromNumber(&__pyx_t_1, NULL, 0) < (0)) __PYX_ERR(0, 429, __pyx_L1_error)
   __pyx_v_n_args = ((PyObject*)__pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "jacext/_function.pyx":429
+  /* "jacext/_function.pyx":430
  *         """
  *         n_args = len(self.arg_shapes)
  *         if len(args) != n_args + 1:             # <<<<<<<<<<<<<<
  *             raise TypeError(f"jacext: jvp takes the {n_args} argument(s) of {self.name} and "
  *                             f"then the tangents; got {len(args)} values")
 */
-  __pyx_t_2 = __Pyx_PyTuple_GET_SIZE(__pyx_v_args); if (unlikely(__pyx_t_2 == ((Py_ssize_t)-1))) __PYX_ERR(0, 429, __pyx_L1_error)
-  __pyx_t_1 = PyLong_FromSsize_t(__pyx_t_2); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 429, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyTuple_GET_SIZE(__pyx_v_args); if (unlikely(__pyx_t_2 == ((Py_ssize_t)-1))) __PYX_ERR(0, 430, __pyx_L1_error)
+  __pyx_t_1 = PyLong_FromSsize_t(__pyx_t_2); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 430, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
 
-  __pyx_t_3 = __Pyx_PyLong_AddObjC(__pyx_v_n_args, __pyx_mstate_global->__pyx_int_1, 1, 0, 0); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 429, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_AddObjC(__pyx_v_n_args, __pyx_mstate_global->__pyx_int_1, 1, 0, 0); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 430, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = __Pyx_PyObject_CompareBoolNe_int_int(__pyx_t_1, __pyx_t_3, Py_NE); if (unlikely((__pyx_t_4 < 0))) __PYX_ERR(0, 429, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_CompareBoolNe_int_int(__pyx_t_1, __pyx_t_3, Py_NE); if (unlikely((__pyx_t_4 < 0))) __PYX_ERR(0, 430, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   if (unlikely(__pyx_t_4)) {
 
 
-    /* "jacext/_function.pyx":430
+    /* "jacext/_function.pyx":431
  *         n_args = len(self.arg_shapes)
  *         if len(args) != n_args + 1:
  *             raise TypeError(f"jacext: jvp takes the {n_args} argument(s) of {self.name} and "             # <<<<<<<<<<<<<<
@@ -19353,20 +19397,20 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_34jvp(struct __pyx_obj_6j
  *         tangents = args[-1]
 */
     __pyx_t_1 = NULL;
-    __pyx_t_5 = __Pyx_PyObject_FormatSimple(__pyx_v_n_args, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 430, __pyx_L1_error)
+    __pyx_t_5 = __Pyx_PyObject_FormatSimple(__pyx_v_n_args, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 431, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_5);
-    __pyx_t_6 = __Pyx_PyUnicode_Unicode(__pyx_v_self->name); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 430, __pyx_L1_error)
+    __pyx_t_6 = __Pyx_PyUnicode_Unicode(__pyx_v_self->name); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 431, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
 
-    /* "jacext/_function.pyx":431
+    /* "jacext/_function.pyx":432
  *         if len(args) != n_args + 1:
  *             raise TypeError(f"jacext: jvp takes the {n_args} argument(s) of {self.name} and "
  *                             f"then the tangents; got {len(args)} values")             # <<<<<<<<<<<<<<
  *         tangents = args[-1]
  *         if n_args == 1:
 */
-    __pyx_t_2 = __Pyx_PyTuple_GET_SIZE(__pyx_v_args); if (unlikely(__pyx_t_2 == ((Py_ssize_t)-1))) __PYX_ERR(0, 431, __pyx_L1_error)
-    __pyx_t_7 = __Pyx_PyUnicode_From_Py_ssize_t(__pyx_t_2, 0, ' ', 'd'); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 431, __pyx_L1_error)
+    __pyx_t_2 = __Pyx_PyTuple_GET_SIZE(__pyx_v_args); if (unlikely(__pyx_t_2 == ((Py_ssize_t)-1))) __PYX_ERR(0, 432, __pyx_L1_error)
+    __pyx_t_7 = __Pyx_PyUnicode_From_Py_ssize_t(__pyx_t_2, 0, ' ', 'd'); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 432, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_7);
 
     __pyx_t_8[0] = __pyx_mstate_global->__pyx_kp_u_jacext_jvp_takes_the;
@@ -19377,7 +19421,7 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_34jvp(struct __pyx_obj_6j
     __pyx_t_8[5] = __pyx_t_7;
     __pyx_t_8[6] = __pyx_mstate_global->__pyx_kp_u_values;
 
-    /* "jacext/_function.pyx":430
+    /* "jacext/_function.pyx":431
  *         n_args = len(self.arg_shapes)
  *         if len(args) != n_args + 1:
  *             raise TypeError(f"jacext: jvp takes the {n_args} argument(s) of {self.name} and "             # <<<<<<<<<<<<<<
@@ -19393,7 +19437,7 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_34jvp(struct __pyx_obj_6j
     __pyx_t_9 |= __Pyx_PyUnicode_KIND_04(__pyx_t_8[1]) | __Pyx_PyUnicode_KIND_04(__pyx_t_8[3]);
     #endif
     __pyx_t_10 = __Pyx_PyUnicode_Join(__pyx_t_8, 7, __pyx_t_2, __pyx_t_9);
-    if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 430, __pyx_L1_error)
+    if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 431, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_10);
     __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
@@ -19404,14 +19448,14 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_34jvp(struct __pyx_obj_6j
       __pyx_t_3 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_TypeError)), __pyx_callargs+__pyx_t_11, (2-__pyx_t_11) | (__pyx_t_11*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_1); __pyx_t_1 = 0;
       __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 430, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 431, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     __Pyx_Raise(__pyx_t_3, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    __PYX_ERR(0, 430, __pyx_L1_error)
+    __PYX_ERR(0, 431, __pyx_L1_error)
 
-    /* "jacext/_function.pyx":429
+    /* "jacext/_function.pyx":430
  *         """
  *         n_args = len(self.arg_shapes)
  *         if len(args) != n_args + 1:             # <<<<<<<<<<<<<<
@@ -19420,45 +19464,45 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_34jvp(struct __pyx_obj_6j
 */
   }
 
-  /* "jacext/_function.pyx":432
+  /* "jacext/_function.pyx":433
  *             raise TypeError(f"jacext: jvp takes the {n_args} argument(s) of {self.name} and "
  *                             f"then the tangents; got {len(args)} values")
  *         tangents = args[-1]             # <<<<<<<<<<<<<<
  *         if n_args == 1:
  *             tangents = (tangents,)
 */
-  __pyx_t_3 = __Pyx_GetItemInt_Tuple(__pyx_v_args, -1L, long, 1, __Pyx_PyLong_From_long, 1, 1, 1, __Pyx_ReferenceSharing_FunctionArgument); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 432, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_GetItemInt_Tuple(__pyx_v_args, -1L, long, 1, __Pyx_PyLong_From_long, 1, 1, 1, __Pyx_ReferenceSharing_FunctionArgument); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 433, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __pyx_v_tangents = __pyx_t_3;
   __pyx_t_3 = 0;
 
-  /* "jacext/_function.pyx":433
+  /* "jacext/_function.pyx":434
  *                             f"then the tangents; got {len(args)} values")
  *         tangents = args[-1]
  *         if n_args == 1:             # <<<<<<<<<<<<<<
  *             tangents = (tangents,)
  *         elif not isinstance(tangents, (tuple, list)) or len(tangents) != n_args:
 */
-  __pyx_t_4 = (__Pyx_PyLong_BoolEqObjC(__pyx_v_n_args, __pyx_mstate_global->__pyx_int_1, 1, 0)); if (unlikely((__pyx_t_4 < 0))) __PYX_ERR(0, 433, __pyx_L1_error)
+  __pyx_t_4 = (__Pyx_PyLong_BoolEqObjC(__pyx_v_n_args, __pyx_mstate_global->__pyx_int_1, 1, 0)); if (unlikely((__pyx_t_4 < 0))) __PYX_ERR(0, 434, __pyx_L1_error)
   if (__pyx_t_4) {
 
 
-    /* "jacext/_function.pyx":434
+    /* "jacext/_function.pyx":435
  *         tangents = args[-1]
  *         if n_args == 1:
  *             tangents = (tangents,)             # <<<<<<<<<<<<<<
  *         elif not isinstance(tangents, (tuple, list)) or len(tangents) != n_args:
  *             raise TypeError(f"jacext: tangents must be a tuple of {n_args} arrays, one per "
 */
-    __pyx_t_3 = PyTuple_New(1); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 434, __pyx_L1_error)
+    __pyx_t_3 = PyTuple_New(1); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 435, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
     __Pyx_INCREF(__pyx_v_tangents);
     __Pyx_GIVEREF(__pyx_v_tangents);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 0, __pyx_v_tangents) != (0)) __PYX_ERR(0, 434, __pyx_L1_error);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 0, __pyx_v_tangents) != (0)) __PYX_ERR(0, 435, __pyx_L1_error);
     __Pyx_DECREF_SET(__pyx_v_tangents, __pyx_t_3);
     __pyx_t_3 = 0;
 
-    /* "jacext/_function.pyx":433
+    /* "jacext/_function.pyx":434
  *                             f"then the tangents; got {len(args)} values")
  *         tangents = args[-1]
  *         if n_args == 1:             # <<<<<<<<<<<<<<
@@ -19468,7 +19512,7 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_34jvp(struct __pyx_obj_6j
     goto __pyx_L4;
   }
 
-  /* "jacext/_function.pyx":435
+  /* "jacext/_function.pyx":436
  *         if n_args == 1:
  *             tangents = (tangents,)
  *         elif not isinstance(tangents, (tuple, list)) or len(tangents) != n_args:             # <<<<<<<<<<<<<<
@@ -19500,11 +19544,11 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_34jvp(struct __pyx_obj_6j
 
     goto __pyx_L5_bool_binop_done;
   }
-  __pyx_t_2 = PyObject_Length(__pyx_v_tangents); if (unlikely(__pyx_t_2 == ((Py_ssize_t)-1))) __PYX_ERR(0, 435, __pyx_L1_error)
-  __pyx_t_3 = PyLong_FromSsize_t(__pyx_t_2); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 435, __pyx_L1_error)
+  __pyx_t_2 = PyObject_Length(__pyx_v_tangents); if (unlikely(__pyx_t_2 == ((Py_ssize_t)-1))) __PYX_ERR(0, 436, __pyx_L1_error)
+  __pyx_t_3 = PyLong_FromSsize_t(__pyx_t_2); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 436, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
 
-  __pyx_t_13 = __Pyx_PyObject_CompareBoolNe_int_int(__pyx_t_3, __pyx_v_n_args, Py_NE); if (unlikely((__pyx_t_13 < 0))) __PYX_ERR(0, 435, __pyx_L1_error)
+  __pyx_t_13 = __Pyx_PyObject_CompareBoolNe_int_int(__pyx_t_3, __pyx_v_n_args, Py_NE); if (unlikely((__pyx_t_13 < 0))) __PYX_ERR(0, 436, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
 
   __pyx_t_4 = __pyx_t_13;
@@ -19513,7 +19557,7 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_34jvp(struct __pyx_obj_6j
   if (unlikely(__pyx_t_4)) {
 
 
-    /* "jacext/_function.pyx":436
+    /* "jacext/_function.pyx":437
  *             tangents = (tangents,)
  *         elif not isinstance(tangents, (tuple, list)) or len(tangents) != n_args:
  *             raise TypeError(f"jacext: tangents must be a tuple of {n_args} arrays, one per "             # <<<<<<<<<<<<<<
@@ -19521,7 +19565,7 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_34jvp(struct __pyx_obj_6j
  *         return self._product("jvp", args[:-1], tuple(tangents), self.arg_shapes, "tangent")
 */
     __pyx_t_10 = NULL;
-    __pyx_t_1 = __Pyx_PyObject_FormatSimple(__pyx_v_n_args, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 436, __pyx_L1_error)
+    __pyx_t_1 = __Pyx_PyObject_FormatSimple(__pyx_v_n_args, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 437, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
     __pyx_t_14[0] = __pyx_mstate_global->__pyx_kp_u_jacext_tangents_must_be_a_tuple;
     __pyx_t_14[1] = __pyx_t_1;
@@ -19535,7 +19579,7 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_34jvp(struct __pyx_obj_6j
     __pyx_t_9 |= __Pyx_PyUnicode_KIND_04(__pyx_t_14[1]);
     #endif
     __pyx_t_7 = __Pyx_PyUnicode_Join(__pyx_t_14, 3, __pyx_t_2, __pyx_t_9);
-    if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 436, __pyx_L1_error)
+    if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 437, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_7);
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
     __pyx_t_11 = 1;
@@ -19544,14 +19588,14 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_34jvp(struct __pyx_obj_6j
       __pyx_t_3 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_TypeError)), __pyx_callargs+__pyx_t_11, (2-__pyx_t_11) | (__pyx_t_11*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_10); __pyx_t_10 = 0;
       __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 436, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 437, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     __Pyx_Raise(__pyx_t_3, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    __PYX_ERR(0, 436, __pyx_L1_error)
+    __PYX_ERR(0, 437, __pyx_L1_error)
 
-    /* "jacext/_function.pyx":435
+    /* "jacext/_function.pyx":436
  *         if n_args == 1:
  *             tangents = (tangents,)
  *         elif not isinstance(tangents, (tuple, list)) or len(tangents) != n_args:             # <<<<<<<<<<<<<<
@@ -19561,7 +19605,7 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_34jvp(struct __pyx_obj_6j
   }
   __pyx_L4:;
 
-  /* "jacext/_function.pyx":438
+  /* "jacext/_function.pyx":439
  *             raise TypeError(f"jacext: tangents must be a tuple of {n_args} arrays, one per "
  *                             "argument")
  *         return self._product("jvp", args[:-1], tuple(tangents), self.arg_shapes, "tangent")             # <<<<<<<<<<<<<<
@@ -19570,9 +19614,9 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_34jvp(struct __pyx_obj_6j
 */
   __pyx_t_7 = ((PyObject *)__pyx_v_self);
   __Pyx_INCREF(__pyx_t_7);
-  __pyx_t_10 = __Pyx_PyTuple_GetSlice(__pyx_v_args, 0, -1L); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 438, __pyx_L1_error)
+  __pyx_t_10 = __Pyx_PyTuple_GetSlice(__pyx_v_args, 0, -1L); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 439, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_10);
-  __pyx_t_1 = __Pyx_PySequence_Tuple(__pyx_v_tangents); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 438, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PySequence_Tuple(__pyx_v_tangents); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 439, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __pyx_t_11 = 0;
   {
@@ -19581,7 +19625,7 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_34jvp(struct __pyx_obj_6j
     __Pyx_XDECREF(__pyx_t_7); __pyx_t_7 = 0;
     __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 438, __pyx_L1_error)
+    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 439, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
   }
   {
@@ -19595,7 +19639,7 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_34jvp(struct __pyx_obj_6j
   __pyx_t_3 = 0;
   goto __pyx_L0;
 
-  /* "jacext/_function.pyx":422
+  /* "jacext/_function.pyx":423
  *     # ---- products ----
  * 
  *     def jvp(self, *args):             # <<<<<<<<<<<<<<
@@ -19621,7 +19665,7 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_34jvp(struct __pyx_obj_6j
   return __pyx_r;
 }
 
-/* "jacext/_function.pyx":440
+/* "jacext/_function.pyx":441
  *         return self._product("jvp", args[:-1], tuple(tangents), self.arg_shapes, "tangent")
  * 
  *     def vjp(self, *args):             # <<<<<<<<<<<<<<
@@ -19682,21 +19726,21 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_36vjp(struct __pyx_obj_6j
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("vjp", 0);
 
-  /* "jacext/_function.pyx":446
+  /* "jacext/_function.pyx":447
  *         argument (a tuple when the Function takes several).
  *         """
  *         if len(args) != len(self.arg_shapes) + 1:             # <<<<<<<<<<<<<<
  *             raise TypeError(f"jacext: vjp takes the {len(self.arg_shapes)} argument(s) of "
  *                             f"{self.name} and then the output cotangent; got {len(args)} "
 */
-  __pyx_t_1 = __Pyx_PyTuple_GET_SIZE(__pyx_v_args); if (unlikely(__pyx_t_1 == ((Py_ssize_t)-1))) __PYX_ERR(0, 446, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyTuple_GET_SIZE(__pyx_v_args); if (unlikely(__pyx_t_1 == ((Py_ssize_t)-1))) __PYX_ERR(0, 447, __pyx_L1_error)
   __pyx_t_2 = __pyx_v_self->arg_shapes;
   __Pyx_INCREF(__pyx_t_2);
   if (unlikely(__pyx_t_2 == Py_None)) {
     PyErr_SetString(PyExc_TypeError, "object of type \047NoneType\047 has no len()");
-    __PYX_ERR(0, 446, __pyx_L1_error)
+    __PYX_ERR(0, 447, __pyx_L1_error)
   }
-  __pyx_t_3 = __Pyx_PyTuple_GET_SIZE(__pyx_t_2); if (unlikely(__pyx_t_3 == ((Py_ssize_t)-1))) __PYX_ERR(0, 446, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyTuple_GET_SIZE(__pyx_t_2); if (unlikely(__pyx_t_3 == ((Py_ssize_t)-1))) __PYX_ERR(0, 447, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   __pyx_t_4 = (__pyx_t_1 != (__pyx_t_3 + 1));
 
@@ -19705,7 +19749,7 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_36vjp(struct __pyx_obj_6j
   if (unlikely(__pyx_t_4)) {
 
 
-    /* "jacext/_function.pyx":447
+    /* "jacext/_function.pyx":448
  *         """
  *         if len(args) != len(self.arg_shapes) + 1:
  *             raise TypeError(f"jacext: vjp takes the {len(self.arg_shapes)} argument(s) of "             # <<<<<<<<<<<<<<
@@ -19717,25 +19761,25 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_36vjp(struct __pyx_obj_6j
     __Pyx_INCREF(__pyx_t_6);
     if (unlikely(__pyx_t_6 == Py_None)) {
       PyErr_SetString(PyExc_TypeError, "object of type \047NoneType\047 has no len()");
-      __PYX_ERR(0, 447, __pyx_L1_error)
+      __PYX_ERR(0, 448, __pyx_L1_error)
     }
-    __pyx_t_3 = __Pyx_PyTuple_GET_SIZE(__pyx_t_6); if (unlikely(__pyx_t_3 == ((Py_ssize_t)-1))) __PYX_ERR(0, 447, __pyx_L1_error)
+    __pyx_t_3 = __Pyx_PyTuple_GET_SIZE(__pyx_t_6); if (unlikely(__pyx_t_3 == ((Py_ssize_t)-1))) __PYX_ERR(0, 448, __pyx_L1_error)
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-    __pyx_t_6 = __Pyx_PyUnicode_From_Py_ssize_t(__pyx_t_3, 0, ' ', 'd'); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 447, __pyx_L1_error)
+    __pyx_t_6 = __Pyx_PyUnicode_From_Py_ssize_t(__pyx_t_3, 0, ' ', 'd'); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 448, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
 
 
-    /* "jacext/_function.pyx":448
+    /* "jacext/_function.pyx":449
  *         if len(args) != len(self.arg_shapes) + 1:
  *             raise TypeError(f"jacext: vjp takes the {len(self.arg_shapes)} argument(s) of "
  *                             f"{self.name} and then the output cotangent; got {len(args)} "             # <<<<<<<<<<<<<<
  *                             "values")
  *         u = args[-1]
 */
-    __pyx_t_7 = __Pyx_PyUnicode_Unicode(__pyx_v_self->name); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 448, __pyx_L1_error)
+    __pyx_t_7 = __Pyx_PyUnicode_Unicode(__pyx_v_self->name); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 449, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_7);
-    __pyx_t_3 = __Pyx_PyTuple_GET_SIZE(__pyx_v_args); if (unlikely(__pyx_t_3 == ((Py_ssize_t)-1))) __PYX_ERR(0, 448, __pyx_L1_error)
-    __pyx_t_8 = __Pyx_PyUnicode_From_Py_ssize_t(__pyx_t_3, 0, ' ', 'd'); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 448, __pyx_L1_error)
+    __pyx_t_3 = __Pyx_PyTuple_GET_SIZE(__pyx_v_args); if (unlikely(__pyx_t_3 == ((Py_ssize_t)-1))) __PYX_ERR(0, 449, __pyx_L1_error)
+    __pyx_t_8 = __Pyx_PyUnicode_From_Py_ssize_t(__pyx_t_3, 0, ' ', 'd'); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 449, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_8);
 
     __pyx_t_9[0] = __pyx_mstate_global->__pyx_kp_u_jacext_vjp_takes_the;
@@ -19746,7 +19790,7 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_36vjp(struct __pyx_obj_6j
     __pyx_t_9[5] = __pyx_t_8;
     __pyx_t_9[6] = __pyx_mstate_global->__pyx_kp_u_values;
 
-    /* "jacext/_function.pyx":447
+    /* "jacext/_function.pyx":448
  *         """
  *         if len(args) != len(self.arg_shapes) + 1:
  *             raise TypeError(f"jacext: vjp takes the {len(self.arg_shapes)} argument(s) of "             # <<<<<<<<<<<<<<
@@ -19762,7 +19806,7 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_36vjp(struct __pyx_obj_6j
     __pyx_t_10 |= __Pyx_PyUnicode_KIND_04(__pyx_t_9[3]);
     #endif
     __pyx_t_11 = __Pyx_PyUnicode_Join(__pyx_t_9, 7, __pyx_t_3, __pyx_t_10);
-    if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 447, __pyx_L1_error)
+    if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 448, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_11);
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
     __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
@@ -19773,14 +19817,14 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_36vjp(struct __pyx_obj_6j
       __pyx_t_2 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_TypeError)), __pyx_callargs+__pyx_t_12, (2-__pyx_t_12) | (__pyx_t_12*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_5); __pyx_t_5 = 0;
       __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 447, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 448, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
     __Pyx_Raise(__pyx_t_2, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    __PYX_ERR(0, 447, __pyx_L1_error)
+    __PYX_ERR(0, 448, __pyx_L1_error)
 
-    /* "jacext/_function.pyx":446
+    /* "jacext/_function.pyx":447
  *         argument (a tuple when the Function takes several).
  *         """
  *         if len(args) != len(self.arg_shapes) + 1:             # <<<<<<<<<<<<<<
@@ -19789,19 +19833,19 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_36vjp(struct __pyx_obj_6j
 */
   }
 
-  /* "jacext/_function.pyx":450
+  /* "jacext/_function.pyx":451
  *                             f"{self.name} and then the output cotangent; got {len(args)} "
  *                             "values")
  *         u = args[-1]             # <<<<<<<<<<<<<<
  *         parts = tuple(u) if self.out_is_tuple else (u,)
  *         if len(parts) != len(self.out_shapes):
 */
-  __pyx_t_2 = __Pyx_GetItemInt_Tuple(__pyx_v_args, -1L, long, 1, __Pyx_PyLong_From_long, 1, 1, 1, __Pyx_ReferenceSharing_FunctionArgument); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 450, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_GetItemInt_Tuple(__pyx_v_args, -1L, long, 1, __Pyx_PyLong_From_long, 1, 1, 1, __Pyx_ReferenceSharing_FunctionArgument); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 451, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __pyx_v_u = __pyx_t_2;
   __pyx_t_2 = 0;
 
-  /* "jacext/_function.pyx":451
+  /* "jacext/_function.pyx":452
  *                             "values")
  *         u = args[-1]
  *         parts = tuple(u) if self.out_is_tuple else (u,)             # <<<<<<<<<<<<<<
@@ -19809,23 +19853,23 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_36vjp(struct __pyx_obj_6j
  *             raise TypeError(f"jacext: the cotangent must have the output's structure: "
 */
   if (__pyx_v_self->out_is_tuple) {
-    __pyx_t_11 = __Pyx_PySequence_Tuple(__pyx_v_u); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 451, __pyx_L1_error)
+    __pyx_t_11 = __Pyx_PySequence_Tuple(__pyx_v_u); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 452, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_11);
     __pyx_t_2 = __pyx_t_11;
     __pyx_t_11 = 0;
   } else {
-    __pyx_t_11 = PyTuple_New(1); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 451, __pyx_L1_error)
+    __pyx_t_11 = PyTuple_New(1); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 452, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_11);
     __Pyx_INCREF(__pyx_v_u);
     __Pyx_GIVEREF(__pyx_v_u);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_11, 0, __pyx_v_u) != (0)) __PYX_ERR(0, 451, __pyx_L1_error);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_11, 0, __pyx_v_u) != (0)) __PYX_ERR(0, 452, __pyx_L1_error);
     __pyx_t_2 = __pyx_t_11;
     __pyx_t_11 = 0;
   }
   __pyx_v_parts = ((PyObject*)__pyx_t_2);
   __pyx_t_2 = 0;
 
-  /* "jacext/_function.pyx":452
+  /* "jacext/_function.pyx":453
  *         u = args[-1]
  *         parts = tuple(u) if self.out_is_tuple else (u,)
  *         if len(parts) != len(self.out_shapes):             # <<<<<<<<<<<<<<
@@ -19834,16 +19878,16 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_36vjp(struct __pyx_obj_6j
 */
   if (unlikely(__pyx_v_parts == Py_None)) {
     PyErr_SetString(PyExc_TypeError, "object of type \047NoneType\047 has no len()");
-    __PYX_ERR(0, 452, __pyx_L1_error)
+    __PYX_ERR(0, 453, __pyx_L1_error)
   }
-  __pyx_t_3 = __Pyx_PyTuple_GET_SIZE(__pyx_v_parts); if (unlikely(__pyx_t_3 == ((Py_ssize_t)-1))) __PYX_ERR(0, 452, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyTuple_GET_SIZE(__pyx_v_parts); if (unlikely(__pyx_t_3 == ((Py_ssize_t)-1))) __PYX_ERR(0, 453, __pyx_L1_error)
   __pyx_t_2 = __pyx_v_self->out_shapes;
   __Pyx_INCREF(__pyx_t_2);
   if (unlikely(__pyx_t_2 == Py_None)) {
     PyErr_SetString(PyExc_TypeError, "object of type \047NoneType\047 has no len()");
-    __PYX_ERR(0, 452, __pyx_L1_error)
+    __PYX_ERR(0, 453, __pyx_L1_error)
   }
-  __pyx_t_1 = __Pyx_PyTuple_GET_SIZE(__pyx_t_2); if (unlikely(__pyx_t_1 == ((Py_ssize_t)-1))) __PYX_ERR(0, 452, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyTuple_GET_SIZE(__pyx_t_2); if (unlikely(__pyx_t_1 == ((Py_ssize_t)-1))) __PYX_ERR(0, 453, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   __pyx_t_4 = (__pyx_t_3 != __pyx_t_1);
 
@@ -19852,7 +19896,7 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_36vjp(struct __pyx_obj_6j
   if (unlikely(__pyx_t_4)) {
 
 
-    /* "jacext/_function.pyx":453
+    /* "jacext/_function.pyx":454
  *         parts = tuple(u) if self.out_is_tuple else (u,)
  *         if len(parts) != len(self.out_shapes):
  *             raise TypeError(f"jacext: the cotangent must have the output's structure: "             # <<<<<<<<<<<<<<
@@ -19861,7 +19905,7 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_36vjp(struct __pyx_obj_6j
 */
     __pyx_t_11 = NULL;
 
-    /* "jacext/_function.pyx":454
+    /* "jacext/_function.pyx":455
  *         if len(parts) != len(self.out_shapes):
  *             raise TypeError(f"jacext: the cotangent must have the output's structure: "
  *                             f"{len(self.out_shapes)} array(s)")             # <<<<<<<<<<<<<<
@@ -19872,18 +19916,18 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_36vjp(struct __pyx_obj_6j
     __Pyx_INCREF(__pyx_t_5);
     if (unlikely(__pyx_t_5 == Py_None)) {
       PyErr_SetString(PyExc_TypeError, "object of type \047NoneType\047 has no len()");
-      __PYX_ERR(0, 454, __pyx_L1_error)
+      __PYX_ERR(0, 455, __pyx_L1_error)
     }
-    __pyx_t_1 = __Pyx_PyTuple_GET_SIZE(__pyx_t_5); if (unlikely(__pyx_t_1 == ((Py_ssize_t)-1))) __PYX_ERR(0, 454, __pyx_L1_error)
+    __pyx_t_1 = __Pyx_PyTuple_GET_SIZE(__pyx_t_5); if (unlikely(__pyx_t_1 == ((Py_ssize_t)-1))) __PYX_ERR(0, 455, __pyx_L1_error)
     __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-    __pyx_t_5 = __Pyx_PyUnicode_From_Py_ssize_t(__pyx_t_1, 0, ' ', 'd'); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 454, __pyx_L1_error)
+    __pyx_t_5 = __Pyx_PyUnicode_From_Py_ssize_t(__pyx_t_1, 0, ' ', 'd'); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 455, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_5);
 
     __pyx_t_13[0] = __pyx_mstate_global->__pyx_kp_u_jacext_the_cotangent_must_have_t;
     __pyx_t_13[1] = __pyx_t_5;
     __pyx_t_13[2] = __pyx_mstate_global->__pyx_kp_u_array_s;
 
-    /* "jacext/_function.pyx":453
+    /* "jacext/_function.pyx":454
  *         parts = tuple(u) if self.out_is_tuple else (u,)
  *         if len(parts) != len(self.out_shapes):
  *             raise TypeError(f"jacext: the cotangent must have the output's structure: "             # <<<<<<<<<<<<<<
@@ -19896,7 +19940,7 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_36vjp(struct __pyx_obj_6j
     #endif
     __pyx_t_10 = 0;
     __pyx_t_8 = __Pyx_PyUnicode_Join(__pyx_t_13, 3, __pyx_t_1, __pyx_t_10);
-    if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 453, __pyx_L1_error)
+    if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 454, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_8);
     __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
     __pyx_t_12 = 1;
@@ -19905,14 +19949,14 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_36vjp(struct __pyx_obj_6j
       __pyx_t_2 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_TypeError)), __pyx_callargs+__pyx_t_12, (2-__pyx_t_12) | (__pyx_t_12*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_11); __pyx_t_11 = 0;
       __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 453, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 454, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
     __Pyx_Raise(__pyx_t_2, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    __PYX_ERR(0, 453, __pyx_L1_error)
+    __PYX_ERR(0, 454, __pyx_L1_error)
 
-    /* "jacext/_function.pyx":452
+    /* "jacext/_function.pyx":453
  *         u = args[-1]
  *         parts = tuple(u) if self.out_is_tuple else (u,)
  *         if len(parts) != len(self.out_shapes):             # <<<<<<<<<<<<<<
@@ -19921,7 +19965,7 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_36vjp(struct __pyx_obj_6j
 */
   }
 
-  /* "jacext/_function.pyx":455
+  /* "jacext/_function.pyx":456
  *             raise TypeError(f"jacext: the cotangent must have the output's structure: "
  *                             f"{len(self.out_shapes)} array(s)")
  *         return self._product("vjp", args[:-1], parts, self.out_shapes, "cotangent")             # <<<<<<<<<<<<<<
@@ -19930,7 +19974,7 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_36vjp(struct __pyx_obj_6j
 */
   __pyx_t_8 = ((PyObject *)__pyx_v_self);
   __Pyx_INCREF(__pyx_t_8);
-  __pyx_t_11 = __Pyx_PyTuple_GetSlice(__pyx_v_args, 0, -1L); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 455, __pyx_L1_error)
+  __pyx_t_11 = __Pyx_PyTuple_GetSlice(__pyx_v_args, 0, -1L); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 456, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_11);
   __pyx_t_12 = 0;
   {
@@ -19938,7 +19982,7 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_36vjp(struct __pyx_obj_6j
     __pyx_t_2 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_product, __pyx_callargs+__pyx_t_12, (6-__pyx_t_12) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_8); __pyx_t_8 = 0;
     __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
-    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 455, __pyx_L1_error)
+    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 456, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
   }
   {
@@ -19952,7 +19996,7 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_36vjp(struct __pyx_obj_6j
   __pyx_t_2 = 0;
   goto __pyx_L0;
 
-  /* "jacext/_function.pyx":440
+  /* "jacext/_function.pyx":441
  *         return self._product("jvp", args[:-1], tuple(tangents), self.arg_shapes, "tangent")
  * 
  *     def vjp(self, *args):             # <<<<<<<<<<<<<<
@@ -19978,7 +20022,7 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_36vjp(struct __pyx_obj_6j
   return __pyx_r;
 }
 
-/* "jacext/_function.pyx":457
+/* "jacext/_function.pyx":458
  *         return self._product("vjp", args[:-1], parts, self.out_shapes, "cotangent")
  * 
  *     def _product(self, str kind, tuple args, tuple seeds, tuple seed_shapes, str what):             # <<<<<<<<<<<<<<
@@ -20030,50 +20074,50 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_kind,&__pyx_mstate_global->__pyx_n_u_args_2,&__pyx_mstate_global->__pyx_n_u_seeds,&__pyx_mstate_global->__pyx_n_u_seed_shapes,&__pyx_mstate_global->__pyx_n_u_what,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 457, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 458, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  5:
         values[4] = __Pyx_ArgRef_FASTCALL(__pyx_args, 4);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 457, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 458, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  4:
         values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 457, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 458, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 457, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 458, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 457, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 458, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 457, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 458, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "_product", 0) < (0)) __PYX_ERR(0, 457, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "_product", 0) < (0)) __PYX_ERR(0, 458, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 5; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("_product", 1, 5, 5, i); __PYX_ERR(0, 457, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("_product", 1, 5, 5, i); __PYX_ERR(0, 458, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 5)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 457, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 458, __pyx_L3_error)
       values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 457, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 458, __pyx_L3_error)
       values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 457, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 458, __pyx_L3_error)
       values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 457, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 458, __pyx_L3_error)
       values[4] = __Pyx_ArgRef_FASTCALL(__pyx_args, 4);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 457, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 458, __pyx_L3_error)
     }
     __pyx_v_kind = ((PyObject*)values[0]);
     __pyx_v_args = ((PyObject*)values[1]);
@@ -20083,7 +20127,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("_product", 1, 5, 5, __pyx_nargs); __PYX_ERR(0, 457, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("_product", 1, 5, 5, __pyx_nargs); __PYX_ERR(0, 458, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -20094,11 +20138,11 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   __Pyx_RefNannyFinishContext();
   return NULL;
   __pyx_L4_argument_unpacking_done:;
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_kind), (&PyUnicode_Type), 1, "kind", 1))) __PYX_ERR(0, 457, __pyx_L1_error)
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_args), (&PyTuple_Type), 1, "args", 1))) __PYX_ERR(0, 457, __pyx_L1_error)
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_seeds), (&PyTuple_Type), 1, "seeds", 1))) __PYX_ERR(0, 457, __pyx_L1_error)
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_seed_shapes), (&PyTuple_Type), 1, "seed_shapes", 1))) __PYX_ERR(0, 457, __pyx_L1_error)
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_what), (&PyUnicode_Type), 1, "what", 1))) __PYX_ERR(0, 457, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_kind), (&PyUnicode_Type), 1, "kind", 1))) __PYX_ERR(0, 458, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_args), (&PyTuple_Type), 1, "args", 1))) __PYX_ERR(0, 458, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_seeds), (&PyTuple_Type), 1, "seeds", 1))) __PYX_ERR(0, 458, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_seed_shapes), (&PyTuple_Type), 1, "seed_shapes", 1))) __PYX_ERR(0, 458, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_what), (&PyUnicode_Type), 1, "what", 1))) __PYX_ERR(0, 458, __pyx_L1_error)
   __pyx_r = __pyx_pf_6jacext_9_function_8Function_38_product(((struct __pyx_obj_6jacext_9_function_Function *)__pyx_v_self), __pyx_v_kind, __pyx_v_args, __pyx_v_seeds, __pyx_v_seed_shapes, __pyx_v_what);
 
   /* function exit code */
@@ -20151,7 +20195,7 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_38_product(struct __pyx_o
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_product", 0);
 
-  /* "jacext/_function.pyx":460
+  /* "jacext/_function.pyx":461
  *         """jvp or vjp: (value, J v) or (value, u J) at one point or a batch."""
  *         cdef cnp.ndarray x, v, y, r
  *         x, batch = self._rows(args)             # <<<<<<<<<<<<<<
@@ -20165,7 +20209,7 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_38_product(struct __pyx_o
     PyObject *__pyx_callargs[2] = {__pyx_t_2, __pyx_v_args};
     __pyx_t_1 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_rows, __pyx_callargs+__pyx_t_3, (2-__pyx_t_3) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 460, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 461, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
   if ((likely(PyTuple_CheckExact(__pyx_t_1))) || (PyList_CheckExact(__pyx_t_1))) {
@@ -20174,7 +20218,7 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_38_product(struct __pyx_o
     if (unlikely(size != 2)) {
       if (size > 2) __Pyx_RaiseTooManyValuesError(2);
       else if (size >= 0) __Pyx_RaiseNeedMoreValuesError(size);
-      __PYX_ERR(0, 460, __pyx_L1_error)
+      __PYX_ERR(0, 461, __pyx_L1_error)
     }
     #if CYTHON_ASSUME_SAFE_MACROS && !CYTHON_AVOID_BORROWED_REFS
     if (likely(PyTuple_CheckExact(sequence))) {
@@ -20184,22 +20228,22 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_38_product(struct __pyx_o
       __Pyx_INCREF(__pyx_t_4);
     } else {
       __pyx_t_2 = __Pyx_PyList_GET_ITEM_REF(sequence, 0, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 460, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 461, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_2);
       __pyx_t_4 = __Pyx_PyList_GET_ITEM_REF(sequence, 1, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 460, __pyx_L1_error)
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 461, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_4);
     }
     #else
-    __pyx_t_2 = __Pyx_PySequence_ITEM(sequence, 0); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 460, __pyx_L1_error)
+    __pyx_t_2 = __Pyx_PySequence_ITEM(sequence, 0); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 461, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
-    __pyx_t_4 = __Pyx_PySequence_ITEM(sequence, 1); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 460, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_PySequence_ITEM(sequence, 1); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 461, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
     #endif
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   } else {
     Py_ssize_t index = -1;
-    __pyx_t_5 = PyObject_GetIter(__pyx_t_1); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 460, __pyx_L1_error)
+    __pyx_t_5 = PyObject_GetIter(__pyx_t_1); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 461, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_5);
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
     __pyx_t_6 = (CYTHON_COMPILING_IN_LIMITED_API) ? PyIter_Next : __Pyx_PyObject_GetIterNextFunc(__pyx_t_5);
@@ -20207,7 +20251,7 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_38_product(struct __pyx_o
     __Pyx_GOTREF(__pyx_t_2);
     index = 1; __pyx_t_4 = __pyx_t_6(__pyx_t_5); if (unlikely(!__pyx_t_4)) goto __pyx_L3_unpacking_failed;
     __Pyx_GOTREF(__pyx_t_4);
-    if (__Pyx_IternextUnpackEndCheck(__pyx_t_6(__pyx_t_5), 2) < (0)) __PYX_ERR(0, 460, __pyx_L1_error)
+    if (__Pyx_IternextUnpackEndCheck(__pyx_t_6(__pyx_t_5), 2) < (0)) __PYX_ERR(0, 461, __pyx_L1_error)
     __pyx_t_6 = NULL;
     __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
     goto __pyx_L4_unpacking_done;
@@ -20215,16 +20259,16 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_38_product(struct __pyx_o
     __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
     __pyx_t_6 = NULL;
     if (__Pyx_IterFinish() == 0) __Pyx_RaiseNeedMoreValuesError(index);
-    __PYX_ERR(0, 460, __pyx_L1_error)
+    __PYX_ERR(0, 461, __pyx_L1_error)
     __pyx_L4_unpacking_done:;
   }
-  if (!(likely(((__pyx_t_2) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_2, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 460, __pyx_L1_error)
+  if (!(likely(((__pyx_t_2) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_2, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 461, __pyx_L1_error)
   __pyx_v_x = ((PyArrayObject *)__pyx_t_2);
   __pyx_t_2 = 0;
   __pyx_v_batch = __pyx_t_4;
   __pyx_t_4 = 0;
 
-  /* "jacext/_function.pyx":461
+  /* "jacext/_function.pyx":462
  *         cdef cnp.ndarray x, v, y, r
  *         x, batch = self._rows(args)
  *         arrays, sbatch = _args.parse(seeds, seed_shapes, self.name, what)             # <<<<<<<<<<<<<<
@@ -20232,9 +20276,9 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_38_product(struct __pyx_o
  *         batch = tuple(np.broadcast_shapes(batch, sbatch))
 */
   __pyx_t_4 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_args); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 461, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_args); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 462, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_parse); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 461, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_parse); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 462, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   __pyx_t_3 = 1;
@@ -20254,7 +20298,7 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_38_product(struct __pyx_o
     __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_5, __pyx_callargs+__pyx_t_3, (5-__pyx_t_3) | (__pyx_t_3*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
     __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 461, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 462, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
   if ((likely(PyTuple_CheckExact(__pyx_t_1))) || (PyList_CheckExact(__pyx_t_1))) {
@@ -20263,7 +20307,7 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_38_product(struct __pyx_o
     if (unlikely(size != 2)) {
       if (size > 2) __Pyx_RaiseTooManyValuesError(2);
       else if (size >= 0) __Pyx_RaiseNeedMoreValuesError(size);
-      __PYX_ERR(0, 461, __pyx_L1_error)
+      __PYX_ERR(0, 462, __pyx_L1_error)
     }
     #if CYTHON_ASSUME_SAFE_MACROS && !CYTHON_AVOID_BORROWED_REFS
     if (likely(PyTuple_CheckExact(sequence))) {
@@ -20273,22 +20317,22 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_38_product(struct __pyx_o
       __Pyx_INCREF(__pyx_t_4);
     } else {
       __pyx_t_5 = __Pyx_PyList_GET_ITEM_REF(sequence, 0, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 461, __pyx_L1_error)
+      if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 462, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_5);
       __pyx_t_4 = __Pyx_PyList_GET_ITEM_REF(sequence, 1, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 461, __pyx_L1_error)
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 462, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_4);
     }
     #else
-    __pyx_t_5 = __Pyx_PySequence_ITEM(sequence, 0); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 461, __pyx_L1_error)
+    __pyx_t_5 = __Pyx_PySequence_ITEM(sequence, 0); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 462, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_5);
-    __pyx_t_4 = __Pyx_PySequence_ITEM(sequence, 1); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 461, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_PySequence_ITEM(sequence, 1); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 462, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
     #endif
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   } else {
     Py_ssize_t index = -1;
-    __pyx_t_2 = PyObject_GetIter(__pyx_t_1); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 461, __pyx_L1_error)
+    __pyx_t_2 = PyObject_GetIter(__pyx_t_1); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 462, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
     __pyx_t_6 = (CYTHON_COMPILING_IN_LIMITED_API) ? PyIter_Next : __Pyx_PyObject_GetIterNextFunc(__pyx_t_2);
@@ -20296,7 +20340,7 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_38_product(struct __pyx_o
     __Pyx_GOTREF(__pyx_t_5);
     index = 1; __pyx_t_4 = __pyx_t_6(__pyx_t_2); if (unlikely(!__pyx_t_4)) goto __pyx_L5_unpacking_failed;
     __Pyx_GOTREF(__pyx_t_4);
-    if (__Pyx_IternextUnpackEndCheck(__pyx_t_6(__pyx_t_2), 2) < (0)) __PYX_ERR(0, 461, __pyx_L1_error)
+    if (__Pyx_IternextUnpackEndCheck(__pyx_t_6(__pyx_t_2), 2) < (0)) __PYX_ERR(0, 462, __pyx_L1_error)
     __pyx_t_6 = NULL;
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
     goto __pyx_L6_unpacking_done;
@@ -20304,7 +20348,7 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_38_product(struct __pyx_o
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
     __pyx_t_6 = NULL;
     if (__Pyx_IterFinish() == 0) __Pyx_RaiseNeedMoreValuesError(index);
-    __PYX_ERR(0, 461, __pyx_L1_error)
+    __PYX_ERR(0, 462, __pyx_L1_error)
     __pyx_L6_unpacking_done:;
   }
   __pyx_v_arrays = __pyx_t_5;
@@ -20312,7 +20356,7 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_38_product(struct __pyx_o
   __pyx_v_sbatch = __pyx_t_4;
   __pyx_t_4 = 0;
 
-  /* "jacext/_function.pyx":462
+  /* "jacext/_function.pyx":463
  *         x, batch = self._rows(args)
  *         arrays, sbatch = _args.parse(seeds, seed_shapes, self.name, what)
  *         v = _args.flatten(arrays, seed_shapes, sbatch)             # <<<<<<<<<<<<<<
@@ -20320,9 +20364,9 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_38_product(struct __pyx_o
  *         n_in, n_out = self.tape.t.n_in, self.tape.t.n_out
 */
   __pyx_t_4 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_args); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 462, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_args); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 463, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_flatten); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 462, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_flatten); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 463, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
   __pyx_t_3 = 1;
@@ -20342,14 +20386,14 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_38_product(struct __pyx_o
     __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_2, __pyx_callargs+__pyx_t_3, (4-__pyx_t_3) | (__pyx_t_3*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 462, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 463, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
-  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 462, __pyx_L1_error)
+  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 463, __pyx_L1_error)
   __pyx_v_v = ((PyArrayObject *)__pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "jacext/_function.pyx":463
+  /* "jacext/_function.pyx":464
  *         arrays, sbatch = _args.parse(seeds, seed_shapes, self.name, what)
  *         v = _args.flatten(arrays, seed_shapes, sbatch)
  *         batch = tuple(np.broadcast_shapes(batch, sbatch))             # <<<<<<<<<<<<<<
@@ -20357,9 +20401,9 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_38_product(struct __pyx_o
  *         width = n_out if kind == "jvp" else n_in
 */
   __pyx_t_2 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 463, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 464, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_broadcast_shapes); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 463, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_broadcast_shapes); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 464, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   __pyx_t_3 = 1;
@@ -20379,16 +20423,16 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_38_product(struct __pyx_o
     __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_5, __pyx_callargs+__pyx_t_3, (3-__pyx_t_3) | (__pyx_t_3*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 463, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 464, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
-  __pyx_t_5 = __Pyx_PySequence_Tuple(__pyx_t_1); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 463, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PySequence_Tuple(__pyx_t_1); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 464, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   __Pyx_DECREF_SET(__pyx_v_batch, __pyx_t_5);
   __pyx_t_5 = 0;
 
-  /* "jacext/_function.pyx":464
+  /* "jacext/_function.pyx":465
  *         v = _args.flatten(arrays, seed_shapes, sbatch)
  *         batch = tuple(np.broadcast_shapes(batch, sbatch))
  *         n_in, n_out = self.tape.t.n_in, self.tape.t.n_out             # <<<<<<<<<<<<<<
@@ -20402,14 +20446,14 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_38_product(struct __pyx_o
   __pyx_v_n_in = __pyx_t_7;
   __pyx_v_n_out = __pyx_t_8;
 
-  /* "jacext/_function.pyx":465
+  /* "jacext/_function.pyx":466
  *         batch = tuple(np.broadcast_shapes(batch, sbatch))
  *         n_in, n_out = self.tape.t.n_in, self.tape.t.n_out
  *         width = n_out if kind == "jvp" else n_in             # <<<<<<<<<<<<<<
  *         if not batch:
  *             y = np.empty(n_out, dtype=np.float64)
 */
-  __pyx_t_9 = __Pyx_PyObject_CompareBoolEq_str_str(__pyx_v_kind, __pyx_mstate_global->__pyx_n_u_jvp, Py_EQ); if (unlikely((__pyx_t_9 < 0))) __PYX_ERR(0, 465, __pyx_L1_error)
+  __pyx_t_9 = __Pyx_PyObject_CompareBoolEq_str_str(__pyx_v_kind, __pyx_mstate_global->__pyx_n_u_jvp, Py_EQ); if (unlikely((__pyx_t_9 < 0))) __PYX_ERR(0, 466, __pyx_L1_error)
   if (__pyx_t_9) {
 
     __pyx_t_8 = __pyx_v_n_out;
@@ -20420,21 +20464,21 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_38_product(struct __pyx_o
 
   __pyx_v_width = __pyx_t_8;
 
-  /* "jacext/_function.pyx":466
+  /* "jacext/_function.pyx":467
  *         n_in, n_out = self.tape.t.n_in, self.tape.t.n_out
  *         width = n_out if kind == "jvp" else n_in
  *         if not batch:             # <<<<<<<<<<<<<<
  *             y = np.empty(n_out, dtype=np.float64)
  *             r = np.empty(width, dtype=np.float64)
 */
-  __pyx_t_9 = __Pyx_PyObject_IsTrue(__pyx_v_batch); if (unlikely((__pyx_t_9 < 0))) __PYX_ERR(0, 466, __pyx_L1_error)
+  __pyx_t_9 = __Pyx_PyObject_IsTrue(__pyx_v_batch); if (unlikely((__pyx_t_9 < 0))) __PYX_ERR(0, 467, __pyx_L1_error)
   __pyx_t_10 = (!__pyx_t_9);
 
 
   if (__pyx_t_10) {
 
 
-    /* "jacext/_function.pyx":467
+    /* "jacext/_function.pyx":468
  *         width = n_out if kind == "jvp" else n_in
  *         if not batch:
  *             y = np.empty(n_out, dtype=np.float64)             # <<<<<<<<<<<<<<
@@ -20442,16 +20486,16 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_38_product(struct __pyx_o
  *             if kind == "jvp":
 */
     __pyx_t_1 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 467, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 468, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
-    __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_empty); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 467, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_empty); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 468, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    __pyx_t_2 = __Pyx_PyLong_From_int32_t(__pyx_v_n_out); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 467, __pyx_L1_error)
+    __pyx_t_2 = __Pyx_PyLong_From_int32_t(__pyx_v_n_out); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 468, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
-    __Pyx_GetModuleGlobalName(__pyx_t_11, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 467, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_11, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 468, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_11);
-    __pyx_t_12 = __Pyx_PyObject_GetAttrStr(__pyx_t_11, __pyx_mstate_global->__pyx_n_u_float64); if (unlikely(!__pyx_t_12)) __PYX_ERR(0, 467, __pyx_L1_error)
+    __pyx_t_12 = __Pyx_PyObject_GetAttrStr(__pyx_t_11, __pyx_mstate_global->__pyx_n_u_float64); if (unlikely(!__pyx_t_12)) __PYX_ERR(0, 468, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_12);
     __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
     #if CYTHON_VECTORCALL
@@ -20472,13 +20516,13 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_38_product(struct __pyx_o
       PyObject *__pyx_callargs[3] = {__pyx_t_1, __pyx_t_2, __pyx_t_12};
       #if CYTHON_VECTORCALL
       __pyx_t_11 = __pyx_mstate_global->__pyx_tuple[1];
-      if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 467, __pyx_L1_error)
+      if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 468, __pyx_L1_error)
       __Pyx_INCREF(__pyx_t_11);
       #else
       {
         PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
         __pyx_t_11 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 1);
-        if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 467, __pyx_L1_error)
+        if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 468, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_11);
       }
       #endif
@@ -20490,14 +20534,14 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_38_product(struct __pyx_o
       __Pyx_DECREF(__pyx_t_12); __pyx_t_12 = 0;
       __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
       __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-      if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 467, __pyx_L1_error)
+      if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 468, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_5);
     }
-    if (!(likely(((__pyx_t_5) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_5, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 467, __pyx_L1_error)
+    if (!(likely(((__pyx_t_5) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_5, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 468, __pyx_L1_error)
     __pyx_v_y = ((PyArrayObject *)__pyx_t_5);
     __pyx_t_5 = 0;
 
-    /* "jacext/_function.pyx":468
+    /* "jacext/_function.pyx":469
  *         if not batch:
  *             y = np.empty(n_out, dtype=np.float64)
  *             r = np.empty(width, dtype=np.float64)             # <<<<<<<<<<<<<<
@@ -20505,16 +20549,16 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_38_product(struct __pyx_o
  *                 self.tape.jvp(x, v, y, r)
 */
     __pyx_t_4 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_11, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 468, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_11, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 469, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_11);
-    __pyx_t_12 = __Pyx_PyObject_GetAttrStr(__pyx_t_11, __pyx_mstate_global->__pyx_n_u_empty); if (unlikely(!__pyx_t_12)) __PYX_ERR(0, 468, __pyx_L1_error)
+    __pyx_t_12 = __Pyx_PyObject_GetAttrStr(__pyx_t_11, __pyx_mstate_global->__pyx_n_u_empty); if (unlikely(!__pyx_t_12)) __PYX_ERR(0, 469, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_12);
     __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
-    __pyx_t_11 = __Pyx_PyLong_From_int32_t(__pyx_v_width); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 468, __pyx_L1_error)
+    __pyx_t_11 = __Pyx_PyLong_From_int32_t(__pyx_v_width); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 469, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_11);
-    __Pyx_GetModuleGlobalName(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 468, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 469, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
-    __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_float64); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 468, __pyx_L1_error)
+    __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_float64); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 469, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
     #if CYTHON_VECTORCALL
@@ -20535,13 +20579,13 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_38_product(struct __pyx_o
       PyObject *__pyx_callargs[3] = {__pyx_t_4, __pyx_t_11, __pyx_t_1};
       #if CYTHON_VECTORCALL
       __pyx_t_2 = __pyx_mstate_global->__pyx_tuple[1];
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 468, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 469, __pyx_L1_error)
       __Pyx_INCREF(__pyx_t_2);
       #else
       {
         PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
         __pyx_t_2 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 1);
-        if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 468, __pyx_L1_error)
+        if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 469, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_2);
       }
       #endif
@@ -20553,36 +20597,36 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_38_product(struct __pyx_o
       __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
       __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
       __Pyx_DECREF(__pyx_t_12); __pyx_t_12 = 0;
-      if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 468, __pyx_L1_error)
+      if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 469, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_5);
     }
-    if (!(likely(((__pyx_t_5) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_5, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 468, __pyx_L1_error)
+    if (!(likely(((__pyx_t_5) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_5, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 469, __pyx_L1_error)
     __pyx_v_r = ((PyArrayObject *)__pyx_t_5);
     __pyx_t_5 = 0;
 
-    /* "jacext/_function.pyx":469
+    /* "jacext/_function.pyx":470
  *             y = np.empty(n_out, dtype=np.float64)
  *             r = np.empty(width, dtype=np.float64)
  *             if kind == "jvp":             # <<<<<<<<<<<<<<
  *                 self.tape.jvp(x, v, y, r)
  *             else:
 */
-    __pyx_t_10 = __Pyx_PyObject_CompareBoolEq_str_str(__pyx_v_kind, __pyx_mstate_global->__pyx_n_u_jvp, Py_EQ); if (unlikely((__pyx_t_10 < 0))) __PYX_ERR(0, 469, __pyx_L1_error)
+    __pyx_t_10 = __Pyx_PyObject_CompareBoolEq_str_str(__pyx_v_kind, __pyx_mstate_global->__pyx_n_u_jvp, Py_EQ); if (unlikely((__pyx_t_10 < 0))) __PYX_ERR(0, 470, __pyx_L1_error)
     if (__pyx_t_10) {
 
 
-      /* "jacext/_function.pyx":470
+      /* "jacext/_function.pyx":471
  *             r = np.empty(width, dtype=np.float64)
  *             if kind == "jvp":
  *                 self.tape.jvp(x, v, y, r)             # <<<<<<<<<<<<<<
  *             else:
  *                 self.tape.vjp(x, v, y, r)
 */
-      __pyx_t_5 = ((struct __pyx_vtabstruct_6jacext_5_tape_Tape *)__pyx_v_self->tape->__pyx_vtab)->jvp(__pyx_v_self->tape, __pyx_v_x, __pyx_v_v, __pyx_v_y, __pyx_v_r, 0); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 470, __pyx_L1_error)
+      __pyx_t_5 = ((struct __pyx_vtabstruct_6jacext_5_tape_Tape *)__pyx_v_self->tape->__pyx_vtab)->jvp(__pyx_v_self->tape, __pyx_v_x, __pyx_v_v, __pyx_v_y, __pyx_v_r, 0); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 471, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_5);
       __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
-      /* "jacext/_function.pyx":469
+      /* "jacext/_function.pyx":470
  *             y = np.empty(n_out, dtype=np.float64)
  *             r = np.empty(width, dtype=np.float64)
  *             if kind == "jvp":             # <<<<<<<<<<<<<<
@@ -20592,7 +20636,7 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_38_product(struct __pyx_o
       goto __pyx_L8;
     }
 
-    /* "jacext/_function.pyx":472
+    /* "jacext/_function.pyx":473
  *                 self.tape.jvp(x, v, y, r)
  *             else:
  *                 self.tape.vjp(x, v, y, r)             # <<<<<<<<<<<<<<
@@ -20600,13 +20644,13 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_38_product(struct __pyx_o
  *             x = _args.broadcast_rows(x, batch)
 */
     /*else*/ {
-      __pyx_t_5 = ((struct __pyx_vtabstruct_6jacext_5_tape_Tape *)__pyx_v_self->tape->__pyx_vtab)->vjp(__pyx_v_self->tape, __pyx_v_x, __pyx_v_v, __pyx_v_y, __pyx_v_r, 0); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 472, __pyx_L1_error)
+      __pyx_t_5 = ((struct __pyx_vtabstruct_6jacext_5_tape_Tape *)__pyx_v_self->tape->__pyx_vtab)->vjp(__pyx_v_self->tape, __pyx_v_x, __pyx_v_v, __pyx_v_y, __pyx_v_r, 0); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 473, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_5);
       __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
     }
     __pyx_L8:;
 
-    /* "jacext/_function.pyx":466
+    /* "jacext/_function.pyx":467
  *         n_in, n_out = self.tape.t.n_in, self.tape.t.n_out
  *         width = n_out if kind == "jvp" else n_in
  *         if not batch:             # <<<<<<<<<<<<<<
@@ -20616,7 +20660,7 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_38_product(struct __pyx_o
     goto __pyx_L7;
   }
 
-  /* "jacext/_function.pyx":474
+  /* "jacext/_function.pyx":475
  *                 self.tape.vjp(x, v, y, r)
  *         else:
  *             x = _args.broadcast_rows(x, batch)             # <<<<<<<<<<<<<<
@@ -20625,9 +20669,9 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_38_product(struct __pyx_o
 */
   /*else*/ {
     __pyx_t_12 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_args); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 474, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_args); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 475, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
-    __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_broadcast_rows); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 474, __pyx_L1_error)
+    __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_broadcast_rows); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 475, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
     __pyx_t_3 = 1;
@@ -20647,14 +20691,14 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_38_product(struct __pyx_o
       __pyx_t_5 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_1, __pyx_callargs+__pyx_t_3, (3-__pyx_t_3) | (__pyx_t_3*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_12); __pyx_t_12 = 0;
       __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-      if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 474, __pyx_L1_error)
+      if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 475, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_5);
     }
-    if (!(likely(((__pyx_t_5) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_5, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 474, __pyx_L1_error)
+    if (!(likely(((__pyx_t_5) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_5, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 475, __pyx_L1_error)
     __Pyx_DECREF_SET(__pyx_v_x, ((PyArrayObject *)__pyx_t_5));
     __pyx_t_5 = 0;
 
-    /* "jacext/_function.pyx":475
+    /* "jacext/_function.pyx":476
  *         else:
  *             x = _args.broadcast_rows(x, batch)
  *             v = _args.broadcast_rows(v, batch)             # <<<<<<<<<<<<<<
@@ -20662,9 +20706,9 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_38_product(struct __pyx_o
  *             r = np.empty((x.shape[0], width), dtype=np.float64)
 */
     __pyx_t_1 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_12, __pyx_mstate_global->__pyx_n_u_args); if (unlikely(!__pyx_t_12)) __PYX_ERR(0, 475, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_12, __pyx_mstate_global->__pyx_n_u_args); if (unlikely(!__pyx_t_12)) __PYX_ERR(0, 476, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_12);
-    __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_12, __pyx_mstate_global->__pyx_n_u_broadcast_rows); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 475, __pyx_L1_error)
+    __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_12, __pyx_mstate_global->__pyx_n_u_broadcast_rows); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 476, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
     __Pyx_DECREF(__pyx_t_12); __pyx_t_12 = 0;
     __pyx_t_3 = 1;
@@ -20684,14 +20728,14 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_38_product(struct __pyx_o
       __pyx_t_5 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_2, __pyx_callargs+__pyx_t_3, (3-__pyx_t_3) | (__pyx_t_3*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_1); __pyx_t_1 = 0;
       __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-      if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 475, __pyx_L1_error)
+      if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 476, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_5);
     }
-    if (!(likely(((__pyx_t_5) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_5, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 475, __pyx_L1_error)
+    if (!(likely(((__pyx_t_5) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_5, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 476, __pyx_L1_error)
     __Pyx_DECREF_SET(__pyx_v_v, ((PyArrayObject *)__pyx_t_5));
     __pyx_t_5 = 0;
 
-    /* "jacext/_function.pyx":476
+    /* "jacext/_function.pyx":477
  *             x = _args.broadcast_rows(x, batch)
  *             v = _args.broadcast_rows(v, batch)
  *             y = np.empty((x.shape[0], n_out), dtype=np.float64)             # <<<<<<<<<<<<<<
@@ -20699,26 +20743,26 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_38_product(struct __pyx_o
  *             self.tape.batch(kind, x, y, r,
 */
     __pyx_t_2 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 476, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 477, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
-    __pyx_t_12 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_empty); if (unlikely(!__pyx_t_12)) __PYX_ERR(0, 476, __pyx_L1_error)
+    __pyx_t_12 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_empty); if (unlikely(!__pyx_t_12)) __PYX_ERR(0, 477, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_12);
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-    __pyx_t_1 = __Pyx_PyLong_From_npy_intp((__pyx_f_5numpy_7ndarray_5shape___get__(__pyx_v_x)[0])); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 476, __pyx_L1_error)
+    __pyx_t_1 = __Pyx_PyLong_From_npy_intp((__pyx_f_5numpy_7ndarray_5shape___get__(__pyx_v_x)[0])); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 477, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
-    __pyx_t_11 = __Pyx_PyLong_From_int32_t(__pyx_v_n_out); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 476, __pyx_L1_error)
+    __pyx_t_11 = __Pyx_PyLong_From_int32_t(__pyx_v_n_out); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 477, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_11);
-    __pyx_t_4 = PyTuple_New(2); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 476, __pyx_L1_error)
+    __pyx_t_4 = PyTuple_New(2); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 477, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
     __Pyx_GIVEREF(__pyx_t_1);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_4, 0, __pyx_t_1) != (0)) __PYX_ERR(0, 476, __pyx_L1_error);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_4, 0, __pyx_t_1) != (0)) __PYX_ERR(0, 477, __pyx_L1_error);
     __Pyx_GIVEREF(__pyx_t_11);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_4, 1, __pyx_t_11) != (0)) __PYX_ERR(0, 476, __pyx_L1_error);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_4, 1, __pyx_t_11) != (0)) __PYX_ERR(0, 477, __pyx_L1_error);
     __pyx_t_1 = 0;
     __pyx_t_11 = 0;
-    __Pyx_GetModuleGlobalName(__pyx_t_11, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 476, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_11, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 477, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_11);
-    __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_t_11, __pyx_mstate_global->__pyx_n_u_float64); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 476, __pyx_L1_error)
+    __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_t_11, __pyx_mstate_global->__pyx_n_u_float64); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 477, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
     __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
     #if CYTHON_VECTORCALL
@@ -20739,13 +20783,13 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_38_product(struct __pyx_o
       PyObject *__pyx_callargs[3] = {__pyx_t_2, __pyx_t_4, __pyx_t_1};
       #if CYTHON_VECTORCALL
       __pyx_t_11 = __pyx_mstate_global->__pyx_tuple[1];
-      if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 476, __pyx_L1_error)
+      if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 477, __pyx_L1_error)
       __Pyx_INCREF(__pyx_t_11);
       #else
       {
         PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
         __pyx_t_11 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 1);
-        if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 476, __pyx_L1_error)
+        if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 477, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_11);
       }
       #endif
@@ -20757,14 +20801,14 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_38_product(struct __pyx_o
       __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
       __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
       __Pyx_DECREF(__pyx_t_12); __pyx_t_12 = 0;
-      if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 476, __pyx_L1_error)
+      if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 477, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_5);
     }
-    if (!(likely(((__pyx_t_5) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_5, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 476, __pyx_L1_error)
+    if (!(likely(((__pyx_t_5) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_5, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 477, __pyx_L1_error)
     __pyx_v_y = ((PyArrayObject *)__pyx_t_5);
     __pyx_t_5 = 0;
 
-    /* "jacext/_function.pyx":477
+    /* "jacext/_function.pyx":478
  *             v = _args.broadcast_rows(v, batch)
  *             y = np.empty((x.shape[0], n_out), dtype=np.float64)
  *             r = np.empty((x.shape[0], width), dtype=np.float64)             # <<<<<<<<<<<<<<
@@ -20772,26 +20816,26 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_38_product(struct __pyx_o
  *                             _plan.n_threads(None, x.shape[0], 2 * self.tape.t.n_instr), seed=v)
 */
     __pyx_t_12 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_11, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 477, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_11, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 478, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_11);
-    __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_t_11, __pyx_mstate_global->__pyx_n_u_empty); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 477, __pyx_L1_error)
+    __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_t_11, __pyx_mstate_global->__pyx_n_u_empty); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 478, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
     __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
-    __pyx_t_11 = __Pyx_PyLong_From_npy_intp((__pyx_f_5numpy_7ndarray_5shape___get__(__pyx_v_x)[0])); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 477, __pyx_L1_error)
+    __pyx_t_11 = __Pyx_PyLong_From_npy_intp((__pyx_f_5numpy_7ndarray_5shape___get__(__pyx_v_x)[0])); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 478, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_11);
-    __pyx_t_4 = __Pyx_PyLong_From_int32_t(__pyx_v_width); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 477, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_PyLong_From_int32_t(__pyx_v_width); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 478, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
-    __pyx_t_2 = PyTuple_New(2); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 477, __pyx_L1_error)
+    __pyx_t_2 = PyTuple_New(2); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 478, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
     __Pyx_GIVEREF(__pyx_t_11);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 0, __pyx_t_11) != (0)) __PYX_ERR(0, 477, __pyx_L1_error);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 0, __pyx_t_11) != (0)) __PYX_ERR(0, 478, __pyx_L1_error);
     __Pyx_GIVEREF(__pyx_t_4);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 1, __pyx_t_4) != (0)) __PYX_ERR(0, 477, __pyx_L1_error);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 1, __pyx_t_4) != (0)) __PYX_ERR(0, 478, __pyx_L1_error);
     __pyx_t_11 = 0;
     __pyx_t_4 = 0;
-    __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 477, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 478, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
-    __pyx_t_11 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_float64); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 477, __pyx_L1_error)
+    __pyx_t_11 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_float64); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 478, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_11);
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
     #if CYTHON_VECTORCALL
@@ -20812,13 +20856,13 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_38_product(struct __pyx_o
       PyObject *__pyx_callargs[3] = {__pyx_t_12, __pyx_t_2, __pyx_t_11};
       #if CYTHON_VECTORCALL
       __pyx_t_4 = __pyx_mstate_global->__pyx_tuple[1];
-      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 477, __pyx_L1_error)
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 478, __pyx_L1_error)
       __Pyx_INCREF(__pyx_t_4);
       #else
       {
         PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
         __pyx_t_4 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 1);
-        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 477, __pyx_L1_error)
+        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 478, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_4);
       }
       #endif
@@ -20830,14 +20874,14 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_38_product(struct __pyx_o
       __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
       __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
       __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-      if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 477, __pyx_L1_error)
+      if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 478, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_5);
     }
-    if (!(likely(((__pyx_t_5) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_5, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 477, __pyx_L1_error)
+    if (!(likely(((__pyx_t_5) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_5, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 478, __pyx_L1_error)
     __pyx_v_r = ((PyArrayObject *)__pyx_t_5);
     __pyx_t_5 = 0;
 
-    /* "jacext/_function.pyx":478
+    /* "jacext/_function.pyx":479
  *             y = np.empty((x.shape[0], n_out), dtype=np.float64)
  *             r = np.empty((x.shape[0], width), dtype=np.float64)
  *             self.tape.batch(kind, x, y, r,             # <<<<<<<<<<<<<<
@@ -20847,7 +20891,7 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_38_product(struct __pyx_o
     __pyx_t_1 = ((PyObject *)__pyx_v_self->tape);
     __Pyx_INCREF(__pyx_t_1);
 
-    /* "jacext/_function.pyx":479
+    /* "jacext/_function.pyx":480
  *             r = np.empty((x.shape[0], width), dtype=np.float64)
  *             self.tape.batch(kind, x, y, r,
  *                             _plan.n_threads(None, x.shape[0], 2 * self.tape.t.n_instr), seed=v)             # <<<<<<<<<<<<<<
@@ -20855,14 +20899,14 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_38_product(struct __pyx_o
  *         if kind == "jvp":
 */
     __pyx_t_11 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_plan); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 479, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_plan); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 480, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
-    __pyx_t_12 = __Pyx_PyObject_GetAttrStr(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_n_threads); if (unlikely(!__pyx_t_12)) __PYX_ERR(0, 479, __pyx_L1_error)
+    __pyx_t_12 = __Pyx_PyObject_GetAttrStr(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_n_threads); if (unlikely(!__pyx_t_12)) __PYX_ERR(0, 480, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_12);
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    __pyx_t_2 = __Pyx_PyLong_From_npy_intp((__pyx_f_5numpy_7ndarray_5shape___get__(__pyx_v_x)[0])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 479, __pyx_L1_error)
+    __pyx_t_2 = __Pyx_PyLong_From_npy_intp((__pyx_f_5numpy_7ndarray_5shape___get__(__pyx_v_x)[0])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 480, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
-    __pyx_t_13 = __Pyx_PyLong_From_long((2 * __pyx_v_self->tape->t.n_instr)); if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 479, __pyx_L1_error)
+    __pyx_t_13 = __Pyx_PyLong_From_long((2 * __pyx_v_self->tape->t.n_instr)); if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 480, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_13);
     __pyx_t_3 = 1;
     #if CYTHON_UNPACK_METHODS
@@ -20883,12 +20927,12 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_38_product(struct __pyx_o
       __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
       __Pyx_DECREF(__pyx_t_13); __pyx_t_13 = 0;
       __Pyx_DECREF(__pyx_t_12); __pyx_t_12 = 0;
-      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 479, __pyx_L1_error)
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 480, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_4);
     }
     #if CYTHON_VECTORCALL
 
-    /* "jacext/_function.pyx":478
+    /* "jacext/_function.pyx":479
  *             y = np.empty((x.shape[0], n_out), dtype=np.float64)
  *             r = np.empty((x.shape[0], width), dtype=np.float64)
  *             self.tape.batch(kind, x, y, r,             # <<<<<<<<<<<<<<
@@ -20901,13 +20945,13 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_38_product(struct __pyx_o
       PyObject *__pyx_callargs[7] = {__pyx_t_1, __pyx_v_kind, ((PyObject *)__pyx_v_x), ((PyObject *)__pyx_v_y), ((PyObject *)__pyx_v_r), __pyx_t_4, ((PyObject *)__pyx_v_v)};
       #if CYTHON_VECTORCALL
       __pyx_t_12 = __pyx_mstate_global->__pyx_tuple[7];
-      if (unlikely(!__pyx_t_12)) __PYX_ERR(0, 478, __pyx_L1_error)
+      if (unlikely(!__pyx_t_12)) __PYX_ERR(0, 479, __pyx_L1_error)
       __Pyx_INCREF(__pyx_t_12);
       #else
       {
         PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_seed};
         __pyx_t_12 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+6, 1);
-        if (unlikely(!__pyx_t_12)) __PYX_ERR(0, 478, __pyx_L1_error)
+        if (unlikely(!__pyx_t_12)) __PYX_ERR(0, 479, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_12);
       }
       #endif
@@ -20917,14 +20961,14 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_38_product(struct __pyx_o
       #if CYTHON_VECTORCALL
       #endif
       __Pyx_DECREF(__pyx_t_12); __pyx_t_12 = 0;
-      if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 478, __pyx_L1_error)
+      if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 479, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_5);
     }
     __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
   }
   __pyx_L7:;
 
-  /* "jacext/_function.pyx":480
+  /* "jacext/_function.pyx":481
  *             self.tape.batch(kind, x, y, r,
  *                             _plan.n_threads(None, x.shape[0], 2 * self.tape.t.n_instr), seed=v)
  *         value = _args.split(y, self.out_shapes, self.out_is_tuple, batch)             # <<<<<<<<<<<<<<
@@ -20932,12 +20976,12 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_38_product(struct __pyx_o
  *             return value, _args.split(r, self.out_shapes, self.out_is_tuple, batch)
 */
   __pyx_t_12 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_args); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 480, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_args); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 481, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_split); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 480, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_split); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 481, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-  __pyx_t_4 = __Pyx_PyBool_FromLong(__pyx_v_self->out_is_tuple); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 480, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyBool_FromLong(__pyx_v_self->out_is_tuple); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 481, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __pyx_t_3 = 1;
   #if CYTHON_UNPACK_METHODS
@@ -20957,24 +21001,24 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_38_product(struct __pyx_o
     __Pyx_XDECREF(__pyx_t_12); __pyx_t_12 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-    if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 480, __pyx_L1_error)
+    if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 481, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_5);
   }
   __pyx_v_value = __pyx_t_5;
   __pyx_t_5 = 0;
 
-  /* "jacext/_function.pyx":481
+  /* "jacext/_function.pyx":482
  *                             _plan.n_threads(None, x.shape[0], 2 * self.tape.t.n_instr), seed=v)
  *         value = _args.split(y, self.out_shapes, self.out_is_tuple, batch)
  *         if kind == "jvp":             # <<<<<<<<<<<<<<
  *             return value, _args.split(r, self.out_shapes, self.out_is_tuple, batch)
  *         return value, _args.split(r, self.arg_shapes, len(self.arg_shapes) > 1, batch)
 */
-  __pyx_t_10 = __Pyx_PyObject_CompareBoolEq_str_str(__pyx_v_kind, __pyx_mstate_global->__pyx_n_u_jvp, Py_EQ); if (unlikely((__pyx_t_10 < 0))) __PYX_ERR(0, 481, __pyx_L1_error)
+  __pyx_t_10 = __Pyx_PyObject_CompareBoolEq_str_str(__pyx_v_kind, __pyx_mstate_global->__pyx_n_u_jvp, Py_EQ); if (unlikely((__pyx_t_10 < 0))) __PYX_ERR(0, 482, __pyx_L1_error)
   if (__pyx_t_10) {
 
 
-    /* "jacext/_function.pyx":482
+    /* "jacext/_function.pyx":483
  *         value = _args.split(y, self.out_shapes, self.out_is_tuple, batch)
  *         if kind == "jvp":
  *             return value, _args.split(r, self.out_shapes, self.out_is_tuple, batch)             # <<<<<<<<<<<<<<
@@ -20982,12 +21026,12 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_38_product(struct __pyx_o
  * 
 */
     __pyx_t_1 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_args); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 482, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_args); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 483, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
-    __pyx_t_12 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_split); if (unlikely(!__pyx_t_12)) __PYX_ERR(0, 482, __pyx_L1_error)
+    __pyx_t_12 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_split); if (unlikely(!__pyx_t_12)) __PYX_ERR(0, 483, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_12);
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    __pyx_t_4 = __Pyx_PyBool_FromLong(__pyx_v_self->out_is_tuple); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 482, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_PyBool_FromLong(__pyx_v_self->out_is_tuple); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 483, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
     __pyx_t_3 = 1;
     #if CYTHON_UNPACK_METHODS
@@ -21007,16 +21051,16 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_38_product(struct __pyx_o
       __Pyx_XDECREF(__pyx_t_1); __pyx_t_1 = 0;
       __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
       __Pyx_DECREF(__pyx_t_12); __pyx_t_12 = 0;
-      if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 482, __pyx_L1_error)
+      if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 483, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_5);
     }
-    __pyx_t_12 = PyTuple_New(2); if (unlikely(!__pyx_t_12)) __PYX_ERR(0, 482, __pyx_L1_error)
+    __pyx_t_12 = PyTuple_New(2); if (unlikely(!__pyx_t_12)) __PYX_ERR(0, 483, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_12);
     __Pyx_INCREF(__pyx_v_value);
     __Pyx_GIVEREF(__pyx_v_value);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_12, 0, __pyx_v_value) != (0)) __PYX_ERR(0, 482, __pyx_L1_error);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_12, 0, __pyx_v_value) != (0)) __PYX_ERR(0, 483, __pyx_L1_error);
     __Pyx_GIVEREF(__pyx_t_5);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_12, 1, __pyx_t_5) != (0)) __PYX_ERR(0, 482, __pyx_L1_error);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_12, 1, __pyx_t_5) != (0)) __PYX_ERR(0, 483, __pyx_L1_error);
     __pyx_t_5 = 0;
     {
       PyObject *__pyx_temp;
@@ -21029,7 +21073,7 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_38_product(struct __pyx_o
     __pyx_t_12 = 0;
     goto __pyx_L0;
 
-    /* "jacext/_function.pyx":481
+    /* "jacext/_function.pyx":482
  *                             _plan.n_threads(None, x.shape[0], 2 * self.tape.t.n_instr), seed=v)
  *         value = _args.split(y, self.out_shapes, self.out_is_tuple, batch)
  *         if kind == "jvp":             # <<<<<<<<<<<<<<
@@ -21038,7 +21082,7 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_38_product(struct __pyx_o
 */
   }
 
-  /* "jacext/_function.pyx":483
+  /* "jacext/_function.pyx":484
  *         if kind == "jvp":
  *             return value, _args.split(r, self.out_shapes, self.out_is_tuple, batch)
  *         return value, _args.split(r, self.arg_shapes, len(self.arg_shapes) > 1, batch)             # <<<<<<<<<<<<<<
@@ -21046,20 +21090,20 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_38_product(struct __pyx_o
  * 
 */
   __pyx_t_5 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_args); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 483, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_args); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 484, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_split); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 483, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_split); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 484, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   __pyx_t_4 = __pyx_v_self->arg_shapes;
   __Pyx_INCREF(__pyx_t_4);
   if (unlikely(__pyx_t_4 == Py_None)) {
     PyErr_SetString(PyExc_TypeError, "object of type \047NoneType\047 has no len()");
-    __PYX_ERR(0, 483, __pyx_L1_error)
+    __PYX_ERR(0, 484, __pyx_L1_error)
   }
-  __pyx_t_14 = __Pyx_PyTuple_GET_SIZE(__pyx_t_4); if (unlikely(__pyx_t_14 == ((Py_ssize_t)-1))) __PYX_ERR(0, 483, __pyx_L1_error)
+  __pyx_t_14 = __Pyx_PyTuple_GET_SIZE(__pyx_t_4); if (unlikely(__pyx_t_14 == ((Py_ssize_t)-1))) __PYX_ERR(0, 484, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-  __pyx_t_4 = __Pyx_PyBool_FromLong((__pyx_t_14 > 1)); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 483, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyBool_FromLong((__pyx_t_14 > 1)); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 484, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
 
   __pyx_t_3 = 1;
@@ -21080,16 +21124,16 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_38_product(struct __pyx_o
     __Pyx_XDECREF(__pyx_t_5); __pyx_t_5 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-    if (unlikely(!__pyx_t_12)) __PYX_ERR(0, 483, __pyx_L1_error)
+    if (unlikely(!__pyx_t_12)) __PYX_ERR(0, 484, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_12);
   }
-  __pyx_t_1 = PyTuple_New(2); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 483, __pyx_L1_error)
+  __pyx_t_1 = PyTuple_New(2); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 484, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __Pyx_INCREF(__pyx_v_value);
   __Pyx_GIVEREF(__pyx_v_value);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 0, __pyx_v_value) != (0)) __PYX_ERR(0, 483, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 0, __pyx_v_value) != (0)) __PYX_ERR(0, 484, __pyx_L1_error);
   __Pyx_GIVEREF(__pyx_t_12);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 1, __pyx_t_12) != (0)) __PYX_ERR(0, 483, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 1, __pyx_t_12) != (0)) __PYX_ERR(0, 484, __pyx_L1_error);
   __pyx_t_12 = 0;
   {
     PyObject *__pyx_temp;
@@ -21102,7 +21146,7 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_38_product(struct __pyx_o
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "jacext/_function.pyx":457
+  /* "jacext/_function.pyx":458
  *         return self._product("vjp", args[:-1], parts, self.out_shapes, "cotangent")
  * 
  *     def _product(self, str kind, tuple args, tuple seeds, tuple seed_shapes, str what):             # <<<<<<<<<<<<<<
@@ -21344,7 +21388,7 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_10out_shapes___get__(stru
  *     cdef readonly tuple out_shapes
  *     cdef readonly bint out_is_tuple             # <<<<<<<<<<<<<<
  *     cdef readonly str name
- *     cdef object _planner
+ *     cdef readonly object _planner   # (read by jacext.testing)
 */
 
 /* Python wrapper */
@@ -21425,7 +21469,7 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_12out_is_tuple___get__(st
  *     cdef readonly tuple out_shapes
  *     cdef readonly bint out_is_tuple
  *     cdef readonly str name             # <<<<<<<<<<<<<<
- *     cdef object _planner
+ *     cdef readonly object _planner   # (read by jacext.testing)
  *     cdef tuple _arg_offsets
 */
 
@@ -21488,7 +21532,74 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_4name___get__(struct __py
   return __pyx_r;
 }
 
-/* "jacext/_function.pyx":488
+/* "jacext/_function.pyx":50
+ *     cdef readonly bint out_is_tuple
+ *     cdef readonly str name
+ *     cdef readonly object _planner   # (read by jacext.testing)             # <<<<<<<<<<<<<<
+ *     cdef tuple _arg_offsets
+ *     cdef tuple _out_offsets
+*/
+
+/* Python wrapper */
+static PyObject *__pyx_pw_6jacext_9_function_8Function_8_planner_1__get__(PyObject *__pyx_v_self); /*proto*/
+static PyObject *__pyx_pw_6jacext_9_function_8Function_8_planner_1__get__(PyObject *__pyx_v_self) {
+  CYTHON_UNUSED PyObject *const *__pyx_kwvalues;
+  PyObject *__pyx_r = 0;
+  __Pyx_RefNannyDeclarations
+  __Pyx_RefNannySetupContext("__get__ (wrapper)", 0);
+  __pyx_kwvalues = __Pyx_KwValues_VARARGS(__pyx_args, __pyx_nargs);
+  __pyx_r = __pyx_pf_6jacext_9_function_8Function_8_planner___get__(((struct __pyx_obj_6jacext_9_function_Function *)__pyx_v_self));
+
+  /* function exit code */
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+static PyObject *__pyx_pf_6jacext_9_function_8Function_8_planner___get__(struct __pyx_obj_6jacext_9_function_Function *__pyx_v_self) {
+  PyObject *__pyx_r = NULL;
+  __Pyx_RefNannyDeclarations
+  PyObject *__pyx_t_1 = NULL;
+  PyObject *__pyx_t_2 = NULL;
+  __Pyx_RefNannySetupContext("__get__", 0);
+  {
+      __Pyx_PyCriticalSection __pyx_cs;
+      __pyx_t_1 = ((PyObject *)__pyx_v_self);
+      __Pyx_INCREF(__pyx_t_1);
+      __Pyx_PyCriticalSection_Begin(&__pyx_cs, (PyObject*)__pyx_t_1);
+      /*try:*/ {
+        {
+          PyObject *__pyx_temp;
+          {
+            __pyx_temp = __pyx_r;
+            __Pyx_INCREF(__pyx_v_self->_planner);
+            __pyx_r = __pyx_v_self->_planner;
+          }
+          __Pyx_XDECREF(__pyx_temp);
+        }
+        __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
+        goto __pyx_L3_return;
+      }
+      /*finally:*/ {
+        __pyx_L3_return: {
+          __pyx_t_2 = __pyx_r;
+          __pyx_r = 0;
+          __Pyx_PyCriticalSection_End(&__pyx_cs);
+          __pyx_r = __pyx_t_2;
+          __pyx_t_2 = 0;
+          goto __pyx_L0;
+        }
+      }
+      __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
+  }
+
+  /* function exit code */
+  __pyx_L0:;
+  __Pyx_XGIVEREF(__pyx_r);
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+/* "jacext/_function.pyx":489
  * # ---- the fast paths' pieces ----
  * 
  * cdef inline bint _is_point(object a, tuple shape):             # <<<<<<<<<<<<<<
@@ -21517,16 +21628,16 @@ static CYTHON_INLINE int __pyx_f_6jacext_9_function__is_point(PyObject *__pyx_v_
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_is_point", 0);
 
-  /* "jacext/_function.pyx":493
+  /* "jacext/_function.pyx":494
  *     cdef int k, nd
  *     cdef cnp.npy_intp *dims
  *     if type(a) is not np.ndarray:             # <<<<<<<<<<<<<<
  *         return False
  *     arr = <cnp.ndarray>a
 */
-  __Pyx_GetModuleGlobalName(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 493, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 494, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_ndarray); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 493, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_ndarray); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 494, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   __pyx_t_3 = (((PyObject *)Py_TYPE(__pyx_v_a)) != __pyx_t_2);
@@ -21534,7 +21645,7 @@ static CYTHON_INLINE int __pyx_f_6jacext_9_function__is_point(PyObject *__pyx_v_
   if (__pyx_t_3) {
 
 
-    /* "jacext/_function.pyx":494
+    /* "jacext/_function.pyx":495
  *     cdef cnp.npy_intp *dims
  *     if type(a) is not np.ndarray:
  *         return False             # <<<<<<<<<<<<<<
@@ -21547,7 +21658,7 @@ static CYTHON_INLINE int __pyx_f_6jacext_9_function__is_point(PyObject *__pyx_v_
     }
     goto __pyx_L0;
 
-    /* "jacext/_function.pyx":493
+    /* "jacext/_function.pyx":494
  *     cdef int k, nd
  *     cdef cnp.npy_intp *dims
  *     if type(a) is not np.ndarray:             # <<<<<<<<<<<<<<
@@ -21556,7 +21667,7 @@ static CYTHON_INLINE int __pyx_f_6jacext_9_function__is_point(PyObject *__pyx_v_
 */
   }
 
-  /* "jacext/_function.pyx":495
+  /* "jacext/_function.pyx":496
  *     if type(a) is not np.ndarray:
  *         return False
  *     arr = <cnp.ndarray>a             # <<<<<<<<<<<<<<
@@ -21568,7 +21679,7 @@ static CYTHON_INLINE int __pyx_f_6jacext_9_function__is_point(PyObject *__pyx_v_
   __pyx_v_arr = ((PyArrayObject *)__pyx_t_2);
   __pyx_t_2 = 0;
 
-  /* "jacext/_function.pyx":496
+  /* "jacext/_function.pyx":497
  *         return False
  *     arr = <cnp.ndarray>a
  *     if cnp.PyArray_TYPE(arr) != cnp.NPY_DOUBLE or not cnp.PyArray_IS_C_CONTIGUOUS(arr):             # <<<<<<<<<<<<<<
@@ -21594,7 +21705,7 @@ static CYTHON_INLINE int __pyx_f_6jacext_9_function__is_point(PyObject *__pyx_v_
   if (__pyx_t_3) {
 
 
-    /* "jacext/_function.pyx":497
+    /* "jacext/_function.pyx":498
  *     arr = <cnp.ndarray>a
  *     if cnp.PyArray_TYPE(arr) != cnp.NPY_DOUBLE or not cnp.PyArray_IS_C_CONTIGUOUS(arr):
  *         return False             # <<<<<<<<<<<<<<
@@ -21607,7 +21718,7 @@ static CYTHON_INLINE int __pyx_f_6jacext_9_function__is_point(PyObject *__pyx_v_
     }
     goto __pyx_L0;
 
-    /* "jacext/_function.pyx":496
+    /* "jacext/_function.pyx":497
  *         return False
  *     arr = <cnp.ndarray>a
  *     if cnp.PyArray_TYPE(arr) != cnp.NPY_DOUBLE or not cnp.PyArray_IS_C_CONTIGUOUS(arr):             # <<<<<<<<<<<<<<
@@ -21616,7 +21727,7 @@ static CYTHON_INLINE int __pyx_f_6jacext_9_function__is_point(PyObject *__pyx_v_
 */
   }
 
-  /* "jacext/_function.pyx":498
+  /* "jacext/_function.pyx":499
  *     if cnp.PyArray_TYPE(arr) != cnp.NPY_DOUBLE or not cnp.PyArray_IS_C_CONTIGUOUS(arr):
  *         return False
  *     nd = cnp.PyArray_NDIM(arr)             # <<<<<<<<<<<<<<
@@ -21625,7 +21736,7 @@ static CYTHON_INLINE int __pyx_f_6jacext_9_function__is_point(PyObject *__pyx_v_
 */
   __pyx_v_nd = PyArray_NDIM(__pyx_v_arr);
 
-  /* "jacext/_function.pyx":499
+  /* "jacext/_function.pyx":500
  *         return False
  *     nd = cnp.PyArray_NDIM(arr)
  *     dims = cnp.PyArray_DIMS(arr)             # <<<<<<<<<<<<<<
@@ -21634,7 +21745,7 @@ static CYTHON_INLINE int __pyx_f_6jacext_9_function__is_point(PyObject *__pyx_v_
 */
   __pyx_v_dims = PyArray_DIMS(__pyx_v_arr);
 
-  /* "jacext/_function.pyx":500
+  /* "jacext/_function.pyx":501
  *     nd = cnp.PyArray_NDIM(arr)
  *     dims = cnp.PyArray_DIMS(arr)
  *     if nd != len(shape):             # <<<<<<<<<<<<<<
@@ -21643,16 +21754,16 @@ static CYTHON_INLINE int __pyx_f_6jacext_9_function__is_point(PyObject *__pyx_v_
 */
   if (unlikely(__pyx_v_shape == Py_None)) {
     PyErr_SetString(PyExc_TypeError, "object of type \047NoneType\047 has no len()");
-    __PYX_ERR(0, 500, __pyx_L1_error)
+    __PYX_ERR(0, 501, __pyx_L1_error)
   }
-  __pyx_t_5 = __Pyx_PyTuple_GET_SIZE(__pyx_v_shape); if (unlikely(__pyx_t_5 == ((Py_ssize_t)-1))) __PYX_ERR(0, 500, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyTuple_GET_SIZE(__pyx_v_shape); if (unlikely(__pyx_t_5 == ((Py_ssize_t)-1))) __PYX_ERR(0, 501, __pyx_L1_error)
   __pyx_t_3 = (__pyx_v_nd != __pyx_t_5);
 
 
   if (__pyx_t_3) {
 
 
-    /* "jacext/_function.pyx":501
+    /* "jacext/_function.pyx":502
  *     dims = cnp.PyArray_DIMS(arr)
  *     if nd != len(shape):
  *         return False             # <<<<<<<<<<<<<<
@@ -21665,7 +21776,7 @@ static CYTHON_INLINE int __pyx_f_6jacext_9_function__is_point(PyObject *__pyx_v_
     }
     goto __pyx_L0;
 
-    /* "jacext/_function.pyx":500
+    /* "jacext/_function.pyx":501
  *     nd = cnp.PyArray_NDIM(arr)
  *     dims = cnp.PyArray_DIMS(arr)
  *     if nd != len(shape):             # <<<<<<<<<<<<<<
@@ -21674,7 +21785,7 @@ static CYTHON_INLINE int __pyx_f_6jacext_9_function__is_point(PyObject *__pyx_v_
 */
   }
 
-  /* "jacext/_function.pyx":502
+  /* "jacext/_function.pyx":503
  *     if nd != len(shape):
  *         return False
  *     for k in range(nd):             # <<<<<<<<<<<<<<
@@ -21688,7 +21799,7 @@ static CYTHON_INLINE int __pyx_f_6jacext_9_function__is_point(PyObject *__pyx_v_
   for (__pyx_t_8 = 0; __pyx_t_8 < __pyx_t_7; __pyx_t_8+=1) {
     __pyx_v_k = __pyx_t_8;
 
-    /* "jacext/_function.pyx":503
+    /* "jacext/_function.pyx":504
  *         return False
  *     for k in range(nd):
  *         if dims[k] != <cnp.npy_intp>shape[k]:             # <<<<<<<<<<<<<<
@@ -21697,11 +21808,11 @@ static CYTHON_INLINE int __pyx_f_6jacext_9_function__is_point(PyObject *__pyx_v_
 */
     if (unlikely(__pyx_v_shape == Py_None)) {
       PyErr_SetString(PyExc_TypeError, "\047NoneType\047 object is not subscriptable");
-      __PYX_ERR(0, 503, __pyx_L1_error)
+      __PYX_ERR(0, 504, __pyx_L1_error)
     }
-    __pyx_t_2 = __Pyx_GetItemInt_Tuple(__pyx_v_shape, __pyx_v_k, int, 1, __Pyx_PyLong_From_int, 1, 1, 1, __Pyx_ReferenceSharing_FunctionArgument); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 503, __pyx_L1_error)
+    __pyx_t_2 = __Pyx_GetItemInt_Tuple(__pyx_v_shape, __pyx_v_k, int, 1, __Pyx_PyLong_From_int, 1, 1, 1, __Pyx_ReferenceSharing_FunctionArgument); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 504, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
-    __pyx_t_9 = __Pyx_PyLong_As_npy_intp(__pyx_t_2); if (unlikely((__pyx_t_9 == ((npy_intp)-1)) && PyErr_Occurred())) __PYX_ERR(0, 503, __pyx_L1_error)
+    __pyx_t_9 = __Pyx_PyLong_As_npy_intp(__pyx_t_2); if (unlikely((__pyx_t_9 == ((npy_intp)-1)) && PyErr_Occurred())) __PYX_ERR(0, 504, __pyx_L1_error)
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
     __pyx_t_3 = ((__pyx_v_dims[__pyx_v_k]) != ((npy_intp)__pyx_t_9));
 
@@ -21709,7 +21820,7 @@ static CYTHON_INLINE int __pyx_f_6jacext_9_function__is_point(PyObject *__pyx_v_
     if (__pyx_t_3) {
 
 
-      /* "jacext/_function.pyx":504
+      /* "jacext/_function.pyx":505
  *     for k in range(nd):
  *         if dims[k] != <cnp.npy_intp>shape[k]:
  *             return False             # <<<<<<<<<<<<<<
@@ -21722,7 +21833,7 @@ static CYTHON_INLINE int __pyx_f_6jacext_9_function__is_point(PyObject *__pyx_v_
       }
       goto __pyx_L0;
 
-      /* "jacext/_function.pyx":503
+      /* "jacext/_function.pyx":504
  *         return False
  *     for k in range(nd):
  *         if dims[k] != <cnp.npy_intp>shape[k]:             # <<<<<<<<<<<<<<
@@ -21733,7 +21844,7 @@ static CYTHON_INLINE int __pyx_f_6jacext_9_function__is_point(PyObject *__pyx_v_
   }
 
 
-  /* "jacext/_function.pyx":505
+  /* "jacext/_function.pyx":506
  *         if dims[k] != <cnp.npy_intp>shape[k]:
  *             return False
  *     return True             # <<<<<<<<<<<<<<
@@ -21746,7 +21857,7 @@ static CYTHON_INLINE int __pyx_f_6jacext_9_function__is_point(PyObject *__pyx_v_
   }
   goto __pyx_L0;
 
-  /* "jacext/_function.pyx":488
+  /* "jacext/_function.pyx":489
  * # ---- the fast paths' pieces ----
  * 
  * cdef inline bint _is_point(object a, tuple shape):             # <<<<<<<<<<<<<<
@@ -21770,7 +21881,7 @@ static CYTHON_INLINE int __pyx_f_6jacext_9_function__is_point(PyObject *__pyx_v_
   return __pyx_r;
 }
 
-/* "jacext/_function.pyx":508
+/* "jacext/_function.pyx":509
  * 
  * 
  * cdef inline int32_t _lanes(int mode, int32_t n_cols, int32_t n_out) noexcept:             # <<<<<<<<<<<<<<
@@ -21784,7 +21895,7 @@ static CYTHON_INLINE int32_t __pyx_f_6jacext_9_function__lanes(int __pyx_v_mode,
   int32_t __pyx_t_1;
   int __pyx_t_2;
 
-  /* "jacext/_function.pyx":509
+  /* "jacext/_function.pyx":510
  * 
  * cdef inline int32_t _lanes(int mode, int32_t n_cols, int32_t n_out) noexcept:
  *     cdef int32_t need = n_cols if mode == JX_MODE_FORWARD else n_out             # <<<<<<<<<<<<<<
@@ -21803,7 +21914,7 @@ static CYTHON_INLINE int32_t __pyx_f_6jacext_9_function__lanes(int __pyx_v_mode,
 
   __pyx_v_need = __pyx_t_1;
 
-  /* "jacext/_function.pyx":510
+  /* "jacext/_function.pyx":511
  * cdef inline int32_t _lanes(int mode, int32_t n_cols, int32_t n_out) noexcept:
  *     cdef int32_t need = n_cols if mode == JX_MODE_FORWARD else n_out
  *     if need > JX_MAX_LANES:             # <<<<<<<<<<<<<<
@@ -21815,7 +21926,7 @@ static CYTHON_INLINE int32_t __pyx_f_6jacext_9_function__lanes(int __pyx_v_mode,
   if (__pyx_t_2) {
 
 
-    /* "jacext/_function.pyx":511
+    /* "jacext/_function.pyx":512
  *     cdef int32_t need = n_cols if mode == JX_MODE_FORWARD else n_out
  *     if need > JX_MAX_LANES:
  *         need = JX_MAX_LANES             # <<<<<<<<<<<<<<
@@ -21824,7 +21935,7 @@ static CYTHON_INLINE int32_t __pyx_f_6jacext_9_function__lanes(int __pyx_v_mode,
 */
     __pyx_v_need = JX_MAX_LANES;
 
-    /* "jacext/_function.pyx":510
+    /* "jacext/_function.pyx":511
  * cdef inline int32_t _lanes(int mode, int32_t n_cols, int32_t n_out) noexcept:
  *     cdef int32_t need = n_cols if mode == JX_MODE_FORWARD else n_out
  *     if need > JX_MAX_LANES:             # <<<<<<<<<<<<<<
@@ -21833,7 +21944,7 @@ static CYTHON_INLINE int32_t __pyx_f_6jacext_9_function__lanes(int __pyx_v_mode,
 */
   }
 
-  /* "jacext/_function.pyx":512
+  /* "jacext/_function.pyx":513
  *     if need > JX_MAX_LANES:
  *         need = JX_MAX_LANES
  *     return need if need > 0 else 1             # <<<<<<<<<<<<<<
@@ -21855,7 +21966,7 @@ static CYTHON_INLINE int32_t __pyx_f_6jacext_9_function__lanes(int __pyx_v_mode,
   }
   goto __pyx_L0;
 
-  /* "jacext/_function.pyx":508
+  /* "jacext/_function.pyx":509
  * 
  * 
  * cdef inline int32_t _lanes(int mode, int32_t n_cols, int32_t n_out) noexcept:             # <<<<<<<<<<<<<<
@@ -21870,7 +21981,7 @@ static CYTHON_INLINE int32_t __pyx_f_6jacext_9_function__lanes(int __pyx_v_mode,
   return __pyx_r;
 }
 
-/* "jacext/_function.pyx":515
+/* "jacext/_function.pyx":516
  * 
  * 
  * cdef int _point_jacobian(Tape tape, jx_work *w, cnp.ndarray x, cnp.ndarray jac,             # <<<<<<<<<<<<<<
@@ -21887,7 +21998,7 @@ static int __pyx_f_6jacext_9_function__point_jacobian(struct __pyx_obj_6jacext_5
   int __pyx_r;
   int __pyx_t_1;
 
-  /* "jacext/_function.pyx":519
+  /* "jacext/_function.pyx":520
  *     """The dense Jacobian at one point (arguments checked by the caller), the GIL
  *     released where the sweep is long enough to pay for it."""
  *     cdef const double *px = <const double *>cnp.PyArray_DATA(x)             # <<<<<<<<<<<<<<
@@ -21896,7 +22007,7 @@ static int __pyx_f_6jacext_9_function__point_jacobian(struct __pyx_obj_6jacext_5
 */
   __pyx_v_px = ((double const *)PyArray_DATA(__pyx_v_x));
 
-  /* "jacext/_function.pyx":520
+  /* "jacext/_function.pyx":521
  *     released where the sweep is long enough to pay for it."""
  *     cdef const double *px = <const double *>cnp.PyArray_DATA(x)
  *     cdef double *pj = <double *>cnp.PyArray_DATA(jac)             # <<<<<<<<<<<<<<
@@ -21905,7 +22016,7 @@ static int __pyx_f_6jacext_9_function__point_jacobian(struct __pyx_obj_6jacext_5
 */
   __pyx_v_pj = ((double *)PyArray_DATA(__pyx_v_jac));
 
-  /* "jacext/_function.pyx":521
+  /* "jacext/_function.pyx":522
  *     cdef const double *px = <const double *>cnp.PyArray_DATA(x)
  *     cdef double *pj = <double *>cnp.PyArray_DATA(jac)
  *     cdef const int32_t *pc = <const int32_t *>cnp.PyArray_DATA(cols)             # <<<<<<<<<<<<<<
@@ -21914,7 +22025,7 @@ static int __pyx_f_6jacext_9_function__point_jacobian(struct __pyx_obj_6jacext_5
 */
   __pyx_v_pc = ((int32_t const *)PyArray_DATA(__pyx_v_cols));
 
-  /* "jacext/_function.pyx":522
+  /* "jacext/_function.pyx":523
  *     cdef double *pj = <double *>cnp.PyArray_DATA(jac)
  *     cdef const int32_t *pc = <const int32_t *>cnp.PyArray_DATA(cols)
  *     cdef int32_t n_cols = <int32_t>cols.shape[0]             # <<<<<<<<<<<<<<
@@ -21923,7 +22034,7 @@ static int __pyx_f_6jacext_9_function__point_jacobian(struct __pyx_obj_6jacext_5
 */
   __pyx_v_n_cols = ((int32_t)(__pyx_f_5numpy_7ndarray_5shape___get__(__pyx_v_cols)[0]));
 
-  /* "jacext/_function.pyx":524
+  /* "jacext/_function.pyx":525
  *     cdef int32_t n_cols = <int32_t>cols.shape[0]
  *     cdef int st
  *     if tape.t.n_instr * w.lanes > NOGIL_WORK:             # <<<<<<<<<<<<<<
@@ -21935,7 +22046,7 @@ static int __pyx_f_6jacext_9_function__point_jacobian(struct __pyx_obj_6jacext_5
   if (__pyx_t_1) {
 
 
-    /* "jacext/_function.pyx":525
+    /* "jacext/_function.pyx":526
  *     cdef int st
  *     if tape.t.n_instr * w.lanes > NOGIL_WORK:
  *         with nogil:             # <<<<<<<<<<<<<<
@@ -21948,7 +22059,7 @@ static int __pyx_f_6jacext_9_function__point_jacobian(struct __pyx_obj_6jacext_5
         __Pyx_FastGIL_Remember();
         /*try:*/ {
 
-          /* "jacext/_function.pyx":526
+          /* "jacext/_function.pyx":527
  *     if tape.t.n_instr * w.lanes > NOGIL_WORK:
  *         with nogil:
  *             st = jx_point_jacobian(&tape.t, w, px, NULL, pj, pc, n_cols, m)             # <<<<<<<<<<<<<<
@@ -21958,7 +22069,7 @@ static int __pyx_f_6jacext_9_function__point_jacobian(struct __pyx_obj_6jacext_5
           __pyx_v_st = jx_point_jacobian((&__pyx_v_tape->t), __pyx_v_w, __pyx_v_px, NULL, __pyx_v_pj, __pyx_v_pc, __pyx_v_n_cols, __pyx_v_m);
         }
 
-        /* "jacext/_function.pyx":525
+        /* "jacext/_function.pyx":526
  *     cdef int st
  *     if tape.t.n_instr * w.lanes > NOGIL_WORK:
  *         with nogil:             # <<<<<<<<<<<<<<
@@ -21975,7 +22086,7 @@ static int __pyx_f_6jacext_9_function__point_jacobian(struct __pyx_obj_6jacext_5
         }
     }
 
-    /* "jacext/_function.pyx":524
+    /* "jacext/_function.pyx":525
  *     cdef int32_t n_cols = <int32_t>cols.shape[0]
  *     cdef int st
  *     if tape.t.n_instr * w.lanes > NOGIL_WORK:             # <<<<<<<<<<<<<<
@@ -21985,7 +22096,7 @@ static int __pyx_f_6jacext_9_function__point_jacobian(struct __pyx_obj_6jacext_5
     goto __pyx_L3;
   }
 
-  /* "jacext/_function.pyx":528
+  /* "jacext/_function.pyx":529
  *             st = jx_point_jacobian(&tape.t, w, px, NULL, pj, pc, n_cols, m)
  *     else:
  *         st = jx_point_jacobian(&tape.t, w, px, NULL, pj, pc, n_cols, m)             # <<<<<<<<<<<<<<
@@ -21997,7 +22108,7 @@ static int __pyx_f_6jacext_9_function__point_jacobian(struct __pyx_obj_6jacext_5
   }
   __pyx_L3:;
 
-  /* "jacext/_function.pyx":529
+  /* "jacext/_function.pyx":530
  *     else:
  *         st = jx_point_jacobian(&tape.t, w, px, NULL, pj, pc, n_cols, m)
  *     return st             # <<<<<<<<<<<<<<
@@ -22010,7 +22121,7 @@ static int __pyx_f_6jacext_9_function__point_jacobian(struct __pyx_obj_6jacext_5
   }
   goto __pyx_L0;
 
-  /* "jacext/_function.pyx":515
+  /* "jacext/_function.pyx":516
  * 
  * 
  * cdef int _point_jacobian(Tape tape, jx_work *w, cnp.ndarray x, cnp.ndarray jac,             # <<<<<<<<<<<<<<
@@ -22029,7 +22140,7 @@ static int __pyx_f_6jacext_9_function__point_jacobian(struct __pyx_obj_6jacext_5
   return __pyx_r;
 }
 
-/* "jacext/_function.pyx":532
+/* "jacext/_function.pyx":533
  * 
  * 
  * cdef cnp.ndarray _check_out(out, tuple shape):             # <<<<<<<<<<<<<<
@@ -22056,19 +22167,19 @@ static PyArrayObject *__pyx_f_6jacext_9_function__check_out(PyObject *__pyx_v_ou
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_check_out", 0);
 
-  /* "jacext/_function.pyx":533
+  /* "jacext/_function.pyx":534
  * 
  * cdef cnp.ndarray _check_out(out, tuple shape):
  *     if not isinstance(out, np.ndarray):             # <<<<<<<<<<<<<<
  *         raise TypeError(f"jacext: out must be a NumPy array; got {type(out).__name__}")
  *     if (cnp.PyArray_TYPE(<cnp.ndarray>out) != cnp.NPY_DOUBLE
 */
-  __Pyx_GetModuleGlobalName(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 533, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 534, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_ndarray); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 533, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_ndarray); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 534, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-  __pyx_t_3 = PyObject_IsInstance(__pyx_v_out, __pyx_t_2); if (unlikely(__pyx_t_3 == ((int)-1))) __PYX_ERR(0, 533, __pyx_L1_error)
+  __pyx_t_3 = PyObject_IsInstance(__pyx_v_out, __pyx_t_2); if (unlikely(__pyx_t_3 == ((int)-1))) __PYX_ERR(0, 534, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   __pyx_t_4 = (!__pyx_t_3);
 
@@ -22076,7 +22187,7 @@ static PyArrayObject *__pyx_f_6jacext_9_function__check_out(PyObject *__pyx_v_ou
   if (unlikely(__pyx_t_4)) {
 
 
-    /* "jacext/_function.pyx":534
+    /* "jacext/_function.pyx":535
  * cdef cnp.ndarray _check_out(out, tuple shape):
  *     if not isinstance(out, np.ndarray):
  *         raise TypeError(f"jacext: out must be a NumPy array; got {type(out).__name__}")             # <<<<<<<<<<<<<<
@@ -22084,12 +22195,12 @@ static PyArrayObject *__pyx_f_6jacext_9_function__check_out(PyObject *__pyx_v_ou
  *             or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>out)
 */
     __pyx_t_1 = NULL;
-    __pyx_t_5 = __Pyx_PyObject_GetAttrStr(((PyObject *)Py_TYPE(__pyx_v_out)), __pyx_mstate_global->__pyx_n_u_name_2); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 534, __pyx_L1_error)
+    __pyx_t_5 = __Pyx_PyObject_GetAttrStr(((PyObject *)Py_TYPE(__pyx_v_out)), __pyx_mstate_global->__pyx_n_u_name_2); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 535, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_5);
-    __pyx_t_6 = __Pyx_PyObject_FormatSimple(__pyx_t_5, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 534, __pyx_L1_error)
+    __pyx_t_6 = __Pyx_PyObject_FormatSimple(__pyx_t_5, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 535, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
     __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-    __pyx_t_5 = __Pyx_PyUnicode_Concat(__pyx_mstate_global->__pyx_kp_u_jacext_out_must_be_a_NumPy_array, __pyx_t_6); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 534, __pyx_L1_error)
+    __pyx_t_5 = __Pyx_PyUnicode_Concat(__pyx_mstate_global->__pyx_kp_u_jacext_out_must_be_a_NumPy_array, __pyx_t_6); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 535, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_5);
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
     __pyx_t_7 = 1;
@@ -22098,14 +22209,14 @@ static PyArrayObject *__pyx_f_6jacext_9_function__check_out(PyObject *__pyx_v_ou
       __pyx_t_2 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_TypeError)), __pyx_callargs+__pyx_t_7, (2-__pyx_t_7) | (__pyx_t_7*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_1); __pyx_t_1 = 0;
       __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 534, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 535, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
     __Pyx_Raise(__pyx_t_2, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    __PYX_ERR(0, 534, __pyx_L1_error)
+    __PYX_ERR(0, 535, __pyx_L1_error)
 
-    /* "jacext/_function.pyx":533
+    /* "jacext/_function.pyx":534
  * 
  * cdef cnp.ndarray _check_out(out, tuple shape):
  *     if not isinstance(out, np.ndarray):             # <<<<<<<<<<<<<<
@@ -22114,7 +22225,7 @@ static PyArrayObject *__pyx_f_6jacext_9_function__check_out(PyObject *__pyx_v_ou
 */
   }
 
-  /* "jacext/_function.pyx":535
+  /* "jacext/_function.pyx":536
  *     if not isinstance(out, np.ndarray):
  *         raise TypeError(f"jacext: out must be a NumPy array; got {type(out).__name__}")
  *     if (cnp.PyArray_TYPE(<cnp.ndarray>out) != cnp.NPY_DOUBLE             # <<<<<<<<<<<<<<
@@ -22132,7 +22243,7 @@ static PyArrayObject *__pyx_f_6jacext_9_function__check_out(PyObject *__pyx_v_ou
     goto __pyx_L5_bool_binop_done;
   }
 
-  /* "jacext/_function.pyx":536
+  /* "jacext/_function.pyx":537
  *         raise TypeError(f"jacext: out must be a NumPy array; got {type(out).__name__}")
  *     if (cnp.PyArray_TYPE(<cnp.ndarray>out) != cnp.NPY_DOUBLE
  *             or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>out)             # <<<<<<<<<<<<<<
@@ -22150,7 +22261,7 @@ static PyArrayObject *__pyx_f_6jacext_9_function__check_out(PyObject *__pyx_v_ou
     goto __pyx_L5_bool_binop_done;
   }
 
-  /* "jacext/_function.pyx":537
+  /* "jacext/_function.pyx":538
  *     if (cnp.PyArray_TYPE(<cnp.ndarray>out) != cnp.NPY_DOUBLE
  *             or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>out)
  *             or not cnp.PyArray_ISWRITEABLE(<cnp.ndarray>out)):             # <<<<<<<<<<<<<<
@@ -22164,7 +22275,7 @@ static PyArrayObject *__pyx_f_6jacext_9_function__check_out(PyObject *__pyx_v_ou
 
   __pyx_L5_bool_binop_done:;
 
-  /* "jacext/_function.pyx":535
+  /* "jacext/_function.pyx":536
  *     if not isinstance(out, np.ndarray):
  *         raise TypeError(f"jacext: out must be a NumPy array; got {type(out).__name__}")
  *     if (cnp.PyArray_TYPE(<cnp.ndarray>out) != cnp.NPY_DOUBLE             # <<<<<<<<<<<<<<
@@ -22174,7 +22285,7 @@ static PyArrayObject *__pyx_f_6jacext_9_function__check_out(PyObject *__pyx_v_ou
   if (unlikely(__pyx_t_4)) {
 
 
-    /* "jacext/_function.pyx":538
+    /* "jacext/_function.pyx":539
  *             or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>out)
  *             or not cnp.PyArray_ISWRITEABLE(<cnp.ndarray>out)):
  *         raise ValueError("jacext: out must be a writeable, C-contiguous float64 array "             # <<<<<<<<<<<<<<
@@ -22187,14 +22298,14 @@ static PyArrayObject *__pyx_f_6jacext_9_function__check_out(PyObject *__pyx_v_ou
       PyObject *__pyx_callargs[2] = {__pyx_t_5, __pyx_mstate_global->__pyx_kp_u_jacext_out_must_be_a_writeable_C};
       __pyx_t_2 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_7, (2-__pyx_t_7) | (__pyx_t_7*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_5); __pyx_t_5 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 538, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 539, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
     __Pyx_Raise(__pyx_t_2, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    __PYX_ERR(0, 538, __pyx_L1_error)
+    __PYX_ERR(0, 539, __pyx_L1_error)
 
-    /* "jacext/_function.pyx":535
+    /* "jacext/_function.pyx":536
  *     if not isinstance(out, np.ndarray):
  *         raise TypeError(f"jacext: out must be a NumPy array; got {type(out).__name__}")
  *     if (cnp.PyArray_TYPE(<cnp.ndarray>out) != cnp.NPY_DOUBLE             # <<<<<<<<<<<<<<
@@ -22203,21 +22314,21 @@ static PyArrayObject *__pyx_f_6jacext_9_function__check_out(PyObject *__pyx_v_ou
 */
   }
 
-  /* "jacext/_function.pyx":540
+  /* "jacext/_function.pyx":541
  *         raise ValueError("jacext: out must be a writeable, C-contiguous float64 array "
  *                          "(np.empty(shape))")
  *     if out.shape != shape:             # <<<<<<<<<<<<<<
  *         raise ValueError(f"jacext: out has shape {_args.shape_str(out.shape)}; the Jacobian "
  *                          f"has shape {_args.shape_str(shape)}")
 */
-  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_v_out, __pyx_mstate_global->__pyx_n_u_shape); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 540, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_v_out, __pyx_mstate_global->__pyx_n_u_shape); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 541, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_4 = __Pyx_PyObject_RichCompareBool(__pyx_t_2, __pyx_v_shape, Py_NE); if (unlikely((__pyx_t_4 < 0))) __PYX_ERR(0, 540, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_RichCompareBool(__pyx_t_2, __pyx_v_shape, Py_NE); if (unlikely((__pyx_t_4 < 0))) __PYX_ERR(0, 541, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   if (unlikely(__pyx_t_4)) {
 
 
-    /* "jacext/_function.pyx":541
+    /* "jacext/_function.pyx":542
  *                          "(np.empty(shape))")
  *     if out.shape != shape:
  *         raise ValueError(f"jacext: out has shape {_args.shape_str(out.shape)}; the Jacobian "             # <<<<<<<<<<<<<<
@@ -22225,37 +22336,37 @@ static PyArrayObject *__pyx_f_6jacext_9_function__check_out(PyObject *__pyx_v_ou
  *     return <cnp.ndarray>out
 */
     __pyx_t_5 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_args); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 541, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_args); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 542, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
-    __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_shape_str); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 541, __pyx_L1_error)
+    __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_shape_str); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 542, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-    __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_out, __pyx_mstate_global->__pyx_n_u_shape); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 541, __pyx_L1_error)
+    __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_out, __pyx_mstate_global->__pyx_n_u_shape); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 542, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
-    __pyx_t_8 = __Pyx_PyObject_CallOneArg(__pyx_t_6, __pyx_t_1); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 541, __pyx_L1_error)
+    __pyx_t_8 = __Pyx_PyObject_CallOneArg(__pyx_t_6, __pyx_t_1); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 542, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_8);
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-    __pyx_t_1 = __Pyx_PyObject_FormatSimple(__pyx_t_8, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 541, __pyx_L1_error)
+    __pyx_t_1 = __Pyx_PyObject_FormatSimple(__pyx_t_8, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 542, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
     __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
 
-    /* "jacext/_function.pyx":542
+    /* "jacext/_function.pyx":543
  *     if out.shape != shape:
  *         raise ValueError(f"jacext: out has shape {_args.shape_str(out.shape)}; the Jacobian "
  *                          f"has shape {_args.shape_str(shape)}")             # <<<<<<<<<<<<<<
  *     return <cnp.ndarray>out
  * 
 */
-    __Pyx_GetModuleGlobalName(__pyx_t_8, __pyx_mstate_global->__pyx_n_u_args); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 542, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_8, __pyx_mstate_global->__pyx_n_u_args); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 543, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_8);
-    __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_8, __pyx_mstate_global->__pyx_n_u_shape_str); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 542, __pyx_L1_error)
+    __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_8, __pyx_mstate_global->__pyx_n_u_shape_str); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 543, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
     __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
-    __pyx_t_8 = __Pyx_PyObject_CallOneArg(__pyx_t_6, __pyx_v_shape); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 542, __pyx_L1_error)
+    __pyx_t_8 = __Pyx_PyObject_CallOneArg(__pyx_t_6, __pyx_v_shape); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 543, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_8);
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-    __pyx_t_6 = __Pyx_PyObject_FormatSimple(__pyx_t_8, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 542, __pyx_L1_error)
+    __pyx_t_6 = __Pyx_PyObject_FormatSimple(__pyx_t_8, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 543, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
     __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
     __pyx_t_9[0] = __pyx_mstate_global->__pyx_kp_u_jacext_out_has_shape;
@@ -22263,7 +22374,7 @@ static PyArrayObject *__pyx_f_6jacext_9_function__check_out(PyObject *__pyx_v_ou
     __pyx_t_9[2] = __pyx_mstate_global->__pyx_kp_u_the_Jacobian_has_shape;
     __pyx_t_9[3] = __pyx_t_6;
 
-    /* "jacext/_function.pyx":541
+    /* "jacext/_function.pyx":542
  *                          "(np.empty(shape))")
  *     if out.shape != shape:
  *         raise ValueError(f"jacext: out has shape {_args.shape_str(out.shape)}; the Jacobian "             # <<<<<<<<<<<<<<
@@ -22279,7 +22390,7 @@ static PyArrayObject *__pyx_f_6jacext_9_function__check_out(PyObject *__pyx_v_ou
     __pyx_t_11 |= __Pyx_PyUnicode_KIND_04(__pyx_t_9[1]) | __Pyx_PyUnicode_KIND_04(__pyx_t_9[3]);
     #endif
     __pyx_t_8 = __Pyx_PyUnicode_Join(__pyx_t_9, 4, __pyx_t_10, __pyx_t_11);
-    if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 541, __pyx_L1_error)
+    if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 542, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_8);
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
@@ -22289,14 +22400,14 @@ static PyArrayObject *__pyx_f_6jacext_9_function__check_out(PyObject *__pyx_v_ou
       __pyx_t_2 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_7, (2-__pyx_t_7) | (__pyx_t_7*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_5); __pyx_t_5 = 0;
       __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 541, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 542, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
     __Pyx_Raise(__pyx_t_2, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    __PYX_ERR(0, 541, __pyx_L1_error)
+    __PYX_ERR(0, 542, __pyx_L1_error)
 
-    /* "jacext/_function.pyx":540
+    /* "jacext/_function.pyx":541
  *         raise ValueError("jacext: out must be a writeable, C-contiguous float64 array "
  *                          "(np.empty(shape))")
  *     if out.shape != shape:             # <<<<<<<<<<<<<<
@@ -22305,7 +22416,7 @@ static PyArrayObject *__pyx_f_6jacext_9_function__check_out(PyObject *__pyx_v_ou
 */
   }
 
-  /* "jacext/_function.pyx":543
+  /* "jacext/_function.pyx":544
  *         raise ValueError(f"jacext: out has shape {_args.shape_str(out.shape)}; the Jacobian "
  *                          f"has shape {_args.shape_str(shape)}")
  *     return <cnp.ndarray>out             # <<<<<<<<<<<<<<
@@ -22323,7 +22434,7 @@ static PyArrayObject *__pyx_f_6jacext_9_function__check_out(PyObject *__pyx_v_ou
   }
   goto __pyx_L0;
 
-  /* "jacext/_function.pyx":532
+  /* "jacext/_function.pyx":533
  * 
  * 
  * cdef cnp.ndarray _check_out(out, tuple shape):             # <<<<<<<<<<<<<<
@@ -22346,7 +22457,7 @@ static PyArrayObject *__pyx_f_6jacext_9_function__check_out(PyObject *__pyx_v_ou
   return __pyx_r;
 }
 
-/* "jacext/_function.pyx":546
+/* "jacext/_function.pyx":547
  * 
  * 
  * cdef object _eval_tape(Tape jt, cnp.ndarray x, Py_ssize_t n_values):             # <<<<<<<<<<<<<<
@@ -22375,7 +22486,7 @@ static PyObject *__pyx_f_6jacext_9_function__eval_tape(struct __pyx_obj_6jacext_
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_eval_tape", 0);
 
-  /* "jacext/_function.pyx":549
+  /* "jacext/_function.pyx":550
  *     """jt's outputs at the point x (float64, C-contiguous, checked), or None when an
  *     output past the first n_values is not finite (then the sweeps decide)."""
  *     cdef cnp.ndarray r = np.empty(jt.t.n_out, dtype=np.float64)             # <<<<<<<<<<<<<<
@@ -22383,16 +22494,16 @@ static PyObject *__pyx_f_6jacext_9_function__eval_tape(struct __pyx_obj_6jacext_
  *     cdef int st
 */
   __pyx_t_2 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 549, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 550, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_empty); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 549, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_empty); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 550, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __pyx_t_3 = __Pyx_PyLong_From_int32_t(__pyx_v_jt->t.n_out); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 549, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_From_int32_t(__pyx_v_jt->t.n_out); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 550, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __Pyx_GetModuleGlobalName(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 549, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 550, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_float64); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 549, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_float64); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 550, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
   #if CYTHON_VECTORCALL
@@ -22413,13 +22524,13 @@ static PyObject *__pyx_f_6jacext_9_function__eval_tape(struct __pyx_obj_6jacext_
     PyObject *__pyx_callargs[3] = {__pyx_t_2, __pyx_t_3, __pyx_t_6};
     #if CYTHON_VECTORCALL
     __pyx_t_5 = __pyx_mstate_global->__pyx_tuple[1];
-    if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 549, __pyx_L1_error)
+    if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 550, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_5);
     #else
     {
       PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
       __pyx_t_5 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 1);
-      if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 549, __pyx_L1_error)
+      if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 550, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_5);
     }
     #endif
@@ -22431,24 +22542,24 @@ static PyObject *__pyx_f_6jacext_9_function__eval_tape(struct __pyx_obj_6jacext_
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
     __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 549, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 550, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
-  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 549, __pyx_L1_error)
+  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 550, __pyx_L1_error)
   __pyx_v_r = ((PyArrayObject *)__pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "jacext/_function.pyx":550
+  /* "jacext/_function.pyx":551
  *     output past the first n_values is not finite (then the sweeps decide)."""
  *     cdef cnp.ndarray r = np.empty(jt.t.n_out, dtype=np.float64)
  *     cdef jx_work *w = jt.take_work(1)             # <<<<<<<<<<<<<<
  *     cdef int st
  *     try:
 */
-  __pyx_t_8 = ((struct __pyx_vtabstruct_6jacext_5_tape_Tape *)__pyx_v_jt->__pyx_vtab)->take_work(__pyx_v_jt, 1); if (unlikely(__pyx_t_8 == ((void *)NULL))) __PYX_ERR(0, 550, __pyx_L1_error)
+  __pyx_t_8 = ((struct __pyx_vtabstruct_6jacext_5_tape_Tape *)__pyx_v_jt->__pyx_vtab)->take_work(__pyx_v_jt, 1); if (unlikely(__pyx_t_8 == ((void *)NULL))) __PYX_ERR(0, 551, __pyx_L1_error)
   __pyx_v_w = __pyx_t_8;
 
-  /* "jacext/_function.pyx":552
+  /* "jacext/_function.pyx":553
  *     cdef jx_work *w = jt.take_work(1)
  *     cdef int st
  *     try:             # <<<<<<<<<<<<<<
@@ -22457,7 +22568,7 @@ static PyObject *__pyx_f_6jacext_9_function__eval_tape(struct __pyx_obj_6jacext_
 */
   /*try:*/ {
 
-    /* "jacext/_function.pyx":553
+    /* "jacext/_function.pyx":554
  *     cdef int st
  *     try:
  *         with nogil:             # <<<<<<<<<<<<<<
@@ -22470,7 +22581,7 @@ static PyObject *__pyx_f_6jacext_9_function__eval_tape(struct __pyx_obj_6jacext_
         __Pyx_FastGIL_Remember();
         /*try:*/ {
 
-          /* "jacext/_function.pyx":554
+          /* "jacext/_function.pyx":555
  *     try:
  *         with nogil:
  *             st = jx_point_value(&jt.t, w, <const double *>cnp.PyArray_DATA(x),             # <<<<<<<<<<<<<<
@@ -22480,7 +22591,7 @@ static PyObject *__pyx_f_6jacext_9_function__eval_tape(struct __pyx_obj_6jacext_
           __pyx_v_st = jx_point_value((&__pyx_v_jt->t), __pyx_v_w, ((double const *)PyArray_DATA(__pyx_v_x)), ((double *)PyArray_DATA(__pyx_v_r)));
         }
 
-        /* "jacext/_function.pyx":553
+        /* "jacext/_function.pyx":554
  *     cdef int st
  *     try:
  *         with nogil:             # <<<<<<<<<<<<<<
@@ -22498,7 +22609,7 @@ static PyObject *__pyx_f_6jacext_9_function__eval_tape(struct __pyx_obj_6jacext_
     }
   }
 
-  /* "jacext/_function.pyx":557
+  /* "jacext/_function.pyx":558
  *                                 <double *>cnp.PyArray_DATA(r))
  *     finally:
  *         jt.give_work(w)             # <<<<<<<<<<<<<<
@@ -22513,17 +22624,17 @@ static PyObject *__pyx_f_6jacext_9_function__eval_tape(struct __pyx_obj_6jacext_
     __pyx_L5:;
   }
 
-  /* "jacext/_function.pyx":558
+  /* "jacext/_function.pyx":559
  *     finally:
  *         jt.give_work(w)
  *     raise_status(st)             # <<<<<<<<<<<<<<
  *     if not jx_all_finite(<const double *>cnp.PyArray_DATA(r) + n_values,
  *                          jt.t.n_out - n_values):
 */
-  __pyx_t_9 = __pyx_f_6jacext_5_tape_raise_status(__pyx_v_st); if (unlikely(__pyx_t_9 == ((int)-1))) __PYX_ERR(0, 558, __pyx_L1_error)
+  __pyx_t_9 = __pyx_f_6jacext_5_tape_raise_status(__pyx_v_st); if (unlikely(__pyx_t_9 == ((int)-1))) __PYX_ERR(0, 559, __pyx_L1_error)
 
 
-  /* "jacext/_function.pyx":559
+  /* "jacext/_function.pyx":560
  *         jt.give_work(w)
  *     raise_status(st)
  *     if not jx_all_finite(<const double *>cnp.PyArray_DATA(r) + n_values,             # <<<<<<<<<<<<<<
@@ -22535,7 +22646,7 @@ static PyObject *__pyx_f_6jacext_9_function__eval_tape(struct __pyx_obj_6jacext_
   if (__pyx_t_10) {
 
 
-    /* "jacext/_function.pyx":561
+    /* "jacext/_function.pyx":562
  *     if not jx_all_finite(<const double *>cnp.PyArray_DATA(r) + n_values,
  *                          jt.t.n_out - n_values):
  *         return None             # <<<<<<<<<<<<<<
@@ -22552,7 +22663,7 @@ static PyObject *__pyx_f_6jacext_9_function__eval_tape(struct __pyx_obj_6jacext_
     }
     goto __pyx_L0;
 
-    /* "jacext/_function.pyx":559
+    /* "jacext/_function.pyx":560
  *         jt.give_work(w)
  *     raise_status(st)
  *     if not jx_all_finite(<const double *>cnp.PyArray_DATA(r) + n_values,             # <<<<<<<<<<<<<<
@@ -22561,7 +22672,7 @@ static PyObject *__pyx_f_6jacext_9_function__eval_tape(struct __pyx_obj_6jacext_
 */
   }
 
-  /* "jacext/_function.pyx":562
+  /* "jacext/_function.pyx":563
  *                          jt.t.n_out - n_values):
  *         return None
  *     return r             # <<<<<<<<<<<<<<
@@ -22579,7 +22690,7 @@ static PyObject *__pyx_f_6jacext_9_function__eval_tape(struct __pyx_obj_6jacext_
   }
   goto __pyx_L0;
 
-  /* "jacext/_function.pyx":546
+  /* "jacext/_function.pyx":547
  * 
  * 
  * cdef object _eval_tape(Tape jt, cnp.ndarray x, Py_ssize_t n_values):             # <<<<<<<<<<<<<<
@@ -22606,7 +22717,7 @@ static PyObject *__pyx_f_6jacext_9_function__eval_tape(struct __pyx_obj_6jacext_
   return __pyx_r;
 }
 
-/* "jacext/_function.pyx":565
+/* "jacext/_function.pyx":566
  * 
  * 
  * cdef void _fill_rows(cnp.ndarray dense, cnp.ndarray ptr, cnp.ndarray idx,             # <<<<<<<<<<<<<<
@@ -22635,7 +22746,7 @@ static void __pyx_f_6jacext_9_function__fill_rows(PyArrayObject *__pyx_v_dense, 
   int32_t __pyx_t_6;
   Py_ssize_t __pyx_t_7;
 
-  /* "jacext/_function.pyx":572
+  /* "jacext/_function.pyx":573
  *     zeroed first (one memset, fast string stores that keep it in cache), then its
  *     nonzeros are written while it is there (a caller's out=)."""
  *     cdef double *d = <double *>cnp.PyArray_DATA(dense)             # <<<<<<<<<<<<<<
@@ -22644,7 +22755,7 @@ static void __pyx_f_6jacext_9_function__fill_rows(PyArrayObject *__pyx_v_dense, 
 */
   __pyx_v_d = ((double *)PyArray_DATA(__pyx_v_dense));
 
-  /* "jacext/_function.pyx":573
+  /* "jacext/_function.pyx":574
  *     nonzeros are written while it is there (a caller's out=)."""
  *     cdef double *d = <double *>cnp.PyArray_DATA(dense)
  *     cdef const int32_t *p = <const int32_t *>cnp.PyArray_DATA(ptr)             # <<<<<<<<<<<<<<
@@ -22653,7 +22764,7 @@ static void __pyx_f_6jacext_9_function__fill_rows(PyArrayObject *__pyx_v_dense, 
 */
   __pyx_v_p = ((int32_t const *)PyArray_DATA(__pyx_v_ptr));
 
-  /* "jacext/_function.pyx":574
+  /* "jacext/_function.pyx":575
  *     cdef double *d = <double *>cnp.PyArray_DATA(dense)
  *     cdef const int32_t *p = <const int32_t *>cnp.PyArray_DATA(ptr)
  *     cdef const int32_t *j = <const int32_t *>cnp.PyArray_DATA(idx)             # <<<<<<<<<<<<<<
@@ -22662,7 +22773,7 @@ static void __pyx_f_6jacext_9_function__fill_rows(PyArrayObject *__pyx_v_dense, 
 */
   __pyx_v_j = ((int32_t const *)PyArray_DATA(__pyx_v_idx));
 
-  /* "jacext/_function.pyx":575
+  /* "jacext/_function.pyx":576
  *     cdef const int32_t *p = <const int32_t *>cnp.PyArray_DATA(ptr)
  *     cdef const int32_t *j = <const int32_t *>cnp.PyArray_DATA(idx)
  *     cdef const double *v = <const double *>cnp.PyArray_DATA(vals)             # <<<<<<<<<<<<<<
@@ -22671,7 +22782,7 @@ static void __pyx_f_6jacext_9_function__fill_rows(PyArrayObject *__pyx_v_dense, 
 */
   __pyx_v_v = ((double const *)PyArray_DATA(__pyx_v_vals));
 
-  /* "jacext/_function.pyx":576
+  /* "jacext/_function.pyx":577
  *     cdef const int32_t *j = <const int32_t *>cnp.PyArray_DATA(idx)
  *     cdef const double *v = <const double *>cnp.PyArray_DATA(vals)
  *     cdef Py_ssize_t n_rows = ptr.shape[0] - 1             # <<<<<<<<<<<<<<
@@ -22680,7 +22791,7 @@ static void __pyx_f_6jacext_9_function__fill_rows(PyArrayObject *__pyx_v_dense, 
 */
   __pyx_v_n_rows = ((__pyx_f_5numpy_7ndarray_5shape___get__(__pyx_v_ptr)[0]) - 1);
 
-  /* "jacext/_function.pyx":577
+  /* "jacext/_function.pyx":578
  *     cdef const double *v = <const double *>cnp.PyArray_DATA(vals)
  *     cdef Py_ssize_t n_rows = ptr.shape[0] - 1
  *     cdef Py_ssize_t n_cols = dense.size // n_rows if n_rows > 0 else 0             # <<<<<<<<<<<<<<
@@ -22699,7 +22810,7 @@ static void __pyx_f_6jacext_9_function__fill_rows(PyArrayObject *__pyx_v_dense, 
 
   __pyx_v_n_cols = __pyx_t_1;
 
-  /* "jacext/_function.pyx":578
+  /* "jacext/_function.pyx":579
  *     cdef Py_ssize_t n_rows = ptr.shape[0] - 1
  *     cdef Py_ssize_t n_cols = dense.size // n_rows if n_rows > 0 else 0
  *     cdef Py_ssize_t i, i1 = 0, i2, k             # <<<<<<<<<<<<<<
@@ -22708,7 +22819,7 @@ static void __pyx_f_6jacext_9_function__fill_rows(PyArrayObject *__pyx_v_dense, 
 */
   __pyx_v_i1 = 0;
 
-  /* "jacext/_function.pyx":579
+  /* "jacext/_function.pyx":580
  *     cdef Py_ssize_t n_cols = dense.size // n_rows if n_rows > 0 else 0
  *     cdef Py_ssize_t i, i1 = 0, i2, k
  *     cdef Py_ssize_t chunk = FILL_CHUNK_BYTES // (n_cols * 8) if n_cols > 0 else 1             # <<<<<<<<<<<<<<
@@ -22727,7 +22838,7 @@ static void __pyx_f_6jacext_9_function__fill_rows(PyArrayObject *__pyx_v_dense, 
 
   __pyx_v_chunk = __pyx_t_1;
 
-  /* "jacext/_function.pyx":581
+  /* "jacext/_function.pyx":582
  *     cdef Py_ssize_t chunk = FILL_CHUNK_BYTES // (n_cols * 8) if n_cols > 0 else 1
  *     cdef double *row
  *     if chunk < 1:             # <<<<<<<<<<<<<<
@@ -22739,7 +22850,7 @@ static void __pyx_f_6jacext_9_function__fill_rows(PyArrayObject *__pyx_v_dense, 
   if (__pyx_t_2) {
 
 
-    /* "jacext/_function.pyx":582
+    /* "jacext/_function.pyx":583
  *     cdef double *row
  *     if chunk < 1:
  *         chunk = 1             # <<<<<<<<<<<<<<
@@ -22748,7 +22859,7 @@ static void __pyx_f_6jacext_9_function__fill_rows(PyArrayObject *__pyx_v_dense, 
 */
     __pyx_v_chunk = 1;
 
-    /* "jacext/_function.pyx":581
+    /* "jacext/_function.pyx":582
  *     cdef Py_ssize_t chunk = FILL_CHUNK_BYTES // (n_cols * 8) if n_cols > 0 else 1
  *     cdef double *row
  *     if chunk < 1:             # <<<<<<<<<<<<<<
@@ -22757,7 +22868,7 @@ static void __pyx_f_6jacext_9_function__fill_rows(PyArrayObject *__pyx_v_dense, 
 */
   }
 
-  /* "jacext/_function.pyx":583
+  /* "jacext/_function.pyx":584
  *     if chunk < 1:
  *         chunk = 1
  *     with nogil:             # <<<<<<<<<<<<<<
@@ -22770,7 +22881,7 @@ static void __pyx_f_6jacext_9_function__fill_rows(PyArrayObject *__pyx_v_dense, 
       __Pyx_FastGIL_Remember();
       /*try:*/ {
 
-        /* "jacext/_function.pyx":584
+        /* "jacext/_function.pyx":585
  *         chunk = 1
  *     with nogil:
  *         while i1 < n_rows:             # <<<<<<<<<<<<<<
@@ -22783,7 +22894,7 @@ static void __pyx_f_6jacext_9_function__fill_rows(PyArrayObject *__pyx_v_dense, 
 
           if (!__pyx_t_2) break;
 
-          /* "jacext/_function.pyx":585
+          /* "jacext/_function.pyx":586
  *     with nogil:
  *         while i1 < n_rows:
  *             i2 = i1 + chunk if i1 + chunk < n_rows else n_rows             # <<<<<<<<<<<<<<
@@ -22802,7 +22913,7 @@ static void __pyx_f_6jacext_9_function__fill_rows(PyArrayObject *__pyx_v_dense, 
 
           __pyx_v_i2 = __pyx_t_1;
 
-          /* "jacext/_function.pyx":586
+          /* "jacext/_function.pyx":587
  *         while i1 < n_rows:
  *             i2 = i1 + chunk if i1 + chunk < n_rows else n_rows
  *             if not zeroed:             # <<<<<<<<<<<<<<
@@ -22814,7 +22925,7 @@ static void __pyx_f_6jacext_9_function__fill_rows(PyArrayObject *__pyx_v_dense, 
           if (__pyx_t_2) {
 
 
-            /* "jacext/_function.pyx":587
+            /* "jacext/_function.pyx":588
  *             i2 = i1 + chunk if i1 + chunk < n_rows else n_rows
  *             if not zeroed:
  *                 memset(d + i1 * n_cols, 0, (i2 - i1) * n_cols * sizeof(double))             # <<<<<<<<<<<<<<
@@ -22823,7 +22934,7 @@ static void __pyx_f_6jacext_9_function__fill_rows(PyArrayObject *__pyx_v_dense, 
 */
             (void)(memset((__pyx_v_d + (__pyx_v_i1 * __pyx_v_n_cols)), 0, (((__pyx_v_i2 - __pyx_v_i1) * __pyx_v_n_cols) * (sizeof(double)))));
 
-            /* "jacext/_function.pyx":586
+            /* "jacext/_function.pyx":587
  *         while i1 < n_rows:
  *             i2 = i1 + chunk if i1 + chunk < n_rows else n_rows
  *             if not zeroed:             # <<<<<<<<<<<<<<
@@ -22832,7 +22943,7 @@ static void __pyx_f_6jacext_9_function__fill_rows(PyArrayObject *__pyx_v_dense, 
 */
           }
 
-          /* "jacext/_function.pyx":588
+          /* "jacext/_function.pyx":589
  *             if not zeroed:
  *                 memset(d + i1 * n_cols, 0, (i2 - i1) * n_cols * sizeof(double))
  *             for i in range(i1, i2):             # <<<<<<<<<<<<<<
@@ -22846,7 +22957,7 @@ static void __pyx_f_6jacext_9_function__fill_rows(PyArrayObject *__pyx_v_dense, 
           for (__pyx_t_4 = __pyx_v_i1; __pyx_t_4 < __pyx_t_3; __pyx_t_4+=1) {
             __pyx_v_i = __pyx_t_4;
 
-            /* "jacext/_function.pyx":589
+            /* "jacext/_function.pyx":590
  *                 memset(d + i1 * n_cols, 0, (i2 - i1) * n_cols * sizeof(double))
  *             for i in range(i1, i2):
  *                 row = d + i * n_cols             # <<<<<<<<<<<<<<
@@ -22855,7 +22966,7 @@ static void __pyx_f_6jacext_9_function__fill_rows(PyArrayObject *__pyx_v_dense, 
 */
             __pyx_v_row = (__pyx_v_d + (__pyx_v_i * __pyx_v_n_cols));
 
-            /* "jacext/_function.pyx":590
+            /* "jacext/_function.pyx":591
  *             for i in range(i1, i2):
  *                 row = d + i * n_cols
  *                 for k in range(p[i], p[i + 1]):             # <<<<<<<<<<<<<<
@@ -22869,7 +22980,7 @@ static void __pyx_f_6jacext_9_function__fill_rows(PyArrayObject *__pyx_v_dense, 
             for (__pyx_t_7 = (__pyx_v_p[__pyx_v_i]); __pyx_t_7 < __pyx_t_6; __pyx_t_7+=1) {
               __pyx_v_k = __pyx_t_7;
 
-              /* "jacext/_function.pyx":591
+              /* "jacext/_function.pyx":592
  *                 row = d + i * n_cols
  *                 for k in range(p[i], p[i + 1]):
  *                     row[j[k]] = v[k]             # <<<<<<<<<<<<<<
@@ -22882,7 +22993,7 @@ static void __pyx_f_6jacext_9_function__fill_rows(PyArrayObject *__pyx_v_dense, 
           }
 
 
-          /* "jacext/_function.pyx":592
+          /* "jacext/_function.pyx":593
  *                 for k in range(p[i], p[i + 1]):
  *                     row[j[k]] = v[k]
  *             i1 = i2             # <<<<<<<<<<<<<<
@@ -22893,7 +23004,7 @@ static void __pyx_f_6jacext_9_function__fill_rows(PyArrayObject *__pyx_v_dense, 
         }
       }
 
-      /* "jacext/_function.pyx":583
+      /* "jacext/_function.pyx":584
  *     if chunk < 1:
  *         chunk = 1
  *     with nogil:             # <<<<<<<<<<<<<<
@@ -22910,7 +23021,7 @@ static void __pyx_f_6jacext_9_function__fill_rows(PyArrayObject *__pyx_v_dense, 
       }
   }
 
-  /* "jacext/_function.pyx":565
+  /* "jacext/_function.pyx":566
  * 
  * 
  * cdef void _fill_rows(cnp.ndarray dense, cnp.ndarray ptr, cnp.ndarray idx,             # <<<<<<<<<<<<<<
@@ -22934,7 +23045,7 @@ static void __pyx_f_6jacext_9_function__fill_rows(PyArrayObject *__pyx_v_dense, 
 
 }
 
-/* "jacext/_function.pyx":595
+/* "jacext/_function.pyx":596
  * 
  * 
  * def _key(argnums):             # <<<<<<<<<<<<<<
@@ -22982,32 +23093,32 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_argnums,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 595, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 596, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 595, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 596, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "_key", 0) < (0)) __PYX_ERR(0, 595, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "_key", 0) < (0)) __PYX_ERR(0, 596, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 1; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("_key", 1, 1, 1, i); __PYX_ERR(0, 595, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("_key", 1, 1, 1, i); __PYX_ERR(0, 596, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 1)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 595, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 596, __pyx_L3_error)
     }
     __pyx_v_argnums = values[0];
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("_key", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 595, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("_key", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 596, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -23029,7 +23140,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
 }
 static PyObject *__pyx_gb_6jacext_9_function_4_key_2generator7(__pyx_CoroutineObject *__pyx_generator, CYTHON_UNUSED PyThreadState *__pyx_tstate, PyObject *__pyx_sent_value); /* proto */
 
-/* "jacext/_function.pyx":599
+/* "jacext/_function.pyx":600
  *     if isinstance(argnums, (int, np.integer)):
  *         return int(argnums)
  *     return tuple(int(k) for k in argnums)             # <<<<<<<<<<<<<<
@@ -23047,7 +23158,7 @@ static PyObject *__pyx_pf_6jacext_9_function_4_key_genexpr(CYTHON_UNUSED PyObjec
   if (unlikely(!__pyx_cur_scope)) {
     __pyx_cur_scope = ((struct __pyx_obj_6jacext_9_function___pyx_scope_struct_10_genexpr *)Py_None);
     __Pyx_INCREF(Py_None);
-    __PYX_ERR(0, 599, __pyx_L1_error)
+    __PYX_ERR(0, 600, __pyx_L1_error)
   } else {
     __Pyx_GOTREF((PyObject *)__pyx_cur_scope);
   }
@@ -23055,7 +23166,7 @@ static PyObject *__pyx_pf_6jacext_9_function_4_key_genexpr(CYTHON_UNUSED PyObjec
   __Pyx_INCREF(__pyx_cur_scope->__pyx_genexpr_arg_0);
   __Pyx_GIVEREF(__pyx_cur_scope->__pyx_genexpr_arg_0);
   {
-    __pyx_CoroutineObject *gen = __Pyx_Generator_New((__pyx_coroutine_body_t) __pyx_gb_6jacext_9_function_4_key_2generator7, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[10]), (PyObject *) __pyx_cur_scope, __pyx_mstate_global->__pyx_n_u_genexpr, __pyx_mstate_global->__pyx_n_u_key_locals_genexpr, __pyx_mstate_global->__pyx_n_u_jacext__function); if (unlikely(!gen)) __PYX_ERR(0, 599, __pyx_L1_error)
+    __pyx_CoroutineObject *gen = __Pyx_Generator_New((__pyx_coroutine_body_t) __pyx_gb_6jacext_9_function_4_key_2generator7, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[10]), (PyObject *) __pyx_cur_scope, __pyx_mstate_global->__pyx_n_u_genexpr, __pyx_mstate_global->__pyx_n_u_key_locals_genexpr, __pyx_mstate_global->__pyx_n_u_jacext__function); if (unlikely(!gen)) __PYX_ERR(0, 600, __pyx_L1_error)
     __Pyx_DECREF(__pyx_cur_scope);
     __Pyx_RefNannyFinishContext();
     return (PyObject *) gen;
@@ -23094,17 +23205,17 @@ static PyObject *__pyx_gb_6jacext_9_function_4_key_2generator7(__pyx_CoroutineOb
   __pyx_L3_first_run:;
   if (unlikely(__pyx_sent_value != Py_None)) {
     if (unlikely(__pyx_sent_value)) PyErr_SetString(PyExc_TypeError, "can't send non-None value to a just-started generator");
-    __PYX_ERR(0, 599, __pyx_L1_error)
+    __PYX_ERR(0, 600, __pyx_L1_error)
   }
-  if (unlikely(!__pyx_cur_scope->__pyx_genexpr_arg_0)) { __Pyx_RaiseUnboundLocalError(".0"); __PYX_ERR(0, 599, __pyx_L1_error) }
+  if (unlikely(!__pyx_cur_scope->__pyx_genexpr_arg_0)) { __Pyx_RaiseUnboundLocalError(".0"); __PYX_ERR(0, 600, __pyx_L1_error) }
   if (likely(PyList_CheckExact(__pyx_cur_scope->__pyx_genexpr_arg_0)) || PyTuple_CheckExact(__pyx_cur_scope->__pyx_genexpr_arg_0)) {
     __pyx_t_1 = __pyx_cur_scope->__pyx_genexpr_arg_0; __Pyx_INCREF(__pyx_t_1);
     __pyx_t_2 = 0;
     __pyx_t_3 = NULL;
   } else {
-    __pyx_t_2 = -1; __pyx_t_1 = PyObject_GetIter(__pyx_cur_scope->__pyx_genexpr_arg_0); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 599, __pyx_L1_error)
+    __pyx_t_2 = -1; __pyx_t_1 = PyObject_GetIter(__pyx_cur_scope->__pyx_genexpr_arg_0); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 600, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
-    __pyx_t_3 = (CYTHON_COMPILING_IN_LIMITED_API) ? PyIter_Next : __Pyx_PyObject_GetIterNextFunc(__pyx_t_1); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 599, __pyx_L1_error)
+    __pyx_t_3 = (CYTHON_COMPILING_IN_LIMITED_API) ? PyIter_Next : __Pyx_PyObject_GetIterNextFunc(__pyx_t_1); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 600, __pyx_L1_error)
   }
   for (;;) {
     if (likely(!__pyx_t_3)) {
@@ -23112,7 +23223,7 @@ static PyObject *__pyx_gb_6jacext_9_function_4_key_2generator7(__pyx_CoroutineOb
         {
           Py_ssize_t __pyx_temp = __Pyx_PyList_GET_SIZE(__pyx_t_1);
           #if !CYTHON_ASSUME_SAFE_SIZE
-          if (unlikely((__pyx_temp < 0))) __PYX_ERR(0, 599, __pyx_L1_error)
+          if (unlikely((__pyx_temp < 0))) __PYX_ERR(0, 600, __pyx_L1_error)
           #endif
           if (__pyx_t_2 >= __pyx_temp) break;
         }
@@ -23122,7 +23233,7 @@ static PyObject *__pyx_gb_6jacext_9_function_4_key_2generator7(__pyx_CoroutineOb
         {
           Py_ssize_t __pyx_temp = __Pyx_PyTuple_GET_SIZE(__pyx_t_1);
           #if !CYTHON_ASSUME_SAFE_SIZE
-          if (unlikely((__pyx_temp < 0))) __PYX_ERR(0, 599, __pyx_L1_error)
+          if (unlikely((__pyx_temp < 0))) __PYX_ERR(0, 600, __pyx_L1_error)
           #endif
           if (__pyx_t_2 >= __pyx_temp) break;
         }
@@ -23133,13 +23244,13 @@ static PyObject *__pyx_gb_6jacext_9_function_4_key_2generator7(__pyx_CoroutineOb
         #endif
         ++__pyx_t_2;
       }
-      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 599, __pyx_L1_error)
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 600, __pyx_L1_error)
     } else {
       __pyx_t_4 = __pyx_t_3(__pyx_t_1);
       if (unlikely(!__pyx_t_4)) {
         PyObject* exc_type = PyErr_Occurred();
         if (exc_type) {
-          if (unlikely(!__Pyx_PyErr_GivenExceptionMatches(exc_type, PyExc_StopIteration))) __PYX_ERR(0, 599, __pyx_L1_error)
+          if (unlikely(!__Pyx_PyErr_GivenExceptionMatches(exc_type, PyExc_StopIteration))) __PYX_ERR(0, 600, __pyx_L1_error)
           PyErr_Clear();
         }
         break;
@@ -23150,7 +23261,7 @@ static PyObject *__pyx_gb_6jacext_9_function_4_key_2generator7(__pyx_CoroutineOb
     __Pyx_XDECREF_SET(__pyx_cur_scope->__pyx_v_k, __pyx_t_4);
     __Pyx_GIVEREF(__pyx_t_4);
     __pyx_t_4 = 0;
-    __pyx_t_4 = __Pyx_PyNumber_Int(__pyx_cur_scope->__pyx_v_k); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 599, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_PyNumber_Int(__pyx_cur_scope->__pyx_v_k); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 600, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
     __pyx_r = __pyx_t_4;
     __pyx_t_4 = 0;
@@ -23172,7 +23283,7 @@ static PyObject *__pyx_gb_6jacext_9_function_4_key_2generator7(__pyx_CoroutineOb
     __Pyx_XGOTREF(__pyx_t_1);
     __pyx_t_2 = __pyx_cur_scope->__pyx_t_1;
     __pyx_t_3 = __pyx_cur_scope->__pyx_t_2;
-    if (unlikely(!__pyx_sent_value)) __PYX_ERR(0, 599, __pyx_L1_error)
+    if (unlikely(!__pyx_sent_value)) __PYX_ERR(0, 600, __pyx_L1_error)
   }
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   CYTHON_MAYBE_UNUSED_VAR(__pyx_cur_scope);
@@ -23198,7 +23309,7 @@ static PyObject *__pyx_gb_6jacext_9_function_4_key_2generator7(__pyx_CoroutineOb
   return __pyx_r;
 }
 
-/* "jacext/_function.pyx":595
+/* "jacext/_function.pyx":596
  * 
  * 
  * def _key(argnums):             # <<<<<<<<<<<<<<
@@ -23219,16 +23330,16 @@ static PyObject *__pyx_pf_6jacext_9_function__key(CYTHON_UNUSED PyObject *__pyx_
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_key", 0);
 
-  /* "jacext/_function.pyx":597
+  /* "jacext/_function.pyx":598
  * def _key(argnums):
  *     """argnums as the plans' key: an int, or a tuple of ints."""
  *     if isinstance(argnums, (int, np.integer)):             # <<<<<<<<<<<<<<
  *         return int(argnums)
  *     return tuple(int(k) for k in argnums)
 */
-  __Pyx_GetModuleGlobalName(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 597, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 598, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_integer); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 597, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_integer); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 598, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   __pyx_t_4 = PyLong_Check(__pyx_v_argnums); 
@@ -23249,13 +23360,13 @@ static PyObject *__pyx_pf_6jacext_9_function__key(CYTHON_UNUSED PyObject *__pyx_
   if (__pyx_t_3) {
 
 
-    /* "jacext/_function.pyx":598
+    /* "jacext/_function.pyx":599
  *     """argnums as the plans' key: an int, or a tuple of ints."""
  *     if isinstance(argnums, (int, np.integer)):
  *         return int(argnums)             # <<<<<<<<<<<<<<
  *     return tuple(int(k) for k in argnums)
 */
-    __pyx_t_2 = __Pyx_PyNumber_Int(__pyx_v_argnums); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 598, __pyx_L1_error)
+    __pyx_t_2 = __Pyx_PyNumber_Int(__pyx_v_argnums); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 599, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
     {
       PyObject *__pyx_temp;
@@ -23268,7 +23379,7 @@ static PyObject *__pyx_pf_6jacext_9_function__key(CYTHON_UNUSED PyObject *__pyx_
     __pyx_t_2 = 0;
     goto __pyx_L0;
 
-    /* "jacext/_function.pyx":597
+    /* "jacext/_function.pyx":598
  * def _key(argnums):
  *     """argnums as the plans' key: an int, or a tuple of ints."""
  *     if isinstance(argnums, (int, np.integer)):             # <<<<<<<<<<<<<<
@@ -23277,14 +23388,14 @@ static PyObject *__pyx_pf_6jacext_9_function__key(CYTHON_UNUSED PyObject *__pyx_
 */
   }
 
-  /* "jacext/_function.pyx":599
+  /* "jacext/_function.pyx":600
  *     if isinstance(argnums, (int, np.integer)):
  *         return int(argnums)
  *     return tuple(int(k) for k in argnums)             # <<<<<<<<<<<<<<
 */
-  __pyx_t_2 = __pyx_pf_6jacext_9_function_4_key_genexpr(NULL, __pyx_v_argnums); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 599, __pyx_L1_error)
+  __pyx_t_2 = __pyx_pf_6jacext_9_function_4_key_genexpr(NULL, __pyx_v_argnums); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 600, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_1 = __Pyx_PySequence_Tuple(__pyx_t_2); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 599, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PySequence_Tuple(__pyx_t_2); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 600, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   {
@@ -23298,7 +23409,7 @@ static PyObject *__pyx_pf_6jacext_9_function__key(CYTHON_UNUSED PyObject *__pyx_
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "jacext/_function.pyx":595
+  /* "jacext/_function.pyx":596
  * 
  * 
  * def _key(argnums):             # <<<<<<<<<<<<<<
@@ -23555,6 +23666,10 @@ static PyObject *__pyx_getprop_6jacext_9_function_8Function_name(PyObject *o, CY
   return __pyx_pw_6jacext_9_function_8Function_4name_1__get__(o);
 }
 
+static PyObject *__pyx_getprop_6jacext_9_function_8Function__planner(PyObject *o, CYTHON_UNUSED void *x) {
+  return __pyx_pw_6jacext_9_function_8Function_8_planner_1__get__(o);
+}
+
 static PyMethodDef __pyx_methods_6jacext_9_function_Function[] = {
   {"__reduce__", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6jacext_9_function_8Function_3__reduce__, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6jacext_9_function_8Function_2__reduce__},
   {"tape_arrays", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6jacext_9_function_8Function_5tape_arrays, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6jacext_9_function_8Function_4tape_arrays},
@@ -23586,6 +23701,7 @@ static struct PyGetSetDef __pyx_getsets_6jacext_9_function_Function[] = {
   {"out_shapes", __pyx_getprop_6jacext_9_function_8Function_out_shapes, 0, 0, 0},
   {"out_is_tuple", __pyx_getprop_6jacext_9_function_8Function_out_is_tuple, 0, 0, 0},
   {"name", __pyx_getprop_6jacext_9_function_8Function_name, 0, 0, 0},
+  {"_planner", __pyx_getprop_6jacext_9_function_8Function__planner, 0, 0, 0},
   {0, 0, 0, 0, 0}
 };
 #if CYTHON_USE_TYPE_SPECS
@@ -26558,14 +26674,14 @@ static int __Pyx_modinit_Exttype___pyx_obj_6jacext_9_function___pyx_scope_struct
   __Pyx_RefNannySetupContext("__Pyx_modinit_Exttype___pyx_obj_6jacext_9_function___pyx_scope_struct_10_genexpr", 0);
   /*--- Exttype __pyx_obj_6jacext_9_function___pyx_scope_struct_10_genexpr ---*/
   #if CYTHON_USE_TYPE_SPECS
-  __pyx_mstate->__pyx_ptype_6jacext_9_function___pyx_scope_struct_10_genexpr = (PyTypeObject *) __Pyx_PyType_FromModuleAndSpec(__pyx_m, &__pyx_type_6jacext_9_function___pyx_scope_struct_10_genexpr_spec, NULL); if (unlikely(!__pyx_mstate->__pyx_ptype_6jacext_9_function___pyx_scope_struct_10_genexpr)) __PYX_ERR(0, 599, __pyx_L1_error)
+  __pyx_mstate->__pyx_ptype_6jacext_9_function___pyx_scope_struct_10_genexpr = (PyTypeObject *) __Pyx_PyType_FromModuleAndSpec(__pyx_m, &__pyx_type_6jacext_9_function___pyx_scope_struct_10_genexpr_spec, NULL); if (unlikely(!__pyx_mstate->__pyx_ptype_6jacext_9_function___pyx_scope_struct_10_genexpr)) __PYX_ERR(0, 600, __pyx_L1_error)
   #else
   __pyx_mstate->__pyx_ptype_6jacext_9_function___pyx_scope_struct_10_genexpr = &__pyx_type_6jacext_9_function___pyx_scope_struct_10_genexpr;
   #endif
   #if !CYTHON_COMPILING_IN_LIMITED_API
   #endif
   #if !CYTHON_USE_TYPE_SPECS
-  if (__Pyx_PyType_Ready(__pyx_mstate->__pyx_ptype_6jacext_9_function___pyx_scope_struct_10_genexpr) < (0)) __PYX_ERR(0, 599, __pyx_L1_error)
+  if (__Pyx_PyType_Ready(__pyx_mstate->__pyx_ptype_6jacext_9_function___pyx_scope_struct_10_genexpr) < (0)) __PYX_ERR(0, 600, __pyx_L1_error)
   #endif
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount((PyObject*)__pyx_mstate->__pyx_ptype_6jacext_9_function___pyx_scope_struct_10_genexpr);
@@ -27507,7 +27623,7 @@ __Pyx_RefNannySetupContext("PyInit__function", 0);
  * 
  *     def _compressed(self, plan, cnp.ndarray x, Py_ssize_t n_points, threads,             # <<<<<<<<<<<<<<
  *                     bint want_value):
- *         """(nonzeros, y) of the plan's compressed evaluation at one point (n_points 0: x a
+ *         """(nonzeros, y) of the plan's compressed evaluation at one point (n_points -1: x a
 */
   __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_6jacext_9_function_8Function_31_compressed, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Function__compressed, NULL, __pyx_mstate_global->__pyx_n_u_jacext__function, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[23])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 354, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
@@ -27532,64 +27648,64 @@ __Pyx_RefNannySetupContext("PyInit__function", 0);
   if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6jacext_9_function_Function, __pyx_mstate_global->__pyx_n_u_compressed_sweeps, __pyx_t_2) < (0)) __PYX_ERR(0, 385, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "jacext/_function.pyx":422
+  /* "jacext/_function.pyx":423
  *     # ---- products ----
  * 
  *     def jvp(self, *args):             # <<<<<<<<<<<<<<
  *         """``F.jvp(*args, tangents) -> (value, J @ tangents)`` (forward mode).
  * 
 */
-  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_6jacext_9_function_8Function_35jvp, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Function_jvp, NULL, __pyx_mstate_global->__pyx_n_u_jacext__function, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[25])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 422, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_6jacext_9_function_8Function_35jvp, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Function_jvp, NULL, __pyx_mstate_global->__pyx_n_u_jacext__function, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[25])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 423, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_2);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6jacext_9_function_Function, __pyx_mstate_global->__pyx_n_u_jvp, __pyx_t_2) < (0)) __PYX_ERR(0, 422, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6jacext_9_function_Function, __pyx_mstate_global->__pyx_n_u_jvp, __pyx_t_2) < (0)) __PYX_ERR(0, 423, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "jacext/_function.pyx":440
+  /* "jacext/_function.pyx":441
  *         return self._product("jvp", args[:-1], tuple(tangents), self.arg_shapes, "tangent")
  * 
  *     def vjp(self, *args):             # <<<<<<<<<<<<<<
  *         """``F.vjp(*args, cotangent) -> (value, cotangent @ J)`` (reverse mode).
  * 
 */
-  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_6jacext_9_function_8Function_37vjp, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Function_vjp, NULL, __pyx_mstate_global->__pyx_n_u_jacext__function, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[26])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 440, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_6jacext_9_function_8Function_37vjp, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Function_vjp, NULL, __pyx_mstate_global->__pyx_n_u_jacext__function, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[26])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 441, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_2);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6jacext_9_function_Function, __pyx_mstate_global->__pyx_n_u_vjp, __pyx_t_2) < (0)) __PYX_ERR(0, 440, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6jacext_9_function_Function, __pyx_mstate_global->__pyx_n_u_vjp, __pyx_t_2) < (0)) __PYX_ERR(0, 441, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "jacext/_function.pyx":457
+  /* "jacext/_function.pyx":458
  *         return self._product("vjp", args[:-1], parts, self.out_shapes, "cotangent")
  * 
  *     def _product(self, str kind, tuple args, tuple seeds, tuple seed_shapes, str what):             # <<<<<<<<<<<<<<
  *         """jvp or vjp: (value, J v) or (value, u J) at one point or a batch."""
  *         cdef cnp.ndarray x, v, y, r
 */
-  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_6jacext_9_function_8Function_39_product, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Function__product, NULL, __pyx_mstate_global->__pyx_n_u_jacext__function, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[27])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 457, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_6jacext_9_function_8Function_39_product, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Function__product, NULL, __pyx_mstate_global->__pyx_n_u_jacext__function, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[27])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 458, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_2);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6jacext_9_function_Function, __pyx_mstate_global->__pyx_n_u_product, __pyx_t_2) < (0)) __PYX_ERR(0, 457, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6jacext_9_function_Function, __pyx_mstate_global->__pyx_n_u_product, __pyx_t_2) < (0)) __PYX_ERR(0, 458, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "jacext/_function.pyx":595
+  /* "jacext/_function.pyx":596
  * 
  * 
  * def _key(argnums):             # <<<<<<<<<<<<<<
  *     """argnums as the plans' key: an int, or a tuple of ints."""
  *     if isinstance(argnums, (int, np.integer)):
 */
-  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_6jacext_9_function_1_key, 0, __pyx_mstate_global->__pyx_n_u_key, NULL, __pyx_mstate_global->__pyx_n_u_jacext__function, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[28])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 595, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_6jacext_9_function_1_key, 0, __pyx_mstate_global->__pyx_n_u_key, NULL, __pyx_mstate_global->__pyx_n_u_jacext__function, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[28])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 596, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_2);
   #endif
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_key, __pyx_t_2) < (0)) __PYX_ERR(0, 595, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_key, __pyx_t_2) < (0)) __PYX_ERR(0, 596, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
   /* "jacext/_function.pyx":1
@@ -27750,7 +27866,7 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
 
   /* "jacext/_function.pyx":397
  *                             dtype=np.float64)
- *             if n_points:
+ *             if n_points >= 0:
  *                 self.tape.batch("cones", x, y, vals,             # <<<<<<<<<<<<<<
  *                                 _plan.n_threads(threads, n_points, 3 * self.tape.t.n_instr),
  *                                 cones=cones)
@@ -27764,7 +27880,7 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
 
   /* "jacext/_function.pyx":410
  *         m = _MODE[plan.compressed]
- *         if n_points:
+ *         if n_points >= 0:
  *             self.tape.batch("compressed", x, y, comp,             # <<<<<<<<<<<<<<
  *                             _plan.n_threads(threads, n_points,
  *                                             self.tape.t.n_instr * (1 + n_colours)),
@@ -27776,7 +27892,7 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
   }
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[6]);
 
-  /* "jacext/_function.pyx":478
+  /* "jacext/_function.pyx":479
  *             y = np.empty((x.shape[0], n_out), dtype=np.float64)
  *             r = np.empty((x.shape[0], width), dtype=np.float64)
  *             self.tape.batch(kind, x, y, r,             # <<<<<<<<<<<<<<
@@ -27785,7 +27901,7 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
 */
   {
     PyObject* __pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_seed};
-    __pyx_mstate_global->__pyx_tuple[7] = __Pyx_PyTuple_FromArray(__pyx_temp, 1); if (unlikely(!__pyx_mstate_global->__pyx_tuple[7])) __PYX_ERR(0, 478, __pyx_L1_error)
+    __pyx_mstate_global->__pyx_tuple[7] = __Pyx_PyTuple_FromArray(__pyx_temp, 1); if (unlikely(!__pyx_mstate_global->__pyx_tuple[7])) __PYX_ERR(0, 479, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[7]);
   }
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[7]);
@@ -27878,39 +27994,39 @@ static int __Pyx_InitConstants(__pyx_mstatetype *__pyx_mstate) {
   CYTHON_UNUSED_VAR(__pyx_mstate);
   {
     const struct { const unsigned int length: 8; } str_length_index[] = {{0},{1},{12},{6},{111},{36},{28},{16},{9},{25},{17},{11},{36},{9},{15},{12},{7},{13},{3},{1},{1},{1},{2},{1},{3},{9},{2},{10},{25},{17},{1},{1},{4},{179},{8},{7},{6},{2},{9},{20},{54},{66},{65},{22},{22},{39},{77},{85},{114},{36},{56},{38},{22},{39},{34},{8},{16},{8},{19},{20},{20},{27},{18},{20},{17},{14},{25},{16},{20},{17},{12},{17},{20},{27},{12},{10},{7},{15},{1},{1},{20},{12},{17},{8},{25},{42},{8},{10},{8},{14},{12},{10},{25},{12},{8},{5},{11},{11},{18},{13},{9},{27},{26},{4},{21},{11},{26},{5},{8},{5},{7},{16},{31},{3},{10},{7},{4},{9},{5},{6},{17},{18},{4},{4},{1},{3},{5},{4},{5},{14},{16},{18},{5},{3},{6},{10},{7},{13},{4},{7},{4},{10},{16},{5},{9},{9},{3},{1},{10},{6},{11},{5},{5},{1},{4},{4},{11},{7},{7},{7},{6},{7},{3},{3},{7},{8},{5},{1},{3},{8},{6},{16},{8},{2},{3},{1},{4},{15},{5},{1},{3},{4},{3},{12},{4},{5},{6},{9},{6},{11},{4},{8},{14},{5},{9},{8},{7},{9},{3},{4},{6},{7},{4},{4},{3},{2},{5},{4},{1},{7},{3},{12},{10},{1},{5},{5},{7},{15},{4},{3},{5},{4},{3},{1},{1},{4},{7},{6},{7},{3},{4},{1},{6},{7},{4},{11},{5},{4},{4},{10},{5},{9},{6},{12},{8},{5},{2},{6},{9},{3},{4},{7},{8},{4},{11},{7},{5},{1},{1},{4},{5},{18},{6},{3},{1},{10},{4},{5},{1},{1},{6},{5}};
-    const struct { const unsigned int length: 10; } bytes_length_index[] = {{22},{35},{254},{32},{733},{93},{121},{402},{15},{449},{416},{158},{157},{103},{75},{2},{2},{12},{2},{2},{2},{2},{24},{53},{28},{459},{63},{31}};
+    const struct { const unsigned int length: 10; } bytes_length_index[] = {{22},{35},{254},{32},{733},{93},{121},{402},{15},{475},{424},{158},{157},{103},{75},{2},{2},{12},{2},{2},{2},{2},{24},{53},{28},{459},{63},{31}};
     #ifndef CYTHON_COMPRESS_STRINGS
       #define CYTHON_COMPRESS_STRINGS 90
     #endif
-    #if (CYTHON_COMPRESS_STRINGS) == 2 /* compression: bz2 (3795 bytes) */
-static const char cstring[] = "BZh91AY&SY\212`\265u\000\000\230\177\377\377\377\377\377\377\377\377\377\377\377\377\377\377\377\377\375\300@@@@@@@@@@@@\000@\000`\016\235\335\360\252l\210\252\223\351\207y\300t\247Eu\241v\320v\305\030;\340\000\003\345\2045O\321\021\0254\365\r\250\033H\320\000\365\036\243F\364\3210\323ba4\321\2422\243\312~\231\021\003\312l\247\244\365\003\322fMM6H\311\240\224 L\232\2312d\002hOD\321&\236\247\242144\006\201\240\320\001\240\000\000\001\240\000\000\003@\010I&\232\233$\323\324\362\217(6\243\323CL\240h\320\032\000\000h\r\000\000\001\240\r\003M\032=@\224\321!\023M##&\324\3652h\003@z\200\003@\031\000\000\000\006\200\000hzFM\014\207\250\004SI\344Q\3524\0322hi\265\001\2404\375&\320\243@\000\000\006&@0&\203## \000\000\002E\004\017J\n\237\245=O\325\036SM6\243\312\r\036\240\001\243@\000\001\240\000\000\000\001\240\007\251\243@\032\232\264\214\345J\261$\375\266mRl\317\270e\261\230\315\014~B\324IE\245\026\205;ZN\346\213\022\025zJ\226!\005\005\014*\305\002\004\024\010\202\202\235\355\355\340W\002\342\342\224\n\024(:B\022I$\207\307\377\004R$R\302\026o\200Np!:\225D\206\300m&\323m\200\332\020\306\021\206Q\216\264\212\225\241\025WE\333$\035\\\247t\220\263\261O\002\373\313\0133m\t\266\322\006\320\271\345x\257-}U\025)\243M\000\321\032\3214\320\322l\014\021\r&\323hP\023\240\r\014M\r\216\227\323\240\252\253\037\021\262\313$XD-H\272\347A\353\204Y\316a]\025#\0319\313!t\350\255TP%lgl\355\265\256\231\234\032d)\022\032!D\n\0101\313J4\264\031\020\300\207\001\001hZ\224B\351\021\"\221\212VG~\353(v\251B\204\3152!%\"DKmPh\321\211\237,\355\206I\322\047\0066+r\251df\270qqr\302\345R\242\250\336=..\245w\314vu[)\233\371\277^Q\311\355f\313\007\047\313\247\361y/\347\202\375\354s\335\310\344Z\242\377\277\335\335q|:)7\244\037\316X@\243\036W?&sF=\016>|ebM/\3579\242\331\206OK\232n=\047\337s]/\346\344\265+3\"\246\201\376\244\310\351\213\226n\325\007)\376\026\375V_\026\341\374]\215\n\204EP\372\0301\2479\273\035p\264\322\227\231\251\236\205\276)o\367!Y\231\220%t\\P\311a\026\301\025\013\n\320h\272|\036\367\257""\331\341\355m\355p\310l\227\024\023\355\021@\033J7\024\322\225a\315\026\215\233\260\207+0\261H\233\025\266oqq\271\313\301c\003\022BI\3018p\3441\211\0223k\025\212\323\311\220$F\334\224\211\3767\321\324\365W\270\274\357\363\254I\242\2079\253X{\337}?\203.\244\270\362\373\272\273\336-Hy\333\n\360zi\364\261\303\340Y\277\252\313m\305<z\257\034\244\256Jo\374\227\375\215_\0261\312\331y\376\302\313\227\321<\265n\236\206\006\031\220\204F\363\034\335\017\021\207,Te=\r\026K\345g\317on\237\t\320\033\321\r\210/\0216\245\321\025\345\032\242B\244\270\223\330\020uHF$\305\0321\256L\002G\227a\002K\322\337Z\344L\255\205I\237O\351\036\244\332ix\024B\364\265\017(\351\333p]q\205\nSM\332\010\023\346\315\314\313,p\212\326\026,\256\007\255b\264\211(\020\234L\316J[\273B\224\024\372\367\014:\256E\366*\310*\241\252\303M\364\236Z\373\336\262\236\007=\227W\243\047G\250B\333u>\315)\235\362\277S8\200\313\2222\355\3665\364A`\200\030!\005\202\351\307M\250\244\314\255\0368\2237\204\250\247\226Xv\220\324\200\272\003\211\241a\213\225\r|\013\211\235\375\215W!p.W\326\266\235P,\261\022\304\260\274\254!?\037\253B\200D\010\224\240}L\257\350_\026<=\277\007\273\223\234\256o]\255\356\365p\3000006l\374\370\021\207\207\314\242N~/\277\370)\032\004\221\310jyrB\025\004\247\316E\022\0473\240DQ,\354\006\301\322\3419u\0254\324\264\375m9\320xq\301?N\214\037\214\002\351\260\\\210\002\341\016)S\211\236\003\207\275\303E\\\316\205\220x\321%\047#\225\302\367\250\235\337\252\274\022\311\324\234MS\364g\240\320\\\025\022\250V\267\365\047\355\305(\224\022\202P\241B\177\246\344\242\242\241Cc~\3408\014B\371\303WJ\3452\005\3530\236\004\216\306\252\261:e\314\214\017\312\366+\004r\266\206K\317y\221l\353\376\271\344\013Wa59\250\246\010(\324\353\024\210Rkt8\352\n{\351\241\272z\020\030K(}=\307\n\307\272\250\036\345\316U\213ASJ\277g)c\0077\253to5\025q\352\233\035\354\264\022=\005\t\"D[\006\025\302g\232\2069\346e\316\233|\031\267\321\3360\261\031c\017\227\251\2409\267\313\340\t\010c\323?(\330\203l\245N\3343\267r\357\303\006\027\351\232""\271r\030x\251!\210W\201z[\263D\243\222\360b\314=\014\340\204\222\001\021+\332\022\244\016\250C\221Z\037B\260\230\013by\242\223\205/%\035\211\2644g,\272\225\352\342\322\217\236\312\265\264\004\352\363\323\327\262w\200\362C\311\361\236\267\306\222iI\2444a\047\270e|\242\320\353\317a\273I\324l\036\2345j@>\024\024U9\233%\316\215\327\263a\212bk2M\2045\245\227c\202\006E\331\020\0200N\224f\262\034\237f\321FV\373\333\210\353\212\001\016\236;M\322.\320\257p\254iS\246ow\247\021\222\307\205\3526\030\352Y\265DA\303\257VUN\006\2648\047\016\034\223\211\307\215M\252U\00560o\035z9wc\226jkI\301\304\225u\311\246\254\266*:l\272\331\036\r\231\232fff\231\346g\016[\3672\2336&\017M\313\036\r\03033\014\320v\314\373\010Y\023r\220l\206\205\32268\327\263k\031\251\330P\251\240f\002\230\253\n\3013\260\267\301StQU#7\310\2003\024\212\212E\375\247\241\322\342d\013%\006x\343Hr\265\361\271\"\370\267b$b#\307(\240\252R\023\221G\255\2322u\263\201\211N\321\332\013\242\017F\303\006g\234a%\325\201\030V,\215\240\340L\246\001\263\234&\262\021i\000{ui\235\047OI\313\227(u\207\273\375\333\356\027a\314\360\311\331Ck\344`\251\351)\321g\221\340/2\016\372\031\247pk\257\016xv\010\347\2429\255p\327\242\214\242fP\241N\031+6D\261%\275*M!\246\r\211\276\177W1\220e\222\357\315\304\006\032\363r\264\350\256b\227y\006\356z\210=u\367\273\256x\263\270\321.5kQUa\345x\335.\255\365@E\300\231t\207%\232c>\"\254\3720\270r\234xo\355)\374\245u\326\320\301>Gf\347$<Y!\315SR\276~\260\037-\322\273\2651\263f\2416\206\202\367t.O\3479k%\350/\t\247$\345\325\337\217\222n\224t\032n\230m\030\271\331d\254\202\360\273`\260\027 m\270\206\244\047\031\333\231\335\214\tCvV\276~+I\n\235\226>\307\311\013$\306\336\333\036\226\227\212#\023\202U\336`\270\254\325(US\223\263\323U\320I\230\020AT/\224+\224\351{\355\010\265\205\373\361\353~-6\021\n\te#@eS\004\320\316Z%!\024M\013\014Rb\276Rj\206\006\033\007\017N\375\370\004\361\231\252\0055RM\350\032\223\253\225\005\031\312+1\243GG-2\263LBu5#\270 \014\2025\317\005\250X\352\311\004a@\263r\240\204C\304\367\"\205""\271\330\356\231)Z\274\353\332\301\"0K\356\305\"\225.X\030\322\003\200\310\270.\312\323n\020\001\260}E\021\273\347\016}\204Xi\211\356U\rj\225\250\331\357\020\311G\212\312\201G\272\227\266\005\221z\304v\376\353Z(\047m\214\014\327\031\032\260.!\211\247\246f\325\245\303\342sR\334\352:\256.\361C\212tF\246\245\n\006\212\317)@\305$\203\014p\312\032\240\332H\363\027\000\214\037\004\314\016\022\232\256}\340\232\343\306\304wa\231\035\344\367\305\245Q-|+k\340\310\016\203\237\327&\037\321\225\t\356\216\2462\205\206|\240\027\365\201ydP\024\233jU\2419#\307Z\007\206\343nFf\355\320\237\230\251\323\267\252\366\320,4\303Ic\367\301$\276C\325\315Nps\273\350\0346\312P\360\335l\243\047\224\347+t\333\0224k7\361\205\264\272\354!\007#\331\006PU\2336\353D\324\346\010t8p\266\364F\021y\225\261s1\213\2060b\332\017\"j\276/W\351\216\232\032U/\215\035g5K\255\010\322\030J\370x\013\3109\022\256\006\3130`q+\311\326\014\373\035t\"3Da\372U\345\215=\247GA\321\314\345\330vo4\225\267$\207d\047\223\220\204\257\313\207\203N\3242a\236\264\257d\257\213`\225)A\024j/\032\226R5\341Bf\334\365\252\\38cX\245ki])\263+\232\332\336\251d\003Uu\2648p\321Q\215%PBj\220\\;\231\360\234\035\253@B\222fT\n\333<\224G\343&\223+)\025a_\242\216\2241uB\265\265&\362\262[\345\047\361A8\207\024\342qC\212q\354\211\034\273\371\027\006b\250\232\304\356\213\373\304r\360\364\366!3z\035\276j$\332\034\0257\014\344\344\233`X%\266\023L\030\254\304I\017w\234\014\223#q\273wf\256\\\262\331\313O/6R\366S\263\260\047\317\0241LLS\034r\273-\272\007l\201\202(\2334%J\225:\345\332S\253k\234 \236\031\244\346\221\361\257X\267\331r`\370\301\317\205\261 \272\361h\337\004\261\351s\242\356~\235fx2\303\r\203f\234\216\235\253\361\370\033\217\005\244\312=I\256\262\366\376\313\267\306\342\353P\254\357\037\325\353\307a&\031!\r\214\335f\366\244SL\374\24708G\311\230\356\246d\231\t\252\334\216\220JM\225\206\354v\004\307\0053]#\334\230\301GV0\367\357eX\256\341\342\207\2055\020C`c\375\207\247%\270IL\020\354\311|>h\322\276\320\201\244\230\305d\320\204&\335\t\300\364bA""\203\177\346\2133.\002\311C\210\2415\047\210 Q\304l\222\047\261\343y\210&\362\223\047i\345\020@\214L\254{\016\343\375$aG\200\355\226\331\314*8_\333Go\214_\207,\343\357Iq&J\2149\003\215\310\016\031\201\355\365\221\244rT\014\374\213\264\350\245K\347\004b\251\233S\025P\360\047\276\361@\255.\240o\0326\016\001\23448\334{\023Y\242\013\272.i\020\317\030\320\036-\017\275+y\310MF9\336i\017y\037\230\210\036\350@\300\202g\371\241\356\300\025\277\3078y\033\030(T\202\300\216\361;JI\\u\340\250%\037\257J@\274\201|\014K6\265Q@R8m\261|\362\343\217s\370\\\301t~\302\330Vq\250\027V\200\201@M{\200\217\354\032.Q{\274T+\021\304p\207wm\235\356A\307\201\205\203\005\362\254\326yp\020\256\213\343Z\335\317\254\217\366\353.\215U[\354Pu\202\006j1o\204t\206\0171\320\365\315^\0028\2603V\266\263\3173\003\021\342/\227\030\010b\323\353\336\325q.N\271-\005\300\242\317lD\203\243gZ\343\201\004\356\211\315\246\265X\307\251\006X\233\"\306MY\224+]\211\2226\325&\265\325\n\"\034\333DC\237(O\262%;bD\024\310{n\227\004Q\214\325\364\014a\255@Y#8\324\215:\331\222\236\303\342\001\321%\341\t\ni\026?\257b\021\003\021!~\021\010iaB9j\327\"\023\r\206w!e\215\260DCi\310I\217DrF\020e\0026\016!JA)\261\r\201\034\270\212\265\222\272:e\306Y\207\t\376e\232PI\331\231\2519\026\273\204qD%s\313g\025\252\034\241\036\266\303\020\223#xM9\233\016\317~\220\241\324\356\323Gw\255\211\305\253A6\210\241\234\304\3207\333w\001\272E\353w\214V\254\215\216\320\234`\242\341\274)S\030mQB\211\302\215\320\252\014\3644{\263\331I\214\263+\226T\272\214\033\233\266\255\212m\313\212/`F\226\246t\262k\323\274[%\237\3021&-\313+\267\326y\263\207\255\0132H\2351\"\254\2624V\200\366\234#\031+\004+\354\327\345\364\322\027!(\270\361\217\031\217\252S\300\3559L8\354\202%<\022$}\207\341\216\035\250\333\312\316~\3121\3712\204\220\313\325I \307\251\0368\"F\037)\305\006\341\323\210Wev\254a]\314.b\323\177r\276\037%m\232\317\276\376\035\373\n\306\275\276a~\276\242\256\365qF\226\235w\312\342I\374U\264+\242l\014)\005\272\365\265\316\226\246\301b\246\277_`]\376\206UQ\236""\231\331\325j\366o\324\3175~\3233f\241xX\265\212\262\034\306$\3014\031l?`\302Yw\300\370\261\014\260\325\023\311\245\225\255\000F\224-\3002\272\347\256\"\251\n\"\300\270\364Nv\\G$#M\323\350]V\236\220;\235k%\310Q\034\202\226\303e\233\302L\372\274\224\334\"\352\005L\232`\212\251{\303\221\357\346\334K\232\203\241\333\336\023\017\247\036\016\023[\207\332\313\370\262\307\257\322\370\321\324Ec\032Z!\336 \302\270c\355\236\025]e\003\243\271\304\034\271\234\306\362\225\033\313\322\242\322\031\300Ve\314\256\251.\322\22684G\206\250\210gf0\360\030*\251\244C\006VU8@\346\200\345VQ\001\312\005C\201\020\025y\3211N\"\311\004\320\241\371\246&\034&\212\240=\037\216\371>\0161fj\273\346\211\207Z\377\236\316\223KF\030\346\002\342A\377\213\271\"\234(HE0Z\272\200";
-    PyObject *data = __Pyx_DecompressString(cstring, 3795, 2);
+    #if (CYTHON_COMPRESS_STRINGS) == 2 /* compression: bz2 (3841 bytes) */
+static const char cstring[] = "BZh91AY&SYyR\rk\000\000\226\177\377\377\377\377\377\377\377\377\377\377\377\377\377\277\377\377\374\300@@@@@@@@@@@@\000@\000`\016\235\335\367\033.M\231\266\320P\356\335\333\256\215\232\202K\254u\247M\330\311\300\360\000\001\364\370\006\246\022i)\251\221\221\243OPd\001\240\332j{D\324\362lm\0024\0025OA\351\221 \3231OI\3524z4\323P\323\312<\240J \001L\2312\001\t\204\3054OL\246\236\246\215\032\003\324h\323M\000\r\032h\000\000\r\006\206\203@\006\200\021MMS\324\365\036j\201\3527\2454\306\322\217 \200\030CF 1\000\003\021\211\246\023!\240\r2\017Sj\004\210\211\250\247\232\246S\312`\236\233T\302\014\2154\364\324\320dh6\223& \030#@\032\003@b\033)\246OML\3224:~\250\323\002d\304\300\020`A\200\r2&\2320\000&\2326\200\t\204\304\3010\000\200\006\201$\200F\223U?M4\032\023\332\251\352y\244\311<Q\240\365\003\324\000\000\000\320\000\000\000\r\000\000\003y~\0037\025\363G\0372^CZ\332\241\333F\262R\216\340k\315\034\353\271\327\035\313]\304\032,J\256\312\245\210AAC\n\261@\202\202\200\344\345;[[@\254\005\205\205\256\024(Q\261\020\212E\":\037\370 \220 \222%\275\3019\315\363\261dD\025@fI\23133\000\314\2040\301Z[[5\222\"F\005b\245Yj\030\215\030\233ZR6,\nR\3261\242\366\330\223m\244\r\241dV\025\214v\252\242\2452\262\350\006V+\366\201D\320\322m\r\254(\306\322m6\205\214&\2004146:`\246\356\252\254{\226\313\326$^#\032\314E\367\265\356[\340\306\265\202\266\nB\021kV\"\351\321k(\240F\260\235gZ\262\351\227\003&*\2348dUV\242\251Uan4cd\026\225`*\325\n\205B\252\324_2D\224\244\256\231\275}-41iia\217\035\tQ\211\223\025\326Ki\3232\372^\252\024Eu[Rf\201\360G\226B\350\013R\004\022PG\217\004\340\316\331\254n\037\\[G\272\262\r|;=\241\327\340)\214@u\375\326\377$&\317\361;\213c\216O\047\n\213\366\177\016\016\277\032\212M\351\007\365\206$\n1q\377l\031\315\030\3647y\361\205\2114\266q\264[8Y\311s&\323\321u\3672\350\377V\245R\3232,h\035\352L\206\2305f\335Oj\237\345o\325+\340\316\037\321\270\320\260@U\017W\006\032s\233q\326\372\232R\36353\320\267\301+\355\017\264\314N\035O\342%\013\237\047>\301\317r\253\341&s\366u\273""\215\034\355\356.\177\0175\034\345\304(\360\245\000k\250\336\203\246XsE\243f\325\207+0\261H\233\026\265\254,7\334;\225\356/z!E\261 \244II\t\316\241C\036\241X\255>l\201\"7\222R\047\265\237\032{k\334Rw\323\315\232Q\024:\250\254\231\350|jzQ\347K\3173\267\237\247\313\311\0177af\245\376\216\032~Du\363\312\224\301<8\3345H\334\224\335\315\372t\375\335_21\215c\347x\245r\370\3171Y\315\310\300`\306 \370\016\344{\271\220\023\207\264\230s\033\370\251>\206\246\346\276\214|\00706\0225\220\333Ik\253\311\003b\217\004L\033,\300s\335A\325!R\n0\206\214ap`\0229\026\020$\037R\371\321\t\226\221b\177c\326=I\262e\340Q\013\322\250xNm\267%\327\030P\2454\337\210\212\216,]\013\256\256ee\205\212\353C\323\261Y2jD\240\376\034RO]g\021(\020\022\047\255G\367.E\367J\304\025P\325#M\364\236Z\372<\232v\265\314]^8\266\035\301\n\327\047KJe|o\344\271\002\336q\357;z3\022\210\005\020\322\225M\246\256F\243\234\350|\222*\257YF0k_\027\276#\344\301?\271\345cD\255RGE\212\021\216\023V\264\261@\242P\347\237\tH%$I\004\213\313=\363\360z\364(\004\000\201J\007\331\312\376E\357\343\303\340psyZ\325k<\275no\257\206\001\201\201\201\263\366i\036;\310\361M%.\377\344\374\264\205\002)Iq\202\032s/T\245\nt~\251\3166\374\337KG\251\267\300\345\335>\275\254>=<\270\364\276\334\237Dy\342:>-O.\010\362\263<\225\r\002\034R\307\023.\003G9\243 \255\030\367,\236\341\220\037\030\270r\264^\212\007g\357\267\004\224\364\023\202j\237\216w\032\013\302\310X-k\373\211\354b\224J\tA(\224J\023\375\327\004\222I\"Gn\017\007\203\220\245\311\312k\242F!Ih\224\262\221\336\234\347X\360O\243(\330\313\330\242P\3161J\345s\177\233\345\"\270W\331\324\202r\366\263\223\325cTD\231\373\271H\301\033\235m\t\025\264\255\200\340\272\222]2S?\314\2514|\031\202\270W\354\253\026\202\246\225\177&R\306\016oV\376\3575\025q\362\033\035\354\264\022=\365\t\"DN\2525\343/V\216X\352g\023\177\266C\306\241Br\214\327\332\301P\rk\355{ \301\006\032\367\371&\225L\305,\2702i\303\327z\016_\351-\203H;\277a\231\204=\265Cd\306\224\322}\230\223\245R,\240\030\333`2i\265\263x\002\035\231\004\355""\2469W\336\240\024 \366\311\242\227\221\206\304\332\0323\216\\\312\345iR\216\236\3132\264\004\346\362\313\307B\312\000\314\006m\201\255\260R\221)!bU\034\324\332a#.\216A\336\347\215\260\310\034\2345j@=\047\250\252t\233#\323Fs\354\326b\230\232\314\223c\365\244\256\307\004\014\213\262\" \322X\047:\221\317\nk\2149\235\357\346%\253$\004p\332\3273L\277\023A\3438\322\2474\334\337N\003\022N\013\324f\030\352Y\262\302 \321\267\253\025S\201\255\016\t\303\207*q8\361\261\265K \246\306\006\361\267\243Wv9f\246\264\233\332EW\\Y5b\311Q\263b\353b8\031\231\232fff\231\346f\376]\373\230\246\315\211\203\223r\303\203 \3661\210\021\035rh\355\303\324M\312A\262\032\027\372lq\251f\312f\247aB\246\201\230\n\305,)U\010\300\256\375\306i&e+!2 \347\026\311\206%\r\007[\203\313\010\224\234]\001\3460\317XJ\365(I\333\251JB\200\366\030\031\213cd\313`\324\305\223k7\230\224\356\215\305\271\213\234\312\252\255\3122/k\204Q\256K+\240\260#\026ThE\244\355\267%\252\001\332\263\25400\300\316g3\307l;\257\277b\361\265\215\303\202o\313\035\256\211\202\247\307S\222]\356\322\363 \353C4\354\rv\341\323\207P\215r#YV\214\275\024b\211\231B\2057p\315T\326\"Pg[\034\324AQATE^\346\254j\025\252z\007B\001-\272?\266\027\277X\245\335\343\177N\241\356]\235\035\2278Y\334h\217%\231TUW\370|\r\217>\373 \"\340L\272#RZa>AV|\270\\5N<7\362\035\332\3732\276\373T\305>ww{Q\375\374\320\352T\311]?$\035\035\361\273\2555Kn\2417\006\202\366\362\256N\352\234uI\362\266\325\213\005\206\3376\\&\361\006\200\311\232\024\330,g\334\255W \230KL\270\t ff\255Y8O5+\250o\344\2118\346\313XY\307Rc-\024\205!4Rl6\365\311\311R\361Da\000U\340\307\205\333\222\261]\n\302\010\311\257\005\007\"\002\203M\001\310\255\\\025\212\275\214|\031\"\375\370\363\273\026M\202!A%HP\030\252i,N{Z\255\214\222\304\321\261&\024\334\346P(SL\303\037\034\350\017\261\346J\211\352\2447\2245\016\256(2%\216 \276\374\374\231v\301\227pa\306f\251\316@B\023\257\2005\301G\3354\047\014\00532\021 \343\203\323\005u(\374&\305\254\343\237k\002$\036\227\335\212A,\\\2571\243\306\201\221p]\225M\270<\006`""\353\n#;\016\035=D\0302b|%CZ\245\2543=\342\031(\341X\250\024si{0%\007,\006\357\354\252\240\341\026\332\244h\201C\031\020*\242*.\226\233\354\317\013.\222jn\267\232\333\200\303XnF\236\235P4VyJD\024\262\01442\006\2506\222]\t\222(\273\025Cr\232\256u\340\232\341\306H\336\2432\033\311\357\203#a*\347\332\256\213\220>/\206\334\334C|\210?@\321,uU/\266\240\277\272\023.D\0019\225Q\217p\326!\362\222\361\301\270\333\221\231\273s\366\323\304\251\315\273\271\245\227\n\374\037\201\047pzE{\316V\262\235/kz\3208\356\214_\344]X\302.)\323\032\351\254\010Q\222\341\310\372\322\353\260\255eR\021\014\033\303\021\341b\026l\300W$\222<Y.\255\324<\034WLA\231#\014\030V\203\210\032\257\203\225\332a\246\206\225K\341F\313\245R\352\204(\374#{\373K\307\265\022\315\006e\2300\032F\362v{\035&\334\370\014d\006\016\322\256$\311\3569yL\373\206\033\246\006\301\214\272\271S\334\230gA\303\330f\316^\347\233\312i\220\235\232\032\360=1p\032\231B\316\347H\233\002A\222\230(\357\327!4\003\030\300\263\342g|\022\021T\244\0257\365\274\262\000\252\255\255\016\0344Xa\244\262\010MQ\353\207c\034\371\275\272\264\003\351\0261P-Y\344\242;\030\262,V)\005`\256\321F\305\370\266\301kU&\342\321[\343\027qA8\207\024\342qC\212q\352\201\014\272\362.\014\305Q5\211\331\007t\022\313\301\206\352,6\021\243\221$\314\206\251\023\246/\036\344\314\300\\\016\331\007\246\006\025\314!\310m\031\203*\312f3f\335\323\317\237.\266|y\371\047>\302\312n\205\233\231\021\22111Lq\312\354\266\350\033\261\346\010\242l\320\226,X\267<\273\245{\233Z\321\004\362(\224\242C\300\274\342\351\225\351\213\240\366\271\365\200\365\327\251\220\275\351\047%\315\203z};L\355\314\303\0036l\214\207\207\265~\376q\2667\230\214;\010\212fkz\037\256\312:\334\237)\217\257\351\307\347\372i\203`\233\006.\262\370WQ\263\013Q\355\301\270\343j\010\371\332M\2465\177\200Ch\245\027k\217\010\370\206\215&\226c:\255\033\326|\023\307\365\243\256\3643\240>\311\211u\264\222\267\032z\244a\243\3416\352\023\t7\373\377,\361#\315$Th\351&\245\214k\321\034\001\370\362$\336\344\351\317oN\347\032Q\331d""\014\300\326\030\231$s\311]\222n\340}\321RJ\364\312\270WRd\221\236\307\367\251\300\215\t\047\265VI\310\272\227\331\332\351\212\223\253\263\3214\026\247\031\335\247\026hq1\rF`\353\346\006\205P_U\272i\001\017>h]\302w2\030a\313\0041S\315\247\21388\021p\270\214#J\003\r\3406\277\304;\003C\201\216\304\325\321\005\006\213;$\027\220h\016=\016\371\324\347\031\026b\263\314\320A\334\261PA\356\310z\203\024E\305\036\374A\033\275(q\266PFH@\224\034\033\320C4\354\201\301\014N7zS\004\340\t\374\251\327\242\371\240\010Cv\322\247\246Lc\270\275\014\301tx\305\240\213\346@.\245\300a\000>\325\260C\372\005r\335\313\336R@\212l6\020\203\301h\266\270\006\376\005%\0305\t\027M\311\200\202@5\006\235\253}\302\034\227V\350\276\211\250\250\013L\030Z\212\232\200\340 \243\231\000u\273\373\2047\260-\375-79p)\270\206\2411A\005JY\367\257\260\355\331N\203A0 \257\342\022\030\347\327\323\266\300b\314\002\311P\326\247a\255\206\220lv9\321\372\271\326\020#`\221fm\020\265\260 A \305\375\261\371\363\203\373}t-q1\212D\035\257\016\344\222\212i\352\024\241\2550K2\362!\016\316\227\3219lV\021\016y\023\203\310!BK[\265\033\304Jf\372\317\017\r%#!\303\233T\203\311\361\257\221\353\036\270! \307\347!\031\024\332!e\006=\220C\266\343\326\023\t\3127\306%\237X\221\252\331\310d\223\026\273\373\245\345\236a`\021a\260\323\262B\217!\r\351\004\354\377\253\353Qq\227\r\326\224\244\023sv\205\213%c\273\207\206\021r\003\337\244{N\264,\212(\030\320\\^\"+\233d\325\273\200\256\3311x\357\024\224W\035\275\233#\005\313e\265|R\346\0146n\354\336Qh(\331D\005qG\303j\301\320U\350FX\360\251\270\332\027f\315\266Ro\315,\27511\331\242\002Z/\332q6{\036\t\204\370\3746\022\307z\2340Z\020\300,O9\344\211\321+\244\355\253T\266\230C^2S\215:u\277\216\211\306\310\310\323^Mq\312G\224F\330D\357\307\\\020\234\245\224\344\330\305\215\362\275do\n\361\247y*\313\322\226G\315\224nZ\330\264\252\311\212(\315\2440\326\357\226\214b\242\324lJ\371\003a\364\0235\252G\370\305\207\226\256\032\257{\373\273r\265\333e#\342\211\023j!sJ\244O\200\327[\nZ\343\255Q\346\364\355\202;""\221V\325\251\020\240\331\004\206\315\005\031\033\314c\216\235\361\000\030l\372\003\244\310@3\246\010\0226\304\357>\305\205\340\274%2\225l9\"\204\0203\365F\256^\305<\326\266\231fn\355\340\373\0137;o\030\247\231\252c8\262\272\370o\323\030\026\373>\236\266c\351\365\034\356\2163\310\371}\303\364\207[\307\325\233\2502\031\006_UR\327\201\267\375\251\376\017u\335^\346oB\221\017\254\365=\034\337\223;&\362^\252\013\016/S\353\033\261\360|\336\3678\370\031uuG\201\336fGDe\314l\"\030\336\027A\032\003\234\304\257\235\n\350\035\035\316 \345\314\346?\345*7\227\245E\2443\216\243;\2668G\247\207\245\271\311\230GYvvvc\017!\221MM\"\0302\262\251\302\0074\007*\262\210\016R\031M\004@U\373\241\3050{#\223YC\362\314\246\034pq\253\003\311\241\2139\3608\302\354\325\211\361\304\264-C\324$\262\311\206?\030\031&w\376.\344\212p\241 \362\244\032\326";
+    PyObject *data = __Pyx_DecompressString(cstring, 3841, 2);
     #define __Pyx_DecompressString_LZSS_UNUSED
     if (unlikely(!data)) __PYX_ERR(0, 1, __pyx_L1_error)
     const char* const bytes = __Pyx_PyBytes_AsString(data);
     #if !CYTHON_ASSUME_SAFE_MACROS
     if (likely(bytes)); else { Py_DECREF(data); __PYX_ERR(0, 1, __pyx_L1_error) }
     #endif
-    #elif (CYTHON_COMPRESS_STRINGS) == 1 /* compression: zlib (3897 bytes) */
-static const char cstring[] = "x\332}WI[\333\330\266-\202\223\230\204Ta\272\264\267J4!\220\"T\231\030\222\220\346>\323\245\255\024\016\244\253T\236\256l\313 \260%[\r\306\251\373\335\233!C\r5\324PC\r5\324PC\r=\344\047\344\047\274\265\217\344&\005y\037\240\346\350\234}\366\331{\255\2657\347\270[\2178\305\320\253\206\256q\334ci\231\233fW\245\304U\304\212\2426\356s\202\266\307\225\024\225\0238\255*\250\232\310=\023\nJ^\022dn:\032x\270\245\032\342\314l{\374\326\276X\320\261\240\252*E\243\000\273\323\273\373\325_\366w\253\230\023\331\251\010\345\262\250ryA/\354p\202\\\344\364\035Q\246K\354\nWPtA\336\026e\375>\267\255\350\334\327s\342OZ\353\233\272mT\360>\255\315\220\333xW\205\006\275\260\007\r{\312\"W\305v\255\211\260^6*2\335\024C\305\004<\311\032\254\352XT*+\202\276\230\201\2538=\366\332\021hSI\343*BaG\222\305\033\010\223$S\270f\351A\323U\034Q\302z\274\252J\275e\224\333\027\312\206\250quE\335\343\264\262BQ\340\016\270\351\231\331Ynn.]Z\212\215p\367\361\023\205q\tOt\274vxw\004\215\323v\204\252\310=\330\025\n\342\201>\267n\310l3\356\321?_\342T/\025\235y\250s+\r}\007\303p\263(\226\245\274\250\n\272Xnp\360N*\3508:;\306\306\332\306\255\314\335\014\013\246*\356\212\224\032\315\310\027\312\202\246\301U\304.oHe]\302\201\033UQ\233\343\236\226\270\206bp\262(\"\372\nW\305\274\356\005,!\232\2503\257o\010\262\214\244\221w<\226K\362\366\r\256(\251\330D\332\027i\365\272P\326\3049\241X\3441O,J\232\220/\213\242L\327\355\202\244EO\305\350\240\277\360\245\370\244s\325\306A4\266D\300\201\331r\033$\344\227\306\211\007BA\307Y)\313\361\007\026\264\326\252\202\242\252F\025Nb,\216:\306\014\300\240(\225J\"RUR\225\n;C\033 \314\200v\262\2056BO4\321\355A\333\000\340\217\305{Q\310\270\326(\246v\245\270{\264bh:\227\207?\334K\243\262\321\210\200\034\241\375\344iuU\322E\212\337,\267r\013`\326\245mC1\264\026\230#\003\334\264\\\235\023+U\035\344\240-gf\272\214=$\354\020\313\213\242\334Eq\255\005N\306q\240F7TY\303\216\262X\347\264\202Tm\314E\337\347\n\232\312\263mZF\273\327E\362\021\321=\312ZW\266\010\216\364\332\216\376t;\321UA\007z""\345\231\373\010w\245*\225\351\254m\016\020\245\363e\245\260\327\332\261\245\013]\201\321\215*\341\245\324\216\033%\240-.\321\304\035\201\000\332\316\035\010\036\221\332P\221\355\356u_\207\006\3246\312E\226\327\366,h\\W\242e\243\202\370\360\200\2178W1@\254(\r%\001\007a\204\222*UE\325\273\247\031\025A\33796\343AY\250\344\213\302\243\365\247/^\360+O^\277|\316/\277\337Z\333l\205\242u\237\343yU\204\344\212<\337\031*\354\210\205=^\223>\211]c\210\246*\202\304\305\223\306x\255.\212U\255\363i7>rgD\0265\235g\361\350\214\305r\337\031\200\034v\031\211\360p\334V,\230\355wR\006xQ\001\232\333c\307\026\201Q\355gfX\322\033\355\001\342i\204\305\216U&\307<\240v\334\001$\355\345\357\217\237\276\340\337\376\376\352\371F\031:&\252\233\314\3316\013\336\361<\277\3218\300\337*\364\224\177\211d\277\022K<\037k\036\342\315\363L\025\371mQ\007\025+4@\022FwI\226t\236\237{\000\250B\002\037\315\001y\342AU\375\346\207\023fV\004I&S\025D\270\314v\223\205\n\273C\036\371}\235\250Oo5C(\267\276\264\220@Od\343\004\263\320\356\266!\2352\212\023\251\333Z\027d\272Qq\014 \274\244\021jA\033\324\305v\\\333\017\235\r[\370=\341S\313\227=\261A\177\307?t\220\326\365\330\231\306\004\200\257\"k-\3741\330\265\320\3667\320\375\375\375ov\320\225\340\374|$\336x\0023\351\246\265\224Ic\240\212\220%h\035\235\215\206\265\206\\\220\224\271vD4\301\320\025\341@\322\362y\241\310\264/\217\003\260\215\362\252\"\024\013\202\0269\333y\213v.\224)\236\310\270\256BW\362Ba\257PV4\021D\211\270\022]\241\220Z\314\235\370\306\357\311J]\306\213\02658\032e\254\223\265\356\374\321>\360\037{)\325\006\266\322\225\266(B\310\213Q\274\211GQ\t\357\342d\221z\003VEJ%\250T\251,\350\364\047+\362\047QU\350Q\027\345\270\356@\366\353\202Z\334\206\246\211j\234P\"H\361\000;\212\333\242*i%\"\201H\224\321v\221\025\374\262m#A\215\273\236v3\320J\333\256\016\376\357\355Ir\221\235\230o\3535\005N\253@CIF\321\277F-l\204gpGd*,3\220\313|\0345\366\300\256q\017(#\036\364G\355\031\335;-\236\314#\263\354\022}\253*\022\233\317\372;\244kG\025\205\"\036\032D*9\337\000\247""\344\"\003\007A\027\307\327e\371\223\\e\202O\330R\224R\t\034\324`\020\277D\047V\257\3509BB\225\301\025\027]\213Kau\247\241I\200,\037\035\215\200_U\252U\240A\047\374Wu\265\246\202\371\250%\314\002n8\262*\356\243IAz\352\0047Mc`\324\n\314\242F\345XlaBc\257\232X\206_2\306\365\242X\022`!\372H\027\nv\304\242\230K:[\026k\260V-K\272\206\237\"\016\321N\213\326\320\250*\306\000k\225iZ\330%\325q\364pS\352\306>\364Zc\232}\\\270\243\316\032\252]\257#]<{\255\243\t\256KE}\347\240\321 \345S\010\214h\"\320L\3402\363\235*H\244\006\320jC\373\334s\2248\373\371\223\2312oZk\366\240\235n&\1778\324\31413\335L\234?\\0\023f\366s\266\231\034\300\3033K\260>9#N\336\355i&\007\315IS0k4[7\357ai\312\236q\026\335T3y\376\360\256\2311\367\255\234%\320\313\2429b\226\254\025K\207\351\376A\354\222\265rG\311!L1\360\370\207\375\227;\326L~\177X\204\275\262=f/:)g\332\035wW\\\335[\360O\3717\203\347\341\333w\315\211[\316{\027\366\206\315U\253\207\314\302\330\220y\047\274r\323\031s\356\271\353\336X\363\347_\234\003\267\346\235\361\n\376\345\200\331\224L\335J[Y\362\361/k\326\026hL4\357\322\230\265e_u\262\316\246\233p\327\274\324Q\262\357K\362\273\276\201C\303\\\263R\326\r{\330\376\350N\272\212\377&HG\247?oe,\303~\354d\034\335}\350\047\374l\363\352O\326\177\235\242;F\337\257\333\271f\222\263\023\366\2323\350\244O\214\326uS\017\257f\334\347\236\346\217\371\351.\227\216\305/e\016\231Ys\313\032\261Jv\226\014w\002\212\001\372>l\276\305\202a{\313\031\205;\031D\212\355y\306,X\027\355Vt\242P\277\266\247\234S\316\244\263\347\245\274\t\357\225\247\373\367\003!\250\305s.\"@\013v\217\235j\366\017\230=\346%\234\375\246\275\352\234v^9\265f?m\364\301>m\347\340f?\201b\302|mMZE{\326\331vs\315\201Q\263\210\3272\022\260\350\016\271\317<\311\2575\007(\261\265\346\360\025k\334ZG:\3578S\356)dx\340\242\251Y\323\030Xr\336\270\363\264z\010\010\033\276d\3650\227\007(\257\t\353\231\275\343\224\334\354\3217\255\304\213NYS\366)\373\246\363\004\211\037\367\262\264|\315\032\265jv\277\263\342h\356\204\373\316\313y\273\301\231 \037n\344\232""\334u\373\017\247\346\366y\251\346\257\363\341\374\232\277\031\234E\010\026\356y#^\336\357\013\206\202\345\366\304\3278M\00682\274U\377\254\337\240\321\013)\363\232\365\026\221\357\047\314\027)k\366>\220\323\353\336\303\326\375\224\2774\005#o\235A\312\353v\311Yv\004\212\336(\242\273\204\004\366\217\202)\00626\202o\253n\317\3217\327\374pX\243\263,\2030Yl\271\356\214;YJ\315i\344\241\307\036\262Wl\003\006\316\272\373\336\246\177\332\317\371E\3029\245\351O\300\347\272]\247\340\305\251\0351\231\347\027\301\026\270r\005\230_\2434\3230V\214\260\035r\326N|\226s\336\244W\t2\210\312\217\323\341\364]\257\207pY7\205\317\331\243oq\206\310T`\220\231\262{\355\014<[vv\334\2027\330\001\34301\275\357\313\271o2\353\230\016\244\314As\336|o\345a2\035#\361\300U\275!/\353\345\030}\303\241\t\322\250\363\207w\314q\223\345\344g\013h\202\313\336E\277\327\317D\030L\233/\020\260a\244s\334y\346\n.\006\257\261\003\014\301h\317\347\354\2273\337\365\365w\353\324\200\331\027\023\356\255\363\2337\354\275\005\303\223\375\207k\354\200\323\366-\360!Iy\310\231\371\360\322\0144\352\206\313\"\260\003@\\\267T\373\242\223p\326\334A7\3352U\240X\221\237\031\344\024)<eN1\254\237\261\363N\317\t\003? B+f-\2022\002\007\003\224\357\332\321\261\001\206\007\036\236nF\206\276z!\253\247\2541k\021\200\230dlZ\206l\376\177\037N\233o\220\334u{\202\231\2706f_q\322\316\272;\346.B2&A\220S\376\244/\006\363\301\207\360\335\307\360\343\377Fq\2405\244\351\017\001\206\337}\226\220\005\263\327\214T\031\021\331\207j\024\234a\347#L(A.\202\223\310v\237\200n\375\003@I1\314\315\007\233 Y\224\221\001\320b\301:k\325\242\327\221H\353\1778lX}\300n\362\302\341\253\303}d@0?\301\311G\310\367\031?\037@<\270H\3642\207\377\266n#\231\375\303\346S\353\r\303O\237;\202\354\353\336=?\353\347\310\267y\3469\341\255\001A\3701b\370\265q{\334\316\266\351\027II\2373\0041\251u\324\343\212?\357\277\362\365`!\334x\025\276\332lrS\266\020e\347\047\247\207M\256SD\207\314E\2139\273\2110mY\227\355\261\250X\226q\360\034\005\257?\226\345\357]1\242J_x\371&\223\035VMU""\350F\r\310\270j/\333\222\363\037 q=\030\017b4\246\250\352\306\014o\245\341\2453\001N\266S\367\024\342:\373\253{\332}\3456@\010\362\271F\337\206P\234\206\235\267\356c\357\256\277\024\304\301x\rDd\254\003\273\346\234G\035i@\362jA\"x\031\376\301\207\374\277\216\276R\236}g\313\275\350%\375\363A\372\353\265*\314\276w\267\241\270E\177\214N\200\034!\201`\375%\010\340C\304\346*\351\2057\343\337\366\341\373\217( \327\261\350Jx{%\002\316m\350H\212lf\302\2137\277\252&\035\372$\314uk\002a\233\264\213\316\317\356\2267\034>\334\0107\336Rk\200zp\332\332D\361}\352\274\006lo\273;\236@i|b\261\302\360\034(}\2002\271\004\001\201\241s\314k\rY\351\247X\243\324RmBm\236s\004g\337\335\364z\t,\344M\032U\370\035x\227\267\223\261$\366\037.\037\226\240\316\273(>\343\330.\252d\311s\207S(\236\227\341\337&\330,:Kn\316\225\274O\301 \300\315\220\257\206)\210\026H\272\345\\aE\203,\205\337sTy\021\213F\370\353\377\370=\244&y\006\016\332\262\017\022s\035^\247#\251\245 \225\340O\216\004o\306\312\204?\3153\206\016\206\367\177\013rT\321\t\307\267\027\335\022\204r\213\365?\254\2423\371g\260N\001;7\010\230\255\374\364\223\002\336>\024\360\272i\365\002G\253\366\205\250\356\323\016\351\360Z\306\315\"\034=\020C0\344G\224)=\234\240\315\na\216\360\177\204C\254BV\306Z\302X\262VC.\023\025 \262[G\005\030b\242\233\212m\"!\314\020\242\217\202\321\356\035\251\324\255:\275 @\335-z\267\374Z\344\335`\334\007\245Z\006\311\321\263\320\332T\267\213\341\302\213 \033l\301\247\346\265\005\004\236t\005.Q]Q\243\245w\320\267 nh5\250 R%|\216J\271\315R\235\366\236\371\205\240cp\231\232\263\243c~\031\010\305\007t}\277a\233C\246\263\220:&\313\037\201\327\333h\003oy5\010\345\270\277\032\364\006\351`%\320\020\241p\363u\370\232A\264]\330\303\321i\360!\025\301\013\000\205L\315\003\025WY\250OA\020\367\202T0I\371\244mHJ\321o\205\343\013q\">\006c`\337\322#\350f\272\325\264`\326]\222=H\356\246s\226\365\203\2327\346\335F\033\234\202C\313\276`f\255\264\375\014N\316z\002\265\237\220\346\032y\021&\220\214\326a\237\241\023\320#\371\010\023?Y\265""\243$\341g\030y%\264O\002\326\017PE!k9\264\352\327\241PIt\206\357\300\270\033\020F\020\233-\3722\030\211x\267\2717^:LL\241\342\224\275\271\340B\370\372\315\227iB^:\352\234\356Xc\324\007\355\022\025\216\"\t\240\010\215:\r4\362\002\021e\345\260\306\232\211A&6\032\n\372\252\233\0103\217\375z D}\343\367\320\204\0310e\225\305h\313g\335\354\005\302\235=\026\365Z\213\250\263\247\021\347\021\247\000\rK\240\267\353\205\364\200\367\237X5\334f\372\211\266\201\025\237N\333\231\to\334\367\026\375A\314\035&\334\032\200\003\351\344_\376\024\312\316\360U+}\224\032eM75@\007\350<\307\341D\302{\202\250\347\241\243\253\341\306\207\360\303\237\315\201\313(\003\264\315\033x\231\2156\002\343\240\\\341\245\237\235;\350W\267X+\332\037d\217\230\232\221\353SNO\334\357^\265\346\243r\026N?\360\326\221S\300\020\310z\027\276{\337\344H0\027P\204\263\244\203\t4y\255\362M:X\364\257\373*\340=<\322\274\364\017\213G\363F\032\336\013p\210\350\224\250\366\035]\272\026\257\201\001&H\354\\\0215\227\330\277\034\244s\013^\237?\212\332\320\023&n\3305*\316)3\tG\311\255u\374{Q\3612\036\223\353\207,\202D\266Hk\014\206\362w\254\344C\227\303\304\257n2\274\373$\3509\372\333\016\213\336e\177\354\377\000\353\330\003\337";
-    PyObject *data = __Pyx_DecompressString(cstring, 3897, 1);
+    #elif (CYTHON_COMPRESS_STRINGS) == 1 /* compression: zlib (3936 bytes) */
+static const char cstring[] = "x\332}WIW\333X\267-\202\223\230\204\2440\030\322~U2\020\232\024\241\312\304\220\204$\365\236\351\322V\n\003\351*_\236\226l\313 \260%[\r\306\251o\255\227!C\r5\324PC\r5\324PC\r=\344\047\344\047\274}\256\334\245H\336\002\324\\\335{\356\271\373\354\263\317\341\002w\347wN1\364\252\241k\034\367DZ\341f\330U)q\025\261\242\250\215\207\234\240\035p%E\345\004N\253\n\252&r\317\205\202\222\227\004\231\233\211\006\036\357\250\2068;\327\031\277s(\026t,\250\252J\321(\300\356\314\376a\365\327\303\375*\346Dv*B\271,\252\\^\320\013{\234 \0279}O\224\351\322r\205+(\272 \357\212\262\376\220\333Ut\356\3539\255OZ\373\233\272kT\360>\243\315\222\333xW\205\006\275\260\007\r{\312\"W\305v\355\211\260^6*2\335\024C\305\004<\311\032\254\352XT*+\202\276\224\201\2538=\366\332\023hSI\343*BaO\222\305i\300$\311\004\327\034=h\272\212#JX\217WU\251\267\215r\207B\331\0205\256\256\250\007\234VV\010\005\356\210\233\231\235\233\343\346\347\323\245\345\226\021\356!~\"\030\227\361D\307\353\300\273\047h\234\266\047TE\356\321\276P\020\217\364\371\rCf\233q\277\377\327+\234\352\225\2423\017un\265\241\357a\030n\026\305\262\224\027UA\027\313\r\016\336I\005\035Gg\307\330\\\337\274\223\271\237a`\252\342\276H\241\321\214|\241,h\032\\\005vyC*\353\022\016\334\250\212\332<\367\254\3045\024\203\223E\021\350+\\\025\363z\027\260\200h\242\316\274\236\026d\031A#\357x,\227\344\335i\256(\251\330D:\024i\365\206P\326\304y\241X\3441O,J\232\220/\213\242L\327\335\202\244EO\305\350\240\277\362\245\326I\347\253\215\243hl\231\210\003\263\345\016I\310/\215\023\217\204\202\216\263R\224[\037\030h\355U\005EU\215*\234\304X\013u\214\031\240AQ*\225D\204\252\244*\025v\206\016A\230\001\355\333\026:\014\375\246\211^\017:\006@\177,>\210 \343\332\243\230\332\023\342\336\321\212\241\351\\\036\376p\257\214\312f#\"r\304\366oO\253\253\222.\022~s\334\352\035\220Y\227v\r\305\320\332d\216\014p3ru^\254Tu$\007m9;\333c\3541q\207\262\274(\312=)\256\265\311\311r\034\254\321\rU\326\260\243,\3269\255 U\033\363\321\367\371\202\246\362l\233\266\321\336u\221|D\351""\036E\255\047ZDGz\355\240?\323\ttU\320\301^y\366!\340\256T\2452\235\265\223\003\224\322\371\262R8h\357\330\326\205\036`t\243J|)up\243\000t\304%\232\270\047\020A;\261C\202GIm\250\210v\357\272\257\241Aj\033\345\"\213kg\0264\256\047\320\262Q\001><\350#\316W\014$V\024\206\222\200\203\260\204\222*UE\325{\247\031\025A\337;5\343QY\250\344\213\302\357\033\317^\276\344W\237\276~\365\202_y\277\263\276\335\206\242}\237\347yU\204\344\212<\337\035*\354\211\205\003^\223>\211=c@S\025\221\304\305o\215\361Z]\024\253Z\367\323~\353\310\335\021Y\324t\236\341\321\035k\311}w\000r\330c$\342\303i[-\301\354\274\2232\300\213\n\330\334\031;\265\010\031\325yf\206%\275\321\031\240<\215\270\330\265\312\344\230\007\325N;\200\240\275\372\363\311\263\227\374\333?\267^l\226\241c\242\272\315\234\355d\301;\236\3477\033G\370[\203\236\362\257\020\354-\261\304\363-\315\003\336<\317T\221\337\025u\244b\205\006H\302\350.\311\222\316\363\363\217@UH\340\357\363`\236xTU\277\373\341\0333+\202$\223\251\n\020.\263\335d\241\302\356\220G\376P\247\324\247\267\232!\224\333_\332L\240\047\262\361\r\263\320\356\216!\235\"\212\023\251\273Z\017ezYq\212 \274\244\021k\2216\250\213\035\\;\017\335\r\333\374\375\306\247\266/\007b\203\376N\177\3502\255\347\261;\215\t\000_E\324\332\374c\264k\263\355\037\244\373\347\373?\354\240+\301\371\371H\274\361\204\314\244\233\326V&\215\221*b\226\240uu6\032\326\032rAR\346;\210h\202\241+\302\221\244\345\363B\221i_\036\007`\033\345UE(\026\004-r\266\373\026\355\\(\023\236\210\270\256BW\362B\341\240PV4\021\211\022\345Jt\205Bj\255\334i\335\370\003Y\251\313x\321\242\006G\243\210u\243\326\033?\332\007\376c/\245\332\300V\272\322\021E\010y1\302\233\362(*\341=9Y\244\336\200U\221R\t*U*\013:\375\311\212\374IT\025z\324E\271Uw \373uA-\356B\323D\265\025PJ\220\342\021v\024wEU\322J\224\004\"\245\214\266\217\250\340\227m\033\tj\253\353\3514\003\355\260\355\353\310\377\203\003I.\262\023\363\035\275&\340\264\n4\224d\024\375k\324\302F|F\356\210L\205eFr\231o\241\306\036\330\265\325\003\312\300\203\376\250=\243{""\267\305\223yD\226]\242oUEb\363Y\177\207p\355\251\242P\304C\203\222J\3167\220Sr\221\221\203\250\213\343\353\262\374I\2562\301\047n)J\251\204\034\324`\020\277\224N\254^\321s\304\204*\243+.\272\326*\205\325\275\206&\201\262|t4\"~U\251V\301\006\235\370_\325\325\232\212\314G-a\026p\303\221U\361\020M\n\302S\047\272i\032#\243V`\0265*\307b\233\023\032{\325\3042\374\2221\256\027\305\222\000\013\321G\272\020\330Q\026\265rIg\313Z\032\254U\313\222\256\341\247\210Ct\302\24254\252\212-\202\265\3134-\354\221\352\026z\270)u\343\020z\2551\315>-\334Qg\r\325\256\327\021.\236\275\326\321\004\327\245\242\276w\324h\220\362)DF4\021h&p\231\375A\025$R\003h\265\241}\356;\211\235\377\374\311L\230\267\255u{\330N7\343?\036kf\312L7c\027\217\027\315\230\231\375\234m\306\207\360\360\334\022\254O\316\250\223w\373\232\361as\322\024\314\032\315\326\315\007X\232\260g\235%7\321\214_<\276of\314C+g\t\364\262d\216\232%k\325\322azp\030\273d\255\334I|\004S\014<\376e\377\307\305\226\227\217\213\260W\266S\366\222\223pf\334qw\325\325\275E\377\214\177;x\021\276}\327\234\270\343\274wa/i\256Y}d\026\306F\314{\341\365\333N\312y\340nx\251\346/\277:Gn\315;\347\025\374kA\212lJ\246n\245\255,\371\370\2675g\0134&\232\367i\314\332\261o8Yg\333\215\271\353^\342$>\360%\376\303\300\320\261a\256[\tk\332N\332\037\335IW\361\337\004\351\350\364\027\255\214e\330O\234\214\243\273\217\375\230\237m\336\370\331\372_\247\350\246\350\373-;\327\214sv\314^w\206\235\3647\321\272e\352\341\215\214\373\302\323\374\224\237\356q\351\024~\ts\304\314\232;\326\250U\262\263d\270\013(\006\350{\322|\213\005I{\307\031\203;\031 \305\366<g\026\254+v\033\235\010\352\327\366\224s\306\231t\016\274\2047\341my\272\3770\020\202Zk\316\025\000\264h\367\331\211\346\340\220\331g^\305\331o\333k\316Yg\313\2515\007i\243\017\366Y;\0077\007\211\024\023\346kk\322*\332s\316\256\233k\016\215\231E\274\226\021\200%w\304}\356I~\2559D\201\2555\223\327\255qk\003\341\274\347L\271g\334Ts\350\212\251Y3\030Xv\336\270\013\264z\004\014K^\265\372\230\313C\024\327\230\365\334\336sJn""\366\344\273VZ\213\316XS\366\031\373\266\363\024\201\037\367\262\264|\335\032\263j\366\240\263\352h\356\204\373\316\313y\373\301\271 \037n\346\232\334-\373/\247\346\016x\211\346o\013\341\302\272\277\035\234\007\004\213\017\274Q/\357\017\004#\301Jg\342k\234&\003\036\031\336\232\177\336o\320\350\245\204y\323z\013\344\007\211\363E\212\232}\350\354\340\310\317\274\034\001\243\303)\200\221\267\316!\344u\273\344\2548\002\2417\006t\227\021\300\3011d\212\201\210\215\342\333\232\333w\362\3355?\036\327\350,+H\230,\266\334p\306\235,\205\346,\342\320g\217\330\253\266\001\003\347\335Co\333?\353\347\374\"\361\234\302\364o\320\347\226]\047\360Z\241\0355\231\347W\220-p\345:8\277Na\246a\254\030e;\344\254=v\226m\367\2027\351U\202\014P\371i&\234\271\357\365\021/\353\246\3609{\362\275\234\241d*0\312L\331\375v\006\236\2558{n\301\033\356\2221I\231>\360\345\302w3\253W\007\376v\331Y\206\315\005\363\275\225\207\311t\213\211G\256\352\215xY`M\256\204#\023\244Q\027\217\357\231\343&\213\311/\026\330\004\227\275+~\277\237\2118\2306_\002\260$\3029\356<w\005\027\2037\331\001F`\264\357s\366\313\271\037\006\006{uj\310\034h%\334[\347\017/\351\275E\206\307\007\217\327\331\001g\354;\310\2078\305!g\346\303\253\263\320\250i\227!\260\007B\334\262T\373\212\023s\326\335a7\3356U \254\310\317\014b\212\020\2361\247\030\327\317\331y\247\357\033\003?\002\241U\263\026Q\031\300\301\000\305\273vrj\200\361\201\207\247\333\221\241\257^\310\352\031+e-\201\020\223,\233V \233\377\337\207\263\346\033\004w\303\236`&n\246\354\353N\332\331pS\356\022$c\022\tr\306\237\364\305`!\370\020\276\373\030~\374\237\010\007ZC\232\376\030d\370\323g\001Y4\373\315H\225\201\310!T\243\340$\235\2170\241\004\271\210N\"\333}\002\272\365/\020%\3018\267\020l#\311\242\210\014!-\026\255\363V-z\035\215\264\376\307\343\2065\000\356\306/\035o\035\037\"\002\202\371\tN>@\211\250{\273 \322\002\354\017q\221\360e\216\377c\335E@\007\223\3463\353\r\343\320\200;\n\006\350\336\003?\353\347\310\277\005\346=q\256\001Q\270\346O\370o\203g\341\3537\315\233\343""\3668\3459\355\330o\245\273\2622\340\214@Xj]%\271\356/\370[\276\036,\206\233[\341\326v\223\233\262\205(R?;}lr\235\320\0351\227,\346\3706 \333\261\256\331\251\250p\226\001B\216\200\034lI\364eW\214\322f \274v\233I\020\253\254*4\244\006\226\334\260Wl\311ix\375\336=\177:\030\013\3240\267\025\3213Ae\230\016\376\200\261\247\023\317W\316\004\022\265\023\317gP\334\271\337\334\263\356\226\333@\226\220\3635\3726\202\212\225t\336\272O\274\373\376r\320B\3475h\222\261\216\354\232s\001\251\n\307\240\2607&Q\374\322\020\237\313\236\350\247O\276\322$\022\303+^\334\277\030\244\2776\240\302\366{w\027Z\\\364St\036D\017\241\205\036\\\2054>\006R7HI\2749_\n\264p\353}\370\376\257f\374\047\024\230[Xz=\274\273\032\021\353.t&A\2263\341\225\333_U\033v\356\025\223\3618fnX\023\000s\322.:\277\270;^2|\274\031n\276\245\346\001\025\343\254\265\215\362\374\314y\rb\337u\367<\201\202\373\324b\245\343\005x\374\010\205t\231\344|\310\274\300\274\327\020\253A\212\000\2121U/T\357yGp\016ay\304{\026\021)\215:\375\016\231\231\267\343-\321\034<^9.\301\243}\224\247ql\027\325\272\370\205\343)\224\327k\360o\033\371.:\313n\316\225\274O\3010\343.\005:L@\326\220\306;\316u\367\201\307\264g%\274\314Qm\006\032\215\360\267\377\366\373Ho\362\2142\264\345\000D\350\026\274NGbL0\225\340O\216$q\326\312\204?/\260\034\036\016\037\376\021\344\250\346S-\273\273\344\226 \245;\254Cb5\237\025\010Vw\022 \3234\321\265\035\247A\322\310\273\307\002^\267)\037\2545\373R\324\031\320\016\351\360f\306\315\272\333\020\336$\200\273\371\023\n\231\036N\320f\005\320\023Yq\202C\254AxRm\351,Yk!\227\211J\024\331\255\243F\2140YN\264l\" \314\020\320GI\351t\227T\014\327\234~\244E\335-zw\374Z\344\335p\253SJ\264\r\222\243\347\241\306\211^\027\303\305\227A6\330\241\224\271\271\010\340Iy\340\022U\0365Zz\017\235\rpC3B%\223j\345\013\324\322]\234\255\037\344\177\356\027\202\256\301\025j\337NN\371e\000\212\017\350\013\377\3006\307L\211!\206L\270?\202\261w\321(\336\361j\220\322q\177-\350\017\322\301*\021~;\334~\035\276f\024\355\224\376pl\006y\221\210\350\005""\202B\304\026\300\212\033\014\3523\220\314\203 \021LR<i\033\022[td\341\370b+\020\037\203\024\262p\371w(k\272\335\326`\326}\022E\210\362\266s\236u\214\232\227\362\356\242QN\300\241\025_0\263V\332~\016\047\347<\201\032T\210w\215\274\010c\010F\373\260\317\321+\350\221\226\204\261\237\255\332I\234\370\223D\\\211\355\223\240\365#\324Y\210]\016\315\374-\350V\034\275\343;d\3344\344\362\256/\260E_\206#\231\3575\367\306K\207\261)\324\244\2627\037\\\202\020\177\231!\346\245\243\336\352\236\225\242Ni\237R\341$\022\001Bh\014rx\016i\014\216\255\036\327X\2731\314DGC\311_sca\346\211_\017\204\250\263\274\014M\230E\246\2541\214v|\326\357^\"\336\331\251\250\033[B%>\013\234G\235\002\264,\206\356\257\037\342\203\274\377\304\352\345.\023S4\026\254<u\033\323L8\375\320[\362\20717I\2745@\207\213\300\367o\177*\350k&oX\351\223\304\030k\313\251E:Bo:\016\047b\336S\240\236\017b\301Z\270\371!\374\360\357\346\3205\024\007\332\346\r\274\314F\033Q\005J^\r\257\376\342\334CG\273\303\232\325\301 {\302\324\214\\\237r\372Z\035\361\rk!*v\341\314#o\0031\005\r\301\254w\341\273\367M\216$s\021e:K:\030C\033\330.\360\244\203E\377\226\257\202\336\311\321\346\325\177Y<\332;\322\362~\220CD/E\375\357\311\325\233\25550\300\004\211\235+J\315e\366O\t\351\334\2427\340\217\371\265\240/\214M\3335*\337\t3\016G\311\255\r\374\003R\3612\036\023\354\307\014AJ\266Hk\014\306\362w\254)\200.\207\261\337\334xx\377i\320w\362\217\035\226P\252S\377\007\327\266\023\327";
+    PyObject *data = __Pyx_DecompressString(cstring, 3936, 1);
     #define __Pyx_DecompressString_LZSS_UNUSED
     if (unlikely(!data)) __PYX_ERR(0, 1, __pyx_L1_error)
     const char* const bytes = __Pyx_PyBytes_AsString(data);
     #if !CYTHON_ASSUME_SAFE_MACROS
     if (likely(bytes)); else { Py_DECREF(data); __PYX_ERR(0, 1, __pyx_L1_error) }
     #endif
-    #elif (CYTHON_COMPRESS_STRINGS) > 0 && (CYTHON_COMPRESS_STRINGS) <= 90 /* compression: lzss (5269 bytes) */
-static const char cstring[] = "\377\n -> out\377puts  Gi\367B (\001\002of m\377emory; a\377sk for a\377 sparse \377Jacobian\373 (\013\003=True\373),\017\006-vect~.\000producU\000\377(jvp/vjp\374!\000B\003maller\377 batch a\177nd then\001\001\376\204\004 cotang\377ent; got\351 \026\013\024\004s\024\005rgu\275m(\000(s) \264\000 \237array\t\001\004\002s\177, one pl\000ya\"\004[\000lumn\003\001gour\036\000l\000nsn\000\375t?\000float6\3114\314\000\373\000e\226\000\345\000th\377is machi\267ne\047\244 in\253!,\327  i4\000r\340\000io\335nC\001rowM\005 v\377alues wo\277rk slo\202! \377x (),, .\337.1f: ?\003 ;\213 ;\321$:\t\000\205 \325\047h\377as shape\377 <jacext\277.Functj\000 w>?N\323\000Not\235\002\377t Cython\375 \244\000delibe\377rately s\337trict\347 th\376\254@PEP-484\316\354\"rej\242@]\000ub\237class\250\000\360@b\337uilti\207@yp\377es. If y\277ou nee\237@o\233 p%\000 s\047\007\260Bs{et\264B\047ann\262@\376\232\001_typing\337\047 dir\207`iv\376\304 o False\337.add_%\000ed\377isableen^\002\001gcis\004\003d\343\003\367/_f\343\004.pyx2\367\003:\375aT\000le\235e\224\001\177s exact\351\000\360\342A\303\204\003\257#.\005corr\303up\242\000\306 \357$\334`un\375t\234\000ffers \217from\370b\230f\361\"s\214,\023]\004co.\022v\t8\006j?vp tak\214`\334A\236\307\005out \331G\n\tm\377ust be a? NumPy\314\204\003\204\205\003\276\021\023write\314!,\377 C-conti\217guou\327\000\307\204\003\215\205\003 \377(np.empt[y(\321b))\177\010=\270a.\342\206\001den\330\206\010s\225\204\005\337\206\002\377 returns\373 a\221`w sci\367py.\217\207\003.csr\001_\365\205\002\246E\221\207\010\270\207\004\351\206\003\260C\243Hx\374\206\001\237\206\001\226\206\006(a s\343C\377pattern)\177; compi\370@\363a \373\204\006\317\206\001bloc\351k\230e\220\207\005 \266\047tup6\254af \033\006he\323\207\007#\003kha\235\204\001h\317e\047s\263\205\001\233uc\347\000e:+\n\215+ \237would\323BU\006v]j\335Inum\235 _\376`\177e.multi\225\210\002\347 fa\306\000\314\205\002imp\367ort\033\tumat\375h\021\016<lambd\377a>FILL_C\377HUNK_BYT\363ES\207\207\005\217""\207\005.__r\177educe__\t\007\377check_si\363ze\t\010\313 ress\373ed\000\021_swee\313psL\007j\352\212\004^\007ne\207st_\246br\007\350\212\004\203\007r\323ow:\010\267\213\003_;\016co\361l\202\212\001\273\006\226\207\001ssemsbl\247\007p\016jvp\354\006\356\221\214\002ity\375\006tap\361e\206\204\003\272\007\212\212\002_and\376o\017vjpNOGI\377L_WORKPl?annerS\345\214\002\341\214\005\377sX___Pyx\376\001\000Dict_Ne\177xtRef__\355\210\004\366\355 __\302\211\002_get\217item-\000\276\210\002\004\001i\377nit__.<l\377ocals>.g\377enexpr__\274\002\024\027\020mainO\001m\357oduli\002nam\232q\002p\223\000vt\307\211\001o\001q\007ual\022\005\202e\220aj\001n\020/set_A\005t\316A\317\000orgs_\251g_c\241f\354\000\010\232d_i(\000oro\037utine\320F\331F\350\007x\270\204\005\010\020\205%key_\001\000\304\224/\340g_\353g\303\047\374\206\002_p*\263@_\350\217\004_\363a_\347d\346l\371_\366l9\014allar\373g_\370\212\003argnu\047msa\216 \261\217\005s\326\217\002\321\217\003\363as\336\211\007\021\003sync\357io.c\212%sau\377toaxisbb{ad\346\220\002best\255\210\002\377broadcas1t\250\002\004\007\362\213\003cl\314!\357@\377tracebac\377kclosecoyl\246\205\003\254\205\003ings\265\205\004\376\274\205\004_knownc\273ol\024\001umn\237\000m\361p\267G\300H\321\217\002cone\376\302\000py_into^\351\221\006csrd\200\213\002_\304\205\001|\275\216\003\211\206\010dtype\301\213\002\377ffilefla\375t\000\001nonzer\335o\013\001ten\276\221\004fo\377rwardgatgher\360\204\004\235\205\001dxo\000\177egerisf\232\205\001\375e\257\205\001sjjacj\203acr\002\352\220\003\357\220\004\204\217\006\200\210\005j\377tjvpkkin=d\355\002_str\252\212\003\265!\337smmat\303\211\001meym\275\224\003\312\204\003mode\201\212\002\233n_\320An_\362\207\004\004\002s<\013\001\375\222\004n_in\000\001\217\225\001\370\010\001X\003\337\222\001n_out\214\000\002\026\003po\267 8\000\333\222\002n\177_threadH\000\375y\232\206\001nbytes\363nd\212\224\002\254\211\001next\237nnznp\223\213\002\330ao\377offsetso&\246`ut\313\205\001\253\214\002o\t\000\374\217\003}p\354\225""\002parts\204\215\004\377physical\371_\230\226\003\365\204\001poppr\374\300@\353\225\001ptrqrr\337edore\265\223\002re\377sultrevekrs\234@w\217\212\001ss\363\225\002{sc\330\215\002seed\000\001\\\357\204\004\n\002sel\225\000n\025\000\377tdefault@\213\221\003\210\224\001\351!\202\227\003\312\212\004\352\211\001s\374\211\005\377splitsts\337tdout\216Fsy\001s\373\220\001\314\226\004\267\226\005\243\212\001\240\212\010\267$\302 \377owuvvals\370\276\225\002\247\212\017\324\225\003vjpww\357ant_\344\225\002wha\377twidthxy\365y\200\215\001o\211\204\001sint\377 (int)\000r\357aise\245`atu\377s\200\001\340\004\007\200z\377\220\021\220*\230E\240\022\377\2401\330\010\017\210s\220\377!\2201\330\004\013\2105\377\220\004\220A\200A\330\010\375\020\006\000J\230a\230z\250\377\025\250b\260\001\330\010\022\277\220$\220a\220q*\001t\373\22098\000\021\240)\2506\377\260\021\330\010\013\2108\220\1774\220v\230Q\230a\t\001\3776\220\025\220f\230C\230\355tX\000\014\022c\000A\230Q\367\340\010\023 \000u\230A\230\377Z\240{\260!\330\010\016\373\210dM\000l\240!\2406\377\250\021\250(\260\"\260C\377\260t\2705\300\002\300*\377\310K\320WX\330#-\367\250Y\260M\000\024\220D\230\376{\000\013\2101\330\014\023\220\3777\320\032*\250!\2509\377\260F\270!\330+/\250\377x\260q\270\006\270c\300\373\031\310O\002i\220t\2301\375\230\273\000\017\210{\230,\240\276\214\000\016\210e\2208\020\001\230\377T\240\033\250A\250S\260\377\004\260E\270\021\340\010\t\377\360\010\000\t\020\210u\220\377E\230\021\230\047\240\024\240\377]\260$\260o\300V\310\3751\370\003\013\2304\230u\240\377G\2504\250t\260=\300\377\004\300A\330\033\037\230\177\357\250d\260!\232!%\240Q\377\330\010 \240\004\240E\250\367\022\2501\2312%\220t\320\377\0334\260K\270s\300!\331\300\340\"\214\004\017\210\261,\021\220\377\023\220A\220T\230\025\230\307f\240AU\001\307\047\016\000\330\010\337\021\220\024\220W\251@\024\240\227T\250\026\214\0004\247 o\002\006\237\220c\230\027\240\226%\345#U\377\240&\250\002\250$\250k\377\270\021\270#\270R\270t\237\300;\310a\310\264@\275""\"\027\376\236 5\240\001\240\021\330\014\337\020\220\001\220\030\371\000*\240\377D\250\005\250R\250q\330}\014e\001[\240\005\240Q\267 \375\014\221a#\220U\230$\230\377d\240,\250g\260Q\330\257\020\026\220d\014\000l\376 6\377\260\023\260J\270i\300q\373\330\020\325Aq\330\024\032\230\367\"\230F\314@7\250&\260\375\002\337@\020\027\220s\230(\276\335@:\250V\2602:\001\023^\337`\024\030\230\001\256\002\020\324A\377\004\230J\240h\250f\260\363A\340-\026.\004\002\230&\240\337\002\240*\250H\366@\"\270\373A\330<\000E\230\026\230q\377\240\014\250C\250s\260#\377\260X\270Q\270j\310\006\377\310b\320PQ\330 %\377\240Z\250q\260\t\270\021\377\33002\3202E\300S\373\310\007\200 59\270\025\270\177b\300\t\310\023\310B \006\365U\314`4\305`u\270D\300\367\007\300y;\001\r\021\220\034\277\230W\240A\330\014\360\204\001dv\305a\240v\267`\003\2609x\000\356\226 t\2201\211!b\230\006\377\230a\230w\240f\250B\253\250a\272!\026\374`:\227`\014\377\026\220a\220u\230E\240\275\025\031\000D\260\001\340\033\026\017\375\210\277 \024\220B\220f\230\275Ap\000F\250\"\250t\000\020\357\220\005\220[\243@\023\240C\377\240u\250D\260\007\260v\377\270S\300\005\300Q\300d\374\344\204\001\214a\\\240\021\240%\240\371w\271!\375\205\0011\330\014\025\220\273Q\330\267\000\027\230\001\305A\032\303\2301\237\206\001\021\003\277`\217\206\001A\230\337Q\230h\240a\307\002\n\270\337$\270m\3104\226`\036(\337\320(8\270\001\202\207\001w\220\237a\200A\340\010\235\205\024\261\206\001c\276\256b&\240\003\2404\227\000B\177\250h\260c\270\022\270\204\204\006\235\024\346\206\001\t\360\n\301\205\026\367\206\016\021\377\220\022\2202\220Y\230b\372P\0001\203\204\004x\260r\270\023\357\270A\270Q\243\207\001e\320\023\375#\240\210\001\013\2107\220\"\220\276\217B+\230Q\330\020\260\000\270\337\027\300\003\3004\376c1\220\177L\240\001\240\024\240U\277 \377J\260a\260q\330\020\034\377\230A\230T\240\023\240D\377\250\001\200A\360\006\000\t\335\014\234\210\t\020\220\t\352\205\004W\250\377M\270\024\270W\300A\330\357\010\014\210E\217\205\002(\240-\373\250q\200\211\001""\005\220Q\220b\177\320\030)\250\021\250\047\347\210\001\377\016\210h\220d\230%\230\377r\240\027\250\004\250E\260\223\022\260\370\206\002G\001c\334\207\001\211\211\0014~\321@\014\020\220\002\220&\347\204\002\317\006\240b\250\220@\000\016\017\210ou\220C\220\372BE\230\266 {\230c\251\000C\240q\340\327\204\002\372\005\t\014\214a_\240A\240S\346C\003\005\220\002\010c\001\002\230!\353\2306\216`$\311\205\002B\260a\371\330y\004\004\022\005\220V\2301\357\230F\240#K\002\034!\240\377\032\2501\250F\260!\260\3676\270\021\223`b\300\002\300\377$\300e\3102\310[\320\037X]\320]^\202#0\001\320\212\001\237=\260\004\260O\314\210\001\250\213\001\003\371\220\220\212\003\217 v\240Q\240c\357\250\024\250]\326`o\310Q\372\311ce\222\002#\240T\250\035\364\246`Z\001mU\000S\320PQ\376\214C\020\210t\2205\230\007\353\230q\233C\025\346\212\003\017\210y\377\230\t\240\021\330\010\r\210wR\210v\377 a\220z\242\000\375>\355@\006\300b\310\001\330\373\020 \357\210\0034\210|\2303\377\230a\330\014\024\220I\230\273V\240\274a\t\260\025\373@t\277\2709\300A\300Q\256\213\0012|\351\002\364\213\001y\260\t\270\036\334\206\003\217\034\"\240\"\334\206\001\370\205\004\305\207\003\t\277\250\023\250C\250q\264\207\007\032\377\3002\300R\300t\3105\377\320PR\320RS\330 w&\240a\230C\037\250\001(\002\275w\347!\023\2206\230\250\002S\377\220\005\220T\230\031\240!\352\247\215\003l\337 Q\305\215\001\014\230A\335\230\223\212\001\016\260e\245\205\003\t\320\365\031\302\214\0014\340a\017\210r\220\377\026\220q\230\001\230\033\240\377B\240i\250~\270W\300/F\310\"\310\207\204\004\021\362\215\001\333\206\004\374\223\207\001\267AN\250#\250S\260\373\001\330\264DI\260Q\330,\3770\260\005\260R\260y\300u\003\257\002q\030\001\023\240E\215@\377W\260G\2708\300:\310\372\206$U\250`4\230x\240q\357\250\013\2604-\000\007\300q\377\310\004\310N\320Z_\320\357_`\340\014\356\207\tv\250T\177\260\027\270\010\300\013\310\366\215\002\3532\2204\005r\344@Y\260g?\270Q\270d\300!\272\217\001\241@\373\200A\362\206\001\030\220t\230=\372\231 \033\340\215\001\270)\3003\300""\377a\330\010\036\230d\240%\177\240r\250\032\3203C\263c\3373\210c\220\021\313\216\0014\320\273\027*\301\213\n\010\013\210\270\205\004\004\357\220F\230#\264 $\240d\377\250+\260T\270\024\320=\357P\320PW\227\217\001\024\030\230\377\005\230S\240\004\240I\250\377U\260!\2603\260h\270\355a\216\213\001H\230\224\213\002K\230t\177\240<\250t\260:\270\376@W\020\220\n\355\002s\223@\014\350!\277\023\220A\330\020\027\230\216\001.\377\250a\250v\260S\270\003\374\251a\331\217\0011\220A\220X\230\337Q\230b\240\010\214\211\004\014\210\377B\210f\220B\220j\240\365\002\256`I\303\214\004\010\n\210&\357\220\001\220\031\235\000S\240\006\377\240e\250:\260Q\260i\277\270z\310\022\3102\364\204\003r\377\320\021#\2401\240A\240\327T\250\032\260\213\002\010G\000\320\016\375 \366\215\001\240%\240y\32007@\300\001\201\221\001b\220\231ao\001\377\t\250\021\250%\250t\260\3511\233\220\001\320\221\0013w\000A\220Q~\201\214\001)\2304\320\0372\235\206\002?\022\320;M\310Q\316\216\001\345\214\001\37736\260f\270A\270T\360\373\220\002\315\216\002\372\212\002\321\213\002\021\220\021\220\255\047\225\204\001\017\210\232C\014\376\210\0013\377\210a\210v\220S\230\003\277\2301\230D\240\r\362\216\003\022\377\220)\2301\320\0344\260\375A\214 \001\270\024\270Q\330\377\034\036\230a\230t\320#\356i\001c\320Q\374\204\001\340\010\014\277\210D\220\002\220!\221\211\005f\317\230D\320 2\000\250\003a\210_w\220c\230\023\360\211\002\021\260\0038\207\222\001D\002\373 \2404\240\263\223\006\347\214\001\377D\250\003\2504\250w\260Od\270-\300\373\206\001\233\000\022\201\221\004y\021I\005\245\001\007\230r\240G\005\376\236\002\3205L\310A\310T\356\221\000\330\0345\366 c\270\021\227\270!\330\333\223\002r\204\206\001\245\213\001#\316\264!\030\230\001\215\215\001\206\215\001K\240\367w\250g\346B1\270J\300kc\310G\007B\231\222\001\340\010\216\222\003\372\216\007u\210 [\300\004\300Mz\370\000\210\271\212\002\003\2201\220\244\212\001\377]\250!\2503\250d\260\377-\270q\300\002\300\"\300\377D\310\003\3101\310C\310\377s\320RS\320SU\320\365U\236\204\002\014""\321\216\005\320\026(\250\373\001\250\350\204\0021\220H\230A\377\230V\2402\240T\250\033\376\346\"\002\270$\270k\310\021s\310$\236\222\001c\001\023\2207\354\221\001\367\320\"5\202D]\310!\310?1\330:>\270mb\000\256\220\004\357\014\023\2208\363\210\001\230v\240\367S\250\007\213\223\002s\270!\270\3373\270c\300\021\216\000B\300\377a\220A\2301\240J\250\337d\260,\270a\373\223\001\240Q\233\240q\202\001\320\004\323@\345\005J\377\240a\240t\2501\250I\377\260Q\320\004\037\230q\340\335\010\216\223\001\024\220Q\351\204\002$\240\337e\250<\260q\200\212\001Q\210\377d\220%\220q\230\010\240\377\005\240X\250U\260\047\270\031\032\325\206\0010\002\360\022\301\225\001\214\227\001E\007\377V\2701\320\004&\240h\377\250l\270.\310\r\320U\267V\360(\370\215\0011\330\265\221\0027\353\230!\305\223\001j\201\224\001\340\014\023\357\2204\320\027\236!\026\250y\357\270\006\270a\377\215\001C\210q\355\220\326\224\001\022\230\245\210\001s\250\"\377\250D\260\004\3204G\300\373w\310\342\206\002D\230\016\240d\177\250)\2601\260D\270\251\204\001\373T\300\311\224\002\r\230T\240\021\373\240!\346\221\0036\230\027\240\005\377\240T\250\025\250c\260\027\377\270\004\270D\300\003\3001j\364\206\001z\242\215\002g\273\211\002\020\023\367\213\003\376\263\224\0074\320\047;\2706\300\337\022\3001\330\024\375\204\001u\240\375D\243\211\002{\300&\310\001\330\177\024\033\2301\340\021\026\360\225\002\276\375\220\001x\250s\260\"\202\000\004\377\270H\300B\300b\310\004\377\310D\320P[\320[\\\377\330\020\031\230\031\240$\240\177g\250V\2601\260A\240\225\001\3755\356\205\001\330\024\030\320\030+\277\2507\260#\260T\206\224\002\014\347\310A\340\311\210\002\267\001&\250\001\334\312\225\001x\000\033\2302\311\214\003\320(w<\270F\342`M\320Q\327`\277X\320XY\330 \374\230\0015\373\260\004T\000\024\030\230\004\230\371E\266\216\006\204\211\001d\300%\300r\377\310\021\330\024\025\330\030\035\257\230_\250A\277\212\002\003\232`e\273\3004\331\224\002\340\030\034-\004A\343\330\024\214\210\002\323\002\321\232\003:\230Q\367\230f\240\344\210\0015\270\t\300""\377\026\300q\310\001\320\004\047\373\240q\272\221\001\021\220\010\230\005\376\341\215\002F\250$\250m\2704\265\270\320\227\002=\273\216\001\330\014\324\226\001\021\352\306\233\001u\341\204\002X\356\216\002h\270a\377\320\0040\260\010\3208H\363\310\001\337\205\003X\0076\270\031\300\001!";
-    PyObject *data = __Pyx_DecompressString_LZSS(cstring, 5269, 7040);
+    #elif (CYTHON_COMPRESS_STRINGS) > 0 && (CYTHON_COMPRESS_STRINGS) <= 90 /* compression: lzss (5317 bytes) */
+static const char cstring[] = "\377\n -> out\377puts  Gi\367B (\001\002of m\377emory; a\377sk for a\377 sparse \377Jacobian\373 (\013\003=True\373),\017\006-vect~.\000producU\000\377(jvp/vjp\374!\000B\003maller\377 batch a\177nd then\001\001\376\204\004 cotang\377ent; got\351 \026\013\024\004s\024\005rgu\275m(\000(s) \264\000 \237array\t\001\004\002s\177, one pl\000ya\"\004[\000lumn\003\001gour\036\000l\000nsn\000\375t?\000float6\3114\314\000\373\000e\226\000\345\000th\377is machi\267ne\047\244 in\253!,\327  i4\000r\340\000io\335nC\001rowM\005 v\377alues wo\277rk slo\202! \377x (),, .\337.1f: ?\003 ;\213 ;\321$:\t\000\205 \325\047h\377as shape\377 <jacext\277.Functj\000 w>?N\323\000Not\235\002\377t Cython\375 \244\000delibe\377rately s\337trict\347 th\376\254@PEP-484\316\354\"rej\242@]\000ub\237class\250\000\360@b\337uilti\207@yp\377es. If y\277ou nee\237@o\233 p%\000 s\047\007\260Bs{et\264B\047ann\262@\376\232\001_typing\337\047 dir\207`iv\376\304 o False\337.add_%\000ed\377isableen^\002\001gcis\004\003d\343\003\367/_f\343\004.pyx2\367\003:\375aT\000le\235e\224\001\177s exact\351\000\360\342A\303\204\003\257#.\005corr\303up\242\000\306 \357$\334`un\375t\234\000ffers \217from\370b\230f\361\"s\214,\023]\004co.\022v\t8\006j?vp tak\214`\334A\236\307\005out \331G\n\tm\377ust be a? NumPy\314\204\003\204\205\003\276\021\023write\314!,\377 C-conti\217guou\327\000\307\204\003\215\205\003 \377(np.empt[y(\321b))\177\010=\270a.\342\206\001den\330\206\010s\225\204\005\337\206\002\377 returns\373 a\221`w sci\367py.\217\207\003.csr\001_\365\205\002\246E\221\207\010\270\207\004\351\206\003\260C\243Hx\374\206\001\237\206\001\226\206\006(a s\343C\377pattern)\177; compi\370@\363a \373\204\006\317\206\001bloc\351k\230e\220\207\005 \266\047tup6\254af \033\006he\323\207\007#\003kha\235\204\001h\317e\047s\263\205\001\233uc\347\000e:+\n\215+ \237would\323BU\006v]j\335Inum\235 _\376`\177e.multi\225\210\002\347 fa\306\000\314\205\002imp\367ort\033\tumat\375h\021\016<lambd\377a>FILL_C\377HUNK_BYT\363ES\207\207\005\217""\207\005.__r\177educe__\t\007\377check_si\363ze\t\010\313 ress\373ed\000\021_swee\313psL\007j\352\212\004^\007ne\207st_\246br\007\350\212\004\203\007r\323ow:\010\267\213\003_;\016co\361l\202\212\001\273\006\226\207\001ssemsbl\247\007p\016jvp\354\006\356\221\214\002ity\375\006tap\361e\206\204\003\272\007\212\212\002_and\376o\017vjpNOGI\377L_WORKPl?annerS\345\214\002\341\214\005\377sX___Pyx\376\001\000Dict_Ne\177xtRef__\355\210\004\366\355 __\302\211\002_get\217item-\000\276\210\002\004\001i\377nit__.<l\377ocals>.g\377enexpr__\274\002\024\027\020mainO\001m\357oduli\002nam\232q\002p\223\000vt\307\211\001o\001q\007ual\022\005\202e\220aj\001n\020/set_A\005t\316A\317\000orgs_\251g_c\241f\354\000\010\232d_i(\000oro\037utine\320F\331F\350\007x\270\204\005\010\020\205%key_\001\000\304\224/\340g_\353g\303\047\374\206\002_p*\263@_\350\217\004_\363a_\347d\346l\371_\366l9\014allar\373g_\370\212\003argnu\047msa\216 \261\217\005s\326\217\002\321\217\003\363as\336\211\007\021\003sync\357io.c\212%sau\377toaxisbb{ad\346\220\002best\255\210\002\377broadcas1t\250\002\004\007\362\213\003cl\314!\357@\377tracebac\377kclosecoyl\246\205\003\254\205\003ings\265\205\004\376\274\205\004_knownc\273ol\024\001umn\237\000m\361p\267G\300H\321\217\002cone\376\302\000py_into^\351\221\006csrd\200\213\002_\304\205\001|\275\216\003\211\206\010dtype\301\213\002\377ffilefla\375t\000\001nonzer\335o\013\001ten\276\221\004fo\377rwardgatgher\360\204\004\235\205\001dxo\000\177egerisf\232\205\001\375e\257\205\001sjjacj\203acr\002\352\220\003\357\220\004\204\217\006\200\210\005j\377tjvpkkin=d\355\002_str\252\212\003\265!\337smmat\303\211\001meym\275\224\003\312\204\003mode\201\212\002\233n_\320An_\362\207\004\004\002s<\013\001\375\222\004n_in\000\001\217\225\001\370\010\001X\003\337\222\001n_out\214\000\002\026\003po\267 8\000\333\222\002n\177_threadH\000\375y\232\206\001nbytes\363nd\212\224\002\254\211\001next\237nnznp\223\213\002\330ao\377offsetso&\246`ut\313\205\001\253\214\002o\t\000\374\217\003}p\354\225""\002parts\204\215\004\377physical\371_\230\226\003\365\204\001poppr\374\300@\353\225\001ptrqrr\337edore\265\223\002re\377sultrevekrs\234@w\217\212\001ss\363\225\002{sc\330\215\002seed\000\001\\\357\204\004\n\002sel\225\000n\025\000\377tdefault@\213\221\003\210\224\001\351!\202\227\003\312\212\004\352\211\001s\374\211\005\377splitsts\337tdout\216Fsy\001s\373\220\001\314\226\004\267\226\005\243\212\001\240\212\010\267$\302 \377owuvvals\370\276\225\002\247\212\017\324\225\003vjpww\357ant_\344\225\002wha\377twidthxy\365y\200\215\001o\211\204\001sint\377 (int)\000r\357aise\245`atu\377s\200\001\340\004\007\200z\377\220\021\220*\230E\240\022\377\2401\330\010\017\210s\220\377!\2201\330\004\013\2105\377\220\004\220A\200A\330\010\375\020\006\000J\230a\230z\250\377\025\250b\260\001\330\010\022\277\220$\220a\220q*\001t\373\22098\000\021\240)\2506\377\260\021\330\010\013\2108\220\1774\220v\230Q\230a\t\001\3776\220\025\220f\230C\230\355tX\000\014\022c\000A\230Q\367\340\010\023 \000u\230A\230\357Z\240|\260p\000\016\210d\376M\000l\240!\2406\250\021\377\250(\260\"\260C\260t\377\2705\300\002\300*\310K\377\320WX\330#-\250Y\275\260M\000\024\220D\230{\000\013\377\2101\330\014\023\2207\320\377\032*\250!\2509\260F\377\270!\330+/\250x\260\377q\270\006\270c\300\031\310\377!\330\010\016\210i\220t\367\2301\230\273\000\017\210{\230\373,\240\214\000\016\210e\2208\376\020\001\230T\240\033\250A\250\377S\260\004\260E\270\021\340\377\010\t\360\010\000\t\020\210\377u\220E\230\021\230\047\240\377\024\240]\260$\260o\300\367V\3101\370\003\013\2304\230\377u\240G\2504\250t\260\377=\300\004\300A\330\033\037\277\230\177\250d\260!\232!%\377\240Q\330\010 \240\004\240\337E\250\022\2501\2312%\220\377t\320\0334\260K\270sg\300!\300\340\"\214\004\017\210\261,\377\021\220\023\220A\220T\230\037\025\230f\240AU\001\307\047\016\000\177\330\010\021\220\024\220W\251@_\024\240T\250\026\214\0004\247 ~o\002\006\220c\230\027\240\226%\376\345#U\240&\250\002\250$\377\250k\270\021\270#\270R\177\270t\300;\310a\310\264@\372\275""\"\027\236 5\240\001\240\021\177\330\014\020\220\001\220\030\371\000\377*\240D\250\005\250R\250\367q\330\014e\001[\240\005\240\365Q\267 \014\221a#\220U\230\377$\230d\240,\250g\260\277Q\330\020\026\220d\014\000l\376\376 6\260\023\260J\270i\357\300q\330\020\325Aq\330\024\337\032\230\"\230F\314@7\250\377&\260\002\260!\330\020\027\357\220s\230(\335@:\250V\353\2602:\001\023\337`\024\030\230\365\001\256\002\020\324A\004\230J\240?h\250f\260A\340-\026.\004\377\002\230&\240\002\240*\250\275H\366@\"\270A\330<\000E\377\230\026\230q\240\014\250C\377\250s\260#\260X\270Q\377\270j\310\006\310b\320P\377Q\330 %\240Z\250q\377\260\t\270\021\33002\320\2772E\300S\310\007\200 5\3779\270\025\270b\300\t\310W\023\310B \006U\314`4\305`\177u\270D\300\007\300y;\001\377\r\021\220\034\230W\240A\353\330\014\360\204\001d\305a\240v\250\275T\360\000I\270Q\330\226 t\373\2201\211!b\230\006\230a\377\230w\240f\250B\250a\352\272!\026\374`:\227`\014\026\220\177a\220u\230E\240\025\031\000oD\260\001\340\033\026\017\210\277 \177\024\220B\220f\230Ap\000\357F\250\"\250t\000\020\220\005\373\220[\243@\023\240C\240u\377\250D\260\007\260v\270S?\300\005\300Q\300d\344\204\001\214a\177\\\240\021\240%\240w\271!\376\375\205\0011\330\014\025\220Q\330\356\267\000\027\230\001\305A\032\2301\360\237\206\001\021\003\277`\217\206\001A\230Q\230\367h\240a\311\000S\260\n\270\337$\270m\3104\226`\036(\337\320(8\270\001\202\207\001w\220\237a\200A\340\010\235\205\024\335\205\001c\276\256b&\240\003\2404\227\000B\177\250h\260c\270\022\270\204\204\006\235\024\346\206\001\t\360\n\301\205\026\374\206\t{\376\243`\010\021\220\022\2202\220\327Y\230bP\0001\203\204\004x\260\237r\270\023\270A\351 \207\001\320\373\023#\240\210\001\013\2107\220\"}\220\217B+\230Q\330\020\260\000\277\270\027\300\003\3004\376c1\377\220L\240\001\240\024\240U\376\277 J\260a\260q\330\020\377\034\230A\230T\240\023\240\377D\250\001\200A\360\006\000\273\t\014\234\210\t\020\220\t\352\205\004W\377\250M\270\024\270W\300A\337\330\010\014\210E\217\205\002(\240\367-\250q\200""\211\001\005\220Q\220\377b\320\030)\250\021\250\047\376\347\210\001\016\210h\220d\230%\377\230r\240\027\250\004\250E\223\260\022\310\210\001E\003c\334\207\001\211\211\0014~\321@\014\020\220\002\220&\347\204\002\317\006\240b\250\220@\000\016\017\210ou\220C\220\372BE\230\266 {\230c\251\000C\240q\340\327\204\002\372\005\t\014\214a_\240A\240S\346C\003\005\220\002\010c\001\002\230!\353\2306\216`$\311\205\002B\260a\371\330y\004\004\022\005\220V\2301\357\230F\240#K\002\034!\240\377\032\2501\250F\260!\260\3676\270\021\223`b\300\002\300\377$\300e\3102\310[\320\037X]\320]^\202#0\001\320\212\001\237=\260\004\260O\314\210\001\250\213\001\003\371\220\220\212\003\217 v\240Q\240c\357\250\024\250]\326`o\310Q\372\311ce\222\002#\240T\250\035\364\246`Z\001mU\000S\320PQ\376\214C\020\210t\2205\230\007\353\230q\233C\025\346\212\003\017\210y\377\230\t\240\021\330\010\r\210wR\210v\377 a\220z\242\000\3779\260C\260w\270g\300\275V\230\000Q\330\020 \363\210\0034\377\210|\2303\230a\330\014\277\024\220I\230V\240\300a\t\373\260\025\377@t\2709\300A\313\300Q\262\213\0012\355\002\370\213\001y\260\377\t\270\031\300#\300W\310\377I\320UV\330\034\"\240\271\"\344\206\001n\001\003\2301\315\207\007\t\277\250\023\250C\250q\300\207\007\032\377\3002\300R\300t\3105\377\320PR\320RS\330 w&\240a\244C\037\250\001(\002\275w\363!\023\2206\230\264\002S\377\220\005\220T\230\031\240!\352\263\215\003l\353 Q\321\215\001\014\230A\335\230\237\212\001\016\260e\261\205\003\t\320\365\031\316\214\0014\354a\017\210r\220\377\026\220q\230\001\230\033\240\377B\240i\250y\270\003\270\3777\300\047\310\026\310r\320KQR\231\204\003\021\203\216\001\360\215\0019\271b\374\227b\314AN\250#\250S\260\373\001\330\311DI\260Q\330,\3770\260\005\260R\260y\300u\003\270\002q\030\001\023\240E\242@\377W\260G\2708\300:\310\372\227$U\275`4\230x\240q\357\250\n\260$\225\001\270A\330\357\033$\240G\225`D\260\016?\270e\3001\340\014\210\210\t\211\211\001\277\027\270\010\300\013\310\220\216\0022\365\2209\005r\376@Y\260g\270\237Q\270d\300!\324\217\001\273@\200}A""\214\207\001\030\220t\230=\247 \375\033\372\215\001\270,\300i\310s\377\320RY\320YZ\330\010\377\036\230d\240%\240r\250\357\032\3203C\323c3\210c{\220\021\353\216\0014\320\027*\341\213\n\177\010\013\2109\220B\220\334\204\002\337\004\220F\230#\312 $\240\377d\250+\260T\270\024\320\337=P\320PW\271\217\001\024\030\377\230\005\230S\240\004\240I\377\250U\260!\2603\260h\333\270a\260\213\001H\230\266\213\002K\230\177t\240<\250t\260:\313\212\001W\020\220\n\372\002s\251@\014\376!\367\023\220A\272\214\001t\320\033.\357\250a\250vW\000\023\270I\376\303c1\220A\220X\230Q\357\230b\240\010\256\211\004\014\210B\377\210f\220B\220j\240\002\372\310`I\345\214\004\010\n\210&\220\367\001\220\031\235\000S\240\006\240\377e\250:\260Q\260i\270\327z\310\022\267\204\002\010\346@\320\021\377#\2401\240A\240T\250\357\032\2609\270\367\207\002B\320\016\375 \230\216\001\240%\240y\32007@\300\001\317\220\001b\220\257ao\001\377\t\250\021\250%\250t\260\3511\275\220\001\362\221\0013w\000A\220Q~\243\214\001)\2304\320\0372\277\206\002?\022\320;M\310Q\360\216\001\207\215\001\37736\260f\270A\270T\360\235\221\002\357\216\002\234\213\002\363\213\002\021\220\021\220\255\047\253\204\001\017\210\242C\014\240\211\0013\377\210a\210v\220S\230\003\277\2301\230D\240\r\224\217\003\022\377\220)\2301\320\0344\260\377A\260S\270\001\270\024\270\377Q\330\034\036\230a\230t\273\320#i\001c\320Q\222\205\001\340\377\010\014\210D\220\002\220!>\263\211\005f\230D\320 2\000\250\003\177a\210w\220c\230\023\222\212\002\341\021\260\003\251\222\001D\002\373 \2404\240\374\325\223\006\211\215\001D\250\003\2504\250?w\260d\270-\300\235\207\001\233\000\345\022\243\221\004\021I\005\245\001\007\230r\371\240G\005\236\002\3205L\310A\333\310T\257\205\001\0345\366 c\270/\021\270!\330\375\223\002r\232\206\001\307\213\001\235#\264!\030\230\001\257\215\001\250\215\001K\357\240w\250g\331\000\003\2701_\270J\300c\310G\007B\273\222\001\323\340\010\260\222\003\216\007u\210 [\300\177\004\300M\320QR\210\333\212\002\357\003\2201\220\306\212\001]\250!\377\2503\250d""\260-\270q\377\300\002\300\"\300D\310\003\357\3101\310C\355\204\001S\320S\327U\320U\236\204\002\014\363\216\005\320\026\357(\250\001\250\352\204\0021\220H\377\230A\230V\2402\240T\373\250\033\346\"\002\270$\270k\317\310\021\310$\300\222\001c\001\023\220\3357\216\222\001\320\"5\202D]\310\377!\3101\330:>\270m\274b\000\320\220\004\014\023\2208\221\211\001\230\337v\240S\250\007\255\223\002s\270\177!\2703\270c\300\021\216\000\377B\300a\220A\2301\240\177J\250d\260,\270a\235\224\001o\240Q\240q\202\001\320\004\323@\376\345\005J\240a\240t\2501\377\250I\260Q\320\004\037\230wq\340\010\260\223\001\024\220Q\351\204\002\177$\240e\250<\260q\242\212\001\377Q\210d\220%\220q\230\377\010\240\005\240X\250U\260\177\047\270\032\3003\300a0\002\343\360\022\343\225\001\256\227\001E\007V\2701\377\320\004&\240h\250l\270\377.\310\r\320UV\360(\272\232\216\0011\326\221\0037\230!\347\223\001j\376\243\224\001\340\014\023\2204\320\027\376\236!\026\250y\270\006\270a\336\241\216\001C\210q\220\370\224\001\022\230\376\262\210\001s\250\"\250D\260\004\277\3204G\300w\310\342\206\002D\377\230\016\240d\250)\2601\333\260D\250\204\002T\300\353\224\002\r\230\337T\240\021\240!\210\222\0036\230\377\027\240\005\240T\250\025\250\377c\260\027\270\004\270D\300W\003\3001\262\224\001z\304\215\002g\310\211\002\363\020\023\231\214\003\325\224\0074\320\047;\377\2706\300\022\3001\330\024\376\375\204\001u\240D\250\013\2604\377\260{\300&\310\001\330\024?\033\2301\340\021\026\222\226\002\237\221\001\337x\250s\260\"\202\000\004\270\377H\300B\300b\310\004\310\377D\320P[\320[\\\330\377\020\031\230\031\240$\240g\277\250V\2601\260A\302\225\0015\376\356\205\001\330\024\030\320\030+\250\3377\260#\260T\250\224\002\014\310sA\340\311\210\002\267\001&\250\001\354\225\001\356x\000\033\2302\347\214\003\320(<\273\270F\342`M\320Q\327`X\337\320XY\330 \236\231\0015\260\375\004T\000\024\030\230\004\230E\374\330\216\006\204\211\001d\300%\300r\310\377\021\330\024\025\330\030\035\230__\250A\250T\375\000\003\232`we\3004\373\224\002\340\030\034-""\004\307A\330\024\214\210\002\323\002\363\232\003:\230\357Q\230f\240\344\210\0015\270\t\377\300\026\300q\310\001\320\004\367\047\240q\334\221\001\021\220\010\230\375\005\377\215\002F\250$\250m\270k4\270\362\227\002=\335\216\001\330\014\366\226\001\325\021\350\233\001u\341\204\002X\220\217\002h\270\376\243`0\260\010\3208H\310\371\001\337\205\003X\0076\270\031\300!";
+    PyObject *data = __Pyx_DecompressString_LZSS(cstring, 5317, 7074);
     #define __Pyx_DecompressString_UNUSED
     if (unlikely(!data)) __PYX_ERR(0, 1, __pyx_L1_error)
     const char* const bytes = __Pyx_PyBytes_AsString(data);
     #if !CYTHON_ASSUME_SAFE_MACROS
     if (likely(bytes)); else { Py_DECREF(data); __PYX_ERR(0, 1, __pyx_L1_error) }
     #endif
-    #else /* compression: none (7040 bytes) */
-static const char bytes[] = "\n -> outputs  GiB ( GiB of memory; ask for a sparse Jacobian (sparse=True), Jacobian-vector products (jvp/vjp), or a smaller batch and then the output cotangent; got  and then the tangents; got  argument(s) of  array(s) arrays, one per argument column colours,  constants) float64), more than this machine\047s  inputs,  instructions,  row colours values work slots ( x (),, ..1f: inputs ; ; sparse: ; the Jacobian has shape <jacext.Function >?NoneNote that Cython is deliberately stricter than PEP-484 and rejects subclasses of builtin types. If you need to pass subclasses then set the \047annotation_typing\047 directive to False.add_notedisableenablegcisenabledjacext/_function.pyxjacext: a single output needs exactly one output shapejacext: corrupt tape: input count differs from the argument shapesjacext: corrupt tape: output count differs from the output shapesjacext: jvp takes the jacext: out has shape jacext: out must be a NumPy array; got jacext: out must be a writeable, C-contiguous float64 array (np.empty(shape))jacext: out= is for dense Jacobians; sparse=True returns a new scipy.sparse.csr_arrayjacext: sparse=True for a batch needs one output and one argument (a single pattern); compile a Function per blockjacext: tangents must be a tuple of jacext: the cotangent must have the output\047s structure: jacext: the dense Jacobian would take jacext: vjp takes the numpy._core.multiarray failed to importnumpy._core.umath failed to import<lambda>FILL_CHUNK_BYTESFunctionFunction.__reduce__Function._check_sizeFunction._compressedFunction._compressed_sweepsFunction._jacobianFunction._nest_denseFunction._productFunction._rowsFunction._sparse_jacobianFunction.coloursFunction.disassembleFunction.jacobianFunction.jvpFunction.sparsityFunction.tape_arraysFunction.value_and_jacobianFunction.vjpNOGIL_WORKPlannerSparseJacobiansX___Pyx_PyDict_NextRef__annotate____class_getitem____func____init__.<locals>.genexpr__init__.<locals>.genexpr.<locals>.genexpr__main____module____name____pyx""_vtable____qualname____reduce____repr__.<locals>.genexpr__set_name____test___args_check_size_compressed_compressed_sweeps_is_coroutine_jacobian_jacobian.<locals>.<lambda>_jacobian.<locals>.genexpr_key_key.<locals>.genexpr_nest_dense_nest_dense.<locals>.block_plan_product_rows_sparse_sparse_jacobian_sparse_jacobian.<locals>.blockallarg_shapesargnumsargsargumentsarrayarraysascontiguousarrayasyncio.coroutinesautoaxisbbadbatchbestblockbroadcast_rowsbroadcast_shapescline_in_tracebackclosecolcolourcolouringscolourscolours_knowncolscolumnscompcompressedcompressed_shapeconescopy_intocotangentcsrddense_tapedirectdisassembledtypeemptyffileflatflatnonzeroflattenfloat64forwardgathergenexprgetidxintegerisfiniteitemsjjacjac_tapejacextjacext._functionjacobianjtjvpkkindknown_structurelinesmmatmathmemmemory_checkmodemultin_argsn_coloursn_colsn_constantsn_inn_inputsn_instructionsn_outn_outputsn_pointsn_slotsn_threadsn_ynamenbytesndarraynestnextnnznpnumpynumsooffsetsoutout_is_tupleout_shapespparsepartspatternphysical_memoryplanpopprintprodptrqrredoreshaperesultreverserowrowsssbatchscatterseedseed_shapesseedsselfsendsetdefaultshapeshape_strsparsesparse_tapessparsitysplitststdoutstructuresystaketangenttangentstapetape_arraysthreadsthrowuvvalsvaluevalue_and_jacobianvaluesvjpwwant_valuewhatwidthxyy_redozerosint (int)\000raise_status\200\001\340\004\007\200z\220\021\220*\230E\240\022\2401\330\010\017\210s\220!\2201\330\004\013\2105\220\004\220A\200A\330\010\020\220\004\220J\230a\230z\250\025\250b\260\001\330\010\022\220$\220a\220q\330\010\017\210t\2209\230E\240\021\240)\2506\260\021\330\010\013\2108\2204\220v\230Q\230a\330\010\013\2106\220\025\220f\230C\230t\2401\330\014\022\220*\230A\230Q\340\010\023\2204\220u\230A\230Z\240{\260!\330\010\016\210d\220$\220l\240!\2406\250\021\250(\260\"\260C\260t\2705\300\002\300*\310K\320WX\330#-\250Y\260a\330\010\024\220D\230\001\330\010\013\2101\330\014\023\2207\320\032*\250!\2509\260F\270!\330+/\250x\260q\270\006\270c\300\031\310!\330\010\016\210i\220t""\2301\230A\330\010\017\210{\230,\240a\330\010\016\210e\2208\2301\230A\230T\240\033\250A\250S\260\004\260E\270\021\340\010\t\360\010\000\t\020\210u\220E\230\021\230\047\240\024\240]\260$\260o\300V\3101\200A\330\010\020\220\013\2304\230u\240G\2504\250t\260=\300\004\300A\330\033\037\230\177\250d\260!\200A\330\010%\240Q\330\010 \240\004\240E\250\022\2501\330\010\020\220\004\220J\230a\230z\250\025\250b\260\001\330\010\022\220%\220t\320\0334\260K\270s\300!\3001\330\010\017\210{\230,\240a\330\010\017\210t\2209\230E\240\021\240)\2506\260\021\330\010\021\220\023\220A\220T\230\025\230f\240A\240Q\330\010\013\2108\2204\220v\230Q\230f\240A\330\010\021\220\024\220W\230E\240\024\240T\250\026\250t\2604\260t\2701\330\010\020\220\006\220c\230\027\240\001\330\010\013\2101\330\014\022\220*\230A\230U\240&\250\002\250$\250k\270\021\270#\270R\270t\300;\310a\310q\330\010\013\2101\330\014\027\220t\2305\240\001\240\021\330\014\020\220\001\220\030\230\021\230*\240D\250\005\250R\250q\330\014\021\220\024\220[\240\005\240Q\240a\330\014\017\210s\220#\220U\230$\230d\240,\250g\260Q\330\020\026\220d\230$\230l\250!\2506\260\023\260J\270i\300q\330\020\023\2204\220q\330\024\032\230\"\230F\240!\2407\250&\260\002\260!\330\020\027\220s\230(\240!\240:\250V\2602\260Q\330\020\023\2201\330\024\030\230\001\230\027\240\001\330\020\024\220D\230\004\230J\240h\250f\260A\340\020\023\2204\220q\330\024\032\230\"\230F\240!\2407\250&\260\002\260!\330\020\023\2201\330\024\030\230\002\230&\240\002\240*\250H\260F\270\"\270A\330\020\024\220E\230\026\230q\240\014\250C\250s\260#\260X\270Q\270j\310\006\310b\320PQ\330 %\240Z\250q\260\t\270\021\33002\3202E\300S\310\007\310q\33059\270\025\270b\300\t\310\023\310B\310b\320PQ\330 %\240U\250!\2504\250x\260u\270D\300\007\300y\320PQ\330\r\021\220\034\230W\240A\330\014\022\220$\220d\230,\240a\240v\250S\260\003\2609\270A\330\014\017\210t\2201\330\020\026\220b\230\006\230a\230w\240f\250B\250a\330\014\021\220\026\220t\230:\240Q\330\014\026\220a\220u\230E\240\025\240f\250D\260\001\340\014""\017\210t\2201\330\020\026\220b\230\006\230a\230w\240f\250B\250a\330\014\017\210q\330\020\024\220B\220f\230A\230W\240F\250\"\250A\330\014\020\220\005\220[\240\001\240\023\240C\240u\250D\260\007\260v\270S\300\005\300Q\300d\310!\330\010\021\220\024\220\\\240\021\240%\240w\250f\260A\330\010\013\2101\330\014\025\220Q\330\r\021\220\027\230\001\330\014\021\220\032\2301\230E\240\021\330\014\025\220Q\330\010\021\220\025\220f\230A\230Q\230h\240a\240v\250S\260\n\270$\270m\3104\310q\330\036(\320(8\270\001\330\010\017\210w\220a\200A\340\010\016\210e\2208\2301\230A\230T\240\033\250A\250S\260\004\260E\270\021\330\010\016\210c\220\030\230\021\230&\240\003\2404\240u\250B\250h\260c\270\022\2701\330\010\020\220\006\220c\230\024\230Q\340\010\t\360\n\000\t\020\210u\220E\230\021\230\047\240\024\240]\260$\260o\300V\3101\200A\340\010\023\2204\220u\230A\230Z\240{\260!\330\010\021\220\022\2202\220Y\230b\240\003\2401\240D\250\005\250R\250x\260r\270\023\270A\270Q\330\010\016\210e\320\023#\2401\330\010\013\2107\220\"\220A\330\014\022\220+\230Q\330\0208\270\001\270\027\300\003\3004\300q\330\020\023\2201\220L\240\001\240\024\240U\250\"\250J\260a\260q\330\020\034\230A\230T\240\023\240D\250\001\200A\360\006\000\t\014\2108\2204\220v\230Q\230a\330\010\020\220\t\230\025\230f\240A\240W\250M\270\024\270W\300A\330\010\014\210E\220\030\230\021\230(\240-\250q\330\010\020\220\005\220Q\220b\320\030)\250\021\250\047\260\021\330\010\016\210h\220d\230%\230r\240\027\250\004\250E\260\022\2601\330\010\020\220\t\230\025\230c\240\033\250A\330\010\013\2104\210q\330\014\020\220\002\220&\230\001\230\027\240\006\240b\250\001\330\014\020\220\002\220&\230\001\230\027\240\006\240b\250\001\330\014\017\210u\220C\220q\330\020\024\220E\230\024\230Q\230c\240\023\240C\240q\340\020\024\220E\230\024\230Q\230c\240\023\240C\240q\340\014\020\220\005\220_\240A\240S\250\001\330\014\020\220\005\220_\240A\240S\250\001\330\014\020\220\002\220&\230\002\230!\2306\240\021\240$\240h\250f\260B\260a\330\014\020\220\002\220&\230\002\230!\2306""\240\021\240$\240h\250f\260B\260a\330\014\020\220\005\220V\2301\230F\240#\240S\250\001\330\034!\240\032\2501\250F\260!\2606\270\021\270$\270b\300\002\300$\300e\3102\310[\320X]\320]^\330\010\020\220\005\220V\2301\230C\230t\240=\260\004\260O\3001\330\010\013\2105\220\003\2201\330\014\023\2207\230%\230v\240Q\240c\250\024\250]\270$\270o\310Q\330\010\017\210w\220e\2306\240\021\240#\240T\250\035\260c\270\021\270$\270m\3102\310S\320PQ\200A\360\006\000\t\020\210t\2205\230\007\230q\200A\360\006\000\t\025\220D\230\001\330\010\017\210y\230\t\240\021\330\010\r\210R\210v\220Q\220a\220z\240\032\250>\270\027\300\006\300b\310\001\330\020 \240\001\330\010\013\2104\210|\2303\230a\330\014\024\220I\230V\2401\240D\250\t\260\025\260a\260t\2709\300A\300Q\330\014\023\2202\220V\2301\230A\230Z\240y\260\t\270\036\300y\320PQ\330\034\"\240\"\240A\330\014\017\210q\330\020\024\220E\230\026\230q\240\t\250\023\250C\250q\330 %\240Z\250q\260\t\270\032\3002\300R\300t\3105\320PR\320RS\330 &\240a\340\020\024\220E\230\037\250\001\250\023\250C\250w\260a\330\014\023\2206\230\021\330\010\r\210S\220\005\220T\230\031\240!\330\010\022\220$\220l\240#\240Q\330\010\020\220\014\230A\230U\240&\250\016\260e\2701\330\010\020\220\t\320\031*\250!\2504\250q\330\010\017\210r\220\026\220q\230\001\230\033\240B\240i\250~\270W\300F\310\"\310A\330\010\014\210E\220\021\220$\220a\330\010\013\2101\330\014\020\220\005\220V\2301\230N\250#\250S\260\001\330\034!\240\032\2501\250I\260Q\330,0\260\005\260R\260y\300\003\3002\300R\300q\330\034!\240\023\240E\250\024\250W\260G\2708\300:\310Q\330\014\023\2202\220U\230!\2304\230x\240q\250\013\2604\260y\300\007\300q\310\004\310N\320Z_\320_`\340\014\020\220\005\220[\240\001\240\023\240C\240v\250T\260\027\270\010\300\013\3101\330\014\023\2202\220U\230!\2304\230x\240r\250\024\250Y\260g\270Q\270d\300!\330\010\017\210v\220Q\200A\360\n\000\t\030\220t\230=\250\001\250\033\260E\270\021\270)\3003\300a\330\010\036\230d\240%\240r\250\032\3203C\3001\330\010\013\2103\210c\220\021\330\014\023\2204\320\027*""\250!\2506\260\023\260J\270i\300q\330\010\013\2104\210q\330\014\020\220\004\220F\230#\230U\240$\240d\250+\260T\270\024\320=P\320PW\320WX\330\024\030\230\005\230S\240\004\240I\250U\260!\2603\260h\270a\330\020\024\220H\230A\330\020\024\220K\230t\240<\250t\260:\270Q\330\014\020\220\n\230!\2304\230s\240!\330\014\017\210r\220\023\220A\330\020\027\220t\320\033.\250a\250v\260S\270\003\2709\300A\330\014\023\2201\220A\220X\230Q\230b\240\010\320(8\270\001\330\010\014\210B\210f\220B\220j\240\002\240\"\240I\250V\2602\260Q\330\010\n\210&\220\001\220\031\230#\230S\240\006\240e\250:\260Q\260i\270z\310\022\3102\310Q\330\010\017\210r\320\021#\2401\240A\240T\250\032\2609\270A\330\010\014\210B\320\016 \240\001\240\021\240%\240y\3200@\300\001\330\010\016\210b\220\014\230A\230Q\230b\240\t\250\021\250%\250t\2601\260E\270\021\330\010\013\2103\210f\220A\220Q\330\014\022\220)\2304\320\0372\260!\2606\270\022\320;M\310Q\310a\310q\320PQ\33036\260f\270A\270T\300\031\310!\330\014\020\220\001\220\027\230\001\330\014\017\210q\330\020\021\220\021\220\047\230\021\330\010\017\210v\220Q\200A\360\014\000\t\014\2103\210a\210v\220S\230\003\2301\230D\240\r\250R\250q\330\014\022\220)\2301\320\0344\260A\260S\270\001\270\024\270Q\330\034\036\230a\230t\320#M\310Q\310c\320QR\320RS\340\010\014\210D\220\002\220!\330\010\020\220\005\220Q\220f\230D\320 4\260A\330\010\013\2103\210a\210w\220c\230\023\230A\230T\240\021\330\014\022\220)\2301\230A\330\034\036\230a\230s\240!\2404\240q\330\010\017\210t\2209\230A\230W\240D\250\003\2504\250w\260d\270-\300q\200A\360\014\000\t\022\220\023\220A\220T\230\021\330\010\013\2103\210a\210v\220S\230\007\230r\240\021\330\014\022\220)\2301\320\0344\260A\3205L\310A\310T\320QR\330\0345\260Q\260c\270\021\270!\330\010\023\2204\220r\230\021\330\010\013\2107\220#\220Q\330\014\030\230\001\330\r\021\220\032\2301\230K\240w\250g\260S\270\003\2701\270J\300c\310\021\330\014\022\220)\2301\320\034B\300!\3001\340\010\017\210t\2209\230A\230W\240D\250\003\2504\250u\260A\260[\300\004\300M\320QR\210""\001\330\014\020\220\003\2201\220E\230\024\230]\250!\2503\250d\260-\270q\300\002\300\"\300D\310\003\3101\310C\310s\320RS\320SU\320UW\320WX\330\014\017\210q\330\020\024\220B\320\026(\250\001\250\021\330\014\023\2201\220H\230A\230V\2402\240T\250\033\260A\260S\270\002\270$\270k\310\021\310$\310a\310q\210\001\330\014\023\2207\230$\230d\320\"5\260S\270\001\270\024\270]\310!\3101\330:>\270m\3101\310B\310b\320PQ\330\014\023\2208\2303\230a\230v\240S\250\007\250t\2604\260s\270!\2703\270c\300\021\300\"\300B\300a\220A\2301\240J\250d\260,\270a\270s\300!\240Q\240q\250\001\250\021\320\004\036\230a\340\010\017\210t\2209\230J\240a\240t\2501\250I\260Q\320\004\037\230q\340\010\020\220\001\220\024\220Q\220j\240\002\240$\240e\250<\260q\330\010\r\210Q\210d\220%\220q\230\010\240\005\240X\250U\260\047\270\032\3003\300a\320\004\037\230q\360\022\000\t\020\210t\2209\230J\240a\240t\2501\250I\260V\2701\320\004&\240h\250l\270.\310\r\320UV\360(\000\t\014\2101\330\014\017\210t\2207\230!\330\020\026\220j\240\001\240\021\340\014\023\2204\320\027(\250\001\250\026\250y\270\006\270a\330\010\014\210C\210q\220\006\220c\230\022\2304\230x\240s\250\"\250D\260\004\3204G\300w\310a\330\020\024\220D\230\016\240d\250)\2601\260D\270\001\270\024\270T\300\021\330\014\020\220\r\230T\240\021\240!\340\014\017\210t\2206\230\027\240\005\240T\250\025\250c\260\027\270\004\270D\300\003\3001\330\020\027\220z\240\021\240$\240g\250S\260\001\330\020\023\2205\230\007\230q\330\024\032\230\"\230F\240!\2404\320\047;\2706\300\022\3001\330\024\036\230a\230u\240D\250\013\2604\260{\300&\310\001\330\024\033\2301\340\021\026\220c\230\027\240\003\2404\240x\250s\260\"\260D\270\004\270H\300B\300b\310\004\310D\320P[\320[\\\330\020\031\230\031\240$\240g\250V\2601\260A\330\020\023\2205\230\003\2301\330\024\030\320\030+\2507\260#\260T\270\025\270b\300\014\310A\340\024\030\230\005\230T\240\021\240&\250\001\330\020\023\2201\330\024\033\2302\230V\2401\240D\320(<\270F\300\"\300M\320QU\320UX\320XY\330 *\250!\2505\260\004\260A\330\024\030\230\004""\230E\240\032\2501\250F\260!\2603\260h\270d\300%\300r\310\021\330\024\025\330\030\035\230_\250A\250T\260\027\270\003\2703\270e\3004\300y\320PQ\340\030\034\230E\240\032\2501\250A\330\024 \240\001\240\021\330\024\033\2301\330\010\017\210t\220:\230Q\230f\240I\250V\2605\270\t\300\026\300q\310\001\320\004\047\240q\360\006\000\t\021\220\010\230\005\230V\2401\240F\250$\250m\2704\270q\330\010\013\210=\230\007\230q\330\014\030\230\001\230\021\330\010\017\210u\220H\230A\230X\240T\250\035\260h\270a\320\0040\260\010\3208H\310\001\340\010\017\210t\220:\230Q\230f\240I\250V\2606\270\031\300!";
+    #else /* compression: none (7074 bytes) */
+static const char bytes[] = "\n -> outputs  GiB ( GiB of memory; ask for a sparse Jacobian (sparse=True), Jacobian-vector products (jvp/vjp), or a smaller batch and then the output cotangent; got  and then the tangents; got  argument(s) of  array(s) arrays, one per argument column colours,  constants) float64), more than this machine\047s  inputs,  instructions,  row colours values work slots ( x (),, ..1f: inputs ; ; sparse: ; the Jacobian has shape <jacext.Function >?NoneNote that Cython is deliberately stricter than PEP-484 and rejects subclasses of builtin types. If you need to pass subclasses then set the \047annotation_typing\047 directive to False.add_notedisableenablegcisenabledjacext/_function.pyxjacext: a single output needs exactly one output shapejacext: corrupt tape: input count differs from the argument shapesjacext: corrupt tape: output count differs from the output shapesjacext: jvp takes the jacext: out has shape jacext: out must be a NumPy array; got jacext: out must be a writeable, C-contiguous float64 array (np.empty(shape))jacext: out= is for dense Jacobians; sparse=True returns a new scipy.sparse.csr_arrayjacext: sparse=True for a batch needs one output and one argument (a single pattern); compile a Function per blockjacext: tangents must be a tuple of jacext: the cotangent must have the output\047s structure: jacext: the dense Jacobian would take jacext: vjp takes the numpy._core.multiarray failed to importnumpy._core.umath failed to import<lambda>FILL_CHUNK_BYTESFunctionFunction.__reduce__Function._check_sizeFunction._compressedFunction._compressed_sweepsFunction._jacobianFunction._nest_denseFunction._productFunction._rowsFunction._sparse_jacobianFunction.coloursFunction.disassembleFunction.jacobianFunction.jvpFunction.sparsityFunction.tape_arraysFunction.value_and_jacobianFunction.vjpNOGIL_WORKPlannerSparseJacobiansX___Pyx_PyDict_NextRef__annotate____class_getitem____func____init__.<locals>.genexpr__init__.<locals>.genexpr.<locals>.genexpr__main____module____name____pyx""_vtable____qualname____reduce____repr__.<locals>.genexpr__set_name____test___args_check_size_compressed_compressed_sweeps_is_coroutine_jacobian_jacobian.<locals>.<lambda>_jacobian.<locals>.genexpr_key_key.<locals>.genexpr_nest_dense_nest_dense.<locals>.block_plan_product_rows_sparse_sparse_jacobian_sparse_jacobian.<locals>.blockallarg_shapesargnumsargsargumentsarrayarraysascontiguousarrayasyncio.coroutinesautoaxisbbadbatchbestblockbroadcast_rowsbroadcast_shapescline_in_tracebackclosecolcolourcolouringscolourscolours_knowncolscolumnscompcompressedcompressed_shapeconescopy_intocotangentcsrddense_tapedirectdisassembledtypeemptyffileflatflatnonzeroflattenfloat64forwardgathergenexprgetidxintegerisfiniteitemsjjacjac_tapejacextjacext._functionjacobianjtjvpkkindknown_structurelinesmmatmathmemmemory_checkmodemultin_argsn_coloursn_colsn_constantsn_inn_inputsn_instructionsn_outn_outputsn_pointsn_slotsn_threadsn_ynamenbytesndarraynestnextnnznpnumpynumsooffsetsoutout_is_tupleout_shapespparsepartspatternphysical_memoryplanpopprintprodptrqrredoreshaperesultreverserowrowsssbatchscatterseedseed_shapesseedsselfsendsetdefaultshapeshape_strsparsesparse_tapessparsitysplitststdoutstructuresystaketangenttangentstapetape_arraysthreadsthrowuvvalsvaluevalue_and_jacobianvaluesvjpwwant_valuewhatwidthxyy_redozerosint (int)\000raise_status\200\001\340\004\007\200z\220\021\220*\230E\240\022\2401\330\010\017\210s\220!\2201\330\004\013\2105\220\004\220A\200A\330\010\020\220\004\220J\230a\230z\250\025\250b\260\001\330\010\022\220$\220a\220q\330\010\017\210t\2209\230E\240\021\240)\2506\260\021\330\010\013\2108\2204\220v\230Q\230a\330\010\013\2106\220\025\220f\230C\230t\2401\330\014\022\220*\230A\230Q\340\010\023\2204\220u\230A\230Z\240|\2601\330\010\016\210d\220$\220l\240!\2406\250\021\250(\260\"\260C\260t\2705\300\002\300*\310K\320WX\330#-\250Y\260a\330\010\024\220D\230\001\330\010\013\2101\330\014\023\2207\320\032*\250!\2509\260F\270!\330+/\250x\260q\270\006\270c\300\031\310!\330\010\016\210i\220t""\2301\230A\330\010\017\210{\230,\240a\330\010\016\210e\2208\2301\230A\230T\240\033\250A\250S\260\004\260E\270\021\340\010\t\360\010\000\t\020\210u\220E\230\021\230\047\240\024\240]\260$\260o\300V\3101\200A\330\010\020\220\013\2304\230u\240G\2504\250t\260=\300\004\300A\330\033\037\230\177\250d\260!\200A\330\010%\240Q\330\010 \240\004\240E\250\022\2501\330\010\020\220\004\220J\230a\230z\250\025\250b\260\001\330\010\022\220%\220t\320\0334\260K\270s\300!\3001\330\010\017\210{\230,\240a\330\010\017\210t\2209\230E\240\021\240)\2506\260\021\330\010\021\220\023\220A\220T\230\025\230f\240A\240Q\330\010\013\2108\2204\220v\230Q\230f\240A\330\010\021\220\024\220W\230E\240\024\240T\250\026\250t\2604\260t\2701\330\010\020\220\006\220c\230\027\240\001\330\010\013\2101\330\014\022\220*\230A\230U\240&\250\002\250$\250k\270\021\270#\270R\270t\300;\310a\310q\330\010\013\2101\330\014\027\220t\2305\240\001\240\021\330\014\020\220\001\220\030\230\021\230*\240D\250\005\250R\250q\330\014\021\220\024\220[\240\005\240Q\240a\330\014\017\210s\220#\220U\230$\230d\240,\250g\260Q\330\020\026\220d\230$\230l\250!\2506\260\023\260J\270i\300q\330\020\023\2204\220q\330\024\032\230\"\230F\240!\2407\250&\260\002\260!\330\020\027\220s\230(\240!\240:\250V\2602\260Q\330\020\023\2201\330\024\030\230\001\230\027\240\001\330\020\024\220D\230\004\230J\240h\250f\260A\340\020\023\2204\220q\330\024\032\230\"\230F\240!\2407\250&\260\002\260!\330\020\023\2201\330\024\030\230\002\230&\240\002\240*\250H\260F\270\"\270A\330\020\024\220E\230\026\230q\240\014\250C\250s\260#\260X\270Q\270j\310\006\310b\320PQ\330 %\240Z\250q\260\t\270\021\33002\3202E\300S\310\007\310q\33059\270\025\270b\300\t\310\023\310B\310b\320PQ\330 %\240U\250!\2504\250x\260u\270D\300\007\300y\320PQ\330\r\021\220\034\230W\240A\330\014\022\220$\220d\230,\240a\240v\250T\260\023\260I\270Q\330\014\017\210t\2201\330\020\026\220b\230\006\230a\230w\240f\250B\250a\330\014\021\220\026\220t\230:\240Q\330\014\026\220a\220u\230E\240\025\240f\250D\260\001\340\014""\017\210t\2201\330\020\026\220b\230\006\230a\230w\240f\250B\250a\330\014\017\210q\330\020\024\220B\220f\230A\230W\240F\250\"\250A\330\014\020\220\005\220[\240\001\240\023\240C\240u\250D\260\007\260v\270S\300\005\300Q\300d\310!\330\010\021\220\024\220\\\240\021\240%\240w\250f\260A\330\010\013\2101\330\014\025\220Q\330\r\021\220\027\230\001\330\014\021\220\032\2301\230E\240\021\330\014\025\220Q\330\010\021\220\025\220f\230A\230Q\230h\240a\240v\250S\260\n\270$\270m\3104\310q\330\036(\320(8\270\001\330\010\017\210w\220a\200A\340\010\016\210e\2208\2301\230A\230T\240\033\250A\250S\260\004\260E\270\021\330\010\016\210c\220\030\230\021\230&\240\003\2404\240u\250B\250h\260c\270\022\2701\330\010\020\220\006\220c\230\024\230Q\340\010\t\360\n\000\t\020\210u\220E\230\021\230\047\240\024\240]\260$\260o\300V\3101\200A\340\010\023\2204\220u\230A\230Z\240{\260!\330\010\021\220\022\2202\220Y\230b\240\003\2401\240D\250\005\250R\250x\260r\270\023\270A\270Q\330\010\016\210e\320\023#\2401\330\010\013\2107\220\"\220A\330\014\022\220+\230Q\330\0208\270\001\270\027\300\003\3004\300q\330\020\023\2201\220L\240\001\240\024\240U\250\"\250J\260a\260q\330\020\034\230A\230T\240\023\240D\250\001\200A\360\006\000\t\014\2108\2204\220v\230Q\230a\330\010\020\220\t\230\025\230f\240A\240W\250M\270\024\270W\300A\330\010\014\210E\220\030\230\021\230(\240-\250q\330\010\020\220\005\220Q\220b\320\030)\250\021\250\047\260\021\330\010\016\210h\220d\230%\230r\240\027\250\004\250E\260\022\2601\330\010\020\220\t\230\025\230c\240\033\250A\330\010\013\2104\210q\330\014\020\220\002\220&\230\001\230\027\240\006\240b\250\001\330\014\020\220\002\220&\230\001\230\027\240\006\240b\250\001\330\014\017\210u\220C\220q\330\020\024\220E\230\024\230Q\230c\240\023\240C\240q\340\020\024\220E\230\024\230Q\230c\240\023\240C\240q\340\014\020\220\005\220_\240A\240S\250\001\330\014\020\220\005\220_\240A\240S\250\001\330\014\020\220\002\220&\230\002\230!\2306\240\021\240$\240h\250f\260B\260a\330\014\020\220\002\220&\230\002\230!\2306""\240\021\240$\240h\250f\260B\260a\330\014\020\220\005\220V\2301\230F\240#\240S\250\001\330\034!\240\032\2501\250F\260!\2606\270\021\270$\270b\300\002\300$\300e\3102\310[\320X]\320]^\330\010\020\220\005\220V\2301\230C\230t\240=\260\004\260O\3001\330\010\013\2105\220\003\2201\330\014\023\2207\230%\230v\240Q\240c\250\024\250]\270$\270o\310Q\330\010\017\210w\220e\2306\240\021\240#\240T\250\035\260c\270\021\270$\270m\3102\310S\320PQ\200A\360\006\000\t\020\210t\2205\230\007\230q\200A\360\006\000\t\025\220D\230\001\330\010\017\210y\230\t\240\021\330\010\r\210R\210v\220Q\220a\220z\240\032\2509\260C\260w\270g\300V\3102\310Q\330\020 \240\001\330\010\013\2104\210|\2303\230a\330\014\024\220I\230V\2401\240D\250\t\260\025\260a\260t\2709\300A\300Q\330\014\023\2202\220V\2301\230A\230Z\240y\260\t\270\031\300#\300W\310I\320UV\330\034\"\240\"\240A\330\014\017\210y\230\003\2301\330\020\024\220E\230\026\230q\240\t\250\023\250C\250q\330 %\240Z\250q\260\t\270\032\3002\300R\300t\3105\320PR\320RS\330 &\240a\340\020\024\220E\230\037\250\001\250\023\250C\250w\260a\330\014\023\2206\230\021\330\010\r\210S\220\005\220T\230\031\240!\330\010\022\220$\220l\240#\240Q\330\010\020\220\014\230A\230U\240&\250\016\260e\2701\330\010\020\220\t\320\031*\250!\2504\250q\330\010\017\210r\220\026\220q\230\001\230\033\240B\240i\250y\270\003\2707\300\047\310\026\310r\320QR\330\010\014\210E\220\021\220$\220a\330\010\013\2109\220C\220q\330\014\020\220\005\220V\2301\230N\250#\250S\260\001\330\034!\240\032\2501\250I\260Q\330,0\260\005\260R\260y\300\003\3002\300R\300q\330\034!\240\023\240E\250\024\250W\260G\2708\300:\310Q\330\014\023\2202\220U\230!\2304\230x\240q\250\n\260$\260e\2701\270A\330\033$\240G\2501\250D\260\016\270e\3001\340\014\020\220\005\220[\240\001\240\023\240C\240v\250T\260\027\270\010\300\013\3101\330\014\023\2202\220U\230!\2304\230x\240r\250\024\250Y\260g\270Q\270d\300!\330\010\017\210v\220Q\200A\360\n\000\t\030\220t\230=\250\001\250\033\260E\270\021\270,\300i\310s\320RY\320YZ\330\010\036\230d\240%""\240r\250\032\3203C\3001\330\010\013\2103\210c\220\021\330\014\023\2204\320\027*\250!\2506\260\023\260J\270i\300q\330\010\013\2109\220B\220a\330\014\020\220\004\220F\230#\230U\240$\240d\250+\260T\270\024\320=P\320PW\320WX\330\024\030\230\005\230S\240\004\240I\250U\260!\2603\260h\270a\330\020\024\220H\230A\330\020\024\220K\230t\240<\250t\260:\270Q\330\014\020\220\n\230!\2304\230s\240!\330\014\017\210r\220\023\220A\330\020\027\220t\320\033.\250a\250v\260T\270\023\270I\300Q\330\014\023\2201\220A\220X\230Q\230b\240\010\320(8\270\001\330\010\014\210B\210f\220B\220j\240\002\240\"\240I\250V\2602\260Q\330\010\n\210&\220\001\220\031\230#\230S\240\006\240e\250:\260Q\260i\270z\310\022\3102\310Q\330\010\017\210r\320\021#\2401\240A\240T\250\032\2609\270A\330\010\014\210B\320\016 \240\001\240\021\240%\240y\3200@\300\001\330\010\016\210b\220\014\230A\230Q\230b\240\t\250\021\250%\250t\2601\260E\270\021\330\010\013\2103\210f\220A\220Q\330\014\022\220)\2304\320\0372\260!\2606\270\022\320;M\310Q\310a\310q\320PQ\33036\260f\270A\270T\300\031\310!\330\014\020\220\001\220\027\230\001\330\014\017\210q\330\020\021\220\021\220\047\230\021\330\010\017\210v\220Q\200A\360\014\000\t\014\2103\210a\210v\220S\230\003\2301\230D\240\r\250R\250q\330\014\022\220)\2301\320\0344\260A\260S\270\001\270\024\270Q\330\034\036\230a\230t\320#M\310Q\310c\320QR\320RS\340\010\014\210D\220\002\220!\330\010\020\220\005\220Q\220f\230D\320 4\260A\330\010\013\2103\210a\210w\220c\230\023\230A\230T\240\021\330\014\022\220)\2301\230A\330\034\036\230a\230s\240!\2404\240q\330\010\017\210t\2209\230A\230W\240D\250\003\2504\250w\260d\270-\300q\200A\360\014\000\t\022\220\023\220A\220T\230\021\330\010\013\2103\210a\210v\220S\230\007\230r\240\021\330\014\022\220)\2301\320\0344\260A\3205L\310A\310T\320QR\330\0345\260Q\260c\270\021\270!\330\010\023\2204\220r\230\021\330\010\013\2107\220#\220Q\330\014\030\230\001\330\r\021\220\032\2301\230K\240w\250g\260S\270\003\2701\270J\300c\310\021\330\014\022\220)\2301\320\034B\300!\3001\340""\010\017\210t\2209\230A\230W\240D\250\003\2504\250u\260A\260[\300\004\300M\320QR\210\001\330\014\020\220\003\2201\220E\230\024\230]\250!\2503\250d\260-\270q\300\002\300\"\300D\310\003\3101\310C\310s\320RS\320SU\320UW\320WX\330\014\017\210q\330\020\024\220B\320\026(\250\001\250\021\330\014\023\2201\220H\230A\230V\2402\240T\250\033\260A\260S\270\002\270$\270k\310\021\310$\310a\310q\210\001\330\014\023\2207\230$\230d\320\"5\260S\270\001\270\024\270]\310!\3101\330:>\270m\3101\310B\310b\320PQ\330\014\023\2208\2303\230a\230v\240S\250\007\250t\2604\260s\270!\2703\270c\300\021\300\"\300B\300a\220A\2301\240J\250d\260,\270a\270s\300!\240Q\240q\250\001\250\021\320\004\036\230a\340\010\017\210t\2209\230J\240a\240t\2501\250I\260Q\320\004\037\230q\340\010\020\220\001\220\024\220Q\220j\240\002\240$\240e\250<\260q\330\010\r\210Q\210d\220%\220q\230\010\240\005\240X\250U\260\047\270\032\3003\300a\320\004\037\230q\360\022\000\t\020\210t\2209\230J\240a\240t\2501\250I\260V\2701\320\004&\240h\250l\270.\310\r\320UV\360(\000\t\014\2101\330\014\017\210t\2207\230!\330\020\026\220j\240\001\240\021\340\014\023\2204\320\027(\250\001\250\026\250y\270\006\270a\330\010\014\210C\210q\220\006\220c\230\022\2304\230x\240s\250\"\250D\260\004\3204G\300w\310a\330\020\024\220D\230\016\240d\250)\2601\260D\270\001\270\024\270T\300\021\330\014\020\220\r\230T\240\021\240!\340\014\017\210t\2206\230\027\240\005\240T\250\025\250c\260\027\270\004\270D\300\003\3001\330\020\027\220z\240\021\240$\240g\250S\260\001\330\020\023\2205\230\007\230q\330\024\032\230\"\230F\240!\2404\320\047;\2706\300\022\3001\330\024\036\230a\230u\240D\250\013\2604\260{\300&\310\001\330\024\033\2301\340\021\026\220c\230\027\240\003\2404\240x\250s\260\"\260D\270\004\270H\300B\300b\310\004\310D\320P[\320[\\\330\020\031\230\031\240$\240g\250V\2601\260A\330\020\023\2205\230\003\2301\330\024\030\320\030+\2507\260#\260T\270\025\270b\300\014\310A\340\024\030\230\005\230T\240\021\240&\250\001\330\020\023\2201\330\024\033\2302\230V\2401\240D\320(<""\270F\300\"\300M\320QU\320UX\320XY\330 *\250!\2505\260\004\260A\330\024\030\230\004\230E\240\032\2501\250F\260!\2603\260h\270d\300%\300r\310\021\330\024\025\330\030\035\230_\250A\250T\260\027\270\003\2703\270e\3004\300y\320PQ\340\030\034\230E\240\032\2501\250A\330\024 \240\001\240\021\330\024\033\2301\330\010\017\210t\220:\230Q\230f\240I\250V\2605\270\t\300\026\300q\310\001\320\004\047\240q\360\006\000\t\021\220\010\230\005\230V\2401\240F\250$\250m\2704\270q\330\010\013\210=\230\007\230q\330\014\030\230\001\230\021\330\010\017\210u\220H\230A\230X\240T\250\035\260h\270a\320\0040\260\010\3208H\310\001\340\010\017\210t\220:\230Q\230f\240I\250V\2606\270\031\300!";
     PyObject *data = NULL;
     #define __Pyx_DecompressString_UNUSED
     #define __Pyx_DecompressString_LZSS_UNUSED
@@ -28092,7 +28208,7 @@ static int __Pyx_CreateCodeObjects(__pyx_mstatetype *__pyx_mstate) {
     __pyx_mstate_global->__pyx_codeobj_tab[9] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_jacext__function_pyx, __pyx_mstate->__pyx_n_u_block, __pyx_mstate->__pyx_kp_b_iso88591_7_d_5S_1_m1BbPQ_83avS_t4s_3c_Ba, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[9])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {0, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS|CO_GENERATOR), 599};
+    const __Pyx_PyCode_New_function_description descr = {0, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS|CO_GENERATOR), 600};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_k};
     __pyx_mstate_global->__pyx_codeobj_tab[10] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_jacext__function_pyx, __pyx_mstate->__pyx_n_u_genexpr, __pyx_mstate->__pyx_kp_b_iso88591_A, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[10])) goto bad;
   }
@@ -28159,30 +28275,30 @@ static int __Pyx_CreateCodeObjects(__pyx_mstatetype *__pyx_mstate) {
   {
     const __Pyx_PyCode_New_function_description descr = {6, 0, 0, 14, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 354};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_plan_2, __pyx_mstate->__pyx_n_u_x_2, __pyx_mstate->__pyx_n_u_n_points, __pyx_mstate->__pyx_n_u_threads, __pyx_mstate->__pyx_n_u_want_value, __pyx_mstate->__pyx_n_u_jt, __pyx_mstate->__pyx_n_u_n_y, __pyx_mstate->__pyx_n_u_r, __pyx_mstate->__pyx_n_u_vals, __pyx_mstate->__pyx_n_u_y, __pyx_mstate->__pyx_n_u_bad, __pyx_mstate->__pyx_n_u_redo, __pyx_mstate->__pyx_n_u_y_redo};
-    __pyx_mstate_global->__pyx_codeobj_tab[23] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_jacext__function_pyx, __pyx_mstate->__pyx_n_u_compressed_2, __pyx_mstate->__pyx_kp_b_iso88591_A_t_E_3a_d_r_3C1_3c_4_6_Jiq_4q_F, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[23])) goto bad;
+    __pyx_mstate_global->__pyx_codeobj_tab[23] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_jacext__function_pyx, __pyx_mstate->__pyx_n_u_compressed_2, __pyx_mstate->__pyx_kp_b_iso88591_A_t_E_isRYYZ_d_r_3C1_3c_4_6_Jiq, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[23])) goto bad;
   }
   {
     const __Pyx_PyCode_New_function_description descr = {6, 0, 0, 22, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 385};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_plan_2, __pyx_mstate->__pyx_n_u_x_2, __pyx_mstate->__pyx_n_u_n_points, __pyx_mstate->__pyx_n_u_threads, __pyx_mstate->__pyx_n_u_want_value, __pyx_mstate->__pyx_n_u_structure, __pyx_mstate->__pyx_n_u_n_out, __pyx_mstate->__pyx_n_u_n_cols, __pyx_mstate->__pyx_n_u_y, __pyx_mstate->__pyx_n_u_cones, __pyx_mstate->__pyx_n_u_vals, __pyx_mstate->__pyx_n_u_col, __pyx_mstate->__pyx_n_u_p, __pyx_mstate->__pyx_n_u_row, __pyx_mstate->__pyx_n_u_q_2, __pyx_mstate->__pyx_n_u_forward, __pyx_mstate->__pyx_n_u_colour, __pyx_mstate->__pyx_n_u_n_colours, __pyx_mstate->__pyx_n_u_shape, __pyx_mstate->__pyx_n_u_comp, __pyx_mstate->__pyx_n_u_m};
-    __pyx_mstate_global->__pyx_codeobj_tab[24] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_jacext__function_pyx, __pyx_mstate->__pyx_n_u_compressed_sweeps, __pyx_mstate->__pyx_kp_b_iso88591_A_D_y_RvQaz_b_4_3a_IV1D_at9AQ_2V, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[24])) goto bad;
+    __pyx_mstate_global->__pyx_codeobj_tab[24] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_jacext__function_pyx, __pyx_mstate->__pyx_n_u_compressed_sweeps, __pyx_mstate->__pyx_kp_b_iso88591_A_D_y_RvQaz_9CwgV2Q_4_3a_IV1D_at, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[24])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 4, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS|CO_VARARGS), 422};
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 4, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS|CO_VARARGS), 423};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_args_2, __pyx_mstate->__pyx_n_u_n_args, __pyx_mstate->__pyx_n_u_tangents};
     __pyx_mstate_global->__pyx_codeobj_tab[25] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_jacext__function_pyx, __pyx_mstate->__pyx_n_u_jvp, __pyx_mstate->__pyx_kp_b_iso88591_A_AT_3avS_r_1_4A5LATQR_5Qc_4r_7, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[25])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 4, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS|CO_VARARGS), 440};
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 4, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS|CO_VARARGS), 441};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_args_2, __pyx_mstate->__pyx_n_u_u, __pyx_mstate->__pyx_n_u_parts};
     __pyx_mstate_global->__pyx_codeobj_tab[26] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_jacext__function_pyx, __pyx_mstate->__pyx_n_u_vjp, __pyx_mstate->__pyx_kp_b_iso88591_A_3avS_1D_Rq_1_4AS_Q_at_MQcQRRS, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[26])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {6, 0, 0, 17, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 457};
+    const __Pyx_PyCode_New_function_description descr = {6, 0, 0, 17, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 458};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_kind, __pyx_mstate->__pyx_n_u_args_2, __pyx_mstate->__pyx_n_u_seeds, __pyx_mstate->__pyx_n_u_seed_shapes, __pyx_mstate->__pyx_n_u_what, __pyx_mstate->__pyx_n_u_x_2, __pyx_mstate->__pyx_n_u_v, __pyx_mstate->__pyx_n_u_y, __pyx_mstate->__pyx_n_u_r, __pyx_mstate->__pyx_n_u_batch, __pyx_mstate->__pyx_n_u_arrays, __pyx_mstate->__pyx_n_u_sbatch, __pyx_mstate->__pyx_n_u_n_in, __pyx_mstate->__pyx_n_u_n_out, __pyx_mstate->__pyx_n_u_width, __pyx_mstate->__pyx_n_u_value};
     __pyx_mstate_global->__pyx_codeobj_tab[27] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_jacext__function_pyx, __pyx_mstate->__pyx_n_u_product, __pyx_mstate->__pyx_kp_b_iso88591_A_84vQa_fAWM_WA_E_q_Qb_hd_r_E_1, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[27])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 3, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 595};
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 3, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 596};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_argnums, __pyx_mstate->__pyx_n_u_genexpr, __pyx_mstate->__pyx_n_u_genexpr};
     __pyx_mstate_global->__pyx_codeobj_tab[28] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_jacext__function_pyx, __pyx_mstate->__pyx_n_u_key, __pyx_mstate->__pyx_kp_b_iso88591_z_E_1_s_1_5_A, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[28])) goto bad;
   }

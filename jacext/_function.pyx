@@ -47,7 +47,7 @@ cdef class Function:
     cdef readonly tuple out_shapes
     cdef readonly bint out_is_tuple
     cdef readonly str name
-    cdef object _planner
+    cdef readonly object _planner   # (read by jacext.testing)
     cdef tuple _arg_offsets
     cdef tuple _out_offsets
     # the fast paths: one argument, one output
@@ -263,7 +263,7 @@ cdef class Function:
                                                 else self.tape.t.n_instr * (1 + n_cols)),
                                 mode=_MODE[plan.mode], cols=plan.cols, jac_tape=jt)
         elif plan.compressed is not None:
-            vals, y = self._compressed(plan, x, 0, threads, want_value)
+            vals, y = self._compressed(plan, x, -1, threads, want_value)
             if not direct:
                 mat = np.zeros(shape, dtype=np.float64)
             ptr, idx = plan.structure.pattern
@@ -334,7 +334,7 @@ cdef class Function:
         if batch and (multi or self.out_is_tuple):
             raise ValueError("jacext: sparse=True for a batch needs one output and one "
                              "argument (a single pattern); compile a Function per block")
-        n_points = math.prod(batch) if batch else 0
+        n_points = math.prod(batch) if batch else -1
         vals, _ = self._compressed(plan, x.reshape(-1, self.tape.t.n_in) if batch else x,
                                    n_points, threads, False)
         structure = plan.structure
@@ -353,21 +353,21 @@ cdef class Function:
 
     def _compressed(self, plan, cnp.ndarray x, Py_ssize_t n_points, threads,
                     bint want_value):
-        """(nonzeros, y) of the plan's compressed evaluation at one point (n_points 0: x a
-        row) or at the rows of x: from the sparse Jacobian tape where it exists, whose
-        points with a non-finite nonzero the sweeps redo (their zero kills decide)."""
-        cdef Tape jt = plan.sparse_tapes[want_value].tape(n_points or 1)
+        """(nonzeros, y) of the plan's compressed evaluation at one point (n_points -1: x a
+        row) or at the n_points rows of x: from the sparse Jacobian tape where it exists,
+        whose points with a non-finite nonzero the sweeps redo (their zero kills decide)."""
+        cdef Tape jt = plan.sparse_tapes[want_value].tape(n_points if n_points >= 0 else 1)
         cdef Py_ssize_t n_y = self.tape.t.n_out if want_value else 0
         if jt is None:
             return self._compressed_sweeps(plan, x, n_points, threads, want_value)
-        if not n_points:
+        if n_points < 0:
             if (self._jt0 is None and not want_value and self._single_jac_shape is not None
                     and plan is self._planner.plan(0, "auto", False)):
                 self._jt0 = jt    # dense auto Jacobians take it straight from now on
                 self._jt0_ptr, self._jt0_idx = plan.structure.pattern
             r = _eval_tape(jt, x, n_y)
             if r is None:
-                return self._compressed_sweeps(plan, x, 0, threads, want_value)
+                return self._compressed_sweeps(plan, x, -1, threads, want_value)
             return r[n_y:], (r[:n_y] if want_value else None)
         r = np.empty((n_points, jt.t.n_out), dtype=np.float64)
         jt.batch("value", x, r, None, _plan.n_threads(threads, n_points, jt.t.n_instr))
@@ -387,13 +387,13 @@ cdef class Function:
         """``_compressed`` by the sweeps: colourings, or one reverse sweep per output."""
         structure = plan.structure
         n_out, n_cols = structure.shape
-        y = (np.empty((n_points, n_out) if n_points else n_out, dtype=np.float64)
+        y = (np.empty((n_points, n_out) if n_points >= 0 else n_out, dtype=np.float64)
              if want_value else None)
         if plan.compressed == "cones":
             cones = structure.cones(self._planner.best(plan.argnums)[1])
-            vals = np.empty((n_points, structure.nnz) if n_points else structure.nnz,
+            vals = np.empty((n_points, structure.nnz) if n_points >= 0 else structure.nnz,
                             dtype=np.float64)
-            if n_points:
+            if n_points >= 0:
                 self.tape.batch("cones", x, y, vals,
                                 _plan.n_threads(threads, n_points, 3 * self.tape.t.n_instr),
                                 cones=cones)
@@ -404,14 +404,15 @@ cdef class Function:
         forward = plan.compressed == "forward"
         colour, n_colours = (col, p) if forward else (row, q)
         shape = structure.compressed_shape(plan.compressed)
-        comp = np.empty((n_points,) + shape if n_points else shape, dtype=np.float64)
+        comp = np.empty((n_points,) + shape if n_points >= 0 else shape, dtype=np.float64)
         m = _MODE[plan.compressed]
-        if n_points:
+        if n_points >= 0:
             self.tape.batch("compressed", x, y, comp,
                             _plan.n_threads(threads, n_points,
                                             self.tape.t.n_instr * (1 + n_colours)),
                             mode=m, cols=plan.cols, colour=colour, n_colours=n_colours)
-            vals = np.take(comp.reshape(n_points, -1), structure.gather(plan.compressed), axis=1)
+            vals = np.take(comp.reshape(n_points, math.prod(shape)),
+                           structure.gather(plan.compressed), axis=1)
         else:
             self.tape.compressed(x, y, comp, plan.cols, colour, n_colours, m)
             vals = np.take(comp.reshape(-1), structure.gather(plan.compressed))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from check import check_jacobian
+from jacext.testing import check_jacobian
 
 import jacext as jx
 

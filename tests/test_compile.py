@@ -8,8 +8,8 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from check import assert_same_values, check_jacobian
-from jacext._graph import A_IMM, B_IMM, OP_MASK, OPS
+from jacext.testing import assert_same_values, check_jacobian
+from jacext.ops import A_IMM, B_IMM, OP_MASK, OPS
 
 import jacext as jx
 
@@ -274,16 +274,16 @@ def test_slots_never_overlap_live_values():
     t = F.tape_arrays()
     n_in, consts = F.n_inputs, t["const_value"]
     # replay the tape with one NumPy evaluation per instruction
-    from jacext._vm import op_value
+    from jacext.testing import op_value
     slots = np.full(F.n_slots, np.nan)
     slots[:n_in] = x
     slots[n_in:n_in + consts.size] = consts
-    for w, dst, a, b, imm in zip(t["op"], t["dst"], t["a"], t["b"], t["imm"]):
+    for w, dst, a, b, sel, imm in zip(t["op"], t["dst"], t["a"], t["b"], t["s"], t["imm"]):
         w = int(w)
         op = w & OP_MASK
         va = imm if w & A_IMM else slots[a]
         vb = imm if w & B_IMM else slots[b]
-        vs = slots[int(imm)] if op == OPS["SELECT"] else 0.0
+        vs = slots[sel] if op == OPS["SELECT"] else 0.0
         slots[dst] = op_value(op, va, vb, vs)
     np.testing.assert_allclose(slots[t["out_slot"]], f(x), rtol=1e-13, atol=1e-14)
     check_jacobian(f, x)

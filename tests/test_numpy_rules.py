@@ -17,8 +17,10 @@ import zlib
 import numpy as np
 import pytest
 import scipy.special as sp
-from check import check_jacobian
-from jacext._graph import OPS
+from jacext.testing import check_jacobian
+from jacext._graph import KIND_CONST
+from jacext.ops import OPS
+from jacext.passes import lower
 
 import jacext as jx
 from jacext import trace as jtrace
@@ -353,7 +355,7 @@ def test_matmul_with_constant_matrix_with_zeros():
     check_jacobian(lambda x: np.dot(W, x) + W @ np.sin(x), x3)
     # the zeros are skipped structurally: only the 5 nonzeros are multiplied
     g, _, outs = trace_graph(lambda x: W @ x, (3,))
-    ops = g.lower(np.arange(3), outs[0].ravel())["op"] & 0xff
+    ops = lower(g, np.arange(3), outs[0].ravel())["op"] & 0xff
     assert np.sum(ops == OPS["MUL"]) + np.sum(ops == OPS["NEG"]) <= 5
     # the all-zero row is the constant 0
     F = jx.compile(lambda x: W @ x, x3)
@@ -483,9 +485,10 @@ def test_diag(expr, arg):
 
 def test_diag_of_a_vector_fills_with_the_zero_constant():
     g, _, outs = trace_graph(lambda x: np.diag(x), (3,))
-    vals = g.const_values(outs[0])
     off = ~np.eye(3, dtype=bool)
-    np.testing.assert_array_equal(vals[off], 0.0)
+    for i in outs[0][off]:
+        word, _, _, _, value = g.node(int(i))
+        assert word == KIND_CONST and value == 0.0
     assert n_nodes(lambda x: np.diag(x), (3,)) == 1   # the zero constant only
 
 

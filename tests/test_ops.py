@@ -22,9 +22,9 @@ from typing import NamedTuple
 import numpy as np
 import pytest
 import scipy.special as sp
-from check import check_jacobian
-from jacext._graph import A_IMM, B_IMM, OP_MASK, OPS
-from jacext._vm import op_partials, op_value
+from jacext.testing import check_jacobian
+from jacext.ops import A_IMM, B_IMM, OP_MASK, OPS
+from jacext.testing import op_partials, op_value
 
 import jacext as jx
 

@@ -37,9 +37,13 @@ def _metadata():
 
 # ---- the imported package ----
 
-@pytest.mark.parametrize("name", ["jacext._graph", "jacext._vm"])
+#: the compiled extensions (setup.py)
+COMPILED = ("_graph", "passes", "_tape", "_function")
+
+
+@pytest.mark.parametrize("name", COMPILED)
 def test_the_engine_is_compiled(name):
-    module = __import__(name, fromlist=["_"])
+    module = __import__(f"jacext.{name}", fromlist=["_"])
     suffixes = tuple(importlib.machinery.EXTENSION_SUFFIXES)
     assert module.__file__.endswith(suffixes), module.__file__
 
@@ -102,7 +106,7 @@ def test_wheel_holds_the_package_and_nothing_else():
     package = {n for n in _source_files(ROOT / "jacext", "*.py")}
     missing = sorted(package - names)
     assert not missing, f"missing from the wheel: {missing}"
-    for module in ("_graph", "_vm"):
+    for module in COMPILED:
         assert any(re.fullmatch(rf"jacext/{module}\..+\.(so|pyd)", n) for n in names), \
             f"no compiled jacext.{module} in the wheel"
     stray = sorted(n for n in names

@@ -16,7 +16,10 @@ import pytest
 import scipy.sparse as sp
 
 import jacext as jx
+from jacext._tape import Tape
 from jacext.sparse import SparseJacobians
+from jacext.testing import (colourings, column_colouring_is_valid, jacobian_tape_slot, plan_of,
+                            row_colouring_is_valid)
 
 MODES = ("forward", "reverse", "auto")
 
@@ -27,23 +30,6 @@ def assert_close(actual, desired):
 
 
 # ------------------------------------------------------------------ independent verifiers
-def column_colouring_is_valid(pattern, colour):
-    """No two columns of one colour share a row: per colour, each row has <= 1 nonzero."""
-    pattern = np.asarray(pattern, dtype=bool)
-    colour = np.asarray(colour)
-    if colour.shape != (pattern.shape[1],) or (colour.size and colour.min() < 0):
-        return False
-    for c in np.unique(colour):
-        if (pattern[:, colour == c].sum(axis=1) > 1).any():
-            return False
-    return True
-
-
-def row_colouring_is_valid(pattern, colour):
-    """The row analogue: per colour, each column has <= 1 nonzero among its rows."""
-    return column_colouring_is_valid(np.asarray(pattern, dtype=bool).T, colour)
-
-
 def test_verifiers_reject_bad_colourings():
     tri = np.abs(np.subtract.outer(np.arange(6), np.arange(6))) <= 1
     assert column_colouring_is_valid(tri, np.arange(6) % 3)
@@ -253,12 +239,18 @@ def test_sparsity_is_the_exact_pattern(name):
     assert F.sparsity() is not S and np.array_equal(F.sparsity().indices, S.indices)
 
 
+def _pattern(F, argnums=0):
+    """(indptr, indices) of F's pattern, as the plans hold it."""
+    return plan_of(F, argnums, sparse=True).structure.pattern
+
+
 def test_pattern_computed_once():
     F = jx.compile(broyden, np.zeros(20))
-    ptr, idx = F._pattern(0)
-    again = F._pattern(0)
+    ptr, idx = _pattern(F)
+    again = _pattern(F)
     assert again[0] is ptr and again[1] is idx
-    assert F._colouring(0) is F._colouring(0)
+    assert colourings(F) is colourings(F)
+    np.testing.assert_array_equal(F.sparsity().indices, idx)
 
 
 # ---------------------------------------------------------------------------- colourings
@@ -267,7 +259,7 @@ def test_colourings_are_valid(name):
     P, counts = CASES[name][2], CASES[name][3]
     m, n = P.shape
     F = compiled(name)
-    col, p, row, q = F._colouring(0)
+    col, p, row, q = colourings(F)
     assert F.colours() == (p, q)
     col, row = np.asarray(col), np.asarray(row)
     assert col.shape == (n,) and row.shape == (m,)
@@ -280,10 +272,9 @@ def test_colourings_are_valid(name):
     assert P.sum(axis=0).max(initial=0) <= q <= m
     if counts is not None:
         assert (p, q) == counts
-    # the library's verifier agrees with ours (a check of it, not a reliance on it)
-    from jacext.sparse import verify_column_colouring
-    ptr, idx = F._pattern(0)
-    assert verify_column_colouring(ptr, idx, col)
+    # the verifiers read the csr pattern as well as the dense one
+    assert column_colouring_is_valid(F.sparsity(), col)
+    assert row_colouring_is_valid(F.sparsity(), row)
 
 
 def test_colourings_of_a_bigger_random_pattern(rng):
@@ -303,7 +294,7 @@ def test_colourings_of_a_bigger_random_pattern(rng):
 
     F = jx.compile(f, np.zeros(n))
     np.testing.assert_array_equal(F.sparsity().toarray(), P)
-    col, p, row, q = F._colouring(0)
+    col, p, row, q = colourings(F)
     assert column_colouring_is_valid(P, col) and row_colouring_is_valid(P, row)
     assert p < n // 4 and q < m // 4          # the colouring actually compresses
     x = rng.standard_normal(n)
@@ -312,7 +303,7 @@ def test_colourings_of_a_bigger_random_pattern(rng):
                                    F.jacobian(x, mode="reverse"), rtol=1e-14, atol=0)
 
 
-# BUG (jacext/_vm.pyx, Function._colouring): the greedy colouring's work budget,
+# BUG (then in jacext/_vm.pyx, Function._colouring): the greedy colouring's work budget,
 # 64 * nnz + 10**7, is below its inherent cost (the sum of squared row lengths) as soon as rows
 # hold more than ~64 nonzeros, and the fallback is the identity colouring: 20 dense 200 x 200
 # blocks get p = q = 4000 colours instead of 200 (20x the sweeps, and a compressed matrix
@@ -343,7 +334,7 @@ def _segment_sum(terms, deg):
 def test_sparse_equals_dense(name, mode, rng):
     f, n, P = CASES[name][:3]
     F = compiled(name)
-    ptr, idx = F._pattern(0)
+    ptr, idx = _pattern(F)
     for x in _points(n, rng)[:2]:
         Js = F.jacobian(x, sparse=True, mode=mode)
         assert isinstance(Js, sp.csr_array)
@@ -368,18 +359,18 @@ def test_sparse_values_against_the_hand_written_jacobian(rng):
 
 def test_dense_auto_uses_the_colouring_only_when_it_pays(rng):
     # tridiagonal 50 x 50: 3 colours instead of 50 sweeps
-    assert compiled("tridiagonal")._auto_colours(0) != 0
+    assert plan_of(compiled("tridiagonal")).compressed is not None
     # dense 36 x 40 (a constant matrix times x): colouring gains nothing, but every output
-    # has its own small dependency cone, so one reverse sweep per cone (subgraph mode, 3)
+    # has its own small dependency cone, so one reverse sweep per cone (mode "cones")
     # costs a ninth of a dense sweep set
     dense = compiled("dense")
     assert dense.colours() == (40, 36)
-    assert dense._auto_colours(0) == 3
+    assert plan_of(dense).compressed == "cones"
     x = rng.standard_normal(40)
     np.testing.assert_array_equal(dense.jacobian(x), dense.jacobian(x, mode="reverse"))
     # small Jacobians (<= 32 a side) never ask for the pattern
     small = jx.compile(broyden, np.zeros(10))
-    assert small._auto_colours(0) == 0
+    assert plan_of(small).compressed is None
     x = rng.standard_normal(10)
     assert_close(small.jacobian(x), broyden_jacobian(x))
 
@@ -444,7 +435,7 @@ def test_argnums_tuple(mode, rng):
     np.testing.assert_allclose(only_p.toarray(), Dp, rtol=1e-14, atol=0)
     # colourings of the joint pattern are valid too
     P = np.hstack([_band(n, n, 1, 1), Pp])
-    col, _, row, _ = G._colouring((0, 1))
+    col, _, row, _ = colourings(G, (0, 1))
     assert column_colouring_is_valid(P, col) and row_colouring_is_valid(P, row)
 
 
@@ -505,7 +496,7 @@ def test_sparse_jacobians_type(rng):
     assert_close(JB[0][0].toarray(), broyden_jacobian(X[0, 0]))
 
 
-# BUG (jacext/_vm.pyx, Function._sparse_jacobian): vals.reshape(batch + (-1,)) cannot infer
+# BUG (then in jacext/_vm.pyx, Function._sparse_jacobian): vals.reshape(batch + (-1,)) cannot infer
 # -1 from 0 points ("cannot reshape array of size 0 into shape (0,newaxis)"); the width
 # is the pattern's nnz. The dense batch path handles empty batches.
 def test_empty_batch_sparse():
@@ -621,7 +612,7 @@ def test_arrow_head_at_scale_uses_one_reverse_sweep_per_output(rng):
     x = rng.standard_normal(n)
     J = F.jacobian(x, sparse=True)
     assert F.colours() == (n, n)
-    assert F._best_sparse(0)[0] == 3          # subgraph mode
+    assert plan_of(F, sparse=True).compressed == "cones"     # one reverse sweep per output
     want = _arrow_head_jacobian_csr(x)
     assert J.nnz == 3 * n - 2
     assert abs(J - want).max() <= 1e-12 * abs(want).max()
@@ -642,24 +633,25 @@ def test_arrow_head_at_scale_uses_one_reverse_sweep_per_output(rng):
 # results after the threshold equal those before bit for bit (up to the sign of a zero),
 # and the hand-written Jacobians to rounding.
 
-FORWARD = 1
+FORWARD = "forward"
 
 
-def _cols(n):
-    return np.arange(n, dtype=np.int32)
+def _sparse_tape(F, n, values=False, mode=FORWARD):
+    """F's sparse Jacobian tape (argnums 0) of this sweep mode, or None; asking adds no
+    point to the count.  (n: F's input count, for the callers' symmetry.)"""
+    return jacobian_tape_slot(F, 0, mode, True, values).current
 
 
-def _sparse_tape(F, n, values=False):
-    """F's single-point sparse Jacobian tape (forward, argnums 0), or None; asking adds no
-    point to the count."""
-    return F._jac_tape(0, FORWARD, _cols(n), 0, True, values)
+def _run(F, jt, x):
+    """A Jacobian tape's outputs at x (or the rows of x)."""
+    return jx.Function(jt, F.arg_shapes, ((jt.n_outputs,),), False, "jt")(x)
 
 
 def _after(F, mode=FORWARD):
     """How many single-point sparse Jacobians F's sweeps do before its sparse Jacobian
     tape of this mode is built (the build's estimated cost over a point's sweeps)."""
-    from jacext._vm import JAC_TAPE_AFTER_POINTS
-    after = F._jac_tape_after(0, mode, F.n_inputs, True)
+    from jacext.plan import JAC_TAPE_AFTER_POINTS
+    after = jacobian_tape_slot(F, 0, mode, True).after
     assert 1 <= after <= JAC_TAPE_AFTER_POINTS
     return after
 
@@ -725,7 +717,7 @@ def test_sparse_tape_threshold_counts_single_points():
     assert _sparse_tape(F, n) is None             # asking counts nothing
     F.jacobian(x)                                 # dense auto (coloured) counts with them
     jt = _sparse_tape(F, n)
-    assert isinstance(jt, jx.Function)
+    assert isinstance(jt, Tape)
     assert _sparse_tape(F, n) is jt               # cached
     assert jt.n_outputs == F.sparsity().nnz == 3 * n - 2
     # value_and_jacobian counts apart (a tape with the values too)
@@ -733,7 +725,7 @@ def test_sparse_tape_threshold_counts_single_points():
     for _ in range(after):
         F.value_and_jacobian(x)
     jv = _sparse_tape(F, n, values=True)
-    assert isinstance(jv, jx.Function) and jv is not jt
+    assert isinstance(jv, Tape) and jv is not jt
     assert jv.n_outputs == n + 3 * n - 2
 
 
@@ -741,8 +733,8 @@ def test_sparse_tape_threshold_counts_single_points():
 def test_sparse_tape_gives_the_results_of_the_sweeps(name, rng):
     f, n, jac, mode = TAPE_FAMILIES[name]
     F = jx.compile(f, np.zeros(n))
-    assert F._sparse_mode(mode, 0) == FORWARD
-    coloured_dense = F._auto_colours(0) == FORWARD
+    assert plan_of(F, 0, mode, True).compressed == FORWARD
+    coloured_dense = plan_of(F).compressed == FORWARD
     points = [rng.uniform(-1.0, 1.0, n) for _ in range(3)] + [rng.standard_normal(n)]
     with np.errstate(all="ignore"):
         before_s = [F.jacobian(x, sparse=True, mode=mode) for x in points]
@@ -751,11 +743,11 @@ def test_sparse_tape_gives_the_results_of_the_sweeps(name, rng):
     assert _sparse_tape(F, n) is None
     _pass_threshold(F, points[0], lambda G, x: G.jacobian(x, sparse=True, mode=mode))
     jt = _sparse_tape(F, n)
-    assert isinstance(jt, jx.Function)
+    assert isinstance(jt, Tape)
     if coloured_dense:
         _pass_threshold(F, points[0], lambda G, x: G.value_and_jacobian(x))
-        assert isinstance(_sparse_tape(F, n, values=True), jx.Function)
-    ptr, idx = F._pattern(0)
+        assert isinstance(_sparse_tape(F, n, values=True), Tape)
+    ptr, idx = _pattern(F)
     for k, x in enumerate(points):
         Js = F.jacobian(x, sparse=True, mode=mode)
         assert isinstance(Js, sp.csr_array) and Js.shape == (F.n_outputs, n)
@@ -764,7 +756,7 @@ def test_sparse_tape_gives_the_results_of_the_sweeps(name, rng):
         np.testing.assert_array_equal(Js.indptr, before_s[k].indptr)
         np.testing.assert_array_equal(Js.indices, before_s[k].indices)
         np.testing.assert_array_equal(Js.data, before_s[k].data)
-        np.testing.assert_array_equal(jt(x), Js.data)      # the tape gave them
+        np.testing.assert_array_equal(_run(F, jt, x), Js.data)   # the tape gave them
         Jd = F.jacobian(x)
         np.testing.assert_array_equal(Jd, before_d[k])
         y, Jv = F.value_and_jacobian(x)
@@ -810,7 +802,7 @@ def _sqrt_where_jacobian(x):
 def test_non_finite_tape_results_go_back_to_the_sweeps(f, rng):
     n = 60
     F = jx.compile(f, np.zeros(n))
-    assert F._sparse_mode("auto", 0) == FORWARD and F._auto_colours(0) == FORWARD
+    assert plan_of(F, 0, "auto", True).compressed == FORWARD and plan_of(F).compressed == FORWARD
     np.testing.assert_array_equal(F.sparsity().toarray(), _band(n, n, 1, 0))
     x = rng.uniform(0.2, 2.0, n)
     x[::4] = 0.0
@@ -823,11 +815,11 @@ def test_non_finite_tape_results_go_back_to_the_sweeps(f, rng):
     _pass_threshold(F, positive, lambda G, p: G.jacobian(p, sparse=True))
     _pass_threshold(F, positive, lambda G, p: G.value_and_jacobian(p))
     jt = _sparse_tape(F, n)
-    assert isinstance(jt, jx.Function)
-    assert isinstance(_sparse_tape(F, n, values=True), jx.Function)
+    assert isinstance(jt, Tape)
+    assert isinstance(_sparse_tape(F, n, values=True), Tape)
     if f is sqrt_of_where:
         with np.errstate(all="ignore"):
-            assert not np.isfinite(jt(x)).all()      # the tape alone would give nan here
+            assert not np.isfinite(_run(F, jt, x)).all()   # the tape alone: nan here
     want = _sqrt_where_jacobian(x)
     Js = F.jacobian(x, sparse=True)
     assert np.isfinite(Js.data).all()
@@ -848,7 +840,7 @@ def test_non_finite_tape_results_go_back_to_the_sweeps(f, rng):
     np.testing.assert_allclose(Jv, want, rtol=1e-15, atol=0)
     # where every entry is finite the tape serves, with the same numbers
     Jp = F.jacobian(positive, sparse=True)
-    np.testing.assert_array_equal(jt(positive), Jp.data)
+    np.testing.assert_array_equal(_run(F, jt, positive), Jp.data)
     np.testing.assert_allclose(Jp.toarray(), _sqrt_where_jacobian(positive), rtol=1e-15,
                                atol=0)
 
@@ -866,12 +858,12 @@ def test_csr_results_are_independent_and_canonical(phase, rng):
     x1, x2 = rng.uniform(-0.5, 0.5, n), rng.uniform(-0.5, 0.5, n)
     if phase == "tape":
         _pass_threshold(F, x1, lambda G, x: G.jacobian(x, sparse=True))
-        assert isinstance(_sparse_tape(F, n), jx.Function)
+        assert isinstance(_sparse_tape(F, n), Tape)
     else:
         assert _sparse_tape(F, n) is None
     J1 = F.jacobian(x1, sparse=True)
     J2 = F.jacobian(x2, sparse=True)
-    ptr, idx = F._pattern(0)
+    ptr, idx = _pattern(F)
     S = F.sparsity()
     for J in (J1, J2):
         assert isinstance(J, sp.csr_array) and J.shape == (n, n) and J.dtype == np.float64
@@ -913,11 +905,11 @@ def test_csr_results_are_independent_and_canonical(phase, rng):
 def test_dense_auto_out_is_overwritten_entirely(phase, rng):
     n = 100
     F = jx.compile(broyden, np.zeros(n))
-    assert F._auto_colours(0) == FORWARD
+    assert plan_of(F).compressed == FORWARD
     x = rng.standard_normal(n)
     if phase == "tape":
         _pass_threshold(F, x, lambda G, p: G.jacobian(p))
-        assert isinstance(_sparse_tape(F, n), jx.Function)
+        assert isinstance(_sparse_tape(F, n), Tape)
     P = _band(n, n, 1, 1)
     for x in (rng.standard_normal(n), rng.uniform(-1.0, 1.0, n)):
         want = broyden_jacobian(x)
@@ -945,7 +937,7 @@ def test_dense_auto_out_tuple_of_non_contiguous_arrays(rng):
     """Tuple outputs: out is a tuple of arrays, any layout (each copied into)."""
     n = 40
     F = jx.compile(two_outputs, np.zeros(n))
-    assert F._auto_colours(0) != 0
+    assert plan_of(F).compressed is not None
     x = rng.standard_normal(n)
     D1, D2 = F.jacobian(x, mode="forward")
     o1 = np.full((n, n), np.nan).T                           # F-contiguous
@@ -969,11 +961,11 @@ def test_sparse_tape_keeps_signed_zero_constants_apart(rng):
     c = np.where(np.arange(n) < n // 2, 0.0, -0.0)
     f = lambda v: np.arctan2(c, v) * v
     F = jx.compile(f, np.zeros(n))
-    assert F._sparse_mode("auto", 0) == FORWARD
+    assert plan_of(F, 0, "auto", True).compressed == FORWARD
     points = [-rng.uniform(0.5, 2.0, n) for _ in range(3)]
     before = [F.jacobian(x, sparse=True) for x in points]
     _pass_threshold(F, points[0], lambda G, x: G.jacobian(x, sparse=True))
-    assert isinstance(_sparse_tape(F, n), jx.Function)
+    assert isinstance(_sparse_tape(F, n), Tape)
     for x, b in zip(points, before):
         want = np.diag(np.arctan2(c, x) + x * (-c / (c**2 + x**2)))
         assert (np.diag(want)[: n // 2] > 3.0).all() and (np.diag(want)[n // 2:] < -3.0).all()
@@ -986,7 +978,7 @@ def test_sparse_tape_keeps_signed_zero_constants_apart(rng):
 
 # ------------------------------------- the reverse sparse tape (row colouring, cones) --
 
-REVERSE = 2
+REVERSE = "reverse"
 
 
 def _bratu_jacobian(u, k, lam=6.0):
@@ -1007,18 +999,17 @@ def _bratu_12(u):
 ])
 def test_reverse_sparse_tape_gives_the_results_of_the_sweeps(f, n, jac, mode, rng):
     F = jx.compile(f, np.zeros(n))
-    m = F._sparse_mode(mode, 0)
-    assert m != FORWARD
+    assert plan_of(F, 0, mode, True).compressed != FORWARD
     points = [rng.uniform(-0.9, 0.9, n) for _ in range(3)]
     before = [F.jacobian(x, sparse=True, mode=mode) for x in points]
     before_d = [F.jacobian(x) for x in points]
-    assert F._jac_tape(0, REVERSE, _cols(n), 0, True, False) is None
+    assert _sparse_tape(F, n, mode=REVERSE) is None
     _pass_threshold(F, points[0], lambda G, x: G.jacobian(x, sparse=True, mode=mode), REVERSE)
-    jt = F._jac_tape(0, REVERSE, _cols(n), 0, True, False)
-    assert isinstance(jt, jx.Function)
+    jt = _sparse_tape(F, n, mode=REVERSE)
+    assert isinstance(jt, Tape)
     for k, x in enumerate(points):
         J = F.jacobian(x, sparse=True, mode=mode)
-        np.testing.assert_array_equal(jt(x), J.data)              # the tape gave them
+        np.testing.assert_array_equal(_run(F, jt, x), J.data)     # the tape gave them
         np.testing.assert_array_equal(J.indptr, before[k].indptr)
         np.testing.assert_array_equal(J.indices, before[k].indices)
         np.testing.assert_array_equal(J.data, before[k].data)     # the sweeps' bit for bit
@@ -1040,8 +1031,8 @@ def test_reverse_sparse_tape_falls_back_where_not_finite():
     assert np.isfinite(want.data).all()
     _pass_threshold(F, np.ones(n), lambda G, z: G.jacobian(z, sparse=True, mode="reverse"),
                     REVERSE)
-    jt = F._jac_tape(0, REVERSE, _cols(n), 0, True, False)
-    assert isinstance(jt, jx.Function) and not np.isfinite(jt(x)).all()
+    jt = _sparse_tape(F, n, mode=REVERSE)
+    assert isinstance(jt, Tape) and not np.isfinite(_run(F, jt, x)).all()
     got = F.jacobian(x, sparse=True, mode="reverse")
     np.testing.assert_array_equal(got.data, want.data)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -1070,25 +1061,21 @@ def test_batched_sparse_tape_gives_the_results_of_the_sweeps(f, n, mode, tape_mo
     with np.errstate(all="ignore"):
         single = [F.jacobian(x, sparse=True, mode=mode) for x in points]
         single_y = [F(x) for x in points]
-    cols = _cols(n)
-    assert F._jac_tape(0, tape_mode, cols, 0, True, False) is None
-    after = F._jac_tape_after(0, tape_mode, n, True)
-    from jacext._vm import JAC_TAPE_AFTER_POINTS
-    assert after <= JAC_TAPE_AFTER_POINTS
+    assert _sparse_tape(F, n, mode=tape_mode) is None
+    after = _after(F, tape_mode)
     Z = np.repeat(X[:1, :1], after, axis=1)[0]         # `after` copies of one point
     F.jacobian(Z, sparse=True, mode=mode)
-    jt = F._jac_tape(0, tape_mode, cols, 0, True, False)
-    assert isinstance(jt, jx.Function)
+    jt = _sparse_tape(F, n, mode=tape_mode)
+    assert isinstance(jt, Tape)
     # with the values too (the path of value_and_jacobian's dense auto batches): a tape
     # of its own, built after as many points
-    m = F._sparse_mode(mode, 0)
-    F._compressed(np.ascontiguousarray(Z), (after,), 0, m, None, True)
-    assert isinstance(F._jac_tape(0, tape_mode, cols, 0, True, True), jx.Function)
+    plan = plan_of(F, 0, mode, True)
+    F._compressed(plan, np.ascontiguousarray(Z), after, None, True)
+    assert isinstance(_sparse_tape(F, n, values=True, mode=tape_mode), Tape)
     with np.errstate(all="ignore"):
         JB = F.jacobian(X, sparse=True, mode=mode)
-        VB, yB = F._compressed(np.ascontiguousarray(points), (points.shape[0],), 0, m, None,
-                               True)
-        jt_vals = jt(points)
+        VB, yB = F._compressed(plan, np.ascontiguousarray(points), points.shape[0], None, True)
+        jt_vals = _run(F, jt, points)
     assert JB.values.shape == (6, 7, single[0].nnz)
     flat = JB.values.reshape(-1, single[0].nnz)
     for k, (J, y) in enumerate(zip(single, single_y)):

@@ -19,7 +19,7 @@ import zlib
 import numpy as np
 import pytest
 import scipy.special as sp
-from check import check_jacobian
+from jacext.testing import check_jacobian
 
 import jacext as jx
 from jacext import trace as jtrace

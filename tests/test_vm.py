@@ -7,8 +7,8 @@ import pickle
 
 import numpy as np
 import pytest
-from check import assert_same_values, check_jacobian
-from jacext._graph import A_IMM, B_IMM, OP_MASK, OPS
+from jacext.testing import assert_same_values, check_jacobian
+from jacext.ops import A_IMM, B_IMM, OP_MASK, OPS
 
 import jacext as jx
 from jacext import Function
@@ -326,10 +326,13 @@ CORRUPTIONS = {
     "both immediates": lambda t: t["op"].__setitem__(0, int(OPS["MUL"]) | A_IMM | B_IMM),
     "immediate on a unary op": lambda t: t["op"].__setitem__(0, int(OPS["SIN"]) | B_IMM),
     "unknown flag": lambda t: t["op"].__setitem__(0, int(OPS["ADD"]) | 0x4000),
-    "select condition past the end": lambda t: t["imm"].__setitem__(_select_index(t), 1e6),
-    "select condition not an index": lambda t: t["imm"].__setitem__(_select_index(t), 1.5),
-    "select condition nan": lambda t: t["imm"].__setitem__(_select_index(t), np.nan),
-    "select condition negative": lambda t: t["imm"].__setitem__(_select_index(t), -1.0),
+    "select condition past the end": lambda t: t["s"].__setitem__(_select_index(t), 10**6),
+    "select condition negative": lambda t: t["s"].__setitem__(_select_index(t), -1),
+    "select condition is its dst": lambda t: t["s"].__setitem__(
+        _select_index(t), t["dst"][_select_index(t)]),
+    "s past the end (not a select)": lambda t: t["s"].__setitem__(0, t["n_slots"]),
+    "short s": lambda t: t.__setitem__("s", t["s"][:-1]),
+    "no s": lambda t: t.pop("s"),
     # batched sweeps assume an instruction never writes over its operand's slot
     "dst is its operand": lambda t: _alias(t, "a"),
     "dst is its second operand": lambda t: _alias(t, "b"),
@@ -490,7 +493,7 @@ def test_empty_batches():
 # instructions of one op word (and one immediate) whose dst/a/b/condition slots step
 # evenly.  A run whose steps are all 1 and whose operand ranges miss its dst range is one
 # vector loop (flag 1); any other run is a strided loop that must still execute its
-# instructions in order.  F._run_table() gives (length, step dst, a, b, s, flags) per run,
+# instructions in order.  F.tape.runs() gives (length, step dst, a, b, s, flags) per run,
 # or nothing when the runs are too short to be used (4 * n_runs > 3 * n_instructions).
 # References: NumPy on the traced expression, and the tape executed one instruction at a
 # time in Python (_interpret); the expected tables are written out by hand, and a Python
@@ -505,17 +508,20 @@ ARITY = {OPS[name]: arity for name, arity in (
     ("ADD", 2), ("SUB", 2), ("MUL", 2), ("DIV", 2), ("SIN", 1), ("SELECT", 3))}
 
 
-def _ins(name, dst, a, b=None, imm=0.0, flag=0):
-    """One instruction row; a unary op's b is its a (any valid slot would do)."""
-    return (int(OPS[name]) | flag, dst, a, a if b is None else b, float(imm))
+def _ins(name, dst, a, b=None, imm=0.0, flag=0, s=None):
+    """One instruction row; a unary op's b (and any op's s but SELECT's condition) is its a
+    (any valid slot would do)."""
+    return (int(OPS[name]) | flag, dst, a, a if b is None else b, a if s is None else s,
+            float(imm))
 
 
 def _hand_tape(n_in, code, out_slot, const_value=()):
-    op, dst, a, b, imm = (list(col) for col in zip(*code))
+    op, dst, a, b, s, imm = (list(col) for col in zip(*code))
     n_slots = max(max(dst), max(out_slot), n_in + len(const_value) - 1) + 1
     return {"op": np.array(op, np.int32), "dst": np.array(dst, np.int32),
             "a": np.array(a, np.int32), "b": np.array(b, np.int32),
-            "imm": np.array(imm, np.float64), "out_slot": np.array(out_slot, np.int32),
+            "s": np.array(s, np.int32), "imm": np.array(imm, np.float64),
+            "out_slot": np.array(out_slot, np.int32),
             "const_value": np.array(const_value, np.float64), "n_in": n_in,
             "n_slots": n_slots}
 
@@ -532,7 +538,7 @@ def _interpret(tape, x):
     v[:n_in] = x
     v[n_in:n_in + len(tape["const_value"])] = tape["const_value"]
     with np.errstate(all="ignore"):
-        for word, d, a, b, imm in zip(*(tape[k] for k in ("op", "dst", "a", "b", "imm"))):
+        for word, d, a, b, s, imm in zip(*(tape[k] for k in ("op", "dst", "a", "b", "s", "imm"))):
             word, base, c = int(word), int(word) & OP_MASK, np.float64(imm)
             p = c if word & A_IMM else v[a]
             q = c if word & B_IMM else v[b]
@@ -547,7 +553,7 @@ def _interpret(tape, x):
             elif base == OPS["SIN"]:
                 z = math.sin(p) if math.isfinite(p) else math.nan
             elif base == SELECT:
-                z = p if v[int(imm)] != 0.0 else q
+                z = p if v[s] != 0.0 else q
             else:
                 raise AssertionError(f"no reference for op {base}")
             v[d] = z
@@ -563,7 +569,7 @@ def _same_immediate(p, q):
 def _expected_runs(tape):
     """jx_tape_runs' cut, re-derived: maximal runs of one op word (one immediate where the
     word has one) over evenly stepping read slots (unread slots do not count)."""
-    op, dst, ta, tb, imm = (np.asarray(tape[k]) for k in ("op", "dst", "a", "b", "imm"))
+    op, dst, ta, tb, ts, imm = (np.asarray(tape[k]) for k in ("op", "dst", "a", "b", "s", "imm"))
     n = len(op)
 
     def reads(i):
@@ -573,7 +579,7 @@ def _expected_runs(tape):
 
     def slots(i):
         return (int(dst[i]), int(ta[i]), int(tb[i]),
-                int(imm[i]) if int(op[i]) & OP_MASK == SELECT else 0)
+                int(ts[i]) if int(op[i]) & OP_MASK == SELECT else 0)
 
     def same(i, j):
         with_imm = int(op[i]) & (A_IMM | B_IMM)
@@ -654,7 +660,7 @@ def _broyden_expr(x):
 def test_traced_elementwise_function_runs_as_contiguous_loops(rng):
     n = 1000
     F = jx.compile(_broyden_expr, np.zeros(n))
-    runs = F._run_table()
+    runs = F.tape.runs()
     assert runs.dtype == np.int32 and runs.shape[1] == RUN_FIELDS and runs.shape[0] > 0
     assert (runs[:, 0] >= 1).all()
     assert runs[:, 0].sum() == F.n_instructions
@@ -682,8 +688,8 @@ def test_traced_function_with_runs_pickles(rng):
     F = jx.compile(_broyden_expr, np.zeros(300))
     G = pickle.loads(pickle.dumps(F))
     assert G.n_instructions == F.n_instructions
-    np.testing.assert_array_equal(G._run_table(), F._run_table())
-    assert G._run_table().shape[0] > 0
+    np.testing.assert_array_equal(G.tape.runs(), F.tape.runs())
+    assert G.tape.runs().shape[0] > 0
     for x in (rng.standard_normal(300), np.resize(NASTY, 300)):
         with np.errstate(all="ignore"):
             want = _broyden_expr(x.copy())
@@ -736,8 +742,8 @@ HAND_TAPES = {
     # SELECT: its condition slot steps too; a condition range meeting the dst range (an
     # anti-dependence through the condition alone) makes the run strided
     "select": (8, [_ins("SUB", 8 + k, k, imm=0.5, flag=B_IMM) for k in range(8)]
-               + [_ins("SELECT", 16 + k, k, 8 + k, imm=8 + k) for k in range(8)]
-               + [_ins("SELECT", 8 + k, 16 + k, k, imm=9 + k) for k in range(7)],
+               + [_ins("SELECT", 16 + k, k, 8 + k, s=8 + k) for k in range(8)]
+               + [_ins("SELECT", 8 + k, 16 + k, k, s=9 + k) for k in range(7)],
                list(range(8, 24)),
                [[8, 1, 1, 0, 0, 1], [8, 1, 1, 1, 1, 1], [7, 1, 1, 1, 1, 0]]),
     # constants: a run reading a constant slot (step 0) and one over the constants
@@ -763,8 +769,8 @@ def test_hand_made_runs_execute_as_one_instruction_at_a_time(name, rng):
     # the table written by hand is the cut's rule (and is long enough to be used)
     np.testing.assert_array_equal(_expected_runs(tape), table)
     F = _hand_function(tape)
-    np.testing.assert_array_equal(F._run_table(), table)
-    assert F._run_table()[:, 0].sum() == F.n_instructions == len(code)
+    np.testing.assert_array_equal(F.tape.runs(), table)
+    assert F.tape.runs()[:, 0].sum() == F.n_instructions == len(code)
     points = _hand_points(n_in, rng)
     for x in points + points[:1]:      # again: the work memory of an earlier call
         assert_identical(F(x), _interpret(tape, x))
@@ -773,7 +779,7 @@ def test_hand_made_runs_execute_as_one_instruction_at_a_time(name, rng):
     assert_identical(F(X), np.stack([_interpret(tape, x) for x in X]))
     # pickles (the runs are derived again) with the same table and values
     G = pickle.loads(pickle.dumps(F))
-    np.testing.assert_array_equal(G._run_table(), table)
+    np.testing.assert_array_equal(G.tape.runs(), table)
     for x in points:
         assert_identical(G(x), F(x))
 
@@ -804,7 +810,7 @@ def test_tile_chains_run_element_for_element_in_order(shift, flags, rng):
                       [L, 1, 1, 0, 0, flags[2]], [L, 1, 1, 1, 0, flags[3]]], dtype=np.int32)
     np.testing.assert_array_equal(_expected_runs(tape), table)
     F = _hand_function(tape)
-    np.testing.assert_array_equal(F._run_table(), table)
+    np.testing.assert_array_equal(F.tape.runs(), table)
     x = rng.standard_normal(L)
     x[:NASTY.size] = NASTY
     for point in (x, x[::-1].copy(), x):
@@ -821,7 +827,7 @@ def test_tile_chains_of_a_traced_function(rng):
 
     n = 5000
     F = jx.compile(f, np.zeros(n))
-    runs = F._run_table()
+    runs = F.tape.runs()
     assert (runs[:, 5] & RUN_TILE_NEXT).sum() >= 4, runs
     np.testing.assert_array_equal(runs, _expected_runs(F.tape_arrays()))
     nasty = rng.standard_normal(n)
@@ -844,7 +850,7 @@ def test_tile_chains_of_a_traced_function(rng):
 def test_runs_are_used_only_where_long_enough(code, used, rng):
     tape = _hand_tape(4, code, [8, 9, 10, 11] + ([12] if len(code) > 4 else []))
     F = _hand_function(tape)
-    runs = F._run_table()
+    runs = F.tape.runs()
     assert runs.shape == ((3, RUN_FIELDS) if used else (0, RUN_FIELDS))
     assert runs.dtype == np.int32
     if used:
@@ -873,8 +879,8 @@ def test_signed_zero_immediates_are_not_one_run():
         want = _interpret(tape, x)
         assert np.isposinf(want[:8]).any() and np.isneginf(want[:8]).any()
         assert_identical(F(x), want)
-    np.testing.assert_array_equal(F._run_table(), _expected_runs(tape))
-    np.testing.assert_array_equal(F._run_table(), [[4, 1, 1, 0, 0, 1]] * 2
+    np.testing.assert_array_equal(F.tape.runs(), _expected_runs(tape))
+    np.testing.assert_array_equal(F.tape.runs(), [[4, 1, 1, 0, 0, 1]] * 2
                                   + [[4, 1, 0, 1, 0, 1]] * 2)
 
 

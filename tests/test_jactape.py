@@ -1,4 +1,4 @@
-"""Jacobian tapes (jacext/derivative.py): the tape differentiated symbolically, run in
+"""Jacobian tapes (jacext/jactape.py): the tape differentiated symbolically, run in
 one value sweep per block of 64 points (src_c/batch.c, block_values.h).
 
 Once a Function has been asked for batched Jacobians of enough points
@@ -13,7 +13,7 @@ step (bench/reference.py) and the C library's sin and cos (``math``).
 
 * every op of tests/test_ops.py's table: batch vs single points, both modes,
   interior points and edge values (0, -0, +-inf, nan, huge) scattered over
-  blocks; whether a Jacobian tape exists (POW, FMAX, FMIN: none);
+  blocks; every op has a Jacobian tape (its partials derived from ops.def);
 * zero kills through np.where; the robot arm against the complex step;
   thread counts; several arguments, argnums and ``out=``;
 * the point threshold, the node budget, the tape's own outputs;
@@ -30,18 +30,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from jacext._graph import OP_MASK, OPS
-from jacext._vm import JAC_TAPE_AFTER_POINTS
+from jacext._tape import Tape
+from jacext.ops import OP_MASK, OPS
+from jacext.plan import JAC_TAPE_AFTER_POINTS, build_cost, reverse_in_bulk
+from jacext.testing import jacobian_tape_slot
 from test_ops import NAMES, REF, edges
 
 import jacext as jx
-from jacext.derivative import PARTIALS, jacobian_tape
+from jacext import jactape
 
 ROOT = Path(__file__).resolve().parent.parent
 MODES = ("forward", "reverse")
-M = {"forward": 1, "reverse": 2}
 BLOCK = 64                      # points per block of the value sweep (batch.c's JX_VB)
-OP_NAME = {number: name for name, number in OPS.items()}
 N_INTERIOR = JAC_TAPE_AFTER_POINTS + 2 * BLOCK + 29   # > the threshold, a partial last block
 N_EDGE = 40 * BLOCK + 21
 
@@ -54,18 +54,19 @@ def _cols(F, argnums=0):
 
 
 def _probe(F, mode, argnums=0):
-    """F's Jacobian tape for (argnums, mode) if built; n_points=0 adds nothing to the count."""
-    return F._jac_tape(argnums, M[mode], _cols(F, argnums), 0)
+    """F's dense Jacobian tape for (argnums, mode) if built (asking adds no points)."""
+    return jacobian_tape_slot(F, argnums, mode).current
 
 
-def _has_partials_rows(F):
-    """Every instruction of F's tape has fixed partials, is SELECT or has a PARTIALS row."""
-    fixed = F._fixed_partials()[0]
-    for word, is_fixed in zip(F.tape_arrays()["op"], fixed):
-        name = OP_NAME[int(word) & OP_MASK]
-        if not is_fixed and name != "SELECT" and name not in PARTIALS:
-            return False
-    return True
+def _build(F, mode, **how):
+    """F's dense Jacobian tape arrays, built here (``how``: jactape.build's choices)."""
+    t = F.tape
+    return jactape.build(t.arrays(), t.fixed_partials(), _cols(F), mode, 10**6, **how)
+
+
+def _as_function(F, tape):
+    """A Jacobian tape's arrays as a Function of F's arguments (its outputs flat)."""
+    return jx.Function(tape, F.arg_shapes, ((len(tape["out_slot"]),),), False, "t")
 
 
 def _loop_jacobian(F, X, mode):
@@ -173,49 +174,33 @@ def test_op_batch_jacobian_equals_single_points(name, variant):
     f = _op_function(name, variant)
     X = _interior(name, N_INTERIOR, rng)
     F = jx.compile(f, X[0])
-    expect_tape = _has_partials_rows(F)
-    if name in ("POW", "FMAX", "FMIN"):     # no PARTIALS row and variable partials
-        assert not expect_tape
-    elif variant == "vars":
-        assert expect_tape, f"{name}: no PARTIALS row, partials not fixed"
     for mode in MODES:
         assert _probe(F, mode) is None
         J = F.jacobian(X, mode=mode)
         assert J.shape == (len(X), 4, 3)
-        jt = _probe(F, mode)
-        if expect_tape:
-            assert isinstance(jt, jx.Function), f"{name} {mode}: no Jacobian tape"
-        else:
-            assert jt is None, f"{name} {mode}: a Jacobian tape for an op without partials"
+        assert isinstance(_probe(F, mode), Tape), f"{name} {mode}: no Jacobian tape"
         np.testing.assert_array_equal(J, _loop_jacobian(F, X, mode), err_msg=f"{name} {mode}")
 
 
 @pytest.mark.parametrize("name, variant", CASES)
 @pytest.mark.parametrize("mode", MODES)
-def test_op_tape_built_by_group_equals_single_points(name, variant, mode, monkeypatch):
+def test_op_tape_built_by_group_equals_single_points(name, variant, mode):
     """The builders' bulk paths (which long vectorised tapes take; a scalar tape's groups
     of one go node by node) forced onto every op's tape, edge values included: the batch
     against the single-point sweeps, bit for bit; and the same tape as node by node."""
-    import jacext.derivative as derivative
     rng = np.random.default_rng(OPS[name] + 1000)
     f = _op_function(name, variant)
     X = _with_edges(name, N_EDGE, rng)
     F = jx.compile(f, X[0])
-    tape = dict(F.tape_arrays(), n_in=3)
-    by_node = jacobian_tape(tape, F._fixed_partials(), _cols(F), mode, 10**6)
-    monkeypatch.setattr(derivative, "REVERSE_BULK_MIN_GROUP", 0)
-    monkeypatch.setattr(derivative, "FORWARD_ONE_BY_NODE", False)
-    by_group = jacobian_tape(tape, F._fixed_partials(), _cols(F), mode, 10**6)
-    assert (by_node is None) == (by_group is None) == (not _has_partials_rows(F))
-    if by_group is None:
-        return
+    by_node = _build(F, mode, by_group=False)
+    by_group = _build(F, mode, by_group=True, singletons_in_bulk=True)
+    assert by_node is not None and by_group is not None
     assert len(by_group["op"]) == len(by_node["op"])
     with np.errstate(all="ignore"):
         J = F.jacobian(X, mode=mode)
-        assert isinstance(_probe(F, mode), jx.Function)
+        assert isinstance(_probe(F, mode), Tape)
         np.testing.assert_array_equal(J, _loop_jacobian(F, X, mode), err_msg=name)
-        G = [jx._vm.Function(t, F.arg_shapes, ((len(t["out_slot"]),),), False, "t")
-             for t in (by_node, by_group)]
+        G = [_as_function(F, t) for t in (by_node, by_group)]
         np.testing.assert_array_equal(G[0](X), G[1](X))
 
 
@@ -229,35 +214,40 @@ def _vectorised(x):
 
 
 def test_vectorised_tape_by_group_in_both_modes():
-    from jacext.derivative import reverse_in_bulk
     X = np.random.default_rng(12).uniform(-1.0, 1.0, (300, 40))
     X[5, :3] = [0.1, 0.0, -0.0]          # where's condition on its edge, abs at zero
     F = jx.compile(_vectorised, X[0])
-    assert reverse_in_bulk(F.n_instructions, F._n_groups())
-    cols = _cols(F)
+    assert reverse_in_bulk(F.n_instructions, jactape.n_groups(F.tape.arrays()))
     for mode in MODES:
-        after = F._jac_tape_after(0, M[mode], 40, False)
+        after = jacobian_tape_slot(F, 0, mode).after
         assert after < 300
         J = F.jacobian(X, mode=mode)
-        assert isinstance(F._jac_tape(0, M[mode], cols, 0), jx.Function)
+        assert isinstance(_probe(F, mode), Tape)
         np.testing.assert_array_equal(J, _loop_jacobian(F, X, mode), err_msg=mode)
         np.testing.assert_array_equal(F.jacobian(X, mode=mode), J)
 
 
-def test_pow_with_a_variable_exponent_has_no_jacobian_tape():
-    F = jx.compile(lambda x: np.stack([x[0] ** x[1], x[1] * x[2]]), np.ones(3))
-    X = np.random.default_rng(1).uniform(0.5, 2.0, (JAC_TAPE_AFTER_POINTS, 3))
+def test_pow_fmax_fmin_get_jacobian_tapes():
+    """Their partials come from ops.def like every op's: a variable exponent, a constant
+    one that NumPy's power loop would not rewrite (2.5), fmax and fmin, nan included."""
+    def f(x):   # enough other work that the tape pays (plan.JAC_TAPE_MAX_LENGTH)
+        s = np.sin(x) * np.cos(x[::-1]) + np.exp(x) * x + np.tanh(x * x[0])
+        return np.concatenate([s, np.stack([x[0] ** x[1] * s[0], x[2] ** 2.5 + s[1],
+                                            np.fmax(x[0], x[2]) * s[2],
+                                            np.fmin(x[1], np.log(x[0])) * s[0]])])
+    rng = np.random.default_rng(1)
+    X = rng.uniform(0.5, 2.0, (JAC_TAPE_AFTER_POINTS + 77, 3))
+    X[5, 2] = np.nan
+    X[6, :2] = 1.0                       # fmax and fmin ties
+    X[7, 0] = X[7, 2]
+    F = jx.compile(f, np.ones(3))
+    assert OPS["POW"] in {int(w) & OP_MASK for w in F.tape_arrays()["op"]}
     for mode in MODES:
-        J = F.jacobian(X, mode=mode)
-        assert _probe(F, mode) is None
-        np.testing.assert_array_equal(J, _loop_jacobian(F, X, mode))
-        tape = dict(F.tape_arrays(), n_in=F.n_inputs)
-        assert jacobian_tape(tape, F._fixed_partials(), _cols(F), mode, 10**6) is None
-    # x[0] ** 2.5 is POW too (its partial depends on x): still none
-    G = jx.compile(lambda x: x ** 2.5 + x, np.ones(3))
-    assert OPS["POW"] in {int(w) & OP_MASK for w in G.tape_arrays()["op"]}
-    G.jacobian(X + 0.0, mode="forward")
-    assert _probe(G, "forward") is None
+        with np.errstate(all="ignore"):
+            J = F.jacobian(X, mode=mode)
+            assert isinstance(_probe(F, mode), Tape)
+            np.testing.assert_array_equal(J, _loop_jacobian(F, X, mode))
+            np.testing.assert_array_equal(F.jacobian(X, mode=mode), J)
 
 
 def test_immediates_mixed():
@@ -277,7 +267,7 @@ def test_immediates_mixed():
                      np.stack([zero, 0.5 * np.cos(x1), 2.0 * x2], -1)], axis=1)
     for mode in MODES:
         J = F.jacobian(X, mode=mode)
-        assert isinstance(_probe(F, mode), jx.Function)
+        assert isinstance(_probe(F, mode), Tape)
         np.testing.assert_array_equal(J, _loop_jacobian(F, X, mode))
         np.testing.assert_allclose(J, want, rtol=1e-14, atol=0)
 
@@ -298,8 +288,7 @@ def test_op_batch_jacobian_at_edge_values(name, variant):
         for mode in MODES:
             J = F.jacobian(X, mode=mode)
             assert J.shape == (len(X), n_out, 3)
-            if _has_partials_rows(F):
-                assert isinstance(_probe(F, mode), jx.Function)
+            assert isinstance(_probe(F, mode), Tape)
             single = _loop_jacobian(F, X, mode)
             np.testing.assert_array_equal(J, single, err_msg=f"{name} {mode}")
             np.testing.assert_array_equal(F.jacobian(X, mode=mode, threads=2), J)
@@ -335,7 +324,7 @@ def test_zero_kill_through_where():
     want = d[:, :, None] * np.eye(3)
     for mode in MODES:
         J = F.jacobian(X, mode=mode)
-        assert isinstance(_probe(F, mode), jx.Function)
+        assert isinstance(_probe(F, mode), Tape)
         assert np.isfinite(J).all()
         assert (J[X <= 0] == 0.0).all()
         np.testing.assert_array_equal(J, _loop_jacobian(F, X, mode))
@@ -363,7 +352,7 @@ def test_arm_against_complex_step_and_single_points():
     assert want.shape == (3000, 12, 7)
     for mode in MODES:
         J = F.jacobian(Q, mode=mode)
-        assert isinstance(_probe(F, mode), jx.Function)
+        assert isinstance(_probe(F, mode), Tape)
         np.testing.assert_allclose(J, want, rtol=1e-12, atol=1e-14)
         np.testing.assert_array_equal(J, _loop_jacobian(F, Q, mode))
         for threads in (1, 2, 3):
@@ -377,11 +366,11 @@ def test_arm_against_complex_step_and_single_points():
 def test_node_budget():
     arm = _bench("problems").arm
     F = jx.compile(arm, np.zeros(7))
-    tape = dict(F.tape_arrays(), n_in=F.n_inputs)
+    t = F.tape
     cols = np.arange(7, dtype=np.int32)
     for mode in MODES:
-        assert jacobian_tape(tape, F._fixed_partials(), cols, mode, max_nodes=10) is None
-        jt = jacobian_tape(tape, F._fixed_partials(), cols, mode, max_nodes=10**6)
+        assert jactape.build(t.arrays(), t.fixed_partials(), cols, mode, max_nodes=10) is None
+        jt = jactape.build(t.arrays(), t.fixed_partials(), cols, mode, max_nodes=10**6)
         assert jt is not None
         assert len(jt["out_slot"]) == 12 * (1 + 7)
         assert jt["n_in"] == 7
@@ -398,10 +387,11 @@ def test_jacobian_tape_outputs_are_values_then_rows():
     for mode in MODES:
         F.jacobian(X, mode=mode)
         jt = _probe(F, mode)
-        assert isinstance(jt, jx.Function)
-        assert jt.out_shapes == ((4 + 4 * 3,),)
+        assert isinstance(jt, Tape)
+        assert jt.n_outputs == 4 + 4 * 3
+        G = _as_function(F, jt.arrays())
         for x in X[:50]:
-            out = jt(x)
+            out = G(x)
             np.testing.assert_array_equal(out[:4], F(x))
             np.testing.assert_array_equal(out[4:].reshape(4, 3), F.jacobian(x, mode=mode))
 
@@ -430,7 +420,7 @@ def test_several_arguments_and_argnums(two_args, argnums):
     shapes = [(len(A), 6) + (A, B)[k].shape[1:] for k in nums]
     for mode in MODES:
         J = F.jacobian(A, B, argnums=argnums, mode=mode)
-        assert isinstance(_probe(F, mode, argnums), jx.Function)
+        assert isinstance(_probe(F, mode, argnums), Tape)
         parts = J if multi else (J,)
         loop = [F.jacobian(a, b, argnums=argnums, mode=mode) for a, b in zip(A, B)]
         for j, part in enumerate(parts):
@@ -458,7 +448,7 @@ def test_value_and_jacobian_of_a_batch(two_args):
     F = jx.compile(_two_args, A[0], B[0])
     for mode in MODES:
         y, J = F.value_and_jacobian(A, B, argnums=(0, 1), mode=mode)
-        assert isinstance(_probe(F, mode, (0, 1)), jx.Function)
+        assert isinstance(_probe(F, mode, (0, 1)), Tape)
         np.testing.assert_array_equal(J[0], F.jacobian(A, B, argnums=0, mode=mode))
         np.testing.assert_array_equal(y, F(A, B))
         np.testing.assert_array_equal(y, np.stack([F(a, b) for a, b in zip(A, B)]))
@@ -472,27 +462,26 @@ def test_threshold_counts_points_per_argnums_and_mode():
     assert 2 * 1000 < JAC_TAPE_AFTER_POINTS <= 3 * 1000
     X = np.random.default_rng(8).uniform(-2.0, 2.0, (1000, 3))
     F = jx.compile(f, X[0])
-    cols = np.arange(3, dtype=np.int32)
     # a small tape's build (Python per group) outweighs its sweeps: the cap applies
-    assert F._jac_tape_after(0, 1, 3, False) == F._jac_tape_after(0, 2, 3, False) == (
-        JAC_TAPE_AFTER_POINTS)
+    assert jacobian_tape_slot(F, 0, "forward").after == jacobian_tape_slot(
+        F, 0, "reverse").after == JAC_TAPE_AFTER_POINTS
     single = _loop_jacobian(F, X, "forward")
     results = []
     for k in range(3):
-        assert F._jac_tape(0, 1, cols, 0) is None, f"built after {k * 1000} points"
+        assert _probe(F, "forward") is None, f"built after {k * 1000} points"
         results.append(F.jacobian(X, mode="forward"))
-    jt = F._jac_tape(0, 1, cols, 0)
-    assert isinstance(jt, jx.Function)
-    assert F._jac_tape(0, 1, cols, 0) is jt                       # cached
-    assert F._jac_tape(0, 2, cols, 0) is None                     # reverse counts apart
+    jt = _probe(F, "forward")
+    assert isinstance(jt, Tape)
+    assert _probe(F, "forward") is jt                             # kept
+    assert _probe(F, "reverse") is None                           # reverse counts apart
     results.append(F.jacobian(X, mode="forward"))                 # the tape's own run
     for r in results:
         np.testing.assert_array_equal(r, single)
     # reverse: one point short of the threshold, then one more point
     F.jacobian(np.zeros((JAC_TAPE_AFTER_POINTS - 1, 3)) + X[:1], mode="reverse")
-    assert F._jac_tape(0, 2, cols, 0) is None
+    assert _probe(F, "reverse") is None
     J1 = F.jacobian(X[:1], mode="reverse")
-    assert isinstance(F._jac_tape(0, 2, cols, 0), jx.Function)
+    assert isinstance(_probe(F, "reverse"), Tape)
     np.testing.assert_array_equal(J1[0], F.jacobian(X[0], mode="reverse"))
     # an empty batch, with a tape at hand
     assert F.jacobian(np.zeros((0, 3)), mode="forward").shape == (0, 3, 3)
@@ -501,15 +490,13 @@ def test_threshold_counts_points_per_argnums_and_mode():
     for x in X[:50]:
         G.jacobian(x, mode="forward")
     G.jacobian(X[: JAC_TAPE_AFTER_POINTS - 1000], mode="forward")
-    assert G._jac_tape(0, 1, cols, 0) is None
+    assert _probe(G, "forward") is None
 
 
 def test_threshold_of_a_long_tape_is_its_build_cost_over_its_sweeps():
     """Ski rental: a tape whose sweeps per point cost about as much as its build gets
     its Jacobian tape after few points (here 2: n = 400 Broyden, 2,398 instructions,
     401 forward lanes), and the results stay the single points' bit for bit."""
-    from jacext.derivative import build_cost
-
     n = 400
 
     def broyden(x):
@@ -519,17 +506,16 @@ def test_threshold_of_a_long_tape_is_its_build_cost_over_its_sweeps():
 
     X = np.random.default_rng(9).uniform(-1.0, 1.0, (3, n))
     F = jx.compile(broyden, X[0])
-    cols = np.arange(n, dtype=np.int32)
-    after = F._jac_tape_after(0, 1, n, False)
+    after = jacobian_tape_slot(F, 0, "forward").after
     T = F.n_instructions
     assert after == 2
     # the model: the sweeps of `after` points cover the build, those of one fewer do not
     build = build_cost("forward", T, 6)     # 6 groups: one per traced NumPy call
     assert (after - 1) * T * (1 + n) < build <= after * T * (1 + n)
     J0 = F.jacobian(X[:1], mode="forward")
-    assert F._jac_tape(0, 1, cols, 0) is None
+    assert _probe(F, "forward") is None
     J12 = F.jacobian(X[1:], mode="forward")
-    assert isinstance(F._jac_tape(0, 1, cols, 0), jx.Function)
+    assert isinstance(_probe(F, "forward"), Tape)
     J = np.concatenate([J0, J12, F.jacobian(X, mode="forward")])
     np.testing.assert_array_equal(J, np.concatenate([_loop_jacobian(F, X, "forward")] * 2))
 
@@ -579,7 +565,7 @@ def test_sin_and_cos_of_one_value():
     # the Jacobian tape pairs them too (d sin = cos, d cos = -sin)
     for mode in MODES:
         J = G.jacobian(X, mode=mode)
-        assert isinstance(_probe(G, mode), jx.Function)
+        assert isinstance(_probe(G, mode), Tape)
         np.testing.assert_array_equal(J, _loop_jacobian(G, X, mode))
         eye = np.eye(4, dtype=bool)
         want = np.concatenate([np.where(eye, c[:, :, None], 0.0),

@@ -1,20 +1,21 @@
-"""The one Jacobian check every test module uses: :func:`check_jacobian`.
+"""Test helpers for jacext users and for jacext's own suite.
 
-It compiles ``f``, computes its Jacobian in forward and in reverse mode and
-compares them with each other, with an independent reference (an analytic
-Jacobian passed as ``expected=`` and/or a 6th-order central difference of
-``f`` evaluated by NumPy on plain arrays), checks that the compiled value
-equals NumPy's, and that jvp/vjp agree with the Jacobian (J v, u J and the
-dot-product identity u.(J v) == (u J).v).
-
-The references never come from jacext: the finite differences call ``f``
-itself on float64 NumPy arrays.
+* :func:`check_jacobian` compiles ``f`` and checks its Jacobian in forward, reverse and
+  auto mode against each other, against an independent reference (an analytic Jacobian
+  and/or a 6th-order central difference of ``f`` run by NumPy), its values against
+  NumPy's, and jvp/vjp against the Jacobian (J v, u J, and u.(J v) == (u J).v).
+  The references never come from jacext: the finite differences call ``f`` itself on
+  float64 NumPy arrays.
+* :func:`column_colouring_is_valid` / :func:`row_colouring_is_valid`: independent checks
+  of a colouring of a sparsity pattern (``F.sparsity()``).
+* :func:`plan_of`, :func:`jacobian_tape_slot`, :func:`colourings`: how a Function computes
+  a kind of request (its Plan), its Jacobian-tape slots and colourings, for tests that
+  must see which path ran.
+* :func:`op_value`, :func:`op_partials`: one op of the table on scalars, computed by C.
 """
 from __future__ import annotations
 
 import numpy as np
-
-import jacext as jx
 
 # 6th-order central difference: f'(x) ~ sum_k c_k f(x + k h) / h
 _FD_OFFSETS = (-3, -2, -1, 1, 2, 3)
@@ -112,7 +113,9 @@ def check_jacobian(f, *args, argnums=0, expected=None, fd=True, step=1e-3,
     """
     arrays = tuple(np.array(a, dtype=np.float64) for a in args)
     if F is None:
-        F = jx.compile(f, *arrays)
+        from jacext.api import compile as _compile
+
+        F = _compile(f, *arrays)
     multi = not isinstance(argnums, (int, np.integer))
     nums = tuple(argnums) if multi else (int(argnums),)
     with np.errstate(all="ignore"):
@@ -203,3 +206,78 @@ def check_jacobian(f, *args, argnums=0, expected=None, fd=True, step=1e-3,
     assert abs(lhs - rhs) <= 1e-12 * mscale * max(1.0, np.abs(u).sum() * np.abs(v).sum()), \
         "dot-product identity u.(J v) == (u J).v"
     return Jf
+
+
+# ---------------------------------------------------------------- colourings --
+
+def column_colouring_is_valid(pattern, colour):
+    """No two columns of one colour share a row: per colour, each row has <= 1 nonzero.
+    ``pattern``: a dense bool array or a SciPy sparse array."""
+    pattern = _dense_bool(pattern)
+    colour = np.asarray(colour)
+    if colour.shape != (pattern.shape[1],) or (colour.size and colour.min() < 0):
+        return False
+    for c in np.unique(colour):
+        if (pattern[:, colour == c].sum(axis=1) > 1).any():
+            return False
+    return True
+
+
+def row_colouring_is_valid(pattern, colour):
+    """The row analogue: per colour, each column has <= 1 nonzero among its rows."""
+    return column_colouring_is_valid(_dense_bool(pattern).T, colour)
+
+
+def _dense_bool(pattern):
+    if hasattr(pattern, "toarray"):
+        pattern = pattern.toarray()
+    return np.asarray(pattern, dtype=bool)
+
+
+# ---------------------------------------------------------------- what ran --
+
+def plan_of(F, argnums=0, mode="auto", sparse=False):
+    """The Plan by which ``F.jacobian(..., argnums=, mode=, sparse=)`` is computed
+    (``jacext.plan.Plan``: its ``compressed`` mode, ``structure``, Jacobian-tape slots)."""
+    return F._planner.plan(_argnums_key(argnums), mode, sparse)
+
+
+def jacobian_tape_slot(F, argnums=0, mode="forward", sparse=False, values=True):
+    """The slot of F's Jacobian tape for (argnums, sweep mode, sparse form, with values):
+    ``after`` (the points before it is built), ``seen``, ``current`` (the Tape or None)."""
+    return F._planner._slot(_argnums_key(argnums), mode, sparse, values)
+
+
+def colourings(F, argnums=0):
+    """(column colours, p, row colours, q) of F's sparsity pattern."""
+    return F._planner.structure(_argnums_key(argnums)).colourings
+
+
+def _argnums_key(argnums):
+    if isinstance(argnums, (int, np.integer)):
+        return int(argnums)
+    return tuple(int(k) for k in argnums)
+
+
+# ---------------------------------------------------------------- ops --
+
+def op_value(op, a, b=0.0, s=0.0):
+    """The value of op ``op`` (a name of ops.def, or its number) on scalars, computed by
+    the C table."""
+    from jacext import _tape
+
+    return _tape.op_value(_op_number(op), a, b, s)
+
+
+def op_partials(op, a, b=0.0, s=0.0):
+    """The local partials (d0, d1) of op ``op`` (name or number) on scalars, computed by
+    the C table."""
+    from jacext import _tape
+
+    return _tape.op_partials(_op_number(op), a, b, s)
+
+
+def _op_number(op):
+    from jacext import ops
+
+    return ops.OPS[op] if isinstance(op, str) else int(op)
