@@ -320,8 +320,8 @@ def interleaved_per_nnz(cases, settings):
 
 def sparse_tape_built(F):
     """Whether F's single-point sparse Jacobians (forward colouring) run its Jacobian tape."""
-    cols = np.arange(F.n_inputs, dtype=np.int32)
-    return F._jac_tape(0, 1, cols, 0, True, False) is not None
+    from jacext.testing import jacobian_tape_slot
+    return jacobian_tape_slot(F, 0, "forward", True, False).current is not None
 
 
 def broyden_scaling(section, sizes, with_casadi_upto):
@@ -346,20 +346,13 @@ def broyden_scaling(section, sizes, with_casadi_upto):
                  for n, (F, _, _) in pair.items()}
         # the same with fresh Functions whose Jacobian tape is turned off: the compressed
         # sweeps at both sizes
-        import jacext._vm as vm
-
         import jacext as jx
+        from jacext.testing import without_jacobian_tapes
         fresh = {}
         for n in pair:
             problem = problem_module.broyden_problem(n)
-            fresh[n] = (jx.compile(problem.numpy, problem.x), problem.x, pair[n][2])
-        cap = vm.JAC_TAPE_MAX_INSTR
-        vm.JAC_TAPE_MAX_INSTR = 0            # refused once, the refusal cached per Function
-        try:
-            for F, x, _ in fresh.values():
-                F.jacobian(x, sparse=True)
-        finally:
-            vm.JAC_TAPE_MAX_INSTR = cap
+            F = without_jacobian_tapes(jx.compile(problem.numpy, problem.x))
+            fresh[n] = (F, problem.x, pair[n][2])
         sweeps = interleaved_per_nnz(fresh, section.settings)
         assert not any(sparse_tape_built(F) for F, _, _ in fresh.values())
         steady["paths"] = paths

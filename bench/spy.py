@@ -23,6 +23,7 @@ import numpy as np  # noqa: E402
 
 import jacext as jx  # noqa: E402
 from bench.sparse import bratu_problem  # noqa: E402
+from jacext.testing import colourings  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -36,7 +37,7 @@ def main(argv=None):
     problem = bratu_problem(args.k)
     F = jx.compile(problem.numpy, problem.x)
     pattern = F.sparsity()
-    colour, p, _, q = F._colouring(0)
+    colour, p, _, q = colourings(F)
     rows, cols = pattern.nonzero()
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(9.5, 4.8), constrained_layout=True)

@@ -8,8 +8,8 @@ and fill Jacobians in a C virtual machine.
 array([[12.,  0.],
        [ 0., 27.]])
 """
-from jacext._version import __version__
 from jacext._function import Function
+from jacext._version import __version__
 from jacext.api import compile, jacobian
 from jacext.errors import JacextError, TracingError
 from jacext.trace import Array

@@ -45,6 +45,7 @@ from jacext._graph import Graph
 from jacext.ops import A_IMM, ARITY, B_IMM, OP_MASK, OPS
 from jacext.passes import lower, tape_groups
 
+
 class _Builder:
     """Node-by-node construction over a Graph: ``e("MUL", x, y)``, ``e.c(2.0)``; the
     emitter ``jacext.ops.partials`` builds through."""

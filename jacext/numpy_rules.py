@@ -27,46 +27,19 @@ from jacext.trace import Array, _fail, _graph_of, _ids, elementwise
 
 # ---------------------------------------------------------------- ufuncs --
 
-def _identity(x):
-    return x
-
-
-def _scaled(factor):
-    def apply(x):
-        return elementwise("MUL", x, factor)
-    return apply
-
-
-def _logical_and(a, b):
-    return elementwise("MUL", np.not_equal(a, 0.0), np.not_equal(b, 0.0))
-
-
-def _logical_or(a, b):
-    return elementwise("MAXIMUM", np.not_equal(a, 0.0), np.not_equal(b, 0.0))
-
-
-def _logical_xor(a, b):
-    return elementwise("NOT_EQUAL", np.not_equal(a, 0.0), np.not_equal(b, 0.0))
-
-
-def _logical_not(a):
-    return elementwise("EQUAL", a, 0.0)
-
-
-def _divmod(a, b):
-    return elementwise("FLOOR_DIVIDE", a, b), elementwise("MOD", a, b)
-
-
-def _isnan(a):
-    return elementwise("NOT_EQUAL", a, a)
-
-
-def _isinf(a):
-    return elementwise("EQUAL", elementwise("ABS", a), np.inf)
-
-
-def _isfinite(a):
-    return elementwise("LESS", elementwise("ABS", a), np.inf)
+# lowerings of the ufuncs that are no single op: logical ops on truth values (x != 0),
+# the tests on nan and inf, divmod, and the scalings
+def _identity(x): return x
+def _scaled(factor): return lambda x: elementwise("MUL", x, factor)
+def _truth(a): return np.not_equal(a, 0.0)
+def _logical_and(a, b): return elementwise("MUL", _truth(a), _truth(b))
+def _logical_or(a, b): return elementwise("MAXIMUM", _truth(a), _truth(b))
+def _logical_xor(a, b): return elementwise("NOT_EQUAL", _truth(a), _truth(b))
+def _logical_not(a): return elementwise("EQUAL", a, 0.0)
+def _divmod(a, b): return elementwise("FLOOR_DIVIDE", a, b), elementwise("MOD", a, b)
+def _isnan(a): return elementwise("NOT_EQUAL", a, a)
+def _isinf(a): return elementwise("EQUAL", elementwise("ABS", a), np.inf)
+def _isfinite(a): return elementwise("LESS", elementwise("ABS", a), np.inf)
 
 
 #: NumPy ufunc -> op name of the C table, or a lowering function.

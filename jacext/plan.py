@@ -261,11 +261,13 @@ class Plan:
 class Planner:
     """A Function's plans, sparse structures and Jacobian-tape slots, each made once under
     one lock.  ``tape``: the Function's Tape; ``arg_offsets``: where each argument's inputs
-    start (and the end)."""
+    start (and the end).  ``jacobian_tapes``: False makes every Jacobian come from the
+    sweeps (``jacext.testing.without_jacobian_tapes``: comparisons of the two)."""
 
-    def __init__(self, tape, arg_offsets):
+    def __init__(self, tape, arg_offsets, jacobian_tapes=True):
         self.tape = tape
         self.arg_offsets = arg_offsets
+        self.jacobian_tapes = jacobian_tapes
         self.lock = threading.RLock()
         self._columns = {}
         self._structures = {}
@@ -389,6 +391,7 @@ class Planner:
                                                   else JAC_TAPE_MAX_INSTR_BY_NODE)
         else:
             possible = n_dirs > 0 and work <= JAC_TAPE_MAX_WORK
+        possible = possible and self.jacobian_tapes
         if not possible:
             slot = JacobianTapeSlot(self.lock, None, None)
         else:

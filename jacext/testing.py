@@ -10,7 +10,7 @@
   of a colouring of a sparsity pattern (``F.sparsity()``).
 * :func:`plan_of`, :func:`jacobian_tape_slot`, :func:`colourings`: how a Function computes
   a kind of request (its Plan), its Jacobian-tape slots and colourings, for tests that
-  must see which path ran.
+  must see which path ran; :func:`without_jacobian_tapes` keeps a Function on the sweeps.
 * :func:`op_value`, :func:`op_partials`: one op of the table on scalars, computed by C.
 """
 from __future__ import annotations
@@ -246,6 +246,17 @@ def jacobian_tape_slot(F, argnums=0, mode="forward", sparse=False, values=True):
     """The slot of F's Jacobian tape for (argnums, sweep mode, sparse form, with values):
     ``after`` (the points before it is built), ``seen``, ``current`` (the Tape or None)."""
     return F._planner._slot(_argnums_key(argnums), mode, sparse, values)
+
+
+def without_jacobian_tapes(F):
+    """Make every Jacobian of the fresh Function F come from the sweeps (no Jacobian tape
+    is ever built for it): for comparing the two paths.  Returns F."""
+    planner = F._planner
+    if planner._slots:
+        raise ValueError("jacext: without_jacobian_tapes needs a Function that has not "
+                         "computed a Jacobian yet")
+    planner.jacobian_tapes = False
+    return F
 
 
 def colourings(F, argnums=0):

@@ -35,8 +35,8 @@ import sys
 import numpy as np
 
 from jacext._graph import Graph
-from jacext.ops import OPS
 from jacext.errors import TracingError
+from jacext.ops import OPS
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 _NUMPY_DIR = os.path.dirname(os.path.abspath(np.__file__)) + os.sep

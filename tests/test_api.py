@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from jacext.testing import check_jacobian
 
 import jacext as jx
+from jacext.testing import check_jacobian
 
 ROOT = Path(__file__).resolve().parent.parent
 # where the jacext under test lives: the tree (in-place build) or an installed wheel

@@ -8,10 +8,10 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from jacext.testing import assert_same_values, check_jacobian
-from jacext.ops import A_IMM, B_IMM, OP_MASK, OPS
 
 import jacext as jx
+from jacext.ops import A_IMM, B_IMM, OP_MASK, OPS
+from jacext.testing import assert_same_values, check_jacobian
 
 NAMES = {v: k for k, v in OPS.items()}
 

@@ -6,10 +6,10 @@ import math
 import numpy as np
 import pytest
 from jacext._graph import KIND_CONST, KIND_INPUT, Graph
-from jacext.ops import A_IMM, B_IMM, OP_MASK, OPS
-from jacext.testing import op_value
 
 import jacext as jx
+from jacext.ops import A_IMM, B_IMM, OP_MASK, OPS
+from jacext.testing import op_value
 
 NAME = {v: k for k, v in OPS.items()}
 

@@ -31,13 +31,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from jacext._tape import Tape
-from jacext.ops import OP_MASK, OPS
-from jacext.plan import JAC_TAPE_AFTER_POINTS, build_cost, reverse_in_bulk
-from jacext.testing import jacobian_tape_slot
 from test_ops import NAMES, REF, edges
 
 import jacext as jx
 from jacext import jactape
+from jacext.ops import OP_MASK, OPS
+from jacext.plan import JAC_TAPE_AFTER_POINTS, build_cost, reverse_in_bulk
+from jacext.testing import jacobian_tape_slot
 
 ROOT = Path(__file__).resolve().parent.parent
 MODES = ("forward", "reverse")

@@ -17,13 +17,13 @@ import zlib
 import numpy as np
 import pytest
 import scipy.special as sp
-from jacext.testing import check_jacobian
 from jacext._graph import KIND_CONST
-from jacext.ops import OPS
 from jacext.passes import lower
 
 import jacext as jx
 from jacext import trace as jtrace
+from jacext.ops import OPS
+from jacext.testing import check_jacobian
 
 RNG = np.random.default_rng(12345)
 

@@ -22,11 +22,10 @@ from typing import NamedTuple
 import numpy as np
 import pytest
 import scipy.special as sp
-from jacext.testing import check_jacobian
-from jacext.ops import A_IMM, B_IMM, OP_MASK, OPS
-from jacext.testing import op_partials, op_value
 
 import jacext as jx
+from jacext.ops import A_IMM, B_IMM, OP_MASK, OPS
+from jacext.testing import check_jacobian, op_partials, op_value
 
 LN2 = np.log(2.0)
 LN10 = np.log(10.0)

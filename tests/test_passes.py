@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from jacext._graph import Graph
-from jacext.ops import A_IMM, ARITY, B_IMM, OP_MASK, OPS
 from jacext.passes import lower, tape_groups
 
 import jacext as jx
+from jacext.ops import A_IMM, ARITY, B_IMM, OP_MASK, OPS
 
 
 @pytest.fixture

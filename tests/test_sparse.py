@@ -14,12 +14,17 @@ import tracemalloc
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from jacext._tape import Tape
 
 import jacext as jx
-from jacext._tape import Tape
 from jacext.sparse import SparseJacobians
-from jacext.testing import (colourings, column_colouring_is_valid, jacobian_tape_slot, plan_of,
-                            row_colouring_is_valid)
+from jacext.testing import (
+    colourings,
+    column_colouring_is_valid,
+    jacobian_tape_slot,
+    plan_of,
+    row_colouring_is_valid,
+)
 
 MODES = ("forward", "reverse", "auto")
 

@@ -19,10 +19,10 @@ import zlib
 import numpy as np
 import pytest
 import scipy.special as sp
-from jacext.testing import check_jacobian
 
 import jacext as jx
 from jacext import trace as jtrace
+from jacext.testing import check_jacobian
 
 RNG = np.random.default_rng(12345)
 

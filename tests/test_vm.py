@@ -7,11 +7,11 @@ import pickle
 
 import numpy as np
 import pytest
-from jacext.testing import assert_same_values, check_jacobian
-from jacext.ops import A_IMM, B_IMM, OP_MASK, OPS
 
 import jacext as jx
 from jacext import Function
+from jacext.ops import A_IMM, B_IMM, OP_MASK, OPS
+from jacext.testing import assert_same_values, check_jacobian
 
 MODES = ("forward", "reverse")
 
