@@ -29,6 +29,7 @@
             "-Wall",
             "-Wextra",
             "-D_POSIX_C_SOURCE=200809L",
+            "-Werror",
             "-g0"
         ],
         "extra_link_args": [
@@ -2171,7 +2172,7 @@ struct __pyx_obj_6jacext_9_function___pyx_scope_struct_9__sparse_jacobian {
 };
 
 
-/* "jacext/_function.pyx":600
+/* "jacext/_function.pyx":597
  *     if isinstance(argnums, (int, np.integer)):
  *         return int(argnums)
  *     return tuple(int(k) for k in argnums)             # <<<<<<<<<<<<<<
@@ -2204,8 +2205,7 @@ struct __pyx_vtabstruct_6jacext_5_tape_Tape {
   PyObject *(*value)(struct __pyx_obj_6jacext_5_tape_Tape *, PyArrayObject *, PyArrayObject *, int __pyx_skip_dispatch);
   PyObject *(*compressed)(struct __pyx_obj_6jacext_5_tape_Tape *, PyArrayObject *, PyArrayObject *, PyArrayObject *, PyArrayObject *, PyArrayObject *, int32_t, int, int __pyx_skip_dispatch);
   PyObject *(*cones_jacobian)(struct __pyx_obj_6jacext_5_tape_Tape *, PyArrayObject *, PyArrayObject *, struct __pyx_obj_6jacext_5_tape_Cones *, PyArrayObject *, int __pyx_skip_dispatch);
-  PyObject *(*jvp)(struct __pyx_obj_6jacext_5_tape_Tape *, PyArrayObject *, PyArrayObject *, PyArrayObject *, PyArrayObject *, int __pyx_skip_dispatch);
-  PyObject *(*vjp)(struct __pyx_obj_6jacext_5_tape_Tape *, PyArrayObject *, PyArrayObject *, PyArrayObject *, PyArrayObject *, int __pyx_skip_dispatch);
+  PyObject *(*product)(struct __pyx_obj_6jacext_5_tape_Tape *, int, PyArrayObject *, PyArrayObject *, PyArrayObject *, PyArrayObject *, int __pyx_skip_dispatch);
 };
 static struct __pyx_vtabstruct_6jacext_5_tape_Tape *__pyx_vtabptr_6jacext_5_tape_Tape;
 
@@ -3300,6 +3300,9 @@ static CYTHON_INLINE PyObject* __Pyx_PyTuple_GetSlice(PyObject* src, Py_ssize_t 
 #define __Pyx_PyList_GetSlice(seq, start, stop)   PySequence_GetSlice(seq, start, stop)
 #define __Pyx_PyTuple_GetSlice(seq, start, stop)  PySequence_GetSlice(seq, start, stop)
 #endif
+
+/* PyObjectCompare.proto */
+static CYTHON_INLINE PyObject* __Pyx_PyObject_CompareEq_str_str(PyObject *op1, PyObject *op2, int pyop);
 
 /* AllocateExtensionType.proto */
 static PyObject *__Pyx_AllocateExtensionType(PyTypeObject *t, int is_final);
@@ -20483,7 +20486,7 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_38_product(struct __pyx_o
  *         if not batch:
  *             y = np.empty(n_out, dtype=np.float64)             # <<<<<<<<<<<<<<
  *             r = np.empty(width, dtype=np.float64)
- *             if kind == "jvp":
+ *             self.tape.product(kind == "jvp", x, v, y, r)
 */
     __pyx_t_1 = NULL;
     __Pyx_GetModuleGlobalName(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 468, __pyx_L1_error)
@@ -20545,8 +20548,8 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_38_product(struct __pyx_o
  *         if not batch:
  *             y = np.empty(n_out, dtype=np.float64)
  *             r = np.empty(width, dtype=np.float64)             # <<<<<<<<<<<<<<
- *             if kind == "jvp":
- *                 self.tape.jvp(x, v, y, r)
+ *             self.tape.product(kind == "jvp", x, v, y, r)
+ *         else:
 */
     __pyx_t_4 = NULL;
     __Pyx_GetModuleGlobalName(__pyx_t_11, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 469, __pyx_L1_error)
@@ -20607,48 +20610,17 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_38_product(struct __pyx_o
     /* "jacext/_function.pyx":470
  *             y = np.empty(n_out, dtype=np.float64)
  *             r = np.empty(width, dtype=np.float64)
- *             if kind == "jvp":             # <<<<<<<<<<<<<<
- *                 self.tape.jvp(x, v, y, r)
- *             else:
-*/
-    __pyx_t_10 = __Pyx_PyObject_CompareBoolEq_str_str(__pyx_v_kind, __pyx_mstate_global->__pyx_n_u_jvp, Py_EQ); if (unlikely((__pyx_t_10 < 0))) __PYX_ERR(0, 470, __pyx_L1_error)
-    if (__pyx_t_10) {
-
-
-      /* "jacext/_function.pyx":471
- *             r = np.empty(width, dtype=np.float64)
- *             if kind == "jvp":
- *                 self.tape.jvp(x, v, y, r)             # <<<<<<<<<<<<<<
- *             else:
- *                 self.tape.vjp(x, v, y, r)
-*/
-      __pyx_t_5 = ((struct __pyx_vtabstruct_6jacext_5_tape_Tape *)__pyx_v_self->tape->__pyx_vtab)->jvp(__pyx_v_self->tape, __pyx_v_x, __pyx_v_v, __pyx_v_y, __pyx_v_r, 0); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 471, __pyx_L1_error)
-      __Pyx_GOTREF(__pyx_t_5);
-      __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-
-      /* "jacext/_function.pyx":470
- *             y = np.empty(n_out, dtype=np.float64)
- *             r = np.empty(width, dtype=np.float64)
- *             if kind == "jvp":             # <<<<<<<<<<<<<<
- *                 self.tape.jvp(x, v, y, r)
- *             else:
-*/
-      goto __pyx_L8;
-    }
-
-    /* "jacext/_function.pyx":473
- *                 self.tape.jvp(x, v, y, r)
- *             else:
- *                 self.tape.vjp(x, v, y, r)             # <<<<<<<<<<<<<<
+ *             self.tape.product(kind == "jvp", x, v, y, r)             # <<<<<<<<<<<<<<
  *         else:
  *             x = _args.broadcast_rows(x, batch)
 */
-    /*else*/ {
-      __pyx_t_5 = ((struct __pyx_vtabstruct_6jacext_5_tape_Tape *)__pyx_v_self->tape->__pyx_vtab)->vjp(__pyx_v_self->tape, __pyx_v_x, __pyx_v_v, __pyx_v_y, __pyx_v_r, 0); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 473, __pyx_L1_error)
-      __Pyx_GOTREF(__pyx_t_5);
-      __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-    }
-    __pyx_L8:;
+    __pyx_t_5 = __Pyx_PyObject_CompareEq_str_str(__pyx_v_kind, __pyx_mstate_global->__pyx_n_u_jvp, Py_EQ); __Pyx_XGOTREF(__pyx_t_5); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 470, __pyx_L1_error)
+    __pyx_t_10 = __Pyx_PyObject_IsTrue(__pyx_t_5); if (unlikely((__pyx_t_10 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 470, __pyx_L1_error)
+    __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
+    __pyx_t_5 = ((struct __pyx_vtabstruct_6jacext_5_tape_Tape *)__pyx_v_self->tape->__pyx_vtab)->product(__pyx_v_self->tape, __pyx_t_10, __pyx_v_x, __pyx_v_v, __pyx_v_y, __pyx_v_r, 0); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 470, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_5);
+
+    __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
     /* "jacext/_function.pyx":467
  *         n_in, n_out = self.tape.t.n_in, self.tape.t.n_out
@@ -20660,8 +20632,8 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_38_product(struct __pyx_o
     goto __pyx_L7;
   }
 
-  /* "jacext/_function.pyx":475
- *                 self.tape.vjp(x, v, y, r)
+  /* "jacext/_function.pyx":472
+ *             self.tape.product(kind == "jvp", x, v, y, r)
  *         else:
  *             x = _args.broadcast_rows(x, batch)             # <<<<<<<<<<<<<<
  *             v = _args.broadcast_rows(v, batch)
@@ -20669,9 +20641,9 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_38_product(struct __pyx_o
 */
   /*else*/ {
     __pyx_t_12 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_args); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 475, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_args); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 472, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
-    __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_broadcast_rows); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 475, __pyx_L1_error)
+    __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_broadcast_rows); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 472, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
     __pyx_t_3 = 1;
@@ -20691,14 +20663,14 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_38_product(struct __pyx_o
       __pyx_t_5 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_1, __pyx_callargs+__pyx_t_3, (3-__pyx_t_3) | (__pyx_t_3*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_12); __pyx_t_12 = 0;
       __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-      if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 475, __pyx_L1_error)
+      if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 472, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_5);
     }
-    if (!(likely(((__pyx_t_5) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_5, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 475, __pyx_L1_error)
+    if (!(likely(((__pyx_t_5) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_5, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 472, __pyx_L1_error)
     __Pyx_DECREF_SET(__pyx_v_x, ((PyArrayObject *)__pyx_t_5));
     __pyx_t_5 = 0;
 
-    /* "jacext/_function.pyx":476
+    /* "jacext/_function.pyx":473
  *         else:
  *             x = _args.broadcast_rows(x, batch)
  *             v = _args.broadcast_rows(v, batch)             # <<<<<<<<<<<<<<
@@ -20706,9 +20678,9 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_38_product(struct __pyx_o
  *             r = np.empty((x.shape[0], width), dtype=np.float64)
 */
     __pyx_t_1 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_12, __pyx_mstate_global->__pyx_n_u_args); if (unlikely(!__pyx_t_12)) __PYX_ERR(0, 476, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_12, __pyx_mstate_global->__pyx_n_u_args); if (unlikely(!__pyx_t_12)) __PYX_ERR(0, 473, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_12);
-    __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_12, __pyx_mstate_global->__pyx_n_u_broadcast_rows); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 476, __pyx_L1_error)
+    __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_12, __pyx_mstate_global->__pyx_n_u_broadcast_rows); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 473, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
     __Pyx_DECREF(__pyx_t_12); __pyx_t_12 = 0;
     __pyx_t_3 = 1;
@@ -20728,14 +20700,14 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_38_product(struct __pyx_o
       __pyx_t_5 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_2, __pyx_callargs+__pyx_t_3, (3-__pyx_t_3) | (__pyx_t_3*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_1); __pyx_t_1 = 0;
       __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-      if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 476, __pyx_L1_error)
+      if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 473, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_5);
     }
-    if (!(likely(((__pyx_t_5) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_5, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 476, __pyx_L1_error)
+    if (!(likely(((__pyx_t_5) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_5, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 473, __pyx_L1_error)
     __Pyx_DECREF_SET(__pyx_v_v, ((PyArrayObject *)__pyx_t_5));
     __pyx_t_5 = 0;
 
-    /* "jacext/_function.pyx":477
+    /* "jacext/_function.pyx":474
  *             x = _args.broadcast_rows(x, batch)
  *             v = _args.broadcast_rows(v, batch)
  *             y = np.empty((x.shape[0], n_out), dtype=np.float64)             # <<<<<<<<<<<<<<
@@ -20743,26 +20715,26 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_38_product(struct __pyx_o
  *             self.tape.batch(kind, x, y, r,
 */
     __pyx_t_2 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 477, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 474, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
-    __pyx_t_12 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_empty); if (unlikely(!__pyx_t_12)) __PYX_ERR(0, 477, __pyx_L1_error)
+    __pyx_t_12 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_empty); if (unlikely(!__pyx_t_12)) __PYX_ERR(0, 474, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_12);
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-    __pyx_t_1 = __Pyx_PyLong_From_npy_intp((__pyx_f_5numpy_7ndarray_5shape___get__(__pyx_v_x)[0])); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 477, __pyx_L1_error)
+    __pyx_t_1 = __Pyx_PyLong_From_npy_intp((__pyx_f_5numpy_7ndarray_5shape___get__(__pyx_v_x)[0])); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 474, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
-    __pyx_t_11 = __Pyx_PyLong_From_int32_t(__pyx_v_n_out); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 477, __pyx_L1_error)
+    __pyx_t_11 = __Pyx_PyLong_From_int32_t(__pyx_v_n_out); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 474, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_11);
-    __pyx_t_4 = PyTuple_New(2); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 477, __pyx_L1_error)
+    __pyx_t_4 = PyTuple_New(2); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 474, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
     __Pyx_GIVEREF(__pyx_t_1);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_4, 0, __pyx_t_1) != (0)) __PYX_ERR(0, 477, __pyx_L1_error);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_4, 0, __pyx_t_1) != (0)) __PYX_ERR(0, 474, __pyx_L1_error);
     __Pyx_GIVEREF(__pyx_t_11);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_4, 1, __pyx_t_11) != (0)) __PYX_ERR(0, 477, __pyx_L1_error);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_4, 1, __pyx_t_11) != (0)) __PYX_ERR(0, 474, __pyx_L1_error);
     __pyx_t_1 = 0;
     __pyx_t_11 = 0;
-    __Pyx_GetModuleGlobalName(__pyx_t_11, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 477, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_11, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 474, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_11);
-    __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_t_11, __pyx_mstate_global->__pyx_n_u_float64); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 477, __pyx_L1_error)
+    __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_t_11, __pyx_mstate_global->__pyx_n_u_float64); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 474, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
     __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
     #if CYTHON_VECTORCALL
@@ -20783,13 +20755,13 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_38_product(struct __pyx_o
       PyObject *__pyx_callargs[3] = {__pyx_t_2, __pyx_t_4, __pyx_t_1};
       #if CYTHON_VECTORCALL
       __pyx_t_11 = __pyx_mstate_global->__pyx_tuple[1];
-      if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 477, __pyx_L1_error)
+      if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 474, __pyx_L1_error)
       __Pyx_INCREF(__pyx_t_11);
       #else
       {
         PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
         __pyx_t_11 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 1);
-        if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 477, __pyx_L1_error)
+        if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 474, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_11);
       }
       #endif
@@ -20801,14 +20773,14 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_38_product(struct __pyx_o
       __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
       __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
       __Pyx_DECREF(__pyx_t_12); __pyx_t_12 = 0;
-      if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 477, __pyx_L1_error)
+      if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 474, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_5);
     }
-    if (!(likely(((__pyx_t_5) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_5, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 477, __pyx_L1_error)
+    if (!(likely(((__pyx_t_5) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_5, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 474, __pyx_L1_error)
     __pyx_v_y = ((PyArrayObject *)__pyx_t_5);
     __pyx_t_5 = 0;
 
-    /* "jacext/_function.pyx":478
+    /* "jacext/_function.pyx":475
  *             v = _args.broadcast_rows(v, batch)
  *             y = np.empty((x.shape[0], n_out), dtype=np.float64)
  *             r = np.empty((x.shape[0], width), dtype=np.float64)             # <<<<<<<<<<<<<<
@@ -20816,26 +20788,26 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_38_product(struct __pyx_o
  *                             _plan.n_threads(None, x.shape[0], 2 * self.tape.t.n_instr), seed=v)
 */
     __pyx_t_12 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_11, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 478, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_11, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 475, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_11);
-    __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_t_11, __pyx_mstate_global->__pyx_n_u_empty); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 478, __pyx_L1_error)
+    __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_t_11, __pyx_mstate_global->__pyx_n_u_empty); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 475, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
     __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
-    __pyx_t_11 = __Pyx_PyLong_From_npy_intp((__pyx_f_5numpy_7ndarray_5shape___get__(__pyx_v_x)[0])); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 478, __pyx_L1_error)
+    __pyx_t_11 = __Pyx_PyLong_From_npy_intp((__pyx_f_5numpy_7ndarray_5shape___get__(__pyx_v_x)[0])); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 475, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_11);
-    __pyx_t_4 = __Pyx_PyLong_From_int32_t(__pyx_v_width); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 478, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_PyLong_From_int32_t(__pyx_v_width); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 475, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
-    __pyx_t_2 = PyTuple_New(2); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 478, __pyx_L1_error)
+    __pyx_t_2 = PyTuple_New(2); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 475, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
     __Pyx_GIVEREF(__pyx_t_11);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 0, __pyx_t_11) != (0)) __PYX_ERR(0, 478, __pyx_L1_error);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 0, __pyx_t_11) != (0)) __PYX_ERR(0, 475, __pyx_L1_error);
     __Pyx_GIVEREF(__pyx_t_4);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 1, __pyx_t_4) != (0)) __PYX_ERR(0, 478, __pyx_L1_error);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 1, __pyx_t_4) != (0)) __PYX_ERR(0, 475, __pyx_L1_error);
     __pyx_t_11 = 0;
     __pyx_t_4 = 0;
-    __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 478, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 475, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
-    __pyx_t_11 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_float64); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 478, __pyx_L1_error)
+    __pyx_t_11 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_float64); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 475, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_11);
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
     #if CYTHON_VECTORCALL
@@ -20856,13 +20828,13 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_38_product(struct __pyx_o
       PyObject *__pyx_callargs[3] = {__pyx_t_12, __pyx_t_2, __pyx_t_11};
       #if CYTHON_VECTORCALL
       __pyx_t_4 = __pyx_mstate_global->__pyx_tuple[1];
-      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 478, __pyx_L1_error)
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 475, __pyx_L1_error)
       __Pyx_INCREF(__pyx_t_4);
       #else
       {
         PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
         __pyx_t_4 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 1);
-        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 478, __pyx_L1_error)
+        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 475, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_4);
       }
       #endif
@@ -20874,14 +20846,14 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_38_product(struct __pyx_o
       __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
       __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
       __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-      if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 478, __pyx_L1_error)
+      if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 475, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_5);
     }
-    if (!(likely(((__pyx_t_5) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_5, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 478, __pyx_L1_error)
+    if (!(likely(((__pyx_t_5) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_5, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 475, __pyx_L1_error)
     __pyx_v_r = ((PyArrayObject *)__pyx_t_5);
     __pyx_t_5 = 0;
 
-    /* "jacext/_function.pyx":479
+    /* "jacext/_function.pyx":476
  *             y = np.empty((x.shape[0], n_out), dtype=np.float64)
  *             r = np.empty((x.shape[0], width), dtype=np.float64)
  *             self.tape.batch(kind, x, y, r,             # <<<<<<<<<<<<<<
@@ -20891,7 +20863,7 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_38_product(struct __pyx_o
     __pyx_t_1 = ((PyObject *)__pyx_v_self->tape);
     __Pyx_INCREF(__pyx_t_1);
 
-    /* "jacext/_function.pyx":480
+    /* "jacext/_function.pyx":477
  *             r = np.empty((x.shape[0], width), dtype=np.float64)
  *             self.tape.batch(kind, x, y, r,
  *                             _plan.n_threads(None, x.shape[0], 2 * self.tape.t.n_instr), seed=v)             # <<<<<<<<<<<<<<
@@ -20899,14 +20871,14 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_38_product(struct __pyx_o
  *         if kind == "jvp":
 */
     __pyx_t_11 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_plan); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 480, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_plan); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 477, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
-    __pyx_t_12 = __Pyx_PyObject_GetAttrStr(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_n_threads); if (unlikely(!__pyx_t_12)) __PYX_ERR(0, 480, __pyx_L1_error)
+    __pyx_t_12 = __Pyx_PyObject_GetAttrStr(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_n_threads); if (unlikely(!__pyx_t_12)) __PYX_ERR(0, 477, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_12);
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    __pyx_t_2 = __Pyx_PyLong_From_npy_intp((__pyx_f_5numpy_7ndarray_5shape___get__(__pyx_v_x)[0])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 480, __pyx_L1_error)
+    __pyx_t_2 = __Pyx_PyLong_From_npy_intp((__pyx_f_5numpy_7ndarray_5shape___get__(__pyx_v_x)[0])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 477, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
-    __pyx_t_13 = __Pyx_PyLong_From_long((2 * __pyx_v_self->tape->t.n_instr)); if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 480, __pyx_L1_error)
+    __pyx_t_13 = __Pyx_PyLong_From_long((2 * __pyx_v_self->tape->t.n_instr)); if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 477, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_13);
     __pyx_t_3 = 1;
     #if CYTHON_UNPACK_METHODS
@@ -20927,12 +20899,12 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_38_product(struct __pyx_o
       __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
       __Pyx_DECREF(__pyx_t_13); __pyx_t_13 = 0;
       __Pyx_DECREF(__pyx_t_12); __pyx_t_12 = 0;
-      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 480, __pyx_L1_error)
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 477, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_4);
     }
     #if CYTHON_VECTORCALL
 
-    /* "jacext/_function.pyx":479
+    /* "jacext/_function.pyx":476
  *             y = np.empty((x.shape[0], n_out), dtype=np.float64)
  *             r = np.empty((x.shape[0], width), dtype=np.float64)
  *             self.tape.batch(kind, x, y, r,             # <<<<<<<<<<<<<<
@@ -20945,13 +20917,13 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_38_product(struct __pyx_o
       PyObject *__pyx_callargs[7] = {__pyx_t_1, __pyx_v_kind, ((PyObject *)__pyx_v_x), ((PyObject *)__pyx_v_y), ((PyObject *)__pyx_v_r), __pyx_t_4, ((PyObject *)__pyx_v_v)};
       #if CYTHON_VECTORCALL
       __pyx_t_12 = __pyx_mstate_global->__pyx_tuple[7];
-      if (unlikely(!__pyx_t_12)) __PYX_ERR(0, 479, __pyx_L1_error)
+      if (unlikely(!__pyx_t_12)) __PYX_ERR(0, 476, __pyx_L1_error)
       __Pyx_INCREF(__pyx_t_12);
       #else
       {
         PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_seed};
         __pyx_t_12 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+6, 1);
-        if (unlikely(!__pyx_t_12)) __PYX_ERR(0, 479, __pyx_L1_error)
+        if (unlikely(!__pyx_t_12)) __PYX_ERR(0, 476, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_12);
       }
       #endif
@@ -20961,14 +20933,14 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_38_product(struct __pyx_o
       #if CYTHON_VECTORCALL
       #endif
       __Pyx_DECREF(__pyx_t_12); __pyx_t_12 = 0;
-      if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 479, __pyx_L1_error)
+      if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 476, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_5);
     }
     __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
   }
   __pyx_L7:;
 
-  /* "jacext/_function.pyx":481
+  /* "jacext/_function.pyx":478
  *             self.tape.batch(kind, x, y, r,
  *                             _plan.n_threads(None, x.shape[0], 2 * self.tape.t.n_instr), seed=v)
  *         value = _args.split(y, self.out_shapes, self.out_is_tuple, batch)             # <<<<<<<<<<<<<<
@@ -20976,12 +20948,12 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_38_product(struct __pyx_o
  *             return value, _args.split(r, self.out_shapes, self.out_is_tuple, batch)
 */
   __pyx_t_12 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_args); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 481, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_args); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 478, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_split); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 481, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_split); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 478, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-  __pyx_t_4 = __Pyx_PyBool_FromLong(__pyx_v_self->out_is_tuple); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 481, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyBool_FromLong(__pyx_v_self->out_is_tuple); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 478, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __pyx_t_3 = 1;
   #if CYTHON_UNPACK_METHODS
@@ -21001,24 +20973,24 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_38_product(struct __pyx_o
     __Pyx_XDECREF(__pyx_t_12); __pyx_t_12 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-    if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 481, __pyx_L1_error)
+    if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 478, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_5);
   }
   __pyx_v_value = __pyx_t_5;
   __pyx_t_5 = 0;
 
-  /* "jacext/_function.pyx":482
+  /* "jacext/_function.pyx":479
  *                             _plan.n_threads(None, x.shape[0], 2 * self.tape.t.n_instr), seed=v)
  *         value = _args.split(y, self.out_shapes, self.out_is_tuple, batch)
  *         if kind == "jvp":             # <<<<<<<<<<<<<<
  *             return value, _args.split(r, self.out_shapes, self.out_is_tuple, batch)
  *         return value, _args.split(r, self.arg_shapes, len(self.arg_shapes) > 1, batch)
 */
-  __pyx_t_10 = __Pyx_PyObject_CompareBoolEq_str_str(__pyx_v_kind, __pyx_mstate_global->__pyx_n_u_jvp, Py_EQ); if (unlikely((__pyx_t_10 < 0))) __PYX_ERR(0, 482, __pyx_L1_error)
+  __pyx_t_10 = __Pyx_PyObject_CompareBoolEq_str_str(__pyx_v_kind, __pyx_mstate_global->__pyx_n_u_jvp, Py_EQ); if (unlikely((__pyx_t_10 < 0))) __PYX_ERR(0, 479, __pyx_L1_error)
   if (__pyx_t_10) {
 
 
-    /* "jacext/_function.pyx":483
+    /* "jacext/_function.pyx":480
  *         value = _args.split(y, self.out_shapes, self.out_is_tuple, batch)
  *         if kind == "jvp":
  *             return value, _args.split(r, self.out_shapes, self.out_is_tuple, batch)             # <<<<<<<<<<<<<<
@@ -21026,12 +20998,12 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_38_product(struct __pyx_o
  * 
 */
     __pyx_t_1 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_args); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 483, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_args); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 480, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
-    __pyx_t_12 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_split); if (unlikely(!__pyx_t_12)) __PYX_ERR(0, 483, __pyx_L1_error)
+    __pyx_t_12 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_split); if (unlikely(!__pyx_t_12)) __PYX_ERR(0, 480, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_12);
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    __pyx_t_4 = __Pyx_PyBool_FromLong(__pyx_v_self->out_is_tuple); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 483, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_PyBool_FromLong(__pyx_v_self->out_is_tuple); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 480, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
     __pyx_t_3 = 1;
     #if CYTHON_UNPACK_METHODS
@@ -21051,16 +21023,16 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_38_product(struct __pyx_o
       __Pyx_XDECREF(__pyx_t_1); __pyx_t_1 = 0;
       __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
       __Pyx_DECREF(__pyx_t_12); __pyx_t_12 = 0;
-      if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 483, __pyx_L1_error)
+      if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 480, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_5);
     }
-    __pyx_t_12 = PyTuple_New(2); if (unlikely(!__pyx_t_12)) __PYX_ERR(0, 483, __pyx_L1_error)
+    __pyx_t_12 = PyTuple_New(2); if (unlikely(!__pyx_t_12)) __PYX_ERR(0, 480, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_12);
     __Pyx_INCREF(__pyx_v_value);
     __Pyx_GIVEREF(__pyx_v_value);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_12, 0, __pyx_v_value) != (0)) __PYX_ERR(0, 483, __pyx_L1_error);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_12, 0, __pyx_v_value) != (0)) __PYX_ERR(0, 480, __pyx_L1_error);
     __Pyx_GIVEREF(__pyx_t_5);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_12, 1, __pyx_t_5) != (0)) __PYX_ERR(0, 483, __pyx_L1_error);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_12, 1, __pyx_t_5) != (0)) __PYX_ERR(0, 480, __pyx_L1_error);
     __pyx_t_5 = 0;
     {
       PyObject *__pyx_temp;
@@ -21073,7 +21045,7 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_38_product(struct __pyx_o
     __pyx_t_12 = 0;
     goto __pyx_L0;
 
-    /* "jacext/_function.pyx":482
+    /* "jacext/_function.pyx":479
  *                             _plan.n_threads(None, x.shape[0], 2 * self.tape.t.n_instr), seed=v)
  *         value = _args.split(y, self.out_shapes, self.out_is_tuple, batch)
  *         if kind == "jvp":             # <<<<<<<<<<<<<<
@@ -21082,7 +21054,7 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_38_product(struct __pyx_o
 */
   }
 
-  /* "jacext/_function.pyx":484
+  /* "jacext/_function.pyx":481
  *         if kind == "jvp":
  *             return value, _args.split(r, self.out_shapes, self.out_is_tuple, batch)
  *         return value, _args.split(r, self.arg_shapes, len(self.arg_shapes) > 1, batch)             # <<<<<<<<<<<<<<
@@ -21090,20 +21062,20 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_38_product(struct __pyx_o
  * 
 */
   __pyx_t_5 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_args); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 484, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_args); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 481, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_split); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 484, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_split); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 481, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   __pyx_t_4 = __pyx_v_self->arg_shapes;
   __Pyx_INCREF(__pyx_t_4);
   if (unlikely(__pyx_t_4 == Py_None)) {
     PyErr_SetString(PyExc_TypeError, "object of type \047NoneType\047 has no len()");
-    __PYX_ERR(0, 484, __pyx_L1_error)
+    __PYX_ERR(0, 481, __pyx_L1_error)
   }
-  __pyx_t_14 = __Pyx_PyTuple_GET_SIZE(__pyx_t_4); if (unlikely(__pyx_t_14 == ((Py_ssize_t)-1))) __PYX_ERR(0, 484, __pyx_L1_error)
+  __pyx_t_14 = __Pyx_PyTuple_GET_SIZE(__pyx_t_4); if (unlikely(__pyx_t_14 == ((Py_ssize_t)-1))) __PYX_ERR(0, 481, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-  __pyx_t_4 = __Pyx_PyBool_FromLong((__pyx_t_14 > 1)); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 484, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyBool_FromLong((__pyx_t_14 > 1)); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 481, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
 
   __pyx_t_3 = 1;
@@ -21124,16 +21096,16 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_38_product(struct __pyx_o
     __Pyx_XDECREF(__pyx_t_5); __pyx_t_5 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-    if (unlikely(!__pyx_t_12)) __PYX_ERR(0, 484, __pyx_L1_error)
+    if (unlikely(!__pyx_t_12)) __PYX_ERR(0, 481, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_12);
   }
-  __pyx_t_1 = PyTuple_New(2); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 484, __pyx_L1_error)
+  __pyx_t_1 = PyTuple_New(2); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 481, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __Pyx_INCREF(__pyx_v_value);
   __Pyx_GIVEREF(__pyx_v_value);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 0, __pyx_v_value) != (0)) __PYX_ERR(0, 484, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 0, __pyx_v_value) != (0)) __PYX_ERR(0, 481, __pyx_L1_error);
   __Pyx_GIVEREF(__pyx_t_12);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 1, __pyx_t_12) != (0)) __PYX_ERR(0, 484, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 1, __pyx_t_12) != (0)) __PYX_ERR(0, 481, __pyx_L1_error);
   __pyx_t_12 = 0;
   {
     PyObject *__pyx_temp;
@@ -21599,7 +21571,7 @@ static PyObject *__pyx_pf_6jacext_9_function_8Function_8_planner___get__(struct 
   return __pyx_r;
 }
 
-/* "jacext/_function.pyx":489
+/* "jacext/_function.pyx":486
  * # ---- the fast paths' pieces ----
  * 
  * cdef inline bint _is_point(object a, tuple shape):             # <<<<<<<<<<<<<<
@@ -21628,16 +21600,16 @@ static CYTHON_INLINE int __pyx_f_6jacext_9_function__is_point(PyObject *__pyx_v_
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_is_point", 0);
 
-  /* "jacext/_function.pyx":494
+  /* "jacext/_function.pyx":491
  *     cdef int k, nd
  *     cdef cnp.npy_intp *dims
  *     if type(a) is not np.ndarray:             # <<<<<<<<<<<<<<
  *         return False
  *     arr = <cnp.ndarray>a
 */
-  __Pyx_GetModuleGlobalName(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 494, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 491, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_ndarray); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 494, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_ndarray); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 491, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   __pyx_t_3 = (((PyObject *)Py_TYPE(__pyx_v_a)) != __pyx_t_2);
@@ -21645,7 +21617,7 @@ static CYTHON_INLINE int __pyx_f_6jacext_9_function__is_point(PyObject *__pyx_v_
   if (__pyx_t_3) {
 
 
-    /* "jacext/_function.pyx":495
+    /* "jacext/_function.pyx":492
  *     cdef cnp.npy_intp *dims
  *     if type(a) is not np.ndarray:
  *         return False             # <<<<<<<<<<<<<<
@@ -21658,7 +21630,7 @@ static CYTHON_INLINE int __pyx_f_6jacext_9_function__is_point(PyObject *__pyx_v_
     }
     goto __pyx_L0;
 
-    /* "jacext/_function.pyx":494
+    /* "jacext/_function.pyx":491
  *     cdef int k, nd
  *     cdef cnp.npy_intp *dims
  *     if type(a) is not np.ndarray:             # <<<<<<<<<<<<<<
@@ -21667,7 +21639,7 @@ static CYTHON_INLINE int __pyx_f_6jacext_9_function__is_point(PyObject *__pyx_v_
 */
   }
 
-  /* "jacext/_function.pyx":496
+  /* "jacext/_function.pyx":493
  *     if type(a) is not np.ndarray:
  *         return False
  *     arr = <cnp.ndarray>a             # <<<<<<<<<<<<<<
@@ -21679,7 +21651,7 @@ static CYTHON_INLINE int __pyx_f_6jacext_9_function__is_point(PyObject *__pyx_v_
   __pyx_v_arr = ((PyArrayObject *)__pyx_t_2);
   __pyx_t_2 = 0;
 
-  /* "jacext/_function.pyx":497
+  /* "jacext/_function.pyx":494
  *         return False
  *     arr = <cnp.ndarray>a
  *     if cnp.PyArray_TYPE(arr) != cnp.NPY_DOUBLE or not cnp.PyArray_IS_C_CONTIGUOUS(arr):             # <<<<<<<<<<<<<<
@@ -21705,7 +21677,7 @@ static CYTHON_INLINE int __pyx_f_6jacext_9_function__is_point(PyObject *__pyx_v_
   if (__pyx_t_3) {
 
 
-    /* "jacext/_function.pyx":498
+    /* "jacext/_function.pyx":495
  *     arr = <cnp.ndarray>a
  *     if cnp.PyArray_TYPE(arr) != cnp.NPY_DOUBLE or not cnp.PyArray_IS_C_CONTIGUOUS(arr):
  *         return False             # <<<<<<<<<<<<<<
@@ -21718,7 +21690,7 @@ static CYTHON_INLINE int __pyx_f_6jacext_9_function__is_point(PyObject *__pyx_v_
     }
     goto __pyx_L0;
 
-    /* "jacext/_function.pyx":497
+    /* "jacext/_function.pyx":494
  *         return False
  *     arr = <cnp.ndarray>a
  *     if cnp.PyArray_TYPE(arr) != cnp.NPY_DOUBLE or not cnp.PyArray_IS_C_CONTIGUOUS(arr):             # <<<<<<<<<<<<<<
@@ -21727,7 +21699,7 @@ static CYTHON_INLINE int __pyx_f_6jacext_9_function__is_point(PyObject *__pyx_v_
 */
   }
 
-  /* "jacext/_function.pyx":499
+  /* "jacext/_function.pyx":496
  *     if cnp.PyArray_TYPE(arr) != cnp.NPY_DOUBLE or not cnp.PyArray_IS_C_CONTIGUOUS(arr):
  *         return False
  *     nd = cnp.PyArray_NDIM(arr)             # <<<<<<<<<<<<<<
@@ -21736,7 +21708,7 @@ static CYTHON_INLINE int __pyx_f_6jacext_9_function__is_point(PyObject *__pyx_v_
 */
   __pyx_v_nd = PyArray_NDIM(__pyx_v_arr);
 
-  /* "jacext/_function.pyx":500
+  /* "jacext/_function.pyx":497
  *         return False
  *     nd = cnp.PyArray_NDIM(arr)
  *     dims = cnp.PyArray_DIMS(arr)             # <<<<<<<<<<<<<<
@@ -21745,7 +21717,7 @@ static CYTHON_INLINE int __pyx_f_6jacext_9_function__is_point(PyObject *__pyx_v_
 */
   __pyx_v_dims = PyArray_DIMS(__pyx_v_arr);
 
-  /* "jacext/_function.pyx":501
+  /* "jacext/_function.pyx":498
  *     nd = cnp.PyArray_NDIM(arr)
  *     dims = cnp.PyArray_DIMS(arr)
  *     if nd != len(shape):             # <<<<<<<<<<<<<<
@@ -21754,16 +21726,16 @@ static CYTHON_INLINE int __pyx_f_6jacext_9_function__is_point(PyObject *__pyx_v_
 */
   if (unlikely(__pyx_v_shape == Py_None)) {
     PyErr_SetString(PyExc_TypeError, "object of type \047NoneType\047 has no len()");
-    __PYX_ERR(0, 501, __pyx_L1_error)
+    __PYX_ERR(0, 498, __pyx_L1_error)
   }
-  __pyx_t_5 = __Pyx_PyTuple_GET_SIZE(__pyx_v_shape); if (unlikely(__pyx_t_5 == ((Py_ssize_t)-1))) __PYX_ERR(0, 501, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyTuple_GET_SIZE(__pyx_v_shape); if (unlikely(__pyx_t_5 == ((Py_ssize_t)-1))) __PYX_ERR(0, 498, __pyx_L1_error)
   __pyx_t_3 = (__pyx_v_nd != __pyx_t_5);
 
 
   if (__pyx_t_3) {
 
 
-    /* "jacext/_function.pyx":502
+    /* "jacext/_function.pyx":499
  *     dims = cnp.PyArray_DIMS(arr)
  *     if nd != len(shape):
  *         return False             # <<<<<<<<<<<<<<
@@ -21776,7 +21748,7 @@ static CYTHON_INLINE int __pyx_f_6jacext_9_function__is_point(PyObject *__pyx_v_
     }
     goto __pyx_L0;
 
-    /* "jacext/_function.pyx":501
+    /* "jacext/_function.pyx":498
  *     nd = cnp.PyArray_NDIM(arr)
  *     dims = cnp.PyArray_DIMS(arr)
  *     if nd != len(shape):             # <<<<<<<<<<<<<<
@@ -21785,7 +21757,7 @@ static CYTHON_INLINE int __pyx_f_6jacext_9_function__is_point(PyObject *__pyx_v_
 */
   }
 
-  /* "jacext/_function.pyx":503
+  /* "jacext/_function.pyx":500
  *     if nd != len(shape):
  *         return False
  *     for k in range(nd):             # <<<<<<<<<<<<<<
@@ -21799,7 +21771,7 @@ static CYTHON_INLINE int __pyx_f_6jacext_9_function__is_point(PyObject *__pyx_v_
   for (__pyx_t_8 = 0; __pyx_t_8 < __pyx_t_7; __pyx_t_8+=1) {
     __pyx_v_k = __pyx_t_8;
 
-    /* "jacext/_function.pyx":504
+    /* "jacext/_function.pyx":501
  *         return False
  *     for k in range(nd):
  *         if dims[k] != <cnp.npy_intp>shape[k]:             # <<<<<<<<<<<<<<
@@ -21808,11 +21780,11 @@ static CYTHON_INLINE int __pyx_f_6jacext_9_function__is_point(PyObject *__pyx_v_
 */
     if (unlikely(__pyx_v_shape == Py_None)) {
       PyErr_SetString(PyExc_TypeError, "\047NoneType\047 object is not subscriptable");
-      __PYX_ERR(0, 504, __pyx_L1_error)
+      __PYX_ERR(0, 501, __pyx_L1_error)
     }
-    __pyx_t_2 = __Pyx_GetItemInt_Tuple(__pyx_v_shape, __pyx_v_k, int, 1, __Pyx_PyLong_From_int, 1, 1, 1, __Pyx_ReferenceSharing_FunctionArgument); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 504, __pyx_L1_error)
+    __pyx_t_2 = __Pyx_GetItemInt_Tuple(__pyx_v_shape, __pyx_v_k, int, 1, __Pyx_PyLong_From_int, 1, 1, 1, __Pyx_ReferenceSharing_FunctionArgument); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 501, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
-    __pyx_t_9 = __Pyx_PyLong_As_npy_intp(__pyx_t_2); if (unlikely((__pyx_t_9 == ((npy_intp)-1)) && PyErr_Occurred())) __PYX_ERR(0, 504, __pyx_L1_error)
+    __pyx_t_9 = __Pyx_PyLong_As_npy_intp(__pyx_t_2); if (unlikely((__pyx_t_9 == ((npy_intp)-1)) && PyErr_Occurred())) __PYX_ERR(0, 501, __pyx_L1_error)
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
     __pyx_t_3 = ((__pyx_v_dims[__pyx_v_k]) != ((npy_intp)__pyx_t_9));
 
@@ -21820,7 +21792,7 @@ static CYTHON_INLINE int __pyx_f_6jacext_9_function__is_point(PyObject *__pyx_v_
     if (__pyx_t_3) {
 
 
-      /* "jacext/_function.pyx":505
+      /* "jacext/_function.pyx":502
  *     for k in range(nd):
  *         if dims[k] != <cnp.npy_intp>shape[k]:
  *             return False             # <<<<<<<<<<<<<<
@@ -21833,7 +21805,7 @@ static CYTHON_INLINE int __pyx_f_6jacext_9_function__is_point(PyObject *__pyx_v_
       }
       goto __pyx_L0;
 
-      /* "jacext/_function.pyx":504
+      /* "jacext/_function.pyx":501
  *         return False
  *     for k in range(nd):
  *         if dims[k] != <cnp.npy_intp>shape[k]:             # <<<<<<<<<<<<<<
@@ -21844,7 +21816,7 @@ static CYTHON_INLINE int __pyx_f_6jacext_9_function__is_point(PyObject *__pyx_v_
   }
 
 
-  /* "jacext/_function.pyx":506
+  /* "jacext/_function.pyx":503
  *         if dims[k] != <cnp.npy_intp>shape[k]:
  *             return False
  *     return True             # <<<<<<<<<<<<<<
@@ -21857,7 +21829,7 @@ static CYTHON_INLINE int __pyx_f_6jacext_9_function__is_point(PyObject *__pyx_v_
   }
   goto __pyx_L0;
 
-  /* "jacext/_function.pyx":489
+  /* "jacext/_function.pyx":486
  * # ---- the fast paths' pieces ----
  * 
  * cdef inline bint _is_point(object a, tuple shape):             # <<<<<<<<<<<<<<
@@ -21881,7 +21853,7 @@ static CYTHON_INLINE int __pyx_f_6jacext_9_function__is_point(PyObject *__pyx_v_
   return __pyx_r;
 }
 
-/* "jacext/_function.pyx":509
+/* "jacext/_function.pyx":506
  * 
  * 
  * cdef inline int32_t _lanes(int mode, int32_t n_cols, int32_t n_out) noexcept:             # <<<<<<<<<<<<<<
@@ -21895,7 +21867,7 @@ static CYTHON_INLINE int32_t __pyx_f_6jacext_9_function__lanes(int __pyx_v_mode,
   int32_t __pyx_t_1;
   int __pyx_t_2;
 
-  /* "jacext/_function.pyx":510
+  /* "jacext/_function.pyx":507
  * 
  * cdef inline int32_t _lanes(int mode, int32_t n_cols, int32_t n_out) noexcept:
  *     cdef int32_t need = n_cols if mode == JX_MODE_FORWARD else n_out             # <<<<<<<<<<<<<<
@@ -21914,7 +21886,7 @@ static CYTHON_INLINE int32_t __pyx_f_6jacext_9_function__lanes(int __pyx_v_mode,
 
   __pyx_v_need = __pyx_t_1;
 
-  /* "jacext/_function.pyx":511
+  /* "jacext/_function.pyx":508
  * cdef inline int32_t _lanes(int mode, int32_t n_cols, int32_t n_out) noexcept:
  *     cdef int32_t need = n_cols if mode == JX_MODE_FORWARD else n_out
  *     if need > JX_MAX_LANES:             # <<<<<<<<<<<<<<
@@ -21926,7 +21898,7 @@ static CYTHON_INLINE int32_t __pyx_f_6jacext_9_function__lanes(int __pyx_v_mode,
   if (__pyx_t_2) {
 
 
-    /* "jacext/_function.pyx":512
+    /* "jacext/_function.pyx":509
  *     cdef int32_t need = n_cols if mode == JX_MODE_FORWARD else n_out
  *     if need > JX_MAX_LANES:
  *         need = JX_MAX_LANES             # <<<<<<<<<<<<<<
@@ -21935,7 +21907,7 @@ static CYTHON_INLINE int32_t __pyx_f_6jacext_9_function__lanes(int __pyx_v_mode,
 */
     __pyx_v_need = JX_MAX_LANES;
 
-    /* "jacext/_function.pyx":511
+    /* "jacext/_function.pyx":508
  * cdef inline int32_t _lanes(int mode, int32_t n_cols, int32_t n_out) noexcept:
  *     cdef int32_t need = n_cols if mode == JX_MODE_FORWARD else n_out
  *     if need > JX_MAX_LANES:             # <<<<<<<<<<<<<<
@@ -21944,7 +21916,7 @@ static CYTHON_INLINE int32_t __pyx_f_6jacext_9_function__lanes(int __pyx_v_mode,
 */
   }
 
-  /* "jacext/_function.pyx":513
+  /* "jacext/_function.pyx":510
  *     if need > JX_MAX_LANES:
  *         need = JX_MAX_LANES
  *     return need if need > 0 else 1             # <<<<<<<<<<<<<<
@@ -21966,7 +21938,7 @@ static CYTHON_INLINE int32_t __pyx_f_6jacext_9_function__lanes(int __pyx_v_mode,
   }
   goto __pyx_L0;
 
-  /* "jacext/_function.pyx":509
+  /* "jacext/_function.pyx":506
  * 
  * 
  * cdef inline int32_t _lanes(int mode, int32_t n_cols, int32_t n_out) noexcept:             # <<<<<<<<<<<<<<
@@ -21981,7 +21953,7 @@ static CYTHON_INLINE int32_t __pyx_f_6jacext_9_function__lanes(int __pyx_v_mode,
   return __pyx_r;
 }
 
-/* "jacext/_function.pyx":516
+/* "jacext/_function.pyx":513
  * 
  * 
  * cdef int _point_jacobian(Tape tape, jx_work *w, cnp.ndarray x, cnp.ndarray jac,             # <<<<<<<<<<<<<<
@@ -21998,7 +21970,7 @@ static int __pyx_f_6jacext_9_function__point_jacobian(struct __pyx_obj_6jacext_5
   int __pyx_r;
   int __pyx_t_1;
 
-  /* "jacext/_function.pyx":520
+  /* "jacext/_function.pyx":517
  *     """The dense Jacobian at one point (arguments checked by the caller), the GIL
  *     released where the sweep is long enough to pay for it."""
  *     cdef const double *px = <const double *>cnp.PyArray_DATA(x)             # <<<<<<<<<<<<<<
@@ -22007,7 +21979,7 @@ static int __pyx_f_6jacext_9_function__point_jacobian(struct __pyx_obj_6jacext_5
 */
   __pyx_v_px = ((double const *)PyArray_DATA(__pyx_v_x));
 
-  /* "jacext/_function.pyx":521
+  /* "jacext/_function.pyx":518
  *     released where the sweep is long enough to pay for it."""
  *     cdef const double *px = <const double *>cnp.PyArray_DATA(x)
  *     cdef double *pj = <double *>cnp.PyArray_DATA(jac)             # <<<<<<<<<<<<<<
@@ -22016,7 +21988,7 @@ static int __pyx_f_6jacext_9_function__point_jacobian(struct __pyx_obj_6jacext_5
 */
   __pyx_v_pj = ((double *)PyArray_DATA(__pyx_v_jac));
 
-  /* "jacext/_function.pyx":522
+  /* "jacext/_function.pyx":519
  *     cdef const double *px = <const double *>cnp.PyArray_DATA(x)
  *     cdef double *pj = <double *>cnp.PyArray_DATA(jac)
  *     cdef const int32_t *pc = <const int32_t *>cnp.PyArray_DATA(cols)             # <<<<<<<<<<<<<<
@@ -22025,7 +21997,7 @@ static int __pyx_f_6jacext_9_function__point_jacobian(struct __pyx_obj_6jacext_5
 */
   __pyx_v_pc = ((int32_t const *)PyArray_DATA(__pyx_v_cols));
 
-  /* "jacext/_function.pyx":523
+  /* "jacext/_function.pyx":520
  *     cdef double *pj = <double *>cnp.PyArray_DATA(jac)
  *     cdef const int32_t *pc = <const int32_t *>cnp.PyArray_DATA(cols)
  *     cdef int32_t n_cols = <int32_t>cols.shape[0]             # <<<<<<<<<<<<<<
@@ -22034,7 +22006,7 @@ static int __pyx_f_6jacext_9_function__point_jacobian(struct __pyx_obj_6jacext_5
 */
   __pyx_v_n_cols = ((int32_t)(__pyx_f_5numpy_7ndarray_5shape___get__(__pyx_v_cols)[0]));
 
-  /* "jacext/_function.pyx":525
+  /* "jacext/_function.pyx":522
  *     cdef int32_t n_cols = <int32_t>cols.shape[0]
  *     cdef int st
  *     if tape.t.n_instr * w.lanes > NOGIL_WORK:             # <<<<<<<<<<<<<<
@@ -22046,7 +22018,7 @@ static int __pyx_f_6jacext_9_function__point_jacobian(struct __pyx_obj_6jacext_5
   if (__pyx_t_1) {
 
 
-    /* "jacext/_function.pyx":526
+    /* "jacext/_function.pyx":523
  *     cdef int st
  *     if tape.t.n_instr * w.lanes > NOGIL_WORK:
  *         with nogil:             # <<<<<<<<<<<<<<
@@ -22059,7 +22031,7 @@ static int __pyx_f_6jacext_9_function__point_jacobian(struct __pyx_obj_6jacext_5
         __Pyx_FastGIL_Remember();
         /*try:*/ {
 
-          /* "jacext/_function.pyx":527
+          /* "jacext/_function.pyx":524
  *     if tape.t.n_instr * w.lanes > NOGIL_WORK:
  *         with nogil:
  *             st = jx_point_jacobian(&tape.t, w, px, NULL, pj, pc, n_cols, m)             # <<<<<<<<<<<<<<
@@ -22069,7 +22041,7 @@ static int __pyx_f_6jacext_9_function__point_jacobian(struct __pyx_obj_6jacext_5
           __pyx_v_st = jx_point_jacobian((&__pyx_v_tape->t), __pyx_v_w, __pyx_v_px, NULL, __pyx_v_pj, __pyx_v_pc, __pyx_v_n_cols, __pyx_v_m);
         }
 
-        /* "jacext/_function.pyx":526
+        /* "jacext/_function.pyx":523
  *     cdef int st
  *     if tape.t.n_instr * w.lanes > NOGIL_WORK:
  *         with nogil:             # <<<<<<<<<<<<<<
@@ -22086,7 +22058,7 @@ static int __pyx_f_6jacext_9_function__point_jacobian(struct __pyx_obj_6jacext_5
         }
     }
 
-    /* "jacext/_function.pyx":525
+    /* "jacext/_function.pyx":522
  *     cdef int32_t n_cols = <int32_t>cols.shape[0]
  *     cdef int st
  *     if tape.t.n_instr * w.lanes > NOGIL_WORK:             # <<<<<<<<<<<<<<
@@ -22096,7 +22068,7 @@ static int __pyx_f_6jacext_9_function__point_jacobian(struct __pyx_obj_6jacext_5
     goto __pyx_L3;
   }
 
-  /* "jacext/_function.pyx":529
+  /* "jacext/_function.pyx":526
  *             st = jx_point_jacobian(&tape.t, w, px, NULL, pj, pc, n_cols, m)
  *     else:
  *         st = jx_point_jacobian(&tape.t, w, px, NULL, pj, pc, n_cols, m)             # <<<<<<<<<<<<<<
@@ -22108,7 +22080,7 @@ static int __pyx_f_6jacext_9_function__point_jacobian(struct __pyx_obj_6jacext_5
   }
   __pyx_L3:;
 
-  /* "jacext/_function.pyx":530
+  /* "jacext/_function.pyx":527
  *     else:
  *         st = jx_point_jacobian(&tape.t, w, px, NULL, pj, pc, n_cols, m)
  *     return st             # <<<<<<<<<<<<<<
@@ -22121,7 +22093,7 @@ static int __pyx_f_6jacext_9_function__point_jacobian(struct __pyx_obj_6jacext_5
   }
   goto __pyx_L0;
 
-  /* "jacext/_function.pyx":516
+  /* "jacext/_function.pyx":513
  * 
  * 
  * cdef int _point_jacobian(Tape tape, jx_work *w, cnp.ndarray x, cnp.ndarray jac,             # <<<<<<<<<<<<<<
@@ -22140,7 +22112,7 @@ static int __pyx_f_6jacext_9_function__point_jacobian(struct __pyx_obj_6jacext_5
   return __pyx_r;
 }
 
-/* "jacext/_function.pyx":533
+/* "jacext/_function.pyx":530
  * 
  * 
  * cdef cnp.ndarray _check_out(out, tuple shape):             # <<<<<<<<<<<<<<
@@ -22167,19 +22139,19 @@ static PyArrayObject *__pyx_f_6jacext_9_function__check_out(PyObject *__pyx_v_ou
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_check_out", 0);
 
-  /* "jacext/_function.pyx":534
+  /* "jacext/_function.pyx":531
  * 
  * cdef cnp.ndarray _check_out(out, tuple shape):
  *     if not isinstance(out, np.ndarray):             # <<<<<<<<<<<<<<
  *         raise TypeError(f"jacext: out must be a NumPy array; got {type(out).__name__}")
  *     if (cnp.PyArray_TYPE(<cnp.ndarray>out) != cnp.NPY_DOUBLE
 */
-  __Pyx_GetModuleGlobalName(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 534, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 531, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_ndarray); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 534, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_ndarray); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 531, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-  __pyx_t_3 = PyObject_IsInstance(__pyx_v_out, __pyx_t_2); if (unlikely(__pyx_t_3 == ((int)-1))) __PYX_ERR(0, 534, __pyx_L1_error)
+  __pyx_t_3 = PyObject_IsInstance(__pyx_v_out, __pyx_t_2); if (unlikely(__pyx_t_3 == ((int)-1))) __PYX_ERR(0, 531, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   __pyx_t_4 = (!__pyx_t_3);
 
@@ -22187,7 +22159,7 @@ static PyArrayObject *__pyx_f_6jacext_9_function__check_out(PyObject *__pyx_v_ou
   if (unlikely(__pyx_t_4)) {
 
 
-    /* "jacext/_function.pyx":535
+    /* "jacext/_function.pyx":532
  * cdef cnp.ndarray _check_out(out, tuple shape):
  *     if not isinstance(out, np.ndarray):
  *         raise TypeError(f"jacext: out must be a NumPy array; got {type(out).__name__}")             # <<<<<<<<<<<<<<
@@ -22195,12 +22167,12 @@ static PyArrayObject *__pyx_f_6jacext_9_function__check_out(PyObject *__pyx_v_ou
  *             or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>out)
 */
     __pyx_t_1 = NULL;
-    __pyx_t_5 = __Pyx_PyObject_GetAttrStr(((PyObject *)Py_TYPE(__pyx_v_out)), __pyx_mstate_global->__pyx_n_u_name_2); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 535, __pyx_L1_error)
+    __pyx_t_5 = __Pyx_PyObject_GetAttrStr(((PyObject *)Py_TYPE(__pyx_v_out)), __pyx_mstate_global->__pyx_n_u_name_2); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 532, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_5);
-    __pyx_t_6 = __Pyx_PyObject_FormatSimple(__pyx_t_5, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 535, __pyx_L1_error)
+    __pyx_t_6 = __Pyx_PyObject_FormatSimple(__pyx_t_5, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 532, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
     __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-    __pyx_t_5 = __Pyx_PyUnicode_Concat(__pyx_mstate_global->__pyx_kp_u_jacext_out_must_be_a_NumPy_array, __pyx_t_6); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 535, __pyx_L1_error)
+    __pyx_t_5 = __Pyx_PyUnicode_Concat(__pyx_mstate_global->__pyx_kp_u_jacext_out_must_be_a_NumPy_array, __pyx_t_6); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 532, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_5);
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
     __pyx_t_7 = 1;
@@ -22209,14 +22181,14 @@ static PyArrayObject *__pyx_f_6jacext_9_function__check_out(PyObject *__pyx_v_ou
       __pyx_t_2 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_TypeError)), __pyx_callargs+__pyx_t_7, (2-__pyx_t_7) | (__pyx_t_7*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_1); __pyx_t_1 = 0;
       __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 535, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 532, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
     __Pyx_Raise(__pyx_t_2, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    __PYX_ERR(0, 535, __pyx_L1_error)
+    __PYX_ERR(0, 532, __pyx_L1_error)
 
-    /* "jacext/_function.pyx":534
+    /* "jacext/_function.pyx":531
  * 
  * cdef cnp.ndarray _check_out(out, tuple shape):
  *     if not isinstance(out, np.ndarray):             # <<<<<<<<<<<<<<
@@ -22225,7 +22197,7 @@ static PyArrayObject *__pyx_f_6jacext_9_function__check_out(PyObject *__pyx_v_ou
 */
   }
 
-  /* "jacext/_function.pyx":536
+  /* "jacext/_function.pyx":533
  *     if not isinstance(out, np.ndarray):
  *         raise TypeError(f"jacext: out must be a NumPy array; got {type(out).__name__}")
  *     if (cnp.PyArray_TYPE(<cnp.ndarray>out) != cnp.NPY_DOUBLE             # <<<<<<<<<<<<<<
@@ -22243,7 +22215,7 @@ static PyArrayObject *__pyx_f_6jacext_9_function__check_out(PyObject *__pyx_v_ou
     goto __pyx_L5_bool_binop_done;
   }
 
-  /* "jacext/_function.pyx":537
+  /* "jacext/_function.pyx":534
  *         raise TypeError(f"jacext: out must be a NumPy array; got {type(out).__name__}")
  *     if (cnp.PyArray_TYPE(<cnp.ndarray>out) != cnp.NPY_DOUBLE
  *             or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>out)             # <<<<<<<<<<<<<<
@@ -22261,7 +22233,7 @@ static PyArrayObject *__pyx_f_6jacext_9_function__check_out(PyObject *__pyx_v_ou
     goto __pyx_L5_bool_binop_done;
   }
 
-  /* "jacext/_function.pyx":538
+  /* "jacext/_function.pyx":535
  *     if (cnp.PyArray_TYPE(<cnp.ndarray>out) != cnp.NPY_DOUBLE
  *             or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>out)
  *             or not cnp.PyArray_ISWRITEABLE(<cnp.ndarray>out)):             # <<<<<<<<<<<<<<
@@ -22275,7 +22247,7 @@ static PyArrayObject *__pyx_f_6jacext_9_function__check_out(PyObject *__pyx_v_ou
 
   __pyx_L5_bool_binop_done:;
 
-  /* "jacext/_function.pyx":536
+  /* "jacext/_function.pyx":533
  *     if not isinstance(out, np.ndarray):
  *         raise TypeError(f"jacext: out must be a NumPy array; got {type(out).__name__}")
  *     if (cnp.PyArray_TYPE(<cnp.ndarray>out) != cnp.NPY_DOUBLE             # <<<<<<<<<<<<<<
@@ -22285,7 +22257,7 @@ static PyArrayObject *__pyx_f_6jacext_9_function__check_out(PyObject *__pyx_v_ou
   if (unlikely(__pyx_t_4)) {
 
 
-    /* "jacext/_function.pyx":539
+    /* "jacext/_function.pyx":536
  *             or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>out)
  *             or not cnp.PyArray_ISWRITEABLE(<cnp.ndarray>out)):
  *         raise ValueError("jacext: out must be a writeable, C-contiguous float64 array "             # <<<<<<<<<<<<<<
@@ -22298,14 +22270,14 @@ static PyArrayObject *__pyx_f_6jacext_9_function__check_out(PyObject *__pyx_v_ou
       PyObject *__pyx_callargs[2] = {__pyx_t_5, __pyx_mstate_global->__pyx_kp_u_jacext_out_must_be_a_writeable_C};
       __pyx_t_2 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_7, (2-__pyx_t_7) | (__pyx_t_7*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_5); __pyx_t_5 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 539, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 536, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
     __Pyx_Raise(__pyx_t_2, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    __PYX_ERR(0, 539, __pyx_L1_error)
+    __PYX_ERR(0, 536, __pyx_L1_error)
 
-    /* "jacext/_function.pyx":536
+    /* "jacext/_function.pyx":533
  *     if not isinstance(out, np.ndarray):
  *         raise TypeError(f"jacext: out must be a NumPy array; got {type(out).__name__}")
  *     if (cnp.PyArray_TYPE(<cnp.ndarray>out) != cnp.NPY_DOUBLE             # <<<<<<<<<<<<<<
@@ -22314,21 +22286,21 @@ static PyArrayObject *__pyx_f_6jacext_9_function__check_out(PyObject *__pyx_v_ou
 */
   }
 
-  /* "jacext/_function.pyx":541
+  /* "jacext/_function.pyx":538
  *         raise ValueError("jacext: out must be a writeable, C-contiguous float64 array "
  *                          "(np.empty(shape))")
  *     if out.shape != shape:             # <<<<<<<<<<<<<<
  *         raise ValueError(f"jacext: out has shape {_args.shape_str(out.shape)}; the Jacobian "
  *                          f"has shape {_args.shape_str(shape)}")
 */
-  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_v_out, __pyx_mstate_global->__pyx_n_u_shape); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 541, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_v_out, __pyx_mstate_global->__pyx_n_u_shape); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 538, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_4 = __Pyx_PyObject_RichCompareBool(__pyx_t_2, __pyx_v_shape, Py_NE); if (unlikely((__pyx_t_4 < 0))) __PYX_ERR(0, 541, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_RichCompareBool(__pyx_t_2, __pyx_v_shape, Py_NE); if (unlikely((__pyx_t_4 < 0))) __PYX_ERR(0, 538, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   if (unlikely(__pyx_t_4)) {
 
 
-    /* "jacext/_function.pyx":542
+    /* "jacext/_function.pyx":539
  *                          "(np.empty(shape))")
  *     if out.shape != shape:
  *         raise ValueError(f"jacext: out has shape {_args.shape_str(out.shape)}; the Jacobian "             # <<<<<<<<<<<<<<
@@ -22336,37 +22308,37 @@ static PyArrayObject *__pyx_f_6jacext_9_function__check_out(PyObject *__pyx_v_ou
  *     return <cnp.ndarray>out
 */
     __pyx_t_5 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_args); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 542, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_args); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 539, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
-    __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_shape_str); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 542, __pyx_L1_error)
+    __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_shape_str); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 539, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-    __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_out, __pyx_mstate_global->__pyx_n_u_shape); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 542, __pyx_L1_error)
+    __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_out, __pyx_mstate_global->__pyx_n_u_shape); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 539, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
-    __pyx_t_8 = __Pyx_PyObject_CallOneArg(__pyx_t_6, __pyx_t_1); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 542, __pyx_L1_error)
+    __pyx_t_8 = __Pyx_PyObject_CallOneArg(__pyx_t_6, __pyx_t_1); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 539, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_8);
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-    __pyx_t_1 = __Pyx_PyObject_FormatSimple(__pyx_t_8, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 542, __pyx_L1_error)
+    __pyx_t_1 = __Pyx_PyObject_FormatSimple(__pyx_t_8, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 539, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
     __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
 
-    /* "jacext/_function.pyx":543
+    /* "jacext/_function.pyx":540
  *     if out.shape != shape:
  *         raise ValueError(f"jacext: out has shape {_args.shape_str(out.shape)}; the Jacobian "
  *                          f"has shape {_args.shape_str(shape)}")             # <<<<<<<<<<<<<<
  *     return <cnp.ndarray>out
  * 
 */
-    __Pyx_GetModuleGlobalName(__pyx_t_8, __pyx_mstate_global->__pyx_n_u_args); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 543, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_8, __pyx_mstate_global->__pyx_n_u_args); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 540, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_8);
-    __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_8, __pyx_mstate_global->__pyx_n_u_shape_str); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 543, __pyx_L1_error)
+    __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_8, __pyx_mstate_global->__pyx_n_u_shape_str); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 540, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
     __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
-    __pyx_t_8 = __Pyx_PyObject_CallOneArg(__pyx_t_6, __pyx_v_shape); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 543, __pyx_L1_error)
+    __pyx_t_8 = __Pyx_PyObject_CallOneArg(__pyx_t_6, __pyx_v_shape); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 540, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_8);
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-    __pyx_t_6 = __Pyx_PyObject_FormatSimple(__pyx_t_8, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 543, __pyx_L1_error)
+    __pyx_t_6 = __Pyx_PyObject_FormatSimple(__pyx_t_8, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 540, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
     __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
     __pyx_t_9[0] = __pyx_mstate_global->__pyx_kp_u_jacext_out_has_shape;
@@ -22374,7 +22346,7 @@ static PyArrayObject *__pyx_f_6jacext_9_function__check_out(PyObject *__pyx_v_ou
     __pyx_t_9[2] = __pyx_mstate_global->__pyx_kp_u_the_Jacobian_has_shape;
     __pyx_t_9[3] = __pyx_t_6;
 
-    /* "jacext/_function.pyx":542
+    /* "jacext/_function.pyx":539
  *                          "(np.empty(shape))")
  *     if out.shape != shape:
  *         raise ValueError(f"jacext: out has shape {_args.shape_str(out.shape)}; the Jacobian "             # <<<<<<<<<<<<<<
@@ -22390,7 +22362,7 @@ static PyArrayObject *__pyx_f_6jacext_9_function__check_out(PyObject *__pyx_v_ou
     __pyx_t_11 |= __Pyx_PyUnicode_KIND_04(__pyx_t_9[1]) | __Pyx_PyUnicode_KIND_04(__pyx_t_9[3]);
     #endif
     __pyx_t_8 = __Pyx_PyUnicode_Join(__pyx_t_9, 4, __pyx_t_10, __pyx_t_11);
-    if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 542, __pyx_L1_error)
+    if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 539, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_8);
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
@@ -22400,14 +22372,14 @@ static PyArrayObject *__pyx_f_6jacext_9_function__check_out(PyObject *__pyx_v_ou
       __pyx_t_2 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_7, (2-__pyx_t_7) | (__pyx_t_7*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_5); __pyx_t_5 = 0;
       __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 542, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 539, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
     __Pyx_Raise(__pyx_t_2, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    __PYX_ERR(0, 542, __pyx_L1_error)
+    __PYX_ERR(0, 539, __pyx_L1_error)
 
-    /* "jacext/_function.pyx":541
+    /* "jacext/_function.pyx":538
  *         raise ValueError("jacext: out must be a writeable, C-contiguous float64 array "
  *                          "(np.empty(shape))")
  *     if out.shape != shape:             # <<<<<<<<<<<<<<
@@ -22416,7 +22388,7 @@ static PyArrayObject *__pyx_f_6jacext_9_function__check_out(PyObject *__pyx_v_ou
 */
   }
 
-  /* "jacext/_function.pyx":544
+  /* "jacext/_function.pyx":541
  *         raise ValueError(f"jacext: out has shape {_args.shape_str(out.shape)}; the Jacobian "
  *                          f"has shape {_args.shape_str(shape)}")
  *     return <cnp.ndarray>out             # <<<<<<<<<<<<<<
@@ -22434,7 +22406,7 @@ static PyArrayObject *__pyx_f_6jacext_9_function__check_out(PyObject *__pyx_v_ou
   }
   goto __pyx_L0;
 
-  /* "jacext/_function.pyx":533
+  /* "jacext/_function.pyx":530
  * 
  * 
  * cdef cnp.ndarray _check_out(out, tuple shape):             # <<<<<<<<<<<<<<
@@ -22457,7 +22429,7 @@ static PyArrayObject *__pyx_f_6jacext_9_function__check_out(PyObject *__pyx_v_ou
   return __pyx_r;
 }
 
-/* "jacext/_function.pyx":547
+/* "jacext/_function.pyx":544
  * 
  * 
  * cdef object _eval_tape(Tape jt, cnp.ndarray x, Py_ssize_t n_values):             # <<<<<<<<<<<<<<
@@ -22486,7 +22458,7 @@ static PyObject *__pyx_f_6jacext_9_function__eval_tape(struct __pyx_obj_6jacext_
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_eval_tape", 0);
 
-  /* "jacext/_function.pyx":550
+  /* "jacext/_function.pyx":547
  *     """jt's outputs at the point x (float64, C-contiguous, checked), or None when an
  *     output past the first n_values is not finite (then the sweeps decide)."""
  *     cdef cnp.ndarray r = np.empty(jt.t.n_out, dtype=np.float64)             # <<<<<<<<<<<<<<
@@ -22494,16 +22466,16 @@ static PyObject *__pyx_f_6jacext_9_function__eval_tape(struct __pyx_obj_6jacext_
  *     cdef int st
 */
   __pyx_t_2 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 550, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 547, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_empty); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 550, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_empty); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 547, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __pyx_t_3 = __Pyx_PyLong_From_int32_t(__pyx_v_jt->t.n_out); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 550, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_From_int32_t(__pyx_v_jt->t.n_out); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 547, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __Pyx_GetModuleGlobalName(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 550, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 547, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_float64); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 550, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_float64); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 547, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
   #if CYTHON_VECTORCALL
@@ -22524,13 +22496,13 @@ static PyObject *__pyx_f_6jacext_9_function__eval_tape(struct __pyx_obj_6jacext_
     PyObject *__pyx_callargs[3] = {__pyx_t_2, __pyx_t_3, __pyx_t_6};
     #if CYTHON_VECTORCALL
     __pyx_t_5 = __pyx_mstate_global->__pyx_tuple[1];
-    if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 550, __pyx_L1_error)
+    if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 547, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_5);
     #else
     {
       PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
       __pyx_t_5 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 1);
-      if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 550, __pyx_L1_error)
+      if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 547, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_5);
     }
     #endif
@@ -22542,24 +22514,24 @@ static PyObject *__pyx_f_6jacext_9_function__eval_tape(struct __pyx_obj_6jacext_
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
     __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 550, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 547, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
-  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 550, __pyx_L1_error)
+  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 547, __pyx_L1_error)
   __pyx_v_r = ((PyArrayObject *)__pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "jacext/_function.pyx":551
+  /* "jacext/_function.pyx":548
  *     output past the first n_values is not finite (then the sweeps decide)."""
  *     cdef cnp.ndarray r = np.empty(jt.t.n_out, dtype=np.float64)
  *     cdef jx_work *w = jt.take_work(1)             # <<<<<<<<<<<<<<
  *     cdef int st
  *     try:
 */
-  __pyx_t_8 = ((struct __pyx_vtabstruct_6jacext_5_tape_Tape *)__pyx_v_jt->__pyx_vtab)->take_work(__pyx_v_jt, 1); if (unlikely(__pyx_t_8 == ((void *)NULL))) __PYX_ERR(0, 551, __pyx_L1_error)
+  __pyx_t_8 = ((struct __pyx_vtabstruct_6jacext_5_tape_Tape *)__pyx_v_jt->__pyx_vtab)->take_work(__pyx_v_jt, 1); if (unlikely(__pyx_t_8 == ((void *)NULL))) __PYX_ERR(0, 548, __pyx_L1_error)
   __pyx_v_w = __pyx_t_8;
 
-  /* "jacext/_function.pyx":553
+  /* "jacext/_function.pyx":550
  *     cdef jx_work *w = jt.take_work(1)
  *     cdef int st
  *     try:             # <<<<<<<<<<<<<<
@@ -22568,7 +22540,7 @@ static PyObject *__pyx_f_6jacext_9_function__eval_tape(struct __pyx_obj_6jacext_
 */
   /*try:*/ {
 
-    /* "jacext/_function.pyx":554
+    /* "jacext/_function.pyx":551
  *     cdef int st
  *     try:
  *         with nogil:             # <<<<<<<<<<<<<<
@@ -22581,7 +22553,7 @@ static PyObject *__pyx_f_6jacext_9_function__eval_tape(struct __pyx_obj_6jacext_
         __Pyx_FastGIL_Remember();
         /*try:*/ {
 
-          /* "jacext/_function.pyx":555
+          /* "jacext/_function.pyx":552
  *     try:
  *         with nogil:
  *             st = jx_point_value(&jt.t, w, <const double *>cnp.PyArray_DATA(x),             # <<<<<<<<<<<<<<
@@ -22591,7 +22563,7 @@ static PyObject *__pyx_f_6jacext_9_function__eval_tape(struct __pyx_obj_6jacext_
           __pyx_v_st = jx_point_value((&__pyx_v_jt->t), __pyx_v_w, ((double const *)PyArray_DATA(__pyx_v_x)), ((double *)PyArray_DATA(__pyx_v_r)));
         }
 
-        /* "jacext/_function.pyx":554
+        /* "jacext/_function.pyx":551
  *     cdef int st
  *     try:
  *         with nogil:             # <<<<<<<<<<<<<<
@@ -22609,7 +22581,7 @@ static PyObject *__pyx_f_6jacext_9_function__eval_tape(struct __pyx_obj_6jacext_
     }
   }
 
-  /* "jacext/_function.pyx":558
+  /* "jacext/_function.pyx":555
  *                                 <double *>cnp.PyArray_DATA(r))
  *     finally:
  *         jt.give_work(w)             # <<<<<<<<<<<<<<
@@ -22624,17 +22596,17 @@ static PyObject *__pyx_f_6jacext_9_function__eval_tape(struct __pyx_obj_6jacext_
     __pyx_L5:;
   }
 
-  /* "jacext/_function.pyx":559
+  /* "jacext/_function.pyx":556
  *     finally:
  *         jt.give_work(w)
  *     raise_status(st)             # <<<<<<<<<<<<<<
  *     if not jx_all_finite(<const double *>cnp.PyArray_DATA(r) + n_values,
  *                          jt.t.n_out - n_values):
 */
-  __pyx_t_9 = __pyx_f_6jacext_5_tape_raise_status(__pyx_v_st); if (unlikely(__pyx_t_9 == ((int)-1))) __PYX_ERR(0, 559, __pyx_L1_error)
+  __pyx_t_9 = __pyx_f_6jacext_5_tape_raise_status(__pyx_v_st); if (unlikely(__pyx_t_9 == ((int)-1))) __PYX_ERR(0, 556, __pyx_L1_error)
 
 
-  /* "jacext/_function.pyx":560
+  /* "jacext/_function.pyx":557
  *         jt.give_work(w)
  *     raise_status(st)
  *     if not jx_all_finite(<const double *>cnp.PyArray_DATA(r) + n_values,             # <<<<<<<<<<<<<<
@@ -22646,7 +22618,7 @@ static PyObject *__pyx_f_6jacext_9_function__eval_tape(struct __pyx_obj_6jacext_
   if (__pyx_t_10) {
 
 
-    /* "jacext/_function.pyx":562
+    /* "jacext/_function.pyx":559
  *     if not jx_all_finite(<const double *>cnp.PyArray_DATA(r) + n_values,
  *                          jt.t.n_out - n_values):
  *         return None             # <<<<<<<<<<<<<<
@@ -22663,7 +22635,7 @@ static PyObject *__pyx_f_6jacext_9_function__eval_tape(struct __pyx_obj_6jacext_
     }
     goto __pyx_L0;
 
-    /* "jacext/_function.pyx":560
+    /* "jacext/_function.pyx":557
  *         jt.give_work(w)
  *     raise_status(st)
  *     if not jx_all_finite(<const double *>cnp.PyArray_DATA(r) + n_values,             # <<<<<<<<<<<<<<
@@ -22672,7 +22644,7 @@ static PyObject *__pyx_f_6jacext_9_function__eval_tape(struct __pyx_obj_6jacext_
 */
   }
 
-  /* "jacext/_function.pyx":563
+  /* "jacext/_function.pyx":560
  *                          jt.t.n_out - n_values):
  *         return None
  *     return r             # <<<<<<<<<<<<<<
@@ -22690,7 +22662,7 @@ static PyObject *__pyx_f_6jacext_9_function__eval_tape(struct __pyx_obj_6jacext_
   }
   goto __pyx_L0;
 
-  /* "jacext/_function.pyx":547
+  /* "jacext/_function.pyx":544
  * 
  * 
  * cdef object _eval_tape(Tape jt, cnp.ndarray x, Py_ssize_t n_values):             # <<<<<<<<<<<<<<
@@ -22717,7 +22689,7 @@ static PyObject *__pyx_f_6jacext_9_function__eval_tape(struct __pyx_obj_6jacext_
   return __pyx_r;
 }
 
-/* "jacext/_function.pyx":566
+/* "jacext/_function.pyx":563
  * 
  * 
  * cdef void _fill_rows(cnp.ndarray dense, cnp.ndarray ptr, cnp.ndarray idx,             # <<<<<<<<<<<<<<
@@ -22746,7 +22718,7 @@ static void __pyx_f_6jacext_9_function__fill_rows(PyArrayObject *__pyx_v_dense, 
   int32_t __pyx_t_6;
   Py_ssize_t __pyx_t_7;
 
-  /* "jacext/_function.pyx":573
+  /* "jacext/_function.pyx":570
  *     zeroed first (one memset, fast string stores that keep it in cache), then its
  *     nonzeros are written while it is there (a caller's out=)."""
  *     cdef double *d = <double *>cnp.PyArray_DATA(dense)             # <<<<<<<<<<<<<<
@@ -22755,7 +22727,7 @@ static void __pyx_f_6jacext_9_function__fill_rows(PyArrayObject *__pyx_v_dense, 
 */
   __pyx_v_d = ((double *)PyArray_DATA(__pyx_v_dense));
 
-  /* "jacext/_function.pyx":574
+  /* "jacext/_function.pyx":571
  *     nonzeros are written while it is there (a caller's out=)."""
  *     cdef double *d = <double *>cnp.PyArray_DATA(dense)
  *     cdef const int32_t *p = <const int32_t *>cnp.PyArray_DATA(ptr)             # <<<<<<<<<<<<<<
@@ -22764,7 +22736,7 @@ static void __pyx_f_6jacext_9_function__fill_rows(PyArrayObject *__pyx_v_dense, 
 */
   __pyx_v_p = ((int32_t const *)PyArray_DATA(__pyx_v_ptr));
 
-  /* "jacext/_function.pyx":575
+  /* "jacext/_function.pyx":572
  *     cdef double *d = <double *>cnp.PyArray_DATA(dense)
  *     cdef const int32_t *p = <const int32_t *>cnp.PyArray_DATA(ptr)
  *     cdef const int32_t *j = <const int32_t *>cnp.PyArray_DATA(idx)             # <<<<<<<<<<<<<<
@@ -22773,7 +22745,7 @@ static void __pyx_f_6jacext_9_function__fill_rows(PyArrayObject *__pyx_v_dense, 
 */
   __pyx_v_j = ((int32_t const *)PyArray_DATA(__pyx_v_idx));
 
-  /* "jacext/_function.pyx":576
+  /* "jacext/_function.pyx":573
  *     cdef const int32_t *p = <const int32_t *>cnp.PyArray_DATA(ptr)
  *     cdef const int32_t *j = <const int32_t *>cnp.PyArray_DATA(idx)
  *     cdef const double *v = <const double *>cnp.PyArray_DATA(vals)             # <<<<<<<<<<<<<<
@@ -22782,7 +22754,7 @@ static void __pyx_f_6jacext_9_function__fill_rows(PyArrayObject *__pyx_v_dense, 
 */
   __pyx_v_v = ((double const *)PyArray_DATA(__pyx_v_vals));
 
-  /* "jacext/_function.pyx":577
+  /* "jacext/_function.pyx":574
  *     cdef const int32_t *j = <const int32_t *>cnp.PyArray_DATA(idx)
  *     cdef const double *v = <const double *>cnp.PyArray_DATA(vals)
  *     cdef Py_ssize_t n_rows = ptr.shape[0] - 1             # <<<<<<<<<<<<<<
@@ -22791,7 +22763,7 @@ static void __pyx_f_6jacext_9_function__fill_rows(PyArrayObject *__pyx_v_dense, 
 */
   __pyx_v_n_rows = ((__pyx_f_5numpy_7ndarray_5shape___get__(__pyx_v_ptr)[0]) - 1);
 
-  /* "jacext/_function.pyx":578
+  /* "jacext/_function.pyx":575
  *     cdef const double *v = <const double *>cnp.PyArray_DATA(vals)
  *     cdef Py_ssize_t n_rows = ptr.shape[0] - 1
  *     cdef Py_ssize_t n_cols = dense.size // n_rows if n_rows > 0 else 0             # <<<<<<<<<<<<<<
@@ -22810,7 +22782,7 @@ static void __pyx_f_6jacext_9_function__fill_rows(PyArrayObject *__pyx_v_dense, 
 
   __pyx_v_n_cols = __pyx_t_1;
 
-  /* "jacext/_function.pyx":579
+  /* "jacext/_function.pyx":576
  *     cdef Py_ssize_t n_rows = ptr.shape[0] - 1
  *     cdef Py_ssize_t n_cols = dense.size // n_rows if n_rows > 0 else 0
  *     cdef Py_ssize_t i, i1 = 0, i2, k             # <<<<<<<<<<<<<<
@@ -22819,7 +22791,7 @@ static void __pyx_f_6jacext_9_function__fill_rows(PyArrayObject *__pyx_v_dense, 
 */
   __pyx_v_i1 = 0;
 
-  /* "jacext/_function.pyx":580
+  /* "jacext/_function.pyx":577
  *     cdef Py_ssize_t n_cols = dense.size // n_rows if n_rows > 0 else 0
  *     cdef Py_ssize_t i, i1 = 0, i2, k
  *     cdef Py_ssize_t chunk = FILL_CHUNK_BYTES // (n_cols * 8) if n_cols > 0 else 1             # <<<<<<<<<<<<<<
@@ -22838,7 +22810,7 @@ static void __pyx_f_6jacext_9_function__fill_rows(PyArrayObject *__pyx_v_dense, 
 
   __pyx_v_chunk = __pyx_t_1;
 
-  /* "jacext/_function.pyx":582
+  /* "jacext/_function.pyx":579
  *     cdef Py_ssize_t chunk = FILL_CHUNK_BYTES // (n_cols * 8) if n_cols > 0 else 1
  *     cdef double *row
  *     if chunk < 1:             # <<<<<<<<<<<<<<
@@ -22850,7 +22822,7 @@ static void __pyx_f_6jacext_9_function__fill_rows(PyArrayObject *__pyx_v_dense, 
   if (__pyx_t_2) {
 
 
-    /* "jacext/_function.pyx":583
+    /* "jacext/_function.pyx":580
  *     cdef double *row
  *     if chunk < 1:
  *         chunk = 1             # <<<<<<<<<<<<<<
@@ -22859,7 +22831,7 @@ static void __pyx_f_6jacext_9_function__fill_rows(PyArrayObject *__pyx_v_dense, 
 */
     __pyx_v_chunk = 1;
 
-    /* "jacext/_function.pyx":582
+    /* "jacext/_function.pyx":579
  *     cdef Py_ssize_t chunk = FILL_CHUNK_BYTES // (n_cols * 8) if n_cols > 0 else 1
  *     cdef double *row
  *     if chunk < 1:             # <<<<<<<<<<<<<<
@@ -22868,7 +22840,7 @@ static void __pyx_f_6jacext_9_function__fill_rows(PyArrayObject *__pyx_v_dense, 
 */
   }
 
-  /* "jacext/_function.pyx":584
+  /* "jacext/_function.pyx":581
  *     if chunk < 1:
  *         chunk = 1
  *     with nogil:             # <<<<<<<<<<<<<<
@@ -22881,7 +22853,7 @@ static void __pyx_f_6jacext_9_function__fill_rows(PyArrayObject *__pyx_v_dense, 
       __Pyx_FastGIL_Remember();
       /*try:*/ {
 
-        /* "jacext/_function.pyx":585
+        /* "jacext/_function.pyx":582
  *         chunk = 1
  *     with nogil:
  *         while i1 < n_rows:             # <<<<<<<<<<<<<<
@@ -22894,7 +22866,7 @@ static void __pyx_f_6jacext_9_function__fill_rows(PyArrayObject *__pyx_v_dense, 
 
           if (!__pyx_t_2) break;
 
-          /* "jacext/_function.pyx":586
+          /* "jacext/_function.pyx":583
  *     with nogil:
  *         while i1 < n_rows:
  *             i2 = i1 + chunk if i1 + chunk < n_rows else n_rows             # <<<<<<<<<<<<<<
@@ -22913,7 +22885,7 @@ static void __pyx_f_6jacext_9_function__fill_rows(PyArrayObject *__pyx_v_dense, 
 
           __pyx_v_i2 = __pyx_t_1;
 
-          /* "jacext/_function.pyx":587
+          /* "jacext/_function.pyx":584
  *         while i1 < n_rows:
  *             i2 = i1 + chunk if i1 + chunk < n_rows else n_rows
  *             if not zeroed:             # <<<<<<<<<<<<<<
@@ -22925,7 +22897,7 @@ static void __pyx_f_6jacext_9_function__fill_rows(PyArrayObject *__pyx_v_dense, 
           if (__pyx_t_2) {
 
 
-            /* "jacext/_function.pyx":588
+            /* "jacext/_function.pyx":585
  *             i2 = i1 + chunk if i1 + chunk < n_rows else n_rows
  *             if not zeroed:
  *                 memset(d + i1 * n_cols, 0, (i2 - i1) * n_cols * sizeof(double))             # <<<<<<<<<<<<<<
@@ -22934,7 +22906,7 @@ static void __pyx_f_6jacext_9_function__fill_rows(PyArrayObject *__pyx_v_dense, 
 */
             (void)(memset((__pyx_v_d + (__pyx_v_i1 * __pyx_v_n_cols)), 0, (((__pyx_v_i2 - __pyx_v_i1) * __pyx_v_n_cols) * (sizeof(double)))));
 
-            /* "jacext/_function.pyx":587
+            /* "jacext/_function.pyx":584
  *         while i1 < n_rows:
  *             i2 = i1 + chunk if i1 + chunk < n_rows else n_rows
  *             if not zeroed:             # <<<<<<<<<<<<<<
@@ -22943,7 +22915,7 @@ static void __pyx_f_6jacext_9_function__fill_rows(PyArrayObject *__pyx_v_dense, 
 */
           }
 
-          /* "jacext/_function.pyx":589
+          /* "jacext/_function.pyx":586
  *             if not zeroed:
  *                 memset(d + i1 * n_cols, 0, (i2 - i1) * n_cols * sizeof(double))
  *             for i in range(i1, i2):             # <<<<<<<<<<<<<<
@@ -22957,7 +22929,7 @@ static void __pyx_f_6jacext_9_function__fill_rows(PyArrayObject *__pyx_v_dense, 
           for (__pyx_t_4 = __pyx_v_i1; __pyx_t_4 < __pyx_t_3; __pyx_t_4+=1) {
             __pyx_v_i = __pyx_t_4;
 
-            /* "jacext/_function.pyx":590
+            /* "jacext/_function.pyx":587
  *                 memset(d + i1 * n_cols, 0, (i2 - i1) * n_cols * sizeof(double))
  *             for i in range(i1, i2):
  *                 row = d + i * n_cols             # <<<<<<<<<<<<<<
@@ -22966,7 +22938,7 @@ static void __pyx_f_6jacext_9_function__fill_rows(PyArrayObject *__pyx_v_dense, 
 */
             __pyx_v_row = (__pyx_v_d + (__pyx_v_i * __pyx_v_n_cols));
 
-            /* "jacext/_function.pyx":591
+            /* "jacext/_function.pyx":588
  *             for i in range(i1, i2):
  *                 row = d + i * n_cols
  *                 for k in range(p[i], p[i + 1]):             # <<<<<<<<<<<<<<
@@ -22980,7 +22952,7 @@ static void __pyx_f_6jacext_9_function__fill_rows(PyArrayObject *__pyx_v_dense, 
             for (__pyx_t_7 = (__pyx_v_p[__pyx_v_i]); __pyx_t_7 < __pyx_t_6; __pyx_t_7+=1) {
               __pyx_v_k = __pyx_t_7;
 
-              /* "jacext/_function.pyx":592
+              /* "jacext/_function.pyx":589
  *                 row = d + i * n_cols
  *                 for k in range(p[i], p[i + 1]):
  *                     row[j[k]] = v[k]             # <<<<<<<<<<<<<<
@@ -22993,7 +22965,7 @@ static void __pyx_f_6jacext_9_function__fill_rows(PyArrayObject *__pyx_v_dense, 
           }
 
 
-          /* "jacext/_function.pyx":593
+          /* "jacext/_function.pyx":590
  *                 for k in range(p[i], p[i + 1]):
  *                     row[j[k]] = v[k]
  *             i1 = i2             # <<<<<<<<<<<<<<
@@ -23004,7 +22976,7 @@ static void __pyx_f_6jacext_9_function__fill_rows(PyArrayObject *__pyx_v_dense, 
         }
       }
 
-      /* "jacext/_function.pyx":584
+      /* "jacext/_function.pyx":581
  *     if chunk < 1:
  *         chunk = 1
  *     with nogil:             # <<<<<<<<<<<<<<
@@ -23021,7 +22993,7 @@ static void __pyx_f_6jacext_9_function__fill_rows(PyArrayObject *__pyx_v_dense, 
       }
   }
 
-  /* "jacext/_function.pyx":566
+  /* "jacext/_function.pyx":563
  * 
  * 
  * cdef void _fill_rows(cnp.ndarray dense, cnp.ndarray ptr, cnp.ndarray idx,             # <<<<<<<<<<<<<<
@@ -23045,7 +23017,7 @@ static void __pyx_f_6jacext_9_function__fill_rows(PyArrayObject *__pyx_v_dense, 
 
 }
 
-/* "jacext/_function.pyx":596
+/* "jacext/_function.pyx":593
  * 
  * 
  * def _key(argnums):             # <<<<<<<<<<<<<<
@@ -23093,32 +23065,32 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_argnums,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 596, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 593, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 596, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 593, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "_key", 0) < (0)) __PYX_ERR(0, 596, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "_key", 0) < (0)) __PYX_ERR(0, 593, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 1; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("_key", 1, 1, 1, i); __PYX_ERR(0, 596, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("_key", 1, 1, 1, i); __PYX_ERR(0, 593, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 1)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 596, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 593, __pyx_L3_error)
     }
     __pyx_v_argnums = values[0];
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("_key", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 596, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("_key", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 593, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -23140,7 +23112,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
 }
 static PyObject *__pyx_gb_6jacext_9_function_4_key_2generator7(__pyx_CoroutineObject *__pyx_generator, CYTHON_UNUSED PyThreadState *__pyx_tstate, PyObject *__pyx_sent_value); /* proto */
 
-/* "jacext/_function.pyx":600
+/* "jacext/_function.pyx":597
  *     if isinstance(argnums, (int, np.integer)):
  *         return int(argnums)
  *     return tuple(int(k) for k in argnums)             # <<<<<<<<<<<<<<
@@ -23158,7 +23130,7 @@ static PyObject *__pyx_pf_6jacext_9_function_4_key_genexpr(CYTHON_UNUSED PyObjec
   if (unlikely(!__pyx_cur_scope)) {
     __pyx_cur_scope = ((struct __pyx_obj_6jacext_9_function___pyx_scope_struct_10_genexpr *)Py_None);
     __Pyx_INCREF(Py_None);
-    __PYX_ERR(0, 600, __pyx_L1_error)
+    __PYX_ERR(0, 597, __pyx_L1_error)
   } else {
     __Pyx_GOTREF((PyObject *)__pyx_cur_scope);
   }
@@ -23166,7 +23138,7 @@ static PyObject *__pyx_pf_6jacext_9_function_4_key_genexpr(CYTHON_UNUSED PyObjec
   __Pyx_INCREF(__pyx_cur_scope->__pyx_genexpr_arg_0);
   __Pyx_GIVEREF(__pyx_cur_scope->__pyx_genexpr_arg_0);
   {
-    __pyx_CoroutineObject *gen = __Pyx_Generator_New((__pyx_coroutine_body_t) __pyx_gb_6jacext_9_function_4_key_2generator7, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[10]), (PyObject *) __pyx_cur_scope, __pyx_mstate_global->__pyx_n_u_genexpr, __pyx_mstate_global->__pyx_n_u_key_locals_genexpr, __pyx_mstate_global->__pyx_n_u_jacext__function); if (unlikely(!gen)) __PYX_ERR(0, 600, __pyx_L1_error)
+    __pyx_CoroutineObject *gen = __Pyx_Generator_New((__pyx_coroutine_body_t) __pyx_gb_6jacext_9_function_4_key_2generator7, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[10]), (PyObject *) __pyx_cur_scope, __pyx_mstate_global->__pyx_n_u_genexpr, __pyx_mstate_global->__pyx_n_u_key_locals_genexpr, __pyx_mstate_global->__pyx_n_u_jacext__function); if (unlikely(!gen)) __PYX_ERR(0, 597, __pyx_L1_error)
     __Pyx_DECREF(__pyx_cur_scope);
     __Pyx_RefNannyFinishContext();
     return (PyObject *) gen;
@@ -23205,17 +23177,17 @@ static PyObject *__pyx_gb_6jacext_9_function_4_key_2generator7(__pyx_CoroutineOb
   __pyx_L3_first_run:;
   if (unlikely(__pyx_sent_value != Py_None)) {
     if (unlikely(__pyx_sent_value)) PyErr_SetString(PyExc_TypeError, "can't send non-None value to a just-started generator");
-    __PYX_ERR(0, 600, __pyx_L1_error)
+    __PYX_ERR(0, 597, __pyx_L1_error)
   }
-  if (unlikely(!__pyx_cur_scope->__pyx_genexpr_arg_0)) { __Pyx_RaiseUnboundLocalError(".0"); __PYX_ERR(0, 600, __pyx_L1_error) }
+  if (unlikely(!__pyx_cur_scope->__pyx_genexpr_arg_0)) { __Pyx_RaiseUnboundLocalError(".0"); __PYX_ERR(0, 597, __pyx_L1_error) }
   if (likely(PyList_CheckExact(__pyx_cur_scope->__pyx_genexpr_arg_0)) || PyTuple_CheckExact(__pyx_cur_scope->__pyx_genexpr_arg_0)) {
     __pyx_t_1 = __pyx_cur_scope->__pyx_genexpr_arg_0; __Pyx_INCREF(__pyx_t_1);
     __pyx_t_2 = 0;
     __pyx_t_3 = NULL;
   } else {
-    __pyx_t_2 = -1; __pyx_t_1 = PyObject_GetIter(__pyx_cur_scope->__pyx_genexpr_arg_0); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 600, __pyx_L1_error)
+    __pyx_t_2 = -1; __pyx_t_1 = PyObject_GetIter(__pyx_cur_scope->__pyx_genexpr_arg_0); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 597, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
-    __pyx_t_3 = (CYTHON_COMPILING_IN_LIMITED_API) ? PyIter_Next : __Pyx_PyObject_GetIterNextFunc(__pyx_t_1); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 600, __pyx_L1_error)
+    __pyx_t_3 = (CYTHON_COMPILING_IN_LIMITED_API) ? PyIter_Next : __Pyx_PyObject_GetIterNextFunc(__pyx_t_1); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 597, __pyx_L1_error)
   }
   for (;;) {
     if (likely(!__pyx_t_3)) {
@@ -23223,7 +23195,7 @@ static PyObject *__pyx_gb_6jacext_9_function_4_key_2generator7(__pyx_CoroutineOb
         {
           Py_ssize_t __pyx_temp = __Pyx_PyList_GET_SIZE(__pyx_t_1);
           #if !CYTHON_ASSUME_SAFE_SIZE
-          if (unlikely((__pyx_temp < 0))) __PYX_ERR(0, 600, __pyx_L1_error)
+          if (unlikely((__pyx_temp < 0))) __PYX_ERR(0, 597, __pyx_L1_error)
           #endif
           if (__pyx_t_2 >= __pyx_temp) break;
         }
@@ -23233,7 +23205,7 @@ static PyObject *__pyx_gb_6jacext_9_function_4_key_2generator7(__pyx_CoroutineOb
         {
           Py_ssize_t __pyx_temp = __Pyx_PyTuple_GET_SIZE(__pyx_t_1);
           #if !CYTHON_ASSUME_SAFE_SIZE
-          if (unlikely((__pyx_temp < 0))) __PYX_ERR(0, 600, __pyx_L1_error)
+          if (unlikely((__pyx_temp < 0))) __PYX_ERR(0, 597, __pyx_L1_error)
           #endif
           if (__pyx_t_2 >= __pyx_temp) break;
         }
@@ -23244,13 +23216,13 @@ static PyObject *__pyx_gb_6jacext_9_function_4_key_2generator7(__pyx_CoroutineOb
         #endif
         ++__pyx_t_2;
       }
-      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 600, __pyx_L1_error)
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 597, __pyx_L1_error)
     } else {
       __pyx_t_4 = __pyx_t_3(__pyx_t_1);
       if (unlikely(!__pyx_t_4)) {
         PyObject* exc_type = PyErr_Occurred();
         if (exc_type) {
-          if (unlikely(!__Pyx_PyErr_GivenExceptionMatches(exc_type, PyExc_StopIteration))) __PYX_ERR(0, 600, __pyx_L1_error)
+          if (unlikely(!__Pyx_PyErr_GivenExceptionMatches(exc_type, PyExc_StopIteration))) __PYX_ERR(0, 597, __pyx_L1_error)
           PyErr_Clear();
         }
         break;
@@ -23261,7 +23233,7 @@ static PyObject *__pyx_gb_6jacext_9_function_4_key_2generator7(__pyx_CoroutineOb
     __Pyx_XDECREF_SET(__pyx_cur_scope->__pyx_v_k, __pyx_t_4);
     __Pyx_GIVEREF(__pyx_t_4);
     __pyx_t_4 = 0;
-    __pyx_t_4 = __Pyx_PyNumber_Int(__pyx_cur_scope->__pyx_v_k); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 600, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_PyNumber_Int(__pyx_cur_scope->__pyx_v_k); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 597, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
     __pyx_r = __pyx_t_4;
     __pyx_t_4 = 0;
@@ -23283,7 +23255,7 @@ static PyObject *__pyx_gb_6jacext_9_function_4_key_2generator7(__pyx_CoroutineOb
     __Pyx_XGOTREF(__pyx_t_1);
     __pyx_t_2 = __pyx_cur_scope->__pyx_t_1;
     __pyx_t_3 = __pyx_cur_scope->__pyx_t_2;
-    if (unlikely(!__pyx_sent_value)) __PYX_ERR(0, 600, __pyx_L1_error)
+    if (unlikely(!__pyx_sent_value)) __PYX_ERR(0, 597, __pyx_L1_error)
   }
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   CYTHON_MAYBE_UNUSED_VAR(__pyx_cur_scope);
@@ -23309,7 +23281,7 @@ static PyObject *__pyx_gb_6jacext_9_function_4_key_2generator7(__pyx_CoroutineOb
   return __pyx_r;
 }
 
-/* "jacext/_function.pyx":596
+/* "jacext/_function.pyx":593
  * 
  * 
  * def _key(argnums):             # <<<<<<<<<<<<<<
@@ -23330,16 +23302,16 @@ static PyObject *__pyx_pf_6jacext_9_function__key(CYTHON_UNUSED PyObject *__pyx_
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_key", 0);
 
-  /* "jacext/_function.pyx":598
+  /* "jacext/_function.pyx":595
  * def _key(argnums):
  *     """argnums as the plans' key: an int, or a tuple of ints."""
  *     if isinstance(argnums, (int, np.integer)):             # <<<<<<<<<<<<<<
  *         return int(argnums)
  *     return tuple(int(k) for k in argnums)
 */
-  __Pyx_GetModuleGlobalName(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 598, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 595, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_integer); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 598, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_integer); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 595, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   __pyx_t_4 = PyLong_Check(__pyx_v_argnums); 
@@ -23360,13 +23332,13 @@ static PyObject *__pyx_pf_6jacext_9_function__key(CYTHON_UNUSED PyObject *__pyx_
   if (__pyx_t_3) {
 
 
-    /* "jacext/_function.pyx":599
+    /* "jacext/_function.pyx":596
  *     """argnums as the plans' key: an int, or a tuple of ints."""
  *     if isinstance(argnums, (int, np.integer)):
  *         return int(argnums)             # <<<<<<<<<<<<<<
  *     return tuple(int(k) for k in argnums)
 */
-    __pyx_t_2 = __Pyx_PyNumber_Int(__pyx_v_argnums); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 599, __pyx_L1_error)
+    __pyx_t_2 = __Pyx_PyNumber_Int(__pyx_v_argnums); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 596, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
     {
       PyObject *__pyx_temp;
@@ -23379,7 +23351,7 @@ static PyObject *__pyx_pf_6jacext_9_function__key(CYTHON_UNUSED PyObject *__pyx_
     __pyx_t_2 = 0;
     goto __pyx_L0;
 
-    /* "jacext/_function.pyx":598
+    /* "jacext/_function.pyx":595
  * def _key(argnums):
  *     """argnums as the plans' key: an int, or a tuple of ints."""
  *     if isinstance(argnums, (int, np.integer)):             # <<<<<<<<<<<<<<
@@ -23388,14 +23360,14 @@ static PyObject *__pyx_pf_6jacext_9_function__key(CYTHON_UNUSED PyObject *__pyx_
 */
   }
 
-  /* "jacext/_function.pyx":600
+  /* "jacext/_function.pyx":597
  *     if isinstance(argnums, (int, np.integer)):
  *         return int(argnums)
  *     return tuple(int(k) for k in argnums)             # <<<<<<<<<<<<<<
 */
-  __pyx_t_2 = __pyx_pf_6jacext_9_function_4_key_genexpr(NULL, __pyx_v_argnums); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 600, __pyx_L1_error)
+  __pyx_t_2 = __pyx_pf_6jacext_9_function_4_key_genexpr(NULL, __pyx_v_argnums); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 597, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_1 = __Pyx_PySequence_Tuple(__pyx_t_2); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 600, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PySequence_Tuple(__pyx_t_2); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 597, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   {
@@ -23409,7 +23381,7 @@ static PyObject *__pyx_pf_6jacext_9_function__key(CYTHON_UNUSED PyObject *__pyx_
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "jacext/_function.pyx":596
+  /* "jacext/_function.pyx":593
  * 
  * 
  * def _key(argnums):             # <<<<<<<<<<<<<<
@@ -26674,14 +26646,14 @@ static int __Pyx_modinit_Exttype___pyx_obj_6jacext_9_function___pyx_scope_struct
   __Pyx_RefNannySetupContext("__Pyx_modinit_Exttype___pyx_obj_6jacext_9_function___pyx_scope_struct_10_genexpr", 0);
   /*--- Exttype __pyx_obj_6jacext_9_function___pyx_scope_struct_10_genexpr ---*/
   #if CYTHON_USE_TYPE_SPECS
-  __pyx_mstate->__pyx_ptype_6jacext_9_function___pyx_scope_struct_10_genexpr = (PyTypeObject *) __Pyx_PyType_FromModuleAndSpec(__pyx_m, &__pyx_type_6jacext_9_function___pyx_scope_struct_10_genexpr_spec, NULL); if (unlikely(!__pyx_mstate->__pyx_ptype_6jacext_9_function___pyx_scope_struct_10_genexpr)) __PYX_ERR(0, 600, __pyx_L1_error)
+  __pyx_mstate->__pyx_ptype_6jacext_9_function___pyx_scope_struct_10_genexpr = (PyTypeObject *) __Pyx_PyType_FromModuleAndSpec(__pyx_m, &__pyx_type_6jacext_9_function___pyx_scope_struct_10_genexpr_spec, NULL); if (unlikely(!__pyx_mstate->__pyx_ptype_6jacext_9_function___pyx_scope_struct_10_genexpr)) __PYX_ERR(0, 597, __pyx_L1_error)
   #else
   __pyx_mstate->__pyx_ptype_6jacext_9_function___pyx_scope_struct_10_genexpr = &__pyx_type_6jacext_9_function___pyx_scope_struct_10_genexpr;
   #endif
   #if !CYTHON_COMPILING_IN_LIMITED_API
   #endif
   #if !CYTHON_USE_TYPE_SPECS
-  if (__Pyx_PyType_Ready(__pyx_mstate->__pyx_ptype_6jacext_9_function___pyx_scope_struct_10_genexpr) < (0)) __PYX_ERR(0, 600, __pyx_L1_error)
+  if (__Pyx_PyType_Ready(__pyx_mstate->__pyx_ptype_6jacext_9_function___pyx_scope_struct_10_genexpr) < (0)) __PYX_ERR(0, 597, __pyx_L1_error)
   #endif
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount((PyObject*)__pyx_mstate->__pyx_ptype_6jacext_9_function___pyx_scope_struct_10_genexpr);
@@ -27693,19 +27665,19 @@ __Pyx_RefNannySetupContext("PyInit__function", 0);
   if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6jacext_9_function_Function, __pyx_mstate_global->__pyx_n_u_product, __pyx_t_2) < (0)) __PYX_ERR(0, 458, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "jacext/_function.pyx":596
+  /* "jacext/_function.pyx":593
  * 
  * 
  * def _key(argnums):             # <<<<<<<<<<<<<<
  *     """argnums as the plans' key: an int, or a tuple of ints."""
  *     if isinstance(argnums, (int, np.integer)):
 */
-  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_6jacext_9_function_1_key, 0, __pyx_mstate_global->__pyx_n_u_key, NULL, __pyx_mstate_global->__pyx_n_u_jacext__function, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[28])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 596, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_6jacext_9_function_1_key, 0, __pyx_mstate_global->__pyx_n_u_key, NULL, __pyx_mstate_global->__pyx_n_u_jacext__function, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[28])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 593, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_2);
   #endif
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_key, __pyx_t_2) < (0)) __PYX_ERR(0, 596, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_key, __pyx_t_2) < (0)) __PYX_ERR(0, 593, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
   /* "jacext/_function.pyx":1
@@ -27892,7 +27864,7 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
   }
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[6]);
 
-  /* "jacext/_function.pyx":479
+  /* "jacext/_function.pyx":476
  *             y = np.empty((x.shape[0], n_out), dtype=np.float64)
  *             r = np.empty((x.shape[0], width), dtype=np.float64)
  *             self.tape.batch(kind, x, y, r,             # <<<<<<<<<<<<<<
@@ -27901,7 +27873,7 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
 */
   {
     PyObject* __pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_seed};
-    __pyx_mstate_global->__pyx_tuple[7] = __Pyx_PyTuple_FromArray(__pyx_temp, 1); if (unlikely(!__pyx_mstate_global->__pyx_tuple[7])) __PYX_ERR(0, 479, __pyx_L1_error)
+    __pyx_mstate_global->__pyx_tuple[7] = __Pyx_PyTuple_FromArray(__pyx_temp, 1); if (unlikely(!__pyx_mstate_global->__pyx_tuple[7])) __PYX_ERR(0, 476, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[7]);
   }
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[7]);
@@ -27994,39 +27966,39 @@ static int __Pyx_InitConstants(__pyx_mstatetype *__pyx_mstate) {
   CYTHON_UNUSED_VAR(__pyx_mstate);
   {
     const struct { const unsigned int length: 8; } str_length_index[] = {{0},{1},{12},{6},{111},{36},{28},{16},{9},{25},{17},{11},{36},{9},{15},{12},{7},{13},{3},{1},{1},{1},{2},{1},{3},{9},{2},{10},{25},{17},{1},{1},{4},{179},{8},{7},{6},{2},{9},{20},{54},{66},{65},{22},{22},{39},{77},{85},{114},{36},{56},{38},{22},{39},{34},{8},{16},{8},{19},{20},{20},{27},{18},{20},{17},{14},{25},{16},{20},{17},{12},{17},{20},{27},{12},{10},{7},{15},{1},{1},{20},{12},{17},{8},{25},{42},{8},{10},{8},{14},{12},{10},{25},{12},{8},{5},{11},{11},{18},{13},{9},{27},{26},{4},{21},{11},{26},{5},{8},{5},{7},{16},{31},{3},{10},{7},{4},{9},{5},{6},{17},{18},{4},{4},{1},{3},{5},{4},{5},{14},{16},{18},{5},{3},{6},{10},{7},{13},{4},{7},{4},{10},{16},{5},{9},{9},{3},{1},{10},{6},{11},{5},{5},{1},{4},{4},{11},{7},{7},{7},{6},{7},{3},{3},{7},{8},{5},{1},{3},{8},{6},{16},{8},{2},{3},{1},{4},{15},{5},{1},{3},{4},{3},{12},{4},{5},{6},{9},{6},{11},{4},{8},{14},{5},{9},{8},{7},{9},{3},{4},{6},{7},{4},{4},{3},{2},{5},{4},{1},{7},{3},{12},{10},{1},{5},{5},{7},{15},{4},{3},{5},{4},{3},{1},{1},{4},{7},{6},{7},{3},{4},{1},{6},{7},{4},{11},{5},{4},{4},{10},{5},{9},{6},{12},{8},{5},{2},{6},{9},{3},{4},{7},{8},{4},{11},{7},{5},{1},{1},{4},{5},{18},{6},{3},{1},{10},{4},{5},{1},{1},{6},{5}};
-    const struct { const unsigned int length: 10; } bytes_length_index[] = {{22},{35},{254},{32},{733},{93},{121},{402},{15},{475},{424},{158},{157},{103},{75},{2},{2},{12},{2},{2},{2},{2},{24},{53},{28},{459},{63},{31}};
+    const struct { const unsigned int length: 10; } bytes_length_index[] = {{22},{35},{254},{32},{733},{93},{121},{382},{15},{475},{424},{158},{157},{103},{75},{2},{2},{12},{2},{2},{2},{2},{24},{53},{28},{459},{63},{31}};
     #ifndef CYTHON_COMPRESS_STRINGS
       #define CYTHON_COMPRESS_STRINGS 90
     #endif
-    #if (CYTHON_COMPRESS_STRINGS) == 2 /* compression: bz2 (3841 bytes) */
-static const char cstring[] = "BZh91AY&SYyR\rk\000\000\226\177\377\377\377\377\377\377\377\377\377\377\377\377\377\277\377\377\374\300@@@@@@@@@@@@\000@\000`\016\235\335\367\033.M\231\266\320P\356\335\333\256\215\232\202K\254u\247M\330\311\300\360\000\001\364\370\006\246\022i)\251\221\221\243OPd\001\240\332j{D\324\362lm\0024\0025OA\351\221 \3231OI\3524z4\323P\323\312<\240J \001L\2312\001\t\204\3054OL\246\236\246\215\032\003\324h\323M\000\r\032h\000\000\r\006\206\203@\006\200\021MMS\324\365\036j\201\3527\2454\306\322\217 \200\030CF 1\000\003\021\211\246\023!\240\r2\017Sj\004\210\211\250\247\232\246S\312`\236\233T\302\014\2154\364\324\320dh6\223& \030#@\032\003@b\033)\246OML\3224:~\250\323\002d\304\300\020`A\200\r2&\2320\000&\2326\200\t\204\304\3010\000\200\006\201$\200F\223U?M4\032\023\332\251\352y\244\311<Q\240\365\003\324\000\000\000\320\000\000\000\r\000\000\003y~\0037\025\363G\0372^CZ\332\241\333F\262R\216\340k\315\034\353\271\327\035\313]\304\032,J\256\312\245\210AAC\n\261@\202\202\200\344\345;[[@\254\005\205\205\256\024(Q\261\020\212E\":\037\370 \220 \222%\275\3019\315\363\261dD\025@fI\23133\000\314\2040\301Z[[5\222\"F\005b\245Yj\030\215\030\233ZR6,\nR\3261\242\366\330\223m\244\r\241dV\025\214v\252\242\2452\262\350\006V+\366\201D\320\322m\r\254(\306\322m6\205\214&\2004146:`\246\356\252\254{\226\313\326$^#\032\314E\367\265\356[\340\306\265\202\266\nB\021kV\"\351\321k(\240F\260\235gZ\262\351\227\003&*\2348dUV\242\251Uan4cd\026\225`*\325\n\205B\252\324_2D\224\244\256\231\275}-41iia\217\035\tQ\211\223\025\326Ki\3232\372^\252\024Eu[Rf\201\360G\226B\350\013R\004\022PG\217\004\340\316\331\254n\037\\[G\272\262\r|;=\241\327\340)\214@u\375\326\377$&\317\361;\213c\216O\047\n\213\366\177\016\016\277\032\212M\351\007\365\206$\n1q\377l\031\315\030\3647y\361\205\2114\266q\264[8Y\311s&\323\321u\3672\350\377V\245R\3232,h\035\352L\206\2305f\335Oj\237\345o\325+\340\316\037\321\270\320\260@U\017W\006\032s\233q\326\372\232R\36353\320\267\301+\355\017\264\314N\035O\342%\013\237\047>\301\317r\253\341&s\366u\273""\215\034\355\356.\177\0175\034\345\304(\360\245\000k\250\336\203\246XsE\243f\325\207+0\261H\233\026\265\254,7\334;\225\356/z!E\261 \244II\t\316\241C\036\241X\255>l\201\"7\222R\047\265\237\032{k\334Rw\323\315\232Q\024:\250\254\231\350|jzQ\347K\3173\267\237\247\313\311\0177af\245\376\216\032~Du\363\312\224\301<8\3345H\334\224\335\315\372t\375\335_21\215c\347x\245r\370\3171Y\315\310\300`\306 \370\016\344{\271\220\023\207\264\230s\033\370\251>\206\246\346\276\214|\00706\0225\220\333Ik\253\311\003b\217\004L\033,\300s\335A\325!R\n0\206\214ap`\0229\026\020$\037R\371\321\t\226\221b\177c\326=I\262e\340Q\013\322\250xNm\267%\327\030P\2454\337\210\212\216,]\013\256\256ee\205\212\353C\323\261Y2jD\240\376\034RO]g\021(\020\022\047\255G\367.E\367J\304\025P\325#M\364\236Z\372<\232v\265\314]^8\266\035\301\n\327\047KJe|o\344\271\002\336q\357;z3\022\210\005\020\322\225M\246\256F\243\234\350|\222*\257YF0k_\027\276#\344\301?\271\345cD\255RGE\212\021\216\023V\264\261@\242P\347\237\tH%$I\004\213\313=\363\360z\364(\004\000\201J\007\331\312\376E\357\343\303\340psyZ\325k<\275no\257\206\001\201\201\201\263\366i\036;\310\361M%.\377\344\374\264\205\002)Iq\202\032s/T\245\nt~\251\3166\374\337KG\251\267\300\345\335>\275\254>=<\270\364\276\334\237Dy\342:>-O.\010\362\263<\225\r\002\034R\307\023.\003G9\243 \255\030\367,\236\341\220\037\030\270r\264^\212\007g\357\267\004\224\364\023\202j\237\216w\032\013\302\310X-k\373\211\354b\224J\tA(\224J\023\375\327\004\222I\"Gn\017\007\203\220\245\311\312k\242F!Ih\224\262\221\336\234\347X\360O\243(\330\313\330\242P\3161J\345s\177\233\345\"\270W\331\324\202r\366\263\223\325cTD\231\373\271H\301\033\235m\t\025\264\255\200\340\272\222]2S?\314\2514|\031\202\270W\354\253\026\202\246\225\177&R\306\016oV\376\3575\025q\362\033\035\354\264\022=\365\t\"DN\2525\343/V\216X\352g\023\177\266C\306\241Br\214\327\332\301P\rk\355{ \301\006\032\367\371&\225L\305,\2702i\303\327z\016_\351-\203H;\277a\231\204=\265Cd\306\224\322}\230\223\245R,\240\030\333`2i\265\263x\002\035\231\004\355""\2469W\336\240\024 \366\311\242\227\221\206\304\332\0323\216\\\312\345iR\216\236\3132\264\004\346\362\313\307B\312\000\314\006m\201\255\260R\221)!bU\034\324\332a#.\216A\336\347\215\260\310\034\2345j@=\047\250\252t\233#\323Fs\354\326b\230\232\314\223c\365\244\256\307\004\014\213\262\" \322X\047:\221\317\nk\2149\235\357\346%\253$\004p\332\3273L\277\023A\3438\322\2474\334\337N\003\022N\013\324f\030\352Y\262\302 \321\267\253\025S\201\255\016\t\303\207*q8\361\261\265K \246\306\006\361\267\243Wv9f\246\264\233\332EW\\Y5b\311Q\263b\353b8\031\231\232fff\231\346f\376]\373\230\246\315\211\203\223r\303\203 \3661\210\021\035rh\355\303\324M\312A\262\032\027\372lq\251f\312f\247aB\246\201\230\n\305,)U\010\300\256\375\306i&e+!2 \347\026\311\206%\r\007[\203\313\010\224\234]\001\3460\317XJ\365(I\333\251JB\200\366\030\031\213cd\313`\324\305\223k7\230\224\356\215\305\271\213\234\312\252\255\3122/k\204Q\256K+\240\260#\026ThE\244\355\267%\252\001\332\263\25400\300\316g3\307l;\257\277b\361\265\215\303\202o\313\035\256\211\202\247\307S\222]\356\322\363 \353C4\354\rv\341\323\207P\215r#YV\214\275\024b\211\231B\2057p\315T\326\"Pg[\034\324AQATE^\346\254j\025\252z\007B\001-\272?\266\027\277X\245\335\343\177N\241\356]\235\035\2278Y\334h\217%\231TUW\370|\r\217>\373 \"\340L\272#RZa>AV|\270\\5N<7\362\035\332\3732\276\373T\305>ww{Q\375\374\320\352T\311]?$\035\035\361\273\2555Kn\2417\006\202\366\362\256N\352\234uI\362\266\325\213\005\206\3376\\&\361\006\200\311\232\024\330,g\334\255W \230KL\270\t ff\255Y8O5+\250o\344\2118\346\313XY\307Rc-\024\205!4Rl6\365\311\311R\361Da\000U\340\307\205\333\222\261]\n\302\010\311\257\005\007\"\002\203M\001\310\255\\\025\212\275\214|\031\"\375\370\363\273\026M\202!A%HP\030\252i,N{Z\255\214\222\304\321\261&\024\334\346P(SL\303\037\034\350\017\261\346J\211\352\2447\2245\016\256(2%\216 \276\374\374\231v\301\227pa\306f\251\316@B\023\257\2005\301G\3354\047\014\00532\021 \343\203\323\005u(\374&\305\254\343\237k\002$\036\227\335\212A,\\\2571\243\306\201\221p]\225M\270<\006`""\353\n#;\016\035=D\0302b|%CZ\245\2543=\342\031(\341X\250\024si{0%\007,\006\357\354\252\240\341\026\332\244h\201C\031\020*\242*.\226\233\354\317\013.\222jn\267\232\333\200\303XnF\236\235P4VyJD\024\262\01442\006\2506\222]\t\222(\273\025Cr\232\256u\340\232\341\306H\336\2432\033\311\357\203#a*\347\332\256\213\220>/\206\334\334C|\210?@\321,uU/\266\240\277\272\023.D\0019\225Q\217p\326!\362\222\361\301\270\333\221\231\273s\366\323\304\251\315\273\271\245\227\n\374\037\201\047pzE{\316V\262\235/kz\3208\356\214_\344]X\302.)\323\032\351\254\010Q\222\341\310\372\322\353\260\255eR\021\014\033\303\021\341b\026l\300W$\222<Y.\255\324<\034WLA\231#\014\030V\203\210\032\257\203\225\332a\246\206\225K\341F\313\245R\352\204(\374#{\373K\307\265\022\315\006e\2300\032F\362v{\035&\334\370\014d\006\016\322\256$\311\3569yL\373\206\033\246\006\301\214\272\271S\334\230gA\303\330f\316^\347\233\312i\220\235\232\032\360=1p\032\231B\316\347H\233\002A\222\230(\357\327!4\003\030\300\263\342g|\022\021T\244\0257\365\274\262\000\252\255\255\016\0344Xa\244\262\010MQ\353\207c\034\371\275\272\264\003\351\0261P-Y\344\242;\030\262,V)\005`\256\321F\305\370\266\301kU&\342\321[\343\027qA8\207\024\342qC\212q\352\201\014\272\362.\014\305Q5\211\331\007t\022\313\301\206\352,6\021\243\221$\314\206\251\023\246/\036\344\314\300\\\016\331\007\246\006\025\314!\310m\031\203*\312f3f\335\323\317\237.\266|y\371\047>\302\312n\205\233\231\021\22111Lq\312\354\266\350\033\261\346\010\242l\320\226,X\267<\273\245{\233Z\321\004\362(\224\242C\300\274\342\351\225\351\213\240\366\271\365\200\365\327\251\220\275\351\047%\315\203z};L\355\314\303\0036l\214\207\207\265~\376q\2667\230\214;\010\212fkz\037\256\312:\334\237)\217\257\351\307\347\372i\203`\233\006.\262\370WQ\263\013Q\355\301\270\343j\010\371\332M\2465\177\200Ch\245\027k\217\010\370\206\215&\226c:\255\033\326|\023\307\365\243\256\3643\240>\311\211u\264\222\267\032z\244a\243\3416\352\023\t7\373\377,\361#\315$Th\351&\245\214k\321\034\001\370\362$\336\344\351\317oN\347\032Q\331d""\014\300\326\030\231$s\311]\222n\340}\321RJ\364\312\270WRd\221\236\307\367\251\300\215\t\047\265VI\310\272\227\331\332\351\212\223\253\263\3214\026\247\031\335\247\026hq1\rF`\353\346\006\205P_U\272i\001\017>h]\302w2\030a\313\0041S\315\247\21388\021p\270\214#J\003\r\3406\277\304;\003C\201\216\304\325\321\005\006\213;$\027\220h\016=\016\371\324\347\031\026b\263\314\320A\334\261PA\356\310z\203\024E\305\036\374A\033\275(q\266PFH@\224\034\033\320C4\354\201\301\014N7zS\004\340\t\374\251\327\242\371\240\010Cv\322\247\246Lc\270\275\014\301tx\305\240\213\346@.\245\300a\000>\325\260C\372\005r\335\313\336R@\212l6\020\203\301h\266\270\006\376\005%\0305\t\027M\311\200\202@5\006\235\253}\302\034\227V\350\276\211\250\250\013L\030Z\212\232\200\340 \243\231\000u\273\373\2047\260-\375-79p)\270\206\2411A\005JY\367\257\260\355\331N\203A0 \257\342\022\030\347\327\323\266\300b\314\002\311P\326\247a\255\206\220lv9\321\372\271\326\020#`\221fm\020\265\260 A \305\375\261\371\363\203\373}t-q1\212D\035\257\016\344\222\212i\352\024\241\2550K2\362!\016\316\227\3219lV\021\016y\023\203\310!BK[\265\033\304Jf\372\317\017\r%#!\303\233T\203\311\361\257\221\353\036\270! \307\347!\031\024\332!e\006=\220C\266\343\326\023\t\3127\306%\237X\221\252\331\310d\223\026\273\373\245\345\236a`\021a\260\323\262B\217!\r\351\004\354\377\253\353Qq\227\r\326\224\244\023sv\205\213%c\273\207\206\021r\003\337\244{N\264,\212(\030\320\\^\"+\233d\325\273\200\256\3311x\357\024\224W\035\275\233#\005\313e\265|R\346\0146n\354\336Qh(\331D\005qG\303j\301\320U\350FX\360\251\270\332\027f\315\266Ro\315,\27511\331\242\002Z/\332q6{\036\t\204\370\3746\022\307z\2340Z\020\300,O9\344\211\321+\244\355\253T\266\230C^2S\215:u\277\216\211\306\310\310\323^Mq\312G\224F\330D\357\307\\\020\234\245\224\344\330\305\215\362\275do\n\361\247y*\313\322\226G\315\224nZ\330\264\252\311\212(\315\2440\326\357\226\214b\242\324lJ\371\003a\364\0235\252G\370\305\207\226\256\032\257{\373\273r\265\333e#\342\211\023j!sJ\244O\200\327[\nZ\343\255Q\346\364\355\202;""\221V\325\251\020\240\331\004\206\315\005\031\033\314c\216\235\361\000\030l\372\003\244\310@3\246\010\0226\304\357>\305\205\340\274%2\225l9\"\204\0203\365F\256^\305<\326\266\231fn\355\340\373\0137;o\030\247\231\252c8\262\272\370o\323\030\026\373>\236\266c\351\365\034\356\2163\310\371}\303\364\207[\307\325\233\2502\031\006_UR\327\201\267\375\251\376\017u\335^\346oB\221\017\254\365=\034\337\223;&\362^\252\013\016/S\353\033\261\360|\336\3678\370\031uuG\201\336fGDe\314l\"\030\336\027A\032\003\234\304\257\235\n\350\035\035\316 \345\314\346?\345*7\227\245E\2443\216\243;\2668G\247\207\245\271\311\230GYvvvc\017!\221MM\"\0302\262\251\302\0074\007*\262\210\016R\031M\004@U\373\241\3050{#\223YC\362\314\246\034pq\253\003\311\241\2139\3608\302\354\325\211\361\304\264-C\324$\262\311\206?\030\031&w\376.\344\212p\241 \362\244\032\326";
-    PyObject *data = __Pyx_DecompressString(cstring, 3841, 2);
+    #if (CYTHON_COMPRESS_STRINGS) == 2 /* compression: bz2 (3831 bytes) */
+static const char cstring[] = "BZh91AY&SY\002r\343U\000\000\227\177\377\377\377\377\377\377\377\377\377\377\377\377\377\277\377\377\374\300@@@@@@@@@@@@\000@\000`\016\235\335\360\353:\"\353]\0003\272\356\2355\313\220jlu\322\224:&<\000\000\007\200j\237\241\"(\020\321\223OQ\243@\032\014\311\3414F\3234\320\323 &T\375\t\352m!\0141OI\243M\246\2154M22\004\242\000ML# \023)\351\240HOL\241\243CF\203@\323F\200\320\321\240\000\0004\364\206\200\000\006\200\021D\324M\251\352~\250i\3526\203F\322bj`@\001\200\201\201\006\215\014C\021\223M2h224\321\352\004\246\210!\250\324\324\362H\330\247\264\240\310\310\006F\200\000\365\000\000\003#\002\006@\000\320h\304\365=@A\223\000&\00112d\300\000\230\023\00110L\000\000\000\000\231\030\t\201\014 \004\212\024i\231I\352d\236\212~\236\245=\032h\217S\032\232\r\032\014F\206\032\023A\240\300@\r\0314i\350\2324\003\t\240\340\345\270\321l\261$\374\226n\3157S\244\0356:\214\320\306\340n\304\224n\250\335\025\r\324:\032,J\257\211R\304 \240\241\205X\240AA@\210()\326\326\326\005p..)@\241B\215\212!\024\212Dt?\360A A$Kk\202s\233\347R\250\2106\003i6\233l\006\320\2060\236\013\047^\202E\342\364\211\336W\347\177!3\314\204j\252)\031\214\tJ\252\212#\013lI\266\322\006\320\264\325B\250\245W\224\224\245nl\200\266xt\002I\241\202mV\2124\r\241P# \032\032M\r\216X%\253y^c\324l\302\246\214\"(\261\242\333c9-J<C\212(\212R\261\n\242\315\227&D +j_k\355g\306\363\020I\223P 4MNa2j\262\314\324f\264\026\023b\233\230L\230M(\205\261 A!\004\254N\313eC\255J\024&_|\210IH\221\022\265J\337|\313\251r\250Q\025\3266\302fa\360G\225B\330\013a\002\t(#\307\210\361N\331,n\037L[3.\3104\360\367\374\003\267\352\251\214\000v\371\215\375\310O\027\3619\366\305\034\236N\032\213\367\374~\177\203\343\311\"\257\223\017\357[\0304\263\345\377\n\271\352\307.\177\r\360\254\321\232\177\325\256\204\363\025rZ\311\264\364]u\254\266?\321\251bVf%L\303\275Y\220\276\rY\267C\332\247\371[\264J\3503w\362nz\025\010\n\241\353`\302\374\246\334\372_az\\d\246Y\226\350%\237\340}ff`\312\360\270\241\205a\026\301\025\013\002\264\032.\307\037\263\266\311\237\245""\253\271\333\220\310Z@\237rE\000i\250\363\301\323,9\242\321\263hC\225\230X\244M\213F\326\026\033\277n\345{\213\336\210QjH)\022RBr\250P\305\263+\025\247\321\220$F\254\224\211\360k\3437e{\213\333]}\374\322\210\241\325Ed\317\213\361\251\351G\222\\{n\356\\\374\274P\367:\212\265.\364p\277\344GO)R\230\047\213>$\"\270\266\032\333_fo\213G\255Z\326\325\3608\267b\266\316\351>\326\313\203\216\354N\203\367\220\375\016\021\203V\n1N\354\322\217\251\227=}w\367\316\200\332\210jAw\242kKH\n\344\207\232&\r\226`9\356 \352\220\251\005\030CF0\270X\004\216E\204\t\003\343\327Z\350L\235f\225)\366>\271\352\321\224.\002\304,K\020\361\034u\332\226\332aB\224\276\334\303\325\3548~\nRyUu\225\252X\035:\325u\025+\345\371Gy\206\372\212\337k\227\344HU\037\025\037\336\265\027\315V \252\206\211\027\335I\343\247\247\311\247s\\\305\321\350E\260\357\010Yf.\225\351\215\321\273\242\324\n\373\263\336wt\344%\020\n!zX\232\315\035\rG9\320\371$U^\262\214`\326\276/|G\311\202\177c\312\317D\262\304\221\323R\204c\204\325\255\251B\211C\224\367JA)\"H$\\U\357\237\207\307B\202@\010\024\240}\234n\350_\006}\336\377s\233\301\255V\263\313\322\346\370\360\3000005z\367\217\035\337\363&\222\227\203\362~ZB\201\024\244\267\301\r\021-IJD\274\177\2621}?O\256\257\360\323\321\363\272\217c\177\037\315\243\033\360\375\331\377[\374B\036?N\303\3509\017+#\311P\314\201\275*o1\3344s\2322\n\321\217r\311\356\031\001\361\213\207+E\351\240v\376\332\356IO18&\211\372\023\264\314\\\025\022\241Z\335\336Og:Q(%\004\242Q(O\330\264$\222I\022;\260x<\034\205-N\006\232$b\024\226iK\031\036D\311\316\310\356ORQ\251\217\263D\241\224b\226ck\177\213\345\"\314,\376z\020N\035\314\350\365\230\325\020i\321\264R!I\235\374\356\224\024\373SCxn\024B\250l\335\333\205c\336*\007\261v\225b\320T\322\257\276\224\261\203\233\325\2747\232\212\270\371M\216\366Z\t\037\n\204\221\"-\200\302\270\372\212\t*\350~\260\327\355\230\333A\201}\325\275no\023\001\325-\317\340\034a\013\030\346\030\246e0W@\307\235/\226(8\037\332Z& \342|\315\261\021y\341qD\243(\372/\0076c\325\234\020\222@""\"%\276\252W\003\252\241\310\326\207\322\274&\002\204\036\3314R\3420\324\232\3036Q\307\212\271ZXQ\323\325VY@N>j{v\047 \006@2j\r\035B\224\211I\013\022\250\346\246\323\010\261\235\231\214yZ\361\262\030\303\026\307/-\000\364\236\242\251\314\325\036tg-ZM\t\234\322d\232\237\251%n|\0201-\304x\201\202qF2O\340\351k\024b\263\361l!\246\010\003\370\357\326l\211nesEaz\234k\224yw\310,\022\013Y\014X\363\235p\240\221\0226\2706\2563\321u\327i\255#KJ\246\265*\202\232\230\033F\334\215]\231\361\311M)7\264\212\256\230\262j\305\222\243f\305\322\304p3#$\310\310\3112\310\311\3746\354b\232\265&\016M\213\r\314\203\330\3060c\036\334y\233P\365\023r\220l\206\205\376\033\034l\354\331\306jv\024*h\031\200\246*\302\254G=\305\235\3256A\025R\023tG\203\030R\n)\007u\236g\026\223\036J/c\2103\006\233J\230\265%G\337\263R\203H\204 H\302w\324\302J\354\272\261k\346g0\340\021\2367\242\336\336Y%\212\036\263\211\014\210\223dR\242\241Z\275\205)\2523\223\0214\200y\352\311\234N;x\234\016\007\010r\017C\331\335p\272\316g~-\311\373\035\023;[\014\323\301\272\326-2\006Dd^8g\322\355\\[\201FIF\023\211\013S \305\220\261XY\226\354\215\231\342V\020\361\241(\2444\301\2617\266\316\3070\234\327\030\333\240%\2577\365\302\347\351\024\267\3106\363\320=\313\253\247\266\327\013;L\321\350\253,EU\177\213\302\330\362\333T\004\\\t\226\304jJ\370O\240U\237\014-\032\246\375\333z\016\273?\234\256\272\266\031\323\347u\355j?\301\222\035J\230\253\247\344\203\243\2666\366&\211k\320&\300\314\\\336\013\213\272\247\035$|\345\3374\342\234yv\303\312;\007+\205EWKi5mR\211T\010\2044\025\002\010\n\252\266X\250\301\032efGvw\221~\314lt\374\026\021\025:\344\351:(J,5\366JMcPC9@Ka\346\030\3535\252\262\247(\317z\330A&`A\006`\350V\256\n\305^\326>\014\221v\334\374\235\235\223`\210PIR\024\006*\230&f5`\330N\214\331T\357fCU\3354\213\213\264\033Y\273z\334\021|\031\35444\307KPL\352i\344!\341\t\334\313\227gNj\335\232\201~CCF\303\000\3543\343 t\014\021\245HP\030\0302\264\"\370y2\212a<\230#\265\251\224\244\215Ml\010\220z]nt\202T\265^g\243\306\201\211h[\215\206\274""\036\0030uE\021\235\246\356}D\0302b|\025CJ\245j3-\242\030\250\341X\250\024sis0%\007,\006\355\355\261Pp\213]\0223@\241\236D\013\024EE\275\246\332\263\217-,\351\334j\350\347\206\032#n3sj\201\242\263\312R \245\220b\025\303T\033I\345\027\216F\027R\250lSE\256\270\023L7\311\033\324dCi=\260dj%\216}ls\330\200\327\304\272\352\271.\t0\216\000\246^\366k\261\302\300\337\335\305L\214H\031\322L\363\220\326!\351\245\303\203a\257\023#f\307\353\247\230\251\307gz\366Z+\360~\004\235\271\351\025\362\034\255e9\275\255\354@\337\2621\177~\333#\010\270\2478\331}\220!FKwC\354\245\266\340\367\265\034\304\035\002W\273\353\330m\020\341=0@\255\246\223\244\215[R\035\314\3609\274r\330\016 h\272\016W_\013\350^\251t(\331sT\266\300\205\037\204n\177qp\366\242U\240\314r\006\003H\334N\257c\244\333_\001\214\200\301\327\253\2112{\016\034\016\034\316=G\023\\\314d\266\253C\262\023\311\310BZL^\016\305\252\311\206}io\244\266L\002RsF\307\267J:\250\303T\2344\334\335H\350\nZ\023}\216{\352\3101\252R\n\233{\036U\000UV\331Cv\354\325\030^U\004&\250\365\303\265\216|\336\335\031\201\364\213\030\250\025\262x\250\216\317\026E\212\305 \254\025\331\250\330\277;j\025\255\2117\025\212\335\030\273z\t\2747\246\363z\033\323\177T\010c\331\211hd*\211\244N\330;\244\206=\376=HVh\243s\347\244\233C\231x\333\231\204`\233`P!pE0b\243\020b\013\327\2611LM\206\315\235Z8p\307W\013\370{\210\307\335N]A>y\320\316\231\314\351\237>6\343\2570\335O0E\023Vd\251R\245yK\254\263\275\255\255\020N\375\022\224HxW\220\267\312\344\316\350=\256}\220\036\272t2\027=$\344\265\260o?\225Y\235\331\030`d\314\216\007\035k\363n2\232\323+\262\020\226>\357\241\367\344\206\316\306\273\037o\205\016\277\335\371\003`\233\006-\225\316]\206\312\332\207.\006\333\330\374\304|m&\3065\207\021\006\321)/\337\213\004t\006\217]\201\235\037jc\204\217v<\277\035\377%\334\3548|p\360\247X!\272\336\207H{\344\273\364\224\302\035\231/\303\364F\375\370\244\r$\3075\223B\020\233\301\023\201\363\371\220p\264\363\343\247\320\242u\321F\331s\265\357\020@\243\316n\211\024\341\374\2572\t\363\311""\247jI\341\020\"?6\376rf\250^\027\020\242\313\355\307\200\300\372\243\202\371\371},\327\267\342/\370\222\007\010\013\312\214\047\014\331\301\301\230\036\225\311\352\371\036Z\001\267L\034I\223&g\0026\047\320\237\261E\3508`(\025\305\364\016\340GC\336\031\343G\201\3506\034\3350_\351\275\324!\275cDz\264{IO\220\204\316g\274\216\004A\354\253!\020\301\305\205\202\t*\372kx\352\205v\365q\002:\270(T\202\301\037\336~e\213/?\000T\026G\177\230S\200/\2364\216L\010\240)\035\373l\276\321y\350=>\207\261^\036\001l+y\024^[\241T\020\023V\340#\372\006\355\313\267\367\312\205dy\036!\376\345\263\267\300<x\230\260\305\204\253j@\270\210W\306\021\251n\346\271\036\273\315x`U\302\312\t\013\244\253\204#\210a5\361\206\346\r\3227\2616\r-H lL\220\021\204\274\300\206Y\264\257\340y.J\266\375\327\301x0\265\336\025\320rmj]y\005\267\305\263+\234\264\234\351\223C\242\223\221\027\275\237\"\205s\365\332\313\245\230\347>\241Eq\261\375\275[B0\235\236Z\235\221e$<B&l\315\335\261A=\263`5\224\005\243oZ\221OO\241h\365\341\254O\270L\002\"\024\314-\016\255x\205fD\212\030\204A\305\212\021\303F\251\021\030\253\267\212&\257\262\010\2602\371H\210\230\372\201\254\004\037\000#^\004\214Y\021\230\253D,G\326*\346tdf\027\232\325n\251\337\214\331\022\002rH\311l\211|DoD#{\376\216\324\227^\272\220[c\020\261\307\333\026\2456\272\2718f\013\257\247\216jm\301lJ$\220&R.\267\244\233\273\205\315{\021\275*\013\351|\305$c[jQ\212\355\303\267\200M\342\014\222\336\332\276\302\365\300\341\264\312\r\346\037M\311\022SjUzN\353$\010\340\333V\356\2755\337u\213\034\341e-\312\371iu.@]\034\235\313\"92\367ei{\024f\2770L|I\034i\230#U\264\261\272\245C\266\361\0331\026H\227\344\253\346\345$ODQvk\354\217aN\211GL\021\326\313h\021\031\261a+\365\362\305\rxZ\047p\267\251{\013\247_\231^(ltR\006\251\261\245\247\026\305Z\310\3422T\355\036\235aM\251\272\253C\020t\317A{\255N\267n\256Of\236M8a\207\253\271]\320n\030\241\253UWn\250\273\245N\254/\243u\262-\277UJp\244+\254\n]\253S\035:\272\245\016=-\035Q\203\204CS\233\240iR\317\247K\261C@\347\376FLn\320\354\346O""\235\373Q\355\353\320\327\375ikj\321\242ic\030\363\272\363\3509\323\314\356\376\346/\304\320\243\271\224O\235\215\005\023\321\315\311\202x\304\330\036\374:\023\241\237\316\202\016VT\342\375\234\324\343\016\207\203\237c\2348\257?\235\317e\267\334v\017\206\317\317\361\301\317\327\241\311\232F\202a\364q\376\2729\227\326\376\230<h\367v\206h\326\313\217\264i\347hh\0173\311\310\216\210\313\220\330D1\274.\301\032\003\234\304\257\245\n\350\035\035\316 \345\314\346?\345*7\227\245E\2443\216\273;\266(G\250j\275\t3\010\216r\354\354\354\306\036C\"\232\232D0eeS\204\016h\016Ue\020\034\303!\240\210\n\277\214\270\246\017drk(\177\244\312a\307\255\211X\036=\206\014\247\302q\206\354\325\201\361D\264-DT\"\244\030\223\322\006I\225\377\213\271\"\234(H\0019q\252\200";
+    PyObject *data = __Pyx_DecompressString(cstring, 3831, 2);
     #define __Pyx_DecompressString_LZSS_UNUSED
     if (unlikely(!data)) __PYX_ERR(0, 1, __pyx_L1_error)
     const char* const bytes = __Pyx_PyBytes_AsString(data);
     #if !CYTHON_ASSUME_SAFE_MACROS
     if (likely(bytes)); else { Py_DECREF(data); __PYX_ERR(0, 1, __pyx_L1_error) }
     #endif
-    #elif (CYTHON_COMPRESS_STRINGS) == 1 /* compression: zlib (3936 bytes) */
-static const char cstring[] = "x\332}WIW\333X\267-\202\223\230\204\2440\030\322~U2\020\232\024\241\312\304\220\204$\365\236\351\322V\n\003\351*_\236\226l\313 \260%[\r\306\251o\255\227!C\r5\324PC\r5\324PC\r=\344\047\344\047\274}\256\334\245H\336\002\324\\\335{\356\271\373\354\263\317\341\002w\347wN1\364\252\241k\034\367DZ\341f\330U)q\025\261\242\250\215\207\234\240\035p%E\345\004N\253\n\252&r\317\205\202\222\227\004\231\233\211\006\036\357\250\2068;\327\031\277s(\026t,\250\252J\321(\300\356\314\376a\365\327\303\375*\346Dv*B\271,\252\\^\320\013{\234 \0279}O\224\351\322r\205+(\272 \357\212\262\376\220\333Ut\356\3539\255OZ\373\233\272kT\360>\243\315\222\333xW\205\006\275\260\007\r{\312\"W\305v\355\211\260^6*2\335\024C\305\004<\311\032\254\352XT*+\202\276\224\201\2538=\366\332\023hSI\343*BaO\222\305i\300$\311\004\327\034=h\272\212#JX\217WU\251\267\215r\207B\331\0205\256\256\250\007\234VV\010\005\356\210\233\231\235\233\343\346\347\323\245\345\226\021\356!~\"\030\227\361D\307\353\300\273\047h\234\266\047TE\356\321\276P\020\217\364\371\rCf\233q\277\377\327+\234\352\225\2423\017un\265\241\357a\030n\026\305\262\224\027UA\027\313\r\016\336I\005\035Gg\307\330\\\337\274\223\271\237a`\252\342\276H\241\321\214|\241,h\032\\\005vyC*\353\022\016\334\250\212\332<\367\254\3045\024\203\223E\021\350+\\\025\363z\027\260\200h\242\316\274\236\026d\031A#\357x,\227\344\335i\256(\251\330D:\024i\365\206P\326\304y\241X\3441O,J\232\220/\213\242L\327\335\202\244EO\305\350\240\277\362\245\326I\347\253\215\243hl\231\210\003\263\345\016I\310/\215\023\217\204\202\216\263R\224[\037\030h\355U\005EU\215*\234\304X\013u\214\031\240AQ*\225D\204\252\244*\025v\206\016A\230\001\355\333\026:\014\375\246\211^\017:\006@\177,>\210 \343\332\243\230\332\023\342\336\321\212\241\351\\\036\376p\257\214\312f#\"r\304\366oO\253\253\222.\022~s\334\352\035\220Y\227v\r\305\320\332d\216\014p3ru^\254Tu$\007m9;\333c\3541q\207\262\274(\312=)\256\265\311\311r\034\254\321\rU\326\260\243,\3269\255 U\033\363\321\367\371\202\246\362l\233\266\321\336u\221|D\351""\036E\255\047ZDGz\355\240?\323\ttU\320\301^y\366!\340\256T\2452\235\265\223\003\224\322\371\262R8h\357\330\326\205\036`t\243J|)up\243\000t\304%\232\270\047\020A;\261C\202GIm\250\210v\357\272\257\241Aj\033\345\"\213kg\0264\256\047\320\262Q\001><\350#\316W\014$V\024\206\222\200\203\260\204\222*UE\325{\247\031\025A\337;5\343QY\250\344\213\302\357\033\317^\276\344W\237\276~\365\202_y\277\263\276\335\206\242}\237\347yU\204\344\212<\337\035*\354\211\205\003^\223>\211=c@S\025\221\304\305o\215\361Z]\024\253Z\367\323~\353\310\335\021Y\324t\236\341\321\035k\311}w\000r\330c$\342\303i[-\301\354\274\2232\300\213\n\330\334\031;\265\010\031\325yf\206%\275\321\031\240<\215\270\330\265\312\344\230\007\325N;\200\240\275\372\363\311\263\227\374\333?\267^l\226\241c\242\272\315\234\355d\301;\236\3477\033G\370[\203\236\362\257\020\354-\261\304\363-\315\003\336<\317T\221\337\025u\244b\205\006H\302\350.\311\222\316\363\363\217@UH\340\357\363`\236xTU\277\373\341\0333+\202$\223\251\n\020.\263\335d\241\302\356\220G\376P\247\324\247\267\232!\224\333_\332L\240\047\262\361\r\263\320\356\216!\235\"\212\023\251\273Z\017ezYq\212 \274\244\021k\2216\250\213\035\\;\017\335\r\333\374\375\306\247\266/\007b\203\376N\177\3502\255\347\261;\215\t\000_E\324\332\374c\264k\263\355\037\244\373\347\373?\354\240+\301\371\371H\274\361\204\314\244\233\326V&\215\221*b\226\240uu6\032\326\032rAR\346;\210h\202\241+\302\221\244\345\363B\221i_\036\007`\033\345UE(\026\004-r\266\373\026\355\\(\023\236\210\270\256BW\362B\341\240PV4\021\211\022\345Jt\205Bj\255\334i\335\370\003Y\251\313x\321\242\006G\243\210u\243\326\033?\332\007\376c/\245\332\300V\272\322\021E\010y1\302\233\362(*\341=9Y\244\336\200U\221R\t*U*\013:\375\311\212\374IT\025z\324E\271Uw \373uA-\356B\323D\265\025PJ\220\342\021v\024wEU\322J\224\004\"\245\214\266\217\250\340\227m\033\tj\253\353\3514\003\355\260\355\353\310\377\203\003I.\262\023\363\035\275&\340\264\n4\224d\024\375k\324\302F|F\356\210L\205eFr\231o\241\306\036\330\265\325\003\312\300\203\376\250=\243{""\267\305\223yD\226]\242oUEb\363Y\177\207p\355\251\242P\304C\203\222J\3167\220Sr\221\221\203\250\213\343\353\262\374I\2562\301\047n)J\251\204\034\324`\020\277\224N\254^\321s\304\204*\243+.\272\326*\205\325\275\206&\201\262|t4\"~U\251V\301\006\235\370_\325\325\232\212\314G-a\026p\303\221U\361\020M\n\302S\047\272i\032#\243V`\0265*\307b\233\023\032{\325\3042\374\2221\256\027\305\222\000\013\321G\272\020\330Q\026\265rIg\313Z\032\254U\313\222\256\341\247\210Ct\302\24254\252\212-\202\265\3134-\354\221\352\026z\270)u\343\020z\2551\315>-\334Qg\r\325\256\327\021.\236\275\326\321\004\327\245\242\276w\324h\220\362)DF4\021h&p\231\375A\025$R\003h\265\241}\356;\211\235\377\374\311L\230\267\255u{\330N7\343?\036kf\312L7c\027\217\027\315\230\231\375\234m\306\207\360\360\334\022\254O\316\250\223w\373\232\361as\322\024\314\032\315\326\315\007X\232\260g\235%7\321\214_<\276of\314C+g\t\364\262d\216\232%k\325\322azp\030\273d\255\334I|\004S\014<\376e\377\307\305\226\227\217\213\260W\266S\366\222\223pf\334qw\325\325\275E\377\214\177;x\021\276}\327\234\270\343\274wa/i\256Y}d\026\306F\314{\341\365\333N\312y\340nx\251\346/\277:Gn\315;\347\025\374kA\212lJ\246n\245\255,\371\370\2675g\0134&\232\367i\314\332\261o8Yg\333\215\271\353^\342$>\360%\376\303\300\320\261a\256[\tk\332N\332\037\335IW\361\337\004\351\350\364\027\255\214e\330O\234\214\243\273\217\375\230\237m\336\370\331\372_\247\350\246\350\373-;\327\214sv\314^w\206\235\3647\321\272e\352\341\215\214\373\302\323\374\224\237\356q\351\024~\ts\304\314\232;\326\250U\262\263d\270\013(\006\350{\322|\213\005I{\307\031\203;\031 \305\366<g\026\254+v\033\235\010\352\327\366\224s\306\231t\016\274\2047\341my\272\3770\020\202Zk\316\025\000\264h\367\331\211\346\340\220\331g^\305\331o\333k\316Yg\313\2515\007i\243\017\366Y;\0077\007\211\024\023\346kk\322*\332s\316\256\233k\016\215\231E\274\226\021\200%w\304}\356I~\2559D\201\2555\223\327\255qk\003\341\274\347L\271g\334Ts\350\212\251Y3\030Xv\336\270\013\264z\004\014K^\265\372\230\313C\024\327\230\365\334\336sJn""\366\344\273VZ\213\316XS\366\031\373\266\363\024\201\037\367\262\264|\335\032\263j\366\240\263\352h\356\204\373\316\313y\373\301\271 \037n\346\232\334-\373/\247\346\016x\211\346o\013\341\302\272\277\035\234\007\004\213\017\274Q/\357\017\004#\301Jg\342k\234&\003\036\031\336\232\177\336o\320\350\245\204y\323z\013\344\007\211\363E\212\232}\350\354\340\310\317\274\034\001\243\303)\200\221\267\316!\344u\273\344\2548\002\2417\006t\227\021\300\3011d\212\201\210\215\342\333\232\333w\362\3355?\036\327\350,+H\230,\266\334p\306\235,\205\346,\342\320g\217\330\253\266\001\003\347\335Co\333?\353\347\374\"\361\234\302\364o\320\347\226]\047\360Z\241\0355\231\347W\220-p\345:8\277Na\246a\254\030e;\344\254=v\226m\367\2027\351U\202\014P\371i&\234\271\357\365\021/\353\246\3609{\362\275\234\241d*0\312L\331\375v\006\236\2558{n\301\033\356\2221I\231>\360\345\302w3\253W\007\376v\331Y\206\315\005\363\275\225\207\311t\213\211G\256\352\215xY`M\256\204#\023\244Q\027\217\357\231\343&\213\311/\026\330\004\227\275+~\277\237\2118\2306_\002\260$\3029\356<w\005\027\2037\331\001F`\264\357s\366\313\271\037\006\006{uj\310\034h%\334[\347\017/\351\275E\206\307\007\217\327\331\001g\354;\310\2078\305!g\346\303\253\263\320\250i\227!\260\007B\334\262T\373\212\023s\326\335a7\3356U \254\310\317\014b\212\020\2361\247\030\327\317\331y\247\357\033\003?\002\241U\263\026Q\031\300\301\000\305\273vrj\200\361\201\207\247\333\221\241\257^\310\352\031+e-\201\020\223,\233V \233\377\337\207\263\346\033\004w\303\236`&n\246\354\353N\332\331pS\356\022$c\022\tr\306\237\364\305`!\370\020\276\373\030~\374\237\010\007ZC\232\376\030d\370\323g\001Y4\373\315H\225\201\310!T\243\340$\235\2170\241\004\271\210N\"\333}\002\272\365/\020%\3018\267\020l#\311\242\210\014!-\026\255\363V-z\035\215\264\376\307\343\2065\000\356\306/\035o\035\037\"\002\202\371\tN>@\211\250{\273 \322\002\354\017q\221\360e\216\377c\335E@\007\223\3463\353\r\343\320\200;\n\006\350\336\003?\353\347\310\277\005\346=q\256\001Q\270\346O\370o\203g\341\3537\315\233\343""\3668\3459\355\330o\245\273\2622\340\214@Xj]%\271\356/\370[\276\036,\206\233[\341\326v\223\233\262\205(R?;}lr\235\320\0351\227,\346\3706 \333\261\256\331\251\250p\226\001B\216\200\034lI\364eW\214\322f \274v\233I\020\253\254*4\244\006\226\334\260Wl\311ix\375\336=\177:\030\013\3240\267\025\3213Ae\230\016\376\200\261\247\023\317W\316\004\022\265\023\317gP\334\271\337\334\263\356\226\333@\226\220\3635\3726\202\212\225t\336\272O\274\373\376r\320B\3475h\222\261\216\354\232s\001\251\n\307\240\2607&Q\374\322\020\237\313\236\350\247O\276\322$\022\303+^\334\277\030\244\2776\240\302\366{w\027Z\\\364St\036D\017\241\205\036\\\2054>\006R7HI\2749_\n\264p\353}\370\376\257f\374\047\024\230[Xz=\274\273\032\021\353.t&A\2263\341\225\333_U\033v\356\025\223\3618fnX\023\000s\322.:\277\270;^2|\274\031n\276\245\346\001\025\343\254\265\215\362\374\314y\rb\337u\367<\201\202\373\324b\245\343\005x\374\010\205t\231\344|\310\274\300\274\327\020\253A\212\000\2121U/T\357yGp\016ay\304{\026\021)\215:\375\016\231\231\267\343-\321\034<^9.\301\243}\224\247ql\027\325\272\370\205\343)\224\327k\360o\033\371.:\313n\316\225\274O\3010\343.\005:L@\326\220\306;\316u\367\201\307\264g%\274\314Qm\006\032\215\360\267\377\366\373Ho\362\2142\264\345\000D\350\026\274NGbL0\225\340O\216$q\326\312\204?/\260\034\036\016\037\376\021\344\250\346S-\273\273\344\226 \245;\254Cb5\237\025\010Vw\022 \3234\321\265\035\247A\322\310\273\307\002^\267)\037\2545\373R\324\031\320\016\351\360f\306\315\272\333\020\336$\200\273\371\023\n\231\036N\320f\005\320\023Yq\202C\254AxRm\351,Yk!\227\211J\024\331\255\243F\2140YN\264l\" \314\020\320GI\351t\227T\014\327\234~\244E\335-zw\374Z\344\335p\253SJ\264\r\222\243\347\241\306\211^\027\303\305\227A6\330\241\224\271\271\010\340Iy\340\022U\0365Zz\017\235\rpC3B%\223j\345\013\324\322]\234\255\037\344\177\356\027\202\256\301\025j\337NN\371e\000\212\017\350\013\377\3006\307L\211!\206L\270?\202\261w\321(\336\361j\220\322q\177-\350\017\322\301*\021~;\334~\035\276f\024\355\224\376pl\006y\221\210\350\005""\202B\304\026\300\212\033\014\3523\220\314\203 \021LR<i\033\022[td\341\370b+\020\037\203\024\262p\371w(k\272\335\326`\326}\022E\210\362\266s\236u\214\232\227\362\356\242QN\300\241\025_0\263V\332~\016\047\347<\201\032T\210w\215\274\010c\010F\373\260\317\321+\350\221\226\204\261\237\255\332I\234\370\223D\\\211\355\223\240\365#\324Y\210]\016\315\374-\350V\034\275\343;d\3344\344\362\256/\260E_\206#\231\3575\367\306K\207\261)\324\244\2627\037\\\202\020\177\231!\346\245\243\336\352\236\225\242Ni\237R\341$\022\001Bh\014rx\016i\014\216\255\036\327X\2731\314DGC\311_sca\346\211_\017\204\250\263\274\014M\230E\246\2541\214v|\326\357^\"\336\331\251\250\033[B%>\013\234G\235\002\264,\206\356\257\037\342\203\274\377\304\352\345.\023S4\026\254<u\033\323L8\375\320[\362\20717I\2745@\207\213\300\367o\177*\350k&oX\351\223\304\030k\313\251E:Bo:\016\047b\336S\240\236\017b\301Z\270\371!\374\360\357\346\3205\024\007\332\346\r\274\314F\033Q\005J^\r\257\376\342\334CG\273\303\232\325\301 {\302\324\214\\\237r\372Z\035\361\rk!*v\341\314#o\0031\005\r\301\254w\341\273\367M\216$s\021e:K:\030C\033\330.\360\244\203E\377\226\257\202\336\311\321\346\325\177Y<\332;\322\362~\220CD/E\375\357\311\325\233\25550\300\004\211\235+J\315e\366O\t\351\334\2427\340\217\371\265\240/\214M\3335*\337\t3\016G\311\255\r\374\003R\3612\036\023\354\307\014AJ\266Hk\014\306\362w\254)\200.\207\261\337\334xx\377i\320w\362\217\035\226P\252S\377\007\327\266\023\327";
-    PyObject *data = __Pyx_DecompressString(cstring, 3936, 1);
+    #elif (CYTHON_COMPRESS_STRINGS) == 1 /* compression: zlib (3934 bytes) */
+static const char cstring[] = "x\332}WIW\333\330\266.\202\223\230\204\2440\030\322\336*\031\010M\212Pe0$!I\275g\272\264\225\302@\272\312\315\323\222m\031\004\266d\253\3018u\327z\0312\324PC\r5\324PC\r5\324\320C~B~\302\373\366\221\273T\222\267\0005G\347\354\366\333\337\336\\\340\356\374\316)\206^5t\215\343\036K\253\334\014\273*%\256\"V\024\265\361\200\023\264C\256\244\250\234\300iUA\325D\356\231PP\362\222 s3\321\302\243]\325\020g\347:\353w\216\304\202\216\003UU)\032\005\310\23598\252\376ztP\305\236HNE(\227E\225\313\013za\237\023\344\"\247\357\2132]Z\246p\005E\027\344=Q\326\037p{\212\316}\271\247\365Ik\177S\367\214\n\336g\264Y2\033\357\252\320\240\027\366\240A\247,rU\250ko\204\364\262Q\221\351\246\030*6\340I\326 U\307\241RY\021\364\345\014L\205\367\320\265/\220RI\343*Ba_\222\305i\204I\222)\\s\364\240\351*\\\224p\036\257\252Ro\013\345\216\204\262!j\\]Q\0179\255\254P\024\270cnfvn\216\233\237O\227VZB\270\007\370\211\302\270\202\047r\257\023\336}A\343\264}\241*r\017\017\204\202x\254\317o\0322S\306\375\376_/\341\325KEg\026\352\334ZC\337\3072\314,\212e)/\252\202.\226\033\034\254\223\n:\\gnlml\335\311\334\313\260`\252\342\201H\251\321\214|\241,h\032LE\354\362\206T\326%8\334\250\212\332<\367\264\3045\024\203\223E\021\321W\270*\366\365\036`\t\321D\235Y=-\3102\222F\326\3618.\311{\323\\QR\241D:\022\351\364\246P\326\304y\241X\344\261O,J\232\220/\213\242L\327\275\202\244EO\305\310\321_\371R\313\323\371j\3438Z[!\340@l\271\003\022\262K\343\304c\241\240\303W\312r\353\003\013Z\373TAQU\243\n#\261\326\212:\326\014\300\240(\225J\"RUR\225\n\363\241\003\020&@\373\266\204\016B\277)\242\327\202\216\000\300\037\207\017\243\220q\355Ul\355Iq\357j\305\320t.\017{\270\227Fe\253\021\0019B\373\267\267\325UI\027)~s\334\332\035\200Y\227\366\014\305\320\332`\216\004p3ru^\254Tu\024\007\251\234\235\355\021\366\210\260CU^\024\345\236\022\327\332\340d5\016\324\350\206*k\320(\213uN+H\325\306|\364}\276\240\251<S\323\026\332{.\242\217\250\334\243\254\365d\213\340H\257\235\350\317t\022]\025t\240W\236}\200pW\252R\231|\355\324\000\225t\276""\254\024\016\333\032\333\274\320\023\030\335\250\022^J\235\270Q\002:\344\022m\334\027\010\240\235\334\241\300\243\2426Td\273\367\334\227\241Ai\033\345\"\313kg\0278\256\047\321\262QA|x\300G\234\257\030(\254(\r%\001\216\260\202\222*UE\325{\267\031\025A\337\377j\307\303\262P\311\027\205\3377\237\276x\301\257=y\365\3629\277\372nwc\247\035\212\366}\236\347U\021\224+\362|w\251\260/\026\016yM\372(\366\254!\232\252\210\".~k\215\327\352\242X\325\272\237\016Z.wWdQ\323y\026\217\356Z\213\356\273\013\240\303\036!\021\036\276\226\325\"\314\316;1\003\254\250\000\315\235\265\257\016\241\242:\317L\260\2447:\013T\247\021\026\273R\031\035\363\200\332\327\006 i/\377|\374\364\005\377\346\317\355\347[e\360\230\250\3560c;U\360\226\347\371\255\3061\376\326\301\247\374K${[,\361|\213\363\020o\236g\254\310\357\211:J\261B\013Dat\227dI\347\371\371\207\200*(\360\367y O<\256\252\337\375\360\215\235\025A\222IT\005\021.3m\262Paw\320#\177\244S\351\323[\315\020\312\355/m$\320\023\311\370\206XpwG\220N\031\205G\352\236\326\003\231^T|\005\020^\322\010\265(\033\364\305N\\;\017]\205m\374~\343S\333\226C\261A\177_\177\350\"\255\347\261\273\215\021\000_E\326\332\370c\260k\243\355\037\240\373\347\373?\344`*\201\377|D\336xBe\322Mk3\223\306@\025!K\320\272<\033-k\r\271 )\363\235\210h\202\241+\302\261\244\345\363B\221q_\036\0160EyU\021\212\005A\213\214\355\276E\232\013e\212\0472\256\253\340\225\274P8,\224\025MD\241D\265\022]\301\220Z\253vZ7\376PV\3522^\264h\300\321(c\335\254\365\346\217\364\300~\350R\252\r\250\322\225\016)\202\310\213Q\274\251\216\242\026\336S\223E\232\rX\027)\225\300R\245\262\240\323\237\254\310\037EU\241G]\224[}\007\264_\027\324\342\0368MT[\t\245\002)\036C\243\270\047\252\222V\242\"\020\251d\264\003d\005\277LmD\250\255\251\2473\014\264\323v\240\243\376\017\017%\271\310<\346;|M\201\323*\340P\242Q\314\257\321\010\033\341\031\265#2\026\226\031\310e\276\0255\366\300\256\255\031PF<\350\217\3063\272wG<\231Gf\331%\372VU$\266\237\315wH\327\276*\nE<4\250\250\344|\0035%\027\0318\010\272p_\227\345\217r""\225\021>aKQJ%\324\240\006\201\370\245rb\375\212\236#$T\031\\q\321\265V+\254\35674\t\220\345#\327\010\370U\245Z\005\032t\302\177UWk**\037\275\204I\300\r.\253\342\021\206\024\244\247Np\3234\006F\255\300$j\324\216\3056&4\366\252\211e\330%c]/\212%\001\022\242\217t\241`GU\324\252%\235\035kq\260V-K\272\206\237\"\234\350\244Ekh\324\025[\000k\267i:\330C\325\255\350\341\246\324\215#\360\265\3068\373k\342\216&k\260v\275\216t\361\354\265\216!\270.\025\365\375\343F\203\230O!0b\210\3000\201\313\354\017\252 \021\033\200\253\r\355S\337i\354\374\247\217f\302\274mm\330\303v\272\031\377\361D3Sf\272\031\273x\262d\306\314\354\247l3>\204\207g\226`}tF\235\274\333\327\214\017\233\223\246`\326h\267n\336\307\321\204=\353,\273\211f\374\342\311=3c\036Y9K\240\227es\324,Yk\226\016\321\203\303\320\222\265r\247\361\021l1\360\370\227\375\037\027*/\237\024!\257l\247\354e\047\341\314\270\343\356\232\253{K\376\031\377v\360<|\363\2669q\307y\347B^\322\\\267\372H,\204\215\230w\303\353\267\235\224s\337\335\364R\315_~u\216\335\232w\316+\370\327\202\024\311\224L\335J[Y\262\361ok\316\026hM4\357\321\232\265k\337p\262\316\216\033s7\274\304i|\340s\374\207\201\241\023\303\334\260\022\326\264\235\264?\270\223\256\342\277\016\322\221\367\027\255\214e\330\217\235\214\243\273\217\374\230\237m\336\370\331\372_\247\350\246\350\373-;\327\214sv\314\336p\206\235\3647\243u\313\324\303\033\031\367\271\247\371)?\335c\322W\361K\230#f\326\334\265F\255\222\235%\301\335\200b\201\276\047\31578\220\264w\2351\230\223A\244\230\316sf\301\272b\267\243\023\205\372\225=\345\234q&\235C/\341Mx\333\236\356?\010\204\240\326\332s\005\001Z\262\373\354Dsp\310\3543\257\302\367\333\366\272s\326\331vj\315AR\364\336>k\347`\346 \201b\302|eMZE{\316\331ss\315\2411\263\210\3272\022\260\354\216\270\317<\311\2575\207(\261\265f\362\2725nm\"\235w\235)\367\214\233j\016]15k\006\013+\316kw\201N\217\000a\311\253V\0373y\210\362\032\263\236\331\373N\311\315\236~WJ\353\320\031k\312>c\337v\236 \361\343^\226\216oXcV\315\036t\326\034\315\235p\337z9\357 8\027""\344\303\255\\\223\273e\377\345\324\334\001/\321\374m!\\\330\360w\202\363\010\301\322}o\324\313\373\003\301H\260\332\331\370\n\336d\200#\303[\367\317\373\rZ\275\2240oZo\020\371A\302|\221\262f\0379\273p\371\251\227\243\300\3500\n\301\310[\347\220\362\272]rV\035\201\2427\206\350\256 \201\203c\250\024\003\031\033\305\267u\267\357\364\273g~<\251\221/\253(\230,Tn:\343N\226Rs\026y\350\263G\3545\333\200\200\363\356\221\267\343\237\365s~\221pNi\3727\340s\313\256S\360Z\251\0355\231\345WP-0\345:0\277Ai\246e\234\030e\032r\326>\363e\307\275\340Mz\225 \203\250\3744\023\316\334\363\372\010\227uS\370\224=\375^\315P1\025\030d\246\354~;\003\313V\235}\267\340\rw\301\230\244J\037\370|\341\273\225\325\313\003\177\273\314\227as\301|g\345!2\335B\342\261\253z#^\026\261&S\302\221\t\342\250\213\047w\315q\223\345\344\027\013h\202\311\336\025\277\337\317D\030L\233/\020\260$\3229\356<s\005\027\2137\231\003#\020\332\367)\373\371\334\017\003\203\275<5d\016\264\n\356\215\363\207\227\364\336\240\302\343\203\047\033\314\301\031\373\016\352!Ny\310\231\371\360\352,8j\332e\021\330\007 nY\252}\305\2119\033\356\260\233n\213*P\254\310\316\014r\212\024\2361\247\030\326\317\331y\247\357\233\013g\315\267\260E\264\027\355=\304\270\337]t\205S\266\314\303\252\235\366\236\236\027\222p\306JY\313H\376$\253\234UP\344\377\367\341\254\371\032\211\334\264\047\230\210\233)\373\272\223v6\335\224\273\014z\230D1\234\361\047}1X\010\336\207o?\204\037\376\047\362\231\316\020\177?B\342\377\364Y\360\227\314~3b`x\177\004\206(8I\347\003D(A.\202\216\310\264O\200\243\376\005P$\030\276\026\202\035\024T\024\375!\224\300\222u\336\252E\257\243\021\257\377x\322\260\006\200\323\370\245\223\355\223#D[0?\302\310\373h\007uo\017\240Y\200\374!.\"\271\314\311\177\254E$o0i>\265^3\274\014\270\243\310\266\356\335\367\263~\216\354[`\326\023\276\032 \200k\376\204\377&x\032\276z\335\2749n\217SM\223\306~+\335\245\220\001g\004$R\353\262\306u\177\301\337\366\365`)\334\332\016\267w\232\334\224-\234\262\355?;}ls\235\242;b.[\314\360\035\204l\327\272f""\247\242&YF\020r\024\310\301\026\035_v\305\250D\006\302k\267\031\335\260.\252\202/j@\304\r{\325\226\234\206\327\357\335\365\247\203\261@\rs\333\021\024\023\324r\311\361\373\346\232Y\353\346\363\2453\001\300t\362\371\024\354:\367\233{\326\335v\033\250\0102\276F\337F\320\235\222\316\033\367\261w\317_\tZ\321y\005\230d\254c\273\346\\@Y\3020\260\351\215I4\2724\210\346\262\047\372\351\323/\370\207\210\357\212\027\367/\006\351/\005\250\220\375\316\335\003\357\026\375\024\371\203\354!\265\250\375\253\240\301G\210\324\rb\ro\316\227\002-\334~\027\276\373\253\031\377\t\315\344\026\216^\017\027\327\"`-\202S\022$9\023^\271\375Ega~\257\232\014\3071s\323\232@0\047\355\242\363\213\273\353%\303G[\341\326\033\032\024\320\035\316Z;h\305O\235W\000\366\242\273\357\t\224\334\047\026k\023\317\201\343\207h\232+D\335C\346\005f\275\206\\\rR\006\320x\251S\241S\317;\202s\004\311#\336\323\010Hi\364d\252\317\274\035o\021\344\340\311\352I\t\026\035\240\025\215C]\324\327\342\027N\246\320J\257\301\276\035\324\266\350\254\2709W\362>\006\303\014\273\224\3500\001\nC\031\357:\327\335\373\036\343\231\325\3602G}\030\321h\204\277\375\267\337G\334\222g\220!\225\003 \234[\260:\035\021/\205\251\004{rD\177\263V&\374y\201\325\360p\370\340\217 G\375\235\372\326\342\262[\002m\356\262i\210\365w\326\014X\217I\000L\323\004\327v\236\006\211\017\027O\004\274\356P=X\353\366\245h\n \r\351\360f\306\315\272; \331$\002w\363\0474-=\234 e\005\300\023Uq\n\047\326A<\2516M\226\254\365\220\313D\355\210\344\326\321\017F\030\005\047Z2\221\020&\010\321G\373\350L\222\324\370\326\235~\224E\335-zw\374Zd\335pk*J\264\005\222\241\347\301\274\211^\023\303\245\027A6\330\245\222\271\271\204\300\023\363\300$\3522jt\364.\246\030\304\r\203\007\265G\352\213\317\3217\367\340[?\300\377\314/\004]\201\2534\252\235~e\227\201P\274\307\014\370\007\324\2340&\006\031\202\016\222\326\007 v\021C\341\035\257\006*\035\367\327\203\376 \035\254\021\340w\302\235W\341+\006\321N\233\017\307fP\027\211\010^\000(Hl\001\250\270\301B}\006\224y\030$\202I\312\047\251!""\262\305\364\025\216/\265\022\361!H\241\nW~\007\263\246\333#\014v\335#R\004)\3578\347\331t\250y)o\021Cq\002\006\255\372\202\231\265\322\3663\0309\347\t4\214\202\274kdE\030C2\332\316>\303\\\240G\\\022\306~\266j\247q\302O\022y%\264O\002\326\017\321SAv9\014\356\267\300[q\314\211oQq\323\240\313E_`\207>\017G4\337+\356\265\227\016cS\350Ieo>\270\004\"\376<C\310KGs\324]+ES\321\001\225\302iD\002\024\2411\320\3419\22410\266vRc\243\3050#\035\r\355}\335\215\205\231\307~=\020\242)\36228a\026\225\262\316b\264\353\263\331\366\022\341\316NE\223\3272\272\356Y\304y\324)\200\313b\230\364\372A>\250\373\217\254_\35612\305\020\301\332Sw\010\315\204\323\017\274e\177\030{\223\204[\003p\270\210\370\376\355O\005}\315\344\r+}\232\030c#8\215C\307\230C\307aD\314{\202\250\347\203X\260\036n\275\017\337\377\2739t\r\315\201\324\274\206\225\331H\021u\240\344\325\360\352/\316]L\257\273l0\035\014\262\247\214\315\310\364)\247\2575\375\336\260\026\242f\027\316<\3646\221S\300\020\310z\033\276}\327\344\2102\227\320\246\263\304\2031\214|\355\006O<X\364o\371*\340\235\034m^\375\227\305c\224#.\357\0078D\314M4\353\236^\275\331:\003\001\214\220\230_Qi\256\260\177@\210\347\226\274\001\177\314\257\005}al\332\256Q\373N\230q\030Jfm\342\237\215\212\227\361\030a?b\021\244b\213\270\306`(\177\313\206\002\360r\030\373\315\215\207\367\236\004}\247\377\320\260\214V\235\372?1\277\013\316";
+    PyObject *data = __Pyx_DecompressString(cstring, 3934, 1);
     #define __Pyx_DecompressString_LZSS_UNUSED
     if (unlikely(!data)) __PYX_ERR(0, 1, __pyx_L1_error)
     const char* const bytes = __Pyx_PyBytes_AsString(data);
     #if !CYTHON_ASSUME_SAFE_MACROS
     if (likely(bytes)); else { Py_DECREF(data); __PYX_ERR(0, 1, __pyx_L1_error) }
     #endif
-    #elif (CYTHON_COMPRESS_STRINGS) > 0 && (CYTHON_COMPRESS_STRINGS) <= 90 /* compression: lzss (5317 bytes) */
-static const char cstring[] = "\377\n -> out\377puts  Gi\367B (\001\002of m\377emory; a\377sk for a\377 sparse \377Jacobian\373 (\013\003=True\373),\017\006-vect~.\000producU\000\377(jvp/vjp\374!\000B\003maller\377 batch a\177nd then\001\001\376\204\004 cotang\377ent; got\351 \026\013\024\004s\024\005rgu\275m(\000(s) \264\000 \237array\t\001\004\002s\177, one pl\000ya\"\004[\000lumn\003\001gour\036\000l\000nsn\000\375t?\000float6\3114\314\000\373\000e\226\000\345\000th\377is machi\267ne\047\244 in\253!,\327  i4\000r\340\000io\335nC\001rowM\005 v\377alues wo\277rk slo\202! \377x (),, .\337.1f: ?\003 ;\213 ;\321$:\t\000\205 \325\047h\377as shape\377 <jacext\277.Functj\000 w>?N\323\000Not\235\002\377t Cython\375 \244\000delibe\377rately s\337trict\347 th\376\254@PEP-484\316\354\"rej\242@]\000ub\237class\250\000\360@b\337uilti\207@yp\377es. If y\277ou nee\237@o\233 p%\000 s\047\007\260Bs{et\264B\047ann\262@\376\232\001_typing\337\047 dir\207`iv\376\304 o False\337.add_%\000ed\377isableen^\002\001gcis\004\003d\343\003\367/_f\343\004.pyx2\367\003:\375aT\000le\235e\224\001\177s exact\351\000\360\342A\303\204\003\257#.\005corr\303up\242\000\306 \357$\334`un\375t\234\000ffers \217from\370b\230f\361\"s\214,\023]\004co.\022v\t8\006j?vp tak\214`\334A\236\307\005out \331G\n\tm\377ust be a? NumPy\314\204\003\204\205\003\276\021\023write\314!,\377 C-conti\217guou\327\000\307\204\003\215\205\003 \377(np.empt[y(\321b))\177\010=\270a.\342\206\001den\330\206\010s\225\204\005\337\206\002\377 returns\373 a\221`w sci\367py.\217\207\003.csr\001_\365\205\002\246E\221\207\010\270\207\004\351\206\003\260C\243Hx\374\206\001\237\206\001\226\206\006(a s\343C\377pattern)\177; compi\370@\363a \373\204\006\317\206\001bloc\351k\230e\220\207\005 \266\047tup6\254af \033\006he\323\207\007#\003kha\235\204\001h\317e\047s\263\205\001\233uc\347\000e:+\n\215+ \237would\323BU\006v]j\335Inum\235 _\376`\177e.multi\225\210\002\347 fa\306\000\314\205\002imp\367ort\033\tumat\375h\021\016<lambd\377a>FILL_C\377HUNK_BYT\363ES\207\207\005\217""\207\005.__r\177educe__\t\007\377check_si\363ze\t\010\313 ress\373ed\000\021_swee\313psL\007j\352\212\004^\007ne\207st_\246br\007\350\212\004\203\007r\323ow:\010\267\213\003_;\016co\361l\202\212\001\273\006\226\207\001ssemsbl\247\007p\016jvp\354\006\356\221\214\002ity\375\006tap\361e\206\204\003\272\007\212\212\002_and\376o\017vjpNOGI\377L_WORKPl?annerS\345\214\002\341\214\005\377sX___Pyx\376\001\000Dict_Ne\177xtRef__\355\210\004\366\355 __\302\211\002_get\217item-\000\276\210\002\004\001i\377nit__.<l\377ocals>.g\377enexpr__\274\002\024\027\020mainO\001m\357oduli\002nam\232q\002p\223\000vt\307\211\001o\001q\007ual\022\005\202e\220aj\001n\020/set_A\005t\316A\317\000orgs_\251g_c\241f\354\000\010\232d_i(\000oro\037utine\320F\331F\350\007x\270\204\005\010\020\205%key_\001\000\304\224/\340g_\353g\303\047\374\206\002_p*\263@_\350\217\004_\363a_\347d\346l\371_\366l9\014allar\373g_\370\212\003argnu\047msa\216 \261\217\005s\326\217\002\321\217\003\363as\336\211\007\021\003sync\357io.c\212%sau\377toaxisbb{ad\346\220\002best\255\210\002\377broadcas1t\250\002\004\007\362\213\003cl\314!\357@\377tracebac\377kclosecoyl\246\205\003\254\205\003ings\265\205\004\376\274\205\004_knownc\273ol\024\001umn\237\000m\361p\267G\300H\321\217\002cone\376\302\000py_into^\351\221\006csrd\200\213\002_\304\205\001|\275\216\003\211\206\010dtype\301\213\002\377ffilefla\375t\000\001nonzer\335o\013\001ten\276\221\004fo\377rwardgatgher\360\204\004\235\205\001dxo\000\177egerisf\232\205\001\375e\257\205\001sjjacj\203acr\002\352\220\003\357\220\004\204\217\006\200\210\005j\377tjvpkkin=d\355\002_str\252\212\003\265!\337smmat\303\211\001meym\275\224\003\312\204\003mode\201\212\002\233n_\320An_\362\207\004\004\002s<\013\001\375\222\004n_in\000\001\217\225\001\370\010\001X\003\337\222\001n_out\214\000\002\026\003po\267 8\000\333\222\002n\177_threadH\000\375y\232\206\001nbytes\363nd\212\224\002\254\211\001next\237nnznp\223\213\002\330ao\377offsetso&\246`ut\313\205\001\253\214\002o\t\000\374\217\003}p\354\225""\002parts\204\215\004\377physical\371_\230\226\003\365\204\001poppr\374\300@\353\225\001ptrqrr\337edore\265\223\002re\377sultrevekrs\234@w\217\212\001ss\363\225\002{sc\330\215\002seed\000\001\\\357\204\004\n\002sel\225\000n\025\000\377tdefault@\213\221\003\210\224\001\351!\202\227\003\312\212\004\352\211\001s\374\211\005\377splitsts\337tdout\216Fsy\001s\373\220\001\314\226\004\267\226\005\243\212\001\240\212\010\267$\302 \377owuvvals\370\276\225\002\247\212\017\324\225\003vjpww\357ant_\344\225\002wha\377twidthxy\365y\200\215\001o\211\204\001sint\377 (int)\000r\357aise\245`atu\377s\200\001\340\004\007\200z\377\220\021\220*\230E\240\022\377\2401\330\010\017\210s\220\377!\2201\330\004\013\2105\377\220\004\220A\200A\330\010\375\020\006\000J\230a\230z\250\377\025\250b\260\001\330\010\022\277\220$\220a\220q*\001t\373\22098\000\021\240)\2506\377\260\021\330\010\013\2108\220\1774\220v\230Q\230a\t\001\3776\220\025\220f\230C\230\355tX\000\014\022c\000A\230Q\367\340\010\023 \000u\230A\230\357Z\240|\260p\000\016\210d\376M\000l\240!\2406\250\021\377\250(\260\"\260C\260t\377\2705\300\002\300*\310K\377\320WX\330#-\250Y\275\260M\000\024\220D\230{\000\013\377\2101\330\014\023\2207\320\377\032*\250!\2509\260F\377\270!\330+/\250x\260\377q\270\006\270c\300\031\310\377!\330\010\016\210i\220t\367\2301\230\273\000\017\210{\230\373,\240\214\000\016\210e\2208\376\020\001\230T\240\033\250A\250\377S\260\004\260E\270\021\340\377\010\t\360\010\000\t\020\210\377u\220E\230\021\230\047\240\377\024\240]\260$\260o\300\367V\3101\370\003\013\2304\230\377u\240G\2504\250t\260\377=\300\004\300A\330\033\037\277\230\177\250d\260!\232!%\377\240Q\330\010 \240\004\240\337E\250\022\2501\2312%\220\377t\320\0334\260K\270sg\300!\300\340\"\214\004\017\210\261,\377\021\220\023\220A\220T\230\037\025\230f\240AU\001\307\047\016\000\177\330\010\021\220\024\220W\251@_\024\240T\250\026\214\0004\247 ~o\002\006\220c\230\027\240\226%\376\345#U\240&\250\002\250$\377\250k\270\021\270#\270R\177\270t\300;\310a\310\264@\372\275""\"\027\236 5\240\001\240\021\177\330\014\020\220\001\220\030\371\000\377*\240D\250\005\250R\250\367q\330\014e\001[\240\005\240\365Q\267 \014\221a#\220U\230\377$\230d\240,\250g\260\277Q\330\020\026\220d\014\000l\376\376 6\260\023\260J\270i\357\300q\330\020\325Aq\330\024\337\032\230\"\230F\314@7\250\377&\260\002\260!\330\020\027\357\220s\230(\335@:\250V\353\2602:\001\023\337`\024\030\230\365\001\256\002\020\324A\004\230J\240?h\250f\260A\340-\026.\004\377\002\230&\240\002\240*\250\275H\366@\"\270A\330<\000E\377\230\026\230q\240\014\250C\377\250s\260#\260X\270Q\377\270j\310\006\310b\320P\377Q\330 %\240Z\250q\377\260\t\270\021\33002\320\2772E\300S\310\007\200 5\3779\270\025\270b\300\t\310W\023\310B \006U\314`4\305`\177u\270D\300\007\300y;\001\377\r\021\220\034\230W\240A\353\330\014\360\204\001d\305a\240v\250\275T\360\000I\270Q\330\226 t\373\2201\211!b\230\006\230a\377\230w\240f\250B\250a\352\272!\026\374`:\227`\014\026\220\177a\220u\230E\240\025\031\000oD\260\001\340\033\026\017\210\277 \177\024\220B\220f\230Ap\000\357F\250\"\250t\000\020\220\005\373\220[\243@\023\240C\240u\377\250D\260\007\260v\270S?\300\005\300Q\300d\344\204\001\214a\177\\\240\021\240%\240w\271!\376\375\205\0011\330\014\025\220Q\330\356\267\000\027\230\001\305A\032\2301\360\237\206\001\021\003\277`\217\206\001A\230Q\230\367h\240a\311\000S\260\n\270\337$\270m\3104\226`\036(\337\320(8\270\001\202\207\001w\220\237a\200A\340\010\235\205\024\335\205\001c\276\256b&\240\003\2404\227\000B\177\250h\260c\270\022\270\204\204\006\235\024\346\206\001\t\360\n\301\205\026\374\206\t{\376\243`\010\021\220\022\2202\220\327Y\230bP\0001\203\204\004x\260\237r\270\023\270A\351 \207\001\320\373\023#\240\210\001\013\2107\220\"}\220\217B+\230Q\330\020\260\000\277\270\027\300\003\3004\376c1\377\220L\240\001\240\024\240U\376\277 J\260a\260q\330\020\377\034\230A\230T\240\023\240\377D\250\001\200A\360\006\000\273\t\014\234\210\t\020\220\t\352\205\004W\377\250M\270\024\270W\300A\337\330\010\014\210E\217\205\002(\240\367-\250q\200""\211\001\005\220Q\220\377b\320\030)\250\021\250\047\376\347\210\001\016\210h\220d\230%\377\230r\240\027\250\004\250E\223\260\022\310\210\001E\003c\334\207\001\211\211\0014~\321@\014\020\220\002\220&\347\204\002\317\006\240b\250\220@\000\016\017\210ou\220C\220\372BE\230\266 {\230c\251\000C\240q\340\327\204\002\372\005\t\014\214a_\240A\240S\346C\003\005\220\002\010c\001\002\230!\353\2306\216`$\311\205\002B\260a\371\330y\004\004\022\005\220V\2301\357\230F\240#K\002\034!\240\377\032\2501\250F\260!\260\3676\270\021\223`b\300\002\300\377$\300e\3102\310[\320\037X]\320]^\202#0\001\320\212\001\237=\260\004\260O\314\210\001\250\213\001\003\371\220\220\212\003\217 v\240Q\240c\357\250\024\250]\326`o\310Q\372\311ce\222\002#\240T\250\035\364\246`Z\001mU\000S\320PQ\376\214C\020\210t\2205\230\007\353\230q\233C\025\346\212\003\017\210y\377\230\t\240\021\330\010\r\210wR\210v\377 a\220z\242\000\3779\260C\260w\270g\300\275V\230\000Q\330\020 \363\210\0034\377\210|\2303\230a\330\014\277\024\220I\230V\240\300a\t\373\260\025\377@t\2709\300A\313\300Q\262\213\0012\355\002\370\213\001y\260\377\t\270\031\300#\300W\310\377I\320UV\330\034\"\240\271\"\344\206\001n\001\003\2301\315\207\007\t\277\250\023\250C\250q\300\207\007\032\377\3002\300R\300t\3105\377\320PR\320RS\330 w&\240a\244C\037\250\001(\002\275w\363!\023\2206\230\264\002S\377\220\005\220T\230\031\240!\352\263\215\003l\353 Q\321\215\001\014\230A\335\230\237\212\001\016\260e\261\205\003\t\320\365\031\316\214\0014\354a\017\210r\220\377\026\220q\230\001\230\033\240\377B\240i\250y\270\003\270\3777\300\047\310\026\310r\320KQR\231\204\003\021\203\216\001\360\215\0019\271b\374\227b\314AN\250#\250S\260\373\001\330\311DI\260Q\330,\3770\260\005\260R\260y\300u\003\270\002q\030\001\023\240E\242@\377W\260G\2708\300:\310\372\227$U\275`4\230x\240q\357\250\n\260$\225\001\270A\330\357\033$\240G\225`D\260\016?\270e\3001\340\014\210\210\t\211\211\001\277\027\270\010\300\013\310\220\216\0022\365\2209\005r\376@Y\260g\270\237Q\270d\300!\324\217\001\273@\200}A""\214\207\001\030\220t\230=\247 \375\033\372\215\001\270,\300i\310s\377\320RY\320YZ\330\010\377\036\230d\240%\240r\250\357\032\3203C\323c3\210c{\220\021\353\216\0014\320\027*\341\213\n\177\010\013\2109\220B\220\334\204\002\337\004\220F\230#\312 $\240\377d\250+\260T\270\024\320\337=P\320PW\271\217\001\024\030\377\230\005\230S\240\004\240I\377\250U\260!\2603\260h\333\270a\260\213\001H\230\266\213\002K\230\177t\240<\250t\260:\313\212\001W\020\220\n\372\002s\251@\014\376!\367\023\220A\272\214\001t\320\033.\357\250a\250vW\000\023\270I\376\303c1\220A\220X\230Q\357\230b\240\010\256\211\004\014\210B\377\210f\220B\220j\240\002\372\310`I\345\214\004\010\n\210&\220\367\001\220\031\235\000S\240\006\240\377e\250:\260Q\260i\270\327z\310\022\267\204\002\010\346@\320\021\377#\2401\240A\240T\250\357\032\2609\270\367\207\002B\320\016\375 \230\216\001\240%\240y\32007@\300\001\317\220\001b\220\257ao\001\377\t\250\021\250%\250t\260\3511\275\220\001\362\221\0013w\000A\220Q~\243\214\001)\2304\320\0372\277\206\002?\022\320;M\310Q\360\216\001\207\215\001\37736\260f\270A\270T\360\235\221\002\357\216\002\234\213\002\363\213\002\021\220\021\220\255\047\253\204\001\017\210\242C\014\240\211\0013\377\210a\210v\220S\230\003\277\2301\230D\240\r\224\217\003\022\377\220)\2301\320\0344\260\377A\260S\270\001\270\024\270\377Q\330\034\036\230a\230t\273\320#i\001c\320Q\222\205\001\340\377\010\014\210D\220\002\220!>\263\211\005f\230D\320 2\000\250\003\177a\210w\220c\230\023\222\212\002\341\021\260\003\251\222\001D\002\373 \2404\240\374\325\223\006\211\215\001D\250\003\2504\250?w\260d\270-\300\235\207\001\233\000\345\022\243\221\004\021I\005\245\001\007\230r\371\240G\005\236\002\3205L\310A\333\310T\257\205\001\0345\366 c\270/\021\270!\330\375\223\002r\232\206\001\307\213\001\235#\264!\030\230\001\257\215\001\250\215\001K\357\240w\250g\331\000\003\2701_\270J\300c\310G\007B\273\222\001\323\340\010\260\222\003\216\007u\210 [\300\177\004\300M\320QR\210\333\212\002\357\003\2201\220\306\212\001]\250!\377\2503\250d""\260-\270q\377\300\002\300\"\300D\310\003\357\3101\310C\355\204\001S\320S\327U\320U\236\204\002\014\363\216\005\320\026\357(\250\001\250\352\204\0021\220H\377\230A\230V\2402\240T\373\250\033\346\"\002\270$\270k\317\310\021\310$\300\222\001c\001\023\220\3357\216\222\001\320\"5\202D]\310\377!\3101\330:>\270m\274b\000\320\220\004\014\023\2208\221\211\001\230\337v\240S\250\007\255\223\002s\270\177!\2703\270c\300\021\216\000\377B\300a\220A\2301\240\177J\250d\260,\270a\235\224\001o\240Q\240q\202\001\320\004\323@\376\345\005J\240a\240t\2501\377\250I\260Q\320\004\037\230wq\340\010\260\223\001\024\220Q\351\204\002\177$\240e\250<\260q\242\212\001\377Q\210d\220%\220q\230\377\010\240\005\240X\250U\260\177\047\270\032\3003\300a0\002\343\360\022\343\225\001\256\227\001E\007V\2701\377\320\004&\240h\250l\270\377.\310\r\320UV\360(\272\232\216\0011\326\221\0037\230!\347\223\001j\376\243\224\001\340\014\023\2204\320\027\376\236!\026\250y\270\006\270a\336\241\216\001C\210q\220\370\224\001\022\230\376\262\210\001s\250\"\250D\260\004\277\3204G\300w\310\342\206\002D\377\230\016\240d\250)\2601\333\260D\250\204\002T\300\353\224\002\r\230\337T\240\021\240!\210\222\0036\230\377\027\240\005\240T\250\025\250\377c\260\027\270\004\270D\300W\003\3001\262\224\001z\304\215\002g\310\211\002\363\020\023\231\214\003\325\224\0074\320\047;\377\2706\300\022\3001\330\024\376\375\204\001u\240D\250\013\2604\377\260{\300&\310\001\330\024?\033\2301\340\021\026\222\226\002\237\221\001\337x\250s\260\"\202\000\004\270\377H\300B\300b\310\004\310\377D\320P[\320[\\\330\377\020\031\230\031\240$\240g\277\250V\2601\260A\302\225\0015\376\356\205\001\330\024\030\320\030+\250\3377\260#\260T\250\224\002\014\310sA\340\311\210\002\267\001&\250\001\354\225\001\356x\000\033\2302\347\214\003\320(<\273\270F\342`M\320Q\327`X\337\320XY\330 \236\231\0015\260\375\004T\000\024\030\230\004\230E\374\330\216\006\204\211\001d\300%\300r\310\377\021\330\024\025\330\030\035\230__\250A\250T\375\000\003\232`we\3004\373\224\002\340\030\034-""\004\307A\330\024\214\210\002\323\002\363\232\003:\230\357Q\230f\240\344\210\0015\270\t\377\300\026\300q\310\001\320\004\367\047\240q\334\221\001\021\220\010\230\375\005\377\215\002F\250$\250m\270k4\270\362\227\002=\335\216\001\330\014\366\226\001\325\021\350\233\001u\341\204\002X\220\217\002h\270\376\243`0\260\010\3208H\310\371\001\337\205\003X\0076\270\031\300!";
-    PyObject *data = __Pyx_DecompressString_LZSS(cstring, 5317, 7074);
+    #elif (CYTHON_COMPRESS_STRINGS) > 0 && (CYTHON_COMPRESS_STRINGS) <= 90 /* compression: lzss (5316 bytes) */
+static const char cstring[] = "\377\n -> out\377puts  Gi\367B (\001\002of m\377emory; a\377sk for a\377 sparse \377Jacobian\373 (\013\003=True\373),\017\006-vect~.\000producU\000\377(jvp/vjp\374!\000B\003maller\377 batch a\177nd then\001\001\376\204\004 cotang\377ent; got\351 \026\013\024\004s\024\005rgu\275m(\000(s) \264\000 \237array\t\001\004\002s\177, one pl\000ya\"\004[\000lumn\003\001gour\036\000l\000nsn\000\375t?\000float6\3114\314\000\373\000e\226\000\345\000th\377is machi\267ne\047\244 in\253!,\327  i4\000r\340\000io\335nC\001rowM\005 v\377alues wo\277rk slo\202! \377x (),, .\337.1f: ?\003 ;\213 ;\321$:\t\000\205 \325\047h\377as shape\377 <jacext\277.Functj\000 w>?N\323\000Not\235\002\377t Cython\375 \244\000delibe\377rately s\337trict\347 th\376\254@PEP-484\316\354\"rej\242@]\000ub\237class\250\000\360@b\337uilti\207@yp\377es. If y\277ou nee\237@o\233 p%\000 s\047\007\260Bs{et\264B\047ann\262@\376\232\001_typing\337\047 dir\207`iv\376\304 o False\337.add_%\000ed\377isableen^\002\001gcis\004\003d\343\003\367/_f\343\004.pyx2\367\003:\375aT\000le\235e\224\001\177s exact\351\000\360\342A\303\204\003\257#.\005corr\303up\242\000\306 \357$\334`un\375t\234\000ffers \217from\370b\230f\361\"s\214,\023]\004co.\022v\t8\006j?vp tak\214`\334A\236\307\005out \331G\n\tm\377ust be a? NumPy\314\204\003\204\205\003\276\021\023write\314!,\377 C-conti\217guou\327\000\307\204\003\215\205\003 \377(np.empt[y(\321b))\177\010=\270a.\342\206\001den\330\206\010s\225\204\005\337\206\002\377 returns\373 a\221`w sci\367py.\217\207\003.csr\001_\365\205\002\246E\221\207\010\270\207\004\351\206\003\260C\243Hx\374\206\001\237\206\001\226\206\006(a s\343C\377pattern)\177; compi\370@\363a \373\204\006\317\206\001bloc\351k\230e\220\207\005 \266\047tup6\254af \033\006he\323\207\007#\003kha\235\204\001h\317e\047s\263\205\001\233uc\347\000e:+\n\215+ \237would\323BU\006v]j\335Inum\235 _\376`\177e.multi\225\210\002\347 fa\306\000\314\205\002imp\367ort\033\tumat\375h\021\016<lambd\377a>FILL_C\377HUNK_BYT\363ES\207\207\005\217""\207\005.__r\177educe__\t\007\377check_si\363ze\t\010\313 ress\373ed\000\021_swee\313psL\007j\352\212\004^\007ne\207st_\246br\007\350\212\004\203\007r\323ow:\010\267\213\003_;\016co\361l\202\212\001\273\006\226\207\001ssemsbl\247\007p\016jvp\354\006\356\221\214\002ity\375\006tap\361e\206\204\003\272\007\212\212\002_and\376o\017vjpNOGI\377L_WORKPl?annerS\345\214\002\341\214\005\377sX___Pyx\376\001\000Dict_Ne\177xtRef__\355\210\004\366\355 __\302\211\002_get\217item-\000\276\210\002\004\001i\377nit__.<l\377ocals>.g\377enexpr__\274\002\024\027\020mainO\001m\357oduli\002nam\232q\002p\223\000vt\307\211\001o\001q\007ual\022\005\202e\220aj\001n\020/set_A\005t\316A\317\000orgs_\251g_c\241f\354\000\010\232d_i(\000oro\037utine\320F\331F\350\007x\270\204\005\010\020\205%key_\001\000\304\224/\340g_\353g\303\047\374\206\002_p*\263@_\350\217\004_\363a_\347d\346l\371_\366l9\014allar\373g_\370\212\003argnu\047msa\216 \261\217\005s\326\217\002\321\217\003\363as\336\211\007\021\003sync\357io.c\212%sau\377toaxisbb{ad\346\220\002best\255\210\002\377broadcas1t\250\002\004\007\362\213\003cl\314!\357@\377tracebac\377kclosecoyl\246\205\003\254\205\003ings\265\205\004\376\274\205\004_knownc\273ol\024\001umn\237\000m\361p\267G\300H\321\217\002cone\376\302\000py_into^\351\221\006csrd\200\213\002_\304\205\001|\275\216\003\211\206\010dtype\301\213\002\377ffilefla\375t\000\001nonzer\335o\013\001ten\276\221\004fo\377rwardgatgher\360\204\004\235\205\001dxo\000\177egerisf\232\205\001\375e\257\205\001sjjacj\203acr\002\352\220\003\357\220\004\204\217\006\200\210\005j\377tjvpkkin=d\355\002_str\252\212\003\265!\337smmat\303\211\001meym\275\224\003\312\204\003mode\201\212\002\233n_\320An_\362\207\004\004\002s<\013\001\375\222\004n_in\000\001\217\225\001\370\010\001X\003\337\222\001n_out\214\000\002\026\003po\267 8\000\333\222\002n\177_threadH\000\375y\232\206\001nbytes\363nd\212\224\002\254\211\001next\237nnznp\223\213\002\330ao\377offsetso&\246`ut\313\205\001\253\214\002o\t\000\374\217\003}p\354\225""\002parts\204\215\004\377physical\371_\230\226\003\365\204\001poppr\374\300@\353\225\001ptrqrr\337edore\265\223\002re\377sultrevekrs\234@w\217\212\001ss\363\225\002{sc\330\215\002seed\000\001\\\357\204\004\n\002sel\225\000n\025\000\377tdefault@\213\221\003\210\224\001\351!\202\227\003\312\212\004\352\211\001s\374\211\005\377splitsts\337tdout\216Fsy\001s\373\220\001\314\226\004\267\226\005\243\212\001\240\212\010\267$\302 \377owuvvals\370\276\225\002\247\212\017\324\225\003vjpww\357ant_\344\225\002wha\377twidthxy\365y\200\215\001o\211\204\001sint\377 (int)\000r\357aise\245`atu\377s\200\001\340\004\007\200z\377\220\021\220*\230E\240\022\377\2401\330\010\017\210s\220\377!\2201\330\004\013\2105\377\220\004\220A\200A\330\010\375\020\006\000J\230a\230z\250\377\025\250b\260\001\330\010\022\277\220$\220a\220q*\001t\373\22098\000\021\240)\2506\377\260\021\330\010\013\2108\220\1774\220v\230Q\230a\t\001\3776\220\025\220f\230C\230\355tX\000\014\022c\000A\230Q\367\340\010\023 \000u\230A\230\357Z\240|\260p\000\016\210d\376M\000l\240!\2406\250\021\377\250(\260\"\260C\260t\377\2705\300\002\300*\310K\377\320WX\330#-\250Y\275\260M\000\024\220D\230{\000\013\377\2101\330\014\023\2207\320\377\032*\250!\2509\260F\377\270!\330+/\250x\260\377q\270\006\270c\300\031\310\377!\330\010\016\210i\220t\367\2301\230\273\000\017\210{\230\373,\240\214\000\016\210e\2208\376\020\001\230T\240\033\250A\250\377S\260\004\260E\270\021\340\377\010\t\360\010\000\t\020\210\377u\220E\230\021\230\047\240\377\024\240]\260$\260o\300\367V\3101\370\003\013\2304\230\377u\240G\2504\250t\260\377=\300\004\300A\330\033\037\277\230\177\250d\260!\232!%\377\240Q\330\010 \240\004\240\337E\250\022\2501\2312%\220\377t\320\0334\260K\270sg\300!\300\340\"\214\004\017\210\261,\377\021\220\023\220A\220T\230\037\025\230f\240AU\001\307\047\016\000\177\330\010\021\220\024\220W\251@_\024\240T\250\026\214\0004\247 ~o\002\006\220c\230\027\240\226%\376\345#U\240&\250\002\250$\377\250k\270\021\270#\270R\177\270t\300;\310a\310\264@\372\275""\"\027\236 5\240\001\240\021\177\330\014\020\220\001\220\030\371\000\377*\240D\250\005\250R\250\367q\330\014e\001[\240\005\240\365Q\267 \014\221a#\220U\230\377$\230d\240,\250g\260\277Q\330\020\026\220d\014\000l\376\376 6\260\023\260J\270i\357\300q\330\020\325Aq\330\024\337\032\230\"\230F\314@7\250\377&\260\002\260!\330\020\027\357\220s\230(\335@:\250V\353\2602:\001\023\337`\024\030\230\365\001\256\002\020\324A\004\230J\240?h\250f\260A\340-\026.\004\377\002\230&\240\002\240*\250\275H\366@\"\270A\330<\000E\377\230\026\230q\240\014\250C\377\250s\260#\260X\270Q\377\270j\310\006\310b\320P\377Q\330 %\240Z\250q\377\260\t\270\021\33002\320\2772E\300S\310\007\200 5\3779\270\025\270b\300\t\310W\023\310B \006U\314`4\305`\177u\270D\300\007\300y;\001\377\r\021\220\034\230W\240A\353\330\014\360\204\001d\305a\240v\250\275T\360\000I\270Q\330\226 t\373\2201\211!b\230\006\230a\377\230w\240f\250B\250a\352\272!\026\374`:\227`\014\026\220\177a\220u\230E\240\025\031\000oD\260\001\340\033\026\017\210\277 \177\024\220B\220f\230Ap\000\357F\250\"\250t\000\020\220\005\373\220[\243@\023\240C\240u\377\250D\260\007\260v\270S?\300\005\300Q\300d\344\204\001\214a\177\\\240\021\240%\240w\271!\376\375\205\0011\330\014\025\220Q\330\356\267\000\027\230\001\305A\032\2301\360\237\206\001\021\003\277`\217\206\001A\230Q\230\367h\240a\311\000S\260\n\270\337$\270m\3104\226`\036(\337\320(8\270\001\202\207\001w\220\237a\200A\340\010\235\205\024\335\205\001c\276\256b&\240\003\2404\227\000B\177\250h\260c\270\022\270\204\204\006\235\024\346\206\001\t\360\n\301\205\026\374\206\t{\376\243`\010\021\220\022\2202\220\327Y\230bP\0001\203\204\004x\260\237r\270\023\270A\351 \207\001\320\373\023#\240\210\001\013\2107\220\"}\220\217B+\230Q\330\020\260\000\277\270\027\300\003\3004\376c1\377\220L\240\001\240\024\240U\376\277 J\260a\260q\330\020\377\034\230A\230T\240\023\240\377D\250\001\200A\360\006\000\273\t\014\234\210\t\020\220\t\352\205\004W\377\250M\270\024\270W\300A\337\330\010\014\210E\217\205\002(\240\367-\250q\200""\211\001\005\220Q\220\377b\320\030)\250\021\250\047\376\347\210\001\016\210h\220d\230%\377\230r\240\027\250\004\250E\223\260\022\310\210\001E\003c\334\207\001\211\211\0014~\321@\014\020\220\002\220&\347\204\002\217\006\240b\250\220@\000\016\341AX\377\230Q\230e\2403\240g\377\250S\260\003\2603\260a\373\340\014\370A_\240A\240S\346/\003\005\220\002\010O\001\002\230!k\2306\372@$\265\205\002B\260\366`\374f\003\004\022\005\220V\2301\230\367F\240#K\002\034!\240\032\377\2501\250F\260!\2606\373\270\021\377@b\300\002\300$\377\300e\3102\310[\320X\217]\320]^\356\0030\001\274\212\001=\317\260\004\260O\270\210\001\224\213\001\003\220\374\374\211\003\373\000v\240Q\240c\250w\024\250]\302`o\310Q\265c}e\222\002#\240T\250\035\222`zZ\001mU\000S\320PQ\370#\377\020\210t\2205\230\007\230\365q\207C\025\322\212\003\017\210y\230\377\t\240\021\330\010\r\210R\273\210v\353 a\220z\242\0009\377\260C\260w\270g\300V\336\230\000Q\330\020 \337\210\0034\210\377|\2303\230a\330\014\024\337\220I\230V\240\254a\t\260\375\025\353@t\2709\300A\300\345Q\236\213\0012\355\002\344\213\001y\260\t\377\270\031\300#\300W\310I\377\320UV\330\034\"\240\"\334\320\206\001n\001\003\2301\271\207\007\t\250\337\023\250C\250q\254\207\007\032\300\3772\300R\300t\3105\320\377PR\320RS\330 &w\240a\340\355\207\002\037\250\001(\002\275w\363!\023\2206\230\264\002S\377\220\005\220T\230\031\240!\352\237\215\003l\353 Q\275\215\001\014\230A\335\230\213\212\001\016\260e\235\205\003\t\320\365\031\272\214\0014\330a\017\210r\220\377\026\220q\230\001\230\033\240\377B\240i\250y\270\003\270\3777\300\047\310\026\310r\320\313QR\205\204\003\021\357\215\001\334\215\0019\220\347C\220q\257\212\001\312CN\250#\337\250S\260\001\330\311DI\260\377Q\330,0\260\005\260R\257\260y\300\003\270\002q\030\001\023\373\240E\242@W\260G\2708\327\300:\310\227$U\275`4\230\177x\240q\250\n\260$\225\001\177\270A\330\033$\240G\225`\177D\260\016\270e\3001\376c\374\370\207\005\365\210\001\027\270\010\300\013\310\326\374\215\0022\2209\005r\376@Y\260\177g\270Q\270d\300!\300\217""\001\366\273@\200A\370\206\001\030\220t\230\365=\247 \033\346\215\001\270,\300i\377\310s\320RY\320YZ\377\330\010\036\230d\240%\240\277r\250\032\3203C\323c3\357\210c\220\021\327\216\0014\320\027\375*\315\213\n\010\013\2109\220B}\220\334\204\002\004\220F\230#\312 \377$\240d\250+\260T\270\177\024\320=P\320PW\245\217\001\377\024\030\230\005\230S\240\004\377\240I\250U\260!\2603o\260h\270a\234\213\001H\230\242\213\002\377K\230t\240<\250t\260]:\267\212\001\020\220\n\372\002s\251@\335\014\376!\023\220A\246\214\001t\320\277\033.\250a\250vW\000\023{\270I\303c1\220A\220\234\206\001\367b\240\010\232\211\004\014\210B\210\177f\220B\220j\240\002\310`\375I\321\214\004\010\n\210&\220\001\373\220\031\235\000S\240\006\240e\377\250:\260Q\260i\270z\353\310\022\267\204\002\010\346@\320\021#\377\2401\240A\240T\250\032\367\2609\270\343\207\002B\320\016 \376\204\216\001\240%\240y\3200@\333\300\001\273\220\001b\220\257aQ\230\377b\240\t\250\021\250%\250\247t\2601\251\220\001\336\221\0013w\000A\373\220Q\217\214\001)\2304\320\037\3752\277\206\002\022\320;M\310Q\374\334\216\001\363\214\00136\260f\270A\303\270T\211\221\002\333\216\002\210\213\002\337\213\002\021\220\267\021\220\047\253\204\001\017\210\242C\014\376\214\211\0013\210a\210v\220S\377\230\003\2301\230D\240\r\376\200\217\003\022\220)\2301\320\034\3774\260A\260S\270\001\270\377\024\270Q\330\034\036\230a\357\230t\320#i\001c\320Q\376\222\205\001\340\010\014\210D\220\002\373\220!\237\211\005f\230D\320 \3742\000\250\003a\210w\220c\230\205\023\376\211\002\021\260\003\225\222\001D\002\373 \240\3634\240\301\223\006\365\214\001D\250\003\250\3774\250w\260d\270-\300\224\235\207\001\233\000\022\217\221\004\021I\005\245\001\007\347\230r\240G\005\236\002\3205Lo\310A\310T\257\205\001\0345\366 \277c\270\021\270!\330\351\223\002rt\232\206\001\263\213\001#\264!\030\230\001\233\215\001\276\224\215\001K\240w\250g\331\000\003\177\2701\270J\300c\310G\007MB\247\222\001\340\010\234\222\003\216\007u\210 \377[\300\004\300M\320QR\375\210\307\212\002\003\2201\220E""\230\377\024\230]\250!\2503\250\377d\260-\270q\300\002\300\377\"\300D\310\003\3101\310\375C\355\204\001S\320SU\320U\372\236\204\002\014\337\216\005\320\026(\250\001\375\250\352\204\0021\220H\230A\230\177V\2402\240T\250\033\346\"\377\002\270$\270k\310\021\310\271$\254\222\001c\001\023\2207\372\221\001\320\373\"5\202D]\310!\3101\237\330:>\270mb\000\274\220\004\014\367\023\2208\221\211\001\230v\240S\373\250\007\231\223\002s\270!\2703\357\270c\300\021\216\000B\300a\377\220A\2301\240J\250d\357\260,\270a\211\224\001\240Q\240\315q\202\001\320\004\323@\345\005J\240\377a\240t\2501\250I\260\377Q\320\004\037\230q\340\010\356\234\223\001\024\220Q\351\204\002$\240e\357\250<\260q\242\212\001Q\210d\377\220%\220q\230\010\240\005\377\240X\250U\260\047\270\032o\3003\300a0\002\360\022\317\225\001\374\232\227\001E\007V\2701\320\004&\377\240h\250l\270.\310\r_\320UV\360(\206\216\0011\302\221\003\3277\230!\323\223\001j\217\224\001\340\014\337\023\2204\320\027\236!\026\250\337y\270\006\270a\215\216\001C\210\333q\220\344\224\001\022\230\262\210\001s\250\377\"\250D\260\004\3204G\367\300w\310\342\206\002D\230\016\240\177d\250)\2601\260D\250\204\002\373T\300\327\224\002\r\230T\240\021\373\240!\364\221\0036\230\027\240\005\377\240T\250\025\250c\260\027\377\270\004\270D\300\003\3001\022\236\224\001z\304\215\002\372\215\001\001\305\224\001\232\214\002\301\224\007\3774\320\047;\2706\300\022\357\3001\330\024\375\204\001u\240D\377\250\013\2604\260{\300&\377\310\001\330\024\033\2301\340\363\021\026\376\225\002\213\221\001x\250s\260\375\"\202\000\004\270H\300B\300\377b\310\004\310D\320P[\377\320[\\\330\020\031\230\031\377\240$\240g\250V\2601\363\260Ac\003\376\213\001\024\030\320\030\177+\2507\260#\260T\224\224\002\317\014\310A\340\311\210\002\267\001&\250\334\216\002x\000\033\2302\347\214\003\320(w<\270F\342`M\320Q\327`\277X\320XY\330 \212\231\0015\373\260\004T\000\024\030\230\004\230\371E\330\216\006\204\211\001d\300%\300r\377\310\021\330\024\025\330\030\035\277\230_\250A\250T\375\000\003\356\232`e""\3004\347\224\002\340\030\034\216-\004A\330\024\214\210\002\323\002\337\232\003:\337\230Q\230f\240\344\210\0015\270\377\t\300\026\300q\310\001\320\357\004\047\240q\310\221\001\021\220\010\373\230\005\377\215\002F\250$\250m\327\2704\270\336\227\002=\335\216\001\330\014\252\342\226\001\021\324\233\001u\341\204\002X\220\217\002h\375\270\243`0\260\010\3208H\363\310\001\337\205\003X\0076\270\031\300\001!";
+    PyObject *data = __Pyx_DecompressString_LZSS(cstring, 5316, 7054);
     #define __Pyx_DecompressString_UNUSED
     if (unlikely(!data)) __PYX_ERR(0, 1, __pyx_L1_error)
     const char* const bytes = __Pyx_PyBytes_AsString(data);
     #if !CYTHON_ASSUME_SAFE_MACROS
     if (likely(bytes)); else { Py_DECREF(data); __PYX_ERR(0, 1, __pyx_L1_error) }
     #endif
-    #else /* compression: none (7074 bytes) */
-static const char bytes[] = "\n -> outputs  GiB ( GiB of memory; ask for a sparse Jacobian (sparse=True), Jacobian-vector products (jvp/vjp), or a smaller batch and then the output cotangent; got  and then the tangents; got  argument(s) of  array(s) arrays, one per argument column colours,  constants) float64), more than this machine\047s  inputs,  instructions,  row colours values work slots ( x (),, ..1f: inputs ; ; sparse: ; the Jacobian has shape <jacext.Function >?NoneNote that Cython is deliberately stricter than PEP-484 and rejects subclasses of builtin types. If you need to pass subclasses then set the \047annotation_typing\047 directive to False.add_notedisableenablegcisenabledjacext/_function.pyxjacext: a single output needs exactly one output shapejacext: corrupt tape: input count differs from the argument shapesjacext: corrupt tape: output count differs from the output shapesjacext: jvp takes the jacext: out has shape jacext: out must be a NumPy array; got jacext: out must be a writeable, C-contiguous float64 array (np.empty(shape))jacext: out= is for dense Jacobians; sparse=True returns a new scipy.sparse.csr_arrayjacext: sparse=True for a batch needs one output and one argument (a single pattern); compile a Function per blockjacext: tangents must be a tuple of jacext: the cotangent must have the output\047s structure: jacext: the dense Jacobian would take jacext: vjp takes the numpy._core.multiarray failed to importnumpy._core.umath failed to import<lambda>FILL_CHUNK_BYTESFunctionFunction.__reduce__Function._check_sizeFunction._compressedFunction._compressed_sweepsFunction._jacobianFunction._nest_denseFunction._productFunction._rowsFunction._sparse_jacobianFunction.coloursFunction.disassembleFunction.jacobianFunction.jvpFunction.sparsityFunction.tape_arraysFunction.value_and_jacobianFunction.vjpNOGIL_WORKPlannerSparseJacobiansX___Pyx_PyDict_NextRef__annotate____class_getitem____func____init__.<locals>.genexpr__init__.<locals>.genexpr.<locals>.genexpr__main____module____name____pyx""_vtable____qualname____reduce____repr__.<locals>.genexpr__set_name____test___args_check_size_compressed_compressed_sweeps_is_coroutine_jacobian_jacobian.<locals>.<lambda>_jacobian.<locals>.genexpr_key_key.<locals>.genexpr_nest_dense_nest_dense.<locals>.block_plan_product_rows_sparse_sparse_jacobian_sparse_jacobian.<locals>.blockallarg_shapesargnumsargsargumentsarrayarraysascontiguousarrayasyncio.coroutinesautoaxisbbadbatchbestblockbroadcast_rowsbroadcast_shapescline_in_tracebackclosecolcolourcolouringscolourscolours_knowncolscolumnscompcompressedcompressed_shapeconescopy_intocotangentcsrddense_tapedirectdisassembledtypeemptyffileflatflatnonzeroflattenfloat64forwardgathergenexprgetidxintegerisfiniteitemsjjacjac_tapejacextjacext._functionjacobianjtjvpkkindknown_structurelinesmmatmathmemmemory_checkmodemultin_argsn_coloursn_colsn_constantsn_inn_inputsn_instructionsn_outn_outputsn_pointsn_slotsn_threadsn_ynamenbytesndarraynestnextnnznpnumpynumsooffsetsoutout_is_tupleout_shapespparsepartspatternphysical_memoryplanpopprintprodptrqrredoreshaperesultreverserowrowsssbatchscatterseedseed_shapesseedsselfsendsetdefaultshapeshape_strsparsesparse_tapessparsitysplitststdoutstructuresystaketangenttangentstapetape_arraysthreadsthrowuvvalsvaluevalue_and_jacobianvaluesvjpwwant_valuewhatwidthxyy_redozerosint (int)\000raise_status\200\001\340\004\007\200z\220\021\220*\230E\240\022\2401\330\010\017\210s\220!\2201\330\004\013\2105\220\004\220A\200A\330\010\020\220\004\220J\230a\230z\250\025\250b\260\001\330\010\022\220$\220a\220q\330\010\017\210t\2209\230E\240\021\240)\2506\260\021\330\010\013\2108\2204\220v\230Q\230a\330\010\013\2106\220\025\220f\230C\230t\2401\330\014\022\220*\230A\230Q\340\010\023\2204\220u\230A\230Z\240|\2601\330\010\016\210d\220$\220l\240!\2406\250\021\250(\260\"\260C\260t\2705\300\002\300*\310K\320WX\330#-\250Y\260a\330\010\024\220D\230\001\330\010\013\2101\330\014\023\2207\320\032*\250!\2509\260F\270!\330+/\250x\260q\270\006\270c\300\031\310!\330\010\016\210i\220t""\2301\230A\330\010\017\210{\230,\240a\330\010\016\210e\2208\2301\230A\230T\240\033\250A\250S\260\004\260E\270\021\340\010\t\360\010\000\t\020\210u\220E\230\021\230\047\240\024\240]\260$\260o\300V\3101\200A\330\010\020\220\013\2304\230u\240G\2504\250t\260=\300\004\300A\330\033\037\230\177\250d\260!\200A\330\010%\240Q\330\010 \240\004\240E\250\022\2501\330\010\020\220\004\220J\230a\230z\250\025\250b\260\001\330\010\022\220%\220t\320\0334\260K\270s\300!\3001\330\010\017\210{\230,\240a\330\010\017\210t\2209\230E\240\021\240)\2506\260\021\330\010\021\220\023\220A\220T\230\025\230f\240A\240Q\330\010\013\2108\2204\220v\230Q\230f\240A\330\010\021\220\024\220W\230E\240\024\240T\250\026\250t\2604\260t\2701\330\010\020\220\006\220c\230\027\240\001\330\010\013\2101\330\014\022\220*\230A\230U\240&\250\002\250$\250k\270\021\270#\270R\270t\300;\310a\310q\330\010\013\2101\330\014\027\220t\2305\240\001\240\021\330\014\020\220\001\220\030\230\021\230*\240D\250\005\250R\250q\330\014\021\220\024\220[\240\005\240Q\240a\330\014\017\210s\220#\220U\230$\230d\240,\250g\260Q\330\020\026\220d\230$\230l\250!\2506\260\023\260J\270i\300q\330\020\023\2204\220q\330\024\032\230\"\230F\240!\2407\250&\260\002\260!\330\020\027\220s\230(\240!\240:\250V\2602\260Q\330\020\023\2201\330\024\030\230\001\230\027\240\001\330\020\024\220D\230\004\230J\240h\250f\260A\340\020\023\2204\220q\330\024\032\230\"\230F\240!\2407\250&\260\002\260!\330\020\023\2201\330\024\030\230\002\230&\240\002\240*\250H\260F\270\"\270A\330\020\024\220E\230\026\230q\240\014\250C\250s\260#\260X\270Q\270j\310\006\310b\320PQ\330 %\240Z\250q\260\t\270\021\33002\3202E\300S\310\007\310q\33059\270\025\270b\300\t\310\023\310B\310b\320PQ\330 %\240U\250!\2504\250x\260u\270D\300\007\300y\320PQ\330\r\021\220\034\230W\240A\330\014\022\220$\220d\230,\240a\240v\250T\260\023\260I\270Q\330\014\017\210t\2201\330\020\026\220b\230\006\230a\230w\240f\250B\250a\330\014\021\220\026\220t\230:\240Q\330\014\026\220a\220u\230E\240\025\240f\250D\260\001\340\014""\017\210t\2201\330\020\026\220b\230\006\230a\230w\240f\250B\250a\330\014\017\210q\330\020\024\220B\220f\230A\230W\240F\250\"\250A\330\014\020\220\005\220[\240\001\240\023\240C\240u\250D\260\007\260v\270S\300\005\300Q\300d\310!\330\010\021\220\024\220\\\240\021\240%\240w\250f\260A\330\010\013\2101\330\014\025\220Q\330\r\021\220\027\230\001\330\014\021\220\032\2301\230E\240\021\330\014\025\220Q\330\010\021\220\025\220f\230A\230Q\230h\240a\240v\250S\260\n\270$\270m\3104\310q\330\036(\320(8\270\001\330\010\017\210w\220a\200A\340\010\016\210e\2208\2301\230A\230T\240\033\250A\250S\260\004\260E\270\021\330\010\016\210c\220\030\230\021\230&\240\003\2404\240u\250B\250h\260c\270\022\2701\330\010\020\220\006\220c\230\024\230Q\340\010\t\360\n\000\t\020\210u\220E\230\021\230\047\240\024\240]\260$\260o\300V\3101\200A\340\010\023\2204\220u\230A\230Z\240{\260!\330\010\021\220\022\2202\220Y\230b\240\003\2401\240D\250\005\250R\250x\260r\270\023\270A\270Q\330\010\016\210e\320\023#\2401\330\010\013\2107\220\"\220A\330\014\022\220+\230Q\330\0208\270\001\270\027\300\003\3004\300q\330\020\023\2201\220L\240\001\240\024\240U\250\"\250J\260a\260q\330\020\034\230A\230T\240\023\240D\250\001\200A\360\006\000\t\014\2108\2204\220v\230Q\230a\330\010\020\220\t\230\025\230f\240A\240W\250M\270\024\270W\300A\330\010\014\210E\220\030\230\021\230(\240-\250q\330\010\020\220\005\220Q\220b\320\030)\250\021\250\047\260\021\330\010\016\210h\220d\230%\230r\240\027\250\004\250E\260\022\2601\330\010\020\220\t\230\025\230c\240\033\250A\330\010\013\2104\210q\330\014\020\220\002\220&\230\001\230\027\240\006\240b\250\001\330\014\020\220\002\220&\230\001\230\027\240\006\240b\250\001\330\014\017\210u\220C\220q\330\020\024\220E\230\024\230Q\230c\240\023\240C\240q\340\020\024\220E\230\024\230Q\230c\240\023\240C\240q\340\014\020\220\005\220_\240A\240S\250\001\330\014\020\220\005\220_\240A\240S\250\001\330\014\020\220\002\220&\230\002\230!\2306\240\021\240$\240h\250f\260B\260a\330\014\020\220\002\220&\230\002\230!\2306""\240\021\240$\240h\250f\260B\260a\330\014\020\220\005\220V\2301\230F\240#\240S\250\001\330\034!\240\032\2501\250F\260!\2606\270\021\270$\270b\300\002\300$\300e\3102\310[\320X]\320]^\330\010\020\220\005\220V\2301\230C\230t\240=\260\004\260O\3001\330\010\013\2105\220\003\2201\330\014\023\2207\230%\230v\240Q\240c\250\024\250]\270$\270o\310Q\330\010\017\210w\220e\2306\240\021\240#\240T\250\035\260c\270\021\270$\270m\3102\310S\320PQ\200A\360\006\000\t\020\210t\2205\230\007\230q\200A\360\006\000\t\025\220D\230\001\330\010\017\210y\230\t\240\021\330\010\r\210R\210v\220Q\220a\220z\240\032\2509\260C\260w\270g\300V\3102\310Q\330\020 \240\001\330\010\013\2104\210|\2303\230a\330\014\024\220I\230V\2401\240D\250\t\260\025\260a\260t\2709\300A\300Q\330\014\023\2202\220V\2301\230A\230Z\240y\260\t\270\031\300#\300W\310I\320UV\330\034\"\240\"\240A\330\014\017\210y\230\003\2301\330\020\024\220E\230\026\230q\240\t\250\023\250C\250q\330 %\240Z\250q\260\t\270\032\3002\300R\300t\3105\320PR\320RS\330 &\240a\340\020\024\220E\230\037\250\001\250\023\250C\250w\260a\330\014\023\2206\230\021\330\010\r\210S\220\005\220T\230\031\240!\330\010\022\220$\220l\240#\240Q\330\010\020\220\014\230A\230U\240&\250\016\260e\2701\330\010\020\220\t\320\031*\250!\2504\250q\330\010\017\210r\220\026\220q\230\001\230\033\240B\240i\250y\270\003\2707\300\047\310\026\310r\320QR\330\010\014\210E\220\021\220$\220a\330\010\013\2109\220C\220q\330\014\020\220\005\220V\2301\230N\250#\250S\260\001\330\034!\240\032\2501\250I\260Q\330,0\260\005\260R\260y\300\003\3002\300R\300q\330\034!\240\023\240E\250\024\250W\260G\2708\300:\310Q\330\014\023\2202\220U\230!\2304\230x\240q\250\n\260$\260e\2701\270A\330\033$\240G\2501\250D\260\016\270e\3001\340\014\020\220\005\220[\240\001\240\023\240C\240v\250T\260\027\270\010\300\013\3101\330\014\023\2202\220U\230!\2304\230x\240r\250\024\250Y\260g\270Q\270d\300!\330\010\017\210v\220Q\200A\360\n\000\t\030\220t\230=\250\001\250\033\260E\270\021\270,\300i\310s\320RY\320YZ\330\010\036\230d\240%""\240r\250\032\3203C\3001\330\010\013\2103\210c\220\021\330\014\023\2204\320\027*\250!\2506\260\023\260J\270i\300q\330\010\013\2109\220B\220a\330\014\020\220\004\220F\230#\230U\240$\240d\250+\260T\270\024\320=P\320PW\320WX\330\024\030\230\005\230S\240\004\240I\250U\260!\2603\260h\270a\330\020\024\220H\230A\330\020\024\220K\230t\240<\250t\260:\270Q\330\014\020\220\n\230!\2304\230s\240!\330\014\017\210r\220\023\220A\330\020\027\220t\320\033.\250a\250v\260T\270\023\270I\300Q\330\014\023\2201\220A\220X\230Q\230b\240\010\320(8\270\001\330\010\014\210B\210f\220B\220j\240\002\240\"\240I\250V\2602\260Q\330\010\n\210&\220\001\220\031\230#\230S\240\006\240e\250:\260Q\260i\270z\310\022\3102\310Q\330\010\017\210r\320\021#\2401\240A\240T\250\032\2609\270A\330\010\014\210B\320\016 \240\001\240\021\240%\240y\3200@\300\001\330\010\016\210b\220\014\230A\230Q\230b\240\t\250\021\250%\250t\2601\260E\270\021\330\010\013\2103\210f\220A\220Q\330\014\022\220)\2304\320\0372\260!\2606\270\022\320;M\310Q\310a\310q\320PQ\33036\260f\270A\270T\300\031\310!\330\014\020\220\001\220\027\230\001\330\014\017\210q\330\020\021\220\021\220\047\230\021\330\010\017\210v\220Q\200A\360\014\000\t\014\2103\210a\210v\220S\230\003\2301\230D\240\r\250R\250q\330\014\022\220)\2301\320\0344\260A\260S\270\001\270\024\270Q\330\034\036\230a\230t\320#M\310Q\310c\320QR\320RS\340\010\014\210D\220\002\220!\330\010\020\220\005\220Q\220f\230D\320 4\260A\330\010\013\2103\210a\210w\220c\230\023\230A\230T\240\021\330\014\022\220)\2301\230A\330\034\036\230a\230s\240!\2404\240q\330\010\017\210t\2209\230A\230W\240D\250\003\2504\250w\260d\270-\300q\200A\360\014\000\t\022\220\023\220A\220T\230\021\330\010\013\2103\210a\210v\220S\230\007\230r\240\021\330\014\022\220)\2301\320\0344\260A\3205L\310A\310T\320QR\330\0345\260Q\260c\270\021\270!\330\010\023\2204\220r\230\021\330\010\013\2107\220#\220Q\330\014\030\230\001\330\r\021\220\032\2301\230K\240w\250g\260S\270\003\2701\270J\300c\310\021\330\014\022\220)\2301\320\034B\300!\3001\340""\010\017\210t\2209\230A\230W\240D\250\003\2504\250u\260A\260[\300\004\300M\320QR\210\001\330\014\020\220\003\2201\220E\230\024\230]\250!\2503\250d\260-\270q\300\002\300\"\300D\310\003\3101\310C\310s\320RS\320SU\320UW\320WX\330\014\017\210q\330\020\024\220B\320\026(\250\001\250\021\330\014\023\2201\220H\230A\230V\2402\240T\250\033\260A\260S\270\002\270$\270k\310\021\310$\310a\310q\210\001\330\014\023\2207\230$\230d\320\"5\260S\270\001\270\024\270]\310!\3101\330:>\270m\3101\310B\310b\320PQ\330\014\023\2208\2303\230a\230v\240S\250\007\250t\2604\260s\270!\2703\270c\300\021\300\"\300B\300a\220A\2301\240J\250d\260,\270a\270s\300!\240Q\240q\250\001\250\021\320\004\036\230a\340\010\017\210t\2209\230J\240a\240t\2501\250I\260Q\320\004\037\230q\340\010\020\220\001\220\024\220Q\220j\240\002\240$\240e\250<\260q\330\010\r\210Q\210d\220%\220q\230\010\240\005\240X\250U\260\047\270\032\3003\300a\320\004\037\230q\360\022\000\t\020\210t\2209\230J\240a\240t\2501\250I\260V\2701\320\004&\240h\250l\270.\310\r\320UV\360(\000\t\014\2101\330\014\017\210t\2207\230!\330\020\026\220j\240\001\240\021\340\014\023\2204\320\027(\250\001\250\026\250y\270\006\270a\330\010\014\210C\210q\220\006\220c\230\022\2304\230x\240s\250\"\250D\260\004\3204G\300w\310a\330\020\024\220D\230\016\240d\250)\2601\260D\270\001\270\024\270T\300\021\330\014\020\220\r\230T\240\021\240!\340\014\017\210t\2206\230\027\240\005\240T\250\025\250c\260\027\270\004\270D\300\003\3001\330\020\027\220z\240\021\240$\240g\250S\260\001\330\020\023\2205\230\007\230q\330\024\032\230\"\230F\240!\2404\320\047;\2706\300\022\3001\330\024\036\230a\230u\240D\250\013\2604\260{\300&\310\001\330\024\033\2301\340\021\026\220c\230\027\240\003\2404\240x\250s\260\"\260D\270\004\270H\300B\300b\310\004\310D\320P[\320[\\\330\020\031\230\031\240$\240g\250V\2601\260A\330\020\023\2205\230\003\2301\330\024\030\320\030+\2507\260#\260T\270\025\270b\300\014\310A\340\024\030\230\005\230T\240\021\240&\250\001\330\020\023\2201\330\024\033\2302\230V\2401\240D\320(<""\270F\300\"\300M\320QU\320UX\320XY\330 *\250!\2505\260\004\260A\330\024\030\230\004\230E\240\032\2501\250F\260!\2603\260h\270d\300%\300r\310\021\330\024\025\330\030\035\230_\250A\250T\260\027\270\003\2703\270e\3004\300y\320PQ\340\030\034\230E\240\032\2501\250A\330\024 \240\001\240\021\330\024\033\2301\330\010\017\210t\220:\230Q\230f\240I\250V\2605\270\t\300\026\300q\310\001\320\004\047\240q\360\006\000\t\021\220\010\230\005\230V\2401\240F\250$\250m\2704\270q\330\010\013\210=\230\007\230q\330\014\030\230\001\230\021\330\010\017\210u\220H\230A\230X\240T\250\035\260h\270a\320\0040\260\010\3208H\310\001\340\010\017\210t\220:\230Q\230f\240I\250V\2606\270\031\300!";
+    #else /* compression: none (7054 bytes) */
+static const char bytes[] = "\n -> outputs  GiB ( GiB of memory; ask for a sparse Jacobian (sparse=True), Jacobian-vector products (jvp/vjp), or a smaller batch and then the output cotangent; got  and then the tangents; got  argument(s) of  array(s) arrays, one per argument column colours,  constants) float64), more than this machine\047s  inputs,  instructions,  row colours values work slots ( x (),, ..1f: inputs ; ; sparse: ; the Jacobian has shape <jacext.Function >?NoneNote that Cython is deliberately stricter than PEP-484 and rejects subclasses of builtin types. If you need to pass subclasses then set the \047annotation_typing\047 directive to False.add_notedisableenablegcisenabledjacext/_function.pyxjacext: a single output needs exactly one output shapejacext: corrupt tape: input count differs from the argument shapesjacext: corrupt tape: output count differs from the output shapesjacext: jvp takes the jacext: out has shape jacext: out must be a NumPy array; got jacext: out must be a writeable, C-contiguous float64 array (np.empty(shape))jacext: out= is for dense Jacobians; sparse=True returns a new scipy.sparse.csr_arrayjacext: sparse=True for a batch needs one output and one argument (a single pattern); compile a Function per blockjacext: tangents must be a tuple of jacext: the cotangent must have the output\047s structure: jacext: the dense Jacobian would take jacext: vjp takes the numpy._core.multiarray failed to importnumpy._core.umath failed to import<lambda>FILL_CHUNK_BYTESFunctionFunction.__reduce__Function._check_sizeFunction._compressedFunction._compressed_sweepsFunction._jacobianFunction._nest_denseFunction._productFunction._rowsFunction._sparse_jacobianFunction.coloursFunction.disassembleFunction.jacobianFunction.jvpFunction.sparsityFunction.tape_arraysFunction.value_and_jacobianFunction.vjpNOGIL_WORKPlannerSparseJacobiansX___Pyx_PyDict_NextRef__annotate____class_getitem____func____init__.<locals>.genexpr__init__.<locals>.genexpr.<locals>.genexpr__main____module____name____pyx""_vtable____qualname____reduce____repr__.<locals>.genexpr__set_name____test___args_check_size_compressed_compressed_sweeps_is_coroutine_jacobian_jacobian.<locals>.<lambda>_jacobian.<locals>.genexpr_key_key.<locals>.genexpr_nest_dense_nest_dense.<locals>.block_plan_product_rows_sparse_sparse_jacobian_sparse_jacobian.<locals>.blockallarg_shapesargnumsargsargumentsarrayarraysascontiguousarrayasyncio.coroutinesautoaxisbbadbatchbestblockbroadcast_rowsbroadcast_shapescline_in_tracebackclosecolcolourcolouringscolourscolours_knowncolscolumnscompcompressedcompressed_shapeconescopy_intocotangentcsrddense_tapedirectdisassembledtypeemptyffileflatflatnonzeroflattenfloat64forwardgathergenexprgetidxintegerisfiniteitemsjjacjac_tapejacextjacext._functionjacobianjtjvpkkindknown_structurelinesmmatmathmemmemory_checkmodemultin_argsn_coloursn_colsn_constantsn_inn_inputsn_instructionsn_outn_outputsn_pointsn_slotsn_threadsn_ynamenbytesndarraynestnextnnznpnumpynumsooffsetsoutout_is_tupleout_shapespparsepartspatternphysical_memoryplanpopprintprodptrqrredoreshaperesultreverserowrowsssbatchscatterseedseed_shapesseedsselfsendsetdefaultshapeshape_strsparsesparse_tapessparsitysplitststdoutstructuresystaketangenttangentstapetape_arraysthreadsthrowuvvalsvaluevalue_and_jacobianvaluesvjpwwant_valuewhatwidthxyy_redozerosint (int)\000raise_status\200\001\340\004\007\200z\220\021\220*\230E\240\022\2401\330\010\017\210s\220!\2201\330\004\013\2105\220\004\220A\200A\330\010\020\220\004\220J\230a\230z\250\025\250b\260\001\330\010\022\220$\220a\220q\330\010\017\210t\2209\230E\240\021\240)\2506\260\021\330\010\013\2108\2204\220v\230Q\230a\330\010\013\2106\220\025\220f\230C\230t\2401\330\014\022\220*\230A\230Q\340\010\023\2204\220u\230A\230Z\240|\2601\330\010\016\210d\220$\220l\240!\2406\250\021\250(\260\"\260C\260t\2705\300\002\300*\310K\320WX\330#-\250Y\260a\330\010\024\220D\230\001\330\010\013\2101\330\014\023\2207\320\032*\250!\2509\260F\270!\330+/\250x\260q\270\006\270c\300\031\310!\330\010\016\210i\220t""\2301\230A\330\010\017\210{\230,\240a\330\010\016\210e\2208\2301\230A\230T\240\033\250A\250S\260\004\260E\270\021\340\010\t\360\010\000\t\020\210u\220E\230\021\230\047\240\024\240]\260$\260o\300V\3101\200A\330\010\020\220\013\2304\230u\240G\2504\250t\260=\300\004\300A\330\033\037\230\177\250d\260!\200A\330\010%\240Q\330\010 \240\004\240E\250\022\2501\330\010\020\220\004\220J\230a\230z\250\025\250b\260\001\330\010\022\220%\220t\320\0334\260K\270s\300!\3001\330\010\017\210{\230,\240a\330\010\017\210t\2209\230E\240\021\240)\2506\260\021\330\010\021\220\023\220A\220T\230\025\230f\240A\240Q\330\010\013\2108\2204\220v\230Q\230f\240A\330\010\021\220\024\220W\230E\240\024\240T\250\026\250t\2604\260t\2701\330\010\020\220\006\220c\230\027\240\001\330\010\013\2101\330\014\022\220*\230A\230U\240&\250\002\250$\250k\270\021\270#\270R\270t\300;\310a\310q\330\010\013\2101\330\014\027\220t\2305\240\001\240\021\330\014\020\220\001\220\030\230\021\230*\240D\250\005\250R\250q\330\014\021\220\024\220[\240\005\240Q\240a\330\014\017\210s\220#\220U\230$\230d\240,\250g\260Q\330\020\026\220d\230$\230l\250!\2506\260\023\260J\270i\300q\330\020\023\2204\220q\330\024\032\230\"\230F\240!\2407\250&\260\002\260!\330\020\027\220s\230(\240!\240:\250V\2602\260Q\330\020\023\2201\330\024\030\230\001\230\027\240\001\330\020\024\220D\230\004\230J\240h\250f\260A\340\020\023\2204\220q\330\024\032\230\"\230F\240!\2407\250&\260\002\260!\330\020\023\2201\330\024\030\230\002\230&\240\002\240*\250H\260F\270\"\270A\330\020\024\220E\230\026\230q\240\014\250C\250s\260#\260X\270Q\270j\310\006\310b\320PQ\330 %\240Z\250q\260\t\270\021\33002\3202E\300S\310\007\310q\33059\270\025\270b\300\t\310\023\310B\310b\320PQ\330 %\240U\250!\2504\250x\260u\270D\300\007\300y\320PQ\330\r\021\220\034\230W\240A\330\014\022\220$\220d\230,\240a\240v\250T\260\023\260I\270Q\330\014\017\210t\2201\330\020\026\220b\230\006\230a\230w\240f\250B\250a\330\014\021\220\026\220t\230:\240Q\330\014\026\220a\220u\230E\240\025\240f\250D\260\001\340\014""\017\210t\2201\330\020\026\220b\230\006\230a\230w\240f\250B\250a\330\014\017\210q\330\020\024\220B\220f\230A\230W\240F\250\"\250A\330\014\020\220\005\220[\240\001\240\023\240C\240u\250D\260\007\260v\270S\300\005\300Q\300d\310!\330\010\021\220\024\220\\\240\021\240%\240w\250f\260A\330\010\013\2101\330\014\025\220Q\330\r\021\220\027\230\001\330\014\021\220\032\2301\230E\240\021\330\014\025\220Q\330\010\021\220\025\220f\230A\230Q\230h\240a\240v\250S\260\n\270$\270m\3104\310q\330\036(\320(8\270\001\330\010\017\210w\220a\200A\340\010\016\210e\2208\2301\230A\230T\240\033\250A\250S\260\004\260E\270\021\330\010\016\210c\220\030\230\021\230&\240\003\2404\240u\250B\250h\260c\270\022\2701\330\010\020\220\006\220c\230\024\230Q\340\010\t\360\n\000\t\020\210u\220E\230\021\230\047\240\024\240]\260$\260o\300V\3101\200A\340\010\023\2204\220u\230A\230Z\240{\260!\330\010\021\220\022\2202\220Y\230b\240\003\2401\240D\250\005\250R\250x\260r\270\023\270A\270Q\330\010\016\210e\320\023#\2401\330\010\013\2107\220\"\220A\330\014\022\220+\230Q\330\0208\270\001\270\027\300\003\3004\300q\330\020\023\2201\220L\240\001\240\024\240U\250\"\250J\260a\260q\330\020\034\230A\230T\240\023\240D\250\001\200A\360\006\000\t\014\2108\2204\220v\230Q\230a\330\010\020\220\t\230\025\230f\240A\240W\250M\270\024\270W\300A\330\010\014\210E\220\030\230\021\230(\240-\250q\330\010\020\220\005\220Q\220b\320\030)\250\021\250\047\260\021\330\010\016\210h\220d\230%\230r\240\027\250\004\250E\260\022\2601\330\010\020\220\t\230\025\230c\240\033\250A\330\010\013\2104\210q\330\014\020\220\002\220&\230\001\230\027\240\006\240b\250\001\330\014\020\220\002\220&\230\001\230\027\240\006\240b\250\001\330\014\020\220\005\220X\230Q\230e\2403\240g\250S\260\003\2603\260a\340\014\020\220\005\220_\240A\240S\250\001\330\014\020\220\005\220_\240A\240S\250\001\330\014\020\220\002\220&\230\002\230!\2306\240\021\240$\240h\250f\260B\260a\330\014\020\220\002\220&\230\002\230!\2306\240\021\240$\240h\250f\260B\260a\330\014\020\220\005\220V\2301""\230F\240#\240S\250\001\330\034!\240\032\2501\250F\260!\2606\270\021\270$\270b\300\002\300$\300e\3102\310[\320X]\320]^\330\010\020\220\005\220V\2301\230C\230t\240=\260\004\260O\3001\330\010\013\2105\220\003\2201\330\014\023\2207\230%\230v\240Q\240c\250\024\250]\270$\270o\310Q\330\010\017\210w\220e\2306\240\021\240#\240T\250\035\260c\270\021\270$\270m\3102\310S\320PQ\200A\360\006\000\t\020\210t\2205\230\007\230q\200A\360\006\000\t\025\220D\230\001\330\010\017\210y\230\t\240\021\330\010\r\210R\210v\220Q\220a\220z\240\032\2509\260C\260w\270g\300V\3102\310Q\330\020 \240\001\330\010\013\2104\210|\2303\230a\330\014\024\220I\230V\2401\240D\250\t\260\025\260a\260t\2709\300A\300Q\330\014\023\2202\220V\2301\230A\230Z\240y\260\t\270\031\300#\300W\310I\320UV\330\034\"\240\"\240A\330\014\017\210y\230\003\2301\330\020\024\220E\230\026\230q\240\t\250\023\250C\250q\330 %\240Z\250q\260\t\270\032\3002\300R\300t\3105\320PR\320RS\330 &\240a\340\020\024\220E\230\037\250\001\250\023\250C\250w\260a\330\014\023\2206\230\021\330\010\r\210S\220\005\220T\230\031\240!\330\010\022\220$\220l\240#\240Q\330\010\020\220\014\230A\230U\240&\250\016\260e\2701\330\010\020\220\t\320\031*\250!\2504\250q\330\010\017\210r\220\026\220q\230\001\230\033\240B\240i\250y\270\003\2707\300\047\310\026\310r\320QR\330\010\014\210E\220\021\220$\220a\330\010\013\2109\220C\220q\330\014\020\220\005\220V\2301\230N\250#\250S\260\001\330\034!\240\032\2501\250I\260Q\330,0\260\005\260R\260y\300\003\3002\300R\300q\330\034!\240\023\240E\250\024\250W\260G\2708\300:\310Q\330\014\023\2202\220U\230!\2304\230x\240q\250\n\260$\260e\2701\270A\330\033$\240G\2501\250D\260\016\270e\3001\340\014\020\220\005\220[\240\001\240\023\240C\240v\250T\260\027\270\010\300\013\3101\330\014\023\2202\220U\230!\2304\230x\240r\250\024\250Y\260g\270Q\270d\300!\330\010\017\210v\220Q\200A\360\n\000\t\030\220t\230=\250\001\250\033\260E\270\021\270,\300i\310s\320RY\320YZ\330\010\036\230d\240%\240r\250\032\3203C\3001\330\010\013\2103\210c\220\021\330\014""\023\2204\320\027*\250!\2506\260\023\260J\270i\300q\330\010\013\2109\220B\220a\330\014\020\220\004\220F\230#\230U\240$\240d\250+\260T\270\024\320=P\320PW\320WX\330\024\030\230\005\230S\240\004\240I\250U\260!\2603\260h\270a\330\020\024\220H\230A\330\020\024\220K\230t\240<\250t\260:\270Q\330\014\020\220\n\230!\2304\230s\240!\330\014\017\210r\220\023\220A\330\020\027\220t\320\033.\250a\250v\260T\270\023\270I\300Q\330\014\023\2201\220A\220X\230Q\230b\240\010\320(8\270\001\330\010\014\210B\210f\220B\220j\240\002\240\"\240I\250V\2602\260Q\330\010\n\210&\220\001\220\031\230#\230S\240\006\240e\250:\260Q\260i\270z\310\022\3102\310Q\330\010\017\210r\320\021#\2401\240A\240T\250\032\2609\270A\330\010\014\210B\320\016 \240\001\240\021\240%\240y\3200@\300\001\330\010\016\210b\220\014\230A\230Q\230b\240\t\250\021\250%\250t\2601\260E\270\021\330\010\013\2103\210f\220A\220Q\330\014\022\220)\2304\320\0372\260!\2606\270\022\320;M\310Q\310a\310q\320PQ\33036\260f\270A\270T\300\031\310!\330\014\020\220\001\220\027\230\001\330\014\017\210q\330\020\021\220\021\220\047\230\021\330\010\017\210v\220Q\200A\360\014\000\t\014\2103\210a\210v\220S\230\003\2301\230D\240\r\250R\250q\330\014\022\220)\2301\320\0344\260A\260S\270\001\270\024\270Q\330\034\036\230a\230t\320#M\310Q\310c\320QR\320RS\340\010\014\210D\220\002\220!\330\010\020\220\005\220Q\220f\230D\320 4\260A\330\010\013\2103\210a\210w\220c\230\023\230A\230T\240\021\330\014\022\220)\2301\230A\330\034\036\230a\230s\240!\2404\240q\330\010\017\210t\2209\230A\230W\240D\250\003\2504\250w\260d\270-\300q\200A\360\014\000\t\022\220\023\220A\220T\230\021\330\010\013\2103\210a\210v\220S\230\007\230r\240\021\330\014\022\220)\2301\320\0344\260A\3205L\310A\310T\320QR\330\0345\260Q\260c\270\021\270!\330\010\023\2204\220r\230\021\330\010\013\2107\220#\220Q\330\014\030\230\001\330\r\021\220\032\2301\230K\240w\250g\260S\270\003\2701\270J\300c\310\021\330\014\022\220)\2301\320\034B\300!\3001\340\010\017\210t\2209\230A\230W\240D\250\003\2504\250u\260A\260[""\300\004\300M\320QR\210\001\330\014\020\220\003\2201\220E\230\024\230]\250!\2503\250d\260-\270q\300\002\300\"\300D\310\003\3101\310C\310s\320RS\320SU\320UW\320WX\330\014\017\210q\330\020\024\220B\320\026(\250\001\250\021\330\014\023\2201\220H\230A\230V\2402\240T\250\033\260A\260S\270\002\270$\270k\310\021\310$\310a\310q\210\001\330\014\023\2207\230$\230d\320\"5\260S\270\001\270\024\270]\310!\3101\330:>\270m\3101\310B\310b\320PQ\330\014\023\2208\2303\230a\230v\240S\250\007\250t\2604\260s\270!\2703\270c\300\021\300\"\300B\300a\220A\2301\240J\250d\260,\270a\270s\300!\240Q\240q\250\001\250\021\320\004\036\230a\340\010\017\210t\2209\230J\240a\240t\2501\250I\260Q\320\004\037\230q\340\010\020\220\001\220\024\220Q\220j\240\002\240$\240e\250<\260q\330\010\r\210Q\210d\220%\220q\230\010\240\005\240X\250U\260\047\270\032\3003\300a\320\004\037\230q\360\022\000\t\020\210t\2209\230J\240a\240t\2501\250I\260V\2701\320\004&\240h\250l\270.\310\r\320UV\360(\000\t\014\2101\330\014\017\210t\2207\230!\330\020\026\220j\240\001\240\021\340\014\023\2204\320\027(\250\001\250\026\250y\270\006\270a\330\010\014\210C\210q\220\006\220c\230\022\2304\230x\240s\250\"\250D\260\004\3204G\300w\310a\330\020\024\220D\230\016\240d\250)\2601\260D\270\001\270\024\270T\300\021\330\014\020\220\r\230T\240\021\240!\340\014\017\210t\2206\230\027\240\005\240T\250\025\250c\260\027\270\004\270D\300\003\3001\330\020\027\220z\240\021\240$\240g\250S\260\001\330\020\023\2205\230\007\230q\330\024\032\230\"\230F\240!\2404\320\047;\2706\300\022\3001\330\024\036\230a\230u\240D\250\013\2604\260{\300&\310\001\330\024\033\2301\340\021\026\220c\230\027\240\003\2404\240x\250s\260\"\260D\270\004\270H\300B\300b\310\004\310D\320P[\320[\\\330\020\031\230\031\240$\240g\250V\2601\260A\330\020\023\2205\230\003\2301\330\024\030\320\030+\2507\260#\260T\270\025\270b\300\014\310A\340\024\030\230\005\230T\240\021\240&\250\001\330\020\023\2201\330\024\033\2302\230V\2401\240D\320(<\270F\300\"\300M\320QU\320UX\320XY\330 *\250!\2505\260\004""\260A\330\024\030\230\004\230E\240\032\2501\250F\260!\2603\260h\270d\300%\300r\310\021\330\024\025\330\030\035\230_\250A\250T\260\027\270\003\2703\270e\3004\300y\320PQ\340\030\034\230E\240\032\2501\250A\330\024 \240\001\240\021\330\024\033\2301\330\010\017\210t\220:\230Q\230f\240I\250V\2605\270\t\300\026\300q\310\001\320\004\047\240q\360\006\000\t\021\220\010\230\005\230V\2401\240F\250$\250m\2704\270q\330\010\013\210=\230\007\230q\330\014\030\230\001\230\021\330\010\017\210u\220H\230A\230X\240T\250\035\260h\270a\320\0040\260\010\3208H\310\001\340\010\017\210t\220:\230Q\230f\240I\250V\2606\270\031\300!";
     PyObject *data = NULL;
     #define __Pyx_DecompressString_UNUSED
     #define __Pyx_DecompressString_LZSS_UNUSED
@@ -28208,7 +28180,7 @@ static int __Pyx_CreateCodeObjects(__pyx_mstatetype *__pyx_mstate) {
     __pyx_mstate_global->__pyx_codeobj_tab[9] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_jacext__function_pyx, __pyx_mstate->__pyx_n_u_block, __pyx_mstate->__pyx_kp_b_iso88591_7_d_5S_1_m1BbPQ_83avS_t4s_3c_Ba, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[9])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {0, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS|CO_GENERATOR), 600};
+    const __Pyx_PyCode_New_function_description descr = {0, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS|CO_GENERATOR), 597};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_k};
     __pyx_mstate_global->__pyx_codeobj_tab[10] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_jacext__function_pyx, __pyx_mstate->__pyx_n_u_genexpr, __pyx_mstate->__pyx_kp_b_iso88591_A, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[10])) goto bad;
   }
@@ -28298,7 +28270,7 @@ static int __Pyx_CreateCodeObjects(__pyx_mstatetype *__pyx_mstate) {
     __pyx_mstate_global->__pyx_codeobj_tab[27] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_jacext__function_pyx, __pyx_mstate->__pyx_n_u_product, __pyx_mstate->__pyx_kp_b_iso88591_A_84vQa_fAWM_WA_E_q_Qb_hd_r_E_1, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[27])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 3, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 596};
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 3, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 593};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_argnums, __pyx_mstate->__pyx_n_u_genexpr, __pyx_mstate->__pyx_n_u_genexpr};
     __pyx_mstate_global->__pyx_codeobj_tab[28] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_jacext__function_pyx, __pyx_mstate->__pyx_n_u_key, __pyx_mstate->__pyx_kp_b_iso88591_z_E_1_s_1_5_A, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[28])) goto bad;
   }
@@ -34638,6 +34610,55 @@ static CYTHON_INLINE PyObject* __Pyx_PyList_GetSlice(
     return result;
 }
 #endif // CYTHON_COMPILING_IN_CPYTHON
+
+/* PyObjectCompare */
+#ifndef __Pyx_DEFINED_PyObject_CompareStrStrEq
+#define __Pyx_DEFINED_PyObject_CompareStrStrEq
+static CYTHON_INLINE PyObject* __Pyx_PyObject_CompareStrStrEq(PyObject* s1, PyObject* s2) {
+    #if __PYX_LIMITED_VERSION_HEX >= 0x030e0000
+    int result = PyUnicode_Equal(s1, s2);
+    #if !CYTHON_COMPILING_IN_CPYTHON
+    if (unlikely(result == -1)) return NULL;
+    #endif
+    if (result == 0) goto __pyx_return_false; else goto __pyx_return_true;
+    #else
+    int result = PyUnicode_Compare(s1, s2);
+    if (unlikely((result == -1) && PyErr_Occurred())) return NULL;
+    if (result == 0) goto __pyx_return_true; else goto __pyx_return_false;
+    #endif
+__pyx_return_true:
+    Py_RETURN_TRUE;
+__pyx_return_false:
+    Py_RETURN_FALSE;
+}
+#endif
+static CYTHON_INLINE PyObject* __Pyx_PyObject_CompareEq_str_str(PyObject *op1, PyObject *op2, int pyop) {
+    CYTHON_UNUSED_VAR(pyop);
+    if (unlikely(op1 == Py_None)) {
+        if (op2 == Py_None) goto __pyx_return_true; else goto __pyx_return_false;
+    }
+    if (unlikely(op2 == Py_None)) {
+        if (op1 == Py_None) goto __pyx_return_true; else goto __pyx_return_false;
+    }
+    
+    if (likely(op1 != Py_None)) {
+        if (op1 == op2) goto __pyx_return_true;
+        if (likely(op2 != Py_None)) {
+            return __Pyx_PyObject_CompareStrStrEq(op1, op2);
+        }
+        goto __pyx_richcmp;
+    }
+    
+    if ((0)) goto __pyx_richcmp;
+    if ((0)) goto __pyx_return_true;
+    if ((0)) goto __pyx_return_false;
+__pyx_richcmp:
+    return PyObject_RichCompare(op1, op2, Py_EQ);
+__pyx_return_true:
+    Py_RETURN_TRUE;
+__pyx_return_false:
+    Py_RETURN_FALSE;
+}
 
 /* AllocateExtensionType */
 static PyObject *__Pyx_AllocateExtensionType(PyTypeObject *t, int is_final) {

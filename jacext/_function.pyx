@@ -467,10 +467,7 @@ cdef class Function:
         if not batch:
             y = np.empty(n_out, dtype=np.float64)
             r = np.empty(width, dtype=np.float64)
-            if kind == "jvp":
-                self.tape.jvp(x, v, y, r)
-            else:
-                self.tape.vjp(x, v, y, r)
+            self.tape.product(kind == "jvp", x, v, y, r)
         else:
             x = _args.broadcast_rows(x, batch)
             v = _args.broadcast_rows(v, batch)

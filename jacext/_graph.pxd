@@ -63,3 +63,16 @@ cdef class Graph:
     cdef int _room(self, Py_ssize_t n) except -1
     cpdef int64_t apply1(self, int op, int64_t x, int64_t y=*, int64_t c=*) except -1
     cpdef int64_t const(self, double value) except -1
+
+
+cdef union _Bits:
+    double d
+    uint64_t u
+
+
+cdef inline uint64_t dbits(double x) noexcept nogil:
+    """A double's bits (constants and immediates are the same only bit for bit: 0.0 and
+    -0.0 are two)."""
+    cdef _Bits b
+    b.d = x
+    return b.u

@@ -71,22 +71,11 @@ cdef inline uint64_t _mix(uint64_t h, uint64_t v) noexcept nogil:
     return h
 
 
-cdef union _Bits:
-    double d
-    uint64_t u
-
-
-cdef inline uint64_t _dbits(double x) noexcept nogil:
-    cdef _Bits b
-    b.d = x
-    return b.u
-
-
 cdef inline uint64_t _hash(int32_t op, int32_t a, int32_t b, int32_t s,
                            double imm) noexcept nogil:
     cdef uint64_t h = <uint64_t>(<uint32_t>op) | (<uint64_t>(<uint32_t>a) << 32)
     h = _mix(h, <uint64_t>(<uint32_t>b) | (<uint64_t>(<uint32_t>s) << 32))
-    h = _mix(h, _dbits(imm))
+    h = _mix(h, dbits(imm))
     return h
 
 cdef class Graph:
@@ -214,7 +203,7 @@ cdef class Graph:
             self._rehash(self.n_interned + 1)
         mask = self.table_cap - 1
         tag = <int64_t>(k.h & _TAG_MASK)
-        ib = _dbits(k.imm)
+        ib = dbits(k.imm)
         j = <int64_t>(k.h & <uint64_t>mask)
         while True:
             e = self.table[j]
@@ -223,7 +212,7 @@ cdef class Graph:
             if (e & ~_ID_MASK) == tag:
                 node = e & _ID_MASK
                 if (self.op[node] == k.op and self.a[node] == k.a and self.b[node] == k.b
-                        and self.s[node] == k.s and _dbits(self.imm[node]) == ib):
+                        and self.s[node] == k.s and dbits(self.imm[node]) == ib):
                     return node
             j = (j + 1) & mask
         node = self._append(k.op, k.a, k.b, k.s, k.imm)

@@ -2172,8 +2172,7 @@ struct __pyx_vtabstruct_6jacext_5_tape_Tape {
   PyObject *(*value)(struct __pyx_obj_6jacext_5_tape_Tape *, PyArrayObject *, PyArrayObject *, int __pyx_skip_dispatch);
   PyObject *(*compressed)(struct __pyx_obj_6jacext_5_tape_Tape *, PyArrayObject *, PyArrayObject *, PyArrayObject *, PyArrayObject *, PyArrayObject *, int32_t, int, int __pyx_skip_dispatch);
   PyObject *(*cones_jacobian)(struct __pyx_obj_6jacext_5_tape_Tape *, PyArrayObject *, PyArrayObject *, struct __pyx_obj_6jacext_5_tape_Cones *, PyArrayObject *, int __pyx_skip_dispatch);
-  PyObject *(*jvp)(struct __pyx_obj_6jacext_5_tape_Tape *, PyArrayObject *, PyArrayObject *, PyArrayObject *, PyArrayObject *, int __pyx_skip_dispatch);
-  PyObject *(*vjp)(struct __pyx_obj_6jacext_5_tape_Tape *, PyArrayObject *, PyArrayObject *, PyArrayObject *, PyArrayObject *, int __pyx_skip_dispatch);
+  PyObject *(*product)(struct __pyx_obj_6jacext_5_tape_Tape *, int, PyArrayObject *, PyArrayObject *, PyArrayObject *, PyArrayObject *, int __pyx_skip_dispatch);
 };
 static struct __pyx_vtabstruct_6jacext_5_tape_Tape *__pyx_vtabptr_6jacext_5_tape_Tape;
 
@@ -4235,8 +4234,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_value(struct __pyx_obj_6jacext_5_t
 static PyObject *__pyx_f_6jacext_5_tape_4Tape_compressed(struct __pyx_obj_6jacext_5_tape_Tape *__pyx_v_self, PyArrayObject *__pyx_v_x, PyArrayObject *__pyx_v_y, PyArrayObject *__pyx_v_comp, PyArrayObject *__pyx_v_cols, PyArrayObject *__pyx_v_colour, int32_t __pyx_v_n_colours, int __pyx_v_mode, int __pyx_skip_dispatch); /* proto*/
 static int __pyx_f_6jacext_5_tape_4Tape__check_colours(CYTHON_UNUSED struct __pyx_obj_6jacext_5_tape_Tape *__pyx_v_self, PyArrayObject *__pyx_v_colour, int32_t __pyx_v_n_colours); /* proto*/
 static PyObject *__pyx_f_6jacext_5_tape_4Tape_cones_jacobian(struct __pyx_obj_6jacext_5_tape_Tape *__pyx_v_self, PyArrayObject *__pyx_v_x, PyArrayObject *__pyx_v_y, struct __pyx_obj_6jacext_5_tape_Cones *__pyx_v_cones, PyArrayObject *__pyx_v_vals, int __pyx_skip_dispatch); /* proto*/
-static PyObject *__pyx_f_6jacext_5_tape_4Tape_jvp(struct __pyx_obj_6jacext_5_tape_Tape *__pyx_v_self, PyArrayObject *__pyx_v_x, PyArrayObject *__pyx_v_v, PyArrayObject *__pyx_v_y, PyArrayObject *__pyx_v_ydot, int __pyx_skip_dispatch); /* proto*/
-static PyObject *__pyx_f_6jacext_5_tape_4Tape_vjp(struct __pyx_obj_6jacext_5_tape_Tape *__pyx_v_self, PyArrayObject *__pyx_v_x, PyArrayObject *__pyx_v_u, PyArrayObject *__pyx_v_y, PyArrayObject *__pyx_v_xbar, int __pyx_skip_dispatch); /* proto*/
+static PyObject *__pyx_f_6jacext_5_tape_4Tape_product(struct __pyx_obj_6jacext_5_tape_Tape *__pyx_v_self, int __pyx_v_forward, PyArrayObject *__pyx_v_x, PyArrayObject *__pyx_v_seed, PyArrayObject *__pyx_v_y, PyArrayObject *__pyx_v_res, int __pyx_skip_dispatch); /* proto*/
 
 /* Module declarations from "libc.stdint" */
 
@@ -4412,11 +4410,10 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_14disassemble(struct __pyx_obj_6j
 static PyObject *__pyx_pf_6jacext_5_tape_4Tape_16value(struct __pyx_obj_6jacext_5_tape_Tape *__pyx_v_self, PyArrayObject *__pyx_v_x, PyArrayObject *__pyx_v_y); /* proto */
 static PyObject *__pyx_pf_6jacext_5_tape_4Tape_18compressed(struct __pyx_obj_6jacext_5_tape_Tape *__pyx_v_self, PyArrayObject *__pyx_v_x, PyArrayObject *__pyx_v_y, PyArrayObject *__pyx_v_comp, PyArrayObject *__pyx_v_cols, PyArrayObject *__pyx_v_colour, int32_t __pyx_v_n_colours, int __pyx_v_mode); /* proto */
 static PyObject *__pyx_pf_6jacext_5_tape_4Tape_20cones_jacobian(struct __pyx_obj_6jacext_5_tape_Tape *__pyx_v_self, PyArrayObject *__pyx_v_x, PyArrayObject *__pyx_v_y, struct __pyx_obj_6jacext_5_tape_Cones *__pyx_v_cones, PyArrayObject *__pyx_v_vals); /* proto */
-static PyObject *__pyx_pf_6jacext_5_tape_4Tape_22jvp(struct __pyx_obj_6jacext_5_tape_Tape *__pyx_v_self, PyArrayObject *__pyx_v_x, PyArrayObject *__pyx_v_v, PyArrayObject *__pyx_v_y, PyArrayObject *__pyx_v_ydot); /* proto */
-static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24vjp(struct __pyx_obj_6jacext_5_tape_Tape *__pyx_v_self, PyArrayObject *__pyx_v_x, PyArrayObject *__pyx_v_u, PyArrayObject *__pyx_v_y, PyArrayObject *__pyx_v_xbar); /* proto */
-static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26batch(struct __pyx_obj_6jacext_5_tape_Tape *__pyx_v_self, PyObject *__pyx_v_task, PyArrayObject *__pyx_v_x, PyArrayObject *__pyx_v_y, PyArrayObject *__pyx_v_out, int __pyx_v_threads, int __pyx_v_mode, PyArrayObject *__pyx_v_seed, PyArrayObject *__pyx_v_cols, PyArrayObject *__pyx_v_colour, int32_t __pyx_v_n_colours, struct __pyx_obj_6jacext_5_tape_Tape *__pyx_v_jac_tape, struct __pyx_obj_6jacext_5_tape_Cones *__pyx_v_cones); /* proto */
-static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28pattern(struct __pyx_obj_6jacext_5_tape_Tape *__pyx_v_self, PyArrayObject *__pyx_v_cols); /* proto */
-static PyObject *__pyx_pf_6jacext_5_tape_4Tape_30cones(struct __pyx_obj_6jacext_5_tape_Tape *__pyx_v_self, PyObject *__pyx_v_budget, PyObject *__pyx_v_row_ptr, PyObject *__pyx_v_nz_input); /* proto */
+static PyObject *__pyx_pf_6jacext_5_tape_4Tape_22product(struct __pyx_obj_6jacext_5_tape_Tape *__pyx_v_self, int __pyx_v_forward, PyArrayObject *__pyx_v_x, PyArrayObject *__pyx_v_seed, PyArrayObject *__pyx_v_y, PyArrayObject *__pyx_v_res); /* proto */
+static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_5_tape_Tape *__pyx_v_self, PyObject *__pyx_v_task, PyArrayObject *__pyx_v_x, PyArrayObject *__pyx_v_y, PyArrayObject *__pyx_v_out, int __pyx_v_threads, int __pyx_v_mode, PyArrayObject *__pyx_v_seed, PyArrayObject *__pyx_v_cols, PyArrayObject *__pyx_v_colour, int32_t __pyx_v_n_colours, struct __pyx_obj_6jacext_5_tape_Tape *__pyx_v_jac_tape, struct __pyx_obj_6jacext_5_tape_Cones *__pyx_v_cones); /* proto */
+static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26pattern(struct __pyx_obj_6jacext_5_tape_Tape *__pyx_v_self, PyArrayObject *__pyx_v_cols); /* proto */
+static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28cones(struct __pyx_obj_6jacext_5_tape_Tape *__pyx_v_self, PyObject *__pyx_v_budget, PyObject *__pyx_v_row_ptr, PyObject *__pyx_v_nz_input); /* proto */
 static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_tape_Cones *__pyx_v_self, struct __pyx_obj_6jacext_5_tape_Tape *__pyx_v_tape, PyObject *__pyx_v_cone_ptr, PyObject *__pyx_v_cone, PyObject *__pyx_v_row_ptr, PyObject *__pyx_v_nz_input); /* proto */
 static PyObject *__pyx_pf_6jacext_5_tape_5Cones_4size___get__(struct __pyx_obj_6jacext_5_tape_Cones *__pyx_v_self); /* proto */
 static PyObject *__pyx_pf_6jacext_5_tape_5Cones_4tape___get__(struct __pyx_obj_6jacext_5_tape_Cones *__pyx_v_self); /* proto */
@@ -4664,8 +4661,8 @@ namespace {
     __Pyx_CachedCFunction __pyx_umethod_PyDict_Type_values;
     PyObject *__pyx_slice[1];
     PyObject *__pyx_tuple[9];
-    PyObject *__pyx_codeobj_tab[22];
-    PyObject *__pyx_string_tab[329];
+    PyObject *__pyx_codeobj_tab[21];
+    PyObject *__pyx_string_tab[326];
     PyObject *__pyx_number_tab[6];
 /* #### Code section: module_state_contents ### */
 /* PyFrozenDict.module_state_decls */
@@ -4834,184 +4831,184 @@ static __pyx_mstatetype * const __pyx_mstate_global = &__pyx_mstate_global_stati
 #define __pyx_n_u_Tape_cones_jacobian __pyx_string_tab[103]
 #define __pyx_n_u_Tape_disassemble __pyx_string_tab[104]
 #define __pyx_n_u_Tape_fixed_partials __pyx_string_tab[105]
-#define __pyx_n_u_Tape_jvp __pyx_string_tab[106]
-#define __pyx_n_u_Tape_pattern __pyx_string_tab[107]
+#define __pyx_n_u_Tape_pattern __pyx_string_tab[106]
+#define __pyx_n_u_Tape_product __pyx_string_tab[107]
 #define __pyx_n_u_Tape_runs __pyx_string_tab[108]
 #define __pyx_n_u_Tape_value __pyx_string_tab[109]
-#define __pyx_n_u_Tape_vjp __pyx_string_tab[110]
-#define __pyx_n_u_View_MemoryView __pyx_string_tab[111]
-#define __pyx_n_u_PER_INSTRUCTION __pyx_string_tab[112]
-#define __pyx_n_u_TAPE_FIELDS __pyx_string_tab[113]
-#define __pyx_n_u_Pyx_PyDict_NextRef __pyx_string_tab[114]
-#define __pyx_n_u_annotate __pyx_string_tab[115]
-#define __pyx_n_u_class __pyx_string_tab[116]
-#define __pyx_n_u_class_getitem __pyx_string_tab[117]
-#define __pyx_n_u_dict __pyx_string_tab[118]
-#define __pyx_n_u_func __pyx_string_tab[119]
-#define __pyx_n_u_getstate __pyx_string_tab[120]
-#define __pyx_n_u_import __pyx_string_tab[121]
-#define __pyx_n_u_main __pyx_string_tab[122]
-#define __pyx_n_u_module __pyx_string_tab[123]
-#define __pyx_n_u_name_2 __pyx_string_tab[124]
-#define __pyx_n_u_new __pyx_string_tab[125]
-#define __pyx_n_u_pyx_capi __pyx_string_tab[126]
-#define __pyx_n_u_pyx_checksum __pyx_string_tab[127]
-#define __pyx_n_u_pyx_state __pyx_string_tab[128]
-#define __pyx_n_u_pyx_type __pyx_string_tab[129]
-#define __pyx_n_u_pyx_unpickle_Enum __pyx_string_tab[130]
-#define __pyx_n_u_pyx_vtable __pyx_string_tab[131]
-#define __pyx_n_u_qualname __pyx_string_tab[132]
-#define __pyx_n_u_reduce __pyx_string_tab[133]
-#define __pyx_n_u_reduce_cython __pyx_string_tab[134]
-#define __pyx_n_u_reduce_ex __pyx_string_tab[135]
-#define __pyx_n_u_set_name __pyx_string_tab[136]
-#define __pyx_n_u_setstate __pyx_string_tab[137]
-#define __pyx_n_u_setstate_cython __pyx_string_tab[138]
-#define __pyx_n_u_test __pyx_string_tab[139]
-#define __pyx_n_u_is_coroutine __pyx_string_tab[140]
-#define __pyx_n_u_plan __pyx_string_tab[141]
-#define __pyx_n_u_a __pyx_string_tab[142]
-#define __pyx_n_u_abc __pyx_string_tab[143]
-#define __pyx_n_u_allocate_buffer __pyx_string_tab[144]
-#define __pyx_n_u_any __pyx_string_tab[145]
-#define __pyx_n_u_arange __pyx_string_tab[146]
-#define __pyx_n_u_args __pyx_string_tab[147]
-#define __pyx_n_u_array_2 __pyx_string_tab[148]
-#define __pyx_n_u_arrays __pyx_string_tab[149]
-#define __pyx_n_u_asarray __pyx_string_tab[150]
-#define __pyx_n_u_ascontiguousarray __pyx_string_tab[151]
-#define __pyx_n_u_asyncio_coroutines __pyx_string_tab[152]
-#define __pyx_n_u_b __pyx_string_tab[153]
-#define __pyx_n_u_base __pyx_string_tab[154]
-#define __pyx_n_u_batch __pyx_string_tab[155]
-#define __pyx_n_u_bool __pyx_string_tab[156]
-#define __pyx_n_u_budget __pyx_string_tab[157]
-#define __pyx_n_u_c __pyx_string_tab[158]
-#define __pyx_n_u_cline_in_traceback __pyx_string_tab[159]
-#define __pyx_n_u_close __pyx_string_tab[160]
-#define __pyx_n_u_col_of_input __pyx_string_tab[161]
-#define __pyx_n_u_colour __pyx_string_tab[162]
-#define __pyx_n_u_colour_columns __pyx_string_tab[163]
-#define __pyx_n_u_cols __pyx_string_tab[164]
-#define __pyx_n_u_comp __pyx_string_tab[165]
-#define __pyx_n_u_compressed __pyx_string_tab[166]
-#define __pyx_n_u_cone __pyx_string_tab[167]
-#define __pyx_n_u_cone_ptr __pyx_string_tab[168]
-#define __pyx_n_u_cones __pyx_string_tab[169]
-#define __pyx_n_u_cones_jacobian __pyx_string_tab[170]
-#define __pyx_n_u_const_value __pyx_string_tab[171]
-#define __pyx_n_u_copy __pyx_string_tab[172]
-#define __pyx_n_u_count __pyx_string_tab[173]
-#define __pyx_n_u_d __pyx_string_tab[174]
-#define __pyx_n_u_d0 __pyx_string_tab[175]
-#define __pyx_n_u_d1 __pyx_string_tab[176]
-#define __pyx_n_u_diff __pyx_string_tab[177]
-#define __pyx_n_u_disassemble __pyx_string_tab[178]
-#define __pyx_n_u_disassemble_locals_genexpr __pyx_string_tab[179]
-#define __pyx_n_u_dst __pyx_string_tab[180]
-#define __pyx_n_u_dtype __pyx_string_tab[181]
-#define __pyx_n_u_dtype_is_object __pyx_string_tab[182]
-#define __pyx_n_u_empty __pyx_string_tab[183]
-#define __pyx_n_u_encode __pyx_string_tab[184]
-#define __pyx_n_u_enumerate __pyx_string_tab[185]
-#define __pyx_n_u_error __pyx_string_tab[186]
-#define __pyx_n_u_fixed_partials __pyx_string_tab[187]
-#define __pyx_n_u_flags __pyx_string_tab[188]
-#define __pyx_n_u_float64 __pyx_string_tab[189]
-#define __pyx_n_u_format __pyx_string_tab[190]
-#define __pyx_n_u_fortran __pyx_string_tab[191]
-#define __pyx_n_u_forward __pyx_string_tab[192]
-#define __pyx_n_u_full __pyx_string_tab[193]
-#define __pyx_n_u_genexpr __pyx_string_tab[194]
-#define __pyx_n_u_get __pyx_string_tab[195]
-#define __pyx_n_u_i __pyx_string_tab[196]
-#define __pyx_n_u_id __pyx_string_tab[197]
-#define __pyx_n_u_idx __pyx_string_tab[198]
-#define __pyx_n_u_imm __pyx_string_tab[199]
-#define __pyx_n_u_index __pyx_string_tab[200]
-#define __pyx_n_u_indices __pyx_string_tab[201]
-#define __pyx_n_u_indptr __pyx_string_tab[202]
-#define __pyx_n_u_int __pyx_string_tab[203]
-#define __pyx_n_u_int32 __pyx_string_tab[204]
-#define __pyx_n_u_int64 __pyx_string_tab[205]
-#define __pyx_n_u_items __pyx_string_tab[206]
-#define __pyx_n_u_itemsize __pyx_string_tab[207]
-#define __pyx_n_u_jac_tape __pyx_string_tab[208]
-#define __pyx_n_u_jacext_2 __pyx_string_tab[209]
-#define __pyx_n_u_jacext__tape __pyx_string_tab[210]
-#define __pyx_n_u_jacobian __pyx_string_tab[211]
-#define __pyx_n_u_job __pyx_string_tab[212]
-#define __pyx_n_u_join __pyx_string_tab[213]
-#define __pyx_n_u_jvp __pyx_string_tab[214]
-#define __pyx_n_u_k __pyx_string_tab[215]
-#define __pyx_n_u_limit __pyx_string_tab[216]
-#define __pyx_n_u_lines __pyx_string_tab[217]
-#define __pyx_n_u_max __pyx_string_tab[218]
-#define __pyx_n_u_max_work __pyx_string_tab[219]
-#define __pyx_n_u_memview __pyx_string_tab[220]
-#define __pyx_n_u_min __pyx_string_tab[221]
-#define __pyx_n_u_mode __pyx_string_tab[222]
-#define __pyx_n_u_n __pyx_string_tab[223]
-#define __pyx_n_u_n_colours __pyx_string_tab[224]
-#define __pyx_n_u_n_cols __pyx_string_tab[225]
-#define __pyx_n_u_n_in __pyx_string_tab[226]
-#define __pyx_n_u_n_out __pyx_string_tab[227]
-#define __pyx_n_u_n_points __pyx_string_tab[228]
-#define __pyx_n_u_n_rows __pyx_string_tab[229]
-#define __pyx_n_u_n_slots __pyx_string_tab[230]
-#define __pyx_n_u_name __pyx_string_tab[231]
-#define __pyx_n_u_ndim __pyx_string_tab[232]
-#define __pyx_n_u_next __pyx_string_tab[233]
-#define __pyx_n_u_nnz __pyx_string_tab[234]
-#define __pyx_n_u_np __pyx_string_tab[235]
-#define __pyx_n_u_numpy __pyx_string_tab[236]
-#define __pyx_n_u_nz_input __pyx_string_tab[237]
-#define __pyx_n_u_o __pyx_string_tab[238]
-#define __pyx_n_u_obj __pyx_string_tab[239]
-#define __pyx_n_u_op __pyx_string_tab[240]
-#define __pyx_n_u_op_constants __pyx_string_tab[241]
-#define __pyx_n_u_op_helpers __pyx_string_tab[242]
-#define __pyx_n_u_op_partials __pyx_string_tab[243]
-#define __pyx_n_u_op_rows __pyx_string_tab[244]
-#define __pyx_n_u_op_value __pyx_string_tab[245]
-#define __pyx_n_u_order __pyx_string_tab[246]
-#define __pyx_n_u_out __pyx_string_tab[247]
-#define __pyx_n_u_out_slot __pyx_string_tab[248]
-#define __pyx_n_u_p __pyx_string_tab[249]
-#define __pyx_n_u_pack __pyx_string_tab[250]
-#define __pyx_n_u_pattern __pyx_string_tab[251]
-#define __pyx_n_u_per __pyx_string_tab[252]
-#define __pyx_n_u_plan_2 __pyx_string_tab[253]
-#define __pyx_n_u_pop __pyx_string_tab[254]
+#define __pyx_n_u_View_MemoryView __pyx_string_tab[110]
+#define __pyx_n_u_PER_INSTRUCTION __pyx_string_tab[111]
+#define __pyx_n_u_TAPE_FIELDS __pyx_string_tab[112]
+#define __pyx_n_u_Pyx_PyDict_NextRef __pyx_string_tab[113]
+#define __pyx_n_u_annotate __pyx_string_tab[114]
+#define __pyx_n_u_class __pyx_string_tab[115]
+#define __pyx_n_u_class_getitem __pyx_string_tab[116]
+#define __pyx_n_u_dict __pyx_string_tab[117]
+#define __pyx_n_u_func __pyx_string_tab[118]
+#define __pyx_n_u_getstate __pyx_string_tab[119]
+#define __pyx_n_u_import __pyx_string_tab[120]
+#define __pyx_n_u_main __pyx_string_tab[121]
+#define __pyx_n_u_module __pyx_string_tab[122]
+#define __pyx_n_u_name_2 __pyx_string_tab[123]
+#define __pyx_n_u_new __pyx_string_tab[124]
+#define __pyx_n_u_pyx_capi __pyx_string_tab[125]
+#define __pyx_n_u_pyx_checksum __pyx_string_tab[126]
+#define __pyx_n_u_pyx_state __pyx_string_tab[127]
+#define __pyx_n_u_pyx_type __pyx_string_tab[128]
+#define __pyx_n_u_pyx_unpickle_Enum __pyx_string_tab[129]
+#define __pyx_n_u_pyx_vtable __pyx_string_tab[130]
+#define __pyx_n_u_qualname __pyx_string_tab[131]
+#define __pyx_n_u_reduce __pyx_string_tab[132]
+#define __pyx_n_u_reduce_cython __pyx_string_tab[133]
+#define __pyx_n_u_reduce_ex __pyx_string_tab[134]
+#define __pyx_n_u_set_name __pyx_string_tab[135]
+#define __pyx_n_u_setstate __pyx_string_tab[136]
+#define __pyx_n_u_setstate_cython __pyx_string_tab[137]
+#define __pyx_n_u_test __pyx_string_tab[138]
+#define __pyx_n_u_is_coroutine __pyx_string_tab[139]
+#define __pyx_n_u_plan __pyx_string_tab[140]
+#define __pyx_n_u_a __pyx_string_tab[141]
+#define __pyx_n_u_abc __pyx_string_tab[142]
+#define __pyx_n_u_allocate_buffer __pyx_string_tab[143]
+#define __pyx_n_u_any __pyx_string_tab[144]
+#define __pyx_n_u_arange __pyx_string_tab[145]
+#define __pyx_n_u_args __pyx_string_tab[146]
+#define __pyx_n_u_array_2 __pyx_string_tab[147]
+#define __pyx_n_u_arrays __pyx_string_tab[148]
+#define __pyx_n_u_asarray __pyx_string_tab[149]
+#define __pyx_n_u_ascontiguousarray __pyx_string_tab[150]
+#define __pyx_n_u_asyncio_coroutines __pyx_string_tab[151]
+#define __pyx_n_u_b __pyx_string_tab[152]
+#define __pyx_n_u_base __pyx_string_tab[153]
+#define __pyx_n_u_batch __pyx_string_tab[154]
+#define __pyx_n_u_bool __pyx_string_tab[155]
+#define __pyx_n_u_budget __pyx_string_tab[156]
+#define __pyx_n_u_c __pyx_string_tab[157]
+#define __pyx_n_u_cline_in_traceback __pyx_string_tab[158]
+#define __pyx_n_u_close __pyx_string_tab[159]
+#define __pyx_n_u_col_of_input __pyx_string_tab[160]
+#define __pyx_n_u_colour __pyx_string_tab[161]
+#define __pyx_n_u_colour_columns __pyx_string_tab[162]
+#define __pyx_n_u_cols __pyx_string_tab[163]
+#define __pyx_n_u_comp __pyx_string_tab[164]
+#define __pyx_n_u_compressed __pyx_string_tab[165]
+#define __pyx_n_u_cone __pyx_string_tab[166]
+#define __pyx_n_u_cone_ptr __pyx_string_tab[167]
+#define __pyx_n_u_cones __pyx_string_tab[168]
+#define __pyx_n_u_cones_jacobian __pyx_string_tab[169]
+#define __pyx_n_u_const_value __pyx_string_tab[170]
+#define __pyx_n_u_copy __pyx_string_tab[171]
+#define __pyx_n_u_count __pyx_string_tab[172]
+#define __pyx_n_u_d __pyx_string_tab[173]
+#define __pyx_n_u_d0 __pyx_string_tab[174]
+#define __pyx_n_u_d1 __pyx_string_tab[175]
+#define __pyx_n_u_diff __pyx_string_tab[176]
+#define __pyx_n_u_disassemble __pyx_string_tab[177]
+#define __pyx_n_u_disassemble_locals_genexpr __pyx_string_tab[178]
+#define __pyx_n_u_dst __pyx_string_tab[179]
+#define __pyx_n_u_dtype __pyx_string_tab[180]
+#define __pyx_n_u_dtype_is_object __pyx_string_tab[181]
+#define __pyx_n_u_empty __pyx_string_tab[182]
+#define __pyx_n_u_encode __pyx_string_tab[183]
+#define __pyx_n_u_enumerate __pyx_string_tab[184]
+#define __pyx_n_u_error __pyx_string_tab[185]
+#define __pyx_n_u_fixed_partials __pyx_string_tab[186]
+#define __pyx_n_u_flags __pyx_string_tab[187]
+#define __pyx_n_u_float64 __pyx_string_tab[188]
+#define __pyx_n_u_format __pyx_string_tab[189]
+#define __pyx_n_u_fortran __pyx_string_tab[190]
+#define __pyx_n_u_forward __pyx_string_tab[191]
+#define __pyx_n_u_full __pyx_string_tab[192]
+#define __pyx_n_u_genexpr __pyx_string_tab[193]
+#define __pyx_n_u_get __pyx_string_tab[194]
+#define __pyx_n_u_i __pyx_string_tab[195]
+#define __pyx_n_u_id __pyx_string_tab[196]
+#define __pyx_n_u_idx __pyx_string_tab[197]
+#define __pyx_n_u_imm __pyx_string_tab[198]
+#define __pyx_n_u_index __pyx_string_tab[199]
+#define __pyx_n_u_indices __pyx_string_tab[200]
+#define __pyx_n_u_indptr __pyx_string_tab[201]
+#define __pyx_n_u_int __pyx_string_tab[202]
+#define __pyx_n_u_int32 __pyx_string_tab[203]
+#define __pyx_n_u_int64 __pyx_string_tab[204]
+#define __pyx_n_u_items __pyx_string_tab[205]
+#define __pyx_n_u_itemsize __pyx_string_tab[206]
+#define __pyx_n_u_jac_tape __pyx_string_tab[207]
+#define __pyx_n_u_jacext_2 __pyx_string_tab[208]
+#define __pyx_n_u_jacext__tape __pyx_string_tab[209]
+#define __pyx_n_u_jacobian __pyx_string_tab[210]
+#define __pyx_n_u_job __pyx_string_tab[211]
+#define __pyx_n_u_join __pyx_string_tab[212]
+#define __pyx_n_u_jvp __pyx_string_tab[213]
+#define __pyx_n_u_k __pyx_string_tab[214]
+#define __pyx_n_u_limit __pyx_string_tab[215]
+#define __pyx_n_u_lines __pyx_string_tab[216]
+#define __pyx_n_u_max __pyx_string_tab[217]
+#define __pyx_n_u_max_work __pyx_string_tab[218]
+#define __pyx_n_u_memview __pyx_string_tab[219]
+#define __pyx_n_u_min __pyx_string_tab[220]
+#define __pyx_n_u_mode __pyx_string_tab[221]
+#define __pyx_n_u_n __pyx_string_tab[222]
+#define __pyx_n_u_n_colours __pyx_string_tab[223]
+#define __pyx_n_u_n_cols __pyx_string_tab[224]
+#define __pyx_n_u_n_in __pyx_string_tab[225]
+#define __pyx_n_u_n_out __pyx_string_tab[226]
+#define __pyx_n_u_n_points __pyx_string_tab[227]
+#define __pyx_n_u_n_rows __pyx_string_tab[228]
+#define __pyx_n_u_n_slots __pyx_string_tab[229]
+#define __pyx_n_u_name __pyx_string_tab[230]
+#define __pyx_n_u_ndim __pyx_string_tab[231]
+#define __pyx_n_u_next __pyx_string_tab[232]
+#define __pyx_n_u_nnz __pyx_string_tab[233]
+#define __pyx_n_u_np __pyx_string_tab[234]
+#define __pyx_n_u_numpy __pyx_string_tab[235]
+#define __pyx_n_u_nz_input __pyx_string_tab[236]
+#define __pyx_n_u_o __pyx_string_tab[237]
+#define __pyx_n_u_obj __pyx_string_tab[238]
+#define __pyx_n_u_op __pyx_string_tab[239]
+#define __pyx_n_u_op_constants __pyx_string_tab[240]
+#define __pyx_n_u_op_helpers __pyx_string_tab[241]
+#define __pyx_n_u_op_partials __pyx_string_tab[242]
+#define __pyx_n_u_op_rows __pyx_string_tab[243]
+#define __pyx_n_u_op_value __pyx_string_tab[244]
+#define __pyx_n_u_order __pyx_string_tab[245]
+#define __pyx_n_u_out __pyx_string_tab[246]
+#define __pyx_n_u_out_slot __pyx_string_tab[247]
+#define __pyx_n_u_p __pyx_string_tab[248]
+#define __pyx_n_u_pack __pyx_string_tab[249]
+#define __pyx_n_u_pattern __pyx_string_tab[250]
+#define __pyx_n_u_per __pyx_string_tab[251]
+#define __pyx_n_u_plan_2 __pyx_string_tab[252]
+#define __pyx_n_u_pop __pyx_string_tab[253]
+#define __pyx_n_u_product __pyx_string_tab[254]
 #define __pyx_n_u_ptr __pyx_string_tab[255]
 #define __pyx_n_u_q __pyx_string_tab[256]
 #define __pyx_n_u_register __pyx_string_tab[257]
-#define __pyx_n_u_reshape __pyx_string_tab[258]
-#define __pyx_n_u_reverse __pyx_string_tab[259]
-#define __pyx_n_u_row_ptr __pyx_string_tab[260]
-#define __pyx_n_u_runs __pyx_string_tab[261]
-#define __pyx_n_u_runs_pay __pyx_string_tab[262]
-#define __pyx_n_u_s __pyx_string_tab[263]
-#define __pyx_n_u_seed __pyx_string_tab[264]
-#define __pyx_n_u_self __pyx_string_tab[265]
-#define __pyx_n_u_send __pyx_string_tab[266]
-#define __pyx_n_u_setdefault __pyx_string_tab[267]
-#define __pyx_n_u_setflags __pyx_string_tab[268]
-#define __pyx_n_u_shape __pyx_string_tab[269]
-#define __pyx_n_u_size __pyx_string_tab[270]
-#define __pyx_n_u_sort __pyx_string_tab[271]
-#define __pyx_n_u_st __pyx_string_tab[272]
-#define __pyx_n_u_start __pyx_string_tab[273]
-#define __pyx_n_u_step __pyx_string_tab[274]
-#define __pyx_n_u_stop __pyx_string_tab[275]
-#define __pyx_n_u_struct __pyx_string_tab[276]
-#define __pyx_n_u_tape __pyx_string_tab[277]
-#define __pyx_n_u_task __pyx_string_tab[278]
-#define __pyx_n_u_threads __pyx_string_tab[279]
-#define __pyx_n_u_throw __pyx_string_tab[280]
-#define __pyx_n_u_tolist __pyx_string_tab[281]
-#define __pyx_n_u_total __pyx_string_tab[282]
-#define __pyx_n_u_u __pyx_string_tab[283]
+#define __pyx_n_u_res __pyx_string_tab[258]
+#define __pyx_n_u_reshape __pyx_string_tab[259]
+#define __pyx_n_u_reverse __pyx_string_tab[260]
+#define __pyx_n_u_row_ptr __pyx_string_tab[261]
+#define __pyx_n_u_runs __pyx_string_tab[262]
+#define __pyx_n_u_runs_pay __pyx_string_tab[263]
+#define __pyx_n_u_s __pyx_string_tab[264]
+#define __pyx_n_u_seed __pyx_string_tab[265]
+#define __pyx_n_u_self __pyx_string_tab[266]
+#define __pyx_n_u_send __pyx_string_tab[267]
+#define __pyx_n_u_setdefault __pyx_string_tab[268]
+#define __pyx_n_u_setflags __pyx_string_tab[269]
+#define __pyx_n_u_shape __pyx_string_tab[270]
+#define __pyx_n_u_size __pyx_string_tab[271]
+#define __pyx_n_u_sort __pyx_string_tab[272]
+#define __pyx_n_u_st __pyx_string_tab[273]
+#define __pyx_n_u_start __pyx_string_tab[274]
+#define __pyx_n_u_step __pyx_string_tab[275]
+#define __pyx_n_u_stop __pyx_string_tab[276]
+#define __pyx_n_u_struct __pyx_string_tab[277]
+#define __pyx_n_u_tape __pyx_string_tab[278]
+#define __pyx_n_u_task __pyx_string_tab[279]
+#define __pyx_n_u_threads __pyx_string_tab[280]
+#define __pyx_n_u_throw __pyx_string_tab[281]
+#define __pyx_n_u_tolist __pyx_string_tab[282]
+#define __pyx_n_u_total __pyx_string_tab[283]
 #define __pyx_n_u_uint8 __pyx_string_tab[284]
 #define __pyx_n_u_unpack __pyx_string_tab[285]
 #define __pyx_n_u_update __pyx_string_tab[286]
@@ -5024,39 +5021,36 @@ static __pyx_mstatetype * const __pyx_mstate_global = &__pyx_mstate_global_stati
 #define __pyx_n_u_word __pyx_string_tab[293]
 #define __pyx_n_u_write __pyx_string_tab[294]
 #define __pyx_n_u_x __pyx_string_tab[295]
-#define __pyx_n_u_xbar __pyx_string_tab[296]
-#define __pyx_n_u_y __pyx_string_tab[297]
-#define __pyx_n_u_ydot __pyx_string_tab[298]
-#define __pyx_n_u_zeros __pyx_string_tab[299]
-#define __pyx_n_u_zip __pyx_string_tab[300]
-#define __pyx_kp_b__6 __pyx_string_tab[301]
-#define __pyx_kp_b__7 __pyx_string_tab[302]
-#define __pyx_n_b_O __pyx_string_tab[303]
-#define __pyx_kp_b_T __pyx_string_tab[304]
-#define __pyx_kp_b__5 __pyx_string_tab[305]
-#define __pyx_kp_b_int_int_raise_status __pyx_string_tab[306]
-#define __pyx_kp_b__8 __pyx_string_tab[307]
-#define __pyx_kp_b_iso88591_Q __pyx_string_tab[308]
-#define __pyx_kp_b_iso88591_1O1Be7_oQb_U_1 __pyx_string_tab[309]
-#define __pyx_kp_b_iso88591_2_1Be7_nARr_1Bb_t_E_U_1 __pyx_string_tab[310]
-#define __pyx_kp_b_iso88591_2_7_k_nAT_TUUV_q_t_Qb_7_q_WD_E __pyx_string_tab[311]
-#define __pyx_kp_b_iso88591_Qe6_1_Qe6_1_QgV2Q_b_axvRq_q_as __pyx_string_tab[312]
-#define __pyx_kp_b_iso88591_A_t7 __pyx_string_tab[313]
-#define __pyx_kp_b_iso88591_A_SST_LA_1F_6_81_t2_D_85_AWA_3fB __pyx_string_tab[314]
-#define __pyx_kp_b_iso88591_A_0_AV_BgUV_as_b_j_t7_1_q_T_D_1A __pyx_string_tab[315]
-#define __pyx_kp_b_iso88591_A_0_AV_BgUV_0_AV_BgUV_as_b_avT_8 __pyx_string_tab[316]
-#define __pyx_kp_b_iso88591_A_0_AV_BgUV_0_AV_BhVW_as_b_avT_7 __pyx_string_tab[317]
-#define __pyx_kp_b_iso88591_A_D_t2Q_1E_5_awd_U_1AQa_D_c_Cs_1 __pyx_string_tab[318]
-#define __pyx_kp_b_iso88591_A_d_4q_1Jc_b_1M_AT_1_q __pyx_string_tab[319]
-#define __pyx_kp_b_iso88591_A_0_AV_BgUV_AS_Bha_6_E_E_wa_AQ_T __pyx_string_tab[320]
-#define __pyx_kp_b_iso88591_A_uD_c_rQR_q_avT_1_AXRwat6_fBa_A __pyx_string_tab[321]
-#define __pyx_kp_b_iso88591_A_4t1_2V2S_0_b_t6_3a __pyx_string_tab[322]
-#define __pyx_kp_b_iso88591_A_t1 __pyx_string_tab[323]
-#define __pyx_kp_b_iso88591_A_A_Q_AYa_4t7_5_3c_1_AQ_1D_V2S_E __pyx_string_tab[324]
-#define __pyx_kp_b_iso88591_A_V1A_0_AV_BgUV_AS_Bha_2_ay_HTU __pyx_string_tab[325]
-#define __pyx_kp_b_iso88591_a_2 __pyx_string_tab[326]
-#define __pyx_kp_b_iso88591_Q_s_Bc_Cq_j_0_at3c __pyx_string_tab[327]
-#define __pyx_kp_b_iso88591_s_Bc_Cq_j_0_4s_S_Qa_4q __pyx_string_tab[328]
+#define __pyx_n_u_y __pyx_string_tab[296]
+#define __pyx_n_u_zeros __pyx_string_tab[297]
+#define __pyx_n_u_zip __pyx_string_tab[298]
+#define __pyx_kp_b__6 __pyx_string_tab[299]
+#define __pyx_kp_b__7 __pyx_string_tab[300]
+#define __pyx_n_b_O __pyx_string_tab[301]
+#define __pyx_kp_b_T __pyx_string_tab[302]
+#define __pyx_kp_b__5 __pyx_string_tab[303]
+#define __pyx_kp_b_int_int_raise_status __pyx_string_tab[304]
+#define __pyx_kp_b__8 __pyx_string_tab[305]
+#define __pyx_kp_b_iso88591_Q __pyx_string_tab[306]
+#define __pyx_kp_b_iso88591_1O1Be7_oQb_U_1 __pyx_string_tab[307]
+#define __pyx_kp_b_iso88591_2_1Be7_nARr_1Bb_t_E_U_1 __pyx_string_tab[308]
+#define __pyx_kp_b_iso88591_2_7_k_nAT_TUUV_q_t_Qb_7_q_WD_E __pyx_string_tab[309]
+#define __pyx_kp_b_iso88591_Qe6_1_Qe6_1_QgV2Q_b_axvRq_q_as __pyx_string_tab[310]
+#define __pyx_kp_b_iso88591_A_t7 __pyx_string_tab[311]
+#define __pyx_kp_b_iso88591_A_SST_LA_1F_6_81_t2_D_85_AWA_3fB __pyx_string_tab[312]
+#define __pyx_kp_b_iso88591_A_0_AV_BgUV_as_b_j_t7_1_q_T_D_1A __pyx_string_tab[313]
+#define __pyx_kp_b_iso88591_A_D_t2Q_1E_5_awd_U_1AQa_D_c_Cs_1 __pyx_string_tab[314]
+#define __pyx_kp_b_iso88591_A_d_4q_1Jc_b_1M_AT_1_q __pyx_string_tab[315]
+#define __pyx_kp_b_iso88591_A_0_AV_BgUV_AS_Bha_6_E_E_wa_AQ_T __pyx_string_tab[316]
+#define __pyx_kp_b_iso88591_A_uD_c_rQR_q_avT_1_AXRwat6_fBa_A __pyx_string_tab[317]
+#define __pyx_kp_b_iso88591_A_4t1_2V2S_0_b_t6_3a __pyx_string_tab[318]
+#define __pyx_kp_b_iso88591_A_t1 __pyx_string_tab[319]
+#define __pyx_kp_b_iso88591_A_Ry_T_1_Bj_T_1_0_AV_BgUV_0_AYm8 __pyx_string_tab[320]
+#define __pyx_kp_b_iso88591_A_A_Q_AYa_4t7_5_3c_1_AQ_1D_V2S_E __pyx_string_tab[321]
+#define __pyx_kp_b_iso88591_A_V1A_0_AV_BgUV_AS_Bha_2_ay_HTU __pyx_string_tab[322]
+#define __pyx_kp_b_iso88591_a_2 __pyx_string_tab[323]
+#define __pyx_kp_b_iso88591_Q_s_Bc_Cq_j_0_at3c __pyx_string_tab[324]
+#define __pyx_kp_b_iso88591_s_Bc_Cq_j_0_4s_S_Qa_4q __pyx_string_tab[325]
 #define __pyx_int_0 __pyx_number_tab[0]
 #define __pyx_int_neg_1 __pyx_number_tab[1]
 #define __pyx_int_1 __pyx_number_tab[2]
@@ -5112,8 +5106,8 @@ static CYTHON_SMALL_CODE int __pyx_m_clear(PyObject *m) {
   Py_CLEAR(clear_module_state->__pyx_umethod_PyDict_Type_values.method);
   for (int i=0; i<1; ++i) { Py_CLEAR(clear_module_state->__pyx_slice[i]); }
   for (int i=0; i<9; ++i) { Py_CLEAR(clear_module_state->__pyx_tuple[i]); }
-  for (int i=0; i<22; ++i) { Py_CLEAR(clear_module_state->__pyx_codeobj_tab[i]); }
-  for (int i=0; i<329; ++i) { Py_CLEAR(clear_module_state->__pyx_string_tab[i]); }
+  for (int i=0; i<21; ++i) { Py_CLEAR(clear_module_state->__pyx_codeobj_tab[i]); }
+  for (int i=0; i<326; ++i) { Py_CLEAR(clear_module_state->__pyx_string_tab[i]); }
   for (int i=0; i<6; ++i) { Py_CLEAR(clear_module_state->__pyx_number_tab[i]); }
 /* #### Code section: module_state_clear_contents ### */
 /* CommonTypesMetaclass.module_state_clear */
@@ -5175,8 +5169,8 @@ static CYTHON_SMALL_CODE int __pyx_m_traverse(PyObject *m, visitproc visit, void
   Py_VISIT(traverse_module_state->__pyx_umethod_PyDict_Type_values.method);
   for (int i=0; i<1; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_slice[i]); }
   for (int i=0; i<9; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_tuple[i]); }
-  for (int i=0; i<22; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_codeobj_tab[i]); }
-  for (int i=0; i<329; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_string_tab[i]); }
+  for (int i=0; i<21; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_codeobj_tab[i]); }
+  for (int i=0; i<326; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_string_tab[i]); }
   for (int i=0; i<6; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_number_tab[i]); }
 /* #### Code section: module_state_traverse_contents ### */
 /* CommonTypesMetaclass.module_state_traverse */
@@ -29629,7 +29623,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_cones_jacobian(struct __pyx_obj_6j
  *             self.give_work(w)
  *         return raise_status(st)             # <<<<<<<<<<<<<<
  * 
- *     cpdef jvp(self, cnp.ndarray x, cnp.ndarray v, cnp.ndarray y, cnp.ndarray ydot):
+ *     cpdef product(self, bint forward, cnp.ndarray x, cnp.ndarray seed, cnp.ndarray y,
 */
   __pyx_t_11 = __pyx_f_6jacext_5_tape_raise_status(__pyx_v_st); if (unlikely(__pyx_t_11 == ((int)-1))) __PYX_ERR(0, 477, __pyx_L1_error)
   __pyx_t_1 = __Pyx_PyLong_From_int(__pyx_t_11); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 477, __pyx_L1_error)
@@ -29831,23 +29825,25 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_20cones_jacobian(struct __pyx_obj
 /* "jacext/_tape.pyx":479
  *         return raise_status(st)
  * 
- *     cpdef jvp(self, cnp.ndarray x, cnp.ndarray v, cnp.ndarray y, cnp.ndarray ydot):             # <<<<<<<<<<<<<<
- *         """y and ydot = J v at the point x (v over all inputs)."""
- *         cdef const double *px = <const double *>_buf(x, cnp.NPY_DOUBLE, self.t.n_in, "x")
+ *     cpdef product(self, bint forward, cnp.ndarray x, cnp.ndarray seed, cnp.ndarray y,             # <<<<<<<<<<<<<<
+ *                   cnp.ndarray res):
+ *         """At the point x: y and, forward, res = J v (seed v over the inputs, res over the
 */
 
-static PyObject *__pyx_pw_6jacext_5_tape_4Tape_23jvp(PyObject *__pyx_v_self, 
+static PyObject *__pyx_pw_6jacext_5_tape_4Tape_23product(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
 PyObject *__pyx_args, PyObject *__pyx_kwds
 #endif
 ); /*proto*/
-static PyObject *__pyx_f_6jacext_5_tape_4Tape_jvp(struct __pyx_obj_6jacext_5_tape_Tape *__pyx_v_self, PyArrayObject *__pyx_v_x, PyArrayObject *__pyx_v_v, PyArrayObject *__pyx_v_y, PyArrayObject *__pyx_v_ydot, int __pyx_skip_dispatch) {
+static PyObject *__pyx_f_6jacext_5_tape_4Tape_product(struct __pyx_obj_6jacext_5_tape_Tape *__pyx_v_self, int __pyx_v_forward, PyArrayObject *__pyx_v_x, PyArrayObject *__pyx_v_seed, PyArrayObject *__pyx_v_y, PyArrayObject *__pyx_v_res, int __pyx_skip_dispatch) {
+  Py_ssize_t __pyx_v_n_seed;
+  Py_ssize_t __pyx_v_n_res;
   double const *__pyx_v_px;
-  double const *__pyx_v_pv;
+  double const *__pyx_v_ps;
   double *__pyx_v_py;
-  double *__pyx_v_pd;
+  double *__pyx_v_pr;
   jx_work *__pyx_v_w;
   int __pyx_v_st;
   PyObject *__pyx_r = NULL;
@@ -29856,15 +29852,17 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_jvp(struct __pyx_obj_6jacext_5_tap
   PyObject *__pyx_t_2 = NULL;
   PyObject *__pyx_t_3 = NULL;
   PyObject *__pyx_t_4 = NULL;
-  size_t __pyx_t_5;
-  void const *__pyx_t_6;
-  double *__pyx_t_7;
-  jx_work *__pyx_t_8;
-  int __pyx_t_9;
+  PyObject *__pyx_t_5 = NULL;
+  size_t __pyx_t_6;
+  int32_t __pyx_t_7;
+  void const *__pyx_t_8;
+  double *__pyx_t_9;
+  jx_work *__pyx_t_10;
+  int __pyx_t_11;
   int __pyx_lineno = 0;
   const char *__pyx_filename = NULL;
   int __pyx_clineno = 0;
-  __Pyx_RefNannySetupContext("jvp", 0);
+  __Pyx_RefNannySetupContext("product", 0);
   /* Check if called by wrapper */
   if (unlikely(__pyx_skip_dispatch)) ;
   /* Check if overridden in Python */
@@ -29881,13 +29879,15 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_jvp(struct __pyx_obj_6jacext_5_tap
     if (unlikely(!__Pyx_object_dict_version_matches(((PyObject *)__pyx_v_self), __pyx_tp_dict_version, __pyx_obj_dict_version))) {
       PY_UINT64_T __pyx_typedict_guard = __Pyx_get_tp_dict_version(((PyObject *)__pyx_v_self));
       #endif
-      __pyx_t_1 = __Pyx_PyObject_GetAttrStr(((PyObject *)__pyx_v_self), __pyx_mstate_global->__pyx_n_u_jvp); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 479, __pyx_L1_error)
+      __pyx_t_1 = __Pyx_PyObject_GetAttrStr(((PyObject *)__pyx_v_self), __pyx_mstate_global->__pyx_n_u_product); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 479, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_1);
-      if (!__Pyx_IsSameCFunction(__pyx_t_1, (void(*)(void)) __pyx_pw_6jacext_5_tape_4Tape_23jvp)) {
+      if (!__Pyx_IsSameCFunction(__pyx_t_1, (void(*)(void)) __pyx_pw_6jacext_5_tape_4Tape_23product)) {
         __pyx_t_3 = NULL;
         __Pyx_INCREF(__pyx_t_1);
         __pyx_t_4 = __pyx_t_1; 
-        __pyx_t_5 = 1;
+        __pyx_t_5 = __Pyx_PyBool_FromLong(__pyx_v_forward); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 479, __pyx_L1_error)
+        __Pyx_GOTREF(__pyx_t_5);
+        __pyx_t_6 = 1;
         #if CYTHON_UNPACK_METHODS
         if (unlikely(PyMethod_Check(__pyx_t_4))) {
           __pyx_t_3 = PyMethod_GET_SELF(__pyx_t_4);
@@ -29896,13 +29896,14 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_jvp(struct __pyx_obj_6jacext_5_tap
           __Pyx_INCREF(__pyx_t_3);
           __Pyx_INCREF(__pyx__function);
           __Pyx_DECREF_SET(__pyx_t_4, __pyx__function);
-          __pyx_t_5 = 0;
+          __pyx_t_6 = 0;
         }
         #endif
         {
-          PyObject *__pyx_callargs[5] = {__pyx_t_3, ((PyObject *)__pyx_v_x), ((PyObject *)__pyx_v_v), ((PyObject *)__pyx_v_y), ((PyObject *)__pyx_v_ydot)};
-          __pyx_t_2 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_4, __pyx_callargs+__pyx_t_5, (5-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
+          PyObject *__pyx_callargs[6] = {__pyx_t_3, __pyx_t_5, ((PyObject *)__pyx_v_x), ((PyObject *)__pyx_v_seed), ((PyObject *)__pyx_v_y), ((PyObject *)__pyx_v_res)};
+          __pyx_t_2 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_4, __pyx_callargs+__pyx_t_6, (6-__pyx_t_6) | (__pyx_t_6*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
           __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
+          __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
           __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
           if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 479, __pyx_L1_error)
           __Pyx_GOTREF(__pyx_t_2);
@@ -29932,73 +29933,105 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_jvp(struct __pyx_obj_6jacext_5_tap
     #endif
   }
 
-  /* "jacext/_tape.pyx":481
- *     cpdef jvp(self, cnp.ndarray x, cnp.ndarray v, cnp.ndarray y, cnp.ndarray ydot):
- *         """y and ydot = J v at the point x (v over all inputs)."""
- *         cdef const double *px = <const double *>_buf(x, cnp.NPY_DOUBLE, self.t.n_in, "x")             # <<<<<<<<<<<<<<
- *         cdef const double *pv = <const double *>_buf(v, cnp.NPY_DOUBLE, self.t.n_in, "v")
- *         cdef double *py = _out(y, self.t.n_out, "y")
-*/
-  __pyx_t_6 = __pyx_f_6jacext_5_tape__buf(__pyx_v_x, NPY_DOUBLE, __pyx_v_self->t.n_in, __pyx_mstate_global->__pyx_n_u_x); if (unlikely(__pyx_t_6 == ((void *)NULL))) __PYX_ERR(0, 481, __pyx_L1_error)
-  __pyx_v_px = ((double const *)__pyx_t_6);
-
-
-  /* "jacext/_tape.pyx":482
- *         """y and ydot = J v at the point x (v over all inputs)."""
- *         cdef const double *px = <const double *>_buf(x, cnp.NPY_DOUBLE, self.t.n_in, "x")
- *         cdef const double *pv = <const double *>_buf(v, cnp.NPY_DOUBLE, self.t.n_in, "v")             # <<<<<<<<<<<<<<
- *         cdef double *py = _out(y, self.t.n_out, "y")
- *         cdef double *pd = _out(ydot, self.t.n_out, "ydot")
-*/
-  __pyx_t_6 = __pyx_f_6jacext_5_tape__buf(__pyx_v_v, NPY_DOUBLE, __pyx_v_self->t.n_in, __pyx_mstate_global->__pyx_n_u_v); if (unlikely(__pyx_t_6 == ((void *)NULL))) __PYX_ERR(0, 482, __pyx_L1_error)
-  __pyx_v_pv = ((double const *)__pyx_t_6);
-
-
   /* "jacext/_tape.pyx":483
+ *         """At the point x: y and, forward, res = J v (seed v over the inputs, res over the
+ *         outputs), else res = u J (seed u over the outputs, res over the inputs)."""
+ *         cdef Py_ssize_t n_seed = self.t.n_in if forward else self.t.n_out             # <<<<<<<<<<<<<<
+ *         cdef Py_ssize_t n_res = self.t.n_out if forward else self.t.n_in
  *         cdef const double *px = <const double *>_buf(x, cnp.NPY_DOUBLE, self.t.n_in, "x")
- *         cdef const double *pv = <const double *>_buf(v, cnp.NPY_DOUBLE, self.t.n_in, "v")
- *         cdef double *py = _out(y, self.t.n_out, "y")             # <<<<<<<<<<<<<<
- *         cdef double *pd = _out(ydot, self.t.n_out, "ydot")
- *         cdef jx_work *w = self.take_work(1)
 */
-  __pyx_t_7 = __pyx_f_6jacext_5_tape__out(__pyx_v_y, __pyx_v_self->t.n_out, __pyx_mstate_global->__pyx_n_u_y); if (unlikely(__pyx_t_7 == ((void *)NULL))) __PYX_ERR(0, 483, __pyx_L1_error)
-  __pyx_v_py = __pyx_t_7;
+  if (__pyx_v_forward) {
+
+    __pyx_t_7 = __pyx_v_self->t.n_in;
+  } else {
+
+    __pyx_t_7 = __pyx_v_self->t.n_out;
+  }
+  __pyx_v_n_seed = __pyx_t_7;
 
   /* "jacext/_tape.pyx":484
- *         cdef const double *pv = <const double *>_buf(v, cnp.NPY_DOUBLE, self.t.n_in, "v")
+ *         outputs), else res = u J (seed u over the outputs, res over the inputs)."""
+ *         cdef Py_ssize_t n_seed = self.t.n_in if forward else self.t.n_out
+ *         cdef Py_ssize_t n_res = self.t.n_out if forward else self.t.n_in             # <<<<<<<<<<<<<<
+ *         cdef const double *px = <const double *>_buf(x, cnp.NPY_DOUBLE, self.t.n_in, "x")
+ *         cdef const double *ps = <const double *>_buf(seed, cnp.NPY_DOUBLE, n_seed, "seed")
+*/
+  if (__pyx_v_forward) {
+
+    __pyx_t_7 = __pyx_v_self->t.n_out;
+  } else {
+
+    __pyx_t_7 = __pyx_v_self->t.n_in;
+  }
+  __pyx_v_n_res = __pyx_t_7;
+
+  /* "jacext/_tape.pyx":485
+ *         cdef Py_ssize_t n_seed = self.t.n_in if forward else self.t.n_out
+ *         cdef Py_ssize_t n_res = self.t.n_out if forward else self.t.n_in
+ *         cdef const double *px = <const double *>_buf(x, cnp.NPY_DOUBLE, self.t.n_in, "x")             # <<<<<<<<<<<<<<
+ *         cdef const double *ps = <const double *>_buf(seed, cnp.NPY_DOUBLE, n_seed, "seed")
  *         cdef double *py = _out(y, self.t.n_out, "y")
- *         cdef double *pd = _out(ydot, self.t.n_out, "ydot")             # <<<<<<<<<<<<<<
+*/
+  __pyx_t_8 = __pyx_f_6jacext_5_tape__buf(__pyx_v_x, NPY_DOUBLE, __pyx_v_self->t.n_in, __pyx_mstate_global->__pyx_n_u_x); if (unlikely(__pyx_t_8 == ((void *)NULL))) __PYX_ERR(0, 485, __pyx_L1_error)
+  __pyx_v_px = ((double const *)__pyx_t_8);
+
+
+  /* "jacext/_tape.pyx":486
+ *         cdef Py_ssize_t n_res = self.t.n_out if forward else self.t.n_in
+ *         cdef const double *px = <const double *>_buf(x, cnp.NPY_DOUBLE, self.t.n_in, "x")
+ *         cdef const double *ps = <const double *>_buf(seed, cnp.NPY_DOUBLE, n_seed, "seed")             # <<<<<<<<<<<<<<
+ *         cdef double *py = _out(y, self.t.n_out, "y")
+ *         cdef double *pr = _out(res, n_res, "res")
+*/
+  __pyx_t_8 = __pyx_f_6jacext_5_tape__buf(__pyx_v_seed, NPY_DOUBLE, __pyx_v_n_seed, __pyx_mstate_global->__pyx_n_u_seed); if (unlikely(__pyx_t_8 == ((void *)NULL))) __PYX_ERR(0, 486, __pyx_L1_error)
+  __pyx_v_ps = ((double const *)__pyx_t_8);
+
+
+  /* "jacext/_tape.pyx":487
+ *         cdef const double *px = <const double *>_buf(x, cnp.NPY_DOUBLE, self.t.n_in, "x")
+ *         cdef const double *ps = <const double *>_buf(seed, cnp.NPY_DOUBLE, n_seed, "seed")
+ *         cdef double *py = _out(y, self.t.n_out, "y")             # <<<<<<<<<<<<<<
+ *         cdef double *pr = _out(res, n_res, "res")
+ *         cdef jx_work *w = self.take_work(1)
+*/
+  __pyx_t_9 = __pyx_f_6jacext_5_tape__out(__pyx_v_y, __pyx_v_self->t.n_out, __pyx_mstate_global->__pyx_n_u_y); if (unlikely(__pyx_t_9 == ((void *)NULL))) __PYX_ERR(0, 487, __pyx_L1_error)
+  __pyx_v_py = __pyx_t_9;
+
+  /* "jacext/_tape.pyx":488
+ *         cdef const double *ps = <const double *>_buf(seed, cnp.NPY_DOUBLE, n_seed, "seed")
+ *         cdef double *py = _out(y, self.t.n_out, "y")
+ *         cdef double *pr = _out(res, n_res, "res")             # <<<<<<<<<<<<<<
  *         cdef jx_work *w = self.take_work(1)
  *         cdef int st
 */
-  __pyx_t_7 = __pyx_f_6jacext_5_tape__out(__pyx_v_ydot, __pyx_v_self->t.n_out, __pyx_mstate_global->__pyx_n_u_ydot); if (unlikely(__pyx_t_7 == ((void *)NULL))) __PYX_ERR(0, 484, __pyx_L1_error)
-  __pyx_v_pd = __pyx_t_7;
+  __pyx_t_9 = __pyx_f_6jacext_5_tape__out(__pyx_v_res, __pyx_v_n_res, __pyx_mstate_global->__pyx_n_u_res); if (unlikely(__pyx_t_9 == ((void *)NULL))) __PYX_ERR(0, 488, __pyx_L1_error)
+  __pyx_v_pr = __pyx_t_9;
 
-  /* "jacext/_tape.pyx":485
+  /* "jacext/_tape.pyx":489
  *         cdef double *py = _out(y, self.t.n_out, "y")
- *         cdef double *pd = _out(ydot, self.t.n_out, "ydot")
+ *         cdef double *pr = _out(res, n_res, "res")
  *         cdef jx_work *w = self.take_work(1)             # <<<<<<<<<<<<<<
  *         cdef int st
  *         try:
 */
-  __pyx_t_8 = ((struct __pyx_vtabstruct_6jacext_5_tape_Tape *)__pyx_v_self->__pyx_vtab)->take_work(__pyx_v_self, 1); if (unlikely(__pyx_t_8 == ((void *)NULL))) __PYX_ERR(0, 485, __pyx_L1_error)
-  __pyx_v_w = __pyx_t_8;
+  __pyx_t_10 = ((struct __pyx_vtabstruct_6jacext_5_tape_Tape *)__pyx_v_self->__pyx_vtab)->take_work(__pyx_v_self, 1); if (unlikely(__pyx_t_10 == ((void *)NULL))) __PYX_ERR(0, 489, __pyx_L1_error)
+  __pyx_v_w = __pyx_t_10;
 
-  /* "jacext/_tape.pyx":487
+  /* "jacext/_tape.pyx":491
  *         cdef jx_work *w = self.take_work(1)
  *         cdef int st
  *         try:             # <<<<<<<<<<<<<<
  *             with nogil:
- *                 st = jx_point_jvp(&self.t, w, px, pv, py, pd)
+ *                 if forward:
 */
   /*try:*/ {
 
-    /* "jacext/_tape.pyx":488
+    /* "jacext/_tape.pyx":492
  *         cdef int st
  *         try:
  *             with nogil:             # <<<<<<<<<<<<<<
- *                 st = jx_point_jvp(&self.t, w, px, pv, py, pd)
- *         finally:
+ *                 if forward:
+ *                     st = jx_point_jvp(&self.t, w, px, ps, py, pr)
 */
     {
         PyThreadState * _save;
@@ -30006,22 +30039,53 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_jvp(struct __pyx_obj_6jacext_5_tap
         __Pyx_FastGIL_Remember();
         /*try:*/ {
 
-          /* "jacext/_tape.pyx":489
+          /* "jacext/_tape.pyx":493
  *         try:
  *             with nogil:
- *                 st = jx_point_jvp(&self.t, w, px, pv, py, pd)             # <<<<<<<<<<<<<<
+ *                 if forward:             # <<<<<<<<<<<<<<
+ *                     st = jx_point_jvp(&self.t, w, px, ps, py, pr)
+ *                 else:
+*/
+          if (__pyx_v_forward) {
+
+            /* "jacext/_tape.pyx":494
+ *             with nogil:
+ *                 if forward:
+ *                     st = jx_point_jvp(&self.t, w, px, ps, py, pr)             # <<<<<<<<<<<<<<
+ *                 else:
+ *                     st = jx_point_vjp(&self.t, w, px, ps, py, pr)
+*/
+            __pyx_v_st = jx_point_jvp((&__pyx_v_self->t), __pyx_v_w, __pyx_v_px, __pyx_v_ps, __pyx_v_py, __pyx_v_pr);
+
+            /* "jacext/_tape.pyx":493
+ *         try:
+ *             with nogil:
+ *                 if forward:             # <<<<<<<<<<<<<<
+ *                     st = jx_point_jvp(&self.t, w, px, ps, py, pr)
+ *                 else:
+*/
+            goto __pyx_L9;
+          }
+
+          /* "jacext/_tape.pyx":496
+ *                     st = jx_point_jvp(&self.t, w, px, ps, py, pr)
+ *                 else:
+ *                     st = jx_point_vjp(&self.t, w, px, ps, py, pr)             # <<<<<<<<<<<<<<
  *         finally:
  *             self.give_work(w)
 */
-          __pyx_v_st = jx_point_jvp((&__pyx_v_self->t), __pyx_v_w, __pyx_v_px, __pyx_v_pv, __pyx_v_py, __pyx_v_pd);
+          /*else*/ {
+            __pyx_v_st = jx_point_vjp((&__pyx_v_self->t), __pyx_v_w, __pyx_v_px, __pyx_v_ps, __pyx_v_py, __pyx_v_pr);
+          }
+          __pyx_L9:;
         }
 
-        /* "jacext/_tape.pyx":488
+        /* "jacext/_tape.pyx":492
  *         cdef int st
  *         try:
  *             with nogil:             # <<<<<<<<<<<<<<
- *                 st = jx_point_jvp(&self.t, w, px, pv, py, pd)
- *         finally:
+ *                 if forward:
+ *                     st = jx_point_jvp(&self.t, w, px, ps, py, pr)
 */
         /*finally:*/ {
           /*normal exit:*/{
@@ -30034,8 +30098,8 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_jvp(struct __pyx_obj_6jacext_5_tap
     }
   }
 
-  /* "jacext/_tape.pyx":491
- *                 st = jx_point_jvp(&self.t, w, px, pv, py, pd)
+  /* "jacext/_tape.pyx":498
+ *                     st = jx_point_vjp(&self.t, w, px, ps, py, pr)
  *         finally:
  *             self.give_work(w)             # <<<<<<<<<<<<<<
  *         return raise_status(st)
@@ -30049,15 +30113,15 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_jvp(struct __pyx_obj_6jacext_5_tap
     __pyx_L5:;
   }
 
-  /* "jacext/_tape.pyx":492
+  /* "jacext/_tape.pyx":499
  *         finally:
  *             self.give_work(w)
  *         return raise_status(st)             # <<<<<<<<<<<<<<
  * 
- *     cpdef vjp(self, cnp.ndarray x, cnp.ndarray u, cnp.ndarray y, cnp.ndarray xbar):
+ *     # ---- batches: rows of x, threads splitting them ----
 */
-  __pyx_t_9 = __pyx_f_6jacext_5_tape_raise_status(__pyx_v_st); if (unlikely(__pyx_t_9 == ((int)-1))) __PYX_ERR(0, 492, __pyx_L1_error)
-  __pyx_t_1 = __Pyx_PyLong_From_int(__pyx_t_9); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 492, __pyx_L1_error)
+  __pyx_t_11 = __pyx_f_6jacext_5_tape_raise_status(__pyx_v_st); if (unlikely(__pyx_t_11 == ((int)-1))) __PYX_ERR(0, 499, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyLong_From_int(__pyx_t_11); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 499, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
 
   {
@@ -30074,9 +30138,9 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_jvp(struct __pyx_obj_6jacext_5_tap
   /* "jacext/_tape.pyx":479
  *         return raise_status(st)
  * 
- *     cpdef jvp(self, cnp.ndarray x, cnp.ndarray v, cnp.ndarray y, cnp.ndarray ydot):             # <<<<<<<<<<<<<<
- *         """y and ydot = J v at the point x (v over all inputs)."""
- *         cdef const double *px = <const double *>_buf(x, cnp.NPY_DOUBLE, self.t.n_in, "x")
+ *     cpdef product(self, bint forward, cnp.ndarray x, cnp.ndarray seed, cnp.ndarray y,             # <<<<<<<<<<<<<<
+ *                   cnp.ndarray res):
+ *         """At the point x: y and, forward, res = J v (seed v over the inputs, res over the
 */
 
   /* function exit code */
@@ -30085,9 +30149,12 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_jvp(struct __pyx_obj_6jacext_5_tap
   __Pyx_XDECREF(__pyx_t_2);
   __Pyx_XDECREF(__pyx_t_3);
   __Pyx_XDECREF(__pyx_t_4);
-  __Pyx_AddTraceback("jacext._tape.Tape.jvp", __pyx_clineno, __pyx_lineno, __pyx_filename);
+  __Pyx_XDECREF(__pyx_t_5);
+  __Pyx_AddTraceback("jacext._tape.Tape.product", __pyx_clineno, __pyx_lineno, __pyx_filename);
   __pyx_r = 0;
   __pyx_L0:;
+
+
 
 
 
@@ -30100,37 +30167,38 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_jvp(struct __pyx_obj_6jacext_5_tap
 }
 
 /* Python wrapper */
-static PyObject *__pyx_pw_6jacext_5_tape_4Tape_23jvp(PyObject *__pyx_v_self, 
+static PyObject *__pyx_pw_6jacext_5_tape_4Tape_23product(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
 PyObject *__pyx_args, PyObject *__pyx_kwds
 #endif
 ); /*proto*/
-PyDoc_STRVAR(__pyx_doc_6jacext_5_tape_4Tape_22jvp, "Tape.jvp(self, ndarray x, ndarray v, ndarray y, ndarray ydot)\n\ny and ydot = J v at the point x (v over all inputs).");
-static PyMethodDef __pyx_mdef_6jacext_5_tape_4Tape_23jvp = {"jvp", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6jacext_5_tape_4Tape_23jvp, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6jacext_5_tape_4Tape_22jvp};
-static PyObject *__pyx_pw_6jacext_5_tape_4Tape_23jvp(PyObject *__pyx_v_self, 
+PyDoc_STRVAR(__pyx_doc_6jacext_5_tape_4Tape_22product, "Tape.product(self, bool forward, ndarray x, ndarray seed, ndarray y, ndarray res)\n\nAt the point x: y and, forward, res = J v (seed v over the inputs, res over the\noutputs), else res = u J (seed u over the outputs, res over the inputs).");
+static PyMethodDef __pyx_mdef_6jacext_5_tape_4Tape_23product = {"product", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6jacext_5_tape_4Tape_23product, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6jacext_5_tape_4Tape_22product};
+static PyObject *__pyx_pw_6jacext_5_tape_4Tape_23product(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
 PyObject *__pyx_args, PyObject *__pyx_kwds
 #endif
 ) {
+  int __pyx_v_forward;
   PyArrayObject *__pyx_v_x = 0;
-  PyArrayObject *__pyx_v_v = 0;
+  PyArrayObject *__pyx_v_seed = 0;
   PyArrayObject *__pyx_v_y = 0;
-  PyArrayObject *__pyx_v_ydot = 0;
+  PyArrayObject *__pyx_v_res = 0;
   #if !CYTHON_VECTORCALL
   CYTHON_UNUSED Py_ssize_t __pyx_nargs;
   #endif
   CYTHON_UNUSED PyObject *const *__pyx_kwvalues;
-  PyObject* values[4] = {0,0,0,0};
+  PyObject* values[5] = {0,0,0,0,0};
   int __pyx_lineno = 0;
   const char *__pyx_filename = NULL;
   int __pyx_clineno = 0;
   PyObject *__pyx_r = 0;
   __Pyx_RefNannyDeclarations
-  __Pyx_RefNannySetupContext("jvp (wrapper)", 0);
+  __Pyx_RefNannySetupContext("product (wrapper)", 0);
   #if !CYTHON_VECTORCALL
   #if CYTHON_ASSUME_SAFE_SIZE
   __pyx_nargs = PyTuple_GET_SIZE(__pyx_args);
@@ -30140,11 +30208,15 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   #endif
   __pyx_kwvalues = __Pyx_KwValues_FASTCALL(__pyx_args, __pyx_nargs);
   {
-    PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_x,&__pyx_mstate_global->__pyx_n_u_v,&__pyx_mstate_global->__pyx_n_u_y,&__pyx_mstate_global->__pyx_n_u_ydot,0};
+    PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_forward,&__pyx_mstate_global->__pyx_n_u_x,&__pyx_mstate_global->__pyx_n_u_seed,&__pyx_mstate_global->__pyx_n_u_y,&__pyx_mstate_global->__pyx_n_u_res,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
     if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 479, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
+        case  5:
+        values[4] = __Pyx_ArgRef_FASTCALL(__pyx_args, 4);
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 479, __pyx_L3_error)
+        CYTHON_FALLTHROUGH;
         case  4:
         values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
         if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 479, __pyx_L3_error)
@@ -30165,11 +30237,11 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "jvp", 0) < (0)) __PYX_ERR(0, 479, __pyx_L3_error)
-      for (Py_ssize_t i = __pyx_nargs; i < 4; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("jvp", 1, 4, 4, i); __PYX_ERR(0, 479, __pyx_L3_error) }
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "product", 0) < (0)) __PYX_ERR(0, 479, __pyx_L3_error)
+      for (Py_ssize_t i = __pyx_nargs; i < 5; i++) {
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("product", 1, 5, 5, i); __PYX_ERR(0, 479, __pyx_L3_error) }
       }
-    } else if (unlikely(__pyx_nargs != 4)) {
+    } else if (unlikely(__pyx_nargs != 5)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
@@ -30180,30 +30252,33 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
       if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 479, __pyx_L3_error)
       values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
       if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 479, __pyx_L3_error)
+      values[4] = __Pyx_ArgRef_FASTCALL(__pyx_args, 4);
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 479, __pyx_L3_error)
     }
-    __pyx_v_x = ((PyArrayObject *)values[0]);
-    __pyx_v_v = ((PyArrayObject *)values[1]);
-    __pyx_v_y = ((PyArrayObject *)values[2]);
-    __pyx_v_ydot = ((PyArrayObject *)values[3]);
+    __pyx_v_forward = __Pyx_PyObject_IsTrue(values[0]); if (unlikely((__pyx_v_forward == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 479, __pyx_L3_error)
+    __pyx_v_x = ((PyArrayObject *)values[1]);
+    __pyx_v_seed = ((PyArrayObject *)values[2]);
+    __pyx_v_y = ((PyArrayObject *)values[3]);
+    __pyx_v_res = ((PyArrayObject *)values[4]);
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("jvp", 1, 4, 4, __pyx_nargs); __PYX_ERR(0, 479, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("product", 1, 5, 5, __pyx_nargs); __PYX_ERR(0, 479, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
   for (Py_ssize_t __pyx_temp=0; __pyx_temp < (Py_ssize_t)(sizeof(values)/sizeof(values[0])); ++__pyx_temp) {
     Py_XDECREF(values[__pyx_temp]);
   }
-  __Pyx_AddTraceback("jacext._tape.Tape.jvp", __pyx_clineno, __pyx_lineno, __pyx_filename);
+  __Pyx_AddTraceback("jacext._tape.Tape.product", __pyx_clineno, __pyx_lineno, __pyx_filename);
   __Pyx_RefNannyFinishContext();
   return NULL;
   __pyx_L4_argument_unpacking_done:;
   if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_x), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "x", 0))) __PYX_ERR(0, 479, __pyx_L1_error)
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_v), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "v", 0))) __PYX_ERR(0, 479, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_seed), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "seed", 0))) __PYX_ERR(0, 479, __pyx_L1_error)
   if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_y), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "y", 0))) __PYX_ERR(0, 479, __pyx_L1_error)
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_ydot), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "ydot", 0))) __PYX_ERR(0, 479, __pyx_L1_error)
-  __pyx_r = __pyx_pf_6jacext_5_tape_4Tape_22jvp(((struct __pyx_obj_6jacext_5_tape_Tape *)__pyx_v_self), __pyx_v_x, __pyx_v_v, __pyx_v_y, __pyx_v_ydot);
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_res), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "res", 0))) __PYX_ERR(0, 480, __pyx_L1_error)
+  __pyx_r = __pyx_pf_6jacext_5_tape_4Tape_22product(((struct __pyx_obj_6jacext_5_tape_Tape *)__pyx_v_self), __pyx_v_forward, __pyx_v_x, __pyx_v_seed, __pyx_v_y, __pyx_v_res);
 
   /* function exit code */
   goto __pyx_L0;
@@ -30218,19 +30293,20 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
     Py_XDECREF(values[__pyx_temp]);
   }
   __pyx_L7_cleaned_up:;
+
   __Pyx_RefNannyFinishContext();
   return __pyx_r;
 }
 
-static PyObject *__pyx_pf_6jacext_5_tape_4Tape_22jvp(struct __pyx_obj_6jacext_5_tape_Tape *__pyx_v_self, PyArrayObject *__pyx_v_x, PyArrayObject *__pyx_v_v, PyArrayObject *__pyx_v_y, PyArrayObject *__pyx_v_ydot) {
+static PyObject *__pyx_pf_6jacext_5_tape_4Tape_22product(struct __pyx_obj_6jacext_5_tape_Tape *__pyx_v_self, int __pyx_v_forward, PyArrayObject *__pyx_v_x, PyArrayObject *__pyx_v_seed, PyArrayObject *__pyx_v_y, PyArrayObject *__pyx_v_res) {
   PyObject *__pyx_r = NULL;
   __Pyx_RefNannyDeclarations
   PyObject *__pyx_t_1 = NULL;
   int __pyx_lineno = 0;
   const char *__pyx_filename = NULL;
   int __pyx_clineno = 0;
-  __Pyx_RefNannySetupContext("jvp", 0);
-  __pyx_t_1 = __pyx_f_6jacext_5_tape_4Tape_jvp(__pyx_v_self, __pyx_v_x, __pyx_v_v, __pyx_v_y, __pyx_v_ydot, 1); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 479, __pyx_L1_error)
+  __Pyx_RefNannySetupContext("product", 0);
+  __pyx_t_1 = __pyx_f_6jacext_5_tape_4Tape_product(__pyx_v_self, __pyx_v_forward, __pyx_v_x, __pyx_v_seed, __pyx_v_y, __pyx_v_res, 1); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 479, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   {
     PyObject *__pyx_temp;
@@ -30246,7 +30322,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_22jvp(struct __pyx_obj_6jacext_5_
   /* function exit code */
   __pyx_L1_error:;
   __Pyx_XDECREF(__pyx_t_1);
-  __Pyx_AddTraceback("jacext._tape.Tape.jvp", __pyx_clineno, __pyx_lineno, __pyx_filename);
+  __Pyx_AddTraceback("jacext._tape.Tape.product", __pyx_clineno, __pyx_lineno, __pyx_filename);
   __pyx_r = NULL;
   __pyx_L0:;
   __Pyx_XGIVEREF(__pyx_r);
@@ -30254,433 +30330,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_22jvp(struct __pyx_obj_6jacext_5_
   return __pyx_r;
 }
 
-/* "jacext/_tape.pyx":494
- *         return raise_status(st)
- * 
- *     cpdef vjp(self, cnp.ndarray x, cnp.ndarray u, cnp.ndarray y, cnp.ndarray xbar):             # <<<<<<<<<<<<<<
- *         """y and xbar = u J at the point x (u over all outputs)."""
- *         cdef const double *px = <const double *>_buf(x, cnp.NPY_DOUBLE, self.t.n_in, "x")
-*/
-
-static PyObject *__pyx_pw_6jacext_5_tape_4Tape_25vjp(PyObject *__pyx_v_self, 
-#if CYTHON_VECTORCALL
-PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
-#else
-PyObject *__pyx_args, PyObject *__pyx_kwds
-#endif
-); /*proto*/
-static PyObject *__pyx_f_6jacext_5_tape_4Tape_vjp(struct __pyx_obj_6jacext_5_tape_Tape *__pyx_v_self, PyArrayObject *__pyx_v_x, PyArrayObject *__pyx_v_u, PyArrayObject *__pyx_v_y, PyArrayObject *__pyx_v_xbar, int __pyx_skip_dispatch) {
-  double const *__pyx_v_px;
-  double const *__pyx_v_pu;
-  double *__pyx_v_py;
-  double *__pyx_v_pb;
-  jx_work *__pyx_v_w;
-  int __pyx_v_st;
-  PyObject *__pyx_r = NULL;
-  __Pyx_RefNannyDeclarations
-  PyObject *__pyx_t_1 = NULL;
-  PyObject *__pyx_t_2 = NULL;
-  PyObject *__pyx_t_3 = NULL;
-  PyObject *__pyx_t_4 = NULL;
-  size_t __pyx_t_5;
-  void const *__pyx_t_6;
-  double *__pyx_t_7;
-  jx_work *__pyx_t_8;
-  int __pyx_t_9;
-  int __pyx_lineno = 0;
-  const char *__pyx_filename = NULL;
-  int __pyx_clineno = 0;
-  __Pyx_RefNannySetupContext("vjp", 0);
-  /* Check if called by wrapper */
-  if (unlikely(__pyx_skip_dispatch)) ;
-  /* Check if overridden in Python */
-  else if (
-  #if !CYTHON_USE_TYPE_SLOTS
-  unlikely(Py_TYPE(((PyObject *)__pyx_v_self)) != __pyx_mstate_global->__pyx_ptype_6jacext_5_tape_Tape &&
-  __Pyx_PyType_HasFeature(Py_TYPE(((PyObject *)__pyx_v_self)), Py_TPFLAGS_HAVE_GC))
-  #else
-  unlikely(Py_TYPE(((PyObject *)__pyx_v_self))->tp_dictoffset != 0 || __Pyx_PyType_HasFeature(Py_TYPE(((PyObject *)__pyx_v_self)), (Py_TPFLAGS_IS_ABSTRACT | Py_TPFLAGS_HEAPTYPE)))
-  #endif
-  ) {
-    #if CYTHON_USE_DICT_VERSIONS && CYTHON_USE_PYTYPE_LOOKUP && CYTHON_USE_TYPE_SLOTS
-    static PY_UINT64_T __pyx_tp_dict_version = __PYX_DICT_VERSION_INIT, __pyx_obj_dict_version = __PYX_DICT_VERSION_INIT;
-    if (unlikely(!__Pyx_object_dict_version_matches(((PyObject *)__pyx_v_self), __pyx_tp_dict_version, __pyx_obj_dict_version))) {
-      PY_UINT64_T __pyx_typedict_guard = __Pyx_get_tp_dict_version(((PyObject *)__pyx_v_self));
-      #endif
-      __pyx_t_1 = __Pyx_PyObject_GetAttrStr(((PyObject *)__pyx_v_self), __pyx_mstate_global->__pyx_n_u_vjp); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 494, __pyx_L1_error)
-      __Pyx_GOTREF(__pyx_t_1);
-      if (!__Pyx_IsSameCFunction(__pyx_t_1, (void(*)(void)) __pyx_pw_6jacext_5_tape_4Tape_25vjp)) {
-        __pyx_t_3 = NULL;
-        __Pyx_INCREF(__pyx_t_1);
-        __pyx_t_4 = __pyx_t_1; 
-        __pyx_t_5 = 1;
-        #if CYTHON_UNPACK_METHODS
-        if (unlikely(PyMethod_Check(__pyx_t_4))) {
-          __pyx_t_3 = PyMethod_GET_SELF(__pyx_t_4);
-          assert(__pyx_t_3);
-          PyObject* __pyx__function = PyMethod_GET_FUNCTION(__pyx_t_4);
-          __Pyx_INCREF(__pyx_t_3);
-          __Pyx_INCREF(__pyx__function);
-          __Pyx_DECREF_SET(__pyx_t_4, __pyx__function);
-          __pyx_t_5 = 0;
-        }
-        #endif
-        {
-          PyObject *__pyx_callargs[5] = {__pyx_t_3, ((PyObject *)__pyx_v_x), ((PyObject *)__pyx_v_u), ((PyObject *)__pyx_v_y), ((PyObject *)__pyx_v_xbar)};
-          __pyx_t_2 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_4, __pyx_callargs+__pyx_t_5, (5-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
-          __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
-          __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-          if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 494, __pyx_L1_error)
-          __Pyx_GOTREF(__pyx_t_2);
-        }
-        {
-          PyObject *__pyx_temp;
-          {
-            __pyx_temp = __pyx_r;
-            __pyx_r = __pyx_t_2;
-          }
-          __Pyx_XDECREF(__pyx_temp);
-        }
-        __pyx_t_2 = 0;
-        __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-        goto __pyx_L0;
-      }
-      #if CYTHON_USE_DICT_VERSIONS && CYTHON_USE_PYTYPE_LOOKUP && CYTHON_USE_TYPE_SLOTS
-      __pyx_tp_dict_version = __Pyx_get_tp_dict_version(((PyObject *)__pyx_v_self));
-      __pyx_obj_dict_version = __Pyx_get_object_dict_version(((PyObject *)__pyx_v_self));
-      if (unlikely(__pyx_typedict_guard != __pyx_tp_dict_version)) {
-        __pyx_tp_dict_version = __pyx_obj_dict_version = __PYX_DICT_VERSION_INIT;
-      }
-      #endif
-      __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-      #if CYTHON_USE_DICT_VERSIONS && CYTHON_USE_PYTYPE_LOOKUP && CYTHON_USE_TYPE_SLOTS
-    }
-    #endif
-  }
-
-  /* "jacext/_tape.pyx":496
- *     cpdef vjp(self, cnp.ndarray x, cnp.ndarray u, cnp.ndarray y, cnp.ndarray xbar):
- *         """y and xbar = u J at the point x (u over all outputs)."""
- *         cdef const double *px = <const double *>_buf(x, cnp.NPY_DOUBLE, self.t.n_in, "x")             # <<<<<<<<<<<<<<
- *         cdef const double *pu = <const double *>_buf(u, cnp.NPY_DOUBLE, self.t.n_out, "u")
- *         cdef double *py = _out(y, self.t.n_out, "y")
-*/
-  __pyx_t_6 = __pyx_f_6jacext_5_tape__buf(__pyx_v_x, NPY_DOUBLE, __pyx_v_self->t.n_in, __pyx_mstate_global->__pyx_n_u_x); if (unlikely(__pyx_t_6 == ((void *)NULL))) __PYX_ERR(0, 496, __pyx_L1_error)
-  __pyx_v_px = ((double const *)__pyx_t_6);
-
-
-  /* "jacext/_tape.pyx":497
- *         """y and xbar = u J at the point x (u over all outputs)."""
- *         cdef const double *px = <const double *>_buf(x, cnp.NPY_DOUBLE, self.t.n_in, "x")
- *         cdef const double *pu = <const double *>_buf(u, cnp.NPY_DOUBLE, self.t.n_out, "u")             # <<<<<<<<<<<<<<
- *         cdef double *py = _out(y, self.t.n_out, "y")
- *         cdef double *pb = _out(xbar, self.t.n_in, "xbar")
-*/
-  __pyx_t_6 = __pyx_f_6jacext_5_tape__buf(__pyx_v_u, NPY_DOUBLE, __pyx_v_self->t.n_out, __pyx_mstate_global->__pyx_n_u_u); if (unlikely(__pyx_t_6 == ((void *)NULL))) __PYX_ERR(0, 497, __pyx_L1_error)
-  __pyx_v_pu = ((double const *)__pyx_t_6);
-
-
-  /* "jacext/_tape.pyx":498
- *         cdef const double *px = <const double *>_buf(x, cnp.NPY_DOUBLE, self.t.n_in, "x")
- *         cdef const double *pu = <const double *>_buf(u, cnp.NPY_DOUBLE, self.t.n_out, "u")
- *         cdef double *py = _out(y, self.t.n_out, "y")             # <<<<<<<<<<<<<<
- *         cdef double *pb = _out(xbar, self.t.n_in, "xbar")
- *         cdef jx_work *w = self.take_work(1)
-*/
-  __pyx_t_7 = __pyx_f_6jacext_5_tape__out(__pyx_v_y, __pyx_v_self->t.n_out, __pyx_mstate_global->__pyx_n_u_y); if (unlikely(__pyx_t_7 == ((void *)NULL))) __PYX_ERR(0, 498, __pyx_L1_error)
-  __pyx_v_py = __pyx_t_7;
-
-  /* "jacext/_tape.pyx":499
- *         cdef const double *pu = <const double *>_buf(u, cnp.NPY_DOUBLE, self.t.n_out, "u")
- *         cdef double *py = _out(y, self.t.n_out, "y")
- *         cdef double *pb = _out(xbar, self.t.n_in, "xbar")             # <<<<<<<<<<<<<<
- *         cdef jx_work *w = self.take_work(1)
- *         cdef int st
-*/
-  __pyx_t_7 = __pyx_f_6jacext_5_tape__out(__pyx_v_xbar, __pyx_v_self->t.n_in, __pyx_mstate_global->__pyx_n_u_xbar); if (unlikely(__pyx_t_7 == ((void *)NULL))) __PYX_ERR(0, 499, __pyx_L1_error)
-  __pyx_v_pb = __pyx_t_7;
-
-  /* "jacext/_tape.pyx":500
- *         cdef double *py = _out(y, self.t.n_out, "y")
- *         cdef double *pb = _out(xbar, self.t.n_in, "xbar")
- *         cdef jx_work *w = self.take_work(1)             # <<<<<<<<<<<<<<
- *         cdef int st
- *         try:
-*/
-  __pyx_t_8 = ((struct __pyx_vtabstruct_6jacext_5_tape_Tape *)__pyx_v_self->__pyx_vtab)->take_work(__pyx_v_self, 1); if (unlikely(__pyx_t_8 == ((void *)NULL))) __PYX_ERR(0, 500, __pyx_L1_error)
-  __pyx_v_w = __pyx_t_8;
-
-  /* "jacext/_tape.pyx":502
- *         cdef jx_work *w = self.take_work(1)
- *         cdef int st
- *         try:             # <<<<<<<<<<<<<<
- *             with nogil:
- *                 st = jx_point_vjp(&self.t, w, px, pu, py, pb)
-*/
-  /*try:*/ {
-
-    /* "jacext/_tape.pyx":503
- *         cdef int st
- *         try:
- *             with nogil:             # <<<<<<<<<<<<<<
- *                 st = jx_point_vjp(&self.t, w, px, pu, py, pb)
- *         finally:
-*/
-    {
-        PyThreadState * _save;
-        _save = PyEval_SaveThread();
-        __Pyx_FastGIL_Remember();
-        /*try:*/ {
-
-          /* "jacext/_tape.pyx":504
- *         try:
- *             with nogil:
- *                 st = jx_point_vjp(&self.t, w, px, pu, py, pb)             # <<<<<<<<<<<<<<
- *         finally:
- *             self.give_work(w)
-*/
-          __pyx_v_st = jx_point_vjp((&__pyx_v_self->t), __pyx_v_w, __pyx_v_px, __pyx_v_pu, __pyx_v_py, __pyx_v_pb);
-        }
-
-        /* "jacext/_tape.pyx":503
- *         cdef int st
- *         try:
- *             with nogil:             # <<<<<<<<<<<<<<
- *                 st = jx_point_vjp(&self.t, w, px, pu, py, pb)
- *         finally:
-*/
-        /*finally:*/ {
-          /*normal exit:*/{
-            __Pyx_FastGIL_Forget();
-            PyEval_RestoreThread(_save);
-            goto __pyx_L8;
-          }
-          __pyx_L8:;
-        }
-    }
-  }
-
-  /* "jacext/_tape.pyx":506
- *                 st = jx_point_vjp(&self.t, w, px, pu, py, pb)
- *         finally:
- *             self.give_work(w)             # <<<<<<<<<<<<<<
- *         return raise_status(st)
- * 
-*/
-  /*finally:*/ {
-    /*normal exit:*/{
-      ((struct __pyx_vtabstruct_6jacext_5_tape_Tape *)__pyx_v_self->__pyx_vtab)->give_work(__pyx_v_self, __pyx_v_w);
-      goto __pyx_L5;
-    }
-    __pyx_L5:;
-  }
-
-  /* "jacext/_tape.pyx":507
- *         finally:
- *             self.give_work(w)
- *         return raise_status(st)             # <<<<<<<<<<<<<<
- * 
- *     # ---- batches: rows of x, threads splitting them ----
-*/
-  __pyx_t_9 = __pyx_f_6jacext_5_tape_raise_status(__pyx_v_st); if (unlikely(__pyx_t_9 == ((int)-1))) __PYX_ERR(0, 507, __pyx_L1_error)
-  __pyx_t_1 = __Pyx_PyLong_From_int(__pyx_t_9); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 507, __pyx_L1_error)
-  __Pyx_GOTREF(__pyx_t_1);
-
-  {
-    PyObject *__pyx_temp;
-    {
-      __pyx_temp = __pyx_r;
-      __pyx_r = __pyx_t_1;
-    }
-    __Pyx_XDECREF(__pyx_temp);
-  }
-  __pyx_t_1 = 0;
-  goto __pyx_L0;
-
-  /* "jacext/_tape.pyx":494
- *         return raise_status(st)
- * 
- *     cpdef vjp(self, cnp.ndarray x, cnp.ndarray u, cnp.ndarray y, cnp.ndarray xbar):             # <<<<<<<<<<<<<<
- *         """y and xbar = u J at the point x (u over all outputs)."""
- *         cdef const double *px = <const double *>_buf(x, cnp.NPY_DOUBLE, self.t.n_in, "x")
-*/
-
-  /* function exit code */
-  __pyx_L1_error:;
-  __Pyx_XDECREF(__pyx_t_1);
-  __Pyx_XDECREF(__pyx_t_2);
-  __Pyx_XDECREF(__pyx_t_3);
-  __Pyx_XDECREF(__pyx_t_4);
-  __Pyx_AddTraceback("jacext._tape.Tape.vjp", __pyx_clineno, __pyx_lineno, __pyx_filename);
-  __pyx_r = 0;
-  __pyx_L0:;
-
-
-
-
-
-
-  __Pyx_XGIVEREF(__pyx_r);
-  __Pyx_RefNannyFinishContext();
-  return __pyx_r;
-}
-
-/* Python wrapper */
-static PyObject *__pyx_pw_6jacext_5_tape_4Tape_25vjp(PyObject *__pyx_v_self, 
-#if CYTHON_VECTORCALL
-PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
-#else
-PyObject *__pyx_args, PyObject *__pyx_kwds
-#endif
-); /*proto*/
-PyDoc_STRVAR(__pyx_doc_6jacext_5_tape_4Tape_24vjp, "Tape.vjp(self, ndarray x, ndarray u, ndarray y, ndarray xbar)\n\ny and xbar = u J at the point x (u over all outputs).");
-static PyMethodDef __pyx_mdef_6jacext_5_tape_4Tape_25vjp = {"vjp", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6jacext_5_tape_4Tape_25vjp, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6jacext_5_tape_4Tape_24vjp};
-static PyObject *__pyx_pw_6jacext_5_tape_4Tape_25vjp(PyObject *__pyx_v_self, 
-#if CYTHON_VECTORCALL
-PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
-#else
-PyObject *__pyx_args, PyObject *__pyx_kwds
-#endif
-) {
-  PyArrayObject *__pyx_v_x = 0;
-  PyArrayObject *__pyx_v_u = 0;
-  PyArrayObject *__pyx_v_y = 0;
-  PyArrayObject *__pyx_v_xbar = 0;
-  #if !CYTHON_VECTORCALL
-  CYTHON_UNUSED Py_ssize_t __pyx_nargs;
-  #endif
-  CYTHON_UNUSED PyObject *const *__pyx_kwvalues;
-  PyObject* values[4] = {0,0,0,0};
-  int __pyx_lineno = 0;
-  const char *__pyx_filename = NULL;
-  int __pyx_clineno = 0;
-  PyObject *__pyx_r = 0;
-  __Pyx_RefNannyDeclarations
-  __Pyx_RefNannySetupContext("vjp (wrapper)", 0);
-  #if !CYTHON_VECTORCALL
-  #if CYTHON_ASSUME_SAFE_SIZE
-  __pyx_nargs = PyTuple_GET_SIZE(__pyx_args);
-  #else
-  __pyx_nargs = PyTuple_Size(__pyx_args); if (unlikely(__pyx_nargs < 0)) return NULL;
-  #endif
-  #endif
-  __pyx_kwvalues = __Pyx_KwValues_FASTCALL(__pyx_args, __pyx_nargs);
-  {
-    PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_x,&__pyx_mstate_global->__pyx_n_u_u,&__pyx_mstate_global->__pyx_n_u_y,&__pyx_mstate_global->__pyx_n_u_xbar,0};
-    const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 494, __pyx_L3_error)
-    if (__pyx_kwds_len > 0) {
-      switch (__pyx_nargs) {
-        case  4:
-        values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 494, __pyx_L3_error)
-        CYTHON_FALLTHROUGH;
-        case  3:
-        values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 494, __pyx_L3_error)
-        CYTHON_FALLTHROUGH;
-        case  2:
-        values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 494, __pyx_L3_error)
-        CYTHON_FALLTHROUGH;
-        case  1:
-        values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 494, __pyx_L3_error)
-        CYTHON_FALLTHROUGH;
-        case  0: break;
-        default: goto __pyx_L5_argtuple_error;
-      }
-      const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "vjp", 0) < (0)) __PYX_ERR(0, 494, __pyx_L3_error)
-      for (Py_ssize_t i = __pyx_nargs; i < 4; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("vjp", 1, 4, 4, i); __PYX_ERR(0, 494, __pyx_L3_error) }
-      }
-    } else if (unlikely(__pyx_nargs != 4)) {
-      goto __pyx_L5_argtuple_error;
-    } else {
-      values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 494, __pyx_L3_error)
-      values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 494, __pyx_L3_error)
-      values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 494, __pyx_L3_error)
-      values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 494, __pyx_L3_error)
-    }
-    __pyx_v_x = ((PyArrayObject *)values[0]);
-    __pyx_v_u = ((PyArrayObject *)values[1]);
-    __pyx_v_y = ((PyArrayObject *)values[2]);
-    __pyx_v_xbar = ((PyArrayObject *)values[3]);
-  }
-  goto __pyx_L6_skip;
-  __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("vjp", 1, 4, 4, __pyx_nargs); __PYX_ERR(0, 494, __pyx_L3_error)
-  __pyx_L6_skip:;
-  goto __pyx_L4_argument_unpacking_done;
-  __pyx_L3_error:;
-  for (Py_ssize_t __pyx_temp=0; __pyx_temp < (Py_ssize_t)(sizeof(values)/sizeof(values[0])); ++__pyx_temp) {
-    Py_XDECREF(values[__pyx_temp]);
-  }
-  __Pyx_AddTraceback("jacext._tape.Tape.vjp", __pyx_clineno, __pyx_lineno, __pyx_filename);
-  __Pyx_RefNannyFinishContext();
-  return NULL;
-  __pyx_L4_argument_unpacking_done:;
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_x), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "x", 0))) __PYX_ERR(0, 494, __pyx_L1_error)
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_u), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "u", 0))) __PYX_ERR(0, 494, __pyx_L1_error)
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_y), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "y", 0))) __PYX_ERR(0, 494, __pyx_L1_error)
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_xbar), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "xbar", 0))) __PYX_ERR(0, 494, __pyx_L1_error)
-  __pyx_r = __pyx_pf_6jacext_5_tape_4Tape_24vjp(((struct __pyx_obj_6jacext_5_tape_Tape *)__pyx_v_self), __pyx_v_x, __pyx_v_u, __pyx_v_y, __pyx_v_xbar);
-
-  /* function exit code */
-  goto __pyx_L0;
-  __pyx_L1_error:;
-  __pyx_r = NULL;
-  for (Py_ssize_t __pyx_temp=0; __pyx_temp < (Py_ssize_t)(sizeof(values)/sizeof(values[0])); ++__pyx_temp) {
-    Py_XDECREF(values[__pyx_temp]);
-  }
-  goto __pyx_L7_cleaned_up;
-  __pyx_L0:;
-  for (Py_ssize_t __pyx_temp=0; __pyx_temp < (Py_ssize_t)(sizeof(values)/sizeof(values[0])); ++__pyx_temp) {
-    Py_XDECREF(values[__pyx_temp]);
-  }
-  __pyx_L7_cleaned_up:;
-  __Pyx_RefNannyFinishContext();
-  return __pyx_r;
-}
-
-static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24vjp(struct __pyx_obj_6jacext_5_tape_Tape *__pyx_v_self, PyArrayObject *__pyx_v_x, PyArrayObject *__pyx_v_u, PyArrayObject *__pyx_v_y, PyArrayObject *__pyx_v_xbar) {
-  PyObject *__pyx_r = NULL;
-  __Pyx_RefNannyDeclarations
-  PyObject *__pyx_t_1 = NULL;
-  int __pyx_lineno = 0;
-  const char *__pyx_filename = NULL;
-  int __pyx_clineno = 0;
-  __Pyx_RefNannySetupContext("vjp", 0);
-  __pyx_t_1 = __pyx_f_6jacext_5_tape_4Tape_vjp(__pyx_v_self, __pyx_v_x, __pyx_v_u, __pyx_v_y, __pyx_v_xbar, 1); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 494, __pyx_L1_error)
-  __Pyx_GOTREF(__pyx_t_1);
-  {
-    PyObject *__pyx_temp;
-    {
-      __pyx_temp = __pyx_r;
-      __pyx_r = __pyx_t_1;
-    }
-    __Pyx_XDECREF(__pyx_temp);
-  }
-  __pyx_t_1 = 0;
-  goto __pyx_L0;
-
-  /* function exit code */
-  __pyx_L1_error:;
-  __Pyx_XDECREF(__pyx_t_1);
-  __Pyx_AddTraceback("jacext._tape.Tape.vjp", __pyx_clineno, __pyx_lineno, __pyx_filename);
-  __pyx_r = NULL;
-  __pyx_L0:;
-  __Pyx_XGIVEREF(__pyx_r);
-  __Pyx_RefNannyFinishContext();
-  return __pyx_r;
-}
-
-/* "jacext/_tape.pyx":511
+/* "jacext/_tape.pyx":503
  *     # ---- batches: rows of x, threads splitting them ----
  * 
  *     def batch(self, str task, cnp.ndarray x, cnp.ndarray y, cnp.ndarray out,             # <<<<<<<<<<<<<<
@@ -30689,16 +30339,16 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24vjp(struct __pyx_obj_6jacext_5_
 */
 
 /* Python wrapper */
-static PyObject *__pyx_pw_6jacext_5_tape_4Tape_27batch(PyObject *__pyx_v_self, 
+static PyObject *__pyx_pw_6jacext_5_tape_4Tape_25batch(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
 PyObject *__pyx_args, PyObject *__pyx_kwds
 #endif
 ); /*proto*/
-PyDoc_STRVAR(__pyx_doc_6jacext_5_tape_4Tape_26batch, "Tape.batch(self, str task, ndarray x, ndarray y, ndarray out, int threads=1, int mode=0, ndarray seed=None, ndarray cols=None, ndarray colour=None, int32_t n_colours=0, Tape jac_tape=None, Cones cones=None)\n\nOne C call over the rows of x (n_points x n_in): ``task`` one of TASKS.\n\nvalue: y (n_points x n_out).  jacobian: out n_points x n_out x n_cols in ``mode``,\nor from ``jac_tape`` (whose outputs are the n_out values, then the Jacobian\nrow-major).  jvp / vjp: ``seed`` rows of tangents (n_in) or cotangents (n_out),\nout rows of n_out / n_in.  compressed: as :meth:`compressed`, per point.  cones:\nas :meth:`cones_jacobian`, per point.  y may be None where out is given.");
-static PyMethodDef __pyx_mdef_6jacext_5_tape_4Tape_27batch = {"batch", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6jacext_5_tape_4Tape_27batch, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6jacext_5_tape_4Tape_26batch};
-static PyObject *__pyx_pw_6jacext_5_tape_4Tape_27batch(PyObject *__pyx_v_self, 
+PyDoc_STRVAR(__pyx_doc_6jacext_5_tape_4Tape_24batch, "Tape.batch(self, str task, ndarray x, ndarray y, ndarray out, int threads=1, int mode=0, ndarray seed=None, ndarray cols=None, ndarray colour=None, int32_t n_colours=0, Tape jac_tape=None, Cones cones=None)\n\nOne C call over the rows of x (n_points x n_in): ``task`` one of TASKS.\n\nvalue: y (n_points x n_out).  jacobian: out n_points x n_out x n_cols in ``mode``,\nor from ``jac_tape`` (whose outputs are the n_out values, then the Jacobian\nrow-major).  jvp / vjp: ``seed`` rows of tangents (n_in) or cotangents (n_out),\nout rows of n_out / n_in.  compressed: as :meth:`compressed`, per point.  cones:\nas :meth:`cones_jacobian`, per point.  y may be None where out is given.");
+static PyMethodDef __pyx_mdef_6jacext_5_tape_4Tape_25batch = {"batch", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6jacext_5_tape_4Tape_25batch, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6jacext_5_tape_4Tape_24batch};
+static PyObject *__pyx_pw_6jacext_5_tape_4Tape_25batch(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
@@ -30739,64 +30389,64 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_task,&__pyx_mstate_global->__pyx_n_u_x,&__pyx_mstate_global->__pyx_n_u_y,&__pyx_mstate_global->__pyx_n_u_out,&__pyx_mstate_global->__pyx_n_u_threads,&__pyx_mstate_global->__pyx_n_u_mode,&__pyx_mstate_global->__pyx_n_u_seed,&__pyx_mstate_global->__pyx_n_u_cols,&__pyx_mstate_global->__pyx_n_u_colour,&__pyx_mstate_global->__pyx_n_u_n_colours,&__pyx_mstate_global->__pyx_n_u_jac_tape,&__pyx_mstate_global->__pyx_n_u_cones,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 511, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 503, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case 12:
         values[11] = __Pyx_ArgRef_FASTCALL(__pyx_args, 11);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[11])) __PYX_ERR(0, 511, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[11])) __PYX_ERR(0, 503, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case 11:
         values[10] = __Pyx_ArgRef_FASTCALL(__pyx_args, 10);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[10])) __PYX_ERR(0, 511, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[10])) __PYX_ERR(0, 503, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case 10:
         values[9] = __Pyx_ArgRef_FASTCALL(__pyx_args, 9);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[9])) __PYX_ERR(0, 511, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[9])) __PYX_ERR(0, 503, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  9:
         values[8] = __Pyx_ArgRef_FASTCALL(__pyx_args, 8);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[8])) __PYX_ERR(0, 511, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[8])) __PYX_ERR(0, 503, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  8:
         values[7] = __Pyx_ArgRef_FASTCALL(__pyx_args, 7);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[7])) __PYX_ERR(0, 511, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[7])) __PYX_ERR(0, 503, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  7:
         values[6] = __Pyx_ArgRef_FASTCALL(__pyx_args, 6);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[6])) __PYX_ERR(0, 511, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[6])) __PYX_ERR(0, 503, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  6:
         values[5] = __Pyx_ArgRef_FASTCALL(__pyx_args, 5);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[5])) __PYX_ERR(0, 511, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[5])) __PYX_ERR(0, 503, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  5:
         values[4] = __Pyx_ArgRef_FASTCALL(__pyx_args, 4);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 511, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 503, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  4:
         values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 511, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 503, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 511, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 503, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 511, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 503, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 511, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 503, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "batch", 0) < (0)) __PYX_ERR(0, 511, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "batch", 0) < (0)) __PYX_ERR(0, 503, __pyx_L3_error)
 
-      /* "jacext/_tape.pyx":512
+      /* "jacext/_tape.pyx":504
  * 
  *     def batch(self, str task, cnp.ndarray x, cnp.ndarray y, cnp.ndarray out,
  *                 int threads=1, int mode=0, cnp.ndarray seed=None, cnp.ndarray cols=None,             # <<<<<<<<<<<<<<
@@ -30806,7 +30456,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
       if (!values[6]) values[6] = __Pyx_NewRef((PyObject *)((PyArrayObject *)Py_None));
       if (!values[7]) values[7] = __Pyx_NewRef((PyObject *)((PyArrayObject *)Py_None));
 
-      /* "jacext/_tape.pyx":513
+      /* "jacext/_tape.pyx":505
  *     def batch(self, str task, cnp.ndarray x, cnp.ndarray y, cnp.ndarray out,
  *                 int threads=1, int mode=0, cnp.ndarray seed=None, cnp.ndarray cols=None,
  *                 cnp.ndarray colour=None, int32_t n_colours=0, Tape jac_tape=None,             # <<<<<<<<<<<<<<
@@ -30816,7 +30466,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
       if (!values[8]) values[8] = __Pyx_NewRef((PyObject *)((PyArrayObject *)Py_None));
       if (!values[10]) values[10] = __Pyx_NewRef((PyObject *)((struct __pyx_obj_6jacext_5_tape_Tape *)Py_None));
 
-      /* "jacext/_tape.pyx":514
+      /* "jacext/_tape.pyx":506
  *                 int threads=1, int mode=0, cnp.ndarray seed=None, cnp.ndarray cols=None,
  *                 cnp.ndarray colour=None, int32_t n_colours=0, Tape jac_tape=None,
  *                 Cones cones=None):             # <<<<<<<<<<<<<<
@@ -30825,56 +30475,56 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
 */
       if (!values[11]) values[11] = __Pyx_NewRef((PyObject *)((struct __pyx_obj_6jacext_5_tape_Cones *)Py_None));
       for (Py_ssize_t i = __pyx_nargs; i < 4; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("batch", 0, 4, 12, i); __PYX_ERR(0, 511, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("batch", 0, 4, 12, i); __PYX_ERR(0, 503, __pyx_L3_error) }
       }
     } else {
       switch (__pyx_nargs) {
         case 12:
         values[11] = __Pyx_ArgRef_FASTCALL(__pyx_args, 11);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[11])) __PYX_ERR(0, 511, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[11])) __PYX_ERR(0, 503, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case 11:
         values[10] = __Pyx_ArgRef_FASTCALL(__pyx_args, 10);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[10])) __PYX_ERR(0, 511, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[10])) __PYX_ERR(0, 503, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case 10:
         values[9] = __Pyx_ArgRef_FASTCALL(__pyx_args, 9);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[9])) __PYX_ERR(0, 511, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[9])) __PYX_ERR(0, 503, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  9:
         values[8] = __Pyx_ArgRef_FASTCALL(__pyx_args, 8);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[8])) __PYX_ERR(0, 511, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[8])) __PYX_ERR(0, 503, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  8:
         values[7] = __Pyx_ArgRef_FASTCALL(__pyx_args, 7);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[7])) __PYX_ERR(0, 511, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[7])) __PYX_ERR(0, 503, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  7:
         values[6] = __Pyx_ArgRef_FASTCALL(__pyx_args, 6);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[6])) __PYX_ERR(0, 511, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[6])) __PYX_ERR(0, 503, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  6:
         values[5] = __Pyx_ArgRef_FASTCALL(__pyx_args, 5);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[5])) __PYX_ERR(0, 511, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[5])) __PYX_ERR(0, 503, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  5:
         values[4] = __Pyx_ArgRef_FASTCALL(__pyx_args, 4);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 511, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 503, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  4:
         values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 511, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 503, __pyx_L3_error)
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 511, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 503, __pyx_L3_error)
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 511, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 503, __pyx_L3_error)
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 511, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 503, __pyx_L3_error)
         break;
         default: goto __pyx_L5_argtuple_error;
       }
 
-      /* "jacext/_tape.pyx":512
+      /* "jacext/_tape.pyx":504
  * 
  *     def batch(self, str task, cnp.ndarray x, cnp.ndarray y, cnp.ndarray out,
  *                 int threads=1, int mode=0, cnp.ndarray seed=None, cnp.ndarray cols=None,             # <<<<<<<<<<<<<<
@@ -30884,7 +30534,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
       if (!values[6]) values[6] = __Pyx_NewRef((PyObject *)((PyArrayObject *)Py_None));
       if (!values[7]) values[7] = __Pyx_NewRef((PyObject *)((PyArrayObject *)Py_None));
 
-      /* "jacext/_tape.pyx":513
+      /* "jacext/_tape.pyx":505
  *     def batch(self, str task, cnp.ndarray x, cnp.ndarray y, cnp.ndarray out,
  *                 int threads=1, int mode=0, cnp.ndarray seed=None, cnp.ndarray cols=None,
  *                 cnp.ndarray colour=None, int32_t n_colours=0, Tape jac_tape=None,             # <<<<<<<<<<<<<<
@@ -30894,7 +30544,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
       if (!values[8]) values[8] = __Pyx_NewRef((PyObject *)((PyArrayObject *)Py_None));
       if (!values[10]) values[10] = __Pyx_NewRef((PyObject *)((struct __pyx_obj_6jacext_5_tape_Tape *)Py_None));
 
-      /* "jacext/_tape.pyx":514
+      /* "jacext/_tape.pyx":506
  *                 int threads=1, int mode=0, cnp.ndarray seed=None, cnp.ndarray cols=None,
  *                 cnp.ndarray colour=None, int32_t n_colours=0, Tape jac_tape=None,
  *                 Cones cones=None):             # <<<<<<<<<<<<<<
@@ -30908,12 +30558,12 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
     __pyx_v_y = ((PyArrayObject *)values[2]);
     __pyx_v_out = ((PyArrayObject *)values[3]);
     if (values[4]) {
-      __pyx_v_threads = __Pyx_PyLong_As_int(values[4]); if (unlikely((__pyx_v_threads == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 512, __pyx_L3_error)
+      __pyx_v_threads = __Pyx_PyLong_As_int(values[4]); if (unlikely((__pyx_v_threads == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 504, __pyx_L3_error)
     } else {
       __pyx_v_threads = ((int)1);
     }
     if (values[5]) {
-      __pyx_v_mode = __Pyx_PyLong_As_int(values[5]); if (unlikely((__pyx_v_mode == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 512, __pyx_L3_error)
+      __pyx_v_mode = __Pyx_PyLong_As_int(values[5]); if (unlikely((__pyx_v_mode == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 504, __pyx_L3_error)
     } else {
       __pyx_v_mode = ((int)0);
     }
@@ -30921,7 +30571,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
     __pyx_v_cols = ((PyArrayObject *)values[7]);
     __pyx_v_colour = ((PyArrayObject *)values[8]);
     if (values[9]) {
-      __pyx_v_n_colours = __Pyx_PyLong_As_int32_t(values[9]); if (unlikely((__pyx_v_n_colours == ((int32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 513, __pyx_L3_error)
+      __pyx_v_n_colours = __Pyx_PyLong_As_int32_t(values[9]); if (unlikely((__pyx_v_n_colours == ((int32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 505, __pyx_L3_error)
     } else {
       __pyx_v_n_colours = ((int32_t)0);
     }
@@ -30930,7 +30580,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("batch", 0, 4, 12, __pyx_nargs); __PYX_ERR(0, 511, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("batch", 0, 4, 12, __pyx_nargs); __PYX_ERR(0, 503, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -30941,18 +30591,18 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   __Pyx_RefNannyFinishContext();
   return NULL;
   __pyx_L4_argument_unpacking_done:;
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_task), (&PyUnicode_Type), 1, "task", 1))) __PYX_ERR(0, 511, __pyx_L1_error)
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_x), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "x", 0))) __PYX_ERR(0, 511, __pyx_L1_error)
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_y), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "y", 0))) __PYX_ERR(0, 511, __pyx_L1_error)
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_out), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "out", 0))) __PYX_ERR(0, 511, __pyx_L1_error)
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_seed), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "seed", 0))) __PYX_ERR(0, 512, __pyx_L1_error)
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_cols), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "cols", 0))) __PYX_ERR(0, 512, __pyx_L1_error)
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_colour), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "colour", 0))) __PYX_ERR(0, 513, __pyx_L1_error)
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_jac_tape), __pyx_mstate_global->__pyx_ptype_6jacext_5_tape_Tape, 1, "jac_tape", 0))) __PYX_ERR(0, 513, __pyx_L1_error)
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_cones), __pyx_mstate_global->__pyx_ptype_6jacext_5_tape_Cones, 1, "cones", 0))) __PYX_ERR(0, 514, __pyx_L1_error)
-  __pyx_r = __pyx_pf_6jacext_5_tape_4Tape_26batch(((struct __pyx_obj_6jacext_5_tape_Tape *)__pyx_v_self), __pyx_v_task, __pyx_v_x, __pyx_v_y, __pyx_v_out, __pyx_v_threads, __pyx_v_mode, __pyx_v_seed, __pyx_v_cols, __pyx_v_colour, __pyx_v_n_colours, __pyx_v_jac_tape, __pyx_v_cones);
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_task), (&PyUnicode_Type), 1, "task", 1))) __PYX_ERR(0, 503, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_x), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "x", 0))) __PYX_ERR(0, 503, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_y), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "y", 0))) __PYX_ERR(0, 503, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_out), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "out", 0))) __PYX_ERR(0, 503, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_seed), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "seed", 0))) __PYX_ERR(0, 504, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_cols), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "cols", 0))) __PYX_ERR(0, 504, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_colour), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "colour", 0))) __PYX_ERR(0, 505, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_jac_tape), __pyx_mstate_global->__pyx_ptype_6jacext_5_tape_Tape, 1, "jac_tape", 0))) __PYX_ERR(0, 505, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_cones), __pyx_mstate_global->__pyx_ptype_6jacext_5_tape_Cones, 1, "cones", 0))) __PYX_ERR(0, 506, __pyx_L1_error)
+  __pyx_r = __pyx_pf_6jacext_5_tape_4Tape_24batch(((struct __pyx_obj_6jacext_5_tape_Tape *)__pyx_v_self), __pyx_v_task, __pyx_v_x, __pyx_v_y, __pyx_v_out, __pyx_v_threads, __pyx_v_mode, __pyx_v_seed, __pyx_v_cols, __pyx_v_colour, __pyx_v_n_colours, __pyx_v_jac_tape, __pyx_v_cones);
 
-  /* "jacext/_tape.pyx":511
+  /* "jacext/_tape.pyx":503
  *     # ---- batches: rows of x, threads splitting them ----
  * 
  *     def batch(self, str task, cnp.ndarray x, cnp.ndarray y, cnp.ndarray out,             # <<<<<<<<<<<<<<
@@ -30980,7 +30630,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   return __pyx_r;
 }
 
-static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26batch(struct __pyx_obj_6jacext_5_tape_Tape *__pyx_v_self, PyObject *__pyx_v_task, PyArrayObject *__pyx_v_x, PyArrayObject *__pyx_v_y, PyArrayObject *__pyx_v_out, int __pyx_v_threads, int __pyx_v_mode, PyArrayObject *__pyx_v_seed, PyArrayObject *__pyx_v_cols, PyArrayObject *__pyx_v_colour, int32_t __pyx_v_n_colours, struct __pyx_obj_6jacext_5_tape_Tape *__pyx_v_jac_tape, struct __pyx_obj_6jacext_5_tape_Cones *__pyx_v_cones) {
+static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_5_tape_Tape *__pyx_v_self, PyObject *__pyx_v_task, PyArrayObject *__pyx_v_x, PyArrayObject *__pyx_v_y, PyArrayObject *__pyx_v_out, int __pyx_v_threads, int __pyx_v_mode, PyArrayObject *__pyx_v_seed, PyArrayObject *__pyx_v_cols, PyArrayObject *__pyx_v_colour, int32_t __pyx_v_n_colours, struct __pyx_obj_6jacext_5_tape_Tape *__pyx_v_jac_tape, struct __pyx_obj_6jacext_5_tape_Cones *__pyx_v_cones) {
   jx_batch __pyx_v_job;
   Py_ssize_t __pyx_v_n_points;
   Py_ssize_t __pyx_v_n_in;
@@ -31010,7 +30660,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26batch(struct __pyx_obj_6jacext_
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("batch", 0);
 
-  /* "jacext/_tape.pyx":524
+  /* "jacext/_tape.pyx":516
  *         """
  *         cdef jx_batch job
  *         cdef Py_ssize_t n_points = x.shape[0] if x.ndim == 2 else -1             # <<<<<<<<<<<<<<
@@ -31029,7 +30679,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26batch(struct __pyx_obj_6jacext_
 
   __pyx_v_n_points = __pyx_t_1;
 
-  /* "jacext/_tape.pyx":525
+  /* "jacext/_tape.pyx":517
  *         cdef jx_batch job
  *         cdef Py_ssize_t n_points = x.shape[0] if x.ndim == 2 else -1
  *         cdef Py_ssize_t n_in = self.t.n_in, n_out = self.t.n_out, per             # <<<<<<<<<<<<<<
@@ -31043,7 +30693,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26batch(struct __pyx_obj_6jacext_
 
   __pyx_v_n_out = __pyx_t_3;
 
-  /* "jacext/_tape.pyx":527
+  /* "jacext/_tape.pyx":519
  *         cdef Py_ssize_t n_in = self.t.n_in, n_out = self.t.n_out, per
  *         cdef int st
  *         job.task = TASKS.get(task, -1)             # <<<<<<<<<<<<<<
@@ -31051,9 +30701,9 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26batch(struct __pyx_obj_6jacext_
  *             raise ValueError(f"jacext: no batch task {task!r}")
 */
   __pyx_t_5 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_TASKS); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 527, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_TASKS); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 519, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
-  __pyx_t_7 = __Pyx_PyObject_GetAttrStr(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_get); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 527, __pyx_L1_error)
+  __pyx_t_7 = __Pyx_PyObject_GetAttrStr(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_get); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 519, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_7);
   __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
   __pyx_t_8 = 1;
@@ -31073,14 +30723,14 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26batch(struct __pyx_obj_6jacext_
     __pyx_t_4 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_7, __pyx_callargs+__pyx_t_8, (3-__pyx_t_8) | (__pyx_t_8*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_5); __pyx_t_5 = 0;
     __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
-    if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 527, __pyx_L1_error)
+    if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 519, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
   }
-  __pyx_t_9 = __Pyx_PyLong_As_int(__pyx_t_4); if (unlikely((__pyx_t_9 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 527, __pyx_L1_error)
+  __pyx_t_9 = __Pyx_PyLong_As_int(__pyx_t_4); if (unlikely((__pyx_t_9 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 519, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   __pyx_v_job.task = __pyx_t_9;
 
-  /* "jacext/_tape.pyx":528
+  /* "jacext/_tape.pyx":520
  *         cdef int st
  *         job.task = TASKS.get(task, -1)
  *         if job.task < 0:             # <<<<<<<<<<<<<<
@@ -31092,7 +30742,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26batch(struct __pyx_obj_6jacext_
   if (unlikely(__pyx_t_2)) {
 
 
-    /* "jacext/_tape.pyx":529
+    /* "jacext/_tape.pyx":521
  *         job.task = TASKS.get(task, -1)
  *         if job.task < 0:
  *             raise ValueError(f"jacext: no batch task {task!r}")             # <<<<<<<<<<<<<<
@@ -31100,9 +30750,9 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26batch(struct __pyx_obj_6jacext_
  *             raise ValueError("jacext: a batch takes x of shape (n_points, n_in)")
 */
     __pyx_t_7 = NULL;
-    __pyx_t_5 = __Pyx_PyObject_FormatSimpleAndDecref(PyObject_Repr(__pyx_v_task), __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 529, __pyx_L1_error)
+    __pyx_t_5 = __Pyx_PyObject_FormatSimpleAndDecref(PyObject_Repr(__pyx_v_task), __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 521, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_5);
-    __pyx_t_6 = __Pyx_PyUnicode_Concat(__pyx_mstate_global->__pyx_kp_u_jacext_no_batch_task, __pyx_t_5); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 529, __pyx_L1_error)
+    __pyx_t_6 = __Pyx_PyUnicode_Concat(__pyx_mstate_global->__pyx_kp_u_jacext_no_batch_task, __pyx_t_5); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 521, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
     __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
     __pyx_t_8 = 1;
@@ -31111,14 +30761,14 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26batch(struct __pyx_obj_6jacext_
       __pyx_t_4 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_8, (2-__pyx_t_8) | (__pyx_t_8*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_7); __pyx_t_7 = 0;
       __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 529, __pyx_L1_error)
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 521, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_4);
     }
     __Pyx_Raise(__pyx_t_4, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    __PYX_ERR(0, 529, __pyx_L1_error)
+    __PYX_ERR(0, 521, __pyx_L1_error)
 
-    /* "jacext/_tape.pyx":528
+    /* "jacext/_tape.pyx":520
  *         cdef int st
  *         job.task = TASKS.get(task, -1)
  *         if job.task < 0:             # <<<<<<<<<<<<<<
@@ -31127,7 +30777,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26batch(struct __pyx_obj_6jacext_
 */
   }
 
-  /* "jacext/_tape.pyx":530
+  /* "jacext/_tape.pyx":522
  *         if job.task < 0:
  *             raise ValueError(f"jacext: no batch task {task!r}")
  *         if n_points < 0 or x.shape[1] != n_in:             # <<<<<<<<<<<<<<
@@ -31153,7 +30803,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26batch(struct __pyx_obj_6jacext_
   if (unlikely(__pyx_t_2)) {
 
 
-    /* "jacext/_tape.pyx":531
+    /* "jacext/_tape.pyx":523
  *             raise ValueError(f"jacext: no batch task {task!r}")
  *         if n_points < 0 or x.shape[1] != n_in:
  *             raise ValueError("jacext: a batch takes x of shape (n_points, n_in)")             # <<<<<<<<<<<<<<
@@ -31166,14 +30816,14 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26batch(struct __pyx_obj_6jacext_
       PyObject *__pyx_callargs[2] = {__pyx_t_6, __pyx_mstate_global->__pyx_kp_u_jacext_a_batch_takes_x_of_shape};
       __pyx_t_4 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_8, (2-__pyx_t_8) | (__pyx_t_8*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
-      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 531, __pyx_L1_error)
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 523, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_4);
     }
     __Pyx_Raise(__pyx_t_4, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    __PYX_ERR(0, 531, __pyx_L1_error)
+    __PYX_ERR(0, 523, __pyx_L1_error)
 
-    /* "jacext/_tape.pyx":530
+    /* "jacext/_tape.pyx":522
  *         if job.task < 0:
  *             raise ValueError(f"jacext: no batch task {task!r}")
  *         if n_points < 0 or x.shape[1] != n_in:             # <<<<<<<<<<<<<<
@@ -31182,7 +30832,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26batch(struct __pyx_obj_6jacext_
 */
   }
 
-  /* "jacext/_tape.pyx":532
+  /* "jacext/_tape.pyx":524
  *         if n_points < 0 or x.shape[1] != n_in:
  *             raise ValueError("jacext: a batch takes x of shape (n_points, n_in)")
  *         job.mode = mode             # <<<<<<<<<<<<<<
@@ -31191,7 +30841,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26batch(struct __pyx_obj_6jacext_
 */
   __pyx_v_job.mode = __pyx_v_mode;
 
-  /* "jacext/_tape.pyx":533
+  /* "jacext/_tape.pyx":525
  *             raise ValueError("jacext: a batch takes x of shape (n_points, n_in)")
  *         job.mode = mode
  *         job.n_points = n_points             # <<<<<<<<<<<<<<
@@ -31200,28 +30850,28 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26batch(struct __pyx_obj_6jacext_
 */
   __pyx_v_job.n_points = __pyx_v_n_points;
 
-  /* "jacext/_tape.pyx":534
+  /* "jacext/_tape.pyx":526
  *         job.mode = mode
  *         job.n_points = n_points
  *         job.x = <const double *>_buf(x, cnp.NPY_DOUBLE, n_points * n_in, "x")             # <<<<<<<<<<<<<<
  *         job.y = _maybe_out(y, n_points * n_out, "y")
  *         job.cols = NULL
 */
-  __pyx_t_11 = __pyx_f_6jacext_5_tape__buf(__pyx_v_x, NPY_DOUBLE, (__pyx_v_n_points * __pyx_v_n_in), __pyx_mstate_global->__pyx_n_u_x); if (unlikely(__pyx_t_11 == ((void *)NULL))) __PYX_ERR(0, 534, __pyx_L1_error)
+  __pyx_t_11 = __pyx_f_6jacext_5_tape__buf(__pyx_v_x, NPY_DOUBLE, (__pyx_v_n_points * __pyx_v_n_in), __pyx_mstate_global->__pyx_n_u_x); if (unlikely(__pyx_t_11 == ((void *)NULL))) __PYX_ERR(0, 526, __pyx_L1_error)
   __pyx_v_job.x = ((double const *)__pyx_t_11);
 
 
-  /* "jacext/_tape.pyx":535
+  /* "jacext/_tape.pyx":527
  *         job.n_points = n_points
  *         job.x = <const double *>_buf(x, cnp.NPY_DOUBLE, n_points * n_in, "x")
  *         job.y = _maybe_out(y, n_points * n_out, "y")             # <<<<<<<<<<<<<<
  *         job.cols = NULL
  *         job.n_cols = 0
 */
-  __pyx_t_12 = __pyx_f_6jacext_5_tape__maybe_out(__pyx_v_y, (__pyx_v_n_points * __pyx_v_n_out), __pyx_mstate_global->__pyx_n_u_y); if (unlikely(__pyx_t_12 == ((void *)NULL) && PyErr_Occurred())) __PYX_ERR(0, 535, __pyx_L1_error)
+  __pyx_t_12 = __pyx_f_6jacext_5_tape__maybe_out(__pyx_v_y, (__pyx_v_n_points * __pyx_v_n_out), __pyx_mstate_global->__pyx_n_u_y); if (unlikely(__pyx_t_12 == ((void *)NULL) && PyErr_Occurred())) __PYX_ERR(0, 527, __pyx_L1_error)
   __pyx_v_job.y = __pyx_t_12;
 
-  /* "jacext/_tape.pyx":536
+  /* "jacext/_tape.pyx":528
  *         job.x = <const double *>_buf(x, cnp.NPY_DOUBLE, n_points * n_in, "x")
  *         job.y = _maybe_out(y, n_points * n_out, "y")
  *         job.cols = NULL             # <<<<<<<<<<<<<<
@@ -31230,7 +30880,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26batch(struct __pyx_obj_6jacext_
 */
   __pyx_v_job.cols = NULL;
 
-  /* "jacext/_tape.pyx":537
+  /* "jacext/_tape.pyx":529
  *         job.y = _maybe_out(y, n_points * n_out, "y")
  *         job.cols = NULL
  *         job.n_cols = 0             # <<<<<<<<<<<<<<
@@ -31239,7 +30889,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26batch(struct __pyx_obj_6jacext_
 */
   __pyx_v_job.n_cols = 0;
 
-  /* "jacext/_tape.pyx":538
+  /* "jacext/_tape.pyx":530
  *         job.cols = NULL
  *         job.n_cols = 0
  *         job.colour = NULL             # <<<<<<<<<<<<<<
@@ -31248,7 +30898,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26batch(struct __pyx_obj_6jacext_
 */
   __pyx_v_job.colour = NULL;
 
-  /* "jacext/_tape.pyx":539
+  /* "jacext/_tape.pyx":531
  *         job.n_cols = 0
  *         job.colour = NULL
  *         job.n_colours = 0             # <<<<<<<<<<<<<<
@@ -31257,7 +30907,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26batch(struct __pyx_obj_6jacext_
 */
   __pyx_v_job.n_colours = 0;
 
-  /* "jacext/_tape.pyx":540
+  /* "jacext/_tape.pyx":532
  *         job.colour = NULL
  *         job.n_colours = 0
  *         job.seed = NULL             # <<<<<<<<<<<<<<
@@ -31266,7 +30916,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26batch(struct __pyx_obj_6jacext_
 */
   __pyx_v_job.seed = NULL;
 
-  /* "jacext/_tape.pyx":541
+  /* "jacext/_tape.pyx":533
  *         job.n_colours = 0
  *         job.seed = NULL
  *         job.out = NULL             # <<<<<<<<<<<<<<
@@ -31275,7 +30925,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26batch(struct __pyx_obj_6jacext_
 */
   __pyx_v_job.out = NULL;
 
-  /* "jacext/_tape.pyx":542
+  /* "jacext/_tape.pyx":534
  *         job.seed = NULL
  *         job.out = NULL
  *         job.cone_ptr = NULL             # <<<<<<<<<<<<<<
@@ -31284,7 +30934,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26batch(struct __pyx_obj_6jacext_
 */
   __pyx_v_job.cone_ptr = NULL;
 
-  /* "jacext/_tape.pyx":543
+  /* "jacext/_tape.pyx":535
  *         job.out = NULL
  *         job.cone_ptr = NULL
  *         job.cone = NULL             # <<<<<<<<<<<<<<
@@ -31293,7 +30943,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26batch(struct __pyx_obj_6jacext_
 */
   __pyx_v_job.cone = NULL;
 
-  /* "jacext/_tape.pyx":544
+  /* "jacext/_tape.pyx":536
  *         job.cone_ptr = NULL
  *         job.cone = NULL
  *         job.row_ptr = NULL             # <<<<<<<<<<<<<<
@@ -31302,7 +30952,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26batch(struct __pyx_obj_6jacext_
 */
   __pyx_v_job.row_ptr = NULL;
 
-  /* "jacext/_tape.pyx":545
+  /* "jacext/_tape.pyx":537
  *         job.cone = NULL
  *         job.row_ptr = NULL
  *         job.nz_input = NULL             # <<<<<<<<<<<<<<
@@ -31311,7 +30961,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26batch(struct __pyx_obj_6jacext_
 */
   __pyx_v_job.nz_input = NULL;
 
-  /* "jacext/_tape.pyx":546
+  /* "jacext/_tape.pyx":538
  *         job.row_ptr = NULL
  *         job.nz_input = NULL
  *         job.jac_tape = NULL             # <<<<<<<<<<<<<<
@@ -31320,7 +30970,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26batch(struct __pyx_obj_6jacext_
 */
   __pyx_v_job.jac_tape = NULL;
 
-  /* "jacext/_tape.pyx":547
+  /* "jacext/_tape.pyx":539
  *         job.nz_input = NULL
  *         job.jac_tape = NULL
  *         if cols is not None:             # <<<<<<<<<<<<<<
@@ -31331,18 +30981,18 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26batch(struct __pyx_obj_6jacext_
   if (__pyx_t_2) {
 
 
-    /* "jacext/_tape.pyx":548
+    /* "jacext/_tape.pyx":540
  *         job.jac_tape = NULL
  *         if cols is not None:
  *             job.cols = <const int32_t *>_buf(cols, cnp.NPY_INT32, cols.shape[0], "cols")             # <<<<<<<<<<<<<<
  *             job.n_cols = <int32_t>cols.shape[0]
  *             _check_columns(cols, n_in)
 */
-    __pyx_t_11 = __pyx_f_6jacext_5_tape__buf(__pyx_v_cols, NPY_INT32, (__pyx_f_5numpy_7ndarray_5shape___get__(__pyx_v_cols)[0]), __pyx_mstate_global->__pyx_n_u_cols); if (unlikely(__pyx_t_11 == ((void *)NULL))) __PYX_ERR(0, 548, __pyx_L1_error)
+    __pyx_t_11 = __pyx_f_6jacext_5_tape__buf(__pyx_v_cols, NPY_INT32, (__pyx_f_5numpy_7ndarray_5shape___get__(__pyx_v_cols)[0]), __pyx_mstate_global->__pyx_n_u_cols); if (unlikely(__pyx_t_11 == ((void *)NULL))) __PYX_ERR(0, 540, __pyx_L1_error)
     __pyx_v_job.cols = ((int32_t const *)__pyx_t_11);
 
 
-    /* "jacext/_tape.pyx":549
+    /* "jacext/_tape.pyx":541
  *         if cols is not None:
  *             job.cols = <const int32_t *>_buf(cols, cnp.NPY_INT32, cols.shape[0], "cols")
  *             job.n_cols = <int32_t>cols.shape[0]             # <<<<<<<<<<<<<<
@@ -31351,17 +31001,17 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26batch(struct __pyx_obj_6jacext_
 */
     __pyx_v_job.n_cols = ((int32_t)(__pyx_f_5numpy_7ndarray_5shape___get__(__pyx_v_cols)[0]));
 
-    /* "jacext/_tape.pyx":550
+    /* "jacext/_tape.pyx":542
  *             job.cols = <const int32_t *>_buf(cols, cnp.NPY_INT32, cols.shape[0], "cols")
  *             job.n_cols = <int32_t>cols.shape[0]
  *             _check_columns(cols, n_in)             # <<<<<<<<<<<<<<
  *         if job.task == JX_TASK_VALUE:
  *             if y is None:
 */
-    __pyx_t_9 = __pyx_f_6jacext_5_tape__check_columns(__pyx_v_cols, __pyx_v_n_in); if (unlikely(__pyx_t_9 == ((int)-1))) __PYX_ERR(0, 550, __pyx_L1_error)
+    __pyx_t_9 = __pyx_f_6jacext_5_tape__check_columns(__pyx_v_cols, __pyx_v_n_in); if (unlikely(__pyx_t_9 == ((int)-1))) __PYX_ERR(0, 542, __pyx_L1_error)
 
 
-    /* "jacext/_tape.pyx":547
+    /* "jacext/_tape.pyx":539
  *         job.nz_input = NULL
  *         job.jac_tape = NULL
  *         if cols is not None:             # <<<<<<<<<<<<<<
@@ -31370,7 +31020,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26batch(struct __pyx_obj_6jacext_
 */
   }
 
-  /* "jacext/_tape.pyx":551
+  /* "jacext/_tape.pyx":543
  *             job.n_cols = <int32_t>cols.shape[0]
  *             _check_columns(cols, n_in)
  *         if job.task == JX_TASK_VALUE:             # <<<<<<<<<<<<<<
@@ -31382,7 +31032,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26batch(struct __pyx_obj_6jacext_
   if (__pyx_t_2) {
 
 
-    /* "jacext/_tape.pyx":552
+    /* "jacext/_tape.pyx":544
  *             _check_columns(cols, n_in)
  *         if job.task == JX_TASK_VALUE:
  *             if y is None:             # <<<<<<<<<<<<<<
@@ -31393,7 +31043,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26batch(struct __pyx_obj_6jacext_
     if (unlikely(__pyx_t_2)) {
 
 
-      /* "jacext/_tape.pyx":553
+      /* "jacext/_tape.pyx":545
  *         if job.task == JX_TASK_VALUE:
  *             if y is None:
  *                 raise ValueError("jacext: a value batch needs y")             # <<<<<<<<<<<<<<
@@ -31406,14 +31056,14 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26batch(struct __pyx_obj_6jacext_
         PyObject *__pyx_callargs[2] = {__pyx_t_6, __pyx_mstate_global->__pyx_kp_u_jacext_a_value_batch_needs_y};
         __pyx_t_4 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_8, (2-__pyx_t_8) | (__pyx_t_8*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
         __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
-        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 553, __pyx_L1_error)
+        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 545, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_4);
       }
       __Pyx_Raise(__pyx_t_4, 0, 0, 0);
       __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-      __PYX_ERR(0, 553, __pyx_L1_error)
+      __PYX_ERR(0, 545, __pyx_L1_error)
 
-      /* "jacext/_tape.pyx":552
+      /* "jacext/_tape.pyx":544
  *             _check_columns(cols, n_in)
  *         if job.task == JX_TASK_VALUE:
  *             if y is None:             # <<<<<<<<<<<<<<
@@ -31422,7 +31072,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26batch(struct __pyx_obj_6jacext_
 */
     }
 
-    /* "jacext/_tape.pyx":554
+    /* "jacext/_tape.pyx":546
  *             if y is None:
  *                 raise ValueError("jacext: a value batch needs y")
  *             per = 0             # <<<<<<<<<<<<<<
@@ -31431,7 +31081,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26batch(struct __pyx_obj_6jacext_
 */
     __pyx_v_per = 0;
 
-    /* "jacext/_tape.pyx":551
+    /* "jacext/_tape.pyx":543
  *             job.n_cols = <int32_t>cols.shape[0]
  *             _check_columns(cols, n_in)
  *         if job.task == JX_TASK_VALUE:             # <<<<<<<<<<<<<<
@@ -31441,7 +31091,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26batch(struct __pyx_obj_6jacext_
     goto __pyx_L8;
   }
 
-  /* "jacext/_tape.pyx":555
+  /* "jacext/_tape.pyx":547
  *                 raise ValueError("jacext: a value batch needs y")
  *             per = 0
  *         elif job.task == JX_TASK_JACOBIAN:             # <<<<<<<<<<<<<<
@@ -31453,7 +31103,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26batch(struct __pyx_obj_6jacext_
   if (__pyx_t_2) {
 
 
-    /* "jacext/_tape.pyx":556
+    /* "jacext/_tape.pyx":548
  *             per = 0
  *         elif job.task == JX_TASK_JACOBIAN:
  *             if mode != JX_MODE_FORWARD and mode != JX_MODE_REVERSE:             # <<<<<<<<<<<<<<
@@ -31479,7 +31129,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26batch(struct __pyx_obj_6jacext_
     if (unlikely(__pyx_t_2)) {
 
 
-      /* "jacext/_tape.pyx":557
+      /* "jacext/_tape.pyx":549
  *         elif job.task == JX_TASK_JACOBIAN:
  *             if mode != JX_MODE_FORWARD and mode != JX_MODE_REVERSE:
  *                 raise ValueError("jacext: Jacobians run forward or reverse")             # <<<<<<<<<<<<<<
@@ -31492,14 +31142,14 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26batch(struct __pyx_obj_6jacext_
         PyObject *__pyx_callargs[2] = {__pyx_t_6, __pyx_mstate_global->__pyx_kp_u_jacext_Jacobians_run_forward_or};
         __pyx_t_4 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_8, (2-__pyx_t_8) | (__pyx_t_8*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
         __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
-        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 557, __pyx_L1_error)
+        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 549, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_4);
       }
       __Pyx_Raise(__pyx_t_4, 0, 0, 0);
       __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-      __PYX_ERR(0, 557, __pyx_L1_error)
+      __PYX_ERR(0, 549, __pyx_L1_error)
 
-      /* "jacext/_tape.pyx":556
+      /* "jacext/_tape.pyx":548
  *             per = 0
  *         elif job.task == JX_TASK_JACOBIAN:
  *             if mode != JX_MODE_FORWARD and mode != JX_MODE_REVERSE:             # <<<<<<<<<<<<<<
@@ -31508,7 +31158,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26batch(struct __pyx_obj_6jacext_
 */
     }
 
-    /* "jacext/_tape.pyx":558
+    /* "jacext/_tape.pyx":550
  *             if mode != JX_MODE_FORWARD and mode != JX_MODE_REVERSE:
  *                 raise ValueError("jacext: Jacobians run forward or reverse")
  *             per = n_out * job.n_cols             # <<<<<<<<<<<<<<
@@ -31517,7 +31167,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26batch(struct __pyx_obj_6jacext_
 */
     __pyx_v_per = (__pyx_v_n_out * __pyx_v_job.n_cols);
 
-    /* "jacext/_tape.pyx":559
+    /* "jacext/_tape.pyx":551
  *                 raise ValueError("jacext: Jacobians run forward or reverse")
  *             per = n_out * job.n_cols
  *             if jac_tape is not None:             # <<<<<<<<<<<<<<
@@ -31528,7 +31178,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26batch(struct __pyx_obj_6jacext_
     if (__pyx_t_2) {
 
 
-      /* "jacext/_tape.pyx":560
+      /* "jacext/_tape.pyx":552
  *             per = n_out * job.n_cols
  *             if jac_tape is not None:
  *                 if (jac_tape.t.n_in != n_in or jac_tape.t.n_out != n_out + per):             # <<<<<<<<<<<<<<
@@ -31554,7 +31204,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26batch(struct __pyx_obj_6jacext_
       if (unlikely(__pyx_t_2)) {
 
 
-        /* "jacext/_tape.pyx":561
+        /* "jacext/_tape.pyx":553
  *             if jac_tape is not None:
  *                 if (jac_tape.t.n_in != n_in or jac_tape.t.n_out != n_out + per):
  *                     raise ValueError("jacext: the Jacobian tape does not match this request")             # <<<<<<<<<<<<<<
@@ -31567,14 +31217,14 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26batch(struct __pyx_obj_6jacext_
           PyObject *__pyx_callargs[2] = {__pyx_t_6, __pyx_mstate_global->__pyx_kp_u_jacext_the_Jacobian_tape_does_no};
           __pyx_t_4 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_8, (2-__pyx_t_8) | (__pyx_t_8*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
           __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
-          if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 561, __pyx_L1_error)
+          if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 553, __pyx_L1_error)
           __Pyx_GOTREF(__pyx_t_4);
         }
         __Pyx_Raise(__pyx_t_4, 0, 0, 0);
         __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-        __PYX_ERR(0, 561, __pyx_L1_error)
+        __PYX_ERR(0, 553, __pyx_L1_error)
 
-        /* "jacext/_tape.pyx":560
+        /* "jacext/_tape.pyx":552
  *             per = n_out * job.n_cols
  *             if jac_tape is not None:
  *                 if (jac_tape.t.n_in != n_in or jac_tape.t.n_out != n_out + per):             # <<<<<<<<<<<<<<
@@ -31583,7 +31233,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26batch(struct __pyx_obj_6jacext_
 */
       }
 
-      /* "jacext/_tape.pyx":562
+      /* "jacext/_tape.pyx":554
  *                 if (jac_tape.t.n_in != n_in or jac_tape.t.n_out != n_out + per):
  *                     raise ValueError("jacext: the Jacobian tape does not match this request")
  *                 job.jac_tape = &jac_tape.t             # <<<<<<<<<<<<<<
@@ -31592,7 +31242,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26batch(struct __pyx_obj_6jacext_
 */
       __pyx_v_job.jac_tape = (&__pyx_v_jac_tape->t);
 
-      /* "jacext/_tape.pyx":559
+      /* "jacext/_tape.pyx":551
  *                 raise ValueError("jacext: Jacobians run forward or reverse")
  *             per = n_out * job.n_cols
  *             if jac_tape is not None:             # <<<<<<<<<<<<<<
@@ -31601,7 +31251,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26batch(struct __pyx_obj_6jacext_
 */
     }
 
-    /* "jacext/_tape.pyx":555
+    /* "jacext/_tape.pyx":547
  *                 raise ValueError("jacext: a value batch needs y")
  *             per = 0
  *         elif job.task == JX_TASK_JACOBIAN:             # <<<<<<<<<<<<<<
@@ -31611,7 +31261,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26batch(struct __pyx_obj_6jacext_
     goto __pyx_L8;
   }
 
-  /* "jacext/_tape.pyx":563
+  /* "jacext/_tape.pyx":555
  *                     raise ValueError("jacext: the Jacobian tape does not match this request")
  *                 job.jac_tape = &jac_tape.t
  *         elif job.task == JX_TASK_JVP or job.task == JX_TASK_VJP:             # <<<<<<<<<<<<<<
@@ -31637,7 +31287,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26batch(struct __pyx_obj_6jacext_
   if (__pyx_t_2) {
 
 
-    /* "jacext/_tape.pyx":565
+    /* "jacext/_tape.pyx":557
  *         elif job.task == JX_TASK_JVP or job.task == JX_TASK_VJP:
  *             job.seed = <const double *>_buf(
  *                 seed, cnp.NPY_DOUBLE, n_points * (n_in if job.task == JX_TASK_JVP else n_out),             # <<<<<<<<<<<<<<
@@ -31655,19 +31305,19 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26batch(struct __pyx_obj_6jacext_
     }
 
 
-    /* "jacext/_tape.pyx":564
+    /* "jacext/_tape.pyx":556
  *                 job.jac_tape = &jac_tape.t
  *         elif job.task == JX_TASK_JVP or job.task == JX_TASK_VJP:
  *             job.seed = <const double *>_buf(             # <<<<<<<<<<<<<<
  *                 seed, cnp.NPY_DOUBLE, n_points * (n_in if job.task == JX_TASK_JVP else n_out),
  *                 "seed")
 */
-    __pyx_t_11 = __pyx_f_6jacext_5_tape__buf(__pyx_v_seed, NPY_DOUBLE, (__pyx_v_n_points * __pyx_t_1), __pyx_mstate_global->__pyx_n_u_seed); if (unlikely(__pyx_t_11 == ((void *)NULL))) __PYX_ERR(0, 564, __pyx_L1_error)
+    __pyx_t_11 = __pyx_f_6jacext_5_tape__buf(__pyx_v_seed, NPY_DOUBLE, (__pyx_v_n_points * __pyx_t_1), __pyx_mstate_global->__pyx_n_u_seed); if (unlikely(__pyx_t_11 == ((void *)NULL))) __PYX_ERR(0, 556, __pyx_L1_error)
 
     __pyx_v_job.seed = ((double const *)__pyx_t_11);
 
 
-    /* "jacext/_tape.pyx":567
+    /* "jacext/_tape.pyx":559
  *                 seed, cnp.NPY_DOUBLE, n_points * (n_in if job.task == JX_TASK_JVP else n_out),
  *                 "seed")
  *             per = n_out if job.task == JX_TASK_JVP else n_in             # <<<<<<<<<<<<<<
@@ -31686,7 +31336,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26batch(struct __pyx_obj_6jacext_
 
     __pyx_v_per = __pyx_t_1;
 
-    /* "jacext/_tape.pyx":563
+    /* "jacext/_tape.pyx":555
  *                     raise ValueError("jacext: the Jacobian tape does not match this request")
  *                 job.jac_tape = &jac_tape.t
  *         elif job.task == JX_TASK_JVP or job.task == JX_TASK_VJP:             # <<<<<<<<<<<<<<
@@ -31696,7 +31346,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26batch(struct __pyx_obj_6jacext_
     goto __pyx_L8;
   }
 
-  /* "jacext/_tape.pyx":568
+  /* "jacext/_tape.pyx":560
  *                 "seed")
  *             per = n_out if job.task == JX_TASK_JVP else n_in
  *         elif job.task == JX_TASK_COMPRESSED:             # <<<<<<<<<<<<<<
@@ -31708,7 +31358,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26batch(struct __pyx_obj_6jacext_
   if (__pyx_t_2) {
 
 
-    /* "jacext/_tape.pyx":569
+    /* "jacext/_tape.pyx":561
  *             per = n_out if job.task == JX_TASK_JVP else n_in
  *         elif job.task == JX_TASK_COMPRESSED:
  *             if mode != JX_MODE_FORWARD and mode != JX_MODE_REVERSE:             # <<<<<<<<<<<<<<
@@ -31734,7 +31384,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26batch(struct __pyx_obj_6jacext_
     if (unlikely(__pyx_t_2)) {
 
 
-      /* "jacext/_tape.pyx":570
+      /* "jacext/_tape.pyx":562
  *         elif job.task == JX_TASK_COMPRESSED:
  *             if mode != JX_MODE_FORWARD and mode != JX_MODE_REVERSE:
  *                 raise ValueError("jacext: compressed sweeps run forward or reverse")             # <<<<<<<<<<<<<<
@@ -31747,14 +31397,14 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26batch(struct __pyx_obj_6jacext_
         PyObject *__pyx_callargs[2] = {__pyx_t_6, __pyx_mstate_global->__pyx_kp_u_jacext_compressed_sweeps_run_for};
         __pyx_t_4 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_8, (2-__pyx_t_8) | (__pyx_t_8*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
         __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
-        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 570, __pyx_L1_error)
+        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 562, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_4);
       }
       __Pyx_Raise(__pyx_t_4, 0, 0, 0);
       __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-      __PYX_ERR(0, 570, __pyx_L1_error)
+      __PYX_ERR(0, 562, __pyx_L1_error)
 
-      /* "jacext/_tape.pyx":569
+      /* "jacext/_tape.pyx":561
  *             per = n_out if job.task == JX_TASK_JVP else n_in
  *         elif job.task == JX_TASK_COMPRESSED:
  *             if mode != JX_MODE_FORWARD and mode != JX_MODE_REVERSE:             # <<<<<<<<<<<<<<
@@ -31763,7 +31413,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26batch(struct __pyx_obj_6jacext_
 */
     }
 
-    /* "jacext/_tape.pyx":572
+    /* "jacext/_tape.pyx":564
  *                 raise ValueError("jacext: compressed sweeps run forward or reverse")
  *             job.colour = <const int32_t *>_buf(
  *                 colour, cnp.NPY_INT32, job.n_cols if mode == JX_MODE_FORWARD else n_out,             # <<<<<<<<<<<<<<
@@ -31781,29 +31431,29 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26batch(struct __pyx_obj_6jacext_
     }
 
 
-    /* "jacext/_tape.pyx":571
+    /* "jacext/_tape.pyx":563
  *             if mode != JX_MODE_FORWARD and mode != JX_MODE_REVERSE:
  *                 raise ValueError("jacext: compressed sweeps run forward or reverse")
  *             job.colour = <const int32_t *>_buf(             # <<<<<<<<<<<<<<
  *                 colour, cnp.NPY_INT32, job.n_cols if mode == JX_MODE_FORWARD else n_out,
  *                 "colour")
 */
-    __pyx_t_11 = __pyx_f_6jacext_5_tape__buf(__pyx_v_colour, NPY_INT32, __pyx_t_1, __pyx_mstate_global->__pyx_n_u_colour); if (unlikely(__pyx_t_11 == ((void *)NULL))) __PYX_ERR(0, 571, __pyx_L1_error)
+    __pyx_t_11 = __pyx_f_6jacext_5_tape__buf(__pyx_v_colour, NPY_INT32, __pyx_t_1, __pyx_mstate_global->__pyx_n_u_colour); if (unlikely(__pyx_t_11 == ((void *)NULL))) __PYX_ERR(0, 563, __pyx_L1_error)
 
     __pyx_v_job.colour = ((int32_t const *)__pyx_t_11);
 
 
-    /* "jacext/_tape.pyx":574
+    /* "jacext/_tape.pyx":566
  *                 colour, cnp.NPY_INT32, job.n_cols if mode == JX_MODE_FORWARD else n_out,
  *                 "colour")
  *             self._check_colours(colour, n_colours)             # <<<<<<<<<<<<<<
  *             job.n_colours = n_colours
  *             per = n_out * n_colours if mode == JX_MODE_FORWARD else n_colours * job.n_cols
 */
-    __pyx_t_9 = ((struct __pyx_vtabstruct_6jacext_5_tape_Tape *)__pyx_v_self->__pyx_vtab)->_check_colours(__pyx_v_self, __pyx_v_colour, __pyx_v_n_colours); if (unlikely(__pyx_t_9 == ((int)-1))) __PYX_ERR(0, 574, __pyx_L1_error)
+    __pyx_t_9 = ((struct __pyx_vtabstruct_6jacext_5_tape_Tape *)__pyx_v_self->__pyx_vtab)->_check_colours(__pyx_v_self, __pyx_v_colour, __pyx_v_n_colours); if (unlikely(__pyx_t_9 == ((int)-1))) __PYX_ERR(0, 566, __pyx_L1_error)
 
 
-    /* "jacext/_tape.pyx":575
+    /* "jacext/_tape.pyx":567
  *                 "colour")
  *             self._check_colours(colour, n_colours)
  *             job.n_colours = n_colours             # <<<<<<<<<<<<<<
@@ -31812,7 +31462,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26batch(struct __pyx_obj_6jacext_
 */
     __pyx_v_job.n_colours = __pyx_v_n_colours;
 
-    /* "jacext/_tape.pyx":576
+    /* "jacext/_tape.pyx":568
  *             self._check_colours(colour, n_colours)
  *             job.n_colours = n_colours
  *             per = n_out * n_colours if mode == JX_MODE_FORWARD else n_colours * job.n_cols             # <<<<<<<<<<<<<<
@@ -31831,7 +31481,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26batch(struct __pyx_obj_6jacext_
 
     __pyx_v_per = __pyx_t_1;
 
-    /* "jacext/_tape.pyx":568
+    /* "jacext/_tape.pyx":560
  *                 "seed")
  *             per = n_out if job.task == JX_TASK_JVP else n_in
  *         elif job.task == JX_TASK_COMPRESSED:             # <<<<<<<<<<<<<<
@@ -31841,7 +31491,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26batch(struct __pyx_obj_6jacext_
     goto __pyx_L8;
   }
 
-  /* "jacext/_tape.pyx":578
+  /* "jacext/_tape.pyx":570
  *             per = n_out * n_colours if mode == JX_MODE_FORWARD else n_colours * job.n_cols
  *         else:   # cones
  *             if cones is None or cones.tape is not self:             # <<<<<<<<<<<<<<
@@ -31866,7 +31516,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26batch(struct __pyx_obj_6jacext_
     if (unlikely(__pyx_t_2)) {
 
 
-      /* "jacext/_tape.pyx":579
+      /* "jacext/_tape.pyx":571
  *         else:   # cones
  *             if cones is None or cones.tape is not self:
  *                 raise ValueError("jacext: cones must come from this tape's cones()")             # <<<<<<<<<<<<<<
@@ -31879,14 +31529,14 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26batch(struct __pyx_obj_6jacext_
         PyObject *__pyx_callargs[2] = {__pyx_t_6, __pyx_mstate_global->__pyx_kp_u_jacext_cones_must_come_from_this};
         __pyx_t_4 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_8, (2-__pyx_t_8) | (__pyx_t_8*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
         __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
-        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 579, __pyx_L1_error)
+        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 571, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_4);
       }
       __Pyx_Raise(__pyx_t_4, 0, 0, 0);
       __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-      __PYX_ERR(0, 579, __pyx_L1_error)
+      __PYX_ERR(0, 571, __pyx_L1_error)
 
-      /* "jacext/_tape.pyx":578
+      /* "jacext/_tape.pyx":570
  *             per = n_out * n_colours if mode == JX_MODE_FORWARD else n_colours * job.n_cols
  *         else:   # cones
  *             if cones is None or cones.tape is not self:             # <<<<<<<<<<<<<<
@@ -31895,7 +31545,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26batch(struct __pyx_obj_6jacext_
 */
     }
 
-    /* "jacext/_tape.pyx":580
+    /* "jacext/_tape.pyx":572
  *             if cones is None or cones.tape is not self:
  *                 raise ValueError("jacext: cones must come from this tape's cones()")
  *             job.mode = JX_MODE_SUBGRAPH             # <<<<<<<<<<<<<<
@@ -31904,7 +31554,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26batch(struct __pyx_obj_6jacext_
 */
     __pyx_v_job.mode = JX_MODE_SUBGRAPH;
 
-    /* "jacext/_tape.pyx":581
+    /* "jacext/_tape.pyx":573
  *                 raise ValueError("jacext: cones must come from this tape's cones()")
  *             job.mode = JX_MODE_SUBGRAPH
  *             job.cone_ptr = cones.cp             # <<<<<<<<<<<<<<
@@ -31915,7 +31565,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26batch(struct __pyx_obj_6jacext_
 
     __pyx_v_job.cone_ptr = __pyx_t_13;
 
-    /* "jacext/_tape.pyx":582
+    /* "jacext/_tape.pyx":574
  *             job.mode = JX_MODE_SUBGRAPH
  *             job.cone_ptr = cones.cp
  *             job.cone = cones.cn             # <<<<<<<<<<<<<<
@@ -31926,7 +31576,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26batch(struct __pyx_obj_6jacext_
 
     __pyx_v_job.cone = __pyx_t_14;
 
-    /* "jacext/_tape.pyx":583
+    /* "jacext/_tape.pyx":575
  *             job.cone_ptr = cones.cp
  *             job.cone = cones.cn
  *             job.row_ptr = cones.rp             # <<<<<<<<<<<<<<
@@ -31937,7 +31587,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26batch(struct __pyx_obj_6jacext_
 
     __pyx_v_job.row_ptr = __pyx_t_15;
 
-    /* "jacext/_tape.pyx":584
+    /* "jacext/_tape.pyx":576
  *             job.cone = cones.cn
  *             job.row_ptr = cones.rp
  *             job.nz_input = cones.nz             # <<<<<<<<<<<<<<
@@ -31948,7 +31598,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26batch(struct __pyx_obj_6jacext_
 
     __pyx_v_job.nz_input = __pyx_t_16;
 
-    /* "jacext/_tape.pyx":585
+    /* "jacext/_tape.pyx":577
  *             job.row_ptr = cones.rp
  *             job.nz_input = cones.nz
  *             per = cones.nz_input.shape[0]             # <<<<<<<<<<<<<<
@@ -31962,7 +31612,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26batch(struct __pyx_obj_6jacext_
   }
   __pyx_L8:;
 
-  /* "jacext/_tape.pyx":586
+  /* "jacext/_tape.pyx":578
  *             job.nz_input = cones.nz
  *             per = cones.nz_input.shape[0]
  *         if job.task != JX_TASK_VALUE:             # <<<<<<<<<<<<<<
@@ -31974,17 +31624,17 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26batch(struct __pyx_obj_6jacext_
   if (__pyx_t_2) {
 
 
-    /* "jacext/_tape.pyx":587
+    /* "jacext/_tape.pyx":579
  *             per = cones.nz_input.shape[0]
  *         if job.task != JX_TASK_VALUE:
  *             job.out = _out(out, n_points * per, "out")             # <<<<<<<<<<<<<<
  *         with nogil:
  *             st = jx_batch_run(&self.t, &job, threads)
 */
-    __pyx_t_12 = __pyx_f_6jacext_5_tape__out(__pyx_v_out, (__pyx_v_n_points * __pyx_v_per), __pyx_mstate_global->__pyx_n_u_out); if (unlikely(__pyx_t_12 == ((void *)NULL))) __PYX_ERR(0, 587, __pyx_L1_error)
+    __pyx_t_12 = __pyx_f_6jacext_5_tape__out(__pyx_v_out, (__pyx_v_n_points * __pyx_v_per), __pyx_mstate_global->__pyx_n_u_out); if (unlikely(__pyx_t_12 == ((void *)NULL))) __PYX_ERR(0, 579, __pyx_L1_error)
     __pyx_v_job.out = __pyx_t_12;
 
-    /* "jacext/_tape.pyx":586
+    /* "jacext/_tape.pyx":578
  *             job.nz_input = cones.nz
  *             per = cones.nz_input.shape[0]
  *         if job.task != JX_TASK_VALUE:             # <<<<<<<<<<<<<<
@@ -31993,7 +31643,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26batch(struct __pyx_obj_6jacext_
 */
   }
 
-  /* "jacext/_tape.pyx":588
+  /* "jacext/_tape.pyx":580
  *         if job.task != JX_TASK_VALUE:
  *             job.out = _out(out, n_points * per, "out")
  *         with nogil:             # <<<<<<<<<<<<<<
@@ -32006,7 +31656,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26batch(struct __pyx_obj_6jacext_
       __Pyx_FastGIL_Remember();
       /*try:*/ {
 
-        /* "jacext/_tape.pyx":589
+        /* "jacext/_tape.pyx":581
  *             job.out = _out(out, n_points * per, "out")
  *         with nogil:
  *             st = jx_batch_run(&self.t, &job, threads)             # <<<<<<<<<<<<<<
@@ -32016,7 +31666,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26batch(struct __pyx_obj_6jacext_
         __pyx_v_st = jx_batch_run((&__pyx_v_self->t), (&__pyx_v_job), __pyx_v_threads);
       }
 
-      /* "jacext/_tape.pyx":588
+      /* "jacext/_tape.pyx":580
  *         if job.task != JX_TASK_VALUE:
  *             job.out = _out(out, n_points * per, "out")
  *         with nogil:             # <<<<<<<<<<<<<<
@@ -32033,15 +31683,15 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26batch(struct __pyx_obj_6jacext_
       }
   }
 
-  /* "jacext/_tape.pyx":590
+  /* "jacext/_tape.pyx":582
  *         with nogil:
  *             st = jx_batch_run(&self.t, &job, threads)
  *         return raise_status(st)             # <<<<<<<<<<<<<<
  * 
  *     # ---- sparsity ----
 */
-  __pyx_t_9 = __pyx_f_6jacext_5_tape_raise_status(__pyx_v_st); if (unlikely(__pyx_t_9 == ((int)-1))) __PYX_ERR(0, 590, __pyx_L1_error)
-  __pyx_t_4 = __Pyx_PyLong_From_int(__pyx_t_9); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 590, __pyx_L1_error)
+  __pyx_t_9 = __pyx_f_6jacext_5_tape_raise_status(__pyx_v_st); if (unlikely(__pyx_t_9 == ((int)-1))) __PYX_ERR(0, 582, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_From_int(__pyx_t_9); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 582, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
 
   {
@@ -32055,7 +31705,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26batch(struct __pyx_obj_6jacext_
   __pyx_t_4 = 0;
   goto __pyx_L0;
 
-  /* "jacext/_tape.pyx":511
+  /* "jacext/_tape.pyx":503
  *     # ---- batches: rows of x, threads splitting them ----
  * 
  *     def batch(self, str task, cnp.ndarray x, cnp.ndarray y, cnp.ndarray out,             # <<<<<<<<<<<<<<
@@ -32083,7 +31733,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26batch(struct __pyx_obj_6jacext_
   return __pyx_r;
 }
 
-/* "jacext/_tape.pyx":594
+/* "jacext/_tape.pyx":586
  *     # ---- sparsity ----
  * 
  *     def pattern(self, cnp.ndarray cols):             # <<<<<<<<<<<<<<
@@ -32092,16 +31742,16 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26batch(struct __pyx_obj_6jacext_
 */
 
 /* Python wrapper */
-static PyObject *__pyx_pw_6jacext_5_tape_4Tape_29pattern(PyObject *__pyx_v_self, 
+static PyObject *__pyx_pw_6jacext_5_tape_4Tape_27pattern(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
 PyObject *__pyx_args, PyObject *__pyx_kwds
 #endif
 ); /*proto*/
-PyDoc_STRVAR(__pyx_doc_6jacext_5_tape_4Tape_28pattern, "Tape.pattern(self, ndarray cols)\n\n(indptr, indices), int32 and read-only: the exact structural pattern of the\noutputs with respect to the inputs ``cols`` (column k is input cols[k]).");
-static PyMethodDef __pyx_mdef_6jacext_5_tape_4Tape_29pattern = {"pattern", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6jacext_5_tape_4Tape_29pattern, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6jacext_5_tape_4Tape_28pattern};
-static PyObject *__pyx_pw_6jacext_5_tape_4Tape_29pattern(PyObject *__pyx_v_self, 
+PyDoc_STRVAR(__pyx_doc_6jacext_5_tape_4Tape_26pattern, "Tape.pattern(self, ndarray cols)\n\n(indptr, indices), int32 and read-only: the exact structural pattern of the\noutputs with respect to the inputs ``cols`` (column k is input cols[k]).");
+static PyMethodDef __pyx_mdef_6jacext_5_tape_4Tape_27pattern = {"pattern", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6jacext_5_tape_4Tape_27pattern, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6jacext_5_tape_4Tape_26pattern};
+static PyObject *__pyx_pw_6jacext_5_tape_4Tape_27pattern(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
@@ -32131,32 +31781,32 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_cols,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 594, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 586, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 594, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 586, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "pattern", 0) < (0)) __PYX_ERR(0, 594, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "pattern", 0) < (0)) __PYX_ERR(0, 586, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 1; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("pattern", 1, 1, 1, i); __PYX_ERR(0, 594, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("pattern", 1, 1, 1, i); __PYX_ERR(0, 586, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 1)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 594, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 586, __pyx_L3_error)
     }
     __pyx_v_cols = ((PyArrayObject *)values[0]);
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("pattern", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 594, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("pattern", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 586, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -32167,8 +31817,8 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   __Pyx_RefNannyFinishContext();
   return NULL;
   __pyx_L4_argument_unpacking_done:;
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_cols), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "cols", 0))) __PYX_ERR(0, 594, __pyx_L1_error)
-  __pyx_r = __pyx_pf_6jacext_5_tape_4Tape_28pattern(((struct __pyx_obj_6jacext_5_tape_Tape *)__pyx_v_self), __pyx_v_cols);
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_cols), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "cols", 0))) __PYX_ERR(0, 586, __pyx_L1_error)
+  __pyx_r = __pyx_pf_6jacext_5_tape_4Tape_26pattern(((struct __pyx_obj_6jacext_5_tape_Tape *)__pyx_v_self), __pyx_v_cols);
 
   /* function exit code */
   goto __pyx_L0;
@@ -32187,7 +31837,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   return __pyx_r;
 }
 
-static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28pattern(struct __pyx_obj_6jacext_5_tape_Tape *__pyx_v_self, PyArrayObject *__pyx_v_cols) {
+static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26pattern(struct __pyx_obj_6jacext_5_tape_Tape *__pyx_v_self, PyArrayObject *__pyx_v_cols) {
   PyArrayObject *__pyx_v_col_of_input = 0;
   int32_t *__pyx_v_indptr;
   int32_t *__pyx_v_indices;
@@ -32228,7 +31878,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28pattern(struct __pyx_obj_6jacex
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("pattern", 0);
 
-  /* "jacext/_tape.pyx":597
+  /* "jacext/_tape.pyx":589
  *         """(indptr, indices), int32 and read-only: the exact structural pattern of the
  *         outputs with respect to the inputs ``cols`` (column k is input cols[k])."""
  *         cdef cnp.ndarray col_of_input = np.full(max(self.t.n_in, 1), -1, dtype=np.int32)             # <<<<<<<<<<<<<<
@@ -32236,9 +31886,9 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28pattern(struct __pyx_obj_6jacex
  *         cdef int32_t *indices = NULL
 */
   __pyx_t_2 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 597, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 589, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_full); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 597, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_full); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 589, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
 
@@ -32255,12 +31905,12 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28pattern(struct __pyx_obj_6jacex
     __pyx_t_7 = __pyx_t_6;
   }
 
-  __pyx_t_3 = __Pyx_PyLong_From_long(__pyx_t_7); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 597, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_From_long(__pyx_t_7); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 589, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
 
-  __Pyx_GetModuleGlobalName(__pyx_t_9, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 597, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_9, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 589, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_9);
-  __pyx_t_10 = __Pyx_PyObject_GetAttrStr(__pyx_t_9, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 597, __pyx_L1_error)
+  __pyx_t_10 = __Pyx_PyObject_GetAttrStr(__pyx_t_9, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 589, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_10);
   __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
   #if CYTHON_VECTORCALL
@@ -32281,13 +31931,13 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28pattern(struct __pyx_obj_6jacex
     PyObject *__pyx_callargs[4] = {__pyx_t_2, __pyx_t_3, __pyx_mstate_global->__pyx_int_neg_1, __pyx_t_10};
     #if CYTHON_VECTORCALL
     __pyx_t_9 = __pyx_mstate_global->__pyx_tuple[5];
-    if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 597, __pyx_L1_error)
+    if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 589, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_9);
     #else
     {
       PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
       __pyx_t_9 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+3, 1);
-      if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 597, __pyx_L1_error)
+      if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 589, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_9);
     }
     #endif
@@ -32299,14 +31949,14 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28pattern(struct __pyx_obj_6jacex
     __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
     __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 597, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 589, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
-  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 597, __pyx_L1_error)
+  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 589, __pyx_L1_error)
   __pyx_v_col_of_input = ((PyArrayObject *)__pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "jacext/_tape.pyx":598
+  /* "jacext/_tape.pyx":590
  *         outputs with respect to the inputs ``cols`` (column k is input cols[k])."""
  *         cdef cnp.ndarray col_of_input = np.full(max(self.t.n_in, 1), -1, dtype=np.int32)
  *         cdef int32_t *indptr = NULL             # <<<<<<<<<<<<<<
@@ -32315,7 +31965,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28pattern(struct __pyx_obj_6jacex
 */
   __pyx_v_indptr = NULL;
 
-  /* "jacext/_tape.pyx":599
+  /* "jacext/_tape.pyx":591
  *         cdef cnp.ndarray col_of_input = np.full(max(self.t.n_in, 1), -1, dtype=np.int32)
  *         cdef int32_t *indptr = NULL
  *         cdef int32_t *indices = NULL             # <<<<<<<<<<<<<<
@@ -32324,17 +31974,17 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28pattern(struct __pyx_obj_6jacex
 */
   __pyx_v_indices = NULL;
 
-  /* "jacext/_tape.pyx":601
+  /* "jacext/_tape.pyx":593
  *         cdef int32_t *indices = NULL
  *         cdef int st
  *         _check_columns(cols, self.t.n_in)             # <<<<<<<<<<<<<<
  *         col_of_input[cols] = np.arange(cols.shape[0], dtype=np.int32)
  *         with nogil:
 */
-  __pyx_t_12 = __pyx_f_6jacext_5_tape__check_columns(__pyx_v_cols, __pyx_v_self->t.n_in); if (unlikely(__pyx_t_12 == ((int)-1))) __PYX_ERR(0, 601, __pyx_L1_error)
+  __pyx_t_12 = __pyx_f_6jacext_5_tape__check_columns(__pyx_v_cols, __pyx_v_self->t.n_in); if (unlikely(__pyx_t_12 == ((int)-1))) __PYX_ERR(0, 593, __pyx_L1_error)
 
 
-  /* "jacext/_tape.pyx":602
+  /* "jacext/_tape.pyx":594
  *         cdef int st
  *         _check_columns(cols, self.t.n_in)
  *         col_of_input[cols] = np.arange(cols.shape[0], dtype=np.int32)             # <<<<<<<<<<<<<<
@@ -32342,16 +31992,16 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28pattern(struct __pyx_obj_6jacex
  *             st = jx_sparsity(&self.t, <const int32_t *>cnp.PyArray_DATA(col_of_input),
 */
   __pyx_t_4 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_9, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 602, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_9, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 594, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_9);
-  __pyx_t_10 = __Pyx_PyObject_GetAttrStr(__pyx_t_9, __pyx_mstate_global->__pyx_n_u_arange); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 602, __pyx_L1_error)
+  __pyx_t_10 = __Pyx_PyObject_GetAttrStr(__pyx_t_9, __pyx_mstate_global->__pyx_n_u_arange); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 594, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_10);
   __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
-  __pyx_t_9 = __Pyx_PyLong_From_npy_intp((__pyx_f_5numpy_7ndarray_5shape___get__(__pyx_v_cols)[0])); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 602, __pyx_L1_error)
+  __pyx_t_9 = __Pyx_PyLong_From_npy_intp((__pyx_f_5numpy_7ndarray_5shape___get__(__pyx_v_cols)[0])); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 594, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_9);
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 602, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 594, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 602, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 594, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   #if CYTHON_VECTORCALL
@@ -32372,13 +32022,13 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28pattern(struct __pyx_obj_6jacex
     PyObject *__pyx_callargs[3] = {__pyx_t_4, __pyx_t_9, __pyx_t_2};
     #if CYTHON_VECTORCALL
     __pyx_t_3 = __pyx_mstate_global->__pyx_tuple[5];
-    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 602, __pyx_L1_error)
+    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 594, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_3);
     #else
     {
       PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
       __pyx_t_3 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 1);
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 602, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 594, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     #endif
@@ -32390,13 +32040,13 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28pattern(struct __pyx_obj_6jacex
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
     __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 602, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 594, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
-  if (unlikely((PyObject_SetItem(((PyObject *)__pyx_v_col_of_input), ((PyObject *)__pyx_v_cols), __pyx_t_1) < 0))) __PYX_ERR(0, 602, __pyx_L1_error)
+  if (unlikely((PyObject_SetItem(((PyObject *)__pyx_v_col_of_input), ((PyObject *)__pyx_v_cols), __pyx_t_1) < 0))) __PYX_ERR(0, 594, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
-  /* "jacext/_tape.pyx":603
+  /* "jacext/_tape.pyx":595
  *         _check_columns(cols, self.t.n_in)
  *         col_of_input[cols] = np.arange(cols.shape[0], dtype=np.int32)
  *         with nogil:             # <<<<<<<<<<<<<<
@@ -32409,7 +32059,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28pattern(struct __pyx_obj_6jacex
       __Pyx_FastGIL_Remember();
       /*try:*/ {
 
-        /* "jacext/_tape.pyx":604
+        /* "jacext/_tape.pyx":596
  *         col_of_input[cols] = np.arange(cols.shape[0], dtype=np.int32)
  *         with nogil:
  *             st = jx_sparsity(&self.t, <const int32_t *>cnp.PyArray_DATA(col_of_input),             # <<<<<<<<<<<<<<
@@ -32419,7 +32069,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28pattern(struct __pyx_obj_6jacex
         __pyx_v_st = jx_sparsity((&__pyx_v_self->t), ((int32_t const *)PyArray_DATA(__pyx_v_col_of_input)), (&__pyx_v_indptr), (&__pyx_v_indices));
       }
 
-      /* "jacext/_tape.pyx":603
+      /* "jacext/_tape.pyx":595
  *         _check_columns(cols, self.t.n_in)
  *         col_of_input[cols] = np.arange(cols.shape[0], dtype=np.int32)
  *         with nogil:             # <<<<<<<<<<<<<<
@@ -32436,17 +32086,17 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28pattern(struct __pyx_obj_6jacex
       }
   }
 
-  /* "jacext/_tape.pyx":606
+  /* "jacext/_tape.pyx":598
  *             st = jx_sparsity(&self.t, <const int32_t *>cnp.PyArray_DATA(col_of_input),
  *                              &indptr, &indices)
  *         raise_status(st)             # <<<<<<<<<<<<<<
  *         n_out = self.t.n_out
  *         try:
 */
-  __pyx_t_12 = __pyx_f_6jacext_5_tape_raise_status(__pyx_v_st); if (unlikely(__pyx_t_12 == ((int)-1))) __PYX_ERR(0, 606, __pyx_L1_error)
+  __pyx_t_12 = __pyx_f_6jacext_5_tape_raise_status(__pyx_v_st); if (unlikely(__pyx_t_12 == ((int)-1))) __PYX_ERR(0, 598, __pyx_L1_error)
 
 
-  /* "jacext/_tape.pyx":607
+  /* "jacext/_tape.pyx":599
  *                              &indptr, &indices)
  *         raise_status(st)
  *         n_out = self.t.n_out             # <<<<<<<<<<<<<<
@@ -32457,7 +32107,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28pattern(struct __pyx_obj_6jacex
 
   __pyx_v_n_out = __pyx_t_6;
 
-  /* "jacext/_tape.pyx":608
+  /* "jacext/_tape.pyx":600
  *         raise_status(st)
  *         n_out = self.t.n_out
  *         try:             # <<<<<<<<<<<<<<
@@ -32466,7 +32116,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28pattern(struct __pyx_obj_6jacex
 */
   /*try:*/ {
 
-    /* "jacext/_tape.pyx":609
+    /* "jacext/_tape.pyx":601
  *         n_out = self.t.n_out
  *         try:
  *             ptr = np.asarray(<int32_t[:n_out + 1]>indptr).copy()             # <<<<<<<<<<<<<<
@@ -32474,25 +32124,25 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28pattern(struct __pyx_obj_6jacex
  *             idx = (np.asarray(<int32_t[:nnz]>indices).copy() if nnz
 */
     __pyx_t_2 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_9, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 609, __pyx_L7_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_9, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 601, __pyx_L7_error)
     __Pyx_GOTREF(__pyx_t_9);
-    __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_9, __pyx_mstate_global->__pyx_n_u_asarray); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 609, __pyx_L7_error)
+    __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_9, __pyx_mstate_global->__pyx_n_u_asarray); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 601, __pyx_L7_error)
     __Pyx_GOTREF(__pyx_t_4);
     __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
     if (!__pyx_v_indptr) {
       PyErr_SetString(PyExc_ValueError,"Cannot create cython.array from NULL pointer");
-      __PYX_ERR(0, 609, __pyx_L7_error)
+      __PYX_ERR(0, 601, __pyx_L7_error)
     }
-    __pyx_t_14 = __pyx_format_from_typeinfo(&__Pyx_TypeInfo_nn_int32_t); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 609, __pyx_L7_error)
+    __pyx_t_14 = __pyx_format_from_typeinfo(&__Pyx_TypeInfo_nn_int32_t); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 601, __pyx_L7_error)
     __Pyx_GOTREF(__pyx_t_14);
-    __pyx_t_9 = Py_BuildValue("("  __PYX_BUILD_PY_SSIZE_T  ")", ((Py_ssize_t)(__pyx_v_n_out + 1))); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 609, __pyx_L7_error)
+    __pyx_t_9 = Py_BuildValue("("  __PYX_BUILD_PY_SSIZE_T  ")", ((Py_ssize_t)(__pyx_v_n_out + 1))); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 601, __pyx_L7_error)
     __Pyx_GOTREF(__pyx_t_9);
     #if CYTHON_COMPILING_IN_LIMITED_API
-    __pyx_t_15 = PyBytes_AsString(__pyx_t_14); if (unlikely(!__pyx_t_15)) __PYX_ERR(0, 609, __pyx_L7_error)
+    __pyx_t_15 = PyBytes_AsString(__pyx_t_14); if (unlikely(!__pyx_t_15)) __PYX_ERR(0, 601, __pyx_L7_error)
     #else
     __pyx_t_15 = PyBytes_AS_STRING(__pyx_t_14);
     #endif
-    __pyx_t_13 = __pyx_array_new(__pyx_t_9, sizeof(int32_t), __pyx_t_15, "c", (char *) __pyx_v_indptr); if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 609, __pyx_L7_error)
+    __pyx_t_13 = __pyx_array_new(__pyx_t_9, sizeof(int32_t), __pyx_t_15, "c", (char *) __pyx_v_indptr); if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 601, __pyx_L7_error)
     __Pyx_GOTREF((PyObject *)__pyx_t_13);
     __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
     __Pyx_DECREF(__pyx_t_14); __pyx_t_14 = 0;
@@ -32514,7 +32164,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28pattern(struct __pyx_obj_6jacex
       __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
       __Pyx_DECREF((PyObject *)__pyx_t_13); __pyx_t_13 = 0;
       __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 609, __pyx_L7_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 601, __pyx_L7_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     __pyx_t_10 = __pyx_t_3;
@@ -32525,28 +32175,28 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28pattern(struct __pyx_obj_6jacex
       __pyx_t_1 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_copy, __pyx_callargs+__pyx_t_11, (1-__pyx_t_11) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_10); __pyx_t_10 = 0;
       __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 609, __pyx_L7_error)
+      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 601, __pyx_L7_error)
       __Pyx_GOTREF(__pyx_t_1);
     }
     __pyx_v_ptr = __pyx_t_1;
     __pyx_t_1 = 0;
 
-    /* "jacext/_tape.pyx":610
+    /* "jacext/_tape.pyx":602
  *         try:
  *             ptr = np.asarray(<int32_t[:n_out + 1]>indptr).copy()
  *             nnz = int(ptr[n_out])             # <<<<<<<<<<<<<<
  *             idx = (np.asarray(<int32_t[:nnz]>indices).copy() if nnz
  *                    else np.zeros(0, dtype=np.int32))
 */
-    __pyx_t_1 = __Pyx_GetItemInt(__pyx_v_ptr, __pyx_v_n_out, int32_t, 1, __Pyx_PyLong_From_int32_t, 1, 1, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 610, __pyx_L7_error)
+    __pyx_t_1 = __Pyx_GetItemInt(__pyx_v_ptr, __pyx_v_n_out, int32_t, 1, __Pyx_PyLong_From_int32_t, 1, 1, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 602, __pyx_L7_error)
     __Pyx_GOTREF(__pyx_t_1);
-    __pyx_t_3 = __Pyx_PyNumber_Int(__pyx_t_1); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 610, __pyx_L7_error)
+    __pyx_t_3 = __Pyx_PyNumber_Int(__pyx_t_1); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 602, __pyx_L7_error)
     __Pyx_GOTREF(__pyx_t_3);
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
     __pyx_v_nnz = ((PyObject*)__pyx_t_3);
     __pyx_t_3 = 0;
 
-    /* "jacext/_tape.pyx":611
+    /* "jacext/_tape.pyx":603
  *             ptr = np.asarray(<int32_t[:n_out + 1]>indptr).copy()
  *             nnz = int(ptr[n_out])
  *             idx = (np.asarray(<int32_t[:nnz]>indices).copy() if nnz             # <<<<<<<<<<<<<<
@@ -32555,33 +32205,33 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28pattern(struct __pyx_obj_6jacex
 */
     {
       Py_ssize_t __pyx_temp = __Pyx_PyLong_IsNonZero(__pyx_v_nnz);
-      if (unlikely(((!CYTHON_USE_PYLONG_INTERNALS) && __pyx_temp < 0))) __PYX_ERR(0, 611, __pyx_L7_error)
+      if (unlikely(((!CYTHON_USE_PYLONG_INTERNALS) && __pyx_temp < 0))) __PYX_ERR(0, 603, __pyx_L7_error)
       __pyx_t_8 = (__pyx_temp != 0);
     }
 
     if (__pyx_t_8) {
       __pyx_t_2 = NULL;
-      __Pyx_GetModuleGlobalName(__pyx_t_14, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 611, __pyx_L7_error)
+      __Pyx_GetModuleGlobalName(__pyx_t_14, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 603, __pyx_L7_error)
       __Pyx_GOTREF(__pyx_t_14);
-      __pyx_t_9 = __Pyx_PyObject_GetAttrStr(__pyx_t_14, __pyx_mstate_global->__pyx_n_u_asarray); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 611, __pyx_L7_error)
+      __pyx_t_9 = __Pyx_PyObject_GetAttrStr(__pyx_t_14, __pyx_mstate_global->__pyx_n_u_asarray); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 603, __pyx_L7_error)
       __Pyx_GOTREF(__pyx_t_9);
       __Pyx_DECREF(__pyx_t_14); __pyx_t_14 = 0;
-      if (unlikely(!__pyx_v_nnz)) { __Pyx_RaiseUnboundLocalError("nnz"); __PYX_ERR(0, 611, __pyx_L7_error) }
-      __pyx_t_16 = __Pyx_PyIndex_AsSsize_t(__pyx_v_nnz); if (unlikely((__pyx_t_16 == (Py_ssize_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 611, __pyx_L7_error)
+      if (unlikely(!__pyx_v_nnz)) { __Pyx_RaiseUnboundLocalError("nnz"); __PYX_ERR(0, 603, __pyx_L7_error) }
+      __pyx_t_16 = __Pyx_PyIndex_AsSsize_t(__pyx_v_nnz); if (unlikely((__pyx_t_16 == (Py_ssize_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 603, __pyx_L7_error)
       if (!__pyx_v_indices) {
         PyErr_SetString(PyExc_ValueError,"Cannot create cython.array from NULL pointer");
-        __PYX_ERR(0, 611, __pyx_L7_error)
+        __PYX_ERR(0, 603, __pyx_L7_error)
       }
-      __pyx_t_17 = __pyx_format_from_typeinfo(&__Pyx_TypeInfo_nn_int32_t); if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 611, __pyx_L7_error)
+      __pyx_t_17 = __pyx_format_from_typeinfo(&__Pyx_TypeInfo_nn_int32_t); if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 603, __pyx_L7_error)
       __Pyx_GOTREF(__pyx_t_17);
-      __pyx_t_14 = Py_BuildValue("("  __PYX_BUILD_PY_SSIZE_T  ")", ((Py_ssize_t)__pyx_t_16)); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 611, __pyx_L7_error)
+      __pyx_t_14 = Py_BuildValue("("  __PYX_BUILD_PY_SSIZE_T  ")", ((Py_ssize_t)__pyx_t_16)); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 603, __pyx_L7_error)
       __Pyx_GOTREF(__pyx_t_14);
       #if CYTHON_COMPILING_IN_LIMITED_API
-      __pyx_t_15 = PyBytes_AsString(__pyx_t_17); if (unlikely(!__pyx_t_15)) __PYX_ERR(0, 611, __pyx_L7_error)
+      __pyx_t_15 = PyBytes_AsString(__pyx_t_17); if (unlikely(!__pyx_t_15)) __PYX_ERR(0, 603, __pyx_L7_error)
       #else
       __pyx_t_15 = PyBytes_AS_STRING(__pyx_t_17);
       #endif
-      __pyx_t_13 = __pyx_array_new(__pyx_t_14, sizeof(int32_t), __pyx_t_15, "c", (char *) __pyx_v_indices); if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 611, __pyx_L7_error)
+      __pyx_t_13 = __pyx_array_new(__pyx_t_14, sizeof(int32_t), __pyx_t_15, "c", (char *) __pyx_v_indices); if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 603, __pyx_L7_error)
       __Pyx_GOTREF((PyObject *)__pyx_t_13);
       __Pyx_DECREF(__pyx_t_14); __pyx_t_14 = 0;
       __Pyx_DECREF(__pyx_t_17); __pyx_t_17 = 0;
@@ -32604,7 +32254,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28pattern(struct __pyx_obj_6jacex
         __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
         __Pyx_DECREF((PyObject *)__pyx_t_13); __pyx_t_13 = 0;
         __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
-        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 611, __pyx_L7_error)
+        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 603, __pyx_L7_error)
         __Pyx_GOTREF(__pyx_t_4);
       }
       __pyx_t_10 = __pyx_t_4;
@@ -32615,14 +32265,14 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28pattern(struct __pyx_obj_6jacex
         __pyx_t_1 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_copy, __pyx_callargs+__pyx_t_11, (1-__pyx_t_11) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
         __Pyx_XDECREF(__pyx_t_10); __pyx_t_10 = 0;
         __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-        if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 611, __pyx_L7_error)
+        if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 603, __pyx_L7_error)
         __Pyx_GOTREF(__pyx_t_1);
       }
       __pyx_t_3 = __pyx_t_1;
       __pyx_t_1 = 0;
     } else {
 
-      /* "jacext/_tape.pyx":612
+      /* "jacext/_tape.pyx":604
  *             nnz = int(ptr[n_out])
  *             idx = (np.asarray(<int32_t[:nnz]>indices).copy() if nnz
  *                    else np.zeros(0, dtype=np.int32))             # <<<<<<<<<<<<<<
@@ -32630,14 +32280,14 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28pattern(struct __pyx_obj_6jacex
  *             free(indptr)
 */
       __pyx_t_4 = NULL;
-      __Pyx_GetModuleGlobalName(__pyx_t_10, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 612, __pyx_L7_error)
+      __Pyx_GetModuleGlobalName(__pyx_t_10, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 604, __pyx_L7_error)
       __Pyx_GOTREF(__pyx_t_10);
-      __pyx_t_9 = __Pyx_PyObject_GetAttrStr(__pyx_t_10, __pyx_mstate_global->__pyx_n_u_zeros); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 612, __pyx_L7_error)
+      __pyx_t_9 = __Pyx_PyObject_GetAttrStr(__pyx_t_10, __pyx_mstate_global->__pyx_n_u_zeros); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 604, __pyx_L7_error)
       __Pyx_GOTREF(__pyx_t_9);
       __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
-      __Pyx_GetModuleGlobalName(__pyx_t_10, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 612, __pyx_L7_error)
+      __Pyx_GetModuleGlobalName(__pyx_t_10, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 604, __pyx_L7_error)
       __Pyx_GOTREF(__pyx_t_10);
-      __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_10, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 612, __pyx_L7_error)
+      __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_10, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 604, __pyx_L7_error)
       __Pyx_GOTREF(__pyx_t_2);
       __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
       #if CYTHON_VECTORCALL
@@ -32658,13 +32308,13 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28pattern(struct __pyx_obj_6jacex
         PyObject *__pyx_callargs[3] = {__pyx_t_4, __pyx_mstate_global->__pyx_int_0, __pyx_t_2};
         #if CYTHON_VECTORCALL
         __pyx_t_10 = __pyx_mstate_global->__pyx_tuple[5];
-        if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 612, __pyx_L7_error)
+        if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 604, __pyx_L7_error)
         __Pyx_INCREF(__pyx_t_10);
         #else
         {
           PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
           __pyx_t_10 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 1);
-          if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 612, __pyx_L7_error)
+          if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 604, __pyx_L7_error)
           __Pyx_GOTREF(__pyx_t_10);
         }
         #endif
@@ -32675,7 +32325,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28pattern(struct __pyx_obj_6jacex
         __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
         __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
         __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
-        if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 612, __pyx_L7_error)
+        if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 604, __pyx_L7_error)
         __Pyx_GOTREF(__pyx_t_1);
       }
       __pyx_t_3 = __pyx_t_1;
@@ -32686,7 +32336,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28pattern(struct __pyx_obj_6jacex
     __pyx_t_3 = 0;
   }
 
-  /* "jacext/_tape.pyx":614
+  /* "jacext/_tape.pyx":606
  *                    else np.zeros(0, dtype=np.int32))
  *         finally:
  *             free(indptr)             # <<<<<<<<<<<<<<
@@ -32697,7 +32347,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28pattern(struct __pyx_obj_6jacex
     /*normal exit:*/{
       free(__pyx_v_indptr);
 
-      /* "jacext/_tape.pyx":615
+      /* "jacext/_tape.pyx":607
  *         finally:
  *             free(indptr)
  *             free(indices)             # <<<<<<<<<<<<<<
@@ -32732,7 +32382,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28pattern(struct __pyx_obj_6jacex
       __pyx_t_12 = __pyx_lineno; __pyx_t_18 = __pyx_clineno; __pyx_t_19 = __pyx_filename;
       {
 
-        /* "jacext/_tape.pyx":614
+        /* "jacext/_tape.pyx":606
  *                    else np.zeros(0, dtype=np.int32))
  *         finally:
  *             free(indptr)             # <<<<<<<<<<<<<<
@@ -32741,7 +32391,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28pattern(struct __pyx_obj_6jacex
 */
         free(__pyx_v_indptr);
 
-        /* "jacext/_tape.pyx":615
+        /* "jacext/_tape.pyx":607
  *         finally:
  *             free(indptr)
  *             free(indices)             # <<<<<<<<<<<<<<
@@ -32765,7 +32415,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28pattern(struct __pyx_obj_6jacex
     __pyx_L8:;
   }
 
-  /* "jacext/_tape.pyx":616
+  /* "jacext/_tape.pyx":608
  *             free(indptr)
  *             free(indices)
  *         ptr.setflags(write=False)             # <<<<<<<<<<<<<<
@@ -32781,13 +32431,13 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28pattern(struct __pyx_obj_6jacex
     PyObject *__pyx_callargs[2] = {__pyx_t_1, Py_False};
     #if CYTHON_VECTORCALL
     __pyx_t_9 = __pyx_mstate_global->__pyx_tuple[3];
-    if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 616, __pyx_L1_error)
+    if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 608, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_9);
     #else
     {
       PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_write};
       __pyx_t_9 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+1, 1);
-      if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 616, __pyx_L1_error)
+      if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 608, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_9);
     }
     #endif
@@ -32796,12 +32446,12 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28pattern(struct __pyx_obj_6jacex
     #if CYTHON_VECTORCALL
     #endif
     __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
-    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 616, __pyx_L1_error)
+    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 608, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
   }
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
 
-  /* "jacext/_tape.pyx":617
+  /* "jacext/_tape.pyx":609
  *             free(indices)
  *         ptr.setflags(write=False)
  *         idx.setflags(write=False)             # <<<<<<<<<<<<<<
@@ -32817,13 +32467,13 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28pattern(struct __pyx_obj_6jacex
     PyObject *__pyx_callargs[2] = {__pyx_t_9, Py_False};
     #if CYTHON_VECTORCALL
     __pyx_t_1 = __pyx_mstate_global->__pyx_tuple[3];
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 617, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 609, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_1);
     #else
     {
       PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_write};
       __pyx_t_1 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+1, 1);
-      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 617, __pyx_L1_error)
+      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 609, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_1);
     }
     #endif
@@ -32832,26 +32482,26 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28pattern(struct __pyx_obj_6jacex
     #if CYTHON_VECTORCALL
     #endif
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 617, __pyx_L1_error)
+    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 609, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
   }
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
 
-  /* "jacext/_tape.pyx":618
+  /* "jacext/_tape.pyx":610
  *         ptr.setflags(write=False)
  *         idx.setflags(write=False)
  *         return ptr, idx             # <<<<<<<<<<<<<<
  * 
  *     def cones(self, budget, row_ptr, nz_input):
 */
-  __pyx_t_3 = PyTuple_New(2); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 618, __pyx_L1_error)
+  __pyx_t_3 = PyTuple_New(2); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 610, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __Pyx_INCREF(__pyx_v_ptr);
   __Pyx_GIVEREF(__pyx_v_ptr);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 0, __pyx_v_ptr) != (0)) __PYX_ERR(0, 618, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 0, __pyx_v_ptr) != (0)) __PYX_ERR(0, 610, __pyx_L1_error);
   __Pyx_INCREF(__pyx_v_idx);
   __Pyx_GIVEREF(__pyx_v_idx);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 1, __pyx_v_idx) != (0)) __PYX_ERR(0, 618, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 1, __pyx_v_idx) != (0)) __PYX_ERR(0, 610, __pyx_L1_error);
   {
     PyObject *__pyx_temp;
     {
@@ -32863,7 +32513,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28pattern(struct __pyx_obj_6jacex
   __pyx_t_3 = 0;
   goto __pyx_L0;
 
-  /* "jacext/_tape.pyx":594
+  /* "jacext/_tape.pyx":586
  *     # ---- sparsity ----
  * 
  *     def pattern(self, cnp.ndarray cols):             # <<<<<<<<<<<<<<
@@ -32898,7 +32548,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28pattern(struct __pyx_obj_6jacex
   return __pyx_r;
 }
 
-/* "jacext/_tape.pyx":620
+/* "jacext/_tape.pyx":612
  *         return ptr, idx
  * 
  *     def cones(self, budget, row_ptr, nz_input):             # <<<<<<<<<<<<<<
@@ -32907,16 +32557,16 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28pattern(struct __pyx_obj_6jacex
 */
 
 /* Python wrapper */
-static PyObject *__pyx_pw_6jacext_5_tape_4Tape_31cones(PyObject *__pyx_v_self, 
+static PyObject *__pyx_pw_6jacext_5_tape_4Tape_29cones(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
 PyObject *__pyx_args, PyObject *__pyx_kwds
 #endif
 ); /*proto*/
-PyDoc_STRVAR(__pyx_doc_6jacext_5_tape_4Tape_30cones, "Tape.cones(self, budget, row_ptr, nz_input)\n\nThe dependency cone of every output (the instructions its value depends on, last\nfirst) for :meth:`cones_jacobian`, with the pattern they fill (CSR ``row_ptr`` and\neach nonzero\047s input index ``nz_input``): a :class:`Cones`, or None when the cones\npass ``budget`` entries.");
-static PyMethodDef __pyx_mdef_6jacext_5_tape_4Tape_31cones = {"cones", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6jacext_5_tape_4Tape_31cones, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6jacext_5_tape_4Tape_30cones};
-static PyObject *__pyx_pw_6jacext_5_tape_4Tape_31cones(PyObject *__pyx_v_self, 
+PyDoc_STRVAR(__pyx_doc_6jacext_5_tape_4Tape_28cones, "Tape.cones(self, budget, row_ptr, nz_input)\n\nThe dependency cone of every output (the instructions its value depends on, last\nfirst) for :meth:`cones_jacobian`, with the pattern they fill (CSR ``row_ptr`` and\neach nonzero\047s input index ``nz_input``): a :class:`Cones`, or None when the cones\npass ``budget`` entries.");
+static PyMethodDef __pyx_mdef_6jacext_5_tape_4Tape_29cones = {"cones", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6jacext_5_tape_4Tape_29cones, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6jacext_5_tape_4Tape_28cones};
+static PyObject *__pyx_pw_6jacext_5_tape_4Tape_29cones(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
@@ -32948,38 +32598,38 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_budget,&__pyx_mstate_global->__pyx_n_u_row_ptr,&__pyx_mstate_global->__pyx_n_u_nz_input,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 620, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 612, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 620, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 612, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 620, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 612, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 620, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 612, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "cones", 0) < (0)) __PYX_ERR(0, 620, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "cones", 0) < (0)) __PYX_ERR(0, 612, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 3; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("cones", 1, 3, 3, i); __PYX_ERR(0, 620, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("cones", 1, 3, 3, i); __PYX_ERR(0, 612, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 3)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 620, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 612, __pyx_L3_error)
       values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 620, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 612, __pyx_L3_error)
       values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 620, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 612, __pyx_L3_error)
     }
     __pyx_v_budget = values[0];
     __pyx_v_row_ptr = values[1];
@@ -32987,7 +32637,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("cones", 1, 3, 3, __pyx_nargs); __PYX_ERR(0, 620, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("cones", 1, 3, 3, __pyx_nargs); __PYX_ERR(0, 612, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -32998,7 +32648,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   __Pyx_RefNannyFinishContext();
   return NULL;
   __pyx_L4_argument_unpacking_done:;
-  __pyx_r = __pyx_pf_6jacext_5_tape_4Tape_30cones(((struct __pyx_obj_6jacext_5_tape_Tape *)__pyx_v_self), __pyx_v_budget, __pyx_v_row_ptr, __pyx_v_nz_input);
+  __pyx_r = __pyx_pf_6jacext_5_tape_4Tape_28cones(((struct __pyx_obj_6jacext_5_tape_Tape *)__pyx_v_self), __pyx_v_budget, __pyx_v_row_ptr, __pyx_v_nz_input);
 
   /* function exit code */
   for (Py_ssize_t __pyx_temp=0; __pyx_temp < (Py_ssize_t)(sizeof(values)/sizeof(values[0])); ++__pyx_temp) {
@@ -33008,7 +32658,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   return __pyx_r;
 }
 
-static PyObject *__pyx_pf_6jacext_5_tape_4Tape_30cones(struct __pyx_obj_6jacext_5_tape_Tape *__pyx_v_self, PyObject *__pyx_v_budget, PyObject *__pyx_v_row_ptr, PyObject *__pyx_v_nz_input) {
+static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28cones(struct __pyx_obj_6jacext_5_tape_Tape *__pyx_v_self, PyObject *__pyx_v_budget, PyObject *__pyx_v_row_ptr, PyObject *__pyx_v_nz_input) {
   int64_t *__pyx_v_ptr;
   int32_t *__pyx_v_cone;
   int64_t __pyx_v_limit;
@@ -33048,7 +32698,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_30cones(struct __pyx_obj_6jacext_
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("cones", 0);
 
-  /* "jacext/_tape.pyx":625
+  /* "jacext/_tape.pyx":617
  *         each nonzero's input index ``nz_input``): a :class:`Cones`, or None when the cones
  *         pass ``budget`` entries."""
  *         cdef int64_t *ptr = NULL             # <<<<<<<<<<<<<<
@@ -33057,7 +32707,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_30cones(struct __pyx_obj_6jacext_
 */
   __pyx_v_ptr = NULL;
 
-  /* "jacext/_tape.pyx":626
+  /* "jacext/_tape.pyx":618
  *         pass ``budget`` entries."""
  *         cdef int64_t *ptr = NULL
  *         cdef int32_t *cone = NULL             # <<<<<<<<<<<<<<
@@ -33066,7 +32716,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_30cones(struct __pyx_obj_6jacext_
 */
   __pyx_v_cone = NULL;
 
-  /* "jacext/_tape.pyx":627
+  /* "jacext/_tape.pyx":619
  *         cdef int64_t *ptr = NULL
  *         cdef int32_t *cone = NULL
  *         cdef int64_t limit = max(int(budget), 1)             # <<<<<<<<<<<<<<
@@ -33075,16 +32725,16 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_30cones(struct __pyx_obj_6jacext_
 */
 
   __pyx_t_1 = 1;
-  __pyx_t_2 = __Pyx_PyNumber_Int(__pyx_v_budget); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 627, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyNumber_Int(__pyx_v_budget); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 619, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_4 = __Pyx_PyLong_From_long(__pyx_t_1); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 627, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_From_long(__pyx_t_1); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 619, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_5 = __Pyx_PyObject_CompareBoolGt_int_int(__pyx_t_4, __pyx_t_2, Py_GT); if (unlikely((__pyx_t_5 < 0))) __PYX_ERR(0, 627, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyObject_CompareBoolGt_int_int(__pyx_t_4, __pyx_t_2, Py_GT); if (unlikely((__pyx_t_5 < 0))) __PYX_ERR(0, 619, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   if (__pyx_t_5) {
-    __pyx_t_4 = __Pyx_PyLong_From_long(__pyx_t_1); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 627, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_PyLong_From_long(__pyx_t_1); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 619, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
-    if (__Pyx_PyInt_FromNumber(&__pyx_t_4, NULL, 0) < (0)) __PYX_ERR(0, 627, __pyx_L1_error)
+    if (__Pyx_PyInt_FromNumber(&__pyx_t_4, NULL, 0) < (0)) __PYX_ERR(0, 619, __pyx_L1_error)
     __pyx_t_3 = __pyx_t_4;
     __pyx_t_4 = 0;
   } else {
@@ -33093,11 +32743,11 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_30cones(struct __pyx_obj_6jacext_
   }
 
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-  __pyx_t_6 = __Pyx_PyLong_As_int64_t(__pyx_t_3); if (unlikely((__pyx_t_6 == ((int64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 627, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_PyLong_As_int64_t(__pyx_t_3); if (unlikely((__pyx_t_6 == ((int64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 619, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   __pyx_v_limit = __pyx_t_6;
 
-  /* "jacext/_tape.pyx":629
+  /* "jacext/_tape.pyx":621
  *         cdef int64_t limit = max(int(budget), 1)
  *         cdef int st
  *         with nogil:             # <<<<<<<<<<<<<<
@@ -33110,7 +32760,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_30cones(struct __pyx_obj_6jacext_
       __Pyx_FastGIL_Remember();
       /*try:*/ {
 
-        /* "jacext/_tape.pyx":630
+        /* "jacext/_tape.pyx":622
  *         cdef int st
  *         with nogil:
  *             st = jx_cones(&self.t, limit, &ptr, &cone)             # <<<<<<<<<<<<<<
@@ -33120,7 +32770,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_30cones(struct __pyx_obj_6jacext_
         __pyx_v_st = jx_cones((&__pyx_v_self->t), __pyx_v_limit, (&__pyx_v_ptr), (&__pyx_v_cone));
       }
 
-      /* "jacext/_tape.pyx":629
+      /* "jacext/_tape.pyx":621
  *         cdef int64_t limit = max(int(budget), 1)
  *         cdef int st
  *         with nogil:             # <<<<<<<<<<<<<<
@@ -33137,7 +32787,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_30cones(struct __pyx_obj_6jacext_
       }
   }
 
-  /* "jacext/_tape.pyx":631
+  /* "jacext/_tape.pyx":623
  *         with nogil:
  *             st = jx_cones(&self.t, limit, &ptr, &cone)
  *         if st == JX_EARG:             # <<<<<<<<<<<<<<
@@ -33149,7 +32799,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_30cones(struct __pyx_obj_6jacext_
   if (__pyx_t_5) {
 
 
-    /* "jacext/_tape.pyx":632
+    /* "jacext/_tape.pyx":624
  *             st = jx_cones(&self.t, limit, &ptr, &cone)
  *         if st == JX_EARG:
  *             return None             # <<<<<<<<<<<<<<
@@ -33166,7 +32816,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_30cones(struct __pyx_obj_6jacext_
     }
     goto __pyx_L0;
 
-    /* "jacext/_tape.pyx":631
+    /* "jacext/_tape.pyx":623
  *         with nogil:
  *             st = jx_cones(&self.t, limit, &ptr, &cone)
  *         if st == JX_EARG:             # <<<<<<<<<<<<<<
@@ -33175,17 +32825,17 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_30cones(struct __pyx_obj_6jacext_
 */
   }
 
-  /* "jacext/_tape.pyx":633
+  /* "jacext/_tape.pyx":625
  *         if st == JX_EARG:
  *             return None
  *         raise_status(st)             # <<<<<<<<<<<<<<
  *         n_out = int(self.t.n_out)
  *         try:
 */
-  __pyx_t_7 = __pyx_f_6jacext_5_tape_raise_status(__pyx_v_st); if (unlikely(__pyx_t_7 == ((int)-1))) __PYX_ERR(0, 633, __pyx_L1_error)
+  __pyx_t_7 = __pyx_f_6jacext_5_tape_raise_status(__pyx_v_st); if (unlikely(__pyx_t_7 == ((int)-1))) __PYX_ERR(0, 625, __pyx_L1_error)
 
 
-  /* "jacext/_tape.pyx":634
+  /* "jacext/_tape.pyx":626
  *             return None
  *         raise_status(st)
  *         n_out = int(self.t.n_out)             # <<<<<<<<<<<<<<
@@ -33193,7 +32843,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_30cones(struct __pyx_obj_6jacext_
  *             p = np.asarray(<int64_t[:n_out + 1]>ptr).copy()
 */
   __pyx_t_2 = NULL;
-  __pyx_t_4 = __Pyx_PyLong_From_int32_t(__pyx_v_self->t.n_out); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 634, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_From_int32_t(__pyx_v_self->t.n_out); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 626, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __pyx_t_8 = 1;
   {
@@ -33201,13 +32851,13 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_30cones(struct __pyx_obj_6jacext_
     __pyx_t_3 = __Pyx_PyObject_FastCall((PyObject*)(&PyLong_Type), __pyx_callargs+__pyx_t_8, (2-__pyx_t_8) | (__pyx_t_8*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 634, __pyx_L1_error)
+    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 626, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
   }
   __pyx_v_n_out = ((PyObject*)__pyx_t_3);
   __pyx_t_3 = 0;
 
-  /* "jacext/_tape.pyx":635
+  /* "jacext/_tape.pyx":627
  *         raise_status(st)
  *         n_out = int(self.t.n_out)
  *         try:             # <<<<<<<<<<<<<<
@@ -33216,7 +32866,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_30cones(struct __pyx_obj_6jacext_
 */
   /*try:*/ {
 
-    /* "jacext/_tape.pyx":636
+    /* "jacext/_tape.pyx":628
  *         n_out = int(self.t.n_out)
  *         try:
  *             p = np.asarray(<int64_t[:n_out + 1]>ptr).copy()             # <<<<<<<<<<<<<<
@@ -33224,30 +32874,30 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_30cones(struct __pyx_obj_6jacext_
  *             c = (np.asarray(<int32_t[:total]>cone).copy() if total
 */
     __pyx_t_9 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_10, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 636, __pyx_L8_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_10, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 628, __pyx_L8_error)
     __Pyx_GOTREF(__pyx_t_10);
-    __pyx_t_11 = __Pyx_PyObject_GetAttrStr(__pyx_t_10, __pyx_mstate_global->__pyx_n_u_asarray); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 636, __pyx_L8_error)
+    __pyx_t_11 = __Pyx_PyObject_GetAttrStr(__pyx_t_10, __pyx_mstate_global->__pyx_n_u_asarray); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 628, __pyx_L8_error)
     __Pyx_GOTREF(__pyx_t_11);
     __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
-    if (unlikely(!__pyx_v_n_out)) { __Pyx_RaiseUnboundLocalError("n_out"); __PYX_ERR(0, 636, __pyx_L8_error) }
-    __pyx_t_10 = __Pyx_PyLong_AddObjC(__pyx_v_n_out, __pyx_mstate_global->__pyx_int_1, 1, 0, 0); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 636, __pyx_L8_error)
+    if (unlikely(!__pyx_v_n_out)) { __Pyx_RaiseUnboundLocalError("n_out"); __PYX_ERR(0, 628, __pyx_L8_error) }
+    __pyx_t_10 = __Pyx_PyLong_AddObjC(__pyx_v_n_out, __pyx_mstate_global->__pyx_int_1, 1, 0, 0); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 628, __pyx_L8_error)
     __Pyx_GOTREF(__pyx_t_10);
-    __pyx_t_12 = __Pyx_PyIndex_AsSsize_t(__pyx_t_10); if (unlikely((__pyx_t_12 == (Py_ssize_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 636, __pyx_L8_error)
+    __pyx_t_12 = __Pyx_PyIndex_AsSsize_t(__pyx_t_10); if (unlikely((__pyx_t_12 == (Py_ssize_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 628, __pyx_L8_error)
     __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
     if (!__pyx_v_ptr) {
       PyErr_SetString(PyExc_ValueError,"Cannot create cython.array from NULL pointer");
-      __PYX_ERR(0, 636, __pyx_L8_error)
+      __PYX_ERR(0, 628, __pyx_L8_error)
     }
-    __pyx_t_14 = __pyx_format_from_typeinfo(&__Pyx_TypeInfo_nn_int64_t); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 636, __pyx_L8_error)
+    __pyx_t_14 = __pyx_format_from_typeinfo(&__Pyx_TypeInfo_nn_int64_t); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 628, __pyx_L8_error)
     __Pyx_GOTREF(__pyx_t_14);
-    __pyx_t_10 = Py_BuildValue("("  __PYX_BUILD_PY_SSIZE_T  ")", ((Py_ssize_t)__pyx_t_12)); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 636, __pyx_L8_error)
+    __pyx_t_10 = Py_BuildValue("("  __PYX_BUILD_PY_SSIZE_T  ")", ((Py_ssize_t)__pyx_t_12)); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 628, __pyx_L8_error)
     __Pyx_GOTREF(__pyx_t_10);
     #if CYTHON_COMPILING_IN_LIMITED_API
-    __pyx_t_15 = PyBytes_AsString(__pyx_t_14); if (unlikely(!__pyx_t_15)) __PYX_ERR(0, 636, __pyx_L8_error)
+    __pyx_t_15 = PyBytes_AsString(__pyx_t_14); if (unlikely(!__pyx_t_15)) __PYX_ERR(0, 628, __pyx_L8_error)
     #else
     __pyx_t_15 = PyBytes_AS_STRING(__pyx_t_14);
     #endif
-    __pyx_t_13 = __pyx_array_new(__pyx_t_10, sizeof(int64_t), __pyx_t_15, "c", (char *) __pyx_v_ptr); if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 636, __pyx_L8_error)
+    __pyx_t_13 = __pyx_array_new(__pyx_t_10, sizeof(int64_t), __pyx_t_15, "c", (char *) __pyx_v_ptr); if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 628, __pyx_L8_error)
     __Pyx_GOTREF((PyObject *)__pyx_t_13);
     __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
     __Pyx_DECREF(__pyx_t_14); __pyx_t_14 = 0;
@@ -33270,7 +32920,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_30cones(struct __pyx_obj_6jacext_
       __Pyx_XDECREF(__pyx_t_9); __pyx_t_9 = 0;
       __Pyx_DECREF((PyObject *)__pyx_t_13); __pyx_t_13 = 0;
       __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 636, __pyx_L8_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 628, __pyx_L8_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
     __pyx_t_4 = __pyx_t_2;
@@ -33281,28 +32931,28 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_30cones(struct __pyx_obj_6jacext_
       __pyx_t_3 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_copy, __pyx_callargs+__pyx_t_8, (1-__pyx_t_8) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
       __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 636, __pyx_L8_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 628, __pyx_L8_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     __pyx_v_p = __pyx_t_3;
     __pyx_t_3 = 0;
 
-    /* "jacext/_tape.pyx":637
+    /* "jacext/_tape.pyx":629
  *         try:
  *             p = np.asarray(<int64_t[:n_out + 1]>ptr).copy()
  *             total = int(p[n_out])             # <<<<<<<<<<<<<<
  *             c = (np.asarray(<int32_t[:total]>cone).copy() if total
  *                  else np.zeros(1, dtype=np.int32))
 */
-    __pyx_t_3 = __Pyx_PyObject_GetItem(__pyx_v_p, __pyx_v_n_out); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 637, __pyx_L8_error)
+    __pyx_t_3 = __Pyx_PyObject_GetItem(__pyx_v_p, __pyx_v_n_out); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 629, __pyx_L8_error)
     __Pyx_GOTREF(__pyx_t_3);
-    __pyx_t_2 = __Pyx_PyNumber_Int(__pyx_t_3); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 637, __pyx_L8_error)
+    __pyx_t_2 = __Pyx_PyNumber_Int(__pyx_t_3); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 629, __pyx_L8_error)
     __Pyx_GOTREF(__pyx_t_2);
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
     __pyx_v_total = ((PyObject*)__pyx_t_2);
     __pyx_t_2 = 0;
 
-    /* "jacext/_tape.pyx":638
+    /* "jacext/_tape.pyx":630
  *             p = np.asarray(<int64_t[:n_out + 1]>ptr).copy()
  *             total = int(p[n_out])
  *             c = (np.asarray(<int32_t[:total]>cone).copy() if total             # <<<<<<<<<<<<<<
@@ -33311,33 +32961,33 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_30cones(struct __pyx_obj_6jacext_
 */
     {
       Py_ssize_t __pyx_temp = __Pyx_PyLong_IsNonZero(__pyx_v_total);
-      if (unlikely(((!CYTHON_USE_PYLONG_INTERNALS) && __pyx_temp < 0))) __PYX_ERR(0, 638, __pyx_L8_error)
+      if (unlikely(((!CYTHON_USE_PYLONG_INTERNALS) && __pyx_temp < 0))) __PYX_ERR(0, 630, __pyx_L8_error)
       __pyx_t_5 = (__pyx_temp != 0);
     }
 
     if (__pyx_t_5) {
       __pyx_t_9 = NULL;
-      __Pyx_GetModuleGlobalName(__pyx_t_14, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 638, __pyx_L8_error)
+      __Pyx_GetModuleGlobalName(__pyx_t_14, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 630, __pyx_L8_error)
       __Pyx_GOTREF(__pyx_t_14);
-      __pyx_t_10 = __Pyx_PyObject_GetAttrStr(__pyx_t_14, __pyx_mstate_global->__pyx_n_u_asarray); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 638, __pyx_L8_error)
+      __pyx_t_10 = __Pyx_PyObject_GetAttrStr(__pyx_t_14, __pyx_mstate_global->__pyx_n_u_asarray); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 630, __pyx_L8_error)
       __Pyx_GOTREF(__pyx_t_10);
       __Pyx_DECREF(__pyx_t_14); __pyx_t_14 = 0;
-      if (unlikely(!__pyx_v_total)) { __Pyx_RaiseUnboundLocalError("total"); __PYX_ERR(0, 638, __pyx_L8_error) }
-      __pyx_t_12 = __Pyx_PyIndex_AsSsize_t(__pyx_v_total); if (unlikely((__pyx_t_12 == (Py_ssize_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 638, __pyx_L8_error)
+      if (unlikely(!__pyx_v_total)) { __Pyx_RaiseUnboundLocalError("total"); __PYX_ERR(0, 630, __pyx_L8_error) }
+      __pyx_t_12 = __Pyx_PyIndex_AsSsize_t(__pyx_v_total); if (unlikely((__pyx_t_12 == (Py_ssize_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 630, __pyx_L8_error)
       if (!__pyx_v_cone) {
         PyErr_SetString(PyExc_ValueError,"Cannot create cython.array from NULL pointer");
-        __PYX_ERR(0, 638, __pyx_L8_error)
+        __PYX_ERR(0, 630, __pyx_L8_error)
       }
-      __pyx_t_16 = __pyx_format_from_typeinfo(&__Pyx_TypeInfo_nn_int32_t); if (unlikely(!__pyx_t_16)) __PYX_ERR(0, 638, __pyx_L8_error)
+      __pyx_t_16 = __pyx_format_from_typeinfo(&__Pyx_TypeInfo_nn_int32_t); if (unlikely(!__pyx_t_16)) __PYX_ERR(0, 630, __pyx_L8_error)
       __Pyx_GOTREF(__pyx_t_16);
-      __pyx_t_14 = Py_BuildValue("("  __PYX_BUILD_PY_SSIZE_T  ")", ((Py_ssize_t)__pyx_t_12)); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 638, __pyx_L8_error)
+      __pyx_t_14 = Py_BuildValue("("  __PYX_BUILD_PY_SSIZE_T  ")", ((Py_ssize_t)__pyx_t_12)); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 630, __pyx_L8_error)
       __Pyx_GOTREF(__pyx_t_14);
       #if CYTHON_COMPILING_IN_LIMITED_API
-      __pyx_t_15 = PyBytes_AsString(__pyx_t_16); if (unlikely(!__pyx_t_15)) __PYX_ERR(0, 638, __pyx_L8_error)
+      __pyx_t_15 = PyBytes_AsString(__pyx_t_16); if (unlikely(!__pyx_t_15)) __PYX_ERR(0, 630, __pyx_L8_error)
       #else
       __pyx_t_15 = PyBytes_AS_STRING(__pyx_t_16);
       #endif
-      __pyx_t_13 = __pyx_array_new(__pyx_t_14, sizeof(int32_t), __pyx_t_15, "c", (char *) __pyx_v_cone); if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 638, __pyx_L8_error)
+      __pyx_t_13 = __pyx_array_new(__pyx_t_14, sizeof(int32_t), __pyx_t_15, "c", (char *) __pyx_v_cone); if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 630, __pyx_L8_error)
       __Pyx_GOTREF((PyObject *)__pyx_t_13);
       __Pyx_DECREF(__pyx_t_14); __pyx_t_14 = 0;
       __Pyx_DECREF(__pyx_t_16); __pyx_t_16 = 0;
@@ -33360,7 +33010,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_30cones(struct __pyx_obj_6jacext_
         __Pyx_XDECREF(__pyx_t_9); __pyx_t_9 = 0;
         __Pyx_DECREF((PyObject *)__pyx_t_13); __pyx_t_13 = 0;
         __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
-        if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 638, __pyx_L8_error)
+        if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 630, __pyx_L8_error)
         __Pyx_GOTREF(__pyx_t_11);
       }
       __pyx_t_4 = __pyx_t_11;
@@ -33371,14 +33021,14 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_30cones(struct __pyx_obj_6jacext_
         __pyx_t_3 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_copy, __pyx_callargs+__pyx_t_8, (1-__pyx_t_8) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
         __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
         __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
-        if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 638, __pyx_L8_error)
+        if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 630, __pyx_L8_error)
         __Pyx_GOTREF(__pyx_t_3);
       }
       __pyx_t_2 = __pyx_t_3;
       __pyx_t_3 = 0;
     } else {
 
-      /* "jacext/_tape.pyx":639
+      /* "jacext/_tape.pyx":631
  *             total = int(p[n_out])
  *             c = (np.asarray(<int32_t[:total]>cone).copy() if total
  *                  else np.zeros(1, dtype=np.int32))             # <<<<<<<<<<<<<<
@@ -33386,14 +33036,14 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_30cones(struct __pyx_obj_6jacext_
  *             free(ptr)
 */
       __pyx_t_11 = NULL;
-      __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 639, __pyx_L8_error)
+      __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 631, __pyx_L8_error)
       __Pyx_GOTREF(__pyx_t_4);
-      __pyx_t_10 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_zeros); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 639, __pyx_L8_error)
+      __pyx_t_10 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_zeros); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 631, __pyx_L8_error)
       __Pyx_GOTREF(__pyx_t_10);
       __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-      __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 639, __pyx_L8_error)
+      __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 631, __pyx_L8_error)
       __Pyx_GOTREF(__pyx_t_4);
-      __pyx_t_9 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 639, __pyx_L8_error)
+      __pyx_t_9 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 631, __pyx_L8_error)
       __Pyx_GOTREF(__pyx_t_9);
       __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
       #if CYTHON_VECTORCALL
@@ -33414,13 +33064,13 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_30cones(struct __pyx_obj_6jacext_
         PyObject *__pyx_callargs[3] = {__pyx_t_11, __pyx_mstate_global->__pyx_int_1, __pyx_t_9};
         #if CYTHON_VECTORCALL
         __pyx_t_4 = __pyx_mstate_global->__pyx_tuple[5];
-        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 639, __pyx_L8_error)
+        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 631, __pyx_L8_error)
         __Pyx_INCREF(__pyx_t_4);
         #else
         {
           PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
           __pyx_t_4 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 1);
-          if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 639, __pyx_L8_error)
+          if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 631, __pyx_L8_error)
           __Pyx_GOTREF(__pyx_t_4);
         }
         #endif
@@ -33431,7 +33081,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_30cones(struct __pyx_obj_6jacext_
         __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
         __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
         __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
-        if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 639, __pyx_L8_error)
+        if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 631, __pyx_L8_error)
         __Pyx_GOTREF(__pyx_t_3);
       }
       __pyx_t_2 = __pyx_t_3;
@@ -33442,7 +33092,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_30cones(struct __pyx_obj_6jacext_
     __pyx_t_2 = 0;
   }
 
-  /* "jacext/_tape.pyx":641
+  /* "jacext/_tape.pyx":633
  *                  else np.zeros(1, dtype=np.int32))
  *         finally:
  *             free(ptr)             # <<<<<<<<<<<<<<
@@ -33453,7 +33103,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_30cones(struct __pyx_obj_6jacext_
     /*normal exit:*/{
       free(__pyx_v_ptr);
 
-      /* "jacext/_tape.pyx":642
+      /* "jacext/_tape.pyx":634
  *         finally:
  *             free(ptr)
  *             free(cone)             # <<<<<<<<<<<<<<
@@ -33488,7 +33138,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_30cones(struct __pyx_obj_6jacext_
       __pyx_t_7 = __pyx_lineno; __pyx_t_17 = __pyx_clineno; __pyx_t_18 = __pyx_filename;
       {
 
-        /* "jacext/_tape.pyx":641
+        /* "jacext/_tape.pyx":633
  *                  else np.zeros(1, dtype=np.int32))
  *         finally:
  *             free(ptr)             # <<<<<<<<<<<<<<
@@ -33497,7 +33147,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_30cones(struct __pyx_obj_6jacext_
 */
         free(__pyx_v_ptr);
 
-        /* "jacext/_tape.pyx":642
+        /* "jacext/_tape.pyx":634
  *         finally:
  *             free(ptr)
  *             free(cone)             # <<<<<<<<<<<<<<
@@ -33521,7 +33171,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_30cones(struct __pyx_obj_6jacext_
     __pyx_L9:;
   }
 
-  /* "jacext/_tape.pyx":643
+  /* "jacext/_tape.pyx":635
  *             free(ptr)
  *             free(cone)
  *         return Cones(self, p, c, row_ptr, nz_input)             # <<<<<<<<<<<<<<
@@ -33534,7 +33184,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_30cones(struct __pyx_obj_6jacext_
     PyObject *__pyx_callargs[6] = {__pyx_t_3, ((PyObject *)__pyx_v_self), __pyx_v_p, __pyx_v_c, __pyx_v_row_ptr, __pyx_v_nz_input};
     __pyx_t_2 = __Pyx_PyObject_FastCall((PyObject*)__pyx_mstate_global->__pyx_ptype_6jacext_5_tape_Cones, __pyx_callargs+__pyx_t_8, (6-__pyx_t_8) | (__pyx_t_8*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
-    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 643, __pyx_L1_error)
+    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 635, __pyx_L1_error)
     __Pyx_GOTREF((PyObject *)__pyx_t_2);
   }
   {
@@ -33548,7 +33198,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_30cones(struct __pyx_obj_6jacext_
   __pyx_t_2 = 0;
   goto __pyx_L0;
 
-  /* "jacext/_tape.pyx":620
+  /* "jacext/_tape.pyx":612
  *         return ptr, idx
  * 
  *     def cones(self, budget, row_ptr, nz_input):             # <<<<<<<<<<<<<<
@@ -33583,7 +33233,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_30cones(struct __pyx_obj_6jacext_
   return __pyx_r;
 }
 
-/* "jacext/_tape.pyx":650
+/* "jacext/_tape.pyx":642
  *     reverse sweeps fill; checked once here, read-only after."""
  * 
  *     def __init__(self, Tape tape, cone_ptr, cone, row_ptr, nz_input):             # <<<<<<<<<<<<<<
@@ -33633,50 +33283,50 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_tape,&__pyx_mstate_global->__pyx_n_u_cone_ptr,&__pyx_mstate_global->__pyx_n_u_cone,&__pyx_mstate_global->__pyx_n_u_row_ptr,&__pyx_mstate_global->__pyx_n_u_nz_input,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL_TPNEW(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 650, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 642, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  5:
         values[4] = __Pyx_ArgRef_FASTCALL_TPNEW(__pyx_args, 4);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 650, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 642, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  4:
         values[3] = __Pyx_ArgRef_FASTCALL_TPNEW(__pyx_args, 3);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 650, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 642, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL_TPNEW(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 650, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 642, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL_TPNEW(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 650, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 642, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL_TPNEW(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 650, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 642, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "__init__", 0) < (0)) __PYX_ERR(0, 650, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "__init__", 0) < (0)) __PYX_ERR(0, 642, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 5; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("__init__", 1, 5, 5, i); __PYX_ERR(0, 650, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("__init__", 1, 5, 5, i); __PYX_ERR(0, 642, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 5)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL_TPNEW(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 650, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 642, __pyx_L3_error)
       values[1] = __Pyx_ArgRef_FASTCALL_TPNEW(__pyx_args, 1);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 650, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 642, __pyx_L3_error)
       values[2] = __Pyx_ArgRef_FASTCALL_TPNEW(__pyx_args, 2);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 650, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 642, __pyx_L3_error)
       values[3] = __Pyx_ArgRef_FASTCALL_TPNEW(__pyx_args, 3);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 650, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 642, __pyx_L3_error)
       values[4] = __Pyx_ArgRef_FASTCALL_TPNEW(__pyx_args, 4);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 650, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 642, __pyx_L3_error)
     }
     __pyx_v_tape = ((struct __pyx_obj_6jacext_5_tape_Tape *)values[0]);
     __pyx_v_cone_ptr = values[1];
@@ -33686,7 +33336,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("__init__", 1, 5, 5, __pyx_nargs); __PYX_ERR(0, 650, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("__init__", 1, 5, 5, __pyx_nargs); __PYX_ERR(0, 642, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -33697,7 +33347,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   __Pyx_RefNannyFinishContext();
   return -1;
   __pyx_L4_argument_unpacking_done:;
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_tape), __pyx_mstate_global->__pyx_ptype_6jacext_5_tape_Tape, 1, "tape", 0))) __PYX_ERR(0, 650, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_tape), __pyx_mstate_global->__pyx_ptype_6jacext_5_tape_Tape, 1, "tape", 0))) __PYX_ERR(0, 642, __pyx_L1_error)
   __pyx_r = __pyx_pf_6jacext_5_tape_5Cones___init__(((struct __pyx_obj_6jacext_5_tape_Cones *)__pyx_v_self), __pyx_v_tape, __pyx_v_cone_ptr, __pyx_v_cone, __pyx_v_row_ptr, __pyx_v_nz_input);
 
   /* function exit code */
@@ -33738,7 +33388,7 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__init__", 0);
 
-  /* "jacext/_tape.pyx":651
+  /* "jacext/_tape.pyx":643
  * 
  *     def __init__(self, Tape tape, cone_ptr, cone, row_ptr, nz_input):
  *         cdef Py_ssize_t n_out = tape.t.n_out             # <<<<<<<<<<<<<<
@@ -33749,7 +33399,7 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
 
   __pyx_v_n_out = __pyx_t_1;
 
-  /* "jacext/_tape.pyx":652
+  /* "jacext/_tape.pyx":644
  *     def __init__(self, Tape tape, cone_ptr, cone, row_ptr, nz_input):
  *         cdef Py_ssize_t n_out = tape.t.n_out
  *         self.tape = tape             # <<<<<<<<<<<<<<
@@ -33761,7 +33411,7 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
   __Pyx_GOTREF((PyObject *)__pyx_v_self->tape);
   __Pyx_DECREF_SET(__pyx_v_self->tape, __pyx_v_tape);
 
-  /* "jacext/_tape.pyx":653
+  /* "jacext/_tape.pyx":645
  *         cdef Py_ssize_t n_out = tape.t.n_out
  *         self.tape = tape
  *         self.cone_ptr = np.array(cone_ptr, dtype=np.int64, copy=True)             # <<<<<<<<<<<<<<
@@ -33769,14 +33419,14 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
  *         self.row_ptr = np.array(row_ptr, dtype=np.int32, copy=True)
 */
   __pyx_t_3 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 653, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 645, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_array_2); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 653, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_array_2); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 645, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 653, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 645, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_int64); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 653, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_int64); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 645, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   #if CYTHON_VECTORCALL
@@ -33797,13 +33447,13 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
     PyObject *__pyx_callargs[4] = {__pyx_t_3, __pyx_v_cone_ptr, __pyx_t_6, Py_True};
     #if CYTHON_VECTORCALL
     __pyx_t_4 = __pyx_mstate_global->__pyx_tuple[6];
-    if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 653, __pyx_L1_error)
+    if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 645, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_4);
     #else
     {
       PyObject *__pyx_temp[2] = {__pyx_mstate_global->__pyx_n_u_dtype, __pyx_mstate_global->__pyx_n_u_copy};
       __pyx_t_4 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 2);
-      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 653, __pyx_L1_error)
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 645, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_4);
     }
     #endif
@@ -33814,16 +33464,16 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
     __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 653, __pyx_L1_error)
+    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 645, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
   }
-  if (!(likely(((__pyx_t_2) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_2, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 653, __pyx_L1_error)
+  if (!(likely(((__pyx_t_2) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_2, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 645, __pyx_L1_error)
   __Pyx_GIVEREF(__pyx_t_2);
   __Pyx_GOTREF((PyObject *)__pyx_v_self->cone_ptr);
   __Pyx_DECREF_SET(__pyx_v_self->cone_ptr, ((PyArrayObject *)__pyx_t_2));
   __pyx_t_2 = 0;
 
-  /* "jacext/_tape.pyx":654
+  /* "jacext/_tape.pyx":646
  *         self.tape = tape
  *         self.cone_ptr = np.array(cone_ptr, dtype=np.int64, copy=True)
  *         self.cone = np.array(cone, dtype=np.int32, copy=True)             # <<<<<<<<<<<<<<
@@ -33831,14 +33481,14 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
  *         self.nz_input = np.array(nz_input, dtype=np.int32, copy=True)
 */
   __pyx_t_5 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 654, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 646, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_array_2); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 654, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_array_2); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 646, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 654, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 646, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 654, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 646, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   #if CYTHON_VECTORCALL
@@ -33859,13 +33509,13 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
     PyObject *__pyx_callargs[4] = {__pyx_t_5, __pyx_v_cone, __pyx_t_3, Py_True};
     #if CYTHON_VECTORCALL
     __pyx_t_4 = __pyx_mstate_global->__pyx_tuple[6];
-    if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 654, __pyx_L1_error)
+    if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 646, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_4);
     #else
     {
       PyObject *__pyx_temp[2] = {__pyx_mstate_global->__pyx_n_u_dtype, __pyx_mstate_global->__pyx_n_u_copy};
       __pyx_t_4 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 2);
-      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 654, __pyx_L1_error)
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 646, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_4);
     }
     #endif
@@ -33876,16 +33526,16 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 654, __pyx_L1_error)
+    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 646, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
   }
-  if (!(likely(((__pyx_t_2) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_2, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 654, __pyx_L1_error)
+  if (!(likely(((__pyx_t_2) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_2, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 646, __pyx_L1_error)
   __Pyx_GIVEREF(__pyx_t_2);
   __Pyx_GOTREF((PyObject *)__pyx_v_self->cone);
   __Pyx_DECREF_SET(__pyx_v_self->cone, ((PyArrayObject *)__pyx_t_2));
   __pyx_t_2 = 0;
 
-  /* "jacext/_tape.pyx":655
+  /* "jacext/_tape.pyx":647
  *         self.cone_ptr = np.array(cone_ptr, dtype=np.int64, copy=True)
  *         self.cone = np.array(cone, dtype=np.int32, copy=True)
  *         self.row_ptr = np.array(row_ptr, dtype=np.int32, copy=True)             # <<<<<<<<<<<<<<
@@ -33893,14 +33543,14 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
  *         for arr in (self.cone_ptr, self.cone, self.row_ptr, self.nz_input):
 */
   __pyx_t_6 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 655, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 647, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_array_2); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 655, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_array_2); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 647, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 655, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 647, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 655, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 647, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   #if CYTHON_VECTORCALL
@@ -33921,13 +33571,13 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
     PyObject *__pyx_callargs[4] = {__pyx_t_6, __pyx_v_row_ptr, __pyx_t_5, Py_True};
     #if CYTHON_VECTORCALL
     __pyx_t_4 = __pyx_mstate_global->__pyx_tuple[6];
-    if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 655, __pyx_L1_error)
+    if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 647, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_4);
     #else
     {
       PyObject *__pyx_temp[2] = {__pyx_mstate_global->__pyx_n_u_dtype, __pyx_mstate_global->__pyx_n_u_copy};
       __pyx_t_4 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 2);
-      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 655, __pyx_L1_error)
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 647, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_4);
     }
     #endif
@@ -33938,16 +33588,16 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
     __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 655, __pyx_L1_error)
+    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 647, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
   }
-  if (!(likely(((__pyx_t_2) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_2, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 655, __pyx_L1_error)
+  if (!(likely(((__pyx_t_2) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_2, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 647, __pyx_L1_error)
   __Pyx_GIVEREF(__pyx_t_2);
   __Pyx_GOTREF((PyObject *)__pyx_v_self->row_ptr);
   __Pyx_DECREF_SET(__pyx_v_self->row_ptr, ((PyArrayObject *)__pyx_t_2));
   __pyx_t_2 = 0;
 
-  /* "jacext/_tape.pyx":656
+  /* "jacext/_tape.pyx":648
  *         self.cone = np.array(cone, dtype=np.int32, copy=True)
  *         self.row_ptr = np.array(row_ptr, dtype=np.int32, copy=True)
  *         self.nz_input = np.array(nz_input, dtype=np.int32, copy=True)             # <<<<<<<<<<<<<<
@@ -33955,14 +33605,14 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
  *             arr.setflags(write=False)
 */
   __pyx_t_3 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 656, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 648, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_array_2); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 656, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_array_2); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 648, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 656, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 648, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 656, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 648, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   #if CYTHON_VECTORCALL
@@ -33983,13 +33633,13 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
     PyObject *__pyx_callargs[4] = {__pyx_t_3, __pyx_v_nz_input, __pyx_t_6, Py_True};
     #if CYTHON_VECTORCALL
     __pyx_t_4 = __pyx_mstate_global->__pyx_tuple[6];
-    if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 656, __pyx_L1_error)
+    if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 648, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_4);
     #else
     {
       PyObject *__pyx_temp[2] = {__pyx_mstate_global->__pyx_n_u_dtype, __pyx_mstate_global->__pyx_n_u_copy};
       __pyx_t_4 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 2);
-      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 656, __pyx_L1_error)
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 648, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_4);
     }
     #endif
@@ -34000,36 +33650,36 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
     __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 656, __pyx_L1_error)
+    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 648, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
   }
-  if (!(likely(((__pyx_t_2) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_2, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 656, __pyx_L1_error)
+  if (!(likely(((__pyx_t_2) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_2, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 648, __pyx_L1_error)
   __Pyx_GIVEREF(__pyx_t_2);
   __Pyx_GOTREF((PyObject *)__pyx_v_self->nz_input);
   __Pyx_DECREF_SET(__pyx_v_self->nz_input, ((PyArrayObject *)__pyx_t_2));
   __pyx_t_2 = 0;
 
-  /* "jacext/_tape.pyx":657
+  /* "jacext/_tape.pyx":649
  *         self.row_ptr = np.array(row_ptr, dtype=np.int32, copy=True)
  *         self.nz_input = np.array(nz_input, dtype=np.int32, copy=True)
  *         for arr in (self.cone_ptr, self.cone, self.row_ptr, self.nz_input):             # <<<<<<<<<<<<<<
  *             arr.setflags(write=False)
  *         if (self.cone_ptr.shape[0] != n_out + 1 or self.row_ptr.shape[0] != n_out + 1
 */
-  __pyx_t_2 = PyTuple_New(4); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 657, __pyx_L1_error)
+  __pyx_t_2 = PyTuple_New(4); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 649, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_INCREF((PyObject *)__pyx_v_self->cone_ptr);
   __Pyx_GIVEREF((PyObject *)__pyx_v_self->cone_ptr);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 0, ((PyObject *)__pyx_v_self->cone_ptr)) != (0)) __PYX_ERR(0, 657, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 0, ((PyObject *)__pyx_v_self->cone_ptr)) != (0)) __PYX_ERR(0, 649, __pyx_L1_error);
   __Pyx_INCREF((PyObject *)__pyx_v_self->cone);
   __Pyx_GIVEREF((PyObject *)__pyx_v_self->cone);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 1, ((PyObject *)__pyx_v_self->cone)) != (0)) __PYX_ERR(0, 657, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 1, ((PyObject *)__pyx_v_self->cone)) != (0)) __PYX_ERR(0, 649, __pyx_L1_error);
   __Pyx_INCREF((PyObject *)__pyx_v_self->row_ptr);
   __Pyx_GIVEREF((PyObject *)__pyx_v_self->row_ptr);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 2, ((PyObject *)__pyx_v_self->row_ptr)) != (0)) __PYX_ERR(0, 657, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 2, ((PyObject *)__pyx_v_self->row_ptr)) != (0)) __PYX_ERR(0, 649, __pyx_L1_error);
   __Pyx_INCREF((PyObject *)__pyx_v_self->nz_input);
   __Pyx_GIVEREF((PyObject *)__pyx_v_self->nz_input);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 3, ((PyObject *)__pyx_v_self->nz_input)) != (0)) __PYX_ERR(0, 657, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 3, ((PyObject *)__pyx_v_self->nz_input)) != (0)) __PYX_ERR(0, 649, __pyx_L1_error);
   __pyx_t_5 = __pyx_t_2; __Pyx_INCREF(__pyx_t_5);
   __pyx_t_8 = 0;
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
@@ -34041,13 +33691,13 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
     __pyx_t_2 = __Pyx_PySequence_ITEM(__pyx_t_5, __pyx_t_8);
     #endif
     ++__pyx_t_8;
-    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 657, __pyx_L1_error)
+    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 649, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
-    if (!(likely(((__pyx_t_2) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_2, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 657, __pyx_L1_error)
+    if (!(likely(((__pyx_t_2) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_2, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 649, __pyx_L1_error)
     __Pyx_XDECREF_SET(__pyx_v_arr, ((PyArrayObject *)__pyx_t_2));
     __pyx_t_2 = 0;
 
-    /* "jacext/_tape.pyx":658
+    /* "jacext/_tape.pyx":650
  *         self.nz_input = np.array(nz_input, dtype=np.int32, copy=True)
  *         for arr in (self.cone_ptr, self.cone, self.row_ptr, self.nz_input):
  *             arr.setflags(write=False)             # <<<<<<<<<<<<<<
@@ -34063,13 +33713,13 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
       PyObject *__pyx_callargs[2] = {__pyx_t_4, Py_False};
       #if CYTHON_VECTORCALL
       __pyx_t_6 = __pyx_mstate_global->__pyx_tuple[3];
-      if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 658, __pyx_L1_error)
+      if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 650, __pyx_L1_error)
       __Pyx_INCREF(__pyx_t_6);
       #else
       {
         PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_write};
         __pyx_t_6 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+1, 1);
-        if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 658, __pyx_L1_error)
+        if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 650, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_6);
       }
       #endif
@@ -34078,12 +33728,12 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
       #if CYTHON_VECTORCALL
       #endif
       __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 658, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 650, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-    /* "jacext/_tape.pyx":657
+    /* "jacext/_tape.pyx":649
  *         self.row_ptr = np.array(row_ptr, dtype=np.int32, copy=True)
  *         self.nz_input = np.array(nz_input, dtype=np.int32, copy=True)
  *         for arr in (self.cone_ptr, self.cone, self.row_ptr, self.nz_input):             # <<<<<<<<<<<<<<
@@ -34093,7 +33743,7 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
   }
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
-  /* "jacext/_tape.pyx":659
+  /* "jacext/_tape.pyx":651
  *         for arr in (self.cone_ptr, self.cone, self.row_ptr, self.nz_input):
  *             arr.setflags(write=False)
  *         if (self.cone_ptr.shape[0] != n_out + 1 or self.row_ptr.shape[0] != n_out + 1             # <<<<<<<<<<<<<<
@@ -34114,7 +33764,7 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
     goto __pyx_L7_bool_binop_done;
   }
 
-  /* "jacext/_tape.pyx":660
+  /* "jacext/_tape.pyx":652
  *             arr.setflags(write=False)
  *         if (self.cone_ptr.shape[0] != n_out + 1 or self.row_ptr.shape[0] != n_out + 1
  *                 or self.cone_ptr[0] != 0 or self.row_ptr[0] != 0             # <<<<<<<<<<<<<<
@@ -34124,7 +33774,7 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
   __pyx_t_5 = ((PyObject *)__pyx_v_self->row_ptr);
   __Pyx_INCREF(__pyx_t_5);
 
-  /* "jacext/_tape.pyx":659
+  /* "jacext/_tape.pyx":651
  *         for arr in (self.cone_ptr, self.cone, self.row_ptr, self.nz_input):
  *             arr.setflags(write=False)
  *         if (self.cone_ptr.shape[0] != n_out + 1 or self.row_ptr.shape[0] != n_out + 1             # <<<<<<<<<<<<<<
@@ -34143,16 +33793,16 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
     goto __pyx_L7_bool_binop_done;
   }
 
-  /* "jacext/_tape.pyx":660
+  /* "jacext/_tape.pyx":652
  *             arr.setflags(write=False)
  *         if (self.cone_ptr.shape[0] != n_out + 1 or self.row_ptr.shape[0] != n_out + 1
  *                 or self.cone_ptr[0] != 0 or self.row_ptr[0] != 0             # <<<<<<<<<<<<<<
  *                 or (np.diff(self.cone_ptr) < 0).any() or (np.diff(self.row_ptr) < 0).any()
  *                 or self.row_ptr[n_out] != self.nz_input.shape[0]
 */
-  __pyx_t_5 = __Pyx_GetItemInt(((PyObject *)__pyx_v_self->cone_ptr), 0, long, 1, __Pyx_PyLong_From_long, 0, 1, 1, __Pyx_ReferenceSharing_SharedReference); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 660, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_GetItemInt(((PyObject *)__pyx_v_self->cone_ptr), 0, long, 1, __Pyx_PyLong_From_long, 0, 1, 1, __Pyx_ReferenceSharing_SharedReference); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 652, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  __pyx_t_10 = (__Pyx_PyLong_BoolNeObjC(__pyx_t_5, __pyx_mstate_global->__pyx_int_0, 0, 0)); if (unlikely((__pyx_t_10 < 0))) __PYX_ERR(0, 660, __pyx_L1_error)
+  __pyx_t_10 = (__Pyx_PyLong_BoolNeObjC(__pyx_t_5, __pyx_mstate_global->__pyx_int_0, 0, 0)); if (unlikely((__pyx_t_10 < 0))) __PYX_ERR(0, 652, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
   if (!__pyx_t_10) {
 
@@ -34163,24 +33813,24 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
     goto __pyx_L7_bool_binop_done;
   }
 
-  /* "jacext/_tape.pyx":661
+  /* "jacext/_tape.pyx":653
  *         if (self.cone_ptr.shape[0] != n_out + 1 or self.row_ptr.shape[0] != n_out + 1
  *                 or self.cone_ptr[0] != 0 or self.row_ptr[0] != 0
  *                 or (np.diff(self.cone_ptr) < 0).any() or (np.diff(self.row_ptr) < 0).any()             # <<<<<<<<<<<<<<
  *                 or self.row_ptr[n_out] != self.nz_input.shape[0]
  *                 or self.cone_ptr[n_out] > self.cone.shape[0]):
 */
-  __pyx_t_5 = __Pyx_GetItemInt(((PyObject *)__pyx_v_self->row_ptr), 0, long, 1, __Pyx_PyLong_From_long, 0, 1, 1, __Pyx_ReferenceSharing_SharedReference); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 660, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_GetItemInt(((PyObject *)__pyx_v_self->row_ptr), 0, long, 1, __Pyx_PyLong_From_long, 0, 1, 1, __Pyx_ReferenceSharing_SharedReference); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 652, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
 
-  /* "jacext/_tape.pyx":660
+  /* "jacext/_tape.pyx":652
  *             arr.setflags(write=False)
  *         if (self.cone_ptr.shape[0] != n_out + 1 or self.row_ptr.shape[0] != n_out + 1
  *                 or self.cone_ptr[0] != 0 or self.row_ptr[0] != 0             # <<<<<<<<<<<<<<
  *                 or (np.diff(self.cone_ptr) < 0).any() or (np.diff(self.row_ptr) < 0).any()
  *                 or self.row_ptr[n_out] != self.nz_input.shape[0]
 */
-  __pyx_t_10 = (__Pyx_PyLong_BoolNeObjC(__pyx_t_5, __pyx_mstate_global->__pyx_int_0, 0, 0)); if (unlikely((__pyx_t_10 < 0))) __PYX_ERR(0, 660, __pyx_L1_error)
+  __pyx_t_10 = (__Pyx_PyLong_BoolNeObjC(__pyx_t_5, __pyx_mstate_global->__pyx_int_0, 0, 0)); if (unlikely((__pyx_t_10 < 0))) __PYX_ERR(0, 652, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
   if (!__pyx_t_10) {
 
@@ -34191,7 +33841,7 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
     goto __pyx_L7_bool_binop_done;
   }
 
-  /* "jacext/_tape.pyx":661
+  /* "jacext/_tape.pyx":653
  *         if (self.cone_ptr.shape[0] != n_out + 1 or self.row_ptr.shape[0] != n_out + 1
  *                 or self.cone_ptr[0] != 0 or self.row_ptr[0] != 0
  *                 or (np.diff(self.cone_ptr) < 0).any() or (np.diff(self.row_ptr) < 0).any()             # <<<<<<<<<<<<<<
@@ -34199,9 +33849,9 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
  *                 or self.cone_ptr[n_out] > self.cone.shape[0]):
 */
   __pyx_t_4 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 661, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 653, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_11 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_diff); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 661, __pyx_L1_error)
+  __pyx_t_11 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_diff); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 653, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_11);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   __pyx_t_7 = 1;
@@ -34221,10 +33871,10 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
     __pyx_t_6 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_11, __pyx_callargs+__pyx_t_7, (2-__pyx_t_7) | (__pyx_t_7*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
     __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
-    if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 661, __pyx_L1_error)
+    if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 653, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
   }
-  __pyx_t_11 = __Pyx_PyObject_CompareLt_object_int(__pyx_t_6, __pyx_mstate_global->__pyx_int_0, Py_LT); __Pyx_XGOTREF(__pyx_t_11); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 661, __pyx_L1_error)
+  __pyx_t_11 = __Pyx_PyObject_CompareLt_object_int(__pyx_t_6, __pyx_mstate_global->__pyx_int_0, Py_LT); __Pyx_XGOTREF(__pyx_t_11); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 653, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
   __pyx_t_2 = __pyx_t_11;
   __Pyx_INCREF(__pyx_t_2);
@@ -34234,10 +33884,10 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
     __pyx_t_5 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_any, __pyx_callargs+__pyx_t_7, (1-__pyx_t_7) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
-    if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 661, __pyx_L1_error)
+    if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 653, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_5);
   }
-  __pyx_t_10 = __Pyx_PyObject_IsTrue(__pyx_t_5); if (unlikely((__pyx_t_10 < 0))) __PYX_ERR(0, 661, __pyx_L1_error)
+  __pyx_t_10 = __Pyx_PyObject_IsTrue(__pyx_t_5); if (unlikely((__pyx_t_10 < 0))) __PYX_ERR(0, 653, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
   if (!__pyx_t_10) {
 
@@ -34248,7 +33898,7 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
     goto __pyx_L7_bool_binop_done;
   }
 
-  /* "jacext/_tape.pyx":662
+  /* "jacext/_tape.pyx":654
  *                 or self.cone_ptr[0] != 0 or self.row_ptr[0] != 0
  *                 or (np.diff(self.cone_ptr) < 0).any() or (np.diff(self.row_ptr) < 0).any()
  *                 or self.row_ptr[n_out] != self.nz_input.shape[0]             # <<<<<<<<<<<<<<
@@ -34257,16 +33907,16 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
 */
   __pyx_t_6 = NULL;
 
-  /* "jacext/_tape.pyx":661
+  /* "jacext/_tape.pyx":653
  *         if (self.cone_ptr.shape[0] != n_out + 1 or self.row_ptr.shape[0] != n_out + 1
  *                 or self.cone_ptr[0] != 0 or self.row_ptr[0] != 0
  *                 or (np.diff(self.cone_ptr) < 0).any() or (np.diff(self.row_ptr) < 0).any()             # <<<<<<<<<<<<<<
  *                 or self.row_ptr[n_out] != self.nz_input.shape[0]
  *                 or self.cone_ptr[n_out] > self.cone.shape[0]):
 */
-  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 661, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 653, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_diff); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 661, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_diff); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 653, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   __pyx_t_7 = 1;
@@ -34286,10 +33936,10 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
     __pyx_t_2 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_3, __pyx_callargs+__pyx_t_7, (2-__pyx_t_7) | (__pyx_t_7*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 661, __pyx_L1_error)
+    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 653, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
   }
-  __pyx_t_3 = __Pyx_PyObject_CompareLt_object_int(__pyx_t_2, __pyx_mstate_global->__pyx_int_0, Py_LT); __Pyx_XGOTREF(__pyx_t_3); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 661, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyObject_CompareLt_object_int(__pyx_t_2, __pyx_mstate_global->__pyx_int_0, Py_LT); __Pyx_XGOTREF(__pyx_t_3); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 653, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   __pyx_t_11 = __pyx_t_3;
   __Pyx_INCREF(__pyx_t_11);
@@ -34299,10 +33949,10 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
     __pyx_t_5 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_any, __pyx_callargs+__pyx_t_7, (1-__pyx_t_7) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_11); __pyx_t_11 = 0;
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 661, __pyx_L1_error)
+    if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 653, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_5);
   }
-  __pyx_t_10 = __Pyx_PyObject_IsTrue(__pyx_t_5); if (unlikely((__pyx_t_10 < 0))) __PYX_ERR(0, 661, __pyx_L1_error)
+  __pyx_t_10 = __Pyx_PyObject_IsTrue(__pyx_t_5); if (unlikely((__pyx_t_10 < 0))) __PYX_ERR(0, 653, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
   if (!__pyx_t_10) {
 
@@ -34313,21 +33963,21 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
     goto __pyx_L7_bool_binop_done;
   }
 
-  /* "jacext/_tape.pyx":662
+  /* "jacext/_tape.pyx":654
  *                 or self.cone_ptr[0] != 0 or self.row_ptr[0] != 0
  *                 or (np.diff(self.cone_ptr) < 0).any() or (np.diff(self.row_ptr) < 0).any()
  *                 or self.row_ptr[n_out] != self.nz_input.shape[0]             # <<<<<<<<<<<<<<
  *                 or self.cone_ptr[n_out] > self.cone.shape[0]):
  *             raise ValueError("jacext: inconsistent cones")
 */
-  __pyx_t_5 = __Pyx_GetItemInt(((PyObject *)__pyx_v_self->row_ptr), __pyx_v_n_out, Py_ssize_t, 1, PyLong_FromSsize_t, 1, 1, 1, __Pyx_ReferenceSharing_SharedReference); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 662, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_GetItemInt(((PyObject *)__pyx_v_self->row_ptr), __pyx_v_n_out, Py_ssize_t, 1, PyLong_FromSsize_t, 1, 1, 1, __Pyx_ReferenceSharing_SharedReference); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 654, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   __pyx_t_3 = ((PyObject *)__pyx_v_self->nz_input);
   __Pyx_INCREF(__pyx_t_3);
-  __pyx_t_11 = __Pyx_PyLong_From_npy_intp((__pyx_f_5numpy_7ndarray_5shape___get__(((PyArrayObject *)__pyx_t_3))[0])); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 662, __pyx_L1_error)
+  __pyx_t_11 = __Pyx_PyLong_From_npy_intp((__pyx_f_5numpy_7ndarray_5shape___get__(((PyArrayObject *)__pyx_t_3))[0])); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 654, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_11);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __pyx_t_10 = __Pyx_PyObject_CompareBoolNe_object_int(__pyx_t_5, __pyx_t_11, Py_NE); if (unlikely((__pyx_t_10 < 0))) __PYX_ERR(0, 662, __pyx_L1_error)
+  __pyx_t_10 = __Pyx_PyObject_CompareBoolNe_object_int(__pyx_t_5, __pyx_t_11, Py_NE); if (unlikely((__pyx_t_10 < 0))) __PYX_ERR(0, 654, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
   __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
   if (!__pyx_t_10) {
@@ -34339,21 +33989,21 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
     goto __pyx_L7_bool_binop_done;
   }
 
-  /* "jacext/_tape.pyx":663
+  /* "jacext/_tape.pyx":655
  *                 or (np.diff(self.cone_ptr) < 0).any() or (np.diff(self.row_ptr) < 0).any()
  *                 or self.row_ptr[n_out] != self.nz_input.shape[0]
  *                 or self.cone_ptr[n_out] > self.cone.shape[0]):             # <<<<<<<<<<<<<<
  *             raise ValueError("jacext: inconsistent cones")
  *         if not (_in_range(<const int32_t *>cnp.PyArray_DATA(self.cone), self.cone_ptr[n_out],
 */
-  __pyx_t_11 = __Pyx_GetItemInt(((PyObject *)__pyx_v_self->cone_ptr), __pyx_v_n_out, Py_ssize_t, 1, PyLong_FromSsize_t, 1, 1, 1, __Pyx_ReferenceSharing_SharedReference); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 663, __pyx_L1_error)
+  __pyx_t_11 = __Pyx_GetItemInt(((PyObject *)__pyx_v_self->cone_ptr), __pyx_v_n_out, Py_ssize_t, 1, PyLong_FromSsize_t, 1, 1, 1, __Pyx_ReferenceSharing_SharedReference); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 655, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_11);
   __pyx_t_5 = ((PyObject *)__pyx_v_self->cone);
   __Pyx_INCREF(__pyx_t_5);
-  __pyx_t_3 = __Pyx_PyLong_From_npy_intp((__pyx_f_5numpy_7ndarray_5shape___get__(((PyArrayObject *)__pyx_t_5))[0])); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 663, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_From_npy_intp((__pyx_f_5numpy_7ndarray_5shape___get__(((PyArrayObject *)__pyx_t_5))[0])); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 655, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-  __pyx_t_10 = __Pyx_PyObject_CompareBoolGt_object_int(__pyx_t_11, __pyx_t_3, Py_GT); if (unlikely((__pyx_t_10 < 0))) __PYX_ERR(0, 663, __pyx_L1_error)
+  __pyx_t_10 = __Pyx_PyObject_CompareBoolGt_object_int(__pyx_t_11, __pyx_t_3, Py_GT); if (unlikely((__pyx_t_10 < 0))) __PYX_ERR(0, 655, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
 
@@ -34361,7 +34011,7 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
 
   __pyx_L7_bool_binop_done:;
 
-  /* "jacext/_tape.pyx":659
+  /* "jacext/_tape.pyx":651
  *         for arr in (self.cone_ptr, self.cone, self.row_ptr, self.nz_input):
  *             arr.setflags(write=False)
  *         if (self.cone_ptr.shape[0] != n_out + 1 or self.row_ptr.shape[0] != n_out + 1             # <<<<<<<<<<<<<<
@@ -34371,7 +34021,7 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
   if (unlikely(__pyx_t_9)) {
 
 
-    /* "jacext/_tape.pyx":664
+    /* "jacext/_tape.pyx":656
  *                 or self.row_ptr[n_out] != self.nz_input.shape[0]
  *                 or self.cone_ptr[n_out] > self.cone.shape[0]):
  *             raise ValueError("jacext: inconsistent cones")             # <<<<<<<<<<<<<<
@@ -34384,14 +34034,14 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
       PyObject *__pyx_callargs[2] = {__pyx_t_11, __pyx_mstate_global->__pyx_kp_u_jacext_inconsistent_cones};
       __pyx_t_3 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_7, (2-__pyx_t_7) | (__pyx_t_7*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_11); __pyx_t_11 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 664, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 656, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     __Pyx_Raise(__pyx_t_3, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    __PYX_ERR(0, 664, __pyx_L1_error)
+    __PYX_ERR(0, 656, __pyx_L1_error)
 
-    /* "jacext/_tape.pyx":659
+    /* "jacext/_tape.pyx":651
  *         for arr in (self.cone_ptr, self.cone, self.row_ptr, self.nz_input):
  *             arr.setflags(write=False)
  *         if (self.cone_ptr.shape[0] != n_out + 1 or self.row_ptr.shape[0] != n_out + 1             # <<<<<<<<<<<<<<
@@ -34400,7 +34050,7 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
 */
   }
 
-  /* "jacext/_tape.pyx":665
+  /* "jacext/_tape.pyx":657
  *                 or self.cone_ptr[n_out] > self.cone.shape[0]):
  *             raise ValueError("jacext: inconsistent cones")
  *         if not (_in_range(<const int32_t *>cnp.PyArray_DATA(self.cone), self.cone_ptr[n_out],             # <<<<<<<<<<<<<<
@@ -34409,12 +34059,12 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
 */
   __pyx_t_3 = ((PyObject *)__pyx_v_self->cone);
   __Pyx_INCREF(__pyx_t_3);
-  __pyx_t_11 = __Pyx_GetItemInt(((PyObject *)__pyx_v_self->cone_ptr), __pyx_v_n_out, Py_ssize_t, 1, PyLong_FromSsize_t, 1, 1, 1, __Pyx_ReferenceSharing_SharedReference); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 665, __pyx_L1_error)
+  __pyx_t_11 = __Pyx_GetItemInt(((PyObject *)__pyx_v_self->cone_ptr), __pyx_v_n_out, Py_ssize_t, 1, PyLong_FromSsize_t, 1, 1, 1, __Pyx_ReferenceSharing_SharedReference); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 657, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_11);
-  __pyx_t_8 = __Pyx_PyIndex_AsSsize_t(__pyx_t_11); if (unlikely((__pyx_t_8 == (Py_ssize_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 665, __pyx_L1_error)
+  __pyx_t_8 = __Pyx_PyIndex_AsSsize_t(__pyx_t_11); if (unlikely((__pyx_t_8 == (Py_ssize_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 657, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
 
-  /* "jacext/_tape.pyx":666
+  /* "jacext/_tape.pyx":658
  *             raise ValueError("jacext: inconsistent cones")
  *         if not (_in_range(<const int32_t *>cnp.PyArray_DATA(self.cone), self.cone_ptr[n_out],
  *                           0, tape.t.n_instr)             # <<<<<<<<<<<<<<
@@ -34434,7 +34084,7 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
     goto __pyx_L16_bool_binop_done;
   }
 
-  /* "jacext/_tape.pyx":667
+  /* "jacext/_tape.pyx":659
  *         if not (_in_range(<const int32_t *>cnp.PyArray_DATA(self.cone), self.cone_ptr[n_out],
  *                           0, tape.t.n_instr)
  *                 and _in_range(<const int32_t *>cnp.PyArray_DATA(self.nz_input),             # <<<<<<<<<<<<<<
@@ -34444,7 +34094,7 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
   __pyx_t_3 = ((PyObject *)__pyx_v_self->nz_input);
   __Pyx_INCREF(__pyx_t_3);
 
-  /* "jacext/_tape.pyx":668
+  /* "jacext/_tape.pyx":660
  *                           0, tape.t.n_instr)
  *                 and _in_range(<const int32_t *>cnp.PyArray_DATA(self.nz_input),
  *                               self.nz_input.shape[0], 0, tape.t.n_in)):             # <<<<<<<<<<<<<<
@@ -34454,7 +34104,7 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
   __pyx_t_11 = ((PyObject *)__pyx_v_self->nz_input);
   __Pyx_INCREF(__pyx_t_11);
 
-  /* "jacext/_tape.pyx":667
+  /* "jacext/_tape.pyx":659
  *         if not (_in_range(<const int32_t *>cnp.PyArray_DATA(self.cone), self.cone_ptr[n_out],
  *                           0, tape.t.n_instr)
  *                 and _in_range(<const int32_t *>cnp.PyArray_DATA(self.nz_input),             # <<<<<<<<<<<<<<
@@ -34470,7 +34120,7 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
 
   __pyx_L16_bool_binop_done:;
 
-  /* "jacext/_tape.pyx":665
+  /* "jacext/_tape.pyx":657
  *                 or self.cone_ptr[n_out] > self.cone.shape[0]):
  *             raise ValueError("jacext: inconsistent cones")
  *         if not (_in_range(<const int32_t *>cnp.PyArray_DATA(self.cone), self.cone_ptr[n_out],             # <<<<<<<<<<<<<<
@@ -34483,7 +34133,7 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
   if (unlikely(__pyx_t_10)) {
 
 
-    /* "jacext/_tape.pyx":669
+    /* "jacext/_tape.pyx":661
  *                 and _in_range(<const int32_t *>cnp.PyArray_DATA(self.nz_input),
  *                               self.nz_input.shape[0], 0, tape.t.n_in)):
  *             raise ValueError("jacext: a cone or nonzero index out of range")             # <<<<<<<<<<<<<<
@@ -34496,14 +34146,14 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
       PyObject *__pyx_callargs[2] = {__pyx_t_3, __pyx_mstate_global->__pyx_kp_u_jacext_a_cone_or_nonzero_index_o};
       __pyx_t_11 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_7, (2-__pyx_t_7) | (__pyx_t_7*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
-      if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 669, __pyx_L1_error)
+      if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 661, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_11);
     }
     __Pyx_Raise(__pyx_t_11, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
-    __PYX_ERR(0, 669, __pyx_L1_error)
+    __PYX_ERR(0, 661, __pyx_L1_error)
 
-    /* "jacext/_tape.pyx":665
+    /* "jacext/_tape.pyx":657
  *                 or self.cone_ptr[n_out] > self.cone.shape[0]):
  *             raise ValueError("jacext: inconsistent cones")
  *         if not (_in_range(<const int32_t *>cnp.PyArray_DATA(self.cone), self.cone_ptr[n_out],             # <<<<<<<<<<<<<<
@@ -34512,7 +34162,7 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
 */
   }
 
-  /* "jacext/_tape.pyx":670
+  /* "jacext/_tape.pyx":662
  *                               self.nz_input.shape[0], 0, tape.t.n_in)):
  *             raise ValueError("jacext: a cone or nonzero index out of range")
  *         self.cp = <const int64_t *>cnp.PyArray_DATA(self.cone_ptr)             # <<<<<<<<<<<<<<
@@ -34524,7 +34174,7 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
   __pyx_v_self->cp = ((int64_t const *)PyArray_DATA(((PyArrayObject *)__pyx_t_11)));
   __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
 
-  /* "jacext/_tape.pyx":671
+  /* "jacext/_tape.pyx":663
  *             raise ValueError("jacext: a cone or nonzero index out of range")
  *         self.cp = <const int64_t *>cnp.PyArray_DATA(self.cone_ptr)
  *         self.cn = <const int32_t *>cnp.PyArray_DATA(self.cone)             # <<<<<<<<<<<<<<
@@ -34536,7 +34186,7 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
   __pyx_v_self->cn = ((int32_t const *)PyArray_DATA(((PyArrayObject *)__pyx_t_11)));
   __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
 
-  /* "jacext/_tape.pyx":672
+  /* "jacext/_tape.pyx":664
  *         self.cp = <const int64_t *>cnp.PyArray_DATA(self.cone_ptr)
  *         self.cn = <const int32_t *>cnp.PyArray_DATA(self.cone)
  *         self.rp = <const int32_t *>cnp.PyArray_DATA(self.row_ptr)             # <<<<<<<<<<<<<<
@@ -34548,7 +34198,7 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
   __pyx_v_self->rp = ((int32_t const *)PyArray_DATA(((PyArrayObject *)__pyx_t_11)));
   __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
 
-  /* "jacext/_tape.pyx":673
+  /* "jacext/_tape.pyx":665
  *         self.cn = <const int32_t *>cnp.PyArray_DATA(self.cone)
  *         self.rp = <const int32_t *>cnp.PyArray_DATA(self.row_ptr)
  *         self.nz = <const int32_t *>cnp.PyArray_DATA(self.nz_input)             # <<<<<<<<<<<<<<
@@ -34560,7 +34210,7 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
   __pyx_v_self->nz = ((int32_t const *)PyArray_DATA(((PyArrayObject *)__pyx_t_11)));
   __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
 
-  /* "jacext/_tape.pyx":650
+  /* "jacext/_tape.pyx":642
  *     reverse sweeps fill; checked once here, read-only after."""
  * 
  *     def __init__(self, Tape tape, cone_ptr, cone, row_ptr, nz_input):             # <<<<<<<<<<<<<<
@@ -34588,7 +34238,7 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
   return __pyx_r;
 }
 
-/* "jacext/_tape.pyx":675
+/* "jacext/_tape.pyx":667
  *         self.nz = <const int32_t *>cnp.PyArray_DATA(self.nz_input)
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -34621,16 +34271,16 @@ static PyObject *__pyx_pf_6jacext_5_tape_5Cones_4size___get__(struct __pyx_obj_6
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__get__", 0);
 
-  /* "jacext/_tape.pyx":678
+  /* "jacext/_tape.pyx":670
  *     def size(self):
  *         """Entries of all cones together: the instructions the sweeps visit."""
  *         return int(self.cone_ptr[-1])             # <<<<<<<<<<<<<<
  * 
  * 
 */
-  __pyx_t_1 = __Pyx_GetItemInt(((PyObject *)__pyx_v_self->cone_ptr), -1L, long, 1, __Pyx_PyLong_From_long, 1, 1, 1, __Pyx_ReferenceSharing_SharedReference); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 678, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_GetItemInt(((PyObject *)__pyx_v_self->cone_ptr), -1L, long, 1, __Pyx_PyLong_From_long, 1, 1, 1, __Pyx_ReferenceSharing_SharedReference); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 670, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_2 = __Pyx_PyNumber_Int(__pyx_t_1); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 678, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyNumber_Int(__pyx_t_1); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 670, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   {
@@ -34644,7 +34294,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_5Cones_4size___get__(struct __pyx_obj_6
   __pyx_t_2 = 0;
   goto __pyx_L0;
 
-  /* "jacext/_tape.pyx":675
+  /* "jacext/_tape.pyx":667
  *         self.nz = <const int32_t *>cnp.PyArray_DATA(self.nz_input)
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -35181,7 +34831,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_5Cones_4__setstate_cython__(CYTHON_UNUS
   return __pyx_r;
 }
 
-/* "jacext/_tape.pyx":681
+/* "jacext/_tape.pyx":673
  * 
  * 
  * cdef bint _in_range(const int32_t *p, Py_ssize_t n, int64_t lo, int64_t hi) noexcept nogil:             # <<<<<<<<<<<<<<
@@ -35197,7 +34847,7 @@ static int __pyx_f_6jacext_5_tape__in_range(int32_t const *__pyx_v_p, Py_ssize_t
   Py_ssize_t __pyx_t_2;
   Py_ssize_t __pyx_t_3;
 
-  /* "jacext/_tape.pyx":684
+  /* "jacext/_tape.pyx":676
  *     """Whether lo <= p[k] < hi for every k < n."""
  *     cdef Py_ssize_t k
  *     cdef bint ok = True             # <<<<<<<<<<<<<<
@@ -35206,7 +34856,7 @@ static int __pyx_f_6jacext_5_tape__in_range(int32_t const *__pyx_v_p, Py_ssize_t
 */
   __pyx_v_ok = 1;
 
-  /* "jacext/_tape.pyx":685
+  /* "jacext/_tape.pyx":677
  *     cdef Py_ssize_t k
  *     cdef bint ok = True
  *     for k in range(n):             # <<<<<<<<<<<<<<
@@ -35220,7 +34870,7 @@ static int __pyx_f_6jacext_5_tape__in_range(int32_t const *__pyx_v_p, Py_ssize_t
   for (__pyx_t_3 = 0; __pyx_t_3 < __pyx_t_2; __pyx_t_3+=1) {
     __pyx_v_k = __pyx_t_3;
 
-    /* "jacext/_tape.pyx":686
+    /* "jacext/_tape.pyx":678
  *     cdef bint ok = True
  *     for k in range(n):
  *         ok &= (p[k] >= lo) & (p[k] < hi)             # <<<<<<<<<<<<<<
@@ -35231,7 +34881,7 @@ static int __pyx_f_6jacext_5_tape__in_range(int32_t const *__pyx_v_p, Py_ssize_t
   }
 
 
-  /* "jacext/_tape.pyx":687
+  /* "jacext/_tape.pyx":679
  *     for k in range(n):
  *         ok &= (p[k] >= lo) & (p[k] < hi)
  *     return ok             # <<<<<<<<<<<<<<
@@ -35244,7 +34894,7 @@ static int __pyx_f_6jacext_5_tape__in_range(int32_t const *__pyx_v_p, Py_ssize_t
   }
   goto __pyx_L0;
 
-  /* "jacext/_tape.pyx":681
+  /* "jacext/_tape.pyx":673
  * 
  * 
  * cdef bint _in_range(const int32_t *p, Py_ssize_t n, int64_t lo, int64_t hi) noexcept nogil:             # <<<<<<<<<<<<<<
@@ -35259,7 +34909,7 @@ static int __pyx_f_6jacext_5_tape__in_range(int32_t const *__pyx_v_p, Py_ssize_t
   return __pyx_r;
 }
 
-/* "jacext/_tape.pyx":690
+/* "jacext/_tape.pyx":682
  * 
  * 
  * cdef int _check_columns(cnp.ndarray cols, Py_ssize_t n_in) except -1:             # <<<<<<<<<<<<<<
@@ -35280,17 +34930,17 @@ static int __pyx_f_6jacext_5_tape__check_columns(PyArrayObject *__pyx_v_cols, Py
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_check_columns", 0);
 
-  /* "jacext/_tape.pyx":691
+  /* "jacext/_tape.pyx":683
  * 
  * cdef int _check_columns(cnp.ndarray cols, Py_ssize_t n_in) except -1:
  *     _buf(cols, cnp.NPY_INT32, 0, "cols")             # <<<<<<<<<<<<<<
  *     if not _in_range(<const int32_t *>cnp.PyArray_DATA(cols), cols.shape[0], 0, n_in):
  *         raise ValueError("jacext: an input index out of range")
 */
-  __pyx_t_1 = __pyx_f_6jacext_5_tape__buf(__pyx_v_cols, NPY_INT32, 0, __pyx_mstate_global->__pyx_n_u_cols); if (unlikely(__pyx_t_1 == ((void *)NULL))) __PYX_ERR(0, 691, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_6jacext_5_tape__buf(__pyx_v_cols, NPY_INT32, 0, __pyx_mstate_global->__pyx_n_u_cols); if (unlikely(__pyx_t_1 == ((void *)NULL))) __PYX_ERR(0, 683, __pyx_L1_error)
 
 
-  /* "jacext/_tape.pyx":692
+  /* "jacext/_tape.pyx":684
  * cdef int _check_columns(cnp.ndarray cols, Py_ssize_t n_in) except -1:
  *     _buf(cols, cnp.NPY_INT32, 0, "cols")
  *     if not _in_range(<const int32_t *>cnp.PyArray_DATA(cols), cols.shape[0], 0, n_in):             # <<<<<<<<<<<<<<
@@ -35302,7 +34952,7 @@ static int __pyx_f_6jacext_5_tape__check_columns(PyArrayObject *__pyx_v_cols, Py
   if (unlikely(__pyx_t_2)) {
 
 
-    /* "jacext/_tape.pyx":693
+    /* "jacext/_tape.pyx":685
  *     _buf(cols, cnp.NPY_INT32, 0, "cols")
  *     if not _in_range(<const int32_t *>cnp.PyArray_DATA(cols), cols.shape[0], 0, n_in):
  *         raise ValueError("jacext: an input index out of range")             # <<<<<<<<<<<<<<
@@ -35315,14 +34965,14 @@ static int __pyx_f_6jacext_5_tape__check_columns(PyArrayObject *__pyx_v_cols, Py
       PyObject *__pyx_callargs[2] = {__pyx_t_4, __pyx_mstate_global->__pyx_kp_u_jacext_an_input_index_out_of_ran};
       __pyx_t_3 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 693, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 685, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     __Pyx_Raise(__pyx_t_3, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    __PYX_ERR(0, 693, __pyx_L1_error)
+    __PYX_ERR(0, 685, __pyx_L1_error)
 
-    /* "jacext/_tape.pyx":692
+    /* "jacext/_tape.pyx":684
  * cdef int _check_columns(cnp.ndarray cols, Py_ssize_t n_in) except -1:
  *     _buf(cols, cnp.NPY_INT32, 0, "cols")
  *     if not _in_range(<const int32_t *>cnp.PyArray_DATA(cols), cols.shape[0], 0, n_in):             # <<<<<<<<<<<<<<
@@ -35331,7 +34981,7 @@ static int __pyx_f_6jacext_5_tape__check_columns(PyArrayObject *__pyx_v_cols, Py
 */
   }
 
-  /* "jacext/_tape.pyx":694
+  /* "jacext/_tape.pyx":686
  *     if not _in_range(<const int32_t *>cnp.PyArray_DATA(cols), cols.shape[0], 0, n_in):
  *         raise ValueError("jacext: an input index out of range")
  *     return 0             # <<<<<<<<<<<<<<
@@ -35344,7 +34994,7 @@ static int __pyx_f_6jacext_5_tape__check_columns(PyArrayObject *__pyx_v_cols, Py
   }
   goto __pyx_L0;
 
-  /* "jacext/_tape.pyx":690
+  /* "jacext/_tape.pyx":682
  * 
  * 
  * cdef int _check_columns(cnp.ndarray cols, Py_ssize_t n_in) except -1:             # <<<<<<<<<<<<<<
@@ -35364,7 +35014,7 @@ static int __pyx_f_6jacext_5_tape__check_columns(PyArrayObject *__pyx_v_cols, Py
   return __pyx_r;
 }
 
-/* "jacext/_tape.pyx":697
+/* "jacext/_tape.pyx":689
  * 
  * 
  * def colour_columns(ptr, idx, int32_t n_rows, int32_t n_cols, order, max_work):             # <<<<<<<<<<<<<<
@@ -35417,67 +35067,67 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_ptr,&__pyx_mstate_global->__pyx_n_u_idx,&__pyx_mstate_global->__pyx_n_u_n_rows,&__pyx_mstate_global->__pyx_n_u_n_cols,&__pyx_mstate_global->__pyx_n_u_order,&__pyx_mstate_global->__pyx_n_u_max_work,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 697, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 689, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  6:
         values[5] = __Pyx_ArgRef_FASTCALL(__pyx_args, 5);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[5])) __PYX_ERR(0, 697, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[5])) __PYX_ERR(0, 689, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  5:
         values[4] = __Pyx_ArgRef_FASTCALL(__pyx_args, 4);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 697, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 689, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  4:
         values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 697, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 689, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 697, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 689, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 697, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 689, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 697, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 689, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "colour_columns", 0) < (0)) __PYX_ERR(0, 697, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "colour_columns", 0) < (0)) __PYX_ERR(0, 689, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 6; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("colour_columns", 1, 6, 6, i); __PYX_ERR(0, 697, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("colour_columns", 1, 6, 6, i); __PYX_ERR(0, 689, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 6)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 697, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 689, __pyx_L3_error)
       values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 697, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 689, __pyx_L3_error)
       values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 697, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 689, __pyx_L3_error)
       values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 697, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 689, __pyx_L3_error)
       values[4] = __Pyx_ArgRef_FASTCALL(__pyx_args, 4);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 697, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 689, __pyx_L3_error)
       values[5] = __Pyx_ArgRef_FASTCALL(__pyx_args, 5);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[5])) __PYX_ERR(0, 697, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[5])) __PYX_ERR(0, 689, __pyx_L3_error)
     }
     __pyx_v_ptr = values[0];
     __pyx_v_idx = values[1];
-    __pyx_v_n_rows = __Pyx_PyLong_As_int32_t(values[2]); if (unlikely((__pyx_v_n_rows == ((int32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 697, __pyx_L3_error)
-    __pyx_v_n_cols = __Pyx_PyLong_As_int32_t(values[3]); if (unlikely((__pyx_v_n_cols == ((int32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 697, __pyx_L3_error)
+    __pyx_v_n_rows = __Pyx_PyLong_As_int32_t(values[2]); if (unlikely((__pyx_v_n_rows == ((int32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 689, __pyx_L3_error)
+    __pyx_v_n_cols = __Pyx_PyLong_As_int32_t(values[3]); if (unlikely((__pyx_v_n_cols == ((int32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 689, __pyx_L3_error)
     __pyx_v_order = values[4];
     __pyx_v_max_work = values[5];
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("colour_columns", 1, 6, 6, __pyx_nargs); __PYX_ERR(0, 697, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("colour_columns", 1, 6, 6, __pyx_nargs); __PYX_ERR(0, 689, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -35525,7 +35175,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("colour_columns", 0);
 
-  /* "jacext/_tape.pyx":701
+  /* "jacext/_tape.pyx":693
  *     get different colours), visiting columns in ``order``: int32 colours, or None when
  *     the work would pass ``max_work``."""
  *     cdef cnp.ndarray p = np.ascontiguousarray(ptr, dtype=np.int32)             # <<<<<<<<<<<<<<
@@ -35533,14 +35183,14 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
  *     cdef cnp.ndarray o = np.ascontiguousarray(order, dtype=np.int32)
 */
   __pyx_t_2 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 701, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 693, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_ascontiguousarray); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 701, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_ascontiguousarray); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 693, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 701, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 693, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 701, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 693, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   #if CYTHON_VECTORCALL
@@ -35561,13 +35211,13 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
     PyObject *__pyx_callargs[3] = {__pyx_t_2, __pyx_v_ptr, __pyx_t_5};
     #if CYTHON_VECTORCALL
     __pyx_t_3 = __pyx_mstate_global->__pyx_tuple[5];
-    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 701, __pyx_L1_error)
+    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 693, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_3);
     #else
     {
       PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
       __pyx_t_3 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 1);
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 701, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 693, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     #endif
@@ -35578,14 +35228,14 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
     __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 701, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 693, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
-  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 701, __pyx_L1_error)
+  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 693, __pyx_L1_error)
   __pyx_v_p = ((PyArrayObject *)__pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "jacext/_tape.pyx":702
+  /* "jacext/_tape.pyx":694
  *     the work would pass ``max_work``."""
  *     cdef cnp.ndarray p = np.ascontiguousarray(ptr, dtype=np.int32)
  *     cdef cnp.ndarray q = np.ascontiguousarray(idx, dtype=np.int32)             # <<<<<<<<<<<<<<
@@ -35593,14 +35243,14 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
  *     cdef cnp.ndarray colour = np.empty(n_cols, dtype=np.int32)
 */
   __pyx_t_4 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 702, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 694, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_ascontiguousarray); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 702, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_ascontiguousarray); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 694, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 702, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 694, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 702, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 694, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   #if CYTHON_VECTORCALL
@@ -35621,13 +35271,13 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
     PyObject *__pyx_callargs[3] = {__pyx_t_4, __pyx_v_idx, __pyx_t_2};
     #if CYTHON_VECTORCALL
     __pyx_t_3 = __pyx_mstate_global->__pyx_tuple[5];
-    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 702, __pyx_L1_error)
+    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 694, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_3);
     #else
     {
       PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
       __pyx_t_3 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 1);
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 702, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 694, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     #endif
@@ -35638,14 +35288,14 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
     __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 702, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 694, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
-  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 702, __pyx_L1_error)
+  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 694, __pyx_L1_error)
   __pyx_v_q = ((PyArrayObject *)__pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "jacext/_tape.pyx":703
+  /* "jacext/_tape.pyx":695
  *     cdef cnp.ndarray p = np.ascontiguousarray(ptr, dtype=np.int32)
  *     cdef cnp.ndarray q = np.ascontiguousarray(idx, dtype=np.int32)
  *     cdef cnp.ndarray o = np.ascontiguousarray(order, dtype=np.int32)             # <<<<<<<<<<<<<<
@@ -35653,14 +35303,14 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
  *     cdef int32_t n
 */
   __pyx_t_5 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 703, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 695, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_ascontiguousarray); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 703, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_ascontiguousarray); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 695, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 703, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 695, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 703, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 695, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   #if CYTHON_VECTORCALL
@@ -35681,13 +35331,13 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
     PyObject *__pyx_callargs[3] = {__pyx_t_5, __pyx_v_order, __pyx_t_4};
     #if CYTHON_VECTORCALL
     __pyx_t_3 = __pyx_mstate_global->__pyx_tuple[5];
-    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 703, __pyx_L1_error)
+    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 695, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_3);
     #else
     {
       PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
       __pyx_t_3 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 1);
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 703, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 695, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     #endif
@@ -35698,14 +35348,14 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 703, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 695, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
-  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 703, __pyx_L1_error)
+  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 695, __pyx_L1_error)
   __pyx_v_o = ((PyArrayObject *)__pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "jacext/_tape.pyx":704
+  /* "jacext/_tape.pyx":696
  *     cdef cnp.ndarray q = np.ascontiguousarray(idx, dtype=np.int32)
  *     cdef cnp.ndarray o = np.ascontiguousarray(order, dtype=np.int32)
  *     cdef cnp.ndarray colour = np.empty(n_cols, dtype=np.int32)             # <<<<<<<<<<<<<<
@@ -35713,16 +35363,16 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
  *     cdef int64_t limit = max_work
 */
   __pyx_t_2 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 704, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 696, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_empty); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 704, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_empty); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 696, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __pyx_t_3 = __Pyx_PyLong_From_int32_t(__pyx_v_n_cols); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 704, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_From_int32_t(__pyx_v_n_cols); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 696, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __Pyx_GetModuleGlobalName(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 704, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 696, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  __pyx_t_7 = __Pyx_PyObject_GetAttrStr(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 704, __pyx_L1_error)
+  __pyx_t_7 = __Pyx_PyObject_GetAttrStr(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 696, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_7);
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
   #if CYTHON_VECTORCALL
@@ -35743,13 +35393,13 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
     PyObject *__pyx_callargs[3] = {__pyx_t_2, __pyx_t_3, __pyx_t_7};
     #if CYTHON_VECTORCALL
     __pyx_t_5 = __pyx_mstate_global->__pyx_tuple[5];
-    if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 704, __pyx_L1_error)
+    if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 696, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_5);
     #else
     {
       PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
       __pyx_t_5 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 1);
-      if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 704, __pyx_L1_error)
+      if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 696, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_5);
     }
     #endif
@@ -35761,24 +35411,24 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
     __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
     __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 704, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 696, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
-  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 704, __pyx_L1_error)
+  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 696, __pyx_L1_error)
   __pyx_v_colour = ((PyArrayObject *)__pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "jacext/_tape.pyx":706
+  /* "jacext/_tape.pyx":698
  *     cdef cnp.ndarray colour = np.empty(n_cols, dtype=np.int32)
  *     cdef int32_t n
  *     cdef int64_t limit = max_work             # <<<<<<<<<<<<<<
  *     if p.shape[0] != n_rows + 1 or o.shape[0] != n_cols or (n_rows and p[n_rows] != q.shape[0]):
  *         raise ValueError("jacext: the pattern and its sizes do not match")
 */
-  __pyx_t_8 = __Pyx_PyLong_As_int64_t(__pyx_v_max_work); if (unlikely((__pyx_t_8 == ((int64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 706, __pyx_L1_error)
+  __pyx_t_8 = __Pyx_PyLong_As_int64_t(__pyx_v_max_work); if (unlikely((__pyx_t_8 == ((int64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 698, __pyx_L1_error)
   __pyx_v_limit = __pyx_t_8;
 
-  /* "jacext/_tape.pyx":707
+  /* "jacext/_tape.pyx":699
  *     cdef int32_t n
  *     cdef int64_t limit = max_work
  *     if p.shape[0] != n_rows + 1 or o.shape[0] != n_cols or (n_rows and p[n_rows] != q.shape[0]):             # <<<<<<<<<<<<<<
@@ -35815,11 +35465,11 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
 
     goto __pyx_L4_bool_binop_done;
   }
-  __pyx_t_1 = __Pyx_GetItemInt(((PyObject *)__pyx_v_p), __pyx_v_n_rows, int32_t, 1, __Pyx_PyLong_From_int32_t, 1, 1, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 707, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_GetItemInt(((PyObject *)__pyx_v_p), __pyx_v_n_rows, int32_t, 1, __Pyx_PyLong_From_int32_t, 1, 1, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 699, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_4 = __Pyx_PyLong_From_npy_intp((__pyx_f_5numpy_7ndarray_5shape___get__(__pyx_v_q)[0])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 707, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_From_npy_intp((__pyx_f_5numpy_7ndarray_5shape___get__(__pyx_v_q)[0])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 699, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_10 = __Pyx_PyObject_CompareBoolNe_object_int(__pyx_t_1, __pyx_t_4, Py_NE); if (unlikely((__pyx_t_10 < 0))) __PYX_ERR(0, 707, __pyx_L1_error)
+  __pyx_t_10 = __Pyx_PyObject_CompareBoolNe_object_int(__pyx_t_1, __pyx_t_4, Py_NE); if (unlikely((__pyx_t_10 < 0))) __PYX_ERR(0, 699, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
@@ -35829,7 +35479,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
   if (unlikely(__pyx_t_9)) {
 
 
-    /* "jacext/_tape.pyx":708
+    /* "jacext/_tape.pyx":700
  *     cdef int64_t limit = max_work
  *     if p.shape[0] != n_rows + 1 or o.shape[0] != n_cols or (n_rows and p[n_rows] != q.shape[0]):
  *         raise ValueError("jacext: the pattern and its sizes do not match")             # <<<<<<<<<<<<<<
@@ -35842,14 +35492,14 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
       PyObject *__pyx_callargs[2] = {__pyx_t_1, __pyx_mstate_global->__pyx_kp_u_jacext_the_pattern_and_its_sizes};
       __pyx_t_4 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_6, (2-__pyx_t_6) | (__pyx_t_6*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_1); __pyx_t_1 = 0;
-      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 708, __pyx_L1_error)
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 700, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_4);
     }
     __Pyx_Raise(__pyx_t_4, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    __PYX_ERR(0, 708, __pyx_L1_error)
+    __PYX_ERR(0, 700, __pyx_L1_error)
 
-    /* "jacext/_tape.pyx":707
+    /* "jacext/_tape.pyx":699
  *     cdef int32_t n
  *     cdef int64_t limit = max_work
  *     if p.shape[0] != n_rows + 1 or o.shape[0] != n_cols or (n_rows and p[n_rows] != q.shape[0]):             # <<<<<<<<<<<<<<
@@ -35858,7 +35508,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
 */
   }
 
-  /* "jacext/_tape.pyx":709
+  /* "jacext/_tape.pyx":701
  *     if p.shape[0] != n_rows + 1 or o.shape[0] != n_cols or (n_rows and p[n_rows] != q.shape[0]):
  *         raise ValueError("jacext: the pattern and its sizes do not match")
  *     if q.shape[0] and (q.min() < 0 or q.max() >= n_cols):             # <<<<<<<<<<<<<<
@@ -35882,10 +35532,10 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
     PyObject *__pyx_callargs[2] = {__pyx_t_1, NULL};
     __pyx_t_4 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_min, __pyx_callargs+__pyx_t_6, (1-__pyx_t_6) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_1); __pyx_t_1 = 0;
-    if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 709, __pyx_L1_error)
+    if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 701, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
   }
-  __pyx_t_10 = __Pyx_PyObject_CompareBoolLt_object_int(__pyx_t_4, __pyx_mstate_global->__pyx_int_0, Py_LT); if (unlikely((__pyx_t_10 < 0))) __PYX_ERR(0, 709, __pyx_L1_error)
+  __pyx_t_10 = __Pyx_PyObject_CompareBoolLt_object_int(__pyx_t_4, __pyx_mstate_global->__pyx_int_0, Py_LT); if (unlikely((__pyx_t_10 < 0))) __PYX_ERR(0, 701, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   if (!__pyx_t_10) {
 
@@ -35902,12 +35552,12 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
     PyObject *__pyx_callargs[2] = {__pyx_t_1, NULL};
     __pyx_t_4 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_max, __pyx_callargs+__pyx_t_6, (1-__pyx_t_6) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_1); __pyx_t_1 = 0;
-    if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 709, __pyx_L1_error)
+    if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 701, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
   }
-  __pyx_t_1 = __Pyx_PyLong_From_int32_t(__pyx_v_n_cols); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 709, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyLong_From_int32_t(__pyx_v_n_cols); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 701, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_10 = __Pyx_PyObject_CompareBoolGe_object_int(__pyx_t_4, __pyx_t_1, Py_GE); if (unlikely((__pyx_t_10 < 0))) __PYX_ERR(0, 709, __pyx_L1_error)
+  __pyx_t_10 = __Pyx_PyObject_CompareBoolGe_object_int(__pyx_t_4, __pyx_t_1, Py_GE); if (unlikely((__pyx_t_10 < 0))) __PYX_ERR(0, 701, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
@@ -35917,7 +35567,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
   if (unlikely(__pyx_t_9)) {
 
 
-    /* "jacext/_tape.pyx":710
+    /* "jacext/_tape.pyx":702
  *         raise ValueError("jacext: the pattern and its sizes do not match")
  *     if q.shape[0] and (q.min() < 0 or q.max() >= n_cols):
  *         raise ValueError("jacext: a column index out of range")             # <<<<<<<<<<<<<<
@@ -35930,14 +35580,14 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
       PyObject *__pyx_callargs[2] = {__pyx_t_4, __pyx_mstate_global->__pyx_kp_u_jacext_a_column_index_out_of_ran};
       __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_6, (2-__pyx_t_6) | (__pyx_t_6*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
-      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 710, __pyx_L1_error)
+      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 702, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_1);
     }
     __Pyx_Raise(__pyx_t_1, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-    __PYX_ERR(0, 710, __pyx_L1_error)
+    __PYX_ERR(0, 702, __pyx_L1_error)
 
-    /* "jacext/_tape.pyx":709
+    /* "jacext/_tape.pyx":701
  *     if p.shape[0] != n_rows + 1 or o.shape[0] != n_cols or (n_rows and p[n_rows] != q.shape[0]):
  *         raise ValueError("jacext: the pattern and its sizes do not match")
  *     if q.shape[0] and (q.min() < 0 or q.max() >= n_cols):             # <<<<<<<<<<<<<<
@@ -35946,7 +35596,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
 */
   }
 
-  /* "jacext/_tape.pyx":711
+  /* "jacext/_tape.pyx":703
  *     if q.shape[0] and (q.min() < 0 or q.max() >= n_cols):
  *         raise ValueError("jacext: a column index out of range")
  *     if n_cols and (np.sort(o) != np.arange(n_cols)).any():             # <<<<<<<<<<<<<<
@@ -35964,9 +35614,9 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
     goto __pyx_L13_bool_binop_done;
   }
   __pyx_t_7 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 711, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 703, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_sort); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 711, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_sort); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 703, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   __pyx_t_6 = 1;
@@ -35986,16 +35636,16 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
     __pyx_t_5 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_2, __pyx_callargs+__pyx_t_6, (2-__pyx_t_6) | (__pyx_t_6*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_7); __pyx_t_7 = 0;
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 711, __pyx_L1_error)
+    if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 703, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_5);
   }
   __pyx_t_7 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 711, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 703, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_11 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_arange); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 711, __pyx_L1_error)
+  __pyx_t_11 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_arange); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 703, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_11);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __pyx_t_3 = __Pyx_PyLong_From_int32_t(__pyx_v_n_cols); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 711, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_From_int32_t(__pyx_v_n_cols); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 703, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __pyx_t_6 = 1;
   #if CYTHON_UNPACK_METHODS
@@ -36015,10 +35665,10 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
     __Pyx_XDECREF(__pyx_t_7); __pyx_t_7 = 0;
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
     __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
-    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 711, __pyx_L1_error)
+    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 703, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
   }
-  __pyx_t_11 = __Pyx_PyObject_CompareNe_object_object(__pyx_t_5, __pyx_t_2, Py_NE); __Pyx_XGOTREF(__pyx_t_11); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 711, __pyx_L1_error)
+  __pyx_t_11 = __Pyx_PyObject_CompareNe_object_object(__pyx_t_5, __pyx_t_2, Py_NE); __Pyx_XGOTREF(__pyx_t_11); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 703, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   __pyx_t_4 = __pyx_t_11;
@@ -36029,10 +35679,10 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
     __pyx_t_1 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_any, __pyx_callargs+__pyx_t_6, (1-__pyx_t_6) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
     __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 711, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 703, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
-  __pyx_t_10 = __Pyx_PyObject_IsTrue(__pyx_t_1); if (unlikely((__pyx_t_10 < 0))) __PYX_ERR(0, 711, __pyx_L1_error)
+  __pyx_t_10 = __Pyx_PyObject_IsTrue(__pyx_t_1); if (unlikely((__pyx_t_10 < 0))) __PYX_ERR(0, 703, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
   __pyx_t_9 = __pyx_t_10;
@@ -36041,7 +35691,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
   if (unlikely(__pyx_t_9)) {
 
 
-    /* "jacext/_tape.pyx":712
+    /* "jacext/_tape.pyx":704
  *         raise ValueError("jacext: a column index out of range")
  *     if n_cols and (np.sort(o) != np.arange(n_cols)).any():
  *         raise ValueError("jacext: order must be a permutation of the columns")             # <<<<<<<<<<<<<<
@@ -36054,14 +35704,14 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
       PyObject *__pyx_callargs[2] = {__pyx_t_11, __pyx_mstate_global->__pyx_kp_u_jacext_order_must_be_a_permutati};
       __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_6, (2-__pyx_t_6) | (__pyx_t_6*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_11); __pyx_t_11 = 0;
-      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 712, __pyx_L1_error)
+      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 704, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_1);
     }
     __Pyx_Raise(__pyx_t_1, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-    __PYX_ERR(0, 712, __pyx_L1_error)
+    __PYX_ERR(0, 704, __pyx_L1_error)
 
-    /* "jacext/_tape.pyx":711
+    /* "jacext/_tape.pyx":703
  *     if q.shape[0] and (q.min() < 0 or q.max() >= n_cols):
  *         raise ValueError("jacext: a column index out of range")
  *     if n_cols and (np.sort(o) != np.arange(n_cols)).any():             # <<<<<<<<<<<<<<
@@ -36070,7 +35720,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
 */
   }
 
-  /* "jacext/_tape.pyx":713
+  /* "jacext/_tape.pyx":705
  *     if n_cols and (np.sort(o) != np.arange(n_cols)).any():
  *         raise ValueError("jacext: order must be a permutation of the columns")
  *     if q.shape[0] == 0:             # <<<<<<<<<<<<<<
@@ -36082,7 +35732,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
   if (__pyx_t_9) {
 
 
-    /* "jacext/_tape.pyx":714
+    /* "jacext/_tape.pyx":706
  *         raise ValueError("jacext: order must be a permutation of the columns")
  *     if q.shape[0] == 0:
  *         q = np.zeros(1, dtype=np.int32)             # <<<<<<<<<<<<<<
@@ -36090,14 +35740,14 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
  *         n = jx_colour_columns(n_rows, n_cols, <const int32_t *>cnp.PyArray_DATA(p),
 */
     __pyx_t_11 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 714, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 706, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
-    __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_zeros); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 714, __pyx_L1_error)
+    __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_zeros); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 706, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 714, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 706, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
-    __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 714, __pyx_L1_error)
+    __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 706, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_5);
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
     #if CYTHON_VECTORCALL
@@ -36118,13 +35768,13 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
       PyObject *__pyx_callargs[3] = {__pyx_t_11, __pyx_mstate_global->__pyx_int_1, __pyx_t_5};
       #if CYTHON_VECTORCALL
       __pyx_t_4 = __pyx_mstate_global->__pyx_tuple[5];
-      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 714, __pyx_L1_error)
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 706, __pyx_L1_error)
       __Pyx_INCREF(__pyx_t_4);
       #else
       {
         PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
         __pyx_t_4 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 1);
-        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 714, __pyx_L1_error)
+        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 706, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_4);
       }
       #endif
@@ -36135,14 +35785,14 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
       __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
       __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
       __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 714, __pyx_L1_error)
+      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 706, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_1);
     }
-    if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 714, __pyx_L1_error)
+    if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 706, __pyx_L1_error)
     __Pyx_DECREF_SET(__pyx_v_q, ((PyArrayObject *)__pyx_t_1));
     __pyx_t_1 = 0;
 
-    /* "jacext/_tape.pyx":713
+    /* "jacext/_tape.pyx":705
  *     if n_cols and (np.sort(o) != np.arange(n_cols)).any():
  *         raise ValueError("jacext: order must be a permutation of the columns")
  *     if q.shape[0] == 0:             # <<<<<<<<<<<<<<
@@ -36151,7 +35801,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
 */
   }
 
-  /* "jacext/_tape.pyx":715
+  /* "jacext/_tape.pyx":707
  *     if q.shape[0] == 0:
  *         q = np.zeros(1, dtype=np.int32)
  *     with nogil:             # <<<<<<<<<<<<<<
@@ -36164,7 +35814,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
       __Pyx_FastGIL_Remember();
       /*try:*/ {
 
-        /* "jacext/_tape.pyx":716
+        /* "jacext/_tape.pyx":708
  *         q = np.zeros(1, dtype=np.int32)
  *     with nogil:
  *         n = jx_colour_columns(n_rows, n_cols, <const int32_t *>cnp.PyArray_DATA(p),             # <<<<<<<<<<<<<<
@@ -36174,7 +35824,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
         __pyx_v_n = jx_colour_columns(__pyx_v_n_rows, __pyx_v_n_cols, ((int32_t const *)PyArray_DATA(__pyx_v_p)), ((int32_t const *)PyArray_DATA(__pyx_v_q)), ((int32_t const *)PyArray_DATA(__pyx_v_o)), ((int32_t *)PyArray_DATA(__pyx_v_colour)), __pyx_v_limit);
       }
 
-      /* "jacext/_tape.pyx":715
+      /* "jacext/_tape.pyx":707
  *     if q.shape[0] == 0:
  *         q = np.zeros(1, dtype=np.int32)
  *     with nogil:             # <<<<<<<<<<<<<<
@@ -36191,7 +35841,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
       }
   }
 
-  /* "jacext/_tape.pyx":720
+  /* "jacext/_tape.pyx":712
  *                               <const int32_t *>cnp.PyArray_DATA(o),
  *                               <int32_t *>cnp.PyArray_DATA(colour), limit)
  *     if n == JX_ENOMEM:             # <<<<<<<<<<<<<<
@@ -36203,7 +35853,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
   if (unlikely(__pyx_t_9)) {
 
 
-    /* "jacext/_tape.pyx":721
+    /* "jacext/_tape.pyx":713
  *                               <int32_t *>cnp.PyArray_DATA(colour), limit)
  *     if n == JX_ENOMEM:
  *         raise MemoryError("jacext: out of memory colouring the sparsity pattern")             # <<<<<<<<<<<<<<
@@ -36216,14 +35866,14 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
       PyObject *__pyx_callargs[2] = {__pyx_t_2, __pyx_mstate_global->__pyx_kp_u_jacext_out_of_memory_colouring_t};
       __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_MemoryError)), __pyx_callargs+__pyx_t_6, (2-__pyx_t_6) | (__pyx_t_6*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
-      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 721, __pyx_L1_error)
+      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 713, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_1);
     }
     __Pyx_Raise(__pyx_t_1, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-    __PYX_ERR(0, 721, __pyx_L1_error)
+    __PYX_ERR(0, 713, __pyx_L1_error)
 
-    /* "jacext/_tape.pyx":720
+    /* "jacext/_tape.pyx":712
  *                               <const int32_t *>cnp.PyArray_DATA(o),
  *                               <int32_t *>cnp.PyArray_DATA(colour), limit)
  *     if n == JX_ENOMEM:             # <<<<<<<<<<<<<<
@@ -36232,7 +35882,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
 */
   }
 
-  /* "jacext/_tape.pyx":722
+  /* "jacext/_tape.pyx":714
  *     if n == JX_ENOMEM:
  *         raise MemoryError("jacext: out of memory colouring the sparsity pattern")
  *     if n < 0:             # <<<<<<<<<<<<<<
@@ -36244,7 +35894,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
   if (__pyx_t_9) {
 
 
-    /* "jacext/_tape.pyx":723
+    /* "jacext/_tape.pyx":715
  *         raise MemoryError("jacext: out of memory colouring the sparsity pattern")
  *     if n < 0:
  *         return None             # <<<<<<<<<<<<<<
@@ -36261,7 +35911,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
     }
     goto __pyx_L0;
 
-    /* "jacext/_tape.pyx":722
+    /* "jacext/_tape.pyx":714
  *     if n == JX_ENOMEM:
  *         raise MemoryError("jacext: out of memory colouring the sparsity pattern")
  *     if n < 0:             # <<<<<<<<<<<<<<
@@ -36270,7 +35920,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
 */
   }
 
-  /* "jacext/_tape.pyx":724
+  /* "jacext/_tape.pyx":716
  *     if n < 0:
  *         return None
  *     return colour             # <<<<<<<<<<<<<<
@@ -36288,7 +35938,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
   }
   goto __pyx_L0;
 
-  /* "jacext/_tape.pyx":697
+  /* "jacext/_tape.pyx":689
  * 
  * 
  * def colour_columns(ptr, idx, int32_t n_rows, int32_t n_cols, order, max_work):             # <<<<<<<<<<<<<<
@@ -36780,9 +36430,9 @@ static PyMethodDef __pyx_methods_6jacext_5_tape_Tape[] = {
   {"fixed_partials", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6jacext_5_tape_4Tape_11fixed_partials, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6jacext_5_tape_4Tape_10fixed_partials},
   {"runs", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6jacext_5_tape_4Tape_13runs, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6jacext_5_tape_4Tape_12runs},
   {"disassemble", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6jacext_5_tape_4Tape_15disassemble, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6jacext_5_tape_4Tape_14disassemble},
-  {"batch", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6jacext_5_tape_4Tape_27batch, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6jacext_5_tape_4Tape_26batch},
-  {"pattern", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6jacext_5_tape_4Tape_29pattern, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6jacext_5_tape_4Tape_28pattern},
-  {"cones", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6jacext_5_tape_4Tape_31cones, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6jacext_5_tape_4Tape_30cones},
+  {"batch", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6jacext_5_tape_4Tape_25batch, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6jacext_5_tape_4Tape_24batch},
+  {"pattern", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6jacext_5_tape_4Tape_27pattern, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6jacext_5_tape_4Tape_26pattern},
+  {"cones", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6jacext_5_tape_4Tape_29cones, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6jacext_5_tape_4Tape_28cones},
   {0, 0, 0, 0}
 };
 
@@ -38301,14 +37951,14 @@ static int __Pyx_modinit_Exttype___pyx_obj_6jacext_5_tape_Cones(__pyx_mstatetype
   __Pyx_RefNannySetupContext("__Pyx_modinit_Exttype___pyx_obj_6jacext_5_tape_Cones", 0);
   /*--- Exttype __pyx_obj_6jacext_5_tape_Cones ---*/
   #if CYTHON_USE_TYPE_SPECS
-  __pyx_mstate->__pyx_ptype_6jacext_5_tape_Cones = (PyTypeObject *) __Pyx_PyType_FromModuleAndSpec(__pyx_m, &__pyx_type_6jacext_5_tape_Cones_spec, NULL); if (unlikely(!__pyx_mstate->__pyx_ptype_6jacext_5_tape_Cones)) __PYX_ERR(0, 646, __pyx_L1_error)
+  __pyx_mstate->__pyx_ptype_6jacext_5_tape_Cones = (PyTypeObject *) __Pyx_PyType_FromModuleAndSpec(__pyx_m, &__pyx_type_6jacext_5_tape_Cones_spec, NULL); if (unlikely(!__pyx_mstate->__pyx_ptype_6jacext_5_tape_Cones)) __PYX_ERR(0, 638, __pyx_L1_error)
   #else
   __pyx_mstate->__pyx_ptype_6jacext_5_tape_Cones = &__pyx_type_6jacext_5_tape_Cones;
   #endif
   #if !CYTHON_COMPILING_IN_LIMITED_API
   #endif
   #if !CYTHON_USE_TYPE_SPECS
-  if (__Pyx_PyType_Ready(__pyx_mstate->__pyx_ptype_6jacext_5_tape_Cones) < (0)) __PYX_ERR(0, 646, __pyx_L1_error)
+  if (__Pyx_PyType_Ready(__pyx_mstate->__pyx_ptype_6jacext_5_tape_Cones) < (0)) __PYX_ERR(0, 638, __pyx_L1_error)
   #endif
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount((PyObject*)__pyx_mstate->__pyx_ptype_6jacext_5_tape_Cones);
@@ -38318,8 +37968,8 @@ static int __Pyx_modinit_Exttype___pyx_obj_6jacext_5_tape_Cones(__pyx_mstatetype
     __pyx_mstate->__pyx_ptype_6jacext_5_tape_Cones->tp_getattro = PyObject_GenericGetAttr;
   }
   #endif
-  if (PyObject_SetAttr(__pyx_m, __pyx_mstate_global->__pyx_n_u_Cones, (PyObject *) __pyx_mstate->__pyx_ptype_6jacext_5_tape_Cones) < (0)) __PYX_ERR(0, 646, __pyx_L1_error)
-  if (__Pyx_setup_reduce((PyObject *) __pyx_mstate->__pyx_ptype_6jacext_5_tape_Cones) < (0)) __PYX_ERR(0, 646, __pyx_L1_error)
+  if (PyObject_SetAttr(__pyx_m, __pyx_mstate_global->__pyx_n_u_Cones, (PyObject *) __pyx_mstate->__pyx_ptype_6jacext_5_tape_Cones) < (0)) __PYX_ERR(0, 638, __pyx_L1_error)
+  if (__Pyx_setup_reduce((PyObject *) __pyx_mstate->__pyx_ptype_6jacext_5_tape_Cones) < (0)) __PYX_ERR(0, 638, __pyx_L1_error)
   __Pyx_RefNannyFinishContext();
   return 0;
   __pyx_L1_error:;
@@ -38344,8 +37994,7 @@ static int __Pyx_modinit_Exttype___pyx_obj_6jacext_5_tape_Tape(__pyx_mstatetype 
   __pyx_vtable_6jacext_5_tape_Tape.value = (PyObject *(*)(struct __pyx_obj_6jacext_5_tape_Tape *, PyArrayObject *, PyArrayObject *, int __pyx_skip_dispatch))__pyx_f_6jacext_5_tape_4Tape_value;
   __pyx_vtable_6jacext_5_tape_Tape.compressed = (PyObject *(*)(struct __pyx_obj_6jacext_5_tape_Tape *, PyArrayObject *, PyArrayObject *, PyArrayObject *, PyArrayObject *, PyArrayObject *, int32_t, int, int __pyx_skip_dispatch))__pyx_f_6jacext_5_tape_4Tape_compressed;
   __pyx_vtable_6jacext_5_tape_Tape.cones_jacobian = (PyObject *(*)(struct __pyx_obj_6jacext_5_tape_Tape *, PyArrayObject *, PyArrayObject *, struct __pyx_obj_6jacext_5_tape_Cones *, PyArrayObject *, int __pyx_skip_dispatch))__pyx_f_6jacext_5_tape_4Tape_cones_jacobian;
-  __pyx_vtable_6jacext_5_tape_Tape.jvp = (PyObject *(*)(struct __pyx_obj_6jacext_5_tape_Tape *, PyArrayObject *, PyArrayObject *, PyArrayObject *, PyArrayObject *, int __pyx_skip_dispatch))__pyx_f_6jacext_5_tape_4Tape_jvp;
-  __pyx_vtable_6jacext_5_tape_Tape.vjp = (PyObject *(*)(struct __pyx_obj_6jacext_5_tape_Tape *, PyArrayObject *, PyArrayObject *, PyArrayObject *, PyArrayObject *, int __pyx_skip_dispatch))__pyx_f_6jacext_5_tape_4Tape_vjp;
+  __pyx_vtable_6jacext_5_tape_Tape.product = (PyObject *(*)(struct __pyx_obj_6jacext_5_tape_Tape *, int, PyArrayObject *, PyArrayObject *, PyArrayObject *, PyArrayObject *, int __pyx_skip_dispatch))__pyx_f_6jacext_5_tape_4Tape_product;
   #if CYTHON_USE_TYPE_SPECS
   __pyx_mstate->__pyx_ptype_6jacext_5_tape_Tape = (PyTypeObject *) __Pyx_PyType_FromModuleAndSpec(__pyx_m, &__pyx_type_6jacext_5_tape_Tape_spec, NULL); if (unlikely(!__pyx_mstate->__pyx_ptype_6jacext_5_tape_Tape)) __PYX_ERR(0, 200, __pyx_L1_error)
   #else
@@ -40163,77 +39812,62 @@ __Pyx_RefNannySetupContext("PyInit__tape", 0);
   /* "jacext/_tape.pyx":479
  *         return raise_status(st)
  * 
- *     cpdef jvp(self, cnp.ndarray x, cnp.ndarray v, cnp.ndarray y, cnp.ndarray ydot):             # <<<<<<<<<<<<<<
- *         """y and ydot = J v at the point x (v over all inputs)."""
- *         cdef const double *px = <const double *>_buf(x, cnp.NPY_DOUBLE, self.t.n_in, "x")
+ *     cpdef product(self, bint forward, cnp.ndarray x, cnp.ndarray seed, cnp.ndarray y,             # <<<<<<<<<<<<<<
+ *                   cnp.ndarray res):
+ *         """At the point x: y and, forward, res = J v (seed v over the inputs, res over the
 */
-  __pyx_t_17 = __Pyx_CyFunction_New(&__pyx_mdef_6jacext_5_tape_4Tape_23jvp, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Tape_jvp, NULL, __pyx_mstate_global->__pyx_n_u_jacext__tape, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[14])); if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 479, __pyx_L1_error)
+  __pyx_t_17 = __Pyx_CyFunction_New(&__pyx_mdef_6jacext_5_tape_4Tape_23product, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Tape_product, NULL, __pyx_mstate_global->__pyx_n_u_jacext__tape, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[14])); if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 479, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_17);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_17);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6jacext_5_tape_Tape, __pyx_mstate_global->__pyx_n_u_jvp, __pyx_t_17) < (0)) __PYX_ERR(0, 479, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6jacext_5_tape_Tape, __pyx_mstate_global->__pyx_n_u_product, __pyx_t_17) < (0)) __PYX_ERR(0, 479, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_17); __pyx_t_17 = 0;
 
-  /* "jacext/_tape.pyx":494
- *         return raise_status(st)
- * 
- *     cpdef vjp(self, cnp.ndarray x, cnp.ndarray u, cnp.ndarray y, cnp.ndarray xbar):             # <<<<<<<<<<<<<<
- *         """y and xbar = u J at the point x (u over all outputs)."""
- *         cdef const double *px = <const double *>_buf(x, cnp.NPY_DOUBLE, self.t.n_in, "x")
-*/
-  __pyx_t_17 = __Pyx_CyFunction_New(&__pyx_mdef_6jacext_5_tape_4Tape_25vjp, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Tape_vjp, NULL, __pyx_mstate_global->__pyx_n_u_jacext__tape, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[15])); if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 494, __pyx_L1_error)
-  __Pyx_GOTREF(__pyx_t_17);
-  #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
-  PyUnstable_Object_EnableDeferredRefcount(__pyx_t_17);
-  #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6jacext_5_tape_Tape, __pyx_mstate_global->__pyx_n_u_vjp, __pyx_t_17) < (0)) __PYX_ERR(0, 494, __pyx_L1_error)
-  __Pyx_DECREF(__pyx_t_17); __pyx_t_17 = 0;
-
-  /* "jacext/_tape.pyx":511
+  /* "jacext/_tape.pyx":503
  *     # ---- batches: rows of x, threads splitting them ----
  * 
  *     def batch(self, str task, cnp.ndarray x, cnp.ndarray y, cnp.ndarray out,             # <<<<<<<<<<<<<<
  *                 int threads=1, int mode=0, cnp.ndarray seed=None, cnp.ndarray cols=None,
  *                 cnp.ndarray colour=None, int32_t n_colours=0, Tape jac_tape=None,
 */
-  __pyx_t_17 = __Pyx_CyFunction_New(&__pyx_mdef_6jacext_5_tape_4Tape_27batch, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Tape_batch, NULL, __pyx_mstate_global->__pyx_n_u_jacext__tape, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[16])); if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 511, __pyx_L1_error)
+  __pyx_t_17 = __Pyx_CyFunction_New(&__pyx_mdef_6jacext_5_tape_4Tape_25batch, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Tape_batch, NULL, __pyx_mstate_global->__pyx_n_u_jacext__tape, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[15])); if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 503, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_17);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_17);
   #endif
   __Pyx_CyFunction_SetDefaultsTuple(__pyx_t_17, __pyx_mstate_global->__pyx_tuple[8]);
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6jacext_5_tape_Tape, __pyx_mstate_global->__pyx_n_u_batch, __pyx_t_17) < (0)) __PYX_ERR(0, 511, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6jacext_5_tape_Tape, __pyx_mstate_global->__pyx_n_u_batch, __pyx_t_17) < (0)) __PYX_ERR(0, 503, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_17); __pyx_t_17 = 0;
 
-  /* "jacext/_tape.pyx":594
+  /* "jacext/_tape.pyx":586
  *     # ---- sparsity ----
  * 
  *     def pattern(self, cnp.ndarray cols):             # <<<<<<<<<<<<<<
  *         """(indptr, indices), int32 and read-only: the exact structural pattern of the
  *         outputs with respect to the inputs ``cols`` (column k is input cols[k])."""
 */
-  __pyx_t_17 = __Pyx_CyFunction_New(&__pyx_mdef_6jacext_5_tape_4Tape_29pattern, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Tape_pattern, NULL, __pyx_mstate_global->__pyx_n_u_jacext__tape, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[17])); if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 594, __pyx_L1_error)
+  __pyx_t_17 = __Pyx_CyFunction_New(&__pyx_mdef_6jacext_5_tape_4Tape_27pattern, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Tape_pattern, NULL, __pyx_mstate_global->__pyx_n_u_jacext__tape, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[16])); if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 586, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_17);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_17);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6jacext_5_tape_Tape, __pyx_mstate_global->__pyx_n_u_pattern, __pyx_t_17) < (0)) __PYX_ERR(0, 594, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6jacext_5_tape_Tape, __pyx_mstate_global->__pyx_n_u_pattern, __pyx_t_17) < (0)) __PYX_ERR(0, 586, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_17); __pyx_t_17 = 0;
 
-  /* "jacext/_tape.pyx":620
+  /* "jacext/_tape.pyx":612
  *         return ptr, idx
  * 
  *     def cones(self, budget, row_ptr, nz_input):             # <<<<<<<<<<<<<<
  *         """The dependency cone of every output (the instructions its value depends on, last
  *         first) for :meth:`cones_jacobian`, with the pattern they fill (CSR ``row_ptr`` and
 */
-  __pyx_t_17 = __Pyx_CyFunction_New(&__pyx_mdef_6jacext_5_tape_4Tape_31cones, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Tape_cones, NULL, __pyx_mstate_global->__pyx_n_u_jacext__tape, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[18])); if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 620, __pyx_L1_error)
+  __pyx_t_17 = __Pyx_CyFunction_New(&__pyx_mdef_6jacext_5_tape_4Tape_29cones, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Tape_cones, NULL, __pyx_mstate_global->__pyx_n_u_jacext__tape, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[17])); if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 612, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_17);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_17);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6jacext_5_tape_Tape, __pyx_mstate_global->__pyx_n_u_cones, __pyx_t_17) < (0)) __PYX_ERR(0, 620, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6jacext_5_tape_Tape, __pyx_mstate_global->__pyx_n_u_cones, __pyx_t_17) < (0)) __PYX_ERR(0, 612, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_17); __pyx_t_17 = 0;
 
   /* "(tree fragment)":1
@@ -40241,7 +39875,7 @@ __Pyx_RefNannySetupContext("PyInit__tape", 0);
  *     raise TypeError, "self.cn,self.cp,self.nz,self.rp cannot be converted to a Python object for pickling"
  * def __setstate_cython__(self, __pyx_state):
 */
-  __pyx_t_17 = __Pyx_CyFunction_New(&__pyx_mdef_6jacext_5_tape_5Cones_3__reduce_cython__, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Cones___reduce_cython, NULL, __pyx_mstate_global->__pyx_n_u_jacext__tape, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[19])); if (unlikely(!__pyx_t_17)) __PYX_ERR(1, 1, __pyx_L1_error)
+  __pyx_t_17 = __Pyx_CyFunction_New(&__pyx_mdef_6jacext_5_tape_5Cones_3__reduce_cython__, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Cones___reduce_cython, NULL, __pyx_mstate_global->__pyx_n_u_jacext__tape, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[18])); if (unlikely(!__pyx_t_17)) __PYX_ERR(1, 1, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_17);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_17);
@@ -40255,7 +39889,7 @@ __Pyx_RefNannySetupContext("PyInit__tape", 0);
  * def __setstate_cython__(self, __pyx_state):             # <<<<<<<<<<<<<<
  *     raise TypeError, "self.cn,self.cp,self.nz,self.rp cannot be converted to a Python object for pickling"
 */
-  __pyx_t_17 = __Pyx_CyFunction_New(&__pyx_mdef_6jacext_5_tape_5Cones_5__setstate_cython__, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Cones___setstate_cython, NULL, __pyx_mstate_global->__pyx_n_u_jacext__tape, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[20])); if (unlikely(!__pyx_t_17)) __PYX_ERR(1, 3, __pyx_L1_error)
+  __pyx_t_17 = __Pyx_CyFunction_New(&__pyx_mdef_6jacext_5_tape_5Cones_5__setstate_cython__, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Cones___setstate_cython, NULL, __pyx_mstate_global->__pyx_n_u_jacext__tape, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[19])); if (unlikely(!__pyx_t_17)) __PYX_ERR(1, 3, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_17);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_17);
@@ -40263,32 +39897,32 @@ __Pyx_RefNannySetupContext("PyInit__tape", 0);
   if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_setstate_cython, __pyx_t_17) < (0)) __PYX_ERR(1, 3, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_17); __pyx_t_17 = 0;
 
-  /* "jacext/_tape.pyx":697
+  /* "jacext/_tape.pyx":689
  * 
  * 
  * def colour_columns(ptr, idx, int32_t n_rows, int32_t n_cols, order, max_work):             # <<<<<<<<<<<<<<
  *     """Greedy distance-2 colouring of the columns of a CSR pattern (columns sharing a row
  *     get different colours), visiting columns in ``order``: int32 colours, or None when
 */
-  __pyx_t_17 = __Pyx_CyFunction_New(&__pyx_mdef_6jacext_5_tape_11colour_columns, 0, __pyx_mstate_global->__pyx_n_u_colour_columns, NULL, __pyx_mstate_global->__pyx_n_u_jacext__tape, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[21])); if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 697, __pyx_L1_error)
+  __pyx_t_17 = __Pyx_CyFunction_New(&__pyx_mdef_6jacext_5_tape_11colour_columns, 0, __pyx_mstate_global->__pyx_n_u_colour_columns, NULL, __pyx_mstate_global->__pyx_n_u_jacext__tape, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[20])); if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 689, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_17);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_17);
   #endif
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_colour_columns, __pyx_t_17) < (0)) __PYX_ERR(0, 697, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_colour_columns, __pyx_t_17) < (0)) __PYX_ERR(0, 689, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_17); __pyx_t_17 = 0;
 
-  /* "jacext/_tape.pyx":727
+  /* "jacext/_tape.pyx":719
  * 
  * 
  * cdef int64_t _NOGIL_WORK = _plan.NOGIL_WORK             # <<<<<<<<<<<<<<
 */
-  __Pyx_GetModuleGlobalName(__pyx_t_17, __pyx_mstate_global->__pyx_n_u_plan); if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 727, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_17, __pyx_mstate_global->__pyx_n_u_plan); if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 719, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_17);
-  __pyx_t_16 = __Pyx_PyObject_GetAttrStr(__pyx_t_17, __pyx_mstate_global->__pyx_n_u_NOGIL_WORK); if (unlikely(!__pyx_t_16)) __PYX_ERR(0, 727, __pyx_L1_error)
+  __pyx_t_16 = __Pyx_PyObject_GetAttrStr(__pyx_t_17, __pyx_mstate_global->__pyx_n_u_NOGIL_WORK); if (unlikely(!__pyx_t_16)) __PYX_ERR(0, 719, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_16);
   __Pyx_DECREF(__pyx_t_17); __pyx_t_17 = 0;
-  __pyx_t_18 = __Pyx_PyLong_As_int64_t(__pyx_t_16); if (unlikely((__pyx_t_18 == ((int64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 727, __pyx_L1_error)
+  __pyx_t_18 = __Pyx_PyLong_As_int64_t(__pyx_t_16); if (unlikely((__pyx_t_18 == ((int64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 719, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_16); __pyx_t_16 = 0;
   __pyx_v_6jacext_5_tape__NOGIL_WORK = __pyx_t_18;
 
@@ -40471,7 +40105,7 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
   }
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[5]);
 
-  /* "jacext/_tape.pyx":653
+  /* "jacext/_tape.pyx":645
  *         cdef Py_ssize_t n_out = tape.t.n_out
  *         self.tape = tape
  *         self.cone_ptr = np.array(cone_ptr, dtype=np.int64, copy=True)             # <<<<<<<<<<<<<<
@@ -40480,7 +40114,7 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
 */
   {
     PyObject* __pyx_temp[2] = {__pyx_mstate_global->__pyx_n_u_dtype, __pyx_mstate_global->__pyx_n_u_copy};
-    __pyx_mstate_global->__pyx_tuple[6] = __Pyx_PyTuple_FromArray(__pyx_temp, 2); if (unlikely(!__pyx_mstate_global->__pyx_tuple[6])) __PYX_ERR(0, 653, __pyx_L1_error)
+    __pyx_mstate_global->__pyx_tuple[6] = __Pyx_PyTuple_FromArray(__pyx_temp, 2); if (unlikely(!__pyx_mstate_global->__pyx_tuple[6])) __PYX_ERR(0, 645, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[6]);
   }
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[6]);
@@ -40499,7 +40133,7 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
   }
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[7]);
 
-  /* "jacext/_tape.pyx":511
+  /* "jacext/_tape.pyx":503
  *     # ---- batches: rows of x, threads splitting them ----
  * 
  *     def batch(self, str task, cnp.ndarray x, cnp.ndarray y, cnp.ndarray out,             # <<<<<<<<<<<<<<
@@ -40508,7 +40142,7 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
 */
   {
     PyObject* __pyx_temp[8] = {__pyx_mstate_global->__pyx_int_1, __pyx_mstate_global->__pyx_int_0, Py_None, Py_None, Py_None, __pyx_mstate_global->__pyx_int_0, Py_None, Py_None};
-    __pyx_mstate_global->__pyx_tuple[8] = __Pyx_PyTuple_FromArray(__pyx_temp, 8); if (unlikely(!__pyx_mstate_global->__pyx_tuple[8])) __PYX_ERR(0, 511, __pyx_L1_error)
+    __pyx_mstate_global->__pyx_tuple[8] = __Pyx_PyTuple_FromArray(__pyx_temp, 8); if (unlikely(!__pyx_mstate_global->__pyx_tuple[8])) __PYX_ERR(0, 503, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[8]);
   }
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[8]);
@@ -40572,38 +40206,38 @@ static int __Pyx_InitConstants(__pyx_mstatetype *__pyx_mstate) {
   int __pyx_clineno = 0;
   CYTHON_UNUSED_VAR(__pyx_mstate);
   {
-    const struct { const unsigned int length: 8; } str_length_index[] = {{1},{8},{4},{3},{4},{19},{6},{9},{13},{13},{11},{13},{24},{8},{2},{7},{6},{25},{1},{15},{1},{1},{2},{3},{1},{2},{2},{11},{15},{23},{25},{32},{20},{22},{1},{1},{37},{45},{22},{4},{179},{8},{15},{7},{6},{2},{9},{16},{8},{40},{49},{29},{35},{44},{29},{35},{48},{48},{23},{61},{26},{38},{26},{44},{22},{21},{50},{21},{52},{60},{53},{46},{114},{50},{39},{34},{83},{30},{37},{5},{5},{5},{1},{5},{23},{25},{8},{12},{11},{11},{9},{5},{10},{7},{10},{8},{5},{4},{15},{11},{10},{15},{10},{19},{16},{19},{8},{12},{9},{10},{8},{15},{16},{12},{20},{12},{9},{17},{8},{8},{12},{10},{8},{10},{8},{7},{12},{14},{11},{10},{19},{14},{12},{10},{17},{13},{12},{12},{19},{8},{13},{5},{1},{3},{15},{3},{6},{4},{5},{6},{7},{17},{18},{1},{4},{5},{5},{6},{1},{18},{5},{12},{6},{14},{4},{4},{10},{4},{8},{5},{14},{11},{4},{5},{1},{2},{2},{4},{11},{28},{3},{5},{15},{5},{6},{9},{5},{14},{5},{7},{6},{7},{7},{4},{7},{3},{1},{2},{3},{3},{5},{7},{6},{3},{5},{5},{5},{8},{8},{6},{12},{8},{3},{4},{3},{1},{5},{5},{3},{8},{7},{3},{4},{1},{9},{6},{4},{5},{8},{6},{7},{4},{4},{4},{3},{2},{5},{8},{1},{3},{2},{12},{10},{11},{7},{8},{5},{3},{8},{1},{4},{7},{3},{4},{3},{3},{1},{8},{7},{7},{7},{4},{8},{1},{4},{4},{4},{10},{8},{5},{4},{4},{2},{5},{4},{4},{6},{4},{4},{7},{5},{6},{5},{1},{5},{6},{6},{1},{4},{5},{6},{4},{3},{4},{5},{1},{4},{1},{4},{5},{3}};
-    const struct { const unsigned int length: 10; } bytes_length_index[] = {{0},{1},{1},{2},{1},{22},{1},{9},{38},{67},{87},{354},{13},{800},{126},{140},{140},{321},{54},{170},{248},{48},{11},{191},{364},{2},{53},{68}};
+    const struct { const unsigned int length: 8; } str_length_index[] = {{1},{8},{4},{3},{4},{19},{6},{9},{13},{13},{11},{13},{24},{8},{2},{7},{6},{25},{1},{15},{1},{1},{2},{3},{1},{2},{2},{11},{15},{23},{25},{32},{20},{22},{1},{1},{37},{45},{22},{4},{179},{8},{15},{7},{6},{2},{9},{16},{8},{40},{49},{29},{35},{44},{29},{35},{48},{48},{23},{61},{26},{38},{26},{44},{22},{21},{50},{21},{52},{60},{53},{46},{114},{50},{39},{34},{83},{30},{37},{5},{5},{5},{1},{5},{23},{25},{8},{12},{11},{11},{9},{5},{10},{7},{10},{8},{5},{4},{15},{11},{10},{15},{10},{19},{16},{19},{12},{12},{9},{10},{15},{16},{12},{20},{12},{9},{17},{8},{8},{12},{10},{8},{10},{8},{7},{12},{14},{11},{10},{19},{14},{12},{10},{17},{13},{12},{12},{19},{8},{13},{5},{1},{3},{15},{3},{6},{4},{5},{6},{7},{17},{18},{1},{4},{5},{5},{6},{1},{18},{5},{12},{6},{14},{4},{4},{10},{4},{8},{5},{14},{11},{4},{5},{1},{2},{2},{4},{11},{28},{3},{5},{15},{5},{6},{9},{5},{14},{5},{7},{6},{7},{7},{4},{7},{3},{1},{2},{3},{3},{5},{7},{6},{3},{5},{5},{5},{8},{8},{6},{12},{8},{3},{4},{3},{1},{5},{5},{3},{8},{7},{3},{4},{1},{9},{6},{4},{5},{8},{6},{7},{4},{4},{4},{3},{2},{5},{8},{1},{3},{2},{12},{10},{11},{7},{8},{5},{3},{8},{1},{4},{7},{3},{4},{3},{7},{3},{1},{8},{3},{7},{7},{7},{4},{8},{1},{4},{4},{4},{10},{8},{5},{4},{4},{2},{5},{4},{4},{6},{4},{4},{7},{5},{6},{5},{5},{6},{6},{1},{4},{5},{6},{4},{3},{4},{5},{1},{1},{5},{3}};
+    const struct { const unsigned int length: 10; } bytes_length_index[] = {{0},{1},{1},{2},{1},{22},{1},{9},{38},{67},{87},{354},{13},{800},{126},{321},{54},{170},{248},{48},{11},{196},{191},{364},{2},{53},{68}};
     #ifndef CYTHON_COMPRESS_STRINGS
       #define CYTHON_COMPRESS_STRINGS 90
     #endif
-    #if (CYTHON_COMPRESS_STRINGS) == 1 /* compression: zlib (3724 bytes) */
-static const char cstring[] = "x\332\245WKw\323X\326\305\020\250@\205\2568\017\236E\265B\000\047t\222.\207$\320\001\252\227IBu\252y\304\261\023\240\252\276\322\272\226\256\023\201,\331z$1\325\335\213\241\207\032j\250\241\206\032z\350\241\207\032z\230\237P?\241\367\271\262\023\247\212\242\373[\235\205\245\253\3738\367<\366\331\347 I\311\237--\343\367X\222\376\212\027\263,V\227\314\262\304\034I\347\314v$\032}} q\235W\270\341\330\022\036\226\306m\251lZ\222\244\031\266c\271\212\243\231\206-i\266T\321l[3vhhq\246\316\232\206^\227*.\304\224\270\304\244\225Y\3054\034m\3075][\222\314\322[\2568\337Hv&\2716#\3552[\312\034\t\301\005\246\353\2202\0263v\370\324\224cq.\225-\266C\232LO\317\314H3\222=\267\244.K\017ig\325u\354e\351\321s^1\255\372\266\306\367\351\350\243\276\033\231\241J\252f\321\245\277\236\326\214\336\002\014\322T\256\366m&E>\265~r\356h\3477\177]a\206a:\022\2039;\206\344\230\375>\021J\356A\311uc\217\351\232*UL\225\317H\374\240\212\263\020\225Q2to\006nv`~fF\332\201\250\336f{\227U9\256\222\330\001\\\375\3024\370\013\323\341\222\263\213`\255\324\235]\323\240\020\250\\\327J\334b\016\307\215\244#$[\264\311\2206\3266f\027\036,\010\215-Nq\260%\333-):\224Ep\341\270\222\253\351\016np\352Un\317I\353e\251n\272\222\301\241\033,\251b_\377\001g\227\033\222\315\035\032H\031a7#T\3108\216Xf\272\256\322\3668\235~\312t\233\3171U\225\261\217+\246\256\363\004Cs\254\244\250\232\315J:\347\006=w\024\315NF\352[\246\360\003\347\317\262\003\323\347\252\365\203\344{Y\352\275\277c\212Y\322\030\200h\271\006\301s\237Y*\371\320\342{\334\262yo\037\223J\314Qv%\207\275\203\342\007dk\342\316)C\256\232\0320>#\031\262fL\037\037\200\206\246{\022\215\047\026\335\212Aq\347\007\277\273\305\340\244\211a\032\357\271e~r/\002\354\362\256\212\344m[\252\037-\322-@\371\047\316+f\245jq\204\004\030\331\347\274\372\237\234A\232\331I\206\342(e\227YA\014\001\036rs\306N6LM\037\357\267,\267\352\210\325e)\363\361i@\233\0470\233\277{\367^\366$K$YM\271\372\361\303\206\331/\326\325U\211r\310v\230\345H\373\246\365N \230\022\351\350\274f@I[\263\035\260B""\242\357\361J\222.\314\332q\023\366\002\370\010\241\333\317\245)\210t\220\375\275\275\270\267\207\013\373]\377\254Y\225\014\267\202<:\2324-\025_\307\264V\345V\305M\360N\001\241\013\022P\034)\322\rU\222\365\037\235\354b\214x\217\316\333Uf\331\232SG\2429HZ\343\343g\210\203i7\371%\341P;Q\000\361\343\004$\241S\357,\355\354%\211p\266\244\232\010>\271\267\222X\276+x\273\346r\333\351?\324\325!\2417\"\n\355=\316\251\346\361\321\376\335B\262f\037\205u\212},9f\010\315\256\361\3160\367\341\264\352\014\341Bl<\202\212\264oi\216\250\003@\254\2707\331\nB3\324i\004F\345e\346\352\216$\313\026W]\205\313\262\244\272\202_\220g\263\240\273=\215\351XU4Csd\031A\254\326\347d\250\305\347*8\247%\265\256\3144=\3414\255R\005\331\366osa\334\356ov\330\\/\317)\306L\362\256&o\343}\362\266\252\222\222\320~\211P`@w\0479\314\244\215\204\231\223\272\047\202W\325\224w:lt\005\305\211]\272n*`\354n%V\231\303\346>\262\2320\026\005$\251=\366\\\256\260\262\276\236\223\327\237?\177B\217\225\025J\004\361\230;r\220\"\024\220\345\3364\010\233\262\340xaM\327\265*R\351\351\372\353\265U9\367\354U\356M\241;&\241\311P\310\177\236{-?\313\275X+<\177\271\272Vx\361\362\333\365g\362\253\227\233\177\177\271!?\317\025\376\276\271\365B~\272\276\366l\265P <\031\n/b\266P\204\326\364;VI\026\237\tv\305P$\241\030\035sY\367\023J\037\217\344\267](\213)*\032\330Y\201\237\304wY;\340\252\214$B\230\365\344\324\333\275\252xw\321,\306 \307dQ\260n2z[\245\336a\356\270\215\2207\3266\345\365\027\205\342\346\326Jq\375\345\013\271\230\333X\353Z\047\313\033\365\003\374VQ[\345\027\310\201M^\226\345n\375\203u@\037U\310\343\301\016w4\207WhB\2453\370+\273\206B\357\235^4\360\227 \215F\025\246\031\342m\252\256.\326\014VI\336P\r\177(\205\262\302\252\332\321x\227+\357l\267\222|u%\322\220*y2r\r\001<.\257\031\275}{\016a\214d\324\\\246\367\256\350\005\3517\010:\232\340\007\364\001 \035\251e\367\231\361\033\200\311\262\003r!\003mJ10\202fp\271\2523\203\241\364\367\340-\227\334r\231\362\274\316\004Y\200\277m\001\221\004\047\254\373a\0377q\335\211\272\241h""\346\334\221`\273Tb6\027\210*\231\246\016\261*\234\254(:]\n\267\242\263R\260\254\274St\323\246>D6\313\262(\261\t\033\047O\271K\346x\331\204\311c\\\022\020\351\047W\035K\200\362$2\251,9\262\200\226bV\353\250f\206\243\252_\253YU+\227\373\020\3337\234{D\036\320\355o\346v\270\201f\320RmG\245\300\211\007y-a\017^\251:u\244\025\232F\216\030\212&\217[\226i\235\004~Yg;x\230\314YZ\000\337\200\316\272\375d\267#(\273\272\336\275\210\200\251\251\232z\240U*\202\256\251\221U8:q\025\326\241-\302\277{\363x,-\020\200\355\344\361\236:\t\321\222%% y\316\365f\204\033\336Be\364U\310?p]Es\310\373v\205\035\340\237L\225\013\305\214\032a\334J=\260a\310\211\333m1\260\251\0253d\304\263\327\235\031\262e\356\343i\353&>\000:\350Y\201\t\216a\2747\252\202\276\215\367I\024M\272\271jVe\021\t\206\303\030\357r\0355\204F=/aH\"\361\022\261\022\345\035\027\342\237\270\244Z\005B\272\254\201\223\004V\310\204Sj\026\337\241\266\303\002\032\210\217\273\275\025d\021 \210[\350\207k\352\210.:9\324\0074\263x;\335\322\205\221\210\2208-\252*\225\027G4;\220[\265\035\263\232\324C\362\0475&\335\326\007/s\3371u\334\356\200it\327\205g\036 \255\241\251[E\321\340{0\305\026\346\210\207M\036\006\265\301\337*\325U~pPbV\275\256\232\016u\244\366{\255\272\374\262\370\363O\020#M\3411}\312b\350\274\345\244I\372\347\207Tg\340B\343O^\376C\352p\340\363F\266\361\322\317\372O|\036\334\017o\205f3\337,\265R\235\241a\357\254\267\345O\370\331d\327|\343\247\276]F3\327\334lZ\255\313\355T\347\342u\261P\n>\013\234\360\233f\272y\263\271&\026\372E\374r\356\324\331!\010\371\301O\371#\376\375\340V\360.JG\267\"\243\225k\025\333\327\343\342V\274\265\335\271x\331\253\371\247\375;B\324r\224\217J\3153\315\373\255\211\336\302\244\377*X\r\007\302\265h<bQ\rb\007O\235\275\346\217\304\327g\303|\310\243\245\346H3\333\031\270\372\3733;\321vs\276\231\357\014|\005\205\317\005,8\010\367\242\315\250v\210-\351\316\300g\037j\215s\r\326\260\275I\357\2250\352L\220\r\236\206\023\341\275P\211.7\007\232\337\266\026Z\265v\252}%\316\027\205\326?\304?\374\030\377\370\177""\235\301?4\336\302\270\023BnC\353\001\177\305\267\202\221\340\036.s\204\230\364\211\275\373\r\356\315\0137\335\363\025\354\273\217\313\036D\013Q\355\243\022\047\275|gp\250\361\244Q\366r^\301?\007\rS\235\363\0270\027\017\335\360\363\376n\260\033\317=i\315\266k\361F\276\363\325|4\333\254!\232\307\203\231\3609B4\335\312\222T\2531\332\310\321=\357\374\264?\221\314\2144\262\235\301/\032\265\016A\343\003V\207\275\317<\007!\233\300\307\227S\361\324\243\370Q!.\024;\223\017\343\207\317\332\230\273\361\313\330\251\363\267\272~ZBX\357 j\017p\303\340\037}\047\230\017\344h\265y\2729q8\370y\343\201\267\010\207\344\020F\010\376\274q\017f<\361Xgh\304\273\353\347\342\033\213\0109\243\205\277`\272\344\237\001\260\236\006\023p\235\022\246\273\233\374|G\310\311\322\353\221W\243\327b<,\005\003A.\330\016\0377\317\267FZK\355\264\230\367.\010\267j\201\025^\216R}\007\227\275|\337\353\261\337\277v\337\233\350\223\335\235|\350\261\276\311\336\275\360L\2553\364E\343 \276<\005X\346\3027\221\336\272\325*\267s\355b\234\337\244\245\367\376U\200\275\214\265|g\350\032\324Y\n\322=\323W\222\323\2267\352\345:\303\227\274\267A*\020v\002\360\303\3369OA\354\261\356z+\361\345\014\300\263\030\235\211\262\0476\336\021I\221\247]u\3773\277\326\031\036\363\376\006\334\226\203\225\300\rW\302\203\310j^n\235\201CF\332\331\316\3305\377.\274\224\357\014\217z\217\374Z0\030\246z\027}\031\024\3023\010\336h\224\353\032D\027\342\262\253\376\215@\013\355h\2529\331\334n\335\213\237\276\212_\275\356\014\213\333\247\341[\334\024g\0364S\377\235\306\360G|\365.\010\204u\206\257\373\217\002;\374S\264\325\234\214\037o\306\233\005!u\330\373\242\253\0316\377\323\317\365\254\234%{\342?\257\266\276k\227\342\r\002\340!6\354!\007\316\372\205\340,B\177?\2328q\323A\342\335\177\370\213A*\371v}a\334\317\376m\277\177i\004yZ\027dP\373Ud\366=\025\021[\014\316\207#0\0056\376\2413\224\366\276D\2361 {!\250\205g\021\326A\222\224\365s\037r\207\203R,}\035\rD9\320\314\343\366@\373I{\207xm\360\232\177\013Gl \241\024\016\022\022i\342m\230\n\323\207""\203\347\351&\307\273OD\331\031\277\324\031\273\352\177\005\311\251p,,\"\036\253\315\324\341\360\270\367\023\362+\027\0241Y \371\207p\324\005q\342\277\270\375\377\243\024\363\367p\313\010((\373+-\323#\035\350\361c\220FF.\010*SA\340*\022\373\177\322e7\336~\365\037t\241\310\376\017\272\240\366\234\277\330X\365R4\347\200l\363Dj)\357\032\226\327\300\270\213\220:\036\262p\037\002&\233[\255\351v\026\t\234o3b\332U\201\352Q\220\270\035L\205\323Q6Z\0015\017\247\2754P\263\357\253P\200\210/\023\215\021wE\016\312\325\255\026C\211\030h\177K,)v\336\362v\374\242PvI\020\021@4\016~\303`\324{(\354\316\204\351\004\232\023\376\002>\201\344\313\236\235\260Ep\207\254\356\244\277\004\371\025\203Q0gw-\333I_\022R\360m\201\300\247\t\"}s\266\020V\013\200\237\344c1I\215\264wYTa8\307\337\306\231\2650\r\375\301J\027\033\257PU~\002e\027\010\330HR*\004\211\003\277h\250\336\204\267\220\020_\266\361\035\245:\"B\345GL<\207\217H\277\221 \333wj\342\367\220G<T\000e>\tw#\206*~~\250\261\004\032\\\203\224\265\340R\260\037\262>\276\277\330(\302\211w\220\351o\004\223\026IY\nM7\322]<\304\343w(\207!u\025\264\263\200X,\266\316\266\266\332\267\333.*u\0473\203\276!\375{\000\231\016O\207\267CW\224\252Lk\274\245\264/\265-\342p\0241\330,\301\213\203\227<\346\355\365l\034\203\253^\373\233\376\276\250\353K\242\233)7\2374Y\227%\256\223\356\300\307\255\370\316rs\226z\206\316\215\257P\237\005\313\320a\201\302\001Q\377\210\003F\274\233\240\356\234\377}\260\027n\202p3\315\361\246p\002J\276p\366\004\241e\036w\346\221\007g\303\327 \316;\250\350W\256\241_J\001\027O\303\233\241\340\205\224\047x\224^\242\224\346\274m?{bH\014Mv\013\277/ \047\262\211\354m\177\336/P\310\316\241\363\352\246\313\222\177%\351^\222\375\303\264\033\303\013\247\316\337\000\235\016\336\240\000M\020,\2037!;Ll\277B\352\002{\216\350f\300\234Q\267\346)\244\332\250\227\355\363\300\031/\353\255\202\340\047\204\027\206\275\323\336\024\316.\203\320\347\005\325\2555qd\214\030\231z!\362B\332\033\361\036 r\337\005;\341Vt;\332C?w\351\nz!J\244;\210\343\304\257\275 ""\354\205u\324a]\r\321\310\3742t\352\374\315`\014\227d\303\334\047\010\362\004Lag<1\2170\263\250\336\032j\377\215@\005\323\323\211\033\027\2753\361\350$\330\210\352n\355D\267r_\264mCW\374\013\301]`p4^Xo\217\2657\333\265\303\241t\234\276\t\322c\301\317\340\270L\026}\255\022\377\345E[\2157\213\002\263S\375\025\361$\000\207\275!\17758\r\352\030A\333s\266Y\000\030\306\047\202k\360[\376\230?aa/W\246\203\207\240\311\304\317G\025\0071\0245\047\276:C=\212\340Q\2459\326,\266\306\320\230_\2157\277\217\277\377\2413\373@T\241x|\212\270\010\365[\215&\243bw\333\233\204\303\247\027>V\226B\026\237\372\243\377\2570\177\210\356\322n\334D\353\252 \321\251\300&\375m|\365k\201\217\001\321d\241\323\244 \245\343S7\203\271H\374\267a\360\323\307F\004-\331h\203\nH\203\261 \0370\222\265\320\250\375\033\315\275\220\021";
-    PyObject *data = __Pyx_DecompressString(cstring, 3724, 1);
+    #if (CYTHON_COMPRESS_STRINGS) == 1 /* compression: zlib (3744 bytes) */
+static const char cstring[] = "x\332\215VM[\333H\022\216\023\222!\031\262\203\371\010\371\234\025\t\211!\013\354\230\000aI2\3738@f\231\rI\214\035\222\314\354\216\036Yj\203@\226l}\000\316\354\356\223\243\217:\352\250\243\216:\352\350\243\217:\372\310O\230\237\260o\265l03dvy\260\324\352\256\256\256\256z\353\255\022\204\344\317\022\226\361{&\010\177\305K2M\251.\030eA\262\005\215I\226-\320\350\233C\201i\254\302t\333\022\3600Uf\te\303\024\004U\267l\323\221m\325\320-A\265\204\212jY\252\276MC\223I\312\214\241ku\241\342@M\211\t\222\2602#\033\272\255n;\206c\t\202Q\332e\262\375\255`e\222c3\302\216d\t\231c%8\300pl2\306\224\364m69i\233\214\teS\332&K\246\246\246\247\205i\301\232]T\226\205\047$YulkYx\272\301*\206Y\337R\331\001m}\332s\242\244+\202\242\232t\350\257\247U\275\273\200\013\251\nSz\204\311\220\337[?=w,\371\355_W$]7lA\302u\266u\3016z}\302\215\334\207\221\353\372\276\244\251\212P1\0246-\260\303*\366BUF\316\320\271\031\270\331\306\3653\323\3026Tu\205\255\035\251\312p\224 \035\302\325\257\014\235\2752l&\330;\010\326J\335\3361t\n\201\3024\265\304L\311f8\221l\204f\223\204t\341\315\332\233\231\371\245yn\261\311(\016\226`9%Y\203\261\010.\034WrT\315\306\tv\275\312\254Ya\275,\324\rG\320\031l\303M\252\220\353\335`\3570]\260\230M\003!\303\357-\021*DlG,3\035W\251\373\214v\277\2204\213\315J\212\"B\216\311\206\246\261\004C\263RIVTK*i\214\351\364\334\226U+\031)\273\222\314\016\355?\2136\256>[\255\037&\337\313B\367\375\275$\033%U\002\020MG\047x\036H\246B>4\331>3-\326\225\223\204\222d\313;\202-\355\301\360C\272k\342\316I]\254\032*0>-\350\242\252O\235l\200\205\206s\032\215\247\026\235\212Nqg\207\237\025\321\031Y\242\033\372Gf\032\277+\213\000;\254c\"y\333\022\352\307\213t\nP\376;\373e\243R5\031B\002\214\0340V\375_\316 \313\254$C\261\225\262\313\250 \206\000\017\2719c%\002\223S\047\362\246\351Tm\276\272,d\316\236\006\264Y\002\263\271\207\017\037eO\263D\222\325\224\253go\326\215^\265\216\246\010\224C\226-\231\266p`\230{\034\301\224H\307\373U\035FZ\252e\203\025\022{OV\222t\221\314m\047a/\200\217\020\272\265!LB\245\215""\354\357\312\342\334..\254\275\336Y\243*\350N\005yt<i\230\n\276Nh\255\312\314\212\223\340\235\002B\007$\24086\244\023\252$\353\317\234\354`\214x\217\366[U\311\264T\273\216D\263\221\264\372\331{\210\203I\232\374\222p\250\225\030\200\3701\002\022\267\251\273\227$\273I\302\235-(\006\202O\356\255$7\337\341\274]s\230e\367n\352\330\220\320\033\021\205\372\021\373\024\343dk\2574\327\254Z\307a\235\224\316J\216iB\263\243\357\351\306\001\234V\235&\\p\301c\250\010\007\246j\363:\000\304\362s\023Q\020\232\256L!0\n+K\216f\013\242h2\305\221\231(\n\212\303\371\005y6\003\272\333W%\r\253\262\252\253\266(\"\210\325\372\254\010\263\330l\005\373\324\244\326\225%UK8M\255TA\266\275b\016.\267\363\033\t\213i\345YY\237N\336\325\344\255\177L\336fU\220\023\332/\021\nt\330n\047\233%\341M\302\314I\335\343\301\253\252\362\236\206;:\234\342\270\224\246\0312\030\273S\211\025\311\226f\317XM\030\213\002\222\324\036k6WXY_\317\211\353\033\033\317\351\261\262B\211\300\037\263\307\016\222\271\001\242\330\235\006aS\026\234,\254i\232ZE*\275X\177\277\266*\346^\276\313}(t\306\2444\031r\375\033\271\367\342\313\334\253\265\302\306\353\325\265\302\253\327\337\255\277\024\337\275\336\374\373\3537\342F\256\360\367\315\267\257\304\027\353k/W\013\005\302\223.\263\"f\013EXM\277\023\223D\376\231`\227\017y\022\362\321\t\227u>a\364\311H\334\355@\231OQ\321\200d\005~\342\337e\365\220)\"\222\010a\326\222]\035\024\047c\323\300\3516\037\203 \023\001\316\274\3247\314\236\264\020\342\233\265Mq\375U\241\270\371v\245\270\376\372\225X\314\275Y\353\334L\024\337\324\017\361[E]\025_\001\377\233\254,\212\235\332\207\233\001yT\035O\006\333\314VmV\241\t\205\366\340\257\354\3502\275\267\273\221\300_\2022\032U$U\347oX\253\3615]\252$o\230\206?\224AQ\226\252\352\361x\207\311{\226SI\276:\032iHU<\0319:\007\035\023\327\364\256\334\276M\370\"\0355G\322\272Gt\003\364\033\364\034O\260C\372\000\210\216\315\262z\256\361\033p\211\242\rb\241\013Z\224^`\003UgbU\223t\te\277\013m\261\344\224\313\224\343u\211\023\005\270\333\342\360H0\"u>\254\223\006""\2563Q\327e\325\230=Vl\225J\222\3058\232J\206\241A\255\002\047\313\262F\207\302\255\350\252d,\313{\262fX\324\203\210FY\344\3455a\342\344)v\210\034/\213\360x\202I\002!\375\304\252mr@\236F%\225$[\344\220\222\215j\035\225L\267\025\345\033%\253\250\345r\017Z{\206\263O\311\003\232\365\355\3546\323\321\010\232\212e+\0248\376 \257%\314\301*U\273\216\224B\303\310\020C\336\3401\3234\314\323\240/k\3226\036\206d/\316\203k@e\235^\262\323\r\224\035M\353\034D\300T\025U9T+\025N\325\324\304\312\014]\270\202\333\241%\302\377\2439<\026\347\t\300V\362\370H]\004o\307\022\372O\236\263\335\031\356\206]\230\214\236jw\277\n\236\253\2506y\337\252H\207\370\027\251j\241\220Q\023\214S\251\377\325u1q\273\305\007\026\265a\272\210xv;3]4\215\003<-\315\300\007@\007;+\270\202\255\353\037\365*\247n\375c\022E\203N\256\032U\221GB\302f\214w\230\206\372A\243\256\2270$\225x\361X\361\322\216\003\361\317\017\251V\201\220\016s`\047\201\025:;\364\001\337\324L\266M\235\207\tP\340\237X\271\323aA+A\203\330\205~8\260\2168\243\237C\225@K\213\267\335)`\030\361X\361\335\274\266R\221\261y\313\003\325U\3136\252IU$\317R{\322i\200\3602\016lC\203\00168Gs\340\242%\3447Lv\252\250\034l\037w\262\370\275\370\303\"W\357\357V\341x\205\212+;\254S;j}T\253\313\257\213?\377\204\355\302$\036S\347L\tm\267\230tH\377\376\224j\367]i\374\311\315\177J\035\365}\331\3106^{Y\357\271\307\374\307\301D`D\371\250\324L\265\007\006\335\213\356[o\334\313&Rs\215\237z\244\364(\027mFfs\254\225j_\275\305\027J\376\027\276\035|\033\245\243\273\321\032_\350U\361\313\245s\027\007\240\344G/\345\ry\217\375\t\177/L\207\023\241\336\3145\213\255[q\361m\374v\253}u\314\255y\347\275\007\\\325r\230\017K\321\205\350qs\274\273p\317{\347\257\006}\301Z8\032Ja\rj\373\317]\274\351\r\305\267f\202|\300\302\305h(\312\266\373n|~f;\334\212\346\242|\273\357k\030|\311\227\374\303`?\334\014kG\020I\267\373\276\370Tk\\jH\r\313\275\347\276\343\227\272\340g\375\027\301x\360(\220\303\261\250/\372\2569\337\254\265R\255\353q\276\310\255\3761\376\361\037\361?\376\331\356\377Cc\027\227;""\245\344>\254\356\363V<\323\037\362\037\3410\233\253I\237\222=h0w\216\273\351\221\047C\3561\016[\n\347\303\332\231\032\357\271\371v\377@\343y\243\354\346\334\202w\t\026\246\332\227\257`.\036\270\343\345\275\035\177\047\236}\336\234i\325\3427\371\366\327s\341LTC4O\006\323\301\006B4\325\314\222V\2631\334\310\3219{^\332\033Of\206\032\331v\377W\215Z\233\240\361\t\253\203\356\027\256\215\220\215\343\343\366d<\3714~Z\210\013\305\366\275\047\361\223\227-\314\335\371e\344\334\345\211\216\237\026\021\326\007\210\332\022N\350\377\243g\373s\276\030\256F\347\243\361\243\376/\033K\356\002\034\222C\030\241\370\313\306#\\\343\271+\265\007\206\334\207^.\276\263\200\220K\264\360\027L\227\274\013\000\326\013\177\034\256\223\203tG\310\313\267\271\236,\275\236\2725z-\304\203\202\337\347\347\374\255\340Yt\2719\324\\l\245\371\274{\205\273U\365\315`,L\365l\\v\363=\257g^\357\332cw\274Gwg\362\211+\365Lv\317\205gj\355\201\257\032\207\361\330$`\231\013>\204Zs\242Yn\345Z\3058\277IK\037\275\033\000{\031k\371\366\300M\230\263\350\247\273W_Iv\233\356\260\233k\017^sw\375\224\317\357\t\300\017\272\227\\\031\261\307\272\343\256\304c\031\200g!\274\020fO\t>\340I\221\047\251\272\367\205Wk\017\216\270\177\003n\313\376\212\357\004+\301ahFc\315\013p\310P+\333\036\271\351=\204\227\362\355\301a\367\251W\363\373\203T\367\240\333~!\270\200\340\r\207\271\316\205\350@\034v\303\273\343\253\201\025NF\367\242\255\346\243\370\305\273\370\335\373\366 ?}\n\276\305Iqf)J\375\177\026\303\037\361\215\207 \020\251=x\313{\352[\301\237\302\267\321\275\370\331f\274Y\340Z\007\335\257:\226A\370\337^\256{\313\031\272O\374\347\325\346\367\255R\374\206\000x\004\201}\344\300E\257\340_D\350\037\207\343\247N:L\274\373/o\301O%\337\216\307/\367\263w\337\353]\032B\236\3269\031\324~\025\231\003WA\304\026\374\313\301\020\256\202;\376\241=\220vo#\317$ {\336\257\005\027\021\326~\322\224\365r\237rG\375B,|\023\366\2059\320\314\263V_\353yk\233x\255\377\2467\201-\026\220P\n\372\t\2114\261\033\244\202\364Q\377e:\311v\037\023Q\266G\257\265Gnx_Cs""*\030\t\212\210\307j\224:\032\034u\177B~\345\374\"&\013\244\377\010\216\272\302w\234\234\016\216\275|\265\261\352\246h\316\006\251\344)yS\356M,\257\201Y\026\240s4\220\202\203PA0\3376\247ZY\0005\337\222\210QVy\364\206AV\226?\031L\205\331p\005\0244\230v\323\360\316\201\247 \r)\3013\341\010\345hh\203\226\047\232\022\250\260\257\365\035\261\001\227\234p\267\275\242\237\206\354\"O88k\024y\214\301\260\373\204; \023\244\223\020\214{\363\370D\304\306\\+\311\n\377\001\371\243\235\276\215$/\372\303`\210\316Z\266\235\276\306\265\340\333\004QM\221+z\346,\256\254\346\303O\311\307B\002\201\264;\306\253\r\234\343ma\317Z\220\206\375\310\276\253\215w`\317\237@M\005\n \300H\204\2278\360\253\206\342\216\273\363I\202g\033\337\023\244\021+\242Y>\261\001\037\221}C~\266g\327\370\347\302N\371V\0005<\017vB\t\325\352\362@c\021\351\276\006-k\3765\377 \220zx\355j\243\010\047>\000\242?p\306(\222\261\024\232N\244/\267\323C\355\301\321x\364\001a\025ZW\221^\363\210\305B\363b\363m\353~\313AEjg\246Q\037\323\237\003\310Tp>\270\0378\234\2223\315\321\246\334\272\3262\211\253@\326\270\263\000/\366_s%w\277{\307\021\270\352\275\267\351\035\360\372\265\310\253v9z\036I\235l\270E\266\003\037\023\361\203\345h\206jc\373\316\327\250C<\233h3Ga\037\347y\302\372\220{\027\024\225\363~\360\367\203M\020K&\032\215\270\023P\332\270\263\307\t-s83\217\014\271\030\274\007A<@\345\272~\023}A\n\270x\021\334\r8\376S.\347\013z\361\222\221s\267\274\354\251!1\021\335\233\373}\0369\221Mtoys^\201Bv\t\035F\047]\026\275\353I\225N\344\007I:\031\336\365G\374M\277\036^\215\212\250-YrR\237\377\334\337\355\2318;\374\307\323\037\242Jk\211\262\344l\"\220<\307\377\016d{\232\025(\326\303\260\030|p\333\317s\357\317\303_\023\310\336\211H:\372\314\364Ya\277r\356\362\035P_\377\035\002\3318\245\226\377!\220\216\222\370]\047\227#\177l\336y\200\345\302N}\222\311\275d\300I\024/\270Yw\025d<\316#9\350\236w\047\261w\031\344;\307ii-\302\226\021bO\352[(\222iw\310]\202\031\337\373\333\301\333\360~\270\217\336\353\332u\364-\344\204\007\300\342\370\257#""\311c\206\010Q7t#@\323\361\313@\022\202\255 \033\344\332\237g\330S\251\206{\306\343s\360\212\024\326\233\003\255\277Qb\340\352\351\004\n\013\356\205x\370\036\010\234jd\355Tg\361\230\267X\003\327\275+\376C\344\321p<\277\336\032im\266jG\003\3518}\027\201\223\374\237Qi2Y\364\240r\374\227W-%\336,\362\274\233\354\255^\247\223h\320\035\360V\375\363\240\277!\264(\027\243\002\000=:\356\337\204\337\362]\014\354\323\r\273\371>\345?\t\2240\361\363qu@\014y}\210oLS?\001\201\211P\216F\200\302\0214\3217\342\315\037\342\037~l\317,\361\212\021\217N\022\222Pk\225\360^X\354\210}h\355\304[\357\332S\363g\225\220@\212\317\375\321\373O\220?B\047h5\356\242\315\224AVT\014\223^4\276\361\r\307G\037o\210\320\025R\220\322\361\271\273\376l\310[\374\376\337\3376\304\251\325B\313R@*\217\020|I\327|\243\366_\306\257m8";
+    PyObject *data = __Pyx_DecompressString(cstring, 3744, 1);
     #define __Pyx_DecompressString_LZSS_UNUSED
     if (unlikely(!data)) __PYX_ERR(0, 1, __pyx_L1_error)
     const char* const bytes = __Pyx_PyBytes_AsString(data);
     #if !CYTHON_ASSUME_SAFE_MACROS
     if (likely(bytes)); else { Py_DECREF(data); __PYX_ERR(0, 1, __pyx_L1_error) }
     #endif
-    #elif (CYTHON_COMPRESS_STRINGS) > 0 && (CYTHON_COMPRESS_STRINGS) <= 90 /* compression: lzss (5016 bytes) */
-static const char cstring[] = "\367   \000\000  s \275:\001\000=  ?\010\000a\377rray of \377at least\375 \006\0010x ele\277ments \002\000r\377ies for \377 instruc\377tions is\377 missing\376\007\001read-on\337ly muD\000be\377 a C-con\377tiguous \377 object>\357 s\047 r\002\047 h\317as \047<\006^\000ou\375t\211\001range(\377(tree fr\373ag\206\001)),, \377, s.6d: \373; \047\000puts:\377 <Memory\257View\304\001<g\010a?nd dirq\001\007\r\363in\021\005\316\000idede #\007 \347\000\004\031><(\t\376A\006>?Canno\367t a\221 gn t\323o \211(\240\002v\242\000In\377valid mo\177de, exp\221 \256|\000\047c\047t\001\047\344 t\236\374\000\047, gH\000%\005s\357hape\373  ax\376\363 NoneNot\357e th\264@Cyt\367hon\212Adeli?berate\203@\324\001\357cter!\001n P\277EP-484\341\002r\375e\204As subc\361l\252\000\332@\376@buil\373ti\264\000ypes.\377 If you \223ne\230 \307\000p\322\000%\tt\177hen set\200\000\327e \047\363\002a\222a_tkyp\216`\047\361$iv\242\000\377o False.\357add_\235 eco\367lle\276c.abc\377disablee\275n\002\001gcis\004\003d\377jacext/_\275t\370\000.pyx\n\003:\375 \000\005Jacobi\177ans run\233\204\001\357ward\270Arev\357erse(\005a b\377atch tak\317es x\351\204\001\311#(n\377_points,? n_in)\047\007\237\000\317our \202\204\t\020\num\336\355 ndex\n\026ne\376\302anonzero3 i\021\030\213`ue\234\004\352!\347s y\261\006b\001put\376%\030compres\377sed swee\025p\355\035c\270`s\234\206\0038\000\332\205\001\333om\304`is\234 pe\327\047s \034\002(\203&co\337rrupt\031\002: \271\047\374%\t\013mor\207\204\002n? 2**31\230\207\013\320\206\003\354\250\206\001\047\023noK\tuld\375 \300\205\001start Owork\275\204\002\331\207\001s\371E\377inconsis\217tent\252\003\020\007\326\205\003a\267rgu\270\210\003to\235\204\002VwM (P\000tus\266f\354u\000\220esk\n\top \277number\341fo\357rder\314\210\010per\347mut\353\204\002\267\211\001the\"\264 l\222`\232\006\301\210\004m\226\210\002\261\204\005\342\010\n \336c\271\211\001<\001spa\377rsity pa\037ttern\036\023\200\212\001j\001\364\224!\276\211\003s{\003is e\300\305a\377\205\002\241\205\005\224\001""\235\205\005\332B d\327oes\332\"m\214\205\003hi\377s reques\361t)\t}\004\216\211\002its \037sizes:\0001\007W\t\330\234\206\001\210\213\001\243e(a\211\205\021, \376\024\000unknown\217 op,\341\211\001$\002\310\213\006 \357writ\311\213\001ove\363r t\001%\003eran\373d)\244`defau\377lt __red\377uce__ du\376\333\207\002non-tri\357vial\033\000cin\357it__\302@py.\177_core.m5\000\275i\346\214\003fail\316\210\003i_mport\033\tu\225 \373h \022\rself.\327cn,\002\003p\002\003nz^\n\003rp c\361\212\003b\202a\337nvert\255\211\003a \361P\224\212\003\362\214\003\274\215\002pick\237lingu\350\210\002\237\213\001a\177llocate\215\215\003? data.\013\020\373\212\003\374\315\214\001\252\214\003s.ASCI\177IA_IMMB\001\001SCC\326\206\001\000\002.\230&c\226\213\002\273__\017\005set\202\205\001e\375_\021\005Ellips\377isFIXED_?ALWAYS\005\004V\001\374\021\003[\002MAX_LA\377NESMODES\377NOGIL_WO\377RKOP_MAS\377KRUN_FIE\357LDSS\314ance}T\023\000STape\000\001\022\211\007_\n\002\362\217\002s\025\002\230\212\002\037\002\334\302\210\007\010\004nes\000\007_j\370\351\212\004K\002\261\213\001ssemb\375lZ\003fixed_\317part\201`S\003jvqpv\002\313\205\004\202\002runp\003\\\361\211\002\225\002vjp\270\217\001.\275\217\007\377_PER_INS\377TRUCTION\337_TAPE\327\004__\367Pyx\001\000Dict\377_NextRef\373__\371\214\004e____\374\316\215\002\000\006_getit\313em\026\001d0\001 \000fu\013nc&\001g\206E4\000\206\204\003<\001\357main\003\002odu\335lM\002nam\002\003ewz]\001p~\000capi\003\006?hecksu`\000\026\001\372\332C_!\001type_\366\005\002un\364be_En\346 \005vt\361\215\001\255\001quaal[\005\321\205\005\261n\353\205\006ex\341\001/set_\217\005s\274\010\320n\277__test\335\001s\376\206\206\001outine_\377planaabc\276\365\204\005_buff\344\206\001y=a\366\222\002args\225\224\002\242c\345a\006\004s\304\223\007\030\003syn\177cio.corS\003\277sbbase\352\216\002b\327oolT\000d\375 ccylq\001\324 trac\034\000\277ckclos\204\220\001_\377of_input\334\354\216\003\362\216\003_co\310\212\002co\215lo\000mp\332\215\007\272\215\001\276\215\001_\207ptr""\305\215\002\312\215\002\221\204\006\223\214\001t\375_\314\216\002copyco\377untdd0d1\317diff\247\204\010\262\204\010.<\376\373\206\001ls>.gen\377exprdstd\274\265A\000\002_is_\260\225\003e\377mptyenco\277deenum\340\222\002e\357rror\353\204\013fla\377gsfloat6\1774format\311\223\004\367for\233\221\001full\374b\004\225\204\001ididxi\363mm\233\220\002\217\225\001cesi\373nd\333\000intin\237t32inG\000\275\204\001s\206\000\002iz\323\221\001\216\222\002\231\222\003\237\222\003.\374\n\005\214\222\002jobjoi\377njvpklim{it\372!smax\000\000\035_\316\216\001mem\205\225\001s\000\200\225\001\227nn_\351\221\003s\004\002\003\000i\356\020\000out\226\222\005n_r\373ow\032\000slots\336\210\205\001ndim\251 tnonznp\341\212\002nz\300C\275ov\001pop_\205Ba\367nts\t\000help\003er\006\001\227\207\005\036\000O\001%\000\370\221\002\376\332\216\002outout_\276a\001ppack\201\216\004p\343er\251\204\001Q\000\360@qre\035g\363\217\001rre\214\226\002\342\223\004\234\000\370\215a\330\207\001\334\207\001_pays\357seed\264\213\001sen:\005\000t\264\214\004set\235B\312\226\002\236\321\215\002orts\220\212\001\003\001e\237pstop\333\231\003\361\224\001t\237askth\366\220\002\004\000o\377wtolistt\377otaluuin\357t8un\246\001upd\377atevvals\364\307\223\002\314\223\002s\347\227\001vjpw\367ord\324\215\001exxb\177aryydot\216\224\001\377szip:OT{\377^int (in\377t)\000raise\375_\237\221\003}\200\001\330\004\n\377\210+\220Q\200\001\340\004\377\013\2101\210O\2301\230\377B\230e\2407\250$\250\377o\270Q\270b\300\001\330\377\014\020\220\005\220U\230!\273\2301 \0032\210^\033\010n\377\270A\270R\270r\300\027\337\310\001\330\r\033:\002b\240\377\007\240t\250>\270\021\270\347\"\270E\024\0027\t\360\006\000\377\005\014\2102\210[\230\001\377\230\022\2307\240$\240k\377\260\021\260$\260n\300A\377\300T\310\033\320TU\320\377UV\330\r\027\220q\230\367\002\230&F\002:\260Q\260\177b\270\003\2707\300!\021\005\377#\230W\240D\250\004\250\377E\260\025\260a\260q\200\377\001\360\010\000\005\032\230\022\377\320\033-\250Q\250e\260\3776\270\022\2701\330""\004\031\374\000\017\034\005g\260V\2702\270\377Q\330\004\036\230b\240\006\377\240a\240x\250v\260R\367\260q\3402\000\021\330\004\007\377\200q\210\006\210a\210s\357\220#\220W\221 b\240\003\377\2401\240F\250!\2503\377\250c\260\027\270\004\270G\377\3004\300q\310\001\310\030\367\320QT\261\002[\320[\\\377\320\\]\330\010\016\210j\364\332\0008\n%\314\000\004\230C\230_r\240\022\2403j\000tB\002}\021\037\nw\210e\2202\345\"\3273\230c%\0007j\0008\260\3674\260q=\022#\220Q\330\377\010\014\210B\210f\220A\357\220S\230\006\303\000\001\330\t\375\n\021\000\320\014\035\230Q\230\377h\240h\320.B\300-\377\310q\320PQ\330\0362\317\260-\270q\313@\000\006\036,\333\250M\240@)\300\244 \007\200\337r\210\023\210A\266\001k\230\367\021\230!\373\001r\210\022\210\1771\330\010\017\210q\330\227a}\200\033\000\020\220\007\220t\260@\375!\n\000\034(\320(<\320\377<S\320ST\330#;\377\320;L\310A\330\034\035_\360\024\000\t$\241$6\324@\365&\263@8_\000\010\037\230t\377\2402\240_\260D\270\002\377\270!\340\010\013\2108\220\2375\230\004\230A\304@t\000\013\373\2103\304\000B\220a\330\014\377\022\220*\230A\320\0355\366\360@a\330%\0009\220B\220\377b\230\003\2301\230F\240]!\270 c\250\021\036\004\230\375\000\274D\001\242\000\013\210<\220\243 \013\377\2105\320\020 \240\004\240\377A\240V\250=\270\t\300\317\022\3006\310\341 \025\000\220\n\377\230!\2303\230i\240ro\250\027\260\001U\0018\2204\002m:\303!\013\210\000\004=\230\020\t\3077\220!\177\001U\004*\004;\220\361a\n\010p\005\227 q\330\014\017\377\210x\320\027(\250\004\250\377A\250Y\260l\300$\300\377f\310A\310T\320QR\376\027\001z\230\031\240$\240f\376\031\000Q\330\014\032\230!\230\2636\240\227\002\367\001C\2209\002r\377\220\023\220A\330\020\026\220\357j\240\001\240\343\002!\330\r\277\020\220\006\220c\230\363\000\017\377\210u\220C\320\027\047\240\177t\2505\260\003\2601\034\n\237&\230\002\230#\220 \201\000y\377\230\007\230q\330\020\024\220\377H\230B\230f\240C\240\377u\250C\250x\260r\270\367\027\300\003\216 \022\3101\330\357\024\032\230*\243 Q\330\020\377\023\220<\230q\240\010""\250\375\001a\005\034\240S\250\003\250\0376\260\023\260A\312\004m\001j\000\377\031\230\035\240i\250s\260\377(\270#\270V\3003\320\177FW\320WX\330\020\212B\371)\331 g\000\320\0478\270\001\376\214\200#\017\210z\320\031*\250\377$\250a\330\020\033\230<\377\240s\250+\260U\270#\277\320=R\320RSQ\002\020\263\220\017\223\004\325 }\230\213\000\022\365\220\342\001-\314\001\320/D\300_J\310b\320P\375a\340\366 \377v\220S\230\005\230S\240\035\005\370@7\260!\272(\222@\330#\337|\2305\240\001\240B\220u~K\001\017\210{\230%\230\262B>\024\004\022\220%\220y\210\207\002\311b\276\217Hw\220d\230!=\000\t\373\250\022\372 \001\330\r\016\330\377\014\021\220\034\230Q\230a\377\230t\2404\240q\250\005\373\250Q\252\205\001|\2301\230A\377\200A\340\010 \320 0\377\260\004\260A\260V\270=\277\310\004\310B\310g\324\210\001\010\367\032\230$0\000s\240$\240\347b\250\010\206\204\001\r\001j\250\001\337\250\021\340\010\t\276at\220\3757\350\211\001\330\025\026\330\024\031\373\230\036W\000\001\250\024\250T\376\215@D\270\001\340\020\025\220\177^\2401\240A\240T\022\000]S\\\001\340\014\020\330\204\0021Z!\356i)a\230vc\000\022\2508\272\347`\010\231\n\021\022\330\205\000\\\317\240\021\240!\370\000\307\210\001d\260\337$\260d\270!N;h\320\207VW\330\2133\204\005\326AQ8\360\377\006\000\t\r\210D\220\001\356\324\210\001t\2202\277\211\001\020\220\001\377\220\032\2301\230E\240\022\373\2405\205@\025\250a\250w\376\312\000#\270U\300)\3101\277\310A\310Q\310a\346\211\001D\376\203\206\002\023\230C\230s\240(\377\250)\2601\260C\260q\337\330\020\021\220\021\263`w\230wd\240!\234\213\002\047\260\024\270\210\001\377\260t\2707\300$\300a\313\300q\372@G\242\211\001%\002$\220\227g\230T\264\"6\204\210\002\302`\025\377\220b\230\001\330\014\023\220\345;\224b\047\335\210\001\227\204\001!\2304~g\000!\330\020\027\220s\250\207\003\373\240&\244a\330\021\034\230A\356B\000\023\240A\024\0051\330\021\371\026A\002)\000r\230\021\230)x\237a\t\010<\0014\230q\240\275`\272G\0035\332\207\003\021\220\027\201\216\0021\377\230A\230V\2401\240E\377\250\021\250\047""\260\021\330\010\337\r\210W\220A\347`2\240mS\325\204\001\250a\204\213\002\200A\275!\177\017\210d\220!\2204\353\211\003\2671\210J\231\210\001\230$\372\213\002\010\356\300\217\001M\230\023\233\002\022\2401\362+\010!\367\204\025\204\210\001S\250\004\250\377B\250h\260a\360\010\000\377\t\014\2106\220\023\220E\376C\000E\240\026\240w\250a\356\345\212\010\r\210T\354 &\230\005+\230Y\305\211\002T\251\001\014\317@\333\212\001\3371\330\010\t\330\227\204\002\320\025\377&\240a\240q\250\004\250\337D\260\003\2604\211@5\300\377\005\300U\310%\310u\320\377TU\330\047,\250E\260\371\021\245\205\021\235a)\250\002\250%\373\250u\246\214\002\047\300\025\300c\357\310\026\310r\300\212\001\010\037\230\357q\330\010 \303 \010\026\220\347a\220v\306@\337\002\024\220A?\220X\230R\230w\323\216\002\363\214\001\177$\260f\270B\270a\237\207\004\337\033\230A\230Q\235`$\320\357&:\270-\260\217\001\330\035\036\333\230h\236\001\330\0109\001Q\330\237\010\020\220\004\220\374\214\001\200\207\001\022\377\220\"\220H\230A\230Z\377\240v\250R\250s\260\047w\270\025\270\225\215\002#\220Q\350\"\365!\252a2q\000Q\230j\250\377\005\250X\260U\270&\300\377\001\330\030\032\230&\240\001\377\240\023\240F\250\"\250A\216\224\207\001\001\220\021\273\222\001\003\001\306\215\002A7\220V\230\252\215\0029\220\004\004\320\213\001\371A\325@\363\"4\210t\2201\276V\003V\2302\230S\276\210\001\006w\260b\270\250\205\0046\230\030\270\220\003\362*\003\020*\001\220`\n\000\t\035_\230A\330\010\035\215\216\001!|\000\277A\240Y\250a\340\234\211\003\030\276\313\217\001\2304\230t\240\312\220\0015W\260\001\260\355\214\004c\227\001\023\200\216\001\376\371\006\003\2201\220D\230\002\373\230!\304A\014\020\220\002\220\377(\230!\230:\240V\250\3732\250\347\210\001E\270\021\330\014_\024\220C\220q\332\221\001\230\203 \377\021\220\022\2208\2301\230\377J\240g\250U\260%\260\377v\270Q\330\026\030\230\006\n\335\211\002&\305@!\366\r\353\002\203 \336\221\001\377\031\250!\200A\360\014\000\377\t\"\240\024\240V\2501\347\250A\330\234\212\027\232\204\n\330\010!\377\320!2\260$""\260a\260\337y\300\014\310H\321a\010!\373\240\021\271\204\0035\220\003\320\023\327#\2404\363\215\002q\241\220\n7\220\376\263\222\001\014\030\230\n\240*\250\377E\260\023\3204I\310\024\377\310R\310q\340\014\021\320\377\021\"\240$\240a\240{\377\260!\330\0471\260\025\260\377c\3209N\310d\320R\216\332\223\001\330\047(\205\226\001\212\215\005\363k\020\377\220\014\230D\240\002\240\047\377\250\022\250=\270\005\270S\177\300\001\330\025!\240\032\265 \345Q\311\211\005v\336\001\301\210\003\n\230)\337\240;\250d\260\342#\017\210v\353\213\004\230A\356\213\003\320\031,\240\220\001\376\036\000$\260c\270\024\270T\377\300\024\300T\310\031\320R\177Z\320Z[\330-8\201\214\002\267\320\025(\260\214\001\250$E\000#\333\260T \004Y\310\277\212\002)4\373\260A\205\214\017\250a\320\000\037\377\230~\250Q\340\004\007\200\377s\210\"\210B\210c\220\271\023\313A\253\225\004\320\0310\233b\004\377\013\210;\220a\220t\230\376\203\225\001\021\320\000\"\240.\260\325\001\263\227\001\010\031\033\022\222\210\002s\230\337#\230S\240\001\320@Q\240\035a\267\224\0014\210q";
-    PyObject *data = __Pyx_DecompressString_LZSS(cstring, 5016, 6932);
+    #elif (CYTHON_COMPRESS_STRINGS) > 0 && (CYTHON_COMPRESS_STRINGS) <= 90 /* compression: lzss (5048 bytes) */
+static const char cstring[] = "\367   \000\000  s \275:\001\000=  ?\010\000a\377rray of \377at least\375 \006\0010x ele\277ments \002\000r\377ies for \377 instruc\377tions is\377 missing\376\007\001read-on\337ly muD\000be\377 a C-con\377tiguous \377 object>\357 s\047 r\002\047 h\317as \047<\006^\000ou\375t\211\001range(\377(tree fr\373ag\206\001)),, \377, s.6d: \373; \047\000puts:\377 <Memory\257View\304\001<g\010a?nd dirq\001\007\r\363in\021\005\316\000idede #\007 \347\000\004\031><(\t\376A\006>?Canno\367t a\221 gn t\323o \211(\240\002v\242\000In\377valid mo\177de, exp\221 \256|\000\047c\047t\001\047\344 t\236\374\000\047, gH\000%\005s\357hape\373  ax\376\363 NoneNot\357e th\264@Cyt\367hon\212Adeli?berate\203@\324\001\357cter!\001n P\277EP-484\341\002r\375e\204As subc\361l\252\000\332@\376@buil\373ti\264\000ypes.\377 If you \223ne\230 \307\000p\322\000%\tt\177hen set\200\000\327e \047\363\002a\222a_tkyp\216`\047\361$iv\242\000\377o False.\357add_\235 eco\367lle\276c.abc\377disablee\275n\002\001gcis\004\003d\377jacext/_\275t\370\000.pyx\n\003:\375 \000\005Jacobi\177ans run\233\204\001\357ward\270Arev\357erse(\005a b\377atch tak\317es x\351\204\001\311#(n\377_points,? n_in)\047\007\237\000\317our \202\204\t\020\num\336\355 ndex\n\026ne\376\302anonzero3 i\021\030\213`ue\234\004\352!\347s y\261\006b\001put\376%\030compres\377sed swee\025p\355\035c\270`s\234\206\0038\000\332\205\001\333om\304`is\234 pe\327\047s \034\002(\203&co\337rrupt\031\002: \271\047\374%\t\013mor\207\204\002n? 2**31\230\207\013\320\206\003\354\250\206\001\047\023noK\tuld\375 \300\205\001start Owork\275\204\002\331\207\001s\371E\377inconsis\217tent\252\003\020\007\326\205\003a\267rgu\270\210\003to\235\204\002VwM (P\000tus\266f\354u\000\220esk\n\top \277number\341fo\357rder\314\210\010per\347mut\353\204\002\267\211\001the\"\264 l\222`\232\006\301\210\004m\226\210\002\261\204\005\342\010\n \336c\271\211\001<\001spa\377rsity pa\037ttern\036\023\200\212\001j\001\364\224!\276\211\003s{\003is e\300\305a\377\205\002\241\205\005\224\001""\235\205\005\332B d\327oes\332\"m\214\205\003hi\377s reques\361t)\t}\004\216\211\002its \037sizes:\0001\007W\t\330\234\206\001\210\213\001\243e(a\211\205\021, \376\024\000unknown\217 op,\341\211\001$\002\310\213\006 \357writ\311\213\001ove\363r t\001%\003eran\373d)\244`defau\377lt __red\377uce__ du\376\333\207\002non-tri\357vial\033\000cin\357it__\302@py.\177_core.m5\000\275i\346\214\003fail\316\210\003i_mport\033\tu\225 \373h \022\rself.\327cn,\002\003p\002\003nz^\n\003rp c\361\212\003b\202a\337nvert\255\211\003a \361P\224\212\003\362\214\003\274\215\002pick\237lingu\350\210\002\237\213\001a\177llocate\215\215\003? data.\013\020\373\212\003\374\315\214\001\252\214\003s.ASCI\177IA_IMMB\001\001SCC\326\206\001\000\002.\230&c\226\213\002\273__\017\005set\202\205\001e\375_\021\005Ellips\377isFIXED_?ALWAYS\005\004V\001\374\021\003[\002MAX_LA\377NESMODES\377NOGIL_WO\377RKOP_MAS\377KRUN_FIE\357LDSS\314ance}T\023\000STape\000\001\022\211\007_\n\002\362\217\002s\025\002\230\212\002\037\002\334\302\210\007\010\004nes\000\007_j\370\351\212\004K\002\261\213\001ssemb\375lZ\003fixed_\017part\201`S\003\303\205\004z\002\327pro\257`t\206\002ru\321nt\003\365\211\002\264\217\001.\271\217\007_P\377ER_INSTR\377UCTION_T\367APE\323\004__Py\375x\001\000Dict_N\377extRef__>\365\214\004e____\312\215\002\000\006\377_getitem\362\026\001d0\001 \000func\302&\001g\202E4\000\202\204\003<\001ma\323in\003\002\253\000lM\002na\255m\002\003ew]\001p~\000c\367api\003\006heck\243su`\000\026\001\326C_!\001toype_\005\002un\360boe_En \005vt\355\215\001\036\255\001qual[\005\315\205\005\255n\366\347\205\006ex\341\001set_\362\217\005s\274\010\314n__te\353st\335\001s\202\206\001out\377ine_plan\357aabc\361\204\005_bu\333ff\340\206\001ya\362\222\002arSgs\221\224\002\236ca\006\004s\300\223\007\376\030\003syncio.\367corS\003sbba{se\346\216\002boolT\000\235d\375 cclq\001\324 t\367rac\034\000ckcl\373os\200\220\001_of_i\317nput\350\216\003\356\216\003_c\335o\304\212\002colo\000mpx\326\215\007\266\215\001\272\215\001_ptr""\301\215\002\330\306\215\002\215\204\006\217\214\001t_\310\216\002co\377pycountd\377d0d1diff\354\243\204\010\256\204\010.<\367\206\001ls>\377.genexpr\317dstd\265A\000\002_i\373s_\254\225\003empty\377encodeen\373um\334\222\002error\376\347\204\013flagsfl\377oat64forwmat\305\223\004for\227\221\001\317fullb\004\225\204\001id?idximm\227\220\002\213\225\001\277cesind\333\000i\377ntint32iinG\000\275\204\001s\000\002iz\317\221\001\310\212\222\002\225\222\003\233\222\003.\n\005\210\222\002jo\377bjoinjvp\277klimit\372!s\327max\000\000_\312\216\001meqm\201\225\001s\000\374\224\001nn_\345\221\003\351s\004\002\003\000i\020\000out\276\222\222\005n_row\032\000s\357lots\210\205\001ndi\375m\251 tnnznp\326\335\212\002nz\300Cov\001po{p_\205Bants\t\000?helper\006\001\223\207\005\340\036\000O\001%\000\364\221\002\326\216\002out\357out_a\001ppa;ck\375\215\004per\251\204\001Q\000\274\270\207\004\367@qreg\366\217\001r\037resre\222\226\002\350\223\004\246\000\370\227a\332\207\001\336\207\001_pays\357seed\272\213\001sen:\005\000t\272\214\004set\247B\320\226\002\236\327\215\002orts\226\212\001\003\001e\237pstop\341\231\003\367\224\001t\237askth\374\220\002\004\000o\377wtolistt\377otaluint\3678un\257\001upda\177tevvals\314\223\002\372\321\223\002s\354\227\001vjpwo\273rd\331\215\001exy\213\224\001s\377zip:OT{^\377int (int\377)\000raise_\376\234\221\003}\200\001\330\004\n\210\377+\220Q\200\001\340\004\013\377\2101\210O\2301\230B\377\230e\2407\250$\250o\377\270Q\270b\300\001\330\014\377\020\220\005\220U\230!\230\3351 \0032\210^\033\010n\270\377A\270R\270r\300\027\310\357\001\330\r\033:\002b\240\007\377\240t\250>\270\021\270\"\363\270E\024\0027\t\360\006\000\005\377\014\2102\210[\230\001\230\377\022\2307\240$\240k\260\377\021\260$\260n\300A\300\377T\310\033\320TU\320U\377V\330\r\027\220q\230\002\373\230&F\002:\260Q\260b\277\270\003\2707\300!\021\005#\377\230W\240D\250\004\250E\377\260\025\260a\260q\200\001\377\360\010\000\005\032\230\022\320\377\033-\250Q\250e\2606\177\270\022\2701\330\004\031""\000\017\376\034\005g\260V\2702\270Q\377\330\004\036\230b\240\006\240\377a\240x\250v\260R\260\373q\3402\000\021\330\004\007\200\377q\210\006\210a\210s\220\367#\220W\221 b\240\003\240\3771\240F\250!\2503\250\377c\260\027\270\004\270G\300\3774\300q\310\001\310\030\320\373QT\261\002[\320[\\\320\177\\]\330\010\016\210j\332\000\3728\n%\314\000\004\230C\230r\257\240\022\2403j\000tB\002\021\276\037\nw\210e\2202\345\"3\353\230c%\0007j\0008\2604\373\260q=\022#\220Q\330\010\377\014\210B\210f\220A\220\367S\230\006\303\000\001\330\t\n\376\021\000\320\014\035\230Q\230h\377\240h\320.B\300-\310\377q\320PQ\330\0362\260\347-\270q\313@\000\006\036,\250\355M\240@)\300\244 \007\200r\357\210\023\210A\266\001k\230\021\373\230!\373\001r\210\022\2101\277\330\010\017\210q\330\227a\200\276\033\000\020\220\007\220t\260@!\376\n\000\034(\320(<\320<\377S\320ST\330#;\320\377;L\310A\330\034\035\360\257\024\000\t$\241$6\324@&\372\263@8_\000\010\037\230t\240\3772\240_\260D\270\002\270\377!\340\010\013\2108\2205\317\230\004\230A\304@t\000\013\210\3753\304\000B\220a\330\014\022\177\220*\230A\320\0355\360@\373a\330%\0009\220B\220b\377\230\003\2301\230F\240!.\270 c\250\021\036\004\230\375\000D\001\336\242\000\013\210<\220\243 \013\210\3775\320\020 \240\004\240A\377\240V\250=\270\t\300\022\347\3006\310\341 \025\000\220\n\230\377!\2303\230i\240r\250\267\027\260\001U\0018\2204\002:\266\303!\013\210\000\004=\230\020\t7\343\220!\177\001U\004*\004;\220a\370\n\010p\005\227 q\330\014\017\210\377x\320\027(\250\004\250A\377\250Y\260l\300$\300f\177\310A\310T\320QR\027\001\177z\230\031\240$\240f\031\000\377Q\330\014\032\230!\2306\331\240\227\002\367\001C\2209\002r\220\377\023\220A\330\020\026\220j\367\240\001\240\343\002!\330\r\020\337\220\006\220c\230\363\000\017\210\377u\220C\320\027\047\240t\277\2505\260\003\2601\034\n&\317\230\002\230#\220 \201\000y\230\377\007\230q\330\020\024\220H\377\230B\230f\240C\240u\377\250C\250x\260r\270\027\373\300\003\216 \022\3101\330\024\367\032\230*\243 Q\330\020\023\377\220<\230q""\240\010\250\001\376a\005\034\240S\250\003\2506\217\260\023\260A\312\004m\001j\000\031\377\230\035\240i\250s\260(\377\270#\270V\3003\320F\277W\320WX\330\020\212B)|\331 g\000\320\0478\270\001\214\200#\377\017\210z\320\031*\250$\377\250a\330\020\033\230<\240\377s\250+\260U\270#\320\337=R\320RSQ\002\020\220\331\017\223\004\325 }\230\213\000\022\220\372\342\001-\314\001\320/D\300J\257\310b\320P\375a\340\366 v\377\220S\230\005\230S\240\005\216\370@7\260!\272(\222@\330#|o\2305\240\001\240B\220uK\001?\017\210{\230%\230\262B\024\004\037\022\220%\220y\210\207\002\311b\217H\337w\220d\230!=\000\t\250\375\022\372 \001\330\r\016\330\014\377\021\220\034\230Q\230a\230\377t\2404\240q\250\005\250\375Q\252\205\001|\2301\230A\200\377A\340\010 \320 0\260\377\004\260A\260V\270=\310\337\004\310B\310g\324\210\001\010\032\373\230$0\000s\240$\240b\363\250\010\206\204\001\r\001j\250\001\250\357\021\340\010\t\276at\2207\376\350\211\001\330\025\026\330\024\031\230}\036W\000\001\250\024\250T\215@\377D\270\001\340\020\025\220^\277\2401\240A\240T\022\000S\256\\\001\340\014\020\330\204\0021s\010\360\377\006\000\t\r\210D\220\001\356\274\206\001t\2202\247\207\001\020\220\001\377\220\032\2301\230E\240\022\373\2405m\000\025\250a\250w\373\260d\312@U\300)\3101\277\310A\310Q\310a\316\207\001D\376\353b\023\230C\230s\240(\177\250)\2601\260C\260\314`\367\021\220\021\233 w\230d\240\335!\204\211\002\047\260\024\240\206\001\260t\377\2707\300$\300a\300q\352\342\000G\212\207\001\020&\001$\220g\377\230T\240\021\240!\2406\374\354\205\002\252 \025\220b\230\001\330/\014\023\220;\374\002\047\305\206\001\377!\347!\2304g\000\257@\027\220s\366\220\205\003\240&\214!\330\021\034\230}AB\000\023\240A\330\020\026\003\3171\330\021\026A\002\r\000r\230\307\021\230)\207!\t\010<\0014\230\323q\240\245 G\0035\302\205\003\021\220\371\027\351\213\002\230@\230V\2401\240\377E\250\021\250\047\260\021\330\277\010\r\210W\220A\317 2\333\240S\275A\250a\354\210\002\200A\376\275!\017\210d\220!\2204\316\323\207\0031\210J\201\206\001\272@b\240""\276\272\207\0021\210M\230\023\233\002\022\313\2401+\010!\337U\354\205\001S\250\377\004\250B\250h\260a\360\377\010\000\t\014\2106\220\023\373\220EC\000E\240\026\240w\273\250a\315\210\010\r\210T\354 &\257\230\005\230Y\255\207\002T\251\001\014\354\317@\303\210\0011\330\247`\021\022\330\177\020\025\320\025&\240a\371`\177\004\250D\260\003\2604\211@\3775\300\005\300U\310%\310\377u\320TU\330\047,\250\367E\260\021\211u)\250\002\250\367%\250u\216\212\002\047\300\025\300\337c\310\026\310r\250\210\001\010\037\337\230q\330\010 \303 \010\026\317\220a\220v\306@\337\002\024\220\177A\220X\230R\230w\273\214\002\376\333\212\001$\260f\270B\270a\276\207\205\004\033\230A\230Q\235`$\337\320&:\270-\230\215\001\330\035\267\036\230h\236\001\330\0109\001Q?\330\010\020\220\004\220\344\212\001\350\204\001\377\022\220\"\220H\230A\230\377Z\240v\250R\250s\260\357\047\270\025\270\375\212\002#\220Q\352\350\"!\252a2q\000Q\230j\377\250\005\250X\260U\270&\377\300\001\330\030\032\230&\240\377\001\240\023\240F\250\"\250\035A\374\204\001\001\220\021\243\220\001\003\001\256\213\002oA\220V\230\222\213\0029\220\004\004\362\270\211\001A\325@\363\"4\210t\220}1V\003V\2302\230S\246\206\001\357\006\260b\270\250\205\0046\230\030\344\240\216\003*\003\020*\0015\003\"\240\024\377\240R\240y\260\r\270Ts\300\022\323\214\001\351\213\001B\240j\006\010|\340\206\023\204\207\006Y\270m\3108\260\215\001\376\363\206\023a\230u\240G\2501s\330\010\211\207\n\350A\023\2201\214\207\001\367\034\240Q\271\217\0024\250s\260\377$\260d\270$\270a\340\347\024\031\230\003\021\204\207\021\n\000\t\277\035\230A\330\010\035\271\215\001!~\300 A\240Y\250a\340\310\210\003}\030\367\216\001\2304\230t\240\366\217\001/5\260\001\260\231\214\004c\333!}\001\376\274G\003\2201\220D\230\002\373\230!\210\204\001\014\020\220\002\220\377(\230!\230:\240V\250\3732\250\223\210\001E\270\021\330\014_\024\220C\220q\206\221\001\230\307@\377\021\220\022\2208\2301\230\377J\240g\250U\260%\260\377v\270Q\330\026\030\230\006>\211\211\002&\250\002\250!\272M\257B\374\307@""\212\221\001\031\250!\200A\360\367\014\000\t\377!V\2501\250\363A\330\310\211\027\336\205\n\330\010!\320\377!2\260$\260a\260y\357\300\014\310H\225\205\001\010!\240\375\021\375\205\0035\220\003\320\023#k\2404\237\215\002q\315\217\n7\220\337\221\001\377\014\030\230\n\240*\250E\377\260\023\3204I\310\024\310\377R\310q\340\014\021\320\021\377\"\240$\240a\240{\260\377!\330\0471\260\025\260c\177\3209N\310d\320R\206\223\001\307\330\047(\261\225\001\266\214\005\267\205\013\020\220\377\014\230D\240\002\240\047\250\377\022\250=\270\005\270S\300\277\001\330\025!\240\032\265 Q\236\361Ca\230v\240\337\000\205\212\003\n\177\230)\240;\250d\260\342#\333\017\210\227\213\004\230A\232\213\003\320\031\371,\314\217\001\036\000$\260c\270\024\377\270T\300\024\300T\310\031\377\320RZ\320Z[\330-\3358\255\213\002\320\025(\334\213\001\250$\356E\000#\260T \004Y\310h\377\320VW\330)4\260A\376\261\213\017\250a\320\000\037\230~\377\250Q\340\004\007\200s\210\177\"\210B\210c\220\023\313A\356\327\224\004\320\0310\233b\004\013\210\277;\220a\220t\230\257\224\001\021\177\320\000\"\240.\260\001\337\226\001\365\010\031\033\022\326\211\002s\230#\230\237S\240\001\240\024\322\204\001\343\223\0014\003\210q";
+    PyObject *data = __Pyx_DecompressString_LZSS(cstring, 5048, 6845);
     #define __Pyx_DecompressString_UNUSED
     if (unlikely(!data)) __PYX_ERR(0, 1, __pyx_L1_error)
     const char* const bytes = __Pyx_PyBytes_AsString(data);
     #if !CYTHON_ASSUME_SAFE_MACROS
     if (likely(bytes)); else { Py_DECREF(data); __PYX_ERR(0, 1, __pyx_L1_error) }
     #endif
-    #else /* compression: none (6932 bytes) */
-static const char bytes[] = "        s : s =  ? s array of at least  at 0x elements entries for  instructions is missing is read-only must be a C-contiguous  object> s\047 array\047 has \047 missing or out of range((tree fragment)),, , s.6d: ; outputs: <MemoryView of <contiguous and direct><contiguous and indirect><strided and direct or indirect><strided and direct><strided and indirect>>?Cannot assign to read-only memoryviewInvalid mode, expected \047c\047 or \047fortran\047, got Invalid shape in axis NoneNote that Cython is deliberately stricter than PEP-484 and rejects subclasses of builtin types. If you need to pass subclasses then set the \047annotation_typing\047 directive to False.add_notecollections.abcdisableenablegcisenabledjacext/_tape.pyxjacext: jacext: Jacobians run forward or reversejacext: a batch takes x of shape (n_points, n_in)jacext: a colour out of rangejacext: a column index out of rangejacext: a cone or nonzero index out of rangejacext: a value batch needs yjacext: an input index out of rangejacext: compressed sweeps run forward or reversejacext: cones must come from this tape\047s cones()jacext: corrupt tape: \047jacext: corrupt tape: more than 2**31 instructions or outputsjacext: corrupt tape: no \047jacext: could not start worker threadsjacext: inconsistent conesjacext: invalid arguments to the VM (status jacext: no batch task jacext: no op number jacext: order must be a permutation of the columnsjacext: out of memoryjacext: out of memory colouring the sparsity patternjacext: out of memory for the work arrays of this evaluationjacext: the Jacobian tape does not match this requestjacext: the pattern and its sizes do not matchjacext: the tape is corrupt (an index out of range, an unknown op, or an instruction writing over its own operand)no default __reduce__ due to non-trivial __cinit__numpy._core.multiarray failed to importnumpy._core.umath failed to importself.cn,self.cp,self.nz,self.rp cannot be converted to a Python object for picklingunable to allocate array data.un""able to allocate shape and strides.ASCIIA_IMMB_IMMCConesCones.__reduce_cython__Cones.__setstate_cython__EllipsisFIXED_ALWAYSFIXED_A_IMMFIXED_B_IMMMAX_LANESMODESNOGIL_WORKOP_MASKRUN_FIELDSSequenceTASKSTapeTape.__reduce__Tape.arraysTape.batchTape.compressedTape.conesTape.cones_jacobianTape.disassembleTape.fixed_partialsTape.jvpTape.patternTape.runsTape.valueTape.vjpView.MemoryView_PER_INSTRUCTION_TAPE_FIELDS__Pyx_PyDict_NextRef__annotate____class____class_getitem____dict____func____getstate____import____main____module____name____new____pyx_capi____pyx_checksum__pyx_state__pyx_type__pyx_unpickle_Enum__pyx_vtable____qualname____reduce____reduce_cython____reduce_ex____set_name____setstate____setstate_cython____test___is_coroutine_planaabcallocate_bufferanyarangeargsarrayarraysasarrayascontiguousarrayasyncio.coroutinesbbasebatchbool_budgetccline_in_tracebackclosecol_of_inputcolourcolour_columnscolscompcompressedconecone_ptrconescones_jacobianconst_valuecopycountdd0d1diffdisassembledisassemble.<locals>.genexprdstdtypedtype_is_objectemptyencodeenumerateerrorfixed_partialsflagsfloat64formatfortranforwardfullgenexprgetiididximmindexindicesindptrintint32int64itemsitemsizejac_tapejacextjacext._tapejacobianjobjoinjvpklimitlinesmaxmax_workmemviewminmodenn_coloursn_colsn_inn_outn_pointsn_rowsn_slotsnamendimnextnnznpnumpynz_inputoobjopop_constantsop_helpersop_partialsop_rowsop_valueorderoutout_slotppackpatternperplanpopptrqregisterreshapereverserow_ptrrunsruns_paysseedselfsendsetdefaultsetflagsshapesizesortststartstepstopstructtapetaskthreadsthrowtolisttotaluuint8unpackupdatevvalsvaluevaluesviewvjpwordwritexxbaryydotzeroszip:OT{^int (int)\000raise_status}\200\001\330\004\n\210+\220Q\200\001\340\004\013\2101\210O\2301\230B\230e\2407\250$\250o\270Q\270b\300\001\330\014\020\220\005\220U\230!\2301\200\001\340\004\013\2102\210^\2301\230B\230e\2407\250$\250n\270A\270R\270r\300\027\310\001\330\r\033\2301\230B\230b\240\007\240t\250>\270\021\270\"\270E\300\027\310\001\330\014\020\220\005""\220U\230!\2301\200\001\360\006\000\005\014\2102\210[\230\001\230\022\2307\240$\240k\260\021\260$\260n\300A\300T\310\033\320TU\320UV\330\r\027\220q\230\002\230&\240\007\240t\250:\260Q\260b\270\003\2707\300!\330\r\027\220q\230\002\230#\230W\240D\250\004\250E\260\025\260a\260q\200\001\360\010\000\005\032\230\022\320\033-\250Q\250e\2606\270\022\2701\330\004\031\230\022\320\033-\250Q\250e\2606\270\022\2701\330\004\031\230\022\320\033-\250Q\250g\260V\2702\270Q\330\004\036\230b\240\006\240a\240x\250v\260R\260q\340\004\031\230\021\330\004\007\200q\210\006\210a\210s\220#\220W\230B\230b\240\003\2401\240F\250!\2503\250c\260\027\270\004\270G\3004\300q\310\001\310\030\320QT\320TU\320U[\320[\\\320\\]\330\010\016\210j\230\001\230\021\330\004\007\200q\210\006\210a\210s\220%\220q\230\004\230C\230r\240\022\2403\240a\240t\2503\250c\260\021\330\010\016\210j\230\001\230\021\330\004\007\200w\210e\2202\220U\230!\2303\230c\240\022\2407\250!\2508\2604\260q\330\010\016\210j\230\001\230\021\330\004\007\200q\210\006\210a\210s\220#\220Q\330\010\014\210B\210f\220A\220S\230\006\230b\240\001\330\t\n\330\010\014\320\014\035\230Q\230h\240h\320.B\300-\310q\320PQ\330\0362\260-\270q\300\001\330\0362\260-\270q\300\001\330\036,\250M\270\021\270)\3001\330\004\007\200r\210\023\210A\330\010\016\210k\230\021\230!\330\004\007\200r\210\022\2101\330\010\017\210q\330\004\013\2101\200A\330\010\020\220\007\220t\2307\240!\200A\330\034(\320(<\320<S\320ST\330#;\320;L\310A\330\034\035\360\024\000\t$\2401\240F\250!\2506\260\021\260&\270\003\2708\3001\330\010\037\230t\2402\240_\260D\270\002\270!\340\010\013\2108\2205\230\004\230A\230W\240A\330\010\013\2103\210f\220B\220a\330\014\022\220*\230A\320\0355\260Q\260a\330\010\013\2109\220B\220b\230\003\2301\230F\240!\2403\240c\250\021\330\014\022\220*\230A\230Q\330\010\013\2108\2201\330\010\013\210<\220q\330\010\013\2105\320\020 \240\004\240A\240V\250=\270\t\300\022\3006\310\021\330\010\013\2105\220\n\230!\2303\230i\240r\250\027\260\001\330\010\013\2108\2201\330\010\013\210:""\220Q\330\010\013\210:\220Q\330\010\013\210=\230\001\330\010\013\2108\2201\330\010\013\2107\220!\330\010\013\210<\220q\330\010\013\2108\2201\330\010\013\210;\220a\330\010\013\210<\220q\330\010\013\210<\220q\330\010\013\2105\220\007\220q\330\014\017\210x\320\027(\250\004\250A\250Y\260l\300$\300f\310A\310T\320QR\330\014\017\210z\230\031\240$\240f\250A\250Q\330\014\032\230!\2306\240\021\330\010\013\2103\210f\220C\220q\330\014\017\210r\220\023\220A\330\020\026\220j\240\001\240\021\330\014\022\220!\330\r\020\220\006\220c\230\021\330\014\017\210u\220C\320\027\047\240t\2505\260\003\2601\330\020\026\220j\240\001\240\021\330\014\022\220&\230\002\230#\230Q\330\014\017\210y\230\007\230q\330\020\024\220H\230B\230f\240C\240u\250C\250x\260r\270\027\300\003\3006\310\022\3101\330\024\032\230*\240A\240Q\330\020\023\220<\230q\240\010\250\001\330\r\020\220\006\220c\230\034\240S\250\003\2506\260\023\260A\330\014\017\210x\320\027\047\240t\2501\330\020\031\230\035\240i\250s\260(\270#\270V\3003\320FW\320WX\330\020\021\330\014\022\220)\2303\230f\240C\320\0478\270\001\330\r\020\220\006\220c\230\021\330\014\017\210u\220C\320\027\047\240t\2505\260\003\2601\330\020\026\220j\240\001\240\021\330\014\017\210z\320\031*\250$\250a\330\020\033\230<\240s\250+\260U\270#\320=R\320RS\330\020\021\330\014\020\220\017\230q\240\010\250\001\330\014\017\210}\230A\330\014\022\220&\230\002\230-\240u\250C\320/D\300J\310b\320PS\320ST\340\014\017\210v\220S\230\005\230S\240\005\240V\2507\260!\330\020\026\220j\240\001\240\021\330\014\017\210x\220q\330\014\017\210|\2305\240\001\330\014\017\210x\220u\230A\330\014\017\210{\230%\230q\330\014\017\210|\2305\240\001\330\014\022\220%\220y\240\006\240a\240q\330\010\013\2103\210f\220C\220q\330\014\017\210w\220d\230!\2305\240\t\250\022\2505\260\001\330\r\016\330\014\021\220\034\230Q\230a\230t\2404\240q\250\005\250Q\330\010\017\210|\2301\230A\200A\340\010 \320 0\260\004\260A\260V\270=\310\004\310B\310g\320UV\330\010\032\230$\230a\230s\240$\240b\250\010\260\001\330\010\032\230$""\230j\250\001\250\021\340\010\t\330\014\017\210t\2207\230!\2301\330\025\026\330\024\031\230\036\240q\250\001\250\024\250T\260\023\260D\270\001\340\020\025\220^\2401\240A\240T\250\024\250S\260\004\260A\340\014\020\220\n\230!\2301\330\010\017\210|\2301\230A\200A\340\010 \320 0\260\004\260A\260V\270=\310\004\310B\310g\320UV\330\010 \320 0\260\004\260A\260V\270=\310\004\310B\310g\320UV\330\010\032\230$\230a\230s\240$\240b\250\010\260\001\330\010\032\230$\230a\230v\240T\250\022\2508\2601\330\010\032\230$\230j\250\001\250\021\340\010\t\330\021\022\330\020\025\220\\\240\021\240!\2404\240t\2503\250d\260$\260d\270!\340\014\020\220\n\230!\2301\330\010\017\210|\2301\230A\200A\340\010 \320 0\260\004\260A\260V\270=\310\004\310B\310g\320UV\330\010 \320 0\260\004\260A\260V\270=\310\004\310B\310h\320VW\330\010\032\230$\230a\230s\240$\240b\250\010\260\001\330\010\032\230$\230a\230v\240T\250\022\2507\260!\330\010\032\230$\230j\250\001\250\021\340\010\t\330\021\022\330\020\025\220\\\240\021\240!\2404\240t\2503\250d\260$\260d\270!\340\014\020\220\n\230!\2301\330\010\017\210|\2301\230A\200A\360\006\000\t\r\210D\220\001\330\010\017\210t\2202\220Q\330\010\020\220\001\220\032\2301\230E\240\022\2405\250\001\250\025\250a\250w\260d\270#\270U\300)\3101\310A\310Q\310a\330\010\014\210D\220\006\220c\230\023\230C\230s\240(\250)\2601\260C\260q\330\020\021\220\021\220%\220w\230d\240!\2401\240F\250\047\260\024\260Q\260a\260t\2707\300$\300a\300q\310\004\310G\320ST\330\020\021\220\021\220$\220g\230T\240\021\240!\2406\250\027\260\001\330\014\021\220\025\220b\230\001\330\014\023\220;\230a\230s\240\047\250\021\330\014\017\210{\230!\2304\230s\240!\330\020\027\220s\230!\2306\240\021\240&\250\001\250\021\330\021\034\230A\230T\240\023\240A\330\020\027\220s\230!\2301\330\021\026\220b\230\001\330\020\027\220r\230\021\230)\2401\240A\330\021\026\220b\230\001\330\020\027\220s\230!\2304\230q\240\001\340\020\027\220s\230!\2305\240\001\240\021\330\014\021\220\027\230\001\230\022\2301\230A\230V\2401\240E\250\021\250""\047\260\021\330\010\r\210W\220A\220^\2402\240S\250\005\250Q\250a\330\010\017\210q\200A\360\006\000\t\017\210d\220!\2204\220q\330\010\013\2101\210J\220c\230\021\230$\230b\240\001\330\010\013\2101\210M\230\023\230A\230T\240\022\2401\330\010\017\210q\200A\360\006\000\t!\320 0\260\004\260A\260V\270=\310\004\310B\310g\320UV\330\010\032\230*\240A\240S\250\004\250B\250h\260a\360\010\000\t\014\2106\220\023\220E\230\023\230E\240\026\240w\250a\330\014\022\220*\230A\230Q\330\010\r\210T\220\021\220&\230\005\230Y\240f\250A\250T\260\021\330\010\014\210D\220\n\230!\2301\330\010\t\330\021\022\330\020\025\320\025&\240a\240q\250\004\250D\260\003\2604\260t\2705\300\005\300U\310%\310u\320TU\330\047,\250E\260\021\340\014\020\220\n\230!\2301\330\010\017\210|\2301\230A\200A\360\006\000\t)\250\002\250%\250u\260D\270\002\270\047\300\025\300c\310\026\310r\320QR\330\010\037\230q\330\010 \240\001\340\010\026\220a\220v\230T\240\022\2401\330\010\024\220A\220X\230R\230w\240a\240t\2506\260\021\260$\260f\270B\270a\330\r\016\330\014\021\220\033\230A\230Q\230d\240$\320&:\270-\300q\310\001\330\035\036\230h\240a\240q\330\010\024\220A\220Q\330\010\020\220\004\220B\220a\330\010\t\330\014\022\220\"\220H\230A\230Z\240v\250R\250s\260\047\270\025\270a\330\014\022\220#\220Q\220c\230\021\230!\330\014\023\2202\220X\230Q\230j\250\005\250X\260U\270&\300\001\330\030\032\230&\240\001\240\023\240F\250\"\250A\340\014\020\220\001\220\021\330\014\020\220\001\220\021\330\010\013\2109\220A\220V\2301\330\010\013\2109\220A\220V\2301\330\010\017\210u\220A\200A\360\010\000\t\014\2104\210t\2201\330\014\023\2202\220V\2302\230S\320 0\260\006\260b\270\001\330\010\017\210t\2206\230\030\240\022\2403\240a\200A\360\010\000\t\020\210t\2201\200A\360\n\000\t\035\230A\330\010\035\230Q\330\010!\240\023\240A\240Y\250a\340\r\016\330\014\021\220\030\230\021\230!\2304\230t\2407\250!\2505\260\001\260\021\330\010\013\2103\210c\220\021\330\014\023\2201\330\010\024\220A\220Q\330\010\020\220\003\2201\220D\230\002\230!\330\010\t\330\014\020\220""\002\220(\230!\230:\240V\2502\250S\260\004\260E\270\021\330\014\024\220C\220q\230\001\230\021\230!\330\014\021\220\022\2208\2301\230J\240g\250U\260%\260v\270Q\330\026\030\230\006\230a\230s\240&\250\002\250!\340\014\020\220\001\220\021\330\014\020\220\001\220\021\330\010\017\210u\220A\220V\2303\230c\240\031\250!\200A\360\014\000\t\"\240\024\240V\2501\250A\330\010 \320 0\260\004\260A\260V\270=\310\004\310B\310g\320UV\330\010\032\230*\240A\240S\250\004\250B\250h\260a\330\010!\320!2\260$\260a\260y\300\014\310H\320TU\330\010!\240\021\360\010\000\t\014\2105\220\003\320\023#\2404\240u\250C\250q\330\014\022\220*\230A\230Q\330\010\013\2107\220#\220Q\330\014\030\230\n\240*\250E\260\023\3204I\310\024\310R\310q\340\014\021\320\021\"\240$\240a\240{\260!\330\0471\260\025\260c\3209N\310d\320RT\320TU\330\047(\330\014\020\220\017\230q\240\010\250\001\330\010\026\220a\220v\230T\240\022\2401\330\010\020\220\014\230D\240\002\240\047\250\022\250=\270\005\270S\300\001\330\025!\240\032\2502\250Q\330\010\032\230$\230a\230v\240V\2501\330\010\014\210D\220\n\230)\240;\250d\260!\330\010\t\330\014\017\210t\2207\230!\2301\230A\330\025\026\330\024\031\320\031,\250A\250Q\250d\260$\260c\270\024\270T\300\024\300T\310\031\320RZ\320Z[\330-8\270\001\340\020\025\320\025(\250\001\250\021\250$\250d\260#\260T\270\024\270T\300\024\300Y\310h\320VW\330)4\260A\340\014\020\220\n\230!\2301\330\010\017\210|\2301\230A\250a\320\000\037\230~\250Q\340\004\007\200s\210\"\210B\210c\220\023\220C\220q\330\010\016\210j\230\001\320\0310\260\001\260\021\330\004\013\210;\220a\220t\2303\230c\240\021\320\000\"\240.\260\001\360\006\000\005\010\200s\210\"\210B\210c\220\023\220C\220q\330\010\016\210j\230\001\320\0310\260\001\260\021\330\004\022\220!\2204\220s\230#\230S\240\001\240\024\240Q\240a\330\004\013\2104\210q";
+    #else /* compression: none (6845 bytes) */
+static const char bytes[] = "        s : s =  ? s array of at least  at 0x elements entries for  instructions is missing is read-only must be a C-contiguous  object> s\047 array\047 has \047 missing or out of range((tree fragment)),, , s.6d: ; outputs: <MemoryView of <contiguous and direct><contiguous and indirect><strided and direct or indirect><strided and direct><strided and indirect>>?Cannot assign to read-only memoryviewInvalid mode, expected \047c\047 or \047fortran\047, got Invalid shape in axis NoneNote that Cython is deliberately stricter than PEP-484 and rejects subclasses of builtin types. If you need to pass subclasses then set the \047annotation_typing\047 directive to False.add_notecollections.abcdisableenablegcisenabledjacext/_tape.pyxjacext: jacext: Jacobians run forward or reversejacext: a batch takes x of shape (n_points, n_in)jacext: a colour out of rangejacext: a column index out of rangejacext: a cone or nonzero index out of rangejacext: a value batch needs yjacext: an input index out of rangejacext: compressed sweeps run forward or reversejacext: cones must come from this tape\047s cones()jacext: corrupt tape: \047jacext: corrupt tape: more than 2**31 instructions or outputsjacext: corrupt tape: no \047jacext: could not start worker threadsjacext: inconsistent conesjacext: invalid arguments to the VM (status jacext: no batch task jacext: no op number jacext: order must be a permutation of the columnsjacext: out of memoryjacext: out of memory colouring the sparsity patternjacext: out of memory for the work arrays of this evaluationjacext: the Jacobian tape does not match this requestjacext: the pattern and its sizes do not matchjacext: the tape is corrupt (an index out of range, an unknown op, or an instruction writing over its own operand)no default __reduce__ due to non-trivial __cinit__numpy._core.multiarray failed to importnumpy._core.umath failed to importself.cn,self.cp,self.nz,self.rp cannot be converted to a Python object for picklingunable to allocate array data.un""able to allocate shape and strides.ASCIIA_IMMB_IMMCConesCones.__reduce_cython__Cones.__setstate_cython__EllipsisFIXED_ALWAYSFIXED_A_IMMFIXED_B_IMMMAX_LANESMODESNOGIL_WORKOP_MASKRUN_FIELDSSequenceTASKSTapeTape.__reduce__Tape.arraysTape.batchTape.compressedTape.conesTape.cones_jacobianTape.disassembleTape.fixed_partialsTape.patternTape.productTape.runsTape.valueView.MemoryView_PER_INSTRUCTION_TAPE_FIELDS__Pyx_PyDict_NextRef__annotate____class____class_getitem____dict____func____getstate____import____main____module____name____new____pyx_capi____pyx_checksum__pyx_state__pyx_type__pyx_unpickle_Enum__pyx_vtable____qualname____reduce____reduce_cython____reduce_ex____set_name____setstate____setstate_cython____test___is_coroutine_planaabcallocate_bufferanyarangeargsarrayarraysasarrayascontiguousarrayasyncio.coroutinesbbasebatchbool_budgetccline_in_tracebackclosecol_of_inputcolourcolour_columnscolscompcompressedconecone_ptrconescones_jacobianconst_valuecopycountdd0d1diffdisassembledisassemble.<locals>.genexprdstdtypedtype_is_objectemptyencodeenumerateerrorfixed_partialsflagsfloat64formatfortranforwardfullgenexprgetiididximmindexindicesindptrintint32int64itemsitemsizejac_tapejacextjacext._tapejacobianjobjoinjvpklimitlinesmaxmax_workmemviewminmodenn_coloursn_colsn_inn_outn_pointsn_rowsn_slotsnamendimnextnnznpnumpynz_inputoobjopop_constantsop_helpersop_partialsop_rowsop_valueorderoutout_slotppackpatternperplanpopproductptrqregisterresreshapereverserow_ptrrunsruns_paysseedselfsendsetdefaultsetflagsshapesizesortststartstepstopstructtapetaskthreadsthrowtolisttotaluint8unpackupdatevvalsvaluevaluesviewvjpwordwritexyzeroszip:OT{^int (int)\000raise_status}\200\001\330\004\n\210+\220Q\200\001\340\004\013\2101\210O\2301\230B\230e\2407\250$\250o\270Q\270b\300\001\330\014\020\220\005\220U\230!\2301\200\001\340\004\013\2102\210^\2301\230B\230e\2407\250$\250n\270A\270R\270r\300\027\310\001\330\r\033\2301\230B\230b\240\007\240t\250>\270\021\270\"\270E\300\027\310\001\330\014\020\220\005\220U""\230!\2301\200\001\360\006\000\005\014\2102\210[\230\001\230\022\2307\240$\240k\260\021\260$\260n\300A\300T\310\033\320TU\320UV\330\r\027\220q\230\002\230&\240\007\240t\250:\260Q\260b\270\003\2707\300!\330\r\027\220q\230\002\230#\230W\240D\250\004\250E\260\025\260a\260q\200\001\360\010\000\005\032\230\022\320\033-\250Q\250e\2606\270\022\2701\330\004\031\230\022\320\033-\250Q\250e\2606\270\022\2701\330\004\031\230\022\320\033-\250Q\250g\260V\2702\270Q\330\004\036\230b\240\006\240a\240x\250v\260R\260q\340\004\031\230\021\330\004\007\200q\210\006\210a\210s\220#\220W\230B\230b\240\003\2401\240F\250!\2503\250c\260\027\270\004\270G\3004\300q\310\001\310\030\320QT\320TU\320U[\320[\\\320\\]\330\010\016\210j\230\001\230\021\330\004\007\200q\210\006\210a\210s\220%\220q\230\004\230C\230r\240\022\2403\240a\240t\2503\250c\260\021\330\010\016\210j\230\001\230\021\330\004\007\200w\210e\2202\220U\230!\2303\230c\240\022\2407\250!\2508\2604\260q\330\010\016\210j\230\001\230\021\330\004\007\200q\210\006\210a\210s\220#\220Q\330\010\014\210B\210f\220A\220S\230\006\230b\240\001\330\t\n\330\010\014\320\014\035\230Q\230h\240h\320.B\300-\310q\320PQ\330\0362\260-\270q\300\001\330\0362\260-\270q\300\001\330\036,\250M\270\021\270)\3001\330\004\007\200r\210\023\210A\330\010\016\210k\230\021\230!\330\004\007\200r\210\022\2101\330\010\017\210q\330\004\013\2101\200A\330\010\020\220\007\220t\2307\240!\200A\330\034(\320(<\320<S\320ST\330#;\320;L\310A\330\034\035\360\024\000\t$\2401\240F\250!\2506\260\021\260&\270\003\2708\3001\330\010\037\230t\2402\240_\260D\270\002\270!\340\010\013\2108\2205\230\004\230A\230W\240A\330\010\013\2103\210f\220B\220a\330\014\022\220*\230A\320\0355\260Q\260a\330\010\013\2109\220B\220b\230\003\2301\230F\240!\2403\240c\250\021\330\014\022\220*\230A\230Q\330\010\013\2108\2201\330\010\013\210<\220q\330\010\013\2105\320\020 \240\004\240A\240V\250=\270\t\300\022\3006\310\021\330\010\013\2105\220\n\230!\2303\230i\240r\250\027\260\001\330\010\013\2108\2201\330\010\013\210:\220Q""\330\010\013\210:\220Q\330\010\013\210=\230\001\330\010\013\2108\2201\330\010\013\2107\220!\330\010\013\210<\220q\330\010\013\2108\2201\330\010\013\210;\220a\330\010\013\210<\220q\330\010\013\210<\220q\330\010\013\2105\220\007\220q\330\014\017\210x\320\027(\250\004\250A\250Y\260l\300$\300f\310A\310T\320QR\330\014\017\210z\230\031\240$\240f\250A\250Q\330\014\032\230!\2306\240\021\330\010\013\2103\210f\220C\220q\330\014\017\210r\220\023\220A\330\020\026\220j\240\001\240\021\330\014\022\220!\330\r\020\220\006\220c\230\021\330\014\017\210u\220C\320\027\047\240t\2505\260\003\2601\330\020\026\220j\240\001\240\021\330\014\022\220&\230\002\230#\230Q\330\014\017\210y\230\007\230q\330\020\024\220H\230B\230f\240C\240u\250C\250x\260r\270\027\300\003\3006\310\022\3101\330\024\032\230*\240A\240Q\330\020\023\220<\230q\240\010\250\001\330\r\020\220\006\220c\230\034\240S\250\003\2506\260\023\260A\330\014\017\210x\320\027\047\240t\2501\330\020\031\230\035\240i\250s\260(\270#\270V\3003\320FW\320WX\330\020\021\330\014\022\220)\2303\230f\240C\320\0478\270\001\330\r\020\220\006\220c\230\021\330\014\017\210u\220C\320\027\047\240t\2505\260\003\2601\330\020\026\220j\240\001\240\021\330\014\017\210z\320\031*\250$\250a\330\020\033\230<\240s\250+\260U\270#\320=R\320RS\330\020\021\330\014\020\220\017\230q\240\010\250\001\330\014\017\210}\230A\330\014\022\220&\230\002\230-\240u\250C\320/D\300J\310b\320PS\320ST\340\014\017\210v\220S\230\005\230S\240\005\240V\2507\260!\330\020\026\220j\240\001\240\021\330\014\017\210x\220q\330\014\017\210|\2305\240\001\330\014\017\210x\220u\230A\330\014\017\210{\230%\230q\330\014\017\210|\2305\240\001\330\014\022\220%\220y\240\006\240a\240q\330\010\013\2103\210f\220C\220q\330\014\017\210w\220d\230!\2305\240\t\250\022\2505\260\001\330\r\016\330\014\021\220\034\230Q\230a\230t\2404\240q\250\005\250Q\330\010\017\210|\2301\230A\200A\340\010 \320 0\260\004\260A\260V\270=\310\004\310B\310g\320UV\330\010\032\230$\230a\230s\240$\240b\250\010\260\001\330\010\032\230$\230j""\250\001\250\021\340\010\t\330\014\017\210t\2207\230!\2301\330\025\026\330\024\031\230\036\240q\250\001\250\024\250T\260\023\260D\270\001\340\020\025\220^\2401\240A\240T\250\024\250S\260\004\260A\340\014\020\220\n\230!\2301\330\010\017\210|\2301\230A\200A\360\006\000\t\r\210D\220\001\330\010\017\210t\2202\220Q\330\010\020\220\001\220\032\2301\230E\240\022\2405\250\001\250\025\250a\250w\260d\270#\270U\300)\3101\310A\310Q\310a\330\010\014\210D\220\006\220c\230\023\230C\230s\240(\250)\2601\260C\260q\330\020\021\220\021\220%\220w\230d\240!\2401\240F\250\047\260\024\260Q\260a\260t\2707\300$\300a\300q\310\004\310G\320ST\330\020\021\220\021\220$\220g\230T\240\021\240!\2406\250\027\260\001\330\014\021\220\025\220b\230\001\330\014\023\220;\230a\230s\240\047\250\021\330\014\017\210{\230!\2304\230s\240!\330\020\027\220s\230!\2306\240\021\240&\250\001\250\021\330\021\034\230A\230T\240\023\240A\330\020\027\220s\230!\2301\330\021\026\220b\230\001\330\020\027\220r\230\021\230)\2401\240A\330\021\026\220b\230\001\330\020\027\220s\230!\2304\230q\240\001\340\020\027\220s\230!\2305\240\001\240\021\330\014\021\220\027\230\001\230\022\2301\230A\230V\2401\240E\250\021\250\047\260\021\330\010\r\210W\220A\220^\2402\240S\250\005\250Q\250a\330\010\017\210q\200A\360\006\000\t\017\210d\220!\2204\220q\330\010\013\2101\210J\220c\230\021\230$\230b\240\001\330\010\013\2101\210M\230\023\230A\230T\240\022\2401\330\010\017\210q\200A\360\006\000\t!\320 0\260\004\260A\260V\270=\310\004\310B\310g\320UV\330\010\032\230*\240A\240S\250\004\250B\250h\260a\360\010\000\t\014\2106\220\023\220E\230\023\230E\240\026\240w\250a\330\014\022\220*\230A\230Q\330\010\r\210T\220\021\220&\230\005\230Y\240f\250A\250T\260\021\330\010\014\210D\220\n\230!\2301\330\010\t\330\021\022\330\020\025\320\025&\240a\240q\250\004\250D\260\003\2604\260t\2705\300\005\300U\310%\310u\320TU\330\047,\250E\260\021\340\014\020\220\n\230!\2301\330\010\017\210|\2301\230A\200A\360\006\000\t)\250\002\250%\250u\260D\270\002\270\047\300\025\300c""\310\026\310r\320QR\330\010\037\230q\330\010 \240\001\340\010\026\220a\220v\230T\240\022\2401\330\010\024\220A\220X\230R\230w\240a\240t\2506\260\021\260$\260f\270B\270a\330\r\016\330\014\021\220\033\230A\230Q\230d\240$\320&:\270-\300q\310\001\330\035\036\230h\240a\240q\330\010\024\220A\220Q\330\010\020\220\004\220B\220a\330\010\t\330\014\022\220\"\220H\230A\230Z\240v\250R\250s\260\047\270\025\270a\330\014\022\220#\220Q\220c\230\021\230!\330\014\023\2202\220X\230Q\230j\250\005\250X\260U\270&\300\001\330\030\032\230&\240\001\240\023\240F\250\"\250A\340\014\020\220\001\220\021\330\014\020\220\001\220\021\330\010\013\2109\220A\220V\2301\330\010\013\2109\220A\220V\2301\330\010\017\210u\220A\200A\360\010\000\t\014\2104\210t\2201\330\014\023\2202\220V\2302\230S\320 0\260\006\260b\270\001\330\010\017\210t\2206\230\030\240\022\2403\240a\200A\360\010\000\t\020\210t\2201\200A\360\010\000\t\"\240\024\240R\240y\260\r\270T\300\022\3001\330\010 \240\004\240B\240j\260\r\270T\300\022\3001\330\010 \320 0\260\004\260A\260V\270=\310\004\310B\310g\320UV\330\010 \320 0\260\004\260A\260Y\270m\3108\320ST\330\010\032\230$\230a\230s\240$\240b\250\010\260\001\330\010\032\230$\230a\230u\240G\2501\330\010\032\230$\230j\250\001\250\021\340\010\t\330\021\022\330\020\023\2201\330\024\031\230\034\240Q\240a\240t\2504\250s\260$\260d\270$\270a\340\024\031\230\034\240Q\240a\240t\2504\250s\260$\260d\270$\270a\340\014\020\220\n\230!\2301\330\010\017\210|\2301\230A\200A\360\n\000\t\035\230A\330\010\035\230Q\330\010!\240\023\240A\240Y\250a\340\r\016\330\014\021\220\030\230\021\230!\2304\230t\2407\250!\2505\260\001\260\021\330\010\013\2103\210c\220\021\330\014\023\2201\330\010\024\220A\220Q\330\010\020\220\003\2201\220D\230\002\230!\330\010\t\330\014\020\220\002\220(\230!\230:\240V\2502\250S\260\004\260E\270\021\330\014\024\220C\220q\230\001\230\021\230!\330\014\021\220\022\2208\2301\230J\240g\250U\260%\260v\270Q\330\026\030\230\006\230a\230s\240&\250\002\250!\340\014\020\220\001\220\021\330\014\020\220""\001\220\021\330\010\017\210u\220A\220V\2303\230c\240\031\250!\200A\360\014\000\t\"\240\024\240V\2501\250A\330\010 \320 0\260\004\260A\260V\270=\310\004\310B\310g\320UV\330\010\032\230*\240A\240S\250\004\250B\250h\260a\330\010!\320!2\260$\260a\260y\300\014\310H\320TU\330\010!\240\021\360\010\000\t\014\2105\220\003\320\023#\2404\240u\250C\250q\330\014\022\220*\230A\230Q\330\010\013\2107\220#\220Q\330\014\030\230\n\240*\250E\260\023\3204I\310\024\310R\310q\340\014\021\320\021\"\240$\240a\240{\260!\330\0471\260\025\260c\3209N\310d\320RT\320TU\330\047(\330\014\020\220\017\230q\240\010\250\001\330\010\026\220a\220v\230T\240\022\2401\330\010\020\220\014\230D\240\002\240\047\250\022\250=\270\005\270S\300\001\330\025!\240\032\2502\250Q\330\010\032\230$\230a\230v\240V\2501\330\010\014\210D\220\n\230)\240;\250d\260!\330\010\t\330\014\017\210t\2207\230!\2301\230A\330\025\026\330\024\031\320\031,\250A\250Q\250d\260$\260c\270\024\270T\300\024\300T\310\031\320RZ\320Z[\330-8\270\001\340\020\025\320\025(\250\001\250\021\250$\250d\260#\260T\270\024\270T\300\024\300Y\310h\320VW\330)4\260A\340\014\020\220\n\230!\2301\330\010\017\210|\2301\230A\250a\320\000\037\230~\250Q\340\004\007\200s\210\"\210B\210c\220\023\220C\220q\330\010\016\210j\230\001\320\0310\260\001\260\021\330\004\013\210;\220a\220t\2303\230c\240\021\320\000\"\240.\260\001\360\006\000\005\010\200s\210\"\210B\210c\220\023\220C\220q\330\010\016\210j\230\001\320\0310\260\001\260\021\330\004\022\220!\2204\220s\230#\230S\240\001\240\024\240Q\240a\330\004\013\2104\210q";
     PyObject *data = NULL;
     #define __Pyx_DecompressString_UNUSED
     #define __Pyx_DecompressString_LZSS_UNUSED
     #endif
     PyObject **stringtab = __pyx_mstate->__pyx_string_tab;
     Py_ssize_t pos = 0;
-    for (int i = 0; i < 301; i++) {
+    for (int i = 0; i < 299; i++) {
       Py_ssize_t bytes_length = str_length_index[i].length;
       PyObject *string = PyUnicode_DecodeUTF8(bytes + pos, bytes_length, NULL);
       if (likely(string) && i >= 79) PyUnicode_InternInPlace(&string);
@@ -40614,8 +40248,8 @@ static const char bytes[] = "        s : s =  ? s array of at least  at 0x eleme
       stringtab[i] = string;
       pos += bytes_length;
     }
-    for (int i = 301; i < 329; i++) {
-      Py_ssize_t bytes_length = bytes_length_index[i-301].length;
+    for (int i = 299; i < 326; i++) {
+      Py_ssize_t bytes_length = bytes_length_index[i-299].length;
       PyObject *string = PyBytes_FromStringAndSize(bytes + pos, bytes_length);
       stringtab[i] = string;
       pos += bytes_length;
@@ -40625,15 +40259,15 @@ static const char bytes[] = "        s : s =  ? s array of at least  at 0x eleme
       }
     }
     Py_XDECREF(data);
-    for (Py_ssize_t i = 0; i < 329; i++) {
+    for (Py_ssize_t i = 0; i < 326; i++) {
       if (unlikely(PyObject_Hash(stringtab[i]) == -1)) {
         __PYX_ERR(0, 1, __pyx_L1_error)
       }
     }
     #if CYTHON_IMMORTAL_CONSTANTS
     {
-      PyObject **table = stringtab + 301;
-      for (Py_ssize_t i=0; i<28; ++i) {
+      PyObject **table = stringtab + 299;
+      for (Py_ssize_t i=0; i<27; ++i) {
         #if PY_VERSION_HEX >= 0x030F0000
         PyUnstable_SetImmortal(table[i]);
         #elif CYTHON_COMPILING_IN_CPYTHON_FREETHREADING
@@ -40791,44 +40425,39 @@ static int __Pyx_CreateCodeObjects(__pyx_mstatetype *__pyx_mstate) {
     __pyx_mstate_global->__pyx_codeobj_tab[13] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_jacext__tape_pyx, __pyx_mstate->__pyx_n_u_cones_jacobian, __pyx_mstate->__pyx_kp_b_iso88591_A_0_AV_BgUV_AS_Bha_6_E_E_wa_AQ_T, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[13])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {5, 0, 0, 5, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 479};
-    PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_x, __pyx_mstate->__pyx_n_u_v, __pyx_mstate->__pyx_n_u_y, __pyx_mstate->__pyx_n_u_ydot};
-    __pyx_mstate_global->__pyx_codeobj_tab[14] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_jacext__tape_pyx, __pyx_mstate->__pyx_n_u_jvp, __pyx_mstate->__pyx_kp_b_iso88591_A_0_AV_BgUV_0_AV_BgUV_as_b_avT_8, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[14])) goto bad;
+    const __Pyx_PyCode_New_function_description descr = {6, 0, 0, 6, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 479};
+    PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_forward, __pyx_mstate->__pyx_n_u_x, __pyx_mstate->__pyx_n_u_seed, __pyx_mstate->__pyx_n_u_y, __pyx_mstate->__pyx_n_u_res};
+    __pyx_mstate_global->__pyx_codeobj_tab[14] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_jacext__tape_pyx, __pyx_mstate->__pyx_n_u_product, __pyx_mstate->__pyx_kp_b_iso88591_A_Ry_T_1_Bj_T_1_0_AV_BgUV_0_AYm8, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[14])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {5, 0, 0, 5, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 494};
-    PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_x, __pyx_mstate->__pyx_n_u_u, __pyx_mstate->__pyx_n_u_y, __pyx_mstate->__pyx_n_u_xbar};
-    __pyx_mstate_global->__pyx_codeobj_tab[15] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_jacext__tape_pyx, __pyx_mstate->__pyx_n_u_vjp, __pyx_mstate->__pyx_kp_b_iso88591_A_0_AV_BgUV_0_AV_BhVW_as_b_avT_7, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[15])) goto bad;
-  }
-  {
-    const __Pyx_PyCode_New_function_description descr = {13, 0, 0, 19, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 511};
+    const __Pyx_PyCode_New_function_description descr = {13, 0, 0, 19, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 503};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_task, __pyx_mstate->__pyx_n_u_x, __pyx_mstate->__pyx_n_u_y, __pyx_mstate->__pyx_n_u_out, __pyx_mstate->__pyx_n_u_threads, __pyx_mstate->__pyx_n_u_mode, __pyx_mstate->__pyx_n_u_seed, __pyx_mstate->__pyx_n_u_cols, __pyx_mstate->__pyx_n_u_colour, __pyx_mstate->__pyx_n_u_n_colours, __pyx_mstate->__pyx_n_u_jac_tape, __pyx_mstate->__pyx_n_u_cones, __pyx_mstate->__pyx_n_u_job, __pyx_mstate->__pyx_n_u_n_points, __pyx_mstate->__pyx_n_u_n_in, __pyx_mstate->__pyx_n_u_n_out, __pyx_mstate->__pyx_n_u_per, __pyx_mstate->__pyx_n_u_st};
-    __pyx_mstate_global->__pyx_codeobj_tab[16] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_jacext__tape_pyx, __pyx_mstate->__pyx_n_u_batch, __pyx_mstate->__pyx_kp_b_iso88591_A_SST_LA_1F_6_81_t2_D_85_AWA_3fB, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[16])) goto bad;
+    __pyx_mstate_global->__pyx_codeobj_tab[15] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_jacext__tape_pyx, __pyx_mstate->__pyx_n_u_batch, __pyx_mstate->__pyx_kp_b_iso88591_A_SST_LA_1F_6_81_t2_D_85_AWA_3fB, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[15])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 10, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 594};
+    const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 10, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 586};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_cols, __pyx_mstate->__pyx_n_u_col_of_input, __pyx_mstate->__pyx_n_u_indptr, __pyx_mstate->__pyx_n_u_indices, __pyx_mstate->__pyx_n_u_st, __pyx_mstate->__pyx_n_u_n_out, __pyx_mstate->__pyx_n_u_ptr, __pyx_mstate->__pyx_n_u_nnz, __pyx_mstate->__pyx_n_u_idx};
-    __pyx_mstate_global->__pyx_codeobj_tab[17] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_jacext__tape_pyx, __pyx_mstate->__pyx_n_u_pattern, __pyx_mstate->__pyx_kp_b_iso88591_A_uD_c_rQR_q_avT_1_AXRwat6_fBa_A, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[17])) goto bad;
+    __pyx_mstate_global->__pyx_codeobj_tab[16] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_jacext__tape_pyx, __pyx_mstate->__pyx_n_u_pattern, __pyx_mstate->__pyx_kp_b_iso88591_A_uD_c_rQR_q_avT_1_AXRwat6_fBa_A, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[16])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {4, 0, 0, 12, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 620};
+    const __Pyx_PyCode_New_function_description descr = {4, 0, 0, 12, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 612};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_budget, __pyx_mstate->__pyx_n_u_row_ptr, __pyx_mstate->__pyx_n_u_nz_input, __pyx_mstate->__pyx_n_u_ptr, __pyx_mstate->__pyx_n_u_cone, __pyx_mstate->__pyx_n_u_limit, __pyx_mstate->__pyx_n_u_st, __pyx_mstate->__pyx_n_u_n_out, __pyx_mstate->__pyx_n_u_p, __pyx_mstate->__pyx_n_u_total, __pyx_mstate->__pyx_n_u_c};
-    __pyx_mstate_global->__pyx_codeobj_tab[18] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_jacext__tape_pyx, __pyx_mstate->__pyx_n_u_cones, __pyx_mstate->__pyx_kp_b_iso88591_A_A_Q_AYa_4t7_5_3c_1_AQ_1D_V2S_E, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[18])) goto bad;
+    __pyx_mstate_global->__pyx_codeobj_tab[17] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_jacext__tape_pyx, __pyx_mstate->__pyx_n_u_cones, __pyx_mstate->__pyx_kp_b_iso88591_A_A_Q_AYa_4t7_5_3c_1_AQ_1D_V2S_E, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[17])) goto bad;
   }
   {
     const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 1};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self};
-    __pyx_mstate_global->__pyx_codeobj_tab[19] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_tree_fragment, __pyx_mstate->__pyx_n_u_reduce_cython, __pyx_mstate->__pyx_kp_b_iso88591_Q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[19])) goto bad;
+    __pyx_mstate_global->__pyx_codeobj_tab[18] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_tree_fragment, __pyx_mstate->__pyx_n_u_reduce_cython, __pyx_mstate->__pyx_kp_b_iso88591_Q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[18])) goto bad;
   }
   {
     const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 2, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 3};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_pyx_state};
-    __pyx_mstate_global->__pyx_codeobj_tab[20] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_tree_fragment, __pyx_mstate->__pyx_n_u_setstate_cython, __pyx_mstate->__pyx_kp_b_iso88591_Q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[20])) goto bad;
+    __pyx_mstate_global->__pyx_codeobj_tab[19] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_tree_fragment, __pyx_mstate->__pyx_n_u_setstate_cython, __pyx_mstate->__pyx_kp_b_iso88591_Q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[19])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {6, 0, 0, 12, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 697};
+    const __Pyx_PyCode_New_function_description descr = {6, 0, 0, 12, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 689};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_ptr, __pyx_mstate->__pyx_n_u_idx, __pyx_mstate->__pyx_n_u_n_rows, __pyx_mstate->__pyx_n_u_n_cols, __pyx_mstate->__pyx_n_u_order, __pyx_mstate->__pyx_n_u_max_work, __pyx_mstate->__pyx_n_u_p, __pyx_mstate->__pyx_n_u_q, __pyx_mstate->__pyx_n_u_o, __pyx_mstate->__pyx_n_u_colour, __pyx_mstate->__pyx_n_u_n, __pyx_mstate->__pyx_n_u_limit};
-    __pyx_mstate_global->__pyx_codeobj_tab[21] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_jacext__tape_pyx, __pyx_mstate->__pyx_n_u_colour_columns, __pyx_mstate->__pyx_kp_b_iso88591_Qe6_1_Qe6_1_QgV2Q_b_axvRq_q_as, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[21])) goto bad;
+    __pyx_mstate_global->__pyx_codeobj_tab[20] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_jacext__tape_pyx, __pyx_mstate->__pyx_n_u_colour_columns, __pyx_mstate->__pyx_kp_b_iso88591_Qe6_1_Qe6_1_QgV2Q_b_axvRq_q_as, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[20])) goto bad;
   }
   Py_DECREF(tuple_dedup_map);
   return 0;

@@ -69,8 +69,8 @@ cdef class Tape:
     cpdef compressed(self, cnp.ndarray x, cnp.ndarray y, cnp.ndarray comp, cnp.ndarray cols,
                      cnp.ndarray colour, int32_t n_colours, int mode)
     cpdef cones_jacobian(self, cnp.ndarray x, cnp.ndarray y, Cones cones, cnp.ndarray vals)
-    cpdef jvp(self, cnp.ndarray x, cnp.ndarray v, cnp.ndarray y, cnp.ndarray ydot)
-    cpdef vjp(self, cnp.ndarray x, cnp.ndarray u, cnp.ndarray y, cnp.ndarray xbar)
+    cpdef product(self, bint forward, cnp.ndarray x, cnp.ndarray seed, cnp.ndarray y,
+                  cnp.ndarray res)
 
 
 cdef class Cones:

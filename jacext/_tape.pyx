@@ -476,32 +476,24 @@ cdef class Tape:
             self.give_work(w)
         return raise_status(st)
 
-    cpdef jvp(self, cnp.ndarray x, cnp.ndarray v, cnp.ndarray y, cnp.ndarray ydot):
-        """y and ydot = J v at the point x (v over all inputs)."""
+    cpdef product(self, bint forward, cnp.ndarray x, cnp.ndarray seed, cnp.ndarray y,
+                  cnp.ndarray res):
+        """At the point x: y and, forward, res = J v (seed v over the inputs, res over the
+        outputs), else res = u J (seed u over the outputs, res over the inputs)."""
+        cdef Py_ssize_t n_seed = self.t.n_in if forward else self.t.n_out
+        cdef Py_ssize_t n_res = self.t.n_out if forward else self.t.n_in
         cdef const double *px = <const double *>_buf(x, cnp.NPY_DOUBLE, self.t.n_in, "x")
-        cdef const double *pv = <const double *>_buf(v, cnp.NPY_DOUBLE, self.t.n_in, "v")
+        cdef const double *ps = <const double *>_buf(seed, cnp.NPY_DOUBLE, n_seed, "seed")
         cdef double *py = _out(y, self.t.n_out, "y")
-        cdef double *pd = _out(ydot, self.t.n_out, "ydot")
+        cdef double *pr = _out(res, n_res, "res")
         cdef jx_work *w = self.take_work(1)
         cdef int st
         try:
             with nogil:
-                st = jx_point_jvp(&self.t, w, px, pv, py, pd)
-        finally:
-            self.give_work(w)
-        return raise_status(st)
-
-    cpdef vjp(self, cnp.ndarray x, cnp.ndarray u, cnp.ndarray y, cnp.ndarray xbar):
-        """y and xbar = u J at the point x (u over all outputs)."""
-        cdef const double *px = <const double *>_buf(x, cnp.NPY_DOUBLE, self.t.n_in, "x")
-        cdef const double *pu = <const double *>_buf(u, cnp.NPY_DOUBLE, self.t.n_out, "u")
-        cdef double *py = _out(y, self.t.n_out, "y")
-        cdef double *pb = _out(xbar, self.t.n_in, "xbar")
-        cdef jx_work *w = self.take_work(1)
-        cdef int st
-        try:
-            with nogil:
-                st = jx_point_vjp(&self.t, w, px, pu, py, pb)
+                if forward:
+                    st = jx_point_jvp(&self.t, w, px, ps, py, pr)
+                else:
+                    st = jx_point_vjp(&self.t, w, px, ps, py, pr)
         finally:
             self.give_work(w)
         return raise_status(st)

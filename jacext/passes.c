@@ -2018,6 +2018,7 @@ struct __pyx_memoryview_obj;
 struct __pyx_memoryviewslice_obj;
 struct __pyx_t_6jacext_6_graph_Key;
 struct __pyx_opt_args_6jacext_6_graph_5Graph_apply1;
+union __pyx_t_6jacext_6_graph__Bits;
 
 /* "jacext/_graph.pxd":21
  *     int C_CONST "JX_KIND_CONST"
@@ -2040,22 +2041,22 @@ struct __pyx_t_6jacext_6_graph_Key {
  *     cdef int _room(self, Py_ssize_t n) except -1
  *     cpdef int64_t apply1(self, int op, int64_t x, int64_t y=*, int64_t c=*) except -1             # <<<<<<<<<<<<<<
  *     cpdef int64_t const(self, double value) except -1
+ * 
 */
 struct __pyx_opt_args_6jacext_6_graph_5Graph_apply1 {
   int __pyx_n;
   int64_t y;
   int64_t c;
 };
-union __pyx_t_6jacext_6passes__Bits;
 
-/* "jacext/passes.pyx":27
+/* "jacext/_graph.pxd":68
  * 
  * 
  * cdef union _Bits:             # <<<<<<<<<<<<<<
  *     double d
  *     uint64_t u
 */
-union __pyx_t_6jacext_6passes__Bits {
+union __pyx_t_6jacext_6_graph__Bits {
   double d;
   uint64_t u;
 };
@@ -3853,6 +3854,7 @@ static CYTHON_INLINE int __pyx_f_5numpy_import_array(void); /*proto*/
 /* Module declarations from "libc.stdlib" */
 
 /* Module declarations from "jacext._graph" */
+static CYTHON_INLINE uint64_t __pyx_f_6jacext_6_graph_dbits(double); /*proto*/
 
 /* Module declarations from "jacext.passes" */
 static PyObject *__pyx_collections_abc_Sequence = 0;
@@ -3864,7 +3866,6 @@ static PyObject *indirect_contiguous = 0;
 static int __pyx_memoryview_thread_locks_used;
 static PyThread_type_lock __pyx_memoryview_thread_locks[8];
 static int __pyx_f_6jacext_6passes__cmp_int32(void const *, void const *); /*proto*/
-static CYTHON_INLINE uint64_t __pyx_f_6jacext_6passes__dbits(double); /*proto*/
 static int __pyx_array_allocate_buffer(struct __pyx_array_obj *); /*proto*/
 static struct __pyx_array_obj *__pyx_array_new(PyObject *, Py_ssize_t, char *, char const *, char *); /*proto*/
 static PyObject *__pyx_memoryview_new(PyObject *, int, int, __Pyx_TypeInfo const *); /*proto*/
@@ -20547,6 +20548,51 @@ static CYTHON_INLINE NPY_DATETIMEUNIT __pyx_f_5numpy_get_datetime64_unit(PyObjec
   return __pyx_r;
 }
 
+/* "jacext/_graph.pxd":73
+ * 
+ * 
+ * cdef inline uint64_t dbits(double x) noexcept nogil:             # <<<<<<<<<<<<<<
+ *     """A double's bits (constants and immediates are the same only bit for bit: 0.0 and
+ *     -0.0 are two)."""
+*/
+
+static CYTHON_INLINE uint64_t __pyx_f_6jacext_6_graph_dbits(double __pyx_v_x) {
+  union __pyx_t_6jacext_6_graph__Bits __pyx_v_b;
+  uint64_t __pyx_r;
+
+  /* "jacext/_graph.pxd":77
+ *     -0.0 are two)."""
+ *     cdef _Bits b
+ *     b.d = x             # <<<<<<<<<<<<<<
+ *     return b.u
+*/
+  __pyx_v_b.d = __pyx_v_x;
+
+  /* "jacext/_graph.pxd":78
+ *     cdef _Bits b
+ *     b.d = x
+ *     return b.u             # <<<<<<<<<<<<<<
+*/
+  {
+
+    __pyx_r = __pyx_v_b.u;
+  }
+  goto __pyx_L0;
+
+  /* "jacext/_graph.pxd":73
+ * 
+ * 
+ * cdef inline uint64_t dbits(double x) noexcept nogil:             # <<<<<<<<<<<<<<
+ *     """A double's bits (constants and immediates are the same only bit for bit: 0.0 and
+ *     -0.0 are two)."""
+*/
+
+  /* function exit code */
+  __pyx_L0:;
+
+  return __pyx_r;
+}
+
 /* "jacext/passes.pyx":22
  * 
  * 
@@ -20598,55 +20644,7 @@ static int __pyx_f_6jacext_6passes__cmp_int32(void const *__pyx_v_x, void const 
   return __pyx_r;
 }
 
-/* "jacext/passes.pyx":32
- * 
- * 
- * cdef inline uint64_t _dbits(double x) noexcept nogil:             # <<<<<<<<<<<<<<
- *     cdef _Bits b
- *     b.d = x
-*/
-
-static CYTHON_INLINE uint64_t __pyx_f_6jacext_6passes__dbits(double __pyx_v_x) {
-  union __pyx_t_6jacext_6passes__Bits __pyx_v_b;
-  uint64_t __pyx_r;
-
-  /* "jacext/passes.pyx":34
- * cdef inline uint64_t _dbits(double x) noexcept nogil:
- *     cdef _Bits b
- *     b.d = x             # <<<<<<<<<<<<<<
- *     return b.u
- * 
-*/
-  __pyx_v_b.d = __pyx_v_x;
-
-  /* "jacext/passes.pyx":35
- *     cdef _Bits b
- *     b.d = x
- *     return b.u             # <<<<<<<<<<<<<<
- * 
- * 
-*/
-  {
-
-    __pyx_r = __pyx_v_b.u;
-  }
-  goto __pyx_L0;
-
-  /* "jacext/passes.pyx":32
- * 
- * 
- * cdef inline uint64_t _dbits(double x) noexcept nogil:             # <<<<<<<<<<<<<<
- *     cdef _Bits b
- *     b.d = x
-*/
-
-  /* function exit code */
-  __pyx_L0:;
-
-  return __pyx_r;
-}
-
-/* "jacext/passes.pyx":38
+/* "jacext/passes.pyx":27
  * 
  * 
  * def lower(Graph g, input_ids, output_ids):             # <<<<<<<<<<<<<<
@@ -20696,38 +20694,38 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_g,&__pyx_mstate_global->__pyx_n_u_input_ids,&__pyx_mstate_global->__pyx_n_u_output_ids,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 38, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 27, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 38, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 27, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 38, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 27, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 38, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 27, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "lower", 0) < (0)) __PYX_ERR(0, 38, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "lower", 0) < (0)) __PYX_ERR(0, 27, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 3; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("lower", 1, 3, 3, i); __PYX_ERR(0, 38, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("lower", 1, 3, 3, i); __PYX_ERR(0, 27, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 3)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 38, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 27, __pyx_L3_error)
       values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 38, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 27, __pyx_L3_error)
       values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 38, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 27, __pyx_L3_error)
     }
     __pyx_v_g = ((struct __pyx_obj_6jacext_6_graph_Graph *)values[0]);
     __pyx_v_input_ids = values[1];
@@ -20735,7 +20733,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("lower", 1, 3, 3, __pyx_nargs); __PYX_ERR(0, 38, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("lower", 1, 3, 3, __pyx_nargs); __PYX_ERR(0, 27, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -20746,7 +20744,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   __Pyx_RefNannyFinishContext();
   return NULL;
   __pyx_L4_argument_unpacking_done:;
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_g), __pyx_mstate_global->__pyx_ptype_6jacext_6_graph_Graph, 1, "g", 0))) __PYX_ERR(0, 38, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_g), __pyx_mstate_global->__pyx_ptype_6jacext_6_graph_Graph, 1, "g", 0))) __PYX_ERR(0, 27, __pyx_L1_error)
   __pyx_r = __pyx_pf_6jacext_6passes_lower(__pyx_self, __pyx_v_g, __pyx_v_input_ids, __pyx_v_output_ids);
 
   /* function exit code */
@@ -20852,7 +20850,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("lower", 0);
 
-  /* "jacext/passes.pyx":50
+  /* "jacext/passes.pyx":39
  *        alias its own operands), a group's freed slots only after the group.
  *     """
  *     cdef const int64_t[::1] ins = np.ascontiguousarray(input_ids, dtype=np.int64)             # <<<<<<<<<<<<<<
@@ -20860,14 +20858,14 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
  *     cdef int64_t n = g.n, i, j, k, nd, o
 */
   __pyx_t_2 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 50, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 39, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_ascontiguousarray); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 50, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_ascontiguousarray); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 39, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 50, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 39, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_int64); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 50, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_int64); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 39, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   #if CYTHON_VECTORCALL
@@ -20888,13 +20886,13 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
     PyObject *__pyx_callargs[3] = {__pyx_t_2, __pyx_v_input_ids, __pyx_t_5};
     #if CYTHON_VECTORCALL
     __pyx_t_3 = __pyx_mstate_global->__pyx_tuple[2];
-    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 50, __pyx_L1_error)
+    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 39, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_3);
     #else
     {
       PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
       __pyx_t_3 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 1);
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 50, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 39, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     #endif
@@ -20905,16 +20903,16 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
     __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 50, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 39, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
-  __pyx_t_7 = __Pyx_PyObject_to_MemoryviewSlice_dc_nn_int64_t__const__(__pyx_t_1, 0); if (unlikely(!__pyx_t_7.memview)) __PYX_ERR(0, 50, __pyx_L1_error)
+  __pyx_t_7 = __Pyx_PyObject_to_MemoryviewSlice_dc_nn_int64_t__const__(__pyx_t_1, 0); if (unlikely(!__pyx_t_7.memview)) __PYX_ERR(0, 39, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   __pyx_v_ins = __pyx_t_7;
   __pyx_t_7.memview = NULL;
   __pyx_t_7.data = NULL;
 
-  /* "jacext/passes.pyx":51
+  /* "jacext/passes.pyx":40
  *     """
  *     cdef const int64_t[::1] ins = np.ascontiguousarray(input_ids, dtype=np.int64)
  *     cdef const int64_t[::1] outs = np.ascontiguousarray(output_ids, dtype=np.int64)             # <<<<<<<<<<<<<<
@@ -20922,14 +20920,14 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
  *     cdef Py_ssize_t n_in = ins.shape[0], n_out = outs.shape[0]
 */
   __pyx_t_4 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 51, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 40, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_ascontiguousarray); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 51, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_ascontiguousarray); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 40, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 51, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 40, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_int64); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 51, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_int64); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 40, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   #if CYTHON_VECTORCALL
@@ -20950,13 +20948,13 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
     PyObject *__pyx_callargs[3] = {__pyx_t_4, __pyx_v_output_ids, __pyx_t_2};
     #if CYTHON_VECTORCALL
     __pyx_t_3 = __pyx_mstate_global->__pyx_tuple[2];
-    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 51, __pyx_L1_error)
+    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 40, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_3);
     #else
     {
       PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
       __pyx_t_3 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 1);
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 51, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 40, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     #endif
@@ -20967,16 +20965,16 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
     __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 51, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 40, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
-  __pyx_t_8 = __Pyx_PyObject_to_MemoryviewSlice_dc_nn_int64_t__const__(__pyx_t_1, 0); if (unlikely(!__pyx_t_8.memview)) __PYX_ERR(0, 51, __pyx_L1_error)
+  __pyx_t_8 = __Pyx_PyObject_to_MemoryviewSlice_dc_nn_int64_t__const__(__pyx_t_1, 0); if (unlikely(!__pyx_t_8.memview)) __PYX_ERR(0, 40, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   __pyx_v_outs = __pyx_t_8;
   __pyx_t_8.memview = NULL;
   __pyx_t_8.data = NULL;
 
-  /* "jacext/passes.pyx":52
+  /* "jacext/passes.pyx":41
  *     cdef const int64_t[::1] ins = np.ascontiguousarray(input_ids, dtype=np.int64)
  *     cdef const int64_t[::1] outs = np.ascontiguousarray(output_ids, dtype=np.int64)
  *     cdef int64_t n = g.n, i, j, k, nd, o             # <<<<<<<<<<<<<<
@@ -20987,7 +20985,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
 
   __pyx_v_n = __pyx_t_9;
 
-  /* "jacext/passes.pyx":53
+  /* "jacext/passes.pyx":42
  *     cdef const int64_t[::1] outs = np.ascontiguousarray(output_ids, dtype=np.int64)
  *     cdef int64_t n = g.n, i, j, k, nd, o
  *     cdef Py_ssize_t n_in = ins.shape[0], n_out = outs.shape[0]             # <<<<<<<<<<<<<<
@@ -20997,7 +20995,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
   __pyx_v_n_in = (__pyx_v_ins.shape[0]);
   __pyx_v_n_out = (__pyx_v_outs.shape[0]);
 
-  /* "jacext/passes.pyx":54
+  /* "jacext/passes.pyx":43
  *     cdef int64_t n = g.n, i, j, k, nd, o
  *     cdef Py_ssize_t n_in = ins.shape[0], n_out = outs.shape[0]
  *     cdef cnp.ndarray live_arr = np.zeros(n, dtype=np.uint8)             # <<<<<<<<<<<<<<
@@ -21005,16 +21003,16 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
  *     cdef int32_t opw, base
 */
   __pyx_t_5 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 54, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 43, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_zeros); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 54, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_zeros); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 43, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __pyx_t_3 = __Pyx_PyLong_From_int64_t(__pyx_v_n); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 54, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_From_int64_t(__pyx_v_n); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 43, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 54, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 43, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_10 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_uint8); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 54, __pyx_L1_error)
+  __pyx_t_10 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_uint8); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 43, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_10);
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   #if CYTHON_VECTORCALL
@@ -21035,13 +21033,13 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
     PyObject *__pyx_callargs[3] = {__pyx_t_5, __pyx_t_3, __pyx_t_10};
     #if CYTHON_VECTORCALL
     __pyx_t_4 = __pyx_mstate_global->__pyx_tuple[2];
-    if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 54, __pyx_L1_error)
+    if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 43, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_4);
     #else
     {
       PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
       __pyx_t_4 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 1);
-      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 54, __pyx_L1_error)
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 43, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_4);
     }
     #endif
@@ -21053,26 +21051,26 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
     __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 54, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 43, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
-  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 54, __pyx_L1_error)
+  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 43, __pyx_L1_error)
   __pyx_v_live_arr = ((PyArrayObject *)__pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "jacext/passes.pyx":55
+  /* "jacext/passes.pyx":44
  *     cdef Py_ssize_t n_in = ins.shape[0], n_out = outs.shape[0]
  *     cdef cnp.ndarray live_arr = np.zeros(n, dtype=np.uint8)
  *     cdef unsigned char[::1] live = live_arr             # <<<<<<<<<<<<<<
  *     cdef int32_t opw, base
  *     cdef int64_t n_instr = 0, n_const = 0
 */
-  __pyx_t_11 = __Pyx_PyObject_to_MemoryviewSlice_dc_unsigned_char(((PyObject *)__pyx_v_live_arr), PyBUF_WRITABLE); if (unlikely(!__pyx_t_11.memview)) __PYX_ERR(0, 55, __pyx_L1_error)
+  __pyx_t_11 = __Pyx_PyObject_to_MemoryviewSlice_dc_unsigned_char(((PyObject *)__pyx_v_live_arr), PyBUF_WRITABLE); if (unlikely(!__pyx_t_11.memview)) __PYX_ERR(0, 44, __pyx_L1_error)
   __pyx_v_live = __pyx_t_11;
   __pyx_t_11.memview = NULL;
   __pyx_t_11.data = NULL;
 
-  /* "jacext/passes.pyx":57
+  /* "jacext/passes.pyx":46
  *     cdef unsigned char[::1] live = live_arr
  *     cdef int32_t opw, base
  *     cdef int64_t n_instr = 0, n_const = 0             # <<<<<<<<<<<<<<
@@ -21082,7 +21080,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
   __pyx_v_n_instr = 0;
   __pyx_v_n_const = 0;
 
-  /* "jacext/passes.pyx":59
+  /* "jacext/passes.pyx":48
  *     cdef int64_t n_instr = 0, n_const = 0
  * 
  *     for i in range(n_out):             # <<<<<<<<<<<<<<
@@ -21096,7 +21094,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
   for (__pyx_t_9 = 0; __pyx_t_9 < __pyx_t_13; __pyx_t_9+=1) {
     __pyx_v_i = __pyx_t_9;
 
-    /* "jacext/passes.pyx":60
+    /* "jacext/passes.pyx":49
  * 
  *     for i in range(n_out):
  *         if outs[i] < 0 or outs[i] >= n:             # <<<<<<<<<<<<<<
@@ -21124,7 +21122,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
     if (unlikely(__pyx_t_14)) {
 
 
-      /* "jacext/passes.pyx":61
+      /* "jacext/passes.pyx":50
  *     for i in range(n_out):
  *         if outs[i] < 0 or outs[i] >= n:
  *             raise IndexError("jacext: output id out of range")             # <<<<<<<<<<<<<<
@@ -21137,14 +21135,14 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
         PyObject *__pyx_callargs[2] = {__pyx_t_2, __pyx_mstate_global->__pyx_kp_u_jacext_output_id_out_of_range};
         __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_IndexError)), __pyx_callargs+__pyx_t_6, (2-__pyx_t_6) | (__pyx_t_6*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
         __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
-        if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 61, __pyx_L1_error)
+        if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 50, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_1);
       }
       __Pyx_Raise(__pyx_t_1, 0, 0, 0);
       __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-      __PYX_ERR(0, 61, __pyx_L1_error)
+      __PYX_ERR(0, 50, __pyx_L1_error)
 
-      /* "jacext/passes.pyx":60
+      /* "jacext/passes.pyx":49
  * 
  *     for i in range(n_out):
  *         if outs[i] < 0 or outs[i] >= n:             # <<<<<<<<<<<<<<
@@ -21153,7 +21151,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
 */
     }
 
-    /* "jacext/passes.pyx":62
+    /* "jacext/passes.pyx":51
  *         if outs[i] < 0 or outs[i] >= n:
  *             raise IndexError("jacext: output id out of range")
  *         live[outs[i]] = 1             # <<<<<<<<<<<<<<
@@ -21166,7 +21164,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
   }
 
 
-  /* "jacext/passes.pyx":64
+  /* "jacext/passes.pyx":53
  *         live[outs[i]] = 1
  *     # 1. dead code: ids are topological, so one backward pass
  *     for i in range(n - 1, -1, -1):             # <<<<<<<<<<<<<<
@@ -21176,7 +21174,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
   for (__pyx_t_9 = (__pyx_v_n - 1); __pyx_t_9 > -1L; __pyx_t_9-=1) {
     __pyx_v_i = __pyx_t_9;
 
-    /* "jacext/passes.pyx":65
+    /* "jacext/passes.pyx":54
  *     # 1. dead code: ids are topological, so one backward pass
  *     for i in range(n - 1, -1, -1):
  *         if not live[i]:             # <<<<<<<<<<<<<<
@@ -21189,7 +21187,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
     if (__pyx_t_14) {
 
 
-      /* "jacext/passes.pyx":66
+      /* "jacext/passes.pyx":55
  *     for i in range(n - 1, -1, -1):
  *         if not live[i]:
  *             continue             # <<<<<<<<<<<<<<
@@ -21198,7 +21196,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
 */
       goto __pyx_L8_continue;
 
-      /* "jacext/passes.pyx":65
+      /* "jacext/passes.pyx":54
  *     # 1. dead code: ids are topological, so one backward pass
  *     for i in range(n - 1, -1, -1):
  *         if not live[i]:             # <<<<<<<<<<<<<<
@@ -21207,7 +21205,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
 */
     }
 
-    /* "jacext/passes.pyx":67
+    /* "jacext/passes.pyx":56
  *         if not live[i]:
  *             continue
  *         opw = g.op[i]             # <<<<<<<<<<<<<<
@@ -21216,7 +21214,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
 */
     __pyx_v_opw = (__pyx_v_g->op[__pyx_v_i]);
 
-    /* "jacext/passes.pyx":68
+    /* "jacext/passes.pyx":57
  *             continue
  *         opw = g.op[i]
  *         if opw == C_INPUT or opw == C_CONST:             # <<<<<<<<<<<<<<
@@ -21242,7 +21240,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
     if (__pyx_t_14) {
 
 
-      /* "jacext/passes.pyx":69
+      /* "jacext/passes.pyx":58
  *         opw = g.op[i]
  *         if opw == C_INPUT or opw == C_CONST:
  *             continue             # <<<<<<<<<<<<<<
@@ -21251,7 +21249,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
 */
       goto __pyx_L8_continue;
 
-      /* "jacext/passes.pyx":68
+      /* "jacext/passes.pyx":57
  *             continue
  *         opw = g.op[i]
  *         if opw == C_INPUT or opw == C_CONST:             # <<<<<<<<<<<<<<
@@ -21260,7 +21258,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
 */
     }
 
-    /* "jacext/passes.pyx":70
+    /* "jacext/passes.pyx":59
  *         if opw == C_INPUT or opw == C_CONST:
  *             continue
  *         n_instr += 1             # <<<<<<<<<<<<<<
@@ -21269,7 +21267,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
 */
     __pyx_v_n_instr = (__pyx_v_n_instr + 1);
 
-    /* "jacext/passes.pyx":71
+    /* "jacext/passes.pyx":60
  *             continue
  *         n_instr += 1
  *         if g.a[i] >= 0:             # <<<<<<<<<<<<<<
@@ -21281,7 +21279,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
     if (__pyx_t_14) {
 
 
-      /* "jacext/passes.pyx":72
+      /* "jacext/passes.pyx":61
  *         n_instr += 1
  *         if g.a[i] >= 0:
  *             live[g.a[i]] = 1             # <<<<<<<<<<<<<<
@@ -21291,7 +21289,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
       __pyx_t_15 = (__pyx_v_g->a[__pyx_v_i]);
       *((unsigned char *) ( /* dim=0 */ ((char *) (((unsigned char *) __pyx_v_live.data) + __pyx_t_15)) )) = 1;
 
-      /* "jacext/passes.pyx":71
+      /* "jacext/passes.pyx":60
  *             continue
  *         n_instr += 1
  *         if g.a[i] >= 0:             # <<<<<<<<<<<<<<
@@ -21300,7 +21298,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
 */
     }
 
-    /* "jacext/passes.pyx":73
+    /* "jacext/passes.pyx":62
  *         if g.a[i] >= 0:
  *             live[g.a[i]] = 1
  *         if g.b[i] >= 0:             # <<<<<<<<<<<<<<
@@ -21312,7 +21310,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
     if (__pyx_t_14) {
 
 
-      /* "jacext/passes.pyx":74
+      /* "jacext/passes.pyx":63
  *             live[g.a[i]] = 1
  *         if g.b[i] >= 0:
  *             live[g.b[i]] = 1             # <<<<<<<<<<<<<<
@@ -21322,7 +21320,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
       __pyx_t_15 = (__pyx_v_g->b[__pyx_v_i]);
       *((unsigned char *) ( /* dim=0 */ ((char *) (((unsigned char *) __pyx_v_live.data) + __pyx_t_15)) )) = 1;
 
-      /* "jacext/passes.pyx":73
+      /* "jacext/passes.pyx":62
  *         if g.a[i] >= 0:
  *             live[g.a[i]] = 1
  *         if g.b[i] >= 0:             # <<<<<<<<<<<<<<
@@ -21331,7 +21329,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
 */
     }
 
-    /* "jacext/passes.pyx":75
+    /* "jacext/passes.pyx":64
  *         if g.b[i] >= 0:
  *             live[g.b[i]] = 1
  *         if g.s[i] >= 0:             # <<<<<<<<<<<<<<
@@ -21343,7 +21341,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
     if (__pyx_t_14) {
 
 
-      /* "jacext/passes.pyx":76
+      /* "jacext/passes.pyx":65
  *             live[g.b[i]] = 1
  *         if g.s[i] >= 0:
  *             live[g.s[i]] = 1             # <<<<<<<<<<<<<<
@@ -21353,7 +21351,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
       __pyx_t_15 = (__pyx_v_g->s[__pyx_v_i]);
       *((unsigned char *) ( /* dim=0 */ ((char *) (((unsigned char *) __pyx_v_live.data) + __pyx_t_15)) )) = 1;
 
-      /* "jacext/passes.pyx":75
+      /* "jacext/passes.pyx":64
  *         if g.b[i] >= 0:
  *             live[g.b[i]] = 1
  *         if g.s[i] >= 0:             # <<<<<<<<<<<<<<
@@ -21364,7 +21362,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
     __pyx_L8_continue:;
   }
 
-  /* "jacext/passes.pyx":78
+  /* "jacext/passes.pyx":67
  *             live[g.s[i]] = 1
  *     # 2. constant slots: inputs get slots 0..n_in-1, live constants the next ones
  *     cdef cnp.ndarray slot_arr = np.full(n, -1, dtype=np.int32)             # <<<<<<<<<<<<<<
@@ -21372,16 +21370,16 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
  *     for i in range(n_in):
 */
   __pyx_t_2 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 78, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 67, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_10 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_full); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 78, __pyx_L1_error)
+  __pyx_t_10 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_full); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 67, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_10);
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-  __pyx_t_4 = __Pyx_PyLong_From_int64_t(__pyx_v_n); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 78, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_From_int64_t(__pyx_v_n); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 67, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 78, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 67, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 78, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 67, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   #if CYTHON_VECTORCALL
@@ -21402,13 +21400,13 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
     PyObject *__pyx_callargs[4] = {__pyx_t_2, __pyx_t_4, __pyx_mstate_global->__pyx_int_neg_1, __pyx_t_5};
     #if CYTHON_VECTORCALL
     __pyx_t_3 = __pyx_mstate_global->__pyx_tuple[2];
-    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 78, __pyx_L1_error)
+    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 67, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_3);
     #else
     {
       PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
       __pyx_t_3 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+3, 1);
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 78, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 67, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     #endif
@@ -21420,26 +21418,26 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
     __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
     __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 78, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 67, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
-  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 78, __pyx_L1_error)
+  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 67, __pyx_L1_error)
   __pyx_v_slot_arr = ((PyArrayObject *)__pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "jacext/passes.pyx":79
+  /* "jacext/passes.pyx":68
  *     # 2. constant slots: inputs get slots 0..n_in-1, live constants the next ones
  *     cdef cnp.ndarray slot_arr = np.full(n, -1, dtype=np.int32)
  *     cdef int32_t[::1] slot = slot_arr             # <<<<<<<<<<<<<<
  *     for i in range(n_in):
  *         if ins[i] < 0 or ins[i] >= n or g.op[ins[i]] != C_INPUT:
 */
-  __pyx_t_18 = __Pyx_PyObject_to_MemoryviewSlice_dc_nn_int32_t(((PyObject *)__pyx_v_slot_arr), PyBUF_WRITABLE); if (unlikely(!__pyx_t_18.memview)) __PYX_ERR(0, 79, __pyx_L1_error)
+  __pyx_t_18 = __Pyx_PyObject_to_MemoryviewSlice_dc_nn_int32_t(((PyObject *)__pyx_v_slot_arr), PyBUF_WRITABLE); if (unlikely(!__pyx_t_18.memview)) __PYX_ERR(0, 68, __pyx_L1_error)
   __pyx_v_slot = __pyx_t_18;
   __pyx_t_18.memview = NULL;
   __pyx_t_18.data = NULL;
 
-  /* "jacext/passes.pyx":80
+  /* "jacext/passes.pyx":69
  *     cdef cnp.ndarray slot_arr = np.full(n, -1, dtype=np.int32)
  *     cdef int32_t[::1] slot = slot_arr
  *     for i in range(n_in):             # <<<<<<<<<<<<<<
@@ -21453,7 +21451,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
   for (__pyx_t_9 = 0; __pyx_t_9 < __pyx_t_13; __pyx_t_9+=1) {
     __pyx_v_i = __pyx_t_9;
 
-    /* "jacext/passes.pyx":81
+    /* "jacext/passes.pyx":70
  *     cdef int32_t[::1] slot = slot_arr
  *     for i in range(n_in):
  *         if ins[i] < 0 or ins[i] >= n or g.op[ins[i]] != C_INPUT:             # <<<<<<<<<<<<<<
@@ -21492,7 +21490,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
     if (unlikely(__pyx_t_14)) {
 
 
-      /* "jacext/passes.pyx":82
+      /* "jacext/passes.pyx":71
  *     for i in range(n_in):
  *         if ins[i] < 0 or ins[i] >= n or g.op[ins[i]] != C_INPUT:
  *             raise ValueError("jacext: an input id is not an input node")             # <<<<<<<<<<<<<<
@@ -21505,14 +21503,14 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
         PyObject *__pyx_callargs[2] = {__pyx_t_10, __pyx_mstate_global->__pyx_kp_u_jacext_an_input_id_is_not_an_inp};
         __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_6, (2-__pyx_t_6) | (__pyx_t_6*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
         __Pyx_XDECREF(__pyx_t_10); __pyx_t_10 = 0;
-        if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 82, __pyx_L1_error)
+        if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 71, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_1);
       }
       __Pyx_Raise(__pyx_t_1, 0, 0, 0);
       __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-      __PYX_ERR(0, 82, __pyx_L1_error)
+      __PYX_ERR(0, 71, __pyx_L1_error)
 
-      /* "jacext/passes.pyx":81
+      /* "jacext/passes.pyx":70
  *     cdef int32_t[::1] slot = slot_arr
  *     for i in range(n_in):
  *         if ins[i] < 0 or ins[i] >= n or g.op[ins[i]] != C_INPUT:             # <<<<<<<<<<<<<<
@@ -21521,7 +21519,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
 */
     }
 
-    /* "jacext/passes.pyx":83
+    /* "jacext/passes.pyx":72
  *         if ins[i] < 0 or ins[i] >= n or g.op[ins[i]] != C_INPUT:
  *             raise ValueError("jacext: an input id is not an input node")
  *         slot[ins[i]] = <int32_t>i             # <<<<<<<<<<<<<<
@@ -21534,7 +21532,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
   }
 
 
-  /* "jacext/passes.pyx":84
+  /* "jacext/passes.pyx":73
  *             raise ValueError("jacext: an input id is not an input node")
  *         slot[ins[i]] = <int32_t>i
  *     for i in range(n):             # <<<<<<<<<<<<<<
@@ -21548,7 +21546,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
   for (__pyx_t_20 = 0; __pyx_t_20 < __pyx_t_19; __pyx_t_20+=1) {
     __pyx_v_i = __pyx_t_20;
 
-    /* "jacext/passes.pyx":85
+    /* "jacext/passes.pyx":74
  *         slot[ins[i]] = <int32_t>i
  *     for i in range(n):
  *         if live[i] and g.op[i] == C_CONST:             # <<<<<<<<<<<<<<
@@ -21575,7 +21573,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
     if (__pyx_t_14) {
 
 
-      /* "jacext/passes.pyx":86
+      /* "jacext/passes.pyx":75
  *     for i in range(n):
  *         if live[i] and g.op[i] == C_CONST:
  *             n_const += 1             # <<<<<<<<<<<<<<
@@ -21584,7 +21582,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
 */
       __pyx_v_n_const = (__pyx_v_n_const + 1);
 
-      /* "jacext/passes.pyx":85
+      /* "jacext/passes.pyx":74
  *         slot[ins[i]] = <int32_t>i
  *     for i in range(n):
  *         if live[i] and g.op[i] == C_CONST:             # <<<<<<<<<<<<<<
@@ -21595,7 +21593,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
   }
 
 
-  /* "jacext/passes.pyx":87
+  /* "jacext/passes.pyx":76
  *         if live[i] and g.op[i] == C_CONST:
  *             n_const += 1
  *     cdef cnp.ndarray const_arr = np.empty(n_const, dtype=np.float64)             # <<<<<<<<<<<<<<
@@ -21603,16 +21601,16 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
  *     j = 0
 */
   __pyx_t_10 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 87, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 76, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_empty); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 87, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_empty); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 76, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __pyx_t_3 = __Pyx_PyLong_From_int64_t(__pyx_v_n_const); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 87, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_From_int64_t(__pyx_v_n_const); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 76, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 87, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 76, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_float64); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 87, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_float64); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 76, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   #if CYTHON_VECTORCALL
@@ -21633,13 +21631,13 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
     PyObject *__pyx_callargs[3] = {__pyx_t_10, __pyx_t_3, __pyx_t_2};
     #if CYTHON_VECTORCALL
     __pyx_t_4 = __pyx_mstate_global->__pyx_tuple[2];
-    if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 87, __pyx_L1_error)
+    if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 76, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_4);
     #else
     {
       PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
       __pyx_t_4 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 1);
-      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 87, __pyx_L1_error)
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 76, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_4);
     }
     #endif
@@ -21651,26 +21649,26 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
     __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 87, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 76, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
-  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 87, __pyx_L1_error)
+  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 76, __pyx_L1_error)
   __pyx_v_const_arr = ((PyArrayObject *)__pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "jacext/passes.pyx":88
+  /* "jacext/passes.pyx":77
  *             n_const += 1
  *     cdef cnp.ndarray const_arr = np.empty(n_const, dtype=np.float64)
  *     cdef double[::1] const_vals = const_arr             # <<<<<<<<<<<<<<
  *     j = 0
  *     for i in range(n):
 */
-  __pyx_t_21 = __Pyx_PyObject_to_MemoryviewSlice_dc_double(((PyObject *)__pyx_v_const_arr), PyBUF_WRITABLE); if (unlikely(!__pyx_t_21.memview)) __PYX_ERR(0, 88, __pyx_L1_error)
+  __pyx_t_21 = __Pyx_PyObject_to_MemoryviewSlice_dc_double(((PyObject *)__pyx_v_const_arr), PyBUF_WRITABLE); if (unlikely(!__pyx_t_21.memview)) __PYX_ERR(0, 77, __pyx_L1_error)
   __pyx_v_const_vals = __pyx_t_21;
   __pyx_t_21.memview = NULL;
   __pyx_t_21.data = NULL;
 
-  /* "jacext/passes.pyx":89
+  /* "jacext/passes.pyx":78
  *     cdef cnp.ndarray const_arr = np.empty(n_const, dtype=np.float64)
  *     cdef double[::1] const_vals = const_arr
  *     j = 0             # <<<<<<<<<<<<<<
@@ -21679,7 +21677,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
 */
   __pyx_v_j = 0;
 
-  /* "jacext/passes.pyx":90
+  /* "jacext/passes.pyx":79
  *     cdef double[::1] const_vals = const_arr
  *     j = 0
  *     for i in range(n):             # <<<<<<<<<<<<<<
@@ -21693,7 +21691,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
   for (__pyx_t_20 = 0; __pyx_t_20 < __pyx_t_19; __pyx_t_20+=1) {
     __pyx_v_i = __pyx_t_20;
 
-    /* "jacext/passes.pyx":91
+    /* "jacext/passes.pyx":80
  *     j = 0
  *     for i in range(n):
  *         if live[i] and g.op[i] == C_CONST:             # <<<<<<<<<<<<<<
@@ -21720,7 +21718,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
     if (__pyx_t_14) {
 
 
-      /* "jacext/passes.pyx":92
+      /* "jacext/passes.pyx":81
  *     for i in range(n):
  *         if live[i] and g.op[i] == C_CONST:
  *             slot[i] = <int32_t>(n_in + j)             # <<<<<<<<<<<<<<
@@ -21730,7 +21728,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
       __pyx_t_15 = __pyx_v_i;
       *((int32_t *) ( /* dim=0 */ ((char *) (((int32_t *) __pyx_v_slot.data) + __pyx_t_15)) )) = ((int32_t)(__pyx_v_n_in + __pyx_v_j));
 
-      /* "jacext/passes.pyx":93
+      /* "jacext/passes.pyx":82
  *         if live[i] and g.op[i] == C_CONST:
  *             slot[i] = <int32_t>(n_in + j)
  *             const_vals[j] = g.imm[i]             # <<<<<<<<<<<<<<
@@ -21740,7 +21738,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
       __pyx_t_15 = __pyx_v_j;
       *((double *) ( /* dim=0 */ ((char *) (((double *) __pyx_v_const_vals.data) + __pyx_t_15)) )) = (__pyx_v_g->imm[__pyx_v_i]);
 
-      /* "jacext/passes.pyx":94
+      /* "jacext/passes.pyx":83
  *             slot[i] = <int32_t>(n_in + j)
  *             const_vals[j] = g.imm[i]
  *             j += 1             # <<<<<<<<<<<<<<
@@ -21749,7 +21747,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
 */
       __pyx_v_j = (__pyx_v_j + 1);
 
-      /* "jacext/passes.pyx":91
+      /* "jacext/passes.pyx":80
  *     j = 0
  *     for i in range(n):
  *         if live[i] and g.op[i] == C_CONST:             # <<<<<<<<<<<<<<
@@ -21760,7 +21758,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
   }
 
 
-  /* "jacext/passes.pyx":95
+  /* "jacext/passes.pyx":84
  *             const_vals[j] = g.imm[i]
  *             j += 1
  *     for i in range(n):             # <<<<<<<<<<<<<<
@@ -21774,7 +21772,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
   for (__pyx_t_20 = 0; __pyx_t_20 < __pyx_t_19; __pyx_t_20+=1) {
     __pyx_v_i = __pyx_t_20;
 
-    /* "jacext/passes.pyx":96
+    /* "jacext/passes.pyx":85
  *             j += 1
  *     for i in range(n):
  *         if live[i] and g.op[i] == C_INPUT and slot[i] < 0:             # <<<<<<<<<<<<<<
@@ -21812,7 +21810,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
     if (unlikely(__pyx_t_14)) {
 
 
-      /* "jacext/passes.pyx":97
+      /* "jacext/passes.pyx":86
  *     for i in range(n):
  *         if live[i] and g.op[i] == C_INPUT and slot[i] < 0:
  *             raise ValueError("jacext: the outputs depend on an input that is not an argument")             # <<<<<<<<<<<<<<
@@ -21825,14 +21823,14 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
         PyObject *__pyx_callargs[2] = {__pyx_t_5, __pyx_mstate_global->__pyx_kp_u_jacext_the_outputs_depend_on_an};
         __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_6, (2-__pyx_t_6) | (__pyx_t_6*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
         __Pyx_XDECREF(__pyx_t_5); __pyx_t_5 = 0;
-        if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 97, __pyx_L1_error)
+        if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 86, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_1);
       }
       __Pyx_Raise(__pyx_t_1, 0, 0, 0);
       __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-      __PYX_ERR(0, 97, __pyx_L1_error)
+      __PYX_ERR(0, 86, __pyx_L1_error)
 
-      /* "jacext/passes.pyx":96
+      /* "jacext/passes.pyx":85
  *             j += 1
  *     for i in range(n):
  *         if live[i] and g.op[i] == C_INPUT and slot[i] < 0:             # <<<<<<<<<<<<<<
@@ -21843,7 +21841,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
   }
 
 
-  /* "jacext/passes.pyx":100
+  /* "jacext/passes.pyx":89
  *     # 3. last uses: instructions in id order; the last use of every operand (-1: none,
  *     # n_instr: an output, alive to the end)
  *     cdef cnp.ndarray order_arr = np.empty(n_instr, dtype=np.int32)             # <<<<<<<<<<<<<<
@@ -21851,16 +21849,16 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
  *     cdef cnp.ndarray last_arr = np.full(n, -1, dtype=np.int32)
 */
   __pyx_t_5 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 100, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 89, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_empty); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 100, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_empty); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 89, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-  __pyx_t_4 = __Pyx_PyLong_From_int64_t(__pyx_v_n_instr); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 100, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_From_int64_t(__pyx_v_n_instr); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 89, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 100, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 89, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_10 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 100, __pyx_L1_error)
+  __pyx_t_10 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 89, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_10);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   #if CYTHON_VECTORCALL
@@ -21881,13 +21879,13 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
     PyObject *__pyx_callargs[3] = {__pyx_t_5, __pyx_t_4, __pyx_t_10};
     #if CYTHON_VECTORCALL
     __pyx_t_3 = __pyx_mstate_global->__pyx_tuple[2];
-    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 100, __pyx_L1_error)
+    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 89, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_3);
     #else
     {
       PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
       __pyx_t_3 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 1);
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 100, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 89, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     #endif
@@ -21899,26 +21897,26 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
     __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 100, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 89, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
-  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 100, __pyx_L1_error)
+  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 89, __pyx_L1_error)
   __pyx_v_order_arr = ((PyArrayObject *)__pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "jacext/passes.pyx":101
+  /* "jacext/passes.pyx":90
  *     # n_instr: an output, alive to the end)
  *     cdef cnp.ndarray order_arr = np.empty(n_instr, dtype=np.int32)
  *     cdef int32_t[::1] order = order_arr             # <<<<<<<<<<<<<<
  *     cdef cnp.ndarray last_arr = np.full(n, -1, dtype=np.int32)
  *     cdef int32_t[::1] last = last_arr
 */
-  __pyx_t_18 = __Pyx_PyObject_to_MemoryviewSlice_dc_nn_int32_t(((PyObject *)__pyx_v_order_arr), PyBUF_WRITABLE); if (unlikely(!__pyx_t_18.memview)) __PYX_ERR(0, 101, __pyx_L1_error)
+  __pyx_t_18 = __Pyx_PyObject_to_MemoryviewSlice_dc_nn_int32_t(((PyObject *)__pyx_v_order_arr), PyBUF_WRITABLE); if (unlikely(!__pyx_t_18.memview)) __PYX_ERR(0, 90, __pyx_L1_error)
   __pyx_v_order = __pyx_t_18;
   __pyx_t_18.memview = NULL;
   __pyx_t_18.data = NULL;
 
-  /* "jacext/passes.pyx":102
+  /* "jacext/passes.pyx":91
  *     cdef cnp.ndarray order_arr = np.empty(n_instr, dtype=np.int32)
  *     cdef int32_t[::1] order = order_arr
  *     cdef cnp.ndarray last_arr = np.full(n, -1, dtype=np.int32)             # <<<<<<<<<<<<<<
@@ -21926,16 +21924,16 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
  *     j = 0
 */
   __pyx_t_2 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 102, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 91, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_10 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_full); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 102, __pyx_L1_error)
+  __pyx_t_10 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_full); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 91, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_10);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __pyx_t_3 = __Pyx_PyLong_From_int64_t(__pyx_v_n); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 102, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_From_int64_t(__pyx_v_n); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 91, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 102, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 91, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 102, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 91, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   #if CYTHON_VECTORCALL
@@ -21956,13 +21954,13 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
     PyObject *__pyx_callargs[4] = {__pyx_t_2, __pyx_t_3, __pyx_mstate_global->__pyx_int_neg_1, __pyx_t_5};
     #if CYTHON_VECTORCALL
     __pyx_t_4 = __pyx_mstate_global->__pyx_tuple[2];
-    if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 102, __pyx_L1_error)
+    if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 91, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_4);
     #else
     {
       PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
       __pyx_t_4 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+3, 1);
-      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 102, __pyx_L1_error)
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 91, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_4);
     }
     #endif
@@ -21974,26 +21972,26 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
     __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
     __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 102, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 91, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
-  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 102, __pyx_L1_error)
+  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 91, __pyx_L1_error)
   __pyx_v_last_arr = ((PyArrayObject *)__pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "jacext/passes.pyx":103
+  /* "jacext/passes.pyx":92
  *     cdef int32_t[::1] order = order_arr
  *     cdef cnp.ndarray last_arr = np.full(n, -1, dtype=np.int32)
  *     cdef int32_t[::1] last = last_arr             # <<<<<<<<<<<<<<
  *     j = 0
  *     for i in range(n):
 */
-  __pyx_t_18 = __Pyx_PyObject_to_MemoryviewSlice_dc_nn_int32_t(((PyObject *)__pyx_v_last_arr), PyBUF_WRITABLE); if (unlikely(!__pyx_t_18.memview)) __PYX_ERR(0, 103, __pyx_L1_error)
+  __pyx_t_18 = __Pyx_PyObject_to_MemoryviewSlice_dc_nn_int32_t(((PyObject *)__pyx_v_last_arr), PyBUF_WRITABLE); if (unlikely(!__pyx_t_18.memview)) __PYX_ERR(0, 92, __pyx_L1_error)
   __pyx_v_last = __pyx_t_18;
   __pyx_t_18.memview = NULL;
   __pyx_t_18.data = NULL;
 
-  /* "jacext/passes.pyx":104
+  /* "jacext/passes.pyx":93
  *     cdef cnp.ndarray last_arr = np.full(n, -1, dtype=np.int32)
  *     cdef int32_t[::1] last = last_arr
  *     j = 0             # <<<<<<<<<<<<<<
@@ -22002,7 +22000,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
 */
   __pyx_v_j = 0;
 
-  /* "jacext/passes.pyx":105
+  /* "jacext/passes.pyx":94
  *     cdef int32_t[::1] last = last_arr
  *     j = 0
  *     for i in range(n):             # <<<<<<<<<<<<<<
@@ -22016,7 +22014,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
   for (__pyx_t_20 = 0; __pyx_t_20 < __pyx_t_19; __pyx_t_20+=1) {
     __pyx_v_i = __pyx_t_20;
 
-    /* "jacext/passes.pyx":106
+    /* "jacext/passes.pyx":95
  *     j = 0
  *     for i in range(n):
  *         if live[i] and g.op[i] != C_INPUT and g.op[i] != C_CONST:             # <<<<<<<<<<<<<<
@@ -22053,7 +22051,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
     if (__pyx_t_14) {
 
 
-      /* "jacext/passes.pyx":107
+      /* "jacext/passes.pyx":96
  *     for i in range(n):
  *         if live[i] and g.op[i] != C_INPUT and g.op[i] != C_CONST:
  *             order[j] = <int32_t>i             # <<<<<<<<<<<<<<
@@ -22063,7 +22061,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
       __pyx_t_15 = __pyx_v_j;
       *((int32_t *) ( /* dim=0 */ ((char *) (((int32_t *) __pyx_v_order.data) + __pyx_t_15)) )) = ((int32_t)__pyx_v_i);
 
-      /* "jacext/passes.pyx":108
+      /* "jacext/passes.pyx":97
  *         if live[i] and g.op[i] != C_INPUT and g.op[i] != C_CONST:
  *             order[j] = <int32_t>i
  *             if g.a[i] >= 0:             # <<<<<<<<<<<<<<
@@ -22075,7 +22073,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
       if (__pyx_t_14) {
 
 
-        /* "jacext/passes.pyx":109
+        /* "jacext/passes.pyx":98
  *             order[j] = <int32_t>i
  *             if g.a[i] >= 0:
  *                 last[g.a[i]] = <int32_t>j             # <<<<<<<<<<<<<<
@@ -22085,7 +22083,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
         __pyx_t_15 = (__pyx_v_g->a[__pyx_v_i]);
         *((int32_t *) ( /* dim=0 */ ((char *) (((int32_t *) __pyx_v_last.data) + __pyx_t_15)) )) = ((int32_t)__pyx_v_j);
 
-        /* "jacext/passes.pyx":108
+        /* "jacext/passes.pyx":97
  *         if live[i] and g.op[i] != C_INPUT and g.op[i] != C_CONST:
  *             order[j] = <int32_t>i
  *             if g.a[i] >= 0:             # <<<<<<<<<<<<<<
@@ -22094,7 +22092,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
 */
       }
 
-      /* "jacext/passes.pyx":110
+      /* "jacext/passes.pyx":99
  *             if g.a[i] >= 0:
  *                 last[g.a[i]] = <int32_t>j
  *             if g.b[i] >= 0:             # <<<<<<<<<<<<<<
@@ -22106,7 +22104,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
       if (__pyx_t_14) {
 
 
-        /* "jacext/passes.pyx":111
+        /* "jacext/passes.pyx":100
  *                 last[g.a[i]] = <int32_t>j
  *             if g.b[i] >= 0:
  *                 last[g.b[i]] = <int32_t>j             # <<<<<<<<<<<<<<
@@ -22116,7 +22114,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
         __pyx_t_15 = (__pyx_v_g->b[__pyx_v_i]);
         *((int32_t *) ( /* dim=0 */ ((char *) (((int32_t *) __pyx_v_last.data) + __pyx_t_15)) )) = ((int32_t)__pyx_v_j);
 
-        /* "jacext/passes.pyx":110
+        /* "jacext/passes.pyx":99
  *             if g.a[i] >= 0:
  *                 last[g.a[i]] = <int32_t>j
  *             if g.b[i] >= 0:             # <<<<<<<<<<<<<<
@@ -22125,7 +22123,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
 */
       }
 
-      /* "jacext/passes.pyx":112
+      /* "jacext/passes.pyx":101
  *             if g.b[i] >= 0:
  *                 last[g.b[i]] = <int32_t>j
  *             if g.s[i] >= 0:             # <<<<<<<<<<<<<<
@@ -22137,7 +22135,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
       if (__pyx_t_14) {
 
 
-        /* "jacext/passes.pyx":113
+        /* "jacext/passes.pyx":102
  *                 last[g.b[i]] = <int32_t>j
  *             if g.s[i] >= 0:
  *                 last[g.s[i]] = <int32_t>j             # <<<<<<<<<<<<<<
@@ -22147,7 +22145,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
         __pyx_t_15 = (__pyx_v_g->s[__pyx_v_i]);
         *((int32_t *) ( /* dim=0 */ ((char *) (((int32_t *) __pyx_v_last.data) + __pyx_t_15)) )) = ((int32_t)__pyx_v_j);
 
-        /* "jacext/passes.pyx":112
+        /* "jacext/passes.pyx":101
  *             if g.b[i] >= 0:
  *                 last[g.b[i]] = <int32_t>j
  *             if g.s[i] >= 0:             # <<<<<<<<<<<<<<
@@ -22156,7 +22154,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
 */
       }
 
-      /* "jacext/passes.pyx":114
+      /* "jacext/passes.pyx":103
  *             if g.s[i] >= 0:
  *                 last[g.s[i]] = <int32_t>j
  *             j += 1             # <<<<<<<<<<<<<<
@@ -22165,7 +22163,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
 */
       __pyx_v_j = (__pyx_v_j + 1);
 
-      /* "jacext/passes.pyx":106
+      /* "jacext/passes.pyx":95
  *     j = 0
  *     for i in range(n):
  *         if live[i] and g.op[i] != C_INPUT and g.op[i] != C_CONST:             # <<<<<<<<<<<<<<
@@ -22176,7 +22174,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
   }
 
 
-  /* "jacext/passes.pyx":115
+  /* "jacext/passes.pyx":104
  *                 last[g.s[i]] = <int32_t>j
  *             j += 1
  *     for i in range(n_out):             # <<<<<<<<<<<<<<
@@ -22190,7 +22188,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
   for (__pyx_t_9 = 0; __pyx_t_9 < __pyx_t_13; __pyx_t_9+=1) {
     __pyx_v_i = __pyx_t_9;
 
-    /* "jacext/passes.pyx":116
+    /* "jacext/passes.pyx":105
  *             j += 1
  *     for i in range(n_out):
  *         last[outs[i]] = <int32_t>n_instr   # outputs live to the end             # <<<<<<<<<<<<<<
@@ -22203,7 +22201,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
   }
 
 
-  /* "jacext/passes.pyx":122
+  /* "jacext/passes.pyx":111
  *     # it: then a group's dst slots do not meet its operand slots, and the
  *     # single-point sweep runs it as one contiguous vector loop (vm.c's runs).
  *     cdef cnp.ndarray free_arr = np.empty(n_instr + 3, dtype=np.int32)             # <<<<<<<<<<<<<<
@@ -22211,16 +22209,16 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
  *     cdef cnp.ndarray pend_arr = np.empty(n_instr + 3, dtype=np.int32)
 */
   __pyx_t_10 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 122, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 111, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_empty); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 122, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_empty); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 111, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-  __pyx_t_4 = __Pyx_PyLong_From_int64_t((__pyx_v_n_instr + 3)); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 122, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_From_int64_t((__pyx_v_n_instr + 3)); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 111, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 122, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 111, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 122, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 111, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   #if CYTHON_VECTORCALL
@@ -22241,13 +22239,13 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
     PyObject *__pyx_callargs[3] = {__pyx_t_10, __pyx_t_4, __pyx_t_2};
     #if CYTHON_VECTORCALL
     __pyx_t_3 = __pyx_mstate_global->__pyx_tuple[2];
-    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 122, __pyx_L1_error)
+    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 111, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_3);
     #else
     {
       PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
       __pyx_t_3 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 1);
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 122, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 111, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     #endif
@@ -22259,26 +22257,26 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
     __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 122, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 111, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
-  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 122, __pyx_L1_error)
+  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 111, __pyx_L1_error)
   __pyx_v_free_arr = ((PyArrayObject *)__pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "jacext/passes.pyx":123
+  /* "jacext/passes.pyx":112
  *     # single-point sweep runs it as one contiguous vector loop (vm.c's runs).
  *     cdef cnp.ndarray free_arr = np.empty(n_instr + 3, dtype=np.int32)
  *     cdef int32_t[::1] free_stack = free_arr             # <<<<<<<<<<<<<<
  *     cdef cnp.ndarray pend_arr = np.empty(n_instr + 3, dtype=np.int32)
  *     cdef int32_t[::1] pending = pend_arr
 */
-  __pyx_t_18 = __Pyx_PyObject_to_MemoryviewSlice_dc_nn_int32_t(((PyObject *)__pyx_v_free_arr), PyBUF_WRITABLE); if (unlikely(!__pyx_t_18.memview)) __PYX_ERR(0, 123, __pyx_L1_error)
+  __pyx_t_18 = __Pyx_PyObject_to_MemoryviewSlice_dc_nn_int32_t(((PyObject *)__pyx_v_free_arr), PyBUF_WRITABLE); if (unlikely(!__pyx_t_18.memview)) __PYX_ERR(0, 112, __pyx_L1_error)
   __pyx_v_free_stack = __pyx_t_18;
   __pyx_t_18.memview = NULL;
   __pyx_t_18.data = NULL;
 
-  /* "jacext/passes.pyx":124
+  /* "jacext/passes.pyx":113
  *     cdef cnp.ndarray free_arr = np.empty(n_instr + 3, dtype=np.int32)
  *     cdef int32_t[::1] free_stack = free_arr
  *     cdef cnp.ndarray pend_arr = np.empty(n_instr + 3, dtype=np.int32)             # <<<<<<<<<<<<<<
@@ -22286,16 +22284,16 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
  *     cdef cnp.ndarray born_arr = np.full(n, -1, dtype=np.int32)
 */
   __pyx_t_5 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 124, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 113, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_empty); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 124, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_empty); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 113, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __pyx_t_3 = __Pyx_PyLong_From_int64_t((__pyx_v_n_instr + 3)); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 124, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_From_int64_t((__pyx_v_n_instr + 3)); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 113, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 124, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 113, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_10 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 124, __pyx_L1_error)
+  __pyx_t_10 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 113, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_10);
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   #if CYTHON_VECTORCALL
@@ -22316,13 +22314,13 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
     PyObject *__pyx_callargs[3] = {__pyx_t_5, __pyx_t_3, __pyx_t_10};
     #if CYTHON_VECTORCALL
     __pyx_t_4 = __pyx_mstate_global->__pyx_tuple[2];
-    if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 124, __pyx_L1_error)
+    if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 113, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_4);
     #else
     {
       PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
       __pyx_t_4 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 1);
-      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 124, __pyx_L1_error)
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 113, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_4);
     }
     #endif
@@ -22334,26 +22332,26 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
     __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 124, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 113, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
-  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 124, __pyx_L1_error)
+  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 113, __pyx_L1_error)
   __pyx_v_pend_arr = ((PyArrayObject *)__pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "jacext/passes.pyx":125
+  /* "jacext/passes.pyx":114
  *     cdef int32_t[::1] free_stack = free_arr
  *     cdef cnp.ndarray pend_arr = np.empty(n_instr + 3, dtype=np.int32)
  *     cdef int32_t[::1] pending = pend_arr             # <<<<<<<<<<<<<<
  *     cdef cnp.ndarray born_arr = np.full(n, -1, dtype=np.int32)
  *     cdef int32_t[::1] born = born_arr
 */
-  __pyx_t_18 = __Pyx_PyObject_to_MemoryviewSlice_dc_nn_int32_t(((PyObject *)__pyx_v_pend_arr), PyBUF_WRITABLE); if (unlikely(!__pyx_t_18.memview)) __PYX_ERR(0, 125, __pyx_L1_error)
+  __pyx_t_18 = __Pyx_PyObject_to_MemoryviewSlice_dc_nn_int32_t(((PyObject *)__pyx_v_pend_arr), PyBUF_WRITABLE); if (unlikely(!__pyx_t_18.memview)) __PYX_ERR(0, 114, __pyx_L1_error)
   __pyx_v_pending = __pyx_t_18;
   __pyx_t_18.memview = NULL;
   __pyx_t_18.data = NULL;
 
-  /* "jacext/passes.pyx":126
+  /* "jacext/passes.pyx":115
  *     cdef cnp.ndarray pend_arr = np.empty(n_instr + 3, dtype=np.int32)
  *     cdef int32_t[::1] pending = pend_arr
  *     cdef cnp.ndarray born_arr = np.full(n, -1, dtype=np.int32)             # <<<<<<<<<<<<<<
@@ -22361,16 +22359,16 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
  *     cdef int64_t n_pend = 0, group_start = 0, prev_opw = -1
 */
   __pyx_t_2 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 126, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 115, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_10 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_full); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 126, __pyx_L1_error)
+  __pyx_t_10 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_full); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 115, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_10);
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-  __pyx_t_4 = __Pyx_PyLong_From_int64_t(__pyx_v_n); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 126, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_From_int64_t(__pyx_v_n); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 115, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 126, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 115, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 126, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 115, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   #if CYTHON_VECTORCALL
@@ -22391,13 +22389,13 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
     PyObject *__pyx_callargs[4] = {__pyx_t_2, __pyx_t_4, __pyx_mstate_global->__pyx_int_neg_1, __pyx_t_5};
     #if CYTHON_VECTORCALL
     __pyx_t_3 = __pyx_mstate_global->__pyx_tuple[2];
-    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 126, __pyx_L1_error)
+    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 115, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_3);
     #else
     {
       PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
       __pyx_t_3 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+3, 1);
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 126, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 115, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     #endif
@@ -22409,26 +22407,26 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
     __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
     __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 126, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 115, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
-  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 126, __pyx_L1_error)
+  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 115, __pyx_L1_error)
   __pyx_v_born_arr = ((PyArrayObject *)__pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "jacext/passes.pyx":127
+  /* "jacext/passes.pyx":116
  *     cdef int32_t[::1] pending = pend_arr
  *     cdef cnp.ndarray born_arr = np.full(n, -1, dtype=np.int32)
  *     cdef int32_t[::1] born = born_arr             # <<<<<<<<<<<<<<
  *     cdef int64_t n_pend = 0, group_start = 0, prev_opw = -1
  *     cdef bint new_group
 */
-  __pyx_t_18 = __Pyx_PyObject_to_MemoryviewSlice_dc_nn_int32_t(((PyObject *)__pyx_v_born_arr), PyBUF_WRITABLE); if (unlikely(!__pyx_t_18.memview)) __PYX_ERR(0, 127, __pyx_L1_error)
+  __pyx_t_18 = __Pyx_PyObject_to_MemoryviewSlice_dc_nn_int32_t(((PyObject *)__pyx_v_born_arr), PyBUF_WRITABLE); if (unlikely(!__pyx_t_18.memview)) __PYX_ERR(0, 116, __pyx_L1_error)
   __pyx_v_born = __pyx_t_18;
   __pyx_t_18.memview = NULL;
   __pyx_t_18.data = NULL;
 
-  /* "jacext/passes.pyx":128
+  /* "jacext/passes.pyx":117
  *     cdef cnp.ndarray born_arr = np.full(n, -1, dtype=np.int32)
  *     cdef int32_t[::1] born = born_arr
  *     cdef int64_t n_pend = 0, group_start = 0, prev_opw = -1             # <<<<<<<<<<<<<<
@@ -22439,7 +22437,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
   __pyx_v_group_start = 0;
   __pyx_v_prev_opw = -1L;
 
-  /* "jacext/passes.pyx":130
+  /* "jacext/passes.pyx":119
  *     cdef int64_t n_pend = 0, group_start = 0, prev_opw = -1
  *     cdef bint new_group
  *     cdef int64_t n_free = 0, next_slot = n_in + n_const             # <<<<<<<<<<<<<<
@@ -22449,7 +22447,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
   __pyx_v_n_free = 0;
   __pyx_v_next_slot = (__pyx_v_n_in + __pyx_v_n_const);
 
-  /* "jacext/passes.pyx":131
+  /* "jacext/passes.pyx":120
  *     cdef bint new_group
  *     cdef int64_t n_free = 0, next_slot = n_in + n_const
  *     cdef int64_t fixed = n_in + n_const             # <<<<<<<<<<<<<<
@@ -22458,7 +22456,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
 */
   __pyx_v_fixed = (__pyx_v_n_in + __pyx_v_n_const);
 
-  /* "jacext/passes.pyx":133
+  /* "jacext/passes.pyx":122
  *     cdef int64_t fixed = n_in + n_const
  *     cdef int64_t ops3[3]
  *     cdef cnp.ndarray t_op = np.empty(n_instr, dtype=np.int32)             # <<<<<<<<<<<<<<
@@ -22466,16 +22464,16 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
  *     cdef cnp.ndarray t_a = np.empty(n_instr, dtype=np.int32)
 */
   __pyx_t_10 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 133, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 122, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_empty); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 133, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_empty); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 122, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __pyx_t_3 = __Pyx_PyLong_From_int64_t(__pyx_v_n_instr); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 133, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_From_int64_t(__pyx_v_n_instr); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 122, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 133, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 122, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 133, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 122, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   #if CYTHON_VECTORCALL
@@ -22496,13 +22494,13 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
     PyObject *__pyx_callargs[3] = {__pyx_t_10, __pyx_t_3, __pyx_t_2};
     #if CYTHON_VECTORCALL
     __pyx_t_4 = __pyx_mstate_global->__pyx_tuple[2];
-    if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 133, __pyx_L1_error)
+    if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 122, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_4);
     #else
     {
       PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
       __pyx_t_4 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 1);
-      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 133, __pyx_L1_error)
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 122, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_4);
     }
     #endif
@@ -22514,14 +22512,14 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
     __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 133, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 122, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
-  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 133, __pyx_L1_error)
+  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 122, __pyx_L1_error)
   __pyx_v_t_op = ((PyArrayObject *)__pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "jacext/passes.pyx":134
+  /* "jacext/passes.pyx":123
  *     cdef int64_t ops3[3]
  *     cdef cnp.ndarray t_op = np.empty(n_instr, dtype=np.int32)
  *     cdef cnp.ndarray t_dst = np.empty(n_instr, dtype=np.int32)             # <<<<<<<<<<<<<<
@@ -22529,16 +22527,16 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
  *     cdef cnp.ndarray t_b = np.empty(n_instr, dtype=np.int32)
 */
   __pyx_t_5 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 134, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 123, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_empty); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 134, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_empty); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 123, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-  __pyx_t_4 = __Pyx_PyLong_From_int64_t(__pyx_v_n_instr); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 134, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_From_int64_t(__pyx_v_n_instr); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 123, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 134, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 123, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_10 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 134, __pyx_L1_error)
+  __pyx_t_10 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 123, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_10);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   #if CYTHON_VECTORCALL
@@ -22559,13 +22557,13 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
     PyObject *__pyx_callargs[3] = {__pyx_t_5, __pyx_t_4, __pyx_t_10};
     #if CYTHON_VECTORCALL
     __pyx_t_3 = __pyx_mstate_global->__pyx_tuple[2];
-    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 134, __pyx_L1_error)
+    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 123, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_3);
     #else
     {
       PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
       __pyx_t_3 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 1);
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 134, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 123, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     #endif
@@ -22577,14 +22575,14 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
     __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 134, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 123, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
-  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 134, __pyx_L1_error)
+  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 123, __pyx_L1_error)
   __pyx_v_t_dst = ((PyArrayObject *)__pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "jacext/passes.pyx":135
+  /* "jacext/passes.pyx":124
  *     cdef cnp.ndarray t_op = np.empty(n_instr, dtype=np.int32)
  *     cdef cnp.ndarray t_dst = np.empty(n_instr, dtype=np.int32)
  *     cdef cnp.ndarray t_a = np.empty(n_instr, dtype=np.int32)             # <<<<<<<<<<<<<<
@@ -22592,16 +22590,16 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
  *     cdef cnp.ndarray t_s = np.empty(n_instr, dtype=np.int32)
 */
   __pyx_t_2 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 135, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 124, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_10 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_empty); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 135, __pyx_L1_error)
+  __pyx_t_10 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_empty); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 124, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_10);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __pyx_t_3 = __Pyx_PyLong_From_int64_t(__pyx_v_n_instr); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 135, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_From_int64_t(__pyx_v_n_instr); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 124, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 135, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 124, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 135, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 124, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   #if CYTHON_VECTORCALL
@@ -22622,13 +22620,13 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
     PyObject *__pyx_callargs[3] = {__pyx_t_2, __pyx_t_3, __pyx_t_5};
     #if CYTHON_VECTORCALL
     __pyx_t_4 = __pyx_mstate_global->__pyx_tuple[2];
-    if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 135, __pyx_L1_error)
+    if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 124, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_4);
     #else
     {
       PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
       __pyx_t_4 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 1);
-      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 135, __pyx_L1_error)
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 124, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_4);
     }
     #endif
@@ -22640,14 +22638,14 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
     __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
     __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 135, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 124, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
-  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 135, __pyx_L1_error)
+  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 124, __pyx_L1_error)
   __pyx_v_t_a = ((PyArrayObject *)__pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "jacext/passes.pyx":136
+  /* "jacext/passes.pyx":125
  *     cdef cnp.ndarray t_dst = np.empty(n_instr, dtype=np.int32)
  *     cdef cnp.ndarray t_a = np.empty(n_instr, dtype=np.int32)
  *     cdef cnp.ndarray t_b = np.empty(n_instr, dtype=np.int32)             # <<<<<<<<<<<<<<
@@ -22655,16 +22653,16 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
  *     cdef cnp.ndarray t_imm = np.empty(n_instr, dtype=np.float64)
 */
   __pyx_t_10 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 136, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 125, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_empty); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 136, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_empty); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 125, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-  __pyx_t_4 = __Pyx_PyLong_From_int64_t(__pyx_v_n_instr); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 136, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_From_int64_t(__pyx_v_n_instr); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 125, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 136, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 125, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 136, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 125, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   #if CYTHON_VECTORCALL
@@ -22685,13 +22683,13 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
     PyObject *__pyx_callargs[3] = {__pyx_t_10, __pyx_t_4, __pyx_t_2};
     #if CYTHON_VECTORCALL
     __pyx_t_3 = __pyx_mstate_global->__pyx_tuple[2];
-    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 136, __pyx_L1_error)
+    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 125, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_3);
     #else
     {
       PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
       __pyx_t_3 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 1);
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 136, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 125, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     #endif
@@ -22703,14 +22701,14 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
     __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 136, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 125, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
-  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 136, __pyx_L1_error)
+  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 125, __pyx_L1_error)
   __pyx_v_t_b = ((PyArrayObject *)__pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "jacext/passes.pyx":137
+  /* "jacext/passes.pyx":126
  *     cdef cnp.ndarray t_a = np.empty(n_instr, dtype=np.int32)
  *     cdef cnp.ndarray t_b = np.empty(n_instr, dtype=np.int32)
  *     cdef cnp.ndarray t_s = np.empty(n_instr, dtype=np.int32)             # <<<<<<<<<<<<<<
@@ -22718,16 +22716,16 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
  *     cdef int32_t[::1] top = t_op
 */
   __pyx_t_5 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 137, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 126, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_empty); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 137, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_empty); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 126, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __pyx_t_3 = __Pyx_PyLong_From_int64_t(__pyx_v_n_instr); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 137, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_From_int64_t(__pyx_v_n_instr); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 126, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 137, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 126, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_10 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 137, __pyx_L1_error)
+  __pyx_t_10 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 126, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_10);
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   #if CYTHON_VECTORCALL
@@ -22748,13 +22746,13 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
     PyObject *__pyx_callargs[3] = {__pyx_t_5, __pyx_t_3, __pyx_t_10};
     #if CYTHON_VECTORCALL
     __pyx_t_4 = __pyx_mstate_global->__pyx_tuple[2];
-    if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 137, __pyx_L1_error)
+    if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 126, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_4);
     #else
     {
       PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
       __pyx_t_4 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 1);
-      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 137, __pyx_L1_error)
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 126, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_4);
     }
     #endif
@@ -22766,14 +22764,14 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
     __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 137, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 126, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
-  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 137, __pyx_L1_error)
+  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 126, __pyx_L1_error)
   __pyx_v_t_s = ((PyArrayObject *)__pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "jacext/passes.pyx":138
+  /* "jacext/passes.pyx":127
  *     cdef cnp.ndarray t_b = np.empty(n_instr, dtype=np.int32)
  *     cdef cnp.ndarray t_s = np.empty(n_instr, dtype=np.int32)
  *     cdef cnp.ndarray t_imm = np.empty(n_instr, dtype=np.float64)             # <<<<<<<<<<<<<<
@@ -22781,16 +22779,16 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
  *     cdef int32_t[::1] tdst = t_dst
 */
   __pyx_t_2 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 138, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 127, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_10 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_empty); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 138, __pyx_L1_error)
+  __pyx_t_10 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_empty); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 127, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_10);
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-  __pyx_t_4 = __Pyx_PyLong_From_int64_t(__pyx_v_n_instr); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 138, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_From_int64_t(__pyx_v_n_instr); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 127, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 138, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 127, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_float64); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 138, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_float64); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 127, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   #if CYTHON_VECTORCALL
@@ -22811,13 +22809,13 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
     PyObject *__pyx_callargs[3] = {__pyx_t_2, __pyx_t_4, __pyx_t_5};
     #if CYTHON_VECTORCALL
     __pyx_t_3 = __pyx_mstate_global->__pyx_tuple[2];
-    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 138, __pyx_L1_error)
+    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 127, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_3);
     #else
     {
       PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
       __pyx_t_3 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 1);
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 138, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 127, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     #endif
@@ -22829,86 +22827,86 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
     __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
     __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 138, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 127, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
-  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 138, __pyx_L1_error)
+  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 127, __pyx_L1_error)
   __pyx_v_t_imm = ((PyArrayObject *)__pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "jacext/passes.pyx":139
+  /* "jacext/passes.pyx":128
  *     cdef cnp.ndarray t_s = np.empty(n_instr, dtype=np.int32)
  *     cdef cnp.ndarray t_imm = np.empty(n_instr, dtype=np.float64)
  *     cdef int32_t[::1] top = t_op             # <<<<<<<<<<<<<<
  *     cdef int32_t[::1] tdst = t_dst
  *     cdef int32_t[::1] ta = t_a
 */
-  __pyx_t_18 = __Pyx_PyObject_to_MemoryviewSlice_dc_nn_int32_t(((PyObject *)__pyx_v_t_op), PyBUF_WRITABLE); if (unlikely(!__pyx_t_18.memview)) __PYX_ERR(0, 139, __pyx_L1_error)
+  __pyx_t_18 = __Pyx_PyObject_to_MemoryviewSlice_dc_nn_int32_t(((PyObject *)__pyx_v_t_op), PyBUF_WRITABLE); if (unlikely(!__pyx_t_18.memview)) __PYX_ERR(0, 128, __pyx_L1_error)
   __pyx_v_top = __pyx_t_18;
   __pyx_t_18.memview = NULL;
   __pyx_t_18.data = NULL;
 
-  /* "jacext/passes.pyx":140
+  /* "jacext/passes.pyx":129
  *     cdef cnp.ndarray t_imm = np.empty(n_instr, dtype=np.float64)
  *     cdef int32_t[::1] top = t_op
  *     cdef int32_t[::1] tdst = t_dst             # <<<<<<<<<<<<<<
  *     cdef int32_t[::1] ta = t_a
  *     cdef int32_t[::1] tb = t_b
 */
-  __pyx_t_18 = __Pyx_PyObject_to_MemoryviewSlice_dc_nn_int32_t(((PyObject *)__pyx_v_t_dst), PyBUF_WRITABLE); if (unlikely(!__pyx_t_18.memview)) __PYX_ERR(0, 140, __pyx_L1_error)
+  __pyx_t_18 = __Pyx_PyObject_to_MemoryviewSlice_dc_nn_int32_t(((PyObject *)__pyx_v_t_dst), PyBUF_WRITABLE); if (unlikely(!__pyx_t_18.memview)) __PYX_ERR(0, 129, __pyx_L1_error)
   __pyx_v_tdst = __pyx_t_18;
   __pyx_t_18.memview = NULL;
   __pyx_t_18.data = NULL;
 
-  /* "jacext/passes.pyx":141
+  /* "jacext/passes.pyx":130
  *     cdef int32_t[::1] top = t_op
  *     cdef int32_t[::1] tdst = t_dst
  *     cdef int32_t[::1] ta = t_a             # <<<<<<<<<<<<<<
  *     cdef int32_t[::1] tb = t_b
  *     cdef int32_t[::1] ts = t_s
 */
-  __pyx_t_18 = __Pyx_PyObject_to_MemoryviewSlice_dc_nn_int32_t(((PyObject *)__pyx_v_t_a), PyBUF_WRITABLE); if (unlikely(!__pyx_t_18.memview)) __PYX_ERR(0, 141, __pyx_L1_error)
+  __pyx_t_18 = __Pyx_PyObject_to_MemoryviewSlice_dc_nn_int32_t(((PyObject *)__pyx_v_t_a), PyBUF_WRITABLE); if (unlikely(!__pyx_t_18.memview)) __PYX_ERR(0, 130, __pyx_L1_error)
   __pyx_v_ta = __pyx_t_18;
   __pyx_t_18.memview = NULL;
   __pyx_t_18.data = NULL;
 
-  /* "jacext/passes.pyx":142
+  /* "jacext/passes.pyx":131
  *     cdef int32_t[::1] tdst = t_dst
  *     cdef int32_t[::1] ta = t_a
  *     cdef int32_t[::1] tb = t_b             # <<<<<<<<<<<<<<
  *     cdef int32_t[::1] ts = t_s
  *     cdef double[::1] timm = t_imm
 */
-  __pyx_t_18 = __Pyx_PyObject_to_MemoryviewSlice_dc_nn_int32_t(((PyObject *)__pyx_v_t_b), PyBUF_WRITABLE); if (unlikely(!__pyx_t_18.memview)) __PYX_ERR(0, 142, __pyx_L1_error)
+  __pyx_t_18 = __Pyx_PyObject_to_MemoryviewSlice_dc_nn_int32_t(((PyObject *)__pyx_v_t_b), PyBUF_WRITABLE); if (unlikely(!__pyx_t_18.memview)) __PYX_ERR(0, 131, __pyx_L1_error)
   __pyx_v_tb = __pyx_t_18;
   __pyx_t_18.memview = NULL;
   __pyx_t_18.data = NULL;
 
-  /* "jacext/passes.pyx":143
+  /* "jacext/passes.pyx":132
  *     cdef int32_t[::1] ta = t_a
  *     cdef int32_t[::1] tb = t_b
  *     cdef int32_t[::1] ts = t_s             # <<<<<<<<<<<<<<
  *     cdef double[::1] timm = t_imm
  *     cdef int64_t sa, sb
 */
-  __pyx_t_18 = __Pyx_PyObject_to_MemoryviewSlice_dc_nn_int32_t(((PyObject *)__pyx_v_t_s), PyBUF_WRITABLE); if (unlikely(!__pyx_t_18.memview)) __PYX_ERR(0, 143, __pyx_L1_error)
+  __pyx_t_18 = __Pyx_PyObject_to_MemoryviewSlice_dc_nn_int32_t(((PyObject *)__pyx_v_t_s), PyBUF_WRITABLE); if (unlikely(!__pyx_t_18.memview)) __PYX_ERR(0, 132, __pyx_L1_error)
   __pyx_v_ts = __pyx_t_18;
   __pyx_t_18.memview = NULL;
   __pyx_t_18.data = NULL;
 
-  /* "jacext/passes.pyx":144
+  /* "jacext/passes.pyx":133
  *     cdef int32_t[::1] tb = t_b
  *     cdef int32_t[::1] ts = t_s
  *     cdef double[::1] timm = t_imm             # <<<<<<<<<<<<<<
  *     cdef int64_t sa, sb
  *     for j in range(n_instr):
 */
-  __pyx_t_21 = __Pyx_PyObject_to_MemoryviewSlice_dc_double(((PyObject *)__pyx_v_t_imm), PyBUF_WRITABLE); if (unlikely(!__pyx_t_21.memview)) __PYX_ERR(0, 144, __pyx_L1_error)
+  __pyx_t_21 = __Pyx_PyObject_to_MemoryviewSlice_dc_double(((PyObject *)__pyx_v_t_imm), PyBUF_WRITABLE); if (unlikely(!__pyx_t_21.memview)) __PYX_ERR(0, 133, __pyx_L1_error)
   __pyx_v_timm = __pyx_t_21;
   __pyx_t_21.memview = NULL;
   __pyx_t_21.data = NULL;
 
-  /* "jacext/passes.pyx":146
+  /* "jacext/passes.pyx":135
  *     cdef double[::1] timm = t_imm
  *     cdef int64_t sa, sb
  *     for j in range(n_instr):             # <<<<<<<<<<<<<<
@@ -22922,7 +22920,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
   for (__pyx_t_20 = 0; __pyx_t_20 < __pyx_t_19; __pyx_t_20+=1) {
     __pyx_v_j = __pyx_t_20;
 
-    /* "jacext/passes.pyx":147
+    /* "jacext/passes.pyx":136
  *     cdef int64_t sa, sb
  *     for j in range(n_instr):
  *         nd = order[j]             # <<<<<<<<<<<<<<
@@ -22932,7 +22930,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
     __pyx_t_15 = __pyx_v_j;
     __pyx_v_nd = (*((int32_t *) ( /* dim=0 */ ((char *) (((int32_t *) __pyx_v_order.data) + __pyx_t_15)) )));
 
-    /* "jacext/passes.pyx":148
+    /* "jacext/passes.pyx":137
  *     for j in range(n_instr):
  *         nd = order[j]
  *         opw = g.op[nd]             # <<<<<<<<<<<<<<
@@ -22941,7 +22939,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
 */
     __pyx_v_opw = (__pyx_v_g->op[__pyx_v_nd]);
 
-    /* "jacext/passes.pyx":149
+    /* "jacext/passes.pyx":138
  *         nd = order[j]
  *         opw = g.op[nd]
  *         base = opw & JX_OP_MASK             # <<<<<<<<<<<<<<
@@ -22950,7 +22948,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
 */
     __pyx_v_base = (__pyx_v_opw & JX_OP_MASK);
 
-    /* "jacext/passes.pyx":150
+    /* "jacext/passes.pyx":139
  *         opw = g.op[nd]
  *         base = opw & JX_OP_MASK
  *         ops3[0] = g.a[nd]             # <<<<<<<<<<<<<<
@@ -22959,7 +22957,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
 */
     (__pyx_v_ops3[0]) = (__pyx_v_g->a[__pyx_v_nd]);
 
-    /* "jacext/passes.pyx":151
+    /* "jacext/passes.pyx":140
  *         base = opw & JX_OP_MASK
  *         ops3[0] = g.a[nd]
  *         ops3[1] = g.b[nd]             # <<<<<<<<<<<<<<
@@ -22968,7 +22966,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
 */
     (__pyx_v_ops3[1]) = (__pyx_v_g->b[__pyx_v_nd]);
 
-    /* "jacext/passes.pyx":152
+    /* "jacext/passes.pyx":141
  *         ops3[0] = g.a[nd]
  *         ops3[1] = g.b[nd]
  *         ops3[2] = g.s[nd]             # <<<<<<<<<<<<<<
@@ -22977,7 +22975,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
 */
     (__pyx_v_ops3[2]) = (__pyx_v_g->s[__pyx_v_nd]);
 
-    /* "jacext/passes.pyx":153
+    /* "jacext/passes.pyx":142
  *         ops3[1] = g.b[nd]
  *         ops3[2] = g.s[nd]
  *         sa = slot[ops3[0]] if ops3[0] >= 0 else -1             # <<<<<<<<<<<<<<
@@ -22997,7 +22995,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
 
     __pyx_v_sa = __pyx_t_22;
 
-    /* "jacext/passes.pyx":154
+    /* "jacext/passes.pyx":143
  *         ops3[2] = g.s[nd]
  *         sa = slot[ops3[0]] if ops3[0] >= 0 else -1
  *         sb = slot[ops3[1]] if ops3[1] >= 0 else -1             # <<<<<<<<<<<<<<
@@ -23017,7 +23015,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
 
     __pyx_v_sb = __pyx_t_22;
 
-    /* "jacext/passes.pyx":155
+    /* "jacext/passes.pyx":144
  *         sa = slot[ops3[0]] if ops3[0] >= 0 else -1
  *         sb = slot[ops3[1]] if ops3[1] >= 0 else -1
  *         if sa < 0:             # <<<<<<<<<<<<<<
@@ -23029,7 +23027,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
     if (__pyx_t_14) {
 
 
-      /* "jacext/passes.pyx":156
+      /* "jacext/passes.pyx":145
  *         sb = slot[ops3[1]] if ops3[1] >= 0 else -1
  *         if sa < 0:
  *             sa = sb             # <<<<<<<<<<<<<<
@@ -23038,7 +23036,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
 */
       __pyx_v_sa = __pyx_v_sb;
 
-      /* "jacext/passes.pyx":155
+      /* "jacext/passes.pyx":144
  *         sa = slot[ops3[0]] if ops3[0] >= 0 else -1
  *         sb = slot[ops3[1]] if ops3[1] >= 0 else -1
  *         if sa < 0:             # <<<<<<<<<<<<<<
@@ -23047,7 +23045,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
 */
     }
 
-    /* "jacext/passes.pyx":157
+    /* "jacext/passes.pyx":146
  *         if sa < 0:
  *             sa = sb
  *         if sb < 0:             # <<<<<<<<<<<<<<
@@ -23059,7 +23057,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
     if (__pyx_t_14) {
 
 
-      /* "jacext/passes.pyx":158
+      /* "jacext/passes.pyx":147
  *             sa = sb
  *         if sb < 0:
  *             sb = sa             # <<<<<<<<<<<<<<
@@ -23068,7 +23066,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
 */
       __pyx_v_sb = __pyx_v_sa;
 
-      /* "jacext/passes.pyx":157
+      /* "jacext/passes.pyx":146
  *         if sa < 0:
  *             sa = sb
  *         if sb < 0:             # <<<<<<<<<<<<<<
@@ -23077,7 +23075,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
 */
     }
 
-    /* "jacext/passes.pyx":159
+    /* "jacext/passes.pyx":148
  *         if sb < 0:
  *             sb = sa
  *         top[j] = opw             # <<<<<<<<<<<<<<
@@ -23087,7 +23085,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
     __pyx_t_15 = __pyx_v_j;
     *((int32_t *) ( /* dim=0 */ ((char *) (((int32_t *) __pyx_v_top.data) + __pyx_t_15)) )) = __pyx_v_opw;
 
-    /* "jacext/passes.pyx":160
+    /* "jacext/passes.pyx":149
  *             sb = sa
  *         top[j] = opw
  *         ta[j] = <int32_t>sa             # <<<<<<<<<<<<<<
@@ -23097,7 +23095,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
     __pyx_t_15 = __pyx_v_j;
     *((int32_t *) ( /* dim=0 */ ((char *) (((int32_t *) __pyx_v_ta.data) + __pyx_t_15)) )) = ((int32_t)__pyx_v_sa);
 
-    /* "jacext/passes.pyx":161
+    /* "jacext/passes.pyx":150
  *         top[j] = opw
  *         ta[j] = <int32_t>sa
  *         tb[j] = <int32_t>sb             # <<<<<<<<<<<<<<
@@ -23107,7 +23105,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
     __pyx_t_15 = __pyx_v_j;
     *((int32_t *) ( /* dim=0 */ ((char *) (((int32_t *) __pyx_v_tb.data) + __pyx_t_15)) )) = ((int32_t)__pyx_v_sb);
 
-    /* "jacext/passes.pyx":163
+    /* "jacext/passes.pyx":152
  *         tb[j] = <int32_t>sb
  *         # SELECT's condition is its slot s; any other instruction repeats a there
  *         ts[j] = slot[ops3[2]] if jx_op_arity[base] == 3 else <int32_t>sa             # <<<<<<<<<<<<<<
@@ -23129,7 +23127,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
     *((int32_t *) ( /* dim=0 */ ((char *) (((int32_t *) __pyx_v_ts.data) + __pyx_t_15)) )) = __pyx_t_23;
 
 
-    /* "jacext/passes.pyx":164
+    /* "jacext/passes.pyx":153
  *         # SELECT's condition is its slot s; any other instruction repeats a there
  *         ts[j] = slot[ops3[2]] if jx_op_arity[base] == 3 else <int32_t>sa
  *         timm[j] = g.imm[nd]             # <<<<<<<<<<<<<<
@@ -23139,7 +23137,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
     __pyx_t_15 = __pyx_v_j;
     *((double *) ( /* dim=0 */ ((char *) (((double *) __pyx_v_timm.data) + __pyx_t_15)) )) = (__pyx_v_g->imm[__pyx_v_nd]);
 
-    /* "jacext/passes.pyx":165
+    /* "jacext/passes.pyx":154
  *         ts[j] = slot[ops3[2]] if jx_op_arity[base] == 3 else <int32_t>sa
  *         timm[j] = g.imm[nd]
  *         new_group = opw != prev_opw             # <<<<<<<<<<<<<<
@@ -23148,7 +23146,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
 */
     __pyx_v_new_group = (__pyx_v_opw != __pyx_v_prev_opw);
 
-    /* "jacext/passes.pyx":166
+    /* "jacext/passes.pyx":155
  *         timm[j] = g.imm[nd]
  *         new_group = opw != prev_opw
  *         for k in range(3):             # <<<<<<<<<<<<<<
@@ -23158,7 +23156,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
     for (__pyx_t_22 = 0; __pyx_t_22 < 3; __pyx_t_22+=1) {
       __pyx_v_k = __pyx_t_22;
 
-      /* "jacext/passes.pyx":167
+      /* "jacext/passes.pyx":156
  *         new_group = opw != prev_opw
  *         for k in range(3):
  *             o = ops3[k]             # <<<<<<<<<<<<<<
@@ -23167,7 +23165,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
 */
       __pyx_v_o = (__pyx_v_ops3[__pyx_v_k]);
 
-      /* "jacext/passes.pyx":168
+      /* "jacext/passes.pyx":157
  *         for k in range(3):
  *             o = ops3[k]
  *             if o >= 0 and born[o] >= group_start:             # <<<<<<<<<<<<<<
@@ -23194,7 +23192,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
       if (__pyx_t_14) {
 
 
-        /* "jacext/passes.pyx":169
+        /* "jacext/passes.pyx":158
  *             o = ops3[k]
  *             if o >= 0 and born[o] >= group_start:
  *                 new_group = True             # <<<<<<<<<<<<<<
@@ -23203,7 +23201,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
 */
         __pyx_v_new_group = 1;
 
-        /* "jacext/passes.pyx":168
+        /* "jacext/passes.pyx":157
  *         for k in range(3):
  *             o = ops3[k]
  *             if o >= 0 and born[o] >= group_start:             # <<<<<<<<<<<<<<
@@ -23213,7 +23211,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
       }
     }
 
-    /* "jacext/passes.pyx":170
+    /* "jacext/passes.pyx":159
  *             if o >= 0 and born[o] >= group_start:
  *                 new_group = True
  *         if new_group:             # <<<<<<<<<<<<<<
@@ -23222,7 +23220,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
 */
     if (__pyx_v_new_group) {
 
-      /* "jacext/passes.pyx":173
+      /* "jacext/passes.pyx":162
  *             # the group's freed slots, pushed so that they pop in increasing order
  *             # (an instruction may free two, from two ranges: sort them apart)
  *             if n_pend > 1:             # <<<<<<<<<<<<<<
@@ -23234,7 +23232,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
       if (__pyx_t_14) {
 
 
-        /* "jacext/passes.pyx":174
+        /* "jacext/passes.pyx":163
  *             # (an instruction may free two, from two ranges: sort them apart)
  *             if n_pend > 1:
  *                 qsort(&pending[0], <size_t>n_pend, sizeof(int32_t), _cmp_int32)             # <<<<<<<<<<<<<<
@@ -23244,7 +23242,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
         __pyx_t_15 = 0;
         qsort((&(*((int32_t *) ( /* dim=0 */ ((char *) (((int32_t *) __pyx_v_pending.data) + __pyx_t_15)) )))), ((size_t)__pyx_v_n_pend), (sizeof(int32_t)), __pyx_f_6jacext_6passes__cmp_int32);
 
-        /* "jacext/passes.pyx":173
+        /* "jacext/passes.pyx":162
  *             # the group's freed slots, pushed so that they pop in increasing order
  *             # (an instruction may free two, from two ranges: sort them apart)
  *             if n_pend > 1:             # <<<<<<<<<<<<<<
@@ -23253,7 +23251,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
 */
       }
 
-      /* "jacext/passes.pyx":175
+      /* "jacext/passes.pyx":164
  *             if n_pend > 1:
  *                 qsort(&pending[0], <size_t>n_pend, sizeof(int32_t), _cmp_int32)
  *             while n_pend > 0:             # <<<<<<<<<<<<<<
@@ -23266,7 +23264,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
 
         if (!__pyx_t_14) break;
 
-        /* "jacext/passes.pyx":176
+        /* "jacext/passes.pyx":165
  *                 qsort(&pending[0], <size_t>n_pend, sizeof(int32_t), _cmp_int32)
  *             while n_pend > 0:
  *                 n_pend -= 1             # <<<<<<<<<<<<<<
@@ -23275,7 +23273,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
 */
         __pyx_v_n_pend = (__pyx_v_n_pend - 1);
 
-        /* "jacext/passes.pyx":177
+        /* "jacext/passes.pyx":166
  *             while n_pend > 0:
  *                 n_pend -= 1
  *                 free_stack[n_free] = pending[n_pend]             # <<<<<<<<<<<<<<
@@ -23286,7 +23284,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
         __pyx_t_17 = __pyx_v_n_free;
         *((int32_t *) ( /* dim=0 */ ((char *) (((int32_t *) __pyx_v_free_stack.data) + __pyx_t_17)) )) = (*((int32_t *) ( /* dim=0 */ ((char *) (((int32_t *) __pyx_v_pending.data) + __pyx_t_15)) )));
 
-        /* "jacext/passes.pyx":178
+        /* "jacext/passes.pyx":167
  *                 n_pend -= 1
  *                 free_stack[n_free] = pending[n_pend]
  *                 n_free += 1             # <<<<<<<<<<<<<<
@@ -23296,7 +23294,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
         __pyx_v_n_free = (__pyx_v_n_free + 1);
       }
 
-      /* "jacext/passes.pyx":179
+      /* "jacext/passes.pyx":168
  *                 free_stack[n_free] = pending[n_pend]
  *                 n_free += 1
  *             group_start = j             # <<<<<<<<<<<<<<
@@ -23305,7 +23303,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
 */
       __pyx_v_group_start = __pyx_v_j;
 
-      /* "jacext/passes.pyx":170
+      /* "jacext/passes.pyx":159
  *             if o >= 0 and born[o] >= group_start:
  *                 new_group = True
  *         if new_group:             # <<<<<<<<<<<<<<
@@ -23314,7 +23312,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
 */
     }
 
-    /* "jacext/passes.pyx":180
+    /* "jacext/passes.pyx":169
  *                 n_free += 1
  *             group_start = j
  *         prev_opw = opw             # <<<<<<<<<<<<<<
@@ -23323,7 +23321,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
 */
     __pyx_v_prev_opw = __pyx_v_opw;
 
-    /* "jacext/passes.pyx":181
+    /* "jacext/passes.pyx":170
  *             group_start = j
  *         prev_opw = opw
  *         born[nd] = <int32_t>j             # <<<<<<<<<<<<<<
@@ -23333,7 +23331,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
     __pyx_t_15 = __pyx_v_nd;
     *((int32_t *) ( /* dim=0 */ ((char *) (((int32_t *) __pyx_v_born.data) + __pyx_t_15)) )) = ((int32_t)__pyx_v_j);
 
-    /* "jacext/passes.pyx":185
+    /* "jacext/passes.pyx":174
  *         # dst never shares a slot with its own operands, so the batched
  *         # sweeps' lane loops see no aliasing and vectorise
  *         if n_free > 0:             # <<<<<<<<<<<<<<
@@ -23345,7 +23343,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
     if (__pyx_t_14) {
 
 
-      /* "jacext/passes.pyx":186
+      /* "jacext/passes.pyx":175
  *         # sweeps' lane loops see no aliasing and vectorise
  *         if n_free > 0:
  *             n_free -= 1             # <<<<<<<<<<<<<<
@@ -23354,7 +23352,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
 */
       __pyx_v_n_free = (__pyx_v_n_free - 1);
 
-      /* "jacext/passes.pyx":187
+      /* "jacext/passes.pyx":176
  *         if n_free > 0:
  *             n_free -= 1
  *             slot[nd] = free_stack[n_free]             # <<<<<<<<<<<<<<
@@ -23365,7 +23363,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
       __pyx_t_17 = __pyx_v_nd;
       *((int32_t *) ( /* dim=0 */ ((char *) (((int32_t *) __pyx_v_slot.data) + __pyx_t_17)) )) = (*((int32_t *) ( /* dim=0 */ ((char *) (((int32_t *) __pyx_v_free_stack.data) + __pyx_t_15)) )));
 
-      /* "jacext/passes.pyx":185
+      /* "jacext/passes.pyx":174
  *         # dst never shares a slot with its own operands, so the batched
  *         # sweeps' lane loops see no aliasing and vectorise
  *         if n_free > 0:             # <<<<<<<<<<<<<<
@@ -23375,7 +23373,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
       goto __pyx_L63;
     }
 
-    /* "jacext/passes.pyx":189
+    /* "jacext/passes.pyx":178
  *             slot[nd] = free_stack[n_free]
  *         else:
  *             if next_slot >= 2**31 - 1:             # <<<<<<<<<<<<<<
@@ -23383,14 +23381,14 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
  *             slot[nd] = <int32_t>next_slot
 */
     /*else*/ {
-      __pyx_t_1 = __Pyx_PyLong_From_int64_t(__pyx_v_next_slot); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 189, __pyx_L1_error)
+      __pyx_t_1 = __Pyx_PyLong_From_int64_t(__pyx_v_next_slot); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 178, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_1);
-      __pyx_t_14 = __Pyx_PyObject_CompareBoolGe_int_object(__pyx_t_1, __pyx_mstate_global->__pyx_int_2147483647, Py_GE); if (unlikely((__pyx_t_14 < 0))) __PYX_ERR(0, 189, __pyx_L1_error)
+      __pyx_t_14 = __Pyx_PyObject_CompareBoolGe_int_object(__pyx_t_1, __pyx_mstate_global->__pyx_int_2147483647, Py_GE); if (unlikely((__pyx_t_14 < 0))) __PYX_ERR(0, 178, __pyx_L1_error)
       __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
       if (unlikely(__pyx_t_14)) {
 
 
-        /* "jacext/passes.pyx":190
+        /* "jacext/passes.pyx":179
  *         else:
  *             if next_slot >= 2**31 - 1:
  *                 raise MemoryError("jacext: the tape needs more than 2**31 work slots")             # <<<<<<<<<<<<<<
@@ -23403,14 +23401,14 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
           PyObject *__pyx_callargs[2] = {__pyx_t_10, __pyx_mstate_global->__pyx_kp_u_jacext_the_tape_needs_more_than};
           __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_MemoryError)), __pyx_callargs+__pyx_t_6, (2-__pyx_t_6) | (__pyx_t_6*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
           __Pyx_XDECREF(__pyx_t_10); __pyx_t_10 = 0;
-          if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 190, __pyx_L1_error)
+          if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 179, __pyx_L1_error)
           __Pyx_GOTREF(__pyx_t_1);
         }
         __Pyx_Raise(__pyx_t_1, 0, 0, 0);
         __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-        __PYX_ERR(0, 190, __pyx_L1_error)
+        __PYX_ERR(0, 179, __pyx_L1_error)
 
-        /* "jacext/passes.pyx":189
+        /* "jacext/passes.pyx":178
  *             slot[nd] = free_stack[n_free]
  *         else:
  *             if next_slot >= 2**31 - 1:             # <<<<<<<<<<<<<<
@@ -23419,7 +23417,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
 */
       }
 
-      /* "jacext/passes.pyx":191
+      /* "jacext/passes.pyx":180
  *             if next_slot >= 2**31 - 1:
  *                 raise MemoryError("jacext: the tape needs more than 2**31 work slots")
  *             slot[nd] = <int32_t>next_slot             # <<<<<<<<<<<<<<
@@ -23429,7 +23427,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
       __pyx_t_15 = __pyx_v_nd;
       *((int32_t *) ( /* dim=0 */ ((char *) (((int32_t *) __pyx_v_slot.data) + __pyx_t_15)) )) = ((int32_t)__pyx_v_next_slot);
 
-      /* "jacext/passes.pyx":192
+      /* "jacext/passes.pyx":181
  *                 raise MemoryError("jacext: the tape needs more than 2**31 work slots")
  *             slot[nd] = <int32_t>next_slot
  *             next_slot += 1             # <<<<<<<<<<<<<<
@@ -23440,7 +23438,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
     }
     __pyx_L63:;
 
-    /* "jacext/passes.pyx":193
+    /* "jacext/passes.pyx":182
  *             slot[nd] = <int32_t>next_slot
  *             next_slot += 1
  *         tdst[j] = slot[nd]             # <<<<<<<<<<<<<<
@@ -23451,7 +23449,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
     __pyx_t_17 = __pyx_v_j;
     *((int32_t *) ( /* dim=0 */ ((char *) (((int32_t *) __pyx_v_tdst.data) + __pyx_t_17)) )) = (*((int32_t *) ( /* dim=0 */ ((char *) (((int32_t *) __pyx_v_slot.data) + __pyx_t_15)) )));
 
-    /* "jacext/passes.pyx":194
+    /* "jacext/passes.pyx":183
  *             next_slot += 1
  *         tdst[j] = slot[nd]
  *         for k in range(3):             # <<<<<<<<<<<<<<
@@ -23461,7 +23459,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
     for (__pyx_t_22 = 0; __pyx_t_22 < 3; __pyx_t_22+=1) {
       __pyx_v_k = __pyx_t_22;
 
-      /* "jacext/passes.pyx":195
+      /* "jacext/passes.pyx":184
  *         tdst[j] = slot[nd]
  *         for k in range(3):
  *             o = ops3[k]             # <<<<<<<<<<<<<<
@@ -23470,7 +23468,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
 */
       __pyx_v_o = (__pyx_v_ops3[__pyx_v_k]);
 
-      /* "jacext/passes.pyx":196
+      /* "jacext/passes.pyx":185
  *         for k in range(3):
  *             o = ops3[k]
  *             if o < 0 or last[o] != j or slot[o] < fixed:             # <<<<<<<<<<<<<<
@@ -23508,7 +23506,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
       if (__pyx_t_14) {
 
 
-        /* "jacext/passes.pyx":197
+        /* "jacext/passes.pyx":186
  *             o = ops3[k]
  *             if o < 0 or last[o] != j or slot[o] < fixed:
  *                 continue             # <<<<<<<<<<<<<<
@@ -23517,7 +23515,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
 */
         goto __pyx_L65_continue;
 
-        /* "jacext/passes.pyx":196
+        /* "jacext/passes.pyx":185
  *         for k in range(3):
  *             o = ops3[k]
  *             if o < 0 or last[o] != j or slot[o] < fixed:             # <<<<<<<<<<<<<<
@@ -23526,7 +23524,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
 */
       }
 
-      /* "jacext/passes.pyx":198
+      /* "jacext/passes.pyx":187
  *             if o < 0 or last[o] != j or slot[o] < fixed:
  *                 continue
  *             if (k >= 1 and o == ops3[0]) or (k == 2 and o == ops3[1]):             # <<<<<<<<<<<<<<
@@ -23571,7 +23569,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
       if (__pyx_t_14) {
 
 
-        /* "jacext/passes.pyx":199
+        /* "jacext/passes.pyx":188
  *                 continue
  *             if (k >= 1 and o == ops3[0]) or (k == 2 and o == ops3[1]):
  *                 continue             # <<<<<<<<<<<<<<
@@ -23580,7 +23578,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
 */
         goto __pyx_L65_continue;
 
-        /* "jacext/passes.pyx":198
+        /* "jacext/passes.pyx":187
  *             if o < 0 or last[o] != j or slot[o] < fixed:
  *                 continue
  *             if (k >= 1 and o == ops3[0]) or (k == 2 and o == ops3[1]):             # <<<<<<<<<<<<<<
@@ -23589,7 +23587,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
 */
       }
 
-      /* "jacext/passes.pyx":200
+      /* "jacext/passes.pyx":189
  *             if (k >= 1 and o == ops3[0]) or (k == 2 and o == ops3[1]):
  *                 continue
  *             pending[n_pend] = slot[o]             # <<<<<<<<<<<<<<
@@ -23600,7 +23598,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
       __pyx_t_17 = __pyx_v_n_pend;
       *((int32_t *) ( /* dim=0 */ ((char *) (((int32_t *) __pyx_v_pending.data) + __pyx_t_17)) )) = (*((int32_t *) ( /* dim=0 */ ((char *) (((int32_t *) __pyx_v_slot.data) + __pyx_t_15)) )));
 
-      /* "jacext/passes.pyx":201
+      /* "jacext/passes.pyx":190
  *                 continue
  *             pending[n_pend] = slot[o]
  *             n_pend += 1             # <<<<<<<<<<<<<<
@@ -23611,7 +23609,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
       __pyx_L65_continue:;
     }
 
-    /* "jacext/passes.pyx":202
+    /* "jacext/passes.pyx":191
  *             pending[n_pend] = slot[o]
  *             n_pend += 1
  *         if last[nd] < 0:   # a value nobody reads (cannot happen after DCE)             # <<<<<<<<<<<<<<
@@ -23624,7 +23622,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
     if (__pyx_t_14) {
 
 
-      /* "jacext/passes.pyx":203
+      /* "jacext/passes.pyx":192
  *             n_pend += 1
  *         if last[nd] < 0:   # a value nobody reads (cannot happen after DCE)
  *             pending[n_pend] = slot[nd]             # <<<<<<<<<<<<<<
@@ -23635,7 +23633,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
       __pyx_t_17 = __pyx_v_n_pend;
       *((int32_t *) ( /* dim=0 */ ((char *) (((int32_t *) __pyx_v_pending.data) + __pyx_t_17)) )) = (*((int32_t *) ( /* dim=0 */ ((char *) (((int32_t *) __pyx_v_slot.data) + __pyx_t_15)) )));
 
-      /* "jacext/passes.pyx":204
+      /* "jacext/passes.pyx":193
  *         if last[nd] < 0:   # a value nobody reads (cannot happen after DCE)
  *             pending[n_pend] = slot[nd]
  *             n_pend += 1             # <<<<<<<<<<<<<<
@@ -23644,7 +23642,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
 */
       __pyx_v_n_pend = (__pyx_v_n_pend + 1);
 
-      /* "jacext/passes.pyx":202
+      /* "jacext/passes.pyx":191
  *             pending[n_pend] = slot[o]
  *             n_pend += 1
  *         if last[nd] < 0:   # a value nobody reads (cannot happen after DCE)             # <<<<<<<<<<<<<<
@@ -23655,7 +23653,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
   }
 
 
-  /* "jacext/passes.pyx":205
+  /* "jacext/passes.pyx":194
  *             pending[n_pend] = slot[nd]
  *             n_pend += 1
  *     cdef cnp.ndarray t_out = np.empty(n_out, dtype=np.int32)             # <<<<<<<<<<<<<<
@@ -23663,16 +23661,16 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
  *     for i in range(n_out):
 */
   __pyx_t_10 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 205, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 194, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_empty); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 205, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_empty); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 194, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __pyx_t_3 = PyLong_FromSsize_t(__pyx_v_n_out); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 205, __pyx_L1_error)
+  __pyx_t_3 = PyLong_FromSsize_t(__pyx_v_n_out); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 194, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 205, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 194, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 205, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 194, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   #if CYTHON_VECTORCALL
@@ -23693,13 +23691,13 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
     PyObject *__pyx_callargs[3] = {__pyx_t_10, __pyx_t_3, __pyx_t_2};
     #if CYTHON_VECTORCALL
     __pyx_t_4 = __pyx_mstate_global->__pyx_tuple[2];
-    if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 205, __pyx_L1_error)
+    if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 194, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_4);
     #else
     {
       PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
       __pyx_t_4 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 1);
-      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 205, __pyx_L1_error)
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 194, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_4);
     }
     #endif
@@ -23711,26 +23709,26 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
     __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 205, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 194, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
-  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 205, __pyx_L1_error)
+  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 194, __pyx_L1_error)
   __pyx_v_t_out = ((PyArrayObject *)__pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "jacext/passes.pyx":206
+  /* "jacext/passes.pyx":195
  *             n_pend += 1
  *     cdef cnp.ndarray t_out = np.empty(n_out, dtype=np.int32)
  *     cdef int32_t[::1] tout = t_out             # <<<<<<<<<<<<<<
  *     for i in range(n_out):
  *         tout[i] = slot[outs[i]]
 */
-  __pyx_t_18 = __Pyx_PyObject_to_MemoryviewSlice_dc_nn_int32_t(((PyObject *)__pyx_v_t_out), PyBUF_WRITABLE); if (unlikely(!__pyx_t_18.memview)) __PYX_ERR(0, 206, __pyx_L1_error)
+  __pyx_t_18 = __Pyx_PyObject_to_MemoryviewSlice_dc_nn_int32_t(((PyObject *)__pyx_v_t_out), PyBUF_WRITABLE); if (unlikely(!__pyx_t_18.memview)) __PYX_ERR(0, 195, __pyx_L1_error)
   __pyx_v_tout = __pyx_t_18;
   __pyx_t_18.memview = NULL;
   __pyx_t_18.data = NULL;
 
-  /* "jacext/passes.pyx":207
+  /* "jacext/passes.pyx":196
  *     cdef cnp.ndarray t_out = np.empty(n_out, dtype=np.int32)
  *     cdef int32_t[::1] tout = t_out
  *     for i in range(n_out):             # <<<<<<<<<<<<<<
@@ -23744,7 +23742,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
   for (__pyx_t_9 = 0; __pyx_t_9 < __pyx_t_13; __pyx_t_9+=1) {
     __pyx_v_i = __pyx_t_9;
 
-    /* "jacext/passes.pyx":208
+    /* "jacext/passes.pyx":197
  *     cdef int32_t[::1] tout = t_out
  *     for i in range(n_out):
  *         tout[i] = slot[outs[i]]             # <<<<<<<<<<<<<<
@@ -23758,41 +23756,41 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
   }
 
 
-  /* "jacext/passes.pyx":210
+  /* "jacext/passes.pyx":199
  *         tout[i] = slot[outs[i]]
  *     return {
  *         "op": t_op, "dst": t_dst, "a": t_a, "b": t_b, "s": t_s, "imm": t_imm,             # <<<<<<<<<<<<<<
  *         "out_slot": t_out,
  *         "const_value": const_arr,
 */
-  __pyx_t_1 = __Pyx_PyDict_NewPresized(10); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 210, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyDict_NewPresized(10); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 199, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  if (PyDict_SetItem(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_op, ((PyObject *)__pyx_v_t_op)) < (0)) __PYX_ERR(0, 210, __pyx_L1_error)
-  if (PyDict_SetItem(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_dst, ((PyObject *)__pyx_v_t_dst)) < (0)) __PYX_ERR(0, 210, __pyx_L1_error)
-  if (PyDict_SetItem(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_a, ((PyObject *)__pyx_v_t_a)) < (0)) __PYX_ERR(0, 210, __pyx_L1_error)
-  if (PyDict_SetItem(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_b, ((PyObject *)__pyx_v_t_b)) < (0)) __PYX_ERR(0, 210, __pyx_L1_error)
-  if (PyDict_SetItem(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_s, ((PyObject *)__pyx_v_t_s)) < (0)) __PYX_ERR(0, 210, __pyx_L1_error)
-  if (PyDict_SetItem(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_imm, ((PyObject *)__pyx_v_t_imm)) < (0)) __PYX_ERR(0, 210, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_op, ((PyObject *)__pyx_v_t_op)) < (0)) __PYX_ERR(0, 199, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_dst, ((PyObject *)__pyx_v_t_dst)) < (0)) __PYX_ERR(0, 199, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_a, ((PyObject *)__pyx_v_t_a)) < (0)) __PYX_ERR(0, 199, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_b, ((PyObject *)__pyx_v_t_b)) < (0)) __PYX_ERR(0, 199, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_s, ((PyObject *)__pyx_v_t_s)) < (0)) __PYX_ERR(0, 199, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_imm, ((PyObject *)__pyx_v_t_imm)) < (0)) __PYX_ERR(0, 199, __pyx_L1_error)
 
-  /* "jacext/passes.pyx":211
+  /* "jacext/passes.pyx":200
  *     return {
  *         "op": t_op, "dst": t_dst, "a": t_a, "b": t_b, "s": t_s, "imm": t_imm,
  *         "out_slot": t_out,             # <<<<<<<<<<<<<<
  *         "const_value": const_arr,
  *         "n_in": int(n_in), "n_slots": int(next_slot),
 */
-  if (PyDict_SetItem(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_out_slot, ((PyObject *)__pyx_v_t_out)) < (0)) __PYX_ERR(0, 210, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_out_slot, ((PyObject *)__pyx_v_t_out)) < (0)) __PYX_ERR(0, 199, __pyx_L1_error)
 
-  /* "jacext/passes.pyx":212
+  /* "jacext/passes.pyx":201
  *         "op": t_op, "dst": t_dst, "a": t_a, "b": t_b, "s": t_s, "imm": t_imm,
  *         "out_slot": t_out,
  *         "const_value": const_arr,             # <<<<<<<<<<<<<<
  *         "n_in": int(n_in), "n_slots": int(next_slot),
  *     }
 */
-  if (PyDict_SetItem(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_const_value, ((PyObject *)__pyx_v_const_arr)) < (0)) __PYX_ERR(0, 210, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_const_value, ((PyObject *)__pyx_v_const_arr)) < (0)) __PYX_ERR(0, 199, __pyx_L1_error)
 
-  /* "jacext/passes.pyx":213
+  /* "jacext/passes.pyx":202
  *         "out_slot": t_out,
  *         "const_value": const_arr,
  *         "n_in": int(n_in), "n_slots": int(next_slot),             # <<<<<<<<<<<<<<
@@ -23800,7 +23798,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
  * 
 */
   __pyx_t_4 = NULL;
-  __pyx_t_2 = PyLong_FromSsize_t(__pyx_v_n_in); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 213, __pyx_L1_error)
+  __pyx_t_2 = PyLong_FromSsize_t(__pyx_v_n_in); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 202, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __pyx_t_6 = 1;
   {
@@ -23808,13 +23806,13 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
     __pyx_t_5 = __Pyx_PyObject_FastCall((PyObject*)(&PyLong_Type), __pyx_callargs+__pyx_t_6, (2-__pyx_t_6) | (__pyx_t_6*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 213, __pyx_L1_error)
+    if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 202, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_5);
   }
-  if (PyDict_SetItem(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_n_in, __pyx_t_5) < (0)) __PYX_ERR(0, 210, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_n_in, __pyx_t_5) < (0)) __PYX_ERR(0, 199, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
   __pyx_t_2 = NULL;
-  __pyx_t_4 = __Pyx_PyLong_From_int64_t(__pyx_v_next_slot); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 213, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_From_int64_t(__pyx_v_next_slot); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 202, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __pyx_t_6 = 1;
   {
@@ -23822,10 +23820,10 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
     __pyx_t_5 = __Pyx_PyObject_FastCall((PyObject*)(&PyLong_Type), __pyx_callargs+__pyx_t_6, (2-__pyx_t_6) | (__pyx_t_6*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 213, __pyx_L1_error)
+    if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 202, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_5);
   }
-  if (PyDict_SetItem(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_n_slots, __pyx_t_5) < (0)) __PYX_ERR(0, 210, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_n_slots, __pyx_t_5) < (0)) __PYX_ERR(0, 199, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
   {
     PyObject *__pyx_temp;
@@ -23838,7 +23836,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "jacext/passes.pyx":38
+  /* "jacext/passes.pyx":27
  * 
  * 
  * def lower(Graph g, input_ids, output_ids):             # <<<<<<<<<<<<<<
@@ -23921,7 +23919,7 @@ static PyObject *__pyx_pf_6jacext_6passes_lower(CYTHON_UNUSED PyObject *__pyx_se
   return __pyx_r;
 }
 
-/* "jacext/passes.pyx":217
+/* "jacext/passes.pyx":206
  * 
  * 
  * def tape_groups(tape):             # <<<<<<<<<<<<<<
@@ -23969,32 +23967,32 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_tape,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 217, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 206, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 217, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 206, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "tape_groups", 0) < (0)) __PYX_ERR(0, 217, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "tape_groups", 0) < (0)) __PYX_ERR(0, 206, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 1; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("tape_groups", 1, 1, 1, i); __PYX_ERR(0, 217, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("tape_groups", 1, 1, 1, i); __PYX_ERR(0, 206, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 1)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 217, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 206, __pyx_L3_error)
     }
     __pyx_v_tape = values[0];
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("tape_groups", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 217, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("tape_groups", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 206, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -24072,7 +24070,7 @@ static PyObject *__pyx_pf_6jacext_6passes_2tape_groups(CYTHON_UNUSED PyObject *_
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("tape_groups", 0);
 
-  /* "jacext/passes.pyx":223
+  /* "jacext/passes.pyx":212
  *     instruction reading (a, b or SELECT's s) or writing a slot that an earlier one of its
  *     group writes.  One pass with the last writer of every slot."""
  *     cdef const int32_t[::1] op = np.ascontiguousarray(tape["op"], dtype=np.int32)             # <<<<<<<<<<<<<<
@@ -24080,16 +24078,16 @@ static PyObject *__pyx_pf_6jacext_6passes_2tape_groups(CYTHON_UNUSED PyObject *_
  *     cdef const int32_t[::1] dst = np.ascontiguousarray(tape["dst"], dtype=np.int32)
 */
   __pyx_t_2 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 223, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 212, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_ascontiguousarray); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 223, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_ascontiguousarray); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 212, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __pyx_t_3 = __Pyx_PyObject_Dict_GetItem(__pyx_v_tape, __pyx_mstate_global->__pyx_n_u_op); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 223, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyObject_Dict_GetItem(__pyx_v_tape, __pyx_mstate_global->__pyx_n_u_op); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 212, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __Pyx_GetModuleGlobalName(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 223, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 212, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 223, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 212, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
   #if CYTHON_VECTORCALL
@@ -24110,13 +24108,13 @@ static PyObject *__pyx_pf_6jacext_6passes_2tape_groups(CYTHON_UNUSED PyObject *_
     PyObject *__pyx_callargs[3] = {__pyx_t_2, __pyx_t_3, __pyx_t_6};
     #if CYTHON_VECTORCALL
     __pyx_t_5 = __pyx_mstate_global->__pyx_tuple[2];
-    if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 223, __pyx_L1_error)
+    if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 212, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_5);
     #else
     {
       PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
       __pyx_t_5 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 1);
-      if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 223, __pyx_L1_error)
+      if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 212, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_5);
     }
     #endif
@@ -24128,16 +24126,16 @@ static PyObject *__pyx_pf_6jacext_6passes_2tape_groups(CYTHON_UNUSED PyObject *_
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
     __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 223, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 212, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
-  __pyx_t_8 = __Pyx_PyObject_to_MemoryviewSlice_dc_nn_int32_t__const__(__pyx_t_1, 0); if (unlikely(!__pyx_t_8.memview)) __PYX_ERR(0, 223, __pyx_L1_error)
+  __pyx_t_8 = __Pyx_PyObject_to_MemoryviewSlice_dc_nn_int32_t__const__(__pyx_t_1, 0); if (unlikely(!__pyx_t_8.memview)) __PYX_ERR(0, 212, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   __pyx_v_op = __pyx_t_8;
   __pyx_t_8.memview = NULL;
   __pyx_t_8.data = NULL;
 
-  /* "jacext/passes.pyx":224
+  /* "jacext/passes.pyx":213
  *     group writes.  One pass with the last writer of every slot."""
  *     cdef const int32_t[::1] op = np.ascontiguousarray(tape["op"], dtype=np.int32)
  *     cdef const double[::1] imm = np.ascontiguousarray(tape["imm"], dtype=np.float64)             # <<<<<<<<<<<<<<
@@ -24145,16 +24143,16 @@ static PyObject *__pyx_pf_6jacext_6passes_2tape_groups(CYTHON_UNUSED PyObject *_
  *     cdef const int32_t[::1] a = np.ascontiguousarray(tape["a"], dtype=np.int32)
 */
   __pyx_t_4 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 224, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 213, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_ascontiguousarray); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 224, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_ascontiguousarray); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 213, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-  __pyx_t_5 = __Pyx_PyObject_Dict_GetItem(__pyx_v_tape, __pyx_mstate_global->__pyx_n_u_imm); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 224, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyObject_Dict_GetItem(__pyx_v_tape, __pyx_mstate_global->__pyx_n_u_imm); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 213, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 224, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 213, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_float64); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 224, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_float64); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 213, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   #if CYTHON_VECTORCALL
@@ -24175,13 +24173,13 @@ static PyObject *__pyx_pf_6jacext_6passes_2tape_groups(CYTHON_UNUSED PyObject *_
     PyObject *__pyx_callargs[3] = {__pyx_t_4, __pyx_t_5, __pyx_t_2};
     #if CYTHON_VECTORCALL
     __pyx_t_3 = __pyx_mstate_global->__pyx_tuple[2];
-    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 224, __pyx_L1_error)
+    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 213, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_3);
     #else
     {
       PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
       __pyx_t_3 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 1);
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 224, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 213, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     #endif
@@ -24193,16 +24191,16 @@ static PyObject *__pyx_pf_6jacext_6passes_2tape_groups(CYTHON_UNUSED PyObject *_
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 224, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 213, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
-  __pyx_t_9 = __Pyx_PyObject_to_MemoryviewSlice_dc_double__const__(__pyx_t_1, 0); if (unlikely(!__pyx_t_9.memview)) __PYX_ERR(0, 224, __pyx_L1_error)
+  __pyx_t_9 = __Pyx_PyObject_to_MemoryviewSlice_dc_double__const__(__pyx_t_1, 0); if (unlikely(!__pyx_t_9.memview)) __PYX_ERR(0, 213, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   __pyx_v_imm = __pyx_t_9;
   __pyx_t_9.memview = NULL;
   __pyx_t_9.data = NULL;
 
-  /* "jacext/passes.pyx":225
+  /* "jacext/passes.pyx":214
  *     cdef const int32_t[::1] op = np.ascontiguousarray(tape["op"], dtype=np.int32)
  *     cdef const double[::1] imm = np.ascontiguousarray(tape["imm"], dtype=np.float64)
  *     cdef const int32_t[::1] dst = np.ascontiguousarray(tape["dst"], dtype=np.int32)             # <<<<<<<<<<<<<<
@@ -24210,16 +24208,16 @@ static PyObject *__pyx_pf_6jacext_6passes_2tape_groups(CYTHON_UNUSED PyObject *_
  *     cdef const int32_t[::1] b = np.ascontiguousarray(tape["b"], dtype=np.int32)
 */
   __pyx_t_6 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 225, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 214, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_ascontiguousarray); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 225, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_ascontiguousarray); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 214, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __pyx_t_3 = __Pyx_PyObject_Dict_GetItem(__pyx_v_tape, __pyx_mstate_global->__pyx_n_u_dst); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 225, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyObject_Dict_GetItem(__pyx_v_tape, __pyx_mstate_global->__pyx_n_u_dst); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 214, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __Pyx_GetModuleGlobalName(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 225, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 214, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 225, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 214, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
   #if CYTHON_VECTORCALL
@@ -24240,13 +24238,13 @@ static PyObject *__pyx_pf_6jacext_6passes_2tape_groups(CYTHON_UNUSED PyObject *_
     PyObject *__pyx_callargs[3] = {__pyx_t_6, __pyx_t_3, __pyx_t_4};
     #if CYTHON_VECTORCALL
     __pyx_t_5 = __pyx_mstate_global->__pyx_tuple[2];
-    if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 225, __pyx_L1_error)
+    if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 214, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_5);
     #else
     {
       PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
       __pyx_t_5 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 1);
-      if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 225, __pyx_L1_error)
+      if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 214, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_5);
     }
     #endif
@@ -24258,16 +24256,16 @@ static PyObject *__pyx_pf_6jacext_6passes_2tape_groups(CYTHON_UNUSED PyObject *_
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
     __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 225, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 214, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
-  __pyx_t_10 = __Pyx_PyObject_to_MemoryviewSlice_dc_nn_int32_t__const__(__pyx_t_1, 0); if (unlikely(!__pyx_t_10.memview)) __PYX_ERR(0, 225, __pyx_L1_error)
+  __pyx_t_10 = __Pyx_PyObject_to_MemoryviewSlice_dc_nn_int32_t__const__(__pyx_t_1, 0); if (unlikely(!__pyx_t_10.memview)) __PYX_ERR(0, 214, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   __pyx_v_dst = __pyx_t_10;
   __pyx_t_10.memview = NULL;
   __pyx_t_10.data = NULL;
 
-  /* "jacext/passes.pyx":226
+  /* "jacext/passes.pyx":215
  *     cdef const double[::1] imm = np.ascontiguousarray(tape["imm"], dtype=np.float64)
  *     cdef const int32_t[::1] dst = np.ascontiguousarray(tape["dst"], dtype=np.int32)
  *     cdef const int32_t[::1] a = np.ascontiguousarray(tape["a"], dtype=np.int32)             # <<<<<<<<<<<<<<
@@ -24275,16 +24273,16 @@ static PyObject *__pyx_pf_6jacext_6passes_2tape_groups(CYTHON_UNUSED PyObject *_
  *     cdef const int32_t[::1] s = np.ascontiguousarray(tape["s"], dtype=np.int32)
 */
   __pyx_t_2 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 226, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 215, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_ascontiguousarray); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 226, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_ascontiguousarray); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 215, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-  __pyx_t_5 = __Pyx_PyObject_Dict_GetItem(__pyx_v_tape, __pyx_mstate_global->__pyx_n_u_a); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 226, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyObject_Dict_GetItem(__pyx_v_tape, __pyx_mstate_global->__pyx_n_u_a); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 215, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 226, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 215, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 226, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 215, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   #if CYTHON_VECTORCALL
@@ -24305,13 +24303,13 @@ static PyObject *__pyx_pf_6jacext_6passes_2tape_groups(CYTHON_UNUSED PyObject *_
     PyObject *__pyx_callargs[3] = {__pyx_t_2, __pyx_t_5, __pyx_t_6};
     #if CYTHON_VECTORCALL
     __pyx_t_3 = __pyx_mstate_global->__pyx_tuple[2];
-    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 226, __pyx_L1_error)
+    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 215, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_3);
     #else
     {
       PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
       __pyx_t_3 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 1);
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 226, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 215, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     #endif
@@ -24323,16 +24321,16 @@ static PyObject *__pyx_pf_6jacext_6passes_2tape_groups(CYTHON_UNUSED PyObject *_
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 226, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 215, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
-  __pyx_t_11 = __Pyx_PyObject_to_MemoryviewSlice_dc_nn_int32_t__const__(__pyx_t_1, 0); if (unlikely(!__pyx_t_11.memview)) __PYX_ERR(0, 226, __pyx_L1_error)
+  __pyx_t_11 = __Pyx_PyObject_to_MemoryviewSlice_dc_nn_int32_t__const__(__pyx_t_1, 0); if (unlikely(!__pyx_t_11.memview)) __PYX_ERR(0, 215, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   __pyx_v_a = __pyx_t_11;
   __pyx_t_11.memview = NULL;
   __pyx_t_11.data = NULL;
 
-  /* "jacext/passes.pyx":227
+  /* "jacext/passes.pyx":216
  *     cdef const int32_t[::1] dst = np.ascontiguousarray(tape["dst"], dtype=np.int32)
  *     cdef const int32_t[::1] a = np.ascontiguousarray(tape["a"], dtype=np.int32)
  *     cdef const int32_t[::1] b = np.ascontiguousarray(tape["b"], dtype=np.int32)             # <<<<<<<<<<<<<<
@@ -24340,16 +24338,16 @@ static PyObject *__pyx_pf_6jacext_6passes_2tape_groups(CYTHON_UNUSED PyObject *_
  *     cdef Py_ssize_t n = op.shape[0], j
 */
   __pyx_t_4 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 227, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 216, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_ascontiguousarray); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 227, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_ascontiguousarray); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 216, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __pyx_t_3 = __Pyx_PyObject_Dict_GetItem(__pyx_v_tape, __pyx_mstate_global->__pyx_n_u_b); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 227, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyObject_Dict_GetItem(__pyx_v_tape, __pyx_mstate_global->__pyx_n_u_b); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 216, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __Pyx_GetModuleGlobalName(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 227, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 216, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 227, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 216, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
   #if CYTHON_VECTORCALL
@@ -24370,13 +24368,13 @@ static PyObject *__pyx_pf_6jacext_6passes_2tape_groups(CYTHON_UNUSED PyObject *_
     PyObject *__pyx_callargs[3] = {__pyx_t_4, __pyx_t_3, __pyx_t_2};
     #if CYTHON_VECTORCALL
     __pyx_t_5 = __pyx_mstate_global->__pyx_tuple[2];
-    if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 227, __pyx_L1_error)
+    if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 216, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_5);
     #else
     {
       PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
       __pyx_t_5 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 1);
-      if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 227, __pyx_L1_error)
+      if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 216, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_5);
     }
     #endif
@@ -24388,16 +24386,16 @@ static PyObject *__pyx_pf_6jacext_6passes_2tape_groups(CYTHON_UNUSED PyObject *_
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 227, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 216, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
-  __pyx_t_12 = __Pyx_PyObject_to_MemoryviewSlice_dc_nn_int32_t__const__(__pyx_t_1, 0); if (unlikely(!__pyx_t_12.memview)) __PYX_ERR(0, 227, __pyx_L1_error)
+  __pyx_t_12 = __Pyx_PyObject_to_MemoryviewSlice_dc_nn_int32_t__const__(__pyx_t_1, 0); if (unlikely(!__pyx_t_12.memview)) __PYX_ERR(0, 216, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   __pyx_v_b = __pyx_t_12;
   __pyx_t_12.memview = NULL;
   __pyx_t_12.data = NULL;
 
-  /* "jacext/passes.pyx":228
+  /* "jacext/passes.pyx":217
  *     cdef const int32_t[::1] a = np.ascontiguousarray(tape["a"], dtype=np.int32)
  *     cdef const int32_t[::1] b = np.ascontiguousarray(tape["b"], dtype=np.int32)
  *     cdef const int32_t[::1] s = np.ascontiguousarray(tape["s"], dtype=np.int32)             # <<<<<<<<<<<<<<
@@ -24405,16 +24403,16 @@ static PyObject *__pyx_pf_6jacext_6passes_2tape_groups(CYTHON_UNUSED PyObject *_
  *     if (imm.shape[0] != n or dst.shape[0] != n or a.shape[0] != n or b.shape[0] != n
 */
   __pyx_t_6 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 228, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 217, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_ascontiguousarray); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 228, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_ascontiguousarray); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 217, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-  __pyx_t_5 = __Pyx_PyObject_Dict_GetItem(__pyx_v_tape, __pyx_mstate_global->__pyx_n_u_s); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 228, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyObject_Dict_GetItem(__pyx_v_tape, __pyx_mstate_global->__pyx_n_u_s); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 217, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 228, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 217, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 228, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 217, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   #if CYTHON_VECTORCALL
@@ -24435,13 +24433,13 @@ static PyObject *__pyx_pf_6jacext_6passes_2tape_groups(CYTHON_UNUSED PyObject *_
     PyObject *__pyx_callargs[3] = {__pyx_t_6, __pyx_t_5, __pyx_t_4};
     #if CYTHON_VECTORCALL
     __pyx_t_3 = __pyx_mstate_global->__pyx_tuple[2];
-    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 228, __pyx_L1_error)
+    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 217, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_3);
     #else
     {
       PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
       __pyx_t_3 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 1);
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 228, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 217, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     #endif
@@ -24453,16 +24451,16 @@ static PyObject *__pyx_pf_6jacext_6passes_2tape_groups(CYTHON_UNUSED PyObject *_
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 228, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 217, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
-  __pyx_t_13 = __Pyx_PyObject_to_MemoryviewSlice_dc_nn_int32_t__const__(__pyx_t_1, 0); if (unlikely(!__pyx_t_13.memview)) __PYX_ERR(0, 228, __pyx_L1_error)
+  __pyx_t_13 = __Pyx_PyObject_to_MemoryviewSlice_dc_nn_int32_t__const__(__pyx_t_1, 0); if (unlikely(!__pyx_t_13.memview)) __PYX_ERR(0, 217, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   __pyx_v_s = __pyx_t_13;
   __pyx_t_13.memview = NULL;
   __pyx_t_13.data = NULL;
 
-  /* "jacext/passes.pyx":229
+  /* "jacext/passes.pyx":218
  *     cdef const int32_t[::1] b = np.ascontiguousarray(tape["b"], dtype=np.int32)
  *     cdef const int32_t[::1] s = np.ascontiguousarray(tape["s"], dtype=np.int32)
  *     cdef Py_ssize_t n = op.shape[0], j             # <<<<<<<<<<<<<<
@@ -24471,7 +24469,7 @@ static PyObject *__pyx_pf_6jacext_6passes_2tape_groups(CYTHON_UNUSED PyObject *_
 */
   __pyx_v_n = (__pyx_v_op.shape[0]);
 
-  /* "jacext/passes.pyx":230
+  /* "jacext/passes.pyx":219
  *     cdef const int32_t[::1] s = np.ascontiguousarray(tape["s"], dtype=np.int32)
  *     cdef Py_ssize_t n = op.shape[0], j
  *     if (imm.shape[0] != n or dst.shape[0] != n or a.shape[0] != n or b.shape[0] != n             # <<<<<<<<<<<<<<
@@ -24509,7 +24507,7 @@ static PyObject *__pyx_pf_6jacext_6passes_2tape_groups(CYTHON_UNUSED PyObject *_
     goto __pyx_L4_bool_binop_done;
   }
 
-  /* "jacext/passes.pyx":231
+  /* "jacext/passes.pyx":220
  *     cdef Py_ssize_t n = op.shape[0], j
  *     if (imm.shape[0] != n or dst.shape[0] != n or a.shape[0] != n or b.shape[0] != n
  *             or s.shape[0] != n):             # <<<<<<<<<<<<<<
@@ -24533,7 +24531,7 @@ static PyObject *__pyx_pf_6jacext_6passes_2tape_groups(CYTHON_UNUSED PyObject *_
 
   __pyx_L4_bool_binop_done:;
 
-  /* "jacext/passes.pyx":230
+  /* "jacext/passes.pyx":219
  *     cdef const int32_t[::1] s = np.ascontiguousarray(tape["s"], dtype=np.int32)
  *     cdef Py_ssize_t n = op.shape[0], j
  *     if (imm.shape[0] != n or dst.shape[0] != n or a.shape[0] != n or b.shape[0] != n             # <<<<<<<<<<<<<<
@@ -24543,7 +24541,7 @@ static PyObject *__pyx_pf_6jacext_6passes_2tape_groups(CYTHON_UNUSED PyObject *_
   if (unlikely(__pyx_t_14)) {
 
 
-    /* "jacext/passes.pyx":232
+    /* "jacext/passes.pyx":221
  *     if (imm.shape[0] != n or dst.shape[0] != n or a.shape[0] != n or b.shape[0] != n
  *             or s.shape[0] != n):
  *         raise ValueError("jacext: tape arrays differ in length")             # <<<<<<<<<<<<<<
@@ -24556,14 +24554,14 @@ static PyObject *__pyx_pf_6jacext_6passes_2tape_groups(CYTHON_UNUSED PyObject *_
       PyObject *__pyx_callargs[2] = {__pyx_t_2, __pyx_mstate_global->__pyx_kp_u_jacext_tape_arrays_differ_in_len};
       __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_7, (2-__pyx_t_7) | (__pyx_t_7*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
-      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 232, __pyx_L1_error)
+      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 221, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_1);
     }
     __Pyx_Raise(__pyx_t_1, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-    __PYX_ERR(0, 232, __pyx_L1_error)
+    __PYX_ERR(0, 221, __pyx_L1_error)
 
-    /* "jacext/passes.pyx":230
+    /* "jacext/passes.pyx":219
  *     cdef const int32_t[::1] s = np.ascontiguousarray(tape["s"], dtype=np.int32)
  *     cdef Py_ssize_t n = op.shape[0], j
  *     if (imm.shape[0] != n or dst.shape[0] != n or a.shape[0] != n or b.shape[0] != n             # <<<<<<<<<<<<<<
@@ -24572,7 +24570,7 @@ static PyObject *__pyx_pf_6jacext_6passes_2tape_groups(CYTHON_UNUSED PyObject *_
 */
   }
 
-  /* "jacext/passes.pyx":233
+  /* "jacext/passes.pyx":222
  *             or s.shape[0] != n):
  *         raise ValueError("jacext: tape arrays differ in length")
  *     cdef int32_t n_slots = 0             # <<<<<<<<<<<<<<
@@ -24581,7 +24579,7 @@ static PyObject *__pyx_pf_6jacext_6passes_2tape_groups(CYTHON_UNUSED PyObject *_
 */
   __pyx_v_n_slots = 0;
 
-  /* "jacext/passes.pyx":234
+  /* "jacext/passes.pyx":223
  *         raise ValueError("jacext: tape arrays differ in length")
  *     cdef int32_t n_slots = 0
  *     for j in range(n):             # <<<<<<<<<<<<<<
@@ -24595,7 +24593,7 @@ static PyObject *__pyx_pf_6jacext_6passes_2tape_groups(CYTHON_UNUSED PyObject *_
   for (__pyx_t_18 = 0; __pyx_t_18 < __pyx_t_17; __pyx_t_18+=1) {
     __pyx_v_j = __pyx_t_18;
 
-    /* "jacext/passes.pyx":235
+    /* "jacext/passes.pyx":224
  *     cdef int32_t n_slots = 0
  *     for j in range(n):
  *         if dst[j] < 0 or a[j] < 0 or b[j] < 0 or s[j] < 0:             # <<<<<<<<<<<<<<
@@ -24645,7 +24643,7 @@ static PyObject *__pyx_pf_6jacext_6passes_2tape_groups(CYTHON_UNUSED PyObject *_
     if (unlikely(__pyx_t_14)) {
 
 
-      /* "jacext/passes.pyx":236
+      /* "jacext/passes.pyx":225
  *     for j in range(n):
  *         if dst[j] < 0 or a[j] < 0 or b[j] < 0 or s[j] < 0:
  *             raise ValueError("jacext: negative slot in a tape")             # <<<<<<<<<<<<<<
@@ -24658,14 +24656,14 @@ static PyObject *__pyx_pf_6jacext_6passes_2tape_groups(CYTHON_UNUSED PyObject *_
         PyObject *__pyx_callargs[2] = {__pyx_t_2, __pyx_mstate_global->__pyx_kp_u_jacext_negative_slot_in_a_tape};
         __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_7, (2-__pyx_t_7) | (__pyx_t_7*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
         __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
-        if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 236, __pyx_L1_error)
+        if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 225, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_1);
       }
       __Pyx_Raise(__pyx_t_1, 0, 0, 0);
       __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-      __PYX_ERR(0, 236, __pyx_L1_error)
+      __PYX_ERR(0, 225, __pyx_L1_error)
 
-      /* "jacext/passes.pyx":235
+      /* "jacext/passes.pyx":224
  *     cdef int32_t n_slots = 0
  *     for j in range(n):
  *         if dst[j] < 0 or a[j] < 0 or b[j] < 0 or s[j] < 0:             # <<<<<<<<<<<<<<
@@ -24674,7 +24672,7 @@ static PyObject *__pyx_pf_6jacext_6passes_2tape_groups(CYTHON_UNUSED PyObject *_
 */
     }
 
-    /* "jacext/passes.pyx":237
+    /* "jacext/passes.pyx":226
  *         if dst[j] < 0 or a[j] < 0 or b[j] < 0 or s[j] < 0:
  *             raise ValueError("jacext: negative slot in a tape")
  *         n_slots = max(n_slots, dst[j] + 1, a[j] + 1, b[j] + 1, s[j] + 1)             # <<<<<<<<<<<<<<
@@ -24749,7 +24747,7 @@ static PyObject *__pyx_pf_6jacext_6passes_2tape_groups(CYTHON_UNUSED PyObject *_
   }
 
 
-  /* "jacext/passes.pyx":238
+  /* "jacext/passes.pyx":227
  *             raise ValueError("jacext: negative slot in a tape")
  *         n_slots = max(n_slots, dst[j] + 1, a[j] + 1, b[j] + 1, s[j] + 1)
  *     cdef cnp.ndarray last_arr = np.full(n_slots, -1, dtype=np.int64)             # <<<<<<<<<<<<<<
@@ -24757,16 +24755,16 @@ static PyObject *__pyx_pf_6jacext_6passes_2tape_groups(CYTHON_UNUSED PyObject *_
  *     cdef cnp.ndarray first_arr = np.empty(n, dtype=np.int64)
 */
   __pyx_t_2 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 238, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 227, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_full); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 238, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_full); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 227, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __pyx_t_3 = __Pyx_PyLong_From_int32_t(__pyx_v_n_slots); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 238, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_From_int32_t(__pyx_v_n_slots); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 227, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __Pyx_GetModuleGlobalName(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 238, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 227, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_int64); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 238, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_int64); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 227, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
   #if CYTHON_VECTORCALL
@@ -24787,13 +24785,13 @@ static PyObject *__pyx_pf_6jacext_6passes_2tape_groups(CYTHON_UNUSED PyObject *_
     PyObject *__pyx_callargs[4] = {__pyx_t_2, __pyx_t_3, __pyx_mstate_global->__pyx_int_neg_1, __pyx_t_6};
     #if CYTHON_VECTORCALL
     __pyx_t_5 = __pyx_mstate_global->__pyx_tuple[2];
-    if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 238, __pyx_L1_error)
+    if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 227, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_5);
     #else
     {
       PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
       __pyx_t_5 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+3, 1);
-      if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 238, __pyx_L1_error)
+      if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 227, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_5);
     }
     #endif
@@ -24805,26 +24803,26 @@ static PyObject *__pyx_pf_6jacext_6passes_2tape_groups(CYTHON_UNUSED PyObject *_
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
     __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 238, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 227, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
-  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 238, __pyx_L1_error)
+  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 227, __pyx_L1_error)
   __pyx_v_last_arr = ((PyArrayObject *)__pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "jacext/passes.pyx":239
+  /* "jacext/passes.pyx":228
  *         n_slots = max(n_slots, dst[j] + 1, a[j] + 1, b[j] + 1, s[j] + 1)
  *     cdef cnp.ndarray last_arr = np.full(n_slots, -1, dtype=np.int64)
  *     cdef int64_t[::1] last = last_arr             # <<<<<<<<<<<<<<
  *     cdef cnp.ndarray first_arr = np.empty(n, dtype=np.int64)
  *     cdef int64_t[::1] first = first_arr
 */
-  __pyx_t_27 = __Pyx_PyObject_to_MemoryviewSlice_dc_nn_int64_t(((PyObject *)__pyx_v_last_arr), PyBUF_WRITABLE); if (unlikely(!__pyx_t_27.memview)) __PYX_ERR(0, 239, __pyx_L1_error)
+  __pyx_t_27 = __Pyx_PyObject_to_MemoryviewSlice_dc_nn_int64_t(((PyObject *)__pyx_v_last_arr), PyBUF_WRITABLE); if (unlikely(!__pyx_t_27.memview)) __PYX_ERR(0, 228, __pyx_L1_error)
   __pyx_v_last = __pyx_t_27;
   __pyx_t_27.memview = NULL;
   __pyx_t_27.data = NULL;
 
-  /* "jacext/passes.pyx":240
+  /* "jacext/passes.pyx":229
  *     cdef cnp.ndarray last_arr = np.full(n_slots, -1, dtype=np.int64)
  *     cdef int64_t[::1] last = last_arr
  *     cdef cnp.ndarray first_arr = np.empty(n, dtype=np.int64)             # <<<<<<<<<<<<<<
@@ -24832,16 +24830,16 @@ static PyObject *__pyx_pf_6jacext_6passes_2tape_groups(CYTHON_UNUSED PyObject *_
  *     cdef Py_ssize_t n_groups = 0, start = 0
 */
   __pyx_t_4 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 240, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 229, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_empty); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 240, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_empty); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 229, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-  __pyx_t_5 = PyLong_FromSsize_t(__pyx_v_n); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 240, __pyx_L1_error)
+  __pyx_t_5 = PyLong_FromSsize_t(__pyx_v_n); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 229, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 240, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 229, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_int64); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 240, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_int64); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 229, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   #if CYTHON_VECTORCALL
@@ -24862,13 +24860,13 @@ static PyObject *__pyx_pf_6jacext_6passes_2tape_groups(CYTHON_UNUSED PyObject *_
     PyObject *__pyx_callargs[3] = {__pyx_t_4, __pyx_t_5, __pyx_t_2};
     #if CYTHON_VECTORCALL
     __pyx_t_3 = __pyx_mstate_global->__pyx_tuple[2];
-    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 240, __pyx_L1_error)
+    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 229, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_3);
     #else
     {
       PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
       __pyx_t_3 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 1);
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 240, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 229, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     #endif
@@ -24880,26 +24878,26 @@ static PyObject *__pyx_pf_6jacext_6passes_2tape_groups(CYTHON_UNUSED PyObject *_
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 240, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 229, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
-  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 240, __pyx_L1_error)
+  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 229, __pyx_L1_error)
   __pyx_v_first_arr = ((PyArrayObject *)__pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "jacext/passes.pyx":241
+  /* "jacext/passes.pyx":230
  *     cdef int64_t[::1] last = last_arr
  *     cdef cnp.ndarray first_arr = np.empty(n, dtype=np.int64)
  *     cdef int64_t[::1] first = first_arr             # <<<<<<<<<<<<<<
  *     cdef Py_ssize_t n_groups = 0, start = 0
  *     cdef int32_t word, base
 */
-  __pyx_t_27 = __Pyx_PyObject_to_MemoryviewSlice_dc_nn_int64_t(((PyObject *)__pyx_v_first_arr), PyBUF_WRITABLE); if (unlikely(!__pyx_t_27.memview)) __PYX_ERR(0, 241, __pyx_L1_error)
+  __pyx_t_27 = __Pyx_PyObject_to_MemoryviewSlice_dc_nn_int64_t(((PyObject *)__pyx_v_first_arr), PyBUF_WRITABLE); if (unlikely(!__pyx_t_27.memview)) __PYX_ERR(0, 230, __pyx_L1_error)
   __pyx_v_first = __pyx_t_27;
   __pyx_t_27.memview = NULL;
   __pyx_t_27.data = NULL;
 
-  /* "jacext/passes.pyx":242
+  /* "jacext/passes.pyx":231
  *     cdef cnp.ndarray first_arr = np.empty(n, dtype=np.int64)
  *     cdef int64_t[::1] first = first_arr
  *     cdef Py_ssize_t n_groups = 0, start = 0             # <<<<<<<<<<<<<<
@@ -24909,7 +24907,7 @@ static PyObject *__pyx_pf_6jacext_6passes_2tape_groups(CYTHON_UNUSED PyObject *_
   __pyx_v_n_groups = 0;
   __pyx_v_start = 0;
 
-  /* "jacext/passes.pyx":245
+  /* "jacext/passes.pyx":234
  *     cdef int32_t word, base
  *     cdef bint use_a, use_b, use_s, cut
  *     for j in range(n):             # <<<<<<<<<<<<<<
@@ -24923,7 +24921,7 @@ static PyObject *__pyx_pf_6jacext_6passes_2tape_groups(CYTHON_UNUSED PyObject *_
   for (__pyx_t_18 = 0; __pyx_t_18 < __pyx_t_17; __pyx_t_18+=1) {
     __pyx_v_j = __pyx_t_18;
 
-    /* "jacext/passes.pyx":246
+    /* "jacext/passes.pyx":235
  *     cdef bint use_a, use_b, use_s, cut
  *     for j in range(n):
  *         word = op[j]             # <<<<<<<<<<<<<<
@@ -24933,7 +24931,7 @@ static PyObject *__pyx_pf_6jacext_6passes_2tape_groups(CYTHON_UNUSED PyObject *_
     __pyx_t_19 = __pyx_v_j;
     __pyx_v_word = (*((int32_t const  *) ( /* dim=0 */ ((char *) (((int32_t const  *) __pyx_v_op.data) + __pyx_t_19)) )));
 
-    /* "jacext/passes.pyx":247
+    /* "jacext/passes.pyx":236
  *     for j in range(n):
  *         word = op[j]
  *         base = word & JX_OP_MASK             # <<<<<<<<<<<<<<
@@ -24942,7 +24940,7 @@ static PyObject *__pyx_pf_6jacext_6passes_2tape_groups(CYTHON_UNUSED PyObject *_
 */
     __pyx_v_base = (__pyx_v_word & JX_OP_MASK);
 
-    /* "jacext/passes.pyx":248
+    /* "jacext/passes.pyx":237
  *         word = op[j]
  *         base = word & JX_OP_MASK
  *         if base < 0 or base >= JX_N_OPS:             # <<<<<<<<<<<<<<
@@ -24968,7 +24966,7 @@ static PyObject *__pyx_pf_6jacext_6passes_2tape_groups(CYTHON_UNUSED PyObject *_
     if (unlikely(__pyx_t_14)) {
 
 
-      /* "jacext/passes.pyx":249
+      /* "jacext/passes.pyx":238
  *         base = word & JX_OP_MASK
  *         if base < 0 or base >= JX_N_OPS:
  *             raise ValueError(f"jacext: no op number {base}")             # <<<<<<<<<<<<<<
@@ -24976,9 +24974,9 @@ static PyObject *__pyx_pf_6jacext_6passes_2tape_groups(CYTHON_UNUSED PyObject *_
  *         use_b = jx_op_arity[base] >= 2 and not (word & JX_B_IMM)
 */
       __pyx_t_6 = NULL;
-      __pyx_t_3 = __Pyx_PyUnicode_From_int32_t(__pyx_v_base, 0, ' ', 'd'); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 249, __pyx_L1_error)
+      __pyx_t_3 = __Pyx_PyUnicode_From_int32_t(__pyx_v_base, 0, ' ', 'd'); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 238, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
-      __pyx_t_2 = __Pyx_PyUnicode_Concat(__pyx_mstate_global->__pyx_kp_u_jacext_no_op_number, __pyx_t_3); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 249, __pyx_L1_error)
+      __pyx_t_2 = __Pyx_PyUnicode_Concat(__pyx_mstate_global->__pyx_kp_u_jacext_no_op_number, __pyx_t_3); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 238, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
       __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
       __pyx_t_7 = 1;
@@ -24987,14 +24985,14 @@ static PyObject *__pyx_pf_6jacext_6passes_2tape_groups(CYTHON_UNUSED PyObject *_
         __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_7, (2-__pyx_t_7) | (__pyx_t_7*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
         __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
         __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-        if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 249, __pyx_L1_error)
+        if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 238, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_1);
       }
       __Pyx_Raise(__pyx_t_1, 0, 0, 0);
       __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-      __PYX_ERR(0, 249, __pyx_L1_error)
+      __PYX_ERR(0, 238, __pyx_L1_error)
 
-      /* "jacext/passes.pyx":248
+      /* "jacext/passes.pyx":237
  *         word = op[j]
  *         base = word & JX_OP_MASK
  *         if base < 0 or base >= JX_N_OPS:             # <<<<<<<<<<<<<<
@@ -25003,7 +25001,7 @@ static PyObject *__pyx_pf_6jacext_6passes_2tape_groups(CYTHON_UNUSED PyObject *_
 */
     }
 
-    /* "jacext/passes.pyx":250
+    /* "jacext/passes.pyx":239
  *         if base < 0 or base >= JX_N_OPS:
  *             raise ValueError(f"jacext: no op number {base}")
  *         use_a = not (word & JX_A_IMM)             # <<<<<<<<<<<<<<
@@ -25012,7 +25010,7 @@ static PyObject *__pyx_pf_6jacext_6passes_2tape_groups(CYTHON_UNUSED PyObject *_
 */
     __pyx_v_use_a = (!((__pyx_v_word & JX_A_IMM) != 0));
 
-    /* "jacext/passes.pyx":251
+    /* "jacext/passes.pyx":240
  *             raise ValueError(f"jacext: no op number {base}")
  *         use_a = not (word & JX_A_IMM)
  *         use_b = jx_op_arity[base] >= 2 and not (word & JX_B_IMM)             # <<<<<<<<<<<<<<
@@ -25037,20 +25035,20 @@ static PyObject *__pyx_pf_6jacext_6passes_2tape_groups(CYTHON_UNUSED PyObject *_
     __pyx_L21_bool_binop_done:;
     __pyx_v_use_b = __pyx_t_14;
 
-    /* "jacext/passes.pyx":252
+    /* "jacext/passes.pyx":241
  *         use_a = not (word & JX_A_IMM)
  *         use_b = jx_op_arity[base] >= 2 and not (word & JX_B_IMM)
  *         use_s = jx_op_arity[base] == 3             # <<<<<<<<<<<<<<
  *         cut = j == 0 or word != op[j - 1] or (
- *             (word & (JX_A_IMM | JX_B_IMM)) and _dbits(imm[j]) != _dbits(imm[j - 1]))
+ *             (word & (JX_A_IMM | JX_B_IMM)) and dbits(imm[j]) != dbits(imm[j - 1]))
 */
     __pyx_v_use_s = ((jx_op_arity[__pyx_v_base]) == 3);
 
-    /* "jacext/passes.pyx":253
+    /* "jacext/passes.pyx":242
  *         use_b = jx_op_arity[base] >= 2 and not (word & JX_B_IMM)
  *         use_s = jx_op_arity[base] == 3
  *         cut = j == 0 or word != op[j - 1] or (             # <<<<<<<<<<<<<<
- *             (word & (JX_A_IMM | JX_B_IMM)) and _dbits(imm[j]) != _dbits(imm[j - 1]))
+ *             (word & (JX_A_IMM | JX_B_IMM)) and dbits(imm[j]) != dbits(imm[j - 1]))
  *         if not cut:
 */
     __pyx_t_15 = (__pyx_v_j == 0);
@@ -25075,10 +25073,10 @@ static PyObject *__pyx_pf_6jacext_6passes_2tape_groups(CYTHON_UNUSED PyObject *_
       goto __pyx_L23_bool_binop_done;
     }
 
-    /* "jacext/passes.pyx":254
+    /* "jacext/passes.pyx":243
  *         use_s = jx_op_arity[base] == 3
  *         cut = j == 0 or word != op[j - 1] or (
- *             (word & (JX_A_IMM | JX_B_IMM)) and _dbits(imm[j]) != _dbits(imm[j - 1]))             # <<<<<<<<<<<<<<
+ *             (word & (JX_A_IMM | JX_B_IMM)) and dbits(imm[j]) != dbits(imm[j - 1]))             # <<<<<<<<<<<<<<
  *         if not cut:
  *             cut = last[dst[j]] >= start or (use_a and last[a[j]] >= start) or (
 */
@@ -25094,7 +25092,7 @@ static PyObject *__pyx_pf_6jacext_6passes_2tape_groups(CYTHON_UNUSED PyObject *_
     }
     __pyx_t_19 = __pyx_v_j;
     __pyx_t_28 = (__pyx_v_j - 1);
-    __pyx_t_15 = (__pyx_f_6jacext_6passes__dbits((*((double const  *) ( /* dim=0 */ ((char *) (((double const  *) __pyx_v_imm.data) + __pyx_t_19)) )))) != __pyx_f_6jacext_6passes__dbits((*((double const  *) ( /* dim=0 */ ((char *) (((double const  *) __pyx_v_imm.data) + __pyx_t_28)) )))));
+    __pyx_t_15 = (__pyx_f_6jacext_6_graph_dbits((*((double const  *) ( /* dim=0 */ ((char *) (((double const  *) __pyx_v_imm.data) + __pyx_t_19)) )))) != __pyx_f_6jacext_6_graph_dbits((*((double const  *) ( /* dim=0 */ ((char *) (((double const  *) __pyx_v_imm.data) + __pyx_t_28)) )))));
 
 
     __pyx_t_14 = __pyx_t_15;
@@ -25102,9 +25100,9 @@ static PyObject *__pyx_pf_6jacext_6passes_2tape_groups(CYTHON_UNUSED PyObject *_
     __pyx_L23_bool_binop_done:;
     __pyx_v_cut = __pyx_t_14;
 
-    /* "jacext/passes.pyx":255
+    /* "jacext/passes.pyx":244
  *         cut = j == 0 or word != op[j - 1] or (
- *             (word & (JX_A_IMM | JX_B_IMM)) and _dbits(imm[j]) != _dbits(imm[j - 1]))
+ *             (word & (JX_A_IMM | JX_B_IMM)) and dbits(imm[j]) != dbits(imm[j - 1]))
  *         if not cut:             # <<<<<<<<<<<<<<
  *             cut = last[dst[j]] >= start or (use_a and last[a[j]] >= start) or (
  *                 use_b and last[b[j]] >= start) or (use_s and last[s[j]] >= start)
@@ -25114,8 +25112,8 @@ static PyObject *__pyx_pf_6jacext_6passes_2tape_groups(CYTHON_UNUSED PyObject *_
     if (__pyx_t_14) {
 
 
-      /* "jacext/passes.pyx":256
- *             (word & (JX_A_IMM | JX_B_IMM)) and _dbits(imm[j]) != _dbits(imm[j - 1]))
+      /* "jacext/passes.pyx":245
+ *             (word & (JX_A_IMM | JX_B_IMM)) and dbits(imm[j]) != dbits(imm[j - 1]))
  *         if not cut:
  *             cut = last[dst[j]] >= start or (use_a and last[a[j]] >= start) or (             # <<<<<<<<<<<<<<
  *                 use_b and last[b[j]] >= start) or (use_s and last[s[j]] >= start)
@@ -25151,7 +25149,7 @@ static PyObject *__pyx_pf_6jacext_6passes_2tape_groups(CYTHON_UNUSED PyObject *_
       }
       __pyx_L30_next_or:;
 
-      /* "jacext/passes.pyx":257
+      /* "jacext/passes.pyx":246
  *         if not cut:
  *             cut = last[dst[j]] >= start or (use_a and last[a[j]] >= start) or (
  *                 use_b and last[b[j]] >= start) or (use_s and last[s[j]] >= start)             # <<<<<<<<<<<<<<
@@ -25191,16 +25189,16 @@ static PyObject *__pyx_pf_6jacext_6passes_2tape_groups(CYTHON_UNUSED PyObject *_
       __pyx_L28_bool_binop_done:;
       __pyx_v_cut = __pyx_t_14;
 
-      /* "jacext/passes.pyx":255
+      /* "jacext/passes.pyx":244
  *         cut = j == 0 or word != op[j - 1] or (
- *             (word & (JX_A_IMM | JX_B_IMM)) and _dbits(imm[j]) != _dbits(imm[j - 1]))
+ *             (word & (JX_A_IMM | JX_B_IMM)) and dbits(imm[j]) != dbits(imm[j - 1]))
  *         if not cut:             # <<<<<<<<<<<<<<
  *             cut = last[dst[j]] >= start or (use_a and last[a[j]] >= start) or (
  *                 use_b and last[b[j]] >= start) or (use_s and last[s[j]] >= start)
 */
     }
 
-    /* "jacext/passes.pyx":258
+    /* "jacext/passes.pyx":247
  *             cut = last[dst[j]] >= start or (use_a and last[a[j]] >= start) or (
  *                 use_b and last[b[j]] >= start) or (use_s and last[s[j]] >= start)
  *         if cut:             # <<<<<<<<<<<<<<
@@ -25209,7 +25207,7 @@ static PyObject *__pyx_pf_6jacext_6passes_2tape_groups(CYTHON_UNUSED PyObject *_
 */
     if (__pyx_v_cut) {
 
-      /* "jacext/passes.pyx":259
+      /* "jacext/passes.pyx":248
  *                 use_b and last[b[j]] >= start) or (use_s and last[s[j]] >= start)
  *         if cut:
  *             start = j             # <<<<<<<<<<<<<<
@@ -25218,7 +25216,7 @@ static PyObject *__pyx_pf_6jacext_6passes_2tape_groups(CYTHON_UNUSED PyObject *_
 */
       __pyx_v_start = __pyx_v_j;
 
-      /* "jacext/passes.pyx":260
+      /* "jacext/passes.pyx":249
  *         if cut:
  *             start = j
  *             first[n_groups] = j             # <<<<<<<<<<<<<<
@@ -25228,7 +25226,7 @@ static PyObject *__pyx_pf_6jacext_6passes_2tape_groups(CYTHON_UNUSED PyObject *_
       __pyx_t_28 = __pyx_v_n_groups;
       *((int64_t *) ( /* dim=0 */ ((char *) (((int64_t *) __pyx_v_first.data) + __pyx_t_28)) )) = __pyx_v_j;
 
-      /* "jacext/passes.pyx":261
+      /* "jacext/passes.pyx":250
  *             start = j
  *             first[n_groups] = j
  *             n_groups += 1             # <<<<<<<<<<<<<<
@@ -25237,7 +25235,7 @@ static PyObject *__pyx_pf_6jacext_6passes_2tape_groups(CYTHON_UNUSED PyObject *_
 */
       __pyx_v_n_groups = (__pyx_v_n_groups + 1);
 
-      /* "jacext/passes.pyx":258
+      /* "jacext/passes.pyx":247
  *             cut = last[dst[j]] >= start or (use_a and last[a[j]] >= start) or (
  *                 use_b and last[b[j]] >= start) or (use_s and last[s[j]] >= start)
  *         if cut:             # <<<<<<<<<<<<<<
@@ -25246,7 +25244,7 @@ static PyObject *__pyx_pf_6jacext_6passes_2tape_groups(CYTHON_UNUSED PyObject *_
 */
     }
 
-    /* "jacext/passes.pyx":262
+    /* "jacext/passes.pyx":251
  *             first[n_groups] = j
  *             n_groups += 1
  *         last[dst[j]] = j             # <<<<<<<<<<<<<<
@@ -25258,12 +25256,12 @@ static PyObject *__pyx_pf_6jacext_6passes_2tape_groups(CYTHON_UNUSED PyObject *_
   }
 
 
-  /* "jacext/passes.pyx":263
+  /* "jacext/passes.pyx":252
  *             n_groups += 1
  *         last[dst[j]] = j
  *     return first_arr[:n_groups].copy()             # <<<<<<<<<<<<<<
 */
-  __pyx_t_6 = __Pyx_PyObject_GetSlice(((PyObject *)__pyx_v_first_arr), 0, __pyx_v_n_groups, NULL, NULL, NULL, 0, 1, 0); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 263, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_PyObject_GetSlice(((PyObject *)__pyx_v_first_arr), 0, __pyx_v_n_groups, NULL, NULL, NULL, 0, 1, 0); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 252, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
   __pyx_t_2 = __pyx_t_6;
   __Pyx_INCREF(__pyx_t_2);
@@ -25273,7 +25271,7 @@ static PyObject *__pyx_pf_6jacext_6passes_2tape_groups(CYTHON_UNUSED PyObject *_
     __pyx_t_1 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_copy, __pyx_callargs+__pyx_t_7, (1-__pyx_t_7) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 263, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 252, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
   {
@@ -25287,7 +25285,7 @@ static PyObject *__pyx_pf_6jacext_6passes_2tape_groups(CYTHON_UNUSED PyObject *_
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "jacext/passes.pyx":217
+  /* "jacext/passes.pyx":206
  * 
  * 
  * def tape_groups(tape):             # <<<<<<<<<<<<<<
@@ -27672,7 +27670,7 @@ __Pyx_RefNannySetupContext("PyInit_passes", 0);
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
   /* "jacext/passes.pyx":19
- *                             jx_op_arity)
+ *                             dbits, jx_op_arity)
  * 
  * cnp.import_array()             # <<<<<<<<<<<<<<
  * 
@@ -27681,34 +27679,34 @@ __Pyx_RefNannySetupContext("PyInit_passes", 0);
   __pyx_t_9 = __pyx_f_5numpy_import_array(); if (unlikely(__pyx_t_9 == ((int)-1))) __PYX_ERR(0, 19, __pyx_L1_error)
 
 
-  /* "jacext/passes.pyx":38
+  /* "jacext/passes.pyx":27
  * 
  * 
  * def lower(Graph g, input_ids, output_ids):             # <<<<<<<<<<<<<<
  *     """The tape arrays (``Tape``'s constructor takes them) for these input and output
  *     node ids of a finished graph: the passes in order.
 */
-  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6jacext_6passes_1lower, 0, __pyx_mstate_global->__pyx_n_u_lower, NULL, __pyx_mstate_global->__pyx_n_u_jacext_passes, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[0])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 38, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6jacext_6passes_1lower, 0, __pyx_mstate_global->__pyx_n_u_lower, NULL, __pyx_mstate_global->__pyx_n_u_jacext_passes, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[0])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 27, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
   #endif
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_lower, __pyx_t_4) < (0)) __PYX_ERR(0, 38, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_lower, __pyx_t_4) < (0)) __PYX_ERR(0, 27, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "jacext/passes.pyx":217
+  /* "jacext/passes.pyx":206
  * 
  * 
  * def tape_groups(tape):             # <<<<<<<<<<<<<<
  *     """The first instruction (int64) of each group of consecutive instructions of a tape
  *     (its arrays, as ``Tape.arrays()``) that one bulk graph call may rebuild together:
 */
-  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6jacext_6passes_3tape_groups, 0, __pyx_mstate_global->__pyx_n_u_tape_groups, NULL, __pyx_mstate_global->__pyx_n_u_jacext_passes, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[1])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 217, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_6jacext_6passes_3tape_groups, 0, __pyx_mstate_global->__pyx_n_u_tape_groups, NULL, __pyx_mstate_global->__pyx_n_u_jacext_passes, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[1])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 206, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
   #endif
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_tape_groups, __pyx_t_4) < (0)) __PYX_ERR(0, 217, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_tape_groups, __pyx_t_4) < (0)) __PYX_ERR(0, 206, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
   /* "jacext/passes.pyx":1
@@ -27826,7 +27824,7 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
   if (__Pyx_PyTuple_SET_ITEM(__pyx_mstate_global->__pyx_tuple[1], 0, __pyx_mstate_global->__pyx_slice[0]) != (0)) __PYX_ERR(1, 763, __pyx_L1_error);
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[1]);
 
-  /* "jacext/passes.pyx":50
+  /* "jacext/passes.pyx":39
  *        alias its own operands), a group's freed slots only after the group.
  *     """
  *     cdef const int64_t[::1] ins = np.ascontiguousarray(input_ids, dtype=np.int64)             # <<<<<<<<<<<<<<
@@ -27835,7 +27833,7 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
 */
   {
     PyObject* __pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
-    __pyx_mstate_global->__pyx_tuple[2] = __Pyx_PyTuple_FromArray(__pyx_temp, 1); if (unlikely(!__pyx_mstate_global->__pyx_tuple[2])) __PYX_ERR(0, 50, __pyx_L1_error)
+    __pyx_mstate_global->__pyx_tuple[2] = __Pyx_PyTuple_FromArray(__pyx_temp, 1); if (unlikely(!__pyx_mstate_global->__pyx_tuple[2])) __PYX_ERR(0, 39, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[2]);
   }
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[2]);
@@ -27900,30 +27898,30 @@ static int __Pyx_InitConstants(__pyx_mstatetype *__pyx_mstate) {
   CYTHON_UNUSED_VAR(__pyx_mstate);
   {
     const struct { const unsigned int length: 8; } str_length_index[] = {{6},{8},{1},{2},{15},{23},{25},{32},{20},{22},{1},{1},{37},{45},{22},{179},{8},{15},{7},{6},{2},{9},{17},{40},{31},{21},{30},{36},{62},{49},{50},{39},{34},{30},{37},{5},{8},{8},{15},{20},{12},{9},{17},{8},{8},{12},{10},{8},{10},{8},{7},{14},{11},{10},{19},{14},{12},{10},{17},{13},{12},{12},{19},{8},{13},{1},{3},{15},{17},{18},{1},{4},{4},{8},{1},{18},{9},{10},{11},{4},{5},{3},{3},{5},{15},{5},{6},{9},{5},{5},{9},{5},{5},{7},{6},{7},{8},{10},{4},{1},{11},{1},{2},{3},{5},{9},{3},{5},{5},{5},{8},{1},{13},{1},{4},{8},{4},{8},{5},{7},{4},{1},{7},{6},{8},{4},{7},{5},{6},{7},{4},{2},{4},{9},{9},{2},{5},{1},{3},{2},{4},{3},{5},{9},{8},{10},{4},{4},{8},{7},{3},{8},{8},{1},{2},{2},{10},{5},{4},{4},{8},{5},{4},{4},{6},{3},{3},{5},{5},{4},{5},{3},{2},{4},{11},{2},{4},{4},{3},{4},{2},{5},{6},{6},{5},{5},{5},{6},{4},{1},{5}};
-    const struct { const unsigned int length: 11; } bytes_length_index[] = {{1},{715},{1799}};
+    const struct { const unsigned int length: 11; } bytes_length_index[] = {{1},{714},{1799}};
     #ifndef CYTHON_COMPRESS_STRINGS
       #define CYTHON_COMPRESS_STRINGS 90
     #endif
-    #if (CYTHON_COMPRESS_STRINGS) == 1 /* compression: zlib (2345 bytes) */
-static const char cstring[] = "x\332\255V\317s\333\306\0256%\312\261c\271\026%\331\365\217\244\005)YJ][)%Yv\3344\031J\226]w\246\251%*\352x\2463\230%\260\244`\201\000\211]\310\242s\351\221G\034q\304\021G\034y\344\221G\035y\324\237\340?\241\337[\220\024m\305q:\255\307\000\027\273o\337\276\367\275\357{+\215I\355O\307\232[y\315\r\371\335\312\023\355\333\277\363\272\353\265\366-\376Fs\253\332\267\206\353H\253\346\273\276\320\230cj\246\345\221\341\207\323\2263\\\020\322\263Ln\216\031k\256\367\213\353\357\317\215,\277\373~\2139\216+5&\204Us4\351j\036g\346\003\327\261[Z]\005y\204 _8G\314\266L\255\356\232\374\276\306\217\033\330\013W\313\3062\235\273\\u=\3511g\371\276V\203\253\241\2618`\r\216\2434vl\t\355\007WrM\036\000\211\255\226<p\035\rs&\267\255\n\367\230\3448\215\342\203W\217\214\034\355\345\366\313\007\353\217\327U\264\036\047\334\204&\374\212a#P.\010\264\212o\331\022\336e\253\301\305\212\366\242\252\265\\_s8\342B\026\r\330\215o\220\007\334\321\004\2274\320\226U\316LZ\256\243c\273\345\324\226\0070YG\234v?c\266\340+\3144u\330q\303\265mZs\035\261\302*\206i\tV\2619w\350]3,\221\216\314\327\314\340\307\362\353\206:p\245\321:N\047\236 \007\240\320\360\245\006P\220\265\202{8\345\000\321\241\235\303kLE l\230\020p\232\004\204\243eWs\033\232\343\327\001\2316\234t}9\360\214\021\301\202:\324F[h\273\306<\217\265\000\266U\255r\"\211fs\247&\017F6\000$\365B\005ip\000\216\352\214\002T%;\213\232y5\277\316\0359\276[\235B\300\013\020\304\343i\001W\357\335[+jo\\\357P\245#\020\275\311\253\314\267\245\246\353\0367}\203\353\272f\372\no\307u\036\240\374G\026\263\261jX\216%u\035\2316Z+\272\001\227+u\354\263T\"Z\225YvZc\253\336\000\361\306\315\374:\223\007\347,|U\037\372f\266\355\032\240[\212\211f2\311V~f5e.Q/\025\215X)\225\267^\274\330\266m\253!,Q\346M\237;\006\047\371\256\234)Y\327_\266\216\361<\005\215\365\037\200\316.\257\352\372\200jH\026\211\021\031\317\0065.-\311\3534a\322\036\374\253\372\216A\277X\022\303]i\0224\2523\313Q\277\256\351\333j\315a\365\364\227\216\327u\220N7\016\270q(\374z\3725\360BC\022J:\362\235\206e""\034\302\303\2663\264;\222\204\002\371h\372\314\036\272\035\326i42\224v\307&\3701}@X\243P\304X\350\243\361\331>\311\005\345b\t\252\030xg9\234ATC\354\365\212O4e\342\254\367\251Z1\321r\014\313]\031m\022\225\n\023\274\342z\016=:\214\014\303\306\274\016\210\320\214\014^a\306!\234\3404ZS\003\364%1\032\371\320u\243e\270\276#\r_\232B\232\004\220zQti\263\346\365\206l\241\326P)\007V\252Wq\317s\275\252\345\t\251^\344\276j\035s\263j\263\232\250\332.\223\033\353\350\210\240\342\240/V=\316\225\025\375\002\017\343\260\352\333v\255\206L\032\364\355I\3132\255z\035]\231\037+\325\351\226),\007\377\345\332*^\033\353\304\023\221\276\336\362\327\251\370V\322Ns\010.Iz\350\010\033\355\203\0365v\337p\017=\234\03285n\307\321U\362\216N\2018\272:_8\000\214\0360\335\321\001\255\243S\013p\364T\264\250)>\020\034\021Lmpp\262Zt\032Jy.\200r\033nC\254\271\r\250\335\344\236zQ\000\360\246,\323\356B9a$\032\310\237\216 \013\372E\367\305\366\206\307\217tx\360x\315\022\270\005\204`\242\002\372\014z\206R$\345\256\302\302C\273\025t0n\010\211\363\245\347\033\022\363R\257H\035\345\304\201\365\272\204OIiI\245\0048\241g\220\272\254P\331%\231\301\212\214\204\017\264\037C\036\210\321o\240=p_\000KzU\350%\024o\004\345y\374\026\231\212\177\374;\363n\372\302T!\232=Yx\230\354$f\047\337y\324]\352M\364\362\375l~|\366qw\2437\333+\366\263\205\250p\262\270\221\260Dv\212\235\277v\237\365\n\275R?\253E\023\047\205\365\244\224\354ur\235\245\356\305n\245\227\371\357fo\206\023\341R\224\211r\375\354\245\366d{#\310\005\013A\031\223\013a9\272\030\261H\304\013\361n,\222|\262\201}\013\235rw\242\273\320\335\351V{\245^\371\344e\371\244\274\327\237\276\326n\006\027\003\026\010l\333\351_\372M\373u\230\t\341\362NX$\277S\355\037\203|P\354_\272\322^k\263\266\010\n\301f`\204\2710\037\256\205\225h\"Z\210v\324Q\205x36\222\034\016[K*\235L\177z6\270\027\226\310\345\365`\047\260B\021\345\243\265\250\022O\306\305\270\024\227\223\211d\001@\261Dt\n\235\255N\263\233\351\316u7\273L%\033\335\215\232\361\3470\330\357\254vv\372\331/\341\206\300\2156\342""\034r\332OV\023L\374.\204\365\357\303\237\342\374\273\213\027\246.\237\205z\255\355\001\213<\r|D\313(\370\207\301\004B\337\n\374p+l\016\202;\371\2220E\2043\301T\360cX\010K4\274\022\026\303gHk7\222\361\303d*\331M\232\343\323\n\243J0\031\254\002\353) =\201\304Va-\342|\377\352,J\360\n\270\\\211\327\343#\344g\000\370\305\216\321\275\321m\366&{\305\336f\257r\362r\207\002Zo\2530\026\025\364\371p\035\000-\305\331\370Y\262\250\330S\354\224:{\200\3449\0304s#0\303\305\220\205MT{>*\307\237\305\022%\235\207A\256\233\357\026\273O\31179-\366\247\347\203R\177:\207\374\357\003\236\351\233a\246\177i\272]j\227\203Lp#h\366\263W\332\337\000\023+\364\243\022\250|\363\302\324\302\220\236?\ri\274\020\255\236\334}\2244;\323C\262R\t\031qb-\254F\245\350_\311<J\203\020\323j-\305\231x\016\221\027\222\022m.\236\302\360/q\346\364}\372 a\205\332.\362\245d\204\002\363\214&\024\345\036\342^\n\307v\222\271\0048\315\324\203\014\212\224\336U\252\001\221q\344Z\004_\201\277{\321\\\224.\317\245\013\305\366\246\262[\010p\322\014 \310\201\004\245`?\374\237VOG\034\315\306[(31$\345\350G\3652\207\034\313\321$\210RV`\221\0022@\261\374\236R\316\n\325\2122\375\237\203o=h\206\223`\342\026\351\251?\375[\252\350P\030\177\000\047f;\252\341\344i\363\257\362@\211]\017^GS`0\010y\003t\364\021\314^\224\243U\360\350\223N\276\212\027c\363\234\354I\222\205\017\003S\212\3758v\231_u\026S\035m\215\244\225\022\375\256BK5\262\tl]\243\366\324\237\201\016@\332\n\232\331\215\260\025\377\037\326?\304\342\214\257\227\243\034\335\t\371\201\024n&\263\010\257\332\331\3540%\2073\221\274\267\242E\231\217\203q\373\344\366\037\343\357;\371\323\354\355\360\353\370z\\I`|+\274\216\326\002u|\021n*\035\276\212\253\311f\302h\317nx\204Fl\r\235\334\tW\303\375\250\030\275\0306\313OO\234\363\361\005\372a\032\215\272\013\316^XxO\333W\207\2031Q^\203VW\203\001\247S%S\013\371\304\347U\205(\365\3047\241\251.\014\003\240\345~a\201dV\t\006\3459\367Ulo\323\340\363v\036\027\300\345p|x:\030fQ\347=\334g\313\321\035\250r\037\365\251u^u\307B#\376\241\211\316\007O""\211\2064\277\r\3050(\017\342\241\335;\304\035/\230\203\320\315\261\3166C\370Q\014\220\302\325\231\366\033\342R\177FuR$\301B\031=\216\037\237\254=\355\226H4\313\341,\234\317\334\016\363\352\025>\211\376\211pv\322\231iz\245=\215\242\332\017\276\tK\357.]\270<\335~D=I\3116\225\362\215\340-)\367\024\021\275\roA\302\270;\016S-\317\214\032\313\364-B\"\315oQe\362\321\244f\3255\227\035\353^\331\301\355\r\32792\236@\203\244\036\275\n\213,8\271\027\317\253?:\n\311\323\316\004\376\350Pw\224\262E\374\301\337T\365\212i\304\003\211g\325\035}~y\304\310\332\031Ew\316I0MA\242A\200\255S\304\301j\360<|\004U\371\361vr=\341\235\207\335\317\272M* \312A\r\023\227\371$\316z\036\376\031$\312\305\371\377\000\n\256\362[";
-    PyObject *data = __Pyx_DecompressString(cstring, 2345, 1);
+    #if (CYTHON_COMPRESS_STRINGS) == 1 /* compression: zlib (2343 bytes) */
+static const char cstring[] = "x\332\255V\317s\023\311\025F\266\314\302b\202e\014\341\307n2\222\001o\010x#\333\030\226lvK6\206\220\252l0\362:EU\252\246Z3-y\360hF\232\3561\026{\311Q\3079\316q\216s\234\343\034u\324\321G\035\375\047\360\047\344{=\222,\360\262l*\241\230VO\367\353\327\357}\357\373\336XcR\373\323\241\346\326^sC~\267\374X\373\366\357\274\351z\235]\213\277\321\334\272\366\255\341:\322j\370\256/4\346\230\232iyd\370\341\262\345\2146\204\364,\223\233\023\306\232\353\375\342\376\373kc\313\357\276\337d\216\343J\215\ta5\034M\272\232\307\231y\337u\354\216\326TA\036 \310\347\316\001\263-Sk\272&\277\247\361\303\026\316\302\325\222\261D\367.\325]Oz\314Y\272\2475\340jd,\366X\213\343*\215\035ZB\373\301\225\\\223{@b\263#\367\\G\303\232\311m\253\306=&9n\243\370\340\325##G{\261\365\342\376\332\2435\025\255\307\t7\241\t\277f\330\010\224\013\002\255\346[\266\204w\331iq\261\254=\257k\035\327\327\034\216\270\220E\013v\223\007\344\036w4\301%M\264%\2253\223\226\353\3508n9\215\245!L\326\001\247\323O\231-\37023M\035v\334pm\233\366\\G,\263\232aZ\202\325l\316\035\032\033\206%\262\231\371\232\031\374P~\335R\027.\267:\207\331\302c\344\000\024Z\276\324\000\n\262Vp\217\226\034 :\262sx\203\251\010\204\r\023\002N\223\200p\274\355jnKs\374& \323F\213\256/\207\2361#XP\207\306\370\010\035\327\230\347\261\016\300\266\352uN$\321l\3564\344\336\330\006\200d^\250 -\016\300Q\235q\200\252d\047Q3\257\3417\271#\047O\253[\010x\001\202x<+\340\312\335\273\253e\355\215\353\355\253t\004\2427y\235\371\266\324t\335\343\246op]\327L_\341\355\270\316}\224\377\300b6v\r\313\261\244\256#\323VgY7\340r\271\211s\226JD\2533\313\316jl5[ \336\244\231\337dr\357\224\205\257\352C\357\314\266]\003t\3130\321L&\331\362\317\354f\314%\352e\242\021\313\225\352\346\363\347[\266m\265\204%\252\274\355s\307\340$\337\345\023%\353\372\213\316!\236\047\240\261\376\003\320y\311\353\272>\244\032\222EbD\306\223I\203KK\362&-\230t\006\377\352\276c\320/\266\304\350T\226\004\315\232\314r\324\257k\372\266\332sX3\373\245\353u\035\244\323\215=n\354\013\277\231\275\r\275\320""\224\204\222\315|\247e\031\373\360\260\345\214\354\016$\241@>\332>\263GnGu\032\317\014\245\335\211\005~H/\020\3268\0241\021\372x~rNrA\271X\202*\006\336Y\016g\020\325\010{\275\346\023M\2318\351}\252VLt\034\303r\227\307\207D\255\306\004\257\271\236C\217\016#\303\260\261\256\003\"4#\203\327\230\261\017\047\270\215\366\324\004}I\214g>t\335\352\030\256\357H\303\227\246\220&\001\244\006\212.k\326\274\331\222\035\324\032*\345\300J\365*\356y\256W\267<!\325@\356\353\326!7\3536k\210\272\3552\271\276\206\216\010*\016\373b\335\343\\Y\321/\3600\366\353\276m7\032\310\244E\357\236\264,\323j6\321\225\371\241R\235n\231\302r\360_\256\256`X_#\236\210lx\313_g\342[\316:\315>\270$\351\241+l\264\017z\324\334}\303=\364pj\340\324\270\035GW\311;:\005\342\350\352~\341\0000z\300tG\007\264\216N-\300\3213\321\242\246xApD0u\300\301\315j\323i)\345\271\000\312m\271-\261\352\266\240v\223{j\240\000\340MYf\335\205r\302L\264\220?]A\026\364\213\356\213\343-\217\037\350\360\340\361\206%\360\025\020\202\211\032\3503\354\031J\221\224\273\n\013\017\235V\320\301\270%$\356\227\236oH\254K\275&u\224\023\0276\233\022>%\245%\225\022\340\204\236a\352\262Fe\227d\006+2\022>\320~\004y F\277\205\366\300}\001,i\250\321 \024o\004\345y\370\026\231\212\177\374;\367n\366\314L)\232?Z|\220l\047fZL\037\366\356\364\247\372\305A\2768\271\372\250\267\336\237\357\227\007\371RT:\272\265\236\260D\246\345\364\257\275\247\375R\2772\310k\321\324Qi-\251$;i!\275\323;\333\253\365s\377\335\352\265p*\274\023\345\242\302 \177\256;\335]\017\n\301bP\305\342bX\215\316F,\022\361b\3742\026I1Y\307\271\305\264\332\233\352-\366\266{\365~\245_=zQ=\252\356\014f/u\333\301\331\200\005\002\307\266\007\347~\323}\035\346B\270\274\031\226\311\357L\367\307\240\030\224\007\347.tW\273\254+\202R\260\021\030a!,\206\253a-\232\212\026\243muU)\336\210\215\244\200\313V\223Z\232\033\314\316\007w\303\n\271\274\022l\007V(\242b\264\032\325\342\351\270\034W\342j2\225,\002(\226\210\264\224n\246\355^\256w\271\267\321c*\331\350v\324\216?\207\301n\272\222n\017\362_\302\r""\201\033\255\307\005\344\264\233\254$X\370]\010\353\337\207?\305\305wg\317\314\234?\t\365R\327\003\026E\232\370\210\226Q\360\017\202)\204\276\031\370\341f\330\036\006w\364%a\212\010\347\202\231\340\307\260\024Vhz!,\207O\221\326\313H\306\017\222\231\344e\322\236\\V\030\325\202\351`\005X\317\000\351)$\266\002k\021\027\007\027\347Q\202W\300\345B\274\026\373p^Ms\351\002\200\237\001\354F\277\200\322o\364U<k]\025\305-\205|1\\\003>w\342|\3744\271\245\310SN+\351\016\020y\006\002\315]\r\314\360V\310\3026\212\275\020U\343\317b\211\212.\300\240\320+\366\312\275\047\375\351\276\252Py0\273\020T\006\263\005\244\177\017\350\314^\013s\203s\263\335J\267\032\344\202\253A{\220\277\320\375\006\220X\241\037U\300\344kgf\026G\354\374i\304\342\305h\345\350\366\303\244\235\316\216\270J\025dD\211\325\260\036U\242\177%\013\250\014B\314\212u\047\316\305\227\021y)\251\320\341\3621\014\377\022\347\216\337g\017\022V\240\275D\276\224\214PX\236\260\204\242\334A\334w\302\211\223d.\001N;\363 \2032\245w\221J@\\\034\273\026\301W\240\357Nt9\312\266/g\033\345\356\206\262[\014p\323\034 (\200\003\225`7\374\237v\217\307\024\315\307\233\361\201\"HF\321\217\312\3452r\254F\323\340IU\201E\002\310\001\305\352{B9)T\047\312\r~\016\276\265\240\035N\203\210\233$\247\301\354o\251\242#]\374\001\234\230OU\277)\322\341_\345\201\022\273\022\274\216f@`\020\362*\350\350#\230\235\250@\273\340\321\047\235|\025\337\212\315S\252\047E\226>\014L\t\366\343\330\345~\325]L5\264\325\304H\013\031\321o+\264T\037\233\302\321U\352N\2039\350\000\244\255\241\227]\r;\361\377a\377C,N\370z>*\320\047\2418\224\302\265d\036\341\325\323\215\224)9\234\210\344\275\035-\312}\034\214\033G7\376\030\177\237\026\217\3637\302\257\343+q-\201\361\365\360\n:\013\324\361E\270\241t\370*\256\047\033\t\2433/\303\003\364ak\344\344f\270\022\356F\345\350\371\250W~z\341\224\217/\320\016\263h\324\247\340d\300\306{\332\2768\232L\210\362\022\264\272\022\0149\235)\231Z\310\047^/*D\251\047\276\tM\365\2750\000Z\341\0276Hf\265`X\236So\345\356\026M>\357\026\321\377\317""\207\223\323\343\3414\217:\357\340s\266\024\335\204*wQ\237F\372\2527\021\032\361\017Mt!xB4\244\365-(\206Ay\020\017\235\336&\356x\301e\010\335\234\350ls\204\037\305\000)\\\234\353\276!.\r\346T\047E\022,\224\321\243\370\321\321\352\223^\205D\263\024\316\303\371\334\215\260\250\206\360q\364O\204\263\235\255\314\322\220\3654\212j7\370&\254\274;w\346\374l\367!\365$%\333L\312W\203\267\244\334cD\3646\274\016\t\343\333\261\237iyn\334Xf\257\023\022Y~\267T&\037Mj^}\345\362\023\335+?\374x\303u\201\214\247\320 \251G\257\300\"\017N\356\304\013\352o\216R\362$\235\302\337\034\352\033\245l\021\177\3607U\275r\026\361P\342y\365\211>\275=fd\343\204\242\333\247$\230\245 \321 \300\326\031\342`=x\026>\204\252\374x+\271\222\360\364A\357\263^\233\n\210rP\303\304\267|\032w=\013\377\014\022\025\342\342\177\000\317Y\361\211";
+    PyObject *data = __Pyx_DecompressString(cstring, 2343, 1);
     #define __Pyx_DecompressString_LZSS_UNUSED
     if (unlikely(!data)) __PYX_ERR(0, 1, __pyx_L1_error)
     const char* const bytes = __Pyx_PyBytes_AsString(data);
     #if !CYTHON_ASSUME_SAFE_MACROS
     if (likely(bytes)); else { Py_DECREF(data); __PYX_ERR(0, 1, __pyx_L1_error) }
     #endif
-    #elif (CYTHON_COMPRESS_STRINGS) > 0 && (CYTHON_COMPRESS_STRINGS) <= 90 /* compression: lzss (3169 bytes) */
-static const char cstring[] = "\377 at 0x o\377bject>.:\377 <Memory\377View of \377<contigu\377ous and gdir%\001\007\rin\021\005\177strided\"\010o or \004\031><(\t\376A\006>?Canno\377t assign\377 to read\177-only m\240\002\375v\242\000Invali\377d mode, \347exp\305\000|\000\047c\047\376t\001\047fortra\237n\047, gH\000%\005s\357hape\222\000 ax\377is Note \373th\207 Cytho\373n \021\000delib\237eratek\000\320\001c\367ter!\001n PE\337P-484\212\"re\376\264!s subcl\366\246\000es\261!buil\373ti\260\000ypes.\377 If you \223ne\224 \303\000p\316\000%\tt\177hen set\200\000\367e \047\357\002atio\377n_typing\355\047\355$iv\242\000o F\377alse.add}_\231 ecoll\266@\376+\000s.abcdi\177sableen\002\001\357gcis\004\003dja\237cext/v\001\216\000p\313yx\013\003:\320@\230@pu\243t \277 \207 \352\"n\014\004n\234\317  \005neg\221\000\177\000s9l\217@\330\000a t\300 \026\006\377o op num:\260  T\005outS\004\007\000\314\310a\205@ger\005;\001 a\337rrays\322`ff\374\333 \257 length\316\033\006he @\003!\000ep\211e\375`\233@a\231\005\256B\254\007a\177rgument2\t\324a\002\365!s\236`r\341Bn \3772**31 wo\367rk \313\001sno \377default \377__reduce\337__ du\353\"no\377n-trivia\375l\033\000cinit_\375_\347\000py._co\257re.m5\000i\304\002 \357fail\336Cimp|\366`\033\tumath\021\016\371u\245B\330\204\001alloc\374\354`\216# data.\360\013\020\264\204\003\206\206\001\343\205\003s.AS\377CIIEllip\377sisSeque\327nce\273\206\001.\300\206\007__\367Pyx\001\000Dict\373_N\210`Ref__l\344d\352\000__\271\204\002__\001\005\177getitem\r\001yd0\001\027\000func\035\001\036\030\000stat1\002\341\0033\001\357main\003\002odu\335lM\002nam\002\003ew\374T\001\362`_check\303suT\000\n\001?\004\025\001ty\371p\360 \037\001unpicmk?\000En \005vt\320\204\001\036\230\001qualO\005\240E\251F\261c\267\206\002\277\001\274Dex\314\001swet_\203\005set\262\006\334\003\006.\007tes\331@_i\375s\325Aoutine\357aabc\222E_bu\346\243\204\001as\211\211\007\273\204\002asy\237ncio.\213`/\003s\377bbasebor\375n\000\001_arrcc\365lJ\000_\240 trac\377ebackcon\370k\000\030\001\004\002valsc\376\002""\005uecopyc\377ountcutd\207std\235!\000\002\232\001\247\212\003e\357mpty\351@ode\357enum\247\210\002err\177orfirst\000\002\376w\001fixedfl\377agsfloat\37764format\036\221\211\004free!\002\004\001\324@\377ckfullgg\337roup_\344@rt\377iidimmin\377dexinput\277_idsin\000\000tO32inM\000\244as\000\002\257izej\344\207\003.\344\207\003k\317last\000\001\200!li\363ve\000\001\007\002ower\347mem\275\212\001\265\212\001nn_\266\213\"n_\215\001n_{\002s\371n\256 \000\001strn_\337outn_\377\206\001n_\\\257\206\003\334`ndn\232\000n\336`\336\254\002next\030\002np\376\234\206\002oobjopo\377ps3opworcde\232 \002\000\215Aou$\003|\236\210\003\320\001outsp\225@\270\342\207\001\257A\352\207\001ing<\000p\357rev_?\000reg\377isterssa\237sbset\255\207\004\307\213\002s\034\371\000\307\207\002lot\355A\266\"*\000\367pst}\000truc}t\025\000t_bt_\314@N\302 mmtQ\000\001\000u\026\000\316\314\205\001ape\316\211\001\364\004tb\262\363At\367 =\000to\"\000s\335u\353 8un\240\001up?dateus\270@\001\001\375b\006\001svalue\355s\344\001xz\347\000sO\200\377\001\360\014\000\005\"\240\022\377\320#5\260Q\260d\270\377!\2707\300&\310\002\310\357!\330\004!\n\t8\3006\377\310\022\3101\330\004\"\240\377\"\320$6\260a\260t\377\2701\270H\300F\310\"\377\310A\330\004 \240\002\320\377\"4\260A\260T\270\021\377\270&\300\006\300b\310\001\374\000\023\024\025\030\230\002\230&\240\377\001\240\021\330\004\010\210\003\377\2106\220\021\220#\220S\376\022\000#\230S\240\006\240a\377\240s\250#\250R\250s\357\260!\2606a\000#\270S\377\300\002\300#\300Q\300f\377\310A\310S\320PS\320\377ST\330\014\017\210q\220\377\006\220a\220s\230#\230\377Q\330\010\016\210j\230\001\355\230P\000\033\230\270\000\010\210\005\377\210U\220!\2201\330\010\377\013\2103\210a\210s\220\377\"\220B\220c\230\021\230\377!\2303\230b\240\002\240\367#\240Qf\002\"\250B\250\367c\260\021j\0003\260b\270\377\001\330\014\022\220*\230A\376O\001\025\220Q\220i\230s\377\240!\2403\240b\250\003\377\2501\250A\250S\260\002\373\260#\274 a\260s\270\"\377\270C\270q\300\001\300\023\357\300B\300a\224""\"\240%\240\367q\250\n\036\000V\2702\270\317Q\330\004\035\227\000\331!\2406{\250\021\321\000V\2602\260\023\000\373\036\230+\000\037\230{\250!\337\360\006\000\005\t\241\007\017\210\375r\211 !\330\010\017\210u\272\253\000a\271\0015\220\002\270\000C\277\220u\230C\230q\226\004\320\371\035\374!\362\000\020\220\005\220U\377\230\"\230A\330\010\020\220\337\013\2301\230F\324\000R\240\377t\2505\260\005\260R\260\371q\013\t\237\"b\220\003\2202\352\351 \005\347 \002\326\0002\240R^\353 !\330\r\022\200@Y\225 _\013\2504\250v\234`c\332@\377$\270c\300\026\300q\310\377\003\3101\310B\310b\320\275P\344 \013\2104\210\202\002$\356\366\"!\2304\236 &\250\004\357\250F\260$\317b1\270A\353\270T\220 G\277`\020\026\220\177d\230$\230a\230q\353@\177\024\240S\250\007\250t\320@\375\024\036\000\021\300!\3001\300\371DX\001\237A1\330\014\024\220\257A\330\014\021\211`,\234 \014\377\030\230\001\330\010\014\210A\377\210S\220\001\220\026\220q\337\330\004\013\2109\277@i\230\377u\240A\200\001\360\030\000\353\005#\227\204\005{\277\204\005#\2402\177\320%7\260q\270\014\245\204\005\364\277A\230@\033\361@f\240A\240?\\\260\024\260V\270\240\000\250C\337&\250\001\250\023\267\000\"\260\377A\330\004#\2401\340\004\177\033\230=\250\001\340\004\262j$\356\000\261\"R\350`\311\001s\267a\234h~\242\001T\220\021\220&\230/\010\0372\220R\220t\232 \200@\257!\027t\2201\333\001\r\244\204\001\211\204\001\223\204\004\3774\210s\220(\230#\230OT\240\023\240\373\000\034\000\023\255\204\003\3671\210B\260\204\002#\220Q\330\373\014\020\200 \021\220\"\220AG\220V\230\314\204\002\000\033\"\027\340\271\206\001\016\237\204\002\004\250C\344@\236a\236\204\003\227\205\026\377\023\230A\230S\240\003\240Q2\273@\251!\376\204\001\001\303 S\235\205\n\336\237Gy\240\001\330\25314\220\177q\230\003\2301\230C\314\205\001w\330\014\027\316A!\240\022\224\205\002\277)\2606\270\022\270\354\207\002!\370\217\207\001\035\"\221!\025\220j\240\005\377\240R\240q\330\014\026\220\337a\220u\230A\307 \021\240\371!\303bf\036(\250$\250d\344\346\206\016\217\206\001\"\211\r\255""\206\002 \240\002\352\2454\001G\"a\315\210\0023\260c\233\270\021\343\204\003%\220\252!\304\210\002\002\357\220!\2203\233\210\001\330\020\024\376\345@Q\220b\230\001\230\026\237\230y\250\001\330\000\035\037\036\021s\220\021\206J\246\204\007\t\240\021\220\213\001\357!\240\002\240\207\205\001\030\260\022\377\2603\260f\270B\270ax\212\205\002\233\205\007\r\n \240\001\330\260v\377\032\320\032+\250?\270!\377\340\004\032\230/\250\025\250\377b\260\001\330\004\031\230\025\377\230b\240\001\340\004\034\230\373B\230\204\206\001Y\250f\260B\373\260a\235\211\001R\230v\240Q\373\240i\206\204\005\033\2302\230V\037\2401\240I\250\246\211\004\000\016\021\016;\035\2305\014\034\230A\364\211\004\207\213\002\320\214\213\002\221\213\002\026\000\317\206\n\r\234\213\005\016\210\376\214\206\006\017\210t\2202\220Q\230\367\207\003\277\213\001\n\000\220a\000\014\r\016\r\271\210\376\206\001\220\211\001w\230d\254\213\002c?\250\030\260\021\330\010\000\026\223\214\001\327b\220\001\245\204\003\010\000\013\013\210\3671\210E\263@\010\n\210!\237\2105\220\t\230F\000\002\006\340\376\017\004\004\220A\220T\230\021\277\230\047\240\033\250A\253 3\237\260g\270Y\300\237\010\357\205\001\001\237\330\010\024\220D\366\205\001\312\211\001E?\220\025\220a\220q\316\207\001:\001}Q\301\215\001r\220\023\220B\240\212\004\352\324\210\003\020\274!\010\201\000\360\006\000o\r\020\210w\210\204\001\330\020\305\211\002\377\220w\230a\230t\2408\177\2508\3203D\300A\250\215\001\377\047\230\022\2301\330\020\032\373\230!\000\002\230:\240W\250WA\250Q\014\003\014\023\001\010\317\210\002\376\310\212\001V\2209\230A\360\010\037\000\t\014\2107\314\210\001\262\206\002\332\210\003\377\026\220z\240\021\240!\340\177\014\017\210z\230\031\240J\000G\026\220k\016\001\027\005\246\205\002\031\206!V\222\213\001U\220\374\213\001q\273\027\022\342\214\002\245\004\263\210\010\004\267\216\004\245\000\021\320\211\001\002\373\220#\237\212\0022\230S\240\004\277\240A\240T\250\024\360\217\002\"\277\260D\270\002\270#\236\214\003\330\377\020\021\330\014\023\2201\220""\325J\322B1\254\003\010\201\215\002\220\004\024\237\216\002\r\017\004\212\204\005g\275\204\005\203\217\002\211\220\010\256\271\007t\2301\252\204\001\005\275\220\001f\377\220G\2307\240%\240u\377\250E\260\025\260e\2705\357\300\007\300q\275AA\330\010~\255\211\001\010\020\220\003\2201\"\000\177;\240c\250\021\250!";
-    PyObject *data = __Pyx_DecompressString_LZSS(cstring, 3169, 4525);
+    #elif (CYTHON_COMPRESS_STRINGS) > 0 && (CYTHON_COMPRESS_STRINGS) <= 90 /* compression: lzss (3167 bytes) */
+static const char cstring[] = "\377 at 0x o\377bject>.:\377 <Memory\377View of \377<contigu\377ous and gdir%\001\007\rin\021\005\177strided\"\010o or \004\031><(\t\376A\006>?Canno\377t assign\377 to read\177-only m\240\002\375v\242\000Invali\377d mode, \347exp\305\000|\000\047c\047\376t\001\047fortra\237n\047, gH\000%\005s\357hape\222\000 ax\377is Note \373th\207 Cytho\373n \021\000delib\237eratek\000\320\001c\367ter!\001n PE\337P-484\212\"re\376\264!s subcl\366\246\000es\261!buil\373ti\260\000ypes.\377 If you \223ne\224 \303\000p\316\000%\tt\177hen set\200\000\367e \047\357\002atio\377n_typing\355\047\355$iv\242\000o F\377alse.add}_\231 ecoll\266@\376+\000s.abcdi\177sableen\002\001\357gcis\004\003dja\237cext/v\001\216\000p\313yx\013\003:\320@\230@pu\243t \277 \207 \352\"n\014\004n\234\317  \005neg\221\000\177\000s9l\217@\330\000a t\300 \026\006\377o op num:\260  T\005outS\004\007\000\314\310a\205@ger\005;\001 a\337rrays\322`ff\374\333 \257 length\316\033\006he @\003!\000ep\211e\375`\233@a\231\005\256B\254\007a\177rgument2\t\324a\002\365!s\236`r\341Bn \3772**31 wo\367rk \313\001sno \377default \377__reduce\337__ du\353\"no\377n-trivia\375l\033\000cinit_\375_\347\000py._co\257re.m5\000i\304\002 \357fail\336Cimp|\366`\033\tumath\021\016\371u\245B\330\204\001alloc\374\354`\216# data.\360\013\020\264\204\003\206\206\001\343\205\003s.AS\377CIIEllip\377sisSeque\327nce\273\206\001.\300\206\007__\367Pyx\001\000Dict\373_N\210`Ref__l\344d\352\000__\271\204\002__\001\005\177getitem\r\001yd0\001\027\000func\035\001\036\030\000stat1\002\341\0033\001\357main\003\002odu\335lM\002nam\002\003ew\374T\001\362`_check\303suT\000\n\001?\004\025\001ty\371p\360 \037\001unpicmk?\000En \005vt\320\204\001\036\230\001qualO\005\240E\251F\261c\267\206\002\277\001\274Dex\314\001swet_\203\005set\262\006\334\003\006.\007tes\331@_i\375s\325Aoutine\357aabc\222E_bu\346\243\204\001as\211\211\007\273\204\002asy\237ncio.\213`/\003s\377bbasebor\375n\000\001_arrcc\365lJ\000_\240 trac\377ebackcon\370k\000\030\001\004\002valsc\376\002""\005uecopyc\377ountcutd\207std\235!\000\002\232\001\247\212\003e\357mpty\351@ode\357enum\247\210\002err\177orfirst\000\002\376w\001fixedfl\377agsfloat\37764format\036\221\211\004free!\002\004\001\324@\377ckfullgg\337roup_\344@rt\377iidimmin\377dexinput\277_idsin\000\000tO32inM\000\244as\000\002\257izej\344\207\003.\344\207\003k\317last\000\001\200!li\363ve\000\001\007\002ower\347mem\275\212\001\265\212\001nn_\266\213\"n_\215\001n_{\002s\371n\256 \000\001strn_\337outn_\377\206\001n_\\\257\206\003\334`ndn\232\000n\336`\336\254\002next\030\002np\376\234\206\002oobjopo\377ps3opworcde\232 \002\000\215Aou$\003|\236\210\003\320\001outsp\225@\270\342\207\001\257A\352\207\001ing<\000p\357rev_?\000reg\377isterssa\237sbset\255\207\004\307\213\002s\034\371\000\307\207\002lot\355A\266\"*\000\367pst}\000truc}t\025\000t_bt_\314@N\302 mmtQ\000\001\000u\026\000\316\314\205\001ape\316\211\001\364\004tb\262\363At\367 =\000to\"\000s\335u\353 8un\240\001up?dateus\270@\001\001\375b\006\001svalue\355s\344\001xz\347\000sO\200\377\001\360\014\000\005\"\240\022\377\320#5\260Q\260d\270\377!\2707\300&\310\002\310\357!\330\004!\n\t8\3006\377\310\022\3101\330\004\"\240\377\"\320$6\260a\260t\377\2701\270H\300F\310\"\377\310A\330\004 \240\002\320\377\"4\260A\260T\270\021\377\270&\300\006\300b\310\001\374\000\023\024\025\030\230\002\230&\240\377\001\240\021\330\004\010\210\003\377\2106\220\021\220#\220S\376\022\000#\230S\240\006\240a\377\240s\250#\250R\250s\357\260!\2606a\000#\270S\377\300\002\300#\300Q\300f\377\310A\310S\320PS\320\377ST\330\014\017\210q\220\377\006\220a\220s\230#\230\377Q\330\010\016\210j\230\001\355\230P\000\033\230\270\000\010\210\005\377\210U\220!\2201\330\010\377\013\2103\210a\210s\220\377\"\220B\220c\230\021\230\377!\2303\230b\240\002\240\367#\240Qf\002\"\250B\250\367c\260\021j\0003\260b\270\377\001\330\014\022\220*\230A\376O\001\025\220Q\220i\230s\377\240!\2403\240b\250\003\377\2501\250A\250S\260\002\373\260#\274 a\260s\270\"\377\270C\270q\300\001\300\023\357\300B\300a\224""\"\240%\240\367q\250\n\036\000V\2702\270\317Q\330\004\035\227\000\331!\2406{\250\021\321\000V\2602\260\023\000\373\036\230+\000\037\230{\250!\337\360\006\000\005\t\241\007\017\210\375r\211 !\330\010\017\210u\272\253\000a\271\0015\220\002\270\000C\277\220u\230C\230q\226\004\320\371\035\374!\362\000\020\220\005\220U\377\230\"\230A\330\010\020\220\337\013\2301\230F\324\000R\240\377t\2505\260\005\260R\260\371q\013\t\237\"b\220\003\2202\352\351 \005\347 \002\326\0002\240R^\353 !\330\r\022\200@Y\225 \337\013\2504\250u\332@S\270\327\001\270\024\366 \005\364 c\310m\021\370@B\310\213\0024\210\201\002\335$\365\"!\2304\235 &\250\337\004\250F\260$\316b1\270\327A\270T\217 G\276`\020\026\377\220d\230$\230a\230q\376\352@\024\240S\250\007\250t\372\317@\024\036\000\021\300!\3001\337\300D\310\003\310\235B1\330\177\014\024\220A\330\014\021\210`\375,\233 \014\030\230\001\330\010\377\014\210A\210S\220\001\220\377\026\220q\330\004\013\2109\376\276@i\230u\240A\200\001_\360\030\000\005#\226\204\005{\276\204\005\377#\2402\320%7\260q\243\270\014\244\204\005\276A\227@\033\360@f\377\240A\240\\\260\024\260V\371\270\240\000\247C&\250\001\250\023\376\267\000\"\260A\330\004#\240\3771\340\004\033\230=\250\001#\340\004\261j\356\000\260\"R\347`\311\001\361s\266a\233h\242\001T\220\021\220\373&\230/\0102\220R\220t\374\232 \377 \013\2104\210t\220\3051\333\001\r\243\204\001\210\204\001\222\204\0044\210\377s\220(\230#\230T\240\323\023\240\373\000\034\000\023\254\204\0031\210\375B\257\204\002#\220Q\330\014\020\376\200 \021\220\"\220A\220V\221\230\250#\000\033#\026\340\270\206\001\236\204\002\004\217\250C\250v\234b\235\204\003\226\205\026\023\377\230A\230S\240\003\2402(\273@\251!\375\204\001\001\303 S\234\205\n\237G\357y\240\001\330\25314\220q\277\230\003\2301\230C\313\205\001\330\273\014\027\316A!\240\022\223\205\002)_\2606\270\022\270\353\207\002!\216\207\001\374\035\"\221!\025\220j\240\005\240\377R\240q\330\014\026\220a\357\220u\230A\307 \021\240!|\303bf\036(\250$\250d\345\206\016r\216\206\001\"\211\r""\254\206\002 \240\002\2454\365\001G\"a\314\210\0023\260c\270\315\021\343\204\003%\220\252!\303\210\002\002\220w!\2203\232\210\001\330\020\024\345@\377Q\220b\230\001\230\026\230\317y\250\001\330\000\035\037\036\021\220\271\021\206J\246\204\007\t\240\021\217\213\001!\367\240\002\240\207\205\001\030\260\022\260\1773\260f\270B\270a\212\205\002\274\233\205\007\r\n \240\001\330\260v\032\377\320\032+\250?\270!\340\377\004\032\230/\250\025\250b\377\260\001\330\004\031\230\025\230\377b\240\001\340\004\034\230B\375\230\204\206\001Y\250f\260B\260\375a\234\211\001R\230v\240Q\240\375i\206\204\005\033\2302\230V\240\2171\240I\250\245\211\004\000\016\021\016\035\035\2305\014\034\230A\363\211\004\206\213\002\213\213\002h\220\213\002\026\000\317\206\n\r\233\213\005\016\210\214\206\006\177\017\210t\2202\220Q\367\207\003\314\276\213\001\n\000\220a\000\014\r\016\r\210\334\376\206\001\220\211\001w\230d\253\213\002c\250\237\030\260\021\330\010\000\026\222\214\001b\353\220\001\245\204\003\010\000\013\013\2101\373\210E\263@\010\n\210!\210O5\220\t\230F\000\002\006\340\017\004\377\004\220A\220T\230\021\230\337\047\240\033\250A\253 3\260\317g\270Y\300\237\010\357\205\001\001\330\317\010\024\220D\366\205\001\312\211\001E\220\237\025\220a\220q\316\207\001:\001Q>\300\215\001r\220\023\220B\240\212\004\324\210\003\365\020\274!\010\201\000\360\006\000\r\267\020\210w\210\204\001\330\020\305\211\002\220\377w\230a\230t\2408\250\2778\3203D\300A\247\215\001\047\377\230\022\2301\330\020\032\230\375!\000\002\230:\240W\250A+\250Q\014\003\014\023\001\010\317\210\002\310\212\001\377V\2209\230A\360\010\000\217\t\014\2107\314\210\001\262\206\002\332\210\003\026\377\220z\240\021\240!\340\014\277\017\210z\230\031\240J\000\026#\220k\016\001\027\005\246\205\002\031\206!\222\213\001\253U\220\374\213\001q\273\027\022\341\214\002\004\322\263\210\010\004\266\216\004\245\000\021\320\211\001\002\220\375#\237\212\0022\230S\240\004\240\337A\240T\250\024\357\217\002\"\260\337D\270\002\270#\236\214\003\330\020\377\021\330""\014\023\2201\220J\352\322B1\254\003\010\317\212\001q\220\004\024\236\216\002\r\017\004\212\204\005g\275\204\005\202\217\002\210\220\010\256\271\007t\2301\252\204\001\005\274\220\001f\377\220G\2307\240%\240u\377\250E\260\025\260e\2705\357\300\007\300q\275AA\330\010~\255\211\001\010\020\220\003\2201\"\000\177;\240c\250\021\250!";
+    PyObject *data = __Pyx_DecompressString_LZSS(cstring, 3167, 4524);
     #define __Pyx_DecompressString_UNUSED
     if (unlikely(!data)) __PYX_ERR(0, 1, __pyx_L1_error)
     const char* const bytes = __Pyx_PyBytes_AsString(data);
     #if !CYTHON_ASSUME_SAFE_MACROS
     if (likely(bytes)); else { Py_DECREF(data); __PYX_ERR(0, 1, __pyx_L1_error) }
     #endif
-    #else /* compression: none (4525 bytes) */
-static const char bytes[] = " at 0x object>.: <MemoryView of <contiguous and direct><contiguous and indirect><strided and direct or indirect><strided and direct><strided and indirect>>?Cannot assign to read-only memoryviewInvalid mode, expected \047c\047 or \047fortran\047, got Invalid shape in axis Note that Cython is deliberately stricter than PEP-484 and rejects subclasses of builtin types. If you need to pass subclasses then set the \047annotation_typing\047 directive to False.add_notecollections.abcdisableenablegcisenabledjacext/passes.pyxjacext: an input id is not an input nodejacext: negative slot in a tapejacext: no op number jacext: output id out of rangejacext: tape arrays differ in lengthjacext: the outputs depend on an input that is not an argumentjacext: the tape needs more than 2**31 work slotsno default __reduce__ due to non-trivial __cinit__numpy._core.multiarray failed to importnumpy._core.umath failed to importunable to allocate array data.unable to allocate shape and strides.ASCIIEllipsisSequenceView.MemoryView__Pyx_PyDict_NextRef__annotate____class____class_getitem____dict____func____getstate____import____main____module____name____new____pyx_checksum__pyx_state__pyx_type__pyx_unpickle_Enum__pyx_vtable____qualname____reduce____reduce_cython____reduce_ex____set_name____setstate____setstate_cython____test___is_coroutineaabcallocate_bufferascontiguousarrayasyncio.coroutinesbbasebornborn_arrccline_in_tracebackconst_arrconst_valsconst_valuecopycountcutdstdtypedtype_is_objectemptyencodeenumerateerrorfirstfirst_arrfixedflagsfloat64formatfortranfree_arrfree_stackfullggroup_startiidimmindexinput_idsinsint32int64itemsitemsizejjacext.passesklastlast_arrlivelive_arrlowermemviewmodenn_constn_freen_groupsn_inn_instrn_outn_pendn_slotsnamendndimnew_groupnext_slotnpnumpyoobjopops3opworderorder_arrout_slotoutput_idsoutspackpend_arrpendingpopprev_opwregisterssasbsetdefaultshapesizeslotslot_arrstartstepstopstructt_at_bt_dstt_immt_opt_outt_statapetape_groupstbtdsttimmtoptouttsuint8unpackupdateuse""_ause_buse_svalueswordxzerosO\200\001\360\014\000\005\"\240\022\320#5\260Q\260d\270!\2707\300&\310\002\310!\330\004!\240\022\320#5\260Q\260d\270!\2708\3006\310\022\3101\330\004\"\240\"\320$6\260a\260t\2701\270H\300F\310\"\310A\330\004 \240\002\320\"4\260A\260T\270\021\270&\300\006\300b\310\001\330\004 \240\002\320\"4\260A\260T\270\021\270&\300\006\300b\310\001\330\004 \240\002\320\"4\260A\260T\270\021\270&\300\006\300b\310\001\330\004\030\230\002\230&\240\001\240\021\330\004\010\210\003\2106\220\021\220#\220S\230\002\230#\230S\240\006\240a\240s\250#\250R\250s\260!\2606\270\021\270#\270S\300\002\300#\300Q\300f\310A\310S\320PS\320ST\330\014\017\210q\220\006\220a\220s\230#\230Q\330\010\016\210j\230\001\230\021\330\004\033\2301\330\004\010\210\005\210U\220!\2201\330\010\013\2103\210a\210s\220\"\220B\220c\230\021\230!\2303\230b\240\002\240#\240Q\240a\240s\250\"\250B\250c\260\021\260!\2603\260b\270\001\330\014\022\220*\230A\230Q\330\010\025\220Q\220i\230s\240!\2403\240b\250\003\2501\250A\250S\260\002\260#\260Q\260a\260s\270\"\270C\270q\300\001\300\023\300B\300a\330\004 \240\002\240%\240q\250\n\260#\260V\2702\270Q\330\004\035\230Q\330\004!\240\022\2406\250\021\250#\250V\2602\260Q\330\004\036\230a\330\004\037\230{\250!\360\006\000\005\t\210\005\210U\220!\2201\330\010\017\210r\220\021\220!\330\010\017\210u\220B\220a\330\010\013\2105\220\002\220\"\220C\220u\230C\230q\330\014\022\220*\230A\320\0354\260A\260Q\330\010\020\220\005\220U\230\"\230A\330\010\020\220\013\2301\230F\240#\240R\240t\2505\260\005\260R\260q\330\010\020\220\013\2301\230F\240#\240Q\330\010\016\210b\220\003\2202\220S\230\005\230S\240\002\240!\2402\240R\240s\250!\330\r\022\220#\220Y\230b\240\013\2504\250v\260Q\260c\270\021\270$\270c\300\026\300q\310\003\3101\310B\310b\320PQ\330\010\013\2104\210q\330\014\022\220$\220a\220s\230!\2304\230s\240&\250\004\250F\260$\260d\270!\2701\270A\270T\300\023\300G\3101\330\020\026\220d\230$\230a\230q\240\001\240\024\240S\250\007\250t\2606\270\024\270T\300\021\300!\3001\300D\310""\003\3101\330\010\013\2101\330\014\024\220A\330\014\021\220\021\220,\230a\330\014\030\230\001\330\010\014\210A\210S\220\001\220\026\220q\330\004\013\2109\220B\220i\230u\240A\200\001\360\030\000\005#\240\"\320$6\260a\260{\300&\310\002\310!\330\004#\2402\320%7\260q\270\014\300F\310\"\310A\330\004\025\220Q\220a\330\004\033\2303\230f\240A\240\\\260\024\260V\2701\270A\330\004 \240\002\240&\250\001\250\023\250F\260\"\260A\330\004#\2401\340\004\033\230=\250\001\340\004\010\210\005\210U\220!\2201\330\010\013\2104\210q\220\003\2202\220R\220s\230$\230a\230s\240#\240Q\330\014\022\220*\230A\230Q\330\010\014\210A\210T\220\021\220&\230\001\340\004\010\210\005\210U\220!\2202\220R\220t\2304\230q\330\010\013\2104\210t\2201\220A\330\014\r\330\010\016\210a\210s\220!\2201\330\010\013\2104\210s\220(\230#\230T\240\023\240A\330\014\r\330\010\023\2201\330\010\013\2101\210B\210a\210s\220#\220Q\330\014\020\220\001\220\021\220\"\220A\220V\2301\330\010\013\2101\210B\210a\210s\220#\220Q\330\014\020\220\001\220\021\220\"\220A\220V\2301\330\010\013\2101\210B\210a\210s\220#\220Q\330\014\020\220\001\220\021\220\"\220A\220V\2301\340\004 \240\002\240%\240q\250\004\250C\250v\260R\260q\330\004\035\230Q\330\004\010\210\005\210U\220!\2201\330\010\013\2103\210a\210s\220\"\220B\220c\230\023\230A\230S\240\003\2402\240S\250\001\250\023\250A\250S\260\001\260\024\260S\270\001\330\014\022\220*\230A\230Q\330\010\014\210A\210S\220\001\220\026\220y\240\001\330\004\010\210\005\210U\220!\2201\330\010\013\2104\210q\220\003\2204\220q\230\003\2301\230C\230s\240!\330\014\027\220q\330\004!\240\022\2406\250\021\250)\2606\270\022\2701\330\004\"\240!\330\004\010\210\001\330\004\010\210\005\210U\220!\2201\330\010\013\2104\210q\220\003\2204\220q\230\003\2301\230C\230s\240!\330\014\020\220\001\220\025\220j\240\005\240R\240q\330\014\026\220a\220u\230A\230T\240\021\240!\330\014\021\220\021\330\004\010\210\005\210U\220!\2201\330\010\013\2104\210q\220\003\2204\220q\230\003\2301\230C\230s\240(\250$\250d\260!\2603\260b\270\001\330""\014\022\220*\230A\230Q\360\006\000\005\"\240\022\2406\250\021\250)\2606\270\022\2701\330\004\036\230a\330\004 \240\002\240%\240q\250\004\250C\250v\260R\260q\330\004\035\230Q\330\004\010\210\001\330\004\010\210\005\210U\220!\2201\330\010\013\2104\210q\220\003\2204\220q\230\003\2301\230C\230s\240(\250$\250a\250s\260!\2603\260c\270\021\330\014\021\220\021\220%\220y\240\001\330\014\017\210q\220\002\220!\2203\220c\230\021\330\020\024\220A\220Q\220b\230\001\230\026\230y\250\001\330\014\017\210q\220\002\220!\2203\220c\230\021\330\020\024\220A\220Q\220b\230\001\230\026\230y\250\001\330\014\017\210q\220\002\220!\2203\220c\230\021\330\020\024\220A\220Q\220b\230\001\230\026\230y\250\001\330\014\021\220\021\330\004\010\210\005\210U\220!\2201\330\010\014\210A\210T\220\021\220&\230\t\240\021\360\014\000\005!\240\002\240&\250\001\250\030\260\022\2603\260f\270B\270a\330\004#\2401\330\004 \240\002\240&\250\001\250\030\260\022\2603\260f\270B\270a\330\004 \240\001\330\004 \240\002\240%\240q\250\004\250C\250v\260R\260q\330\004\035\230Q\330\004\032\320\032+\250?\270!\340\004\032\230/\250\025\250b\260\001\330\004\031\230\025\230b\240\001\340\004\034\230B\230f\240A\240Y\250f\260B\260a\330\004\035\230R\230v\240Q\240i\250v\260R\260q\330\004\033\2302\230V\2401\240I\250V\2602\260Q\330\004\033\2302\230V\2401\240I\250V\2602\260Q\330\004\033\2302\230V\2401\240I\250V\2602\260Q\330\004\035\230R\230v\240Q\240i\250v\260R\260q\330\004\034\230A\330\004\035\230Q\330\004\033\2301\330\004\033\2301\330\004\033\2301\330\004\034\230A\340\004\010\210\005\210U\220!\2201\330\010\r\210U\220!\2201\330\010\016\210a\210s\220!\2201\330\010\017\210t\2202\220Q\330\010\014\210A\210U\220!\2202\220Q\220a\330\010\014\210A\210U\220!\2202\220Q\220a\330\010\014\210A\210U\220!\2202\220Q\220a\330\010\r\210T\220\021\220$\220a\220w\230d\240!\2403\240c\250\030\260\021\330\010\r\210T\220\021\220$\220a\220w\230d\240!\2403\240c\250\030\260\021\330\010\013\2103\210b\220\001\330\014\021\220\021\330\010\013\2103\210b\220\001\330\014""\021\220\021\330\010\013\2101\210E\220\021\330\010\n\210!\2105\220\t\230\021\330\010\n\210!\2105\220\t\230\021\340\010\n\210!\2105\220\004\220A\220T\230\021\230\047\240\033\250A\250V\2603\260g\270Y\300a\330\010\014\210A\210U\220!\2204\220q\230\001\330\010\024\220D\230\003\2301\330\010\014\210E\220\025\220a\220q\330\014\020\220\004\220A\220Q\330\014\017\210r\220\023\220B\220d\230$\230a\230s\240#\240Q\330\020\034\230A\330\010\013\2101\360\006\000\r\020\210w\220b\230\001\330\020\025\220Q\220a\220w\230a\230t\2408\2508\3203D\300A\330\014\022\220\047\230\022\2301\330\020\032\230!\330\020\032\230!\230:\240W\250A\250Q\330\020\032\230!\330\014\032\230!\330\010\023\2201\330\010\014\210A\210V\2209\230A\360\010\000\t\014\2107\220\"\220A\330\014\026\220a\330\014\020\220\001\220\026\220z\240\021\240!\340\014\017\210z\230\031\240!\330\020\026\220k\240\021\240!\330\014\020\220\001\220\026\220y\240\001\330\014\031\230\021\330\010\014\210A\210U\220$\220a\220q\330\010\014\210E\220\025\220a\220q\330\014\020\220\004\220A\220Q\330\014\017\210r\220\022\2202\220S\230\004\230A\230S\240\003\2402\240S\250\004\250A\250S\260\002\260!\330\020\021\330\014\020\220\002\220#\220R\220t\2302\230S\240\004\240A\240T\250\024\250R\250s\260\"\260D\270\002\270#\270T\300\021\300!\330\020\021\330\014\023\2201\220J\230d\240!\2401\330\014\026\220a\330\010\013\2104\210q\220\004\220B\220a\330\014\023\2201\220J\230d\240!\2401\330\014\026\220a\330\004\035\230R\230v\240Q\240g\250V\2602\260Q\330\004\035\230Q\330\004\010\210\005\210U\220!\2201\330\010\014\210A\210U\220$\220a\220t\2301\230A\330\004\005\330\010\016\210f\220G\2307\240%\240u\250E\260\025\260e\2705\300\007\300q\330\010\024\220A\330\010\027\220q\330\010\020\220\003\2201\220G\230;\240c\250\021\250!";
+    #else /* compression: none (4524 bytes) */
+static const char bytes[] = " at 0x object>.: <MemoryView of <contiguous and direct><contiguous and indirect><strided and direct or indirect><strided and direct><strided and indirect>>?Cannot assign to read-only memoryviewInvalid mode, expected \047c\047 or \047fortran\047, got Invalid shape in axis Note that Cython is deliberately stricter than PEP-484 and rejects subclasses of builtin types. If you need to pass subclasses then set the \047annotation_typing\047 directive to False.add_notecollections.abcdisableenablegcisenabledjacext/passes.pyxjacext: an input id is not an input nodejacext: negative slot in a tapejacext: no op number jacext: output id out of rangejacext: tape arrays differ in lengthjacext: the outputs depend on an input that is not an argumentjacext: the tape needs more than 2**31 work slotsno default __reduce__ due to non-trivial __cinit__numpy._core.multiarray failed to importnumpy._core.umath failed to importunable to allocate array data.unable to allocate shape and strides.ASCIIEllipsisSequenceView.MemoryView__Pyx_PyDict_NextRef__annotate____class____class_getitem____dict____func____getstate____import____main____module____name____new____pyx_checksum__pyx_state__pyx_type__pyx_unpickle_Enum__pyx_vtable____qualname____reduce____reduce_cython____reduce_ex____set_name____setstate____setstate_cython____test___is_coroutineaabcallocate_bufferascontiguousarrayasyncio.coroutinesbbasebornborn_arrccline_in_tracebackconst_arrconst_valsconst_valuecopycountcutdstdtypedtype_is_objectemptyencodeenumerateerrorfirstfirst_arrfixedflagsfloat64formatfortranfree_arrfree_stackfullggroup_startiidimmindexinput_idsinsint32int64itemsitemsizejjacext.passesklastlast_arrlivelive_arrlowermemviewmodenn_constn_freen_groupsn_inn_instrn_outn_pendn_slotsnamendndimnew_groupnext_slotnpnumpyoobjopops3opworderorder_arrout_slotoutput_idsoutspackpend_arrpendingpopprev_opwregisterssasbsetdefaultshapesizeslotslot_arrstartstepstopstructt_at_bt_dstt_immt_opt_outt_statapetape_groupstbtdsttimmtoptouttsuint8unpackupdateuse""_ause_buse_svalueswordxzerosO\200\001\360\014\000\005\"\240\022\320#5\260Q\260d\270!\2707\300&\310\002\310!\330\004!\240\022\320#5\260Q\260d\270!\2708\3006\310\022\3101\330\004\"\240\"\320$6\260a\260t\2701\270H\300F\310\"\310A\330\004 \240\002\320\"4\260A\260T\270\021\270&\300\006\300b\310\001\330\004 \240\002\320\"4\260A\260T\270\021\270&\300\006\300b\310\001\330\004 \240\002\320\"4\260A\260T\270\021\270&\300\006\300b\310\001\330\004\030\230\002\230&\240\001\240\021\330\004\010\210\003\2106\220\021\220#\220S\230\002\230#\230S\240\006\240a\240s\250#\250R\250s\260!\2606\270\021\270#\270S\300\002\300#\300Q\300f\310A\310S\320PS\320ST\330\014\017\210q\220\006\220a\220s\230#\230Q\330\010\016\210j\230\001\230\021\330\004\033\2301\330\004\010\210\005\210U\220!\2201\330\010\013\2103\210a\210s\220\"\220B\220c\230\021\230!\2303\230b\240\002\240#\240Q\240a\240s\250\"\250B\250c\260\021\260!\2603\260b\270\001\330\014\022\220*\230A\230Q\330\010\025\220Q\220i\230s\240!\2403\240b\250\003\2501\250A\250S\260\002\260#\260Q\260a\260s\270\"\270C\270q\300\001\300\023\300B\300a\330\004 \240\002\240%\240q\250\n\260#\260V\2702\270Q\330\004\035\230Q\330\004!\240\022\2406\250\021\250#\250V\2602\260Q\330\004\036\230a\330\004\037\230{\250!\360\006\000\005\t\210\005\210U\220!\2201\330\010\017\210r\220\021\220!\330\010\017\210u\220B\220a\330\010\013\2105\220\002\220\"\220C\220u\230C\230q\330\014\022\220*\230A\320\0354\260A\260Q\330\010\020\220\005\220U\230\"\230A\330\010\020\220\013\2301\230F\240#\240R\240t\2505\260\005\260R\260q\330\010\020\220\013\2301\230F\240#\240Q\330\010\016\210b\220\003\2202\220S\230\005\230S\240\002\240!\2402\240R\240s\250!\330\r\022\220#\220Y\230b\240\013\2504\250u\260A\260S\270\001\270\024\270S\300\005\300Q\300c\310\021\310\"\310B\310a\330\010\013\2104\210q\330\014\022\220$\220a\220s\230!\2304\230s\240&\250\004\250F\260$\260d\270!\2701\270A\270T\300\023\300G\3101\330\020\026\220d\230$\230a\230q\240\001\240\024\240S\250\007\250t\2606\270\024\270T\300\021\300!\3001\300D""\310\003\3101\330\010\013\2101\330\014\024\220A\330\014\021\220\021\220,\230a\330\014\030\230\001\330\010\014\210A\210S\220\001\220\026\220q\330\004\013\2109\220B\220i\230u\240A\200\001\360\030\000\005#\240\"\320$6\260a\260{\300&\310\002\310!\330\004#\2402\320%7\260q\270\014\300F\310\"\310A\330\004\025\220Q\220a\330\004\033\2303\230f\240A\240\\\260\024\260V\2701\270A\330\004 \240\002\240&\250\001\250\023\250F\260\"\260A\330\004#\2401\340\004\033\230=\250\001\340\004\010\210\005\210U\220!\2201\330\010\013\2104\210q\220\003\2202\220R\220s\230$\230a\230s\240#\240Q\330\014\022\220*\230A\230Q\330\010\014\210A\210T\220\021\220&\230\001\340\004\010\210\005\210U\220!\2202\220R\220t\2304\230q\330\010\013\2104\210t\2201\220A\330\014\r\330\010\016\210a\210s\220!\2201\330\010\013\2104\210s\220(\230#\230T\240\023\240A\330\014\r\330\010\023\2201\330\010\013\2101\210B\210a\210s\220#\220Q\330\014\020\220\001\220\021\220\"\220A\220V\2301\330\010\013\2101\210B\210a\210s\220#\220Q\330\014\020\220\001\220\021\220\"\220A\220V\2301\330\010\013\2101\210B\210a\210s\220#\220Q\330\014\020\220\001\220\021\220\"\220A\220V\2301\340\004 \240\002\240%\240q\250\004\250C\250v\260R\260q\330\004\035\230Q\330\004\010\210\005\210U\220!\2201\330\010\013\2103\210a\210s\220\"\220B\220c\230\023\230A\230S\240\003\2402\240S\250\001\250\023\250A\250S\260\001\260\024\260S\270\001\330\014\022\220*\230A\230Q\330\010\014\210A\210S\220\001\220\026\220y\240\001\330\004\010\210\005\210U\220!\2201\330\010\013\2104\210q\220\003\2204\220q\230\003\2301\230C\230s\240!\330\014\027\220q\330\004!\240\022\2406\250\021\250)\2606\270\022\2701\330\004\"\240!\330\004\010\210\001\330\004\010\210\005\210U\220!\2201\330\010\013\2104\210q\220\003\2204\220q\230\003\2301\230C\230s\240!\330\014\020\220\001\220\025\220j\240\005\240R\240q\330\014\026\220a\220u\230A\230T\240\021\240!\330\014\021\220\021\330\004\010\210\005\210U\220!\2201\330\010\013\2104\210q\220\003\2204\220q\230\003\2301\230C\230s\240(\250$\250d\260!\2603\260b\270\001""\330\014\022\220*\230A\230Q\360\006\000\005\"\240\022\2406\250\021\250)\2606\270\022\2701\330\004\036\230a\330\004 \240\002\240%\240q\250\004\250C\250v\260R\260q\330\004\035\230Q\330\004\010\210\001\330\004\010\210\005\210U\220!\2201\330\010\013\2104\210q\220\003\2204\220q\230\003\2301\230C\230s\240(\250$\250a\250s\260!\2603\260c\270\021\330\014\021\220\021\220%\220y\240\001\330\014\017\210q\220\002\220!\2203\220c\230\021\330\020\024\220A\220Q\220b\230\001\230\026\230y\250\001\330\014\017\210q\220\002\220!\2203\220c\230\021\330\020\024\220A\220Q\220b\230\001\230\026\230y\250\001\330\014\017\210q\220\002\220!\2203\220c\230\021\330\020\024\220A\220Q\220b\230\001\230\026\230y\250\001\330\014\021\220\021\330\004\010\210\005\210U\220!\2201\330\010\014\210A\210T\220\021\220&\230\t\240\021\360\014\000\005!\240\002\240&\250\001\250\030\260\022\2603\260f\270B\270a\330\004#\2401\330\004 \240\002\240&\250\001\250\030\260\022\2603\260f\270B\270a\330\004 \240\001\330\004 \240\002\240%\240q\250\004\250C\250v\260R\260q\330\004\035\230Q\330\004\032\320\032+\250?\270!\340\004\032\230/\250\025\250b\260\001\330\004\031\230\025\230b\240\001\340\004\034\230B\230f\240A\240Y\250f\260B\260a\330\004\035\230R\230v\240Q\240i\250v\260R\260q\330\004\033\2302\230V\2401\240I\250V\2602\260Q\330\004\033\2302\230V\2401\240I\250V\2602\260Q\330\004\033\2302\230V\2401\240I\250V\2602\260Q\330\004\035\230R\230v\240Q\240i\250v\260R\260q\330\004\034\230A\330\004\035\230Q\330\004\033\2301\330\004\033\2301\330\004\033\2301\330\004\034\230A\340\004\010\210\005\210U\220!\2201\330\010\r\210U\220!\2201\330\010\016\210a\210s\220!\2201\330\010\017\210t\2202\220Q\330\010\014\210A\210U\220!\2202\220Q\220a\330\010\014\210A\210U\220!\2202\220Q\220a\330\010\014\210A\210U\220!\2202\220Q\220a\330\010\r\210T\220\021\220$\220a\220w\230d\240!\2403\240c\250\030\260\021\330\010\r\210T\220\021\220$\220a\220w\230d\240!\2403\240c\250\030\260\021\330\010\013\2103\210b\220\001\330\014\021\220\021\330\010\013\2103\210b\220\001\330""\014\021\220\021\330\010\013\2101\210E\220\021\330\010\n\210!\2105\220\t\230\021\330\010\n\210!\2105\220\t\230\021\340\010\n\210!\2105\220\004\220A\220T\230\021\230\047\240\033\250A\250V\2603\260g\270Y\300a\330\010\014\210A\210U\220!\2204\220q\230\001\330\010\024\220D\230\003\2301\330\010\014\210E\220\025\220a\220q\330\014\020\220\004\220A\220Q\330\014\017\210r\220\023\220B\220d\230$\230a\230s\240#\240Q\330\020\034\230A\330\010\013\2101\360\006\000\r\020\210w\220b\230\001\330\020\025\220Q\220a\220w\230a\230t\2408\2508\3203D\300A\330\014\022\220\047\230\022\2301\330\020\032\230!\330\020\032\230!\230:\240W\250A\250Q\330\020\032\230!\330\014\032\230!\330\010\023\2201\330\010\014\210A\210V\2209\230A\360\010\000\t\014\2107\220\"\220A\330\014\026\220a\330\014\020\220\001\220\026\220z\240\021\240!\340\014\017\210z\230\031\240!\330\020\026\220k\240\021\240!\330\014\020\220\001\220\026\220y\240\001\330\014\031\230\021\330\010\014\210A\210U\220$\220a\220q\330\010\014\210E\220\025\220a\220q\330\014\020\220\004\220A\220Q\330\014\017\210r\220\022\2202\220S\230\004\230A\230S\240\003\2402\240S\250\004\250A\250S\260\002\260!\330\020\021\330\014\020\220\002\220#\220R\220t\2302\230S\240\004\240A\240T\250\024\250R\250s\260\"\260D\270\002\270#\270T\300\021\300!\330\020\021\330\014\023\2201\220J\230d\240!\2401\330\014\026\220a\330\010\013\2104\210q\220\004\220B\220a\330\014\023\2201\220J\230d\240!\2401\330\014\026\220a\330\004\035\230R\230v\240Q\240g\250V\2602\260Q\330\004\035\230Q\330\004\010\210\005\210U\220!\2201\330\010\014\210A\210U\220$\220a\220t\2301\230A\330\004\005\330\010\016\210f\220G\2307\240%\240u\250E\260\025\260e\2705\300\007\300q\330\010\024\220A\330\010\027\220q\330\010\020\220\003\2201\220G\230;\240c\250\021\250!";
     PyObject *data = NULL;
     #define __Pyx_DecompressString_UNUSED
     #define __Pyx_DecompressString_LZSS_UNUSED
@@ -28047,12 +28045,12 @@ static int __Pyx_CreateCodeObjects(__pyx_mstatetype *__pyx_mstate) {
   PyObject* tuple_dedup_map = PyDict_New();
   if (unlikely(!tuple_dedup_map)) return -1;
   {
-    const __Pyx_PyCode_New_function_description descr = {3, 0, 0, 57, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 38};
+    const __Pyx_PyCode_New_function_description descr = {3, 0, 0, 57, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 27};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_g, __pyx_mstate->__pyx_n_u_input_ids, __pyx_mstate->__pyx_n_u_output_ids, __pyx_mstate->__pyx_n_u_ins, __pyx_mstate->__pyx_n_u_outs, __pyx_mstate->__pyx_n_u_n, __pyx_mstate->__pyx_n_u_i, __pyx_mstate->__pyx_n_u_j, __pyx_mstate->__pyx_n_u_k, __pyx_mstate->__pyx_n_u_nd, __pyx_mstate->__pyx_n_u_o, __pyx_mstate->__pyx_n_u_n_in, __pyx_mstate->__pyx_n_u_n_out, __pyx_mstate->__pyx_n_u_live_arr, __pyx_mstate->__pyx_n_u_live, __pyx_mstate->__pyx_n_u_opw, __pyx_mstate->__pyx_n_u_base, __pyx_mstate->__pyx_n_u_n_instr, __pyx_mstate->__pyx_n_u_n_const, __pyx_mstate->__pyx_n_u_slot_arr, __pyx_mstate->__pyx_n_u_slot, __pyx_mstate->__pyx_n_u_const_arr, __pyx_mstate->__pyx_n_u_const_vals, __pyx_mstate->__pyx_n_u_order_arr, __pyx_mstate->__pyx_n_u_order, __pyx_mstate->__pyx_n_u_last_arr, __pyx_mstate->__pyx_n_u_last, __pyx_mstate->__pyx_n_u_free_arr, __pyx_mstate->__pyx_n_u_free_stack, __pyx_mstate->__pyx_n_u_pend_arr, __pyx_mstate->__pyx_n_u_pending, __pyx_mstate->__pyx_n_u_born_arr, __pyx_mstate->__pyx_n_u_born, __pyx_mstate->__pyx_n_u_n_pend, __pyx_mstate->__pyx_n_u_group_start, __pyx_mstate->__pyx_n_u_prev_opw, __pyx_mstate->__pyx_n_u_new_group, __pyx_mstate->__pyx_n_u_n_free, __pyx_mstate->__pyx_n_u_next_slot, __pyx_mstate->__pyx_n_u_fixed, __pyx_mstate->__pyx_n_u_ops3, __pyx_mstate->__pyx_n_u_t_op, __pyx_mstate->__pyx_n_u_t_dst, __pyx_mstate->__pyx_n_u_t_a, __pyx_mstate->__pyx_n_u_t_b, __pyx_mstate->__pyx_n_u_t_s, __pyx_mstate->__pyx_n_u_t_imm, __pyx_mstate->__pyx_n_u_top, __pyx_mstate->__pyx_n_u_tdst, __pyx_mstate->__pyx_n_u_ta, __pyx_mstate->__pyx_n_u_tb, __pyx_mstate->__pyx_n_u_ts, __pyx_mstate->__pyx_n_u_timm, __pyx_mstate->__pyx_n_u_sa, __pyx_mstate->__pyx_n_u_sb, __pyx_mstate->__pyx_n_u_t_out, __pyx_mstate->__pyx_n_u_tout};
     __pyx_mstate_global->__pyx_codeobj_tab[0] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_jacext_passes_pyx, __pyx_mstate->__pyx_n_u_lower, __pyx_mstate->__pyx_kp_b_iso88591_6a_2_7q_F_A_Qa_3fA_V1A_F_A_1_U, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[0])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 22, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 217};
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 22, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 206};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_tape, __pyx_mstate->__pyx_n_u_op, __pyx_mstate->__pyx_n_u_imm, __pyx_mstate->__pyx_n_u_dst, __pyx_mstate->__pyx_n_u_a, __pyx_mstate->__pyx_n_u_b, __pyx_mstate->__pyx_n_u_s, __pyx_mstate->__pyx_n_u_n, __pyx_mstate->__pyx_n_u_j, __pyx_mstate->__pyx_n_u_n_slots, __pyx_mstate->__pyx_n_u_last_arr, __pyx_mstate->__pyx_n_u_last, __pyx_mstate->__pyx_n_u_first_arr, __pyx_mstate->__pyx_n_u_first, __pyx_mstate->__pyx_n_u_n_groups, __pyx_mstate->__pyx_n_u_start, __pyx_mstate->__pyx_n_u_word, __pyx_mstate->__pyx_n_u_base, __pyx_mstate->__pyx_n_u_use_a, __pyx_mstate->__pyx_n_u_use_b, __pyx_mstate->__pyx_n_u_use_s, __pyx_mstate->__pyx_n_u_cut};
     __pyx_mstate_global->__pyx_codeobj_tab[1] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_jacext_passes_pyx, __pyx_mstate->__pyx_n_u_tape_groups, __pyx_mstate->__pyx_kp_b_iso88591_5Qd_7_5Qd_86_1_6at1HF_A_4AT_b_4, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[1])) goto bad;
   }

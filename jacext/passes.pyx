@@ -14,7 +14,7 @@ from libc.stdint cimport int32_t, int64_t, uint64_t
 from libc.stdlib cimport qsort
 
 from jacext._graph cimport (C_CONST, C_INPUT, JX_A_IMM, JX_B_IMM, JX_N_OPS, JX_OP_MASK, Graph,
-                            jx_op_arity)
+                            dbits, jx_op_arity)
 
 cnp.import_array()
 
@@ -22,17 +22,6 @@ cnp.import_array()
 cdef int _cmp_int32(const void *x, const void *y) noexcept nogil:
     cdef int32_t a = (<const int32_t *>x)[0], b = (<const int32_t *>y)[0]
     return (a > b) - (a < b)
-
-
-cdef union _Bits:
-    double d
-    uint64_t u
-
-
-cdef inline uint64_t _dbits(double x) noexcept nogil:
-    cdef _Bits b
-    b.d = x
-    return b.u
 
 
 def lower(Graph g, input_ids, output_ids):
@@ -251,7 +240,7 @@ def tape_groups(tape):
         use_b = jx_op_arity[base] >= 2 and not (word & JX_B_IMM)
         use_s = jx_op_arity[base] == 3
         cut = j == 0 or word != op[j - 1] or (
-            (word & (JX_A_IMM | JX_B_IMM)) and _dbits(imm[j]) != _dbits(imm[j - 1]))
+            (word & (JX_A_IMM | JX_B_IMM)) and dbits(imm[j]) != dbits(imm[j - 1]))
         if not cut:
             cut = last[dst[j]] >= start or (use_a and last[a[j]] >= start) or (
                 use_b and last[b[j]] >= start) or (use_s and last[s[j]] >= start)

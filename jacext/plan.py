@@ -299,18 +299,23 @@ class Planner:
         with self.lock:
             return self._columns.setdefault(argnums, cols)
 
+    def _once(self, cache, key, make):
+        """cache[key], made by make() under the lock the first time (double-checked: the
+        common hit takes no lock)."""
+        hit = cache.get(key)
+        if hit is None:
+            with self.lock:
+                hit = cache.get(key)
+                if hit is None:
+                    hit = cache[key] = make()
+        return hit
+
     def structure(self, argnums):
         """The sparse structure (pattern, colourings, cones) of ``argnums``, made once."""
-        s = self._structures.get(argnums)
-        if s is None:
-            with self.lock:
-                s = self._structures.get(argnums)
-                if s is None:
-                    from jacext.sparse import Structure
+        from jacext.sparse import Structure
 
-                    s = Structure(self.tape, self.columns(argnums), COLOURING_MAX_WORK)
-                    self._structures[argnums] = s
-        return s
+        return self._once(self._structures, argnums, lambda: Structure(
+            self.tape, self.columns(argnums), COLOURING_MAX_WORK))
 
     def known_structure(self, argnums):
         """The sparse structure of ``argnums`` if some request made it, else None."""
@@ -318,14 +323,8 @@ class Planner:
 
     def best(self, argnums):
         """best_compressed's (mode, cost) for ``argnums``, made once."""
-        hit = self._best.get(argnums)
-        if hit is None:
-            with self.lock:
-                hit = self._best.get(argnums)
-                if hit is None:
-                    hit = best_compressed(self.structure(argnums), self.tape.n_instructions)
-                    self._best[argnums] = hit
-        return hit
+        return self._once(self._best, argnums, lambda: best_compressed(
+            self.structure(argnums), self.tape.n_instructions))
 
     def n_groups(self):
         """Groups of like instructions the Jacobian-tape builders work in."""
@@ -339,15 +338,8 @@ class Planner:
 
     def plan(self, argnums, mode, is_sparse):
         """The Plan of F.jacobian(argnums=..., mode=..., sparse=...)."""
-        key = (argnums, mode, is_sparse)
-        p = self._plans.get(key)
-        if p is None:
-            with self.lock:
-                p = self._plans.get(key)
-                if p is None:
-                    p = self._make(argnums, mode, is_sparse)
-                    self._plans[key] = p
-        return p
+        return self._once(self._plans, (argnums, mode, is_sparse),
+                          lambda: self._make(argnums, mode, is_sparse))
 
     def _make(self, argnums, mode, is_sparse):
         if mode not in ("auto", "forward", "reverse"):
@@ -376,10 +368,10 @@ class Planner:
         """The Jacobian tape slot (argnums, mode, dense or sparse form, with values or not),
         shared by every Plan that runs those sweeps (the sparse form mirrors forward
         colourings in forward mode, row colourings and cones in reverse mode)."""
-        key = (argnums, mode, is_sparse, values)
-        slot = self._slots.get(key)
-        if slot is not None:
-            return slot
+        return self._once(self._slots, (argnums, mode, is_sparse, values),
+                          lambda: self._make_slot(argnums, mode, is_sparse, values))
+
+    def _make_slot(self, argnums, mode, is_sparse, values):
         cols = self.columns(argnums)
         t = self.tape
         n_instr, n_out, n_cols = t.n_instructions, t.n_outputs, int(cols.shape[0])
@@ -402,7 +394,6 @@ class Planner:
             after = tape_after(build_cost(mode, max(n_instr, 1), self.n_groups()), per_point)
             slot = JacobianTapeSlot(self.lock, after,
                                     lambda: self._build(argnums, mode, is_sparse, values, work))
-        self._slots[key] = slot
         return slot
 
     def _build(self, argnums, mode, is_sparse, values, work):

@@ -483,44 +483,43 @@ static int jx_block_jac_tape(const jx_tape *t, jx_block_work *w, jx_work *pw,
     return JX_OK;
 }
 
-static void jx_block_jvp(const jx_tape *t, jx_block_work *w, const jx_batch *job,
-                         ptrdiff_t p0, int32_t n)
+/*
+ * One directional derivative per point, its seed given per point: forward, J v (seed v
+ * over the inputs, result over the outputs); reverse, u J (seed u over the outputs,
+ * result over the inputs).  Input k is slot k; an output's slot is out_slot.
+ */
+static void jx_block_product(const jx_tape *t, jx_block_work *w, const jx_batch *job,
+                             ptrdiff_t p0, int32_t n, int forward)
 {
     const int32_t blk = w->block;
-    int32_t i, j, l, finite;
-    const double *v = job->seed + (size_t)p0 * t->n_in;
-    double *ydot = job->out + (size_t)p0 * t->n_out;
+    const int32_t n_seed = forward ? t->n_in : t->n_out, n_res = forward ? t->n_out : t->n_in;
+    const int32_t *seed_slot = forward ? NULL : t->out_slot;
+    const int32_t *res_slot = forward ? t->out_slot : NULL;
+    const double *seed = job->seed + (size_t)p0 * (size_t)n_seed;
+    double *res = job->out + (size_t)p0 * (size_t)n_res;
+    int32_t k, l, finite;
     jx_block_load(t, w, job->x + (size_t)p0 * (size_t)t->n_in, n);
     finite = jx_block_forward(t, w);
     jx_block_store_outputs(t, w, job->y ? job->y + (size_t)p0 * t->n_out : NULL, n);
-    memset(w->lane, 0, (size_t)(t->n_in + t->n_const) * B * sizeof(double));
-    for (l = 0; l < B; l++)
-        for (j = 0; j < t->n_in; j++)
-            w->lane[(size_t)j * B + l] = v[(size_t)(l < n ? l : n - 1) * t->n_in + j];
-    jx_block_tangent(t, w, 1, finite);
+    /* tangents: inputs and constants cleared; adjoints: every slot (see jx_block_jacobian) */
+    memset(w->lane, 0, (size_t)(forward ? t->n_in + t->n_const : t->n_slots) * B * sizeof(double));
+    for (l = 0; l < B; l++) {
+        const double *row = seed + (size_t)(l < n ? l : n - 1) * (size_t)n_seed;
+        for (k = 0; k < n_seed; k++) {
+            double *lane = w->lane + (size_t)(seed_slot ? seed_slot[k] : k) * B + l;
+            if (forward)
+                *lane = row[k];
+            else
+                *lane += row[k];   /* an output listed twice seeds twice */
+        }
+    }
+    if (forward)
+        jx_block_tangent(t, w, 1, finite);
+    else
+        jx_block_adjoint(t, w, 1, finite);
     for (l = 0; l < n; l++)
-        for (i = 0; i < t->n_out; i++)
-            ydot[(size_t)l * t->n_out + i] = w->lane[(size_t)t->out_slot[i] * B + l];
-}
-
-static void jx_block_vjp(const jx_tape *t, jx_block_work *w, const jx_batch *job,
-                         ptrdiff_t p0, int32_t n)
-{
-    const int32_t blk = w->block;
-    int32_t i, j, l, finite;
-    const double *u = job->seed + (size_t)p0 * t->n_out;
-    double *xbar = job->out + (size_t)p0 * t->n_in;
-    jx_block_load(t, w, job->x + (size_t)p0 * (size_t)t->n_in, n);
-    finite = jx_block_forward(t, w);
-    jx_block_store_outputs(t, w, job->y ? job->y + (size_t)p0 * t->n_out : NULL, n);
-    memset(w->lane, 0, (size_t)t->n_slots * B * sizeof(double));
-    for (l = 0; l < B; l++)
-        for (i = 0; i < t->n_out; i++)
-            w->lane[(size_t)t->out_slot[i] * B + l] += u[(size_t)(l < n ? l : n - 1) * t->n_out + i];
-    jx_block_adjoint(t, w, 1, finite);
-    for (l = 0; l < n; l++)
-        for (j = 0; j < t->n_in; j++)
-            xbar[(size_t)l * t->n_in + j] = w->lane[(size_t)j * B + l];
+        for (k = 0; k < n_res; k++)
+            res[(size_t)l * n_res + k] = w->lane[(size_t)(res_slot ? res_slot[k] : k) * B + l];
 }
 
 /*
@@ -651,10 +650,8 @@ static void jx_run_share(jx_share *sh)
             jx_block_jacobian(t, &w, job, p, n);
             break;
         case JX_TASK_JVP:
-            jx_block_jvp(t, &w, job, p, n);
-            break;
         case JX_TASK_VJP:
-            jx_block_vjp(t, &w, job, p, n);
+            jx_block_product(t, &w, job, p, n, job->task == JX_TASK_JVP);
             break;
         default:
             st = JX_EARG;
