@@ -14,7 +14,7 @@
  *
  * Two kinds of block.  The sweeps' (jx_block_forward with its partials, then
  * jx_block_tangent or jx_block_adjoint) for the first batches of a Function;
- * and once a Jacobian tape exists (jacext/derivative.py: the Jacobian's
+ * and once a Jacobian tape exists (jacext/jactape.py: the Jacobian's
  * entries as a tape of their own), one value sweep over it (jx_block_values,
  * block_values.h) per block of JX_VB points.  Plain values (F(X)) take the
  * value sweep too.
@@ -443,7 +443,7 @@ static void jx_block_jacobian(const jx_tape *t, jx_block_work *w, const jx_batch
  * inf or nan goes again point by point through the sweeps of t (*pw made on
  * first need): there the zero kills decide, which a product in the Jacobian
  * tape does not know (an infinite partial times a tangent that is zero only
- * at this point).  Elsewhere the two agree (jacext/derivative.py).
+ * at this point).  Elsewhere the two agree (jacext/jactape.py).
  */
 static int jx_block_jac_tape(const jx_tape *t, jx_block_work *w, jx_work *pw,
                              const jx_batch *job, ptrdiff_t p0, int32_t n)

@@ -14,7 +14,7 @@
  *
  * sin and cos of the same slot value (sin(q), and cos(q) for its partial)
  * are one sincos call where the C library has one (glibc: the same
- * results as sin and cos, tests/test_derivative.py checks): the first of the
+ * results as sin and cos, tests/test_jactape.py checks): the first of the
  * pair computes both and stashes the other for the second.
  */
 JX_VALUES_ATTR

@@ -126,7 +126,7 @@ void jx_adjoint_sweep(const jx_tape *t, const double *d0, const double *d1,
 int jx_point_jacobian(const jx_tape *t, jx_work *w, const double *x, double *y,
                       double *jac, const int32_t *cols, int32_t n_cols, int mode);
 /*
- * Compressed Jacobian (sparse.c's colourings): forward, colour[c] is column
+ * Compressed Jacobian (sparse colourings, jacext/sparse.py): forward, colour[c] is column
  * c's colour and comp is n_out x n_colours; reverse, colour[i] is output
  * row i's colour and comp is n_colours x n_cols.  colour NULL: the dense
  * Jacobian (every column, or row, its own colour).
@@ -162,7 +162,7 @@ typedef struct {
     const int32_t *cone;
     const int32_t *row_ptr;   /* for JX_TASK_SUBGRAPH: the pattern's rows, and */
     const int32_t *nz_input;  /* the input index of each nonzero */
-    /* for JX_TASK_JACOBIAN, or NULL: the Jacobian's own tape (jacext/derivative.py),
+    /* for JX_TASK_JACOBIAN, or NULL: the Jacobian's own tape (jacext/jactape.py),
        whose outputs are the function's n_out values, then the n_out x n_cols
        Jacobian row-major; blocks run it in one value sweep.  A block whose Jacobian
        holds an inf or nan is redone point by point by the sweeps of the tape. */
