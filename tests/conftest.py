@@ -1,4 +1,5 @@
-"""Shared test setup: make tests/check.py importable and keep tests independent."""
+"""Shared test setup (no module of its own): tests/ importable (tests/helpers.py, tables of
+other test modules) and fixtures that keep tests independent."""
 from __future__ import annotations
 
 import os
@@ -26,3 +27,12 @@ def fresh_cache():
     api.clear_cache()
     yield api
     api.clear_cache()
+
+
+@pytest.fixture
+def seeded_draws(request):
+    """tests/helpers.py's draws (``helpers.rand``, ``helpers.RNG``) seeded from the test's
+    id: the same values whatever ran before it."""
+    import helpers
+
+    helpers.reseed(request.node.nodeid)

@@ -1,5 +1,5 @@
-"""The public surface of API.md: jacobian, compile, Function's methods, errors,
-the compile cache, pickling, threads and batches."""
+"""The public API (jacext/api.py: jacobian, compile, the compile cache) and the surface
+users meet through it: Function's methods, errors, pickling, threads and batches."""
 from __future__ import annotations
 
 import io

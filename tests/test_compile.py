@@ -1,6 +1,6 @@
-"""The compiler: CSE, constant folding (and what must not fold), DCE, balanced
-reductions, slot reuse.  Facts are read off the tape (``F.tape_arrays()``)
-with op numbers from ``jacext._graph.OPS``."""
+"""The compile pipeline (jacext/compile.py) end to end: CSE, constant folding (and what
+must not fold), DCE, balanced reductions, slot reuse.  Facts are read off the tape
+(``F.tape_arrays()``) with op numbers from ``jacext.ops.OPS``."""
 from __future__ import annotations
 
 import math
@@ -25,7 +25,7 @@ def depth(F):
     """Longest dependency chain (in instructions) from the inputs to any output."""
     t = F.tape_arrays()
     d = np.zeros(F.n_slots, dtype=np.int64)
-    for w, dst, a, b, imm in zip(t["op"], t["dst"], t["a"], t["b"], t["imm"]):
+    for w, dst, a, b, s in zip(t["op"], t["dst"], t["a"], t["b"], t["s"]):
         op = int(w) & OP_MASK
         deps = []
         if not int(w) & A_IMM:
@@ -33,7 +33,7 @@ def depth(F):
         if not int(w) & B_IMM:
             deps.append(d[b])
         if op == OPS["SELECT"]:
-            deps.append(d[int(imm)])
+            deps.append(d[s])      # the condition's slot
         d[dst] = 1 + max(deps)
     return int(max((d[s] for s in t["out_slot"]), default=0))
 

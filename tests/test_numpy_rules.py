@@ -4,7 +4,7 @@ Ufuncs, the structural functions (stack, flip, take, *_like ...), reductions,
 linear algebra (matmul, einsum, norm, det ...), clip, round and where, and the
 list that supported() gives.  The traced Array itself is tests/test_trace.py.
 
-Each case checks, through ``check_jacobian`` (tests/check.py), that the
+Each case checks, through ``jacext.testing.check_jacobian``, that the
 compiled value equals NumPy's on plain arrays and that the forward and reverse
 Jacobians match each other and central differences.  The remaining tests pin
 the structure of a trace (which calls create nodes and which do not).
@@ -12,11 +12,12 @@ the structure of a trace (which calls create nodes and which do not).
 from __future__ import annotations
 
 import warnings
-import zlib
 
+import helpers
 import numpy as np
 import pytest
 import scipy.special as sp
+from helpers import b234, m33, m34, n_nodes, rand, trace_graph, x3, x4
 from jacext._graph import KIND_CONST
 from jacext.passes import lower
 
@@ -25,40 +26,8 @@ from jacext import trace as jtrace
 from jacext.ops import OPS
 from jacext.testing import check_jacobian
 
-RNG = np.random.default_rng(12345)
-
-
-@pytest.fixture(autouse=True)
-def _seeded(request):
-    """Each test draws the same values whatever ran before it."""
-    global RNG
-    RNG = np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
-
-
-def rand(*shape, lo=0.2, hi=1.8):
-    """Values in [lo, hi], well separated (no ties for max/min, no kinks)."""
-    n = int(np.prod(shape, dtype=int))
-    base = np.linspace(lo, hi, n) if n else np.zeros(0)
-    return RNG.permutation(base).reshape(shape) + RNG.uniform(-0.01, 0.01, shape)
-
-
-x3 = rand(3)
-x4 = rand(4)
-x6 = rand(6)
-m34 = rand(3, 4)
-m33 = rand(3, 3)
-b234 = rand(2, 3, 4)
-
-
-def trace_graph(f, *shapes):
-    """(graph, input ids, output ids) of a trace."""
-    g, ins, outs, _, _ = jtrace.trace(f, shapes)
-    return g, ins, outs
-
-
-def n_nodes(f, *shapes):
-    g, ins, _ = trace_graph(f, *shapes)
-    return len(g) - sum(i.size for i in ins)
+pytestmark = pytest.mark.usefixtures("seeded_draws")
+helpers.restart_draws()
 
 
 # ---------------------------------------------------------------- ufuncs --
@@ -111,7 +80,7 @@ def test_binary_ufunc(ufunc, alo, ahi, blo, bhi):
     a = rand(2, 3, lo=alo, hi=ahi)
     b = rand(2, 3, lo=blo, hi=bhi)
     if ufunc in (np.maximum, np.minimum, np.fmax, np.fmin):
-        b = a + np.where(RNG.random(a.shape) < 0.5, 0.3, -0.3)   # no ties
+        b = a + np.where(helpers.RNG.random(a.shape) < 0.5, 0.3, -0.3)   # no ties
     if ufunc in (np.remainder, np.fmod):
         b = np.full_like(a, 0.8)
         a = a + 0.05 * (np.abs(a / 0.8 - np.round(a / 0.8)) < 0.05)   # off the jumps
@@ -281,7 +250,7 @@ def test_cumsum_and_cumprod(axis):
 
 
 def test_cumsum_matches_numpy_bit_for_bit():
-    x = RNG.standard_normal(50)
+    x = helpers.RNG.standard_normal(50)
     F = jx.compile(np.cumsum, x)
     np.testing.assert_array_equal(F(x), np.cumsum(x))
 
@@ -461,7 +430,7 @@ def test_tensordot(axes, shapes):
     ((2, 3, 4), {"axis": (1, 2), "ord": np.inf, "keepdims": True}),
 ])
 def test_norm(shape, kw):
-    x = rand(*shape) * np.where(RNG.random(shape) < 0.5, -1.0, 1.0)
+    x = rand(*shape) * np.where(helpers.RNG.random(shape) < 0.5, -1.0, 1.0)
     check_jacobian(lambda x: np.linalg.norm(x, **kw), x, value_rtol=1e-14)
 
 

@@ -1,4 +1,4 @@
-"""Every op of the C table (src_c/ops.def), driven from ``jacext._graph.OPS``.
+"""Every op of the C table (src_c/ops.def) and jacext/ops.py, which reads it.
 
 ``REF`` maps each op name to the NumPy/SciPy function that traces to it, its
 arity, an analytic derivative written here in NumPy (independently of
@@ -11,11 +11,15 @@ For each op:
 * the Jacobian in both modes vs the analytic formula and vs central
   differences (``check_jacobian``);
 * binary ops with a constant on either side (immediates);
-* ``op_value`` / ``op_partials`` on scalars vs NumPy and the formula.
+* ``op_value`` / ``op_partials`` on scalars vs NumPy and the formula;
+* jacext/ops.py: its parser of ops.def's C expressions, the vocabulary (``WORDS``) read
+  off the VALUE column, and for every op the derived Python rule evaluated on scalars
+  against the C partials, bit for bit.
 """
 from __future__ import annotations
 
 import itertools
+import math
 from pathlib import Path
 from typing import NamedTuple
 
@@ -24,6 +28,7 @@ import pytest
 import scipy.special as sp
 
 import jacext as jx
+from jacext import ops
 from jacext.ops import A_IMM, B_IMM, OP_MASK, OPS
 from jacext.testing import check_jacobian, op_partials, op_value
 
@@ -516,3 +521,120 @@ def test_fixed_partials_claims(name):
                 ref = op_partials(op, c, 1.0)[1]
                 for b in pts:
                     assert op_partials(op, c, b)[1] == ref, (name, c, b)
+
+
+# ---------------------------------------------- jacext/ops.py: the parser and derived rules --
+
+A_, B_, C_ = ("var", "a"), ("var", "b"), ("var", "c")
+
+
+@pytest.mark.parametrize("text, tree", [
+    ("a", A_),
+    ("2.5", ("num", 2.5)),
+    ("1.5e-3", ("num", 0.0015)),
+    ("2", ("num", 2.0)),
+    ("a - b * c", ("bin", "-", A_, ("bin", "*", B_, C_))),
+    ("(a - b) * c", ("bin", "*", ("bin", "-", A_, B_), C_)),
+    ("a - b - c", ("bin", "-", ("bin", "-", A_, B_), C_)),          # left to right
+    ("a / b * c", ("bin", "*", ("bin", "/", A_, B_), C_)),
+    ("-a * a", ("bin", "*", ("neg", A_), A_)),                      # unary minus binds tighter
+    ("-(a * a)", ("neg", ("bin", "*", A_, A_))),
+    ("a * -b", ("bin", "*", A_, ("neg", B_))),
+    ("(a > b) ? 1.0 : 0.0", ("cond", ("bin", ">", A_, B_), ("num", 1.0), ("num", 0.0))),
+    ("a < b ? a : b", ("cond", ("bin", "<", A_, B_), A_, B_)),
+    ("a ? b : c ? a : b", ("cond", A_, B_, ("cond", C_, A_, B_))),  # ?: to the right
+    ("a == b ? 0.5 : a", ("cond", ("bin", "==", A_, B_), ("num", 0.5), A_)),
+    ("a < b == b < c", ("bin", "==", ("bin", "<", A_, B_), ("bin", "<", B_, C_))),
+    ("a + b < c", ("bin", "<", ("bin", "+", A_, B_), C_)),
+    ("(double)(a < b)", ("cast", ("bin", "<", A_, B_))),
+    ("(double)a * b", ("bin", "*", ("cast", A_), B_)),
+    ("pow(a, b - 1.0)", ("call", "pow", (A_, ("bin", "-", B_, ("num", 1.0))))),
+    ("cos(a)", ("call", "cos", (A_,))),
+    ("1.0 / sqrt(1.0 - a * a)",
+     ("bin", "/", ("num", 1.0), ("call", "sqrt", (("bin", "-", ("num", 1.0),
+                                                    ("bin", "*", A_, A_)),)))),
+    ("JX_2_SQRTPI * exp(-a * a)",
+     ("bin", "*", ("var", "JX_2_SQRTPI"), ("call", "exp", (("bin", "*", ("neg", A_), A_),)))),
+])
+def test_parse_c_expressions(text, tree):
+    assert ops.parse(text) == tree
+
+
+@pytest.mark.parametrize("text", ["", "a +", "a $ b", "(a", "a)", "a b", "f(a,", "? a : b",
+                                  "a ? b", "a ? b c", "pow(a b)", "a = b", "a @ b", "1.0.0"])
+def test_parse_refuses_bad_text(text):
+    with pytest.raises(SyntaxError):
+        ops.parse(text)
+
+
+def test_words_name_the_ops():
+    words = ops.WORDS
+    assert words["+"] == "ADD" and words["-"] == "SUB" and words["*"] == "MUL"
+    assert words["/"] == "DIV"
+    assert words["cos"] == "COS" and words["pow"] == "POW" and words["exp"] == "EXP"
+    assert words["<"] == "LESS" and words["<="] == "LESS_EQUAL" and words["!="] == "NOT_EQUAL"
+    assert words["?:"] == "SELECT"
+    assert words["neg"] == "NEG"
+    assert set(words.values()) <= set(OPS)
+    assert len(set(words.values())) == len(words)        # one op per word
+
+
+class _ScalarEmitter:
+    """Builds a rule's partials on scalars: every op through the C table (op_value)."""
+
+    def __call__(self, name, x, y=0.0, c=0.0):
+        assert name in OPS, name
+        return op_value(name, x, y, c)       # SELECT: (x, y, cond), op_value's s = cond
+
+    def c(self, v):
+        return v
+
+
+def _same(x, y):
+    """Equal bit for bit, nan as nan (whatever its payload)."""
+    x, y = float(x), float(y)
+    if math.isnan(x) or math.isnan(y):
+        return math.isnan(x) and math.isnan(y)
+    return x == y and math.copysign(1.0, x) == math.copysign(1.0, y)
+
+
+def _rule_points(name):
+    """(a, b, s) of the op's interior and edge points (SELECT: REF's (c, a, b) order)."""
+    spec = REF[name]
+    for pts in (spec.domain, edges(name)):
+        cols = np.broadcast_arrays(*[np.asarray(p, dtype=np.float64) for p in pts])
+        for i in range(cols[0].size):
+            v = [float(col.flat[i]) for col in cols]
+            if spec.arity == 3:
+                yield v[1], v[2], v[0]
+            elif spec.arity == 2:
+                yield v[0], v[1], 0.0
+            else:
+                yield v[0], 0.0, 0.0
+
+
+@pytest.mark.parametrize("op", ops.TABLE, ids=[op.name for op in ops.TABLE])
+def test_derived_rule_equals_the_c_partials(op):
+    """The Python rule parsed from ops.def, evaluated on scalars through the C table, gives
+    exactly the C partials: the Jacobian-tape builder's rules are the sweeps'."""
+    e = _ScalarEmitter()
+    n = 0
+    with np.errstate(all="ignore"):
+        for a, b, s in _rule_points(op.name):
+            z = op_value(op.name, a, b, s)
+            p0, p1 = ops.partials(op.number, e, a, b, z, s if op.arity == 3 else None)
+            d0, d1 = op_partials(op.name, a, b, s)
+            assert _same(p0, d0), (op.name, (a, b, s), "d0", p0, d0)
+            if op.arity == 1:
+                assert p1 is None and d1 == 0.0
+            else:
+                assert _same(p1, d1), (op.name, (a, b, s), "d1", p1, d1)
+            n += 1
+    assert n >= 40
+    # the op word's immediate flags do not change the rule
+    for flag in (A_IMM, B_IMM):
+        a, b, s = next(iter(_rule_points(op.name)))
+        z = op_value(op.name, a, b, s)
+        sel = s if op.arity == 3 else None
+        assert ops.partials(op.number | flag, e, a, b, z, sel) == ops.partials(
+            op.number, e, a, b, z, sel)

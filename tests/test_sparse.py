@@ -1,10 +1,11 @@
-"""Sparse Jacobians: the exact pattern, colourings, compressed sweeps, SciPy results.
+"""Sparse Jacobians (jacext/sparse.py and the plans that use it): the exact pattern,
+colourings, compressed sweeps, SciPy results.
 
 Every expected pattern here is written down analytically (banded, block-diagonal, arrow-head,
 random sparse, dense, 5-point stencil, np.where, zero-derivative ops) and also checked
 against the support of jacext's dense Jacobian at points that visit every branch, so the
 expectation cannot silently agree with a wrong ``F.sparsity()``. Colourings are checked by
-the verifiers below, written for this file (the library's own verifier is not trusted).
+jacext.testing's verifiers, which tests/test_testing.py checks in turn.
 """
 from __future__ import annotations
 
@@ -32,23 +33,6 @@ MODES = ("forward", "reverse", "auto")
 def assert_close(actual, desired):
     """Equal to rounding: jacext sums a chain rule's terms in its own order."""
     np.testing.assert_allclose(actual, desired, rtol=4e-16, atol=4e-15)
-
-
-# ------------------------------------------------------------------ independent verifiers
-def test_verifiers_reject_bad_colourings():
-    tri = np.abs(np.subtract.outer(np.arange(6), np.arange(6))) <= 1
-    assert column_colouring_is_valid(tri, np.arange(6) % 3)
-    assert not column_colouring_is_valid(tri, np.arange(6) % 2)   # columns 0 and 2 share row 1
-    assert not column_colouring_is_valid(tri, np.zeros(6, int))
-    assert not column_colouring_is_valid(tri, np.arange(5))        # wrong length
-    assert row_colouring_is_valid(tri, np.arange(6) % 3)
-    assert not row_colouring_is_valid(tri, np.arange(6) % 2)
-    # a non-square case, where rows and columns cannot be mixed up
-    wide = np.zeros((2, 4), bool)
-    wide[0, :2] = wide[1, 2:] = True
-    assert column_colouring_is_valid(wide, [0, 1, 0, 1])
-    assert not column_colouring_is_valid(wide, [0, 0, 1, 1])
-    assert row_colouring_is_valid(wide, [0, 0])
 
 
 # ------------------------------------------------------------------ functions and patterns

@@ -5,7 +5,7 @@ methods, object arrays of traced scalars, outputs, node sharing, and the error
 rules (what cannot trace, where and the fix).  What each NumPy function becomes
 is tests/test_numpy_rules.py.
 
-Each case checks, through ``check_jacobian`` (tests/check.py), that the
+Each case checks, through ``jacext.testing.check_jacobian``, that the
 compiled value equals NumPy's on plain arrays and that the forward and reverse
 Jacobians match each other and central differences.  The remaining tests pin
 the structure of a trace (which calls create nodes and which do not) and the
@@ -14,50 +14,18 @@ error rules.
 from __future__ import annotations
 
 import math
-import zlib
 
+import helpers
 import numpy as np
 import pytest
 import scipy.special as sp
+from helpers import b234, m34, n_nodes, rand, trace_graph, x3, x6
 
 import jacext as jx
-from jacext import trace as jtrace
 from jacext.testing import check_jacobian
 
-RNG = np.random.default_rng(12345)
-
-
-@pytest.fixture(autouse=True)
-def _seeded(request):
-    """Each test draws the same values whatever ran before it."""
-    global RNG
-    RNG = np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
-
-
-def rand(*shape, lo=0.2, hi=1.8):
-    """Values in [lo, hi], well separated (no ties for max/min, no kinks)."""
-    n = int(np.prod(shape, dtype=int))
-    base = np.linspace(lo, hi, n) if n else np.zeros(0)
-    return RNG.permutation(base).reshape(shape) + RNG.uniform(-0.01, 0.01, shape)
-
-
-x3 = rand(3)
-x4 = rand(4)
-x6 = rand(6)
-m34 = rand(3, 4)
-m33 = rand(3, 3)
-b234 = rand(2, 3, 4)
-
-
-def trace_graph(f, *shapes):
-    """(graph, input ids, output ids) of a trace."""
-    g, ins, outs, _, _ = jtrace.trace(f, shapes)
-    return g, ins, outs
-
-
-def n_nodes(f, *shapes):
-    g, ins, _ = trace_graph(f, *shapes)
-    return len(g) - sum(i.size for i in ins)
+pytestmark = pytest.mark.usefixtures("seeded_draws")
+helpers.restart_draws()
 
 
 # ------------------------------------------------------------- operators --

@@ -1,0 +1,482 @@
+"""Function's entry points (jacext/_function.pyx), over the C sweeps of its Tape.
+
+Values, Jacobians (both modes), jvp and vjp of compiled functions: zero kills through
+np.where, NumPy's nan and inf, slot reuse, outputs that are inputs, constants or
+duplicates, unused inputs, scalars in and out, the shapes a Function is built with;
+batched sweeps against single points (bit for bit, at awkward values), zero-size
+arguments and empty batches.  Batches (src_c/batch.c: points as lanes, blocks of 32,
+threads over whole blocks): every op of the table as a batch against a loop of single
+points (bit for bit) at interior and edge points, both modes; batch sizes around the
+block size; thread counts; and the memory a batch of 10**6 points takes.  The Tape
+itself (hand-made and corrupt tapes, runs) is tests/test_tape.py.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from helpers import NASTY
+from test_ops import NAMES, REF, edges
+
+import jacext as jx
+from jacext import Function
+from jacext.testing import assert_same_values, check_jacobian
+
+MODES = ("forward", "reverse")
+
+
+def both_modes(F, *args, **kw):
+    return [F.jacobian(*args, mode=m, **kw) for m in MODES]
+
+
+# ------------------------------------------------------------------ zero kills --
+
+def test_where_sqrt_has_finite_derivative_at_zero():
+    f = lambda x: np.where(x > 0, np.sqrt(x), 0.0)  # noqa: E731
+    x = np.array([0.0, 1.0, 4.0, -1.0, 0.25])
+    F = jx.compile(f, x)
+    want = np.diag([0.0, 0.5, 0.25, 0.0, 1.0])   # d sqrt(x) = 1 / (2 sqrt(x))
+    for J in both_modes(F, x):
+        np.testing.assert_array_equal(J, want)
+    # jvp / vjp with every direction at once
+    _, ydot = F.jvp(x, np.ones(5))
+    np.testing.assert_array_equal(ydot, np.diag(want))
+    _, xbar = F.vjp(x, np.ones(5))
+    np.testing.assert_array_equal(xbar, np.diag(want))
+    # a batch of scalar points (the batched sweeps)
+    G = jx.compile(f, np.zeros(()))
+    xs = np.array([0.0, 0.0, 1.0, 4.0] * 20)
+    for mode in MODES:
+        np.testing.assert_array_equal(G.jacobian(xs, mode=mode),
+                                      np.where(xs > 0, 0.5 / np.sqrt(np.maximum(xs, 1e-300)), 0))
+    _, d = G.jvp(xs, np.ones_like(xs))
+    assert np.all(np.isfinite(d))
+    _, d = G.vjp(xs, np.ones_like(xs))
+    assert np.all(np.isfinite(d))
+
+
+@pytest.mark.parametrize("f, x, want", [
+    # log's partial 1/x is inf at 0; the other branch is taken
+    (lambda x: np.where(x > 0, np.log(x), x), 0.0, 1.0),
+    (lambda x: np.where(x > 0, x * np.log(x), 0.0), 0.0, 0.0),
+    # the condition selects the left branch; the right one has an inf partial
+    (lambda x: np.where(x <= 0, 2.0 * x, np.sqrt(x)), 0.0, 2.0),
+    (lambda x: np.where(x != 0, np.sin(x) / x, 1.0), 0.0, 0.0),
+    (lambda x: np.where(x > 1, np.arccosh(x), 0.0), 1.0, 0.0),
+    (lambda x: np.where(np.abs(x) < 1, np.arcsin(x), 0.0), 1.0, 0.0),
+])
+def test_zero_kills_through_where(f, x, want):
+    F = jx.compile(f, np.zeros(1))
+    for J in both_modes(F, np.array([x])):
+        assert J[0, 0] == want, J
+    _, ydot = F.jvp(np.array([x]), np.array([1.0]))
+    _, xbar = F.vjp(np.array([x]), np.array([1.0]))
+    assert ydot[0] == want and xbar[0] == want
+
+
+def test_zero_tangent_through_infinite_partial():
+    """d/dy of sqrt(x) + y at x = 0 is 1, whatever sqrt's infinite partial does."""
+    F = jx.compile(lambda x, y: np.sqrt(x) + y, np.zeros(3), np.zeros(3))
+    x, y = np.zeros(3), np.array([1.0, 2.0, 3.0])
+    for mode in MODES:
+        Jx, Jy = F.jacobian(x, y, argnums=(0, 1), mode=mode)
+        np.testing.assert_array_equal(Jy, np.eye(3))
+        np.testing.assert_array_equal(np.diag(Jx), [np.inf] * 3)
+        assert not np.isnan(Jx).any()
+        np.testing.assert_array_equal(Jx[~np.eye(3, dtype=bool)], 0.0)
+        # d/dy alone
+        np.testing.assert_array_equal(F.jacobian(x, y, argnums=1, mode=mode), np.eye(3))
+    _, ydot = F.jvp(x, y, (np.zeros(3), np.ones(3)))
+    np.testing.assert_array_equal(ydot, np.ones(3))
+
+
+def test_zero_kills_in_many_lanes():
+    """More columns than one sweep's lanes (16): every chunk kills zeros."""
+    n = 40
+    x = np.zeros(n)
+    x[::3] = np.arange(1.0, 15.0)
+    F = jx.compile(lambda v: np.where(v > 0, np.sqrt(v), 0.0) * 2.0 + v.sum(), x)
+    want = np.ones((n, n)) + np.diag(np.where(x > 0, 1.0 / np.sqrt(np.where(x > 0, x, 1)), 0.0))
+    for J in both_modes(F, x):
+        np.testing.assert_allclose(J, want, rtol=1e-15, atol=0)
+
+
+@pytest.mark.parametrize("f, slope", [
+    (lambda x: x**2, lambda x: 2 * x),
+    (lambda x: x**3.0, lambda x: 3 * x**2),
+    (lambda x: x**4, lambda x: 4 * x**3),
+    (lambda x: x**-3.0, lambda x: -3 * x**-4.0),
+    (lambda x: np.power(x, 2.0) * x, lambda x: 3 * x**2),
+    (lambda x: np.square(x), lambda x: 2 * x),
+])
+def test_integer_power_of_negative_base_has_no_nan(f, slope):
+    x = np.array([-3.0, -1.5, -0.25, -0.3, 2.0])
+    J = check_jacobian(f, x, expected=np.diag(slope(x)), expected_rtol=1e-14)
+    assert not np.isnan(J).any()
+
+
+# ------------------------------------------------------- nan and inf as NumPy --
+
+@pytest.mark.parametrize("f", [
+    np.log, np.log2, np.sqrt, np.arcsin, np.arccosh, np.arctanh,
+    lambda x: x / x,                                 # 0/0
+    lambda x: 1.0 / x,                               # 1/0
+    lambda x: np.log(x) - np.log(x),                 # inf - inf
+    lambda x: x * 0.0,                               # inf * 0
+    lambda x: np.exp(x) * np.exp(-x),
+    lambda x: x ** 0.5,
+    lambda x: np.maximum(x, np.nan),
+    lambda x: np.fmax(x, np.log(x)),
+    lambda x: np.where(x > 0, x, np.nan),
+])
+def test_values_keep_numpys_nan_and_inf(f):
+    x = np.array([-1.0, -0.0, 0.0, 1.0, 2.0, 800.0, -800.0, np.inf, -np.inf, np.nan])
+    F = jx.compile(f, x)
+    with np.errstate(all="ignore"):
+        want = f(x.copy())
+    got = F(x)
+    assert_same_values(got, want, rtol=4e-16)
+    # the Jacobian evaluates at these points without trouble (nan where it must)
+    for J in both_modes(F, x):
+        assert J.shape == (10, 10)
+        off = J[~np.eye(10, dtype=bool)]
+        np.testing.assert_array_equal(off, 0.0)   # elementwise: no cross terms, not even nan
+
+
+def test_derivative_values_at_out_of_domain_points():
+    x = np.array([-1.0, 0.0])
+    F = jx.compile(np.log, x)
+    for J in both_modes(F, x):
+        np.testing.assert_array_equal(np.diag(J), [-1.0, np.inf])   # d log = 1/x
+    G = jx.compile(lambda a, b: a / b, np.zeros(1), np.zeros(1))
+    for mode in MODES:
+        Ja, Jb = G.jacobian(np.zeros(1), np.zeros(1), argnums=(0, 1), mode=mode)
+        assert Ja[0, 0] == np.inf and np.isnan(Jb[0, 0])   # 1/b, -a/b**2 at 0/0
+
+
+# ----------------------------------------------------------------- slot reuse --
+
+def _chain(y, z, steps):
+    for k in range(steps):
+        y, z = np.sin(y) + 0.5 * z, np.cos(z) - 0.3 * y + 0.01 * k
+    return y * z
+
+
+def _chain_jacobian(y, z, steps):
+    """Forward-mode recurrence written out by hand: d(y, z)/dx0 where y0 = z0 = x0."""
+    n = y.size
+    Jy, Jz = np.eye(n), np.eye(n)
+    for k in range(steps):
+        Jy, Jz = (np.cos(y)[:, None] * Jy + 0.5 * Jz,
+                  -np.sin(z)[:, None] * Jz - 0.3 * Jy)
+        y, z = np.sin(y) + 0.5 * z, np.cos(z) - 0.3 * y + 0.01 * k
+    return z[:, None] * Jy + y[:, None] * Jz
+
+
+def test_long_chain_with_slot_reuse():
+    steps, n = 150, 5
+    x = np.linspace(-1.0, 1.2, n)
+    f = lambda v: _chain(v, v, steps)  # noqa: E731
+    F = jx.compile(f, x)
+    assert F.n_instructions > 8 * steps * n // 2
+    assert F.n_slots < F.n_instructions // 10      # slots are reused
+    check_jacobian(f, x, expected=_chain_jacobian(x, x, steps), expected_rtol=1e-10, F=F)
+
+
+def test_operand_equal_to_destination_candidates():
+    """x + x (one operand slot twice), chains that reuse a dying operand's slot."""
+    x = np.array([0.3, -1.2, 2.0])
+    check_jacobian(lambda v: v + v, x, expected=2 * np.eye(3), expected_rtol=0)
+    check_jacobian(lambda v: (v + v) + (v + v), x, expected=4 * np.eye(3), expected_rtol=0)
+    check_jacobian(lambda v: np.sin(v) * np.sin(v) - np.sin(v), x,
+                   expected=np.diag(2 * np.sin(x) * np.cos(x) - np.cos(x)), expected_rtol=1e-14)
+    check_jacobian(lambda v: np.where(v > 0, v, -v) * np.where(v > 0, v, -v), x,
+                   expected=np.diag(2 * x), expected_rtol=1e-15)
+
+
+def test_many_outputs_and_many_inputs_in_chunks():
+    """More rows/columns than JX_MAX_LANES: the sweeps go chunk by chunk."""
+    rng = np.random.default_rng(7)
+    A = rng.standard_normal((23, 37))
+    x = rng.uniform(-1, 1, 37)
+    f = lambda v: A @ np.sin(v) + v[:23] ** 2  # noqa: E731
+    want = A * np.cos(x)[None, :]
+    want[np.arange(23), np.arange(23)] += 2 * x[:23]
+    check_jacobian(f, x, expected=want, expected_rtol=1e-12)
+    g = lambda v: np.outer(np.tanh(v[:5]), v[5:12]).ravel()  # noqa: E731  (35 outputs, 12 inputs)
+    check_jacobian(g, rng.uniform(-1, 1, 12))
+
+
+# ------------------------------------------------------------- odd outputs --
+
+def test_output_is_the_input():
+    x = np.array([1.0, -2.0, 3.5])
+    F = jx.compile(lambda v: v, x)
+    assert F.n_instructions == 0
+    for J in both_modes(F, x):
+        np.testing.assert_array_equal(J, np.eye(3))
+    check_jacobian(lambda v: v, x, expected=np.eye(3), expected_rtol=0)
+    check_jacobian(lambda v: v[::-1], x, expected=np.eye(3)[::-1], expected_rtol=0)
+    check_jacobian(lambda v: (v, np.sin(v)), x,
+                   expected=np.vstack([np.eye(3), np.diag(np.cos(x))]), expected_rtol=1e-15)
+    J = check_jacobian(lambda a, b: (b, a), x, x[:2], argnums=(0, 1))
+    np.testing.assert_array_equal(J[0][1], np.eye(2))
+    np.testing.assert_array_equal(J[1][0], np.eye(3))
+    np.testing.assert_array_equal(J[0][0], np.zeros((2, 3)))
+    # batches of an identity
+    X = np.arange(12.0).reshape(4, 3)
+    np.testing.assert_array_equal(F(X), X)
+    for mode in MODES:
+        np.testing.assert_array_equal(F.jacobian(X, mode=mode), np.broadcast_to(np.eye(3),
+                                                                                (4, 3, 3)))
+
+
+def test_constant_outputs():
+    x = np.array([1.0, 2.0, 3.0])
+    f = lambda v: (v * 2, np.ones(3))  # noqa: E731
+    J = check_jacobian(f, x, expected=np.vstack([2 * np.eye(3), np.zeros((3, 3))]),
+                       expected_rtol=0)
+    np.testing.assert_array_equal(J[1], np.zeros((3, 3)))
+    F = jx.compile(f, x)
+    y0, y1 = F(x)
+    np.testing.assert_array_equal(y1, np.ones(3))
+    _, xbar = F.vjp(x, (np.zeros(3), np.full(3, 7.0)))
+    np.testing.assert_array_equal(xbar, np.zeros(3))
+    # entirely constant functions
+    for g, shape in ((lambda v: np.ones(4), (4,)), (lambda v: 5.0, ()),
+                     (lambda v: np.zeros_like(v) + 2.0, (3,))):
+        G = jx.compile(g, x)
+        assert G.n_instructions == 0
+        assert G.out_shapes == (shape,)
+        for J in both_modes(G, x):
+            np.testing.assert_array_equal(J, np.zeros(shape + (3,)))
+        np.testing.assert_array_equal(G(x), g(x))
+        np.testing.assert_array_equal(G(np.ones((2, 3))), np.broadcast_to(g(x), (2,) + shape))
+
+
+def test_duplicated_outputs():
+    x = np.array([0.7, -1.1, 2.0])
+    check_jacobian(lambda v: (v[0] * v[1], v[0] * v[1]), x,
+                   expected=np.array([[x[1], x[0], 0], [x[1], x[0], 0]]), expected_rtol=0)
+    check_jacobian(lambda v: np.stack([np.sin(v), np.sin(v)]), x,
+                   expected=np.vstack([np.diag(np.cos(x))] * 2), expected_rtol=1e-15)
+    check_jacobian(lambda v: np.exp(v)[[0, 0, 2, 0]], x,
+                   expected=np.diag(np.exp(x))[[0, 0, 2, 0]], expected_rtol=1e-15)
+    # 40 copies of one output: duplicates across reverse-mode chunks
+    F = jx.compile(lambda v: np.broadcast_to(np.sum(v * v), (40,)), x)
+    for J in both_modes(F, x):
+        np.testing.assert_allclose(J, np.broadcast_to(2 * x, (40, 3)), rtol=1e-15)
+    _, xbar = F.vjp(x, np.ones(40))
+    np.testing.assert_allclose(xbar, 80 * x, rtol=1e-14)
+
+
+def test_unused_inputs():
+    x, y = np.array([0.3, 1.4]), np.array([2.0, -1.0, 0.5])
+    J = check_jacobian(lambda a, b: np.sin(a), x, y, argnums=(0, 1))
+    np.testing.assert_array_equal(J[1], np.zeros((2, 3)))
+    J = check_jacobian(lambda a, b: np.sin(a[0]) * b[2], x, y, argnums=(0, 1))
+    np.testing.assert_allclose(J[0], [np.cos(x[0]) * y[2], 0.0], rtol=1e-15)
+    np.testing.assert_allclose(J[1], [0.0, 0.0, np.sin(x[0])], rtol=1e-15)
+    F = jx.compile(lambda a, b: np.sin(a), x, y)
+    _, (ga, gb) = F.vjp(x, y, np.ones(2))
+    np.testing.assert_array_equal(gb, np.zeros(3))
+
+
+def test_scalar_input_and_output():
+    F = jx.compile(lambda t: np.sin(t) * t, np.float64(0.0))
+    assert F.arg_shapes == ((),) and F.out_shapes == ((),)
+    t = 1.3
+    for J in both_modes(F, t):
+        assert J.shape == ()
+        assert abs(float(J) - (np.cos(t) * t + np.sin(t))) < 1e-15
+    check_jacobian(lambda t: np.sin(t) * t, np.float64(t),
+                   expected=np.array([[np.cos(t) * t + np.sin(t)]]), expected_rtol=1e-15)
+
+
+# ------------------------------------------------------- the shapes it is built with --
+
+def test_shapes_that_do_not_fit_the_tape_raise_value_error():
+    F = jx.compile(lambda x, y: (np.where(x > 0, np.sqrt(x), 0.0) * y[0], np.sin(x) + 2.0),
+                   np.zeros(3), np.zeros(2))
+    fn, (tape, arg_shapes, out_shapes, out_is_tuple, name) = F.__reduce__()
+    assert fn is Function
+    with pytest.raises(ValueError):
+        Function(tape, ((4,), (2,)), out_shapes, out_is_tuple, name)
+    with pytest.raises(ValueError):
+        Function(tape, arg_shapes, ((3,), (4,)), out_is_tuple, name)
+    with pytest.raises(ValueError):
+        Function(tape, arg_shapes, out_shapes, False, name)
+
+
+# ------------------------------------------- batched sweeps == single-point sweeps --
+
+@pytest.mark.parametrize("f", [
+    lambda x, y: np.where(x > 0, np.sqrt(x), 0.0) * y,
+    lambda x, y: np.sqrt(x) + y,
+    lambda x, y: x / 0.0 + y * 2.0,                   # an infinite constant partial
+    lambda x, y: np.where(x > 0, x / 0.0, y),
+    lambda x, y: x * y - np.log(x) * 0.0,
+    lambda x, y: (x - 3.0) * (y + 1.0) / 7.0 - x % 2.0 + np.floor(y),
+    lambda x, y: np.maximum(x, y) + np.fmin(np.log(x), y) + x**3.0,
+    lambda x, y: np.where(y != 0, np.sin(x) / y, x),
+])
+def test_batched_sweeps_match_single_points_at_nasty_points(f):
+    """Every (x, y) pair of awkward values, as one batch of 144 points (4 blocks of 32 and a
+    tail) against a loop of single points: values, Jacobians both modes, jvp, vjp."""
+    xs, ys = (v.ravel() for v in np.meshgrid(NASTY, NASTY))
+    F = jx.compile(f, np.zeros(()), np.zeros(()))
+    with np.errstate(all="ignore"):
+        want = f(xs, ys)
+    assert_same_values(F(xs, ys), want, rtol=4e-16)
+    for mode in MODES:
+        Jx, Jy = F.jacobian(xs, ys, argnums=(0, 1), mode=mode)
+        loop = [F.jacobian(a, b, argnums=(0, 1), mode=mode) for a, b in zip(xs, ys)]
+        np.testing.assert_array_equal(Jx, [j[0] for j in loop])
+        np.testing.assert_array_equal(Jy, [j[1] for j in loop])
+        for threads in (2, 3):
+            Jx2, Jy2 = F.jacobian(xs, ys, argnums=(0, 1), mode=mode, threads=threads)
+            np.testing.assert_array_equal(Jx2, Jx)
+            np.testing.assert_array_equal(Jy2, Jy)
+    v1, v2 = np.linspace(-1, 1, xs.size), np.linspace(2, -2, xs.size)
+    _, ydot = F.jvp(xs, ys, (v1, v2))
+    np.testing.assert_array_equal(ydot, [F.jvp(a, b, (p, q))[1]
+                                         for a, b, p, q in zip(xs, ys, v1, v2)])
+    _, (gx, gy) = F.vjp(xs, ys, v1)
+    loop = [F.vjp(a, b, u)[1] for a, b, u in zip(xs, ys, v1)]
+    np.testing.assert_array_equal(gx, [g[0] for g in loop])
+    np.testing.assert_array_equal(gy, [g[1] for g in loop])
+    # the zero tangent of y never meets x's infinite or nan partials, and vice versa
+    _, ydot = F.jvp(xs, ys, (np.zeros_like(xs), np.ones_like(ys)))
+    np.testing.assert_array_equal(ydot, Jy)
+    _, ydot = F.jvp(xs, ys, (np.ones_like(xs), np.zeros_like(ys)))
+    np.testing.assert_array_equal(ydot, Jx)
+
+
+# ------------------------------------------------------------------ zero sizes --
+
+def test_zero_size_arguments_and_reductions():
+    """Empty inputs: sums are 0, products 1, Jacobians have a zero-length axis."""
+    F = jx.compile(lambda x, y: (x.sum() * y, np.prod(x) + y, 3.0), np.zeros(0), np.zeros(2))
+    y = np.array([1.5, -2.0])
+    s, p, c = F(np.zeros(0), y)
+    np.testing.assert_array_equal(s, [0.0, 0.0])
+    np.testing.assert_array_equal(p, 1.0 + y)
+    assert c == 3.0
+    for mode in MODES:
+        (a, b), (cc, d), (e, g) = F.jacobian(np.zeros(0), y, argnums=(0, 1), mode=mode)
+        assert a.shape == (2, 0) and cc.shape == (2, 0) and e.shape == (0,)
+        np.testing.assert_array_equal(b, np.zeros((2, 2)))
+        np.testing.assert_array_equal(d, np.eye(2))
+        np.testing.assert_array_equal(g, np.zeros(2))
+    _, (gx, gy) = F.vjp(np.zeros(0), y, (np.ones(2), np.ones(2), 1.0))
+    assert gx.shape == (0,)
+    np.testing.assert_array_equal(gy, [1.0, 1.0])
+    # reductions over an empty axis, with the other axis non-empty
+    G = jx.compile(lambda m: m.sum(axis=0) + m.prod(axis=0), np.zeros((0, 3)))
+    np.testing.assert_array_equal(G(np.zeros((0, 3))), np.ones(3))
+    assert G.jacobian(np.zeros((0, 3))).shape == (3, 0, 3)
+    H = jx.compile(lambda m: m.sum(axis=1), np.zeros((0, 3)))
+    assert H(np.zeros((0, 3))).shape == (0,)
+
+
+def test_empty_batches():
+    F = jx.compile(lambda x: (np.sin(x), x.sum()), np.zeros(2))
+    E = np.zeros((0, 2))
+    a, b = F(E)
+    assert a.shape == (0, 2) and b.shape == (0,)
+    for mode in MODES:
+        Ja, Jb = F.jacobian(E, mode=mode)
+        assert Ja.shape == (0, 2, 2) and Jb.shape == (0, 2)
+    (a, b), (Ja, Jb) = F.value_and_jacobian(E)
+    assert a.shape == (0, 2) and Ja.shape == (0, 2, 2)
+    _, (da, db) = F.jvp(E, np.ones(2))
+    assert da.shape == (0, 2) and db.shape == (0,)
+    _, g = F.vjp(E, (np.ones(2), 1.0))
+    assert g.shape == (0, 2)
+    out = np.empty((0, 2, 2))
+    G = jx.compile(np.sin, np.zeros(2))
+    assert G.jacobian(E, out=out) is out
+
+
+# --------------------------------------------------------------------- batches --
+
+def _points(name):
+    """Interior and edge points of the op, as equal-length arrays per operand."""
+    spec = REF[name]
+    sets = [spec.domain, edges(name)]
+    return tuple(np.concatenate([np.broadcast_to(np.asarray(s[k], dtype=np.float64),
+                                                 np.broadcast_shapes(*[np.shape(v) for v in s]))
+                                 .ravel() for s in sets])
+                 for k in range(spec.arity))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_op_batched_equals_single_points_bit_for_bit(name):
+    spec = REF[name]
+    pts = _points(name)
+    F = jx.compile(spec.fn, *[np.zeros(()) for _ in pts])
+    nums = tuple(range(spec.arity))
+    with np.errstate(all="ignore"):
+        values = F(*pts)
+        single = np.array([F(*[p[i] for p in pts]) for i in range(pts[0].size)])
+        np.testing.assert_array_equal(values, single)
+        for mode in MODES:
+            batch = F.jacobian(*pts, argnums=nums, mode=mode)
+            loop = [F.jacobian(*[p[i] for p in pts], argnums=nums, mode=mode)
+                    for i in range(pts[0].size)]
+            for k in nums:
+                np.testing.assert_array_equal(batch[k], [j[k] for j in loop],
+                                              err_msg=f"{name} {mode} d/d{k}")
+
+
+@pytest.mark.parametrize("n_points", [1, 2, 31, 32, 33, 63, 64, 65, 97, 1009])
+def test_batch_sizes_around_the_block(n_points):
+    rng = np.random.default_rng(n_points)
+    X = rng.uniform(-2.0, 2.0, (n_points, 4))
+
+    def f(x):
+        return np.stack([np.sin(x[0]) * x[1], np.exp(x[2] - x[3]) + x[0] ** 2,
+                         np.hypot(x[1], x[2])])
+
+    F = jx.compile(f, X[0])
+    for mode in MODES:
+        J = F.jacobian(X, mode=mode)
+        assert J.shape == (n_points, 3, 4)
+        np.testing.assert_array_equal(J, [F.jacobian(x, mode=mode) for x in X])
+        for threads in (1, 2, 3):
+            np.testing.assert_array_equal(F.jacobian(X, mode=mode, threads=threads), J)
+    np.testing.assert_array_equal(F(X), [F(x) for x in X])
+
+
+def test_batch_of_a_million_points_runs_in_bounded_memory():
+    """Peak memory of a 10**6-point batch: the output array plus a little.
+
+    Run in a fresh process so the peak (VmHWM) is this batch's alone.
+    """
+    code = textwrap.dedent("""
+        import numpy as np, jacext as jx
+        def peak():
+            for line in open("/proc/self/status"):
+                if line.startswith("VmHWM"):
+                    return int(line.split()[1]) * 1024
+        F = jx.compile(lambda x: np.stack([x[0] * x[1], np.sin(x[0])]), np.zeros(2))
+        X = np.random.default_rng(0).random((10**6, 2))
+        before = peak()
+        J = F.jacobian(X, threads=2)
+        assert J.shape == (10**6, 2, 2)
+        assert np.array_equal(J[12345], F.jacobian(X[12345]))
+        print(before, peak(), J.nbytes)
+    """)
+    try:
+        open("/proc/self/status").close()
+    except OSError:
+        pytest.skip("needs /proc to read peak memory")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    before, after, nbytes = (int(v) for v in out)
+    grown = after - before
+    print(f"10**6 points: output {nbytes / 2**20:.0f} MiB, peak grew {grown / 2**20:.0f} MiB")
+    assert grown <= 1.2 * nbytes + 50 * 2**20
