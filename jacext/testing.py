@@ -249,12 +249,14 @@ def jacobian_tape_slot(F, argnums=0, mode="forward", sparse=False, values=True):
 
 
 def without_jacobian_tapes(F):
-    """Make every Jacobian of the fresh Function F come from the sweeps (no Jacobian tape
-    is ever built for it): for comparing the two paths.  Returns F."""
+    """Make every Jacobian of F come from the sweeps (no Jacobian tape is ever built for
+    it): for comparing the two paths.  F must not have counted points towards a Jacobian
+    tape yet (no Plan has asked for one: batches, sparse and dense auto Jacobians do;
+    a single-point Jacobian in an explicit mode does not).  Returns F."""
     planner = F._planner
     if planner._slots:
         raise ValueError("jacext: without_jacobian_tapes needs a Function that has not "
-                         "computed a Jacobian yet")
+                         "counted points towards a Jacobian tape yet (compile it afresh)")
     planner.jacobian_tapes = False
     return F
 
