@@ -58,7 +58,7 @@ UFUNCS = {
     np.arcsin: "ARCSIN", np.arccos: "ARCCOS", np.arctan: "ARCTAN", np.sinh: "SINH",
     np.cosh: "COSH", np.tanh: "TANH", np.arcsinh: "ARCSINH", np.arccosh: "ARCCOSH",
     np.arctanh: "ARCTANH", np.floor: "FLOOR", np.ceil: "CEIL", np.rint: "RINT",
-    np.trunc: "TRUNC",
+    np.trunc: "TRUNC", np.heaviside: "HEAVISIDE",
     np.positive: _identity, np.conjugate: _identity,
     np.deg2rad: _scaled(np.pi / 180.0), np.radians: _scaled(np.pi / 180.0),
     np.rad2deg: _scaled(180.0 / np.pi), np.degrees: _scaled(180.0 / np.pi),

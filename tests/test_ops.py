@@ -141,6 +141,7 @@ REF = {
     "CEIL": Op(np.ceil, 1, lambda a: (zero(a),), FRACTIONAL),
     "RINT": Op(np.rint, 1, lambda a: (zero(a),), FRACTIONAL),
     "TRUNC": Op(np.trunc, 1, lambda a: (zero(a),), FRACTIONAL),
+    "HEAVISIDE": Op(np.heaviside, 2, lambda a, b: (zero(a), _f(a == 0)), (AWAY0[0], PAIRS[1])),
 }
 
 NAMES = sorted(REF)
