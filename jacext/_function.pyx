@@ -56,8 +56,9 @@ cdef class Function:
     cdef cnp.ndarray _cols0
     cdef bint _single_fits         # its dense Jacobian fits in memory
     cdef int _auto0                # auto mode of argnums 0 takes dense sweeps: 1, no: 0, unknown: -1
-    cdef Tape _jt0                 # the sparse Jacobian tape of a dense auto Jacobian, once built
-    cdef cnp.ndarray _jt0_ptr, _jt0_idx
+    cdef tuple _jt0                # (Tape, indptr, indices): the sparse Jacobian tape of a dense
+                                   # auto Jacobian once built (one store publishes all three)
+    cdef object _sparse0           # the Plan of sparse=True at one point, argnums 0, auto
 
     def __init__(self, tape, tuple arg_shapes, tuple out_shapes, bint out_is_tuple,
                  str name="f"):
@@ -147,7 +148,9 @@ cdef class Function:
         if not batch:
             y = np.empty(self.tape.t.n_out, dtype=np.float64)
             self.tape.value(x, y)
-            return _args.split(y, self.out_shapes, self.out_is_tuple, batch)
+            if not self.out_is_tuple:
+                return y.reshape(self.out_shapes[0])
+            return _args.split(y, self.out_shapes, True, batch)
         x = x.reshape(-1, self.tape.t.n_in)
         y = np.empty((x.shape[0], self.tape.t.n_out), dtype=np.float64)
         self.tape.batch("value", x, y, None,
@@ -188,16 +191,25 @@ cdef class Function:
             if out is not None:
                 raise ValueError("jacext: out= is for dense Jacobians; sparse=True returns "
                                  "a new scipy.sparse.csr_array")
+            if (len(args) == 1 and argnums == 0 and mode == "auto"
+                    and self._single_jac_shape is not None
+                    and _is_point(args[0], self._single_shape)):
+                if self._sparse0 is None:
+                    self._sparse0 = self._planner.plan(0, "auto", True)
+                vals = self._compressed(self._sparse0, <cnp.ndarray>args[0], -1, threads,
+                                        False)[0]
+                return self._sparse0.structure.csr(vals)
             return self._sparse_jacobian(args, argnums, mode, threads)
         if (len(args) == 1 and argnums == 0 and self._single_jac_shape is not None
                 and self._single_fits and _is_point(args[0], self._single_shape)):
             x = <cnp.ndarray>args[0]
             # a dense auto Jacobian from its sparse Jacobian tape, once made
-            if self._jt0 is not None and mode == "auto" and out is None:
-                vals = _eval_tape(self._jt0, x, 0)
+            jt0 = self._jt0
+            if jt0 is not None and mode == "auto" and out is None:
+                vals = _eval_tape(jt0[0], x, 0)
                 if vals is not None:
                     jac = np.zeros(self._single_jac_shape, dtype=np.float64)
-                    _fill_rows(jac, self._jt0_ptr, self._jt0_idx, vals, True)
+                    _fill_rows(jac, jt0[1], jt0[2], vals, True)
                     return jac
             # dense sweeps straight from C
             elif mode != "auto" or self._auto0 == 1 or (self._auto0 < 0 and self._set_auto0()):
@@ -356,15 +368,18 @@ cdef class Function:
         """(nonzeros, y) of the plan's compressed evaluation at one point (n_points -1: x a
         row) or at the n_points rows of x: from the sparse Jacobian tape where it exists,
         whose points with a non-finite nonzero the sweeps redo (their zero kills decide)."""
-        cdef Tape jt = plan.sparse_tapes[want_value].tape(n_points if n_points >= 0 else 1)
+        slot = plan.sparse_tapes[want_value]
+        done = slot.done
+        cdef Tape jt = done[0] if done is not None else slot.tape(
+            n_points if n_points >= 0 else 1)
         cdef Py_ssize_t n_y = self.tape.t.n_out if want_value else 0
         if jt is None:
             return self._compressed_sweeps(plan, x, n_points, threads, want_value)
         if n_points < 0:
             if (self._jt0 is None and not want_value and self._single_jac_shape is not None
                     and plan is self._planner.plan(0, "auto", False)):
-                self._jt0 = jt    # dense auto Jacobians take it straight from now on
-                self._jt0_ptr, self._jt0_idx = plan.structure.pattern
+                # dense auto Jacobians take it straight from now on
+                self._jt0 = (jt,) + tuple(plan.structure.pattern)
             r = _eval_tape(jt, x, n_y)
             if r is None:
                 return self._compressed_sweeps(plan, x, -1, threads, want_value)

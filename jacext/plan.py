@@ -193,40 +193,48 @@ class JacobianTapeSlot:
     form of ``structure``'s pattern, with or without the function's values first.
 
     ``tape(n_points)`` counts the points asked for and returns the built Tape, or None
-    while the count is below ``after`` (and always, where no tape can be built).  The
-    build runs once, under the Function's lock; a call that finds the lock taken goes on
-    with the sweeps.
+    while the count is below ``after`` (and always, where no tape can be built: ``after``
+    None).  The build runs once, under the Function's lock; a call that finds the lock
+    taken goes on with the sweeps.  ``done`` is None until then, and then ``(tape,)``
+    (tape None where it was not worth it): one store publishes the outcome, so a reader
+    that sees it sees the tape.
     """
 
-    __slots__ = ("_lock", "_build", "after", "seen", "built", "_tape")
+    __slots__ = ("_lock", "_build", "after", "seen", "done")
 
     def __init__(self, lock, after, build):
         self._lock = lock
         self._build = build
         self.after = after
         self.seen = 0
-        self.built = after is None
-        self._tape = None
+        self.done = (None,) if after is None else None
 
     def tape(self, n_points):
-        if self.built:
-            return self._tape
+        done = self.done
+        if done is not None:
+            return done[0]
         if not self._lock.acquire(blocking=False):
             return None
         try:
-            if not self.built:
+            if self.done is None:
                 self.seen += n_points
                 if self.seen >= self.after:
-                    self._tape = self._build()
-                    self.built = True
+                    self.done = (self._build(),)
         finally:
             self._lock.release()
-        return self._tape
+        done = self.done
+        return done[0] if done is not None else None
 
     @property
     def current(self):
         """The tape if built (None otherwise), without counting."""
-        return self._tape
+        done = self.done
+        return done[0] if done is not None else None
+
+    @property
+    def built(self):
+        """Whether the slot has decided (built its tape, or found none worth it)."""
+        return self.done is not None
 
 
 class Plan:
