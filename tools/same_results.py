@@ -133,7 +133,9 @@ def compare(a_path, b_path):
             same_nan = np.isnan(x) & np.isnan(y)
             diff = (x.view(np.uint64) != y.view(np.uint64)) & ~same_nan
             if diff.any():
-                bad.append((k, f"{int(diff.sum())} of {x.size} differ in their bits"))
+                zeros = bool(((x[diff] == 0) & (y[diff] == 0)).all())
+                why = " (all of them zeros of opposite sign)" if zeros else ""
+                bad.append((k, f"{int(diff.sum())} of {x.size} differ in their bits{why}"))
     for k, why in bad:
         print(f"DIFFERENT {k}: {why}")
     n_instr = {k.split("/")[0]: (a[k].tolist(), b[k].tolist()) for k in keys
