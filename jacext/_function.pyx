@@ -21,7 +21,8 @@ from libc.stdint cimport int32_t
 from libc.string cimport memset
 
 from jacext import arguments as _args
-from jacext import plan as _plan
+from jacext import jactape as _jactape  # noqa: F401  (loaded with jacext: the planner imports
+from jacext import plan as _plan         # it lazily, and a first call must not pay for that)
 from jacext import sparse as _sparse
 from jacext._tape cimport (JX_MAX_LANES, JX_MODE_FORWARD, JX_MODE_REVERSE, Tape,
                            jx_all_finite, jx_point_jacobian, jx_point_value, jx_work,

@@ -2064,7 +2064,7 @@ struct __pyx_obj_6jacext_5_tape_Cones {
 };
 
 
-/* "jacext/_tape.pyx":357
+/* "jacext/_tape.pyx":361
  *                 args = f"s{x}, s{y}"
  *             lines.append(f"{i:6d} s{d} = {name} {args}")
  *         lines.append("; outputs: " + " ".join(f"s{s}" for s in a["out_slot"].tolist()))             # <<<<<<<<<<<<<<
@@ -4394,7 +4394,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4op_constants(CYTHON_UNUSED PyObject *_
 static PyObject *__pyx_pf_6jacext_5_tape_6op_value(CYTHON_UNUSED PyObject *__pyx_self, int __pyx_v_op, double __pyx_v_a, double __pyx_v_b, double __pyx_v_s); /* proto */
 static PyObject *__pyx_pf_6jacext_5_tape_8op_partials(CYTHON_UNUSED PyObject *__pyx_self, int __pyx_v_op, double __pyx_v_a, double __pyx_v_b, double __pyx_v_s); /* proto */
 static int __pyx_pf_6jacext_5_tape_4Tape___cinit__(struct __pyx_obj_6jacext_5_tape_Tape *__pyx_v_self); /* proto */
-static int __pyx_pf_6jacext_5_tape_4Tape_2__init__(struct __pyx_obj_6jacext_5_tape_Tape *__pyx_v_self, PyObject *__pyx_v_arrays); /* proto */
+static int __pyx_pf_6jacext_5_tape_4Tape_2__init__(struct __pyx_obj_6jacext_5_tape_Tape *__pyx_v_self, PyObject *__pyx_v_arrays, int __pyx_v_copy); /* proto */
 static void __pyx_pf_6jacext_5_tape_4Tape_4__dealloc__(struct __pyx_obj_6jacext_5_tape_Tape *__pyx_v_self); /* proto */
 static PyObject *__pyx_pf_6jacext_5_tape_4Tape_6__reduce__(struct __pyx_obj_6jacext_5_tape_Tape *__pyx_v_self); /* proto */
 static PyObject *__pyx_pf_6jacext_5_tape_4Tape_14n_instructions___get__(struct __pyx_obj_6jacext_5_tape_Tape *__pyx_v_self); /* proto */
@@ -23413,7 +23413,7 @@ static CYTHON_INLINE double *__pyx_f_6jacext_5_tape__maybe_out(PyArrayObject *__
   return __pyx_r;
 }
 
-/* "jacext/_tape.pyx":208
+/* "jacext/_tape.pyx":209
  *     """
  * 
  *     def __cinit__(self):             # <<<<<<<<<<<<<<
@@ -23465,7 +23465,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
 static int __pyx_pf_6jacext_5_tape_4Tape___cinit__(struct __pyx_obj_6jacext_5_tape_Tape *__pyx_v_self) {
   int __pyx_r;
 
-  /* "jacext/_tape.pyx":209
+  /* "jacext/_tape.pyx":210
  * 
  *     def __cinit__(self):
  *         self._has_work = False             # <<<<<<<<<<<<<<
@@ -23474,16 +23474,16 @@ static int __pyx_pf_6jacext_5_tape_4Tape___cinit__(struct __pyx_obj_6jacext_5_ta
 */
   __pyx_v_self->_has_work = 0;
 
-  /* "jacext/_tape.pyx":210
+  /* "jacext/_tape.pyx":211
  *     def __cinit__(self):
  *         self._has_work = False
  *         self._work_busy = False             # <<<<<<<<<<<<<<
  * 
- *     def __init__(self, dict arrays):
+ *     def __init__(self, dict arrays, bint copy=True):
 */
   __pyx_v_self->_work_busy = 0;
 
-  /* "jacext/_tape.pyx":208
+  /* "jacext/_tape.pyx":209
  *     """
  * 
  *     def __cinit__(self):             # <<<<<<<<<<<<<<
@@ -23497,10 +23497,10 @@ static int __pyx_pf_6jacext_5_tape_4Tape___cinit__(struct __pyx_obj_6jacext_5_ta
   return __pyx_r;
 }
 
-/* "jacext/_tape.pyx":212
+/* "jacext/_tape.pyx":213
  *         self._work_busy = False
  * 
- *     def __init__(self, dict arrays):             # <<<<<<<<<<<<<<
+ *     def __init__(self, dict arrays, bint copy=True):             # <<<<<<<<<<<<<<
  *         cdef dict own = {}
  *         for key, dtype in _TAPE_FIELDS:
 */
@@ -23521,11 +23521,12 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
 #endif
 ) {
   PyObject *__pyx_v_arrays = 0;
+  int __pyx_v_copy;
   #if !CYTHON_VECTORCALL_TPNEW
   CYTHON_UNUSED Py_ssize_t __pyx_nargs;
   #endif
   CYTHON_UNUSED PyObject *const *__pyx_kwvalues;
-  PyObject* values[1] = {0};
+  PyObject* values[2] = {0,0};
   int __pyx_lineno = 0;
   const char *__pyx_filename = NULL;
   int __pyx_clineno = 0;
@@ -23541,34 +23542,50 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   #endif
   __pyx_kwvalues = __Pyx_KwValues_FASTCALL_TPNEW(__pyx_args, __pyx_nargs);
   {
-    PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_arrays,0};
+    PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_arrays,&__pyx_mstate_global->__pyx_n_u_copy,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL_TPNEW(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 212, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 213, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
+        case  2:
+        values[1] = __Pyx_ArgRef_FASTCALL_TPNEW(__pyx_args, 1);
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 213, __pyx_L3_error)
+        CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL_TPNEW(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 212, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 213, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "__init__", 0) < (0)) __PYX_ERR(0, 212, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "__init__", 0) < (0)) __PYX_ERR(0, 213, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 1; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("__init__", 1, 1, 1, i); __PYX_ERR(0, 212, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("__init__", 0, 1, 2, i); __PYX_ERR(0, 213, __pyx_L3_error) }
       }
-    } else if (unlikely(__pyx_nargs != 1)) {
-      goto __pyx_L5_argtuple_error;
     } else {
-      values[0] = __Pyx_ArgRef_FASTCALL_TPNEW(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 212, __pyx_L3_error)
+      switch (__pyx_nargs) {
+        case  2:
+        values[1] = __Pyx_ArgRef_FASTCALL_TPNEW(__pyx_args, 1);
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 213, __pyx_L3_error)
+        CYTHON_FALLTHROUGH;
+        case  1:
+        values[0] = __Pyx_ArgRef_FASTCALL_TPNEW(__pyx_args, 0);
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 213, __pyx_L3_error)
+        break;
+        default: goto __pyx_L5_argtuple_error;
+      }
     }
     __pyx_v_arrays = ((PyObject*)values[0]);
+    if (values[1]) {
+      __pyx_v_copy = __Pyx_PyObject_IsTrue(values[1]); if (unlikely((__pyx_v_copy == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 213, __pyx_L3_error)
+    } else {
+      __pyx_v_copy = ((int)1);
+    }
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("__init__", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 212, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("__init__", 0, 1, 2, __pyx_nargs); __PYX_ERR(0, 213, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -23579,8 +23596,8 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   __Pyx_RefNannyFinishContext();
   return -1;
   __pyx_L4_argument_unpacking_done:;
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_arrays), (&PyDict_Type), 1, "arrays", 1))) __PYX_ERR(0, 212, __pyx_L1_error)
-  __pyx_r = __pyx_pf_6jacext_5_tape_4Tape_2__init__(((struct __pyx_obj_6jacext_5_tape_Tape *)__pyx_v_self), __pyx_v_arrays);
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_arrays), (&PyDict_Type), 1, "arrays", 1))) __PYX_ERR(0, 213, __pyx_L1_error)
+  __pyx_r = __pyx_pf_6jacext_5_tape_4Tape_2__init__(((struct __pyx_obj_6jacext_5_tape_Tape *)__pyx_v_self), __pyx_v_arrays, __pyx_v_copy);
 
   /* function exit code */
   goto __pyx_L0;
@@ -23595,11 +23612,12 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
     Py_XDECREF(values[__pyx_temp]);
   }
   __pyx_L7_cleaned_up:;
+
   __Pyx_RefNannyFinishContext();
   return __pyx_r;
 }
 
-static int __pyx_pf_6jacext_5_tape_4Tape_2__init__(struct __pyx_obj_6jacext_5_tape_Tape *__pyx_v_self, PyObject *__pyx_v_arrays) {
+static int __pyx_pf_6jacext_5_tape_4Tape_2__init__(struct __pyx_obj_6jacext_5_tape_Tape *__pyx_v_self, PyObject *__pyx_v_arrays, int __pyx_v_copy) {
   PyObject *__pyx_v_own = 0;
   PyObject *__pyx_v_key = NULL;
   PyObject *__pyx_v_dtype = NULL;
@@ -23623,44 +23641,45 @@ static int __pyx_pf_6jacext_5_tape_4Tape_2__init__(struct __pyx_obj_6jacext_5_ta
   PyObject *__pyx_t_14 = NULL;
   PyObject *__pyx_t_15 = NULL;
   PyObject *__pyx_t_16 = NULL;
-  PyObject *__pyx_t_17[7];
-  int __pyx_t_18;
+  PyObject *__pyx_t_17 = NULL;
+  PyObject *__pyx_t_18[7];
   int __pyx_t_19;
-  int32_t __pyx_t_20;
+  int __pyx_t_20;
+  int32_t __pyx_t_21;
   int __pyx_lineno = 0;
   const char *__pyx_filename = NULL;
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__init__", 0);
 
-  /* "jacext/_tape.pyx":213
+  /* "jacext/_tape.pyx":214
  * 
- *     def __init__(self, dict arrays):
+ *     def __init__(self, dict arrays, bint copy=True):
  *         cdef dict own = {}             # <<<<<<<<<<<<<<
  *         for key, dtype in _TAPE_FIELDS:
  *             if key not in arrays:
 */
-  __pyx_t_1 = __Pyx_PyDict_NewPresized(0); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 213, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyDict_NewPresized(0); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 214, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __pyx_v_own = ((PyObject*)__pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "jacext/_tape.pyx":214
- *     def __init__(self, dict arrays):
+  /* "jacext/_tape.pyx":215
+ *     def __init__(self, dict arrays, bint copy=True):
  *         cdef dict own = {}
  *         for key, dtype in _TAPE_FIELDS:             # <<<<<<<<<<<<<<
  *             if key not in arrays:
  *                 raise ValueError(f"jacext: corrupt tape: no '{key}' array")
 */
-  __Pyx_GetModuleGlobalName(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_TAPE_FIELDS); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 214, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_TAPE_FIELDS); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 215, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   if (likely(PyList_CheckExact(__pyx_t_1)) || PyTuple_CheckExact(__pyx_t_1)) {
     __pyx_t_2 = __pyx_t_1; __Pyx_INCREF(__pyx_t_2);
     __pyx_t_3 = 0;
     __pyx_t_4 = NULL;
   } else {
-    __pyx_t_3 = -1; __pyx_t_2 = PyObject_GetIter(__pyx_t_1); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 214, __pyx_L1_error)
+    __pyx_t_3 = -1; __pyx_t_2 = PyObject_GetIter(__pyx_t_1); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 215, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
-    __pyx_t_4 = (CYTHON_COMPILING_IN_LIMITED_API) ? PyIter_Next : __Pyx_PyObject_GetIterNextFunc(__pyx_t_2); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 214, __pyx_L1_error)
+    __pyx_t_4 = (CYTHON_COMPILING_IN_LIMITED_API) ? PyIter_Next : __Pyx_PyObject_GetIterNextFunc(__pyx_t_2); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 215, __pyx_L1_error)
   }
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   for (;;) {
@@ -23669,7 +23688,7 @@ static int __pyx_pf_6jacext_5_tape_4Tape_2__init__(struct __pyx_obj_6jacext_5_ta
         {
           Py_ssize_t __pyx_temp = __Pyx_PyList_GET_SIZE(__pyx_t_2);
           #if !CYTHON_ASSUME_SAFE_SIZE
-          if (unlikely((__pyx_temp < 0))) __PYX_ERR(0, 214, __pyx_L1_error)
+          if (unlikely((__pyx_temp < 0))) __PYX_ERR(0, 215, __pyx_L1_error)
           #endif
           if (__pyx_t_3 >= __pyx_temp) break;
         }
@@ -23679,7 +23698,7 @@ static int __pyx_pf_6jacext_5_tape_4Tape_2__init__(struct __pyx_obj_6jacext_5_ta
         {
           Py_ssize_t __pyx_temp = __Pyx_PyTuple_GET_SIZE(__pyx_t_2);
           #if !CYTHON_ASSUME_SAFE_SIZE
-          if (unlikely((__pyx_temp < 0))) __PYX_ERR(0, 214, __pyx_L1_error)
+          if (unlikely((__pyx_temp < 0))) __PYX_ERR(0, 215, __pyx_L1_error)
           #endif
           if (__pyx_t_3 >= __pyx_temp) break;
         }
@@ -23690,13 +23709,13 @@ static int __pyx_pf_6jacext_5_tape_4Tape_2__init__(struct __pyx_obj_6jacext_5_ta
         #endif
         ++__pyx_t_3;
       }
-      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 214, __pyx_L1_error)
+      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 215, __pyx_L1_error)
     } else {
       __pyx_t_1 = __pyx_t_4(__pyx_t_2);
       if (unlikely(!__pyx_t_1)) {
         PyObject* exc_type = PyErr_Occurred();
         if (exc_type) {
-          if (unlikely(!__Pyx_PyErr_GivenExceptionMatches(exc_type, PyExc_StopIteration))) __PYX_ERR(0, 214, __pyx_L1_error)
+          if (unlikely(!__Pyx_PyErr_GivenExceptionMatches(exc_type, PyExc_StopIteration))) __PYX_ERR(0, 215, __pyx_L1_error)
           PyErr_Clear();
         }
         break;
@@ -23709,7 +23728,7 @@ static int __pyx_pf_6jacext_5_tape_4Tape_2__init__(struct __pyx_obj_6jacext_5_ta
       if (unlikely(size != 2)) {
         if (size > 2) __Pyx_RaiseTooManyValuesError(2);
         else if (size >= 0) __Pyx_RaiseNeedMoreValuesError(size);
-        __PYX_ERR(0, 214, __pyx_L1_error)
+        __PYX_ERR(0, 215, __pyx_L1_error)
       }
       #if CYTHON_ASSUME_SAFE_MACROS && !CYTHON_AVOID_BORROWED_REFS
       if (likely(PyTuple_CheckExact(sequence))) {
@@ -23719,22 +23738,22 @@ static int __pyx_pf_6jacext_5_tape_4Tape_2__init__(struct __pyx_obj_6jacext_5_ta
         __Pyx_INCREF(__pyx_t_6);
       } else {
         __pyx_t_5 = __Pyx_PyList_GET_ITEM_REF(sequence, 0, __Pyx_ReferenceSharing_SharedReference);
-        if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 214, __pyx_L1_error)
+        if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 215, __pyx_L1_error)
         __Pyx_XGOTREF(__pyx_t_5);
         __pyx_t_6 = __Pyx_PyList_GET_ITEM_REF(sequence, 1, __Pyx_ReferenceSharing_SharedReference);
-        if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 214, __pyx_L1_error)
+        if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 215, __pyx_L1_error)
         __Pyx_XGOTREF(__pyx_t_6);
       }
       #else
-      __pyx_t_5 = __Pyx_PySequence_ITEM(sequence, 0); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 214, __pyx_L1_error)
+      __pyx_t_5 = __Pyx_PySequence_ITEM(sequence, 0); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 215, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_5);
-      __pyx_t_6 = __Pyx_PySequence_ITEM(sequence, 1); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 214, __pyx_L1_error)
+      __pyx_t_6 = __Pyx_PySequence_ITEM(sequence, 1); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 215, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_6);
       #endif
       __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
     } else {
       Py_ssize_t index = -1;
-      __pyx_t_7 = PyObject_GetIter(__pyx_t_1); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 214, __pyx_L1_error)
+      __pyx_t_7 = PyObject_GetIter(__pyx_t_1); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 215, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_7);
       __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
       __pyx_t_8 = (CYTHON_COMPILING_IN_LIMITED_API) ? PyIter_Next : __Pyx_PyObject_GetIterNextFunc(__pyx_t_7);
@@ -23742,7 +23761,7 @@ static int __pyx_pf_6jacext_5_tape_4Tape_2__init__(struct __pyx_obj_6jacext_5_ta
       __Pyx_GOTREF(__pyx_t_5);
       index = 1; __pyx_t_6 = __pyx_t_8(__pyx_t_7); if (unlikely(!__pyx_t_6)) goto __pyx_L5_unpacking_failed;
       __Pyx_GOTREF(__pyx_t_6);
-      if (__Pyx_IternextUnpackEndCheck(__pyx_t_8(__pyx_t_7), 2) < (0)) __PYX_ERR(0, 214, __pyx_L1_error)
+      if (__Pyx_IternextUnpackEndCheck(__pyx_t_8(__pyx_t_7), 2) < (0)) __PYX_ERR(0, 215, __pyx_L1_error)
       __pyx_t_8 = NULL;
       __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
       goto __pyx_L6_unpacking_done;
@@ -23750,7 +23769,7 @@ static int __pyx_pf_6jacext_5_tape_4Tape_2__init__(struct __pyx_obj_6jacext_5_ta
       __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
       __pyx_t_8 = NULL;
       if (__Pyx_IterFinish() == 0) __Pyx_RaiseNeedMoreValuesError(index);
-      __PYX_ERR(0, 214, __pyx_L1_error)
+      __PYX_ERR(0, 215, __pyx_L1_error)
       __pyx_L6_unpacking_done:;
     }
     __Pyx_XDECREF_SET(__pyx_v_key, __pyx_t_5);
@@ -23758,30 +23777,30 @@ static int __pyx_pf_6jacext_5_tape_4Tape_2__init__(struct __pyx_obj_6jacext_5_ta
     __Pyx_XDECREF_SET(__pyx_v_dtype, __pyx_t_6);
     __pyx_t_6 = 0;
 
-    /* "jacext/_tape.pyx":215
+    /* "jacext/_tape.pyx":216
  *         cdef dict own = {}
  *         for key, dtype in _TAPE_FIELDS:
  *             if key not in arrays:             # <<<<<<<<<<<<<<
  *                 raise ValueError(f"jacext: corrupt tape: no '{key}' array")
- *             arr = np.array(arrays[key], dtype=dtype, order="C", copy=True).reshape(-1)
+ *             # copy=False: the caller hands over arrays it made and drops (the lowering), so
 */
     if (unlikely(__pyx_v_arrays == Py_None)) {
       PyErr_SetString(PyExc_TypeError, "\047NoneType\047 object is not iterable");
-      __PYX_ERR(0, 215, __pyx_L1_error)
+      __PYX_ERR(0, 216, __pyx_L1_error)
     }
-    __pyx_t_9 = (__Pyx_PyDict_ContainsTF(__pyx_v_key, __pyx_v_arrays, Py_NE)); if (unlikely((__pyx_t_9 < 0))) __PYX_ERR(0, 215, __pyx_L1_error)
+    __pyx_t_9 = (__Pyx_PyDict_ContainsTF(__pyx_v_key, __pyx_v_arrays, Py_NE)); if (unlikely((__pyx_t_9 < 0))) __PYX_ERR(0, 216, __pyx_L1_error)
     if (unlikely(__pyx_t_9)) {
 
 
-      /* "jacext/_tape.pyx":216
+      /* "jacext/_tape.pyx":217
  *         for key, dtype in _TAPE_FIELDS:
  *             if key not in arrays:
  *                 raise ValueError(f"jacext: corrupt tape: no '{key}' array")             # <<<<<<<<<<<<<<
- *             arr = np.array(arrays[key], dtype=dtype, order="C", copy=True).reshape(-1)
- *             arr.setflags(write=False)
+ *             # copy=False: the caller hands over arrays it made and drops (the lowering), so
+ *             # no one else can write them; anything else is copied before it is checked
 */
       __pyx_t_6 = NULL;
-      __pyx_t_5 = __Pyx_PyObject_FormatSimple(__pyx_v_key, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 216, __pyx_L1_error)
+      __pyx_t_5 = __Pyx_PyObject_FormatSimple(__pyx_v_key, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 217, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_5);
       __pyx_t_10[0] = __pyx_mstate_global->__pyx_kp_u_jacext_corrupt_tape_no;
       __pyx_t_10[1] = __pyx_t_5;
@@ -23795,7 +23814,7 @@ static int __pyx_pf_6jacext_5_tape_4Tape_2__init__(struct __pyx_obj_6jacext_5_ta
       __pyx_t_12 |= __Pyx_PyUnicode_KIND_04(__pyx_t_10[1]);
       #endif
       __pyx_t_7 = __Pyx_PyUnicode_Join(__pyx_t_10, 3, __pyx_t_11, __pyx_t_12);
-      if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 216, __pyx_L1_error)
+      if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 217, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_7);
       __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
       __pyx_t_13 = 1;
@@ -23804,78 +23823,143 @@ static int __pyx_pf_6jacext_5_tape_4Tape_2__init__(struct __pyx_obj_6jacext_5_ta
         __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_13, (2-__pyx_t_13) | (__pyx_t_13*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
         __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
         __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
-        if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 216, __pyx_L1_error)
+        if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 217, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_1);
       }
       __Pyx_Raise(__pyx_t_1, 0, 0, 0);
       __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-      __PYX_ERR(0, 216, __pyx_L1_error)
+      __PYX_ERR(0, 217, __pyx_L1_error)
 
-      /* "jacext/_tape.pyx":215
+      /* "jacext/_tape.pyx":216
  *         cdef dict own = {}
  *         for key, dtype in _TAPE_FIELDS:
  *             if key not in arrays:             # <<<<<<<<<<<<<<
  *                 raise ValueError(f"jacext: corrupt tape: no '{key}' array")
- *             arr = np.array(arrays[key], dtype=dtype, order="C", copy=True).reshape(-1)
+ *             # copy=False: the caller hands over arrays it made and drops (the lowering), so
 */
     }
 
-    /* "jacext/_tape.pyx":217
- *             if key not in arrays:
- *                 raise ValueError(f"jacext: corrupt tape: no '{key}' array")
- *             arr = np.array(arrays[key], dtype=dtype, order="C", copy=True).reshape(-1)             # <<<<<<<<<<<<<<
+    /* "jacext/_tape.pyx":220
+ *             # copy=False: the caller hands over arrays it made and drops (the lowering), so
+ *             # no one else can write them; anything else is copied before it is checked
+ *             arr = (np.array(arrays[key], dtype=dtype, order="C", copy=True) if copy             # <<<<<<<<<<<<<<
+ *                    else np.ascontiguousarray(arrays[key], dtype=dtype)).reshape(-1)
+ *             arr.setflags(write=False)
+*/
+    if (__pyx_v_copy) {
+      __pyx_t_14 = NULL;
+      __Pyx_GetModuleGlobalName(__pyx_t_15, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_15)) __PYX_ERR(0, 220, __pyx_L1_error)
+      __Pyx_GOTREF(__pyx_t_15);
+      __pyx_t_16 = __Pyx_PyObject_GetAttrStr(__pyx_t_15, __pyx_mstate_global->__pyx_n_u_array_2); if (unlikely(!__pyx_t_16)) __PYX_ERR(0, 220, __pyx_L1_error)
+      __Pyx_GOTREF(__pyx_t_16);
+      __Pyx_DECREF(__pyx_t_15); __pyx_t_15 = 0;
+      if (unlikely(__pyx_v_arrays == Py_None)) {
+        PyErr_SetString(PyExc_TypeError, "\047NoneType\047 object is not subscriptable");
+        __PYX_ERR(0, 220, __pyx_L1_error)
+      }
+      __pyx_t_15 = __Pyx_PyDict_GetItem(__pyx_v_arrays, __pyx_v_key); if (unlikely(!__pyx_t_15)) __PYX_ERR(0, 220, __pyx_L1_error)
+      __Pyx_GOTREF(__pyx_t_15);
+      #if CYTHON_VECTORCALL
+      #endif
+      __pyx_t_13 = 1;
+      #if CYTHON_UNPACK_METHODS
+      if (unlikely(PyMethod_Check(__pyx_t_16))) {
+        __pyx_t_14 = PyMethod_GET_SELF(__pyx_t_16);
+        assert(__pyx_t_14);
+        PyObject* __pyx__function = PyMethod_GET_FUNCTION(__pyx_t_16);
+        __Pyx_INCREF(__pyx_t_14);
+        __Pyx_INCREF(__pyx__function);
+        __Pyx_DECREF_SET(__pyx_t_16, __pyx__function);
+        __pyx_t_13 = 0;
+      }
+      #endif
+      {
+        PyObject *__pyx_callargs[5] = {__pyx_t_14, __pyx_t_15, __pyx_v_dtype, __pyx_mstate_global->__pyx_n_u_C, Py_True};
+        #if CYTHON_VECTORCALL
+        __pyx_t_17 = __pyx_mstate_global->__pyx_tuple[2];
+        if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 220, __pyx_L1_error)
+        __Pyx_INCREF(__pyx_t_17);
+        #else
+        {
+          PyObject *__pyx_temp[3] = {__pyx_mstate_global->__pyx_n_u_dtype, __pyx_mstate_global->__pyx_n_u_order, __pyx_mstate_global->__pyx_n_u_copy};
+          __pyx_t_17 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 3);
+          if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 220, __pyx_L1_error)
+          __Pyx_GOTREF(__pyx_t_17);
+        }
+        #endif
+        __pyx_t_5 = __Pyx_Object_VectorcallKwds((PyObject*)__pyx_t_16, __pyx_callargs+__pyx_t_13, (2-__pyx_t_13) | (__pyx_t_13*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET), __pyx_t_17);
+        __Pyx_XDECREF(__pyx_t_14); __pyx_t_14 = 0;
+        __Pyx_DECREF(__pyx_t_15); __pyx_t_15 = 0;
+        #if CYTHON_VECTORCALL
+        #endif
+        __Pyx_DECREF(__pyx_t_17); __pyx_t_17 = 0;
+        __Pyx_DECREF(__pyx_t_16); __pyx_t_16 = 0;
+        if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 220, __pyx_L1_error)
+        __Pyx_GOTREF(__pyx_t_5);
+      }
+      __pyx_t_6 = __pyx_t_5;
+      __pyx_t_5 = 0;
+    } else {
+
+      /* "jacext/_tape.pyx":221
+ *             # no one else can write them; anything else is copied before it is checked
+ *             arr = (np.array(arrays[key], dtype=dtype, order="C", copy=True) if copy
+ *                    else np.ascontiguousarray(arrays[key], dtype=dtype)).reshape(-1)             # <<<<<<<<<<<<<<
  *             arr.setflags(write=False)
  *             own[key] = arr
 */
-    __pyx_t_5 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_14, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 217, __pyx_L1_error)
-    __Pyx_GOTREF(__pyx_t_14);
-    __pyx_t_15 = __Pyx_PyObject_GetAttrStr(__pyx_t_14, __pyx_mstate_global->__pyx_n_u_array_2); if (unlikely(!__pyx_t_15)) __PYX_ERR(0, 217, __pyx_L1_error)
-    __Pyx_GOTREF(__pyx_t_15);
-    __Pyx_DECREF(__pyx_t_14); __pyx_t_14 = 0;
-    if (unlikely(__pyx_v_arrays == Py_None)) {
-      PyErr_SetString(PyExc_TypeError, "\047NoneType\047 object is not subscriptable");
-      __PYX_ERR(0, 217, __pyx_L1_error)
-    }
-    __pyx_t_14 = __Pyx_PyDict_GetItem(__pyx_v_arrays, __pyx_v_key); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 217, __pyx_L1_error)
-    __Pyx_GOTREF(__pyx_t_14);
-    #if CYTHON_VECTORCALL
-    #endif
-    __pyx_t_13 = 1;
-    #if CYTHON_UNPACK_METHODS
-    if (unlikely(PyMethod_Check(__pyx_t_15))) {
-      __pyx_t_5 = PyMethod_GET_SELF(__pyx_t_15);
-      assert(__pyx_t_5);
-      PyObject* __pyx__function = PyMethod_GET_FUNCTION(__pyx_t_15);
-      __Pyx_INCREF(__pyx_t_5);
-      __Pyx_INCREF(__pyx__function);
-      __Pyx_DECREF_SET(__pyx_t_15, __pyx__function);
-      __pyx_t_13 = 0;
-    }
-    #endif
-    {
-      PyObject *__pyx_callargs[5] = {__pyx_t_5, __pyx_t_14, __pyx_v_dtype, __pyx_mstate_global->__pyx_n_u_C, Py_True};
+      __pyx_t_16 = NULL;
+      __Pyx_GetModuleGlobalName(__pyx_t_17, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 221, __pyx_L1_error)
+      __Pyx_GOTREF(__pyx_t_17);
+      __pyx_t_15 = __Pyx_PyObject_GetAttrStr(__pyx_t_17, __pyx_mstate_global->__pyx_n_u_ascontiguousarray); if (unlikely(!__pyx_t_15)) __PYX_ERR(0, 221, __pyx_L1_error)
+      __Pyx_GOTREF(__pyx_t_15);
+      __Pyx_DECREF(__pyx_t_17); __pyx_t_17 = 0;
+      if (unlikely(__pyx_v_arrays == Py_None)) {
+        PyErr_SetString(PyExc_TypeError, "\047NoneType\047 object is not subscriptable");
+        __PYX_ERR(0, 221, __pyx_L1_error)
+      }
+      __pyx_t_17 = __Pyx_PyDict_GetItem(__pyx_v_arrays, __pyx_v_key); if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 221, __pyx_L1_error)
+      __Pyx_GOTREF(__pyx_t_17);
       #if CYTHON_VECTORCALL
-      __pyx_t_16 = __pyx_mstate_global->__pyx_tuple[2];
-      if (unlikely(!__pyx_t_16)) __PYX_ERR(0, 217, __pyx_L1_error)
-      __Pyx_INCREF(__pyx_t_16);
-      #else
-      {
-        PyObject *__pyx_temp[3] = {__pyx_mstate_global->__pyx_n_u_dtype, __pyx_mstate_global->__pyx_n_u_order, __pyx_mstate_global->__pyx_n_u_copy};
-        __pyx_t_16 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 3);
-        if (unlikely(!__pyx_t_16)) __PYX_ERR(0, 217, __pyx_L1_error)
-        __Pyx_GOTREF(__pyx_t_16);
+      #endif
+      __pyx_t_13 = 1;
+      #if CYTHON_UNPACK_METHODS
+      if (unlikely(PyMethod_Check(__pyx_t_15))) {
+        __pyx_t_16 = PyMethod_GET_SELF(__pyx_t_15);
+        assert(__pyx_t_16);
+        PyObject* __pyx__function = PyMethod_GET_FUNCTION(__pyx_t_15);
+        __Pyx_INCREF(__pyx_t_16);
+        __Pyx_INCREF(__pyx__function);
+        __Pyx_DECREF_SET(__pyx_t_15, __pyx__function);
+        __pyx_t_13 = 0;
       }
       #endif
-      __pyx_t_6 = __Pyx_Object_VectorcallKwds((PyObject*)__pyx_t_15, __pyx_callargs+__pyx_t_13, (2-__pyx_t_13) | (__pyx_t_13*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET), __pyx_t_16);
-      __Pyx_XDECREF(__pyx_t_5); __pyx_t_5 = 0;
-      __Pyx_DECREF(__pyx_t_14); __pyx_t_14 = 0;
-      #if CYTHON_VECTORCALL
-      #endif
-      __Pyx_DECREF(__pyx_t_16); __pyx_t_16 = 0;
-      __Pyx_DECREF(__pyx_t_15); __pyx_t_15 = 0;
-      if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 217, __pyx_L1_error)
-      __Pyx_GOTREF(__pyx_t_6);
+      {
+        PyObject *__pyx_callargs[3] = {__pyx_t_16, __pyx_t_17, __pyx_v_dtype};
+        #if CYTHON_VECTORCALL
+        __pyx_t_14 = __pyx_mstate_global->__pyx_tuple[3];
+        if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 221, __pyx_L1_error)
+        __Pyx_INCREF(__pyx_t_14);
+        #else
+        {
+          PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
+          __pyx_t_14 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 1);
+          if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 221, __pyx_L1_error)
+          __Pyx_GOTREF(__pyx_t_14);
+        }
+        #endif
+        __pyx_t_5 = __Pyx_Object_VectorcallKwds((PyObject*)__pyx_t_15, __pyx_callargs+__pyx_t_13, (2-__pyx_t_13) | (__pyx_t_13*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET), __pyx_t_14);
+        __Pyx_XDECREF(__pyx_t_16); __pyx_t_16 = 0;
+        __Pyx_DECREF(__pyx_t_17); __pyx_t_17 = 0;
+        #if CYTHON_VECTORCALL
+        #endif
+        __Pyx_DECREF(__pyx_t_14); __pyx_t_14 = 0;
+        __Pyx_DECREF(__pyx_t_15); __pyx_t_15 = 0;
+        if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 221, __pyx_L1_error)
+        __Pyx_GOTREF(__pyx_t_5);
+      }
+      __pyx_t_6 = __pyx_t_5;
+      __pyx_t_5 = 0;
     }
     __pyx_t_7 = __pyx_t_6;
     __Pyx_INCREF(__pyx_t_7);
@@ -23885,15 +23969,15 @@ static int __pyx_pf_6jacext_5_tape_4Tape_2__init__(struct __pyx_obj_6jacext_5_ta
       __pyx_t_1 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_reshape, __pyx_callargs+__pyx_t_13, (2-__pyx_t_13) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_7); __pyx_t_7 = 0;
       __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 217, __pyx_L1_error)
+      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 221, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_1);
     }
     __Pyx_XDECREF_SET(__pyx_v_arr, __pyx_t_1);
     __pyx_t_1 = 0;
 
-    /* "jacext/_tape.pyx":218
- *                 raise ValueError(f"jacext: corrupt tape: no '{key}' array")
- *             arr = np.array(arrays[key], dtype=dtype, order="C", copy=True).reshape(-1)
+    /* "jacext/_tape.pyx":222
+ *             arr = (np.array(arrays[key], dtype=dtype, order="C", copy=True) if copy
+ *                    else np.ascontiguousarray(arrays[key], dtype=dtype)).reshape(-1)
  *             arr.setflags(write=False)             # <<<<<<<<<<<<<<
  *             own[key] = arr
  *         n_instr = own["op"].shape[0]
@@ -23906,14 +23990,14 @@ static int __pyx_pf_6jacext_5_tape_4Tape_2__init__(struct __pyx_obj_6jacext_5_ta
     {
       PyObject *__pyx_callargs[2] = {__pyx_t_6, Py_False};
       #if CYTHON_VECTORCALL
-      __pyx_t_7 = __pyx_mstate_global->__pyx_tuple[3];
-      if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 218, __pyx_L1_error)
+      __pyx_t_7 = __pyx_mstate_global->__pyx_tuple[4];
+      if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 222, __pyx_L1_error)
       __Pyx_INCREF(__pyx_t_7);
       #else
       {
         PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_write};
         __pyx_t_7 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+1, 1);
-        if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 218, __pyx_L1_error)
+        if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 222, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_7);
       }
       #endif
@@ -23922,22 +24006,22 @@ static int __pyx_pf_6jacext_5_tape_4Tape_2__init__(struct __pyx_obj_6jacext_5_ta
       #if CYTHON_VECTORCALL
       #endif
       __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
-      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 218, __pyx_L1_error)
+      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 222, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_1);
     }
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
-    /* "jacext/_tape.pyx":219
- *             arr = np.array(arrays[key], dtype=dtype, order="C", copy=True).reshape(-1)
+    /* "jacext/_tape.pyx":223
+ *                    else np.ascontiguousarray(arrays[key], dtype=dtype)).reshape(-1)
  *             arr.setflags(write=False)
  *             own[key] = arr             # <<<<<<<<<<<<<<
  *         n_instr = own["op"].shape[0]
  *         for key in _PER_INSTRUCTION:
 */
-    if (unlikely((PyDict_SetItem(__pyx_v_own, __pyx_v_key, __pyx_v_arr) < 0))) __PYX_ERR(0, 219, __pyx_L1_error)
+    if (unlikely((PyDict_SetItem(__pyx_v_own, __pyx_v_key, __pyx_v_arr) < 0))) __PYX_ERR(0, 223, __pyx_L1_error)
 
-    /* "jacext/_tape.pyx":214
- *     def __init__(self, dict arrays):
+    /* "jacext/_tape.pyx":215
+ *     def __init__(self, dict arrays, bint copy=True):
  *         cdef dict own = {}
  *         for key, dtype in _TAPE_FIELDS:             # <<<<<<<<<<<<<<
  *             if key not in arrays:
@@ -23946,41 +24030,41 @@ static int __pyx_pf_6jacext_5_tape_4Tape_2__init__(struct __pyx_obj_6jacext_5_ta
   }
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "jacext/_tape.pyx":220
+  /* "jacext/_tape.pyx":224
  *             arr.setflags(write=False)
  *             own[key] = arr
  *         n_instr = own["op"].shape[0]             # <<<<<<<<<<<<<<
  *         for key in _PER_INSTRUCTION:
  *             if own[key].shape[0] != n_instr:
 */
-  __pyx_t_2 = __Pyx_PyDict_GetItem(__pyx_v_own, __pyx_mstate_global->__pyx_n_u_op); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 220, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyDict_GetItem(__pyx_v_own, __pyx_mstate_global->__pyx_n_u_op); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 224, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_shape); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 220, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_shape); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 224, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-  __pyx_t_2 = __Pyx_GetItemInt(__pyx_t_1, 0, long, 1, __Pyx_PyLong_From_long, 0, 1, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 220, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_GetItemInt(__pyx_t_1, 0, long, 1, __Pyx_PyLong_From_long, 0, 1, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 224, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   __pyx_v_n_instr = __pyx_t_2;
   __pyx_t_2 = 0;
 
-  /* "jacext/_tape.pyx":221
+  /* "jacext/_tape.pyx":225
  *             own[key] = arr
  *         n_instr = own["op"].shape[0]
  *         for key in _PER_INSTRUCTION:             # <<<<<<<<<<<<<<
  *             if own[key].shape[0] != n_instr:
  *                 raise ValueError(f"jacext: corrupt tape: '{key}' has {own[key].shape[0]} "
 */
-  __Pyx_GetModuleGlobalName(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_PER_INSTRUCTION); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 221, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_PER_INSTRUCTION); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 225, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   if (likely(PyList_CheckExact(__pyx_t_2)) || PyTuple_CheckExact(__pyx_t_2)) {
     __pyx_t_1 = __pyx_t_2; __Pyx_INCREF(__pyx_t_1);
     __pyx_t_3 = 0;
     __pyx_t_4 = NULL;
   } else {
-    __pyx_t_3 = -1; __pyx_t_1 = PyObject_GetIter(__pyx_t_2); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 221, __pyx_L1_error)
+    __pyx_t_3 = -1; __pyx_t_1 = PyObject_GetIter(__pyx_t_2); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 225, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
-    __pyx_t_4 = (CYTHON_COMPILING_IN_LIMITED_API) ? PyIter_Next : __Pyx_PyObject_GetIterNextFunc(__pyx_t_1); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 221, __pyx_L1_error)
+    __pyx_t_4 = (CYTHON_COMPILING_IN_LIMITED_API) ? PyIter_Next : __Pyx_PyObject_GetIterNextFunc(__pyx_t_1); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 225, __pyx_L1_error)
   }
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   for (;;) {
@@ -23989,7 +24073,7 @@ static int __pyx_pf_6jacext_5_tape_4Tape_2__init__(struct __pyx_obj_6jacext_5_ta
         {
           Py_ssize_t __pyx_temp = __Pyx_PyList_GET_SIZE(__pyx_t_1);
           #if !CYTHON_ASSUME_SAFE_SIZE
-          if (unlikely((__pyx_temp < 0))) __PYX_ERR(0, 221, __pyx_L1_error)
+          if (unlikely((__pyx_temp < 0))) __PYX_ERR(0, 225, __pyx_L1_error)
           #endif
           if (__pyx_t_3 >= __pyx_temp) break;
         }
@@ -23999,7 +24083,7 @@ static int __pyx_pf_6jacext_5_tape_4Tape_2__init__(struct __pyx_obj_6jacext_5_ta
         {
           Py_ssize_t __pyx_temp = __Pyx_PyTuple_GET_SIZE(__pyx_t_1);
           #if !CYTHON_ASSUME_SAFE_SIZE
-          if (unlikely((__pyx_temp < 0))) __PYX_ERR(0, 221, __pyx_L1_error)
+          if (unlikely((__pyx_temp < 0))) __PYX_ERR(0, 225, __pyx_L1_error)
           #endif
           if (__pyx_t_3 >= __pyx_temp) break;
         }
@@ -24010,13 +24094,13 @@ static int __pyx_pf_6jacext_5_tape_4Tape_2__init__(struct __pyx_obj_6jacext_5_ta
         #endif
         ++__pyx_t_3;
       }
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 221, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 225, __pyx_L1_error)
     } else {
       __pyx_t_2 = __pyx_t_4(__pyx_t_1);
       if (unlikely(!__pyx_t_2)) {
         PyObject* exc_type = PyErr_Occurred();
         if (exc_type) {
-          if (unlikely(!__Pyx_PyErr_GivenExceptionMatches(exc_type, PyExc_StopIteration))) __PYX_ERR(0, 221, __pyx_L1_error)
+          if (unlikely(!__Pyx_PyErr_GivenExceptionMatches(exc_type, PyExc_StopIteration))) __PYX_ERR(0, 225, __pyx_L1_error)
           PyErr_Clear();
         }
         break;
@@ -24026,27 +24110,27 @@ static int __pyx_pf_6jacext_5_tape_4Tape_2__init__(struct __pyx_obj_6jacext_5_ta
     __Pyx_XDECREF_SET(__pyx_v_key, __pyx_t_2);
     __pyx_t_2 = 0;
 
-    /* "jacext/_tape.pyx":222
+    /* "jacext/_tape.pyx":226
  *         n_instr = own["op"].shape[0]
  *         for key in _PER_INSTRUCTION:
  *             if own[key].shape[0] != n_instr:             # <<<<<<<<<<<<<<
  *                 raise ValueError(f"jacext: corrupt tape: '{key}' has {own[key].shape[0]} "
  *                                  f"entries for {n_instr} instructions")
 */
-    __pyx_t_2 = __Pyx_PyDict_GetItem(__pyx_v_own, __pyx_v_key); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 222, __pyx_L1_error)
+    __pyx_t_2 = __Pyx_PyDict_GetItem(__pyx_v_own, __pyx_v_key); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 226, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
-    __pyx_t_7 = __Pyx_PyObject_GetAttrStr(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_shape); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 222, __pyx_L1_error)
+    __pyx_t_7 = __Pyx_PyObject_GetAttrStr(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_shape); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 226, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_7);
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    __pyx_t_2 = __Pyx_GetItemInt(__pyx_t_7, 0, long, 1, __Pyx_PyLong_From_long, 0, 1, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 222, __pyx_L1_error)
+    __pyx_t_2 = __Pyx_GetItemInt(__pyx_t_7, 0, long, 1, __Pyx_PyLong_From_long, 0, 1, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 226, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
     __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
-    __pyx_t_9 = __Pyx_PyObject_CompareBoolNe_object_object(__pyx_t_2, __pyx_v_n_instr, Py_NE); if (unlikely((__pyx_t_9 < 0))) __PYX_ERR(0, 222, __pyx_L1_error)
+    __pyx_t_9 = __Pyx_PyObject_CompareBoolNe_object_object(__pyx_t_2, __pyx_v_n_instr, Py_NE); if (unlikely((__pyx_t_9 < 0))) __PYX_ERR(0, 226, __pyx_L1_error)
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
     if (unlikely(__pyx_t_9)) {
 
 
-      /* "jacext/_tape.pyx":223
+      /* "jacext/_tape.pyx":227
  *         for key in _PER_INSTRUCTION:
  *             if own[key].shape[0] != n_instr:
  *                 raise ValueError(f"jacext: corrupt tape: '{key}' has {own[key].shape[0]} "             # <<<<<<<<<<<<<<
@@ -24054,38 +24138,38 @@ static int __pyx_pf_6jacext_5_tape_4Tape_2__init__(struct __pyx_obj_6jacext_5_ta
  *         for key in ("n_in", "n_slots"):
 */
       __pyx_t_7 = NULL;
-      __pyx_t_6 = __Pyx_PyObject_FormatSimple(__pyx_v_key, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 223, __pyx_L1_error)
+      __pyx_t_6 = __Pyx_PyObject_FormatSimple(__pyx_v_key, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 227, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_6);
-      __pyx_t_15 = __Pyx_PyDict_GetItem(__pyx_v_own, __pyx_v_key); if (unlikely(!__pyx_t_15)) __PYX_ERR(0, 223, __pyx_L1_error)
+      __pyx_t_5 = __Pyx_PyDict_GetItem(__pyx_v_own, __pyx_v_key); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 227, __pyx_L1_error)
+      __Pyx_GOTREF(__pyx_t_5);
+      __pyx_t_15 = __Pyx_PyObject_GetAttrStr(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_shape); if (unlikely(!__pyx_t_15)) __PYX_ERR(0, 227, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_15);
-      __pyx_t_16 = __Pyx_PyObject_GetAttrStr(__pyx_t_15, __pyx_mstate_global->__pyx_n_u_shape); if (unlikely(!__pyx_t_16)) __PYX_ERR(0, 223, __pyx_L1_error)
-      __Pyx_GOTREF(__pyx_t_16);
+      __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
+      __pyx_t_5 = __Pyx_GetItemInt(__pyx_t_15, 0, long, 1, __Pyx_PyLong_From_long, 0, 1, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 227, __pyx_L1_error)
+      __Pyx_GOTREF(__pyx_t_5);
       __Pyx_DECREF(__pyx_t_15); __pyx_t_15 = 0;
-      __pyx_t_15 = __Pyx_GetItemInt(__pyx_t_16, 0, long, 1, __Pyx_PyLong_From_long, 0, 1, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_15)) __PYX_ERR(0, 223, __pyx_L1_error)
+      __pyx_t_15 = __Pyx_PyObject_FormatSimple(__pyx_t_5, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_15)) __PYX_ERR(0, 227, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_15);
-      __Pyx_DECREF(__pyx_t_16); __pyx_t_16 = 0;
-      __pyx_t_16 = __Pyx_PyObject_FormatSimple(__pyx_t_15, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_16)) __PYX_ERR(0, 223, __pyx_L1_error)
-      __Pyx_GOTREF(__pyx_t_16);
-      __Pyx_DECREF(__pyx_t_15); __pyx_t_15 = 0;
+      __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
-      /* "jacext/_tape.pyx":224
+      /* "jacext/_tape.pyx":228
  *             if own[key].shape[0] != n_instr:
  *                 raise ValueError(f"jacext: corrupt tape: '{key}' has {own[key].shape[0]} "
  *                                  f"entries for {n_instr} instructions")             # <<<<<<<<<<<<<<
  *         for key in ("n_in", "n_slots"):
  *             if key not in arrays or not -2**31 <= int(arrays[key]) < 2**31:
 */
-      __pyx_t_15 = __Pyx_PyObject_FormatSimple(__pyx_v_n_instr, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_15)) __PYX_ERR(0, 224, __pyx_L1_error)
-      __Pyx_GOTREF(__pyx_t_15);
-      __pyx_t_17[0] = __pyx_mstate_global->__pyx_kp_u_jacext_corrupt_tape;
-      __pyx_t_17[1] = __pyx_t_6;
-      __pyx_t_17[2] = __pyx_mstate_global->__pyx_kp_u_has;
-      __pyx_t_17[3] = __pyx_t_16;
-      __pyx_t_17[4] = __pyx_mstate_global->__pyx_kp_u_entries_for;
-      __pyx_t_17[5] = __pyx_t_15;
-      __pyx_t_17[6] = __pyx_mstate_global->__pyx_kp_u_instructions;
+      __pyx_t_5 = __Pyx_PyObject_FormatSimple(__pyx_v_n_instr, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 228, __pyx_L1_error)
+      __Pyx_GOTREF(__pyx_t_5);
+      __pyx_t_18[0] = __pyx_mstate_global->__pyx_kp_u_jacext_corrupt_tape;
+      __pyx_t_18[1] = __pyx_t_6;
+      __pyx_t_18[2] = __pyx_mstate_global->__pyx_kp_u_has;
+      __pyx_t_18[3] = __pyx_t_15;
+      __pyx_t_18[4] = __pyx_mstate_global->__pyx_kp_u_entries_for;
+      __pyx_t_18[5] = __pyx_t_5;
+      __pyx_t_18[6] = __pyx_mstate_global->__pyx_kp_u_instructions;
 
-      /* "jacext/_tape.pyx":223
+      /* "jacext/_tape.pyx":227
  *         for key in _PER_INSTRUCTION:
  *             if own[key].shape[0] != n_instr:
  *                 raise ValueError(f"jacext: corrupt tape: '{key}' has {own[key].shape[0]} "             # <<<<<<<<<<<<<<
@@ -24094,32 +24178,32 @@ static int __pyx_pf_6jacext_5_tape_4Tape_2__init__(struct __pyx_obj_6jacext_5_ta
 */
       __pyx_t_11 = 55;
       #if __Pyx_PyUnicode_Join_CAN_USE_KIND_AND_LENGTH
-      __pyx_t_11 += __Pyx_PyUnicode_GET_LENGTH(__pyx_t_17[1]) + __Pyx_PyUnicode_GET_LENGTH(__pyx_t_17[3]) + __Pyx_PyUnicode_GET_LENGTH(__pyx_t_17[5]);
+      __pyx_t_11 += __Pyx_PyUnicode_GET_LENGTH(__pyx_t_18[1]) + __Pyx_PyUnicode_GET_LENGTH(__pyx_t_18[3]) + __Pyx_PyUnicode_GET_LENGTH(__pyx_t_18[5]);
       #endif
       __pyx_t_12 = 0;
       #if __Pyx_PyUnicode_Join_CAN_USE_KIND_AND_LENGTH
-      __pyx_t_12 |= __Pyx_PyUnicode_KIND_04(__pyx_t_17[1]) | __Pyx_PyUnicode_KIND_04(__pyx_t_17[3]) | __Pyx_PyUnicode_KIND_04(__pyx_t_17[5]);
+      __pyx_t_12 |= __Pyx_PyUnicode_KIND_04(__pyx_t_18[1]) | __Pyx_PyUnicode_KIND_04(__pyx_t_18[3]) | __Pyx_PyUnicode_KIND_04(__pyx_t_18[5]);
       #endif
-      __pyx_t_14 = __Pyx_PyUnicode_Join(__pyx_t_17, 7, __pyx_t_11, __pyx_t_12);
-      if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 223, __pyx_L1_error)
+      __pyx_t_14 = __Pyx_PyUnicode_Join(__pyx_t_18, 7, __pyx_t_11, __pyx_t_12);
+      if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 227, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_14);
       __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-      __Pyx_DECREF(__pyx_t_16); __pyx_t_16 = 0;
       __Pyx_DECREF(__pyx_t_15); __pyx_t_15 = 0;
+      __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
       __pyx_t_13 = 1;
       {
         PyObject *__pyx_callargs[2] = {__pyx_t_7, __pyx_t_14};
         __pyx_t_2 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_13, (2-__pyx_t_13) | (__pyx_t_13*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
         __Pyx_XDECREF(__pyx_t_7); __pyx_t_7 = 0;
         __Pyx_DECREF(__pyx_t_14); __pyx_t_14 = 0;
-        if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 223, __pyx_L1_error)
+        if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 227, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_2);
       }
       __Pyx_Raise(__pyx_t_2, 0, 0, 0);
       __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-      __PYX_ERR(0, 223, __pyx_L1_error)
+      __PYX_ERR(0, 227, __pyx_L1_error)
 
-      /* "jacext/_tape.pyx":222
+      /* "jacext/_tape.pyx":226
  *         n_instr = own["op"].shape[0]
  *         for key in _PER_INSTRUCTION:
  *             if own[key].shape[0] != n_instr:             # <<<<<<<<<<<<<<
@@ -24128,7 +24212,7 @@ static int __pyx_pf_6jacext_5_tape_4Tape_2__init__(struct __pyx_obj_6jacext_5_ta
 */
     }
 
-    /* "jacext/_tape.pyx":221
+    /* "jacext/_tape.pyx":225
  *             own[key] = arr
  *         n_instr = own["op"].shape[0]
  *         for key in _PER_INSTRUCTION:             # <<<<<<<<<<<<<<
@@ -24138,14 +24222,14 @@ static int __pyx_pf_6jacext_5_tape_4Tape_2__init__(struct __pyx_obj_6jacext_5_ta
   }
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
-  /* "jacext/_tape.pyx":225
+  /* "jacext/_tape.pyx":229
  *                 raise ValueError(f"jacext: corrupt tape: '{key}' has {own[key].shape[0]} "
  *                                  f"entries for {n_instr} instructions")
  *         for key in ("n_in", "n_slots"):             # <<<<<<<<<<<<<<
  *             if key not in arrays or not -2**31 <= int(arrays[key]) < 2**31:
  *                 raise ValueError(f"jacext: corrupt tape: '{key}' missing or out of range")
 */
-  __pyx_t_1 = __pyx_mstate_global->__pyx_tuple[4]; __Pyx_INCREF(__pyx_t_1);
+  __pyx_t_1 = __pyx_mstate_global->__pyx_tuple[5]; __Pyx_INCREF(__pyx_t_1);
   __pyx_t_3 = 0;
   for (;;) {
     if (__pyx_t_3 >= 2) break;
@@ -24155,13 +24239,13 @@ static int __pyx_pf_6jacext_5_tape_4Tape_2__init__(struct __pyx_obj_6jacext_5_ta
     __pyx_t_2 = __Pyx_PySequence_ITEM(__pyx_t_1, __pyx_t_3);
     #endif
     ++__pyx_t_3;
-    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 225, __pyx_L1_error)
+    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 229, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
-    if (!(likely(PyUnicode_CheckExact(__pyx_t_2))||((__pyx_t_2) == Py_None) || __Pyx_RaiseUnexpectedTypeError("str", __pyx_t_2))) __PYX_ERR(0, 225, __pyx_L1_error)
+    if (!(likely(PyUnicode_CheckExact(__pyx_t_2))||((__pyx_t_2) == Py_None) || __Pyx_RaiseUnexpectedTypeError("str", __pyx_t_2))) __PYX_ERR(0, 229, __pyx_L1_error)
     __Pyx_XDECREF_SET(__pyx_v_key, __pyx_t_2);
     __pyx_t_2 = 0;
 
-    /* "jacext/_tape.pyx":226
+    /* "jacext/_tape.pyx":230
  *                                  f"entries for {n_instr} instructions")
  *         for key in ("n_in", "n_slots"):
  *             if key not in arrays or not -2**31 <= int(arrays[key]) < 2**31:             # <<<<<<<<<<<<<<
@@ -24170,42 +24254,42 @@ static int __pyx_pf_6jacext_5_tape_4Tape_2__init__(struct __pyx_obj_6jacext_5_ta
 */
     if (unlikely(__pyx_v_arrays == Py_None)) {
       PyErr_SetString(PyExc_TypeError, "\047NoneType\047 object is not iterable");
-      __PYX_ERR(0, 226, __pyx_L1_error)
+      __PYX_ERR(0, 230, __pyx_L1_error)
     }
-    __pyx_t_18 = (__Pyx_PyDict_ContainsTF(__pyx_v_key, __pyx_v_arrays, Py_NE)); if (unlikely((__pyx_t_18 < 0))) __PYX_ERR(0, 226, __pyx_L1_error)
-    if (!__pyx_t_18) {
+    __pyx_t_19 = (__Pyx_PyDict_ContainsTF(__pyx_v_key, __pyx_v_arrays, Py_NE)); if (unlikely((__pyx_t_19 < 0))) __PYX_ERR(0, 230, __pyx_L1_error)
+    if (!__pyx_t_19) {
 
     } else {
 
-      __pyx_t_9 = __pyx_t_18;
+      __pyx_t_9 = __pyx_t_19;
 
       goto __pyx_L16_bool_binop_done;
     }
     if (unlikely(__pyx_v_arrays == Py_None)) {
       PyErr_SetString(PyExc_TypeError, "\047NoneType\047 object is not subscriptable");
-      __PYX_ERR(0, 226, __pyx_L1_error)
+      __PYX_ERR(0, 230, __pyx_L1_error)
     }
-    __pyx_t_2 = __Pyx_PyDict_GetItem(__pyx_v_arrays, __pyx_v_key); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 226, __pyx_L1_error)
+    __pyx_t_2 = __Pyx_PyDict_GetItem(__pyx_v_arrays, __pyx_v_key); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 230, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
-    __pyx_t_14 = __Pyx_PyNumber_Int(__pyx_t_2); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 226, __pyx_L1_error)
+    __pyx_t_14 = __Pyx_PyNumber_Int(__pyx_t_2); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 230, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_14);
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    __pyx_t_18 = __Pyx_PyObject_CompareBoolLe_object_int(__pyx_mstate_global->__pyx_int_neg_2147483648, __pyx_t_14, Py_LE); if (unlikely((__pyx_t_18 < 0))) __PYX_ERR(0, 226, __pyx_L1_error)
-    if (__pyx_t_18) {
-      __pyx_t_18 = __Pyx_PyObject_CompareBoolLt_int_object(__pyx_t_14, __pyx_mstate_global->__pyx_int_2147483648, Py_LT); if (unlikely((__pyx_t_18 < 0))) __PYX_ERR(0, 226, __pyx_L1_error)
+    __pyx_t_19 = __Pyx_PyObject_CompareBoolLe_object_int(__pyx_mstate_global->__pyx_int_neg_2147483648, __pyx_t_14, Py_LE); if (unlikely((__pyx_t_19 < 0))) __PYX_ERR(0, 230, __pyx_L1_error)
+    if (__pyx_t_19) {
+      __pyx_t_19 = __Pyx_PyObject_CompareBoolLt_int_object(__pyx_t_14, __pyx_mstate_global->__pyx_int_2147483648, Py_LT); if (unlikely((__pyx_t_19 < 0))) __PYX_ERR(0, 230, __pyx_L1_error)
     }
     __Pyx_DECREF(__pyx_t_14); __pyx_t_14 = 0;
-    __pyx_t_19 = (!__pyx_t_18);
+    __pyx_t_20 = (!__pyx_t_19);
 
 
 
-    __pyx_t_9 = __pyx_t_19;
+    __pyx_t_9 = __pyx_t_20;
 
     __pyx_L16_bool_binop_done:;
     if (unlikely(__pyx_t_9)) {
 
 
-      /* "jacext/_tape.pyx":227
+      /* "jacext/_tape.pyx":231
  *         for key in ("n_in", "n_slots"):
  *             if key not in arrays or not -2**31 <= int(arrays[key]) < 2**31:
  *                 raise ValueError(f"jacext: corrupt tape: '{key}' missing or out of range")             # <<<<<<<<<<<<<<
@@ -24213,7 +24297,7 @@ static int __pyx_pf_6jacext_5_tape_4Tape_2__init__(struct __pyx_obj_6jacext_5_ta
  *             raise ValueError("jacext: corrupt tape: more than 2**31 instructions or outputs")
 */
       __pyx_t_2 = NULL;
-      __pyx_t_7 = __Pyx_PyObject_FormatSimple(__pyx_v_key, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 227, __pyx_L1_error)
+      __pyx_t_7 = __Pyx_PyObject_FormatSimple(__pyx_v_key, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 231, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_7);
       __pyx_t_10[0] = __pyx_mstate_global->__pyx_kp_u_jacext_corrupt_tape;
       __pyx_t_10[1] = __pyx_t_7;
@@ -24226,24 +24310,24 @@ static int __pyx_pf_6jacext_5_tape_4Tape_2__init__(struct __pyx_obj_6jacext_5_ta
       #if __Pyx_PyUnicode_Join_CAN_USE_KIND_AND_LENGTH
       __pyx_t_12 |= __Pyx_PyUnicode_KIND_04(__pyx_t_10[1]);
       #endif
-      __pyx_t_15 = __Pyx_PyUnicode_Join(__pyx_t_10, 3, __pyx_t_11, __pyx_t_12);
-      if (unlikely(!__pyx_t_15)) __PYX_ERR(0, 227, __pyx_L1_error)
-      __Pyx_GOTREF(__pyx_t_15);
+      __pyx_t_5 = __Pyx_PyUnicode_Join(__pyx_t_10, 3, __pyx_t_11, __pyx_t_12);
+      if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 231, __pyx_L1_error)
+      __Pyx_GOTREF(__pyx_t_5);
       __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
       __pyx_t_13 = 1;
       {
-        PyObject *__pyx_callargs[2] = {__pyx_t_2, __pyx_t_15};
+        PyObject *__pyx_callargs[2] = {__pyx_t_2, __pyx_t_5};
         __pyx_t_14 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_13, (2-__pyx_t_13) | (__pyx_t_13*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
         __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
-        __Pyx_DECREF(__pyx_t_15); __pyx_t_15 = 0;
-        if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 227, __pyx_L1_error)
+        __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
+        if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 231, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_14);
       }
       __Pyx_Raise(__pyx_t_14, 0, 0, 0);
       __Pyx_DECREF(__pyx_t_14); __pyx_t_14 = 0;
-      __PYX_ERR(0, 227, __pyx_L1_error)
+      __PYX_ERR(0, 231, __pyx_L1_error)
 
-      /* "jacext/_tape.pyx":226
+      /* "jacext/_tape.pyx":230
  *                                  f"entries for {n_instr} instructions")
  *         for key in ("n_in", "n_slots"):
  *             if key not in arrays or not -2**31 <= int(arrays[key]) < 2**31:             # <<<<<<<<<<<<<<
@@ -24252,7 +24336,7 @@ static int __pyx_pf_6jacext_5_tape_4Tape_2__init__(struct __pyx_obj_6jacext_5_ta
 */
     }
 
-    /* "jacext/_tape.pyx":225
+    /* "jacext/_tape.pyx":229
  *                 raise ValueError(f"jacext: corrupt tape: '{key}' has {own[key].shape[0]} "
  *                                  f"entries for {n_instr} instructions")
  *         for key in ("n_in", "n_slots"):             # <<<<<<<<<<<<<<
@@ -24262,40 +24346,40 @@ static int __pyx_pf_6jacext_5_tape_4Tape_2__init__(struct __pyx_obj_6jacext_5_ta
   }
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
-  /* "jacext/_tape.pyx":228
+  /* "jacext/_tape.pyx":232
  *             if key not in arrays or not -2**31 <= int(arrays[key]) < 2**31:
  *                 raise ValueError(f"jacext: corrupt tape: '{key}' missing or out of range")
  *         if n_instr >= 2**31 or own["out_slot"].shape[0] >= 2**31:             # <<<<<<<<<<<<<<
  *             raise ValueError("jacext: corrupt tape: more than 2**31 instructions or outputs")
  *         self._arrays = own
 */
-  __pyx_t_19 = __Pyx_PyObject_CompareBoolGe_object_object(__pyx_v_n_instr, __pyx_mstate_global->__pyx_int_2147483648, Py_GE); if (unlikely((__pyx_t_19 < 0))) __PYX_ERR(0, 228, __pyx_L1_error)
-  if (!__pyx_t_19) {
+  __pyx_t_20 = __Pyx_PyObject_CompareBoolGe_object_object(__pyx_v_n_instr, __pyx_mstate_global->__pyx_int_2147483648, Py_GE); if (unlikely((__pyx_t_20 < 0))) __PYX_ERR(0, 232, __pyx_L1_error)
+  if (!__pyx_t_20) {
 
   } else {
 
-    __pyx_t_9 = __pyx_t_19;
+    __pyx_t_9 = __pyx_t_20;
 
     goto __pyx_L20_bool_binop_done;
   }
-  __pyx_t_1 = __Pyx_PyDict_GetItem(__pyx_v_own, __pyx_mstate_global->__pyx_n_u_out_slot); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 228, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyDict_GetItem(__pyx_v_own, __pyx_mstate_global->__pyx_n_u_out_slot); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 232, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_14 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_shape); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 228, __pyx_L1_error)
+  __pyx_t_14 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_shape); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 232, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_14);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-  __pyx_t_1 = __Pyx_GetItemInt(__pyx_t_14, 0, long, 1, __Pyx_PyLong_From_long, 0, 1, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 228, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_GetItemInt(__pyx_t_14, 0, long, 1, __Pyx_PyLong_From_long, 0, 1, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 232, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __Pyx_DECREF(__pyx_t_14); __pyx_t_14 = 0;
-  __pyx_t_19 = __Pyx_PyObject_CompareBoolGe_object_object(__pyx_t_1, __pyx_mstate_global->__pyx_int_2147483648, Py_GE); if (unlikely((__pyx_t_19 < 0))) __PYX_ERR(0, 228, __pyx_L1_error)
+  __pyx_t_20 = __Pyx_PyObject_CompareBoolGe_object_object(__pyx_t_1, __pyx_mstate_global->__pyx_int_2147483648, Py_GE); if (unlikely((__pyx_t_20 < 0))) __PYX_ERR(0, 232, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
-  __pyx_t_9 = __pyx_t_19;
+  __pyx_t_9 = __pyx_t_20;
 
   __pyx_L20_bool_binop_done:;
   if (unlikely(__pyx_t_9)) {
 
 
-    /* "jacext/_tape.pyx":229
+    /* "jacext/_tape.pyx":233
  *                 raise ValueError(f"jacext: corrupt tape: '{key}' missing or out of range")
  *         if n_instr >= 2**31 or own["out_slot"].shape[0] >= 2**31:
  *             raise ValueError("jacext: corrupt tape: more than 2**31 instructions or outputs")             # <<<<<<<<<<<<<<
@@ -24308,14 +24392,14 @@ static int __pyx_pf_6jacext_5_tape_4Tape_2__init__(struct __pyx_obj_6jacext_5_ta
       PyObject *__pyx_callargs[2] = {__pyx_t_14, __pyx_mstate_global->__pyx_kp_u_jacext_corrupt_tape_more_than_2};
       __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_13, (2-__pyx_t_13) | (__pyx_t_13*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_14); __pyx_t_14 = 0;
-      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 229, __pyx_L1_error)
+      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 233, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_1);
     }
     __Pyx_Raise(__pyx_t_1, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-    __PYX_ERR(0, 229, __pyx_L1_error)
+    __PYX_ERR(0, 233, __pyx_L1_error)
 
-    /* "jacext/_tape.pyx":228
+    /* "jacext/_tape.pyx":232
  *             if key not in arrays or not -2**31 <= int(arrays[key]) < 2**31:
  *                 raise ValueError(f"jacext: corrupt tape: '{key}' missing or out of range")
  *         if n_instr >= 2**31 or own["out_slot"].shape[0] >= 2**31:             # <<<<<<<<<<<<<<
@@ -24324,7 +24408,7 @@ static int __pyx_pf_6jacext_5_tape_4Tape_2__init__(struct __pyx_obj_6jacext_5_ta
 */
   }
 
-  /* "jacext/_tape.pyx":230
+  /* "jacext/_tape.pyx":234
  *         if n_instr >= 2**31 or own["out_slot"].shape[0] >= 2**31:
  *             raise ValueError("jacext: corrupt tape: more than 2**31 instructions or outputs")
  *         self._arrays = own             # <<<<<<<<<<<<<<
@@ -24336,18 +24420,18 @@ static int __pyx_pf_6jacext_5_tape_4Tape_2__init__(struct __pyx_obj_6jacext_5_ta
   __Pyx_GOTREF(__pyx_v_self->_arrays);
   __Pyx_DECREF_SET(__pyx_v_self->_arrays, __pyx_v_own);
 
-  /* "jacext/_tape.pyx":231
+  /* "jacext/_tape.pyx":235
  *             raise ValueError("jacext: corrupt tape: more than 2**31 instructions or outputs")
  *         self._arrays = own
  *         self.t.n_instr = <int32_t>n_instr             # <<<<<<<<<<<<<<
  *         self.t.n_slots = <int32_t>int(arrays["n_slots"])
  *         self.t.n_in = <int32_t>int(arrays["n_in"])
 */
-  __pyx_t_20 = __Pyx_PyLong_As_int32_t(__pyx_v_n_instr); if (unlikely((__pyx_t_20 == ((int32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 231, __pyx_L1_error)
-  __pyx_v_self->t.n_instr = ((int32_t)__pyx_t_20);
+  __pyx_t_21 = __Pyx_PyLong_As_int32_t(__pyx_v_n_instr); if (unlikely((__pyx_t_21 == ((int32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 235, __pyx_L1_error)
+  __pyx_v_self->t.n_instr = ((int32_t)__pyx_t_21);
 
 
-  /* "jacext/_tape.pyx":232
+  /* "jacext/_tape.pyx":236
  *         self._arrays = own
  *         self.t.n_instr = <int32_t>n_instr
  *         self.t.n_slots = <int32_t>int(arrays["n_slots"])             # <<<<<<<<<<<<<<
@@ -24356,19 +24440,19 @@ static int __pyx_pf_6jacext_5_tape_4Tape_2__init__(struct __pyx_obj_6jacext_5_ta
 */
   if (unlikely(__pyx_v_arrays == Py_None)) {
     PyErr_SetString(PyExc_TypeError, "\047NoneType\047 object is not subscriptable");
-    __PYX_ERR(0, 232, __pyx_L1_error)
+    __PYX_ERR(0, 236, __pyx_L1_error)
   }
-  __pyx_t_1 = __Pyx_PyDict_GetItem(__pyx_v_arrays, __pyx_mstate_global->__pyx_n_u_n_slots); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 232, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyDict_GetItem(__pyx_v_arrays, __pyx_mstate_global->__pyx_n_u_n_slots); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 236, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_14 = __Pyx_PyNumber_Int(__pyx_t_1); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 232, __pyx_L1_error)
+  __pyx_t_14 = __Pyx_PyNumber_Int(__pyx_t_1); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 236, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_14);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-  __pyx_t_20 = __Pyx_PyLong_As_int32_t(__pyx_t_14); if (unlikely((__pyx_t_20 == ((int32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 232, __pyx_L1_error)
+  __pyx_t_21 = __Pyx_PyLong_As_int32_t(__pyx_t_14); if (unlikely((__pyx_t_21 == ((int32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 236, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_14); __pyx_t_14 = 0;
-  __pyx_v_self->t.n_slots = ((int32_t)__pyx_t_20);
+  __pyx_v_self->t.n_slots = ((int32_t)__pyx_t_21);
 
 
-  /* "jacext/_tape.pyx":233
+  /* "jacext/_tape.pyx":237
  *         self.t.n_instr = <int32_t>n_instr
  *         self.t.n_slots = <int32_t>int(arrays["n_slots"])
  *         self.t.n_in = <int32_t>int(arrays["n_in"])             # <<<<<<<<<<<<<<
@@ -24377,163 +24461,163 @@ static int __pyx_pf_6jacext_5_tape_4Tape_2__init__(struct __pyx_obj_6jacext_5_ta
 */
   if (unlikely(__pyx_v_arrays == Py_None)) {
     PyErr_SetString(PyExc_TypeError, "\047NoneType\047 object is not subscriptable");
-    __PYX_ERR(0, 233, __pyx_L1_error)
+    __PYX_ERR(0, 237, __pyx_L1_error)
   }
-  __pyx_t_14 = __Pyx_PyDict_GetItem(__pyx_v_arrays, __pyx_mstate_global->__pyx_n_u_n_in); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 233, __pyx_L1_error)
+  __pyx_t_14 = __Pyx_PyDict_GetItem(__pyx_v_arrays, __pyx_mstate_global->__pyx_n_u_n_in); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 237, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_14);
-  __pyx_t_1 = __Pyx_PyNumber_Int(__pyx_t_14); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 233, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyNumber_Int(__pyx_t_14); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 237, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __Pyx_DECREF(__pyx_t_14); __pyx_t_14 = 0;
-  __pyx_t_20 = __Pyx_PyLong_As_int32_t(__pyx_t_1); if (unlikely((__pyx_t_20 == ((int32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 233, __pyx_L1_error)
+  __pyx_t_21 = __Pyx_PyLong_As_int32_t(__pyx_t_1); if (unlikely((__pyx_t_21 == ((int32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 237, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-  __pyx_v_self->t.n_in = ((int32_t)__pyx_t_20);
+  __pyx_v_self->t.n_in = ((int32_t)__pyx_t_21);
 
 
-  /* "jacext/_tape.pyx":234
+  /* "jacext/_tape.pyx":238
  *         self.t.n_slots = <int32_t>int(arrays["n_slots"])
  *         self.t.n_in = <int32_t>int(arrays["n_in"])
  *         self.t.n_out = <int32_t>own["out_slot"].shape[0]             # <<<<<<<<<<<<<<
  *         self.t.n_const = <int32_t>own["const_value"].shape[0]
  *         self.t.op = <const int32_t *>cnp.PyArray_DATA(own["op"])
 */
-  __pyx_t_1 = __Pyx_PyDict_GetItem(__pyx_v_own, __pyx_mstate_global->__pyx_n_u_out_slot); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 234, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyDict_GetItem(__pyx_v_own, __pyx_mstate_global->__pyx_n_u_out_slot); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 238, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_14 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_shape); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 234, __pyx_L1_error)
+  __pyx_t_14 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_shape); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 238, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_14);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-  __pyx_t_1 = __Pyx_GetItemInt(__pyx_t_14, 0, long, 1, __Pyx_PyLong_From_long, 0, 1, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 234, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_GetItemInt(__pyx_t_14, 0, long, 1, __Pyx_PyLong_From_long, 0, 1, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 238, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __Pyx_DECREF(__pyx_t_14); __pyx_t_14 = 0;
-  __pyx_t_20 = __Pyx_PyLong_As_int32_t(__pyx_t_1); if (unlikely((__pyx_t_20 == ((int32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 234, __pyx_L1_error)
+  __pyx_t_21 = __Pyx_PyLong_As_int32_t(__pyx_t_1); if (unlikely((__pyx_t_21 == ((int32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 238, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-  __pyx_v_self->t.n_out = ((int32_t)__pyx_t_20);
+  __pyx_v_self->t.n_out = ((int32_t)__pyx_t_21);
 
 
-  /* "jacext/_tape.pyx":235
+  /* "jacext/_tape.pyx":239
  *         self.t.n_in = <int32_t>int(arrays["n_in"])
  *         self.t.n_out = <int32_t>own["out_slot"].shape[0]
  *         self.t.n_const = <int32_t>own["const_value"].shape[0]             # <<<<<<<<<<<<<<
  *         self.t.op = <const int32_t *>cnp.PyArray_DATA(own["op"])
  *         self.t.dst = <const int32_t *>cnp.PyArray_DATA(own["dst"])
 */
-  __pyx_t_1 = __Pyx_PyDict_GetItem(__pyx_v_own, __pyx_mstate_global->__pyx_n_u_const_value); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 235, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyDict_GetItem(__pyx_v_own, __pyx_mstate_global->__pyx_n_u_const_value); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 239, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_14 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_shape); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 235, __pyx_L1_error)
+  __pyx_t_14 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_shape); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 239, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_14);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-  __pyx_t_1 = __Pyx_GetItemInt(__pyx_t_14, 0, long, 1, __Pyx_PyLong_From_long, 0, 1, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 235, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_GetItemInt(__pyx_t_14, 0, long, 1, __Pyx_PyLong_From_long, 0, 1, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 239, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __Pyx_DECREF(__pyx_t_14); __pyx_t_14 = 0;
-  __pyx_t_20 = __Pyx_PyLong_As_int32_t(__pyx_t_1); if (unlikely((__pyx_t_20 == ((int32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 235, __pyx_L1_error)
+  __pyx_t_21 = __Pyx_PyLong_As_int32_t(__pyx_t_1); if (unlikely((__pyx_t_21 == ((int32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 239, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-  __pyx_v_self->t.n_const = ((int32_t)__pyx_t_20);
+  __pyx_v_self->t.n_const = ((int32_t)__pyx_t_21);
 
 
-  /* "jacext/_tape.pyx":236
+  /* "jacext/_tape.pyx":240
  *         self.t.n_out = <int32_t>own["out_slot"].shape[0]
  *         self.t.n_const = <int32_t>own["const_value"].shape[0]
  *         self.t.op = <const int32_t *>cnp.PyArray_DATA(own["op"])             # <<<<<<<<<<<<<<
  *         self.t.dst = <const int32_t *>cnp.PyArray_DATA(own["dst"])
  *         self.t.a = <const int32_t *>cnp.PyArray_DATA(own["a"])
 */
-  __pyx_t_1 = __Pyx_PyDict_GetItem(__pyx_v_own, __pyx_mstate_global->__pyx_n_u_op); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 236, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyDict_GetItem(__pyx_v_own, __pyx_mstate_global->__pyx_n_u_op); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 240, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 236, __pyx_L1_error)
+  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 240, __pyx_L1_error)
   __pyx_v_self->t.op = ((int32_t const *)PyArray_DATA(((PyArrayObject *)__pyx_t_1)));
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
-  /* "jacext/_tape.pyx":237
+  /* "jacext/_tape.pyx":241
  *         self.t.n_const = <int32_t>own["const_value"].shape[0]
  *         self.t.op = <const int32_t *>cnp.PyArray_DATA(own["op"])
  *         self.t.dst = <const int32_t *>cnp.PyArray_DATA(own["dst"])             # <<<<<<<<<<<<<<
  *         self.t.a = <const int32_t *>cnp.PyArray_DATA(own["a"])
  *         self.t.b = <const int32_t *>cnp.PyArray_DATA(own["b"])
 */
-  __pyx_t_1 = __Pyx_PyDict_GetItem(__pyx_v_own, __pyx_mstate_global->__pyx_n_u_dst); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 237, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyDict_GetItem(__pyx_v_own, __pyx_mstate_global->__pyx_n_u_dst); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 241, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 237, __pyx_L1_error)
+  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 241, __pyx_L1_error)
   __pyx_v_self->t.dst = ((int32_t const *)PyArray_DATA(((PyArrayObject *)__pyx_t_1)));
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
-  /* "jacext/_tape.pyx":238
+  /* "jacext/_tape.pyx":242
  *         self.t.op = <const int32_t *>cnp.PyArray_DATA(own["op"])
  *         self.t.dst = <const int32_t *>cnp.PyArray_DATA(own["dst"])
  *         self.t.a = <const int32_t *>cnp.PyArray_DATA(own["a"])             # <<<<<<<<<<<<<<
  *         self.t.b = <const int32_t *>cnp.PyArray_DATA(own["b"])
  *         self.t.s = <const int32_t *>cnp.PyArray_DATA(own["s"])
 */
-  __pyx_t_1 = __Pyx_PyDict_GetItem(__pyx_v_own, __pyx_mstate_global->__pyx_n_u_a); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 238, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyDict_GetItem(__pyx_v_own, __pyx_mstate_global->__pyx_n_u_a); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 242, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 238, __pyx_L1_error)
+  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 242, __pyx_L1_error)
   __pyx_v_self->t.a = ((int32_t const *)PyArray_DATA(((PyArrayObject *)__pyx_t_1)));
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
-  /* "jacext/_tape.pyx":239
+  /* "jacext/_tape.pyx":243
  *         self.t.dst = <const int32_t *>cnp.PyArray_DATA(own["dst"])
  *         self.t.a = <const int32_t *>cnp.PyArray_DATA(own["a"])
  *         self.t.b = <const int32_t *>cnp.PyArray_DATA(own["b"])             # <<<<<<<<<<<<<<
  *         self.t.s = <const int32_t *>cnp.PyArray_DATA(own["s"])
  *         self.t.imm = <const double *>cnp.PyArray_DATA(own["imm"])
 */
-  __pyx_t_1 = __Pyx_PyDict_GetItem(__pyx_v_own, __pyx_mstate_global->__pyx_n_u_b); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 239, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyDict_GetItem(__pyx_v_own, __pyx_mstate_global->__pyx_n_u_b); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 243, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 239, __pyx_L1_error)
+  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 243, __pyx_L1_error)
   __pyx_v_self->t.b = ((int32_t const *)PyArray_DATA(((PyArrayObject *)__pyx_t_1)));
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
-  /* "jacext/_tape.pyx":240
+  /* "jacext/_tape.pyx":244
  *         self.t.a = <const int32_t *>cnp.PyArray_DATA(own["a"])
  *         self.t.b = <const int32_t *>cnp.PyArray_DATA(own["b"])
  *         self.t.s = <const int32_t *>cnp.PyArray_DATA(own["s"])             # <<<<<<<<<<<<<<
  *         self.t.imm = <const double *>cnp.PyArray_DATA(own["imm"])
  *         self.t.out_slot = <const int32_t *>cnp.PyArray_DATA(own["out_slot"])
 */
-  __pyx_t_1 = __Pyx_PyDict_GetItem(__pyx_v_own, __pyx_mstate_global->__pyx_n_u_s); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 240, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyDict_GetItem(__pyx_v_own, __pyx_mstate_global->__pyx_n_u_s); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 244, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 240, __pyx_L1_error)
+  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 244, __pyx_L1_error)
   __pyx_v_self->t.s = ((int32_t const *)PyArray_DATA(((PyArrayObject *)__pyx_t_1)));
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
-  /* "jacext/_tape.pyx":241
+  /* "jacext/_tape.pyx":245
  *         self.t.b = <const int32_t *>cnp.PyArray_DATA(own["b"])
  *         self.t.s = <const int32_t *>cnp.PyArray_DATA(own["s"])
  *         self.t.imm = <const double *>cnp.PyArray_DATA(own["imm"])             # <<<<<<<<<<<<<<
  *         self.t.out_slot = <const int32_t *>cnp.PyArray_DATA(own["out_slot"])
  *         self.t.const_value = <const double *>cnp.PyArray_DATA(own["const_value"])
 */
-  __pyx_t_1 = __Pyx_PyDict_GetItem(__pyx_v_own, __pyx_mstate_global->__pyx_n_u_imm); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 241, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyDict_GetItem(__pyx_v_own, __pyx_mstate_global->__pyx_n_u_imm); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 245, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 241, __pyx_L1_error)
+  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 245, __pyx_L1_error)
   __pyx_v_self->t.imm = ((double const *)PyArray_DATA(((PyArrayObject *)__pyx_t_1)));
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
-  /* "jacext/_tape.pyx":242
+  /* "jacext/_tape.pyx":246
  *         self.t.s = <const int32_t *>cnp.PyArray_DATA(own["s"])
  *         self.t.imm = <const double *>cnp.PyArray_DATA(own["imm"])
  *         self.t.out_slot = <const int32_t *>cnp.PyArray_DATA(own["out_slot"])             # <<<<<<<<<<<<<<
  *         self.t.const_value = <const double *>cnp.PyArray_DATA(own["const_value"])
  *         self.t.fixed = NULL
 */
-  __pyx_t_1 = __Pyx_PyDict_GetItem(__pyx_v_own, __pyx_mstate_global->__pyx_n_u_out_slot); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 242, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyDict_GetItem(__pyx_v_own, __pyx_mstate_global->__pyx_n_u_out_slot); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 246, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 242, __pyx_L1_error)
+  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 246, __pyx_L1_error)
   __pyx_v_self->t.out_slot = ((int32_t const *)PyArray_DATA(((PyArrayObject *)__pyx_t_1)));
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
-  /* "jacext/_tape.pyx":243
+  /* "jacext/_tape.pyx":247
  *         self.t.imm = <const double *>cnp.PyArray_DATA(own["imm"])
  *         self.t.out_slot = <const int32_t *>cnp.PyArray_DATA(own["out_slot"])
  *         self.t.const_value = <const double *>cnp.PyArray_DATA(own["const_value"])             # <<<<<<<<<<<<<<
  *         self.t.fixed = NULL
  *         self.t.fixed_d0 = NULL
 */
-  __pyx_t_1 = __Pyx_PyDict_GetItem(__pyx_v_own, __pyx_mstate_global->__pyx_n_u_const_value); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 243, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyDict_GetItem(__pyx_v_own, __pyx_mstate_global->__pyx_n_u_const_value); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 247, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 243, __pyx_L1_error)
+  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 247, __pyx_L1_error)
   __pyx_v_self->t.const_value = ((double const *)PyArray_DATA(((PyArrayObject *)__pyx_t_1)));
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
-  /* "jacext/_tape.pyx":244
+  /* "jacext/_tape.pyx":248
  *         self.t.out_slot = <const int32_t *>cnp.PyArray_DATA(own["out_slot"])
  *         self.t.const_value = <const double *>cnp.PyArray_DATA(own["const_value"])
  *         self.t.fixed = NULL             # <<<<<<<<<<<<<<
@@ -24542,7 +24626,7 @@ static int __pyx_pf_6jacext_5_tape_4Tape_2__init__(struct __pyx_obj_6jacext_5_ta
 */
   __pyx_v_self->t.fixed = NULL;
 
-  /* "jacext/_tape.pyx":245
+  /* "jacext/_tape.pyx":249
  *         self.t.const_value = <const double *>cnp.PyArray_DATA(own["const_value"])
  *         self.t.fixed = NULL
  *         self.t.fixed_d0 = NULL             # <<<<<<<<<<<<<<
@@ -24551,7 +24635,7 @@ static int __pyx_pf_6jacext_5_tape_4Tape_2__init__(struct __pyx_obj_6jacext_5_ta
 */
   __pyx_v_self->t.fixed_d0 = NULL;
 
-  /* "jacext/_tape.pyx":246
+  /* "jacext/_tape.pyx":250
  *         self.t.fixed = NULL
  *         self.t.fixed_d0 = NULL
  *         self.t.fixed_d1 = NULL             # <<<<<<<<<<<<<<
@@ -24560,7 +24644,7 @@ static int __pyx_pf_6jacext_5_tape_4Tape_2__init__(struct __pyx_obj_6jacext_5_ta
 */
   __pyx_v_self->t.fixed_d1 = NULL;
 
-  /* "jacext/_tape.pyx":247
+  /* "jacext/_tape.pyx":251
  *         self.t.fixed_d0 = NULL
  *         self.t.fixed_d1 = NULL
  *         self.t.sincos_pair = NULL             # <<<<<<<<<<<<<<
@@ -24569,7 +24653,7 @@ static int __pyx_pf_6jacext_5_tape_4Tape_2__init__(struct __pyx_obj_6jacext_5_ta
 */
   __pyx_v_self->t.sincos_pair = NULL;
 
-  /* "jacext/_tape.pyx":248
+  /* "jacext/_tape.pyx":252
  *         self.t.fixed_d1 = NULL
  *         self.t.sincos_pair = NULL
  *         self.t.n_sincos = 0             # <<<<<<<<<<<<<<
@@ -24578,7 +24662,7 @@ static int __pyx_pf_6jacext_5_tape_4Tape_2__init__(struct __pyx_obj_6jacext_5_ta
 */
   __pyx_v_self->t.n_sincos = 0;
 
-  /* "jacext/_tape.pyx":249
+  /* "jacext/_tape.pyx":253
  *         self.t.sincos_pair = NULL
  *         self.t.n_sincos = 0
  *         self.t.runs = NULL             # <<<<<<<<<<<<<<
@@ -24587,7 +24671,7 @@ static int __pyx_pf_6jacext_5_tape_4Tape_2__init__(struct __pyx_obj_6jacext_5_ta
 */
   __pyx_v_self->t.runs = NULL;
 
-  /* "jacext/_tape.pyx":250
+  /* "jacext/_tape.pyx":254
  *         self.t.n_sincos = 0
  *         self.t.runs = NULL
  *         self.t.n_runs = 0             # <<<<<<<<<<<<<<
@@ -24596,31 +24680,31 @@ static int __pyx_pf_6jacext_5_tape_4Tape_2__init__(struct __pyx_obj_6jacext_5_ta
 */
   __pyx_v_self->t.n_runs = 0;
 
-  /* "jacext/_tape.pyx":251
+  /* "jacext/_tape.pyx":255
  *         self.t.runs = NULL
  *         self.t.n_runs = 0
  *         raise_status(jx_tape_check(&self.t))             # <<<<<<<<<<<<<<
  *         self._derive()
  * 
 */
-  __pyx_t_12 = __pyx_f_6jacext_5_tape_raise_status(jx_tape_check((&__pyx_v_self->t))); if (unlikely(__pyx_t_12 == ((int)-1))) __PYX_ERR(0, 251, __pyx_L1_error)
+  __pyx_t_12 = __pyx_f_6jacext_5_tape_raise_status(jx_tape_check((&__pyx_v_self->t))); if (unlikely(__pyx_t_12 == ((int)-1))) __PYX_ERR(0, 255, __pyx_L1_error)
 
 
-  /* "jacext/_tape.pyx":252
+  /* "jacext/_tape.pyx":256
  *         self.t.n_runs = 0
  *         raise_status(jx_tape_check(&self.t))
  *         self._derive()             # <<<<<<<<<<<<<<
  * 
  *     cdef _derive(self):
 */
-  __pyx_t_1 = ((struct __pyx_vtabstruct_6jacext_5_tape_Tape *)__pyx_v_self->__pyx_vtab)->_derive(__pyx_v_self); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 252, __pyx_L1_error)
+  __pyx_t_1 = ((struct __pyx_vtabstruct_6jacext_5_tape_Tape *)__pyx_v_self->__pyx_vtab)->_derive(__pyx_v_self); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 256, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
-  /* "jacext/_tape.pyx":212
+  /* "jacext/_tape.pyx":213
  *         self._work_busy = False
  * 
- *     def __init__(self, dict arrays):             # <<<<<<<<<<<<<<
+ *     def __init__(self, dict arrays, bint copy=True):             # <<<<<<<<<<<<<<
  *         cdef dict own = {}
  *         for key, dtype in _TAPE_FIELDS:
 */
@@ -24637,6 +24721,7 @@ static int __pyx_pf_6jacext_5_tape_4Tape_2__init__(struct __pyx_obj_6jacext_5_ta
   __Pyx_XDECREF(__pyx_t_14);
   __Pyx_XDECREF(__pyx_t_15);
   __Pyx_XDECREF(__pyx_t_16);
+  __Pyx_XDECREF(__pyx_t_17);
   __Pyx_AddTraceback("jacext._tape.Tape.__init__", __pyx_clineno, __pyx_lineno, __pyx_filename);
   __pyx_r = -1;
   __pyx_L0:;
@@ -24650,7 +24735,7 @@ static int __pyx_pf_6jacext_5_tape_4Tape_2__init__(struct __pyx_obj_6jacext_5_ta
   return __pyx_r;
 }
 
-/* "jacext/_tape.pyx":254
+/* "jacext/_tape.pyx":258
  *         self._derive()
  * 
  *     cdef _derive(self):             # <<<<<<<<<<<<<<
@@ -24689,7 +24774,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape__derive(struct __pyx_obj_6jacext_5
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_derive", 0);
 
-  /* "jacext/_tape.pyx":256
+  /* "jacext/_tape.pyx":260
  *     cdef _derive(self):
  *         """The tables the sweeps use, derived from the checked arrays (not pickled)."""
  *         cdef Py_ssize_t n = self.t.n_instr             # <<<<<<<<<<<<<<
@@ -24700,7 +24785,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape__derive(struct __pyx_obj_6jacext_5
 
   __pyx_v_n = __pyx_t_1;
 
-  /* "jacext/_tape.pyx":257
+  /* "jacext/_tape.pyx":261
  *         """The tables the sweeps use, derived from the checked arrays (not pickled)."""
  *         cdef Py_ssize_t n = self.t.n_instr
  *         fixed = np.zeros(n, dtype=np.uint8)             # <<<<<<<<<<<<<<
@@ -24708,16 +24793,16 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape__derive(struct __pyx_obj_6jacext_5
  *         d1 = np.zeros(n, dtype=np.float64)
 */
   __pyx_t_3 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 257, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 261, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_zeros); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 257, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_zeros); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 261, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-  __pyx_t_4 = PyLong_FromSsize_t(__pyx_v_n); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 257, __pyx_L1_error)
+  __pyx_t_4 = PyLong_FromSsize_t(__pyx_v_n); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 261, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __Pyx_GetModuleGlobalName(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 257, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 261, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
-  __pyx_t_7 = __Pyx_PyObject_GetAttrStr(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_uint8); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 257, __pyx_L1_error)
+  __pyx_t_7 = __Pyx_PyObject_GetAttrStr(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_uint8); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 261, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_7);
   __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
   #if CYTHON_VECTORCALL
@@ -24737,14 +24822,14 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape__derive(struct __pyx_obj_6jacext_5
   {
     PyObject *__pyx_callargs[3] = {__pyx_t_3, __pyx_t_4, __pyx_t_7};
     #if CYTHON_VECTORCALL
-    __pyx_t_6 = __pyx_mstate_global->__pyx_tuple[5];
-    if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 257, __pyx_L1_error)
+    __pyx_t_6 = __pyx_mstate_global->__pyx_tuple[3];
+    if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 261, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_6);
     #else
     {
       PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
       __pyx_t_6 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 1);
-      if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 257, __pyx_L1_error)
+      if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 261, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_6);
     }
     #endif
@@ -24756,13 +24841,13 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape__derive(struct __pyx_obj_6jacext_5
     __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
     __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 257, __pyx_L1_error)
+    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 261, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
   }
   __pyx_v_fixed = __pyx_t_2;
   __pyx_t_2 = 0;
 
-  /* "jacext/_tape.pyx":258
+  /* "jacext/_tape.pyx":262
  *         cdef Py_ssize_t n = self.t.n_instr
  *         fixed = np.zeros(n, dtype=np.uint8)
  *         d0 = np.zeros(n, dtype=np.float64)             # <<<<<<<<<<<<<<
@@ -24770,16 +24855,16 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape__derive(struct __pyx_obj_6jacext_5
  *         jx_tape_fixed_partials(&self.t, <unsigned char *>cnp.PyArray_DATA(fixed),
 */
   __pyx_t_5 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 258, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 262, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
-  __pyx_t_7 = __Pyx_PyObject_GetAttrStr(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_zeros); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 258, __pyx_L1_error)
+  __pyx_t_7 = __Pyx_PyObject_GetAttrStr(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_zeros); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 262, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_7);
   __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-  __pyx_t_6 = PyLong_FromSsize_t(__pyx_v_n); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 258, __pyx_L1_error)
+  __pyx_t_6 = PyLong_FromSsize_t(__pyx_v_n); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 262, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
-  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 258, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 262, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_float64); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 258, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_float64); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 262, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   #if CYTHON_VECTORCALL
@@ -24799,14 +24884,14 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape__derive(struct __pyx_obj_6jacext_5
   {
     PyObject *__pyx_callargs[3] = {__pyx_t_5, __pyx_t_6, __pyx_t_3};
     #if CYTHON_VECTORCALL
-    __pyx_t_4 = __pyx_mstate_global->__pyx_tuple[5];
-    if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 258, __pyx_L1_error)
+    __pyx_t_4 = __pyx_mstate_global->__pyx_tuple[3];
+    if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 262, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_4);
     #else
     {
       PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
       __pyx_t_4 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 1);
-      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 258, __pyx_L1_error)
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 262, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_4);
     }
     #endif
@@ -24818,13 +24903,13 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape__derive(struct __pyx_obj_6jacext_5
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
     __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
-    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 258, __pyx_L1_error)
+    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 262, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
   }
   __pyx_v_d0 = __pyx_t_2;
   __pyx_t_2 = 0;
 
-  /* "jacext/_tape.pyx":259
+  /* "jacext/_tape.pyx":263
  *         fixed = np.zeros(n, dtype=np.uint8)
  *         d0 = np.zeros(n, dtype=np.float64)
  *         d1 = np.zeros(n, dtype=np.float64)             # <<<<<<<<<<<<<<
@@ -24832,16 +24917,16 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape__derive(struct __pyx_obj_6jacext_5
  *                                <double *>cnp.PyArray_DATA(d0), <double *>cnp.PyArray_DATA(d1))
 */
   __pyx_t_7 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 259, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 263, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_zeros); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 259, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_zeros); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 263, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-  __pyx_t_4 = PyLong_FromSsize_t(__pyx_v_n); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 259, __pyx_L1_error)
+  __pyx_t_4 = PyLong_FromSsize_t(__pyx_v_n); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 263, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __Pyx_GetModuleGlobalName(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 259, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 263, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
-  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_float64); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 259, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_float64); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 263, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
   #if CYTHON_VECTORCALL
@@ -24861,14 +24946,14 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape__derive(struct __pyx_obj_6jacext_5
   {
     PyObject *__pyx_callargs[3] = {__pyx_t_7, __pyx_t_4, __pyx_t_5};
     #if CYTHON_VECTORCALL
-    __pyx_t_6 = __pyx_mstate_global->__pyx_tuple[5];
-    if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 259, __pyx_L1_error)
+    __pyx_t_6 = __pyx_mstate_global->__pyx_tuple[3];
+    if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 263, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_6);
     #else
     {
       PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
       __pyx_t_6 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 1);
-      if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 259, __pyx_L1_error)
+      if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 263, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_6);
     }
     #endif
@@ -24880,32 +24965,32 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape__derive(struct __pyx_obj_6jacext_5
     __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 259, __pyx_L1_error)
+    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 263, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
   }
   __pyx_v_d1 = __pyx_t_2;
   __pyx_t_2 = 0;
 
-  /* "jacext/_tape.pyx":260
+  /* "jacext/_tape.pyx":264
  *         d0 = np.zeros(n, dtype=np.float64)
  *         d1 = np.zeros(n, dtype=np.float64)
  *         jx_tape_fixed_partials(&self.t, <unsigned char *>cnp.PyArray_DATA(fixed),             # <<<<<<<<<<<<<<
  *                                <double *>cnp.PyArray_DATA(d0), <double *>cnp.PyArray_DATA(d1))
  *         for arr in (fixed, d0, d1):
 */
-  if (!(likely(((__pyx_v_fixed) == Py_None) || likely(__Pyx_TypeTest(__pyx_v_fixed, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 260, __pyx_L1_error)
+  if (!(likely(((__pyx_v_fixed) == Py_None) || likely(__Pyx_TypeTest(__pyx_v_fixed, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 264, __pyx_L1_error)
 
-  /* "jacext/_tape.pyx":261
+  /* "jacext/_tape.pyx":265
  *         d1 = np.zeros(n, dtype=np.float64)
  *         jx_tape_fixed_partials(&self.t, <unsigned char *>cnp.PyArray_DATA(fixed),
  *                                <double *>cnp.PyArray_DATA(d0), <double *>cnp.PyArray_DATA(d1))             # <<<<<<<<<<<<<<
  *         for arr in (fixed, d0, d1):
  *             arr.setflags(write=False)
 */
-  if (!(likely(((__pyx_v_d0) == Py_None) || likely(__Pyx_TypeTest(__pyx_v_d0, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 261, __pyx_L1_error)
-  if (!(likely(((__pyx_v_d1) == Py_None) || likely(__Pyx_TypeTest(__pyx_v_d1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 261, __pyx_L1_error)
+  if (!(likely(((__pyx_v_d0) == Py_None) || likely(__Pyx_TypeTest(__pyx_v_d0, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 265, __pyx_L1_error)
+  if (!(likely(((__pyx_v_d1) == Py_None) || likely(__Pyx_TypeTest(__pyx_v_d1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 265, __pyx_L1_error)
 
-  /* "jacext/_tape.pyx":260
+  /* "jacext/_tape.pyx":264
  *         d0 = np.zeros(n, dtype=np.float64)
  *         d1 = np.zeros(n, dtype=np.float64)
  *         jx_tape_fixed_partials(&self.t, <unsigned char *>cnp.PyArray_DATA(fixed),             # <<<<<<<<<<<<<<
@@ -24914,24 +24999,24 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape__derive(struct __pyx_obj_6jacext_5
 */
   (void)(jx_tape_fixed_partials((&__pyx_v_self->t), ((unsigned char *)PyArray_DATA(((PyArrayObject *)__pyx_v_fixed))), ((double *)PyArray_DATA(((PyArrayObject *)__pyx_v_d0))), ((double *)PyArray_DATA(((PyArrayObject *)__pyx_v_d1)))));
 
-  /* "jacext/_tape.pyx":262
+  /* "jacext/_tape.pyx":266
  *         jx_tape_fixed_partials(&self.t, <unsigned char *>cnp.PyArray_DATA(fixed),
  *                                <double *>cnp.PyArray_DATA(d0), <double *>cnp.PyArray_DATA(d1))
  *         for arr in (fixed, d0, d1):             # <<<<<<<<<<<<<<
  *             arr.setflags(write=False)
  *         self._fixed = (fixed.view(np.bool_), d0, d1)
 */
-  __pyx_t_2 = PyTuple_New(3); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 262, __pyx_L1_error)
+  __pyx_t_2 = PyTuple_New(3); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 266, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_INCREF(__pyx_v_fixed);
   __Pyx_GIVEREF(__pyx_v_fixed);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 0, __pyx_v_fixed) != (0)) __PYX_ERR(0, 262, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 0, __pyx_v_fixed) != (0)) __PYX_ERR(0, 266, __pyx_L1_error);
   __Pyx_INCREF(__pyx_v_d0);
   __Pyx_GIVEREF(__pyx_v_d0);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 1, __pyx_v_d0) != (0)) __PYX_ERR(0, 262, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 1, __pyx_v_d0) != (0)) __PYX_ERR(0, 266, __pyx_L1_error);
   __Pyx_INCREF(__pyx_v_d1);
   __Pyx_GIVEREF(__pyx_v_d1);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 2, __pyx_v_d1) != (0)) __PYX_ERR(0, 262, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 2, __pyx_v_d1) != (0)) __PYX_ERR(0, 266, __pyx_L1_error);
   __pyx_t_3 = __pyx_t_2; __Pyx_INCREF(__pyx_t_3);
   __pyx_t_9 = 0;
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
@@ -24943,12 +25028,12 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape__derive(struct __pyx_obj_6jacext_5
     __pyx_t_2 = __Pyx_PySequence_ITEM(__pyx_t_3, __pyx_t_9);
     #endif
     ++__pyx_t_9;
-    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 262, __pyx_L1_error)
+    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 266, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
     __Pyx_XDECREF_SET(__pyx_v_arr, __pyx_t_2);
     __pyx_t_2 = 0;
 
-    /* "jacext/_tape.pyx":263
+    /* "jacext/_tape.pyx":267
  *                                <double *>cnp.PyArray_DATA(d0), <double *>cnp.PyArray_DATA(d1))
  *         for arr in (fixed, d0, d1):
  *             arr.setflags(write=False)             # <<<<<<<<<<<<<<
@@ -24963,14 +25048,14 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape__derive(struct __pyx_obj_6jacext_5
     {
       PyObject *__pyx_callargs[2] = {__pyx_t_6, Py_False};
       #if CYTHON_VECTORCALL
-      __pyx_t_5 = __pyx_mstate_global->__pyx_tuple[3];
-      if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 263, __pyx_L1_error)
+      __pyx_t_5 = __pyx_mstate_global->__pyx_tuple[4];
+      if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 267, __pyx_L1_error)
       __Pyx_INCREF(__pyx_t_5);
       #else
       {
         PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_write};
         __pyx_t_5 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+1, 1);
-        if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 263, __pyx_L1_error)
+        if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 267, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_5);
       }
       #endif
@@ -24979,12 +25064,12 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape__derive(struct __pyx_obj_6jacext_5
       #if CYTHON_VECTORCALL
       #endif
       __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 263, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 267, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-    /* "jacext/_tape.pyx":262
+    /* "jacext/_tape.pyx":266
  *         jx_tape_fixed_partials(&self.t, <unsigned char *>cnp.PyArray_DATA(fixed),
  *                                <double *>cnp.PyArray_DATA(d0), <double *>cnp.PyArray_DATA(d1))
  *         for arr in (fixed, d0, d1):             # <<<<<<<<<<<<<<
@@ -24994,7 +25079,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape__derive(struct __pyx_obj_6jacext_5
   }
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
 
-  /* "jacext/_tape.pyx":264
+  /* "jacext/_tape.pyx":268
  *         for arr in (fixed, d0, d1):
  *             arr.setflags(write=False)
  *         self._fixed = (fixed.view(np.bool_), d0, d1)             # <<<<<<<<<<<<<<
@@ -25003,9 +25088,9 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape__derive(struct __pyx_obj_6jacext_5
 */
   __pyx_t_2 = __pyx_v_fixed;
   __Pyx_INCREF(__pyx_t_2);
-  __Pyx_GetModuleGlobalName(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 264, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 268, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_bool); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 264, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_bool); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 268, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
   __pyx_t_8 = 0;
@@ -25014,56 +25099,56 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape__derive(struct __pyx_obj_6jacext_5
     __pyx_t_3 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_view, __pyx_callargs+__pyx_t_8, (2-__pyx_t_8) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 264, __pyx_L1_error)
+    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 268, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
   }
-  __pyx_t_6 = PyTuple_New(3); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 264, __pyx_L1_error)
+  __pyx_t_6 = PyTuple_New(3); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 268, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
   __Pyx_GIVEREF(__pyx_t_3);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_6, 0, __pyx_t_3) != (0)) __PYX_ERR(0, 264, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_6, 0, __pyx_t_3) != (0)) __PYX_ERR(0, 268, __pyx_L1_error);
   __Pyx_INCREF(__pyx_v_d0);
   __Pyx_GIVEREF(__pyx_v_d0);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_6, 1, __pyx_v_d0) != (0)) __PYX_ERR(0, 264, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_6, 1, __pyx_v_d0) != (0)) __PYX_ERR(0, 268, __pyx_L1_error);
   __Pyx_INCREF(__pyx_v_d1);
   __Pyx_GIVEREF(__pyx_v_d1);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_6, 2, __pyx_v_d1) != (0)) __PYX_ERR(0, 264, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_6, 2, __pyx_v_d1) != (0)) __PYX_ERR(0, 268, __pyx_L1_error);
   __pyx_t_3 = 0;
   __Pyx_GIVEREF(__pyx_t_6);
   __Pyx_GOTREF(__pyx_v_self->_fixed);
   __Pyx_DECREF_SET(__pyx_v_self->_fixed, ((PyObject*)__pyx_t_6));
   __pyx_t_6 = 0;
 
-  /* "jacext/_tape.pyx":265
+  /* "jacext/_tape.pyx":269
  *             arr.setflags(write=False)
  *         self._fixed = (fixed.view(np.bool_), d0, d1)
  *         self.t.fixed = <const unsigned char *>cnp.PyArray_DATA(fixed)             # <<<<<<<<<<<<<<
  *         self.t.fixed_d0 = <const double *>cnp.PyArray_DATA(d0)
  *         self.t.fixed_d1 = <const double *>cnp.PyArray_DATA(d1)
 */
-  if (!(likely(((__pyx_v_fixed) == Py_None) || likely(__Pyx_TypeTest(__pyx_v_fixed, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 265, __pyx_L1_error)
+  if (!(likely(((__pyx_v_fixed) == Py_None) || likely(__Pyx_TypeTest(__pyx_v_fixed, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 269, __pyx_L1_error)
   __pyx_v_self->t.fixed = ((unsigned char const *)PyArray_DATA(((PyArrayObject *)__pyx_v_fixed)));
 
-  /* "jacext/_tape.pyx":266
+  /* "jacext/_tape.pyx":270
  *         self._fixed = (fixed.view(np.bool_), d0, d1)
  *         self.t.fixed = <const unsigned char *>cnp.PyArray_DATA(fixed)
  *         self.t.fixed_d0 = <const double *>cnp.PyArray_DATA(d0)             # <<<<<<<<<<<<<<
  *         self.t.fixed_d1 = <const double *>cnp.PyArray_DATA(d1)
  *         # sin and cos of one value: one sincos call in the batched value sweep
 */
-  if (!(likely(((__pyx_v_d0) == Py_None) || likely(__Pyx_TypeTest(__pyx_v_d0, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 266, __pyx_L1_error)
+  if (!(likely(((__pyx_v_d0) == Py_None) || likely(__Pyx_TypeTest(__pyx_v_d0, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 270, __pyx_L1_error)
   __pyx_v_self->t.fixed_d0 = ((double const *)PyArray_DATA(((PyArrayObject *)__pyx_v_d0)));
 
-  /* "jacext/_tape.pyx":267
+  /* "jacext/_tape.pyx":271
  *         self.t.fixed = <const unsigned char *>cnp.PyArray_DATA(fixed)
  *         self.t.fixed_d0 = <const double *>cnp.PyArray_DATA(d0)
  *         self.t.fixed_d1 = <const double *>cnp.PyArray_DATA(d1)             # <<<<<<<<<<<<<<
  *         # sin and cos of one value: one sincos call in the batched value sweep
  *         pairs = np.empty(max(n, 1), dtype=np.int32)
 */
-  if (!(likely(((__pyx_v_d1) == Py_None) || likely(__Pyx_TypeTest(__pyx_v_d1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 267, __pyx_L1_error)
+  if (!(likely(((__pyx_v_d1) == Py_None) || likely(__Pyx_TypeTest(__pyx_v_d1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 271, __pyx_L1_error)
   __pyx_v_self->t.fixed_d1 = ((double const *)PyArray_DATA(((PyArrayObject *)__pyx_v_d1)));
 
-  /* "jacext/_tape.pyx":269
+  /* "jacext/_tape.pyx":273
  *         self.t.fixed_d1 = <const double *>cnp.PyArray_DATA(d1)
  *         # sin and cos of one value: one sincos call in the batched value sweep
  *         pairs = np.empty(max(n, 1), dtype=np.int32)             # <<<<<<<<<<<<<<
@@ -25071,9 +25156,9 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape__derive(struct __pyx_obj_6jacext_5
  *         raise_status(min(n_pairs, 0))
 */
   __pyx_t_3 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 269, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 273, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_empty); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 269, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_empty); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 273, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
@@ -25090,12 +25175,12 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape__derive(struct __pyx_obj_6jacext_5
     __pyx_t_11 = __pyx_t_9;
   }
 
-  __pyx_t_2 = PyLong_FromSsize_t(__pyx_t_11); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 269, __pyx_L1_error)
+  __pyx_t_2 = PyLong_FromSsize_t(__pyx_t_11); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 273, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
 
-  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 269, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 273, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_7 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 269, __pyx_L1_error)
+  __pyx_t_7 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 273, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_7);
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   #if CYTHON_VECTORCALL
@@ -25115,14 +25200,14 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape__derive(struct __pyx_obj_6jacext_5
   {
     PyObject *__pyx_callargs[3] = {__pyx_t_3, __pyx_t_2, __pyx_t_7};
     #if CYTHON_VECTORCALL
-    __pyx_t_4 = __pyx_mstate_global->__pyx_tuple[5];
-    if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 269, __pyx_L1_error)
+    __pyx_t_4 = __pyx_mstate_global->__pyx_tuple[3];
+    if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 273, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_4);
     #else
     {
       PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
       __pyx_t_4 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 1);
-      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 269, __pyx_L1_error)
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 273, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_4);
     }
     #endif
@@ -25134,23 +25219,23 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape__derive(struct __pyx_obj_6jacext_5
     __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
     __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-    if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 269, __pyx_L1_error)
+    if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 273, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
   }
   __pyx_v_pairs = __pyx_t_6;
   __pyx_t_6 = 0;
 
-  /* "jacext/_tape.pyx":270
+  /* "jacext/_tape.pyx":274
  *         # sin and cos of one value: one sincos call in the batched value sweep
  *         pairs = np.empty(max(n, 1), dtype=np.int32)
  *         n_pairs = jx_tape_sincos_pairs(&self.t, <int32_t *>cnp.PyArray_DATA(pairs))             # <<<<<<<<<<<<<<
  *         raise_status(min(n_pairs, 0))
  *         self._pairs = pairs
 */
-  if (!(likely(((__pyx_v_pairs) == Py_None) || likely(__Pyx_TypeTest(__pyx_v_pairs, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 270, __pyx_L1_error)
+  if (!(likely(((__pyx_v_pairs) == Py_None) || likely(__Pyx_TypeTest(__pyx_v_pairs, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 274, __pyx_L1_error)
   __pyx_v_n_pairs = jx_tape_sincos_pairs((&__pyx_v_self->t), ((int32_t *)PyArray_DATA(((PyArrayObject *)__pyx_v_pairs))));
 
-  /* "jacext/_tape.pyx":271
+  /* "jacext/_tape.pyx":275
  *         pairs = np.empty(max(n, 1), dtype=np.int32)
  *         n_pairs = jx_tape_sincos_pairs(&self.t, <int32_t *>cnp.PyArray_DATA(pairs))
  *         raise_status(min(n_pairs, 0))             # <<<<<<<<<<<<<<
@@ -25171,11 +25256,11 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape__derive(struct __pyx_obj_6jacext_5
     __pyx_t_13 = __pyx_t_1;
   }
 
-  __pyx_t_14 = __pyx_f_6jacext_5_tape_raise_status(__pyx_t_13); if (unlikely(__pyx_t_14 == ((int)-1))) __PYX_ERR(0, 271, __pyx_L1_error)
+  __pyx_t_14 = __pyx_f_6jacext_5_tape_raise_status(__pyx_t_13); if (unlikely(__pyx_t_14 == ((int)-1))) __PYX_ERR(0, 275, __pyx_L1_error)
 
 
 
-  /* "jacext/_tape.pyx":272
+  /* "jacext/_tape.pyx":276
  *         n_pairs = jx_tape_sincos_pairs(&self.t, <int32_t *>cnp.PyArray_DATA(pairs))
  *         raise_status(min(n_pairs, 0))
  *         self._pairs = pairs             # <<<<<<<<<<<<<<
@@ -25184,23 +25269,23 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape__derive(struct __pyx_obj_6jacext_5
 */
   __pyx_t_6 = __pyx_v_pairs;
   __Pyx_INCREF(__pyx_t_6);
-  if (!(likely(((__pyx_t_6) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_6, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 272, __pyx_L1_error)
+  if (!(likely(((__pyx_t_6) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_6, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 276, __pyx_L1_error)
   __Pyx_GIVEREF(__pyx_t_6);
   __Pyx_GOTREF((PyObject *)__pyx_v_self->_pairs);
   __Pyx_DECREF_SET(__pyx_v_self->_pairs, ((PyArrayObject *)__pyx_t_6));
   __pyx_t_6 = 0;
 
-  /* "jacext/_tape.pyx":273
+  /* "jacext/_tape.pyx":277
  *         raise_status(min(n_pairs, 0))
  *         self._pairs = pairs
  *         self.t.sincos_pair = <const int32_t *>cnp.PyArray_DATA(pairs)             # <<<<<<<<<<<<<<
  *         self.t.n_sincos = n_pairs
  *         # runs of one op word over evenly stepping slots (the single-point value sweep)
 */
-  if (!(likely(((__pyx_v_pairs) == Py_None) || likely(__Pyx_TypeTest(__pyx_v_pairs, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 273, __pyx_L1_error)
+  if (!(likely(((__pyx_v_pairs) == Py_None) || likely(__Pyx_TypeTest(__pyx_v_pairs, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 277, __pyx_L1_error)
   __pyx_v_self->t.sincos_pair = ((int32_t const *)PyArray_DATA(((PyArrayObject *)__pyx_v_pairs)));
 
-  /* "jacext/_tape.pyx":274
+  /* "jacext/_tape.pyx":278
  *         self._pairs = pairs
  *         self.t.sincos_pair = <const int32_t *>cnp.PyArray_DATA(pairs)
  *         self.t.n_sincos = n_pairs             # <<<<<<<<<<<<<<
@@ -25209,7 +25294,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape__derive(struct __pyx_obj_6jacext_5
 */
   __pyx_v_self->t.n_sincos = __pyx_v_n_pairs;
 
-  /* "jacext/_tape.pyx":276
+  /* "jacext/_tape.pyx":280
  *         self.t.n_sincos = n_pairs
  *         # runs of one op word over evenly stepping slots (the single-point value sweep)
  *         runs = np.empty(max(1, JX_RUN_FIELDS * n), dtype=np.int32)             # <<<<<<<<<<<<<<
@@ -25217,9 +25302,9 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape__derive(struct __pyx_obj_6jacext_5
  *         self._runs = runs[:JX_RUN_FIELDS * n_runs].copy()
 */
   __pyx_t_5 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 276, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 280, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_7 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_empty); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 276, __pyx_L1_error)
+  __pyx_t_7 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_empty); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 280, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_7);
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
@@ -25236,12 +25321,12 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape__derive(struct __pyx_obj_6jacext_5
     __pyx_t_9 = __pyx_t_13;
   }
 
-  __pyx_t_4 = PyLong_FromSsize_t(__pyx_t_9); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 276, __pyx_L1_error)
+  __pyx_t_4 = PyLong_FromSsize_t(__pyx_t_9); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 280, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
 
-  __Pyx_GetModuleGlobalName(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 276, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 280, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 276, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 280, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   #if CYTHON_VECTORCALL
@@ -25261,14 +25346,14 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape__derive(struct __pyx_obj_6jacext_5
   {
     PyObject *__pyx_callargs[3] = {__pyx_t_5, __pyx_t_4, __pyx_t_3};
     #if CYTHON_VECTORCALL
-    __pyx_t_2 = __pyx_mstate_global->__pyx_tuple[5];
-    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 276, __pyx_L1_error)
+    __pyx_t_2 = __pyx_mstate_global->__pyx_tuple[3];
+    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 280, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_2);
     #else
     {
       PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
       __pyx_t_2 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 1);
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 276, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 280, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
     #endif
@@ -25280,39 +25365,39 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape__derive(struct __pyx_obj_6jacext_5
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
-    if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 276, __pyx_L1_error)
+    if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 280, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
   }
   __pyx_v_runs = __pyx_t_6;
   __pyx_t_6 = 0;
 
-  /* "jacext/_tape.pyx":277
+  /* "jacext/_tape.pyx":281
  *         # runs of one op word over evenly stepping slots (the single-point value sweep)
  *         runs = np.empty(max(1, JX_RUN_FIELDS * n), dtype=np.int32)
  *         n_runs = jx_tape_runs(&self.t, <int32_t *>cnp.PyArray_DATA(runs))             # <<<<<<<<<<<<<<
  *         self._runs = runs[:JX_RUN_FIELDS * n_runs].copy()
  *         self._runs_used = _plan.runs_pay(n_runs, n)
 */
-  if (!(likely(((__pyx_v_runs) == Py_None) || likely(__Pyx_TypeTest(__pyx_v_runs, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 277, __pyx_L1_error)
-  __pyx_t_6 = __Pyx_PyLong_From_int32_t(jx_tape_runs((&__pyx_v_self->t), ((int32_t *)PyArray_DATA(((PyArrayObject *)__pyx_v_runs))))); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 277, __pyx_L1_error)
+  if (!(likely(((__pyx_v_runs) == Py_None) || likely(__Pyx_TypeTest(__pyx_v_runs, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 281, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_PyLong_From_int32_t(jx_tape_runs((&__pyx_v_self->t), ((int32_t *)PyArray_DATA(((PyArrayObject *)__pyx_v_runs))))); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 281, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
-  if (__Pyx_PyInt_FromNumber(&__pyx_t_6, NULL, 0) < (0)) __PYX_ERR(0, 277, __pyx_L1_error)
+  if (__Pyx_PyInt_FromNumber(&__pyx_t_6, NULL, 0) < (0)) __PYX_ERR(0, 281, __pyx_L1_error)
   __pyx_v_n_runs = ((PyObject*)__pyx_t_6);
   __pyx_t_6 = 0;
 
-  /* "jacext/_tape.pyx":278
+  /* "jacext/_tape.pyx":282
  *         runs = np.empty(max(1, JX_RUN_FIELDS * n), dtype=np.int32)
  *         n_runs = jx_tape_runs(&self.t, <int32_t *>cnp.PyArray_DATA(runs))
  *         self._runs = runs[:JX_RUN_FIELDS * n_runs].copy()             # <<<<<<<<<<<<<<
  *         self._runs_used = _plan.runs_pay(n_runs, n)
  *         if self._runs_used:
 */
-  __pyx_t_2 = __Pyx_PyLong_From_int(JX_RUN_FIELDS); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 278, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyLong_From_int(JX_RUN_FIELDS); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 282, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_3 = __Pyx_PyNumber_Multiply_int_int(__pyx_t_2, __pyx_v_n_runs); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 278, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyNumber_Multiply_int_int(__pyx_t_2, __pyx_v_n_runs); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 282, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-  __pyx_t_2 = __Pyx_PyObject_GetSlice(__pyx_v_runs, 0, 0, NULL, &__pyx_t_3, NULL, 0, 0, 1); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 278, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_GetSlice(__pyx_v_runs, 0, 0, NULL, &__pyx_t_3, NULL, 0, 0, 1); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 282, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   __pyx_t_7 = __pyx_t_2;
@@ -25323,16 +25408,16 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape__derive(struct __pyx_obj_6jacext_5
     __pyx_t_6 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_copy, __pyx_callargs+__pyx_t_8, (1-__pyx_t_8) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_7); __pyx_t_7 = 0;
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 278, __pyx_L1_error)
+    if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 282, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
   }
-  if (!(likely(((__pyx_t_6) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_6, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 278, __pyx_L1_error)
+  if (!(likely(((__pyx_t_6) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_6, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 282, __pyx_L1_error)
   __Pyx_GIVEREF(__pyx_t_6);
   __Pyx_GOTREF((PyObject *)__pyx_v_self->_runs);
   __Pyx_DECREF_SET(__pyx_v_self->_runs, ((PyArrayObject *)__pyx_t_6));
   __pyx_t_6 = 0;
 
-  /* "jacext/_tape.pyx":279
+  /* "jacext/_tape.pyx":283
  *         n_runs = jx_tape_runs(&self.t, <int32_t *>cnp.PyArray_DATA(runs))
  *         self._runs = runs[:JX_RUN_FIELDS * n_runs].copy()
  *         self._runs_used = _plan.runs_pay(n_runs, n)             # <<<<<<<<<<<<<<
@@ -25340,12 +25425,12 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape__derive(struct __pyx_obj_6jacext_5
  *             self.t.runs = <const int32_t *>cnp.PyArray_DATA(self._runs)
 */
   __pyx_t_2 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_plan); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 279, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_plan); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 283, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_7);
-  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_runs_pay); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 279, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_runs_pay); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 283, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
-  __pyx_t_7 = PyLong_FromSsize_t(__pyx_v_n); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 279, __pyx_L1_error)
+  __pyx_t_7 = PyLong_FromSsize_t(__pyx_v_n); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 283, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_7);
   __pyx_t_8 = 1;
   #if CYTHON_UNPACK_METHODS
@@ -25365,14 +25450,14 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape__derive(struct __pyx_obj_6jacext_5
     __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 279, __pyx_L1_error)
+    if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 283, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
   }
-  __pyx_t_12 = __Pyx_PyObject_IsTrue(__pyx_t_6); if (unlikely((__pyx_t_12 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 279, __pyx_L1_error)
+  __pyx_t_12 = __Pyx_PyObject_IsTrue(__pyx_t_6); if (unlikely((__pyx_t_12 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 283, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
   __pyx_v_self->_runs_used = __pyx_t_12;
 
-  /* "jacext/_tape.pyx":280
+  /* "jacext/_tape.pyx":284
  *         self._runs = runs[:JX_RUN_FIELDS * n_runs].copy()
  *         self._runs_used = _plan.runs_pay(n_runs, n)
  *         if self._runs_used:             # <<<<<<<<<<<<<<
@@ -25381,7 +25466,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape__derive(struct __pyx_obj_6jacext_5
 */
   if (__pyx_v_self->_runs_used) {
 
-    /* "jacext/_tape.pyx":281
+    /* "jacext/_tape.pyx":285
  *         self._runs_used = _plan.runs_pay(n_runs, n)
  *         if self._runs_used:
  *             self.t.runs = <const int32_t *>cnp.PyArray_DATA(self._runs)             # <<<<<<<<<<<<<<
@@ -25393,17 +25478,17 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape__derive(struct __pyx_obj_6jacext_5
     __pyx_v_self->t.runs = ((int32_t const *)PyArray_DATA(((PyArrayObject *)__pyx_t_6)));
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
 
-    /* "jacext/_tape.pyx":282
+    /* "jacext/_tape.pyx":286
  *         if self._runs_used:
  *             self.t.runs = <const int32_t *>cnp.PyArray_DATA(self._runs)
  *             self.t.n_runs = n_runs             # <<<<<<<<<<<<<<
  * 
  *     def __dealloc__(self):
 */
-    __pyx_t_1 = __Pyx_PyLong_As_int32_t(__pyx_v_n_runs); if (unlikely((__pyx_t_1 == ((int32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 282, __pyx_L1_error)
+    __pyx_t_1 = __Pyx_PyLong_As_int32_t(__pyx_v_n_runs); if (unlikely((__pyx_t_1 == ((int32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 286, __pyx_L1_error)
     __pyx_v_self->t.n_runs = __pyx_t_1;
 
-    /* "jacext/_tape.pyx":280
+    /* "jacext/_tape.pyx":284
  *         self._runs = runs[:JX_RUN_FIELDS * n_runs].copy()
  *         self._runs_used = _plan.runs_pay(n_runs, n)
  *         if self._runs_used:             # <<<<<<<<<<<<<<
@@ -25412,7 +25497,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape__derive(struct __pyx_obj_6jacext_5
 */
   }
 
-  /* "jacext/_tape.pyx":254
+  /* "jacext/_tape.pyx":258
  *         self._derive()
  * 
  *     cdef _derive(self):             # <<<<<<<<<<<<<<
@@ -25447,7 +25532,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape__derive(struct __pyx_obj_6jacext_5
   return __pyx_r;
 }
 
-/* "jacext/_tape.pyx":284
+/* "jacext/_tape.pyx":288
  *             self.t.n_runs = n_runs
  * 
  *     def __dealloc__(self):             # <<<<<<<<<<<<<<
@@ -25470,7 +25555,7 @@ static void __pyx_pw_6jacext_5_tape_4Tape_5__dealloc__(PyObject *__pyx_v_self) {
 
 static void __pyx_pf_6jacext_5_tape_4Tape_4__dealloc__(struct __pyx_obj_6jacext_5_tape_Tape *__pyx_v_self) {
 
-  /* "jacext/_tape.pyx":285
+  /* "jacext/_tape.pyx":289
  * 
  *     def __dealloc__(self):
  *         if self._has_work:             # <<<<<<<<<<<<<<
@@ -25479,7 +25564,7 @@ static void __pyx_pf_6jacext_5_tape_4Tape_4__dealloc__(struct __pyx_obj_6jacext_
 */
   if (__pyx_v_self->_has_work) {
 
-    /* "jacext/_tape.pyx":286
+    /* "jacext/_tape.pyx":290
  *     def __dealloc__(self):
  *         if self._has_work:
  *             jx_work_free(&self._work)             # <<<<<<<<<<<<<<
@@ -25488,7 +25573,7 @@ static void __pyx_pf_6jacext_5_tape_4Tape_4__dealloc__(struct __pyx_obj_6jacext_
 */
     jx_work_free((&__pyx_v_self->_work));
 
-    /* "jacext/_tape.pyx":285
+    /* "jacext/_tape.pyx":289
  * 
  *     def __dealloc__(self):
  *         if self._has_work:             # <<<<<<<<<<<<<<
@@ -25497,7 +25582,7 @@ static void __pyx_pf_6jacext_5_tape_4Tape_4__dealloc__(struct __pyx_obj_6jacext_
 */
   }
 
-  /* "jacext/_tape.pyx":284
+  /* "jacext/_tape.pyx":288
  *             self.t.n_runs = n_runs
  * 
  *     def __dealloc__(self):             # <<<<<<<<<<<<<<
@@ -25509,7 +25594,7 @@ static void __pyx_pf_6jacext_5_tape_4Tape_4__dealloc__(struct __pyx_obj_6jacext_
 
 }
 
-/* "jacext/_tape.pyx":288
+/* "jacext/_tape.pyx":292
  *             jx_work_free(&self._work)
  * 
  *     def __reduce__(self):             # <<<<<<<<<<<<<<
@@ -25571,7 +25656,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_6__reduce__(struct __pyx_obj_6jac
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__reduce__", 0);
 
-  /* "jacext/_tape.pyx":289
+  /* "jacext/_tape.pyx":293
  * 
  *     def __reduce__(self):
  *         return (Tape, (self.arrays(),))             # <<<<<<<<<<<<<<
@@ -25585,21 +25670,21 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_6__reduce__(struct __pyx_obj_6jac
     PyObject *__pyx_callargs[2] = {__pyx_t_2, NULL};
     __pyx_t_1 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_arrays, __pyx_callargs+__pyx_t_3, (1-__pyx_t_3) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 289, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 293, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
-  __pyx_t_2 = PyTuple_New(1); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 289, __pyx_L1_error)
+  __pyx_t_2 = PyTuple_New(1); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 293, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_GIVEREF(__pyx_t_1);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 0, __pyx_t_1) != (0)) __PYX_ERR(0, 289, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 0, __pyx_t_1) != (0)) __PYX_ERR(0, 293, __pyx_L1_error);
   __pyx_t_1 = 0;
-  __pyx_t_1 = PyTuple_New(2); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 289, __pyx_L1_error)
+  __pyx_t_1 = PyTuple_New(2); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 293, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __Pyx_INCREF((PyObject *)__pyx_mstate_global->__pyx_ptype_6jacext_5_tape_Tape);
   __Pyx_GIVEREF((PyObject *)__pyx_mstate_global->__pyx_ptype_6jacext_5_tape_Tape);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 0, ((PyObject *)__pyx_mstate_global->__pyx_ptype_6jacext_5_tape_Tape)) != (0)) __PYX_ERR(0, 289, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 0, ((PyObject *)__pyx_mstate_global->__pyx_ptype_6jacext_5_tape_Tape)) != (0)) __PYX_ERR(0, 293, __pyx_L1_error);
   __Pyx_GIVEREF(__pyx_t_2);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 1, __pyx_t_2) != (0)) __PYX_ERR(0, 289, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 1, __pyx_t_2) != (0)) __PYX_ERR(0, 293, __pyx_L1_error);
   __pyx_t_2 = 0;
   {
     PyObject *__pyx_temp;
@@ -25612,7 +25697,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_6__reduce__(struct __pyx_obj_6jac
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "jacext/_tape.pyx":288
+  /* "jacext/_tape.pyx":292
  *             jx_work_free(&self._work)
  * 
  *     def __reduce__(self):             # <<<<<<<<<<<<<<
@@ -25632,7 +25717,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_6__reduce__(struct __pyx_obj_6jac
   return __pyx_r;
 }
 
-/* "jacext/_tape.pyx":293
+/* "jacext/_tape.pyx":297
  *     # ---- facts ----
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -25667,7 +25752,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_14n_instructions___get__(struct _
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__get__", 0);
 
-  /* "jacext/_tape.pyx":295
+  /* "jacext/_tape.pyx":299
  *     @property
  *     def n_instructions(self):
  *         return int(self.t.n_instr)             # <<<<<<<<<<<<<<
@@ -25675,7 +25760,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_14n_instructions___get__(struct _
  *     @property
 */
   __pyx_t_2 = NULL;
-  __pyx_t_3 = __Pyx_PyLong_From_int32_t(__pyx_v_self->t.n_instr); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 295, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_From_int32_t(__pyx_v_self->t.n_instr); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 299, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __pyx_t_4 = 1;
   {
@@ -25683,7 +25768,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_14n_instructions___get__(struct _
     __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)(&PyLong_Type), __pyx_callargs+__pyx_t_4, (2-__pyx_t_4) | (__pyx_t_4*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 295, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 299, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
   {
@@ -25697,7 +25782,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_14n_instructions___get__(struct _
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "jacext/_tape.pyx":293
+  /* "jacext/_tape.pyx":297
  *     # ---- facts ----
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -25718,7 +25803,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_14n_instructions___get__(struct _
   return __pyx_r;
 }
 
-/* "jacext/_tape.pyx":297
+/* "jacext/_tape.pyx":301
  *         return int(self.t.n_instr)
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -25753,7 +25838,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_7n_slots___get__(struct __pyx_obj
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__get__", 0);
 
-  /* "jacext/_tape.pyx":299
+  /* "jacext/_tape.pyx":303
  *     @property
  *     def n_slots(self):
  *         return int(self.t.n_slots)             # <<<<<<<<<<<<<<
@@ -25761,7 +25846,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_7n_slots___get__(struct __pyx_obj
  *     @property
 */
   __pyx_t_2 = NULL;
-  __pyx_t_3 = __Pyx_PyLong_From_int32_t(__pyx_v_self->t.n_slots); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 299, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_From_int32_t(__pyx_v_self->t.n_slots); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 303, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __pyx_t_4 = 1;
   {
@@ -25769,7 +25854,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_7n_slots___get__(struct __pyx_obj
     __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)(&PyLong_Type), __pyx_callargs+__pyx_t_4, (2-__pyx_t_4) | (__pyx_t_4*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 299, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 303, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
   {
@@ -25783,7 +25868,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_7n_slots___get__(struct __pyx_obj
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "jacext/_tape.pyx":297
+  /* "jacext/_tape.pyx":301
  *         return int(self.t.n_instr)
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -25804,7 +25889,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_7n_slots___get__(struct __pyx_obj
   return __pyx_r;
 }
 
-/* "jacext/_tape.pyx":301
+/* "jacext/_tape.pyx":305
  *         return int(self.t.n_slots)
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -25839,7 +25924,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_8n_inputs___get__(struct __pyx_ob
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__get__", 0);
 
-  /* "jacext/_tape.pyx":303
+  /* "jacext/_tape.pyx":307
  *     @property
  *     def n_inputs(self):
  *         return int(self.t.n_in)             # <<<<<<<<<<<<<<
@@ -25847,7 +25932,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_8n_inputs___get__(struct __pyx_ob
  *     @property
 */
   __pyx_t_2 = NULL;
-  __pyx_t_3 = __Pyx_PyLong_From_int32_t(__pyx_v_self->t.n_in); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 303, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_From_int32_t(__pyx_v_self->t.n_in); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 307, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __pyx_t_4 = 1;
   {
@@ -25855,7 +25940,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_8n_inputs___get__(struct __pyx_ob
     __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)(&PyLong_Type), __pyx_callargs+__pyx_t_4, (2-__pyx_t_4) | (__pyx_t_4*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 303, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 307, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
   {
@@ -25869,7 +25954,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_8n_inputs___get__(struct __pyx_ob
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "jacext/_tape.pyx":301
+  /* "jacext/_tape.pyx":305
  *         return int(self.t.n_slots)
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -25890,7 +25975,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_8n_inputs___get__(struct __pyx_ob
   return __pyx_r;
 }
 
-/* "jacext/_tape.pyx":305
+/* "jacext/_tape.pyx":309
  *         return int(self.t.n_in)
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -25925,7 +26010,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_9n_outputs___get__(struct __pyx_o
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__get__", 0);
 
-  /* "jacext/_tape.pyx":307
+  /* "jacext/_tape.pyx":311
  *     @property
  *     def n_outputs(self):
  *         return int(self.t.n_out)             # <<<<<<<<<<<<<<
@@ -25933,7 +26018,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_9n_outputs___get__(struct __pyx_o
  *     @property
 */
   __pyx_t_2 = NULL;
-  __pyx_t_3 = __Pyx_PyLong_From_int32_t(__pyx_v_self->t.n_out); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 307, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_From_int32_t(__pyx_v_self->t.n_out); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 311, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __pyx_t_4 = 1;
   {
@@ -25941,7 +26026,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_9n_outputs___get__(struct __pyx_o
     __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)(&PyLong_Type), __pyx_callargs+__pyx_t_4, (2-__pyx_t_4) | (__pyx_t_4*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 307, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 311, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
   {
@@ -25955,7 +26040,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_9n_outputs___get__(struct __pyx_o
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "jacext/_tape.pyx":305
+  /* "jacext/_tape.pyx":309
  *         return int(self.t.n_in)
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -25976,7 +26061,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_9n_outputs___get__(struct __pyx_o
   return __pyx_r;
 }
 
-/* "jacext/_tape.pyx":309
+/* "jacext/_tape.pyx":313
  *         return int(self.t.n_out)
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -26011,7 +26096,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_11n_constants___get__(struct __py
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__get__", 0);
 
-  /* "jacext/_tape.pyx":311
+  /* "jacext/_tape.pyx":315
  *     @property
  *     def n_constants(self):
  *         return int(self.t.n_const)             # <<<<<<<<<<<<<<
@@ -26019,7 +26104,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_11n_constants___get__(struct __py
  *     def arrays(self):
 */
   __pyx_t_2 = NULL;
-  __pyx_t_3 = __Pyx_PyLong_From_int32_t(__pyx_v_self->t.n_const); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 311, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_From_int32_t(__pyx_v_self->t.n_const); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 315, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __pyx_t_4 = 1;
   {
@@ -26027,7 +26112,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_11n_constants___get__(struct __py
     __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)(&PyLong_Type), __pyx_callargs+__pyx_t_4, (2-__pyx_t_4) | (__pyx_t_4*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 311, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 315, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
   {
@@ -26041,7 +26126,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_11n_constants___get__(struct __py
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "jacext/_tape.pyx":309
+  /* "jacext/_tape.pyx":313
  *         return int(self.t.n_out)
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -26062,7 +26147,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_11n_constants___get__(struct __py
   return __pyx_r;
 }
 
-/* "jacext/_tape.pyx":313
+/* "jacext/_tape.pyx":317
  *         return int(self.t.n_const)
  * 
  *     def arrays(self):             # <<<<<<<<<<<<<<
@@ -26126,7 +26211,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_8arrays(struct __pyx_obj_6jacext_
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("arrays", 0);
 
-  /* "jacext/_tape.pyx":316
+  /* "jacext/_tape.pyx":320
  *         """The tape as read-only arrays (op, dst, a, b, s, imm, out_slot, const_value) and
  *         the counts n_in, n_slots: what ``Tape(arrays)`` takes back."""
  *         out = dict(self._arrays)             # <<<<<<<<<<<<<<
@@ -26135,14 +26220,14 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_8arrays(struct __pyx_obj_6jacext_
 */
   if (unlikely(__pyx_v_self->_arrays == Py_None)) {
     PyErr_SetString(PyExc_TypeError, "\047NoneType\047 is not iterable");
-    __PYX_ERR(0, 316, __pyx_L1_error)
+    __PYX_ERR(0, 320, __pyx_L1_error)
   }
-  __pyx_t_1 = PyDict_Copy(__pyx_v_self->_arrays); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 316, __pyx_L1_error)
+  __pyx_t_1 = PyDict_Copy(__pyx_v_self->_arrays); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 320, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __pyx_v_out = ((PyObject*)__pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "jacext/_tape.pyx":317
+  /* "jacext/_tape.pyx":321
  *         the counts n_in, n_slots: what ``Tape(arrays)`` takes back."""
  *         out = dict(self._arrays)
  *         out["n_in"] = int(self.t.n_in)             # <<<<<<<<<<<<<<
@@ -26150,7 +26235,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_8arrays(struct __pyx_obj_6jacext_
  *         return out
 */
   __pyx_t_2 = NULL;
-  __pyx_t_3 = __Pyx_PyLong_From_int32_t(__pyx_v_self->t.n_in); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 317, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_From_int32_t(__pyx_v_self->t.n_in); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 321, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __pyx_t_4 = 1;
   {
@@ -26158,13 +26243,13 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_8arrays(struct __pyx_obj_6jacext_
     __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)(&PyLong_Type), __pyx_callargs+__pyx_t_4, (2-__pyx_t_4) | (__pyx_t_4*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 317, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 321, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
-  if (unlikely((PyDict_SetItem(__pyx_v_out, __pyx_mstate_global->__pyx_n_u_n_in, __pyx_t_1) < 0))) __PYX_ERR(0, 317, __pyx_L1_error)
+  if (unlikely((PyDict_SetItem(__pyx_v_out, __pyx_mstate_global->__pyx_n_u_n_in, __pyx_t_1) < 0))) __PYX_ERR(0, 321, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
-  /* "jacext/_tape.pyx":318
+  /* "jacext/_tape.pyx":322
  *         out = dict(self._arrays)
  *         out["n_in"] = int(self.t.n_in)
  *         out["n_slots"] = int(self.t.n_slots)             # <<<<<<<<<<<<<<
@@ -26172,7 +26257,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_8arrays(struct __pyx_obj_6jacext_
  * 
 */
   __pyx_t_3 = NULL;
-  __pyx_t_2 = __Pyx_PyLong_From_int32_t(__pyx_v_self->t.n_slots); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 318, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyLong_From_int32_t(__pyx_v_self->t.n_slots); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 322, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __pyx_t_4 = 1;
   {
@@ -26180,13 +26265,13 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_8arrays(struct __pyx_obj_6jacext_
     __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)(&PyLong_Type), __pyx_callargs+__pyx_t_4, (2-__pyx_t_4) | (__pyx_t_4*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 318, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 322, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
-  if (unlikely((PyDict_SetItem(__pyx_v_out, __pyx_mstate_global->__pyx_n_u_n_slots, __pyx_t_1) < 0))) __PYX_ERR(0, 318, __pyx_L1_error)
+  if (unlikely((PyDict_SetItem(__pyx_v_out, __pyx_mstate_global->__pyx_n_u_n_slots, __pyx_t_1) < 0))) __PYX_ERR(0, 322, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
-  /* "jacext/_tape.pyx":319
+  /* "jacext/_tape.pyx":323
  *         out["n_in"] = int(self.t.n_in)
  *         out["n_slots"] = int(self.t.n_slots)
  *         return out             # <<<<<<<<<<<<<<
@@ -26204,7 +26289,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_8arrays(struct __pyx_obj_6jacext_
   }
   goto __pyx_L0;
 
-  /* "jacext/_tape.pyx":313
+  /* "jacext/_tape.pyx":317
  *         return int(self.t.n_const)
  * 
  *     def arrays(self):             # <<<<<<<<<<<<<<
@@ -26226,7 +26311,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_8arrays(struct __pyx_obj_6jacext_
   return __pyx_r;
 }
 
-/* "jacext/_tape.pyx":321
+/* "jacext/_tape.pyx":325
  *         return out
  * 
  *     def fixed_partials(self):             # <<<<<<<<<<<<<<
@@ -26282,7 +26367,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_10fixed_partials(struct __pyx_obj
   __Pyx_RefNannyDeclarations
   __Pyx_RefNannySetupContext("fixed_partials", 0);
 
-  /* "jacext/_tape.pyx":325
+  /* "jacext/_tape.pyx":329
  *         ops.def, where the instruction's immediates make them constant and finite), and
  *         those constants; read-only arrays."""
  *         return self._fixed             # <<<<<<<<<<<<<<
@@ -26300,7 +26385,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_10fixed_partials(struct __pyx_obj
   }
   goto __pyx_L0;
 
-  /* "jacext/_tape.pyx":321
+  /* "jacext/_tape.pyx":325
  *         return out
  * 
  *     def fixed_partials(self):             # <<<<<<<<<<<<<<
@@ -26315,7 +26400,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_10fixed_partials(struct __pyx_obj
   return __pyx_r;
 }
 
-/* "jacext/_tape.pyx":327
+/* "jacext/_tape.pyx":331
  *         return self._fixed
  * 
  *     def runs(self):             # <<<<<<<<<<<<<<
@@ -26382,7 +26467,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_12runs(struct __pyx_obj_6jacext_5
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("runs", 0);
 
-  /* "jacext/_tape.pyx":331
+  /* "jacext/_tape.pyx":335
  *         the steps of dst, a, b, s, and flags; empty when the tape's runs are too short to
  *         be used (``plan.runs_pay``)."""
  *         if not self._runs_used:             # <<<<<<<<<<<<<<
@@ -26394,7 +26479,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_12runs(struct __pyx_obj_6jacext_5
   if (__pyx_t_1) {
 
 
-    /* "jacext/_tape.pyx":332
+    /* "jacext/_tape.pyx":336
  *         be used (``plan.runs_pay``)."""
  *         if not self._runs_used:
  *             return np.zeros((0, JX_RUN_FIELDS), dtype=np.int32)             # <<<<<<<<<<<<<<
@@ -26402,24 +26487,24 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_12runs(struct __pyx_obj_6jacext_5
  * 
 */
     __pyx_t_3 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 332, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 336, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
-    __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_zeros); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 332, __pyx_L1_error)
+    __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_zeros); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 336, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_5);
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    __pyx_t_4 = __Pyx_PyLong_From_int(JX_RUN_FIELDS); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 332, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_PyLong_From_int(JX_RUN_FIELDS); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 336, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
-    __pyx_t_6 = PyTuple_New(2); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 332, __pyx_L1_error)
+    __pyx_t_6 = PyTuple_New(2); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 336, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
     __Pyx_INCREF(__pyx_mstate_global->__pyx_int_0);
     __Pyx_GIVEREF(__pyx_mstate_global->__pyx_int_0);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_6, 0, __pyx_mstate_global->__pyx_int_0) != (0)) __PYX_ERR(0, 332, __pyx_L1_error);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_6, 0, __pyx_mstate_global->__pyx_int_0) != (0)) __PYX_ERR(0, 336, __pyx_L1_error);
     __Pyx_GIVEREF(__pyx_t_4);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_6, 1, __pyx_t_4) != (0)) __PYX_ERR(0, 332, __pyx_L1_error);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_6, 1, __pyx_t_4) != (0)) __PYX_ERR(0, 336, __pyx_L1_error);
     __pyx_t_4 = 0;
-    __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 332, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 336, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
-    __pyx_t_7 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 332, __pyx_L1_error)
+    __pyx_t_7 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 336, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_7);
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
     #if CYTHON_VECTORCALL
@@ -26439,14 +26524,14 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_12runs(struct __pyx_obj_6jacext_5
     {
       PyObject *__pyx_callargs[3] = {__pyx_t_3, __pyx_t_6, __pyx_t_7};
       #if CYTHON_VECTORCALL
-      __pyx_t_4 = __pyx_mstate_global->__pyx_tuple[5];
-      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 332, __pyx_L1_error)
+      __pyx_t_4 = __pyx_mstate_global->__pyx_tuple[3];
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 336, __pyx_L1_error)
       __Pyx_INCREF(__pyx_t_4);
       #else
       {
         PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
         __pyx_t_4 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 1);
-        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 332, __pyx_L1_error)
+        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 336, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_4);
       }
       #endif
@@ -26458,7 +26543,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_12runs(struct __pyx_obj_6jacext_5
       __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
       __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
       __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 332, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 336, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
     {
@@ -26472,7 +26557,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_12runs(struct __pyx_obj_6jacext_5
     __pyx_t_2 = 0;
     goto __pyx_L0;
 
-    /* "jacext/_tape.pyx":331
+    /* "jacext/_tape.pyx":335
  *         the steps of dst, a, b, s, and flags; empty when the tape's runs are too short to
  *         be used (``plan.runs_pay``)."""
  *         if not self._runs_used:             # <<<<<<<<<<<<<<
@@ -26481,7 +26566,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_12runs(struct __pyx_obj_6jacext_5
 */
   }
 
-  /* "jacext/_tape.pyx":333
+  /* "jacext/_tape.pyx":337
  *         if not self._runs_used:
  *             return np.zeros((0, JX_RUN_FIELDS), dtype=np.int32)
  *         return self._runs.reshape(-1, JX_RUN_FIELDS)             # <<<<<<<<<<<<<<
@@ -26490,7 +26575,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_12runs(struct __pyx_obj_6jacext_5
 */
   __pyx_t_5 = ((PyObject *)__pyx_v_self->_runs);
   __Pyx_INCREF(__pyx_t_5);
-  __pyx_t_4 = __Pyx_PyLong_From_int(JX_RUN_FIELDS); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 333, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_From_int(JX_RUN_FIELDS); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 337, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __pyx_t_8 = 0;
   {
@@ -26498,7 +26583,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_12runs(struct __pyx_obj_6jacext_5
     __pyx_t_2 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_reshape, __pyx_callargs+__pyx_t_8, (3-__pyx_t_8) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_5); __pyx_t_5 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 333, __pyx_L1_error)
+    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 337, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
   }
   {
@@ -26512,7 +26597,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_12runs(struct __pyx_obj_6jacext_5
   __pyx_t_2 = 0;
   goto __pyx_L0;
 
-  /* "jacext/_tape.pyx":327
+  /* "jacext/_tape.pyx":331
  *         return self._fixed
  * 
  *     def runs(self):             # <<<<<<<<<<<<<<
@@ -26536,7 +26621,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_12runs(struct __pyx_obj_6jacext_5
   return __pyx_r;
 }
 
-/* "jacext/_tape.pyx":335
+/* "jacext/_tape.pyx":339
  *         return self._runs.reshape(-1, JX_RUN_FIELDS)
  * 
  *     def disassemble(self):             # <<<<<<<<<<<<<<
@@ -26588,7 +26673,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
 }
 static PyObject *__pyx_gb_6jacext_5_tape_4Tape_11disassemble_2generator(__pyx_CoroutineObject *__pyx_generator, CYTHON_UNUSED PyThreadState *__pyx_tstate, PyObject *__pyx_sent_value); /* proto */
 
-/* "jacext/_tape.pyx":357
+/* "jacext/_tape.pyx":361
  *                 args = f"s{x}, s{y}"
  *             lines.append(f"{i:6d} s{d} = {name} {args}")
  *         lines.append("; outputs: " + " ".join(f"s{s}" for s in a["out_slot"].tolist()))             # <<<<<<<<<<<<<<
@@ -26608,7 +26693,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_11disassemble_genexpr(CYTHON_UNUS
   if (unlikely(!__pyx_cur_scope)) {
     __pyx_cur_scope = ((struct __pyx_obj_6jacext_5_tape___pyx_scope_struct__genexpr *)Py_None);
     __Pyx_INCREF(Py_None);
-    __PYX_ERR(0, 357, __pyx_L1_error)
+    __PYX_ERR(0, 361, __pyx_L1_error)
   } else {
     __Pyx_GOTREF((PyObject *)__pyx_cur_scope);
   }
@@ -26616,7 +26701,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_11disassemble_genexpr(CYTHON_UNUS
   __Pyx_INCREF(__pyx_cur_scope->__pyx_genexpr_arg_0);
   __Pyx_GIVEREF(__pyx_cur_scope->__pyx_genexpr_arg_0);
   {
-    __pyx_CoroutineObject *gen = __Pyx_Generator_New((__pyx_coroutine_body_t) __pyx_gb_6jacext_5_tape_4Tape_11disassemble_2generator, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[0]), (PyObject *) __pyx_cur_scope, __pyx_mstate_global->__pyx_n_u_genexpr, __pyx_mstate_global->__pyx_n_u_disassemble_locals_genexpr, __pyx_mstate_global->__pyx_n_u_jacext__tape); if (unlikely(!gen)) __PYX_ERR(0, 357, __pyx_L1_error)
+    __pyx_CoroutineObject *gen = __Pyx_Generator_New((__pyx_coroutine_body_t) __pyx_gb_6jacext_5_tape_4Tape_11disassemble_2generator, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[0]), (PyObject *) __pyx_cur_scope, __pyx_mstate_global->__pyx_n_u_genexpr, __pyx_mstate_global->__pyx_n_u_disassemble_locals_genexpr, __pyx_mstate_global->__pyx_n_u_jacext__tape); if (unlikely(!gen)) __PYX_ERR(0, 361, __pyx_L1_error)
     __Pyx_DECREF(__pyx_cur_scope);
     __Pyx_RefNannyFinishContext();
     return (PyObject *) gen;
@@ -26653,18 +26738,18 @@ static PyObject *__pyx_gb_6jacext_5_tape_4Tape_11disassemble_2generator(__pyx_Co
     return NULL;
   }
   __pyx_L3_first_run:;
-  if (unlikely(!__pyx_sent_value)) __PYX_ERR(0, 357, __pyx_L1_error)
-  __pyx_r = PyList_New(0); if (unlikely(!__pyx_r)) __PYX_ERR(0, 357, __pyx_L1_error)
+  if (unlikely(!__pyx_sent_value)) __PYX_ERR(0, 361, __pyx_L1_error)
+  __pyx_r = PyList_New(0); if (unlikely(!__pyx_r)) __PYX_ERR(0, 361, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_r);
-  if (unlikely(!__pyx_cur_scope->__pyx_genexpr_arg_0)) { __Pyx_RaiseUnboundLocalError(".0"); __PYX_ERR(0, 357, __pyx_L1_error) }
+  if (unlikely(!__pyx_cur_scope->__pyx_genexpr_arg_0)) { __Pyx_RaiseUnboundLocalError(".0"); __PYX_ERR(0, 361, __pyx_L1_error) }
   if (likely(PyList_CheckExact(__pyx_cur_scope->__pyx_genexpr_arg_0)) || PyTuple_CheckExact(__pyx_cur_scope->__pyx_genexpr_arg_0)) {
     __pyx_t_1 = __pyx_cur_scope->__pyx_genexpr_arg_0; __Pyx_INCREF(__pyx_t_1);
     __pyx_t_2 = 0;
     __pyx_t_3 = NULL;
   } else {
-    __pyx_t_2 = -1; __pyx_t_1 = PyObject_GetIter(__pyx_cur_scope->__pyx_genexpr_arg_0); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 357, __pyx_L1_error)
+    __pyx_t_2 = -1; __pyx_t_1 = PyObject_GetIter(__pyx_cur_scope->__pyx_genexpr_arg_0); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 361, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
-    __pyx_t_3 = (CYTHON_COMPILING_IN_LIMITED_API) ? PyIter_Next : __Pyx_PyObject_GetIterNextFunc(__pyx_t_1); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 357, __pyx_L1_error)
+    __pyx_t_3 = (CYTHON_COMPILING_IN_LIMITED_API) ? PyIter_Next : __Pyx_PyObject_GetIterNextFunc(__pyx_t_1); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 361, __pyx_L1_error)
   }
   for (;;) {
     if (likely(!__pyx_t_3)) {
@@ -26672,7 +26757,7 @@ static PyObject *__pyx_gb_6jacext_5_tape_4Tape_11disassemble_2generator(__pyx_Co
         {
           Py_ssize_t __pyx_temp = __Pyx_PyList_GET_SIZE(__pyx_t_1);
           #if !CYTHON_ASSUME_SAFE_SIZE
-          if (unlikely((__pyx_temp < 0))) __PYX_ERR(0, 357, __pyx_L1_error)
+          if (unlikely((__pyx_temp < 0))) __PYX_ERR(0, 361, __pyx_L1_error)
           #endif
           if (__pyx_t_2 >= __pyx_temp) break;
         }
@@ -26682,7 +26767,7 @@ static PyObject *__pyx_gb_6jacext_5_tape_4Tape_11disassemble_2generator(__pyx_Co
         {
           Py_ssize_t __pyx_temp = __Pyx_PyTuple_GET_SIZE(__pyx_t_1);
           #if !CYTHON_ASSUME_SAFE_SIZE
-          if (unlikely((__pyx_temp < 0))) __PYX_ERR(0, 357, __pyx_L1_error)
+          if (unlikely((__pyx_temp < 0))) __PYX_ERR(0, 361, __pyx_L1_error)
           #endif
           if (__pyx_t_2 >= __pyx_temp) break;
         }
@@ -26693,13 +26778,13 @@ static PyObject *__pyx_gb_6jacext_5_tape_4Tape_11disassemble_2generator(__pyx_Co
         #endif
         ++__pyx_t_2;
       }
-      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 357, __pyx_L1_error)
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 361, __pyx_L1_error)
     } else {
       __pyx_t_4 = __pyx_t_3(__pyx_t_1);
       if (unlikely(!__pyx_t_4)) {
         PyObject* exc_type = PyErr_Occurred();
         if (exc_type) {
-          if (unlikely(!__Pyx_PyErr_GivenExceptionMatches(exc_type, PyExc_StopIteration))) __PYX_ERR(0, 357, __pyx_L1_error)
+          if (unlikely(!__Pyx_PyErr_GivenExceptionMatches(exc_type, PyExc_StopIteration))) __PYX_ERR(0, 361, __pyx_L1_error)
           PyErr_Clear();
         }
         break;
@@ -26710,13 +26795,13 @@ static PyObject *__pyx_gb_6jacext_5_tape_4Tape_11disassemble_2generator(__pyx_Co
     __Pyx_XDECREF_SET(__pyx_cur_scope->__pyx_v_s, __pyx_t_4);
     __Pyx_GIVEREF(__pyx_t_4);
     __pyx_t_4 = 0;
-    __pyx_t_4 = __Pyx_PyObject_FormatSimple(__pyx_cur_scope->__pyx_v_s, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 357, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_PyObject_FormatSimple(__pyx_cur_scope->__pyx_v_s, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 361, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
-    __pyx_t_5 = __Pyx_PyUnicode_Concat(__pyx_mstate_global->__pyx_n_u_s, __pyx_t_4); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 357, __pyx_L1_error)
+    __pyx_t_5 = __Pyx_PyUnicode_Concat(__pyx_mstate_global->__pyx_n_u_s, __pyx_t_4); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 361, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_5);
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
     __Pyx_GIVEREF(__pyx_t_5);
-    if (unlikely(__Pyx_ListComp_AppendAndDecref(__pyx_r, __pyx_t_5))) __PYX_ERR(0, 357, __pyx_L1_error)
+    if (unlikely(__Pyx_ListComp_AppendAndDecref(__pyx_r, __pyx_t_5))) __PYX_ERR(0, 361, __pyx_L1_error)
     __pyx_t_5 = 0;
   }
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
@@ -26744,7 +26829,7 @@ static PyObject *__pyx_gb_6jacext_5_tape_4Tape_11disassemble_2generator(__pyx_Co
   return __pyx_r;
 }
 
-/* "jacext/_tape.pyx":335
+/* "jacext/_tape.pyx":339
  *         return self._runs.reshape(-1, JX_RUN_FIELDS)
  * 
  *     def disassemble(self):             # <<<<<<<<<<<<<<
@@ -26801,7 +26886,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_14disassemble(struct __pyx_obj_6j
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("disassemble", 0);
 
-  /* "jacext/_tape.pyx":338
+  /* "jacext/_tape.pyx":342
  *         """The tape as text lines: constants, then one instruction a line, then the
  *         output slots."""
  *         a = self._arrays             # <<<<<<<<<<<<<<
@@ -26813,20 +26898,20 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_14disassemble(struct __pyx_obj_6j
   __pyx_v_a = ((PyObject*)__pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "jacext/_tape.pyx":339
+  /* "jacext/_tape.pyx":343
  *         output slots."""
  *         a = self._arrays
  *         n_in = self.t.n_in             # <<<<<<<<<<<<<<
  *         lines = [f"       s{n_in + k} = {float(v)!r}" for k, v in enumerate(a["const_value"])]
  *         for i, (word, d, x, y, c, imm) in enumerate(zip(
 */
-  __pyx_t_1 = __Pyx_PyLong_From_int32_t(__pyx_v_self->t.n_in); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 339, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyLong_From_int32_t(__pyx_v_self->t.n_in); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 343, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  if (__Pyx_PyInt_FromNumber(&__pyx_t_1, NULL, 0) < (0)) __PYX_ERR(0, 339, __pyx_L1_error)
+  if (__Pyx_PyInt_FromNumber(&__pyx_t_1, NULL, 0) < (0)) __PYX_ERR(0, 343, __pyx_L1_error)
   __pyx_v_n_in = ((PyObject*)__pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "jacext/_tape.pyx":340
+  /* "jacext/_tape.pyx":344
  *         a = self._arrays
  *         n_in = self.t.n_in
  *         lines = [f"       s{n_in + k} = {float(v)!r}" for k, v in enumerate(a["const_value"])]             # <<<<<<<<<<<<<<
@@ -26834,24 +26919,24 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_14disassemble(struct __pyx_obj_6j
  *                 a["op"].tolist(), a["dst"].tolist(), a["a"].tolist(), a["b"].tolist(),
 */
   { /* enter inner scope */
-    __pyx_t_1 = PyList_New(0); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 340, __pyx_L5_error)
+    __pyx_t_1 = PyList_New(0); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 344, __pyx_L5_error)
     __Pyx_GOTREF(__pyx_t_1);
     __Pyx_INCREF(__pyx_mstate_global->__pyx_int_0);
     __pyx_t_2 = __pyx_mstate_global->__pyx_int_0;
     if (unlikely(__pyx_v_a == Py_None)) {
       PyErr_SetString(PyExc_TypeError, "\047NoneType\047 object is not subscriptable");
-      __PYX_ERR(0, 340, __pyx_L5_error)
+      __PYX_ERR(0, 344, __pyx_L5_error)
     }
-    __pyx_t_3 = __Pyx_PyDict_GetItem(__pyx_v_a, __pyx_mstate_global->__pyx_n_u_const_value); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 340, __pyx_L5_error)
+    __pyx_t_3 = __Pyx_PyDict_GetItem(__pyx_v_a, __pyx_mstate_global->__pyx_n_u_const_value); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 344, __pyx_L5_error)
     __Pyx_GOTREF(__pyx_t_3);
     if (likely(PyList_CheckExact(__pyx_t_3)) || PyTuple_CheckExact(__pyx_t_3)) {
       __pyx_t_4 = __pyx_t_3; __Pyx_INCREF(__pyx_t_4);
       __pyx_t_5 = 0;
       __pyx_t_6 = NULL;
     } else {
-      __pyx_t_5 = -1; __pyx_t_4 = PyObject_GetIter(__pyx_t_3); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 340, __pyx_L5_error)
+      __pyx_t_5 = -1; __pyx_t_4 = PyObject_GetIter(__pyx_t_3); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 344, __pyx_L5_error)
       __Pyx_GOTREF(__pyx_t_4);
-      __pyx_t_6 = (CYTHON_COMPILING_IN_LIMITED_API) ? PyIter_Next : __Pyx_PyObject_GetIterNextFunc(__pyx_t_4); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 340, __pyx_L5_error)
+      __pyx_t_6 = (CYTHON_COMPILING_IN_LIMITED_API) ? PyIter_Next : __Pyx_PyObject_GetIterNextFunc(__pyx_t_4); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 344, __pyx_L5_error)
     }
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
     for (;;) {
@@ -26860,7 +26945,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_14disassemble(struct __pyx_obj_6j
           {
             Py_ssize_t __pyx_temp = __Pyx_PyList_GET_SIZE(__pyx_t_4);
             #if !CYTHON_ASSUME_SAFE_SIZE
-            if (unlikely((__pyx_temp < 0))) __PYX_ERR(0, 340, __pyx_L5_error)
+            if (unlikely((__pyx_temp < 0))) __PYX_ERR(0, 344, __pyx_L5_error)
             #endif
             if (__pyx_t_5 >= __pyx_temp) break;
           }
@@ -26870,7 +26955,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_14disassemble(struct __pyx_obj_6j
           {
             Py_ssize_t __pyx_temp = __Pyx_PyTuple_GET_SIZE(__pyx_t_4);
             #if !CYTHON_ASSUME_SAFE_SIZE
-            if (unlikely((__pyx_temp < 0))) __PYX_ERR(0, 340, __pyx_L5_error)
+            if (unlikely((__pyx_temp < 0))) __PYX_ERR(0, 344, __pyx_L5_error)
             #endif
             if (__pyx_t_5 >= __pyx_temp) break;
           }
@@ -26881,13 +26966,13 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_14disassemble(struct __pyx_obj_6j
           #endif
           ++__pyx_t_5;
         }
-        if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 340, __pyx_L5_error)
+        if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 344, __pyx_L5_error)
       } else {
         __pyx_t_3 = __pyx_t_6(__pyx_t_4);
         if (unlikely(!__pyx_t_3)) {
           PyObject* exc_type = PyErr_Occurred();
           if (exc_type) {
-            if (unlikely(!__Pyx_PyErr_GivenExceptionMatches(exc_type, PyExc_StopIteration))) __PYX_ERR(0, 340, __pyx_L5_error)
+            if (unlikely(!__Pyx_PyErr_GivenExceptionMatches(exc_type, PyExc_StopIteration))) __PYX_ERR(0, 344, __pyx_L5_error)
             PyErr_Clear();
           }
           break;
@@ -26898,18 +26983,18 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_14disassemble(struct __pyx_obj_6j
       __pyx_t_3 = 0;
       __Pyx_INCREF(__pyx_t_2);
       __Pyx_XDECREF_SET(__pyx_8genexpr3__pyx_v_k, __pyx_t_2);
-      __pyx_t_3 = __Pyx_PyLong_AddObjC(__pyx_t_2, __pyx_mstate_global->__pyx_int_1, 1, 0, 0); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 340, __pyx_L5_error)
+      __pyx_t_3 = __Pyx_PyLong_AddObjC(__pyx_t_2, __pyx_mstate_global->__pyx_int_1, 1, 0, 0); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 344, __pyx_L5_error)
       __Pyx_GOTREF(__pyx_t_3);
       __Pyx_DECREF(__pyx_t_2);
       __pyx_t_2 = __pyx_t_3;
       __pyx_t_3 = 0;
-      __pyx_t_3 = __Pyx_PyNumber_Add_int_object(__pyx_v_n_in, __pyx_8genexpr3__pyx_v_k); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 340, __pyx_L5_error)
+      __pyx_t_3 = __Pyx_PyNumber_Add_int_object(__pyx_v_n_in, __pyx_8genexpr3__pyx_v_k); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 344, __pyx_L5_error)
       __Pyx_GOTREF(__pyx_t_3);
-      __pyx_t_7 = __Pyx_PyObject_FormatSimple(__pyx_t_3, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 340, __pyx_L5_error)
+      __pyx_t_7 = __Pyx_PyObject_FormatSimple(__pyx_t_3, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 344, __pyx_L5_error)
       __Pyx_GOTREF(__pyx_t_7);
       __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-      __pyx_t_8 = __Pyx_PyObject_AsDouble(__pyx_8genexpr3__pyx_v_v); if (unlikely(__PYX_CHECK_FLOAT_EXCEPTION(__pyx_t_8, ((double)((double)-1))) && PyErr_Occurred())) __PYX_ERR(0, 340, __pyx_L5_error)
-      __pyx_t_3 = __Pyx_PyUnicode_FromDouble(__pyx_t_8, 'r', 0); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 340, __pyx_L5_error)
+      __pyx_t_8 = __Pyx_PyObject_AsDouble(__pyx_8genexpr3__pyx_v_v); if (unlikely(__PYX_CHECK_FLOAT_EXCEPTION(__pyx_t_8, ((double)((double)-1))) && PyErr_Occurred())) __PYX_ERR(0, 344, __pyx_L5_error)
+      __pyx_t_3 = __Pyx_PyUnicode_FromDouble(__pyx_t_8, 'r', 0); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 344, __pyx_L5_error)
       __Pyx_GOTREF(__pyx_t_3);
 
       __pyx_t_9[0] = __pyx_mstate_global->__pyx_kp_u_s_2;
@@ -26925,12 +27010,12 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_14disassemble(struct __pyx_obj_6j
       __pyx_t_11 |= __Pyx_PyUnicode_KIND_04(__pyx_t_9[1]);
       #endif
       __pyx_t_12 = __Pyx_PyUnicode_Join(__pyx_t_9, 4, __pyx_t_10, __pyx_t_11);
-      if (unlikely(!__pyx_t_12)) __PYX_ERR(0, 340, __pyx_L5_error)
+      if (unlikely(!__pyx_t_12)) __PYX_ERR(0, 344, __pyx_L5_error)
       __Pyx_GOTREF(__pyx_t_12);
       __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
       __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
       __Pyx_GIVEREF(__pyx_t_12);
-      if (unlikely(__Pyx_ListComp_AppendAndDecref(__pyx_t_1, __pyx_t_12))) __PYX_ERR(0, 340, __pyx_L5_error)
+      if (unlikely(__Pyx_ListComp_AppendAndDecref(__pyx_t_1, __pyx_t_12))) __PYX_ERR(0, 344, __pyx_L5_error)
       __pyx_t_12 = 0;
     }
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
@@ -26947,7 +27032,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_14disassemble(struct __pyx_obj_6j
   __pyx_v_lines = ((PyObject*)__pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "jacext/_tape.pyx":341
+  /* "jacext/_tape.pyx":345
  *         n_in = self.t.n_in
  *         lines = [f"       s{n_in + k} = {float(v)!r}" for k, v in enumerate(a["const_value"])]
  *         for i, (word, d, x, y, c, imm) in enumerate(zip(             # <<<<<<<<<<<<<<
@@ -26958,7 +27043,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_14disassemble(struct __pyx_obj_6j
   __pyx_t_1 = __pyx_mstate_global->__pyx_int_0;
   __pyx_t_4 = NULL;
 
-  /* "jacext/_tape.pyx":342
+  /* "jacext/_tape.pyx":346
  *         lines = [f"       s{n_in + k} = {float(v)!r}" for k, v in enumerate(a["const_value"])]
  *         for i, (word, d, x, y, c, imm) in enumerate(zip(
  *                 a["op"].tolist(), a["dst"].tolist(), a["a"].tolist(), a["b"].tolist(),             # <<<<<<<<<<<<<<
@@ -26967,9 +27052,9 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_14disassemble(struct __pyx_obj_6j
 */
   if (unlikely(__pyx_v_a == Py_None)) {
     PyErr_SetString(PyExc_TypeError, "\047NoneType\047 object is not subscriptable");
-    __PYX_ERR(0, 342, __pyx_L1_error)
+    __PYX_ERR(0, 346, __pyx_L1_error)
   }
-  __pyx_t_7 = __Pyx_PyDict_GetItem(__pyx_v_a, __pyx_mstate_global->__pyx_n_u_op); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 342, __pyx_L1_error)
+  __pyx_t_7 = __Pyx_PyDict_GetItem(__pyx_v_a, __pyx_mstate_global->__pyx_n_u_op); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 346, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_7);
   __pyx_t_3 = __pyx_t_7;
   __Pyx_INCREF(__pyx_t_3);
@@ -26979,14 +27064,14 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_14disassemble(struct __pyx_obj_6j
     __pyx_t_12 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_tolist, __pyx_callargs+__pyx_t_13, (1-__pyx_t_13) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
     __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
-    if (unlikely(!__pyx_t_12)) __PYX_ERR(0, 342, __pyx_L1_error)
+    if (unlikely(!__pyx_t_12)) __PYX_ERR(0, 346, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_12);
   }
   if (unlikely(__pyx_v_a == Py_None)) {
     PyErr_SetString(PyExc_TypeError, "\047NoneType\047 object is not subscriptable");
-    __PYX_ERR(0, 342, __pyx_L1_error)
+    __PYX_ERR(0, 346, __pyx_L1_error)
   }
-  __pyx_t_14 = __Pyx_PyDict_GetItem(__pyx_v_a, __pyx_mstate_global->__pyx_n_u_dst); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 342, __pyx_L1_error)
+  __pyx_t_14 = __Pyx_PyDict_GetItem(__pyx_v_a, __pyx_mstate_global->__pyx_n_u_dst); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 346, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_14);
   __pyx_t_3 = __pyx_t_14;
   __Pyx_INCREF(__pyx_t_3);
@@ -26996,14 +27081,14 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_14disassemble(struct __pyx_obj_6j
     __pyx_t_7 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_tolist, __pyx_callargs+__pyx_t_13, (1-__pyx_t_13) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
     __Pyx_DECREF(__pyx_t_14); __pyx_t_14 = 0;
-    if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 342, __pyx_L1_error)
+    if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 346, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_7);
   }
   if (unlikely(__pyx_v_a == Py_None)) {
     PyErr_SetString(PyExc_TypeError, "\047NoneType\047 object is not subscriptable");
-    __PYX_ERR(0, 342, __pyx_L1_error)
+    __PYX_ERR(0, 346, __pyx_L1_error)
   }
-  __pyx_t_15 = __Pyx_PyDict_GetItem(__pyx_v_a, __pyx_mstate_global->__pyx_n_u_a); if (unlikely(!__pyx_t_15)) __PYX_ERR(0, 342, __pyx_L1_error)
+  __pyx_t_15 = __Pyx_PyDict_GetItem(__pyx_v_a, __pyx_mstate_global->__pyx_n_u_a); if (unlikely(!__pyx_t_15)) __PYX_ERR(0, 346, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_15);
   __pyx_t_3 = __pyx_t_15;
   __Pyx_INCREF(__pyx_t_3);
@@ -27013,14 +27098,14 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_14disassemble(struct __pyx_obj_6j
     __pyx_t_14 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_tolist, __pyx_callargs+__pyx_t_13, (1-__pyx_t_13) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
     __Pyx_DECREF(__pyx_t_15); __pyx_t_15 = 0;
-    if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 342, __pyx_L1_error)
+    if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 346, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_14);
   }
   if (unlikely(__pyx_v_a == Py_None)) {
     PyErr_SetString(PyExc_TypeError, "\047NoneType\047 object is not subscriptable");
-    __PYX_ERR(0, 342, __pyx_L1_error)
+    __PYX_ERR(0, 346, __pyx_L1_error)
   }
-  __pyx_t_16 = __Pyx_PyDict_GetItem(__pyx_v_a, __pyx_mstate_global->__pyx_n_u_b); if (unlikely(!__pyx_t_16)) __PYX_ERR(0, 342, __pyx_L1_error)
+  __pyx_t_16 = __Pyx_PyDict_GetItem(__pyx_v_a, __pyx_mstate_global->__pyx_n_u_b); if (unlikely(!__pyx_t_16)) __PYX_ERR(0, 346, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_16);
   __pyx_t_3 = __pyx_t_16;
   __Pyx_INCREF(__pyx_t_3);
@@ -27030,11 +27115,11 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_14disassemble(struct __pyx_obj_6j
     __pyx_t_15 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_tolist, __pyx_callargs+__pyx_t_13, (1-__pyx_t_13) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
     __Pyx_DECREF(__pyx_t_16); __pyx_t_16 = 0;
-    if (unlikely(!__pyx_t_15)) __PYX_ERR(0, 342, __pyx_L1_error)
+    if (unlikely(!__pyx_t_15)) __PYX_ERR(0, 346, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_15);
   }
 
-  /* "jacext/_tape.pyx":343
+  /* "jacext/_tape.pyx":347
  *         for i, (word, d, x, y, c, imm) in enumerate(zip(
  *                 a["op"].tolist(), a["dst"].tolist(), a["a"].tolist(), a["b"].tolist(),
  *                 a["s"].tolist(), a["imm"].tolist())):             # <<<<<<<<<<<<<<
@@ -27043,9 +27128,9 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_14disassemble(struct __pyx_obj_6j
 */
   if (unlikely(__pyx_v_a == Py_None)) {
     PyErr_SetString(PyExc_TypeError, "\047NoneType\047 object is not subscriptable");
-    __PYX_ERR(0, 343, __pyx_L1_error)
+    __PYX_ERR(0, 347, __pyx_L1_error)
   }
-  __pyx_t_17 = __Pyx_PyDict_GetItem(__pyx_v_a, __pyx_mstate_global->__pyx_n_u_s); if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 343, __pyx_L1_error)
+  __pyx_t_17 = __Pyx_PyDict_GetItem(__pyx_v_a, __pyx_mstate_global->__pyx_n_u_s); if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 347, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_17);
   __pyx_t_3 = __pyx_t_17;
   __Pyx_INCREF(__pyx_t_3);
@@ -27055,14 +27140,14 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_14disassemble(struct __pyx_obj_6j
     __pyx_t_16 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_tolist, __pyx_callargs+__pyx_t_13, (1-__pyx_t_13) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
     __Pyx_DECREF(__pyx_t_17); __pyx_t_17 = 0;
-    if (unlikely(!__pyx_t_16)) __PYX_ERR(0, 343, __pyx_L1_error)
+    if (unlikely(!__pyx_t_16)) __PYX_ERR(0, 347, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_16);
   }
   if (unlikely(__pyx_v_a == Py_None)) {
     PyErr_SetString(PyExc_TypeError, "\047NoneType\047 object is not subscriptable");
-    __PYX_ERR(0, 343, __pyx_L1_error)
+    __PYX_ERR(0, 347, __pyx_L1_error)
   }
-  __pyx_t_18 = __Pyx_PyDict_GetItem(__pyx_v_a, __pyx_mstate_global->__pyx_n_u_imm); if (unlikely(!__pyx_t_18)) __PYX_ERR(0, 343, __pyx_L1_error)
+  __pyx_t_18 = __Pyx_PyDict_GetItem(__pyx_v_a, __pyx_mstate_global->__pyx_n_u_imm); if (unlikely(!__pyx_t_18)) __PYX_ERR(0, 347, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_18);
   __pyx_t_3 = __pyx_t_18;
   __Pyx_INCREF(__pyx_t_3);
@@ -27072,7 +27157,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_14disassemble(struct __pyx_obj_6j
     __pyx_t_17 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_tolist, __pyx_callargs+__pyx_t_13, (1-__pyx_t_13) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
     __Pyx_DECREF(__pyx_t_18); __pyx_t_18 = 0;
-    if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 343, __pyx_L1_error)
+    if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 347, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_17);
   }
   __pyx_t_13 = 1;
@@ -27086,11 +27171,11 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_14disassemble(struct __pyx_obj_6j
     __Pyx_DECREF(__pyx_t_15); __pyx_t_15 = 0;
     __Pyx_DECREF(__pyx_t_16); __pyx_t_16 = 0;
     __Pyx_DECREF(__pyx_t_17); __pyx_t_17 = 0;
-    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 341, __pyx_L1_error)
+    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 345, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
   }
 
-  /* "jacext/_tape.pyx":341
+  /* "jacext/_tape.pyx":345
  *         n_in = self.t.n_in
  *         lines = [f"       s{n_in + k} = {float(v)!r}" for k, v in enumerate(a["const_value"])]
  *         for i, (word, d, x, y, c, imm) in enumerate(zip(             # <<<<<<<<<<<<<<
@@ -27102,9 +27187,9 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_14disassemble(struct __pyx_obj_6j
     __pyx_t_5 = 0;
     __pyx_t_6 = NULL;
   } else {
-    __pyx_t_5 = -1; __pyx_t_17 = PyObject_GetIter(__pyx_t_2); if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 341, __pyx_L1_error)
+    __pyx_t_5 = -1; __pyx_t_17 = PyObject_GetIter(__pyx_t_2); if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 345, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_17);
-    __pyx_t_6 = (CYTHON_COMPILING_IN_LIMITED_API) ? PyIter_Next : __Pyx_PyObject_GetIterNextFunc(__pyx_t_17); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 341, __pyx_L1_error)
+    __pyx_t_6 = (CYTHON_COMPILING_IN_LIMITED_API) ? PyIter_Next : __Pyx_PyObject_GetIterNextFunc(__pyx_t_17); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 345, __pyx_L1_error)
   }
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   for (;;) {
@@ -27113,7 +27198,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_14disassemble(struct __pyx_obj_6j
         {
           Py_ssize_t __pyx_temp = __Pyx_PyList_GET_SIZE(__pyx_t_17);
           #if !CYTHON_ASSUME_SAFE_SIZE
-          if (unlikely((__pyx_temp < 0))) __PYX_ERR(0, 341, __pyx_L1_error)
+          if (unlikely((__pyx_temp < 0))) __PYX_ERR(0, 345, __pyx_L1_error)
           #endif
           if (__pyx_t_5 >= __pyx_temp) break;
         }
@@ -27123,7 +27208,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_14disassemble(struct __pyx_obj_6j
         {
           Py_ssize_t __pyx_temp = __Pyx_PyTuple_GET_SIZE(__pyx_t_17);
           #if !CYTHON_ASSUME_SAFE_SIZE
-          if (unlikely((__pyx_temp < 0))) __PYX_ERR(0, 341, __pyx_L1_error)
+          if (unlikely((__pyx_temp < 0))) __PYX_ERR(0, 345, __pyx_L1_error)
           #endif
           if (__pyx_t_5 >= __pyx_temp) break;
         }
@@ -27134,13 +27219,13 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_14disassemble(struct __pyx_obj_6j
         #endif
         ++__pyx_t_5;
       }
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 341, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 345, __pyx_L1_error)
     } else {
       __pyx_t_2 = __pyx_t_6(__pyx_t_17);
       if (unlikely(!__pyx_t_2)) {
         PyObject* exc_type = PyErr_Occurred();
         if (exc_type) {
-          if (unlikely(!__Pyx_PyErr_GivenExceptionMatches(exc_type, PyExc_StopIteration))) __PYX_ERR(0, 341, __pyx_L1_error)
+          if (unlikely(!__Pyx_PyErr_GivenExceptionMatches(exc_type, PyExc_StopIteration))) __PYX_ERR(0, 345, __pyx_L1_error)
           PyErr_Clear();
         }
         break;
@@ -27153,7 +27238,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_14disassemble(struct __pyx_obj_6j
       if (unlikely(size != 6)) {
         if (size > 6) __Pyx_RaiseTooManyValuesError(6);
         else if (size >= 0) __Pyx_RaiseNeedMoreValuesError(size);
-        __PYX_ERR(0, 341, __pyx_L1_error)
+        __PYX_ERR(0, 345, __pyx_L1_error)
       }
       #if CYTHON_ASSUME_SAFE_MACROS && !CYTHON_AVOID_BORROWED_REFS
       if (likely(PyTuple_CheckExact(sequence))) {
@@ -27171,22 +27256,22 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_14disassemble(struct __pyx_obj_6j
         __Pyx_INCREF(__pyx_t_4);
       } else {
         __pyx_t_16 = __Pyx_PyList_GET_ITEM_REF(sequence, 0, __Pyx_ReferenceSharing_SharedReference);
-        if (unlikely(!__pyx_t_16)) __PYX_ERR(0, 341, __pyx_L1_error)
+        if (unlikely(!__pyx_t_16)) __PYX_ERR(0, 345, __pyx_L1_error)
         __Pyx_XGOTREF(__pyx_t_16);
         __pyx_t_15 = __Pyx_PyList_GET_ITEM_REF(sequence, 1, __Pyx_ReferenceSharing_SharedReference);
-        if (unlikely(!__pyx_t_15)) __PYX_ERR(0, 341, __pyx_L1_error)
+        if (unlikely(!__pyx_t_15)) __PYX_ERR(0, 345, __pyx_L1_error)
         __Pyx_XGOTREF(__pyx_t_15);
         __pyx_t_14 = __Pyx_PyList_GET_ITEM_REF(sequence, 2, __Pyx_ReferenceSharing_SharedReference);
-        if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 341, __pyx_L1_error)
+        if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 345, __pyx_L1_error)
         __Pyx_XGOTREF(__pyx_t_14);
         __pyx_t_7 = __Pyx_PyList_GET_ITEM_REF(sequence, 3, __Pyx_ReferenceSharing_SharedReference);
-        if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 341, __pyx_L1_error)
+        if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 345, __pyx_L1_error)
         __Pyx_XGOTREF(__pyx_t_7);
         __pyx_t_12 = __Pyx_PyList_GET_ITEM_REF(sequence, 4, __Pyx_ReferenceSharing_SharedReference);
-        if (unlikely(!__pyx_t_12)) __PYX_ERR(0, 341, __pyx_L1_error)
+        if (unlikely(!__pyx_t_12)) __PYX_ERR(0, 345, __pyx_L1_error)
         __Pyx_XGOTREF(__pyx_t_12);
         __pyx_t_4 = __Pyx_PyList_GET_ITEM_REF(sequence, 5, __Pyx_ReferenceSharing_SharedReference);
-        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 341, __pyx_L1_error)
+        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 345, __pyx_L1_error)
         __Pyx_XGOTREF(__pyx_t_4);
       }
       #else
@@ -27194,7 +27279,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_14disassemble(struct __pyx_obj_6j
         Py_ssize_t i;
         PyObject** temps[6] = {&__pyx_t_16,&__pyx_t_15,&__pyx_t_14,&__pyx_t_7,&__pyx_t_12,&__pyx_t_4};
         for (i=0; i < 6; i++) {
-          PyObject* item = __Pyx_PySequence_ITEM(sequence, i); if (unlikely(!item)) __PYX_ERR(0, 341, __pyx_L1_error)
+          PyObject* item = __Pyx_PySequence_ITEM(sequence, i); if (unlikely(!item)) __PYX_ERR(0, 345, __pyx_L1_error)
           __Pyx_GOTREF(item);
           *(temps[i]) = item;
         }
@@ -27204,7 +27289,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_14disassemble(struct __pyx_obj_6j
     } else {
       Py_ssize_t index = -1;
       PyObject** temps[6] = {&__pyx_t_16,&__pyx_t_15,&__pyx_t_14,&__pyx_t_7,&__pyx_t_12,&__pyx_t_4};
-      __pyx_t_18 = PyObject_GetIter(__pyx_t_2); if (unlikely(!__pyx_t_18)) __PYX_ERR(0, 341, __pyx_L1_error)
+      __pyx_t_18 = PyObject_GetIter(__pyx_t_2); if (unlikely(!__pyx_t_18)) __PYX_ERR(0, 345, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_18);
       __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
       __pyx_t_19 = (CYTHON_COMPILING_IN_LIMITED_API) ? PyIter_Next : __Pyx_PyObject_GetIterNextFunc(__pyx_t_18);
@@ -27213,7 +27298,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_14disassemble(struct __pyx_obj_6j
         __Pyx_GOTREF(item);
         *(temps[index]) = item;
       }
-      if (__Pyx_IternextUnpackEndCheck(__pyx_t_19(__pyx_t_18), 6) < (0)) __PYX_ERR(0, 341, __pyx_L1_error)
+      if (__Pyx_IternextUnpackEndCheck(__pyx_t_19(__pyx_t_18), 6) < (0)) __PYX_ERR(0, 345, __pyx_L1_error)
       __pyx_t_19 = NULL;
       __Pyx_DECREF(__pyx_t_18); __pyx_t_18 = 0;
       goto __pyx_L13_unpacking_done;
@@ -27221,7 +27306,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_14disassemble(struct __pyx_obj_6j
       __Pyx_DECREF(__pyx_t_18); __pyx_t_18 = 0;
       __pyx_t_19 = NULL;
       if (__Pyx_IterFinish() == 0) __Pyx_RaiseNeedMoreValuesError(index);
-      __PYX_ERR(0, 341, __pyx_L1_error)
+      __PYX_ERR(0, 345, __pyx_L1_error)
       __pyx_L13_unpacking_done:;
     }
     __Pyx_XDECREF_SET(__pyx_v_word, __pyx_t_16);
@@ -27238,73 +27323,73 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_14disassemble(struct __pyx_obj_6j
     __pyx_t_4 = 0;
     __Pyx_INCREF(__pyx_t_1);
     __Pyx_XDECREF_SET(__pyx_v_i, __pyx_t_1);
-    __pyx_t_2 = __Pyx_PyLong_AddObjC(__pyx_t_1, __pyx_mstate_global->__pyx_int_1, 1, 0, 0); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 341, __pyx_L1_error)
+    __pyx_t_2 = __Pyx_PyLong_AddObjC(__pyx_t_1, __pyx_mstate_global->__pyx_int_1, 1, 0, 0); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 345, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
     __Pyx_DECREF(__pyx_t_1);
     __pyx_t_1 = __pyx_t_2;
     __pyx_t_2 = 0;
 
-    /* "jacext/_tape.pyx":344
+    /* "jacext/_tape.pyx":348
  *                 a["op"].tolist(), a["dst"].tolist(), a["a"].tolist(), a["b"].tolist(),
  *                 a["s"].tolist(), a["imm"].tolist())):
  *             op = word & JX_OP_MASK             # <<<<<<<<<<<<<<
  *             name = jx_op_names[op].decode()
  *             if jx_op_arity[op] == 3:
 */
-    __pyx_t_2 = __Pyx_PyLong_From_int(JX_OP_MASK); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 344, __pyx_L1_error)
+    __pyx_t_2 = __Pyx_PyLong_From_int(JX_OP_MASK); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 348, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
-    __pyx_t_4 = __Pyx_PyNumber_And_object_int(__pyx_v_word, __pyx_t_2); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 344, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_PyNumber_And_object_int(__pyx_v_word, __pyx_t_2); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 348, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_XDECREF_SET(__pyx_v_op, __pyx_t_4);
     __pyx_t_4 = 0;
 
-    /* "jacext/_tape.pyx":345
+    /* "jacext/_tape.pyx":349
  *                 a["s"].tolist(), a["imm"].tolist())):
  *             op = word & JX_OP_MASK
  *             name = jx_op_names[op].decode()             # <<<<<<<<<<<<<<
  *             if jx_op_arity[op] == 3:
  *                 args = f"s{c} ? s{x} : s{y}"
 */
-    __pyx_t_10 = __Pyx_PyIndex_AsSsize_t(__pyx_v_op); if (unlikely((__pyx_t_10 == (Py_ssize_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 345, __pyx_L1_error)
+    __pyx_t_10 = __Pyx_PyIndex_AsSsize_t(__pyx_v_op); if (unlikely((__pyx_t_10 == (Py_ssize_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 349, __pyx_L1_error)
 
     __pyx_t_20 = (jx_op_names[__pyx_t_10]);
 
-    __pyx_t_10 = __Pyx_ssize_strlen(__pyx_t_20); if (unlikely(__pyx_t_10 == ((Py_ssize_t)-1))) __PYX_ERR(0, 345, __pyx_L1_error)
-    __pyx_t_4 = __Pyx_decode_c_string(__pyx_t_20, 0, __pyx_t_10, NULL, NULL, NULL); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 345, __pyx_L1_error)
+    __pyx_t_10 = __Pyx_ssize_strlen(__pyx_t_20); if (unlikely(__pyx_t_10 == ((Py_ssize_t)-1))) __PYX_ERR(0, 349, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_decode_c_string(__pyx_t_20, 0, __pyx_t_10, NULL, NULL, NULL); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 349, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
 
-    if (!(likely(PyUnicode_CheckExact(__pyx_t_4)) || __Pyx_RaiseUnexpectedTypeError("str", __pyx_t_4))) __PYX_ERR(0, 345, __pyx_L1_error)
+    if (!(likely(PyUnicode_CheckExact(__pyx_t_4)) || __Pyx_RaiseUnexpectedTypeError("str", __pyx_t_4))) __PYX_ERR(0, 349, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_4);
     __Pyx_XDECREF_SET(__pyx_v_name, __pyx_t_4);
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-    /* "jacext/_tape.pyx":346
+    /* "jacext/_tape.pyx":350
  *             op = word & JX_OP_MASK
  *             name = jx_op_names[op].decode()
  *             if jx_op_arity[op] == 3:             # <<<<<<<<<<<<<<
  *                 args = f"s{c} ? s{x} : s{y}"
  *             elif jx_op_arity[op] == 1:
 */
-    __pyx_t_10 = __Pyx_PyIndex_AsSsize_t(__pyx_v_op); if (unlikely((__pyx_t_10 == (Py_ssize_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 346, __pyx_L1_error)
+    __pyx_t_10 = __Pyx_PyIndex_AsSsize_t(__pyx_v_op); if (unlikely((__pyx_t_10 == (Py_ssize_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 350, __pyx_L1_error)
     __pyx_t_21 = ((jx_op_arity[__pyx_t_10]) == 3);
 
 
     if (__pyx_t_21) {
 
 
-      /* "jacext/_tape.pyx":347
+      /* "jacext/_tape.pyx":351
  *             name = jx_op_names[op].decode()
  *             if jx_op_arity[op] == 3:
  *                 args = f"s{c} ? s{x} : s{y}"             # <<<<<<<<<<<<<<
  *             elif jx_op_arity[op] == 1:
  *                 args = f"s{x}"
 */
-      __pyx_t_4 = __Pyx_PyObject_FormatSimple(__pyx_v_c, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 347, __pyx_L1_error)
+      __pyx_t_4 = __Pyx_PyObject_FormatSimple(__pyx_v_c, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 351, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_4);
-      __pyx_t_2 = __Pyx_PyObject_FormatSimple(__pyx_v_x, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 347, __pyx_L1_error)
+      __pyx_t_2 = __Pyx_PyObject_FormatSimple(__pyx_v_x, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 351, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
-      __pyx_t_12 = __Pyx_PyObject_FormatSimple(__pyx_v_y, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_12)) __PYX_ERR(0, 347, __pyx_L1_error)
+      __pyx_t_12 = __Pyx_PyObject_FormatSimple(__pyx_v_y, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_12)) __PYX_ERR(0, 351, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_12);
       __pyx_t_22[0] = __pyx_mstate_global->__pyx_n_u_s;
       __pyx_t_22[1] = __pyx_t_4;
@@ -27321,7 +27406,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_14disassemble(struct __pyx_obj_6j
       __pyx_t_11 |= __Pyx_PyUnicode_KIND_04(__pyx_t_22[1]) | __Pyx_PyUnicode_KIND_04(__pyx_t_22[3]) | __Pyx_PyUnicode_KIND_04(__pyx_t_22[5]);
       #endif
       __pyx_t_7 = __Pyx_PyUnicode_Join(__pyx_t_22, 6, __pyx_t_10, __pyx_t_11);
-      if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 347, __pyx_L1_error)
+      if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 351, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_7);
       __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
       __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
@@ -27329,7 +27414,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_14disassemble(struct __pyx_obj_6j
       __Pyx_XDECREF_SET(__pyx_v_args, ((PyObject*)__pyx_t_7));
       __pyx_t_7 = 0;
 
-      /* "jacext/_tape.pyx":346
+      /* "jacext/_tape.pyx":350
  *             op = word & JX_OP_MASK
  *             name = jx_op_names[op].decode()
  *             if jx_op_arity[op] == 3:             # <<<<<<<<<<<<<<
@@ -27339,36 +27424,36 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_14disassemble(struct __pyx_obj_6j
       goto __pyx_L14;
     }
 
-    /* "jacext/_tape.pyx":348
+    /* "jacext/_tape.pyx":352
  *             if jx_op_arity[op] == 3:
  *                 args = f"s{c} ? s{x} : s{y}"
  *             elif jx_op_arity[op] == 1:             # <<<<<<<<<<<<<<
  *                 args = f"s{x}"
  *             elif word & JX_A_IMM:
 */
-    __pyx_t_10 = __Pyx_PyIndex_AsSsize_t(__pyx_v_op); if (unlikely((__pyx_t_10 == (Py_ssize_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 348, __pyx_L1_error)
+    __pyx_t_10 = __Pyx_PyIndex_AsSsize_t(__pyx_v_op); if (unlikely((__pyx_t_10 == (Py_ssize_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 352, __pyx_L1_error)
     __pyx_t_21 = ((jx_op_arity[__pyx_t_10]) == 1);
 
 
     if (__pyx_t_21) {
 
 
-      /* "jacext/_tape.pyx":349
+      /* "jacext/_tape.pyx":353
  *                 args = f"s{c} ? s{x} : s{y}"
  *             elif jx_op_arity[op] == 1:
  *                 args = f"s{x}"             # <<<<<<<<<<<<<<
  *             elif word & JX_A_IMM:
  *                 args = f"{imm!r}, s{y}"
 */
-      __pyx_t_7 = __Pyx_PyObject_FormatSimple(__pyx_v_x, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 349, __pyx_L1_error)
+      __pyx_t_7 = __Pyx_PyObject_FormatSimple(__pyx_v_x, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 353, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_7);
-      __pyx_t_12 = __Pyx_PyUnicode_Concat(__pyx_mstate_global->__pyx_n_u_s, __pyx_t_7); if (unlikely(!__pyx_t_12)) __PYX_ERR(0, 349, __pyx_L1_error)
+      __pyx_t_12 = __Pyx_PyUnicode_Concat(__pyx_mstate_global->__pyx_n_u_s, __pyx_t_7); if (unlikely(!__pyx_t_12)) __PYX_ERR(0, 353, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_12);
       __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
       __Pyx_XDECREF_SET(__pyx_v_args, ((PyObject*)__pyx_t_12));
       __pyx_t_12 = 0;
 
-      /* "jacext/_tape.pyx":348
+      /* "jacext/_tape.pyx":352
  *             if jx_op_arity[op] == 3:
  *                 args = f"s{c} ? s{x} : s{y}"
  *             elif jx_op_arity[op] == 1:             # <<<<<<<<<<<<<<
@@ -27378,33 +27463,33 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_14disassemble(struct __pyx_obj_6j
       goto __pyx_L14;
     }
 
-    /* "jacext/_tape.pyx":350
+    /* "jacext/_tape.pyx":354
  *             elif jx_op_arity[op] == 1:
  *                 args = f"s{x}"
  *             elif word & JX_A_IMM:             # <<<<<<<<<<<<<<
  *                 args = f"{imm!r}, s{y}"
  *             elif word & JX_B_IMM:
 */
-    __pyx_t_12 = __Pyx_PyLong_From_int(JX_A_IMM); if (unlikely(!__pyx_t_12)) __PYX_ERR(0, 350, __pyx_L1_error)
+    __pyx_t_12 = __Pyx_PyLong_From_int(JX_A_IMM); if (unlikely(!__pyx_t_12)) __PYX_ERR(0, 354, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_12);
-    __pyx_t_7 = __Pyx_PyNumber_And_object_int(__pyx_v_word, __pyx_t_12); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 350, __pyx_L1_error)
+    __pyx_t_7 = __Pyx_PyNumber_And_object_int(__pyx_v_word, __pyx_t_12); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 354, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_7);
     __Pyx_DECREF(__pyx_t_12); __pyx_t_12 = 0;
-    __pyx_t_21 = __Pyx_PyObject_IsTrue(__pyx_t_7); if (unlikely((__pyx_t_21 < 0))) __PYX_ERR(0, 350, __pyx_L1_error)
+    __pyx_t_21 = __Pyx_PyObject_IsTrue(__pyx_t_7); if (unlikely((__pyx_t_21 < 0))) __PYX_ERR(0, 354, __pyx_L1_error)
     __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
     if (__pyx_t_21) {
 
 
-      /* "jacext/_tape.pyx":351
+      /* "jacext/_tape.pyx":355
  *                 args = f"s{x}"
  *             elif word & JX_A_IMM:
  *                 args = f"{imm!r}, s{y}"             # <<<<<<<<<<<<<<
  *             elif word & JX_B_IMM:
  *                 args = f"s{x}, {imm!r}"
 */
-      __pyx_t_7 = __Pyx_PyObject_FormatSimpleAndDecref(PyObject_Repr(__pyx_v_imm), __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 351, __pyx_L1_error)
+      __pyx_t_7 = __Pyx_PyObject_FormatSimpleAndDecref(PyObject_Repr(__pyx_v_imm), __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 355, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_7);
-      __pyx_t_12 = __Pyx_PyObject_FormatSimple(__pyx_v_y, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_12)) __PYX_ERR(0, 351, __pyx_L1_error)
+      __pyx_t_12 = __Pyx_PyObject_FormatSimple(__pyx_v_y, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_12)) __PYX_ERR(0, 355, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_12);
       __pyx_t_23[0] = __pyx_t_7;
       __pyx_t_23[1] = __pyx_mstate_global->__pyx_kp_u_s_5;
@@ -27418,14 +27503,14 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_14disassemble(struct __pyx_obj_6j
       __pyx_t_11 |= __Pyx_PyUnicode_KIND_04(__pyx_t_23[0]) | __Pyx_PyUnicode_KIND_04(__pyx_t_23[2]);
       #endif
       __pyx_t_2 = __Pyx_PyUnicode_Join(__pyx_t_23, 3, __pyx_t_10, __pyx_t_11);
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 351, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 355, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
       __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
       __Pyx_DECREF(__pyx_t_12); __pyx_t_12 = 0;
       __Pyx_XDECREF_SET(__pyx_v_args, ((PyObject*)__pyx_t_2));
       __pyx_t_2 = 0;
 
-      /* "jacext/_tape.pyx":350
+      /* "jacext/_tape.pyx":354
  *             elif jx_op_arity[op] == 1:
  *                 args = f"s{x}"
  *             elif word & JX_A_IMM:             # <<<<<<<<<<<<<<
@@ -27435,33 +27520,33 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_14disassemble(struct __pyx_obj_6j
       goto __pyx_L14;
     }
 
-    /* "jacext/_tape.pyx":352
+    /* "jacext/_tape.pyx":356
  *             elif word & JX_A_IMM:
  *                 args = f"{imm!r}, s{y}"
  *             elif word & JX_B_IMM:             # <<<<<<<<<<<<<<
  *                 args = f"s{x}, {imm!r}"
  *             else:
 */
-    __pyx_t_2 = __Pyx_PyLong_From_int(JX_B_IMM); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 352, __pyx_L1_error)
+    __pyx_t_2 = __Pyx_PyLong_From_int(JX_B_IMM); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 356, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
-    __pyx_t_12 = __Pyx_PyNumber_And_object_int(__pyx_v_word, __pyx_t_2); if (unlikely(!__pyx_t_12)) __PYX_ERR(0, 352, __pyx_L1_error)
+    __pyx_t_12 = __Pyx_PyNumber_And_object_int(__pyx_v_word, __pyx_t_2); if (unlikely(!__pyx_t_12)) __PYX_ERR(0, 356, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_12);
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    __pyx_t_21 = __Pyx_PyObject_IsTrue(__pyx_t_12); if (unlikely((__pyx_t_21 < 0))) __PYX_ERR(0, 352, __pyx_L1_error)
+    __pyx_t_21 = __Pyx_PyObject_IsTrue(__pyx_t_12); if (unlikely((__pyx_t_21 < 0))) __PYX_ERR(0, 356, __pyx_L1_error)
     __Pyx_DECREF(__pyx_t_12); __pyx_t_12 = 0;
     if (__pyx_t_21) {
 
 
-      /* "jacext/_tape.pyx":353
+      /* "jacext/_tape.pyx":357
  *                 args = f"{imm!r}, s{y}"
  *             elif word & JX_B_IMM:
  *                 args = f"s{x}, {imm!r}"             # <<<<<<<<<<<<<<
  *             else:
  *                 args = f"s{x}, s{y}"
 */
-      __pyx_t_12 = __Pyx_PyObject_FormatSimple(__pyx_v_x, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_12)) __PYX_ERR(0, 353, __pyx_L1_error)
+      __pyx_t_12 = __Pyx_PyObject_FormatSimple(__pyx_v_x, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_12)) __PYX_ERR(0, 357, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_12);
-      __pyx_t_2 = __Pyx_PyObject_FormatSimpleAndDecref(PyObject_Repr(__pyx_v_imm), __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 353, __pyx_L1_error)
+      __pyx_t_2 = __Pyx_PyObject_FormatSimpleAndDecref(PyObject_Repr(__pyx_v_imm), __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 357, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
       __pyx_t_9[0] = __pyx_mstate_global->__pyx_n_u_s;
       __pyx_t_9[1] = __pyx_t_12;
@@ -27476,14 +27561,14 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_14disassemble(struct __pyx_obj_6j
       __pyx_t_11 |= __Pyx_PyUnicode_KIND_04(__pyx_t_9[1]) | __Pyx_PyUnicode_KIND_04(__pyx_t_9[3]);
       #endif
       __pyx_t_7 = __Pyx_PyUnicode_Join(__pyx_t_9, 4, __pyx_t_10, __pyx_t_11);
-      if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 353, __pyx_L1_error)
+      if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 357, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_7);
       __Pyx_DECREF(__pyx_t_12); __pyx_t_12 = 0;
       __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
       __Pyx_XDECREF_SET(__pyx_v_args, ((PyObject*)__pyx_t_7));
       __pyx_t_7 = 0;
 
-      /* "jacext/_tape.pyx":352
+      /* "jacext/_tape.pyx":356
  *             elif word & JX_A_IMM:
  *                 args = f"{imm!r}, s{y}"
  *             elif word & JX_B_IMM:             # <<<<<<<<<<<<<<
@@ -27493,7 +27578,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_14disassemble(struct __pyx_obj_6j
       goto __pyx_L14;
     }
 
-    /* "jacext/_tape.pyx":355
+    /* "jacext/_tape.pyx":359
  *                 args = f"s{x}, {imm!r}"
  *             else:
  *                 args = f"s{x}, s{y}"             # <<<<<<<<<<<<<<
@@ -27501,9 +27586,9 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_14disassemble(struct __pyx_obj_6j
  *         lines.append("; outputs: " + " ".join(f"s{s}" for s in a["out_slot"].tolist()))
 */
     /*else*/ {
-      __pyx_t_7 = __Pyx_PyObject_FormatSimple(__pyx_v_x, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 355, __pyx_L1_error)
+      __pyx_t_7 = __Pyx_PyObject_FormatSimple(__pyx_v_x, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 359, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_7);
-      __pyx_t_2 = __Pyx_PyObject_FormatSimple(__pyx_v_y, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 355, __pyx_L1_error)
+      __pyx_t_2 = __Pyx_PyObject_FormatSimple(__pyx_v_y, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 359, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
       __pyx_t_9[0] = __pyx_mstate_global->__pyx_n_u_s;
       __pyx_t_9[1] = __pyx_t_7;
@@ -27518,7 +27603,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_14disassemble(struct __pyx_obj_6j
       __pyx_t_11 |= __Pyx_PyUnicode_KIND_04(__pyx_t_9[1]) | __Pyx_PyUnicode_KIND_04(__pyx_t_9[3]);
       #endif
       __pyx_t_12 = __Pyx_PyUnicode_Join(__pyx_t_9, 4, __pyx_t_10, __pyx_t_11);
-      if (unlikely(!__pyx_t_12)) __PYX_ERR(0, 355, __pyx_L1_error)
+      if (unlikely(!__pyx_t_12)) __PYX_ERR(0, 359, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_12);
       __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
       __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
@@ -27527,18 +27612,18 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_14disassemble(struct __pyx_obj_6j
     }
     __pyx_L14:;
 
-    /* "jacext/_tape.pyx":356
+    /* "jacext/_tape.pyx":360
  *             else:
  *                 args = f"s{x}, s{y}"
  *             lines.append(f"{i:6d} s{d} = {name} {args}")             # <<<<<<<<<<<<<<
  *         lines.append("; outputs: " + " ".join(f"s{s}" for s in a["out_slot"].tolist()))
  *         return lines
 */
-    __pyx_t_12 = __Pyx_PyObject_Format(__pyx_v_i, __pyx_mstate_global->__pyx_kp_u_6d); if (unlikely(!__pyx_t_12)) __PYX_ERR(0, 356, __pyx_L1_error)
+    __pyx_t_12 = __Pyx_PyObject_Format(__pyx_v_i, __pyx_mstate_global->__pyx_kp_u_6d); if (unlikely(!__pyx_t_12)) __PYX_ERR(0, 360, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_12);
-    __pyx_t_2 = __Pyx_PyObject_FormatSimple(__pyx_v_d, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 356, __pyx_L1_error)
+    __pyx_t_2 = __Pyx_PyObject_FormatSimple(__pyx_v_d, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 360, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
-    __pyx_t_7 = __Pyx_PyObject_FormatSimple(__pyx_v_name, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 356, __pyx_L1_error)
+    __pyx_t_7 = __Pyx_PyObject_FormatSimple(__pyx_v_name, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 360, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_7);
     __pyx_t_24[0] = __pyx_t_12;
     __pyx_t_24[1] = __pyx_mstate_global->__pyx_kp_u_s_6;
@@ -27562,16 +27647,16 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_14disassemble(struct __pyx_obj_6j
     }
     #endif
     __pyx_t_4 = __Pyx_PyUnicode_Join(__pyx_t_24, 7, __pyx_t_10, __pyx_t_11);
-    if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 356, __pyx_L1_error)
+    if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 360, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
     __Pyx_DECREF(__pyx_t_12); __pyx_t_12 = 0;
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
-    __pyx_t_25 = __Pyx_PyList_Append(__pyx_v_lines, __pyx_t_4); if (unlikely(__pyx_t_25 == ((int)-1))) __PYX_ERR(0, 356, __pyx_L1_error)
+    __pyx_t_25 = __Pyx_PyList_Append(__pyx_v_lines, __pyx_t_4); if (unlikely(__pyx_t_25 == ((int)-1))) __PYX_ERR(0, 360, __pyx_L1_error)
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
 
-    /* "jacext/_tape.pyx":341
+    /* "jacext/_tape.pyx":345
  *         n_in = self.t.n_in
  *         lines = [f"       s{n_in + k} = {float(v)!r}" for k, v in enumerate(a["const_value"])]
  *         for i, (word, d, x, y, c, imm) in enumerate(zip(             # <<<<<<<<<<<<<<
@@ -27582,7 +27667,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_14disassemble(struct __pyx_obj_6j
   __Pyx_DECREF(__pyx_t_17); __pyx_t_17 = 0;
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
-  /* "jacext/_tape.pyx":357
+  /* "jacext/_tape.pyx":361
  *                 args = f"s{x}, s{y}"
  *             lines.append(f"{i:6d} s{d} = {name} {args}")
  *         lines.append("; outputs: " + " ".join(f"s{s}" for s in a["out_slot"].tolist()))             # <<<<<<<<<<<<<<
@@ -27591,9 +27676,9 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_14disassemble(struct __pyx_obj_6j
 */
   if (unlikely(__pyx_v_a == Py_None)) {
     PyErr_SetString(PyExc_TypeError, "\047NoneType\047 object is not subscriptable");
-    __PYX_ERR(0, 357, __pyx_L1_error)
+    __PYX_ERR(0, 361, __pyx_L1_error)
   }
-  __pyx_t_4 = __Pyx_PyDict_GetItem(__pyx_v_a, __pyx_mstate_global->__pyx_n_u_out_slot); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 357, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyDict_GetItem(__pyx_v_a, __pyx_mstate_global->__pyx_n_u_out_slot); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 361, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __pyx_t_17 = __pyx_t_4;
   __Pyx_INCREF(__pyx_t_17);
@@ -27603,26 +27688,26 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_14disassemble(struct __pyx_obj_6j
     __pyx_t_1 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_tolist, __pyx_callargs+__pyx_t_13, (1-__pyx_t_13) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_17); __pyx_t_17 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 357, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 361, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
-  __pyx_t_4 = __pyx_pf_6jacext_5_tape_4Tape_11disassemble_genexpr(NULL, __pyx_t_1); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 357, __pyx_L1_error)
+  __pyx_t_4 = __pyx_pf_6jacext_5_tape_4Tape_11disassemble_genexpr(NULL, __pyx_t_1); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 361, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-  __pyx_t_1 = __Pyx_Generator_GetInlinedResult(__pyx_t_4); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 357, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_Generator_GetInlinedResult(__pyx_t_4); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 361, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-  __pyx_t_4 = PyUnicode_Join(__pyx_mstate_global->__pyx_kp_u__14, __pyx_t_1); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 357, __pyx_L1_error)
+  __pyx_t_4 = PyUnicode_Join(__pyx_mstate_global->__pyx_kp_u__14, __pyx_t_1); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 361, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-  __pyx_t_1 = __Pyx_PyUnicode_Concat(__pyx_mstate_global->__pyx_kp_u_outputs, __pyx_t_4); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 357, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyUnicode_Concat(__pyx_mstate_global->__pyx_kp_u_outputs, __pyx_t_4); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 361, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-  __pyx_t_25 = __Pyx_PyList_Append(__pyx_v_lines, __pyx_t_1); if (unlikely(__pyx_t_25 == ((int)-1))) __PYX_ERR(0, 357, __pyx_L1_error)
+  __pyx_t_25 = __Pyx_PyList_Append(__pyx_v_lines, __pyx_t_1); if (unlikely(__pyx_t_25 == ((int)-1))) __PYX_ERR(0, 361, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
 
-  /* "jacext/_tape.pyx":358
+  /* "jacext/_tape.pyx":362
  *             lines.append(f"{i:6d} s{d} = {name} {args}")
  *         lines.append("; outputs: " + " ".join(f"s{s}" for s in a["out_slot"].tolist()))
  *         return lines             # <<<<<<<<<<<<<<
@@ -27640,7 +27725,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_14disassemble(struct __pyx_obj_6j
   }
   goto __pyx_L0;
 
-  /* "jacext/_tape.pyx":335
+  /* "jacext/_tape.pyx":339
  *         return self._runs.reshape(-1, JX_RUN_FIELDS)
  * 
  *     def disassemble(self):             # <<<<<<<<<<<<<<
@@ -27685,7 +27770,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_14disassemble(struct __pyx_obj_6j
   return __pyx_r;
 }
 
-/* "jacext/_tape.pyx":362
+/* "jacext/_tape.pyx":366
  *     # ---- work memory ----
  * 
  *     cdef jx_work *take_work(self, int32_t lanes) except NULL:             # <<<<<<<<<<<<<<
@@ -27709,7 +27794,7 @@ static jx_work *__pyx_f_6jacext_5_tape_4Tape_take_work(struct __pyx_obj_6jacext_
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("take_work", 0);
 
-  /* "jacext/_tape.pyx":367
+  /* "jacext/_tape.pyx":371
  *         cdef jx_work *w
  *         cdef int st
  *         if not self._work_busy:             # <<<<<<<<<<<<<<
@@ -27721,7 +27806,7 @@ static jx_work *__pyx_f_6jacext_5_tape_4Tape_take_work(struct __pyx_obj_6jacext_
   if (__pyx_t_1) {
 
 
-    /* "jacext/_tape.pyx":368
+    /* "jacext/_tape.pyx":372
  *         cdef int st
  *         if not self._work_busy:
  *             if self._has_work and self._work.lanes < lanes:             # <<<<<<<<<<<<<<
@@ -27743,7 +27828,7 @@ static jx_work *__pyx_f_6jacext_5_tape_4Tape_take_work(struct __pyx_obj_6jacext_
     if (__pyx_t_1) {
 
 
-      /* "jacext/_tape.pyx":369
+      /* "jacext/_tape.pyx":373
  *         if not self._work_busy:
  *             if self._has_work and self._work.lanes < lanes:
  *                 jx_work_free(&self._work)             # <<<<<<<<<<<<<<
@@ -27752,7 +27837,7 @@ static jx_work *__pyx_f_6jacext_5_tape_4Tape_take_work(struct __pyx_obj_6jacext_
 */
       jx_work_free((&__pyx_v_self->_work));
 
-      /* "jacext/_tape.pyx":370
+      /* "jacext/_tape.pyx":374
  *             if self._has_work and self._work.lanes < lanes:
  *                 jx_work_free(&self._work)
  *                 self._has_work = False             # <<<<<<<<<<<<<<
@@ -27761,7 +27846,7 @@ static jx_work *__pyx_f_6jacext_5_tape_4Tape_take_work(struct __pyx_obj_6jacext_
 */
       __pyx_v_self->_has_work = 0;
 
-      /* "jacext/_tape.pyx":368
+      /* "jacext/_tape.pyx":372
  *         cdef int st
  *         if not self._work_busy:
  *             if self._has_work and self._work.lanes < lanes:             # <<<<<<<<<<<<<<
@@ -27770,7 +27855,7 @@ static jx_work *__pyx_f_6jacext_5_tape_4Tape_take_work(struct __pyx_obj_6jacext_
 */
     }
 
-    /* "jacext/_tape.pyx":371
+    /* "jacext/_tape.pyx":375
  *                 jx_work_free(&self._work)
  *                 self._has_work = False
  *             if not self._has_work:             # <<<<<<<<<<<<<<
@@ -27782,17 +27867,17 @@ static jx_work *__pyx_f_6jacext_5_tape_4Tape_take_work(struct __pyx_obj_6jacext_
     if (__pyx_t_1) {
 
 
-      /* "jacext/_tape.pyx":372
+      /* "jacext/_tape.pyx":376
  *                 self._has_work = False
  *             if not self._has_work:
  *                 raise_status(jx_work_init(&self._work, &self.t, lanes))             # <<<<<<<<<<<<<<
  *                 self._has_work = True
  *             self._work_busy = True
 */
-      __pyx_t_3 = __pyx_f_6jacext_5_tape_raise_status(jx_work_init((&__pyx_v_self->_work), (&__pyx_v_self->t), __pyx_v_lanes)); if (unlikely(__pyx_t_3 == ((int)-1))) __PYX_ERR(0, 372, __pyx_L1_error)
+      __pyx_t_3 = __pyx_f_6jacext_5_tape_raise_status(jx_work_init((&__pyx_v_self->_work), (&__pyx_v_self->t), __pyx_v_lanes)); if (unlikely(__pyx_t_3 == ((int)-1))) __PYX_ERR(0, 376, __pyx_L1_error)
 
 
-      /* "jacext/_tape.pyx":373
+      /* "jacext/_tape.pyx":377
  *             if not self._has_work:
  *                 raise_status(jx_work_init(&self._work, &self.t, lanes))
  *                 self._has_work = True             # <<<<<<<<<<<<<<
@@ -27801,7 +27886,7 @@ static jx_work *__pyx_f_6jacext_5_tape_4Tape_take_work(struct __pyx_obj_6jacext_
 */
       __pyx_v_self->_has_work = 1;
 
-      /* "jacext/_tape.pyx":371
+      /* "jacext/_tape.pyx":375
  *                 jx_work_free(&self._work)
  *                 self._has_work = False
  *             if not self._has_work:             # <<<<<<<<<<<<<<
@@ -27810,7 +27895,7 @@ static jx_work *__pyx_f_6jacext_5_tape_4Tape_take_work(struct __pyx_obj_6jacext_
 */
     }
 
-    /* "jacext/_tape.pyx":374
+    /* "jacext/_tape.pyx":378
  *                 raise_status(jx_work_init(&self._work, &self.t, lanes))
  *                 self._has_work = True
  *             self._work_busy = True             # <<<<<<<<<<<<<<
@@ -27819,7 +27904,7 @@ static jx_work *__pyx_f_6jacext_5_tape_4Tape_take_work(struct __pyx_obj_6jacext_
 */
     __pyx_v_self->_work_busy = 1;
 
-    /* "jacext/_tape.pyx":375
+    /* "jacext/_tape.pyx":379
  *                 self._has_work = True
  *             self._work_busy = True
  *             return &self._work             # <<<<<<<<<<<<<<
@@ -27832,7 +27917,7 @@ static jx_work *__pyx_f_6jacext_5_tape_4Tape_take_work(struct __pyx_obj_6jacext_
     }
     goto __pyx_L0;
 
-    /* "jacext/_tape.pyx":367
+    /* "jacext/_tape.pyx":371
  *         cdef jx_work *w
  *         cdef int st
  *         if not self._work_busy:             # <<<<<<<<<<<<<<
@@ -27841,7 +27926,7 @@ static jx_work *__pyx_f_6jacext_5_tape_4Tape_take_work(struct __pyx_obj_6jacext_
 */
   }
 
-  /* "jacext/_tape.pyx":376
+  /* "jacext/_tape.pyx":380
  *             self._work_busy = True
  *             return &self._work
  *         w = <jx_work *>malloc(sizeof(jx_work))             # <<<<<<<<<<<<<<
@@ -27850,7 +27935,7 @@ static jx_work *__pyx_f_6jacext_5_tape_4Tape_take_work(struct __pyx_obj_6jacext_
 */
   __pyx_v_w = ((jx_work *)malloc((sizeof(jx_work))));
 
-  /* "jacext/_tape.pyx":377
+  /* "jacext/_tape.pyx":381
  *             return &self._work
  *         w = <jx_work *>malloc(sizeof(jx_work))
  *         if w == NULL:             # <<<<<<<<<<<<<<
@@ -27862,7 +27947,7 @@ static jx_work *__pyx_f_6jacext_5_tape_4Tape_take_work(struct __pyx_obj_6jacext_
   if (unlikely(__pyx_t_1)) {
 
 
-    /* "jacext/_tape.pyx":378
+    /* "jacext/_tape.pyx":382
  *         w = <jx_work *>malloc(sizeof(jx_work))
  *         if w == NULL:
  *             raise MemoryError("jacext: out of memory")             # <<<<<<<<<<<<<<
@@ -27875,14 +27960,14 @@ static jx_work *__pyx_f_6jacext_5_tape_4Tape_take_work(struct __pyx_obj_6jacext_
       PyObject *__pyx_callargs[2] = {__pyx_t_5, __pyx_mstate_global->__pyx_kp_u_jacext_out_of_memory};
       __pyx_t_4 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_MemoryError)), __pyx_callargs+__pyx_t_6, (2-__pyx_t_6) | (__pyx_t_6*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_5); __pyx_t_5 = 0;
-      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 378, __pyx_L1_error)
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 382, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_4);
     }
     __Pyx_Raise(__pyx_t_4, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    __PYX_ERR(0, 378, __pyx_L1_error)
+    __PYX_ERR(0, 382, __pyx_L1_error)
 
-    /* "jacext/_tape.pyx":377
+    /* "jacext/_tape.pyx":381
  *             return &self._work
  *         w = <jx_work *>malloc(sizeof(jx_work))
  *         if w == NULL:             # <<<<<<<<<<<<<<
@@ -27891,7 +27976,7 @@ static jx_work *__pyx_f_6jacext_5_tape_4Tape_take_work(struct __pyx_obj_6jacext_
 */
   }
 
-  /* "jacext/_tape.pyx":379
+  /* "jacext/_tape.pyx":383
  *         if w == NULL:
  *             raise MemoryError("jacext: out of memory")
  *         st = jx_work_init(w, &self.t, lanes)             # <<<<<<<<<<<<<<
@@ -27900,7 +27985,7 @@ static jx_work *__pyx_f_6jacext_5_tape_4Tape_take_work(struct __pyx_obj_6jacext_
 */
   __pyx_v_st = jx_work_init(__pyx_v_w, (&__pyx_v_self->t), __pyx_v_lanes);
 
-  /* "jacext/_tape.pyx":380
+  /* "jacext/_tape.pyx":384
  *             raise MemoryError("jacext: out of memory")
  *         st = jx_work_init(w, &self.t, lanes)
  *         if st != JX_OK:             # <<<<<<<<<<<<<<
@@ -27912,7 +27997,7 @@ static jx_work *__pyx_f_6jacext_5_tape_4Tape_take_work(struct __pyx_obj_6jacext_
   if (__pyx_t_1) {
 
 
-    /* "jacext/_tape.pyx":381
+    /* "jacext/_tape.pyx":385
  *         st = jx_work_init(w, &self.t, lanes)
  *         if st != JX_OK:
  *             free(w)             # <<<<<<<<<<<<<<
@@ -27921,17 +28006,17 @@ static jx_work *__pyx_f_6jacext_5_tape_4Tape_take_work(struct __pyx_obj_6jacext_
 */
     free(__pyx_v_w);
 
-    /* "jacext/_tape.pyx":382
+    /* "jacext/_tape.pyx":386
  *         if st != JX_OK:
  *             free(w)
  *             raise_status(st)             # <<<<<<<<<<<<<<
  *         return w
  * 
 */
-    __pyx_t_3 = __pyx_f_6jacext_5_tape_raise_status(__pyx_v_st); if (unlikely(__pyx_t_3 == ((int)-1))) __PYX_ERR(0, 382, __pyx_L1_error)
+    __pyx_t_3 = __pyx_f_6jacext_5_tape_raise_status(__pyx_v_st); if (unlikely(__pyx_t_3 == ((int)-1))) __PYX_ERR(0, 386, __pyx_L1_error)
 
 
-    /* "jacext/_tape.pyx":380
+    /* "jacext/_tape.pyx":384
  *             raise MemoryError("jacext: out of memory")
  *         st = jx_work_init(w, &self.t, lanes)
  *         if st != JX_OK:             # <<<<<<<<<<<<<<
@@ -27940,7 +28025,7 @@ static jx_work *__pyx_f_6jacext_5_tape_4Tape_take_work(struct __pyx_obj_6jacext_
 */
   }
 
-  /* "jacext/_tape.pyx":383
+  /* "jacext/_tape.pyx":387
  *             free(w)
  *             raise_status(st)
  *         return w             # <<<<<<<<<<<<<<
@@ -27953,7 +28038,7 @@ static jx_work *__pyx_f_6jacext_5_tape_4Tape_take_work(struct __pyx_obj_6jacext_
   }
   goto __pyx_L0;
 
-  /* "jacext/_tape.pyx":362
+  /* "jacext/_tape.pyx":366
  *     # ---- work memory ----
  * 
  *     cdef jx_work *take_work(self, int32_t lanes) except NULL:             # <<<<<<<<<<<<<<
@@ -27975,7 +28060,7 @@ static jx_work *__pyx_f_6jacext_5_tape_4Tape_take_work(struct __pyx_obj_6jacext_
   return __pyx_r;
 }
 
-/* "jacext/_tape.pyx":385
+/* "jacext/_tape.pyx":389
  *         return w
  * 
  *     cdef void give_work(self, jx_work *w) noexcept:             # <<<<<<<<<<<<<<
@@ -27986,7 +28071,7 @@ static jx_work *__pyx_f_6jacext_5_tape_4Tape_take_work(struct __pyx_obj_6jacext_
 static void __pyx_f_6jacext_5_tape_4Tape_give_work(struct __pyx_obj_6jacext_5_tape_Tape *__pyx_v_self, jx_work *__pyx_v_w) {
   int __pyx_t_1;
 
-  /* "jacext/_tape.pyx":386
+  /* "jacext/_tape.pyx":390
  * 
  *     cdef void give_work(self, jx_work *w) noexcept:
  *         if w == &self._work:             # <<<<<<<<<<<<<<
@@ -27998,7 +28083,7 @@ static void __pyx_f_6jacext_5_tape_4Tape_give_work(struct __pyx_obj_6jacext_5_ta
   if (__pyx_t_1) {
 
 
-    /* "jacext/_tape.pyx":387
+    /* "jacext/_tape.pyx":391
  *     cdef void give_work(self, jx_work *w) noexcept:
  *         if w == &self._work:
  *             self._work_busy = False             # <<<<<<<<<<<<<<
@@ -28007,7 +28092,7 @@ static void __pyx_f_6jacext_5_tape_4Tape_give_work(struct __pyx_obj_6jacext_5_ta
 */
     __pyx_v_self->_work_busy = 0;
 
-    /* "jacext/_tape.pyx":386
+    /* "jacext/_tape.pyx":390
  * 
  *     cdef void give_work(self, jx_work *w) noexcept:
  *         if w == &self._work:             # <<<<<<<<<<<<<<
@@ -28017,7 +28102,7 @@ static void __pyx_f_6jacext_5_tape_4Tape_give_work(struct __pyx_obj_6jacext_5_ta
     goto __pyx_L3;
   }
 
-  /* "jacext/_tape.pyx":389
+  /* "jacext/_tape.pyx":393
  *             self._work_busy = False
  *         else:
  *             jx_work_free(w)             # <<<<<<<<<<<<<<
@@ -28027,7 +28112,7 @@ static void __pyx_f_6jacext_5_tape_4Tape_give_work(struct __pyx_obj_6jacext_5_ta
   /*else*/ {
     jx_work_free(__pyx_v_w);
 
-    /* "jacext/_tape.pyx":390
+    /* "jacext/_tape.pyx":394
  *         else:
  *             jx_work_free(w)
  *             free(w)             # <<<<<<<<<<<<<<
@@ -28038,7 +28123,7 @@ static void __pyx_f_6jacext_5_tape_4Tape_give_work(struct __pyx_obj_6jacext_5_ta
   }
   __pyx_L3:;
 
-  /* "jacext/_tape.pyx":385
+  /* "jacext/_tape.pyx":389
  *         return w
  * 
  *     cdef void give_work(self, jx_work *w) noexcept:             # <<<<<<<<<<<<<<
@@ -28050,7 +28135,7 @@ static void __pyx_f_6jacext_5_tape_4Tape_give_work(struct __pyx_obj_6jacext_5_ta
 
 }
 
-/* "jacext/_tape.pyx":392
+/* "jacext/_tape.pyx":396
  *             free(w)
  * 
  *     cdef bint _nogil(self, Py_ssize_t lanes) noexcept:             # <<<<<<<<<<<<<<
@@ -28061,7 +28146,7 @@ static void __pyx_f_6jacext_5_tape_4Tape_give_work(struct __pyx_obj_6jacext_5_ta
 static int __pyx_f_6jacext_5_tape_4Tape__nogil(struct __pyx_obj_6jacext_5_tape_Tape *__pyx_v_self, Py_ssize_t __pyx_v_lanes) {
   int __pyx_r;
 
-  /* "jacext/_tape.pyx":393
+  /* "jacext/_tape.pyx":397
  * 
  *     cdef bint _nogil(self, Py_ssize_t lanes) noexcept:
  *         return self.t.n_instr * lanes > _NOGIL_WORK             # <<<<<<<<<<<<<<
@@ -28074,7 +28159,7 @@ static int __pyx_f_6jacext_5_tape_4Tape__nogil(struct __pyx_obj_6jacext_5_tape_T
   }
   goto __pyx_L0;
 
-  /* "jacext/_tape.pyx":392
+  /* "jacext/_tape.pyx":396
  *             free(w)
  * 
  *     cdef bint _nogil(self, Py_ssize_t lanes) noexcept:             # <<<<<<<<<<<<<<
@@ -28088,7 +28173,7 @@ static int __pyx_f_6jacext_5_tape_4Tape__nogil(struct __pyx_obj_6jacext_5_tape_T
   return __pyx_r;
 }
 
-/* "jacext/_tape.pyx":397
+/* "jacext/_tape.pyx":401
  *     # ---- one point (x: n_in values; y: n_out or None) ----
  * 
  *     cpdef value(self, cnp.ndarray x, cnp.ndarray y):             # <<<<<<<<<<<<<<
@@ -28140,7 +28225,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_value(struct __pyx_obj_6jacext_5_t
     if (unlikely(!__Pyx_object_dict_version_matches(((PyObject *)__pyx_v_self), __pyx_tp_dict_version, __pyx_obj_dict_version))) {
       PY_UINT64_T __pyx_typedict_guard = __Pyx_get_tp_dict_version(((PyObject *)__pyx_v_self));
       #endif
-      __pyx_t_1 = __Pyx_PyObject_GetAttrStr(((PyObject *)__pyx_v_self), __pyx_mstate_global->__pyx_n_u_value); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 397, __pyx_L1_error)
+      __pyx_t_1 = __Pyx_PyObject_GetAttrStr(((PyObject *)__pyx_v_self), __pyx_mstate_global->__pyx_n_u_value); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 401, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_1);
       if (!__Pyx_IsSameCFunction(__pyx_t_1, (void(*)(void)) __pyx_pw_6jacext_5_tape_4Tape_17value)) {
         __pyx_t_3 = NULL;
@@ -28163,7 +28248,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_value(struct __pyx_obj_6jacext_5_t
           __pyx_t_2 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_4, __pyx_callargs+__pyx_t_5, (3-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
           __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
           __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-          if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 397, __pyx_L1_error)
+          if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 401, __pyx_L1_error)
           __Pyx_GOTREF(__pyx_t_2);
         }
         {
@@ -28191,38 +28276,38 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_value(struct __pyx_obj_6jacext_5_t
     #endif
   }
 
-  /* "jacext/_tape.pyx":399
+  /* "jacext/_tape.pyx":403
  *     cpdef value(self, cnp.ndarray x, cnp.ndarray y):
  *         """The outputs at the point x into y."""
  *         cdef const double *px = <const double *>_buf(x, cnp.NPY_DOUBLE, self.t.n_in, "x")             # <<<<<<<<<<<<<<
  *         cdef double *py = _out(y, self.t.n_out, "y")
  *         cdef jx_work *w = self.take_work(1)
 */
-  __pyx_t_6 = __pyx_f_6jacext_5_tape__buf(__pyx_v_x, NPY_DOUBLE, __pyx_v_self->t.n_in, __pyx_mstate_global->__pyx_n_u_x); if (unlikely(__pyx_t_6 == ((void *)NULL))) __PYX_ERR(0, 399, __pyx_L1_error)
+  __pyx_t_6 = __pyx_f_6jacext_5_tape__buf(__pyx_v_x, NPY_DOUBLE, __pyx_v_self->t.n_in, __pyx_mstate_global->__pyx_n_u_x); if (unlikely(__pyx_t_6 == ((void *)NULL))) __PYX_ERR(0, 403, __pyx_L1_error)
   __pyx_v_px = ((double const *)__pyx_t_6);
 
 
-  /* "jacext/_tape.pyx":400
+  /* "jacext/_tape.pyx":404
  *         """The outputs at the point x into y."""
  *         cdef const double *px = <const double *>_buf(x, cnp.NPY_DOUBLE, self.t.n_in, "x")
  *         cdef double *py = _out(y, self.t.n_out, "y")             # <<<<<<<<<<<<<<
  *         cdef jx_work *w = self.take_work(1)
  *         cdef int st
 */
-  __pyx_t_7 = __pyx_f_6jacext_5_tape__out(__pyx_v_y, __pyx_v_self->t.n_out, __pyx_mstate_global->__pyx_n_u_y); if (unlikely(__pyx_t_7 == ((void *)NULL))) __PYX_ERR(0, 400, __pyx_L1_error)
+  __pyx_t_7 = __pyx_f_6jacext_5_tape__out(__pyx_v_y, __pyx_v_self->t.n_out, __pyx_mstate_global->__pyx_n_u_y); if (unlikely(__pyx_t_7 == ((void *)NULL))) __PYX_ERR(0, 404, __pyx_L1_error)
   __pyx_v_py = __pyx_t_7;
 
-  /* "jacext/_tape.pyx":401
+  /* "jacext/_tape.pyx":405
  *         cdef const double *px = <const double *>_buf(x, cnp.NPY_DOUBLE, self.t.n_in, "x")
  *         cdef double *py = _out(y, self.t.n_out, "y")
  *         cdef jx_work *w = self.take_work(1)             # <<<<<<<<<<<<<<
  *         cdef int st
  *         try:
 */
-  __pyx_t_8 = ((struct __pyx_vtabstruct_6jacext_5_tape_Tape *)__pyx_v_self->__pyx_vtab)->take_work(__pyx_v_self, 1); if (unlikely(__pyx_t_8 == ((void *)NULL))) __PYX_ERR(0, 401, __pyx_L1_error)
+  __pyx_t_8 = ((struct __pyx_vtabstruct_6jacext_5_tape_Tape *)__pyx_v_self->__pyx_vtab)->take_work(__pyx_v_self, 1); if (unlikely(__pyx_t_8 == ((void *)NULL))) __PYX_ERR(0, 405, __pyx_L1_error)
   __pyx_v_w = __pyx_t_8;
 
-  /* "jacext/_tape.pyx":403
+  /* "jacext/_tape.pyx":407
  *         cdef jx_work *w = self.take_work(1)
  *         cdef int st
  *         try:             # <<<<<<<<<<<<<<
@@ -28231,7 +28316,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_value(struct __pyx_obj_6jacext_5_t
 */
   /*try:*/ {
 
-    /* "jacext/_tape.pyx":404
+    /* "jacext/_tape.pyx":408
  *         cdef int st
  *         try:
  *             if self._nogil(1):             # <<<<<<<<<<<<<<
@@ -28243,7 +28328,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_value(struct __pyx_obj_6jacext_5_t
     if (__pyx_t_9) {
 
 
-      /* "jacext/_tape.pyx":405
+      /* "jacext/_tape.pyx":409
  *         try:
  *             if self._nogil(1):
  *                 with nogil:             # <<<<<<<<<<<<<<
@@ -28256,7 +28341,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_value(struct __pyx_obj_6jacext_5_t
           __Pyx_FastGIL_Remember();
           /*try:*/ {
 
-            /* "jacext/_tape.pyx":406
+            /* "jacext/_tape.pyx":410
  *             if self._nogil(1):
  *                 with nogil:
  *                     st = jx_point_value(&self.t, w, px, py)             # <<<<<<<<<<<<<<
@@ -28266,7 +28351,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_value(struct __pyx_obj_6jacext_5_t
             __pyx_v_st = jx_point_value((&__pyx_v_self->t), __pyx_v_w, __pyx_v_px, __pyx_v_py);
           }
 
-          /* "jacext/_tape.pyx":405
+          /* "jacext/_tape.pyx":409
  *         try:
  *             if self._nogil(1):
  *                 with nogil:             # <<<<<<<<<<<<<<
@@ -28283,7 +28368,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_value(struct __pyx_obj_6jacext_5_t
           }
       }
 
-      /* "jacext/_tape.pyx":404
+      /* "jacext/_tape.pyx":408
  *         cdef int st
  *         try:
  *             if self._nogil(1):             # <<<<<<<<<<<<<<
@@ -28293,7 +28378,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_value(struct __pyx_obj_6jacext_5_t
       goto __pyx_L6;
     }
 
-    /* "jacext/_tape.pyx":408
+    /* "jacext/_tape.pyx":412
  *                     st = jx_point_value(&self.t, w, px, py)
  *             else:
  *                 st = jx_point_value(&self.t, w, px, py)             # <<<<<<<<<<<<<<
@@ -28306,7 +28391,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_value(struct __pyx_obj_6jacext_5_t
     __pyx_L6:;
   }
 
-  /* "jacext/_tape.pyx":410
+  /* "jacext/_tape.pyx":414
  *                 st = jx_point_value(&self.t, w, px, py)
  *         finally:
  *             self.give_work(w)             # <<<<<<<<<<<<<<
@@ -28321,15 +28406,15 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_value(struct __pyx_obj_6jacext_5_t
     __pyx_L5:;
   }
 
-  /* "jacext/_tape.pyx":411
+  /* "jacext/_tape.pyx":415
  *         finally:
  *             self.give_work(w)
  *         return raise_status(st)             # <<<<<<<<<<<<<<
  * 
  *     cpdef compressed(self, cnp.ndarray x, cnp.ndarray y, cnp.ndarray comp, cnp.ndarray cols,
 */
-  __pyx_t_10 = __pyx_f_6jacext_5_tape_raise_status(__pyx_v_st); if (unlikely(__pyx_t_10 == ((int)-1))) __PYX_ERR(0, 411, __pyx_L1_error)
-  __pyx_t_1 = __Pyx_PyLong_From_int(__pyx_t_10); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 411, __pyx_L1_error)
+  __pyx_t_10 = __pyx_f_6jacext_5_tape_raise_status(__pyx_v_st); if (unlikely(__pyx_t_10 == ((int)-1))) __PYX_ERR(0, 415, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyLong_From_int(__pyx_t_10); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 415, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
 
   {
@@ -28343,7 +28428,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_value(struct __pyx_obj_6jacext_5_t
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "jacext/_tape.pyx":397
+  /* "jacext/_tape.pyx":401
  *     # ---- one point (x: n_in values; y: n_out or None) ----
  * 
  *     cpdef value(self, cnp.ndarray x, cnp.ndarray y):             # <<<<<<<<<<<<<<
@@ -28410,39 +28495,39 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_x,&__pyx_mstate_global->__pyx_n_u_y,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 397, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 401, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 397, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 401, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 397, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 401, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "value", 0) < (0)) __PYX_ERR(0, 397, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "value", 0) < (0)) __PYX_ERR(0, 401, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 2; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("value", 1, 2, 2, i); __PYX_ERR(0, 397, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("value", 1, 2, 2, i); __PYX_ERR(0, 401, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 2)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 397, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 401, __pyx_L3_error)
       values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 397, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 401, __pyx_L3_error)
     }
     __pyx_v_x = ((PyArrayObject *)values[0]);
     __pyx_v_y = ((PyArrayObject *)values[1]);
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("value", 1, 2, 2, __pyx_nargs); __PYX_ERR(0, 397, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("value", 1, 2, 2, __pyx_nargs); __PYX_ERR(0, 401, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -28453,8 +28538,8 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   __Pyx_RefNannyFinishContext();
   return NULL;
   __pyx_L4_argument_unpacking_done:;
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_x), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "x", 0))) __PYX_ERR(0, 397, __pyx_L1_error)
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_y), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "y", 0))) __PYX_ERR(0, 397, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_x), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "x", 0))) __PYX_ERR(0, 401, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_y), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "y", 0))) __PYX_ERR(0, 401, __pyx_L1_error)
   __pyx_r = __pyx_pf_6jacext_5_tape_4Tape_16value(((struct __pyx_obj_6jacext_5_tape_Tape *)__pyx_v_self), __pyx_v_x, __pyx_v_y);
 
   /* function exit code */
@@ -28482,7 +28567,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_16value(struct __pyx_obj_6jacext_
   const char *__pyx_filename = NULL;
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("value", 0);
-  __pyx_t_1 = __pyx_f_6jacext_5_tape_4Tape_value(__pyx_v_self, __pyx_v_x, __pyx_v_y, 1); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 397, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_6jacext_5_tape_4Tape_value(__pyx_v_self, __pyx_v_x, __pyx_v_y, 1); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 401, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   {
     PyObject *__pyx_temp;
@@ -28506,7 +28591,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_16value(struct __pyx_obj_6jacext_
   return __pyx_r;
 }
 
-/* "jacext/_tape.pyx":413
+/* "jacext/_tape.pyx":417
  *         return raise_status(st)
  * 
  *     cpdef compressed(self, cnp.ndarray x, cnp.ndarray y, cnp.ndarray comp, cnp.ndarray cols,             # <<<<<<<<<<<<<<
@@ -28571,15 +28656,15 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_compressed(struct __pyx_obj_6jacex
     if (unlikely(!__Pyx_object_dict_version_matches(((PyObject *)__pyx_v_self), __pyx_tp_dict_version, __pyx_obj_dict_version))) {
       PY_UINT64_T __pyx_typedict_guard = __Pyx_get_tp_dict_version(((PyObject *)__pyx_v_self));
       #endif
-      __pyx_t_1 = __Pyx_PyObject_GetAttrStr(((PyObject *)__pyx_v_self), __pyx_mstate_global->__pyx_n_u_compressed); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 413, __pyx_L1_error)
+      __pyx_t_1 = __Pyx_PyObject_GetAttrStr(((PyObject *)__pyx_v_self), __pyx_mstate_global->__pyx_n_u_compressed); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 417, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_1);
       if (!__Pyx_IsSameCFunction(__pyx_t_1, (void(*)(void)) __pyx_pw_6jacext_5_tape_4Tape_19compressed)) {
         __pyx_t_3 = NULL;
         __Pyx_INCREF(__pyx_t_1);
         __pyx_t_4 = __pyx_t_1; 
-        __pyx_t_5 = __Pyx_PyLong_From_int32_t(__pyx_v_n_colours); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 413, __pyx_L1_error)
+        __pyx_t_5 = __Pyx_PyLong_From_int32_t(__pyx_v_n_colours); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 417, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_5);
-        __pyx_t_6 = __Pyx_PyLong_From_int(__pyx_v_mode); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 413, __pyx_L1_error)
+        __pyx_t_6 = __Pyx_PyLong_From_int(__pyx_v_mode); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 417, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_6);
         __pyx_t_7 = 1;
         #if CYTHON_UNPACK_METHODS
@@ -28600,7 +28685,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_compressed(struct __pyx_obj_6jacex
           __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
           __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
           __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-          if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 413, __pyx_L1_error)
+          if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 417, __pyx_L1_error)
           __Pyx_GOTREF(__pyx_t_2);
         }
         {
@@ -28628,7 +28713,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_compressed(struct __pyx_obj_6jacex
     #endif
   }
 
-  /* "jacext/_tape.pyx":419
+  /* "jacext/_tape.pyx":423
  *         (forward: comp n_out x n_colours) or a row colouring (reverse: n_colours x
  *         n_cols); mode a C sweep mode (MODES)."""
  *         cdef Py_ssize_t n_cols = cols.shape[0]             # <<<<<<<<<<<<<<
@@ -28637,39 +28722,39 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_compressed(struct __pyx_obj_6jacex
 */
   __pyx_v_n_cols = (__pyx_f_5numpy_7ndarray_5shape___get__(__pyx_v_cols)[0]);
 
-  /* "jacext/_tape.pyx":420
+  /* "jacext/_tape.pyx":424
  *         n_cols); mode a C sweep mode (MODES)."""
  *         cdef Py_ssize_t n_cols = cols.shape[0]
  *         cdef const double *px = <const double *>_buf(x, cnp.NPY_DOUBLE, self.t.n_in, "x")             # <<<<<<<<<<<<<<
  *         cdef double *py = _maybe_out(y, self.t.n_out, "y")
  *         cdef const int32_t *pc = <const int32_t *>_buf(cols, cnp.NPY_INT32, n_cols, "cols")
 */
-  __pyx_t_8 = __pyx_f_6jacext_5_tape__buf(__pyx_v_x, NPY_DOUBLE, __pyx_v_self->t.n_in, __pyx_mstate_global->__pyx_n_u_x); if (unlikely(__pyx_t_8 == ((void *)NULL))) __PYX_ERR(0, 420, __pyx_L1_error)
+  __pyx_t_8 = __pyx_f_6jacext_5_tape__buf(__pyx_v_x, NPY_DOUBLE, __pyx_v_self->t.n_in, __pyx_mstate_global->__pyx_n_u_x); if (unlikely(__pyx_t_8 == ((void *)NULL))) __PYX_ERR(0, 424, __pyx_L1_error)
   __pyx_v_px = ((double const *)__pyx_t_8);
 
 
-  /* "jacext/_tape.pyx":421
+  /* "jacext/_tape.pyx":425
  *         cdef Py_ssize_t n_cols = cols.shape[0]
  *         cdef const double *px = <const double *>_buf(x, cnp.NPY_DOUBLE, self.t.n_in, "x")
  *         cdef double *py = _maybe_out(y, self.t.n_out, "y")             # <<<<<<<<<<<<<<
  *         cdef const int32_t *pc = <const int32_t *>_buf(cols, cnp.NPY_INT32, n_cols, "cols")
  *         cdef const int32_t *pk = NULL
 */
-  __pyx_t_9 = __pyx_f_6jacext_5_tape__maybe_out(__pyx_v_y, __pyx_v_self->t.n_out, __pyx_mstate_global->__pyx_n_u_y); if (unlikely(__pyx_t_9 == ((void *)NULL) && PyErr_Occurred())) __PYX_ERR(0, 421, __pyx_L1_error)
+  __pyx_t_9 = __pyx_f_6jacext_5_tape__maybe_out(__pyx_v_y, __pyx_v_self->t.n_out, __pyx_mstate_global->__pyx_n_u_y); if (unlikely(__pyx_t_9 == ((void *)NULL) && PyErr_Occurred())) __PYX_ERR(0, 425, __pyx_L1_error)
   __pyx_v_py = __pyx_t_9;
 
-  /* "jacext/_tape.pyx":422
+  /* "jacext/_tape.pyx":426
  *         cdef const double *px = <const double *>_buf(x, cnp.NPY_DOUBLE, self.t.n_in, "x")
  *         cdef double *py = _maybe_out(y, self.t.n_out, "y")
  *         cdef const int32_t *pc = <const int32_t *>_buf(cols, cnp.NPY_INT32, n_cols, "cols")             # <<<<<<<<<<<<<<
  *         cdef const int32_t *pk = NULL
  *         cdef Py_ssize_t size
 */
-  __pyx_t_8 = __pyx_f_6jacext_5_tape__buf(__pyx_v_cols, NPY_INT32, __pyx_v_n_cols, __pyx_mstate_global->__pyx_n_u_cols); if (unlikely(__pyx_t_8 == ((void *)NULL))) __PYX_ERR(0, 422, __pyx_L1_error)
+  __pyx_t_8 = __pyx_f_6jacext_5_tape__buf(__pyx_v_cols, NPY_INT32, __pyx_v_n_cols, __pyx_mstate_global->__pyx_n_u_cols); if (unlikely(__pyx_t_8 == ((void *)NULL))) __PYX_ERR(0, 426, __pyx_L1_error)
   __pyx_v_pc = ((int32_t const *)__pyx_t_8);
 
 
-  /* "jacext/_tape.pyx":423
+  /* "jacext/_tape.pyx":427
  *         cdef double *py = _maybe_out(y, self.t.n_out, "y")
  *         cdef const int32_t *pc = <const int32_t *>_buf(cols, cnp.NPY_INT32, n_cols, "cols")
  *         cdef const int32_t *pk = NULL             # <<<<<<<<<<<<<<
@@ -28678,7 +28763,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_compressed(struct __pyx_obj_6jacex
 */
   __pyx_v_pk = NULL;
 
-  /* "jacext/_tape.pyx":427
+  /* "jacext/_tape.pyx":431
  *         cdef jx_work *w
  *         cdef int st
  *         if mode != JX_MODE_FORWARD and mode != JX_MODE_REVERSE:             # <<<<<<<<<<<<<<
@@ -28704,7 +28789,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_compressed(struct __pyx_obj_6jacex
   if (unlikely(__pyx_t_10)) {
 
 
-    /* "jacext/_tape.pyx":428
+    /* "jacext/_tape.pyx":432
  *         cdef int st
  *         if mode != JX_MODE_FORWARD and mode != JX_MODE_REVERSE:
  *             raise ValueError("jacext: compressed sweeps run forward or reverse")             # <<<<<<<<<<<<<<
@@ -28717,14 +28802,14 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_compressed(struct __pyx_obj_6jacex
       PyObject *__pyx_callargs[2] = {__pyx_t_2, __pyx_mstate_global->__pyx_kp_u_jacext_compressed_sweeps_run_for};
       __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_7, (2-__pyx_t_7) | (__pyx_t_7*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
-      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 428, __pyx_L1_error)
+      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 432, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_1);
     }
     __Pyx_Raise(__pyx_t_1, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-    __PYX_ERR(0, 428, __pyx_L1_error)
+    __PYX_ERR(0, 432, __pyx_L1_error)
 
-    /* "jacext/_tape.pyx":427
+    /* "jacext/_tape.pyx":431
  *         cdef jx_work *w
  *         cdef int st
  *         if mode != JX_MODE_FORWARD and mode != JX_MODE_REVERSE:             # <<<<<<<<<<<<<<
@@ -28733,7 +28818,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_compressed(struct __pyx_obj_6jacex
 */
   }
 
-  /* "jacext/_tape.pyx":429
+  /* "jacext/_tape.pyx":433
  *         if mode != JX_MODE_FORWARD and mode != JX_MODE_REVERSE:
  *             raise ValueError("jacext: compressed sweeps run forward or reverse")
  *         if colour is None:             # <<<<<<<<<<<<<<
@@ -28744,7 +28829,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_compressed(struct __pyx_obj_6jacex
   if (__pyx_t_10) {
 
 
-    /* "jacext/_tape.pyx":430
+    /* "jacext/_tape.pyx":434
  *             raise ValueError("jacext: compressed sweeps run forward or reverse")
  *         if colour is None:
  *             n_colours = <int32_t>(n_cols if mode == JX_MODE_FORWARD else self.t.n_out)             # <<<<<<<<<<<<<<
@@ -28764,7 +28849,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_compressed(struct __pyx_obj_6jacex
     __pyx_v_n_colours = ((int32_t)__pyx_t_12);
 
 
-    /* "jacext/_tape.pyx":429
+    /* "jacext/_tape.pyx":433
  *         if mode != JX_MODE_FORWARD and mode != JX_MODE_REVERSE:
  *             raise ValueError("jacext: compressed sweeps run forward or reverse")
  *         if colour is None:             # <<<<<<<<<<<<<<
@@ -28774,7 +28859,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_compressed(struct __pyx_obj_6jacex
     goto __pyx_L6;
   }
 
-  /* "jacext/_tape.pyx":432
+  /* "jacext/_tape.pyx":436
  *             n_colours = <int32_t>(n_cols if mode == JX_MODE_FORWARD else self.t.n_out)
  *         else:
  *             pk = <const int32_t *>_buf(colour, cnp.NPY_INT32,             # <<<<<<<<<<<<<<
@@ -28783,7 +28868,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_compressed(struct __pyx_obj_6jacex
 */
   /*else*/ {
 
-    /* "jacext/_tape.pyx":433
+    /* "jacext/_tape.pyx":437
  *         else:
  *             pk = <const int32_t *>_buf(colour, cnp.NPY_INT32,
  *                                        n_cols if mode == JX_MODE_FORWARD else self.t.n_out,             # <<<<<<<<<<<<<<
@@ -28801,41 +28886,41 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_compressed(struct __pyx_obj_6jacex
     }
 
 
-    /* "jacext/_tape.pyx":432
+    /* "jacext/_tape.pyx":436
  *             n_colours = <int32_t>(n_cols if mode == JX_MODE_FORWARD else self.t.n_out)
  *         else:
  *             pk = <const int32_t *>_buf(colour, cnp.NPY_INT32,             # <<<<<<<<<<<<<<
  *                                        n_cols if mode == JX_MODE_FORWARD else self.t.n_out,
  *                                        "colour")
 */
-    __pyx_t_8 = __pyx_f_6jacext_5_tape__buf(__pyx_v_colour, NPY_INT32, __pyx_t_12, __pyx_mstate_global->__pyx_n_u_colour); if (unlikely(__pyx_t_8 == ((void *)NULL))) __PYX_ERR(0, 432, __pyx_L1_error)
+    __pyx_t_8 = __pyx_f_6jacext_5_tape__buf(__pyx_v_colour, NPY_INT32, __pyx_t_12, __pyx_mstate_global->__pyx_n_u_colour); if (unlikely(__pyx_t_8 == ((void *)NULL))) __PYX_ERR(0, 436, __pyx_L1_error)
 
     __pyx_v_pk = ((int32_t const *)__pyx_t_8);
 
 
-    /* "jacext/_tape.pyx":435
+    /* "jacext/_tape.pyx":439
  *                                        n_cols if mode == JX_MODE_FORWARD else self.t.n_out,
  *                                        "colour")
  *             self._check_colours(colour, n_colours)             # <<<<<<<<<<<<<<
  *         _check_columns(cols, self.t.n_in)
  *         size = (<Py_ssize_t>self.t.n_out * n_colours if mode == JX_MODE_FORWARD
 */
-    __pyx_t_13 = ((struct __pyx_vtabstruct_6jacext_5_tape_Tape *)__pyx_v_self->__pyx_vtab)->_check_colours(__pyx_v_self, __pyx_v_colour, __pyx_v_n_colours); if (unlikely(__pyx_t_13 == ((int)-1))) __PYX_ERR(0, 435, __pyx_L1_error)
+    __pyx_t_13 = ((struct __pyx_vtabstruct_6jacext_5_tape_Tape *)__pyx_v_self->__pyx_vtab)->_check_colours(__pyx_v_self, __pyx_v_colour, __pyx_v_n_colours); if (unlikely(__pyx_t_13 == ((int)-1))) __PYX_ERR(0, 439, __pyx_L1_error)
 
   }
   __pyx_L6:;
 
-  /* "jacext/_tape.pyx":436
+  /* "jacext/_tape.pyx":440
  *                                        "colour")
  *             self._check_colours(colour, n_colours)
  *         _check_columns(cols, self.t.n_in)             # <<<<<<<<<<<<<<
  *         size = (<Py_ssize_t>self.t.n_out * n_colours if mode == JX_MODE_FORWARD
  *                 else <Py_ssize_t>n_colours * n_cols)
 */
-  __pyx_t_13 = __pyx_f_6jacext_5_tape__check_columns(__pyx_v_cols, __pyx_v_self->t.n_in); if (unlikely(__pyx_t_13 == ((int)-1))) __PYX_ERR(0, 436, __pyx_L1_error)
+  __pyx_t_13 = __pyx_f_6jacext_5_tape__check_columns(__pyx_v_cols, __pyx_v_self->t.n_in); if (unlikely(__pyx_t_13 == ((int)-1))) __PYX_ERR(0, 440, __pyx_L1_error)
 
 
-  /* "jacext/_tape.pyx":437
+  /* "jacext/_tape.pyx":441
  *             self._check_colours(colour, n_colours)
  *         _check_columns(cols, self.t.n_in)
  *         size = (<Py_ssize_t>self.t.n_out * n_colours if mode == JX_MODE_FORWARD             # <<<<<<<<<<<<<<
@@ -28849,7 +28934,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_compressed(struct __pyx_obj_6jacex
     __pyx_t_12 = (((Py_ssize_t)__pyx_v_self->t.n_out) * __pyx_v_n_colours);
   } else {
 
-    /* "jacext/_tape.pyx":438
+    /* "jacext/_tape.pyx":442
  *         _check_columns(cols, self.t.n_in)
  *         size = (<Py_ssize_t>self.t.n_out * n_colours if mode == JX_MODE_FORWARD
  *                 else <Py_ssize_t>n_colours * n_cols)             # <<<<<<<<<<<<<<
@@ -28862,17 +28947,17 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_compressed(struct __pyx_obj_6jacex
 
   __pyx_v_size = __pyx_t_12;
 
-  /* "jacext/_tape.pyx":439
+  /* "jacext/_tape.pyx":443
  *         size = (<Py_ssize_t>self.t.n_out * n_colours if mode == JX_MODE_FORWARD
  *                 else <Py_ssize_t>n_colours * n_cols)
  *         cdef double *pj = _out(comp, size, "comp")             # <<<<<<<<<<<<<<
  *         w = self.take_work(min(max(n_colours, 1), JX_MAX_LANES))
  *         try:
 */
-  __pyx_t_9 = __pyx_f_6jacext_5_tape__out(__pyx_v_comp, __pyx_v_size, __pyx_mstate_global->__pyx_n_u_comp); if (unlikely(__pyx_t_9 == ((void *)NULL))) __PYX_ERR(0, 439, __pyx_L1_error)
+  __pyx_t_9 = __pyx_f_6jacext_5_tape__out(__pyx_v_comp, __pyx_v_size, __pyx_mstate_global->__pyx_n_u_comp); if (unlikely(__pyx_t_9 == ((void *)NULL))) __PYX_ERR(0, 443, __pyx_L1_error)
   __pyx_v_pj = __pyx_t_9;
 
-  /* "jacext/_tape.pyx":440
+  /* "jacext/_tape.pyx":444
  *                 else <Py_ssize_t>n_colours * n_cols)
  *         cdef double *pj = _out(comp, size, "comp")
  *         w = self.take_work(min(max(n_colours, 1), JX_MAX_LANES))             # <<<<<<<<<<<<<<
@@ -28908,11 +28993,11 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_compressed(struct __pyx_obj_6jacex
     __pyx_t_16 = __pyx_t_14;
   }
 
-  __pyx_t_17 = ((struct __pyx_vtabstruct_6jacext_5_tape_Tape *)__pyx_v_self->__pyx_vtab)->take_work(__pyx_v_self, __pyx_t_16); if (unlikely(__pyx_t_17 == ((void *)NULL))) __PYX_ERR(0, 440, __pyx_L1_error)
+  __pyx_t_17 = ((struct __pyx_vtabstruct_6jacext_5_tape_Tape *)__pyx_v_self->__pyx_vtab)->take_work(__pyx_v_self, __pyx_t_16); if (unlikely(__pyx_t_17 == ((void *)NULL))) __PYX_ERR(0, 444, __pyx_L1_error)
 
   __pyx_v_w = __pyx_t_17;
 
-  /* "jacext/_tape.pyx":441
+  /* "jacext/_tape.pyx":445
  *         cdef double *pj = _out(comp, size, "comp")
  *         w = self.take_work(min(max(n_colours, 1), JX_MAX_LANES))
  *         try:             # <<<<<<<<<<<<<<
@@ -28921,7 +29006,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_compressed(struct __pyx_obj_6jacex
 */
   /*try:*/ {
 
-    /* "jacext/_tape.pyx":442
+    /* "jacext/_tape.pyx":446
  *         w = self.take_work(min(max(n_colours, 1), JX_MAX_LANES))
  *         try:
  *             if self._nogil(w.lanes):             # <<<<<<<<<<<<<<
@@ -28933,7 +29018,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_compressed(struct __pyx_obj_6jacex
     if (__pyx_t_10) {
 
 
-      /* "jacext/_tape.pyx":443
+      /* "jacext/_tape.pyx":447
  *         try:
  *             if self._nogil(w.lanes):
  *                 with nogil:             # <<<<<<<<<<<<<<
@@ -28946,7 +29031,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_compressed(struct __pyx_obj_6jacex
           __Pyx_FastGIL_Remember();
           /*try:*/ {
 
-            /* "jacext/_tape.pyx":444
+            /* "jacext/_tape.pyx":448
  *             if self._nogil(w.lanes):
  *                 with nogil:
  *                     st = jx_point_compressed(&self.t, w, px, py, pj, pc, <int32_t>n_cols, pk,             # <<<<<<<<<<<<<<
@@ -28956,7 +29041,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_compressed(struct __pyx_obj_6jacex
             __pyx_v_st = jx_point_compressed((&__pyx_v_self->t), __pyx_v_w, __pyx_v_px, __pyx_v_py, __pyx_v_pj, __pyx_v_pc, ((int32_t)__pyx_v_n_cols), __pyx_v_pk, __pyx_v_n_colours, __pyx_v_mode);
           }
 
-          /* "jacext/_tape.pyx":443
+          /* "jacext/_tape.pyx":447
  *         try:
  *             if self._nogil(w.lanes):
  *                 with nogil:             # <<<<<<<<<<<<<<
@@ -28973,7 +29058,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_compressed(struct __pyx_obj_6jacex
           }
       }
 
-      /* "jacext/_tape.pyx":442
+      /* "jacext/_tape.pyx":446
  *         w = self.take_work(min(max(n_colours, 1), JX_MAX_LANES))
  *         try:
  *             if self._nogil(w.lanes):             # <<<<<<<<<<<<<<
@@ -28983,7 +29068,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_compressed(struct __pyx_obj_6jacex
       goto __pyx_L10;
     }
 
-    /* "jacext/_tape.pyx":447
+    /* "jacext/_tape.pyx":451
  *                                              n_colours, mode)
  *             else:
  *                 st = jx_point_compressed(&self.t, w, px, py, pj, pc, <int32_t>n_cols, pk,             # <<<<<<<<<<<<<<
@@ -28992,7 +29077,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_compressed(struct __pyx_obj_6jacex
 */
     /*else*/ {
 
-      /* "jacext/_tape.pyx":448
+      /* "jacext/_tape.pyx":452
  *             else:
  *                 st = jx_point_compressed(&self.t, w, px, py, pj, pc, <int32_t>n_cols, pk,
  *                                          n_colours, mode)             # <<<<<<<<<<<<<<
@@ -29004,7 +29089,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_compressed(struct __pyx_obj_6jacex
     __pyx_L10:;
   }
 
-  /* "jacext/_tape.pyx":450
+  /* "jacext/_tape.pyx":454
  *                                          n_colours, mode)
  *         finally:
  *             self.give_work(w)             # <<<<<<<<<<<<<<
@@ -29019,15 +29104,15 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_compressed(struct __pyx_obj_6jacex
     __pyx_L9:;
   }
 
-  /* "jacext/_tape.pyx":451
+  /* "jacext/_tape.pyx":455
  *         finally:
  *             self.give_work(w)
  *         return raise_status(st)             # <<<<<<<<<<<<<<
  * 
  *     cdef int _check_colours(self, cnp.ndarray colour, int32_t n_colours) except -1:
 */
-  __pyx_t_13 = __pyx_f_6jacext_5_tape_raise_status(__pyx_v_st); if (unlikely(__pyx_t_13 == ((int)-1))) __PYX_ERR(0, 451, __pyx_L1_error)
-  __pyx_t_1 = __Pyx_PyLong_From_int(__pyx_t_13); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 451, __pyx_L1_error)
+  __pyx_t_13 = __pyx_f_6jacext_5_tape_raise_status(__pyx_v_st); if (unlikely(__pyx_t_13 == ((int)-1))) __PYX_ERR(0, 455, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyLong_From_int(__pyx_t_13); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 455, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
 
   {
@@ -29041,7 +29126,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_compressed(struct __pyx_obj_6jacex
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "jacext/_tape.pyx":413
+  /* "jacext/_tape.pyx":417
  *         return raise_status(st)
  * 
  *     cpdef compressed(self, cnp.ndarray x, cnp.ndarray y, cnp.ndarray comp, cnp.ndarray cols,             # <<<<<<<<<<<<<<
@@ -29121,74 +29206,74 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_x,&__pyx_mstate_global->__pyx_n_u_y,&__pyx_mstate_global->__pyx_n_u_comp,&__pyx_mstate_global->__pyx_n_u_cols,&__pyx_mstate_global->__pyx_n_u_colour,&__pyx_mstate_global->__pyx_n_u_n_colours,&__pyx_mstate_global->__pyx_n_u_mode,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 413, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 417, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  7:
         values[6] = __Pyx_ArgRef_FASTCALL(__pyx_args, 6);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[6])) __PYX_ERR(0, 413, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[6])) __PYX_ERR(0, 417, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  6:
         values[5] = __Pyx_ArgRef_FASTCALL(__pyx_args, 5);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[5])) __PYX_ERR(0, 413, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[5])) __PYX_ERR(0, 417, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  5:
         values[4] = __Pyx_ArgRef_FASTCALL(__pyx_args, 4);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 413, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 417, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  4:
         values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 413, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 417, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 413, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 417, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 413, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 417, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 413, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 417, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "compressed", 0) < (0)) __PYX_ERR(0, 413, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "compressed", 0) < (0)) __PYX_ERR(0, 417, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 7; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("compressed", 1, 7, 7, i); __PYX_ERR(0, 413, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("compressed", 1, 7, 7, i); __PYX_ERR(0, 417, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 7)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 413, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 417, __pyx_L3_error)
       values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 413, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 417, __pyx_L3_error)
       values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 413, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 417, __pyx_L3_error)
       values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 413, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 417, __pyx_L3_error)
       values[4] = __Pyx_ArgRef_FASTCALL(__pyx_args, 4);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 413, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 417, __pyx_L3_error)
       values[5] = __Pyx_ArgRef_FASTCALL(__pyx_args, 5);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[5])) __PYX_ERR(0, 413, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[5])) __PYX_ERR(0, 417, __pyx_L3_error)
       values[6] = __Pyx_ArgRef_FASTCALL(__pyx_args, 6);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[6])) __PYX_ERR(0, 413, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[6])) __PYX_ERR(0, 417, __pyx_L3_error)
     }
     __pyx_v_x = ((PyArrayObject *)values[0]);
     __pyx_v_y = ((PyArrayObject *)values[1]);
     __pyx_v_comp = ((PyArrayObject *)values[2]);
     __pyx_v_cols = ((PyArrayObject *)values[3]);
     __pyx_v_colour = ((PyArrayObject *)values[4]);
-    __pyx_v_n_colours = __Pyx_PyLong_As_int32_t(values[5]); if (unlikely((__pyx_v_n_colours == ((int32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 414, __pyx_L3_error)
-    __pyx_v_mode = __Pyx_PyLong_As_int(values[6]); if (unlikely((__pyx_v_mode == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 414, __pyx_L3_error)
+    __pyx_v_n_colours = __Pyx_PyLong_As_int32_t(values[5]); if (unlikely((__pyx_v_n_colours == ((int32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 418, __pyx_L3_error)
+    __pyx_v_mode = __Pyx_PyLong_As_int(values[6]); if (unlikely((__pyx_v_mode == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 418, __pyx_L3_error)
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("compressed", 1, 7, 7, __pyx_nargs); __PYX_ERR(0, 413, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("compressed", 1, 7, 7, __pyx_nargs); __PYX_ERR(0, 417, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -29199,11 +29284,11 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   __Pyx_RefNannyFinishContext();
   return NULL;
   __pyx_L4_argument_unpacking_done:;
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_x), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "x", 0))) __PYX_ERR(0, 413, __pyx_L1_error)
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_y), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "y", 0))) __PYX_ERR(0, 413, __pyx_L1_error)
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_comp), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "comp", 0))) __PYX_ERR(0, 413, __pyx_L1_error)
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_cols), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "cols", 0))) __PYX_ERR(0, 413, __pyx_L1_error)
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_colour), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "colour", 0))) __PYX_ERR(0, 414, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_x), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "x", 0))) __PYX_ERR(0, 417, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_y), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "y", 0))) __PYX_ERR(0, 417, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_comp), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "comp", 0))) __PYX_ERR(0, 417, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_cols), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "cols", 0))) __PYX_ERR(0, 417, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_colour), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "colour", 0))) __PYX_ERR(0, 418, __pyx_L1_error)
   __pyx_r = __pyx_pf_6jacext_5_tape_4Tape_18compressed(((struct __pyx_obj_6jacext_5_tape_Tape *)__pyx_v_self), __pyx_v_x, __pyx_v_y, __pyx_v_comp, __pyx_v_cols, __pyx_v_colour, __pyx_v_n_colours, __pyx_v_mode);
 
   /* function exit code */
@@ -29233,7 +29318,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_18compressed(struct __pyx_obj_6ja
   const char *__pyx_filename = NULL;
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("compressed", 0);
-  __pyx_t_1 = __pyx_f_6jacext_5_tape_4Tape_compressed(__pyx_v_self, __pyx_v_x, __pyx_v_y, __pyx_v_comp, __pyx_v_cols, __pyx_v_colour, __pyx_v_n_colours, __pyx_v_mode, 1); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 413, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_6jacext_5_tape_4Tape_compressed(__pyx_v_self, __pyx_v_x, __pyx_v_y, __pyx_v_comp, __pyx_v_cols, __pyx_v_colour, __pyx_v_n_colours, __pyx_v_mode, 1); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 417, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   {
     PyObject *__pyx_temp;
@@ -29257,7 +29342,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_18compressed(struct __pyx_obj_6ja
   return __pyx_r;
 }
 
-/* "jacext/_tape.pyx":453
+/* "jacext/_tape.pyx":457
  *         return raise_status(st)
  * 
  *     cdef int _check_colours(self, cnp.ndarray colour, int32_t n_colours) except -1:             # <<<<<<<<<<<<<<
@@ -29277,7 +29362,7 @@ static int __pyx_f_6jacext_5_tape_4Tape__check_colours(CYTHON_UNUSED struct __py
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_check_colours", 0);
 
-  /* "jacext/_tape.pyx":454
+  /* "jacext/_tape.pyx":458
  * 
  *     cdef int _check_colours(self, cnp.ndarray colour, int32_t n_colours) except -1:
  *         if not _in_range(<const int32_t *>cnp.PyArray_DATA(colour), colour.shape[0], 0,             # <<<<<<<<<<<<<<
@@ -29289,7 +29374,7 @@ static int __pyx_f_6jacext_5_tape_4Tape__check_colours(CYTHON_UNUSED struct __py
   if (unlikely(__pyx_t_1)) {
 
 
-    /* "jacext/_tape.pyx":456
+    /* "jacext/_tape.pyx":460
  *         if not _in_range(<const int32_t *>cnp.PyArray_DATA(colour), colour.shape[0], 0,
  *                          n_colours):
  *             raise ValueError("jacext: a colour out of range")             # <<<<<<<<<<<<<<
@@ -29302,14 +29387,14 @@ static int __pyx_f_6jacext_5_tape_4Tape__check_colours(CYTHON_UNUSED struct __py
       PyObject *__pyx_callargs[2] = {__pyx_t_3, __pyx_mstate_global->__pyx_kp_u_jacext_a_colour_out_of_range};
       __pyx_t_2 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_4, (2-__pyx_t_4) | (__pyx_t_4*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 456, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 460, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
     __Pyx_Raise(__pyx_t_2, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    __PYX_ERR(0, 456, __pyx_L1_error)
+    __PYX_ERR(0, 460, __pyx_L1_error)
 
-    /* "jacext/_tape.pyx":454
+    /* "jacext/_tape.pyx":458
  * 
  *     cdef int _check_colours(self, cnp.ndarray colour, int32_t n_colours) except -1:
  *         if not _in_range(<const int32_t *>cnp.PyArray_DATA(colour), colour.shape[0], 0,             # <<<<<<<<<<<<<<
@@ -29318,7 +29403,7 @@ static int __pyx_f_6jacext_5_tape_4Tape__check_colours(CYTHON_UNUSED struct __py
 */
   }
 
-  /* "jacext/_tape.pyx":457
+  /* "jacext/_tape.pyx":461
  *                          n_colours):
  *             raise ValueError("jacext: a colour out of range")
  *         return 0             # <<<<<<<<<<<<<<
@@ -29331,7 +29416,7 @@ static int __pyx_f_6jacext_5_tape_4Tape__check_colours(CYTHON_UNUSED struct __py
   }
   goto __pyx_L0;
 
-  /* "jacext/_tape.pyx":453
+  /* "jacext/_tape.pyx":457
  *         return raise_status(st)
  * 
  *     cdef int _check_colours(self, cnp.ndarray colour, int32_t n_colours) except -1:             # <<<<<<<<<<<<<<
@@ -29351,7 +29436,7 @@ static int __pyx_f_6jacext_5_tape_4Tape__check_colours(CYTHON_UNUSED struct __py
   return __pyx_r;
 }
 
-/* "jacext/_tape.pyx":459
+/* "jacext/_tape.pyx":463
  *         return 0
  * 
  *     cpdef cones_jacobian(self, cnp.ndarray x, cnp.ndarray y, Cones cones, cnp.ndarray vals):             # <<<<<<<<<<<<<<
@@ -29405,7 +29490,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_cones_jacobian(struct __pyx_obj_6j
     if (unlikely(!__Pyx_object_dict_version_matches(((PyObject *)__pyx_v_self), __pyx_tp_dict_version, __pyx_obj_dict_version))) {
       PY_UINT64_T __pyx_typedict_guard = __Pyx_get_tp_dict_version(((PyObject *)__pyx_v_self));
       #endif
-      __pyx_t_1 = __Pyx_PyObject_GetAttrStr(((PyObject *)__pyx_v_self), __pyx_mstate_global->__pyx_n_u_cones_jacobian); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 459, __pyx_L1_error)
+      __pyx_t_1 = __Pyx_PyObject_GetAttrStr(((PyObject *)__pyx_v_self), __pyx_mstate_global->__pyx_n_u_cones_jacobian); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 463, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_1);
       if (!__Pyx_IsSameCFunction(__pyx_t_1, (void(*)(void)) __pyx_pw_6jacext_5_tape_4Tape_21cones_jacobian)) {
         __pyx_t_3 = NULL;
@@ -29428,7 +29513,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_cones_jacobian(struct __pyx_obj_6j
           __pyx_t_2 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_4, __pyx_callargs+__pyx_t_5, (5-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
           __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
           __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-          if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 459, __pyx_L1_error)
+          if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 463, __pyx_L1_error)
           __Pyx_GOTREF(__pyx_t_2);
         }
         {
@@ -29456,28 +29541,28 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_cones_jacobian(struct __pyx_obj_6j
     #endif
   }
 
-  /* "jacext/_tape.pyx":462
+  /* "jacext/_tape.pyx":466
  *         """Sparse Jacobian values by one reverse sweep per output over its dependency cone
  *         (``cones`` from :meth:`cones`), in the pattern's CSR order."""
  *         cdef const double *px = <const double *>_buf(x, cnp.NPY_DOUBLE, self.t.n_in, "x")             # <<<<<<<<<<<<<<
  *         cdef double *py = _maybe_out(y, self.t.n_out, "y")
  *         cdef double *pv
 */
-  __pyx_t_6 = __pyx_f_6jacext_5_tape__buf(__pyx_v_x, NPY_DOUBLE, __pyx_v_self->t.n_in, __pyx_mstate_global->__pyx_n_u_x); if (unlikely(__pyx_t_6 == ((void *)NULL))) __PYX_ERR(0, 462, __pyx_L1_error)
+  __pyx_t_6 = __pyx_f_6jacext_5_tape__buf(__pyx_v_x, NPY_DOUBLE, __pyx_v_self->t.n_in, __pyx_mstate_global->__pyx_n_u_x); if (unlikely(__pyx_t_6 == ((void *)NULL))) __PYX_ERR(0, 466, __pyx_L1_error)
   __pyx_v_px = ((double const *)__pyx_t_6);
 
 
-  /* "jacext/_tape.pyx":463
+  /* "jacext/_tape.pyx":467
  *         (``cones`` from :meth:`cones`), in the pattern's CSR order."""
  *         cdef const double *px = <const double *>_buf(x, cnp.NPY_DOUBLE, self.t.n_in, "x")
  *         cdef double *py = _maybe_out(y, self.t.n_out, "y")             # <<<<<<<<<<<<<<
  *         cdef double *pv
  *         cdef jx_work *w
 */
-  __pyx_t_7 = __pyx_f_6jacext_5_tape__maybe_out(__pyx_v_y, __pyx_v_self->t.n_out, __pyx_mstate_global->__pyx_n_u_y); if (unlikely(__pyx_t_7 == ((void *)NULL) && PyErr_Occurred())) __PYX_ERR(0, 463, __pyx_L1_error)
+  __pyx_t_7 = __pyx_f_6jacext_5_tape__maybe_out(__pyx_v_y, __pyx_v_self->t.n_out, __pyx_mstate_global->__pyx_n_u_y); if (unlikely(__pyx_t_7 == ((void *)NULL) && PyErr_Occurred())) __PYX_ERR(0, 467, __pyx_L1_error)
   __pyx_v_py = __pyx_t_7;
 
-  /* "jacext/_tape.pyx":467
+  /* "jacext/_tape.pyx":471
  *         cdef jx_work *w
  *         cdef int st
  *         if cones is None or cones.tape is not self:             # <<<<<<<<<<<<<<
@@ -29501,7 +29586,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_cones_jacobian(struct __pyx_obj_6j
   if (unlikely(__pyx_t_8)) {
 
 
-    /* "jacext/_tape.pyx":468
+    /* "jacext/_tape.pyx":472
  *         cdef int st
  *         if cones is None or cones.tape is not self:
  *             raise ValueError("jacext: cones must come from this tape's cones()")             # <<<<<<<<<<<<<<
@@ -29514,14 +29599,14 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_cones_jacobian(struct __pyx_obj_6j
       PyObject *__pyx_callargs[2] = {__pyx_t_2, __pyx_mstate_global->__pyx_kp_u_jacext_cones_must_come_from_this};
       __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
-      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 468, __pyx_L1_error)
+      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 472, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_1);
     }
     __Pyx_Raise(__pyx_t_1, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-    __PYX_ERR(0, 468, __pyx_L1_error)
+    __PYX_ERR(0, 472, __pyx_L1_error)
 
-    /* "jacext/_tape.pyx":467
+    /* "jacext/_tape.pyx":471
  *         cdef jx_work *w
  *         cdef int st
  *         if cones is None or cones.tape is not self:             # <<<<<<<<<<<<<<
@@ -29530,7 +29615,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_cones_jacobian(struct __pyx_obj_6j
 */
   }
 
-  /* "jacext/_tape.pyx":469
+  /* "jacext/_tape.pyx":473
  *         if cones is None or cones.tape is not self:
  *             raise ValueError("jacext: cones must come from this tape's cones()")
  *         pv = _out(vals, cones.nz_input.shape[0], "vals")             # <<<<<<<<<<<<<<
@@ -29539,21 +29624,21 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_cones_jacobian(struct __pyx_obj_6j
 */
   __pyx_t_1 = ((PyObject *)__pyx_v_cones->nz_input);
   __Pyx_INCREF(__pyx_t_1);
-  __pyx_t_7 = __pyx_f_6jacext_5_tape__out(__pyx_v_vals, (__pyx_f_5numpy_7ndarray_5shape___get__(((PyArrayObject *)__pyx_t_1))[0]), __pyx_mstate_global->__pyx_n_u_vals); if (unlikely(__pyx_t_7 == ((void *)NULL))) __PYX_ERR(0, 469, __pyx_L1_error)
+  __pyx_t_7 = __pyx_f_6jacext_5_tape__out(__pyx_v_vals, (__pyx_f_5numpy_7ndarray_5shape___get__(((PyArrayObject *)__pyx_t_1))[0]), __pyx_mstate_global->__pyx_n_u_vals); if (unlikely(__pyx_t_7 == ((void *)NULL))) __PYX_ERR(0, 473, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   __pyx_v_pv = __pyx_t_7;
 
-  /* "jacext/_tape.pyx":470
+  /* "jacext/_tape.pyx":474
  *             raise ValueError("jacext: cones must come from this tape's cones()")
  *         pv = _out(vals, cones.nz_input.shape[0], "vals")
  *         w = self.take_work(1)             # <<<<<<<<<<<<<<
  *         try:
  *             with nogil:
 */
-  __pyx_t_10 = ((struct __pyx_vtabstruct_6jacext_5_tape_Tape *)__pyx_v_self->__pyx_vtab)->take_work(__pyx_v_self, 1); if (unlikely(__pyx_t_10 == ((void *)NULL))) __PYX_ERR(0, 470, __pyx_L1_error)
+  __pyx_t_10 = ((struct __pyx_vtabstruct_6jacext_5_tape_Tape *)__pyx_v_self->__pyx_vtab)->take_work(__pyx_v_self, 1); if (unlikely(__pyx_t_10 == ((void *)NULL))) __PYX_ERR(0, 474, __pyx_L1_error)
   __pyx_v_w = __pyx_t_10;
 
-  /* "jacext/_tape.pyx":471
+  /* "jacext/_tape.pyx":475
  *         pv = _out(vals, cones.nz_input.shape[0], "vals")
  *         w = self.take_work(1)
  *         try:             # <<<<<<<<<<<<<<
@@ -29562,7 +29647,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_cones_jacobian(struct __pyx_obj_6j
 */
   /*try:*/ {
 
-    /* "jacext/_tape.pyx":472
+    /* "jacext/_tape.pyx":476
  *         w = self.take_work(1)
  *         try:
  *             with nogil:             # <<<<<<<<<<<<<<
@@ -29575,7 +29660,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_cones_jacobian(struct __pyx_obj_6j
         __Pyx_FastGIL_Remember();
         /*try:*/ {
 
-          /* "jacext/_tape.pyx":473
+          /* "jacext/_tape.pyx":477
  *         try:
  *             with nogil:
  *                 st = jx_point_subgraph(&self.t, w, px, py, cones.cp, cones.cn, cones.rp,             # <<<<<<<<<<<<<<
@@ -29585,7 +29670,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_cones_jacobian(struct __pyx_obj_6j
           __pyx_v_st = jx_point_subgraph((&__pyx_v_self->t), __pyx_v_w, __pyx_v_px, __pyx_v_py, __pyx_v_cones->cp, __pyx_v_cones->cn, __pyx_v_cones->rp, __pyx_v_cones->nz, __pyx_v_pv);
         }
 
-        /* "jacext/_tape.pyx":472
+        /* "jacext/_tape.pyx":476
  *         w = self.take_work(1)
  *         try:
  *             with nogil:             # <<<<<<<<<<<<<<
@@ -29603,7 +29688,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_cones_jacobian(struct __pyx_obj_6j
     }
   }
 
-  /* "jacext/_tape.pyx":476
+  /* "jacext/_tape.pyx":480
  *                                        cones.nz, pv)
  *         finally:
  *             self.give_work(w)             # <<<<<<<<<<<<<<
@@ -29618,15 +29703,15 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_cones_jacobian(struct __pyx_obj_6j
     __pyx_L8:;
   }
 
-  /* "jacext/_tape.pyx":477
+  /* "jacext/_tape.pyx":481
  *         finally:
  *             self.give_work(w)
  *         return raise_status(st)             # <<<<<<<<<<<<<<
  * 
  *     cpdef product(self, bint forward, cnp.ndarray x, cnp.ndarray seed, cnp.ndarray y,
 */
-  __pyx_t_11 = __pyx_f_6jacext_5_tape_raise_status(__pyx_v_st); if (unlikely(__pyx_t_11 == ((int)-1))) __PYX_ERR(0, 477, __pyx_L1_error)
-  __pyx_t_1 = __Pyx_PyLong_From_int(__pyx_t_11); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 477, __pyx_L1_error)
+  __pyx_t_11 = __pyx_f_6jacext_5_tape_raise_status(__pyx_v_st); if (unlikely(__pyx_t_11 == ((int)-1))) __PYX_ERR(0, 481, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyLong_From_int(__pyx_t_11); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 481, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
 
   {
@@ -29640,7 +29725,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_cones_jacobian(struct __pyx_obj_6j
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "jacext/_tape.pyx":459
+  /* "jacext/_tape.pyx":463
  *         return 0
  * 
  *     cpdef cones_jacobian(self, cnp.ndarray x, cnp.ndarray y, Cones cones, cnp.ndarray vals):             # <<<<<<<<<<<<<<
@@ -29710,44 +29795,44 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_x,&__pyx_mstate_global->__pyx_n_u_y,&__pyx_mstate_global->__pyx_n_u_cones,&__pyx_mstate_global->__pyx_n_u_vals,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 459, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 463, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  4:
         values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 459, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 463, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 459, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 463, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 459, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 463, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 459, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 463, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "cones_jacobian", 0) < (0)) __PYX_ERR(0, 459, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "cones_jacobian", 0) < (0)) __PYX_ERR(0, 463, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 4; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("cones_jacobian", 1, 4, 4, i); __PYX_ERR(0, 459, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("cones_jacobian", 1, 4, 4, i); __PYX_ERR(0, 463, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 4)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 459, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 463, __pyx_L3_error)
       values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 459, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 463, __pyx_L3_error)
       values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 459, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 463, __pyx_L3_error)
       values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 459, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 463, __pyx_L3_error)
     }
     __pyx_v_x = ((PyArrayObject *)values[0]);
     __pyx_v_y = ((PyArrayObject *)values[1]);
@@ -29756,7 +29841,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("cones_jacobian", 1, 4, 4, __pyx_nargs); __PYX_ERR(0, 459, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("cones_jacobian", 1, 4, 4, __pyx_nargs); __PYX_ERR(0, 463, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -29767,10 +29852,10 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   __Pyx_RefNannyFinishContext();
   return NULL;
   __pyx_L4_argument_unpacking_done:;
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_x), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "x", 0))) __PYX_ERR(0, 459, __pyx_L1_error)
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_y), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "y", 0))) __PYX_ERR(0, 459, __pyx_L1_error)
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_cones), __pyx_mstate_global->__pyx_ptype_6jacext_5_tape_Cones, 1, "cones", 0))) __PYX_ERR(0, 459, __pyx_L1_error)
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_vals), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "vals", 0))) __PYX_ERR(0, 459, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_x), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "x", 0))) __PYX_ERR(0, 463, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_y), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "y", 0))) __PYX_ERR(0, 463, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_cones), __pyx_mstate_global->__pyx_ptype_6jacext_5_tape_Cones, 1, "cones", 0))) __PYX_ERR(0, 463, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_vals), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "vals", 0))) __PYX_ERR(0, 463, __pyx_L1_error)
   __pyx_r = __pyx_pf_6jacext_5_tape_4Tape_20cones_jacobian(((struct __pyx_obj_6jacext_5_tape_Tape *)__pyx_v_self), __pyx_v_x, __pyx_v_y, __pyx_v_cones, __pyx_v_vals);
 
   /* function exit code */
@@ -29798,7 +29883,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_20cones_jacobian(struct __pyx_obj
   const char *__pyx_filename = NULL;
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("cones_jacobian", 0);
-  __pyx_t_1 = __pyx_f_6jacext_5_tape_4Tape_cones_jacobian(__pyx_v_self, __pyx_v_x, __pyx_v_y, __pyx_v_cones, __pyx_v_vals, 1); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 459, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_6jacext_5_tape_4Tape_cones_jacobian(__pyx_v_self, __pyx_v_x, __pyx_v_y, __pyx_v_cones, __pyx_v_vals, 1); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 463, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   {
     PyObject *__pyx_temp;
@@ -29822,7 +29907,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_20cones_jacobian(struct __pyx_obj
   return __pyx_r;
 }
 
-/* "jacext/_tape.pyx":479
+/* "jacext/_tape.pyx":483
  *         return raise_status(st)
  * 
  *     cpdef product(self, bint forward, cnp.ndarray x, cnp.ndarray seed, cnp.ndarray y,             # <<<<<<<<<<<<<<
@@ -29879,13 +29964,13 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_product(struct __pyx_obj_6jacext_5
     if (unlikely(!__Pyx_object_dict_version_matches(((PyObject *)__pyx_v_self), __pyx_tp_dict_version, __pyx_obj_dict_version))) {
       PY_UINT64_T __pyx_typedict_guard = __Pyx_get_tp_dict_version(((PyObject *)__pyx_v_self));
       #endif
-      __pyx_t_1 = __Pyx_PyObject_GetAttrStr(((PyObject *)__pyx_v_self), __pyx_mstate_global->__pyx_n_u_product); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 479, __pyx_L1_error)
+      __pyx_t_1 = __Pyx_PyObject_GetAttrStr(((PyObject *)__pyx_v_self), __pyx_mstate_global->__pyx_n_u_product); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 483, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_1);
       if (!__Pyx_IsSameCFunction(__pyx_t_1, (void(*)(void)) __pyx_pw_6jacext_5_tape_4Tape_23product)) {
         __pyx_t_3 = NULL;
         __Pyx_INCREF(__pyx_t_1);
         __pyx_t_4 = __pyx_t_1; 
-        __pyx_t_5 = __Pyx_PyBool_FromLong(__pyx_v_forward); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 479, __pyx_L1_error)
+        __pyx_t_5 = __Pyx_PyBool_FromLong(__pyx_v_forward); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 483, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_5);
         __pyx_t_6 = 1;
         #if CYTHON_UNPACK_METHODS
@@ -29905,7 +29990,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_product(struct __pyx_obj_6jacext_5
           __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
           __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
           __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-          if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 479, __pyx_L1_error)
+          if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 483, __pyx_L1_error)
           __Pyx_GOTREF(__pyx_t_2);
         }
         {
@@ -29933,7 +30018,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_product(struct __pyx_obj_6jacext_5
     #endif
   }
 
-  /* "jacext/_tape.pyx":483
+  /* "jacext/_tape.pyx":487
  *         """At the point x: y and, forward, res = J v (seed v over the inputs, res over the
  *         outputs), else res = u J (seed u over the outputs, res over the inputs)."""
  *         cdef Py_ssize_t n_seed = self.t.n_in if forward else self.t.n_out             # <<<<<<<<<<<<<<
@@ -29949,7 +30034,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_product(struct __pyx_obj_6jacext_5
   }
   __pyx_v_n_seed = __pyx_t_7;
 
-  /* "jacext/_tape.pyx":484
+  /* "jacext/_tape.pyx":488
  *         outputs), else res = u J (seed u over the outputs, res over the inputs)."""
  *         cdef Py_ssize_t n_seed = self.t.n_in if forward else self.t.n_out
  *         cdef Py_ssize_t n_res = self.t.n_out if forward else self.t.n_in             # <<<<<<<<<<<<<<
@@ -29965,59 +30050,59 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_product(struct __pyx_obj_6jacext_5
   }
   __pyx_v_n_res = __pyx_t_7;
 
-  /* "jacext/_tape.pyx":485
+  /* "jacext/_tape.pyx":489
  *         cdef Py_ssize_t n_seed = self.t.n_in if forward else self.t.n_out
  *         cdef Py_ssize_t n_res = self.t.n_out if forward else self.t.n_in
  *         cdef const double *px = <const double *>_buf(x, cnp.NPY_DOUBLE, self.t.n_in, "x")             # <<<<<<<<<<<<<<
  *         cdef const double *ps = <const double *>_buf(seed, cnp.NPY_DOUBLE, n_seed, "seed")
  *         cdef double *py = _out(y, self.t.n_out, "y")
 */
-  __pyx_t_8 = __pyx_f_6jacext_5_tape__buf(__pyx_v_x, NPY_DOUBLE, __pyx_v_self->t.n_in, __pyx_mstate_global->__pyx_n_u_x); if (unlikely(__pyx_t_8 == ((void *)NULL))) __PYX_ERR(0, 485, __pyx_L1_error)
+  __pyx_t_8 = __pyx_f_6jacext_5_tape__buf(__pyx_v_x, NPY_DOUBLE, __pyx_v_self->t.n_in, __pyx_mstate_global->__pyx_n_u_x); if (unlikely(__pyx_t_8 == ((void *)NULL))) __PYX_ERR(0, 489, __pyx_L1_error)
   __pyx_v_px = ((double const *)__pyx_t_8);
 
 
-  /* "jacext/_tape.pyx":486
+  /* "jacext/_tape.pyx":490
  *         cdef Py_ssize_t n_res = self.t.n_out if forward else self.t.n_in
  *         cdef const double *px = <const double *>_buf(x, cnp.NPY_DOUBLE, self.t.n_in, "x")
  *         cdef const double *ps = <const double *>_buf(seed, cnp.NPY_DOUBLE, n_seed, "seed")             # <<<<<<<<<<<<<<
  *         cdef double *py = _out(y, self.t.n_out, "y")
  *         cdef double *pr = _out(res, n_res, "res")
 */
-  __pyx_t_8 = __pyx_f_6jacext_5_tape__buf(__pyx_v_seed, NPY_DOUBLE, __pyx_v_n_seed, __pyx_mstate_global->__pyx_n_u_seed); if (unlikely(__pyx_t_8 == ((void *)NULL))) __PYX_ERR(0, 486, __pyx_L1_error)
+  __pyx_t_8 = __pyx_f_6jacext_5_tape__buf(__pyx_v_seed, NPY_DOUBLE, __pyx_v_n_seed, __pyx_mstate_global->__pyx_n_u_seed); if (unlikely(__pyx_t_8 == ((void *)NULL))) __PYX_ERR(0, 490, __pyx_L1_error)
   __pyx_v_ps = ((double const *)__pyx_t_8);
 
 
-  /* "jacext/_tape.pyx":487
+  /* "jacext/_tape.pyx":491
  *         cdef const double *px = <const double *>_buf(x, cnp.NPY_DOUBLE, self.t.n_in, "x")
  *         cdef const double *ps = <const double *>_buf(seed, cnp.NPY_DOUBLE, n_seed, "seed")
  *         cdef double *py = _out(y, self.t.n_out, "y")             # <<<<<<<<<<<<<<
  *         cdef double *pr = _out(res, n_res, "res")
  *         cdef jx_work *w = self.take_work(1)
 */
-  __pyx_t_9 = __pyx_f_6jacext_5_tape__out(__pyx_v_y, __pyx_v_self->t.n_out, __pyx_mstate_global->__pyx_n_u_y); if (unlikely(__pyx_t_9 == ((void *)NULL))) __PYX_ERR(0, 487, __pyx_L1_error)
+  __pyx_t_9 = __pyx_f_6jacext_5_tape__out(__pyx_v_y, __pyx_v_self->t.n_out, __pyx_mstate_global->__pyx_n_u_y); if (unlikely(__pyx_t_9 == ((void *)NULL))) __PYX_ERR(0, 491, __pyx_L1_error)
   __pyx_v_py = __pyx_t_9;
 
-  /* "jacext/_tape.pyx":488
+  /* "jacext/_tape.pyx":492
  *         cdef const double *ps = <const double *>_buf(seed, cnp.NPY_DOUBLE, n_seed, "seed")
  *         cdef double *py = _out(y, self.t.n_out, "y")
  *         cdef double *pr = _out(res, n_res, "res")             # <<<<<<<<<<<<<<
  *         cdef jx_work *w = self.take_work(1)
  *         cdef int st
 */
-  __pyx_t_9 = __pyx_f_6jacext_5_tape__out(__pyx_v_res, __pyx_v_n_res, __pyx_mstate_global->__pyx_n_u_res); if (unlikely(__pyx_t_9 == ((void *)NULL))) __PYX_ERR(0, 488, __pyx_L1_error)
+  __pyx_t_9 = __pyx_f_6jacext_5_tape__out(__pyx_v_res, __pyx_v_n_res, __pyx_mstate_global->__pyx_n_u_res); if (unlikely(__pyx_t_9 == ((void *)NULL))) __PYX_ERR(0, 492, __pyx_L1_error)
   __pyx_v_pr = __pyx_t_9;
 
-  /* "jacext/_tape.pyx":489
+  /* "jacext/_tape.pyx":493
  *         cdef double *py = _out(y, self.t.n_out, "y")
  *         cdef double *pr = _out(res, n_res, "res")
  *         cdef jx_work *w = self.take_work(1)             # <<<<<<<<<<<<<<
  *         cdef int st
  *         try:
 */
-  __pyx_t_10 = ((struct __pyx_vtabstruct_6jacext_5_tape_Tape *)__pyx_v_self->__pyx_vtab)->take_work(__pyx_v_self, 1); if (unlikely(__pyx_t_10 == ((void *)NULL))) __PYX_ERR(0, 489, __pyx_L1_error)
+  __pyx_t_10 = ((struct __pyx_vtabstruct_6jacext_5_tape_Tape *)__pyx_v_self->__pyx_vtab)->take_work(__pyx_v_self, 1); if (unlikely(__pyx_t_10 == ((void *)NULL))) __PYX_ERR(0, 493, __pyx_L1_error)
   __pyx_v_w = __pyx_t_10;
 
-  /* "jacext/_tape.pyx":491
+  /* "jacext/_tape.pyx":495
  *         cdef jx_work *w = self.take_work(1)
  *         cdef int st
  *         try:             # <<<<<<<<<<<<<<
@@ -30026,7 +30111,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_product(struct __pyx_obj_6jacext_5
 */
   /*try:*/ {
 
-    /* "jacext/_tape.pyx":492
+    /* "jacext/_tape.pyx":496
  *         cdef int st
  *         try:
  *             with nogil:             # <<<<<<<<<<<<<<
@@ -30039,7 +30124,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_product(struct __pyx_obj_6jacext_5
         __Pyx_FastGIL_Remember();
         /*try:*/ {
 
-          /* "jacext/_tape.pyx":493
+          /* "jacext/_tape.pyx":497
  *         try:
  *             with nogil:
  *                 if forward:             # <<<<<<<<<<<<<<
@@ -30048,7 +30133,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_product(struct __pyx_obj_6jacext_5
 */
           if (__pyx_v_forward) {
 
-            /* "jacext/_tape.pyx":494
+            /* "jacext/_tape.pyx":498
  *             with nogil:
  *                 if forward:
  *                     st = jx_point_jvp(&self.t, w, px, ps, py, pr)             # <<<<<<<<<<<<<<
@@ -30057,7 +30142,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_product(struct __pyx_obj_6jacext_5
 */
             __pyx_v_st = jx_point_jvp((&__pyx_v_self->t), __pyx_v_w, __pyx_v_px, __pyx_v_ps, __pyx_v_py, __pyx_v_pr);
 
-            /* "jacext/_tape.pyx":493
+            /* "jacext/_tape.pyx":497
  *         try:
  *             with nogil:
  *                 if forward:             # <<<<<<<<<<<<<<
@@ -30067,7 +30152,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_product(struct __pyx_obj_6jacext_5
             goto __pyx_L9;
           }
 
-          /* "jacext/_tape.pyx":496
+          /* "jacext/_tape.pyx":500
  *                     st = jx_point_jvp(&self.t, w, px, ps, py, pr)
  *                 else:
  *                     st = jx_point_vjp(&self.t, w, px, ps, py, pr)             # <<<<<<<<<<<<<<
@@ -30080,7 +30165,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_product(struct __pyx_obj_6jacext_5
           __pyx_L9:;
         }
 
-        /* "jacext/_tape.pyx":492
+        /* "jacext/_tape.pyx":496
  *         cdef int st
  *         try:
  *             with nogil:             # <<<<<<<<<<<<<<
@@ -30098,7 +30183,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_product(struct __pyx_obj_6jacext_5
     }
   }
 
-  /* "jacext/_tape.pyx":498
+  /* "jacext/_tape.pyx":502
  *                     st = jx_point_vjp(&self.t, w, px, ps, py, pr)
  *         finally:
  *             self.give_work(w)             # <<<<<<<<<<<<<<
@@ -30113,15 +30198,15 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_product(struct __pyx_obj_6jacext_5
     __pyx_L5:;
   }
 
-  /* "jacext/_tape.pyx":499
+  /* "jacext/_tape.pyx":503
  *         finally:
  *             self.give_work(w)
  *         return raise_status(st)             # <<<<<<<<<<<<<<
  * 
  *     # ---- batches: rows of x, threads splitting them ----
 */
-  __pyx_t_11 = __pyx_f_6jacext_5_tape_raise_status(__pyx_v_st); if (unlikely(__pyx_t_11 == ((int)-1))) __PYX_ERR(0, 499, __pyx_L1_error)
-  __pyx_t_1 = __Pyx_PyLong_From_int(__pyx_t_11); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 499, __pyx_L1_error)
+  __pyx_t_11 = __pyx_f_6jacext_5_tape_raise_status(__pyx_v_st); if (unlikely(__pyx_t_11 == ((int)-1))) __PYX_ERR(0, 503, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyLong_From_int(__pyx_t_11); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 503, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
 
   {
@@ -30135,7 +30220,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_product(struct __pyx_obj_6jacext_5
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "jacext/_tape.pyx":479
+  /* "jacext/_tape.pyx":483
  *         return raise_status(st)
  * 
  *     cpdef product(self, bint forward, cnp.ndarray x, cnp.ndarray seed, cnp.ndarray y,             # <<<<<<<<<<<<<<
@@ -30210,52 +30295,52 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_forward,&__pyx_mstate_global->__pyx_n_u_x,&__pyx_mstate_global->__pyx_n_u_seed,&__pyx_mstate_global->__pyx_n_u_y,&__pyx_mstate_global->__pyx_n_u_res,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 479, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 483, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  5:
         values[4] = __Pyx_ArgRef_FASTCALL(__pyx_args, 4);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 479, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 483, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  4:
         values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 479, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 483, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 479, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 483, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 479, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 483, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 479, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 483, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "product", 0) < (0)) __PYX_ERR(0, 479, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "product", 0) < (0)) __PYX_ERR(0, 483, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 5; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("product", 1, 5, 5, i); __PYX_ERR(0, 479, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("product", 1, 5, 5, i); __PYX_ERR(0, 483, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 5)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 479, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 483, __pyx_L3_error)
       values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 479, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 483, __pyx_L3_error)
       values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 479, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 483, __pyx_L3_error)
       values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 479, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 483, __pyx_L3_error)
       values[4] = __Pyx_ArgRef_FASTCALL(__pyx_args, 4);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 479, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 483, __pyx_L3_error)
     }
-    __pyx_v_forward = __Pyx_PyObject_IsTrue(values[0]); if (unlikely((__pyx_v_forward == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 479, __pyx_L3_error)
+    __pyx_v_forward = __Pyx_PyObject_IsTrue(values[0]); if (unlikely((__pyx_v_forward == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 483, __pyx_L3_error)
     __pyx_v_x = ((PyArrayObject *)values[1]);
     __pyx_v_seed = ((PyArrayObject *)values[2]);
     __pyx_v_y = ((PyArrayObject *)values[3]);
@@ -30263,7 +30348,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("product", 1, 5, 5, __pyx_nargs); __PYX_ERR(0, 479, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("product", 1, 5, 5, __pyx_nargs); __PYX_ERR(0, 483, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -30274,10 +30359,10 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   __Pyx_RefNannyFinishContext();
   return NULL;
   __pyx_L4_argument_unpacking_done:;
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_x), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "x", 0))) __PYX_ERR(0, 479, __pyx_L1_error)
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_seed), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "seed", 0))) __PYX_ERR(0, 479, __pyx_L1_error)
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_y), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "y", 0))) __PYX_ERR(0, 479, __pyx_L1_error)
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_res), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "res", 0))) __PYX_ERR(0, 480, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_x), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "x", 0))) __PYX_ERR(0, 483, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_seed), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "seed", 0))) __PYX_ERR(0, 483, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_y), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "y", 0))) __PYX_ERR(0, 483, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_res), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "res", 0))) __PYX_ERR(0, 484, __pyx_L1_error)
   __pyx_r = __pyx_pf_6jacext_5_tape_4Tape_22product(((struct __pyx_obj_6jacext_5_tape_Tape *)__pyx_v_self), __pyx_v_forward, __pyx_v_x, __pyx_v_seed, __pyx_v_y, __pyx_v_res);
 
   /* function exit code */
@@ -30306,7 +30391,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_22product(struct __pyx_obj_6jacex
   const char *__pyx_filename = NULL;
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("product", 0);
-  __pyx_t_1 = __pyx_f_6jacext_5_tape_4Tape_product(__pyx_v_self, __pyx_v_forward, __pyx_v_x, __pyx_v_seed, __pyx_v_y, __pyx_v_res, 1); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 479, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_6jacext_5_tape_4Tape_product(__pyx_v_self, __pyx_v_forward, __pyx_v_x, __pyx_v_seed, __pyx_v_y, __pyx_v_res, 1); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 483, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   {
     PyObject *__pyx_temp;
@@ -30330,7 +30415,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_22product(struct __pyx_obj_6jacex
   return __pyx_r;
 }
 
-/* "jacext/_tape.pyx":503
+/* "jacext/_tape.pyx":507
  *     # ---- batches: rows of x, threads splitting them ----
  * 
  *     def batch(self, str task, cnp.ndarray x, cnp.ndarray y, cnp.ndarray out,             # <<<<<<<<<<<<<<
@@ -30389,64 +30474,64 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_task,&__pyx_mstate_global->__pyx_n_u_x,&__pyx_mstate_global->__pyx_n_u_y,&__pyx_mstate_global->__pyx_n_u_out,&__pyx_mstate_global->__pyx_n_u_threads,&__pyx_mstate_global->__pyx_n_u_mode,&__pyx_mstate_global->__pyx_n_u_seed,&__pyx_mstate_global->__pyx_n_u_cols,&__pyx_mstate_global->__pyx_n_u_colour,&__pyx_mstate_global->__pyx_n_u_n_colours,&__pyx_mstate_global->__pyx_n_u_jac_tape,&__pyx_mstate_global->__pyx_n_u_cones,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 503, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 507, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case 12:
         values[11] = __Pyx_ArgRef_FASTCALL(__pyx_args, 11);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[11])) __PYX_ERR(0, 503, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[11])) __PYX_ERR(0, 507, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case 11:
         values[10] = __Pyx_ArgRef_FASTCALL(__pyx_args, 10);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[10])) __PYX_ERR(0, 503, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[10])) __PYX_ERR(0, 507, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case 10:
         values[9] = __Pyx_ArgRef_FASTCALL(__pyx_args, 9);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[9])) __PYX_ERR(0, 503, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[9])) __PYX_ERR(0, 507, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  9:
         values[8] = __Pyx_ArgRef_FASTCALL(__pyx_args, 8);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[8])) __PYX_ERR(0, 503, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[8])) __PYX_ERR(0, 507, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  8:
         values[7] = __Pyx_ArgRef_FASTCALL(__pyx_args, 7);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[7])) __PYX_ERR(0, 503, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[7])) __PYX_ERR(0, 507, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  7:
         values[6] = __Pyx_ArgRef_FASTCALL(__pyx_args, 6);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[6])) __PYX_ERR(0, 503, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[6])) __PYX_ERR(0, 507, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  6:
         values[5] = __Pyx_ArgRef_FASTCALL(__pyx_args, 5);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[5])) __PYX_ERR(0, 503, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[5])) __PYX_ERR(0, 507, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  5:
         values[4] = __Pyx_ArgRef_FASTCALL(__pyx_args, 4);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 503, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 507, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  4:
         values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 503, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 507, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 503, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 507, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 503, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 507, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 503, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 507, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "batch", 0) < (0)) __PYX_ERR(0, 503, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "batch", 0) < (0)) __PYX_ERR(0, 507, __pyx_L3_error)
 
-      /* "jacext/_tape.pyx":504
+      /* "jacext/_tape.pyx":508
  * 
  *     def batch(self, str task, cnp.ndarray x, cnp.ndarray y, cnp.ndarray out,
  *                 int threads=1, int mode=0, cnp.ndarray seed=None, cnp.ndarray cols=None,             # <<<<<<<<<<<<<<
@@ -30456,7 +30541,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
       if (!values[6]) values[6] = __Pyx_NewRef((PyObject *)((PyArrayObject *)Py_None));
       if (!values[7]) values[7] = __Pyx_NewRef((PyObject *)((PyArrayObject *)Py_None));
 
-      /* "jacext/_tape.pyx":505
+      /* "jacext/_tape.pyx":509
  *     def batch(self, str task, cnp.ndarray x, cnp.ndarray y, cnp.ndarray out,
  *                 int threads=1, int mode=0, cnp.ndarray seed=None, cnp.ndarray cols=None,
  *                 cnp.ndarray colour=None, int32_t n_colours=0, Tape jac_tape=None,             # <<<<<<<<<<<<<<
@@ -30466,7 +30551,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
       if (!values[8]) values[8] = __Pyx_NewRef((PyObject *)((PyArrayObject *)Py_None));
       if (!values[10]) values[10] = __Pyx_NewRef((PyObject *)((struct __pyx_obj_6jacext_5_tape_Tape *)Py_None));
 
-      /* "jacext/_tape.pyx":506
+      /* "jacext/_tape.pyx":510
  *                 int threads=1, int mode=0, cnp.ndarray seed=None, cnp.ndarray cols=None,
  *                 cnp.ndarray colour=None, int32_t n_colours=0, Tape jac_tape=None,
  *                 Cones cones=None):             # <<<<<<<<<<<<<<
@@ -30475,56 +30560,56 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
 */
       if (!values[11]) values[11] = __Pyx_NewRef((PyObject *)((struct __pyx_obj_6jacext_5_tape_Cones *)Py_None));
       for (Py_ssize_t i = __pyx_nargs; i < 4; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("batch", 0, 4, 12, i); __PYX_ERR(0, 503, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("batch", 0, 4, 12, i); __PYX_ERR(0, 507, __pyx_L3_error) }
       }
     } else {
       switch (__pyx_nargs) {
         case 12:
         values[11] = __Pyx_ArgRef_FASTCALL(__pyx_args, 11);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[11])) __PYX_ERR(0, 503, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[11])) __PYX_ERR(0, 507, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case 11:
         values[10] = __Pyx_ArgRef_FASTCALL(__pyx_args, 10);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[10])) __PYX_ERR(0, 503, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[10])) __PYX_ERR(0, 507, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case 10:
         values[9] = __Pyx_ArgRef_FASTCALL(__pyx_args, 9);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[9])) __PYX_ERR(0, 503, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[9])) __PYX_ERR(0, 507, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  9:
         values[8] = __Pyx_ArgRef_FASTCALL(__pyx_args, 8);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[8])) __PYX_ERR(0, 503, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[8])) __PYX_ERR(0, 507, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  8:
         values[7] = __Pyx_ArgRef_FASTCALL(__pyx_args, 7);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[7])) __PYX_ERR(0, 503, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[7])) __PYX_ERR(0, 507, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  7:
         values[6] = __Pyx_ArgRef_FASTCALL(__pyx_args, 6);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[6])) __PYX_ERR(0, 503, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[6])) __PYX_ERR(0, 507, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  6:
         values[5] = __Pyx_ArgRef_FASTCALL(__pyx_args, 5);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[5])) __PYX_ERR(0, 503, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[5])) __PYX_ERR(0, 507, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  5:
         values[4] = __Pyx_ArgRef_FASTCALL(__pyx_args, 4);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 503, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 507, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  4:
         values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 503, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 507, __pyx_L3_error)
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 503, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 507, __pyx_L3_error)
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 503, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 507, __pyx_L3_error)
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 503, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 507, __pyx_L3_error)
         break;
         default: goto __pyx_L5_argtuple_error;
       }
 
-      /* "jacext/_tape.pyx":504
+      /* "jacext/_tape.pyx":508
  * 
  *     def batch(self, str task, cnp.ndarray x, cnp.ndarray y, cnp.ndarray out,
  *                 int threads=1, int mode=0, cnp.ndarray seed=None, cnp.ndarray cols=None,             # <<<<<<<<<<<<<<
@@ -30534,7 +30619,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
       if (!values[6]) values[6] = __Pyx_NewRef((PyObject *)((PyArrayObject *)Py_None));
       if (!values[7]) values[7] = __Pyx_NewRef((PyObject *)((PyArrayObject *)Py_None));
 
-      /* "jacext/_tape.pyx":505
+      /* "jacext/_tape.pyx":509
  *     def batch(self, str task, cnp.ndarray x, cnp.ndarray y, cnp.ndarray out,
  *                 int threads=1, int mode=0, cnp.ndarray seed=None, cnp.ndarray cols=None,
  *                 cnp.ndarray colour=None, int32_t n_colours=0, Tape jac_tape=None,             # <<<<<<<<<<<<<<
@@ -30544,7 +30629,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
       if (!values[8]) values[8] = __Pyx_NewRef((PyObject *)((PyArrayObject *)Py_None));
       if (!values[10]) values[10] = __Pyx_NewRef((PyObject *)((struct __pyx_obj_6jacext_5_tape_Tape *)Py_None));
 
-      /* "jacext/_tape.pyx":506
+      /* "jacext/_tape.pyx":510
  *                 int threads=1, int mode=0, cnp.ndarray seed=None, cnp.ndarray cols=None,
  *                 cnp.ndarray colour=None, int32_t n_colours=0, Tape jac_tape=None,
  *                 Cones cones=None):             # <<<<<<<<<<<<<<
@@ -30558,12 +30643,12 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
     __pyx_v_y = ((PyArrayObject *)values[2]);
     __pyx_v_out = ((PyArrayObject *)values[3]);
     if (values[4]) {
-      __pyx_v_threads = __Pyx_PyLong_As_int(values[4]); if (unlikely((__pyx_v_threads == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 504, __pyx_L3_error)
+      __pyx_v_threads = __Pyx_PyLong_As_int(values[4]); if (unlikely((__pyx_v_threads == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 508, __pyx_L3_error)
     } else {
       __pyx_v_threads = ((int)1);
     }
     if (values[5]) {
-      __pyx_v_mode = __Pyx_PyLong_As_int(values[5]); if (unlikely((__pyx_v_mode == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 504, __pyx_L3_error)
+      __pyx_v_mode = __Pyx_PyLong_As_int(values[5]); if (unlikely((__pyx_v_mode == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 508, __pyx_L3_error)
     } else {
       __pyx_v_mode = ((int)0);
     }
@@ -30571,7 +30656,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
     __pyx_v_cols = ((PyArrayObject *)values[7]);
     __pyx_v_colour = ((PyArrayObject *)values[8]);
     if (values[9]) {
-      __pyx_v_n_colours = __Pyx_PyLong_As_int32_t(values[9]); if (unlikely((__pyx_v_n_colours == ((int32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 505, __pyx_L3_error)
+      __pyx_v_n_colours = __Pyx_PyLong_As_int32_t(values[9]); if (unlikely((__pyx_v_n_colours == ((int32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 509, __pyx_L3_error)
     } else {
       __pyx_v_n_colours = ((int32_t)0);
     }
@@ -30580,7 +30665,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("batch", 0, 4, 12, __pyx_nargs); __PYX_ERR(0, 503, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("batch", 0, 4, 12, __pyx_nargs); __PYX_ERR(0, 507, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -30591,18 +30676,18 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   __Pyx_RefNannyFinishContext();
   return NULL;
   __pyx_L4_argument_unpacking_done:;
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_task), (&PyUnicode_Type), 1, "task", 1))) __PYX_ERR(0, 503, __pyx_L1_error)
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_x), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "x", 0))) __PYX_ERR(0, 503, __pyx_L1_error)
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_y), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "y", 0))) __PYX_ERR(0, 503, __pyx_L1_error)
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_out), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "out", 0))) __PYX_ERR(0, 503, __pyx_L1_error)
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_seed), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "seed", 0))) __PYX_ERR(0, 504, __pyx_L1_error)
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_cols), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "cols", 0))) __PYX_ERR(0, 504, __pyx_L1_error)
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_colour), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "colour", 0))) __PYX_ERR(0, 505, __pyx_L1_error)
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_jac_tape), __pyx_mstate_global->__pyx_ptype_6jacext_5_tape_Tape, 1, "jac_tape", 0))) __PYX_ERR(0, 505, __pyx_L1_error)
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_cones), __pyx_mstate_global->__pyx_ptype_6jacext_5_tape_Cones, 1, "cones", 0))) __PYX_ERR(0, 506, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_task), (&PyUnicode_Type), 1, "task", 1))) __PYX_ERR(0, 507, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_x), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "x", 0))) __PYX_ERR(0, 507, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_y), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "y", 0))) __PYX_ERR(0, 507, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_out), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "out", 0))) __PYX_ERR(0, 507, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_seed), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "seed", 0))) __PYX_ERR(0, 508, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_cols), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "cols", 0))) __PYX_ERR(0, 508, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_colour), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "colour", 0))) __PYX_ERR(0, 509, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_jac_tape), __pyx_mstate_global->__pyx_ptype_6jacext_5_tape_Tape, 1, "jac_tape", 0))) __PYX_ERR(0, 509, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_cones), __pyx_mstate_global->__pyx_ptype_6jacext_5_tape_Cones, 1, "cones", 0))) __PYX_ERR(0, 510, __pyx_L1_error)
   __pyx_r = __pyx_pf_6jacext_5_tape_4Tape_24batch(((struct __pyx_obj_6jacext_5_tape_Tape *)__pyx_v_self), __pyx_v_task, __pyx_v_x, __pyx_v_y, __pyx_v_out, __pyx_v_threads, __pyx_v_mode, __pyx_v_seed, __pyx_v_cols, __pyx_v_colour, __pyx_v_n_colours, __pyx_v_jac_tape, __pyx_v_cones);
 
-  /* "jacext/_tape.pyx":503
+  /* "jacext/_tape.pyx":507
  *     # ---- batches: rows of x, threads splitting them ----
  * 
  *     def batch(self, str task, cnp.ndarray x, cnp.ndarray y, cnp.ndarray out,             # <<<<<<<<<<<<<<
@@ -30660,7 +30745,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("batch", 0);
 
-  /* "jacext/_tape.pyx":516
+  /* "jacext/_tape.pyx":520
  *         """
  *         cdef jx_batch job
  *         cdef Py_ssize_t n_points = x.shape[0] if x.ndim == 2 else -1             # <<<<<<<<<<<<<<
@@ -30679,7 +30764,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
 
   __pyx_v_n_points = __pyx_t_1;
 
-  /* "jacext/_tape.pyx":517
+  /* "jacext/_tape.pyx":521
  *         cdef jx_batch job
  *         cdef Py_ssize_t n_points = x.shape[0] if x.ndim == 2 else -1
  *         cdef Py_ssize_t n_in = self.t.n_in, n_out = self.t.n_out, per             # <<<<<<<<<<<<<<
@@ -30693,7 +30778,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
 
   __pyx_v_n_out = __pyx_t_3;
 
-  /* "jacext/_tape.pyx":519
+  /* "jacext/_tape.pyx":523
  *         cdef Py_ssize_t n_in = self.t.n_in, n_out = self.t.n_out, per
  *         cdef int st
  *         job.task = TASKS.get(task, -1)             # <<<<<<<<<<<<<<
@@ -30701,9 +30786,9 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
  *             raise ValueError(f"jacext: no batch task {task!r}")
 */
   __pyx_t_5 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_TASKS); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 519, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_TASKS); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 523, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
-  __pyx_t_7 = __Pyx_PyObject_GetAttrStr(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_get); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 519, __pyx_L1_error)
+  __pyx_t_7 = __Pyx_PyObject_GetAttrStr(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_get); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 523, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_7);
   __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
   __pyx_t_8 = 1;
@@ -30723,14 +30808,14 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
     __pyx_t_4 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_7, __pyx_callargs+__pyx_t_8, (3-__pyx_t_8) | (__pyx_t_8*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_5); __pyx_t_5 = 0;
     __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
-    if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 519, __pyx_L1_error)
+    if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 523, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
   }
-  __pyx_t_9 = __Pyx_PyLong_As_int(__pyx_t_4); if (unlikely((__pyx_t_9 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 519, __pyx_L1_error)
+  __pyx_t_9 = __Pyx_PyLong_As_int(__pyx_t_4); if (unlikely((__pyx_t_9 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 523, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   __pyx_v_job.task = __pyx_t_9;
 
-  /* "jacext/_tape.pyx":520
+  /* "jacext/_tape.pyx":524
  *         cdef int st
  *         job.task = TASKS.get(task, -1)
  *         if job.task < 0:             # <<<<<<<<<<<<<<
@@ -30742,7 +30827,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
   if (unlikely(__pyx_t_2)) {
 
 
-    /* "jacext/_tape.pyx":521
+    /* "jacext/_tape.pyx":525
  *         job.task = TASKS.get(task, -1)
  *         if job.task < 0:
  *             raise ValueError(f"jacext: no batch task {task!r}")             # <<<<<<<<<<<<<<
@@ -30750,9 +30835,9 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
  *             raise ValueError("jacext: a batch takes x of shape (n_points, n_in)")
 */
     __pyx_t_7 = NULL;
-    __pyx_t_5 = __Pyx_PyObject_FormatSimpleAndDecref(PyObject_Repr(__pyx_v_task), __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 521, __pyx_L1_error)
+    __pyx_t_5 = __Pyx_PyObject_FormatSimpleAndDecref(PyObject_Repr(__pyx_v_task), __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 525, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_5);
-    __pyx_t_6 = __Pyx_PyUnicode_Concat(__pyx_mstate_global->__pyx_kp_u_jacext_no_batch_task, __pyx_t_5); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 521, __pyx_L1_error)
+    __pyx_t_6 = __Pyx_PyUnicode_Concat(__pyx_mstate_global->__pyx_kp_u_jacext_no_batch_task, __pyx_t_5); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 525, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
     __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
     __pyx_t_8 = 1;
@@ -30761,14 +30846,14 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
       __pyx_t_4 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_8, (2-__pyx_t_8) | (__pyx_t_8*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_7); __pyx_t_7 = 0;
       __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 521, __pyx_L1_error)
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 525, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_4);
     }
     __Pyx_Raise(__pyx_t_4, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    __PYX_ERR(0, 521, __pyx_L1_error)
+    __PYX_ERR(0, 525, __pyx_L1_error)
 
-    /* "jacext/_tape.pyx":520
+    /* "jacext/_tape.pyx":524
  *         cdef int st
  *         job.task = TASKS.get(task, -1)
  *         if job.task < 0:             # <<<<<<<<<<<<<<
@@ -30777,7 +30862,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
 */
   }
 
-  /* "jacext/_tape.pyx":522
+  /* "jacext/_tape.pyx":526
  *         if job.task < 0:
  *             raise ValueError(f"jacext: no batch task {task!r}")
  *         if n_points < 0 or x.shape[1] != n_in:             # <<<<<<<<<<<<<<
@@ -30803,7 +30888,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
   if (unlikely(__pyx_t_2)) {
 
 
-    /* "jacext/_tape.pyx":523
+    /* "jacext/_tape.pyx":527
  *             raise ValueError(f"jacext: no batch task {task!r}")
  *         if n_points < 0 or x.shape[1] != n_in:
  *             raise ValueError("jacext: a batch takes x of shape (n_points, n_in)")             # <<<<<<<<<<<<<<
@@ -30816,14 +30901,14 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
       PyObject *__pyx_callargs[2] = {__pyx_t_6, __pyx_mstate_global->__pyx_kp_u_jacext_a_batch_takes_x_of_shape};
       __pyx_t_4 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_8, (2-__pyx_t_8) | (__pyx_t_8*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
-      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 523, __pyx_L1_error)
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 527, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_4);
     }
     __Pyx_Raise(__pyx_t_4, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    __PYX_ERR(0, 523, __pyx_L1_error)
+    __PYX_ERR(0, 527, __pyx_L1_error)
 
-    /* "jacext/_tape.pyx":522
+    /* "jacext/_tape.pyx":526
  *         if job.task < 0:
  *             raise ValueError(f"jacext: no batch task {task!r}")
  *         if n_points < 0 or x.shape[1] != n_in:             # <<<<<<<<<<<<<<
@@ -30832,7 +30917,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
 */
   }
 
-  /* "jacext/_tape.pyx":524
+  /* "jacext/_tape.pyx":528
  *         if n_points < 0 or x.shape[1] != n_in:
  *             raise ValueError("jacext: a batch takes x of shape (n_points, n_in)")
  *         job.mode = mode             # <<<<<<<<<<<<<<
@@ -30841,7 +30926,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
 */
   __pyx_v_job.mode = __pyx_v_mode;
 
-  /* "jacext/_tape.pyx":525
+  /* "jacext/_tape.pyx":529
  *             raise ValueError("jacext: a batch takes x of shape (n_points, n_in)")
  *         job.mode = mode
  *         job.n_points = n_points             # <<<<<<<<<<<<<<
@@ -30850,28 +30935,28 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
 */
   __pyx_v_job.n_points = __pyx_v_n_points;
 
-  /* "jacext/_tape.pyx":526
+  /* "jacext/_tape.pyx":530
  *         job.mode = mode
  *         job.n_points = n_points
  *         job.x = <const double *>_buf(x, cnp.NPY_DOUBLE, n_points * n_in, "x")             # <<<<<<<<<<<<<<
  *         job.y = _maybe_out(y, n_points * n_out, "y")
  *         job.cols = NULL
 */
-  __pyx_t_11 = __pyx_f_6jacext_5_tape__buf(__pyx_v_x, NPY_DOUBLE, (__pyx_v_n_points * __pyx_v_n_in), __pyx_mstate_global->__pyx_n_u_x); if (unlikely(__pyx_t_11 == ((void *)NULL))) __PYX_ERR(0, 526, __pyx_L1_error)
+  __pyx_t_11 = __pyx_f_6jacext_5_tape__buf(__pyx_v_x, NPY_DOUBLE, (__pyx_v_n_points * __pyx_v_n_in), __pyx_mstate_global->__pyx_n_u_x); if (unlikely(__pyx_t_11 == ((void *)NULL))) __PYX_ERR(0, 530, __pyx_L1_error)
   __pyx_v_job.x = ((double const *)__pyx_t_11);
 
 
-  /* "jacext/_tape.pyx":527
+  /* "jacext/_tape.pyx":531
  *         job.n_points = n_points
  *         job.x = <const double *>_buf(x, cnp.NPY_DOUBLE, n_points * n_in, "x")
  *         job.y = _maybe_out(y, n_points * n_out, "y")             # <<<<<<<<<<<<<<
  *         job.cols = NULL
  *         job.n_cols = 0
 */
-  __pyx_t_12 = __pyx_f_6jacext_5_tape__maybe_out(__pyx_v_y, (__pyx_v_n_points * __pyx_v_n_out), __pyx_mstate_global->__pyx_n_u_y); if (unlikely(__pyx_t_12 == ((void *)NULL) && PyErr_Occurred())) __PYX_ERR(0, 527, __pyx_L1_error)
+  __pyx_t_12 = __pyx_f_6jacext_5_tape__maybe_out(__pyx_v_y, (__pyx_v_n_points * __pyx_v_n_out), __pyx_mstate_global->__pyx_n_u_y); if (unlikely(__pyx_t_12 == ((void *)NULL) && PyErr_Occurred())) __PYX_ERR(0, 531, __pyx_L1_error)
   __pyx_v_job.y = __pyx_t_12;
 
-  /* "jacext/_tape.pyx":528
+  /* "jacext/_tape.pyx":532
  *         job.x = <const double *>_buf(x, cnp.NPY_DOUBLE, n_points * n_in, "x")
  *         job.y = _maybe_out(y, n_points * n_out, "y")
  *         job.cols = NULL             # <<<<<<<<<<<<<<
@@ -30880,7 +30965,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
 */
   __pyx_v_job.cols = NULL;
 
-  /* "jacext/_tape.pyx":529
+  /* "jacext/_tape.pyx":533
  *         job.y = _maybe_out(y, n_points * n_out, "y")
  *         job.cols = NULL
  *         job.n_cols = 0             # <<<<<<<<<<<<<<
@@ -30889,7 +30974,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
 */
   __pyx_v_job.n_cols = 0;
 
-  /* "jacext/_tape.pyx":530
+  /* "jacext/_tape.pyx":534
  *         job.cols = NULL
  *         job.n_cols = 0
  *         job.colour = NULL             # <<<<<<<<<<<<<<
@@ -30898,7 +30983,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
 */
   __pyx_v_job.colour = NULL;
 
-  /* "jacext/_tape.pyx":531
+  /* "jacext/_tape.pyx":535
  *         job.n_cols = 0
  *         job.colour = NULL
  *         job.n_colours = 0             # <<<<<<<<<<<<<<
@@ -30907,7 +30992,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
 */
   __pyx_v_job.n_colours = 0;
 
-  /* "jacext/_tape.pyx":532
+  /* "jacext/_tape.pyx":536
  *         job.colour = NULL
  *         job.n_colours = 0
  *         job.seed = NULL             # <<<<<<<<<<<<<<
@@ -30916,7 +31001,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
 */
   __pyx_v_job.seed = NULL;
 
-  /* "jacext/_tape.pyx":533
+  /* "jacext/_tape.pyx":537
  *         job.n_colours = 0
  *         job.seed = NULL
  *         job.out = NULL             # <<<<<<<<<<<<<<
@@ -30925,7 +31010,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
 */
   __pyx_v_job.out = NULL;
 
-  /* "jacext/_tape.pyx":534
+  /* "jacext/_tape.pyx":538
  *         job.seed = NULL
  *         job.out = NULL
  *         job.cone_ptr = NULL             # <<<<<<<<<<<<<<
@@ -30934,7 +31019,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
 */
   __pyx_v_job.cone_ptr = NULL;
 
-  /* "jacext/_tape.pyx":535
+  /* "jacext/_tape.pyx":539
  *         job.out = NULL
  *         job.cone_ptr = NULL
  *         job.cone = NULL             # <<<<<<<<<<<<<<
@@ -30943,7 +31028,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
 */
   __pyx_v_job.cone = NULL;
 
-  /* "jacext/_tape.pyx":536
+  /* "jacext/_tape.pyx":540
  *         job.cone_ptr = NULL
  *         job.cone = NULL
  *         job.row_ptr = NULL             # <<<<<<<<<<<<<<
@@ -30952,7 +31037,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
 */
   __pyx_v_job.row_ptr = NULL;
 
-  /* "jacext/_tape.pyx":537
+  /* "jacext/_tape.pyx":541
  *         job.cone = NULL
  *         job.row_ptr = NULL
  *         job.nz_input = NULL             # <<<<<<<<<<<<<<
@@ -30961,7 +31046,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
 */
   __pyx_v_job.nz_input = NULL;
 
-  /* "jacext/_tape.pyx":538
+  /* "jacext/_tape.pyx":542
  *         job.row_ptr = NULL
  *         job.nz_input = NULL
  *         job.jac_tape = NULL             # <<<<<<<<<<<<<<
@@ -30970,7 +31055,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
 */
   __pyx_v_job.jac_tape = NULL;
 
-  /* "jacext/_tape.pyx":539
+  /* "jacext/_tape.pyx":543
  *         job.nz_input = NULL
  *         job.jac_tape = NULL
  *         if cols is not None:             # <<<<<<<<<<<<<<
@@ -30981,18 +31066,18 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
   if (__pyx_t_2) {
 
 
-    /* "jacext/_tape.pyx":540
+    /* "jacext/_tape.pyx":544
  *         job.jac_tape = NULL
  *         if cols is not None:
  *             job.cols = <const int32_t *>_buf(cols, cnp.NPY_INT32, cols.shape[0], "cols")             # <<<<<<<<<<<<<<
  *             job.n_cols = <int32_t>cols.shape[0]
  *             _check_columns(cols, n_in)
 */
-    __pyx_t_11 = __pyx_f_6jacext_5_tape__buf(__pyx_v_cols, NPY_INT32, (__pyx_f_5numpy_7ndarray_5shape___get__(__pyx_v_cols)[0]), __pyx_mstate_global->__pyx_n_u_cols); if (unlikely(__pyx_t_11 == ((void *)NULL))) __PYX_ERR(0, 540, __pyx_L1_error)
+    __pyx_t_11 = __pyx_f_6jacext_5_tape__buf(__pyx_v_cols, NPY_INT32, (__pyx_f_5numpy_7ndarray_5shape___get__(__pyx_v_cols)[0]), __pyx_mstate_global->__pyx_n_u_cols); if (unlikely(__pyx_t_11 == ((void *)NULL))) __PYX_ERR(0, 544, __pyx_L1_error)
     __pyx_v_job.cols = ((int32_t const *)__pyx_t_11);
 
 
-    /* "jacext/_tape.pyx":541
+    /* "jacext/_tape.pyx":545
  *         if cols is not None:
  *             job.cols = <const int32_t *>_buf(cols, cnp.NPY_INT32, cols.shape[0], "cols")
  *             job.n_cols = <int32_t>cols.shape[0]             # <<<<<<<<<<<<<<
@@ -31001,17 +31086,17 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
 */
     __pyx_v_job.n_cols = ((int32_t)(__pyx_f_5numpy_7ndarray_5shape___get__(__pyx_v_cols)[0]));
 
-    /* "jacext/_tape.pyx":542
+    /* "jacext/_tape.pyx":546
  *             job.cols = <const int32_t *>_buf(cols, cnp.NPY_INT32, cols.shape[0], "cols")
  *             job.n_cols = <int32_t>cols.shape[0]
  *             _check_columns(cols, n_in)             # <<<<<<<<<<<<<<
  *         if job.task == JX_TASK_VALUE:
  *             if y is None:
 */
-    __pyx_t_9 = __pyx_f_6jacext_5_tape__check_columns(__pyx_v_cols, __pyx_v_n_in); if (unlikely(__pyx_t_9 == ((int)-1))) __PYX_ERR(0, 542, __pyx_L1_error)
+    __pyx_t_9 = __pyx_f_6jacext_5_tape__check_columns(__pyx_v_cols, __pyx_v_n_in); if (unlikely(__pyx_t_9 == ((int)-1))) __PYX_ERR(0, 546, __pyx_L1_error)
 
 
-    /* "jacext/_tape.pyx":539
+    /* "jacext/_tape.pyx":543
  *         job.nz_input = NULL
  *         job.jac_tape = NULL
  *         if cols is not None:             # <<<<<<<<<<<<<<
@@ -31020,7 +31105,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
 */
   }
 
-  /* "jacext/_tape.pyx":543
+  /* "jacext/_tape.pyx":547
  *             job.n_cols = <int32_t>cols.shape[0]
  *             _check_columns(cols, n_in)
  *         if job.task == JX_TASK_VALUE:             # <<<<<<<<<<<<<<
@@ -31032,7 +31117,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
   if (__pyx_t_2) {
 
 
-    /* "jacext/_tape.pyx":544
+    /* "jacext/_tape.pyx":548
  *             _check_columns(cols, n_in)
  *         if job.task == JX_TASK_VALUE:
  *             if y is None:             # <<<<<<<<<<<<<<
@@ -31043,7 +31128,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
     if (unlikely(__pyx_t_2)) {
 
 
-      /* "jacext/_tape.pyx":545
+      /* "jacext/_tape.pyx":549
  *         if job.task == JX_TASK_VALUE:
  *             if y is None:
  *                 raise ValueError("jacext: a value batch needs y")             # <<<<<<<<<<<<<<
@@ -31056,14 +31141,14 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
         PyObject *__pyx_callargs[2] = {__pyx_t_6, __pyx_mstate_global->__pyx_kp_u_jacext_a_value_batch_needs_y};
         __pyx_t_4 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_8, (2-__pyx_t_8) | (__pyx_t_8*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
         __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
-        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 545, __pyx_L1_error)
+        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 549, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_4);
       }
       __Pyx_Raise(__pyx_t_4, 0, 0, 0);
       __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-      __PYX_ERR(0, 545, __pyx_L1_error)
+      __PYX_ERR(0, 549, __pyx_L1_error)
 
-      /* "jacext/_tape.pyx":544
+      /* "jacext/_tape.pyx":548
  *             _check_columns(cols, n_in)
  *         if job.task == JX_TASK_VALUE:
  *             if y is None:             # <<<<<<<<<<<<<<
@@ -31072,7 +31157,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
 */
     }
 
-    /* "jacext/_tape.pyx":546
+    /* "jacext/_tape.pyx":550
  *             if y is None:
  *                 raise ValueError("jacext: a value batch needs y")
  *             per = 0             # <<<<<<<<<<<<<<
@@ -31081,7 +31166,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
 */
     __pyx_v_per = 0;
 
-    /* "jacext/_tape.pyx":543
+    /* "jacext/_tape.pyx":547
  *             job.n_cols = <int32_t>cols.shape[0]
  *             _check_columns(cols, n_in)
  *         if job.task == JX_TASK_VALUE:             # <<<<<<<<<<<<<<
@@ -31091,7 +31176,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
     goto __pyx_L8;
   }
 
-  /* "jacext/_tape.pyx":547
+  /* "jacext/_tape.pyx":551
  *                 raise ValueError("jacext: a value batch needs y")
  *             per = 0
  *         elif job.task == JX_TASK_JACOBIAN:             # <<<<<<<<<<<<<<
@@ -31103,7 +31188,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
   if (__pyx_t_2) {
 
 
-    /* "jacext/_tape.pyx":548
+    /* "jacext/_tape.pyx":552
  *             per = 0
  *         elif job.task == JX_TASK_JACOBIAN:
  *             if mode != JX_MODE_FORWARD and mode != JX_MODE_REVERSE:             # <<<<<<<<<<<<<<
@@ -31129,7 +31214,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
     if (unlikely(__pyx_t_2)) {
 
 
-      /* "jacext/_tape.pyx":549
+      /* "jacext/_tape.pyx":553
  *         elif job.task == JX_TASK_JACOBIAN:
  *             if mode != JX_MODE_FORWARD and mode != JX_MODE_REVERSE:
  *                 raise ValueError("jacext: Jacobians run forward or reverse")             # <<<<<<<<<<<<<<
@@ -31142,14 +31227,14 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
         PyObject *__pyx_callargs[2] = {__pyx_t_6, __pyx_mstate_global->__pyx_kp_u_jacext_Jacobians_run_forward_or};
         __pyx_t_4 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_8, (2-__pyx_t_8) | (__pyx_t_8*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
         __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
-        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 549, __pyx_L1_error)
+        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 553, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_4);
       }
       __Pyx_Raise(__pyx_t_4, 0, 0, 0);
       __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-      __PYX_ERR(0, 549, __pyx_L1_error)
+      __PYX_ERR(0, 553, __pyx_L1_error)
 
-      /* "jacext/_tape.pyx":548
+      /* "jacext/_tape.pyx":552
  *             per = 0
  *         elif job.task == JX_TASK_JACOBIAN:
  *             if mode != JX_MODE_FORWARD and mode != JX_MODE_REVERSE:             # <<<<<<<<<<<<<<
@@ -31158,7 +31243,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
 */
     }
 
-    /* "jacext/_tape.pyx":550
+    /* "jacext/_tape.pyx":554
  *             if mode != JX_MODE_FORWARD and mode != JX_MODE_REVERSE:
  *                 raise ValueError("jacext: Jacobians run forward or reverse")
  *             per = n_out * job.n_cols             # <<<<<<<<<<<<<<
@@ -31167,7 +31252,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
 */
     __pyx_v_per = (__pyx_v_n_out * __pyx_v_job.n_cols);
 
-    /* "jacext/_tape.pyx":551
+    /* "jacext/_tape.pyx":555
  *                 raise ValueError("jacext: Jacobians run forward or reverse")
  *             per = n_out * job.n_cols
  *             if jac_tape is not None:             # <<<<<<<<<<<<<<
@@ -31178,7 +31263,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
     if (__pyx_t_2) {
 
 
-      /* "jacext/_tape.pyx":552
+      /* "jacext/_tape.pyx":556
  *             per = n_out * job.n_cols
  *             if jac_tape is not None:
  *                 if (jac_tape.t.n_in != n_in or jac_tape.t.n_out != n_out + per):             # <<<<<<<<<<<<<<
@@ -31204,7 +31289,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
       if (unlikely(__pyx_t_2)) {
 
 
-        /* "jacext/_tape.pyx":553
+        /* "jacext/_tape.pyx":557
  *             if jac_tape is not None:
  *                 if (jac_tape.t.n_in != n_in or jac_tape.t.n_out != n_out + per):
  *                     raise ValueError("jacext: the Jacobian tape does not match this request")             # <<<<<<<<<<<<<<
@@ -31217,14 +31302,14 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
           PyObject *__pyx_callargs[2] = {__pyx_t_6, __pyx_mstate_global->__pyx_kp_u_jacext_the_Jacobian_tape_does_no};
           __pyx_t_4 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_8, (2-__pyx_t_8) | (__pyx_t_8*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
           __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
-          if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 553, __pyx_L1_error)
+          if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 557, __pyx_L1_error)
           __Pyx_GOTREF(__pyx_t_4);
         }
         __Pyx_Raise(__pyx_t_4, 0, 0, 0);
         __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-        __PYX_ERR(0, 553, __pyx_L1_error)
+        __PYX_ERR(0, 557, __pyx_L1_error)
 
-        /* "jacext/_tape.pyx":552
+        /* "jacext/_tape.pyx":556
  *             per = n_out * job.n_cols
  *             if jac_tape is not None:
  *                 if (jac_tape.t.n_in != n_in or jac_tape.t.n_out != n_out + per):             # <<<<<<<<<<<<<<
@@ -31233,7 +31318,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
 */
       }
 
-      /* "jacext/_tape.pyx":554
+      /* "jacext/_tape.pyx":558
  *                 if (jac_tape.t.n_in != n_in or jac_tape.t.n_out != n_out + per):
  *                     raise ValueError("jacext: the Jacobian tape does not match this request")
  *                 job.jac_tape = &jac_tape.t             # <<<<<<<<<<<<<<
@@ -31242,7 +31327,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
 */
       __pyx_v_job.jac_tape = (&__pyx_v_jac_tape->t);
 
-      /* "jacext/_tape.pyx":551
+      /* "jacext/_tape.pyx":555
  *                 raise ValueError("jacext: Jacobians run forward or reverse")
  *             per = n_out * job.n_cols
  *             if jac_tape is not None:             # <<<<<<<<<<<<<<
@@ -31251,7 +31336,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
 */
     }
 
-    /* "jacext/_tape.pyx":547
+    /* "jacext/_tape.pyx":551
  *                 raise ValueError("jacext: a value batch needs y")
  *             per = 0
  *         elif job.task == JX_TASK_JACOBIAN:             # <<<<<<<<<<<<<<
@@ -31261,7 +31346,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
     goto __pyx_L8;
   }
 
-  /* "jacext/_tape.pyx":555
+  /* "jacext/_tape.pyx":559
  *                     raise ValueError("jacext: the Jacobian tape does not match this request")
  *                 job.jac_tape = &jac_tape.t
  *         elif job.task == JX_TASK_JVP or job.task == JX_TASK_VJP:             # <<<<<<<<<<<<<<
@@ -31287,7 +31372,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
   if (__pyx_t_2) {
 
 
-    /* "jacext/_tape.pyx":557
+    /* "jacext/_tape.pyx":561
  *         elif job.task == JX_TASK_JVP or job.task == JX_TASK_VJP:
  *             job.seed = <const double *>_buf(
  *                 seed, cnp.NPY_DOUBLE, n_points * (n_in if job.task == JX_TASK_JVP else n_out),             # <<<<<<<<<<<<<<
@@ -31305,19 +31390,19 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
     }
 
 
-    /* "jacext/_tape.pyx":556
+    /* "jacext/_tape.pyx":560
  *                 job.jac_tape = &jac_tape.t
  *         elif job.task == JX_TASK_JVP or job.task == JX_TASK_VJP:
  *             job.seed = <const double *>_buf(             # <<<<<<<<<<<<<<
  *                 seed, cnp.NPY_DOUBLE, n_points * (n_in if job.task == JX_TASK_JVP else n_out),
  *                 "seed")
 */
-    __pyx_t_11 = __pyx_f_6jacext_5_tape__buf(__pyx_v_seed, NPY_DOUBLE, (__pyx_v_n_points * __pyx_t_1), __pyx_mstate_global->__pyx_n_u_seed); if (unlikely(__pyx_t_11 == ((void *)NULL))) __PYX_ERR(0, 556, __pyx_L1_error)
+    __pyx_t_11 = __pyx_f_6jacext_5_tape__buf(__pyx_v_seed, NPY_DOUBLE, (__pyx_v_n_points * __pyx_t_1), __pyx_mstate_global->__pyx_n_u_seed); if (unlikely(__pyx_t_11 == ((void *)NULL))) __PYX_ERR(0, 560, __pyx_L1_error)
 
     __pyx_v_job.seed = ((double const *)__pyx_t_11);
 
 
-    /* "jacext/_tape.pyx":559
+    /* "jacext/_tape.pyx":563
  *                 seed, cnp.NPY_DOUBLE, n_points * (n_in if job.task == JX_TASK_JVP else n_out),
  *                 "seed")
  *             per = n_out if job.task == JX_TASK_JVP else n_in             # <<<<<<<<<<<<<<
@@ -31336,7 +31421,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
 
     __pyx_v_per = __pyx_t_1;
 
-    /* "jacext/_tape.pyx":555
+    /* "jacext/_tape.pyx":559
  *                     raise ValueError("jacext: the Jacobian tape does not match this request")
  *                 job.jac_tape = &jac_tape.t
  *         elif job.task == JX_TASK_JVP or job.task == JX_TASK_VJP:             # <<<<<<<<<<<<<<
@@ -31346,7 +31431,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
     goto __pyx_L8;
   }
 
-  /* "jacext/_tape.pyx":560
+  /* "jacext/_tape.pyx":564
  *                 "seed")
  *             per = n_out if job.task == JX_TASK_JVP else n_in
  *         elif job.task == JX_TASK_COMPRESSED:             # <<<<<<<<<<<<<<
@@ -31358,7 +31443,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
   if (__pyx_t_2) {
 
 
-    /* "jacext/_tape.pyx":561
+    /* "jacext/_tape.pyx":565
  *             per = n_out if job.task == JX_TASK_JVP else n_in
  *         elif job.task == JX_TASK_COMPRESSED:
  *             if mode != JX_MODE_FORWARD and mode != JX_MODE_REVERSE:             # <<<<<<<<<<<<<<
@@ -31384,7 +31469,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
     if (unlikely(__pyx_t_2)) {
 
 
-      /* "jacext/_tape.pyx":562
+      /* "jacext/_tape.pyx":566
  *         elif job.task == JX_TASK_COMPRESSED:
  *             if mode != JX_MODE_FORWARD and mode != JX_MODE_REVERSE:
  *                 raise ValueError("jacext: compressed sweeps run forward or reverse")             # <<<<<<<<<<<<<<
@@ -31397,14 +31482,14 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
         PyObject *__pyx_callargs[2] = {__pyx_t_6, __pyx_mstate_global->__pyx_kp_u_jacext_compressed_sweeps_run_for};
         __pyx_t_4 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_8, (2-__pyx_t_8) | (__pyx_t_8*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
         __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
-        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 562, __pyx_L1_error)
+        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 566, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_4);
       }
       __Pyx_Raise(__pyx_t_4, 0, 0, 0);
       __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-      __PYX_ERR(0, 562, __pyx_L1_error)
+      __PYX_ERR(0, 566, __pyx_L1_error)
 
-      /* "jacext/_tape.pyx":561
+      /* "jacext/_tape.pyx":565
  *             per = n_out if job.task == JX_TASK_JVP else n_in
  *         elif job.task == JX_TASK_COMPRESSED:
  *             if mode != JX_MODE_FORWARD and mode != JX_MODE_REVERSE:             # <<<<<<<<<<<<<<
@@ -31413,7 +31498,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
 */
     }
 
-    /* "jacext/_tape.pyx":564
+    /* "jacext/_tape.pyx":568
  *                 raise ValueError("jacext: compressed sweeps run forward or reverse")
  *             job.colour = <const int32_t *>_buf(
  *                 colour, cnp.NPY_INT32, job.n_cols if mode == JX_MODE_FORWARD else n_out,             # <<<<<<<<<<<<<<
@@ -31431,29 +31516,29 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
     }
 
 
-    /* "jacext/_tape.pyx":563
+    /* "jacext/_tape.pyx":567
  *             if mode != JX_MODE_FORWARD and mode != JX_MODE_REVERSE:
  *                 raise ValueError("jacext: compressed sweeps run forward or reverse")
  *             job.colour = <const int32_t *>_buf(             # <<<<<<<<<<<<<<
  *                 colour, cnp.NPY_INT32, job.n_cols if mode == JX_MODE_FORWARD else n_out,
  *                 "colour")
 */
-    __pyx_t_11 = __pyx_f_6jacext_5_tape__buf(__pyx_v_colour, NPY_INT32, __pyx_t_1, __pyx_mstate_global->__pyx_n_u_colour); if (unlikely(__pyx_t_11 == ((void *)NULL))) __PYX_ERR(0, 563, __pyx_L1_error)
+    __pyx_t_11 = __pyx_f_6jacext_5_tape__buf(__pyx_v_colour, NPY_INT32, __pyx_t_1, __pyx_mstate_global->__pyx_n_u_colour); if (unlikely(__pyx_t_11 == ((void *)NULL))) __PYX_ERR(0, 567, __pyx_L1_error)
 
     __pyx_v_job.colour = ((int32_t const *)__pyx_t_11);
 
 
-    /* "jacext/_tape.pyx":566
+    /* "jacext/_tape.pyx":570
  *                 colour, cnp.NPY_INT32, job.n_cols if mode == JX_MODE_FORWARD else n_out,
  *                 "colour")
  *             self._check_colours(colour, n_colours)             # <<<<<<<<<<<<<<
  *             job.n_colours = n_colours
  *             per = n_out * n_colours if mode == JX_MODE_FORWARD else n_colours * job.n_cols
 */
-    __pyx_t_9 = ((struct __pyx_vtabstruct_6jacext_5_tape_Tape *)__pyx_v_self->__pyx_vtab)->_check_colours(__pyx_v_self, __pyx_v_colour, __pyx_v_n_colours); if (unlikely(__pyx_t_9 == ((int)-1))) __PYX_ERR(0, 566, __pyx_L1_error)
+    __pyx_t_9 = ((struct __pyx_vtabstruct_6jacext_5_tape_Tape *)__pyx_v_self->__pyx_vtab)->_check_colours(__pyx_v_self, __pyx_v_colour, __pyx_v_n_colours); if (unlikely(__pyx_t_9 == ((int)-1))) __PYX_ERR(0, 570, __pyx_L1_error)
 
 
-    /* "jacext/_tape.pyx":567
+    /* "jacext/_tape.pyx":571
  *                 "colour")
  *             self._check_colours(colour, n_colours)
  *             job.n_colours = n_colours             # <<<<<<<<<<<<<<
@@ -31462,7 +31547,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
 */
     __pyx_v_job.n_colours = __pyx_v_n_colours;
 
-    /* "jacext/_tape.pyx":568
+    /* "jacext/_tape.pyx":572
  *             self._check_colours(colour, n_colours)
  *             job.n_colours = n_colours
  *             per = n_out * n_colours if mode == JX_MODE_FORWARD else n_colours * job.n_cols             # <<<<<<<<<<<<<<
@@ -31481,7 +31566,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
 
     __pyx_v_per = __pyx_t_1;
 
-    /* "jacext/_tape.pyx":560
+    /* "jacext/_tape.pyx":564
  *                 "seed")
  *             per = n_out if job.task == JX_TASK_JVP else n_in
  *         elif job.task == JX_TASK_COMPRESSED:             # <<<<<<<<<<<<<<
@@ -31491,7 +31576,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
     goto __pyx_L8;
   }
 
-  /* "jacext/_tape.pyx":570
+  /* "jacext/_tape.pyx":574
  *             per = n_out * n_colours if mode == JX_MODE_FORWARD else n_colours * job.n_cols
  *         else:   # cones
  *             if cones is None or cones.tape is not self:             # <<<<<<<<<<<<<<
@@ -31516,7 +31601,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
     if (unlikely(__pyx_t_2)) {
 
 
-      /* "jacext/_tape.pyx":571
+      /* "jacext/_tape.pyx":575
  *         else:   # cones
  *             if cones is None or cones.tape is not self:
  *                 raise ValueError("jacext: cones must come from this tape's cones()")             # <<<<<<<<<<<<<<
@@ -31529,14 +31614,14 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
         PyObject *__pyx_callargs[2] = {__pyx_t_6, __pyx_mstate_global->__pyx_kp_u_jacext_cones_must_come_from_this};
         __pyx_t_4 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_8, (2-__pyx_t_8) | (__pyx_t_8*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
         __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
-        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 571, __pyx_L1_error)
+        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 575, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_4);
       }
       __Pyx_Raise(__pyx_t_4, 0, 0, 0);
       __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-      __PYX_ERR(0, 571, __pyx_L1_error)
+      __PYX_ERR(0, 575, __pyx_L1_error)
 
-      /* "jacext/_tape.pyx":570
+      /* "jacext/_tape.pyx":574
  *             per = n_out * n_colours if mode == JX_MODE_FORWARD else n_colours * job.n_cols
  *         else:   # cones
  *             if cones is None or cones.tape is not self:             # <<<<<<<<<<<<<<
@@ -31545,7 +31630,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
 */
     }
 
-    /* "jacext/_tape.pyx":572
+    /* "jacext/_tape.pyx":576
  *             if cones is None or cones.tape is not self:
  *                 raise ValueError("jacext: cones must come from this tape's cones()")
  *             job.mode = JX_MODE_SUBGRAPH             # <<<<<<<<<<<<<<
@@ -31554,7 +31639,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
 */
     __pyx_v_job.mode = JX_MODE_SUBGRAPH;
 
-    /* "jacext/_tape.pyx":573
+    /* "jacext/_tape.pyx":577
  *                 raise ValueError("jacext: cones must come from this tape's cones()")
  *             job.mode = JX_MODE_SUBGRAPH
  *             job.cone_ptr = cones.cp             # <<<<<<<<<<<<<<
@@ -31565,7 +31650,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
 
     __pyx_v_job.cone_ptr = __pyx_t_13;
 
-    /* "jacext/_tape.pyx":574
+    /* "jacext/_tape.pyx":578
  *             job.mode = JX_MODE_SUBGRAPH
  *             job.cone_ptr = cones.cp
  *             job.cone = cones.cn             # <<<<<<<<<<<<<<
@@ -31576,7 +31661,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
 
     __pyx_v_job.cone = __pyx_t_14;
 
-    /* "jacext/_tape.pyx":575
+    /* "jacext/_tape.pyx":579
  *             job.cone_ptr = cones.cp
  *             job.cone = cones.cn
  *             job.row_ptr = cones.rp             # <<<<<<<<<<<<<<
@@ -31587,7 +31672,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
 
     __pyx_v_job.row_ptr = __pyx_t_15;
 
-    /* "jacext/_tape.pyx":576
+    /* "jacext/_tape.pyx":580
  *             job.cone = cones.cn
  *             job.row_ptr = cones.rp
  *             job.nz_input = cones.nz             # <<<<<<<<<<<<<<
@@ -31598,7 +31683,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
 
     __pyx_v_job.nz_input = __pyx_t_16;
 
-    /* "jacext/_tape.pyx":577
+    /* "jacext/_tape.pyx":581
  *             job.row_ptr = cones.rp
  *             job.nz_input = cones.nz
  *             per = cones.nz_input.shape[0]             # <<<<<<<<<<<<<<
@@ -31612,7 +31697,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
   }
   __pyx_L8:;
 
-  /* "jacext/_tape.pyx":578
+  /* "jacext/_tape.pyx":582
  *             job.nz_input = cones.nz
  *             per = cones.nz_input.shape[0]
  *         if job.task != JX_TASK_VALUE:             # <<<<<<<<<<<<<<
@@ -31624,17 +31709,17 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
   if (__pyx_t_2) {
 
 
-    /* "jacext/_tape.pyx":579
+    /* "jacext/_tape.pyx":583
  *             per = cones.nz_input.shape[0]
  *         if job.task != JX_TASK_VALUE:
  *             job.out = _out(out, n_points * per, "out")             # <<<<<<<<<<<<<<
  *         with nogil:
  *             st = jx_batch_run(&self.t, &job, threads)
 */
-    __pyx_t_12 = __pyx_f_6jacext_5_tape__out(__pyx_v_out, (__pyx_v_n_points * __pyx_v_per), __pyx_mstate_global->__pyx_n_u_out); if (unlikely(__pyx_t_12 == ((void *)NULL))) __PYX_ERR(0, 579, __pyx_L1_error)
+    __pyx_t_12 = __pyx_f_6jacext_5_tape__out(__pyx_v_out, (__pyx_v_n_points * __pyx_v_per), __pyx_mstate_global->__pyx_n_u_out); if (unlikely(__pyx_t_12 == ((void *)NULL))) __PYX_ERR(0, 583, __pyx_L1_error)
     __pyx_v_job.out = __pyx_t_12;
 
-    /* "jacext/_tape.pyx":578
+    /* "jacext/_tape.pyx":582
  *             job.nz_input = cones.nz
  *             per = cones.nz_input.shape[0]
  *         if job.task != JX_TASK_VALUE:             # <<<<<<<<<<<<<<
@@ -31643,7 +31728,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
 */
   }
 
-  /* "jacext/_tape.pyx":580
+  /* "jacext/_tape.pyx":584
  *         if job.task != JX_TASK_VALUE:
  *             job.out = _out(out, n_points * per, "out")
  *         with nogil:             # <<<<<<<<<<<<<<
@@ -31656,7 +31741,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
       __Pyx_FastGIL_Remember();
       /*try:*/ {
 
-        /* "jacext/_tape.pyx":581
+        /* "jacext/_tape.pyx":585
  *             job.out = _out(out, n_points * per, "out")
  *         with nogil:
  *             st = jx_batch_run(&self.t, &job, threads)             # <<<<<<<<<<<<<<
@@ -31666,7 +31751,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
         __pyx_v_st = jx_batch_run((&__pyx_v_self->t), (&__pyx_v_job), __pyx_v_threads);
       }
 
-      /* "jacext/_tape.pyx":580
+      /* "jacext/_tape.pyx":584
  *         if job.task != JX_TASK_VALUE:
  *             job.out = _out(out, n_points * per, "out")
  *         with nogil:             # <<<<<<<<<<<<<<
@@ -31683,15 +31768,15 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
       }
   }
 
-  /* "jacext/_tape.pyx":582
+  /* "jacext/_tape.pyx":586
  *         with nogil:
  *             st = jx_batch_run(&self.t, &job, threads)
  *         return raise_status(st)             # <<<<<<<<<<<<<<
  * 
  *     # ---- sparsity ----
 */
-  __pyx_t_9 = __pyx_f_6jacext_5_tape_raise_status(__pyx_v_st); if (unlikely(__pyx_t_9 == ((int)-1))) __PYX_ERR(0, 582, __pyx_L1_error)
-  __pyx_t_4 = __Pyx_PyLong_From_int(__pyx_t_9); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 582, __pyx_L1_error)
+  __pyx_t_9 = __pyx_f_6jacext_5_tape_raise_status(__pyx_v_st); if (unlikely(__pyx_t_9 == ((int)-1))) __PYX_ERR(0, 586, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_From_int(__pyx_t_9); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 586, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
 
   {
@@ -31705,7 +31790,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
   __pyx_t_4 = 0;
   goto __pyx_L0;
 
-  /* "jacext/_tape.pyx":503
+  /* "jacext/_tape.pyx":507
  *     # ---- batches: rows of x, threads splitting them ----
  * 
  *     def batch(self, str task, cnp.ndarray x, cnp.ndarray y, cnp.ndarray out,             # <<<<<<<<<<<<<<
@@ -31733,7 +31818,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
   return __pyx_r;
 }
 
-/* "jacext/_tape.pyx":586
+/* "jacext/_tape.pyx":590
  *     # ---- sparsity ----
  * 
  *     def pattern(self, cnp.ndarray cols):             # <<<<<<<<<<<<<<
@@ -31781,32 +31866,32 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_cols,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 586, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 590, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 586, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 590, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "pattern", 0) < (0)) __PYX_ERR(0, 586, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "pattern", 0) < (0)) __PYX_ERR(0, 590, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 1; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("pattern", 1, 1, 1, i); __PYX_ERR(0, 586, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("pattern", 1, 1, 1, i); __PYX_ERR(0, 590, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 1)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 586, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 590, __pyx_L3_error)
     }
     __pyx_v_cols = ((PyArrayObject *)values[0]);
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("pattern", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 586, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("pattern", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 590, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -31817,7 +31902,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   __Pyx_RefNannyFinishContext();
   return NULL;
   __pyx_L4_argument_unpacking_done:;
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_cols), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "cols", 0))) __PYX_ERR(0, 586, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_cols), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "cols", 0))) __PYX_ERR(0, 590, __pyx_L1_error)
   __pyx_r = __pyx_pf_6jacext_5_tape_4Tape_26pattern(((struct __pyx_obj_6jacext_5_tape_Tape *)__pyx_v_self), __pyx_v_cols);
 
   /* function exit code */
@@ -31878,7 +31963,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26pattern(struct __pyx_obj_6jacex
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("pattern", 0);
 
-  /* "jacext/_tape.pyx":589
+  /* "jacext/_tape.pyx":593
  *         """(indptr, indices), int32 and read-only: the exact structural pattern of the
  *         outputs with respect to the inputs ``cols`` (column k is input cols[k])."""
  *         cdef cnp.ndarray col_of_input = np.full(max(self.t.n_in, 1), -1, dtype=np.int32)             # <<<<<<<<<<<<<<
@@ -31886,9 +31971,9 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26pattern(struct __pyx_obj_6jacex
  *         cdef int32_t *indices = NULL
 */
   __pyx_t_2 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 589, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 593, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_full); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 589, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_full); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 593, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
 
@@ -31905,12 +31990,12 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26pattern(struct __pyx_obj_6jacex
     __pyx_t_7 = __pyx_t_6;
   }
 
-  __pyx_t_3 = __Pyx_PyLong_From_long(__pyx_t_7); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 589, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_From_long(__pyx_t_7); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 593, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
 
-  __Pyx_GetModuleGlobalName(__pyx_t_9, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 589, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_9, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 593, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_9);
-  __pyx_t_10 = __Pyx_PyObject_GetAttrStr(__pyx_t_9, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 589, __pyx_L1_error)
+  __pyx_t_10 = __Pyx_PyObject_GetAttrStr(__pyx_t_9, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 593, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_10);
   __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
   #if CYTHON_VECTORCALL
@@ -31930,14 +32015,14 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26pattern(struct __pyx_obj_6jacex
   {
     PyObject *__pyx_callargs[4] = {__pyx_t_2, __pyx_t_3, __pyx_mstate_global->__pyx_int_neg_1, __pyx_t_10};
     #if CYTHON_VECTORCALL
-    __pyx_t_9 = __pyx_mstate_global->__pyx_tuple[5];
-    if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 589, __pyx_L1_error)
+    __pyx_t_9 = __pyx_mstate_global->__pyx_tuple[3];
+    if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 593, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_9);
     #else
     {
       PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
       __pyx_t_9 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+3, 1);
-      if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 589, __pyx_L1_error)
+      if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 593, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_9);
     }
     #endif
@@ -31949,14 +32034,14 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26pattern(struct __pyx_obj_6jacex
     __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
     __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 589, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 593, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
-  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 589, __pyx_L1_error)
+  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 593, __pyx_L1_error)
   __pyx_v_col_of_input = ((PyArrayObject *)__pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "jacext/_tape.pyx":590
+  /* "jacext/_tape.pyx":594
  *         outputs with respect to the inputs ``cols`` (column k is input cols[k])."""
  *         cdef cnp.ndarray col_of_input = np.full(max(self.t.n_in, 1), -1, dtype=np.int32)
  *         cdef int32_t *indptr = NULL             # <<<<<<<<<<<<<<
@@ -31965,7 +32050,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26pattern(struct __pyx_obj_6jacex
 */
   __pyx_v_indptr = NULL;
 
-  /* "jacext/_tape.pyx":591
+  /* "jacext/_tape.pyx":595
  *         cdef cnp.ndarray col_of_input = np.full(max(self.t.n_in, 1), -1, dtype=np.int32)
  *         cdef int32_t *indptr = NULL
  *         cdef int32_t *indices = NULL             # <<<<<<<<<<<<<<
@@ -31974,17 +32059,17 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26pattern(struct __pyx_obj_6jacex
 */
   __pyx_v_indices = NULL;
 
-  /* "jacext/_tape.pyx":593
+  /* "jacext/_tape.pyx":597
  *         cdef int32_t *indices = NULL
  *         cdef int st
  *         _check_columns(cols, self.t.n_in)             # <<<<<<<<<<<<<<
  *         col_of_input[cols] = np.arange(cols.shape[0], dtype=np.int32)
  *         with nogil:
 */
-  __pyx_t_12 = __pyx_f_6jacext_5_tape__check_columns(__pyx_v_cols, __pyx_v_self->t.n_in); if (unlikely(__pyx_t_12 == ((int)-1))) __PYX_ERR(0, 593, __pyx_L1_error)
+  __pyx_t_12 = __pyx_f_6jacext_5_tape__check_columns(__pyx_v_cols, __pyx_v_self->t.n_in); if (unlikely(__pyx_t_12 == ((int)-1))) __PYX_ERR(0, 597, __pyx_L1_error)
 
 
-  /* "jacext/_tape.pyx":594
+  /* "jacext/_tape.pyx":598
  *         cdef int st
  *         _check_columns(cols, self.t.n_in)
  *         col_of_input[cols] = np.arange(cols.shape[0], dtype=np.int32)             # <<<<<<<<<<<<<<
@@ -31992,16 +32077,16 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26pattern(struct __pyx_obj_6jacex
  *             st = jx_sparsity(&self.t, <const int32_t *>cnp.PyArray_DATA(col_of_input),
 */
   __pyx_t_4 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_9, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 594, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_9, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 598, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_9);
-  __pyx_t_10 = __Pyx_PyObject_GetAttrStr(__pyx_t_9, __pyx_mstate_global->__pyx_n_u_arange); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 594, __pyx_L1_error)
+  __pyx_t_10 = __Pyx_PyObject_GetAttrStr(__pyx_t_9, __pyx_mstate_global->__pyx_n_u_arange); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 598, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_10);
   __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
-  __pyx_t_9 = __Pyx_PyLong_From_npy_intp((__pyx_f_5numpy_7ndarray_5shape___get__(__pyx_v_cols)[0])); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 594, __pyx_L1_error)
+  __pyx_t_9 = __Pyx_PyLong_From_npy_intp((__pyx_f_5numpy_7ndarray_5shape___get__(__pyx_v_cols)[0])); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 598, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_9);
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 594, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 598, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 594, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 598, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   #if CYTHON_VECTORCALL
@@ -32021,14 +32106,14 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26pattern(struct __pyx_obj_6jacex
   {
     PyObject *__pyx_callargs[3] = {__pyx_t_4, __pyx_t_9, __pyx_t_2};
     #if CYTHON_VECTORCALL
-    __pyx_t_3 = __pyx_mstate_global->__pyx_tuple[5];
-    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 594, __pyx_L1_error)
+    __pyx_t_3 = __pyx_mstate_global->__pyx_tuple[3];
+    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 598, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_3);
     #else
     {
       PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
       __pyx_t_3 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 1);
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 594, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 598, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     #endif
@@ -32040,13 +32125,13 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26pattern(struct __pyx_obj_6jacex
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
     __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 594, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 598, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
-  if (unlikely((PyObject_SetItem(((PyObject *)__pyx_v_col_of_input), ((PyObject *)__pyx_v_cols), __pyx_t_1) < 0))) __PYX_ERR(0, 594, __pyx_L1_error)
+  if (unlikely((PyObject_SetItem(((PyObject *)__pyx_v_col_of_input), ((PyObject *)__pyx_v_cols), __pyx_t_1) < 0))) __PYX_ERR(0, 598, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
-  /* "jacext/_tape.pyx":595
+  /* "jacext/_tape.pyx":599
  *         _check_columns(cols, self.t.n_in)
  *         col_of_input[cols] = np.arange(cols.shape[0], dtype=np.int32)
  *         with nogil:             # <<<<<<<<<<<<<<
@@ -32059,7 +32144,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26pattern(struct __pyx_obj_6jacex
       __Pyx_FastGIL_Remember();
       /*try:*/ {
 
-        /* "jacext/_tape.pyx":596
+        /* "jacext/_tape.pyx":600
  *         col_of_input[cols] = np.arange(cols.shape[0], dtype=np.int32)
  *         with nogil:
  *             st = jx_sparsity(&self.t, <const int32_t *>cnp.PyArray_DATA(col_of_input),             # <<<<<<<<<<<<<<
@@ -32069,7 +32154,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26pattern(struct __pyx_obj_6jacex
         __pyx_v_st = jx_sparsity((&__pyx_v_self->t), ((int32_t const *)PyArray_DATA(__pyx_v_col_of_input)), (&__pyx_v_indptr), (&__pyx_v_indices));
       }
 
-      /* "jacext/_tape.pyx":595
+      /* "jacext/_tape.pyx":599
  *         _check_columns(cols, self.t.n_in)
  *         col_of_input[cols] = np.arange(cols.shape[0], dtype=np.int32)
  *         with nogil:             # <<<<<<<<<<<<<<
@@ -32086,17 +32171,17 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26pattern(struct __pyx_obj_6jacex
       }
   }
 
-  /* "jacext/_tape.pyx":598
+  /* "jacext/_tape.pyx":602
  *             st = jx_sparsity(&self.t, <const int32_t *>cnp.PyArray_DATA(col_of_input),
  *                              &indptr, &indices)
  *         raise_status(st)             # <<<<<<<<<<<<<<
  *         n_out = self.t.n_out
  *         try:
 */
-  __pyx_t_12 = __pyx_f_6jacext_5_tape_raise_status(__pyx_v_st); if (unlikely(__pyx_t_12 == ((int)-1))) __PYX_ERR(0, 598, __pyx_L1_error)
+  __pyx_t_12 = __pyx_f_6jacext_5_tape_raise_status(__pyx_v_st); if (unlikely(__pyx_t_12 == ((int)-1))) __PYX_ERR(0, 602, __pyx_L1_error)
 
 
-  /* "jacext/_tape.pyx":599
+  /* "jacext/_tape.pyx":603
  *                              &indptr, &indices)
  *         raise_status(st)
  *         n_out = self.t.n_out             # <<<<<<<<<<<<<<
@@ -32107,7 +32192,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26pattern(struct __pyx_obj_6jacex
 
   __pyx_v_n_out = __pyx_t_6;
 
-  /* "jacext/_tape.pyx":600
+  /* "jacext/_tape.pyx":604
  *         raise_status(st)
  *         n_out = self.t.n_out
  *         try:             # <<<<<<<<<<<<<<
@@ -32116,7 +32201,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26pattern(struct __pyx_obj_6jacex
 */
   /*try:*/ {
 
-    /* "jacext/_tape.pyx":601
+    /* "jacext/_tape.pyx":605
  *         n_out = self.t.n_out
  *         try:
  *             ptr = np.asarray(<int32_t[:n_out + 1]>indptr).copy()             # <<<<<<<<<<<<<<
@@ -32124,25 +32209,25 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26pattern(struct __pyx_obj_6jacex
  *             idx = (np.asarray(<int32_t[:nnz]>indices).copy() if nnz
 */
     __pyx_t_2 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_9, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 601, __pyx_L7_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_9, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 605, __pyx_L7_error)
     __Pyx_GOTREF(__pyx_t_9);
-    __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_9, __pyx_mstate_global->__pyx_n_u_asarray); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 601, __pyx_L7_error)
+    __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_9, __pyx_mstate_global->__pyx_n_u_asarray); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 605, __pyx_L7_error)
     __Pyx_GOTREF(__pyx_t_4);
     __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
     if (!__pyx_v_indptr) {
       PyErr_SetString(PyExc_ValueError,"Cannot create cython.array from NULL pointer");
-      __PYX_ERR(0, 601, __pyx_L7_error)
+      __PYX_ERR(0, 605, __pyx_L7_error)
     }
-    __pyx_t_14 = __pyx_format_from_typeinfo(&__Pyx_TypeInfo_nn_int32_t); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 601, __pyx_L7_error)
+    __pyx_t_14 = __pyx_format_from_typeinfo(&__Pyx_TypeInfo_nn_int32_t); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 605, __pyx_L7_error)
     __Pyx_GOTREF(__pyx_t_14);
-    __pyx_t_9 = Py_BuildValue("("  __PYX_BUILD_PY_SSIZE_T  ")", ((Py_ssize_t)(__pyx_v_n_out + 1))); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 601, __pyx_L7_error)
+    __pyx_t_9 = Py_BuildValue("("  __PYX_BUILD_PY_SSIZE_T  ")", ((Py_ssize_t)(__pyx_v_n_out + 1))); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 605, __pyx_L7_error)
     __Pyx_GOTREF(__pyx_t_9);
     #if CYTHON_COMPILING_IN_LIMITED_API
-    __pyx_t_15 = PyBytes_AsString(__pyx_t_14); if (unlikely(!__pyx_t_15)) __PYX_ERR(0, 601, __pyx_L7_error)
+    __pyx_t_15 = PyBytes_AsString(__pyx_t_14); if (unlikely(!__pyx_t_15)) __PYX_ERR(0, 605, __pyx_L7_error)
     #else
     __pyx_t_15 = PyBytes_AS_STRING(__pyx_t_14);
     #endif
-    __pyx_t_13 = __pyx_array_new(__pyx_t_9, sizeof(int32_t), __pyx_t_15, "c", (char *) __pyx_v_indptr); if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 601, __pyx_L7_error)
+    __pyx_t_13 = __pyx_array_new(__pyx_t_9, sizeof(int32_t), __pyx_t_15, "c", (char *) __pyx_v_indptr); if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 605, __pyx_L7_error)
     __Pyx_GOTREF((PyObject *)__pyx_t_13);
     __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
     __Pyx_DECREF(__pyx_t_14); __pyx_t_14 = 0;
@@ -32164,7 +32249,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26pattern(struct __pyx_obj_6jacex
       __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
       __Pyx_DECREF((PyObject *)__pyx_t_13); __pyx_t_13 = 0;
       __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 601, __pyx_L7_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 605, __pyx_L7_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     __pyx_t_10 = __pyx_t_3;
@@ -32175,28 +32260,28 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26pattern(struct __pyx_obj_6jacex
       __pyx_t_1 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_copy, __pyx_callargs+__pyx_t_11, (1-__pyx_t_11) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_10); __pyx_t_10 = 0;
       __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 601, __pyx_L7_error)
+      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 605, __pyx_L7_error)
       __Pyx_GOTREF(__pyx_t_1);
     }
     __pyx_v_ptr = __pyx_t_1;
     __pyx_t_1 = 0;
 
-    /* "jacext/_tape.pyx":602
+    /* "jacext/_tape.pyx":606
  *         try:
  *             ptr = np.asarray(<int32_t[:n_out + 1]>indptr).copy()
  *             nnz = int(ptr[n_out])             # <<<<<<<<<<<<<<
  *             idx = (np.asarray(<int32_t[:nnz]>indices).copy() if nnz
  *                    else np.zeros(0, dtype=np.int32))
 */
-    __pyx_t_1 = __Pyx_GetItemInt(__pyx_v_ptr, __pyx_v_n_out, int32_t, 1, __Pyx_PyLong_From_int32_t, 1, 1, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 602, __pyx_L7_error)
+    __pyx_t_1 = __Pyx_GetItemInt(__pyx_v_ptr, __pyx_v_n_out, int32_t, 1, __Pyx_PyLong_From_int32_t, 1, 1, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 606, __pyx_L7_error)
     __Pyx_GOTREF(__pyx_t_1);
-    __pyx_t_3 = __Pyx_PyNumber_Int(__pyx_t_1); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 602, __pyx_L7_error)
+    __pyx_t_3 = __Pyx_PyNumber_Int(__pyx_t_1); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 606, __pyx_L7_error)
     __Pyx_GOTREF(__pyx_t_3);
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
     __pyx_v_nnz = ((PyObject*)__pyx_t_3);
     __pyx_t_3 = 0;
 
-    /* "jacext/_tape.pyx":603
+    /* "jacext/_tape.pyx":607
  *             ptr = np.asarray(<int32_t[:n_out + 1]>indptr).copy()
  *             nnz = int(ptr[n_out])
  *             idx = (np.asarray(<int32_t[:nnz]>indices).copy() if nnz             # <<<<<<<<<<<<<<
@@ -32205,33 +32290,33 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26pattern(struct __pyx_obj_6jacex
 */
     {
       Py_ssize_t __pyx_temp = __Pyx_PyLong_IsNonZero(__pyx_v_nnz);
-      if (unlikely(((!CYTHON_USE_PYLONG_INTERNALS) && __pyx_temp < 0))) __PYX_ERR(0, 603, __pyx_L7_error)
+      if (unlikely(((!CYTHON_USE_PYLONG_INTERNALS) && __pyx_temp < 0))) __PYX_ERR(0, 607, __pyx_L7_error)
       __pyx_t_8 = (__pyx_temp != 0);
     }
 
     if (__pyx_t_8) {
       __pyx_t_2 = NULL;
-      __Pyx_GetModuleGlobalName(__pyx_t_14, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 603, __pyx_L7_error)
+      __Pyx_GetModuleGlobalName(__pyx_t_14, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 607, __pyx_L7_error)
       __Pyx_GOTREF(__pyx_t_14);
-      __pyx_t_9 = __Pyx_PyObject_GetAttrStr(__pyx_t_14, __pyx_mstate_global->__pyx_n_u_asarray); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 603, __pyx_L7_error)
+      __pyx_t_9 = __Pyx_PyObject_GetAttrStr(__pyx_t_14, __pyx_mstate_global->__pyx_n_u_asarray); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 607, __pyx_L7_error)
       __Pyx_GOTREF(__pyx_t_9);
       __Pyx_DECREF(__pyx_t_14); __pyx_t_14 = 0;
-      if (unlikely(!__pyx_v_nnz)) { __Pyx_RaiseUnboundLocalError("nnz"); __PYX_ERR(0, 603, __pyx_L7_error) }
-      __pyx_t_16 = __Pyx_PyIndex_AsSsize_t(__pyx_v_nnz); if (unlikely((__pyx_t_16 == (Py_ssize_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 603, __pyx_L7_error)
+      if (unlikely(!__pyx_v_nnz)) { __Pyx_RaiseUnboundLocalError("nnz"); __PYX_ERR(0, 607, __pyx_L7_error) }
+      __pyx_t_16 = __Pyx_PyIndex_AsSsize_t(__pyx_v_nnz); if (unlikely((__pyx_t_16 == (Py_ssize_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 607, __pyx_L7_error)
       if (!__pyx_v_indices) {
         PyErr_SetString(PyExc_ValueError,"Cannot create cython.array from NULL pointer");
-        __PYX_ERR(0, 603, __pyx_L7_error)
+        __PYX_ERR(0, 607, __pyx_L7_error)
       }
-      __pyx_t_17 = __pyx_format_from_typeinfo(&__Pyx_TypeInfo_nn_int32_t); if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 603, __pyx_L7_error)
+      __pyx_t_17 = __pyx_format_from_typeinfo(&__Pyx_TypeInfo_nn_int32_t); if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 607, __pyx_L7_error)
       __Pyx_GOTREF(__pyx_t_17);
-      __pyx_t_14 = Py_BuildValue("("  __PYX_BUILD_PY_SSIZE_T  ")", ((Py_ssize_t)__pyx_t_16)); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 603, __pyx_L7_error)
+      __pyx_t_14 = Py_BuildValue("("  __PYX_BUILD_PY_SSIZE_T  ")", ((Py_ssize_t)__pyx_t_16)); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 607, __pyx_L7_error)
       __Pyx_GOTREF(__pyx_t_14);
       #if CYTHON_COMPILING_IN_LIMITED_API
-      __pyx_t_15 = PyBytes_AsString(__pyx_t_17); if (unlikely(!__pyx_t_15)) __PYX_ERR(0, 603, __pyx_L7_error)
+      __pyx_t_15 = PyBytes_AsString(__pyx_t_17); if (unlikely(!__pyx_t_15)) __PYX_ERR(0, 607, __pyx_L7_error)
       #else
       __pyx_t_15 = PyBytes_AS_STRING(__pyx_t_17);
       #endif
-      __pyx_t_13 = __pyx_array_new(__pyx_t_14, sizeof(int32_t), __pyx_t_15, "c", (char *) __pyx_v_indices); if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 603, __pyx_L7_error)
+      __pyx_t_13 = __pyx_array_new(__pyx_t_14, sizeof(int32_t), __pyx_t_15, "c", (char *) __pyx_v_indices); if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 607, __pyx_L7_error)
       __Pyx_GOTREF((PyObject *)__pyx_t_13);
       __Pyx_DECREF(__pyx_t_14); __pyx_t_14 = 0;
       __Pyx_DECREF(__pyx_t_17); __pyx_t_17 = 0;
@@ -32254,7 +32339,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26pattern(struct __pyx_obj_6jacex
         __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
         __Pyx_DECREF((PyObject *)__pyx_t_13); __pyx_t_13 = 0;
         __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
-        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 603, __pyx_L7_error)
+        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 607, __pyx_L7_error)
         __Pyx_GOTREF(__pyx_t_4);
       }
       __pyx_t_10 = __pyx_t_4;
@@ -32265,14 +32350,14 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26pattern(struct __pyx_obj_6jacex
         __pyx_t_1 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_copy, __pyx_callargs+__pyx_t_11, (1-__pyx_t_11) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
         __Pyx_XDECREF(__pyx_t_10); __pyx_t_10 = 0;
         __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-        if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 603, __pyx_L7_error)
+        if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 607, __pyx_L7_error)
         __Pyx_GOTREF(__pyx_t_1);
       }
       __pyx_t_3 = __pyx_t_1;
       __pyx_t_1 = 0;
     } else {
 
-      /* "jacext/_tape.pyx":604
+      /* "jacext/_tape.pyx":608
  *             nnz = int(ptr[n_out])
  *             idx = (np.asarray(<int32_t[:nnz]>indices).copy() if nnz
  *                    else np.zeros(0, dtype=np.int32))             # <<<<<<<<<<<<<<
@@ -32280,14 +32365,14 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26pattern(struct __pyx_obj_6jacex
  *             free(indptr)
 */
       __pyx_t_4 = NULL;
-      __Pyx_GetModuleGlobalName(__pyx_t_10, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 604, __pyx_L7_error)
+      __Pyx_GetModuleGlobalName(__pyx_t_10, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 608, __pyx_L7_error)
       __Pyx_GOTREF(__pyx_t_10);
-      __pyx_t_9 = __Pyx_PyObject_GetAttrStr(__pyx_t_10, __pyx_mstate_global->__pyx_n_u_zeros); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 604, __pyx_L7_error)
+      __pyx_t_9 = __Pyx_PyObject_GetAttrStr(__pyx_t_10, __pyx_mstate_global->__pyx_n_u_zeros); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 608, __pyx_L7_error)
       __Pyx_GOTREF(__pyx_t_9);
       __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
-      __Pyx_GetModuleGlobalName(__pyx_t_10, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 604, __pyx_L7_error)
+      __Pyx_GetModuleGlobalName(__pyx_t_10, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 608, __pyx_L7_error)
       __Pyx_GOTREF(__pyx_t_10);
-      __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_10, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 604, __pyx_L7_error)
+      __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_10, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 608, __pyx_L7_error)
       __Pyx_GOTREF(__pyx_t_2);
       __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
       #if CYTHON_VECTORCALL
@@ -32307,14 +32392,14 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26pattern(struct __pyx_obj_6jacex
       {
         PyObject *__pyx_callargs[3] = {__pyx_t_4, __pyx_mstate_global->__pyx_int_0, __pyx_t_2};
         #if CYTHON_VECTORCALL
-        __pyx_t_10 = __pyx_mstate_global->__pyx_tuple[5];
-        if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 604, __pyx_L7_error)
+        __pyx_t_10 = __pyx_mstate_global->__pyx_tuple[3];
+        if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 608, __pyx_L7_error)
         __Pyx_INCREF(__pyx_t_10);
         #else
         {
           PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
           __pyx_t_10 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 1);
-          if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 604, __pyx_L7_error)
+          if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 608, __pyx_L7_error)
           __Pyx_GOTREF(__pyx_t_10);
         }
         #endif
@@ -32325,7 +32410,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26pattern(struct __pyx_obj_6jacex
         __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
         __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
         __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
-        if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 604, __pyx_L7_error)
+        if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 608, __pyx_L7_error)
         __Pyx_GOTREF(__pyx_t_1);
       }
       __pyx_t_3 = __pyx_t_1;
@@ -32336,7 +32421,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26pattern(struct __pyx_obj_6jacex
     __pyx_t_3 = 0;
   }
 
-  /* "jacext/_tape.pyx":606
+  /* "jacext/_tape.pyx":610
  *                    else np.zeros(0, dtype=np.int32))
  *         finally:
  *             free(indptr)             # <<<<<<<<<<<<<<
@@ -32347,7 +32432,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26pattern(struct __pyx_obj_6jacex
     /*normal exit:*/{
       free(__pyx_v_indptr);
 
-      /* "jacext/_tape.pyx":607
+      /* "jacext/_tape.pyx":611
  *         finally:
  *             free(indptr)
  *             free(indices)             # <<<<<<<<<<<<<<
@@ -32382,7 +32467,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26pattern(struct __pyx_obj_6jacex
       __pyx_t_12 = __pyx_lineno; __pyx_t_18 = __pyx_clineno; __pyx_t_19 = __pyx_filename;
       {
 
-        /* "jacext/_tape.pyx":606
+        /* "jacext/_tape.pyx":610
  *                    else np.zeros(0, dtype=np.int32))
  *         finally:
  *             free(indptr)             # <<<<<<<<<<<<<<
@@ -32391,7 +32476,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26pattern(struct __pyx_obj_6jacex
 */
         free(__pyx_v_indptr);
 
-        /* "jacext/_tape.pyx":607
+        /* "jacext/_tape.pyx":611
  *         finally:
  *             free(indptr)
  *             free(indices)             # <<<<<<<<<<<<<<
@@ -32415,7 +32500,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26pattern(struct __pyx_obj_6jacex
     __pyx_L8:;
   }
 
-  /* "jacext/_tape.pyx":608
+  /* "jacext/_tape.pyx":612
  *             free(indptr)
  *             free(indices)
  *         ptr.setflags(write=False)             # <<<<<<<<<<<<<<
@@ -32430,14 +32515,14 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26pattern(struct __pyx_obj_6jacex
   {
     PyObject *__pyx_callargs[2] = {__pyx_t_1, Py_False};
     #if CYTHON_VECTORCALL
-    __pyx_t_9 = __pyx_mstate_global->__pyx_tuple[3];
-    if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 608, __pyx_L1_error)
+    __pyx_t_9 = __pyx_mstate_global->__pyx_tuple[4];
+    if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 612, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_9);
     #else
     {
       PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_write};
       __pyx_t_9 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+1, 1);
-      if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 608, __pyx_L1_error)
+      if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 612, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_9);
     }
     #endif
@@ -32446,12 +32531,12 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26pattern(struct __pyx_obj_6jacex
     #if CYTHON_VECTORCALL
     #endif
     __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
-    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 608, __pyx_L1_error)
+    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 612, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
   }
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
 
-  /* "jacext/_tape.pyx":609
+  /* "jacext/_tape.pyx":613
  *             free(indices)
  *         ptr.setflags(write=False)
  *         idx.setflags(write=False)             # <<<<<<<<<<<<<<
@@ -32466,14 +32551,14 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26pattern(struct __pyx_obj_6jacex
   {
     PyObject *__pyx_callargs[2] = {__pyx_t_9, Py_False};
     #if CYTHON_VECTORCALL
-    __pyx_t_1 = __pyx_mstate_global->__pyx_tuple[3];
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 609, __pyx_L1_error)
+    __pyx_t_1 = __pyx_mstate_global->__pyx_tuple[4];
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 613, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_1);
     #else
     {
       PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_write};
       __pyx_t_1 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+1, 1);
-      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 609, __pyx_L1_error)
+      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 613, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_1);
     }
     #endif
@@ -32482,26 +32567,26 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26pattern(struct __pyx_obj_6jacex
     #if CYTHON_VECTORCALL
     #endif
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 609, __pyx_L1_error)
+    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 613, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
   }
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
 
-  /* "jacext/_tape.pyx":610
+  /* "jacext/_tape.pyx":614
  *         ptr.setflags(write=False)
  *         idx.setflags(write=False)
  *         return ptr, idx             # <<<<<<<<<<<<<<
  * 
  *     def cones(self, budget, row_ptr, nz_input):
 */
-  __pyx_t_3 = PyTuple_New(2); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 610, __pyx_L1_error)
+  __pyx_t_3 = PyTuple_New(2); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 614, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __Pyx_INCREF(__pyx_v_ptr);
   __Pyx_GIVEREF(__pyx_v_ptr);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 0, __pyx_v_ptr) != (0)) __PYX_ERR(0, 610, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 0, __pyx_v_ptr) != (0)) __PYX_ERR(0, 614, __pyx_L1_error);
   __Pyx_INCREF(__pyx_v_idx);
   __Pyx_GIVEREF(__pyx_v_idx);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 1, __pyx_v_idx) != (0)) __PYX_ERR(0, 610, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 1, __pyx_v_idx) != (0)) __PYX_ERR(0, 614, __pyx_L1_error);
   {
     PyObject *__pyx_temp;
     {
@@ -32513,7 +32598,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26pattern(struct __pyx_obj_6jacex
   __pyx_t_3 = 0;
   goto __pyx_L0;
 
-  /* "jacext/_tape.pyx":586
+  /* "jacext/_tape.pyx":590
  *     # ---- sparsity ----
  * 
  *     def pattern(self, cnp.ndarray cols):             # <<<<<<<<<<<<<<
@@ -32548,7 +32633,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26pattern(struct __pyx_obj_6jacex
   return __pyx_r;
 }
 
-/* "jacext/_tape.pyx":612
+/* "jacext/_tape.pyx":616
  *         return ptr, idx
  * 
  *     def cones(self, budget, row_ptr, nz_input):             # <<<<<<<<<<<<<<
@@ -32598,38 +32683,38 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_budget,&__pyx_mstate_global->__pyx_n_u_row_ptr,&__pyx_mstate_global->__pyx_n_u_nz_input,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 612, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 616, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 612, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 616, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 612, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 616, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 612, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 616, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "cones", 0) < (0)) __PYX_ERR(0, 612, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "cones", 0) < (0)) __PYX_ERR(0, 616, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 3; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("cones", 1, 3, 3, i); __PYX_ERR(0, 612, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("cones", 1, 3, 3, i); __PYX_ERR(0, 616, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 3)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 612, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 616, __pyx_L3_error)
       values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 612, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 616, __pyx_L3_error)
       values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 612, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 616, __pyx_L3_error)
     }
     __pyx_v_budget = values[0];
     __pyx_v_row_ptr = values[1];
@@ -32637,7 +32722,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("cones", 1, 3, 3, __pyx_nargs); __PYX_ERR(0, 612, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("cones", 1, 3, 3, __pyx_nargs); __PYX_ERR(0, 616, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -32698,7 +32783,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28cones(struct __pyx_obj_6jacext_
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("cones", 0);
 
-  /* "jacext/_tape.pyx":617
+  /* "jacext/_tape.pyx":621
  *         each nonzero's input index ``nz_input``): a :class:`Cones`, or None when the cones
  *         pass ``budget`` entries."""
  *         cdef int64_t *ptr = NULL             # <<<<<<<<<<<<<<
@@ -32707,7 +32792,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28cones(struct __pyx_obj_6jacext_
 */
   __pyx_v_ptr = NULL;
 
-  /* "jacext/_tape.pyx":618
+  /* "jacext/_tape.pyx":622
  *         pass ``budget`` entries."""
  *         cdef int64_t *ptr = NULL
  *         cdef int32_t *cone = NULL             # <<<<<<<<<<<<<<
@@ -32716,7 +32801,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28cones(struct __pyx_obj_6jacext_
 */
   __pyx_v_cone = NULL;
 
-  /* "jacext/_tape.pyx":619
+  /* "jacext/_tape.pyx":623
  *         cdef int64_t *ptr = NULL
  *         cdef int32_t *cone = NULL
  *         cdef int64_t limit = max(int(budget), 1)             # <<<<<<<<<<<<<<
@@ -32725,16 +32810,16 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28cones(struct __pyx_obj_6jacext_
 */
 
   __pyx_t_1 = 1;
-  __pyx_t_2 = __Pyx_PyNumber_Int(__pyx_v_budget); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 619, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyNumber_Int(__pyx_v_budget); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 623, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_4 = __Pyx_PyLong_From_long(__pyx_t_1); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 619, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_From_long(__pyx_t_1); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 623, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_5 = __Pyx_PyObject_CompareBoolGt_int_int(__pyx_t_4, __pyx_t_2, Py_GT); if (unlikely((__pyx_t_5 < 0))) __PYX_ERR(0, 619, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyObject_CompareBoolGt_int_int(__pyx_t_4, __pyx_t_2, Py_GT); if (unlikely((__pyx_t_5 < 0))) __PYX_ERR(0, 623, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   if (__pyx_t_5) {
-    __pyx_t_4 = __Pyx_PyLong_From_long(__pyx_t_1); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 619, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_PyLong_From_long(__pyx_t_1); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 623, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
-    if (__Pyx_PyInt_FromNumber(&__pyx_t_4, NULL, 0) < (0)) __PYX_ERR(0, 619, __pyx_L1_error)
+    if (__Pyx_PyInt_FromNumber(&__pyx_t_4, NULL, 0) < (0)) __PYX_ERR(0, 623, __pyx_L1_error)
     __pyx_t_3 = __pyx_t_4;
     __pyx_t_4 = 0;
   } else {
@@ -32743,11 +32828,11 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28cones(struct __pyx_obj_6jacext_
   }
 
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-  __pyx_t_6 = __Pyx_PyLong_As_int64_t(__pyx_t_3); if (unlikely((__pyx_t_6 == ((int64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 619, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_PyLong_As_int64_t(__pyx_t_3); if (unlikely((__pyx_t_6 == ((int64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 623, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   __pyx_v_limit = __pyx_t_6;
 
-  /* "jacext/_tape.pyx":621
+  /* "jacext/_tape.pyx":625
  *         cdef int64_t limit = max(int(budget), 1)
  *         cdef int st
  *         with nogil:             # <<<<<<<<<<<<<<
@@ -32760,7 +32845,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28cones(struct __pyx_obj_6jacext_
       __Pyx_FastGIL_Remember();
       /*try:*/ {
 
-        /* "jacext/_tape.pyx":622
+        /* "jacext/_tape.pyx":626
  *         cdef int st
  *         with nogil:
  *             st = jx_cones(&self.t, limit, &ptr, &cone)             # <<<<<<<<<<<<<<
@@ -32770,7 +32855,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28cones(struct __pyx_obj_6jacext_
         __pyx_v_st = jx_cones((&__pyx_v_self->t), __pyx_v_limit, (&__pyx_v_ptr), (&__pyx_v_cone));
       }
 
-      /* "jacext/_tape.pyx":621
+      /* "jacext/_tape.pyx":625
  *         cdef int64_t limit = max(int(budget), 1)
  *         cdef int st
  *         with nogil:             # <<<<<<<<<<<<<<
@@ -32787,7 +32872,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28cones(struct __pyx_obj_6jacext_
       }
   }
 
-  /* "jacext/_tape.pyx":623
+  /* "jacext/_tape.pyx":627
  *         with nogil:
  *             st = jx_cones(&self.t, limit, &ptr, &cone)
  *         if st == JX_EARG:             # <<<<<<<<<<<<<<
@@ -32799,7 +32884,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28cones(struct __pyx_obj_6jacext_
   if (__pyx_t_5) {
 
 
-    /* "jacext/_tape.pyx":624
+    /* "jacext/_tape.pyx":628
  *             st = jx_cones(&self.t, limit, &ptr, &cone)
  *         if st == JX_EARG:
  *             return None             # <<<<<<<<<<<<<<
@@ -32816,7 +32901,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28cones(struct __pyx_obj_6jacext_
     }
     goto __pyx_L0;
 
-    /* "jacext/_tape.pyx":623
+    /* "jacext/_tape.pyx":627
  *         with nogil:
  *             st = jx_cones(&self.t, limit, &ptr, &cone)
  *         if st == JX_EARG:             # <<<<<<<<<<<<<<
@@ -32825,17 +32910,17 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28cones(struct __pyx_obj_6jacext_
 */
   }
 
-  /* "jacext/_tape.pyx":625
+  /* "jacext/_tape.pyx":629
  *         if st == JX_EARG:
  *             return None
  *         raise_status(st)             # <<<<<<<<<<<<<<
  *         n_out = int(self.t.n_out)
  *         try:
 */
-  __pyx_t_7 = __pyx_f_6jacext_5_tape_raise_status(__pyx_v_st); if (unlikely(__pyx_t_7 == ((int)-1))) __PYX_ERR(0, 625, __pyx_L1_error)
+  __pyx_t_7 = __pyx_f_6jacext_5_tape_raise_status(__pyx_v_st); if (unlikely(__pyx_t_7 == ((int)-1))) __PYX_ERR(0, 629, __pyx_L1_error)
 
 
-  /* "jacext/_tape.pyx":626
+  /* "jacext/_tape.pyx":630
  *             return None
  *         raise_status(st)
  *         n_out = int(self.t.n_out)             # <<<<<<<<<<<<<<
@@ -32843,7 +32928,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28cones(struct __pyx_obj_6jacext_
  *             p = np.asarray(<int64_t[:n_out + 1]>ptr).copy()
 */
   __pyx_t_2 = NULL;
-  __pyx_t_4 = __Pyx_PyLong_From_int32_t(__pyx_v_self->t.n_out); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 626, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_From_int32_t(__pyx_v_self->t.n_out); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 630, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __pyx_t_8 = 1;
   {
@@ -32851,13 +32936,13 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28cones(struct __pyx_obj_6jacext_
     __pyx_t_3 = __Pyx_PyObject_FastCall((PyObject*)(&PyLong_Type), __pyx_callargs+__pyx_t_8, (2-__pyx_t_8) | (__pyx_t_8*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 626, __pyx_L1_error)
+    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 630, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
   }
   __pyx_v_n_out = ((PyObject*)__pyx_t_3);
   __pyx_t_3 = 0;
 
-  /* "jacext/_tape.pyx":627
+  /* "jacext/_tape.pyx":631
  *         raise_status(st)
  *         n_out = int(self.t.n_out)
  *         try:             # <<<<<<<<<<<<<<
@@ -32866,7 +32951,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28cones(struct __pyx_obj_6jacext_
 */
   /*try:*/ {
 
-    /* "jacext/_tape.pyx":628
+    /* "jacext/_tape.pyx":632
  *         n_out = int(self.t.n_out)
  *         try:
  *             p = np.asarray(<int64_t[:n_out + 1]>ptr).copy()             # <<<<<<<<<<<<<<
@@ -32874,30 +32959,30 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28cones(struct __pyx_obj_6jacext_
  *             c = (np.asarray(<int32_t[:total]>cone).copy() if total
 */
     __pyx_t_9 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_10, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 628, __pyx_L8_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_10, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 632, __pyx_L8_error)
     __Pyx_GOTREF(__pyx_t_10);
-    __pyx_t_11 = __Pyx_PyObject_GetAttrStr(__pyx_t_10, __pyx_mstate_global->__pyx_n_u_asarray); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 628, __pyx_L8_error)
+    __pyx_t_11 = __Pyx_PyObject_GetAttrStr(__pyx_t_10, __pyx_mstate_global->__pyx_n_u_asarray); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 632, __pyx_L8_error)
     __Pyx_GOTREF(__pyx_t_11);
     __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
-    if (unlikely(!__pyx_v_n_out)) { __Pyx_RaiseUnboundLocalError("n_out"); __PYX_ERR(0, 628, __pyx_L8_error) }
-    __pyx_t_10 = __Pyx_PyLong_AddObjC(__pyx_v_n_out, __pyx_mstate_global->__pyx_int_1, 1, 0, 0); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 628, __pyx_L8_error)
+    if (unlikely(!__pyx_v_n_out)) { __Pyx_RaiseUnboundLocalError("n_out"); __PYX_ERR(0, 632, __pyx_L8_error) }
+    __pyx_t_10 = __Pyx_PyLong_AddObjC(__pyx_v_n_out, __pyx_mstate_global->__pyx_int_1, 1, 0, 0); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 632, __pyx_L8_error)
     __Pyx_GOTREF(__pyx_t_10);
-    __pyx_t_12 = __Pyx_PyIndex_AsSsize_t(__pyx_t_10); if (unlikely((__pyx_t_12 == (Py_ssize_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 628, __pyx_L8_error)
+    __pyx_t_12 = __Pyx_PyIndex_AsSsize_t(__pyx_t_10); if (unlikely((__pyx_t_12 == (Py_ssize_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 632, __pyx_L8_error)
     __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
     if (!__pyx_v_ptr) {
       PyErr_SetString(PyExc_ValueError,"Cannot create cython.array from NULL pointer");
-      __PYX_ERR(0, 628, __pyx_L8_error)
+      __PYX_ERR(0, 632, __pyx_L8_error)
     }
-    __pyx_t_14 = __pyx_format_from_typeinfo(&__Pyx_TypeInfo_nn_int64_t); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 628, __pyx_L8_error)
+    __pyx_t_14 = __pyx_format_from_typeinfo(&__Pyx_TypeInfo_nn_int64_t); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 632, __pyx_L8_error)
     __Pyx_GOTREF(__pyx_t_14);
-    __pyx_t_10 = Py_BuildValue("("  __PYX_BUILD_PY_SSIZE_T  ")", ((Py_ssize_t)__pyx_t_12)); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 628, __pyx_L8_error)
+    __pyx_t_10 = Py_BuildValue("("  __PYX_BUILD_PY_SSIZE_T  ")", ((Py_ssize_t)__pyx_t_12)); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 632, __pyx_L8_error)
     __Pyx_GOTREF(__pyx_t_10);
     #if CYTHON_COMPILING_IN_LIMITED_API
-    __pyx_t_15 = PyBytes_AsString(__pyx_t_14); if (unlikely(!__pyx_t_15)) __PYX_ERR(0, 628, __pyx_L8_error)
+    __pyx_t_15 = PyBytes_AsString(__pyx_t_14); if (unlikely(!__pyx_t_15)) __PYX_ERR(0, 632, __pyx_L8_error)
     #else
     __pyx_t_15 = PyBytes_AS_STRING(__pyx_t_14);
     #endif
-    __pyx_t_13 = __pyx_array_new(__pyx_t_10, sizeof(int64_t), __pyx_t_15, "c", (char *) __pyx_v_ptr); if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 628, __pyx_L8_error)
+    __pyx_t_13 = __pyx_array_new(__pyx_t_10, sizeof(int64_t), __pyx_t_15, "c", (char *) __pyx_v_ptr); if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 632, __pyx_L8_error)
     __Pyx_GOTREF((PyObject *)__pyx_t_13);
     __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
     __Pyx_DECREF(__pyx_t_14); __pyx_t_14 = 0;
@@ -32920,7 +33005,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28cones(struct __pyx_obj_6jacext_
       __Pyx_XDECREF(__pyx_t_9); __pyx_t_9 = 0;
       __Pyx_DECREF((PyObject *)__pyx_t_13); __pyx_t_13 = 0;
       __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 628, __pyx_L8_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 632, __pyx_L8_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
     __pyx_t_4 = __pyx_t_2;
@@ -32931,28 +33016,28 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28cones(struct __pyx_obj_6jacext_
       __pyx_t_3 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_copy, __pyx_callargs+__pyx_t_8, (1-__pyx_t_8) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
       __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 628, __pyx_L8_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 632, __pyx_L8_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     __pyx_v_p = __pyx_t_3;
     __pyx_t_3 = 0;
 
-    /* "jacext/_tape.pyx":629
+    /* "jacext/_tape.pyx":633
  *         try:
  *             p = np.asarray(<int64_t[:n_out + 1]>ptr).copy()
  *             total = int(p[n_out])             # <<<<<<<<<<<<<<
  *             c = (np.asarray(<int32_t[:total]>cone).copy() if total
  *                  else np.zeros(1, dtype=np.int32))
 */
-    __pyx_t_3 = __Pyx_PyObject_GetItem(__pyx_v_p, __pyx_v_n_out); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 629, __pyx_L8_error)
+    __pyx_t_3 = __Pyx_PyObject_GetItem(__pyx_v_p, __pyx_v_n_out); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 633, __pyx_L8_error)
     __Pyx_GOTREF(__pyx_t_3);
-    __pyx_t_2 = __Pyx_PyNumber_Int(__pyx_t_3); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 629, __pyx_L8_error)
+    __pyx_t_2 = __Pyx_PyNumber_Int(__pyx_t_3); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 633, __pyx_L8_error)
     __Pyx_GOTREF(__pyx_t_2);
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
     __pyx_v_total = ((PyObject*)__pyx_t_2);
     __pyx_t_2 = 0;
 
-    /* "jacext/_tape.pyx":630
+    /* "jacext/_tape.pyx":634
  *             p = np.asarray(<int64_t[:n_out + 1]>ptr).copy()
  *             total = int(p[n_out])
  *             c = (np.asarray(<int32_t[:total]>cone).copy() if total             # <<<<<<<<<<<<<<
@@ -32961,33 +33046,33 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28cones(struct __pyx_obj_6jacext_
 */
     {
       Py_ssize_t __pyx_temp = __Pyx_PyLong_IsNonZero(__pyx_v_total);
-      if (unlikely(((!CYTHON_USE_PYLONG_INTERNALS) && __pyx_temp < 0))) __PYX_ERR(0, 630, __pyx_L8_error)
+      if (unlikely(((!CYTHON_USE_PYLONG_INTERNALS) && __pyx_temp < 0))) __PYX_ERR(0, 634, __pyx_L8_error)
       __pyx_t_5 = (__pyx_temp != 0);
     }
 
     if (__pyx_t_5) {
       __pyx_t_9 = NULL;
-      __Pyx_GetModuleGlobalName(__pyx_t_14, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 630, __pyx_L8_error)
+      __Pyx_GetModuleGlobalName(__pyx_t_14, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 634, __pyx_L8_error)
       __Pyx_GOTREF(__pyx_t_14);
-      __pyx_t_10 = __Pyx_PyObject_GetAttrStr(__pyx_t_14, __pyx_mstate_global->__pyx_n_u_asarray); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 630, __pyx_L8_error)
+      __pyx_t_10 = __Pyx_PyObject_GetAttrStr(__pyx_t_14, __pyx_mstate_global->__pyx_n_u_asarray); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 634, __pyx_L8_error)
       __Pyx_GOTREF(__pyx_t_10);
       __Pyx_DECREF(__pyx_t_14); __pyx_t_14 = 0;
-      if (unlikely(!__pyx_v_total)) { __Pyx_RaiseUnboundLocalError("total"); __PYX_ERR(0, 630, __pyx_L8_error) }
-      __pyx_t_12 = __Pyx_PyIndex_AsSsize_t(__pyx_v_total); if (unlikely((__pyx_t_12 == (Py_ssize_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 630, __pyx_L8_error)
+      if (unlikely(!__pyx_v_total)) { __Pyx_RaiseUnboundLocalError("total"); __PYX_ERR(0, 634, __pyx_L8_error) }
+      __pyx_t_12 = __Pyx_PyIndex_AsSsize_t(__pyx_v_total); if (unlikely((__pyx_t_12 == (Py_ssize_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 634, __pyx_L8_error)
       if (!__pyx_v_cone) {
         PyErr_SetString(PyExc_ValueError,"Cannot create cython.array from NULL pointer");
-        __PYX_ERR(0, 630, __pyx_L8_error)
+        __PYX_ERR(0, 634, __pyx_L8_error)
       }
-      __pyx_t_16 = __pyx_format_from_typeinfo(&__Pyx_TypeInfo_nn_int32_t); if (unlikely(!__pyx_t_16)) __PYX_ERR(0, 630, __pyx_L8_error)
+      __pyx_t_16 = __pyx_format_from_typeinfo(&__Pyx_TypeInfo_nn_int32_t); if (unlikely(!__pyx_t_16)) __PYX_ERR(0, 634, __pyx_L8_error)
       __Pyx_GOTREF(__pyx_t_16);
-      __pyx_t_14 = Py_BuildValue("("  __PYX_BUILD_PY_SSIZE_T  ")", ((Py_ssize_t)__pyx_t_12)); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 630, __pyx_L8_error)
+      __pyx_t_14 = Py_BuildValue("("  __PYX_BUILD_PY_SSIZE_T  ")", ((Py_ssize_t)__pyx_t_12)); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 634, __pyx_L8_error)
       __Pyx_GOTREF(__pyx_t_14);
       #if CYTHON_COMPILING_IN_LIMITED_API
-      __pyx_t_15 = PyBytes_AsString(__pyx_t_16); if (unlikely(!__pyx_t_15)) __PYX_ERR(0, 630, __pyx_L8_error)
+      __pyx_t_15 = PyBytes_AsString(__pyx_t_16); if (unlikely(!__pyx_t_15)) __PYX_ERR(0, 634, __pyx_L8_error)
       #else
       __pyx_t_15 = PyBytes_AS_STRING(__pyx_t_16);
       #endif
-      __pyx_t_13 = __pyx_array_new(__pyx_t_14, sizeof(int32_t), __pyx_t_15, "c", (char *) __pyx_v_cone); if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 630, __pyx_L8_error)
+      __pyx_t_13 = __pyx_array_new(__pyx_t_14, sizeof(int32_t), __pyx_t_15, "c", (char *) __pyx_v_cone); if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 634, __pyx_L8_error)
       __Pyx_GOTREF((PyObject *)__pyx_t_13);
       __Pyx_DECREF(__pyx_t_14); __pyx_t_14 = 0;
       __Pyx_DECREF(__pyx_t_16); __pyx_t_16 = 0;
@@ -33010,7 +33095,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28cones(struct __pyx_obj_6jacext_
         __Pyx_XDECREF(__pyx_t_9); __pyx_t_9 = 0;
         __Pyx_DECREF((PyObject *)__pyx_t_13); __pyx_t_13 = 0;
         __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
-        if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 630, __pyx_L8_error)
+        if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 634, __pyx_L8_error)
         __Pyx_GOTREF(__pyx_t_11);
       }
       __pyx_t_4 = __pyx_t_11;
@@ -33021,14 +33106,14 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28cones(struct __pyx_obj_6jacext_
         __pyx_t_3 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_copy, __pyx_callargs+__pyx_t_8, (1-__pyx_t_8) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
         __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
         __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
-        if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 630, __pyx_L8_error)
+        if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 634, __pyx_L8_error)
         __Pyx_GOTREF(__pyx_t_3);
       }
       __pyx_t_2 = __pyx_t_3;
       __pyx_t_3 = 0;
     } else {
 
-      /* "jacext/_tape.pyx":631
+      /* "jacext/_tape.pyx":635
  *             total = int(p[n_out])
  *             c = (np.asarray(<int32_t[:total]>cone).copy() if total
  *                  else np.zeros(1, dtype=np.int32))             # <<<<<<<<<<<<<<
@@ -33036,14 +33121,14 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28cones(struct __pyx_obj_6jacext_
  *             free(ptr)
 */
       __pyx_t_11 = NULL;
-      __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 631, __pyx_L8_error)
+      __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 635, __pyx_L8_error)
       __Pyx_GOTREF(__pyx_t_4);
-      __pyx_t_10 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_zeros); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 631, __pyx_L8_error)
+      __pyx_t_10 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_zeros); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 635, __pyx_L8_error)
       __Pyx_GOTREF(__pyx_t_10);
       __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-      __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 631, __pyx_L8_error)
+      __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 635, __pyx_L8_error)
       __Pyx_GOTREF(__pyx_t_4);
-      __pyx_t_9 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 631, __pyx_L8_error)
+      __pyx_t_9 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 635, __pyx_L8_error)
       __Pyx_GOTREF(__pyx_t_9);
       __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
       #if CYTHON_VECTORCALL
@@ -33063,14 +33148,14 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28cones(struct __pyx_obj_6jacext_
       {
         PyObject *__pyx_callargs[3] = {__pyx_t_11, __pyx_mstate_global->__pyx_int_1, __pyx_t_9};
         #if CYTHON_VECTORCALL
-        __pyx_t_4 = __pyx_mstate_global->__pyx_tuple[5];
-        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 631, __pyx_L8_error)
+        __pyx_t_4 = __pyx_mstate_global->__pyx_tuple[3];
+        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 635, __pyx_L8_error)
         __Pyx_INCREF(__pyx_t_4);
         #else
         {
           PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
           __pyx_t_4 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 1);
-          if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 631, __pyx_L8_error)
+          if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 635, __pyx_L8_error)
           __Pyx_GOTREF(__pyx_t_4);
         }
         #endif
@@ -33081,7 +33166,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28cones(struct __pyx_obj_6jacext_
         __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
         __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
         __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
-        if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 631, __pyx_L8_error)
+        if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 635, __pyx_L8_error)
         __Pyx_GOTREF(__pyx_t_3);
       }
       __pyx_t_2 = __pyx_t_3;
@@ -33092,7 +33177,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28cones(struct __pyx_obj_6jacext_
     __pyx_t_2 = 0;
   }
 
-  /* "jacext/_tape.pyx":633
+  /* "jacext/_tape.pyx":637
  *                  else np.zeros(1, dtype=np.int32))
  *         finally:
  *             free(ptr)             # <<<<<<<<<<<<<<
@@ -33103,7 +33188,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28cones(struct __pyx_obj_6jacext_
     /*normal exit:*/{
       free(__pyx_v_ptr);
 
-      /* "jacext/_tape.pyx":634
+      /* "jacext/_tape.pyx":638
  *         finally:
  *             free(ptr)
  *             free(cone)             # <<<<<<<<<<<<<<
@@ -33138,7 +33223,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28cones(struct __pyx_obj_6jacext_
       __pyx_t_7 = __pyx_lineno; __pyx_t_17 = __pyx_clineno; __pyx_t_18 = __pyx_filename;
       {
 
-        /* "jacext/_tape.pyx":633
+        /* "jacext/_tape.pyx":637
  *                  else np.zeros(1, dtype=np.int32))
  *         finally:
  *             free(ptr)             # <<<<<<<<<<<<<<
@@ -33147,7 +33232,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28cones(struct __pyx_obj_6jacext_
 */
         free(__pyx_v_ptr);
 
-        /* "jacext/_tape.pyx":634
+        /* "jacext/_tape.pyx":638
  *         finally:
  *             free(ptr)
  *             free(cone)             # <<<<<<<<<<<<<<
@@ -33171,7 +33256,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28cones(struct __pyx_obj_6jacext_
     __pyx_L9:;
   }
 
-  /* "jacext/_tape.pyx":635
+  /* "jacext/_tape.pyx":639
  *             free(ptr)
  *             free(cone)
  *         return Cones(self, p, c, row_ptr, nz_input)             # <<<<<<<<<<<<<<
@@ -33184,7 +33269,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28cones(struct __pyx_obj_6jacext_
     PyObject *__pyx_callargs[6] = {__pyx_t_3, ((PyObject *)__pyx_v_self), __pyx_v_p, __pyx_v_c, __pyx_v_row_ptr, __pyx_v_nz_input};
     __pyx_t_2 = __Pyx_PyObject_FastCall((PyObject*)__pyx_mstate_global->__pyx_ptype_6jacext_5_tape_Cones, __pyx_callargs+__pyx_t_8, (6-__pyx_t_8) | (__pyx_t_8*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
-    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 635, __pyx_L1_error)
+    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 639, __pyx_L1_error)
     __Pyx_GOTREF((PyObject *)__pyx_t_2);
   }
   {
@@ -33198,7 +33283,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28cones(struct __pyx_obj_6jacext_
   __pyx_t_2 = 0;
   goto __pyx_L0;
 
-  /* "jacext/_tape.pyx":612
+  /* "jacext/_tape.pyx":616
  *         return ptr, idx
  * 
  *     def cones(self, budget, row_ptr, nz_input):             # <<<<<<<<<<<<<<
@@ -33233,7 +33318,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28cones(struct __pyx_obj_6jacext_
   return __pyx_r;
 }
 
-/* "jacext/_tape.pyx":642
+/* "jacext/_tape.pyx":646
  *     reverse sweeps fill; checked once here, read-only after."""
  * 
  *     def __init__(self, Tape tape, cone_ptr, cone, row_ptr, nz_input):             # <<<<<<<<<<<<<<
@@ -33283,50 +33368,50 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_tape,&__pyx_mstate_global->__pyx_n_u_cone_ptr,&__pyx_mstate_global->__pyx_n_u_cone,&__pyx_mstate_global->__pyx_n_u_row_ptr,&__pyx_mstate_global->__pyx_n_u_nz_input,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL_TPNEW(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 642, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 646, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  5:
         values[4] = __Pyx_ArgRef_FASTCALL_TPNEW(__pyx_args, 4);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 642, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 646, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  4:
         values[3] = __Pyx_ArgRef_FASTCALL_TPNEW(__pyx_args, 3);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 642, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 646, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL_TPNEW(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 642, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 646, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL_TPNEW(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 642, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 646, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL_TPNEW(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 642, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 646, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "__init__", 0) < (0)) __PYX_ERR(0, 642, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "__init__", 0) < (0)) __PYX_ERR(0, 646, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 5; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("__init__", 1, 5, 5, i); __PYX_ERR(0, 642, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("__init__", 1, 5, 5, i); __PYX_ERR(0, 646, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 5)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL_TPNEW(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 642, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 646, __pyx_L3_error)
       values[1] = __Pyx_ArgRef_FASTCALL_TPNEW(__pyx_args, 1);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 642, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 646, __pyx_L3_error)
       values[2] = __Pyx_ArgRef_FASTCALL_TPNEW(__pyx_args, 2);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 642, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 646, __pyx_L3_error)
       values[3] = __Pyx_ArgRef_FASTCALL_TPNEW(__pyx_args, 3);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 642, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 646, __pyx_L3_error)
       values[4] = __Pyx_ArgRef_FASTCALL_TPNEW(__pyx_args, 4);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 642, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 646, __pyx_L3_error)
     }
     __pyx_v_tape = ((struct __pyx_obj_6jacext_5_tape_Tape *)values[0]);
     __pyx_v_cone_ptr = values[1];
@@ -33336,7 +33421,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("__init__", 1, 5, 5, __pyx_nargs); __PYX_ERR(0, 642, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("__init__", 1, 5, 5, __pyx_nargs); __PYX_ERR(0, 646, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -33347,7 +33432,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   __Pyx_RefNannyFinishContext();
   return -1;
   __pyx_L4_argument_unpacking_done:;
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_tape), __pyx_mstate_global->__pyx_ptype_6jacext_5_tape_Tape, 1, "tape", 0))) __PYX_ERR(0, 642, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_tape), __pyx_mstate_global->__pyx_ptype_6jacext_5_tape_Tape, 1, "tape", 0))) __PYX_ERR(0, 646, __pyx_L1_error)
   __pyx_r = __pyx_pf_6jacext_5_tape_5Cones___init__(((struct __pyx_obj_6jacext_5_tape_Cones *)__pyx_v_self), __pyx_v_tape, __pyx_v_cone_ptr, __pyx_v_cone, __pyx_v_row_ptr, __pyx_v_nz_input);
 
   /* function exit code */
@@ -33388,7 +33473,7 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__init__", 0);
 
-  /* "jacext/_tape.pyx":643
+  /* "jacext/_tape.pyx":647
  * 
  *     def __init__(self, Tape tape, cone_ptr, cone, row_ptr, nz_input):
  *         cdef Py_ssize_t n_out = tape.t.n_out             # <<<<<<<<<<<<<<
@@ -33399,7 +33484,7 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
 
   __pyx_v_n_out = __pyx_t_1;
 
-  /* "jacext/_tape.pyx":644
+  /* "jacext/_tape.pyx":648
  *     def __init__(self, Tape tape, cone_ptr, cone, row_ptr, nz_input):
  *         cdef Py_ssize_t n_out = tape.t.n_out
  *         self.tape = tape             # <<<<<<<<<<<<<<
@@ -33411,7 +33496,7 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
   __Pyx_GOTREF((PyObject *)__pyx_v_self->tape);
   __Pyx_DECREF_SET(__pyx_v_self->tape, __pyx_v_tape);
 
-  /* "jacext/_tape.pyx":645
+  /* "jacext/_tape.pyx":649
  *         cdef Py_ssize_t n_out = tape.t.n_out
  *         self.tape = tape
  *         self.cone_ptr = np.array(cone_ptr, dtype=np.int64, copy=True)             # <<<<<<<<<<<<<<
@@ -33419,14 +33504,14 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
  *         self.row_ptr = np.array(row_ptr, dtype=np.int32, copy=True)
 */
   __pyx_t_3 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 645, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 649, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_array_2); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 645, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_array_2); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 649, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 645, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 649, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_int64); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 645, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_int64); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 649, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   #if CYTHON_VECTORCALL
@@ -33447,13 +33532,13 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
     PyObject *__pyx_callargs[4] = {__pyx_t_3, __pyx_v_cone_ptr, __pyx_t_6, Py_True};
     #if CYTHON_VECTORCALL
     __pyx_t_4 = __pyx_mstate_global->__pyx_tuple[6];
-    if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 645, __pyx_L1_error)
+    if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 649, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_4);
     #else
     {
       PyObject *__pyx_temp[2] = {__pyx_mstate_global->__pyx_n_u_dtype, __pyx_mstate_global->__pyx_n_u_copy};
       __pyx_t_4 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 2);
-      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 645, __pyx_L1_error)
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 649, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_4);
     }
     #endif
@@ -33464,16 +33549,16 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
     __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 645, __pyx_L1_error)
+    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 649, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
   }
-  if (!(likely(((__pyx_t_2) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_2, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 645, __pyx_L1_error)
+  if (!(likely(((__pyx_t_2) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_2, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 649, __pyx_L1_error)
   __Pyx_GIVEREF(__pyx_t_2);
   __Pyx_GOTREF((PyObject *)__pyx_v_self->cone_ptr);
   __Pyx_DECREF_SET(__pyx_v_self->cone_ptr, ((PyArrayObject *)__pyx_t_2));
   __pyx_t_2 = 0;
 
-  /* "jacext/_tape.pyx":646
+  /* "jacext/_tape.pyx":650
  *         self.tape = tape
  *         self.cone_ptr = np.array(cone_ptr, dtype=np.int64, copy=True)
  *         self.cone = np.array(cone, dtype=np.int32, copy=True)             # <<<<<<<<<<<<<<
@@ -33481,14 +33566,14 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
  *         self.nz_input = np.array(nz_input, dtype=np.int32, copy=True)
 */
   __pyx_t_5 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 646, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 650, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_array_2); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 646, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_array_2); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 650, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 646, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 650, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 646, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 650, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   #if CYTHON_VECTORCALL
@@ -33509,13 +33594,13 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
     PyObject *__pyx_callargs[4] = {__pyx_t_5, __pyx_v_cone, __pyx_t_3, Py_True};
     #if CYTHON_VECTORCALL
     __pyx_t_4 = __pyx_mstate_global->__pyx_tuple[6];
-    if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 646, __pyx_L1_error)
+    if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 650, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_4);
     #else
     {
       PyObject *__pyx_temp[2] = {__pyx_mstate_global->__pyx_n_u_dtype, __pyx_mstate_global->__pyx_n_u_copy};
       __pyx_t_4 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 2);
-      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 646, __pyx_L1_error)
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 650, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_4);
     }
     #endif
@@ -33526,16 +33611,16 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 646, __pyx_L1_error)
+    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 650, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
   }
-  if (!(likely(((__pyx_t_2) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_2, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 646, __pyx_L1_error)
+  if (!(likely(((__pyx_t_2) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_2, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 650, __pyx_L1_error)
   __Pyx_GIVEREF(__pyx_t_2);
   __Pyx_GOTREF((PyObject *)__pyx_v_self->cone);
   __Pyx_DECREF_SET(__pyx_v_self->cone, ((PyArrayObject *)__pyx_t_2));
   __pyx_t_2 = 0;
 
-  /* "jacext/_tape.pyx":647
+  /* "jacext/_tape.pyx":651
  *         self.cone_ptr = np.array(cone_ptr, dtype=np.int64, copy=True)
  *         self.cone = np.array(cone, dtype=np.int32, copy=True)
  *         self.row_ptr = np.array(row_ptr, dtype=np.int32, copy=True)             # <<<<<<<<<<<<<<
@@ -33543,14 +33628,14 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
  *         for arr in (self.cone_ptr, self.cone, self.row_ptr, self.nz_input):
 */
   __pyx_t_6 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 647, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 651, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_array_2); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 647, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_array_2); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 651, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 647, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 651, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 647, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 651, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   #if CYTHON_VECTORCALL
@@ -33571,13 +33656,13 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
     PyObject *__pyx_callargs[4] = {__pyx_t_6, __pyx_v_row_ptr, __pyx_t_5, Py_True};
     #if CYTHON_VECTORCALL
     __pyx_t_4 = __pyx_mstate_global->__pyx_tuple[6];
-    if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 647, __pyx_L1_error)
+    if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 651, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_4);
     #else
     {
       PyObject *__pyx_temp[2] = {__pyx_mstate_global->__pyx_n_u_dtype, __pyx_mstate_global->__pyx_n_u_copy};
       __pyx_t_4 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 2);
-      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 647, __pyx_L1_error)
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 651, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_4);
     }
     #endif
@@ -33588,16 +33673,16 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
     __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 647, __pyx_L1_error)
+    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 651, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
   }
-  if (!(likely(((__pyx_t_2) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_2, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 647, __pyx_L1_error)
+  if (!(likely(((__pyx_t_2) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_2, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 651, __pyx_L1_error)
   __Pyx_GIVEREF(__pyx_t_2);
   __Pyx_GOTREF((PyObject *)__pyx_v_self->row_ptr);
   __Pyx_DECREF_SET(__pyx_v_self->row_ptr, ((PyArrayObject *)__pyx_t_2));
   __pyx_t_2 = 0;
 
-  /* "jacext/_tape.pyx":648
+  /* "jacext/_tape.pyx":652
  *         self.cone = np.array(cone, dtype=np.int32, copy=True)
  *         self.row_ptr = np.array(row_ptr, dtype=np.int32, copy=True)
  *         self.nz_input = np.array(nz_input, dtype=np.int32, copy=True)             # <<<<<<<<<<<<<<
@@ -33605,14 +33690,14 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
  *             arr.setflags(write=False)
 */
   __pyx_t_3 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 648, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 652, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_array_2); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 648, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_array_2); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 652, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 648, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 652, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 648, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 652, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   #if CYTHON_VECTORCALL
@@ -33633,13 +33718,13 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
     PyObject *__pyx_callargs[4] = {__pyx_t_3, __pyx_v_nz_input, __pyx_t_6, Py_True};
     #if CYTHON_VECTORCALL
     __pyx_t_4 = __pyx_mstate_global->__pyx_tuple[6];
-    if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 648, __pyx_L1_error)
+    if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 652, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_4);
     #else
     {
       PyObject *__pyx_temp[2] = {__pyx_mstate_global->__pyx_n_u_dtype, __pyx_mstate_global->__pyx_n_u_copy};
       __pyx_t_4 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 2);
-      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 648, __pyx_L1_error)
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 652, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_4);
     }
     #endif
@@ -33650,36 +33735,36 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
     __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 648, __pyx_L1_error)
+    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 652, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
   }
-  if (!(likely(((__pyx_t_2) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_2, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 648, __pyx_L1_error)
+  if (!(likely(((__pyx_t_2) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_2, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 652, __pyx_L1_error)
   __Pyx_GIVEREF(__pyx_t_2);
   __Pyx_GOTREF((PyObject *)__pyx_v_self->nz_input);
   __Pyx_DECREF_SET(__pyx_v_self->nz_input, ((PyArrayObject *)__pyx_t_2));
   __pyx_t_2 = 0;
 
-  /* "jacext/_tape.pyx":649
+  /* "jacext/_tape.pyx":653
  *         self.row_ptr = np.array(row_ptr, dtype=np.int32, copy=True)
  *         self.nz_input = np.array(nz_input, dtype=np.int32, copy=True)
  *         for arr in (self.cone_ptr, self.cone, self.row_ptr, self.nz_input):             # <<<<<<<<<<<<<<
  *             arr.setflags(write=False)
  *         if (self.cone_ptr.shape[0] != n_out + 1 or self.row_ptr.shape[0] != n_out + 1
 */
-  __pyx_t_2 = PyTuple_New(4); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 649, __pyx_L1_error)
+  __pyx_t_2 = PyTuple_New(4); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 653, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_INCREF((PyObject *)__pyx_v_self->cone_ptr);
   __Pyx_GIVEREF((PyObject *)__pyx_v_self->cone_ptr);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 0, ((PyObject *)__pyx_v_self->cone_ptr)) != (0)) __PYX_ERR(0, 649, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 0, ((PyObject *)__pyx_v_self->cone_ptr)) != (0)) __PYX_ERR(0, 653, __pyx_L1_error);
   __Pyx_INCREF((PyObject *)__pyx_v_self->cone);
   __Pyx_GIVEREF((PyObject *)__pyx_v_self->cone);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 1, ((PyObject *)__pyx_v_self->cone)) != (0)) __PYX_ERR(0, 649, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 1, ((PyObject *)__pyx_v_self->cone)) != (0)) __PYX_ERR(0, 653, __pyx_L1_error);
   __Pyx_INCREF((PyObject *)__pyx_v_self->row_ptr);
   __Pyx_GIVEREF((PyObject *)__pyx_v_self->row_ptr);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 2, ((PyObject *)__pyx_v_self->row_ptr)) != (0)) __PYX_ERR(0, 649, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 2, ((PyObject *)__pyx_v_self->row_ptr)) != (0)) __PYX_ERR(0, 653, __pyx_L1_error);
   __Pyx_INCREF((PyObject *)__pyx_v_self->nz_input);
   __Pyx_GIVEREF((PyObject *)__pyx_v_self->nz_input);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 3, ((PyObject *)__pyx_v_self->nz_input)) != (0)) __PYX_ERR(0, 649, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 3, ((PyObject *)__pyx_v_self->nz_input)) != (0)) __PYX_ERR(0, 653, __pyx_L1_error);
   __pyx_t_5 = __pyx_t_2; __Pyx_INCREF(__pyx_t_5);
   __pyx_t_8 = 0;
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
@@ -33691,13 +33776,13 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
     __pyx_t_2 = __Pyx_PySequence_ITEM(__pyx_t_5, __pyx_t_8);
     #endif
     ++__pyx_t_8;
-    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 649, __pyx_L1_error)
+    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 653, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
-    if (!(likely(((__pyx_t_2) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_2, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 649, __pyx_L1_error)
+    if (!(likely(((__pyx_t_2) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_2, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 653, __pyx_L1_error)
     __Pyx_XDECREF_SET(__pyx_v_arr, ((PyArrayObject *)__pyx_t_2));
     __pyx_t_2 = 0;
 
-    /* "jacext/_tape.pyx":650
+    /* "jacext/_tape.pyx":654
  *         self.nz_input = np.array(nz_input, dtype=np.int32, copy=True)
  *         for arr in (self.cone_ptr, self.cone, self.row_ptr, self.nz_input):
  *             arr.setflags(write=False)             # <<<<<<<<<<<<<<
@@ -33712,14 +33797,14 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
     {
       PyObject *__pyx_callargs[2] = {__pyx_t_4, Py_False};
       #if CYTHON_VECTORCALL
-      __pyx_t_6 = __pyx_mstate_global->__pyx_tuple[3];
-      if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 650, __pyx_L1_error)
+      __pyx_t_6 = __pyx_mstate_global->__pyx_tuple[4];
+      if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 654, __pyx_L1_error)
       __Pyx_INCREF(__pyx_t_6);
       #else
       {
         PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_write};
         __pyx_t_6 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+1, 1);
-        if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 650, __pyx_L1_error)
+        if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 654, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_6);
       }
       #endif
@@ -33728,12 +33813,12 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
       #if CYTHON_VECTORCALL
       #endif
       __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 650, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 654, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-    /* "jacext/_tape.pyx":649
+    /* "jacext/_tape.pyx":653
  *         self.row_ptr = np.array(row_ptr, dtype=np.int32, copy=True)
  *         self.nz_input = np.array(nz_input, dtype=np.int32, copy=True)
  *         for arr in (self.cone_ptr, self.cone, self.row_ptr, self.nz_input):             # <<<<<<<<<<<<<<
@@ -33743,7 +33828,7 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
   }
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
-  /* "jacext/_tape.pyx":651
+  /* "jacext/_tape.pyx":655
  *         for arr in (self.cone_ptr, self.cone, self.row_ptr, self.nz_input):
  *             arr.setflags(write=False)
  *         if (self.cone_ptr.shape[0] != n_out + 1 or self.row_ptr.shape[0] != n_out + 1             # <<<<<<<<<<<<<<
@@ -33764,7 +33849,7 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
     goto __pyx_L7_bool_binop_done;
   }
 
-  /* "jacext/_tape.pyx":652
+  /* "jacext/_tape.pyx":656
  *             arr.setflags(write=False)
  *         if (self.cone_ptr.shape[0] != n_out + 1 or self.row_ptr.shape[0] != n_out + 1
  *                 or self.cone_ptr[0] != 0 or self.row_ptr[0] != 0             # <<<<<<<<<<<<<<
@@ -33774,7 +33859,7 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
   __pyx_t_5 = ((PyObject *)__pyx_v_self->row_ptr);
   __Pyx_INCREF(__pyx_t_5);
 
-  /* "jacext/_tape.pyx":651
+  /* "jacext/_tape.pyx":655
  *         for arr in (self.cone_ptr, self.cone, self.row_ptr, self.nz_input):
  *             arr.setflags(write=False)
  *         if (self.cone_ptr.shape[0] != n_out + 1 or self.row_ptr.shape[0] != n_out + 1             # <<<<<<<<<<<<<<
@@ -33793,16 +33878,16 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
     goto __pyx_L7_bool_binop_done;
   }
 
-  /* "jacext/_tape.pyx":652
+  /* "jacext/_tape.pyx":656
  *             arr.setflags(write=False)
  *         if (self.cone_ptr.shape[0] != n_out + 1 or self.row_ptr.shape[0] != n_out + 1
  *                 or self.cone_ptr[0] != 0 or self.row_ptr[0] != 0             # <<<<<<<<<<<<<<
  *                 or (np.diff(self.cone_ptr) < 0).any() or (np.diff(self.row_ptr) < 0).any()
  *                 or self.row_ptr[n_out] != self.nz_input.shape[0]
 */
-  __pyx_t_5 = __Pyx_GetItemInt(((PyObject *)__pyx_v_self->cone_ptr), 0, long, 1, __Pyx_PyLong_From_long, 0, 1, 1, __Pyx_ReferenceSharing_SharedReference); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 652, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_GetItemInt(((PyObject *)__pyx_v_self->cone_ptr), 0, long, 1, __Pyx_PyLong_From_long, 0, 1, 1, __Pyx_ReferenceSharing_SharedReference); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 656, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  __pyx_t_10 = (__Pyx_PyLong_BoolNeObjC(__pyx_t_5, __pyx_mstate_global->__pyx_int_0, 0, 0)); if (unlikely((__pyx_t_10 < 0))) __PYX_ERR(0, 652, __pyx_L1_error)
+  __pyx_t_10 = (__Pyx_PyLong_BoolNeObjC(__pyx_t_5, __pyx_mstate_global->__pyx_int_0, 0, 0)); if (unlikely((__pyx_t_10 < 0))) __PYX_ERR(0, 656, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
   if (!__pyx_t_10) {
 
@@ -33813,24 +33898,24 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
     goto __pyx_L7_bool_binop_done;
   }
 
-  /* "jacext/_tape.pyx":653
+  /* "jacext/_tape.pyx":657
  *         if (self.cone_ptr.shape[0] != n_out + 1 or self.row_ptr.shape[0] != n_out + 1
  *                 or self.cone_ptr[0] != 0 or self.row_ptr[0] != 0
  *                 or (np.diff(self.cone_ptr) < 0).any() or (np.diff(self.row_ptr) < 0).any()             # <<<<<<<<<<<<<<
  *                 or self.row_ptr[n_out] != self.nz_input.shape[0]
  *                 or self.cone_ptr[n_out] > self.cone.shape[0]):
 */
-  __pyx_t_5 = __Pyx_GetItemInt(((PyObject *)__pyx_v_self->row_ptr), 0, long, 1, __Pyx_PyLong_From_long, 0, 1, 1, __Pyx_ReferenceSharing_SharedReference); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 652, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_GetItemInt(((PyObject *)__pyx_v_self->row_ptr), 0, long, 1, __Pyx_PyLong_From_long, 0, 1, 1, __Pyx_ReferenceSharing_SharedReference); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 656, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
 
-  /* "jacext/_tape.pyx":652
+  /* "jacext/_tape.pyx":656
  *             arr.setflags(write=False)
  *         if (self.cone_ptr.shape[0] != n_out + 1 or self.row_ptr.shape[0] != n_out + 1
  *                 or self.cone_ptr[0] != 0 or self.row_ptr[0] != 0             # <<<<<<<<<<<<<<
  *                 or (np.diff(self.cone_ptr) < 0).any() or (np.diff(self.row_ptr) < 0).any()
  *                 or self.row_ptr[n_out] != self.nz_input.shape[0]
 */
-  __pyx_t_10 = (__Pyx_PyLong_BoolNeObjC(__pyx_t_5, __pyx_mstate_global->__pyx_int_0, 0, 0)); if (unlikely((__pyx_t_10 < 0))) __PYX_ERR(0, 652, __pyx_L1_error)
+  __pyx_t_10 = (__Pyx_PyLong_BoolNeObjC(__pyx_t_5, __pyx_mstate_global->__pyx_int_0, 0, 0)); if (unlikely((__pyx_t_10 < 0))) __PYX_ERR(0, 656, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
   if (!__pyx_t_10) {
 
@@ -33841,7 +33926,7 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
     goto __pyx_L7_bool_binop_done;
   }
 
-  /* "jacext/_tape.pyx":653
+  /* "jacext/_tape.pyx":657
  *         if (self.cone_ptr.shape[0] != n_out + 1 or self.row_ptr.shape[0] != n_out + 1
  *                 or self.cone_ptr[0] != 0 or self.row_ptr[0] != 0
  *                 or (np.diff(self.cone_ptr) < 0).any() or (np.diff(self.row_ptr) < 0).any()             # <<<<<<<<<<<<<<
@@ -33849,9 +33934,9 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
  *                 or self.cone_ptr[n_out] > self.cone.shape[0]):
 */
   __pyx_t_4 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 653, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 657, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_11 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_diff); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 653, __pyx_L1_error)
+  __pyx_t_11 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_diff); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 657, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_11);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   __pyx_t_7 = 1;
@@ -33871,10 +33956,10 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
     __pyx_t_6 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_11, __pyx_callargs+__pyx_t_7, (2-__pyx_t_7) | (__pyx_t_7*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
     __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
-    if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 653, __pyx_L1_error)
+    if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 657, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
   }
-  __pyx_t_11 = __Pyx_PyObject_CompareLt_object_int(__pyx_t_6, __pyx_mstate_global->__pyx_int_0, Py_LT); __Pyx_XGOTREF(__pyx_t_11); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 653, __pyx_L1_error)
+  __pyx_t_11 = __Pyx_PyObject_CompareLt_object_int(__pyx_t_6, __pyx_mstate_global->__pyx_int_0, Py_LT); __Pyx_XGOTREF(__pyx_t_11); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 657, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
   __pyx_t_2 = __pyx_t_11;
   __Pyx_INCREF(__pyx_t_2);
@@ -33884,10 +33969,10 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
     __pyx_t_5 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_any, __pyx_callargs+__pyx_t_7, (1-__pyx_t_7) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
-    if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 653, __pyx_L1_error)
+    if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 657, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_5);
   }
-  __pyx_t_10 = __Pyx_PyObject_IsTrue(__pyx_t_5); if (unlikely((__pyx_t_10 < 0))) __PYX_ERR(0, 653, __pyx_L1_error)
+  __pyx_t_10 = __Pyx_PyObject_IsTrue(__pyx_t_5); if (unlikely((__pyx_t_10 < 0))) __PYX_ERR(0, 657, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
   if (!__pyx_t_10) {
 
@@ -33898,7 +33983,7 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
     goto __pyx_L7_bool_binop_done;
   }
 
-  /* "jacext/_tape.pyx":654
+  /* "jacext/_tape.pyx":658
  *                 or self.cone_ptr[0] != 0 or self.row_ptr[0] != 0
  *                 or (np.diff(self.cone_ptr) < 0).any() or (np.diff(self.row_ptr) < 0).any()
  *                 or self.row_ptr[n_out] != self.nz_input.shape[0]             # <<<<<<<<<<<<<<
@@ -33907,16 +33992,16 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
 */
   __pyx_t_6 = NULL;
 
-  /* "jacext/_tape.pyx":653
+  /* "jacext/_tape.pyx":657
  *         if (self.cone_ptr.shape[0] != n_out + 1 or self.row_ptr.shape[0] != n_out + 1
  *                 or self.cone_ptr[0] != 0 or self.row_ptr[0] != 0
  *                 or (np.diff(self.cone_ptr) < 0).any() or (np.diff(self.row_ptr) < 0).any()             # <<<<<<<<<<<<<<
  *                 or self.row_ptr[n_out] != self.nz_input.shape[0]
  *                 or self.cone_ptr[n_out] > self.cone.shape[0]):
 */
-  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 653, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 657, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_diff); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 653, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_diff); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 657, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   __pyx_t_7 = 1;
@@ -33936,10 +34021,10 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
     __pyx_t_2 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_3, __pyx_callargs+__pyx_t_7, (2-__pyx_t_7) | (__pyx_t_7*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 653, __pyx_L1_error)
+    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 657, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
   }
-  __pyx_t_3 = __Pyx_PyObject_CompareLt_object_int(__pyx_t_2, __pyx_mstate_global->__pyx_int_0, Py_LT); __Pyx_XGOTREF(__pyx_t_3); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 653, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyObject_CompareLt_object_int(__pyx_t_2, __pyx_mstate_global->__pyx_int_0, Py_LT); __Pyx_XGOTREF(__pyx_t_3); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 657, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   __pyx_t_11 = __pyx_t_3;
   __Pyx_INCREF(__pyx_t_11);
@@ -33949,10 +34034,10 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
     __pyx_t_5 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_any, __pyx_callargs+__pyx_t_7, (1-__pyx_t_7) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_11); __pyx_t_11 = 0;
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 653, __pyx_L1_error)
+    if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 657, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_5);
   }
-  __pyx_t_10 = __Pyx_PyObject_IsTrue(__pyx_t_5); if (unlikely((__pyx_t_10 < 0))) __PYX_ERR(0, 653, __pyx_L1_error)
+  __pyx_t_10 = __Pyx_PyObject_IsTrue(__pyx_t_5); if (unlikely((__pyx_t_10 < 0))) __PYX_ERR(0, 657, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
   if (!__pyx_t_10) {
 
@@ -33963,21 +34048,21 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
     goto __pyx_L7_bool_binop_done;
   }
 
-  /* "jacext/_tape.pyx":654
+  /* "jacext/_tape.pyx":658
  *                 or self.cone_ptr[0] != 0 or self.row_ptr[0] != 0
  *                 or (np.diff(self.cone_ptr) < 0).any() or (np.diff(self.row_ptr) < 0).any()
  *                 or self.row_ptr[n_out] != self.nz_input.shape[0]             # <<<<<<<<<<<<<<
  *                 or self.cone_ptr[n_out] > self.cone.shape[0]):
  *             raise ValueError("jacext: inconsistent cones")
 */
-  __pyx_t_5 = __Pyx_GetItemInt(((PyObject *)__pyx_v_self->row_ptr), __pyx_v_n_out, Py_ssize_t, 1, PyLong_FromSsize_t, 1, 1, 1, __Pyx_ReferenceSharing_SharedReference); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 654, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_GetItemInt(((PyObject *)__pyx_v_self->row_ptr), __pyx_v_n_out, Py_ssize_t, 1, PyLong_FromSsize_t, 1, 1, 1, __Pyx_ReferenceSharing_SharedReference); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 658, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   __pyx_t_3 = ((PyObject *)__pyx_v_self->nz_input);
   __Pyx_INCREF(__pyx_t_3);
-  __pyx_t_11 = __Pyx_PyLong_From_npy_intp((__pyx_f_5numpy_7ndarray_5shape___get__(((PyArrayObject *)__pyx_t_3))[0])); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 654, __pyx_L1_error)
+  __pyx_t_11 = __Pyx_PyLong_From_npy_intp((__pyx_f_5numpy_7ndarray_5shape___get__(((PyArrayObject *)__pyx_t_3))[0])); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 658, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_11);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __pyx_t_10 = __Pyx_PyObject_CompareBoolNe_object_int(__pyx_t_5, __pyx_t_11, Py_NE); if (unlikely((__pyx_t_10 < 0))) __PYX_ERR(0, 654, __pyx_L1_error)
+  __pyx_t_10 = __Pyx_PyObject_CompareBoolNe_object_int(__pyx_t_5, __pyx_t_11, Py_NE); if (unlikely((__pyx_t_10 < 0))) __PYX_ERR(0, 658, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
   __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
   if (!__pyx_t_10) {
@@ -33989,21 +34074,21 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
     goto __pyx_L7_bool_binop_done;
   }
 
-  /* "jacext/_tape.pyx":655
+  /* "jacext/_tape.pyx":659
  *                 or (np.diff(self.cone_ptr) < 0).any() or (np.diff(self.row_ptr) < 0).any()
  *                 or self.row_ptr[n_out] != self.nz_input.shape[0]
  *                 or self.cone_ptr[n_out] > self.cone.shape[0]):             # <<<<<<<<<<<<<<
  *             raise ValueError("jacext: inconsistent cones")
  *         if not (_in_range(<const int32_t *>cnp.PyArray_DATA(self.cone), self.cone_ptr[n_out],
 */
-  __pyx_t_11 = __Pyx_GetItemInt(((PyObject *)__pyx_v_self->cone_ptr), __pyx_v_n_out, Py_ssize_t, 1, PyLong_FromSsize_t, 1, 1, 1, __Pyx_ReferenceSharing_SharedReference); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 655, __pyx_L1_error)
+  __pyx_t_11 = __Pyx_GetItemInt(((PyObject *)__pyx_v_self->cone_ptr), __pyx_v_n_out, Py_ssize_t, 1, PyLong_FromSsize_t, 1, 1, 1, __Pyx_ReferenceSharing_SharedReference); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 659, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_11);
   __pyx_t_5 = ((PyObject *)__pyx_v_self->cone);
   __Pyx_INCREF(__pyx_t_5);
-  __pyx_t_3 = __Pyx_PyLong_From_npy_intp((__pyx_f_5numpy_7ndarray_5shape___get__(((PyArrayObject *)__pyx_t_5))[0])); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 655, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_From_npy_intp((__pyx_f_5numpy_7ndarray_5shape___get__(((PyArrayObject *)__pyx_t_5))[0])); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 659, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-  __pyx_t_10 = __Pyx_PyObject_CompareBoolGt_object_int(__pyx_t_11, __pyx_t_3, Py_GT); if (unlikely((__pyx_t_10 < 0))) __PYX_ERR(0, 655, __pyx_L1_error)
+  __pyx_t_10 = __Pyx_PyObject_CompareBoolGt_object_int(__pyx_t_11, __pyx_t_3, Py_GT); if (unlikely((__pyx_t_10 < 0))) __PYX_ERR(0, 659, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
 
@@ -34011,7 +34096,7 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
 
   __pyx_L7_bool_binop_done:;
 
-  /* "jacext/_tape.pyx":651
+  /* "jacext/_tape.pyx":655
  *         for arr in (self.cone_ptr, self.cone, self.row_ptr, self.nz_input):
  *             arr.setflags(write=False)
  *         if (self.cone_ptr.shape[0] != n_out + 1 or self.row_ptr.shape[0] != n_out + 1             # <<<<<<<<<<<<<<
@@ -34021,7 +34106,7 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
   if (unlikely(__pyx_t_9)) {
 
 
-    /* "jacext/_tape.pyx":656
+    /* "jacext/_tape.pyx":660
  *                 or self.row_ptr[n_out] != self.nz_input.shape[0]
  *                 or self.cone_ptr[n_out] > self.cone.shape[0]):
  *             raise ValueError("jacext: inconsistent cones")             # <<<<<<<<<<<<<<
@@ -34034,14 +34119,14 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
       PyObject *__pyx_callargs[2] = {__pyx_t_11, __pyx_mstate_global->__pyx_kp_u_jacext_inconsistent_cones};
       __pyx_t_3 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_7, (2-__pyx_t_7) | (__pyx_t_7*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_11); __pyx_t_11 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 656, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 660, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     __Pyx_Raise(__pyx_t_3, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    __PYX_ERR(0, 656, __pyx_L1_error)
+    __PYX_ERR(0, 660, __pyx_L1_error)
 
-    /* "jacext/_tape.pyx":651
+    /* "jacext/_tape.pyx":655
  *         for arr in (self.cone_ptr, self.cone, self.row_ptr, self.nz_input):
  *             arr.setflags(write=False)
  *         if (self.cone_ptr.shape[0] != n_out + 1 or self.row_ptr.shape[0] != n_out + 1             # <<<<<<<<<<<<<<
@@ -34050,7 +34135,7 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
 */
   }
 
-  /* "jacext/_tape.pyx":657
+  /* "jacext/_tape.pyx":661
  *                 or self.cone_ptr[n_out] > self.cone.shape[0]):
  *             raise ValueError("jacext: inconsistent cones")
  *         if not (_in_range(<const int32_t *>cnp.PyArray_DATA(self.cone), self.cone_ptr[n_out],             # <<<<<<<<<<<<<<
@@ -34059,12 +34144,12 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
 */
   __pyx_t_3 = ((PyObject *)__pyx_v_self->cone);
   __Pyx_INCREF(__pyx_t_3);
-  __pyx_t_11 = __Pyx_GetItemInt(((PyObject *)__pyx_v_self->cone_ptr), __pyx_v_n_out, Py_ssize_t, 1, PyLong_FromSsize_t, 1, 1, 1, __Pyx_ReferenceSharing_SharedReference); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 657, __pyx_L1_error)
+  __pyx_t_11 = __Pyx_GetItemInt(((PyObject *)__pyx_v_self->cone_ptr), __pyx_v_n_out, Py_ssize_t, 1, PyLong_FromSsize_t, 1, 1, 1, __Pyx_ReferenceSharing_SharedReference); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 661, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_11);
-  __pyx_t_8 = __Pyx_PyIndex_AsSsize_t(__pyx_t_11); if (unlikely((__pyx_t_8 == (Py_ssize_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 657, __pyx_L1_error)
+  __pyx_t_8 = __Pyx_PyIndex_AsSsize_t(__pyx_t_11); if (unlikely((__pyx_t_8 == (Py_ssize_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 661, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
 
-  /* "jacext/_tape.pyx":658
+  /* "jacext/_tape.pyx":662
  *             raise ValueError("jacext: inconsistent cones")
  *         if not (_in_range(<const int32_t *>cnp.PyArray_DATA(self.cone), self.cone_ptr[n_out],
  *                           0, tape.t.n_instr)             # <<<<<<<<<<<<<<
@@ -34084,7 +34169,7 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
     goto __pyx_L16_bool_binop_done;
   }
 
-  /* "jacext/_tape.pyx":659
+  /* "jacext/_tape.pyx":663
  *         if not (_in_range(<const int32_t *>cnp.PyArray_DATA(self.cone), self.cone_ptr[n_out],
  *                           0, tape.t.n_instr)
  *                 and _in_range(<const int32_t *>cnp.PyArray_DATA(self.nz_input),             # <<<<<<<<<<<<<<
@@ -34094,7 +34179,7 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
   __pyx_t_3 = ((PyObject *)__pyx_v_self->nz_input);
   __Pyx_INCREF(__pyx_t_3);
 
-  /* "jacext/_tape.pyx":660
+  /* "jacext/_tape.pyx":664
  *                           0, tape.t.n_instr)
  *                 and _in_range(<const int32_t *>cnp.PyArray_DATA(self.nz_input),
  *                               self.nz_input.shape[0], 0, tape.t.n_in)):             # <<<<<<<<<<<<<<
@@ -34104,7 +34189,7 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
   __pyx_t_11 = ((PyObject *)__pyx_v_self->nz_input);
   __Pyx_INCREF(__pyx_t_11);
 
-  /* "jacext/_tape.pyx":659
+  /* "jacext/_tape.pyx":663
  *         if not (_in_range(<const int32_t *>cnp.PyArray_DATA(self.cone), self.cone_ptr[n_out],
  *                           0, tape.t.n_instr)
  *                 and _in_range(<const int32_t *>cnp.PyArray_DATA(self.nz_input),             # <<<<<<<<<<<<<<
@@ -34120,7 +34205,7 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
 
   __pyx_L16_bool_binop_done:;
 
-  /* "jacext/_tape.pyx":657
+  /* "jacext/_tape.pyx":661
  *                 or self.cone_ptr[n_out] > self.cone.shape[0]):
  *             raise ValueError("jacext: inconsistent cones")
  *         if not (_in_range(<const int32_t *>cnp.PyArray_DATA(self.cone), self.cone_ptr[n_out],             # <<<<<<<<<<<<<<
@@ -34133,7 +34218,7 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
   if (unlikely(__pyx_t_10)) {
 
 
-    /* "jacext/_tape.pyx":661
+    /* "jacext/_tape.pyx":665
  *                 and _in_range(<const int32_t *>cnp.PyArray_DATA(self.nz_input),
  *                               self.nz_input.shape[0], 0, tape.t.n_in)):
  *             raise ValueError("jacext: a cone or nonzero index out of range")             # <<<<<<<<<<<<<<
@@ -34146,14 +34231,14 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
       PyObject *__pyx_callargs[2] = {__pyx_t_3, __pyx_mstate_global->__pyx_kp_u_jacext_a_cone_or_nonzero_index_o};
       __pyx_t_11 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_7, (2-__pyx_t_7) | (__pyx_t_7*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
-      if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 661, __pyx_L1_error)
+      if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 665, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_11);
     }
     __Pyx_Raise(__pyx_t_11, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
-    __PYX_ERR(0, 661, __pyx_L1_error)
+    __PYX_ERR(0, 665, __pyx_L1_error)
 
-    /* "jacext/_tape.pyx":657
+    /* "jacext/_tape.pyx":661
  *                 or self.cone_ptr[n_out] > self.cone.shape[0]):
  *             raise ValueError("jacext: inconsistent cones")
  *         if not (_in_range(<const int32_t *>cnp.PyArray_DATA(self.cone), self.cone_ptr[n_out],             # <<<<<<<<<<<<<<
@@ -34162,7 +34247,7 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
 */
   }
 
-  /* "jacext/_tape.pyx":662
+  /* "jacext/_tape.pyx":666
  *                               self.nz_input.shape[0], 0, tape.t.n_in)):
  *             raise ValueError("jacext: a cone or nonzero index out of range")
  *         self.cp = <const int64_t *>cnp.PyArray_DATA(self.cone_ptr)             # <<<<<<<<<<<<<<
@@ -34174,7 +34259,7 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
   __pyx_v_self->cp = ((int64_t const *)PyArray_DATA(((PyArrayObject *)__pyx_t_11)));
   __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
 
-  /* "jacext/_tape.pyx":663
+  /* "jacext/_tape.pyx":667
  *             raise ValueError("jacext: a cone or nonzero index out of range")
  *         self.cp = <const int64_t *>cnp.PyArray_DATA(self.cone_ptr)
  *         self.cn = <const int32_t *>cnp.PyArray_DATA(self.cone)             # <<<<<<<<<<<<<<
@@ -34186,7 +34271,7 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
   __pyx_v_self->cn = ((int32_t const *)PyArray_DATA(((PyArrayObject *)__pyx_t_11)));
   __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
 
-  /* "jacext/_tape.pyx":664
+  /* "jacext/_tape.pyx":668
  *         self.cp = <const int64_t *>cnp.PyArray_DATA(self.cone_ptr)
  *         self.cn = <const int32_t *>cnp.PyArray_DATA(self.cone)
  *         self.rp = <const int32_t *>cnp.PyArray_DATA(self.row_ptr)             # <<<<<<<<<<<<<<
@@ -34198,7 +34283,7 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
   __pyx_v_self->rp = ((int32_t const *)PyArray_DATA(((PyArrayObject *)__pyx_t_11)));
   __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
 
-  /* "jacext/_tape.pyx":665
+  /* "jacext/_tape.pyx":669
  *         self.cn = <const int32_t *>cnp.PyArray_DATA(self.cone)
  *         self.rp = <const int32_t *>cnp.PyArray_DATA(self.row_ptr)
  *         self.nz = <const int32_t *>cnp.PyArray_DATA(self.nz_input)             # <<<<<<<<<<<<<<
@@ -34210,7 +34295,7 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
   __pyx_v_self->nz = ((int32_t const *)PyArray_DATA(((PyArrayObject *)__pyx_t_11)));
   __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
 
-  /* "jacext/_tape.pyx":642
+  /* "jacext/_tape.pyx":646
  *     reverse sweeps fill; checked once here, read-only after."""
  * 
  *     def __init__(self, Tape tape, cone_ptr, cone, row_ptr, nz_input):             # <<<<<<<<<<<<<<
@@ -34238,7 +34323,7 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
   return __pyx_r;
 }
 
-/* "jacext/_tape.pyx":667
+/* "jacext/_tape.pyx":671
  *         self.nz = <const int32_t *>cnp.PyArray_DATA(self.nz_input)
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -34271,16 +34356,16 @@ static PyObject *__pyx_pf_6jacext_5_tape_5Cones_4size___get__(struct __pyx_obj_6
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__get__", 0);
 
-  /* "jacext/_tape.pyx":670
+  /* "jacext/_tape.pyx":674
  *     def size(self):
  *         """Entries of all cones together: the instructions the sweeps visit."""
  *         return int(self.cone_ptr[-1])             # <<<<<<<<<<<<<<
  * 
  * 
 */
-  __pyx_t_1 = __Pyx_GetItemInt(((PyObject *)__pyx_v_self->cone_ptr), -1L, long, 1, __Pyx_PyLong_From_long, 1, 1, 1, __Pyx_ReferenceSharing_SharedReference); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 670, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_GetItemInt(((PyObject *)__pyx_v_self->cone_ptr), -1L, long, 1, __Pyx_PyLong_From_long, 1, 1, 1, __Pyx_ReferenceSharing_SharedReference); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 674, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_2 = __Pyx_PyNumber_Int(__pyx_t_1); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 670, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyNumber_Int(__pyx_t_1); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 674, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   {
@@ -34294,7 +34379,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_5Cones_4size___get__(struct __pyx_obj_6
   __pyx_t_2 = 0;
   goto __pyx_L0;
 
-  /* "jacext/_tape.pyx":667
+  /* "jacext/_tape.pyx":671
  *         self.nz = <const int32_t *>cnp.PyArray_DATA(self.nz_input)
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -34831,7 +34916,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_5Cones_4__setstate_cython__(CYTHON_UNUS
   return __pyx_r;
 }
 
-/* "jacext/_tape.pyx":673
+/* "jacext/_tape.pyx":677
  * 
  * 
  * cdef bint _in_range(const int32_t *p, Py_ssize_t n, int64_t lo, int64_t hi) noexcept nogil:             # <<<<<<<<<<<<<<
@@ -34847,7 +34932,7 @@ static int __pyx_f_6jacext_5_tape__in_range(int32_t const *__pyx_v_p, Py_ssize_t
   Py_ssize_t __pyx_t_2;
   Py_ssize_t __pyx_t_3;
 
-  /* "jacext/_tape.pyx":676
+  /* "jacext/_tape.pyx":680
  *     """Whether lo <= p[k] < hi for every k < n."""
  *     cdef Py_ssize_t k
  *     cdef bint ok = True             # <<<<<<<<<<<<<<
@@ -34856,7 +34941,7 @@ static int __pyx_f_6jacext_5_tape__in_range(int32_t const *__pyx_v_p, Py_ssize_t
 */
   __pyx_v_ok = 1;
 
-  /* "jacext/_tape.pyx":677
+  /* "jacext/_tape.pyx":681
  *     cdef Py_ssize_t k
  *     cdef bint ok = True
  *     for k in range(n):             # <<<<<<<<<<<<<<
@@ -34870,7 +34955,7 @@ static int __pyx_f_6jacext_5_tape__in_range(int32_t const *__pyx_v_p, Py_ssize_t
   for (__pyx_t_3 = 0; __pyx_t_3 < __pyx_t_2; __pyx_t_3+=1) {
     __pyx_v_k = __pyx_t_3;
 
-    /* "jacext/_tape.pyx":678
+    /* "jacext/_tape.pyx":682
  *     cdef bint ok = True
  *     for k in range(n):
  *         ok &= (p[k] >= lo) & (p[k] < hi)             # <<<<<<<<<<<<<<
@@ -34881,7 +34966,7 @@ static int __pyx_f_6jacext_5_tape__in_range(int32_t const *__pyx_v_p, Py_ssize_t
   }
 
 
-  /* "jacext/_tape.pyx":679
+  /* "jacext/_tape.pyx":683
  *     for k in range(n):
  *         ok &= (p[k] >= lo) & (p[k] < hi)
  *     return ok             # <<<<<<<<<<<<<<
@@ -34894,7 +34979,7 @@ static int __pyx_f_6jacext_5_tape__in_range(int32_t const *__pyx_v_p, Py_ssize_t
   }
   goto __pyx_L0;
 
-  /* "jacext/_tape.pyx":673
+  /* "jacext/_tape.pyx":677
  * 
  * 
  * cdef bint _in_range(const int32_t *p, Py_ssize_t n, int64_t lo, int64_t hi) noexcept nogil:             # <<<<<<<<<<<<<<
@@ -34909,7 +34994,7 @@ static int __pyx_f_6jacext_5_tape__in_range(int32_t const *__pyx_v_p, Py_ssize_t
   return __pyx_r;
 }
 
-/* "jacext/_tape.pyx":682
+/* "jacext/_tape.pyx":686
  * 
  * 
  * cdef int _check_columns(cnp.ndarray cols, Py_ssize_t n_in) except -1:             # <<<<<<<<<<<<<<
@@ -34930,17 +35015,17 @@ static int __pyx_f_6jacext_5_tape__check_columns(PyArrayObject *__pyx_v_cols, Py
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_check_columns", 0);
 
-  /* "jacext/_tape.pyx":683
+  /* "jacext/_tape.pyx":687
  * 
  * cdef int _check_columns(cnp.ndarray cols, Py_ssize_t n_in) except -1:
  *     _buf(cols, cnp.NPY_INT32, 0, "cols")             # <<<<<<<<<<<<<<
  *     if not _in_range(<const int32_t *>cnp.PyArray_DATA(cols), cols.shape[0], 0, n_in):
  *         raise ValueError("jacext: an input index out of range")
 */
-  __pyx_t_1 = __pyx_f_6jacext_5_tape__buf(__pyx_v_cols, NPY_INT32, 0, __pyx_mstate_global->__pyx_n_u_cols); if (unlikely(__pyx_t_1 == ((void *)NULL))) __PYX_ERR(0, 683, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_6jacext_5_tape__buf(__pyx_v_cols, NPY_INT32, 0, __pyx_mstate_global->__pyx_n_u_cols); if (unlikely(__pyx_t_1 == ((void *)NULL))) __PYX_ERR(0, 687, __pyx_L1_error)
 
 
-  /* "jacext/_tape.pyx":684
+  /* "jacext/_tape.pyx":688
  * cdef int _check_columns(cnp.ndarray cols, Py_ssize_t n_in) except -1:
  *     _buf(cols, cnp.NPY_INT32, 0, "cols")
  *     if not _in_range(<const int32_t *>cnp.PyArray_DATA(cols), cols.shape[0], 0, n_in):             # <<<<<<<<<<<<<<
@@ -34952,7 +35037,7 @@ static int __pyx_f_6jacext_5_tape__check_columns(PyArrayObject *__pyx_v_cols, Py
   if (unlikely(__pyx_t_2)) {
 
 
-    /* "jacext/_tape.pyx":685
+    /* "jacext/_tape.pyx":689
  *     _buf(cols, cnp.NPY_INT32, 0, "cols")
  *     if not _in_range(<const int32_t *>cnp.PyArray_DATA(cols), cols.shape[0], 0, n_in):
  *         raise ValueError("jacext: an input index out of range")             # <<<<<<<<<<<<<<
@@ -34965,14 +35050,14 @@ static int __pyx_f_6jacext_5_tape__check_columns(PyArrayObject *__pyx_v_cols, Py
       PyObject *__pyx_callargs[2] = {__pyx_t_4, __pyx_mstate_global->__pyx_kp_u_jacext_an_input_index_out_of_ran};
       __pyx_t_3 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 685, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 689, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     __Pyx_Raise(__pyx_t_3, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    __PYX_ERR(0, 685, __pyx_L1_error)
+    __PYX_ERR(0, 689, __pyx_L1_error)
 
-    /* "jacext/_tape.pyx":684
+    /* "jacext/_tape.pyx":688
  * cdef int _check_columns(cnp.ndarray cols, Py_ssize_t n_in) except -1:
  *     _buf(cols, cnp.NPY_INT32, 0, "cols")
  *     if not _in_range(<const int32_t *>cnp.PyArray_DATA(cols), cols.shape[0], 0, n_in):             # <<<<<<<<<<<<<<
@@ -34981,7 +35066,7 @@ static int __pyx_f_6jacext_5_tape__check_columns(PyArrayObject *__pyx_v_cols, Py
 */
   }
 
-  /* "jacext/_tape.pyx":686
+  /* "jacext/_tape.pyx":690
  *     if not _in_range(<const int32_t *>cnp.PyArray_DATA(cols), cols.shape[0], 0, n_in):
  *         raise ValueError("jacext: an input index out of range")
  *     return 0             # <<<<<<<<<<<<<<
@@ -34994,7 +35079,7 @@ static int __pyx_f_6jacext_5_tape__check_columns(PyArrayObject *__pyx_v_cols, Py
   }
   goto __pyx_L0;
 
-  /* "jacext/_tape.pyx":682
+  /* "jacext/_tape.pyx":686
  * 
  * 
  * cdef int _check_columns(cnp.ndarray cols, Py_ssize_t n_in) except -1:             # <<<<<<<<<<<<<<
@@ -35014,7 +35099,7 @@ static int __pyx_f_6jacext_5_tape__check_columns(PyArrayObject *__pyx_v_cols, Py
   return __pyx_r;
 }
 
-/* "jacext/_tape.pyx":689
+/* "jacext/_tape.pyx":693
  * 
  * 
  * def colour_columns(ptr, idx, int32_t n_rows, int32_t n_cols, order, max_work):             # <<<<<<<<<<<<<<
@@ -35067,67 +35152,67 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_ptr,&__pyx_mstate_global->__pyx_n_u_idx,&__pyx_mstate_global->__pyx_n_u_n_rows,&__pyx_mstate_global->__pyx_n_u_n_cols,&__pyx_mstate_global->__pyx_n_u_order,&__pyx_mstate_global->__pyx_n_u_max_work,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 689, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 693, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  6:
         values[5] = __Pyx_ArgRef_FASTCALL(__pyx_args, 5);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[5])) __PYX_ERR(0, 689, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[5])) __PYX_ERR(0, 693, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  5:
         values[4] = __Pyx_ArgRef_FASTCALL(__pyx_args, 4);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 689, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 693, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  4:
         values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 689, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 693, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 689, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 693, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 689, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 693, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 689, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 693, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "colour_columns", 0) < (0)) __PYX_ERR(0, 689, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "colour_columns", 0) < (0)) __PYX_ERR(0, 693, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 6; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("colour_columns", 1, 6, 6, i); __PYX_ERR(0, 689, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("colour_columns", 1, 6, 6, i); __PYX_ERR(0, 693, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 6)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 689, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 693, __pyx_L3_error)
       values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 689, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 693, __pyx_L3_error)
       values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 689, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 693, __pyx_L3_error)
       values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 689, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 693, __pyx_L3_error)
       values[4] = __Pyx_ArgRef_FASTCALL(__pyx_args, 4);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 689, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 693, __pyx_L3_error)
       values[5] = __Pyx_ArgRef_FASTCALL(__pyx_args, 5);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[5])) __PYX_ERR(0, 689, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[5])) __PYX_ERR(0, 693, __pyx_L3_error)
     }
     __pyx_v_ptr = values[0];
     __pyx_v_idx = values[1];
-    __pyx_v_n_rows = __Pyx_PyLong_As_int32_t(values[2]); if (unlikely((__pyx_v_n_rows == ((int32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 689, __pyx_L3_error)
-    __pyx_v_n_cols = __Pyx_PyLong_As_int32_t(values[3]); if (unlikely((__pyx_v_n_cols == ((int32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 689, __pyx_L3_error)
+    __pyx_v_n_rows = __Pyx_PyLong_As_int32_t(values[2]); if (unlikely((__pyx_v_n_rows == ((int32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 693, __pyx_L3_error)
+    __pyx_v_n_cols = __Pyx_PyLong_As_int32_t(values[3]); if (unlikely((__pyx_v_n_cols == ((int32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 693, __pyx_L3_error)
     __pyx_v_order = values[4];
     __pyx_v_max_work = values[5];
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("colour_columns", 1, 6, 6, __pyx_nargs); __PYX_ERR(0, 689, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("colour_columns", 1, 6, 6, __pyx_nargs); __PYX_ERR(0, 693, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -35175,7 +35260,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("colour_columns", 0);
 
-  /* "jacext/_tape.pyx":693
+  /* "jacext/_tape.pyx":697
  *     get different colours), visiting columns in ``order``: int32 colours, or None when
  *     the work would pass ``max_work``."""
  *     cdef cnp.ndarray p = np.ascontiguousarray(ptr, dtype=np.int32)             # <<<<<<<<<<<<<<
@@ -35183,14 +35268,14 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
  *     cdef cnp.ndarray o = np.ascontiguousarray(order, dtype=np.int32)
 */
   __pyx_t_2 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 693, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 697, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_ascontiguousarray); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 693, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_ascontiguousarray); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 697, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 693, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 697, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 693, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 697, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   #if CYTHON_VECTORCALL
@@ -35210,14 +35295,14 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
   {
     PyObject *__pyx_callargs[3] = {__pyx_t_2, __pyx_v_ptr, __pyx_t_5};
     #if CYTHON_VECTORCALL
-    __pyx_t_3 = __pyx_mstate_global->__pyx_tuple[5];
-    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 693, __pyx_L1_error)
+    __pyx_t_3 = __pyx_mstate_global->__pyx_tuple[3];
+    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 697, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_3);
     #else
     {
       PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
       __pyx_t_3 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 1);
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 693, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 697, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     #endif
@@ -35228,14 +35313,14 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
     __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 693, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 697, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
-  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 693, __pyx_L1_error)
+  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 697, __pyx_L1_error)
   __pyx_v_p = ((PyArrayObject *)__pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "jacext/_tape.pyx":694
+  /* "jacext/_tape.pyx":698
  *     the work would pass ``max_work``."""
  *     cdef cnp.ndarray p = np.ascontiguousarray(ptr, dtype=np.int32)
  *     cdef cnp.ndarray q = np.ascontiguousarray(idx, dtype=np.int32)             # <<<<<<<<<<<<<<
@@ -35243,14 +35328,14 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
  *     cdef cnp.ndarray colour = np.empty(n_cols, dtype=np.int32)
 */
   __pyx_t_4 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 694, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 698, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_ascontiguousarray); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 694, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_ascontiguousarray); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 698, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 694, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 698, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 694, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 698, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   #if CYTHON_VECTORCALL
@@ -35270,14 +35355,14 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
   {
     PyObject *__pyx_callargs[3] = {__pyx_t_4, __pyx_v_idx, __pyx_t_2};
     #if CYTHON_VECTORCALL
-    __pyx_t_3 = __pyx_mstate_global->__pyx_tuple[5];
-    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 694, __pyx_L1_error)
+    __pyx_t_3 = __pyx_mstate_global->__pyx_tuple[3];
+    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 698, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_3);
     #else
     {
       PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
       __pyx_t_3 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 1);
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 694, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 698, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     #endif
@@ -35288,14 +35373,14 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
     __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 694, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 698, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
-  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 694, __pyx_L1_error)
+  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 698, __pyx_L1_error)
   __pyx_v_q = ((PyArrayObject *)__pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "jacext/_tape.pyx":695
+  /* "jacext/_tape.pyx":699
  *     cdef cnp.ndarray p = np.ascontiguousarray(ptr, dtype=np.int32)
  *     cdef cnp.ndarray q = np.ascontiguousarray(idx, dtype=np.int32)
  *     cdef cnp.ndarray o = np.ascontiguousarray(order, dtype=np.int32)             # <<<<<<<<<<<<<<
@@ -35303,14 +35388,14 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
  *     cdef int32_t n
 */
   __pyx_t_5 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 695, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 699, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_ascontiguousarray); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 695, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_ascontiguousarray); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 699, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 695, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 699, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 695, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 699, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   #if CYTHON_VECTORCALL
@@ -35330,14 +35415,14 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
   {
     PyObject *__pyx_callargs[3] = {__pyx_t_5, __pyx_v_order, __pyx_t_4};
     #if CYTHON_VECTORCALL
-    __pyx_t_3 = __pyx_mstate_global->__pyx_tuple[5];
-    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 695, __pyx_L1_error)
+    __pyx_t_3 = __pyx_mstate_global->__pyx_tuple[3];
+    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 699, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_3);
     #else
     {
       PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
       __pyx_t_3 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 1);
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 695, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 699, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     #endif
@@ -35348,14 +35433,14 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 695, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 699, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
-  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 695, __pyx_L1_error)
+  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 699, __pyx_L1_error)
   __pyx_v_o = ((PyArrayObject *)__pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "jacext/_tape.pyx":696
+  /* "jacext/_tape.pyx":700
  *     cdef cnp.ndarray q = np.ascontiguousarray(idx, dtype=np.int32)
  *     cdef cnp.ndarray o = np.ascontiguousarray(order, dtype=np.int32)
  *     cdef cnp.ndarray colour = np.empty(n_cols, dtype=np.int32)             # <<<<<<<<<<<<<<
@@ -35363,16 +35448,16 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
  *     cdef int64_t limit = max_work
 */
   __pyx_t_2 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 696, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 700, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_empty); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 696, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_empty); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 700, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __pyx_t_3 = __Pyx_PyLong_From_int32_t(__pyx_v_n_cols); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 696, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_From_int32_t(__pyx_v_n_cols); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 700, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __Pyx_GetModuleGlobalName(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 696, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 700, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  __pyx_t_7 = __Pyx_PyObject_GetAttrStr(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 696, __pyx_L1_error)
+  __pyx_t_7 = __Pyx_PyObject_GetAttrStr(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 700, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_7);
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
   #if CYTHON_VECTORCALL
@@ -35392,14 +35477,14 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
   {
     PyObject *__pyx_callargs[3] = {__pyx_t_2, __pyx_t_3, __pyx_t_7};
     #if CYTHON_VECTORCALL
-    __pyx_t_5 = __pyx_mstate_global->__pyx_tuple[5];
-    if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 696, __pyx_L1_error)
+    __pyx_t_5 = __pyx_mstate_global->__pyx_tuple[3];
+    if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 700, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_5);
     #else
     {
       PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
       __pyx_t_5 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 1);
-      if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 696, __pyx_L1_error)
+      if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 700, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_5);
     }
     #endif
@@ -35411,24 +35496,24 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
     __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
     __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 696, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 700, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
-  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 696, __pyx_L1_error)
+  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 700, __pyx_L1_error)
   __pyx_v_colour = ((PyArrayObject *)__pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "jacext/_tape.pyx":698
+  /* "jacext/_tape.pyx":702
  *     cdef cnp.ndarray colour = np.empty(n_cols, dtype=np.int32)
  *     cdef int32_t n
  *     cdef int64_t limit = max_work             # <<<<<<<<<<<<<<
  *     if p.shape[0] != n_rows + 1 or o.shape[0] != n_cols or (n_rows and p[n_rows] != q.shape[0]):
  *         raise ValueError("jacext: the pattern and its sizes do not match")
 */
-  __pyx_t_8 = __Pyx_PyLong_As_int64_t(__pyx_v_max_work); if (unlikely((__pyx_t_8 == ((int64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 698, __pyx_L1_error)
+  __pyx_t_8 = __Pyx_PyLong_As_int64_t(__pyx_v_max_work); if (unlikely((__pyx_t_8 == ((int64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 702, __pyx_L1_error)
   __pyx_v_limit = __pyx_t_8;
 
-  /* "jacext/_tape.pyx":699
+  /* "jacext/_tape.pyx":703
  *     cdef int32_t n
  *     cdef int64_t limit = max_work
  *     if p.shape[0] != n_rows + 1 or o.shape[0] != n_cols or (n_rows and p[n_rows] != q.shape[0]):             # <<<<<<<<<<<<<<
@@ -35465,11 +35550,11 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
 
     goto __pyx_L4_bool_binop_done;
   }
-  __pyx_t_1 = __Pyx_GetItemInt(((PyObject *)__pyx_v_p), __pyx_v_n_rows, int32_t, 1, __Pyx_PyLong_From_int32_t, 1, 1, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 699, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_GetItemInt(((PyObject *)__pyx_v_p), __pyx_v_n_rows, int32_t, 1, __Pyx_PyLong_From_int32_t, 1, 1, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 703, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_4 = __Pyx_PyLong_From_npy_intp((__pyx_f_5numpy_7ndarray_5shape___get__(__pyx_v_q)[0])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 699, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_From_npy_intp((__pyx_f_5numpy_7ndarray_5shape___get__(__pyx_v_q)[0])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 703, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_10 = __Pyx_PyObject_CompareBoolNe_object_int(__pyx_t_1, __pyx_t_4, Py_NE); if (unlikely((__pyx_t_10 < 0))) __PYX_ERR(0, 699, __pyx_L1_error)
+  __pyx_t_10 = __Pyx_PyObject_CompareBoolNe_object_int(__pyx_t_1, __pyx_t_4, Py_NE); if (unlikely((__pyx_t_10 < 0))) __PYX_ERR(0, 703, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
@@ -35479,7 +35564,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
   if (unlikely(__pyx_t_9)) {
 
 
-    /* "jacext/_tape.pyx":700
+    /* "jacext/_tape.pyx":704
  *     cdef int64_t limit = max_work
  *     if p.shape[0] != n_rows + 1 or o.shape[0] != n_cols or (n_rows and p[n_rows] != q.shape[0]):
  *         raise ValueError("jacext: the pattern and its sizes do not match")             # <<<<<<<<<<<<<<
@@ -35492,14 +35577,14 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
       PyObject *__pyx_callargs[2] = {__pyx_t_1, __pyx_mstate_global->__pyx_kp_u_jacext_the_pattern_and_its_sizes};
       __pyx_t_4 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_6, (2-__pyx_t_6) | (__pyx_t_6*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_1); __pyx_t_1 = 0;
-      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 700, __pyx_L1_error)
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 704, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_4);
     }
     __Pyx_Raise(__pyx_t_4, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    __PYX_ERR(0, 700, __pyx_L1_error)
+    __PYX_ERR(0, 704, __pyx_L1_error)
 
-    /* "jacext/_tape.pyx":699
+    /* "jacext/_tape.pyx":703
  *     cdef int32_t n
  *     cdef int64_t limit = max_work
  *     if p.shape[0] != n_rows + 1 or o.shape[0] != n_cols or (n_rows and p[n_rows] != q.shape[0]):             # <<<<<<<<<<<<<<
@@ -35508,7 +35593,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
 */
   }
 
-  /* "jacext/_tape.pyx":701
+  /* "jacext/_tape.pyx":705
  *     if p.shape[0] != n_rows + 1 or o.shape[0] != n_cols or (n_rows and p[n_rows] != q.shape[0]):
  *         raise ValueError("jacext: the pattern and its sizes do not match")
  *     if q.shape[0] and (q.min() < 0 or q.max() >= n_cols):             # <<<<<<<<<<<<<<
@@ -35532,10 +35617,10 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
     PyObject *__pyx_callargs[2] = {__pyx_t_1, NULL};
     __pyx_t_4 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_min, __pyx_callargs+__pyx_t_6, (1-__pyx_t_6) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_1); __pyx_t_1 = 0;
-    if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 701, __pyx_L1_error)
+    if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 705, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
   }
-  __pyx_t_10 = __Pyx_PyObject_CompareBoolLt_object_int(__pyx_t_4, __pyx_mstate_global->__pyx_int_0, Py_LT); if (unlikely((__pyx_t_10 < 0))) __PYX_ERR(0, 701, __pyx_L1_error)
+  __pyx_t_10 = __Pyx_PyObject_CompareBoolLt_object_int(__pyx_t_4, __pyx_mstate_global->__pyx_int_0, Py_LT); if (unlikely((__pyx_t_10 < 0))) __PYX_ERR(0, 705, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   if (!__pyx_t_10) {
 
@@ -35552,12 +35637,12 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
     PyObject *__pyx_callargs[2] = {__pyx_t_1, NULL};
     __pyx_t_4 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_max, __pyx_callargs+__pyx_t_6, (1-__pyx_t_6) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_1); __pyx_t_1 = 0;
-    if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 701, __pyx_L1_error)
+    if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 705, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
   }
-  __pyx_t_1 = __Pyx_PyLong_From_int32_t(__pyx_v_n_cols); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 701, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyLong_From_int32_t(__pyx_v_n_cols); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 705, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_10 = __Pyx_PyObject_CompareBoolGe_object_int(__pyx_t_4, __pyx_t_1, Py_GE); if (unlikely((__pyx_t_10 < 0))) __PYX_ERR(0, 701, __pyx_L1_error)
+  __pyx_t_10 = __Pyx_PyObject_CompareBoolGe_object_int(__pyx_t_4, __pyx_t_1, Py_GE); if (unlikely((__pyx_t_10 < 0))) __PYX_ERR(0, 705, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
@@ -35567,7 +35652,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
   if (unlikely(__pyx_t_9)) {
 
 
-    /* "jacext/_tape.pyx":702
+    /* "jacext/_tape.pyx":706
  *         raise ValueError("jacext: the pattern and its sizes do not match")
  *     if q.shape[0] and (q.min() < 0 or q.max() >= n_cols):
  *         raise ValueError("jacext: a column index out of range")             # <<<<<<<<<<<<<<
@@ -35580,14 +35665,14 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
       PyObject *__pyx_callargs[2] = {__pyx_t_4, __pyx_mstate_global->__pyx_kp_u_jacext_a_column_index_out_of_ran};
       __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_6, (2-__pyx_t_6) | (__pyx_t_6*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
-      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 702, __pyx_L1_error)
+      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 706, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_1);
     }
     __Pyx_Raise(__pyx_t_1, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-    __PYX_ERR(0, 702, __pyx_L1_error)
+    __PYX_ERR(0, 706, __pyx_L1_error)
 
-    /* "jacext/_tape.pyx":701
+    /* "jacext/_tape.pyx":705
  *     if p.shape[0] != n_rows + 1 or o.shape[0] != n_cols or (n_rows and p[n_rows] != q.shape[0]):
  *         raise ValueError("jacext: the pattern and its sizes do not match")
  *     if q.shape[0] and (q.min() < 0 or q.max() >= n_cols):             # <<<<<<<<<<<<<<
@@ -35596,7 +35681,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
 */
   }
 
-  /* "jacext/_tape.pyx":703
+  /* "jacext/_tape.pyx":707
  *     if q.shape[0] and (q.min() < 0 or q.max() >= n_cols):
  *         raise ValueError("jacext: a column index out of range")
  *     if n_cols and (np.sort(o) != np.arange(n_cols)).any():             # <<<<<<<<<<<<<<
@@ -35614,9 +35699,9 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
     goto __pyx_L13_bool_binop_done;
   }
   __pyx_t_7 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 703, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 707, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_sort); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 703, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_sort); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 707, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   __pyx_t_6 = 1;
@@ -35636,16 +35721,16 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
     __pyx_t_5 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_2, __pyx_callargs+__pyx_t_6, (2-__pyx_t_6) | (__pyx_t_6*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_7); __pyx_t_7 = 0;
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 703, __pyx_L1_error)
+    if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 707, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_5);
   }
   __pyx_t_7 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 703, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 707, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_11 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_arange); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 703, __pyx_L1_error)
+  __pyx_t_11 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_arange); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 707, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_11);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __pyx_t_3 = __Pyx_PyLong_From_int32_t(__pyx_v_n_cols); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 703, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_From_int32_t(__pyx_v_n_cols); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 707, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __pyx_t_6 = 1;
   #if CYTHON_UNPACK_METHODS
@@ -35665,10 +35750,10 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
     __Pyx_XDECREF(__pyx_t_7); __pyx_t_7 = 0;
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
     __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
-    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 703, __pyx_L1_error)
+    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 707, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
   }
-  __pyx_t_11 = __Pyx_PyObject_CompareNe_object_object(__pyx_t_5, __pyx_t_2, Py_NE); __Pyx_XGOTREF(__pyx_t_11); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 703, __pyx_L1_error)
+  __pyx_t_11 = __Pyx_PyObject_CompareNe_object_object(__pyx_t_5, __pyx_t_2, Py_NE); __Pyx_XGOTREF(__pyx_t_11); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 707, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   __pyx_t_4 = __pyx_t_11;
@@ -35679,10 +35764,10 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
     __pyx_t_1 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_any, __pyx_callargs+__pyx_t_6, (1-__pyx_t_6) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
     __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 703, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 707, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
-  __pyx_t_10 = __Pyx_PyObject_IsTrue(__pyx_t_1); if (unlikely((__pyx_t_10 < 0))) __PYX_ERR(0, 703, __pyx_L1_error)
+  __pyx_t_10 = __Pyx_PyObject_IsTrue(__pyx_t_1); if (unlikely((__pyx_t_10 < 0))) __PYX_ERR(0, 707, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
   __pyx_t_9 = __pyx_t_10;
@@ -35691,7 +35776,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
   if (unlikely(__pyx_t_9)) {
 
 
-    /* "jacext/_tape.pyx":704
+    /* "jacext/_tape.pyx":708
  *         raise ValueError("jacext: a column index out of range")
  *     if n_cols and (np.sort(o) != np.arange(n_cols)).any():
  *         raise ValueError("jacext: order must be a permutation of the columns")             # <<<<<<<<<<<<<<
@@ -35704,14 +35789,14 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
       PyObject *__pyx_callargs[2] = {__pyx_t_11, __pyx_mstate_global->__pyx_kp_u_jacext_order_must_be_a_permutati};
       __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_6, (2-__pyx_t_6) | (__pyx_t_6*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_11); __pyx_t_11 = 0;
-      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 704, __pyx_L1_error)
+      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 708, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_1);
     }
     __Pyx_Raise(__pyx_t_1, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-    __PYX_ERR(0, 704, __pyx_L1_error)
+    __PYX_ERR(0, 708, __pyx_L1_error)
 
-    /* "jacext/_tape.pyx":703
+    /* "jacext/_tape.pyx":707
  *     if q.shape[0] and (q.min() < 0 or q.max() >= n_cols):
  *         raise ValueError("jacext: a column index out of range")
  *     if n_cols and (np.sort(o) != np.arange(n_cols)).any():             # <<<<<<<<<<<<<<
@@ -35720,7 +35805,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
 */
   }
 
-  /* "jacext/_tape.pyx":705
+  /* "jacext/_tape.pyx":709
  *     if n_cols and (np.sort(o) != np.arange(n_cols)).any():
  *         raise ValueError("jacext: order must be a permutation of the columns")
  *     if q.shape[0] == 0:             # <<<<<<<<<<<<<<
@@ -35732,7 +35817,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
   if (__pyx_t_9) {
 
 
-    /* "jacext/_tape.pyx":706
+    /* "jacext/_tape.pyx":710
  *         raise ValueError("jacext: order must be a permutation of the columns")
  *     if q.shape[0] == 0:
  *         q = np.zeros(1, dtype=np.int32)             # <<<<<<<<<<<<<<
@@ -35740,14 +35825,14 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
  *         n = jx_colour_columns(n_rows, n_cols, <const int32_t *>cnp.PyArray_DATA(p),
 */
     __pyx_t_11 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 706, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 710, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
-    __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_zeros); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 706, __pyx_L1_error)
+    __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_zeros); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 710, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 706, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 710, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
-    __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 706, __pyx_L1_error)
+    __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 710, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_5);
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
     #if CYTHON_VECTORCALL
@@ -35767,14 +35852,14 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
     {
       PyObject *__pyx_callargs[3] = {__pyx_t_11, __pyx_mstate_global->__pyx_int_1, __pyx_t_5};
       #if CYTHON_VECTORCALL
-      __pyx_t_4 = __pyx_mstate_global->__pyx_tuple[5];
-      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 706, __pyx_L1_error)
+      __pyx_t_4 = __pyx_mstate_global->__pyx_tuple[3];
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 710, __pyx_L1_error)
       __Pyx_INCREF(__pyx_t_4);
       #else
       {
         PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
         __pyx_t_4 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 1);
-        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 706, __pyx_L1_error)
+        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 710, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_4);
       }
       #endif
@@ -35785,14 +35870,14 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
       __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
       __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
       __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 706, __pyx_L1_error)
+      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 710, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_1);
     }
-    if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 706, __pyx_L1_error)
+    if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 710, __pyx_L1_error)
     __Pyx_DECREF_SET(__pyx_v_q, ((PyArrayObject *)__pyx_t_1));
     __pyx_t_1 = 0;
 
-    /* "jacext/_tape.pyx":705
+    /* "jacext/_tape.pyx":709
  *     if n_cols and (np.sort(o) != np.arange(n_cols)).any():
  *         raise ValueError("jacext: order must be a permutation of the columns")
  *     if q.shape[0] == 0:             # <<<<<<<<<<<<<<
@@ -35801,7 +35886,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
 */
   }
 
-  /* "jacext/_tape.pyx":707
+  /* "jacext/_tape.pyx":711
  *     if q.shape[0] == 0:
  *         q = np.zeros(1, dtype=np.int32)
  *     with nogil:             # <<<<<<<<<<<<<<
@@ -35814,7 +35899,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
       __Pyx_FastGIL_Remember();
       /*try:*/ {
 
-        /* "jacext/_tape.pyx":708
+        /* "jacext/_tape.pyx":712
  *         q = np.zeros(1, dtype=np.int32)
  *     with nogil:
  *         n = jx_colour_columns(n_rows, n_cols, <const int32_t *>cnp.PyArray_DATA(p),             # <<<<<<<<<<<<<<
@@ -35824,7 +35909,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
         __pyx_v_n = jx_colour_columns(__pyx_v_n_rows, __pyx_v_n_cols, ((int32_t const *)PyArray_DATA(__pyx_v_p)), ((int32_t const *)PyArray_DATA(__pyx_v_q)), ((int32_t const *)PyArray_DATA(__pyx_v_o)), ((int32_t *)PyArray_DATA(__pyx_v_colour)), __pyx_v_limit);
       }
 
-      /* "jacext/_tape.pyx":707
+      /* "jacext/_tape.pyx":711
  *     if q.shape[0] == 0:
  *         q = np.zeros(1, dtype=np.int32)
  *     with nogil:             # <<<<<<<<<<<<<<
@@ -35841,7 +35926,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
       }
   }
 
-  /* "jacext/_tape.pyx":712
+  /* "jacext/_tape.pyx":716
  *                               <const int32_t *>cnp.PyArray_DATA(o),
  *                               <int32_t *>cnp.PyArray_DATA(colour), limit)
  *     if n == JX_ENOMEM:             # <<<<<<<<<<<<<<
@@ -35853,7 +35938,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
   if (unlikely(__pyx_t_9)) {
 
 
-    /* "jacext/_tape.pyx":713
+    /* "jacext/_tape.pyx":717
  *                               <int32_t *>cnp.PyArray_DATA(colour), limit)
  *     if n == JX_ENOMEM:
  *         raise MemoryError("jacext: out of memory colouring the sparsity pattern")             # <<<<<<<<<<<<<<
@@ -35866,14 +35951,14 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
       PyObject *__pyx_callargs[2] = {__pyx_t_2, __pyx_mstate_global->__pyx_kp_u_jacext_out_of_memory_colouring_t};
       __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_MemoryError)), __pyx_callargs+__pyx_t_6, (2-__pyx_t_6) | (__pyx_t_6*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
-      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 713, __pyx_L1_error)
+      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 717, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_1);
     }
     __Pyx_Raise(__pyx_t_1, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-    __PYX_ERR(0, 713, __pyx_L1_error)
+    __PYX_ERR(0, 717, __pyx_L1_error)
 
-    /* "jacext/_tape.pyx":712
+    /* "jacext/_tape.pyx":716
  *                               <const int32_t *>cnp.PyArray_DATA(o),
  *                               <int32_t *>cnp.PyArray_DATA(colour), limit)
  *     if n == JX_ENOMEM:             # <<<<<<<<<<<<<<
@@ -35882,7 +35967,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
 */
   }
 
-  /* "jacext/_tape.pyx":714
+  /* "jacext/_tape.pyx":718
  *     if n == JX_ENOMEM:
  *         raise MemoryError("jacext: out of memory colouring the sparsity pattern")
  *     if n < 0:             # <<<<<<<<<<<<<<
@@ -35894,7 +35979,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
   if (__pyx_t_9) {
 
 
-    /* "jacext/_tape.pyx":715
+    /* "jacext/_tape.pyx":719
  *         raise MemoryError("jacext: out of memory colouring the sparsity pattern")
  *     if n < 0:
  *         return None             # <<<<<<<<<<<<<<
@@ -35911,7 +35996,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
     }
     goto __pyx_L0;
 
-    /* "jacext/_tape.pyx":714
+    /* "jacext/_tape.pyx":718
  *     if n == JX_ENOMEM:
  *         raise MemoryError("jacext: out of memory colouring the sparsity pattern")
  *     if n < 0:             # <<<<<<<<<<<<<<
@@ -35920,7 +36005,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
 */
   }
 
-  /* "jacext/_tape.pyx":716
+  /* "jacext/_tape.pyx":720
  *     if n < 0:
  *         return None
  *     return colour             # <<<<<<<<<<<<<<
@@ -35938,7 +36023,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
   }
   goto __pyx_L0;
 
-  /* "jacext/_tape.pyx":689
+  /* "jacext/_tape.pyx":693
  * 
  * 
  * def colour_columns(ptr, idx, int32_t n_rows, int32_t n_cols, order, max_work):             # <<<<<<<<<<<<<<
@@ -36447,7 +36532,7 @@ static struct PyGetSetDef __pyx_getsets_6jacext_5_tape_Tape[] = {
 #if CYTHON_USE_TYPE_SPECS
 static PyType_Slot __pyx_type_6jacext_5_tape_Tape_slots[] = {
   {Py_tp_dealloc, (void *)__pyx_tp_dealloc_6jacext_5_tape_Tape},
-  {Py_tp_doc, (void *)PyDoc_STR("Tape(dict arrays)\n\nA checked tape and the sweeps over it.\n\n``Tape(arrays)`` takes the dict of arrays the lowering makes (``op, dst, a, b, s, imm,\nout_slot, const_value`` and the counts ``n_in, n_slots``); a ValueError names what is\ninconsistent.  The arrays are kept read-only; the Tape is immutable.")},
+  {Py_tp_doc, (void *)PyDoc_STR("Tape(dict arrays, bool copy=True)\n\nA checked tape and the sweeps over it.\n\n``Tape(arrays)`` takes the dict of arrays the lowering makes (``op, dst, a, b, s, imm,\nout_slot, const_value`` and the counts ``n_in, n_slots``); a ValueError names what is\ninconsistent.  It keeps read-only copies (``copy=False``: the arrays themselves, for a\ncaller that hands over arrays no one else holds); the Tape is immutable.")},
   {Py_tp_traverse, (void *)__pyx_tp_traverse_6jacext_5_tape_Tape},
   {Py_tp_clear, (void *)__pyx_tp_clear_6jacext_5_tape_Tape},
   {Py_tp_methods, (void *)__pyx_methods_6jacext_5_tape_Tape},
@@ -36491,7 +36576,7 @@ static PyTypeObject __pyx_type_6jacext_5_tape_Tape = {
   0, /*tp_setattro*/
   0, /*tp_as_buffer*/
   Py_TPFLAGS_DEFAULT|Py_TPFLAGS_HAVE_VERSION_TAG|Py_TPFLAGS_BASETYPE|Py_TPFLAGS_HAVE_GC, /*tp_flags*/
-  PyDoc_STR("Tape(dict arrays)\n\nA checked tape and the sweeps over it.\n\n``Tape(arrays)`` takes the dict of arrays the lowering makes (``op, dst, a, b, s, imm,\nout_slot, const_value`` and the counts ``n_in, n_slots``); a ValueError names what is\ninconsistent.  The arrays are kept read-only; the Tape is immutable."), /*tp_doc*/
+  PyDoc_STR("Tape(dict arrays, bool copy=True)\n\nA checked tape and the sweeps over it.\n\n``Tape(arrays)`` takes the dict of arrays the lowering makes (``op, dst, a, b, s, imm,\nout_slot, const_value`` and the counts ``n_in, n_slots``); a ValueError names what is\ninconsistent.  It keeps read-only copies (``copy=False``: the arrays themselves, for a\ncaller that hands over arrays no one else holds); the Tape is immutable."), /*tp_doc*/
   __pyx_tp_traverse_6jacext_5_tape_Tape, /*tp_traverse*/
   __pyx_tp_clear_6jacext_5_tape_Tape, /*tp_clear*/
   0, /*tp_richcompare*/
@@ -37951,14 +38036,14 @@ static int __Pyx_modinit_Exttype___pyx_obj_6jacext_5_tape_Cones(__pyx_mstatetype
   __Pyx_RefNannySetupContext("__Pyx_modinit_Exttype___pyx_obj_6jacext_5_tape_Cones", 0);
   /*--- Exttype __pyx_obj_6jacext_5_tape_Cones ---*/
   #if CYTHON_USE_TYPE_SPECS
-  __pyx_mstate->__pyx_ptype_6jacext_5_tape_Cones = (PyTypeObject *) __Pyx_PyType_FromModuleAndSpec(__pyx_m, &__pyx_type_6jacext_5_tape_Cones_spec, NULL); if (unlikely(!__pyx_mstate->__pyx_ptype_6jacext_5_tape_Cones)) __PYX_ERR(0, 638, __pyx_L1_error)
+  __pyx_mstate->__pyx_ptype_6jacext_5_tape_Cones = (PyTypeObject *) __Pyx_PyType_FromModuleAndSpec(__pyx_m, &__pyx_type_6jacext_5_tape_Cones_spec, NULL); if (unlikely(!__pyx_mstate->__pyx_ptype_6jacext_5_tape_Cones)) __PYX_ERR(0, 642, __pyx_L1_error)
   #else
   __pyx_mstate->__pyx_ptype_6jacext_5_tape_Cones = &__pyx_type_6jacext_5_tape_Cones;
   #endif
   #if !CYTHON_COMPILING_IN_LIMITED_API
   #endif
   #if !CYTHON_USE_TYPE_SPECS
-  if (__Pyx_PyType_Ready(__pyx_mstate->__pyx_ptype_6jacext_5_tape_Cones) < (0)) __PYX_ERR(0, 638, __pyx_L1_error)
+  if (__Pyx_PyType_Ready(__pyx_mstate->__pyx_ptype_6jacext_5_tape_Cones) < (0)) __PYX_ERR(0, 642, __pyx_L1_error)
   #endif
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount((PyObject*)__pyx_mstate->__pyx_ptype_6jacext_5_tape_Cones);
@@ -37968,8 +38053,8 @@ static int __Pyx_modinit_Exttype___pyx_obj_6jacext_5_tape_Cones(__pyx_mstatetype
     __pyx_mstate->__pyx_ptype_6jacext_5_tape_Cones->tp_getattro = PyObject_GenericGetAttr;
   }
   #endif
-  if (PyObject_SetAttr(__pyx_m, __pyx_mstate_global->__pyx_n_u_Cones, (PyObject *) __pyx_mstate->__pyx_ptype_6jacext_5_tape_Cones) < (0)) __PYX_ERR(0, 638, __pyx_L1_error)
-  if (__Pyx_setup_reduce((PyObject *) __pyx_mstate->__pyx_ptype_6jacext_5_tape_Cones) < (0)) __PYX_ERR(0, 638, __pyx_L1_error)
+  if (PyObject_SetAttr(__pyx_m, __pyx_mstate_global->__pyx_n_u_Cones, (PyObject *) __pyx_mstate->__pyx_ptype_6jacext_5_tape_Cones) < (0)) __PYX_ERR(0, 642, __pyx_L1_error)
+  if (__Pyx_setup_reduce((PyObject *) __pyx_mstate->__pyx_ptype_6jacext_5_tape_Cones) < (0)) __PYX_ERR(0, 642, __pyx_L1_error)
   __Pyx_RefNannyFinishContext();
   return 0;
   __pyx_L1_error:;
@@ -38031,14 +38116,14 @@ static int __Pyx_modinit_Exttype___pyx_obj_6jacext_5_tape___pyx_scope_struct__ge
   __Pyx_RefNannySetupContext("__Pyx_modinit_Exttype___pyx_obj_6jacext_5_tape___pyx_scope_struct__genexpr", 0);
   /*--- Exttype __pyx_obj_6jacext_5_tape___pyx_scope_struct__genexpr ---*/
   #if CYTHON_USE_TYPE_SPECS
-  __pyx_mstate->__pyx_ptype_6jacext_5_tape___pyx_scope_struct__genexpr = (PyTypeObject *) __Pyx_PyType_FromModuleAndSpec(__pyx_m, &__pyx_type_6jacext_5_tape___pyx_scope_struct__genexpr_spec, NULL); if (unlikely(!__pyx_mstate->__pyx_ptype_6jacext_5_tape___pyx_scope_struct__genexpr)) __PYX_ERR(0, 357, __pyx_L1_error)
+  __pyx_mstate->__pyx_ptype_6jacext_5_tape___pyx_scope_struct__genexpr = (PyTypeObject *) __Pyx_PyType_FromModuleAndSpec(__pyx_m, &__pyx_type_6jacext_5_tape___pyx_scope_struct__genexpr_spec, NULL); if (unlikely(!__pyx_mstate->__pyx_ptype_6jacext_5_tape___pyx_scope_struct__genexpr)) __PYX_ERR(0, 361, __pyx_L1_error)
   #else
   __pyx_mstate->__pyx_ptype_6jacext_5_tape___pyx_scope_struct__genexpr = &__pyx_type_6jacext_5_tape___pyx_scope_struct__genexpr;
   #endif
   #if !CYTHON_COMPILING_IN_LIMITED_API
   #endif
   #if !CYTHON_USE_TYPE_SPECS
-  if (__Pyx_PyType_Ready(__pyx_mstate->__pyx_ptype_6jacext_5_tape___pyx_scope_struct__genexpr) < (0)) __PYX_ERR(0, 357, __pyx_L1_error)
+  if (__Pyx_PyType_Ready(__pyx_mstate->__pyx_ptype_6jacext_5_tape___pyx_scope_struct__genexpr) < (0)) __PYX_ERR(0, 361, __pyx_L1_error)
   #endif
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount((PyObject*)__pyx_mstate->__pyx_ptype_6jacext_5_tape___pyx_scope_struct__genexpr);
@@ -39689,185 +39774,185 @@ __Pyx_RefNannySetupContext("PyInit__tape", 0);
 */
   if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_PER_INSTRUCTION, __pyx_mstate_global->__pyx_tuple[7]) < (0)) __PYX_ERR(0, 197, __pyx_L1_error)
 
-  /* "jacext/_tape.pyx":288
+  /* "jacext/_tape.pyx":292
  *             jx_work_free(&self._work)
  * 
  *     def __reduce__(self):             # <<<<<<<<<<<<<<
  *         return (Tape, (self.arrays(),))
  * 
 */
-  __pyx_t_17 = __Pyx_CyFunction_New(&__pyx_mdef_6jacext_5_tape_4Tape_7__reduce__, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Tape___reduce, NULL, __pyx_mstate_global->__pyx_n_u_jacext__tape, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[6])); if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 288, __pyx_L1_error)
+  __pyx_t_17 = __Pyx_CyFunction_New(&__pyx_mdef_6jacext_5_tape_4Tape_7__reduce__, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Tape___reduce, NULL, __pyx_mstate_global->__pyx_n_u_jacext__tape, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[6])); if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 292, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_17);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_17);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6jacext_5_tape_Tape, __pyx_mstate_global->__pyx_n_u_reduce, __pyx_t_17) < (0)) __PYX_ERR(0, 288, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6jacext_5_tape_Tape, __pyx_mstate_global->__pyx_n_u_reduce, __pyx_t_17) < (0)) __PYX_ERR(0, 292, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_17); __pyx_t_17 = 0;
 
-  /* "jacext/_tape.pyx":313
+  /* "jacext/_tape.pyx":317
  *         return int(self.t.n_const)
  * 
  *     def arrays(self):             # <<<<<<<<<<<<<<
  *         """The tape as read-only arrays (op, dst, a, b, s, imm, out_slot, const_value) and
  *         the counts n_in, n_slots: what ``Tape(arrays)`` takes back."""
 */
-  __pyx_t_17 = __Pyx_CyFunction_New(&__pyx_mdef_6jacext_5_tape_4Tape_9arrays, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Tape_arrays, NULL, __pyx_mstate_global->__pyx_n_u_jacext__tape, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[7])); if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 313, __pyx_L1_error)
+  __pyx_t_17 = __Pyx_CyFunction_New(&__pyx_mdef_6jacext_5_tape_4Tape_9arrays, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Tape_arrays, NULL, __pyx_mstate_global->__pyx_n_u_jacext__tape, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[7])); if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 317, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_17);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_17);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6jacext_5_tape_Tape, __pyx_mstate_global->__pyx_n_u_arrays, __pyx_t_17) < (0)) __PYX_ERR(0, 313, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6jacext_5_tape_Tape, __pyx_mstate_global->__pyx_n_u_arrays, __pyx_t_17) < (0)) __PYX_ERR(0, 317, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_17); __pyx_t_17 = 0;
 
-  /* "jacext/_tape.pyx":321
+  /* "jacext/_tape.pyx":325
  *         return out
  * 
  *     def fixed_partials(self):             # <<<<<<<<<<<<<<
  *         """(fixed, d0, d1): which instructions have constant partials (the FIXED column of
  *         ops.def, where the instruction's immediates make them constant and finite), and
 */
-  __pyx_t_17 = __Pyx_CyFunction_New(&__pyx_mdef_6jacext_5_tape_4Tape_11fixed_partials, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Tape_fixed_partials, NULL, __pyx_mstate_global->__pyx_n_u_jacext__tape, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[8])); if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 321, __pyx_L1_error)
+  __pyx_t_17 = __Pyx_CyFunction_New(&__pyx_mdef_6jacext_5_tape_4Tape_11fixed_partials, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Tape_fixed_partials, NULL, __pyx_mstate_global->__pyx_n_u_jacext__tape, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[8])); if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 325, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_17);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_17);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6jacext_5_tape_Tape, __pyx_mstate_global->__pyx_n_u_fixed_partials, __pyx_t_17) < (0)) __PYX_ERR(0, 321, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6jacext_5_tape_Tape, __pyx_mstate_global->__pyx_n_u_fixed_partials, __pyx_t_17) < (0)) __PYX_ERR(0, 325, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_17); __pyx_t_17 = 0;
 
-  /* "jacext/_tape.pyx":327
+  /* "jacext/_tape.pyx":331
  *         return self._fixed
  * 
  *     def runs(self):             # <<<<<<<<<<<<<<
  *         """The runs of the single-point value sweep as (n_runs, RUN_FIELDS) int32: length,
  *         the steps of dst, a, b, s, and flags; empty when the tape's runs are too short to
 */
-  __pyx_t_17 = __Pyx_CyFunction_New(&__pyx_mdef_6jacext_5_tape_4Tape_13runs, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Tape_runs, NULL, __pyx_mstate_global->__pyx_n_u_jacext__tape, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[9])); if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 327, __pyx_L1_error)
+  __pyx_t_17 = __Pyx_CyFunction_New(&__pyx_mdef_6jacext_5_tape_4Tape_13runs, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Tape_runs, NULL, __pyx_mstate_global->__pyx_n_u_jacext__tape, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[9])); if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 331, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_17);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_17);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6jacext_5_tape_Tape, __pyx_mstate_global->__pyx_n_u_runs, __pyx_t_17) < (0)) __PYX_ERR(0, 327, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6jacext_5_tape_Tape, __pyx_mstate_global->__pyx_n_u_runs, __pyx_t_17) < (0)) __PYX_ERR(0, 331, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_17); __pyx_t_17 = 0;
 
-  /* "jacext/_tape.pyx":335
+  /* "jacext/_tape.pyx":339
  *         return self._runs.reshape(-1, JX_RUN_FIELDS)
  * 
  *     def disassemble(self):             # <<<<<<<<<<<<<<
  *         """The tape as text lines: constants, then one instruction a line, then the
  *         output slots."""
 */
-  __pyx_t_17 = __Pyx_CyFunction_New(&__pyx_mdef_6jacext_5_tape_4Tape_15disassemble, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Tape_disassemble, NULL, __pyx_mstate_global->__pyx_n_u_jacext__tape, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[10])); if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 335, __pyx_L1_error)
+  __pyx_t_17 = __Pyx_CyFunction_New(&__pyx_mdef_6jacext_5_tape_4Tape_15disassemble, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Tape_disassemble, NULL, __pyx_mstate_global->__pyx_n_u_jacext__tape, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[10])); if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 339, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_17);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_17);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6jacext_5_tape_Tape, __pyx_mstate_global->__pyx_n_u_disassemble, __pyx_t_17) < (0)) __PYX_ERR(0, 335, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6jacext_5_tape_Tape, __pyx_mstate_global->__pyx_n_u_disassemble, __pyx_t_17) < (0)) __PYX_ERR(0, 339, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_17); __pyx_t_17 = 0;
 
-  /* "jacext/_tape.pyx":397
+  /* "jacext/_tape.pyx":401
  *     # ---- one point (x: n_in values; y: n_out or None) ----
  * 
  *     cpdef value(self, cnp.ndarray x, cnp.ndarray y):             # <<<<<<<<<<<<<<
  *         """The outputs at the point x into y."""
  *         cdef const double *px = <const double *>_buf(x, cnp.NPY_DOUBLE, self.t.n_in, "x")
 */
-  __pyx_t_17 = __Pyx_CyFunction_New(&__pyx_mdef_6jacext_5_tape_4Tape_17value, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Tape_value, NULL, __pyx_mstate_global->__pyx_n_u_jacext__tape, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[11])); if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 397, __pyx_L1_error)
+  __pyx_t_17 = __Pyx_CyFunction_New(&__pyx_mdef_6jacext_5_tape_4Tape_17value, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Tape_value, NULL, __pyx_mstate_global->__pyx_n_u_jacext__tape, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[11])); if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 401, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_17);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_17);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6jacext_5_tape_Tape, __pyx_mstate_global->__pyx_n_u_value, __pyx_t_17) < (0)) __PYX_ERR(0, 397, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6jacext_5_tape_Tape, __pyx_mstate_global->__pyx_n_u_value, __pyx_t_17) < (0)) __PYX_ERR(0, 401, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_17); __pyx_t_17 = 0;
 
-  /* "jacext/_tape.pyx":413
+  /* "jacext/_tape.pyx":417
  *         return raise_status(st)
  * 
  *     cpdef compressed(self, cnp.ndarray x, cnp.ndarray y, cnp.ndarray comp, cnp.ndarray cols,             # <<<<<<<<<<<<<<
  *                      cnp.ndarray colour, int32_t n_colours, int mode):
  *         """The Jacobian of the outputs with respect to the inputs ``cols`` (int32), dense
 */
-  __pyx_t_17 = __Pyx_CyFunction_New(&__pyx_mdef_6jacext_5_tape_4Tape_19compressed, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Tape_compressed, NULL, __pyx_mstate_global->__pyx_n_u_jacext__tape, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[12])); if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 413, __pyx_L1_error)
+  __pyx_t_17 = __Pyx_CyFunction_New(&__pyx_mdef_6jacext_5_tape_4Tape_19compressed, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Tape_compressed, NULL, __pyx_mstate_global->__pyx_n_u_jacext__tape, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[12])); if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 417, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_17);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_17);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6jacext_5_tape_Tape, __pyx_mstate_global->__pyx_n_u_compressed, __pyx_t_17) < (0)) __PYX_ERR(0, 413, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6jacext_5_tape_Tape, __pyx_mstate_global->__pyx_n_u_compressed, __pyx_t_17) < (0)) __PYX_ERR(0, 417, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_17); __pyx_t_17 = 0;
 
-  /* "jacext/_tape.pyx":459
+  /* "jacext/_tape.pyx":463
  *         return 0
  * 
  *     cpdef cones_jacobian(self, cnp.ndarray x, cnp.ndarray y, Cones cones, cnp.ndarray vals):             # <<<<<<<<<<<<<<
  *         """Sparse Jacobian values by one reverse sweep per output over its dependency cone
  *         (``cones`` from :meth:`cones`), in the pattern's CSR order."""
 */
-  __pyx_t_17 = __Pyx_CyFunction_New(&__pyx_mdef_6jacext_5_tape_4Tape_21cones_jacobian, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Tape_cones_jacobian, NULL, __pyx_mstate_global->__pyx_n_u_jacext__tape, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[13])); if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 459, __pyx_L1_error)
+  __pyx_t_17 = __Pyx_CyFunction_New(&__pyx_mdef_6jacext_5_tape_4Tape_21cones_jacobian, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Tape_cones_jacobian, NULL, __pyx_mstate_global->__pyx_n_u_jacext__tape, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[13])); if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 463, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_17);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_17);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6jacext_5_tape_Tape, __pyx_mstate_global->__pyx_n_u_cones_jacobian, __pyx_t_17) < (0)) __PYX_ERR(0, 459, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6jacext_5_tape_Tape, __pyx_mstate_global->__pyx_n_u_cones_jacobian, __pyx_t_17) < (0)) __PYX_ERR(0, 463, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_17); __pyx_t_17 = 0;
 
-  /* "jacext/_tape.pyx":479
+  /* "jacext/_tape.pyx":483
  *         return raise_status(st)
  * 
  *     cpdef product(self, bint forward, cnp.ndarray x, cnp.ndarray seed, cnp.ndarray y,             # <<<<<<<<<<<<<<
  *                   cnp.ndarray res):
  *         """At the point x: y and, forward, res = J v (seed v over the inputs, res over the
 */
-  __pyx_t_17 = __Pyx_CyFunction_New(&__pyx_mdef_6jacext_5_tape_4Tape_23product, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Tape_product, NULL, __pyx_mstate_global->__pyx_n_u_jacext__tape, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[14])); if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 479, __pyx_L1_error)
+  __pyx_t_17 = __Pyx_CyFunction_New(&__pyx_mdef_6jacext_5_tape_4Tape_23product, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Tape_product, NULL, __pyx_mstate_global->__pyx_n_u_jacext__tape, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[14])); if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 483, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_17);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_17);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6jacext_5_tape_Tape, __pyx_mstate_global->__pyx_n_u_product, __pyx_t_17) < (0)) __PYX_ERR(0, 479, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6jacext_5_tape_Tape, __pyx_mstate_global->__pyx_n_u_product, __pyx_t_17) < (0)) __PYX_ERR(0, 483, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_17); __pyx_t_17 = 0;
 
-  /* "jacext/_tape.pyx":503
+  /* "jacext/_tape.pyx":507
  *     # ---- batches: rows of x, threads splitting them ----
  * 
  *     def batch(self, str task, cnp.ndarray x, cnp.ndarray y, cnp.ndarray out,             # <<<<<<<<<<<<<<
  *                 int threads=1, int mode=0, cnp.ndarray seed=None, cnp.ndarray cols=None,
  *                 cnp.ndarray colour=None, int32_t n_colours=0, Tape jac_tape=None,
 */
-  __pyx_t_17 = __Pyx_CyFunction_New(&__pyx_mdef_6jacext_5_tape_4Tape_25batch, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Tape_batch, NULL, __pyx_mstate_global->__pyx_n_u_jacext__tape, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[15])); if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 503, __pyx_L1_error)
+  __pyx_t_17 = __Pyx_CyFunction_New(&__pyx_mdef_6jacext_5_tape_4Tape_25batch, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Tape_batch, NULL, __pyx_mstate_global->__pyx_n_u_jacext__tape, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[15])); if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 507, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_17);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_17);
   #endif
   __Pyx_CyFunction_SetDefaultsTuple(__pyx_t_17, __pyx_mstate_global->__pyx_tuple[8]);
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6jacext_5_tape_Tape, __pyx_mstate_global->__pyx_n_u_batch, __pyx_t_17) < (0)) __PYX_ERR(0, 503, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6jacext_5_tape_Tape, __pyx_mstate_global->__pyx_n_u_batch, __pyx_t_17) < (0)) __PYX_ERR(0, 507, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_17); __pyx_t_17 = 0;
 
-  /* "jacext/_tape.pyx":586
+  /* "jacext/_tape.pyx":590
  *     # ---- sparsity ----
  * 
  *     def pattern(self, cnp.ndarray cols):             # <<<<<<<<<<<<<<
  *         """(indptr, indices), int32 and read-only: the exact structural pattern of the
  *         outputs with respect to the inputs ``cols`` (column k is input cols[k])."""
 */
-  __pyx_t_17 = __Pyx_CyFunction_New(&__pyx_mdef_6jacext_5_tape_4Tape_27pattern, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Tape_pattern, NULL, __pyx_mstate_global->__pyx_n_u_jacext__tape, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[16])); if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 586, __pyx_L1_error)
+  __pyx_t_17 = __Pyx_CyFunction_New(&__pyx_mdef_6jacext_5_tape_4Tape_27pattern, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Tape_pattern, NULL, __pyx_mstate_global->__pyx_n_u_jacext__tape, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[16])); if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 590, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_17);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_17);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6jacext_5_tape_Tape, __pyx_mstate_global->__pyx_n_u_pattern, __pyx_t_17) < (0)) __PYX_ERR(0, 586, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6jacext_5_tape_Tape, __pyx_mstate_global->__pyx_n_u_pattern, __pyx_t_17) < (0)) __PYX_ERR(0, 590, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_17); __pyx_t_17 = 0;
 
-  /* "jacext/_tape.pyx":612
+  /* "jacext/_tape.pyx":616
  *         return ptr, idx
  * 
  *     def cones(self, budget, row_ptr, nz_input):             # <<<<<<<<<<<<<<
  *         """The dependency cone of every output (the instructions its value depends on, last
  *         first) for :meth:`cones_jacobian`, with the pattern they fill (CSR ``row_ptr`` and
 */
-  __pyx_t_17 = __Pyx_CyFunction_New(&__pyx_mdef_6jacext_5_tape_4Tape_29cones, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Tape_cones, NULL, __pyx_mstate_global->__pyx_n_u_jacext__tape, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[17])); if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 612, __pyx_L1_error)
+  __pyx_t_17 = __Pyx_CyFunction_New(&__pyx_mdef_6jacext_5_tape_4Tape_29cones, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Tape_cones, NULL, __pyx_mstate_global->__pyx_n_u_jacext__tape, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[17])); if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 616, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_17);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_17);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6jacext_5_tape_Tape, __pyx_mstate_global->__pyx_n_u_cones, __pyx_t_17) < (0)) __PYX_ERR(0, 612, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6jacext_5_tape_Tape, __pyx_mstate_global->__pyx_n_u_cones, __pyx_t_17) < (0)) __PYX_ERR(0, 616, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_17); __pyx_t_17 = 0;
 
   /* "(tree fragment)":1
@@ -39897,32 +39982,32 @@ __Pyx_RefNannySetupContext("PyInit__tape", 0);
   if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_setstate_cython, __pyx_t_17) < (0)) __PYX_ERR(1, 3, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_17); __pyx_t_17 = 0;
 
-  /* "jacext/_tape.pyx":689
+  /* "jacext/_tape.pyx":693
  * 
  * 
  * def colour_columns(ptr, idx, int32_t n_rows, int32_t n_cols, order, max_work):             # <<<<<<<<<<<<<<
  *     """Greedy distance-2 colouring of the columns of a CSR pattern (columns sharing a row
  *     get different colours), visiting columns in ``order``: int32 colours, or None when
 */
-  __pyx_t_17 = __Pyx_CyFunction_New(&__pyx_mdef_6jacext_5_tape_11colour_columns, 0, __pyx_mstate_global->__pyx_n_u_colour_columns, NULL, __pyx_mstate_global->__pyx_n_u_jacext__tape, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[20])); if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 689, __pyx_L1_error)
+  __pyx_t_17 = __Pyx_CyFunction_New(&__pyx_mdef_6jacext_5_tape_11colour_columns, 0, __pyx_mstate_global->__pyx_n_u_colour_columns, NULL, __pyx_mstate_global->__pyx_n_u_jacext__tape, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[20])); if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 693, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_17);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_17);
   #endif
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_colour_columns, __pyx_t_17) < (0)) __PYX_ERR(0, 689, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_colour_columns, __pyx_t_17) < (0)) __PYX_ERR(0, 693, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_17); __pyx_t_17 = 0;
 
-  /* "jacext/_tape.pyx":719
+  /* "jacext/_tape.pyx":723
  * 
  * 
  * cdef int64_t _NOGIL_WORK = _plan.NOGIL_WORK             # <<<<<<<<<<<<<<
 */
-  __Pyx_GetModuleGlobalName(__pyx_t_17, __pyx_mstate_global->__pyx_n_u_plan); if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 719, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_17, __pyx_mstate_global->__pyx_n_u_plan); if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 723, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_17);
-  __pyx_t_16 = __Pyx_PyObject_GetAttrStr(__pyx_t_17, __pyx_mstate_global->__pyx_n_u_NOGIL_WORK); if (unlikely(!__pyx_t_16)) __PYX_ERR(0, 719, __pyx_L1_error)
+  __pyx_t_16 = __Pyx_PyObject_GetAttrStr(__pyx_t_17, __pyx_mstate_global->__pyx_n_u_NOGIL_WORK); if (unlikely(!__pyx_t_16)) __PYX_ERR(0, 723, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_16);
   __Pyx_DECREF(__pyx_t_17); __pyx_t_17 = 0;
-  __pyx_t_18 = __Pyx_PyLong_As_int64_t(__pyx_t_16); if (unlikely((__pyx_t_18 == ((int64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 719, __pyx_L1_error)
+  __pyx_t_18 = __Pyx_PyLong_As_int64_t(__pyx_t_16); if (unlikely((__pyx_t_18 == ((int64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 723, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_16); __pyx_t_16 = 0;
   __pyx_v_6jacext_5_tape__NOGIL_WORK = __pyx_t_18;
 
@@ -39983,8 +40068,8 @@ static int __Pyx_InitCachedBuiltins(__pyx_mstatetype *__pyx_mstate) {
   const char *__pyx_filename = NULL;
   int __pyx_clineno = 0;
   CYTHON_UNUSED_VAR(__pyx_mstate);
-  __pyx_builtin_enumerate = __Pyx_GetBuiltinName(__pyx_mstate->__pyx_n_u_enumerate); if (!__pyx_builtin_enumerate) __PYX_ERR(0, 341, __pyx_L1_error)
-  __pyx_builtin_zip = __Pyx_GetBuiltinName(__pyx_mstate->__pyx_n_u_zip); if (!__pyx_builtin_zip) __PYX_ERR(0, 341, __pyx_L1_error)
+  __pyx_builtin_enumerate = __Pyx_GetBuiltinName(__pyx_mstate->__pyx_n_u_enumerate); if (!__pyx_builtin_enumerate) __PYX_ERR(0, 345, __pyx_L1_error)
+  __pyx_builtin_zip = __Pyx_GetBuiltinName(__pyx_mstate->__pyx_n_u_zip); if (!__pyx_builtin_zip) __PYX_ERR(0, 345, __pyx_L1_error)
   __pyx_builtin___import__ = __Pyx_GetBuiltinName(__pyx_mstate->__pyx_n_u_import); if (!__pyx_builtin___import__) __PYX_ERR(1, 119, __pyx_L1_error)
   __pyx_builtin_Ellipsis = __Pyx_GetBuiltinName(__pyx_mstate->__pyx_n_u_Ellipsis); if (!__pyx_builtin_Ellipsis) __PYX_ERR(1, 436, __pyx_L1_error)
   __pyx_builtin_id = __Pyx_GetBuiltinName(__pyx_mstate->__pyx_n_u_id); if (!__pyx_builtin_id) __PYX_ERR(1, 662, __pyx_L1_error)
@@ -40049,35 +40134,49 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
   if (__Pyx_PyTuple_SET_ITEM(__pyx_mstate_global->__pyx_tuple[1], 0, __pyx_mstate_global->__pyx_slice[0]) != (0)) __PYX_ERR(1, 763, __pyx_L1_error);
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[1]);
 
-  /* "jacext/_tape.pyx":217
- *             if key not in arrays:
- *                 raise ValueError(f"jacext: corrupt tape: no '{key}' array")
- *             arr = np.array(arrays[key], dtype=dtype, order="C", copy=True).reshape(-1)             # <<<<<<<<<<<<<<
+  /* "jacext/_tape.pyx":220
+ *             # copy=False: the caller hands over arrays it made and drops (the lowering), so
+ *             # no one else can write them; anything else is copied before it is checked
+ *             arr = (np.array(arrays[key], dtype=dtype, order="C", copy=True) if copy             # <<<<<<<<<<<<<<
+ *                    else np.ascontiguousarray(arrays[key], dtype=dtype)).reshape(-1)
  *             arr.setflags(write=False)
- *             own[key] = arr
 */
   {
     PyObject* __pyx_temp[3] = {__pyx_mstate_global->__pyx_n_u_dtype, __pyx_mstate_global->__pyx_n_u_order, __pyx_mstate_global->__pyx_n_u_copy};
-    __pyx_mstate_global->__pyx_tuple[2] = __Pyx_PyTuple_FromArray(__pyx_temp, 3); if (unlikely(!__pyx_mstate_global->__pyx_tuple[2])) __PYX_ERR(0, 217, __pyx_L1_error)
+    __pyx_mstate_global->__pyx_tuple[2] = __Pyx_PyTuple_FromArray(__pyx_temp, 3); if (unlikely(!__pyx_mstate_global->__pyx_tuple[2])) __PYX_ERR(0, 220, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[2]);
   }
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[2]);
 
-  /* "jacext/_tape.pyx":218
- *                 raise ValueError(f"jacext: corrupt tape: no '{key}' array")
- *             arr = np.array(arrays[key], dtype=dtype, order="C", copy=True).reshape(-1)
+  /* "jacext/_tape.pyx":221
+ *             # no one else can write them; anything else is copied before it is checked
+ *             arr = (np.array(arrays[key], dtype=dtype, order="C", copy=True) if copy
+ *                    else np.ascontiguousarray(arrays[key], dtype=dtype)).reshape(-1)             # <<<<<<<<<<<<<<
+ *             arr.setflags(write=False)
+ *             own[key] = arr
+*/
+  {
+    PyObject* __pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
+    __pyx_mstate_global->__pyx_tuple[3] = __Pyx_PyTuple_FromArray(__pyx_temp, 1); if (unlikely(!__pyx_mstate_global->__pyx_tuple[3])) __PYX_ERR(0, 221, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[3]);
+  }
+  __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[3]);
+
+  /* "jacext/_tape.pyx":222
+ *             arr = (np.array(arrays[key], dtype=dtype, order="C", copy=True) if copy
+ *                    else np.ascontiguousarray(arrays[key], dtype=dtype)).reshape(-1)
  *             arr.setflags(write=False)             # <<<<<<<<<<<<<<
  *             own[key] = arr
  *         n_instr = own["op"].shape[0]
 */
   {
     PyObject* __pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_write};
-    __pyx_mstate_global->__pyx_tuple[3] = __Pyx_PyTuple_FromArray(__pyx_temp, 1); if (unlikely(!__pyx_mstate_global->__pyx_tuple[3])) __PYX_ERR(0, 218, __pyx_L1_error)
-    __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[3]);
+    __pyx_mstate_global->__pyx_tuple[4] = __Pyx_PyTuple_FromArray(__pyx_temp, 1); if (unlikely(!__pyx_mstate_global->__pyx_tuple[4])) __PYX_ERR(0, 222, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[4]);
   }
-  __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[3]);
+  __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[4]);
 
-  /* "jacext/_tape.pyx":225
+  /* "jacext/_tape.pyx":229
  *                 raise ValueError(f"jacext: corrupt tape: '{key}' has {own[key].shape[0]} "
  *                                  f"entries for {n_instr} instructions")
  *         for key in ("n_in", "n_slots"):             # <<<<<<<<<<<<<<
@@ -40086,26 +40185,12 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
 */
   {
     PyObject* __pyx_temp[2] = {__pyx_mstate_global->__pyx_n_u_n_in, __pyx_mstate_global->__pyx_n_u_n_slots};
-    __pyx_mstate_global->__pyx_tuple[4] = __Pyx_PyTuple_FromArray(__pyx_temp, 2); if (unlikely(!__pyx_mstate_global->__pyx_tuple[4])) __PYX_ERR(0, 225, __pyx_L1_error)
-    __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[4]);
-  }
-  __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[4]);
-
-  /* "jacext/_tape.pyx":257
- *         """The tables the sweeps use, derived from the checked arrays (not pickled)."""
- *         cdef Py_ssize_t n = self.t.n_instr
- *         fixed = np.zeros(n, dtype=np.uint8)             # <<<<<<<<<<<<<<
- *         d0 = np.zeros(n, dtype=np.float64)
- *         d1 = np.zeros(n, dtype=np.float64)
-*/
-  {
-    PyObject* __pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
-    __pyx_mstate_global->__pyx_tuple[5] = __Pyx_PyTuple_FromArray(__pyx_temp, 1); if (unlikely(!__pyx_mstate_global->__pyx_tuple[5])) __PYX_ERR(0, 257, __pyx_L1_error)
+    __pyx_mstate_global->__pyx_tuple[5] = __Pyx_PyTuple_FromArray(__pyx_temp, 2); if (unlikely(!__pyx_mstate_global->__pyx_tuple[5])) __PYX_ERR(0, 229, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[5]);
   }
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[5]);
 
-  /* "jacext/_tape.pyx":645
+  /* "jacext/_tape.pyx":649
  *         cdef Py_ssize_t n_out = tape.t.n_out
  *         self.tape = tape
  *         self.cone_ptr = np.array(cone_ptr, dtype=np.int64, copy=True)             # <<<<<<<<<<<<<<
@@ -40114,7 +40199,7 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
 */
   {
     PyObject* __pyx_temp[2] = {__pyx_mstate_global->__pyx_n_u_dtype, __pyx_mstate_global->__pyx_n_u_copy};
-    __pyx_mstate_global->__pyx_tuple[6] = __Pyx_PyTuple_FromArray(__pyx_temp, 2); if (unlikely(!__pyx_mstate_global->__pyx_tuple[6])) __PYX_ERR(0, 645, __pyx_L1_error)
+    __pyx_mstate_global->__pyx_tuple[6] = __Pyx_PyTuple_FromArray(__pyx_temp, 2); if (unlikely(!__pyx_mstate_global->__pyx_tuple[6])) __PYX_ERR(0, 649, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[6]);
   }
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[6]);
@@ -40133,7 +40218,7 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
   }
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[7]);
 
-  /* "jacext/_tape.pyx":503
+  /* "jacext/_tape.pyx":507
  *     # ---- batches: rows of x, threads splitting them ----
  * 
  *     def batch(self, str task, cnp.ndarray x, cnp.ndarray y, cnp.ndarray out,             # <<<<<<<<<<<<<<
@@ -40142,7 +40227,7 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
 */
   {
     PyObject* __pyx_temp[8] = {__pyx_mstate_global->__pyx_int_1, __pyx_mstate_global->__pyx_int_0, Py_None, Py_None, Py_None, __pyx_mstate_global->__pyx_int_0, Py_None, Py_None};
-    __pyx_mstate_global->__pyx_tuple[8] = __Pyx_PyTuple_FromArray(__pyx_temp, 8); if (unlikely(!__pyx_mstate_global->__pyx_tuple[8])) __PYX_ERR(0, 503, __pyx_L1_error)
+    __pyx_mstate_global->__pyx_tuple[8] = __Pyx_PyTuple_FromArray(__pyx_temp, 8); if (unlikely(!__pyx_mstate_global->__pyx_tuple[8])) __PYX_ERR(0, 507, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[8]);
   }
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[8]);
@@ -40355,7 +40440,7 @@ static int __Pyx_CreateCodeObjects(__pyx_mstatetype *__pyx_mstate) {
   PyObject* tuple_dedup_map = PyDict_New();
   if (unlikely(!tuple_dedup_map)) return -1;
   {
-    const __Pyx_PyCode_New_function_description descr = {0, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS|CO_GENERATOR), 357};
+    const __Pyx_PyCode_New_function_description descr = {0, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS|CO_GENERATOR), 361};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_s};
     __pyx_mstate_global->__pyx_codeobj_tab[0] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_jacext__tape_pyx, __pyx_mstate->__pyx_n_u_genexpr, __pyx_mstate->__pyx_kp_b_iso88591_a_2, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[0])) goto bad;
   }
@@ -40385,62 +40470,62 @@ static int __Pyx_CreateCodeObjects(__pyx_mstatetype *__pyx_mstate) {
     __pyx_mstate_global->__pyx_codeobj_tab[5] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_jacext__tape_pyx, __pyx_mstate->__pyx_n_u_op_partials, __pyx_mstate->__pyx_kp_b_iso88591_s_Bc_Cq_j_0_4s_S_Qa_4q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[5])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 288};
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 292};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self};
     __pyx_mstate_global->__pyx_codeobj_tab[6] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_jacext__tape_pyx, __pyx_mstate->__pyx_n_u_reduce, __pyx_mstate->__pyx_kp_b_iso88591_A_t7, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[6])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 2, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 313};
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 2, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 317};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_out};
     __pyx_mstate_global->__pyx_codeobj_tab[7] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_jacext__tape_pyx, __pyx_mstate->__pyx_n_u_arrays, __pyx_mstate->__pyx_kp_b_iso88591_A_d_4q_1Jc_b_1M_AT_1_q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[7])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 321};
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 325};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self};
     __pyx_mstate_global->__pyx_codeobj_tab[8] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_jacext__tape_pyx, __pyx_mstate->__pyx_n_u_fixed_partials, __pyx_mstate->__pyx_kp_b_iso88591_A_t1, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[8])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 327};
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 331};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self};
     __pyx_mstate_global->__pyx_codeobj_tab[9] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_jacext__tape_pyx, __pyx_mstate->__pyx_n_u_runs, __pyx_mstate->__pyx_kp_b_iso88591_A_4t1_2V2S_0_b_t6_3a, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[9])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 18, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 335};
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 18, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 339};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_a, __pyx_mstate->__pyx_n_u_n_in, __pyx_mstate->__pyx_n_u_lines, __pyx_mstate->__pyx_n_u_i, __pyx_mstate->__pyx_n_u_word, __pyx_mstate->__pyx_n_u_d, __pyx_mstate->__pyx_n_u_x, __pyx_mstate->__pyx_n_u_y, __pyx_mstate->__pyx_n_u_c, __pyx_mstate->__pyx_n_u_imm, __pyx_mstate->__pyx_n_u_op, __pyx_mstate->__pyx_n_u_name, __pyx_mstate->__pyx_n_u_args, __pyx_mstate->__pyx_n_u_k, __pyx_mstate->__pyx_n_u_v, __pyx_mstate->__pyx_n_u_genexpr, __pyx_mstate->__pyx_n_u_genexpr};
     __pyx_mstate_global->__pyx_codeobj_tab[10] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_jacext__tape_pyx, __pyx_mstate->__pyx_n_u_disassemble, __pyx_mstate->__pyx_kp_b_iso88591_A_D_t2Q_1E_5_awd_U_1AQa_D_c_Cs_1, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[10])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {3, 0, 0, 3, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 397};
+    const __Pyx_PyCode_New_function_description descr = {3, 0, 0, 3, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 401};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_x, __pyx_mstate->__pyx_n_u_y};
     __pyx_mstate_global->__pyx_codeobj_tab[11] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_jacext__tape_pyx, __pyx_mstate->__pyx_n_u_value, __pyx_mstate->__pyx_kp_b_iso88591_A_0_AV_BgUV_as_b_j_t7_1_q_T_D_1A, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[11])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {8, 0, 0, 8, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 413};
+    const __Pyx_PyCode_New_function_description descr = {8, 0, 0, 8, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 417};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_x, __pyx_mstate->__pyx_n_u_y, __pyx_mstate->__pyx_n_u_comp, __pyx_mstate->__pyx_n_u_cols, __pyx_mstate->__pyx_n_u_colour, __pyx_mstate->__pyx_n_u_n_colours, __pyx_mstate->__pyx_n_u_mode};
     __pyx_mstate_global->__pyx_codeobj_tab[12] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_jacext__tape_pyx, __pyx_mstate->__pyx_n_u_compressed, __pyx_mstate->__pyx_kp_b_iso88591_A_V1A_0_AV_BgUV_AS_Bha_2_ay_HTU, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[12])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {5, 0, 0, 5, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 459};
+    const __Pyx_PyCode_New_function_description descr = {5, 0, 0, 5, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 463};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_x, __pyx_mstate->__pyx_n_u_y, __pyx_mstate->__pyx_n_u_cones, __pyx_mstate->__pyx_n_u_vals};
     __pyx_mstate_global->__pyx_codeobj_tab[13] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_jacext__tape_pyx, __pyx_mstate->__pyx_n_u_cones_jacobian, __pyx_mstate->__pyx_kp_b_iso88591_A_0_AV_BgUV_AS_Bha_6_E_E_wa_AQ_T, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[13])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {6, 0, 0, 6, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 479};
+    const __Pyx_PyCode_New_function_description descr = {6, 0, 0, 6, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 483};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_forward, __pyx_mstate->__pyx_n_u_x, __pyx_mstate->__pyx_n_u_seed, __pyx_mstate->__pyx_n_u_y, __pyx_mstate->__pyx_n_u_res};
     __pyx_mstate_global->__pyx_codeobj_tab[14] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_jacext__tape_pyx, __pyx_mstate->__pyx_n_u_product, __pyx_mstate->__pyx_kp_b_iso88591_A_Ry_T_1_Bj_T_1_0_AV_BgUV_0_AYm8, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[14])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {13, 0, 0, 19, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 503};
+    const __Pyx_PyCode_New_function_description descr = {13, 0, 0, 19, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 507};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_task, __pyx_mstate->__pyx_n_u_x, __pyx_mstate->__pyx_n_u_y, __pyx_mstate->__pyx_n_u_out, __pyx_mstate->__pyx_n_u_threads, __pyx_mstate->__pyx_n_u_mode, __pyx_mstate->__pyx_n_u_seed, __pyx_mstate->__pyx_n_u_cols, __pyx_mstate->__pyx_n_u_colour, __pyx_mstate->__pyx_n_u_n_colours, __pyx_mstate->__pyx_n_u_jac_tape, __pyx_mstate->__pyx_n_u_cones, __pyx_mstate->__pyx_n_u_job, __pyx_mstate->__pyx_n_u_n_points, __pyx_mstate->__pyx_n_u_n_in, __pyx_mstate->__pyx_n_u_n_out, __pyx_mstate->__pyx_n_u_per, __pyx_mstate->__pyx_n_u_st};
     __pyx_mstate_global->__pyx_codeobj_tab[15] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_jacext__tape_pyx, __pyx_mstate->__pyx_n_u_batch, __pyx_mstate->__pyx_kp_b_iso88591_A_SST_LA_1F_6_81_t2_D_85_AWA_3fB, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[15])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 10, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 586};
+    const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 10, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 590};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_cols, __pyx_mstate->__pyx_n_u_col_of_input, __pyx_mstate->__pyx_n_u_indptr, __pyx_mstate->__pyx_n_u_indices, __pyx_mstate->__pyx_n_u_st, __pyx_mstate->__pyx_n_u_n_out, __pyx_mstate->__pyx_n_u_ptr, __pyx_mstate->__pyx_n_u_nnz, __pyx_mstate->__pyx_n_u_idx};
     __pyx_mstate_global->__pyx_codeobj_tab[16] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_jacext__tape_pyx, __pyx_mstate->__pyx_n_u_pattern, __pyx_mstate->__pyx_kp_b_iso88591_A_uD_c_rQR_q_avT_1_AXRwat6_fBa_A, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[16])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {4, 0, 0, 12, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 612};
+    const __Pyx_PyCode_New_function_description descr = {4, 0, 0, 12, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 616};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_budget, __pyx_mstate->__pyx_n_u_row_ptr, __pyx_mstate->__pyx_n_u_nz_input, __pyx_mstate->__pyx_n_u_ptr, __pyx_mstate->__pyx_n_u_cone, __pyx_mstate->__pyx_n_u_limit, __pyx_mstate->__pyx_n_u_st, __pyx_mstate->__pyx_n_u_n_out, __pyx_mstate->__pyx_n_u_p, __pyx_mstate->__pyx_n_u_total, __pyx_mstate->__pyx_n_u_c};
     __pyx_mstate_global->__pyx_codeobj_tab[17] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_jacext__tape_pyx, __pyx_mstate->__pyx_n_u_cones, __pyx_mstate->__pyx_kp_b_iso88591_A_A_Q_AYa_4t7_5_3c_1_AQ_1D_V2S_E, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[17])) goto bad;
   }
@@ -40455,7 +40540,7 @@ static int __Pyx_CreateCodeObjects(__pyx_mstatetype *__pyx_mstate) {
     __pyx_mstate_global->__pyx_codeobj_tab[19] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_tree_fragment, __pyx_mstate->__pyx_n_u_setstate_cython, __pyx_mstate->__pyx_kp_b_iso88591_Q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[19])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {6, 0, 0, 12, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 689};
+    const __Pyx_PyCode_New_function_description descr = {6, 0, 0, 12, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 693};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_ptr, __pyx_mstate->__pyx_n_u_idx, __pyx_mstate->__pyx_n_u_n_rows, __pyx_mstate->__pyx_n_u_n_cols, __pyx_mstate->__pyx_n_u_order, __pyx_mstate->__pyx_n_u_max_work, __pyx_mstate->__pyx_n_u_p, __pyx_mstate->__pyx_n_u_q, __pyx_mstate->__pyx_n_u_o, __pyx_mstate->__pyx_n_u_colour, __pyx_mstate->__pyx_n_u_n, __pyx_mstate->__pyx_n_u_limit};
     __pyx_mstate_global->__pyx_codeobj_tab[20] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_jacext__tape_pyx, __pyx_mstate->__pyx_n_u_colour_columns, __pyx_mstate->__pyx_kp_b_iso88591_Qe6_1_Qe6_1_QgV2Q_b_axvRq_q_as, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[20])) goto bad;
   }

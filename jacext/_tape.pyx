@@ -202,19 +202,23 @@ cdef class Tape:
 
     ``Tape(arrays)`` takes the dict of arrays the lowering makes (``op, dst, a, b, s, imm,
     out_slot, const_value`` and the counts ``n_in, n_slots``); a ValueError names what is
-    inconsistent.  The arrays are kept read-only; the Tape is immutable.
+    inconsistent.  It keeps read-only copies (``copy=False``: the arrays themselves, for a
+    caller that hands over arrays no one else holds); the Tape is immutable.
     """
 
     def __cinit__(self):
         self._has_work = False
         self._work_busy = False
 
-    def __init__(self, dict arrays):
+    def __init__(self, dict arrays, bint copy=True):
         cdef dict own = {}
         for key, dtype in _TAPE_FIELDS:
             if key not in arrays:
                 raise ValueError(f"jacext: corrupt tape: no '{key}' array")
-            arr = np.array(arrays[key], dtype=dtype, order="C", copy=True).reshape(-1)
+            # copy=False: the caller hands over arrays it made and drops (the lowering), so
+            # no one else can write them; anything else is copied before it is checked
+            arr = (np.array(arrays[key], dtype=dtype, order="C", copy=True) if copy
+                   else np.ascontiguousarray(arrays[key], dtype=dtype)).reshape(-1)
             arr.setflags(write=False)
             own[key] = arr
         n_instr = own["op"].shape[0]

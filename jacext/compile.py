@@ -25,7 +25,7 @@ def compile_function(f, arg_shapes, name=None):
     graph, inputs, outputs, out_shapes, out_is_tuple = trace(f, arg_shapes)
     ins = np.concatenate([np.ravel(i) for i in inputs]) if inputs else np.zeros(0, np.int64)
     outs = np.concatenate([np.ravel(o) for o in outputs]) if outputs else np.zeros(0, np.int64)
-    tape = Tape(lower(graph, ins.astype(np.int64), outs.astype(np.int64)))
+    tape = Tape(lower(graph, ins.astype(np.int64), outs.astype(np.int64)), copy=False)
     del graph, inputs, outputs   # the DAG can be larger than the tape: free it first
     if name is None:
         name = getattr(f, "__name__", type(f).__name__)

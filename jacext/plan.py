@@ -244,22 +244,42 @@ class Plan:
     sweep's ("forward" or "reverse").  ``compressed``: None, or the sparse evaluation's
     mode ("forward", "reverse" colourings, or "cones"), with ``structure`` the pattern,
     colourings and cones it uses.  ``dense_tape``: the dense Jacobian tape's slot (batches
-    of dense Jacobians); ``sparse_tapes``: the sparse form's slots, (without values, with
-    values).
+    of dense Jacobians; None for sparse requests); ``sparse_tapes``: the sparse form's
+    slots, (without values, with values), where ``compressed``.  The slots are asked of
+    the Planner when first used (a single point's dense sweeps never need one).
     """
 
-    __slots__ = ("argnums", "cols", "mode", "compressed", "structure", "dense_tape",
-                 "sparse_tapes")
+    __slots__ = ("argnums", "cols", "mode", "compressed", "structure", "is_sparse",
+                 "_planner", "_dense_tape", "_sparse_tapes")
 
-    def __init__(self, argnums, cols, mode, compressed=None, structure=None, dense_tape=None,
-                 sparse_tapes=None):
+    def __init__(self, planner, argnums, cols, mode, compressed, structure, is_sparse):
+        self._planner = planner
         self.argnums = argnums
         self.cols = cols
         self.mode = mode
         self.compressed = compressed
         self.structure = structure
-        self.dense_tape = dense_tape
-        self.sparse_tapes = sparse_tapes
+        self.is_sparse = is_sparse
+        self._dense_tape = self._sparse_tapes = None
+
+    @property
+    def dense_tape(self):
+        slot = self._dense_tape
+        if slot is None and not self.is_sparse:
+            # the Planner makes each slot once: racing threads store the same object
+            slot = self._dense_tape = self._planner._slot(self.argnums, self.mode, False,
+                                                          True)
+        return slot
+
+    @property
+    def sparse_tapes(self):
+        slots = self._sparse_tapes
+        if slots is None and self.compressed is not None:
+            tape_mode = "forward" if self.compressed == "forward" else "reverse"
+            slots = self._sparse_tapes = tuple(
+                self._planner._slot(self.argnums, tape_mode, True, values)
+                for values in (False, True))
+        return slots
 
     def __repr__(self):
         how = f"compressed ({self.compressed})" if self.compressed else f"{self.mode} sweeps"
@@ -364,13 +384,7 @@ class Planner:
             compressed = compress_dense(lambda: self.best(argnums), n_cols, n_out, n_instr)
         else:
             compressed = None
-        dense_tape = None if is_sparse else self._slot(argnums, dense, False, True)
-        sparse_tapes = None
-        if compressed is not None:
-            tape_mode = "forward" if compressed == "forward" else "reverse"
-            sparse_tapes = tuple(self._slot(argnums, tape_mode, True, values)
-                                 for values in (False, True))
-        return Plan(argnums, cols, dense, compressed, structure, dense_tape, sparse_tapes)
+        return Plan(self, argnums, cols, dense, compressed, structure, is_sparse)
 
     def _slot(self, argnums, mode, is_sparse, values):
         """The Jacobian tape slot (argnums, mode, dense or sparse form, with values or not),
@@ -422,4 +436,4 @@ class Planner:
                                    t.n_instructions, self.n_groups()))
         if arrays is None or arrays["op"].shape[0] > JAC_TAPE_MAX_LENGTH * work:
             return None
-        return Tape(arrays)
+        return Tape(arrays, copy=False)

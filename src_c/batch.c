@@ -146,11 +146,6 @@ static int jx_block_init(jx_block_work *w, const jx_tape *t, int32_t dirs, int32
  */
 /* ---- the value sweep over a block of JX_VB points (block_values.h) ---- */
 
-#ifdef _MSC_VER
-#define JX_RESTRICT __restrict
-#else
-#define JX_RESTRICT restrict
-#endif
 /* points per block of the value sweep: 64 points of a slot are 512 bytes, and
    with AVX2 a slot's loop is 16 vector operations (bench/batch.py: 64 ran as
    fast as 248 and faster than 32 or 128 on the arm and BA Jacobian tapes) */
@@ -232,8 +227,7 @@ static int jx_block_forward(const jx_tape *t, jx_block_work *w)
         for (l = 0; l < B; l++) acc[l] = 0.0;
         for (i = 0; i < t->n_instr; i++) {
             if (t->fixed && t->fixed[i]) continue;   /* finite by construction */
-            jx_nonfinite_acc(acc, w->d0 + (size_t)i * B, B);
-            jx_nonfinite_acc(acc, w->d1 + (size_t)i * B, B);
+            jx_nonfinite_acc2(acc, w->d0 + (size_t)i * B, w->d1 + (size_t)i * B, B);
         }
         return jx_acc_finite(acc, B);
     }
@@ -462,10 +456,8 @@ static int jx_block_jac_tape(const jx_tape *t, jx_block_work *w, jx_work *pw,
     /* the Jacobian out, point-major, checking on the way that it is finite (kernels.h) */
     for (l = 0; l < n; l++) acc[l] = 0.0;
     for (e = 0; e < n_jac; e++) {
-        const double *JX_RESTRICT src = V + (size_t)jt->out_slot[n_out + e] * B;
-        double *JX_RESTRICT dst = jac + e;
-        for (l = 0; l < n; l++) dst[(size_t)l * (size_t)n_jac] = src[l];
-        jx_nonfinite_acc(acc, src, n);
+        jx_copy_nonfinite_acc(acc, jac + e, (ptrdiff_t)n_jac,
+                              V + (size_t)jt->out_slot[n_out + e] * B, n);
     }
     if (jx_acc_finite(acc, n)) return JX_OK;
     if (!pw->value) {

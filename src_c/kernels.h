@@ -18,6 +18,14 @@
 
 #include "ops.h"
 
+/* C99's restrict (MSVC spells it __restrict): what the sweeps' inner loops need to
+   vectorise without alias checks */
+#ifdef _MSC_VER
+#define JX_RESTRICT __restrict
+#else
+#define JX_RESTRICT restrict
+#endif
+
 /* Operand-read mask of an op word: which of the instruction's slots a, b, s it reads.
    An immediate operand is no slot; s is SELECT's condition (the op of arity 3). */
 #define JX_READS_A 1
@@ -43,14 +51,38 @@ static inline double jx_zmul(double d, double t)
  * Finiteness without a branch per element: x - x is 0 for finite x and nan
  * for inf and nan, so a sum of them is 0 exactly when every term was finite.
  * jx_nonfinite_acc adds p[l] - p[l] into acc[l] (one accumulator per lane: a
- * block's points, no serial chain); jx_acc_finite then says whether all of
+ * block's points, no serial chain; jx_nonfinite_acc2 two arrays at once,
+ * jx_copy_nonfinite_acc while copying); jx_acc_finite then says whether all of
  * acc[0 .. n) stayed 0.  jx_all_finite checks one contiguous array with four
  * accumulators.
  */
-static inline void jx_nonfinite_acc(double *acc, const double *p, ptrdiff_t n)
+static inline void jx_nonfinite_acc(double *JX_RESTRICT acc, const double *JX_RESTRICT p,
+                                    ptrdiff_t n)
 {
     ptrdiff_t l;
     for (l = 0; l < n; l++) acc[l] += p[l] - p[l];
+}
+
+/* The same over two arrays at once (the partials d0 and d1 of one instruction). */
+static inline void jx_nonfinite_acc2(double *JX_RESTRICT acc, const double *JX_RESTRICT p,
+                                     const double *JX_RESTRICT q, ptrdiff_t n)
+{
+    ptrdiff_t l;
+    for (l = 0; l < n; l++) acc[l] += (p[l] - p[l]) + (q[l] - q[l]);
+}
+
+/* dst[l * stride] = src[l] for l < n, checking src on the way (one pass: the copy of a
+   block's Jacobian entries out to the caller's point-major array). */
+static inline void jx_copy_nonfinite_acc(double *JX_RESTRICT acc, double *JX_RESTRICT dst,
+                                         ptrdiff_t stride, const double *JX_RESTRICT src,
+                                         ptrdiff_t n)
+{
+    ptrdiff_t l;
+    for (l = 0; l < n; l++) {
+        const double v = src[l];
+        dst[l * stride] = v;
+        acc[l] += v - v;
+    }
 }
 
 static inline int jx_acc_finite(const double *acc, ptrdiff_t n)

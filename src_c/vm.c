@@ -325,11 +325,6 @@ int32_t jx_tape_runs(const jx_tape *t, int32_t *runs)
  * switch paid once.  Contiguous runs (no operand meets the dst range) go
  * through restrict pointers and vectorise.
  */
-#ifdef _MSC_VER
-#define JX_VM_RESTRICT __restrict
-#else
-#define JX_VM_RESTRICT restrict
-#endif
 
 #define JX_RUN_LOOP(AEXPR, BEXPR, SEXPR, VALUE)                              \
     for (k = 0; k < L; k++) {                                                \
@@ -354,10 +349,10 @@ static void jx_forward_run(const jx_tape *t, double *value, int32_t i, const int
     const double c = t->imm[i];
     ptrdiff_t k;
     if (run[5] & JX_RUN_CONTIGUOUS) {
-        double *JX_VM_RESTRICT pz = value + d0 + off;
-        const double *JX_VM_RESTRICT pa = value + a0 + off;
-        const double *JX_VM_RESTRICT pb = value + b0 + off;
-        const double *JX_VM_RESTRICT ps = value + s0 + off;
+        double *JX_RESTRICT pz = value + d0 + off;
+        const double *JX_RESTRICT pa = value + a0 + off;
+        const double *JX_RESTRICT pb = value + b0 + off;
+        const double *JX_RESTRICT ps = value + s0 + off;
         switch (word & JX_OP_MASK) {
 #define OP(NAME, ARITY, COMMUTES, VALUE, D0, D1, FIXED)                      \
         case JX_OP_##NAME:                                                   \
