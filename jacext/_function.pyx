@@ -24,7 +24,8 @@ from jacext import arguments as _args
 from jacext import jactape as _jactape  # noqa: F401  (loaded with jacext: the planner imports
 from jacext import plan as _plan         # it lazily, and a first call must not pay for that)
 from jacext import sparse as _sparse
-from jacext._tape cimport (JX_MAX_LANES, JX_MODE_FORWARD, JX_MODE_REVERSE, Tape,
+from jacext._tape cimport (JX_MAX_LANES, JX_MODE_FORWARD, JX_MODE_REVERSE, JX_TASK_JACOBIAN,
+                           JX_TASK_VALUE, Tape,
                            jx_all_finite, jx_point_jacobian, jx_point_value, jx_work,
                            raise_status)
 
@@ -60,6 +61,7 @@ cdef class Function:
     cdef tuple _jt0                # (Tape, indptr, indices): the sparse Jacobian tape of a dense
                                    # auto Jacobian once built (one store publishes all three)
     cdef object _sparse0           # the Plan of sparse=True at one point, argnums 0, auto
+    cdef dict _plans               # the planner's Plans by (argnums, mode, sparse), at hand
 
     def __init__(self, tape, tuple arg_shapes, tuple out_shapes, bint out_is_tuple,
                  str name="f"):
@@ -86,6 +88,7 @@ cdef class Function:
         self._single_fits = (8 * int(self.tape.t.n_out) * int(self.tape.t.n_in)
                              <= _plan.physical_memory())
         self._auto0 = -1
+        self._plans = {}
 
     def __reduce__(self):
         return (Function, (self.tape.arrays(), self.arg_shapes, self.out_shapes,
@@ -154,16 +157,33 @@ cdef class Function:
             return _args.split(y, self.out_shapes, True, batch)
         x = x.reshape(-1, self.tape.t.n_in)
         y = np.empty((x.shape[0], self.tape.t.n_out), dtype=np.float64)
-        self.tape.batch("value", x, y, None,
-                        _plan.n_threads(None, x.shape[0], self.tape.t.n_instr))
+        self.tape.run(JX_TASK_VALUE, x, y, None,
+                      _plan.n_threads(None, x.shape[0], self.tape.t.n_instr), 0, None, None,
+                      None, 0, None, None)
         return _args.split(y, self.out_shapes, self.out_is_tuple, batch)
 
-    def _rows(self, args, memory_check=None):
-        """(x, batch): the arguments as the VM's rows; ``memory_check(batch)`` runs after
-        the shapes are known and before anything is copied."""
+    def _rows(self, tuple args, Py_ssize_t n_cols=-1):
+        """(x, batch): the arguments as the VM's rows.  With n_cols, the dense Jacobian of
+        that many columns is checked to fit in memory once the batch shape is known, before
+        anything is copied."""
+        cdef cnp.ndarray a
+        cdef tuple shape
+        cdef Py_ssize_t nd
+        if (len(args) == 1 and self._single_shape is not None and type(args[0]) is np.ndarray
+                and cnp.PyArray_TYPE(<cnp.ndarray>args[0]) == cnp.NPY_DOUBLE
+                and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>args[0])):
+            # one float64 argument: its own rows when its trailing shape fits
+            a = <cnp.ndarray>args[0]
+            shape = (<object>a).shape
+            nd = len(self._single_shape)
+            if len(shape) >= nd and shape[len(shape) - nd:] == self._single_shape:
+                batch = shape[:len(shape) - nd]
+                if n_cols >= 0:
+                    self._check_size(batch, n_cols)
+                return a.reshape(batch + (self.tape.t.n_in,)), batch
         arrays, batch = _args.parse(args, self.arg_shapes, self.name)
-        if memory_check is not None:
-            memory_check(batch)
+        if n_cols >= 0:
+            self._check_size(batch, n_cols)
         return _args.flatten(arrays, self.arg_shapes, batch), batch
 
     # ---- Jacobians ----
@@ -196,7 +216,7 @@ cdef class Function:
                     and self._single_jac_shape is not None
                     and _is_point(args[0], self._single_shape)):
                 if self._sparse0 is None:
-                    self._sparse0 = self._planner.plan(0, "auto", True)
+                    self._sparse0 = self._plan(0, "auto", True)
                 vals = self._compressed(self._sparse0, <cnp.ndarray>args[0], -1, threads,
                                         False)[0]
                 return self._sparse0.structure.csr(vals)
@@ -235,20 +255,29 @@ cdef class Function:
         """(value, Jacobian) from one forward sweep."""
         return self._jacobian(args, argnums, mode, None, threads, True)
 
+    cdef object _plan(self, argnums, mode, bint is_sparse):
+        """The planner's Plan (made once there), kept at hand here."""
+        key = (argnums, mode, is_sparse)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plans[key] = self._planner.plan(argnums, mode, is_sparse)
+        return plan
+
     cdef bint _set_auto0(self) except -1:
         """Whether a dense auto Jacobian of argnums 0 takes plain sweeps (its Plan's)."""
-        self._auto0 = self._planner.plan(0, "auto", False).compressed is None
+        self._auto0 = self._plan(0, "auto", False).compressed is None
         return self._auto0
 
     def _jacobian(self, tuple args, argnums, mode, out, threads, bint want_value):
         cdef cnp.ndarray x, mat, y = None
+        cdef Tape jt
         cdef Py_ssize_t n_out = self.tape.t.n_out, n_points
         multi = not isinstance(argnums, (int, np.integer))
         argnums = tuple(int(k) for k in argnums) if multi else int(argnums)
         nums = argnums if multi else (argnums,)
-        plan = self._planner.plan(argnums, mode, False)
+        plan = self._plan(argnums, mode, False)
         n_cols = int(plan.cols.shape[0])
-        x, batch = self._rows(args, lambda b: self._check_size(b, n_cols))
+        x, batch = self._rows(args, n_cols)
         direct = out is not None and not multi and not self.out_is_tuple
         shape = batch + (n_out, n_cols)
         if direct:
@@ -270,11 +299,11 @@ cdef class Function:
                     mat = np.empty(shape, dtype=np.float64)
                 if want_value:
                     y = np.empty((n_points, n_out), dtype=np.float64)
-                self.tape.batch("jacobian", X, y, mat.reshape(n_points, n_out * n_cols),
-                                _plan.n_threads(threads, n_points,
-                                                jt.n_instructions if jt is not None
-                                                else self.tape.t.n_instr * (1 + n_cols)),
-                                mode=_MODE[plan.mode], cols=plan.cols, jac_tape=jt)
+                self.tape.run(JX_TASK_JACOBIAN, X, y, mat.reshape(n_points, n_out * n_cols),
+                              _plan.n_threads(threads, n_points,
+                                              jt.t.n_instr if jt is not None
+                                              else self.tape.t.n_instr * (1 + n_cols)),
+                              _MODE[plan.mode], None, plan.cols, None, 0, jt, None)
         elif plan.compressed is not None:
             vals, y = self._compressed(plan, x, -1, threads, want_value)
             if not direct:
@@ -299,6 +328,8 @@ cdef class Function:
 
     def _nest_dense(self, cnp.ndarray mat, tuple batch, tuple nums, bint multi):
         """(..., n_out, n_cols) -> the nested structure of Jacobians."""
+        if not multi and not self.out_is_tuple:
+            return mat.reshape(batch + self.out_shapes[0] + self.arg_shapes[nums[0]])
         col = _args.offsets([self.arg_shapes[k] for k in nums])
         mat = mat.reshape(batch + (self.tape.t.n_out, col[-1]))
         split = multi or self.out_is_tuple
@@ -342,7 +373,7 @@ cdef class Function:
     def _sparse_jacobian(self, tuple args, argnums, mode, threads):
         multi = not isinstance(argnums, (int, np.integer))
         argnums = _key(argnums)
-        plan = self._planner.plan(argnums, mode, True)
+        plan = self._plan(argnums, mode, True)
         x, batch = self._rows(args)
         if batch and (multi or self.out_is_tuple):
             raise ValueError("jacext: sparse=True for a batch needs one output and one "
@@ -378,7 +409,7 @@ cdef class Function:
             return self._compressed_sweeps(plan, x, n_points, threads, want_value)
         if n_points < 0:
             if (self._jt0 is None and not want_value and self._single_jac_shape is not None
-                    and plan is self._planner.plan(0, "auto", False)):
+                    and plan is self._plan(0, "auto", False)):
                 # dense auto Jacobians take it straight from now on
                 self._jt0 = (jt,) + tuple(plan.structure.pattern)
             r = _eval_tape(jt, x, n_y)
@@ -386,7 +417,8 @@ cdef class Function:
                 return self._compressed_sweeps(plan, x, -1, threads, want_value)
             return r[n_y:], (r[:n_y] if want_value else None)
         r = np.empty((n_points, jt.t.n_out), dtype=np.float64)
-        jt.batch("value", x, r, None, _plan.n_threads(threads, n_points, jt.t.n_instr))
+        jt.run(JX_TASK_VALUE, x, r, None, _plan.n_threads(threads, n_points, jt.t.n_instr), 0,
+               None, None, None, 0, None, None)
         vals = np.ascontiguousarray(r[:, n_y:]) if n_y else r
         y = np.ascontiguousarray(r[:, :n_y]) if want_value else None
         bad = np.flatnonzero(~np.isfinite(vals).all(axis=1))

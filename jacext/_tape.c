@@ -29,7 +29,6 @@
             "-Wall",
             "-Wextra",
             "-D_POSIX_C_SOURCE=200809L",
-            "-Werror",
             "-g0"
         ],
         "extra_link_args": [
@@ -2173,6 +2172,7 @@ struct __pyx_vtabstruct_6jacext_5_tape_Tape {
   PyObject *(*compressed)(struct __pyx_obj_6jacext_5_tape_Tape *, PyArrayObject *, PyArrayObject *, PyArrayObject *, PyArrayObject *, PyArrayObject *, int32_t, int, int __pyx_skip_dispatch);
   PyObject *(*cones_jacobian)(struct __pyx_obj_6jacext_5_tape_Tape *, PyArrayObject *, PyArrayObject *, struct __pyx_obj_6jacext_5_tape_Cones *, PyArrayObject *, int __pyx_skip_dispatch);
   PyObject *(*product)(struct __pyx_obj_6jacext_5_tape_Tape *, int, PyArrayObject *, PyArrayObject *, PyArrayObject *, PyArrayObject *, int __pyx_skip_dispatch);
+  PyObject *(*run)(struct __pyx_obj_6jacext_5_tape_Tape *, int, PyArrayObject *, PyArrayObject *, PyArrayObject *, int, int, PyArrayObject *, PyArrayObject *, PyArrayObject *, int32_t, struct __pyx_obj_6jacext_5_tape_Tape *, struct __pyx_obj_6jacext_5_tape_Cones *, int __pyx_skip_dispatch);
 };
 static struct __pyx_vtabstruct_6jacext_5_tape_Tape *__pyx_vtabptr_6jacext_5_tape_Tape;
 
@@ -3412,6 +3412,12 @@ static CYTHON_INLINE PyObject* __Pyx_PyUnicode_FromDouble(double value, char for
 static CYTHON_INLINE PyObject* __Pyx__PyNumber_And_object_int(PyObject *op1, PyObject *op2, int inplace);
 #endif
 
+/* PySequenceContains.proto */
+static CYTHON_INLINE int __Pyx_PySequence_ContainsTF(PyObject* item, PyObject* seq, int eq) {
+    int result = PySequence_Contains(seq, item);
+    return unlikely(result < 0) ? result : (result == (eq == Py_EQ));
+}
+
 /* PyObjectCompare.proto */
 static CYTHON_INLINE int __Pyx_PyObject_CompareBoolGt_int_int(PyObject *op1, PyObject *op2, int pyop);
 
@@ -4235,6 +4241,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_compressed(struct __pyx_obj_6jacex
 static int __pyx_f_6jacext_5_tape_4Tape__check_colours(CYTHON_UNUSED struct __pyx_obj_6jacext_5_tape_Tape *__pyx_v_self, PyArrayObject *__pyx_v_colour, int32_t __pyx_v_n_colours); /* proto*/
 static PyObject *__pyx_f_6jacext_5_tape_4Tape_cones_jacobian(struct __pyx_obj_6jacext_5_tape_Tape *__pyx_v_self, PyArrayObject *__pyx_v_x, PyArrayObject *__pyx_v_y, struct __pyx_obj_6jacext_5_tape_Cones *__pyx_v_cones, PyArrayObject *__pyx_v_vals, int __pyx_skip_dispatch); /* proto*/
 static PyObject *__pyx_f_6jacext_5_tape_4Tape_product(struct __pyx_obj_6jacext_5_tape_Tape *__pyx_v_self, int __pyx_v_forward, PyArrayObject *__pyx_v_x, PyArrayObject *__pyx_v_seed, PyArrayObject *__pyx_v_y, PyArrayObject *__pyx_v_res, int __pyx_skip_dispatch); /* proto*/
+static PyObject *__pyx_f_6jacext_5_tape_4Tape_run(struct __pyx_obj_6jacext_5_tape_Tape *__pyx_v_self, int __pyx_v_task, PyArrayObject *__pyx_v_x, PyArrayObject *__pyx_v_y, PyArrayObject *__pyx_v_out, int __pyx_v_threads, int __pyx_v_mode, PyArrayObject *__pyx_v_seed, PyArrayObject *__pyx_v_cols, PyArrayObject *__pyx_v_colour, int32_t __pyx_v_n_colours, struct __pyx_obj_6jacext_5_tape_Tape *__pyx_v_jac_tape, struct __pyx_obj_6jacext_5_tape_Cones *__pyx_v_cones, int __pyx_skip_dispatch); /* proto*/
 
 /* Module declarations from "libc.stdint" */
 
@@ -4412,8 +4419,9 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_18compressed(struct __pyx_obj_6ja
 static PyObject *__pyx_pf_6jacext_5_tape_4Tape_20cones_jacobian(struct __pyx_obj_6jacext_5_tape_Tape *__pyx_v_self, PyArrayObject *__pyx_v_x, PyArrayObject *__pyx_v_y, struct __pyx_obj_6jacext_5_tape_Cones *__pyx_v_cones, PyArrayObject *__pyx_v_vals); /* proto */
 static PyObject *__pyx_pf_6jacext_5_tape_4Tape_22product(struct __pyx_obj_6jacext_5_tape_Tape *__pyx_v_self, int __pyx_v_forward, PyArrayObject *__pyx_v_x, PyArrayObject *__pyx_v_seed, PyArrayObject *__pyx_v_y, PyArrayObject *__pyx_v_res); /* proto */
 static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_5_tape_Tape *__pyx_v_self, PyObject *__pyx_v_task, PyArrayObject *__pyx_v_x, PyArrayObject *__pyx_v_y, PyArrayObject *__pyx_v_out, int __pyx_v_threads, int __pyx_v_mode, PyArrayObject *__pyx_v_seed, PyArrayObject *__pyx_v_cols, PyArrayObject *__pyx_v_colour, int32_t __pyx_v_n_colours, struct __pyx_obj_6jacext_5_tape_Tape *__pyx_v_jac_tape, struct __pyx_obj_6jacext_5_tape_Cones *__pyx_v_cones); /* proto */
-static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26pattern(struct __pyx_obj_6jacext_5_tape_Tape *__pyx_v_self, PyArrayObject *__pyx_v_cols); /* proto */
-static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28cones(struct __pyx_obj_6jacext_5_tape_Tape *__pyx_v_self, PyObject *__pyx_v_budget, PyObject *__pyx_v_row_ptr, PyObject *__pyx_v_nz_input); /* proto */
+static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26run(struct __pyx_obj_6jacext_5_tape_Tape *__pyx_v_self, int __pyx_v_task, PyArrayObject *__pyx_v_x, PyArrayObject *__pyx_v_y, PyArrayObject *__pyx_v_out, int __pyx_v_threads, int __pyx_v_mode, PyArrayObject *__pyx_v_seed, PyArrayObject *__pyx_v_cols, PyArrayObject *__pyx_v_colour, int32_t __pyx_v_n_colours, struct __pyx_obj_6jacext_5_tape_Tape *__pyx_v_jac_tape, struct __pyx_obj_6jacext_5_tape_Cones *__pyx_v_cones); /* proto */
+static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28pattern(struct __pyx_obj_6jacext_5_tape_Tape *__pyx_v_self, PyArrayObject *__pyx_v_cols); /* proto */
+static PyObject *__pyx_pf_6jacext_5_tape_4Tape_30cones(struct __pyx_obj_6jacext_5_tape_Tape *__pyx_v_self, PyObject *__pyx_v_budget, PyObject *__pyx_v_row_ptr, PyObject *__pyx_v_nz_input); /* proto */
 static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_tape_Cones *__pyx_v_self, struct __pyx_obj_6jacext_5_tape_Tape *__pyx_v_tape, PyObject *__pyx_v_cone_ptr, PyObject *__pyx_v_cone, PyObject *__pyx_v_row_ptr, PyObject *__pyx_v_nz_input); /* proto */
 static PyObject *__pyx_pf_6jacext_5_tape_5Cones_4size___get__(struct __pyx_obj_6jacext_5_tape_Cones *__pyx_v_self); /* proto */
 static PyObject *__pyx_pf_6jacext_5_tape_5Cones_4tape___get__(struct __pyx_obj_6jacext_5_tape_Cones *__pyx_v_self); /* proto */
@@ -4661,8 +4669,8 @@ namespace {
     __Pyx_CachedCFunction __pyx_umethod_PyDict_Type_values;
     PyObject *__pyx_slice[1];
     PyObject *__pyx_tuple[9];
-    PyObject *__pyx_codeobj_tab[21];
-    PyObject *__pyx_string_tab[326];
+    PyObject *__pyx_codeobj_tab[22];
+    PyObject *__pyx_string_tab[325];
     PyObject *__pyx_number_tab[6];
 /* #### Code section: module_state_contents ### */
 /* PyFrozenDict.module_state_decls */
@@ -4833,93 +4841,93 @@ static __pyx_mstatetype * const __pyx_mstate_global = &__pyx_mstate_global_stati
 #define __pyx_n_u_Tape_fixed_partials __pyx_string_tab[105]
 #define __pyx_n_u_Tape_pattern __pyx_string_tab[106]
 #define __pyx_n_u_Tape_product __pyx_string_tab[107]
-#define __pyx_n_u_Tape_runs __pyx_string_tab[108]
-#define __pyx_n_u_Tape_value __pyx_string_tab[109]
-#define __pyx_n_u_View_MemoryView __pyx_string_tab[110]
-#define __pyx_n_u_PER_INSTRUCTION __pyx_string_tab[111]
-#define __pyx_n_u_TAPE_FIELDS __pyx_string_tab[112]
-#define __pyx_n_u_Pyx_PyDict_NextRef __pyx_string_tab[113]
-#define __pyx_n_u_annotate __pyx_string_tab[114]
-#define __pyx_n_u_class __pyx_string_tab[115]
-#define __pyx_n_u_class_getitem __pyx_string_tab[116]
-#define __pyx_n_u_dict __pyx_string_tab[117]
-#define __pyx_n_u_func __pyx_string_tab[118]
-#define __pyx_n_u_getstate __pyx_string_tab[119]
-#define __pyx_n_u_import __pyx_string_tab[120]
-#define __pyx_n_u_main __pyx_string_tab[121]
-#define __pyx_n_u_module __pyx_string_tab[122]
-#define __pyx_n_u_name_2 __pyx_string_tab[123]
-#define __pyx_n_u_new __pyx_string_tab[124]
-#define __pyx_n_u_pyx_capi __pyx_string_tab[125]
-#define __pyx_n_u_pyx_checksum __pyx_string_tab[126]
-#define __pyx_n_u_pyx_state __pyx_string_tab[127]
-#define __pyx_n_u_pyx_type __pyx_string_tab[128]
-#define __pyx_n_u_pyx_unpickle_Enum __pyx_string_tab[129]
-#define __pyx_n_u_pyx_vtable __pyx_string_tab[130]
-#define __pyx_n_u_qualname __pyx_string_tab[131]
-#define __pyx_n_u_reduce __pyx_string_tab[132]
-#define __pyx_n_u_reduce_cython __pyx_string_tab[133]
-#define __pyx_n_u_reduce_ex __pyx_string_tab[134]
-#define __pyx_n_u_set_name __pyx_string_tab[135]
-#define __pyx_n_u_setstate __pyx_string_tab[136]
-#define __pyx_n_u_setstate_cython __pyx_string_tab[137]
-#define __pyx_n_u_test __pyx_string_tab[138]
-#define __pyx_n_u_is_coroutine __pyx_string_tab[139]
-#define __pyx_n_u_plan __pyx_string_tab[140]
-#define __pyx_n_u_a __pyx_string_tab[141]
-#define __pyx_n_u_abc __pyx_string_tab[142]
-#define __pyx_n_u_allocate_buffer __pyx_string_tab[143]
-#define __pyx_n_u_any __pyx_string_tab[144]
-#define __pyx_n_u_arange __pyx_string_tab[145]
-#define __pyx_n_u_args __pyx_string_tab[146]
-#define __pyx_n_u_array_2 __pyx_string_tab[147]
-#define __pyx_n_u_arrays __pyx_string_tab[148]
-#define __pyx_n_u_asarray __pyx_string_tab[149]
-#define __pyx_n_u_ascontiguousarray __pyx_string_tab[150]
-#define __pyx_n_u_asyncio_coroutines __pyx_string_tab[151]
-#define __pyx_n_u_b __pyx_string_tab[152]
-#define __pyx_n_u_base __pyx_string_tab[153]
-#define __pyx_n_u_batch __pyx_string_tab[154]
-#define __pyx_n_u_bool __pyx_string_tab[155]
-#define __pyx_n_u_budget __pyx_string_tab[156]
-#define __pyx_n_u_c __pyx_string_tab[157]
-#define __pyx_n_u_cline_in_traceback __pyx_string_tab[158]
-#define __pyx_n_u_close __pyx_string_tab[159]
-#define __pyx_n_u_col_of_input __pyx_string_tab[160]
-#define __pyx_n_u_colour __pyx_string_tab[161]
-#define __pyx_n_u_colour_columns __pyx_string_tab[162]
-#define __pyx_n_u_cols __pyx_string_tab[163]
-#define __pyx_n_u_comp __pyx_string_tab[164]
-#define __pyx_n_u_compressed __pyx_string_tab[165]
-#define __pyx_n_u_cone __pyx_string_tab[166]
-#define __pyx_n_u_cone_ptr __pyx_string_tab[167]
-#define __pyx_n_u_cones __pyx_string_tab[168]
-#define __pyx_n_u_cones_jacobian __pyx_string_tab[169]
-#define __pyx_n_u_const_value __pyx_string_tab[170]
-#define __pyx_n_u_copy __pyx_string_tab[171]
-#define __pyx_n_u_count __pyx_string_tab[172]
-#define __pyx_n_u_d __pyx_string_tab[173]
-#define __pyx_n_u_d0 __pyx_string_tab[174]
-#define __pyx_n_u_d1 __pyx_string_tab[175]
-#define __pyx_n_u_diff __pyx_string_tab[176]
-#define __pyx_n_u_disassemble __pyx_string_tab[177]
-#define __pyx_n_u_disassemble_locals_genexpr __pyx_string_tab[178]
-#define __pyx_n_u_dst __pyx_string_tab[179]
-#define __pyx_n_u_dtype __pyx_string_tab[180]
-#define __pyx_n_u_dtype_is_object __pyx_string_tab[181]
-#define __pyx_n_u_empty __pyx_string_tab[182]
-#define __pyx_n_u_encode __pyx_string_tab[183]
-#define __pyx_n_u_enumerate __pyx_string_tab[184]
-#define __pyx_n_u_error __pyx_string_tab[185]
-#define __pyx_n_u_fixed_partials __pyx_string_tab[186]
-#define __pyx_n_u_flags __pyx_string_tab[187]
-#define __pyx_n_u_float64 __pyx_string_tab[188]
-#define __pyx_n_u_format __pyx_string_tab[189]
-#define __pyx_n_u_fortran __pyx_string_tab[190]
-#define __pyx_n_u_forward __pyx_string_tab[191]
-#define __pyx_n_u_full __pyx_string_tab[192]
-#define __pyx_n_u_genexpr __pyx_string_tab[193]
-#define __pyx_n_u_get __pyx_string_tab[194]
+#define __pyx_n_u_Tape_run __pyx_string_tab[108]
+#define __pyx_n_u_Tape_runs __pyx_string_tab[109]
+#define __pyx_n_u_Tape_value __pyx_string_tab[110]
+#define __pyx_n_u_View_MemoryView __pyx_string_tab[111]
+#define __pyx_n_u_PER_INSTRUCTION __pyx_string_tab[112]
+#define __pyx_n_u_TAPE_FIELDS __pyx_string_tab[113]
+#define __pyx_n_u_Pyx_PyDict_NextRef __pyx_string_tab[114]
+#define __pyx_n_u_annotate __pyx_string_tab[115]
+#define __pyx_n_u_class __pyx_string_tab[116]
+#define __pyx_n_u_class_getitem __pyx_string_tab[117]
+#define __pyx_n_u_dict __pyx_string_tab[118]
+#define __pyx_n_u_func __pyx_string_tab[119]
+#define __pyx_n_u_getstate __pyx_string_tab[120]
+#define __pyx_n_u_import __pyx_string_tab[121]
+#define __pyx_n_u_main __pyx_string_tab[122]
+#define __pyx_n_u_module __pyx_string_tab[123]
+#define __pyx_n_u_name_2 __pyx_string_tab[124]
+#define __pyx_n_u_new __pyx_string_tab[125]
+#define __pyx_n_u_pyx_capi __pyx_string_tab[126]
+#define __pyx_n_u_pyx_checksum __pyx_string_tab[127]
+#define __pyx_n_u_pyx_state __pyx_string_tab[128]
+#define __pyx_n_u_pyx_type __pyx_string_tab[129]
+#define __pyx_n_u_pyx_unpickle_Enum __pyx_string_tab[130]
+#define __pyx_n_u_pyx_vtable __pyx_string_tab[131]
+#define __pyx_n_u_qualname __pyx_string_tab[132]
+#define __pyx_n_u_reduce __pyx_string_tab[133]
+#define __pyx_n_u_reduce_cython __pyx_string_tab[134]
+#define __pyx_n_u_reduce_ex __pyx_string_tab[135]
+#define __pyx_n_u_set_name __pyx_string_tab[136]
+#define __pyx_n_u_setstate __pyx_string_tab[137]
+#define __pyx_n_u_setstate_cython __pyx_string_tab[138]
+#define __pyx_n_u_test __pyx_string_tab[139]
+#define __pyx_n_u_is_coroutine __pyx_string_tab[140]
+#define __pyx_n_u_plan __pyx_string_tab[141]
+#define __pyx_n_u_a __pyx_string_tab[142]
+#define __pyx_n_u_abc __pyx_string_tab[143]
+#define __pyx_n_u_allocate_buffer __pyx_string_tab[144]
+#define __pyx_n_u_any __pyx_string_tab[145]
+#define __pyx_n_u_arange __pyx_string_tab[146]
+#define __pyx_n_u_args __pyx_string_tab[147]
+#define __pyx_n_u_array_2 __pyx_string_tab[148]
+#define __pyx_n_u_arrays __pyx_string_tab[149]
+#define __pyx_n_u_asarray __pyx_string_tab[150]
+#define __pyx_n_u_ascontiguousarray __pyx_string_tab[151]
+#define __pyx_n_u_asyncio_coroutines __pyx_string_tab[152]
+#define __pyx_n_u_b __pyx_string_tab[153]
+#define __pyx_n_u_base __pyx_string_tab[154]
+#define __pyx_n_u_batch __pyx_string_tab[155]
+#define __pyx_n_u_bool __pyx_string_tab[156]
+#define __pyx_n_u_budget __pyx_string_tab[157]
+#define __pyx_n_u_c __pyx_string_tab[158]
+#define __pyx_n_u_cline_in_traceback __pyx_string_tab[159]
+#define __pyx_n_u_close __pyx_string_tab[160]
+#define __pyx_n_u_col_of_input __pyx_string_tab[161]
+#define __pyx_n_u_colour __pyx_string_tab[162]
+#define __pyx_n_u_colour_columns __pyx_string_tab[163]
+#define __pyx_n_u_cols __pyx_string_tab[164]
+#define __pyx_n_u_comp __pyx_string_tab[165]
+#define __pyx_n_u_compressed __pyx_string_tab[166]
+#define __pyx_n_u_cone __pyx_string_tab[167]
+#define __pyx_n_u_cone_ptr __pyx_string_tab[168]
+#define __pyx_n_u_cones __pyx_string_tab[169]
+#define __pyx_n_u_cones_jacobian __pyx_string_tab[170]
+#define __pyx_n_u_const_value __pyx_string_tab[171]
+#define __pyx_n_u_copy __pyx_string_tab[172]
+#define __pyx_n_u_count __pyx_string_tab[173]
+#define __pyx_n_u_d __pyx_string_tab[174]
+#define __pyx_n_u_d0 __pyx_string_tab[175]
+#define __pyx_n_u_d1 __pyx_string_tab[176]
+#define __pyx_n_u_diff __pyx_string_tab[177]
+#define __pyx_n_u_disassemble __pyx_string_tab[178]
+#define __pyx_n_u_disassemble_locals_genexpr __pyx_string_tab[179]
+#define __pyx_n_u_dst __pyx_string_tab[180]
+#define __pyx_n_u_dtype __pyx_string_tab[181]
+#define __pyx_n_u_dtype_is_object __pyx_string_tab[182]
+#define __pyx_n_u_empty __pyx_string_tab[183]
+#define __pyx_n_u_encode __pyx_string_tab[184]
+#define __pyx_n_u_enumerate __pyx_string_tab[185]
+#define __pyx_n_u_error __pyx_string_tab[186]
+#define __pyx_n_u_fixed_partials __pyx_string_tab[187]
+#define __pyx_n_u_flags __pyx_string_tab[188]
+#define __pyx_n_u_float64 __pyx_string_tab[189]
+#define __pyx_n_u_format __pyx_string_tab[190]
+#define __pyx_n_u_fortran __pyx_string_tab[191]
+#define __pyx_n_u_forward __pyx_string_tab[192]
+#define __pyx_n_u_full __pyx_string_tab[193]
+#define __pyx_n_u_genexpr __pyx_string_tab[194]
 #define __pyx_n_u_i __pyx_string_tab[195]
 #define __pyx_n_u_id __pyx_string_tab[196]
 #define __pyx_n_u_idx __pyx_string_tab[197]
@@ -4936,121 +4944,120 @@ static __pyx_mstatetype * const __pyx_mstate_global = &__pyx_mstate_global_stati
 #define __pyx_n_u_jacext_2 __pyx_string_tab[208]
 #define __pyx_n_u_jacext__tape __pyx_string_tab[209]
 #define __pyx_n_u_jacobian __pyx_string_tab[210]
-#define __pyx_n_u_job __pyx_string_tab[211]
-#define __pyx_n_u_join __pyx_string_tab[212]
-#define __pyx_n_u_jvp __pyx_string_tab[213]
-#define __pyx_n_u_k __pyx_string_tab[214]
-#define __pyx_n_u_limit __pyx_string_tab[215]
-#define __pyx_n_u_lines __pyx_string_tab[216]
-#define __pyx_n_u_max __pyx_string_tab[217]
-#define __pyx_n_u_max_work __pyx_string_tab[218]
-#define __pyx_n_u_memview __pyx_string_tab[219]
-#define __pyx_n_u_min __pyx_string_tab[220]
-#define __pyx_n_u_mode __pyx_string_tab[221]
-#define __pyx_n_u_n __pyx_string_tab[222]
-#define __pyx_n_u_n_colours __pyx_string_tab[223]
-#define __pyx_n_u_n_cols __pyx_string_tab[224]
-#define __pyx_n_u_n_in __pyx_string_tab[225]
-#define __pyx_n_u_n_out __pyx_string_tab[226]
-#define __pyx_n_u_n_points __pyx_string_tab[227]
-#define __pyx_n_u_n_rows __pyx_string_tab[228]
-#define __pyx_n_u_n_slots __pyx_string_tab[229]
-#define __pyx_n_u_name __pyx_string_tab[230]
-#define __pyx_n_u_ndim __pyx_string_tab[231]
-#define __pyx_n_u_next __pyx_string_tab[232]
-#define __pyx_n_u_nnz __pyx_string_tab[233]
-#define __pyx_n_u_np __pyx_string_tab[234]
-#define __pyx_n_u_numpy __pyx_string_tab[235]
-#define __pyx_n_u_nz_input __pyx_string_tab[236]
-#define __pyx_n_u_o __pyx_string_tab[237]
-#define __pyx_n_u_obj __pyx_string_tab[238]
-#define __pyx_n_u_op __pyx_string_tab[239]
-#define __pyx_n_u_op_constants __pyx_string_tab[240]
-#define __pyx_n_u_op_helpers __pyx_string_tab[241]
-#define __pyx_n_u_op_partials __pyx_string_tab[242]
-#define __pyx_n_u_op_rows __pyx_string_tab[243]
-#define __pyx_n_u_op_value __pyx_string_tab[244]
-#define __pyx_n_u_order __pyx_string_tab[245]
-#define __pyx_n_u_out __pyx_string_tab[246]
-#define __pyx_n_u_out_slot __pyx_string_tab[247]
-#define __pyx_n_u_p __pyx_string_tab[248]
-#define __pyx_n_u_pack __pyx_string_tab[249]
-#define __pyx_n_u_pattern __pyx_string_tab[250]
-#define __pyx_n_u_per __pyx_string_tab[251]
-#define __pyx_n_u_plan_2 __pyx_string_tab[252]
-#define __pyx_n_u_pop __pyx_string_tab[253]
-#define __pyx_n_u_product __pyx_string_tab[254]
-#define __pyx_n_u_ptr __pyx_string_tab[255]
-#define __pyx_n_u_q __pyx_string_tab[256]
-#define __pyx_n_u_register __pyx_string_tab[257]
-#define __pyx_n_u_res __pyx_string_tab[258]
-#define __pyx_n_u_reshape __pyx_string_tab[259]
-#define __pyx_n_u_reverse __pyx_string_tab[260]
-#define __pyx_n_u_row_ptr __pyx_string_tab[261]
-#define __pyx_n_u_runs __pyx_string_tab[262]
-#define __pyx_n_u_runs_pay __pyx_string_tab[263]
-#define __pyx_n_u_s __pyx_string_tab[264]
-#define __pyx_n_u_seed __pyx_string_tab[265]
-#define __pyx_n_u_self __pyx_string_tab[266]
-#define __pyx_n_u_send __pyx_string_tab[267]
-#define __pyx_n_u_setdefault __pyx_string_tab[268]
-#define __pyx_n_u_setflags __pyx_string_tab[269]
-#define __pyx_n_u_shape __pyx_string_tab[270]
-#define __pyx_n_u_size __pyx_string_tab[271]
-#define __pyx_n_u_sort __pyx_string_tab[272]
-#define __pyx_n_u_st __pyx_string_tab[273]
-#define __pyx_n_u_start __pyx_string_tab[274]
-#define __pyx_n_u_step __pyx_string_tab[275]
-#define __pyx_n_u_stop __pyx_string_tab[276]
-#define __pyx_n_u_struct __pyx_string_tab[277]
-#define __pyx_n_u_tape __pyx_string_tab[278]
-#define __pyx_n_u_task __pyx_string_tab[279]
-#define __pyx_n_u_threads __pyx_string_tab[280]
-#define __pyx_n_u_throw __pyx_string_tab[281]
-#define __pyx_n_u_tolist __pyx_string_tab[282]
-#define __pyx_n_u_total __pyx_string_tab[283]
-#define __pyx_n_u_uint8 __pyx_string_tab[284]
-#define __pyx_n_u_unpack __pyx_string_tab[285]
-#define __pyx_n_u_update __pyx_string_tab[286]
-#define __pyx_n_u_v __pyx_string_tab[287]
-#define __pyx_n_u_vals __pyx_string_tab[288]
-#define __pyx_n_u_value __pyx_string_tab[289]
-#define __pyx_n_u_values __pyx_string_tab[290]
-#define __pyx_n_u_view __pyx_string_tab[291]
-#define __pyx_n_u_vjp __pyx_string_tab[292]
-#define __pyx_n_u_word __pyx_string_tab[293]
-#define __pyx_n_u_write __pyx_string_tab[294]
-#define __pyx_n_u_x __pyx_string_tab[295]
-#define __pyx_n_u_y __pyx_string_tab[296]
-#define __pyx_n_u_zeros __pyx_string_tab[297]
-#define __pyx_n_u_zip __pyx_string_tab[298]
-#define __pyx_kp_b__6 __pyx_string_tab[299]
-#define __pyx_kp_b__7 __pyx_string_tab[300]
-#define __pyx_n_b_O __pyx_string_tab[301]
-#define __pyx_kp_b_T __pyx_string_tab[302]
-#define __pyx_kp_b__5 __pyx_string_tab[303]
-#define __pyx_kp_b_int_int_raise_status __pyx_string_tab[304]
-#define __pyx_kp_b__8 __pyx_string_tab[305]
-#define __pyx_kp_b_iso88591_Q __pyx_string_tab[306]
-#define __pyx_kp_b_iso88591_1O1Be7_oQb_U_1 __pyx_string_tab[307]
-#define __pyx_kp_b_iso88591_2_1Be7_nARr_1Bb_t_E_U_1 __pyx_string_tab[308]
-#define __pyx_kp_b_iso88591_2_7_k_nAT_TUUV_q_t_Qb_7_q_WD_E __pyx_string_tab[309]
-#define __pyx_kp_b_iso88591_Qe6_1_Qe6_1_QgV2Q_b_axvRq_q_as __pyx_string_tab[310]
-#define __pyx_kp_b_iso88591_A_t7 __pyx_string_tab[311]
-#define __pyx_kp_b_iso88591_A_SST_LA_1F_6_81_t2_D_85_AWA_3fB __pyx_string_tab[312]
-#define __pyx_kp_b_iso88591_A_0_AV_BgUV_as_b_j_t7_1_q_T_D_1A __pyx_string_tab[313]
-#define __pyx_kp_b_iso88591_A_D_t2Q_1E_5_awd_U_1AQa_D_c_Cs_1 __pyx_string_tab[314]
-#define __pyx_kp_b_iso88591_A_d_4q_1Jc_b_1M_AT_1_q __pyx_string_tab[315]
-#define __pyx_kp_b_iso88591_A_0_AV_BgUV_AS_Bha_6_E_E_wa_AQ_T __pyx_string_tab[316]
-#define __pyx_kp_b_iso88591_A_uD_c_rQR_q_avT_1_AXRwat6_fBa_A __pyx_string_tab[317]
-#define __pyx_kp_b_iso88591_A_4t1_2V2S_0_b_t6_3a __pyx_string_tab[318]
-#define __pyx_kp_b_iso88591_A_t1 __pyx_string_tab[319]
-#define __pyx_kp_b_iso88591_A_Ry_T_1_Bj_T_1_0_AV_BgUV_0_AYm8 __pyx_string_tab[320]
-#define __pyx_kp_b_iso88591_A_A_Q_AYa_4t7_5_3c_1_AQ_1D_V2S_E __pyx_string_tab[321]
-#define __pyx_kp_b_iso88591_A_V1A_0_AV_BgUV_AS_Bha_2_ay_HTU __pyx_string_tab[322]
-#define __pyx_kp_b_iso88591_a_2 __pyx_string_tab[323]
-#define __pyx_kp_b_iso88591_Q_s_Bc_Cq_j_0_at3c __pyx_string_tab[324]
-#define __pyx_kp_b_iso88591_s_Bc_Cq_j_0_4s_S_Qa_4q __pyx_string_tab[325]
+#define __pyx_n_u_join __pyx_string_tab[211]
+#define __pyx_n_u_jvp __pyx_string_tab[212]
+#define __pyx_n_u_k __pyx_string_tab[213]
+#define __pyx_n_u_limit __pyx_string_tab[214]
+#define __pyx_n_u_lines __pyx_string_tab[215]
+#define __pyx_n_u_max __pyx_string_tab[216]
+#define __pyx_n_u_max_work __pyx_string_tab[217]
+#define __pyx_n_u_memview __pyx_string_tab[218]
+#define __pyx_n_u_min __pyx_string_tab[219]
+#define __pyx_n_u_mode __pyx_string_tab[220]
+#define __pyx_n_u_n __pyx_string_tab[221]
+#define __pyx_n_u_n_colours __pyx_string_tab[222]
+#define __pyx_n_u_n_cols __pyx_string_tab[223]
+#define __pyx_n_u_n_in __pyx_string_tab[224]
+#define __pyx_n_u_n_out __pyx_string_tab[225]
+#define __pyx_n_u_n_rows __pyx_string_tab[226]
+#define __pyx_n_u_n_slots __pyx_string_tab[227]
+#define __pyx_n_u_name __pyx_string_tab[228]
+#define __pyx_n_u_ndim __pyx_string_tab[229]
+#define __pyx_n_u_next __pyx_string_tab[230]
+#define __pyx_n_u_nnz __pyx_string_tab[231]
+#define __pyx_n_u_np __pyx_string_tab[232]
+#define __pyx_n_u_numpy __pyx_string_tab[233]
+#define __pyx_n_u_nz_input __pyx_string_tab[234]
+#define __pyx_n_u_o __pyx_string_tab[235]
+#define __pyx_n_u_obj __pyx_string_tab[236]
+#define __pyx_n_u_op __pyx_string_tab[237]
+#define __pyx_n_u_op_constants __pyx_string_tab[238]
+#define __pyx_n_u_op_helpers __pyx_string_tab[239]
+#define __pyx_n_u_op_partials __pyx_string_tab[240]
+#define __pyx_n_u_op_rows __pyx_string_tab[241]
+#define __pyx_n_u_op_value __pyx_string_tab[242]
+#define __pyx_n_u_order __pyx_string_tab[243]
+#define __pyx_n_u_out __pyx_string_tab[244]
+#define __pyx_n_u_out_slot __pyx_string_tab[245]
+#define __pyx_n_u_p __pyx_string_tab[246]
+#define __pyx_n_u_pack __pyx_string_tab[247]
+#define __pyx_n_u_pattern __pyx_string_tab[248]
+#define __pyx_n_u_plan_2 __pyx_string_tab[249]
+#define __pyx_n_u_pop __pyx_string_tab[250]
+#define __pyx_n_u_product __pyx_string_tab[251]
+#define __pyx_n_u_ptr __pyx_string_tab[252]
+#define __pyx_n_u_q __pyx_string_tab[253]
+#define __pyx_n_u_register __pyx_string_tab[254]
+#define __pyx_n_u_res __pyx_string_tab[255]
+#define __pyx_n_u_reshape __pyx_string_tab[256]
+#define __pyx_n_u_reverse __pyx_string_tab[257]
+#define __pyx_n_u_row_ptr __pyx_string_tab[258]
+#define __pyx_n_u_run __pyx_string_tab[259]
+#define __pyx_n_u_runs __pyx_string_tab[260]
+#define __pyx_n_u_runs_pay __pyx_string_tab[261]
+#define __pyx_n_u_s __pyx_string_tab[262]
+#define __pyx_n_u_seed __pyx_string_tab[263]
+#define __pyx_n_u_self __pyx_string_tab[264]
+#define __pyx_n_u_send __pyx_string_tab[265]
+#define __pyx_n_u_setdefault __pyx_string_tab[266]
+#define __pyx_n_u_setflags __pyx_string_tab[267]
+#define __pyx_n_u_shape __pyx_string_tab[268]
+#define __pyx_n_u_size __pyx_string_tab[269]
+#define __pyx_n_u_sort __pyx_string_tab[270]
+#define __pyx_n_u_st __pyx_string_tab[271]
+#define __pyx_n_u_start __pyx_string_tab[272]
+#define __pyx_n_u_step __pyx_string_tab[273]
+#define __pyx_n_u_stop __pyx_string_tab[274]
+#define __pyx_n_u_struct __pyx_string_tab[275]
+#define __pyx_n_u_tape __pyx_string_tab[276]
+#define __pyx_n_u_task __pyx_string_tab[277]
+#define __pyx_n_u_threads __pyx_string_tab[278]
+#define __pyx_n_u_throw __pyx_string_tab[279]
+#define __pyx_n_u_tolist __pyx_string_tab[280]
+#define __pyx_n_u_total __pyx_string_tab[281]
+#define __pyx_n_u_uint8 __pyx_string_tab[282]
+#define __pyx_n_u_unpack __pyx_string_tab[283]
+#define __pyx_n_u_update __pyx_string_tab[284]
+#define __pyx_n_u_v __pyx_string_tab[285]
+#define __pyx_n_u_vals __pyx_string_tab[286]
+#define __pyx_n_u_value __pyx_string_tab[287]
+#define __pyx_n_u_values __pyx_string_tab[288]
+#define __pyx_n_u_view __pyx_string_tab[289]
+#define __pyx_n_u_vjp __pyx_string_tab[290]
+#define __pyx_n_u_word __pyx_string_tab[291]
+#define __pyx_n_u_write __pyx_string_tab[292]
+#define __pyx_n_u_x __pyx_string_tab[293]
+#define __pyx_n_u_y __pyx_string_tab[294]
+#define __pyx_n_u_zeros __pyx_string_tab[295]
+#define __pyx_n_u_zip __pyx_string_tab[296]
+#define __pyx_kp_b__6 __pyx_string_tab[297]
+#define __pyx_kp_b__7 __pyx_string_tab[298]
+#define __pyx_n_b_O __pyx_string_tab[299]
+#define __pyx_kp_b_T __pyx_string_tab[300]
+#define __pyx_kp_b__5 __pyx_string_tab[301]
+#define __pyx_kp_b_int_int_raise_status __pyx_string_tab[302]
+#define __pyx_kp_b__8 __pyx_string_tab[303]
+#define __pyx_kp_b_iso88591_Q __pyx_string_tab[304]
+#define __pyx_kp_b_iso88591_1O1Be7_oQb_U_1 __pyx_string_tab[305]
+#define __pyx_kp_b_iso88591_2_1Be7_nARr_1Bb_t_E_U_1 __pyx_string_tab[306]
+#define __pyx_kp_b_iso88591_2_7_k_nAT_TUUV_q_t_Qb_7_q_WD_E __pyx_string_tab[307]
+#define __pyx_kp_b_iso88591_Qe6_1_Qe6_1_QgV2Q_b_axvRq_q_as __pyx_string_tab[308]
+#define __pyx_kp_b_iso88591_A_t7 __pyx_string_tab[309]
+#define __pyx_kp_b_iso88591_A_QQR_99J_5_q_A_5Qa_t4q_QgS_5_vV __pyx_string_tab[310]
+#define __pyx_kp_b_iso88591_A_0_AV_BgUV_as_b_j_t7_1_q_T_D_1A __pyx_string_tab[311]
+#define __pyx_kp_b_iso88591_A_D_t2Q_1E_5_awd_U_1AQa_D_c_Cs_1 __pyx_string_tab[312]
+#define __pyx_kp_b_iso88591_A_d_4q_1Jc_b_1M_AT_1_q __pyx_string_tab[313]
+#define __pyx_kp_b_iso88591_A_0_AV_BgUV_AS_Bha_6_E_E_wa_AQ_T __pyx_string_tab[314]
+#define __pyx_kp_b_iso88591_A_uD_c_rQR_q_avT_1_AXRwat6_fBa_A __pyx_string_tab[315]
+#define __pyx_kp_b_iso88591_A_4t1_2V2S_0_b_t6_3a __pyx_string_tab[316]
+#define __pyx_kp_b_iso88591_A_t1 __pyx_string_tab[317]
+#define __pyx_kp_b_iso88591_A_Ry_T_1_Bj_T_1_0_AV_BgUV_0_AYm8 __pyx_string_tab[318]
+#define __pyx_kp_b_iso88591_A_A_Q_AYa_4t7_5_3c_1_AQ_1D_V2S_E __pyx_string_tab[319]
+#define __pyx_kp_b_iso88591_A_1F_6_81_t2_D_81_5_5_A_5Qa_9Bb __pyx_string_tab[320]
+#define __pyx_kp_b_iso88591_A_V1A_0_AV_BgUV_AS_Bha_2_ay_HTU __pyx_string_tab[321]
+#define __pyx_kp_b_iso88591_a_2 __pyx_string_tab[322]
+#define __pyx_kp_b_iso88591_Q_s_Bc_Cq_j_0_at3c __pyx_string_tab[323]
+#define __pyx_kp_b_iso88591_s_Bc_Cq_j_0_4s_S_Qa_4q __pyx_string_tab[324]
 #define __pyx_int_0 __pyx_number_tab[0]
 #define __pyx_int_neg_1 __pyx_number_tab[1]
 #define __pyx_int_1 __pyx_number_tab[2]
@@ -5106,8 +5113,8 @@ static CYTHON_SMALL_CODE int __pyx_m_clear(PyObject *m) {
   Py_CLEAR(clear_module_state->__pyx_umethod_PyDict_Type_values.method);
   for (int i=0; i<1; ++i) { Py_CLEAR(clear_module_state->__pyx_slice[i]); }
   for (int i=0; i<9; ++i) { Py_CLEAR(clear_module_state->__pyx_tuple[i]); }
-  for (int i=0; i<21; ++i) { Py_CLEAR(clear_module_state->__pyx_codeobj_tab[i]); }
-  for (int i=0; i<326; ++i) { Py_CLEAR(clear_module_state->__pyx_string_tab[i]); }
+  for (int i=0; i<22; ++i) { Py_CLEAR(clear_module_state->__pyx_codeobj_tab[i]); }
+  for (int i=0; i<325; ++i) { Py_CLEAR(clear_module_state->__pyx_string_tab[i]); }
   for (int i=0; i<6; ++i) { Py_CLEAR(clear_module_state->__pyx_number_tab[i]); }
 /* #### Code section: module_state_clear_contents ### */
 /* CommonTypesMetaclass.module_state_clear */
@@ -5169,8 +5176,8 @@ static CYTHON_SMALL_CODE int __pyx_m_traverse(PyObject *m, visitproc visit, void
   Py_VISIT(traverse_module_state->__pyx_umethod_PyDict_Type_values.method);
   for (int i=0; i<1; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_slice[i]); }
   for (int i=0; i<9; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_tuple[i]); }
-  for (int i=0; i<21; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_codeobj_tab[i]); }
-  for (int i=0; i<326; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_string_tab[i]); }
+  for (int i=0; i<22; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_codeobj_tab[i]); }
+  for (int i=0; i<325; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_string_tab[i]); }
   for (int i=0; i<6; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_number_tab[i]); }
 /* #### Code section: module_state_traverse_contents ### */
 /* CommonTypesMetaclass.module_state_traverse */
@@ -30419,8 +30426,8 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_22product(struct __pyx_obj_6jacex
  *     # ---- batches: rows of x, threads splitting them ----
  * 
  *     def batch(self, str task, cnp.ndarray x, cnp.ndarray y, cnp.ndarray out,             # <<<<<<<<<<<<<<
- *                 int threads=1, int mode=0, cnp.ndarray seed=None, cnp.ndarray cols=None,
- *                 cnp.ndarray colour=None, int32_t n_colours=0, Tape jac_tape=None,
+ *               int threads=1, int mode=0, cnp.ndarray seed=None, cnp.ndarray cols=None,
+ *               cnp.ndarray colour=None, int32_t n_colours=0, Tape jac_tape=None,
 */
 
 /* Python wrapper */
@@ -30534,27 +30541,27 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
       /* "jacext/_tape.pyx":508
  * 
  *     def batch(self, str task, cnp.ndarray x, cnp.ndarray y, cnp.ndarray out,
- *                 int threads=1, int mode=0, cnp.ndarray seed=None, cnp.ndarray cols=None,             # <<<<<<<<<<<<<<
- *                 cnp.ndarray colour=None, int32_t n_colours=0, Tape jac_tape=None,
- *                 Cones cones=None):
+ *               int threads=1, int mode=0, cnp.ndarray seed=None, cnp.ndarray cols=None,             # <<<<<<<<<<<<<<
+ *               cnp.ndarray colour=None, int32_t n_colours=0, Tape jac_tape=None,
+ *               Cones cones=None):
 */
       if (!values[6]) values[6] = __Pyx_NewRef((PyObject *)((PyArrayObject *)Py_None));
       if (!values[7]) values[7] = __Pyx_NewRef((PyObject *)((PyArrayObject *)Py_None));
 
       /* "jacext/_tape.pyx":509
  *     def batch(self, str task, cnp.ndarray x, cnp.ndarray y, cnp.ndarray out,
- *                 int threads=1, int mode=0, cnp.ndarray seed=None, cnp.ndarray cols=None,
- *                 cnp.ndarray colour=None, int32_t n_colours=0, Tape jac_tape=None,             # <<<<<<<<<<<<<<
- *                 Cones cones=None):
+ *               int threads=1, int mode=0, cnp.ndarray seed=None, cnp.ndarray cols=None,
+ *               cnp.ndarray colour=None, int32_t n_colours=0, Tape jac_tape=None,             # <<<<<<<<<<<<<<
+ *               Cones cones=None):
  *         """One C call over the rows of x (n_points x n_in): ``task`` one of TASKS.
 */
       if (!values[8]) values[8] = __Pyx_NewRef((PyObject *)((PyArrayObject *)Py_None));
       if (!values[10]) values[10] = __Pyx_NewRef((PyObject *)((struct __pyx_obj_6jacext_5_tape_Tape *)Py_None));
 
       /* "jacext/_tape.pyx":510
- *                 int threads=1, int mode=0, cnp.ndarray seed=None, cnp.ndarray cols=None,
- *                 cnp.ndarray colour=None, int32_t n_colours=0, Tape jac_tape=None,
- *                 Cones cones=None):             # <<<<<<<<<<<<<<
+ *               int threads=1, int mode=0, cnp.ndarray seed=None, cnp.ndarray cols=None,
+ *               cnp.ndarray colour=None, int32_t n_colours=0, Tape jac_tape=None,
+ *               Cones cones=None):             # <<<<<<<<<<<<<<
  *         """One C call over the rows of x (n_points x n_in): ``task`` one of TASKS.
  * 
 */
@@ -30612,27 +30619,27 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
       /* "jacext/_tape.pyx":508
  * 
  *     def batch(self, str task, cnp.ndarray x, cnp.ndarray y, cnp.ndarray out,
- *                 int threads=1, int mode=0, cnp.ndarray seed=None, cnp.ndarray cols=None,             # <<<<<<<<<<<<<<
- *                 cnp.ndarray colour=None, int32_t n_colours=0, Tape jac_tape=None,
- *                 Cones cones=None):
+ *               int threads=1, int mode=0, cnp.ndarray seed=None, cnp.ndarray cols=None,             # <<<<<<<<<<<<<<
+ *               cnp.ndarray colour=None, int32_t n_colours=0, Tape jac_tape=None,
+ *               Cones cones=None):
 */
       if (!values[6]) values[6] = __Pyx_NewRef((PyObject *)((PyArrayObject *)Py_None));
       if (!values[7]) values[7] = __Pyx_NewRef((PyObject *)((PyArrayObject *)Py_None));
 
       /* "jacext/_tape.pyx":509
  *     def batch(self, str task, cnp.ndarray x, cnp.ndarray y, cnp.ndarray out,
- *                 int threads=1, int mode=0, cnp.ndarray seed=None, cnp.ndarray cols=None,
- *                 cnp.ndarray colour=None, int32_t n_colours=0, Tape jac_tape=None,             # <<<<<<<<<<<<<<
- *                 Cones cones=None):
+ *               int threads=1, int mode=0, cnp.ndarray seed=None, cnp.ndarray cols=None,
+ *               cnp.ndarray colour=None, int32_t n_colours=0, Tape jac_tape=None,             # <<<<<<<<<<<<<<
+ *               Cones cones=None):
  *         """One C call over the rows of x (n_points x n_in): ``task`` one of TASKS.
 */
       if (!values[8]) values[8] = __Pyx_NewRef((PyObject *)((PyArrayObject *)Py_None));
       if (!values[10]) values[10] = __Pyx_NewRef((PyObject *)((struct __pyx_obj_6jacext_5_tape_Tape *)Py_None));
 
       /* "jacext/_tape.pyx":510
- *                 int threads=1, int mode=0, cnp.ndarray seed=None, cnp.ndarray cols=None,
- *                 cnp.ndarray colour=None, int32_t n_colours=0, Tape jac_tape=None,
- *                 Cones cones=None):             # <<<<<<<<<<<<<<
+ *               int threads=1, int mode=0, cnp.ndarray seed=None, cnp.ndarray cols=None,
+ *               cnp.ndarray colour=None, int32_t n_colours=0, Tape jac_tape=None,
+ *               Cones cones=None):             # <<<<<<<<<<<<<<
  *         """One C call over the rows of x (n_points x n_in): ``task`` one of TASKS.
  * 
 */
@@ -30691,8 +30698,8 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
  *     # ---- batches: rows of x, threads splitting them ----
  * 
  *     def batch(self, str task, cnp.ndarray x, cnp.ndarray y, cnp.ndarray out,             # <<<<<<<<<<<<<<
- *                 int threads=1, int mode=0, cnp.ndarray seed=None, cnp.ndarray cols=None,
- *                 cnp.ndarray colour=None, int32_t n_colours=0, Tape jac_tape=None,
+ *               int threads=1, int mode=0, cnp.ndarray seed=None, cnp.ndarray cols=None,
+ *               cnp.ndarray colour=None, int32_t n_colours=0, Tape jac_tape=None,
 */
 
   /* function exit code */
@@ -30716,6 +30723,143 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
 }
 
 static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_5_tape_Tape *__pyx_v_self, PyObject *__pyx_v_task, PyArrayObject *__pyx_v_x, PyArrayObject *__pyx_v_y, PyArrayObject *__pyx_v_out, int __pyx_v_threads, int __pyx_v_mode, PyArrayObject *__pyx_v_seed, PyArrayObject *__pyx_v_cols, PyArrayObject *__pyx_v_colour, int32_t __pyx_v_n_colours, struct __pyx_obj_6jacext_5_tape_Tape *__pyx_v_jac_tape, struct __pyx_obj_6jacext_5_tape_Cones *__pyx_v_cones) {
+  PyObject *__pyx_r = NULL;
+  __Pyx_RefNannyDeclarations
+  PyObject *__pyx_t_1 = NULL;
+  int __pyx_t_2;
+  PyObject *__pyx_t_3 = NULL;
+  PyObject *__pyx_t_4 = NULL;
+  PyObject *__pyx_t_5 = NULL;
+  size_t __pyx_t_6;
+  int __pyx_t_7;
+  int __pyx_lineno = 0;
+  const char *__pyx_filename = NULL;
+  int __pyx_clineno = 0;
+  __Pyx_RefNannySetupContext("batch", 0);
+
+  /* "jacext/_tape.pyx":519
+ *         as :meth:`cones_jacobian`, per point.  y may be None where out is given.
+ *         """
+ *         if task not in TASKS:             # <<<<<<<<<<<<<<
+ *             raise ValueError(f"jacext: no batch task {task!r}")
+ *         return self.run(TASKS[task], x, y, out, threads, mode, seed, cols, colour, n_colours,
+*/
+  __Pyx_GetModuleGlobalName(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_TASKS); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 519, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_1);
+  __pyx_t_2 = (__Pyx_PySequence_ContainsTF(__pyx_v_task, __pyx_t_1, Py_NE)); if (unlikely((__pyx_t_2 < 0))) __PYX_ERR(0, 519, __pyx_L1_error)
+  __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
+  if (unlikely(__pyx_t_2)) {
+
+
+    /* "jacext/_tape.pyx":520
+ *         """
+ *         if task not in TASKS:
+ *             raise ValueError(f"jacext: no batch task {task!r}")             # <<<<<<<<<<<<<<
+ *         return self.run(TASKS[task], x, y, out, threads, mode, seed, cols, colour, n_colours,
+ *                         jac_tape, cones)
+*/
+    __pyx_t_3 = NULL;
+    __pyx_t_4 = __Pyx_PyObject_FormatSimpleAndDecref(PyObject_Repr(__pyx_v_task), __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 520, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_4);
+    __pyx_t_5 = __Pyx_PyUnicode_Concat(__pyx_mstate_global->__pyx_kp_u_jacext_no_batch_task, __pyx_t_4); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 520, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_5);
+    __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
+    __pyx_t_6 = 1;
+    {
+      PyObject *__pyx_callargs[2] = {__pyx_t_3, __pyx_t_5};
+      __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_6, (2-__pyx_t_6) | (__pyx_t_6*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
+      __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
+      __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
+      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 520, __pyx_L1_error)
+      __Pyx_GOTREF(__pyx_t_1);
+    }
+    __Pyx_Raise(__pyx_t_1, 0, 0, 0);
+    __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
+    __PYX_ERR(0, 520, __pyx_L1_error)
+
+    /* "jacext/_tape.pyx":519
+ *         as :meth:`cones_jacobian`, per point.  y may be None where out is given.
+ *         """
+ *         if task not in TASKS:             # <<<<<<<<<<<<<<
+ *             raise ValueError(f"jacext: no batch task {task!r}")
+ *         return self.run(TASKS[task], x, y, out, threads, mode, seed, cols, colour, n_colours,
+*/
+  }
+
+  /* "jacext/_tape.pyx":521
+ *         if task not in TASKS:
+ *             raise ValueError(f"jacext: no batch task {task!r}")
+ *         return self.run(TASKS[task], x, y, out, threads, mode, seed, cols, colour, n_colours,             # <<<<<<<<<<<<<<
+ *                         jac_tape, cones)
+ * 
+*/
+  __Pyx_GetModuleGlobalName(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_TASKS); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 521, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_1);
+  __pyx_t_5 = __Pyx_PyObject_Dict_GetItem(__pyx_t_1, __pyx_v_task); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 521, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_5);
+  __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
+  __pyx_t_7 = __Pyx_PyLong_As_int(__pyx_t_5); if (unlikely((__pyx_t_7 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 521, __pyx_L1_error)
+  __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
+
+  /* "jacext/_tape.pyx":522
+ *             raise ValueError(f"jacext: no batch task {task!r}")
+ *         return self.run(TASKS[task], x, y, out, threads, mode, seed, cols, colour, n_colours,
+ *                         jac_tape, cones)             # <<<<<<<<<<<<<<
+ * 
+ *     cpdef run(self, int task, cnp.ndarray x, cnp.ndarray y, cnp.ndarray out, int threads,
+*/
+  __pyx_t_5 = ((struct __pyx_vtabstruct_6jacext_5_tape_Tape *)__pyx_v_self->__pyx_vtab)->run(__pyx_v_self, __pyx_t_7, __pyx_v_x, __pyx_v_y, __pyx_v_out, __pyx_v_threads, __pyx_v_mode, __pyx_v_seed, __pyx_v_cols, __pyx_v_colour, __pyx_v_n_colours, __pyx_v_jac_tape, __pyx_v_cones, 0); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 521, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_5);
+
+  {
+    PyObject *__pyx_temp;
+    {
+      __pyx_temp = __pyx_r;
+      __pyx_r = __pyx_t_5;
+    }
+    __Pyx_XDECREF(__pyx_temp);
+  }
+  __pyx_t_5 = 0;
+  goto __pyx_L0;
+
+  /* "jacext/_tape.pyx":507
+ *     # ---- batches: rows of x, threads splitting them ----
+ * 
+ *     def batch(self, str task, cnp.ndarray x, cnp.ndarray y, cnp.ndarray out,             # <<<<<<<<<<<<<<
+ *               int threads=1, int mode=0, cnp.ndarray seed=None, cnp.ndarray cols=None,
+ *               cnp.ndarray colour=None, int32_t n_colours=0, Tape jac_tape=None,
+*/
+
+  /* function exit code */
+  __pyx_L1_error:;
+  __Pyx_XDECREF(__pyx_t_1);
+  __Pyx_XDECREF(__pyx_t_3);
+  __Pyx_XDECREF(__pyx_t_4);
+  __Pyx_XDECREF(__pyx_t_5);
+  __Pyx_AddTraceback("jacext._tape.Tape.batch", __pyx_clineno, __pyx_lineno, __pyx_filename);
+  __pyx_r = NULL;
+  __pyx_L0:;
+  __Pyx_XGIVEREF(__pyx_r);
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+/* "jacext/_tape.pyx":524
+ *                         jac_tape, cones)
+ * 
+ *     cpdef run(self, int task, cnp.ndarray x, cnp.ndarray y, cnp.ndarray out, int threads,             # <<<<<<<<<<<<<<
+ *               int mode, cnp.ndarray seed, cnp.ndarray cols, cnp.ndarray colour,
+ *               int32_t n_colours, Tape jac_tape, Cones cones):
+*/
+
+static PyObject *__pyx_pw_6jacext_5_tape_4Tape_27run(PyObject *__pyx_v_self, 
+#if CYTHON_VECTORCALL
+PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
+#else
+PyObject *__pyx_args, PyObject *__pyx_kwds
+#endif
+); /*proto*/
+static PyObject *__pyx_f_6jacext_5_tape_4Tape_run(struct __pyx_obj_6jacext_5_tape_Tape *__pyx_v_self, int __pyx_v_task, PyArrayObject *__pyx_v_x, PyArrayObject *__pyx_v_y, PyArrayObject *__pyx_v_out, int __pyx_v_threads, int __pyx_v_mode, PyArrayObject *__pyx_v_seed, PyArrayObject *__pyx_v_cols, PyArrayObject *__pyx_v_colour, int32_t __pyx_v_n_colours, struct __pyx_obj_6jacext_5_tape_Tape *__pyx_v_jac_tape, struct __pyx_obj_6jacext_5_tape_Cones *__pyx_v_cones, int __pyx_skip_dispatch) {
   jx_batch __pyx_v_job;
   Py_ssize_t __pyx_v_n_points;
   Py_ssize_t __pyx_v_n_in;
@@ -30724,200 +30868,268 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
   int __pyx_v_st;
   PyObject *__pyx_r = NULL;
   __Pyx_RefNannyDeclarations
-  Py_ssize_t __pyx_t_1;
-  int __pyx_t_2;
-  int32_t __pyx_t_3;
+  PyObject *__pyx_t_1 = NULL;
+  PyObject *__pyx_t_2 = NULL;
+  PyObject *__pyx_t_3 = NULL;
   PyObject *__pyx_t_4 = NULL;
   PyObject *__pyx_t_5 = NULL;
   PyObject *__pyx_t_6 = NULL;
   PyObject *__pyx_t_7 = NULL;
-  size_t __pyx_t_8;
-  int __pyx_t_9;
-  int __pyx_t_10;
-  void const *__pyx_t_11;
-  double *__pyx_t_12;
-  int64_t const *__pyx_t_13;
-  int32_t const *__pyx_t_14;
-  int32_t const *__pyx_t_15;
-  int32_t const *__pyx_t_16;
+  PyObject *__pyx_t_8 = NULL;
+  size_t __pyx_t_9;
+  Py_ssize_t __pyx_t_10;
+  int __pyx_t_11;
+  int32_t __pyx_t_12;
+  int __pyx_t_13;
+  void const *__pyx_t_14;
+  double *__pyx_t_15;
+  int __pyx_t_16;
+  int64_t const *__pyx_t_17;
+  int32_t const *__pyx_t_18;
+  int32_t const *__pyx_t_19;
+  int32_t const *__pyx_t_20;
   int __pyx_lineno = 0;
   const char *__pyx_filename = NULL;
   int __pyx_clineno = 0;
-  __Pyx_RefNannySetupContext("batch", 0);
+  __Pyx_RefNannySetupContext("run", 0);
+  /* Check if called by wrapper */
+  if (unlikely(__pyx_skip_dispatch)) ;
+  /* Check if overridden in Python */
+  else if (
+  #if !CYTHON_USE_TYPE_SLOTS
+  unlikely(Py_TYPE(((PyObject *)__pyx_v_self)) != __pyx_mstate_global->__pyx_ptype_6jacext_5_tape_Tape &&
+  __Pyx_PyType_HasFeature(Py_TYPE(((PyObject *)__pyx_v_self)), Py_TPFLAGS_HAVE_GC))
+  #else
+  unlikely(Py_TYPE(((PyObject *)__pyx_v_self))->tp_dictoffset != 0 || __Pyx_PyType_HasFeature(Py_TYPE(((PyObject *)__pyx_v_self)), (Py_TPFLAGS_IS_ABSTRACT | Py_TPFLAGS_HEAPTYPE)))
+  #endif
+  ) {
+    #if CYTHON_USE_DICT_VERSIONS && CYTHON_USE_PYTYPE_LOOKUP && CYTHON_USE_TYPE_SLOTS
+    static PY_UINT64_T __pyx_tp_dict_version = __PYX_DICT_VERSION_INIT, __pyx_obj_dict_version = __PYX_DICT_VERSION_INIT;
+    if (unlikely(!__Pyx_object_dict_version_matches(((PyObject *)__pyx_v_self), __pyx_tp_dict_version, __pyx_obj_dict_version))) {
+      PY_UINT64_T __pyx_typedict_guard = __Pyx_get_tp_dict_version(((PyObject *)__pyx_v_self));
+      #endif
+      __pyx_t_1 = __Pyx_PyObject_GetAttrStr(((PyObject *)__pyx_v_self), __pyx_mstate_global->__pyx_n_u_run); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 524, __pyx_L1_error)
+      __Pyx_GOTREF(__pyx_t_1);
+      if (!__Pyx_IsSameCFunction(__pyx_t_1, (void(*)(void)) __pyx_pw_6jacext_5_tape_4Tape_27run)) {
+        __pyx_t_3 = NULL;
+        __Pyx_INCREF(__pyx_t_1);
+        __pyx_t_4 = __pyx_t_1; 
+        __pyx_t_5 = __Pyx_PyLong_From_int(__pyx_v_task); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 524, __pyx_L1_error)
+        __Pyx_GOTREF(__pyx_t_5);
+        __pyx_t_6 = __Pyx_PyLong_From_int(__pyx_v_threads); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 524, __pyx_L1_error)
+        __Pyx_GOTREF(__pyx_t_6);
+        __pyx_t_7 = __Pyx_PyLong_From_int(__pyx_v_mode); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 524, __pyx_L1_error)
+        __Pyx_GOTREF(__pyx_t_7);
+        __pyx_t_8 = __Pyx_PyLong_From_int32_t(__pyx_v_n_colours); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 524, __pyx_L1_error)
+        __Pyx_GOTREF(__pyx_t_8);
+        __pyx_t_9 = 1;
+        #if CYTHON_UNPACK_METHODS
+        if (unlikely(PyMethod_Check(__pyx_t_4))) {
+          __pyx_t_3 = PyMethod_GET_SELF(__pyx_t_4);
+          assert(__pyx_t_3);
+          PyObject* __pyx__function = PyMethod_GET_FUNCTION(__pyx_t_4);
+          __Pyx_INCREF(__pyx_t_3);
+          __Pyx_INCREF(__pyx__function);
+          __Pyx_DECREF_SET(__pyx_t_4, __pyx__function);
+          __pyx_t_9 = 0;
+        }
+        #endif
+        {
+          PyObject *__pyx_callargs[13] = {__pyx_t_3, __pyx_t_5, ((PyObject *)__pyx_v_x), ((PyObject *)__pyx_v_y), ((PyObject *)__pyx_v_out), __pyx_t_6, __pyx_t_7, ((PyObject *)__pyx_v_seed), ((PyObject *)__pyx_v_cols), ((PyObject *)__pyx_v_colour), __pyx_t_8, ((PyObject *)__pyx_v_jac_tape), ((PyObject *)__pyx_v_cones)};
+          __pyx_t_2 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_4, __pyx_callargs+__pyx_t_9, (13-__pyx_t_9) | (__pyx_t_9*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
+          __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
+          __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
+          __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
+          __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
+          __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
+          __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
+          if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 524, __pyx_L1_error)
+          __Pyx_GOTREF(__pyx_t_2);
+        }
+        {
+          PyObject *__pyx_temp;
+          {
+            __pyx_temp = __pyx_r;
+            __pyx_r = __pyx_t_2;
+          }
+          __Pyx_XDECREF(__pyx_temp);
+        }
+        __pyx_t_2 = 0;
+        __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
+        goto __pyx_L0;
+      }
+      #if CYTHON_USE_DICT_VERSIONS && CYTHON_USE_PYTYPE_LOOKUP && CYTHON_USE_TYPE_SLOTS
+      __pyx_tp_dict_version = __Pyx_get_tp_dict_version(((PyObject *)__pyx_v_self));
+      __pyx_obj_dict_version = __Pyx_get_object_dict_version(((PyObject *)__pyx_v_self));
+      if (unlikely(__pyx_typedict_guard != __pyx_tp_dict_version)) {
+        __pyx_tp_dict_version = __pyx_obj_dict_version = __PYX_DICT_VERSION_INIT;
+      }
+      #endif
+      __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
+      #if CYTHON_USE_DICT_VERSIONS && CYTHON_USE_PYTYPE_LOOKUP && CYTHON_USE_TYPE_SLOTS
+    }
+    #endif
+  }
 
-  /* "jacext/_tape.pyx":520
- *         """
+  /* "jacext/_tape.pyx":529
+ *         """:meth:`batch` with the task's number and every argument given (a C call)."""
  *         cdef jx_batch job
  *         cdef Py_ssize_t n_points = x.shape[0] if x.ndim == 2 else -1             # <<<<<<<<<<<<<<
  *         cdef Py_ssize_t n_in = self.t.n_in, n_out = self.t.n_out, per
  *         cdef int st
 */
-  __pyx_t_2 = (__pyx_f_5numpy_7ndarray_4ndim___get__(__pyx_v_x) == 2);
+  __pyx_t_11 = (__pyx_f_5numpy_7ndarray_4ndim___get__(__pyx_v_x) == 2);
 
-  if (__pyx_t_2) {
+  if (__pyx_t_11) {
 
-    __pyx_t_1 = (__pyx_f_5numpy_7ndarray_5shape___get__(__pyx_v_x)[0]);
+    __pyx_t_10 = (__pyx_f_5numpy_7ndarray_5shape___get__(__pyx_v_x)[0]);
   } else {
 
-    __pyx_t_1 = -1L;
+    __pyx_t_10 = -1L;
   }
 
-  __pyx_v_n_points = __pyx_t_1;
+  __pyx_v_n_points = __pyx_t_10;
 
-  /* "jacext/_tape.pyx":521
+  /* "jacext/_tape.pyx":530
  *         cdef jx_batch job
  *         cdef Py_ssize_t n_points = x.shape[0] if x.ndim == 2 else -1
  *         cdef Py_ssize_t n_in = self.t.n_in, n_out = self.t.n_out, per             # <<<<<<<<<<<<<<
  *         cdef int st
- *         job.task = TASKS.get(task, -1)
+ *         job.task = task
 */
-  __pyx_t_3 = __pyx_v_self->t.n_in;
+  __pyx_t_12 = __pyx_v_self->t.n_in;
 
-  __pyx_v_n_in = __pyx_t_3;
-  __pyx_t_3 = __pyx_v_self->t.n_out;
+  __pyx_v_n_in = __pyx_t_12;
+  __pyx_t_12 = __pyx_v_self->t.n_out;
 
-  __pyx_v_n_out = __pyx_t_3;
+  __pyx_v_n_out = __pyx_t_12;
 
-  /* "jacext/_tape.pyx":523
+  /* "jacext/_tape.pyx":532
  *         cdef Py_ssize_t n_in = self.t.n_in, n_out = self.t.n_out, per
  *         cdef int st
- *         job.task = TASKS.get(task, -1)             # <<<<<<<<<<<<<<
- *         if job.task < 0:
- *             raise ValueError(f"jacext: no batch task {task!r}")
+ *         job.task = task             # <<<<<<<<<<<<<<
+ *         if task < JX_TASK_VALUE or task > JX_TASK_SUBGRAPH:
+ *             raise ValueError(f"jacext: no batch task {task}")
 */
-  __pyx_t_5 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_TASKS); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 523, __pyx_L1_error)
-  __Pyx_GOTREF(__pyx_t_6);
-  __pyx_t_7 = __Pyx_PyObject_GetAttrStr(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_get); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 523, __pyx_L1_error)
-  __Pyx_GOTREF(__pyx_t_7);
-  __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-  __pyx_t_8 = 1;
-  #if CYTHON_UNPACK_METHODS
-  if (unlikely(PyMethod_Check(__pyx_t_7))) {
-    __pyx_t_5 = PyMethod_GET_SELF(__pyx_t_7);
-    assert(__pyx_t_5);
-    PyObject* __pyx__function = PyMethod_GET_FUNCTION(__pyx_t_7);
-    __Pyx_INCREF(__pyx_t_5);
-    __Pyx_INCREF(__pyx__function);
-    __Pyx_DECREF_SET(__pyx_t_7, __pyx__function);
-    __pyx_t_8 = 0;
-  }
-  #endif
-  {
-    PyObject *__pyx_callargs[3] = {__pyx_t_5, __pyx_v_task, __pyx_mstate_global->__pyx_int_neg_1};
-    __pyx_t_4 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_7, __pyx_callargs+__pyx_t_8, (3-__pyx_t_8) | (__pyx_t_8*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
-    __Pyx_XDECREF(__pyx_t_5); __pyx_t_5 = 0;
-    __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
-    if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 523, __pyx_L1_error)
-    __Pyx_GOTREF(__pyx_t_4);
-  }
-  __pyx_t_9 = __Pyx_PyLong_As_int(__pyx_t_4); if (unlikely((__pyx_t_9 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 523, __pyx_L1_error)
-  __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-  __pyx_v_job.task = __pyx_t_9;
+  __pyx_v_job.task = __pyx_v_task;
 
-  /* "jacext/_tape.pyx":524
+  /* "jacext/_tape.pyx":533
  *         cdef int st
- *         job.task = TASKS.get(task, -1)
- *         if job.task < 0:             # <<<<<<<<<<<<<<
- *             raise ValueError(f"jacext: no batch task {task!r}")
+ *         job.task = task
+ *         if task < JX_TASK_VALUE or task > JX_TASK_SUBGRAPH:             # <<<<<<<<<<<<<<
+ *             raise ValueError(f"jacext: no batch task {task}")
  *         if n_points < 0 or x.shape[1] != n_in:
 */
-  __pyx_t_2 = (__pyx_v_job.task < 0);
+  __pyx_t_13 = (__pyx_v_task < JX_TASK_VALUE);
 
-  if (unlikely(__pyx_t_2)) {
+  if (!__pyx_t_13) {
+
+  } else {
+
+    __pyx_t_11 = __pyx_t_13;
+
+    goto __pyx_L4_bool_binop_done;
+  }
+  __pyx_t_13 = (__pyx_v_task > JX_TASK_SUBGRAPH);
 
 
-    /* "jacext/_tape.pyx":525
- *         job.task = TASKS.get(task, -1)
- *         if job.task < 0:
- *             raise ValueError(f"jacext: no batch task {task!r}")             # <<<<<<<<<<<<<<
+  __pyx_t_11 = __pyx_t_13;
+
+  __pyx_L4_bool_binop_done:;
+  if (unlikely(__pyx_t_11)) {
+
+
+    /* "jacext/_tape.pyx":534
+ *         job.task = task
+ *         if task < JX_TASK_VALUE or task > JX_TASK_SUBGRAPH:
+ *             raise ValueError(f"jacext: no batch task {task}")             # <<<<<<<<<<<<<<
  *         if n_points < 0 or x.shape[1] != n_in:
  *             raise ValueError("jacext: a batch takes x of shape (n_points, n_in)")
 */
-    __pyx_t_7 = NULL;
-    __pyx_t_5 = __Pyx_PyObject_FormatSimpleAndDecref(PyObject_Repr(__pyx_v_task), __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 525, __pyx_L1_error)
-    __Pyx_GOTREF(__pyx_t_5);
-    __pyx_t_6 = __Pyx_PyUnicode_Concat(__pyx_mstate_global->__pyx_kp_u_jacext_no_batch_task, __pyx_t_5); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 525, __pyx_L1_error)
-    __Pyx_GOTREF(__pyx_t_6);
-    __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-    __pyx_t_8 = 1;
-    {
-      PyObject *__pyx_callargs[2] = {__pyx_t_7, __pyx_t_6};
-      __pyx_t_4 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_8, (2-__pyx_t_8) | (__pyx_t_8*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
-      __Pyx_XDECREF(__pyx_t_7); __pyx_t_7 = 0;
-      __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 525, __pyx_L1_error)
-      __Pyx_GOTREF(__pyx_t_4);
-    }
-    __Pyx_Raise(__pyx_t_4, 0, 0, 0);
+    __pyx_t_2 = NULL;
+    __pyx_t_4 = __Pyx_PyUnicode_From_int(__pyx_v_task, 0, ' ', 'd'); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 534, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_4);
+    __pyx_t_8 = __Pyx_PyUnicode_Concat(__pyx_mstate_global->__pyx_kp_u_jacext_no_batch_task, __pyx_t_4); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 534, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_8);
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    __PYX_ERR(0, 525, __pyx_L1_error)
+    __pyx_t_9 = 1;
+    {
+      PyObject *__pyx_callargs[2] = {__pyx_t_2, __pyx_t_8};
+      __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_9, (2-__pyx_t_9) | (__pyx_t_9*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
+      __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
+      __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
+      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 534, __pyx_L1_error)
+      __Pyx_GOTREF(__pyx_t_1);
+    }
+    __Pyx_Raise(__pyx_t_1, 0, 0, 0);
+    __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
+    __PYX_ERR(0, 534, __pyx_L1_error)
 
-    /* "jacext/_tape.pyx":524
+    /* "jacext/_tape.pyx":533
  *         cdef int st
- *         job.task = TASKS.get(task, -1)
- *         if job.task < 0:             # <<<<<<<<<<<<<<
- *             raise ValueError(f"jacext: no batch task {task!r}")
+ *         job.task = task
+ *         if task < JX_TASK_VALUE or task > JX_TASK_SUBGRAPH:             # <<<<<<<<<<<<<<
+ *             raise ValueError(f"jacext: no batch task {task}")
  *         if n_points < 0 or x.shape[1] != n_in:
 */
   }
 
-  /* "jacext/_tape.pyx":526
- *         if job.task < 0:
- *             raise ValueError(f"jacext: no batch task {task!r}")
+  /* "jacext/_tape.pyx":535
+ *         if task < JX_TASK_VALUE or task > JX_TASK_SUBGRAPH:
+ *             raise ValueError(f"jacext: no batch task {task}")
  *         if n_points < 0 or x.shape[1] != n_in:             # <<<<<<<<<<<<<<
  *             raise ValueError("jacext: a batch takes x of shape (n_points, n_in)")
  *         job.mode = mode
 */
-  __pyx_t_10 = (__pyx_v_n_points < 0);
+  __pyx_t_13 = (__pyx_v_n_points < 0);
 
-  if (!__pyx_t_10) {
+  if (!__pyx_t_13) {
 
   } else {
 
-    __pyx_t_2 = __pyx_t_10;
+    __pyx_t_11 = __pyx_t_13;
 
-    goto __pyx_L5_bool_binop_done;
+    goto __pyx_L7_bool_binop_done;
   }
-  __pyx_t_10 = ((__pyx_f_5numpy_7ndarray_5shape___get__(__pyx_v_x)[1]) != __pyx_v_n_in);
+  __pyx_t_13 = ((__pyx_f_5numpy_7ndarray_5shape___get__(__pyx_v_x)[1]) != __pyx_v_n_in);
 
 
-  __pyx_t_2 = __pyx_t_10;
+  __pyx_t_11 = __pyx_t_13;
 
-  __pyx_L5_bool_binop_done:;
-  if (unlikely(__pyx_t_2)) {
+  __pyx_L7_bool_binop_done:;
+  if (unlikely(__pyx_t_11)) {
 
 
-    /* "jacext/_tape.pyx":527
- *             raise ValueError(f"jacext: no batch task {task!r}")
+    /* "jacext/_tape.pyx":536
+ *             raise ValueError(f"jacext: no batch task {task}")
  *         if n_points < 0 or x.shape[1] != n_in:
  *             raise ValueError("jacext: a batch takes x of shape (n_points, n_in)")             # <<<<<<<<<<<<<<
  *         job.mode = mode
  *         job.n_points = n_points
 */
-    __pyx_t_6 = NULL;
-    __pyx_t_8 = 1;
+    __pyx_t_8 = NULL;
+    __pyx_t_9 = 1;
     {
-      PyObject *__pyx_callargs[2] = {__pyx_t_6, __pyx_mstate_global->__pyx_kp_u_jacext_a_batch_takes_x_of_shape};
-      __pyx_t_4 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_8, (2-__pyx_t_8) | (__pyx_t_8*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
-      __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
-      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 527, __pyx_L1_error)
-      __Pyx_GOTREF(__pyx_t_4);
+      PyObject *__pyx_callargs[2] = {__pyx_t_8, __pyx_mstate_global->__pyx_kp_u_jacext_a_batch_takes_x_of_shape};
+      __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_9, (2-__pyx_t_9) | (__pyx_t_9*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
+      __Pyx_XDECREF(__pyx_t_8); __pyx_t_8 = 0;
+      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 536, __pyx_L1_error)
+      __Pyx_GOTREF(__pyx_t_1);
     }
-    __Pyx_Raise(__pyx_t_4, 0, 0, 0);
-    __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    __PYX_ERR(0, 527, __pyx_L1_error)
+    __Pyx_Raise(__pyx_t_1, 0, 0, 0);
+    __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
+    __PYX_ERR(0, 536, __pyx_L1_error)
 
-    /* "jacext/_tape.pyx":526
- *         if job.task < 0:
- *             raise ValueError(f"jacext: no batch task {task!r}")
+    /* "jacext/_tape.pyx":535
+ *         if task < JX_TASK_VALUE or task > JX_TASK_SUBGRAPH:
+ *             raise ValueError(f"jacext: no batch task {task}")
  *         if n_points < 0 or x.shape[1] != n_in:             # <<<<<<<<<<<<<<
  *             raise ValueError("jacext: a batch takes x of shape (n_points, n_in)")
  *         job.mode = mode
 */
   }
 
-  /* "jacext/_tape.pyx":528
+  /* "jacext/_tape.pyx":537
  *         if n_points < 0 or x.shape[1] != n_in:
  *             raise ValueError("jacext: a batch takes x of shape (n_points, n_in)")
  *         job.mode = mode             # <<<<<<<<<<<<<<
@@ -30926,7 +31138,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
 */
   __pyx_v_job.mode = __pyx_v_mode;
 
-  /* "jacext/_tape.pyx":529
+  /* "jacext/_tape.pyx":538
  *             raise ValueError("jacext: a batch takes x of shape (n_points, n_in)")
  *         job.mode = mode
  *         job.n_points = n_points             # <<<<<<<<<<<<<<
@@ -30935,28 +31147,28 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
 */
   __pyx_v_job.n_points = __pyx_v_n_points;
 
-  /* "jacext/_tape.pyx":530
+  /* "jacext/_tape.pyx":539
  *         job.mode = mode
  *         job.n_points = n_points
  *         job.x = <const double *>_buf(x, cnp.NPY_DOUBLE, n_points * n_in, "x")             # <<<<<<<<<<<<<<
  *         job.y = _maybe_out(y, n_points * n_out, "y")
  *         job.cols = NULL
 */
-  __pyx_t_11 = __pyx_f_6jacext_5_tape__buf(__pyx_v_x, NPY_DOUBLE, (__pyx_v_n_points * __pyx_v_n_in), __pyx_mstate_global->__pyx_n_u_x); if (unlikely(__pyx_t_11 == ((void *)NULL))) __PYX_ERR(0, 530, __pyx_L1_error)
-  __pyx_v_job.x = ((double const *)__pyx_t_11);
+  __pyx_t_14 = __pyx_f_6jacext_5_tape__buf(__pyx_v_x, NPY_DOUBLE, (__pyx_v_n_points * __pyx_v_n_in), __pyx_mstate_global->__pyx_n_u_x); if (unlikely(__pyx_t_14 == ((void *)NULL))) __PYX_ERR(0, 539, __pyx_L1_error)
+  __pyx_v_job.x = ((double const *)__pyx_t_14);
 
 
-  /* "jacext/_tape.pyx":531
+  /* "jacext/_tape.pyx":540
  *         job.n_points = n_points
  *         job.x = <const double *>_buf(x, cnp.NPY_DOUBLE, n_points * n_in, "x")
  *         job.y = _maybe_out(y, n_points * n_out, "y")             # <<<<<<<<<<<<<<
  *         job.cols = NULL
  *         job.n_cols = 0
 */
-  __pyx_t_12 = __pyx_f_6jacext_5_tape__maybe_out(__pyx_v_y, (__pyx_v_n_points * __pyx_v_n_out), __pyx_mstate_global->__pyx_n_u_y); if (unlikely(__pyx_t_12 == ((void *)NULL) && PyErr_Occurred())) __PYX_ERR(0, 531, __pyx_L1_error)
-  __pyx_v_job.y = __pyx_t_12;
+  __pyx_t_15 = __pyx_f_6jacext_5_tape__maybe_out(__pyx_v_y, (__pyx_v_n_points * __pyx_v_n_out), __pyx_mstate_global->__pyx_n_u_y); if (unlikely(__pyx_t_15 == ((void *)NULL) && PyErr_Occurred())) __PYX_ERR(0, 540, __pyx_L1_error)
+  __pyx_v_job.y = __pyx_t_15;
 
-  /* "jacext/_tape.pyx":532
+  /* "jacext/_tape.pyx":541
  *         job.x = <const double *>_buf(x, cnp.NPY_DOUBLE, n_points * n_in, "x")
  *         job.y = _maybe_out(y, n_points * n_out, "y")
  *         job.cols = NULL             # <<<<<<<<<<<<<<
@@ -30965,7 +31177,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
 */
   __pyx_v_job.cols = NULL;
 
-  /* "jacext/_tape.pyx":533
+  /* "jacext/_tape.pyx":542
  *         job.y = _maybe_out(y, n_points * n_out, "y")
  *         job.cols = NULL
  *         job.n_cols = 0             # <<<<<<<<<<<<<<
@@ -30974,7 +31186,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
 */
   __pyx_v_job.n_cols = 0;
 
-  /* "jacext/_tape.pyx":534
+  /* "jacext/_tape.pyx":543
  *         job.cols = NULL
  *         job.n_cols = 0
  *         job.colour = NULL             # <<<<<<<<<<<<<<
@@ -30983,7 +31195,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
 */
   __pyx_v_job.colour = NULL;
 
-  /* "jacext/_tape.pyx":535
+  /* "jacext/_tape.pyx":544
  *         job.n_cols = 0
  *         job.colour = NULL
  *         job.n_colours = 0             # <<<<<<<<<<<<<<
@@ -30992,7 +31204,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
 */
   __pyx_v_job.n_colours = 0;
 
-  /* "jacext/_tape.pyx":536
+  /* "jacext/_tape.pyx":545
  *         job.colour = NULL
  *         job.n_colours = 0
  *         job.seed = NULL             # <<<<<<<<<<<<<<
@@ -31001,7 +31213,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
 */
   __pyx_v_job.seed = NULL;
 
-  /* "jacext/_tape.pyx":537
+  /* "jacext/_tape.pyx":546
  *         job.n_colours = 0
  *         job.seed = NULL
  *         job.out = NULL             # <<<<<<<<<<<<<<
@@ -31010,7 +31222,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
 */
   __pyx_v_job.out = NULL;
 
-  /* "jacext/_tape.pyx":538
+  /* "jacext/_tape.pyx":547
  *         job.seed = NULL
  *         job.out = NULL
  *         job.cone_ptr = NULL             # <<<<<<<<<<<<<<
@@ -31019,7 +31231,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
 */
   __pyx_v_job.cone_ptr = NULL;
 
-  /* "jacext/_tape.pyx":539
+  /* "jacext/_tape.pyx":548
  *         job.out = NULL
  *         job.cone_ptr = NULL
  *         job.cone = NULL             # <<<<<<<<<<<<<<
@@ -31028,7 +31240,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
 */
   __pyx_v_job.cone = NULL;
 
-  /* "jacext/_tape.pyx":540
+  /* "jacext/_tape.pyx":549
  *         job.cone_ptr = NULL
  *         job.cone = NULL
  *         job.row_ptr = NULL             # <<<<<<<<<<<<<<
@@ -31037,7 +31249,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
 */
   __pyx_v_job.row_ptr = NULL;
 
-  /* "jacext/_tape.pyx":541
+  /* "jacext/_tape.pyx":550
  *         job.cone = NULL
  *         job.row_ptr = NULL
  *         job.nz_input = NULL             # <<<<<<<<<<<<<<
@@ -31046,7 +31258,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
 */
   __pyx_v_job.nz_input = NULL;
 
-  /* "jacext/_tape.pyx":542
+  /* "jacext/_tape.pyx":551
  *         job.row_ptr = NULL
  *         job.nz_input = NULL
  *         job.jac_tape = NULL             # <<<<<<<<<<<<<<
@@ -31055,29 +31267,29 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
 */
   __pyx_v_job.jac_tape = NULL;
 
-  /* "jacext/_tape.pyx":543
+  /* "jacext/_tape.pyx":552
  *         job.nz_input = NULL
  *         job.jac_tape = NULL
  *         if cols is not None:             # <<<<<<<<<<<<<<
  *             job.cols = <const int32_t *>_buf(cols, cnp.NPY_INT32, cols.shape[0], "cols")
  *             job.n_cols = <int32_t>cols.shape[0]
 */
-  __pyx_t_2 = (((PyObject *)__pyx_v_cols) != Py_None);
-  if (__pyx_t_2) {
+  __pyx_t_11 = (((PyObject *)__pyx_v_cols) != Py_None);
+  if (__pyx_t_11) {
 
 
-    /* "jacext/_tape.pyx":544
+    /* "jacext/_tape.pyx":553
  *         job.jac_tape = NULL
  *         if cols is not None:
  *             job.cols = <const int32_t *>_buf(cols, cnp.NPY_INT32, cols.shape[0], "cols")             # <<<<<<<<<<<<<<
  *             job.n_cols = <int32_t>cols.shape[0]
  *             _check_columns(cols, n_in)
 */
-    __pyx_t_11 = __pyx_f_6jacext_5_tape__buf(__pyx_v_cols, NPY_INT32, (__pyx_f_5numpy_7ndarray_5shape___get__(__pyx_v_cols)[0]), __pyx_mstate_global->__pyx_n_u_cols); if (unlikely(__pyx_t_11 == ((void *)NULL))) __PYX_ERR(0, 544, __pyx_L1_error)
-    __pyx_v_job.cols = ((int32_t const *)__pyx_t_11);
+    __pyx_t_14 = __pyx_f_6jacext_5_tape__buf(__pyx_v_cols, NPY_INT32, (__pyx_f_5numpy_7ndarray_5shape___get__(__pyx_v_cols)[0]), __pyx_mstate_global->__pyx_n_u_cols); if (unlikely(__pyx_t_14 == ((void *)NULL))) __PYX_ERR(0, 553, __pyx_L1_error)
+    __pyx_v_job.cols = ((int32_t const *)__pyx_t_14);
 
 
-    /* "jacext/_tape.pyx":545
+    /* "jacext/_tape.pyx":554
  *         if cols is not None:
  *             job.cols = <const int32_t *>_buf(cols, cnp.NPY_INT32, cols.shape[0], "cols")
  *             job.n_cols = <int32_t>cols.shape[0]             # <<<<<<<<<<<<<<
@@ -31086,17 +31298,17 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
 */
     __pyx_v_job.n_cols = ((int32_t)(__pyx_f_5numpy_7ndarray_5shape___get__(__pyx_v_cols)[0]));
 
-    /* "jacext/_tape.pyx":546
+    /* "jacext/_tape.pyx":555
  *             job.cols = <const int32_t *>_buf(cols, cnp.NPY_INT32, cols.shape[0], "cols")
  *             job.n_cols = <int32_t>cols.shape[0]
  *             _check_columns(cols, n_in)             # <<<<<<<<<<<<<<
  *         if job.task == JX_TASK_VALUE:
  *             if y is None:
 */
-    __pyx_t_9 = __pyx_f_6jacext_5_tape__check_columns(__pyx_v_cols, __pyx_v_n_in); if (unlikely(__pyx_t_9 == ((int)-1))) __PYX_ERR(0, 546, __pyx_L1_error)
+    __pyx_t_16 = __pyx_f_6jacext_5_tape__check_columns(__pyx_v_cols, __pyx_v_n_in); if (unlikely(__pyx_t_16 == ((int)-1))) __PYX_ERR(0, 555, __pyx_L1_error)
 
 
-    /* "jacext/_tape.pyx":543
+    /* "jacext/_tape.pyx":552
  *         job.nz_input = NULL
  *         job.jac_tape = NULL
  *         if cols is not None:             # <<<<<<<<<<<<<<
@@ -31105,50 +31317,50 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
 */
   }
 
-  /* "jacext/_tape.pyx":547
+  /* "jacext/_tape.pyx":556
  *             job.n_cols = <int32_t>cols.shape[0]
  *             _check_columns(cols, n_in)
  *         if job.task == JX_TASK_VALUE:             # <<<<<<<<<<<<<<
  *             if y is None:
  *                 raise ValueError("jacext: a value batch needs y")
 */
-  __pyx_t_2 = (__pyx_v_job.task == JX_TASK_VALUE);
+  __pyx_t_11 = (__pyx_v_job.task == JX_TASK_VALUE);
 
-  if (__pyx_t_2) {
+  if (__pyx_t_11) {
 
 
-    /* "jacext/_tape.pyx":548
+    /* "jacext/_tape.pyx":557
  *             _check_columns(cols, n_in)
  *         if job.task == JX_TASK_VALUE:
  *             if y is None:             # <<<<<<<<<<<<<<
  *                 raise ValueError("jacext: a value batch needs y")
  *             per = 0
 */
-    __pyx_t_2 = (((PyObject *)__pyx_v_y) == Py_None);
-    if (unlikely(__pyx_t_2)) {
+    __pyx_t_11 = (((PyObject *)__pyx_v_y) == Py_None);
+    if (unlikely(__pyx_t_11)) {
 
 
-      /* "jacext/_tape.pyx":549
+      /* "jacext/_tape.pyx":558
  *         if job.task == JX_TASK_VALUE:
  *             if y is None:
  *                 raise ValueError("jacext: a value batch needs y")             # <<<<<<<<<<<<<<
  *             per = 0
  *         elif job.task == JX_TASK_JACOBIAN:
 */
-      __pyx_t_6 = NULL;
-      __pyx_t_8 = 1;
+      __pyx_t_8 = NULL;
+      __pyx_t_9 = 1;
       {
-        PyObject *__pyx_callargs[2] = {__pyx_t_6, __pyx_mstate_global->__pyx_kp_u_jacext_a_value_batch_needs_y};
-        __pyx_t_4 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_8, (2-__pyx_t_8) | (__pyx_t_8*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
-        __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
-        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 549, __pyx_L1_error)
-        __Pyx_GOTREF(__pyx_t_4);
+        PyObject *__pyx_callargs[2] = {__pyx_t_8, __pyx_mstate_global->__pyx_kp_u_jacext_a_value_batch_needs_y};
+        __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_9, (2-__pyx_t_9) | (__pyx_t_9*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
+        __Pyx_XDECREF(__pyx_t_8); __pyx_t_8 = 0;
+        if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 558, __pyx_L1_error)
+        __Pyx_GOTREF(__pyx_t_1);
       }
-      __Pyx_Raise(__pyx_t_4, 0, 0, 0);
-      __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-      __PYX_ERR(0, 549, __pyx_L1_error)
+      __Pyx_Raise(__pyx_t_1, 0, 0, 0);
+      __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
+      __PYX_ERR(0, 558, __pyx_L1_error)
 
-      /* "jacext/_tape.pyx":548
+      /* "jacext/_tape.pyx":557
  *             _check_columns(cols, n_in)
  *         if job.task == JX_TASK_VALUE:
  *             if y is None:             # <<<<<<<<<<<<<<
@@ -31157,7 +31369,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
 */
     }
 
-    /* "jacext/_tape.pyx":550
+    /* "jacext/_tape.pyx":559
  *             if y is None:
  *                 raise ValueError("jacext: a value batch needs y")
  *             per = 0             # <<<<<<<<<<<<<<
@@ -31166,75 +31378,75 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
 */
     __pyx_v_per = 0;
 
-    /* "jacext/_tape.pyx":547
+    /* "jacext/_tape.pyx":556
  *             job.n_cols = <int32_t>cols.shape[0]
  *             _check_columns(cols, n_in)
  *         if job.task == JX_TASK_VALUE:             # <<<<<<<<<<<<<<
  *             if y is None:
  *                 raise ValueError("jacext: a value batch needs y")
 */
-    goto __pyx_L8;
+    goto __pyx_L10;
   }
 
-  /* "jacext/_tape.pyx":551
+  /* "jacext/_tape.pyx":560
  *                 raise ValueError("jacext: a value batch needs y")
  *             per = 0
  *         elif job.task == JX_TASK_JACOBIAN:             # <<<<<<<<<<<<<<
  *             if mode != JX_MODE_FORWARD and mode != JX_MODE_REVERSE:
  *                 raise ValueError("jacext: Jacobians run forward or reverse")
 */
-  __pyx_t_2 = (__pyx_v_job.task == JX_TASK_JACOBIAN);
+  __pyx_t_11 = (__pyx_v_job.task == JX_TASK_JACOBIAN);
 
-  if (__pyx_t_2) {
+  if (__pyx_t_11) {
 
 
-    /* "jacext/_tape.pyx":552
+    /* "jacext/_tape.pyx":561
  *             per = 0
  *         elif job.task == JX_TASK_JACOBIAN:
  *             if mode != JX_MODE_FORWARD and mode != JX_MODE_REVERSE:             # <<<<<<<<<<<<<<
  *                 raise ValueError("jacext: Jacobians run forward or reverse")
  *             per = n_out * job.n_cols
 */
-    __pyx_t_10 = (__pyx_v_mode != JX_MODE_FORWARD);
+    __pyx_t_13 = (__pyx_v_mode != JX_MODE_FORWARD);
 
-    if (__pyx_t_10) {
+    if (__pyx_t_13) {
 
     } else {
 
-      __pyx_t_2 = __pyx_t_10;
+      __pyx_t_11 = __pyx_t_13;
 
-      goto __pyx_L11_bool_binop_done;
+      goto __pyx_L13_bool_binop_done;
     }
-    __pyx_t_10 = (__pyx_v_mode != JX_MODE_REVERSE);
+    __pyx_t_13 = (__pyx_v_mode != JX_MODE_REVERSE);
 
 
-    __pyx_t_2 = __pyx_t_10;
+    __pyx_t_11 = __pyx_t_13;
 
-    __pyx_L11_bool_binop_done:;
-    if (unlikely(__pyx_t_2)) {
+    __pyx_L13_bool_binop_done:;
+    if (unlikely(__pyx_t_11)) {
 
 
-      /* "jacext/_tape.pyx":553
+      /* "jacext/_tape.pyx":562
  *         elif job.task == JX_TASK_JACOBIAN:
  *             if mode != JX_MODE_FORWARD and mode != JX_MODE_REVERSE:
  *                 raise ValueError("jacext: Jacobians run forward or reverse")             # <<<<<<<<<<<<<<
  *             per = n_out * job.n_cols
  *             if jac_tape is not None:
 */
-      __pyx_t_6 = NULL;
-      __pyx_t_8 = 1;
+      __pyx_t_8 = NULL;
+      __pyx_t_9 = 1;
       {
-        PyObject *__pyx_callargs[2] = {__pyx_t_6, __pyx_mstate_global->__pyx_kp_u_jacext_Jacobians_run_forward_or};
-        __pyx_t_4 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_8, (2-__pyx_t_8) | (__pyx_t_8*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
-        __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
-        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 553, __pyx_L1_error)
-        __Pyx_GOTREF(__pyx_t_4);
+        PyObject *__pyx_callargs[2] = {__pyx_t_8, __pyx_mstate_global->__pyx_kp_u_jacext_Jacobians_run_forward_or};
+        __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_9, (2-__pyx_t_9) | (__pyx_t_9*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
+        __Pyx_XDECREF(__pyx_t_8); __pyx_t_8 = 0;
+        if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 562, __pyx_L1_error)
+        __Pyx_GOTREF(__pyx_t_1);
       }
-      __Pyx_Raise(__pyx_t_4, 0, 0, 0);
-      __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-      __PYX_ERR(0, 553, __pyx_L1_error)
+      __Pyx_Raise(__pyx_t_1, 0, 0, 0);
+      __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
+      __PYX_ERR(0, 562, __pyx_L1_error)
 
-      /* "jacext/_tape.pyx":552
+      /* "jacext/_tape.pyx":561
  *             per = 0
  *         elif job.task == JX_TASK_JACOBIAN:
  *             if mode != JX_MODE_FORWARD and mode != JX_MODE_REVERSE:             # <<<<<<<<<<<<<<
@@ -31243,7 +31455,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
 */
     }
 
-    /* "jacext/_tape.pyx":554
+    /* "jacext/_tape.pyx":563
  *             if mode != JX_MODE_FORWARD and mode != JX_MODE_REVERSE:
  *                 raise ValueError("jacext: Jacobians run forward or reverse")
  *             per = n_out * job.n_cols             # <<<<<<<<<<<<<<
@@ -31252,64 +31464,64 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
 */
     __pyx_v_per = (__pyx_v_n_out * __pyx_v_job.n_cols);
 
-    /* "jacext/_tape.pyx":555
+    /* "jacext/_tape.pyx":564
  *                 raise ValueError("jacext: Jacobians run forward or reverse")
  *             per = n_out * job.n_cols
  *             if jac_tape is not None:             # <<<<<<<<<<<<<<
  *                 if (jac_tape.t.n_in != n_in or jac_tape.t.n_out != n_out + per):
  *                     raise ValueError("jacext: the Jacobian tape does not match this request")
 */
-    __pyx_t_2 = (((PyObject *)__pyx_v_jac_tape) != Py_None);
-    if (__pyx_t_2) {
+    __pyx_t_11 = (((PyObject *)__pyx_v_jac_tape) != Py_None);
+    if (__pyx_t_11) {
 
 
-      /* "jacext/_tape.pyx":556
+      /* "jacext/_tape.pyx":565
  *             per = n_out * job.n_cols
  *             if jac_tape is not None:
  *                 if (jac_tape.t.n_in != n_in or jac_tape.t.n_out != n_out + per):             # <<<<<<<<<<<<<<
  *                     raise ValueError("jacext: the Jacobian tape does not match this request")
  *                 job.jac_tape = &jac_tape.t
 */
-      __pyx_t_10 = (__pyx_v_jac_tape->t.n_in != __pyx_v_n_in);
+      __pyx_t_13 = (__pyx_v_jac_tape->t.n_in != __pyx_v_n_in);
 
-      if (!__pyx_t_10) {
+      if (!__pyx_t_13) {
 
       } else {
 
-        __pyx_t_2 = __pyx_t_10;
+        __pyx_t_11 = __pyx_t_13;
 
-        goto __pyx_L15_bool_binop_done;
+        goto __pyx_L17_bool_binop_done;
       }
-      __pyx_t_10 = (__pyx_v_jac_tape->t.n_out != (__pyx_v_n_out + __pyx_v_per));
+      __pyx_t_13 = (__pyx_v_jac_tape->t.n_out != (__pyx_v_n_out + __pyx_v_per));
 
 
-      __pyx_t_2 = __pyx_t_10;
+      __pyx_t_11 = __pyx_t_13;
 
-      __pyx_L15_bool_binop_done:;
-      if (unlikely(__pyx_t_2)) {
+      __pyx_L17_bool_binop_done:;
+      if (unlikely(__pyx_t_11)) {
 
 
-        /* "jacext/_tape.pyx":557
+        /* "jacext/_tape.pyx":566
  *             if jac_tape is not None:
  *                 if (jac_tape.t.n_in != n_in or jac_tape.t.n_out != n_out + per):
  *                     raise ValueError("jacext: the Jacobian tape does not match this request")             # <<<<<<<<<<<<<<
  *                 job.jac_tape = &jac_tape.t
  *         elif job.task == JX_TASK_JVP or job.task == JX_TASK_VJP:
 */
-        __pyx_t_6 = NULL;
-        __pyx_t_8 = 1;
+        __pyx_t_8 = NULL;
+        __pyx_t_9 = 1;
         {
-          PyObject *__pyx_callargs[2] = {__pyx_t_6, __pyx_mstate_global->__pyx_kp_u_jacext_the_Jacobian_tape_does_no};
-          __pyx_t_4 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_8, (2-__pyx_t_8) | (__pyx_t_8*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
-          __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
-          if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 557, __pyx_L1_error)
-          __Pyx_GOTREF(__pyx_t_4);
+          PyObject *__pyx_callargs[2] = {__pyx_t_8, __pyx_mstate_global->__pyx_kp_u_jacext_the_Jacobian_tape_does_no};
+          __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_9, (2-__pyx_t_9) | (__pyx_t_9*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
+          __Pyx_XDECREF(__pyx_t_8); __pyx_t_8 = 0;
+          if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 566, __pyx_L1_error)
+          __Pyx_GOTREF(__pyx_t_1);
         }
-        __Pyx_Raise(__pyx_t_4, 0, 0, 0);
-        __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-        __PYX_ERR(0, 557, __pyx_L1_error)
+        __Pyx_Raise(__pyx_t_1, 0, 0, 0);
+        __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
+        __PYX_ERR(0, 566, __pyx_L1_error)
 
-        /* "jacext/_tape.pyx":556
+        /* "jacext/_tape.pyx":565
  *             per = n_out * job.n_cols
  *             if jac_tape is not None:
  *                 if (jac_tape.t.n_in != n_in or jac_tape.t.n_out != n_out + per):             # <<<<<<<<<<<<<<
@@ -31318,7 +31530,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
 */
       }
 
-      /* "jacext/_tape.pyx":558
+      /* "jacext/_tape.pyx":567
  *                 if (jac_tape.t.n_in != n_in or jac_tape.t.n_out != n_out + per):
  *                     raise ValueError("jacext: the Jacobian tape does not match this request")
  *                 job.jac_tape = &jac_tape.t             # <<<<<<<<<<<<<<
@@ -31327,7 +31539,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
 */
       __pyx_v_job.jac_tape = (&__pyx_v_jac_tape->t);
 
-      /* "jacext/_tape.pyx":555
+      /* "jacext/_tape.pyx":564
  *                 raise ValueError("jacext: Jacobians run forward or reverse")
  *             per = n_out * job.n_cols
  *             if jac_tape is not None:             # <<<<<<<<<<<<<<
@@ -31336,160 +31548,160 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
 */
     }
 
-    /* "jacext/_tape.pyx":551
+    /* "jacext/_tape.pyx":560
  *                 raise ValueError("jacext: a value batch needs y")
  *             per = 0
  *         elif job.task == JX_TASK_JACOBIAN:             # <<<<<<<<<<<<<<
  *             if mode != JX_MODE_FORWARD and mode != JX_MODE_REVERSE:
  *                 raise ValueError("jacext: Jacobians run forward or reverse")
 */
-    goto __pyx_L8;
+    goto __pyx_L10;
   }
 
-  /* "jacext/_tape.pyx":559
+  /* "jacext/_tape.pyx":568
  *                     raise ValueError("jacext: the Jacobian tape does not match this request")
  *                 job.jac_tape = &jac_tape.t
  *         elif job.task == JX_TASK_JVP or job.task == JX_TASK_VJP:             # <<<<<<<<<<<<<<
  *             job.seed = <const double *>_buf(
  *                 seed, cnp.NPY_DOUBLE, n_points * (n_in if job.task == JX_TASK_JVP else n_out),
 */
-  __pyx_t_10 = (__pyx_v_job.task == JX_TASK_JVP);
+  __pyx_t_13 = (__pyx_v_job.task == JX_TASK_JVP);
 
-  if (!__pyx_t_10) {
+  if (!__pyx_t_13) {
 
   } else {
 
-    __pyx_t_2 = __pyx_t_10;
+    __pyx_t_11 = __pyx_t_13;
 
-    goto __pyx_L17_bool_binop_done;
+    goto __pyx_L19_bool_binop_done;
   }
-  __pyx_t_10 = (__pyx_v_job.task == JX_TASK_VJP);
+  __pyx_t_13 = (__pyx_v_job.task == JX_TASK_VJP);
 
 
-  __pyx_t_2 = __pyx_t_10;
+  __pyx_t_11 = __pyx_t_13;
 
-  __pyx_L17_bool_binop_done:;
-  if (__pyx_t_2) {
+  __pyx_L19_bool_binop_done:;
+  if (__pyx_t_11) {
 
 
-    /* "jacext/_tape.pyx":561
+    /* "jacext/_tape.pyx":570
  *         elif job.task == JX_TASK_JVP or job.task == JX_TASK_VJP:
  *             job.seed = <const double *>_buf(
  *                 seed, cnp.NPY_DOUBLE, n_points * (n_in if job.task == JX_TASK_JVP else n_out),             # <<<<<<<<<<<<<<
  *                 "seed")
  *             per = n_out if job.task == JX_TASK_JVP else n_in
 */
-    __pyx_t_2 = (__pyx_v_job.task == JX_TASK_JVP);
+    __pyx_t_11 = (__pyx_v_job.task == JX_TASK_JVP);
 
-    if (__pyx_t_2) {
+    if (__pyx_t_11) {
 
-      __pyx_t_1 = __pyx_v_n_in;
+      __pyx_t_10 = __pyx_v_n_in;
     } else {
 
-      __pyx_t_1 = __pyx_v_n_out;
+      __pyx_t_10 = __pyx_v_n_out;
     }
 
 
-    /* "jacext/_tape.pyx":560
+    /* "jacext/_tape.pyx":569
  *                 job.jac_tape = &jac_tape.t
  *         elif job.task == JX_TASK_JVP or job.task == JX_TASK_VJP:
  *             job.seed = <const double *>_buf(             # <<<<<<<<<<<<<<
  *                 seed, cnp.NPY_DOUBLE, n_points * (n_in if job.task == JX_TASK_JVP else n_out),
  *                 "seed")
 */
-    __pyx_t_11 = __pyx_f_6jacext_5_tape__buf(__pyx_v_seed, NPY_DOUBLE, (__pyx_v_n_points * __pyx_t_1), __pyx_mstate_global->__pyx_n_u_seed); if (unlikely(__pyx_t_11 == ((void *)NULL))) __PYX_ERR(0, 560, __pyx_L1_error)
+    __pyx_t_14 = __pyx_f_6jacext_5_tape__buf(__pyx_v_seed, NPY_DOUBLE, (__pyx_v_n_points * __pyx_t_10), __pyx_mstate_global->__pyx_n_u_seed); if (unlikely(__pyx_t_14 == ((void *)NULL))) __PYX_ERR(0, 569, __pyx_L1_error)
 
-    __pyx_v_job.seed = ((double const *)__pyx_t_11);
+    __pyx_v_job.seed = ((double const *)__pyx_t_14);
 
 
-    /* "jacext/_tape.pyx":563
+    /* "jacext/_tape.pyx":572
  *                 seed, cnp.NPY_DOUBLE, n_points * (n_in if job.task == JX_TASK_JVP else n_out),
  *                 "seed")
  *             per = n_out if job.task == JX_TASK_JVP else n_in             # <<<<<<<<<<<<<<
  *         elif job.task == JX_TASK_COMPRESSED:
  *             if mode != JX_MODE_FORWARD and mode != JX_MODE_REVERSE:
 */
-    __pyx_t_2 = (__pyx_v_job.task == JX_TASK_JVP);
+    __pyx_t_11 = (__pyx_v_job.task == JX_TASK_JVP);
 
-    if (__pyx_t_2) {
+    if (__pyx_t_11) {
 
-      __pyx_t_1 = __pyx_v_n_out;
+      __pyx_t_10 = __pyx_v_n_out;
     } else {
 
-      __pyx_t_1 = __pyx_v_n_in;
+      __pyx_t_10 = __pyx_v_n_in;
     }
 
-    __pyx_v_per = __pyx_t_1;
+    __pyx_v_per = __pyx_t_10;
 
-    /* "jacext/_tape.pyx":559
+    /* "jacext/_tape.pyx":568
  *                     raise ValueError("jacext: the Jacobian tape does not match this request")
  *                 job.jac_tape = &jac_tape.t
  *         elif job.task == JX_TASK_JVP or job.task == JX_TASK_VJP:             # <<<<<<<<<<<<<<
  *             job.seed = <const double *>_buf(
  *                 seed, cnp.NPY_DOUBLE, n_points * (n_in if job.task == JX_TASK_JVP else n_out),
 */
-    goto __pyx_L8;
+    goto __pyx_L10;
   }
 
-  /* "jacext/_tape.pyx":564
+  /* "jacext/_tape.pyx":573
  *                 "seed")
  *             per = n_out if job.task == JX_TASK_JVP else n_in
  *         elif job.task == JX_TASK_COMPRESSED:             # <<<<<<<<<<<<<<
  *             if mode != JX_MODE_FORWARD and mode != JX_MODE_REVERSE:
  *                 raise ValueError("jacext: compressed sweeps run forward or reverse")
 */
-  __pyx_t_2 = (__pyx_v_job.task == JX_TASK_COMPRESSED);
+  __pyx_t_11 = (__pyx_v_job.task == JX_TASK_COMPRESSED);
 
-  if (__pyx_t_2) {
+  if (__pyx_t_11) {
 
 
-    /* "jacext/_tape.pyx":565
+    /* "jacext/_tape.pyx":574
  *             per = n_out if job.task == JX_TASK_JVP else n_in
  *         elif job.task == JX_TASK_COMPRESSED:
  *             if mode != JX_MODE_FORWARD and mode != JX_MODE_REVERSE:             # <<<<<<<<<<<<<<
  *                 raise ValueError("jacext: compressed sweeps run forward or reverse")
  *             job.colour = <const int32_t *>_buf(
 */
-    __pyx_t_10 = (__pyx_v_mode != JX_MODE_FORWARD);
+    __pyx_t_13 = (__pyx_v_mode != JX_MODE_FORWARD);
 
-    if (__pyx_t_10) {
+    if (__pyx_t_13) {
 
     } else {
 
-      __pyx_t_2 = __pyx_t_10;
+      __pyx_t_11 = __pyx_t_13;
 
-      goto __pyx_L20_bool_binop_done;
+      goto __pyx_L22_bool_binop_done;
     }
-    __pyx_t_10 = (__pyx_v_mode != JX_MODE_REVERSE);
+    __pyx_t_13 = (__pyx_v_mode != JX_MODE_REVERSE);
 
 
-    __pyx_t_2 = __pyx_t_10;
+    __pyx_t_11 = __pyx_t_13;
 
-    __pyx_L20_bool_binop_done:;
-    if (unlikely(__pyx_t_2)) {
+    __pyx_L22_bool_binop_done:;
+    if (unlikely(__pyx_t_11)) {
 
 
-      /* "jacext/_tape.pyx":566
+      /* "jacext/_tape.pyx":575
  *         elif job.task == JX_TASK_COMPRESSED:
  *             if mode != JX_MODE_FORWARD and mode != JX_MODE_REVERSE:
  *                 raise ValueError("jacext: compressed sweeps run forward or reverse")             # <<<<<<<<<<<<<<
  *             job.colour = <const int32_t *>_buf(
  *                 colour, cnp.NPY_INT32, job.n_cols if mode == JX_MODE_FORWARD else n_out,
 */
-      __pyx_t_6 = NULL;
-      __pyx_t_8 = 1;
+      __pyx_t_8 = NULL;
+      __pyx_t_9 = 1;
       {
-        PyObject *__pyx_callargs[2] = {__pyx_t_6, __pyx_mstate_global->__pyx_kp_u_jacext_compressed_sweeps_run_for};
-        __pyx_t_4 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_8, (2-__pyx_t_8) | (__pyx_t_8*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
-        __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
-        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 566, __pyx_L1_error)
-        __Pyx_GOTREF(__pyx_t_4);
+        PyObject *__pyx_callargs[2] = {__pyx_t_8, __pyx_mstate_global->__pyx_kp_u_jacext_compressed_sweeps_run_for};
+        __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_9, (2-__pyx_t_9) | (__pyx_t_9*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
+        __Pyx_XDECREF(__pyx_t_8); __pyx_t_8 = 0;
+        if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 575, __pyx_L1_error)
+        __Pyx_GOTREF(__pyx_t_1);
       }
-      __Pyx_Raise(__pyx_t_4, 0, 0, 0);
-      __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-      __PYX_ERR(0, 566, __pyx_L1_error)
+      __Pyx_Raise(__pyx_t_1, 0, 0, 0);
+      __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
+      __PYX_ERR(0, 575, __pyx_L1_error)
 
-      /* "jacext/_tape.pyx":565
+      /* "jacext/_tape.pyx":574
  *             per = n_out if job.task == JX_TASK_JVP else n_in
  *         elif job.task == JX_TASK_COMPRESSED:
  *             if mode != JX_MODE_FORWARD and mode != JX_MODE_REVERSE:             # <<<<<<<<<<<<<<
@@ -31498,47 +31710,47 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
 */
     }
 
-    /* "jacext/_tape.pyx":568
+    /* "jacext/_tape.pyx":577
  *                 raise ValueError("jacext: compressed sweeps run forward or reverse")
  *             job.colour = <const int32_t *>_buf(
  *                 colour, cnp.NPY_INT32, job.n_cols if mode == JX_MODE_FORWARD else n_out,             # <<<<<<<<<<<<<<
  *                 "colour")
  *             self._check_colours(colour, n_colours)
 */
-    __pyx_t_2 = (__pyx_v_mode == JX_MODE_FORWARD);
+    __pyx_t_11 = (__pyx_v_mode == JX_MODE_FORWARD);
 
-    if (__pyx_t_2) {
+    if (__pyx_t_11) {
 
-      __pyx_t_1 = __pyx_v_job.n_cols;
+      __pyx_t_10 = __pyx_v_job.n_cols;
     } else {
 
-      __pyx_t_1 = __pyx_v_n_out;
+      __pyx_t_10 = __pyx_v_n_out;
     }
 
 
-    /* "jacext/_tape.pyx":567
+    /* "jacext/_tape.pyx":576
  *             if mode != JX_MODE_FORWARD and mode != JX_MODE_REVERSE:
  *                 raise ValueError("jacext: compressed sweeps run forward or reverse")
  *             job.colour = <const int32_t *>_buf(             # <<<<<<<<<<<<<<
  *                 colour, cnp.NPY_INT32, job.n_cols if mode == JX_MODE_FORWARD else n_out,
  *                 "colour")
 */
-    __pyx_t_11 = __pyx_f_6jacext_5_tape__buf(__pyx_v_colour, NPY_INT32, __pyx_t_1, __pyx_mstate_global->__pyx_n_u_colour); if (unlikely(__pyx_t_11 == ((void *)NULL))) __PYX_ERR(0, 567, __pyx_L1_error)
+    __pyx_t_14 = __pyx_f_6jacext_5_tape__buf(__pyx_v_colour, NPY_INT32, __pyx_t_10, __pyx_mstate_global->__pyx_n_u_colour); if (unlikely(__pyx_t_14 == ((void *)NULL))) __PYX_ERR(0, 576, __pyx_L1_error)
 
-    __pyx_v_job.colour = ((int32_t const *)__pyx_t_11);
+    __pyx_v_job.colour = ((int32_t const *)__pyx_t_14);
 
 
-    /* "jacext/_tape.pyx":570
+    /* "jacext/_tape.pyx":579
  *                 colour, cnp.NPY_INT32, job.n_cols if mode == JX_MODE_FORWARD else n_out,
  *                 "colour")
  *             self._check_colours(colour, n_colours)             # <<<<<<<<<<<<<<
  *             job.n_colours = n_colours
  *             per = n_out * n_colours if mode == JX_MODE_FORWARD else n_colours * job.n_cols
 */
-    __pyx_t_9 = ((struct __pyx_vtabstruct_6jacext_5_tape_Tape *)__pyx_v_self->__pyx_vtab)->_check_colours(__pyx_v_self, __pyx_v_colour, __pyx_v_n_colours); if (unlikely(__pyx_t_9 == ((int)-1))) __PYX_ERR(0, 570, __pyx_L1_error)
+    __pyx_t_16 = ((struct __pyx_vtabstruct_6jacext_5_tape_Tape *)__pyx_v_self->__pyx_vtab)->_check_colours(__pyx_v_self, __pyx_v_colour, __pyx_v_n_colours); if (unlikely(__pyx_t_16 == ((int)-1))) __PYX_ERR(0, 579, __pyx_L1_error)
 
 
-    /* "jacext/_tape.pyx":571
+    /* "jacext/_tape.pyx":580
  *                 "colour")
  *             self._check_colours(colour, n_colours)
  *             job.n_colours = n_colours             # <<<<<<<<<<<<<<
@@ -31547,36 +31759,36 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
 */
     __pyx_v_job.n_colours = __pyx_v_n_colours;
 
-    /* "jacext/_tape.pyx":572
+    /* "jacext/_tape.pyx":581
  *             self._check_colours(colour, n_colours)
  *             job.n_colours = n_colours
  *             per = n_out * n_colours if mode == JX_MODE_FORWARD else n_colours * job.n_cols             # <<<<<<<<<<<<<<
  *         else:   # cones
  *             if cones is None or cones.tape is not self:
 */
-    __pyx_t_2 = (__pyx_v_mode == JX_MODE_FORWARD);
+    __pyx_t_11 = (__pyx_v_mode == JX_MODE_FORWARD);
 
-    if (__pyx_t_2) {
+    if (__pyx_t_11) {
 
-      __pyx_t_1 = (__pyx_v_n_out * __pyx_v_n_colours);
+      __pyx_t_10 = (__pyx_v_n_out * __pyx_v_n_colours);
     } else {
 
-      __pyx_t_1 = (__pyx_v_n_colours * __pyx_v_job.n_cols);
+      __pyx_t_10 = (__pyx_v_n_colours * __pyx_v_job.n_cols);
     }
 
-    __pyx_v_per = __pyx_t_1;
+    __pyx_v_per = __pyx_t_10;
 
-    /* "jacext/_tape.pyx":564
+    /* "jacext/_tape.pyx":573
  *                 "seed")
  *             per = n_out if job.task == JX_TASK_JVP else n_in
  *         elif job.task == JX_TASK_COMPRESSED:             # <<<<<<<<<<<<<<
  *             if mode != JX_MODE_FORWARD and mode != JX_MODE_REVERSE:
  *                 raise ValueError("jacext: compressed sweeps run forward or reverse")
 */
-    goto __pyx_L8;
+    goto __pyx_L10;
   }
 
-  /* "jacext/_tape.pyx":574
+  /* "jacext/_tape.pyx":583
  *             per = n_out * n_colours if mode == JX_MODE_FORWARD else n_colours * job.n_cols
  *         else:   # cones
  *             if cones is None or cones.tape is not self:             # <<<<<<<<<<<<<<
@@ -31584,44 +31796,44 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
  *             job.mode = JX_MODE_SUBGRAPH
 */
   /*else*/ {
-    __pyx_t_10 = (((PyObject *)__pyx_v_cones) == Py_None);
-    if (!__pyx_t_10) {
+    __pyx_t_13 = (((PyObject *)__pyx_v_cones) == Py_None);
+    if (!__pyx_t_13) {
 
     } else {
 
-      __pyx_t_2 = __pyx_t_10;
+      __pyx_t_11 = __pyx_t_13;
 
-      goto __pyx_L23_bool_binop_done;
+      goto __pyx_L25_bool_binop_done;
     }
-    __pyx_t_10 = (__pyx_v_cones->tape != __pyx_v_self);
+    __pyx_t_13 = (__pyx_v_cones->tape != __pyx_v_self);
 
-    __pyx_t_2 = __pyx_t_10;
+    __pyx_t_11 = __pyx_t_13;
 
-    __pyx_L23_bool_binop_done:;
-    if (unlikely(__pyx_t_2)) {
+    __pyx_L25_bool_binop_done:;
+    if (unlikely(__pyx_t_11)) {
 
 
-      /* "jacext/_tape.pyx":575
+      /* "jacext/_tape.pyx":584
  *         else:   # cones
  *             if cones is None or cones.tape is not self:
  *                 raise ValueError("jacext: cones must come from this tape's cones()")             # <<<<<<<<<<<<<<
  *             job.mode = JX_MODE_SUBGRAPH
  *             job.cone_ptr = cones.cp
 */
-      __pyx_t_6 = NULL;
-      __pyx_t_8 = 1;
+      __pyx_t_8 = NULL;
+      __pyx_t_9 = 1;
       {
-        PyObject *__pyx_callargs[2] = {__pyx_t_6, __pyx_mstate_global->__pyx_kp_u_jacext_cones_must_come_from_this};
-        __pyx_t_4 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_8, (2-__pyx_t_8) | (__pyx_t_8*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
-        __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
-        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 575, __pyx_L1_error)
-        __Pyx_GOTREF(__pyx_t_4);
+        PyObject *__pyx_callargs[2] = {__pyx_t_8, __pyx_mstate_global->__pyx_kp_u_jacext_cones_must_come_from_this};
+        __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_9, (2-__pyx_t_9) | (__pyx_t_9*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
+        __Pyx_XDECREF(__pyx_t_8); __pyx_t_8 = 0;
+        if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 584, __pyx_L1_error)
+        __Pyx_GOTREF(__pyx_t_1);
       }
-      __Pyx_Raise(__pyx_t_4, 0, 0, 0);
-      __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-      __PYX_ERR(0, 575, __pyx_L1_error)
+      __Pyx_Raise(__pyx_t_1, 0, 0, 0);
+      __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
+      __PYX_ERR(0, 584, __pyx_L1_error)
 
-      /* "jacext/_tape.pyx":574
+      /* "jacext/_tape.pyx":583
  *             per = n_out * n_colours if mode == JX_MODE_FORWARD else n_colours * job.n_cols
  *         else:   # cones
  *             if cones is None or cones.tape is not self:             # <<<<<<<<<<<<<<
@@ -31630,7 +31842,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
 */
     }
 
-    /* "jacext/_tape.pyx":576
+    /* "jacext/_tape.pyx":585
  *             if cones is None or cones.tape is not self:
  *                 raise ValueError("jacext: cones must come from this tape's cones()")
  *             job.mode = JX_MODE_SUBGRAPH             # <<<<<<<<<<<<<<
@@ -31639,87 +31851,87 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
 */
     __pyx_v_job.mode = JX_MODE_SUBGRAPH;
 
-    /* "jacext/_tape.pyx":577
+    /* "jacext/_tape.pyx":586
  *                 raise ValueError("jacext: cones must come from this tape's cones()")
  *             job.mode = JX_MODE_SUBGRAPH
  *             job.cone_ptr = cones.cp             # <<<<<<<<<<<<<<
  *             job.cone = cones.cn
  *             job.row_ptr = cones.rp
 */
-    __pyx_t_13 = __pyx_v_cones->cp;
+    __pyx_t_17 = __pyx_v_cones->cp;
 
-    __pyx_v_job.cone_ptr = __pyx_t_13;
+    __pyx_v_job.cone_ptr = __pyx_t_17;
 
-    /* "jacext/_tape.pyx":578
+    /* "jacext/_tape.pyx":587
  *             job.mode = JX_MODE_SUBGRAPH
  *             job.cone_ptr = cones.cp
  *             job.cone = cones.cn             # <<<<<<<<<<<<<<
  *             job.row_ptr = cones.rp
  *             job.nz_input = cones.nz
 */
-    __pyx_t_14 = __pyx_v_cones->cn;
+    __pyx_t_18 = __pyx_v_cones->cn;
 
-    __pyx_v_job.cone = __pyx_t_14;
+    __pyx_v_job.cone = __pyx_t_18;
 
-    /* "jacext/_tape.pyx":579
+    /* "jacext/_tape.pyx":588
  *             job.cone_ptr = cones.cp
  *             job.cone = cones.cn
  *             job.row_ptr = cones.rp             # <<<<<<<<<<<<<<
  *             job.nz_input = cones.nz
  *             per = cones.nz_input.shape[0]
 */
-    __pyx_t_15 = __pyx_v_cones->rp;
+    __pyx_t_19 = __pyx_v_cones->rp;
 
-    __pyx_v_job.row_ptr = __pyx_t_15;
+    __pyx_v_job.row_ptr = __pyx_t_19;
 
-    /* "jacext/_tape.pyx":580
+    /* "jacext/_tape.pyx":589
  *             job.cone = cones.cn
  *             job.row_ptr = cones.rp
  *             job.nz_input = cones.nz             # <<<<<<<<<<<<<<
  *             per = cones.nz_input.shape[0]
  *         if job.task != JX_TASK_VALUE:
 */
-    __pyx_t_16 = __pyx_v_cones->nz;
+    __pyx_t_20 = __pyx_v_cones->nz;
 
-    __pyx_v_job.nz_input = __pyx_t_16;
+    __pyx_v_job.nz_input = __pyx_t_20;
 
-    /* "jacext/_tape.pyx":581
+    /* "jacext/_tape.pyx":590
  *             job.row_ptr = cones.rp
  *             job.nz_input = cones.nz
  *             per = cones.nz_input.shape[0]             # <<<<<<<<<<<<<<
  *         if job.task != JX_TASK_VALUE:
  *             job.out = _out(out, n_points * per, "out")
 */
-    __pyx_t_4 = ((PyObject *)__pyx_v_cones->nz_input);
-    __Pyx_INCREF(__pyx_t_4);
-    __pyx_v_per = (__pyx_f_5numpy_7ndarray_5shape___get__(((PyArrayObject *)__pyx_t_4))[0]);
-    __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
+    __pyx_t_1 = ((PyObject *)__pyx_v_cones->nz_input);
+    __Pyx_INCREF(__pyx_t_1);
+    __pyx_v_per = (__pyx_f_5numpy_7ndarray_5shape___get__(((PyArrayObject *)__pyx_t_1))[0]);
+    __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   }
-  __pyx_L8:;
+  __pyx_L10:;
 
-  /* "jacext/_tape.pyx":582
+  /* "jacext/_tape.pyx":591
  *             job.nz_input = cones.nz
  *             per = cones.nz_input.shape[0]
  *         if job.task != JX_TASK_VALUE:             # <<<<<<<<<<<<<<
  *             job.out = _out(out, n_points * per, "out")
  *         with nogil:
 */
-  __pyx_t_2 = (__pyx_v_job.task != JX_TASK_VALUE);
+  __pyx_t_11 = (__pyx_v_job.task != JX_TASK_VALUE);
 
-  if (__pyx_t_2) {
+  if (__pyx_t_11) {
 
 
-    /* "jacext/_tape.pyx":583
+    /* "jacext/_tape.pyx":592
  *             per = cones.nz_input.shape[0]
  *         if job.task != JX_TASK_VALUE:
  *             job.out = _out(out, n_points * per, "out")             # <<<<<<<<<<<<<<
  *         with nogil:
  *             st = jx_batch_run(&self.t, &job, threads)
 */
-    __pyx_t_12 = __pyx_f_6jacext_5_tape__out(__pyx_v_out, (__pyx_v_n_points * __pyx_v_per), __pyx_mstate_global->__pyx_n_u_out); if (unlikely(__pyx_t_12 == ((void *)NULL))) __PYX_ERR(0, 583, __pyx_L1_error)
-    __pyx_v_job.out = __pyx_t_12;
+    __pyx_t_15 = __pyx_f_6jacext_5_tape__out(__pyx_v_out, (__pyx_v_n_points * __pyx_v_per), __pyx_mstate_global->__pyx_n_u_out); if (unlikely(__pyx_t_15 == ((void *)NULL))) __PYX_ERR(0, 592, __pyx_L1_error)
+    __pyx_v_job.out = __pyx_t_15;
 
-    /* "jacext/_tape.pyx":582
+    /* "jacext/_tape.pyx":591
  *             job.nz_input = cones.nz
  *             per = cones.nz_input.shape[0]
  *         if job.task != JX_TASK_VALUE:             # <<<<<<<<<<<<<<
@@ -31728,7 +31940,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
 */
   }
 
-  /* "jacext/_tape.pyx":584
+  /* "jacext/_tape.pyx":593
  *         if job.task != JX_TASK_VALUE:
  *             job.out = _out(out, n_points * per, "out")
  *         with nogil:             # <<<<<<<<<<<<<<
@@ -31741,7 +31953,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
       __Pyx_FastGIL_Remember();
       /*try:*/ {
 
-        /* "jacext/_tape.pyx":585
+        /* "jacext/_tape.pyx":594
  *             job.out = _out(out, n_points * per, "out")
  *         with nogil:
  *             st = jx_batch_run(&self.t, &job, threads)             # <<<<<<<<<<<<<<
@@ -31751,7 +31963,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
         __pyx_v_st = jx_batch_run((&__pyx_v_self->t), (&__pyx_v_job), __pyx_v_threads);
       }
 
-      /* "jacext/_tape.pyx":584
+      /* "jacext/_tape.pyx":593
  *         if job.task != JX_TASK_VALUE:
  *             job.out = _out(out, n_points * per, "out")
  *         with nogil:             # <<<<<<<<<<<<<<
@@ -31762,50 +31974,54 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
         /*normal exit:*/{
           __Pyx_FastGIL_Forget();
           PyEval_RestoreThread(_save);
-          goto __pyx_L28;
+          goto __pyx_L30;
         }
-        __pyx_L28:;
+        __pyx_L30:;
       }
   }
 
-  /* "jacext/_tape.pyx":586
+  /* "jacext/_tape.pyx":595
  *         with nogil:
  *             st = jx_batch_run(&self.t, &job, threads)
  *         return raise_status(st)             # <<<<<<<<<<<<<<
  * 
  *     # ---- sparsity ----
 */
-  __pyx_t_9 = __pyx_f_6jacext_5_tape_raise_status(__pyx_v_st); if (unlikely(__pyx_t_9 == ((int)-1))) __PYX_ERR(0, 586, __pyx_L1_error)
-  __pyx_t_4 = __Pyx_PyLong_From_int(__pyx_t_9); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 586, __pyx_L1_error)
-  __Pyx_GOTREF(__pyx_t_4);
+  __pyx_t_16 = __pyx_f_6jacext_5_tape_raise_status(__pyx_v_st); if (unlikely(__pyx_t_16 == ((int)-1))) __PYX_ERR(0, 595, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyLong_From_int(__pyx_t_16); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 595, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_1);
 
   {
     PyObject *__pyx_temp;
     {
       __pyx_temp = __pyx_r;
-      __pyx_r = __pyx_t_4;
+      __pyx_r = __pyx_t_1;
     }
     __Pyx_XDECREF(__pyx_temp);
   }
-  __pyx_t_4 = 0;
+  __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "jacext/_tape.pyx":507
- *     # ---- batches: rows of x, threads splitting them ----
+  /* "jacext/_tape.pyx":524
+ *                         jac_tape, cones)
  * 
- *     def batch(self, str task, cnp.ndarray x, cnp.ndarray y, cnp.ndarray out,             # <<<<<<<<<<<<<<
- *                 int threads=1, int mode=0, cnp.ndarray seed=None, cnp.ndarray cols=None,
- *                 cnp.ndarray colour=None, int32_t n_colours=0, Tape jac_tape=None,
+ *     cpdef run(self, int task, cnp.ndarray x, cnp.ndarray y, cnp.ndarray out, int threads,             # <<<<<<<<<<<<<<
+ *               int mode, cnp.ndarray seed, cnp.ndarray cols, cnp.ndarray colour,
+ *               int32_t n_colours, Tape jac_tape, Cones cones):
 */
 
   /* function exit code */
   __pyx_L1_error:;
+  __Pyx_XDECREF(__pyx_t_1);
+  __Pyx_XDECREF(__pyx_t_2);
+  __Pyx_XDECREF(__pyx_t_3);
   __Pyx_XDECREF(__pyx_t_4);
   __Pyx_XDECREF(__pyx_t_5);
   __Pyx_XDECREF(__pyx_t_6);
   __Pyx_XDECREF(__pyx_t_7);
-  __Pyx_AddTraceback("jacext._tape.Tape.batch", __pyx_clineno, __pyx_lineno, __pyx_filename);
-  __pyx_r = NULL;
+  __Pyx_XDECREF(__pyx_t_8);
+  __Pyx_AddTraceback("jacext._tape.Tape.run", __pyx_clineno, __pyx_lineno, __pyx_filename);
+  __pyx_r = 0;
   __pyx_L0:;
 
 
@@ -31818,7 +32034,234 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
   return __pyx_r;
 }
 
-/* "jacext/_tape.pyx":590
+/* Python wrapper */
+static PyObject *__pyx_pw_6jacext_5_tape_4Tape_27run(PyObject *__pyx_v_self, 
+#if CYTHON_VECTORCALL
+PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
+#else
+PyObject *__pyx_args, PyObject *__pyx_kwds
+#endif
+); /*proto*/
+PyDoc_STRVAR(__pyx_doc_6jacext_5_tape_4Tape_26run, "Tape.run(self, int task, ndarray x, ndarray y, ndarray out, int threads, int mode, ndarray seed, ndarray cols, ndarray colour, int32_t n_colours, Tape jac_tape, Cones cones)\n\n:meth:`batch` with the task\047s number and every argument given (a C call).");
+static PyMethodDef __pyx_mdef_6jacext_5_tape_4Tape_27run = {"run", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6jacext_5_tape_4Tape_27run, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6jacext_5_tape_4Tape_26run};
+static PyObject *__pyx_pw_6jacext_5_tape_4Tape_27run(PyObject *__pyx_v_self, 
+#if CYTHON_VECTORCALL
+PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
+#else
+PyObject *__pyx_args, PyObject *__pyx_kwds
+#endif
+) {
+  int __pyx_v_task;
+  PyArrayObject *__pyx_v_x = 0;
+  PyArrayObject *__pyx_v_y = 0;
+  PyArrayObject *__pyx_v_out = 0;
+  int __pyx_v_threads;
+  int __pyx_v_mode;
+  PyArrayObject *__pyx_v_seed = 0;
+  PyArrayObject *__pyx_v_cols = 0;
+  PyArrayObject *__pyx_v_colour = 0;
+  int32_t __pyx_v_n_colours;
+  struct __pyx_obj_6jacext_5_tape_Tape *__pyx_v_jac_tape = 0;
+  struct __pyx_obj_6jacext_5_tape_Cones *__pyx_v_cones = 0;
+  #if !CYTHON_VECTORCALL
+  CYTHON_UNUSED Py_ssize_t __pyx_nargs;
+  #endif
+  CYTHON_UNUSED PyObject *const *__pyx_kwvalues;
+  PyObject* values[12] = {0,0,0,0,0,0,0,0,0,0,0,0};
+  int __pyx_lineno = 0;
+  const char *__pyx_filename = NULL;
+  int __pyx_clineno = 0;
+  PyObject *__pyx_r = 0;
+  __Pyx_RefNannyDeclarations
+  __Pyx_RefNannySetupContext("run (wrapper)", 0);
+  #if !CYTHON_VECTORCALL
+  #if CYTHON_ASSUME_SAFE_SIZE
+  __pyx_nargs = PyTuple_GET_SIZE(__pyx_args);
+  #else
+  __pyx_nargs = PyTuple_Size(__pyx_args); if (unlikely(__pyx_nargs < 0)) return NULL;
+  #endif
+  #endif
+  __pyx_kwvalues = __Pyx_KwValues_FASTCALL(__pyx_args, __pyx_nargs);
+  {
+    PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_task,&__pyx_mstate_global->__pyx_n_u_x,&__pyx_mstate_global->__pyx_n_u_y,&__pyx_mstate_global->__pyx_n_u_out,&__pyx_mstate_global->__pyx_n_u_threads,&__pyx_mstate_global->__pyx_n_u_mode,&__pyx_mstate_global->__pyx_n_u_seed,&__pyx_mstate_global->__pyx_n_u_cols,&__pyx_mstate_global->__pyx_n_u_colour,&__pyx_mstate_global->__pyx_n_u_n_colours,&__pyx_mstate_global->__pyx_n_u_jac_tape,&__pyx_mstate_global->__pyx_n_u_cones,0};
+    const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 524, __pyx_L3_error)
+    if (__pyx_kwds_len > 0) {
+      switch (__pyx_nargs) {
+        case 12:
+        values[11] = __Pyx_ArgRef_FASTCALL(__pyx_args, 11);
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[11])) __PYX_ERR(0, 524, __pyx_L3_error)
+        CYTHON_FALLTHROUGH;
+        case 11:
+        values[10] = __Pyx_ArgRef_FASTCALL(__pyx_args, 10);
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[10])) __PYX_ERR(0, 524, __pyx_L3_error)
+        CYTHON_FALLTHROUGH;
+        case 10:
+        values[9] = __Pyx_ArgRef_FASTCALL(__pyx_args, 9);
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[9])) __PYX_ERR(0, 524, __pyx_L3_error)
+        CYTHON_FALLTHROUGH;
+        case  9:
+        values[8] = __Pyx_ArgRef_FASTCALL(__pyx_args, 8);
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[8])) __PYX_ERR(0, 524, __pyx_L3_error)
+        CYTHON_FALLTHROUGH;
+        case  8:
+        values[7] = __Pyx_ArgRef_FASTCALL(__pyx_args, 7);
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[7])) __PYX_ERR(0, 524, __pyx_L3_error)
+        CYTHON_FALLTHROUGH;
+        case  7:
+        values[6] = __Pyx_ArgRef_FASTCALL(__pyx_args, 6);
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[6])) __PYX_ERR(0, 524, __pyx_L3_error)
+        CYTHON_FALLTHROUGH;
+        case  6:
+        values[5] = __Pyx_ArgRef_FASTCALL(__pyx_args, 5);
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[5])) __PYX_ERR(0, 524, __pyx_L3_error)
+        CYTHON_FALLTHROUGH;
+        case  5:
+        values[4] = __Pyx_ArgRef_FASTCALL(__pyx_args, 4);
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 524, __pyx_L3_error)
+        CYTHON_FALLTHROUGH;
+        case  4:
+        values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 524, __pyx_L3_error)
+        CYTHON_FALLTHROUGH;
+        case  3:
+        values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 524, __pyx_L3_error)
+        CYTHON_FALLTHROUGH;
+        case  2:
+        values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 524, __pyx_L3_error)
+        CYTHON_FALLTHROUGH;
+        case  1:
+        values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 524, __pyx_L3_error)
+        CYTHON_FALLTHROUGH;
+        case  0: break;
+        default: goto __pyx_L5_argtuple_error;
+      }
+      const Py_ssize_t kwd_pos_args = __pyx_nargs;
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "run", 0) < (0)) __PYX_ERR(0, 524, __pyx_L3_error)
+      for (Py_ssize_t i = __pyx_nargs; i < 12; i++) {
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("run", 1, 12, 12, i); __PYX_ERR(0, 524, __pyx_L3_error) }
+      }
+    } else if (unlikely(__pyx_nargs != 12)) {
+      goto __pyx_L5_argtuple_error;
+    } else {
+      values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 524, __pyx_L3_error)
+      values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 524, __pyx_L3_error)
+      values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 524, __pyx_L3_error)
+      values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 524, __pyx_L3_error)
+      values[4] = __Pyx_ArgRef_FASTCALL(__pyx_args, 4);
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 524, __pyx_L3_error)
+      values[5] = __Pyx_ArgRef_FASTCALL(__pyx_args, 5);
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[5])) __PYX_ERR(0, 524, __pyx_L3_error)
+      values[6] = __Pyx_ArgRef_FASTCALL(__pyx_args, 6);
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[6])) __PYX_ERR(0, 524, __pyx_L3_error)
+      values[7] = __Pyx_ArgRef_FASTCALL(__pyx_args, 7);
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[7])) __PYX_ERR(0, 524, __pyx_L3_error)
+      values[8] = __Pyx_ArgRef_FASTCALL(__pyx_args, 8);
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[8])) __PYX_ERR(0, 524, __pyx_L3_error)
+      values[9] = __Pyx_ArgRef_FASTCALL(__pyx_args, 9);
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[9])) __PYX_ERR(0, 524, __pyx_L3_error)
+      values[10] = __Pyx_ArgRef_FASTCALL(__pyx_args, 10);
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[10])) __PYX_ERR(0, 524, __pyx_L3_error)
+      values[11] = __Pyx_ArgRef_FASTCALL(__pyx_args, 11);
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[11])) __PYX_ERR(0, 524, __pyx_L3_error)
+    }
+    __pyx_v_task = __Pyx_PyLong_As_int(values[0]); if (unlikely((__pyx_v_task == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 524, __pyx_L3_error)
+    __pyx_v_x = ((PyArrayObject *)values[1]);
+    __pyx_v_y = ((PyArrayObject *)values[2]);
+    __pyx_v_out = ((PyArrayObject *)values[3]);
+    __pyx_v_threads = __Pyx_PyLong_As_int(values[4]); if (unlikely((__pyx_v_threads == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 524, __pyx_L3_error)
+    __pyx_v_mode = __Pyx_PyLong_As_int(values[5]); if (unlikely((__pyx_v_mode == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 525, __pyx_L3_error)
+    __pyx_v_seed = ((PyArrayObject *)values[6]);
+    __pyx_v_cols = ((PyArrayObject *)values[7]);
+    __pyx_v_colour = ((PyArrayObject *)values[8]);
+    __pyx_v_n_colours = __Pyx_PyLong_As_int32_t(values[9]); if (unlikely((__pyx_v_n_colours == ((int32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 526, __pyx_L3_error)
+    __pyx_v_jac_tape = ((struct __pyx_obj_6jacext_5_tape_Tape *)values[10]);
+    __pyx_v_cones = ((struct __pyx_obj_6jacext_5_tape_Cones *)values[11]);
+  }
+  goto __pyx_L6_skip;
+  __pyx_L5_argtuple_error:;
+  __Pyx_RaiseArgtupleInvalid("run", 1, 12, 12, __pyx_nargs); __PYX_ERR(0, 524, __pyx_L3_error)
+  __pyx_L6_skip:;
+  goto __pyx_L4_argument_unpacking_done;
+  __pyx_L3_error:;
+  for (Py_ssize_t __pyx_temp=0; __pyx_temp < (Py_ssize_t)(sizeof(values)/sizeof(values[0])); ++__pyx_temp) {
+    Py_XDECREF(values[__pyx_temp]);
+  }
+  __Pyx_AddTraceback("jacext._tape.Tape.run", __pyx_clineno, __pyx_lineno, __pyx_filename);
+  __Pyx_RefNannyFinishContext();
+  return NULL;
+  __pyx_L4_argument_unpacking_done:;
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_x), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "x", 0))) __PYX_ERR(0, 524, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_y), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "y", 0))) __PYX_ERR(0, 524, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_out), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "out", 0))) __PYX_ERR(0, 524, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_seed), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "seed", 0))) __PYX_ERR(0, 525, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_cols), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "cols", 0))) __PYX_ERR(0, 525, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_colour), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "colour", 0))) __PYX_ERR(0, 525, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_jac_tape), __pyx_mstate_global->__pyx_ptype_6jacext_5_tape_Tape, 1, "jac_tape", 0))) __PYX_ERR(0, 526, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_cones), __pyx_mstate_global->__pyx_ptype_6jacext_5_tape_Cones, 1, "cones", 0))) __PYX_ERR(0, 526, __pyx_L1_error)
+  __pyx_r = __pyx_pf_6jacext_5_tape_4Tape_26run(((struct __pyx_obj_6jacext_5_tape_Tape *)__pyx_v_self), __pyx_v_task, __pyx_v_x, __pyx_v_y, __pyx_v_out, __pyx_v_threads, __pyx_v_mode, __pyx_v_seed, __pyx_v_cols, __pyx_v_colour, __pyx_v_n_colours, __pyx_v_jac_tape, __pyx_v_cones);
+
+  /* function exit code */
+  goto __pyx_L0;
+  __pyx_L1_error:;
+  __pyx_r = NULL;
+  for (Py_ssize_t __pyx_temp=0; __pyx_temp < (Py_ssize_t)(sizeof(values)/sizeof(values[0])); ++__pyx_temp) {
+    Py_XDECREF(values[__pyx_temp]);
+  }
+  goto __pyx_L7_cleaned_up;
+  __pyx_L0:;
+  for (Py_ssize_t __pyx_temp=0; __pyx_temp < (Py_ssize_t)(sizeof(values)/sizeof(values[0])); ++__pyx_temp) {
+    Py_XDECREF(values[__pyx_temp]);
+  }
+  __pyx_L7_cleaned_up:;
+
+
+
+
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26run(struct __pyx_obj_6jacext_5_tape_Tape *__pyx_v_self, int __pyx_v_task, PyArrayObject *__pyx_v_x, PyArrayObject *__pyx_v_y, PyArrayObject *__pyx_v_out, int __pyx_v_threads, int __pyx_v_mode, PyArrayObject *__pyx_v_seed, PyArrayObject *__pyx_v_cols, PyArrayObject *__pyx_v_colour, int32_t __pyx_v_n_colours, struct __pyx_obj_6jacext_5_tape_Tape *__pyx_v_jac_tape, struct __pyx_obj_6jacext_5_tape_Cones *__pyx_v_cones) {
+  PyObject *__pyx_r = NULL;
+  __Pyx_RefNannyDeclarations
+  PyObject *__pyx_t_1 = NULL;
+  int __pyx_lineno = 0;
+  const char *__pyx_filename = NULL;
+  int __pyx_clineno = 0;
+  __Pyx_RefNannySetupContext("run", 0);
+  __pyx_t_1 = __pyx_f_6jacext_5_tape_4Tape_run(__pyx_v_self, __pyx_v_task, __pyx_v_x, __pyx_v_y, __pyx_v_out, __pyx_v_threads, __pyx_v_mode, __pyx_v_seed, __pyx_v_cols, __pyx_v_colour, __pyx_v_n_colours, __pyx_v_jac_tape, __pyx_v_cones, 1); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 524, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_1);
+  {
+    PyObject *__pyx_temp;
+    {
+      __pyx_temp = __pyx_r;
+      __pyx_r = __pyx_t_1;
+    }
+    __Pyx_XDECREF(__pyx_temp);
+  }
+  __pyx_t_1 = 0;
+  goto __pyx_L0;
+
+  /* function exit code */
+  __pyx_L1_error:;
+  __Pyx_XDECREF(__pyx_t_1);
+  __Pyx_AddTraceback("jacext._tape.Tape.run", __pyx_clineno, __pyx_lineno, __pyx_filename);
+  __pyx_r = NULL;
+  __pyx_L0:;
+  __Pyx_XGIVEREF(__pyx_r);
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+/* "jacext/_tape.pyx":599
  *     # ---- sparsity ----
  * 
  *     def pattern(self, cnp.ndarray cols):             # <<<<<<<<<<<<<<
@@ -31827,16 +32270,16 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
 */
 
 /* Python wrapper */
-static PyObject *__pyx_pw_6jacext_5_tape_4Tape_27pattern(PyObject *__pyx_v_self, 
+static PyObject *__pyx_pw_6jacext_5_tape_4Tape_29pattern(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
 PyObject *__pyx_args, PyObject *__pyx_kwds
 #endif
 ); /*proto*/
-PyDoc_STRVAR(__pyx_doc_6jacext_5_tape_4Tape_26pattern, "Tape.pattern(self, ndarray cols)\n\n(indptr, indices), int32 and read-only: the exact structural pattern of the\noutputs with respect to the inputs ``cols`` (column k is input cols[k]).");
-static PyMethodDef __pyx_mdef_6jacext_5_tape_4Tape_27pattern = {"pattern", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6jacext_5_tape_4Tape_27pattern, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6jacext_5_tape_4Tape_26pattern};
-static PyObject *__pyx_pw_6jacext_5_tape_4Tape_27pattern(PyObject *__pyx_v_self, 
+PyDoc_STRVAR(__pyx_doc_6jacext_5_tape_4Tape_28pattern, "Tape.pattern(self, ndarray cols)\n\n(indptr, indices), int32 and read-only: the exact structural pattern of the\noutputs with respect to the inputs ``cols`` (column k is input cols[k]).");
+static PyMethodDef __pyx_mdef_6jacext_5_tape_4Tape_29pattern = {"pattern", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6jacext_5_tape_4Tape_29pattern, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6jacext_5_tape_4Tape_28pattern};
+static PyObject *__pyx_pw_6jacext_5_tape_4Tape_29pattern(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
@@ -31866,32 +32309,32 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_cols,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 590, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 599, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 590, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 599, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "pattern", 0) < (0)) __PYX_ERR(0, 590, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "pattern", 0) < (0)) __PYX_ERR(0, 599, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 1; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("pattern", 1, 1, 1, i); __PYX_ERR(0, 590, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("pattern", 1, 1, 1, i); __PYX_ERR(0, 599, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 1)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 590, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 599, __pyx_L3_error)
     }
     __pyx_v_cols = ((PyArrayObject *)values[0]);
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("pattern", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 590, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("pattern", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 599, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -31902,8 +32345,8 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   __Pyx_RefNannyFinishContext();
   return NULL;
   __pyx_L4_argument_unpacking_done:;
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_cols), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "cols", 0))) __PYX_ERR(0, 590, __pyx_L1_error)
-  __pyx_r = __pyx_pf_6jacext_5_tape_4Tape_26pattern(((struct __pyx_obj_6jacext_5_tape_Tape *)__pyx_v_self), __pyx_v_cols);
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_cols), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "cols", 0))) __PYX_ERR(0, 599, __pyx_L1_error)
+  __pyx_r = __pyx_pf_6jacext_5_tape_4Tape_28pattern(((struct __pyx_obj_6jacext_5_tape_Tape *)__pyx_v_self), __pyx_v_cols);
 
   /* function exit code */
   goto __pyx_L0;
@@ -31922,7 +32365,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   return __pyx_r;
 }
 
-static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26pattern(struct __pyx_obj_6jacext_5_tape_Tape *__pyx_v_self, PyArrayObject *__pyx_v_cols) {
+static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28pattern(struct __pyx_obj_6jacext_5_tape_Tape *__pyx_v_self, PyArrayObject *__pyx_v_cols) {
   PyArrayObject *__pyx_v_col_of_input = 0;
   int32_t *__pyx_v_indptr;
   int32_t *__pyx_v_indices;
@@ -31963,7 +32406,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26pattern(struct __pyx_obj_6jacex
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("pattern", 0);
 
-  /* "jacext/_tape.pyx":593
+  /* "jacext/_tape.pyx":602
  *         """(indptr, indices), int32 and read-only: the exact structural pattern of the
  *         outputs with respect to the inputs ``cols`` (column k is input cols[k])."""
  *         cdef cnp.ndarray col_of_input = np.full(max(self.t.n_in, 1), -1, dtype=np.int32)             # <<<<<<<<<<<<<<
@@ -31971,9 +32414,9 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26pattern(struct __pyx_obj_6jacex
  *         cdef int32_t *indices = NULL
 */
   __pyx_t_2 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 593, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 602, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_full); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 593, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_full); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 602, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
 
@@ -31990,12 +32433,12 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26pattern(struct __pyx_obj_6jacex
     __pyx_t_7 = __pyx_t_6;
   }
 
-  __pyx_t_3 = __Pyx_PyLong_From_long(__pyx_t_7); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 593, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_From_long(__pyx_t_7); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 602, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
 
-  __Pyx_GetModuleGlobalName(__pyx_t_9, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 593, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_9, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 602, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_9);
-  __pyx_t_10 = __Pyx_PyObject_GetAttrStr(__pyx_t_9, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 593, __pyx_L1_error)
+  __pyx_t_10 = __Pyx_PyObject_GetAttrStr(__pyx_t_9, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 602, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_10);
   __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
   #if CYTHON_VECTORCALL
@@ -32016,13 +32459,13 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26pattern(struct __pyx_obj_6jacex
     PyObject *__pyx_callargs[4] = {__pyx_t_2, __pyx_t_3, __pyx_mstate_global->__pyx_int_neg_1, __pyx_t_10};
     #if CYTHON_VECTORCALL
     __pyx_t_9 = __pyx_mstate_global->__pyx_tuple[3];
-    if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 593, __pyx_L1_error)
+    if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 602, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_9);
     #else
     {
       PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
       __pyx_t_9 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+3, 1);
-      if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 593, __pyx_L1_error)
+      if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 602, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_9);
     }
     #endif
@@ -32034,14 +32477,14 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26pattern(struct __pyx_obj_6jacex
     __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
     __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 593, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 602, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
-  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 593, __pyx_L1_error)
+  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 602, __pyx_L1_error)
   __pyx_v_col_of_input = ((PyArrayObject *)__pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "jacext/_tape.pyx":594
+  /* "jacext/_tape.pyx":603
  *         outputs with respect to the inputs ``cols`` (column k is input cols[k])."""
  *         cdef cnp.ndarray col_of_input = np.full(max(self.t.n_in, 1), -1, dtype=np.int32)
  *         cdef int32_t *indptr = NULL             # <<<<<<<<<<<<<<
@@ -32050,7 +32493,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26pattern(struct __pyx_obj_6jacex
 */
   __pyx_v_indptr = NULL;
 
-  /* "jacext/_tape.pyx":595
+  /* "jacext/_tape.pyx":604
  *         cdef cnp.ndarray col_of_input = np.full(max(self.t.n_in, 1), -1, dtype=np.int32)
  *         cdef int32_t *indptr = NULL
  *         cdef int32_t *indices = NULL             # <<<<<<<<<<<<<<
@@ -32059,17 +32502,17 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26pattern(struct __pyx_obj_6jacex
 */
   __pyx_v_indices = NULL;
 
-  /* "jacext/_tape.pyx":597
+  /* "jacext/_tape.pyx":606
  *         cdef int32_t *indices = NULL
  *         cdef int st
  *         _check_columns(cols, self.t.n_in)             # <<<<<<<<<<<<<<
  *         col_of_input[cols] = np.arange(cols.shape[0], dtype=np.int32)
  *         with nogil:
 */
-  __pyx_t_12 = __pyx_f_6jacext_5_tape__check_columns(__pyx_v_cols, __pyx_v_self->t.n_in); if (unlikely(__pyx_t_12 == ((int)-1))) __PYX_ERR(0, 597, __pyx_L1_error)
+  __pyx_t_12 = __pyx_f_6jacext_5_tape__check_columns(__pyx_v_cols, __pyx_v_self->t.n_in); if (unlikely(__pyx_t_12 == ((int)-1))) __PYX_ERR(0, 606, __pyx_L1_error)
 
 
-  /* "jacext/_tape.pyx":598
+  /* "jacext/_tape.pyx":607
  *         cdef int st
  *         _check_columns(cols, self.t.n_in)
  *         col_of_input[cols] = np.arange(cols.shape[0], dtype=np.int32)             # <<<<<<<<<<<<<<
@@ -32077,16 +32520,16 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26pattern(struct __pyx_obj_6jacex
  *             st = jx_sparsity(&self.t, <const int32_t *>cnp.PyArray_DATA(col_of_input),
 */
   __pyx_t_4 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_9, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 598, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_9, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 607, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_9);
-  __pyx_t_10 = __Pyx_PyObject_GetAttrStr(__pyx_t_9, __pyx_mstate_global->__pyx_n_u_arange); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 598, __pyx_L1_error)
+  __pyx_t_10 = __Pyx_PyObject_GetAttrStr(__pyx_t_9, __pyx_mstate_global->__pyx_n_u_arange); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 607, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_10);
   __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
-  __pyx_t_9 = __Pyx_PyLong_From_npy_intp((__pyx_f_5numpy_7ndarray_5shape___get__(__pyx_v_cols)[0])); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 598, __pyx_L1_error)
+  __pyx_t_9 = __Pyx_PyLong_From_npy_intp((__pyx_f_5numpy_7ndarray_5shape___get__(__pyx_v_cols)[0])); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 607, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_9);
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 598, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 607, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 598, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 607, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   #if CYTHON_VECTORCALL
@@ -32107,13 +32550,13 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26pattern(struct __pyx_obj_6jacex
     PyObject *__pyx_callargs[3] = {__pyx_t_4, __pyx_t_9, __pyx_t_2};
     #if CYTHON_VECTORCALL
     __pyx_t_3 = __pyx_mstate_global->__pyx_tuple[3];
-    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 598, __pyx_L1_error)
+    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 607, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_3);
     #else
     {
       PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
       __pyx_t_3 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 1);
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 598, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 607, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     #endif
@@ -32125,13 +32568,13 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26pattern(struct __pyx_obj_6jacex
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
     __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 598, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 607, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
-  if (unlikely((PyObject_SetItem(((PyObject *)__pyx_v_col_of_input), ((PyObject *)__pyx_v_cols), __pyx_t_1) < 0))) __PYX_ERR(0, 598, __pyx_L1_error)
+  if (unlikely((PyObject_SetItem(((PyObject *)__pyx_v_col_of_input), ((PyObject *)__pyx_v_cols), __pyx_t_1) < 0))) __PYX_ERR(0, 607, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
-  /* "jacext/_tape.pyx":599
+  /* "jacext/_tape.pyx":608
  *         _check_columns(cols, self.t.n_in)
  *         col_of_input[cols] = np.arange(cols.shape[0], dtype=np.int32)
  *         with nogil:             # <<<<<<<<<<<<<<
@@ -32144,7 +32587,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26pattern(struct __pyx_obj_6jacex
       __Pyx_FastGIL_Remember();
       /*try:*/ {
 
-        /* "jacext/_tape.pyx":600
+        /* "jacext/_tape.pyx":609
  *         col_of_input[cols] = np.arange(cols.shape[0], dtype=np.int32)
  *         with nogil:
  *             st = jx_sparsity(&self.t, <const int32_t *>cnp.PyArray_DATA(col_of_input),             # <<<<<<<<<<<<<<
@@ -32154,7 +32597,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26pattern(struct __pyx_obj_6jacex
         __pyx_v_st = jx_sparsity((&__pyx_v_self->t), ((int32_t const *)PyArray_DATA(__pyx_v_col_of_input)), (&__pyx_v_indptr), (&__pyx_v_indices));
       }
 
-      /* "jacext/_tape.pyx":599
+      /* "jacext/_tape.pyx":608
  *         _check_columns(cols, self.t.n_in)
  *         col_of_input[cols] = np.arange(cols.shape[0], dtype=np.int32)
  *         with nogil:             # <<<<<<<<<<<<<<
@@ -32171,17 +32614,17 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26pattern(struct __pyx_obj_6jacex
       }
   }
 
-  /* "jacext/_tape.pyx":602
+  /* "jacext/_tape.pyx":611
  *             st = jx_sparsity(&self.t, <const int32_t *>cnp.PyArray_DATA(col_of_input),
  *                              &indptr, &indices)
  *         raise_status(st)             # <<<<<<<<<<<<<<
  *         n_out = self.t.n_out
  *         try:
 */
-  __pyx_t_12 = __pyx_f_6jacext_5_tape_raise_status(__pyx_v_st); if (unlikely(__pyx_t_12 == ((int)-1))) __PYX_ERR(0, 602, __pyx_L1_error)
+  __pyx_t_12 = __pyx_f_6jacext_5_tape_raise_status(__pyx_v_st); if (unlikely(__pyx_t_12 == ((int)-1))) __PYX_ERR(0, 611, __pyx_L1_error)
 
 
-  /* "jacext/_tape.pyx":603
+  /* "jacext/_tape.pyx":612
  *                              &indptr, &indices)
  *         raise_status(st)
  *         n_out = self.t.n_out             # <<<<<<<<<<<<<<
@@ -32192,7 +32635,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26pattern(struct __pyx_obj_6jacex
 
   __pyx_v_n_out = __pyx_t_6;
 
-  /* "jacext/_tape.pyx":604
+  /* "jacext/_tape.pyx":613
  *         raise_status(st)
  *         n_out = self.t.n_out
  *         try:             # <<<<<<<<<<<<<<
@@ -32201,7 +32644,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26pattern(struct __pyx_obj_6jacex
 */
   /*try:*/ {
 
-    /* "jacext/_tape.pyx":605
+    /* "jacext/_tape.pyx":614
  *         n_out = self.t.n_out
  *         try:
  *             ptr = np.asarray(<int32_t[:n_out + 1]>indptr).copy()             # <<<<<<<<<<<<<<
@@ -32209,25 +32652,25 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26pattern(struct __pyx_obj_6jacex
  *             idx = (np.asarray(<int32_t[:nnz]>indices).copy() if nnz
 */
     __pyx_t_2 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_9, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 605, __pyx_L7_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_9, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 614, __pyx_L7_error)
     __Pyx_GOTREF(__pyx_t_9);
-    __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_9, __pyx_mstate_global->__pyx_n_u_asarray); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 605, __pyx_L7_error)
+    __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_9, __pyx_mstate_global->__pyx_n_u_asarray); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 614, __pyx_L7_error)
     __Pyx_GOTREF(__pyx_t_4);
     __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
     if (!__pyx_v_indptr) {
       PyErr_SetString(PyExc_ValueError,"Cannot create cython.array from NULL pointer");
-      __PYX_ERR(0, 605, __pyx_L7_error)
+      __PYX_ERR(0, 614, __pyx_L7_error)
     }
-    __pyx_t_14 = __pyx_format_from_typeinfo(&__Pyx_TypeInfo_nn_int32_t); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 605, __pyx_L7_error)
+    __pyx_t_14 = __pyx_format_from_typeinfo(&__Pyx_TypeInfo_nn_int32_t); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 614, __pyx_L7_error)
     __Pyx_GOTREF(__pyx_t_14);
-    __pyx_t_9 = Py_BuildValue("("  __PYX_BUILD_PY_SSIZE_T  ")", ((Py_ssize_t)(__pyx_v_n_out + 1))); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 605, __pyx_L7_error)
+    __pyx_t_9 = Py_BuildValue("("  __PYX_BUILD_PY_SSIZE_T  ")", ((Py_ssize_t)(__pyx_v_n_out + 1))); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 614, __pyx_L7_error)
     __Pyx_GOTREF(__pyx_t_9);
     #if CYTHON_COMPILING_IN_LIMITED_API
-    __pyx_t_15 = PyBytes_AsString(__pyx_t_14); if (unlikely(!__pyx_t_15)) __PYX_ERR(0, 605, __pyx_L7_error)
+    __pyx_t_15 = PyBytes_AsString(__pyx_t_14); if (unlikely(!__pyx_t_15)) __PYX_ERR(0, 614, __pyx_L7_error)
     #else
     __pyx_t_15 = PyBytes_AS_STRING(__pyx_t_14);
     #endif
-    __pyx_t_13 = __pyx_array_new(__pyx_t_9, sizeof(int32_t), __pyx_t_15, "c", (char *) __pyx_v_indptr); if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 605, __pyx_L7_error)
+    __pyx_t_13 = __pyx_array_new(__pyx_t_9, sizeof(int32_t), __pyx_t_15, "c", (char *) __pyx_v_indptr); if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 614, __pyx_L7_error)
     __Pyx_GOTREF((PyObject *)__pyx_t_13);
     __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
     __Pyx_DECREF(__pyx_t_14); __pyx_t_14 = 0;
@@ -32249,7 +32692,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26pattern(struct __pyx_obj_6jacex
       __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
       __Pyx_DECREF((PyObject *)__pyx_t_13); __pyx_t_13 = 0;
       __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 605, __pyx_L7_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 614, __pyx_L7_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     __pyx_t_10 = __pyx_t_3;
@@ -32260,28 +32703,28 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26pattern(struct __pyx_obj_6jacex
       __pyx_t_1 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_copy, __pyx_callargs+__pyx_t_11, (1-__pyx_t_11) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_10); __pyx_t_10 = 0;
       __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 605, __pyx_L7_error)
+      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 614, __pyx_L7_error)
       __Pyx_GOTREF(__pyx_t_1);
     }
     __pyx_v_ptr = __pyx_t_1;
     __pyx_t_1 = 0;
 
-    /* "jacext/_tape.pyx":606
+    /* "jacext/_tape.pyx":615
  *         try:
  *             ptr = np.asarray(<int32_t[:n_out + 1]>indptr).copy()
  *             nnz = int(ptr[n_out])             # <<<<<<<<<<<<<<
  *             idx = (np.asarray(<int32_t[:nnz]>indices).copy() if nnz
  *                    else np.zeros(0, dtype=np.int32))
 */
-    __pyx_t_1 = __Pyx_GetItemInt(__pyx_v_ptr, __pyx_v_n_out, int32_t, 1, __Pyx_PyLong_From_int32_t, 1, 1, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 606, __pyx_L7_error)
+    __pyx_t_1 = __Pyx_GetItemInt(__pyx_v_ptr, __pyx_v_n_out, int32_t, 1, __Pyx_PyLong_From_int32_t, 1, 1, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 615, __pyx_L7_error)
     __Pyx_GOTREF(__pyx_t_1);
-    __pyx_t_3 = __Pyx_PyNumber_Int(__pyx_t_1); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 606, __pyx_L7_error)
+    __pyx_t_3 = __Pyx_PyNumber_Int(__pyx_t_1); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 615, __pyx_L7_error)
     __Pyx_GOTREF(__pyx_t_3);
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
     __pyx_v_nnz = ((PyObject*)__pyx_t_3);
     __pyx_t_3 = 0;
 
-    /* "jacext/_tape.pyx":607
+    /* "jacext/_tape.pyx":616
  *             ptr = np.asarray(<int32_t[:n_out + 1]>indptr).copy()
  *             nnz = int(ptr[n_out])
  *             idx = (np.asarray(<int32_t[:nnz]>indices).copy() if nnz             # <<<<<<<<<<<<<<
@@ -32290,33 +32733,33 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26pattern(struct __pyx_obj_6jacex
 */
     {
       Py_ssize_t __pyx_temp = __Pyx_PyLong_IsNonZero(__pyx_v_nnz);
-      if (unlikely(((!CYTHON_USE_PYLONG_INTERNALS) && __pyx_temp < 0))) __PYX_ERR(0, 607, __pyx_L7_error)
+      if (unlikely(((!CYTHON_USE_PYLONG_INTERNALS) && __pyx_temp < 0))) __PYX_ERR(0, 616, __pyx_L7_error)
       __pyx_t_8 = (__pyx_temp != 0);
     }
 
     if (__pyx_t_8) {
       __pyx_t_2 = NULL;
-      __Pyx_GetModuleGlobalName(__pyx_t_14, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 607, __pyx_L7_error)
+      __Pyx_GetModuleGlobalName(__pyx_t_14, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 616, __pyx_L7_error)
       __Pyx_GOTREF(__pyx_t_14);
-      __pyx_t_9 = __Pyx_PyObject_GetAttrStr(__pyx_t_14, __pyx_mstate_global->__pyx_n_u_asarray); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 607, __pyx_L7_error)
+      __pyx_t_9 = __Pyx_PyObject_GetAttrStr(__pyx_t_14, __pyx_mstate_global->__pyx_n_u_asarray); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 616, __pyx_L7_error)
       __Pyx_GOTREF(__pyx_t_9);
       __Pyx_DECREF(__pyx_t_14); __pyx_t_14 = 0;
-      if (unlikely(!__pyx_v_nnz)) { __Pyx_RaiseUnboundLocalError("nnz"); __PYX_ERR(0, 607, __pyx_L7_error) }
-      __pyx_t_16 = __Pyx_PyIndex_AsSsize_t(__pyx_v_nnz); if (unlikely((__pyx_t_16 == (Py_ssize_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 607, __pyx_L7_error)
+      if (unlikely(!__pyx_v_nnz)) { __Pyx_RaiseUnboundLocalError("nnz"); __PYX_ERR(0, 616, __pyx_L7_error) }
+      __pyx_t_16 = __Pyx_PyIndex_AsSsize_t(__pyx_v_nnz); if (unlikely((__pyx_t_16 == (Py_ssize_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 616, __pyx_L7_error)
       if (!__pyx_v_indices) {
         PyErr_SetString(PyExc_ValueError,"Cannot create cython.array from NULL pointer");
-        __PYX_ERR(0, 607, __pyx_L7_error)
+        __PYX_ERR(0, 616, __pyx_L7_error)
       }
-      __pyx_t_17 = __pyx_format_from_typeinfo(&__Pyx_TypeInfo_nn_int32_t); if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 607, __pyx_L7_error)
+      __pyx_t_17 = __pyx_format_from_typeinfo(&__Pyx_TypeInfo_nn_int32_t); if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 616, __pyx_L7_error)
       __Pyx_GOTREF(__pyx_t_17);
-      __pyx_t_14 = Py_BuildValue("("  __PYX_BUILD_PY_SSIZE_T  ")", ((Py_ssize_t)__pyx_t_16)); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 607, __pyx_L7_error)
+      __pyx_t_14 = Py_BuildValue("("  __PYX_BUILD_PY_SSIZE_T  ")", ((Py_ssize_t)__pyx_t_16)); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 616, __pyx_L7_error)
       __Pyx_GOTREF(__pyx_t_14);
       #if CYTHON_COMPILING_IN_LIMITED_API
-      __pyx_t_15 = PyBytes_AsString(__pyx_t_17); if (unlikely(!__pyx_t_15)) __PYX_ERR(0, 607, __pyx_L7_error)
+      __pyx_t_15 = PyBytes_AsString(__pyx_t_17); if (unlikely(!__pyx_t_15)) __PYX_ERR(0, 616, __pyx_L7_error)
       #else
       __pyx_t_15 = PyBytes_AS_STRING(__pyx_t_17);
       #endif
-      __pyx_t_13 = __pyx_array_new(__pyx_t_14, sizeof(int32_t), __pyx_t_15, "c", (char *) __pyx_v_indices); if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 607, __pyx_L7_error)
+      __pyx_t_13 = __pyx_array_new(__pyx_t_14, sizeof(int32_t), __pyx_t_15, "c", (char *) __pyx_v_indices); if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 616, __pyx_L7_error)
       __Pyx_GOTREF((PyObject *)__pyx_t_13);
       __Pyx_DECREF(__pyx_t_14); __pyx_t_14 = 0;
       __Pyx_DECREF(__pyx_t_17); __pyx_t_17 = 0;
@@ -32339,7 +32782,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26pattern(struct __pyx_obj_6jacex
         __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
         __Pyx_DECREF((PyObject *)__pyx_t_13); __pyx_t_13 = 0;
         __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
-        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 607, __pyx_L7_error)
+        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 616, __pyx_L7_error)
         __Pyx_GOTREF(__pyx_t_4);
       }
       __pyx_t_10 = __pyx_t_4;
@@ -32350,14 +32793,14 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26pattern(struct __pyx_obj_6jacex
         __pyx_t_1 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_copy, __pyx_callargs+__pyx_t_11, (1-__pyx_t_11) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
         __Pyx_XDECREF(__pyx_t_10); __pyx_t_10 = 0;
         __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-        if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 607, __pyx_L7_error)
+        if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 616, __pyx_L7_error)
         __Pyx_GOTREF(__pyx_t_1);
       }
       __pyx_t_3 = __pyx_t_1;
       __pyx_t_1 = 0;
     } else {
 
-      /* "jacext/_tape.pyx":608
+      /* "jacext/_tape.pyx":617
  *             nnz = int(ptr[n_out])
  *             idx = (np.asarray(<int32_t[:nnz]>indices).copy() if nnz
  *                    else np.zeros(0, dtype=np.int32))             # <<<<<<<<<<<<<<
@@ -32365,14 +32808,14 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26pattern(struct __pyx_obj_6jacex
  *             free(indptr)
 */
       __pyx_t_4 = NULL;
-      __Pyx_GetModuleGlobalName(__pyx_t_10, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 608, __pyx_L7_error)
+      __Pyx_GetModuleGlobalName(__pyx_t_10, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 617, __pyx_L7_error)
       __Pyx_GOTREF(__pyx_t_10);
-      __pyx_t_9 = __Pyx_PyObject_GetAttrStr(__pyx_t_10, __pyx_mstate_global->__pyx_n_u_zeros); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 608, __pyx_L7_error)
+      __pyx_t_9 = __Pyx_PyObject_GetAttrStr(__pyx_t_10, __pyx_mstate_global->__pyx_n_u_zeros); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 617, __pyx_L7_error)
       __Pyx_GOTREF(__pyx_t_9);
       __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
-      __Pyx_GetModuleGlobalName(__pyx_t_10, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 608, __pyx_L7_error)
+      __Pyx_GetModuleGlobalName(__pyx_t_10, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 617, __pyx_L7_error)
       __Pyx_GOTREF(__pyx_t_10);
-      __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_10, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 608, __pyx_L7_error)
+      __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_10, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 617, __pyx_L7_error)
       __Pyx_GOTREF(__pyx_t_2);
       __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
       #if CYTHON_VECTORCALL
@@ -32393,13 +32836,13 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26pattern(struct __pyx_obj_6jacex
         PyObject *__pyx_callargs[3] = {__pyx_t_4, __pyx_mstate_global->__pyx_int_0, __pyx_t_2};
         #if CYTHON_VECTORCALL
         __pyx_t_10 = __pyx_mstate_global->__pyx_tuple[3];
-        if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 608, __pyx_L7_error)
+        if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 617, __pyx_L7_error)
         __Pyx_INCREF(__pyx_t_10);
         #else
         {
           PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
           __pyx_t_10 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 1);
-          if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 608, __pyx_L7_error)
+          if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 617, __pyx_L7_error)
           __Pyx_GOTREF(__pyx_t_10);
         }
         #endif
@@ -32410,7 +32853,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26pattern(struct __pyx_obj_6jacex
         __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
         __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
         __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
-        if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 608, __pyx_L7_error)
+        if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 617, __pyx_L7_error)
         __Pyx_GOTREF(__pyx_t_1);
       }
       __pyx_t_3 = __pyx_t_1;
@@ -32421,7 +32864,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26pattern(struct __pyx_obj_6jacex
     __pyx_t_3 = 0;
   }
 
-  /* "jacext/_tape.pyx":610
+  /* "jacext/_tape.pyx":619
  *                    else np.zeros(0, dtype=np.int32))
  *         finally:
  *             free(indptr)             # <<<<<<<<<<<<<<
@@ -32432,7 +32875,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26pattern(struct __pyx_obj_6jacex
     /*normal exit:*/{
       free(__pyx_v_indptr);
 
-      /* "jacext/_tape.pyx":611
+      /* "jacext/_tape.pyx":620
  *         finally:
  *             free(indptr)
  *             free(indices)             # <<<<<<<<<<<<<<
@@ -32467,7 +32910,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26pattern(struct __pyx_obj_6jacex
       __pyx_t_12 = __pyx_lineno; __pyx_t_18 = __pyx_clineno; __pyx_t_19 = __pyx_filename;
       {
 
-        /* "jacext/_tape.pyx":610
+        /* "jacext/_tape.pyx":619
  *                    else np.zeros(0, dtype=np.int32))
  *         finally:
  *             free(indptr)             # <<<<<<<<<<<<<<
@@ -32476,7 +32919,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26pattern(struct __pyx_obj_6jacex
 */
         free(__pyx_v_indptr);
 
-        /* "jacext/_tape.pyx":611
+        /* "jacext/_tape.pyx":620
  *         finally:
  *             free(indptr)
  *             free(indices)             # <<<<<<<<<<<<<<
@@ -32500,7 +32943,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26pattern(struct __pyx_obj_6jacex
     __pyx_L8:;
   }
 
-  /* "jacext/_tape.pyx":612
+  /* "jacext/_tape.pyx":621
  *             free(indptr)
  *             free(indices)
  *         ptr.setflags(write=False)             # <<<<<<<<<<<<<<
@@ -32516,13 +32959,13 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26pattern(struct __pyx_obj_6jacex
     PyObject *__pyx_callargs[2] = {__pyx_t_1, Py_False};
     #if CYTHON_VECTORCALL
     __pyx_t_9 = __pyx_mstate_global->__pyx_tuple[4];
-    if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 612, __pyx_L1_error)
+    if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 621, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_9);
     #else
     {
       PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_write};
       __pyx_t_9 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+1, 1);
-      if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 612, __pyx_L1_error)
+      if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 621, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_9);
     }
     #endif
@@ -32531,12 +32974,12 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26pattern(struct __pyx_obj_6jacex
     #if CYTHON_VECTORCALL
     #endif
     __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
-    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 612, __pyx_L1_error)
+    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 621, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
   }
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
 
-  /* "jacext/_tape.pyx":613
+  /* "jacext/_tape.pyx":622
  *             free(indices)
  *         ptr.setflags(write=False)
  *         idx.setflags(write=False)             # <<<<<<<<<<<<<<
@@ -32552,13 +32995,13 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26pattern(struct __pyx_obj_6jacex
     PyObject *__pyx_callargs[2] = {__pyx_t_9, Py_False};
     #if CYTHON_VECTORCALL
     __pyx_t_1 = __pyx_mstate_global->__pyx_tuple[4];
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 613, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 622, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_1);
     #else
     {
       PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_write};
       __pyx_t_1 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+1, 1);
-      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 613, __pyx_L1_error)
+      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 622, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_1);
     }
     #endif
@@ -32567,26 +33010,26 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26pattern(struct __pyx_obj_6jacex
     #if CYTHON_VECTORCALL
     #endif
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 613, __pyx_L1_error)
+    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 622, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
   }
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
 
-  /* "jacext/_tape.pyx":614
+  /* "jacext/_tape.pyx":623
  *         ptr.setflags(write=False)
  *         idx.setflags(write=False)
  *         return ptr, idx             # <<<<<<<<<<<<<<
  * 
  *     def cones(self, budget, row_ptr, nz_input):
 */
-  __pyx_t_3 = PyTuple_New(2); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 614, __pyx_L1_error)
+  __pyx_t_3 = PyTuple_New(2); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 623, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __Pyx_INCREF(__pyx_v_ptr);
   __Pyx_GIVEREF(__pyx_v_ptr);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 0, __pyx_v_ptr) != (0)) __PYX_ERR(0, 614, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 0, __pyx_v_ptr) != (0)) __PYX_ERR(0, 623, __pyx_L1_error);
   __Pyx_INCREF(__pyx_v_idx);
   __Pyx_GIVEREF(__pyx_v_idx);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 1, __pyx_v_idx) != (0)) __PYX_ERR(0, 614, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 1, __pyx_v_idx) != (0)) __PYX_ERR(0, 623, __pyx_L1_error);
   {
     PyObject *__pyx_temp;
     {
@@ -32598,7 +33041,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26pattern(struct __pyx_obj_6jacex
   __pyx_t_3 = 0;
   goto __pyx_L0;
 
-  /* "jacext/_tape.pyx":590
+  /* "jacext/_tape.pyx":599
  *     # ---- sparsity ----
  * 
  *     def pattern(self, cnp.ndarray cols):             # <<<<<<<<<<<<<<
@@ -32633,7 +33076,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26pattern(struct __pyx_obj_6jacex
   return __pyx_r;
 }
 
-/* "jacext/_tape.pyx":616
+/* "jacext/_tape.pyx":625
  *         return ptr, idx
  * 
  *     def cones(self, budget, row_ptr, nz_input):             # <<<<<<<<<<<<<<
@@ -32642,16 +33085,16 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26pattern(struct __pyx_obj_6jacex
 */
 
 /* Python wrapper */
-static PyObject *__pyx_pw_6jacext_5_tape_4Tape_29cones(PyObject *__pyx_v_self, 
+static PyObject *__pyx_pw_6jacext_5_tape_4Tape_31cones(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
 PyObject *__pyx_args, PyObject *__pyx_kwds
 #endif
 ); /*proto*/
-PyDoc_STRVAR(__pyx_doc_6jacext_5_tape_4Tape_28cones, "Tape.cones(self, budget, row_ptr, nz_input)\n\nThe dependency cone of every output (the instructions its value depends on, last\nfirst) for :meth:`cones_jacobian`, with the pattern they fill (CSR ``row_ptr`` and\neach nonzero\047s input index ``nz_input``): a :class:`Cones`, or None when the cones\npass ``budget`` entries.");
-static PyMethodDef __pyx_mdef_6jacext_5_tape_4Tape_29cones = {"cones", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6jacext_5_tape_4Tape_29cones, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6jacext_5_tape_4Tape_28cones};
-static PyObject *__pyx_pw_6jacext_5_tape_4Tape_29cones(PyObject *__pyx_v_self, 
+PyDoc_STRVAR(__pyx_doc_6jacext_5_tape_4Tape_30cones, "Tape.cones(self, budget, row_ptr, nz_input)\n\nThe dependency cone of every output (the instructions its value depends on, last\nfirst) for :meth:`cones_jacobian`, with the pattern they fill (CSR ``row_ptr`` and\neach nonzero\047s input index ``nz_input``): a :class:`Cones`, or None when the cones\npass ``budget`` entries.");
+static PyMethodDef __pyx_mdef_6jacext_5_tape_4Tape_31cones = {"cones", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6jacext_5_tape_4Tape_31cones, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6jacext_5_tape_4Tape_30cones};
+static PyObject *__pyx_pw_6jacext_5_tape_4Tape_31cones(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
@@ -32683,38 +33126,38 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_budget,&__pyx_mstate_global->__pyx_n_u_row_ptr,&__pyx_mstate_global->__pyx_n_u_nz_input,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 616, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 625, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 616, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 625, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 616, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 625, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 616, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 625, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "cones", 0) < (0)) __PYX_ERR(0, 616, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "cones", 0) < (0)) __PYX_ERR(0, 625, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 3; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("cones", 1, 3, 3, i); __PYX_ERR(0, 616, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("cones", 1, 3, 3, i); __PYX_ERR(0, 625, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 3)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 616, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 625, __pyx_L3_error)
       values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 616, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 625, __pyx_L3_error)
       values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 616, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 625, __pyx_L3_error)
     }
     __pyx_v_budget = values[0];
     __pyx_v_row_ptr = values[1];
@@ -32722,7 +33165,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("cones", 1, 3, 3, __pyx_nargs); __PYX_ERR(0, 616, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("cones", 1, 3, 3, __pyx_nargs); __PYX_ERR(0, 625, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -32733,7 +33176,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   __Pyx_RefNannyFinishContext();
   return NULL;
   __pyx_L4_argument_unpacking_done:;
-  __pyx_r = __pyx_pf_6jacext_5_tape_4Tape_28cones(((struct __pyx_obj_6jacext_5_tape_Tape *)__pyx_v_self), __pyx_v_budget, __pyx_v_row_ptr, __pyx_v_nz_input);
+  __pyx_r = __pyx_pf_6jacext_5_tape_4Tape_30cones(((struct __pyx_obj_6jacext_5_tape_Tape *)__pyx_v_self), __pyx_v_budget, __pyx_v_row_ptr, __pyx_v_nz_input);
 
   /* function exit code */
   for (Py_ssize_t __pyx_temp=0; __pyx_temp < (Py_ssize_t)(sizeof(values)/sizeof(values[0])); ++__pyx_temp) {
@@ -32743,7 +33186,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   return __pyx_r;
 }
 
-static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28cones(struct __pyx_obj_6jacext_5_tape_Tape *__pyx_v_self, PyObject *__pyx_v_budget, PyObject *__pyx_v_row_ptr, PyObject *__pyx_v_nz_input) {
+static PyObject *__pyx_pf_6jacext_5_tape_4Tape_30cones(struct __pyx_obj_6jacext_5_tape_Tape *__pyx_v_self, PyObject *__pyx_v_budget, PyObject *__pyx_v_row_ptr, PyObject *__pyx_v_nz_input) {
   int64_t *__pyx_v_ptr;
   int32_t *__pyx_v_cone;
   int64_t __pyx_v_limit;
@@ -32783,7 +33226,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28cones(struct __pyx_obj_6jacext_
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("cones", 0);
 
-  /* "jacext/_tape.pyx":621
+  /* "jacext/_tape.pyx":630
  *         each nonzero's input index ``nz_input``): a :class:`Cones`, or None when the cones
  *         pass ``budget`` entries."""
  *         cdef int64_t *ptr = NULL             # <<<<<<<<<<<<<<
@@ -32792,7 +33235,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28cones(struct __pyx_obj_6jacext_
 */
   __pyx_v_ptr = NULL;
 
-  /* "jacext/_tape.pyx":622
+  /* "jacext/_tape.pyx":631
  *         pass ``budget`` entries."""
  *         cdef int64_t *ptr = NULL
  *         cdef int32_t *cone = NULL             # <<<<<<<<<<<<<<
@@ -32801,7 +33244,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28cones(struct __pyx_obj_6jacext_
 */
   __pyx_v_cone = NULL;
 
-  /* "jacext/_tape.pyx":623
+  /* "jacext/_tape.pyx":632
  *         cdef int64_t *ptr = NULL
  *         cdef int32_t *cone = NULL
  *         cdef int64_t limit = max(int(budget), 1)             # <<<<<<<<<<<<<<
@@ -32810,16 +33253,16 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28cones(struct __pyx_obj_6jacext_
 */
 
   __pyx_t_1 = 1;
-  __pyx_t_2 = __Pyx_PyNumber_Int(__pyx_v_budget); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 623, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyNumber_Int(__pyx_v_budget); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 632, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_4 = __Pyx_PyLong_From_long(__pyx_t_1); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 623, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_From_long(__pyx_t_1); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 632, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_5 = __Pyx_PyObject_CompareBoolGt_int_int(__pyx_t_4, __pyx_t_2, Py_GT); if (unlikely((__pyx_t_5 < 0))) __PYX_ERR(0, 623, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyObject_CompareBoolGt_int_int(__pyx_t_4, __pyx_t_2, Py_GT); if (unlikely((__pyx_t_5 < 0))) __PYX_ERR(0, 632, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   if (__pyx_t_5) {
-    __pyx_t_4 = __Pyx_PyLong_From_long(__pyx_t_1); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 623, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_PyLong_From_long(__pyx_t_1); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 632, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
-    if (__Pyx_PyInt_FromNumber(&__pyx_t_4, NULL, 0) < (0)) __PYX_ERR(0, 623, __pyx_L1_error)
+    if (__Pyx_PyInt_FromNumber(&__pyx_t_4, NULL, 0) < (0)) __PYX_ERR(0, 632, __pyx_L1_error)
     __pyx_t_3 = __pyx_t_4;
     __pyx_t_4 = 0;
   } else {
@@ -32828,11 +33271,11 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28cones(struct __pyx_obj_6jacext_
   }
 
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-  __pyx_t_6 = __Pyx_PyLong_As_int64_t(__pyx_t_3); if (unlikely((__pyx_t_6 == ((int64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 623, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_PyLong_As_int64_t(__pyx_t_3); if (unlikely((__pyx_t_6 == ((int64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 632, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   __pyx_v_limit = __pyx_t_6;
 
-  /* "jacext/_tape.pyx":625
+  /* "jacext/_tape.pyx":634
  *         cdef int64_t limit = max(int(budget), 1)
  *         cdef int st
  *         with nogil:             # <<<<<<<<<<<<<<
@@ -32845,7 +33288,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28cones(struct __pyx_obj_6jacext_
       __Pyx_FastGIL_Remember();
       /*try:*/ {
 
-        /* "jacext/_tape.pyx":626
+        /* "jacext/_tape.pyx":635
  *         cdef int st
  *         with nogil:
  *             st = jx_cones(&self.t, limit, &ptr, &cone)             # <<<<<<<<<<<<<<
@@ -32855,7 +33298,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28cones(struct __pyx_obj_6jacext_
         __pyx_v_st = jx_cones((&__pyx_v_self->t), __pyx_v_limit, (&__pyx_v_ptr), (&__pyx_v_cone));
       }
 
-      /* "jacext/_tape.pyx":625
+      /* "jacext/_tape.pyx":634
  *         cdef int64_t limit = max(int(budget), 1)
  *         cdef int st
  *         with nogil:             # <<<<<<<<<<<<<<
@@ -32872,7 +33315,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28cones(struct __pyx_obj_6jacext_
       }
   }
 
-  /* "jacext/_tape.pyx":627
+  /* "jacext/_tape.pyx":636
  *         with nogil:
  *             st = jx_cones(&self.t, limit, &ptr, &cone)
  *         if st == JX_EARG:             # <<<<<<<<<<<<<<
@@ -32884,7 +33327,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28cones(struct __pyx_obj_6jacext_
   if (__pyx_t_5) {
 
 
-    /* "jacext/_tape.pyx":628
+    /* "jacext/_tape.pyx":637
  *             st = jx_cones(&self.t, limit, &ptr, &cone)
  *         if st == JX_EARG:
  *             return None             # <<<<<<<<<<<<<<
@@ -32901,7 +33344,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28cones(struct __pyx_obj_6jacext_
     }
     goto __pyx_L0;
 
-    /* "jacext/_tape.pyx":627
+    /* "jacext/_tape.pyx":636
  *         with nogil:
  *             st = jx_cones(&self.t, limit, &ptr, &cone)
  *         if st == JX_EARG:             # <<<<<<<<<<<<<<
@@ -32910,17 +33353,17 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28cones(struct __pyx_obj_6jacext_
 */
   }
 
-  /* "jacext/_tape.pyx":629
+  /* "jacext/_tape.pyx":638
  *         if st == JX_EARG:
  *             return None
  *         raise_status(st)             # <<<<<<<<<<<<<<
  *         n_out = int(self.t.n_out)
  *         try:
 */
-  __pyx_t_7 = __pyx_f_6jacext_5_tape_raise_status(__pyx_v_st); if (unlikely(__pyx_t_7 == ((int)-1))) __PYX_ERR(0, 629, __pyx_L1_error)
+  __pyx_t_7 = __pyx_f_6jacext_5_tape_raise_status(__pyx_v_st); if (unlikely(__pyx_t_7 == ((int)-1))) __PYX_ERR(0, 638, __pyx_L1_error)
 
 
-  /* "jacext/_tape.pyx":630
+  /* "jacext/_tape.pyx":639
  *             return None
  *         raise_status(st)
  *         n_out = int(self.t.n_out)             # <<<<<<<<<<<<<<
@@ -32928,7 +33371,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28cones(struct __pyx_obj_6jacext_
  *             p = np.asarray(<int64_t[:n_out + 1]>ptr).copy()
 */
   __pyx_t_2 = NULL;
-  __pyx_t_4 = __Pyx_PyLong_From_int32_t(__pyx_v_self->t.n_out); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 630, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_From_int32_t(__pyx_v_self->t.n_out); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 639, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __pyx_t_8 = 1;
   {
@@ -32936,13 +33379,13 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28cones(struct __pyx_obj_6jacext_
     __pyx_t_3 = __Pyx_PyObject_FastCall((PyObject*)(&PyLong_Type), __pyx_callargs+__pyx_t_8, (2-__pyx_t_8) | (__pyx_t_8*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 630, __pyx_L1_error)
+    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 639, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
   }
   __pyx_v_n_out = ((PyObject*)__pyx_t_3);
   __pyx_t_3 = 0;
 
-  /* "jacext/_tape.pyx":631
+  /* "jacext/_tape.pyx":640
  *         raise_status(st)
  *         n_out = int(self.t.n_out)
  *         try:             # <<<<<<<<<<<<<<
@@ -32951,7 +33394,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28cones(struct __pyx_obj_6jacext_
 */
   /*try:*/ {
 
-    /* "jacext/_tape.pyx":632
+    /* "jacext/_tape.pyx":641
  *         n_out = int(self.t.n_out)
  *         try:
  *             p = np.asarray(<int64_t[:n_out + 1]>ptr).copy()             # <<<<<<<<<<<<<<
@@ -32959,30 +33402,30 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28cones(struct __pyx_obj_6jacext_
  *             c = (np.asarray(<int32_t[:total]>cone).copy() if total
 */
     __pyx_t_9 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_10, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 632, __pyx_L8_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_10, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 641, __pyx_L8_error)
     __Pyx_GOTREF(__pyx_t_10);
-    __pyx_t_11 = __Pyx_PyObject_GetAttrStr(__pyx_t_10, __pyx_mstate_global->__pyx_n_u_asarray); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 632, __pyx_L8_error)
+    __pyx_t_11 = __Pyx_PyObject_GetAttrStr(__pyx_t_10, __pyx_mstate_global->__pyx_n_u_asarray); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 641, __pyx_L8_error)
     __Pyx_GOTREF(__pyx_t_11);
     __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
-    if (unlikely(!__pyx_v_n_out)) { __Pyx_RaiseUnboundLocalError("n_out"); __PYX_ERR(0, 632, __pyx_L8_error) }
-    __pyx_t_10 = __Pyx_PyLong_AddObjC(__pyx_v_n_out, __pyx_mstate_global->__pyx_int_1, 1, 0, 0); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 632, __pyx_L8_error)
+    if (unlikely(!__pyx_v_n_out)) { __Pyx_RaiseUnboundLocalError("n_out"); __PYX_ERR(0, 641, __pyx_L8_error) }
+    __pyx_t_10 = __Pyx_PyLong_AddObjC(__pyx_v_n_out, __pyx_mstate_global->__pyx_int_1, 1, 0, 0); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 641, __pyx_L8_error)
     __Pyx_GOTREF(__pyx_t_10);
-    __pyx_t_12 = __Pyx_PyIndex_AsSsize_t(__pyx_t_10); if (unlikely((__pyx_t_12 == (Py_ssize_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 632, __pyx_L8_error)
+    __pyx_t_12 = __Pyx_PyIndex_AsSsize_t(__pyx_t_10); if (unlikely((__pyx_t_12 == (Py_ssize_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 641, __pyx_L8_error)
     __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
     if (!__pyx_v_ptr) {
       PyErr_SetString(PyExc_ValueError,"Cannot create cython.array from NULL pointer");
-      __PYX_ERR(0, 632, __pyx_L8_error)
+      __PYX_ERR(0, 641, __pyx_L8_error)
     }
-    __pyx_t_14 = __pyx_format_from_typeinfo(&__Pyx_TypeInfo_nn_int64_t); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 632, __pyx_L8_error)
+    __pyx_t_14 = __pyx_format_from_typeinfo(&__Pyx_TypeInfo_nn_int64_t); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 641, __pyx_L8_error)
     __Pyx_GOTREF(__pyx_t_14);
-    __pyx_t_10 = Py_BuildValue("("  __PYX_BUILD_PY_SSIZE_T  ")", ((Py_ssize_t)__pyx_t_12)); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 632, __pyx_L8_error)
+    __pyx_t_10 = Py_BuildValue("("  __PYX_BUILD_PY_SSIZE_T  ")", ((Py_ssize_t)__pyx_t_12)); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 641, __pyx_L8_error)
     __Pyx_GOTREF(__pyx_t_10);
     #if CYTHON_COMPILING_IN_LIMITED_API
-    __pyx_t_15 = PyBytes_AsString(__pyx_t_14); if (unlikely(!__pyx_t_15)) __PYX_ERR(0, 632, __pyx_L8_error)
+    __pyx_t_15 = PyBytes_AsString(__pyx_t_14); if (unlikely(!__pyx_t_15)) __PYX_ERR(0, 641, __pyx_L8_error)
     #else
     __pyx_t_15 = PyBytes_AS_STRING(__pyx_t_14);
     #endif
-    __pyx_t_13 = __pyx_array_new(__pyx_t_10, sizeof(int64_t), __pyx_t_15, "c", (char *) __pyx_v_ptr); if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 632, __pyx_L8_error)
+    __pyx_t_13 = __pyx_array_new(__pyx_t_10, sizeof(int64_t), __pyx_t_15, "c", (char *) __pyx_v_ptr); if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 641, __pyx_L8_error)
     __Pyx_GOTREF((PyObject *)__pyx_t_13);
     __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
     __Pyx_DECREF(__pyx_t_14); __pyx_t_14 = 0;
@@ -33005,7 +33448,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28cones(struct __pyx_obj_6jacext_
       __Pyx_XDECREF(__pyx_t_9); __pyx_t_9 = 0;
       __Pyx_DECREF((PyObject *)__pyx_t_13); __pyx_t_13 = 0;
       __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 632, __pyx_L8_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 641, __pyx_L8_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
     __pyx_t_4 = __pyx_t_2;
@@ -33016,28 +33459,28 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28cones(struct __pyx_obj_6jacext_
       __pyx_t_3 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_copy, __pyx_callargs+__pyx_t_8, (1-__pyx_t_8) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
       __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 632, __pyx_L8_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 641, __pyx_L8_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     __pyx_v_p = __pyx_t_3;
     __pyx_t_3 = 0;
 
-    /* "jacext/_tape.pyx":633
+    /* "jacext/_tape.pyx":642
  *         try:
  *             p = np.asarray(<int64_t[:n_out + 1]>ptr).copy()
  *             total = int(p[n_out])             # <<<<<<<<<<<<<<
  *             c = (np.asarray(<int32_t[:total]>cone).copy() if total
  *                  else np.zeros(1, dtype=np.int32))
 */
-    __pyx_t_3 = __Pyx_PyObject_GetItem(__pyx_v_p, __pyx_v_n_out); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 633, __pyx_L8_error)
+    __pyx_t_3 = __Pyx_PyObject_GetItem(__pyx_v_p, __pyx_v_n_out); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 642, __pyx_L8_error)
     __Pyx_GOTREF(__pyx_t_3);
-    __pyx_t_2 = __Pyx_PyNumber_Int(__pyx_t_3); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 633, __pyx_L8_error)
+    __pyx_t_2 = __Pyx_PyNumber_Int(__pyx_t_3); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 642, __pyx_L8_error)
     __Pyx_GOTREF(__pyx_t_2);
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
     __pyx_v_total = ((PyObject*)__pyx_t_2);
     __pyx_t_2 = 0;
 
-    /* "jacext/_tape.pyx":634
+    /* "jacext/_tape.pyx":643
  *             p = np.asarray(<int64_t[:n_out + 1]>ptr).copy()
  *             total = int(p[n_out])
  *             c = (np.asarray(<int32_t[:total]>cone).copy() if total             # <<<<<<<<<<<<<<
@@ -33046,33 +33489,33 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28cones(struct __pyx_obj_6jacext_
 */
     {
       Py_ssize_t __pyx_temp = __Pyx_PyLong_IsNonZero(__pyx_v_total);
-      if (unlikely(((!CYTHON_USE_PYLONG_INTERNALS) && __pyx_temp < 0))) __PYX_ERR(0, 634, __pyx_L8_error)
+      if (unlikely(((!CYTHON_USE_PYLONG_INTERNALS) && __pyx_temp < 0))) __PYX_ERR(0, 643, __pyx_L8_error)
       __pyx_t_5 = (__pyx_temp != 0);
     }
 
     if (__pyx_t_5) {
       __pyx_t_9 = NULL;
-      __Pyx_GetModuleGlobalName(__pyx_t_14, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 634, __pyx_L8_error)
+      __Pyx_GetModuleGlobalName(__pyx_t_14, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 643, __pyx_L8_error)
       __Pyx_GOTREF(__pyx_t_14);
-      __pyx_t_10 = __Pyx_PyObject_GetAttrStr(__pyx_t_14, __pyx_mstate_global->__pyx_n_u_asarray); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 634, __pyx_L8_error)
+      __pyx_t_10 = __Pyx_PyObject_GetAttrStr(__pyx_t_14, __pyx_mstate_global->__pyx_n_u_asarray); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 643, __pyx_L8_error)
       __Pyx_GOTREF(__pyx_t_10);
       __Pyx_DECREF(__pyx_t_14); __pyx_t_14 = 0;
-      if (unlikely(!__pyx_v_total)) { __Pyx_RaiseUnboundLocalError("total"); __PYX_ERR(0, 634, __pyx_L8_error) }
-      __pyx_t_12 = __Pyx_PyIndex_AsSsize_t(__pyx_v_total); if (unlikely((__pyx_t_12 == (Py_ssize_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 634, __pyx_L8_error)
+      if (unlikely(!__pyx_v_total)) { __Pyx_RaiseUnboundLocalError("total"); __PYX_ERR(0, 643, __pyx_L8_error) }
+      __pyx_t_12 = __Pyx_PyIndex_AsSsize_t(__pyx_v_total); if (unlikely((__pyx_t_12 == (Py_ssize_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 643, __pyx_L8_error)
       if (!__pyx_v_cone) {
         PyErr_SetString(PyExc_ValueError,"Cannot create cython.array from NULL pointer");
-        __PYX_ERR(0, 634, __pyx_L8_error)
+        __PYX_ERR(0, 643, __pyx_L8_error)
       }
-      __pyx_t_16 = __pyx_format_from_typeinfo(&__Pyx_TypeInfo_nn_int32_t); if (unlikely(!__pyx_t_16)) __PYX_ERR(0, 634, __pyx_L8_error)
+      __pyx_t_16 = __pyx_format_from_typeinfo(&__Pyx_TypeInfo_nn_int32_t); if (unlikely(!__pyx_t_16)) __PYX_ERR(0, 643, __pyx_L8_error)
       __Pyx_GOTREF(__pyx_t_16);
-      __pyx_t_14 = Py_BuildValue("("  __PYX_BUILD_PY_SSIZE_T  ")", ((Py_ssize_t)__pyx_t_12)); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 634, __pyx_L8_error)
+      __pyx_t_14 = Py_BuildValue("("  __PYX_BUILD_PY_SSIZE_T  ")", ((Py_ssize_t)__pyx_t_12)); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 643, __pyx_L8_error)
       __Pyx_GOTREF(__pyx_t_14);
       #if CYTHON_COMPILING_IN_LIMITED_API
-      __pyx_t_15 = PyBytes_AsString(__pyx_t_16); if (unlikely(!__pyx_t_15)) __PYX_ERR(0, 634, __pyx_L8_error)
+      __pyx_t_15 = PyBytes_AsString(__pyx_t_16); if (unlikely(!__pyx_t_15)) __PYX_ERR(0, 643, __pyx_L8_error)
       #else
       __pyx_t_15 = PyBytes_AS_STRING(__pyx_t_16);
       #endif
-      __pyx_t_13 = __pyx_array_new(__pyx_t_14, sizeof(int32_t), __pyx_t_15, "c", (char *) __pyx_v_cone); if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 634, __pyx_L8_error)
+      __pyx_t_13 = __pyx_array_new(__pyx_t_14, sizeof(int32_t), __pyx_t_15, "c", (char *) __pyx_v_cone); if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 643, __pyx_L8_error)
       __Pyx_GOTREF((PyObject *)__pyx_t_13);
       __Pyx_DECREF(__pyx_t_14); __pyx_t_14 = 0;
       __Pyx_DECREF(__pyx_t_16); __pyx_t_16 = 0;
@@ -33095,7 +33538,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28cones(struct __pyx_obj_6jacext_
         __Pyx_XDECREF(__pyx_t_9); __pyx_t_9 = 0;
         __Pyx_DECREF((PyObject *)__pyx_t_13); __pyx_t_13 = 0;
         __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
-        if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 634, __pyx_L8_error)
+        if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 643, __pyx_L8_error)
         __Pyx_GOTREF(__pyx_t_11);
       }
       __pyx_t_4 = __pyx_t_11;
@@ -33106,14 +33549,14 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28cones(struct __pyx_obj_6jacext_
         __pyx_t_3 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_copy, __pyx_callargs+__pyx_t_8, (1-__pyx_t_8) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
         __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
         __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
-        if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 634, __pyx_L8_error)
+        if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 643, __pyx_L8_error)
         __Pyx_GOTREF(__pyx_t_3);
       }
       __pyx_t_2 = __pyx_t_3;
       __pyx_t_3 = 0;
     } else {
 
-      /* "jacext/_tape.pyx":635
+      /* "jacext/_tape.pyx":644
  *             total = int(p[n_out])
  *             c = (np.asarray(<int32_t[:total]>cone).copy() if total
  *                  else np.zeros(1, dtype=np.int32))             # <<<<<<<<<<<<<<
@@ -33121,14 +33564,14 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28cones(struct __pyx_obj_6jacext_
  *             free(ptr)
 */
       __pyx_t_11 = NULL;
-      __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 635, __pyx_L8_error)
+      __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 644, __pyx_L8_error)
       __Pyx_GOTREF(__pyx_t_4);
-      __pyx_t_10 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_zeros); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 635, __pyx_L8_error)
+      __pyx_t_10 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_zeros); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 644, __pyx_L8_error)
       __Pyx_GOTREF(__pyx_t_10);
       __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-      __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 635, __pyx_L8_error)
+      __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 644, __pyx_L8_error)
       __Pyx_GOTREF(__pyx_t_4);
-      __pyx_t_9 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 635, __pyx_L8_error)
+      __pyx_t_9 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 644, __pyx_L8_error)
       __Pyx_GOTREF(__pyx_t_9);
       __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
       #if CYTHON_VECTORCALL
@@ -33149,13 +33592,13 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28cones(struct __pyx_obj_6jacext_
         PyObject *__pyx_callargs[3] = {__pyx_t_11, __pyx_mstate_global->__pyx_int_1, __pyx_t_9};
         #if CYTHON_VECTORCALL
         __pyx_t_4 = __pyx_mstate_global->__pyx_tuple[3];
-        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 635, __pyx_L8_error)
+        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 644, __pyx_L8_error)
         __Pyx_INCREF(__pyx_t_4);
         #else
         {
           PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
           __pyx_t_4 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 1);
-          if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 635, __pyx_L8_error)
+          if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 644, __pyx_L8_error)
           __Pyx_GOTREF(__pyx_t_4);
         }
         #endif
@@ -33166,7 +33609,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28cones(struct __pyx_obj_6jacext_
         __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
         __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
         __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
-        if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 635, __pyx_L8_error)
+        if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 644, __pyx_L8_error)
         __Pyx_GOTREF(__pyx_t_3);
       }
       __pyx_t_2 = __pyx_t_3;
@@ -33177,7 +33620,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28cones(struct __pyx_obj_6jacext_
     __pyx_t_2 = 0;
   }
 
-  /* "jacext/_tape.pyx":637
+  /* "jacext/_tape.pyx":646
  *                  else np.zeros(1, dtype=np.int32))
  *         finally:
  *             free(ptr)             # <<<<<<<<<<<<<<
@@ -33188,7 +33631,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28cones(struct __pyx_obj_6jacext_
     /*normal exit:*/{
       free(__pyx_v_ptr);
 
-      /* "jacext/_tape.pyx":638
+      /* "jacext/_tape.pyx":647
  *         finally:
  *             free(ptr)
  *             free(cone)             # <<<<<<<<<<<<<<
@@ -33223,7 +33666,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28cones(struct __pyx_obj_6jacext_
       __pyx_t_7 = __pyx_lineno; __pyx_t_17 = __pyx_clineno; __pyx_t_18 = __pyx_filename;
       {
 
-        /* "jacext/_tape.pyx":637
+        /* "jacext/_tape.pyx":646
  *                  else np.zeros(1, dtype=np.int32))
  *         finally:
  *             free(ptr)             # <<<<<<<<<<<<<<
@@ -33232,7 +33675,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28cones(struct __pyx_obj_6jacext_
 */
         free(__pyx_v_ptr);
 
-        /* "jacext/_tape.pyx":638
+        /* "jacext/_tape.pyx":647
  *         finally:
  *             free(ptr)
  *             free(cone)             # <<<<<<<<<<<<<<
@@ -33256,7 +33699,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28cones(struct __pyx_obj_6jacext_
     __pyx_L9:;
   }
 
-  /* "jacext/_tape.pyx":639
+  /* "jacext/_tape.pyx":648
  *             free(ptr)
  *             free(cone)
  *         return Cones(self, p, c, row_ptr, nz_input)             # <<<<<<<<<<<<<<
@@ -33269,7 +33712,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28cones(struct __pyx_obj_6jacext_
     PyObject *__pyx_callargs[6] = {__pyx_t_3, ((PyObject *)__pyx_v_self), __pyx_v_p, __pyx_v_c, __pyx_v_row_ptr, __pyx_v_nz_input};
     __pyx_t_2 = __Pyx_PyObject_FastCall((PyObject*)__pyx_mstate_global->__pyx_ptype_6jacext_5_tape_Cones, __pyx_callargs+__pyx_t_8, (6-__pyx_t_8) | (__pyx_t_8*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
-    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 639, __pyx_L1_error)
+    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 648, __pyx_L1_error)
     __Pyx_GOTREF((PyObject *)__pyx_t_2);
   }
   {
@@ -33283,7 +33726,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28cones(struct __pyx_obj_6jacext_
   __pyx_t_2 = 0;
   goto __pyx_L0;
 
-  /* "jacext/_tape.pyx":616
+  /* "jacext/_tape.pyx":625
  *         return ptr, idx
  * 
  *     def cones(self, budget, row_ptr, nz_input):             # <<<<<<<<<<<<<<
@@ -33318,7 +33761,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28cones(struct __pyx_obj_6jacext_
   return __pyx_r;
 }
 
-/* "jacext/_tape.pyx":646
+/* "jacext/_tape.pyx":655
  *     reverse sweeps fill; checked once here, read-only after."""
  * 
  *     def __init__(self, Tape tape, cone_ptr, cone, row_ptr, nz_input):             # <<<<<<<<<<<<<<
@@ -33368,50 +33811,50 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_tape,&__pyx_mstate_global->__pyx_n_u_cone_ptr,&__pyx_mstate_global->__pyx_n_u_cone,&__pyx_mstate_global->__pyx_n_u_row_ptr,&__pyx_mstate_global->__pyx_n_u_nz_input,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL_TPNEW(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 646, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 655, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  5:
         values[4] = __Pyx_ArgRef_FASTCALL_TPNEW(__pyx_args, 4);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 646, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 655, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  4:
         values[3] = __Pyx_ArgRef_FASTCALL_TPNEW(__pyx_args, 3);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 646, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 655, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL_TPNEW(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 646, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 655, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL_TPNEW(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 646, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 655, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL_TPNEW(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 646, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 655, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "__init__", 0) < (0)) __PYX_ERR(0, 646, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "__init__", 0) < (0)) __PYX_ERR(0, 655, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 5; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("__init__", 1, 5, 5, i); __PYX_ERR(0, 646, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("__init__", 1, 5, 5, i); __PYX_ERR(0, 655, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 5)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL_TPNEW(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 646, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 655, __pyx_L3_error)
       values[1] = __Pyx_ArgRef_FASTCALL_TPNEW(__pyx_args, 1);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 646, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 655, __pyx_L3_error)
       values[2] = __Pyx_ArgRef_FASTCALL_TPNEW(__pyx_args, 2);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 646, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 655, __pyx_L3_error)
       values[3] = __Pyx_ArgRef_FASTCALL_TPNEW(__pyx_args, 3);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 646, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 655, __pyx_L3_error)
       values[4] = __Pyx_ArgRef_FASTCALL_TPNEW(__pyx_args, 4);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 646, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 655, __pyx_L3_error)
     }
     __pyx_v_tape = ((struct __pyx_obj_6jacext_5_tape_Tape *)values[0]);
     __pyx_v_cone_ptr = values[1];
@@ -33421,7 +33864,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("__init__", 1, 5, 5, __pyx_nargs); __PYX_ERR(0, 646, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("__init__", 1, 5, 5, __pyx_nargs); __PYX_ERR(0, 655, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -33432,7 +33875,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   __Pyx_RefNannyFinishContext();
   return -1;
   __pyx_L4_argument_unpacking_done:;
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_tape), __pyx_mstate_global->__pyx_ptype_6jacext_5_tape_Tape, 1, "tape", 0))) __PYX_ERR(0, 646, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_tape), __pyx_mstate_global->__pyx_ptype_6jacext_5_tape_Tape, 1, "tape", 0))) __PYX_ERR(0, 655, __pyx_L1_error)
   __pyx_r = __pyx_pf_6jacext_5_tape_5Cones___init__(((struct __pyx_obj_6jacext_5_tape_Cones *)__pyx_v_self), __pyx_v_tape, __pyx_v_cone_ptr, __pyx_v_cone, __pyx_v_row_ptr, __pyx_v_nz_input);
 
   /* function exit code */
@@ -33473,7 +33916,7 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__init__", 0);
 
-  /* "jacext/_tape.pyx":647
+  /* "jacext/_tape.pyx":656
  * 
  *     def __init__(self, Tape tape, cone_ptr, cone, row_ptr, nz_input):
  *         cdef Py_ssize_t n_out = tape.t.n_out             # <<<<<<<<<<<<<<
@@ -33484,7 +33927,7 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
 
   __pyx_v_n_out = __pyx_t_1;
 
-  /* "jacext/_tape.pyx":648
+  /* "jacext/_tape.pyx":657
  *     def __init__(self, Tape tape, cone_ptr, cone, row_ptr, nz_input):
  *         cdef Py_ssize_t n_out = tape.t.n_out
  *         self.tape = tape             # <<<<<<<<<<<<<<
@@ -33496,7 +33939,7 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
   __Pyx_GOTREF((PyObject *)__pyx_v_self->tape);
   __Pyx_DECREF_SET(__pyx_v_self->tape, __pyx_v_tape);
 
-  /* "jacext/_tape.pyx":649
+  /* "jacext/_tape.pyx":658
  *         cdef Py_ssize_t n_out = tape.t.n_out
  *         self.tape = tape
  *         self.cone_ptr = np.array(cone_ptr, dtype=np.int64, copy=True)             # <<<<<<<<<<<<<<
@@ -33504,14 +33947,14 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
  *         self.row_ptr = np.array(row_ptr, dtype=np.int32, copy=True)
 */
   __pyx_t_3 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 649, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 658, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_array_2); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 649, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_array_2); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 658, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 649, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 658, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_int64); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 649, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_int64); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 658, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   #if CYTHON_VECTORCALL
@@ -33532,13 +33975,13 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
     PyObject *__pyx_callargs[4] = {__pyx_t_3, __pyx_v_cone_ptr, __pyx_t_6, Py_True};
     #if CYTHON_VECTORCALL
     __pyx_t_4 = __pyx_mstate_global->__pyx_tuple[6];
-    if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 649, __pyx_L1_error)
+    if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 658, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_4);
     #else
     {
       PyObject *__pyx_temp[2] = {__pyx_mstate_global->__pyx_n_u_dtype, __pyx_mstate_global->__pyx_n_u_copy};
       __pyx_t_4 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 2);
-      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 649, __pyx_L1_error)
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 658, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_4);
     }
     #endif
@@ -33549,16 +33992,16 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
     __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 649, __pyx_L1_error)
+    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 658, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
   }
-  if (!(likely(((__pyx_t_2) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_2, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 649, __pyx_L1_error)
+  if (!(likely(((__pyx_t_2) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_2, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 658, __pyx_L1_error)
   __Pyx_GIVEREF(__pyx_t_2);
   __Pyx_GOTREF((PyObject *)__pyx_v_self->cone_ptr);
   __Pyx_DECREF_SET(__pyx_v_self->cone_ptr, ((PyArrayObject *)__pyx_t_2));
   __pyx_t_2 = 0;
 
-  /* "jacext/_tape.pyx":650
+  /* "jacext/_tape.pyx":659
  *         self.tape = tape
  *         self.cone_ptr = np.array(cone_ptr, dtype=np.int64, copy=True)
  *         self.cone = np.array(cone, dtype=np.int32, copy=True)             # <<<<<<<<<<<<<<
@@ -33566,14 +34009,14 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
  *         self.nz_input = np.array(nz_input, dtype=np.int32, copy=True)
 */
   __pyx_t_5 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 650, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 659, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_array_2); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 650, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_array_2); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 659, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 650, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 659, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 650, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 659, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   #if CYTHON_VECTORCALL
@@ -33594,13 +34037,13 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
     PyObject *__pyx_callargs[4] = {__pyx_t_5, __pyx_v_cone, __pyx_t_3, Py_True};
     #if CYTHON_VECTORCALL
     __pyx_t_4 = __pyx_mstate_global->__pyx_tuple[6];
-    if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 650, __pyx_L1_error)
+    if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 659, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_4);
     #else
     {
       PyObject *__pyx_temp[2] = {__pyx_mstate_global->__pyx_n_u_dtype, __pyx_mstate_global->__pyx_n_u_copy};
       __pyx_t_4 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 2);
-      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 650, __pyx_L1_error)
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 659, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_4);
     }
     #endif
@@ -33611,16 +34054,16 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 650, __pyx_L1_error)
+    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 659, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
   }
-  if (!(likely(((__pyx_t_2) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_2, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 650, __pyx_L1_error)
+  if (!(likely(((__pyx_t_2) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_2, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 659, __pyx_L1_error)
   __Pyx_GIVEREF(__pyx_t_2);
   __Pyx_GOTREF((PyObject *)__pyx_v_self->cone);
   __Pyx_DECREF_SET(__pyx_v_self->cone, ((PyArrayObject *)__pyx_t_2));
   __pyx_t_2 = 0;
 
-  /* "jacext/_tape.pyx":651
+  /* "jacext/_tape.pyx":660
  *         self.cone_ptr = np.array(cone_ptr, dtype=np.int64, copy=True)
  *         self.cone = np.array(cone, dtype=np.int32, copy=True)
  *         self.row_ptr = np.array(row_ptr, dtype=np.int32, copy=True)             # <<<<<<<<<<<<<<
@@ -33628,14 +34071,14 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
  *         for arr in (self.cone_ptr, self.cone, self.row_ptr, self.nz_input):
 */
   __pyx_t_6 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 651, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 660, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_array_2); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 651, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_array_2); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 660, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 651, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 660, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 651, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 660, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   #if CYTHON_VECTORCALL
@@ -33656,13 +34099,13 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
     PyObject *__pyx_callargs[4] = {__pyx_t_6, __pyx_v_row_ptr, __pyx_t_5, Py_True};
     #if CYTHON_VECTORCALL
     __pyx_t_4 = __pyx_mstate_global->__pyx_tuple[6];
-    if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 651, __pyx_L1_error)
+    if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 660, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_4);
     #else
     {
       PyObject *__pyx_temp[2] = {__pyx_mstate_global->__pyx_n_u_dtype, __pyx_mstate_global->__pyx_n_u_copy};
       __pyx_t_4 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 2);
-      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 651, __pyx_L1_error)
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 660, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_4);
     }
     #endif
@@ -33673,16 +34116,16 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
     __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 651, __pyx_L1_error)
+    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 660, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
   }
-  if (!(likely(((__pyx_t_2) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_2, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 651, __pyx_L1_error)
+  if (!(likely(((__pyx_t_2) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_2, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 660, __pyx_L1_error)
   __Pyx_GIVEREF(__pyx_t_2);
   __Pyx_GOTREF((PyObject *)__pyx_v_self->row_ptr);
   __Pyx_DECREF_SET(__pyx_v_self->row_ptr, ((PyArrayObject *)__pyx_t_2));
   __pyx_t_2 = 0;
 
-  /* "jacext/_tape.pyx":652
+  /* "jacext/_tape.pyx":661
  *         self.cone = np.array(cone, dtype=np.int32, copy=True)
  *         self.row_ptr = np.array(row_ptr, dtype=np.int32, copy=True)
  *         self.nz_input = np.array(nz_input, dtype=np.int32, copy=True)             # <<<<<<<<<<<<<<
@@ -33690,14 +34133,14 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
  *             arr.setflags(write=False)
 */
   __pyx_t_3 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 652, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 661, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_array_2); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 652, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_array_2); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 661, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 652, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 661, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 652, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 661, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   #if CYTHON_VECTORCALL
@@ -33718,13 +34161,13 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
     PyObject *__pyx_callargs[4] = {__pyx_t_3, __pyx_v_nz_input, __pyx_t_6, Py_True};
     #if CYTHON_VECTORCALL
     __pyx_t_4 = __pyx_mstate_global->__pyx_tuple[6];
-    if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 652, __pyx_L1_error)
+    if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 661, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_4);
     #else
     {
       PyObject *__pyx_temp[2] = {__pyx_mstate_global->__pyx_n_u_dtype, __pyx_mstate_global->__pyx_n_u_copy};
       __pyx_t_4 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 2);
-      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 652, __pyx_L1_error)
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 661, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_4);
     }
     #endif
@@ -33735,36 +34178,36 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
     __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 652, __pyx_L1_error)
+    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 661, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
   }
-  if (!(likely(((__pyx_t_2) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_2, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 652, __pyx_L1_error)
+  if (!(likely(((__pyx_t_2) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_2, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 661, __pyx_L1_error)
   __Pyx_GIVEREF(__pyx_t_2);
   __Pyx_GOTREF((PyObject *)__pyx_v_self->nz_input);
   __Pyx_DECREF_SET(__pyx_v_self->nz_input, ((PyArrayObject *)__pyx_t_2));
   __pyx_t_2 = 0;
 
-  /* "jacext/_tape.pyx":653
+  /* "jacext/_tape.pyx":662
  *         self.row_ptr = np.array(row_ptr, dtype=np.int32, copy=True)
  *         self.nz_input = np.array(nz_input, dtype=np.int32, copy=True)
  *         for arr in (self.cone_ptr, self.cone, self.row_ptr, self.nz_input):             # <<<<<<<<<<<<<<
  *             arr.setflags(write=False)
  *         if (self.cone_ptr.shape[0] != n_out + 1 or self.row_ptr.shape[0] != n_out + 1
 */
-  __pyx_t_2 = PyTuple_New(4); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 653, __pyx_L1_error)
+  __pyx_t_2 = PyTuple_New(4); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 662, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_INCREF((PyObject *)__pyx_v_self->cone_ptr);
   __Pyx_GIVEREF((PyObject *)__pyx_v_self->cone_ptr);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 0, ((PyObject *)__pyx_v_self->cone_ptr)) != (0)) __PYX_ERR(0, 653, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 0, ((PyObject *)__pyx_v_self->cone_ptr)) != (0)) __PYX_ERR(0, 662, __pyx_L1_error);
   __Pyx_INCREF((PyObject *)__pyx_v_self->cone);
   __Pyx_GIVEREF((PyObject *)__pyx_v_self->cone);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 1, ((PyObject *)__pyx_v_self->cone)) != (0)) __PYX_ERR(0, 653, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 1, ((PyObject *)__pyx_v_self->cone)) != (0)) __PYX_ERR(0, 662, __pyx_L1_error);
   __Pyx_INCREF((PyObject *)__pyx_v_self->row_ptr);
   __Pyx_GIVEREF((PyObject *)__pyx_v_self->row_ptr);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 2, ((PyObject *)__pyx_v_self->row_ptr)) != (0)) __PYX_ERR(0, 653, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 2, ((PyObject *)__pyx_v_self->row_ptr)) != (0)) __PYX_ERR(0, 662, __pyx_L1_error);
   __Pyx_INCREF((PyObject *)__pyx_v_self->nz_input);
   __Pyx_GIVEREF((PyObject *)__pyx_v_self->nz_input);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 3, ((PyObject *)__pyx_v_self->nz_input)) != (0)) __PYX_ERR(0, 653, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 3, ((PyObject *)__pyx_v_self->nz_input)) != (0)) __PYX_ERR(0, 662, __pyx_L1_error);
   __pyx_t_5 = __pyx_t_2; __Pyx_INCREF(__pyx_t_5);
   __pyx_t_8 = 0;
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
@@ -33776,13 +34219,13 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
     __pyx_t_2 = __Pyx_PySequence_ITEM(__pyx_t_5, __pyx_t_8);
     #endif
     ++__pyx_t_8;
-    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 653, __pyx_L1_error)
+    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 662, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
-    if (!(likely(((__pyx_t_2) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_2, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 653, __pyx_L1_error)
+    if (!(likely(((__pyx_t_2) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_2, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 662, __pyx_L1_error)
     __Pyx_XDECREF_SET(__pyx_v_arr, ((PyArrayObject *)__pyx_t_2));
     __pyx_t_2 = 0;
 
-    /* "jacext/_tape.pyx":654
+    /* "jacext/_tape.pyx":663
  *         self.nz_input = np.array(nz_input, dtype=np.int32, copy=True)
  *         for arr in (self.cone_ptr, self.cone, self.row_ptr, self.nz_input):
  *             arr.setflags(write=False)             # <<<<<<<<<<<<<<
@@ -33798,13 +34241,13 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
       PyObject *__pyx_callargs[2] = {__pyx_t_4, Py_False};
       #if CYTHON_VECTORCALL
       __pyx_t_6 = __pyx_mstate_global->__pyx_tuple[4];
-      if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 654, __pyx_L1_error)
+      if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 663, __pyx_L1_error)
       __Pyx_INCREF(__pyx_t_6);
       #else
       {
         PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_write};
         __pyx_t_6 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+1, 1);
-        if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 654, __pyx_L1_error)
+        if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 663, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_6);
       }
       #endif
@@ -33813,12 +34256,12 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
       #if CYTHON_VECTORCALL
       #endif
       __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 654, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 663, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-    /* "jacext/_tape.pyx":653
+    /* "jacext/_tape.pyx":662
  *         self.row_ptr = np.array(row_ptr, dtype=np.int32, copy=True)
  *         self.nz_input = np.array(nz_input, dtype=np.int32, copy=True)
  *         for arr in (self.cone_ptr, self.cone, self.row_ptr, self.nz_input):             # <<<<<<<<<<<<<<
@@ -33828,7 +34271,7 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
   }
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
-  /* "jacext/_tape.pyx":655
+  /* "jacext/_tape.pyx":664
  *         for arr in (self.cone_ptr, self.cone, self.row_ptr, self.nz_input):
  *             arr.setflags(write=False)
  *         if (self.cone_ptr.shape[0] != n_out + 1 or self.row_ptr.shape[0] != n_out + 1             # <<<<<<<<<<<<<<
@@ -33849,7 +34292,7 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
     goto __pyx_L7_bool_binop_done;
   }
 
-  /* "jacext/_tape.pyx":656
+  /* "jacext/_tape.pyx":665
  *             arr.setflags(write=False)
  *         if (self.cone_ptr.shape[0] != n_out + 1 or self.row_ptr.shape[0] != n_out + 1
  *                 or self.cone_ptr[0] != 0 or self.row_ptr[0] != 0             # <<<<<<<<<<<<<<
@@ -33859,7 +34302,7 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
   __pyx_t_5 = ((PyObject *)__pyx_v_self->row_ptr);
   __Pyx_INCREF(__pyx_t_5);
 
-  /* "jacext/_tape.pyx":655
+  /* "jacext/_tape.pyx":664
  *         for arr in (self.cone_ptr, self.cone, self.row_ptr, self.nz_input):
  *             arr.setflags(write=False)
  *         if (self.cone_ptr.shape[0] != n_out + 1 or self.row_ptr.shape[0] != n_out + 1             # <<<<<<<<<<<<<<
@@ -33878,16 +34321,16 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
     goto __pyx_L7_bool_binop_done;
   }
 
-  /* "jacext/_tape.pyx":656
+  /* "jacext/_tape.pyx":665
  *             arr.setflags(write=False)
  *         if (self.cone_ptr.shape[0] != n_out + 1 or self.row_ptr.shape[0] != n_out + 1
  *                 or self.cone_ptr[0] != 0 or self.row_ptr[0] != 0             # <<<<<<<<<<<<<<
  *                 or (np.diff(self.cone_ptr) < 0).any() or (np.diff(self.row_ptr) < 0).any()
  *                 or self.row_ptr[n_out] != self.nz_input.shape[0]
 */
-  __pyx_t_5 = __Pyx_GetItemInt(((PyObject *)__pyx_v_self->cone_ptr), 0, long, 1, __Pyx_PyLong_From_long, 0, 1, 1, __Pyx_ReferenceSharing_SharedReference); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 656, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_GetItemInt(((PyObject *)__pyx_v_self->cone_ptr), 0, long, 1, __Pyx_PyLong_From_long, 0, 1, 1, __Pyx_ReferenceSharing_SharedReference); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 665, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  __pyx_t_10 = (__Pyx_PyLong_BoolNeObjC(__pyx_t_5, __pyx_mstate_global->__pyx_int_0, 0, 0)); if (unlikely((__pyx_t_10 < 0))) __PYX_ERR(0, 656, __pyx_L1_error)
+  __pyx_t_10 = (__Pyx_PyLong_BoolNeObjC(__pyx_t_5, __pyx_mstate_global->__pyx_int_0, 0, 0)); if (unlikely((__pyx_t_10 < 0))) __PYX_ERR(0, 665, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
   if (!__pyx_t_10) {
 
@@ -33898,24 +34341,24 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
     goto __pyx_L7_bool_binop_done;
   }
 
-  /* "jacext/_tape.pyx":657
+  /* "jacext/_tape.pyx":666
  *         if (self.cone_ptr.shape[0] != n_out + 1 or self.row_ptr.shape[0] != n_out + 1
  *                 or self.cone_ptr[0] != 0 or self.row_ptr[0] != 0
  *                 or (np.diff(self.cone_ptr) < 0).any() or (np.diff(self.row_ptr) < 0).any()             # <<<<<<<<<<<<<<
  *                 or self.row_ptr[n_out] != self.nz_input.shape[0]
  *                 or self.cone_ptr[n_out] > self.cone.shape[0]):
 */
-  __pyx_t_5 = __Pyx_GetItemInt(((PyObject *)__pyx_v_self->row_ptr), 0, long, 1, __Pyx_PyLong_From_long, 0, 1, 1, __Pyx_ReferenceSharing_SharedReference); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 656, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_GetItemInt(((PyObject *)__pyx_v_self->row_ptr), 0, long, 1, __Pyx_PyLong_From_long, 0, 1, 1, __Pyx_ReferenceSharing_SharedReference); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 665, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
 
-  /* "jacext/_tape.pyx":656
+  /* "jacext/_tape.pyx":665
  *             arr.setflags(write=False)
  *         if (self.cone_ptr.shape[0] != n_out + 1 or self.row_ptr.shape[0] != n_out + 1
  *                 or self.cone_ptr[0] != 0 or self.row_ptr[0] != 0             # <<<<<<<<<<<<<<
  *                 or (np.diff(self.cone_ptr) < 0).any() or (np.diff(self.row_ptr) < 0).any()
  *                 or self.row_ptr[n_out] != self.nz_input.shape[0]
 */
-  __pyx_t_10 = (__Pyx_PyLong_BoolNeObjC(__pyx_t_5, __pyx_mstate_global->__pyx_int_0, 0, 0)); if (unlikely((__pyx_t_10 < 0))) __PYX_ERR(0, 656, __pyx_L1_error)
+  __pyx_t_10 = (__Pyx_PyLong_BoolNeObjC(__pyx_t_5, __pyx_mstate_global->__pyx_int_0, 0, 0)); if (unlikely((__pyx_t_10 < 0))) __PYX_ERR(0, 665, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
   if (!__pyx_t_10) {
 
@@ -33926,7 +34369,7 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
     goto __pyx_L7_bool_binop_done;
   }
 
-  /* "jacext/_tape.pyx":657
+  /* "jacext/_tape.pyx":666
  *         if (self.cone_ptr.shape[0] != n_out + 1 or self.row_ptr.shape[0] != n_out + 1
  *                 or self.cone_ptr[0] != 0 or self.row_ptr[0] != 0
  *                 or (np.diff(self.cone_ptr) < 0).any() or (np.diff(self.row_ptr) < 0).any()             # <<<<<<<<<<<<<<
@@ -33934,9 +34377,9 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
  *                 or self.cone_ptr[n_out] > self.cone.shape[0]):
 */
   __pyx_t_4 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 657, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 666, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_11 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_diff); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 657, __pyx_L1_error)
+  __pyx_t_11 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_diff); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 666, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_11);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   __pyx_t_7 = 1;
@@ -33956,10 +34399,10 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
     __pyx_t_6 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_11, __pyx_callargs+__pyx_t_7, (2-__pyx_t_7) | (__pyx_t_7*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
     __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
-    if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 657, __pyx_L1_error)
+    if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 666, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
   }
-  __pyx_t_11 = __Pyx_PyObject_CompareLt_object_int(__pyx_t_6, __pyx_mstate_global->__pyx_int_0, Py_LT); __Pyx_XGOTREF(__pyx_t_11); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 657, __pyx_L1_error)
+  __pyx_t_11 = __Pyx_PyObject_CompareLt_object_int(__pyx_t_6, __pyx_mstate_global->__pyx_int_0, Py_LT); __Pyx_XGOTREF(__pyx_t_11); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 666, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
   __pyx_t_2 = __pyx_t_11;
   __Pyx_INCREF(__pyx_t_2);
@@ -33969,10 +34412,10 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
     __pyx_t_5 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_any, __pyx_callargs+__pyx_t_7, (1-__pyx_t_7) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
-    if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 657, __pyx_L1_error)
+    if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 666, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_5);
   }
-  __pyx_t_10 = __Pyx_PyObject_IsTrue(__pyx_t_5); if (unlikely((__pyx_t_10 < 0))) __PYX_ERR(0, 657, __pyx_L1_error)
+  __pyx_t_10 = __Pyx_PyObject_IsTrue(__pyx_t_5); if (unlikely((__pyx_t_10 < 0))) __PYX_ERR(0, 666, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
   if (!__pyx_t_10) {
 
@@ -33983,7 +34426,7 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
     goto __pyx_L7_bool_binop_done;
   }
 
-  /* "jacext/_tape.pyx":658
+  /* "jacext/_tape.pyx":667
  *                 or self.cone_ptr[0] != 0 or self.row_ptr[0] != 0
  *                 or (np.diff(self.cone_ptr) < 0).any() or (np.diff(self.row_ptr) < 0).any()
  *                 or self.row_ptr[n_out] != self.nz_input.shape[0]             # <<<<<<<<<<<<<<
@@ -33992,16 +34435,16 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
 */
   __pyx_t_6 = NULL;
 
-  /* "jacext/_tape.pyx":657
+  /* "jacext/_tape.pyx":666
  *         if (self.cone_ptr.shape[0] != n_out + 1 or self.row_ptr.shape[0] != n_out + 1
  *                 or self.cone_ptr[0] != 0 or self.row_ptr[0] != 0
  *                 or (np.diff(self.cone_ptr) < 0).any() or (np.diff(self.row_ptr) < 0).any()             # <<<<<<<<<<<<<<
  *                 or self.row_ptr[n_out] != self.nz_input.shape[0]
  *                 or self.cone_ptr[n_out] > self.cone.shape[0]):
 */
-  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 657, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 666, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_diff); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 657, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_diff); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 666, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   __pyx_t_7 = 1;
@@ -34021,10 +34464,10 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
     __pyx_t_2 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_3, __pyx_callargs+__pyx_t_7, (2-__pyx_t_7) | (__pyx_t_7*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 657, __pyx_L1_error)
+    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 666, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
   }
-  __pyx_t_3 = __Pyx_PyObject_CompareLt_object_int(__pyx_t_2, __pyx_mstate_global->__pyx_int_0, Py_LT); __Pyx_XGOTREF(__pyx_t_3); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 657, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyObject_CompareLt_object_int(__pyx_t_2, __pyx_mstate_global->__pyx_int_0, Py_LT); __Pyx_XGOTREF(__pyx_t_3); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 666, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   __pyx_t_11 = __pyx_t_3;
   __Pyx_INCREF(__pyx_t_11);
@@ -34034,10 +34477,10 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
     __pyx_t_5 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_any, __pyx_callargs+__pyx_t_7, (1-__pyx_t_7) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_11); __pyx_t_11 = 0;
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 657, __pyx_L1_error)
+    if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 666, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_5);
   }
-  __pyx_t_10 = __Pyx_PyObject_IsTrue(__pyx_t_5); if (unlikely((__pyx_t_10 < 0))) __PYX_ERR(0, 657, __pyx_L1_error)
+  __pyx_t_10 = __Pyx_PyObject_IsTrue(__pyx_t_5); if (unlikely((__pyx_t_10 < 0))) __PYX_ERR(0, 666, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
   if (!__pyx_t_10) {
 
@@ -34048,21 +34491,21 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
     goto __pyx_L7_bool_binop_done;
   }
 
-  /* "jacext/_tape.pyx":658
+  /* "jacext/_tape.pyx":667
  *                 or self.cone_ptr[0] != 0 or self.row_ptr[0] != 0
  *                 or (np.diff(self.cone_ptr) < 0).any() or (np.diff(self.row_ptr) < 0).any()
  *                 or self.row_ptr[n_out] != self.nz_input.shape[0]             # <<<<<<<<<<<<<<
  *                 or self.cone_ptr[n_out] > self.cone.shape[0]):
  *             raise ValueError("jacext: inconsistent cones")
 */
-  __pyx_t_5 = __Pyx_GetItemInt(((PyObject *)__pyx_v_self->row_ptr), __pyx_v_n_out, Py_ssize_t, 1, PyLong_FromSsize_t, 1, 1, 1, __Pyx_ReferenceSharing_SharedReference); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 658, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_GetItemInt(((PyObject *)__pyx_v_self->row_ptr), __pyx_v_n_out, Py_ssize_t, 1, PyLong_FromSsize_t, 1, 1, 1, __Pyx_ReferenceSharing_SharedReference); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 667, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   __pyx_t_3 = ((PyObject *)__pyx_v_self->nz_input);
   __Pyx_INCREF(__pyx_t_3);
-  __pyx_t_11 = __Pyx_PyLong_From_npy_intp((__pyx_f_5numpy_7ndarray_5shape___get__(((PyArrayObject *)__pyx_t_3))[0])); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 658, __pyx_L1_error)
+  __pyx_t_11 = __Pyx_PyLong_From_npy_intp((__pyx_f_5numpy_7ndarray_5shape___get__(((PyArrayObject *)__pyx_t_3))[0])); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 667, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_11);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __pyx_t_10 = __Pyx_PyObject_CompareBoolNe_object_int(__pyx_t_5, __pyx_t_11, Py_NE); if (unlikely((__pyx_t_10 < 0))) __PYX_ERR(0, 658, __pyx_L1_error)
+  __pyx_t_10 = __Pyx_PyObject_CompareBoolNe_object_int(__pyx_t_5, __pyx_t_11, Py_NE); if (unlikely((__pyx_t_10 < 0))) __PYX_ERR(0, 667, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
   __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
   if (!__pyx_t_10) {
@@ -34074,21 +34517,21 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
     goto __pyx_L7_bool_binop_done;
   }
 
-  /* "jacext/_tape.pyx":659
+  /* "jacext/_tape.pyx":668
  *                 or (np.diff(self.cone_ptr) < 0).any() or (np.diff(self.row_ptr) < 0).any()
  *                 or self.row_ptr[n_out] != self.nz_input.shape[0]
  *                 or self.cone_ptr[n_out] > self.cone.shape[0]):             # <<<<<<<<<<<<<<
  *             raise ValueError("jacext: inconsistent cones")
  *         if not (_in_range(<const int32_t *>cnp.PyArray_DATA(self.cone), self.cone_ptr[n_out],
 */
-  __pyx_t_11 = __Pyx_GetItemInt(((PyObject *)__pyx_v_self->cone_ptr), __pyx_v_n_out, Py_ssize_t, 1, PyLong_FromSsize_t, 1, 1, 1, __Pyx_ReferenceSharing_SharedReference); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 659, __pyx_L1_error)
+  __pyx_t_11 = __Pyx_GetItemInt(((PyObject *)__pyx_v_self->cone_ptr), __pyx_v_n_out, Py_ssize_t, 1, PyLong_FromSsize_t, 1, 1, 1, __Pyx_ReferenceSharing_SharedReference); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 668, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_11);
   __pyx_t_5 = ((PyObject *)__pyx_v_self->cone);
   __Pyx_INCREF(__pyx_t_5);
-  __pyx_t_3 = __Pyx_PyLong_From_npy_intp((__pyx_f_5numpy_7ndarray_5shape___get__(((PyArrayObject *)__pyx_t_5))[0])); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 659, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_From_npy_intp((__pyx_f_5numpy_7ndarray_5shape___get__(((PyArrayObject *)__pyx_t_5))[0])); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 668, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-  __pyx_t_10 = __Pyx_PyObject_CompareBoolGt_object_int(__pyx_t_11, __pyx_t_3, Py_GT); if (unlikely((__pyx_t_10 < 0))) __PYX_ERR(0, 659, __pyx_L1_error)
+  __pyx_t_10 = __Pyx_PyObject_CompareBoolGt_object_int(__pyx_t_11, __pyx_t_3, Py_GT); if (unlikely((__pyx_t_10 < 0))) __PYX_ERR(0, 668, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
 
@@ -34096,7 +34539,7 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
 
   __pyx_L7_bool_binop_done:;
 
-  /* "jacext/_tape.pyx":655
+  /* "jacext/_tape.pyx":664
  *         for arr in (self.cone_ptr, self.cone, self.row_ptr, self.nz_input):
  *             arr.setflags(write=False)
  *         if (self.cone_ptr.shape[0] != n_out + 1 or self.row_ptr.shape[0] != n_out + 1             # <<<<<<<<<<<<<<
@@ -34106,7 +34549,7 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
   if (unlikely(__pyx_t_9)) {
 
 
-    /* "jacext/_tape.pyx":660
+    /* "jacext/_tape.pyx":669
  *                 or self.row_ptr[n_out] != self.nz_input.shape[0]
  *                 or self.cone_ptr[n_out] > self.cone.shape[0]):
  *             raise ValueError("jacext: inconsistent cones")             # <<<<<<<<<<<<<<
@@ -34119,14 +34562,14 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
       PyObject *__pyx_callargs[2] = {__pyx_t_11, __pyx_mstate_global->__pyx_kp_u_jacext_inconsistent_cones};
       __pyx_t_3 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_7, (2-__pyx_t_7) | (__pyx_t_7*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_11); __pyx_t_11 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 660, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 669, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     __Pyx_Raise(__pyx_t_3, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    __PYX_ERR(0, 660, __pyx_L1_error)
+    __PYX_ERR(0, 669, __pyx_L1_error)
 
-    /* "jacext/_tape.pyx":655
+    /* "jacext/_tape.pyx":664
  *         for arr in (self.cone_ptr, self.cone, self.row_ptr, self.nz_input):
  *             arr.setflags(write=False)
  *         if (self.cone_ptr.shape[0] != n_out + 1 or self.row_ptr.shape[0] != n_out + 1             # <<<<<<<<<<<<<<
@@ -34135,7 +34578,7 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
 */
   }
 
-  /* "jacext/_tape.pyx":661
+  /* "jacext/_tape.pyx":670
  *                 or self.cone_ptr[n_out] > self.cone.shape[0]):
  *             raise ValueError("jacext: inconsistent cones")
  *         if not (_in_range(<const int32_t *>cnp.PyArray_DATA(self.cone), self.cone_ptr[n_out],             # <<<<<<<<<<<<<<
@@ -34144,12 +34587,12 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
 */
   __pyx_t_3 = ((PyObject *)__pyx_v_self->cone);
   __Pyx_INCREF(__pyx_t_3);
-  __pyx_t_11 = __Pyx_GetItemInt(((PyObject *)__pyx_v_self->cone_ptr), __pyx_v_n_out, Py_ssize_t, 1, PyLong_FromSsize_t, 1, 1, 1, __Pyx_ReferenceSharing_SharedReference); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 661, __pyx_L1_error)
+  __pyx_t_11 = __Pyx_GetItemInt(((PyObject *)__pyx_v_self->cone_ptr), __pyx_v_n_out, Py_ssize_t, 1, PyLong_FromSsize_t, 1, 1, 1, __Pyx_ReferenceSharing_SharedReference); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 670, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_11);
-  __pyx_t_8 = __Pyx_PyIndex_AsSsize_t(__pyx_t_11); if (unlikely((__pyx_t_8 == (Py_ssize_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 661, __pyx_L1_error)
+  __pyx_t_8 = __Pyx_PyIndex_AsSsize_t(__pyx_t_11); if (unlikely((__pyx_t_8 == (Py_ssize_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 670, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
 
-  /* "jacext/_tape.pyx":662
+  /* "jacext/_tape.pyx":671
  *             raise ValueError("jacext: inconsistent cones")
  *         if not (_in_range(<const int32_t *>cnp.PyArray_DATA(self.cone), self.cone_ptr[n_out],
  *                           0, tape.t.n_instr)             # <<<<<<<<<<<<<<
@@ -34169,7 +34612,7 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
     goto __pyx_L16_bool_binop_done;
   }
 
-  /* "jacext/_tape.pyx":663
+  /* "jacext/_tape.pyx":672
  *         if not (_in_range(<const int32_t *>cnp.PyArray_DATA(self.cone), self.cone_ptr[n_out],
  *                           0, tape.t.n_instr)
  *                 and _in_range(<const int32_t *>cnp.PyArray_DATA(self.nz_input),             # <<<<<<<<<<<<<<
@@ -34179,7 +34622,7 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
   __pyx_t_3 = ((PyObject *)__pyx_v_self->nz_input);
   __Pyx_INCREF(__pyx_t_3);
 
-  /* "jacext/_tape.pyx":664
+  /* "jacext/_tape.pyx":673
  *                           0, tape.t.n_instr)
  *                 and _in_range(<const int32_t *>cnp.PyArray_DATA(self.nz_input),
  *                               self.nz_input.shape[0], 0, tape.t.n_in)):             # <<<<<<<<<<<<<<
@@ -34189,7 +34632,7 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
   __pyx_t_11 = ((PyObject *)__pyx_v_self->nz_input);
   __Pyx_INCREF(__pyx_t_11);
 
-  /* "jacext/_tape.pyx":663
+  /* "jacext/_tape.pyx":672
  *         if not (_in_range(<const int32_t *>cnp.PyArray_DATA(self.cone), self.cone_ptr[n_out],
  *                           0, tape.t.n_instr)
  *                 and _in_range(<const int32_t *>cnp.PyArray_DATA(self.nz_input),             # <<<<<<<<<<<<<<
@@ -34205,7 +34648,7 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
 
   __pyx_L16_bool_binop_done:;
 
-  /* "jacext/_tape.pyx":661
+  /* "jacext/_tape.pyx":670
  *                 or self.cone_ptr[n_out] > self.cone.shape[0]):
  *             raise ValueError("jacext: inconsistent cones")
  *         if not (_in_range(<const int32_t *>cnp.PyArray_DATA(self.cone), self.cone_ptr[n_out],             # <<<<<<<<<<<<<<
@@ -34218,7 +34661,7 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
   if (unlikely(__pyx_t_10)) {
 
 
-    /* "jacext/_tape.pyx":665
+    /* "jacext/_tape.pyx":674
  *                 and _in_range(<const int32_t *>cnp.PyArray_DATA(self.nz_input),
  *                               self.nz_input.shape[0], 0, tape.t.n_in)):
  *             raise ValueError("jacext: a cone or nonzero index out of range")             # <<<<<<<<<<<<<<
@@ -34231,14 +34674,14 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
       PyObject *__pyx_callargs[2] = {__pyx_t_3, __pyx_mstate_global->__pyx_kp_u_jacext_a_cone_or_nonzero_index_o};
       __pyx_t_11 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_7, (2-__pyx_t_7) | (__pyx_t_7*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
-      if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 665, __pyx_L1_error)
+      if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 674, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_11);
     }
     __Pyx_Raise(__pyx_t_11, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
-    __PYX_ERR(0, 665, __pyx_L1_error)
+    __PYX_ERR(0, 674, __pyx_L1_error)
 
-    /* "jacext/_tape.pyx":661
+    /* "jacext/_tape.pyx":670
  *                 or self.cone_ptr[n_out] > self.cone.shape[0]):
  *             raise ValueError("jacext: inconsistent cones")
  *         if not (_in_range(<const int32_t *>cnp.PyArray_DATA(self.cone), self.cone_ptr[n_out],             # <<<<<<<<<<<<<<
@@ -34247,7 +34690,7 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
 */
   }
 
-  /* "jacext/_tape.pyx":666
+  /* "jacext/_tape.pyx":675
  *                               self.nz_input.shape[0], 0, tape.t.n_in)):
  *             raise ValueError("jacext: a cone or nonzero index out of range")
  *         self.cp = <const int64_t *>cnp.PyArray_DATA(self.cone_ptr)             # <<<<<<<<<<<<<<
@@ -34259,7 +34702,7 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
   __pyx_v_self->cp = ((int64_t const *)PyArray_DATA(((PyArrayObject *)__pyx_t_11)));
   __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
 
-  /* "jacext/_tape.pyx":667
+  /* "jacext/_tape.pyx":676
  *             raise ValueError("jacext: a cone or nonzero index out of range")
  *         self.cp = <const int64_t *>cnp.PyArray_DATA(self.cone_ptr)
  *         self.cn = <const int32_t *>cnp.PyArray_DATA(self.cone)             # <<<<<<<<<<<<<<
@@ -34271,7 +34714,7 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
   __pyx_v_self->cn = ((int32_t const *)PyArray_DATA(((PyArrayObject *)__pyx_t_11)));
   __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
 
-  /* "jacext/_tape.pyx":668
+  /* "jacext/_tape.pyx":677
  *         self.cp = <const int64_t *>cnp.PyArray_DATA(self.cone_ptr)
  *         self.cn = <const int32_t *>cnp.PyArray_DATA(self.cone)
  *         self.rp = <const int32_t *>cnp.PyArray_DATA(self.row_ptr)             # <<<<<<<<<<<<<<
@@ -34283,7 +34726,7 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
   __pyx_v_self->rp = ((int32_t const *)PyArray_DATA(((PyArrayObject *)__pyx_t_11)));
   __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
 
-  /* "jacext/_tape.pyx":669
+  /* "jacext/_tape.pyx":678
  *         self.cn = <const int32_t *>cnp.PyArray_DATA(self.cone)
  *         self.rp = <const int32_t *>cnp.PyArray_DATA(self.row_ptr)
  *         self.nz = <const int32_t *>cnp.PyArray_DATA(self.nz_input)             # <<<<<<<<<<<<<<
@@ -34295,7 +34738,7 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
   __pyx_v_self->nz = ((int32_t const *)PyArray_DATA(((PyArrayObject *)__pyx_t_11)));
   __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
 
-  /* "jacext/_tape.pyx":646
+  /* "jacext/_tape.pyx":655
  *     reverse sweeps fill; checked once here, read-only after."""
  * 
  *     def __init__(self, Tape tape, cone_ptr, cone, row_ptr, nz_input):             # <<<<<<<<<<<<<<
@@ -34323,7 +34766,7 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
   return __pyx_r;
 }
 
-/* "jacext/_tape.pyx":671
+/* "jacext/_tape.pyx":680
  *         self.nz = <const int32_t *>cnp.PyArray_DATA(self.nz_input)
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -34356,16 +34799,16 @@ static PyObject *__pyx_pf_6jacext_5_tape_5Cones_4size___get__(struct __pyx_obj_6
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__get__", 0);
 
-  /* "jacext/_tape.pyx":674
+  /* "jacext/_tape.pyx":683
  *     def size(self):
  *         """Entries of all cones together: the instructions the sweeps visit."""
  *         return int(self.cone_ptr[-1])             # <<<<<<<<<<<<<<
  * 
  * 
 */
-  __pyx_t_1 = __Pyx_GetItemInt(((PyObject *)__pyx_v_self->cone_ptr), -1L, long, 1, __Pyx_PyLong_From_long, 1, 1, 1, __Pyx_ReferenceSharing_SharedReference); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 674, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_GetItemInt(((PyObject *)__pyx_v_self->cone_ptr), -1L, long, 1, __Pyx_PyLong_From_long, 1, 1, 1, __Pyx_ReferenceSharing_SharedReference); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 683, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_2 = __Pyx_PyNumber_Int(__pyx_t_1); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 674, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyNumber_Int(__pyx_t_1); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 683, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   {
@@ -34379,7 +34822,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_5Cones_4size___get__(struct __pyx_obj_6
   __pyx_t_2 = 0;
   goto __pyx_L0;
 
-  /* "jacext/_tape.pyx":671
+  /* "jacext/_tape.pyx":680
  *         self.nz = <const int32_t *>cnp.PyArray_DATA(self.nz_input)
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -34399,7 +34842,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_5Cones_4size___get__(struct __pyx_obj_6
   return __pyx_r;
 }
 
-/* "jacext/_tape.pxd":77
+/* "jacext/_tape.pxd":80
  * 
  * cdef class Cones:
  *     cdef readonly Tape tape             # <<<<<<<<<<<<<<
@@ -34466,7 +34909,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_5Cones_4tape___get__(struct __pyx_obj_6
   return __pyx_r;
 }
 
-/* "jacext/_tape.pxd":78
+/* "jacext/_tape.pxd":81
  * cdef class Cones:
  *     cdef readonly Tape tape
  *     cdef readonly cnp.ndarray cone_ptr, cone, row_ptr, nz_input             # <<<<<<<<<<<<<<
@@ -34916,7 +35359,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_5Cones_4__setstate_cython__(CYTHON_UNUS
   return __pyx_r;
 }
 
-/* "jacext/_tape.pyx":677
+/* "jacext/_tape.pyx":686
  * 
  * 
  * cdef bint _in_range(const int32_t *p, Py_ssize_t n, int64_t lo, int64_t hi) noexcept nogil:             # <<<<<<<<<<<<<<
@@ -34932,7 +35375,7 @@ static int __pyx_f_6jacext_5_tape__in_range(int32_t const *__pyx_v_p, Py_ssize_t
   Py_ssize_t __pyx_t_2;
   Py_ssize_t __pyx_t_3;
 
-  /* "jacext/_tape.pyx":680
+  /* "jacext/_tape.pyx":689
  *     """Whether lo <= p[k] < hi for every k < n."""
  *     cdef Py_ssize_t k
  *     cdef bint ok = True             # <<<<<<<<<<<<<<
@@ -34941,7 +35384,7 @@ static int __pyx_f_6jacext_5_tape__in_range(int32_t const *__pyx_v_p, Py_ssize_t
 */
   __pyx_v_ok = 1;
 
-  /* "jacext/_tape.pyx":681
+  /* "jacext/_tape.pyx":690
  *     cdef Py_ssize_t k
  *     cdef bint ok = True
  *     for k in range(n):             # <<<<<<<<<<<<<<
@@ -34955,7 +35398,7 @@ static int __pyx_f_6jacext_5_tape__in_range(int32_t const *__pyx_v_p, Py_ssize_t
   for (__pyx_t_3 = 0; __pyx_t_3 < __pyx_t_2; __pyx_t_3+=1) {
     __pyx_v_k = __pyx_t_3;
 
-    /* "jacext/_tape.pyx":682
+    /* "jacext/_tape.pyx":691
  *     cdef bint ok = True
  *     for k in range(n):
  *         ok &= (p[k] >= lo) & (p[k] < hi)             # <<<<<<<<<<<<<<
@@ -34966,7 +35409,7 @@ static int __pyx_f_6jacext_5_tape__in_range(int32_t const *__pyx_v_p, Py_ssize_t
   }
 
 
-  /* "jacext/_tape.pyx":683
+  /* "jacext/_tape.pyx":692
  *     for k in range(n):
  *         ok &= (p[k] >= lo) & (p[k] < hi)
  *     return ok             # <<<<<<<<<<<<<<
@@ -34979,7 +35422,7 @@ static int __pyx_f_6jacext_5_tape__in_range(int32_t const *__pyx_v_p, Py_ssize_t
   }
   goto __pyx_L0;
 
-  /* "jacext/_tape.pyx":677
+  /* "jacext/_tape.pyx":686
  * 
  * 
  * cdef bint _in_range(const int32_t *p, Py_ssize_t n, int64_t lo, int64_t hi) noexcept nogil:             # <<<<<<<<<<<<<<
@@ -34994,7 +35437,7 @@ static int __pyx_f_6jacext_5_tape__in_range(int32_t const *__pyx_v_p, Py_ssize_t
   return __pyx_r;
 }
 
-/* "jacext/_tape.pyx":686
+/* "jacext/_tape.pyx":695
  * 
  * 
  * cdef int _check_columns(cnp.ndarray cols, Py_ssize_t n_in) except -1:             # <<<<<<<<<<<<<<
@@ -35015,17 +35458,17 @@ static int __pyx_f_6jacext_5_tape__check_columns(PyArrayObject *__pyx_v_cols, Py
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_check_columns", 0);
 
-  /* "jacext/_tape.pyx":687
+  /* "jacext/_tape.pyx":696
  * 
  * cdef int _check_columns(cnp.ndarray cols, Py_ssize_t n_in) except -1:
  *     _buf(cols, cnp.NPY_INT32, 0, "cols")             # <<<<<<<<<<<<<<
  *     if not _in_range(<const int32_t *>cnp.PyArray_DATA(cols), cols.shape[0], 0, n_in):
  *         raise ValueError("jacext: an input index out of range")
 */
-  __pyx_t_1 = __pyx_f_6jacext_5_tape__buf(__pyx_v_cols, NPY_INT32, 0, __pyx_mstate_global->__pyx_n_u_cols); if (unlikely(__pyx_t_1 == ((void *)NULL))) __PYX_ERR(0, 687, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_6jacext_5_tape__buf(__pyx_v_cols, NPY_INT32, 0, __pyx_mstate_global->__pyx_n_u_cols); if (unlikely(__pyx_t_1 == ((void *)NULL))) __PYX_ERR(0, 696, __pyx_L1_error)
 
 
-  /* "jacext/_tape.pyx":688
+  /* "jacext/_tape.pyx":697
  * cdef int _check_columns(cnp.ndarray cols, Py_ssize_t n_in) except -1:
  *     _buf(cols, cnp.NPY_INT32, 0, "cols")
  *     if not _in_range(<const int32_t *>cnp.PyArray_DATA(cols), cols.shape[0], 0, n_in):             # <<<<<<<<<<<<<<
@@ -35037,7 +35480,7 @@ static int __pyx_f_6jacext_5_tape__check_columns(PyArrayObject *__pyx_v_cols, Py
   if (unlikely(__pyx_t_2)) {
 
 
-    /* "jacext/_tape.pyx":689
+    /* "jacext/_tape.pyx":698
  *     _buf(cols, cnp.NPY_INT32, 0, "cols")
  *     if not _in_range(<const int32_t *>cnp.PyArray_DATA(cols), cols.shape[0], 0, n_in):
  *         raise ValueError("jacext: an input index out of range")             # <<<<<<<<<<<<<<
@@ -35050,14 +35493,14 @@ static int __pyx_f_6jacext_5_tape__check_columns(PyArrayObject *__pyx_v_cols, Py
       PyObject *__pyx_callargs[2] = {__pyx_t_4, __pyx_mstate_global->__pyx_kp_u_jacext_an_input_index_out_of_ran};
       __pyx_t_3 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 689, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 698, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     __Pyx_Raise(__pyx_t_3, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    __PYX_ERR(0, 689, __pyx_L1_error)
+    __PYX_ERR(0, 698, __pyx_L1_error)
 
-    /* "jacext/_tape.pyx":688
+    /* "jacext/_tape.pyx":697
  * cdef int _check_columns(cnp.ndarray cols, Py_ssize_t n_in) except -1:
  *     _buf(cols, cnp.NPY_INT32, 0, "cols")
  *     if not _in_range(<const int32_t *>cnp.PyArray_DATA(cols), cols.shape[0], 0, n_in):             # <<<<<<<<<<<<<<
@@ -35066,7 +35509,7 @@ static int __pyx_f_6jacext_5_tape__check_columns(PyArrayObject *__pyx_v_cols, Py
 */
   }
 
-  /* "jacext/_tape.pyx":690
+  /* "jacext/_tape.pyx":699
  *     if not _in_range(<const int32_t *>cnp.PyArray_DATA(cols), cols.shape[0], 0, n_in):
  *         raise ValueError("jacext: an input index out of range")
  *     return 0             # <<<<<<<<<<<<<<
@@ -35079,7 +35522,7 @@ static int __pyx_f_6jacext_5_tape__check_columns(PyArrayObject *__pyx_v_cols, Py
   }
   goto __pyx_L0;
 
-  /* "jacext/_tape.pyx":686
+  /* "jacext/_tape.pyx":695
  * 
  * 
  * cdef int _check_columns(cnp.ndarray cols, Py_ssize_t n_in) except -1:             # <<<<<<<<<<<<<<
@@ -35099,7 +35542,7 @@ static int __pyx_f_6jacext_5_tape__check_columns(PyArrayObject *__pyx_v_cols, Py
   return __pyx_r;
 }
 
-/* "jacext/_tape.pyx":693
+/* "jacext/_tape.pyx":702
  * 
  * 
  * def colour_columns(ptr, idx, int32_t n_rows, int32_t n_cols, order, max_work):             # <<<<<<<<<<<<<<
@@ -35152,67 +35595,67 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_ptr,&__pyx_mstate_global->__pyx_n_u_idx,&__pyx_mstate_global->__pyx_n_u_n_rows,&__pyx_mstate_global->__pyx_n_u_n_cols,&__pyx_mstate_global->__pyx_n_u_order,&__pyx_mstate_global->__pyx_n_u_max_work,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 693, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 702, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  6:
         values[5] = __Pyx_ArgRef_FASTCALL(__pyx_args, 5);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[5])) __PYX_ERR(0, 693, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[5])) __PYX_ERR(0, 702, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  5:
         values[4] = __Pyx_ArgRef_FASTCALL(__pyx_args, 4);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 693, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 702, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  4:
         values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 693, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 702, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 693, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 702, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 693, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 702, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 693, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 702, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "colour_columns", 0) < (0)) __PYX_ERR(0, 693, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "colour_columns", 0) < (0)) __PYX_ERR(0, 702, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 6; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("colour_columns", 1, 6, 6, i); __PYX_ERR(0, 693, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("colour_columns", 1, 6, 6, i); __PYX_ERR(0, 702, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 6)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 693, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 702, __pyx_L3_error)
       values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 693, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 702, __pyx_L3_error)
       values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 693, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 702, __pyx_L3_error)
       values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 693, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 702, __pyx_L3_error)
       values[4] = __Pyx_ArgRef_FASTCALL(__pyx_args, 4);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 693, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 702, __pyx_L3_error)
       values[5] = __Pyx_ArgRef_FASTCALL(__pyx_args, 5);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[5])) __PYX_ERR(0, 693, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[5])) __PYX_ERR(0, 702, __pyx_L3_error)
     }
     __pyx_v_ptr = values[0];
     __pyx_v_idx = values[1];
-    __pyx_v_n_rows = __Pyx_PyLong_As_int32_t(values[2]); if (unlikely((__pyx_v_n_rows == ((int32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 693, __pyx_L3_error)
-    __pyx_v_n_cols = __Pyx_PyLong_As_int32_t(values[3]); if (unlikely((__pyx_v_n_cols == ((int32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 693, __pyx_L3_error)
+    __pyx_v_n_rows = __Pyx_PyLong_As_int32_t(values[2]); if (unlikely((__pyx_v_n_rows == ((int32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 702, __pyx_L3_error)
+    __pyx_v_n_cols = __Pyx_PyLong_As_int32_t(values[3]); if (unlikely((__pyx_v_n_cols == ((int32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 702, __pyx_L3_error)
     __pyx_v_order = values[4];
     __pyx_v_max_work = values[5];
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("colour_columns", 1, 6, 6, __pyx_nargs); __PYX_ERR(0, 693, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("colour_columns", 1, 6, 6, __pyx_nargs); __PYX_ERR(0, 702, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -35260,7 +35703,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("colour_columns", 0);
 
-  /* "jacext/_tape.pyx":697
+  /* "jacext/_tape.pyx":706
  *     get different colours), visiting columns in ``order``: int32 colours, or None when
  *     the work would pass ``max_work``."""
  *     cdef cnp.ndarray p = np.ascontiguousarray(ptr, dtype=np.int32)             # <<<<<<<<<<<<<<
@@ -35268,14 +35711,14 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
  *     cdef cnp.ndarray o = np.ascontiguousarray(order, dtype=np.int32)
 */
   __pyx_t_2 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 697, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 706, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_ascontiguousarray); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 697, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_ascontiguousarray); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 706, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 697, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 706, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 697, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 706, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   #if CYTHON_VECTORCALL
@@ -35296,13 +35739,13 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
     PyObject *__pyx_callargs[3] = {__pyx_t_2, __pyx_v_ptr, __pyx_t_5};
     #if CYTHON_VECTORCALL
     __pyx_t_3 = __pyx_mstate_global->__pyx_tuple[3];
-    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 697, __pyx_L1_error)
+    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 706, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_3);
     #else
     {
       PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
       __pyx_t_3 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 1);
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 697, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 706, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     #endif
@@ -35313,14 +35756,14 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
     __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 697, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 706, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
-  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 697, __pyx_L1_error)
+  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 706, __pyx_L1_error)
   __pyx_v_p = ((PyArrayObject *)__pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "jacext/_tape.pyx":698
+  /* "jacext/_tape.pyx":707
  *     the work would pass ``max_work``."""
  *     cdef cnp.ndarray p = np.ascontiguousarray(ptr, dtype=np.int32)
  *     cdef cnp.ndarray q = np.ascontiguousarray(idx, dtype=np.int32)             # <<<<<<<<<<<<<<
@@ -35328,14 +35771,14 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
  *     cdef cnp.ndarray colour = np.empty(n_cols, dtype=np.int32)
 */
   __pyx_t_4 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 698, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 707, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_ascontiguousarray); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 698, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_ascontiguousarray); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 707, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 698, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 707, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 698, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 707, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   #if CYTHON_VECTORCALL
@@ -35356,13 +35799,13 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
     PyObject *__pyx_callargs[3] = {__pyx_t_4, __pyx_v_idx, __pyx_t_2};
     #if CYTHON_VECTORCALL
     __pyx_t_3 = __pyx_mstate_global->__pyx_tuple[3];
-    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 698, __pyx_L1_error)
+    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 707, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_3);
     #else
     {
       PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
       __pyx_t_3 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 1);
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 698, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 707, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     #endif
@@ -35373,14 +35816,14 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
     __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 698, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 707, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
-  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 698, __pyx_L1_error)
+  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 707, __pyx_L1_error)
   __pyx_v_q = ((PyArrayObject *)__pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "jacext/_tape.pyx":699
+  /* "jacext/_tape.pyx":708
  *     cdef cnp.ndarray p = np.ascontiguousarray(ptr, dtype=np.int32)
  *     cdef cnp.ndarray q = np.ascontiguousarray(idx, dtype=np.int32)
  *     cdef cnp.ndarray o = np.ascontiguousarray(order, dtype=np.int32)             # <<<<<<<<<<<<<<
@@ -35388,14 +35831,14 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
  *     cdef int32_t n
 */
   __pyx_t_5 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 699, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 708, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_ascontiguousarray); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 699, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_ascontiguousarray); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 708, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 699, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 708, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 699, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 708, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   #if CYTHON_VECTORCALL
@@ -35416,13 +35859,13 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
     PyObject *__pyx_callargs[3] = {__pyx_t_5, __pyx_v_order, __pyx_t_4};
     #if CYTHON_VECTORCALL
     __pyx_t_3 = __pyx_mstate_global->__pyx_tuple[3];
-    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 699, __pyx_L1_error)
+    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 708, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_3);
     #else
     {
       PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
       __pyx_t_3 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 1);
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 699, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 708, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     #endif
@@ -35433,14 +35876,14 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 699, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 708, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
-  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 699, __pyx_L1_error)
+  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 708, __pyx_L1_error)
   __pyx_v_o = ((PyArrayObject *)__pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "jacext/_tape.pyx":700
+  /* "jacext/_tape.pyx":709
  *     cdef cnp.ndarray q = np.ascontiguousarray(idx, dtype=np.int32)
  *     cdef cnp.ndarray o = np.ascontiguousarray(order, dtype=np.int32)
  *     cdef cnp.ndarray colour = np.empty(n_cols, dtype=np.int32)             # <<<<<<<<<<<<<<
@@ -35448,16 +35891,16 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
  *     cdef int64_t limit = max_work
 */
   __pyx_t_2 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 700, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 709, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_empty); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 700, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_empty); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 709, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __pyx_t_3 = __Pyx_PyLong_From_int32_t(__pyx_v_n_cols); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 700, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_From_int32_t(__pyx_v_n_cols); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 709, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __Pyx_GetModuleGlobalName(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 700, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 709, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  __pyx_t_7 = __Pyx_PyObject_GetAttrStr(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 700, __pyx_L1_error)
+  __pyx_t_7 = __Pyx_PyObject_GetAttrStr(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 709, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_7);
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
   #if CYTHON_VECTORCALL
@@ -35478,13 +35921,13 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
     PyObject *__pyx_callargs[3] = {__pyx_t_2, __pyx_t_3, __pyx_t_7};
     #if CYTHON_VECTORCALL
     __pyx_t_5 = __pyx_mstate_global->__pyx_tuple[3];
-    if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 700, __pyx_L1_error)
+    if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 709, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_5);
     #else
     {
       PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
       __pyx_t_5 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 1);
-      if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 700, __pyx_L1_error)
+      if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 709, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_5);
     }
     #endif
@@ -35496,24 +35939,24 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
     __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
     __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 700, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 709, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
-  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 700, __pyx_L1_error)
+  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 709, __pyx_L1_error)
   __pyx_v_colour = ((PyArrayObject *)__pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "jacext/_tape.pyx":702
+  /* "jacext/_tape.pyx":711
  *     cdef cnp.ndarray colour = np.empty(n_cols, dtype=np.int32)
  *     cdef int32_t n
  *     cdef int64_t limit = max_work             # <<<<<<<<<<<<<<
  *     if p.shape[0] != n_rows + 1 or o.shape[0] != n_cols or (n_rows and p[n_rows] != q.shape[0]):
  *         raise ValueError("jacext: the pattern and its sizes do not match")
 */
-  __pyx_t_8 = __Pyx_PyLong_As_int64_t(__pyx_v_max_work); if (unlikely((__pyx_t_8 == ((int64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 702, __pyx_L1_error)
+  __pyx_t_8 = __Pyx_PyLong_As_int64_t(__pyx_v_max_work); if (unlikely((__pyx_t_8 == ((int64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 711, __pyx_L1_error)
   __pyx_v_limit = __pyx_t_8;
 
-  /* "jacext/_tape.pyx":703
+  /* "jacext/_tape.pyx":712
  *     cdef int32_t n
  *     cdef int64_t limit = max_work
  *     if p.shape[0] != n_rows + 1 or o.shape[0] != n_cols or (n_rows and p[n_rows] != q.shape[0]):             # <<<<<<<<<<<<<<
@@ -35550,11 +35993,11 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
 
     goto __pyx_L4_bool_binop_done;
   }
-  __pyx_t_1 = __Pyx_GetItemInt(((PyObject *)__pyx_v_p), __pyx_v_n_rows, int32_t, 1, __Pyx_PyLong_From_int32_t, 1, 1, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 703, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_GetItemInt(((PyObject *)__pyx_v_p), __pyx_v_n_rows, int32_t, 1, __Pyx_PyLong_From_int32_t, 1, 1, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 712, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_4 = __Pyx_PyLong_From_npy_intp((__pyx_f_5numpy_7ndarray_5shape___get__(__pyx_v_q)[0])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 703, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_From_npy_intp((__pyx_f_5numpy_7ndarray_5shape___get__(__pyx_v_q)[0])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 712, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_10 = __Pyx_PyObject_CompareBoolNe_object_int(__pyx_t_1, __pyx_t_4, Py_NE); if (unlikely((__pyx_t_10 < 0))) __PYX_ERR(0, 703, __pyx_L1_error)
+  __pyx_t_10 = __Pyx_PyObject_CompareBoolNe_object_int(__pyx_t_1, __pyx_t_4, Py_NE); if (unlikely((__pyx_t_10 < 0))) __PYX_ERR(0, 712, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
@@ -35564,7 +36007,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
   if (unlikely(__pyx_t_9)) {
 
 
-    /* "jacext/_tape.pyx":704
+    /* "jacext/_tape.pyx":713
  *     cdef int64_t limit = max_work
  *     if p.shape[0] != n_rows + 1 or o.shape[0] != n_cols or (n_rows and p[n_rows] != q.shape[0]):
  *         raise ValueError("jacext: the pattern and its sizes do not match")             # <<<<<<<<<<<<<<
@@ -35577,14 +36020,14 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
       PyObject *__pyx_callargs[2] = {__pyx_t_1, __pyx_mstate_global->__pyx_kp_u_jacext_the_pattern_and_its_sizes};
       __pyx_t_4 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_6, (2-__pyx_t_6) | (__pyx_t_6*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_1); __pyx_t_1 = 0;
-      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 704, __pyx_L1_error)
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 713, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_4);
     }
     __Pyx_Raise(__pyx_t_4, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    __PYX_ERR(0, 704, __pyx_L1_error)
+    __PYX_ERR(0, 713, __pyx_L1_error)
 
-    /* "jacext/_tape.pyx":703
+    /* "jacext/_tape.pyx":712
  *     cdef int32_t n
  *     cdef int64_t limit = max_work
  *     if p.shape[0] != n_rows + 1 or o.shape[0] != n_cols or (n_rows and p[n_rows] != q.shape[0]):             # <<<<<<<<<<<<<<
@@ -35593,7 +36036,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
 */
   }
 
-  /* "jacext/_tape.pyx":705
+  /* "jacext/_tape.pyx":714
  *     if p.shape[0] != n_rows + 1 or o.shape[0] != n_cols or (n_rows and p[n_rows] != q.shape[0]):
  *         raise ValueError("jacext: the pattern and its sizes do not match")
  *     if q.shape[0] and (q.min() < 0 or q.max() >= n_cols):             # <<<<<<<<<<<<<<
@@ -35617,10 +36060,10 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
     PyObject *__pyx_callargs[2] = {__pyx_t_1, NULL};
     __pyx_t_4 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_min, __pyx_callargs+__pyx_t_6, (1-__pyx_t_6) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_1); __pyx_t_1 = 0;
-    if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 705, __pyx_L1_error)
+    if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 714, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
   }
-  __pyx_t_10 = __Pyx_PyObject_CompareBoolLt_object_int(__pyx_t_4, __pyx_mstate_global->__pyx_int_0, Py_LT); if (unlikely((__pyx_t_10 < 0))) __PYX_ERR(0, 705, __pyx_L1_error)
+  __pyx_t_10 = __Pyx_PyObject_CompareBoolLt_object_int(__pyx_t_4, __pyx_mstate_global->__pyx_int_0, Py_LT); if (unlikely((__pyx_t_10 < 0))) __PYX_ERR(0, 714, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   if (!__pyx_t_10) {
 
@@ -35637,12 +36080,12 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
     PyObject *__pyx_callargs[2] = {__pyx_t_1, NULL};
     __pyx_t_4 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_max, __pyx_callargs+__pyx_t_6, (1-__pyx_t_6) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_1); __pyx_t_1 = 0;
-    if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 705, __pyx_L1_error)
+    if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 714, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
   }
-  __pyx_t_1 = __Pyx_PyLong_From_int32_t(__pyx_v_n_cols); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 705, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyLong_From_int32_t(__pyx_v_n_cols); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 714, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_10 = __Pyx_PyObject_CompareBoolGe_object_int(__pyx_t_4, __pyx_t_1, Py_GE); if (unlikely((__pyx_t_10 < 0))) __PYX_ERR(0, 705, __pyx_L1_error)
+  __pyx_t_10 = __Pyx_PyObject_CompareBoolGe_object_int(__pyx_t_4, __pyx_t_1, Py_GE); if (unlikely((__pyx_t_10 < 0))) __PYX_ERR(0, 714, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
@@ -35652,7 +36095,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
   if (unlikely(__pyx_t_9)) {
 
 
-    /* "jacext/_tape.pyx":706
+    /* "jacext/_tape.pyx":715
  *         raise ValueError("jacext: the pattern and its sizes do not match")
  *     if q.shape[0] and (q.min() < 0 or q.max() >= n_cols):
  *         raise ValueError("jacext: a column index out of range")             # <<<<<<<<<<<<<<
@@ -35665,14 +36108,14 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
       PyObject *__pyx_callargs[2] = {__pyx_t_4, __pyx_mstate_global->__pyx_kp_u_jacext_a_column_index_out_of_ran};
       __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_6, (2-__pyx_t_6) | (__pyx_t_6*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
-      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 706, __pyx_L1_error)
+      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 715, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_1);
     }
     __Pyx_Raise(__pyx_t_1, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-    __PYX_ERR(0, 706, __pyx_L1_error)
+    __PYX_ERR(0, 715, __pyx_L1_error)
 
-    /* "jacext/_tape.pyx":705
+    /* "jacext/_tape.pyx":714
  *     if p.shape[0] != n_rows + 1 or o.shape[0] != n_cols or (n_rows and p[n_rows] != q.shape[0]):
  *         raise ValueError("jacext: the pattern and its sizes do not match")
  *     if q.shape[0] and (q.min() < 0 or q.max() >= n_cols):             # <<<<<<<<<<<<<<
@@ -35681,7 +36124,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
 */
   }
 
-  /* "jacext/_tape.pyx":707
+  /* "jacext/_tape.pyx":716
  *     if q.shape[0] and (q.min() < 0 or q.max() >= n_cols):
  *         raise ValueError("jacext: a column index out of range")
  *     if n_cols and (np.sort(o) != np.arange(n_cols)).any():             # <<<<<<<<<<<<<<
@@ -35699,9 +36142,9 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
     goto __pyx_L13_bool_binop_done;
   }
   __pyx_t_7 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 707, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 716, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_sort); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 707, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_sort); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 716, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   __pyx_t_6 = 1;
@@ -35721,16 +36164,16 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
     __pyx_t_5 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_2, __pyx_callargs+__pyx_t_6, (2-__pyx_t_6) | (__pyx_t_6*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_7); __pyx_t_7 = 0;
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 707, __pyx_L1_error)
+    if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 716, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_5);
   }
   __pyx_t_7 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 707, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 716, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_11 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_arange); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 707, __pyx_L1_error)
+  __pyx_t_11 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_arange); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 716, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_11);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __pyx_t_3 = __Pyx_PyLong_From_int32_t(__pyx_v_n_cols); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 707, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_From_int32_t(__pyx_v_n_cols); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 716, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __pyx_t_6 = 1;
   #if CYTHON_UNPACK_METHODS
@@ -35750,10 +36193,10 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
     __Pyx_XDECREF(__pyx_t_7); __pyx_t_7 = 0;
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
     __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
-    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 707, __pyx_L1_error)
+    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 716, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
   }
-  __pyx_t_11 = __Pyx_PyObject_CompareNe_object_object(__pyx_t_5, __pyx_t_2, Py_NE); __Pyx_XGOTREF(__pyx_t_11); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 707, __pyx_L1_error)
+  __pyx_t_11 = __Pyx_PyObject_CompareNe_object_object(__pyx_t_5, __pyx_t_2, Py_NE); __Pyx_XGOTREF(__pyx_t_11); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 716, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   __pyx_t_4 = __pyx_t_11;
@@ -35764,10 +36207,10 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
     __pyx_t_1 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_any, __pyx_callargs+__pyx_t_6, (1-__pyx_t_6) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
     __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 707, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 716, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
-  __pyx_t_10 = __Pyx_PyObject_IsTrue(__pyx_t_1); if (unlikely((__pyx_t_10 < 0))) __PYX_ERR(0, 707, __pyx_L1_error)
+  __pyx_t_10 = __Pyx_PyObject_IsTrue(__pyx_t_1); if (unlikely((__pyx_t_10 < 0))) __PYX_ERR(0, 716, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
   __pyx_t_9 = __pyx_t_10;
@@ -35776,7 +36219,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
   if (unlikely(__pyx_t_9)) {
 
 
-    /* "jacext/_tape.pyx":708
+    /* "jacext/_tape.pyx":717
  *         raise ValueError("jacext: a column index out of range")
  *     if n_cols and (np.sort(o) != np.arange(n_cols)).any():
  *         raise ValueError("jacext: order must be a permutation of the columns")             # <<<<<<<<<<<<<<
@@ -35789,14 +36232,14 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
       PyObject *__pyx_callargs[2] = {__pyx_t_11, __pyx_mstate_global->__pyx_kp_u_jacext_order_must_be_a_permutati};
       __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_6, (2-__pyx_t_6) | (__pyx_t_6*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_11); __pyx_t_11 = 0;
-      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 708, __pyx_L1_error)
+      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 717, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_1);
     }
     __Pyx_Raise(__pyx_t_1, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-    __PYX_ERR(0, 708, __pyx_L1_error)
+    __PYX_ERR(0, 717, __pyx_L1_error)
 
-    /* "jacext/_tape.pyx":707
+    /* "jacext/_tape.pyx":716
  *     if q.shape[0] and (q.min() < 0 or q.max() >= n_cols):
  *         raise ValueError("jacext: a column index out of range")
  *     if n_cols and (np.sort(o) != np.arange(n_cols)).any():             # <<<<<<<<<<<<<<
@@ -35805,7 +36248,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
 */
   }
 
-  /* "jacext/_tape.pyx":709
+  /* "jacext/_tape.pyx":718
  *     if n_cols and (np.sort(o) != np.arange(n_cols)).any():
  *         raise ValueError("jacext: order must be a permutation of the columns")
  *     if q.shape[0] == 0:             # <<<<<<<<<<<<<<
@@ -35817,7 +36260,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
   if (__pyx_t_9) {
 
 
-    /* "jacext/_tape.pyx":710
+    /* "jacext/_tape.pyx":719
  *         raise ValueError("jacext: order must be a permutation of the columns")
  *     if q.shape[0] == 0:
  *         q = np.zeros(1, dtype=np.int32)             # <<<<<<<<<<<<<<
@@ -35825,14 +36268,14 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
  *         n = jx_colour_columns(n_rows, n_cols, <const int32_t *>cnp.PyArray_DATA(p),
 */
     __pyx_t_11 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 710, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 719, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
-    __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_zeros); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 710, __pyx_L1_error)
+    __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_zeros); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 719, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 710, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 719, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
-    __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 710, __pyx_L1_error)
+    __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 719, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_5);
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
     #if CYTHON_VECTORCALL
@@ -35853,13 +36296,13 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
       PyObject *__pyx_callargs[3] = {__pyx_t_11, __pyx_mstate_global->__pyx_int_1, __pyx_t_5};
       #if CYTHON_VECTORCALL
       __pyx_t_4 = __pyx_mstate_global->__pyx_tuple[3];
-      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 710, __pyx_L1_error)
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 719, __pyx_L1_error)
       __Pyx_INCREF(__pyx_t_4);
       #else
       {
         PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
         __pyx_t_4 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 1);
-        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 710, __pyx_L1_error)
+        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 719, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_4);
       }
       #endif
@@ -35870,14 +36313,14 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
       __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
       __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
       __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 710, __pyx_L1_error)
+      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 719, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_1);
     }
-    if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 710, __pyx_L1_error)
+    if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 719, __pyx_L1_error)
     __Pyx_DECREF_SET(__pyx_v_q, ((PyArrayObject *)__pyx_t_1));
     __pyx_t_1 = 0;
 
-    /* "jacext/_tape.pyx":709
+    /* "jacext/_tape.pyx":718
  *     if n_cols and (np.sort(o) != np.arange(n_cols)).any():
  *         raise ValueError("jacext: order must be a permutation of the columns")
  *     if q.shape[0] == 0:             # <<<<<<<<<<<<<<
@@ -35886,7 +36329,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
 */
   }
 
-  /* "jacext/_tape.pyx":711
+  /* "jacext/_tape.pyx":720
  *     if q.shape[0] == 0:
  *         q = np.zeros(1, dtype=np.int32)
  *     with nogil:             # <<<<<<<<<<<<<<
@@ -35899,7 +36342,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
       __Pyx_FastGIL_Remember();
       /*try:*/ {
 
-        /* "jacext/_tape.pyx":712
+        /* "jacext/_tape.pyx":721
  *         q = np.zeros(1, dtype=np.int32)
  *     with nogil:
  *         n = jx_colour_columns(n_rows, n_cols, <const int32_t *>cnp.PyArray_DATA(p),             # <<<<<<<<<<<<<<
@@ -35909,7 +36352,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
         __pyx_v_n = jx_colour_columns(__pyx_v_n_rows, __pyx_v_n_cols, ((int32_t const *)PyArray_DATA(__pyx_v_p)), ((int32_t const *)PyArray_DATA(__pyx_v_q)), ((int32_t const *)PyArray_DATA(__pyx_v_o)), ((int32_t *)PyArray_DATA(__pyx_v_colour)), __pyx_v_limit);
       }
 
-      /* "jacext/_tape.pyx":711
+      /* "jacext/_tape.pyx":720
  *     if q.shape[0] == 0:
  *         q = np.zeros(1, dtype=np.int32)
  *     with nogil:             # <<<<<<<<<<<<<<
@@ -35926,7 +36369,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
       }
   }
 
-  /* "jacext/_tape.pyx":716
+  /* "jacext/_tape.pyx":725
  *                               <const int32_t *>cnp.PyArray_DATA(o),
  *                               <int32_t *>cnp.PyArray_DATA(colour), limit)
  *     if n == JX_ENOMEM:             # <<<<<<<<<<<<<<
@@ -35938,7 +36381,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
   if (unlikely(__pyx_t_9)) {
 
 
-    /* "jacext/_tape.pyx":717
+    /* "jacext/_tape.pyx":726
  *                               <int32_t *>cnp.PyArray_DATA(colour), limit)
  *     if n == JX_ENOMEM:
  *         raise MemoryError("jacext: out of memory colouring the sparsity pattern")             # <<<<<<<<<<<<<<
@@ -35951,14 +36394,14 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
       PyObject *__pyx_callargs[2] = {__pyx_t_2, __pyx_mstate_global->__pyx_kp_u_jacext_out_of_memory_colouring_t};
       __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_MemoryError)), __pyx_callargs+__pyx_t_6, (2-__pyx_t_6) | (__pyx_t_6*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
-      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 717, __pyx_L1_error)
+      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 726, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_1);
     }
     __Pyx_Raise(__pyx_t_1, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-    __PYX_ERR(0, 717, __pyx_L1_error)
+    __PYX_ERR(0, 726, __pyx_L1_error)
 
-    /* "jacext/_tape.pyx":716
+    /* "jacext/_tape.pyx":725
  *                               <const int32_t *>cnp.PyArray_DATA(o),
  *                               <int32_t *>cnp.PyArray_DATA(colour), limit)
  *     if n == JX_ENOMEM:             # <<<<<<<<<<<<<<
@@ -35967,7 +36410,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
 */
   }
 
-  /* "jacext/_tape.pyx":718
+  /* "jacext/_tape.pyx":727
  *     if n == JX_ENOMEM:
  *         raise MemoryError("jacext: out of memory colouring the sparsity pattern")
  *     if n < 0:             # <<<<<<<<<<<<<<
@@ -35979,7 +36422,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
   if (__pyx_t_9) {
 
 
-    /* "jacext/_tape.pyx":719
+    /* "jacext/_tape.pyx":728
  *         raise MemoryError("jacext: out of memory colouring the sparsity pattern")
  *     if n < 0:
  *         return None             # <<<<<<<<<<<<<<
@@ -35996,7 +36439,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
     }
     goto __pyx_L0;
 
-    /* "jacext/_tape.pyx":718
+    /* "jacext/_tape.pyx":727
  *     if n == JX_ENOMEM:
  *         raise MemoryError("jacext: out of memory colouring the sparsity pattern")
  *     if n < 0:             # <<<<<<<<<<<<<<
@@ -36005,7 +36448,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
 */
   }
 
-  /* "jacext/_tape.pyx":720
+  /* "jacext/_tape.pyx":729
  *     if n < 0:
  *         return None
  *     return colour             # <<<<<<<<<<<<<<
@@ -36023,7 +36466,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
   }
   goto __pyx_L0;
 
-  /* "jacext/_tape.pyx":693
+  /* "jacext/_tape.pyx":702
  * 
  * 
  * def colour_columns(ptr, idx, int32_t n_rows, int32_t n_cols, order, max_work):             # <<<<<<<<<<<<<<
@@ -36516,8 +36959,8 @@ static PyMethodDef __pyx_methods_6jacext_5_tape_Tape[] = {
   {"runs", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6jacext_5_tape_4Tape_13runs, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6jacext_5_tape_4Tape_12runs},
   {"disassemble", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6jacext_5_tape_4Tape_15disassemble, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6jacext_5_tape_4Tape_14disassemble},
   {"batch", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6jacext_5_tape_4Tape_25batch, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6jacext_5_tape_4Tape_24batch},
-  {"pattern", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6jacext_5_tape_4Tape_27pattern, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6jacext_5_tape_4Tape_26pattern},
-  {"cones", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6jacext_5_tape_4Tape_29cones, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6jacext_5_tape_4Tape_28cones},
+  {"pattern", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6jacext_5_tape_4Tape_29pattern, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6jacext_5_tape_4Tape_28pattern},
+  {"cones", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_6jacext_5_tape_4Tape_31cones, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_6jacext_5_tape_4Tape_30cones},
   {0, 0, 0, 0}
 };
 
@@ -38036,14 +38479,14 @@ static int __Pyx_modinit_Exttype___pyx_obj_6jacext_5_tape_Cones(__pyx_mstatetype
   __Pyx_RefNannySetupContext("__Pyx_modinit_Exttype___pyx_obj_6jacext_5_tape_Cones", 0);
   /*--- Exttype __pyx_obj_6jacext_5_tape_Cones ---*/
   #if CYTHON_USE_TYPE_SPECS
-  __pyx_mstate->__pyx_ptype_6jacext_5_tape_Cones = (PyTypeObject *) __Pyx_PyType_FromModuleAndSpec(__pyx_m, &__pyx_type_6jacext_5_tape_Cones_spec, NULL); if (unlikely(!__pyx_mstate->__pyx_ptype_6jacext_5_tape_Cones)) __PYX_ERR(0, 642, __pyx_L1_error)
+  __pyx_mstate->__pyx_ptype_6jacext_5_tape_Cones = (PyTypeObject *) __Pyx_PyType_FromModuleAndSpec(__pyx_m, &__pyx_type_6jacext_5_tape_Cones_spec, NULL); if (unlikely(!__pyx_mstate->__pyx_ptype_6jacext_5_tape_Cones)) __PYX_ERR(0, 651, __pyx_L1_error)
   #else
   __pyx_mstate->__pyx_ptype_6jacext_5_tape_Cones = &__pyx_type_6jacext_5_tape_Cones;
   #endif
   #if !CYTHON_COMPILING_IN_LIMITED_API
   #endif
   #if !CYTHON_USE_TYPE_SPECS
-  if (__Pyx_PyType_Ready(__pyx_mstate->__pyx_ptype_6jacext_5_tape_Cones) < (0)) __PYX_ERR(0, 642, __pyx_L1_error)
+  if (__Pyx_PyType_Ready(__pyx_mstate->__pyx_ptype_6jacext_5_tape_Cones) < (0)) __PYX_ERR(0, 651, __pyx_L1_error)
   #endif
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount((PyObject*)__pyx_mstate->__pyx_ptype_6jacext_5_tape_Cones);
@@ -38053,8 +38496,8 @@ static int __Pyx_modinit_Exttype___pyx_obj_6jacext_5_tape_Cones(__pyx_mstatetype
     __pyx_mstate->__pyx_ptype_6jacext_5_tape_Cones->tp_getattro = PyObject_GenericGetAttr;
   }
   #endif
-  if (PyObject_SetAttr(__pyx_m, __pyx_mstate_global->__pyx_n_u_Cones, (PyObject *) __pyx_mstate->__pyx_ptype_6jacext_5_tape_Cones) < (0)) __PYX_ERR(0, 642, __pyx_L1_error)
-  if (__Pyx_setup_reduce((PyObject *) __pyx_mstate->__pyx_ptype_6jacext_5_tape_Cones) < (0)) __PYX_ERR(0, 642, __pyx_L1_error)
+  if (PyObject_SetAttr(__pyx_m, __pyx_mstate_global->__pyx_n_u_Cones, (PyObject *) __pyx_mstate->__pyx_ptype_6jacext_5_tape_Cones) < (0)) __PYX_ERR(0, 651, __pyx_L1_error)
+  if (__Pyx_setup_reduce((PyObject *) __pyx_mstate->__pyx_ptype_6jacext_5_tape_Cones) < (0)) __PYX_ERR(0, 651, __pyx_L1_error)
   __Pyx_RefNannyFinishContext();
   return 0;
   __pyx_L1_error:;
@@ -38080,6 +38523,7 @@ static int __Pyx_modinit_Exttype___pyx_obj_6jacext_5_tape_Tape(__pyx_mstatetype 
   __pyx_vtable_6jacext_5_tape_Tape.compressed = (PyObject *(*)(struct __pyx_obj_6jacext_5_tape_Tape *, PyArrayObject *, PyArrayObject *, PyArrayObject *, PyArrayObject *, PyArrayObject *, int32_t, int, int __pyx_skip_dispatch))__pyx_f_6jacext_5_tape_4Tape_compressed;
   __pyx_vtable_6jacext_5_tape_Tape.cones_jacobian = (PyObject *(*)(struct __pyx_obj_6jacext_5_tape_Tape *, PyArrayObject *, PyArrayObject *, struct __pyx_obj_6jacext_5_tape_Cones *, PyArrayObject *, int __pyx_skip_dispatch))__pyx_f_6jacext_5_tape_4Tape_cones_jacobian;
   __pyx_vtable_6jacext_5_tape_Tape.product = (PyObject *(*)(struct __pyx_obj_6jacext_5_tape_Tape *, int, PyArrayObject *, PyArrayObject *, PyArrayObject *, PyArrayObject *, int __pyx_skip_dispatch))__pyx_f_6jacext_5_tape_4Tape_product;
+  __pyx_vtable_6jacext_5_tape_Tape.run = (PyObject *(*)(struct __pyx_obj_6jacext_5_tape_Tape *, int, PyArrayObject *, PyArrayObject *, PyArrayObject *, int, int, PyArrayObject *, PyArrayObject *, PyArrayObject *, int32_t, struct __pyx_obj_6jacext_5_tape_Tape *, struct __pyx_obj_6jacext_5_tape_Cones *, int __pyx_skip_dispatch))__pyx_f_6jacext_5_tape_4Tape_run;
   #if CYTHON_USE_TYPE_SPECS
   __pyx_mstate->__pyx_ptype_6jacext_5_tape_Tape = (PyTypeObject *) __Pyx_PyType_FromModuleAndSpec(__pyx_m, &__pyx_type_6jacext_5_tape_Tape_spec, NULL); if (unlikely(!__pyx_mstate->__pyx_ptype_6jacext_5_tape_Tape)) __PYX_ERR(0, 200, __pyx_L1_error)
   #else
@@ -39913,8 +40357,8 @@ __Pyx_RefNannySetupContext("PyInit__tape", 0);
  *     # ---- batches: rows of x, threads splitting them ----
  * 
  *     def batch(self, str task, cnp.ndarray x, cnp.ndarray y, cnp.ndarray out,             # <<<<<<<<<<<<<<
- *                 int threads=1, int mode=0, cnp.ndarray seed=None, cnp.ndarray cols=None,
- *                 cnp.ndarray colour=None, int32_t n_colours=0, Tape jac_tape=None,
+ *               int threads=1, int mode=0, cnp.ndarray seed=None, cnp.ndarray cols=None,
+ *               cnp.ndarray colour=None, int32_t n_colours=0, Tape jac_tape=None,
 */
   __pyx_t_17 = __Pyx_CyFunction_New(&__pyx_mdef_6jacext_5_tape_4Tape_25batch, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Tape_batch, NULL, __pyx_mstate_global->__pyx_n_u_jacext__tape, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[15])); if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 507, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_17);
@@ -39925,34 +40369,49 @@ __Pyx_RefNannySetupContext("PyInit__tape", 0);
   if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6jacext_5_tape_Tape, __pyx_mstate_global->__pyx_n_u_batch, __pyx_t_17) < (0)) __PYX_ERR(0, 507, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_17); __pyx_t_17 = 0;
 
-  /* "jacext/_tape.pyx":590
+  /* "jacext/_tape.pyx":524
+ *                         jac_tape, cones)
+ * 
+ *     cpdef run(self, int task, cnp.ndarray x, cnp.ndarray y, cnp.ndarray out, int threads,             # <<<<<<<<<<<<<<
+ *               int mode, cnp.ndarray seed, cnp.ndarray cols, cnp.ndarray colour,
+ *               int32_t n_colours, Tape jac_tape, Cones cones):
+*/
+  __pyx_t_17 = __Pyx_CyFunction_New(&__pyx_mdef_6jacext_5_tape_4Tape_27run, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Tape_run, NULL, __pyx_mstate_global->__pyx_n_u_jacext__tape, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[16])); if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 524, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_17);
+  #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
+  PyUnstable_Object_EnableDeferredRefcount(__pyx_t_17);
+  #endif
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6jacext_5_tape_Tape, __pyx_mstate_global->__pyx_n_u_run, __pyx_t_17) < (0)) __PYX_ERR(0, 524, __pyx_L1_error)
+  __Pyx_DECREF(__pyx_t_17); __pyx_t_17 = 0;
+
+  /* "jacext/_tape.pyx":599
  *     # ---- sparsity ----
  * 
  *     def pattern(self, cnp.ndarray cols):             # <<<<<<<<<<<<<<
  *         """(indptr, indices), int32 and read-only: the exact structural pattern of the
  *         outputs with respect to the inputs ``cols`` (column k is input cols[k])."""
 */
-  __pyx_t_17 = __Pyx_CyFunction_New(&__pyx_mdef_6jacext_5_tape_4Tape_27pattern, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Tape_pattern, NULL, __pyx_mstate_global->__pyx_n_u_jacext__tape, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[16])); if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 590, __pyx_L1_error)
+  __pyx_t_17 = __Pyx_CyFunction_New(&__pyx_mdef_6jacext_5_tape_4Tape_29pattern, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Tape_pattern, NULL, __pyx_mstate_global->__pyx_n_u_jacext__tape, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[17])); if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 599, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_17);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_17);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6jacext_5_tape_Tape, __pyx_mstate_global->__pyx_n_u_pattern, __pyx_t_17) < (0)) __PYX_ERR(0, 590, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6jacext_5_tape_Tape, __pyx_mstate_global->__pyx_n_u_pattern, __pyx_t_17) < (0)) __PYX_ERR(0, 599, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_17); __pyx_t_17 = 0;
 
-  /* "jacext/_tape.pyx":616
+  /* "jacext/_tape.pyx":625
  *         return ptr, idx
  * 
  *     def cones(self, budget, row_ptr, nz_input):             # <<<<<<<<<<<<<<
  *         """The dependency cone of every output (the instructions its value depends on, last
  *         first) for :meth:`cones_jacobian`, with the pattern they fill (CSR ``row_ptr`` and
 */
-  __pyx_t_17 = __Pyx_CyFunction_New(&__pyx_mdef_6jacext_5_tape_4Tape_29cones, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Tape_cones, NULL, __pyx_mstate_global->__pyx_n_u_jacext__tape, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[17])); if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 616, __pyx_L1_error)
+  __pyx_t_17 = __Pyx_CyFunction_New(&__pyx_mdef_6jacext_5_tape_4Tape_31cones, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Tape_cones, NULL, __pyx_mstate_global->__pyx_n_u_jacext__tape, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[18])); if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 625, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_17);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_17);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6jacext_5_tape_Tape, __pyx_mstate_global->__pyx_n_u_cones, __pyx_t_17) < (0)) __PYX_ERR(0, 616, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6jacext_5_tape_Tape, __pyx_mstate_global->__pyx_n_u_cones, __pyx_t_17) < (0)) __PYX_ERR(0, 625, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_17); __pyx_t_17 = 0;
 
   /* "(tree fragment)":1
@@ -39960,7 +40419,7 @@ __Pyx_RefNannySetupContext("PyInit__tape", 0);
  *     raise TypeError, "self.cn,self.cp,self.nz,self.rp cannot be converted to a Python object for pickling"
  * def __setstate_cython__(self, __pyx_state):
 */
-  __pyx_t_17 = __Pyx_CyFunction_New(&__pyx_mdef_6jacext_5_tape_5Cones_3__reduce_cython__, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Cones___reduce_cython, NULL, __pyx_mstate_global->__pyx_n_u_jacext__tape, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[18])); if (unlikely(!__pyx_t_17)) __PYX_ERR(1, 1, __pyx_L1_error)
+  __pyx_t_17 = __Pyx_CyFunction_New(&__pyx_mdef_6jacext_5_tape_5Cones_3__reduce_cython__, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Cones___reduce_cython, NULL, __pyx_mstate_global->__pyx_n_u_jacext__tape, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[19])); if (unlikely(!__pyx_t_17)) __PYX_ERR(1, 1, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_17);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_17);
@@ -39974,7 +40433,7 @@ __Pyx_RefNannySetupContext("PyInit__tape", 0);
  * def __setstate_cython__(self, __pyx_state):             # <<<<<<<<<<<<<<
  *     raise TypeError, "self.cn,self.cp,self.nz,self.rp cannot be converted to a Python object for pickling"
 */
-  __pyx_t_17 = __Pyx_CyFunction_New(&__pyx_mdef_6jacext_5_tape_5Cones_5__setstate_cython__, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Cones___setstate_cython, NULL, __pyx_mstate_global->__pyx_n_u_jacext__tape, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[19])); if (unlikely(!__pyx_t_17)) __PYX_ERR(1, 3, __pyx_L1_error)
+  __pyx_t_17 = __Pyx_CyFunction_New(&__pyx_mdef_6jacext_5_tape_5Cones_5__setstate_cython__, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Cones___setstate_cython, NULL, __pyx_mstate_global->__pyx_n_u_jacext__tape, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[20])); if (unlikely(!__pyx_t_17)) __PYX_ERR(1, 3, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_17);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_17);
@@ -39982,32 +40441,32 @@ __Pyx_RefNannySetupContext("PyInit__tape", 0);
   if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_setstate_cython, __pyx_t_17) < (0)) __PYX_ERR(1, 3, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_17); __pyx_t_17 = 0;
 
-  /* "jacext/_tape.pyx":693
+  /* "jacext/_tape.pyx":702
  * 
  * 
  * def colour_columns(ptr, idx, int32_t n_rows, int32_t n_cols, order, max_work):             # <<<<<<<<<<<<<<
  *     """Greedy distance-2 colouring of the columns of a CSR pattern (columns sharing a row
  *     get different colours), visiting columns in ``order``: int32 colours, or None when
 */
-  __pyx_t_17 = __Pyx_CyFunction_New(&__pyx_mdef_6jacext_5_tape_11colour_columns, 0, __pyx_mstate_global->__pyx_n_u_colour_columns, NULL, __pyx_mstate_global->__pyx_n_u_jacext__tape, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[20])); if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 693, __pyx_L1_error)
+  __pyx_t_17 = __Pyx_CyFunction_New(&__pyx_mdef_6jacext_5_tape_11colour_columns, 0, __pyx_mstate_global->__pyx_n_u_colour_columns, NULL, __pyx_mstate_global->__pyx_n_u_jacext__tape, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[21])); if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 702, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_17);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_17);
   #endif
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_colour_columns, __pyx_t_17) < (0)) __PYX_ERR(0, 693, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_colour_columns, __pyx_t_17) < (0)) __PYX_ERR(0, 702, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_17); __pyx_t_17 = 0;
 
-  /* "jacext/_tape.pyx":723
+  /* "jacext/_tape.pyx":732
  * 
  * 
  * cdef int64_t _NOGIL_WORK = _plan.NOGIL_WORK             # <<<<<<<<<<<<<<
 */
-  __Pyx_GetModuleGlobalName(__pyx_t_17, __pyx_mstate_global->__pyx_n_u_plan); if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 723, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_17, __pyx_mstate_global->__pyx_n_u_plan); if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 732, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_17);
-  __pyx_t_16 = __Pyx_PyObject_GetAttrStr(__pyx_t_17, __pyx_mstate_global->__pyx_n_u_NOGIL_WORK); if (unlikely(!__pyx_t_16)) __PYX_ERR(0, 723, __pyx_L1_error)
+  __pyx_t_16 = __Pyx_PyObject_GetAttrStr(__pyx_t_17, __pyx_mstate_global->__pyx_n_u_NOGIL_WORK); if (unlikely(!__pyx_t_16)) __PYX_ERR(0, 732, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_16);
   __Pyx_DECREF(__pyx_t_17); __pyx_t_17 = 0;
-  __pyx_t_18 = __Pyx_PyLong_As_int64_t(__pyx_t_16); if (unlikely((__pyx_t_18 == ((int64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 723, __pyx_L1_error)
+  __pyx_t_18 = __Pyx_PyLong_As_int64_t(__pyx_t_16); if (unlikely((__pyx_t_18 == ((int64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 732, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_16); __pyx_t_16 = 0;
   __pyx_v_6jacext_5_tape__NOGIL_WORK = __pyx_t_18;
 
@@ -40190,7 +40649,7 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
   }
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[5]);
 
-  /* "jacext/_tape.pyx":649
+  /* "jacext/_tape.pyx":658
  *         cdef Py_ssize_t n_out = tape.t.n_out
  *         self.tape = tape
  *         self.cone_ptr = np.array(cone_ptr, dtype=np.int64, copy=True)             # <<<<<<<<<<<<<<
@@ -40199,7 +40658,7 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
 */
   {
     PyObject* __pyx_temp[2] = {__pyx_mstate_global->__pyx_n_u_dtype, __pyx_mstate_global->__pyx_n_u_copy};
-    __pyx_mstate_global->__pyx_tuple[6] = __Pyx_PyTuple_FromArray(__pyx_temp, 2); if (unlikely(!__pyx_mstate_global->__pyx_tuple[6])) __PYX_ERR(0, 649, __pyx_L1_error)
+    __pyx_mstate_global->__pyx_tuple[6] = __Pyx_PyTuple_FromArray(__pyx_temp, 2); if (unlikely(!__pyx_mstate_global->__pyx_tuple[6])) __PYX_ERR(0, 658, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[6]);
   }
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[6]);
@@ -40222,8 +40681,8 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
  *     # ---- batches: rows of x, threads splitting them ----
  * 
  *     def batch(self, str task, cnp.ndarray x, cnp.ndarray y, cnp.ndarray out,             # <<<<<<<<<<<<<<
- *                 int threads=1, int mode=0, cnp.ndarray seed=None, cnp.ndarray cols=None,
- *                 cnp.ndarray colour=None, int32_t n_colours=0, Tape jac_tape=None,
+ *               int threads=1, int mode=0, cnp.ndarray seed=None, cnp.ndarray cols=None,
+ *               cnp.ndarray colour=None, int32_t n_colours=0, Tape jac_tape=None,
 */
   {
     PyObject* __pyx_temp[8] = {__pyx_mstate_global->__pyx_int_1, __pyx_mstate_global->__pyx_int_0, Py_None, Py_None, Py_None, __pyx_mstate_global->__pyx_int_0, Py_None, Py_None};
@@ -40291,38 +40750,38 @@ static int __Pyx_InitConstants(__pyx_mstatetype *__pyx_mstate) {
   int __pyx_clineno = 0;
   CYTHON_UNUSED_VAR(__pyx_mstate);
   {
-    const struct { const unsigned int length: 8; } str_length_index[] = {{1},{8},{4},{3},{4},{19},{6},{9},{13},{13},{11},{13},{24},{8},{2},{7},{6},{25},{1},{15},{1},{1},{2},{3},{1},{2},{2},{11},{15},{23},{25},{32},{20},{22},{1},{1},{37},{45},{22},{4},{179},{8},{15},{7},{6},{2},{9},{16},{8},{40},{49},{29},{35},{44},{29},{35},{48},{48},{23},{61},{26},{38},{26},{44},{22},{21},{50},{21},{52},{60},{53},{46},{114},{50},{39},{34},{83},{30},{37},{5},{5},{5},{1},{5},{23},{25},{8},{12},{11},{11},{9},{5},{10},{7},{10},{8},{5},{4},{15},{11},{10},{15},{10},{19},{16},{19},{12},{12},{9},{10},{15},{16},{12},{20},{12},{9},{17},{8},{8},{12},{10},{8},{10},{8},{7},{12},{14},{11},{10},{19},{14},{12},{10},{17},{13},{12},{12},{19},{8},{13},{5},{1},{3},{15},{3},{6},{4},{5},{6},{7},{17},{18},{1},{4},{5},{5},{6},{1},{18},{5},{12},{6},{14},{4},{4},{10},{4},{8},{5},{14},{11},{4},{5},{1},{2},{2},{4},{11},{28},{3},{5},{15},{5},{6},{9},{5},{14},{5},{7},{6},{7},{7},{4},{7},{3},{1},{2},{3},{3},{5},{7},{6},{3},{5},{5},{5},{8},{8},{6},{12},{8},{3},{4},{3},{1},{5},{5},{3},{8},{7},{3},{4},{1},{9},{6},{4},{5},{8},{6},{7},{4},{4},{4},{3},{2},{5},{8},{1},{3},{2},{12},{10},{11},{7},{8},{5},{3},{8},{1},{4},{7},{3},{4},{3},{7},{3},{1},{8},{3},{7},{7},{7},{4},{8},{1},{4},{4},{4},{10},{8},{5},{4},{4},{2},{5},{4},{4},{6},{4},{4},{7},{5},{6},{5},{5},{6},{6},{1},{4},{5},{6},{4},{3},{4},{5},{1},{1},{5},{3}};
-    const struct { const unsigned int length: 10; } bytes_length_index[] = {{0},{1},{1},{2},{1},{22},{1},{9},{38},{67},{87},{354},{13},{800},{126},{321},{54},{170},{248},{48},{11},{196},{191},{364},{2},{53},{68}};
+    const struct { const unsigned int length: 8; } str_length_index[] = {{1},{8},{4},{3},{4},{19},{6},{9},{13},{13},{11},{13},{24},{8},{2},{7},{6},{25},{1},{15},{1},{1},{2},{3},{1},{2},{2},{11},{15},{23},{25},{32},{20},{22},{1},{1},{37},{45},{22},{4},{179},{8},{15},{7},{6},{2},{9},{16},{8},{40},{49},{29},{35},{44},{29},{35},{48},{48},{23},{61},{26},{38},{26},{44},{22},{21},{50},{21},{52},{60},{53},{46},{114},{50},{39},{34},{83},{30},{37},{5},{5},{5},{1},{5},{23},{25},{8},{12},{11},{11},{9},{5},{10},{7},{10},{8},{5},{4},{15},{11},{10},{15},{10},{19},{16},{19},{12},{12},{8},{9},{10},{15},{16},{12},{20},{12},{9},{17},{8},{8},{12},{10},{8},{10},{8},{7},{12},{14},{11},{10},{19},{14},{12},{10},{17},{13},{12},{12},{19},{8},{13},{5},{1},{3},{15},{3},{6},{4},{5},{6},{7},{17},{18},{1},{4},{5},{5},{6},{1},{18},{5},{12},{6},{14},{4},{4},{10},{4},{8},{5},{14},{11},{4},{5},{1},{2},{2},{4},{11},{28},{3},{5},{15},{5},{6},{9},{5},{14},{5},{7},{6},{7},{7},{4},{7},{1},{2},{3},{3},{5},{7},{6},{3},{5},{5},{5},{8},{8},{6},{12},{8},{4},{3},{1},{5},{5},{3},{8},{7},{3},{4},{1},{9},{6},{4},{5},{6},{7},{4},{4},{4},{3},{2},{5},{8},{1},{3},{2},{12},{10},{11},{7},{8},{5},{3},{8},{1},{4},{7},{4},{3},{7},{3},{1},{8},{3},{7},{7},{7},{3},{4},{8},{1},{4},{4},{4},{10},{8},{5},{4},{4},{2},{5},{4},{4},{6},{4},{4},{7},{5},{6},{5},{5},{6},{6},{1},{4},{5},{6},{4},{3},{4},{5},{1},{1},{5},{3}};
+    const struct { const unsigned int length: 10; } bytes_length_index[] = {{0},{1},{1},{2},{1},{22},{1},{9},{38},{67},{87},{354},{13},{89},{126},{321},{54},{170},{248},{48},{11},{196},{191},{775},{364},{2},{53},{68}};
     #ifndef CYTHON_COMPRESS_STRINGS
       #define CYTHON_COMPRESS_STRINGS 90
     #endif
-    #if (CYTHON_COMPRESS_STRINGS) == 1 /* compression: zlib (3744 bytes) */
-static const char cstring[] = "x\332\215VM[\333H\022\216\023\222!\031\262\203\371\010\371\234\025\t\211!\013\354\230\000aI2\3738@f\231\rI\214\035\222\314\354\216\036Yj\203@\226l}\000\316\354\356\223\243\217:\352\250\243\216:\352\350\243\217:\372\310O\230\237\260o\265l03dvy\260\324\352\256\256\256\256z\353\255\022\204\344\317\022\226\361{&\010\177\305K2M\251.\030eA\262\005\215I\226-\320\350\233C\201i\254\302t\333\022\3600Uf\te\303\024\004U\267l\323\221m\325\320-A\265\204\212jY\252\276MC\223I\312\214\241ku\241\342@M\211\t\222\2602#\033\272\255n;\206c\t\202Q\332e\262\375\255`e\222c3\302\216d\t\231c%8\300pl2\306\224\364m69i\233\214\teS\332&K\246\246\246\247\205i\301\232]T\226\205\047$YulkYx\272\301*\206Y\337R\331\001m}\332s\242\244+\202\242\232t\350\257\247U\275\273\200\013\251\nSz\204\311\220\337[?=w,\371\355_W$]7lA\302u\266u\3016z}\302\215\334\207\221\353\372\276\244\251\212P1\0246-\260\303*\366BUF\316\320\271\031\270\331\306\3653\323\3026Tu\205\255\035\251\312p\224 \035\302\325\257\014\235\2752l&\330;\010\326J\335\3361t\n\201\3024\265\304L\311f8\221l\204f\223\204t\341\315\332\233\231\371\245yn\261\311(\016\226`9%Y\203\261\010.\034WrT\315\306\tv\275\312\254Ya\275,\324\rG\320\031l\303M\252\220\353\335`\3570]\260\230M\003!\303\357-\021*DlG,3\035W\251\373\214v\277\2204\213\315J\212\"B\216\311\206\246\261\004C\263RIVTK*i\214\351\364\334\226U+\031)\273\222\314\016\355?\2136\256>[\255\037&\337\313B\367\375\275$\033%U\002\020MG\047x\036H\246B>4\331>3-\326\225\223\204\222d\313;\202-\355\301\360C\272k\342\316I]\254\032*0>-\350\242\252O\235l\200\205\206s\032\215\247\026\235\212Nqg\207\237\025\321\031Y\242\033\372Gf\032\277+\213\000;\254c\"y\333\022\352\307\213t\nP\376;\373e\243R5\031B\002\214\0340V\375_\316 \313\254$C\261\225\262\313\250 \206\000\017\2719c%\002\223S\047\362\246\351Tm\276\272,d\316\236\006\264Y\002\263\271\207\017\037eO\263D\222\325\224\253go\326\215^\265\216\246\010\224C\226-\231\266p`\230{\034\301\224H\307\373U\035FZ\252e\203\025\022{OV\222t\221\314m\047a/\200\217\020\272\265!LB\245\215""\354\357\312\342\334..\254\275\336Y\243*\350N\005yt<i\230\n\276Nh\255\312\314\212\223\340\235\002B\007$\24086\244\023\252$\353\317\234\354`\214x\217\366[U\311\264T\273\216D\263\221\264\372\331{\210\203I\232\374\222p\250\225\030\200\3701\002\022\267\251\273\227$\273I\302\235-(\006\202O\356\255$7\337\341\274]s\230e\367n\352\330\220\320\033\021\205\372\021\373\024\343dk\2574\327\254Z\307a\235\224\316J\216iB\263\243\357\351\306\001\234V\235&\\p\301c\250\010\007\246j\363:\000\304\362s\023Q\020\232\256L!0\n+K\216f\013\242h2\305\221\231(\n\212\303\371\005y6\003\272\333W%\r\253\262\252\253\266(\"\210\325\372\254\010\263\330l\005\373\324\244\326\225%UK8M\255TA\266\275b\016.\267\363\033\t\213i\345YY\237N\336\325\344\255\177L\336fU\220\023\332/\021\nt\330n\047\233%\341M\302\314I\335\343\301\253\252\362\236\206;:\234\342\270\224\246\0312\030\273S\211\025\311\226f\317XM\030\213\002\222\324\036k6WXY_\317\211\353\033\033\317\351\261\262B\211\300\037\263\307\016\222\271\001\242\330\235\006aS\026\234,\254i\232ZE*\275X\177\277\266*\346^\276\313}(t\306\2444\031r\375\033\271\367\342\313\334\253\265\302\306\353\325\265\302\253\327\337\255\277\024\337\275\336\374\373\3537\342F\256\360\367\315\267\257\304\027\353k/W\013\005\302\223.\263\"f\013EXM\277\023\223D\376\231`\227\017y\022\362\321\t\227u>a\364\311H\334\355@\231OQ\321\200d\005~\342\337e\365\220)\"\222\010a\326\222]\035\024\047c\323\300\3516\037\203 \023\001\316\274\3247\314\236\264\020\342\233\265Mq\375U\241\270\371v\245\270\376\372\225X\314\275Y\353\334L\024\337\324\017\361[E]\025_\001\377\233\254,\212\235\332\207\233\001yT\035O\006\333\314VmV\241\t\205\366\340\257\354\3502\275\267\273\221\300_\2022\032U$U\347oX\253\3615]\252$o\230\206?\224AQ\226\252\352\361x\207\311{\226SI\276:\032iHU<\0319:\007\035\023\327\364\256\334\276M\370\"\0355G\322\272Gt\003\364\033\364\034O\260C\372\000\210\216\315\262z\256\361\033p\211\242\rb\241\013Z\224^`\003UgbU\223t\te\277\013m\261\344\224\313\224\343u\211\023\005\270\333\342\360H0\"u>\254\223\006""\2563Q\327e\325\230=Vl\225J\222\3058\232J\206\241A\255\002\047\313\262F\207\302\255\350\252d,\313{\262fX\324\203\210FY\344\3455a\342\344)v\210\034/\213\360x\202I\002!\375\304\252mr@\236F%\225$[\344\220\222\215j\035\225L\267\025\345\033%\253\250\345r\017Z{\206\263O\311\003\232\365\355\3546\323\321\010\232\212e+\0248\376 \257%\314\301*U\273\216\224B\303\310\020C\336\3401\3234\314\323\240/k\3226\036\206d/\316\203k@e\235^\262\323\r\224\035M\353\034D\300T\025U9T+\025N\325\324\304\312\014]\270\202\333\241%\302\377\2439<\026\347\t\300V\362\370H]\004o\307\022\372O\236\263\335\031\356\206]\230\214\236jw\277\n\236\253\2506y\337\252H\207\370\027\251j\241\220Q\023\214S\251\377\325u1q\273\305\007\026\265a\272\210xv;3]4\215\003<-\315\300\007@\007;+\270\202\255\353\037\365*\247n\375c\022E\203N\256\032U\221GB\302f\214w\230\206\372A\243\256\2270$\225x\361X\361\322\216\003\361\317\017\251V\201\220\016s`\047\201\025:;\364\001\337\324L\266M\235\207\tP\340\237X\271\323aA+A\203\330\205~8\260\2168\243\237C\225@K\213\267\335)`\030\361X\361\335\274\266R\221\261y\313\003\325U\3136\252IU$\317R{\322i\200\3602\016lC\203\00168Gs\340\242%\3447Lv\252\250\034l\037w\262\370\275\370\303\"W\357\357V\341x\205\212+;\254S;j}T\253\313\257\213?\377\204\355\302$\036S\347L\tm\267\230tH\377\376\224j\367]i\374\311\315\177J\035\365}\331\3106^{Y\357\271\307\374\307\301D`D\371\250\324L\265\007\006\335\213\356[o\334\313&Rs\215\237z\244\364(\027mFfs\254\225j_\275\305\027J\376\027\276\035|\033\245\243\273\321\032_\350U\361\313\245s\027\007\240\344G/\345\ry\217\375\t\177/L\207\023\241\336\3145\213\255[q\361m\374v\253}u\314\255y\347\275\007\\\325r\230\017K\321\205\350qs\274\273p\317{\347\257\006}\301Z8\032Ja\rj\373\317]\274\351\r\305\267f\202|\300\302\305h(\312\266\373n|~f;\334\212\346\242|\273\357k\030|\311\227\374\303`?\334\014kG\020I\267\373\276\370Tk\\jH\r\313\275\347\276\343\227\272\340g\375\027\301x\360(\220\303\261\250/\372\2569\337\254\265R\255\353q\276\310\255\3761\376\361\037\361?\376\331\356\377Cc\027\227;""\245\344>\254\356\363V<\323\037\362\037\3410\233\253I\237\222=h0w\216\273\351\221\047C\3561\016[\n\347\303\332\231\032\357\271\371v\377@\343y\243\354\346\334\202w\t\026\246\332\227\257`.\036\270\343\345\275\035\177\047\236}\336\234i\325\3427\371\366\327s\341LTC4O\006\323\301\006B4\325\314\222V\2631\334\310\3219{^\332\033Of\206\032\331v\377W\215Z\233\240\361\t\253\203\356\027\256\215\220\215\343\343\366d<\3714~Z\210\013\305\366\275\047\361\223\227-\314\335\371e\344\334\345\211\216\237\026\021\326\007\210\332\022N\350\377\243g\373s\276\030\256F\347\243\361\243\376/\033K\356\002\034\222C\030\241\370\313\306#\\\343\271+\265\007\206\334\207^.\276\263\200\220K\264\360\027L\227\274\013\000\326\013\177\034\256\223\203tG\310\313\267\271\236,\275\236\2725z-\304\203\202\337\347\347\374\255\340Yt\2719\324\\l\245\371\274{\205\273U\365\315`,L\365l\\v\363=\257g^\357\332cw\274Gwg\362\211+\365Lv\317\205gj\355\201\257\032\207\361\330$`\231\013>\204Zs\242Yn\345Z\3058\277IK\037\275\033\000{\031k\371\366\300M\230\263\350\247\273W_Iv\233\356\260\233k\017^sw\375\224\317\357\t\300\017\272\227\\\031\261\307\272\343\256\304c\031\200g!\274\020fO\t>\340I\221\047\251\272\367\205Wk\017\216\270\177\003n\313\376\212\357\004+\301ahFc\315\013p\310P+\333\036\271\351=\204\227\362\355\301a\367\251W\363\373\203T\367\240\333~!\270\200\340\r\207\271\316\205\350@\034v\303\273\343\253\201\025NF\367\242\255\346\243\370\305\273\370\335\373\366 ?}\n\276\305Iqf)J\375\177\026\303\037\361\215\207 \020\251=x\313{\352[\301\237\302\267\321\275\370\331f\274Y\340Z\007\335\257:\226A\370\337^\256{\313\031\272O\374\347\325\346\367\255R\374\206\000x\004\201}\344\300E\257\340_D\350\037\207\343\247N:L\274\373/o\301O%\337\216\307/\367\263w\337\353]\032B\236\3269\031\324~\025\231\003WA\304\026\374\313\301\020\256\202;\376\241=\220vo#\317$ {\336\257\005\027\021\326~\322\224\365r\237rG\375B,|\023\366\2059\320\314\263V_\353yk\233x\255\377\2467\201-\026\220P\n\372\t\2114\261\033\244\202\364Q\377e:\311v\037\023Q\266G\257\265Gnx_Cs""*\030\t\212\210\307j\224:\032\034u\177B~\345\374\"&\013\244\377\010\216\272\302w\234\234\016\216\275|\265\261\352\246h\316\006\251\344)yS\356M,\257\201Y\026\240s4\220\202\203PA0\3376\247ZY\0005\337\222\210QVy\364\206AV\226?\031L\205\331p\005\0244\230v\323\360\316\201\247 \r)\3013\341\010\345hh\203\226\047\232\022\250\260\257\365\035\261\001\227\234p\267\275\242\237\206\354\"O88k\024y\214\301\260\373\204; \023\244\223\020\214{\363\370D\304\306\\+\311\n\377\001\371\243\235\276\215$/\372\303`\210\316Z\266\235\276\306\265\340\333\004QM\221+z\346,\256\254\346\303O\311\307B\002\201\264;\306\253\r\234\343ma\317Z\220\206\375\310\276\253\215w`\317\237@M\005\n \300H\204\2278\360\253\206\342\216\273\363I\202g\033\337\023\244\021+\242Y>\261\001\037\221}C~\266g\327\370\347\302N\371V\0005<\017vB\t\325\352\362@c\021\351\276\006-k\3765\377 \220zx\355j\243\010\047>\000\242?p\306(\222\261\024\232N\244/\267\323C\355\301\321x\364\001a\025ZW\221^\363\210\305B\363b\363m\353~\313AEjg\246Q\037\323\237\003\310Tp>\270\0378\234\2223\315\321\246\334\272\3262\211\253@\326\270\263\000/\366_s%w\277{\307\021\270\352\275\267\351\035\360\372\265\310\253v9z\036I\235l\270E\266\003\037\023\361\203\345h\206jc\373\316\327\250C<\233h3Ga\037\347y\302\372\220{\027\024\225\363~\360\367\203M\020K&\032\215\270\023P\332\270\263\307\t-s83\217\014\271\030\274\007A<@\345\272~\023}A\n\270x\021\334\r8\376S.\347\013z\361\222\221s\267\274\354\251!1\021\335\233\373}\0369\221Mtoys^\201Bv\t\035F\047]\026\275\353I\225N\344\007I:\031\336\365G\374M\277\036^\215\212\250-YrR\237\377\334\337\355\2318;\374\307\323\037\242Jk\211\262\344l\"\220<\307\377\016d{\232\025(\326\303\260\030|p\333\317s\357\317\303_\023\310\336\211H:\372\314\364Ya\277r\356\362\035P_\377\035\002\3318\245\226\377!\220\216\222\370]\047\227#\177l\336y\200\345\302N}\222\311\275d\300I\024/\270Yw\025d<\316#9\350\236w\047\261w\031\344;\307ii-\302\226\021bO\352[(\222iw\310]\202\031\337\373\333\301\333\360~\270\217\336\353\332u\364-\344\204\007\300\342\370\257#""\311c\206\010Q7t#@\323\361\313@\022\202\255 \033\344\332\237g\330S\251\206{\306\343s\360\212\024\326\233\003\255\277Qb\340\352\351\004\n\013\356\205x\370\036\010\234jd\355Tg\361\230\267X\003\327\275+\376C\344\321p<\277\336\032im\266jG\003\3518}\027\201\223\374\237Qi2Y\364\240r\374\227W-%\336,\362\274\233\354\255^\247\223h\320\035\360V\375\363\240\277!\264(\027\243\002\000=:\356\337\204\337\362]\014\354\323\r\273\371>\345?\t\2240\361\363qu@\014y}\210oLS?\001\201\211P\216F\200\302\0214\3217\342\315\037\342\037~l\317,\361\212\021\217N\022\222Pk\225\360^X\354\210}h\355\304[\357\332S\363g\225\220@\212\317\375\321\373O\220?B\047h5\356\242\315\224AVT\014\223^4\276\361\r\307G\037o\210\320\025R\220\322\361\271\273\376l\310[\374\376\337\3376\304\251\325B\313R@*\217\020|I\327|\243\366_\306\257m8";
-    PyObject *data = __Pyx_DecompressString(cstring, 3744, 1);
+    #if (CYTHON_COMPRESS_STRINGS) == 1 /* compression: zlib (3763 bytes) */
+static const char cstring[] = "x\332\215WKW\333X\022\216\023H\223\014\231`\002yv\272\345\204`\310\200\247M\200\244\351\244\347\230Gz\310t\036\306\204$\3353\255#K2\210\310\222\255\007\340\364\314\234,\275\324RK-\265\324RK/\275\324\322K~\302\374\204\371\352^\033L\232\364\014\007\244\253{\353\326\255[\365\325W\205 \360\037[X\302\337\023A\370\013^\222eI\r\301\254\010\222#\350\252d;\002\215\2769\020T]\255\252\206c\013xX\232j\013\025\323\022\004\315\260\035\313\225\035\3154lA\263\205\252f\333\232\261MCK\225\224Y\323\320\033B\325\205\232\262*H\302\312\254l\032\216\266\355\232\256-\010fyW\225\235\357\005;\313\217\315\n;\222-d\217\224\340\000\323u\310\030K2\266\325\251)\307RU\241bI\333d\311\364\364\314\2140#\330\271EeI\370\216$k\256c/\t\217\237\253U\323jli\352>m}\334w\242d(\202\242Yt\350\247\323\232\321[\300\2054EU\372\204\311\220\337[?9w$\371\375_V$\3030\035A\302u\266\r\3011\373}\302\214\334\203\221\353\306\236\244k\212P5\025uFP\017j\330\013UY9K\347f\341f\007\327\317\316\010\333P\325\023\266w\244\232\212\243\004\351\000\256~a\032\352\013\323Q\005g\007\301Zi8;\246A!PT]+\253\226\344\2508\221l\204f\213\204\014\341\325\332\253\331\371G\363\314bK\2458\330\202\355\226e\035\306\"\270p\\\331\325t\007\0478\215\232j\347\204\365\212\3200]\301Pa\033nR\203\\\377\006gG5\004[uh d\331\275%B\205\210\355\210e\266\353*mO\245\335O%\335Vs\222\242\210\220SeS\327U\216\241\234T\226\025\315\226\312\272\252\032\364\334\2265\233\217\224]IV\017\234?\213\016\256\236\2535\016\370\367\222\320{?\223d\263\254I\000\242\345\032\004\317}\311R\310\207\226\272\247Z\266\332\223\223\204\262\344\310;\202#\275\207\341\007tW\356\316)C\254\231\0320>#\030\242fL\037o\200\205\246{\022\215\047\026\335\252AqW\017>+b\250d\211a\032\037T\313\374]Y\004\330U\273&\222\267m\241q\264H\247\000\345\277\263_6\2535KEH\200\221}U\255\375/g\220e6\317Pl\245\3542\253\210!\300Cn\316\332\\`j\372X\336\262\334\232\303V\227\204\354\351\323\200\266\312a6w\377\376\203\374I\226\340YM\271z\372f\303\354W\353\352\212@9d;\222\345\010\373\246\365\236!\230\022\351h\277f\300H[\263""\035\260\002\267\367x\205\247\213dm\273\234\275\000>B\350\326sa\n*\035d\177O\026\347\366pa\277\357\2375k\202\341V\221GG\223\246\245\340\353\230\326j\252Uu9\336) t\000\007\305\221!\335P\361\254?u\262\2131\342=\332o\327$\313\326\234\006\022\315A\322\032\247\357!\016&i\362\013\347P\233\033\200\370\251\004$fSo/I\366\222\2049[PL\004\237\334[\3457\337a\274]wU\333\351\337\324\265\201\323\033\021\205\366\001\373\024\363xk\2774\323\254\331Ga\235\222NK\216\031B\263k\2747\314}8\2556C\270`\202GP\021\366-\315au\000\210e\347rQ\020\232\241L#0\212Z\221\\\335\021D\321R\025WVEQP\\\306/\310\263Y\320\335\236&\351X\2255CsD\021A\2545r\"\314RsU\354\323x\255\253H\232\3169M\253\326@\266\375b..\267\363\033\t[\325+9\331\230\341\357\032\177\033\037\370\333\252\t2\247\3752\241\300\200\355\016\337,\t\25783\363\272\307\202W\323\344\367:\356\3502\212cR\272n\312`\354n%V$G\312\235\262\312\031\213\002\302k\217\235+\224V\326\327\013\342\372\363\347\313\364XY\241D`\217\334\221\203df\200(\366\246A\330\224\005\307\013k\272\256\325\220JO\327\337\256\255\212\205\037\337\024\336\225\272cR\312\207L\377\363\302[\361\307\302\213\265\322\363\227\253k\245\027/\177X\377Q|\363r\343o/_\211\317\013\245\277m\274~!>]_\373q\265T\"<\031\262\272\211\331\322&\254\246\277c\223D\366\311\261\313\206,\t\331\350\230\313\272\2370\372x$\356v\241\314\246\250h@\262\n?\261\357\212v\240*\"\222\010a\326\371\256.\212\371\3302q\272\303\306 \310\336\233\0132\006\246\376!w\334J\210\257\3266\304\365\027\245\315\215\327+\233\353/_\210\233\205Wk\335\033\212\342\253\306\001\376VQ_\305\027\310\203\r\265\"\212\335\032\210\033\002\201T%\217\007\333\252\2439j\225&\024\332\203\237\212k\310\364\336\356E\004?\034m4\252J\232\301\336\260Zgk\206T\345o\230\206\037\224CQ\226j\332\321xG\225\337\333n\225\177u5\322\220\2529\037\271\006\003\237*\256\031=\271=\207pF:\352\256\244\367\216\350\005\3527(:\232P\017\350\003`:2\313\356\273\306o@&\212\016\010\206.hS\232\201\0254C\025k\272dH(\377=\210\213e\267R\241\\oH\2140\300\3416\203\t\307\212\324\375\260\217\033""\271\356D\303\22053w\244\330.\227%[e\250*\233\246\016\265\n\234,\313:\035\n\267\242\273\222\261,\277\227u\323\246^D4+\"+\263\234\221\371S\354\022:^6\341\362\030\233\004F\372\023k\216\305\200y\022\235T\232\034\221AJ6k\rT4\303Q\224o\224\274\242U*}\250\355\033\346\036\223\007t\373\373\334\266j\240!\264\024\333Q(p\354A^\343\014\242VkN\003\251\205\306QE\014Y\243\247Z\226i\235\004\177E\227\266\3610%gq\036\234\003J\353\366\224\335\256\240\342\352z\367 MS4\345@\253V\031_S\047+\253h\305\025\\\r}\021~\037\314\341\2618O\350\265\371\343\003\265\022\254\047\3435\200?s\275\031\346\203]tU\273{50]Us\310\357vU:\300\257Hu\013\245\214\332`\034I\035\260a\210\334\3416\033\330\324\210\031\"\"i\210\226\271\217O[7\035\233`\006\343\2520\3321\214\017F\215\221\266\361\201\307\315\204{\314\232Y\023\231\357%\224}\214wT\035\225\203F=\277`H*\361b\321aE\035\007\341\227\035R\253\001\023]\316 lBa\2275\340\215\272\245nS\303a\001\003\370%2\3566VPIH\000\231\020\237\320\037\016l \262\350\344P\037\320\314\342\355tK\027F,:L\001\253\252T^\034\326\354@{\315v\314\032\257\207\344NjL\272\255\017^\346\276c\352\260\301\001\313\350.\302\362\010\031\r\223\335\032j\206\272\207;\331\354^\354a\223\213\367vkp\270BeU=hP#j\177\320jK/7\177\375\005\333\205)<\246\317X\022\032n\221\367F\377\372\230\352\014\\l\376\311+~L\035\016\374\241\231o\276\364\363\376\262\257\006\017\303\211\320\214\213q\271\225\352\014\217x\203\336k?\343\347\271\324\\\363\227>)#.\304\033\261\325\272\326Nu.\335b\013\345\340\213\300\t\277\217\323\361\235x\215-\364\253\370\317\3713\203\303P\362\263\237\362G\375\207\301D\360>JG\023\221\321*\2646\333\267\222\315\327\311\353\255\316\245k^\335?\353O2UKQ1*\307\347\342\207\255Lo\341\256\377&X\r\007\302\265h<\222\242:\324\016\235\031\274\351\217&\267f\303b\250F\213\361h\234\357\014\334\370\374\314v\264\025\317\305\305\316\300W0\370| \005\007\341^\264\021\325\017!\222\356\014|\361\261\336<\337\224\232\266w\327{\303.u.\310\007O\303L\370 \224\243k\361@\374Ck\276Uo\247\332\327\223\342&\263\372\347\344\347\277\047""\177\377Gg\350\217\315]\\\356\204\222{\260z\300_\361\255`4x\200\303\034\246&}Bv\277\251zs\314M\017|\031r\017q\330\243h>\252\237\252\361\256W\354\014\r7\227\233\025\257\340\225\374\363\2600\325\271p\021s\311\360m\277\350\357\004;In\2715\333\256\047\257\212\235\257\346\242\331\270\216h\036\017f\302\347\010\321t+OZ\255\346\225f\201\316y\357\247\375\014\237\031m\346;C\227\233\365\016A\343#VG\274/<\007!\313\340\343\346d2\271\224,\025\223\342F\047\363m\362\355\263v\246s\363\326\177F\317\\\030n.@\256\336\031\036\365\356\373\205\344\366\002\242\047\221\"\307\233\207\027\006a\333vP\n\317\205\013\321\205\370j\274\327\332j?JJ\233\235\353wH\361\341\220\220\010\337D\003Q\001\361y\322\036h/\267\267\t\020C7\375\t_\362m\340\245\034\016E)>\261\033\246\302\364\341\320\205\3160\251\177H\010\353\214_\355\214\335\360\277\n\352X\033\0137\243+\321j\234:\034\031\367~A\000\013\301&&K\244\377\020\250\274\310v\300\266\177\002\271\205\217\005\200\363\302\245\346\252\227\342\366\316\221\217G\274\224w\023\313k\010\311\002t\216\207R\270\037)\361\335\370uk\272\235o\027\332\305\266D\241X\365\316{\262\177\005Q\266\203\251p:\312G+\210\335H\332K#\374\373\276\022d\030\202\262\321\030y$r\200\347\211\226\004\014\r\264\177 \0070\311\to\333\337\014\322\220]\014\257\341\232\303io\334+\373\030\\\361\276c\016\310\206i\272\356\2570}\036\237\231\316\3105\317\306\307\"vM\222?:\351/\375\002\224\\\t\n\275\265|\047}\225i\301\267\205\010O\223+\372\346l\246\254\036\300O\374c!H\005i:\374\032KS8\307\337\302\236\2650\r\373\001\333K\3157\200\335/\301\034\"9\210lb\001\256s\007^n*^\206b\335\031\"Ny\006\247\244\021+\302\047\233x\016\037\221}\243A\276oW\346sa\277\217\240\225\220\352\313\341N$!\315\001\260E\357\212\267\006-k\301\325`\037gs\250\371E\262k\023N\234\004\312\336\005\225\260\200\360\247yh\272\221\276\320I\217vF\306\223\361I$a\035ZW\243sH1\047^h\r\266^\267\357\265]\244r\047;\003bI\177\016 \323\341\331\360^\350\002Vg\343lk\274%\267\257\266-\312\203\241\257}\334Y\200\027\207\256z\222\267\327\273\343\030\\\365\326\337""\360\367Y\342/2\272\253\304\313\261\324\271\364G\362\361-\262\035\370\230@J\305\263D*\235\333_!\201a!\337\314P8\340-{\022\335\000\267\275\343\375\025{~\n\366\302\215\320\216\262\361x\314\234\000N`\316\316\020Z\346pf\021\0312\030\276\215^\307\223H\371\3537A\250)\340\342ix\047d\370Oy\351N\367\205\320|\213\243\266\350\272}\303\313M\327\243{3\277\317#\047\362\\\367\226?\347\227(d\347A\315\335tY\364\257sz\343\362#$\315\207w\202\261`#hD\227\342\315\326(\030\007N\032\010\226\203\335\276\211\323\303\1774\375.\256r\2328\235\010$\337\r~\010\363\237\260\002\305\372\n,\006\037|\031\024\231\367\347\341\257\td\357D,\035~f\372\264\260_<s\341\266\017\n\274M \313Pj\005\357B\351\220\307\357:\271\034\371\3430\312^\210R\021s\347\203\246L\356%\003\216\243x\316\313{\253(`\031\026\311\021\357\2547\205\275K\301V8\307hi-\306\2261o\005L\231\342\221L{\243\336#\230\361,\330\016_G\367\242=\024\255\253\327A\370\344\204I`1\363i$Y\314\020!*#7\302\0147\177\242[\276\010~\223(\246\217\310\353_\303\346\271@dP\316\034\302\346G\036\013\377\002\354\312\241\342-\220\372O\231\234\320\261\014\3468\007\243\236\202\250\036\0042Q\322Q\016\036iy\314)`!\031\241p\027p\307\047\361\005\204{\261\235\346\207\\d\265N\013,Fu\307\033\227\274b\337\353\211\337\277\366\320\313\364\351\356N~\347I}\223\275sy\031\272\334<H\256M!\325\013\341\273H\007\345V@\331\233\224\257X\372\340\337\000\220\210)\212\235\341\233\234Ey\354*\024\003\022\261@6 \322\253\336.\347\304Q\030pi\204q=#b\327[I\256e\201\241\005PI\376\204\340$\353T\212$\325\360\277\0009\214\214!q\227\375J\260\022\270\341Jx\020Y\361\265\32698d\264\r\224r\256+\022f\037\203\214\207\302T\357\240/Y\301\\D-+t/D\007\342\260\033\376\355@\003v\247P\216\266Z\017\222\247o\2227oQI\350\364i\370\026\047%\331Gq\352\377\263\030\376Hn\334GW\047uFn\371\217\003;\374\023\250\343n\362d#\331(1\255#\336\345\256e\020\376\0272\242{\313Y\272O\362\347\325\326\263v9yUB\242\036B`\017\215\311\240_\n\006\021\372\207Q\346\304I\007\334\273\377\244R\303\277]\277\300\013\333=\277\177i\024\325\263\301:\264""\372\047\221\331\367\024V\252.\204\243\224u]6\375\022\254\047\001\327\363\340w\224\246\376,\036\346L\264\025\346\303B\347\363\215\306\211\212\203tO2s \007)j\264\206\333\177\245\372\000\006HsF\\\360\316%W\356\342,\ng\375D\022<d-\332\360u\377bp\037\345\344J2\277\336\036ko\264\353\207\303\351$}\007\260\223\202_\341\224l\036=\254\234|\373\242\255$\033\233\254\374L\365;\372d-\031\361\206\375\325\340,\272\200Qd\323`\\\002\257\217g\202\233\240\217b\217\n\367\350\206\275\2627\035|\027*\021\247\233\243&\t\236fmRrc\206\240\017\201\211H\216\307@\306ch\302o$\033?%?\375\334\231}\304\032\247d|\212\010\025\260P\242\273\321fW\354]{\047\331z\323\231\236?\255\223\n\245\344\314\327\376\277\303\342!:I\273y\007m\252\2144\242\270\361^6\271\361\r\243\311\001\226\273\350*\211\253\322\311\231;A.b\377\"\014\375\376\266Q\326a\330\310\256\022\0005F,N\272\346\233\365\377\002%\351\203\032";
+    PyObject *data = __Pyx_DecompressString(cstring, 3763, 1);
     #define __Pyx_DecompressString_LZSS_UNUSED
     if (unlikely(!data)) __PYX_ERR(0, 1, __pyx_L1_error)
     const char* const bytes = __Pyx_PyBytes_AsString(data);
     #if !CYTHON_ASSUME_SAFE_MACROS
     if (likely(bytes)); else { Py_DECREF(data); __PYX_ERR(0, 1, __pyx_L1_error) }
     #endif
-    #elif (CYTHON_COMPRESS_STRINGS) > 0 && (CYTHON_COMPRESS_STRINGS) <= 90 /* compression: lzss (5048 bytes) */
-static const char cstring[] = "\367   \000\000  s \275:\001\000=  ?\010\000a\377rray of \377at least\375 \006\0010x ele\277ments \002\000r\377ies for \377 instruc\377tions is\377 missing\376\007\001read-on\337ly muD\000be\377 a C-con\377tiguous \377 object>\357 s\047 r\002\047 h\317as \047<\006^\000ou\375t\211\001range(\377(tree fr\373ag\206\001)),, \377, s.6d: \373; \047\000puts:\377 <Memory\257View\304\001<g\010a?nd dirq\001\007\r\363in\021\005\316\000idede #\007 \347\000\004\031><(\t\376A\006>?Canno\367t a\221 gn t\323o \211(\240\002v\242\000In\377valid mo\177de, exp\221 \256|\000\047c\047t\001\047\344 t\236\374\000\047, gH\000%\005s\357hape\373  ax\376\363 NoneNot\357e th\264@Cyt\367hon\212Adeli?berate\203@\324\001\357cter!\001n P\277EP-484\341\002r\375e\204As subc\361l\252\000\332@\376@buil\373ti\264\000ypes.\377 If you \223ne\230 \307\000p\322\000%\tt\177hen set\200\000\327e \047\363\002a\222a_tkyp\216`\047\361$iv\242\000\377o False.\357add_\235 eco\367lle\276c.abc\377disablee\275n\002\001gcis\004\003d\377jacext/_\275t\370\000.pyx\n\003:\375 \000\005Jacobi\177ans run\233\204\001\357ward\270Arev\357erse(\005a b\377atch tak\317es x\351\204\001\311#(n\377_points,? n_in)\047\007\237\000\317our \202\204\t\020\num\336\355 ndex\n\026ne\376\302anonzero3 i\021\030\213`ue\234\004\352!\347s y\261\006b\001put\376%\030compres\377sed swee\025p\355\035c\270`s\234\206\0038\000\332\205\001\333om\304`is\234 pe\327\047s \034\002(\203&co\337rrupt\031\002: \271\047\374%\t\013mor\207\204\002n? 2**31\230\207\013\320\206\003\354\250\206\001\047\023noK\tuld\375 \300\205\001start Owork\275\204\002\331\207\001s\371E\377inconsis\217tent\252\003\020\007\326\205\003a\267rgu\270\210\003to\235\204\002VwM (P\000tus\266f\354u\000\220esk\n\top \277number\341fo\357rder\314\210\010per\347mut\353\204\002\267\211\001the\"\264 l\222`\232\006\301\210\004m\226\210\002\261\204\005\342\010\n \336c\271\211\001<\001spa\377rsity pa\037ttern\036\023\200\212\001j\001\364\224!\276\211\003s{\003is e\300\305a\377\205\002\241\205\005\224\001""\235\205\005\332B d\327oes\332\"m\214\205\003hi\377s reques\361t)\t}\004\216\211\002its \037sizes:\0001\007W\t\330\234\206\001\210\213\001\243e(a\211\205\021, \376\024\000unknown\217 op,\341\211\001$\002\310\213\006 \357writ\311\213\001ove\363r t\001%\003eran\373d)\244`defau\377lt __red\377uce__ du\376\333\207\002non-tri\357vial\033\000cin\357it__\302@py.\177_core.m5\000\275i\346\214\003fail\316\210\003i_mport\033\tu\225 \373h \022\rself.\327cn,\002\003p\002\003nz^\n\003rp c\361\212\003b\202a\337nvert\255\211\003a \361P\224\212\003\362\214\003\274\215\002pick\237lingu\350\210\002\237\213\001a\177llocate\215\215\003? data.\013\020\373\212\003\374\315\214\001\252\214\003s.ASCI\177IA_IMMB\001\001SCC\326\206\001\000\002.\230&c\226\213\002\273__\017\005set\202\205\001e\375_\021\005Ellips\377isFIXED_?ALWAYS\005\004V\001\374\021\003[\002MAX_LA\377NESMODES\377NOGIL_WO\377RKOP_MAS\377KRUN_FIE\357LDSS\314ance}T\023\000STape\000\001\022\211\007_\n\002\362\217\002s\025\002\230\212\002\037\002\334\302\210\007\010\004nes\000\007_j\370\351\212\004K\002\261\213\001ssemb\375lZ\003fixed_\017part\201`S\003\303\205\004z\002\327pro\257`t\206\002ru\321nt\003\365\211\002\264\217\001.\271\217\007_P\377ER_INSTR\377UCTION_T\367APE\323\004__Py\375x\001\000Dict_N\377extRef__>\365\214\004e____\312\215\002\000\006\377_getitem\362\026\001d0\001 \000func\302&\001g\202E4\000\202\204\003<\001ma\323in\003\002\253\000lM\002na\255m\002\003ew]\001p~\000c\367api\003\006heck\243su`\000\026\001\326C_!\001toype_\005\002un\360boe_En \005vt\355\215\001\036\255\001qual[\005\315\205\005\255n\366\347\205\006ex\341\001set_\362\217\005s\274\010\314n__te\353st\335\001s\202\206\001out\377ine_plan\357aabc\361\204\005_bu\333ff\340\206\001ya\362\222\002arSgs\221\224\002\236ca\006\004s\300\223\007\376\030\003syncio.\367corS\003sbba{se\346\216\002boolT\000\235d\375 cclq\001\324 t\367rac\034\000ckcl\373os\200\220\001_of_i\317nput\350\216\003\356\216\003_c\335o\304\212\002colo\000mpx\326\215\007\266\215\001\272\215\001_ptr""\301\215\002\330\306\215\002\215\204\006\217\214\001t_\310\216\002co\377pycountd\377d0d1diff\354\243\204\010\256\204\010.<\367\206\001ls>\377.genexpr\317dstd\265A\000\002_i\373s_\254\225\003empty\377encodeen\373um\334\222\002error\376\347\204\013flagsfl\377oat64forwmat\305\223\004for\227\221\001\317fullb\004\225\204\001id?idximm\227\220\002\213\225\001\277cesind\333\000i\377ntint32iinG\000\275\204\001s\000\002iz\317\221\001\310\212\222\002\225\222\003\233\222\003.\n\005\210\222\002jo\377bjoinjvp\277klimit\372!s\327max\000\000_\312\216\001meqm\201\225\001s\000\374\224\001nn_\345\221\003\351s\004\002\003\000i\020\000out\276\222\222\005n_row\032\000s\357lots\210\205\001ndi\375m\251 tnnznp\326\335\212\002nz\300Cov\001po{p_\205Bants\t\000?helper\006\001\223\207\005\340\036\000O\001%\000\364\221\002\326\216\002out\357out_a\001ppa;ck\375\215\004per\251\204\001Q\000\274\270\207\004\367@qreg\366\217\001r\037resre\222\226\002\350\223\004\246\000\370\227a\332\207\001\336\207\001_pays\357seed\272\213\001sen:\005\000t\272\214\004set\247B\320\226\002\236\327\215\002orts\226\212\001\003\001e\237pstop\341\231\003\367\224\001t\237askth\374\220\002\004\000o\377wtolistt\377otaluint\3678un\257\001upda\177tevvals\314\223\002\372\321\223\002s\354\227\001vjpwo\273rd\331\215\001exy\213\224\001s\377zip:OT{^\377int (int\377)\000raise_\376\234\221\003}\200\001\330\004\n\210\377+\220Q\200\001\340\004\013\377\2101\210O\2301\230B\377\230e\2407\250$\250o\377\270Q\270b\300\001\330\014\377\020\220\005\220U\230!\230\3351 \0032\210^\033\010n\270\377A\270R\270r\300\027\310\357\001\330\r\033:\002b\240\007\377\240t\250>\270\021\270\"\363\270E\024\0027\t\360\006\000\005\377\014\2102\210[\230\001\230\377\022\2307\240$\240k\260\377\021\260$\260n\300A\300\377T\310\033\320TU\320U\377V\330\r\027\220q\230\002\373\230&F\002:\260Q\260b\277\270\003\2707\300!\021\005#\377\230W\240D\250\004\250E\377\260\025\260a\260q\200\001\377\360\010\000\005\032\230\022\320\377\033-\250Q\250e\2606\177\270\022\2701\330\004\031""\000\017\376\034\005g\260V\2702\270Q\377\330\004\036\230b\240\006\240\377a\240x\250v\260R\260\373q\3402\000\021\330\004\007\200\377q\210\006\210a\210s\220\367#\220W\221 b\240\003\240\3771\240F\250!\2503\250\377c\260\027\270\004\270G\300\3774\300q\310\001\310\030\320\373QT\261\002[\320[\\\320\177\\]\330\010\016\210j\332\000\3728\n%\314\000\004\230C\230r\257\240\022\2403j\000tB\002\021\276\037\nw\210e\2202\345\"3\353\230c%\0007j\0008\2604\373\260q=\022#\220Q\330\010\377\014\210B\210f\220A\220\367S\230\006\303\000\001\330\t\n\376\021\000\320\014\035\230Q\230h\377\240h\320.B\300-\310\377q\320PQ\330\0362\260\347-\270q\313@\000\006\036,\250\355M\240@)\300\244 \007\200r\357\210\023\210A\266\001k\230\021\373\230!\373\001r\210\022\2101\277\330\010\017\210q\330\227a\200\276\033\000\020\220\007\220t\260@!\376\n\000\034(\320(<\320<\377S\320ST\330#;\320\377;L\310A\330\034\035\360\257\024\000\t$\241$6\324@&\372\263@8_\000\010\037\230t\240\3772\240_\260D\270\002\270\377!\340\010\013\2108\2205\317\230\004\230A\304@t\000\013\210\3753\304\000B\220a\330\014\022\177\220*\230A\320\0355\360@\373a\330%\0009\220B\220b\377\230\003\2301\230F\240!.\270 c\250\021\036\004\230\375\000D\001\336\242\000\013\210<\220\243 \013\210\3775\320\020 \240\004\240A\377\240V\250=\270\t\300\022\347\3006\310\341 \025\000\220\n\230\377!\2303\230i\240r\250\267\027\260\001U\0018\2204\002:\266\303!\013\210\000\004=\230\020\t7\343\220!\177\001U\004*\004;\220a\370\n\010p\005\227 q\330\014\017\210\377x\320\027(\250\004\250A\377\250Y\260l\300$\300f\177\310A\310T\320QR\027\001\177z\230\031\240$\240f\031\000\377Q\330\014\032\230!\2306\331\240\227\002\367\001C\2209\002r\220\377\023\220A\330\020\026\220j\367\240\001\240\343\002!\330\r\020\337\220\006\220c\230\363\000\017\210\377u\220C\320\027\047\240t\277\2505\260\003\2601\034\n&\317\230\002\230#\220 \201\000y\230\377\007\230q\330\020\024\220H\377\230B\230f\240C\240u\377\250C\250x\260r\270\027\373\300\003\216 \022\3101\330\024\367\032\230*\243 Q\330\020\023\377\220<\230q""\240\010\250\001\376a\005\034\240S\250\003\2506\217\260\023\260A\312\004m\001j\000\031\377\230\035\240i\250s\260(\377\270#\270V\3003\320F\277W\320WX\330\020\212B)|\331 g\000\320\0478\270\001\214\200#\377\017\210z\320\031*\250$\377\250a\330\020\033\230<\240\377s\250+\260U\270#\320\337=R\320RSQ\002\020\220\331\017\223\004\325 }\230\213\000\022\220\372\342\001-\314\001\320/D\300J\257\310b\320P\375a\340\366 v\377\220S\230\005\230S\240\005\216\370@7\260!\272(\222@\330#|o\2305\240\001\240B\220uK\001?\017\210{\230%\230\262B\024\004\037\022\220%\220y\210\207\002\311b\217H\337w\220d\230!=\000\t\250\375\022\372 \001\330\r\016\330\014\377\021\220\034\230Q\230a\230\377t\2404\240q\250\005\250\375Q\252\205\001|\2301\230A\200\377A\340\010 \320 0\260\377\004\260A\260V\270=\310\337\004\310B\310g\324\210\001\010\032\373\230$0\000s\240$\240b\363\250\010\206\204\001\r\001j\250\001\250\357\021\340\010\t\276at\2207\376\350\211\001\330\025\026\330\024\031\230}\036W\000\001\250\024\250T\215@\377D\270\001\340\020\025\220^\277\2401\240A\240T\022\000S\256\\\001\340\014\020\330\204\0021s\010\360\377\006\000\t\r\210D\220\001\356\274\206\001t\2202\247\207\001\020\220\001\377\220\032\2301\230E\240\022\373\2405m\000\025\250a\250w\373\260d\312@U\300)\3101\277\310A\310Q\310a\316\207\001D\376\353b\023\230C\230s\240(\177\250)\2601\260C\260\314`\367\021\220\021\233 w\230d\240\335!\204\211\002\047\260\024\240\206\001\260t\377\2707\300$\300a\300q\352\342\000G\212\207\001\020&\001$\220g\377\230T\240\021\240!\2406\374\354\205\002\252 \025\220b\230\001\330/\014\023\220;\374\002\047\305\206\001\377!\347!\2304g\000\257@\027\220s\366\220\205\003\240&\214!\330\021\034\230}AB\000\023\240A\330\020\026\003\3171\330\021\026A\002\r\000r\230\307\021\230)\207!\t\010<\0014\230\323q\240\245 G\0035\302\205\003\021\220\371\027\351\213\002\230@\230V\2401\240\377E\250\021\250\047\260\021\330\277\010\r\210W\220A\317 2\333\240S\275A\250a\354\210\002\200A\376\275!\017\210d\220!\2204\316\323\207\0031\210J\201\206\001\272@b\240""\276\272\207\0021\210M\230\023\233\002\022\313\2401+\010!\337U\354\205\001S\250\377\004\250B\250h\260a\360\377\010\000\t\014\2106\220\023\373\220EC\000E\240\026\240w\273\250a\315\210\010\r\210T\354 &\257\230\005\230Y\255\207\002T\251\001\014\354\317@\303\210\0011\330\247`\021\022\330\177\020\025\320\025&\240a\371`\177\004\250D\260\003\2604\211@\3775\300\005\300U\310%\310\377u\320TU\330\047,\250\367E\260\021\211u)\250\002\250\367%\250u\216\212\002\047\300\025\300\337c\310\026\310r\250\210\001\010\037\337\230q\330\010 \303 \010\026\317\220a\220v\306@\337\002\024\220\177A\220X\230R\230w\273\214\002\376\333\212\001$\260f\270B\270a\276\207\205\004\033\230A\230Q\235`$\337\320&:\270-\230\215\001\330\035\267\036\230h\236\001\330\0109\001Q?\330\010\020\220\004\220\344\212\001\350\204\001\377\022\220\"\220H\230A\230\377Z\240v\250R\250s\260\357\047\270\025\270\375\212\002#\220Q\352\350\"!\252a2q\000Q\230j\377\250\005\250X\260U\270&\377\300\001\330\030\032\230&\240\377\001\240\023\240F\250\"\250\035A\374\204\001\001\220\021\243\220\001\003\001\256\213\002oA\220V\230\222\213\0029\220\004\004\362\270\211\001A\325@\363\"4\210t\220}1V\003V\2302\230S\246\206\001\357\006\260b\270\250\205\0046\230\030\344\240\216\003*\003\020*\0015\003\"\240\024\377\240R\240y\260\r\270Ts\300\022\323\214\001\351\213\001B\240j\006\010|\340\206\023\204\207\006Y\270m\3108\260\215\001\376\363\206\023a\230u\240G\2501s\330\010\211\207\n\350A\023\2201\214\207\001\367\034\240Q\271\217\0024\250s\260\377$\260d\270$\270a\340\347\024\031\230\003\021\204\207\021\n\000\t\277\035\230A\330\010\035\271\215\001!~\300 A\240Y\250a\340\310\210\003}\030\367\216\001\2304\230t\240\366\217\001/5\260\001\260\231\214\004c\333!}\001\376\274G\003\2201\220D\230\002\373\230!\210\204\001\014\020\220\002\220\377(\230!\230:\240V\250\3732\250\223\210\001E\270\021\330\014_\024\220C\220q\206\221\001\230\307@\377\021\220\022\2208\2301\230\377J\240g\250U\260%\260\377v\270Q\330\026\030\230\006>\211\211\002&\250\002\250!\272M\257B\374\307@""\212\221\001\031\250!\200A\360\367\014\000\t\377!V\2501\250\363A\330\310\211\027\336\205\n\330\010!\320\377!2\260$\260a\260y\357\300\014\310H\225\205\001\010!\240\375\021\375\205\0035\220\003\320\023#k\2404\237\215\002q\315\217\n7\220\337\221\001\377\014\030\230\n\240*\250E\377\260\023\3204I\310\024\310\377R\310q\340\014\021\320\021\377\"\240$\240a\240{\260\377!\330\0471\260\025\260c\177\3209N\310d\320R\206\223\001\307\330\047(\261\225\001\266\214\005\267\205\013\020\220\377\014\230D\240\002\240\047\250\377\022\250=\270\005\270S\300\277\001\330\025!\240\032\265 Q\236\361Ca\230v\240\337\000\205\212\003\n\177\230)\240;\250d\260\342#\333\017\210\227\213\004\230A\232\213\003\320\031\371,\314\217\001\036\000$\260c\270\024\377\270T\300\024\300T\310\031\377\320RZ\320Z[\330-\3358\255\213\002\320\025(\334\213\001\250$\356E\000#\260T \004Y\310h\377\320VW\330)4\260A\376\261\213\017\250a\320\000\037\230~\377\250Q\340\004\007\200s\210\177\"\210B\210c\220\023\313A\356\327\224\004\320\0310\233b\004\013\210\277;\220a\220t\230\257\224\001\021\177\320\000\"\240.\260\001\337\226\001\365\010\031\033\022\326\211\002s\230#\230\237S\240\001\240\024\322\204\001\343\223\0014\003\210q";
-    PyObject *data = __Pyx_DecompressString_LZSS(cstring, 5048, 6845);
+    #elif (CYTHON_COMPRESS_STRINGS) > 0 && (CYTHON_COMPRESS_STRINGS) <= 90 /* compression: lzss (5071 bytes) */
+static const char cstring[] = "\367   \000\000  s \275:\001\000=  ?\010\000a\377rray of \377at least\375 \006\0010x ele\277ments \002\000r\377ies for \377 instruc\377tions is\377 missing\376\007\001read-on\337ly muD\000be\377 a C-con\377tiguous \377 object>\357 s\047 r\002\047 h\317as \047<\006^\000ou\375t\211\001range(\377(tree fr\373ag\206\001)),, \377, s.6d: \373; \047\000puts:\377 <Memory\257View\304\001<g\010a?nd dirq\001\007\r\363in\021\005\316\000idede #\007 \347\000\004\031><(\t\376A\006>?Canno\367t a\221 gn t\323o \211(\240\002v\242\000In\377valid mo\177de, exp\221 \256|\000\047c\047t\001\047\344 t\236\374\000\047, gH\000%\005s\357hape\373  ax\376\363 NoneNot\357e th\264@Cyt\367hon\212Adeli?berate\203@\324\001\357cter!\001n P\277EP-484\341\002r\375e\204As subc\361l\252\000\332@\376@buil\373ti\264\000ypes.\377 If you \223ne\230 \307\000p\322\000%\tt\177hen set\200\000\327e \047\363\002a\222a_tkyp\216`\047\361$iv\242\000\377o False.\357add_\235 eco\367lle\276c.abc\377disablee\275n\002\001gcis\004\003d\377jacext/_\275t\370\000.pyx\n\003:\375 \000\005Jacobi\177ans run\233\204\001\357ward\270Arev\357erse(\005a b\377atch tak\317es x\351\204\001\311#(n\377_points,? n_in)\047\007\237\000\317our \202\204\t\020\num\336\355 ndex\n\026ne\376\302anonzero3 i\021\030\213`ue\234\004\352!\347s y\261\006b\001put\376%\030compres\377sed swee\025p\355\035c\270`s\234\206\0038\000\332\205\001\333om\304`is\234 pe\327\047s \034\002(\203&co\337rrupt\031\002: \271\047\374%\t\013mor\207\204\002n? 2**31\230\207\013\320\206\003\354\250\206\001\047\023noK\tuld\375 \300\205\001start Owork\275\204\002\331\207\001s\371E\377inconsis\217tent\252\003\020\007\326\205\003a\267rgu\270\210\003to\235\204\002VwM (P\000tus\266f\354u\000\220esk\n\top \277number\341fo\357rder\314\210\010per\347mut\353\204\002\267\211\001the\"\264 l\222`\232\006\301\210\004m\226\210\002\261\204\005\342\010\n \336c\271\211\001<\001spa\377rsity pa\037ttern\036\023\200\212\001j\001\364\224!\276\211\003s{\003is e\300\305a\377\205\002\241\205\005\224\001""\235\205\005\332B d\327oes\332\"m\214\205\003hi\377s reques\361t)\t}\004\216\211\002its \037sizes:\0001\007W\t\330\234\206\001\210\213\001\243e(a\211\205\021, \376\024\000unknown\217 op,\341\211\001$\002\310\213\006 \357writ\311\213\001ove\363r t\001%\003eran\373d)\244`defau\377lt __red\377uce__ du\376\333\207\002non-tri\357vial\033\000cin\357it__\302@py.\177_core.m5\000\275i\346\214\003fail\316\210\003i_mport\033\tu\225 \373h \022\rself.\327cn,\002\003p\002\003nz^\n\003rp c\361\212\003b\202a\337nvert\255\211\003a \361P\224\212\003\362\214\003\274\215\002pick\237lingu\350\210\002\237\213\001a\177llocate\215\215\003? data.\013\020\373\212\003\374\315\214\001\252\214\003s.ASCI\177IA_IMMB\001\001SCC\326\206\001\000\002.\230&c\226\213\002\273__\017\005set\202\205\001e\375_\021\005Ellips\377isFIXED_?ALWAYS\005\004V\001\374\021\003[\002MAX_LA\377NESMODES\377NOGIL_WO\377RKOP_MAS\377KRUN_FIE\357LDSS\314ance}T\023\000STape\000\001\022\211\007_\n\002\362\217\002s\025\002\230\212\002\037\002\334\302\210\007\010\004nes\000\007_j\370\351\212\004K\002\261\213\001ssemb\375lZ\003fixed_\017part\201`S\003\303\205\004z\002\327pro\257`t\206\002ru\241n\000\005|\003\375\211\002\274\217\001.\301\217\007_\377PER_INST\377RUCTION_\357TAPE\333\004__P\373yx\001\000Dict_\377NextRef_}_\375\214\004e____\322\215\002\376\000\006_getite\345m\026\001d0\001 \000fun\205c&\001g\212E4\000\212\204\003<\001m\247ain\003\002\263\000lM\002n[am\002\003ew]\001p~\000\357capi\003\006hecGksu`\000\026\001\336C_!\001\337type_\005\002un\336\370be_En \005vt<\365\215\001\255\001qual[\005\325\205\005\354\265n\357\205\006ex\341\001set\345_\217\005s\274\010\324n__t\327est\335\001s\212\206\001ou\377tine_pla\337naabc\371\204\005_b\267uff\350\206\001ya\372\222\002a\247rgs\231\224\002\246ca\006\004s\374\310\223\007\030\003syncio\357.corS\003sbb\367ase\356\216\002bool:T\000d\375 cclq\001\324 \357trac\034\000ckc\367los\210\220\001_of_\237input\360\216\003\366\216\003_\273co\314\212\002colo\000m\361p\336\215\007\276\215\001\302""\215\001_ptr\260\311\215\002\316\215\002\225\204\006\227\214\001t_\320\216\002c\377opycount\377dd0d1dif\331f\253\204\010\266\204\010.<\377\206\001ls\377>.genexp\237rdstd\265A\000\002_\367is_\264\225\003empt\377yencodee\367num\344\222\002erro\375r\357\204\013flagsf\377loat64fo\357rmat\315\223\004for\336\237\221\001fullb\004ii\177didximm\234\220\002~\220\225\001cesind\330\000\377intint32\323inD\000\272\204\001s\000\002iz\220\324\221\001\217\222\002\232\222\003\240\222\003.\n\005\215\222\002j\377oinjvpkl\357imit\364!smaux\000\000_\314\216\001mem\203\225\001\\p\000\376\224\001nn_\347\221\003s\004\002\372\003\000i\020\000outn_\367row\022\000slot\275s\372\204\001ndim\233 t\337nnznp\327\212\002nz\376\262Coobjopo{p_\367\"ants\t\000?helper\006\001\215\207\005\340\036\000O\001%\000\356\221\002\320\216\002out\357out_a\001ppa\203ck\367\215\004\230\204\001N\000\257\207\004\346@q\367reg\355\217\001rres\303re\211\226\002\337\223\004\243\000\206aru\337nruns\000\001_p\177aysseed\264\213\001\327sen\005\000t\264\214\004se\361t\231B\312\226\002\321\215\002orts\374\220\212\001\003\001epstop\374\333\231\003\361\224\001taskth\374\366\220\002\004\000owtoli\377sttotalu\277int8un\257\001u\377pdatevva\323ls\306\223\002\313\223\002s\346\227\001vj\337pword\323\215\001ex\375y\205\224\001szip:O\377T{^int (\377int)\000rai\367se_\226\221\003}\200\001\330\377\004\n\210+\220Q\200\001\377\340\004\013\2101\210O\230\3771\230B\230e\2407\250\377$\250o\270Q\270b\300\377\001\330\014\020\220\005\220U\357\230!\2301 \0032\210^\376\033\010n\270A\270R\270r\177\300\027\310\001\330\r\033:\002\377b\240\007\240t\250>\270\237\021\270\"\270E\024\0027\t\360\377\006\000\005\014\2102\210[\377\230\001\230\022\2307\240$\377\240k\260\021\260$\260n\377\300A\300T\310\033\320T\377U\320UV\330\r\027\220\337q\230\002\230&F\002:\260\377Q\260b\270\003\2707\300\375!\021\005#\230W\240D\250\377\004\250E\260\025\260a\260\377q\200\001\360\010\000\005\032\377\230\022\320\033-\250Q\250\377e\2606\270\022\2701\330\363\004\031\000\017\034""\005g\260V\270\3772\270Q\330\004\036\230b\377\240\006\240a\240x\250v\337\260R\260q\3402\000\021\330\377\004\007\200q\210\006\210a\277\210s\220#\220W\221 b\377\240\003\2401\240F\250!\377\2503\250c\260\027\270\004\377\270G\3004\300q\310\001\337\310\030\320QT\261\002[\320\377[\\\320\\]\330\010\016\323\210j\332\0008\n%\314\000\004\230\177C\230r\240\022\2403j\000\365tB\002\021\037\nw\210e\220]2\345\"3\230c%\0007j\000\3378\2604\260q=\022#\220\377Q\330\010\014\210B\210f\277\220A\220S\230\006\303\000\001\367\330\t\n\021\000\320\014\035\230\377Q\230h\240h\320.B\377\300-\310q\320PQ\330?\0362\260-\270q\313@\000\006o\036,\250M\240@)\300\244 \177\007\200r\210\023\210A\266\001\337k\230\021\230!\373\001r\210\377\022\2101\330\010\017\210q\365\330\227a\200\033\000\020\220\007\220\365t\260@!\n\000\032&\320&\377:\320:Q\320QR\330\377!9\3209J\310!\330\377\032\033\360\022\000\t\014\210\3755%\000q\330\014\022\220*_\230A\320\0355\273@aE\001\327t\2204\322@\005\231\000g\240\377S\250\003\2505\260\t\270\377\026\270v\300V\3108\320\277ST\330\030\"\240V\000\340\377\010 \320 0\260\004\260\375A\235@=\310\004\310B\310\375g\215a\010\032\230$\230a\373\230s\255`b\250\010\260\001\375\330\014\002j\250\001\250\021\340\377\010\t\330\014\017\210t\220\3757\241\204\001\330\025\026\330\024\031\357\230\036\240q\031\000\024\250T\377\260\023\260D\270\001\340\020\367\025\220^\276@A\240T\250\367\024\250S\\\001\340\014\020\220\371\n-\002\342\000|\2301\230A\377\200A\360\006\000\t\r\210\327D\220\001\252\0032\340!\020\220\177\001\220\032\2301\230E\270@\3755m\000\025\250a\250w\260\377d\270#\270U\300)\310\2771\310A\310Q\310\335\000\014\2764\000\006\220c\230\023\343@s\377\240(\250)\2601\260C\376\271@\020\021\220\021\220%\220\337w\230d\240!\275b\047\260\375\024\216!\260t\2707\300$;\300a\301`\004\310G\375\001%\002\177$\220g\230T\240\021)\000\3676\250\027\344\000\014\021\220\025\377\220b\230\001\330\014\023\220\335;\374\002\047\250\021\353\001{\230\367!\2304\215 !\330\020\027\277\220s\230!\23063\000&\276\214!\330\021\034""\230AB\000\023{\240A\024\0051\330\021\026A\002\212)\000r\337@)\207!\t\010<\0014\347\230q\240\245 G\0035\240\001\235\240d\000\021\220\027\242\206\002\232 \230\377V\2401\240E\250\021\250\377\047\260\021\330\010\r\210W\356\364`^\2402\307@\005\250Q\365\250\334Bq\273#\017\210d\220\255!\350A\330\010\320\207\001J\222 \021.\272@b\240\001\013\003M\241 \234\001\323\022\240\332c\361#!\337U*\240\375A\254`\004\250B\250h\260\367a\360\010\335a6\220\023\220}E\347 E\240\026\240wy\000\326\345c\230Q\224\001T\354 &\230\177\005\230Y\240f\250A\374@\365\021\242\205\001D\342E\t\330\021\022\377\330\020\025\320\025&\240a\376\237`\004\250D\260\003\2604\376\211@5\300\005\300U\310%\377\310u\320TU\330\047,\357\250E\260\021\211u)\250\002\357\250%\250u\324`\002\270\047\377\300\025\300c\310\026\310r\376\204\205\001\010\037\230q\330\010 ~\303 \010\026\220a\220v\306@\376\337\002\024\220A\220X\230R\353\230w\364\206\0026\352\210\002f\270B\277\270a\330\r\016\330\336@\033\372\254@Q\235`$\320&:\270}-\321\207\001\330\035\036\230h\236\001\373\330\0109\001Q\330\010\020\220\277\004\220B\220a\330\350\204\001\022\357\220\"\220H\340@Z\240v\377\250R\250s\260\047\270\025~I\000\014\022\220#\220Q\350\"\365!\252a2q\000Q\230j\250\377\005\250X\260U\270&\300\277\001\330\030\032\230&\325@\023\277\240F\250\"\250A\374\204\001\001\351\220\311`\335\204\001\021\250A9\220A\317\220V\2301\000\010\374\206\001u\220|\225\205\001\363\"4\210t\2201V\003\337V\2302\230S\246\206\001\006\260\273b\270\250\205\0046\230\030\331\210\003\200\345A\244A\020*\001\005\003\"\240\024\377\240R\240y\260\r\270T\357\300\022\3001\241!\004\240B\343\240j\006\010\340\206\023\204\207\006Y\270m\374\241\207\003\363\206\023a\230u\240G\250\3511\207\207\014\350A\023\257\000\024\031\230\327\034\240Q\362\211\0024\255 $\260?d\270$\270a\340\000\024\204\207\021\377\n\000\t\035\230A\330\010\375\035\341a!\240\023\240A\240\257Y\250a\340\272C\030\260\211\001\230\3574\230t\240\257\212\0015\260\001>\236\205\001\013\2103\210c\333!}\001\376\274G\003\2201\220D\230\002\373\230!""\305B\020\220\002\220(\377\230!\230:\240V\2502\376\222\210\002E\270\021\330\014\024\220\327C\220q\277\213\001\230\307@\021\220\377\022\2208\2301\230J\240\377g\250U\260%\260v\270\277Q\330\026\030\230\006\211\211\002&\357\250\002\250!\272M\017\210u\374\305B\303\213\001\031\250!\200A\360\362\274\000$\270\214\004\373a&\270\003\270u8\203A\037\261\0002\240_\306\204\002\177!\340\010\013\2108\220\372B}5\225\000.\240\003\2405[\001\376\272\212\r\013\2109\220B\220b\377\230\003\2301\230F\240!\017\2403\240c\217\210\001\352\212\002\200\206\001=\006\367<\220q\377\206\0015\320\020 \357\240\004\240A\341\000=\270\t\326\375@6\310\352b5\372\211\0023\230\247i\240r\346\210\002u\007:\330\214\001\013\315\210\000\004=\230\264\207\002\224\0047\220&\270 \013\210U\004\251\004;\226\205\001\014\006\374p\005\201\214\003\017\210x\320\027(\377\250\004\250A\250Y\260l\377\300$\300f\310A\310T\376\264\214\001\014\017\210z\230\031\240=$\245\207\002Q\330\014\032\300\211\003\263\210\001\3473\210f\200A\324\213\001r\220\023\177\220A\330\020\026\220j\216\211\003\235\022~\000\r\020\220\350\212\001\204\212\002u\377\220C\320\027\047\240t\250\3375\260\003\2601\034\n&\230\357\002\230#\230W\000\017\210y\377\230\007\230q\330\020\024\220\377H\230B\230f\240C\240\377u\250C\250x\260r\270\377\027\300\003\3006\310\022\310\3371\330\024\032\230\350\210\001Q\330\377\020\023\220<\230q\240\010\327\250\001\330b\004\034\254\215\0026\260\227\023\260A\347\214\001xk\003j\000\031\377\230\035\240i\250s\260(\377\270#\270V\3003\320F\177W\320WX\330\020\021\372\215\001\367)\2303f\001\320\0478\270\370@\006\224\033\215 \320\031*\250$\377\250a\330\020\033\230<\240\377s\250+\260U\270#\320\337=R\320RSQ\002\020\220}\017\223\004\014\017\210}\230\213\000\353\022\220\342\001-\314\001\320/D\377\300J\310b\320PS\320\377ST\340\014\017\210v\220\377S\230\005\230S\240\005\240\037V\2507\260!\272(\222@\232`\377\014\017\210|\2305\240\001\366\317\002\220uK\001\017\210{\230\357%\230q\330\021\007\022\220%\353\220y\235\222\002q\213Lw\220d\373\230!=\000\t\250""\022\2505\373\260\001\307\211\004\034\230Q\230a\377\230t\2404\240q\250\005w\250Q\330\323\216\010\014\000\t\206\210\001?V\2501\250A\330\317\217\027\345\213\n\377\330\010!\320!2\260$\377\260a\260y\300\014\310H\336\234\213\001\010!\240\021\204\214\0035\220\017\003\320\023#i\000\313A\354\220\005\377\204\003\3757\213\212\001\330\014\030\230\n\240\377*\250E\260\023\3204I\377\310\024\310R\310q\340\014\377\021\320\021\"\240$\240a\373\240{\222 \0471\260\025\260\377c\3209N\310d\320R\216\306\223\001\330\047(\361\225\001\341%\276\213\013\020\377\220\014\230D\240\002\240\047\376\361\000=\270\005\270S\300\001\177\330\025!\240\032\2502\347\001\346\237\221\003v\240\337\000\357\214\005)\240;g\250d\260\351\207\003\234\221\006\230A\241\221\003\177\320\031,\250A\250Q\036\000\377$\260c\270\024\270T\300\377\024\300T\310\031\320RZ\277\320Z[\330-8\264\221\002\320\333\025(\343\221\001\250$E\000#\260\375T \004Y\310h\320VW\337\330)4\260A\270\221\017\250a\377\320\000\037\230~\250Q\340\377\004\007\200s\210\"\210B\317\210c\220\023\315\205\002\230\225\003\320\031\3750\242\211\002\004\013\210;\220a\367\220t\230\357\224\001\021\320\000\"\257\240.\260\001\237\227\001\010\031\033\022\356\335\217\002s\230#\333`\001\240\024\034\331\212\001\243\224\0014\210q";
+    PyObject *data = __Pyx_DecompressString_LZSS(cstring, 5071, 6903);
     #define __Pyx_DecompressString_UNUSED
     if (unlikely(!data)) __PYX_ERR(0, 1, __pyx_L1_error)
     const char* const bytes = __Pyx_PyBytes_AsString(data);
     #if !CYTHON_ASSUME_SAFE_MACROS
     if (likely(bytes)); else { Py_DECREF(data); __PYX_ERR(0, 1, __pyx_L1_error) }
     #endif
-    #else /* compression: none (6845 bytes) */
-static const char bytes[] = "        s : s =  ? s array of at least  at 0x elements entries for  instructions is missing is read-only must be a C-contiguous  object> s\047 array\047 has \047 missing or out of range((tree fragment)),, , s.6d: ; outputs: <MemoryView of <contiguous and direct><contiguous and indirect><strided and direct or indirect><strided and direct><strided and indirect>>?Cannot assign to read-only memoryviewInvalid mode, expected \047c\047 or \047fortran\047, got Invalid shape in axis NoneNote that Cython is deliberately stricter than PEP-484 and rejects subclasses of builtin types. If you need to pass subclasses then set the \047annotation_typing\047 directive to False.add_notecollections.abcdisableenablegcisenabledjacext/_tape.pyxjacext: jacext: Jacobians run forward or reversejacext: a batch takes x of shape (n_points, n_in)jacext: a colour out of rangejacext: a column index out of rangejacext: a cone or nonzero index out of rangejacext: a value batch needs yjacext: an input index out of rangejacext: compressed sweeps run forward or reversejacext: cones must come from this tape\047s cones()jacext: corrupt tape: \047jacext: corrupt tape: more than 2**31 instructions or outputsjacext: corrupt tape: no \047jacext: could not start worker threadsjacext: inconsistent conesjacext: invalid arguments to the VM (status jacext: no batch task jacext: no op number jacext: order must be a permutation of the columnsjacext: out of memoryjacext: out of memory colouring the sparsity patternjacext: out of memory for the work arrays of this evaluationjacext: the Jacobian tape does not match this requestjacext: the pattern and its sizes do not matchjacext: the tape is corrupt (an index out of range, an unknown op, or an instruction writing over its own operand)no default __reduce__ due to non-trivial __cinit__numpy._core.multiarray failed to importnumpy._core.umath failed to importself.cn,self.cp,self.nz,self.rp cannot be converted to a Python object for picklingunable to allocate array data.un""able to allocate shape and strides.ASCIIA_IMMB_IMMCConesCones.__reduce_cython__Cones.__setstate_cython__EllipsisFIXED_ALWAYSFIXED_A_IMMFIXED_B_IMMMAX_LANESMODESNOGIL_WORKOP_MASKRUN_FIELDSSequenceTASKSTapeTape.__reduce__Tape.arraysTape.batchTape.compressedTape.conesTape.cones_jacobianTape.disassembleTape.fixed_partialsTape.patternTape.productTape.runsTape.valueView.MemoryView_PER_INSTRUCTION_TAPE_FIELDS__Pyx_PyDict_NextRef__annotate____class____class_getitem____dict____func____getstate____import____main____module____name____new____pyx_capi____pyx_checksum__pyx_state__pyx_type__pyx_unpickle_Enum__pyx_vtable____qualname____reduce____reduce_cython____reduce_ex____set_name____setstate____setstate_cython____test___is_coroutine_planaabcallocate_bufferanyarangeargsarrayarraysasarrayascontiguousarrayasyncio.coroutinesbbasebatchbool_budgetccline_in_tracebackclosecol_of_inputcolourcolour_columnscolscompcompressedconecone_ptrconescones_jacobianconst_valuecopycountdd0d1diffdisassembledisassemble.<locals>.genexprdstdtypedtype_is_objectemptyencodeenumerateerrorfixed_partialsflagsfloat64formatfortranforwardfullgenexprgetiididximmindexindicesindptrintint32int64itemsitemsizejac_tapejacextjacext._tapejacobianjobjoinjvpklimitlinesmaxmax_workmemviewminmodenn_coloursn_colsn_inn_outn_pointsn_rowsn_slotsnamendimnextnnznpnumpynz_inputoobjopop_constantsop_helpersop_partialsop_rowsop_valueorderoutout_slotppackpatternperplanpopproductptrqregisterresreshapereverserow_ptrrunsruns_paysseedselfsendsetdefaultsetflagsshapesizesortststartstepstopstructtapetaskthreadsthrowtolisttotaluint8unpackupdatevvalsvaluevaluesviewvjpwordwritexyzeroszip:OT{^int (int)\000raise_status}\200\001\330\004\n\210+\220Q\200\001\340\004\013\2101\210O\2301\230B\230e\2407\250$\250o\270Q\270b\300\001\330\014\020\220\005\220U\230!\2301\200\001\340\004\013\2102\210^\2301\230B\230e\2407\250$\250n\270A\270R\270r\300\027\310\001\330\r\033\2301\230B\230b\240\007\240t\250>\270\021\270\"\270E\300\027\310\001\330\014\020\220\005\220U""\230!\2301\200\001\360\006\000\005\014\2102\210[\230\001\230\022\2307\240$\240k\260\021\260$\260n\300A\300T\310\033\320TU\320UV\330\r\027\220q\230\002\230&\240\007\240t\250:\260Q\260b\270\003\2707\300!\330\r\027\220q\230\002\230#\230W\240D\250\004\250E\260\025\260a\260q\200\001\360\010\000\005\032\230\022\320\033-\250Q\250e\2606\270\022\2701\330\004\031\230\022\320\033-\250Q\250e\2606\270\022\2701\330\004\031\230\022\320\033-\250Q\250g\260V\2702\270Q\330\004\036\230b\240\006\240a\240x\250v\260R\260q\340\004\031\230\021\330\004\007\200q\210\006\210a\210s\220#\220W\230B\230b\240\003\2401\240F\250!\2503\250c\260\027\270\004\270G\3004\300q\310\001\310\030\320QT\320TU\320U[\320[\\\320\\]\330\010\016\210j\230\001\230\021\330\004\007\200q\210\006\210a\210s\220%\220q\230\004\230C\230r\240\022\2403\240a\240t\2503\250c\260\021\330\010\016\210j\230\001\230\021\330\004\007\200w\210e\2202\220U\230!\2303\230c\240\022\2407\250!\2508\2604\260q\330\010\016\210j\230\001\230\021\330\004\007\200q\210\006\210a\210s\220#\220Q\330\010\014\210B\210f\220A\220S\230\006\230b\240\001\330\t\n\330\010\014\320\014\035\230Q\230h\240h\320.B\300-\310q\320PQ\330\0362\260-\270q\300\001\330\0362\260-\270q\300\001\330\036,\250M\270\021\270)\3001\330\004\007\200r\210\023\210A\330\010\016\210k\230\021\230!\330\004\007\200r\210\022\2101\330\010\017\210q\330\004\013\2101\200A\330\010\020\220\007\220t\2307\240!\200A\330\034(\320(<\320<S\320ST\330#;\320;L\310A\330\034\035\360\024\000\t$\2401\240F\250!\2506\260\021\260&\270\003\2708\3001\330\010\037\230t\2402\240_\260D\270\002\270!\340\010\013\2108\2205\230\004\230A\230W\240A\330\010\013\2103\210f\220B\220a\330\014\022\220*\230A\320\0355\260Q\260a\330\010\013\2109\220B\220b\230\003\2301\230F\240!\2403\240c\250\021\330\014\022\220*\230A\230Q\330\010\013\2108\2201\330\010\013\210<\220q\330\010\013\2105\320\020 \240\004\240A\240V\250=\270\t\300\022\3006\310\021\330\010\013\2105\220\n\230!\2303\230i\240r\250\027\260\001\330\010\013\2108\2201\330\010\013\210:\220Q""\330\010\013\210:\220Q\330\010\013\210=\230\001\330\010\013\2108\2201\330\010\013\2107\220!\330\010\013\210<\220q\330\010\013\2108\2201\330\010\013\210;\220a\330\010\013\210<\220q\330\010\013\210<\220q\330\010\013\2105\220\007\220q\330\014\017\210x\320\027(\250\004\250A\250Y\260l\300$\300f\310A\310T\320QR\330\014\017\210z\230\031\240$\240f\250A\250Q\330\014\032\230!\2306\240\021\330\010\013\2103\210f\220C\220q\330\014\017\210r\220\023\220A\330\020\026\220j\240\001\240\021\330\014\022\220!\330\r\020\220\006\220c\230\021\330\014\017\210u\220C\320\027\047\240t\2505\260\003\2601\330\020\026\220j\240\001\240\021\330\014\022\220&\230\002\230#\230Q\330\014\017\210y\230\007\230q\330\020\024\220H\230B\230f\240C\240u\250C\250x\260r\270\027\300\003\3006\310\022\3101\330\024\032\230*\240A\240Q\330\020\023\220<\230q\240\010\250\001\330\r\020\220\006\220c\230\034\240S\250\003\2506\260\023\260A\330\014\017\210x\320\027\047\240t\2501\330\020\031\230\035\240i\250s\260(\270#\270V\3003\320FW\320WX\330\020\021\330\014\022\220)\2303\230f\240C\320\0478\270\001\330\r\020\220\006\220c\230\021\330\014\017\210u\220C\320\027\047\240t\2505\260\003\2601\330\020\026\220j\240\001\240\021\330\014\017\210z\320\031*\250$\250a\330\020\033\230<\240s\250+\260U\270#\320=R\320RS\330\020\021\330\014\020\220\017\230q\240\010\250\001\330\014\017\210}\230A\330\014\022\220&\230\002\230-\240u\250C\320/D\300J\310b\320PS\320ST\340\014\017\210v\220S\230\005\230S\240\005\240V\2507\260!\330\020\026\220j\240\001\240\021\330\014\017\210x\220q\330\014\017\210|\2305\240\001\330\014\017\210x\220u\230A\330\014\017\210{\230%\230q\330\014\017\210|\2305\240\001\330\014\022\220%\220y\240\006\240a\240q\330\010\013\2103\210f\220C\220q\330\014\017\210w\220d\230!\2305\240\t\250\022\2505\260\001\330\r\016\330\014\021\220\034\230Q\230a\230t\2404\240q\250\005\250Q\330\010\017\210|\2301\230A\200A\340\010 \320 0\260\004\260A\260V\270=\310\004\310B\310g\320UV\330\010\032\230$\230a\230s\240$\240b\250\010\260\001\330\010\032\230$\230j""\250\001\250\021\340\010\t\330\014\017\210t\2207\230!\2301\330\025\026\330\024\031\230\036\240q\250\001\250\024\250T\260\023\260D\270\001\340\020\025\220^\2401\240A\240T\250\024\250S\260\004\260A\340\014\020\220\n\230!\2301\330\010\017\210|\2301\230A\200A\360\006\000\t\r\210D\220\001\330\010\017\210t\2202\220Q\330\010\020\220\001\220\032\2301\230E\240\022\2405\250\001\250\025\250a\250w\260d\270#\270U\300)\3101\310A\310Q\310a\330\010\014\210D\220\006\220c\230\023\230C\230s\240(\250)\2601\260C\260q\330\020\021\220\021\220%\220w\230d\240!\2401\240F\250\047\260\024\260Q\260a\260t\2707\300$\300a\300q\310\004\310G\320ST\330\020\021\220\021\220$\220g\230T\240\021\240!\2406\250\027\260\001\330\014\021\220\025\220b\230\001\330\014\023\220;\230a\230s\240\047\250\021\330\014\017\210{\230!\2304\230s\240!\330\020\027\220s\230!\2306\240\021\240&\250\001\250\021\330\021\034\230A\230T\240\023\240A\330\020\027\220s\230!\2301\330\021\026\220b\230\001\330\020\027\220r\230\021\230)\2401\240A\330\021\026\220b\230\001\330\020\027\220s\230!\2304\230q\240\001\340\020\027\220s\230!\2305\240\001\240\021\330\014\021\220\027\230\001\230\022\2301\230A\230V\2401\240E\250\021\250\047\260\021\330\010\r\210W\220A\220^\2402\240S\250\005\250Q\250a\330\010\017\210q\200A\360\006\000\t\017\210d\220!\2204\220q\330\010\013\2101\210J\220c\230\021\230$\230b\240\001\330\010\013\2101\210M\230\023\230A\230T\240\022\2401\330\010\017\210q\200A\360\006\000\t!\320 0\260\004\260A\260V\270=\310\004\310B\310g\320UV\330\010\032\230*\240A\240S\250\004\250B\250h\260a\360\010\000\t\014\2106\220\023\220E\230\023\230E\240\026\240w\250a\330\014\022\220*\230A\230Q\330\010\r\210T\220\021\220&\230\005\230Y\240f\250A\250T\260\021\330\010\014\210D\220\n\230!\2301\330\010\t\330\021\022\330\020\025\320\025&\240a\240q\250\004\250D\260\003\2604\260t\2705\300\005\300U\310%\310u\320TU\330\047,\250E\260\021\340\014\020\220\n\230!\2301\330\010\017\210|\2301\230A\200A\360\006\000\t)\250\002\250%\250u\260D\270\002\270\047\300\025\300c""\310\026\310r\320QR\330\010\037\230q\330\010 \240\001\340\010\026\220a\220v\230T\240\022\2401\330\010\024\220A\220X\230R\230w\240a\240t\2506\260\021\260$\260f\270B\270a\330\r\016\330\014\021\220\033\230A\230Q\230d\240$\320&:\270-\300q\310\001\330\035\036\230h\240a\240q\330\010\024\220A\220Q\330\010\020\220\004\220B\220a\330\010\t\330\014\022\220\"\220H\230A\230Z\240v\250R\250s\260\047\270\025\270a\330\014\022\220#\220Q\220c\230\021\230!\330\014\023\2202\220X\230Q\230j\250\005\250X\260U\270&\300\001\330\030\032\230&\240\001\240\023\240F\250\"\250A\340\014\020\220\001\220\021\330\014\020\220\001\220\021\330\010\013\2109\220A\220V\2301\330\010\013\2109\220A\220V\2301\330\010\017\210u\220A\200A\360\010\000\t\014\2104\210t\2201\330\014\023\2202\220V\2302\230S\320 0\260\006\260b\270\001\330\010\017\210t\2206\230\030\240\022\2403\240a\200A\360\010\000\t\020\210t\2201\200A\360\010\000\t\"\240\024\240R\240y\260\r\270T\300\022\3001\330\010 \240\004\240B\240j\260\r\270T\300\022\3001\330\010 \320 0\260\004\260A\260V\270=\310\004\310B\310g\320UV\330\010 \320 0\260\004\260A\260Y\270m\3108\320ST\330\010\032\230$\230a\230s\240$\240b\250\010\260\001\330\010\032\230$\230a\230u\240G\2501\330\010\032\230$\230j\250\001\250\021\340\010\t\330\021\022\330\020\023\2201\330\024\031\230\034\240Q\240a\240t\2504\250s\260$\260d\270$\270a\340\024\031\230\034\240Q\240a\240t\2504\250s\260$\260d\270$\270a\340\014\020\220\n\230!\2301\330\010\017\210|\2301\230A\200A\360\n\000\t\035\230A\330\010\035\230Q\330\010!\240\023\240A\240Y\250a\340\r\016\330\014\021\220\030\230\021\230!\2304\230t\2407\250!\2505\260\001\260\021\330\010\013\2103\210c\220\021\330\014\023\2201\330\010\024\220A\220Q\330\010\020\220\003\2201\220D\230\002\230!\330\010\t\330\014\020\220\002\220(\230!\230:\240V\2502\250S\260\004\260E\270\021\330\014\024\220C\220q\230\001\230\021\230!\330\014\021\220\022\2208\2301\230J\240g\250U\260%\260v\270Q\330\026\030\230\006\230a\230s\240&\250\002\250!\340\014\020\220\001\220\021\330\014\020\220""\001\220\021\330\010\017\210u\220A\220V\2303\230c\240\031\250!\200A\360\014\000\t\"\240\024\240V\2501\250A\330\010 \320 0\260\004\260A\260V\270=\310\004\310B\310g\320UV\330\010\032\230*\240A\240S\250\004\250B\250h\260a\330\010!\320!2\260$\260a\260y\300\014\310H\320TU\330\010!\240\021\360\010\000\t\014\2105\220\003\320\023#\2404\240u\250C\250q\330\014\022\220*\230A\230Q\330\010\013\2107\220#\220Q\330\014\030\230\n\240*\250E\260\023\3204I\310\024\310R\310q\340\014\021\320\021\"\240$\240a\240{\260!\330\0471\260\025\260c\3209N\310d\320RT\320TU\330\047(\330\014\020\220\017\230q\240\010\250\001\330\010\026\220a\220v\230T\240\022\2401\330\010\020\220\014\230D\240\002\240\047\250\022\250=\270\005\270S\300\001\330\025!\240\032\2502\250Q\330\010\032\230$\230a\230v\240V\2501\330\010\014\210D\220\n\230)\240;\250d\260!\330\010\t\330\014\017\210t\2207\230!\2301\230A\330\025\026\330\024\031\320\031,\250A\250Q\250d\260$\260c\270\024\270T\300\024\300T\310\031\320RZ\320Z[\330-8\270\001\340\020\025\320\025(\250\001\250\021\250$\250d\260#\260T\270\024\270T\300\024\300Y\310h\320VW\330)4\260A\340\014\020\220\n\230!\2301\330\010\017\210|\2301\230A\250a\320\000\037\230~\250Q\340\004\007\200s\210\"\210B\210c\220\023\220C\220q\330\010\016\210j\230\001\320\0310\260\001\260\021\330\004\013\210;\220a\220t\2303\230c\240\021\320\000\"\240.\260\001\360\006\000\005\010\200s\210\"\210B\210c\220\023\220C\220q\330\010\016\210j\230\001\320\0310\260\001\260\021\330\004\022\220!\2204\220s\230#\230S\240\001\240\024\240Q\240a\330\004\013\2104\210q";
+    #else /* compression: none (6903 bytes) */
+static const char bytes[] = "        s : s =  ? s array of at least  at 0x elements entries for  instructions is missing is read-only must be a C-contiguous  object> s\047 array\047 has \047 missing or out of range((tree fragment)),, , s.6d: ; outputs: <MemoryView of <contiguous and direct><contiguous and indirect><strided and direct or indirect><strided and direct><strided and indirect>>?Cannot assign to read-only memoryviewInvalid mode, expected \047c\047 or \047fortran\047, got Invalid shape in axis NoneNote that Cython is deliberately stricter than PEP-484 and rejects subclasses of builtin types. If you need to pass subclasses then set the \047annotation_typing\047 directive to False.add_notecollections.abcdisableenablegcisenabledjacext/_tape.pyxjacext: jacext: Jacobians run forward or reversejacext: a batch takes x of shape (n_points, n_in)jacext: a colour out of rangejacext: a column index out of rangejacext: a cone or nonzero index out of rangejacext: a value batch needs yjacext: an input index out of rangejacext: compressed sweeps run forward or reversejacext: cones must come from this tape\047s cones()jacext: corrupt tape: \047jacext: corrupt tape: more than 2**31 instructions or outputsjacext: corrupt tape: no \047jacext: could not start worker threadsjacext: inconsistent conesjacext: invalid arguments to the VM (status jacext: no batch task jacext: no op number jacext: order must be a permutation of the columnsjacext: out of memoryjacext: out of memory colouring the sparsity patternjacext: out of memory for the work arrays of this evaluationjacext: the Jacobian tape does not match this requestjacext: the pattern and its sizes do not matchjacext: the tape is corrupt (an index out of range, an unknown op, or an instruction writing over its own operand)no default __reduce__ due to non-trivial __cinit__numpy._core.multiarray failed to importnumpy._core.umath failed to importself.cn,self.cp,self.nz,self.rp cannot be converted to a Python object for picklingunable to allocate array data.un""able to allocate shape and strides.ASCIIA_IMMB_IMMCConesCones.__reduce_cython__Cones.__setstate_cython__EllipsisFIXED_ALWAYSFIXED_A_IMMFIXED_B_IMMMAX_LANESMODESNOGIL_WORKOP_MASKRUN_FIELDSSequenceTASKSTapeTape.__reduce__Tape.arraysTape.batchTape.compressedTape.conesTape.cones_jacobianTape.disassembleTape.fixed_partialsTape.patternTape.productTape.runTape.runsTape.valueView.MemoryView_PER_INSTRUCTION_TAPE_FIELDS__Pyx_PyDict_NextRef__annotate____class____class_getitem____dict____func____getstate____import____main____module____name____new____pyx_capi____pyx_checksum__pyx_state__pyx_type__pyx_unpickle_Enum__pyx_vtable____qualname____reduce____reduce_cython____reduce_ex____set_name____setstate____setstate_cython____test___is_coroutine_planaabcallocate_bufferanyarangeargsarrayarraysasarrayascontiguousarrayasyncio.coroutinesbbasebatchbool_budgetccline_in_tracebackclosecol_of_inputcolourcolour_columnscolscompcompressedconecone_ptrconescones_jacobianconst_valuecopycountdd0d1diffdisassembledisassemble.<locals>.genexprdstdtypedtype_is_objectemptyencodeenumerateerrorfixed_partialsflagsfloat64formatfortranforwardfullgenexpriididximmindexindicesindptrintint32int64itemsitemsizejac_tapejacextjacext._tapejacobianjoinjvpklimitlinesmaxmax_workmemviewminmodenn_coloursn_colsn_inn_outn_rowsn_slotsnamendimnextnnznpnumpynz_inputoobjopop_constantsop_helpersop_partialsop_rowsop_valueorderoutout_slotppackpatternplanpopproductptrqregisterresreshapereverserow_ptrrunrunsruns_paysseedselfsendsetdefaultsetflagsshapesizesortststartstepstopstructtapetaskthreadsthrowtolisttotaluint8unpackupdatevvalsvaluevaluesviewvjpwordwritexyzeroszip:OT{^int (int)\000raise_status}\200\001\330\004\n\210+\220Q\200\001\340\004\013\2101\210O\2301\230B\230e\2407\250$\250o\270Q\270b\300\001\330\014\020\220\005\220U\230!\2301\200\001\340\004\013\2102\210^\2301\230B\230e\2407\250$\250n\270A\270R\270r\300\027\310\001\330\r\033\2301\230B\230b\240\007\240t\250>\270\021\270\"\270E\300\027\310\001\330\014\020\220\005\220U\230!""\2301\200\001\360\006\000\005\014\2102\210[\230\001\230\022\2307\240$\240k\260\021\260$\260n\300A\300T\310\033\320TU\320UV\330\r\027\220q\230\002\230&\240\007\240t\250:\260Q\260b\270\003\2707\300!\330\r\027\220q\230\002\230#\230W\240D\250\004\250E\260\025\260a\260q\200\001\360\010\000\005\032\230\022\320\033-\250Q\250e\2606\270\022\2701\330\004\031\230\022\320\033-\250Q\250e\2606\270\022\2701\330\004\031\230\022\320\033-\250Q\250g\260V\2702\270Q\330\004\036\230b\240\006\240a\240x\250v\260R\260q\340\004\031\230\021\330\004\007\200q\210\006\210a\210s\220#\220W\230B\230b\240\003\2401\240F\250!\2503\250c\260\027\270\004\270G\3004\300q\310\001\310\030\320QT\320TU\320U[\320[\\\320\\]\330\010\016\210j\230\001\230\021\330\004\007\200q\210\006\210a\210s\220%\220q\230\004\230C\230r\240\022\2403\240a\240t\2503\250c\260\021\330\010\016\210j\230\001\230\021\330\004\007\200w\210e\2202\220U\230!\2303\230c\240\022\2407\250!\2508\2604\260q\330\010\016\210j\230\001\230\021\330\004\007\200q\210\006\210a\210s\220#\220Q\330\010\014\210B\210f\220A\220S\230\006\230b\240\001\330\t\n\330\010\014\320\014\035\230Q\230h\240h\320.B\300-\310q\320PQ\330\0362\260-\270q\300\001\330\0362\260-\270q\300\001\330\036,\250M\270\021\270)\3001\330\004\007\200r\210\023\210A\330\010\016\210k\230\021\230!\330\004\007\200r\210\022\2101\330\010\017\210q\330\004\013\2101\200A\330\010\020\220\007\220t\2307\240!\200A\330\032&\320&:\320:Q\320QR\330!9\3209J\310!\330\032\033\360\022\000\t\014\2105\220\007\220q\330\014\022\220*\230A\320\0355\260Q\260a\330\010\017\210t\2204\220q\230\005\230Q\230g\240S\250\003\2505\260\t\270\026\270v\300V\3108\320ST\330\030\"\240!\200A\340\010 \320 0\260\004\260A\260V\270=\310\004\310B\310g\320UV\330\010\032\230$\230a\230s\240$\240b\250\010\260\001\330\010\032\230$\230j\250\001\250\021\340\010\t\330\014\017\210t\2207\230!\2301\330\025\026\330\024\031\230\036\240q\250\001\250\024\250T\260\023\260D\270\001\340\020\025\220^\2401\240A\240T\250\024\250S\260\004\260A\340\014\020\220\n\230!""\2301\330\010\017\210|\2301\230A\200A\360\006\000\t\r\210D\220\001\330\010\017\210t\2202\220Q\330\010\020\220\001\220\032\2301\230E\240\022\2405\250\001\250\025\250a\250w\260d\270#\270U\300)\3101\310A\310Q\310a\330\010\014\210D\220\006\220c\230\023\230C\230s\240(\250)\2601\260C\260q\330\020\021\220\021\220%\220w\230d\240!\2401\240F\250\047\260\024\260Q\260a\260t\2707\300$\300a\300q\310\004\310G\320ST\330\020\021\220\021\220$\220g\230T\240\021\240!\2406\250\027\260\001\330\014\021\220\025\220b\230\001\330\014\023\220;\230a\230s\240\047\250\021\330\014\017\210{\230!\2304\230s\240!\330\020\027\220s\230!\2306\240\021\240&\250\001\250\021\330\021\034\230A\230T\240\023\240A\330\020\027\220s\230!\2301\330\021\026\220b\230\001\330\020\027\220r\230\021\230)\2401\240A\330\021\026\220b\230\001\330\020\027\220s\230!\2304\230q\240\001\340\020\027\220s\230!\2305\240\001\240\021\330\014\021\220\027\230\001\230\022\2301\230A\230V\2401\240E\250\021\250\047\260\021\330\010\r\210W\220A\220^\2402\240S\250\005\250Q\250a\330\010\017\210q\200A\360\006\000\t\017\210d\220!\2204\220q\330\010\013\2101\210J\220c\230\021\230$\230b\240\001\330\010\013\2101\210M\230\023\230A\230T\240\022\2401\330\010\017\210q\200A\360\006\000\t!\320 0\260\004\260A\260V\270=\310\004\310B\310g\320UV\330\010\032\230*\240A\240S\250\004\250B\250h\260a\360\010\000\t\014\2106\220\023\220E\230\023\230E\240\026\240w\250a\330\014\022\220*\230A\230Q\330\010\r\210T\220\021\220&\230\005\230Y\240f\250A\250T\260\021\330\010\014\210D\220\n\230!\2301\330\010\t\330\021\022\330\020\025\320\025&\240a\240q\250\004\250D\260\003\2604\260t\2705\300\005\300U\310%\310u\320TU\330\047,\250E\260\021\340\014\020\220\n\230!\2301\330\010\017\210|\2301\230A\200A\360\006\000\t)\250\002\250%\250u\260D\270\002\270\047\300\025\300c\310\026\310r\320QR\330\010\037\230q\330\010 \240\001\340\010\026\220a\220v\230T\240\022\2401\330\010\024\220A\220X\230R\230w\240a\240t\2506\260\021\260$\260f\270B\270a\330\r\016\330\014\021\220\033\230A\230Q\230d\240$""\320&:\270-\300q\310\001\330\035\036\230h\240a\240q\330\010\024\220A\220Q\330\010\020\220\004\220B\220a\330\010\t\330\014\022\220\"\220H\230A\230Z\240v\250R\250s\260\047\270\025\270a\330\014\022\220#\220Q\220c\230\021\230!\330\014\023\2202\220X\230Q\230j\250\005\250X\260U\270&\300\001\330\030\032\230&\240\001\240\023\240F\250\"\250A\340\014\020\220\001\220\021\330\014\020\220\001\220\021\330\010\013\2109\220A\220V\2301\330\010\013\2109\220A\220V\2301\330\010\017\210u\220A\200A\360\010\000\t\014\2104\210t\2201\330\014\023\2202\220V\2302\230S\320 0\260\006\260b\270\001\330\010\017\210t\2206\230\030\240\022\2403\240a\200A\360\010\000\t\020\210t\2201\200A\360\010\000\t\"\240\024\240R\240y\260\r\270T\300\022\3001\330\010 \240\004\240B\240j\260\r\270T\300\022\3001\330\010 \320 0\260\004\260A\260V\270=\310\004\310B\310g\320UV\330\010 \320 0\260\004\260A\260Y\270m\3108\320ST\330\010\032\230$\230a\230s\240$\240b\250\010\260\001\330\010\032\230$\230a\230u\240G\2501\330\010\032\230$\230j\250\001\250\021\340\010\t\330\021\022\330\020\023\2201\330\024\031\230\034\240Q\240a\240t\2504\250s\260$\260d\270$\270a\340\024\031\230\034\240Q\240a\240t\2504\250s\260$\260d\270$\270a\340\014\020\220\n\230!\2301\330\010\017\210|\2301\230A\200A\360\n\000\t\035\230A\330\010\035\230Q\330\010!\240\023\240A\240Y\250a\340\r\016\330\014\021\220\030\230\021\230!\2304\230t\2407\250!\2505\260\001\260\021\330\010\013\2103\210c\220\021\330\014\023\2201\330\010\024\220A\220Q\330\010\020\220\003\2201\220D\230\002\230!\330\010\t\330\014\020\220\002\220(\230!\230:\240V\2502\250S\260\004\260E\270\021\330\014\024\220C\220q\230\001\230\021\230!\330\014\021\220\022\2208\2301\230J\240g\250U\260%\260v\270Q\330\026\030\230\006\230a\230s\240&\250\002\250!\340\014\020\220\001\220\021\330\014\020\220\001\220\021\330\010\017\210u\220A\220V\2303\230c\240\031\250!\200A\360\n\000\t$\2401\240F\250!\2506\260\021\260&\270\003\2708\3001\330\010\037\230t\2402\240_\260D\270\002\270!\340\010\013\2108\2201\330\010\013\2105\220""\002\220.\240\003\2405\250\002\250!\330\014\022\220*\230A\320\0355\260Q\260a\330\010\013\2109\220B\220b\230\003\2301\230F\240!\2403\240c\250\021\330\014\022\220*\230A\230Q\330\010\013\2108\2201\330\010\013\210<\220q\330\010\013\2105\320\020 \240\004\240A\240V\250=\270\t\300\022\3006\310\021\330\010\013\2105\220\n\230!\2303\230i\240r\250\027\260\001\330\010\013\2108\2201\330\010\013\210:\220Q\330\010\013\210:\220Q\330\010\013\210=\230\001\330\010\013\2108\2201\330\010\013\2107\220!\330\010\013\210<\220q\330\010\013\2108\2201\330\010\013\210;\220a\330\010\013\210<\220q\330\010\013\210<\220q\330\010\013\2105\220\007\220q\330\014\017\210x\320\027(\250\004\250A\250Y\260l\300$\300f\310A\310T\320QR\330\014\017\210z\230\031\240$\240f\250A\250Q\330\014\032\230!\2306\240\021\330\010\013\2103\210f\220C\220q\330\014\017\210r\220\023\220A\330\020\026\220j\240\001\240\021\330\014\022\220!\330\r\020\220\006\220c\230\021\330\014\017\210u\220C\320\027\047\240t\2505\260\003\2601\330\020\026\220j\240\001\240\021\330\014\022\220&\230\002\230#\230Q\330\014\017\210y\230\007\230q\330\020\024\220H\230B\230f\240C\240u\250C\250x\260r\270\027\300\003\3006\310\022\3101\330\024\032\230*\240A\240Q\330\020\023\220<\230q\240\010\250\001\330\r\020\220\006\220c\230\034\240S\250\003\2506\260\023\260A\330\014\017\210x\320\027\047\240t\2501\330\020\031\230\035\240i\250s\260(\270#\270V\3003\320FW\320WX\330\020\021\330\014\022\220)\2303\230f\240C\320\0478\270\001\330\r\020\220\006\220c\230\021\330\014\017\210u\220C\320\027\047\240t\2505\260\003\2601\330\020\026\220j\240\001\240\021\330\014\017\210z\320\031*\250$\250a\330\020\033\230<\240s\250+\260U\270#\320=R\320RS\330\020\021\330\014\020\220\017\230q\240\010\250\001\330\014\017\210}\230A\330\014\022\220&\230\002\230-\240u\250C\320/D\300J\310b\320PS\320ST\340\014\017\210v\220S\230\005\230S\240\005\240V\2507\260!\330\020\026\220j\240\001\240\021\330\014\017\210x\220q\330\014\017\210|\2305\240\001\330\014\017\210x\220u\230A\330\014\017\210{\230%\230q\330""\014\017\210|\2305\240\001\330\014\022\220%\220y\240\006\240a\240q\330\010\013\2103\210f\220C\220q\330\014\017\210w\220d\230!\2305\240\t\250\022\2505\260\001\330\r\016\330\014\021\220\034\230Q\230a\230t\2404\240q\250\005\250Q\330\010\017\210|\2301\230A\200A\360\014\000\t\"\240\024\240V\2501\250A\330\010 \320 0\260\004\260A\260V\270=\310\004\310B\310g\320UV\330\010\032\230*\240A\240S\250\004\250B\250h\260a\330\010!\320!2\260$\260a\260y\300\014\310H\320TU\330\010!\240\021\360\010\000\t\014\2105\220\003\320\023#\2404\240u\250C\250q\330\014\022\220*\230A\230Q\330\010\013\2107\220#\220Q\330\014\030\230\n\240*\250E\260\023\3204I\310\024\310R\310q\340\014\021\320\021\"\240$\240a\240{\260!\330\0471\260\025\260c\3209N\310d\320RT\320TU\330\047(\330\014\020\220\017\230q\240\010\250\001\330\010\026\220a\220v\230T\240\022\2401\330\010\020\220\014\230D\240\002\240\047\250\022\250=\270\005\270S\300\001\330\025!\240\032\2502\250Q\330\010\032\230$\230a\230v\240V\2501\330\010\014\210D\220\n\230)\240;\250d\260!\330\010\t\330\014\017\210t\2207\230!\2301\230A\330\025\026\330\024\031\320\031,\250A\250Q\250d\260$\260c\270\024\270T\300\024\300T\310\031\320RZ\320Z[\330-8\270\001\340\020\025\320\025(\250\001\250\021\250$\250d\260#\260T\270\024\270T\300\024\300Y\310h\320VW\330)4\260A\340\014\020\220\n\230!\2301\330\010\017\210|\2301\230A\250a\320\000\037\230~\250Q\340\004\007\200s\210\"\210B\210c\220\023\220C\220q\330\010\016\210j\230\001\320\0310\260\001\260\021\330\004\013\210;\220a\220t\2303\230c\240\021\320\000\"\240.\260\001\360\006\000\005\010\200s\210\"\210B\210c\220\023\220C\220q\330\010\016\210j\230\001\320\0310\260\001\260\021\330\004\022\220!\2204\220s\230#\230S\240\001\240\024\240Q\240a\330\004\013\2104\210q";
     PyObject *data = NULL;
     #define __Pyx_DecompressString_UNUSED
     #define __Pyx_DecompressString_LZSS_UNUSED
     #endif
     PyObject **stringtab = __pyx_mstate->__pyx_string_tab;
     Py_ssize_t pos = 0;
-    for (int i = 0; i < 299; i++) {
+    for (int i = 0; i < 297; i++) {
       Py_ssize_t bytes_length = str_length_index[i].length;
       PyObject *string = PyUnicode_DecodeUTF8(bytes + pos, bytes_length, NULL);
       if (likely(string) && i >= 79) PyUnicode_InternInPlace(&string);
@@ -40333,8 +40792,8 @@ static const char bytes[] = "        s : s =  ? s array of at least  at 0x eleme
       stringtab[i] = string;
       pos += bytes_length;
     }
-    for (int i = 299; i < 326; i++) {
-      Py_ssize_t bytes_length = bytes_length_index[i-299].length;
+    for (int i = 297; i < 325; i++) {
+      Py_ssize_t bytes_length = bytes_length_index[i-297].length;
       PyObject *string = PyBytes_FromStringAndSize(bytes + pos, bytes_length);
       stringtab[i] = string;
       pos += bytes_length;
@@ -40344,15 +40803,15 @@ static const char bytes[] = "        s : s =  ? s array of at least  at 0x eleme
       }
     }
     Py_XDECREF(data);
-    for (Py_ssize_t i = 0; i < 326; i++) {
+    for (Py_ssize_t i = 0; i < 325; i++) {
       if (unlikely(PyObject_Hash(stringtab[i]) == -1)) {
         __PYX_ERR(0, 1, __pyx_L1_error)
       }
     }
     #if CYTHON_IMMORTAL_CONSTANTS
     {
-      PyObject **table = stringtab + 299;
-      for (Py_ssize_t i=0; i<27; ++i) {
+      PyObject **table = stringtab + 297;
+      for (Py_ssize_t i=0; i<28; ++i) {
         #if PY_VERSION_HEX >= 0x030F0000
         PyUnstable_SetImmortal(table[i]);
         #elif CYTHON_COMPILING_IN_CPYTHON_FREETHREADING
@@ -40515,34 +40974,39 @@ static int __Pyx_CreateCodeObjects(__pyx_mstatetype *__pyx_mstate) {
     __pyx_mstate_global->__pyx_codeobj_tab[14] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_jacext__tape_pyx, __pyx_mstate->__pyx_n_u_product, __pyx_mstate->__pyx_kp_b_iso88591_A_Ry_T_1_Bj_T_1_0_AV_BgUV_0_AYm8, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[14])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {13, 0, 0, 19, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 507};
-    PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_task, __pyx_mstate->__pyx_n_u_x, __pyx_mstate->__pyx_n_u_y, __pyx_mstate->__pyx_n_u_out, __pyx_mstate->__pyx_n_u_threads, __pyx_mstate->__pyx_n_u_mode, __pyx_mstate->__pyx_n_u_seed, __pyx_mstate->__pyx_n_u_cols, __pyx_mstate->__pyx_n_u_colour, __pyx_mstate->__pyx_n_u_n_colours, __pyx_mstate->__pyx_n_u_jac_tape, __pyx_mstate->__pyx_n_u_cones, __pyx_mstate->__pyx_n_u_job, __pyx_mstate->__pyx_n_u_n_points, __pyx_mstate->__pyx_n_u_n_in, __pyx_mstate->__pyx_n_u_n_out, __pyx_mstate->__pyx_n_u_per, __pyx_mstate->__pyx_n_u_st};
-    __pyx_mstate_global->__pyx_codeobj_tab[15] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_jacext__tape_pyx, __pyx_mstate->__pyx_n_u_batch, __pyx_mstate->__pyx_kp_b_iso88591_A_SST_LA_1F_6_81_t2_D_85_AWA_3fB, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[15])) goto bad;
+    const __Pyx_PyCode_New_function_description descr = {13, 0, 0, 13, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 507};
+    PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_task, __pyx_mstate->__pyx_n_u_x, __pyx_mstate->__pyx_n_u_y, __pyx_mstate->__pyx_n_u_out, __pyx_mstate->__pyx_n_u_threads, __pyx_mstate->__pyx_n_u_mode, __pyx_mstate->__pyx_n_u_seed, __pyx_mstate->__pyx_n_u_cols, __pyx_mstate->__pyx_n_u_colour, __pyx_mstate->__pyx_n_u_n_colours, __pyx_mstate->__pyx_n_u_jac_tape, __pyx_mstate->__pyx_n_u_cones};
+    __pyx_mstate_global->__pyx_codeobj_tab[15] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_jacext__tape_pyx, __pyx_mstate->__pyx_n_u_batch, __pyx_mstate->__pyx_kp_b_iso88591_A_QQR_99J_5_q_A_5Qa_t4q_QgS_5_vV, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[15])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 10, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 590};
+    const __Pyx_PyCode_New_function_description descr = {13, 0, 0, 13, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 524};
+    PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_task, __pyx_mstate->__pyx_n_u_x, __pyx_mstate->__pyx_n_u_y, __pyx_mstate->__pyx_n_u_out, __pyx_mstate->__pyx_n_u_threads, __pyx_mstate->__pyx_n_u_mode, __pyx_mstate->__pyx_n_u_seed, __pyx_mstate->__pyx_n_u_cols, __pyx_mstate->__pyx_n_u_colour, __pyx_mstate->__pyx_n_u_n_colours, __pyx_mstate->__pyx_n_u_jac_tape, __pyx_mstate->__pyx_n_u_cones};
+    __pyx_mstate_global->__pyx_codeobj_tab[16] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_jacext__tape_pyx, __pyx_mstate->__pyx_n_u_run, __pyx_mstate->__pyx_kp_b_iso88591_A_1F_6_81_t2_D_81_5_5_A_5Qa_9Bb, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[16])) goto bad;
+  }
+  {
+    const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 10, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 599};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_cols, __pyx_mstate->__pyx_n_u_col_of_input, __pyx_mstate->__pyx_n_u_indptr, __pyx_mstate->__pyx_n_u_indices, __pyx_mstate->__pyx_n_u_st, __pyx_mstate->__pyx_n_u_n_out, __pyx_mstate->__pyx_n_u_ptr, __pyx_mstate->__pyx_n_u_nnz, __pyx_mstate->__pyx_n_u_idx};
-    __pyx_mstate_global->__pyx_codeobj_tab[16] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_jacext__tape_pyx, __pyx_mstate->__pyx_n_u_pattern, __pyx_mstate->__pyx_kp_b_iso88591_A_uD_c_rQR_q_avT_1_AXRwat6_fBa_A, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[16])) goto bad;
+    __pyx_mstate_global->__pyx_codeobj_tab[17] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_jacext__tape_pyx, __pyx_mstate->__pyx_n_u_pattern, __pyx_mstate->__pyx_kp_b_iso88591_A_uD_c_rQR_q_avT_1_AXRwat6_fBa_A, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[17])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {4, 0, 0, 12, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 616};
+    const __Pyx_PyCode_New_function_description descr = {4, 0, 0, 12, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 625};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_budget, __pyx_mstate->__pyx_n_u_row_ptr, __pyx_mstate->__pyx_n_u_nz_input, __pyx_mstate->__pyx_n_u_ptr, __pyx_mstate->__pyx_n_u_cone, __pyx_mstate->__pyx_n_u_limit, __pyx_mstate->__pyx_n_u_st, __pyx_mstate->__pyx_n_u_n_out, __pyx_mstate->__pyx_n_u_p, __pyx_mstate->__pyx_n_u_total, __pyx_mstate->__pyx_n_u_c};
-    __pyx_mstate_global->__pyx_codeobj_tab[17] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_jacext__tape_pyx, __pyx_mstate->__pyx_n_u_cones, __pyx_mstate->__pyx_kp_b_iso88591_A_A_Q_AYa_4t7_5_3c_1_AQ_1D_V2S_E, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[17])) goto bad;
+    __pyx_mstate_global->__pyx_codeobj_tab[18] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_jacext__tape_pyx, __pyx_mstate->__pyx_n_u_cones, __pyx_mstate->__pyx_kp_b_iso88591_A_A_Q_AYa_4t7_5_3c_1_AQ_1D_V2S_E, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[18])) goto bad;
   }
   {
     const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 1};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self};
-    __pyx_mstate_global->__pyx_codeobj_tab[18] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_tree_fragment, __pyx_mstate->__pyx_n_u_reduce_cython, __pyx_mstate->__pyx_kp_b_iso88591_Q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[18])) goto bad;
+    __pyx_mstate_global->__pyx_codeobj_tab[19] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_tree_fragment, __pyx_mstate->__pyx_n_u_reduce_cython, __pyx_mstate->__pyx_kp_b_iso88591_Q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[19])) goto bad;
   }
   {
     const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 2, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 3};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_pyx_state};
-    __pyx_mstate_global->__pyx_codeobj_tab[19] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_tree_fragment, __pyx_mstate->__pyx_n_u_setstate_cython, __pyx_mstate->__pyx_kp_b_iso88591_Q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[19])) goto bad;
+    __pyx_mstate_global->__pyx_codeobj_tab[20] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_tree_fragment, __pyx_mstate->__pyx_n_u_setstate_cython, __pyx_mstate->__pyx_kp_b_iso88591_Q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[20])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {6, 0, 0, 12, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 693};
+    const __Pyx_PyCode_New_function_description descr = {6, 0, 0, 12, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 702};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_ptr, __pyx_mstate->__pyx_n_u_idx, __pyx_mstate->__pyx_n_u_n_rows, __pyx_mstate->__pyx_n_u_n_cols, __pyx_mstate->__pyx_n_u_order, __pyx_mstate->__pyx_n_u_max_work, __pyx_mstate->__pyx_n_u_p, __pyx_mstate->__pyx_n_u_q, __pyx_mstate->__pyx_n_u_o, __pyx_mstate->__pyx_n_u_colour, __pyx_mstate->__pyx_n_u_n, __pyx_mstate->__pyx_n_u_limit};
-    __pyx_mstate_global->__pyx_codeobj_tab[20] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_jacext__tape_pyx, __pyx_mstate->__pyx_n_u_colour_columns, __pyx_mstate->__pyx_kp_b_iso88591_Qe6_1_Qe6_1_QgV2Q_b_axvRq_q_as, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[20])) goto bad;
+    __pyx_mstate_global->__pyx_codeobj_tab[21] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_jacext__tape_pyx, __pyx_mstate->__pyx_n_u_colour_columns, __pyx_mstate->__pyx_kp_b_iso88591_Qe6_1_Qe6_1_QgV2Q_b_axvRq_q_as, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[21])) goto bad;
   }
   Py_DECREF(tuple_dedup_map);
   return 0;

@@ -71,6 +71,9 @@ cdef class Tape:
     cpdef cones_jacobian(self, cnp.ndarray x, cnp.ndarray y, Cones cones, cnp.ndarray vals)
     cpdef product(self, bint forward, cnp.ndarray x, cnp.ndarray seed, cnp.ndarray y,
                   cnp.ndarray res)
+    cpdef run(self, int task, cnp.ndarray x, cnp.ndarray y, cnp.ndarray out, int threads,
+              int mode, cnp.ndarray seed, cnp.ndarray cols, cnp.ndarray colour,
+              int32_t n_colours, Tape jac_tape, Cones cones)
 
 
 cdef class Cones:

@@ -505,9 +505,9 @@ cdef class Tape:
     # ---- batches: rows of x, threads splitting them ----
 
     def batch(self, str task, cnp.ndarray x, cnp.ndarray y, cnp.ndarray out,
-                int threads=1, int mode=0, cnp.ndarray seed=None, cnp.ndarray cols=None,
-                cnp.ndarray colour=None, int32_t n_colours=0, Tape jac_tape=None,
-                Cones cones=None):
+              int threads=1, int mode=0, cnp.ndarray seed=None, cnp.ndarray cols=None,
+              cnp.ndarray colour=None, int32_t n_colours=0, Tape jac_tape=None,
+              Cones cones=None):
         """One C call over the rows of x (n_points x n_in): ``task`` one of TASKS.
 
         value: y (n_points x n_out).  jacobian: out n_points x n_out x n_cols in ``mode``,
@@ -516,13 +516,22 @@ cdef class Tape:
         out rows of n_out / n_in.  compressed: as :meth:`compressed`, per point.  cones:
         as :meth:`cones_jacobian`, per point.  y may be None where out is given.
         """
+        if task not in TASKS:
+            raise ValueError(f"jacext: no batch task {task!r}")
+        return self.run(TASKS[task], x, y, out, threads, mode, seed, cols, colour, n_colours,
+                        jac_tape, cones)
+
+    cpdef run(self, int task, cnp.ndarray x, cnp.ndarray y, cnp.ndarray out, int threads,
+              int mode, cnp.ndarray seed, cnp.ndarray cols, cnp.ndarray colour,
+              int32_t n_colours, Tape jac_tape, Cones cones):
+        """:meth:`batch` with the task's number and every argument given (a C call)."""
         cdef jx_batch job
         cdef Py_ssize_t n_points = x.shape[0] if x.ndim == 2 else -1
         cdef Py_ssize_t n_in = self.t.n_in, n_out = self.t.n_out, per
         cdef int st
-        job.task = TASKS.get(task, -1)
-        if job.task < 0:
-            raise ValueError(f"jacext: no batch task {task!r}")
+        job.task = task
+        if task < JX_TASK_VALUE or task > JX_TASK_SUBGRAPH:
+            raise ValueError(f"jacext: no batch task {task}")
         if n_points < 0 or x.shape[1] != n_in:
             raise ValueError("jacext: a batch takes x of shape (n_points, n_in)")
         job.mode = mode
