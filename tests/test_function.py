@@ -19,11 +19,23 @@ import textwrap
 import numpy as np
 import pytest
 from helpers import NASTY
+from jacext._tape import Tape
 from test_ops import NAMES, REF, edges
+from test_sparse import (
+    FORWARD,
+    REVERSE,
+    _after,
+    _bratu_12,
+    _run,
+    _sparse_tape,
+    assert_same_bits,
+    broyden,
+    sqrt_of_where,
+)
 
 import jacext as jx
 from jacext import Function
-from jacext.testing import assert_same_values, check_jacobian
+from jacext.testing import assert_same_values, check_jacobian, plan_of
 
 MODES = ("forward", "reverse")
 
@@ -480,3 +492,57 @@ def test_batch_of_a_million_points_runs_in_bounded_memory():
     grown = after - before
     print(f"10**6 points: output {nbytes / 2**20:.0f} MiB, peak grew {grown / 2**20:.0f} MiB")
     assert grown <= 1.2 * nbytes + 50 * 2**20
+
+
+# --------------------------------------- batches with sparse=True: the tape too --
+# (Function._compressed with the values, the path of value_and_jacobian's dense auto
+# batches before their dense tape exists, is this module's own to call)
+
+
+
+@pytest.mark.parametrize("f, n, mode, tape_mode", [
+    (broyden, 80, "auto", FORWARD),                   # column colouring
+    (_bratu_12, 144, "auto", REVERSE),                # per-output cones
+    (broyden, 90, "reverse", REVERSE),                # row colouring
+    (sqrt_of_where, 60, "auto", FORWARD),             # nan in the tape: the sweeps redo
+])
+def test_batched_sparse_tape_gives_the_results_of_the_sweeps(f, n, mode, tape_mode, rng):
+    """A batch with sparse=True runs the sparse Jacobian tape (once its threshold is met)
+    in one batched value sweep; points whose nonzeros are not all finite go back to the
+    sweeps.  Every point equals its single-point result from before the tape, bit for bit,
+    values too; a leading batch shape of two axes keeps its shape."""
+    F = jx.compile(f, np.zeros(n))
+    X = rng.uniform(-0.9, 0.9, (6, 7, n))
+    X[1, 2, ::4] = 0.0                                # sqrt_of_where: a nan in the tape
+    X[4, 0, 1::3] = -0.0
+    points = X.reshape(-1, n)
+    with np.errstate(all="ignore"):
+        single = [F.jacobian(x, sparse=True, mode=mode) for x in points]
+        single_y = [F(x) for x in points]
+    assert _sparse_tape(F, n, mode=tape_mode) is None
+    after = _after(F, tape_mode)
+    Z = np.repeat(X[:1, :1], after, axis=1)[0]         # `after` copies of one point
+    F.jacobian(Z, sparse=True, mode=mode)
+    jt = _sparse_tape(F, n, mode=tape_mode)
+    assert isinstance(jt, Tape)
+    # with the values too (the path of value_and_jacobian's dense auto batches): a tape
+    # of its own, built after as many points
+    plan = plan_of(F, 0, mode, True)
+    F._compressed(plan, np.ascontiguousarray(Z), after, None, True)
+    assert isinstance(_sparse_tape(F, n, values=True, mode=tape_mode), Tape)
+    with np.errstate(all="ignore"):
+        JB = F.jacobian(X, sparse=True, mode=mode)
+        VB, yB = F._compressed(plan, np.ascontiguousarray(points), points.shape[0], None, True)
+        jt_vals = _run(F, jt, points)
+    assert JB.values.shape == (6, 7, single[0].nnz)
+    flat = JB.values.reshape(-1, single[0].nnz)
+    for k, (J, y) in enumerate(zip(single, single_y)):
+        np.testing.assert_array_equal(flat[k], J.data, err_msg=str(k))
+        np.testing.assert_array_equal(VB[k], J.data)
+        assert_same_bits(yB[k], y)
+    finite = np.isfinite(jt_vals).all(axis=1)
+    np.testing.assert_array_equal(flat[finite], jt_vals[finite])     # the tape gave these
+    if f is sqrt_of_where:
+        assert not finite.all()                       # ... and the sweeps the others
+    else:
+        assert finite.all()
