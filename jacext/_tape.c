@@ -1335,7 +1335,7 @@ static int __Pyx_init_tpflags_variables(void) {
 #define __Pyx_FREETHREADING_COMPATIBLE Py_MOD_GIL_USED
 #endif
 #else
-#define __Pyx_FREETHREADING_COMPATIBLE Py_MOD_GIL_USED
+#define __Pyx_FREETHREADING_COMPATIBLE Py_MOD_GIL_NOT_USED
 #endif
 #define __PYX_DEFAULT_STRING_ENCODING_IS_ASCII 0
 #define __PYX_DEFAULT_STRING_ENCODING_IS_UTF8 0
@@ -2020,7 +2020,7 @@ struct __pyx_MemviewEnum_obj;
 struct __pyx_memoryview_obj;
 struct __pyx_memoryviewslice_obj;
 
-/* "jacext/_tape.pxd":52
+/* "jacext/_tape.pxd":55
  * 
  * 
  * cdef class Tape:             # <<<<<<<<<<<<<<
@@ -2037,12 +2037,12 @@ struct __pyx_obj_6jacext_5_tape_Tape {
   PyArrayObject *_runs;
   int _runs_used;
   jx_work _work;
-  int _work_busy;
+  jx_flag _busy;
   int _has_work;
 };
 
 
-/* "jacext/_tape.pxd":49
+/* "jacext/_tape.pxd":52
  * 
  * 
  * cdef class Cones             # <<<<<<<<<<<<<<
@@ -23425,7 +23425,7 @@ static CYTHON_INLINE double *__pyx_f_6jacext_5_tape__maybe_out(PyArrayObject *__
  * 
  *     def __cinit__(self):             # <<<<<<<<<<<<<<
  *         self._has_work = False
- *         self._work_busy = False
+ *         self._busy = 0
 */
 
 /* Python wrapper */
@@ -23476,7 +23476,7 @@ static int __pyx_pf_6jacext_5_tape_4Tape___cinit__(struct __pyx_obj_6jacext_5_ta
  * 
  *     def __cinit__(self):
  *         self._has_work = False             # <<<<<<<<<<<<<<
- *         self._work_busy = False
+ *         self._busy = 0
  * 
 */
   __pyx_v_self->_has_work = 0;
@@ -23484,18 +23484,18 @@ static int __pyx_pf_6jacext_5_tape_4Tape___cinit__(struct __pyx_obj_6jacext_5_ta
   /* "jacext/_tape.pyx":211
  *     def __cinit__(self):
  *         self._has_work = False
- *         self._work_busy = False             # <<<<<<<<<<<<<<
+ *         self._busy = 0             # <<<<<<<<<<<<<<
  * 
  *     def __init__(self, dict arrays, bint copy=True):
 */
-  __pyx_v_self->_work_busy = 0;
+  __pyx_v_self->_busy = 0;
 
   /* "jacext/_tape.pyx":209
  *     """
  * 
  *     def __cinit__(self):             # <<<<<<<<<<<<<<
  *         self._has_work = False
- *         self._work_busy = False
+ *         self._busy = 0
 */
 
   /* function exit code */
@@ -23505,7 +23505,7 @@ static int __pyx_pf_6jacext_5_tape_4Tape___cinit__(struct __pyx_obj_6jacext_5_ta
 }
 
 /* "jacext/_tape.pyx":213
- *         self._work_busy = False
+ *         self._busy = 0
  * 
  *     def __init__(self, dict arrays, bint copy=True):             # <<<<<<<<<<<<<<
  *         cdef dict own = {}
@@ -24709,7 +24709,7 @@ static int __pyx_pf_6jacext_5_tape_4Tape_2__init__(struct __pyx_obj_6jacext_5_ta
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
   /* "jacext/_tape.pyx":213
- *         self._work_busy = False
+ *         self._busy = 0
  * 
  *     def __init__(self, dict arrays, bint copy=True):             # <<<<<<<<<<<<<<
  *         cdef dict own = {}
@@ -27781,8 +27781,8 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_14disassemble(struct __pyx_obj_6j
  *     # ---- work memory ----
  * 
  *     cdef jx_work *take_work(self, int32_t lanes) except NULL:             # <<<<<<<<<<<<<<
- *         """The Tape's own work memory if free (grown to ``lanes``), else a fresh one that
- *         give_work frees.  Safe under the GIL: no Python call between test and set."""
+ *         """The Tape's own work memory (grown to ``lanes``) for the one caller that takes its
+ *         flag, else a fresh one; give_work puts either back.  The flag is atomic (vm.h), so
 */
 
 static jx_work *__pyx_f_6jacext_5_tape_4Tape_take_work(struct __pyx_obj_6jacext_5_tape_Tape *__pyx_v_self, int32_t __pyx_v_lanes) {
@@ -27801,21 +27801,21 @@ static jx_work *__pyx_f_6jacext_5_tape_4Tape_take_work(struct __pyx_obj_6jacext_
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("take_work", 0);
 
-  /* "jacext/_tape.pyx":371
+  /* "jacext/_tape.pyx":373
  *         cdef jx_work *w
  *         cdef int st
- *         if not self._work_busy:             # <<<<<<<<<<<<<<
+ *         if jx_flag_take(&self._busy):             # <<<<<<<<<<<<<<
  *             if self._has_work and self._work.lanes < lanes:
  *                 jx_work_free(&self._work)
 */
-  __pyx_t_1 = (!__pyx_v_self->_work_busy);
+  __pyx_t_1 = jx_flag_take((&__pyx_v_self->_busy));
 
   if (__pyx_t_1) {
 
 
-    /* "jacext/_tape.pyx":372
+    /* "jacext/_tape.pyx":374
  *         cdef int st
- *         if not self._work_busy:
+ *         if jx_flag_take(&self._busy):
  *             if self._has_work and self._work.lanes < lanes:             # <<<<<<<<<<<<<<
  *                 jx_work_free(&self._work)
  *                 self._has_work = False
@@ -27835,8 +27835,8 @@ static jx_work *__pyx_f_6jacext_5_tape_4Tape_take_work(struct __pyx_obj_6jacext_
     if (__pyx_t_1) {
 
 
-      /* "jacext/_tape.pyx":373
- *         if not self._work_busy:
+      /* "jacext/_tape.pyx":375
+ *         if jx_flag_take(&self._busy):
  *             if self._has_work and self._work.lanes < lanes:
  *                 jx_work_free(&self._work)             # <<<<<<<<<<<<<<
  *                 self._has_work = False
@@ -27844,76 +27844,106 @@ static jx_work *__pyx_f_6jacext_5_tape_4Tape_take_work(struct __pyx_obj_6jacext_
 */
       jx_work_free((&__pyx_v_self->_work));
 
-      /* "jacext/_tape.pyx":374
+      /* "jacext/_tape.pyx":376
  *             if self._has_work and self._work.lanes < lanes:
  *                 jx_work_free(&self._work)
  *                 self._has_work = False             # <<<<<<<<<<<<<<
  *             if not self._has_work:
- *                 raise_status(jx_work_init(&self._work, &self.t, lanes))
+ *                 st = jx_work_init(&self._work, &self.t, lanes)
 */
       __pyx_v_self->_has_work = 0;
 
-      /* "jacext/_tape.pyx":372
+      /* "jacext/_tape.pyx":374
  *         cdef int st
- *         if not self._work_busy:
+ *         if jx_flag_take(&self._busy):
  *             if self._has_work and self._work.lanes < lanes:             # <<<<<<<<<<<<<<
  *                 jx_work_free(&self._work)
  *                 self._has_work = False
 */
     }
 
-    /* "jacext/_tape.pyx":375
+    /* "jacext/_tape.pyx":377
  *                 jx_work_free(&self._work)
  *                 self._has_work = False
  *             if not self._has_work:             # <<<<<<<<<<<<<<
- *                 raise_status(jx_work_init(&self._work, &self.t, lanes))
- *                 self._has_work = True
+ *                 st = jx_work_init(&self._work, &self.t, lanes)
+ *                 if st != JX_OK:
 */
     __pyx_t_1 = (!__pyx_v_self->_has_work);
 
     if (__pyx_t_1) {
 
 
-      /* "jacext/_tape.pyx":376
+      /* "jacext/_tape.pyx":378
  *                 self._has_work = False
  *             if not self._has_work:
- *                 raise_status(jx_work_init(&self._work, &self.t, lanes))             # <<<<<<<<<<<<<<
- *                 self._has_work = True
- *             self._work_busy = True
+ *                 st = jx_work_init(&self._work, &self.t, lanes)             # <<<<<<<<<<<<<<
+ *                 if st != JX_OK:
+ *                     jx_flag_give(&self._busy)
 */
-      __pyx_t_3 = __pyx_f_6jacext_5_tape_raise_status(jx_work_init((&__pyx_v_self->_work), (&__pyx_v_self->t), __pyx_v_lanes)); if (unlikely(__pyx_t_3 == ((int)-1))) __PYX_ERR(0, 376, __pyx_L1_error)
+      __pyx_v_st = jx_work_init((&__pyx_v_self->_work), (&__pyx_v_self->t), __pyx_v_lanes);
 
-
-      /* "jacext/_tape.pyx":377
+      /* "jacext/_tape.pyx":379
  *             if not self._has_work:
- *                 raise_status(jx_work_init(&self._work, &self.t, lanes))
- *                 self._has_work = True             # <<<<<<<<<<<<<<
- *             self._work_busy = True
+ *                 st = jx_work_init(&self._work, &self.t, lanes)
+ *                 if st != JX_OK:             # <<<<<<<<<<<<<<
+ *                     jx_flag_give(&self._busy)
+ *                     raise_status(st)
+*/
+      __pyx_t_1 = (__pyx_v_st != JX_OK);
+
+      if (__pyx_t_1) {
+
+
+        /* "jacext/_tape.pyx":380
+ *                 st = jx_work_init(&self._work, &self.t, lanes)
+ *                 if st != JX_OK:
+ *                     jx_flag_give(&self._busy)             # <<<<<<<<<<<<<<
+ *                     raise_status(st)
+ *                 self._has_work = True
+*/
+        jx_flag_give((&__pyx_v_self->_busy));
+
+        /* "jacext/_tape.pyx":381
+ *                 if st != JX_OK:
+ *                     jx_flag_give(&self._busy)
+ *                     raise_status(st)             # <<<<<<<<<<<<<<
+ *                 self._has_work = True
  *             return &self._work
 */
-      __pyx_v_self->_has_work = 1;
+        __pyx_t_3 = __pyx_f_6jacext_5_tape_raise_status(__pyx_v_st); if (unlikely(__pyx_t_3 == ((int)-1))) __PYX_ERR(0, 381, __pyx_L1_error)
 
-      /* "jacext/_tape.pyx":375
- *                 jx_work_free(&self._work)
- *                 self._has_work = False
- *             if not self._has_work:             # <<<<<<<<<<<<<<
- *                 raise_status(jx_work_init(&self._work, &self.t, lanes))
- *                 self._has_work = True
+
+        /* "jacext/_tape.pyx":379
+ *             if not self._has_work:
+ *                 st = jx_work_init(&self._work, &self.t, lanes)
+ *                 if st != JX_OK:             # <<<<<<<<<<<<<<
+ *                     jx_flag_give(&self._busy)
+ *                     raise_status(st)
 */
-    }
+      }
 
-    /* "jacext/_tape.pyx":378
- *                 raise_status(jx_work_init(&self._work, &self.t, lanes))
- *                 self._has_work = True
- *             self._work_busy = True             # <<<<<<<<<<<<<<
+      /* "jacext/_tape.pyx":382
+ *                     jx_flag_give(&self._busy)
+ *                     raise_status(st)
+ *                 self._has_work = True             # <<<<<<<<<<<<<<
  *             return &self._work
  *         w = <jx_work *>malloc(sizeof(jx_work))
 */
-    __pyx_v_self->_work_busy = 1;
+      __pyx_v_self->_has_work = 1;
 
-    /* "jacext/_tape.pyx":379
+      /* "jacext/_tape.pyx":377
+ *                 jx_work_free(&self._work)
+ *                 self._has_work = False
+ *             if not self._has_work:             # <<<<<<<<<<<<<<
+ *                 st = jx_work_init(&self._work, &self.t, lanes)
+ *                 if st != JX_OK:
+*/
+    }
+
+    /* "jacext/_tape.pyx":383
+ *                     raise_status(st)
  *                 self._has_work = True
- *             self._work_busy = True
  *             return &self._work             # <<<<<<<<<<<<<<
  *         w = <jx_work *>malloc(sizeof(jx_work))
  *         if w == NULL:
@@ -27924,17 +27954,17 @@ static jx_work *__pyx_f_6jacext_5_tape_4Tape_take_work(struct __pyx_obj_6jacext_
     }
     goto __pyx_L0;
 
-    /* "jacext/_tape.pyx":371
+    /* "jacext/_tape.pyx":373
  *         cdef jx_work *w
  *         cdef int st
- *         if not self._work_busy:             # <<<<<<<<<<<<<<
+ *         if jx_flag_take(&self._busy):             # <<<<<<<<<<<<<<
  *             if self._has_work and self._work.lanes < lanes:
  *                 jx_work_free(&self._work)
 */
   }
 
-  /* "jacext/_tape.pyx":380
- *             self._work_busy = True
+  /* "jacext/_tape.pyx":384
+ *                 self._has_work = True
  *             return &self._work
  *         w = <jx_work *>malloc(sizeof(jx_work))             # <<<<<<<<<<<<<<
  *         if w == NULL:
@@ -27942,7 +27972,7 @@ static jx_work *__pyx_f_6jacext_5_tape_4Tape_take_work(struct __pyx_obj_6jacext_
 */
   __pyx_v_w = ((jx_work *)malloc((sizeof(jx_work))));
 
-  /* "jacext/_tape.pyx":381
+  /* "jacext/_tape.pyx":385
  *             return &self._work
  *         w = <jx_work *>malloc(sizeof(jx_work))
  *         if w == NULL:             # <<<<<<<<<<<<<<
@@ -27954,7 +27984,7 @@ static jx_work *__pyx_f_6jacext_5_tape_4Tape_take_work(struct __pyx_obj_6jacext_
   if (unlikely(__pyx_t_1)) {
 
 
-    /* "jacext/_tape.pyx":382
+    /* "jacext/_tape.pyx":386
  *         w = <jx_work *>malloc(sizeof(jx_work))
  *         if w == NULL:
  *             raise MemoryError("jacext: out of memory")             # <<<<<<<<<<<<<<
@@ -27967,14 +27997,14 @@ static jx_work *__pyx_f_6jacext_5_tape_4Tape_take_work(struct __pyx_obj_6jacext_
       PyObject *__pyx_callargs[2] = {__pyx_t_5, __pyx_mstate_global->__pyx_kp_u_jacext_out_of_memory};
       __pyx_t_4 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_MemoryError)), __pyx_callargs+__pyx_t_6, (2-__pyx_t_6) | (__pyx_t_6*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_5); __pyx_t_5 = 0;
-      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 382, __pyx_L1_error)
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 386, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_4);
     }
     __Pyx_Raise(__pyx_t_4, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    __PYX_ERR(0, 382, __pyx_L1_error)
+    __PYX_ERR(0, 386, __pyx_L1_error)
 
-    /* "jacext/_tape.pyx":381
+    /* "jacext/_tape.pyx":385
  *             return &self._work
  *         w = <jx_work *>malloc(sizeof(jx_work))
  *         if w == NULL:             # <<<<<<<<<<<<<<
@@ -27983,7 +28013,7 @@ static jx_work *__pyx_f_6jacext_5_tape_4Tape_take_work(struct __pyx_obj_6jacext_
 */
   }
 
-  /* "jacext/_tape.pyx":383
+  /* "jacext/_tape.pyx":387
  *         if w == NULL:
  *             raise MemoryError("jacext: out of memory")
  *         st = jx_work_init(w, &self.t, lanes)             # <<<<<<<<<<<<<<
@@ -27992,7 +28022,7 @@ static jx_work *__pyx_f_6jacext_5_tape_4Tape_take_work(struct __pyx_obj_6jacext_
 */
   __pyx_v_st = jx_work_init(__pyx_v_w, (&__pyx_v_self->t), __pyx_v_lanes);
 
-  /* "jacext/_tape.pyx":384
+  /* "jacext/_tape.pyx":388
  *             raise MemoryError("jacext: out of memory")
  *         st = jx_work_init(w, &self.t, lanes)
  *         if st != JX_OK:             # <<<<<<<<<<<<<<
@@ -28004,7 +28034,7 @@ static jx_work *__pyx_f_6jacext_5_tape_4Tape_take_work(struct __pyx_obj_6jacext_
   if (__pyx_t_1) {
 
 
-    /* "jacext/_tape.pyx":385
+    /* "jacext/_tape.pyx":389
  *         st = jx_work_init(w, &self.t, lanes)
  *         if st != JX_OK:
  *             free(w)             # <<<<<<<<<<<<<<
@@ -28013,17 +28043,17 @@ static jx_work *__pyx_f_6jacext_5_tape_4Tape_take_work(struct __pyx_obj_6jacext_
 */
     free(__pyx_v_w);
 
-    /* "jacext/_tape.pyx":386
+    /* "jacext/_tape.pyx":390
  *         if st != JX_OK:
  *             free(w)
  *             raise_status(st)             # <<<<<<<<<<<<<<
  *         return w
  * 
 */
-    __pyx_t_3 = __pyx_f_6jacext_5_tape_raise_status(__pyx_v_st); if (unlikely(__pyx_t_3 == ((int)-1))) __PYX_ERR(0, 386, __pyx_L1_error)
+    __pyx_t_3 = __pyx_f_6jacext_5_tape_raise_status(__pyx_v_st); if (unlikely(__pyx_t_3 == ((int)-1))) __PYX_ERR(0, 390, __pyx_L1_error)
 
 
-    /* "jacext/_tape.pyx":384
+    /* "jacext/_tape.pyx":388
  *             raise MemoryError("jacext: out of memory")
  *         st = jx_work_init(w, &self.t, lanes)
  *         if st != JX_OK:             # <<<<<<<<<<<<<<
@@ -28032,7 +28062,7 @@ static jx_work *__pyx_f_6jacext_5_tape_4Tape_take_work(struct __pyx_obj_6jacext_
 */
   }
 
-  /* "jacext/_tape.pyx":387
+  /* "jacext/_tape.pyx":391
  *             free(w)
  *             raise_status(st)
  *         return w             # <<<<<<<<<<<<<<
@@ -28049,8 +28079,8 @@ static jx_work *__pyx_f_6jacext_5_tape_4Tape_take_work(struct __pyx_obj_6jacext_
  *     # ---- work memory ----
  * 
  *     cdef jx_work *take_work(self, int32_t lanes) except NULL:             # <<<<<<<<<<<<<<
- *         """The Tape's own work memory if free (grown to ``lanes``), else a fresh one that
- *         give_work frees.  Safe under the GIL: no Python call between test and set."""
+ *         """The Tape's own work memory (grown to ``lanes``) for the one caller that takes its
+ *         flag, else a fresh one; give_work puts either back.  The flag is atomic (vm.h), so
 */
 
   /* function exit code */
@@ -28067,22 +28097,22 @@ static jx_work *__pyx_f_6jacext_5_tape_4Tape_take_work(struct __pyx_obj_6jacext_
   return __pyx_r;
 }
 
-/* "jacext/_tape.pyx":389
+/* "jacext/_tape.pyx":393
  *         return w
  * 
  *     cdef void give_work(self, jx_work *w) noexcept:             # <<<<<<<<<<<<<<
  *         if w == &self._work:
- *             self._work_busy = False
+ *             jx_flag_give(&self._busy)
 */
 
 static void __pyx_f_6jacext_5_tape_4Tape_give_work(struct __pyx_obj_6jacext_5_tape_Tape *__pyx_v_self, jx_work *__pyx_v_w) {
   int __pyx_t_1;
 
-  /* "jacext/_tape.pyx":390
+  /* "jacext/_tape.pyx":394
  * 
  *     cdef void give_work(self, jx_work *w) noexcept:
  *         if w == &self._work:             # <<<<<<<<<<<<<<
- *             self._work_busy = False
+ *             jx_flag_give(&self._busy)
  *         else:
 */
   __pyx_t_1 = (__pyx_v_w == (&__pyx_v_self->_work));
@@ -28090,27 +28120,27 @@ static void __pyx_f_6jacext_5_tape_4Tape_give_work(struct __pyx_obj_6jacext_5_ta
   if (__pyx_t_1) {
 
 
-    /* "jacext/_tape.pyx":391
+    /* "jacext/_tape.pyx":395
  *     cdef void give_work(self, jx_work *w) noexcept:
  *         if w == &self._work:
- *             self._work_busy = False             # <<<<<<<<<<<<<<
+ *             jx_flag_give(&self._busy)             # <<<<<<<<<<<<<<
  *         else:
  *             jx_work_free(w)
 */
-    __pyx_v_self->_work_busy = 0;
+    jx_flag_give((&__pyx_v_self->_busy));
 
-    /* "jacext/_tape.pyx":390
+    /* "jacext/_tape.pyx":394
  * 
  *     cdef void give_work(self, jx_work *w) noexcept:
  *         if w == &self._work:             # <<<<<<<<<<<<<<
- *             self._work_busy = False
+ *             jx_flag_give(&self._busy)
  *         else:
 */
     goto __pyx_L3;
   }
 
-  /* "jacext/_tape.pyx":393
- *             self._work_busy = False
+  /* "jacext/_tape.pyx":397
+ *             jx_flag_give(&self._busy)
  *         else:
  *             jx_work_free(w)             # <<<<<<<<<<<<<<
  *             free(w)
@@ -28119,7 +28149,7 @@ static void __pyx_f_6jacext_5_tape_4Tape_give_work(struct __pyx_obj_6jacext_5_ta
   /*else*/ {
     jx_work_free(__pyx_v_w);
 
-    /* "jacext/_tape.pyx":394
+    /* "jacext/_tape.pyx":398
  *         else:
  *             jx_work_free(w)
  *             free(w)             # <<<<<<<<<<<<<<
@@ -28130,19 +28160,19 @@ static void __pyx_f_6jacext_5_tape_4Tape_give_work(struct __pyx_obj_6jacext_5_ta
   }
   __pyx_L3:;
 
-  /* "jacext/_tape.pyx":389
+  /* "jacext/_tape.pyx":393
  *         return w
  * 
  *     cdef void give_work(self, jx_work *w) noexcept:             # <<<<<<<<<<<<<<
  *         if w == &self._work:
- *             self._work_busy = False
+ *             jx_flag_give(&self._busy)
 */
 
   /* function exit code */
 
 }
 
-/* "jacext/_tape.pyx":396
+/* "jacext/_tape.pyx":400
  *             free(w)
  * 
  *     cdef bint _nogil(self, Py_ssize_t lanes) noexcept:             # <<<<<<<<<<<<<<
@@ -28153,7 +28183,7 @@ static void __pyx_f_6jacext_5_tape_4Tape_give_work(struct __pyx_obj_6jacext_5_ta
 static int __pyx_f_6jacext_5_tape_4Tape__nogil(struct __pyx_obj_6jacext_5_tape_Tape *__pyx_v_self, Py_ssize_t __pyx_v_lanes) {
   int __pyx_r;
 
-  /* "jacext/_tape.pyx":397
+  /* "jacext/_tape.pyx":401
  * 
  *     cdef bint _nogil(self, Py_ssize_t lanes) noexcept:
  *         return self.t.n_instr * lanes > _NOGIL_WORK             # <<<<<<<<<<<<<<
@@ -28166,7 +28196,7 @@ static int __pyx_f_6jacext_5_tape_4Tape__nogil(struct __pyx_obj_6jacext_5_tape_T
   }
   goto __pyx_L0;
 
-  /* "jacext/_tape.pyx":396
+  /* "jacext/_tape.pyx":400
  *             free(w)
  * 
  *     cdef bint _nogil(self, Py_ssize_t lanes) noexcept:             # <<<<<<<<<<<<<<
@@ -28180,7 +28210,7 @@ static int __pyx_f_6jacext_5_tape_4Tape__nogil(struct __pyx_obj_6jacext_5_tape_T
   return __pyx_r;
 }
 
-/* "jacext/_tape.pyx":401
+/* "jacext/_tape.pyx":405
  *     # ---- one point (x: n_in values; y: n_out or None) ----
  * 
  *     cpdef value(self, cnp.ndarray x, cnp.ndarray y):             # <<<<<<<<<<<<<<
@@ -28232,7 +28262,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_value(struct __pyx_obj_6jacext_5_t
     if (unlikely(!__Pyx_object_dict_version_matches(((PyObject *)__pyx_v_self), __pyx_tp_dict_version, __pyx_obj_dict_version))) {
       PY_UINT64_T __pyx_typedict_guard = __Pyx_get_tp_dict_version(((PyObject *)__pyx_v_self));
       #endif
-      __pyx_t_1 = __Pyx_PyObject_GetAttrStr(((PyObject *)__pyx_v_self), __pyx_mstate_global->__pyx_n_u_value); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 401, __pyx_L1_error)
+      __pyx_t_1 = __Pyx_PyObject_GetAttrStr(((PyObject *)__pyx_v_self), __pyx_mstate_global->__pyx_n_u_value); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 405, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_1);
       if (!__Pyx_IsSameCFunction(__pyx_t_1, (void(*)(void)) __pyx_pw_6jacext_5_tape_4Tape_17value)) {
         __pyx_t_3 = NULL;
@@ -28255,7 +28285,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_value(struct __pyx_obj_6jacext_5_t
           __pyx_t_2 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_4, __pyx_callargs+__pyx_t_5, (3-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
           __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
           __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-          if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 401, __pyx_L1_error)
+          if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 405, __pyx_L1_error)
           __Pyx_GOTREF(__pyx_t_2);
         }
         {
@@ -28283,38 +28313,38 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_value(struct __pyx_obj_6jacext_5_t
     #endif
   }
 
-  /* "jacext/_tape.pyx":403
+  /* "jacext/_tape.pyx":407
  *     cpdef value(self, cnp.ndarray x, cnp.ndarray y):
  *         """The outputs at the point x into y."""
  *         cdef const double *px = <const double *>_buf(x, cnp.NPY_DOUBLE, self.t.n_in, "x")             # <<<<<<<<<<<<<<
  *         cdef double *py = _out(y, self.t.n_out, "y")
  *         cdef jx_work *w = self.take_work(1)
 */
-  __pyx_t_6 = __pyx_f_6jacext_5_tape__buf(__pyx_v_x, NPY_DOUBLE, __pyx_v_self->t.n_in, __pyx_mstate_global->__pyx_n_u_x); if (unlikely(__pyx_t_6 == ((void *)NULL))) __PYX_ERR(0, 403, __pyx_L1_error)
+  __pyx_t_6 = __pyx_f_6jacext_5_tape__buf(__pyx_v_x, NPY_DOUBLE, __pyx_v_self->t.n_in, __pyx_mstate_global->__pyx_n_u_x); if (unlikely(__pyx_t_6 == ((void *)NULL))) __PYX_ERR(0, 407, __pyx_L1_error)
   __pyx_v_px = ((double const *)__pyx_t_6);
 
 
-  /* "jacext/_tape.pyx":404
+  /* "jacext/_tape.pyx":408
  *         """The outputs at the point x into y."""
  *         cdef const double *px = <const double *>_buf(x, cnp.NPY_DOUBLE, self.t.n_in, "x")
  *         cdef double *py = _out(y, self.t.n_out, "y")             # <<<<<<<<<<<<<<
  *         cdef jx_work *w = self.take_work(1)
  *         cdef int st
 */
-  __pyx_t_7 = __pyx_f_6jacext_5_tape__out(__pyx_v_y, __pyx_v_self->t.n_out, __pyx_mstate_global->__pyx_n_u_y); if (unlikely(__pyx_t_7 == ((void *)NULL))) __PYX_ERR(0, 404, __pyx_L1_error)
+  __pyx_t_7 = __pyx_f_6jacext_5_tape__out(__pyx_v_y, __pyx_v_self->t.n_out, __pyx_mstate_global->__pyx_n_u_y); if (unlikely(__pyx_t_7 == ((void *)NULL))) __PYX_ERR(0, 408, __pyx_L1_error)
   __pyx_v_py = __pyx_t_7;
 
-  /* "jacext/_tape.pyx":405
+  /* "jacext/_tape.pyx":409
  *         cdef const double *px = <const double *>_buf(x, cnp.NPY_DOUBLE, self.t.n_in, "x")
  *         cdef double *py = _out(y, self.t.n_out, "y")
  *         cdef jx_work *w = self.take_work(1)             # <<<<<<<<<<<<<<
  *         cdef int st
  *         try:
 */
-  __pyx_t_8 = ((struct __pyx_vtabstruct_6jacext_5_tape_Tape *)__pyx_v_self->__pyx_vtab)->take_work(__pyx_v_self, 1); if (unlikely(__pyx_t_8 == ((void *)NULL))) __PYX_ERR(0, 405, __pyx_L1_error)
+  __pyx_t_8 = ((struct __pyx_vtabstruct_6jacext_5_tape_Tape *)__pyx_v_self->__pyx_vtab)->take_work(__pyx_v_self, 1); if (unlikely(__pyx_t_8 == ((void *)NULL))) __PYX_ERR(0, 409, __pyx_L1_error)
   __pyx_v_w = __pyx_t_8;
 
-  /* "jacext/_tape.pyx":407
+  /* "jacext/_tape.pyx":411
  *         cdef jx_work *w = self.take_work(1)
  *         cdef int st
  *         try:             # <<<<<<<<<<<<<<
@@ -28323,7 +28353,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_value(struct __pyx_obj_6jacext_5_t
 */
   /*try:*/ {
 
-    /* "jacext/_tape.pyx":408
+    /* "jacext/_tape.pyx":412
  *         cdef int st
  *         try:
  *             if self._nogil(1):             # <<<<<<<<<<<<<<
@@ -28335,7 +28365,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_value(struct __pyx_obj_6jacext_5_t
     if (__pyx_t_9) {
 
 
-      /* "jacext/_tape.pyx":409
+      /* "jacext/_tape.pyx":413
  *         try:
  *             if self._nogil(1):
  *                 with nogil:             # <<<<<<<<<<<<<<
@@ -28348,7 +28378,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_value(struct __pyx_obj_6jacext_5_t
           __Pyx_FastGIL_Remember();
           /*try:*/ {
 
-            /* "jacext/_tape.pyx":410
+            /* "jacext/_tape.pyx":414
  *             if self._nogil(1):
  *                 with nogil:
  *                     st = jx_point_value(&self.t, w, px, py)             # <<<<<<<<<<<<<<
@@ -28358,7 +28388,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_value(struct __pyx_obj_6jacext_5_t
             __pyx_v_st = jx_point_value((&__pyx_v_self->t), __pyx_v_w, __pyx_v_px, __pyx_v_py);
           }
 
-          /* "jacext/_tape.pyx":409
+          /* "jacext/_tape.pyx":413
  *         try:
  *             if self._nogil(1):
  *                 with nogil:             # <<<<<<<<<<<<<<
@@ -28375,7 +28405,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_value(struct __pyx_obj_6jacext_5_t
           }
       }
 
-      /* "jacext/_tape.pyx":408
+      /* "jacext/_tape.pyx":412
  *         cdef int st
  *         try:
  *             if self._nogil(1):             # <<<<<<<<<<<<<<
@@ -28385,7 +28415,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_value(struct __pyx_obj_6jacext_5_t
       goto __pyx_L6;
     }
 
-    /* "jacext/_tape.pyx":412
+    /* "jacext/_tape.pyx":416
  *                     st = jx_point_value(&self.t, w, px, py)
  *             else:
  *                 st = jx_point_value(&self.t, w, px, py)             # <<<<<<<<<<<<<<
@@ -28398,7 +28428,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_value(struct __pyx_obj_6jacext_5_t
     __pyx_L6:;
   }
 
-  /* "jacext/_tape.pyx":414
+  /* "jacext/_tape.pyx":418
  *                 st = jx_point_value(&self.t, w, px, py)
  *         finally:
  *             self.give_work(w)             # <<<<<<<<<<<<<<
@@ -28413,15 +28443,15 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_value(struct __pyx_obj_6jacext_5_t
     __pyx_L5:;
   }
 
-  /* "jacext/_tape.pyx":415
+  /* "jacext/_tape.pyx":419
  *         finally:
  *             self.give_work(w)
  *         return raise_status(st)             # <<<<<<<<<<<<<<
  * 
  *     cpdef compressed(self, cnp.ndarray x, cnp.ndarray y, cnp.ndarray comp, cnp.ndarray cols,
 */
-  __pyx_t_10 = __pyx_f_6jacext_5_tape_raise_status(__pyx_v_st); if (unlikely(__pyx_t_10 == ((int)-1))) __PYX_ERR(0, 415, __pyx_L1_error)
-  __pyx_t_1 = __Pyx_PyLong_From_int(__pyx_t_10); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 415, __pyx_L1_error)
+  __pyx_t_10 = __pyx_f_6jacext_5_tape_raise_status(__pyx_v_st); if (unlikely(__pyx_t_10 == ((int)-1))) __PYX_ERR(0, 419, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyLong_From_int(__pyx_t_10); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 419, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
 
   {
@@ -28435,7 +28465,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_value(struct __pyx_obj_6jacext_5_t
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "jacext/_tape.pyx":401
+  /* "jacext/_tape.pyx":405
  *     # ---- one point (x: n_in values; y: n_out or None) ----
  * 
  *     cpdef value(self, cnp.ndarray x, cnp.ndarray y):             # <<<<<<<<<<<<<<
@@ -28502,39 +28532,39 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_x,&__pyx_mstate_global->__pyx_n_u_y,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 401, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 405, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 401, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 405, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 401, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 405, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "value", 0) < (0)) __PYX_ERR(0, 401, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "value", 0) < (0)) __PYX_ERR(0, 405, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 2; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("value", 1, 2, 2, i); __PYX_ERR(0, 401, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("value", 1, 2, 2, i); __PYX_ERR(0, 405, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 2)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 401, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 405, __pyx_L3_error)
       values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 401, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 405, __pyx_L3_error)
     }
     __pyx_v_x = ((PyArrayObject *)values[0]);
     __pyx_v_y = ((PyArrayObject *)values[1]);
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("value", 1, 2, 2, __pyx_nargs); __PYX_ERR(0, 401, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("value", 1, 2, 2, __pyx_nargs); __PYX_ERR(0, 405, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -28545,8 +28575,8 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   __Pyx_RefNannyFinishContext();
   return NULL;
   __pyx_L4_argument_unpacking_done:;
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_x), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "x", 0))) __PYX_ERR(0, 401, __pyx_L1_error)
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_y), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "y", 0))) __PYX_ERR(0, 401, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_x), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "x", 0))) __PYX_ERR(0, 405, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_y), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "y", 0))) __PYX_ERR(0, 405, __pyx_L1_error)
   __pyx_r = __pyx_pf_6jacext_5_tape_4Tape_16value(((struct __pyx_obj_6jacext_5_tape_Tape *)__pyx_v_self), __pyx_v_x, __pyx_v_y);
 
   /* function exit code */
@@ -28574,7 +28604,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_16value(struct __pyx_obj_6jacext_
   const char *__pyx_filename = NULL;
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("value", 0);
-  __pyx_t_1 = __pyx_f_6jacext_5_tape_4Tape_value(__pyx_v_self, __pyx_v_x, __pyx_v_y, 1); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 401, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_6jacext_5_tape_4Tape_value(__pyx_v_self, __pyx_v_x, __pyx_v_y, 1); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 405, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   {
     PyObject *__pyx_temp;
@@ -28598,7 +28628,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_16value(struct __pyx_obj_6jacext_
   return __pyx_r;
 }
 
-/* "jacext/_tape.pyx":417
+/* "jacext/_tape.pyx":421
  *         return raise_status(st)
  * 
  *     cpdef compressed(self, cnp.ndarray x, cnp.ndarray y, cnp.ndarray comp, cnp.ndarray cols,             # <<<<<<<<<<<<<<
@@ -28663,15 +28693,15 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_compressed(struct __pyx_obj_6jacex
     if (unlikely(!__Pyx_object_dict_version_matches(((PyObject *)__pyx_v_self), __pyx_tp_dict_version, __pyx_obj_dict_version))) {
       PY_UINT64_T __pyx_typedict_guard = __Pyx_get_tp_dict_version(((PyObject *)__pyx_v_self));
       #endif
-      __pyx_t_1 = __Pyx_PyObject_GetAttrStr(((PyObject *)__pyx_v_self), __pyx_mstate_global->__pyx_n_u_compressed); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 417, __pyx_L1_error)
+      __pyx_t_1 = __Pyx_PyObject_GetAttrStr(((PyObject *)__pyx_v_self), __pyx_mstate_global->__pyx_n_u_compressed); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 421, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_1);
       if (!__Pyx_IsSameCFunction(__pyx_t_1, (void(*)(void)) __pyx_pw_6jacext_5_tape_4Tape_19compressed)) {
         __pyx_t_3 = NULL;
         __Pyx_INCREF(__pyx_t_1);
         __pyx_t_4 = __pyx_t_1; 
-        __pyx_t_5 = __Pyx_PyLong_From_int32_t(__pyx_v_n_colours); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 417, __pyx_L1_error)
+        __pyx_t_5 = __Pyx_PyLong_From_int32_t(__pyx_v_n_colours); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 421, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_5);
-        __pyx_t_6 = __Pyx_PyLong_From_int(__pyx_v_mode); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 417, __pyx_L1_error)
+        __pyx_t_6 = __Pyx_PyLong_From_int(__pyx_v_mode); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 421, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_6);
         __pyx_t_7 = 1;
         #if CYTHON_UNPACK_METHODS
@@ -28692,7 +28722,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_compressed(struct __pyx_obj_6jacex
           __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
           __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
           __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-          if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 417, __pyx_L1_error)
+          if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 421, __pyx_L1_error)
           __Pyx_GOTREF(__pyx_t_2);
         }
         {
@@ -28720,7 +28750,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_compressed(struct __pyx_obj_6jacex
     #endif
   }
 
-  /* "jacext/_tape.pyx":423
+  /* "jacext/_tape.pyx":427
  *         (forward: comp n_out x n_colours) or a row colouring (reverse: n_colours x
  *         n_cols); mode a C sweep mode (MODES)."""
  *         cdef Py_ssize_t n_cols = cols.shape[0]             # <<<<<<<<<<<<<<
@@ -28729,39 +28759,39 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_compressed(struct __pyx_obj_6jacex
 */
   __pyx_v_n_cols = (__pyx_f_5numpy_7ndarray_5shape___get__(__pyx_v_cols)[0]);
 
-  /* "jacext/_tape.pyx":424
+  /* "jacext/_tape.pyx":428
  *         n_cols); mode a C sweep mode (MODES)."""
  *         cdef Py_ssize_t n_cols = cols.shape[0]
  *         cdef const double *px = <const double *>_buf(x, cnp.NPY_DOUBLE, self.t.n_in, "x")             # <<<<<<<<<<<<<<
  *         cdef double *py = _maybe_out(y, self.t.n_out, "y")
  *         cdef const int32_t *pc = <const int32_t *>_buf(cols, cnp.NPY_INT32, n_cols, "cols")
 */
-  __pyx_t_8 = __pyx_f_6jacext_5_tape__buf(__pyx_v_x, NPY_DOUBLE, __pyx_v_self->t.n_in, __pyx_mstate_global->__pyx_n_u_x); if (unlikely(__pyx_t_8 == ((void *)NULL))) __PYX_ERR(0, 424, __pyx_L1_error)
+  __pyx_t_8 = __pyx_f_6jacext_5_tape__buf(__pyx_v_x, NPY_DOUBLE, __pyx_v_self->t.n_in, __pyx_mstate_global->__pyx_n_u_x); if (unlikely(__pyx_t_8 == ((void *)NULL))) __PYX_ERR(0, 428, __pyx_L1_error)
   __pyx_v_px = ((double const *)__pyx_t_8);
 
 
-  /* "jacext/_tape.pyx":425
+  /* "jacext/_tape.pyx":429
  *         cdef Py_ssize_t n_cols = cols.shape[0]
  *         cdef const double *px = <const double *>_buf(x, cnp.NPY_DOUBLE, self.t.n_in, "x")
  *         cdef double *py = _maybe_out(y, self.t.n_out, "y")             # <<<<<<<<<<<<<<
  *         cdef const int32_t *pc = <const int32_t *>_buf(cols, cnp.NPY_INT32, n_cols, "cols")
  *         cdef const int32_t *pk = NULL
 */
-  __pyx_t_9 = __pyx_f_6jacext_5_tape__maybe_out(__pyx_v_y, __pyx_v_self->t.n_out, __pyx_mstate_global->__pyx_n_u_y); if (unlikely(__pyx_t_9 == ((void *)NULL) && PyErr_Occurred())) __PYX_ERR(0, 425, __pyx_L1_error)
+  __pyx_t_9 = __pyx_f_6jacext_5_tape__maybe_out(__pyx_v_y, __pyx_v_self->t.n_out, __pyx_mstate_global->__pyx_n_u_y); if (unlikely(__pyx_t_9 == ((void *)NULL) && PyErr_Occurred())) __PYX_ERR(0, 429, __pyx_L1_error)
   __pyx_v_py = __pyx_t_9;
 
-  /* "jacext/_tape.pyx":426
+  /* "jacext/_tape.pyx":430
  *         cdef const double *px = <const double *>_buf(x, cnp.NPY_DOUBLE, self.t.n_in, "x")
  *         cdef double *py = _maybe_out(y, self.t.n_out, "y")
  *         cdef const int32_t *pc = <const int32_t *>_buf(cols, cnp.NPY_INT32, n_cols, "cols")             # <<<<<<<<<<<<<<
  *         cdef const int32_t *pk = NULL
  *         cdef Py_ssize_t size
 */
-  __pyx_t_8 = __pyx_f_6jacext_5_tape__buf(__pyx_v_cols, NPY_INT32, __pyx_v_n_cols, __pyx_mstate_global->__pyx_n_u_cols); if (unlikely(__pyx_t_8 == ((void *)NULL))) __PYX_ERR(0, 426, __pyx_L1_error)
+  __pyx_t_8 = __pyx_f_6jacext_5_tape__buf(__pyx_v_cols, NPY_INT32, __pyx_v_n_cols, __pyx_mstate_global->__pyx_n_u_cols); if (unlikely(__pyx_t_8 == ((void *)NULL))) __PYX_ERR(0, 430, __pyx_L1_error)
   __pyx_v_pc = ((int32_t const *)__pyx_t_8);
 
 
-  /* "jacext/_tape.pyx":427
+  /* "jacext/_tape.pyx":431
  *         cdef double *py = _maybe_out(y, self.t.n_out, "y")
  *         cdef const int32_t *pc = <const int32_t *>_buf(cols, cnp.NPY_INT32, n_cols, "cols")
  *         cdef const int32_t *pk = NULL             # <<<<<<<<<<<<<<
@@ -28770,7 +28800,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_compressed(struct __pyx_obj_6jacex
 */
   __pyx_v_pk = NULL;
 
-  /* "jacext/_tape.pyx":431
+  /* "jacext/_tape.pyx":435
  *         cdef jx_work *w
  *         cdef int st
  *         if mode != JX_MODE_FORWARD and mode != JX_MODE_REVERSE:             # <<<<<<<<<<<<<<
@@ -28796,7 +28826,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_compressed(struct __pyx_obj_6jacex
   if (unlikely(__pyx_t_10)) {
 
 
-    /* "jacext/_tape.pyx":432
+    /* "jacext/_tape.pyx":436
  *         cdef int st
  *         if mode != JX_MODE_FORWARD and mode != JX_MODE_REVERSE:
  *             raise ValueError("jacext: compressed sweeps run forward or reverse")             # <<<<<<<<<<<<<<
@@ -28809,14 +28839,14 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_compressed(struct __pyx_obj_6jacex
       PyObject *__pyx_callargs[2] = {__pyx_t_2, __pyx_mstate_global->__pyx_kp_u_jacext_compressed_sweeps_run_for};
       __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_7, (2-__pyx_t_7) | (__pyx_t_7*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
-      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 432, __pyx_L1_error)
+      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 436, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_1);
     }
     __Pyx_Raise(__pyx_t_1, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-    __PYX_ERR(0, 432, __pyx_L1_error)
+    __PYX_ERR(0, 436, __pyx_L1_error)
 
-    /* "jacext/_tape.pyx":431
+    /* "jacext/_tape.pyx":435
  *         cdef jx_work *w
  *         cdef int st
  *         if mode != JX_MODE_FORWARD and mode != JX_MODE_REVERSE:             # <<<<<<<<<<<<<<
@@ -28825,7 +28855,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_compressed(struct __pyx_obj_6jacex
 */
   }
 
-  /* "jacext/_tape.pyx":433
+  /* "jacext/_tape.pyx":437
  *         if mode != JX_MODE_FORWARD and mode != JX_MODE_REVERSE:
  *             raise ValueError("jacext: compressed sweeps run forward or reverse")
  *         if colour is None:             # <<<<<<<<<<<<<<
@@ -28836,7 +28866,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_compressed(struct __pyx_obj_6jacex
   if (__pyx_t_10) {
 
 
-    /* "jacext/_tape.pyx":434
+    /* "jacext/_tape.pyx":438
  *             raise ValueError("jacext: compressed sweeps run forward or reverse")
  *         if colour is None:
  *             n_colours = <int32_t>(n_cols if mode == JX_MODE_FORWARD else self.t.n_out)             # <<<<<<<<<<<<<<
@@ -28856,7 +28886,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_compressed(struct __pyx_obj_6jacex
     __pyx_v_n_colours = ((int32_t)__pyx_t_12);
 
 
-    /* "jacext/_tape.pyx":433
+    /* "jacext/_tape.pyx":437
  *         if mode != JX_MODE_FORWARD and mode != JX_MODE_REVERSE:
  *             raise ValueError("jacext: compressed sweeps run forward or reverse")
  *         if colour is None:             # <<<<<<<<<<<<<<
@@ -28866,7 +28896,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_compressed(struct __pyx_obj_6jacex
     goto __pyx_L6;
   }
 
-  /* "jacext/_tape.pyx":436
+  /* "jacext/_tape.pyx":440
  *             n_colours = <int32_t>(n_cols if mode == JX_MODE_FORWARD else self.t.n_out)
  *         else:
  *             pk = <const int32_t *>_buf(colour, cnp.NPY_INT32,             # <<<<<<<<<<<<<<
@@ -28875,7 +28905,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_compressed(struct __pyx_obj_6jacex
 */
   /*else*/ {
 
-    /* "jacext/_tape.pyx":437
+    /* "jacext/_tape.pyx":441
  *         else:
  *             pk = <const int32_t *>_buf(colour, cnp.NPY_INT32,
  *                                        n_cols if mode == JX_MODE_FORWARD else self.t.n_out,             # <<<<<<<<<<<<<<
@@ -28893,41 +28923,41 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_compressed(struct __pyx_obj_6jacex
     }
 
 
-    /* "jacext/_tape.pyx":436
+    /* "jacext/_tape.pyx":440
  *             n_colours = <int32_t>(n_cols if mode == JX_MODE_FORWARD else self.t.n_out)
  *         else:
  *             pk = <const int32_t *>_buf(colour, cnp.NPY_INT32,             # <<<<<<<<<<<<<<
  *                                        n_cols if mode == JX_MODE_FORWARD else self.t.n_out,
  *                                        "colour")
 */
-    __pyx_t_8 = __pyx_f_6jacext_5_tape__buf(__pyx_v_colour, NPY_INT32, __pyx_t_12, __pyx_mstate_global->__pyx_n_u_colour); if (unlikely(__pyx_t_8 == ((void *)NULL))) __PYX_ERR(0, 436, __pyx_L1_error)
+    __pyx_t_8 = __pyx_f_6jacext_5_tape__buf(__pyx_v_colour, NPY_INT32, __pyx_t_12, __pyx_mstate_global->__pyx_n_u_colour); if (unlikely(__pyx_t_8 == ((void *)NULL))) __PYX_ERR(0, 440, __pyx_L1_error)
 
     __pyx_v_pk = ((int32_t const *)__pyx_t_8);
 
 
-    /* "jacext/_tape.pyx":439
+    /* "jacext/_tape.pyx":443
  *                                        n_cols if mode == JX_MODE_FORWARD else self.t.n_out,
  *                                        "colour")
  *             self._check_colours(colour, n_colours)             # <<<<<<<<<<<<<<
  *         _check_columns(cols, self.t.n_in)
  *         size = (<Py_ssize_t>self.t.n_out * n_colours if mode == JX_MODE_FORWARD
 */
-    __pyx_t_13 = ((struct __pyx_vtabstruct_6jacext_5_tape_Tape *)__pyx_v_self->__pyx_vtab)->_check_colours(__pyx_v_self, __pyx_v_colour, __pyx_v_n_colours); if (unlikely(__pyx_t_13 == ((int)-1))) __PYX_ERR(0, 439, __pyx_L1_error)
+    __pyx_t_13 = ((struct __pyx_vtabstruct_6jacext_5_tape_Tape *)__pyx_v_self->__pyx_vtab)->_check_colours(__pyx_v_self, __pyx_v_colour, __pyx_v_n_colours); if (unlikely(__pyx_t_13 == ((int)-1))) __PYX_ERR(0, 443, __pyx_L1_error)
 
   }
   __pyx_L6:;
 
-  /* "jacext/_tape.pyx":440
+  /* "jacext/_tape.pyx":444
  *                                        "colour")
  *             self._check_colours(colour, n_colours)
  *         _check_columns(cols, self.t.n_in)             # <<<<<<<<<<<<<<
  *         size = (<Py_ssize_t>self.t.n_out * n_colours if mode == JX_MODE_FORWARD
  *                 else <Py_ssize_t>n_colours * n_cols)
 */
-  __pyx_t_13 = __pyx_f_6jacext_5_tape__check_columns(__pyx_v_cols, __pyx_v_self->t.n_in); if (unlikely(__pyx_t_13 == ((int)-1))) __PYX_ERR(0, 440, __pyx_L1_error)
+  __pyx_t_13 = __pyx_f_6jacext_5_tape__check_columns(__pyx_v_cols, __pyx_v_self->t.n_in); if (unlikely(__pyx_t_13 == ((int)-1))) __PYX_ERR(0, 444, __pyx_L1_error)
 
 
-  /* "jacext/_tape.pyx":441
+  /* "jacext/_tape.pyx":445
  *             self._check_colours(colour, n_colours)
  *         _check_columns(cols, self.t.n_in)
  *         size = (<Py_ssize_t>self.t.n_out * n_colours if mode == JX_MODE_FORWARD             # <<<<<<<<<<<<<<
@@ -28941,7 +28971,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_compressed(struct __pyx_obj_6jacex
     __pyx_t_12 = (((Py_ssize_t)__pyx_v_self->t.n_out) * __pyx_v_n_colours);
   } else {
 
-    /* "jacext/_tape.pyx":442
+    /* "jacext/_tape.pyx":446
  *         _check_columns(cols, self.t.n_in)
  *         size = (<Py_ssize_t>self.t.n_out * n_colours if mode == JX_MODE_FORWARD
  *                 else <Py_ssize_t>n_colours * n_cols)             # <<<<<<<<<<<<<<
@@ -28954,17 +28984,17 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_compressed(struct __pyx_obj_6jacex
 
   __pyx_v_size = __pyx_t_12;
 
-  /* "jacext/_tape.pyx":443
+  /* "jacext/_tape.pyx":447
  *         size = (<Py_ssize_t>self.t.n_out * n_colours if mode == JX_MODE_FORWARD
  *                 else <Py_ssize_t>n_colours * n_cols)
  *         cdef double *pj = _out(comp, size, "comp")             # <<<<<<<<<<<<<<
  *         w = self.take_work(min(max(n_colours, 1), JX_MAX_LANES))
  *         try:
 */
-  __pyx_t_9 = __pyx_f_6jacext_5_tape__out(__pyx_v_comp, __pyx_v_size, __pyx_mstate_global->__pyx_n_u_comp); if (unlikely(__pyx_t_9 == ((void *)NULL))) __PYX_ERR(0, 443, __pyx_L1_error)
+  __pyx_t_9 = __pyx_f_6jacext_5_tape__out(__pyx_v_comp, __pyx_v_size, __pyx_mstate_global->__pyx_n_u_comp); if (unlikely(__pyx_t_9 == ((void *)NULL))) __PYX_ERR(0, 447, __pyx_L1_error)
   __pyx_v_pj = __pyx_t_9;
 
-  /* "jacext/_tape.pyx":444
+  /* "jacext/_tape.pyx":448
  *                 else <Py_ssize_t>n_colours * n_cols)
  *         cdef double *pj = _out(comp, size, "comp")
  *         w = self.take_work(min(max(n_colours, 1), JX_MAX_LANES))             # <<<<<<<<<<<<<<
@@ -29000,11 +29030,11 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_compressed(struct __pyx_obj_6jacex
     __pyx_t_16 = __pyx_t_14;
   }
 
-  __pyx_t_17 = ((struct __pyx_vtabstruct_6jacext_5_tape_Tape *)__pyx_v_self->__pyx_vtab)->take_work(__pyx_v_self, __pyx_t_16); if (unlikely(__pyx_t_17 == ((void *)NULL))) __PYX_ERR(0, 444, __pyx_L1_error)
+  __pyx_t_17 = ((struct __pyx_vtabstruct_6jacext_5_tape_Tape *)__pyx_v_self->__pyx_vtab)->take_work(__pyx_v_self, __pyx_t_16); if (unlikely(__pyx_t_17 == ((void *)NULL))) __PYX_ERR(0, 448, __pyx_L1_error)
 
   __pyx_v_w = __pyx_t_17;
 
-  /* "jacext/_tape.pyx":445
+  /* "jacext/_tape.pyx":449
  *         cdef double *pj = _out(comp, size, "comp")
  *         w = self.take_work(min(max(n_colours, 1), JX_MAX_LANES))
  *         try:             # <<<<<<<<<<<<<<
@@ -29013,7 +29043,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_compressed(struct __pyx_obj_6jacex
 */
   /*try:*/ {
 
-    /* "jacext/_tape.pyx":446
+    /* "jacext/_tape.pyx":450
  *         w = self.take_work(min(max(n_colours, 1), JX_MAX_LANES))
  *         try:
  *             if self._nogil(w.lanes):             # <<<<<<<<<<<<<<
@@ -29025,7 +29055,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_compressed(struct __pyx_obj_6jacex
     if (__pyx_t_10) {
 
 
-      /* "jacext/_tape.pyx":447
+      /* "jacext/_tape.pyx":451
  *         try:
  *             if self._nogil(w.lanes):
  *                 with nogil:             # <<<<<<<<<<<<<<
@@ -29038,7 +29068,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_compressed(struct __pyx_obj_6jacex
           __Pyx_FastGIL_Remember();
           /*try:*/ {
 
-            /* "jacext/_tape.pyx":448
+            /* "jacext/_tape.pyx":452
  *             if self._nogil(w.lanes):
  *                 with nogil:
  *                     st = jx_point_compressed(&self.t, w, px, py, pj, pc, <int32_t>n_cols, pk,             # <<<<<<<<<<<<<<
@@ -29048,7 +29078,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_compressed(struct __pyx_obj_6jacex
             __pyx_v_st = jx_point_compressed((&__pyx_v_self->t), __pyx_v_w, __pyx_v_px, __pyx_v_py, __pyx_v_pj, __pyx_v_pc, ((int32_t)__pyx_v_n_cols), __pyx_v_pk, __pyx_v_n_colours, __pyx_v_mode);
           }
 
-          /* "jacext/_tape.pyx":447
+          /* "jacext/_tape.pyx":451
  *         try:
  *             if self._nogil(w.lanes):
  *                 with nogil:             # <<<<<<<<<<<<<<
@@ -29065,7 +29095,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_compressed(struct __pyx_obj_6jacex
           }
       }
 
-      /* "jacext/_tape.pyx":446
+      /* "jacext/_tape.pyx":450
  *         w = self.take_work(min(max(n_colours, 1), JX_MAX_LANES))
  *         try:
  *             if self._nogil(w.lanes):             # <<<<<<<<<<<<<<
@@ -29075,7 +29105,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_compressed(struct __pyx_obj_6jacex
       goto __pyx_L10;
     }
 
-    /* "jacext/_tape.pyx":451
+    /* "jacext/_tape.pyx":455
  *                                              n_colours, mode)
  *             else:
  *                 st = jx_point_compressed(&self.t, w, px, py, pj, pc, <int32_t>n_cols, pk,             # <<<<<<<<<<<<<<
@@ -29084,7 +29114,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_compressed(struct __pyx_obj_6jacex
 */
     /*else*/ {
 
-      /* "jacext/_tape.pyx":452
+      /* "jacext/_tape.pyx":456
  *             else:
  *                 st = jx_point_compressed(&self.t, w, px, py, pj, pc, <int32_t>n_cols, pk,
  *                                          n_colours, mode)             # <<<<<<<<<<<<<<
@@ -29096,7 +29126,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_compressed(struct __pyx_obj_6jacex
     __pyx_L10:;
   }
 
-  /* "jacext/_tape.pyx":454
+  /* "jacext/_tape.pyx":458
  *                                          n_colours, mode)
  *         finally:
  *             self.give_work(w)             # <<<<<<<<<<<<<<
@@ -29111,15 +29141,15 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_compressed(struct __pyx_obj_6jacex
     __pyx_L9:;
   }
 
-  /* "jacext/_tape.pyx":455
+  /* "jacext/_tape.pyx":459
  *         finally:
  *             self.give_work(w)
  *         return raise_status(st)             # <<<<<<<<<<<<<<
  * 
  *     cdef int _check_colours(self, cnp.ndarray colour, int32_t n_colours) except -1:
 */
-  __pyx_t_13 = __pyx_f_6jacext_5_tape_raise_status(__pyx_v_st); if (unlikely(__pyx_t_13 == ((int)-1))) __PYX_ERR(0, 455, __pyx_L1_error)
-  __pyx_t_1 = __Pyx_PyLong_From_int(__pyx_t_13); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 455, __pyx_L1_error)
+  __pyx_t_13 = __pyx_f_6jacext_5_tape_raise_status(__pyx_v_st); if (unlikely(__pyx_t_13 == ((int)-1))) __PYX_ERR(0, 459, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyLong_From_int(__pyx_t_13); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 459, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
 
   {
@@ -29133,7 +29163,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_compressed(struct __pyx_obj_6jacex
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "jacext/_tape.pyx":417
+  /* "jacext/_tape.pyx":421
  *         return raise_status(st)
  * 
  *     cpdef compressed(self, cnp.ndarray x, cnp.ndarray y, cnp.ndarray comp, cnp.ndarray cols,             # <<<<<<<<<<<<<<
@@ -29213,74 +29243,74 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_x,&__pyx_mstate_global->__pyx_n_u_y,&__pyx_mstate_global->__pyx_n_u_comp,&__pyx_mstate_global->__pyx_n_u_cols,&__pyx_mstate_global->__pyx_n_u_colour,&__pyx_mstate_global->__pyx_n_u_n_colours,&__pyx_mstate_global->__pyx_n_u_mode,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 417, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 421, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  7:
         values[6] = __Pyx_ArgRef_FASTCALL(__pyx_args, 6);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[6])) __PYX_ERR(0, 417, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[6])) __PYX_ERR(0, 421, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  6:
         values[5] = __Pyx_ArgRef_FASTCALL(__pyx_args, 5);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[5])) __PYX_ERR(0, 417, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[5])) __PYX_ERR(0, 421, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  5:
         values[4] = __Pyx_ArgRef_FASTCALL(__pyx_args, 4);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 417, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 421, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  4:
         values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 417, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 421, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 417, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 421, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 417, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 421, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 417, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 421, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "compressed", 0) < (0)) __PYX_ERR(0, 417, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "compressed", 0) < (0)) __PYX_ERR(0, 421, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 7; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("compressed", 1, 7, 7, i); __PYX_ERR(0, 417, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("compressed", 1, 7, 7, i); __PYX_ERR(0, 421, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 7)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 417, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 421, __pyx_L3_error)
       values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 417, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 421, __pyx_L3_error)
       values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 417, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 421, __pyx_L3_error)
       values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 417, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 421, __pyx_L3_error)
       values[4] = __Pyx_ArgRef_FASTCALL(__pyx_args, 4);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 417, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 421, __pyx_L3_error)
       values[5] = __Pyx_ArgRef_FASTCALL(__pyx_args, 5);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[5])) __PYX_ERR(0, 417, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[5])) __PYX_ERR(0, 421, __pyx_L3_error)
       values[6] = __Pyx_ArgRef_FASTCALL(__pyx_args, 6);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[6])) __PYX_ERR(0, 417, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[6])) __PYX_ERR(0, 421, __pyx_L3_error)
     }
     __pyx_v_x = ((PyArrayObject *)values[0]);
     __pyx_v_y = ((PyArrayObject *)values[1]);
     __pyx_v_comp = ((PyArrayObject *)values[2]);
     __pyx_v_cols = ((PyArrayObject *)values[3]);
     __pyx_v_colour = ((PyArrayObject *)values[4]);
-    __pyx_v_n_colours = __Pyx_PyLong_As_int32_t(values[5]); if (unlikely((__pyx_v_n_colours == ((int32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 418, __pyx_L3_error)
-    __pyx_v_mode = __Pyx_PyLong_As_int(values[6]); if (unlikely((__pyx_v_mode == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 418, __pyx_L3_error)
+    __pyx_v_n_colours = __Pyx_PyLong_As_int32_t(values[5]); if (unlikely((__pyx_v_n_colours == ((int32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 422, __pyx_L3_error)
+    __pyx_v_mode = __Pyx_PyLong_As_int(values[6]); if (unlikely((__pyx_v_mode == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 422, __pyx_L3_error)
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("compressed", 1, 7, 7, __pyx_nargs); __PYX_ERR(0, 417, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("compressed", 1, 7, 7, __pyx_nargs); __PYX_ERR(0, 421, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -29291,11 +29321,11 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   __Pyx_RefNannyFinishContext();
   return NULL;
   __pyx_L4_argument_unpacking_done:;
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_x), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "x", 0))) __PYX_ERR(0, 417, __pyx_L1_error)
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_y), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "y", 0))) __PYX_ERR(0, 417, __pyx_L1_error)
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_comp), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "comp", 0))) __PYX_ERR(0, 417, __pyx_L1_error)
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_cols), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "cols", 0))) __PYX_ERR(0, 417, __pyx_L1_error)
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_colour), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "colour", 0))) __PYX_ERR(0, 418, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_x), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "x", 0))) __PYX_ERR(0, 421, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_y), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "y", 0))) __PYX_ERR(0, 421, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_comp), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "comp", 0))) __PYX_ERR(0, 421, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_cols), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "cols", 0))) __PYX_ERR(0, 421, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_colour), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "colour", 0))) __PYX_ERR(0, 422, __pyx_L1_error)
   __pyx_r = __pyx_pf_6jacext_5_tape_4Tape_18compressed(((struct __pyx_obj_6jacext_5_tape_Tape *)__pyx_v_self), __pyx_v_x, __pyx_v_y, __pyx_v_comp, __pyx_v_cols, __pyx_v_colour, __pyx_v_n_colours, __pyx_v_mode);
 
   /* function exit code */
@@ -29325,7 +29355,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_18compressed(struct __pyx_obj_6ja
   const char *__pyx_filename = NULL;
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("compressed", 0);
-  __pyx_t_1 = __pyx_f_6jacext_5_tape_4Tape_compressed(__pyx_v_self, __pyx_v_x, __pyx_v_y, __pyx_v_comp, __pyx_v_cols, __pyx_v_colour, __pyx_v_n_colours, __pyx_v_mode, 1); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 417, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_6jacext_5_tape_4Tape_compressed(__pyx_v_self, __pyx_v_x, __pyx_v_y, __pyx_v_comp, __pyx_v_cols, __pyx_v_colour, __pyx_v_n_colours, __pyx_v_mode, 1); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 421, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   {
     PyObject *__pyx_temp;
@@ -29349,7 +29379,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_18compressed(struct __pyx_obj_6ja
   return __pyx_r;
 }
 
-/* "jacext/_tape.pyx":457
+/* "jacext/_tape.pyx":461
  *         return raise_status(st)
  * 
  *     cdef int _check_colours(self, cnp.ndarray colour, int32_t n_colours) except -1:             # <<<<<<<<<<<<<<
@@ -29369,7 +29399,7 @@ static int __pyx_f_6jacext_5_tape_4Tape__check_colours(CYTHON_UNUSED struct __py
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_check_colours", 0);
 
-  /* "jacext/_tape.pyx":458
+  /* "jacext/_tape.pyx":462
  * 
  *     cdef int _check_colours(self, cnp.ndarray colour, int32_t n_colours) except -1:
  *         if not _in_range(<const int32_t *>cnp.PyArray_DATA(colour), colour.shape[0], 0,             # <<<<<<<<<<<<<<
@@ -29381,7 +29411,7 @@ static int __pyx_f_6jacext_5_tape_4Tape__check_colours(CYTHON_UNUSED struct __py
   if (unlikely(__pyx_t_1)) {
 
 
-    /* "jacext/_tape.pyx":460
+    /* "jacext/_tape.pyx":464
  *         if not _in_range(<const int32_t *>cnp.PyArray_DATA(colour), colour.shape[0], 0,
  *                          n_colours):
  *             raise ValueError("jacext: a colour out of range")             # <<<<<<<<<<<<<<
@@ -29394,14 +29424,14 @@ static int __pyx_f_6jacext_5_tape_4Tape__check_colours(CYTHON_UNUSED struct __py
       PyObject *__pyx_callargs[2] = {__pyx_t_3, __pyx_mstate_global->__pyx_kp_u_jacext_a_colour_out_of_range};
       __pyx_t_2 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_4, (2-__pyx_t_4) | (__pyx_t_4*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 460, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 464, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
     __Pyx_Raise(__pyx_t_2, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    __PYX_ERR(0, 460, __pyx_L1_error)
+    __PYX_ERR(0, 464, __pyx_L1_error)
 
-    /* "jacext/_tape.pyx":458
+    /* "jacext/_tape.pyx":462
  * 
  *     cdef int _check_colours(self, cnp.ndarray colour, int32_t n_colours) except -1:
  *         if not _in_range(<const int32_t *>cnp.PyArray_DATA(colour), colour.shape[0], 0,             # <<<<<<<<<<<<<<
@@ -29410,7 +29440,7 @@ static int __pyx_f_6jacext_5_tape_4Tape__check_colours(CYTHON_UNUSED struct __py
 */
   }
 
-  /* "jacext/_tape.pyx":461
+  /* "jacext/_tape.pyx":465
  *                          n_colours):
  *             raise ValueError("jacext: a colour out of range")
  *         return 0             # <<<<<<<<<<<<<<
@@ -29423,7 +29453,7 @@ static int __pyx_f_6jacext_5_tape_4Tape__check_colours(CYTHON_UNUSED struct __py
   }
   goto __pyx_L0;
 
-  /* "jacext/_tape.pyx":457
+  /* "jacext/_tape.pyx":461
  *         return raise_status(st)
  * 
  *     cdef int _check_colours(self, cnp.ndarray colour, int32_t n_colours) except -1:             # <<<<<<<<<<<<<<
@@ -29443,7 +29473,7 @@ static int __pyx_f_6jacext_5_tape_4Tape__check_colours(CYTHON_UNUSED struct __py
   return __pyx_r;
 }
 
-/* "jacext/_tape.pyx":463
+/* "jacext/_tape.pyx":467
  *         return 0
  * 
  *     cpdef cones_jacobian(self, cnp.ndarray x, cnp.ndarray y, Cones cones, cnp.ndarray vals):             # <<<<<<<<<<<<<<
@@ -29497,7 +29527,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_cones_jacobian(struct __pyx_obj_6j
     if (unlikely(!__Pyx_object_dict_version_matches(((PyObject *)__pyx_v_self), __pyx_tp_dict_version, __pyx_obj_dict_version))) {
       PY_UINT64_T __pyx_typedict_guard = __Pyx_get_tp_dict_version(((PyObject *)__pyx_v_self));
       #endif
-      __pyx_t_1 = __Pyx_PyObject_GetAttrStr(((PyObject *)__pyx_v_self), __pyx_mstate_global->__pyx_n_u_cones_jacobian); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 463, __pyx_L1_error)
+      __pyx_t_1 = __Pyx_PyObject_GetAttrStr(((PyObject *)__pyx_v_self), __pyx_mstate_global->__pyx_n_u_cones_jacobian); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 467, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_1);
       if (!__Pyx_IsSameCFunction(__pyx_t_1, (void(*)(void)) __pyx_pw_6jacext_5_tape_4Tape_21cones_jacobian)) {
         __pyx_t_3 = NULL;
@@ -29520,7 +29550,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_cones_jacobian(struct __pyx_obj_6j
           __pyx_t_2 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_4, __pyx_callargs+__pyx_t_5, (5-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
           __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
           __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-          if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 463, __pyx_L1_error)
+          if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 467, __pyx_L1_error)
           __Pyx_GOTREF(__pyx_t_2);
         }
         {
@@ -29548,28 +29578,28 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_cones_jacobian(struct __pyx_obj_6j
     #endif
   }
 
-  /* "jacext/_tape.pyx":466
+  /* "jacext/_tape.pyx":470
  *         """Sparse Jacobian values by one reverse sweep per output over its dependency cone
  *         (``cones`` from :meth:`cones`), in the pattern's CSR order."""
  *         cdef const double *px = <const double *>_buf(x, cnp.NPY_DOUBLE, self.t.n_in, "x")             # <<<<<<<<<<<<<<
  *         cdef double *py = _maybe_out(y, self.t.n_out, "y")
  *         cdef double *pv
 */
-  __pyx_t_6 = __pyx_f_6jacext_5_tape__buf(__pyx_v_x, NPY_DOUBLE, __pyx_v_self->t.n_in, __pyx_mstate_global->__pyx_n_u_x); if (unlikely(__pyx_t_6 == ((void *)NULL))) __PYX_ERR(0, 466, __pyx_L1_error)
+  __pyx_t_6 = __pyx_f_6jacext_5_tape__buf(__pyx_v_x, NPY_DOUBLE, __pyx_v_self->t.n_in, __pyx_mstate_global->__pyx_n_u_x); if (unlikely(__pyx_t_6 == ((void *)NULL))) __PYX_ERR(0, 470, __pyx_L1_error)
   __pyx_v_px = ((double const *)__pyx_t_6);
 
 
-  /* "jacext/_tape.pyx":467
+  /* "jacext/_tape.pyx":471
  *         (``cones`` from :meth:`cones`), in the pattern's CSR order."""
  *         cdef const double *px = <const double *>_buf(x, cnp.NPY_DOUBLE, self.t.n_in, "x")
  *         cdef double *py = _maybe_out(y, self.t.n_out, "y")             # <<<<<<<<<<<<<<
  *         cdef double *pv
  *         cdef jx_work *w
 */
-  __pyx_t_7 = __pyx_f_6jacext_5_tape__maybe_out(__pyx_v_y, __pyx_v_self->t.n_out, __pyx_mstate_global->__pyx_n_u_y); if (unlikely(__pyx_t_7 == ((void *)NULL) && PyErr_Occurred())) __PYX_ERR(0, 467, __pyx_L1_error)
+  __pyx_t_7 = __pyx_f_6jacext_5_tape__maybe_out(__pyx_v_y, __pyx_v_self->t.n_out, __pyx_mstate_global->__pyx_n_u_y); if (unlikely(__pyx_t_7 == ((void *)NULL) && PyErr_Occurred())) __PYX_ERR(0, 471, __pyx_L1_error)
   __pyx_v_py = __pyx_t_7;
 
-  /* "jacext/_tape.pyx":471
+  /* "jacext/_tape.pyx":475
  *         cdef jx_work *w
  *         cdef int st
  *         if cones is None or cones.tape is not self:             # <<<<<<<<<<<<<<
@@ -29593,7 +29623,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_cones_jacobian(struct __pyx_obj_6j
   if (unlikely(__pyx_t_8)) {
 
 
-    /* "jacext/_tape.pyx":472
+    /* "jacext/_tape.pyx":476
  *         cdef int st
  *         if cones is None or cones.tape is not self:
  *             raise ValueError("jacext: cones must come from this tape's cones()")             # <<<<<<<<<<<<<<
@@ -29606,14 +29636,14 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_cones_jacobian(struct __pyx_obj_6j
       PyObject *__pyx_callargs[2] = {__pyx_t_2, __pyx_mstate_global->__pyx_kp_u_jacext_cones_must_come_from_this};
       __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
-      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 472, __pyx_L1_error)
+      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 476, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_1);
     }
     __Pyx_Raise(__pyx_t_1, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-    __PYX_ERR(0, 472, __pyx_L1_error)
+    __PYX_ERR(0, 476, __pyx_L1_error)
 
-    /* "jacext/_tape.pyx":471
+    /* "jacext/_tape.pyx":475
  *         cdef jx_work *w
  *         cdef int st
  *         if cones is None or cones.tape is not self:             # <<<<<<<<<<<<<<
@@ -29622,7 +29652,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_cones_jacobian(struct __pyx_obj_6j
 */
   }
 
-  /* "jacext/_tape.pyx":473
+  /* "jacext/_tape.pyx":477
  *         if cones is None or cones.tape is not self:
  *             raise ValueError("jacext: cones must come from this tape's cones()")
  *         pv = _out(vals, cones.nz_input.shape[0], "vals")             # <<<<<<<<<<<<<<
@@ -29631,21 +29661,21 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_cones_jacobian(struct __pyx_obj_6j
 */
   __pyx_t_1 = ((PyObject *)__pyx_v_cones->nz_input);
   __Pyx_INCREF(__pyx_t_1);
-  __pyx_t_7 = __pyx_f_6jacext_5_tape__out(__pyx_v_vals, (__pyx_f_5numpy_7ndarray_5shape___get__(((PyArrayObject *)__pyx_t_1))[0]), __pyx_mstate_global->__pyx_n_u_vals); if (unlikely(__pyx_t_7 == ((void *)NULL))) __PYX_ERR(0, 473, __pyx_L1_error)
+  __pyx_t_7 = __pyx_f_6jacext_5_tape__out(__pyx_v_vals, (__pyx_f_5numpy_7ndarray_5shape___get__(((PyArrayObject *)__pyx_t_1))[0]), __pyx_mstate_global->__pyx_n_u_vals); if (unlikely(__pyx_t_7 == ((void *)NULL))) __PYX_ERR(0, 477, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   __pyx_v_pv = __pyx_t_7;
 
-  /* "jacext/_tape.pyx":474
+  /* "jacext/_tape.pyx":478
  *             raise ValueError("jacext: cones must come from this tape's cones()")
  *         pv = _out(vals, cones.nz_input.shape[0], "vals")
  *         w = self.take_work(1)             # <<<<<<<<<<<<<<
  *         try:
  *             with nogil:
 */
-  __pyx_t_10 = ((struct __pyx_vtabstruct_6jacext_5_tape_Tape *)__pyx_v_self->__pyx_vtab)->take_work(__pyx_v_self, 1); if (unlikely(__pyx_t_10 == ((void *)NULL))) __PYX_ERR(0, 474, __pyx_L1_error)
+  __pyx_t_10 = ((struct __pyx_vtabstruct_6jacext_5_tape_Tape *)__pyx_v_self->__pyx_vtab)->take_work(__pyx_v_self, 1); if (unlikely(__pyx_t_10 == ((void *)NULL))) __PYX_ERR(0, 478, __pyx_L1_error)
   __pyx_v_w = __pyx_t_10;
 
-  /* "jacext/_tape.pyx":475
+  /* "jacext/_tape.pyx":479
  *         pv = _out(vals, cones.nz_input.shape[0], "vals")
  *         w = self.take_work(1)
  *         try:             # <<<<<<<<<<<<<<
@@ -29654,7 +29684,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_cones_jacobian(struct __pyx_obj_6j
 */
   /*try:*/ {
 
-    /* "jacext/_tape.pyx":476
+    /* "jacext/_tape.pyx":480
  *         w = self.take_work(1)
  *         try:
  *             with nogil:             # <<<<<<<<<<<<<<
@@ -29667,7 +29697,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_cones_jacobian(struct __pyx_obj_6j
         __Pyx_FastGIL_Remember();
         /*try:*/ {
 
-          /* "jacext/_tape.pyx":477
+          /* "jacext/_tape.pyx":481
  *         try:
  *             with nogil:
  *                 st = jx_point_subgraph(&self.t, w, px, py, cones.cp, cones.cn, cones.rp,             # <<<<<<<<<<<<<<
@@ -29677,7 +29707,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_cones_jacobian(struct __pyx_obj_6j
           __pyx_v_st = jx_point_subgraph((&__pyx_v_self->t), __pyx_v_w, __pyx_v_px, __pyx_v_py, __pyx_v_cones->cp, __pyx_v_cones->cn, __pyx_v_cones->rp, __pyx_v_cones->nz, __pyx_v_pv);
         }
 
-        /* "jacext/_tape.pyx":476
+        /* "jacext/_tape.pyx":480
  *         w = self.take_work(1)
  *         try:
  *             with nogil:             # <<<<<<<<<<<<<<
@@ -29695,7 +29725,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_cones_jacobian(struct __pyx_obj_6j
     }
   }
 
-  /* "jacext/_tape.pyx":480
+  /* "jacext/_tape.pyx":484
  *                                        cones.nz, pv)
  *         finally:
  *             self.give_work(w)             # <<<<<<<<<<<<<<
@@ -29710,15 +29740,15 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_cones_jacobian(struct __pyx_obj_6j
     __pyx_L8:;
   }
 
-  /* "jacext/_tape.pyx":481
+  /* "jacext/_tape.pyx":485
  *         finally:
  *             self.give_work(w)
  *         return raise_status(st)             # <<<<<<<<<<<<<<
  * 
  *     cpdef product(self, bint forward, cnp.ndarray x, cnp.ndarray seed, cnp.ndarray y,
 */
-  __pyx_t_11 = __pyx_f_6jacext_5_tape_raise_status(__pyx_v_st); if (unlikely(__pyx_t_11 == ((int)-1))) __PYX_ERR(0, 481, __pyx_L1_error)
-  __pyx_t_1 = __Pyx_PyLong_From_int(__pyx_t_11); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 481, __pyx_L1_error)
+  __pyx_t_11 = __pyx_f_6jacext_5_tape_raise_status(__pyx_v_st); if (unlikely(__pyx_t_11 == ((int)-1))) __PYX_ERR(0, 485, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyLong_From_int(__pyx_t_11); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 485, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
 
   {
@@ -29732,7 +29762,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_cones_jacobian(struct __pyx_obj_6j
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "jacext/_tape.pyx":463
+  /* "jacext/_tape.pyx":467
  *         return 0
  * 
  *     cpdef cones_jacobian(self, cnp.ndarray x, cnp.ndarray y, Cones cones, cnp.ndarray vals):             # <<<<<<<<<<<<<<
@@ -29802,44 +29832,44 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_x,&__pyx_mstate_global->__pyx_n_u_y,&__pyx_mstate_global->__pyx_n_u_cones,&__pyx_mstate_global->__pyx_n_u_vals,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 463, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 467, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  4:
         values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 463, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 467, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 463, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 467, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 463, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 467, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 463, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 467, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "cones_jacobian", 0) < (0)) __PYX_ERR(0, 463, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "cones_jacobian", 0) < (0)) __PYX_ERR(0, 467, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 4; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("cones_jacobian", 1, 4, 4, i); __PYX_ERR(0, 463, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("cones_jacobian", 1, 4, 4, i); __PYX_ERR(0, 467, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 4)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 463, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 467, __pyx_L3_error)
       values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 463, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 467, __pyx_L3_error)
       values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 463, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 467, __pyx_L3_error)
       values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 463, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 467, __pyx_L3_error)
     }
     __pyx_v_x = ((PyArrayObject *)values[0]);
     __pyx_v_y = ((PyArrayObject *)values[1]);
@@ -29848,7 +29878,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("cones_jacobian", 1, 4, 4, __pyx_nargs); __PYX_ERR(0, 463, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("cones_jacobian", 1, 4, 4, __pyx_nargs); __PYX_ERR(0, 467, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -29859,10 +29889,10 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   __Pyx_RefNannyFinishContext();
   return NULL;
   __pyx_L4_argument_unpacking_done:;
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_x), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "x", 0))) __PYX_ERR(0, 463, __pyx_L1_error)
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_y), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "y", 0))) __PYX_ERR(0, 463, __pyx_L1_error)
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_cones), __pyx_mstate_global->__pyx_ptype_6jacext_5_tape_Cones, 1, "cones", 0))) __PYX_ERR(0, 463, __pyx_L1_error)
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_vals), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "vals", 0))) __PYX_ERR(0, 463, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_x), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "x", 0))) __PYX_ERR(0, 467, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_y), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "y", 0))) __PYX_ERR(0, 467, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_cones), __pyx_mstate_global->__pyx_ptype_6jacext_5_tape_Cones, 1, "cones", 0))) __PYX_ERR(0, 467, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_vals), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "vals", 0))) __PYX_ERR(0, 467, __pyx_L1_error)
   __pyx_r = __pyx_pf_6jacext_5_tape_4Tape_20cones_jacobian(((struct __pyx_obj_6jacext_5_tape_Tape *)__pyx_v_self), __pyx_v_x, __pyx_v_y, __pyx_v_cones, __pyx_v_vals);
 
   /* function exit code */
@@ -29890,7 +29920,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_20cones_jacobian(struct __pyx_obj
   const char *__pyx_filename = NULL;
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("cones_jacobian", 0);
-  __pyx_t_1 = __pyx_f_6jacext_5_tape_4Tape_cones_jacobian(__pyx_v_self, __pyx_v_x, __pyx_v_y, __pyx_v_cones, __pyx_v_vals, 1); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 463, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_6jacext_5_tape_4Tape_cones_jacobian(__pyx_v_self, __pyx_v_x, __pyx_v_y, __pyx_v_cones, __pyx_v_vals, 1); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 467, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   {
     PyObject *__pyx_temp;
@@ -29914,7 +29944,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_20cones_jacobian(struct __pyx_obj
   return __pyx_r;
 }
 
-/* "jacext/_tape.pyx":483
+/* "jacext/_tape.pyx":487
  *         return raise_status(st)
  * 
  *     cpdef product(self, bint forward, cnp.ndarray x, cnp.ndarray seed, cnp.ndarray y,             # <<<<<<<<<<<<<<
@@ -29971,13 +30001,13 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_product(struct __pyx_obj_6jacext_5
     if (unlikely(!__Pyx_object_dict_version_matches(((PyObject *)__pyx_v_self), __pyx_tp_dict_version, __pyx_obj_dict_version))) {
       PY_UINT64_T __pyx_typedict_guard = __Pyx_get_tp_dict_version(((PyObject *)__pyx_v_self));
       #endif
-      __pyx_t_1 = __Pyx_PyObject_GetAttrStr(((PyObject *)__pyx_v_self), __pyx_mstate_global->__pyx_n_u_product); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 483, __pyx_L1_error)
+      __pyx_t_1 = __Pyx_PyObject_GetAttrStr(((PyObject *)__pyx_v_self), __pyx_mstate_global->__pyx_n_u_product); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 487, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_1);
       if (!__Pyx_IsSameCFunction(__pyx_t_1, (void(*)(void)) __pyx_pw_6jacext_5_tape_4Tape_23product)) {
         __pyx_t_3 = NULL;
         __Pyx_INCREF(__pyx_t_1);
         __pyx_t_4 = __pyx_t_1; 
-        __pyx_t_5 = __Pyx_PyBool_FromLong(__pyx_v_forward); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 483, __pyx_L1_error)
+        __pyx_t_5 = __Pyx_PyBool_FromLong(__pyx_v_forward); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 487, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_5);
         __pyx_t_6 = 1;
         #if CYTHON_UNPACK_METHODS
@@ -29997,7 +30027,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_product(struct __pyx_obj_6jacext_5
           __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
           __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
           __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-          if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 483, __pyx_L1_error)
+          if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 487, __pyx_L1_error)
           __Pyx_GOTREF(__pyx_t_2);
         }
         {
@@ -30025,7 +30055,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_product(struct __pyx_obj_6jacext_5
     #endif
   }
 
-  /* "jacext/_tape.pyx":487
+  /* "jacext/_tape.pyx":491
  *         """At the point x: y and, forward, res = J v (seed v over the inputs, res over the
  *         outputs), else res = u J (seed u over the outputs, res over the inputs)."""
  *         cdef Py_ssize_t n_seed = self.t.n_in if forward else self.t.n_out             # <<<<<<<<<<<<<<
@@ -30041,7 +30071,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_product(struct __pyx_obj_6jacext_5
   }
   __pyx_v_n_seed = __pyx_t_7;
 
-  /* "jacext/_tape.pyx":488
+  /* "jacext/_tape.pyx":492
  *         outputs), else res = u J (seed u over the outputs, res over the inputs)."""
  *         cdef Py_ssize_t n_seed = self.t.n_in if forward else self.t.n_out
  *         cdef Py_ssize_t n_res = self.t.n_out if forward else self.t.n_in             # <<<<<<<<<<<<<<
@@ -30057,59 +30087,59 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_product(struct __pyx_obj_6jacext_5
   }
   __pyx_v_n_res = __pyx_t_7;
 
-  /* "jacext/_tape.pyx":489
+  /* "jacext/_tape.pyx":493
  *         cdef Py_ssize_t n_seed = self.t.n_in if forward else self.t.n_out
  *         cdef Py_ssize_t n_res = self.t.n_out if forward else self.t.n_in
  *         cdef const double *px = <const double *>_buf(x, cnp.NPY_DOUBLE, self.t.n_in, "x")             # <<<<<<<<<<<<<<
  *         cdef const double *ps = <const double *>_buf(seed, cnp.NPY_DOUBLE, n_seed, "seed")
  *         cdef double *py = _out(y, self.t.n_out, "y")
 */
-  __pyx_t_8 = __pyx_f_6jacext_5_tape__buf(__pyx_v_x, NPY_DOUBLE, __pyx_v_self->t.n_in, __pyx_mstate_global->__pyx_n_u_x); if (unlikely(__pyx_t_8 == ((void *)NULL))) __PYX_ERR(0, 489, __pyx_L1_error)
+  __pyx_t_8 = __pyx_f_6jacext_5_tape__buf(__pyx_v_x, NPY_DOUBLE, __pyx_v_self->t.n_in, __pyx_mstate_global->__pyx_n_u_x); if (unlikely(__pyx_t_8 == ((void *)NULL))) __PYX_ERR(0, 493, __pyx_L1_error)
   __pyx_v_px = ((double const *)__pyx_t_8);
 
 
-  /* "jacext/_tape.pyx":490
+  /* "jacext/_tape.pyx":494
  *         cdef Py_ssize_t n_res = self.t.n_out if forward else self.t.n_in
  *         cdef const double *px = <const double *>_buf(x, cnp.NPY_DOUBLE, self.t.n_in, "x")
  *         cdef const double *ps = <const double *>_buf(seed, cnp.NPY_DOUBLE, n_seed, "seed")             # <<<<<<<<<<<<<<
  *         cdef double *py = _out(y, self.t.n_out, "y")
  *         cdef double *pr = _out(res, n_res, "res")
 */
-  __pyx_t_8 = __pyx_f_6jacext_5_tape__buf(__pyx_v_seed, NPY_DOUBLE, __pyx_v_n_seed, __pyx_mstate_global->__pyx_n_u_seed); if (unlikely(__pyx_t_8 == ((void *)NULL))) __PYX_ERR(0, 490, __pyx_L1_error)
+  __pyx_t_8 = __pyx_f_6jacext_5_tape__buf(__pyx_v_seed, NPY_DOUBLE, __pyx_v_n_seed, __pyx_mstate_global->__pyx_n_u_seed); if (unlikely(__pyx_t_8 == ((void *)NULL))) __PYX_ERR(0, 494, __pyx_L1_error)
   __pyx_v_ps = ((double const *)__pyx_t_8);
 
 
-  /* "jacext/_tape.pyx":491
+  /* "jacext/_tape.pyx":495
  *         cdef const double *px = <const double *>_buf(x, cnp.NPY_DOUBLE, self.t.n_in, "x")
  *         cdef const double *ps = <const double *>_buf(seed, cnp.NPY_DOUBLE, n_seed, "seed")
  *         cdef double *py = _out(y, self.t.n_out, "y")             # <<<<<<<<<<<<<<
  *         cdef double *pr = _out(res, n_res, "res")
  *         cdef jx_work *w = self.take_work(1)
 */
-  __pyx_t_9 = __pyx_f_6jacext_5_tape__out(__pyx_v_y, __pyx_v_self->t.n_out, __pyx_mstate_global->__pyx_n_u_y); if (unlikely(__pyx_t_9 == ((void *)NULL))) __PYX_ERR(0, 491, __pyx_L1_error)
+  __pyx_t_9 = __pyx_f_6jacext_5_tape__out(__pyx_v_y, __pyx_v_self->t.n_out, __pyx_mstate_global->__pyx_n_u_y); if (unlikely(__pyx_t_9 == ((void *)NULL))) __PYX_ERR(0, 495, __pyx_L1_error)
   __pyx_v_py = __pyx_t_9;
 
-  /* "jacext/_tape.pyx":492
+  /* "jacext/_tape.pyx":496
  *         cdef const double *ps = <const double *>_buf(seed, cnp.NPY_DOUBLE, n_seed, "seed")
  *         cdef double *py = _out(y, self.t.n_out, "y")
  *         cdef double *pr = _out(res, n_res, "res")             # <<<<<<<<<<<<<<
  *         cdef jx_work *w = self.take_work(1)
  *         cdef int st
 */
-  __pyx_t_9 = __pyx_f_6jacext_5_tape__out(__pyx_v_res, __pyx_v_n_res, __pyx_mstate_global->__pyx_n_u_res); if (unlikely(__pyx_t_9 == ((void *)NULL))) __PYX_ERR(0, 492, __pyx_L1_error)
+  __pyx_t_9 = __pyx_f_6jacext_5_tape__out(__pyx_v_res, __pyx_v_n_res, __pyx_mstate_global->__pyx_n_u_res); if (unlikely(__pyx_t_9 == ((void *)NULL))) __PYX_ERR(0, 496, __pyx_L1_error)
   __pyx_v_pr = __pyx_t_9;
 
-  /* "jacext/_tape.pyx":493
+  /* "jacext/_tape.pyx":497
  *         cdef double *py = _out(y, self.t.n_out, "y")
  *         cdef double *pr = _out(res, n_res, "res")
  *         cdef jx_work *w = self.take_work(1)             # <<<<<<<<<<<<<<
  *         cdef int st
  *         try:
 */
-  __pyx_t_10 = ((struct __pyx_vtabstruct_6jacext_5_tape_Tape *)__pyx_v_self->__pyx_vtab)->take_work(__pyx_v_self, 1); if (unlikely(__pyx_t_10 == ((void *)NULL))) __PYX_ERR(0, 493, __pyx_L1_error)
+  __pyx_t_10 = ((struct __pyx_vtabstruct_6jacext_5_tape_Tape *)__pyx_v_self->__pyx_vtab)->take_work(__pyx_v_self, 1); if (unlikely(__pyx_t_10 == ((void *)NULL))) __PYX_ERR(0, 497, __pyx_L1_error)
   __pyx_v_w = __pyx_t_10;
 
-  /* "jacext/_tape.pyx":495
+  /* "jacext/_tape.pyx":499
  *         cdef jx_work *w = self.take_work(1)
  *         cdef int st
  *         try:             # <<<<<<<<<<<<<<
@@ -30118,7 +30148,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_product(struct __pyx_obj_6jacext_5
 */
   /*try:*/ {
 
-    /* "jacext/_tape.pyx":496
+    /* "jacext/_tape.pyx":500
  *         cdef int st
  *         try:
  *             with nogil:             # <<<<<<<<<<<<<<
@@ -30131,7 +30161,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_product(struct __pyx_obj_6jacext_5
         __Pyx_FastGIL_Remember();
         /*try:*/ {
 
-          /* "jacext/_tape.pyx":497
+          /* "jacext/_tape.pyx":501
  *         try:
  *             with nogil:
  *                 if forward:             # <<<<<<<<<<<<<<
@@ -30140,7 +30170,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_product(struct __pyx_obj_6jacext_5
 */
           if (__pyx_v_forward) {
 
-            /* "jacext/_tape.pyx":498
+            /* "jacext/_tape.pyx":502
  *             with nogil:
  *                 if forward:
  *                     st = jx_point_jvp(&self.t, w, px, ps, py, pr)             # <<<<<<<<<<<<<<
@@ -30149,7 +30179,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_product(struct __pyx_obj_6jacext_5
 */
             __pyx_v_st = jx_point_jvp((&__pyx_v_self->t), __pyx_v_w, __pyx_v_px, __pyx_v_ps, __pyx_v_py, __pyx_v_pr);
 
-            /* "jacext/_tape.pyx":497
+            /* "jacext/_tape.pyx":501
  *         try:
  *             with nogil:
  *                 if forward:             # <<<<<<<<<<<<<<
@@ -30159,7 +30189,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_product(struct __pyx_obj_6jacext_5
             goto __pyx_L9;
           }
 
-          /* "jacext/_tape.pyx":500
+          /* "jacext/_tape.pyx":504
  *                     st = jx_point_jvp(&self.t, w, px, ps, py, pr)
  *                 else:
  *                     st = jx_point_vjp(&self.t, w, px, ps, py, pr)             # <<<<<<<<<<<<<<
@@ -30172,7 +30202,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_product(struct __pyx_obj_6jacext_5
           __pyx_L9:;
         }
 
-        /* "jacext/_tape.pyx":496
+        /* "jacext/_tape.pyx":500
  *         cdef int st
  *         try:
  *             with nogil:             # <<<<<<<<<<<<<<
@@ -30190,7 +30220,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_product(struct __pyx_obj_6jacext_5
     }
   }
 
-  /* "jacext/_tape.pyx":502
+  /* "jacext/_tape.pyx":506
  *                     st = jx_point_vjp(&self.t, w, px, ps, py, pr)
  *         finally:
  *             self.give_work(w)             # <<<<<<<<<<<<<<
@@ -30205,15 +30235,15 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_product(struct __pyx_obj_6jacext_5
     __pyx_L5:;
   }
 
-  /* "jacext/_tape.pyx":503
+  /* "jacext/_tape.pyx":507
  *         finally:
  *             self.give_work(w)
  *         return raise_status(st)             # <<<<<<<<<<<<<<
  * 
  *     # ---- batches: rows of x, threads splitting them ----
 */
-  __pyx_t_11 = __pyx_f_6jacext_5_tape_raise_status(__pyx_v_st); if (unlikely(__pyx_t_11 == ((int)-1))) __PYX_ERR(0, 503, __pyx_L1_error)
-  __pyx_t_1 = __Pyx_PyLong_From_int(__pyx_t_11); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 503, __pyx_L1_error)
+  __pyx_t_11 = __pyx_f_6jacext_5_tape_raise_status(__pyx_v_st); if (unlikely(__pyx_t_11 == ((int)-1))) __PYX_ERR(0, 507, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyLong_From_int(__pyx_t_11); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 507, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
 
   {
@@ -30227,7 +30257,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_product(struct __pyx_obj_6jacext_5
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "jacext/_tape.pyx":483
+  /* "jacext/_tape.pyx":487
  *         return raise_status(st)
  * 
  *     cpdef product(self, bint forward, cnp.ndarray x, cnp.ndarray seed, cnp.ndarray y,             # <<<<<<<<<<<<<<
@@ -30302,52 +30332,52 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_forward,&__pyx_mstate_global->__pyx_n_u_x,&__pyx_mstate_global->__pyx_n_u_seed,&__pyx_mstate_global->__pyx_n_u_y,&__pyx_mstate_global->__pyx_n_u_res,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 483, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 487, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  5:
         values[4] = __Pyx_ArgRef_FASTCALL(__pyx_args, 4);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 483, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 487, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  4:
         values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 483, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 487, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 483, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 487, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 483, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 487, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 483, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 487, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "product", 0) < (0)) __PYX_ERR(0, 483, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "product", 0) < (0)) __PYX_ERR(0, 487, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 5; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("product", 1, 5, 5, i); __PYX_ERR(0, 483, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("product", 1, 5, 5, i); __PYX_ERR(0, 487, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 5)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 483, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 487, __pyx_L3_error)
       values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 483, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 487, __pyx_L3_error)
       values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 483, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 487, __pyx_L3_error)
       values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 483, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 487, __pyx_L3_error)
       values[4] = __Pyx_ArgRef_FASTCALL(__pyx_args, 4);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 483, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 487, __pyx_L3_error)
     }
-    __pyx_v_forward = __Pyx_PyObject_IsTrue(values[0]); if (unlikely((__pyx_v_forward == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 483, __pyx_L3_error)
+    __pyx_v_forward = __Pyx_PyObject_IsTrue(values[0]); if (unlikely((__pyx_v_forward == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 487, __pyx_L3_error)
     __pyx_v_x = ((PyArrayObject *)values[1]);
     __pyx_v_seed = ((PyArrayObject *)values[2]);
     __pyx_v_y = ((PyArrayObject *)values[3]);
@@ -30355,7 +30385,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("product", 1, 5, 5, __pyx_nargs); __PYX_ERR(0, 483, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("product", 1, 5, 5, __pyx_nargs); __PYX_ERR(0, 487, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -30366,10 +30396,10 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   __Pyx_RefNannyFinishContext();
   return NULL;
   __pyx_L4_argument_unpacking_done:;
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_x), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "x", 0))) __PYX_ERR(0, 483, __pyx_L1_error)
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_seed), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "seed", 0))) __PYX_ERR(0, 483, __pyx_L1_error)
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_y), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "y", 0))) __PYX_ERR(0, 483, __pyx_L1_error)
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_res), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "res", 0))) __PYX_ERR(0, 484, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_x), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "x", 0))) __PYX_ERR(0, 487, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_seed), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "seed", 0))) __PYX_ERR(0, 487, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_y), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "y", 0))) __PYX_ERR(0, 487, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_res), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "res", 0))) __PYX_ERR(0, 488, __pyx_L1_error)
   __pyx_r = __pyx_pf_6jacext_5_tape_4Tape_22product(((struct __pyx_obj_6jacext_5_tape_Tape *)__pyx_v_self), __pyx_v_forward, __pyx_v_x, __pyx_v_seed, __pyx_v_y, __pyx_v_res);
 
   /* function exit code */
@@ -30398,7 +30428,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_22product(struct __pyx_obj_6jacex
   const char *__pyx_filename = NULL;
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("product", 0);
-  __pyx_t_1 = __pyx_f_6jacext_5_tape_4Tape_product(__pyx_v_self, __pyx_v_forward, __pyx_v_x, __pyx_v_seed, __pyx_v_y, __pyx_v_res, 1); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 483, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_6jacext_5_tape_4Tape_product(__pyx_v_self, __pyx_v_forward, __pyx_v_x, __pyx_v_seed, __pyx_v_y, __pyx_v_res, 1); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 487, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   {
     PyObject *__pyx_temp;
@@ -30422,7 +30452,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_22product(struct __pyx_obj_6jacex
   return __pyx_r;
 }
 
-/* "jacext/_tape.pyx":507
+/* "jacext/_tape.pyx":511
  *     # ---- batches: rows of x, threads splitting them ----
  * 
  *     def batch(self, str task, cnp.ndarray x, cnp.ndarray y, cnp.ndarray out,             # <<<<<<<<<<<<<<
@@ -30481,64 +30511,64 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_task,&__pyx_mstate_global->__pyx_n_u_x,&__pyx_mstate_global->__pyx_n_u_y,&__pyx_mstate_global->__pyx_n_u_out,&__pyx_mstate_global->__pyx_n_u_threads,&__pyx_mstate_global->__pyx_n_u_mode,&__pyx_mstate_global->__pyx_n_u_seed,&__pyx_mstate_global->__pyx_n_u_cols,&__pyx_mstate_global->__pyx_n_u_colour,&__pyx_mstate_global->__pyx_n_u_n_colours,&__pyx_mstate_global->__pyx_n_u_jac_tape,&__pyx_mstate_global->__pyx_n_u_cones,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 507, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 511, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case 12:
         values[11] = __Pyx_ArgRef_FASTCALL(__pyx_args, 11);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[11])) __PYX_ERR(0, 507, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[11])) __PYX_ERR(0, 511, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case 11:
         values[10] = __Pyx_ArgRef_FASTCALL(__pyx_args, 10);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[10])) __PYX_ERR(0, 507, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[10])) __PYX_ERR(0, 511, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case 10:
         values[9] = __Pyx_ArgRef_FASTCALL(__pyx_args, 9);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[9])) __PYX_ERR(0, 507, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[9])) __PYX_ERR(0, 511, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  9:
         values[8] = __Pyx_ArgRef_FASTCALL(__pyx_args, 8);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[8])) __PYX_ERR(0, 507, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[8])) __PYX_ERR(0, 511, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  8:
         values[7] = __Pyx_ArgRef_FASTCALL(__pyx_args, 7);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[7])) __PYX_ERR(0, 507, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[7])) __PYX_ERR(0, 511, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  7:
         values[6] = __Pyx_ArgRef_FASTCALL(__pyx_args, 6);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[6])) __PYX_ERR(0, 507, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[6])) __PYX_ERR(0, 511, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  6:
         values[5] = __Pyx_ArgRef_FASTCALL(__pyx_args, 5);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[5])) __PYX_ERR(0, 507, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[5])) __PYX_ERR(0, 511, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  5:
         values[4] = __Pyx_ArgRef_FASTCALL(__pyx_args, 4);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 507, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 511, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  4:
         values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 507, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 511, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 507, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 511, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 507, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 511, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 507, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 511, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "batch", 0) < (0)) __PYX_ERR(0, 507, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "batch", 0) < (0)) __PYX_ERR(0, 511, __pyx_L3_error)
 
-      /* "jacext/_tape.pyx":508
+      /* "jacext/_tape.pyx":512
  * 
  *     def batch(self, str task, cnp.ndarray x, cnp.ndarray y, cnp.ndarray out,
  *               int threads=1, int mode=0, cnp.ndarray seed=None, cnp.ndarray cols=None,             # <<<<<<<<<<<<<<
@@ -30548,7 +30578,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
       if (!values[6]) values[6] = __Pyx_NewRef((PyObject *)((PyArrayObject *)Py_None));
       if (!values[7]) values[7] = __Pyx_NewRef((PyObject *)((PyArrayObject *)Py_None));
 
-      /* "jacext/_tape.pyx":509
+      /* "jacext/_tape.pyx":513
  *     def batch(self, str task, cnp.ndarray x, cnp.ndarray y, cnp.ndarray out,
  *               int threads=1, int mode=0, cnp.ndarray seed=None, cnp.ndarray cols=None,
  *               cnp.ndarray colour=None, int32_t n_colours=0, Tape jac_tape=None,             # <<<<<<<<<<<<<<
@@ -30558,7 +30588,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
       if (!values[8]) values[8] = __Pyx_NewRef((PyObject *)((PyArrayObject *)Py_None));
       if (!values[10]) values[10] = __Pyx_NewRef((PyObject *)((struct __pyx_obj_6jacext_5_tape_Tape *)Py_None));
 
-      /* "jacext/_tape.pyx":510
+      /* "jacext/_tape.pyx":514
  *               int threads=1, int mode=0, cnp.ndarray seed=None, cnp.ndarray cols=None,
  *               cnp.ndarray colour=None, int32_t n_colours=0, Tape jac_tape=None,
  *               Cones cones=None):             # <<<<<<<<<<<<<<
@@ -30567,56 +30597,56 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
 */
       if (!values[11]) values[11] = __Pyx_NewRef((PyObject *)((struct __pyx_obj_6jacext_5_tape_Cones *)Py_None));
       for (Py_ssize_t i = __pyx_nargs; i < 4; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("batch", 0, 4, 12, i); __PYX_ERR(0, 507, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("batch", 0, 4, 12, i); __PYX_ERR(0, 511, __pyx_L3_error) }
       }
     } else {
       switch (__pyx_nargs) {
         case 12:
         values[11] = __Pyx_ArgRef_FASTCALL(__pyx_args, 11);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[11])) __PYX_ERR(0, 507, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[11])) __PYX_ERR(0, 511, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case 11:
         values[10] = __Pyx_ArgRef_FASTCALL(__pyx_args, 10);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[10])) __PYX_ERR(0, 507, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[10])) __PYX_ERR(0, 511, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case 10:
         values[9] = __Pyx_ArgRef_FASTCALL(__pyx_args, 9);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[9])) __PYX_ERR(0, 507, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[9])) __PYX_ERR(0, 511, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  9:
         values[8] = __Pyx_ArgRef_FASTCALL(__pyx_args, 8);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[8])) __PYX_ERR(0, 507, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[8])) __PYX_ERR(0, 511, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  8:
         values[7] = __Pyx_ArgRef_FASTCALL(__pyx_args, 7);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[7])) __PYX_ERR(0, 507, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[7])) __PYX_ERR(0, 511, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  7:
         values[6] = __Pyx_ArgRef_FASTCALL(__pyx_args, 6);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[6])) __PYX_ERR(0, 507, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[6])) __PYX_ERR(0, 511, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  6:
         values[5] = __Pyx_ArgRef_FASTCALL(__pyx_args, 5);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[5])) __PYX_ERR(0, 507, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[5])) __PYX_ERR(0, 511, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  5:
         values[4] = __Pyx_ArgRef_FASTCALL(__pyx_args, 4);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 507, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 511, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  4:
         values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 507, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 511, __pyx_L3_error)
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 507, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 511, __pyx_L3_error)
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 507, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 511, __pyx_L3_error)
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 507, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 511, __pyx_L3_error)
         break;
         default: goto __pyx_L5_argtuple_error;
       }
 
-      /* "jacext/_tape.pyx":508
+      /* "jacext/_tape.pyx":512
  * 
  *     def batch(self, str task, cnp.ndarray x, cnp.ndarray y, cnp.ndarray out,
  *               int threads=1, int mode=0, cnp.ndarray seed=None, cnp.ndarray cols=None,             # <<<<<<<<<<<<<<
@@ -30626,7 +30656,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
       if (!values[6]) values[6] = __Pyx_NewRef((PyObject *)((PyArrayObject *)Py_None));
       if (!values[7]) values[7] = __Pyx_NewRef((PyObject *)((PyArrayObject *)Py_None));
 
-      /* "jacext/_tape.pyx":509
+      /* "jacext/_tape.pyx":513
  *     def batch(self, str task, cnp.ndarray x, cnp.ndarray y, cnp.ndarray out,
  *               int threads=1, int mode=0, cnp.ndarray seed=None, cnp.ndarray cols=None,
  *               cnp.ndarray colour=None, int32_t n_colours=0, Tape jac_tape=None,             # <<<<<<<<<<<<<<
@@ -30636,7 +30666,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
       if (!values[8]) values[8] = __Pyx_NewRef((PyObject *)((PyArrayObject *)Py_None));
       if (!values[10]) values[10] = __Pyx_NewRef((PyObject *)((struct __pyx_obj_6jacext_5_tape_Tape *)Py_None));
 
-      /* "jacext/_tape.pyx":510
+      /* "jacext/_tape.pyx":514
  *               int threads=1, int mode=0, cnp.ndarray seed=None, cnp.ndarray cols=None,
  *               cnp.ndarray colour=None, int32_t n_colours=0, Tape jac_tape=None,
  *               Cones cones=None):             # <<<<<<<<<<<<<<
@@ -30650,12 +30680,12 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
     __pyx_v_y = ((PyArrayObject *)values[2]);
     __pyx_v_out = ((PyArrayObject *)values[3]);
     if (values[4]) {
-      __pyx_v_threads = __Pyx_PyLong_As_int(values[4]); if (unlikely((__pyx_v_threads == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 508, __pyx_L3_error)
+      __pyx_v_threads = __Pyx_PyLong_As_int(values[4]); if (unlikely((__pyx_v_threads == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 512, __pyx_L3_error)
     } else {
       __pyx_v_threads = ((int)1);
     }
     if (values[5]) {
-      __pyx_v_mode = __Pyx_PyLong_As_int(values[5]); if (unlikely((__pyx_v_mode == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 508, __pyx_L3_error)
+      __pyx_v_mode = __Pyx_PyLong_As_int(values[5]); if (unlikely((__pyx_v_mode == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 512, __pyx_L3_error)
     } else {
       __pyx_v_mode = ((int)0);
     }
@@ -30663,7 +30693,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
     __pyx_v_cols = ((PyArrayObject *)values[7]);
     __pyx_v_colour = ((PyArrayObject *)values[8]);
     if (values[9]) {
-      __pyx_v_n_colours = __Pyx_PyLong_As_int32_t(values[9]); if (unlikely((__pyx_v_n_colours == ((int32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 509, __pyx_L3_error)
+      __pyx_v_n_colours = __Pyx_PyLong_As_int32_t(values[9]); if (unlikely((__pyx_v_n_colours == ((int32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 513, __pyx_L3_error)
     } else {
       __pyx_v_n_colours = ((int32_t)0);
     }
@@ -30672,7 +30702,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("batch", 0, 4, 12, __pyx_nargs); __PYX_ERR(0, 507, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("batch", 0, 4, 12, __pyx_nargs); __PYX_ERR(0, 511, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -30683,18 +30713,18 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   __Pyx_RefNannyFinishContext();
   return NULL;
   __pyx_L4_argument_unpacking_done:;
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_task), (&PyUnicode_Type), 1, "task", 1))) __PYX_ERR(0, 507, __pyx_L1_error)
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_x), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "x", 0))) __PYX_ERR(0, 507, __pyx_L1_error)
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_y), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "y", 0))) __PYX_ERR(0, 507, __pyx_L1_error)
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_out), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "out", 0))) __PYX_ERR(0, 507, __pyx_L1_error)
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_seed), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "seed", 0))) __PYX_ERR(0, 508, __pyx_L1_error)
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_cols), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "cols", 0))) __PYX_ERR(0, 508, __pyx_L1_error)
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_colour), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "colour", 0))) __PYX_ERR(0, 509, __pyx_L1_error)
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_jac_tape), __pyx_mstate_global->__pyx_ptype_6jacext_5_tape_Tape, 1, "jac_tape", 0))) __PYX_ERR(0, 509, __pyx_L1_error)
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_cones), __pyx_mstate_global->__pyx_ptype_6jacext_5_tape_Cones, 1, "cones", 0))) __PYX_ERR(0, 510, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_task), (&PyUnicode_Type), 1, "task", 1))) __PYX_ERR(0, 511, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_x), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "x", 0))) __PYX_ERR(0, 511, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_y), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "y", 0))) __PYX_ERR(0, 511, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_out), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "out", 0))) __PYX_ERR(0, 511, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_seed), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "seed", 0))) __PYX_ERR(0, 512, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_cols), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "cols", 0))) __PYX_ERR(0, 512, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_colour), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "colour", 0))) __PYX_ERR(0, 513, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_jac_tape), __pyx_mstate_global->__pyx_ptype_6jacext_5_tape_Tape, 1, "jac_tape", 0))) __PYX_ERR(0, 513, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_cones), __pyx_mstate_global->__pyx_ptype_6jacext_5_tape_Cones, 1, "cones", 0))) __PYX_ERR(0, 514, __pyx_L1_error)
   __pyx_r = __pyx_pf_6jacext_5_tape_4Tape_24batch(((struct __pyx_obj_6jacext_5_tape_Tape *)__pyx_v_self), __pyx_v_task, __pyx_v_x, __pyx_v_y, __pyx_v_out, __pyx_v_threads, __pyx_v_mode, __pyx_v_seed, __pyx_v_cols, __pyx_v_colour, __pyx_v_n_colours, __pyx_v_jac_tape, __pyx_v_cones);
 
-  /* "jacext/_tape.pyx":507
+  /* "jacext/_tape.pyx":511
  *     # ---- batches: rows of x, threads splitting them ----
  * 
  *     def batch(self, str task, cnp.ndarray x, cnp.ndarray y, cnp.ndarray out,             # <<<<<<<<<<<<<<
@@ -30737,21 +30767,21 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("batch", 0);
 
-  /* "jacext/_tape.pyx":519
+  /* "jacext/_tape.pyx":523
  *         as :meth:`cones_jacobian`, per point.  y may be None where out is given.
  *         """
  *         if task not in TASKS:             # <<<<<<<<<<<<<<
  *             raise ValueError(f"jacext: no batch task {task!r}")
  *         return self.run(TASKS[task], x, y, out, threads, mode, seed, cols, colour, n_colours,
 */
-  __Pyx_GetModuleGlobalName(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_TASKS); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 519, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_TASKS); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 523, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_2 = (__Pyx_PySequence_ContainsTF(__pyx_v_task, __pyx_t_1, Py_NE)); if (unlikely((__pyx_t_2 < 0))) __PYX_ERR(0, 519, __pyx_L1_error)
+  __pyx_t_2 = (__Pyx_PySequence_ContainsTF(__pyx_v_task, __pyx_t_1, Py_NE)); if (unlikely((__pyx_t_2 < 0))) __PYX_ERR(0, 523, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   if (unlikely(__pyx_t_2)) {
 
 
-    /* "jacext/_tape.pyx":520
+    /* "jacext/_tape.pyx":524
  *         """
  *         if task not in TASKS:
  *             raise ValueError(f"jacext: no batch task {task!r}")             # <<<<<<<<<<<<<<
@@ -30759,9 +30789,9 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
  *                         jac_tape, cones)
 */
     __pyx_t_3 = NULL;
-    __pyx_t_4 = __Pyx_PyObject_FormatSimpleAndDecref(PyObject_Repr(__pyx_v_task), __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 520, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_PyObject_FormatSimpleAndDecref(PyObject_Repr(__pyx_v_task), __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 524, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
-    __pyx_t_5 = __Pyx_PyUnicode_Concat(__pyx_mstate_global->__pyx_kp_u_jacext_no_batch_task, __pyx_t_4); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 520, __pyx_L1_error)
+    __pyx_t_5 = __Pyx_PyUnicode_Concat(__pyx_mstate_global->__pyx_kp_u_jacext_no_batch_task, __pyx_t_4); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 524, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_5);
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
     __pyx_t_6 = 1;
@@ -30770,14 +30800,14 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
       __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_6, (2-__pyx_t_6) | (__pyx_t_6*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
       __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 520, __pyx_L1_error)
+      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 524, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_1);
     }
     __Pyx_Raise(__pyx_t_1, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-    __PYX_ERR(0, 520, __pyx_L1_error)
+    __PYX_ERR(0, 524, __pyx_L1_error)
 
-    /* "jacext/_tape.pyx":519
+    /* "jacext/_tape.pyx":523
  *         as :meth:`cones_jacobian`, per point.  y may be None where out is given.
  *         """
  *         if task not in TASKS:             # <<<<<<<<<<<<<<
@@ -30786,29 +30816,29 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
 */
   }
 
-  /* "jacext/_tape.pyx":521
+  /* "jacext/_tape.pyx":525
  *         if task not in TASKS:
  *             raise ValueError(f"jacext: no batch task {task!r}")
  *         return self.run(TASKS[task], x, y, out, threads, mode, seed, cols, colour, n_colours,             # <<<<<<<<<<<<<<
  *                         jac_tape, cones)
  * 
 */
-  __Pyx_GetModuleGlobalName(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_TASKS); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 521, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_TASKS); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 525, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_5 = __Pyx_PyObject_Dict_GetItem(__pyx_t_1, __pyx_v_task); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 521, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyObject_Dict_GetItem(__pyx_t_1, __pyx_v_task); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 525, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-  __pyx_t_7 = __Pyx_PyLong_As_int(__pyx_t_5); if (unlikely((__pyx_t_7 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 521, __pyx_L1_error)
+  __pyx_t_7 = __Pyx_PyLong_As_int(__pyx_t_5); if (unlikely((__pyx_t_7 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 525, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
-  /* "jacext/_tape.pyx":522
+  /* "jacext/_tape.pyx":526
  *             raise ValueError(f"jacext: no batch task {task!r}")
  *         return self.run(TASKS[task], x, y, out, threads, mode, seed, cols, colour, n_colours,
  *                         jac_tape, cones)             # <<<<<<<<<<<<<<
  * 
  *     cpdef run(self, int task, cnp.ndarray x, cnp.ndarray y, cnp.ndarray out, int threads,
 */
-  __pyx_t_5 = ((struct __pyx_vtabstruct_6jacext_5_tape_Tape *)__pyx_v_self->__pyx_vtab)->run(__pyx_v_self, __pyx_t_7, __pyx_v_x, __pyx_v_y, __pyx_v_out, __pyx_v_threads, __pyx_v_mode, __pyx_v_seed, __pyx_v_cols, __pyx_v_colour, __pyx_v_n_colours, __pyx_v_jac_tape, __pyx_v_cones, 0); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 521, __pyx_L1_error)
+  __pyx_t_5 = ((struct __pyx_vtabstruct_6jacext_5_tape_Tape *)__pyx_v_self->__pyx_vtab)->run(__pyx_v_self, __pyx_t_7, __pyx_v_x, __pyx_v_y, __pyx_v_out, __pyx_v_threads, __pyx_v_mode, __pyx_v_seed, __pyx_v_cols, __pyx_v_colour, __pyx_v_n_colours, __pyx_v_jac_tape, __pyx_v_cones, 0); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 525, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
 
   {
@@ -30822,7 +30852,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
   __pyx_t_5 = 0;
   goto __pyx_L0;
 
-  /* "jacext/_tape.pyx":507
+  /* "jacext/_tape.pyx":511
  *     # ---- batches: rows of x, threads splitting them ----
  * 
  *     def batch(self, str task, cnp.ndarray x, cnp.ndarray y, cnp.ndarray out,             # <<<<<<<<<<<<<<
@@ -30844,7 +30874,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_24batch(struct __pyx_obj_6jacext_
   return __pyx_r;
 }
 
-/* "jacext/_tape.pyx":524
+/* "jacext/_tape.pyx":528
  *                         jac_tape, cones)
  * 
  *     cpdef run(self, int task, cnp.ndarray x, cnp.ndarray y, cnp.ndarray out, int threads,             # <<<<<<<<<<<<<<
@@ -30908,19 +30938,19 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_run(struct __pyx_obj_6jacext_5_tap
     if (unlikely(!__Pyx_object_dict_version_matches(((PyObject *)__pyx_v_self), __pyx_tp_dict_version, __pyx_obj_dict_version))) {
       PY_UINT64_T __pyx_typedict_guard = __Pyx_get_tp_dict_version(((PyObject *)__pyx_v_self));
       #endif
-      __pyx_t_1 = __Pyx_PyObject_GetAttrStr(((PyObject *)__pyx_v_self), __pyx_mstate_global->__pyx_n_u_run); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 524, __pyx_L1_error)
+      __pyx_t_1 = __Pyx_PyObject_GetAttrStr(((PyObject *)__pyx_v_self), __pyx_mstate_global->__pyx_n_u_run); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 528, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_1);
       if (!__Pyx_IsSameCFunction(__pyx_t_1, (void(*)(void)) __pyx_pw_6jacext_5_tape_4Tape_27run)) {
         __pyx_t_3 = NULL;
         __Pyx_INCREF(__pyx_t_1);
         __pyx_t_4 = __pyx_t_1; 
-        __pyx_t_5 = __Pyx_PyLong_From_int(__pyx_v_task); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 524, __pyx_L1_error)
+        __pyx_t_5 = __Pyx_PyLong_From_int(__pyx_v_task); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 528, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_5);
-        __pyx_t_6 = __Pyx_PyLong_From_int(__pyx_v_threads); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 524, __pyx_L1_error)
+        __pyx_t_6 = __Pyx_PyLong_From_int(__pyx_v_threads); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 528, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_6);
-        __pyx_t_7 = __Pyx_PyLong_From_int(__pyx_v_mode); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 524, __pyx_L1_error)
+        __pyx_t_7 = __Pyx_PyLong_From_int(__pyx_v_mode); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 528, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_7);
-        __pyx_t_8 = __Pyx_PyLong_From_int32_t(__pyx_v_n_colours); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 524, __pyx_L1_error)
+        __pyx_t_8 = __Pyx_PyLong_From_int32_t(__pyx_v_n_colours); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 528, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_8);
         __pyx_t_9 = 1;
         #if CYTHON_UNPACK_METHODS
@@ -30943,7 +30973,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_run(struct __pyx_obj_6jacext_5_tap
           __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
           __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
           __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-          if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 524, __pyx_L1_error)
+          if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 528, __pyx_L1_error)
           __Pyx_GOTREF(__pyx_t_2);
         }
         {
@@ -30971,7 +31001,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_run(struct __pyx_obj_6jacext_5_tap
     #endif
   }
 
-  /* "jacext/_tape.pyx":529
+  /* "jacext/_tape.pyx":533
  *         """:meth:`batch` with the task's number and every argument given (a C call)."""
  *         cdef jx_batch job
  *         cdef Py_ssize_t n_points = x.shape[0] if x.ndim == 2 else -1             # <<<<<<<<<<<<<<
@@ -30990,7 +31020,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_run(struct __pyx_obj_6jacext_5_tap
 
   __pyx_v_n_points = __pyx_t_10;
 
-  /* "jacext/_tape.pyx":530
+  /* "jacext/_tape.pyx":534
  *         cdef jx_batch job
  *         cdef Py_ssize_t n_points = x.shape[0] if x.ndim == 2 else -1
  *         cdef Py_ssize_t n_in = self.t.n_in, n_out = self.t.n_out, per             # <<<<<<<<<<<<<<
@@ -31004,7 +31034,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_run(struct __pyx_obj_6jacext_5_tap
 
   __pyx_v_n_out = __pyx_t_12;
 
-  /* "jacext/_tape.pyx":532
+  /* "jacext/_tape.pyx":536
  *         cdef Py_ssize_t n_in = self.t.n_in, n_out = self.t.n_out, per
  *         cdef int st
  *         job.task = task             # <<<<<<<<<<<<<<
@@ -31013,7 +31043,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_run(struct __pyx_obj_6jacext_5_tap
 */
   __pyx_v_job.task = __pyx_v_task;
 
-  /* "jacext/_tape.pyx":533
+  /* "jacext/_tape.pyx":537
  *         cdef int st
  *         job.task = task
  *         if task < JX_TASK_VALUE or task > JX_TASK_SUBGRAPH:             # <<<<<<<<<<<<<<
@@ -31039,7 +31069,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_run(struct __pyx_obj_6jacext_5_tap
   if (unlikely(__pyx_t_11)) {
 
 
-    /* "jacext/_tape.pyx":534
+    /* "jacext/_tape.pyx":538
  *         job.task = task
  *         if task < JX_TASK_VALUE or task > JX_TASK_SUBGRAPH:
  *             raise ValueError(f"jacext: no batch task {task}")             # <<<<<<<<<<<<<<
@@ -31047,9 +31077,9 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_run(struct __pyx_obj_6jacext_5_tap
  *             raise ValueError("jacext: a batch takes x of shape (n_points, n_in)")
 */
     __pyx_t_2 = NULL;
-    __pyx_t_4 = __Pyx_PyUnicode_From_int(__pyx_v_task, 0, ' ', 'd'); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 534, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_PyUnicode_From_int(__pyx_v_task, 0, ' ', 'd'); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 538, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
-    __pyx_t_8 = __Pyx_PyUnicode_Concat(__pyx_mstate_global->__pyx_kp_u_jacext_no_batch_task, __pyx_t_4); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 534, __pyx_L1_error)
+    __pyx_t_8 = __Pyx_PyUnicode_Concat(__pyx_mstate_global->__pyx_kp_u_jacext_no_batch_task, __pyx_t_4); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 538, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_8);
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
     __pyx_t_9 = 1;
@@ -31058,14 +31088,14 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_run(struct __pyx_obj_6jacext_5_tap
       __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_9, (2-__pyx_t_9) | (__pyx_t_9*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
       __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
-      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 534, __pyx_L1_error)
+      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 538, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_1);
     }
     __Pyx_Raise(__pyx_t_1, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-    __PYX_ERR(0, 534, __pyx_L1_error)
+    __PYX_ERR(0, 538, __pyx_L1_error)
 
-    /* "jacext/_tape.pyx":533
+    /* "jacext/_tape.pyx":537
  *         cdef int st
  *         job.task = task
  *         if task < JX_TASK_VALUE or task > JX_TASK_SUBGRAPH:             # <<<<<<<<<<<<<<
@@ -31074,7 +31104,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_run(struct __pyx_obj_6jacext_5_tap
 */
   }
 
-  /* "jacext/_tape.pyx":535
+  /* "jacext/_tape.pyx":539
  *         if task < JX_TASK_VALUE or task > JX_TASK_SUBGRAPH:
  *             raise ValueError(f"jacext: no batch task {task}")
  *         if n_points < 0 or x.shape[1] != n_in:             # <<<<<<<<<<<<<<
@@ -31100,7 +31130,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_run(struct __pyx_obj_6jacext_5_tap
   if (unlikely(__pyx_t_11)) {
 
 
-    /* "jacext/_tape.pyx":536
+    /* "jacext/_tape.pyx":540
  *             raise ValueError(f"jacext: no batch task {task}")
  *         if n_points < 0 or x.shape[1] != n_in:
  *             raise ValueError("jacext: a batch takes x of shape (n_points, n_in)")             # <<<<<<<<<<<<<<
@@ -31113,14 +31143,14 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_run(struct __pyx_obj_6jacext_5_tap
       PyObject *__pyx_callargs[2] = {__pyx_t_8, __pyx_mstate_global->__pyx_kp_u_jacext_a_batch_takes_x_of_shape};
       __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_9, (2-__pyx_t_9) | (__pyx_t_9*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_8); __pyx_t_8 = 0;
-      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 536, __pyx_L1_error)
+      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 540, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_1);
     }
     __Pyx_Raise(__pyx_t_1, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-    __PYX_ERR(0, 536, __pyx_L1_error)
+    __PYX_ERR(0, 540, __pyx_L1_error)
 
-    /* "jacext/_tape.pyx":535
+    /* "jacext/_tape.pyx":539
  *         if task < JX_TASK_VALUE or task > JX_TASK_SUBGRAPH:
  *             raise ValueError(f"jacext: no batch task {task}")
  *         if n_points < 0 or x.shape[1] != n_in:             # <<<<<<<<<<<<<<
@@ -31129,7 +31159,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_run(struct __pyx_obj_6jacext_5_tap
 */
   }
 
-  /* "jacext/_tape.pyx":537
+  /* "jacext/_tape.pyx":541
  *         if n_points < 0 or x.shape[1] != n_in:
  *             raise ValueError("jacext: a batch takes x of shape (n_points, n_in)")
  *         job.mode = mode             # <<<<<<<<<<<<<<
@@ -31138,7 +31168,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_run(struct __pyx_obj_6jacext_5_tap
 */
   __pyx_v_job.mode = __pyx_v_mode;
 
-  /* "jacext/_tape.pyx":538
+  /* "jacext/_tape.pyx":542
  *             raise ValueError("jacext: a batch takes x of shape (n_points, n_in)")
  *         job.mode = mode
  *         job.n_points = n_points             # <<<<<<<<<<<<<<
@@ -31147,28 +31177,28 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_run(struct __pyx_obj_6jacext_5_tap
 */
   __pyx_v_job.n_points = __pyx_v_n_points;
 
-  /* "jacext/_tape.pyx":539
+  /* "jacext/_tape.pyx":543
  *         job.mode = mode
  *         job.n_points = n_points
  *         job.x = <const double *>_buf(x, cnp.NPY_DOUBLE, n_points * n_in, "x")             # <<<<<<<<<<<<<<
  *         job.y = _maybe_out(y, n_points * n_out, "y")
  *         job.cols = NULL
 */
-  __pyx_t_14 = __pyx_f_6jacext_5_tape__buf(__pyx_v_x, NPY_DOUBLE, (__pyx_v_n_points * __pyx_v_n_in), __pyx_mstate_global->__pyx_n_u_x); if (unlikely(__pyx_t_14 == ((void *)NULL))) __PYX_ERR(0, 539, __pyx_L1_error)
+  __pyx_t_14 = __pyx_f_6jacext_5_tape__buf(__pyx_v_x, NPY_DOUBLE, (__pyx_v_n_points * __pyx_v_n_in), __pyx_mstate_global->__pyx_n_u_x); if (unlikely(__pyx_t_14 == ((void *)NULL))) __PYX_ERR(0, 543, __pyx_L1_error)
   __pyx_v_job.x = ((double const *)__pyx_t_14);
 
 
-  /* "jacext/_tape.pyx":540
+  /* "jacext/_tape.pyx":544
  *         job.n_points = n_points
  *         job.x = <const double *>_buf(x, cnp.NPY_DOUBLE, n_points * n_in, "x")
  *         job.y = _maybe_out(y, n_points * n_out, "y")             # <<<<<<<<<<<<<<
  *         job.cols = NULL
  *         job.n_cols = 0
 */
-  __pyx_t_15 = __pyx_f_6jacext_5_tape__maybe_out(__pyx_v_y, (__pyx_v_n_points * __pyx_v_n_out), __pyx_mstate_global->__pyx_n_u_y); if (unlikely(__pyx_t_15 == ((void *)NULL) && PyErr_Occurred())) __PYX_ERR(0, 540, __pyx_L1_error)
+  __pyx_t_15 = __pyx_f_6jacext_5_tape__maybe_out(__pyx_v_y, (__pyx_v_n_points * __pyx_v_n_out), __pyx_mstate_global->__pyx_n_u_y); if (unlikely(__pyx_t_15 == ((void *)NULL) && PyErr_Occurred())) __PYX_ERR(0, 544, __pyx_L1_error)
   __pyx_v_job.y = __pyx_t_15;
 
-  /* "jacext/_tape.pyx":541
+  /* "jacext/_tape.pyx":545
  *         job.x = <const double *>_buf(x, cnp.NPY_DOUBLE, n_points * n_in, "x")
  *         job.y = _maybe_out(y, n_points * n_out, "y")
  *         job.cols = NULL             # <<<<<<<<<<<<<<
@@ -31177,7 +31207,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_run(struct __pyx_obj_6jacext_5_tap
 */
   __pyx_v_job.cols = NULL;
 
-  /* "jacext/_tape.pyx":542
+  /* "jacext/_tape.pyx":546
  *         job.y = _maybe_out(y, n_points * n_out, "y")
  *         job.cols = NULL
  *         job.n_cols = 0             # <<<<<<<<<<<<<<
@@ -31186,7 +31216,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_run(struct __pyx_obj_6jacext_5_tap
 */
   __pyx_v_job.n_cols = 0;
 
-  /* "jacext/_tape.pyx":543
+  /* "jacext/_tape.pyx":547
  *         job.cols = NULL
  *         job.n_cols = 0
  *         job.colour = NULL             # <<<<<<<<<<<<<<
@@ -31195,7 +31225,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_run(struct __pyx_obj_6jacext_5_tap
 */
   __pyx_v_job.colour = NULL;
 
-  /* "jacext/_tape.pyx":544
+  /* "jacext/_tape.pyx":548
  *         job.n_cols = 0
  *         job.colour = NULL
  *         job.n_colours = 0             # <<<<<<<<<<<<<<
@@ -31204,7 +31234,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_run(struct __pyx_obj_6jacext_5_tap
 */
   __pyx_v_job.n_colours = 0;
 
-  /* "jacext/_tape.pyx":545
+  /* "jacext/_tape.pyx":549
  *         job.colour = NULL
  *         job.n_colours = 0
  *         job.seed = NULL             # <<<<<<<<<<<<<<
@@ -31213,7 +31243,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_run(struct __pyx_obj_6jacext_5_tap
 */
   __pyx_v_job.seed = NULL;
 
-  /* "jacext/_tape.pyx":546
+  /* "jacext/_tape.pyx":550
  *         job.n_colours = 0
  *         job.seed = NULL
  *         job.out = NULL             # <<<<<<<<<<<<<<
@@ -31222,7 +31252,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_run(struct __pyx_obj_6jacext_5_tap
 */
   __pyx_v_job.out = NULL;
 
-  /* "jacext/_tape.pyx":547
+  /* "jacext/_tape.pyx":551
  *         job.seed = NULL
  *         job.out = NULL
  *         job.cone_ptr = NULL             # <<<<<<<<<<<<<<
@@ -31231,7 +31261,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_run(struct __pyx_obj_6jacext_5_tap
 */
   __pyx_v_job.cone_ptr = NULL;
 
-  /* "jacext/_tape.pyx":548
+  /* "jacext/_tape.pyx":552
  *         job.out = NULL
  *         job.cone_ptr = NULL
  *         job.cone = NULL             # <<<<<<<<<<<<<<
@@ -31240,7 +31270,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_run(struct __pyx_obj_6jacext_5_tap
 */
   __pyx_v_job.cone = NULL;
 
-  /* "jacext/_tape.pyx":549
+  /* "jacext/_tape.pyx":553
  *         job.cone_ptr = NULL
  *         job.cone = NULL
  *         job.row_ptr = NULL             # <<<<<<<<<<<<<<
@@ -31249,7 +31279,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_run(struct __pyx_obj_6jacext_5_tap
 */
   __pyx_v_job.row_ptr = NULL;
 
-  /* "jacext/_tape.pyx":550
+  /* "jacext/_tape.pyx":554
  *         job.cone = NULL
  *         job.row_ptr = NULL
  *         job.nz_input = NULL             # <<<<<<<<<<<<<<
@@ -31258,7 +31288,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_run(struct __pyx_obj_6jacext_5_tap
 */
   __pyx_v_job.nz_input = NULL;
 
-  /* "jacext/_tape.pyx":551
+  /* "jacext/_tape.pyx":555
  *         job.row_ptr = NULL
  *         job.nz_input = NULL
  *         job.jac_tape = NULL             # <<<<<<<<<<<<<<
@@ -31267,7 +31297,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_run(struct __pyx_obj_6jacext_5_tap
 */
   __pyx_v_job.jac_tape = NULL;
 
-  /* "jacext/_tape.pyx":552
+  /* "jacext/_tape.pyx":556
  *         job.nz_input = NULL
  *         job.jac_tape = NULL
  *         if cols is not None:             # <<<<<<<<<<<<<<
@@ -31278,18 +31308,18 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_run(struct __pyx_obj_6jacext_5_tap
   if (__pyx_t_11) {
 
 
-    /* "jacext/_tape.pyx":553
+    /* "jacext/_tape.pyx":557
  *         job.jac_tape = NULL
  *         if cols is not None:
  *             job.cols = <const int32_t *>_buf(cols, cnp.NPY_INT32, cols.shape[0], "cols")             # <<<<<<<<<<<<<<
  *             job.n_cols = <int32_t>cols.shape[0]
  *             _check_columns(cols, n_in)
 */
-    __pyx_t_14 = __pyx_f_6jacext_5_tape__buf(__pyx_v_cols, NPY_INT32, (__pyx_f_5numpy_7ndarray_5shape___get__(__pyx_v_cols)[0]), __pyx_mstate_global->__pyx_n_u_cols); if (unlikely(__pyx_t_14 == ((void *)NULL))) __PYX_ERR(0, 553, __pyx_L1_error)
+    __pyx_t_14 = __pyx_f_6jacext_5_tape__buf(__pyx_v_cols, NPY_INT32, (__pyx_f_5numpy_7ndarray_5shape___get__(__pyx_v_cols)[0]), __pyx_mstate_global->__pyx_n_u_cols); if (unlikely(__pyx_t_14 == ((void *)NULL))) __PYX_ERR(0, 557, __pyx_L1_error)
     __pyx_v_job.cols = ((int32_t const *)__pyx_t_14);
 
 
-    /* "jacext/_tape.pyx":554
+    /* "jacext/_tape.pyx":558
  *         if cols is not None:
  *             job.cols = <const int32_t *>_buf(cols, cnp.NPY_INT32, cols.shape[0], "cols")
  *             job.n_cols = <int32_t>cols.shape[0]             # <<<<<<<<<<<<<<
@@ -31298,17 +31328,17 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_run(struct __pyx_obj_6jacext_5_tap
 */
     __pyx_v_job.n_cols = ((int32_t)(__pyx_f_5numpy_7ndarray_5shape___get__(__pyx_v_cols)[0]));
 
-    /* "jacext/_tape.pyx":555
+    /* "jacext/_tape.pyx":559
  *             job.cols = <const int32_t *>_buf(cols, cnp.NPY_INT32, cols.shape[0], "cols")
  *             job.n_cols = <int32_t>cols.shape[0]
  *             _check_columns(cols, n_in)             # <<<<<<<<<<<<<<
  *         if job.task == JX_TASK_VALUE:
  *             if y is None:
 */
-    __pyx_t_16 = __pyx_f_6jacext_5_tape__check_columns(__pyx_v_cols, __pyx_v_n_in); if (unlikely(__pyx_t_16 == ((int)-1))) __PYX_ERR(0, 555, __pyx_L1_error)
+    __pyx_t_16 = __pyx_f_6jacext_5_tape__check_columns(__pyx_v_cols, __pyx_v_n_in); if (unlikely(__pyx_t_16 == ((int)-1))) __PYX_ERR(0, 559, __pyx_L1_error)
 
 
-    /* "jacext/_tape.pyx":552
+    /* "jacext/_tape.pyx":556
  *         job.nz_input = NULL
  *         job.jac_tape = NULL
  *         if cols is not None:             # <<<<<<<<<<<<<<
@@ -31317,7 +31347,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_run(struct __pyx_obj_6jacext_5_tap
 */
   }
 
-  /* "jacext/_tape.pyx":556
+  /* "jacext/_tape.pyx":560
  *             job.n_cols = <int32_t>cols.shape[0]
  *             _check_columns(cols, n_in)
  *         if job.task == JX_TASK_VALUE:             # <<<<<<<<<<<<<<
@@ -31329,7 +31359,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_run(struct __pyx_obj_6jacext_5_tap
   if (__pyx_t_11) {
 
 
-    /* "jacext/_tape.pyx":557
+    /* "jacext/_tape.pyx":561
  *             _check_columns(cols, n_in)
  *         if job.task == JX_TASK_VALUE:
  *             if y is None:             # <<<<<<<<<<<<<<
@@ -31340,7 +31370,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_run(struct __pyx_obj_6jacext_5_tap
     if (unlikely(__pyx_t_11)) {
 
 
-      /* "jacext/_tape.pyx":558
+      /* "jacext/_tape.pyx":562
  *         if job.task == JX_TASK_VALUE:
  *             if y is None:
  *                 raise ValueError("jacext: a value batch needs y")             # <<<<<<<<<<<<<<
@@ -31353,14 +31383,14 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_run(struct __pyx_obj_6jacext_5_tap
         PyObject *__pyx_callargs[2] = {__pyx_t_8, __pyx_mstate_global->__pyx_kp_u_jacext_a_value_batch_needs_y};
         __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_9, (2-__pyx_t_9) | (__pyx_t_9*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
         __Pyx_XDECREF(__pyx_t_8); __pyx_t_8 = 0;
-        if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 558, __pyx_L1_error)
+        if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 562, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_1);
       }
       __Pyx_Raise(__pyx_t_1, 0, 0, 0);
       __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-      __PYX_ERR(0, 558, __pyx_L1_error)
+      __PYX_ERR(0, 562, __pyx_L1_error)
 
-      /* "jacext/_tape.pyx":557
+      /* "jacext/_tape.pyx":561
  *             _check_columns(cols, n_in)
  *         if job.task == JX_TASK_VALUE:
  *             if y is None:             # <<<<<<<<<<<<<<
@@ -31369,7 +31399,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_run(struct __pyx_obj_6jacext_5_tap
 */
     }
 
-    /* "jacext/_tape.pyx":559
+    /* "jacext/_tape.pyx":563
  *             if y is None:
  *                 raise ValueError("jacext: a value batch needs y")
  *             per = 0             # <<<<<<<<<<<<<<
@@ -31378,7 +31408,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_run(struct __pyx_obj_6jacext_5_tap
 */
     __pyx_v_per = 0;
 
-    /* "jacext/_tape.pyx":556
+    /* "jacext/_tape.pyx":560
  *             job.n_cols = <int32_t>cols.shape[0]
  *             _check_columns(cols, n_in)
  *         if job.task == JX_TASK_VALUE:             # <<<<<<<<<<<<<<
@@ -31388,7 +31418,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_run(struct __pyx_obj_6jacext_5_tap
     goto __pyx_L10;
   }
 
-  /* "jacext/_tape.pyx":560
+  /* "jacext/_tape.pyx":564
  *                 raise ValueError("jacext: a value batch needs y")
  *             per = 0
  *         elif job.task == JX_TASK_JACOBIAN:             # <<<<<<<<<<<<<<
@@ -31400,7 +31430,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_run(struct __pyx_obj_6jacext_5_tap
   if (__pyx_t_11) {
 
 
-    /* "jacext/_tape.pyx":561
+    /* "jacext/_tape.pyx":565
  *             per = 0
  *         elif job.task == JX_TASK_JACOBIAN:
  *             if mode != JX_MODE_FORWARD and mode != JX_MODE_REVERSE:             # <<<<<<<<<<<<<<
@@ -31426,7 +31456,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_run(struct __pyx_obj_6jacext_5_tap
     if (unlikely(__pyx_t_11)) {
 
 
-      /* "jacext/_tape.pyx":562
+      /* "jacext/_tape.pyx":566
  *         elif job.task == JX_TASK_JACOBIAN:
  *             if mode != JX_MODE_FORWARD and mode != JX_MODE_REVERSE:
  *                 raise ValueError("jacext: Jacobians run forward or reverse")             # <<<<<<<<<<<<<<
@@ -31439,14 +31469,14 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_run(struct __pyx_obj_6jacext_5_tap
         PyObject *__pyx_callargs[2] = {__pyx_t_8, __pyx_mstate_global->__pyx_kp_u_jacext_Jacobians_run_forward_or};
         __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_9, (2-__pyx_t_9) | (__pyx_t_9*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
         __Pyx_XDECREF(__pyx_t_8); __pyx_t_8 = 0;
-        if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 562, __pyx_L1_error)
+        if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 566, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_1);
       }
       __Pyx_Raise(__pyx_t_1, 0, 0, 0);
       __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-      __PYX_ERR(0, 562, __pyx_L1_error)
+      __PYX_ERR(0, 566, __pyx_L1_error)
 
-      /* "jacext/_tape.pyx":561
+      /* "jacext/_tape.pyx":565
  *             per = 0
  *         elif job.task == JX_TASK_JACOBIAN:
  *             if mode != JX_MODE_FORWARD and mode != JX_MODE_REVERSE:             # <<<<<<<<<<<<<<
@@ -31455,7 +31485,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_run(struct __pyx_obj_6jacext_5_tap
 */
     }
 
-    /* "jacext/_tape.pyx":563
+    /* "jacext/_tape.pyx":567
  *             if mode != JX_MODE_FORWARD and mode != JX_MODE_REVERSE:
  *                 raise ValueError("jacext: Jacobians run forward or reverse")
  *             per = n_out * job.n_cols             # <<<<<<<<<<<<<<
@@ -31464,7 +31494,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_run(struct __pyx_obj_6jacext_5_tap
 */
     __pyx_v_per = (__pyx_v_n_out * __pyx_v_job.n_cols);
 
-    /* "jacext/_tape.pyx":564
+    /* "jacext/_tape.pyx":568
  *                 raise ValueError("jacext: Jacobians run forward or reverse")
  *             per = n_out * job.n_cols
  *             if jac_tape is not None:             # <<<<<<<<<<<<<<
@@ -31475,7 +31505,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_run(struct __pyx_obj_6jacext_5_tap
     if (__pyx_t_11) {
 
 
-      /* "jacext/_tape.pyx":565
+      /* "jacext/_tape.pyx":569
  *             per = n_out * job.n_cols
  *             if jac_tape is not None:
  *                 if (jac_tape.t.n_in != n_in or jac_tape.t.n_out != n_out + per):             # <<<<<<<<<<<<<<
@@ -31501,7 +31531,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_run(struct __pyx_obj_6jacext_5_tap
       if (unlikely(__pyx_t_11)) {
 
 
-        /* "jacext/_tape.pyx":566
+        /* "jacext/_tape.pyx":570
  *             if jac_tape is not None:
  *                 if (jac_tape.t.n_in != n_in or jac_tape.t.n_out != n_out + per):
  *                     raise ValueError("jacext: the Jacobian tape does not match this request")             # <<<<<<<<<<<<<<
@@ -31514,14 +31544,14 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_run(struct __pyx_obj_6jacext_5_tap
           PyObject *__pyx_callargs[2] = {__pyx_t_8, __pyx_mstate_global->__pyx_kp_u_jacext_the_Jacobian_tape_does_no};
           __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_9, (2-__pyx_t_9) | (__pyx_t_9*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
           __Pyx_XDECREF(__pyx_t_8); __pyx_t_8 = 0;
-          if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 566, __pyx_L1_error)
+          if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 570, __pyx_L1_error)
           __Pyx_GOTREF(__pyx_t_1);
         }
         __Pyx_Raise(__pyx_t_1, 0, 0, 0);
         __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-        __PYX_ERR(0, 566, __pyx_L1_error)
+        __PYX_ERR(0, 570, __pyx_L1_error)
 
-        /* "jacext/_tape.pyx":565
+        /* "jacext/_tape.pyx":569
  *             per = n_out * job.n_cols
  *             if jac_tape is not None:
  *                 if (jac_tape.t.n_in != n_in or jac_tape.t.n_out != n_out + per):             # <<<<<<<<<<<<<<
@@ -31530,7 +31560,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_run(struct __pyx_obj_6jacext_5_tap
 */
       }
 
-      /* "jacext/_tape.pyx":567
+      /* "jacext/_tape.pyx":571
  *                 if (jac_tape.t.n_in != n_in or jac_tape.t.n_out != n_out + per):
  *                     raise ValueError("jacext: the Jacobian tape does not match this request")
  *                 job.jac_tape = &jac_tape.t             # <<<<<<<<<<<<<<
@@ -31539,7 +31569,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_run(struct __pyx_obj_6jacext_5_tap
 */
       __pyx_v_job.jac_tape = (&__pyx_v_jac_tape->t);
 
-      /* "jacext/_tape.pyx":564
+      /* "jacext/_tape.pyx":568
  *                 raise ValueError("jacext: Jacobians run forward or reverse")
  *             per = n_out * job.n_cols
  *             if jac_tape is not None:             # <<<<<<<<<<<<<<
@@ -31548,7 +31578,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_run(struct __pyx_obj_6jacext_5_tap
 */
     }
 
-    /* "jacext/_tape.pyx":560
+    /* "jacext/_tape.pyx":564
  *                 raise ValueError("jacext: a value batch needs y")
  *             per = 0
  *         elif job.task == JX_TASK_JACOBIAN:             # <<<<<<<<<<<<<<
@@ -31558,7 +31588,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_run(struct __pyx_obj_6jacext_5_tap
     goto __pyx_L10;
   }
 
-  /* "jacext/_tape.pyx":568
+  /* "jacext/_tape.pyx":572
  *                     raise ValueError("jacext: the Jacobian tape does not match this request")
  *                 job.jac_tape = &jac_tape.t
  *         elif job.task == JX_TASK_JVP or job.task == JX_TASK_VJP:             # <<<<<<<<<<<<<<
@@ -31584,7 +31614,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_run(struct __pyx_obj_6jacext_5_tap
   if (__pyx_t_11) {
 
 
-    /* "jacext/_tape.pyx":570
+    /* "jacext/_tape.pyx":574
  *         elif job.task == JX_TASK_JVP or job.task == JX_TASK_VJP:
  *             job.seed = <const double *>_buf(
  *                 seed, cnp.NPY_DOUBLE, n_points * (n_in if job.task == JX_TASK_JVP else n_out),             # <<<<<<<<<<<<<<
@@ -31602,19 +31632,19 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_run(struct __pyx_obj_6jacext_5_tap
     }
 
 
-    /* "jacext/_tape.pyx":569
+    /* "jacext/_tape.pyx":573
  *                 job.jac_tape = &jac_tape.t
  *         elif job.task == JX_TASK_JVP or job.task == JX_TASK_VJP:
  *             job.seed = <const double *>_buf(             # <<<<<<<<<<<<<<
  *                 seed, cnp.NPY_DOUBLE, n_points * (n_in if job.task == JX_TASK_JVP else n_out),
  *                 "seed")
 */
-    __pyx_t_14 = __pyx_f_6jacext_5_tape__buf(__pyx_v_seed, NPY_DOUBLE, (__pyx_v_n_points * __pyx_t_10), __pyx_mstate_global->__pyx_n_u_seed); if (unlikely(__pyx_t_14 == ((void *)NULL))) __PYX_ERR(0, 569, __pyx_L1_error)
+    __pyx_t_14 = __pyx_f_6jacext_5_tape__buf(__pyx_v_seed, NPY_DOUBLE, (__pyx_v_n_points * __pyx_t_10), __pyx_mstate_global->__pyx_n_u_seed); if (unlikely(__pyx_t_14 == ((void *)NULL))) __PYX_ERR(0, 573, __pyx_L1_error)
 
     __pyx_v_job.seed = ((double const *)__pyx_t_14);
 
 
-    /* "jacext/_tape.pyx":572
+    /* "jacext/_tape.pyx":576
  *                 seed, cnp.NPY_DOUBLE, n_points * (n_in if job.task == JX_TASK_JVP else n_out),
  *                 "seed")
  *             per = n_out if job.task == JX_TASK_JVP else n_in             # <<<<<<<<<<<<<<
@@ -31633,7 +31663,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_run(struct __pyx_obj_6jacext_5_tap
 
     __pyx_v_per = __pyx_t_10;
 
-    /* "jacext/_tape.pyx":568
+    /* "jacext/_tape.pyx":572
  *                     raise ValueError("jacext: the Jacobian tape does not match this request")
  *                 job.jac_tape = &jac_tape.t
  *         elif job.task == JX_TASK_JVP or job.task == JX_TASK_VJP:             # <<<<<<<<<<<<<<
@@ -31643,7 +31673,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_run(struct __pyx_obj_6jacext_5_tap
     goto __pyx_L10;
   }
 
-  /* "jacext/_tape.pyx":573
+  /* "jacext/_tape.pyx":577
  *                 "seed")
  *             per = n_out if job.task == JX_TASK_JVP else n_in
  *         elif job.task == JX_TASK_COMPRESSED:             # <<<<<<<<<<<<<<
@@ -31655,7 +31685,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_run(struct __pyx_obj_6jacext_5_tap
   if (__pyx_t_11) {
 
 
-    /* "jacext/_tape.pyx":574
+    /* "jacext/_tape.pyx":578
  *             per = n_out if job.task == JX_TASK_JVP else n_in
  *         elif job.task == JX_TASK_COMPRESSED:
  *             if mode != JX_MODE_FORWARD and mode != JX_MODE_REVERSE:             # <<<<<<<<<<<<<<
@@ -31681,7 +31711,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_run(struct __pyx_obj_6jacext_5_tap
     if (unlikely(__pyx_t_11)) {
 
 
-      /* "jacext/_tape.pyx":575
+      /* "jacext/_tape.pyx":579
  *         elif job.task == JX_TASK_COMPRESSED:
  *             if mode != JX_MODE_FORWARD and mode != JX_MODE_REVERSE:
  *                 raise ValueError("jacext: compressed sweeps run forward or reverse")             # <<<<<<<<<<<<<<
@@ -31694,14 +31724,14 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_run(struct __pyx_obj_6jacext_5_tap
         PyObject *__pyx_callargs[2] = {__pyx_t_8, __pyx_mstate_global->__pyx_kp_u_jacext_compressed_sweeps_run_for};
         __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_9, (2-__pyx_t_9) | (__pyx_t_9*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
         __Pyx_XDECREF(__pyx_t_8); __pyx_t_8 = 0;
-        if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 575, __pyx_L1_error)
+        if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 579, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_1);
       }
       __Pyx_Raise(__pyx_t_1, 0, 0, 0);
       __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-      __PYX_ERR(0, 575, __pyx_L1_error)
+      __PYX_ERR(0, 579, __pyx_L1_error)
 
-      /* "jacext/_tape.pyx":574
+      /* "jacext/_tape.pyx":578
  *             per = n_out if job.task == JX_TASK_JVP else n_in
  *         elif job.task == JX_TASK_COMPRESSED:
  *             if mode != JX_MODE_FORWARD and mode != JX_MODE_REVERSE:             # <<<<<<<<<<<<<<
@@ -31710,7 +31740,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_run(struct __pyx_obj_6jacext_5_tap
 */
     }
 
-    /* "jacext/_tape.pyx":577
+    /* "jacext/_tape.pyx":581
  *                 raise ValueError("jacext: compressed sweeps run forward or reverse")
  *             job.colour = <const int32_t *>_buf(
  *                 colour, cnp.NPY_INT32, job.n_cols if mode == JX_MODE_FORWARD else n_out,             # <<<<<<<<<<<<<<
@@ -31728,29 +31758,29 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_run(struct __pyx_obj_6jacext_5_tap
     }
 
 
-    /* "jacext/_tape.pyx":576
+    /* "jacext/_tape.pyx":580
  *             if mode != JX_MODE_FORWARD and mode != JX_MODE_REVERSE:
  *                 raise ValueError("jacext: compressed sweeps run forward or reverse")
  *             job.colour = <const int32_t *>_buf(             # <<<<<<<<<<<<<<
  *                 colour, cnp.NPY_INT32, job.n_cols if mode == JX_MODE_FORWARD else n_out,
  *                 "colour")
 */
-    __pyx_t_14 = __pyx_f_6jacext_5_tape__buf(__pyx_v_colour, NPY_INT32, __pyx_t_10, __pyx_mstate_global->__pyx_n_u_colour); if (unlikely(__pyx_t_14 == ((void *)NULL))) __PYX_ERR(0, 576, __pyx_L1_error)
+    __pyx_t_14 = __pyx_f_6jacext_5_tape__buf(__pyx_v_colour, NPY_INT32, __pyx_t_10, __pyx_mstate_global->__pyx_n_u_colour); if (unlikely(__pyx_t_14 == ((void *)NULL))) __PYX_ERR(0, 580, __pyx_L1_error)
 
     __pyx_v_job.colour = ((int32_t const *)__pyx_t_14);
 
 
-    /* "jacext/_tape.pyx":579
+    /* "jacext/_tape.pyx":583
  *                 colour, cnp.NPY_INT32, job.n_cols if mode == JX_MODE_FORWARD else n_out,
  *                 "colour")
  *             self._check_colours(colour, n_colours)             # <<<<<<<<<<<<<<
  *             job.n_colours = n_colours
  *             per = n_out * n_colours if mode == JX_MODE_FORWARD else n_colours * job.n_cols
 */
-    __pyx_t_16 = ((struct __pyx_vtabstruct_6jacext_5_tape_Tape *)__pyx_v_self->__pyx_vtab)->_check_colours(__pyx_v_self, __pyx_v_colour, __pyx_v_n_colours); if (unlikely(__pyx_t_16 == ((int)-1))) __PYX_ERR(0, 579, __pyx_L1_error)
+    __pyx_t_16 = ((struct __pyx_vtabstruct_6jacext_5_tape_Tape *)__pyx_v_self->__pyx_vtab)->_check_colours(__pyx_v_self, __pyx_v_colour, __pyx_v_n_colours); if (unlikely(__pyx_t_16 == ((int)-1))) __PYX_ERR(0, 583, __pyx_L1_error)
 
 
-    /* "jacext/_tape.pyx":580
+    /* "jacext/_tape.pyx":584
  *                 "colour")
  *             self._check_colours(colour, n_colours)
  *             job.n_colours = n_colours             # <<<<<<<<<<<<<<
@@ -31759,7 +31789,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_run(struct __pyx_obj_6jacext_5_tap
 */
     __pyx_v_job.n_colours = __pyx_v_n_colours;
 
-    /* "jacext/_tape.pyx":581
+    /* "jacext/_tape.pyx":585
  *             self._check_colours(colour, n_colours)
  *             job.n_colours = n_colours
  *             per = n_out * n_colours if mode == JX_MODE_FORWARD else n_colours * job.n_cols             # <<<<<<<<<<<<<<
@@ -31778,7 +31808,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_run(struct __pyx_obj_6jacext_5_tap
 
     __pyx_v_per = __pyx_t_10;
 
-    /* "jacext/_tape.pyx":573
+    /* "jacext/_tape.pyx":577
  *                 "seed")
  *             per = n_out if job.task == JX_TASK_JVP else n_in
  *         elif job.task == JX_TASK_COMPRESSED:             # <<<<<<<<<<<<<<
@@ -31788,7 +31818,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_run(struct __pyx_obj_6jacext_5_tap
     goto __pyx_L10;
   }
 
-  /* "jacext/_tape.pyx":583
+  /* "jacext/_tape.pyx":587
  *             per = n_out * n_colours if mode == JX_MODE_FORWARD else n_colours * job.n_cols
  *         else:   # cones
  *             if cones is None or cones.tape is not self:             # <<<<<<<<<<<<<<
@@ -31813,7 +31843,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_run(struct __pyx_obj_6jacext_5_tap
     if (unlikely(__pyx_t_11)) {
 
 
-      /* "jacext/_tape.pyx":584
+      /* "jacext/_tape.pyx":588
  *         else:   # cones
  *             if cones is None or cones.tape is not self:
  *                 raise ValueError("jacext: cones must come from this tape's cones()")             # <<<<<<<<<<<<<<
@@ -31826,14 +31856,14 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_run(struct __pyx_obj_6jacext_5_tap
         PyObject *__pyx_callargs[2] = {__pyx_t_8, __pyx_mstate_global->__pyx_kp_u_jacext_cones_must_come_from_this};
         __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_9, (2-__pyx_t_9) | (__pyx_t_9*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
         __Pyx_XDECREF(__pyx_t_8); __pyx_t_8 = 0;
-        if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 584, __pyx_L1_error)
+        if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 588, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_1);
       }
       __Pyx_Raise(__pyx_t_1, 0, 0, 0);
       __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-      __PYX_ERR(0, 584, __pyx_L1_error)
+      __PYX_ERR(0, 588, __pyx_L1_error)
 
-      /* "jacext/_tape.pyx":583
+      /* "jacext/_tape.pyx":587
  *             per = n_out * n_colours if mode == JX_MODE_FORWARD else n_colours * job.n_cols
  *         else:   # cones
  *             if cones is None or cones.tape is not self:             # <<<<<<<<<<<<<<
@@ -31842,7 +31872,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_run(struct __pyx_obj_6jacext_5_tap
 */
     }
 
-    /* "jacext/_tape.pyx":585
+    /* "jacext/_tape.pyx":589
  *             if cones is None or cones.tape is not self:
  *                 raise ValueError("jacext: cones must come from this tape's cones()")
  *             job.mode = JX_MODE_SUBGRAPH             # <<<<<<<<<<<<<<
@@ -31851,7 +31881,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_run(struct __pyx_obj_6jacext_5_tap
 */
     __pyx_v_job.mode = JX_MODE_SUBGRAPH;
 
-    /* "jacext/_tape.pyx":586
+    /* "jacext/_tape.pyx":590
  *                 raise ValueError("jacext: cones must come from this tape's cones()")
  *             job.mode = JX_MODE_SUBGRAPH
  *             job.cone_ptr = cones.cp             # <<<<<<<<<<<<<<
@@ -31862,7 +31892,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_run(struct __pyx_obj_6jacext_5_tap
 
     __pyx_v_job.cone_ptr = __pyx_t_17;
 
-    /* "jacext/_tape.pyx":587
+    /* "jacext/_tape.pyx":591
  *             job.mode = JX_MODE_SUBGRAPH
  *             job.cone_ptr = cones.cp
  *             job.cone = cones.cn             # <<<<<<<<<<<<<<
@@ -31873,7 +31903,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_run(struct __pyx_obj_6jacext_5_tap
 
     __pyx_v_job.cone = __pyx_t_18;
 
-    /* "jacext/_tape.pyx":588
+    /* "jacext/_tape.pyx":592
  *             job.cone_ptr = cones.cp
  *             job.cone = cones.cn
  *             job.row_ptr = cones.rp             # <<<<<<<<<<<<<<
@@ -31884,7 +31914,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_run(struct __pyx_obj_6jacext_5_tap
 
     __pyx_v_job.row_ptr = __pyx_t_19;
 
-    /* "jacext/_tape.pyx":589
+    /* "jacext/_tape.pyx":593
  *             job.cone = cones.cn
  *             job.row_ptr = cones.rp
  *             job.nz_input = cones.nz             # <<<<<<<<<<<<<<
@@ -31895,7 +31925,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_run(struct __pyx_obj_6jacext_5_tap
 
     __pyx_v_job.nz_input = __pyx_t_20;
 
-    /* "jacext/_tape.pyx":590
+    /* "jacext/_tape.pyx":594
  *             job.row_ptr = cones.rp
  *             job.nz_input = cones.nz
  *             per = cones.nz_input.shape[0]             # <<<<<<<<<<<<<<
@@ -31909,7 +31939,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_run(struct __pyx_obj_6jacext_5_tap
   }
   __pyx_L10:;
 
-  /* "jacext/_tape.pyx":591
+  /* "jacext/_tape.pyx":595
  *             job.nz_input = cones.nz
  *             per = cones.nz_input.shape[0]
  *         if job.task != JX_TASK_VALUE:             # <<<<<<<<<<<<<<
@@ -31921,17 +31951,17 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_run(struct __pyx_obj_6jacext_5_tap
   if (__pyx_t_11) {
 
 
-    /* "jacext/_tape.pyx":592
+    /* "jacext/_tape.pyx":596
  *             per = cones.nz_input.shape[0]
  *         if job.task != JX_TASK_VALUE:
  *             job.out = _out(out, n_points * per, "out")             # <<<<<<<<<<<<<<
  *         with nogil:
  *             st = jx_batch_run(&self.t, &job, threads)
 */
-    __pyx_t_15 = __pyx_f_6jacext_5_tape__out(__pyx_v_out, (__pyx_v_n_points * __pyx_v_per), __pyx_mstate_global->__pyx_n_u_out); if (unlikely(__pyx_t_15 == ((void *)NULL))) __PYX_ERR(0, 592, __pyx_L1_error)
+    __pyx_t_15 = __pyx_f_6jacext_5_tape__out(__pyx_v_out, (__pyx_v_n_points * __pyx_v_per), __pyx_mstate_global->__pyx_n_u_out); if (unlikely(__pyx_t_15 == ((void *)NULL))) __PYX_ERR(0, 596, __pyx_L1_error)
     __pyx_v_job.out = __pyx_t_15;
 
-    /* "jacext/_tape.pyx":591
+    /* "jacext/_tape.pyx":595
  *             job.nz_input = cones.nz
  *             per = cones.nz_input.shape[0]
  *         if job.task != JX_TASK_VALUE:             # <<<<<<<<<<<<<<
@@ -31940,7 +31970,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_run(struct __pyx_obj_6jacext_5_tap
 */
   }
 
-  /* "jacext/_tape.pyx":593
+  /* "jacext/_tape.pyx":597
  *         if job.task != JX_TASK_VALUE:
  *             job.out = _out(out, n_points * per, "out")
  *         with nogil:             # <<<<<<<<<<<<<<
@@ -31953,7 +31983,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_run(struct __pyx_obj_6jacext_5_tap
       __Pyx_FastGIL_Remember();
       /*try:*/ {
 
-        /* "jacext/_tape.pyx":594
+        /* "jacext/_tape.pyx":598
  *             job.out = _out(out, n_points * per, "out")
  *         with nogil:
  *             st = jx_batch_run(&self.t, &job, threads)             # <<<<<<<<<<<<<<
@@ -31963,7 +31993,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_run(struct __pyx_obj_6jacext_5_tap
         __pyx_v_st = jx_batch_run((&__pyx_v_self->t), (&__pyx_v_job), __pyx_v_threads);
       }
 
-      /* "jacext/_tape.pyx":593
+      /* "jacext/_tape.pyx":597
  *         if job.task != JX_TASK_VALUE:
  *             job.out = _out(out, n_points * per, "out")
  *         with nogil:             # <<<<<<<<<<<<<<
@@ -31980,15 +32010,15 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_run(struct __pyx_obj_6jacext_5_tap
       }
   }
 
-  /* "jacext/_tape.pyx":595
+  /* "jacext/_tape.pyx":599
  *         with nogil:
  *             st = jx_batch_run(&self.t, &job, threads)
  *         return raise_status(st)             # <<<<<<<<<<<<<<
  * 
  *     # ---- sparsity ----
 */
-  __pyx_t_16 = __pyx_f_6jacext_5_tape_raise_status(__pyx_v_st); if (unlikely(__pyx_t_16 == ((int)-1))) __PYX_ERR(0, 595, __pyx_L1_error)
-  __pyx_t_1 = __Pyx_PyLong_From_int(__pyx_t_16); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 595, __pyx_L1_error)
+  __pyx_t_16 = __pyx_f_6jacext_5_tape_raise_status(__pyx_v_st); if (unlikely(__pyx_t_16 == ((int)-1))) __PYX_ERR(0, 599, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyLong_From_int(__pyx_t_16); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 599, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
 
   {
@@ -32002,7 +32032,7 @@ static PyObject *__pyx_f_6jacext_5_tape_4Tape_run(struct __pyx_obj_6jacext_5_tap
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "jacext/_tape.pyx":524
+  /* "jacext/_tape.pyx":528
  *                         jac_tape, cones)
  * 
  *     cpdef run(self, int task, cnp.ndarray x, cnp.ndarray y, cnp.ndarray out, int threads,             # <<<<<<<<<<<<<<
@@ -32085,109 +32115,109 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_task,&__pyx_mstate_global->__pyx_n_u_x,&__pyx_mstate_global->__pyx_n_u_y,&__pyx_mstate_global->__pyx_n_u_out,&__pyx_mstate_global->__pyx_n_u_threads,&__pyx_mstate_global->__pyx_n_u_mode,&__pyx_mstate_global->__pyx_n_u_seed,&__pyx_mstate_global->__pyx_n_u_cols,&__pyx_mstate_global->__pyx_n_u_colour,&__pyx_mstate_global->__pyx_n_u_n_colours,&__pyx_mstate_global->__pyx_n_u_jac_tape,&__pyx_mstate_global->__pyx_n_u_cones,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 524, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 528, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case 12:
         values[11] = __Pyx_ArgRef_FASTCALL(__pyx_args, 11);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[11])) __PYX_ERR(0, 524, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[11])) __PYX_ERR(0, 528, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case 11:
         values[10] = __Pyx_ArgRef_FASTCALL(__pyx_args, 10);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[10])) __PYX_ERR(0, 524, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[10])) __PYX_ERR(0, 528, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case 10:
         values[9] = __Pyx_ArgRef_FASTCALL(__pyx_args, 9);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[9])) __PYX_ERR(0, 524, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[9])) __PYX_ERR(0, 528, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  9:
         values[8] = __Pyx_ArgRef_FASTCALL(__pyx_args, 8);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[8])) __PYX_ERR(0, 524, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[8])) __PYX_ERR(0, 528, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  8:
         values[7] = __Pyx_ArgRef_FASTCALL(__pyx_args, 7);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[7])) __PYX_ERR(0, 524, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[7])) __PYX_ERR(0, 528, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  7:
         values[6] = __Pyx_ArgRef_FASTCALL(__pyx_args, 6);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[6])) __PYX_ERR(0, 524, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[6])) __PYX_ERR(0, 528, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  6:
         values[5] = __Pyx_ArgRef_FASTCALL(__pyx_args, 5);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[5])) __PYX_ERR(0, 524, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[5])) __PYX_ERR(0, 528, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  5:
         values[4] = __Pyx_ArgRef_FASTCALL(__pyx_args, 4);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 524, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 528, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  4:
         values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 524, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 528, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 524, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 528, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 524, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 528, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 524, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 528, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "run", 0) < (0)) __PYX_ERR(0, 524, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "run", 0) < (0)) __PYX_ERR(0, 528, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 12; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("run", 1, 12, 12, i); __PYX_ERR(0, 524, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("run", 1, 12, 12, i); __PYX_ERR(0, 528, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 12)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 524, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 528, __pyx_L3_error)
       values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 524, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 528, __pyx_L3_error)
       values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 524, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 528, __pyx_L3_error)
       values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 524, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 528, __pyx_L3_error)
       values[4] = __Pyx_ArgRef_FASTCALL(__pyx_args, 4);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 524, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 528, __pyx_L3_error)
       values[5] = __Pyx_ArgRef_FASTCALL(__pyx_args, 5);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[5])) __PYX_ERR(0, 524, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[5])) __PYX_ERR(0, 528, __pyx_L3_error)
       values[6] = __Pyx_ArgRef_FASTCALL(__pyx_args, 6);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[6])) __PYX_ERR(0, 524, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[6])) __PYX_ERR(0, 528, __pyx_L3_error)
       values[7] = __Pyx_ArgRef_FASTCALL(__pyx_args, 7);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[7])) __PYX_ERR(0, 524, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[7])) __PYX_ERR(0, 528, __pyx_L3_error)
       values[8] = __Pyx_ArgRef_FASTCALL(__pyx_args, 8);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[8])) __PYX_ERR(0, 524, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[8])) __PYX_ERR(0, 528, __pyx_L3_error)
       values[9] = __Pyx_ArgRef_FASTCALL(__pyx_args, 9);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[9])) __PYX_ERR(0, 524, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[9])) __PYX_ERR(0, 528, __pyx_L3_error)
       values[10] = __Pyx_ArgRef_FASTCALL(__pyx_args, 10);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[10])) __PYX_ERR(0, 524, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[10])) __PYX_ERR(0, 528, __pyx_L3_error)
       values[11] = __Pyx_ArgRef_FASTCALL(__pyx_args, 11);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[11])) __PYX_ERR(0, 524, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[11])) __PYX_ERR(0, 528, __pyx_L3_error)
     }
-    __pyx_v_task = __Pyx_PyLong_As_int(values[0]); if (unlikely((__pyx_v_task == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 524, __pyx_L3_error)
+    __pyx_v_task = __Pyx_PyLong_As_int(values[0]); if (unlikely((__pyx_v_task == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 528, __pyx_L3_error)
     __pyx_v_x = ((PyArrayObject *)values[1]);
     __pyx_v_y = ((PyArrayObject *)values[2]);
     __pyx_v_out = ((PyArrayObject *)values[3]);
-    __pyx_v_threads = __Pyx_PyLong_As_int(values[4]); if (unlikely((__pyx_v_threads == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 524, __pyx_L3_error)
-    __pyx_v_mode = __Pyx_PyLong_As_int(values[5]); if (unlikely((__pyx_v_mode == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 525, __pyx_L3_error)
+    __pyx_v_threads = __Pyx_PyLong_As_int(values[4]); if (unlikely((__pyx_v_threads == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 528, __pyx_L3_error)
+    __pyx_v_mode = __Pyx_PyLong_As_int(values[5]); if (unlikely((__pyx_v_mode == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 529, __pyx_L3_error)
     __pyx_v_seed = ((PyArrayObject *)values[6]);
     __pyx_v_cols = ((PyArrayObject *)values[7]);
     __pyx_v_colour = ((PyArrayObject *)values[8]);
-    __pyx_v_n_colours = __Pyx_PyLong_As_int32_t(values[9]); if (unlikely((__pyx_v_n_colours == ((int32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 526, __pyx_L3_error)
+    __pyx_v_n_colours = __Pyx_PyLong_As_int32_t(values[9]); if (unlikely((__pyx_v_n_colours == ((int32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 530, __pyx_L3_error)
     __pyx_v_jac_tape = ((struct __pyx_obj_6jacext_5_tape_Tape *)values[10]);
     __pyx_v_cones = ((struct __pyx_obj_6jacext_5_tape_Cones *)values[11]);
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("run", 1, 12, 12, __pyx_nargs); __PYX_ERR(0, 524, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("run", 1, 12, 12, __pyx_nargs); __PYX_ERR(0, 528, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -32198,14 +32228,14 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   __Pyx_RefNannyFinishContext();
   return NULL;
   __pyx_L4_argument_unpacking_done:;
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_x), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "x", 0))) __PYX_ERR(0, 524, __pyx_L1_error)
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_y), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "y", 0))) __PYX_ERR(0, 524, __pyx_L1_error)
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_out), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "out", 0))) __PYX_ERR(0, 524, __pyx_L1_error)
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_seed), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "seed", 0))) __PYX_ERR(0, 525, __pyx_L1_error)
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_cols), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "cols", 0))) __PYX_ERR(0, 525, __pyx_L1_error)
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_colour), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "colour", 0))) __PYX_ERR(0, 525, __pyx_L1_error)
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_jac_tape), __pyx_mstate_global->__pyx_ptype_6jacext_5_tape_Tape, 1, "jac_tape", 0))) __PYX_ERR(0, 526, __pyx_L1_error)
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_cones), __pyx_mstate_global->__pyx_ptype_6jacext_5_tape_Cones, 1, "cones", 0))) __PYX_ERR(0, 526, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_x), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "x", 0))) __PYX_ERR(0, 528, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_y), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "y", 0))) __PYX_ERR(0, 528, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_out), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "out", 0))) __PYX_ERR(0, 528, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_seed), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "seed", 0))) __PYX_ERR(0, 529, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_cols), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "cols", 0))) __PYX_ERR(0, 529, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_colour), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "colour", 0))) __PYX_ERR(0, 529, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_jac_tape), __pyx_mstate_global->__pyx_ptype_6jacext_5_tape_Tape, 1, "jac_tape", 0))) __PYX_ERR(0, 530, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_cones), __pyx_mstate_global->__pyx_ptype_6jacext_5_tape_Cones, 1, "cones", 0))) __PYX_ERR(0, 530, __pyx_L1_error)
   __pyx_r = __pyx_pf_6jacext_5_tape_4Tape_26run(((struct __pyx_obj_6jacext_5_tape_Tape *)__pyx_v_self), __pyx_v_task, __pyx_v_x, __pyx_v_y, __pyx_v_out, __pyx_v_threads, __pyx_v_mode, __pyx_v_seed, __pyx_v_cols, __pyx_v_colour, __pyx_v_n_colours, __pyx_v_jac_tape, __pyx_v_cones);
 
   /* function exit code */
@@ -32237,7 +32267,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26run(struct __pyx_obj_6jacext_5_
   const char *__pyx_filename = NULL;
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("run", 0);
-  __pyx_t_1 = __pyx_f_6jacext_5_tape_4Tape_run(__pyx_v_self, __pyx_v_task, __pyx_v_x, __pyx_v_y, __pyx_v_out, __pyx_v_threads, __pyx_v_mode, __pyx_v_seed, __pyx_v_cols, __pyx_v_colour, __pyx_v_n_colours, __pyx_v_jac_tape, __pyx_v_cones, 1); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 524, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_6jacext_5_tape_4Tape_run(__pyx_v_self, __pyx_v_task, __pyx_v_x, __pyx_v_y, __pyx_v_out, __pyx_v_threads, __pyx_v_mode, __pyx_v_seed, __pyx_v_cols, __pyx_v_colour, __pyx_v_n_colours, __pyx_v_jac_tape, __pyx_v_cones, 1); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 528, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   {
     PyObject *__pyx_temp;
@@ -32261,7 +32291,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_26run(struct __pyx_obj_6jacext_5_
   return __pyx_r;
 }
 
-/* "jacext/_tape.pyx":599
+/* "jacext/_tape.pyx":603
  *     # ---- sparsity ----
  * 
  *     def pattern(self, cnp.ndarray cols):             # <<<<<<<<<<<<<<
@@ -32309,32 +32339,32 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_cols,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 599, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 603, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 599, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 603, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "pattern", 0) < (0)) __PYX_ERR(0, 599, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "pattern", 0) < (0)) __PYX_ERR(0, 603, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 1; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("pattern", 1, 1, 1, i); __PYX_ERR(0, 599, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("pattern", 1, 1, 1, i); __PYX_ERR(0, 603, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 1)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 599, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 603, __pyx_L3_error)
     }
     __pyx_v_cols = ((PyArrayObject *)values[0]);
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("pattern", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 599, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("pattern", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 603, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -32345,7 +32375,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   __Pyx_RefNannyFinishContext();
   return NULL;
   __pyx_L4_argument_unpacking_done:;
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_cols), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "cols", 0))) __PYX_ERR(0, 599, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_cols), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "cols", 0))) __PYX_ERR(0, 603, __pyx_L1_error)
   __pyx_r = __pyx_pf_6jacext_5_tape_4Tape_28pattern(((struct __pyx_obj_6jacext_5_tape_Tape *)__pyx_v_self), __pyx_v_cols);
 
   /* function exit code */
@@ -32406,7 +32436,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28pattern(struct __pyx_obj_6jacex
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("pattern", 0);
 
-  /* "jacext/_tape.pyx":602
+  /* "jacext/_tape.pyx":606
  *         """(indptr, indices), int32 and read-only: the exact structural pattern of the
  *         outputs with respect to the inputs ``cols`` (column k is input cols[k])."""
  *         cdef cnp.ndarray col_of_input = np.full(max(self.t.n_in, 1), -1, dtype=np.int32)             # <<<<<<<<<<<<<<
@@ -32414,9 +32444,9 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28pattern(struct __pyx_obj_6jacex
  *         cdef int32_t *indices = NULL
 */
   __pyx_t_2 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 602, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 606, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_full); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 602, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_full); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 606, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
 
@@ -32433,12 +32463,12 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28pattern(struct __pyx_obj_6jacex
     __pyx_t_7 = __pyx_t_6;
   }
 
-  __pyx_t_3 = __Pyx_PyLong_From_long(__pyx_t_7); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 602, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_From_long(__pyx_t_7); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 606, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
 
-  __Pyx_GetModuleGlobalName(__pyx_t_9, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 602, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_9, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 606, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_9);
-  __pyx_t_10 = __Pyx_PyObject_GetAttrStr(__pyx_t_9, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 602, __pyx_L1_error)
+  __pyx_t_10 = __Pyx_PyObject_GetAttrStr(__pyx_t_9, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 606, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_10);
   __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
   #if CYTHON_VECTORCALL
@@ -32459,13 +32489,13 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28pattern(struct __pyx_obj_6jacex
     PyObject *__pyx_callargs[4] = {__pyx_t_2, __pyx_t_3, __pyx_mstate_global->__pyx_int_neg_1, __pyx_t_10};
     #if CYTHON_VECTORCALL
     __pyx_t_9 = __pyx_mstate_global->__pyx_tuple[3];
-    if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 602, __pyx_L1_error)
+    if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 606, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_9);
     #else
     {
       PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
       __pyx_t_9 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+3, 1);
-      if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 602, __pyx_L1_error)
+      if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 606, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_9);
     }
     #endif
@@ -32477,14 +32507,14 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28pattern(struct __pyx_obj_6jacex
     __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
     __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 602, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 606, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
-  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 602, __pyx_L1_error)
+  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 606, __pyx_L1_error)
   __pyx_v_col_of_input = ((PyArrayObject *)__pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "jacext/_tape.pyx":603
+  /* "jacext/_tape.pyx":607
  *         outputs with respect to the inputs ``cols`` (column k is input cols[k])."""
  *         cdef cnp.ndarray col_of_input = np.full(max(self.t.n_in, 1), -1, dtype=np.int32)
  *         cdef int32_t *indptr = NULL             # <<<<<<<<<<<<<<
@@ -32493,7 +32523,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28pattern(struct __pyx_obj_6jacex
 */
   __pyx_v_indptr = NULL;
 
-  /* "jacext/_tape.pyx":604
+  /* "jacext/_tape.pyx":608
  *         cdef cnp.ndarray col_of_input = np.full(max(self.t.n_in, 1), -1, dtype=np.int32)
  *         cdef int32_t *indptr = NULL
  *         cdef int32_t *indices = NULL             # <<<<<<<<<<<<<<
@@ -32502,17 +32532,17 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28pattern(struct __pyx_obj_6jacex
 */
   __pyx_v_indices = NULL;
 
-  /* "jacext/_tape.pyx":606
+  /* "jacext/_tape.pyx":610
  *         cdef int32_t *indices = NULL
  *         cdef int st
  *         _check_columns(cols, self.t.n_in)             # <<<<<<<<<<<<<<
  *         col_of_input[cols] = np.arange(cols.shape[0], dtype=np.int32)
  *         with nogil:
 */
-  __pyx_t_12 = __pyx_f_6jacext_5_tape__check_columns(__pyx_v_cols, __pyx_v_self->t.n_in); if (unlikely(__pyx_t_12 == ((int)-1))) __PYX_ERR(0, 606, __pyx_L1_error)
+  __pyx_t_12 = __pyx_f_6jacext_5_tape__check_columns(__pyx_v_cols, __pyx_v_self->t.n_in); if (unlikely(__pyx_t_12 == ((int)-1))) __PYX_ERR(0, 610, __pyx_L1_error)
 
 
-  /* "jacext/_tape.pyx":607
+  /* "jacext/_tape.pyx":611
  *         cdef int st
  *         _check_columns(cols, self.t.n_in)
  *         col_of_input[cols] = np.arange(cols.shape[0], dtype=np.int32)             # <<<<<<<<<<<<<<
@@ -32520,16 +32550,16 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28pattern(struct __pyx_obj_6jacex
  *             st = jx_sparsity(&self.t, <const int32_t *>cnp.PyArray_DATA(col_of_input),
 */
   __pyx_t_4 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_9, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 607, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_9, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 611, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_9);
-  __pyx_t_10 = __Pyx_PyObject_GetAttrStr(__pyx_t_9, __pyx_mstate_global->__pyx_n_u_arange); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 607, __pyx_L1_error)
+  __pyx_t_10 = __Pyx_PyObject_GetAttrStr(__pyx_t_9, __pyx_mstate_global->__pyx_n_u_arange); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 611, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_10);
   __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
-  __pyx_t_9 = __Pyx_PyLong_From_npy_intp((__pyx_f_5numpy_7ndarray_5shape___get__(__pyx_v_cols)[0])); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 607, __pyx_L1_error)
+  __pyx_t_9 = __Pyx_PyLong_From_npy_intp((__pyx_f_5numpy_7ndarray_5shape___get__(__pyx_v_cols)[0])); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 611, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_9);
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 607, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 611, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 607, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 611, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   #if CYTHON_VECTORCALL
@@ -32550,13 +32580,13 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28pattern(struct __pyx_obj_6jacex
     PyObject *__pyx_callargs[3] = {__pyx_t_4, __pyx_t_9, __pyx_t_2};
     #if CYTHON_VECTORCALL
     __pyx_t_3 = __pyx_mstate_global->__pyx_tuple[3];
-    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 607, __pyx_L1_error)
+    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 611, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_3);
     #else
     {
       PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
       __pyx_t_3 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 1);
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 607, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 611, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     #endif
@@ -32568,13 +32598,13 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28pattern(struct __pyx_obj_6jacex
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
     __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 607, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 611, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
-  if (unlikely((PyObject_SetItem(((PyObject *)__pyx_v_col_of_input), ((PyObject *)__pyx_v_cols), __pyx_t_1) < 0))) __PYX_ERR(0, 607, __pyx_L1_error)
+  if (unlikely((PyObject_SetItem(((PyObject *)__pyx_v_col_of_input), ((PyObject *)__pyx_v_cols), __pyx_t_1) < 0))) __PYX_ERR(0, 611, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
-  /* "jacext/_tape.pyx":608
+  /* "jacext/_tape.pyx":612
  *         _check_columns(cols, self.t.n_in)
  *         col_of_input[cols] = np.arange(cols.shape[0], dtype=np.int32)
  *         with nogil:             # <<<<<<<<<<<<<<
@@ -32587,7 +32617,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28pattern(struct __pyx_obj_6jacex
       __Pyx_FastGIL_Remember();
       /*try:*/ {
 
-        /* "jacext/_tape.pyx":609
+        /* "jacext/_tape.pyx":613
  *         col_of_input[cols] = np.arange(cols.shape[0], dtype=np.int32)
  *         with nogil:
  *             st = jx_sparsity(&self.t, <const int32_t *>cnp.PyArray_DATA(col_of_input),             # <<<<<<<<<<<<<<
@@ -32597,7 +32627,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28pattern(struct __pyx_obj_6jacex
         __pyx_v_st = jx_sparsity((&__pyx_v_self->t), ((int32_t const *)PyArray_DATA(__pyx_v_col_of_input)), (&__pyx_v_indptr), (&__pyx_v_indices));
       }
 
-      /* "jacext/_tape.pyx":608
+      /* "jacext/_tape.pyx":612
  *         _check_columns(cols, self.t.n_in)
  *         col_of_input[cols] = np.arange(cols.shape[0], dtype=np.int32)
  *         with nogil:             # <<<<<<<<<<<<<<
@@ -32614,17 +32644,17 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28pattern(struct __pyx_obj_6jacex
       }
   }
 
-  /* "jacext/_tape.pyx":611
+  /* "jacext/_tape.pyx":615
  *             st = jx_sparsity(&self.t, <const int32_t *>cnp.PyArray_DATA(col_of_input),
  *                              &indptr, &indices)
  *         raise_status(st)             # <<<<<<<<<<<<<<
  *         n_out = self.t.n_out
  *         try:
 */
-  __pyx_t_12 = __pyx_f_6jacext_5_tape_raise_status(__pyx_v_st); if (unlikely(__pyx_t_12 == ((int)-1))) __PYX_ERR(0, 611, __pyx_L1_error)
+  __pyx_t_12 = __pyx_f_6jacext_5_tape_raise_status(__pyx_v_st); if (unlikely(__pyx_t_12 == ((int)-1))) __PYX_ERR(0, 615, __pyx_L1_error)
 
 
-  /* "jacext/_tape.pyx":612
+  /* "jacext/_tape.pyx":616
  *                              &indptr, &indices)
  *         raise_status(st)
  *         n_out = self.t.n_out             # <<<<<<<<<<<<<<
@@ -32635,7 +32665,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28pattern(struct __pyx_obj_6jacex
 
   __pyx_v_n_out = __pyx_t_6;
 
-  /* "jacext/_tape.pyx":613
+  /* "jacext/_tape.pyx":617
  *         raise_status(st)
  *         n_out = self.t.n_out
  *         try:             # <<<<<<<<<<<<<<
@@ -32644,7 +32674,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28pattern(struct __pyx_obj_6jacex
 */
   /*try:*/ {
 
-    /* "jacext/_tape.pyx":614
+    /* "jacext/_tape.pyx":618
  *         n_out = self.t.n_out
  *         try:
  *             ptr = np.asarray(<int32_t[:n_out + 1]>indptr).copy()             # <<<<<<<<<<<<<<
@@ -32652,25 +32682,25 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28pattern(struct __pyx_obj_6jacex
  *             idx = (np.asarray(<int32_t[:nnz]>indices).copy() if nnz
 */
     __pyx_t_2 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_9, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 614, __pyx_L7_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_9, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 618, __pyx_L7_error)
     __Pyx_GOTREF(__pyx_t_9);
-    __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_9, __pyx_mstate_global->__pyx_n_u_asarray); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 614, __pyx_L7_error)
+    __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_9, __pyx_mstate_global->__pyx_n_u_asarray); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 618, __pyx_L7_error)
     __Pyx_GOTREF(__pyx_t_4);
     __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
     if (!__pyx_v_indptr) {
       PyErr_SetString(PyExc_ValueError,"Cannot create cython.array from NULL pointer");
-      __PYX_ERR(0, 614, __pyx_L7_error)
+      __PYX_ERR(0, 618, __pyx_L7_error)
     }
-    __pyx_t_14 = __pyx_format_from_typeinfo(&__Pyx_TypeInfo_nn_int32_t); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 614, __pyx_L7_error)
+    __pyx_t_14 = __pyx_format_from_typeinfo(&__Pyx_TypeInfo_nn_int32_t); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 618, __pyx_L7_error)
     __Pyx_GOTREF(__pyx_t_14);
-    __pyx_t_9 = Py_BuildValue("("  __PYX_BUILD_PY_SSIZE_T  ")", ((Py_ssize_t)(__pyx_v_n_out + 1))); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 614, __pyx_L7_error)
+    __pyx_t_9 = Py_BuildValue("("  __PYX_BUILD_PY_SSIZE_T  ")", ((Py_ssize_t)(__pyx_v_n_out + 1))); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 618, __pyx_L7_error)
     __Pyx_GOTREF(__pyx_t_9);
     #if CYTHON_COMPILING_IN_LIMITED_API
-    __pyx_t_15 = PyBytes_AsString(__pyx_t_14); if (unlikely(!__pyx_t_15)) __PYX_ERR(0, 614, __pyx_L7_error)
+    __pyx_t_15 = PyBytes_AsString(__pyx_t_14); if (unlikely(!__pyx_t_15)) __PYX_ERR(0, 618, __pyx_L7_error)
     #else
     __pyx_t_15 = PyBytes_AS_STRING(__pyx_t_14);
     #endif
-    __pyx_t_13 = __pyx_array_new(__pyx_t_9, sizeof(int32_t), __pyx_t_15, "c", (char *) __pyx_v_indptr); if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 614, __pyx_L7_error)
+    __pyx_t_13 = __pyx_array_new(__pyx_t_9, sizeof(int32_t), __pyx_t_15, "c", (char *) __pyx_v_indptr); if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 618, __pyx_L7_error)
     __Pyx_GOTREF((PyObject *)__pyx_t_13);
     __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
     __Pyx_DECREF(__pyx_t_14); __pyx_t_14 = 0;
@@ -32692,7 +32722,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28pattern(struct __pyx_obj_6jacex
       __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
       __Pyx_DECREF((PyObject *)__pyx_t_13); __pyx_t_13 = 0;
       __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 614, __pyx_L7_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 618, __pyx_L7_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     __pyx_t_10 = __pyx_t_3;
@@ -32703,28 +32733,28 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28pattern(struct __pyx_obj_6jacex
       __pyx_t_1 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_copy, __pyx_callargs+__pyx_t_11, (1-__pyx_t_11) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_10); __pyx_t_10 = 0;
       __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 614, __pyx_L7_error)
+      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 618, __pyx_L7_error)
       __Pyx_GOTREF(__pyx_t_1);
     }
     __pyx_v_ptr = __pyx_t_1;
     __pyx_t_1 = 0;
 
-    /* "jacext/_tape.pyx":615
+    /* "jacext/_tape.pyx":619
  *         try:
  *             ptr = np.asarray(<int32_t[:n_out + 1]>indptr).copy()
  *             nnz = int(ptr[n_out])             # <<<<<<<<<<<<<<
  *             idx = (np.asarray(<int32_t[:nnz]>indices).copy() if nnz
  *                    else np.zeros(0, dtype=np.int32))
 */
-    __pyx_t_1 = __Pyx_GetItemInt(__pyx_v_ptr, __pyx_v_n_out, int32_t, 1, __Pyx_PyLong_From_int32_t, 1, 1, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 615, __pyx_L7_error)
+    __pyx_t_1 = __Pyx_GetItemInt(__pyx_v_ptr, __pyx_v_n_out, int32_t, 1, __Pyx_PyLong_From_int32_t, 1, 1, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 619, __pyx_L7_error)
     __Pyx_GOTREF(__pyx_t_1);
-    __pyx_t_3 = __Pyx_PyNumber_Int(__pyx_t_1); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 615, __pyx_L7_error)
+    __pyx_t_3 = __Pyx_PyNumber_Int(__pyx_t_1); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 619, __pyx_L7_error)
     __Pyx_GOTREF(__pyx_t_3);
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
     __pyx_v_nnz = ((PyObject*)__pyx_t_3);
     __pyx_t_3 = 0;
 
-    /* "jacext/_tape.pyx":616
+    /* "jacext/_tape.pyx":620
  *             ptr = np.asarray(<int32_t[:n_out + 1]>indptr).copy()
  *             nnz = int(ptr[n_out])
  *             idx = (np.asarray(<int32_t[:nnz]>indices).copy() if nnz             # <<<<<<<<<<<<<<
@@ -32733,33 +32763,33 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28pattern(struct __pyx_obj_6jacex
 */
     {
       Py_ssize_t __pyx_temp = __Pyx_PyLong_IsNonZero(__pyx_v_nnz);
-      if (unlikely(((!CYTHON_USE_PYLONG_INTERNALS) && __pyx_temp < 0))) __PYX_ERR(0, 616, __pyx_L7_error)
+      if (unlikely(((!CYTHON_USE_PYLONG_INTERNALS) && __pyx_temp < 0))) __PYX_ERR(0, 620, __pyx_L7_error)
       __pyx_t_8 = (__pyx_temp != 0);
     }
 
     if (__pyx_t_8) {
       __pyx_t_2 = NULL;
-      __Pyx_GetModuleGlobalName(__pyx_t_14, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 616, __pyx_L7_error)
+      __Pyx_GetModuleGlobalName(__pyx_t_14, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 620, __pyx_L7_error)
       __Pyx_GOTREF(__pyx_t_14);
-      __pyx_t_9 = __Pyx_PyObject_GetAttrStr(__pyx_t_14, __pyx_mstate_global->__pyx_n_u_asarray); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 616, __pyx_L7_error)
+      __pyx_t_9 = __Pyx_PyObject_GetAttrStr(__pyx_t_14, __pyx_mstate_global->__pyx_n_u_asarray); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 620, __pyx_L7_error)
       __Pyx_GOTREF(__pyx_t_9);
       __Pyx_DECREF(__pyx_t_14); __pyx_t_14 = 0;
-      if (unlikely(!__pyx_v_nnz)) { __Pyx_RaiseUnboundLocalError("nnz"); __PYX_ERR(0, 616, __pyx_L7_error) }
-      __pyx_t_16 = __Pyx_PyIndex_AsSsize_t(__pyx_v_nnz); if (unlikely((__pyx_t_16 == (Py_ssize_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 616, __pyx_L7_error)
+      if (unlikely(!__pyx_v_nnz)) { __Pyx_RaiseUnboundLocalError("nnz"); __PYX_ERR(0, 620, __pyx_L7_error) }
+      __pyx_t_16 = __Pyx_PyIndex_AsSsize_t(__pyx_v_nnz); if (unlikely((__pyx_t_16 == (Py_ssize_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 620, __pyx_L7_error)
       if (!__pyx_v_indices) {
         PyErr_SetString(PyExc_ValueError,"Cannot create cython.array from NULL pointer");
-        __PYX_ERR(0, 616, __pyx_L7_error)
+        __PYX_ERR(0, 620, __pyx_L7_error)
       }
-      __pyx_t_17 = __pyx_format_from_typeinfo(&__Pyx_TypeInfo_nn_int32_t); if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 616, __pyx_L7_error)
+      __pyx_t_17 = __pyx_format_from_typeinfo(&__Pyx_TypeInfo_nn_int32_t); if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 620, __pyx_L7_error)
       __Pyx_GOTREF(__pyx_t_17);
-      __pyx_t_14 = Py_BuildValue("("  __PYX_BUILD_PY_SSIZE_T  ")", ((Py_ssize_t)__pyx_t_16)); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 616, __pyx_L7_error)
+      __pyx_t_14 = Py_BuildValue("("  __PYX_BUILD_PY_SSIZE_T  ")", ((Py_ssize_t)__pyx_t_16)); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 620, __pyx_L7_error)
       __Pyx_GOTREF(__pyx_t_14);
       #if CYTHON_COMPILING_IN_LIMITED_API
-      __pyx_t_15 = PyBytes_AsString(__pyx_t_17); if (unlikely(!__pyx_t_15)) __PYX_ERR(0, 616, __pyx_L7_error)
+      __pyx_t_15 = PyBytes_AsString(__pyx_t_17); if (unlikely(!__pyx_t_15)) __PYX_ERR(0, 620, __pyx_L7_error)
       #else
       __pyx_t_15 = PyBytes_AS_STRING(__pyx_t_17);
       #endif
-      __pyx_t_13 = __pyx_array_new(__pyx_t_14, sizeof(int32_t), __pyx_t_15, "c", (char *) __pyx_v_indices); if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 616, __pyx_L7_error)
+      __pyx_t_13 = __pyx_array_new(__pyx_t_14, sizeof(int32_t), __pyx_t_15, "c", (char *) __pyx_v_indices); if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 620, __pyx_L7_error)
       __Pyx_GOTREF((PyObject *)__pyx_t_13);
       __Pyx_DECREF(__pyx_t_14); __pyx_t_14 = 0;
       __Pyx_DECREF(__pyx_t_17); __pyx_t_17 = 0;
@@ -32782,7 +32812,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28pattern(struct __pyx_obj_6jacex
         __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
         __Pyx_DECREF((PyObject *)__pyx_t_13); __pyx_t_13 = 0;
         __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
-        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 616, __pyx_L7_error)
+        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 620, __pyx_L7_error)
         __Pyx_GOTREF(__pyx_t_4);
       }
       __pyx_t_10 = __pyx_t_4;
@@ -32793,14 +32823,14 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28pattern(struct __pyx_obj_6jacex
         __pyx_t_1 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_copy, __pyx_callargs+__pyx_t_11, (1-__pyx_t_11) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
         __Pyx_XDECREF(__pyx_t_10); __pyx_t_10 = 0;
         __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-        if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 616, __pyx_L7_error)
+        if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 620, __pyx_L7_error)
         __Pyx_GOTREF(__pyx_t_1);
       }
       __pyx_t_3 = __pyx_t_1;
       __pyx_t_1 = 0;
     } else {
 
-      /* "jacext/_tape.pyx":617
+      /* "jacext/_tape.pyx":621
  *             nnz = int(ptr[n_out])
  *             idx = (np.asarray(<int32_t[:nnz]>indices).copy() if nnz
  *                    else np.zeros(0, dtype=np.int32))             # <<<<<<<<<<<<<<
@@ -32808,14 +32838,14 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28pattern(struct __pyx_obj_6jacex
  *             free(indptr)
 */
       __pyx_t_4 = NULL;
-      __Pyx_GetModuleGlobalName(__pyx_t_10, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 617, __pyx_L7_error)
+      __Pyx_GetModuleGlobalName(__pyx_t_10, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 621, __pyx_L7_error)
       __Pyx_GOTREF(__pyx_t_10);
-      __pyx_t_9 = __Pyx_PyObject_GetAttrStr(__pyx_t_10, __pyx_mstate_global->__pyx_n_u_zeros); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 617, __pyx_L7_error)
+      __pyx_t_9 = __Pyx_PyObject_GetAttrStr(__pyx_t_10, __pyx_mstate_global->__pyx_n_u_zeros); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 621, __pyx_L7_error)
       __Pyx_GOTREF(__pyx_t_9);
       __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
-      __Pyx_GetModuleGlobalName(__pyx_t_10, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 617, __pyx_L7_error)
+      __Pyx_GetModuleGlobalName(__pyx_t_10, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 621, __pyx_L7_error)
       __Pyx_GOTREF(__pyx_t_10);
-      __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_10, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 617, __pyx_L7_error)
+      __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_10, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 621, __pyx_L7_error)
       __Pyx_GOTREF(__pyx_t_2);
       __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
       #if CYTHON_VECTORCALL
@@ -32836,13 +32866,13 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28pattern(struct __pyx_obj_6jacex
         PyObject *__pyx_callargs[3] = {__pyx_t_4, __pyx_mstate_global->__pyx_int_0, __pyx_t_2};
         #if CYTHON_VECTORCALL
         __pyx_t_10 = __pyx_mstate_global->__pyx_tuple[3];
-        if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 617, __pyx_L7_error)
+        if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 621, __pyx_L7_error)
         __Pyx_INCREF(__pyx_t_10);
         #else
         {
           PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
           __pyx_t_10 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 1);
-          if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 617, __pyx_L7_error)
+          if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 621, __pyx_L7_error)
           __Pyx_GOTREF(__pyx_t_10);
         }
         #endif
@@ -32853,7 +32883,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28pattern(struct __pyx_obj_6jacex
         __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
         __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
         __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
-        if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 617, __pyx_L7_error)
+        if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 621, __pyx_L7_error)
         __Pyx_GOTREF(__pyx_t_1);
       }
       __pyx_t_3 = __pyx_t_1;
@@ -32864,7 +32894,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28pattern(struct __pyx_obj_6jacex
     __pyx_t_3 = 0;
   }
 
-  /* "jacext/_tape.pyx":619
+  /* "jacext/_tape.pyx":623
  *                    else np.zeros(0, dtype=np.int32))
  *         finally:
  *             free(indptr)             # <<<<<<<<<<<<<<
@@ -32875,7 +32905,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28pattern(struct __pyx_obj_6jacex
     /*normal exit:*/{
       free(__pyx_v_indptr);
 
-      /* "jacext/_tape.pyx":620
+      /* "jacext/_tape.pyx":624
  *         finally:
  *             free(indptr)
  *             free(indices)             # <<<<<<<<<<<<<<
@@ -32910,7 +32940,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28pattern(struct __pyx_obj_6jacex
       __pyx_t_12 = __pyx_lineno; __pyx_t_18 = __pyx_clineno; __pyx_t_19 = __pyx_filename;
       {
 
-        /* "jacext/_tape.pyx":619
+        /* "jacext/_tape.pyx":623
  *                    else np.zeros(0, dtype=np.int32))
  *         finally:
  *             free(indptr)             # <<<<<<<<<<<<<<
@@ -32919,7 +32949,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28pattern(struct __pyx_obj_6jacex
 */
         free(__pyx_v_indptr);
 
-        /* "jacext/_tape.pyx":620
+        /* "jacext/_tape.pyx":624
  *         finally:
  *             free(indptr)
  *             free(indices)             # <<<<<<<<<<<<<<
@@ -32943,7 +32973,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28pattern(struct __pyx_obj_6jacex
     __pyx_L8:;
   }
 
-  /* "jacext/_tape.pyx":621
+  /* "jacext/_tape.pyx":625
  *             free(indptr)
  *             free(indices)
  *         ptr.setflags(write=False)             # <<<<<<<<<<<<<<
@@ -32959,13 +32989,13 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28pattern(struct __pyx_obj_6jacex
     PyObject *__pyx_callargs[2] = {__pyx_t_1, Py_False};
     #if CYTHON_VECTORCALL
     __pyx_t_9 = __pyx_mstate_global->__pyx_tuple[4];
-    if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 621, __pyx_L1_error)
+    if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 625, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_9);
     #else
     {
       PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_write};
       __pyx_t_9 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+1, 1);
-      if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 621, __pyx_L1_error)
+      if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 625, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_9);
     }
     #endif
@@ -32974,12 +33004,12 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28pattern(struct __pyx_obj_6jacex
     #if CYTHON_VECTORCALL
     #endif
     __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
-    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 621, __pyx_L1_error)
+    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 625, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
   }
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
 
-  /* "jacext/_tape.pyx":622
+  /* "jacext/_tape.pyx":626
  *             free(indices)
  *         ptr.setflags(write=False)
  *         idx.setflags(write=False)             # <<<<<<<<<<<<<<
@@ -32995,13 +33025,13 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28pattern(struct __pyx_obj_6jacex
     PyObject *__pyx_callargs[2] = {__pyx_t_9, Py_False};
     #if CYTHON_VECTORCALL
     __pyx_t_1 = __pyx_mstate_global->__pyx_tuple[4];
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 622, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 626, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_1);
     #else
     {
       PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_write};
       __pyx_t_1 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+1, 1);
-      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 622, __pyx_L1_error)
+      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 626, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_1);
     }
     #endif
@@ -33010,26 +33040,26 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28pattern(struct __pyx_obj_6jacex
     #if CYTHON_VECTORCALL
     #endif
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 622, __pyx_L1_error)
+    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 626, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
   }
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
 
-  /* "jacext/_tape.pyx":623
+  /* "jacext/_tape.pyx":627
  *         ptr.setflags(write=False)
  *         idx.setflags(write=False)
  *         return ptr, idx             # <<<<<<<<<<<<<<
  * 
  *     def cones(self, budget, row_ptr, nz_input):
 */
-  __pyx_t_3 = PyTuple_New(2); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 623, __pyx_L1_error)
+  __pyx_t_3 = PyTuple_New(2); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 627, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __Pyx_INCREF(__pyx_v_ptr);
   __Pyx_GIVEREF(__pyx_v_ptr);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 0, __pyx_v_ptr) != (0)) __PYX_ERR(0, 623, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 0, __pyx_v_ptr) != (0)) __PYX_ERR(0, 627, __pyx_L1_error);
   __Pyx_INCREF(__pyx_v_idx);
   __Pyx_GIVEREF(__pyx_v_idx);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 1, __pyx_v_idx) != (0)) __PYX_ERR(0, 623, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 1, __pyx_v_idx) != (0)) __PYX_ERR(0, 627, __pyx_L1_error);
   {
     PyObject *__pyx_temp;
     {
@@ -33041,7 +33071,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28pattern(struct __pyx_obj_6jacex
   __pyx_t_3 = 0;
   goto __pyx_L0;
 
-  /* "jacext/_tape.pyx":599
+  /* "jacext/_tape.pyx":603
  *     # ---- sparsity ----
  * 
  *     def pattern(self, cnp.ndarray cols):             # <<<<<<<<<<<<<<
@@ -33076,7 +33106,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_28pattern(struct __pyx_obj_6jacex
   return __pyx_r;
 }
 
-/* "jacext/_tape.pyx":625
+/* "jacext/_tape.pyx":629
  *         return ptr, idx
  * 
  *     def cones(self, budget, row_ptr, nz_input):             # <<<<<<<<<<<<<<
@@ -33126,38 +33156,38 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_budget,&__pyx_mstate_global->__pyx_n_u_row_ptr,&__pyx_mstate_global->__pyx_n_u_nz_input,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 625, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 629, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 625, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 629, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 625, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 629, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 625, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 629, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "cones", 0) < (0)) __PYX_ERR(0, 625, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "cones", 0) < (0)) __PYX_ERR(0, 629, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 3; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("cones", 1, 3, 3, i); __PYX_ERR(0, 625, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("cones", 1, 3, 3, i); __PYX_ERR(0, 629, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 3)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 625, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 629, __pyx_L3_error)
       values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 625, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 629, __pyx_L3_error)
       values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 625, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 629, __pyx_L3_error)
     }
     __pyx_v_budget = values[0];
     __pyx_v_row_ptr = values[1];
@@ -33165,7 +33195,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("cones", 1, 3, 3, __pyx_nargs); __PYX_ERR(0, 625, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("cones", 1, 3, 3, __pyx_nargs); __PYX_ERR(0, 629, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -33226,7 +33256,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_30cones(struct __pyx_obj_6jacext_
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("cones", 0);
 
-  /* "jacext/_tape.pyx":630
+  /* "jacext/_tape.pyx":634
  *         each nonzero's input index ``nz_input``): a :class:`Cones`, or None when the cones
  *         pass ``budget`` entries."""
  *         cdef int64_t *ptr = NULL             # <<<<<<<<<<<<<<
@@ -33235,7 +33265,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_30cones(struct __pyx_obj_6jacext_
 */
   __pyx_v_ptr = NULL;
 
-  /* "jacext/_tape.pyx":631
+  /* "jacext/_tape.pyx":635
  *         pass ``budget`` entries."""
  *         cdef int64_t *ptr = NULL
  *         cdef int32_t *cone = NULL             # <<<<<<<<<<<<<<
@@ -33244,7 +33274,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_30cones(struct __pyx_obj_6jacext_
 */
   __pyx_v_cone = NULL;
 
-  /* "jacext/_tape.pyx":632
+  /* "jacext/_tape.pyx":636
  *         cdef int64_t *ptr = NULL
  *         cdef int32_t *cone = NULL
  *         cdef int64_t limit = max(int(budget), 1)             # <<<<<<<<<<<<<<
@@ -33253,16 +33283,16 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_30cones(struct __pyx_obj_6jacext_
 */
 
   __pyx_t_1 = 1;
-  __pyx_t_2 = __Pyx_PyNumber_Int(__pyx_v_budget); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 632, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyNumber_Int(__pyx_v_budget); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 636, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_4 = __Pyx_PyLong_From_long(__pyx_t_1); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 632, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_From_long(__pyx_t_1); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 636, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_5 = __Pyx_PyObject_CompareBoolGt_int_int(__pyx_t_4, __pyx_t_2, Py_GT); if (unlikely((__pyx_t_5 < 0))) __PYX_ERR(0, 632, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyObject_CompareBoolGt_int_int(__pyx_t_4, __pyx_t_2, Py_GT); if (unlikely((__pyx_t_5 < 0))) __PYX_ERR(0, 636, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   if (__pyx_t_5) {
-    __pyx_t_4 = __Pyx_PyLong_From_long(__pyx_t_1); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 632, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_PyLong_From_long(__pyx_t_1); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 636, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
-    if (__Pyx_PyInt_FromNumber(&__pyx_t_4, NULL, 0) < (0)) __PYX_ERR(0, 632, __pyx_L1_error)
+    if (__Pyx_PyInt_FromNumber(&__pyx_t_4, NULL, 0) < (0)) __PYX_ERR(0, 636, __pyx_L1_error)
     __pyx_t_3 = __pyx_t_4;
     __pyx_t_4 = 0;
   } else {
@@ -33271,11 +33301,11 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_30cones(struct __pyx_obj_6jacext_
   }
 
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-  __pyx_t_6 = __Pyx_PyLong_As_int64_t(__pyx_t_3); if (unlikely((__pyx_t_6 == ((int64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 632, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_PyLong_As_int64_t(__pyx_t_3); if (unlikely((__pyx_t_6 == ((int64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 636, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   __pyx_v_limit = __pyx_t_6;
 
-  /* "jacext/_tape.pyx":634
+  /* "jacext/_tape.pyx":638
  *         cdef int64_t limit = max(int(budget), 1)
  *         cdef int st
  *         with nogil:             # <<<<<<<<<<<<<<
@@ -33288,7 +33318,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_30cones(struct __pyx_obj_6jacext_
       __Pyx_FastGIL_Remember();
       /*try:*/ {
 
-        /* "jacext/_tape.pyx":635
+        /* "jacext/_tape.pyx":639
  *         cdef int st
  *         with nogil:
  *             st = jx_cones(&self.t, limit, &ptr, &cone)             # <<<<<<<<<<<<<<
@@ -33298,7 +33328,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_30cones(struct __pyx_obj_6jacext_
         __pyx_v_st = jx_cones((&__pyx_v_self->t), __pyx_v_limit, (&__pyx_v_ptr), (&__pyx_v_cone));
       }
 
-      /* "jacext/_tape.pyx":634
+      /* "jacext/_tape.pyx":638
  *         cdef int64_t limit = max(int(budget), 1)
  *         cdef int st
  *         with nogil:             # <<<<<<<<<<<<<<
@@ -33315,7 +33345,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_30cones(struct __pyx_obj_6jacext_
       }
   }
 
-  /* "jacext/_tape.pyx":636
+  /* "jacext/_tape.pyx":640
  *         with nogil:
  *             st = jx_cones(&self.t, limit, &ptr, &cone)
  *         if st == JX_EARG:             # <<<<<<<<<<<<<<
@@ -33327,7 +33357,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_30cones(struct __pyx_obj_6jacext_
   if (__pyx_t_5) {
 
 
-    /* "jacext/_tape.pyx":637
+    /* "jacext/_tape.pyx":641
  *             st = jx_cones(&self.t, limit, &ptr, &cone)
  *         if st == JX_EARG:
  *             return None             # <<<<<<<<<<<<<<
@@ -33344,7 +33374,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_30cones(struct __pyx_obj_6jacext_
     }
     goto __pyx_L0;
 
-    /* "jacext/_tape.pyx":636
+    /* "jacext/_tape.pyx":640
  *         with nogil:
  *             st = jx_cones(&self.t, limit, &ptr, &cone)
  *         if st == JX_EARG:             # <<<<<<<<<<<<<<
@@ -33353,17 +33383,17 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_30cones(struct __pyx_obj_6jacext_
 */
   }
 
-  /* "jacext/_tape.pyx":638
+  /* "jacext/_tape.pyx":642
  *         if st == JX_EARG:
  *             return None
  *         raise_status(st)             # <<<<<<<<<<<<<<
  *         n_out = int(self.t.n_out)
  *         try:
 */
-  __pyx_t_7 = __pyx_f_6jacext_5_tape_raise_status(__pyx_v_st); if (unlikely(__pyx_t_7 == ((int)-1))) __PYX_ERR(0, 638, __pyx_L1_error)
+  __pyx_t_7 = __pyx_f_6jacext_5_tape_raise_status(__pyx_v_st); if (unlikely(__pyx_t_7 == ((int)-1))) __PYX_ERR(0, 642, __pyx_L1_error)
 
 
-  /* "jacext/_tape.pyx":639
+  /* "jacext/_tape.pyx":643
  *             return None
  *         raise_status(st)
  *         n_out = int(self.t.n_out)             # <<<<<<<<<<<<<<
@@ -33371,7 +33401,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_30cones(struct __pyx_obj_6jacext_
  *             p = np.asarray(<int64_t[:n_out + 1]>ptr).copy()
 */
   __pyx_t_2 = NULL;
-  __pyx_t_4 = __Pyx_PyLong_From_int32_t(__pyx_v_self->t.n_out); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 639, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_From_int32_t(__pyx_v_self->t.n_out); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 643, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __pyx_t_8 = 1;
   {
@@ -33379,13 +33409,13 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_30cones(struct __pyx_obj_6jacext_
     __pyx_t_3 = __Pyx_PyObject_FastCall((PyObject*)(&PyLong_Type), __pyx_callargs+__pyx_t_8, (2-__pyx_t_8) | (__pyx_t_8*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 639, __pyx_L1_error)
+    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 643, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
   }
   __pyx_v_n_out = ((PyObject*)__pyx_t_3);
   __pyx_t_3 = 0;
 
-  /* "jacext/_tape.pyx":640
+  /* "jacext/_tape.pyx":644
  *         raise_status(st)
  *         n_out = int(self.t.n_out)
  *         try:             # <<<<<<<<<<<<<<
@@ -33394,7 +33424,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_30cones(struct __pyx_obj_6jacext_
 */
   /*try:*/ {
 
-    /* "jacext/_tape.pyx":641
+    /* "jacext/_tape.pyx":645
  *         n_out = int(self.t.n_out)
  *         try:
  *             p = np.asarray(<int64_t[:n_out + 1]>ptr).copy()             # <<<<<<<<<<<<<<
@@ -33402,30 +33432,30 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_30cones(struct __pyx_obj_6jacext_
  *             c = (np.asarray(<int32_t[:total]>cone).copy() if total
 */
     __pyx_t_9 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_10, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 641, __pyx_L8_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_10, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 645, __pyx_L8_error)
     __Pyx_GOTREF(__pyx_t_10);
-    __pyx_t_11 = __Pyx_PyObject_GetAttrStr(__pyx_t_10, __pyx_mstate_global->__pyx_n_u_asarray); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 641, __pyx_L8_error)
+    __pyx_t_11 = __Pyx_PyObject_GetAttrStr(__pyx_t_10, __pyx_mstate_global->__pyx_n_u_asarray); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 645, __pyx_L8_error)
     __Pyx_GOTREF(__pyx_t_11);
     __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
-    if (unlikely(!__pyx_v_n_out)) { __Pyx_RaiseUnboundLocalError("n_out"); __PYX_ERR(0, 641, __pyx_L8_error) }
-    __pyx_t_10 = __Pyx_PyLong_AddObjC(__pyx_v_n_out, __pyx_mstate_global->__pyx_int_1, 1, 0, 0); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 641, __pyx_L8_error)
+    if (unlikely(!__pyx_v_n_out)) { __Pyx_RaiseUnboundLocalError("n_out"); __PYX_ERR(0, 645, __pyx_L8_error) }
+    __pyx_t_10 = __Pyx_PyLong_AddObjC(__pyx_v_n_out, __pyx_mstate_global->__pyx_int_1, 1, 0, 0); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 645, __pyx_L8_error)
     __Pyx_GOTREF(__pyx_t_10);
-    __pyx_t_12 = __Pyx_PyIndex_AsSsize_t(__pyx_t_10); if (unlikely((__pyx_t_12 == (Py_ssize_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 641, __pyx_L8_error)
+    __pyx_t_12 = __Pyx_PyIndex_AsSsize_t(__pyx_t_10); if (unlikely((__pyx_t_12 == (Py_ssize_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 645, __pyx_L8_error)
     __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
     if (!__pyx_v_ptr) {
       PyErr_SetString(PyExc_ValueError,"Cannot create cython.array from NULL pointer");
-      __PYX_ERR(0, 641, __pyx_L8_error)
+      __PYX_ERR(0, 645, __pyx_L8_error)
     }
-    __pyx_t_14 = __pyx_format_from_typeinfo(&__Pyx_TypeInfo_nn_int64_t); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 641, __pyx_L8_error)
+    __pyx_t_14 = __pyx_format_from_typeinfo(&__Pyx_TypeInfo_nn_int64_t); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 645, __pyx_L8_error)
     __Pyx_GOTREF(__pyx_t_14);
-    __pyx_t_10 = Py_BuildValue("("  __PYX_BUILD_PY_SSIZE_T  ")", ((Py_ssize_t)__pyx_t_12)); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 641, __pyx_L8_error)
+    __pyx_t_10 = Py_BuildValue("("  __PYX_BUILD_PY_SSIZE_T  ")", ((Py_ssize_t)__pyx_t_12)); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 645, __pyx_L8_error)
     __Pyx_GOTREF(__pyx_t_10);
     #if CYTHON_COMPILING_IN_LIMITED_API
-    __pyx_t_15 = PyBytes_AsString(__pyx_t_14); if (unlikely(!__pyx_t_15)) __PYX_ERR(0, 641, __pyx_L8_error)
+    __pyx_t_15 = PyBytes_AsString(__pyx_t_14); if (unlikely(!__pyx_t_15)) __PYX_ERR(0, 645, __pyx_L8_error)
     #else
     __pyx_t_15 = PyBytes_AS_STRING(__pyx_t_14);
     #endif
-    __pyx_t_13 = __pyx_array_new(__pyx_t_10, sizeof(int64_t), __pyx_t_15, "c", (char *) __pyx_v_ptr); if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 641, __pyx_L8_error)
+    __pyx_t_13 = __pyx_array_new(__pyx_t_10, sizeof(int64_t), __pyx_t_15, "c", (char *) __pyx_v_ptr); if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 645, __pyx_L8_error)
     __Pyx_GOTREF((PyObject *)__pyx_t_13);
     __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
     __Pyx_DECREF(__pyx_t_14); __pyx_t_14 = 0;
@@ -33448,7 +33478,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_30cones(struct __pyx_obj_6jacext_
       __Pyx_XDECREF(__pyx_t_9); __pyx_t_9 = 0;
       __Pyx_DECREF((PyObject *)__pyx_t_13); __pyx_t_13 = 0;
       __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 641, __pyx_L8_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 645, __pyx_L8_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
     __pyx_t_4 = __pyx_t_2;
@@ -33459,28 +33489,28 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_30cones(struct __pyx_obj_6jacext_
       __pyx_t_3 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_copy, __pyx_callargs+__pyx_t_8, (1-__pyx_t_8) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
       __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 641, __pyx_L8_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 645, __pyx_L8_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     __pyx_v_p = __pyx_t_3;
     __pyx_t_3 = 0;
 
-    /* "jacext/_tape.pyx":642
+    /* "jacext/_tape.pyx":646
  *         try:
  *             p = np.asarray(<int64_t[:n_out + 1]>ptr).copy()
  *             total = int(p[n_out])             # <<<<<<<<<<<<<<
  *             c = (np.asarray(<int32_t[:total]>cone).copy() if total
  *                  else np.zeros(1, dtype=np.int32))
 */
-    __pyx_t_3 = __Pyx_PyObject_GetItem(__pyx_v_p, __pyx_v_n_out); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 642, __pyx_L8_error)
+    __pyx_t_3 = __Pyx_PyObject_GetItem(__pyx_v_p, __pyx_v_n_out); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 646, __pyx_L8_error)
     __Pyx_GOTREF(__pyx_t_3);
-    __pyx_t_2 = __Pyx_PyNumber_Int(__pyx_t_3); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 642, __pyx_L8_error)
+    __pyx_t_2 = __Pyx_PyNumber_Int(__pyx_t_3); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 646, __pyx_L8_error)
     __Pyx_GOTREF(__pyx_t_2);
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
     __pyx_v_total = ((PyObject*)__pyx_t_2);
     __pyx_t_2 = 0;
 
-    /* "jacext/_tape.pyx":643
+    /* "jacext/_tape.pyx":647
  *             p = np.asarray(<int64_t[:n_out + 1]>ptr).copy()
  *             total = int(p[n_out])
  *             c = (np.asarray(<int32_t[:total]>cone).copy() if total             # <<<<<<<<<<<<<<
@@ -33489,33 +33519,33 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_30cones(struct __pyx_obj_6jacext_
 */
     {
       Py_ssize_t __pyx_temp = __Pyx_PyLong_IsNonZero(__pyx_v_total);
-      if (unlikely(((!CYTHON_USE_PYLONG_INTERNALS) && __pyx_temp < 0))) __PYX_ERR(0, 643, __pyx_L8_error)
+      if (unlikely(((!CYTHON_USE_PYLONG_INTERNALS) && __pyx_temp < 0))) __PYX_ERR(0, 647, __pyx_L8_error)
       __pyx_t_5 = (__pyx_temp != 0);
     }
 
     if (__pyx_t_5) {
       __pyx_t_9 = NULL;
-      __Pyx_GetModuleGlobalName(__pyx_t_14, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 643, __pyx_L8_error)
+      __Pyx_GetModuleGlobalName(__pyx_t_14, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 647, __pyx_L8_error)
       __Pyx_GOTREF(__pyx_t_14);
-      __pyx_t_10 = __Pyx_PyObject_GetAttrStr(__pyx_t_14, __pyx_mstate_global->__pyx_n_u_asarray); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 643, __pyx_L8_error)
+      __pyx_t_10 = __Pyx_PyObject_GetAttrStr(__pyx_t_14, __pyx_mstate_global->__pyx_n_u_asarray); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 647, __pyx_L8_error)
       __Pyx_GOTREF(__pyx_t_10);
       __Pyx_DECREF(__pyx_t_14); __pyx_t_14 = 0;
-      if (unlikely(!__pyx_v_total)) { __Pyx_RaiseUnboundLocalError("total"); __PYX_ERR(0, 643, __pyx_L8_error) }
-      __pyx_t_12 = __Pyx_PyIndex_AsSsize_t(__pyx_v_total); if (unlikely((__pyx_t_12 == (Py_ssize_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 643, __pyx_L8_error)
+      if (unlikely(!__pyx_v_total)) { __Pyx_RaiseUnboundLocalError("total"); __PYX_ERR(0, 647, __pyx_L8_error) }
+      __pyx_t_12 = __Pyx_PyIndex_AsSsize_t(__pyx_v_total); if (unlikely((__pyx_t_12 == (Py_ssize_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 647, __pyx_L8_error)
       if (!__pyx_v_cone) {
         PyErr_SetString(PyExc_ValueError,"Cannot create cython.array from NULL pointer");
-        __PYX_ERR(0, 643, __pyx_L8_error)
+        __PYX_ERR(0, 647, __pyx_L8_error)
       }
-      __pyx_t_16 = __pyx_format_from_typeinfo(&__Pyx_TypeInfo_nn_int32_t); if (unlikely(!__pyx_t_16)) __PYX_ERR(0, 643, __pyx_L8_error)
+      __pyx_t_16 = __pyx_format_from_typeinfo(&__Pyx_TypeInfo_nn_int32_t); if (unlikely(!__pyx_t_16)) __PYX_ERR(0, 647, __pyx_L8_error)
       __Pyx_GOTREF(__pyx_t_16);
-      __pyx_t_14 = Py_BuildValue("("  __PYX_BUILD_PY_SSIZE_T  ")", ((Py_ssize_t)__pyx_t_12)); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 643, __pyx_L8_error)
+      __pyx_t_14 = Py_BuildValue("("  __PYX_BUILD_PY_SSIZE_T  ")", ((Py_ssize_t)__pyx_t_12)); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 647, __pyx_L8_error)
       __Pyx_GOTREF(__pyx_t_14);
       #if CYTHON_COMPILING_IN_LIMITED_API
-      __pyx_t_15 = PyBytes_AsString(__pyx_t_16); if (unlikely(!__pyx_t_15)) __PYX_ERR(0, 643, __pyx_L8_error)
+      __pyx_t_15 = PyBytes_AsString(__pyx_t_16); if (unlikely(!__pyx_t_15)) __PYX_ERR(0, 647, __pyx_L8_error)
       #else
       __pyx_t_15 = PyBytes_AS_STRING(__pyx_t_16);
       #endif
-      __pyx_t_13 = __pyx_array_new(__pyx_t_14, sizeof(int32_t), __pyx_t_15, "c", (char *) __pyx_v_cone); if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 643, __pyx_L8_error)
+      __pyx_t_13 = __pyx_array_new(__pyx_t_14, sizeof(int32_t), __pyx_t_15, "c", (char *) __pyx_v_cone); if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 647, __pyx_L8_error)
       __Pyx_GOTREF((PyObject *)__pyx_t_13);
       __Pyx_DECREF(__pyx_t_14); __pyx_t_14 = 0;
       __Pyx_DECREF(__pyx_t_16); __pyx_t_16 = 0;
@@ -33538,7 +33568,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_30cones(struct __pyx_obj_6jacext_
         __Pyx_XDECREF(__pyx_t_9); __pyx_t_9 = 0;
         __Pyx_DECREF((PyObject *)__pyx_t_13); __pyx_t_13 = 0;
         __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
-        if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 643, __pyx_L8_error)
+        if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 647, __pyx_L8_error)
         __Pyx_GOTREF(__pyx_t_11);
       }
       __pyx_t_4 = __pyx_t_11;
@@ -33549,14 +33579,14 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_30cones(struct __pyx_obj_6jacext_
         __pyx_t_3 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_copy, __pyx_callargs+__pyx_t_8, (1-__pyx_t_8) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
         __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
         __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
-        if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 643, __pyx_L8_error)
+        if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 647, __pyx_L8_error)
         __Pyx_GOTREF(__pyx_t_3);
       }
       __pyx_t_2 = __pyx_t_3;
       __pyx_t_3 = 0;
     } else {
 
-      /* "jacext/_tape.pyx":644
+      /* "jacext/_tape.pyx":648
  *             total = int(p[n_out])
  *             c = (np.asarray(<int32_t[:total]>cone).copy() if total
  *                  else np.zeros(1, dtype=np.int32))             # <<<<<<<<<<<<<<
@@ -33564,14 +33594,14 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_30cones(struct __pyx_obj_6jacext_
  *             free(ptr)
 */
       __pyx_t_11 = NULL;
-      __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 644, __pyx_L8_error)
+      __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 648, __pyx_L8_error)
       __Pyx_GOTREF(__pyx_t_4);
-      __pyx_t_10 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_zeros); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 644, __pyx_L8_error)
+      __pyx_t_10 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_zeros); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 648, __pyx_L8_error)
       __Pyx_GOTREF(__pyx_t_10);
       __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-      __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 644, __pyx_L8_error)
+      __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 648, __pyx_L8_error)
       __Pyx_GOTREF(__pyx_t_4);
-      __pyx_t_9 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 644, __pyx_L8_error)
+      __pyx_t_9 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 648, __pyx_L8_error)
       __Pyx_GOTREF(__pyx_t_9);
       __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
       #if CYTHON_VECTORCALL
@@ -33592,13 +33622,13 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_30cones(struct __pyx_obj_6jacext_
         PyObject *__pyx_callargs[3] = {__pyx_t_11, __pyx_mstate_global->__pyx_int_1, __pyx_t_9};
         #if CYTHON_VECTORCALL
         __pyx_t_4 = __pyx_mstate_global->__pyx_tuple[3];
-        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 644, __pyx_L8_error)
+        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 648, __pyx_L8_error)
         __Pyx_INCREF(__pyx_t_4);
         #else
         {
           PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
           __pyx_t_4 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 1);
-          if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 644, __pyx_L8_error)
+          if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 648, __pyx_L8_error)
           __Pyx_GOTREF(__pyx_t_4);
         }
         #endif
@@ -33609,7 +33639,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_30cones(struct __pyx_obj_6jacext_
         __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
         __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
         __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
-        if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 644, __pyx_L8_error)
+        if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 648, __pyx_L8_error)
         __Pyx_GOTREF(__pyx_t_3);
       }
       __pyx_t_2 = __pyx_t_3;
@@ -33620,7 +33650,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_30cones(struct __pyx_obj_6jacext_
     __pyx_t_2 = 0;
   }
 
-  /* "jacext/_tape.pyx":646
+  /* "jacext/_tape.pyx":650
  *                  else np.zeros(1, dtype=np.int32))
  *         finally:
  *             free(ptr)             # <<<<<<<<<<<<<<
@@ -33631,7 +33661,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_30cones(struct __pyx_obj_6jacext_
     /*normal exit:*/{
       free(__pyx_v_ptr);
 
-      /* "jacext/_tape.pyx":647
+      /* "jacext/_tape.pyx":651
  *         finally:
  *             free(ptr)
  *             free(cone)             # <<<<<<<<<<<<<<
@@ -33666,7 +33696,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_30cones(struct __pyx_obj_6jacext_
       __pyx_t_7 = __pyx_lineno; __pyx_t_17 = __pyx_clineno; __pyx_t_18 = __pyx_filename;
       {
 
-        /* "jacext/_tape.pyx":646
+        /* "jacext/_tape.pyx":650
  *                  else np.zeros(1, dtype=np.int32))
  *         finally:
  *             free(ptr)             # <<<<<<<<<<<<<<
@@ -33675,7 +33705,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_30cones(struct __pyx_obj_6jacext_
 */
         free(__pyx_v_ptr);
 
-        /* "jacext/_tape.pyx":647
+        /* "jacext/_tape.pyx":651
  *         finally:
  *             free(ptr)
  *             free(cone)             # <<<<<<<<<<<<<<
@@ -33699,7 +33729,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_30cones(struct __pyx_obj_6jacext_
     __pyx_L9:;
   }
 
-  /* "jacext/_tape.pyx":648
+  /* "jacext/_tape.pyx":652
  *             free(ptr)
  *             free(cone)
  *         return Cones(self, p, c, row_ptr, nz_input)             # <<<<<<<<<<<<<<
@@ -33712,7 +33742,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_30cones(struct __pyx_obj_6jacext_
     PyObject *__pyx_callargs[6] = {__pyx_t_3, ((PyObject *)__pyx_v_self), __pyx_v_p, __pyx_v_c, __pyx_v_row_ptr, __pyx_v_nz_input};
     __pyx_t_2 = __Pyx_PyObject_FastCall((PyObject*)__pyx_mstate_global->__pyx_ptype_6jacext_5_tape_Cones, __pyx_callargs+__pyx_t_8, (6-__pyx_t_8) | (__pyx_t_8*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
-    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 648, __pyx_L1_error)
+    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 652, __pyx_L1_error)
     __Pyx_GOTREF((PyObject *)__pyx_t_2);
   }
   {
@@ -33726,7 +33756,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_30cones(struct __pyx_obj_6jacext_
   __pyx_t_2 = 0;
   goto __pyx_L0;
 
-  /* "jacext/_tape.pyx":625
+  /* "jacext/_tape.pyx":629
  *         return ptr, idx
  * 
  *     def cones(self, budget, row_ptr, nz_input):             # <<<<<<<<<<<<<<
@@ -33761,7 +33791,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_4Tape_30cones(struct __pyx_obj_6jacext_
   return __pyx_r;
 }
 
-/* "jacext/_tape.pyx":655
+/* "jacext/_tape.pyx":659
  *     reverse sweeps fill; checked once here, read-only after."""
  * 
  *     def __init__(self, Tape tape, cone_ptr, cone, row_ptr, nz_input):             # <<<<<<<<<<<<<<
@@ -33811,50 +33841,50 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_tape,&__pyx_mstate_global->__pyx_n_u_cone_ptr,&__pyx_mstate_global->__pyx_n_u_cone,&__pyx_mstate_global->__pyx_n_u_row_ptr,&__pyx_mstate_global->__pyx_n_u_nz_input,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL_TPNEW(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 655, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 659, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  5:
         values[4] = __Pyx_ArgRef_FASTCALL_TPNEW(__pyx_args, 4);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 655, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 659, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  4:
         values[3] = __Pyx_ArgRef_FASTCALL_TPNEW(__pyx_args, 3);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 655, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 659, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL_TPNEW(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 655, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 659, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL_TPNEW(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 655, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 659, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL_TPNEW(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 655, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 659, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "__init__", 0) < (0)) __PYX_ERR(0, 655, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "__init__", 0) < (0)) __PYX_ERR(0, 659, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 5; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("__init__", 1, 5, 5, i); __PYX_ERR(0, 655, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("__init__", 1, 5, 5, i); __PYX_ERR(0, 659, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 5)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL_TPNEW(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 655, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 659, __pyx_L3_error)
       values[1] = __Pyx_ArgRef_FASTCALL_TPNEW(__pyx_args, 1);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 655, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 659, __pyx_L3_error)
       values[2] = __Pyx_ArgRef_FASTCALL_TPNEW(__pyx_args, 2);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 655, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 659, __pyx_L3_error)
       values[3] = __Pyx_ArgRef_FASTCALL_TPNEW(__pyx_args, 3);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 655, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 659, __pyx_L3_error)
       values[4] = __Pyx_ArgRef_FASTCALL_TPNEW(__pyx_args, 4);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 655, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 659, __pyx_L3_error)
     }
     __pyx_v_tape = ((struct __pyx_obj_6jacext_5_tape_Tape *)values[0]);
     __pyx_v_cone_ptr = values[1];
@@ -33864,7 +33894,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("__init__", 1, 5, 5, __pyx_nargs); __PYX_ERR(0, 655, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("__init__", 1, 5, 5, __pyx_nargs); __PYX_ERR(0, 659, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -33875,7 +33905,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   __Pyx_RefNannyFinishContext();
   return -1;
   __pyx_L4_argument_unpacking_done:;
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_tape), __pyx_mstate_global->__pyx_ptype_6jacext_5_tape_Tape, 1, "tape", 0))) __PYX_ERR(0, 655, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_tape), __pyx_mstate_global->__pyx_ptype_6jacext_5_tape_Tape, 1, "tape", 0))) __PYX_ERR(0, 659, __pyx_L1_error)
   __pyx_r = __pyx_pf_6jacext_5_tape_5Cones___init__(((struct __pyx_obj_6jacext_5_tape_Cones *)__pyx_v_self), __pyx_v_tape, __pyx_v_cone_ptr, __pyx_v_cone, __pyx_v_row_ptr, __pyx_v_nz_input);
 
   /* function exit code */
@@ -33916,7 +33946,7 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__init__", 0);
 
-  /* "jacext/_tape.pyx":656
+  /* "jacext/_tape.pyx":660
  * 
  *     def __init__(self, Tape tape, cone_ptr, cone, row_ptr, nz_input):
  *         cdef Py_ssize_t n_out = tape.t.n_out             # <<<<<<<<<<<<<<
@@ -33927,7 +33957,7 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
 
   __pyx_v_n_out = __pyx_t_1;
 
-  /* "jacext/_tape.pyx":657
+  /* "jacext/_tape.pyx":661
  *     def __init__(self, Tape tape, cone_ptr, cone, row_ptr, nz_input):
  *         cdef Py_ssize_t n_out = tape.t.n_out
  *         self.tape = tape             # <<<<<<<<<<<<<<
@@ -33939,7 +33969,7 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
   __Pyx_GOTREF((PyObject *)__pyx_v_self->tape);
   __Pyx_DECREF_SET(__pyx_v_self->tape, __pyx_v_tape);
 
-  /* "jacext/_tape.pyx":658
+  /* "jacext/_tape.pyx":662
  *         cdef Py_ssize_t n_out = tape.t.n_out
  *         self.tape = tape
  *         self.cone_ptr = np.array(cone_ptr, dtype=np.int64, copy=True)             # <<<<<<<<<<<<<<
@@ -33947,14 +33977,14 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
  *         self.row_ptr = np.array(row_ptr, dtype=np.int32, copy=True)
 */
   __pyx_t_3 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 658, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 662, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_array_2); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 658, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_array_2); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 662, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 658, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 662, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_int64); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 658, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_int64); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 662, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   #if CYTHON_VECTORCALL
@@ -33975,13 +34005,13 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
     PyObject *__pyx_callargs[4] = {__pyx_t_3, __pyx_v_cone_ptr, __pyx_t_6, Py_True};
     #if CYTHON_VECTORCALL
     __pyx_t_4 = __pyx_mstate_global->__pyx_tuple[6];
-    if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 658, __pyx_L1_error)
+    if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 662, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_4);
     #else
     {
       PyObject *__pyx_temp[2] = {__pyx_mstate_global->__pyx_n_u_dtype, __pyx_mstate_global->__pyx_n_u_copy};
       __pyx_t_4 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 2);
-      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 658, __pyx_L1_error)
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 662, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_4);
     }
     #endif
@@ -33992,16 +34022,16 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
     __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 658, __pyx_L1_error)
+    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 662, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
   }
-  if (!(likely(((__pyx_t_2) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_2, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 658, __pyx_L1_error)
+  if (!(likely(((__pyx_t_2) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_2, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 662, __pyx_L1_error)
   __Pyx_GIVEREF(__pyx_t_2);
   __Pyx_GOTREF((PyObject *)__pyx_v_self->cone_ptr);
   __Pyx_DECREF_SET(__pyx_v_self->cone_ptr, ((PyArrayObject *)__pyx_t_2));
   __pyx_t_2 = 0;
 
-  /* "jacext/_tape.pyx":659
+  /* "jacext/_tape.pyx":663
  *         self.tape = tape
  *         self.cone_ptr = np.array(cone_ptr, dtype=np.int64, copy=True)
  *         self.cone = np.array(cone, dtype=np.int32, copy=True)             # <<<<<<<<<<<<<<
@@ -34009,14 +34039,14 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
  *         self.nz_input = np.array(nz_input, dtype=np.int32, copy=True)
 */
   __pyx_t_5 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 659, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 663, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_array_2); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 659, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_array_2); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 663, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 659, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 663, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 659, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 663, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   #if CYTHON_VECTORCALL
@@ -34037,13 +34067,13 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
     PyObject *__pyx_callargs[4] = {__pyx_t_5, __pyx_v_cone, __pyx_t_3, Py_True};
     #if CYTHON_VECTORCALL
     __pyx_t_4 = __pyx_mstate_global->__pyx_tuple[6];
-    if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 659, __pyx_L1_error)
+    if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 663, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_4);
     #else
     {
       PyObject *__pyx_temp[2] = {__pyx_mstate_global->__pyx_n_u_dtype, __pyx_mstate_global->__pyx_n_u_copy};
       __pyx_t_4 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 2);
-      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 659, __pyx_L1_error)
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 663, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_4);
     }
     #endif
@@ -34054,16 +34084,16 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 659, __pyx_L1_error)
+    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 663, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
   }
-  if (!(likely(((__pyx_t_2) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_2, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 659, __pyx_L1_error)
+  if (!(likely(((__pyx_t_2) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_2, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 663, __pyx_L1_error)
   __Pyx_GIVEREF(__pyx_t_2);
   __Pyx_GOTREF((PyObject *)__pyx_v_self->cone);
   __Pyx_DECREF_SET(__pyx_v_self->cone, ((PyArrayObject *)__pyx_t_2));
   __pyx_t_2 = 0;
 
-  /* "jacext/_tape.pyx":660
+  /* "jacext/_tape.pyx":664
  *         self.cone_ptr = np.array(cone_ptr, dtype=np.int64, copy=True)
  *         self.cone = np.array(cone, dtype=np.int32, copy=True)
  *         self.row_ptr = np.array(row_ptr, dtype=np.int32, copy=True)             # <<<<<<<<<<<<<<
@@ -34071,14 +34101,14 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
  *         for arr in (self.cone_ptr, self.cone, self.row_ptr, self.nz_input):
 */
   __pyx_t_6 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 660, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 664, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_array_2); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 660, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_array_2); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 664, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 660, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 664, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 660, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 664, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   #if CYTHON_VECTORCALL
@@ -34099,13 +34129,13 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
     PyObject *__pyx_callargs[4] = {__pyx_t_6, __pyx_v_row_ptr, __pyx_t_5, Py_True};
     #if CYTHON_VECTORCALL
     __pyx_t_4 = __pyx_mstate_global->__pyx_tuple[6];
-    if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 660, __pyx_L1_error)
+    if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 664, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_4);
     #else
     {
       PyObject *__pyx_temp[2] = {__pyx_mstate_global->__pyx_n_u_dtype, __pyx_mstate_global->__pyx_n_u_copy};
       __pyx_t_4 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 2);
-      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 660, __pyx_L1_error)
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 664, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_4);
     }
     #endif
@@ -34116,16 +34146,16 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
     __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 660, __pyx_L1_error)
+    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 664, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
   }
-  if (!(likely(((__pyx_t_2) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_2, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 660, __pyx_L1_error)
+  if (!(likely(((__pyx_t_2) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_2, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 664, __pyx_L1_error)
   __Pyx_GIVEREF(__pyx_t_2);
   __Pyx_GOTREF((PyObject *)__pyx_v_self->row_ptr);
   __Pyx_DECREF_SET(__pyx_v_self->row_ptr, ((PyArrayObject *)__pyx_t_2));
   __pyx_t_2 = 0;
 
-  /* "jacext/_tape.pyx":661
+  /* "jacext/_tape.pyx":665
  *         self.cone = np.array(cone, dtype=np.int32, copy=True)
  *         self.row_ptr = np.array(row_ptr, dtype=np.int32, copy=True)
  *         self.nz_input = np.array(nz_input, dtype=np.int32, copy=True)             # <<<<<<<<<<<<<<
@@ -34133,14 +34163,14 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
  *             arr.setflags(write=False)
 */
   __pyx_t_3 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 661, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 665, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_array_2); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 661, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_array_2); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 665, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 661, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 665, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 661, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 665, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   #if CYTHON_VECTORCALL
@@ -34161,13 +34191,13 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
     PyObject *__pyx_callargs[4] = {__pyx_t_3, __pyx_v_nz_input, __pyx_t_6, Py_True};
     #if CYTHON_VECTORCALL
     __pyx_t_4 = __pyx_mstate_global->__pyx_tuple[6];
-    if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 661, __pyx_L1_error)
+    if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 665, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_4);
     #else
     {
       PyObject *__pyx_temp[2] = {__pyx_mstate_global->__pyx_n_u_dtype, __pyx_mstate_global->__pyx_n_u_copy};
       __pyx_t_4 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 2);
-      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 661, __pyx_L1_error)
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 665, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_4);
     }
     #endif
@@ -34178,36 +34208,36 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
     __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 661, __pyx_L1_error)
+    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 665, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
   }
-  if (!(likely(((__pyx_t_2) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_2, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 661, __pyx_L1_error)
+  if (!(likely(((__pyx_t_2) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_2, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 665, __pyx_L1_error)
   __Pyx_GIVEREF(__pyx_t_2);
   __Pyx_GOTREF((PyObject *)__pyx_v_self->nz_input);
   __Pyx_DECREF_SET(__pyx_v_self->nz_input, ((PyArrayObject *)__pyx_t_2));
   __pyx_t_2 = 0;
 
-  /* "jacext/_tape.pyx":662
+  /* "jacext/_tape.pyx":666
  *         self.row_ptr = np.array(row_ptr, dtype=np.int32, copy=True)
  *         self.nz_input = np.array(nz_input, dtype=np.int32, copy=True)
  *         for arr in (self.cone_ptr, self.cone, self.row_ptr, self.nz_input):             # <<<<<<<<<<<<<<
  *             arr.setflags(write=False)
  *         if (self.cone_ptr.shape[0] != n_out + 1 or self.row_ptr.shape[0] != n_out + 1
 */
-  __pyx_t_2 = PyTuple_New(4); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 662, __pyx_L1_error)
+  __pyx_t_2 = PyTuple_New(4); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 666, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_INCREF((PyObject *)__pyx_v_self->cone_ptr);
   __Pyx_GIVEREF((PyObject *)__pyx_v_self->cone_ptr);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 0, ((PyObject *)__pyx_v_self->cone_ptr)) != (0)) __PYX_ERR(0, 662, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 0, ((PyObject *)__pyx_v_self->cone_ptr)) != (0)) __PYX_ERR(0, 666, __pyx_L1_error);
   __Pyx_INCREF((PyObject *)__pyx_v_self->cone);
   __Pyx_GIVEREF((PyObject *)__pyx_v_self->cone);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 1, ((PyObject *)__pyx_v_self->cone)) != (0)) __PYX_ERR(0, 662, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 1, ((PyObject *)__pyx_v_self->cone)) != (0)) __PYX_ERR(0, 666, __pyx_L1_error);
   __Pyx_INCREF((PyObject *)__pyx_v_self->row_ptr);
   __Pyx_GIVEREF((PyObject *)__pyx_v_self->row_ptr);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 2, ((PyObject *)__pyx_v_self->row_ptr)) != (0)) __PYX_ERR(0, 662, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 2, ((PyObject *)__pyx_v_self->row_ptr)) != (0)) __PYX_ERR(0, 666, __pyx_L1_error);
   __Pyx_INCREF((PyObject *)__pyx_v_self->nz_input);
   __Pyx_GIVEREF((PyObject *)__pyx_v_self->nz_input);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 3, ((PyObject *)__pyx_v_self->nz_input)) != (0)) __PYX_ERR(0, 662, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 3, ((PyObject *)__pyx_v_self->nz_input)) != (0)) __PYX_ERR(0, 666, __pyx_L1_error);
   __pyx_t_5 = __pyx_t_2; __Pyx_INCREF(__pyx_t_5);
   __pyx_t_8 = 0;
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
@@ -34219,13 +34249,13 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
     __pyx_t_2 = __Pyx_PySequence_ITEM(__pyx_t_5, __pyx_t_8);
     #endif
     ++__pyx_t_8;
-    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 662, __pyx_L1_error)
+    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 666, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
-    if (!(likely(((__pyx_t_2) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_2, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 662, __pyx_L1_error)
+    if (!(likely(((__pyx_t_2) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_2, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 666, __pyx_L1_error)
     __Pyx_XDECREF_SET(__pyx_v_arr, ((PyArrayObject *)__pyx_t_2));
     __pyx_t_2 = 0;
 
-    /* "jacext/_tape.pyx":663
+    /* "jacext/_tape.pyx":667
  *         self.nz_input = np.array(nz_input, dtype=np.int32, copy=True)
  *         for arr in (self.cone_ptr, self.cone, self.row_ptr, self.nz_input):
  *             arr.setflags(write=False)             # <<<<<<<<<<<<<<
@@ -34241,13 +34271,13 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
       PyObject *__pyx_callargs[2] = {__pyx_t_4, Py_False};
       #if CYTHON_VECTORCALL
       __pyx_t_6 = __pyx_mstate_global->__pyx_tuple[4];
-      if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 663, __pyx_L1_error)
+      if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 667, __pyx_L1_error)
       __Pyx_INCREF(__pyx_t_6);
       #else
       {
         PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_write};
         __pyx_t_6 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+1, 1);
-        if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 663, __pyx_L1_error)
+        if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 667, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_6);
       }
       #endif
@@ -34256,12 +34286,12 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
       #if CYTHON_VECTORCALL
       #endif
       __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 663, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 667, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-    /* "jacext/_tape.pyx":662
+    /* "jacext/_tape.pyx":666
  *         self.row_ptr = np.array(row_ptr, dtype=np.int32, copy=True)
  *         self.nz_input = np.array(nz_input, dtype=np.int32, copy=True)
  *         for arr in (self.cone_ptr, self.cone, self.row_ptr, self.nz_input):             # <<<<<<<<<<<<<<
@@ -34271,7 +34301,7 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
   }
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
-  /* "jacext/_tape.pyx":664
+  /* "jacext/_tape.pyx":668
  *         for arr in (self.cone_ptr, self.cone, self.row_ptr, self.nz_input):
  *             arr.setflags(write=False)
  *         if (self.cone_ptr.shape[0] != n_out + 1 or self.row_ptr.shape[0] != n_out + 1             # <<<<<<<<<<<<<<
@@ -34292,7 +34322,7 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
     goto __pyx_L7_bool_binop_done;
   }
 
-  /* "jacext/_tape.pyx":665
+  /* "jacext/_tape.pyx":669
  *             arr.setflags(write=False)
  *         if (self.cone_ptr.shape[0] != n_out + 1 or self.row_ptr.shape[0] != n_out + 1
  *                 or self.cone_ptr[0] != 0 or self.row_ptr[0] != 0             # <<<<<<<<<<<<<<
@@ -34302,7 +34332,7 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
   __pyx_t_5 = ((PyObject *)__pyx_v_self->row_ptr);
   __Pyx_INCREF(__pyx_t_5);
 
-  /* "jacext/_tape.pyx":664
+  /* "jacext/_tape.pyx":668
  *         for arr in (self.cone_ptr, self.cone, self.row_ptr, self.nz_input):
  *             arr.setflags(write=False)
  *         if (self.cone_ptr.shape[0] != n_out + 1 or self.row_ptr.shape[0] != n_out + 1             # <<<<<<<<<<<<<<
@@ -34321,16 +34351,16 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
     goto __pyx_L7_bool_binop_done;
   }
 
-  /* "jacext/_tape.pyx":665
+  /* "jacext/_tape.pyx":669
  *             arr.setflags(write=False)
  *         if (self.cone_ptr.shape[0] != n_out + 1 or self.row_ptr.shape[0] != n_out + 1
  *                 or self.cone_ptr[0] != 0 or self.row_ptr[0] != 0             # <<<<<<<<<<<<<<
  *                 or (np.diff(self.cone_ptr) < 0).any() or (np.diff(self.row_ptr) < 0).any()
  *                 or self.row_ptr[n_out] != self.nz_input.shape[0]
 */
-  __pyx_t_5 = __Pyx_GetItemInt(((PyObject *)__pyx_v_self->cone_ptr), 0, long, 1, __Pyx_PyLong_From_long, 0, 1, 1, __Pyx_ReferenceSharing_SharedReference); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 665, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_GetItemInt(((PyObject *)__pyx_v_self->cone_ptr), 0, long, 1, __Pyx_PyLong_From_long, 0, 1, 1, __Pyx_ReferenceSharing_SharedReference); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 669, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  __pyx_t_10 = (__Pyx_PyLong_BoolNeObjC(__pyx_t_5, __pyx_mstate_global->__pyx_int_0, 0, 0)); if (unlikely((__pyx_t_10 < 0))) __PYX_ERR(0, 665, __pyx_L1_error)
+  __pyx_t_10 = (__Pyx_PyLong_BoolNeObjC(__pyx_t_5, __pyx_mstate_global->__pyx_int_0, 0, 0)); if (unlikely((__pyx_t_10 < 0))) __PYX_ERR(0, 669, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
   if (!__pyx_t_10) {
 
@@ -34341,24 +34371,24 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
     goto __pyx_L7_bool_binop_done;
   }
 
-  /* "jacext/_tape.pyx":666
+  /* "jacext/_tape.pyx":670
  *         if (self.cone_ptr.shape[0] != n_out + 1 or self.row_ptr.shape[0] != n_out + 1
  *                 or self.cone_ptr[0] != 0 or self.row_ptr[0] != 0
  *                 or (np.diff(self.cone_ptr) < 0).any() or (np.diff(self.row_ptr) < 0).any()             # <<<<<<<<<<<<<<
  *                 or self.row_ptr[n_out] != self.nz_input.shape[0]
  *                 or self.cone_ptr[n_out] > self.cone.shape[0]):
 */
-  __pyx_t_5 = __Pyx_GetItemInt(((PyObject *)__pyx_v_self->row_ptr), 0, long, 1, __Pyx_PyLong_From_long, 0, 1, 1, __Pyx_ReferenceSharing_SharedReference); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 665, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_GetItemInt(((PyObject *)__pyx_v_self->row_ptr), 0, long, 1, __Pyx_PyLong_From_long, 0, 1, 1, __Pyx_ReferenceSharing_SharedReference); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 669, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
 
-  /* "jacext/_tape.pyx":665
+  /* "jacext/_tape.pyx":669
  *             arr.setflags(write=False)
  *         if (self.cone_ptr.shape[0] != n_out + 1 or self.row_ptr.shape[0] != n_out + 1
  *                 or self.cone_ptr[0] != 0 or self.row_ptr[0] != 0             # <<<<<<<<<<<<<<
  *                 or (np.diff(self.cone_ptr) < 0).any() or (np.diff(self.row_ptr) < 0).any()
  *                 or self.row_ptr[n_out] != self.nz_input.shape[0]
 */
-  __pyx_t_10 = (__Pyx_PyLong_BoolNeObjC(__pyx_t_5, __pyx_mstate_global->__pyx_int_0, 0, 0)); if (unlikely((__pyx_t_10 < 0))) __PYX_ERR(0, 665, __pyx_L1_error)
+  __pyx_t_10 = (__Pyx_PyLong_BoolNeObjC(__pyx_t_5, __pyx_mstate_global->__pyx_int_0, 0, 0)); if (unlikely((__pyx_t_10 < 0))) __PYX_ERR(0, 669, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
   if (!__pyx_t_10) {
 
@@ -34369,7 +34399,7 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
     goto __pyx_L7_bool_binop_done;
   }
 
-  /* "jacext/_tape.pyx":666
+  /* "jacext/_tape.pyx":670
  *         if (self.cone_ptr.shape[0] != n_out + 1 or self.row_ptr.shape[0] != n_out + 1
  *                 or self.cone_ptr[0] != 0 or self.row_ptr[0] != 0
  *                 or (np.diff(self.cone_ptr) < 0).any() or (np.diff(self.row_ptr) < 0).any()             # <<<<<<<<<<<<<<
@@ -34377,9 +34407,9 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
  *                 or self.cone_ptr[n_out] > self.cone.shape[0]):
 */
   __pyx_t_4 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 666, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 670, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_11 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_diff); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 666, __pyx_L1_error)
+  __pyx_t_11 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_diff); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 670, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_11);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   __pyx_t_7 = 1;
@@ -34399,10 +34429,10 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
     __pyx_t_6 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_11, __pyx_callargs+__pyx_t_7, (2-__pyx_t_7) | (__pyx_t_7*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
     __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
-    if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 666, __pyx_L1_error)
+    if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 670, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
   }
-  __pyx_t_11 = __Pyx_PyObject_CompareLt_object_int(__pyx_t_6, __pyx_mstate_global->__pyx_int_0, Py_LT); __Pyx_XGOTREF(__pyx_t_11); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 666, __pyx_L1_error)
+  __pyx_t_11 = __Pyx_PyObject_CompareLt_object_int(__pyx_t_6, __pyx_mstate_global->__pyx_int_0, Py_LT); __Pyx_XGOTREF(__pyx_t_11); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 670, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
   __pyx_t_2 = __pyx_t_11;
   __Pyx_INCREF(__pyx_t_2);
@@ -34412,10 +34442,10 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
     __pyx_t_5 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_any, __pyx_callargs+__pyx_t_7, (1-__pyx_t_7) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
-    if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 666, __pyx_L1_error)
+    if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 670, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_5);
   }
-  __pyx_t_10 = __Pyx_PyObject_IsTrue(__pyx_t_5); if (unlikely((__pyx_t_10 < 0))) __PYX_ERR(0, 666, __pyx_L1_error)
+  __pyx_t_10 = __Pyx_PyObject_IsTrue(__pyx_t_5); if (unlikely((__pyx_t_10 < 0))) __PYX_ERR(0, 670, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
   if (!__pyx_t_10) {
 
@@ -34426,7 +34456,7 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
     goto __pyx_L7_bool_binop_done;
   }
 
-  /* "jacext/_tape.pyx":667
+  /* "jacext/_tape.pyx":671
  *                 or self.cone_ptr[0] != 0 or self.row_ptr[0] != 0
  *                 or (np.diff(self.cone_ptr) < 0).any() or (np.diff(self.row_ptr) < 0).any()
  *                 or self.row_ptr[n_out] != self.nz_input.shape[0]             # <<<<<<<<<<<<<<
@@ -34435,16 +34465,16 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
 */
   __pyx_t_6 = NULL;
 
-  /* "jacext/_tape.pyx":666
+  /* "jacext/_tape.pyx":670
  *         if (self.cone_ptr.shape[0] != n_out + 1 or self.row_ptr.shape[0] != n_out + 1
  *                 or self.cone_ptr[0] != 0 or self.row_ptr[0] != 0
  *                 or (np.diff(self.cone_ptr) < 0).any() or (np.diff(self.row_ptr) < 0).any()             # <<<<<<<<<<<<<<
  *                 or self.row_ptr[n_out] != self.nz_input.shape[0]
  *                 or self.cone_ptr[n_out] > self.cone.shape[0]):
 */
-  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 666, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 670, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_diff); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 666, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_diff); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 670, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   __pyx_t_7 = 1;
@@ -34464,10 +34494,10 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
     __pyx_t_2 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_3, __pyx_callargs+__pyx_t_7, (2-__pyx_t_7) | (__pyx_t_7*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 666, __pyx_L1_error)
+    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 670, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
   }
-  __pyx_t_3 = __Pyx_PyObject_CompareLt_object_int(__pyx_t_2, __pyx_mstate_global->__pyx_int_0, Py_LT); __Pyx_XGOTREF(__pyx_t_3); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 666, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyObject_CompareLt_object_int(__pyx_t_2, __pyx_mstate_global->__pyx_int_0, Py_LT); __Pyx_XGOTREF(__pyx_t_3); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 670, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   __pyx_t_11 = __pyx_t_3;
   __Pyx_INCREF(__pyx_t_11);
@@ -34477,10 +34507,10 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
     __pyx_t_5 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_any, __pyx_callargs+__pyx_t_7, (1-__pyx_t_7) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_11); __pyx_t_11 = 0;
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 666, __pyx_L1_error)
+    if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 670, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_5);
   }
-  __pyx_t_10 = __Pyx_PyObject_IsTrue(__pyx_t_5); if (unlikely((__pyx_t_10 < 0))) __PYX_ERR(0, 666, __pyx_L1_error)
+  __pyx_t_10 = __Pyx_PyObject_IsTrue(__pyx_t_5); if (unlikely((__pyx_t_10 < 0))) __PYX_ERR(0, 670, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
   if (!__pyx_t_10) {
 
@@ -34491,21 +34521,21 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
     goto __pyx_L7_bool_binop_done;
   }
 
-  /* "jacext/_tape.pyx":667
+  /* "jacext/_tape.pyx":671
  *                 or self.cone_ptr[0] != 0 or self.row_ptr[0] != 0
  *                 or (np.diff(self.cone_ptr) < 0).any() or (np.diff(self.row_ptr) < 0).any()
  *                 or self.row_ptr[n_out] != self.nz_input.shape[0]             # <<<<<<<<<<<<<<
  *                 or self.cone_ptr[n_out] > self.cone.shape[0]):
  *             raise ValueError("jacext: inconsistent cones")
 */
-  __pyx_t_5 = __Pyx_GetItemInt(((PyObject *)__pyx_v_self->row_ptr), __pyx_v_n_out, Py_ssize_t, 1, PyLong_FromSsize_t, 1, 1, 1, __Pyx_ReferenceSharing_SharedReference); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 667, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_GetItemInt(((PyObject *)__pyx_v_self->row_ptr), __pyx_v_n_out, Py_ssize_t, 1, PyLong_FromSsize_t, 1, 1, 1, __Pyx_ReferenceSharing_SharedReference); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 671, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   __pyx_t_3 = ((PyObject *)__pyx_v_self->nz_input);
   __Pyx_INCREF(__pyx_t_3);
-  __pyx_t_11 = __Pyx_PyLong_From_npy_intp((__pyx_f_5numpy_7ndarray_5shape___get__(((PyArrayObject *)__pyx_t_3))[0])); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 667, __pyx_L1_error)
+  __pyx_t_11 = __Pyx_PyLong_From_npy_intp((__pyx_f_5numpy_7ndarray_5shape___get__(((PyArrayObject *)__pyx_t_3))[0])); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 671, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_11);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __pyx_t_10 = __Pyx_PyObject_CompareBoolNe_object_int(__pyx_t_5, __pyx_t_11, Py_NE); if (unlikely((__pyx_t_10 < 0))) __PYX_ERR(0, 667, __pyx_L1_error)
+  __pyx_t_10 = __Pyx_PyObject_CompareBoolNe_object_int(__pyx_t_5, __pyx_t_11, Py_NE); if (unlikely((__pyx_t_10 < 0))) __PYX_ERR(0, 671, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
   __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
   if (!__pyx_t_10) {
@@ -34517,21 +34547,21 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
     goto __pyx_L7_bool_binop_done;
   }
 
-  /* "jacext/_tape.pyx":668
+  /* "jacext/_tape.pyx":672
  *                 or (np.diff(self.cone_ptr) < 0).any() or (np.diff(self.row_ptr) < 0).any()
  *                 or self.row_ptr[n_out] != self.nz_input.shape[0]
  *                 or self.cone_ptr[n_out] > self.cone.shape[0]):             # <<<<<<<<<<<<<<
  *             raise ValueError("jacext: inconsistent cones")
  *         if not (_in_range(<const int32_t *>cnp.PyArray_DATA(self.cone), self.cone_ptr[n_out],
 */
-  __pyx_t_11 = __Pyx_GetItemInt(((PyObject *)__pyx_v_self->cone_ptr), __pyx_v_n_out, Py_ssize_t, 1, PyLong_FromSsize_t, 1, 1, 1, __Pyx_ReferenceSharing_SharedReference); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 668, __pyx_L1_error)
+  __pyx_t_11 = __Pyx_GetItemInt(((PyObject *)__pyx_v_self->cone_ptr), __pyx_v_n_out, Py_ssize_t, 1, PyLong_FromSsize_t, 1, 1, 1, __Pyx_ReferenceSharing_SharedReference); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 672, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_11);
   __pyx_t_5 = ((PyObject *)__pyx_v_self->cone);
   __Pyx_INCREF(__pyx_t_5);
-  __pyx_t_3 = __Pyx_PyLong_From_npy_intp((__pyx_f_5numpy_7ndarray_5shape___get__(((PyArrayObject *)__pyx_t_5))[0])); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 668, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_From_npy_intp((__pyx_f_5numpy_7ndarray_5shape___get__(((PyArrayObject *)__pyx_t_5))[0])); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 672, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-  __pyx_t_10 = __Pyx_PyObject_CompareBoolGt_object_int(__pyx_t_11, __pyx_t_3, Py_GT); if (unlikely((__pyx_t_10 < 0))) __PYX_ERR(0, 668, __pyx_L1_error)
+  __pyx_t_10 = __Pyx_PyObject_CompareBoolGt_object_int(__pyx_t_11, __pyx_t_3, Py_GT); if (unlikely((__pyx_t_10 < 0))) __PYX_ERR(0, 672, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
 
@@ -34539,7 +34569,7 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
 
   __pyx_L7_bool_binop_done:;
 
-  /* "jacext/_tape.pyx":664
+  /* "jacext/_tape.pyx":668
  *         for arr in (self.cone_ptr, self.cone, self.row_ptr, self.nz_input):
  *             arr.setflags(write=False)
  *         if (self.cone_ptr.shape[0] != n_out + 1 or self.row_ptr.shape[0] != n_out + 1             # <<<<<<<<<<<<<<
@@ -34549,7 +34579,7 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
   if (unlikely(__pyx_t_9)) {
 
 
-    /* "jacext/_tape.pyx":669
+    /* "jacext/_tape.pyx":673
  *                 or self.row_ptr[n_out] != self.nz_input.shape[0]
  *                 or self.cone_ptr[n_out] > self.cone.shape[0]):
  *             raise ValueError("jacext: inconsistent cones")             # <<<<<<<<<<<<<<
@@ -34562,14 +34592,14 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
       PyObject *__pyx_callargs[2] = {__pyx_t_11, __pyx_mstate_global->__pyx_kp_u_jacext_inconsistent_cones};
       __pyx_t_3 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_7, (2-__pyx_t_7) | (__pyx_t_7*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_11); __pyx_t_11 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 669, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 673, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     __Pyx_Raise(__pyx_t_3, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    __PYX_ERR(0, 669, __pyx_L1_error)
+    __PYX_ERR(0, 673, __pyx_L1_error)
 
-    /* "jacext/_tape.pyx":664
+    /* "jacext/_tape.pyx":668
  *         for arr in (self.cone_ptr, self.cone, self.row_ptr, self.nz_input):
  *             arr.setflags(write=False)
  *         if (self.cone_ptr.shape[0] != n_out + 1 or self.row_ptr.shape[0] != n_out + 1             # <<<<<<<<<<<<<<
@@ -34578,7 +34608,7 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
 */
   }
 
-  /* "jacext/_tape.pyx":670
+  /* "jacext/_tape.pyx":674
  *                 or self.cone_ptr[n_out] > self.cone.shape[0]):
  *             raise ValueError("jacext: inconsistent cones")
  *         if not (_in_range(<const int32_t *>cnp.PyArray_DATA(self.cone), self.cone_ptr[n_out],             # <<<<<<<<<<<<<<
@@ -34587,12 +34617,12 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
 */
   __pyx_t_3 = ((PyObject *)__pyx_v_self->cone);
   __Pyx_INCREF(__pyx_t_3);
-  __pyx_t_11 = __Pyx_GetItemInt(((PyObject *)__pyx_v_self->cone_ptr), __pyx_v_n_out, Py_ssize_t, 1, PyLong_FromSsize_t, 1, 1, 1, __Pyx_ReferenceSharing_SharedReference); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 670, __pyx_L1_error)
+  __pyx_t_11 = __Pyx_GetItemInt(((PyObject *)__pyx_v_self->cone_ptr), __pyx_v_n_out, Py_ssize_t, 1, PyLong_FromSsize_t, 1, 1, 1, __Pyx_ReferenceSharing_SharedReference); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 674, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_11);
-  __pyx_t_8 = __Pyx_PyIndex_AsSsize_t(__pyx_t_11); if (unlikely((__pyx_t_8 == (Py_ssize_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 670, __pyx_L1_error)
+  __pyx_t_8 = __Pyx_PyIndex_AsSsize_t(__pyx_t_11); if (unlikely((__pyx_t_8 == (Py_ssize_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 674, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
 
-  /* "jacext/_tape.pyx":671
+  /* "jacext/_tape.pyx":675
  *             raise ValueError("jacext: inconsistent cones")
  *         if not (_in_range(<const int32_t *>cnp.PyArray_DATA(self.cone), self.cone_ptr[n_out],
  *                           0, tape.t.n_instr)             # <<<<<<<<<<<<<<
@@ -34612,7 +34642,7 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
     goto __pyx_L16_bool_binop_done;
   }
 
-  /* "jacext/_tape.pyx":672
+  /* "jacext/_tape.pyx":676
  *         if not (_in_range(<const int32_t *>cnp.PyArray_DATA(self.cone), self.cone_ptr[n_out],
  *                           0, tape.t.n_instr)
  *                 and _in_range(<const int32_t *>cnp.PyArray_DATA(self.nz_input),             # <<<<<<<<<<<<<<
@@ -34622,7 +34652,7 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
   __pyx_t_3 = ((PyObject *)__pyx_v_self->nz_input);
   __Pyx_INCREF(__pyx_t_3);
 
-  /* "jacext/_tape.pyx":673
+  /* "jacext/_tape.pyx":677
  *                           0, tape.t.n_instr)
  *                 and _in_range(<const int32_t *>cnp.PyArray_DATA(self.nz_input),
  *                               self.nz_input.shape[0], 0, tape.t.n_in)):             # <<<<<<<<<<<<<<
@@ -34632,7 +34662,7 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
   __pyx_t_11 = ((PyObject *)__pyx_v_self->nz_input);
   __Pyx_INCREF(__pyx_t_11);
 
-  /* "jacext/_tape.pyx":672
+  /* "jacext/_tape.pyx":676
  *         if not (_in_range(<const int32_t *>cnp.PyArray_DATA(self.cone), self.cone_ptr[n_out],
  *                           0, tape.t.n_instr)
  *                 and _in_range(<const int32_t *>cnp.PyArray_DATA(self.nz_input),             # <<<<<<<<<<<<<<
@@ -34648,7 +34678,7 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
 
   __pyx_L16_bool_binop_done:;
 
-  /* "jacext/_tape.pyx":670
+  /* "jacext/_tape.pyx":674
  *                 or self.cone_ptr[n_out] > self.cone.shape[0]):
  *             raise ValueError("jacext: inconsistent cones")
  *         if not (_in_range(<const int32_t *>cnp.PyArray_DATA(self.cone), self.cone_ptr[n_out],             # <<<<<<<<<<<<<<
@@ -34661,7 +34691,7 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
   if (unlikely(__pyx_t_10)) {
 
 
-    /* "jacext/_tape.pyx":674
+    /* "jacext/_tape.pyx":678
  *                 and _in_range(<const int32_t *>cnp.PyArray_DATA(self.nz_input),
  *                               self.nz_input.shape[0], 0, tape.t.n_in)):
  *             raise ValueError("jacext: a cone or nonzero index out of range")             # <<<<<<<<<<<<<<
@@ -34674,14 +34704,14 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
       PyObject *__pyx_callargs[2] = {__pyx_t_3, __pyx_mstate_global->__pyx_kp_u_jacext_a_cone_or_nonzero_index_o};
       __pyx_t_11 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_7, (2-__pyx_t_7) | (__pyx_t_7*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
-      if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 674, __pyx_L1_error)
+      if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 678, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_11);
     }
     __Pyx_Raise(__pyx_t_11, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
-    __PYX_ERR(0, 674, __pyx_L1_error)
+    __PYX_ERR(0, 678, __pyx_L1_error)
 
-    /* "jacext/_tape.pyx":670
+    /* "jacext/_tape.pyx":674
  *                 or self.cone_ptr[n_out] > self.cone.shape[0]):
  *             raise ValueError("jacext: inconsistent cones")
  *         if not (_in_range(<const int32_t *>cnp.PyArray_DATA(self.cone), self.cone_ptr[n_out],             # <<<<<<<<<<<<<<
@@ -34690,7 +34720,7 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
 */
   }
 
-  /* "jacext/_tape.pyx":675
+  /* "jacext/_tape.pyx":679
  *                               self.nz_input.shape[0], 0, tape.t.n_in)):
  *             raise ValueError("jacext: a cone or nonzero index out of range")
  *         self.cp = <const int64_t *>cnp.PyArray_DATA(self.cone_ptr)             # <<<<<<<<<<<<<<
@@ -34702,7 +34732,7 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
   __pyx_v_self->cp = ((int64_t const *)PyArray_DATA(((PyArrayObject *)__pyx_t_11)));
   __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
 
-  /* "jacext/_tape.pyx":676
+  /* "jacext/_tape.pyx":680
  *             raise ValueError("jacext: a cone or nonzero index out of range")
  *         self.cp = <const int64_t *>cnp.PyArray_DATA(self.cone_ptr)
  *         self.cn = <const int32_t *>cnp.PyArray_DATA(self.cone)             # <<<<<<<<<<<<<<
@@ -34714,7 +34744,7 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
   __pyx_v_self->cn = ((int32_t const *)PyArray_DATA(((PyArrayObject *)__pyx_t_11)));
   __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
 
-  /* "jacext/_tape.pyx":677
+  /* "jacext/_tape.pyx":681
  *         self.cp = <const int64_t *>cnp.PyArray_DATA(self.cone_ptr)
  *         self.cn = <const int32_t *>cnp.PyArray_DATA(self.cone)
  *         self.rp = <const int32_t *>cnp.PyArray_DATA(self.row_ptr)             # <<<<<<<<<<<<<<
@@ -34726,7 +34756,7 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
   __pyx_v_self->rp = ((int32_t const *)PyArray_DATA(((PyArrayObject *)__pyx_t_11)));
   __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
 
-  /* "jacext/_tape.pyx":678
+  /* "jacext/_tape.pyx":682
  *         self.cn = <const int32_t *>cnp.PyArray_DATA(self.cone)
  *         self.rp = <const int32_t *>cnp.PyArray_DATA(self.row_ptr)
  *         self.nz = <const int32_t *>cnp.PyArray_DATA(self.nz_input)             # <<<<<<<<<<<<<<
@@ -34738,7 +34768,7 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
   __pyx_v_self->nz = ((int32_t const *)PyArray_DATA(((PyArrayObject *)__pyx_t_11)));
   __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
 
-  /* "jacext/_tape.pyx":655
+  /* "jacext/_tape.pyx":659
  *     reverse sweeps fill; checked once here, read-only after."""
  * 
  *     def __init__(self, Tape tape, cone_ptr, cone, row_ptr, nz_input):             # <<<<<<<<<<<<<<
@@ -34766,7 +34796,7 @@ static int __pyx_pf_6jacext_5_tape_5Cones___init__(struct __pyx_obj_6jacext_5_ta
   return __pyx_r;
 }
 
-/* "jacext/_tape.pyx":680
+/* "jacext/_tape.pyx":684
  *         self.nz = <const int32_t *>cnp.PyArray_DATA(self.nz_input)
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -34799,16 +34829,16 @@ static PyObject *__pyx_pf_6jacext_5_tape_5Cones_4size___get__(struct __pyx_obj_6
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__get__", 0);
 
-  /* "jacext/_tape.pyx":683
+  /* "jacext/_tape.pyx":687
  *     def size(self):
  *         """Entries of all cones together: the instructions the sweeps visit."""
  *         return int(self.cone_ptr[-1])             # <<<<<<<<<<<<<<
  * 
  * 
 */
-  __pyx_t_1 = __Pyx_GetItemInt(((PyObject *)__pyx_v_self->cone_ptr), -1L, long, 1, __Pyx_PyLong_From_long, 1, 1, 1, __Pyx_ReferenceSharing_SharedReference); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 683, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_GetItemInt(((PyObject *)__pyx_v_self->cone_ptr), -1L, long, 1, __Pyx_PyLong_From_long, 1, 1, 1, __Pyx_ReferenceSharing_SharedReference); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 687, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_2 = __Pyx_PyNumber_Int(__pyx_t_1); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 683, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyNumber_Int(__pyx_t_1); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 687, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   {
@@ -34822,7 +34852,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_5Cones_4size___get__(struct __pyx_obj_6
   __pyx_t_2 = 0;
   goto __pyx_L0;
 
-  /* "jacext/_tape.pyx":680
+  /* "jacext/_tape.pyx":684
  *         self.nz = <const int32_t *>cnp.PyArray_DATA(self.nz_input)
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -34842,7 +34872,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_5Cones_4size___get__(struct __pyx_obj_6
   return __pyx_r;
 }
 
-/* "jacext/_tape.pxd":80
+/* "jacext/_tape.pxd":83
  * 
  * cdef class Cones:
  *     cdef readonly Tape tape             # <<<<<<<<<<<<<<
@@ -34909,7 +34939,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_5Cones_4tape___get__(struct __pyx_obj_6
   return __pyx_r;
 }
 
-/* "jacext/_tape.pxd":81
+/* "jacext/_tape.pxd":84
  * cdef class Cones:
  *     cdef readonly Tape tape
  *     cdef readonly cnp.ndarray cone_ptr, cone, row_ptr, nz_input             # <<<<<<<<<<<<<<
@@ -35359,7 +35389,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_5Cones_4__setstate_cython__(CYTHON_UNUS
   return __pyx_r;
 }
 
-/* "jacext/_tape.pyx":686
+/* "jacext/_tape.pyx":690
  * 
  * 
  * cdef bint _in_range(const int32_t *p, Py_ssize_t n, int64_t lo, int64_t hi) noexcept nogil:             # <<<<<<<<<<<<<<
@@ -35375,7 +35405,7 @@ static int __pyx_f_6jacext_5_tape__in_range(int32_t const *__pyx_v_p, Py_ssize_t
   Py_ssize_t __pyx_t_2;
   Py_ssize_t __pyx_t_3;
 
-  /* "jacext/_tape.pyx":689
+  /* "jacext/_tape.pyx":693
  *     """Whether lo <= p[k] < hi for every k < n."""
  *     cdef Py_ssize_t k
  *     cdef bint ok = True             # <<<<<<<<<<<<<<
@@ -35384,7 +35414,7 @@ static int __pyx_f_6jacext_5_tape__in_range(int32_t const *__pyx_v_p, Py_ssize_t
 */
   __pyx_v_ok = 1;
 
-  /* "jacext/_tape.pyx":690
+  /* "jacext/_tape.pyx":694
  *     cdef Py_ssize_t k
  *     cdef bint ok = True
  *     for k in range(n):             # <<<<<<<<<<<<<<
@@ -35398,7 +35428,7 @@ static int __pyx_f_6jacext_5_tape__in_range(int32_t const *__pyx_v_p, Py_ssize_t
   for (__pyx_t_3 = 0; __pyx_t_3 < __pyx_t_2; __pyx_t_3+=1) {
     __pyx_v_k = __pyx_t_3;
 
-    /* "jacext/_tape.pyx":691
+    /* "jacext/_tape.pyx":695
  *     cdef bint ok = True
  *     for k in range(n):
  *         ok &= (p[k] >= lo) & (p[k] < hi)             # <<<<<<<<<<<<<<
@@ -35409,7 +35439,7 @@ static int __pyx_f_6jacext_5_tape__in_range(int32_t const *__pyx_v_p, Py_ssize_t
   }
 
 
-  /* "jacext/_tape.pyx":692
+  /* "jacext/_tape.pyx":696
  *     for k in range(n):
  *         ok &= (p[k] >= lo) & (p[k] < hi)
  *     return ok             # <<<<<<<<<<<<<<
@@ -35422,7 +35452,7 @@ static int __pyx_f_6jacext_5_tape__in_range(int32_t const *__pyx_v_p, Py_ssize_t
   }
   goto __pyx_L0;
 
-  /* "jacext/_tape.pyx":686
+  /* "jacext/_tape.pyx":690
  * 
  * 
  * cdef bint _in_range(const int32_t *p, Py_ssize_t n, int64_t lo, int64_t hi) noexcept nogil:             # <<<<<<<<<<<<<<
@@ -35437,7 +35467,7 @@ static int __pyx_f_6jacext_5_tape__in_range(int32_t const *__pyx_v_p, Py_ssize_t
   return __pyx_r;
 }
 
-/* "jacext/_tape.pyx":695
+/* "jacext/_tape.pyx":699
  * 
  * 
  * cdef int _check_columns(cnp.ndarray cols, Py_ssize_t n_in) except -1:             # <<<<<<<<<<<<<<
@@ -35458,17 +35488,17 @@ static int __pyx_f_6jacext_5_tape__check_columns(PyArrayObject *__pyx_v_cols, Py
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_check_columns", 0);
 
-  /* "jacext/_tape.pyx":696
+  /* "jacext/_tape.pyx":700
  * 
  * cdef int _check_columns(cnp.ndarray cols, Py_ssize_t n_in) except -1:
  *     _buf(cols, cnp.NPY_INT32, 0, "cols")             # <<<<<<<<<<<<<<
  *     if not _in_range(<const int32_t *>cnp.PyArray_DATA(cols), cols.shape[0], 0, n_in):
  *         raise ValueError("jacext: an input index out of range")
 */
-  __pyx_t_1 = __pyx_f_6jacext_5_tape__buf(__pyx_v_cols, NPY_INT32, 0, __pyx_mstate_global->__pyx_n_u_cols); if (unlikely(__pyx_t_1 == ((void *)NULL))) __PYX_ERR(0, 696, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_6jacext_5_tape__buf(__pyx_v_cols, NPY_INT32, 0, __pyx_mstate_global->__pyx_n_u_cols); if (unlikely(__pyx_t_1 == ((void *)NULL))) __PYX_ERR(0, 700, __pyx_L1_error)
 
 
-  /* "jacext/_tape.pyx":697
+  /* "jacext/_tape.pyx":701
  * cdef int _check_columns(cnp.ndarray cols, Py_ssize_t n_in) except -1:
  *     _buf(cols, cnp.NPY_INT32, 0, "cols")
  *     if not _in_range(<const int32_t *>cnp.PyArray_DATA(cols), cols.shape[0], 0, n_in):             # <<<<<<<<<<<<<<
@@ -35480,7 +35510,7 @@ static int __pyx_f_6jacext_5_tape__check_columns(PyArrayObject *__pyx_v_cols, Py
   if (unlikely(__pyx_t_2)) {
 
 
-    /* "jacext/_tape.pyx":698
+    /* "jacext/_tape.pyx":702
  *     _buf(cols, cnp.NPY_INT32, 0, "cols")
  *     if not _in_range(<const int32_t *>cnp.PyArray_DATA(cols), cols.shape[0], 0, n_in):
  *         raise ValueError("jacext: an input index out of range")             # <<<<<<<<<<<<<<
@@ -35493,14 +35523,14 @@ static int __pyx_f_6jacext_5_tape__check_columns(PyArrayObject *__pyx_v_cols, Py
       PyObject *__pyx_callargs[2] = {__pyx_t_4, __pyx_mstate_global->__pyx_kp_u_jacext_an_input_index_out_of_ran};
       __pyx_t_3 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 698, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 702, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     __Pyx_Raise(__pyx_t_3, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    __PYX_ERR(0, 698, __pyx_L1_error)
+    __PYX_ERR(0, 702, __pyx_L1_error)
 
-    /* "jacext/_tape.pyx":697
+    /* "jacext/_tape.pyx":701
  * cdef int _check_columns(cnp.ndarray cols, Py_ssize_t n_in) except -1:
  *     _buf(cols, cnp.NPY_INT32, 0, "cols")
  *     if not _in_range(<const int32_t *>cnp.PyArray_DATA(cols), cols.shape[0], 0, n_in):             # <<<<<<<<<<<<<<
@@ -35509,7 +35539,7 @@ static int __pyx_f_6jacext_5_tape__check_columns(PyArrayObject *__pyx_v_cols, Py
 */
   }
 
-  /* "jacext/_tape.pyx":699
+  /* "jacext/_tape.pyx":703
  *     if not _in_range(<const int32_t *>cnp.PyArray_DATA(cols), cols.shape[0], 0, n_in):
  *         raise ValueError("jacext: an input index out of range")
  *     return 0             # <<<<<<<<<<<<<<
@@ -35522,7 +35552,7 @@ static int __pyx_f_6jacext_5_tape__check_columns(PyArrayObject *__pyx_v_cols, Py
   }
   goto __pyx_L0;
 
-  /* "jacext/_tape.pyx":695
+  /* "jacext/_tape.pyx":699
  * 
  * 
  * cdef int _check_columns(cnp.ndarray cols, Py_ssize_t n_in) except -1:             # <<<<<<<<<<<<<<
@@ -35542,7 +35572,7 @@ static int __pyx_f_6jacext_5_tape__check_columns(PyArrayObject *__pyx_v_cols, Py
   return __pyx_r;
 }
 
-/* "jacext/_tape.pyx":702
+/* "jacext/_tape.pyx":706
  * 
  * 
  * def colour_columns(ptr, idx, int32_t n_rows, int32_t n_cols, order, max_work):             # <<<<<<<<<<<<<<
@@ -35595,67 +35625,67 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_ptr,&__pyx_mstate_global->__pyx_n_u_idx,&__pyx_mstate_global->__pyx_n_u_n_rows,&__pyx_mstate_global->__pyx_n_u_n_cols,&__pyx_mstate_global->__pyx_n_u_order,&__pyx_mstate_global->__pyx_n_u_max_work,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 702, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 706, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  6:
         values[5] = __Pyx_ArgRef_FASTCALL(__pyx_args, 5);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[5])) __PYX_ERR(0, 702, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[5])) __PYX_ERR(0, 706, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  5:
         values[4] = __Pyx_ArgRef_FASTCALL(__pyx_args, 4);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 702, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 706, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  4:
         values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 702, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 706, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 702, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 706, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 702, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 706, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 702, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 706, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "colour_columns", 0) < (0)) __PYX_ERR(0, 702, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "colour_columns", 0) < (0)) __PYX_ERR(0, 706, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 6; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("colour_columns", 1, 6, 6, i); __PYX_ERR(0, 702, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("colour_columns", 1, 6, 6, i); __PYX_ERR(0, 706, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 6)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 702, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 706, __pyx_L3_error)
       values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 702, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 706, __pyx_L3_error)
       values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 702, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 706, __pyx_L3_error)
       values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 702, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 706, __pyx_L3_error)
       values[4] = __Pyx_ArgRef_FASTCALL(__pyx_args, 4);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 702, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 706, __pyx_L3_error)
       values[5] = __Pyx_ArgRef_FASTCALL(__pyx_args, 5);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[5])) __PYX_ERR(0, 702, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[5])) __PYX_ERR(0, 706, __pyx_L3_error)
     }
     __pyx_v_ptr = values[0];
     __pyx_v_idx = values[1];
-    __pyx_v_n_rows = __Pyx_PyLong_As_int32_t(values[2]); if (unlikely((__pyx_v_n_rows == ((int32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 702, __pyx_L3_error)
-    __pyx_v_n_cols = __Pyx_PyLong_As_int32_t(values[3]); if (unlikely((__pyx_v_n_cols == ((int32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 702, __pyx_L3_error)
+    __pyx_v_n_rows = __Pyx_PyLong_As_int32_t(values[2]); if (unlikely((__pyx_v_n_rows == ((int32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 706, __pyx_L3_error)
+    __pyx_v_n_cols = __Pyx_PyLong_As_int32_t(values[3]); if (unlikely((__pyx_v_n_cols == ((int32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 706, __pyx_L3_error)
     __pyx_v_order = values[4];
     __pyx_v_max_work = values[5];
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("colour_columns", 1, 6, 6, __pyx_nargs); __PYX_ERR(0, 702, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("colour_columns", 1, 6, 6, __pyx_nargs); __PYX_ERR(0, 706, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -35703,7 +35733,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("colour_columns", 0);
 
-  /* "jacext/_tape.pyx":706
+  /* "jacext/_tape.pyx":710
  *     get different colours), visiting columns in ``order``: int32 colours, or None when
  *     the work would pass ``max_work``."""
  *     cdef cnp.ndarray p = np.ascontiguousarray(ptr, dtype=np.int32)             # <<<<<<<<<<<<<<
@@ -35711,14 +35741,14 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
  *     cdef cnp.ndarray o = np.ascontiguousarray(order, dtype=np.int32)
 */
   __pyx_t_2 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 706, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 710, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_ascontiguousarray); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 706, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_ascontiguousarray); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 710, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 706, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 710, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 706, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 710, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   #if CYTHON_VECTORCALL
@@ -35739,13 +35769,13 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
     PyObject *__pyx_callargs[3] = {__pyx_t_2, __pyx_v_ptr, __pyx_t_5};
     #if CYTHON_VECTORCALL
     __pyx_t_3 = __pyx_mstate_global->__pyx_tuple[3];
-    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 706, __pyx_L1_error)
+    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 710, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_3);
     #else
     {
       PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
       __pyx_t_3 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 1);
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 706, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 710, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     #endif
@@ -35756,14 +35786,14 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
     __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 706, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 710, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
-  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 706, __pyx_L1_error)
+  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 710, __pyx_L1_error)
   __pyx_v_p = ((PyArrayObject *)__pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "jacext/_tape.pyx":707
+  /* "jacext/_tape.pyx":711
  *     the work would pass ``max_work``."""
  *     cdef cnp.ndarray p = np.ascontiguousarray(ptr, dtype=np.int32)
  *     cdef cnp.ndarray q = np.ascontiguousarray(idx, dtype=np.int32)             # <<<<<<<<<<<<<<
@@ -35771,14 +35801,14 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
  *     cdef cnp.ndarray colour = np.empty(n_cols, dtype=np.int32)
 */
   __pyx_t_4 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 707, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 711, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_ascontiguousarray); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 707, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_ascontiguousarray); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 711, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 707, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 711, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 707, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 711, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   #if CYTHON_VECTORCALL
@@ -35799,13 +35829,13 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
     PyObject *__pyx_callargs[3] = {__pyx_t_4, __pyx_v_idx, __pyx_t_2};
     #if CYTHON_VECTORCALL
     __pyx_t_3 = __pyx_mstate_global->__pyx_tuple[3];
-    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 707, __pyx_L1_error)
+    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 711, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_3);
     #else
     {
       PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
       __pyx_t_3 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 1);
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 707, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 711, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     #endif
@@ -35816,14 +35846,14 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
     __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 707, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 711, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
-  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 707, __pyx_L1_error)
+  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 711, __pyx_L1_error)
   __pyx_v_q = ((PyArrayObject *)__pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "jacext/_tape.pyx":708
+  /* "jacext/_tape.pyx":712
  *     cdef cnp.ndarray p = np.ascontiguousarray(ptr, dtype=np.int32)
  *     cdef cnp.ndarray q = np.ascontiguousarray(idx, dtype=np.int32)
  *     cdef cnp.ndarray o = np.ascontiguousarray(order, dtype=np.int32)             # <<<<<<<<<<<<<<
@@ -35831,14 +35861,14 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
  *     cdef int32_t n
 */
   __pyx_t_5 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 708, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 712, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_ascontiguousarray); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 708, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_ascontiguousarray); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 712, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 708, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 712, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 708, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 712, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   #if CYTHON_VECTORCALL
@@ -35859,13 +35889,13 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
     PyObject *__pyx_callargs[3] = {__pyx_t_5, __pyx_v_order, __pyx_t_4};
     #if CYTHON_VECTORCALL
     __pyx_t_3 = __pyx_mstate_global->__pyx_tuple[3];
-    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 708, __pyx_L1_error)
+    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 712, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_3);
     #else
     {
       PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
       __pyx_t_3 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 1);
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 708, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 712, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     #endif
@@ -35876,14 +35906,14 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 708, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 712, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
-  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 708, __pyx_L1_error)
+  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 712, __pyx_L1_error)
   __pyx_v_o = ((PyArrayObject *)__pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "jacext/_tape.pyx":709
+  /* "jacext/_tape.pyx":713
  *     cdef cnp.ndarray q = np.ascontiguousarray(idx, dtype=np.int32)
  *     cdef cnp.ndarray o = np.ascontiguousarray(order, dtype=np.int32)
  *     cdef cnp.ndarray colour = np.empty(n_cols, dtype=np.int32)             # <<<<<<<<<<<<<<
@@ -35891,16 +35921,16 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
  *     cdef int64_t limit = max_work
 */
   __pyx_t_2 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 709, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 713, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_empty); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 709, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_empty); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 713, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __pyx_t_3 = __Pyx_PyLong_From_int32_t(__pyx_v_n_cols); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 709, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_From_int32_t(__pyx_v_n_cols); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 713, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __Pyx_GetModuleGlobalName(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 709, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 713, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  __pyx_t_7 = __Pyx_PyObject_GetAttrStr(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 709, __pyx_L1_error)
+  __pyx_t_7 = __Pyx_PyObject_GetAttrStr(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 713, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_7);
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
   #if CYTHON_VECTORCALL
@@ -35921,13 +35951,13 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
     PyObject *__pyx_callargs[3] = {__pyx_t_2, __pyx_t_3, __pyx_t_7};
     #if CYTHON_VECTORCALL
     __pyx_t_5 = __pyx_mstate_global->__pyx_tuple[3];
-    if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 709, __pyx_L1_error)
+    if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 713, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_5);
     #else
     {
       PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
       __pyx_t_5 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 1);
-      if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 709, __pyx_L1_error)
+      if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 713, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_5);
     }
     #endif
@@ -35939,24 +35969,24 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
     __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
     __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 709, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 713, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
-  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 709, __pyx_L1_error)
+  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 713, __pyx_L1_error)
   __pyx_v_colour = ((PyArrayObject *)__pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "jacext/_tape.pyx":711
+  /* "jacext/_tape.pyx":715
  *     cdef cnp.ndarray colour = np.empty(n_cols, dtype=np.int32)
  *     cdef int32_t n
  *     cdef int64_t limit = max_work             # <<<<<<<<<<<<<<
  *     if p.shape[0] != n_rows + 1 or o.shape[0] != n_cols or (n_rows and p[n_rows] != q.shape[0]):
  *         raise ValueError("jacext: the pattern and its sizes do not match")
 */
-  __pyx_t_8 = __Pyx_PyLong_As_int64_t(__pyx_v_max_work); if (unlikely((__pyx_t_8 == ((int64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 711, __pyx_L1_error)
+  __pyx_t_8 = __Pyx_PyLong_As_int64_t(__pyx_v_max_work); if (unlikely((__pyx_t_8 == ((int64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 715, __pyx_L1_error)
   __pyx_v_limit = __pyx_t_8;
 
-  /* "jacext/_tape.pyx":712
+  /* "jacext/_tape.pyx":716
  *     cdef int32_t n
  *     cdef int64_t limit = max_work
  *     if p.shape[0] != n_rows + 1 or o.shape[0] != n_cols or (n_rows and p[n_rows] != q.shape[0]):             # <<<<<<<<<<<<<<
@@ -35993,11 +36023,11 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
 
     goto __pyx_L4_bool_binop_done;
   }
-  __pyx_t_1 = __Pyx_GetItemInt(((PyObject *)__pyx_v_p), __pyx_v_n_rows, int32_t, 1, __Pyx_PyLong_From_int32_t, 1, 1, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 712, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_GetItemInt(((PyObject *)__pyx_v_p), __pyx_v_n_rows, int32_t, 1, __Pyx_PyLong_From_int32_t, 1, 1, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 716, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_4 = __Pyx_PyLong_From_npy_intp((__pyx_f_5numpy_7ndarray_5shape___get__(__pyx_v_q)[0])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 712, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_From_npy_intp((__pyx_f_5numpy_7ndarray_5shape___get__(__pyx_v_q)[0])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 716, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_10 = __Pyx_PyObject_CompareBoolNe_object_int(__pyx_t_1, __pyx_t_4, Py_NE); if (unlikely((__pyx_t_10 < 0))) __PYX_ERR(0, 712, __pyx_L1_error)
+  __pyx_t_10 = __Pyx_PyObject_CompareBoolNe_object_int(__pyx_t_1, __pyx_t_4, Py_NE); if (unlikely((__pyx_t_10 < 0))) __PYX_ERR(0, 716, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
@@ -36007,7 +36037,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
   if (unlikely(__pyx_t_9)) {
 
 
-    /* "jacext/_tape.pyx":713
+    /* "jacext/_tape.pyx":717
  *     cdef int64_t limit = max_work
  *     if p.shape[0] != n_rows + 1 or o.shape[0] != n_cols or (n_rows and p[n_rows] != q.shape[0]):
  *         raise ValueError("jacext: the pattern and its sizes do not match")             # <<<<<<<<<<<<<<
@@ -36020,14 +36050,14 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
       PyObject *__pyx_callargs[2] = {__pyx_t_1, __pyx_mstate_global->__pyx_kp_u_jacext_the_pattern_and_its_sizes};
       __pyx_t_4 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_6, (2-__pyx_t_6) | (__pyx_t_6*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_1); __pyx_t_1 = 0;
-      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 713, __pyx_L1_error)
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 717, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_4);
     }
     __Pyx_Raise(__pyx_t_4, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    __PYX_ERR(0, 713, __pyx_L1_error)
+    __PYX_ERR(0, 717, __pyx_L1_error)
 
-    /* "jacext/_tape.pyx":712
+    /* "jacext/_tape.pyx":716
  *     cdef int32_t n
  *     cdef int64_t limit = max_work
  *     if p.shape[0] != n_rows + 1 or o.shape[0] != n_cols or (n_rows and p[n_rows] != q.shape[0]):             # <<<<<<<<<<<<<<
@@ -36036,7 +36066,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
 */
   }
 
-  /* "jacext/_tape.pyx":714
+  /* "jacext/_tape.pyx":718
  *     if p.shape[0] != n_rows + 1 or o.shape[0] != n_cols or (n_rows and p[n_rows] != q.shape[0]):
  *         raise ValueError("jacext: the pattern and its sizes do not match")
  *     if q.shape[0] and (q.min() < 0 or q.max() >= n_cols):             # <<<<<<<<<<<<<<
@@ -36060,10 +36090,10 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
     PyObject *__pyx_callargs[2] = {__pyx_t_1, NULL};
     __pyx_t_4 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_min, __pyx_callargs+__pyx_t_6, (1-__pyx_t_6) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_1); __pyx_t_1 = 0;
-    if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 714, __pyx_L1_error)
+    if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 718, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
   }
-  __pyx_t_10 = __Pyx_PyObject_CompareBoolLt_object_int(__pyx_t_4, __pyx_mstate_global->__pyx_int_0, Py_LT); if (unlikely((__pyx_t_10 < 0))) __PYX_ERR(0, 714, __pyx_L1_error)
+  __pyx_t_10 = __Pyx_PyObject_CompareBoolLt_object_int(__pyx_t_4, __pyx_mstate_global->__pyx_int_0, Py_LT); if (unlikely((__pyx_t_10 < 0))) __PYX_ERR(0, 718, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   if (!__pyx_t_10) {
 
@@ -36080,12 +36110,12 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
     PyObject *__pyx_callargs[2] = {__pyx_t_1, NULL};
     __pyx_t_4 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_max, __pyx_callargs+__pyx_t_6, (1-__pyx_t_6) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_1); __pyx_t_1 = 0;
-    if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 714, __pyx_L1_error)
+    if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 718, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
   }
-  __pyx_t_1 = __Pyx_PyLong_From_int32_t(__pyx_v_n_cols); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 714, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyLong_From_int32_t(__pyx_v_n_cols); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 718, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_10 = __Pyx_PyObject_CompareBoolGe_object_int(__pyx_t_4, __pyx_t_1, Py_GE); if (unlikely((__pyx_t_10 < 0))) __PYX_ERR(0, 714, __pyx_L1_error)
+  __pyx_t_10 = __Pyx_PyObject_CompareBoolGe_object_int(__pyx_t_4, __pyx_t_1, Py_GE); if (unlikely((__pyx_t_10 < 0))) __PYX_ERR(0, 718, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
@@ -36095,7 +36125,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
   if (unlikely(__pyx_t_9)) {
 
 
-    /* "jacext/_tape.pyx":715
+    /* "jacext/_tape.pyx":719
  *         raise ValueError("jacext: the pattern and its sizes do not match")
  *     if q.shape[0] and (q.min() < 0 or q.max() >= n_cols):
  *         raise ValueError("jacext: a column index out of range")             # <<<<<<<<<<<<<<
@@ -36108,14 +36138,14 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
       PyObject *__pyx_callargs[2] = {__pyx_t_4, __pyx_mstate_global->__pyx_kp_u_jacext_a_column_index_out_of_ran};
       __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_6, (2-__pyx_t_6) | (__pyx_t_6*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
-      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 715, __pyx_L1_error)
+      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 719, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_1);
     }
     __Pyx_Raise(__pyx_t_1, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-    __PYX_ERR(0, 715, __pyx_L1_error)
+    __PYX_ERR(0, 719, __pyx_L1_error)
 
-    /* "jacext/_tape.pyx":714
+    /* "jacext/_tape.pyx":718
  *     if p.shape[0] != n_rows + 1 or o.shape[0] != n_cols or (n_rows and p[n_rows] != q.shape[0]):
  *         raise ValueError("jacext: the pattern and its sizes do not match")
  *     if q.shape[0] and (q.min() < 0 or q.max() >= n_cols):             # <<<<<<<<<<<<<<
@@ -36124,7 +36154,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
 */
   }
 
-  /* "jacext/_tape.pyx":716
+  /* "jacext/_tape.pyx":720
  *     if q.shape[0] and (q.min() < 0 or q.max() >= n_cols):
  *         raise ValueError("jacext: a column index out of range")
  *     if n_cols and (np.sort(o) != np.arange(n_cols)).any():             # <<<<<<<<<<<<<<
@@ -36142,9 +36172,9 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
     goto __pyx_L13_bool_binop_done;
   }
   __pyx_t_7 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 716, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 720, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_sort); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 716, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_sort); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 720, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   __pyx_t_6 = 1;
@@ -36164,16 +36194,16 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
     __pyx_t_5 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_2, __pyx_callargs+__pyx_t_6, (2-__pyx_t_6) | (__pyx_t_6*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_7); __pyx_t_7 = 0;
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 716, __pyx_L1_error)
+    if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 720, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_5);
   }
   __pyx_t_7 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 716, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 720, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_11 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_arange); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 716, __pyx_L1_error)
+  __pyx_t_11 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_arange); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 720, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_11);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __pyx_t_3 = __Pyx_PyLong_From_int32_t(__pyx_v_n_cols); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 716, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_From_int32_t(__pyx_v_n_cols); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 720, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __pyx_t_6 = 1;
   #if CYTHON_UNPACK_METHODS
@@ -36193,10 +36223,10 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
     __Pyx_XDECREF(__pyx_t_7); __pyx_t_7 = 0;
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
     __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
-    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 716, __pyx_L1_error)
+    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 720, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
   }
-  __pyx_t_11 = __Pyx_PyObject_CompareNe_object_object(__pyx_t_5, __pyx_t_2, Py_NE); __Pyx_XGOTREF(__pyx_t_11); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 716, __pyx_L1_error)
+  __pyx_t_11 = __Pyx_PyObject_CompareNe_object_object(__pyx_t_5, __pyx_t_2, Py_NE); __Pyx_XGOTREF(__pyx_t_11); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 720, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   __pyx_t_4 = __pyx_t_11;
@@ -36207,10 +36237,10 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
     __pyx_t_1 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_any, __pyx_callargs+__pyx_t_6, (1-__pyx_t_6) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
     __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 716, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 720, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
-  __pyx_t_10 = __Pyx_PyObject_IsTrue(__pyx_t_1); if (unlikely((__pyx_t_10 < 0))) __PYX_ERR(0, 716, __pyx_L1_error)
+  __pyx_t_10 = __Pyx_PyObject_IsTrue(__pyx_t_1); if (unlikely((__pyx_t_10 < 0))) __PYX_ERR(0, 720, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
   __pyx_t_9 = __pyx_t_10;
@@ -36219,7 +36249,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
   if (unlikely(__pyx_t_9)) {
 
 
-    /* "jacext/_tape.pyx":717
+    /* "jacext/_tape.pyx":721
  *         raise ValueError("jacext: a column index out of range")
  *     if n_cols and (np.sort(o) != np.arange(n_cols)).any():
  *         raise ValueError("jacext: order must be a permutation of the columns")             # <<<<<<<<<<<<<<
@@ -36232,14 +36262,14 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
       PyObject *__pyx_callargs[2] = {__pyx_t_11, __pyx_mstate_global->__pyx_kp_u_jacext_order_must_be_a_permutati};
       __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_6, (2-__pyx_t_6) | (__pyx_t_6*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_11); __pyx_t_11 = 0;
-      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 717, __pyx_L1_error)
+      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 721, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_1);
     }
     __Pyx_Raise(__pyx_t_1, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-    __PYX_ERR(0, 717, __pyx_L1_error)
+    __PYX_ERR(0, 721, __pyx_L1_error)
 
-    /* "jacext/_tape.pyx":716
+    /* "jacext/_tape.pyx":720
  *     if q.shape[0] and (q.min() < 0 or q.max() >= n_cols):
  *         raise ValueError("jacext: a column index out of range")
  *     if n_cols and (np.sort(o) != np.arange(n_cols)).any():             # <<<<<<<<<<<<<<
@@ -36248,7 +36278,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
 */
   }
 
-  /* "jacext/_tape.pyx":718
+  /* "jacext/_tape.pyx":722
  *     if n_cols and (np.sort(o) != np.arange(n_cols)).any():
  *         raise ValueError("jacext: order must be a permutation of the columns")
  *     if q.shape[0] == 0:             # <<<<<<<<<<<<<<
@@ -36260,7 +36290,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
   if (__pyx_t_9) {
 
 
-    /* "jacext/_tape.pyx":719
+    /* "jacext/_tape.pyx":723
  *         raise ValueError("jacext: order must be a permutation of the columns")
  *     if q.shape[0] == 0:
  *         q = np.zeros(1, dtype=np.int32)             # <<<<<<<<<<<<<<
@@ -36268,14 +36298,14 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
  *         n = jx_colour_columns(n_rows, n_cols, <const int32_t *>cnp.PyArray_DATA(p),
 */
     __pyx_t_11 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 719, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 723, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
-    __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_zeros); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 719, __pyx_L1_error)
+    __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_zeros); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 723, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 719, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 723, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
-    __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 719, __pyx_L1_error)
+    __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 723, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_5);
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
     #if CYTHON_VECTORCALL
@@ -36296,13 +36326,13 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
       PyObject *__pyx_callargs[3] = {__pyx_t_11, __pyx_mstate_global->__pyx_int_1, __pyx_t_5};
       #if CYTHON_VECTORCALL
       __pyx_t_4 = __pyx_mstate_global->__pyx_tuple[3];
-      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 719, __pyx_L1_error)
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 723, __pyx_L1_error)
       __Pyx_INCREF(__pyx_t_4);
       #else
       {
         PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
         __pyx_t_4 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 1);
-        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 719, __pyx_L1_error)
+        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 723, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_4);
       }
       #endif
@@ -36313,14 +36343,14 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
       __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
       __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
       __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 719, __pyx_L1_error)
+      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 723, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_1);
     }
-    if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 719, __pyx_L1_error)
+    if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 723, __pyx_L1_error)
     __Pyx_DECREF_SET(__pyx_v_q, ((PyArrayObject *)__pyx_t_1));
     __pyx_t_1 = 0;
 
-    /* "jacext/_tape.pyx":718
+    /* "jacext/_tape.pyx":722
  *     if n_cols and (np.sort(o) != np.arange(n_cols)).any():
  *         raise ValueError("jacext: order must be a permutation of the columns")
  *     if q.shape[0] == 0:             # <<<<<<<<<<<<<<
@@ -36329,7 +36359,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
 */
   }
 
-  /* "jacext/_tape.pyx":720
+  /* "jacext/_tape.pyx":724
  *     if q.shape[0] == 0:
  *         q = np.zeros(1, dtype=np.int32)
  *     with nogil:             # <<<<<<<<<<<<<<
@@ -36342,7 +36372,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
       __Pyx_FastGIL_Remember();
       /*try:*/ {
 
-        /* "jacext/_tape.pyx":721
+        /* "jacext/_tape.pyx":725
  *         q = np.zeros(1, dtype=np.int32)
  *     with nogil:
  *         n = jx_colour_columns(n_rows, n_cols, <const int32_t *>cnp.PyArray_DATA(p),             # <<<<<<<<<<<<<<
@@ -36352,7 +36382,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
         __pyx_v_n = jx_colour_columns(__pyx_v_n_rows, __pyx_v_n_cols, ((int32_t const *)PyArray_DATA(__pyx_v_p)), ((int32_t const *)PyArray_DATA(__pyx_v_q)), ((int32_t const *)PyArray_DATA(__pyx_v_o)), ((int32_t *)PyArray_DATA(__pyx_v_colour)), __pyx_v_limit);
       }
 
-      /* "jacext/_tape.pyx":720
+      /* "jacext/_tape.pyx":724
  *     if q.shape[0] == 0:
  *         q = np.zeros(1, dtype=np.int32)
  *     with nogil:             # <<<<<<<<<<<<<<
@@ -36369,7 +36399,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
       }
   }
 
-  /* "jacext/_tape.pyx":725
+  /* "jacext/_tape.pyx":729
  *                               <const int32_t *>cnp.PyArray_DATA(o),
  *                               <int32_t *>cnp.PyArray_DATA(colour), limit)
  *     if n == JX_ENOMEM:             # <<<<<<<<<<<<<<
@@ -36381,7 +36411,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
   if (unlikely(__pyx_t_9)) {
 
 
-    /* "jacext/_tape.pyx":726
+    /* "jacext/_tape.pyx":730
  *                               <int32_t *>cnp.PyArray_DATA(colour), limit)
  *     if n == JX_ENOMEM:
  *         raise MemoryError("jacext: out of memory colouring the sparsity pattern")             # <<<<<<<<<<<<<<
@@ -36394,14 +36424,14 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
       PyObject *__pyx_callargs[2] = {__pyx_t_2, __pyx_mstate_global->__pyx_kp_u_jacext_out_of_memory_colouring_t};
       __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_MemoryError)), __pyx_callargs+__pyx_t_6, (2-__pyx_t_6) | (__pyx_t_6*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
-      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 726, __pyx_L1_error)
+      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 730, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_1);
     }
     __Pyx_Raise(__pyx_t_1, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-    __PYX_ERR(0, 726, __pyx_L1_error)
+    __PYX_ERR(0, 730, __pyx_L1_error)
 
-    /* "jacext/_tape.pyx":725
+    /* "jacext/_tape.pyx":729
  *                               <const int32_t *>cnp.PyArray_DATA(o),
  *                               <int32_t *>cnp.PyArray_DATA(colour), limit)
  *     if n == JX_ENOMEM:             # <<<<<<<<<<<<<<
@@ -36410,7 +36440,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
 */
   }
 
-  /* "jacext/_tape.pyx":727
+  /* "jacext/_tape.pyx":731
  *     if n == JX_ENOMEM:
  *         raise MemoryError("jacext: out of memory colouring the sparsity pattern")
  *     if n < 0:             # <<<<<<<<<<<<<<
@@ -36422,7 +36452,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
   if (__pyx_t_9) {
 
 
-    /* "jacext/_tape.pyx":728
+    /* "jacext/_tape.pyx":732
  *         raise MemoryError("jacext: out of memory colouring the sparsity pattern")
  *     if n < 0:
  *         return None             # <<<<<<<<<<<<<<
@@ -36439,7 +36469,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
     }
     goto __pyx_L0;
 
-    /* "jacext/_tape.pyx":727
+    /* "jacext/_tape.pyx":731
  *     if n == JX_ENOMEM:
  *         raise MemoryError("jacext: out of memory colouring the sparsity pattern")
  *     if n < 0:             # <<<<<<<<<<<<<<
@@ -36448,7 +36478,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
 */
   }
 
-  /* "jacext/_tape.pyx":729
+  /* "jacext/_tape.pyx":733
  *     if n < 0:
  *         return None
  *     return colour             # <<<<<<<<<<<<<<
@@ -36466,7 +36496,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_10colour_columns(CYTHON_UNUSED PyObject
   }
   goto __pyx_L0;
 
-  /* "jacext/_tape.pyx":702
+  /* "jacext/_tape.pyx":706
  * 
  * 
  * def colour_columns(ptr, idx, int32_t n_rows, int32_t n_cols, order, max_work):             # <<<<<<<<<<<<<<
@@ -38479,14 +38509,14 @@ static int __Pyx_modinit_Exttype___pyx_obj_6jacext_5_tape_Cones(__pyx_mstatetype
   __Pyx_RefNannySetupContext("__Pyx_modinit_Exttype___pyx_obj_6jacext_5_tape_Cones", 0);
   /*--- Exttype __pyx_obj_6jacext_5_tape_Cones ---*/
   #if CYTHON_USE_TYPE_SPECS
-  __pyx_mstate->__pyx_ptype_6jacext_5_tape_Cones = (PyTypeObject *) __Pyx_PyType_FromModuleAndSpec(__pyx_m, &__pyx_type_6jacext_5_tape_Cones_spec, NULL); if (unlikely(!__pyx_mstate->__pyx_ptype_6jacext_5_tape_Cones)) __PYX_ERR(0, 651, __pyx_L1_error)
+  __pyx_mstate->__pyx_ptype_6jacext_5_tape_Cones = (PyTypeObject *) __Pyx_PyType_FromModuleAndSpec(__pyx_m, &__pyx_type_6jacext_5_tape_Cones_spec, NULL); if (unlikely(!__pyx_mstate->__pyx_ptype_6jacext_5_tape_Cones)) __PYX_ERR(0, 655, __pyx_L1_error)
   #else
   __pyx_mstate->__pyx_ptype_6jacext_5_tape_Cones = &__pyx_type_6jacext_5_tape_Cones;
   #endif
   #if !CYTHON_COMPILING_IN_LIMITED_API
   #endif
   #if !CYTHON_USE_TYPE_SPECS
-  if (__Pyx_PyType_Ready(__pyx_mstate->__pyx_ptype_6jacext_5_tape_Cones) < (0)) __PYX_ERR(0, 651, __pyx_L1_error)
+  if (__Pyx_PyType_Ready(__pyx_mstate->__pyx_ptype_6jacext_5_tape_Cones) < (0)) __PYX_ERR(0, 655, __pyx_L1_error)
   #endif
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount((PyObject*)__pyx_mstate->__pyx_ptype_6jacext_5_tape_Cones);
@@ -38496,8 +38526,8 @@ static int __Pyx_modinit_Exttype___pyx_obj_6jacext_5_tape_Cones(__pyx_mstatetype
     __pyx_mstate->__pyx_ptype_6jacext_5_tape_Cones->tp_getattro = PyObject_GenericGetAttr;
   }
   #endif
-  if (PyObject_SetAttr(__pyx_m, __pyx_mstate_global->__pyx_n_u_Cones, (PyObject *) __pyx_mstate->__pyx_ptype_6jacext_5_tape_Cones) < (0)) __PYX_ERR(0, 651, __pyx_L1_error)
-  if (__Pyx_setup_reduce((PyObject *) __pyx_mstate->__pyx_ptype_6jacext_5_tape_Cones) < (0)) __PYX_ERR(0, 651, __pyx_L1_error)
+  if (PyObject_SetAttr(__pyx_m, __pyx_mstate_global->__pyx_n_u_Cones, (PyObject *) __pyx_mstate->__pyx_ptype_6jacext_5_tape_Cones) < (0)) __PYX_ERR(0, 655, __pyx_L1_error)
+  if (__Pyx_setup_reduce((PyObject *) __pyx_mstate->__pyx_ptype_6jacext_5_tape_Cones) < (0)) __PYX_ERR(0, 655, __pyx_L1_error)
   __Pyx_RefNannyFinishContext();
   return 0;
   __pyx_L1_error:;
@@ -40293,125 +40323,125 @@ __Pyx_RefNannySetupContext("PyInit__tape", 0);
   if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6jacext_5_tape_Tape, __pyx_mstate_global->__pyx_n_u_disassemble, __pyx_t_17) < (0)) __PYX_ERR(0, 339, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_17); __pyx_t_17 = 0;
 
-  /* "jacext/_tape.pyx":401
+  /* "jacext/_tape.pyx":405
  *     # ---- one point (x: n_in values; y: n_out or None) ----
  * 
  *     cpdef value(self, cnp.ndarray x, cnp.ndarray y):             # <<<<<<<<<<<<<<
  *         """The outputs at the point x into y."""
  *         cdef const double *px = <const double *>_buf(x, cnp.NPY_DOUBLE, self.t.n_in, "x")
 */
-  __pyx_t_17 = __Pyx_CyFunction_New(&__pyx_mdef_6jacext_5_tape_4Tape_17value, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Tape_value, NULL, __pyx_mstate_global->__pyx_n_u_jacext__tape, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[11])); if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 401, __pyx_L1_error)
+  __pyx_t_17 = __Pyx_CyFunction_New(&__pyx_mdef_6jacext_5_tape_4Tape_17value, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Tape_value, NULL, __pyx_mstate_global->__pyx_n_u_jacext__tape, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[11])); if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 405, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_17);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_17);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6jacext_5_tape_Tape, __pyx_mstate_global->__pyx_n_u_value, __pyx_t_17) < (0)) __PYX_ERR(0, 401, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6jacext_5_tape_Tape, __pyx_mstate_global->__pyx_n_u_value, __pyx_t_17) < (0)) __PYX_ERR(0, 405, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_17); __pyx_t_17 = 0;
 
-  /* "jacext/_tape.pyx":417
+  /* "jacext/_tape.pyx":421
  *         return raise_status(st)
  * 
  *     cpdef compressed(self, cnp.ndarray x, cnp.ndarray y, cnp.ndarray comp, cnp.ndarray cols,             # <<<<<<<<<<<<<<
  *                      cnp.ndarray colour, int32_t n_colours, int mode):
  *         """The Jacobian of the outputs with respect to the inputs ``cols`` (int32), dense
 */
-  __pyx_t_17 = __Pyx_CyFunction_New(&__pyx_mdef_6jacext_5_tape_4Tape_19compressed, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Tape_compressed, NULL, __pyx_mstate_global->__pyx_n_u_jacext__tape, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[12])); if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 417, __pyx_L1_error)
+  __pyx_t_17 = __Pyx_CyFunction_New(&__pyx_mdef_6jacext_5_tape_4Tape_19compressed, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Tape_compressed, NULL, __pyx_mstate_global->__pyx_n_u_jacext__tape, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[12])); if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 421, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_17);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_17);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6jacext_5_tape_Tape, __pyx_mstate_global->__pyx_n_u_compressed, __pyx_t_17) < (0)) __PYX_ERR(0, 417, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6jacext_5_tape_Tape, __pyx_mstate_global->__pyx_n_u_compressed, __pyx_t_17) < (0)) __PYX_ERR(0, 421, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_17); __pyx_t_17 = 0;
 
-  /* "jacext/_tape.pyx":463
+  /* "jacext/_tape.pyx":467
  *         return 0
  * 
  *     cpdef cones_jacobian(self, cnp.ndarray x, cnp.ndarray y, Cones cones, cnp.ndarray vals):             # <<<<<<<<<<<<<<
  *         """Sparse Jacobian values by one reverse sweep per output over its dependency cone
  *         (``cones`` from :meth:`cones`), in the pattern's CSR order."""
 */
-  __pyx_t_17 = __Pyx_CyFunction_New(&__pyx_mdef_6jacext_5_tape_4Tape_21cones_jacobian, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Tape_cones_jacobian, NULL, __pyx_mstate_global->__pyx_n_u_jacext__tape, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[13])); if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 463, __pyx_L1_error)
+  __pyx_t_17 = __Pyx_CyFunction_New(&__pyx_mdef_6jacext_5_tape_4Tape_21cones_jacobian, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Tape_cones_jacobian, NULL, __pyx_mstate_global->__pyx_n_u_jacext__tape, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[13])); if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 467, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_17);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_17);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6jacext_5_tape_Tape, __pyx_mstate_global->__pyx_n_u_cones_jacobian, __pyx_t_17) < (0)) __PYX_ERR(0, 463, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6jacext_5_tape_Tape, __pyx_mstate_global->__pyx_n_u_cones_jacobian, __pyx_t_17) < (0)) __PYX_ERR(0, 467, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_17); __pyx_t_17 = 0;
 
-  /* "jacext/_tape.pyx":483
+  /* "jacext/_tape.pyx":487
  *         return raise_status(st)
  * 
  *     cpdef product(self, bint forward, cnp.ndarray x, cnp.ndarray seed, cnp.ndarray y,             # <<<<<<<<<<<<<<
  *                   cnp.ndarray res):
  *         """At the point x: y and, forward, res = J v (seed v over the inputs, res over the
 */
-  __pyx_t_17 = __Pyx_CyFunction_New(&__pyx_mdef_6jacext_5_tape_4Tape_23product, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Tape_product, NULL, __pyx_mstate_global->__pyx_n_u_jacext__tape, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[14])); if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 483, __pyx_L1_error)
+  __pyx_t_17 = __Pyx_CyFunction_New(&__pyx_mdef_6jacext_5_tape_4Tape_23product, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Tape_product, NULL, __pyx_mstate_global->__pyx_n_u_jacext__tape, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[14])); if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 487, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_17);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_17);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6jacext_5_tape_Tape, __pyx_mstate_global->__pyx_n_u_product, __pyx_t_17) < (0)) __PYX_ERR(0, 483, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6jacext_5_tape_Tape, __pyx_mstate_global->__pyx_n_u_product, __pyx_t_17) < (0)) __PYX_ERR(0, 487, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_17); __pyx_t_17 = 0;
 
-  /* "jacext/_tape.pyx":507
+  /* "jacext/_tape.pyx":511
  *     # ---- batches: rows of x, threads splitting them ----
  * 
  *     def batch(self, str task, cnp.ndarray x, cnp.ndarray y, cnp.ndarray out,             # <<<<<<<<<<<<<<
  *               int threads=1, int mode=0, cnp.ndarray seed=None, cnp.ndarray cols=None,
  *               cnp.ndarray colour=None, int32_t n_colours=0, Tape jac_tape=None,
 */
-  __pyx_t_17 = __Pyx_CyFunction_New(&__pyx_mdef_6jacext_5_tape_4Tape_25batch, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Tape_batch, NULL, __pyx_mstate_global->__pyx_n_u_jacext__tape, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[15])); if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 507, __pyx_L1_error)
+  __pyx_t_17 = __Pyx_CyFunction_New(&__pyx_mdef_6jacext_5_tape_4Tape_25batch, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Tape_batch, NULL, __pyx_mstate_global->__pyx_n_u_jacext__tape, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[15])); if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 511, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_17);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_17);
   #endif
   __Pyx_CyFunction_SetDefaultsTuple(__pyx_t_17, __pyx_mstate_global->__pyx_tuple[8]);
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6jacext_5_tape_Tape, __pyx_mstate_global->__pyx_n_u_batch, __pyx_t_17) < (0)) __PYX_ERR(0, 507, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6jacext_5_tape_Tape, __pyx_mstate_global->__pyx_n_u_batch, __pyx_t_17) < (0)) __PYX_ERR(0, 511, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_17); __pyx_t_17 = 0;
 
-  /* "jacext/_tape.pyx":524
+  /* "jacext/_tape.pyx":528
  *                         jac_tape, cones)
  * 
  *     cpdef run(self, int task, cnp.ndarray x, cnp.ndarray y, cnp.ndarray out, int threads,             # <<<<<<<<<<<<<<
  *               int mode, cnp.ndarray seed, cnp.ndarray cols, cnp.ndarray colour,
  *               int32_t n_colours, Tape jac_tape, Cones cones):
 */
-  __pyx_t_17 = __Pyx_CyFunction_New(&__pyx_mdef_6jacext_5_tape_4Tape_27run, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Tape_run, NULL, __pyx_mstate_global->__pyx_n_u_jacext__tape, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[16])); if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 524, __pyx_L1_error)
+  __pyx_t_17 = __Pyx_CyFunction_New(&__pyx_mdef_6jacext_5_tape_4Tape_27run, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Tape_run, NULL, __pyx_mstate_global->__pyx_n_u_jacext__tape, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[16])); if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 528, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_17);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_17);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6jacext_5_tape_Tape, __pyx_mstate_global->__pyx_n_u_run, __pyx_t_17) < (0)) __PYX_ERR(0, 524, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6jacext_5_tape_Tape, __pyx_mstate_global->__pyx_n_u_run, __pyx_t_17) < (0)) __PYX_ERR(0, 528, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_17); __pyx_t_17 = 0;
 
-  /* "jacext/_tape.pyx":599
+  /* "jacext/_tape.pyx":603
  *     # ---- sparsity ----
  * 
  *     def pattern(self, cnp.ndarray cols):             # <<<<<<<<<<<<<<
  *         """(indptr, indices), int32 and read-only: the exact structural pattern of the
  *         outputs with respect to the inputs ``cols`` (column k is input cols[k])."""
 */
-  __pyx_t_17 = __Pyx_CyFunction_New(&__pyx_mdef_6jacext_5_tape_4Tape_29pattern, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Tape_pattern, NULL, __pyx_mstate_global->__pyx_n_u_jacext__tape, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[17])); if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 599, __pyx_L1_error)
+  __pyx_t_17 = __Pyx_CyFunction_New(&__pyx_mdef_6jacext_5_tape_4Tape_29pattern, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Tape_pattern, NULL, __pyx_mstate_global->__pyx_n_u_jacext__tape, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[17])); if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 603, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_17);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_17);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6jacext_5_tape_Tape, __pyx_mstate_global->__pyx_n_u_pattern, __pyx_t_17) < (0)) __PYX_ERR(0, 599, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6jacext_5_tape_Tape, __pyx_mstate_global->__pyx_n_u_pattern, __pyx_t_17) < (0)) __PYX_ERR(0, 603, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_17); __pyx_t_17 = 0;
 
-  /* "jacext/_tape.pyx":625
+  /* "jacext/_tape.pyx":629
  *         return ptr, idx
  * 
  *     def cones(self, budget, row_ptr, nz_input):             # <<<<<<<<<<<<<<
  *         """The dependency cone of every output (the instructions its value depends on, last
  *         first) for :meth:`cones_jacobian`, with the pattern they fill (CSR ``row_ptr`` and
 */
-  __pyx_t_17 = __Pyx_CyFunction_New(&__pyx_mdef_6jacext_5_tape_4Tape_31cones, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Tape_cones, NULL, __pyx_mstate_global->__pyx_n_u_jacext__tape, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[18])); if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 625, __pyx_L1_error)
+  __pyx_t_17 = __Pyx_CyFunction_New(&__pyx_mdef_6jacext_5_tape_4Tape_31cones, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Tape_cones, NULL, __pyx_mstate_global->__pyx_n_u_jacext__tape, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[18])); if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 629, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_17);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_17);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6jacext_5_tape_Tape, __pyx_mstate_global->__pyx_n_u_cones, __pyx_t_17) < (0)) __PYX_ERR(0, 625, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_6jacext_5_tape_Tape, __pyx_mstate_global->__pyx_n_u_cones, __pyx_t_17) < (0)) __PYX_ERR(0, 629, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_17); __pyx_t_17 = 0;
 
   /* "(tree fragment)":1
@@ -40441,32 +40471,32 @@ __Pyx_RefNannySetupContext("PyInit__tape", 0);
   if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_setstate_cython, __pyx_t_17) < (0)) __PYX_ERR(1, 3, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_17); __pyx_t_17 = 0;
 
-  /* "jacext/_tape.pyx":702
+  /* "jacext/_tape.pyx":706
  * 
  * 
  * def colour_columns(ptr, idx, int32_t n_rows, int32_t n_cols, order, max_work):             # <<<<<<<<<<<<<<
  *     """Greedy distance-2 colouring of the columns of a CSR pattern (columns sharing a row
  *     get different colours), visiting columns in ``order``: int32 colours, or None when
 */
-  __pyx_t_17 = __Pyx_CyFunction_New(&__pyx_mdef_6jacext_5_tape_11colour_columns, 0, __pyx_mstate_global->__pyx_n_u_colour_columns, NULL, __pyx_mstate_global->__pyx_n_u_jacext__tape, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[21])); if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 702, __pyx_L1_error)
+  __pyx_t_17 = __Pyx_CyFunction_New(&__pyx_mdef_6jacext_5_tape_11colour_columns, 0, __pyx_mstate_global->__pyx_n_u_colour_columns, NULL, __pyx_mstate_global->__pyx_n_u_jacext__tape, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[21])); if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 706, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_17);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_17);
   #endif
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_colour_columns, __pyx_t_17) < (0)) __PYX_ERR(0, 702, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_colour_columns, __pyx_t_17) < (0)) __PYX_ERR(0, 706, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_17); __pyx_t_17 = 0;
 
-  /* "jacext/_tape.pyx":732
+  /* "jacext/_tape.pyx":736
  * 
  * 
  * cdef int64_t _NOGIL_WORK = _plan.NOGIL_WORK             # <<<<<<<<<<<<<<
 */
-  __Pyx_GetModuleGlobalName(__pyx_t_17, __pyx_mstate_global->__pyx_n_u_plan); if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 732, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_17, __pyx_mstate_global->__pyx_n_u_plan); if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 736, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_17);
-  __pyx_t_16 = __Pyx_PyObject_GetAttrStr(__pyx_t_17, __pyx_mstate_global->__pyx_n_u_NOGIL_WORK); if (unlikely(!__pyx_t_16)) __PYX_ERR(0, 732, __pyx_L1_error)
+  __pyx_t_16 = __Pyx_PyObject_GetAttrStr(__pyx_t_17, __pyx_mstate_global->__pyx_n_u_NOGIL_WORK); if (unlikely(!__pyx_t_16)) __PYX_ERR(0, 736, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_16);
   __Pyx_DECREF(__pyx_t_17); __pyx_t_17 = 0;
-  __pyx_t_18 = __Pyx_PyLong_As_int64_t(__pyx_t_16); if (unlikely((__pyx_t_18 == ((int64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 732, __pyx_L1_error)
+  __pyx_t_18 = __Pyx_PyLong_As_int64_t(__pyx_t_16); if (unlikely((__pyx_t_18 == ((int64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 736, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_16); __pyx_t_16 = 0;
   __pyx_v_6jacext_5_tape__NOGIL_WORK = __pyx_t_18;
 
@@ -40649,7 +40679,7 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
   }
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[5]);
 
-  /* "jacext/_tape.pyx":658
+  /* "jacext/_tape.pyx":662
  *         cdef Py_ssize_t n_out = tape.t.n_out
  *         self.tape = tape
  *         self.cone_ptr = np.array(cone_ptr, dtype=np.int64, copy=True)             # <<<<<<<<<<<<<<
@@ -40658,7 +40688,7 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
 */
   {
     PyObject* __pyx_temp[2] = {__pyx_mstate_global->__pyx_n_u_dtype, __pyx_mstate_global->__pyx_n_u_copy};
-    __pyx_mstate_global->__pyx_tuple[6] = __Pyx_PyTuple_FromArray(__pyx_temp, 2); if (unlikely(!__pyx_mstate_global->__pyx_tuple[6])) __PYX_ERR(0, 658, __pyx_L1_error)
+    __pyx_mstate_global->__pyx_tuple[6] = __Pyx_PyTuple_FromArray(__pyx_temp, 2); if (unlikely(!__pyx_mstate_global->__pyx_tuple[6])) __PYX_ERR(0, 662, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[6]);
   }
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[6]);
@@ -40677,7 +40707,7 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
   }
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[7]);
 
-  /* "jacext/_tape.pyx":507
+  /* "jacext/_tape.pyx":511
  *     # ---- batches: rows of x, threads splitting them ----
  * 
  *     def batch(self, str task, cnp.ndarray x, cnp.ndarray y, cnp.ndarray out,             # <<<<<<<<<<<<<<
@@ -40686,7 +40716,7 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
 */
   {
     PyObject* __pyx_temp[8] = {__pyx_mstate_global->__pyx_int_1, __pyx_mstate_global->__pyx_int_0, Py_None, Py_None, Py_None, __pyx_mstate_global->__pyx_int_0, Py_None, Py_None};
-    __pyx_mstate_global->__pyx_tuple[8] = __Pyx_PyTuple_FromArray(__pyx_temp, 8); if (unlikely(!__pyx_mstate_global->__pyx_tuple[8])) __PYX_ERR(0, 507, __pyx_L1_error)
+    __pyx_mstate_global->__pyx_tuple[8] = __Pyx_PyTuple_FromArray(__pyx_temp, 8); if (unlikely(!__pyx_mstate_global->__pyx_tuple[8])) __PYX_ERR(0, 511, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[8]);
   }
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[8]);
@@ -40954,42 +40984,42 @@ static int __Pyx_CreateCodeObjects(__pyx_mstatetype *__pyx_mstate) {
     __pyx_mstate_global->__pyx_codeobj_tab[10] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_jacext__tape_pyx, __pyx_mstate->__pyx_n_u_disassemble, __pyx_mstate->__pyx_kp_b_iso88591_A_D_t2Q_1E_5_awd_U_1AQa_D_c_Cs_1, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[10])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {3, 0, 0, 3, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 401};
+    const __Pyx_PyCode_New_function_description descr = {3, 0, 0, 3, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 405};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_x, __pyx_mstate->__pyx_n_u_y};
     __pyx_mstate_global->__pyx_codeobj_tab[11] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_jacext__tape_pyx, __pyx_mstate->__pyx_n_u_value, __pyx_mstate->__pyx_kp_b_iso88591_A_0_AV_BgUV_as_b_j_t7_1_q_T_D_1A, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[11])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {8, 0, 0, 8, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 417};
+    const __Pyx_PyCode_New_function_description descr = {8, 0, 0, 8, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 421};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_x, __pyx_mstate->__pyx_n_u_y, __pyx_mstate->__pyx_n_u_comp, __pyx_mstate->__pyx_n_u_cols, __pyx_mstate->__pyx_n_u_colour, __pyx_mstate->__pyx_n_u_n_colours, __pyx_mstate->__pyx_n_u_mode};
     __pyx_mstate_global->__pyx_codeobj_tab[12] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_jacext__tape_pyx, __pyx_mstate->__pyx_n_u_compressed, __pyx_mstate->__pyx_kp_b_iso88591_A_V1A_0_AV_BgUV_AS_Bha_2_ay_HTU, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[12])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {5, 0, 0, 5, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 463};
+    const __Pyx_PyCode_New_function_description descr = {5, 0, 0, 5, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 467};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_x, __pyx_mstate->__pyx_n_u_y, __pyx_mstate->__pyx_n_u_cones, __pyx_mstate->__pyx_n_u_vals};
     __pyx_mstate_global->__pyx_codeobj_tab[13] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_jacext__tape_pyx, __pyx_mstate->__pyx_n_u_cones_jacobian, __pyx_mstate->__pyx_kp_b_iso88591_A_0_AV_BgUV_AS_Bha_6_E_E_wa_AQ_T, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[13])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {6, 0, 0, 6, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 483};
+    const __Pyx_PyCode_New_function_description descr = {6, 0, 0, 6, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 487};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_forward, __pyx_mstate->__pyx_n_u_x, __pyx_mstate->__pyx_n_u_seed, __pyx_mstate->__pyx_n_u_y, __pyx_mstate->__pyx_n_u_res};
     __pyx_mstate_global->__pyx_codeobj_tab[14] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_jacext__tape_pyx, __pyx_mstate->__pyx_n_u_product, __pyx_mstate->__pyx_kp_b_iso88591_A_Ry_T_1_Bj_T_1_0_AV_BgUV_0_AYm8, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[14])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {13, 0, 0, 13, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 507};
+    const __Pyx_PyCode_New_function_description descr = {13, 0, 0, 13, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 511};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_task, __pyx_mstate->__pyx_n_u_x, __pyx_mstate->__pyx_n_u_y, __pyx_mstate->__pyx_n_u_out, __pyx_mstate->__pyx_n_u_threads, __pyx_mstate->__pyx_n_u_mode, __pyx_mstate->__pyx_n_u_seed, __pyx_mstate->__pyx_n_u_cols, __pyx_mstate->__pyx_n_u_colour, __pyx_mstate->__pyx_n_u_n_colours, __pyx_mstate->__pyx_n_u_jac_tape, __pyx_mstate->__pyx_n_u_cones};
     __pyx_mstate_global->__pyx_codeobj_tab[15] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_jacext__tape_pyx, __pyx_mstate->__pyx_n_u_batch, __pyx_mstate->__pyx_kp_b_iso88591_A_QQR_99J_5_q_A_5Qa_t4q_QgS_5_vV, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[15])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {13, 0, 0, 13, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 524};
+    const __Pyx_PyCode_New_function_description descr = {13, 0, 0, 13, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 528};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_task, __pyx_mstate->__pyx_n_u_x, __pyx_mstate->__pyx_n_u_y, __pyx_mstate->__pyx_n_u_out, __pyx_mstate->__pyx_n_u_threads, __pyx_mstate->__pyx_n_u_mode, __pyx_mstate->__pyx_n_u_seed, __pyx_mstate->__pyx_n_u_cols, __pyx_mstate->__pyx_n_u_colour, __pyx_mstate->__pyx_n_u_n_colours, __pyx_mstate->__pyx_n_u_jac_tape, __pyx_mstate->__pyx_n_u_cones};
     __pyx_mstate_global->__pyx_codeobj_tab[16] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_jacext__tape_pyx, __pyx_mstate->__pyx_n_u_run, __pyx_mstate->__pyx_kp_b_iso88591_A_1F_6_81_t2_D_81_5_5_A_5Qa_9Bb, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[16])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 10, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 599};
+    const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 10, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 603};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_cols, __pyx_mstate->__pyx_n_u_col_of_input, __pyx_mstate->__pyx_n_u_indptr, __pyx_mstate->__pyx_n_u_indices, __pyx_mstate->__pyx_n_u_st, __pyx_mstate->__pyx_n_u_n_out, __pyx_mstate->__pyx_n_u_ptr, __pyx_mstate->__pyx_n_u_nnz, __pyx_mstate->__pyx_n_u_idx};
     __pyx_mstate_global->__pyx_codeobj_tab[17] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_jacext__tape_pyx, __pyx_mstate->__pyx_n_u_pattern, __pyx_mstate->__pyx_kp_b_iso88591_A_uD_c_rQR_q_avT_1_AXRwat6_fBa_A, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[17])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {4, 0, 0, 12, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 625};
+    const __Pyx_PyCode_New_function_description descr = {4, 0, 0, 12, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 629};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_budget, __pyx_mstate->__pyx_n_u_row_ptr, __pyx_mstate->__pyx_n_u_nz_input, __pyx_mstate->__pyx_n_u_ptr, __pyx_mstate->__pyx_n_u_cone, __pyx_mstate->__pyx_n_u_limit, __pyx_mstate->__pyx_n_u_st, __pyx_mstate->__pyx_n_u_n_out, __pyx_mstate->__pyx_n_u_p, __pyx_mstate->__pyx_n_u_total, __pyx_mstate->__pyx_n_u_c};
     __pyx_mstate_global->__pyx_codeobj_tab[18] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_jacext__tape_pyx, __pyx_mstate->__pyx_n_u_cones, __pyx_mstate->__pyx_kp_b_iso88591_A_A_Q_AYa_4t7_5_3c_1_AQ_1D_V2S_E, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[18])) goto bad;
   }
@@ -41004,7 +41034,7 @@ static int __Pyx_CreateCodeObjects(__pyx_mstatetype *__pyx_mstate) {
     __pyx_mstate_global->__pyx_codeobj_tab[20] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_tree_fragment, __pyx_mstate->__pyx_n_u_setstate_cython, __pyx_mstate->__pyx_kp_b_iso88591_Q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[20])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {6, 0, 0, 12, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 702};
+    const __Pyx_PyCode_New_function_description descr = {6, 0, 0, 12, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 706};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_ptr, __pyx_mstate->__pyx_n_u_idx, __pyx_mstate->__pyx_n_u_n_rows, __pyx_mstate->__pyx_n_u_n_cols, __pyx_mstate->__pyx_n_u_order, __pyx_mstate->__pyx_n_u_max_work, __pyx_mstate->__pyx_n_u_p, __pyx_mstate->__pyx_n_u_q, __pyx_mstate->__pyx_n_u_o, __pyx_mstate->__pyx_n_u_colour, __pyx_mstate->__pyx_n_u_n, __pyx_mstate->__pyx_n_u_limit};
     __pyx_mstate_global->__pyx_codeobj_tab[21] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_jacext__tape_pyx, __pyx_mstate->__pyx_n_u_colour_columns, __pyx_mstate->__pyx_kp_b_iso88591_Qe6_1_Qe6_1_QgV2Q_b_axvRq_q_as, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[21])) goto bad;
   }
