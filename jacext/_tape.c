@@ -29,6 +29,7 @@
             "-Wall",
             "-Wextra",
             "-D_POSIX_C_SOURCE=200809L",
+            "-Werror",
             "-g0"
         ],
         "extra_link_args": [
@@ -2020,7 +2021,7 @@ struct __pyx_MemviewEnum_obj;
 struct __pyx_memoryview_obj;
 struct __pyx_memoryviewslice_obj;
 
-/* "jacext/_tape.pxd":55
+/* "jacext/_tape.pxd":57
  * 
  * 
  * cdef class Tape:             # <<<<<<<<<<<<<<
@@ -2042,7 +2043,7 @@ struct __pyx_obj_6jacext_5_tape_Tape {
 };
 
 
-/* "jacext/_tape.pxd":52
+/* "jacext/_tape.pxd":54
  * 
  * 
  * cdef class Cones             # <<<<<<<<<<<<<<
@@ -34872,7 +34873,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_5Cones_4size___get__(struct __pyx_obj_6
   return __pyx_r;
 }
 
-/* "jacext/_tape.pxd":83
+/* "jacext/_tape.pxd":85
  * 
  * cdef class Cones:
  *     cdef readonly Tape tape             # <<<<<<<<<<<<<<
@@ -34939,7 +34940,7 @@ static PyObject *__pyx_pf_6jacext_5_tape_5Cones_4tape___get__(struct __pyx_obj_6
   return __pyx_r;
 }
 
-/* "jacext/_tape.pxd":84
+/* "jacext/_tape.pxd":86
  * cdef class Cones:
  *     cdef readonly Tape tape
  *     cdef readonly cnp.ndarray cone_ptr, cone, row_ptr, nz_input             # <<<<<<<<<<<<<<
