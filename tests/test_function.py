@@ -5,10 +5,11 @@ np.where, NumPy's nan and inf, slot reuse, outputs that are inputs, constants or
 duplicates, unused inputs, scalars in and out, the shapes a Function is built with;
 batched sweeps against single points (bit for bit, at awkward values), zero-size
 arguments and empty batches.  Batches (src_c/batch.c: points as lanes, blocks of 8 to 256
-points sized per tape to stay in L2, 64 for the value sweep; threads over whole blocks): every op of the table as a batch against a loop of single
-points (bit for bit) at interior and edge points, both modes; batch sizes around the
-block size; thread counts; and the memory a batch of 10**6 points takes.  The Tape
-itself (hand-made and corrupt tapes, runs) is tests/test_tape.py.
+points sized per tape to stay in L2, 64 for the value sweep; threads over whole blocks):
+every op of the table as a batch against a loop of single points (bit for bit) at
+interior and edge points, both modes; batch sizes around the block size; thread counts;
+and the memory a batch of 10**6 points takes.  The Tape itself (hand-made and corrupt
+tapes, runs) is tests/test_tape.py.
 """
 from __future__ import annotations
 
