@@ -346,8 +346,7 @@ def hessian_colours(F, argnums=0):
 
 
 def hvp(F, args, w=None, argnums=0):
-    """H @ v: one tangent sweep over the gradient Function's tape.  ``args``: F's
-    arguments, then v, then optionally w."""
+    """H @ v, forward over reverse.  ``args``: F's arguments, then v, then optionally w."""
     n_args = len(F.arg_shapes)
     if len(args) not in (n_args + 1, n_args + 2):
         raise TypeError(f"jacext: hvp takes the {n_args} argument(s) of {F.name}, then v, "
@@ -359,15 +358,64 @@ def hvp(F, args, w=None, argnums=0):
         raise ValueError("jacext: hvp takes one argument at a time (an int argnums)")
     if ws is None:
         _scalar_output(F, "hvp")
-        G = grad_function(F, key)
-    else:
-        G = grad_function(lagrangian(F), key)
-    key %= n_args
-    tangents = []
-    for k, s in enumerate(G.arg_shapes):
-        tangents.append(v if k == key else np.zeros(s))
-    call = point + (ws or ())
-    return G.jvp(*call, tangents[0] if len(tangents) == 1 else tuple(tangents))[1]
+    parts = _once(F, ("hvp", key, ws is not None), lambda: _HVP(F, key, ws is not None))
+    return parts(point + (ws or ()), v)
+
+
+class _HVP:
+    """Hessian-vector products of one kind.  At first one tangent sweep over the gradient
+    Function G's tape (``G.jvp``); once enough points asked for it to pay for the build
+    (ski rental, ``plan.tape_after``), the tape of that directional derivative: the
+    forward Jacobian tape, with respect to a scalar t, of G(x + t v), run in one value
+    sweep at t = 0 -- the same products, where the value sweep runs like instructions
+    together."""
+
+    def __init__(self, F, key, weighted):
+        n_args = len(F.arg_shapes)
+        if not -n_args <= key < n_args:
+            raise ValueError(f"jacext: argnums {key} names argument {key}, but {F.name} "
+                             f"takes {n_args} argument(s)")
+        self.argnums = key % n_args
+        self.G = grad_function(lagrangian(F) if weighted else F, self.argnums)
+        n_instr = max(self.G.n_instructions, 1)
+        build = _plan.BUILD_BASE + 2 * _plan.build_cost("forward", n_instr,
+                                                         self.G._planner.n_groups())
+        self.slot = _plan.JacobianTapeSlot(self.G._planner.lock,
+                                           _plan.tape_after(build, 2 * n_instr), self._build)
+
+    def _build(self):
+        from jacext.compile import compile_function
+
+        G, k = self.G, self.argnums
+        n = len(G.arg_shapes)
+
+        def along(*a):
+            args = list(a[:n])
+            args[k] = args[k] + a[n + 1] * a[n]
+            return G(*args)
+
+        K = compile_function(along, G.arg_shapes + (G.arg_shapes[k], ()),
+                             name=f"along({G.name})")
+        return jacobian_function(K, n + 1)
+
+    def __call__(self, call, v):
+        G = self.G
+        vs = np.shape(v)
+        s = G.arg_shapes[self.argnums]
+        v_batch = tuple(vs[:max(len(vs) - len(s), 0)])
+        try:
+            batch = np.broadcast_shapes(_batch_of(G, call), v_batch)
+        except ValueError:
+            batch = ()   # the argument parser says what is wrong
+        n_points = max(math.prod(batch), 1)
+        D = self.slot.tape(n_points)
+        if D is not None:
+            r = D(*call, v, 0.0)
+            if np.isfinite(r).all():   # else the sweep decides (its zero kills)
+                return r
+        tangents = [v if j == self.argnums else np.zeros(s)
+                    for j, s in enumerate(G.arg_shapes)]
+        return G.jvp(*call, tangents[0] if len(tangents) == 1 else tuple(tangents))[1]
 
 
 def repr_note(F):
