@@ -228,13 +228,10 @@ class _Hessian:
         n_points = math.prod(batch) if batch else -1
         vals, _ = G._compressed(plan, x.reshape(-1, G.n_inputs) if batch else x,
                                 n_points, threads, False)
-        return vals, batch
+        return vals.reshape(batch + (vals.shape[-1],)), batch
 
     def dense(self, args, mode, out, threads):
-        G = self.G
         shape = self.out_shape + self.arg_shape + self.arg_shape
-        x_batch = _batch_of(G, args)
-        _check_memory(math.prod(x_batch) * math.prod(shape), "Hessian")
         vals, batch = self.values(args, mode, threads)
         full = batch + shape
         if out is None:
@@ -323,6 +320,13 @@ def _split_weights(F, args, w, what):
 
 def hessian(F, args, w=None, argnums=0, mode="auto", out=None, threads=None, sparse=False):
     args, ws = _split_weights(F, args, w, "hessian")
+    key = _key(argnums)
+    if not sparse and isinstance(key, int) and -len(F.arg_shapes) <= key < len(F.arg_shapes):
+        # before anything is built or allocated
+        n = math.prod(F.arg_shapes[key])
+        m = 1 if ws is not None or F.out_is_tuple else F.n_outputs
+        size = math.prod(_batch_of(F, args)) * m * n * n
+        _check_memory(size, "Hessian")
     parts = _hessian_parts(F, argnums, ws is not None)
     call_args = args + (ws or ())
     if sparse:

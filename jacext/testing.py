@@ -266,6 +266,20 @@ def colourings(F, argnums=0):
     return F._planner.structure(_argnums_key(argnums)).colourings
 
 
+def hessian_colouring(F, argnums=0, weighted=None):
+    """(pattern, column colours, p) of the compressed sweeps a sparse Hessian of F runs:
+    the exact pattern (bool csr_array) of the gradient Function's Jacobian, and its
+    column colouring (``weighted``: the Hessian of w . F; None: where F is not scalar)."""
+    from jacext import second
+
+    if weighted is None:
+        weighted = F.out_is_tuple or F.n_outputs != 1
+    parts = second._hessian_parts(F, argnums, weighted)
+    structure = parts.G._planner.structure(parts.argnums)
+    col, p, _, _ = structure.colourings
+    return structure.array(), col, p
+
+
 def _argnums_key(argnums):
     if isinstance(argnums, (int, np.integer)):
         return int(argnums)
