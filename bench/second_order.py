@@ -13,6 +13,12 @@ Problems (each written once per framework, data from np.random.default_rng(0)):
 | rosen_hvp | chained Rosenbrock, n = 10^5 | H v |
 | rosen_sparse | chained Rosenbrock, n = 10^5 | the sparse Hessian as a scipy csr_array |
 
+End to end: ``scipy.optimize.minimize`` of the chained Rosenbrock with
+``method="trust-exact"`` (n = 100, dense Hessians, from 0.5 (-1)^i) and
+``method="trust-constr"`` (n = 10^4, from 1 + 0.1 cos(i),
+jacext's sparse Hessians against JAX's Hessian-vector products), time to solution including
+construction, driven by jacext and by JAX.
+
 Peers: jacext (``F.hessian``, ``F.hvp``, ``F.hessian(x, sparse=True)``), jax
 (``jax.jit(jax.hessian(f))``, ``jax.jit(lambda x, v: jvp(grad(f), (x,), (v,))[1])``, x64),
 torch (``torch.func.hessian``, ``torch.func.jvp(torch.func.grad(f))``), casadi (SX
@@ -249,6 +255,52 @@ def _first(problem, peer):
     print(time.perf_counter() - t0)
 
 
+# ------------------------------------------------------------------ end to end --
+
+SOLVES = {"trust-exact": 100, "trust-constr": 10**4}
+
+
+def solve(peer, method, n):
+    """scipy.optimize.minimize of the chained Rosenbrock from x0 = 0.5 (-1)^i (trust-exact)
+    or 1 + 0.1 cos(i) (trust-constr, which is slow from far), with
+    gradient and Hessian (dense for trust-exact, sparse from jacext / HVPs from JAX for
+    trust-constr) from ``peer``; (seconds including construction, iterations, f, |x - 1|)."""
+    from scipy.optimize import minimize
+
+    x0 = 0.5 * (-1.0) ** np.arange(n) if method == "trust-exact" else (
+        1.0 + 0.1 * np.cos(np.arange(n)))   # trust-constr: from near the solution
+    t0 = time.perf_counter()
+    if peer == "jacext":
+        import jacext as jx
+
+        F = jx.compile(_rosen_np, x0)
+        G = F.grad_function()
+        opts = dict(fun=lambda x: float(F(x)), jac=G)
+        if method == "trust-exact":
+            opts["hess"] = F.hessian
+        else:
+            opts["hess"] = lambda x: F.hessian(x, sparse=True)
+    else:
+        import jax
+        import jax.numpy as jnp
+
+        jax.config.update("jax_enable_x64", True)
+
+        def fn(x):
+            return jnp.sum(100.0 * (x[1:] - x[:-1] ** 2) ** 2 + (1.0 - x[:-1]) ** 2)
+        f, g = jax.jit(fn), jax.jit(jax.grad(fn))
+        opts = dict(fun=lambda x: float(f(x)), jac=lambda x: np.asarray(g(x)))
+        if method == "trust-exact":
+            h = jax.jit(jax.hessian(fn))
+            opts["hess"] = lambda x: np.asarray(h(x))
+        else:
+            hv = jax.jit(lambda x, v: jax.jvp(jax.grad(fn), (x,), (v,))[1])
+            opts["hessp"] = lambda x, v: np.asarray(hv(x, np.asarray(v, dtype=np.float64)))
+    res = minimize(x0=x0, method=method, options={"maxiter": 5000}, **opts)
+    sec = time.perf_counter() - t0
+    return sec, int(res.nit), float(res.fun), float(np.abs(res.x - 1.0).max())
+
+
 def check(result, want, kind):
     if hasattr(result, "tocsr") or hasattr(want, "tocsr"):   # sparse: compare entries
         diff = abs(result - want).tocsr()
@@ -267,6 +319,7 @@ def main(argv=None):
     ap.add_argument("--min-time", type=float, default=None)
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--no-first-calls", action="store_true")
+    ap.add_argument("--no-solves", action="store_true", help="skip the scipy solves")
     ap.add_argument("--json", default=os.path.join(HERE, "out", "second_order.json"))
     args = ap.parse_args(argv)
     min_time = args.min_time or (0.05 if args.quick else 0.3)
@@ -332,9 +385,29 @@ def main(argv=None):
             first = cell.get("first_s")
             print(f"| {name} n={spec['n']} | {peer} | {_fmt(cell['median_s'])} | "
                   f"{_fmt(first) if first else ''} | {err[0]:.1e} | |")
+    solves = []
+    if not args.no_solves:
+        print("\n| scipy.optimize.minimize, rosen | n | peer | time to solution | "
+              "iterations | f | max abs(x - 1) |")
+        print("|---|---|---|---|---|---|---|")
+        for method, n in SOLVES.items():
+            if args.quick:
+                n = min(n, 1000)
+            for peer in ("jacext", "jax"):
+                if peer not in args.peers.split(","):
+                    continue
+                try:
+                    sec, nit, fval, err = solve(peer, method, n)
+                except ImportError:
+                    continue
+                solves.append(dict(method=method, n=n, peer=peer, seconds=sec, nit=nit,
+                                   f=fval, err=err))
+                print(f"| {method} | {n} | {peer} | {_fmt(sec)} | {nit} | {fval:.1e} | "
+                      f"{err:.1e} |")
     os.makedirs(os.path.dirname(args.json), exist_ok=True)
     with open(args.json, "w") as fh:
-        json.dump([dict(problem=n, spec=s, results=r) for n, s, r in rows], fh, indent=1)
+        json.dump(dict(cells=[dict(problem=n, spec=s, results=r) for n, s, r in rows],
+                       solves=solves), fh, indent=1)
     return 0
 
 
