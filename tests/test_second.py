@@ -460,3 +460,23 @@ def test_errors():
     with pytest.raises(MemoryError, match="sparse=True"):
         big.hessian(np.ones(400_000))
     assert big._second == {}   # nothing was built
+
+
+def test_argnums_modes_scalars_and_pickle():
+    G = jx.compile(lambda x, p: np.sum(x ** 2 * p) + p[0] ** 3 * x[1], np.ones(2), np.ones(2))
+    x, p = np.array([1.0, 2.0]), np.array([3.0, 4.0])
+    # hand-derived: d2/dp2 = [[6 p0 x1, 0], [0, 0]]; d2/dx2 = diag(2 p)
+    want_p = np.array([[6 * 3.0 * 2.0, 0.0], [0.0, 0.0]])
+    assert np.array_equal(G.hessian(x, p, argnums=1), want_p)
+    assert np.array_equal(G.hvp(x, p, np.array([1.0, 0.0]), argnums=1), want_p[:, 0])
+    for mode in ("auto", "forward", "reverse"):
+        assert np.array_equal(G.hessian(x, p, mode=mode), np.diag(2 * p))
+    with pytest.raises(ValueError, match="mode must be"):
+        G.hessian(x, p, mode="sideways")
+    with pytest.raises(ValueError, match="names argument 2"):
+        G.hessian(x, p, argnums=2)
+    S = jx.compile(lambda t: t ** 3, 0.0)      # a 0-d argument
+    assert S.hessian(2.0) == 12.0 and S.hvp(2.0, 1.0) == 12.0
+    assert np.array_equal(S.hessian(np.array([1.0, 2.0])), [6.0, 12.0])
+    G2 = pickle.loads(pickle.dumps(G))
+    assert np.array_equal(G2.hessian(x, p), G.hessian(x, p))
