@@ -205,9 +205,9 @@ class _Hessian:
         self.dst2 = mirror[keep]
         # the symmetric pattern: each entry once, from its kept source
         both = np.concatenate([self.dst1, self.dst2])
-        src2 = np.concatenate([self.src, self.src])
+        kept2 = np.tile(np.arange(len(self.src)), 2)
         sym, first = np.unique(both, return_index=True)
-        self.sym_src = src2[first]
+        self.sym_kept = kept2[first]
         sym_rows = sym // n if n else sym
         sym_cols = sym % n if n else sym
         indptr = np.zeros(self.m * n + 1, dtype=np.int64)
@@ -218,7 +218,48 @@ class _Hessian:
                                      self.sym_indptr), shape=(self.m * n, n))
 
     def colours(self):
+        star = self.star()
+        if star is not None:
+            return star[1]
         return self.G._planner.structure(self.argnums).colours[0]
+
+    def star(self):
+        """(colour, q, gather) of a star colouring of the symmetric pattern where it takes
+        fewer colours than G's column colouring, else None; made once.  ``gather``: for
+        each kept entry (i, j) (``dst1``), its place in the compressed (n, q) matrix: row
+        a = max(i, j) at colour c(b), b = min(i, j), where b is the only neighbour of a of
+        that colour, else row b at colour c(a) (a star colouring makes one of the two
+        unique; the same choice for (i, j) and (j, i) keeps the result symmetric)."""
+        hit = self.__dict__.get("_star")
+        if hit is not None:
+            return hit[0]
+        with self.G._planner.lock:
+            hit = self.__dict__.get("_star")
+            if hit is None:
+                hit = self._star = (self._make_star(),)
+        return hit[0]
+
+    def _make_star(self):
+        if self.m != 1 or self.n == 0:
+            return None
+        p = self.G._planner.structure(self.argnums).colours[0]
+        ptr, idx = self.sym_indptr, self.sym_indices
+        deg = np.diff(ptr)
+        steps = int(np.sum(deg.astype(np.int64) * deg)) + self.n
+        if p <= 3 or steps > _plan.STAR_COLOURING_MAX_STEPS:
+            return None
+        colour = star_colouring(ptr, idx, self.n)
+        q = int(colour.max()) + 1 if colour.size else 0
+        if q >= p:
+            return None
+        n = self.n
+        rows = np.repeat(np.arange(n, dtype=np.int64), deg)
+        count = np.bincount(rows * q + colour[idx], minlength=n * q)
+        i, j = self.dst1 // n, self.dst1 % n
+        a, b = np.maximum(i, j), np.minimum(i, j)
+        at_a = a * q + colour[b]
+        gather = np.where(count[at_a] == 1, at_a, b * q + colour[a])
+        return colour, q, gather
 
     def values(self, args, mode, threads):
         """(nonzeros of G's Jacobian, in its pattern's order; batch shape)."""
@@ -230,16 +271,40 @@ class _Hessian:
                                 n_points, threads, False)
         return vals.reshape(batch + (vals.shape[-1],)), batch
 
+    def kept(self, args, mode, threads):
+        """(the kept entries' values, batch shape): from a star colouring's compressed
+        sweeps where it takes fewer colours, else from G's sparse Jacobian (its planner
+        picks column colouring, cones, or its Jacobian tape)."""
+        star = self.star() if mode == "auto" else None
+        if star is None:
+            vals, batch = self.values(args, mode, threads)
+            return vals[..., self.src], batch
+        from jacext._tape import MODES
+
+        colour, q, gather = star
+        G = self.G
+        x, batch = G._rows(tuple(args))
+        cols = G._planner.columns(self.argnums)
+        if batch:
+            n_points = math.prod(batch)
+            comp = np.empty((n_points, G.n_outputs, q), dtype=np.float64)
+            G.tape.batch("compressed", x.reshape(n_points, G.n_inputs), None, comp,
+                         _plan.n_threads(threads, n_points, G.n_instructions * (1 + q)),
+                         mode=MODES["forward"], cols=cols, colour=colour, n_colours=q)
+            return comp.reshape(n_points, -1)[:, gather].reshape(batch + (-1,)), batch
+        comp = np.empty((G.n_outputs, q), dtype=np.float64)
+        G.tape.compressed(x, None, comp, cols, colour, q, MODES["forward"])
+        return comp.reshape(-1)[gather], batch
+
     def dense(self, args, mode, out, threads):
         shape = self.out_shape + self.arg_shape + self.arg_shape
-        vals, batch = self.values(args, mode, threads)
+        v, batch = self.kept(args, mode, threads)
         full = batch + shape
         if out is None:
             H = np.zeros(full, dtype=np.float64)
         else:
             H = _check_out(out, full)
             H[...] = 0.0
-        v = vals[..., self.src]
         flat = H.reshape(batch + (-1,))
         flat[..., self.dst1] = v
         flat[..., self.dst2] = v
@@ -252,12 +317,54 @@ class _Hessian:
             raise ValueError(
                 "jacext: sparse=True needs a scalar Hessian: a scalar output, or weights w "
                 "(the Hessian of w . F(x)); for every output's Hessian use sparse=False")
-        vals, batch = self.values(args, mode, threads)
-        data = np.ascontiguousarray(vals[..., self.sym_src])
+        v, batch = self.kept(args, mode, threads)
+        data = np.ascontiguousarray(v[..., self.sym_kept])
         if batch:
             return SparseJacobians(self.pattern, data)
         return sp.csr_array((data, self.sym_indices.copy(), self.sym_indptr.copy()),
                             shape=self.pattern.shape)
+
+
+def star_colouring(indptr, indices, n):
+    """A greedy star colouring of the symmetric pattern (CSR; the diagonal is ignored):
+    adjacent vertices differ, and no path on four vertices has two colours (every
+    two-coloured subgraph is a forest of stars), so each Hessian entry is read directly
+    from a compressed column (Gebremedhin, Manne and Pothen, SIAM Review 47(4), 2005).
+    Vertex v takes the least colour not forbidden by: its neighbours' colours; the colour
+    of x for each path v - w - x - y already two-coloured (c(y) = c(w)); the colours of w's
+    other neighbours where two of v's neighbours share w's colour."""
+    ptr = np.asarray(indptr).tolist()
+    idx = np.asarray(indices).tolist()
+    nbrs = [[u for u in idx[ptr[v]:ptr[v + 1]] if u != v] for v in range(n)]
+    colour = [-1] * n
+    seen = [dict() for _ in range(n)]   # per vertex: colour -> count of such neighbours
+    for v in range(n):
+        forbid = set()
+        mine = {}
+        for w in nbrs[v]:
+            c = colour[w]
+            if c >= 0:
+                forbid.add(c)
+                mine[c] = mine.get(c, 0) + 1
+        for w in nbrs[v]:
+            cw = colour[w]
+            if cw < 0:
+                continue
+            twice = mine[cw] >= 2
+            for x in nbrs[w]:
+                cx = colour[x]
+                if x == v or cx < 0:
+                    continue
+                if twice or seen[x].get(cw, 0) >= 2:
+                    forbid.add(cx)
+        c = 0
+        while c in forbid:
+            c += 1
+        colour[v] = c
+        for w in nbrs[v]:
+            d = seen[w]
+            d[c] = d.get(c, 0) + 1
+    return np.asarray(colour, dtype=np.int32)
 
 
 def _batch_of(G, args):
@@ -426,8 +533,11 @@ def repr_note(F):
     """repr(F)'s words on a Hessian whose colouring is made."""
     for key, parts in list(F._second.items()):
         if key[0] == "hessian":
+            star = parts.__dict__.get("_star")
+            if star is not None and star[0] is not None:
+                return f"; Hessian: {star[0][1]} colours (star)"
             s = parts.G._planner.known_structure(parts.argnums)
-            if s is not None and s.colours_known:
+            if star is not None and s is not None and s.colours_known:
                 return f"; Hessian: {s.colours[0]} colours"
     return ""
 

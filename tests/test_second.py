@@ -480,3 +480,51 @@ def test_argnums_modes_scalars_and_pickle():
     assert np.array_equal(S.hessian(np.array([1.0, 2.0])), [6.0, 12.0])
     G2 = pickle.loads(pickle.dumps(G))
     assert np.array_equal(G2.hessian(x, p), G.hessian(x, p))
+
+
+def test_star_colouring_for_an_arrow_head():
+    """One coupled variable: the gradient's column colouring needs n colours, a star
+    colouring 2; entries read directly, symmetric, equal to the hand-derived Hessian."""
+    n = 60
+    x = np.linspace(-1.0, 1.0, n)
+    F = jx.compile(lambda x: x[0] * np.sum(x[1:]) + np.sum(x ** 4), x)
+    want = np.diag(12.0 * x ** 2)
+    want[0, 1:] += 1.0
+    want[1:, 0] += 1.0
+    H = F.hessian(x)
+    assert np.array_equal(H, H.T)
+    rel_close(H, want)
+    assert F.hessian_colours() == 2
+    assert "Hessian: 2 colours (star)" in repr(F)
+    pattern, colour, p = testing.hessian_colouring(F)
+    assert p == 2 and testing.star_colouring_is_valid(pattern, colour)
+    assert not testing.column_colouring_is_valid(pattern, colour)   # not distance-2
+    Hs = F.hessian(x, sparse=True)
+    assert np.array_equal(Hs.toarray(), H)
+    X = np.stack([x, -x, 0.5 * x])
+    HB = F.hessian(X, threads=2)
+    for k in range(3):
+        assert np.array_equal(HB[k], F.hessian(X[k]))
+    assert np.array_equal(F.hessian(X, sparse=True)[1].toarray(), HB[1])
+    # explicit modes take the gradient's own colouring: the same numbers
+    rel_close(F.hessian(x, mode="forward"), H)
+
+
+def test_star_colouring_verifier_rejects_two_coloured_paths():
+    path = np.zeros((4, 4), dtype=bool)
+    for i in range(3):
+        path[i, i + 1] = path[i + 1, i] = True
+    assert not testing.star_colouring_is_valid(path, [0, 1, 0, 1])   # a two-coloured P4
+    assert testing.star_colouring_is_valid(path, [0, 1, 0, 2])
+    assert not testing.star_colouring_is_valid(path, [0, 0, 1, 2])   # adjacent alike
+    from jacext.second import star_colouring
+
+    rng = np.random.default_rng(7)
+    for _ in range(20):
+        a = rng.random((30, 30)) < 0.1
+        a = a | a.T
+        import scipy.sparse as sp
+
+        csr = sp.csr_array(a)
+        colour = star_colouring(csr.indptr, csr.indices, 30)
+        assert testing.star_colouring_is_valid(a, colour)
