@@ -528,3 +528,95 @@ def test_star_colouring_verifier_rejects_two_coloured_paths():
         csr = sp.csr_array(a)
         colour = star_colouring(csr.indptr, csr.indices, 30)
         assert testing.star_colouring_is_valid(a, colour)
+
+
+# ---------------------------------------------------------------- random programs --
+
+UNARY = {"sin": (np.sin, "sin"), "cos": (np.cos, "cos"), "tanh": (np.tanh, "tanh"),
+         "square": (np.square, "square"), "exp": (lambda a: np.exp(0.3 * a), None),
+         "atan": (np.arctan, "atan"), "cosh": (lambda a: np.cosh(0.5 * a), None)}
+BINARY_OPS = {"add": (np.add, "add"), "sub": (np.subtract, "sub"), "mul": (np.multiply, "mul"),
+              "hypot": (np.hypot, "hypot"), "div": (lambda a, b: a / (1.5 + b * b), None),
+              "logaddexp": (np.logaddexp, "logaddexp")}
+
+
+def random_program(rng, n, steps):
+    """A list of (op, operands) over a pool that starts with x[perm] slices; the output is
+    the sum of the last values times fixed weights."""
+    prog = []
+    pool = 1
+    for _ in range(steps):
+        if rng.random() < 0.5:
+            name = rng.choice(sorted(UNARY))
+            prog.append(("u", name, int(rng.integers(pool)), rng.permutation(n)))
+        else:
+            name = rng.choice(sorted(BINARY_OPS))
+            prog.append(("b", name, (int(rng.integers(pool)), int(rng.integers(pool))),
+                         rng.permutation(n)))
+        pool += 1
+    return prog
+
+
+def run_program(prog, x, lib):
+    """The program on x: NumPy (traced or not) when lib is None, else torch."""
+    vals = [x]
+    for kind, name, ops_, perm in prog:
+        if kind == "u":
+            fn, tname = UNARY[name]
+            a = vals[ops_][perm]
+            if lib is None:
+                vals.append(fn(a))
+            else:
+                vals.append({"exp": lambda a: lib.exp(0.3 * a),
+                             "cosh": lambda a: lib.cosh(0.5 * a)}.get(
+                                 name, getattr(lib, tname or name, None))(a))
+        else:
+            fn, tname = BINARY_OPS[name]
+            a, b = vals[ops_[0]][perm], vals[ops_[1]]
+            if lib is None:
+                vals.append(fn(a, b))
+            elif name == "div":
+                vals.append(a / (1.5 + b * b))
+            else:
+                vals.append(getattr(lib, tname)(a, b))
+    weights = np.linspace(0.5, 1.5, x.shape[0])
+    w = weights if lib is None else lib.tensor(weights)
+    total = (vals[-1] * w).sum()
+    return total + (vals[len(vals) // 2] * vals[-2]).sum()
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_programs(seed):
+    rng = np.random.default_rng(seed)
+    n = 5
+    prog = random_program(rng, n, 10)
+    x = rng.uniform(-1.0, 1.0, n)
+    F = jx.compile(lambda x: run_program(prog, x, None), x)
+    H = F.hessian(x)
+    assert_symmetric(H, n)
+    np.testing.assert_allclose(H, fd_hessian(F, x), rtol=1e-5, atol=1e-5)
+    v = rng.normal(size=n)
+    rel_close(F.hvp(x, v), H @ v)
+    P = F.hessian_sparsity().toarray()
+    assert not ((H != 0) & ~P).any()
+    Hs = F.hessian(x, sparse=True)
+    assert np.array_equal(Hs.toarray(), H)
+    torch = pytest.importorskip("torch")
+    want = torch.func.hessian(lambda t: run_program(prog, t, torch))(
+        torch.tensor(x, dtype=torch.float64)).numpy()
+    rel_close(H, want)
+
+
+def test_threads_share_one_function():
+    import concurrent.futures as cf
+
+    x = np.linspace(-1.0, 1.0, 40)
+    F = jx.compile(rosen, x)
+    X = x + np.linspace(0, 0.2, 8)[:, None]
+    with cf.ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda k: (F.hessian(X[k]), F.hvp(X[k], x),
+                                       F.hessian(X[k], sparse=True).toarray()), range(8)))
+    for k, (h, hv, hs) in enumerate(got):
+        assert np.array_equal(h, F.hessian(X[k]))
+        assert np.array_equal(hs, h)
+        rel_close(hv, h @ x)
