@@ -545,9 +545,11 @@ def repr_note(F):
 # ---------------------------------------------------------------- composition --
 
 def is_traced(args):
-    from jacext.trace import Array
+    """Whether a call's arguments hold traced values (arrays, or lists and object arrays
+    of traced scalars)."""
+    from jacext.trace import _graph_of
 
-    return any(type(a) is Array for a in args)
+    return _graph_of(args) is not None
 
 
 def inline(F, args):

@@ -411,6 +411,13 @@ def test_composition_inlines_the_tape():
     # a derivative Function inside a trace
     G = jx.compile(lambda x: np.sum(F.jacobian_function()(x)), x)
     np.testing.assert_allclose(G(x), F.jacobian(x).sum(), rtol=1e-14)
+    # traced scalars gathered into an object array (np.array([c, -s])) and into a list
+    R = jx.compile(lambda q: np.sum(F(np.array([np.cos(q[0]), q[1], -np.sin(q[0])]))) + np.sum(
+        F([q[1], q[0], q[1]])), np.ones(2))
+    q = np.array([0.3, 0.8])
+    want = np.sum(vec(np.array([np.cos(0.3), 0.8, -np.sin(0.3)]))) + np.sum(
+        vec(np.array([0.8, 0.3, 0.8])))
+    np.testing.assert_allclose(R(q), want, rtol=1e-14)
     with pytest.raises(jx.TracingError, match="inside a trace it got shape"):
         jx.compile(lambda z: F(z), np.ones(5))
 
