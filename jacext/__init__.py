@@ -10,7 +10,7 @@ array([[12.,  0.],
 """
 from jacext._function import Function
 from jacext._version import __version__
-from jacext.api import compile, jacobian
+from jacext.api import compile, hessian, hvp, jacobian
 from jacext.errors import JacextError, TracingError
 from jacext.trace import Array
 
@@ -21,5 +21,7 @@ __all__ = [
     "TracingError",
     "__version__",
     "compile",
+    "hessian",
+    "hvp",
     "jacobian",
 ]

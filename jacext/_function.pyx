@@ -23,6 +23,7 @@ from libc.string cimport memset
 from jacext import arguments as _args
 from jacext import jactape as _jactape  # noqa: F401  (loaded with jacext: the planner imports
 from jacext import plan as _plan         # it lazily, and a first call must not pay for that)
+from jacext import second as _second
 from jacext import sparse as _sparse
 from jacext._tape cimport (JX_MAX_LANES, JX_MODE_FORWARD, JX_MODE_REVERSE, JX_TASK_JACOBIAN,
                            JX_TASK_VALUE, Tape,
@@ -68,6 +69,7 @@ cdef class Function:
     cdef int64_t _pt_seen[3]
     cdef int64_t _pt_after[3]      # 0: not looked up yet
     cdef list _pt_tapes
+    cdef readonly dict _second     # derived Functions and Hessian maps (jacext/second.py)
     # Shared state and threads: the Tape guards its own work memory with an atomic flag;
     # the planner makes Plans, structures and Jacobian tapes under its lock; _plans is a
     # dict (thread-safe); _sparse0 and _jt0 are set once, under the planner's lock, from
@@ -104,6 +106,7 @@ cdef class Function:
         for k in range(3):
             self._pt_seen[k] = 0
             self._pt_after[k] = 0
+        self._second = {}
 
     def __reduce__(self):
         return (Function, (self.tape.arrays(), self.arg_shapes, self.out_shapes,
@@ -145,6 +148,8 @@ cdef class Function:
         if structure is not None and structure.colours_known:
             p, q = structure.colours
             note = f"; sparse: {p} column colours, {q} row colours"
+        if self._second:
+            note += _second.repr_note(self)
         return (f"<jacext.Function {self.name}: inputs {ins} -> outputs {outs}; "
                 f"{t.n_instructions} instructions, {t.n_slots} work slots "
                 f"({t.n_inputs} inputs, {t.n_constants} constants){note}>")
@@ -162,6 +167,8 @@ cdef class Function:
         if (len(args) == 1 and self._single_shape is not None and _is_point(args[0],
                                                                             self._single_shape)):
             x, batch = <cnp.ndarray>args[0], ()   # one point, nothing to convert
+        elif _second.is_traced(args):   # inside a trace: the tape inlined (composition)
+            return _second.inline(self, args)
         else:
             x, batch = self._rows(args)
         if not batch:
@@ -521,6 +528,52 @@ cdef class Function:
             self.tape.compressed(x, y, comp, plan.cols, colour, n_colours, m)
             vals = np.take(comp.reshape(-1), structure.gather(plan.compressed))
         return vals, y
+
+    # ---- second order (jacext/second.py) ----
+
+    def jacobian_function(self, argnums=0):
+        """A Function of the same arguments whose output is the Jacobian d out /
+        d args[argnums] (a tuple of blocks, outputs then arguments, where the output
+        or ``argnums`` is a tuple).  It is a tape of the Jacobian's entries: batched,
+        pickled, disassembled and differentiated like any Function, so
+        ``F.jacobian_function().jacobian(x)`` is the Hessian.  Made once."""
+        return _second.jacobian_function(self, argnums)
+
+    def grad_function(self, argnums=0):
+        """The gradient of a scalar output as a Function of the same arguments."""
+        return _second.grad_function(self, argnums)
+
+    def hessian(self, *args, w=None, argnums=0, mode="auto", out=None, threads=None,
+                sparse=False):
+        """The Hessian d^2 out / d args[argnums]^2.
+
+        Scalar output: shape arg.shape + arg.shape; vector output: out.shape +
+        arg.shape * 2 (as ``jax.hessian``).  ``F.hessian(x, w)`` (the arguments,
+        then weights of the output's shape, or ``w=``): the Hessian of w . F(x),
+        an NLP solver's Lagrangian, without the per-output Hessians.  Computed as
+        the Jacobian of the gradient Function (forward over reverse; ``mode`` is
+        that Jacobian's), one triangle read and mirrored: symmetric exactly.
+        ``sparse=True``: a ``scipy.sparse.csr_array`` (a ``SparseJacobians`` for
+        a batch) from compressed sweeps over :meth:`hessian_sparsity`.  Leading
+        axes are a batch (``threads`` split it); ``out=`` as for Jacobians.
+        """
+        return _second.hessian(self, args, w, argnums, mode, out, threads, sparse)
+
+    def hvp(self, *args, w=None, argnums=0):
+        """``F.hvp(*args, v)`` (or ``F.hvp(*args, v, w)``): the Hessian (of w . F)
+        times v by one tangent sweep over the gradient Function's tape, never
+        forming H; batches over leading axes of the arguments and of v."""
+        return _second.hvp(self, args, w, argnums)
+
+    def hessian_sparsity(self, argnums=0):
+        """The exact symmetric pattern of the Hessian (for a vector output, of
+        w . F for any w): a bool ``scipy.sparse.csr_array`` (n x n).  Only
+        nonlinear interactions count: x*y couples x and y, x + y does not."""
+        return _second.hessian_sparsity(self, argnums)
+
+    def hessian_colours(self, argnums=0):
+        """The colours (gradient sweeps) a sparse Hessian costs."""
+        return _second.hessian_colours(self, argnums)
 
     # ---- products ----
 

@@ -1,4 +1,4 @@
-"""The public entry points: jacobian (one-shot, cached) and compile."""
+"""The public entry points: jacobian, hessian and hvp (one-shot, cached) and compile."""
 from __future__ import annotations
 
 import threading
@@ -142,6 +142,54 @@ def jacobian(f, inputs, *, mode="auto", cache=True):
     return F.jacobian(arrays[0], mode=mode)
 
 
+def _compiled(f, arrays, cache):
+    shapes = tuple(a.shape for a in arrays)
+    return _cached_function(f, shapes) if cache else compile_function(f, shapes)
+
+
+def hessian(f, inputs, *, cache=True):
+    """The Hessian of ``f`` at ``inputs``: a drop-in for torch's functional hessian.
+
+    ``inputs`` an array: shape x.shape + x.shape for a scalar ``f`` (out.shape +
+    x.shape + x.shape for a vector ``f``, as ``jax.hessian``).  A tuple of arrays
+    (scalar ``f``): a tuple of tuples of blocks, ``H[i][j]`` of shape
+    inputs[i].shape + inputs[j].shape, as torch nests them.  Cached as :func:`jacobian`.
+    """
+    is_tuple = isinstance(inputs, tuple)
+    args = inputs if is_tuple else (inputs,)
+    arrays = tuple(_as_real_array(a, k) for k, a in enumerate(args))
+    F = _compiled(f, arrays, cache)
+    if not is_tuple:
+        return F.hessian(arrays[0])
+    nums = tuple(range(len(arrays)))
+    blocks = F.grad_function(nums).jacobian(*arrays, argnums=nums)
+    # symmetric to the last bit: the blocks on and below the diagonal, mirrored
+    out = []
+    for i in nums:
+        row = []
+        for j in nums:
+            if j > i:
+                b = blocks[j][i]
+                row.append(np.ascontiguousarray(
+                    b.reshape(arrays[j].size, arrays[i].size).T).reshape(
+                        arrays[i].shape + arrays[j].shape))
+            elif j == i:
+                b = blocks[i][i].reshape(arrays[i].size, arrays[i].size)
+                low = np.tril(b)
+                row.append((low + np.tril(b, -1).T).reshape(arrays[i].shape * 2))
+            else:
+                row.append(blocks[i][j])
+        out.append(tuple(row))
+    return tuple(out)
+
+
+def hvp(f, inputs, v, *, cache=True):
+    """The Hessian of a scalar ``f`` at ``inputs`` (an array) times ``v``, never forming
+    the Hessian (``Function.hvp``).  Cached as :func:`jacobian`."""
+    x = _as_real_array(inputs, 0)
+    return _compiled(f, (x,), cache).hvp(x, v)
+
+
 def clear_cache():
     """Forget every cached tape of :func:`jacobian`."""
     with _cache_lock:
@@ -149,4 +197,4 @@ def clear_cache():
         _recent.clear()
 
 
-__all__ = ["clear_cache", "compile", "jacobian"]
+__all__ = ["clear_cache", "compile", "hessian", "hvp", "jacobian"]

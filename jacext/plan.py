@@ -86,6 +86,11 @@ BUILD_BASE = 100_000
 BUILD_PER_INSTR_BY_GROUP = 500
 BUILD_PER_GROUP = 50_000
 BUILD_PER_INSTR_BY_NODE = 8_000
+#: Sparse Hessians: the symmetric (star) colouring runs in Python, about a microsecond per
+#: step (a vertex's neighbours' neighbours); it is tried only where it may take fewer
+#: colours than the gradient's column colouring (more than 3: a path already needs 3) and
+#: its steps stay within this budget.
+STAR_COLOURING_MAX_STEPS = 2_000_000
 #: Dense results filled from nonzeros go a chunk of rows of about this many bytes at a
 #: time: zeroed, then filled while in cache.
 FILL_CHUNK_BYTES = 256 * 1024

@@ -228,6 +228,24 @@ def row_colouring_is_valid(pattern, colour):
     return column_colouring_is_valid(_dense_bool(pattern).T, colour)
 
 
+def star_colouring_is_valid(pattern, colour):
+    """A symmetric pattern's star colouring: adjacent vertices (off-diagonal nonzeros)
+    differ, and no path on four vertices is two-coloured -- there is no edge u - w where
+    u has another neighbour of w's colour and w another neighbour of u's colour."""
+    adj = _dense_bool(pattern).copy()
+    np.fill_diagonal(adj, False)
+    colour = np.asarray(colour)
+    if colour.shape != (adj.shape[0],) or (colour.size and colour.min() < 0):
+        return False
+    u, w = np.nonzero(adj)
+    if (colour[u] == colour[w]).any():
+        return False
+    # count[v, c]: neighbours of v with colour c
+    count = np.zeros((adj.shape[0], int(colour.max()) + 1 if colour.size else 0), dtype=int)
+    np.add.at(count, (u, colour[w]), 1)
+    return not ((count[u, colour[w]] >= 2) & (count[w, colour[u]] >= 2)).any()
+
+
 def _dense_bool(pattern):
     if hasattr(pattern, "toarray"):
         pattern = pattern.toarray()
@@ -264,6 +282,26 @@ def without_jacobian_tapes(F):
 def colourings(F, argnums=0):
     """(column colours, p, row colours, q) of F's sparsity pattern."""
     return F._planner.structure(_argnums_key(argnums)).colourings
+
+
+def hessian_colouring(F, argnums=0, weighted=None):
+    """(pattern, colours, p) of the compressed sweeps a sparse Hessian of F runs: the
+    Hessian's symmetric pattern and its star colouring where that takes fewer colours
+    (check with :func:`star_colouring_is_valid`), else the exact pattern (bool csr_array)
+    of the gradient Function's Jacobian and its column colouring (check with
+    :func:`column_colouring_is_valid`).  ``weighted``: the Hessian of w . F; None: where
+    F is not scalar."""
+    from jacext import second
+
+    if weighted is None:
+        weighted = F.out_is_tuple or F.n_outputs != 1
+    parts = second._hessian_parts(F, argnums, weighted)
+    star = parts.star()
+    if star is not None:
+        return parts.pattern.copy(), star[0], star[1]
+    structure = parts.G._planner.structure(parts.argnums)
+    col, p, _, _ = structure.colourings
+    return structure.array(), col, p
 
 
 def _argnums_key(argnums):

@@ -258,3 +258,25 @@ def test_a_missing_framework_is_reported_missing(tmp_path):
 def test_bad_options_exit_2(tmp_path):
     assert run_bench(["--problems", "nope"], tmp_path).returncode == 2
     assert run_bench(["--peers", "nope"], tmp_path).returncode == 2
+
+
+def test_second_order_quick_run_with_jacext_alone(tmp_path, capsys):
+    """bench/second_order.py end to end with jacext only: every cell ok, and the same
+    Hessian as the hand-derived one of the chained Rosenbrock."""
+    from bench import second_order as S
+
+    out = tmp_path / "so.json"
+    assert S.main(["--quick", "--peers", "jacext", "--no-first-calls", "--no-solves",
+                   "--problems", "rosen_dense,small_dense", "--repeats", "1",
+                   "--min-time", "0.001", "--json", str(out)]) == 0
+    cells = json.loads(out.read_text())["cells"]
+    assert [c["problem"] for c in cells] == ["rosen_dense", "small_dense"]
+    for c in cells:
+        assert c["results"]["jacext"]["status"] == "ok"
+        assert c["results"]["jacext"]["median_s"] > 0
+    x, v = S.point(100)
+    H = S.make_jacext("rosen", "dense", x)(x, v)
+    want = np.diag(np.r_[1200 * x[:-1] ** 2 - 400 * x[1:] + 2, 0.0] + np.r_[0.0, [200.0] * 99])
+    want += np.diag(-400 * x[:-1], 1) + np.diag(-400 * x[:-1], -1)
+    np.testing.assert_allclose(H, want, rtol=1e-12, atol=1e-9)
+    assert "rosen_dense n=100 | jacext" in capsys.readouterr().out
