@@ -362,16 +362,19 @@ class Transformed:
 
     def __call__(self, *args: Any, out: Any = None, **kwargs: Any) -> Any:
         if not kwargs and out is None:
-            # arrays seen before: their shapes and dtypes key a prepared call
-            try:
-                run = self._fast.get(tuple([a.shape for a in args]))
-            except AttributeError:
-                run = None
-            if run is not None:
-                for a in args:
-                    if type(a) is not np.ndarray or a.dtype is not _FLOAT64:
-                        break
+            # float64 arrays and Python floats seen before: their shapes key a prepared call
+            key = []
+            for a in args:
+                t = type(a)
+                if t is np.ndarray and a.dtype is _FLOAT64:
+                    key.append(a.shape)
+                elif t is float:
+                    key.append(None)     # (solve_ivp's t)
                 else:
+                    break
+            else:
+                run = self._fast.get(tuple(key))
+                if run is not None:
                     return run(args)
         nums, multi = _normalize_argnums(self.argnums, len(args), self.kind)
         leaves, arg_trees, kw_tree, shapes, tensors = self._leaves(args, kwargs)
@@ -384,8 +387,8 @@ class Transformed:
         if tensors:
             from jacext import torch as _jt
             return _jt.to_tensors(result, tensors)
-        if (not kwargs and out is None and all(type(a) is np.ndarray and a.dtype is _FLOAT64
-                                               for a in args)):
+        if not kwargs and out is None and all(
+                (type(a) is np.ndarray and a.dtype is _FLOAT64) or type(a) is float for a in args):
             self._prepare(traced, nums, multi, leaf_nums, args)
         return result
 
@@ -429,7 +432,7 @@ class Transformed:
                                                   threads=threads)
                 return value, (jac if n == 1 and not multi else nest_row(
                     traced, jac if n != 1 else (jac,), nums, multi))
-        key = tuple(a.shape for a in args)
+        key = tuple(None if type(a) is float else a.shape for a in args)
         with self._lock:
             self._fast[key] = run
             while len(self._fast) > _TRACES_PER_TRANSFORM:
