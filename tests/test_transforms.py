@@ -361,6 +361,28 @@ def test_traces_once_per_structure_and_shape():
     assert "3 trace(s)" in repr(J) and J.__name__ == "f"
 
 
+def test_python_float_arguments_are_values_not_constants():
+    # solve_ivp calls jac(t, y) with t a Python float: later calls reuse the compiled
+    # call, and each sees its own t (derivative by hand: d/dy of [y1, t*(1-y0^2)*y1 - y0])
+    calls = []
+
+    def f(t, y):
+        calls.append(1)
+        return np.stack([y[1], t * (1 - y[0] ** 2) * y[1] - y[0]])
+
+    J = jx.jacfwd(f, argnums=1)
+    y = np.array([2.0, 0.5])
+    for t in (0.3, 0.7, 0.7, 1.5):
+        want = np.array([[0.0, 1.0], [-2 * t * y[0] * y[1] - 1, t * (1 - y[0] ** 2)]])
+        np.testing.assert_allclose(J(t, y), want, rtol=1e-14)
+    assert len(calls) == 1
+    g = jx.grad(lambda t, y: t * np.sum(y ** 2), argnums=(0, 1))
+    for t in (2.0, 3.0):
+        gt, gy = g(t, y)
+        assert float(gt) == np.sum(y ** 2)
+        np.testing.assert_allclose(gy, 2 * t * y, rtol=1e-15)
+
+
 def test_batch_dims():
     X = np.random.default_rng(1).uniform(-1, 1, (5, 3))
     JB = jx.jacfwd(f_docs, batch_dims=1)(X)
