@@ -57,7 +57,7 @@ def test_least_squares_sparse_lsmr():
     # far from the ends the root is the fixed point of the infinite chain: 1 - 2 x**2 = 0
     np.testing.assert_allclose(res.x[n // 2], -np.sqrt(0.5), rtol=1e-9)
     # SciPy's finite differences with the same sparsity find the same root
-    pattern = sp.diags([1, 1, 1], [-1, 0, 1], shape=(n, n))
+    pattern = sp.diags([1, 1, 1], [-1, 0, 1], shape=(n, n), dtype=float)
     fd = least_squares(broyden, x0, jac_sparsity=pattern, tr_solver="lsmr", xtol=1e-12,
                        ftol=1e-12)
     np.testing.assert_allclose(res.x, fd.x, rtol=1e-7)
