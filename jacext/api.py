@@ -219,7 +219,13 @@ def _cached_trace(f, arg_trees, shapes):
 
 
 def clear_cache():
-    """Forget every cached tape of :func:`jacobian`."""
+    """Forget every cached tape of :func:`jacobian`.
+
+    >>> import numpy as np, jacext as jx, jacext.api
+    >>> jacext.api.clear_cache()         # the next jx.jacobian traces again
+    >>> jx.jacobian(lambda x: 2 * x, np.ones(1))
+    array([[2.]])
+    """
     with _cache_lock:
         _cache.clear()
         _recent.clear()

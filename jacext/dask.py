@@ -57,7 +57,12 @@ def _dask_array():
 
 
 def is_dask(values: tuple) -> bool:
-    """Whether any of these values is a dask collection (without importing dask)."""
+    """Whether any of these values is a dask collection (without importing dask).
+
+    >>> import numpy as np, dask.array as da, jacext.dask
+    >>> jacext.dask.is_dask((np.ones(3), da.ones(3))), jacext.dask.is_dask((np.ones(3),))
+    (True, False)
+    """
     for v in values:
         if type(v) is not np.ndarray:
             if hasattr(type(v), "__dask_graph__"):
@@ -308,14 +313,30 @@ def _split(flat, structure, batch_shape):
 # ----------------------------------------------------------- the calls --
 
 def call(F, *args) -> Any:
-    """``F(*args)`` with dask arrays: a dask array (or a tuple of them), lazy."""
+    """``F(*args)`` with dask arrays: a dask array (or a tuple of them), lazy.
+
+    >>> import numpy as np, dask.array as da, jacext as jx, jacext.dask
+    >>> F = jx.compile(lambda x: x ** 2, np.zeros(2))
+    >>> jacext.dask.call(F, da.ones((4, 2), chunks=2)).compute()
+    array([[1., 1.],
+           [1., 1.],
+           [1., 1.],
+           [1., 1.]])
+    """
     return _run(F, "value", args)
 
 
 def jacobian(F, *args, argnums=0, mode: str = "auto", sparse: bool = False,
              threads: int | None = None) -> Any:
     """``F.jacobian(*args, ...)`` with dask arrays: lazy dask arrays of the same nesting;
-    with ``sparse=True`` a SparseJacobians whose ``values`` are a dask array."""
+    with ``sparse=True`` a SparseJacobians whose ``values`` are a dask array.
+
+    >>> import numpy as np, dask.array as da, jacext as jx, jacext.dask
+    >>> F = jx.compile(lambda x: x ** 2, np.zeros(2))
+    >>> JS = jacext.dask.jacobian(F, da.ones((4, 2), chunks=2), sparse=True)
+    >>> JS.values.compute()[0]                 # the diagonal 2 x at the first point
+    array([2., 2.])
+    """
     opts = {"argnums": argnums, "mode": mode, "threads": threads}
     if sparse:
         opts["sparse"] = True
@@ -324,20 +345,41 @@ def jacobian(F, *args, argnums=0, mode: str = "auto", sparse: bool = False,
 
 def value_and_jacobian(F, *args, argnums=0, mode: str = "auto",
                        threads: int | None = None) -> Any:
-    """``F.value_and_jacobian(*args, ...)`` with dask arrays, lazy."""
+    """``F.value_and_jacobian(*args, ...)`` with dask arrays, lazy.
+
+    >>> import numpy as np, dask.array as da, jacext as jx, jacext.dask
+    >>> F = jx.compile(lambda x: np.sum(x ** 2), np.zeros(2))
+    >>> y, J = jacext.dask.value_and_jacobian(F, da.ones((3, 2), chunks=1))
+    >>> y.compute(), J.compute()[0]
+    (array([2., 2., 2.]), array([2., 2.]))
+    """
     return _run(F, "value_and_jacobian", args,
                 opts={"argnums": argnums, "mode": mode, "threads": threads})
 
 
 def jvp(F, *args) -> Any:
-    """``F.jvp(*args, tangents)`` with dask arrays: (value, J @ tangents), lazy."""
+    """``F.jvp(*args, tangents)`` with dask arrays: (value, J @ tangents), lazy.
+
+    >>> import numpy as np, dask.array as da, jacext as jx, jacext.dask
+    >>> F = jx.compile(lambda x: x ** 2, np.zeros(2))
+    >>> y, ydot = jacext.dask.jvp(F, da.ones((3, 2), chunks=1), np.array([1.0, 0.0]))
+    >>> ydot.compute()[0]
+    array([2., 0.])
+    """
     tangents = args[-1]
     tangents = tuple(tangents) if len(F.arg_shapes) > 1 else (tangents,)
     return _run(F, "jvp", args[:-1], tangents, tuple(F.arg_shapes))
 
 
 def vjp(F, *args) -> Any:
-    """``F.vjp(*args, cotangent)`` with dask arrays: (value, cotangent @ J), lazy."""
+    """``F.vjp(*args, cotangent)`` with dask arrays: (value, cotangent @ J), lazy.
+
+    >>> import numpy as np, dask.array as da, jacext as jx, jacext.dask
+    >>> F = jx.compile(lambda x: x ** 2, np.zeros(2))
+    >>> y, xbar = jacext.dask.vjp(F, da.full((3, 2), 3.0, chunks=1), np.array([1.0, 1.0]))
+    >>> xbar.compute()[0]
+    array([6., 6.])
+    """
     cot = args[-1]
     cot = tuple(cot) if F.out_is_tuple else (cot,)
     return _run(F, "vjp", args[:-1], cot, tuple(F.out_shapes))

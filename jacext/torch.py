@@ -242,6 +242,17 @@ class TorchFunction:
 
     Calling it is differentiable in torch (backward by the Function's vjp, forward mode by
     its jvp); :meth:`jacobian`, :meth:`jvp` and :meth:`vjp` return plain tensors.
+
+    >>> import numpy as np, torch, jacext as jx, jacext.torch
+    >>> T = jacext.torch.function(jx.compile(lambda x: x ** 2, np.zeros(2)))
+    >>> x = torch.tensor([1.0, 3.0], dtype=torch.float64)
+    >>> T.jacobian(x)
+    tensor([[2., 0.],
+            [0., 6.]], dtype=torch.float64)
+    >>> T.jvp(x, torch.ones(2, dtype=torch.float64))[1]
+    tensor([2., 6.], dtype=torch.float64)
+    >>> T.vjp(x, torch.ones(2, dtype=torch.float64))[1]
+    tensor([2., 6.], dtype=torch.float64)
     """
 
     def __init__(self, F: Any):

@@ -268,7 +268,17 @@ def copy_out(out: Any, result: Any) -> Any:
 class Transformed:
     """A transformed function: what :func:`jacfwd`, :func:`jacrev`, :func:`grad` and
     :func:`value_and_grad` return.  Call it as the function itself; ``out=`` (a keyword
-    this callable keeps for itself) takes arrays to write the derivative into."""
+    this callable keeps for itself) takes arrays to write the derivative into.
+
+    >>> import numpy as np, jacext as jx
+    >>> J = jx.jacfwd(lambda x: x ** 3)
+    >>> out = np.empty((2, 2))
+    >>> J(np.array([1.0, 2.0]), out=out) is out
+    True
+    >>> out
+    array([[ 3.,  0.],
+           [ 0., 12.]])
+    """
 
     def __init__(self, f: Callable, kind: str, argnums: ArgNums, has_aux: bool, mode: str,
                  sparse: bool, threads: int | None, batch_dims: int | Sequence[int]):
