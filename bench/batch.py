@@ -8,7 +8,8 @@ gcc compiles it with ``-O3 -march=native``, and a small C driver loops over
 the batch and times the loop in C (no Python in the timed region).  The C is
 generated at run time into a temporary folder; none of it is kept.
 
-Problems: ``arm_batch`` (BENCH.md) and ``ba_batch``, ADBench's bundle
+Problems: ``arm_batch`` (BENCH.md), ``arm_cs_batch`` (the same arm written as
+cos(q) * C + sin(q) * S + K, bench/problems.py) and ``ba_batch``, ADBench's bundle
 adjustment residual (camera 11 + point 3 + weight 1 -> 2 residuals, each
 observation with its own measured feature), N = 10^4 each.  Peers: jacext with
 1 and 2 threads, compiled C (1 thread), ``jax.jit(jax.vmap(jax.jacrev))``.
@@ -30,7 +31,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.problems import _arm_casadi, _arm_jax, arm  # noqa: E402
+from bench.problems import _arm_casadi, _arm_cs_casadi, _arm_cs_jax, _arm_jax, arm, arm_cs  # noqa: E402,E501
 
 
 # ---------------------------------------------------------------------- the BA problem
@@ -218,6 +219,7 @@ def check(name, got, ref):
 def _cases(n):
     return {
         "arm_batch": (arm, _arm_casadi, _arm_jax, arm_data(n), None, 7, 0, 12),
+        "arm_cs_batch": (arm_cs, _arm_cs_casadi, _arm_cs_jax, arm_data(n), None, 7, 0, 12),
         "ba_batch": (ba, _ba_casadi, _ba_jax, *ba_data(n), 15, 2, 2),
     }
 

@@ -212,6 +212,73 @@ def arm_batch_problem(size: int = 10_000) -> Problem:
                    arm, _arm_torch, _arm_jax, _arm_casadi, None, Q[0], Q)
 
 
+# ------------------------------------------------------------------------------- arm_cs
+# The same kinematics written the other common way: each joint's transform as
+# cos(q_i) * C_i + sin(q_i) * S_i + K_i with constant 4x4 matrices (mostly zeros), then
+# chained with @.  BEFORE_i @ RotZ(q) @ AFTER_i is linear in (cos q, sin q, 1), which gives
+# the three matrices (RotZ's parts: the cos entries, the sin entries and the constant ones).
+_ROT_COS = np.diag([1.0, 1.0, 0.0, 0.0])
+_ROT_SIN = np.array([[0, -1.0, 0, 0], [1.0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]])
+_ROT_ONE = np.diag([0.0, 0.0, 1.0, 1.0])
+PANDA_C = np.stack([b @ _ROT_COS @ a for b, a in zip(PANDA_BEFORE, PANDA_AFTER, strict=True)])
+PANDA_S = np.stack([b @ _ROT_SIN @ a for b, a in zip(PANDA_BEFORE, PANDA_AFTER, strict=True)])
+PANDA_K = np.stack([b @ _ROT_ONE @ a for b, a in zip(PANDA_BEFORE, PANDA_AFTER, strict=True)])
+
+
+def _arm_cs_with(cos, sin, C, S, K, flange):
+    """arm_cs for one array library: q (7,) or (..., 7) -> (12,) or (..., 12)."""
+    def f(q):
+        T = None
+        for i in range(7):
+            c, s = cos(q[..., i])[..., None, None], sin(q[..., i])[..., None, None]
+            joint = c * C[i] + s * S[i] + K[i]
+            T = joint if T is None else T @ joint
+        T = T @ flange
+        return T[..., :3, :].reshape(q.shape[:-1] + (12,))
+    return f
+
+
+arm_cs = _arm_cs_with(np.cos, np.sin, PANDA_C, PANDA_S, PANDA_K, PANDA_FLANGE_T)
+
+
+def _arm_cs_torch():
+    import torch
+
+    C, S, K, flange = (torch.from_numpy(a) for a in (PANDA_C, PANDA_S, PANDA_K, PANDA_FLANGE_T))
+    return _arm_cs_with(torch.cos, torch.sin, C, S, K, flange)
+
+
+def _arm_cs_jax():
+    import jax.numpy as jnp
+
+    C, S, K, flange = (jnp.asarray(a) for a in (PANDA_C, PANDA_S, PANDA_K, PANDA_FLANGE_T))
+    return _arm_cs_with(jnp.cos, jnp.sin, C, S, K, flange)
+
+
+def _arm_cs_casadi():
+    import casadi as ca
+
+    C, S, K = ([ca.DM(m) for m in a] for a in (PANDA_C, PANDA_S, PANDA_K))
+
+    def f(q):  # q: SX 7x1
+        T = None
+        for i in range(7):
+            joint = ca.cos(q[i]) * C[i] + ca.sin(q[i]) * S[i] + K[i]
+            T = joint if T is None else ca.mtimes(T, joint)
+        T = ca.mtimes(T, ca.DM(PANDA_FLANGE_T))
+        return ca.vec(T[:3, :].T)  # row by row, as NumPy's reshape (CasADi is column-major)
+
+    return f
+
+
+def arm_cs_problem() -> Problem:
+    rng = np.random.default_rng(0)
+    q = rng.uniform(-np.pi, np.pi, 7)
+    return Problem("arm_cs", "arm written as cos(q)*C + sin(q)*S + K with constant 4x4 "
+                   "matrices: 7 -> 12", arm_cs, _arm_cs_torch, _arm_cs_jax, _arm_cs_casadi,
+                   None, q)
+
+
 # ------------------------------------------------------------------------------ broyden
 def broyden_problem(n: int = 1000) -> Problem:
     def f(x):
@@ -343,8 +410,9 @@ def all_problems() -> dict[str, Problem]:
     return {name: make_problem(name) for name in PROBLEM_FACTORIES}
 
 
-PROBLEM_FACTORIES = {"seed": seed_problem, "arm": arm_problem, "broyden": broyden_problem,
-                     "mlp": mlp_problem, "arm_batch": arm_batch_problem}
+PROBLEM_FACTORIES = {"seed": seed_problem, "arm": arm_problem, "arm_cs": arm_cs_problem,
+                     "broyden": broyden_problem, "mlp": mlp_problem,
+                     "arm_batch": arm_batch_problem}
 SIZED = {"broyden", "arm_batch", "mlp"}  # factories that take a size (n, N, width)
 
 

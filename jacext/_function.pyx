@@ -17,7 +17,7 @@ import sys
 
 import numpy as np
 cimport numpy as cnp
-from libc.stdint cimport int32_t
+from libc.stdint cimport int32_t, int64_t
 from libc.string cimport memset
 
 from jacext import arguments as _args
@@ -27,7 +27,8 @@ from jacext import plan as _plan         # it lazily, and a first call must not 
 from jacext import sparse as _sparse
 from jacext._tape cimport (JX_MAX_LANES, JX_MODE_FORWARD, JX_MODE_REVERSE, JX_TASK_JACOBIAN,
                            JX_TASK_VALUE, Tape,
-                           jx_all_finite, jx_point_jacobian, jx_point_value, jx_work,
+                           jx_all_finite, jx_point_jacobian, jx_point_outputs,
+                           jx_point_value, jx_work,
                            raise_status)
 
 cnp.import_array()
@@ -63,6 +64,11 @@ cdef class Function:
                                    # auto Jacobian once built (one store publishes all three)
     cdef object _sparse0           # the Plan of sparse=True at one point, argnums 0, auto
     cdef dict _plans               # the planner's Plans by (argnums, mode, sparse), at hand
+    # dense Jacobian tapes of single points (argnums 0), by C sweep mode: points counted in
+    # C until the slot's threshold, then the tape (or None: not worth one) kept here
+    cdef int64_t _pt_seen[3]
+    cdef int64_t _pt_after[3]      # 0: not looked up yet
+    cdef list _pt_tapes
     # Shared state and threads: the Tape guards its own work memory with an atomic flag;
     # the planner makes Plans, structures and Jacobian tapes under its lock; _plans is a
     # dict (thread-safe); _sparse0 and _jt0 are set once, under the planner's lock, from
@@ -95,6 +101,10 @@ cdef class Function:
                              <= _plan.physical_memory())
         self._auto0 = -1
         self._plans = {}
+        self._pt_tapes = [None, None, None]
+        for k in range(3):
+            self._pt_seen[k] = 0
+            self._pt_after[k] = 0
 
     def __reduce__(self):
         return (Function, (self.tape.arrays(), self.arg_shapes, self.out_shapes,
@@ -216,6 +226,7 @@ cdef class Function:
         cdef jx_work *w
         cdef int m, st
         cdef int32_t n_cols
+        cdef Tape jt
         if sparse:
             if out is not None:
                 raise ValueError("jacext: out= is for dense Jacobians; sparse=True returns "
@@ -240,11 +251,14 @@ cdef class Function:
             x = <cnp.ndarray>args[0]
             # a dense auto Jacobian from its sparse Jacobian tape, once made
             jt0 = self._jt0
-            if jt0 is not None and mode == "auto" and out is None:
+            if jt0 is not None and mode == "auto":
                 vals = _eval_tape(jt0[0], x, 0)
                 if vals is not None:
-                    jac = np.zeros(self._single_jac_shape, dtype=np.float64)
-                    _fill_rows(jac, jt0[1], jt0[2], vals, True)
+                    if out is None:
+                        jac = np.zeros(self._single_jac_shape, dtype=np.float64)
+                    else:
+                        jac = _check_out(out, self._single_jac_shape)
+                    _fill_rows(jac, jt0[1], jt0[2], vals, out is None)
                     return jac
             # dense sweeps straight from C
             elif mode != "auto" or self._auto0 == 1 or (self._auto0 < 0 and self._set_auto0()):
@@ -256,6 +270,9 @@ cdef class Function:
                 if m:
                     jac = (np.empty(self._single_jac_shape, dtype=np.float64) if out is None
                            else _check_out(out, self._single_jac_shape))
+                    jt = self._pt_tape(m)
+                    if jt is not None and _tape_jacobian(jt, x, None, jac):
+                        return jac
                     w = self.tape.take_work(_lanes(m, n_cols, self.tape.t.n_out))
                     try:
                         st = _point_jacobian(self.tape, w, x, jac, self._cols0, m)
@@ -284,6 +301,32 @@ cdef class Function:
         if plan is None:
             plan = self._plans[key] = self._planner.plan(argnums, mode, is_sparse)
         return plan
+
+    cdef Tape _pt_tape(self, int m):
+        """The dense Jacobian tape of argnums 0 in sweep mode m for single points, or None
+        while the points counted here (a C int: nothing slows the fast path) are below its
+        slot's threshold; at the threshold they go to the slot, which builds it once."""
+        cdef Tape jt = self._pt_tapes[m]
+        if jt is not None:
+            return jt
+        self._pt_seen[m] += 1
+        if self._pt_after[m] == 0:
+            slot = self._planner._slot(0, "forward" if m == JX_MODE_FORWARD else "reverse",
+                                       False, True)
+            self._pt_after[m] = slot.after if slot.after is not None else 2**62
+        if self._pt_seen[m] < self._pt_after[m]:
+            return None
+        slot = self._planner._slot(0, "forward" if m == JX_MODE_FORWARD else "reverse",
+                                   False, True)
+        jt = slot.tape(self._pt_seen[m])
+        self._pt_seen[m] = 0
+        if slot.built:
+            with self._planner.lock:      # set once: from None to the tape
+                if self._pt_tapes[m] is None:
+                    self._pt_tapes[m] = jt
+            if jt is None:
+                self._pt_after[m] = 2**62     # decided: no tape worth it
+        return jt
 
     cdef bint _set_auto0(self) except -1:
         """Whether a dense auto Jacobian of argnums 0 takes plain sweeps (its Plan's)."""
@@ -337,7 +380,9 @@ cdef class Function:
                 mat = np.empty(shape, dtype=np.float64)
             if want_value:
                 y = np.empty(n_out, dtype=np.float64)
-            self.tape.compressed(x, y, mat, plan.cols, None, 0, _MODE[plan.mode])
+            jt = plan.dense_tape.tape(1)
+            if jt is None or not _tape_jacobian(jt, x, y, mat):
+                self.tape.compressed(x, y, mat, plan.cols, None, 0, _MODE[plan.mode])
         result = self._nest_dense(mat, batch, nums, multi)
         if direct:
             result = out      # the caller's array itself, as the fast path returns it
@@ -616,6 +661,30 @@ cdef cnp.ndarray _check_out(out, tuple shape):
         raise ValueError(f"jacext: out has shape {_args.shape_str(out.shape)}; the Jacobian "
                          f"has shape {_args.shape_str(shape)}")
     return <cnp.ndarray>out
+
+
+cdef bint _tape_jacobian(Tape jt, cnp.ndarray x, cnp.ndarray y, cnp.ndarray jac) except -1:
+    """A dense Jacobian tape (outputs: the n_out values, then the Jacobian row-major) at the
+    point x: the values into y (None: not stored), the Jacobian straight into jac (both
+    C-contiguous float64 of their sizes, checked by the caller).  False where the
+    Jacobian is not all finite: then the sweeps, whose zero kills decide there, redo it."""
+    cdef Py_ssize_t n_jac = cnp.PyArray_SIZE(jac)
+    cdef int32_t n_y = jt.t.n_out - <int32_t>n_jac
+    cdef double *pj = <double *>cnp.PyArray_DATA(jac)
+    cdef double *py = <double *>cnp.PyArray_DATA(y) if y is not None else NULL
+    cdef const double *px = <const double *>cnp.PyArray_DATA(x)
+    cdef jx_work *w = jt.take_work(1)
+    cdef int st
+    try:
+        if jt.t.n_instr > NOGIL_WORK:
+            with nogil:
+                st = jx_point_outputs(&jt.t, w, px, py, n_y, pj)
+        else:
+            st = jx_point_outputs(&jt.t, w, px, py, n_y, pj)
+    finally:
+        jt.give_work(w)
+    raise_status(st)
+    return jx_all_finite(pj, n_jac)
 
 
 cdef object _eval_tape(Tape jt, cnp.ndarray x, Py_ssize_t n_values):

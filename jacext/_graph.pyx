@@ -3,10 +3,12 @@
 
 Nodes are hash-consed on insert (common subexpressions become one node),
 constant operands are folded or turned into immediates, and exact identities
-are simplified.  Only IEEE-exact rewrites are made: ``x * 1 -> x`` yes,
-``x * 0 -> 0`` no (nan * 0 must stay nan), ``x + 0.0 -> x`` no (-0.0 + 0.0 is
-+0.0) while ``x + (-0.0) -> x`` yes.  Every insert is a bulk operation over
-arrays of node ids, so a NumPy call over 10**6 elements costs one call here.
+are simplified.  A rewrite keeps every value NumPy would give, but for the sign of a
+zero: ``x * 1 -> x`` yes, ``x * 0 -> 0`` no (nan * 0 must stay nan, inf * 0 too),
+``x + 0.0 -> x`` and ``x - 0.0 -> x`` yes (for either sign of the zero: the results
+differ from NumPy's only where x is -0.0, where NumPy's sum is +0.0; the README's
+"Values" says so).  Every insert is a bulk operation over arrays of node ids, so a
+NumPy call over 10**6 elements costs one call here.
 
 Node ids are topologically ordered: a node's operands always have smaller ids.
 
@@ -286,11 +288,10 @@ cdef class Graph:
             elif op == JX_OP_DIV:
                 if v == 1.0:
                     return x
-            elif op == JX_OP_ADD:
-                if v == 0.0 and signbit(v):   # x + (-0.0) == x, bit for bit
-                    return x
-            elif op == JX_OP_SUB:
-                if v == 0.0 and not signbit(v):   # x - (+0.0) == x, bit for bit
+            elif op == JX_OP_ADD or op == JX_OP_SUB:
+                # x + 0.0 and x - 0.0 are x but for the sign of a zero x (the module's
+                # docstring); x + (-0.0) and x - 0.0 are x bit for bit
+                if v == 0.0:
                     return x
             elif op == JX_OP_POW:
                 if v == 1.0:    # pow(x, 1) is x, nan and signed zeros included

@@ -595,6 +595,19 @@ int jx_point_value(const jx_tape *t, jx_work *w, const double *x, double *y)
     return JX_OK;
 }
 
+int jx_point_outputs(const jx_tape *t, jx_work *w, const double *x, double *y0, int32_t n0,
+                     double *y1)
+{
+    int32_t i;
+    if (n0 < 0 || n0 > t->n_out) return JX_EARG;
+    jx_load_point(t, w, x);
+    jx_forward(t, w->value);
+    if (y0)
+        for (i = 0; i < n0; i++) y0[i] = w->value[t->out_slot[i]];
+    for (i = n0; i < t->n_out; i++) y1[i - n0] = w->value[t->out_slot[i]];
+    return JX_OK;
+}
+
 /*
  * Forward: lane k of a sweep seeds every column whose colour is k (a dense
  * Jacobian is the colouring colour[c] = c), so comp[i, k] is the sum of the

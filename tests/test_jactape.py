@@ -597,3 +597,60 @@ def test_one_slot_as_both_operands(name, mode):
     F = jx.compile(f, X[0])
     assert OPS[name] in {int(w) & OP_MASK for w in F.tape_arrays()["op"]}
     np.testing.assert_array_equal(F.jacobian(X, mode=mode), _loop_jacobian(F, X, mode))
+
+
+# ------------------------------------------------------- single points from the tape --
+
+def _single_point_function(x):
+    """A small dense Jacobian with an np.where guard: at x[0] = 0 the sqrt's slope is
+    infinite on the branch not taken (the tape gives nan there, the sweeps' zero kills 0)."""
+    return np.stack([np.sin(x[0]) * x[1], np.where(x[0] > 0, np.sqrt(np.abs(x[0])), 0.0) + x[2],
+                     x[1] ** 3.0 - np.exp(x[2] * x[0]), np.hypot(x[1], x[2])])
+
+
+@pytest.mark.parametrize("mode", ["auto", "forward", "reverse"])
+def test_single_points_run_the_dense_jacobian_tape(mode):
+    """Once its threshold is passed by single points alone, every single-point Jacobian --
+    the fast path, out=, value_and_jacobian, argnums -- comes from the dense Jacobian tape,
+    and equals the sweeps' (a Function kept on the sweeps) bit for bit, zeros of either
+    sign alike; a point whose Jacobian is not finite on the tape is redone by the sweeps."""
+    from jacext.testing import without_jacobian_tapes
+    rng = np.random.default_rng(21)
+    points = rng.uniform(-1.5, 1.5, (40, 3))
+    points[3, 0] = 0.0                       # the guarded branch at its edge
+    F = jx.compile(_single_point_function, np.zeros(3))
+    S = without_jacobian_tapes(jx.compile(_single_point_function, np.zeros(3)))
+    sweep_mode = "forward" if mode == "auto" else mode    # 3 inputs, 4 outputs: forward
+    slot = jacobian_tape_slot(F, 0, sweep_mode)
+    for k in range(JAC_TAPE_AFTER_POINTS + 1):
+        F.jacobian(points[k % 40], mode=mode)
+        if slot.current is not None:
+            break
+    assert isinstance(slot.current, Tape), "no tape after the threshold"
+    assert k + 1 <= slot.after
+    out = np.empty((4, 3))
+    for p in points:
+        want = S.jacobian(p, mode=mode)
+        np.testing.assert_array_equal(F.jacobian(p, mode=mode), want)
+        assert F.jacobian(p, mode=mode, out=out) is out
+        np.testing.assert_array_equal(out, want)
+        y, J = F.value_and_jacobian(p, mode=mode)
+        y_s, J_s = S.value_and_jacobian(p, mode=mode)
+        np.testing.assert_array_equal(J, J_s)
+        np.testing.assert_array_equal(y, y_s)
+    assert np.isfinite(F.jacobian(points[3], mode=mode)).all()    # the sweeps redid it
+
+
+def test_single_points_with_argnums_run_the_tape():
+    def g(a, b):
+        return np.concatenate([np.tanh(a * b[0]), np.stack([np.sum(a * a) * b[1]])])
+    rng = np.random.default_rng(4)
+    A, B = rng.uniform(-1, 1, (50, 3)), rng.uniform(-1, 1, (50, 2))
+    F = jx.compile(g, A[0], B[0])
+    from jacext.testing import without_jacobian_tapes
+    S = without_jacobian_tapes(jx.compile(g, A[0], B[0]))
+    for k in range(JAC_TAPE_AFTER_POINTS):
+        F.jacobian(A[k % 50], B[k % 50], argnums=1)
+    assert jacobian_tape_slot(F, 1, "forward").current is not None
+    for a, b in zip(A, B):
+        np.testing.assert_array_equal(F.jacobian(a, b, argnums=1), S.jacobian(a, b, argnums=1))

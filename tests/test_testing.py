@@ -179,8 +179,10 @@ def test_without_jacobian_tapes_never_builds_a_tape():
 
 def test_without_jacobian_tapes_refuses_a_used_function():
     x = np.array([0.3, -0.7, 1.1])
-    # what counts points towards a tape: batches, sparse Jacobians
-    for use in (lambda F: F.jacobian(np.ones((4, 3))),
+    # what counts points towards a tape: every Jacobian, single points too
+    for use in (lambda F: F.jacobian(x), lambda F: F.jacobian(x, mode="reverse"),
+                lambda F: F.value_and_jacobian(x),
+                lambda F: F.jacobian(np.ones((4, 3))),
                 lambda F: F.jacobian(np.ones((4, 3)), mode="reverse"),
                 lambda F: F.value_and_jacobian(np.ones((4, 3))),
                 lambda F: F.jacobian(x, sparse=True),
@@ -189,29 +191,28 @@ def test_without_jacobian_tapes_refuses_a_used_function():
         use(F)
         with pytest.raises(ValueError, match="without_jacobian_tapes"):
             without_jacobian_tapes(F)
-    # values, jvp, vjp and dense Jacobians of single points (of a Jacobian too small to
-    # compress) count nothing: the Function is still fresh
+    # values, jvp and vjp count nothing: the Function is still fresh
     F = jx.compile(_h, x)
     F(x)
     F.jvp(x, x)
     F.vjp(x, x)
-    F.jacobian(x)
-    F.value_and_jacobian(x, mode="reverse")
     assert without_jacobian_tapes(F) is F
 
 
 @pytest.mark.parametrize("mode", ["forward", "reverse"])
-def test_without_jacobian_tapes_after_single_points_in_one_mode(mode):
-    """A single-point Jacobian in an explicit mode counts towards no tape: still accepted,
-    and no tape is built afterwards."""
+def test_without_jacobian_tapes_keeps_single_points_on_the_sweeps(mode):
+    """Single points count towards the dense Jacobian tape like batches: a Function that
+    computed one is refused; a fresh one given to without_jacobian_tapes never builds one
+    however many single points it is asked for."""
     x = np.array([0.3, -0.7, 1.1])
-    F = jx.compile(_h, x)
-    J = F.jacobian(x, mode=mode)
-    assert without_jacobian_tapes(F) is F
-    X = np.tile(x, (5000, 1))
-    np.testing.assert_array_equal(F.jacobian(X, mode=mode)[17], J)
-    assert jacobian_tape_slot(F, 0, mode).current is None
-    F.jacobian(X, mode=mode)          # asked again: the slot has counted, still no tape
+    used = jx.compile(_h, x)
+    J = used.jacobian(x, mode=mode)
+    with pytest.raises(ValueError, match="without_jacobian_tapes"):
+        without_jacobian_tapes(used)
+    F = without_jacobian_tapes(jx.compile(_h, x))
+    for _ in range(5000):
+        got = F.jacobian(x, mode=mode)
+    np.testing.assert_array_equal(got, J)
     assert jacobian_tape_slot(F, 0, mode).current is None
 
 
