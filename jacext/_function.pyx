@@ -21,6 +21,7 @@ from libc.stdint cimport int32_t, int64_t
 from libc.string cimport memset
 
 from jacext import arguments as _args
+from jacext import dask as _lazy          # dask arrays: handed to jacext/dask.py (lazy graphs)
 from jacext import jactape as _jactape  # noqa: F401  (loaded with jacext: the planner imports
 from jacext import plan as _plan         # it lazily, and a first call must not pay for that)
 from jacext import second as _second
@@ -170,6 +171,8 @@ cdef class Function:
         elif _second.is_traced(args):   # inside a trace: the tape inlined (composition)
             return _second.inline(self, args)
         else:
+            if _lazy.is_dask(args):
+                return _lazy.call(self, *args)
             x, batch = self._rows(args)
         if not batch:
             y = np.empty(self.tape.t.n_out, dtype=np.float64)
@@ -246,6 +249,9 @@ cdef class Function:
                             self._sparse0 = plan
                 vals = self._compressed(plan, <cnp.ndarray>args[0], -1, threads, False)[0]
                 return plan.structure.csr(vals)
+            if _lazy.is_dask(args):
+                return _lazy.jacobian(self, *args, argnums=argnums, mode=mode, sparse=True,
+                                      threads=threads)
             return self._sparse_jacobian(args, argnums, mode, threads)
         if (len(args) == 1 and argnums == 0 and self._single_jac_shape is not None
                 and self._single_fits and _is_point(args[0], self._single_shape)):
@@ -281,10 +287,18 @@ cdef class Function:
                         self.tape.give_work(w)
                     raise_status(st)
                     return jac
+        if _lazy.is_dask(args):
+            if out is not None:
+                raise ValueError("jacext: out= is for NumPy arrays; a dask array's Jacobian "
+                                 "is a dask array")
+            return _lazy.jacobian(self, *args, argnums=argnums, mode=mode, threads=threads)
         return self._jacobian(args, argnums, mode, out, threads, False)[1]
 
     def value_and_jacobian(self, *args, argnums=0, mode="auto", threads=None):
         """(value, Jacobian) from one forward sweep."""
+        if _lazy.is_dask(args):
+            return _lazy.value_and_jacobian(self, *args, argnums=argnums, mode=mode,
+                                            threads=threads)
         return self._jacobian(args, argnums, mode, None, threads, True)
 
     cdef object _plan(self, argnums, mode, bint is_sparse):
@@ -584,6 +598,8 @@ cdef class Function:
         else it is a tuple with one array per argument.
         """
         n_args = len(self.arg_shapes)
+        if _lazy.is_dask(args):
+            return _lazy.jvp(self, *args)
         if len(args) != n_args + 1:
             raise TypeError(f"jacext: jvp takes the {n_args} argument(s) of {self.name} and "
                             f"then the tangents; got {len(args)} values")
@@ -601,6 +617,8 @@ cdef class Function:
         ``cotangent`` has the output's structure; the result has one array per
         argument (a tuple when the Function takes several).
         """
+        if _lazy.is_dask(args):
+            return _lazy.vjp(self, *args)
         if len(args) != len(self.arg_shapes) + 1:
             raise TypeError(f"jacext: vjp takes the {len(self.arg_shapes)} argument(s) of "
                             f"{self.name} and then the output cotangent; got {len(args)} "

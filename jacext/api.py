@@ -3,11 +3,18 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
+from jacext import transforms as _tf
 from jacext.arguments import as_real_array as _as_real_array
 from jacext.compile import compile_function
+from jacext.pytree import tree_flatten as _tree_flatten
+from jacext.transforms import ArgNums
+
+_EMPTY_KW = _tree_flatten({})[1]
 
 _CACHE_SIZE = 256
 _cache: OrderedDict = OrderedDict()
@@ -34,7 +41,27 @@ def compile(f, *args, name=None):
         raise TypeError("jacext.compile: pass example arguments after f, e.g. "
                         "jx.compile(f, x) (their shapes are traced)")
     shapes = tuple(_as_real_array(a, k).shape for k, a in enumerate(args))
-    return compile_function(f, shapes, name=name)
+    if name is None:
+        name = getattr(f, "__name__", type(f).__name__)
+    return compile_function(_flat_outputs(f, name), shapes, name=name)
+
+
+def _flat_outputs(f, name):
+    """f, refusing a nested output structure (a Function's outputs are an array or a flat
+    tuple of arrays; a list of scalars is one array, as np.asarray makes it)."""
+    def flat_outputs(*args):
+        result = f(*args)
+        if isinstance(result, dict) or (isinstance(result, (tuple, list)) and any(
+                isinstance(r, dict) or (isinstance(r, (tuple, list)) and not all(
+                    getattr(v, "shape", ()) == () and not isinstance(v, (tuple, list, dict))
+                    for v in r))
+                for r in result)):
+            raise TypeError(f"jacext.compile: {name} returned a nested structure "
+                            f"({_tree_flatten(result)[1]!r}); a Function returns an array or "
+                            "a flat tuple of arrays: return a flat tuple, or use jx.jacobian, "
+                            "jx.jacfwd or jx.jacrev, which take pytrees")
+        return result
+    return flat_outputs
 
 
 def _closure_key(f):
@@ -55,23 +82,6 @@ def _closure_key(f):
            tuple(id(c) for c in contents), tuple(id(d) for d in defaults),
            tuple(id(d) for d in kwdefaults))
     return key, keep
-
-
-def _cached_function(f, shapes):
-    key, keep = _closure_key(f)
-    key = key + (shapes,)
-    with _cache_lock:
-        entry = _cache.get(key)
-        if entry is not None:
-            _cache.move_to_end(key)
-            return entry[0]
-    F = compile_function(f, shapes)
-    with _cache_lock:
-        # the entry holds f and what it closes over, so their ids stay unique
-        _cache[key] = (F, keep)
-        while len(_cache) > _CACHE_SIZE:
-            _cache.popitem(last=False)
-    return F
 
 
 _recent: dict = {}
@@ -108,12 +118,21 @@ def _still_valid(f, hit):
             and len(cells) == len(hit[2]) and all(a is b for a, b in zip(cells, hit[2])))
 
 
-def jacobian(f, inputs, *, mode="auto", cache=True):
+def jacobian(f: Callable, inputs: Any, *, argnums: ArgNums | None = None,
+             mode: str = "auto", sparse: bool = False, threads: int | None = None,
+             out: Any = None, cache: bool = True) -> Any:
     """The Jacobian of ``f`` at ``inputs``: a drop-in for torch's functional jacobian.
 
     ``inputs`` is an array (result: an array of shape f(x).shape + x.shape) or
-    a tuple of arrays (result: a tuple of Jacobians, one per input).  A tuple
-    output gives a tuple over outputs (of tuples over inputs), as torch nests.
+    a tuple of arguments (result: a tuple of Jacobians, one per argument).  A tuple
+    output gives a tuple over outputs (of tuples over arguments), as torch nests.
+
+    An argument may be a pytree (``jacext/pytree.py``): a dict, or tuples and lists that
+    hold arrays (a list or tuple of plain numbers is one array, as ``np.asarray`` makes
+    it), and ``f`` may return one; the Jacobian then nests as ``jax.jacobian``'s: the
+    output's structure outside, the argument's inside.  Torch tensors in give tensors
+    out.  ``argnums`` (an int or a tuple) picks arguments of a tuple of ``inputs``;
+    ``mode``, ``sparse``, ``threads`` and ``out`` are those of :meth:`Function.jacobian`.
 
     The compiled tape is cached, keyed on the function object, its code, the
     objects its closure cells and defaults hold, and the input shapes; a new
@@ -121,25 +140,101 @@ def jacobian(f, inputs, *, mode="auto", cache=True):
     arguments are constants captured when it is traced (as with ``jax.jit``):
     mutating such an array in place is not seen by the cached tape, so pass
     ``cache=False`` to retrace, or pass the array as an argument.
+
+    >>> import numpy as np, jacext as jx
+    >>> jx.jacobian(lambda x: x ** 2, np.array([1.0, 2.0]))
+    array([[2., 0.],
+           [0., 4.]])
+    >>> Jx, Jp = jx.jacobian(lambda x, p: p[0] * np.sin(x), (np.zeros(2), np.ones(1)))
+    >>> Jx.shape, Jp.shape
+    ((2, 2), (2, 1))
+    >>> jx.jacobian(lambda d: d["a"] * d["b"], {"a": 2.0, "b": 3.0})
+    {'a': array(3.), 'b': array(2.)}
     """
-    if cache and type(inputs) is np.ndarray:
+    if cache and type(inputs) is np.ndarray and (argnums is None or argnums == 0):
         # the common call, one array: a dict probe and identity checks only
         hit = _recent.get((f, inputs.shape))
         if hit is not None and _still_valid(f, hit):
-            return hit[0].jacobian(inputs, mode=mode)
-    is_tuple = isinstance(inputs, tuple)
+            return hit[0].jacobian(inputs, mode=mode, sparse=sparse, threads=threads, out=out)
+    is_tuple = type(inputs) is tuple
     args = inputs if is_tuple else (inputs,)
-    arrays = tuple(_as_real_array(a, k) for k, a in enumerate(args))
-    shapes = tuple(a.shape for a in arrays)
+    if argnums is None:
+        argnums = tuple(range(len(args))) if is_tuple else 0
+    nums, multi = _tf._normalize_argnums(argnums, len(args), "jacobian")
+    leaves, trees, tensors = [], [], []
+    tensor_type = _tf._torch_tensor_type()
+    for k, a in enumerate(args):
+        raw, tree = _tree_flatten(a, is_leaf=_tf._number_sequence)
+        trees.append(tree)
+        paths = tree.paths()
+        for j, leaf in enumerate(raw):
+            if tensor_type is not None and isinstance(leaf, tensor_type):
+                tensors.append(leaf)
+            if type(leaf) is list or type(leaf) is tuple:
+                leaf = _as_real_array(leaf, k)
+            leaves.append(_tf.input_array(leaf, f"argument {k}{paths[j]}"))
+    arg_trees = tuple(trees)
+    shapes = tuple(a.shape for a in leaves)
     if cache:
-        F = _cached_function(f, shapes)
-        if not is_tuple:
-            _remember(f, shapes[0], F)
+        traced = _cached_trace(f, arg_trees, shapes)
+        if type(inputs) is np.ndarray and traced.plain:
+            _remember(f, shapes[0], traced.F)
     else:
-        F = compile_function(f, shapes)
-    if is_tuple:
-        return F.jacobian(*arrays, argnums=tuple(range(len(arrays))), mode=mode)
-    return F.jacobian(arrays[0], mode=mode)
+        traced = _tf.trace(f, arg_trees, _EMPTY_KW, shapes, compile=compile_function)
+    leaf_nums = _tf.leaf_numbers(traced, nums)
+    n = len(leaf_nums)
+    plain = traced.plain and all(t.is_leaf for t in arg_trees)
+    if plain and n:
+        # the engine's own nesting: tuples over outputs, then over arguments
+        result = traced.F.jacobian(*leaves, argnums=leaf_nums if multi else leaf_nums[0],
+                                   mode=mode, sparse=sparse, threads=threads, out=out)
+    else:
+        jac = (traced.F.jacobian(*leaves, argnums=leaf_nums[0] if n == 1 else leaf_nums,
+                                 mode=mode, sparse=sparse, threads=threads) if n else
+               (tuple(() for _ in range(traced.n_out)) if traced.F.out_is_tuple else ()))
+        result = _tf.nest_jacobian(traced, jac, nums, multi, n)
+        if out is not None:
+            result = _tf.copy_out(out, result)
+    if tensors:
+        from jacext import torch as _jt
+        return _jt.to_tensors(result, tuple(tensors))
+    return result
+
+
+def _cached_trace(f, arg_trees, shapes):
+    key, keep = _closure_key(f)
+    key = key + ("trace", arg_trees, shapes)
+    with _cache_lock:
+        entry = _cache.get(key)
+        if entry is not None:
+            _cache.move_to_end(key)
+            return entry[0]
+    traced = _tf.trace(f, arg_trees, _EMPTY_KW, shapes, compile=compile_function)
+    with _cache_lock:
+        # the entry holds f and what it closes over, so their ids stay unique
+        _cache[key] = (traced, keep)
+        while len(_cache) > _CACHE_SIZE:
+            _cache.popitem(last=False)
+    return traced
+
+
+def _cached_function(f, shapes):
+    """The compiled Function of f at these argument shapes, cached as jx.jacobian's traces
+    are (by f and what it closes over); jx.hessian and jx.hvp use it."""
+    key, keep = _closure_key(f)
+    key = key + ("function", shapes)
+    with _cache_lock:
+        entry = _cache.get(key)
+        if entry is not None:
+            _cache.move_to_end(key)
+            return entry[0]
+    F = compile_function(f, shapes)
+    with _cache_lock:
+        # the entry holds f and what it closes over, so their ids stay unique
+        _cache[key] = (F, keep)
+        while len(_cache) > _CACHE_SIZE:
+            _cache.popitem(last=False)
+    return F
 
 
 def _compiled(f, arrays, cache):
@@ -191,7 +286,13 @@ def hvp(f, inputs, v, *, cache=True):
 
 
 def clear_cache():
-    """Forget every cached tape of :func:`jacobian`."""
+    """Forget every cached tape of :func:`jacobian`.
+
+    >>> import numpy as np, jacext as jx, jacext.api
+    >>> jacext.api.clear_cache()         # the next jx.jacobian traces again
+    >>> jx.jacobian(lambda x: 2 * x, np.ones(1))
+    array([[2.]])
+    """
     with _cache_lock:
         _cache.clear()
         _recent.clear()

@@ -25,19 +25,31 @@ def as_real_array(value, k, what="argument"):
     else:
         try:
             arr = np.asarray(value)
-        except Exception as exc:   # ragged lists and the like
+        except Exception as exc:   # ragged lists, tensors that require grad, and the like
             raise TypeError(f"jacext: {what} {k} is not an array of real numbers: "
-                            f"{exc}") from None
+                            f"{exc}{_hint(value)}") from None
     kind = arr.dtype.kind
     if kind == "c":
         raise TypeError(f"jacext: {what} {k} is complex ({arr.dtype}); jacext computes "
                         "real Jacobians: pass the real and imaginary parts as separate "
                         "real arguments")
     if kind not in "biuf":
-        raise TypeError(f"jacext: {what} {k} must be real numbers; got dtype {arr.dtype}")
+        raise TypeError(f"jacext: {what} {k} must be real numbers; got dtype {arr.dtype}"
+                        f"{_hint(value)}")
     if arr.dtype != np.float64:
         arr = arr.astype(np.float64)
     return arr
+
+
+def _hint(value):
+    """What to use instead, for values a Function does not take."""
+    if isinstance(value, (dict, list, tuple)):
+        return ("\n  A Function takes arrays; for pytrees (dicts, lists and tuples of "
+                "arrays) use jx.jacobian, jx.jacfwd, jx.jacrev or jx.grad")
+    if type(value).__module__.startswith("torch"):
+        return ("\n  For tensors use jacext.torch.function(F) (tensors in and out, "
+                "differentiable in torch) or pass x.detach().numpy()")
+    return ""
 
 
 def parse(values, shapes, name, what="argument"):

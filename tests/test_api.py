@@ -92,6 +92,71 @@ def test_tuple_outputs_nest_as_torch():
     check_jacobian(k, X, P, argnums=(0, 1))
 
 
+def test_jacobian_keywords_of_F_jacobian():
+    # argnums, mode, sparse, threads and out, as F.jacobian has them
+    wx, wp = g_jac(X, P)
+    np.testing.assert_allclose(jx.jacobian(g_api, (X, P), argnums=1), wp, rtol=1e-14)
+    (Jp,) = jx.jacobian(g_api, (X, P), argnums=(1,))
+    np.testing.assert_allclose(Jp, wp, rtol=1e-14)
+    for mode in ("forward", "reverse"):
+        np.testing.assert_allclose(jx.jacobian(f_api, X, mode=mode), J_api(X), rtol=1e-14)
+    Js = jx.jacobian(f_api, X, sparse=True)
+    assert Js.shape == (2, 3) and Js.nnz == 4
+    np.testing.assert_allclose(Js.toarray(), J_api(X), rtol=1e-14, atol=1e-15)
+    out = np.empty((2, 3))
+    assert jx.jacobian(f_api, X, out=out) is out
+    np.testing.assert_allclose(out, J_api(X), rtol=1e-14, atol=1e-15)
+    out2 = (np.empty((3, 3)), np.empty((3, 2)))
+    assert jx.jacobian(g_api, (X, P), out=out2) is out2
+    np.testing.assert_allclose(out2[1], wp, rtol=1e-14)
+    np.testing.assert_array_equal(jx.jacobian(f_api, X, threads=1), jx.jacobian(f_api, X))
+    with pytest.raises(ValueError, match="out of range"):
+        jx.jacobian(f_api, X, argnums=1)
+
+
+def test_jacobian_of_pytrees_nests_as_jax():
+    def f(p):
+        return {"y": p["w"] * p["b"], "s": (p["w"].sum(), [p["b"] ** 2])}
+
+    p = {"w": np.array([1.0, 2.0]), "b": np.array(3.0)}
+    J = jx.jacobian(f, p)
+    np.testing.assert_array_equal(J["y"]["w"], 3.0 * np.eye(2))
+    np.testing.assert_array_equal(J["y"]["b"], [1.0, 2.0])
+    np.testing.assert_array_equal(J["s"][0]["w"], [1.0, 1.0])
+    assert isinstance(J["s"][1], list) and J["s"][1][0]["b"] == 6.0
+    # a tuple of arguments, one of them a pytree: a tuple over the arguments inside
+    ((Jw, Jq),) = jx.jacobian(lambda q, r: (q[0] * r,), ((X, P), 2.0))
+    assert isinstance(Jw, tuple) and Jw[0].shape == (3, 3) and Jw[1].shape == (3, 2)
+    np.testing.assert_array_equal(Jq, X)
+    # a list of numbers is one array, as np.asarray makes it (torch's jacobian has no lists)
+    np.testing.assert_allclose(jx.jacobian(f_api, [2.0, 3.0, 0.5]), J_api(X), rtol=1e-14)
+
+
+def test_nested_outputs_are_nested_not_stacked():
+    def h(x):
+        return x[0], (x[1:] * 2.0, [x.sum()])
+
+    J = jx.jacobian(h, X)
+    assert isinstance(J, tuple) and isinstance(J[1], tuple) and isinstance(J[1][1], list)
+    np.testing.assert_array_equal(J[1][0], 2.0 * np.eye(3)[1:])
+    np.testing.assert_array_equal(J[1][1][0], np.ones(3))
+    # a Function returns an array or a flat tuple: compile says so instead of stacking
+    with pytest.raises(TypeError, match="nested structure"):
+        jx.compile(h, X)
+    with pytest.raises(TypeError, match="nested structure"):
+        jx.compile(lambda x: {"y": x}, X)
+    F = jx.compile(lambda x: (x[0], [x[1], x[2] * 2]), X)   # a list of scalars: one array
+    assert F.out_shapes == ((), (2,))
+
+
+def test_pytree_to_a_function_is_a_clear_error():
+    F = jx.compile(f_api, X)
+    with pytest.raises(TypeError, match="jx.jacrev"):
+        F({"x": X})
+    with pytest.raises(TypeError, match="jx.jacfwd"):
+        jx.compile(f_api, {"x": X})
+
+
 def test_compile_and_methods():
     F = jx.compile(g_api, X, P)
     x2, p2 = np.array([-1.0, 0.3, 4.0]), np.array([0.2, 2.0])   # not the traced values

@@ -280,3 +280,29 @@ def test_second_order_quick_run_with_jacext_alone(tmp_path, capsys):
     want += np.diag(-400 * x[:-1], 1) + np.diag(-400 * x[:-1], -1)
     np.testing.assert_allclose(H, want, rtol=1e-12, atol=1e-9)
     assert "rosen_dense n=100 | jacext" in capsys.readouterr().out
+
+
+# ---- bench/scipy_solvers.py: its problems, held to finite differences and to JAX ----
+
+def test_scipy_solver_problems():
+    from bench import scipy_solvers as S
+
+    S.SIZES.update(broyden=30, bruss=10)
+    try:
+        jax, jnp = S._jax()
+        for name, f in S.FUNCS.items():
+            x = S.START[name]() + 0.01
+            ivp = name.startswith("bdf")
+            args = (0.5, x) if ivp else (x,)
+            J = S.jac_for("jacext", name, f)["jac"](*args)
+            J = J.toarray() if hasattr(J, "toarray") else J
+            h = 1e-6 * np.maximum(np.abs(x), 1.0)        # central differences, column by column
+            fd = np.stack([(f(*args[:-1], x + h[k] * e) - f(*args[:-1], x - h[k] * e))
+                           / (2 * h[k]) for k, e in enumerate(np.eye(x.size))], axis=1)
+            np.testing.assert_allclose(J, fd, rtol=1e-5, atol=1e-6 * np.abs(fd).max())
+            if name in S.SPARSE:      # the pattern given to SciPy's differences covers J
+                assert np.all(S.PATTERNS[name]().toarray()[J != 0] != 0)
+            if jax is not None:
+                np.testing.assert_allclose(f(*args, xp=jnp), f(*args), rtol=1e-13)
+    finally:
+        S.SIZES.update(broyden=2000, bruss=S.BRUSS_N)

@@ -91,7 +91,7 @@ def test_sdist_holds_everything_a_build_and_the_tests_need():
         names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
     need = {"pyproject.toml", "setup.py", "README.md", "CHANGELOG.md"}
     need |= set(_source_files(SRC_C, "*.c", "*.h", "*.def"))
-    need |= set(_source_files(ROOT / "jacext", "*.py", "*.pyx", "*.pxd"))
+    need |= set(_source_files(ROOT / "jacext", "*.py", "*.pyx", "*.pxd", "*.pyi", "py.typed"))
     need |= set(_source_files(ROOT / "tests", "*.py"))
     missing = sorted(need - names)
     assert not missing, f"{top}: missing from the sdist: {missing}"
@@ -103,7 +103,7 @@ def test_wheel_holds_the_package_and_nothing_else():
     wheel = _env_path("JACEXT_WHEEL")
     with zipfile.ZipFile(wheel) as zf:
         names = set(zf.namelist())
-    package = {n for n in _source_files(ROOT / "jacext", "*.py")}
+    package = {n for n in _source_files(ROOT / "jacext", "*.py", "*.pyi", "py.typed")}
     missing = sorted(package - names)
     assert not missing, f"missing from the wheel: {missing}"
     for module in COMPILED:

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 README = pathlib.Path(__file__).resolve().parent.parent / "README.md"
 
@@ -17,11 +18,31 @@ def test_readme_has_examples():
     assert len(_python_blocks()) >= 5
 
 
+def _needs(block):
+    """The optional package a block needs: its first line reads ``# needs: package``."""
+    first = block.splitlines()[0]
+    return first.split(":", 1)[1].strip() if first.startswith("# needs:") else None
+
+
 def test_readme_examples_run_in_order():
     namespace = {}
     for block in _python_blocks():
-        exec(compile(block, str(README), "exec"), namespace)
+        if _needs(block) is None:
+            exec(compile(block, str(README), "exec"), namespace)
     assert "F" in namespace and "J" in namespace
+
+
+@pytest.mark.parametrize("package", ["torch", "dask.array"])
+def test_readme_examples_of_optional_packages(package):
+    # the blocks that need an optional package run after all the others, where it is
+    # installed
+    blocks = _python_blocks()
+    assert any(_needs(b) == package for b in blocks)
+    pytest.importorskip(package)
+    namespace = {}
+    for block in blocks:
+        if _needs(block) in (None, package):
+            exec(compile(block, str(README), "exec"), namespace)
 
 
 def test_readme_first_command_prints_the_seed_jacobian():
