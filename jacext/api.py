@@ -14,10 +14,16 @@ _cache: OrderedDict = OrderedDict()
 _cache_lock = threading.Lock()
 
 
-def compile(f, *args, name=None):
+def compile(f, *args, name=None, control_flow="guard"):
     """Trace ``f`` at the shapes of ``args`` and compile it: a :class:`Function`.
 
-    Only the shapes of ``args`` are used; their values are not baked in.  The
+    Their values are not baked in.  Python control flow on traced values (``if x[0] >
+    0``, ``max(a, b)``, ``float(x)``) takes its branch at ``args`` and records a guard;
+    a later point that takes another branch is traced again there, and the result (a
+    :class:`jacext.guarded.GuardedFunction`) keeps a tape per branch outcome and gives
+    every point its own branch's exact derivative.  ``control_flow="error"`` refuses
+    such code with a TracingError that names the line and the fix (one tape, whatever
+    the point).  The
     arguments reach ``f`` as symbolic arrays (:class:`jacext.Array`), so ``f``
     is plain NumPy code.  Arrays that ``f`` reads from outside its arguments
     (globals, closures, defaults) are constants captured when it is traced, as
@@ -33,8 +39,9 @@ def compile(f, *args, name=None):
     if not args:
         raise TypeError("jacext.compile: pass example arguments after f, e.g. "
                         "jx.compile(f, x) (their shapes are traced)")
-    shapes = tuple(_as_real_array(a, k).shape for k, a in enumerate(args))
-    return compile_function(f, shapes, name=name)
+    arrays = tuple(_as_real_array(a, k) for k, a in enumerate(args))
+    shapes = tuple(a.shape for a in arrays)
+    return compile_function(f, shapes, name=name, point=arrays, control_flow=control_flow)
 
 
 def _closure_key(f):
@@ -57,7 +64,7 @@ def _closure_key(f):
     return key, keep
 
 
-def _cached_function(f, shapes):
+def _cached_function(f, shapes, point):
     key, keep = _closure_key(f)
     key = key + (shapes,)
     with _cache_lock:
@@ -65,7 +72,7 @@ def _cached_function(f, shapes):
         if entry is not None:
             _cache.move_to_end(key)
             return entry[0]
-    F = compile_function(f, shapes)
+    F = compile_function(f, shapes, point=point)
     with _cache_lock:
         # the entry holds f and what it closes over, so their ids stay unique
         _cache[key] = (F, keep)
@@ -132,11 +139,11 @@ def jacobian(f, inputs, *, mode="auto", cache=True):
     arrays = tuple(_as_real_array(a, k) for k, a in enumerate(args))
     shapes = tuple(a.shape for a in arrays)
     if cache:
-        F = _cached_function(f, shapes)
+        F = _cached_function(f, shapes, arrays)
         if not is_tuple:
             _remember(f, shapes[0], F)
     else:
-        F = compile_function(f, shapes)
+        F = compile_function(f, shapes, point=arrays)
     if is_tuple:
         return F.jacobian(*arrays, argnums=tuple(range(len(arrays))), mode=mode)
     return F.jacobian(arrays[0], mode=mode)
