@@ -37,12 +37,12 @@ _NP_ASARRAY = np.asarray
 
 def _graph():
     """The graph this thread traces, for a call from outside jacext and NumPy (their own
-    calls, jacext's bookkeeping among them, get NumPy's arrays)."""
+    calls, jacext's bookkeeping among them, and SciPy's get NumPy's arrays)."""
     stack = getattr(_local, "stack", None)
     if not stack:
         return None
     caller = sys._getframe(2).f_globals.get("__name__", "")
-    if caller.startswith(("jacext.", "numpy.")) or caller == "numpy":
+    if caller.startswith(("jacext.", "numpy.", "scipy.")) or caller in ("numpy", "scipy"):
         return None
     return stack[-1]
 

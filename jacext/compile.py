@@ -18,7 +18,6 @@ from jacext._tape import Tape
 from jacext.passes import lower
 from jacext.trace import trace
 
-
 #: the policies for Python control flow on traced values (``jx.compile(control_flow=)``)
 CONTROL_FLOW = ("guard", "error")
 

@@ -77,6 +77,9 @@ _MATH_TO_NUMPY = {"asin": "arcsin", "acos": "arccos", "atan": "arctan", "atan2":
                   "dist": "linalg.norm", "radians": "radians", "degrees": "degrees"}
 
 
+_MATH_CALL = re.compile(r"\bmath\.(\w+)\s*\(")
+
+
 def _fail(cause, fix):
     where, src = _user_line()
     line = f"\n  at {where}" + (f"\n    {src}" if src else "")
@@ -263,8 +266,10 @@ class Array:
             yield Array(self.graph, self.ids[k])
 
     # -- where Python needs a concrete value: guarded tracing --
-    def _node(self, kind):
+    def _node(self, kind, refuse):
         if self.ids.size != 1:
+            if _active(self.graph) is None:
+                refuse()
             if kind == "bool":
                 raise ValueError("The truth value of an array with more than one element is "
                                  "ambiguous. Use a.any() or a.all()")
@@ -298,17 +303,19 @@ class Array:
               "the number at each point (a constant there, as torch's .item())")
 
     def __bool__(self):
-        return bool(self._concrete(self._node("bool"), True, self._refuse_bool))
+        return bool(self._concrete(self._node("bool", self._refuse_bool), True, self._refuse_bool))
 
     def __float__(self):
         if _storing():
             _fail_store()
-        return float(self._concrete(self._node("float"), False, self._refuse_number))
+        if _MATH_CALL.search(_user_line()[1]):   # math.sin(x): no derivative would survive
+            self._refuse_number()
+        return float(self._concrete(self._node("float", self._refuse_number), False, self._refuse_number))
 
     def __int__(self):
         if _storing():
             _fail_store()
-        node = self.graph.apply1(OPS["TRUNC"], self._node("int"))
+        node = self.graph.apply1(OPS["TRUNC"], self._node("int", self._refuse_number))
         return int(self._concrete(node, False, self._refuse_number))
 
     def __complex__(self):
