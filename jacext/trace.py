@@ -310,7 +310,8 @@ class Array:
             _fail_store()
         if _MATH_CALL.search(_user_line()[1]):   # math.sin(x): no derivative would survive
             self._refuse_number()
-        return float(self._concrete(self._node("float", self._refuse_number), False, self._refuse_number))
+        node = self._node("float", self._refuse_number)
+        return float(self._concrete(node, False, self._refuse_number))
 
     def __int__(self):
         if _storing():
