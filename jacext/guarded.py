@@ -35,6 +35,7 @@ import numpy as np
 
 from jacext import arguments as _args
 from jacext import plan as _plan
+from jacext._guards import GuardedBase
 from jacext.errors import TracingError
 
 
@@ -50,7 +51,7 @@ class _Tape:
         self.lines = lines
 
 
-class GuardedFunction:
+class GuardedFunction(GuardedBase):
     """A compiled function with Python control flow: tapes kept per branch outcome.
 
     Made by :func:`jacext.compile` (and :func:`jacext.jacobian`) when tracing meets
@@ -67,11 +68,12 @@ class GuardedFunction:
         self.name = name
         self._lock = threading.RLock()
         self._order = (first,)         # most recently used first; replaced whole
+        self._mru = (first.F, first.check)
         self._warned = False
         self._n_traces = 1
-        n = first.F.tape.n_inputs
-        self._n_in = n
+        self._n_in = first.F.tape.n_inputs
         self._single_shape = self.arg_shapes[0] if len(self.arg_shapes) == 1 else None
+        self._shape1 = self._single_shape
 
     # ---- the tapes ----
 
@@ -102,6 +104,7 @@ class GuardedFunction:
     def _use(self, t):
         with self._lock:
             self._order = (t,) + tuple(u for u in self._order if u is not t)
+            self._mru = (t.F, t.check)
 
     def _retrace(self, x):
         from jacext.compile import traced_tape
@@ -136,6 +139,7 @@ class GuardedFunction:
                         f"condition, a, b) there gives one tape for every point",
                         RuntimeWarning, stacklevel=4)
             self._order = order
+            self._mru = (t.F, t.check)
             return t
 
     def _point(self, args):
@@ -209,19 +213,6 @@ class GuardedFunction:
         return result
 
     # ---- the Function's methods ----
-
-    def __call__(self, *args):
-        return self._call("__call__", args, (), (), {})
-
-    def jacobian(self, *args, argnums=0, mode="auto", out=None, threads=None, sparse=False):
-        """As :meth:`jacext.Function.jacobian`, on the branch each point takes."""
-        x = self._point(args)
-        if x is not None:
-            return self._tape_at(x).F.jacobian(x, argnums=argnums, mode=mode, out=out,
-                                               threads=threads, sparse=sparse)
-        return self._call("jacobian", args, (), (),
-                          dict(argnums=argnums, mode=mode, out=out, threads=threads,
-                               sparse=sparse))
 
     def value_and_jacobian(self, *args, argnums=0, mode="auto", threads=None):
         return self._call("value_and_jacobian", args, (), (),

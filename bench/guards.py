@@ -1,0 +1,132 @@
+"""Guarded tapes (Python control flow): what the guards cost.
+
+    python bench/guards.py [--quick] [--json PATH]
+
+Three measurements, each side by side in one run, medians of repeats:
+
+1. the bench problems (BENCH.md) have no Python control flow: jx.compile gives them a
+   plain Function (no guard, no wrapper), so a call costs what it cost before; the
+   script checks the type and times ``jx.jacobian(f, x)`` and ``F.jacobian(x)``;
+2. a function with 10 branches (an ``if`` per joint of a 10-link planar arm): a
+   Jacobian through the GuardedFunction against the same tape's Function called
+   directly, and the guard check alone (``GuardCheck.holds``);
+3. a batch of 10^4 points of a function whose branch flips at every other point,
+   against the same batch with no flip (both tapes made before timing).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jacext as jx  # noqa: E402
+from bench.problems import make_problem  # noqa: E402
+from jacext.guarded import GuardedFunction  # noqa: E402
+
+
+def median_time(fn, repeats, number):
+    """Median seconds per call over `repeats` timings of `number` calls."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        for _ in range(number):
+            fn()
+        times.append((time.perf_counter() - t) / number)
+    return float(np.median(times))
+
+
+def arm10(q):
+    """A 10-link planar arm whose links bend one way or the other by the sign of q_k."""
+    x = 0.0 * q[0]
+    y = 0.0 * q[0]
+    angle = 0.0 * q[0]
+    for k in range(10):
+        if q[k] > 0.0:
+            angle = angle + q[k]
+        else:
+            angle = angle - 0.5 * q[k]
+        x = x + np.cos(angle)
+        y = y + np.sin(angle)
+    return np.stack([x, y])
+
+
+def kink(x):
+    """One branch on x[0]: a different formula on each side."""
+    if x[0] > 0.0:
+        return np.sin(x) * x[1] + x[2] ** 2
+    return np.cos(x) * x[2] - x[1] ** 3
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--json")
+    args = parser.parse_args(argv)
+    repeats, number = (5, 200) if args.quick else (15, 2000)
+    rows = []
+
+    # 1. the bench problems: no guards, a plain Function
+    for name in ("seed", "arm", "broyden", "mlp"):
+        p = make_problem(name)
+        F = jx.compile(p.numpy, p.x)
+        assert type(F) is jx.Function, (name, type(F))
+        n = max(1, number // (100 if name in ("broyden", "mlp") else 1))
+        t_api = median_time(lambda: jx.jacobian(p.numpy, p.x), repeats, n)
+        t_fun = median_time(lambda: F.jacobian(p.x), repeats, n)
+        rows.append(dict(section="no_guards", problem=name, type=type(F).__name__,
+                         jx_jacobian_ns=t_api * 1e9, function_jacobian_ns=t_fun * 1e9))
+
+    # 2. ten branches: the GuardedFunction against its tape's own Function
+    rng = np.random.default_rng(0)
+    q = rng.uniform(-1.0, 1.0, 10)
+    G = jx.compile(arm10, q)
+    assert isinstance(G, GuardedFunction) and len(G.guards()[0]) == 10
+    inner = G.tapes[0]
+    check = G._order[0].check
+    t_g = median_time(lambda: G.jacobian(q), repeats, number)
+    t_f = median_time(lambda: inner.jacobian(q), repeats, number)
+    t_c = median_time(lambda: check.holds(q), repeats, number)
+    t_gv = median_time(lambda: G(q), repeats, number)
+    t_fv = median_time(lambda: inner(q), repeats, number)
+    rows.append(dict(section="ten_branches", guarded_jacobian_ns=t_g * 1e9,
+                     function_jacobian_ns=t_f * 1e9, check_ns=t_c * 1e9,
+                     check_share_of_call=t_c / t_g, jacobian_ratio=t_g / t_f,
+                     guarded_value_ns=t_gv * 1e9, function_value_ns=t_fv * 1e9))
+
+    # 3. a 10^4 batch flipping at every other point, against one with no flip
+    n = 10_000
+    X = rng.uniform(0.1, 1.0, (n, 3))
+    flip = X.copy()
+    flip[1::2, 0] *= -1.0
+    K = jx.compile(kink, X[0])
+    K.jacobian(flip)                  # both tapes exist before timing
+    assert len(K.tapes) == 2
+    reps = max(3, repeats // 3)
+    t_same = median_time(lambda: K.jacobian(X), reps, 3)
+    t_flip = median_time(lambda: K.jacobian(flip), reps, 3)
+    t_plain = median_time(lambda: K.tapes[0].jacobian(X) if K.tapes[0] is not None else 0,
+                          reps, 3)
+    rows.append(dict(section="flip_batch", n=n, same_branch_ms=t_same * 1e3,
+                     flip_every_other_ms=t_flip * 1e3, one_tape_function_ms=t_plain * 1e3,
+                     flip_ratio=t_flip / t_same))
+
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, shared and noisy"
+    print(f"# guarded tapes ({machine}); medians of {repeats} repeats")
+    for r in rows:
+        print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v)
+                          for k, v in r.items()}))
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"machine": machine, "results": rows}, fh, indent=1)
+
+
+if __name__ == "__main__":
+    main()
