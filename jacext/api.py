@@ -135,6 +135,11 @@ def jacobian(f, inputs, *, mode="auto", cache=True):
         if hit is not None and _still_valid(f, hit):
             return hit[0].jacobian(inputs, mode=mode)
     is_tuple = isinstance(inputs, tuple)
+    if isinstance(inputs, list) and any(isinstance(a, np.ndarray) and a.ndim > 0
+                                        for a in inputs):
+        raise TypeError("jacext.jacobian: inputs is a list of arrays; pass a tuple "
+                        "(x, y) for several inputs (as torch's jacobian takes them), or one "
+                        "array (np.stack(inputs)) for one input")
     args = inputs if is_tuple else (inputs,)
     arrays = tuple(_as_real_array(a, k) for k, a in enumerate(args))
     shapes = tuple(a.shape for a in arrays)

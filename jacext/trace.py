@@ -644,7 +644,15 @@ def trace(f, arg_shapes, guards=None):
     if guards is not None:
         guards.graph = g
     with guards if guards is not None else contextlib.nullcontext(), buffers.tracing(g):
-        result = f(*args)
+        try:
+            result = f(*args)
+        except (ValueError, TypeError) as exc:
+            # NumPy wraps what a conversion raised ("setting an array element with a
+            # sequence"): the TracingError that says what and where is the error
+            cause = exc.__cause__ or exc.__context__
+            if isinstance(cause, TracingError) and not isinstance(exc, TracingError):
+                raise cause from None
+            raise
     is_tuple = isinstance(result, (tuple, list))
     outs = tuple(result) if is_tuple else (result,)
     out_ids = []

@@ -357,3 +357,18 @@ def test_sparsity_is_the_union_of_the_branches():
         F.jacobian(np.array([[1.0, 1, 1], [-1.0, 1, 1]]), sparse=True)
     sj = F.jacobian(np.array([[1.0, 2, 3], [2.0, 1, 1]]), sparse=True)   # one branch
     np.testing.assert_array_equal(sj.toarray()[0], F.jacobian(np.array([1.0, 2, 3])))
+
+
+# ---------------------------------------------------------------- messages --
+
+def test_messages_for_lists_of_arrays_and_tangent_shapes():
+    with pytest.raises(TypeError, match="pass a tuple"):
+        jx.jacobian(lambda x: x, [np.ones(2), np.ones(2)])
+    F = jx.compile(lambda a, b: a * b, np.ones(2), np.ones(2))
+    with pytest.raises(TypeError, match="one by one"):
+        F([np.ones(2), np.ones(2)])
+    G = jx.compile(lambda x: x * x[0], np.ones(2))
+    with pytest.raises(ValueError, match="tangent 0 .* must have shape \\(2,\\)"):
+        G.jvp(np.ones(2), np.ones(3))
+    with pytest.raises(ValueError, match="tangent 1 .* must have shape \\(2,\\)"):
+        F.jvp(np.ones(2), np.ones(2), (np.ones(2), np.ones(3)))
