@@ -21,8 +21,11 @@ from jacext import plan
 from jacext.guarded import GuardedFunction
 from jacext.testing import central_difference
 
-torch = pytest.importorskip("torch")
-torch.set_default_dtype(torch.float64)
+try:
+    import torch
+except ImportError:     # the sanitizer's venv: the other references still check
+    torch = None
+needs_torch = pytest.mark.skipif(torch is None, reason="torch is the reference at ties")
 
 
 # ---------------------------------------------------------------- the table --
@@ -96,7 +99,11 @@ IDS = [row[0].__name__ for row in TABLE]
 
 
 def _torch_jacobian(f, p):
-    J = torch.autograd.functional.jacobian(lambda t: f(t, lib=torch), torch.tensor(p))
+    """torch's eager Jacobian of the port (f with lib=torch), or None without torch."""
+    if torch is None:
+        return None
+    J = torch.autograd.functional.jacobian(lambda t: f(t, lib=torch),
+                                           torch.tensor(p, dtype=torch.float64))
     return J.numpy()
 
 
@@ -114,11 +121,13 @@ def test_each_branch_at_single_points(f, points, ties):
         np.testing.assert_allclose(Jf.reshape(D.shape), D, rtol=1e-7, atol=1e-9)
         np.testing.assert_allclose(F.jacobian(p), Jf, rtol=1e-13, atol=1e-13)
         # torch's eager Jacobian of the same code runs the same Python branch
-        np.testing.assert_allclose(Jf, _torch_jacobian(f, p).reshape(Jf.shape), rtol=1e-12,
-                                   atol=1e-12)
+        T = _torch_jacobian(f, p)
+        if T is not None:
+            np.testing.assert_allclose(Jf, T.reshape(Jf.shape), rtol=1e-12, atol=1e-12)
     assert len(F.tapes) >= 2          # the points took more than one branch
 
 
+@needs_torch
 @pytest.mark.parametrize("f, points, ties", TABLE, ids=IDS)
 def test_ties_take_the_branch_numpy_takes(f, points, ties):
     F = jx.compile(f, np.array(points[0]))
@@ -246,6 +255,7 @@ def test_control_flow_error_keeps_the_tracing_error():
         jx.compile(piecewise, np.ones(3), control_flow="retrace")
 
 
+@needs_torch
 def test_jacobian_is_a_drop_in_for_torch_on_control_flow():
     jx.api.clear_cache()
     rng = np.random.default_rng(3)
