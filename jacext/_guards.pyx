@@ -158,6 +158,8 @@ cdef class GuardedBase:
         if (len(args) == 1 and self._shape1 is not None and _is_point(args[0], self._shape1)
                 and (<GuardCheck>m[1]).holds(args[0]) == 1):
             if argnums == 0 and out is None and threads is None and not sparse:
+                if mode == "auto":
+                    return m[0].jacobian(args[0])
                 return m[0].jacobian(args[0], mode=mode)
             return m[0].jacobian(args[0], argnums=argnums, mode=mode, out=out,
                                  threads=threads, sparse=sparse)
