@@ -2,7 +2,9 @@
 
     python bench/guards.py [--quick] [--json PATH]
 
-Three measurements, each side by side in one run, medians of repeats:
+Three measurements, each side by side in one run (alternating), medians of repeats.  The
+clock is the process's CPU time by default (``--clock wall`` for wall time): on a shared,
+loaded machine the wall clock mostly measures the other processes.
 
 1. the bench problems (BENCH.md) have no Python control flow: jx.compile gives them a
    plain Function (no guard, no wrapper), so a call costs what it cost before; the
@@ -30,17 +32,35 @@ import jacext as jx  # noqa: E402
 from bench.problems import make_problem  # noqa: E402
 from jacext.guarded import GuardedFunction  # noqa: E402
 
+CLOCK = {"cpu": time.process_time, "wall": time.perf_counter}
+clock = time.process_time
+
 
 def median_time(fn, repeats, number):
     """Median seconds per call over `repeats` timings of `number` calls."""
     fn()
     times = []
     for _ in range(repeats):
-        t = time.perf_counter()
+        t = clock()
         for _ in range(number):
             fn()
-        times.append((time.perf_counter() - t) / number)
+        times.append((clock() - t) / number)
     return float(np.median(times))
+
+
+def paired(fa, fb, repeats, number):
+    """(median seconds of fa, of fb, median of the ratios fa/fb): timed in alternation."""
+    fa()
+    fb()
+    ta, tb = [], []
+    for _ in range(repeats):
+        for fn, times in ((fa, ta), (fb, tb)):
+            t = clock()
+            for _ in range(number):
+                fn()
+            times.append((clock() - t) / number)
+    ratios = [a / b for a, b in zip(ta, tb)]
+    return float(np.median(ta)), float(np.median(tb)), float(np.median(ratios))
 
 
 def arm10(q):
@@ -69,7 +89,10 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--json")
+    parser.add_argument("--clock", choices=sorted(CLOCK), default="cpu")
     args = parser.parse_args(argv)
+    global clock
+    clock = CLOCK[args.clock]
     repeats, number = (5, 200) if args.quick else (15, 2000)
     rows = []
 
@@ -91,15 +114,15 @@ def main(argv=None):
     assert isinstance(G, GuardedFunction) and len(G.guards()[0]) == 10
     inner = G.tapes[0]
     check = G._order[0].check
-    t_g = median_time(lambda: G.jacobian(q), repeats, number)
-    t_f = median_time(lambda: inner.jacobian(q), repeats, number)
+    t_g, t_f, r_j = paired(lambda: G.jacobian(q), lambda: inner.jacobian(q), repeats, number)
+    t_gv, t_fv, r_v = paired(lambda: G(q), lambda: inner(q), repeats, number)
     t_c = median_time(lambda: check.holds(q), repeats, number)
-    t_gv = median_time(lambda: G(q), repeats, number)
-    t_fv = median_time(lambda: inner(q), repeats, number)
     rows.append(dict(section="ten_branches", guarded_jacobian_ns=t_g * 1e9,
-                     function_jacobian_ns=t_f * 1e9, check_ns=t_c * 1e9,
-                     check_share_of_call=t_c / t_g, jacobian_ratio=t_g / t_f,
-                     guarded_value_ns=t_gv * 1e9, function_value_ns=t_fv * 1e9))
+                     function_jacobian_ns=t_f * 1e9, jacobian_ratio=r_j,
+                     check_from_python_ns=t_c * 1e9, check_share_of_call=t_c / t_g,
+                     overhead_share_of_call=(t_g - t_f) / t_g,
+                     guarded_value_ns=t_gv * 1e9, function_value_ns=t_fv * 1e9,
+                     value_ratio=r_v))
 
     # 3. a 10^4 batch flipping at every other point, against one with no flip
     n = 10_000
@@ -109,23 +132,35 @@ def main(argv=None):
     K = jx.compile(kink, X[0])
     K.jacobian(flip)                  # both tapes exist before timing
     assert len(K.tapes) == 2
-    reps = max(3, repeats // 3)
-    t_same = median_time(lambda: K.jacobian(X), reps, 3)
-    t_flip = median_time(lambda: K.jacobian(flip), reps, 3)
-    t_plain = median_time(lambda: K.tapes[0].jacobian(X) if K.tapes[0] is not None else 0,
-                          reps, 3)
-    rows.append(dict(section="flip_batch", n=n, same_branch_ms=t_same * 1e3,
-                     flip_every_other_ms=t_flip * 1e3, one_tape_function_ms=t_plain * 1e3,
-                     flip_ratio=t_flip / t_same))
+    reps = max(5, repeats // 2)
+    t_flip, t_same, r_flip = paired(lambda: K.jacobian(flip), lambda: K.jacobian(X), reps, 3)
+    t_vflip, t_vsame, r_vflip = paired(lambda: K(flip), lambda: K(X), reps, 3)
+    rows.append(dict(section="flip_batch", function="kink (3 -> 3)", n=n,
+                     same_branch_ms=t_same * 1e3, flip_every_other_ms=t_flip * 1e3,
+                     flip_ratio=r_flip, value_same_ms=t_vsame * 1e3,
+                     value_flip_ms=t_vflip * 1e3, value_flip_ratio=r_vflip))
+    # the same with the 10-branch arm (10 -> 2): q[0]'s sign flips at every other point
+    Q = rng.uniform(0.1, 1.0, (n, 10))
+    Qflip = Q.copy()
+    Qflip[1::2, 0] *= -1.0
+    A = jx.compile(arm10, Q[0])
+    A.jacobian(Qflip)
+    assert len(A.tapes) == 2
+    t_flip, t_same, r_flip = paired(lambda: A.jacobian(Qflip), lambda: A.jacobian(Q), reps, 3)
+    t_vflip, t_vsame, r_vflip = paired(lambda: A(Qflip), lambda: A(Q), reps, 3)
+    rows.append(dict(section="flip_batch", function="arm10 (10 -> 2)", n=n,
+                     same_branch_ms=t_same * 1e3, flip_every_other_ms=t_flip * 1e3,
+                     flip_ratio=r_flip, value_same_ms=t_vsame * 1e3,
+                     value_flip_ms=t_vflip * 1e3, value_flip_ratio=r_vflip))
 
     machine = f"{platform.machine()}, {os.cpu_count()} cores, shared and noisy"
-    print(f"# guarded tapes ({machine}); medians of {repeats} repeats")
+    print(f"# guarded tapes ({machine}); {args.clock} clock, medians of {repeats} repeats")
     for r in rows:
         print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v)
                           for k, v in r.items()}))
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"machine": machine, "results": rows}, fh, indent=1)
+            json.dump({"machine": machine, "clock": args.clock, "results": rows}, fh, indent=1)
 
 
 if __name__ == "__main__":

@@ -162,7 +162,8 @@ class GuardedFunction(GuardedBase):
             if k < len(order):
                 t = order[k]
                 k += 1
-                ok = t.check.holds_rows(np.ascontiguousarray(X[left]))
+                ok = t.check.holds_rows(X if left.shape[0] == n else
+                                        np.ascontiguousarray(X[left]))
             else:
                 t = self._retrace(np.ascontiguousarray(X[left[0]]))
                 ok = t.check.holds_rows(np.ascontiguousarray(X[left]))
