@@ -330,7 +330,9 @@ cdef class Function:
                                               jt.t.n_instr if jt is not None
                                               else self.tape.t.n_instr * (1 + n_cols)),
                               _MODE[plan.mode], None, plan.cols, None, 0, jt, None)
-                if (plan.mode == "reverse" or jt is not None) and not _finite(mat):
+                # (a forward plan's Jacobian tape redoes its non-finite blocks by forward
+                # sweeps in C already: only a reverse plan's batch needs the check)
+                if plan.mode == "reverse" and not _finite(mat):
                     self._forward_rows(X, mat.reshape(n_points, n_out * n_cols), plan.cols,
                                        threads)
         elif plan.compressed is not None:
