@@ -53,6 +53,7 @@ extensions = [
     Extension("jacext.passes", ["jacext/passes.pyx", *VM], **common),
     Extension("jacext._tape", ["jacext/_tape.pyx", *C_SOURCES], **common),
     Extension("jacext._function", ["jacext/_function.pyx", *VM], **common),
+    Extension("jacext._guards", ["jacext/_guards.pyx", *VM], **common),
 ]
 
 # freethreading_compatible: the extensions run without the GIL on free-threaded CPython

@@ -286,6 +286,9 @@ cdef class Function:
                     finally:
                         self.tape.give_work(w)
                     raise_status(st)
+                    if m == JX_MODE_REVERSE and not _finite(jac):
+                        self.tape.compressed(x, None, jac, self._cols0, None, 0,
+                                             JX_MODE_FORWARD)
                     return jac
         if _lazy.is_dask(args):
             if out is not None:
@@ -340,6 +343,21 @@ cdef class Function:
         self._auto0 = self._plan(0, "auto", False).compressed is None
         return self._auto0
 
+    def _forward_rows(self, cnp.ndarray X, cnp.ndarray flat, cnp.ndarray cols, threads):
+        """The rows of a batch's dense Jacobian (flat: n_points x n_out * n_cols) that hold
+        an inf or nan, again by forward sweeps: where a reverse sweep or a Jacobian tape
+        meets a non-finite partial, the forward sweeps' zero kills decide (README, "Where
+        np.where is differentiable"), so every mode gives the same entries."""
+        bad = np.flatnonzero(~np.isfinite(flat).all(axis=1))
+        if not bad.shape[0]:
+            return
+        redo = np.empty((bad.shape[0], flat.shape[1]), dtype=np.float64)
+        self.tape.run(JX_TASK_JACOBIAN, np.ascontiguousarray(X[bad]), None, redo,
+                      _plan.n_threads(threads, bad.shape[0],
+                                      self.tape.t.n_instr * (1 + cols.shape[0])),
+                      JX_MODE_FORWARD, None, cols, None, 0, None, None)
+        flat[bad] = redo
+
     def _jacobian(self, tuple args, argnums, mode, out, threads, bint want_value):
         cdef cnp.ndarray x, mat, y = None
         cdef Tape jt
@@ -376,6 +394,11 @@ cdef class Function:
                                               jt.t.n_instr if jt is not None
                                               else self.tape.t.n_instr * (1 + n_cols)),
                               _MODE[plan.mode], None, plan.cols, None, 0, jt, None)
+                # (a forward plan's Jacobian tape redoes its non-finite blocks by forward
+                # sweeps in C already: only a reverse plan's batch needs the check)
+                if plan.mode == "reverse" and not _finite(mat):
+                    self._forward_rows(X, mat.reshape(n_points, n_out * n_cols), plan.cols,
+                                       threads)
         elif plan.compressed is not None:
             vals, y = self._compressed(plan, x, -1, threads, want_value)
             if not direct:
@@ -390,6 +413,8 @@ cdef class Function:
             jt = plan.dense_tape.tape(1)
             if jt is None or not _tape_jacobian(jt, x, y, mat):
                 self.tape.compressed(x, y, mat, plan.cols, None, 0, _MODE[plan.mode])
+                if plan.mode == "reverse" and not _finite(mat):
+                    self.tape.compressed(x, None, mat, plan.cols, None, 0, JX_MODE_FORWARD)
         result = self._nest_dense(mat, batch, nums, multi)
         if direct:
             result = out      # the caller's array itself, as the fast path returns it
@@ -524,6 +549,8 @@ cdef class Function:
                                 cones=cones)
             else:
                 self.tape.cones_jacobian(x, y, cones, vals)
+            if not _finite(vals):
+                self._forward_nonzeros(plan, x, n_points, vals, threads)
             return vals, y
         col, p, row, q = structure.colourings
         forward = plan.compressed == "forward"
@@ -541,6 +568,8 @@ cdef class Function:
         else:
             self.tape.compressed(x, y, comp, plan.cols, colour, n_colours, m)
             vals = np.take(comp.reshape(-1), structure.gather(plan.compressed))
+        if not forward and not _finite(vals):
+            self._forward_nonzeros(plan, x, n_points, vals, threads)
         return vals, y
 
     # ---- second order (jacext/second.py) ----
@@ -588,6 +617,28 @@ cdef class Function:
     def hessian_colours(self, argnums=0):
         """The colours (gradient sweeps) a sparse Hessian costs."""
         return _second.hessian_colours(self, argnums)
+
+    def _forward_nonzeros(self, plan, cnp.ndarray x, Py_ssize_t n_points, cnp.ndarray vals,
+                          threads):
+        """The nonzeros of the points (rows of vals) that hold an inf or nan, again by the
+        forward sweeps of the column colouring, whose zero kills decide (as
+        ``_forward_rows``)."""
+        structure = plan.structure
+        col, p = structure.colourings[:2]
+        shape = structure.compressed_shape("forward")
+        if n_points < 0:
+            comp = np.empty(shape, dtype=np.float64)
+            self.tape.compressed(x, None, comp, plan.cols, col, p, JX_MODE_FORWARD)
+            vals[...] = np.take(comp.reshape(-1), structure.gather("forward"))
+            return
+        bad = np.flatnonzero(~np.isfinite(vals).all(axis=1))
+        comp = np.empty((bad.shape[0],) + shape, dtype=np.float64)
+        self.tape.batch("compressed", np.ascontiguousarray(x[bad]), None, comp,
+                        _plan.n_threads(threads, bad.shape[0],
+                                        self.tape.t.n_instr * (1 + p)),
+                        mode=JX_MODE_FORWARD, cols=plan.cols, colour=col, n_colours=p)
+        vals[bad] = np.take(comp.reshape(bad.shape[0], math.prod(shape)),
+                            structure.gather("forward"), axis=1)
 
     # ---- products ----
 
@@ -650,13 +701,37 @@ cdef class Function:
             r = np.empty((x.shape[0], width), dtype=np.float64)
             self.tape.batch(kind, x, y, r,
                             _plan.n_threads(None, x.shape[0], 2 * self.tape.t.n_instr), seed=v)
+        if kind == "vjp" and not _finite(r):
+            self._forward_vjp(x, v, r)
         value = _args.split(y, self.out_shapes, self.out_is_tuple, batch)
         if kind == "jvp":
             return value, _args.split(r, self.out_shapes, self.out_is_tuple, batch)
         return value, _args.split(r, self.arg_shapes, len(self.arg_shapes) > 1, batch)
 
 
+    def _forward_vjp(self, cnp.ndarray x, cnp.ndarray u, cnp.ndarray r):
+        """u J again where the adjoint sweep gave an inf or nan: J by forward sweeps, the
+        products with zero kills (a zero cotangent or entry contributes zero)."""
+        cdef Py_ssize_t n_in = self.tape.t.n_in, n_out = self.tape.t.n_out
+        X = x.reshape(-1, n_in)
+        U = u.reshape(-1, n_out)
+        R = r.reshape(-1, n_in)
+        cols = np.arange(n_in, dtype=np.int32)
+        for k in np.flatnonzero(~np.isfinite(R).all(axis=1)):
+            J = np.empty((n_out, n_in), dtype=np.float64)
+            self.tape.compressed(np.ascontiguousarray(X[k]), None, J, cols, None, 0,
+                                 JX_MODE_FORWARD)
+            uk = U[k][:, None]
+            with np.errstate(invalid="ignore", over="ignore"):
+                R[k] = np.where((uk == 0.0) | (J == 0.0), 0.0, uk * J).sum(axis=0)
+
+
 # ---- the fast paths' pieces ----
+
+cdef inline bint _finite(cnp.ndarray a):
+    """Whether every entry of a (float64, C-contiguous) is finite."""
+    return jx_all_finite(<const double *>cnp.PyArray_DATA(a), cnp.PyArray_SIZE(a))
+
 
 cdef inline bint _is_point(object a, tuple shape):
     """Whether a is a float64 C-contiguous ndarray of exactly this shape."""

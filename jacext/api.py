@@ -21,10 +21,16 @@ _cache: OrderedDict = OrderedDict()
 _cache_lock = threading.Lock()
 
 
-def compile(f, *args, name=None):
+def compile(f, *args, name=None, control_flow="guard"):
     """Trace ``f`` at the shapes of ``args`` and compile it: a :class:`Function`.
 
-    Only the shapes of ``args`` are used; their values are not baked in.  The
+    Their values are not baked in.  Python control flow on traced values (``if x[0] >
+    0``, ``max(a, b)``, ``float(x)``) takes its branch at ``args`` and records a guard;
+    a later point that takes another branch is traced again there, and the result (a
+    :class:`jacext.guarded.GuardedFunction`) keeps a tape per branch outcome and gives
+    every point its own branch's exact derivative.  ``control_flow="error"`` refuses
+    such code with a TracingError that names the line and the fix (one tape, whatever
+    the point).  The
     arguments reach ``f`` as symbolic arrays (:class:`jacext.Array`), so ``f``
     is plain NumPy code.  Arrays that ``f`` reads from outside its arguments
     (globals, closures, defaults) are constants captured when it is traced, as
@@ -40,28 +46,35 @@ def compile(f, *args, name=None):
     if not args:
         raise TypeError("jacext.compile: pass example arguments after f, e.g. "
                         "jx.compile(f, x) (their shapes are traced)")
-    shapes = tuple(_as_real_array(a, k).shape for k, a in enumerate(args))
+    arrays = tuple(_as_real_array(a, k) for k, a in enumerate(args))
+    shapes = tuple(a.shape for a in arrays)
     if name is None:
         name = getattr(f, "__name__", type(f).__name__)
-    return compile_function(_flat_outputs(f, name), shapes, name=name)
+    return compile_function(_FlatOutputs(f, name), shapes, name=name, point=arrays,
+                            control_flow=control_flow)
 
 
-def _flat_outputs(f, name):
+class _FlatOutputs:
     """f, refusing a nested output structure (a Function's outputs are an array or a flat
-    tuple of arrays; a list of scalars is one array, as np.asarray makes it)."""
-    def flat_outputs(*args):
-        result = f(*args)
+    tuple of arrays; a list of scalars is one array, as np.asarray makes it).  A class,
+    not a closure, so that a guarded Function, which keeps f to trace it again at another
+    branch, pickles whenever f does."""
+
+    def __init__(self, f, name):
+        self.f, self.__name__ = f, name
+
+    def __call__(self, *args):
+        result = self.f(*args)
         if isinstance(result, dict) or (isinstance(result, (tuple, list)) and any(
                 isinstance(r, dict) or (isinstance(r, (tuple, list)) and not all(
                     getattr(v, "shape", ()) == () and not isinstance(v, (tuple, list, dict))
                     for v in r))
                 for r in result)):
-            raise TypeError(f"jacext.compile: {name} returned a nested structure "
+            raise TypeError(f"jacext.compile: {self.__name__} returned a nested structure "
                             f"({_tree_flatten(result)[1]!r}); a Function returns an array or "
                             "a flat tuple of arrays: return a flat tuple, or use jx.jacobian, "
                             "jx.jacfwd or jx.jacrev, which take pytrees")
         return result
-    return flat_outputs
 
 
 def _closure_key(f):
@@ -176,11 +189,12 @@ def jacobian(f: Callable, inputs: Any, *, argnums: ArgNums | None = None,
     arg_trees = tuple(trees)
     shapes = tuple(a.shape for a in leaves)
     if cache:
-        traced = _cached_trace(f, arg_trees, shapes)
+        traced = _cached_trace(f, arg_trees, shapes, tuple(leaves))
         if type(inputs) is np.ndarray and traced.plain:
             _remember(f, shapes[0], traced.F)
     else:
-        traced = _tf.trace(f, arg_trees, _EMPTY_KW, shapes, compile=compile_function)
+        traced = _tf.trace(f, arg_trees, _EMPTY_KW, shapes, compile=compile_function,
+                           point=tuple(leaves))
     leaf_nums = _tf.leaf_numbers(traced, nums)
     n = len(leaf_nums)
     plain = traced.plain and all(t.is_leaf for t in arg_trees)
@@ -201,7 +215,7 @@ def jacobian(f: Callable, inputs: Any, *, argnums: ArgNums | None = None,
     return result
 
 
-def _cached_trace(f, arg_trees, shapes):
+def _cached_trace(f, arg_trees, shapes, point):
     key, keep = _closure_key(f)
     key = key + ("trace", arg_trees, shapes)
     with _cache_lock:
@@ -209,7 +223,7 @@ def _cached_trace(f, arg_trees, shapes):
         if entry is not None:
             _cache.move_to_end(key)
             return entry[0]
-    traced = _tf.trace(f, arg_trees, _EMPTY_KW, shapes, compile=compile_function)
+    traced = _tf.trace(f, arg_trees, _EMPTY_KW, shapes, compile=compile_function, point=point)
     with _cache_lock:
         # the entry holds f and what it closes over, so their ids stay unique
         _cache[key] = (traced, keep)

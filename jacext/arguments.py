@@ -56,8 +56,12 @@ def parse(values, shapes, name, what="argument"):
     """(arrays, batch): ``values`` converted to float64 arrays, each of shape
     batch_k + shapes[k], and the broadcast batch shape of the batch_k."""
     if len(values) != len(shapes):
+        hint = ""
+        if len(values) == 1 and isinstance(values[0], (list, tuple)) and len(shapes) > 1:
+            hint = (f"; pass them one by one, {name}(a, b, ...), not as one list or "
+                    "tuple")
         raise TypeError(f"jacext: {name} was compiled for {len(shapes)} {what}(s); got "
-                        f"{len(values)}")
+                        f"{len(values)}{hint}")
     arrays, batches = [], []
     for k, (value, want) in enumerate(zip(values, shapes)):
         arr = as_real_array(value, k, what)

@@ -684,7 +684,9 @@ def _structural(func, arrays="first", zero_fill=False):
               "value-dependent choice use np.where(condition, a, b)")
 
     def handler(*args, **kwargs):
-        g = _graph_of(args) or _graph_of(tuple(kwargs.values()))
+        g = _graph_of(args)
+        if g is None:   # (not `or`: a Graph's truth is its length, an empty one is false)
+            g = _graph_of(tuple(kwargs.values()))
         args = list(args)
         idx = range(len(args)) if positions is None else positions
         for k in idx:

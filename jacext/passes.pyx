@@ -14,7 +14,7 @@ from libc.stdint cimport int32_t, int64_t, uint64_t
 from libc.stdlib cimport qsort
 
 from jacext._graph cimport (C_CONST, C_INPUT, JX_A_IMM, JX_B_IMM, JX_N_OPS, JX_OP_MASK, Graph,
-                            dbits, jx_op_arity)
+                            dbits, jx_op_arity, jx_op_value)
 
 cnp.import_array()
 
@@ -250,3 +250,31 @@ def tape_groups(tape):
             n_groups += 1
         last[dst[j]] = j
     return first_arr[:n_groups].copy()
+
+
+def evaluate(Graph g, x, double[::1] vals, int64_t start):
+    """The values of nodes ``start .. len(g) - 1`` at the point ``x`` (the graph's inputs,
+    float64), written into ``vals`` (at least ``len(g)`` long; earlier nodes' values are
+    read from there): guarded tracing's view of the trace point.  Each node by the op
+    table's own value (``jx_op_value``), in id order, which is topological."""
+    cdef const double[::1] xv = np.ascontiguousarray(x, dtype=np.float64).ravel()
+    cdef int64_t i, n = g.n
+    cdef int32_t word, base
+    cdef double va, vb, vs
+    if vals.shape[0] < n:
+        raise ValueError("jacext: evaluate needs a value buffer as long as the graph")
+    for i in range(start, n):
+        word = g.op[i]
+        if word == C_INPUT:
+            if g.a[i] < 0 or g.a[i] >= xv.shape[0]:
+                raise IndexError("jacext: the trace point has fewer values than inputs")
+            vals[i] = xv[g.a[i]]
+            continue
+        if word == C_CONST:
+            vals[i] = g.imm[i]
+            continue
+        base = word & JX_OP_MASK
+        va = g.imm[i] if (word & JX_A_IMM) else (vals[g.a[i]] if g.a[i] >= 0 else 0.0)
+        vb = g.imm[i] if (word & JX_B_IMM) else (vals[g.b[i]] if g.b[i] >= 0 else 0.0)
+        vs = vals[g.s[i]] if g.s[i] >= 0 else 0.0
+        vals[i] = jx_op_value(base, va, vb, vs)

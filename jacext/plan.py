@@ -46,6 +46,10 @@ RUNS_MIN_MEAN = (4, 3)
 #: Dense Jacobians smaller than this many rows or columns never consider compressed
 #: sweeps: a dense sweep is then only a few lanes.
 COMPRESS_MIN_SIZE = 33
+#: A function with Python control flow keeps at most this many tapes, one per branch
+#: outcome (``jacext/guarded.py``); past it the least recently used is dropped (and a
+#: warning names the branch that keeps changing), as torch.compile's recompile limit.
+GUARDED_TAPES = 8
 #: Compressed sweeps replace dense ones when they cost at most this fraction.
 COMPRESS_MAX_COST = 0.5
 #: Greedy colouring costs the sum of the squared row lengths; above this budget (a

@@ -28,15 +28,18 @@ matrices, not big arrays.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sys
+import threading
 
 import numpy as np
 
-from jacext._graph import Graph
+from jacext._graph import KIND_CONST, Graph
 from jacext.errors import TracingError
 from jacext.ops import OPS
+from jacext.passes import evaluate as _evaluate
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 _NUMPY_DIR = os.path.dirname(os.path.abspath(np.__file__)) + os.sep
@@ -74,6 +77,9 @@ _MATH_TO_NUMPY = {"asin": "arcsin", "acos": "arccos", "atan": "arctan", "atan2":
                   "dist": "linalg.norm", "radians": "radians", "degrees": "degrees"}
 
 
+_MATH_CALL = re.compile(r"\bmath\.(\w+)\s*\(")
+
+
 def _fail(cause, fix):
     where, src = _user_line()
     line = f"\n  at {where}" + (f"\n    {src}" if src else "")
@@ -85,6 +91,110 @@ def _fail(cause, fix):
         math_hint = (f"\n  The math module works on Python floats only: use NumPy's function "
                      f"({pairs}), which traces.")
     raise TracingError(f"jacext: {cause}{line}\n  Fix: {fix}{math_hint}")
+
+
+# ---------------------------------------------------------------- guards --
+
+_local = threading.local()
+
+
+def _active(graph):
+    """The Guards of the trace in this thread that owns ``graph``, or None (a trace by
+    shapes only, or control_flow="error")."""
+    for gd in reversed(getattr(_local, "stack", ())):
+        if gd.graph is graph:
+            return gd
+    return None
+
+
+class Guards:
+    """Guarded tracing: the trace point, and what Python learnt from it.
+
+    Where Python needs a concrete answer from a traced value (``if``, ``bool()``,
+    ``max``/``min`` built-ins, ``float()``, ``int()``), the tracer takes the value at the
+    trace point (the graph's nodes evaluated there by ``jacext.passes.evaluate``, the op
+    table's own values) and records a guard: the node, its kind and its outcome.  A
+    truth guard holds where ``bool(value) == outcome`` (a comparison's branch); an exact
+    guard where the value is ``outcome`` itself (``float(x)``; ``int(x)`` guards
+    ``trunc(x)``).  A guard on a constant node always holds and is not recorded.
+    ``jacext.guarded`` turns the recorded guards into a tape that checks them.
+    """
+
+    def __init__(self, point):
+        self.point = np.ascontiguousarray(point, dtype=np.float64).ravel()
+        self.graph = None
+        self._vals = np.empty(0, dtype=np.float64)
+        self._done = 0
+        self.nodes = []      # node ids
+        self.truth = []      # True: a truth guard; False: an exact one
+        self.outcome = []    # the outcome at the trace point (float)
+        self.lines = []      # where Python asked: 'file:line: source'
+        self._seen = set()
+
+    def value(self, node):
+        """The node's value at the trace point."""
+        n = len(self.graph)
+        if n > self._done:
+            if self._vals.shape[0] < n:
+                vals = np.empty(max(n, 2 * self._vals.shape[0]), dtype=np.float64)
+                vals[:self._done] = self._vals[:self._done]
+                self._vals = vals
+            _evaluate(self.graph, self.point, self._vals, self._done)
+            self._done = n
+        return float(self._vals[node])
+
+    def record(self, node, truth, outcome):
+        if (node, truth) in self._seen:
+            return
+        self._seen.add((node, truth))
+        where, src = _user_line()
+        self.nodes.append(int(node))
+        self.truth.append(bool(truth))
+        self.outcome.append(float(outcome))
+        self.lines.append(where + (f": {src}" if src else ""))
+
+    def __enter__(self):
+        if not hasattr(_local, "stack"):
+            _local.stack = []
+        _local.stack.append(self)
+        return self
+
+    def __exit__(self, *exc):
+        _local.stack.remove(self)
+        self._vals = np.empty(0, dtype=np.float64)   # the trace's values: not kept
+
+
+_CONTROL_FLOW_FIX = ("select with np.where(condition, a, b), which jacext differentiates "
+                     "branch by branch; np.maximum/np.minimum/np.clip for max/min/clamping; "
+                     "or compile with the default control_flow=\"guard\", which takes the "
+                     "branch at each point")
+
+
+def _storing():
+    """Whether the user's line is storing into an item (``buf[k] = x``): NumPy converting
+    a traced value to write it into one of its own arrays."""
+    skip = _library_dirs()
+    frame = sys._getframe(1)
+    while frame is not None:
+        fn = os.path.abspath(frame.f_code.co_filename)
+        if not (fn.startswith(skip) or frame.f_code.co_filename.startswith("<frozen")):
+            code = frame.f_code.co_code
+            k = frame.f_lasti
+            return 0 <= k < len(code) and code[k] == _STORE_SUBSCR
+        frame = frame.f_back
+    return False
+
+
+_STORE_SUBSCR = __import__("dis").opmap["STORE_SUBSCR"]
+
+
+def _fail_store():
+    _fail("a traced value was written into a NumPy array of numbers (one made outside "
+          "the traced function, by a name such as `from numpy import zeros`, or of a "
+          "dtype other than float64)",
+          "make the buffer inside the function with np.zeros/np.empty/np.ones/np.full "
+          "(float64; they trace), or start from np.zeros_like(x), or build the array with "
+          "np.stack/np.concatenate")
 
 
 # ------------------------------------------------------------ the array --
@@ -155,27 +265,68 @@ class Array:
         for k in range(self.ids.shape[0]):
             yield Array(self.graph, self.ids[k])
 
-    # -- what a trace cannot do --
-    def __bool__(self):
+    # -- where Python needs a concrete value: guarded tracing --
+    def _node(self, kind, refuse):
+        if self.ids.size != 1:
+            if _active(self.graph) is None:
+                refuse()
+            if kind == "bool":
+                raise ValueError("The truth value of an array with more than one element is "
+                                 "ambiguous. Use a.any() or a.all()")
+            raise TypeError("only length-1 arrays can be converted to Python scalars")
+        return int(self.ids.reshape(-1)[0])
+
+    def _concrete(self, node, truth, refuse):
+        """node's value at the trace point, with its guard; a constant's value as it is."""
+        op, _, _, _, imm = self.graph.node(node)
+        if op == KIND_CONST:
+            return imm
+        gd = _active(self.graph)
+        if gd is None:
+            refuse()
+        v = gd.value(node)
+        gd.record(node, truth, bool(v) if truth else v)
+        return v
+
+    def _refuse_bool(self):
         _fail("Python control flow on a traced value (if/while/and/or/not, bool(), "
               "comparisons chained in Python): its value is not known while tracing",
-              "select with np.where(condition, a, b), which jacext differentiates "
-              "branch by branch; np.maximum/np.minimum/np.clip for max/min/clamping")
+              _CONTROL_FLOW_FIX)
+
+    def _refuse_number(self):
+        if _storing():
+            _fail_store()
+        _fail("a traced value was converted to a Python number (float(), int(), math.*, "
+              ".item())",
+              "keep it an array: NumPy's functions (np.sin, np.exp, ...) work on traced "
+              "values; or compile with the default control_flow=\"guard\", which takes "
+              "the number at each point (a constant there, as torch's .item())")
+
+    def __bool__(self):
+        return bool(self._concrete(self._node("bool", self._refuse_bool), True, self._refuse_bool))
 
     def __float__(self):
-        _fail("a traced value was converted to a Python number (float(), math.*, "
-              "or writing it into a NumPy array created with np.zeros/np.empty)",
-              "keep it an array: NumPy's functions (np.sin, np.exp, ...) work on traced "
-              "values; to fill an array, build it with np.stack/np.concatenate or start "
-              "from np.zeros_like(x) and assign into that")
+        if _storing():
+            _fail_store()
+        if _MATH_CALL.search(_user_line()[1]):   # math.sin(x): no derivative would survive
+            self._refuse_number()
+        node = self._node("float", self._refuse_number)
+        return float(self._concrete(node, False, self._refuse_number))
 
-    __int__ = __float__
-    __complex__ = __float__
+    def __int__(self):
+        if _storing():
+            _fail_store()
+        node = self.graph.apply1(OPS["TRUNC"], self._node("int", self._refuse_number))
+        return int(self._concrete(node, False, self._refuse_number))
+
+    def __complex__(self):
+        _fail("a traced value was converted to a Python complex number",
+              "jacext traces real functions; keep it a float64 array")
 
     def __index__(self):
         _fail("a traced value was used as an index or size",
               "index with constants (Python ints, NumPy integer arrays); for a "
-              "value-dependent choice use np.where")
+              "value-dependent choice use np.where; int(x) takes the number at the point")
 
     def __array__(self, dtype=None, copy=None):
         """NumPy's conversion (np.asarray(x), np.array([c, -s]), z[:] = x).
@@ -187,6 +338,8 @@ class Array:
         the path of small literal matrices such as ``np.array([[c, -s], [s, c]])``.
         """
         if dtype is not None and np.dtype(dtype) != np.dtype(object):
+            if _storing():
+                _fail_store()
             _fail(f"a traced array was converted to a NumPy array of {np.dtype(dtype)} "
                   "(np.asarray(x, dtype=...), z[...] = x into an array made by "
                   "np.zeros/np.empty, or a NumPy function given a list of traced values)",
@@ -205,10 +358,27 @@ class Array:
         return out
 
     def item(self, *args):
-        self.__float__()
+        """The element as a Python float: a constant at the trace point, guarded."""
+        if args:
+            key = args[0] if len(args) == 1 else args
+            if isinstance(key, (int, np.integer)) and self.ids.ndim != 1:
+                key = np.unravel_index(key, self.ids.shape)
+            return float(self[key])
+        if self.ids.size != 1:
+            raise ValueError("can only convert an array of size 1 to a Python scalar")
+        return float(self)
 
     def tolist(self):
-        self.__float__()
+        """Nested lists of Python floats: constants at the trace point, guarded."""
+        if self.ids.ndim == 0:
+            return float(self)
+        return [e.tolist() for e in self]
+
+    def fill(self, value):
+        ids = _ids(self.graph, value)
+        if np.ndim(ids) != 0:
+            raise ValueError("fill takes a scalar")
+        self.ids = np.full(self.ids.shape, ids, dtype=np.int64)
 
     # -- indexing: NumPy's indexing on the id array --
     def __getitem__(self, key):
@@ -452,11 +622,17 @@ def elementwise(op, *operands, graph=None):
 
 # ---------------------------------------------------------------- tracing --
 
-def trace(f, arg_shapes):
+def trace(f, arg_shapes, guards=None):
     """Run f on symbolic arrays of these shapes.
+
+    ``guards``: a :class:`Guards` holding the trace point (the arguments' values,
+    flattened and concatenated), which records where Python asked for a concrete
+    value; None: such a question is a TracingError.  Arrays made inside ``f`` by
+    NumPy's constructors trace either way (``jacext.buffers``).
 
     Returns (graph, input id arrays, output id arrays, output shapes, out_is_tuple).
     """
+    from jacext import buffers
     g = Graph()
     inputs = []
     args = []
@@ -465,7 +641,18 @@ def trace(f, arg_shapes):
         ids = g.inputs(size)
         inputs.append(ids)
         args.append(Array(g, ids.copy().reshape(shape)))
-    result = f(*args)
+    if guards is not None:
+        guards.graph = g
+    with guards if guards is not None else contextlib.nullcontext(), buffers.tracing(g):
+        try:
+            result = f(*args)
+        except (ValueError, TypeError) as exc:
+            # NumPy wraps what a conversion raised ("setting an array element with a
+            # sequence"): the TracingError that says what and where is the error
+            cause = exc.__cause__ or exc.__context__
+            if isinstance(cause, TracingError) and not isinstance(exc, TracingError):
+                raise cause from None
+            raise
     is_tuple = isinstance(result, (tuple, list))
     outs = tuple(result) if is_tuple else (result,)
     out_ids = []

@@ -134,12 +134,13 @@ class Traced:
 
 def trace(f: Callable, arg_trees: tuple, kw_tree: PyTreeDef, shapes: tuple,
           has_aux: bool = False, aux: str = "apart",
-          compile: Callable = compile_function) -> Traced:
+          compile: Callable = compile_function, point: tuple | None = None) -> Traced:
     """Compile ``f`` for arguments of these structures and leaf shapes.
 
     ``aux``: "apart" compiles the aux leaves into a Function of their own (a Jacobian
     then costs nothing for them); "joined" puts them after the outputs in F (one sweep
-    gives all, as grad's vjp wants).
+    gives all, as grad's vjp wants).  ``point``: the leaves' values at one point, where
+    Python control flow takes its branches (guarded tapes; ``jacext/guarded.py``).
     """
     name = getattr(f, "__name__", type(f).__name__)
     trees: dict = {}
@@ -176,11 +177,11 @@ def trace(f: Callable, arg_trees: tuple, kw_tree: PyTreeDef, shapes: tuple,
         flat_f.__name__ = name
         return flat_f
 
-    F = compile(flat("joined" if aux == "joined" else "out"), shapes, name=name)
+    F = compile(flat("joined" if aux == "joined" else "out"), shapes, name=name, point=point)
     A = None
     aux_tree = trees.get("aux")
     if has_aux and aux == "apart" and aux_tree.num_leaves:
-        A = compile(flat("aux"), shapes, name=name + ".aux")
+        A = compile(flat("aux"), shapes, name=name + ".aux", point=point)
     return Traced(F, A, arg_trees, kw_tree, trees["out"], aux_tree)
 
 
@@ -349,14 +350,15 @@ class Transformed:
                 raise ValueError(f"jacext.{self.kind}: argument {k} has shape {a.shape}, "
                                  f"fewer than batch_dims={b} axes")
 
-    def _traced(self, arg_trees: tuple, kw_tree: PyTreeDef, shapes: tuple) -> Traced:
+    def _traced(self, arg_trees: tuple, kw_tree: PyTreeDef, shapes: tuple,
+                point: tuple) -> Traced:
         key = (arg_trees, kw_tree, shapes)
         traced = self._traces.get(key)
         if traced is not None:
             return traced
         joined = self.kind in ("grad", "value_and_grad")
         traced = trace(self.f, arg_trees, kw_tree, shapes, self.has_aux,
-                       "joined" if joined else "apart")
+                       "joined" if joined else "apart", point=point)
         if joined and not (traced.out_tree.is_leaf and traced.F.out_shapes[0] == ()):
             shape = traced.F.out_shapes[0] if traced.out_tree.is_leaf else traced.out_tree
             raise TypeError(f"jacext.{self.kind}: f must return a scalar (shape ()); it "
@@ -388,7 +390,9 @@ class Transformed:
                     return run(args)
         nums, multi = _normalize_argnums(self.argnums, len(args), self.kind)
         leaves, arg_trees, kw_tree, shapes, tensors = self._leaves(args, kwargs)
-        traced = self._traced(arg_trees, kw_tree, shapes)
+        # the first point of a batch is where Python control flow takes its branches
+        point = tuple(np.asarray(a)[(0,) * (np.ndim(a) - len(s))] for a, s in zip(leaves, shapes))
+        traced = self._traced(arg_trees, kw_tree, shapes, point)
         leaf_nums = leaf_numbers(traced, nums)
         if self.kind in ("grad", "value_and_grad"):
             result = self._grad(traced, leaves, leaf_nums, nums, multi, out)

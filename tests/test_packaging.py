@@ -38,7 +38,7 @@ def _metadata():
 # ---- the imported package ----
 
 #: the compiled extensions (setup.py)
-COMPILED = ("_graph", "passes", "_tape", "_function")
+COMPILED = ("_graph", "passes", "_tape", "_function", "_guards")
 
 
 @pytest.mark.parametrize("name", COMPILED)
