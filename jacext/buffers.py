@@ -19,8 +19,10 @@ that says so.
 """
 from __future__ import annotations
 
+import ast
 import contextlib
 import functools
+import linecache
 import sys
 import threading
 
@@ -36,15 +38,59 @@ _NP_ASARRAY = np.asarray
 
 
 def _graph():
-    """The graph this thread traces, for a call from outside jacext and NumPy (their own
-    calls, jacext's bookkeeping among them, and SciPy's get NumPy's arrays)."""
+    """The graph this thread traces, for a call that the traced code itself writes
+    (``np.zeros(...)`` in its source); jacext's, NumPy's and SciPy's own calls get
+    NumPy's arrays, and so does compiled code: a C or Cython function that the traced
+    code calls (``rng.normal(size=3)`` calls ``np.empty`` from Cython) would take a traced
+    array for an ndarray and crash, so a call counts only where the source at the
+    calling frame's current instruction is a call of a constructor."""
     stack = getattr(_local, "stack", None)
     if not stack:
         return None
-    caller = sys._getframe(2).f_globals.get("__name__", "")
+    frame = sys._getframe(2)
+    caller = frame.f_globals.get("__name__", "")
     if caller.startswith(("jacext.", "numpy.", "scipy.")) or caller in ("numpy", "scipy"):
         return None
+    if not _calls_a_constructor(frame.f_code, frame.f_lasti, frame.f_lineno):
+        return None
     return stack[-1]
+
+
+_CONSTRUCTORS = frozenset(("zeros", "ones", "empty", "full", "zeros_like", "ones_like",
+                           "empty_like", "full_like", "array", "asarray"))
+
+
+def _called_name(func):
+    return func.id if isinstance(func, ast.Name) else (
+        func.attr if isinstance(func, ast.Attribute) else None)
+
+
+@functools.lru_cache(maxsize=4096)
+def _calls_a_constructor(code, lasti, lineno):
+    """Whether the instruction at ``lasti`` of ``code`` calls one of NumPy's constructors
+    by name (``np.zeros(n)``, ``zeros(n)``), read from the source: the call expression's
+    span (Python 3.11+ records one per instruction); on 3.10, the line, when every call
+    on it is a constructor's.  No source, no span, or anything else: False (NumPy's own
+    array, never a crash)."""
+    lines = linecache.getlines(code.co_filename)
+    if not lines:
+        return False
+    try:
+        if hasattr(code, "co_positions"):
+            line, end, col, end_col = list(code.co_positions())[lasti // 2]
+            if None in (line, end, col, end_col) or end > len(lines):
+                return False
+            # the columns count UTF-8 bytes
+            text = [b.encode() for b in lines[line - 1:end]]
+            text[-1] = text[-1][:end_col]
+            text[0] = text[0][col:]
+            node = ast.parse("(" + b"".join(text).decode() + ")", mode="eval").body
+            return isinstance(node, ast.Call) and _called_name(node.func) in _CONSTRUCTORS
+        calls = [n for n in ast.walk(ast.parse(lines[lineno - 1].strip()))
+                 if isinstance(n, ast.Call)]
+        return bool(calls) and all(_called_name(c.func) in _CONSTRUCTORS for c in calls)
+    except (SyntaxError, ValueError, IndexError, UnicodeDecodeError):
+        return False
 
 
 def _is_float(dtype):

@@ -142,3 +142,36 @@ def test_empty_traced_arrays_concatenate_and_stack():
     assert G(X3).shape == (2, 0)
     H = jx.compile(lambda x: np.concatenate([np.zeros(0), x[:0]]), X3)
     assert H(X3).shape == (0,)
+
+
+_COMPILED_CALLERS = '''
+import numpy as np, jacext as jx
+
+def f(x):
+    # NumPy's random generator is Cython: it calls np.empty itself and writes into the
+    # result as an ndarray; it must get NumPy's array, not a traced one
+    W = np.random.default_rng(0).normal(size=(3, 3))
+    z = np.zeros(len(np.random.default_rng(1).normal(size=2)))
+    buf = np.zeros(3)                  # the function's own buffer: traced
+    buf[:] = x
+    return W @ buf + z.sum()
+
+x = np.array([0.5, -1.0, 2.0])
+W = np.random.default_rng(0).normal(size=(3, 3))
+assert np.array_equal(jx.compile(f, x).jacobian(x), W)
+print("ok")
+'''
+
+
+def test_constructors_called_by_compiled_code_give_numpy_arrays(tmp_path):
+    """Only a constructor call written in the traced source makes a traced array: one
+    made by compiled code the function calls (numpy.random's Cython) stays NumPy's (it
+    crashed the interpreter when it was traced).  In a subprocess, so a crash is a
+    failure here, not the end of the test run."""
+    import subprocess
+    import sys
+    script = tmp_path / "compiled_callers.py"
+    script.write_text(_COMPILED_CALLERS)
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]

@@ -372,8 +372,13 @@ def test_sparsity_is_the_union_of_the_branches():
 # ---------------------------------------------------------------- messages --
 
 def test_messages_for_lists_of_arrays_and_tangent_shapes():
-    with pytest.raises(TypeError, match="pass a tuple"):
-        jx.jacobian(lambda x: x, [np.ones(2), np.ones(2)])
+    # jx.jacobian takes a list of arrays as one pytree argument (as jax.jacobian does):
+    # the Jacobian of the identity is a list of lists of blocks, eye on the diagonal
+    J = jx.jacobian(lambda x: x, [np.ones(2), np.ones(2)])
+    assert type(J) is list and [type(r) for r in J] == [list, list]
+    for i in range(2):
+        for j in range(2):
+            np.testing.assert_array_equal(J[i][j], np.eye(2) if i == j else np.zeros((2, 2)))
     F = jx.compile(lambda a, b: a * b, np.ones(2), np.ones(2))
     with pytest.raises(TypeError, match="one by one"):
         F([np.ones(2), np.ones(2)])
