@@ -11,7 +11,13 @@ README = pathlib.Path(__file__).resolve().parent.parent / "README.md"
 
 
 def _python_blocks():
-    return re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    """The README's Python blocks, each padded with blank lines to its place in the file,
+    so that a traceback or a TracingError names the README's own line (and the source
+    that jacext reads at a line, for a buffer made inside a traced function, is that
+    line's)."""
+    text = README.read_text()
+    return ["\n" * text.count("\n", 0, m.start(1)) + m.group(1)
+            for m in re.finditer(r"```python\n(.*?)```", text, flags=re.S)]
 
 
 def test_readme_has_examples():
@@ -20,7 +26,7 @@ def test_readme_has_examples():
 
 def _needs(block):
     """The optional package a block needs: its first line reads ``# needs: package``."""
-    first = block.splitlines()[0]
+    first = block.lstrip("\n").splitlines()[0]
     return first.split(":", 1)[1].strip() if first.startswith("# needs:") else None
 
 
