@@ -494,6 +494,98 @@ def test_batch_of_a_million_points_runs_in_bounded_memory():
     assert grown <= 1.2 * nbytes + 50 * 2**20
 
 
+# ------------------------------------------- batches at the end of an allocation --
+# A partial last block is padded with copies of its last point (batch.c); a read of the
+# rows past the block, or a write of the padding lanes' results, goes past the end of the
+# caller's array there.  The results would not show it (padding lanes are never copied
+# out), so the arrays are placed against a page that may not be touched (PROT_NONE): a
+# stray access is a crash of the child process.  The same child then runs the batches on
+# exact-size NumPy arrays, which the sanitizer build (.ci/sanitize) watches byte by byte.
+
+_GUARDED_BATCHES = textwrap.dedent("""
+    import ctypes, mmap, sys
+    import numpy as np
+    import jacext as jx
+    from jacext.testing import jacobian_tape_slot
+
+    PAGE = mmap.PAGESIZE
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    keep = []
+
+    def guarded(shape):
+        # a float64 array whose last byte is the last before a PROT_NONE page
+        nbytes = 8 * int(np.prod(shape))
+        pages = (nbytes + PAGE - 1) // PAGE
+        m = mmap.mmap(-1, (pages + 1) * PAGE)
+        base = ctypes.addressof(ctypes.c_char.from_buffer(m))
+        if libc.mprotect(base + pages * PAGE, PAGE, 0) != 0:
+            sys.exit("mprotect failed")
+        keep.append(m)
+        return np.frombuffer(m, dtype=np.float64, count=nbytes // 8,
+                             offset=pages * PAGE - nbytes).reshape(shape)
+
+    def exact(shape):
+        return np.empty(shape)          # malloc'd to the byte: the sanitizer's case
+
+    def f(x):
+        return np.stack([np.sin(x[0]) * x[1], np.where(x[2] > 0, np.sqrt(x[2]), 0.0),
+                         x[3] / 2.0 + x[0] * x[2], np.exp(x[1] - x[3])])
+
+    rng = np.random.default_rng(5)
+    F = jx.compile(f, np.zeros(4))
+    sizes = [5, 13, 69, 300, 1003]          # none a multiple of a block: ragged last blocks
+    ref = {}
+    for n in sizes:
+        X = rng.uniform(-2.0, 2.0, (n, 4))
+        V, U = rng.standard_normal((n, 4)), rng.standard_normal((n, 4))
+        ref[n] = (X, V, U, F(X), [F.jacobian(X, mode=m) for m in ("forward", "reverse")],
+                  F.jvp(X, V)[1], F.vjp(X, U)[1])
+
+    def run(alloc, stage):
+        for n in sizes:
+            X0, V0, U0, y0, J0, jv0, vj0 = ref[n]
+            X, V, U = alloc(X0.shape), alloc(V0.shape), alloc(U0.shape)
+            X[...], V[...], U[...] = X0, V0, U0
+            for threads in (1, 2):
+                assert np.array_equal(F(X), y0), (stage, n)
+                for m, want in zip(("forward", "reverse"), J0):
+                    out = alloc(want.shape)
+                    F.jacobian(X, mode=m, out=out, threads=threads)
+                    assert np.array_equal(out, want), (stage, n, m)
+                    assert np.array_equal(F.jacobian(X, mode=m, threads=threads), want)
+                assert np.array_equal(F.jvp(X, V)[1], jv0), (stage, n)
+                assert np.array_equal(F.vjp(X, U)[1], vj0), (stage, n)
+                sp = F.jacobian(X, sparse=True, threads=threads)
+                assert np.array_equal(sp.toarray() if hasattr(sp, "toarray") else
+                                      np.stack([sp[k].toarray() for k in range(n)]), J0[0])
+
+    run(guarded, "sweeps")
+    run(exact, "sweeps")
+    # enough points that the Jacobian tapes exist: batches then run them
+    Xbig = rng.uniform(-2.0, 2.0, (3000, 4))
+    for m in ("forward", "reverse"):
+        F.jacobian(Xbig, mode=m)
+        assert jacobian_tape_slot(F, 0, m).current is not None, m
+    run(guarded, "jacobian tape")
+    run(exact, "jacobian tape")
+    print("ok")
+""")
+
+
+def test_batches_touch_nothing_past_their_arrays():
+    """Batches whose arrays end against an inaccessible page, every batched task (values,
+    Jacobians in both modes through the sweeps and through the Jacobian tapes, into
+    ``out=``, jvp, vjp, sparse), batch sizes with a ragged last block, 1 and 2 threads."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the guard page uses Linux's mmap and mprotect")
+    proc = subprocess.run([sys.executable, "-c", _GUARDED_BATCHES], capture_output=True,
+                          text=True)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", (
+        f"exit {proc.returncode} (a negative exit is the signal: -11, SIGSEGV, is an access "
+        f"past the end of a batch's array)\n{proc.stdout}\n{proc.stderr[-3000:]}")
+
+
 # --------------------------------------- batches with sparse=True: the tape too --
 # (Function._compressed with the values, the path of value_and_jacobian's dense auto
 # batches before their dense tape exists, is this module's own to call)
