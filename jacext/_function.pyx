@@ -62,6 +62,11 @@ cdef class Function:
                                    # auto Jacobian once built (one store publishes all three)
     cdef object _sparse0           # the Plan of sparse=True at one point, argnums 0, auto
     cdef dict _plans               # the planner's Plans by (argnums, mode, sparse), at hand
+    # Shared state and threads: the Tape guards its own work memory with an atomic flag;
+    # the planner makes Plans, structures and Jacobian tapes under its lock; _plans is a
+    # dict (thread-safe); _sparse0 and _jt0 are set once, under the planner's lock, from
+    # None to their value (a reader sees None or the value); _auto0 is a C int whose one
+    # value every thread computes alike.
 
     def __init__(self, tape, tuple arg_shapes, tuple out_shapes, bint out_is_tuple,
                  str name="f"):
@@ -215,11 +220,14 @@ cdef class Function:
             if (len(args) == 1 and argnums == 0 and mode == "auto"
                     and self._single_jac_shape is not None
                     and _is_point(args[0], self._single_shape)):
-                if self._sparse0 is None:
-                    self._sparse0 = self._plan(0, "auto", True)
-                vals = self._compressed(self._sparse0, <cnp.ndarray>args[0], -1, threads,
-                                        False)[0]
-                return self._sparse0.structure.csr(vals)
+                plan = self._sparse0
+                if plan is None:
+                    plan = self._plan(0, "auto", True)
+                    with self._planner.lock:     # object fields change once, under the lock
+                        if self._sparse0 is None:
+                            self._sparse0 = plan
+                vals = self._compressed(plan, <cnp.ndarray>args[0], -1, threads, False)[0]
+                return plan.structure.csr(vals)
             return self._sparse_jacobian(args, argnums, mode, threads)
         if (len(args) == 1 and argnums == 0 and self._single_jac_shape is not None
                 and self._single_fits and _is_point(args[0], self._single_shape)):
@@ -410,8 +418,11 @@ cdef class Function:
         if n_points < 0:
             if (self._jt0 is None and not want_value and self._single_jac_shape is not None
                     and plan is self._plan(0, "auto", False)):
-                # dense auto Jacobians take it straight from now on
-                self._jt0 = (jt,) + tuple(plan.structure.pattern)
+                # dense auto Jacobians take it straight from now on (set once, under the
+                # lock: a reader that sees the tuple sees all three)
+                with self._planner.lock:
+                    if self._jt0 is None:
+                        self._jt0 = (jt,) + tuple(plan.structure.pattern)
             r = _eval_tape(jt, x, n_y)
             if r is None:
                 return self._compressed_sweeps(plan, x, -1, threads, want_value)

@@ -35,6 +35,9 @@ cdef extern from "vm.h" nogil:
 
     int jx_work_init(jx_work *w, const jx_tape *t, int32_t lanes)
     void jx_work_free(jx_work *w)
+    ctypedef int jx_flag
+    bint jx_flag_take(jx_flag *f)
+    void jx_flag_give(jx_flag *f)
     int jx_point_value(const jx_tape *t, jx_work *w, const double *x, double *y)
     int jx_point_jacobian(const jx_tape *t, jx_work *w, const double *x, double *y,
                           double *jac, const int32_t *cols, int32_t n_cols, int mode)
@@ -56,9 +59,9 @@ cdef class Tape:
     cdef cnp.ndarray _pairs
     cdef cnp.ndarray _runs
     cdef bint _runs_used
-    cdef jx_work _work
-    cdef bint _work_busy
-    cdef bint _has_work
+    cdef jx_work _work      # the Tape's own work memory: whoever takes _busy uses it
+    cdef jx_flag _busy
+    cdef bint _has_work     # (read and written only by the holder of _busy)
 
     cdef _derive(self)
     cdef jx_work *take_work(self, int32_t lanes) except NULL

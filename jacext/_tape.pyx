@@ -208,7 +208,7 @@ cdef class Tape:
 
     def __cinit__(self):
         self._has_work = False
-        self._work_busy = False
+        self._busy = 0
 
     def __init__(self, dict arrays, bint copy=True):
         cdef dict own = {}
@@ -364,18 +364,22 @@ cdef class Tape:
     # ---- work memory ----
 
     cdef jx_work *take_work(self, int32_t lanes) except NULL:
-        """The Tape's own work memory if free (grown to ``lanes``), else a fresh one that
-        give_work frees.  Safe under the GIL: no Python call between test and set."""
+        """The Tape's own work memory (grown to ``lanes``) for the one caller that takes its
+        flag, else a fresh one; give_work puts either back.  The flag is atomic (vm.h), so
+        this holds without the GIL too: threads calling one Function at once each get work
+        memory of their own."""
         cdef jx_work *w
         cdef int st
-        if not self._work_busy:
+        if jx_flag_take(&self._busy):
             if self._has_work and self._work.lanes < lanes:
                 jx_work_free(&self._work)
                 self._has_work = False
             if not self._has_work:
-                raise_status(jx_work_init(&self._work, &self.t, lanes))
+                st = jx_work_init(&self._work, &self.t, lanes)
+                if st != JX_OK:
+                    jx_flag_give(&self._busy)
+                    raise_status(st)
                 self._has_work = True
-            self._work_busy = True
             return &self._work
         w = <jx_work *>malloc(sizeof(jx_work))
         if w == NULL:
@@ -388,7 +392,7 @@ cdef class Tape:
 
     cdef void give_work(self, jx_work *w) noexcept:
         if w == &self._work:
-            self._work_busy = False
+            jx_flag_give(&self._busy)
         else:
             jx_work_free(w)
             free(w)

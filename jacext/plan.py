@@ -101,17 +101,19 @@ def usable_cores():
         return os.cpu_count() or 1
 
 
-_MEMORY = []
+def _read_physical_memory():
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 62
+
+
+_MEMORY = _read_physical_memory()   # read once, at import: nothing to race for later
 
 
 def physical_memory():
-    """Bytes of RAM (read once)."""
-    if not _MEMORY:
-        try:
-            _MEMORY.append(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
-        except (ValueError, OSError, AttributeError):
-            _MEMORY.append(1 << 62)
-    return _MEMORY[0]
+    """Bytes of RAM."""
+    return _MEMORY
 
 
 # ---------------------------------------------------------------- cost model --
@@ -343,7 +345,7 @@ class Planner:
         from jacext.sparse import Structure
 
         return self._once(self._structures, argnums, lambda: Structure(
-            self.tape, self.columns(argnums), COLOURING_MAX_WORK))
+            self.tape, self.columns(argnums), COLOURING_MAX_WORK, self.lock))
 
     def known_structure(self, argnums):
         """The sparse structure of ``argnums`` if some request made it, else None."""

@@ -108,15 +108,16 @@ class Structure:
     """The sparsity of one tape's outputs with respect to the inputs ``cols``: the exact
     pattern and what the sparse evaluations derive from it, each made on first use.
 
-    Deterministic throughout: two threads racing to the same attribute compute the same
-    value (the Planner makes them under its lock anyway).
+    Each attribute is made once, under ``lock`` (the Planner's), and only read after:
+    threads may share a Structure.
     """
 
-    def __init__(self, tape, cols, max_colouring_work):
+    def __init__(self, tape, cols, max_colouring_work, lock):
         self.tape = tape
         self.cols = cols
         self.shape = (tape.n_outputs, int(cols.shape[0]))
         self._max_work = max_colouring_work
+        self._lock = lock
         self._pattern = None
         self._colourings = None
         self._cones = None   # (Cones or None, the budget it was asked with)
@@ -126,7 +127,9 @@ class Structure:
     def pattern(self):
         """(indptr, indices), int32, read-only."""
         if self._pattern is None:
-            self._pattern = self.tape.pattern(self.cols)
+            with self._lock:
+                if self._pattern is None:
+                    self._pattern = self.tape.pattern(self.cols)
         return self._pattern
 
     @property
@@ -137,14 +140,19 @@ class Structure:
     def colourings(self):
         """(column colours, p, row colours, q)."""
         if self._colourings is None:
-            ptr, idx = self.pattern
-            n_out, n_cols = self.shape
-            tptr, tidx = transpose_pattern(ptr, idx, self.shape)
-            col = colour(ptr, idx, n_out, n_cols, self._max_work)
-            row = colour(tptr, tidx, n_cols, n_out, self._max_work)
-            self._colourings = (col, int(col.max()) + 1 if col.size else 0,
-                                row, int(row.max()) + 1 if row.size else 0)
+            with self._lock:
+                if self._colourings is None:
+                    self._colourings = self._colour()
         return self._colourings
+
+    def _colour(self):
+        ptr, idx = self.pattern
+        n_out, n_cols = self.shape
+        tptr, tidx = transpose_pattern(ptr, idx, self.shape)
+        col = colour(ptr, idx, n_out, n_cols, self._max_work)
+        row = colour(tptr, tidx, n_cols, n_out, self._max_work)
+        return (col, int(col.max()) + 1 if col.size else 0,
+                row, int(row.max()) + 1 if row.size else 0)
 
     @property
     def colours_known(self):
@@ -163,22 +171,35 @@ class Structure:
         hit = self._cones
         if hit is not None and (hit[0] is not None or hit[1] >= budget):
             return hit[0]
-        ptr, idx = self.pattern
-        cones = self.tape.cones(budget, ptr, self._derived("nz_input"))
-        self._cones = (cones, budget)
-        return cones
+        with self._lock:
+            hit = self._cones
+            if hit is not None and (hit[0] is not None or hit[1] >= budget):
+                return hit[0]
+            ptr, idx = self.pattern
+            cones = self.tape.cones(budget, ptr, self._derived("nz_input"))
+            self._cones = (cones, budget)
+            return cones
 
     def _derived(self, what, mode=None):
         key = (what, mode)
         hit = self._cache.get(key)
         if hit is not None:
             return hit
+        with self._lock:
+            hit = self._cache.get(key)
+            if hit is None:
+                hit = self._cache[key] = self._derive(what, mode)
+        return hit
+
+    def _derive(self, what, mode):
         ptr, idx = self.pattern
         rows = np.repeat(np.arange(self.shape[0], dtype=np.intp), np.diff(ptr))
         if what == "rows":
             hit = rows
         elif what == "nz_input":   # the input index of each nonzero
             hit = np.ascontiguousarray(self.cols[idx], dtype=np.int32)
+        elif what == "csr":        # the checked template of csr results
+            return sp.csr_array((np.zeros(idx.shape[0]), idx, ptr), shape=self.shape)
         elif what == "scatter":    # each nonzero's flat index in the dense result
             hit = rows * self.shape[1] + idx
         elif mode == "forward":    # gather: its flat index in the compressed matrix
@@ -188,7 +209,6 @@ class Structure:
             _, _, row, _ = self.colourings
             hit = row[rows].astype(np.intp) * self.shape[1] + idx
         hit.setflags(write=False)
-        self._cache[key] = hit
         return hit
 
     def scatter(self):
@@ -207,11 +227,7 @@ class Structure:
 
     def csr(self, vals):
         """A csr_array of these values (CSR order) on the pattern."""
-        template = self._cache.get(("csr", None))
-        if template is None:
-            ptr, idx = self.pattern
-            template = sp.csr_array((np.zeros(idx.shape[0]), idx, ptr), shape=self.shape)
-            self._cache[("csr", None)] = template
+        template = self._derived("csr")
         mat = copy.copy(template)
         mat.data = vals
         mat.indices = template.indices.copy()

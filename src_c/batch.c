@@ -37,7 +37,7 @@
 #define JX_TARGET_AVX2 __attribute__((target("avx2")))
 static int jx_have_avx2(void)
 {
-    __builtin_cpu_init();
+    /* (no __builtin_cpu_init: it writes a global, and is needed only before constructors) */
     return __builtin_cpu_supports("avx2");
 }
 #else

@@ -105,6 +105,23 @@ int32_t jx_tape_sincos_pairs(const jx_tape *t, int32_t *pair);
 int jx_work_init(jx_work *w, const jx_tape *t, int32_t lanes);
 void jx_work_free(jx_work *w);
 
+/*
+ * A flag threads may race for, as a Tape guards its own work memory with (jacext/_tape.pyx):
+ * jx_flag_take returns 1 to the one caller that turns it from 0 to 1 (acquire), jx_flag_give
+ * turns it back (release).  Atomic without the GIL (free-threaded CPython): GCC and clang's
+ * __atomic builtins, MSVC's interlocked intrinsics.
+ */
+#ifdef _MSC_VER
+#include <intrin.h>
+typedef volatile long jx_flag;
+static inline int jx_flag_take(jx_flag *f) { return _InterlockedExchange(f, 1) == 0; }
+static inline void jx_flag_give(jx_flag *f) { _InterlockedExchange(f, 0); }
+#else
+typedef int jx_flag;
+static inline int jx_flag_take(jx_flag *f) { return __atomic_exchange_n(f, 1, __ATOMIC_ACQUIRE) == 0; }
+static inline void jx_flag_give(jx_flag *f) { __atomic_store_n(f, 0, __ATOMIC_RELEASE); }
+#endif
+
 /* Sweeps.  value[] must hold the inputs (and constants) before a forward sweep. */
 void jx_forward(const jx_tape *t, double *value);
 void jx_forward_partials(const jx_tape *t, double *value, double *d0, double *d1);

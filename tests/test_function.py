@@ -4,11 +4,12 @@ Values, Jacobians (both modes), jvp and vjp of compiled functions: zero kills th
 np.where, NumPy's nan and inf, slot reuse, outputs that are inputs, constants or
 duplicates, unused inputs, scalars in and out, the shapes a Function is built with;
 batched sweeps against single points (bit for bit, at awkward values), zero-size
-arguments and empty batches.  Batches (src_c/batch.c: points as lanes, blocks of 32,
-threads over whole blocks): every op of the table as a batch against a loop of single
-points (bit for bit) at interior and edge points, both modes; batch sizes around the
-block size; thread counts; and the memory a batch of 10**6 points takes.  The Tape
-itself (hand-made and corrupt tapes, runs) is tests/test_tape.py.
+arguments and empty batches.  Batches (src_c/batch.c: points as lanes, blocks of 8 to 256
+points sized per tape to stay in L2, 64 for the value sweep; threads over whole blocks):
+every op of the table as a batch against a loop of single points (bit for bit) at
+interior and edge points, both modes; batch sizes around the block size; thread counts;
+and the memory a batch of 10**6 points takes.  The Tape itself (hand-made and corrupt
+tapes, runs) is tests/test_tape.py.
 """
 from __future__ import annotations
 
@@ -336,8 +337,9 @@ def test_shapes_that_do_not_fit_the_tape_raise_value_error():
     lambda x, y: np.where(y != 0, np.sin(x) / y, x),
 ])
 def test_batched_sweeps_match_single_points_at_nasty_points(f):
-    """Every (x, y) pair of awkward values, as one batch of 144 points (4 blocks of 32 and a
-    tail) against a loop of single points: values, Jacobians both modes, jvp, vjp."""
+    """Every (x, y) pair of awkward values, as one batch of 144 points (whole blocks and a
+    partial last one) against a loop of single points: values, Jacobians both modes, jvp,
+    vjp."""
     xs, ys = (v.ravel() for v in np.meshgrid(NASTY, NASTY))
     F = jx.compile(f, np.zeros(()), np.zeros(()))
     with np.errstate(all="ignore"):
