@@ -79,10 +79,12 @@ RUN_PY = os.path.abspath(__file__)
 BENCH_DIR = os.path.dirname(RUN_PY)
 TABLE_PROBLEMS = list(problem_module.PROBLEM_FACTORIES)  # BENCH.md's order
 SCALING = {  # section -> (problem, full sizes, --quick sizes, what the size is)
-    "broyden_scaling": ("broyden", (10, 100, 1000, 10**4, 10**5), (100,), "n"),
-    "arm_scaling": ("arm_batch", tuple(10**k for k in range(7)), (), "N"),  # not in --quick
+    "broyden_scaling": ("broyden", (10, 100, 1000, 10**4, 10**5), (10, 100), "n"),
+    "arm_scaling": ("arm_batch", tuple(10**k for k in range(7)), (1, 10), "N"),
 }
-QUICK_TABLE_SIZES = {"arm_batch": 1000}  # --quick: the table's batch at 1,000 points, not 10^4
+# --quick: the table's sized problems smaller (broyden n = 100, not 1,000; arm_batch N = 100,
+# not 10^4), where the slowest peers' dense Jacobians took most of a quick run's time
+QUICK_TABLE_SIZES = {"broyden": 100, "arm_batch": 100}
 REFERENCE_PEERS = ("jacext", "jacext-sparse")  # whose result becomes the reference
 NOT_APPLICABLE = {  # why a peer's build returns None
     "torch-autograd": "torch.autograd.functional.jacobian of a batch is the (N, 12, N, 7) "
@@ -658,10 +660,12 @@ def markdown(report):
             f"{when} " + ", ".join(f"{v:.2f}" for v in load[when]) for when in load)
             + " (a shared machine: compare numbers within one run)")
     lines.append(
-        "Steady state: after a warm-up of 2,100 calls (or 10 s) per peer, "
+        f"Steady state: after a warm-up of {settings.get('warmup_calls', 2100):,} calls (or "
+        f"{settings.get('warmup_ns', 1e10) / 1e9:g} s) per peer, "
         f"median of {settings['repeats']} repeats interleaved across peers, "
         f"each >= {settings['target_ns'] / 1e6:g} ms (fewer repeats where they would not fit "
-        f"in the cell limit of {settings['cell_limit_s']:g} s); time per Jacobian (per batch "
+        f"in {settings.get('repeat_budget_s') or settings['cell_limit_s']:g} s); time per "
+        "Jacobian (per batch "
         "for arm_batch). First call: construction + trace/compile + first evaluation, "
         + ("in a fresh subprocess per (problem, peer), framework import and backend start-up "
            "excluded." if settings["first_call"] == "subprocess" else
@@ -833,8 +837,10 @@ def main(argv=None):
                        else 0.6 * total_memory())
     settings = {"repeats": 3 if args.quick else 7,
                 "target_ns": 2e6 if args.quick else 20e6,
-                "warmup_calls": 20 if args.quick else worker_module.WARMUP_CALLS,
-                "warmup_ns": 5e7 if args.quick else worker_module.WARMUP_NS,
+                # --quick: the same 2,100 calls (jacext's Jacobian tapes come after 2,048
+                # points) but at most 0.1 s of them, not 10 s
+                "warmup_calls": worker_module.WARMUP_CALLS,
+                "warmup_ns": 1e8 if args.quick else worker_module.WARMUP_NS,
                 "repeat_budget_s": 0.5 if args.quick else None,
                 "cell_limit_s": args.cell_limit or (10.0 if args.quick else 60.0),
                 "first_call": args.first_call or ("worker" if args.quick else "subprocess"),

@@ -5,6 +5,7 @@ notices.
     nice -n 19 python tools/mutate.py             # all of them (see "how long" below)
     python tools/mutate.py --only batch-load-pad,graph-mul-one-close
     python tools/mutate.py --sample 5 --seed 1    # five at random (a CI-sized sample)
+    python tools/mutate.py --only batch-load-pad --sanitize-caught   # + the sanitizer build
 
 Each mutation is one exact edit of one file (its original snippet must occur exactly once,
 checked before anything runs) in one of the places that decide results or memory safety:
@@ -15,7 +16,9 @@ finiteness kernels (kernels.h), the batched sweeps' block and lane bounds and pa
 (jactape.py).
 
 The work happens in a scratch copy of the tree under /tmp (the files git tracks plus the
-untracked ones it does not ignore: the working files are never touched), built once with
+untracked ones it does not ignore: the working tree and its build are never touched; the
+copy, its clean build's snapshot and the logs are removed at the end unless --keep), built
+once with
 ``JACEXT_QUICK_BUILD=1`` (-O1: the same arithmetic, faster to compile; setup.py).  For each
 mutation the file is edited and only what the edit changes is rebuilt: the C translation
 units it reaches (``C_UNITS``), recompiled and relinked with the clean build's own commands,
@@ -23,10 +26,14 @@ or setuptools' rebuild for a Cython module; a mutation that survives is rebuilt 
 scratch by setuptools and run again before it counts.  The suite runs as
 ``pytest -x -q -p no:cacheprovider``, the modules closest to the edited file first
 (``FIRST``), without tests/test_bench.py (the benchmark harness) unless --with-bench; the
-first failing test is the one that caught it.  A run over the time limit counts as caught
+first failing test is the one that caught it.  A mutation may name its own tests (``tests``,
+pytest arguments: those written against it); they run first, the suite after them if they
+pass.  A run over the time limit counts as caught
 (by the time-out: the mutation hung something) and says so; a crash names the test the
 crash happened in.  Mutations of kind "memory" that the plain suite does not catch then run
-under the AddressSanitizer + UBSan suite (.ci/sanitize, from the scratch copy).  Afterwards
+under the AddressSanitizer + UBSan suite (.ci/sanitize, from the scratch copy: a build of
+its own, 10-15 minutes on 2 busy cores); --sanitize-caught runs the caught ones' own tests
+there too.  Afterwards
 the file, its timestamp and the build products are put back, so the next mutation starts
 from the clean build.
 
@@ -40,9 +47,7 @@ edit or rebuild; and their generated mutants (hundreds for jactape.py alone, eac
 suite run of a minute or more) would be mostly arithmetic on index bookkeeping, where this
 list names the edits a reviewer would try, each with a reason to exist.
 
-How long: about 1-2 minutes a mutation on a 2-core machine (a rebuild of the extensions
-that include the edited file, then the suite until its first failure; a survivor runs the
-whole suite, a memory survivor the sanitizer suite too, a few minutes more).
+How long: see tools/README.md (measured runs: the time of each mutation is in the table).
 """
 from __future__ import annotations
 
@@ -69,6 +74,7 @@ class Mutation(NamedTuple):
     description: str
     kind: str = "result"        # "result" or "memory"
     equivalent: str = ""        # why it cannot change a result (then it may survive)
+    tests: tuple = ()           # pytest arguments run first (and by the sanitizer suite)
 
 
 M = Mutation
@@ -85,7 +91,8 @@ MUTATIONS = [
     M("ops-add-fixed", OPS_DEF,
       "OP(ADD,        2, 1, a + b,               1.0,                      1.0, JX_K)",
       "OP(ADD,        2, 1, a + b,               1.0,                      1.0, 0)",
-      "ADD loses its FIXED flag (constant partials no longer used)"),
+      "ADD loses its FIXED flag (constant partials no longer used)",
+      tests=("tests/test_ops.py", "-k", "fixed_partials")),
     M("ops-sub-d1", OPS_DEF,
       "a - b,               1.0,                      -1.0, JX_K)",
       "a - b,               1.0,                      1.0, JX_K)",
@@ -250,7 +257,7 @@ MUTATIONS = [
       "const double *row = x + (size_t)(l < n ? l : n - 1) * (size_t)t->n_in;",
       "const double *row = x + (size_t)l * (size_t)t->n_in;",
       "a partial last block's padding lanes read the rows past the block (past the input)",
-      kind="memory"),
+      kind="memory", tests=("tests/test_function.py", "-k", "past_their_arrays")),
     M("batch-seed-pad", BATCH,
       "const double *row = seed + (size_t)(l < n ? l : n - 1) * (size_t)n_seed;",
       "const double *row = seed + (size_t)l * (size_t)n_seed;",
@@ -349,7 +356,8 @@ MUTATIONS = [
     M("graph-mul-one-close", GRAPH,
       "            if op == JX_OP_MUL:\n                if v == 1.0:",
       "            if op == JX_OP_MUL:\n                if abs(v - 1.0) < 1e-9:",
-      "x * c folded to x when c is merely close to 1"),
+      "x * c folded to x when c is merely close to 1",
+      tests=("tests/test_graph.py", "-k", "close_to_an_exact")),
     M("graph-mul-minus-one-close", GRAPH,
       "                if v == -1.0:\n"
       "                    return self._canon(JX_OP_NEG, x, -1, -1, k)",
@@ -412,7 +420,8 @@ MUTATIONS = [
       "            c0 = float(fd0[i]) * (1.0 + 1e-12) if use_a else 0.0\n"
       "            c1 = float(fd1[i]) if use_b else 0.0\n"
       "            p0 = e.c(c0) if c0 != 0.0 else None",
-      "node-by-node forward: a fixed partial 1e-12 off"),
+      "node-by-node forward: a fixed partial 1e-12 off",
+      tests=("tests/test_jactape.py", "-k", "one_op_is_its_partials")),
     M("jactape-bulk-fixed-one-off", JACTAPE,
       "p0[f0] = g.consts(c0[f0])",
       "p0[f0] = g.consts(c0[f0] * (1.0 + 1e-12))",
@@ -458,12 +467,15 @@ def tree_files(root):
 
 
 def make_scratch(root):
-    scratch = tempfile.mkdtemp(prefix="jacext-mutate.")
+    """A work folder under /tmp: tree/ (the copy that is edited and built), snapshot/ (the
+    clean build's products), logs/."""
+    work = tempfile.mkdtemp(prefix="jacext-mutate.")
+    scratch = os.path.join(work, "tree")
     for rel in tree_files(root):
         dst = os.path.join(scratch, rel)
         os.makedirs(os.path.dirname(dst), exist_ok=True)
         shutil.copy2(os.path.join(root, rel), dst)
-    return scratch
+    return work, scratch
 
 
 def check_mutations(root, mutations):
@@ -513,7 +525,7 @@ class Build:
         self.scratch = scratch
         self.compile = {}     # source -> (command, object)
         self.link = []        # (command, output, objects)
-        self.saved = os.path.join(scratch, ".mutate-snapshot")
+        self.saved = os.path.join(os.path.dirname(scratch), "snapshot")
 
     def env(self):
         env = dict(os.environ, JACEXT_QUICK_BUILD="1")
@@ -624,10 +636,25 @@ def test_order(scratch, with_bench, edited=None):
     return first + rest
 
 
-def run_suite(scratch, log, timeout, with_bench=False, edited=None):
-    """(outcome, detail, seconds): outcome "pass", "fail", "crash" or "timeout"."""
+def run_suite(scratch, log, timeout, with_bench=False, edited=None, selection=()):
+    """(outcome, detail, seconds): outcome "pass", "fail", "crash" or "timeout".  A
+    mutation's own ``selection`` (pytest arguments: the tests written against it) runs
+    first, then, if it passes, the suite."""
+    if selection:
+        outcome, detail, first_s = run_pytest(scratch, list(selection), log + ".selection",
+                                              timeout)
+        if outcome != "pass":
+            return outcome, detail, first_s
+    else:
+        first_s = 0.0
+    outcome, detail, rest_s = run_pytest(scratch, test_order(scratch, with_bench, edited),
+                                         log, max(1.0, timeout - first_s))
+    return outcome, detail, first_s + rest_s
+
+
+def run_pytest(scratch, tests, log, timeout):
     cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-rfE",
-           *test_order(scratch, with_bench, edited)]
+           *tests]
     # no bytecode caches: two edits of one module must never share a stale .pyc
     env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
     start = time.monotonic()
@@ -649,7 +676,8 @@ def run_suite(scratch, log, timeout, with_bench=False, edited=None):
         text = f.read()
     if rc == 0:
         return "pass", "", elapsed
-    first = re.search(r"^(?:FAILED|ERROR) (\S+)", text, re.M)
+    # (a test id's parameters may hold spaces: "test_x[x * c]")
+    first = re.search(r"^(?:FAILED|ERROR) (\S+?(?:\[[^\]\n]*\])?)(?: - |$)", text, re.M)
     if first:
         return "fail", first.group(1), elapsed
     # a crash: faulthandler's traceback names the test file's frame it happened in
@@ -658,11 +686,14 @@ def run_suite(scratch, log, timeout, with_bench=False, edited=None):
     return "crash", f"{where} (pytest exit {rc})", elapsed
 
 
-def run_sanitizer(scratch, log, timeout):
-    """The sanitizer suite (.ci/sanitize, from the scratch copy): (caught, detail)."""
+def run_sanitizer(scratch, log, timeout, selection=()):
+    """The sanitizer suite (.ci/sanitize, from the scratch copy; its own build, in a copy of
+    the scratch tree, of the mutated sources), or only a mutation's ``selection`` of it:
+    (caught, detail, seconds)."""
     start = time.monotonic()
     with open(log, "w") as f:
-        proc = subprocess.Popen(["bash", ".ci/sanitize", "-x", "-rfE"], cwd=scratch,
+        proc = subprocess.Popen(["bash", ".ci/sanitize", "-x", "-rfE", *selection],
+                                cwd=scratch,
                                 stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             rc = proc.wait(timeout=timeout)
@@ -713,17 +744,25 @@ def run_one(scratch, build, m, args, logs):
     try:
         if not build.rebuild(m.path, log + ".build.log", args.build_timeout):
             return {"status": "build failed", "by": f"see {log}.build.log"}
-        res = suite_verdict(scratch, log + ".test.log", args, m.path)
-        if res["status"] == "survived":
-            # no trust in the partial rebuild for a survivor: everything again, from scratch
+        res = suite_verdict(scratch, log + ".test.log", args, m)
+        if res["status"] == "survived" and m.path not in C_UNITS.get(m.path, (m.path,)):
+            # a header's edit rebuilt the units C_UNITS names for it: no trust in that list
+            # for a survivor, everything again, from scratch
             if not build.setuptools(log + ".full-build.log", args.build_timeout, force=True):
                 return {"status": "build failed", "by": f"see {log}.full-build.log"}
-            res = suite_verdict(scratch, log + ".full.test.log", args, m.path)
-        if res["status"] == "survived" and m.kind == "memory" and not args.no_sanitize:
-            caught, detail, _ = run_sanitizer(scratch, log + ".sanitize.log",
-                                              args.sanitize_timeout)
-            if caught:
-                res = {"status": "caught", "by": detail}
+            res = suite_verdict(scratch, log + ".full.test.log", args, m)
+        if m.kind == "memory" and not args.no_sanitize and (
+                res["status"] == "survived" or args.sanitize_caught):
+            # the survivor: the whole sanitizer suite; with --sanitize-caught, a caught one
+            # too (its selection), to show that the sanitizer sees it without the guard page
+            caught, detail, _ = run_sanitizer(
+                scratch, log + ".sanitize.log", args.sanitize_timeout,
+                m.tests if res["status"] == "caught" else ())
+            if res["status"] == "survived":
+                if caught:
+                    res = {"status": "caught", "by": detail}
+            else:
+                res["by"] += "; " + (detail if caught else "sanitizer: nothing reported")
         return res
     finally:
         run_one.last_seconds = time.monotonic() - start
@@ -731,8 +770,9 @@ def run_one(scratch, build, m, args, logs):
         build.restore()
 
 
-def suite_verdict(scratch, log, args, edited):
-    outcome, detail, _ = run_suite(scratch, log, args.timeout, args.with_bench, edited)
+def suite_verdict(scratch, log, args, m):
+    outcome, detail, _ = run_suite(scratch, log, args.timeout, args.with_bench, m.path,
+                                   m.tests)
     if outcome == "fail":
         return {"status": "caught", "by": detail}
     if outcome == "crash":
@@ -794,9 +834,15 @@ def main(argv=None):
     parser.add_argument("--sanitize-timeout", type=float, default=2400.0)
     parser.add_argument("--no-sanitize", action="store_true",
                         help="memory mutations: the plain suite only")
+    parser.add_argument("--sanitize-caught", action="store_true",
+                        help="memory mutations the plain suite catches: their own tests "
+                             "under the sanitizer build as well")
     parser.add_argument("--out", default=os.path.join(ROOT, "bench", "out", "mutations.md"),
                         help="where the markdown table goes")
     parser.add_argument("--keep", action="store_true", help="keep the scratch copy")
+    parser.add_argument("--in-order", action="store_true",
+                        help="the catalogue's order (default: one mutation of each file in "
+                             "turn)")
     parser.add_argument("--with-bench", action="store_true",
                         help="run tests/test_bench.py too (last)")
     args = parser.parse_args(argv)
@@ -814,6 +860,13 @@ def main(argv=None):
             return 2
     if args.sample:
         chosen = random.Random(args.seed).sample(chosen, min(args.sample, len(chosen)))
+    elif not args.in_order:
+        # one from each file in turn: a run stopped early has covered every place
+        by_file = {}
+        for m in chosen:
+            by_file.setdefault(m.path, []).append(m)
+        queues = list(by_file.values())
+        chosen = [q[k] for k in range(max(map(len, queues))) for q in queues if k < len(q)]
     if args.list:
         for m in chosen:
             print(f"{m.name:30s} {m.kind:6s} {m.path:20s} {m.description}"
@@ -823,8 +876,8 @@ def main(argv=None):
 
     command = "python tools/mutate.py " + " ".join(argv if argv is not None else sys.argv[1:])
     started = time.time()
-    scratch = make_scratch(ROOT)
-    logs = os.path.join(scratch, ".mutate-logs")
+    work, scratch = make_scratch(ROOT)
+    logs = os.path.join(work, "logs")
     os.makedirs(logs)
     print(f"mutate: scratch copy {scratch}; building it (JACEXT_QUICK_BUILD=1)", flush=True)
     build = Build(scratch)
@@ -858,9 +911,9 @@ def main(argv=None):
         return 0
     finally:
         if args.keep:
-            print(f"mutate: scratch kept at {scratch}")
+            print(f"mutate: scratch copy and logs kept in {work}")
         else:
-            shutil.rmtree(scratch, ignore_errors=True)
+            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
