@@ -84,9 +84,10 @@ SCALING = {  # section -> (problem, full sizes, --quick sizes, what the size is)
     # in both modes (most of a quick run's time); the table's arm_batch is a batch already
     "arm_scaling": ("arm_batch", tuple(10**k for k in range(7)), (), "N"),
 }
-# --quick: the table's sized problems smaller (broyden n = 100, not 1,000; arm_batch N = 10,
-# not 10^4), where the slowest peers' dense Jacobians took most of a quick run's time
-QUICK_TABLE_SIZES = {"broyden": 100, "arm_batch": 10}
+# --quick: the table's sized problems smaller (broyden n = 100, not 1,000; mlp width 16, not
+# 64; arm_batch N = 10, not 10^4), where the slowest peers' dense Jacobians and CasADi's
+# expression graphs took most of a quick run's time
+QUICK_TABLE_SIZES = {"broyden": 100, "mlp": 16, "arm_batch": 10}
 REFERENCE_PEERS = ("jacext", "jacext-sparse")  # whose result becomes the reference
 NOT_APPLICABLE = {  # why a peer's build returns None
     "torch-autograd": "torch.autograd.functional.jacobian of a batch is the (N, 12, N, 7) "
