@@ -653,3 +653,27 @@ def test_jacobian_tape_of_one_op_is_its_partials(name, variant):
             assert fin[:len(interior)].all(), (name, mode, how)
             np.testing.assert_array_equal(got[fin], want[fin], err_msg=f"{name} {mode} {how}")
             np.testing.assert_array_equal(got[fin], sweeps[fin], err_msg=f"{name} {mode} {how}")
+
+
+@pytest.mark.parametrize("how", [{"by_group": False},
+                                 {"by_group": True, "singletons_in_bulk": True}],
+                         ids=["by-node", "by-group"])
+@pytest.mark.parametrize("name", SAME_OPERAND)
+def test_one_slot_as_both_operands_in_every_builder(name, how):
+    """op(x, x) with x read by other instructions too, the reverse Jacobian tape of each
+    builder run alone: its adjoint terms are summed in the single-point sweep's order (a
+    later reader's first, then this one's a term, then its b term), so the Jacobians equal
+    the sweeps' bit for bit; summed in another order they differ in the last bits."""
+    fn = REF[name].fn
+
+    def f(x):
+        u = fn(x[0], x[0])
+        w = np.sin(x[0]) * x[1]
+        return np.stack([u * w + w * 1.7, u + np.exp(x[0]) * 0.3])
+    X = np.random.default_rng(11).uniform(0.3, 2.5, (400, 2))
+    F = jx.compile(f, X[0])
+    tape = _build(F, "reverse", **how)
+    assert tape is not None
+    n_out = F.tape.n_outputs
+    got = _as_function(F, tape)(X)[:, n_out:].reshape(len(X), n_out, 2)
+    np.testing.assert_array_equal(got, _loop_jacobian(F, X, "reverse"))

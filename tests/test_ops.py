@@ -425,6 +425,7 @@ def test_integer_powers_are_exact():
     ("FMIN", (1.0, NAN), (1.0, 0.0)),
     ("POW", (0.0, 2.5), (0.0, 0.0)),          # 0**b is flat in b; b*0**(b-1) == 0
     ("POW", (-2.0, 0.0), (0.0, NAN)),         # x**0: flat in x; d/db needs log(-2)
+    ("POW", (0.0, 0.0), (0.0, -INF)),         # x**0 flat in x at 0 too (b*0**-1 is nan)
     ("ABS", (0.0,), (0.0, 0.0)),
     ("SQRT", (0.0,), (INF, 0.0)),
     ("LOG", (0.0,), (INF, 0.0)),
