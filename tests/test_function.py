@@ -36,7 +36,7 @@ from test_sparse import (
 
 import jacext as jx
 from jacext import Function
-from jacext.testing import assert_same_values, check_jacobian, plan_of
+from jacext.testing import assert_same_values, check_jacobian, jacobian_tape_slot, plan_of
 
 MODES = ("forward", "reverse")
 
@@ -69,6 +69,34 @@ def test_where_sqrt_has_finite_derivative_at_zero():
     assert np.all(np.isfinite(d))
     _, d = G.vjp(xs, np.ones_like(xs))
     assert np.all(np.isfinite(d))
+
+
+def test_single_point_sparse_tape_hands_any_non_finite_entry_to_the_sweeps():
+    """Dense auto Jacobians of single points come from the sparse Jacobian tape once it is
+    made.  floor(x) * sqrt(x) at x = 0 is 0 * inf there (nan), 0 in the sweeps (zero
+    kills): the point goes to the sweeps, wherever the entry is among the tape's outputs;
+    here the last of 598, past the last multiple of 4 (the finiteness check's stride)."""
+    def f(x):
+        t = (3.0 - 2.0 * x) * x
+        t = t - np.concatenate([[0.0], x[:-1]]) - 2.0 * np.concatenate([x[1:], [0.0]]) + 1.0
+        return t + np.floor(x) * np.sqrt(x)
+    n = 200
+    y = np.full(n, 1.5)
+    F = jx.compile(f, y)
+    for _ in range(3000):
+        F.jacobian(y)
+    assert any(jacobian_tape_slot(F, 0, m, sparse=True, values=False).current is not None
+               for m in MODES)
+    x = y.copy()
+    x[-1] = 0.0
+    # by hand: 3 - 4 x + floor(x) / (2 sqrt(x)) on the diagonal (3 at x = 0, where floor
+    # is 0), -1 below, -2 above
+    want = (np.diag(np.r_[np.full(n - 1, -3.0 + 0.5 / np.sqrt(1.5)), 3.0])
+            - np.eye(n, k=-1) - 2.0 * np.eye(n, k=1))
+    J = F.jacobian(x)
+    assert np.isfinite(J).all()
+    assert J[-1, -1] == 3.0
+    np.testing.assert_allclose(J, want, rtol=1e-14, atol=0)
 
 
 @pytest.mark.parametrize("f, x, want", [
