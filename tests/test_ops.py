@@ -427,6 +427,8 @@ def test_integer_powers_are_exact():
     ("POW", (-2.0, 0.0), (0.0, NAN)),         # x**0: flat in x; d/db needs log(-2)
     ("POW", (0.0, 0.0), (0.0, -INF)),         # x**0 flat in x at 0 too (b*0**-1 is nan)
     ("ABS", (0.0,), (0.0, 0.0)),
+    ("ARCSINH", (1e200,), (1.0 / 1e200, 0.0)),    # 1 / sqrt(a^2 + 1), with a^2 past DBL_MAX
+    ("ARCSINH", (-1e200,), (1.0 / 1e200, 0.0)),
     ("SQRT", (0.0,), (INF, 0.0)),
     ("LOG", (0.0,), (INF, 0.0)),
 ])
