@@ -18,12 +18,11 @@ finiteness kernels (kernels.h), the batched sweeps' block and lane bounds and pa
 The work happens in a scratch copy of the tree under /tmp (the files git tracks plus the
 untracked ones it does not ignore: the working tree and its build are never touched; the
 copy, its clean build's snapshot and the logs are removed at the end unless --keep), built
-once with
-``JACEXT_QUICK_BUILD=1`` (-O1: the same arithmetic, faster to compile; setup.py).  For each
+once with ``JACEXT_QUICK_BUILD=1`` (-O1: the same arithmetic, faster to compile; setup.py).  For each
 mutation the file is edited and only what the edit changes is rebuilt: the C translation
 units it reaches (``C_UNITS``), recompiled and relinked with the clean build's own commands,
-or setuptools' rebuild for a Cython module; a mutation that survives is rebuilt from
-scratch by setuptools and run again before it counts.  The suite runs as
+or setuptools' rebuild for a Cython module; a header's mutation (ops.def, kernels.h) that
+survives is rebuilt from scratch by setuptools and run again before it counts.  The suite runs as
 ``pytest -x -q -p no:cacheprovider``, the modules closest to the edited file first
 (``FIRST``), without tests/test_bench.py (the benchmark harness) unless --with-bench; the
 first failing test is the one that caught it.  A mutation may name its own tests (``tests``,
@@ -41,13 +40,8 @@ Mutations marked ``equivalent`` change no result and no memory access of any cal
 reason is in the table); they are run all the same and counted apart.
 
 The table (markdown) is printed and written to --out (default bench/out/mutations.md, not
-tracked).  Why not mutmut or cosmic-ray: they mutate Python source only, while most of the
-engine is C (src_c/), Cython (jacext/*.pyx) and the op table ops.def, which they cannot
-edit or rebuild; and their generated mutants (hundreds for jactape.py alone, each a full
-suite run of a minute or more) would be mostly arithmetic on index bookkeeping, where this
-list names the edits a reviewer would try, each with a reason to exist.
-
-How long: see tools/README.md (measured runs: the time of each mutation is in the table).
+tracked).  Why a catalogue of its own rather than mutmut or cosmic-ray, how long a run takes
+and the last run's table: tools/README.md.
 """
 from __future__ import annotations
 
@@ -503,7 +497,7 @@ def check_mutations(root, mutations):
 # helper, changes the object code of vm.c and batch.c alone.  kernels.h's inline functions
 # are called by the C sweeps and, of the Cython modules, by _function (jx_all_finite).
 # Anything else (a .pyx, setup.py, a new file) takes setuptools' own rebuild; and every
-# survivor is rebuilt from scratch by setuptools and run again before it counts.
+# header's survivor is rebuilt from scratch by setuptools and run again before it counts.
 C_UNITS = {
     "src_c/ops.def": ("src_c/vm.c", "src_c/batch.c"),
     "src_c/kernels.h": ("src_c/vm.c", "src_c/batch.c", "src_c/sparsity.c",
