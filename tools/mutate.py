@@ -18,8 +18,8 @@ finiteness kernels (kernels.h), the batched sweeps' block and lane bounds and pa
 The work happens in a scratch copy of the tree under /tmp (the files git tracks plus the
 untracked ones it does not ignore: the working tree and its build are never touched; the
 copy, its clean build's snapshot and the logs are removed at the end unless --keep), built
-once with ``JACEXT_QUICK_BUILD=1`` (-O1: the same arithmetic, faster to compile; setup.py).  For each
-mutation the file is edited and only what the edit changes is rebuilt: the C translation
+once with ``JACEXT_QUICK_BUILD=1`` (-O1: the same arithmetic, faster to compile; setup.py).
+For each mutation the file is edited and only what the edit changes is rebuilt: the C translation
 units it reaches (``C_UNITS``), recompiled and relinked with the clean build's own commands,
 or setuptools' rebuild for a Cython module; a header's mutation (ops.def, kernels.h) that
 survives is rebuilt from scratch by setuptools and run again before it counts.  The suite runs as
