@@ -79,9 +79,15 @@ RUN_PY = os.path.abspath(__file__)
 BENCH_DIR = os.path.dirname(RUN_PY)
 TABLE_PROBLEMS = list(problem_module.PROBLEM_FACTORIES)  # BENCH.md's order
 SCALING = {  # section -> (problem, full sizes, --quick sizes, what the size is)
-    "broyden_scaling": ("broyden", (10, 100, 1000, 10**4, 10**5), (10, 100, 1000), "n"),
-    "arm_scaling": ("arm_batch", tuple(10**k for k in range(7)), (1, 10, 100, 1000), "N"),
+    "broyden_scaling": ("broyden", (10, 100, 1000, 10**4, 10**5), (10, 100), "n"),
+    # not in --quick: each size is a new function for JAX to compile and torch.func to set up
+    # in both modes (most of a quick run's time); the table's arm_batch is a batch already
+    "arm_scaling": ("arm_batch", tuple(10**k for k in range(7)), (), "N"),
 }
+# --quick: the table's sized problems smaller (broyden n = 100, not 1,000; mlp width 16, not
+# 64; arm_batch N = 10, not 10^4), where the slowest peers' dense Jacobians and CasADi's
+# expression graphs took most of a quick run's time
+QUICK_TABLE_SIZES = {"broyden": 100, "mlp": 16, "arm_batch": 10}
 REFERENCE_PEERS = ("jacext", "jacext-sparse")  # whose result becomes the reference
 NOT_APPLICABLE = {  # why a peer's build returns None
     "torch-autograd": "torch.autograd.functional.jacobian of a batch is the (N, 12, N, 7) "
@@ -387,7 +393,9 @@ class Runner:
         key = (row["problem"], size, peer.name)  # the worker rebuilds the problem from it
         row["_key"] = key
         reply = self.request(row, {"op": "build", "key": key, "refs": refs,
-                                   "extract_as": peer.name if become_reference else None},
+                                   "extract_as": peer.name if become_reference else None,
+                                   "warmup": (self.settings["warmup_calls"],
+                                              self.settings["warmup_ns"])},
                              "construction + first call + check at two points", "")
         if reply is None:
             return False
@@ -425,7 +433,8 @@ class Runner:
             if reply is None:
                 continue
             loop_ns = reply["number"] * reply["per_call_ns"]
-            repeats = int(min(settings["repeats"], max(1, self.limit * 1e9 // loop_ns)))
+            budget_s = settings.get("repeat_budget_s") or self.limit
+            repeats = int(min(settings["repeats"], max(1, budget_s * 1e9 // loop_ns)))
             plan[row["peer"]] = (row, reply["number"], repeats, [])
         for r in range(settings["repeats"]):
             for row, number, repeats, samples in plan.values():
@@ -654,10 +663,12 @@ def markdown(report):
             f"{when} " + ", ".join(f"{v:.2f}" for v in load[when]) for when in load)
             + " (a shared machine: compare numbers within one run)")
     lines.append(
-        "Steady state: after a warm-up of 2,100 calls (or 10 s) per peer, "
+        f"Steady state: after a warm-up of {settings.get('warmup_calls', 2100):,} calls (or "
+        f"{settings.get('warmup_ns', 1e10) / 1e9:g} s) per peer, "
         f"median of {settings['repeats']} repeats interleaved across peers, "
         f"each >= {settings['target_ns'] / 1e6:g} ms (fewer repeats where they would not fit "
-        f"in the cell limit of {settings['cell_limit_s']:g} s); time per Jacobian (per batch "
+        f"in {settings.get('repeat_budget_s') or settings['cell_limit_s']:g} s); time per "
+        "Jacobian (per batch "
         "for arm_batch). First call: construction + trace/compile + first evaluation, "
         + ("in a fresh subprocess per (problem, peer), framework import and backend start-up "
            "excluded." if settings["first_call"] == "subprocess" else
@@ -828,18 +839,27 @@ def main(argv=None):
     memory_limit = int((args.memory_limit * 1e9) if args.memory_limit
                        else 0.6 * total_memory())
     settings = {"repeats": 3 if args.quick else 7,
-                "target_ns": 5e6 if args.quick else 20e6,
+                "target_ns": 2e6 if args.quick else 20e6,
+                # --quick: the same 2,100 calls (jacext's Jacobian tapes come after 2,048
+                # points) but at most 0.1 s of them, not 10 s
+                "warmup_calls": worker_module.WARMUP_CALLS,
+                "warmup_ns": 1e8 if args.quick else worker_module.WARMUP_NS,
+                "repeat_budget_s": 0.5 if args.quick else None,
                 "cell_limit_s": args.cell_limit or (10.0 if args.quick else 60.0),
                 "first_call": args.first_call or ("worker" if args.quick else "subprocess"),
                 "threads": THREADS, "rtol": RTOL, "atol": ATOL,
                 "memory_limit_bytes": memory_limit, "max_dense_bytes": memory_limit // 4,
                 "quick": args.quick}
-    groups = [("table", name, None, table_peers) for name in TABLE_PROBLEMS
-              if name in wanted and table_peers]
+    groups = [("table", name, QUICK_TABLE_SIZES.get(name) if args.quick else None, table_peers)
+              for name in TABLE_PROBLEMS if name in wanted and table_peers]
     for section, (problem, full, quick, _) in SCALING.items():
         if section in wanted:
             option = args.broyden_sizes if problem == "broyden" else args.arm_sizes
             sizes = sizes_option(option, quick if args.quick else full)
+            if not sizes:
+                print(f"{section}: not in --quick (give its sizes, --arm-sizes 1,10, to run "
+                      "it)")
+                continue
             settings[f"{section}_sizes"] = list(sizes)
             peers = table_peers + (sparse_peers if problem == "broyden" else [])
             groups += [(section, problem, n, peers) for n in sizes if peers]

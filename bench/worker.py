@@ -42,10 +42,10 @@ WARMUP_CALLS = 2100
 WARMUP_NS = 10_000_000_000
 
 
-def warm_up(jac, x):
-    """Call jac(x) WARMUP_CALLS times, or for WARMUP_NS, whichever ends first."""
-    end = time.perf_counter_ns() + WARMUP_NS
-    for _ in range(WARMUP_CALLS):
+def warm_up(jac, x, calls=WARMUP_CALLS, limit_ns=WARMUP_NS):
+    """Call jac(x) ``calls`` times, or for ``limit_ns``, whichever ends first."""
+    end = time.perf_counter_ns() + limit_ns
+    for _ in range(calls):
         jac(x)
         if time.perf_counter_ns() > end:
             break
@@ -111,6 +111,7 @@ class _Cells:
         self.peers, self.problems = peers, problems
         self.framework, self.threads = framework, threads
         self.built = {}  # key (name, size, peer) -> (jac, x)
+        self.warmup = {}  # key -> (calls, ns) of its warm-up, for a rebuild after a restart
         self.problem_cache = {}
 
     def problem(self, name, size):
@@ -119,7 +120,7 @@ class _Cells:
             self.problem_cache[key] = self.problems.make_problem(name, size)
         return self.problem_cache[key]
 
-    def build(self, key, refs=None, extract_as=None):
+    def build(self, key, refs=None, extract_as=None, warmup=(WARMUP_CALLS, WARMUP_NS)):
         from bench import reference
 
         name, size, peer_name = key
@@ -149,13 +150,14 @@ class _Cells:
                 del got
             reply["extracted"] = extracted or None
             reply["checked_against"] = refs[0].name
-        warm_up(jac, problem.input)
+        warm_up(jac, problem.input, *warmup)
         self.built[key] = (jac, problem.input)
+        self.warmup[key] = warmup
         return reply
 
     def get(self, key):
         if key not in self.built:  # rebuilt after a restart: already checked, warm it up
-            self.build(key)
+            self.build(key, warmup=self.warmup.get(key, (WARMUP_CALLS, WARMUP_NS)))
         return self.built[key]
 
     def drop(self, keys=None):
@@ -212,7 +214,8 @@ def worker_main(conn, framework, threads, log_path=None, memory_limit=None):
             return
         try:
             if op == "build":
-                reply = cells.build(msg["key"], msg.get("refs"), msg.get("extract_as"))
+                reply = cells.build(msg["key"], msg.get("refs"), msg.get("extract_as"),
+                                    tuple(msg.get("warmup", (WARMUP_CALLS, WARMUP_NS))))
             elif op == "autorange":
                 jac, x = cells.get(msg["key"])
                 number, per_call = _without_gc(autorange, jac, x, msg["target_ns"])

@@ -215,7 +215,11 @@ def run_bench(args, tmp_path, env=None, timeout=120):
 
 
 def test_quick_run_with_jacext_alone(tmp_path):
-    proc = run_bench(["--quick", "--peers", "jacext"], tmp_path)
+    """The quick run's output, end to end.  Not its speed (bench/README.md quotes measured
+    runs): the cells get minutes instead of --quick's 10 s, so that a machine loaded by other
+    work cannot turn a slow cell (arm_batch's first call, say) into a failure here."""
+    proc = run_bench(["--quick", "--peers", "jacext", "--cell-limit", "300"], tmp_path,
+                     timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((tmp_path / "results.json").read_text())
     rows = report["results"]
@@ -227,7 +231,7 @@ def test_quick_run_with_jacext_alone(tmp_path):
         assert row["checked_against"] in ("hand-written", "complex-step")
         assert table[(name, "jacext-out")]["checked_against"] == "jacext"
     sections = {r["section"] for r in rows}
-    assert sections == {"table", "broyden_scaling", "arm_scaling"}
+    assert sections == {"table", "broyden_scaling"}      # --quick leaves arm_scaling out
     sparse = [r for r in rows if r["peer"] == "jacext-sparse"]
     assert sparse and all(r["status"] == "ok" for r in sparse)
     assert "| seed | jacext |" in proc.stdout

@@ -36,7 +36,7 @@ from test_sparse import (
 
 import jacext as jx
 from jacext import Function
-from jacext.testing import assert_same_values, check_jacobian, plan_of
+from jacext.testing import assert_same_values, check_jacobian, jacobian_tape_slot, plan_of
 
 MODES = ("forward", "reverse")
 
@@ -69,6 +69,34 @@ def test_where_sqrt_has_finite_derivative_at_zero():
     assert np.all(np.isfinite(d))
     _, d = G.vjp(xs, np.ones_like(xs))
     assert np.all(np.isfinite(d))
+
+
+def test_single_point_sparse_tape_hands_any_non_finite_entry_to_the_sweeps():
+    """Dense auto Jacobians of single points come from the sparse Jacobian tape once it is
+    made.  floor(x) * sqrt(x) at x = 0 is 0 * inf there (nan), 0 in the sweeps (zero
+    kills): the point goes to the sweeps, wherever the entry is among the tape's outputs;
+    here the last of 598, past the last multiple of 4 (the finiteness check's stride)."""
+    def f(x):
+        t = (3.0 - 2.0 * x) * x
+        t = t - np.concatenate([[0.0], x[:-1]]) - 2.0 * np.concatenate([x[1:], [0.0]]) + 1.0
+        return t + np.floor(x) * np.sqrt(x)
+    n = 200
+    y = np.full(n, 1.5)
+    F = jx.compile(f, y)
+    for _ in range(3000):
+        F.jacobian(y)
+    assert any(jacobian_tape_slot(F, 0, m, sparse=True, values=False).current is not None
+               for m in MODES)
+    x = y.copy()
+    x[-1] = 0.0
+    # by hand: 3 - 4 x + floor(x) / (2 sqrt(x)) on the diagonal (3 at x = 0, where floor
+    # is 0), -1 below, -2 above
+    want = (np.diag(np.r_[np.full(n - 1, -3.0 + 0.5 / np.sqrt(1.5)), 3.0])
+            - np.eye(n, k=-1) - 2.0 * np.eye(n, k=1))
+    J = F.jacobian(x)
+    assert np.isfinite(J).all()
+    assert J[-1, -1] == 3.0
+    np.testing.assert_allclose(J, want, rtol=1e-14, atol=0)
 
 
 @pytest.mark.parametrize("f, x, want", [
@@ -494,6 +522,97 @@ def test_batch_of_a_million_points_runs_in_bounded_memory():
     grown = after - before
     print(f"10**6 points: output {nbytes / 2**20:.0f} MiB, peak grew {grown / 2**20:.0f} MiB")
     assert grown <= 1.2 * nbytes + 50 * 2**20
+
+
+# ------------------------------------------- batches at the end of an allocation --
+# A partial last block is padded with copies of its last point (batch.c); a read of the
+# rows past the block, or a write of the padding lanes' results, goes past the end of the
+# caller's array there.  The results would not show it (padding lanes are never copied
+# out), so the arrays are placed against a page that may not be touched (PROT_NONE): a
+# stray access is a crash of the child process.  The same child then runs the batches on
+# exact-size NumPy arrays, which the sanitizer build (.ci/sanitize) watches byte by byte.
+
+_GUARDED_BATCHES = textwrap.dedent("""
+    import ctypes, mmap, sys
+    import numpy as np
+    import jacext as jx
+    from jacext.testing import jacobian_tape_slot
+
+    PAGE = mmap.PAGESIZE
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    keep = []
+
+    def guarded(shape):
+        # a float64 array whose last byte is the last before a PROT_NONE page
+        nbytes = 8 * int(np.prod(shape))
+        pages = (nbytes + PAGE - 1) // PAGE
+        m = mmap.mmap(-1, (pages + 1) * PAGE)
+        base = ctypes.addressof(ctypes.c_char.from_buffer(m))
+        if libc.mprotect(base + pages * PAGE, PAGE, 0) != 0:
+            sys.exit("mprotect failed")
+        keep.append(m)
+        return np.frombuffer(m, dtype=np.float64, count=nbytes // 8,
+                             offset=pages * PAGE - nbytes).reshape(shape)
+
+    def exact(shape):
+        return np.empty(shape)          # malloc'd to the byte: the sanitizer's case
+
+    def f(x):
+        return np.stack([np.sin(x[0]) * x[1], np.where(x[2] > 0, np.sqrt(x[2]), 0.0),
+                         x[3] / 2.0 + x[0] * x[2], np.exp(x[1] - x[3])])
+
+    rng = np.random.default_rng(5)
+    F = jx.compile(f, np.zeros(4))
+    sizes = [5, 13, 69, 300, 1003]          # none a multiple of a block: ragged last blocks
+    ref = {}
+    for n in sizes:
+        X = rng.uniform(-2.0, 2.0, (n, 4))
+        V, U = rng.standard_normal((n, 4)), rng.standard_normal((n, 4))
+        ref[n] = (X, V, U, F(X), [F.jacobian(X, mode=m) for m in ("forward", "reverse")],
+                  F.jvp(X, V)[1], F.vjp(X, U)[1])
+
+    def run(alloc, stage):
+        for n in sizes:
+            X0, V0, U0, y0, J0, jv0, vj0 = ref[n]
+            X, V, U = alloc(X0.shape), alloc(V0.shape), alloc(U0.shape)
+            X[...], V[...], U[...] = X0, V0, U0
+            for threads in (1, 2):
+                assert np.array_equal(F(X), y0), (stage, n)
+                for m, want in zip(("forward", "reverse"), J0):
+                    out = alloc(want.shape)
+                    F.jacobian(X, mode=m, out=out, threads=threads)
+                    assert np.array_equal(out, want), (stage, n, m)
+                    assert np.array_equal(F.jacobian(X, mode=m, threads=threads), want)
+                assert np.array_equal(F.jvp(X, V)[1], jv0), (stage, n)
+                assert np.array_equal(F.vjp(X, U)[1], vj0), (stage, n)
+                sp = F.jacobian(X, sparse=True, threads=threads)
+                assert np.array_equal(sp.toarray(), J0[0]), (stage, n, "sparse")
+
+    run(guarded, "sweeps")
+    run(exact, "sweeps")
+    # enough points that the Jacobian tapes exist: batches then run them
+    Xbig = rng.uniform(-2.0, 2.0, (3000, 4))
+    for m in ("forward", "reverse"):
+        F.jacobian(Xbig, mode=m)
+        assert jacobian_tape_slot(F, 0, m).current is not None, m
+    run(guarded, "jacobian tape")
+    run(exact, "jacobian tape")
+    print("ok")
+""")
+
+
+def test_batches_touch_nothing_past_their_arrays():
+    """Batches whose arrays end against an inaccessible page, every batched task (values,
+    Jacobians in both modes through the sweeps and through the Jacobian tapes, into
+    ``out=``, jvp, vjp, sparse), batch sizes with a ragged last block, 1 and 2 threads."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the guard page uses Linux's mmap and mprotect")
+    proc = subprocess.run([sys.executable, "-c", _GUARDED_BATCHES], capture_output=True,
+                          text=True)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", (
+        f"exit {proc.returncode} (a negative exit is the signal: -11, SIGSEGV, is an access "
+        f"past the end of a batch's array)\n{proc.stdout}\n{proc.stderr[-3000:]}")
 
 
 # --------------------------------------- batches with sparse=True: the tape too --

@@ -233,6 +233,61 @@ def test_adding_a_zero_is_folded(g, xy, op, c):
         assert one(g, op, g.const(c), x) == x
 
 
+# the constants the rewrites know (x * 1, x * -1, x / 1, x + -0, x - 0, x ** 0, 0.5, 1, 2, -1,
+# 1 / x), and numbers next to them: one ulp either side, and 1e-10 relative away
+_EXACT = (1.0, -1.0, 0.0, -0.0, 2.0, 0.5)
+_NEAR = sorted({float(v) for c in _EXACT for v in (
+    np.nextafter(c, np.inf), np.nextafter(c, -np.inf), c * (1 + 1e-10) if c else 1e-300,
+    c * (1 - 1e-10) if c else -1e-300)} - set(_EXACT))
+_BINARY_WITH_A_CONSTANT = {
+    "x * c": (lambda x, c: x * c, lambda x, c: np.full_like(x, c)),
+    "c * x": (lambda x, c: c * x, lambda x, c: np.full_like(x, c)),
+    "x / c": (lambda x, c: x / c, lambda x, c: np.full_like(x, 1.0 / c)),
+    "c / x": (lambda x, c: c / x, lambda x, c: -c / x**2),
+    "x + c": (lambda x, c: x + c, lambda x, c: np.ones_like(x)),
+    "c + x": (lambda x, c: c + x, lambda x, c: np.ones_like(x)),
+    "x - c": (lambda x, c: x - c, lambda x, c: np.ones_like(x)),
+    "c - x": (lambda x, c: c - x, lambda x, c: -np.ones_like(x)),
+    "x ** c": (lambda x, c: x**c, lambda x, c: c * x ** (c - 1.0)),
+}
+
+
+@pytest.mark.parametrize("expr", list(_BINARY_WITH_A_CONSTANT))
+def test_no_rewrite_for_a_constant_merely_close_to_an_exact_one(expr):
+    """x * c, c / x, x ** c ... with c next to 1, -1, 0, 2 or 0.5 (one ulp away, or 1e-10):
+    the values are NumPy's own, bit for bit (sign of zero included), the Jacobian is the
+    derivative at that c (an x * 1.0000000001 simplified like x * 1 is off by 1e-10), and
+    the tape keeps the op with its immediate.  The exact constants themselves, which the
+    graph does rewrite, give NumPy's bits too."""
+    f, slope = _BINARY_WITH_A_CONSTANT[expr]
+    x = np.array([0.3, 1.7, 3.7, 12.5, 1e5, 7.0 / 3.0, -2.2, -0.0, 0.0])
+    for c in _NEAR + list(_EXACT):
+        g = lambda v, c=c: f(v, c)  # noqa: E731
+        with np.errstate(all="ignore"):
+            want = g(x)
+            F = jx.compile(g, x)
+            got = F(x)
+        real = ~np.isnan(want)
+        # the one documented difference: x + 0.0 and x - 0.0 fold to x, which differs from
+        # NumPy's sum only in the sign of a zero result (README "Values")
+        signed = real & ~((c == 0.0) & (x == 0.0) & (expr in ("x + c", "c + x", "x - c")))
+        assert np.array_equal(got[real], want[real]) and np.array_equal(
+            np.signbit(got[signed]), np.signbit(want[signed])), (expr, c, got, want)
+        assert np.array_equal(np.isnan(got), np.isnan(want)), (expr, c)
+        if c in _EXACT:
+            continue
+        words = [int(w) & OP_MASK for w in F.tape_arrays()["op"]]
+        assert len(words) == x.size and len(set(words)) == 1, (expr, c, F.tape.disassemble())
+        assert F.tape_arrays()["imm"][0] == c
+        inner = np.abs(x) > 0.1                     # away from 0, where c / x and x ** c blow up
+        J = np.diag(F.jacobian(x))[inner]
+        with np.errstate(all="ignore"):
+            d = slope(x, c)[inner]
+        fin = np.isfinite(d)
+        # (atol: a few subnormal steps, where c / x of c = 5e-324 rounds)
+        np.testing.assert_allclose(J[fin], d[fin], rtol=4e-16, atol=1e-321, err_msg=f"{expr} {c}")
+
+
 def test_constant_operands_become_immediates(g, xy):
     x, _ = xy
     r = one(g, "MUL", g.const(3.0), x)          # commuted: x * 3

@@ -37,7 +37,7 @@ import jacext as jx
 from jacext import jactape
 from jacext.ops import OP_MASK, OPS
 from jacext.plan import JAC_TAPE_AFTER_POINTS, build_cost, reverse_in_bulk
-from jacext.testing import jacobian_tape_slot
+from jacext.testing import jacobian_tape_slot, op_partials
 
 ROOT = Path(__file__).resolve().parent.parent
 MODES = ("forward", "reverse")
@@ -654,3 +654,83 @@ def test_single_points_with_argnums_run_the_tape():
     assert jacobian_tape_slot(F, 1, "forward").current is not None
     for a, b in zip(A, B):
         np.testing.assert_array_equal(F.jacobian(a, b, argnums=1), S.jacobian(a, b, argnums=1))
+
+
+# ------------------------------------------- the Jacobian tape alone, op by op --
+# The tests above meet the Jacobian tape through F.jacobian's batches (its blocks, its
+# fallback to the sweeps); here each tape the builders make is run by itself, as the
+# plain function of the inputs it is, and held to the sweeps point by point.
+
+@pytest.mark.parametrize("name, variant", CASES)
+def test_jacobian_tape_of_one_op_is_its_partials(name, variant):
+    """One instruction z = op(x0, x1) (or op(x0, c), op(c, x1): the fixed partials), its
+    Jacobian tape from every builder (forward and reverse, node by node and by group) run
+    alone: its entries are the C partials of that op (op_partials), bit for bit, and equal
+    the single-point sweeps, wherever they are finite."""
+    spec = REF[name]
+    fn, op = spec.fn, OPS[name]
+    rng = np.random.default_rng(OPS[name] + 3000)
+    cols = [np.asarray(p, dtype=np.float64) for p in spec.domain]
+    if spec.arity == 3:                # np.where(c, a, b): x = (c, a, b)
+        f = lambda x: fn(x[0], x[1], x[2])[None]  # noqa: E731
+        c_val = None
+    elif variant == "const" and spec.arity == 2:
+        c_val = float(cols[1][0])
+        f = lambda x: np.stack([fn(x[0], c_val), fn(float(cols[0][0]), x[1])])  # noqa: E731
+    else:
+        c_val = None
+        f = (lambda x: fn(x[0], x[1])[None]) if spec.arity == 2 else (  # noqa: E731
+            lambda x: fn(x[0])[None])
+    n_in = max(spec.arity, 2) if spec.arity != 1 else 1
+    interior = np.stack([rng.uniform(c.min(), c.max(), 200) for c in cols], axis=1)
+    if spec.arity == 3:
+        interior[:, 0] = rng.choice(cols[0], 200)
+    edge = np.stack(np.broadcast_arrays(*edges(name)), axis=1)
+    X = np.concatenate([interior, edge])[:, :n_in]
+    F = jx.compile(f, X[0])
+    assert op in {int(w) & OP_MASK for w in F.tape_arrays()["op"]}
+    for mode in MODES:
+        for how in ({"by_group": False}, {"by_group": True, "singletons_in_bulk": True}):
+            tape = _build(F, mode, **how)
+            assert tape is not None
+            G = _as_function(F, tape)
+            n_out = F.tape.n_outputs
+            with np.errstate(all="ignore"):
+                got = G(X)[:, n_out:].reshape(len(X), n_out, n_in)
+                sweeps = np.stack([F.jacobian(x, mode=mode) for x in X]).reshape(got.shape)
+                if spec.arity == 3:
+                    want = np.array([[(0.0,) + op_partials(op, x[1], x[2], x[0])] for x in X])
+                elif c_val is not None:      # rows: d op(x0, c)/dx0, d op(c0, x1)/dx1
+                    c0 = float(cols[0][0])
+                    want = np.array([[[op_partials(op, x[0], c_val)[0], 0.0],
+                                      [0.0, op_partials(op, c0, x[1])[1]]] for x in X])
+                else:
+                    want = np.array([[op_partials(op, *x)[:n_in]] for x in X])
+            fin = np.isfinite(got).all(axis=(1, 2))
+            assert fin[:len(interior)].all(), (name, mode, how)
+            np.testing.assert_array_equal(got[fin], want[fin], err_msg=f"{name} {mode} {how}")
+            np.testing.assert_array_equal(got[fin], sweeps[fin], err_msg=f"{name} {mode} {how}")
+
+
+@pytest.mark.parametrize("how", [{"by_group": False},
+                                 {"by_group": True, "singletons_in_bulk": True}],
+                         ids=["by-node", "by-group"])
+@pytest.mark.parametrize("name", SAME_OPERAND)
+def test_one_slot_as_both_operands_in_every_builder(name, how):
+    """op(x, x) with x read by other instructions too, the reverse Jacobian tape of each
+    builder run alone: its adjoint terms are summed in the single-point sweep's order (a
+    later reader's first, then this one's a term, then its b term), so the Jacobians equal
+    the sweeps' bit for bit; summed in another order they differ in the last bits."""
+    fn = REF[name].fn
+
+    def f(x):
+        u = fn(x[0], x[0])
+        w = np.sin(x[0]) * x[1]
+        return np.stack([u * w + w * 1.7, u + np.exp(x[0]) * 0.3])
+    X = np.random.default_rng(11).uniform(0.3, 2.5, (400, 2))
+    F = jx.compile(f, X[0])
+    tape = _build(F, "reverse", **how)
+    assert tape is not None
+    n_out = F.tape.n_outputs
+    got = _as_function(F, tape)(X)[:, n_out:].reshape(len(X), n_out, 2)
+    np.testing.assert_array_equal(got, _loop_jacobian(F, X, "reverse"))

@@ -26,6 +26,7 @@ from typing import NamedTuple
 import numpy as np
 import pytest
 import scipy.special as sp
+from jacext._tape import Tape
 
 import jacext as jx
 from jacext import ops
@@ -424,7 +425,10 @@ def test_integer_powers_are_exact():
     ("FMIN", (1.0, NAN), (1.0, 0.0)),
     ("POW", (0.0, 2.5), (0.0, 0.0)),          # 0**b is flat in b; b*0**(b-1) == 0
     ("POW", (-2.0, 0.0), (0.0, NAN)),         # x**0: flat in x; d/db needs log(-2)
+    ("POW", (0.0, 0.0), (0.0, -INF)),         # x**0 flat in x at 0 too (b*0**-1 is nan)
     ("ABS", (0.0,), (0.0, 0.0)),
+    ("ARCSINH", (1e200,), (1.0 / 1e200, 0.0)),    # 1 / sqrt(a^2 + 1), with a^2 past DBL_MAX
+    ("ARCSINH", (-1e200,), (1.0 / 1e200, 0.0)),
     ("SQRT", (0.0,), (INF, 0.0)),
     ("LOG", (0.0,), (INF, 0.0)),
 ])
@@ -522,6 +526,81 @@ def test_fixed_partials_claims(name):
                 ref = op_partials(op, c, 1.0)[1]
                 for b in pts:
                     assert op_partials(op, c, b)[1] == ref, (name, c, b)
+
+
+IMMEDIATES = (1.45, -2.2, 0.5, 3.0, 0.0, -0.0)
+
+
+def _observed_partials(name, flags, c):
+    """The set of (d0, d1) the C partials give an instruction of op ``name`` (``flags``:
+    its immediate operand, whose value is ``c``; the partial of an immediate is never
+    formed, 0) over random and edge points (nan, inf, signed zeros): independent of ops.def's
+    FIXED column."""
+    op, arity = OPS[name], REF[name].arity
+    rng = np.random.default_rng(OPS[name] + 77)
+    pts = np.concatenate([rng.standard_normal(40) * 10.0, UNARY_EDGES])
+    others = np.concatenate([rng.standard_normal(8) * 10.0, _f([0.0, 1.0, -2.5, NAN, INF])])
+    with np.errstate(all="ignore"):
+        if arity == 1:
+            return {(op_partials(op, a)[0], 0.0) for a in pts}
+        if arity == 3:
+            return {op_partials(op, a, b, s) for a in pts[:12] for b in others
+                    for s in (0.0, 1.0, -2.0, NAN)}
+        if flags & B_IMM:
+            return {(op_partials(op, a, c)[0], 0.0) for a in pts}
+        if flags & A_IMM:
+            return {(0.0, op_partials(op, c, b)[1]) for b in pts}
+        return ({op_partials(op, a, b) for a in pts for b in others}
+                | {op_partials(op, b, a) for a in pts for b in others})
+
+
+def _one_instruction_tape(word, c):
+    """A hand-made tape of one instruction: op word ``word`` over input slots 0, 1
+    (SELECT's condition: slot 2), its immediate ``c``."""
+    return Tape({"op": [word], "dst": [3], "a": [0], "b": [1], "s": [2], "imm": [c],
+                 "out_slot": [3], "const_value": [], "n_in": 3, "n_slots": 4})
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_fixed_partials_are_used_wherever_they_are_constant(name):
+    """The tape marks an instruction fixed (its batched sweeps then use one number instead
+    of a partial per point: ``Tape.fixed_partials()``) exactly where its kind of
+    instruction (the op, and which operand is an immediate) has partials observed to be one
+    constant whatever the operands, for every immediate; those constants when finite.  A
+    FIXED claim that ops.def loses is caught here, as a false one is above."""
+    op = OPS[name]
+    kinds = [0] + ([A_IMM, B_IMM] if REF[name].arity == 2 else [])
+    for flags in kinds:
+        imms = IMMEDIATES if flags else (0.0,)
+        seen = {c: _observed_partials(name, flags, c) for c in imms}
+        constant = all(len(v) == 1 for v in seen.values())
+        for c, partials in seen.items():
+            d0, d1 = next(iter(partials))
+            want = constant and math.isfinite(d0) and math.isfinite(d1)
+            fixed, f0, f1 = _one_instruction_tape(op | flags, c).fixed_partials()
+            assert bool(fixed[0]) == want, (
+                f"{name} (flags {flags:#x}, immediate {c}): partials "
+                f"{'one finite constant' if want else 'not a finite constant'}, the "
+                f"tape's fixed flag says {bool(fixed[0])}")
+            if want:
+                assert (f0[0], f1[0]) == (d0, d1), (name, flags, c)
+
+
+def test_traced_tapes_use_the_fixed_partials():
+    """On traced tapes too (the immediates the graph makes): x + y, x * 2.5, x / 4.0,
+    x % 3.0, floor, comparisons and np.heaviside's h0 slope are fixed; x * y, sin, x ** 2.5
+    are not."""
+    def f(x, y):
+        return (x + y, x * 2.5, x / 4.0, np.remainder(x, 3.0), np.floor(x), (x < y) * 1.0,
+                np.heaviside(2.0, y), x * y, np.sin(x), x ** 2.5)
+    want = [True, True, True, True, True, True, True, False, False, False]
+    F = jx.compile(f, np.ones(1), np.ones(1))
+    fixed = F.tape.fixed_partials()[0]
+    arrays = F.tape_arrays()
+    by_slot = dict(zip(arrays["dst"].tolist(), fixed.tolist()))
+    got = [by_slot[s] for s in arrays["out_slot"].tolist() if s in by_slot]
+    assert len(got) == len(want), F.tape.disassemble()
+    assert got == want, F.tape.disassemble()
 
 
 # ---------------------------------------------- jacext/ops.py: the parser and derived rules --

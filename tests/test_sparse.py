@@ -149,6 +149,13 @@ def zero_derivative_ops(x):
             + np.round(np.roll(x, 3)) + (np.roll(x, 4) > 0.5) * x + (r <= 0.0) * 2.0)
 
 
+def one_sided_fixed(x):
+    # np.heaviside(0.0, h0) is h0: an instruction with constant partials 0 for its
+    # immediate a and 1 for its variable b, whose b must stay in the pattern (a pattern
+    # that tested the wrong partial for b would lose the diagonal)
+    return np.heaviside(0.0, x) + x[::-1] ** 2
+
+
 def with_constant_rows(x):
     return np.concatenate([np.exp(x[:4]) * x[1:5], np.ones(3), x[5:] ** 2])
 
@@ -177,6 +184,8 @@ CASES = {
     "where": (where_branches, 40, _where_pattern(40), (2, 2)),
     "zero_derivative": (zero_derivative_ops, 40, np.eye(40, dtype=bool), (1, 1)),
     "constant_rows": (with_constant_rows, 12, _constant_rows_pattern(12), (2, 2)),
+    "one_sided_fixed": (one_sided_fixed, 40, np.eye(40, dtype=bool)
+                        | np.fliplr(np.eye(40, dtype=bool)), (2, 2)),
 }
 
 
