@@ -418,11 +418,12 @@ def _block_matmul(g, ia, ib):
     m, n = A.shape[-2], Bm.shape[-1]
     out = np.empty(batch + (m, n), dtype=np.int64)
     weights = {}
+    lead = C.shape[:-2]
     for idx in np.ndindex(*batch):
         # one matrix per distinct constant (a broadcast one is registered once)
-        cidx = tuple(0 if d == 1 else i for i, d in zip(idx, C.shape[:-2]))
+        cidx = tuple(0 if d == 1 else i for i, d in zip(idx[len(batch) - len(lead):], lead))
         if cidx not in weights:
-            weights[cidx] = g.weight(C[idx] if left else C[idx].T)
+            weights[cidx] = g.weight(C[cidx] if left else C[cidx].T)
         w = weights[cidx]
         if left:
             ids = Bm[idx]
