@@ -45,6 +45,10 @@
  */
 #define JX_BLOCK 0x400
 #define JX_BLOCK_FIELDS 4
+/* A block's tangent or adjoint lanes go by their nonzeros, not by BLAS, when at most one in
+   JX_BLOCK_SPARSE of them is nonzero (block.c; a nonzero there costs m scattered
+   multiply-adds, against m x n x L streamed ones for BLAS: measured with bench/blocks.py) */
+#define JX_BLOCK_SPARSE 16
 
 /* Fortran BLAS as scipy.linalg.cython_blas exports it (LP64: int) */
 typedef void (*jx_dgemm_fn)(char *transa, char *transb, int *m, int *n, int *k, double *alpha,
