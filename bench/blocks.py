@@ -29,7 +29,11 @@ import statistics
 import sys
 import time
 
-import numpy as np
+# OpenBLAS's idle threads spin for a while after each call; on shared cores they take the
+# time of the next call (bench/run.py sets the same)
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+
+import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -231,7 +235,8 @@ def main(argv=None):
     peers = args.peers.split(",")
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores "
           f"(shared with other work: noisy), load {os.getloadavg()[0]:.1f}; "
-          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}")
+          + ", ".join(f"{v}={os.environ.get(v)}" for v in
+                      ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OPENBLAS_THREAD_TIMEOUT")))
     for case in args.cases.split(","):
         rows, notes = run_case(case, peers, repeats, args.quick)
         print(f"\n## {case}\n")

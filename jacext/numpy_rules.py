@@ -380,7 +380,7 @@ def _lin(g, v):
     if _graph_of((v,)) is None and not isinstance(v, Array):
         arr = np.asarray(v)
         if arr.dtype.kind in "biuf":
-            return arr.astype(np.float64)
+            return arr.astype(np.float64, copy=False)
     return _ids(g, v)
 
 
