@@ -40,20 +40,26 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import problems  # noqa: E402
 
+CPU = {}
+
 
 def median_time(fn, arg, repeats, min_time=0.02):
-    """Median seconds per call over ``repeats`` repeats of at least ``min_time`` each."""
+    """Median wall seconds per call over ``repeats`` repeats of at least ``min_time`` each;
+    the median CPU seconds of the process per call (all its threads: what the call cost
+    the shared cores, less sensitive to the other work on them) go to CPU[fn]."""
     fn(arg)
     n, t0 = 1, time.perf_counter()
     fn(arg)
     one = max(time.perf_counter() - t0, 1e-7)
     n = max(1, int(min_time / one))
-    samples = []
+    samples, cpu = [], []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for _ in range(n):
             fn(arg)
         samples.append((time.perf_counter() - t0) / n)
+        cpu.append((time.process_time() - c0) / n)
+    CPU[fn] = statistics.median(cpu)
     return statistics.median(samples)
 
 
@@ -192,9 +198,9 @@ def run_case(name, peers, repeats, quick):
             got = np.asarray(jac(X)).reshape(want.shape)
             ok = np.allclose(got, want, rtol=1e-9, atol=1e-9 * np.abs(want).max())
             t = median_time(jac, X, repeats)
-            rows.append((peer, t, t_first, "ok" if ok else "WRONG"))
+            rows.append((peer, t, t_first, "ok" if ok else "WRONG", CPU.pop(jac)))
         except Exception as e:  # a peer that cannot run this case
-            rows.append((peer, None, None, f"error: {type(e).__name__}: {e}"[:80]))
+            rows.append((peer, None, None, f"error: {type(e).__name__}: {e}"[:80], None))
     if name in ("mlp256", "mlp64"):
         _, F = jacext_peer(p, X)
         arrays = F.tape_arrays()
@@ -246,12 +252,17 @@ def main(argv=None):
                 print(f"| {label} | {fmt(t)} | {fmt(tb)} |")
             continue
         base = {r[0]: r[1] for r in rows}
-        print("| peer | median | first call | vs jax | vs numpy | check |\n"
-              "|---|---:|---:|---:|---:|---|")
-        for peer, t, t_first, status in rows:
-            rj = f"{t / base['jax']:.2f}" if t and base.get("jax") else "-"
-            rn = f"{t / base['numpy']:.2f}" if t and base.get("numpy") else "-"
-            print(f"| {peer} | {fmt(t)} | {fmt(t_first)} | {rj} | {rn} | {status} |")
+        cbase = {r[0]: r[4] for r in rows}
+        print("| peer | median | first call | vs jax | vs numpy | CPU per call | CPU vs jax "
+              "| CPU vs numpy | check |\n|---|---:|---:|---:|---:|---:|---:|---:|---|")
+
+        def ratio(a, b):
+            return f"{a / b:.2f}" if a and b else "-"
+
+        for peer, t, t_first, status, c in rows:
+            print(f"| {peer} | {fmt(t)} | {fmt(t_first)} | {ratio(t, base.get('jax'))} | "
+                  f"{ratio(t, base.get('numpy'))} | {fmt(c)} | {ratio(c, cbase.get('jax'))} | "
+                  f"{ratio(c, cbase.get('numpy'))} | {status} |")
         for n in notes:
             print(f"\n{n}")
 
