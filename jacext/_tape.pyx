@@ -209,6 +209,34 @@ cdef jx_dgemm_fn _DGEMM = NULL
 cdef jx_dgemv_fn _DGEMV = NULL
 
 
+def _cython_blas():
+    """scipy.linalg.cython_blas: loaded from its file where it is found, without running
+    scipy.linalg's __init__ (most of a first compile's time: it parses docstrings); a later
+    ``import scipy.linalg`` gets this same module (Cython keeps one per process).  The usual
+    import where the file is not where SciPy's wheels put it."""
+    import importlib.machinery
+    import importlib.util
+    import os
+    import sys
+
+    name = "scipy.linalg.cython_blas"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.find_spec("scipy")
+    if spec is not None and spec.origin:
+        folder = os.path.join(os.path.dirname(spec.origin), "linalg")
+        for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+            path = os.path.join(folder, "cython_blas" + suffix)
+            if os.path.isfile(path):
+                loader = importlib.machinery.ExtensionFileLoader(name, path)
+                module = importlib.util.module_from_spec(
+                    importlib.util.spec_from_file_location(name, path, loader=loader))
+                loader.exec_module(module)
+                return module
+    from scipy.linalg import cython_blas
+    return cython_blas
+
+
 cdef int _load_blas() except -1:
     """The BLAS routines of block instructions: SciPy's (scipy.linalg.cython_blas exports
     them as C function pointers), so the C core links against no BLAS itself and a block's
@@ -216,8 +244,7 @@ cdef int _load_blas() except -1:
     global _DGEMM, _DGEMV
     if _DGEMM != NULL:
         return 0
-    from scipy.linalg import cython_blas
-    capi = cython_blas.__pyx_capi__
+    capi = _cython_blas().__pyx_capi__
     gemv, gemm = capi["dgemv"], capi["dgemm"]
     _DGEMV = <jx_dgemv_fn>PyCapsule_GetPointer(gemv, PyCapsule_GetName(gemv))
     _DGEMM = <jx_dgemm_fn>PyCapsule_GetPointer(gemm, PyCapsule_GetName(gemm))

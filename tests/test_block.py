@@ -20,6 +20,7 @@ import jacext as jx
 from jacext import plan
 from jacext.testing import check_jacobian, jacobian_tape_slot, without_jacobian_tapes
 
+ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
 RNG = np.random.default_rng(1234)
 W = RNG.standard_normal((20, 12))          # dense: a block
 V = RNG.standard_normal((12, 9))
@@ -379,3 +380,22 @@ def test_corrupt_block_tables_are_refused(breakage):
     bad["blocks"] = np.zeros(3, dtype=np.int64)
     with pytest.raises(ValueError):
         Tape(bad)
+
+
+def test_blas_comes_from_scipy_and_scipy_linalg_still_imports():
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy as np, jacext as jx\n"
+        "W = np.arange(120.0).reshape(12, 10) - 40\n"
+        "F = jx.compile(lambda x: W @ x, np.zeros(10))\n"
+        "assert F.tape.n_blocks == 1\n"
+        "x = np.linspace(-1, 1, 10)\n"
+        "assert np.allclose(F(x), W @ x)\n"
+        "import scipy.linalg\n"
+        "from scipy.linalg import cython_blas\n"
+        "assert 'dgemm' in cython_blas.__pyx_capi__\n"
+        "assert np.allclose(scipy.linalg.solve(np.eye(3) * 2, np.ones(3)), 0.5)\n"
+        "assert np.allclose(F(x), W @ x)\n")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
