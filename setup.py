@@ -16,9 +16,10 @@ from setuptools import Extension, setup
 
 HEADERS = ["src_c/ops.def", "src_c/ops.h", "src_c/kernels.h", "src_c/vm.h",
            "src_c/block_values.h", "jacext/_graph.pxd", "jacext/_tape.pxd"]
-# vm.c holds the op tables every extension reads; batch.c and sparsity.c only the Tape's
-VM = ["src_c/vm.c"]
-C_SOURCES = ["src_c/vm.c", "src_c/batch.c", "src_c/sparsity.c"]
+# vm.c (and block.c, whose block instructions its sweeps run) holds the op tables every
+# extension reads; batch.c and sparsity.c only the Tape's
+VM = ["src_c/vm.c", "src_c/block.c"]
+C_SOURCES = ["src_c/vm.c", "src_c/block.c", "src_c/batch.c", "src_c/sparsity.c"]
 
 if sys.platform == "win32":
     # MSVC: C99 in the form MSVC's C compiler accepts (VS 2015 or newer), no OpenMP

@@ -183,7 +183,7 @@ cdef class Function:
         x = x.reshape(-1, self.tape.t.n_in)
         y = np.empty((x.shape[0], self.tape.t.n_out), dtype=np.float64)
         self.tape.run(JX_TASK_VALUE, x, y, None,
-                      _plan.n_threads(None, x.shape[0], self.tape.t.n_instr), 0, None, None,
+                      _plan.n_threads(None, x.shape[0], self.tape.work), 0, None, None,
                       None, 0, None, None)
         return _args.split(y, self.out_shapes, self.out_is_tuple, batch)
 
@@ -392,7 +392,7 @@ cdef class Function:
                 self.tape.run(JX_TASK_JACOBIAN, X, y, mat.reshape(n_points, n_out * n_cols),
                               _plan.n_threads(threads, n_points,
                                               jt.t.n_instr if jt is not None
-                                              else self.tape.t.n_instr * (1 + n_cols)),
+                                              else self.tape.work * (1 + n_cols)),
                               _MODE[plan.mode], None, plan.cols, None, 0, jt, None)
                 # (a forward plan's Jacobian tape redoes its non-finite blocks by forward
                 # sweeps in C already: only a reverse plan's batch needs the check)
@@ -545,7 +545,7 @@ cdef class Function:
                             dtype=np.float64)
             if n_points >= 0:
                 self.tape.batch("cones", x, y, vals,
-                                _plan.n_threads(threads, n_points, 3 * self.tape.t.n_instr),
+                                _plan.n_threads(threads, n_points, 3 * self.tape.work),
                                 cones=cones)
             else:
                 self.tape.cones_jacobian(x, y, cones, vals)
@@ -561,7 +561,7 @@ cdef class Function:
         if n_points >= 0:
             self.tape.batch("compressed", x, y, comp,
                             _plan.n_threads(threads, n_points,
-                                            self.tape.t.n_instr * (1 + n_colours)),
+                                            self.tape.work * (1 + n_colours)),
                             mode=m, cols=plan.cols, colour=colour, n_colours=n_colours)
             vals = np.take(comp.reshape(n_points, math.prod(shape)),
                            structure.gather(plan.compressed), axis=1)
@@ -700,7 +700,7 @@ cdef class Function:
             y = np.empty((x.shape[0], n_out), dtype=np.float64)
             r = np.empty((x.shape[0], width), dtype=np.float64)
             self.tape.batch(kind, x, y, r,
-                            _plan.n_threads(None, x.shape[0], 2 * self.tape.t.n_instr), seed=v)
+                            _plan.n_threads(None, x.shape[0], 2 * self.tape.work), seed=v)
         if kind == "vjp" and not _finite(r):
             self._forward_vjp(x, v, r)
         value = _args.split(y, self.out_shapes, self.out_is_tuple, batch)
@@ -769,7 +769,7 @@ cdef int _point_jacobian(Tape tape, jx_work *w, cnp.ndarray x, cnp.ndarray jac,
     cdef const int32_t *pc = <const int32_t *>cnp.PyArray_DATA(cols)
     cdef int32_t n_cols = <int32_t>cols.shape[0]
     cdef int st
-    if tape.t.n_instr * w.lanes > NOGIL_WORK:
+    if tape.work * w.lanes > NOGIL_WORK:
         with nogil:
             st = jx_point_jacobian(&tape.t, w, px, NULL, pj, pc, n_cols, m)
     else:

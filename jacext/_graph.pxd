@@ -17,6 +17,8 @@ cdef extern from "ops.h":
     # (imm = its value)
     int C_INPUT "JX_KIND_INPUT"
     int C_CONST "JX_KIND_CONST"
+    # ... and row b of block a (Graph.block: a constant matrix times a vector of nodes)
+    int C_BLOCK "JX_KIND_BLOCK"
 
 cdef struct Key:
     int32_t op
@@ -39,6 +41,9 @@ cdef class Graph:
     cdef int64_t *table
     cdef int64_t table_cap, n_interned
     cdef public int64_t n_inputs
+    # block k: (weights index, int64 operand node ids); weights: C-contiguous float64 (m, n)
+    cdef readonly list blocks
+    cdef readonly list weights
     cdef readonly bint numpy_power
 
     cdef int _grow(self, int64_t cap) except -1

@@ -43,6 +43,7 @@ cdef extern from *:
 # Graph-only node kinds, numbered past the tape ops (C_INPUT, C_CONST in _graph.pxd).
 KIND_INPUT = C_INPUT
 KIND_CONST = C_CONST
+KIND_BLOCK = C_BLOCK
 
 #: the most nodes a graph holds (ids are int32 inside, as on the tape)
 MAX_NODES = 2**31 - 2
@@ -96,6 +97,8 @@ cdef class Graph:
         self.table_cap = 0
         self.n_interned = 0
         self.n_inputs = 0
+        self.blocks = []
+        self.weights = []
         self.op = NULL
         self.a = NULL
         self.b = NULL
@@ -168,7 +171,7 @@ cdef class Graph:
         memset(t, 0xff, new_cap * sizeof(int64_t))  # all -1: empty
         mask = new_cap - 1
         for i in range(self.n):
-            if self.op[i] == C_INPUT:
+            if self.op[i] == C_INPUT or self.op[i] == C_BLOCK:
                 continue
             ahead = i + 8
             if ahead < self.n:
@@ -355,6 +358,39 @@ cdef class Graph:
             self._append(C_INPUT, <int32_t>self.n_inputs, -1, -1, 0.0)
             self.n_inputs += 1
         return np.arange(first, first + count, dtype=np.int64)
+
+    def weight(self, W):
+        """Registers a constant matrix for blocks; returns its index (``block``'s first
+        argument).  The graph keeps a C-contiguous float64 copy."""
+        W = np.array(W, dtype=np.float64, order="C", copy=True)
+        if W.ndim != 2 or W.shape[0] < 1 or W.shape[1] < 1:
+            raise ValueError("jacext: a block's matrix must be 2-d and not empty")
+        W.setflags(write=False)
+        self.weights.append(W)
+        return len(self.weights) - 1
+
+    def block(self, Py_ssize_t w, ids):
+        """The m node ids of ``weights[w] @ ids`` (m x n times n node ids): one block of
+        KIND_BLOCK nodes (node j: a = the block's number, b = j), which the lowering turns
+        into one block instruction over contiguous slots (``passes.lower``, vm.h).  The
+        block's operands are kept with it, not in the nodes' a, b."""
+        cdef cnp.ndarray v = np.array(ids, dtype=np.int64, order="C", copy=True).ravel()
+        cdef int64_t i, first = self.n
+        cdef Py_ssize_t m, k = len(self.blocks)
+        if not 0 <= w < len(self.weights):
+            raise ValueError("jacext: no such block matrix")
+        m, n = self.weights[w].shape
+        if v.shape[0] != n:
+            raise ValueError(f"jacext: a {m}x{n} block takes {n} operands, not {v.shape[0]}")
+        self._check_ids(v, 0)
+        if k >= 2**31 - 1 or m >= 2**31 - 1:
+            raise ValueError("jacext: too many blocks, or too many rows in one")
+        v.setflags(write=False)
+        self._reserve(m)
+        self.blocks.append((w, v))
+        for i in range(m):
+            self._append(C_BLOCK, <int32_t>k, <int32_t>i, -1, 0.0)
+        return np.arange(first, first + m, dtype=np.int64)
 
     def consts(self, values):
         """Node ids of constants (same value bits, same node)."""

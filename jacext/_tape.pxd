@@ -9,7 +9,11 @@ cdef extern from "vm.h" nogil:
     int JX_MAX_LANES, JX_MODE_FORWARD, JX_MODE_REVERSE, JX_MODE_SUBGRAPH
     int JX_TASK_VALUE, JX_TASK_JACOBIAN, JX_TASK_JVP, JX_TASK_VJP, JX_TASK_COMPRESSED
     int JX_TASK_SUBGRAPH
-    int JX_OP_MASK, JX_A_IMM, JX_B_IMM, JX_N_OPS, JX_RUN_FIELDS
+    int JX_OP_MASK, JX_A_IMM, JX_B_IMM, JX_N_OPS, JX_RUN_FIELDS, JX_BLOCK, JX_BLOCK_FIELDS
+    ctypedef void (*jx_dgemm_fn)(char *, char *, int *, int *, int *, double *, double *,
+                                 int *, double *, int *, double *, double *, int *)
+    ctypedef void (*jx_dgemv_fn)(char *, int *, int *, double *, double *, int *, double *,
+                                 int *, double *, double *, int *)
 
     ctypedef struct jx_tape:
         int32_t n_instr, n_slots, n_in, n_out, n_const
@@ -28,6 +32,13 @@ cdef extern from "vm.h" nogil:
         int32_t n_sincos
         const int32_t *runs
         int32_t n_runs
+        int32_t n_blocks
+        const int64_t *blocks
+        const double *weights
+        int64_t n_weights
+        const unsigned char *block_finite
+        jx_dgemm_fn dgemm
+        jx_dgemv_fn dgemv
 
     ctypedef struct jx_work:
         int32_t lanes
@@ -64,6 +75,8 @@ cdef class Tape:
     cdef jx_work _work      # the Tape's own work memory: whoever takes _busy uses it
     cdef jx_flag _busy
     cdef bint _has_work     # (read and written only by the holder of _busy)
+    cdef cnp.ndarray _block_finite
+    cdef readonly int64_t work   # a sweep's work per lane: instructions, a block m x n
 
     cdef _derive(self)
     cdef jx_work *take_work(self, int32_t lanes) except NULL

@@ -20,6 +20,7 @@ import numpy as np
 cimport numpy as cnp
 from libc.stdint cimport int32_t, int64_t
 from libc.stdlib cimport free, malloc
+from cpython.pycapsule cimport PyCapsule_GetName, PyCapsule_GetPointer
 
 from jacext import plan as _plan
 
@@ -68,6 +69,7 @@ cdef extern from "vm.h" nogil:
         double *y
         double *out
 
+    void jx_tape_block_finite(const jx_tape *t, unsigned char *finite)
     int jx_tape_check(const jx_tape *t)
     int32_t jx_tape_fixed_partials(const jx_tape *t, unsigned char *fixed, double *d0,
                                    double *d1)
@@ -194,7 +196,59 @@ cdef inline double *_maybe_out(cnp.ndarray arr, Py_ssize_t size, str what) excep
 _TAPE_FIELDS = (("op", np.int32), ("dst", np.int32), ("a", np.int32), ("b", np.int32),
                 ("s", np.int32), ("imm", np.float64), ("out_slot", np.int32),
                 ("const_value", np.float64))
+# block instructions (vm.h): optional, a tape without them has none
+_BLOCK_FIELDS = (("blocks", np.int64), ("weights", np.float64))
 _PER_INSTRUCTION = ("dst", "a", "b", "s", "imm")
+
+#: int64 per block in the tape's ``blocks`` array: instruction, m, n, offset in ``weights``
+BLOCK_FIELDS = JX_BLOCK_FIELDS
+#: the op word of a block instruction
+BLOCK = JX_BLOCK
+
+cdef jx_dgemm_fn _DGEMM = NULL
+cdef jx_dgemv_fn _DGEMV = NULL
+
+
+def _cython_blas():
+    """scipy.linalg.cython_blas: loaded from its file where it is found, without running
+    scipy.linalg's __init__ (most of a first compile's time: it parses docstrings); a later
+    ``import scipy.linalg`` gets this same module (Cython keeps one per process).  The usual
+    import where the file is not where SciPy's wheels put it."""
+    import importlib.machinery
+    import importlib.util
+    import os
+    import sys
+
+    name = "scipy.linalg.cython_blas"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.find_spec("scipy")
+    if spec is not None and spec.origin:
+        folder = os.path.join(os.path.dirname(spec.origin), "linalg")
+        for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+            path = os.path.join(folder, "cython_blas" + suffix)
+            if os.path.isfile(path):
+                loader = importlib.machinery.ExtensionFileLoader(name, path)
+                module = importlib.util.module_from_spec(
+                    importlib.util.spec_from_file_location(name, path, loader=loader))
+                loader.exec_module(module)
+                return module
+    from scipy.linalg import cython_blas
+    return cython_blas
+
+
+cdef int _load_blas() except -1:
+    """The BLAS routines of block instructions: SciPy's (scipy.linalg.cython_blas exports
+    them as C function pointers), so the C core links against no BLAS itself and a block's
+    values agree with NumPy's to rounding.  Loaded the first time a tape has a block."""
+    global _DGEMM, _DGEMV
+    if _DGEMM != NULL:
+        return 0
+    capi = _cython_blas().__pyx_capi__
+    gemv, gemm = capi["dgemv"], capi["dgemm"]
+    _DGEMV = <jx_dgemv_fn>PyCapsule_GetPointer(gemv, PyCapsule_GetName(gemv))
+    _DGEMM = <jx_dgemm_fn>PyCapsule_GetPointer(gemm, PyCapsule_GetName(gemm))
+    return 0
 
 
 cdef class Tape:
@@ -221,6 +275,13 @@ cdef class Tape:
                    else np.ascontiguousarray(arrays[key], dtype=dtype)).reshape(-1)
             arr.setflags(write=False)
             own[key] = arr
+        for key, dtype in _BLOCK_FIELDS:
+            arr = np.array(arrays.get(key, ()), dtype=dtype, order="C", copy=True).reshape(-1)
+            arr.setflags(write=False)
+            own[key] = arr
+        if own["blocks"].shape[0] % JX_BLOCK_FIELDS:
+            raise ValueError(f"jacext: corrupt tape: 'blocks' holds {JX_BLOCK_FIELDS} "
+                             f"numbers per block")
         n_instr = own["op"].shape[0]
         for key in _PER_INSTRUCTION:
             if own[key].shape[0] != n_instr:
@@ -252,12 +313,29 @@ cdef class Tape:
         self.t.n_sincos = 0
         self.t.runs = NULL
         self.t.n_runs = 0
+        self.t.n_blocks = <int32_t>(own["blocks"].shape[0] // JX_BLOCK_FIELDS)
+        self.t.blocks = <const int64_t *>cnp.PyArray_DATA(own["blocks"])
+        self.t.weights = <const double *>cnp.PyArray_DATA(own["weights"])
+        self.t.n_weights = own["weights"].shape[0]
+        self.t.block_finite = NULL
+        self.t.dgemm = NULL
+        self.t.dgemv = NULL
+        if self.t.n_blocks > 0:
+            _load_blas()
+            self.t.dgemm = _DGEMM
+            self.t.dgemv = _DGEMV
         raise_status(jx_tape_check(&self.t))
         self._derive()
 
     cdef _derive(self):
         """The tables the sweeps use, derived from the checked arrays (not pickled)."""
         cdef Py_ssize_t n = self.t.n_instr
+        finite = np.zeros(max(self.t.n_blocks, 1), dtype=np.uint8)
+        jx_tape_block_finite(&self.t, <unsigned char *>cnp.PyArray_DATA(finite))
+        self._block_finite = finite
+        self.t.block_finite = <const unsigned char *>cnp.PyArray_DATA(finite)
+        shapes = self._arrays["blocks"].reshape(-1, JX_BLOCK_FIELDS)
+        self.work = n + int((shapes[:, 1] * shapes[:, 2]).sum()) - shapes.shape[0]
         fixed = np.zeros(n, dtype=np.uint8)
         d0 = np.zeros(n, dtype=np.float64)
         d1 = np.zeros(n, dtype=np.float64)
@@ -314,9 +392,22 @@ cdef class Tape:
     def n_constants(self):
         return int(self.t.n_const)
 
+    @property
+    def n_blocks(self):
+        """Block instructions (y = W x over contiguous slots, vm.h)."""
+        return int(self.t.n_blocks)
+
+    def blocks(self):
+        """The block instructions as (instruction, m, n, W) tuples, W a read-only view of
+        the tape's weights (m x n)."""
+        w = self._arrays["weights"]
+        return [(int(i), int(m), int(n), w[o:o + m * n].reshape(m, n))
+                for i, m, n, o in self._arrays["blocks"].reshape(-1, JX_BLOCK_FIELDS).tolist()]
+
     def arrays(self):
-        """The tape as read-only arrays (op, dst, a, b, s, imm, out_slot, const_value) and
-        the counts n_in, n_slots: what ``Tape(arrays)`` takes back."""
+        """The tape as read-only arrays (op, dst, a, b, s, imm, out_slot, const_value, and
+        the block instructions' blocks and weights) and the counts n_in, n_slots: what
+        ``Tape(arrays)`` takes back."""
         out = dict(self._arrays)
         out["n_in"] = int(self.t.n_in)
         out["n_slots"] = int(self.t.n_slots)
@@ -342,9 +433,16 @@ cdef class Tape:
         a = self._arrays
         n_in = self.t.n_in
         lines = [f"       s{n_in + k} = {float(v)!r}" for k, v in enumerate(a["const_value"])]
+        shapes = {i: (m, n, o) for i, m, n, o in
+                  a["blocks"].reshape(-1, JX_BLOCK_FIELDS).tolist()}
         for i, (word, d, x, y, c, imm) in enumerate(zip(
                 a["op"].tolist(), a["dst"].tolist(), a["a"].tolist(), a["b"].tolist(),
                 a["s"].tolist(), a["imm"].tolist())):
+            if word == JX_BLOCK:   # one line per block, its shape shown
+                m, n, o = shapes[i]
+                lines.append(f"{i:6d} s{d}..s{d + m - 1} = BLOCK W[{m}x{n}]@{o} "
+                             f"s{x}..s{x + n - 1}")
+                continue
             op = word & JX_OP_MASK
             name = jx_op_names[op].decode()
             if jx_op_arity[op] == 3:
@@ -398,7 +496,7 @@ cdef class Tape:
             free(w)
 
     cdef bint _nogil(self, Py_ssize_t lanes) noexcept:
-        return self.t.n_instr * lanes > _NOGIL_WORK
+        return self.work * lanes > _NOGIL_WORK
 
     # ---- one point (x: n_in values; y: n_out or None) ----
 

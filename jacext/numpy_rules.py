@@ -374,7 +374,77 @@ def _products(g, ia, ib):
     return g.mul_nonzero(ia.ravel(), ib.ravel()).reshape(shape)
 
 
+def _lin(g, v):
+    """An operand of a matrix product: a constant as a float64 array (it may become a
+    block's matrix, ``_block_matmul``), anything traced as node ids."""
+    if _graph_of((v,)) is None and not isinstance(v, Array):
+        arr = np.asarray(v)
+        if arr.dtype.kind in "biuf":
+            return arr.astype(np.float64, copy=False)
+    return _ids(g, v)
+
+
+def _as_ids(g, v):
+    """Node ids of a ``_lin`` operand."""
+    if v.dtype.kind == "f":
+        return g.consts(v.ravel()).reshape(v.shape)
+    return v
+
+
+def _block_matmul(g, ia, ib):
+    """ia @ ib as block instructions where one operand is a constant (float64) matrix
+    worth it (plan.use_block); None otherwise.  The constant on the left: each column
+    of the other operand is one block W x; on the right: each row x is one block W^T x.
+    A block is m row nodes (``Graph.block``), whatever the matrix's size."""
+    from jacext import plan
+
+    if (ia.dtype.kind == "f") == (ib.dtype.kind == "f") or ia.ndim == 0 or ib.ndim == 0:
+        return None
+    a1, b1 = ia.ndim == 1, ib.ndim == 1
+    A = ia[None, :] if a1 else ia
+    Bm = ib[:, None] if b1 else ib
+    if A.shape[-1] != Bm.shape[-2] or A.shape[-1] == 0:
+        return None
+    left = A.dtype.kind == "f"
+    C = A if left else Bm
+    if C.shape[-2] == 0 or C.shape[-1] == 0:
+        return None
+    n_mats = int(np.prod(C.shape[:-2], dtype=np.int64))
+    if not plan.use_block(C.shape[-2] * C.shape[-1], np.count_nonzero(C) / max(n_mats, 1)):
+        return None
+    batch = np.broadcast_shapes(A.shape[:-2], Bm.shape[:-2])
+    A = np.broadcast_to(A, batch + A.shape[-2:])
+    Bm = np.broadcast_to(Bm, batch + Bm.shape[-2:])
+    m, n = A.shape[-2], Bm.shape[-1]
+    out = np.empty(batch + (m, n), dtype=np.int64)
+    weights = {}
+    lead = C.shape[:-2]
+    for idx in np.ndindex(*batch):
+        # one matrix per distinct constant (a broadcast one is registered once)
+        cidx = tuple(0 if d == 1 else i for i, d in zip(idx[len(batch) - len(lead):], lead))
+        if cidx not in weights:
+            weights[cidx] = g.weight(C[cidx] if left else C[cidx].T)
+        w = weights[cidx]
+        if left:
+            ids = Bm[idx]
+            for j in range(n):
+                out[idx + (slice(None), j)] = g.block(w, ids[:, j])
+        else:
+            ids = A[idx]
+            for i in range(m):
+                out[idx + (i,)] = g.block(w, ids[i])
+    if a1:
+        out = out[..., 0, :]
+    if b1:
+        out = out[..., 0]
+    return out
+
+
 def _matmul_ids(g, ia, ib):
+    res = _block_matmul(g, ia, ib)
+    if res is not None:
+        return res
+    ia, ib = _as_ids(g, ia), _as_ids(g, ib)
     a1, b1 = ia.ndim == 1, ib.ndim == 1
     if ia.ndim == 0 or ib.ndim == 0:
         raise ValueError("matmul: Input operand does not have enough dimensions")
@@ -397,13 +467,13 @@ def _matmul_ids(g, ia, ib):
 
 def _matmul(a, b):
     g = _graph_of((a, b))
-    return Array(g, np.asarray(_matmul_ids(g, _ids(g, a), _ids(g, b))))
+    return Array(g, np.asarray(_matmul_ids(g, _lin(g, a), _lin(g, b))))
 
 
 def _dot(a, b, out=None):
     _no_out(out, "np.dot")
     g = _graph_of((a, b))
-    ia, ib = _ids(g, a), _ids(g, b)
+    ia, ib = _lin(g, a), _lin(g, b)
     if ia.ndim == 0 or ib.ndim == 0:
         return elementwise("MUL", a, b)
     if ib.ndim <= 2:
@@ -413,12 +483,12 @@ def _dot(a, b, out=None):
 
 def _vdot(a, b):
     g = _graph_of((a, b))
-    return Array(g, np.asarray(_matmul_ids(g, _ids(g, a).ravel(), _ids(g, b).ravel())))
+    return Array(g, np.asarray(_matmul_ids(g, _lin(g, a).ravel(), _lin(g, b).ravel())))
 
 
 def _inner(a, b):
     g = _graph_of((a, b))
-    ia, ib = _ids(g, a), _ids(g, b)
+    ia, ib = _lin(g, a), _lin(g, b)
     if ia.ndim == 0 or ib.ndim == 0:
         return elementwise("MUL", a, b)
     return _tensordot(a, b, axes=([ia.ndim - 1], [ib.ndim - 1]))
@@ -433,7 +503,7 @@ def _outer(a, b, out=None):
 
 def _tensordot(a, b, axes=2):
     g = _graph_of((a, b))
-    ia, ib = _ids(g, a), _ids(g, b)
+    ia, ib = _lin(g, a), _lin(g, b)
     if isinstance(axes, (int, np.integer)):
         ax_a = list(range(ia.ndim - axes, ia.ndim))
         ax_b = list(range(axes))
@@ -474,6 +544,9 @@ def _einsum(subscripts, *operands, out=None, optimize=False, **kw):
     if "." in spec:
         _fail("np.einsum with '...' is not supported while tracing",
               "spell the axes out, e.g. 'bij,bj->bi'")
+    res = _einsum_as_tensordot(g, in_specs, out_spec, operands)
+    if res is not None:
+        return res
     sizes = {}
     views = []
     for sp, op in zip(in_specs, operands):
@@ -501,6 +574,28 @@ def _einsum(subscripts, *operands, out=None, optimize=False, **kw):
         spec, ids = _contract(g, spec, ids, later, sizes, *views[k])
     spec, ids = _contract(g, spec, ids, set(out_spec), sizes)
     return Array(g, np.asarray(np.transpose(ids, [spec.index(c) for c in out_spec])))
+
+
+def _einsum_as_tensordot(g, in_specs, out_spec, operands):
+    """A two-operand einsum that is a tensordot (every letter in the output or in both
+    operands, not both; no repeated letter) with one constant operand: the tensordot, so
+    that its constant matrix may become blocks.  None otherwise."""
+    if len(operands) != 2:
+        return None
+    (s1, s2), (x1, x2) = in_specs, operands
+    if sum(_graph_of((v,)) is None and not isinstance(v, Array) for v in operands) != 1:
+        return None
+    if (len(set(s1)) != len(s1) or len(set(s2)) != len(s2) or len(set(out_spec)) !=
+            len(out_spec) or np.ndim(x1) != len(s1) or np.ndim(x2) != len(s2)):
+        return None
+    both = [c for c in s1 if c in s2]
+    if any(c in out_spec for c in both):
+        return None
+    if any(c not in out_spec for c in s1 + s2 if c not in both):
+        return None
+    res = _tensordot(x1, x2, axes=([s1.index(c) for c in both], [s2.index(c) for c in both]))
+    got = [c for c in s1 if c not in both] + [c for c in s2 if c not in both]
+    return Array(g, np.transpose(res.ids, [got.index(c) for c in out_spec]))
 
 
 def _contract(g, s1, a1, keep, sizes, s2="", a2=None):

@@ -13,10 +13,13 @@ cimport numpy as cnp
 from libc.stdint cimport int32_t, int64_t, uint64_t
 from libc.stdlib cimport qsort
 
-from jacext._graph cimport (C_CONST, C_INPUT, JX_A_IMM, JX_B_IMM, JX_N_OPS, JX_OP_MASK, Graph,
-                            dbits, jx_op_arity, jx_op_value)
+from jacext._graph cimport (C_BLOCK, C_CONST, C_INPUT, JX_A_IMM, JX_B_IMM, JX_N_OPS,
+                            JX_OP_MASK, Graph, dbits, jx_op_arity, jx_op_value)
 
 cnp.import_array()
+
+cdef extern from "vm.h":
+    int JX_BLOCK, JX_OP_MUL
 
 
 cdef int _cmp_int32(const void *x, const void *y) noexcept nogil:
@@ -35,6 +38,14 @@ def lower(Graph g, input_ids, output_ids):
     4. work slots by liveness: a temporary's slot is freed after its last use and reused
        by a later instruction (never by the instruction that reads it last: dst does not
        alias its own operands), a group's freed slots only after the group.
+
+    A block (``Graph.block``: W times a vector of nodes) with any live row becomes one block
+    instruction (vm.h) where its first live row stands in the node order: its rows take m
+    fresh contiguous slots, and its operands are read from contiguous slots -- their own
+    where they already are (inputs, another block's rows, one traced call's results), else
+    copied there first by ``x * 1.0`` instructions (exact, nan and signed zeros included).
+    The blocks' matrices go to the tape's ``weights`` once each, whatever the number of
+    blocks that use them.
     """
     cdef const int64_t[::1] ins = np.ascontiguousarray(input_ids, dtype=np.int64)
     cdef const int64_t[::1] outs = np.ascontiguousarray(output_ids, dtype=np.int64)
@@ -44,6 +55,10 @@ def lower(Graph g, input_ids, output_ids):
     cdef unsigned char[::1] live = live_arr
     cdef int32_t opw, base
     cdef int64_t n_instr = 0, n_const = 0
+    cdef Py_ssize_t n_blocks = len(g.blocks)
+    cdef cnp.ndarray block_live_arr = np.zeros(max(n_blocks, 1), dtype=np.uint8)
+    cdef unsigned char[::1] block_live = block_live_arr
+    cdef int64_t n_order = 0, n_gather = 0, n_rows = 0
 
     for i in range(n_out):
         if outs[i] < 0 or outs[i] >= n:
@@ -55,6 +70,15 @@ def lower(Graph g, input_ids, output_ids):
             continue
         opw = g.op[i]
         if opw == C_INPUT or opw == C_CONST:
+            continue
+        if opw == C_BLOCK:   # a block's row: the block and all its operands live
+            if not block_live[g.a[i]]:
+                block_live[g.a[i]] = 1
+                ids = g.blocks[g.a[i]][1]
+                live_arr[ids] = 1
+                n_order += 1
+                n_gather += ids.shape[0]
+                n_rows += g.weights[g.blocks[g.a[i]][0]].shape[0]
             continue
         n_instr += 1
         if g.a[i] >= 0:
@@ -85,13 +109,24 @@ def lower(Graph g, input_ids, output_ids):
         if live[i] and g.op[i] == C_INPUT and slot[i] < 0:
             raise ValueError("jacext: the outputs depend on an input that is not an argument")
     # 3. last uses: instructions in id order; the last use of every operand (-1: none,
-    # n_instr: an output, alive to the end)
-    cdef cnp.ndarray order_arr = np.empty(n_instr, dtype=np.int32)
+    # n_order: an output, alive to the end)
+    n_order += n_instr
+    n_instr += n_order - n_instr + n_gather   # at most: scalars, blocks, operand copies
+    cdef cnp.ndarray order_arr = np.empty(n_order, dtype=np.int32)
     cdef int32_t[::1] order = order_arr
     cdef cnp.ndarray last_arr = np.full(n, -1, dtype=np.int32)
     cdef int32_t[::1] last = last_arr
+    cdef cnp.ndarray block_seen_arr = np.zeros(max(n_blocks, 1), dtype=np.uint8)
+    cdef unsigned char[::1] block_seen = block_seen_arr
     j = 0
     for i in range(n):
+        if live[i] and g.op[i] == C_BLOCK:
+            if not block_seen[g.a[i]]:   # the block stands where its first live row does
+                block_seen[g.a[i]] = 1
+                order[j] = <int32_t>i
+                last_arr[g.blocks[g.a[i]][1]] = j
+                j += 1
+            continue
         if live[i] and g.op[i] != C_INPUT and g.op[i] != C_CONST:
             order[j] = <int32_t>i
             if g.a[i] >= 0:
@@ -102,15 +137,15 @@ def lower(Graph g, input_ids, output_ids):
                 last[g.s[i]] = <int32_t>j
             j += 1
     for i in range(n_out):
-        last[outs[i]] = <int32_t>n_instr   # outputs live to the end
+        last[outs[i]] = <int32_t>n_order   # outputs live to the end
     # 4. work slots by liveness (a free stack of slots).  Slots freed inside a
     # group -- consecutive instructions of one op word, none reading a value the
     # group made (one traced NumPy call over an array) -- are reused only after
     # it: then a group's dst slots do not meet its operand slots, and the
     # single-point sweep runs it as one contiguous vector loop (vm.c's runs).
-    cdef cnp.ndarray free_arr = np.empty(n_instr + 3, dtype=np.int32)
+    cdef cnp.ndarray free_arr = np.empty(n_instr + n_rows + 3, dtype=np.int32)
     cdef int32_t[::1] free_stack = free_arr
-    cdef cnp.ndarray pend_arr = np.empty(n_instr + 3, dtype=np.int32)
+    cdef cnp.ndarray pend_arr = np.empty(n_instr + n_rows + 3, dtype=np.int32)
     cdef int32_t[::1] pending = pend_arr
     cdef cnp.ndarray born_arr = np.full(n, -1, dtype=np.int32)
     cdef int32_t[::1] born = born_arr
@@ -131,10 +166,73 @@ def lower(Graph g, input_ids, output_ids):
     cdef int32_t[::1] tb = t_b
     cdef int32_t[::1] ts = t_s
     cdef double[::1] timm = t_imm
-    cdef int64_t sa, sb
-    for j in range(n_instr):
+    cdef int64_t sa, sb, t = 0
+    blocks_out = []
+    weight_at = {}
+    weight_parts = []
+    cdef int64_t weight_size = 0
+    for j in range(n_order):
         nd = order[j]
         opw = g.op[nd]
+        if opw == C_BLOCK:
+            # a block: a group of its own (the slots freed before it are free for it)
+            if n_pend > 1:
+                qsort(&pending[0], <size_t>n_pend, sizeof(int32_t), _cmp_int32)
+            while n_pend > 0:
+                n_pend -= 1
+                free_stack[n_free] = pending[n_pend]
+                n_free += 1
+            group_start = j
+            prev_opw = JX_BLOCK
+            w_index, ids = g.blocks[g.a[nd]]
+            W = g.weights[w_index]
+            m, nk = W.shape
+            if next_slot + m + nk >= 2**31 - 1:
+                raise MemoryError("jacext: the tape needs more than 2**31 work slots")
+            in_slots = slot_arr[ids]
+            if (in_slots[0] >= 0 and (nk == 1 or (np.diff(in_slots) == 1).all())):
+                src = int(in_slots[0])
+                copied = False
+            else:   # x * 1.0 into nk fresh contiguous slots
+                src = next_slot
+                next_slot += nk
+                t_op[t:t + nk] = JX_OP_MUL | JX_B_IMM
+                t_dst[t:t + nk] = np.arange(src, src + nk, dtype=np.int32)
+                t_a[t:t + nk] = in_slots
+                t_b[t:t + nk] = in_slots
+                t_s[t:t + nk] = in_slots
+                t_imm[t:t + nk] = 1.0
+                t += nk
+                copied = True
+            dst0 = next_slot
+            next_slot += m
+            if w_index not in weight_at:
+                weight_at[w_index] = weight_size
+                weight_parts.append(W.ravel())
+                weight_size += m * nk
+            blocks_out.append((t, m, nk, weight_at[w_index]))
+            top[t] = JX_BLOCK
+            tdst[t] = <int32_t>dst0
+            ta[t] = tb[t] = ts[t] = <int32_t>src
+            timm[t] = 0.0
+            t += 1
+            first_row = nd - g.b[nd]
+            for k in range(m):
+                o = first_row + k
+                slot[o] = <int32_t>(dst0 + k)
+                born[o] = <int32_t>j
+                if not live[o]:   # a row nobody reads
+                    pending[n_pend] = slot[o]
+                    n_pend += 1
+            if copied:
+                for k in range(nk):
+                    pending[n_pend] = <int32_t>(src + k)
+                    n_pend += 1
+            for o in np.unique(ids).tolist():
+                if last[o] == j and slot[o] >= fixed:
+                    pending[n_pend] = slot[o]
+                    n_pend += 1
+            continue
         base = opw & JX_OP_MASK
         ops3[0] = g.a[nd]
         ops3[1] = g.b[nd]
@@ -145,12 +243,12 @@ def lower(Graph g, input_ids, output_ids):
             sa = sb
         if sb < 0:
             sb = sa
-        top[j] = opw
-        ta[j] = <int32_t>sa
-        tb[j] = <int32_t>sb
+        top[t] = opw
+        ta[t] = <int32_t>sa
+        tb[t] = <int32_t>sb
         # SELECT's condition is its slot s; any other instruction repeats a there
-        ts[j] = slot[ops3[2]] if jx_op_arity[base] == 3 else <int32_t>sa
-        timm[j] = g.imm[nd]
+        ts[t] = slot[ops3[2]] if jx_op_arity[base] == 3 else <int32_t>sa
+        timm[t] = g.imm[nd]
         new_group = opw != prev_opw
         for k in range(3):
             o = ops3[k]
@@ -179,7 +277,8 @@ def lower(Graph g, input_ids, output_ids):
                 raise MemoryError("jacext: the tape needs more than 2**31 work slots")
             slot[nd] = <int32_t>next_slot
             next_slot += 1
-        tdst[j] = slot[nd]
+        tdst[t] = slot[nd]
+        t += 1
         for k in range(3):
             o = ops3[k]
             if o < 0 or last[o] != j or slot[o] < fixed:
@@ -195,11 +294,17 @@ def lower(Graph g, input_ids, output_ids):
     cdef int32_t[::1] tout = t_out
     for i in range(n_out):
         tout[i] = slot[outs[i]]
+    if t < n_instr:   # fewer operand copies than the most there could be
+        t_op, t_dst, t_a, t_b, t_s, t_imm = (arr[:t].copy() for arr in
+                                             (t_op, t_dst, t_a, t_b, t_s, t_imm))
     return {
         "op": t_op, "dst": t_dst, "a": t_a, "b": t_b, "s": t_s, "imm": t_imm,
         "out_slot": t_out,
         "const_value": const_arr,
         "n_in": int(n_in), "n_slots": int(next_slot),
+        "blocks": np.array(blocks_out, dtype=np.int64).reshape(-1),
+        "weights": (np.concatenate(weight_parts) if weight_parts
+                    else np.zeros(0, dtype=np.float64)),
     }
 
 
@@ -272,6 +377,10 @@ def evaluate(Graph g, x, double[::1] vals, int64_t start):
             continue
         if word == C_CONST:
             vals[i] = g.imm[i]
+            continue
+        if word == C_BLOCK:     # row b of block a: W[b] @ its operands' values
+            w, v = g.blocks[g.a[i]]
+            vals[i] = float(np.dot(g.weights[w][g.b[i]], np.asarray(vals)[v]))
             continue
         base = word & JX_OP_MASK
         va = g.imm[i] if (word & JX_A_IMM) else (vals[g.a[i]] if g.a[i] >= 0 else 0.0)

@@ -98,6 +98,11 @@ STAR_COLOURING_MAX_STEPS = 2_000_000
 #: Dense results filled from nonzeros go a chunk of rows of about this many bytes at a
 #: time: zeroed, then filled while in cache.
 FILL_CHUNK_BYTES = 256 * 1024
+#: A traced product with a constant matrix becomes block instructions (BLAS, vm.h) where
+#: the matrix has at least this many nonzeros and at least this fraction of its entries is
+#: nonzero; else the scalar form, which skips its zeros (bench/blocks.py measures both).
+BLOCK_MIN_NONZEROS = 64
+BLOCK_MIN_DENSITY = 0.25
 
 
 # ---------------------------------------------------------------- machine --
@@ -131,6 +136,12 @@ def runs_pay(n_runs, n_instr):
     """Whether the single-point value sweep should go by runs (RUNS_MIN_MEAN)."""
     num, den = RUNS_MIN_MEAN
     return num * n_runs <= den * n_instr
+
+
+def use_block(size, nonzeros):
+    """Whether a constant matrix of ``size`` entries, ``nonzeros`` of them not zero,
+    becomes block instructions (BLOCK_MIN_NONZEROS, BLOCK_MIN_DENSITY)."""
+    return nonzeros >= BLOCK_MIN_NONZEROS and nonzeros >= BLOCK_MIN_DENSITY * size
 
 
 def n_threads(threads, n_points, work_per_point):
@@ -416,7 +427,9 @@ class Planner:
                                                   else JAC_TAPE_MAX_INSTR_BY_NODE)
         else:
             possible = n_dirs > 0 and work <= JAC_TAPE_MAX_WORK
-        possible = possible and self.jacobian_tapes
+        # no Jacobian tapes for tapes with block instructions (yet): their sweeps are
+        # matrix products already, which a tape of scalar entries would undo
+        possible = possible and self.jacobian_tapes and t.n_blocks == 0
         if not possible:
             slot = JacobianTapeSlot(self.lock, None, None)
         else:

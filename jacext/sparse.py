@@ -92,10 +92,13 @@ def transpose_pattern(indptr, indices, shape):
 def colour(indptr, indices, n_rows, n_cols, max_work):
     """Greedy distance-2 colouring of the columns, largest first; every column its own
     colour where the greedy work (the sum of the squared row lengths) would pass
-    ``max_work``."""
+    ``max_work``, or where one row holds every column (then no two may share one)."""
     lengths = np.diff(indptr).astype(np.int64)
     result = None
-    if int(np.dot(lengths, lengths)) <= max_work:
+    dense_row = bool(n_rows) and bool((lengths == n_cols).any())
+    # a row that holds every column makes them all distinct: no greedy pass needed (a dense
+    # block's outputs)
+    if not dense_row and int(np.dot(lengths, lengths)) <= max_work:
         result = _tape.colour_columns(indptr, indices, n_rows, n_cols,
                                       largest_first(indices, n_cols), max_work)
     if result is None:

@@ -190,11 +190,17 @@ static int jx_block_forward(const jx_tape *t, jx_block_work *w)
     const int32_t blk = w->block;
     int32_t i, l;
     double *V = w->value;
+    int32_t kb = 0;
     for (i = 0; i < t->n_instr; i++) {
         const int32_t word = t->op[i];
         const double *pa, *pb, *ps;
         double *pz = V + (size_t)t->dst[i] * B;
         double *q0 = w->d0 + (size_t)i * B, *q1 = w->d1 + (size_t)i * B;
+        if (word == JX_BLOCK) {   /* its partials are W: none per point */
+            jx_block_op_value(t, kb++, V, B);
+            for (l = 0; l < B; l++) q0[l] = q1[l] = 0.0;
+            continue;
+        }
         if (word & (JX_A_IMM | JX_B_IMM))
             for (l = 0; l < B; l++) w->imm[l] = t->imm[i];
         pa = (word & JX_A_IMM) ? w->imm : V + (size_t)t->a[i] * B;
@@ -245,9 +251,13 @@ static int jx_block_forward(const jx_tape *t, jx_block_work *w)
 static void jx_block_tangent(const jx_tape *t, jx_block_work *w, int32_t dirs, int finite)
 {
     const int32_t blk = w->block;
-    int32_t i, d, l;
+    int32_t i, d, l, kb = 0;
     for (i = 0; i < t->n_instr; i++) {
         const int reads = jx_reads(t->op[i]);
+        if (kb < t->n_blocks && jx_block_instr(t, kb) == i) {
+            jx_block_op_tangent(t, kb++, w->lane, (ptrdiff_t)dirs * B);
+            continue;
+        }
         const int use_a = reads & JX_READS_A, use_b = reads & JX_READS_B;
         const double *q0 = w->d0 + (size_t)i * B, *q1 = w->d1 + (size_t)i * B;
         if (t->fixed && t->fixed[i]) {
@@ -296,9 +306,13 @@ static void jx_block_tangent(const jx_tape *t, jx_block_work *w, int32_t dirs, i
 static void jx_block_adjoint(const jx_tape *t, jx_block_work *w, int32_t rows, int finite)
 {
     const int32_t blk = w->block;
-    int32_t i, r, l;
+    int32_t i, r, l, kb = t->n_blocks - 1;
     for (i = t->n_instr - 1; i >= 0; i--) {
         const int reads = jx_reads(t->op[i]);
+        if (kb >= 0 && jx_block_instr(t, kb) == i) {
+            jx_block_op_adjoint(t, kb--, w->lane, (ptrdiff_t)rows * B);
+            continue;
+        }
         const int use_a = reads & JX_READS_A, use_b = reads & JX_READS_B;
         const double *q0 = w->d0 + (size_t)i * B, *q1 = w->d1 + (size_t)i * B;
         if (t->fixed && t->fixed[i]) {

@@ -20,10 +20,14 @@
 JX_VALUES_ATTR
 static void JX_VALUES_FN(const jx_tape *t, double *V, double *stash)
 {
-    int32_t i, l;
+    int32_t i, l, kb = 0;
     for (i = 0; i < t->n_instr; i++) {
         const int32_t word = t->op[i];
         const double c = t->imm[i];
+        if (word == JX_BLOCK) {   /* a matrix product over the block's points (block.c) */
+            jx_block_op_value(t, kb++, V, JX_VB);
+            continue;
+        }
         double *JX_RESTRICT pz = V + (size_t)t->dst[i] * JX_VB;
         const double *JX_RESTRICT pa = V + (size_t)t->a[i] * JX_VB;
         const double *JX_RESTRICT pb = V + (size_t)t->b[i] * JX_VB;

@@ -39,6 +39,9 @@ typedef enum {
    below any op word with a flag: an input, a constant. */
 #define JX_KIND_INPUT JX_N_OPS
 #define JX_KIND_CONST (JX_N_OPS + 1)
+/* ... and row b of block a (a matrix times a vector of nodes: passes.pyx lowers a block's
+   rows to one block instruction, vm.h) */
+#define JX_KIND_BLOCK (JX_N_OPS + 2)
 
 /* FIXED column of ops.def: when the partials are constants */
 #define JX_K 1     /* always */

@@ -54,6 +54,58 @@ static int jx_set_union(jx_set *dst, const jx_set *x, const jx_set *y)
     return JX_OK;
 }
 
+/*
+ * The sets of block k's rows: row j depends on the columns of the operands whose weight
+ * W[j, c] is not zero (W's structural nonzeros).  A dense block couples every row to every
+ * operand: the union of all its operands' sets is made once and copied to each row whose
+ * weights are all nonzero, so a dense m x n block costs n merges and m copies, not m x n.
+ * (dst's range never meets the operands', so no row overwrites an operand's set.)
+ */
+static int jx_block_sets(const jx_tape *t, int32_t k, jx_set *sets, jx_set *tmp)
+{
+    const int64_t *f = t->blocks + (size_t)JX_BLOCK_FIELDS * k;
+    const int32_t i = (int32_t)f[0], m = (int32_t)f[1], n = (int32_t)f[2];
+    const double *W = t->weights + f[3];
+    const int32_t dst = t->dst[i], src = t->a[i];
+    jx_set all = {NULL, 0, 0}, acc = {NULL, 0, 0};
+    int have_all = 0, st = JX_OK;
+    int32_t j, c;
+    for (j = 0; j < m && st == JX_OK; j++) {
+        const double *w = W + (size_t)j * (size_t)n;
+        int dense = 1;
+        for (c = 0; c < n; c++) dense &= (w[c] != 0.0);
+        acc.n = 0;
+        if (dense && have_all) {
+            st = jx_set_reserve(&acc, all.n);
+            if (st == JX_OK && all.n) memcpy(acc.v, all.v, (size_t)all.n * sizeof(int32_t));
+            acc.n = all.n;
+        } else {
+            for (c = 0; c < n && st == JX_OK; c++) {
+                jx_set swap;
+                if (w[c] == 0.0 || sets[src + c].n == 0) continue;
+                st = jx_set_union(tmp, &acc, &sets[src + c]);
+                swap = acc;
+                acc = *tmp;
+                *tmp = swap;
+            }
+            if (dense && st == JX_OK) {   /* keep the union for the other dense rows */
+                st = jx_set_reserve(&all, acc.n);
+                if (st == JX_OK && acc.n) memcpy(all.v, acc.v, (size_t)acc.n * sizeof(int32_t));
+                all.n = acc.n;
+                have_all = 1;
+            }
+        }
+        if (st == JX_OK) {
+            jx_set swap = sets[dst + j];
+            sets[dst + j] = acc;
+            acc = swap;
+        }
+    }
+    free(all.v);
+    free(acc.v);
+    return st;
+}
+
 int jx_sparsity(const jx_tape *t, const int32_t *col_of_input, int32_t **indptr_out,
                 int32_t **indices_out)
 {
@@ -61,7 +113,7 @@ int jx_sparsity(const jx_tape *t, const int32_t *col_of_input, int32_t **indptr_
     jx_set *sets = (jx_set *)calloc((size_t)(t->n_slots > 0 ? t->n_slots : 1), sizeof(jx_set));
     jx_set tmp = {NULL, 0, 0};
     int32_t *indptr = NULL, *indices = NULL;
-    int32_t i, j;
+    int32_t i, j, kb = 0;
     int64_t nnz = 0;
     int st = JX_OK;
     if (!sets) return JX_ENOMEM;
@@ -74,6 +126,11 @@ int jx_sparsity(const jx_tape *t, const int32_t *col_of_input, int32_t **indptr_
         }
     }
     for (i = 0; i < t->n_instr && st == JX_OK; i++) {
+        if (t->op[i] == JX_BLOCK) {
+            st = jx_block_sets(t, kb++, sets, &tmp);
+            continue;
+        }
+        {
         const int reads = jx_reads(t->op[i]);
         const int fixed = t->fixed && t->fixed[i];
         const int use_a = (reads & JX_READS_A) && !(fixed && t->fixed_d0[i] == 0.0);
@@ -87,6 +144,7 @@ int jx_sparsity(const jx_tape *t, const int32_t *col_of_input, int32_t **indptr_
             jx_set old = *d;
             *d = tmp;
             tmp = old;
+        }
         }
     }
     if (st == JX_OK) {
@@ -198,6 +256,16 @@ int jx_cones(const jx_tape *t, int64_t max_total, int64_t **cone_ptr_out, int32_
     int64_t total = 0, cap = 0;
     int32_t i, o;
     int st = JX_OK;
+    /* Cones: none for a tape with block instructions (a dense block's outputs share their
+       whole cone, which colouring serves as well); the caller takes colourings. */
+    if (t->n_blocks > 0) {
+        free(last);
+        free(writer);
+        free(stamp);
+        free(stack);
+        free(ptr);
+        return JX_EARG;
+    }
     if (!last || !writer || !stamp || !stack || !ptr) {
         st = JX_ENOMEM;
         goto done;
@@ -279,6 +347,7 @@ int jx_point_subgraph(const jx_tape *t, jx_work *w, const double *x, double *y,
     double *A = w->lane;   /* one lane */
     int32_t o, k;
     int64_t c;
+    if (t->n_blocks > 0) return JX_EARG;   /* no cones for blocks (jx_cones) */
     if (t->n_in > 0) memcpy(w->value, x, (size_t)t->n_in * sizeof(double));
     jx_forward_partials(t, w->value, w->d0, w->d1);
     if (y)

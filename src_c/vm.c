@@ -96,10 +96,34 @@ int jx_tape_check(const jx_tape *t)
     int32_t i, first_temp;
     if (t->n_instr < 0 || t->n_in < 0 || t->n_out < 0 || t->n_const < 0 || t->n_slots < 0)
         return JX_EBADTAPE;
+    int32_t kb = 0;
     first_temp = t->n_in + t->n_const;
     if (first_temp < 0 || first_temp > t->n_slots) return JX_EBADTAPE;
+    if (t->n_blocks < 0 || (t->n_blocks > 0 && (!t->blocks || !t->weights || !t->dgemm
+                                                 || !t->dgemv || t->n_weights < 0)))
+        return JX_EBADTAPE;
     for (i = 0; i < t->n_instr; i++) {
         int32_t word = t->op[i];
+        if (word == JX_BLOCK) {
+            /* the next block of the table, its ranges inside the slots and apart, its
+               matrix inside the weights */
+            const int64_t *f = t->blocks + (size_t)JX_BLOCK_FIELDS * kb;
+            int64_t m, n, d, x;
+            if (kb >= t->n_blocks || f[0] != i) return JX_EBADTAPE;
+            m = f[1];
+            n = f[2];
+            d = t->dst[i];
+            x = t->a[i];
+            if (m < 1 || n < 1 || m > INT32_MAX || n > INT32_MAX) return JX_EBADTAPE;
+            if (d < first_temp || d + m > t->n_slots || x < 0 || x + n > t->n_slots)
+                return JX_EBADTAPE;
+            if (!(d + m <= x || x + n <= d)) return JX_EBADTAPE;
+            if (t->b[i] != t->a[i] || t->s[i] != t->a[i]) return JX_EBADTAPE;
+            if (f[3] < 0 || f[3] > t->n_weights || m * n > t->n_weights - f[3])
+                return JX_EBADTAPE;
+            kb++;
+            continue;
+        }
         int32_t op = word & JX_OP_MASK;
         int32_t flags = word & ~JX_OP_MASK;
         if (op < 0 || op >= JX_N_OPS) return JX_EBADTAPE;
@@ -115,6 +139,7 @@ int jx_tape_check(const jx_tape *t)
         if (t->dst[i] == t->a[i] || t->dst[i] == t->b[i]) return JX_EBADTAPE;
         if ((jx_reads(word) & JX_READS_S) && t->dst[i] == t->s[i]) return JX_EBADTAPE;
     }
+    if (kb != t->n_blocks) return JX_EBADTAPE;
     for (i = 0; i < t->n_out; i++)
         if (t->out_slot[i] < 0 || t->out_slot[i] >= t->n_slots) return JX_EBADTAPE;
     return JX_OK;
@@ -126,7 +151,7 @@ int32_t jx_tape_fixed_partials(const jx_tape *t, unsigned char *fixed, double *d
     for (i = 0; i < t->n_instr; i++) {
         const int32_t word = t->op[i];
         const int op = word & JX_OP_MASK;
-        const int k = jx_op_fixed[op];
+        const int k = word == JX_BLOCK ? 0 : jx_op_fixed[op];
         int is_fixed = (k & JX_K) || ((k & JX_K_BI) && (word & JX_B_IMM))
                        || ((k & JX_K_AI) && (word & JX_A_IMM));
         double p0 = 0.0, p1 = 0.0;
@@ -153,7 +178,7 @@ int32_t jx_tape_sincos_pairs(const jx_tape *t, int32_t *pair)
     /* open[s]: a sin or cos instruction that reads slot s's current value and
        has no partner yet, or -1; a write to s closes it */
     int32_t *open = (int32_t *)malloc((size_t)(t->n_slots > 0 ? t->n_slots : 1) * sizeof(int32_t));
-    int32_t i, n = 0;
+    int32_t i, n = 0, kb = 0;
     if (!open) return JX_ENOMEM;
     for (i = 0; i < t->n_slots; i++) open[i] = -1;
     for (i = 0; i < t->n_instr; i++) {
@@ -169,6 +194,11 @@ int32_t jx_tape_sincos_pairs(const jx_tape *t, int32_t *pair)
             } else if (p < 0) {
                 open[s] = i;
             }
+        }
+        if (word == JX_BLOCK) {   /* a block writes m slots */
+            const int32_t m = (int32_t)t->blocks[(size_t)JX_BLOCK_FIELDS * kb++ + 1];
+            int32_t r;
+            for (r = 0; r < m; r++) open[t->dst[i] + r] = -1;
         }
         open[t->dst[i]] = -1;
     }
@@ -280,7 +310,7 @@ int32_t jx_tape_runs(const jx_tape *t, int32_t *runs)
         const int uses_imm = (word & (JX_A_IMM | JX_B_IMM)) != 0;
 #define JX_SAME_IMM(j) (!uses_imm || jx_same_bits(t->imm[j], t->imm[i]))
         int32_t j = i + 1, sd = 0, sa = 0, sb = 0, ss = 0, k, flags = 0;
-        if (j < t->n_instr && t->op[j] == word && JX_SAME_IMM(j)) {
+        if (word != JX_BLOCK && j < t->n_instr && t->op[j] == word && JX_SAME_IMM(j)) {
             sd = t->dst[j] - t->dst[i];
             sa = (reads & 1) ? t->a[j] - t->a[i] : 0;
             sb = (reads & 2) ? t->b[j] - t->b[i] : 0;
@@ -394,12 +424,17 @@ static void jx_forward_run(const jx_tape *t, double *value, int32_t i, const int
 void jx_forward(const jx_tape *t, double *value)
 {
     int32_t i;
+    int32_t kb = 0;
     if (t->runs) {
         int32_t r;
         for (r = 0, i = 0; r < t->n_runs;) {
             const int32_t *run = t->runs + (size_t)JX_RUN_FIELDS * r;
             const int32_t L = run[0];
-            if (run[5] & JX_RUN_TILE_NEXT) {    /* a tile chain: runs r .. e */
+            if (t->op[i] == JX_BLOCK) {   /* a block is a run of its own */
+                jx_block_op_value(t, kb++, value, 1);
+                i++;
+                r++;
+            } else if (run[5] & JX_RUN_TILE_NEXT) {    /* a tile chain: runs r .. e */
                 int32_t e = r, q;
                 ptrdiff_t off;
                 while (t->runs[(size_t)JX_RUN_FIELDS * e + 5] & JX_RUN_TILE_NEXT) e++;
@@ -422,6 +457,10 @@ void jx_forward(const jx_tape *t, double *value)
     for (i = 0; i < t->n_instr; i++) {
         int32_t word = t->op[i];
         double a, b, s, z;
+        if (word == JX_BLOCK) {
+            jx_block_op_value(t, kb++, value, 1);
+            continue;
+        }
         JX_LOAD_OPERANDS(value, i, word);
         switch (word & JX_OP_MASK) {
 #define OP(NAME, ARITY, COMMUTES, VALUE, D0, D1, FIXED) \
@@ -461,9 +500,16 @@ static inline double jx_value_partials(const jx_tape *t, const double *value, in
 
 void jx_forward_partials(const jx_tape *t, double *value, double *d0, double *d1)
 {
-    int32_t i;
-    for (i = 0; i < t->n_instr; i++)
-        value[t->dst[i]] = jx_value_partials(t, value, i, &d0[i], &d1[i]);
+    int32_t i = 0, kb, end;
+    for (kb = 0; kb <= t->n_blocks; kb++) {
+        for (end = jx_segment_end(t, kb); i < end; i++)
+            value[t->dst[i]] = jx_value_partials(t, value, i, &d0[i], &d1[i]);
+        if (kb < t->n_blocks) {   /* a block: its partials are W (d0, d1 unused) */
+            jx_block_op_value(t, kb, value, 1);
+            d0[i] = d1[i] = 0.0;
+            i++;
+        }
+    }
 }
 
 /* One instruction's tangent lanes from its partials (zero kills, see above). */
@@ -496,11 +542,18 @@ static inline void jx_tangent_step(double p0, double p1, double *td, const doubl
 void jx_tangent_sweep(const jx_tape *t, const double *d0, const double *d1,
                       double *tangent, int32_t lanes)
 {
-    int32_t i;
+    int32_t i = 0, kb, end;
     const size_t K = (size_t)lanes;
-    for (i = 0; i < t->n_instr; i++)
-        jx_tangent_step(d0[i], d1[i], tangent + (size_t)t->dst[i] * K,
-                        tangent + (size_t)t->a[i] * K, tangent + (size_t)t->b[i] * K, lanes);
+    for (kb = 0; kb <= t->n_blocks; kb++) {
+        for (end = jx_segment_end(t, kb); i < end; i++)
+            jx_tangent_step(d0[i], d1[i], tangent + (size_t)t->dst[i] * K,
+                            tangent + (size_t)t->a[i] * K, tangent + (size_t)t->b[i] * K,
+                            lanes);
+        if (kb < t->n_blocks) {
+            jx_block_op_tangent(t, kb, tangent, lanes);
+            i++;
+        }
+    }
 }
 
 /*
@@ -510,18 +563,43 @@ void jx_tangent_sweep(const jx_tape *t, const double *d0, const double *d1,
  */
 static void jx_forward_tangent(const jx_tape *t, double *value, double *tangent, int32_t lanes)
 {
-    int32_t i;
+    int32_t i = 0, kb, end;
     const size_t K = (size_t)lanes;
-    for (i = 0; i < t->n_instr; i++) {
-        double p0, p1;
-        value[t->dst[i]] = jx_value_partials(t, value, i, &p0, &p1);
-        jx_tangent_step(p0, p1, tangent + (size_t)t->dst[i] * K,
-                        tangent + (size_t)t->a[i] * K, tangent + (size_t)t->b[i] * K, lanes);
+    for (kb = 0; kb <= t->n_blocks; kb++) {
+        for (end = jx_segment_end(t, kb); i < end; i++) {
+            double p0, p1;
+            value[t->dst[i]] = jx_value_partials(t, value, i, &p0, &p1);
+            jx_tangent_step(p0, p1, tangent + (size_t)t->dst[i] * K,
+                            tangent + (size_t)t->a[i] * K, tangent + (size_t)t->b[i] * K,
+                            lanes);
+        }
+        if (kb < t->n_blocks) {
+            jx_block_op_value(t, kb, value, 1);
+            jx_block_op_tangent(t, kb, tangent, lanes);
+            i++;
+        }
     }
 }
 
+static void jx_adjoint_range(const jx_tape *t, const double *d0, const double *d1,
+                             double *adjoint, int32_t lanes, int32_t lo, int32_t hi);
+
 void jx_adjoint_sweep(const jx_tape *t, const double *d0, const double *d1,
                       double *adjoint, int32_t lanes)
+{
+    int32_t kb;
+    /* segments last to first: the scalar instructions after block kb, then the block */
+    for (kb = t->n_blocks - 1; kb >= 0; kb--) {
+        const int32_t ib = jx_block_instr(t, kb);
+        jx_adjoint_range(t, d0, d1, adjoint, lanes, ib + 1, jx_segment_end(t, kb + 1));
+        jx_block_op_adjoint(t, kb, adjoint, lanes);
+    }
+    jx_adjoint_range(t, d0, d1, adjoint, lanes, 0, jx_segment_end(t, 0));
+}
+
+/* The adjoint sweep over scalar instructions lo .. hi-1 (no block among them). */
+static void jx_adjoint_range(const jx_tape *t, const double *d0, const double *d1,
+                             double *adjoint, int32_t lanes, int32_t lo, int32_t hi)
 {
     int32_t i, k;
     const size_t K = (size_t)lanes;
@@ -529,7 +607,7 @@ void jx_adjoint_sweep(const jx_tape *t, const double *d0, const double *d1,
        every use has already added into its adjoint.  Pass it on, then clear
        it for the value that held the slot before (slots are reused).  Each
        lane is read before it is written, so dst may alias a or b. */
-    for (i = t->n_instr - 1; i >= 0; i--) {
+    for (i = hi - 1; i >= lo; i--) {
         const double p0 = d0[i], p1 = d1[i];
         double *ad = adjoint + (size_t)t->dst[i] * K;
         double *aa = adjoint + (size_t)t->a[i] * K;

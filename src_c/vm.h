@@ -31,6 +31,32 @@
 #define JX_EARG (-3)
 #define JX_ETHREAD (-4)
 
+/*
+ * Block instructions: y = W x for a constant m x n matrix W (row-major, in the tape's
+ * weights array) over contiguous slots, x in a .. a+n-1 and y in dst .. dst+m-1 (the two
+ * ranges apart).  Such an instruction's op word is JX_BLOCK (no op of ops.def: it has no
+ * scalar partials; its partials are W itself) and its b and s repeat a.  The blocks table
+ * lists them in tape order, JX_BLOCK_FIELDS int64 per block: the instruction's index, m,
+ * n, and W's offset in weights.  Every sweep runs the scalar instructions between two
+ * blocks as before and a block as a matrix product over all its lanes at once (block.c):
+ * values W X, tangents W T, adjoints A_x += W^T A_y, by the BLAS routines dgemm and dgemv
+ * whose pointers the tape carries (the Cython layer takes them from SciPy's
+ * scipy.linalg.cython_blas, so that the C core links against no BLAS of its own).
+ */
+#define JX_BLOCK 0x400
+#define JX_BLOCK_FIELDS 4
+/* A block's tangent or adjoint lanes go by their nonzeros, not by BLAS, when at most one in
+   JX_BLOCK_SPARSE of them is nonzero (block.c; a nonzero there costs m scattered
+   multiply-adds, against m x n x L streamed ones for BLAS: measured with bench/blocks.py) */
+#define JX_BLOCK_SPARSE 16
+
+/* Fortran BLAS as scipy.linalg.cython_blas exports it (LP64: int) */
+typedef void (*jx_dgemm_fn)(char *transa, char *transb, int *m, int *n, int *k, double *alpha,
+                            double *a, int *lda, double *b, int *ldb, double *beta, double *c,
+                            int *ldc);
+typedef void (*jx_dgemv_fn)(char *trans, int *m, int *n, double *alpha, double *a, int *lda,
+                            double *x, int *incx, double *beta, double *y, int *incy);
+
 /* Lanes of one tangent or adjoint sweep: directions done together. */
 #define JX_MAX_LANES 16
 
@@ -68,6 +94,16 @@ typedef struct {
        pays its dispatch once per run. */
     const int32_t *runs;
     int32_t n_runs;
+    /* Block instructions (see JX_BLOCK above); n_blocks 0 for a tape of scalars only. */
+    int32_t n_blocks;
+    const int64_t *blocks;      /* JX_BLOCK_FIELDS * n_blocks */
+    const double *weights;      /* n_weights */
+    int64_t n_weights;
+    /* Derived by jx_tape_block_finite (may be NULL: none finite): 1 where a block's W
+       holds only finite numbers, so that BLAS's products keep the zero kills. */
+    const unsigned char *block_finite;
+    jx_dgemm_fn dgemm;
+    jx_dgemv_fn dgemv;
 } jx_tape;
 
 #define JX_RUN_FIELDS 6
@@ -101,6 +137,29 @@ int32_t jx_tape_fixed_partials(const jx_tape *t, unsigned char *fixed, double *d
 int32_t jx_tape_runs(const jx_tape *t, int32_t *runs);
 /* Fills pair (n_instr) as jx_tape.sincos_pair; returns the number of pairs or JX_ENOMEM. */
 int32_t jx_tape_sincos_pairs(const jx_tape *t, int32_t *pair);
+
+/* Fills finite (n_blocks) as jx_tape.block_finite. */
+void jx_tape_block_finite(const jx_tape *t, unsigned char *finite);
+
+/* ---- block instructions (block.c) over L lanes: slot s's lanes at base + s * L ---- */
+
+/* Y = W X: the values (NumPy's W @ x through BLAS). */
+void jx_block_op_value(const jx_tape *t, int32_t k, double *base, ptrdiff_t L);
+/* T_y = W T_x: tangents, with the zero kills (a zero tangent or weight gives exactly 0). */
+void jx_block_op_tangent(const jx_tape *t, int32_t k, double *base, ptrdiff_t L);
+/* A_x += W^T A_y, then A_y = 0: adjoints, with the zero kills. */
+void jx_block_op_adjoint(const jx_tape *t, int32_t k, double *base, ptrdiff_t L);
+/* Block k's instruction index, m, n and weights. */
+static inline int32_t jx_block_instr(const jx_tape *t, int32_t k)
+{
+    return (int32_t)t->blocks[(size_t)JX_BLOCK_FIELDS * k];
+}
+/* Where the scalar instructions before block k end: block k's instruction, or n_instr
+   when k is past the last block.  The sweeps go segment by segment with it. */
+static inline int32_t jx_segment_end(const jx_tape *t, int32_t k)
+{
+    return k < t->n_blocks ? jx_block_instr(t, k) : t->n_instr;
+}
 
 int jx_work_init(jx_work *w, const jx_tape *t, int32_t lanes);
 void jx_work_free(jx_work *w);

@@ -358,14 +358,20 @@ def test_sparse_values_against_the_hand_written_jacobian(rng):
 def test_dense_auto_uses_the_colouring_only_when_it_pays(rng):
     # tridiagonal 50 x 50: 3 colours instead of 50 sweeps
     assert plan_of(compiled("tridiagonal")).compressed is not None
-    # dense 36 x 40 (a constant matrix times x): colouring gains nothing, but every output
-    # has its own small dependency cone, so one reverse sweep per cone (mode "cones")
-    # costs a ninth of a dense sweep set
-    dense = compiled("dense")
-    assert dense.colours() == (40, 36)
-    assert plan_of(dense).compressed == "cones"
+    # dense 36 x 40 written elementwise (scalar instructions): colouring gains nothing, but
+    # every output has its own small dependency cone, so one reverse sweep per cone (mode
+    # "cones") costs a ninth of a dense sweep set
+    scalar = jx.compile(lambda x: np.tanh((W_DENSE * x).sum(axis=1)), np.zeros(N_RANDOM))
+    assert scalar.colours() == (40, 36)
+    assert plan_of(scalar).compressed == "cones"
     x = rng.standard_normal(40)
-    np.testing.assert_array_equal(dense.jacobian(x), dense.jacobian(x, mode="reverse"))
+    np.testing.assert_array_equal(scalar.jacobian(x), scalar.jacobian(x, mode="reverse"))
+    # the same as a matrix product is one block instruction (its sweeps are matrix
+    # products): no cones, dense sweeps
+    dense = compiled("dense")
+    assert dense.tape.n_blocks == 1 and dense.colours() == (40, 36)
+    assert plan_of(dense).compressed is None
+    assert_close(dense.jacobian(x), scalar.jacobian(x))
     # small Jacobians (<= 32 a side) never ask for the pattern
     small = jx.compile(broyden, np.zeros(10))
     assert plan_of(small).compressed is None
