@@ -627,3 +627,33 @@ def test_threads_share_one_function():
         assert np.array_equal(h, F.hessian(X[k]))
         assert np.array_equal(hs, h)
         rel_close(hv, h @ x)
+
+
+def test_second_order_of_a_function_with_a_block_instruction():
+    """A constant-matrix product is one block instruction on F's tape; the derivative
+    tapes and the inlined tape take it as its rows' sums of products.  Against central
+    differences of the gradient derived by hand."""
+    rng = np.random.default_rng(3)
+    W = rng.normal(size=(16, 16)) / 4
+
+    def f(x):
+        return np.sum(np.tanh(W @ x) ** 2) + 0.1 * np.sum(x * x) ** 2
+
+    def grad(x):
+        t = np.tanh(W @ x)
+        return W.T @ (2 * t * (1 - t * t)) + 0.4 * np.dot(x, x) * x
+
+    x = rng.normal(size=16)
+    F = jx.compile(f, x)
+    assert F.tape.n_blocks == 1
+    np.testing.assert_allclose(F.grad_function()(x), grad(x), rtol=1e-12, atol=1e-14)
+    h = 1e-5
+    fd = np.stack([(grad(x + h * e) - grad(x - h * e)) / (2 * h) for e in np.eye(16)], axis=1)
+    H = F.hessian(x)
+    assert np.array_equal(H, H.T)
+    np.testing.assert_allclose(H, fd, rtol=1e-6, atol=1e-8)
+    v = rng.normal(size=16)
+    np.testing.assert_allclose(F.hvp(x, v), H @ v, rtol=1e-12, atol=1e-12)
+    G = jx.compile(lambda y: 2.0 * F(y), x)          # composition: F's tape inlined
+    np.testing.assert_allclose(G(x), 2 * f(x), rtol=1e-14)
+    np.testing.assert_allclose(G.jacobian(x), 2 * grad(x), rtol=1e-12, atol=1e-14)
