@@ -383,6 +383,7 @@ def test_corrupt_block_tables_are_refused(breakage):
 
 
 def test_blas_comes_from_scipy_and_scipy_linalg_still_imports():
+    import os
     import subprocess
     import sys
 
@@ -398,4 +399,6 @@ def test_blas_comes_from_scipy_and_scipy_linalg_still_imports():
         "assert 'dgemm' in cython_blas.__pyx_capi__\n"
         "assert np.allclose(scipy.linalg.solve(np.eye(3) * 2, np.ones(3)), 0.5)\n"
         "assert np.allclose(F(x), W @ x)\n")
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+    # the jacext this suite imports (an installed wheel, or the tree's in-place build)
+    env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(jx.__file__))}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env)

@@ -168,10 +168,13 @@ def test_constructors_called_by_compiled_code_give_numpy_arrays(tmp_path):
     made by compiled code the function calls (numpy.random's Cython) stays NumPy's (it
     crashed the interpreter when it was traced).  In a subprocess, so a crash is a
     failure here, not the end of the test run."""
+    import os
     import subprocess
     import sys
     script = tmp_path / "compiled_callers.py"
     script.write_text(_COMPILED_CALLERS)
+    # the jacext this suite imports (an installed wheel, or the tree's in-place build)
+    env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(jx.__file__))}
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                          timeout=300)
+                          timeout=300, env=env)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
