@@ -316,8 +316,10 @@ int jx_cones(const jx_tape *t, int64_t max_total, int64_t **cone_ptr_out, int32_
                 }
             }
         }
-        /* reverse order of the tape within each cone */
-        qsort(cone + ptr[o], (size_t)(total - ptr[o]), sizeof(int32_t), jx_cmp_desc);
+        /* reverse order of the tape within each cone (an empty one: nothing to sort,
+           and cone may still be NULL, which qsort must not be given) */
+        if (total > ptr[o])
+            qsort(cone + ptr[o], (size_t)(total - ptr[o]), sizeof(int32_t), jx_cmp_desc);
         ptr[o + 1] = total;
     }
 done:
