@@ -27,7 +27,7 @@ from jacext import plan as _plan         # it lazily, and a first call must not 
 from jacext import second as _second
 from jacext import sparse as _sparse
 from jacext._tape cimport (JX_MAX_LANES, JX_MODE_FORWARD, JX_MODE_REVERSE, JX_TASK_JACOBIAN,
-                           JX_TASK_VALUE, Tape,
+                           JX_TASK_VALUE, Tape, is_point,
                            jx_all_finite, jx_point_jacobian, jx_point_outputs,
                            jx_point_value, jx_work,
                            raise_status)
@@ -165,7 +165,7 @@ cdef class Function:
     def __call__(self, *args):
         """The function's value; leading axes beyond the traced shapes are a batch."""
         cdef cnp.ndarray x, y
-        if (len(args) == 1 and self._single_shape is not None and _is_point(args[0],
+        if (len(args) == 1 and self._single_shape is not None and is_point(args[0],
                                                                             self._single_shape)):
             x, batch = <cnp.ndarray>args[0], ()   # one point, nothing to convert
         elif _second.is_traced(args):   # inside a trace: the tape inlined (composition)
@@ -240,7 +240,7 @@ cdef class Function:
                                  "a new scipy.sparse.csr_array")
             if (len(args) == 1 and argnums == 0 and mode == "auto"
                     and self._single_jac_shape is not None
-                    and _is_point(args[0], self._single_shape)):
+                    and is_point(args[0], self._single_shape)):
                 plan = self._sparse0
                 if plan is None:
                     plan = self._plan(0, "auto", True)
@@ -254,7 +254,7 @@ cdef class Function:
                                       threads=threads)
             return self._sparse_jacobian(args, argnums, mode, threads)
         if (len(args) == 1 and argnums == 0 and self._single_jac_shape is not None
-                and self._single_fits and _is_point(args[0], self._single_shape)):
+                and self._single_fits and is_point(args[0], self._single_shape)):
             x = <cnp.ndarray>args[0]
             # a dense auto Jacobian from its sparse Jacobian tape, once made
             jt0 = self._jt0
@@ -731,26 +731,6 @@ cdef class Function:
 cdef inline bint _finite(cnp.ndarray a):
     """Whether every entry of a (float64, C-contiguous) is finite."""
     return jx_all_finite(<const double *>cnp.PyArray_DATA(a), cnp.PyArray_SIZE(a))
-
-
-cdef inline bint _is_point(object a, tuple shape):
-    """Whether a is a float64 C-contiguous ndarray of exactly this shape."""
-    cdef cnp.ndarray arr
-    cdef int k, nd
-    cdef cnp.npy_intp *dims
-    if type(a) is not np.ndarray:
-        return False
-    arr = <cnp.ndarray>a
-    if cnp.PyArray_TYPE(arr) != cnp.NPY_DOUBLE or not cnp.PyArray_IS_C_CONTIGUOUS(arr):
-        return False
-    nd = cnp.PyArray_NDIM(arr)
-    dims = cnp.PyArray_DIMS(arr)
-    if nd != len(shape):
-        return False
-    for k in range(nd):
-        if dims[k] != <cnp.npy_intp>shape[k]:
-            return False
-    return True
 
 
 cdef inline int32_t _lanes(int mode, int32_t n_cols, int32_t n_out) noexcept:

@@ -15,7 +15,8 @@ from libc.stdint cimport int32_t
 from libc.stdlib cimport free, malloc
 
 from jacext import plan as _plan
-from jacext._tape cimport JX_TASK_VALUE, Tape, jx_point_value, jx_work, raise_status
+from jacext._tape cimport (JX_TASK_VALUE, Tape, is_point, jx_point_value, jx_work,
+                          raise_status)
 
 cnp.import_array()
 
@@ -117,26 +118,6 @@ cdef class GuardCheck:
         return ok
 
 
-cdef inline bint _is_point(object a, tuple shape):
-    """Whether a is a float64 C-contiguous ndarray of exactly this shape."""
-    cdef cnp.ndarray arr
-    cdef int k, nd
-    cdef cnp.npy_intp *dims
-    if type(a) is not np.ndarray:
-        return False
-    arr = <cnp.ndarray>a
-    if cnp.PyArray_TYPE(arr) != cnp.NPY_DOUBLE or not cnp.PyArray_IS_C_CONTIGUOUS(arr):
-        return False
-    nd = cnp.PyArray_NDIM(arr)
-    dims = cnp.PyArray_DIMS(arr)
-    if nd != len(shape):
-        return False
-    for k in range(nd):
-        if dims[k] != <cnp.npy_intp>shape[k]:
-            return False
-    return True
-
-
 cdef class GuardedBase:
     """The single-point fast paths of ``jacext.guarded.GuardedFunction``: a point that
     holds the guards of the tape used last goes straight to that tape's Function (one C
@@ -147,7 +128,7 @@ cdef class GuardedBase:
 
     def __call__(self, *args):
         cdef tuple m = self._mru
-        if (len(args) == 1 and self._shape1 is not None and _is_point(args[0], self._shape1)
+        if (len(args) == 1 and self._shape1 is not None and is_point(args[0], self._shape1)
                 and (<GuardCheck>m[1]).holds(args[0]) == 1):
             return m[0](args[0])
         return self._call("__call__", args, (), (), {})
@@ -155,7 +136,7 @@ cdef class GuardedBase:
     def jacobian(self, *args, argnums=0, mode="auto", out=None, threads=None, sparse=False):
         """As :meth:`jacext.Function.jacobian`, on the branch each point takes."""
         cdef tuple m = self._mru
-        if (len(args) == 1 and self._shape1 is not None and _is_point(args[0], self._shape1)
+        if (len(args) == 1 and self._shape1 is not None and is_point(args[0], self._shape1)
                 and (<GuardCheck>m[1]).holds(args[0]) == 1):
             if argnums == 0 and out is None and threads is None and not sparse:
                 if mode == "auto":

@@ -101,3 +101,24 @@ cdef class Cones:
     cdef const int32_t *cn
     cdef const int32_t *rp
     cdef const int32_t *nz
+
+
+cdef inline bint is_point(object a, tuple shape):
+    """Whether a is a float64 C-contiguous ndarray of exactly this shape (the fast
+    paths' test, shared by _function.pyx and _guards.pyx)."""
+    cdef cnp.ndarray arr
+    cdef int k, nd
+    cdef cnp.npy_intp *dims
+    if not cnp.PyArray_CheckExact(a):
+        return False
+    arr = <cnp.ndarray>a
+    if cnp.PyArray_TYPE(arr) != cnp.NPY_DOUBLE or not cnp.PyArray_IS_C_CONTIGUOUS(arr):
+        return False
+    nd = cnp.PyArray_NDIM(arr)
+    dims = cnp.PyArray_DIMS(arr)
+    if nd != len(shape):
+        return False
+    for k in range(nd):
+        if dims[k] != <cnp.npy_intp>shape[k]:
+            return False
+    return True
