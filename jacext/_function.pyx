@@ -24,6 +24,7 @@ from jacext import arguments as _args
 from jacext import dask as _lazy          # dask arrays: handed to jacext/dask.py (lazy graphs)
 from jacext import jactape as _jactape  # noqa: F401  (loaded with jacext: the planner imports
 from jacext import plan as _plan         # it lazily, and a first call must not pay for that)
+from jacext import nonfinite as _nonfinite
 from jacext import second as _second
 from jacext import sparse as _sparse
 from jacext._tape cimport (JX_MAX_LANES, JX_MODE_FORWARD, JX_MODE_REVERSE, JX_TASK_JACOBIAN,
@@ -343,21 +344,6 @@ cdef class Function:
         self._auto0 = self._plan(0, "auto", False).compressed is None
         return self._auto0
 
-    def _forward_rows(self, cnp.ndarray X, cnp.ndarray flat, cnp.ndarray cols, threads):
-        """The rows of a batch's dense Jacobian (flat: n_points x n_out * n_cols) that hold
-        an inf or nan, again by forward sweeps: where a reverse sweep or a Jacobian tape
-        meets a non-finite partial, the forward sweeps' zero kills decide (README, "Where
-        np.where is differentiable"), so every mode gives the same entries."""
-        bad = np.flatnonzero(~np.isfinite(flat).all(axis=1))
-        if not bad.shape[0]:
-            return
-        redo = np.empty((bad.shape[0], flat.shape[1]), dtype=np.float64)
-        self.tape.run(JX_TASK_JACOBIAN, np.ascontiguousarray(X[bad]), None, redo,
-                      _plan.n_threads(threads, bad.shape[0],
-                                      self.tape.t.n_instr * (1 + cols.shape[0])),
-                      JX_MODE_FORWARD, None, cols, None, 0, None, None)
-        flat[bad] = redo
-
     def _jacobian(self, tuple args, argnums, mode, out, threads, bint want_value):
         cdef cnp.ndarray x, mat, y = None
         cdef Tape jt
@@ -397,8 +383,8 @@ cdef class Function:
                 # (a forward plan's Jacobian tape redoes its non-finite blocks by forward
                 # sweeps in C already: only a reverse plan's batch needs the check)
                 if plan.mode == "reverse" and not _finite(mat):
-                    self._forward_rows(X, mat.reshape(n_points, n_out * n_cols), plan.cols,
-                                       threads)
+                    _nonfinite.redo_rows(self.tape, X, mat.reshape(n_points, n_out * n_cols),
+                                         plan.cols, threads)
         elif plan.compressed is not None:
             vals, y = self._compressed(plan, x, -1, threads, want_value)
             if not direct:
@@ -441,16 +427,11 @@ cdef class Function:
         return _args.nest(block, self.out_shapes, self.out_is_tuple, nums, multi)
 
     def _check_size(self, tuple batch, Py_ssize_t n_cols):
-        """MemoryError, before anything is allocated, for a dense Jacobian beyond RAM."""
-        n_points = math.prod(batch) if batch else 1
-        nbytes = 8 * n_points * int(self.tape.t.n_out) * int(n_cols)
-        mem = _plan.physical_memory()
-        if nbytes > mem:
-            raise MemoryError(
-                f"jacext: the dense Jacobian would take {nbytes / 2**30:.1f} GiB "
-                f"({n_points} x {self.tape.t.n_out} x {n_cols} float64), more than this "
-                f"machine's {mem / 2**30:.1f} GiB of memory; ask for a sparse Jacobian "
-                f"(sparse=True), Jacobian-vector products (jvp/vjp), or a smaller batch")
+        n_points, n_out = (math.prod(batch) if batch else 1), self.tape.t.n_out
+        _plan.check_dense_memory(
+            n_points * n_out * n_cols, f"Jacobian ({n_points} x {n_out} x {n_cols} float64)",
+            "a sparse Jacobian (sparse=True), Jacobian-vector products (jvp/vjp), or a "
+            "smaller batch")
 
     # ---- sparse ----
 
@@ -505,7 +486,8 @@ cdef class Function:
             n_points if n_points >= 0 else 1)
         cdef Py_ssize_t n_y = self.tape.t.n_out if want_value else 0
         if jt is None:
-            return self._compressed_sweeps(plan, x, n_points, threads, want_value)
+            return _sparse.compressed_sweeps(self.tape, self._planner, plan, x, n_points,
+                                             threads, want_value)
         if n_points < 0:
             if (self._jt0 is None and not want_value and self._single_jac_shape is not None
                     and plan is self._plan(0, "auto", False)):
@@ -516,7 +498,8 @@ cdef class Function:
                         self._jt0 = (jt,) + tuple(plan.structure.pattern)
             r = _eval_tape(jt, x, n_y)
             if r is None:
-                return self._compressed_sweeps(plan, x, -1, threads, want_value)
+                return _sparse.compressed_sweeps(self.tape, self._planner, plan, x, -1,
+                                                 threads, want_value)
             return r[n_y:], (r[:n_y] if want_value else None)
         r = np.empty((n_points, jt.t.n_out), dtype=np.float64)
         jt.run(JX_TASK_VALUE, x, r, None, _plan.n_threads(threads, n_points, jt.t.n_instr), 0,
@@ -525,51 +508,12 @@ cdef class Function:
         y = np.ascontiguousarray(r[:, :n_y]) if want_value else None
         bad = np.flatnonzero(~np.isfinite(vals).all(axis=1))
         if bad.shape[0]:
-            redo, y_redo = self._compressed_sweeps(plan, np.ascontiguousarray(x[bad]),
-                                                   bad.shape[0], threads, want_value)
+            redo, y_redo = _sparse.compressed_sweeps(self.tape, self._planner, plan,
+                                                     np.ascontiguousarray(x[bad]),
+                                                     bad.shape[0], threads, want_value)
             vals[bad] = redo
             if want_value:
                 y[bad] = y_redo
-        return vals, y
-
-    def _compressed_sweeps(self, plan, cnp.ndarray x, Py_ssize_t n_points, threads,
-                           bint want_value):
-        """``_compressed`` by the sweeps: colourings, or one reverse sweep per output."""
-        structure = plan.structure
-        n_out, n_cols = structure.shape
-        y = (np.empty((n_points, n_out) if n_points >= 0 else n_out, dtype=np.float64)
-             if want_value else None)
-        if plan.compressed == "cones":
-            cones = structure.cones(self._planner.best(plan.argnums)[1])
-            vals = np.empty((n_points, structure.nnz) if n_points >= 0 else structure.nnz,
-                            dtype=np.float64)
-            if n_points >= 0:
-                self.tape.batch("cones", x, y, vals,
-                                _plan.n_threads(threads, n_points, 3 * self.tape.work),
-                                cones=cones)
-            else:
-                self.tape.cones_jacobian(x, y, cones, vals)
-            if not _finite(vals):
-                self._forward_nonzeros(plan, x, n_points, vals, threads)
-            return vals, y
-        col, p, row, q = structure.colourings
-        forward = plan.compressed == "forward"
-        colour, n_colours = (col, p) if forward else (row, q)
-        shape = structure.compressed_shape(plan.compressed)
-        comp = np.empty((n_points,) + shape if n_points >= 0 else shape, dtype=np.float64)
-        m = _MODE[plan.compressed]
-        if n_points >= 0:
-            self.tape.batch("compressed", x, y, comp,
-                            _plan.n_threads(threads, n_points,
-                                            self.tape.work * (1 + n_colours)),
-                            mode=m, cols=plan.cols, colour=colour, n_colours=n_colours)
-            vals = np.take(comp.reshape(n_points, math.prod(shape)),
-                           structure.gather(plan.compressed), axis=1)
-        else:
-            self.tape.compressed(x, y, comp, plan.cols, colour, n_colours, m)
-            vals = np.take(comp.reshape(-1), structure.gather(plan.compressed))
-        if not forward and not _finite(vals):
-            self._forward_nonzeros(plan, x, n_points, vals, threads)
         return vals, y
 
     # ---- second order (jacext/second.py) ----
@@ -618,28 +562,6 @@ cdef class Function:
         """The colours (gradient sweeps) a sparse Hessian costs."""
         return _second.hessian_colours(self, argnums)
 
-    def _forward_nonzeros(self, plan, cnp.ndarray x, Py_ssize_t n_points, cnp.ndarray vals,
-                          threads):
-        """The nonzeros of the points (rows of vals) that hold an inf or nan, again by the
-        forward sweeps of the column colouring, whose zero kills decide (as
-        ``_forward_rows``)."""
-        structure = plan.structure
-        col, p = structure.colourings[:2]
-        shape = structure.compressed_shape("forward")
-        if n_points < 0:
-            comp = np.empty(shape, dtype=np.float64)
-            self.tape.compressed(x, None, comp, plan.cols, col, p, JX_MODE_FORWARD)
-            vals[...] = np.take(comp.reshape(-1), structure.gather("forward"))
-            return
-        bad = np.flatnonzero(~np.isfinite(vals).all(axis=1))
-        comp = np.empty((bad.shape[0],) + shape, dtype=np.float64)
-        self.tape.batch("compressed", np.ascontiguousarray(x[bad]), None, comp,
-                        _plan.n_threads(threads, bad.shape[0],
-                                        self.tape.t.n_instr * (1 + p)),
-                        mode=JX_MODE_FORWARD, cols=plan.cols, colour=col, n_colours=p)
-        vals[bad] = np.take(comp.reshape(bad.shape[0], math.prod(shape)),
-                            structure.gather("forward"), axis=1)
-
     # ---- products ----
 
     def jvp(self, *args):
@@ -648,19 +570,11 @@ cdef class Function:
         ``tangents`` has the shape of the argument for a one-argument Function,
         else it is a tuple with one array per argument.
         """
-        n_args = len(self.arg_shapes)
         if _lazy.is_dask(args):
             return _lazy.jvp(self, *args)
-        if len(args) != n_args + 1:
-            raise TypeError(f"jacext: jvp takes the {n_args} argument(s) of {self.name} and "
-                            f"then the tangents; got {len(args)} values")
-        tangents = args[-1]
-        if n_args == 1:
-            tangents = (tangents,)
-        elif not isinstance(tangents, (tuple, list)) or len(tangents) != n_args:
-            raise TypeError(f"jacext: tangents must be a tuple of {n_args} arrays, one per "
-                            "argument")
-        return self._product("jvp", args[:-1], tuple(tangents), self.arg_shapes, "tangent")
+        return self._product("jvp", *_args.split_seeds("jvp", args, self.arg_shapes,
+                                                       self.out_shapes, self.out_is_tuple,
+                                                       self.name))
 
     def vjp(self, *args):
         """``F.vjp(*args, cotangent) -> (value, cotangent @ J)`` (reverse mode).
@@ -670,22 +584,16 @@ cdef class Function:
         """
         if _lazy.is_dask(args):
             return _lazy.vjp(self, *args)
-        if len(args) != len(self.arg_shapes) + 1:
-            raise TypeError(f"jacext: vjp takes the {len(self.arg_shapes)} argument(s) of "
-                            f"{self.name} and then the output cotangent; got {len(args)} "
-                            "values")
-        u = args[-1]
-        parts = tuple(u) if self.out_is_tuple else (u,)
-        if len(parts) != len(self.out_shapes):
-            raise TypeError(f"jacext: the cotangent must have the output's structure: "
-                            f"{len(self.out_shapes)} array(s)")
-        return self._product("vjp", args[:-1], parts, self.out_shapes, "cotangent")
+        return self._product("vjp", *_args.split_seeds("vjp", args, self.arg_shapes,
+                                                       self.out_shapes, self.out_is_tuple,
+                                                       self.name))
 
-    def _product(self, str kind, tuple args, tuple seeds, tuple seed_shapes, str what):
+    def _product(self, str kind, tuple args, tuple seeds, tuple seed_shapes):
         """jvp or vjp: (value, J v) or (value, u J) at one point or a batch."""
         cdef cnp.ndarray x, v, y, r
         x, batch = self._rows(args)
-        arrays, sbatch = _args.parse(seeds, seed_shapes, self.name, what)
+        arrays, sbatch = _args.parse(seeds, seed_shapes, self.name,
+                                       "tangent" if kind == "jvp" else "cotangent")
         v = _args.flatten(arrays, seed_shapes, sbatch)
         batch = tuple(np.broadcast_shapes(batch, sbatch))
         n_in, n_out = self.tape.t.n_in, self.tape.t.n_out
@@ -702,28 +610,11 @@ cdef class Function:
             self.tape.batch(kind, x, y, r,
                             _plan.n_threads(None, x.shape[0], 2 * self.tape.work), seed=v)
         if kind == "vjp" and not _finite(r):
-            self._forward_vjp(x, v, r)
+            _nonfinite.redo_vjp(self.tape, x, v, r)
         value = _args.split(y, self.out_shapes, self.out_is_tuple, batch)
         if kind == "jvp":
             return value, _args.split(r, self.out_shapes, self.out_is_tuple, batch)
         return value, _args.split(r, self.arg_shapes, len(self.arg_shapes) > 1, batch)
-
-
-    def _forward_vjp(self, cnp.ndarray x, cnp.ndarray u, cnp.ndarray r):
-        """u J again where the adjoint sweep gave an inf or nan: J by forward sweeps, the
-        products with zero kills (a zero cotangent or entry contributes zero)."""
-        cdef Py_ssize_t n_in = self.tape.t.n_in, n_out = self.tape.t.n_out
-        X = x.reshape(-1, n_in)
-        U = u.reshape(-1, n_out)
-        R = r.reshape(-1, n_in)
-        cols = np.arange(n_in, dtype=np.int32)
-        for k in np.flatnonzero(~np.isfinite(R).all(axis=1)):
-            J = np.empty((n_out, n_in), dtype=np.float64)
-            self.tape.compressed(np.ascontiguousarray(X[k]), None, J, cols, None, 0,
-                                 JX_MODE_FORWARD)
-            uk = U[k][:, None]
-            with np.errstate(invalid="ignore", over="ignore"):
-                R[k] = np.where((uk == 0.0) | (J == 0.0), 0.0, uk * J).sum(axis=0)
 
 
 # ---- the fast paths' pieces ----

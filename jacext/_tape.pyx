@@ -22,6 +22,7 @@ from libc.stdint cimport int32_t, int64_t
 from libc.stdlib cimport free, malloc
 from cpython.pycapsule cimport PyCapsule_GetName, PyCapsule_GetPointer
 
+from jacext import blas as _blas
 from jacext import plan as _plan
 
 cnp.import_array()
@@ -209,34 +210,6 @@ cdef jx_dgemm_fn _DGEMM = NULL
 cdef jx_dgemv_fn _DGEMV = NULL
 
 
-def _cython_blas():
-    """scipy.linalg.cython_blas: loaded from its file where it is found, without running
-    scipy.linalg's __init__ (most of a first compile's time: it parses docstrings); a later
-    ``import scipy.linalg`` gets this same module (Cython keeps one per process).  The usual
-    import where the file is not where SciPy's wheels put it."""
-    import importlib.machinery
-    import importlib.util
-    import os
-    import sys
-
-    name = "scipy.linalg.cython_blas"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.find_spec("scipy")
-    if spec is not None and spec.origin:
-        folder = os.path.join(os.path.dirname(spec.origin), "linalg")
-        for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-            path = os.path.join(folder, "cython_blas" + suffix)
-            if os.path.isfile(path):
-                loader = importlib.machinery.ExtensionFileLoader(name, path)
-                module = importlib.util.module_from_spec(
-                    importlib.util.spec_from_file_location(name, path, loader=loader))
-                loader.exec_module(module)
-                return module
-    from scipy.linalg import cython_blas
-    return cython_blas
-
-
 cdef int _load_blas() except -1:
     """The BLAS routines of block instructions: SciPy's (scipy.linalg.cython_blas exports
     them as C function pointers), so the C core links against no BLAS itself and a block's
@@ -244,7 +217,7 @@ cdef int _load_blas() except -1:
     global _DGEMM, _DGEMV
     if _DGEMM != NULL:
         return 0
-    capi = _cython_blas().__pyx_capi__
+    capi = _blas.cython_blas().__pyx_capi__
     gemv, gemm = capi["dgemv"], capi["dgemm"]
     _DGEMV = <jx_dgemv_fn>PyCapsule_GetPointer(gemv, PyCapsule_GetName(gemv))
     _DGEMM = <jx_dgemm_fn>PyCapsule_GetPointer(gemm, PyCapsule_GetName(gemm))
@@ -428,36 +401,9 @@ cdef class Tape:
         return self._runs.reshape(-1, JX_RUN_FIELDS)
 
     def disassemble(self):
-        """The tape as text lines: constants, then one instruction a line, then the
-        output slots."""
-        a = self._arrays
-        n_in = self.t.n_in
-        lines = [f"       s{n_in + k} = {float(v)!r}" for k, v in enumerate(a["const_value"])]
-        shapes = {i: (m, n, o) for i, m, n, o in
-                  a["blocks"].reshape(-1, JX_BLOCK_FIELDS).tolist()}
-        for i, (word, d, x, y, c, imm) in enumerate(zip(
-                a["op"].tolist(), a["dst"].tolist(), a["a"].tolist(), a["b"].tolist(),
-                a["s"].tolist(), a["imm"].tolist())):
-            if word == JX_BLOCK:   # one line per block, its shape shown
-                m, n, o = shapes[i]
-                lines.append(f"{i:6d} s{d}..s{d + m - 1} = BLOCK W[{m}x{n}]@{o} "
-                             f"s{x}..s{x + n - 1}")
-                continue
-            op = word & JX_OP_MASK
-            name = jx_op_names[op].decode()
-            if jx_op_arity[op] == 3:
-                args = f"s{c} ? s{x} : s{y}"
-            elif jx_op_arity[op] == 1:
-                args = f"s{x}"
-            elif word & JX_A_IMM:
-                args = f"{imm!r}, s{y}"
-            elif word & JX_B_IMM:
-                args = f"s{x}, {imm!r}"
-            else:
-                args = f"s{x}, s{y}"
-            lines.append(f"{i:6d} s{d} = {name} {args}")
-        lines.append("; outputs: " + " ".join(f"s{s}" for s in a["out_slot"].tolist()))
-        return lines
+        """The tape as text lines (``jacext.ops.disassemble``)."""
+        from jacext import ops
+        return ops.disassemble(self.arrays())
 
     # ---- work memory ----
 
@@ -832,3 +778,9 @@ def colour_columns(ptr, idx, int32_t n_rows, int32_t n_cols, order, max_work):
 
 
 cdef int64_t _NOGIL_WORK = _plan.NOGIL_WORK
+
+
+def all_finite(cnp.ndarray a):
+    """Whether every entry of a (float64, C-contiguous) is finite (one C loop)."""
+    _buf(a, cnp.NPY_DOUBLE, 0, "a")
+    return jx_all_finite(<const double *>cnp.PyArray_DATA(a), cnp.PyArray_SIZE(a))

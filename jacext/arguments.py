@@ -148,3 +148,26 @@ def broadcast_rows(x, batch):
     the batch shape ``batch``."""
     width = x.shape[-1]
     return np.ascontiguousarray(np.broadcast_to(x, batch + (width,))).reshape(-1, width)
+
+
+def split_seeds(kind, args, arg_shapes, out_shapes, out_is_tuple, name):
+    """``F.jvp(*args, tangents)`` / ``F.vjp(*args, cotangent)``'s values checked and
+    split: (the function's arguments, the seeds as a tuple of arrays, their shapes)."""
+    n = len(arg_shapes)
+    if kind == "jvp":
+        if len(args) != n + 1:
+            raise TypeError(f"jacext: jvp takes the {n} argument(s) of {name} and then the "
+                            f"tangents; got {len(args)} values")
+        seeds = (args[-1],) if n == 1 else args[-1]
+        if not isinstance(seeds, (tuple, list)) or len(seeds) != n:
+            raise TypeError(f"jacext: tangents must be a tuple of {n} arrays, one per "
+                            "argument")
+        return args[:-1], tuple(seeds), arg_shapes
+    if len(args) != n + 1:
+        raise TypeError(f"jacext: vjp takes the {n} argument(s) of {name} and then the "
+                        f"output cotangent; got {len(args)} values")
+    seeds = tuple(args[-1]) if out_is_tuple else (args[-1],)
+    if len(seeds) != len(out_shapes):
+        raise TypeError(f"jacext: the cotangent must have the output's structure: "
+                        f"{len(out_shapes)} array(s)")
+    return args[:-1], seeds, out_shapes

@@ -221,28 +221,15 @@ class GuardedFunction(GuardedBase):
 
     def jvp(self, *args):
         """As :meth:`jacext.Function.jvp`."""
-        n = len(self.arg_shapes)
-        if len(args) != n + 1:
-            raise TypeError(f"jacext: jvp takes the {n} argument(s) of {self.name} and "
-                            f"then the tangents; got {len(args)} values")
-        tangents = (args[-1],) if n == 1 else args[-1]
-        if not isinstance(tangents, (tuple, list)) or len(tangents) != n:
-            raise TypeError(f"jacext: tangents must be a tuple of {n} arrays, one per "
-                            "argument")
-        return self._call("jvp", args[:-1], tuple(tangents), self.arg_shapes, {})
+        return self._call("jvp", *self._seeds("jvp", args), {})
 
     def vjp(self, *args):
         """As :meth:`jacext.Function.vjp`."""
-        if len(args) != len(self.arg_shapes) + 1:
-            raise TypeError(f"jacext: vjp takes the {len(self.arg_shapes)} argument(s) of "
-                            f"{self.name} and then the output cotangent; got {len(args)} "
-                            "values")
-        u = args[-1]
-        parts = tuple(u) if self.out_is_tuple else (u,)
-        if len(parts) != len(self.out_shapes):
-            raise TypeError(f"jacext: the cotangent must have the output's structure: "
-                            f"{len(self.out_shapes)} array(s)")
-        return self._call("vjp", args[:-1], parts, self.out_shapes, {})
+        return self._call("vjp", *self._seeds("vjp", args), {})
+
+    def _seeds(self, kind, args):
+        return _args.split_seeds(kind, args, self.arg_shapes, self.out_shapes,
+                                 self.out_is_tuple, self.name)
 
     def sparsity(self, argnums=0):
         """The union of the kept tapes' patterns (each branch's own: ``tapes``)."""

@@ -258,3 +258,36 @@ def partials(word, e, a, b, z, s=None):
     a, b (s: SELECT's condition) and result z, built through the emitter ``e``; p1 is
     None for unary ops."""
     return _RULES[word & OP_MASK](e, a, b, z, s)
+
+
+def disassemble(arrays):
+    """A tape's arrays (``Tape.arrays()``) as text lines: constants, then one
+    instruction a line (a block instruction with its matrix's shape), then the
+    output slots."""
+    a = arrays
+    n_in = a["n_in"]
+    lines = [f"       s{n_in + k} = {float(v)!r}" for k, v in enumerate(a["const_value"])]
+    shapes = {i: (m, n, o) for i, m, n, o in
+              a["blocks"].reshape(-1, _tape.BLOCK_FIELDS).tolist()}
+    for i, (word, d, x, y, c, imm) in enumerate(zip(
+            a["op"].tolist(), a["dst"].tolist(), a["a"].tolist(), a["b"].tolist(),
+            a["s"].tolist(), a["imm"].tolist())):
+        if word == _tape.BLOCK:
+            m, n, o = shapes[i]
+            lines.append(f"{i:6d} s{d}..s{d + m - 1} = BLOCK W[{m}x{n}]@{o} "
+                         f"s{x}..s{x + n - 1}")
+            continue
+        op = word & OP_MASK
+        if ARITY[op] == 3:
+            args = f"s{c} ? s{x} : s{y}"
+        elif ARITY[op] == 1:
+            args = f"s{x}"
+        elif word & A_IMM:
+            args = f"{imm!r}, s{y}"
+        elif word & B_IMM:
+            args = f"s{x}, {imm!r}"
+        else:
+            args = f"s{x}, s{y}"
+        lines.append(f"{i:6d} s{d} = {NAMES[op]} {args}")
+    lines.append("; outputs: " + " ".join(f"s{s}" for s in a["out_slot"].tolist()))
+    return lines

@@ -27,6 +27,20 @@ cdef int _cmp_int32(const void *x, const void *y) noexcept nogil:
     return (a > b) - (a < b)
 
 
+cdef inline int64_t _release(int32_t *pending, int64_t n_pend, int32_t *free_stack,
+                             int64_t n_free) noexcept:
+    """Push a group's freed slots onto the free stack so that they pop in increasing
+    order (an instruction may free two, from two ranges: sort them apart); the new
+    height of the stack."""
+    if n_pend > 1:
+        qsort(pending, <size_t>n_pend, sizeof(int32_t), _cmp_int32)
+    while n_pend > 0:
+        n_pend -= 1
+        free_stack[n_free] = pending[n_pend]
+        n_free += 1
+    return n_free
+
+
 def lower(Graph g, input_ids, output_ids):
     """The tape arrays (``Tape``'s constructor takes them) for these input and output
     node ids of a finished graph: the passes in order.
@@ -176,12 +190,8 @@ def lower(Graph g, input_ids, output_ids):
         opw = g.op[nd]
         if opw == C_BLOCK:
             # a block: a group of its own (the slots freed before it are free for it)
-            if n_pend > 1:
-                qsort(&pending[0], <size_t>n_pend, sizeof(int32_t), _cmp_int32)
-            while n_pend > 0:
-                n_pend -= 1
-                free_stack[n_free] = pending[n_pend]
-                n_free += 1
+            n_free = _release(&pending[0], n_pend, &free_stack[0], n_free)
+            n_pend = 0
             group_start = j
             prev_opw = JX_BLOCK
             w_index, ids = g.blocks[g.a[nd]]
@@ -255,14 +265,8 @@ def lower(Graph g, input_ids, output_ids):
             if o >= 0 and born[o] >= group_start:
                 new_group = True
         if new_group:
-            # the group's freed slots, pushed so that they pop in increasing order
-            # (an instruction may free two, from two ranges: sort them apart)
-            if n_pend > 1:
-                qsort(&pending[0], <size_t>n_pend, sizeof(int32_t), _cmp_int32)
-            while n_pend > 0:
-                n_pend -= 1
-                free_stack[n_free] = pending[n_pend]
-                n_free += 1
+            n_free = _release(&pending[0], n_pend, &free_stack[0], n_free)
+            n_pend = 0
             group_start = j
         prev_opw = opw
         born[nd] = <int32_t>j

@@ -130,6 +130,17 @@ def physical_memory():
     return _MEMORY
 
 
+def check_dense_memory(n_values, what, instead):
+    """MemoryError, before anything is allocated, where a dense result of n_values
+    float64 (``what``, e.g. "Jacobian (10 x 3 float64)") would not fit in RAM;
+    ``instead`` names what to ask for."""
+    nbytes = 8 * int(n_values)
+    if nbytes > _MEMORY:
+        raise MemoryError(
+            f"jacext: the dense {what} would take {nbytes / 2**30:.1f} GiB, more than this "
+            f"machine's {_MEMORY / 2**30:.1f} GiB of memory; ask for {instead}")
+
+
 # ---------------------------------------------------------------- cost model --
 
 def runs_pay(n_runs, n_instr):

@@ -56,13 +56,8 @@ def _once(F, key, make):
 
 
 def _check_memory(n_values, what):
-    nbytes = 8 * int(n_values)
-    mem = _plan.physical_memory()
-    if nbytes > mem:
-        raise MemoryError(
-            f"jacext: the dense {what} would take {nbytes / 2**30:.1f} GiB ({n_values} "
-            f"float64), more than this machine's {mem / 2**30:.1f} GiB of memory; ask for "
-            f"a sparse one (sparse=True) or Hessian-vector products (hvp)")
+    _plan.check_dense_memory(n_values, f"{what} ({n_values} float64)",
+                             "a sparse one (sparse=True) or Hessian-vector products (hvp)")
 
 
 # ------------------------------------------------------ derivatives as Functions --

@@ -13,11 +13,13 @@ template, and each result is a shallow copy of it with its own arrays.
 from __future__ import annotations
 
 import copy
+import math
 
 import numpy as np
 import scipy.sparse as sp
 
 from jacext import _tape
+from jacext import plan as _plan
 
 
 class SparseJacobians:
@@ -241,3 +243,45 @@ class Structure:
         """The pattern as a bool csr_array."""
         ptr, idx = self.pattern
         return pattern_array(ptr, idx, self.shape)
+
+
+def compressed_sweeps(tape, planner, plan, x, n_points, threads, want_value):
+    """(nonzeros, y) of a sparse plan by sweeps over ``tape``: its dependency cones (one
+    reverse sweep per output), or its colouring's compressed sweeps, at one point
+    (n_points -1: x a row) or at the n_points rows of x.  Entries that met an inf or nan
+    in a reverse sweep are redone by forward sweeps (``jacext.nonfinite``)."""
+    from jacext import nonfinite
+    structure = plan.structure
+    n_out, n_cols = structure.shape
+    y = (np.empty((n_points, n_out) if n_points >= 0 else n_out, dtype=np.float64)
+         if want_value else None)
+    if plan.compressed == "cones":
+        cones = structure.cones(planner.best(plan.argnums)[1])
+        vals = np.empty((n_points, structure.nnz) if n_points >= 0 else structure.nnz,
+                        dtype=np.float64)
+        if n_points >= 0:
+            tape.batch("cones", x, y, vals,
+                       _plan.n_threads(threads, n_points, 3 * tape.work), cones=cones)
+        else:
+            tape.cones_jacobian(x, y, cones, vals)
+        if not _tape.all_finite(vals):
+            nonfinite.redo_nonzeros(tape, plan, x, n_points, vals, threads)
+        return vals, y
+    col, p, row, q = structure.colourings
+    forward = plan.compressed == "forward"
+    colour, n_colours = (col, p) if forward else (row, q)
+    shape = structure.compressed_shape(plan.compressed)
+    comp = np.empty((n_points,) + shape if n_points >= 0 else shape, dtype=np.float64)
+    mode = _tape.MODES[plan.compressed]
+    if n_points >= 0:
+        tape.batch("compressed", x, y, comp,
+                   _plan.n_threads(threads, n_points, tape.work * (1 + n_colours)),
+                   mode=mode, cols=plan.cols, colour=colour, n_colours=n_colours)
+        vals = np.take(comp.reshape(n_points, math.prod(shape)),
+                       structure.gather(plan.compressed), axis=1)
+    else:
+        tape.compressed(x, y, comp, plan.cols, colour, n_colours, mode)
+        vals = np.take(comp.reshape(-1), structure.gather(plan.compressed))
+    if not forward and not _tape.all_finite(vals):
+        nonfinite.redo_nonzeros(tape, plan, x, n_points, vals, threads)
+    return vals, y
