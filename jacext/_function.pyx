@@ -46,6 +46,20 @@ cdef class Function:
     Made by :func:`jacext.compile`.  The tape is immutable; each call uses its
     own work memory, so one Function may be shared across threads, and it
     pickles as plain arrays.
+
+    >>> import numpy as np, jacext as jx
+    >>> F = jx.compile(lambda x: np.array([x[0] * x[1], np.sin(x[0])]), np.zeros(2))
+    >>> x = np.array([0.0, 2.0])
+    >>> F(x), F.jacobian(x)
+    (array([0., 0.]), array([[2., 0.],
+           [1., 0.]]))
+    >>> F.jvp(x, np.array([1.0, 0.0]))[1], F.vjp(x, np.array([1.0, 0.0]))[1]
+    (array([2., 1.]), array([2., 0.]))
+    >>> F.hessian(x, np.array([1.0, 0.0]))          # of 1 * x0 x1 + 0 * sin(x0)
+    array([[0., 1.],
+           [1., 0.]])
+    >>> F.jacobian(np.zeros((5, 2))).shape            # a batch of 5 points
+    (5, 2, 2)
     """
 
     cdef readonly Tape tape
@@ -329,7 +343,7 @@ cdef class Function:
             return None
         slot = self._planner._slot(0, "forward" if m == JX_MODE_FORWARD else "reverse",
                                    False, True)
-        jt = slot.tape(self._pt_seen[m])
+        jt = slot.point_tape(self._pt_seen[m])
         self._pt_seen[m] = 0
         if slot.built:
             with self._planner.lock:      # set once: from None to the tape
@@ -396,7 +410,7 @@ cdef class Function:
                 mat = np.empty(shape, dtype=np.float64)
             if want_value:
                 y = np.empty(n_out, dtype=np.float64)
-            jt = plan.dense_tape.tape(1)
+            jt = plan.dense_tape.point_tape(1)
             if jt is None or not _tape_jacobian(jt, x, y, mat):
                 self.tape.compressed(x, y, mat, plan.cols, None, 0, _MODE[plan.mode])
                 if plan.mode == "reverse" and not _finite(mat):

@@ -263,6 +263,11 @@ def hessian(f, inputs, *, cache=True):
     x.shape + x.shape for a vector ``f``, as ``jax.hessian``).  A tuple of arrays
     (scalar ``f``): a tuple of tuples of blocks, ``H[i][j]`` of shape
     inputs[i].shape + inputs[j].shape, as torch nests them.  Cached as :func:`jacobian`.
+
+    >>> import numpy as np, jacext as jx
+    >>> jx.hessian(lambda x: x[0] ** 2 * x[1], np.array([1.0, 2.0]))
+    array([[4., 2.],
+           [2., 0.]])
     """
     is_tuple = isinstance(inputs, tuple)
     args = inputs if is_tuple else (inputs,)
@@ -294,7 +299,12 @@ def hessian(f, inputs, *, cache=True):
 
 def hvp(f, inputs, v, *, cache=True):
     """The Hessian of a scalar ``f`` at ``inputs`` (an array) times ``v``, never forming
-    the Hessian (``Function.hvp``).  Cached as :func:`jacobian`."""
+    the Hessian (``Function.hvp``).  Cached as :func:`jacobian`.
+
+    >>> import numpy as np, jacext as jx
+    >>> jx.hvp(lambda x: x[0] ** 2 * x[1], np.array([1.0, 2.0]), np.array([1.0, 0.0]))
+    array([4., 2.])
+    """
     x = _as_real_array(inputs, 0)
     return _compiled(f, (x,), cache).hvp(x, v)
 

@@ -14,9 +14,11 @@ from __future__ import annotations
 import numpy as np
 
 from jacext._function import Function
+from jacext._guards import GuardCheck
 from jacext._tape import Tape
+from jacext.guarded import GuardedFunction, _Tape
 from jacext.passes import lower
-from jacext.trace import trace
+from jacext.trace import Guards, trace
 
 #: the policies for Python control flow on traced values (``jx.compile(control_flow=)``)
 CONTROL_FLOW = ("guard", "error")
@@ -39,16 +41,12 @@ def compile_function(f, arg_shapes, name=None, point=None, control_flow="guard")
     t = traced_tape(f, arg_shapes, str(name), point if control_flow == "guard" else None)
     if t.check is None:
         return t.F
-    from jacext.guarded import GuardedFunction
     return GuardedFunction(f, t, arg_shapes, str(name))
 
 
 def traced_tape(f, arg_shapes, name, point):
     """f traced (at ``point``, a tuple of arrays, or by shapes only when None): a
     ``jacext.guarded._Tape`` (its Function, and its GuardCheck, None without guards)."""
-    from jacext._guards import GuardCheck
-    from jacext.guarded import _Tape
-    from jacext.trace import Guards
     guards = None
     if point is not None:
         guards = Guards(np.concatenate([np.ravel(np.asarray(p, dtype=np.float64))

@@ -280,7 +280,7 @@ def _groups(tape):
     reading a slot that an earlier one of the group writes (a running sum splits into one
     per instruction)."""
     first = tape_groups(tape)
-    return list(zip(first.tolist(), np.r_[first[1:], len(tape["op"])].tolist()))
+    return list(zip(first.tolist(), np.append(first[1:], len(tape["op"])).tolist()))
 
 
 class _Tangents:
@@ -568,7 +568,7 @@ def _chain_sums(g, key, terms, seq):
     first = np.ones(len(key), dtype=bool)
     first[1:] = key[1:] != key[:-1]
     starts = np.flatnonzero(first)
-    rank = np.arange(len(key)) - np.repeat(starts, np.diff(np.r_[starts, len(key)]))
+    rank = np.arange(len(key)) - np.repeat(starts, np.diff(np.append(starts, len(key))))
     owner = np.cumsum(first) - 1          # the key's position among the unique keys
     acc = terms[starts].copy()
     depth = 1
@@ -608,7 +608,7 @@ class _Pending:
         target = self.group_of[defs]
         order = np.argsort(target, kind="stable")
         target = target[order]
-        cut = np.flatnonzero(np.r_[True, target[1:] != target[:-1], True])
+        cut = np.flatnonzero(np.concatenate(([True], target[1:] != target[:-1], [True])))
         for lo, hi in zip(cut[:-1].tolist(), cut[1:].tolist()):
             at = order[lo:hi]
             self.chunks.setdefault(int(target[lo]), []).append(

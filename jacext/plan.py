@@ -80,6 +80,12 @@ JAC_TAPE_TERMS_PER_NONZERO = 4
 #: the sweeps' work it replaces (which store two partials per instruction and then read
 #: them back per direction).
 JAC_TAPE_MAX_LENGTH = 2
+#: A single point's sweeps carry their directions as the lanes of one instruction (SIMD):
+#: a lane costs about this fraction of an instruction of a Jacobian tape's scalar sweep
+#: (measured on arm, arm_cs, seed and small dense functions: the arm's 973-instruction
+#: tape took 1.5x its 263-instruction, 7-lane sweeps).  A single point takes the dense
+#: Jacobian tape only where it is no longer than that many instructions.
+POINT_LANE_COST = 0.25
 #: The reverse Jacobian-tape builder goes group by group where groups average at least
 #: this many instructions (a traced vectorised call), node by node otherwise (scalar code).
 REVERSE_BULK_MIN_GROUP = 8
@@ -213,6 +219,12 @@ def build_cost(mode, n_instr, n_groups):
     return BUILD_BASE + BUILD_PER_INSTR_BY_NODE * n_instr
 
 
+def point_tape_limit(n_instr, n_dirs):
+    """The longest dense Jacobian tape that beats a single point's sweeps (n_instr
+    instructions of n_dirs lanes)."""
+    return int(n_instr * (1 + POINT_LANE_COST * n_dirs))
+
+
 def tape_after(build, per_point):
     """Points whose sweeps cover a build of cost ``build`` at ``per_point`` each (ski
     rental), at most JAC_TAPE_AFTER_POINTS."""
@@ -233,14 +245,15 @@ class JacobianTapeSlot:
     that sees it sees the tape.
     """
 
-    __slots__ = ("_lock", "_build", "after", "seen", "done")
+    __slots__ = ("_lock", "_build", "after", "seen", "done", "point_limit")
 
-    def __init__(self, lock, after, build):
+    def __init__(self, lock, after, build, point_limit=0):
         self._lock = lock
         self._build = build
         self.after = after
         self.seen = 0
         self.done = (None,) if after is None else None
+        self.point_limit = point_limit
 
     def tape(self, n_points):
         done = self.done
@@ -257,6 +270,12 @@ class JacobianTapeSlot:
             self._lock.release()
         done = self.done
         return done[0] if done is not None else None
+
+    def point_tape(self, n_points=1):
+        """:meth:`tape` for single points: the tape only where it is at most
+        ``point_limit`` instructions long (``point_tape_limit``), else None."""
+        t = self.tape(n_points)
+        return t if t is not None and t.n_instructions <= self.point_limit else None
 
     @property
     def current(self):
@@ -450,7 +469,8 @@ class Planner:
                 per_point = max(n_instr, 1) * (1 + n_dirs)
             after = tape_after(build_cost(mode, max(n_instr, 1), self.n_groups()), per_point)
             slot = JacobianTapeSlot(self.lock, after,
-                                    lambda: self._build(argnums, mode, is_sparse, values, work))
+                                    lambda: self._build(argnums, mode, is_sparse, values, work),
+                                    point_tape_limit(n_instr, n_dirs))
         return slot
 
     def _build(self, argnums, mode, is_sparse, values, work):

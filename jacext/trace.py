@@ -36,6 +36,7 @@ import threading
 
 import numpy as np
 
+from jacext import buffers
 from jacext._graph import KIND_CONST, Graph
 from jacext.errors import TracingError
 from jacext.ops import OPS
@@ -232,7 +233,15 @@ class Array:
     Supports ``.shape``, ``.ndim``, ``.size``, ``.T``, ``reshape``, ``sum``,
     ``prod``, ``mean``, ``dot``, indexing (basic and integer-array, also
     assignment), the arithmetic operators, and NumPy's functions through
-    ``__array_ufunc__`` / ``__array_function__``.
+    ``__array_ufunc__`` / ``__array_function__``.  The function being compiled
+    sees these in place of its arguments; they record, they hold no values.
+
+    >>> import numpy as np, jacext as jx
+    >>> def f(x):
+    ...     print(type(x).__name__, x.shape)
+    ...     return np.sin(x).sum()
+    >>> F = jx.compile(f, np.zeros(3))
+    Array (3,)
     """
 
     __slots__ = ("graph", "ids")
@@ -596,6 +605,12 @@ def elementwise(op, *operands, graph=None):
 
     op: an op name of the C table.  A scalar operand is broadcast inside
     Graph.apply (no id array is made for it); other shapes by NumPy.
+
+    >>> import numpy as np, jacext as jx
+    >>> from jacext.trace import elementwise
+    >>> F = jx.compile(lambda x: elementwise("HYPOT", x, 4.0), np.zeros(2))
+    >>> F(np.array([3.0, 0.0]))
+    array([5., 4.])
     """
     g = graph if graph is not None else _graph_of(operands)
     code = OPS[op]
@@ -631,8 +646,13 @@ def trace(f, arg_shapes, guards=None):
     NumPy's constructors trace either way (``jacext.buffers``).
 
     Returns (graph, input id arrays, output id arrays, output shapes, out_is_tuple).
+
+    >>> import numpy as np
+    >>> from jacext.trace import trace
+    >>> g, inputs, outputs, shapes, is_tuple = trace(lambda x: np.sin(x[:2]), [(3,)])
+    >>> [i.shape for i in inputs], shapes, is_tuple
+    ([(3,)], ((2,),), False)
     """
-    from jacext import buffers
     g = Graph()
     inputs = []
     args = []

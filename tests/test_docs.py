@@ -11,6 +11,10 @@ import pytest
 MODULES = {
     "jacext": None,
     "jacext.api": None,
+    "jacext.errors": None,
+    "jacext.trace": None,
+    "jacext.numpy_rules": None,
+    "jacext._function": None,
     "jacext.transforms": None,
     "jacext.pytree": None,
     "jacext.testing": None,
@@ -41,4 +45,15 @@ def test_public_names_have_docstrings(name):
     assert module.__doc__
     missing = [getattr(obj, "__name__", repr(obj)) for obj in _public(module)
                if not isinstance(obj, str) and not getattr(obj, "__doc__", None)]
+    assert missing == []
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_public_names_have_an_example(name):
+    # the examples are what test_doctests runs: every public function and class shows one
+    if MODULES[name] is not None:
+        pytest.importorskip(MODULES[name])
+    module = importlib.import_module(name)
+    missing = [getattr(obj, "__name__", repr(obj)) for obj in _public(module)
+               if callable(obj) and ">>>" not in (obj.__doc__ or "")]
     assert missing == []

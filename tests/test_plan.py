@@ -501,3 +501,38 @@ def test_slot_builds_once_when_threads_ask_together():
         # once a thread saw the tape, it keeps seeing it
         first = next(i for i, r in enumerate(results) if r is not None)
         assert all(r is build.result for r in results[first:])
+
+
+def _chain(q):
+    # a 7 -> 12 chain of rotations (the arm's shape): long Jacobian tape, cheap lanes
+    c, s = np.cos(np.cumsum(q)), np.sin(np.cumsum(q))
+    x = np.cumsum(c * (1.0 + q ** 2))
+    y = np.cumsum(s * (1.0 + q ** 2))
+    return np.concatenate([x[:6] * y[1:], x[1:] - y[:6]])
+
+
+def _kinetics(y):
+    return np.stack([-0.04 * y[0] + 1e4 * y[1] * y[2],
+                     0.04 * y[0] - 1e4 * y[1] * y[2] - 3e7 * y[1] ** 2, 3e7 * y[1] ** 2])
+
+
+@pytest.mark.parametrize("f, n", [(_chain, 7), (_kinetics, 3)])
+def test_single_points_take_the_jacobian_tape_only_where_it_beats_the_lanes(f, n):
+    """A single point's sweeps run all directions as lanes of one instruction, so the
+    dense Jacobian tape serves single points only where it is at most
+    plan.point_tape_limit instructions long (batches take it whenever it is built);
+    either way the Jacobians equal the sweeps'."""
+    from jacext.testing import jacobian_tape_slot, without_jacobian_tapes
+    x = np.linspace(0.3, 0.9, n)
+    F = jx.compile(f, x)
+    S = without_jacobian_tapes(jx.compile(f, x))
+    for _ in range(P.JAC_TAPE_AFTER_POINTS + 1):
+        F.jacobian(x)
+    slot = jacobian_tape_slot(F, 0, "forward")
+    tape = slot.current
+    assert tape is not None
+    limit = P.point_tape_limit(F.n_instructions, n)
+    assert slot.point_limit == limit
+    assert (slot.point_tape(0) is tape) == (tape.n_instructions <= limit)
+    np.testing.assert_array_equal(F.jacobian(x), S.jacobian(x))
+    np.testing.assert_array_equal(F.jacobian(x[None]), S.jacobian(x[None]))

@@ -1,6 +1,7 @@
 """SciPy's solvers driven by jacext's Jacobians: least_squares (dense, and sparse with
 tr_solver="lsmr"), solve_ivp(method="BDF") with jac= (dense, and sparse for a large stiff
-system) and root.  Each solve is held to an independent answer: a solution known in closed
+system), root, and minimize with Hessians (trust-exact dense, trust-constr sparse).  Each
+solve is held to an independent answer: a solution known in closed
 form or printed by SciPy's documentation, a hand-written Jacobian, or SciPy's own finite
 differences on the same problem."""
 from __future__ import annotations
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 from scipy.integrate import solve_ivp
-from scipy.optimize import least_squares, root
+from scipy.optimize import least_squares, minimize, root, rosen, rosen_der, rosen_hess
 
 import jacext as jx
 
@@ -141,3 +142,47 @@ def test_root(method):
     assert sol.success
     np.testing.assert_allclose(sol.x, [0.8411639, 0.1588361], atol=1e-7)   # SciPy's docs
     np.testing.assert_allclose(powell(sol.x), 0.0, atol=1e-12)
+
+
+# ------------------------------------------------------------ minimize (hess=) --
+
+def chained_rosenbrock(x):
+    """SciPy's scipy.optimize.rosen, written as a user writes it."""
+    return np.sum(100.0 * (x[1:] - x[:-1] ** 2) ** 2 + (1.0 - x[:-1]) ** 2)
+
+
+def test_rosenbrock_derivatives_equal_scipys_hand_written_ones():
+    # scipy.optimize.rosen_der / rosen_hess: SciPy's hand-derived gradient and Hessian
+    F = jx.compile(chained_rosenbrock, np.zeros(30))
+    x = np.random.default_rng(0).uniform(-2.0, 2.0, 30)
+    np.testing.assert_allclose(F(x), rosen(x), rtol=1e-14)
+    np.testing.assert_allclose(F.grad_function()(x), rosen_der(x), rtol=1e-13, atol=1e-12)
+    np.testing.assert_allclose(F.hessian(x), rosen_hess(x), rtol=1e-13, atol=1e-12)
+    np.testing.assert_array_equal(F.hessian(x, sparse=True).toarray(), F.hessian(x))
+
+
+def test_minimize_trust_exact_with_dense_hessians():
+    n = 50
+    x0 = 0.5 * (-1.0) ** np.arange(n)
+    F = jx.compile(chained_rosenbrock, x0)
+    ours = minimize(F, x0, jac=F.grad_function(), hess=F.hessian, method="trust-exact",
+                    options={"gtol": 1e-10})
+    scipys = minimize(rosen, x0, jac=rosen_der, hess=rosen_hess, method="trust-exact",
+                      options={"gtol": 1e-10})
+    assert ours.success and scipys.success
+    np.testing.assert_allclose(ours.x, 1.0, atol=1e-8)          # the known minimum
+    np.testing.assert_allclose(ours.x, scipys.x, atol=1e-9)
+    assert ours.nit == scipys.nit                                # the same path
+
+
+def test_minimize_trust_constr_with_sparse_hessians():
+    n = 2000
+    x0 = 1.0 + 0.1 * np.cos(np.arange(n))
+    F = jx.compile(chained_rosenbrock, x0)
+    hess = lambda x: F.hessian(x, sparse=True)                   # noqa: E731
+    assert isinstance(hess(x0), sp.csr_array)
+    assert F.hessian_colours() <= 3                              # tridiagonal pattern
+    res = minimize(F, x0, jac=F.grad_function(), hess=hess, method="trust-constr",
+                   options={"gtol": 1e-10, "xtol": 1e-14, "maxiter": 500})
+    assert res.status in (1, 2), res.message
+    np.testing.assert_allclose(res.x, 1.0, atol=1e-6)
