@@ -3,6 +3,7 @@ differences and JAX-supplied Jacobians, side by side in one run.
 
     python bench/scipy_solvers.py              # the full run (about 2 minutes on 2 cores)
     python bench/scipy_solvers.py --quick      # small sizes, 3 repeats
+    python bench/scipy_solvers.py --problems bdf_robertson --repeats 15
     python bench/scipy_solvers.py --markdown bench/results/scipy_solvers.md
 
 Problems (each written once, for NumPy and jax.numpy through ``xp``):
@@ -209,7 +210,13 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--markdown", default=None, help="also write the table here")
+    ap.add_argument("--problems", default=",".join(FUNCS),
+                    help=f"comma-separated, from {', '.join(FUNCS)} (default: all)")
     args = ap.parse_args(argv)
+    problems = args.problems.split(",")
+    unknown = sorted(set(problems) - set(FUNCS))
+    if unknown:
+        ap.error(f"unknown problems {unknown}; choose from {', '.join(FUNCS)}")
     repeats = args.repeats or (3 if args.quick else 5)
     if args.quick:
         SIZES.update(broyden=300, bruss=100)
@@ -224,7 +231,7 @@ def main(argv=None):
              "|---|---|---|---|---|---|---|---|"]
     print("\n".join(lines), flush=True)
     failed = False
-    for problem in FUNCS:
+    for problem in problems:
         ref = None
         rows = []
         for way in ways_for(problem, jax is not None, args.quick):

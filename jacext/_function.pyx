@@ -18,7 +18,7 @@ import sys
 import numpy as np
 cimport numpy as cnp
 from libc.stdint cimport int32_t, int64_t
-from libc.string cimport memset
+from libc.string cimport memcpy, memset
 
 from jacext import arguments as _args
 from jacext import dask as _lazy          # dask arrays: handed to jacext/dask.py (lazy graphs)
@@ -183,6 +183,8 @@ cdef class Function:
         if (len(args) == 1 and self._single_shape is not None and is_point(args[0],
                                                                             self._single_shape)):
             x, batch = <cnp.ndarray>args[0], ()   # one point, nothing to convert
+        elif (x := _gather(args, self.arg_shapes, self._arg_offsets)) is not None:
+            batch = ()                            # one point of several arguments
         elif _second.is_traced(args):   # inside a trace: the tape inlined (composition)
             return _second.inline(self, args)
         else:
@@ -221,6 +223,9 @@ cdef class Function:
                 if n_cols >= 0:
                     self._check_size(batch, n_cols)
                 return a.reshape(batch + (self.tape.t.n_in,)), batch
+        x = _gather(args, self.arg_shapes, self._arg_offsets)
+        if x is not None:
+            return x, ()
         arrays, batch = _args.parse(args, self.arg_shapes, self.name)
         if n_cols >= 0:
             self._check_size(batch, n_cols)
@@ -632,6 +637,31 @@ cdef class Function:
 
 
 # ---- the fast paths' pieces ----
+
+cdef cnp.ndarray _gather(tuple args, tuple shapes, tuple offsets):
+    """One point of a Function of several arguments as the VM's row, where every argument
+    is a float64 C-contiguous array of exactly its traced shape, or a float (Python's or
+    NumPy's) for a scalar argument (an ODE's f(t, y)); None for anything else (the
+    general path, which gives the same numbers)."""
+    cdef Py_ssize_t k, n = len(args)
+    cdef cnp.ndarray x, a
+    cdef double *px
+    if n < 2 or n != len(shapes):
+        return None
+    x = np.empty(offsets[n], dtype=np.float64)
+    px = <double *>cnp.PyArray_DATA(x)
+    for k in range(n):
+        v = args[k]
+        if isinstance(v, float) and shapes[k] == ():
+            px[<Py_ssize_t>offsets[k]] = <double>v
+        elif is_point(v, <tuple>shapes[k]):
+            a = <cnp.ndarray>v
+            memcpy(px + <Py_ssize_t>offsets[k], cnp.PyArray_DATA(a),
+                   cnp.PyArray_SIZE(a) * sizeof(double))
+        else:
+            return None
+    return x
+
 
 cdef inline bint _finite(cnp.ndarray a):
     """Whether every entry of a (float64, C-contiguous) is finite."""

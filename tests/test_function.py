@@ -705,3 +705,37 @@ def test_cancellation_meets_an_infinite_partial_alike_in_every_mode():
     G = jx.compile(np.sqrt, np.zeros(2))
     for mode in ("forward", "reverse"):
         assert np.isinf(G.jacobian(np.zeros(2), mode=mode)[0, 0])
+
+
+def _rhs(t, y, k):
+    return np.stack([-k[0] * y[0] + t * y[1] * y[2], k[1] * y[0] ** 2 - np.sin(t) * y[1],
+                     y[2] * np.exp(-t)])
+
+
+def test_several_arguments_at_one_point_equal_the_general_path():
+    """f(t, y, k) with a float t and exact-shape float64 arrays takes the gathered fast
+    path; lists and 0-d arrays take the general one: the same numbers bit for bit, in
+    every entry point."""
+    y, k = np.array([1.0, 0.5, -2.0]), np.array([0.3, 1.7])
+    F = jx.compile(_rhs, 0.0, y, k)
+    for t in (0.25, np.float64(0.25)):
+        fast = (F(t, y, k), F.jacobian(t, y, k, argnums=1),
+                F.jacobian(t, y, k, argnums=(0, 2)), F.value_and_jacobian(t, y, k),
+                F.jvp(t, y, k, (1.0, y, k)), F.vjp(t, y, k, np.ones(3)))
+        T, Y = np.array(t), y.tolist()
+        slow = (F(T, Y, k), F.jacobian(T, Y, k, argnums=1), F.jacobian(T, Y, k, argnums=(0, 2)),
+                F.value_and_jacobian(T, Y, k), F.jvp(T, Y, k, (1.0, y, k)),
+                F.vjp(T, Y, k, np.ones(3)))
+        for a, b in zip(_leaves(fast), _leaves(slow), strict=True):
+            np.testing.assert_array_equal(a, b)
+        np.testing.assert_allclose(F(t, y, k), _rhs(t, y, k), rtol=1e-15)
+    with pytest.raises(ValueError, match="argument 1 of _rhs must have shape"):
+        F(0.25, np.ones(4), k)
+    with pytest.raises(TypeError, match="compiled for 3"):
+        F(0.25, y)
+
+
+def _leaves(tree):
+    if isinstance(tree, (tuple, list)):
+        return [leaf for t in tree for leaf in _leaves(t)]
+    return [np.asarray(tree)]
