@@ -221,14 +221,14 @@ cdef class Function:
             if len(shape) >= nd and shape[len(shape) - nd:] == self._single_shape:
                 batch = shape[:len(shape) - nd]
                 if n_cols >= 0:
-                    self._check_size(batch, n_cols)
+                    _check_size(batch, self.tape.t.n_out, n_cols)
                 return a.reshape(batch + (self.tape.t.n_in,)), batch
         x = _gather(args, self.arg_shapes, self._arg_offsets)
         if x is not None:
             return x, ()
         arrays, batch = _args.parse(args, self.arg_shapes, self.name)
         if n_cols >= 0:
-            self._check_size(batch, n_cols)
+            _check_size(batch, self.tape.t.n_out, n_cols)
         return _args.flatten(arrays, self.arg_shapes, batch), batch
 
     # ---- Jacobians ----
@@ -445,13 +445,6 @@ cdef class Function:
             return b.reshape(batch + self.out_shapes[o] + self.arg_shapes[nums[j]])
         return _args.nest(block, self.out_shapes, self.out_is_tuple, nums, multi)
 
-    def _check_size(self, tuple batch, Py_ssize_t n_cols):
-        n_points, n_out = (math.prod(batch) if batch else 1), self.tape.t.n_out
-        _plan.check_dense_memory(
-            n_points * n_out * n_cols, f"Jacobian ({n_points} x {n_out} x {n_cols} float64)",
-            "a sparse Jacobian (sparse=True), Jacobian-vector products (jvp/vjp), or a "
-            "smaller batch")
-
     # ---- sparse ----
 
     def sparsity(self, argnums=0):
@@ -637,6 +630,15 @@ cdef class Function:
 
 
 # ---- the fast paths' pieces ----
+
+cdef _check_size(tuple batch, Py_ssize_t n_out, Py_ssize_t n_cols):
+    """MemoryError, before anything is allocated, for a dense Jacobian beyond RAM."""
+    n_points = math.prod(batch) if batch else 1
+    _plan.check_dense_memory(
+        n_points * n_out * n_cols, f"Jacobian ({n_points} x {n_out} x {n_cols} float64)",
+        "a sparse Jacobian (sparse=True), Jacobian-vector products (jvp/vjp), or a "
+        "smaller batch")
+
 
 cdef cnp.ndarray _gather(tuple args, tuple shapes, tuple offsets):
     """One point of a Function of several arguments as the VM's row, where every argument
