@@ -17,7 +17,9 @@ End to end: ``scipy.optimize.minimize`` of the chained Rosenbrock with
 ``method="trust-exact"`` (n = 100, dense Hessians, from 0.5 (-1)^i) and
 ``method="trust-constr"`` (n = 10^4, from 1 + 0.1 cos(i),
 jacext's sparse Hessians against JAX's Hessian-vector products), time to solution including
-construction, driven by jacext and by JAX.
+construction, driven by jacext and by JAX; and at n = 100, SciPy on its own (peer ``fd``:
+``trust-constr`` with a 2-point finite-difference gradient and a BFGS Hessian, since
+trust-exact takes no estimated Hessian).
 
 Peers: jacext (``F.hessian``, ``F.hvp``, ``F.hessian(x, sparse=True)``), jax
 (``jax.jit(jax.hessian(f))``, ``jax.jit(lambda x, v: jvp(grad(f), (x,), (v,))[1])``, x64),
@@ -270,7 +272,14 @@ def solve(peer, method, n):
     x0 = 0.5 * (-1.0) ** np.arange(n) if method == "trust-exact" else (
         1.0 + 0.1 * np.cos(np.arange(n)))   # trust-constr: from near the solution
     t0 = time.perf_counter()
-    if peer == "jacext":
+    if peer == "fd":
+        # SciPy on its own: a 2-point finite-difference gradient; trust-exact takes no
+        # estimated Hessian, so trust-constr with a BFGS Hessian, as SciPy documents
+        from scipy.optimize import BFGS
+
+        method = "trust-constr"
+        opts = dict(fun=_rosen_np, jac="2-point", hess=BFGS())
+    elif peer == "jacext":
         import jacext as jx
 
         F = jx.compile(_rosen_np, x0)
@@ -332,6 +341,8 @@ def main(argv=None):
         x, v = point(spec["n"])
         results, reference = {}, None
         for peer in args.peers.split(","):
+            if peer not in PEERS:
+                continue        # "fd" drives the solves only
             try:
                 call = PEERS[peer](spec["f"], spec["kind"], x)
             except ImportError as e:
@@ -393,16 +404,18 @@ def main(argv=None):
         for method, n in SOLVES.items():
             if args.quick:
                 n = min(n, 1000)
-            for peer in ("jacext", "jax"):
-                if peer not in args.peers.split(","):
-                    continue
+            for peer in ("jacext", "jax", "fd"):
+                if peer not in args.peers.split(",") or (peer == "fd" and n > 1000):
+                    continue        # fd: n function calls per gradient
                 try:
                     sec, nit, fval, err = solve(peer, method, n)
                 except ImportError:
                     continue
                 solves.append(dict(method=method, n=n, peer=peer, seconds=sec, nit=nit,
                                    f=fval, err=err))
-                print(f"| {method} | {n} | {peer} | {_fmt(sec)} | {nit} | {fval:.1e} | "
+                who = ("SciPy alone (trust-constr, 2-point gradient, BFGS)" if peer == "fd"
+                       else peer)
+                print(f"| {method} | {n} | {who} | {_fmt(sec)} | {nit} | {fval:.1e} | "
                       f"{err:.1e} |")
     os.makedirs(os.path.dirname(args.json), exist_ok=True)
     with open(args.json, "w") as fh:
