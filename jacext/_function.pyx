@@ -62,35 +62,7 @@ cdef class Function:
     (5, 2, 2)
     """
 
-    cdef readonly Tape tape
-    cdef readonly tuple arg_shapes
-    cdef readonly tuple out_shapes
-    cdef readonly bint out_is_tuple
-    cdef readonly str name
-    cdef readonly object _planner   # (read by jacext.testing)
-    cdef tuple _arg_offsets
-    cdef tuple _out_offsets
-    # the fast paths: one argument, one output
-    cdef tuple _single_shape       # the argument's shape, or None
-    cdef tuple _single_jac_shape   # out_shape + arg_shape, or None
-    cdef cnp.ndarray _cols0
-    cdef bint _single_fits         # its dense Jacobian fits in memory
-    cdef int _auto0                # auto mode of argnums 0 takes dense sweeps: 1, no: 0, unknown: -1
-    cdef tuple _jt0                # (Tape, indptr, indices): the sparse Jacobian tape of a dense
-                                   # auto Jacobian once built (one store publishes all three)
-    cdef object _sparse0           # the Plan of sparse=True at one point, argnums 0, auto
-    cdef dict _plans               # the planner's Plans by (argnums, mode, sparse), at hand
-    # dense Jacobian tapes of single points (argnums 0), by C sweep mode: points counted in
-    # C until the slot's threshold, then the tape (or None: not worth one) kept here
-    cdef int64_t _pt_seen[3]
-    cdef int64_t _pt_after[3]      # 0: not looked up yet
-    cdef list _pt_tapes
-    cdef readonly dict _second     # derived Functions and Hessian maps (jacext/second.py)
-    # Shared state and threads: the Tape guards its own work memory with an atomic flag;
-    # the planner makes Plans, structures and Jacobian tapes under its lock; _plans is a
-    # dict (thread-safe); _sparse0 and _jt0 are set once, under the planner's lock, from
-    # None to their value (a reader sees None or the value); _auto0 is a C int whose one
-    # value every thread computes alike.
+    # its fields: jacext/_function.pxd
 
     def __init__(self, tape, tuple arg_shapes, tuple out_shapes, bint out_is_tuple,
                  str name="f"):
@@ -180,10 +152,10 @@ cdef class Function:
     def __call__(self, *args):
         """The function's value; leading axes beyond the traced shapes are a batch."""
         cdef cnp.ndarray x, y
-        if (len(args) == 1 and self._single_shape is not None and is_point(args[0],
-                                                                            self._single_shape)):
-            x, batch = <cnp.ndarray>args[0], ()   # one point, nothing to convert
-        elif (x := _gather(args, self.arg_shapes, self._arg_offsets)) is not None:
+        cdef object r
+        if len(args) == 1 and (r := self._value_at(args[0])) is not None:
+            return r                              # one point, nothing to convert
+        if (x := _gather(args, self.arg_shapes, self._arg_offsets)) is not None:
             batch = ()                            # one point of several arguments
         elif _second.is_traced(args):   # inside a trace: the tape inlined (composition)
             return _second.inline(self, args)
@@ -203,6 +175,17 @@ cdef class Function:
                       _plan.n_threads(None, x.shape[0], self.tape.work), 0, None, None,
                       None, 0, None, None)
         return _args.split(y, self.out_shapes, self.out_is_tuple, batch)
+
+    cdef object _value_at(self, object a):
+        """The value at one point a of the one argument, or None where a is no such point
+        (also called by a guarded tape's fast path)."""
+        cdef cnp.ndarray y
+        if self._single_shape is None or not is_point(a, self._single_shape):
+            return None
+        y = np.empty(self.tape.t.n_out, dtype=np.float64)
+        self.tape.value(<cnp.ndarray>a, y)
+        return y.reshape(self.out_shapes[0]) if not self.out_is_tuple else _args.split(
+            y, self.out_shapes, True, ())
 
     def _rows(self, tuple args, Py_ssize_t n_cols=-1):
         """(x, batch): the arguments as the VM's rows.  With n_cols, the dense Jacobian of
@@ -249,11 +232,6 @@ cdef class Function:
         dense matrix; for a batch, a :class:`jacext.sparse.SparseJacobians`
         (one pattern, values per point).
         """
-        cdef cnp.ndarray x, jac
-        cdef jx_work *w
-        cdef int m, st
-        cdef int32_t n_cols
-        cdef Tape jt
         if sparse:
             if out is not None:
                 raise ValueError("jacext: out= is for dense Jacobians; sparse=True returns "
@@ -273,49 +251,66 @@ cdef class Function:
                 return _lazy.jacobian(self, *args, argnums=argnums, mode=mode, sparse=True,
                                       threads=threads)
             return self._sparse_jacobian(args, argnums, mode, threads)
-        if (len(args) == 1 and argnums == 0 and self._single_jac_shape is not None
-                and self._single_fits and is_point(args[0], self._single_shape)):
-            x = <cnp.ndarray>args[0]
-            # a dense auto Jacobian from its sparse Jacobian tape, once made
-            jt0 = self._jt0
-            if jt0 is not None and mode == "auto":
-                vals = _eval_tape(jt0[0], x, 0)
-                if vals is not None:
-                    if out is None:
-                        jac = np.zeros(self._single_jac_shape, dtype=np.float64)
-                    else:
-                        jac = _check_out(out, self._single_jac_shape)
-                    _fill_rows(jac, jt0[1], jt0[2], vals, out is None)
-                    return jac
-            # dense sweeps straight from C
-            elif mode != "auto" or self._auto0 == 1 or (self._auto0 < 0 and self._set_auto0()):
-                n_cols = <int32_t>self._cols0.shape[0]
-                if mode == "auto":
-                    m = JX_MODE_FORWARD if n_cols <= self.tape.t.n_out else JX_MODE_REVERSE
-                else:
-                    m = _MODE.get(mode, 0)
-                if m:
-                    jac = (np.empty(self._single_jac_shape, dtype=np.float64) if out is None
-                           else _check_out(out, self._single_jac_shape))
-                    jt = self._pt_tape(m)
-                    if jt is not None and _tape_jacobian(jt, x, None, jac):
-                        return jac
-                    w = self.tape.take_work(_lanes(m, n_cols, self.tape.t.n_out))
-                    try:
-                        st = _point_jacobian(self.tape, w, x, jac, self._cols0, m)
-                    finally:
-                        self.tape.give_work(w)
-                    raise_status(st)
-                    if m == JX_MODE_REVERSE and not _finite(jac):
-                        self.tape.compressed(x, None, jac, self._cols0, None, 0,
-                                             JX_MODE_FORWARD)
-                    return jac
+        if len(args) == 1 and argnums == 0:
+            jac = self._dense_at(args[0], mode, out)
+            if jac is not None:
+                return jac
         if _lazy.is_dask(args):
             if out is not None:
                 raise ValueError("jacext: out= is for NumPy arrays; a dask array's Jacobian "
                                  "is a dask array")
             return _lazy.jacobian(self, *args, argnums=argnums, mode=mode, threads=threads)
         return self._jacobian(args, argnums, mode, out, threads, False)[1]
+
+    cdef object _dense_at(self, object a, object mode, object out):
+        """The dense Jacobian at one point a of the one argument (argnums 0) straight from
+        C, or None where a is no such point (a float64 C-contiguous array of the traced
+        shape) or the request takes the general path.  Also called by a guarded tape's
+        fast path (jacext/_guards.pyx)."""
+        cdef cnp.ndarray x, jac
+        cdef jx_work *w
+        cdef int m, st
+        cdef int32_t n_cols
+        cdef Tape jt
+        if not (self._single_jac_shape is not None and self._single_fits
+                and is_point(a, self._single_shape)):
+            return None
+        x = <cnp.ndarray>a
+        # a dense auto Jacobian from its sparse Jacobian tape, once made
+        jt0 = self._jt0
+        if jt0 is not None and mode == "auto":
+            vals = _eval_tape(jt0[0], x, 0)
+            if vals is not None:
+                if out is None:
+                    jac = np.zeros(self._single_jac_shape, dtype=np.float64)
+                else:
+                    jac = _check_out(out, self._single_jac_shape)
+                _fill_rows(jac, jt0[1], jt0[2], vals, out is None)
+                return jac
+        # dense sweeps straight from C
+        elif mode != "auto" or self._auto0 == 1 or (self._auto0 < 0 and self._set_auto0()):
+            n_cols = <int32_t>self._cols0.shape[0]
+            if mode == "auto":
+                m = JX_MODE_FORWARD if n_cols <= self.tape.t.n_out else JX_MODE_REVERSE
+            else:
+                m = _MODE.get(mode, 0)
+            if m:
+                jac = (np.empty(self._single_jac_shape, dtype=np.float64) if out is None
+                       else _check_out(out, self._single_jac_shape))
+                jt = self._pt_tape(m)
+                if jt is not None and _tape_jacobian(jt, x, None, jac):
+                    return jac
+                w = self.tape.take_work(_lanes(m, n_cols, self.tape.t.n_out))
+                try:
+                    st = _point_jacobian(self.tape, w, x, jac, self._cols0, m)
+                finally:
+                    self.tape.give_work(w)
+                raise_status(st)
+                if m == JX_MODE_REVERSE and not _finite(jac):
+                    self.tape.compressed(x, None, jac, self._cols0, None, 0,
+                                         JX_MODE_FORWARD)
+                return jac
+        return None
 
     def value_and_jacobian(self, *args, argnums=0, mode="auto", threads=None):
         """(value, Jacobian) from one forward sweep."""

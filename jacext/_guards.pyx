@@ -15,6 +15,7 @@ from libc.stdint cimport int32_t
 from libc.stdlib cimport free, malloc
 
 from jacext import plan as _plan
+from jacext._function cimport Function
 from jacext._tape cimport (JX_TASK_VALUE, Tape, is_point, jx_point_value, jx_work,
                           raise_status)
 
@@ -128,20 +129,23 @@ cdef class GuardedBase:
 
     def __call__(self, *args):
         cdef tuple m = self._mru
+        cdef object r
         if (len(args) == 1 and self._shape1 is not None and is_point(args[0], self._shape1)
                 and (<GuardCheck>m[1]).holds(args[0]) == 1):
-            return m[0](args[0])
+            r = (<Function>m[0])._value_at(args[0])
+            return r if r is not None else m[0](args[0])
         return self._call("__call__", args, (), (), {})
 
     def jacobian(self, *args, argnums=0, mode="auto", out=None, threads=None, sparse=False):
         """As :meth:`jacext.Function.jacobian`, on the branch each point takes."""
         cdef tuple m = self._mru
+        cdef object r
         if (len(args) == 1 and self._shape1 is not None and is_point(args[0], self._shape1)
                 and (<GuardCheck>m[1]).holds(args[0]) == 1):
-            if argnums == 0 and out is None and threads is None and not sparse:
-                if mode == "auto":
-                    return m[0].jacobian(args[0])
-                return m[0].jacobian(args[0], mode=mode)
+            if argnums == 0 and threads is None and not sparse:
+                r = (<Function>m[0])._dense_at(args[0], mode, out)
+                if r is not None:       # straight from C, as Function.jacobian's fast path
+                    return r
             return m[0].jacobian(args[0], argnums=argnums, mode=mode, out=out,
                                  threads=threads, sparse=sparse)
         return self._call("jacobian", args, (), (),
