@@ -43,3 +43,4 @@ cdef class Function:
     cdef bint _set_auto0(self) except -1
     cdef object _dense_at(self, object x, object mode, object out)
     cdef object _value_at(self, object x)
+    cdef object _value_row(self, cnp.ndarray x)

@@ -164,11 +164,7 @@ cdef class Function:
                 return _lazy.call(self, *args)
             x, batch = self._rows(args)
         if not batch:
-            y = np.empty(self.tape.t.n_out, dtype=np.float64)
-            self.tape.value(x, y)
-            if not self.out_is_tuple:
-                return y.reshape(self.out_shapes[0])
-            return _args.split(y, self.out_shapes, True, batch)
+            return self._value_row(x)
         x = x.reshape(-1, self.tape.t.n_in)
         y = np.empty((x.shape[0], self.tape.t.n_out), dtype=np.float64)
         self.tape.run(JX_TASK_VALUE, x, y, None,
@@ -179,13 +175,17 @@ cdef class Function:
     cdef object _value_at(self, object a):
         """The value at one point a of the one argument, or None where a is no such point
         (also called by a guarded tape's fast path)."""
-        cdef cnp.ndarray y
         if self._single_shape is None or not is_point(a, self._single_shape):
             return None
-        y = np.empty(self.tape.t.n_out, dtype=np.float64)
-        self.tape.value(<cnp.ndarray>a, y)
-        return y.reshape(self.out_shapes[0]) if not self.out_is_tuple else _args.split(
-            y, self.out_shapes, True, ())
+        return self._value_row(<cnp.ndarray>a)
+
+    cdef object _value_row(self, cnp.ndarray x):
+        """The outputs, nested, at the one point x (the VM's row, checked by the caller)."""
+        cdef cnp.ndarray y = np.empty(self.tape.t.n_out, dtype=np.float64)
+        self.tape.value(x, y)
+        if not self.out_is_tuple:
+            return y.reshape(self.out_shapes[0])
+        return _args.split(y, self.out_shapes, True, ())
 
     def _rows(self, tuple args, Py_ssize_t n_cols=-1):
         """(x, batch): the arguments as the VM's rows.  With n_cols, the dense Jacobian of
@@ -513,7 +513,7 @@ cdef class Function:
                None, None, None, 0, None, None)
         vals = np.ascontiguousarray(r[:, n_y:]) if n_y else r
         y = np.ascontiguousarray(r[:, :n_y]) if want_value else None
-        bad = np.flatnonzero(~np.isfinite(vals).all(axis=1))
+        bad = _nonfinite.bad_rows(vals)
         if bad.shape[0]:
             redo, y_redo = _sparse.compressed_sweeps(self.tape, self._planner, plan,
                                                      np.ascontiguousarray(x[bad]),

@@ -20,7 +20,7 @@ from jacext import plan as _plan
 _FORWARD = _tape.MODES["forward"]
 
 
-def _bad_rows(a):
+def bad_rows(a):
     """Indices of the rows of a (n_points x k) that hold an inf or nan."""
     return np.flatnonzero(~np.isfinite(a).all(axis=1))
 
@@ -28,7 +28,7 @@ def _bad_rows(a):
 def redo_rows(tape, X, flat, cols, threads):
     """The rows of a batch's dense Jacobian (flat: n_points x n_out * n_cols, for the
     points X and input columns ``cols``) that hold an inf or nan, by forward sweeps."""
-    bad = _bad_rows(flat)
+    bad = bad_rows(flat)
     if not bad.shape[0]:
         return
     redo = np.empty((bad.shape[0], flat.shape[1]), dtype=np.float64)
@@ -50,7 +50,7 @@ def redo_nonzeros(tape, plan, x, n_points, vals, threads):
         tape.compressed(x, None, comp, plan.cols, col, p, _FORWARD)
         vals[...] = np.take(comp.reshape(-1), structure.gather("forward"))
         return
-    bad = _bad_rows(vals)
+    bad = bad_rows(vals)
     comp = np.empty((bad.shape[0],) + shape, dtype=np.float64)
     tape.batch("compressed", np.ascontiguousarray(x[bad]), None, comp,
                _plan.n_threads(threads, bad.shape[0], tape.n_instructions * (1 + p)),
@@ -67,7 +67,7 @@ def redo_vjp(tape, x, u, r):
     U = u.reshape(-1, n_out)
     R = r.reshape(-1, n_in)
     cols = np.arange(n_in, dtype=np.int32)
-    for k in _bad_rows(R):
+    for k in bad_rows(R):
         J = np.empty((n_out, n_in), dtype=np.float64)
         tape.compressed(np.ascontiguousarray(X[k]), None, J, cols, None, 0, _FORWARD)
         uk = U[k][:, None]

@@ -18,7 +18,7 @@ import math
 import numpy as np
 import scipy.sparse as sp
 
-from jacext import _tape
+from jacext import _tape, nonfinite
 from jacext import plan as _plan
 
 
@@ -250,7 +250,6 @@ def compressed_sweeps(tape, planner, plan, x, n_points, threads, want_value):
     reverse sweep per output), or its colouring's compressed sweeps, at one point
     (n_points -1: x a row) or at the n_points rows of x.  Entries that met an inf or nan
     in a reverse sweep are redone by forward sweeps (``jacext.nonfinite``)."""
-    from jacext import nonfinite
     structure = plan.structure
     n_out, n_cols = structure.shape
     y = (np.empty((n_points, n_out) if n_points >= 0 else n_out, dtype=np.float64)

@@ -36,6 +36,7 @@ from test_sparse import (
 
 import jacext as jx
 from jacext import Function
+from jacext.pytree import tree_leaves
 from jacext.testing import assert_same_values, check_jacobian, jacobian_tape_slot, plan_of
 
 MODES = ("forward", "reverse")
@@ -688,16 +689,10 @@ def test_several_arguments_at_one_point_equal_the_general_path():
         slow = (F(T, Y, k), F.jacobian(T, Y, k, argnums=1), F.jacobian(T, Y, k, argnums=(0, 2)),
                 F.value_and_jacobian(T, Y, k), F.jvp(T, Y, k, (1.0, y, k)),
                 F.vjp(T, Y, k, np.ones(3)))
-        for a, b in zip(_leaves(fast), _leaves(slow), strict=True):
+        for a, b in zip(tree_leaves(fast), tree_leaves(slow), strict=True):
             np.testing.assert_array_equal(a, b)
         np.testing.assert_allclose(F(t, y, k), _rhs(t, y, k), rtol=1e-15)
     with pytest.raises(ValueError, match="argument 1 of _rhs must have shape"):
         F(0.25, np.ones(4), k)
     with pytest.raises(TypeError, match="compiled for 3"):
         F(0.25, y)
-
-
-def _leaves(tree):
-    if isinstance(tree, (tuple, list)):
-        return [leaf for t in tree for leaf in _leaves(t)]
-    return [np.asarray(tree)]
