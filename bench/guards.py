@@ -85,6 +85,22 @@ def kink(x):
     return np.cos(x) * x[2] - x[1] ** 3
 
 
+def flip_batch(name, f, X, reps):
+    """One function's flip_batch row: its batch X against X with the first input's sign
+    flipped at every other point (both tapes made before timing)."""
+    flip = X.copy()
+    flip[1::2, 0] *= -1.0
+    K = jx.compile(f, X[0])
+    K.jacobian(flip)
+    assert len(K.tapes) == 2
+    t_flip, t_same, r_flip = paired(lambda: K.jacobian(flip), lambda: K.jacobian(X), reps, 3)
+    t_vflip, t_vsame, r_vflip = paired(lambda: K(flip), lambda: K(X), reps, 3)
+    return dict(section="flip_batch", function=name, n=X.shape[0],
+                same_branch_ms=t_same * 1e3, flip_every_other_ms=t_flip * 1e3,
+                flip_ratio=r_flip, value_same_ms=t_vsame * 1e3,
+                value_flip_ms=t_vflip * 1e3, value_flip_ratio=r_vflip)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
@@ -124,34 +140,11 @@ def main(argv=None):
                      guarded_value_ns=t_gv * 1e9, function_value_ns=t_fv * 1e9,
                      value_ratio=r_v))
 
-    # 3. a 10^4 batch flipping at every other point, against one with no flip
-    n = 10_000
-    X = rng.uniform(0.1, 1.0, (n, 3))
-    flip = X.copy()
-    flip[1::2, 0] *= -1.0
-    K = jx.compile(kink, X[0])
-    K.jacobian(flip)                  # both tapes exist before timing
-    assert len(K.tapes) == 2
+    # 3. a 10^4 batch flipping at every other point (the sign of its first input),
+    # against one with no flip: a kink (3 -> 3), and the 10-branch arm (10 -> 2)
     reps = max(5, repeats // 2)
-    t_flip, t_same, r_flip = paired(lambda: K.jacobian(flip), lambda: K.jacobian(X), reps, 3)
-    t_vflip, t_vsame, r_vflip = paired(lambda: K(flip), lambda: K(X), reps, 3)
-    rows.append(dict(section="flip_batch", function="kink (3 -> 3)", n=n,
-                     same_branch_ms=t_same * 1e3, flip_every_other_ms=t_flip * 1e3,
-                     flip_ratio=r_flip, value_same_ms=t_vsame * 1e3,
-                     value_flip_ms=t_vflip * 1e3, value_flip_ratio=r_vflip))
-    # the same with the 10-branch arm (10 -> 2): q[0]'s sign flips at every other point
-    Q = rng.uniform(0.1, 1.0, (n, 10))
-    Qflip = Q.copy()
-    Qflip[1::2, 0] *= -1.0
-    A = jx.compile(arm10, Q[0])
-    A.jacobian(Qflip)
-    assert len(A.tapes) == 2
-    t_flip, t_same, r_flip = paired(lambda: A.jacobian(Qflip), lambda: A.jacobian(Q), reps, 3)
-    t_vflip, t_vsame, r_vflip = paired(lambda: A(Qflip), lambda: A(Q), reps, 3)
-    rows.append(dict(section="flip_batch", function="arm10 (10 -> 2)", n=n,
-                     same_branch_ms=t_same * 1e3, flip_every_other_ms=t_flip * 1e3,
-                     flip_ratio=r_flip, value_same_ms=t_vsame * 1e3,
-                     value_flip_ms=t_vflip * 1e3, value_flip_ratio=r_vflip))
+    for name, f, width in (("kink (3 -> 3)", kink, 3), ("arm10 (10 -> 2)", arm10, 10)):
+        rows.append(flip_batch(name, f, rng.uniform(0.1, 1.0, (10_000, width)), reps))
 
     machine = f"{platform.machine()}, {os.cpu_count()} cores, shared and noisy"
     print(f"# guarded tapes ({machine}); {args.clock} clock, medians of {repeats} repeats")

@@ -576,23 +576,24 @@ class Build:
         deadline = time.monotonic() + timeout
         objects = set()
         with open(log, "w") as f:
+            def run(cmd):
+                """One logged build command; whether it succeeded."""
+                f.write(cmd + "\n")
+                f.flush()
+                return subprocess.run(cmd, shell=True, cwd=self.scratch, stdout=f,
+                                      stderr=subprocess.STDOUT,
+                                      timeout=max(1.0, deadline - time.monotonic())
+                                      ).returncode == 0
+
             for unit in units:
                 cmd, obj = self.compile[unit]
                 objects.add(obj)
-                f.write(cmd + "\n")
-                f.flush()
-                if subprocess.run(cmd, shell=True, cwd=self.scratch, stdout=f,
-                                  stderr=subprocess.STDOUT,
-                                  timeout=max(1.0, deadline - time.monotonic())).returncode:
+                if not run(cmd):
                     return False
             for cmd, output, objs in self.link:
                 if not objects & set(objs):
                     continue
-                f.write(cmd + "\n")
-                f.flush()
-                if subprocess.run(cmd, shell=True, cwd=self.scratch, stdout=f,
-                                  stderr=subprocess.STDOUT,
-                                  timeout=max(1.0, deadline - time.monotonic())).returncode:
+                if not run(cmd):
                     return False
                 shutil.copy2(os.path.join(self.scratch, output),
                              os.path.join(self.scratch, "jacext", os.path.basename(output)))
