@@ -63,36 +63,44 @@ cdef class GuardCheck:
         """1 when the point x (a float64 C-contiguous array of the tape's n_in values)
         holds every guard, 0 when one fails; -1 when x is not such an array."""
         cdef cnp.ndarray a
-        cdef double stack[STACK_GUARDS]
-        cdef double *y = stack
-        cdef jx_work *w
-        cdef int st
-        cdef Py_ssize_t k
-        cdef bint ok = True
-        if type(x) is not np.ndarray:
+        if not cnp.PyArray_CheckExact(x):
             return -1
         a = <cnp.ndarray>x
         if (cnp.PyArray_TYPE(a) != cnp.NPY_DOUBLE or not cnp.PyArray_IS_C_CONTIGUOUS(a)
                 or cnp.PyArray_SIZE(a) != self.tape.t.n_in):
             return -1
+        return self.holds_at(<const double *>cnp.PyArray_DATA(a))
+
+    cdef int holds_at(self, const double *x) except -1:
+        """1 when the point x (the tape's n_in values) holds every guard, else 0: one C
+        value sweep of the guard tape (its values on the stack when few) and a loop."""
+        cdef double stack[STACK_GUARDS]
+        cdef double *y = stack
+        cdef jx_work *w
+        cdef int st
+        cdef Py_ssize_t k
+        cdef int ok = 1
         if self.n > STACK_GUARDS:
             y = <double *>malloc(self.n * sizeof(double))
             if y == NULL:
                 raise MemoryError()
         try:
             w = self.tape.take_work(1)
-            try:
-                st = jx_point_value(&self.tape.t, w, <const double *>cnp.PyArray_DATA(a), y)
-            finally:
-                self.tape.give_work(w)
-            raise_status(st)
-            for k in range(self.n):
-                if not _same(y[k], self._o[k], self._t[k]):
-                    ok = False
-                    break
-        finally:
+        except BaseException:
             if y != stack:
                 free(y)
+            raise
+        st = jx_point_value(&self.tape.t, w, x, y)
+        self.tape.give_work(w)
+        if st == 0:
+            for k in range(self.n):
+                if not _same(y[k], self._o[k], self._t[k]):
+                    ok = 0
+                    break
+        if y != stack:
+            free(y)
+        if st:
+            raise_status(st)
         return ok
 
     def holds_rows(self, cnp.ndarray x, threads=None):
@@ -131,7 +139,8 @@ cdef class GuardedBase:
         cdef tuple m = self._mru
         cdef object r
         if (len(args) == 1 and self._shape1 is not None and is_point(args[0], self._shape1)
-                and (<GuardCheck>m[1]).holds(args[0]) == 1):
+                and (<GuardCheck>m[1]).holds_at(<const double *>cnp.PyArray_DATA(
+                    <cnp.ndarray>args[0]))):
             r = (<Function>m[0])._value_at(args[0])
             return r if r is not None else m[0](args[0])
         return self._call("__call__", args, (), (), {})
@@ -141,7 +150,8 @@ cdef class GuardedBase:
         cdef tuple m = self._mru
         cdef object r
         if (len(args) == 1 and self._shape1 is not None and is_point(args[0], self._shape1)
-                and (<GuardCheck>m[1]).holds(args[0]) == 1):
+                and (<GuardCheck>m[1]).holds_at(<const double *>cnp.PyArray_DATA(
+                    <cnp.ndarray>args[0]))):
             if argnums == 0 and threads is None and not sparse:
                 r = (<Function>m[0])._dense_at(args[0], mode, out)
                 if r is not None:       # straight from C, as Function.jacobian's fast path

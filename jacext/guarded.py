@@ -338,6 +338,13 @@ def _merge(parts, n, batch):
     if not isinstance(first, np.ndarray):
         raise TypeError(f"jacext: cannot join results of type {type(first).__name__} "
                         "over branches")
+    for _, r in parts:
+        if r.shape[1:] != first.shape[1:]:
+            raise ValueError(
+                f"jacext: the points of this batch take branches whose results have "
+                f"different shapes ({first.shape[1:]} and {r.shape[1:]} per point: a "
+                f"selection such as x[x > 0] keeps a different number of elements); "
+                f"call it per point, or keep the shape fixed with np.where(mask, a, b)")
     out = np.empty((n,) + first.shape[1:], dtype=first.dtype)
     for idx, r in parts:
         out[idx] = r

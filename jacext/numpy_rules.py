@@ -49,6 +49,8 @@ from jacext.reduction_rules import (
     _var,
     reduce_tree,
 )
+from jacext.selection_rules import FUNCTIONS as _SELECTIONS
+from jacext.selection_rules import where_indices
 from jacext.trace import Array, _fail, _graph_of, _ids, elementwise
 
 # ---------------------------------------------------------------- ufuncs --
@@ -192,9 +194,10 @@ def _round(a, decimals=0, out=None):
 
 
 def _where(condition, x=None, y=None):
+    if x is None and y is None:
+        return where_indices(condition)
     if x is None or y is None:
-        _fail("np.where(condition) with one argument returns indices that depend on values",
-              "use the three-argument form np.where(condition, a, b)")
+        raise ValueError("either both or neither of x and y should be given")
     g = _graph_of((condition, x, y))
     if not isinstance(condition, Array) and _graph_of((condition,)) is None:
         # a constant condition picks ids: no node at all
@@ -349,6 +352,7 @@ for _f in (np.atleast_1d, np.atleast_2d, np.atleast_3d, np.broadcast_arrays, np.
     FUNCTIONS[_f] = _structural(_f, "all")
 for _f in (np.stack, np.concatenate, np.hstack, np.vstack, np.dstack, np.column_stack):
     FUNCTIONS[_f] = _structural(_f, "seq")
+FUNCTIONS.update(_SELECTIONS)
 FUNCTIONS[np.append] = _structural(np.append, "two")
 FUNCTIONS[np.insert] = _structural(np.insert, "insert")
 for _f in (np.diag, np.diagflat, np.triu, np.tril):

@@ -37,8 +37,11 @@ import threading
 import numpy as np
 
 from jacext import buffers
-from jacext._graph import KIND_CONST, Graph
+from jacext._graph import KIND_BLOCK, KIND_CONST, KIND_INPUT, Graph
 from jacext.errors import TracingError
+from jacext.ops import A_IMM as _A_IMM
+from jacext.ops import B_IMM as _B_IMM
+from jacext.ops import OP_MASK as _OP_MASK
 from jacext.ops import OPS
 from jacext.passes import evaluate as _evaluate
 
@@ -144,15 +147,29 @@ class Guards:
             self._done = n
         return float(self._vals[node])
 
+    def values(self, ids):
+        """The nodes' values at the trace point (an array of ids' shape)."""
+        if ids.size:
+            self.value(int(ids.reshape(-1)[0]))     # evaluates the nodes made since
+        return self._vals[ids]
+
     def record(self, node, truth, outcome):
-        if (node, truth) in self._seen:
-            return
-        self._seen.add((node, truth))
-        where, src = _user_line()
-        self.nodes.append(int(node))
-        self.truth.append(bool(truth))
-        self.outcome.append(float(outcome))
-        self.lines.append(where + (f": {src}" if src else ""))
+        self.record_many((int(node),), truth, (outcome,))
+
+    def record_many(self, nodes, truth, outcomes):
+        """Guards of one kind on several nodes, all asked for by one line of the user's."""
+        line = None
+        for node, outcome in zip(nodes, outcomes):
+            if (node, truth) in self._seen:
+                continue
+            self._seen.add((node, truth))
+            if line is None:
+                where, src = _user_line()
+                line = where + (f": {src}" if src else "")
+            self.nodes.append(int(node))
+            self.truth.append(bool(truth))
+            self.outcome.append(float(outcome))
+            self.lines.append(line)
 
     def __enter__(self):
         if not hasattr(_local, "stack"):
@@ -297,6 +314,29 @@ class Array:
         gd.record(node, truth, bool(v) if truth else v)
         return v
 
+    def _truths(self, refuse):
+        """Each element's truth (``x != 0``) at the trace point, as a bool array of the
+        array's shape, each a truth guard: the values behind a data-dependent selection
+        (a mask used as an index, np.nonzero, np.count_nonzero).  refuse() where the
+        trace has no point."""
+        ids = np.asarray(self.ids, dtype=np.int64)
+        g = self.graph
+        flat = ids.reshape(-1)
+        gd = _active(g)
+        consts = np.array([g.node(int(i))[0] == KIND_CONST for i in flat.tolist()],
+                          dtype=bool)
+        if gd is None and not consts.all():
+            refuse()
+        truth = np.empty(flat.shape[0], dtype=bool)
+        if consts.any():
+            truth[consts] = [g.node(int(i))[4] != 0.0 for i in flat[consts].tolist()]
+        if not consts.all():
+            nodes = flat[~consts]
+            vals = gd.values(nodes) != 0.0
+            truth[~consts] = vals
+            gd.record_many(nodes.tolist(), True, vals.tolist())
+        return truth.reshape(ids.shape)
+
     def _refuse_bool(self):
         _fail("Python control flow on a traced value (if/while/and/or/not, bool(), "
               "comparisons chained in Python): its value is not known while tracing",
@@ -391,11 +431,10 @@ class Array:
 
     # -- indexing: NumPy's indexing on the id array --
     def __getitem__(self, key):
-        _check_key(key)
-        return Array(self.graph, self.ids[key])
+        return Array(self.graph, self.ids[_check_key(key)])
 
     def __setitem__(self, key, value):
-        _check_key(key)
+        key = _check_key(key)
         ids = _ids(self.graph, value)
         if not isinstance(self.ids, np.ndarray) or not self.ids.flags.writeable:
             self.ids = np.array(self.ids, dtype=np.int64)
@@ -475,6 +514,15 @@ class Array:
     def min(self, axis=None, out=None, keepdims=False, **kw):
         return _rules._amin(self, axis=axis, out=out, keepdims=keepdims, **kw)
 
+    def any(self, axis=None, out=None, keepdims=False, **kw):
+        return np.any(self, axis=axis, out=out, keepdims=keepdims, **kw)
+
+    def all(self, axis=None, out=None, keepdims=False, **kw):
+        return np.all(self, axis=axis, out=out, keepdims=keepdims, **kw)
+
+    def nonzero(self):
+        return np.nonzero(self)
+
     def cumsum(self, axis=None, dtype=None, out=None):
         return _rules._cumulative("ADD", self, axis, out)
 
@@ -536,15 +584,67 @@ class Array:
 
 
 def _check_key(key):
-    parts = key if isinstance(key, tuple) else (key,)
-    for p in parts:
-        if isinstance(p, Array):
+    """The key as NumPy takes it: a traced mask (a comparison's or a logical op's result)
+    becomes its truth values at the trace point, guarded (``x[x > 0]``, ``y[y < 0] = 0``);
+    any other traced value in a key is refused."""
+    if isinstance(key, Array):
+        if not _is_mask(key):
             _fail("a traced value was used as an index (the selected elements would depend "
                   "on values not known while tracing)",
-                  "index with constant integers or masks; for a value-dependent choice "
+                  "index with constant integers or masks, or with a mask made by a "
+                  "comparison of traced values (x[x > 0]); for a value-dependent choice "
                   "use np.where(condition, a, b)")
-        if isinstance(p, (list, tuple)) and any(isinstance(q, Array) for q in p):
-            _check_key(tuple(p))
+        return key._truths(_refuse_mask)
+    if isinstance(key, tuple):
+        return tuple(_check_key(p) for p in key)
+    if isinstance(key, list) and any(isinstance(q, Array) for q in key):
+        _check_key(tuple(key))
+    return key
+
+
+def _refuse_mask():
+    _fail("a traced mask was used as an index (the selected elements depend on values not "
+          "known while tracing, and this trace has no point: control_flow=\"error\")",
+          "compile with the default control_flow=\"guard\", which takes the mask at each "
+          "point, or keep the shape fixed with np.where(mask, a, b)")
+
+
+#: ops whose result is a truth value (0.0 or 1.0): comparisons; logical and/or of truth
+#: values are MUL/MAXIMUM/MINIMUM of them (numpy_rules' logical ops)
+_MASK_OPS = frozenset(OPS[n] for n in ("LESS", "LESS_EQUAL", "GREATER", "GREATER_EQUAL",
+                                       "EQUAL", "NOT_EQUAL"))
+_MASK_JOINS = frozenset(OPS[n] for n in ("MUL", "MAXIMUM", "MINIMUM"))
+
+
+def _is_mask(a):
+    """Whether every element of the traced array a is a truth value by construction: what
+    NumPy would hold in a bool array (a mask), never a float that happens to be 0 or 1."""
+    g = a.graph
+    memo = {}
+
+    def mask(node, imm_flag=False, imm=0.0):
+        if imm_flag:
+            return imm in (0.0, 1.0)
+        if node in memo:
+            return memo[node]
+        word, x, y, _, value = g.node(node)
+        if word == KIND_CONST:
+            ok = value in (0.0, 1.0)
+        elif word in (KIND_INPUT, KIND_BLOCK):
+            ok = False
+        else:
+            op = word & _OP_MASK
+            if op in _MASK_OPS:
+                ok = True
+            elif op in _MASK_JOINS:
+                ok = (mask(x, bool(word & _A_IMM), value)
+                      and mask(y, bool(word & _B_IMM), value))
+            else:
+                ok = False
+        memo[node] = ok
+        return ok
+
+    return all(mask(int(i)) for i in np.unique(np.asarray(a.ids)).tolist())
 
 
 # ------------------------------------------------------- id conversion --

@@ -82,6 +82,22 @@ def clamp_and_or(x, lib=np):
     return -x * x[1]
 
 
+def masks(x, lib=np):
+    y = x * 1.0
+    y[y < 0] = 0.0                        # relu by a masked assignment
+    pos = x[(x > 0) & (x < 2.0)]          # a selection whose length depends on x
+    return y * len(pos) + lib.sum(pos ** 2)
+
+
+def selections(x, lib=np):
+    idx = lib.where(x < 0)[0]             # np.where(condition): indices
+    k = lib.count_nonzero(x > 0.5)
+    s = lib.sum(x[idx] ** 3)
+    if lib.any(x > 2.0):
+        s = s + x[0] * x[1]
+    return x * k + s
+
+
 #: (function, points on every side of every branch, ties)
 TABLE = [
     (piecewise, [[-0.7, 0.3, 2.0], [0.4, 0.3, 2.0], [1.6, 0.3, 2.0]],
@@ -94,6 +110,10 @@ TABLE = [
      [[0.0, 0.0, 1.5, 0.0, 3.3, 1.1, 2.5, 2.5]]),
     (clamp_and_or, [[0.5, 0.5, 1.0], [0.5, -0.5, 1.0], [-0.5, 0.5, 1.0], [-0.5, 0.5, -1.0]],
      [[0.0, 0.5, -1.0], [0.5, 0.0, 1.0]]),
+    (masks, [[0.5, -1.0, 2.5], [1.5, 0.3, -0.2], [-0.5, -0.3, -0.1]],
+     [[0.0, 1.0, 2.0], [-0.5, 0.0, 0.3]]),
+    (selections, [[0.3, -0.4, 0.9], [2.5, 1.0, -1.0], [-1.0, -2.0, 0.7]],
+     [[0.5, 0.0, 2.0], [-0.5, 0.5, 1.0]]),
 ]
 IDS = [row[0].__name__ for row in TABLE]
 
