@@ -407,3 +407,20 @@ def test_messages_for_lists_of_arrays_and_tangent_shapes():
         G.jvp(np.ones(2), np.ones(3))
     with pytest.raises(ValueError, match="tangent 1 .* must have shape \\(2,\\)"):
         F.jvp(np.ones(2), np.ones(2), (np.ones(2), np.ones(3)))
+
+
+@pytest.mark.parametrize("f, points, ties", TABLE, ids=IDS)
+def test_single_point_check_equals_the_batched_sweep(f, points, ties):
+    """A single point's guard check (GuardCheck.holds, the fast paths' C check) says
+    what the batched sweep of the guard tape says, at random points, the ties, and
+    non-finite values."""
+    F = jx.compile(f, np.array(points[0]))
+    rng = np.random.default_rng(7)
+    n = len(points[0])
+    X = np.concatenate([np.array(points + ties), rng.uniform(-3, 3, (200, n)),
+                        rng.choice([0.0, -0.0, 1.0, np.inf, -np.inf, np.nan], (100, n))])
+    for p in X[: len(points) + len(ties)]:
+        F(p)          # tapes for several branches
+    for t in F._order:
+        rows = t.check.holds_rows(np.ascontiguousarray(X))
+        assert [t.check.holds(np.ascontiguousarray(p)) for p in X] == rows.tolist()
