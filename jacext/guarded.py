@@ -163,10 +163,10 @@ class GuardedFunction(GuardedBase):
                 t = order[k]
                 k += 1
                 ok = t.check.holds_rows(X if left.shape[0] == n else
-                                        np.ascontiguousarray(X[left]))
+                                        _take_rows(X, left))
             else:
                 t = self._retrace(np.ascontiguousarray(X[left[0]]))
-                ok = t.check.holds_rows(np.ascontiguousarray(X[left]))
+                ok = t.check.holds_rows(_take_rows(X, left))
                 ok[0] = True     # traced there: its branch, whatever the sweep says
             if ok.any():
                 groups.append((t, left[ok]))
@@ -202,7 +202,7 @@ class GuardedFunction(GuardedBase):
                              f"point, or for dense Jacobians")
         parts = []
         for t, idx in groups:
-            sub = _args.split(X[idx], self.arg_shapes, True, (idx.shape[0],))
+            sub = _args.split(_take_rows(X, idx), self.arg_shapes, True, (idx.shape[0],))
             sub_seeds = tuple(_take(s, shape, batch, idx) for s, shape in
                               zip(seeds, seed_shapes))
             parts.append((idx, getattr(t.F, method)(*sub, *_pack(sub_seeds, method, self),
@@ -346,6 +346,22 @@ def _merge(parts, n, batch):
                 f"selection such as x[x > 0] keeps a different number of elements); "
                 f"call it per point, or keep the shape fixed with np.where(mask, a, b)")
     out = np.empty((n,) + first.shape[1:], dtype=first.dtype)
+    width = math.prod(first.shape[1:]) * first.dtype.itemsize
     for idx, r in parts:
-        out[idx] = r
+        if width and r.flags.c_contiguous and r.dtype == out.dtype:
+            # each row one fixed-size element: NumPy scatters those 1.5-3x faster than
+            # rows of a float array (a void view, no copy)
+            _row_view(out, width)[idx] = _row_view(r, width)
+        else:
+            out[idx] = r
     return out.reshape(batch + first.shape[1:])
+
+
+def _row_view(a, width):
+    return a.reshape(a.shape[0], -1).view(np.dtype((np.void, width))).reshape(-1)
+
+
+def _take_rows(X, idx):
+    """X's rows idx, C-contiguous: np.take on axis 0, 3-4x faster than X[idx] on the
+    narrow rows of a batch of points."""
+    return np.take(X, idx, axis=0)
