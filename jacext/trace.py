@@ -38,7 +38,7 @@ import numpy as np
 
 from jacext import buffers
 from jacext._graph import KIND_BLOCK, KIND_CONST, KIND_INPUT, Graph
-from jacext.errors import TracingError
+from jacext.errors import TracingError, explain_failure
 from jacext.ops import A_IMM as _A_IMM
 from jacext.ops import B_IMM as _B_IMM
 from jacext.ops import OP_MASK as _OP_MASK
@@ -767,12 +767,11 @@ def trace(f, arg_shapes, guards=None):
         try:
             result = f(*args)
         except (ValueError, TypeError) as exc:
-            # NumPy wraps what a conversion raised ("setting an array element with a
-            # sequence"): the TracingError that says what and where is the error
-            cause = exc.__cause__ or exc.__context__
-            if isinstance(cause, TracingError) and not isinstance(exc, TracingError):
-                raise cause from None
-            raise
+            better = explain_failure(exc)     # the TracingError that says what and where
+            if better is None:
+                raise
+            raise better from (None if isinstance(exc.__cause__ or exc.__context__,
+                                                  TracingError) else exc)
     is_tuple = isinstance(result, (tuple, list))
     outs = tuple(result) if is_tuple else (result,)
     out_ids = []

@@ -519,3 +519,19 @@ def test_arrays_from_another_trace():
     jx.compile(lambda x: keep.append(x) or x, x3)
     with pytest.raises(jx.TracingError):
         jx.compile(lambda x: x + keep[0], x3)
+
+
+def test_a_scipy_array_api_function_that_cannot_trace_says_so():
+    """scipy.special.logsumexp converts its input with np.asanyarray and picks its code
+    by the dtype; the error names it and its NumPy spelling, which does trace."""
+    x = np.array([0.5, -1.0, 2.0])
+    with pytest.raises(jx.TracingError, match=r"scipy\.special\.logsumexp(.|\n)*np\.max"):
+        jx.compile(lambda x: sp.logsumexp(x) * x, x)
+
+    def spelled(x):
+        m = np.max(x)
+        return m + np.log(np.sum(np.exp(x - m)))
+
+    g = jx.grad(spelled)(x)
+    np.testing.assert_allclose(g, sp.softmax(x), rtol=1e-15)
+    assert spelled(x) == pytest.approx(sp.logsumexp(x), rel=1e-15)
