@@ -421,6 +421,23 @@ static void jx_forward_run(const jx_tape *t, double *value, int32_t i, const int
     }
 }
 
+/* Value of instruction i, one at a time (the sweep without runs, and short runs). */
+static inline void jx_forward_one(const jx_tape *t, double *value, int32_t i)
+{
+    const int32_t word = t->op[i];
+    double a, b, s, z;
+    JX_LOAD_OPERANDS(value, i, word);
+    switch (word & JX_OP_MASK) {
+#define OP(NAME, ARITY, COMMUTES, VALUE, D0, D1, FIXED) \
+    case JX_OP_##NAME: z = (VALUE); break;
+#include "ops.def"
+#undef OP
+    default: z = NAN; /* unreachable: the tape was checked */
+    }
+    (void)s;
+    value[t->dst[i]] = z;
+}
+
 void jx_forward(const jx_tape *t, double *value)
 {
     int32_t i;
@@ -446,6 +463,10 @@ void jx_forward(const jx_tape *t, double *value)
                 }
                 i += (e - r + 1) * L;
                 r = e + 1;
+            } else if (L < JX_RUN_MIN_LEN) {
+                const int32_t end = i + L;
+                for (; i < end; i++) jx_forward_one(t, value, i);
+                r++;
             } else {
                 jx_forward_run(t, value, i, run, 0, L);
                 i += L;
@@ -455,22 +476,10 @@ void jx_forward(const jx_tape *t, double *value)
         return;
     }
     for (i = 0; i < t->n_instr; i++) {
-        int32_t word = t->op[i];
-        double a, b, s, z;
-        if (word == JX_BLOCK) {
+        if (t->op[i] == JX_BLOCK)
             jx_block_op_value(t, kb++, value, 1);
-            continue;
-        }
-        JX_LOAD_OPERANDS(value, i, word);
-        switch (word & JX_OP_MASK) {
-#define OP(NAME, ARITY, COMMUTES, VALUE, D0, D1, FIXED) \
-        case JX_OP_##NAME: z = (VALUE); break;
-#include "ops.def"
-#undef OP
-        default: z = NAN; /* unreachable: the tape was checked */
-        }
-        (void)s;
-        value[t->dst[i]] = z;
+        else
+            jx_forward_one(t, value, i);
     }
 }
 
