@@ -16,7 +16,7 @@ from setuptools import Extension, setup
 
 HEADERS = ["src_c/ops.def", "src_c/ops.h", "src_c/kernels.h", "src_c/vm.h",
            "src_c/block_values.h", "jacext/_graph.pxd", "jacext/_tape.pxd",
-           "jacext/_function.pxd"]
+           "jacext/_function.pxd", "jacext/_point.pxd"]
 # vm.c (and block.c, whose block instructions its sweeps run) holds the op tables every
 # extension reads; batch.c and sparsity.c only the Tape's
 VM = ["src_c/vm.c", "src_c/block.c"]
@@ -59,6 +59,7 @@ extensions = [
     Extension("jacext._graph", ["jacext/_graph.pyx", *VM], **common),
     Extension("jacext.passes", ["jacext/passes.pyx", *VM], **common),
     Extension("jacext._tape", ["jacext/_tape.pyx", *C_SOURCES], **common),
+    Extension("jacext._point", ["jacext/_point.pyx", *VM], **common),
     Extension("jacext._function", ["jacext/_function.pyx", *VM], **common),
     Extension("jacext._guards", ["jacext/_guards.pyx", *VM], **common),
 ]

@@ -41,6 +41,6 @@ cdef class Function:
     cdef object _plan(self, argnums, mode, bint is_sparse)
     cdef Tape _pt_tape(self, int m)
     cdef bint _set_auto0(self) except -1
-    cdef object _dense_at(self, object x, object mode, object out)
+    cdef object _dense_at(self, object x, object mode, object out, cnp.ndarray y=*)
     cdef object _value_at(self, object x)
     cdef object _value_row(self, cnp.ndarray x)

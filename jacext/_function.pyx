@@ -28,15 +28,13 @@ from jacext import nonfinite as _nonfinite
 from jacext import second as _second
 from jacext import sparse as _sparse
 from jacext._tape cimport (JX_MAX_LANES, JX_MODE_FORWARD, JX_MODE_REVERSE, JX_TASK_JACOBIAN,
-                           JX_TASK_VALUE, Tape, is_point,
-                           jx_all_finite, jx_point_jacobian, jx_point_outputs,
-                           jx_point_value, jx_work,
+                           JX_TASK_VALUE, Tape, empty_of, is_point, jx_work,
                            raise_status)
+from jacext._point cimport (_check_out, _eval_tape, _fill_rows, _finite, _lanes,
+                            _point_jacobian, _tape_jacobian)
 
 cnp.import_array()
 
-cdef Py_ssize_t NOGIL_WORK = _plan.NOGIL_WORK
-cdef Py_ssize_t FILL_CHUNK_BYTES = _plan.FILL_CHUNK_BYTES
 cdef dict _MODE = {"forward": JX_MODE_FORWARD, "reverse": JX_MODE_REVERSE}
 
 
@@ -181,10 +179,13 @@ cdef class Function:
 
     cdef object _value_row(self, cnp.ndarray x):
         """The outputs, nested, at the one point x (the VM's row, checked by the caller)."""
-        cdef cnp.ndarray y = np.empty(self.tape.t.n_out, dtype=np.float64)
-        self.tape.value(x, y)
+        cdef cnp.ndarray y
         if not self.out_is_tuple:
-            return y.reshape(self.out_shapes[0])
+            y = empty_of(self.out_shapes[0])
+            self.tape.value(x, y)
+            return y
+        y = empty_of((self.tape.t.n_out,))
+        self.tape.value(x, y)
         return _args.split(y, self.out_shapes, True, ())
 
     def _rows(self, tuple args, Py_ssize_t n_cols=-1):
@@ -262,11 +263,11 @@ cdef class Function:
             return _lazy.jacobian(self, *args, argnums=argnums, mode=mode, threads=threads)
         return self._jacobian(args, argnums, mode, out, threads, False)[1]
 
-    cdef object _dense_at(self, object a, object mode, object out):
+    cdef object _dense_at(self, object a, object mode, object out, cnp.ndarray y=None):
         """The dense Jacobian at one point a of the one argument (argnums 0) straight from
-        C, or None where a is no such point (a float64 C-contiguous array of the traced
-        shape) or the request takes the general path.  Also called by a guarded tape's
-        fast path (jacext/_guards.pyx)."""
+        C (and the values into y, unless None), or None where a is no such point (a float64
+        C-contiguous array of the traced shape) or the request takes the general path.
+        Also called by a guarded tape's fast path (jacext/_guards.pyx)."""
         cdef cnp.ndarray x, jac
         cdef jx_work *w
         cdef int m, st
@@ -282,10 +283,12 @@ cdef class Function:
             vals = _eval_tape(jt0[0], x, 0)
             if vals is not None:
                 if out is None:
-                    jac = np.zeros(self._single_jac_shape, dtype=np.float64)
+                    jac = empty_of(self._single_jac_shape, True)
                 else:
                     jac = _check_out(out, self._single_jac_shape)
                 _fill_rows(jac, jt0[1], jt0[2], vals, out is None)
+                if y is not None:
+                    self.tape.value(x, y)
                 return jac
         # dense sweeps straight from C
         elif mode != "auto" or self._auto0 == 1 or (self._auto0 < 0 and self._set_auto0()):
@@ -295,14 +298,14 @@ cdef class Function:
             else:
                 m = _MODE.get(mode, 0)
             if m:
-                jac = (np.empty(self._single_jac_shape, dtype=np.float64) if out is None
+                jac = (empty_of(self._single_jac_shape) if out is None
                        else _check_out(out, self._single_jac_shape))
                 jt = self._pt_tape(m)
-                if jt is not None and _tape_jacobian(jt, x, None, jac):
+                if jt is not None and _tape_jacobian(jt, x, y, jac):
                     return jac
                 w = self.tape.take_work(_lanes(m, n_cols, self.tape.t.n_out))
                 try:
-                    st = _point_jacobian(self.tape, w, x, jac, self._cols0, m)
+                    st = _point_jacobian(self.tape, w, x, y, jac, self._cols0, m)
                 finally:
                     self.tape.give_work(w)
                 raise_status(st)
@@ -314,6 +317,13 @@ cdef class Function:
 
     def value_and_jacobian(self, *args, argnums=0, mode="auto", threads=None):
         """(value, Jacobian) from one forward sweep."""
+        cdef cnp.ndarray y
+        if (len(args) == 1 and argnums == 0 and not self.out_is_tuple
+                and self._single_jac_shape is not None):
+            y = empty_of(self.out_shapes[0])
+            jac = self._dense_at(args[0], mode, None, y)
+            if jac is not None:         # one point straight from C, as F.jacobian(x)
+                return y, jac
         if _lazy.is_dask(args):
             return _lazy.value_and_jacobian(self, *args, argnums=argnums, mode=mode,
                                             threads=threads)
@@ -658,122 +668,6 @@ cdef cnp.ndarray _gather(tuple args, tuple shapes, tuple offsets):
         else:
             return None
     return x
-
-
-cdef inline bint _finite(cnp.ndarray a):
-    """Whether every entry of a (float64, C-contiguous) is finite."""
-    return jx_all_finite(<const double *>cnp.PyArray_DATA(a), cnp.PyArray_SIZE(a))
-
-
-cdef inline int32_t _lanes(int mode, int32_t n_cols, int32_t n_out) noexcept:
-    cdef int32_t need = n_cols if mode == JX_MODE_FORWARD else n_out
-    if need > JX_MAX_LANES:
-        need = JX_MAX_LANES
-    return need if need > 0 else 1
-
-
-cdef int _point_jacobian(Tape tape, jx_work *w, cnp.ndarray x, cnp.ndarray jac,
-                         cnp.ndarray cols, int m) noexcept:
-    """The dense Jacobian at one point (arguments checked by the caller), the GIL
-    released where the sweep is long enough to pay for it."""
-    cdef const double *px = <const double *>cnp.PyArray_DATA(x)
-    cdef double *pj = <double *>cnp.PyArray_DATA(jac)
-    cdef const int32_t *pc = <const int32_t *>cnp.PyArray_DATA(cols)
-    cdef int32_t n_cols = <int32_t>cols.shape[0]
-    cdef int st
-    if tape.work * w.lanes > NOGIL_WORK:
-        with nogil:
-            st = jx_point_jacobian(&tape.t, w, px, NULL, pj, pc, n_cols, m)
-    else:
-        st = jx_point_jacobian(&tape.t, w, px, NULL, pj, pc, n_cols, m)
-    return st
-
-
-cdef cnp.ndarray _check_out(out, tuple shape):
-    if not isinstance(out, np.ndarray):
-        raise TypeError(f"jacext: out must be a NumPy array; got {type(out).__name__}")
-    if (cnp.PyArray_TYPE(<cnp.ndarray>out) != cnp.NPY_DOUBLE
-            or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>out)
-            or not cnp.PyArray_ISWRITEABLE(<cnp.ndarray>out)):
-        raise ValueError("jacext: out must be a writeable, C-contiguous float64 array "
-                         "(np.empty(shape))")
-    if out.shape != shape:
-        raise ValueError(f"jacext: out has shape {_args.shape_str(out.shape)}; the Jacobian "
-                         f"has shape {_args.shape_str(shape)}")
-    return <cnp.ndarray>out
-
-
-cdef bint _tape_jacobian(Tape jt, cnp.ndarray x, cnp.ndarray y, cnp.ndarray jac) except -1:
-    """A dense Jacobian tape (outputs: the n_out values, then the Jacobian row-major) at the
-    point x: the values into y (None: not stored), the Jacobian straight into jac (both
-    C-contiguous float64 of their sizes, checked by the caller).  False where the
-    Jacobian is not all finite: then the sweeps, whose zero kills decide there, redo it."""
-    cdef Py_ssize_t n_jac = cnp.PyArray_SIZE(jac)
-    cdef int32_t n_y = jt.t.n_out - <int32_t>n_jac
-    cdef double *pj = <double *>cnp.PyArray_DATA(jac)
-    cdef double *py = <double *>cnp.PyArray_DATA(y) if y is not None else NULL
-    cdef const double *px = <const double *>cnp.PyArray_DATA(x)
-    cdef jx_work *w = jt.take_work(1)
-    cdef int st
-    try:
-        if jt.t.n_instr > NOGIL_WORK:
-            with nogil:
-                st = jx_point_outputs(&jt.t, w, px, py, n_y, pj)
-        else:
-            st = jx_point_outputs(&jt.t, w, px, py, n_y, pj)
-    finally:
-        jt.give_work(w)
-    raise_status(st)
-    return jx_all_finite(pj, n_jac)
-
-
-cdef object _eval_tape(Tape jt, cnp.ndarray x, Py_ssize_t n_values):
-    """jt's outputs at the point x (float64, C-contiguous, checked), or None when an
-    output past the first n_values is not finite (then the sweeps decide)."""
-    cdef cnp.ndarray r = np.empty(jt.t.n_out, dtype=np.float64)
-    cdef jx_work *w = jt.take_work(1)
-    cdef int st
-    try:
-        with nogil:
-            st = jx_point_value(&jt.t, w, <const double *>cnp.PyArray_DATA(x),
-                                <double *>cnp.PyArray_DATA(r))
-    finally:
-        jt.give_work(w)
-    raise_status(st)
-    if not jx_all_finite(<const double *>cnp.PyArray_DATA(r) + n_values,
-                         jt.t.n_out - n_values):
-        return None
-    return r
-
-
-cdef void _fill_rows(cnp.ndarray dense, cnp.ndarray ptr, cnp.ndarray idx,
-                     cnp.ndarray vals, bint zeroed) noexcept:
-    """A dense (n_rows, n_cols) C-contiguous float64 matrix from CSR nonzeros (int32 ptr
-    and idx, checked when the pattern was made) a chunk of rows (FILL_CHUNK_BYTES) at a
-    time: unless ``zeroed`` (a fresh np.zeros, whose pages calloc zeroes) the chunk is
-    zeroed first (one memset, fast string stores that keep it in cache), then its
-    nonzeros are written while it is there (a caller's out=)."""
-    cdef double *d = <double *>cnp.PyArray_DATA(dense)
-    cdef const int32_t *p = <const int32_t *>cnp.PyArray_DATA(ptr)
-    cdef const int32_t *j = <const int32_t *>cnp.PyArray_DATA(idx)
-    cdef const double *v = <const double *>cnp.PyArray_DATA(vals)
-    cdef Py_ssize_t n_rows = ptr.shape[0] - 1
-    cdef Py_ssize_t n_cols = dense.size // n_rows if n_rows > 0 else 0
-    cdef Py_ssize_t i, i1 = 0, i2, k
-    cdef Py_ssize_t chunk = FILL_CHUNK_BYTES // (n_cols * 8) if n_cols > 0 else 1
-    cdef double *row
-    if chunk < 1:
-        chunk = 1
-    with nogil:
-        while i1 < n_rows:
-            i2 = i1 + chunk if i1 + chunk < n_rows else n_rows
-            if not zeroed:
-                memset(d + i1 * n_cols, 0, (i2 - i1) * n_cols * sizeof(double))
-            for i in range(i1, i2):
-                row = d + i * n_cols
-                for k in range(p[i], p[i + 1]):
-                    row[j[k]] = v[k]
-            i1 = i2
 
 
 def _key(argnums):

@@ -107,18 +107,33 @@ cdef inline bint is_point(object a, tuple shape):
     """Whether a is a float64 C-contiguous ndarray of exactly this shape (the fast
     paths' test, shared by _function.pyx and _guards.pyx)."""
     cdef cnp.ndarray arr
-    cdef int k, nd
-    cdef cnp.npy_intp *dims
     if not cnp.PyArray_CheckExact(a):
         return False
     arr = <cnp.ndarray>a
     if cnp.PyArray_TYPE(arr) != cnp.NPY_DOUBLE or not cnp.PyArray_IS_C_CONTIGUOUS(arr):
         return False
-    nd = cnp.PyArray_NDIM(arr)
-    dims = cnp.PyArray_DIMS(arr)
+    return has_shape(arr, shape)
+
+
+cdef inline bint has_shape(cnp.ndarray arr, tuple shape):
+    """Whether arr's shape is this tuple of ints (no tuple made for it)."""
+    cdef int k, nd = cnp.PyArray_NDIM(arr)
+    cdef cnp.npy_intp *dims = cnp.PyArray_DIMS(arr)
     if nd != len(shape):
         return False
     for k in range(nd):
         if dims[k] != <cnp.npy_intp>shape[k]:
             return False
     return True
+
+
+cdef inline cnp.ndarray empty_of(tuple shape, bint zero=False):
+    """A new float64 C-contiguous array of this shape (at most 32 axes), made through
+    NumPy's C API: the fast paths' results, without a Python-level np.empty call."""
+    cdef cnp.npy_intp dims[32]
+    cdef int k, nd = len(shape)
+    for k in range(nd):
+        dims[k] = <cnp.npy_intp>shape[k]
+    if zero:
+        return cnp.PyArray_ZEROS(nd, dims, cnp.NPY_DOUBLE, 0)
+    return cnp.PyArray_EMPTY(nd, dims, cnp.NPY_DOUBLE, 0)

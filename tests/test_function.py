@@ -696,3 +696,54 @@ def test_several_arguments_at_one_point_equal_the_general_path():
         F(0.25, np.ones(4), k)
     with pytest.raises(TypeError, match="compiled for 3"):
         F(0.25, y)
+
+
+def _arm3(q):
+    a = np.cumsum(q)
+    return np.stack([np.sum(np.cos(a)), np.sum(np.sin(a)), a[-1]])
+
+
+def _mlp(x):
+    W = np.random.default_rng(0).standard_normal((3, 8, 8)) / 3
+    h = x
+    for k in range(3):
+        h = np.tanh(W[k] @ h + 0.1 * k)
+    return h
+
+
+SINGLE_POINT_CASES = {
+    "seed": (lambda x: x ** 2 * x, np.array([2.0, 3.0])),
+    "arm": (_arm3, np.linspace(0.1, 0.7, 7)),
+    "broyden": (broyden, np.linspace(-1.0, 1.0, 40)),
+    "mlp": (_mlp, np.linspace(-1.0, 1.0, 8)),
+}
+
+
+@pytest.mark.parametrize("name", SINGLE_POINT_CASES)
+def test_every_single_point_path_gives_the_same_numbers(name):
+    """value_and_jacobian, out=, argnums=0, each mode, a batch of one and the general path
+    (a list) give what F(x) and F.jacobian(x) give, bit for bit, before and after the
+    single-point tapes are built, also at a point with non-finite values."""
+    f, x0 = SINGLE_POINT_CASES[name]
+    F = jx.compile(f, x0)
+    bad = x0.copy()
+    bad[0] = np.inf
+    for rounds in (1, 2100):      # before, then after, the planner's tapes are made
+        for _ in range(rounds):
+            F.jacobian(x0)
+            F.value_and_jacobian(x0)
+        for x in (x0, bad):
+            with np.errstate(all="ignore"):
+                v, J = F(x), F.jacobian(x)
+                for mode in ("auto", "forward", "reverse"):
+                    vm, Jm = F.value_and_jacobian(x, mode=mode)
+                    np.testing.assert_array_equal(vm, v)
+                    np.testing.assert_array_equal(Jm, F.jacobian(x, mode=mode))
+                    vl, Jl = F.value_and_jacobian(x.tolist(), mode=mode)
+                    np.testing.assert_array_equal(vl, v)
+                    np.testing.assert_array_equal(Jl, Jm)
+                out = np.empty_like(J)
+                assert F.jacobian(x, out=out, argnums=0) is out
+                np.testing.assert_array_equal(out, J)
+                np.testing.assert_array_equal(F.jacobian(x[None])[0], J)
+                np.testing.assert_array_equal(F.value_and_jacobian(x[None])[1][0], J)

@@ -724,10 +724,17 @@ def test_sparse_tape_threshold_counts_single_points():
     assert isinstance(jt, Tape)
     assert _sparse_tape(F, n) is jt               # cached
     assert jt.n_outputs == F.sparsity().nnz == 3 * n - 2
-    # value_and_jacobian counts apart (a tape with the values too)
+    # a float64 point's value_and_jacobian takes that tape and one value sweep (the fast
+    # path of F.jacobian(x)); the general path's (here: a list) counts apart, for a tape
+    # with the values too
+    v, J = F.value_and_jacobian(x)
+    np.testing.assert_array_equal(v, F(x))
+    np.testing.assert_array_equal(J, F.jacobian(x))
     assert _sparse_tape(F, n, values=True) is None
     for _ in range(after):
-        F.value_and_jacobian(x)
+        v2, J2 = F.value_and_jacobian(x.tolist())
+    np.testing.assert_array_equal(v2, v)
+    np.testing.assert_array_equal(J2, J)
     jv = _sparse_tape(F, n, values=True)
     assert isinstance(jv, Tape) and jv is not jt
     assert jv.n_outputs == n + 3 * n - 2

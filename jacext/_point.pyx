@@ -1,0 +1,140 @@
+# cython: language_level=3, cdivision=True
+"""The single-point C paths that Function's fast paths share: a dense Jacobian by sweeps
+or from a Jacobian tape, the checks of a caller's ``out=``, and the dense fill of a sparse
+result (``jacext/_function.pyx`` calls them; declared in ``_point.pxd``)."""
+import numpy as np
+cimport numpy as cnp
+from libc.stdint cimport int32_t
+from libc.string cimport memset
+
+from jacext import arguments as _args
+from jacext import plan as _plan
+from jacext._tape cimport (JX_MAX_LANES, JX_MODE_FORWARD, Tape, empty_of, has_shape,
+                           jx_all_finite, jx_point_jacobian, jx_point_outputs,
+                           jx_point_value, jx_work, raise_status)
+
+cnp.import_array()
+
+cdef Py_ssize_t NOGIL_WORK = _plan.NOGIL_WORK
+cdef Py_ssize_t FILL_CHUNK_BYTES = _plan.FILL_CHUNK_BYTES
+
+
+cdef bint _finite(cnp.ndarray a):
+    """Whether every entry of a (float64, C-contiguous) is finite."""
+    return jx_all_finite(<const double *>cnp.PyArray_DATA(a), cnp.PyArray_SIZE(a))
+
+
+cdef int32_t _lanes(int mode, int32_t n_cols, int32_t n_out) noexcept:
+    cdef int32_t need = n_cols if mode == JX_MODE_FORWARD else n_out
+    if need > JX_MAX_LANES:
+        need = JX_MAX_LANES
+    return need if need > 0 else 1
+
+
+cdef int _point_jacobian(Tape tape, jx_work *w, cnp.ndarray x, cnp.ndarray y,
+                         cnp.ndarray jac, cnp.ndarray cols, int m) noexcept:
+    """The dense Jacobian at one point (and the values into y, unless None; arguments
+    checked by the caller), the GIL released where the sweep is long enough to pay."""
+    cdef const double *px = <const double *>cnp.PyArray_DATA(x)
+    cdef double *py = <double *>cnp.PyArray_DATA(y) if y is not None else NULL
+    cdef double *pj = <double *>cnp.PyArray_DATA(jac)
+    cdef const int32_t *pc = <const int32_t *>cnp.PyArray_DATA(cols)
+    cdef int32_t n_cols = <int32_t>cols.shape[0]
+    cdef int st
+    if tape.work * w.lanes > NOGIL_WORK:
+        with nogil:
+            st = jx_point_jacobian(&tape.t, w, px, py, pj, pc, n_cols, m)
+    else:
+        st = jx_point_jacobian(&tape.t, w, px, py, pj, pc, n_cols, m)
+    return st
+
+
+cdef cnp.ndarray _check_out(out, tuple shape):
+    if not cnp.PyArray_Check(out):
+        raise TypeError(f"jacext: out must be a NumPy array; got {type(out).__name__}")
+    if (cnp.PyArray_TYPE(<cnp.ndarray>out) != cnp.NPY_DOUBLE
+            or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>out)
+            or not cnp.PyArray_ISWRITEABLE(<cnp.ndarray>out)):
+        raise ValueError("jacext: out must be a writeable, C-contiguous float64 array "
+                         "(np.empty(shape))")
+    if not has_shape(<cnp.ndarray>out, shape):
+        raise ValueError(f"jacext: out has shape {_args.shape_str(out.shape)}; the Jacobian "
+                         f"has shape {_args.shape_str(shape)}")
+    return <cnp.ndarray>out
+
+
+cdef bint _tape_jacobian(Tape jt, cnp.ndarray x, cnp.ndarray y, cnp.ndarray jac) except -1:
+    """A dense Jacobian tape (outputs: the n_out values, then the Jacobian row-major) at the
+    point x: the values into y (None: not stored), the Jacobian straight into jac (both
+    C-contiguous float64 of their sizes, checked by the caller).  False where the
+    Jacobian is not all finite: then the sweeps, whose zero kills decide there, redo it."""
+    cdef Py_ssize_t n_jac = cnp.PyArray_SIZE(jac)
+    cdef int32_t n_y = jt.t.n_out - <int32_t>n_jac
+    cdef double *pj = <double *>cnp.PyArray_DATA(jac)
+    cdef double *py = <double *>cnp.PyArray_DATA(y) if y is not None else NULL
+    cdef const double *px = <const double *>cnp.PyArray_DATA(x)
+    cdef jx_work *w = jt.take_work(1)
+    cdef int st
+    try:
+        if jt.t.n_instr > NOGIL_WORK:
+            with nogil:
+                st = jx_point_outputs(&jt.t, w, px, py, n_y, pj)
+        else:
+            st = jx_point_outputs(&jt.t, w, px, py, n_y, pj)
+    finally:
+        jt.give_work(w)
+    raise_status(st)
+    return jx_all_finite(pj, n_jac)
+
+
+cdef object _eval_tape(Tape jt, cnp.ndarray x, Py_ssize_t n_values):
+    """jt's outputs at the point x (float64, C-contiguous, checked), or None when an
+    output past the first n_values is not finite (then the sweeps decide)."""
+    cdef cnp.ndarray r = empty_of((jt.t.n_out,))
+    cdef const double *px = <const double *>cnp.PyArray_DATA(x)
+    cdef double *pr = <double *>cnp.PyArray_DATA(r)
+    cdef jx_work *w = jt.take_work(1)
+    cdef int st
+    try:
+        if jt.t.n_instr > NOGIL_WORK:
+            with nogil:
+                st = jx_point_value(&jt.t, w, px, pr)
+        else:
+            st = jx_point_value(&jt.t, w, px, pr)
+    finally:
+        jt.give_work(w)
+    raise_status(st)
+    if not jx_all_finite(<const double *>cnp.PyArray_DATA(r) + n_values,
+                         jt.t.n_out - n_values):
+        return None
+    return r
+
+
+cdef void _fill_rows(cnp.ndarray dense, cnp.ndarray ptr, cnp.ndarray idx,
+                     cnp.ndarray vals, bint zeroed) noexcept:
+    """A dense (n_rows, n_cols) C-contiguous float64 matrix from CSR nonzeros (int32 ptr
+    and idx, checked when the pattern was made) a chunk of rows (FILL_CHUNK_BYTES) at a
+    time: unless ``zeroed`` (a fresh np.zeros, whose pages calloc zeroes) the chunk is
+    zeroed first (one memset, fast string stores that keep it in cache), then its
+    nonzeros are written while it is there (a caller's out=)."""
+    cdef double *d = <double *>cnp.PyArray_DATA(dense)
+    cdef const int32_t *p = <const int32_t *>cnp.PyArray_DATA(ptr)
+    cdef const int32_t *j = <const int32_t *>cnp.PyArray_DATA(idx)
+    cdef const double *v = <const double *>cnp.PyArray_DATA(vals)
+    cdef Py_ssize_t n_rows = ptr.shape[0] - 1
+    cdef Py_ssize_t n_cols = dense.size // n_rows if n_rows > 0 else 0
+    cdef Py_ssize_t i, i1 = 0, i2, k
+    cdef Py_ssize_t chunk = FILL_CHUNK_BYTES // (n_cols * 8) if n_cols > 0 else 1
+    cdef double *row
+    if chunk < 1:
+        chunk = 1
+    with nogil:
+        while i1 < n_rows:
+            i2 = i1 + chunk if i1 + chunk < n_rows else n_rows
+            if not zeroed:
+                memset(d + i1 * n_cols, 0, (i2 - i1) * n_cols * sizeof(double))
+            for i in range(i1, i2):
+                row = d + i * n_cols
+                for k in range(p[i], p[i + 1]):
+                    row[j[k]] = v[k]
+            i1 = i2
