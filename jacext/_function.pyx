@@ -28,7 +28,7 @@ from jacext import nonfinite as _nonfinite
 from jacext import second as _second
 from jacext import sparse as _sparse
 from jacext._tape cimport (JX_MAX_LANES, JX_MODE_FORWARD, JX_MODE_REVERSE, JX_TASK_JACOBIAN,
-                           JX_TASK_VALUE, Tape, empty_of, is_point, jx_work,
+                           JX_TASK_VALUE, Tape, empty_of, has_shape, is_point, jx_work, view_as,
                            raise_status)
 from jacext._point cimport (_check_out, _eval_tape, _fill_rows, _finite, _lanes,
                             _point_jacobian, _tape_jacobian)
@@ -254,6 +254,8 @@ cdef class Function:
             return self._sparse_jacobian(args, argnums, mode, threads)
         if len(args) == 1 and argnums == 0:
             jac = self._dense_at(args[0], mode, out)
+            if jac is None:
+                jac = _batch_of_one(self, args[0], mode, out, None)
             if jac is not None:
                 return jac
         if _lazy.is_dask(args):
@@ -324,6 +326,10 @@ cdef class Function:
             jac = self._dense_at(args[0], mode, None, y)
             if jac is not None:         # one point straight from C, as F.jacobian(x)
                 return y, jac
+            jac = _batch_of_one(self, args[0], mode, None, y)
+            if jac is not None:
+                return view_as(y, (<object>jac).shape[:jac.ndim - len(self._single_jac_shape)]
+                               + self.out_shapes[0]), jac
         if _lazy.is_dask(args):
             return _lazy.value_and_jacobian(self, *args, argnums=argnums, mode=mode,
                                             threads=threads)
@@ -425,7 +431,7 @@ cdef class Function:
                 self.tape.compressed(x, y, mat, plan.cols, None, 0, _MODE[plan.mode])
                 if plan.mode == "reverse" and not _finite(mat):
                     self.tape.compressed(x, None, mat, plan.cols, None, 0, JX_MODE_FORWARD)
-        result = self._nest_dense(mat, batch, nums, multi)
+        result = _nest_dense(self, mat, batch, nums, multi)
         if direct:
             result = out      # the caller's array itself, as the fast path returns it
         elif out is not None:
@@ -434,21 +440,6 @@ cdef class Function:
         value = (_args.split(y.reshape(batch + (n_out,)), self.out_shapes, self.out_is_tuple,
                               batch) if want_value else None)
         return value, result
-
-    def _nest_dense(self, cnp.ndarray mat, tuple batch, tuple nums, bint multi):
-        """(..., n_out, n_cols) -> the nested structure of Jacobians."""
-        if not multi and not self.out_is_tuple:
-            return mat.reshape(batch + self.out_shapes[0] + self.arg_shapes[nums[0]])
-        col = _args.offsets([self.arg_shapes[k] for k in nums])
-        mat = mat.reshape(batch + (self.tape.t.n_out, col[-1]))
-        split = multi or self.out_is_tuple
-
-        def block(o, j):
-            b = mat[..., self._out_offsets[o]:self._out_offsets[o + 1], col[j]:col[j + 1]]
-            if split:
-                b = np.ascontiguousarray(b)
-            return b.reshape(batch + self.out_shapes[o] + self.arg_shapes[nums[j]])
-        return _args.nest(block, self.out_shapes, self.out_is_tuple, nums, multi)
 
     # ---- sparse ----
 
@@ -668,6 +659,56 @@ cdef cnp.ndarray _gather(tuple args, tuple shapes, tuple offsets):
         else:
             return None
     return x
+
+
+cdef object _batch_of_one(Function F, object a, object mode, object out, cnp.ndarray y):
+    """F.jacobian(a) for a batch of one point (leading axes of length 1: a float64
+    C-contiguous array of F's one argument) by the single-point fast path, the values
+    into y (F's output shape) unless None; None where that path does not apply.  So a
+    batch of one costs and gives what the point does."""
+    cdef cnp.ndarray arr, o = None
+    cdef cnp.npy_intp *dims
+    cdef Py_ssize_t k, j, nd
+    if (F._single_jac_shape is None or not cnp.PyArray_CheckExact(a)
+            or F.tape.t.n_in == 0):
+        return None
+    arr = <cnp.ndarray>a
+    nd = len(F._single_shape)
+    k = cnp.PyArray_NDIM(arr) - nd
+    if (k <= 0 or cnp.PyArray_SIZE(arr) != F.tape.t.n_in
+            or cnp.PyArray_TYPE(arr) != cnp.NPY_DOUBLE
+            or not cnp.PyArray_IS_C_CONTIGUOUS(arr)):
+        return None
+    dims = cnp.PyArray_DIMS(arr)
+    for j in range(nd):
+        if dims[k + j] != <cnp.npy_intp>F._single_shape[j]:
+            return None
+    batch = (1,) * k                    # leading axes of length 1 (the size says so)
+    if out is not None:
+        if not (cnp.PyArray_Check(out) and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>out)
+                and has_shape(<cnp.ndarray>out, batch + F._single_jac_shape)):
+            return None                 # the general path says what is wrong
+        o = view_as(<cnp.ndarray>out, F._single_jac_shape)
+    jac = F._dense_at(view_as(arr, F._single_shape), mode, o, y)
+    if jac is None:
+        return None
+    return out if out is not None else view_as(<cnp.ndarray>jac, batch + F._single_jac_shape)
+
+
+def _nest_dense(Function F, cnp.ndarray mat, tuple batch, tuple nums, bint multi):
+    """(..., n_out, n_cols) -> the nested structure of F's Jacobians."""
+    if not multi and not F.out_is_tuple:
+        return mat.reshape(batch + F.out_shapes[0] + F.arg_shapes[nums[0]])
+    col = _args.offsets([F.arg_shapes[k] for k in nums])
+    mat = mat.reshape(batch + (F.tape.t.n_out, col[-1]))
+    split = multi or F.out_is_tuple
+
+    def block(o, j):
+        b = mat[..., F._out_offsets[o]:F._out_offsets[o + 1], col[j]:col[j + 1]]
+        if split:
+            b = np.ascontiguousarray(b)
+        return b.reshape(batch + F.out_shapes[o] + F.arg_shapes[nums[j]])
+    return _args.nest(block, F.out_shapes, F.out_is_tuple, nums, multi)
 
 
 def _key(argnums):

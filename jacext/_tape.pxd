@@ -137,3 +137,16 @@ cdef inline cnp.ndarray empty_of(tuple shape, bint zero=False):
     if zero:
         return cnp.PyArray_ZEROS(nd, dims, cnp.NPY_DOUBLE, 0)
     return cnp.PyArray_EMPTY(nd, dims, cnp.NPY_DOUBLE, 0)
+
+
+cdef inline cnp.ndarray view_as(cnp.ndarray arr, tuple shape):
+    """arr (C-contiguous) reshaped to this shape (at most 32 axes) through NumPy's C API:
+    a view, no Python-level reshape call."""
+    cdef cnp.npy_intp dims[32]
+    cdef cnp.PyArray_Dims d
+    cdef int k
+    d.len = len(shape)
+    for k in range(d.len):
+        dims[k] = <cnp.npy_intp>shape[k]
+    d.ptr = dims
+    return <cnp.ndarray>cnp.PyArray_Newshape(arr, &d, cnp.NPY_CORDER)

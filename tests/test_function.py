@@ -747,3 +747,27 @@ def test_every_single_point_path_gives_the_same_numbers(name):
                 np.testing.assert_array_equal(out, J)
                 np.testing.assert_array_equal(F.jacobian(x[None])[0], J)
                 np.testing.assert_array_equal(F.value_and_jacobian(x[None])[1][0], J)
+
+
+def test_a_batch_of_one_is_the_single_point():
+    """Leading axes of length 1 take the single-point path: the same numbers (signed
+    zeros included), shapes with the batch axes, out= of the batch's shape, and the
+    general path's errors for a wrong out."""
+    F = jx.compile(lambda x: np.stack([x[0] * x[1], np.sin(x[1]) * 0.0 - x[0] * 0.0]),
+                   np.zeros(2))
+    x = np.array([-0.5, 2.0])
+    J = F.jacobian(x)
+    for lead in ((1,), (1, 1)):
+        X = x.reshape(lead + (2,))
+        JB = F.jacobian(X)
+        assert JB.shape == lead + (2, 2)
+        np.testing.assert_array_equal(np.signbit(JB.reshape(2, 2)), np.signbit(J))
+        np.testing.assert_array_equal(JB.reshape(2, 2), J)
+        out = np.full(lead + (2, 2), np.nan)
+        assert F.jacobian(X, out=out) is out
+        np.testing.assert_array_equal(out.reshape(2, 2), J)
+        v, JV = F.value_and_jacobian(X)
+        assert v.shape == lead + (2,) and JV.shape == lead + (2, 2)
+        np.testing.assert_array_equal(v.reshape(2), F(x))
+    with pytest.raises(ValueError, match="out has shape"):
+        F.jacobian(x[None], out=np.empty((2, 2)))

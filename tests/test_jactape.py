@@ -477,12 +477,16 @@ def test_threshold_counts_points_per_argnums_and_mode():
     results.append(F.jacobian(X, mode="forward"))                 # the tape's own run
     for r in results:
         np.testing.assert_array_equal(r, single)
-    # reverse: one point short of the threshold, then one more point
-    F.jacobian(np.zeros((JAC_TAPE_AFTER_POINTS - 1, 3)) + X[:1], mode="reverse")
+    # reverse: two points short of the threshold, then a batch of two (a batch of one
+    # takes the single-point path, which counts for the single-point tapes)
+    F.jacobian(np.zeros((JAC_TAPE_AFTER_POINTS - 2, 3)) + X[:1], mode="reverse")
     assert _probe(F, "reverse") is None
-    J1 = F.jacobian(X[:1], mode="reverse")
+    F.jacobian(X[:1], mode="reverse")
+    assert _probe(F, "reverse") is None
+    J2 = F.jacobian(X[:2], mode="reverse")
     assert isinstance(_probe(F, "reverse"), Tape)
-    np.testing.assert_array_equal(J1[0], F.jacobian(X[0], mode="reverse"))
+    np.testing.assert_array_equal(J2[0], F.jacobian(X[0], mode="reverse"))
+    np.testing.assert_array_equal(J2[1], F.jacobian(X[1:2], mode="reverse")[0])
     # an empty batch, with a tape at hand
     assert F.jacobian(np.zeros((0, 3)), mode="forward").shape == (0, 3, 3)
     # single points never count
