@@ -444,6 +444,39 @@ def test_new_closure_is_retraced(fresh_cache):
         np.testing.assert_allclose(J, W * (1 - np.tanh(X) ** 2), rtol=1e-14)
 
 
+def test_cache_sees_rebound_cells_defaults_and_other_instances(fresh_cache):
+    """The fast cache probe (a dict hit, then identity checks read in place) retraces
+    when a closure cell is rebound, the defaults are replaced, or a bound method belongs
+    to another instance; a bound method of the same instance hits."""
+    scale = 2.0
+
+    def f(x):
+        return scale * x
+
+    np.testing.assert_array_equal(jx.jacobian(f, X), 2.0 * np.eye(3))
+    scale = 5.0                                          # noqa: F841 (read by f)
+    np.testing.assert_array_equal(jx.jacobian(f, X), 5.0 * np.eye(3))
+
+    def g(x, c=3.0):
+        return c * x
+
+    np.testing.assert_array_equal(jx.jacobian(g, X), 3.0 * np.eye(3))
+    g.__defaults__ = (7.0,)
+    np.testing.assert_array_equal(jx.jacobian(g, X), 7.0 * np.eye(3))
+
+    class Model:
+        def __init__(self, k):
+            self.k = k
+
+        def residual(self, x):
+            return self.k * x
+
+    a, b = Model(1.5), Model(-4.0)
+    np.testing.assert_array_equal(jx.jacobian(a.residual, X), 1.5 * np.eye(3))
+    np.testing.assert_array_equal(jx.jacobian(b.residual, X), -4.0 * np.eye(3))
+    np.testing.assert_array_equal(jx.jacobian(a.residual, X), 1.5 * np.eye(3))
+
+
 def test_cached_tape_keeps_captured_constants(fresh_cache):
     W = np.array([1.0, 2.0, 3.0])
     f = lambda x: W * x  # noqa: E731
