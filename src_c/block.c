@@ -69,6 +69,8 @@ typedef struct {
     double *val;
 } jx_nonzeros;
 
+#define JX_COUNT_CHUNK 256
+
 static int jx_sparse_lanes(const double *X, int32_t rows, ptrdiff_t L, jx_nonzeros *nz)
 {
     const ptrdiff_t size = (ptrdiff_t)rows * L, limit = size / JX_BLOCK_SPARSE;
@@ -77,8 +79,13 @@ static int jx_sparse_lanes(const double *X, int32_t rows, ptrdiff_t L, jx_nonzer
     nz->row = nz->lane = NULL;
     nz->val = NULL;
     if (limit < 1) return 0;
-    for (q = 0; q < size; q++) {
-        count += (X[q] != 0.0);
+    /* counted a chunk at a time: a branch-free inner loop, the limit checked between
+       chunks (a dense X stops within the first chunk) */
+    for (q = 0; q < size;) {
+        const ptrdiff_t end = size - q < JX_COUNT_CHUNK ? size : q + JX_COUNT_CHUNK;
+        ptrdiff_t c = 0;
+        for (; q < end; q++) c += (X[q] != 0.0);
+        count += c;
         if (count > limit) return 0;
     }
     nz->row = (ptrdiff_t *)malloc((size_t)(count > 0 ? count : 1) * sizeof(ptrdiff_t));
