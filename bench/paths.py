@@ -45,6 +45,7 @@ def paths_of(p):
         "batch of one, out=": lambda: F.jacobian(xb, out=outb),
         "jx.jacobian(f, x)": lambda: jx.jacobian(p.numpy, x),
         "F(x) (value only)": lambda: F(x),
+        "F(x[None]) (value, batch of one)": lambda: F(xb),
     }
 
 

@@ -153,6 +153,11 @@ cdef class Function:
         cdef object r
         if len(args) == 1 and (r := self._value_at(args[0])) is not None:
             return r                              # one point, nothing to convert
+        if len(args) == 1 and (x := _one_point(self, args[0])) is not None:
+            y = empty_of((1, self.tape.t.n_out))  # a batch of one: the point's path
+            self.tape.value(x, y)
+            return _args.split(y, self.out_shapes, self.out_is_tuple,
+                               (1,) * (cnp.PyArray_NDIM(<cnp.ndarray>args[0]) - x.ndim))
         if (x := _gather(args, self.arg_shapes, self._arg_offsets)) is not None:
             batch = ()                            # one point of several arguments
         elif _second.is_traced(args):   # inside a trace: the tape inlined (composition)
@@ -661,16 +666,13 @@ cdef cnp.ndarray _gather(tuple args, tuple shapes, tuple offsets):
     return x
 
 
-cdef object _batch_of_one(Function F, object a, object mode, object out, cnp.ndarray y):
-    """F.jacobian(a) for a batch of one point (leading axes of length 1: a float64
-    C-contiguous array of F's one argument) by the single-point fast path, the values
-    into y (F's output shape) unless None; None where that path does not apply.  So a
-    batch of one costs and gives what the point does."""
-    cdef cnp.ndarray arr, o = None
+cdef cnp.ndarray _one_point(Function F, object a):
+    """The point of a batch of one (a float64 C-contiguous array of F's one argument with
+    leading axes of length 1) as an array of the traced shape (a view), else None."""
+    cdef cnp.ndarray arr
     cdef cnp.npy_intp *dims
     cdef Py_ssize_t k, j, nd
-    if (F._single_jac_shape is None or not cnp.PyArray_CheckExact(a)
-            or F.tape.t.n_in == 0):
+    if F._single_shape is None or not cnp.PyArray_CheckExact(a) or F.tape.t.n_in == 0:
         return None
     arr = <cnp.ndarray>a
     nd = len(F._single_shape)
@@ -683,13 +685,23 @@ cdef object _batch_of_one(Function F, object a, object mode, object out, cnp.nda
     for j in range(nd):
         if dims[k + j] != <cnp.npy_intp>F._single_shape[j]:
             return None
-    batch = (1,) * k                    # leading axes of length 1 (the size says so)
+    return view_as(arr, F._single_shape)
+
+
+cdef object _batch_of_one(Function F, object a, object mode, object out, cnp.ndarray y):
+    """F.jacobian(a) for a batch of one point (``_one_point``) by the single-point fast
+    path, the values into y (F's output shape) unless None; None where that path does not
+    apply.  So a batch of one costs and gives what the point does."""
+    cdef cnp.ndarray x, o = None
+    if F._single_jac_shape is None or (x := _one_point(F, a)) is None:
+        return None
+    batch = (1,) * (cnp.PyArray_NDIM(<cnp.ndarray>a) - x.ndim)
     if out is not None:
         if not (cnp.PyArray_Check(out) and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>out)
                 and has_shape(<cnp.ndarray>out, batch + F._single_jac_shape)):
             return None                 # the general path says what is wrong
         o = view_as(<cnp.ndarray>out, F._single_jac_shape)
-    jac = F._dense_at(view_as(arr, F._single_shape), mode, o, y)
+    jac = F._dense_at(x, mode, o, y)
     if jac is None:
         return None
     return out if out is not None else view_as(<cnp.ndarray>jac, batch + F._single_jac_shape)

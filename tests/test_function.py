@@ -769,5 +769,8 @@ def test_a_batch_of_one_is_the_single_point():
         v, JV = F.value_and_jacobian(X)
         assert v.shape == lead + (2,) and JV.shape == lead + (2, 2)
         np.testing.assert_array_equal(v.reshape(2), F(x))
+        assert F(X).shape == lead + (2,)
+        np.testing.assert_array_equal(np.signbit(F(X).reshape(2)), np.signbit(F(x)))
+        np.testing.assert_array_equal(F(X).reshape(2), F(x))
     with pytest.raises(ValueError, match="out has shape"):
         F.jacobian(x[None], out=np.empty((2, 2)))
