@@ -333,8 +333,8 @@ cdef class Function:
                 return y, jac
             jac = _batch_of_one(self, args[0], mode, None, y)
             if jac is not None:
-                return view_as(y, (<object>jac).shape[:jac.ndim - len(self._single_jac_shape)]
-                               + self.out_shapes[0]), jac
+                return view_as(y, (1,) * (cnp.PyArray_NDIM(<cnp.ndarray>args[0])
+                                          - len(self._single_shape)) + self.out_shapes[0]), jac
         if _lazy.is_dask(args):
             return _lazy.value_and_jacobian(self, *args, argnums=argnums, mode=mode,
                                             threads=threads)

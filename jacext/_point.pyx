@@ -10,8 +10,8 @@ from libc.string cimport memset
 from jacext import arguments as _args
 from jacext import plan as _plan
 from jacext._tape cimport (JX_MAX_LANES, JX_MODE_FORWARD, Tape, empty_of, has_shape,
-                           jx_all_finite, jx_point_jacobian, jx_point_outputs,
-                           jx_point_value, jx_work, raise_status)
+                           jx_all_finite, jx_point_jacobian, jx_point_outputs, jx_work,
+                           raise_status)
 
 cnp.import_array()
 
@@ -89,21 +89,10 @@ cdef bint _tape_jacobian(Tape jt, cnp.ndarray x, cnp.ndarray y, cnp.ndarray jac)
 
 cdef object _eval_tape(Tape jt, cnp.ndarray x, Py_ssize_t n_values):
     """jt's outputs at the point x (float64, C-contiguous, checked), or None when an
-    output past the first n_values is not finite (then the sweeps decide)."""
+    output past the first n_values is not finite (then the sweeps decide).  Tape.value
+    takes the work memory and releases the GIL by the Tape's own rule."""
     cdef cnp.ndarray r = empty_of((jt.t.n_out,))
-    cdef const double *px = <const double *>cnp.PyArray_DATA(x)
-    cdef double *pr = <double *>cnp.PyArray_DATA(r)
-    cdef jx_work *w = jt.take_work(1)
-    cdef int st
-    try:
-        if jt.t.n_instr > NOGIL_WORK:
-            with nogil:
-                st = jx_point_value(&jt.t, w, px, pr)
-        else:
-            st = jx_point_value(&jt.t, w, px, pr)
-    finally:
-        jt.give_work(w)
-    raise_status(st)
+    jt.value(x, r)
     if not jx_all_finite(<const double *>cnp.PyArray_DATA(r) + n_values,
                          jt.t.n_out - n_values):
         return None

@@ -323,18 +323,16 @@ class Array:
         g = self.graph
         flat = ids.reshape(-1)
         gd = _active(g)
-        consts = np.array([g.node(int(i))[0] == KIND_CONST for i in flat.tolist()],
-                          dtype=bool)
+        nodes = [g.node(i) for i in flat.tolist()]      # (op word, a, b, s, imm) each
+        consts = np.array([n[0] == KIND_CONST for n in nodes], dtype=bool)
         if gd is None and not consts.all():
             refuse()
-        truth = np.empty(flat.shape[0], dtype=bool)
-        if consts.any():
-            truth[consts] = [g.node(int(i))[4] != 0.0 for i in flat[consts].tolist()]
+        truth = np.array([n[4] != 0.0 for n in nodes], dtype=bool)   # right for constants
         if not consts.all():
-            nodes = flat[~consts]
-            vals = gd.values(nodes) != 0.0
+            traced = flat[~consts]
+            vals = gd.values(traced) != 0.0
             truth[~consts] = vals
-            gd.record_many(nodes.tolist(), True, vals.tolist())
+            gd.record_many(traced.tolist(), True, vals.tolist())
         return truth.reshape(ids.shape)
 
     def _refuse_bool(self):
@@ -589,17 +587,21 @@ def _check_key(key):
     any other traced value in a key is refused."""
     if isinstance(key, Array):
         if not _is_mask(key):
-            _fail("a traced value was used as an index (the selected elements would depend "
-                  "on values not known while tracing)",
-                  "index with constant integers or masks, or with a mask made by a "
-                  "comparison of traced values (x[x > 0]); for a value-dependent choice "
-                  "use np.where(condition, a, b)")
+            _refuse_index()
         return key._truths(_refuse_mask)
     if isinstance(key, tuple):
         return tuple(_check_key(p) for p in key)
     if isinstance(key, list) and any(isinstance(q, Array) for q in key):
-        _check_key(tuple(key))
+        _refuse_index()        # a list holding traced values: not a mask NumPy would take
     return key
+
+
+def _refuse_index():
+    _fail("a traced value was used as an index (the selected elements would depend on "
+          "values not known while tracing)",
+          "index with constant integers or masks, or with a mask made by a comparison of "
+          "traced values (x[x > 0]); for a value-dependent choice use np.where(condition, "
+          "a, b)")
 
 
 def _refuse_mask():
