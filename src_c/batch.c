@@ -29,21 +29,6 @@
 
 #include "vm.h"
 
-/* The value sweep's AVX2 copy, picked at run time: GCC and clang on x86-64
-   Linux (wheels must run on any x86-64, so nothing is built for AVX2 alone). */
-#if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__) && defined(__linux__) \
-    && !defined(JACEXT_NO_DISPATCH)
-#define JX_X86_DISPATCH 1
-#define JX_TARGET_AVX2 __attribute__((target("avx2")))
-static int jx_have_avx2(void)
-{
-    /* (no __builtin_cpu_init: it writes a global, and is needed only before constructors) */
-    return __builtin_cpu_supports("avx2");
-}
-#else
-#define JX_X86_DISPATCH 0
-#endif
-
 /* glibc's sincos (a GNU extension; declared here, as this file asks for no
    _GNU_SOURCE): one call for sin(x) and cos(x), the same values as each. */
 #if defined(__GLIBC__) && !defined(JACEXT_NO_SINCOS)

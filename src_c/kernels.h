@@ -4,6 +4,7 @@
  *   jx_reads        which operand slots an instruction reads (a, b, s)
  *   jx_zmul         the zero-kill multiply of the derivative sweeps
  *   jx_nonfinite_*  finiteness checks that vectorise
+ *   jx_have_avx2    whether the AVX2 copies of the value loops may run
  *
  * Zero kills: a zero partial, tangent or adjoint contributes exactly zero,
  * even against an infinite or nan factor, so that
@@ -24,6 +25,23 @@
 #define JX_RESTRICT __restrict
 #else
 #define JX_RESTRICT restrict
+#endif
+
+/* AVX2 copies of the value sweeps' loops (the batched block sweep, the single-point
+   runs), picked at run time: GCC and clang on x86-64 Linux (wheels must run on any
+   x86-64, so nothing is built for AVX2 alone).  Only AVX2: no FMA, so every product and
+   sum is rounded as in the plain copy. */
+#if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__) && defined(__linux__) \
+    && !defined(JACEXT_NO_DISPATCH)
+#define JX_X86_DISPATCH 1
+#define JX_TARGET_AVX2 __attribute__((target("avx2")))
+static inline int jx_have_avx2(void)
+{
+    /* (no __builtin_cpu_init: it writes a global, and is needed only before constructors) */
+    return __builtin_cpu_supports("avx2");
+}
+#else
+#define JX_X86_DISPATCH 0
 #endif
 
 /* Operand-read mask of an op word: which of the instruction's slots a, b, s it reads.

@@ -247,83 +247,207 @@ static int jx_same_bits(double x, double y)
     return memcmp(&x, &y, sizeof(double)) == 0;
 }
 
-/* Two slot ranges of length L: apart, or the same (element k meets element k). */
-static int jx_ranges_align(int32_t x, int32_t y, int32_t L)
+/* Where a run of a tile chain stands: a long run (at least JX_TILE_MIN instructions, dst
+   step 1, read steps 0 or 1) does its element k at time lag + k; a short one (under
+   JX_RUN_MIN_LEN instructions, any steps) does all of them at time lag.  The value sweep
+   runs a chain JX_TILE times at a time, the chain's runs in order within each: an access
+   at an earlier time comes first. */
+#define JX_CHAIN_NONE 0
+#define JX_CHAIN_LONG 1
+#define JX_CHAIN_SHORT 2
+
+static int jx_chain_kind(const jx_tape *t, int32_t i, const int32_t *run)
 {
-    return x == y || x + L <= y || y + L <= x;
+    const int reads = jx_reads(t->op[i]);
+    int m;
+    if (t->op[i] == JX_BLOCK) return JX_CHAIN_NONE;
+    if (run[0] < JX_RUN_MIN_LEN) return JX_CHAIN_SHORT;
+    if (run[0] < JX_TILE_MIN || run[1] != 1) return JX_CHAIN_NONE;
+    for (m = 0; m < 3; m++)
+        if ((reads & (1 << m)) && run[2 + m] != 0 && run[2 + m] != 1) return JX_CHAIN_NONE;
+    return JX_CHAIN_LONG;
 }
 
-/* Whether run q (first instruction iq) may join a tile chain of runs first .. q-1 (first
-   instructions from i0, each of length L): every range it writes or reads meets every
-   range they write (and what it writes meets what they read) element for element. */
-static int jx_joins_chain(const jx_tape *t, int32_t i0, int32_t count, int32_t iq, int32_t L)
+/* The slots one operand of a run touches: base + k * step for k < n, at time k (timed) or
+   at time 0 (a short run). */
+typedef struct {
+    int64_t base, step, n;
+    int timed;
+} jx_access;
+
+#define JX_NO_GAP INT64_MIN
+
+/* Element k of y meeting slot s: the k with the earliest time, or -1. */
+static int64_t jx_access_first(jx_access y, int64_t s)
 {
-    int32_t c, k, m;
-    const int rq = jx_reads(t->op[iq]);
-    const int32_t q_slots[4] = {t->dst[iq], t->a[iq], t->b[iq], t->s[iq]};
-    for (c = 0; c < count; c++) {
-        const int32_t ic = i0 + c * L, rc = jx_reads(t->op[ic]);
-        const int32_t c_slots[4] = {t->dst[ic], t->a[ic], t->b[ic], t->s[ic]};
-        /* q's dst and reads against c's dst; q's dst against c's reads */
-        for (k = 0; k < 4; k++) {
-            if (k > 0 && !(rq & (1 << (k - 1)))) continue;
-            if (!jx_ranges_align(q_slots[k], c_slots[0], L)) return 0;
+    if (y.step == 0) return s == y.base ? 0 : -1;
+    if ((s - y.base) % y.step != 0) return -1;
+    s = (s - y.base) / y.step;
+    return s >= 0 && s < y.n ? s : -1;
+}
+
+/* Element k of x meeting slot s: the k with the latest time, or -1. */
+static int64_t jx_access_last(jx_access x, int64_t s)
+{
+    if (x.step == 0) return s == x.base ? x.n - 1 : -1;
+    return jx_access_first(x, s);
+}
+
+/* The largest time_x(kx) - time_y(ky) over the pairs of elements of x and y that touch one
+   slot; JX_NO_GAP when they touch none. */
+static int64_t jx_access_gap(jx_access x, jx_access y)
+{
+    int64_t gap = JX_NO_GAP, k, m;
+    if (!x.timed || !y.timed) {          /* one of them short: go through its elements */
+        const int x_short = !x.timed && (y.timed || x.n <= y.n);
+        const jx_access sh = x_short ? x : y, other = x_short ? y : x;
+        for (k = 0; k < sh.n; k++) {
+            const int64_t s = sh.base + k * sh.step;
+            m = x_short ? jx_access_first(other, s) : jx_access_last(other, s);
+            if (m < 0) continue;
+            if (x_short) m = k * x.timed - m * y.timed;
+            else m = m * x.timed - k * y.timed;
+            if (m > gap) gap = m;
         }
-        for (m = 1; m < 4; m++) {
-            if (!(rc & (1 << (m - 1)))) continue;
-            if (!jx_ranges_align(q_slots[0], c_slots[m], L)) return 0;
-        }
+        return gap;
     }
-    return 1;
+    /* both long: steps 0 or 1 */
+    if (x.step == 1 && y.step == 1) {
+        if (x.base < y.base + y.n && y.base < x.base + x.n) gap = y.base - x.base;
+    } else if (x.step == 0 && y.step == 1) {
+        if (x.base >= y.base && x.base < y.base + y.n) gap = (x.n - 1) - (x.base - y.base);
+    } else if (x.step == 1 && y.step == 0) {
+        if (y.base >= x.base && y.base < x.base + x.n) gap = y.base - x.base;
+    } else if (x.base == y.base) {
+        gap = x.n - 1;
+    }
+    return gap;
 }
 
-/* Marks the tile chains (JX_RUN_TILE_NEXT) among n runs. */
+/* The operands of the run at instruction i: [0] its dst, then what it reads; the count. */
+static int jx_run_accesses(const jx_tape *t, int32_t i, const int32_t *run, int kind,
+                           jx_access acc[4])
+{
+    const int reads = jx_reads(t->op[i]);
+    const int32_t base[4] = {t->dst[i], t->a[i], t->b[i], t->s[i]};
+    int m, n = 0;
+    for (m = 0; m < 4; m++) {
+        if (m > 0 && !(reads & (1 << (m - 1)))) continue;
+        acc[n].base = base[m];
+        acc[n].step = run[1 + m];
+        acc[n].n = run[0];
+        acc[n].timed = kind == JX_CHAIN_LONG;
+        n++;
+    }
+    return n;
+}
+
+/* How much later than run e (its lag) run l may start in a chain: the largest gap over
+   the slots one writes and the other reads or writes; JX_NO_GAP when they share none. */
+static int64_t jx_chain_gap(const jx_access *e, int ne, const jx_access *l, int nl)
+{
+    int64_t gap = JX_NO_GAP, g;
+    int m;
+    for (m = 0; m < nl; m++) {              /* e's writes against l's reads and writes */
+        g = jx_access_gap(e[0], l[m]);
+        if (g > gap) gap = g;
+    }
+    for (m = 1; m < ne; m++) {              /* e's reads against l's writes */
+        g = jx_access_gap(e[m], l[0]);
+        if (g > gap) gap = g;
+    }
+    return gap;
+}
+
+/* Marks the tile chains among n runs: JX_RUN_TILE_NEXT on every run of a chain but its
+   last, and each run's lag (JX_RUN_LAG).  A chain starts at a long run; a run joins when
+   every slot it shares with the chain so far is touched in order at a lag of at most
+   JX_TILE_LAG_MAX (a short run: at any lag within the chain). */
 static void jx_tile_chains(const jx_tape *t, int32_t *runs, int32_t n)
 {
-    int32_t r, i = 0, first = -1, i_first = 0, count = 0;
+    jx_access acc[JX_TILE_MAX_CHAIN][4];
+    int n_acc[JX_TILE_MAX_CHAIN];
+    int64_t lag[JX_TILE_MAX_CHAIN], span = 0;
+    int32_t r, i = 0, count = 0;
+    int c;
     for (r = 0; r < n; r++) {
         int32_t *run = runs + (size_t)JX_RUN_FIELDS * r;
-        const int32_t L = run[0];
-        const int ok = (run[5] & JX_RUN_CONTIGUOUS) && L >= JX_TILE_MIN;
-        if (ok && count > 0 && count < JX_TILE_MAX_CHAIN
-            && runs[(size_t)JX_RUN_FIELDS * first] == L
-            && jx_joins_chain(t, i_first, count, i, L)) {
-            runs[(size_t)JX_RUN_FIELDS * (r - 1) + 5] |= JX_RUN_TILE_NEXT;
-            count++;
-        } else if (ok) {
-            first = r;
-            i_first = i;
-            count = 1;
-        } else {
-            count = 0;
+        const int kind = jx_chain_kind(t, i, run);
+        jx_access mine[4];
+        const int n_mine = kind ? jx_run_accesses(t, i, run, kind, mine) : 0;
+        int joined = 0;
+        run[JX_RUN_LAG] = 0;
+        if (kind && count > 0 && count < JX_TILE_MAX_CHAIN) {
+            int64_t need = 0;
+            for (c = 0; c < count; c++) {
+                const int64_t g = jx_chain_gap(acc[c], n_acc[c], mine, n_mine);
+                if (g != JX_NO_GAP && lag[c] + g > need) need = lag[c] + g;
+            }
+            if (need <= (kind == JX_CHAIN_LONG ? JX_TILE_LAG_MAX : span)) {
+                runs[(size_t)JX_RUN_FIELDS * (r - 1) + 5] |= JX_RUN_TILE_NEXT;
+                run[JX_RUN_LAG] = (int32_t)need;
+                joined = 1;
+            }
         }
-        i += L;
+        if (!joined) {
+            count = 0;
+            span = 0;
+        }
+        if (joined || kind == JX_CHAIN_LONG) {
+            memcpy(acc[count], mine, sizeof(mine));
+            n_acc[count] = n_mine;
+            lag[count] = run[JX_RUN_LAG];
+            if (lag[count] + (kind == JX_CHAIN_LONG ? run[0] : 1) > span)
+                span = lag[count] + (kind == JX_CHAIN_LONG ? run[0] : 1);
+            count++;
+        }
+        i += run[0];
     }
+}
+
+/* The end of the run starting at instruction i (one op word, one immediate, evenly
+   stepping dst and read slots) and its steps of dst, a, b, s (0 for a slot not read). */
+static int32_t jx_run_end(const jx_tape *t, int32_t i, int32_t step[4])
+{
+    const int32_t word = t->op[i];
+    const int reads = jx_reads(word);
+    const int uses_imm = (word & (JX_A_IMM | JX_B_IMM)) != 0;
+#define JX_SAME_IMM(j) (!uses_imm || jx_same_bits(t->imm[j], t->imm[i]))
+#define JX_STEPS(j, k) \
+    ((!(reads & 1) || t->a[j] - t->a[k] == step[1])        \
+     && (!(reads & 2) || t->b[j] - t->b[k] == step[2])     \
+     && (!(reads & 4) || t->s[j] - t->s[k] == step[3]))
+    int32_t j = i + 1;
+    step[0] = step[1] = step[2] = step[3] = 0;
+    if (word != JX_BLOCK && j < t->n_instr && t->op[j] == word && JX_SAME_IMM(j)) {
+        step[0] = t->dst[j] - t->dst[i];
+        step[1] = (reads & 1) ? t->a[j] - t->a[i] : 0;
+        step[2] = (reads & 2) ? t->b[j] - t->b[i] : 0;
+        step[3] = (reads & 4) ? t->s[j] - t->s[i] : 0;
+        while (j < t->n_instr && t->op[j] == word && JX_SAME_IMM(j)
+               && t->dst[j] - t->dst[j - 1] == step[0] && JX_STEPS(j, j - 1))
+            j++;
+    }
+#undef JX_STEPS
+#undef JX_SAME_IMM
+    return j;
 }
 
 int32_t jx_tape_runs(const jx_tape *t, int32_t *runs)
 {
     int32_t i = 0, n = 0;
     while (i < t->n_instr) {
-        const int32_t word = t->op[i];
         const int reads = jx_reads(t->op[i]);
-        const int uses_imm = (word & (JX_A_IMM | JX_B_IMM)) != 0;
-#define JX_SAME_IMM(j) (!uses_imm || jx_same_bits(t->imm[j], t->imm[i]))
-        int32_t j = i + 1, sd = 0, sa = 0, sb = 0, ss = 0, k, flags = 0;
-        if (word != JX_BLOCK && j < t->n_instr && t->op[j] == word && JX_SAME_IMM(j)) {
-            sd = t->dst[j] - t->dst[i];
-            sa = (reads & 1) ? t->a[j] - t->a[i] : 0;
-            sb = (reads & 2) ? t->b[j] - t->b[i] : 0;
-            ss = (reads & 4) ? t->s[j] - t->s[i] : 0;
-            while (j < t->n_instr && t->op[j] == word && JX_SAME_IMM(j)
-                   && t->dst[j] - t->dst[j - 1] == sd
-                   && (!(reads & 1) || t->a[j] - t->a[j - 1] == sa)
-                   && (!(reads & 2) || t->b[j] - t->b[j - 1] == sb)
-                   && (!(reads & 4) || t->s[j] - t->s[j - 1] == ss))
-                j++;
+        int32_t step[4], next[4], k, flags = 0;
+        int32_t j = jx_run_end(t, i, step);
+        /* a pair whose second instruction starts a longer run: the first alone (a loop
+           over an array whose first element was computed apart) */
+        if (j - i == 2 && j < t->n_instr && jx_run_end(t, i + 1, next) > j + 1) {
+            j = i + 1;
+            step[0] = step[1] = step[2] = step[3] = 0;
         }
-        if (j - i > 1 && sd == 1 && (!(reads & 1) || sa == 1) && (!(reads & 2) || sb == 1)
-            && (!(reads & 4) || ss == 1)) {
+        if (j - i > 1 && step[0] == 1 && (!(reads & 1) || step[1] == 1)
+            && (!(reads & 2) || step[2] == 1) && (!(reads & 4) || step[3] == 1)) {
             /* contiguous: no operand range may meet the dst range */
             const int32_t d0 = t->dst[i], d1 = t->dst[j - 1];
             int meets = 0;
@@ -335,13 +459,10 @@ int32_t jx_tape_runs(const jx_tape *t, int32_t *runs)
             }
             if (!meets) flags = JX_RUN_CONTIGUOUS;
         }
-#undef JX_SAME_IMM
         runs[JX_RUN_FIELDS * n + 0] = j - i;
-        runs[JX_RUN_FIELDS * n + 1] = sd;
-        runs[JX_RUN_FIELDS * n + 2] = sa;
-        runs[JX_RUN_FIELDS * n + 3] = sb;
-        runs[JX_RUN_FIELDS * n + 4] = ss;
+        for (k = 0; k < 4; k++) runs[JX_RUN_FIELDS * n + 1 + k] = step[k];
         runs[JX_RUN_FIELDS * n + 5] = flags;
+        runs[JX_RUN_FIELDS * n + JX_RUN_LAG] = 0;
         n++;
         i = j;
     }
@@ -349,76 +470,31 @@ int32_t jx_tape_runs(const jx_tape *t, int32_t *runs)
     return n;
 }
 
-/*
- * Values of a run of instructions i .. i+L-1 with one op word: the same
- * arithmetic as one instruction at a time, in the same order, with the op
- * switch paid once.  Contiguous runs (no operand meets the dst range) go
- * through restrict pointers and vectorise.
- */
+/* Elements off .. off+len-1 of a run, in order (run_values.h): a plain copy and, where
+   the CPU has it, an AVX2 copy (kernels.h), chosen once per sweep. */
+typedef void (*jx_run_fn)(const jx_tape *, double *, int32_t, const int32_t *, ptrdiff_t,
+                          ptrdiff_t);
 
-#define JX_RUN_LOOP(AEXPR, BEXPR, SEXPR, VALUE)                              \
-    for (k = 0; k < L; k++) {                                                \
-        const double a = (AEXPR), b = (BEXPR), s = (SEXPR);                  \
-        (void)a; (void)b; (void)s;                                           \
-        value[d0 + k * sd] = (VALUE);                                        \
-    }
-#define JX_RUN_CLOOP(AEXPR, BEXPR, SEXPR, VALUE)                             \
-    for (k = 0; k < len; k++) {                                              \
-        const double a = (AEXPR), b = (BEXPR), s = (SEXPR);                  \
-        (void)a; (void)b; (void)s;                                           \
-        pz[k] = (VALUE);                                                     \
-    }
+#define JX_RUN_FN jx_forward_run_base
+#define JX_RUN_ATTR
+#include "run_values.h"
+#undef JX_RUN_FN
+#undef JX_RUN_ATTR
 
-/* Elements off .. off+len-1 of the run (a contiguous run; any other: off 0, len L). */
-static void jx_forward_run(const jx_tape *t, double *value, int32_t i, const int32_t *run,
-                           ptrdiff_t off, ptrdiff_t len)
+#if JX_X86_DISPATCH
+#define JX_RUN_FN jx_forward_run_avx2
+#define JX_RUN_ATTR JX_TARGET_AVX2
+#include "run_values.h"
+#undef JX_RUN_FN
+#undef JX_RUN_ATTR
+#endif
+
+static jx_run_fn jx_run_values(void)
 {
-    const int32_t word = t->op[i], L = run[0];
-    const ptrdiff_t sd = run[1], sa = run[2], sb = run[3], ss = run[4];
-    const ptrdiff_t d0 = t->dst[i], a0 = t->a[i], b0 = t->b[i], s0 = t->s[i];
-    const double c = t->imm[i];
-    ptrdiff_t k;
-    if (run[5] & JX_RUN_CONTIGUOUS) {
-        double *JX_RESTRICT pz = value + d0 + off;
-        const double *JX_RESTRICT pa = value + a0 + off;
-        const double *JX_RESTRICT pb = value + b0 + off;
-        const double *JX_RESTRICT ps = value + s0 + off;
-        switch (word & JX_OP_MASK) {
-#define OP(NAME, ARITY, COMMUTES, VALUE, D0, D1, FIXED)                      \
-        case JX_OP_##NAME:                                                   \
-            if (word & JX_A_IMM) {                                           \
-                JX_RUN_CLOOP(c, ARITY >= 2 ? pb[k] : 0.0, 0.0, VALUE)        \
-            } else if (word & JX_B_IMM) {                                    \
-                JX_RUN_CLOOP(pa[k], c, 0.0, VALUE)                           \
-            } else {                                                         \
-                JX_RUN_CLOOP(pa[k], ARITY >= 2 ? pb[k] : 0.0,                \
-                             ARITY == 3 ? ps[k] : 0.0, VALUE)                \
-            }                                                                \
-            break;
-#include "ops.def"
-#undef OP
-        default:
-            break;
-        }
-        return;
-    }
-    switch (word & JX_OP_MASK) {
-#define OP(NAME, ARITY, COMMUTES, VALUE, D0, D1, FIXED)                      \
-    case JX_OP_##NAME:                                                       \
-        if (word & JX_A_IMM) {                                               \
-            JX_RUN_LOOP(c, value[b0 + k * sb], 0.0, VALUE)                   \
-        } else if (word & JX_B_IMM) {                                        \
-            JX_RUN_LOOP(value[a0 + k * sa], c, 0.0, VALUE)                   \
-        } else {                                                             \
-            JX_RUN_LOOP(value[a0 + k * sa], value[b0 + k * sb],              \
-                        ARITY == 3 ? value[s0 + k * ss] : 0.0, VALUE)        \
-        }                                                                    \
-        break;
-#include "ops.def"
-#undef OP
-    default:
-        break;
-    }
+#if JX_X86_DISPATCH
+    if (jx_have_avx2()) return jx_forward_run_avx2;
+#endif
+    return jx_forward_run_base;
 }
 
 /* Value of instruction i, one at a time (the sweep without runs, and short runs). */
@@ -438,11 +514,44 @@ static inline void jx_forward_one(const jx_tape *t, double *value, int32_t i)
     value[t->dst[i]] = z;
 }
 
+/* A tile chain, runs r .. e from instruction i (see jx_tile_chains): JX_TILE times at a
+   time, each run on the elements whose time falls there; the instruction after it. */
+static int32_t jx_forward_chain(const jx_tape *t, double *value, int32_t i, int32_t r,
+                                int32_t e, jx_run_fn run_values)
+{
+    ptrdiff_t span = 0, t0;
+    int32_t q, iq = i;
+    for (q = r; q <= e; q++) {
+        const int32_t *run = t->runs + (size_t)JX_RUN_FIELDS * q;
+        const ptrdiff_t end = (ptrdiff_t)run[JX_RUN_LAG] + (run[0] < JX_RUN_MIN_LEN ? 1 : run[0]);
+        if (end > span) span = end;
+    }
+    for (t0 = 0; t0 < span; t0 += JX_TILE) {
+        for (q = r, iq = i; q <= e; q++) {
+            const int32_t *run = t->runs + (size_t)JX_RUN_FIELDS * q;
+            const ptrdiff_t L = run[0], lag = run[JX_RUN_LAG];
+            if (L < JX_RUN_MIN_LEN) {           /* a short run: all at its time */
+                if (lag >= t0 && lag < t0 + JX_TILE) {
+                    int32_t k;
+                    for (k = iq; k < iq + L; k++) jx_forward_one(t, value, k);
+                }
+            } else {
+                const ptrdiff_t lo = t0 - lag > 0 ? t0 - lag : 0;
+                const ptrdiff_t hi = t0 + JX_TILE - lag < L ? t0 + JX_TILE - lag : L;
+                if (lo < hi) run_values(t, value, iq, run, lo, hi - lo);
+            }
+            iq += (int32_t)L;
+        }
+    }
+    return iq;
+}
+
 void jx_forward(const jx_tape *t, double *value)
 {
     int32_t i;
     int32_t kb = 0;
     if (t->runs) {
+        const jx_run_fn run_values = jx_run_values();
         int32_t r;
         for (r = 0, i = 0; r < t->n_runs;) {
             const int32_t *run = t->runs + (size_t)JX_RUN_FIELDS * r;
@@ -452,23 +561,16 @@ void jx_forward(const jx_tape *t, double *value)
                 i++;
                 r++;
             } else if (run[5] & JX_RUN_TILE_NEXT) {    /* a tile chain: runs r .. e */
-                int32_t e = r, q;
-                ptrdiff_t off;
+                int32_t e = r;
                 while (t->runs[(size_t)JX_RUN_FIELDS * e + 5] & JX_RUN_TILE_NEXT) e++;
-                for (off = 0; off < L; off += JX_TILE) {
-                    const ptrdiff_t len = L - off < JX_TILE ? L - off : JX_TILE;
-                    for (q = r; q <= e; q++)
-                        jx_forward_run(t, value, i + (q - r) * L,
-                                       t->runs + (size_t)JX_RUN_FIELDS * q, off, len);
-                }
-                i += (e - r + 1) * L;
+                i = jx_forward_chain(t, value, i, r, e, run_values);
                 r = e + 1;
             } else if (L < JX_RUN_MIN_LEN) {
                 const int32_t end = i + L;
                 for (; i < end; i++) jx_forward_one(t, value, i);
                 r++;
             } else {
-                jx_forward_run(t, value, i, run, 0, L);
+                run_values(t, value, i, run, 0, L);
                 i += L;
                 r++;
             }

@@ -89,8 +89,8 @@ typedef struct {
        consecutive instructions with one op word (and immediate) whose dst, a,
        b (and SELECT's condition) slots step evenly -- one traced NumPy call
        over an array is one run.  JX_RUN_FIELDS int32 per run: length, the
-       steps of dst, a, b, s, and JX_RUN_CONTIGUOUS when every step is 1 and no
-       instruction reads a slot the run writes.  The single-point value sweep
+       steps of dst, a, b, s, JX_RUN_CONTIGUOUS when every step is 1 and no
+       instruction reads a slot the run writes, and its tile chain's lag.  The single-point value sweep
        pays its dispatch once per run. */
     const int32_t *runs;
     int32_t n_runs;
@@ -106,18 +106,23 @@ typedef struct {
     jx_dgemv_fn dgemv;
 } jx_tape;
 
-#define JX_RUN_FIELDS 6
+#define JX_RUN_FIELDS 7
 #define JX_RUN_CONTIGUOUS 1
-/* Flag of a contiguous run whose tile chain goes on with the next run: runs of one length
-   (at least JX_TILE_MIN) whose slot ranges, where they meet, meet element for element (a
-   run reads element k of what an earlier one wrote, or writes over element k of what
-   another one reads or writes).  The value sweep then runs the chain JX_TILE elements at
-   a time, every run of the chain on one tile before the next tile: each element sees the
-   same instructions in the same order, and the tile's data stays in cache between runs. */
+/* Flag of a run whose tile chain goes on with the next run.  A chain is consecutive runs
+   that the value sweep runs JX_TILE elements at a time, every run of the chain on its
+   part of one tile before the next tile, so that the tile's data stays in cache between
+   runs.  Each run has a lag (field JX_RUN_LAG): a long run (at least JX_TILE_MIN
+   instructions, dst step 1, read steps 0 or 1) does its element k at time lag + k, a
+   short one (under JX_RUN_MIN_LEN instructions) all of its elements at time lag; the lags
+   are the least that keep every slot's writes and reads in the tape's order (a run that
+   reads element k + 1 of what an earlier one wrote starts one element later).  A long run
+   joins only at a lag of at most JX_TILE_LAG_MAX. */
 #define JX_RUN_TILE_NEXT 2
+#define JX_RUN_LAG 6
 #define JX_TILE 1024
 #define JX_TILE_MIN 4096
-#define JX_TILE_MAX_CHAIN 32
+#define JX_TILE_MAX_CHAIN 64
+#define JX_TILE_LAG_MAX 1024
 /* A run shorter than this goes instruction by instruction in the value sweep: its
    dispatch (restrict pointers, the op switch, the operand kinds) costs more than the
    instructions themselves (arm: 109 runs of 1 and 77 of 2; callgrind, value sweep). */

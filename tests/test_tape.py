@@ -15,10 +15,11 @@ import pickle
 import numpy as np
 import pytest
 from helpers import NASTY
+from jacext._tape import BLOCK
 
 import jacext as jx
 from jacext import Function
-from jacext.ops import A_IMM, B_IMM, OP_MASK, OPS
+from jacext.ops import A_IMM, ARITY, B_IMM, OP_MASK, OPS
 
 # ------------------------------------------------------------- corrupt tapes --
 
@@ -131,13 +132,13 @@ class _Reduced:
 # time in Python (_interpret); the expected tables are written out by hand, and a Python
 # re-derivation of the cut (_expected_runs) is checked against them.
 
-RUN_FIELDS = 6
+RUN_FIELDS = 7
 RUN_CONTIGUOUS = 1
 RUN_TILE_NEXT = 2            # the next run continues this one's tile chain
-TILE_MIN, TILE_MAX_CHAIN = 4096, 32
+RUN_LAG = 6                  # the column of a run's lag in its tile chain
+RUN_MIN_LEN = 4              # shorter runs go instruction by instruction
+TILE, TILE_MIN, TILE_MAX_CHAIN, TILE_LAG_MAX = 1024, 4096, 64, 1024
 SELECT = OPS["SELECT"]
-ARITY = {OPS[name]: arity for name, arity in (
-    ("ADD", 2), ("SUB", 2), ("MUL", 2), ("DIV", 2), ("SIN", 1), ("SELECT", 3))}
 
 
 def _ins(name, dst, a, b=None, imm=0.0, flag=0, s=None):
@@ -217,8 +218,7 @@ def _expected_runs(tape):
         with_imm = int(op[i]) & (A_IMM | B_IMM)
         return op[j] == op[i] and (not with_imm or _same_immediate(imm[i], imm[j]))
 
-    rows, i = [], 0
-    while i < n:
+    def run_from(i):
         used = (True,) + reads(i)
         steps = [0, 0, 0, 0]
         j = i + 1
@@ -228,50 +228,125 @@ def _expected_runs(tape):
                     not u or sj - sp == st
                     for sj, sp, st, u in zip(slots(j), slots(j - 1), steps, used)):
                 j += 1
+        return j, steps, used
+
+    rows, i = [], 0
+    while i < n:
+        j, steps, used = run_from(i)
+        if j - i == 2 and j < n and run_from(i + 1)[0] > j + 1:
+            j, steps = i + 1, [0, 0, 0, 0]      # the first alone, then the longer run
         length, flags = j - i, 0
         if length > 1 and all(st == 1 for st, u in zip(steps, used) if u):
             d0, d1 = int(dst[i]), int(dst[j - 1])
             meets = any(u and lo <= d1 and lo + length - 1 >= d0
                         for lo, u in zip(slots(i)[1:], used[1:]))
             flags = 0 if meets else RUN_CONTIGUOUS
-        rows.append([length] + steps + [flags])
+        rows.append([length] + steps + [flags, 0])
         i = j
-    _mark_tile_chains(rows, slots, reads)
+    _mark_tile_chains(rows, slots, reads, op)
     if 4 * len(rows) > 3 * n:
         rows = []
     return np.array(rows, dtype=np.int32).reshape(-1, RUN_FIELDS)
 
 
-def _mark_tile_chains(rows, slots, reads):
-    """Tile chains, re-derived: consecutive contiguous runs of one length >= TILE_MIN (at
-    most TILE_MAX_CHAIN) where every range a run writes or reads and every range an
-    earlier run of the chain writes (and what the run writes against what they read) are
-    either apart or the very same range; all runs of a chain but the last get the flag."""
+def _run_accesses(row, first, slots, reads, timed):
+    """[(writes, slots, times)] of a run: its dst, then each slot range it reads; element
+    k at time k (a long run) or 0 (a short one), every element listed."""
+    k = np.arange(row[0])
+    times = k if timed else np.zeros_like(k)
+    used = (True,) + reads(first)
+    return [(m == 0, base + k * step, times)
+            for m, (base, step, u) in enumerate(zip(slots(first), row[1:5], used)) if u]
+
+
+def _largest_gap(x, y):
+    """max over slots touched by both of (latest time x touches it) - (earliest time y
+    does), by brute force over every element; None when they share no slot."""
+    xs, xi = np.unique(x[1], return_inverse=True)
+    ys, yi = np.unique(y[1], return_inverse=True)
+    latest = np.full(xs.size, np.iinfo(np.int64).min)
+    np.maximum.at(latest, xi, x[2])
+    earliest = np.full(ys.size, np.iinfo(np.int64).max)
+    np.minimum.at(earliest, yi, y[2])
+    _, ix, iy = np.intersect1d(xs, ys, return_indices=True)
+    return int((latest[ix] - earliest[iy]).max()) if ix.size else None
+
+
+def _mark_tile_chains(rows, slots, reads, op):
+    """Tile chains, re-derived by brute force: a chain starts at a long run (at least
+    TILE_MIN, dst step 1, read steps 0 or 1) and goes on over consecutive long or short
+    (under RUN_MIN_LEN) runs, at most TILE_MAX_CHAIN; a run's lag is the least that puts
+    each of its accesses to a slot no earlier than any access of an earlier run of the
+    chain to that slot where one of the two writes (time: lag + k for element k of a
+    long run, lag for a short one); a long run joins at a lag of at most TILE_LAG_MAX, a
+    short one within the chain's span."""
     first = np.cumsum([0] + [row[0] for row in rows])[:-1]
-    chain = []
+    chain, span = [], 0
     for r, row in enumerate(rows):
-        length = row[0]
-
-        def apart_or_same(x, y, length=length):
-            return x == y or x + length <= y or y + length <= x
-
-        def ranges(k):
-            dst, *read_slots = slots(int(first[k]))
-            return dst, [s for s, u in zip(read_slots, reads(int(first[k]))) if u]
-
-        long_contiguous = row[5] & RUN_CONTIGUOUS and length >= TILE_MIN
-        if long_contiguous and 0 < len(chain) < TILE_MAX_CHAIN and rows[chain[0]][0] == length:
-            dst, read_slots = ranges(r)
-            joins = all(apart_or_same(s, c_dst) for c_dst, _ in map(ranges, chain)
-                        for s in [dst] + read_slots) and all(
-                apart_or_same(dst, s) for _, c_reads in map(ranges, chain) for s in c_reads)
+        i = int(first[r])
+        read_steps = [st for st, u in zip(row[2:5], reads(i)) if u]
+        if row[0] < RUN_MIN_LEN and int(op[i]) != BLOCK:
+            kind = "short"
+        elif row[0] >= TILE_MIN and row[1] == 1 and all(st in (0, 1) for st in read_steps):
+            kind = "long"
         else:
-            joins = False
-        if joins:
-            rows[r - 1][5] |= RUN_TILE_NEXT
-            chain.append(r)
-        else:
-            chain = [r] if long_contiguous else []
+            kind = None
+        mine = _run_accesses(row, i, slots, reads, kind == "long") if kind else []
+        joined = False
+        if kind and 0 < len(chain) < TILE_MAX_CHAIN:
+            need = 0
+            for lag, theirs in chain:
+                for x in theirs:
+                    for y in mine:
+                        if x[0] or y[0]:
+                            g = _largest_gap(x, y)
+                            if g is not None:
+                                need = max(need, lag + g)
+            if need <= (TILE_LAG_MAX if kind == "long" else span):
+                rows[r - 1][5] |= RUN_TILE_NEXT
+                row[RUN_LAG] = need
+                joined = True
+        if not joined:
+            chain, span = [], 0
+        if joined or kind == "long":
+            chain.append((row[RUN_LAG], mine))
+            span = max(span, row[RUN_LAG] + (row[0] if kind == "long" else 1))
+
+
+def _schedule_keeps_order(tape, runs):
+    """Whether the value sweep's order (runs in turn; a tile chain TILE times at a time,
+    its runs in order within one) keeps, for every slot, each write after the reads and
+    writes before it in the tape and before those after it."""
+    op, dst, ta, tb, ts = (np.asarray(tape[k]) for k in ("op", "dst", "a", "b", "s"))
+    key = [None] * len(op)
+    i, r = 0, 0
+    while r < len(runs):
+        e = r
+        while runs[e][5] & RUN_TILE_NEXT:
+            e += 1
+        for q in range(r, e + 1):
+            length, lag = int(runs[q][0]), int(runs[q][RUN_LAG])
+            for k in range(length):
+                time = lag if length < RUN_MIN_LEN else lag + k
+                key[i + k] = (r, time // TILE if e > r else 0, q - r, k)
+            i += length
+        r = e + 1
+    last_write, reads_since = {}, {}
+    for j in range(len(op)):
+        word = int(op[j])
+        base = word & OP_MASK
+        used = (not word & A_IMM, ARITY[base] >= 2 and not word & B_IMM, base == SELECT)
+        for slot, u in zip((int(ta[j]), int(tb[j]), int(ts[j])), used):
+            if u:
+                if slot in last_write and not key[last_write[slot]] < key[j]:
+                    return False
+                reads_since.setdefault(slot, []).append(j)
+        slot = int(dst[j])
+        earlier = reads_since.pop(slot, []) + ([last_write[slot]] if slot in last_write else [])
+        if any(not key[p] < key[j] for p in earlier if p != j):
+            return False
+        last_write[slot] = j
+    return True
 
 
 def assert_identical(actual, desired):
@@ -397,7 +472,7 @@ def _hand_points(n_in, rng):
 def test_hand_made_runs_execute_as_one_instruction_at_a_time(name, rng):
     n_in, code, out_slot, table = HAND_TAPES[name]
     tape = _hand_tape(n_in, code, out_slot, HAND_CONSTANTS.get(name, ()))
-    table = np.array(table, dtype=np.int32)
+    table = np.array([row + [0] for row in table], dtype=np.int32)    # no chain: lag 0
     # the table written by hand is the cut's rule (and is long enough to be used)
     np.testing.assert_array_equal(_expected_runs(tape), table)
     F = _hand_function(tape)
@@ -421,8 +496,11 @@ L_TILE = TILE_MIN
 
 def _tile_code(shift):
     """t = x * 2; u = 3 - t[k + shift]; t = x * -2 (over t again); out = u + t: four runs
-    of L_TILE.  shift 0: one tile chain; shift 1: u reads t one element off, which breaks
-    the chain before u and, as the third run writes over what u read, before it again."""
+    of L_TILE.  shift 0: one tile chain, every run in step; shift 1: u reads t one element
+    ahead, so u runs one element behind t, and out behind u; shift -1: the third run
+    writes over t one element behind u's reads of it; shift 2000: u would run more than
+    TILE_LAG_MAX behind t, so it starts a chain of its own (and, reading its own dst
+    range, is a strided loop)."""
     L = L_TILE
     T, U, OUT = L, 2 * L + 1, 3 * L + 1
     return ([_ins("MUL", T + k, k, imm=2.0, flag=B_IMM) for k in range(L)]
@@ -433,14 +511,21 @@ def _tile_code(shift):
             list(range(OUT, OUT + L)))
 
 
-@pytest.mark.parametrize("shift, flags", [(0, [3, 3, 3, 1]), (1, [1, 1, 3, 1])])
-def test_tile_chains_run_element_for_element_in_order(shift, flags, rng):
+@pytest.mark.parametrize("shift, flags, lags", [
+    (0, [3, 3, 3, 1], [0, 0, 0, 0]),
+    (1, [3, 3, 3, 1], [0, 1, 0, 1]),
+    (-1, [3, 3, 3, 1], [0, 0, 1, 1]),
+    (2000, [1, 2, 3, 1], [0, 0, 0, 0]),
+])
+def test_tile_chains_run_element_for_element_in_order(shift, flags, lags, rng):
     code, out_slot = _tile_code(shift)
     tape = _hand_tape(L_TILE, code, out_slot)
     L = L_TILE
-    table = np.array([[L, 1, 1, 0, 0, flags[0]], [L, 1, 0, 1, 0, flags[1]],
-                      [L, 1, 1, 0, 0, flags[2]], [L, 1, 1, 1, 0, flags[3]]], dtype=np.int32)
+    table = np.array([[L, 1, 1, 0, 0, flags[0], lags[0]], [L, 1, 0, 1, 0, flags[1], lags[1]],
+                      [L, 1, 1, 0, 0, flags[2], lags[2]], [L, 1, 1, 1, 0, flags[3], lags[3]]],
+                     dtype=np.int32)
     np.testing.assert_array_equal(_expected_runs(tape), table)
+    assert _schedule_keeps_order(tape, table)
     F = _hand_function(tape)
     np.testing.assert_array_equal(F.tape.runs(), table)
     x = rng.standard_normal(L)
@@ -448,6 +533,17 @@ def test_tile_chains_run_element_for_element_in_order(shift, flags, rng):
     for point in (x, x[::-1].copy(), x):
         with np.errstate(all="ignore"):
             assert_identical(F(point), _interpret(tape, point))
+
+
+def test_tile_chain_lags_are_needed():
+    """The verifier of the sweep's order finds the lags necessary: without them (every
+    run of the chain in step) a run would read an element before it is written."""
+    code, out_slot = _tile_code(1)
+    tape = _hand_tape(L_TILE, code, out_slot)
+    runs = _expected_runs(tape)
+    assert _schedule_keeps_order(tape, runs)
+    runs[:, RUN_LAG] = 0
+    assert not _schedule_keeps_order(tape, runs)
 
 
 def test_tile_chains_of_a_traced_function(rng):
@@ -469,6 +565,39 @@ def test_tile_chains_of_a_traced_function(rng):
             assert_identical(F(x), f(x.copy()))
 
 
+def _rosen(x):
+    return np.sum(100.0 * (x[1:] - x[:-1] ** 2) ** 2 + (1.0 - x[:-1]) ** 2)
+
+
+def test_tile_chains_over_shifted_runs_and_boundary_elements(rng):
+    """The tape of a Hessian-vector product of the chained Rosenbrock function (runs that
+    read element k + 1 or k - 1 of earlier runs, and the ends computed apart): runs an
+    element apart, and the short runs of the ends, join tile chains at lags that keep the
+    tape's order (the brute-force re-derivation; the order verifier), and the single-point
+    sweep gives the numbers of the batched sweep (which has no runs) bit for bit."""
+    n = 5000
+    F = jx.compile(_rosen, np.zeros(n))
+    G = F.grad_function()
+    K = jx.compile(lambda x, v, t: G(x + t * v), np.zeros(n), np.zeros(n), 0.0)
+    D = K.jacobian_function(argnums=2)
+    runs, tape = D.tape.runs(), D.tape_arrays()
+    np.testing.assert_array_equal(runs, _expected_runs(tape))
+    in_chain = (runs[:, 5] & RUN_TILE_NEXT) != 0
+    assert in_chain.sum() >= 20, runs
+    assert (runs[in_chain, RUN_LAG] > 0).any(), runs
+    assert (in_chain & (runs[:, 0] < RUN_MIN_LEN)).any(), runs
+    assert _schedule_keeps_order(tape, runs)
+    X, V = rng.uniform(-2.0, 2.0, (64, n)), rng.standard_normal((64, n))
+    X[1, :NASTY.size] = NASTY
+    V[2, -NASTY.size:] = NASTY
+    with np.errstate(all="ignore"):
+        batched = D(X, V, np.zeros(64))
+        for k in (0, 1, 2, 63):
+            assert_identical(D(X[k], V[k], 0.0), batched[k])
+    np.testing.assert_allclose(batched[0], F.hessian(X[0], sparse=True) @ V[0], rtol=1e-12,
+                               atol=1e-9)
+
+
 @pytest.mark.parametrize("code, used", [
     # 4 instructions in 3 runs: 4 * 3 <= 3 * 4, used
     ([_ins("ADD", 8, 0, 2), _ins("ADD", 9, 1, 3), _ins("MUL", 10, 8, 9), _ins("SUB", 11, 10, 0)],
@@ -486,8 +615,8 @@ def test_runs_are_used_only_where_long_enough(code, used, rng):
     assert runs.shape == ((3, RUN_FIELDS) if used else (0, RUN_FIELDS))
     assert runs.dtype == np.int32
     if used:
-        np.testing.assert_array_equal(runs, [[2, 1, 1, 1, 0, 1], [1, 0, 0, 0, 0, 0],
-                                             [1, 0, 0, 0, 0, 0]])
+        np.testing.assert_array_equal(runs, [[2, 1, 1, 1, 0, 1, 0], [1, 0, 0, 0, 0, 0, 0],
+                                             [1, 0, 0, 0, 0, 0, 0]])
     np.testing.assert_array_equal(runs, _expected_runs(tape))
     for x in _hand_points(4, rng):
         assert_identical(F(x), _interpret(tape, x))
@@ -512,8 +641,8 @@ def test_signed_zero_immediates_are_not_one_run():
         assert np.isposinf(want[:8]).any() and np.isneginf(want[:8]).any()
         assert_identical(F(x), want)
     np.testing.assert_array_equal(F.tape.runs(), _expected_runs(tape))
-    np.testing.assert_array_equal(F.tape.runs(), [[4, 1, 1, 0, 0, 1]] * 2
-                                  + [[4, 1, 0, 1, 0, 1]] * 2)
+    np.testing.assert_array_equal(F.tape.runs(), [[4, 1, 1, 0, 0, 1, 0]] * 2
+                                  + [[4, 1, 0, 1, 0, 1, 0]] * 2)
 
 
 def test_traced_signed_zero_constants_keep_their_sign():
