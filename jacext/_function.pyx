@@ -310,7 +310,7 @@ cdef class Function:
                 jt = self._pt_tape(m)
                 if jt is not None and _tape_jacobian(jt, x, y, jac):
                     return jac
-                w = self.tape.take_work(_lanes(m, n_cols, self.tape.t.n_out))
+                w = self.tape.take_work(_lanes(self.tape, m, n_cols))
                 try:
                     st = _point_jacobian(self.tape, w, x, y, jac, self._cols0, m)
                 finally:

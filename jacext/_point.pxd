@@ -5,7 +5,7 @@ from libc.stdint cimport int32_t
 from jacext._tape cimport Tape, jx_work
 
 cdef bint _finite(cnp.ndarray a)
-cdef int32_t _lanes(int mode, int32_t n_cols, int32_t n_out) noexcept
+cdef int32_t _lanes(Tape tape, int mode, int32_t n_cols) noexcept
 cdef int _point_jacobian(Tape tape, jx_work *w, cnp.ndarray x, cnp.ndarray y,
                          cnp.ndarray jac, cnp.ndarray cols, int m) noexcept
 cdef cnp.ndarray _check_out(out, tuple shape)

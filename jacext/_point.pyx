@@ -9,7 +9,7 @@ from libc.string cimport memset
 
 from jacext import arguments as _args
 from jacext import plan as _plan
-from jacext._tape cimport (JX_MAX_LANES, JX_MODE_FORWARD, Tape, empty_of, has_shape,
+from jacext._tape cimport (JX_MODE_FORWARD, Tape, empty_of, has_shape, jx_point_lanes,
                            jx_all_finite, jx_point_jacobian, jx_point_outputs, jx_work,
                            raise_status)
 
@@ -24,11 +24,8 @@ cdef bint _finite(cnp.ndarray a):
     return jx_all_finite(<const double *>cnp.PyArray_DATA(a), cnp.PyArray_SIZE(a))
 
 
-cdef int32_t _lanes(int mode, int32_t n_cols, int32_t n_out) noexcept:
-    cdef int32_t need = n_cols if mode == JX_MODE_FORWARD else n_out
-    if need > JX_MAX_LANES:
-        need = JX_MAX_LANES
-    return need if need > 0 else 1
+cdef int32_t _lanes(Tape tape, int mode, int32_t n_cols) noexcept:
+    return jx_point_lanes(tape.t.n_slots, n_cols if mode == JX_MODE_FORWARD else tape.t.n_out)
 
 
 cdef int _point_jacobian(Tape tape, jx_work *w, cnp.ndarray x, cnp.ndarray y,

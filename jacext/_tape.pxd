@@ -7,6 +7,7 @@ cimport numpy as cnp
 cdef extern from "vm.h" nogil:
     int JX_OK, JX_ENOMEM, JX_EBADTAPE, JX_EARG, JX_ETHREAD
     int JX_MAX_LANES, JX_MODE_FORWARD, JX_MODE_REVERSE, JX_MODE_SUBGRAPH
+    int32_t jx_point_lanes(int32_t n_slots, int32_t need)
     int JX_TASK_VALUE, JX_TASK_JACOBIAN, JX_TASK_JVP, JX_TASK_VJP, JX_TASK_COMPRESSED
     int JX_TASK_SUBGRAPH
     int JX_OP_MASK, JX_A_IMM, JX_B_IMM, JX_N_OPS, JX_RUN_FIELDS, JX_BLOCK, JX_BLOCK_FIELDS

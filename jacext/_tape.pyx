@@ -489,7 +489,7 @@ cdef class Tape:
         size = (<Py_ssize_t>self.t.n_out * n_colours if mode == JX_MODE_FORWARD
                 else <Py_ssize_t>n_colours * n_cols)
         cdef double *pj = _out(comp, size, "comp")
-        w = self.take_work(min(max(n_colours, 1), JX_MAX_LANES))
+        w = self.take_work(jx_point_lanes(self.t.n_slots, n_colours))
         try:
             if self._nogil(w.lanes):
                 with nogil:

@@ -136,10 +136,11 @@ def test_zero_tangent_through_infinite_partial():
 
 
 def test_zero_kills_in_many_lanes():
-    """More columns than one sweep's lanes (16): every chunk kills zeros."""
-    n = 40
+    """More columns than one sweep's lanes (64 at a single point of a small tape): every
+    chunk kills zeros."""
+    n = 150
     x = np.zeros(n)
-    x[::3] = np.arange(1.0, 15.0)
+    x[::3] = np.arange(1.0, 51.0)
     F = jx.compile(lambda v: np.where(v > 0, np.sqrt(v), 0.0) * 2.0 + v.sum(), x)
     want = np.ones((n, n)) + np.diag(np.where(x > 0, 1.0 / np.sqrt(np.where(x > 0, x, 1)), 0.0))
     for J in both_modes(F, x):
@@ -240,13 +241,14 @@ def test_operand_equal_to_destination_candidates():
 
 
 def test_many_outputs_and_many_inputs_in_chunks():
-    """More rows/columns than JX_MAX_LANES: the sweeps go chunk by chunk."""
+    """More rows/columns than a sweep's lanes (vm.h: 64 at a single point of a small tape,
+    16 in batches): the sweeps go chunk by chunk."""
     rng = np.random.default_rng(7)
-    A = rng.standard_normal((23, 37))
-    x = rng.uniform(-1, 1, 37)
-    f = lambda v: A @ np.sin(v) + v[:23] ** 2  # noqa: E731
+    A = rng.standard_normal((70, 150))
+    x = rng.uniform(-1, 1, 150)
+    f = lambda v: A @ np.sin(v) + v[:70] ** 2  # noqa: E731
     want = A * np.cos(x)[None, :]
-    want[np.arange(23), np.arange(23)] += 2 * x[:23]
+    want[np.arange(70), np.arange(70)] += 2 * x[:70]
     check_jacobian(f, x, expected=want, expected_rtol=1e-12)
     g = lambda v: np.outer(np.tanh(v[:5]), v[5:12]).ravel()  # noqa: E731  (35 outputs, 12 inputs)
     check_jacobian(g, rng.uniform(-1, 1, 12))
