@@ -9,13 +9,13 @@ exact guard the same value (a nan the same as a nan).
 
 Most guards are direct: a comparison of an input with a constant or another input
 (``if x[k] > 0.0``, ``if 0.0 < x[k]``, ``if x[2] <= x[0]``), or an input itself
-(``float(x[k])``).  Those are checked straight from the point, the tape's own C
-comparison on the same operands (so nan, inf, signed zeros and ties come out as the
-sweep's), without a sweep: for ``if x[k] > 0.0`` on each of 10 inputs, a few dozen
-instructions against a sweep's few hundred.  Any other guard (``if x[0] * x[1] > 0``)
-takes one C value sweep of the tape, after the direct guards have held; a batch all of
-whose guards are direct is one pass over its rows, any other one batched sweep and a
-pass.
+(``float(x[k])``, ``if x[k]:``).  Those are checked straight from the point
+(src_c/guards.h), C's own comparison on the same doubles as the tape's (so nan, inf,
+signed zeros and ties come out as the sweep's), without a sweep: for ``if x[k] > 0.0``
+on each of 10 inputs, 162 instructions against the sweep's 546 (callgrind,
+bench/guards_callgrind.py).  Any other guard (``if x[0] * x[1] > 0``) takes one C value
+sweep of the tape, after the direct guards have held; a batch all of whose guards are
+direct is one pass over its rows, any other one batched sweep and a pass.
 """
 import numpy as np
 cimport numpy as cnp
@@ -33,14 +33,19 @@ cdef extern from "ops.h":
     int JX_OP_LESS, JX_OP_LESS_EQUAL, JX_OP_GREATER, JX_OP_GREATER_EQUAL, JX_OP_EQUAL
     int JX_OP_NOT_EQUAL
 
+cdef extern from "guards.h" nogil:
+    int JX_G_LT, JX_G_NOT_LT, JX_G_LE, JX_G_NOT_LE, JX_G_GT, JX_G_NOT_GT, JX_G_GE
+    int JX_G_NOT_GE, JX_G_EQ, JX_G_NE, JX_G_PAIR, JX_G_SEG_FIELDS
+    ctypedef struct jx_guards:
+        const int32_t *ia
+        const int32_t *ib
+        const double *cb
+        const int32_t *seg
+        int32_t n_seg
+    bint jx_guards_hold(const jx_guards *g, const double *x)
+
 cdef enum:
     STACK_GUARDS = 64
-    # the bits of a direct guard's mask: the comparison a OP b is the OR of these of
-    # a < b, a > b, a == b (exactly IEEE's: a <= b is (a < b) | (a == b), a != b is
-    # not (a == b), all of them False on a nan but !=)
-    M_LT = 1
-    M_GT = 2
-    M_EQ = 4
 
 
 cdef inline bint _same(double y, double o, bint truth) noexcept nogil:
@@ -49,33 +54,16 @@ cdef inline bint _same(double y, double o, bint truth) noexcept nogil:
     return y == o or (y != y and o != o)
 
 
-cdef struct direct_guard:
-    int32_t ia           # operand a: input ia
-    int32_t ib           # operand b: input ib, or the constant cb where ib < 0
-    double cb
-    int mask             # M_LT | M_GT | M_EQ: which of a < b, a > b, a == b make it true
-    int want             # the truth it must have (2: never, as an exact guard on a
-                         # comparison whose outcome is neither 0 nor 1)
-
-
-cdef inline bint _direct_holds(const direct_guard *g, Py_ssize_t n,
-                               const double *x) noexcept nogil:
-    """Whether the point x holds the n direct guards g."""
-    cdef Py_ssize_t k
-    cdef double a, b
-    cdef int r
-    for k in range(n):
-        a = x[g[k].ia]
-        b = x[g[k].ib] if g[k].ib >= 0 else g[k].cb
-        r = (((a < b) * M_LT) | ((a > b) * M_GT) | ((a == b) * M_EQ)) & g[k].mask
-        if (r != 0) != g[k].want:
-            return False
-    return True
-
-
-cdef dict _MASKS = {JX_OP_LESS: (M_LT, 0), JX_OP_LESS_EQUAL: (M_LT | M_EQ, 0),
-                    JX_OP_GREATER: (M_GT, 0), JX_OP_GREATER_EQUAL: (M_GT | M_EQ, 0),
-                    JX_OP_EQUAL: (M_EQ, 0), JX_OP_NOT_EQUAL: (M_EQ, 1)}
+# a comparison op of the tape -> (the predicate that its true outcome asks for, the one
+# its false outcome asks for), and the same with the operands swapped (c OP x is x OP' c)
+cdef dict _PREDICATES = {
+    JX_OP_LESS: ((JX_G_LT, JX_G_NOT_LT), (JX_G_GT, JX_G_NOT_GT)),
+    JX_OP_LESS_EQUAL: ((JX_G_LE, JX_G_NOT_LE), (JX_G_GE, JX_G_NOT_GE)),
+    JX_OP_GREATER: ((JX_G_GT, JX_G_NOT_GT), (JX_G_LT, JX_G_NOT_LT)),
+    JX_OP_GREATER_EQUAL: ((JX_G_GE, JX_G_NOT_GE), (JX_G_LE, JX_G_NOT_LE)),
+    JX_OP_EQUAL: ((JX_G_EQ, JX_G_NE), (JX_G_EQ, JX_G_NE)),
+    JX_OP_NOT_EQUAL: ((JX_G_NE, JX_G_EQ), (JX_G_NE, JX_G_EQ)),
+}
 
 
 cdef object _operand(int32_t slot, bint imm, double value, int32_t n_in, const_value):
@@ -91,9 +79,9 @@ cdef object _operand(int32_t slot, bint imm, double value, int32_t n_in, const_v
 
 
 def _direct_guards(Tape tape, truth, outcome):
-    """[(ia, ib, cb, mask, want)] of the guards that compare inputs with constants or each
-    other, or are an input itself (all of them Python: each of the tape's comparisons,
-    in this form, gives the same doubles the same truth)."""
+    """([(kind, ia, ib, cb)] of the guards that compare an input with a constant or with
+    another input, or are an input itself (src_c/guards.h), and whether one of them can
+    never hold: an exact guard on a comparison whose outcome is neither 0 nor 1)."""
     cdef int32_t n_in = tape.t.n_in
     arrays = tape.arrays()
     op, imm, const_value = arrays["op"], arrays["imm"], arrays["const_value"]
@@ -101,38 +89,39 @@ def _direct_guards(Tape tape, truth, outcome):
     for i, d in enumerate(arrays["dst"].tolist()):
         last[d] = i
     out = []
+    never = False
     for k, slot in enumerate(arrays["out_slot"].tolist()):
         o = float(outcome[k])
         if slot < n_in:              # the input itself, x:
-            if truth[k]:             # bool(x) is not (x == 0.0)
-                out.append((slot, -1, 0.0, M_EQ, int(o == 0.0)))
-            elif o == o:             # x == o
-                out.append((slot, -1, o, M_EQ, 1))
+            if truth[k]:             # bool(x) is x != 0.0
+                out.append((JX_G_NE if o != 0.0 else JX_G_EQ, slot, -1, 0.0))
+            elif o == o:
+                out.append((JX_G_EQ, slot, -1, o))
             else:                    # x is nan: not (x == x)
-                out.append((slot, slot, 0.0, M_EQ, 0))
+                out.append((JX_G_NE | JX_G_PAIR, slot, slot, 0.0))
             continue
         i = last.get(slot)
         if i is None:
             continue
         w = int(op[i])
-        if w & JX_BLOCK or (w & JX_OP_MASK) not in _MASKS:
+        if w & JX_BLOCK or (w & JX_OP_MASK) not in _PREDICATES:
             continue
         a = _operand(arrays["a"][i], w & JX_A_IMM, imm[i], n_in, const_value)
         b = _operand(arrays["b"][i], w & JX_B_IMM, imm[i], n_in, const_value)
         if a is None or b is None or (a[0] < 0 and b[0] < 0):
             continue
-        mask, negate = _MASKS[w & JX_OP_MASK]
-        if a[0] < 0:                 # c OP x is x OP' c: a < b is b > a, a == b is b == a
+        kinds = _PREDICATES[w & JX_OP_MASK][a[0] < 0]
+        if a[0] < 0:
             a, b = b, a
-            mask = (mask & M_EQ) | (M_GT if mask & M_LT else 0) | (M_LT if mask & M_GT else 0)
         if truth[k]:
-            want = int(o != 0.0)
-        else:                        # the sweep's value is 0.0 or 1.0: equal to o or not
-            want = 1 if o == 1.0 else 0 if o == 0.0 else 2
-        if negate and want < 2:
-            want = 1 - want
-        out.append((a[0], b[0], b[1], mask, want))
-    return out
+            kind = kinds[o == 0.0]
+        elif o == 1.0 or o == 0.0:   # the sweep's value is 1.0 or 0.0: equal to o or not
+            kind = kinds[o == 0.0]
+        else:
+            never = True
+            continue
+        out.append((kind | (JX_G_PAIR if b[0] >= 0 else 0), a[0], b[0], b[1]))
+    return out, never
 
 
 cdef class GuardCheck:
@@ -146,16 +135,11 @@ cdef class GuardCheck:
     cdef const unsigned char *_t
     cdef const double *_o
     cdef Py_ssize_t n
-    cdef direct_guard *_g           # the direct guards (the module's docstring)
+    cdef jx_guards _g               # the direct guards (the module's docstring)
+    cdef tuple _g_arrays            # ... whose arrays _g points into
+    cdef bint _never                # an exact guard that no point holds
     cdef readonly Py_ssize_t n_direct
     """How many of the guards are checked straight from the point, without the tape."""
-
-    def __cinit__(self):
-        self._g = NULL
-        self.n_direct = 0
-
-    def __dealloc__(self):
-        free(self._g)
 
     def __init__(self, Tape tape, truth, outcome):
         self.tape = tape
@@ -169,19 +153,25 @@ cdef class GuardCheck:
         self.outcome.flags.writeable = False
         self._t = <const unsigned char *>cnp.PyArray_DATA(self.truth)
         self._o = <const double *>cnp.PyArray_DATA(self.outcome)
-        direct = _direct_guards(tape, self.truth, self.outcome)
-        cdef direct_guard *g = <direct_guard *>malloc(max(len(direct), 1) * sizeof(direct_guard))
-        if g == NULL:
-            raise MemoryError()
-        for j, (ia, ib, cb, mask, want) in enumerate(direct):
-            g[j].ia = ia
-            g[j].ib = ib
-            g[j].cb = cb
-            g[j].mask = mask
-            g[j].want = want
-        free(self._g)
-        self._g = g
-        self.n_direct = len(direct)
+        direct, self._never = _direct_guards(tape, self.truth, self.outcome)
+        direct.sort(key=lambda g: g[0])          # segments of one predicate each
+        seg = []                                 # [kind, first, end]
+        for j, g in enumerate(direct):
+            if j and direct[j - 1][0] == g[0]:
+                seg[len(seg) - 1][2] = j + 1
+            else:
+                seg.append([g[0], j, j + 1])
+        ia = np.array([g[1] for g in direct], dtype=np.int32)
+        ib = np.array([g[2] for g in direct], dtype=np.int32)
+        cb = np.array([g[3] for g in direct], dtype=np.float64)
+        sg = np.array(seg, dtype=np.int32).reshape(-1)
+        self._g_arrays = (ia, ib, cb, sg)
+        self._g.ia = <const int32_t *>cnp.PyArray_DATA(ia)
+        self._g.ib = <const int32_t *>cnp.PyArray_DATA(ib)
+        self._g.cb = <const double *>cnp.PyArray_DATA(cb)
+        self._g.seg = <const int32_t *>cnp.PyArray_DATA(sg)
+        self._g.n_seg = len(seg)
+        self.n_direct = len(direct) + self._never
 
     def __reduce__(self):
         return (GuardCheck, (self.tape, self.truth, self.outcome))
@@ -202,7 +192,7 @@ cdef class GuardCheck:
         """1 when the point x (the tape's n_in values) holds every guard, else 0: the
         direct guards from x, then (where some are not direct) one C value sweep of the
         guard tape (its values on the stack when few) and a loop."""
-        if not _direct_holds(self._g, self.n_direct, x):
+        if self._never or not jx_guards_hold(&self._g, x):
             return 0
         if self.n_direct == self.n:
             return 1
@@ -254,7 +244,7 @@ cdef class GuardCheck:
             py = <const double *>cnp.PyArray_DATA(x)      # every guard direct: no sweep
             with nogil:
                 for i in range(n_points):
-                    pok[i] = _direct_holds(self._g, n, py + i * n_in)
+                    pok[i] = not self._never and jx_guards_hold(&self._g, py + i * n_in)
             return ok
         if n_points:
             self.tape.run(JX_TASK_VALUE, x, y, None,
