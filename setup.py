@@ -14,8 +14,9 @@ import numpy as np
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
-HEADERS = ["src_c/ops.def", "src_c/ops.h", "src_c/kernels.h", "src_c/vm.h",
-           "src_c/block_values.h", "src_c/run_values.h", "jacext/_graph.pxd", "jacext/_tape.pxd",
+HEADERS = ["src_c/ops.def", "src_c/ops.h", "src_c/kernels.h", "src_c/vm.h", "src_c/guards.h",
+           "src_c/block_values.h", "src_c/run_values.h", "jacext/_graph.pxd",
+           "jacext/_tape.pxd",
            "jacext/_function.pxd", "jacext/_point.pxd"]
 # vm.c (and block.c, whose block instructions its sweeps run) holds the op tables every
 # extension reads; batch.c and sparsity.c only the Tape's
