@@ -17,8 +17,10 @@ Peers, all in this one process, side by side: jacext (``F.jacobian``), jax
 (``jax.jit(jax.jacrev)``, ``jax.jit(jax.vmap(jax.jacrev))`` for batches), torch
 (``torch.func.jacrev``, under ``vmap`` for batches), casadi (an SX Function of the dense
 Jacobian, on mlp64 at one point only: mapped over 10^4 points it takes minutes per call, and
-the SX Jacobians of the 256-wide MLP and of the 2000 x 500 product took over 4 GB to build;
-an MX version is not written yet) and numpy (the hand-written Jacobian).  Each figure is the
+the SX Jacobians of the 256-wide MLP and of the 2000 x 500 product took over 4 GB to build),
+casadi_mx (the same Jacobian of CasADi's MX graph, whose matrix products stay matrix
+products: every case; batches through ``Function.map(N, "thread", 2)``) and numpy (the
+hand-written Jacobian).  Each figure is the
 median of the repeats, each repeat at least ~20 ms of calls.  The machine, its load and
 the thread settings are printed with the results.
 """
@@ -147,10 +149,12 @@ def torch_peer(p, X, batch):
     return lambda x: g(torch.from_numpy(x)).numpy()
 
 
-def casadi_peer(p, X, batch):
+def casadi_peer(p, X, batch, kind="SX"):
+    """CasADi's dense Jacobian Function: SX (scalar expressions, the matrices unrolled) or
+    MX (matrix expressions: the products stay products)."""
     import casadi as ca
 
-    x = ca.SX.sym("x", p.x.size)
+    x = getattr(ca, kind).sym("x", p.x.size)
     F = ca.Function("J", [x], [ca.densify(ca.jacobian(p.casadi()(x), x))])
     if batch:
         N = X.shape[0]
@@ -189,6 +193,7 @@ def run_case(name, peers, repeats, quick):
         "jax": lambda: jax_peer(p, X, batch),
         "torch": lambda: torch_peer(p, X, batch),
         "casadi": lambda: casadi_peer(p, X, batch),
+        "casadi_mx": lambda: casadi_peer(p, X, batch, "MX"),
         "numpy": lambda: hand,
     }
     for peer in peers:
@@ -247,7 +252,7 @@ def scalar_case(repeats):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cases", default="mlp64,mlp64b,mlp256,mlp256b,gn,scalar")
-    ap.add_argument("--peers", default="jacext,jax,torch,casadi,numpy")
+    ap.add_argument("--peers", default="jacext,jax,torch,casadi,casadi_mx,numpy")
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args(argv)
     repeats = 3 if args.quick else 7
