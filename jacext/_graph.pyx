@@ -23,7 +23,7 @@ table slots, which hides the cache miss of each random probe.
 """
 import numpy as np
 cimport numpy as cnp
-from libc.math cimport signbit
+from libc.math cimport fabs, frexp, isfinite, signbit
 from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memset
@@ -80,6 +80,18 @@ cdef inline uint64_t _hash(int32_t op, int32_t a, int32_t b, int32_t s,
     h = _mix(h, <uint64_t>(<uint32_t>b) | (<uint64_t>(<uint32_t>s) << 32))
     h = _mix(h, dbits(imm))
     return h
+
+cdef inline bint _exact_scale(double u, double v) noexcept:
+    """Whether (a * u) * v is a * (u * v) bit for bit for every double a: u is a power of
+    two of magnitude at least 1 (a * u is exact, subnormal a included, unless it
+    overflows), |v| >= 1 (an overflow of a * u is then one of a * (u * v) too, with the same
+    sign) and u * v is finite (so exact: a power of two times a double).  One rounding on
+    each side, of the same real number; nan, infinities and signed zeros alike."""
+    cdef int e
+    if not (fabs(u) >= 1.0 and fabs(v) >= 1.0 and isfinite(u * v)):
+        return False
+    return fabs(frexp(u, &e)) == 0.5
+
 
 cdef class Graph:
     """Struct-of-arrays DAG with a hash table for common subexpressions.
@@ -288,6 +300,10 @@ cdef class Graph:
                     return x
                 if v == -1.0:
                     return self._canon(JX_OP_NEG, x, -1, -1, k)
+                if (self.op[x] == (JX_OP_MUL | JX_B_IMM) and _exact_scale(self.imm[x], v)):
+                    # (a * u) * v -> a * (u * v): the derivative of c * x**2 is c * (2 * x)
+                    return self._canon(JX_OP_MUL, self.a[x], self._const(self.imm[x] * v),
+                                       -1, k)
             elif op == JX_OP_DIV:
                 if v == 1.0:
                     return x

@@ -233,6 +233,55 @@ def test_adding_a_zero_is_folded(g, xy, op, c):
         assert one(g, op, g.const(c), x) == x
 
 
+# (a * u) * v -> a * (u * v) where that is exact for every a: u a power of two with |u| >= 1,
+# |v| >= 1, u * v finite (jacext/_graph.pyx, _exact_scale); the cases around each condition
+_SCALES_FOLDED = [(2.0, 100.0), (-4.0, 2.5), (1024.0, -1.0000000000000002), (2.0, 2.0),
+                  (8.0, 1e300)]
+_SCALES_KEPT = [(0.5, 100.0),     # |u| < 1: a * 0.5 rounds a subnormal a
+                (2.0, 0.01),      # |v| < 1: a * 2 overflows where a * 0.02 does not
+                (3.0, 100.0),     # u not a power of two: a * 3 rounds
+                (2.0, 1e308),     # u * v overflows
+                (2.0, np.inf), (2.0, np.nan)]
+_SCALE_POINTS = np.array([0.3, -1.7, 7.0 / 3.0, 1e5, -0.0, 0.0, 5e-324, -2.5e-320, 2.2e-308,
+                          1e-300, 1e308, -1.7e308, 8.98846567431158e307, 1e300, np.inf,
+                          -np.inf, np.nan, 1.0000000000000002, 0.1])
+
+
+@pytest.mark.parametrize("u, v", _SCALES_FOLDED + _SCALES_KEPT)
+def test_a_product_of_constant_factors_folds_only_where_exact(g, xy, u, v):
+    x, _ = xy
+    r = one(g, "MUL", one(g, "MUL", x, g.const(u)), g.const(v))
+    folded = (u, v) in _SCALES_FOLDED
+    assert (g.node(r)[1] == x) == folded
+    if folded:
+        assert kind(g, r) == "MUL|B_IMM" and g.node(r)[4] == u * v
+    # the claim itself, in NumPy: one multiply by u * v gives (a * u) * v bit for bit
+    a = _SCALE_POINTS
+    with np.errstate(all="ignore"):
+        two, once = (a * u) * v, a * (u * v)
+    same = (two == once) & (np.signbit(two) == np.signbit(once)) | np.isnan(two) & np.isnan(once)
+    assert same.all() or not folded, (u, v, a[~same])
+    # and jacext's values are NumPy's (u * v folded or not), signed zeros and nan included
+    F = jx.compile(lambda z, u=u, v=v: v * (u * z), a)
+    assert F.n_instructions == (1 if folded else 2) * a.size
+    with np.errstate(all="ignore"):
+        got = F(a)
+    real = ~np.isnan(two)
+    assert np.array_equal(np.isnan(got), np.isnan(two))
+    assert np.array_equal(got[real], two[real])
+    assert np.array_equal(np.signbit(got[real]), np.signbit(two[real]))
+
+
+def test_kept_constant_factors_would_change_values():
+    """The conditions are needed: for each kept pair some double gives another answer."""
+    a = _SCALE_POINTS
+    for u, v in _SCALES_KEPT[:4]:
+        with np.errstate(all="ignore"):
+            two, once = (a * u) * v, a * (u * v)
+        differ = ~((two == once) | np.isnan(two) & np.isnan(once))
+        assert differ.any(), (u, v)
+
+
 # the constants the rewrites know (x * 1, x * -1, x / 1, x + -0, x - 0, x ** 0, 0.5, 1, 2, -1,
 # 1 / x), and numbers next to them: one ulp either side, and 1e-10 relative away
 _EXACT = (1.0, -1.0, 0.0, -0.0, 2.0, 0.5)
