@@ -300,6 +300,9 @@ cdef class Graph:
                     return x
                 if v == -1.0:
                     return self._canon(JX_OP_NEG, x, -1, -1, k)
+                if self.op[x] == JX_OP_NEG:
+                    # (-a) * v -> a * (-v): exact (rounding is symmetric in the sign)
+                    return self._canon(JX_OP_MUL, self.a[x], self._const(-v), -1, k)
                 if (self.op[x] == (JX_OP_MUL | JX_B_IMM) and _exact_scale(self.imm[x], v)):
                     # (a * u) * v -> a * (u * v): the derivative of c * x**2 is c * (2 * x)
                     return self._canon(JX_OP_MUL, self.a[x], self._const(self.imm[x] * v),

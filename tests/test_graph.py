@@ -272,6 +272,23 @@ def test_a_product_of_constant_factors_folds_only_where_exact(g, xy, u, v):
     assert np.array_equal(np.signbit(got[real]), np.signbit(two[real]))
 
 
+@pytest.mark.parametrize("c", [3.0, -0.1, 2.0, 1e300, 5e-324])
+def test_a_negation_times_a_constant_is_one_multiply(g, xy, c):
+    """(-a) * c -> a * (-c), exact for every a (rounding is symmetric in the sign)."""
+    x, _ = xy
+    r = one(g, "MUL", one(g, "NEG", x), g.const(c))
+    assert kind(g, r) == "MUL|B_IMM" and g.node(r)[1] == x and g.node(r)[4] == -c
+    a = _SCALE_POINTS
+    F = jx.compile(lambda z, c=c: c * (-z), a)
+    assert F.n_instructions == a.size
+    with np.errstate(all="ignore"):
+        want, got = c * (-a), F(a)
+    real = ~np.isnan(want)
+    assert np.array_equal(np.isnan(got), np.isnan(want))
+    assert np.array_equal(got[real], want[real])
+    assert np.array_equal(np.signbit(got[real]), np.signbit(want[real]))
+
+
 def test_kept_constant_factors_would_change_values():
     """The conditions are needed: for each kept pair some double gives another answer."""
     a = _SCALE_POINTS
