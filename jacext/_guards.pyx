@@ -21,6 +21,7 @@ import numpy as np
 cimport numpy as cnp
 from libc.stdint cimport int32_t
 from libc.stdlib cimport free, malloc
+from libc.string cimport memcpy
 
 from jacext import plan as _plan
 from jacext._function cimport Function
@@ -295,3 +296,44 @@ cdef class GuardedBase:
         return self._call("jacobian", args, (), (),
                           dict(argnums=argnums, mode=mode, out=out, threads=threads,
                                sparse=sparse))
+
+
+# ---- a batch split by branch: its rows gathered per tape, the results scattered back ----
+
+cdef Py_ssize_t _row_bytes(cnp.ndarray a, str name) except -1:
+    if not cnp.PyArray_IS_C_CONTIGUOUS(a) or cnp.PyArray_NDIM(a) < 1:
+        raise ValueError(f"jacext: {name} must be a C-contiguous array of rows")
+    if a.shape[0] == 0:
+        return 0
+    return cnp.PyArray_NBYTES(a) // a.shape[0]
+
+
+def move_rows(cnp.ndarray dst, cnp.ndarray src, cnp.ndarray idx, bint scatter):
+    """dst[idx[k]] = src[k] (scatter) or dst[k] = src[idx[k]] (gather), row by row with
+    memcpy: the rows of a batch split by branch (NumPy's fancy indexing goes element by
+    element through its index machinery, 3-6x slower on rows of a few doubles).  dst and
+    src: C-contiguous, one dtype, rows of one size; idx: intp, every entry a row of the
+    indexed array (checked)."""
+    cdef Py_ssize_t width = _row_bytes(dst, "dst"), k, r
+    cdef Py_ssize_t n_idx = idx.shape[0], n_rows = (dst if scatter else src).shape[0]
+    cdef char *pd = <char *>cnp.PyArray_DATA(dst)
+    cdef const char *ps = <const char *>cnp.PyArray_DATA(src)
+    cdef const cnp.npy_intp *pi
+    if _row_bytes(src, "src") != width or dst.dtype != src.dtype:
+        raise ValueError("jacext: move_rows needs rows of one size and dtype")
+    if (cnp.PyArray_TYPE(idx) != cnp.NPY_INTP or not cnp.PyArray_IS_C_CONTIGUOUS(idx)
+            or cnp.PyArray_NDIM(idx) != 1):
+        raise ValueError("jacext: move_rows needs a 1-d intp index")
+    if (src if scatter else dst).shape[0] != n_idx:
+        raise ValueError("jacext: move_rows: one row per index")
+    pi = <const cnp.npy_intp *>cnp.PyArray_DATA(idx)
+    for k in range(n_idx):
+        if pi[k] < 0 or pi[k] >= n_rows:
+            raise IndexError(f"jacext: row {pi[k]} of {n_rows}")
+    with nogil:
+        for k in range(n_idx):
+            r = pi[k]
+            if scatter:
+                memcpy(pd + r * width, ps + k * width, width)
+            else:
+                memcpy(pd + k * width, ps + r * width, width)

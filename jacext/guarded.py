@@ -35,7 +35,7 @@ import numpy as np
 
 from jacext import arguments as _args
 from jacext import plan as _plan
-from jacext._guards import GuardedBase
+from jacext._guards import GuardedBase, move_rows
 from jacext.errors import TracingError
 
 
@@ -349,22 +349,16 @@ def _merge(parts, n, batch):
                 f"selection such as x[x > 0] keeps a different number of elements); "
                 f"call it per point, or keep the shape fixed with np.where(mask, a, b)")
     out = np.empty((n,) + first.shape[1:], dtype=first.dtype)
-    width = math.prod(first.shape[1:]) * first.dtype.itemsize
     for idx, r in parts:
-        if width and r.flags.c_contiguous and r.dtype == out.dtype:
-            # each row one fixed-size element: NumPy scatters those 1.5-3x faster than
-            # rows of a float array (a void view, no copy)
-            _row_view(out, width)[idx] = _row_view(r, width)
+        if r.dtype == out.dtype:
+            move_rows(out, np.ascontiguousarray(r), idx, True)
         else:
             out[idx] = r
     return out.reshape(batch + first.shape[1:])
 
 
-def _row_view(a, width):
-    return a.reshape(a.shape[0], -1).view(np.dtype((np.void, width))).reshape(-1)
-
-
 def _take_rows(X, idx):
-    """X's rows idx, C-contiguous: np.take on axis 0, 3-4x faster than X[idx] on the
-    narrow rows of a batch of points."""
-    return np.take(X, idx, axis=0)
+    """X's rows idx, C-contiguous (X: a C-contiguous batch of rows)."""
+    out = np.empty((idx.shape[0],) + X.shape[1:], dtype=X.dtype)
+    move_rows(out, X, idx, False)
+    return out

@@ -286,3 +286,32 @@ def test_a_slot_written_twice_is_its_last_value():
             ref = [_reference(check, p) for p in grid]
             assert [check.holds(np.ascontiguousarray(p)) for p in grid] == ref
             assert check.holds_rows(grid).tolist() == ref
+
+
+def test_move_rows_checks_its_arguments():
+    """The row gather/scatter of a batch split by branch (jacext._guards.move_rows): equal
+    to NumPy's fancy indexing, and a bad index or shape is an exception, never a write out
+    of bounds."""
+    from jacext._guards import move_rows
+
+    rng = np.random.default_rng(3)
+    src = rng.standard_normal((7, 2, 3))
+    idx = np.array([6, 0, 3], dtype=np.intp)
+    got = np.empty((3, 2, 3))
+    move_rows(got, src, idx, False)
+    np.testing.assert_array_equal(got, src[idx])
+    out = np.zeros((7, 2, 3))
+    move_rows(out, got, idx, True)
+    want = np.zeros((7, 2, 3))
+    want[idx] = got
+    np.testing.assert_array_equal(out, want)
+    with pytest.raises(IndexError):
+        move_rows(got, src, np.array([0, 7, 1], dtype=np.intp), False)
+    with pytest.raises(IndexError):
+        move_rows(out, got, np.array([-1, 0, 1], dtype=np.intp), True)
+    with pytest.raises(ValueError):
+        move_rows(got, src, idx.astype(np.int32), False)
+    with pytest.raises(ValueError):
+        move_rows(got, src[:, :, :2].copy(), idx, False)
+    with pytest.raises(ValueError):
+        move_rows(np.empty((2, 2, 3)), src, idx, False)
