@@ -15,10 +15,11 @@ from Cython.Build import cythonize
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext as _build_ext
 
-HEADERS = ["src_c/ops.def", "src_c/ops.h", "src_c/kernels.h", "src_c/vm.h", "src_c/guards.h",
-           "src_c/block_values.h", "src_c/run_values.h", "jacext/_graph.pxd",
-           "jacext/_tape.pxd",
-           "jacext/_function.pxd", "jacext/_point.pxd"]
+# what the C core's sources include, and what the extensions include besides
+C_HEADERS = ["src_c/ops.def", "src_c/ops.h", "src_c/kernels.h", "src_c/vm.h",
+             "src_c/block_values.h", "src_c/run_values.h"]
+HEADERS = C_HEADERS + ["src_c/guards.h", "jacext/_graph.pxd", "jacext/_tape.pxd",
+                       "jacext/_function.pxd", "jacext/_point.pxd"]
 C_SOURCES = ["src_c/vm.c", "src_c/block.c", "src_c/batch.c", "src_c/sparsity.c"]
 
 if sys.platform == "win32":
@@ -58,7 +59,7 @@ common = dict(
 # extension (each gets its own copy, as when each compiled the sources itself): vm.c alone
 # takes 12 s at -O3, and CI builds the extensions three times.
 core = ("jacext_core", dict(sources=C_SOURCES, include_dirs=["src_c"], cflags=compile_args,
-                            macros=[], obj_deps={"": HEADERS[:5]}))
+                            obj_deps={"": C_HEADERS}))
 
 extensions = [
     Extension("jacext._graph", ["jacext/_graph.pyx"], **common),
