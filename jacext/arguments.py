@@ -137,9 +137,15 @@ def copy_into(out, result):
         for o, r in zip(out, result):
             copy_into(o, r)
         return
-    if not isinstance(out, np.ndarray) or out.shape != result.shape:
-        raise ValueError(f"jacext: out has the wrong shape; the Jacobian has shape "
-                         f"{shape_str(result.shape)}")
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"jacext: out must be a NumPy array; got {type(out).__name__}")
+    if not (out.dtype == np.float64 and out.flags.writeable):
+        # never a silent cast (any layout: this path copies into the caller's array)
+        raise ValueError(f"jacext: out must be a writeable float64 array (np.empty(shape)); "
+                         f"got {'a read-only array' if not out.flags.writeable else out.dtype}")
+    if out.shape != result.shape:
+        raise ValueError(f"jacext: out has shape {shape_str(out.shape)}; the Jacobian has "
+                         f"shape {shape_str(result.shape)}")
     np.copyto(out, result)
 
 

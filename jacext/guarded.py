@@ -35,7 +35,7 @@ import numpy as np
 
 from jacext import arguments as _args
 from jacext import plan as _plan
-from jacext._guards import GuardedBase, move_rows
+from jacext._guards import GuardedBase, move_rows, permute_rows
 from jacext.errors import TracingError
 
 
@@ -203,6 +203,10 @@ class GuardedFunction(GuardedBase):
             raise ValueError(f"jacext: sparse=True for a batch whose points take different "
                              f"branches of {self.name} (one pattern per branch): ask per "
                              f"point, or for dense Jacobians")
+        if method == "jacobian" and not seeds:
+            result = self._grouped_jacobian(groups, X, batch, out, kwargs)
+            if result is not None:
+                return result
         parts = []
         for t, idx in groups:
             sub = _args.split(_take_rows(X, idx), self.arg_shapes, True, (idx.shape[0],))
@@ -215,6 +219,36 @@ class GuardedFunction(GuardedBase):
             _args.copy_into(out, result)
             return out
         return result
+
+    def _grouped_jacobian(self, groups, X, batch, out, kwargs):
+        """The dense Jacobians of a batch split by branch, each group's written by its
+        tape into consecutive rows of the result (out= where given), then moved into the
+        points' order in place (permute_rows); None where the result is not one array
+        (tuple outputs or argnums) or out= is not a fitting array (the general path then
+        says why)."""
+        a = kwargs["argnums"]
+        if self.out_is_tuple or type(a) is not int or not -len(self.arg_shapes) <= a < \
+                len(self.arg_shapes):
+            return None
+        shape = batch + tuple(self.out_shapes[0]) + tuple(self.arg_shapes[a])
+        if out is None:
+            out = np.empty(shape)
+        elif not (type(out) is np.ndarray and out.shape == shape and
+                  out.dtype == np.float64 and out.flags.c_contiguous and
+                  out.flags.writeable):
+            return None
+        n = X.shape[0]
+        rows = out.reshape((n,) + shape[len(batch):])
+        perm = np.concatenate([idx for _, idx in groups])
+        Xp = _take_rows(X, perm)       # the points group after group
+        start = 0
+        for t, idx in groups:
+            end = start + idx.shape[0]
+            sub = _args.split(Xp[start:end], self.arg_shapes, True, (end - start,))
+            t.F.jacobian(*sub, out=rows[start:end], **kwargs)
+            start = end
+        permute_rows(rows, perm)
+        return out
 
     # ---- the Function's methods ----
 

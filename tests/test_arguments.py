@@ -272,17 +272,19 @@ def test_copy_into_copies_nested_results():
 
 
 @pytest.mark.parametrize("out, result, match", [
-    (np.empty((3, 2)), np.ones((2, 3)), r"wrong shape; the Jacobian has shape \(2, 3\)"),
-    (np.empty(6), np.ones((2, 3)), r"wrong shape; the Jacobian has shape \(2, 3\)"),
-    ([[0.0] * 3] * 2, np.ones((2, 3)), "wrong shape"),                 # not an array
+    (np.empty((3, 2)), np.ones((2, 3)), r"has shape \(3, 2\); the Jacobian has shape \(2, 3\)"),
+    (np.empty(6), np.ones((2, 3)), r"has shape \(6,\); the Jacobian has shape \(2, 3\)"),
+    ([[0.0] * 3] * 2, np.ones((2, 3)), "must be a NumPy array"),       # not an array
+    (np.empty((2, 3), dtype=np.float32), np.ones((2, 3)), "float64"),  # never a silent cast
+    (np.broadcast_to(np.empty(3), (2, 3)), np.ones((2, 3)), "read-only"),
     (np.empty((2, 3)), (np.ones((2, 3)),), "tuple of arrays"),          # not a tuple
     ((np.empty(2),), (np.ones(2), np.ones(2)), "tuple of arrays"),     # too short
     ((np.empty(2), np.empty(2), np.empty(2)), (np.ones(2), np.ones(2)), "tuple of arrays"),
-    ((np.empty(2), np.empty(3)), (np.ones(2), np.ones(2)), r"has shape \(2,\)"),
+    ((np.empty(2), np.empty(3)), (np.ones(2), np.ones(2)), r"has shape \(3,\)"),
     (((np.empty(2),), np.empty(2)), ((np.ones(2), np.ones(2)), np.ones(2)), "tuple of arrays"),
 ])
 def test_copy_into_errors(out, result, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises((ValueError, TypeError), match=match):
         A.copy_into(out, result)
 
 

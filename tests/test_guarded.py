@@ -225,6 +225,35 @@ def test_two_arguments_and_tuple_outputs():
     assert y[0].shape == (3, 2) and jv[1].shape == (3,)
 
 
+def test_split_batch_jacobians_by_argument_and_into_out():
+    """A batch whose points take three branches: the Jacobians by either argument, into
+    out= or not, equal the points' own; a wrong out= is refused as for one branch."""
+    def f(a, b):
+        if a[0] > 0.5:
+            return np.sin(a) * b[0]
+        elif a[0] > -0.5:
+            return a ** 2 - b[1] * a
+        return np.exp(a) + b[0] * b[1]
+
+    rng = np.random.default_rng(5)
+    A = rng.uniform(-1.5, 1.5, (4, 25, 3))
+    B = rng.standard_normal((4, 25, 2))
+    F = jx.compile(f, A[0, 0], B[0, 0])
+    for argnums, width in ((0, (3,)), (1, (2,))):
+        J = F.jacobian(A, B, argnums=argnums)
+        assert J.shape == (4, 25, 3) + width
+        want = np.stack([np.stack([F.jacobian(A[i, k], B[i, k], argnums=argnums)
+                                   for k in range(25)]) for i in range(4)])
+        np.testing.assert_array_equal(J, want)
+        out = np.full(J.shape, np.nan)
+        assert F.jacobian(A, B, argnums=argnums, out=out) is out
+        np.testing.assert_array_equal(out, want)
+        for bad in (np.empty(J.shape[1:]), np.empty(J.shape, dtype=np.float32)):
+            with pytest.raises((ValueError, TypeError)):
+                F.jacobian(A, B, argnums=argnums, out=bad)
+    assert len(F.tapes) == 3
+
+
 # ---------------------------------------------------------------- numbers --
 
 def test_float_is_a_constant_with_a_guard():

@@ -315,3 +315,30 @@ def test_move_rows_checks_its_arguments():
         move_rows(got, src[:, :, :2].copy(), idx, False)
     with pytest.raises(ValueError):
         move_rows(np.empty((2, 2, 3)), src, idx, False)
+
+
+def test_permute_rows_puts_each_row_where_its_index_says():
+    """jacext._guards.permute_rows(a, perm): a[perm[k]] = old a[k], in place, on random
+    permutations (long cycles, fixed points, one row) and against NumPy's own scatter; a
+    non-permutation raises before any row moves."""
+    from jacext._guards import permute_rows
+
+    rng = np.random.default_rng(4)
+    for n in (1, 2, 7, 1000):
+        for perm in (rng.permutation(n), np.arange(n), np.roll(np.arange(n), 1)):
+            perm = perm.astype(np.intp)
+            a = rng.standard_normal((n, 3, 2))
+            want = np.empty_like(a)
+            want[perm] = a
+            permute_rows(a, perm)
+            np.testing.assert_array_equal(a, want)
+    a = rng.standard_normal((4, 3))
+    keep = a.copy()
+    for bad in ([0, 1, 1, 2], [0, 1, 2, 4], [-1, 0, 1, 2], [0, 1, 2]):
+        with pytest.raises(ValueError):
+            permute_rows(a, np.array(bad, dtype=np.intp))
+        np.testing.assert_array_equal(a, keep)
+    with pytest.raises(ValueError):
+        permute_rows(a, np.array([1, 0, 3, 2], dtype=np.int32))
+    with pytest.raises(ValueError):
+        permute_rows(a[:, :2], np.array([1, 0, 3, 2], dtype=np.intp))
