@@ -27,7 +27,12 @@ import platform
 import sys
 import time
 
-import numpy as np
+# The default clock is the process's CPU time, which counts every thread: OpenBLAS's idle
+# workers spin for a while after a GEMM (the mlp problem's blocks), and their spinning
+# made single-point timings 3x too high in phases. One BLAS thread: no spinning workers.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
