@@ -16,6 +16,11 @@ cdef extern from "vm.h" nogil:
     ctypedef void (*jx_dgemv_fn)(char *, int *, int *, double *, double *, int *, double *,
                                  int *, double *, double *, int *)
 
+    ctypedef struct jx_code:
+        int32_t code
+    int JX_CODE_MAX_INSTR
+    int32_t jx_tape_code(const jx_tape *t, jx_code *code)
+
     ctypedef struct jx_tape:
         int32_t n_instr, n_slots, n_in, n_out, n_const
         const int32_t *op
@@ -33,6 +38,8 @@ cdef extern from "vm.h" nogil:
         int32_t n_sincos
         const int32_t *runs
         int32_t n_runs
+        const jx_code *code
+        int32_t n_code
         int32_t n_blocks
         const int64_t *blocks
         const double *weights
@@ -72,6 +79,7 @@ cdef class Tape:
     cdef tuple _fixed
     cdef cnp.ndarray _pairs
     cdef cnp.ndarray _runs
+    cdef cnp.ndarray _code   # the value sweep's decoded stream (vm.h jx_code), or None
     cdef bint _runs_used
     cdef jx_work _work      # the Tape's own work memory: whoever takes _busy uses it
     cdef jx_flag _busy

@@ -286,6 +286,8 @@ cdef class Tape:
         self.t.n_sincos = 0
         self.t.runs = NULL
         self.t.n_runs = 0
+        self.t.code = NULL
+        self.t.n_code = 0
         self.t.n_blocks = <int32_t>(own["blocks"].shape[0] // JX_BLOCK_FIELDS)
         self.t.blocks = <const int64_t *>cnp.PyArray_DATA(own["blocks"])
         self.t.weights = <const double *>cnp.PyArray_DATA(own["weights"])
@@ -335,6 +337,13 @@ cdef class Tape:
         if self._runs_used:
             self.t.runs = <const int32_t *>cnp.PyArray_DATA(self._runs)
             self.t.n_runs = n_runs
+        # the value sweep's decoded stream (vm.h jx_code), over the runs just set
+        if 0 < n <= JX_CODE_MAX_INSTR:
+            code = np.empty(n * sizeof(jx_code), dtype=np.uint8)
+            n_code = jx_tape_code(&self.t, <jx_code *>cnp.PyArray_DATA(code))
+            self._code = code
+            self.t.code = <const jx_code *>cnp.PyArray_DATA(code)
+            self.t.n_code = n_code
 
     def __dealloc__(self):
         if self._has_work:

@@ -546,10 +546,157 @@ static int32_t jx_forward_chain(const jx_tape *t, double *value, int32_t i, int3
     return iq;
 }
 
+/* The value sweep over the decoded stream (jx_tape_code): the same VALUE of ops.def on
+   the same operands as jx_forward_one, so the same doubles.  With GCC or clang each
+   handler jumps to the next through a table of label addresses (threaded code: one
+   indirect jump per handler, which the CPU predicts from the handler it is in; one shared
+   switch jump mispredicted about every other instruction of a Jacobian tape); elsewhere
+   a switch in a loop. */
+#if defined(__GNUC__) || defined(__clang__)
+#define JX_CODE_THREADED 1
+#define JX_CASE(label, code) label:
+#define JX_NEXT do { if (++p == end) return; goto *table[p->code]; } while (0)
+#else
+#define JX_CODE_THREADED 0
+#define JX_CASE(label, code) case code:
+#define JX_NEXT break
+#endif
+
+#if JX_CODE_THREADED   /* labels as values: a GNU C extension, in this function only */
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wpedantic"
+#endif
+static void jx_forward_code(const jx_tape *t, double *value)
+{
+    const jx_code *p = t->code, *const end = t->code + t->n_code;
+    jx_run_fn run_values = NULL;
+#if JX_CODE_THREADED
+    static const void *const table[JX_N_CODES] = {
+#define OP(NAME, ARITY, COMMUTES, VALUE, D0, D1, FIXED) \
+        &&op_##NAME##_0, &&op_##NAME##_1, &&op_##NAME##_2,
+#include "ops.def"
+#undef OP
+        &&code_run, &&code_chain, &&code_block, &&code_one
+    };
+    if (p == end) return;
+    goto *table[p->code];
+#else
+    for (; p < end; p++) switch (p->code) {
+#endif
+#define OP(NAME, ARITY, COMMUTES, VALUE, D0, D1, FIXED)                              \
+    JX_CASE(op_##NAME##_0, JX_CODE_OF(JX_OP_##NAME, 0)) {                           \
+        const double a = value[p->a];                                               \
+        const double b = (ARITY) >= 2 ? value[p->b] : 0.0;                          \
+        const double s = (ARITY) == 3 ? value[p->s] : 0.0;                          \
+        (void)a; (void)b; (void)s;                                                  \
+        value[p->dst] = (VALUE);                                                    \
+    }                                                                               \
+    JX_NEXT;                                                                        \
+    JX_CASE(op_##NAME##_1, JX_CODE_OF(JX_OP_##NAME, 1)) {                           \
+        const double a = value[p->a], b = p->imm;                                   \
+        const double s = (ARITY) == 3 ? value[p->s] : 0.0;                          \
+        (void)a; (void)b; (void)s;                                                  \
+        value[p->dst] = (VALUE);                                                    \
+    }                                                                               \
+    JX_NEXT;                                                                        \
+    JX_CASE(op_##NAME##_2, JX_CODE_OF(JX_OP_##NAME, 2)) {                           \
+        const double a = p->imm;                                                    \
+        const double b = (ARITY) >= 2 ? value[p->b] : 0.0;                          \
+        const double s = (ARITY) == 3 ? value[p->s] : 0.0;                          \
+        (void)a; (void)b; (void)s;                                                  \
+        value[p->dst] = (VALUE);                                                    \
+    }                                                                               \
+    JX_NEXT;
+#include "ops.def"
+#undef OP
+    JX_CASE(code_run, JX_CODE_RUN) {
+        const int32_t *run = t->runs + (size_t)JX_RUN_FIELDS * p->s;
+        if (!run_values) run_values = jx_run_values();
+        run_values(t, value, p->a, run, 0, run[0]);
+    }
+    JX_NEXT;
+    JX_CASE(code_chain, JX_CODE_CHAIN) {
+        if (!run_values) run_values = jx_run_values();
+        jx_forward_chain(t, value, p->a, p->s, p->b, run_values);
+    }
+    JX_NEXT;
+    JX_CASE(code_block, JX_CODE_BLOCK) jx_block_op_value(t, p->s, value, 1);
+    JX_NEXT;
+    JX_CASE(code_one, JX_CODE_ONE) jx_forward_one(t, value, p->i);
+    JX_NEXT;
+#if !JX_CODE_THREADED
+    default:
+        break;
+    }
+#endif
+}
+#if JX_CODE_THREADED
+#pragma GCC diagnostic pop
+#endif
+#undef JX_CASE
+#undef JX_NEXT
+
+static void jx_code_one(const jx_tape *t, int32_t i, jx_code *c)
+{
+    const int32_t word = t->op[i];
+    const int kind = (word & JX_A_IMM) ? ((word & JX_B_IMM) ? -1 : 2)
+                                       : ((word & JX_B_IMM) ? 1 : 0);
+    c->code = kind < 0 ? JX_CODE_ONE : JX_CODE_OF(word & JX_OP_MASK, kind);
+    c->dst = t->dst[i];
+    c->a = t->a[i];
+    c->b = t->b[i];
+    c->s = t->s[i];
+    c->i = i;
+    c->imm = t->imm[i];
+}
+
+int32_t jx_tape_code(const jx_tape *t, jx_code *code)
+{
+    int32_t i = 0, n = 0, kb = 0, r = 0, k;
+    while (i < t->n_instr) {
+        jx_code *c = code + n++;
+        memset(c, 0, sizeof *c);
+        c->i = i;
+        if (t->op[i] == JX_BLOCK) {       /* a block is a run of its own */
+            c->code = JX_CODE_BLOCK;
+            c->s = kb++;
+            i++;
+            r++;
+        } else if (!t->runs) {
+            jx_code_one(t, i++, c);
+        } else {
+            const int32_t *run = t->runs + (size_t)JX_RUN_FIELDS * r;
+            if (run[5] & JX_RUN_TILE_NEXT) {   /* a tile chain: runs r .. e */
+                int32_t e = r;
+                while (t->runs[(size_t)JX_RUN_FIELDS * e + 5] & JX_RUN_TILE_NEXT) e++;
+                c->code = JX_CODE_CHAIN;
+                c->a = i;
+                c->s = r;
+                c->b = e;
+                for (; r <= e; r++) i += t->runs[(size_t)JX_RUN_FIELDS * r];
+            } else if (run[0] >= JX_RUN_MIN_LEN) {
+                c->code = JX_CODE_RUN;
+                c->a = i;
+                c->s = r++;
+                i += run[0];
+            } else {
+                n--;
+                for (k = 0; k < run[0]; k++) jx_code_one(t, i++, code + n++);
+                r++;
+            }
+        }
+    }
+    return n;
+}
+
 void jx_forward(const jx_tape *t, double *value)
 {
     int32_t i;
     int32_t kb = 0;
+    if (t->code) {
+        jx_forward_code(t, value);
+        return;
+    }
     if (t->runs) {
         const jx_run_fn run_values = jx_run_values();
         int32_t r;

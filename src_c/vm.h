@@ -110,6 +110,9 @@ typedef struct {
        pays its dispatch once per run. */
     const int32_t *runs;
     int32_t n_runs;
+    /* Derived by jx_tape_code (may be NULL): the single-point value sweep's stream. */
+    const struct jx_code *code;
+    int32_t n_code;
     /* Block instructions (see JX_BLOCK above); n_blocks 0 for a tape of scalars only. */
     int32_t n_blocks;
     const int64_t *blocks;      /* JX_BLOCK_FIELDS * n_blocks */
@@ -144,6 +147,33 @@ typedef struct {
    instructions themselves (arm: 109 runs of 1 and 77 of 2; callgrind, value sweep). */
 #define JX_RUN_MIN_LEN 4
 
+/* The single-point value sweep's instruction stream, decoded once from the tape (and its
+   runs): an instruction's operand kinds are part of its code, one switch case per op and
+   kind, so the sweep tests no flags per instruction and reads one 32-byte entry (the
+   tape's own arrays are six); a run of JX_RUN_MIN_LEN or more, a tile chain or a block is
+   one entry.  arm's dense Jacobian tape (956 instructions): 58,000 -> see
+   docs/engine-notes.md ("The instruction stream"). */
+typedef struct jx_code {
+    int32_t code;   /* JX_CODE_OF(op, kind), or one of JX_CODE_RUN .. JX_CODE_ONE */
+    int32_t dst;
+    int32_t a;      /* a's slot; RUN, CHAIN: the first instruction */
+    int32_t b;      /* b's slot; CHAIN: its last run */
+    int32_t s;      /* SELECT's condition slot; RUN, CHAIN: the first run; BLOCK: its number */
+    int32_t i;      /* the instruction (JX_CODE_ONE: run as the tape has it) */
+    double imm;
+} jx_code;
+/* kind 0: a and b slots; 1: b immediate; 2: a immediate */
+#define JX_CODE_KINDS 3
+#define JX_CODE_OF(op, kind) ((op) * JX_CODE_KINDS + (kind))
+#define JX_CODE_RUN (JX_CODE_KINDS * JX_N_OPS)
+#define JX_CODE_CHAIN (JX_CODE_RUN + 1)
+#define JX_CODE_BLOCK (JX_CODE_RUN + 2)
+#define JX_CODE_ONE (JX_CODE_RUN + 3)
+#define JX_N_CODES (JX_CODE_RUN + 4)
+/* Tapes longer than this keep the tape's own arrays in the value sweep (the stream takes
+   32 bytes an instruction: 32 MiB here). */
+#define JX_CODE_MAX_INSTR (1 << 20)
+
 /* Private memory of one evaluation (one per thread). */
 typedef struct {
     int32_t lanes;   /* capacity of the lane arrays */
@@ -160,6 +190,9 @@ int32_t jx_tape_fixed_partials(const jx_tape *t, unsigned char *fixed, double *d
 
 /* Fills runs (JX_RUN_FIELDS * n_instr at most) as jx_tape.runs; returns the number of runs. */
 int32_t jx_tape_runs(const jx_tape *t, int32_t *runs);
+/* Fills code (n_instr entries at most) as jx_tape.code from a checked tape and its runs
+   (jx_tape.runs, NULL for none); returns the number of entries. */
+int32_t jx_tape_code(const jx_tape *t, jx_code *code);
 /* Fills pair (n_instr) as jx_tape.sincos_pair; returns the number of pairs or JX_ENOMEM. */
 int32_t jx_tape_sincos_pairs(const jx_tape *t, int32_t *pair);
 
