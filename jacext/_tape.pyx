@@ -401,6 +401,13 @@ cdef class Tape:
         those constants; read-only arrays."""
         return self._fixed
 
+    @property
+    def stream_length(self):
+        """Entries of the single-point value sweep's decoded stream (vm.h jx_code): one per
+        instruction, long run, tile chain or block; 0 where the tape is longer than
+        JX_CODE_MAX_INSTR and the sweep reads the tape's own arrays."""
+        return int(self.t.n_code)
+
     def runs(self):
         """The runs of the single-point value sweep as (n_runs, RUN_FIELDS) int32: length,
         the steps of dst, a, b, s, and flags; empty when the tape's runs are too short to

@@ -81,11 +81,15 @@ JAC_TAPE_TERMS_PER_NONZERO = 4
 #: them back per direction).
 JAC_TAPE_MAX_LENGTH = 2
 #: A single point's sweeps carry their directions as the lanes of one instruction (SIMD):
-#: a lane costs about this fraction of an instruction of a Jacobian tape's scalar sweep
-#: (measured on arm, arm_cs, seed and small dense functions: the arm's 973-instruction
-#: tape took 1.5x its 263-instruction, 7-lane sweeps).  A single point takes the dense
-#: Jacobian tape only where it is no longer than that many instructions.
-POINT_LANE_COST = 0.25
+#: a lane costs about this fraction of an instruction of a Jacobian tape's value sweep
+#: (the decoded stream, vm.h jx_code).  Measured (fastest of 15 x 2,000 calls, each way
+#: forced): the tape at most as long as n_instr * (1 + 0.45 * directions) was the faster
+#: on arm (956 against 261 instructions, 7 lanes: 2.9 against 3.2 us), arm_cs, an 8-wide
+#: tanh layer, a 13-species chain and 3 rotations; the longer tapes of a 6-deep 6-wide
+#: tanh chain (6.25x, 6 lanes: 6.4 against 3.8 us) and of an 8-term product (6.2x, 8
+#: lanes) lost.  A single point takes the dense Jacobian tape only where it is no longer
+#: than that many instructions.
+POINT_LANE_COST = 0.45
 #: The reverse Jacobian-tape builder goes group by group where groups average at least
 #: this many instructions (a traced vectorised call), node by node otherwise (scalar code).
 REVERSE_BULK_MIN_GROUP = 8

@@ -660,3 +660,70 @@ def test_traced_signed_zero_constants_keep_their_sign():
     # ... the single-point sweep must too
     assert_identical(F(x), want_f)
     assert_identical(G(x), want_g)
+
+
+# ---------------------------------------------------------------- the value stream --
+
+def _every_op_tape():
+    """Each op of the table in each operand kind the stream decodes apart: both slots, b
+    immediate, a immediate (binary ops: the tape check allows immediates there only), on
+    inputs 0..2; every result is an output."""
+    code, dst = [], 3
+    for name in sorted(OPS):
+        arity = ARITY[OPS[name]]
+        if arity == 1:
+            rows = [_ins(name, dst, dst % 3)]
+        elif arity == 3:
+            rows = [_ins(name, dst, 1, 2, s=0)]
+        else:
+            rows = [_ins(name, dst, 1, 2),
+                    _ins(name, dst + 1, 2, imm=0.7, flag=B_IMM),
+                    _ins(name, dst + 2, imm=-1.3, flag=A_IMM, b=0, a=0)]
+        for r in rows:
+            code.append(r)
+            dst += 1
+    return _hand_tape(3, code, list(range(3, dst)))
+
+
+def test_value_stream_covers_every_op_and_operand_kind(rng):
+    """The single-point value sweep (the decoded stream: one case per op and operand kind)
+    equals the batched value sweep (src_c/batch.c, its own dispatch), bit for bit, for
+    every op in every kind, at ordinary and non-finite points."""
+    tape = _every_op_tape()
+    F = _hand_function(tape)
+    assert F.tape.stream_length == F.n_instructions     # no runs: an entry each
+    points = np.concatenate([rng.uniform(-2.0, 2.0, (6, 3)),
+                             np.stack([NASTY[k:k + 3] for k in range(len(NASTY) - 2)])])
+    with np.errstate(all="ignore"):
+        batch = F(points)
+    for x, row in zip(points, batch):
+        assert_identical(F(x), row)
+
+
+def test_value_stream_entries_for_runs_chains_and_blocks(rng):
+    """A long run, a tile chain and a block are one stream entry each; the values equal
+    the batched sweep's."""
+    W = rng.standard_normal((40, 40))
+
+    def f(x):
+        y = np.sin(x) * 2.0 + x              # runs over 5,000 elements: tile chains
+        return np.concatenate([y, np.tanh(W @ x[:40])])
+
+    x = rng.standard_normal(5000)
+    F = jx.compile(f, x)
+    assert F.tape.n_blocks == 1
+    assert F.tape.stream_length < 60 < F.n_instructions
+    assert_identical(F(x), F(x[None])[0])
+    assert_identical(F(x), F(np.stack([x, x]))[1])
+
+
+def test_tapes_past_the_stream_bound_read_their_own_arrays(rng):
+    """A tape of more than JX_CODE_MAX_INSTR (2**20) instructions has no stream: its
+    single-point values come from the runs over the tape's arrays, equal to the batch's."""
+    def f(x):
+        return np.cos(x * x + 1.0) - x
+
+    x = rng.standard_normal(300_000)
+    F = jx.compile(f, x)
+    assert F.n_instructions > 2 ** 20 and F.tape.stream_length == 0
+    assert_identical(F(x), F(np.stack([x, x]))[0])
