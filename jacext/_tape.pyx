@@ -337,13 +337,10 @@ cdef class Tape:
         if self._runs_used:
             self.t.runs = <const int32_t *>cnp.PyArray_DATA(self._runs)
             self.t.n_runs = n_runs
-        # the value sweep's decoded stream (vm.h jx_code), over the runs just set
-        if 0 < n <= JX_CODE_MAX_INSTR:
-            code = np.empty(n * sizeof(jx_code), dtype=np.uint8)
-            n_code = jx_tape_code(&self.t, <jx_code *>cnp.PyArray_DATA(code))
-            self._code = code
-            self.t.code = <const jx_code *>cnp.PyArray_DATA(code)
-            self.t.n_code = n_code
+        if 0 < n <= JX_CODE_MAX_INSTR:     # the value sweep's stream, over those runs
+            self._code = np.empty(n * sizeof(jx_code), dtype=np.uint8)
+            self.t.n_code = jx_tape_code(&self.t, <jx_code *>cnp.PyArray_DATA(self._code))
+            self.t.code = <const jx_code *>cnp.PyArray_DATA(self._code)
 
     def __dealloc__(self):
         if self._has_work:
@@ -403,9 +400,8 @@ cdef class Tape:
 
     @property
     def stream_length(self):
-        """Entries of the single-point value sweep's decoded stream (vm.h jx_code): one per
-        instruction, long run, tile chain or block; 0 where the tape is longer than
-        JX_CODE_MAX_INSTR and the sweep reads the tape's own arrays."""
+        """Entries of the single-point value sweep's decoded stream (vm.h jx_code); 0 past
+        JX_CODE_MAX_INSTR instructions, where the sweep reads the tape's own arrays."""
         return int(self.t.n_code)
 
     def runs(self):
