@@ -151,8 +151,8 @@ typedef struct {
    runs): an instruction's operand kinds are part of its code, one switch case per op and
    kind, so the sweep tests no flags per instruction and reads one 32-byte entry (the
    tape's own arrays are six); a run of JX_RUN_MIN_LEN or more, a tile chain or a block is
-   one entry.  arm's dense Jacobian tape (956 instructions): 58,000 -> see
-   docs/engine-notes.md ("The instruction stream"). */
+   one entry.  arm's dense Jacobian tape (956 instructions) at one point: 62,500 -> 20,800
+   machine instructions per F.jacobian (docs/engine-notes.md, "The instruction stream"). */
 typedef struct jx_code {
     int32_t code;   /* JX_CODE_OF(op, kind), or one of JX_CODE_RUN .. JX_CODE_ONE */
     int32_t dst;
