@@ -338,7 +338,7 @@ cdef class Tape:
             self.t.runs = <const int32_t *>cnp.PyArray_DATA(self._runs)
             self.t.n_runs = n_runs
         if 0 < n <= JX_CODE_MAX_INSTR:     # the value sweep's stream, over those runs
-            self._code = np.empty(n * sizeof(jx_code), dtype=np.uint8)
+            self._code = np.empty((n + 1) * sizeof(jx_code), dtype=np.uint8)
             self.t.n_code = jx_tape_code(&self.t, <jx_code *>cnp.PyArray_DATA(self._code))
             self.t.code = <const jx_code *>cnp.PyArray_DATA(self._code)
 

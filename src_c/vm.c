@@ -555,7 +555,7 @@ static int32_t jx_forward_chain(const jx_tape *t, double *value, int32_t i, int3
 #if defined(__GNUC__) || defined(__clang__)
 #define JX_CODE_THREADED 1
 #define JX_CASE(label, code) label:
-#define JX_NEXT do { if (++p == end) return; goto *table[p->code]; } while (0)
+#define JX_NEXT goto *table[(++p)->code]
 #else
 #define JX_CODE_THREADED 0
 #define JX_CASE(label, code) case code:
@@ -568,7 +568,7 @@ static int32_t jx_forward_chain(const jx_tape *t, double *value, int32_t i, int3
 #endif
 static void jx_forward_code(const jx_tape *t, double *value)
 {
-    const jx_code *p = t->code, *const end = t->code + t->n_code;
+    const jx_code *p = t->code;    /* ends with a JX_CODE_END entry */
     jx_run_fn run_values = NULL;
 #if JX_CODE_THREADED
     static const void *const table[JX_N_CODES] = {
@@ -576,12 +576,11 @@ static void jx_forward_code(const jx_tape *t, double *value)
         &&op_##NAME##_0, &&op_##NAME##_1, &&op_##NAME##_2,
 #include "ops.def"
 #undef OP
-        &&code_run, &&code_chain, &&code_block, &&code_one
+        &&code_run, &&code_chain, &&code_block, &&code_one, &&code_end
     };
-    if (p == end) return;
     goto *table[p->code];
 #else
-    for (; p < end; p++) switch (p->code) {
+    for (;; p++) switch (p->code) {
 #endif
 #define OP(NAME, ARITY, COMMUTES, VALUE, D0, D1, FIXED)                              \
     JX_CASE(op_##NAME##_0, JX_CODE_OF(JX_OP_##NAME, 0)) {                           \
@@ -624,6 +623,7 @@ static void jx_forward_code(const jx_tape *t, double *value)
     JX_NEXT;
     JX_CASE(code_one, JX_CODE_ONE) jx_forward_one(t, value, p->i);
     JX_NEXT;
+    JX_CASE(code_end, JX_CODE_END) return;
 #if !JX_CODE_THREADED
     default:
         break;
@@ -686,6 +686,9 @@ int32_t jx_tape_code(const jx_tape *t, jx_code *code)
             }
         }
     }
+    memset(code + n, 0, sizeof *code);   /* the sentinel the sweep stops at */
+    code[n].code = JX_CODE_END;
+    code[n].i = i;
     return n;
 }
 

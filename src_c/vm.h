@@ -154,7 +154,7 @@ typedef struct {
    one entry.  arm's dense Jacobian tape (956 instructions) at one point: 62,500 -> 20,800
    machine instructions per F.jacobian (docs/engine-notes.md, "The instruction stream"). */
 typedef struct jx_code {
-    int32_t code;   /* JX_CODE_OF(op, kind), or one of JX_CODE_RUN .. JX_CODE_ONE */
+    int32_t code;   /* JX_CODE_OF(op, kind), or one of JX_CODE_RUN .. JX_CODE_END */
     int32_t dst;
     int32_t a;      /* a's slot; RUN, CHAIN: the first instruction */
     int32_t b;      /* b's slot; CHAIN: its last run */
@@ -169,7 +169,8 @@ typedef struct jx_code {
 #define JX_CODE_CHAIN (JX_CODE_RUN + 1)
 #define JX_CODE_BLOCK (JX_CODE_RUN + 2)
 #define JX_CODE_ONE (JX_CODE_RUN + 3)
-#define JX_N_CODES (JX_CODE_RUN + 4)
+#define JX_CODE_END (JX_CODE_RUN + 4)
+#define JX_N_CODES (JX_CODE_RUN + 5)
 /* Tapes longer than this keep the tape's own arrays in the value sweep (the stream takes
    32 bytes an instruction: 32 MiB here). */
 #define JX_CODE_MAX_INSTR (1 << 20)
@@ -190,8 +191,9 @@ int32_t jx_tape_fixed_partials(const jx_tape *t, unsigned char *fixed, double *d
 
 /* Fills runs (JX_RUN_FIELDS * n_instr at most) as jx_tape.runs; returns the number of runs. */
 int32_t jx_tape_runs(const jx_tape *t, int32_t *runs);
-/* Fills code (n_instr entries at most) as jx_tape.code from a checked tape and its runs
-   (jx_tape.runs, NULL for none); returns the number of entries. */
+/* Fills code (n_instr + 1 entries at most) as jx_tape.code from a checked tape and its
+   runs (jx_tape.runs, NULL for none); returns the number of entries before the closing
+   JX_CODE_END. */
 int32_t jx_tape_code(const jx_tape *t, jx_code *code);
 /* Fills pair (n_instr) as jx_tape.sincos_pair; returns the number of pairs or JX_ENOMEM. */
 int32_t jx_tape_sincos_pairs(const jx_tape *t, int32_t *pair);
