@@ -109,6 +109,15 @@ FILL_CHUNK_BYTES = 256 * 1024
 #: nonzero; else the scalar form, which skips its zeros (bench/blocks.py measures both).
 BLOCK_MIN_NONZEROS = 64
 BLOCK_MIN_DENSITY = 0.25
+#: In a Jacobian tape, a block y = W x (W m x n) carries a Jacobian column's tangents (a
+#: row's adjoints) as scalar products of W's columns (rows) where at most
+#: max(1, n // JAC_TAPE_BLOCK_SPARSE) of its operands' are nonzero, else as one block of
+#: W (W^T) over them (jacext/jactape_blocks.py).  Products cost two scalar instructions
+#: (a multiply, an add) per nonzero and row, a block m x n multiply-adds at BLAS speed (a
+#: tenth of an instruction or less) plus n operand copies: the same break-even as the
+#: sweeps' sparse lanes (block.c's JX_BLOCK_SPARSE).  One nonzero always goes by products:
+#: a unit seed's (the first layer of a network) are W's column itself, as constants.
+JAC_TAPE_BLOCK_SPARSE = 16
 
 
 # ---------------------------------------------------------------- machine --
