@@ -28,6 +28,10 @@ nodes and the derivative's share one hash-consed DAG (without NumPy's ``x**2 -> 
 rewrites: a partial ``pow(a, b - 1.0)`` must stay C's pow, as the sweeps compute it); the
 compiler passes then make the tape.
 
+Block instructions (y = W x, vm.h) stay blocks: W times a Jacobian column's tangents,
+W^T times an output row's adjoints (``jacext/jactape_blocks.py``, which says how and when
+scalar products serve instead).
+
 The build goes a group of like instructions at a time (``passes.tape_groups``: one traced
 NumPy call is one group), each stage of a group one bulk ``Graph.apply`` over NumPy arrays
 of node ids: forward tangents live as CSR blocks per group (``_Tangents``), reverse
