@@ -35,7 +35,7 @@ import numpy as np
 from jacext import jactape as _jt  # module-level helpers, looked up at call time
 from jacext import plan as _plan
 from jacext._graph import KIND_CONST
-from jacext._tape import BLOCK, BLOCK_FIELDS
+from jacext._tape import BLOCK_FIELDS
 from jacext.ops import OPS
 
 _MUL = OPS["MUL"]
@@ -52,9 +52,6 @@ class Blocks:
         self.g = g
         self._index = {}
         self._matrix = {}
-
-    def __bool__(self):
-        return bool(self.at)
 
     def shape(self, i):
         m, n, _ = self.at[i]
@@ -91,10 +88,6 @@ def _ptr(major, size):
     ptr = np.zeros(size + 1, dtype=np.int64)
     np.cumsum(np.bincount(major, minlength=size), out=ptr[1:])
     return ptr
-
-
-def is_block(word):
-    return word == BLOCK
 
 
 def split_groups(first, tape):
@@ -151,12 +144,14 @@ def _product(g, blocks, i, ids, transposed):
 
 
 def _linear(g, blocks, i, member, key, node, n_keys, transposed):
-    """The terms of y = W x (x = W^T y where ``transposed``) for sparse vectors x:
-    ``member`` x's entry, ``key`` its vector (a column k, a row r), ``node`` its value,
-    sorted by (key, member) -- or by (member, key).  Returns (out, key, node) of y's
-    structurally nonzero entries as sums in member order (``scalar``), sorted by (out,
-    key), and the (out, key, node) of the block products for dense vectors, separately:
-    forward sums them in, reverse adds each scalar term to its adjoint."""
+    """W (W^T where ``transposed``) times ``n_keys`` vectors given by their nonzeros:
+    entry ``member`` of vector ``key`` is node ``node``.  A vector with more than
+    ``_sparse_limit`` nonzeros (and a finite W) is one block (or folded constants): its
+    (out, key, node) for the rows that some nonzero reaches through W's nonzeros.  The
+    others go by products: (out, key, term, member) of each W[out, member] * node where W
+    is not zero, by key, then member, then out (the callers sum them: forward per (out,
+    key) in member order, reverse into each operand's adjoint in that order).  Returns
+    (products, blocks)."""
     W, rows, cols, finite = blocks.matrix(i)
     m, n = W.shape
     size_in = m if transposed else n
