@@ -30,7 +30,8 @@ compiler passes then make the tape.
 
 Block instructions (y = W x, vm.h) stay blocks: W times a Jacobian column's tangents,
 W^T times an output row's adjoints (``jacext/jactape_blocks.py``, which says how and when
-scalar products serve instead).
+scalar products serve instead).  Their results equal the sweeps' to rounding: BLAS sums in
+its own order.
 
 The build goes a group of like instructions at a time (``passes.tape_groups``: one traced
 NumPy call is one group), each stage of a group one bulk ``Graph.apply`` over NumPy arrays
