@@ -412,7 +412,7 @@ cdef class Function:
                     y = np.empty((n_points, n_out), dtype=np.float64)
                 self.tape.run(JX_TASK_JACOBIAN, X, y, mat.reshape(n_points, n_out * n_cols),
                               _plan.n_threads(threads, n_points,
-                                              jt.t.n_instr if jt is not None
+                                              jt.work if jt is not None
                                               else self.tape.work * (1 + n_cols)),
                               _MODE[plan.mode], None, plan.cols, None, 0, jt, None)
                 # (a forward plan's Jacobian tape redoes its non-finite blocks by forward
@@ -515,7 +515,7 @@ cdef class Function:
                                                  threads, want_value)
             return r[n_y:], (r[:n_y] if want_value else None)
         r = np.empty((n_points, jt.t.n_out), dtype=np.float64)
-        jt.run(JX_TASK_VALUE, x, r, None, _plan.n_threads(threads, n_points, jt.t.n_instr), 0,
+        jt.run(JX_TASK_VALUE, x, r, None, _plan.n_threads(threads, n_points, jt.work), 0,
                None, None, None, 0, None, None)
         vals = np.ascontiguousarray(r[:, n_y:]) if n_y else r
         y = np.ascontiguousarray(r[:, :n_y]) if want_value else None

@@ -28,6 +28,11 @@ nodes and the derivative's share one hash-consed DAG (without NumPy's ``x**2 -> 
 rewrites: a partial ``pow(a, b - 1.0)`` must stay C's pow, as the sweeps compute it); the
 compiler passes then make the tape.
 
+Block instructions (y = W x, vm.h) stay blocks: W times a Jacobian column's tangents,
+W^T times an output row's adjoints (``jacext/jactape_blocks.py``, which says how and when
+scalar products serve instead).  Their results equal the sweeps' to rounding: BLAS sums in
+its own order.
+
 The build goes a group of like instructions at a time (``passes.tape_groups``: one traced
 NumPy call is one group), each stage of a group one bulk ``Graph.apply`` over NumPy arrays
 of node ids: forward tangents live as CSR blocks per group (``_Tangents``), reverse
@@ -40,8 +45,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from jacext import jactape_blocks as _blocks
 from jacext import ops
 from jacext._graph import Graph
+from jacext._tape import BLOCK
 from jacext.ops import A_IMM, ARITY, B_IMM, OP_MASK, OPS
 from jacext.passes import lower, tape_groups
 
@@ -145,64 +152,11 @@ class _Steps:
         self.a, self.b, self.cond, self.z = (np.full(n_instr, -1, dtype=np.int64)
                                              for _ in range(4))
         self.node_after = None
-
-
-def without_blocks(arrays):
-    """The same function as a tape of scalar instructions only (``arrays``: a Tape's
-    arrays), for the builders here, which know scalar instructions: each block y = W x
-    (vm.h) becomes, row by row, its operands times W's nonzeros (MUL by an immediate)
-    summed left to right (ADD), through three extra slots (an instruction never writes
-    over its own operand).  Values equal the block's to rounding (BLAS sums in its own
-    order).  A tape without blocks is returned as it is."""
-    from jacext._tape import BLOCK_FIELDS
-    blocks = np.asarray(arrays.get("blocks", ()), dtype=np.int64).reshape(-1, BLOCK_FIELDS)
-    if not len(blocks):
-        return arrays
-    weights = np.asarray(arrays["weights"], dtype=np.float64)
-    keys = ("op", "dst", "a", "b", "s", "imm")
-    cols = {k: np.asarray(arrays[k]) for k in keys}
-    prod, acc1, acc2 = (int(arrays["n_slots"]) + k for k in range(3))
-    mul, add = OPS["MUL"] | B_IMM, OPS["ADD"]
-    rows = []            # (op, dst, a, b, imm) of the instructions that replace blocks
-    pieces = {k: [] for k in keys}
-    start = 0
-
-    def emit(op, dst, a, b, imm=0.0):
-        rows.append((op, dst, a, b, imm))
-
-    for i, m, n, off in blocks.tolist():
-        for k in keys:
-            pieces[k].append(cols[k][start:i])
-        start = i + 1
-        W = weights[off:off + m * n].reshape(m, n)
-        x0, y0 = int(cols["a"][i]), int(cols["dst"][i])
-        rows.clear()
-        for j in range(m):
-            nz = np.flatnonzero(W[j]).tolist() or [0]     # 0 * x: nan where x is not finite
-            last = len(nz) - 1
-            cur = y0 + j if last == 0 else acc1
-            emit(mul, cur, x0 + nz[0], x0 + nz[0], float(W[j, nz[0]]))
-            for t, k in enumerate(nz[1:], 1):
-                emit(mul, prod, x0 + k, x0 + k, float(W[j, k]))
-                nxt = y0 + j if t == last else (acc2 if cur == acc1 else acc1)
-                emit(add, nxt, cur, prod)
-                cur = nxt
-        r = np.array(rows, dtype=np.float64).reshape(-1, 5)
-        for k, c in (("op", 0), ("dst", 1), ("a", 2), ("b", 3), ("s", 2), ("imm", 4)):
-            pieces[k].append(r[:, c].astype(cols[k].dtype))
-    for k in keys:
-        pieces[k].append(cols[k][start:])
-    out = dict(arrays)
-    for k in keys:
-        out[k] = np.concatenate(pieces[k])
-    out["blocks"] = np.zeros(0, dtype=np.int64)
-    out["weights"] = np.zeros(0, dtype=np.float64)
-    out["n_slots"] = acc2 + 1
-    return out
+        self.blocks = None     # the tape's block instructions (``jactape_blocks.Blocks``)
 
 
 def _slot_count(tape):
-    n = int(tape["n_in"]) + len(tape["const_value"])
+    n = max(int(tape["n_in"]) + len(tape["const_value"]), int(tape.get("n_slots", 0)))
     for k in ("dst", "out_slot"):
         if len(tape[k]):
             n = max(n, int(np.max(tape[k])) + 1)
@@ -219,8 +173,12 @@ def _values(g, tape, ins, groups):
     consts = np.asarray(tape["const_value"], dtype=np.float64)
     node[n_in:n_in + len(consts)] = g.consts(consts)
     steps = _Steps(len(op))
+    steps.blocks = _blocks.Blocks(tape, g)
     for i0, i1 in groups:
         word = int(op[i0])
+        if word == BLOCK:       # a group of its own (``_groups``)
+            _blocks.values(g, steps.blocks, node, i0, int(dst[i0]), int(ta[i0]))
+            continue
         rule = word & OP_MASK
         sl = slice(i0, i1)
         a = g.consts(imm[sl]) if word & A_IMM else node[ta[sl]]
@@ -278,8 +236,8 @@ def _groups(tape):
     """(first, end) of the groups of consecutive instructions that may be differentiated
     together (``passes.tape_groups``): one op word (and immediate), and no instruction
     reading a slot that an earlier one of the group writes (a running sum splits into one
-    per instruction)."""
-    first = tape_groups(tape)
+    per instruction); a block instruction is a group of its own."""
+    first = _blocks.split_groups(tape_groups(tape), tape)
     return list(zip(first.tolist(), np.append(first[1:], len(tape["op"])).tolist()))
 
 
@@ -416,6 +374,11 @@ def _forward(g, tape, fixed, steps, groups, cols, max_nodes, one_by_one):
     scalar = _Builder(g)
     for i0, i1 in groups:
         word = int(op[i0])
+        if word == BLOCK:   # W times the operands' tangents, column by column
+            _blocks.forward(g, steps.blocks, tan, i0, int(dst[i0]), int(ta[i0]), n_cols)
+            if len(g) > max_nodes:
+                raise TooLarge
+            continue
         m = i1 - i0
         sl = slice(i0, i1)
         use_a, use_b = ops.uses(word)
@@ -504,6 +467,11 @@ def _reverse(e, tape, fixed, steps, cols, n_out, max_nodes):
 
     for i in range(len(op) - 1, -1, -1):
         word = op[i]
+        if word == BLOCK:    # W^T times the rows' adjoints, output row by row
+            _blocks.reverse_one(g, steps.blocks, adj, add, i, dst[i], ta[i])
+            if len(g) > max_nodes:
+                raise TooLarge
+            continue
         d = adj.pop(dst[i], None)    # the sweep clears dst's adjoint here
         if not d:
             continue
@@ -541,17 +509,21 @@ def _reverse(e, tape, fixed, steps, cols, n_out, max_nodes):
     return codes, nodes
 
 
-def _writes(tape):
-    """The tape's writes as sorted codes dst[i] * (n + 1) + i, for ``_writers``."""
+def _writes(tape, rows):
+    """The tape's writes as sorted codes slot * (n + 1) + i, for ``_writers``: dst[i],
+    and a block's m rows from there (``rows``: the slots each instruction writes)."""
     dst = np.asarray(tape["dst"], dtype=np.int64)
-    return np.sort(dst * (len(dst) + 1) + np.arange(len(dst), dtype=np.int64))
+    n = len(dst)
+    instr = np.repeat(np.arange(n, dtype=np.int64), rows)
+    slot = dst[instr] + (np.arange(len(instr)) - (np.cumsum(rows) - rows)[instr])
+    return np.sort(slot * (n + 1) + instr)
 
 
-def _writers(writes, slots, at):
+def _writers(writes, slots, at, n):
     """The instruction that last wrote slots[k] before instruction at[k], or -1 - slot
     where none did (the slot's initial value: an input or a constant); ``writes`` from
-    ``_writes``."""
-    size = len(writes) + 1
+    ``_writes`` of a tape of n instructions."""
+    size = n + 1
     slots = np.asarray(slots, dtype=np.int64)
     query = slots * size + np.asarray(at, dtype=np.int64)
     k = np.searchsorted(writes, query) - 1
@@ -622,24 +594,36 @@ class _Pending:
 
 
 def _reverse_bulk(g, tape, fixed, steps, groups, cols, max_nodes):
-    """``_reverse`` a group at a time, each stage one bulk call.  The adjoint of the value
-    instruction i writes is, as the sweep sums it: the seed (an output's row), then the
-    terms of the instructions reading it, the last reader first and, within one reader,
-    its a-operand's term before its b-operand's (``seq``), summed left to right."""
+    """``_reverse`` a group at a time, each stage one bulk call.  The adjoint of a value
+    (by id: instruction i's, a block's rows) is, as the sweep sums it: the seed (an
+    output's row), then the terms of the instructions reading it, the last reader first
+    and, within one reader, its a-operand's term before its b-operand's (``seq``; a
+    block's terms in row order), summed left to right."""
     is_fixed = np.asarray(fixed[0], dtype=bool)
     fd0, fd1 = (np.asarray(d, dtype=np.float64) for d in fixed[1:])
     op = np.asarray(tape["op"])
     n = len(op)
-    ta, tb = (np.asarray(tape[k], dtype=np.int64) for k in ("a", "b"))
+    ta, tb, dst = (np.asarray(tape[k], dtype=np.int64) for k in ("a", "b", "dst"))
     idx = np.arange(n, dtype=np.int64)
-    writes = _writes(tape)
-    def_a, def_b = _writers(writes, ta, idx), _writers(writes, tb, idx)
+    # values by id: instruction i's first at first_value[i] (a block writes m of them)
+    n_vals = _blocks.rows_written(tape, steps.blocks)
+    first_value = np.cumsum(n_vals) - n_vals
+    instr_of = np.repeat(idx, n_vals)
+    writes = _writes(tape, n_vals)
+
+    def defs_of(slots, at):
+        """The value id that slots[k] holds before instruction at[k] (-1 - slot: none)."""
+        w = _writers(writes, slots, at, n)
+        i = np.maximum(w, 0)
+        return np.where(w >= 0, first_value[i] + slots - dst[i], w)
+
+    def_a, def_b = defs_of(ta, idx), defs_of(tb, idx)
     sizes = np.array([i1 - i0 for i0, i1 in groups], dtype=np.int64)
-    pending = _Pending(np.repeat(np.arange(len(groups), dtype=np.int64), sizes))
+    pending = _Pending(np.repeat(np.arange(len(groups), dtype=np.int64), sizes)[instr_of])
     out_slot = np.asarray(tape["out_slot"], dtype=np.int64)
     n_out = len(out_slot)
     one, zero = g.const(1.0), g.const(0.0)
-    pending.send(_writers(writes, out_slot, np.full(n_out, n)), np.arange(n_out),
+    pending.send(defs_of(out_slot, np.full(n_out, n)), np.arange(n_out),
                  np.full(n_out, one, dtype=np.int64), np.full(n_out, -1, dtype=np.int64))
     bulk = _Bulk(g)
     for gid in range(len(groups) - 1, -1, -1):
@@ -648,9 +632,19 @@ def _reverse_bulk(g, tape, fixed, steps, groups, cols, max_nodes):
             continue
         defs, rows, terms, seq = got
         keys, adj = _chain_sums(g, defs * n_out + rows, terms, seq)
-        i = keys // n_out                 # the instruction of each (instruction, row) adjoint
+        v = keys // n_out                 # the value of each (value, row) adjoint
+        i = instr_of[v]
         r = keys % n_out
         word = int(op[int(i[0])])
+        if word == BLOCK:    # W^T times the rows' adjoints: the operands' terms
+            b = int(i[0])
+            k = np.arange(steps.blocks.shape(b)[1], dtype=np.int64)
+            _blocks.reverse_bulk(g, steps.blocks, pending, b, v - first_value[b], r, adj,
+                                 defs_of(ta[b] + k, np.full(len(k), b)), 2 * (n - 1 - b),
+                                 n_out)
+            if len(g) > max_nodes:
+                raise TooLarge
+            continue
         use_a, use_b = ops.uses(word)
         sa, sb = 2 * (n - 1 - i), 2 * (n - 1 - i) + 1
         if word & OP_MASK == _SELECT:

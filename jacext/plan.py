@@ -63,6 +63,12 @@ CONE_STEP_LANES = 4
 JAC_TAPE_AFTER_POINTS = 2048
 #: Dense Jacobian tapes: none for tapes whose sweeps do more than this many
 #: instruction-lanes per point (the tape would hold that many Jacobian entries' terms).
+#: A block instruction counts m x n (``Tape.work``): its tangents are m x n multiply-adds
+#: per lane, and so are the Jacobian tape's blocks per column.  With blocks, the tape wins
+#: by its scalar part only (the products are the same, and BLAS runs the sweeps' one
+#: product over directions x points wider than the tape's one per column over points):
+#: mlp 64-64-64 at 2000-10000 points, one thread, 0.8-0.95x the sweeps' time; 72 wide
+#: (776,000 here) 0.62x; 256 wide (34 million: no tape) 1.8x as its jacobian_function.
 JAC_TAPE_MAX_WORK = 1_000_000
 #: Sparse Jacobian tapes: at most this many instructions in the function's tape where the
 #: builder goes group by group (its peak memory is ~0.4 KB per instruction: 2.2 GB for
@@ -78,7 +84,7 @@ JAC_TAPE_NODES_BASE = 1000
 JAC_TAPE_TERMS_PER_NONZERO = 4
 #: ... and is kept only if its one value sweep is at most this many times the length of
 #: the sweeps' work it replaces (which store two partials per instruction and then read
-#: them back per direction).
+#: them back per direction); both lengths count a block as m x n.
 JAC_TAPE_MAX_LENGTH = 2
 #: A single point's sweeps carry their directions as the lanes of one instruction (SIMD):
 #: a lane costs about this fraction of an instruction of a Jacobian tape's value sweep
@@ -100,6 +106,9 @@ BUILD_BASE = 100_000
 BUILD_PER_INSTR_BY_GROUP = 500
 BUILD_PER_GROUP = 50_000
 BUILD_PER_INSTR_BY_NODE = 8_000
+#: ... and per block instruction and direction (a block of the Jacobian tape, or W's
+#: products): ~0.1 ms (mlp 64-64-64: 128 of them took 13 ms of a 20-30 ms build).
+BUILD_PER_BLOCK_DIRECTION = 100_000
 #: Sparse Hessians: the symmetric (star) colouring runs in Python, about a microsecond per
 #: step (a vertex's neighbours' neighbours); it is tried only where it may take fewer
 #: colours than the gradient's column colouring (more than 3: a path already needs 3) and
@@ -113,6 +122,15 @@ FILL_CHUNK_BYTES = 256 * 1024
 #: nonzero; else the scalar form, which skips its zeros (bench/blocks.py measures both).
 BLOCK_MIN_NONZEROS = 64
 BLOCK_MIN_DENSITY = 0.25
+#: In a Jacobian tape, a block y = W x (W m x n) carries a Jacobian column's tangents (a
+#: row's adjoints) as scalar products of W's columns (rows) where at most
+#: max(1, n // JAC_TAPE_BLOCK_SPARSE) of its operands' are nonzero, else as one block of
+#: W (W^T) over them (jacext/jactape_blocks.py).  Products cost two scalar instructions
+#: (a multiply, an add) per nonzero and row, a block m x n multiply-adds at BLAS speed (a
+#: tenth of an instruction or less) plus n operand copies: the same break-even as the
+#: sweeps' sparse lanes (block.c's JX_BLOCK_SPARSE).  One nonzero always goes by products:
+#: a unit seed's (the first layer of a network) are W's column itself, as constants.
+JAC_TAPE_BLOCK_SPARSE = 16
 
 
 # ---------------------------------------------------------------- machine --
@@ -216,17 +234,20 @@ def reverse_in_bulk(n_instr, n_groups):
     return n_instr >= REVERSE_BULK_MIN_GROUP * max(n_groups, 1)
 
 
-def build_cost(mode, n_instr, n_groups):
-    """The estimated cost of building a Jacobian tape, in instruction-lanes."""
+def build_cost(mode, n_instr, n_groups, block_dirs=0):
+    """The estimated cost of building a Jacobian tape, in instruction-lanes;
+    ``block_dirs``: block instructions times directions (each a block or products)."""
+    extra = BUILD_PER_BLOCK_DIRECTION * block_dirs
     if mode == "forward" or reverse_in_bulk(n_instr, n_groups):
-        return BUILD_BASE + BUILD_PER_INSTR_BY_GROUP * n_instr + BUILD_PER_GROUP * n_groups
-    return BUILD_BASE + BUILD_PER_INSTR_BY_NODE * n_instr
+        return (BUILD_BASE + BUILD_PER_INSTR_BY_GROUP * n_instr + BUILD_PER_GROUP * n_groups
+                + extra)
+    return BUILD_BASE + BUILD_PER_INSTR_BY_NODE * n_instr + extra
 
 
-def point_tape_limit(n_instr, n_dirs):
-    """The longest dense Jacobian tape that beats a single point's sweeps (n_instr
-    instructions of n_dirs lanes)."""
-    return int(n_instr * (1 + POINT_LANE_COST * n_dirs))
+def point_tape_limit(work, n_dirs):
+    """The most work (``Tape.work``) of a dense Jacobian tape that beats a single point's
+    sweeps (``work`` per lane, n_dirs lanes)."""
+    return int(work * (1 + POINT_LANE_COST * n_dirs))
 
 
 def tape_after(build, per_point):
@@ -276,10 +297,11 @@ class JacobianTapeSlot:
         return done[0] if done is not None else None
 
     def point_tape(self, n_points=1):
-        """:meth:`tape` for single points: the tape only where it is at most
-        ``point_limit`` instructions long (``point_tape_limit``), else None."""
+        """:meth:`tape` for single points: the tape only where its work (instructions,
+        a block of m x n as m x n) is at most ``point_limit`` (``point_tape_limit``), else
+        None."""
         t = self.tape(n_points)
-        return t if t is not None and t.n_instructions <= self.point_limit else None
+        return t if t is not None and t.work <= self.point_limit else None
 
     @property
     def current(self):
@@ -454,27 +476,27 @@ class Planner:
         t = self.tape
         n_instr, n_out, n_cols = t.n_instructions, t.n_outputs, int(cols.shape[0])
         n_dirs = n_cols if mode == "forward" else n_out
-        work = n_instr * (1 + n_dirs)
+        # a sweep's work per lane: its instructions, a block of m x n as m x n
+        work = t.work * (1 + n_dirs)
         if is_sparse:
             by_group = mode == "forward" or reverse_in_bulk(n_instr, self.n_groups())
             possible = n_dirs > 0 and n_instr <= (JAC_TAPE_MAX_INSTR if by_group
                                                   else JAC_TAPE_MAX_INSTR_BY_NODE)
         else:
             possible = n_dirs > 0 and work <= JAC_TAPE_MAX_WORK
-        # no Jacobian tapes for tapes with block instructions (yet): their sweeps are
-        # matrix products already, which a tape of scalar entries would undo
-        possible = possible and self.jacobian_tapes and t.n_blocks == 0
+        possible = possible and self.jacobian_tapes
         if not possible:
             slot = JacobianTapeSlot(self.lock, None, None)
         else:
             if is_sparse:   # values plus the sparse evaluation's sweeps
-                per_point = max(n_instr, 1) + int(self.best(argnums)[1])
+                per_point = max(t.work, 1) + int(self.best(argnums)[1])
             else:
-                per_point = max(n_instr, 1) * (1 + n_dirs)
-            after = tape_after(build_cost(mode, max(n_instr, 1), self.n_groups()), per_point)
-            slot = JacobianTapeSlot(self.lock, after,
+                per_point = max(t.work, 1) * (1 + n_dirs)
+            build = build_cost(mode, max(n_instr, 1), self.n_groups(),
+                               t.n_blocks * n_dirs)
+            slot = JacobianTapeSlot(self.lock, tape_after(build, per_point),
                                     lambda: self._build(argnums, mode, is_sparse, values, work),
-                                    point_tape_limit(n_instr, n_dirs))
+                                    point_tape_limit(t.work, n_dirs))
         return slot
 
     def _build(self, argnums, mode, is_sparse, values, work):
@@ -493,6 +515,7 @@ class Planner:
                                pattern=pattern, values=values,
                                by_group=mode == "forward" or reverse_in_bulk(
                                    t.n_instructions, self.n_groups()))
-        if arrays is None or arrays["op"].shape[0] > JAC_TAPE_MAX_LENGTH * work:
+        if arrays is None:
             return None
-        return Tape(arrays, copy=False)
+        jt = Tape(arrays, copy=False)
+        return jt if jt.work <= JAC_TAPE_MAX_LENGTH * work else None

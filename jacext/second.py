@@ -73,9 +73,7 @@ def _make_jacobian_function(F, argnums):
     from jacext._tape import Tape
 
     planner = F._planner
-    t = F.tape
-    if t.n_blocks:      # the builder knows scalar instructions: blocks as their rows' sums
-        t = Tape(jactape.without_blocks(t.arrays()))
+    t = F.tape          # (its blocks stay blocks: jacext/jactape_blocks.py)
     cols = planner.columns(argnums)
     n_cols, n_out = int(cols.shape[0]), t.n_outputs
     _check_memory(n_cols * n_out, "Jacobian")
@@ -572,8 +570,7 @@ def inline(F, args):
                     f"{_args.shape_str(ids.shape)} (batches are not traced: call it per "
                     f"point, or compile {F.name} at the traced shape)") from None
         ins.append(ids.reshape(-1))
-    # (blocks as their rows' sums: the rebuild knows scalar instructions)
-    arrays = jactape.without_blocks(F.tape.arrays())
+    arrays = F.tape.arrays()     # (its blocks stay blocks in the trace's graph)
     x = np.concatenate(ins) if ins else np.zeros(0, dtype=np.int64)
     steps = jactape._values(g, arrays, x, jactape._groups(arrays))
     outs = steps.node_after[np.asarray(arrays["out_slot"], dtype=np.int64)]

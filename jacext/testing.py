@@ -12,6 +12,7 @@
   a kind of request (its Plan), its Jacobian-tape slots and colourings, for tests that
   must see which path ran; :func:`without_jacobian_tapes` keeps a Function on the sweeps.
 * :func:`op_value`, :func:`op_partials`: one op of the table on scalars, computed by C.
+* :func:`without_blocks`: a tape's scalar form (its block instructions as multiply-adds).
 """
 from __future__ import annotations
 
@@ -277,6 +278,61 @@ def without_jacobian_tapes(F):
                          "counted points towards a Jacobian tape yet (compile it afresh)")
     planner.jacobian_tapes = False
     return F
+
+
+def without_blocks(arrays):
+    """The same function as a tape of scalar instructions only (``arrays``: a Tape's
+    arrays), to compare a tape with blocks against its scalar form: each block y = W x
+    (vm.h) becomes, row by row, its operands times W's nonzeros (MUL by an immediate)
+    summed left to right (ADD), through three extra slots (an instruction never writes
+    over its own operand).  Values equal the block's to rounding (BLAS sums in its own
+    order).  A tape without blocks is returned as it is."""
+    from jacext._tape import BLOCK_FIELDS
+    from jacext.ops import B_IMM, OPS
+    blocks = np.asarray(arrays.get("blocks", ()), dtype=np.int64).reshape(-1, BLOCK_FIELDS)
+    if not len(blocks):
+        return arrays
+    weights = np.asarray(arrays["weights"], dtype=np.float64)
+    keys = ("op", "dst", "a", "b", "s", "imm")
+    cols = {k: np.asarray(arrays[k]) for k in keys}
+    prod, acc1, acc2 = (int(arrays["n_slots"]) + k for k in range(3))
+    mul, add = OPS["MUL"] | B_IMM, OPS["ADD"]
+    rows = []            # (op, dst, a, b, imm) of the instructions that replace blocks
+    pieces = {k: [] for k in keys}
+    start = 0
+
+    def emit(op, dst, a, b, imm=0.0):
+        rows.append((op, dst, a, b, imm))
+
+    for i, m, n, off in blocks.tolist():
+        for k in keys:
+            pieces[k].append(cols[k][start:i])
+        start = i + 1
+        W = weights[off:off + m * n].reshape(m, n)
+        x0, y0 = int(cols["a"][i]), int(cols["dst"][i])
+        rows.clear()
+        for j in range(m):
+            nz = np.flatnonzero(W[j]).tolist() or [0]     # 0 * x: nan where x is not finite
+            last = len(nz) - 1
+            cur = y0 + j if last == 0 else acc1
+            emit(mul, cur, x0 + nz[0], x0 + nz[0], float(W[j, nz[0]]))
+            for t, k in enumerate(nz[1:], 1):
+                emit(mul, prod, x0 + k, x0 + k, float(W[j, k]))
+                nxt = y0 + j if t == last else (acc2 if cur == acc1 else acc1)
+                emit(add, nxt, cur, prod)
+                cur = nxt
+        r = np.array(rows, dtype=np.float64).reshape(-1, 5)
+        for k, c in (("op", 0), ("dst", 1), ("a", 2), ("b", 3), ("s", 2), ("imm", 4)):
+            pieces[k].append(r[:, c].astype(cols[k].dtype))
+    for k in keys:
+        pieces[k].append(cols[k][start:])
+    out = dict(arrays)
+    for k in keys:
+        out[k] = np.concatenate(pieces[k])
+    out["blocks"] = np.zeros(0, dtype=np.int64)
+    out["weights"] = np.zeros(0, dtype=np.float64)
+    out["n_slots"] = acc2 + 1
+    return out
 
 
 def colourings(F, argnums=0):

@@ -1,0 +1,244 @@
+"""Block instructions in the Jacobian-tape builders (``jacext/jactape.py``): the derivative
+of a block is the block.
+
+A block y = W x (vm.h: a constant m x n matrix W over contiguous slots) has W itself for
+its partials, so the Jacobian tape keeps it a matrix product:
+
+- values: y's m rows are ``Graph.block(w, operands)``, W registered once per graph;
+- forward: y's tangent in Jacobian column k is W t_k, t_k the operands' tangents in that
+  column (the constant 0 where one has none): one block of W per column, or, where t_k
+  has few nonzeros (``plan.JAC_TAPE_BLOCK_SPARSE``), W's columns times those nonzeros
+  summed in operand order, as block.c's sparse lanes sum them (a unit seed -- the first
+  layer of a network -- makes them W's column itself, folded into constants);
+- reverse: the operands' adjoint terms in output row r are W^T a_r, a_r y's adjoints in
+  that row: one block of W^T (registered once, a C-contiguous copy), or W's rows times
+  a_r's nonzeros, added to each operand's adjoint in row order, as block.c's sparse lanes
+  add them.
+
+A row of the result whose every term meets a zero of W (or an operand without a
+tangent) gets no tangent: a structural zero, as the scalar instructions' (a row of W that
+is zero leaves its row of y constant).  A block of constants is folded into constants.
+
+Non-finite numbers: a W that holds an inf or nan never becomes a block here; its products
+are scalar, term by term, where W is not zero (so W's zeros stay structural zeros, as the
+sweeps' zero kills keep them: block.c's plain loop for such a W).  With a finite W, a
+block of the Jacobian tape meets an inf or nan only in a column whose tangents hold one at
+that point; there BLAS's 0 * inf gives nan where the sweeps' zero kill gives 0, so the
+entries that differ hold a nan, and those points are recomputed by the sweeps
+(``jacext/nonfinite.py``), as for any Jacobian tape.  BLAS sums in its own order: block
+results equal the sweeps' to rounding (as the blocks' values do NumPy's).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from jacext import jactape as _jt  # module-level helpers, looked up at call time
+from jacext import plan as _plan
+from jacext._graph import KIND_CONST
+from jacext._tape import BLOCK_FIELDS
+from jacext.ops import OPS
+
+_MUL = OPS["MUL"]
+
+
+class Blocks:
+    """A tape's block instructions, by instruction index, and their matrices registered
+    in one Graph once each (W for values and tangents, W^T for adjoints)."""
+
+    def __init__(self, tape, g):
+        table = np.asarray(tape.get("blocks", ()), dtype=np.int64).reshape(-1, BLOCK_FIELDS)
+        self.weights = np.asarray(tape.get("weights", ()), dtype=np.float64)
+        self.at = {i: (m, n, off) for i, m, n, off in table.tolist()}
+        self.g = g
+        self._index = {}
+        self._matrix = {}
+
+    def shape(self, i):
+        m, n, _ = self.at[i]
+        return m, n
+
+    def matrix(self, i):
+        """(W, W != 0 as CSR (ptr, columns) of its rows and CSC (ptr, rows) of its
+        columns, whether W is finite) of block instruction i."""
+        m, n, off = self.at[i]
+        key = (off, m, n)
+        hit = self._matrix.get(key)
+        if hit is None:
+            W = self.weights[off:off + m * n].reshape(m, n)
+            nz = W != 0.0
+            r, c = np.nonzero(nz)
+            rows = (_ptr(r, m), c)
+            ct, rt = np.nonzero(nz.T)
+            cols = (_ptr(ct, n), rt)
+            hit = self._matrix[key] = (W, rows, cols, bool(np.isfinite(W).all()))
+        return hit
+
+    def index(self, i, transposed=False):
+        """Block instruction i's W (or W^T) as a Graph matrix, registered once."""
+        m, n, off = self.at[i]
+        key = (off, m, n, transposed)
+        w = self._index.get(key)
+        if w is None:
+            W = self.matrix(i)[0]
+            w = self._index[key] = self.g.weight(W.T if transposed else W)
+        return w
+
+
+def _ptr(major, size):
+    ptr = np.zeros(size + 1, dtype=np.int64)
+    np.cumsum(np.bincount(major, minlength=size), out=ptr[1:])
+    return ptr
+
+
+def split_groups(first, tape):
+    """Group starts (``passes.tape_groups``) with each block instruction a group of its
+    own (consecutive blocks have one op word, which may put them together)."""
+    table = np.asarray(tape.get("blocks", ()), dtype=np.int64).reshape(-1, BLOCK_FIELDS)
+    if not len(table):
+        return first
+    at = table[:, 0]
+    cuts = np.concatenate([first, at, at + 1])
+    return np.unique(cuts[cuts < len(tape["op"])])
+
+
+def rows_written(tape, blocks):
+    """Slots each instruction writes: 1, or a block's m."""
+    rows = np.ones(len(tape["op"]), dtype=np.int64)
+    for i, (m, _, _) in blocks.at.items():
+        rows[i] = m
+    return rows
+
+
+def values(g, blocks, node, i, dst, src):
+    """Block instruction i's rows into ``node`` (slot -> node)."""
+    m, n = blocks.shape(i)
+    node[dst:dst + m] = g.block(blocks.index(i), node[src:src + n])
+
+
+def _sparse_limit(n):
+    """The most nonzeros of an operand vector of length n that go by scalar products."""
+    return max(1, n // _plan.JAC_TAPE_BLOCK_SPARSE)
+
+
+def _const_values(g, ids):
+    """The values of nodes ``ids`` if all are finite constants, else None."""
+    vals = []
+    for i in ids.tolist():
+        op, _, _, _, v = g.node(i)
+        if op != KIND_CONST:
+            return None
+        vals.append(v)
+    vals = np.array(vals, dtype=np.float64)
+    return vals if np.isfinite(vals).all() else None
+
+
+def _product(g, blocks, i, ids, transposed):
+    """The nodes of W @ ids (W^T @ ids): folded where ids are finite constants, else one
+    block."""
+    W, _, _, finite = blocks.matrix(i)
+    vals = _const_values(g, ids)
+    if vals is not None and finite:
+        with np.errstate(all="ignore"):
+            return g.consts((W.T if transposed else W) @ vals)
+    return g.block(blocks.index(i, transposed), ids)
+
+
+def _linear(g, blocks, i, member, key, node, n_keys, transposed):
+    """W (W^T where ``transposed``) times ``n_keys`` vectors given by their nonzeros:
+    entry ``member`` of vector ``key`` is node ``node``.  A vector with more than
+    ``_sparse_limit`` nonzeros (and a finite W) is one block (or folded constants): its
+    (out, key, node) for the rows that some nonzero reaches through W's nonzeros.  The
+    others go by products: (out, key, term, member) of each W[out, member] * node where W
+    is not zero, by key, then member, then out (the callers sum them: forward per (out,
+    key) in member order, reverse into each operand's adjoint in that order).  Returns
+    (products, blocks)."""
+    W, rows, cols, finite = blocks.matrix(i)
+    m, n = W.shape
+    size_in = m if transposed else n
+    ptr, idx = rows if transposed else cols          # x's entry -> y's entries
+    order = np.lexsort((member, key))
+    member, key, node = member[order], key[order], node[order]
+    counts = np.bincount(key, minlength=n_keys)
+    dense_key = (counts > _sparse_limit(size_in)) & finite
+    is_dense = dense_key[key]
+    # dense vectors: one block (or constants) per key
+    d_out, d_key, d_node = [], [], []
+    zero = g.const(0.0)
+    dense_at = np.flatnonzero(is_dense)
+    if len(dense_at):
+        cut = np.flatnonzero(np.diff(key[dense_at])) + 1
+        for part in np.split(dense_at, cut):
+            vec = np.full(size_in, zero, dtype=np.int64)
+            vec[member[part]] = node[part]
+            res = _product(g, blocks, i, vec, transposed)
+            hit = np.zeros(m if not transposed else n, dtype=bool)
+            rep, at = _jt._expand(ptr[member[part]], np.diff(ptr)[member[part]])
+            hit[idx[at]] = True
+            out = np.flatnonzero(hit)
+            d_out.append(out)
+            d_key.append(np.full(len(out), key[part[0]], dtype=np.int64))
+            d_node.append(res[out])
+    dense = tuple(np.concatenate(p) if p else np.zeros(0, dtype=np.int64)
+                  for p in (d_out, d_key, d_node))
+    # sparse vectors: W's columns (rows) times their nonzeros, one product per term
+    sp = np.flatnonzero(~is_dense)
+    rep, at = _jt._expand(ptr[member[sp]], np.diff(ptr)[member[sp]])
+    e = sp[rep]
+    out = idx[at]
+    w = W[member[e], out] if transposed else W[out, member[e]]
+    terms = g.apply(_MUL, g.consts(w), node[e]) if len(e) else e
+    return (out, key[e], terms, member[e]), dense
+
+
+def forward(g, blocks, tan, i, dst, src, n_cols):
+    """Block instruction i in ``_forward``: the tangents of its m rows from its operands'
+    (``tan``, a ``jactape._Tangents``)."""
+    m, n = blocks.shape(i)
+    member, key, node = tan.get(np.arange(src, src + n, dtype=np.int64))
+    slots = np.arange(dst, dst + m, dtype=np.int64)
+    if len(member) == 0:
+        tan.block[slots] = -1
+        return
+    (out, k, terms, seq), (d_out, d_key, d_node) = _linear(
+        g, blocks, i, member, key, node, n_cols, False)
+    codes, sums = (_jt._chain_sums(g, out * n_cols + k, terms, seq) if len(out)
+                   else (out, terms))
+    rows = np.concatenate([codes // n_cols, d_out])
+    keys = np.concatenate([codes % n_cols, d_key])
+    nodes = np.concatenate([sums, d_node])
+    order = np.lexsort((keys, rows))
+    tan.put(slots, m, rows[order], keys[order], nodes[order])
+
+
+def reverse_bulk(g, blocks, pending, i, j, r, adj, defs_of, seq, n_out):
+    """Block instruction i in ``_reverse_bulk``: its rows' adjoints (row j of the block,
+    output row r, node) become its operands' terms, sent to ``pending`` (``defs_of``:
+    the value ids of the operands; ``seq``: the block's place in the sweep)."""
+    (c, rr, terms, _), (d_c, d_r, d_node) = _linear(g, blocks, i, j, r, adj, n_out, True)
+    # each term on its own, in row order within an operand and output row (the sweep's
+    # sparse lanes), then the blocks' sums
+    c = np.concatenate([c, d_c])
+    pending.send(defs_of[c], np.concatenate([rr, d_r]), np.concatenate([terms, d_node]),
+                 np.full(len(c), seq, dtype=np.int64))
+
+
+def reverse_one(g, blocks, adj, add, i, dst, src):
+    """Block instruction i in ``_reverse`` (node by node): ``adj`` slot -> {row: node},
+    ``add(slot, row, term)`` accumulating as the sweep does."""
+    m, n = blocks.shape(i)
+    j, r, node = [], [], []
+    for q in range(m):
+        d = adj.pop(dst + q, None)    # the sweep clears the rows' adjoints
+        if d:
+            j.extend([q] * len(d))
+            r.extend(d.keys())
+            node.extend(d.values())
+    if not j:
+        return
+    j, r, node = (np.array(v, dtype=np.int64) for v in (j, r, node))
+    n_rows = int(r.max()) + 1
+    (c, rr, terms, _), (d_c, d_r, d_node) = _linear(g, blocks, i, j, r, node, n_rows, True)
+    for cc, row, t in zip(np.concatenate([c, d_c]).tolist(),
+                          np.concatenate([rr, d_r]).tolist(),
+                          np.concatenate([terms, d_node]).tolist()):
+        add(src + cc, row, t)
