@@ -1,0 +1,112 @@
+"""A product of two traced matrices, A(x) @ B(x): the scalar form jacext traces today against
+what a block instruction could reach (the issue "Dense linear algebra at BLAS speed": decide
+by measurement between a block op, whose partials are the other operand, and the scalar form).
+
+    python bench/varvar.py            # n = 2 .. 48
+    python bench/varvar.py --sizes 4,16
+
+The function: f(x) = sum(tanh(sin(X) @ cos(X).T)), X = x.reshape(n, n), its gradient at one
+point (n^2 inputs, one output: a reverse sweep).  Side by side, in this one process:
+
+- jacext: ``F.jacobian(x)`` of the traced scalar form (n^3 multiply-adds as instructions);
+  its instruction count and its trace + compile + first call;
+- blas: the same gradient written by hand with three NumPy matrix products (Y = A B,
+  dA = G B^T, dB = A^T G) and elementwise NumPy around them: about what a block
+  instruction's value and adjoint sweeps would cost (the same BLAS calls), plus NumPy's
+  per-call overhead, which a block inside the VM would not pay;
+- jax: ``jax.jit(jax.grad(f))`` where JAX is installed.
+
+Medians of repeats, OpenBLAS on one thread (set before NumPy loads).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jacext as jx  # noqa: E402
+
+
+def median_time(fn, repeats=15, min_seconds=0.01):
+    fn()
+    number = 1
+    while True:
+        t0 = time.perf_counter()
+        for _ in range(number):
+            fn()
+        if time.perf_counter() - t0 >= min_seconds or number >= 1 << 16:
+            break
+        number *= 2
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(number):
+            fn()
+        times.append((time.perf_counter() - t0) / number)
+    return float(np.median(times))
+
+
+def f_of(n, xp=np):
+    def f(x):
+        X = x.reshape(n, n)
+        return xp.sum(xp.tanh(xp.sin(X) @ xp.cos(X.T)))
+    return f
+
+
+def blas_gradient(n):
+    def grad(x):
+        X = x.reshape(n, n)
+        A, B = np.sin(X), np.cos(X.T)
+        G = 1.0 - np.tanh(A @ B) ** 2
+        dA, dB = G @ B.T, A.T @ G
+        return (dA * np.cos(X) - (dB * np.sin(X.T)).T).ravel()
+    return grad
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", default="2,4,8,16,32,48")
+    args = ap.parse_args(argv)
+    try:
+        import jax
+        jax.config.update("jax_enable_x64", True)
+        import jax.numpy as jnp
+    except ImportError:
+        jax = None
+    rng = np.random.default_rng(0)
+    print(f"# A(x) @ B(x), gradient at one point ({platform.machine()}, {os.cpu_count()} "
+          f"cores, shared; OpenBLAS threads {os.environ['OPENBLAS_NUM_THREADS']})")
+    print("| n | jacext instructions | jacext trace+compile+first | jacext | blas (hand) | "
+          "jax | jacext / blas |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for n in (int(s) for s in args.sizes.split(",")):
+        x = rng.standard_normal(n * n) * 0.3
+        f = f_of(n)
+        t0 = time.perf_counter()
+        F = jx.compile(f, x)
+        F.jacobian(x)
+        first = time.perf_counter() - t0
+        hand = blas_gradient(n)
+        np.testing.assert_allclose(F.jacobian(x), hand(x), rtol=1e-10, atol=1e-12)
+        t_jx = median_time(lambda F=F, x=x: F.jacobian(x))
+        t_blas = median_time(lambda hand=hand, x=x: hand(x))
+        t_jax = float("nan")
+        if jax is not None:
+            g = jax.jit(jax.grad(f_of(n, jnp)))
+            xj = jnp.asarray(x)
+            np.testing.assert_allclose(np.asarray(g(xj)), hand(x), rtol=1e-10, atol=1e-12)
+            t_jax = median_time(lambda g=g, xj=xj: g(xj).block_until_ready())
+        print(f"| {n} | {F.n_instructions:,} | {first * 1e3:.1f} ms | {t_jx * 1e6:.1f} us | "
+              f"{t_blas * 1e6:.1f} us | {t_jax * 1e6:.1f} us | {t_jx / t_blas:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
