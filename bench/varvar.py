@@ -33,25 +33,7 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jacext as jx  # noqa: E402
-
-
-def median_time(fn, repeats=15, min_seconds=0.01):
-    fn()
-    number = 1
-    while True:
-        t0 = time.perf_counter()
-        for _ in range(number):
-            fn()
-        if time.perf_counter() - t0 >= min_seconds or number >= 1 << 16:
-            break
-        number *= 2
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(number):
-            fn()
-        times.append((time.perf_counter() - t0) / number)
-    return float(np.median(times))
+from bench.batch import median_time  # noqa: E402
 
 
 def f_of(n, xp=np):
@@ -96,14 +78,14 @@ def main(argv=None):
         first = time.perf_counter() - t0
         hand = blas_gradient(n)
         np.testing.assert_allclose(F.jacobian(x), hand(x), rtol=1e-10, atol=1e-12)
-        t_jx = median_time(lambda F=F, x=x: F.jacobian(x))
-        t_blas = median_time(lambda hand=hand, x=x: hand(x))
+        t_jx = median_time(lambda F=F, x=x: F.jacobian(x), 15)
+        t_blas = median_time(lambda hand=hand, x=x: hand(x), 15)
         t_jax = float("nan")
         if jax is not None:
             g = jax.jit(jax.grad(f_of(n, jnp)))
             xj = jnp.asarray(x)
             np.testing.assert_allclose(np.asarray(g(xj)), hand(x), rtol=1e-10, atol=1e-12)
-            t_jax = median_time(lambda g=g, xj=xj: g(xj).block_until_ready())
+            t_jax = median_time(lambda g=g, xj=xj: g(xj).block_until_ready(), 15)
         print(f"| {n} | {F.n_instructions:,} | {first * 1e3:.1f} ms | {t_jx * 1e6:.1f} us | "
               f"{t_blas * 1e6:.1f} us | {t_jax * 1e6:.1f} us | {t_jx / t_blas:.2f} |")
 
