@@ -49,7 +49,10 @@ else:
 
 common = dict(
     include_dirs=["src_c", np.get_include()],
-    depends=HEADERS,
+    # the core's sources too: each extension links the core's static library, and
+    # build_ext relinks an extension only when one of its inputs is newer (an edit to
+    # vm.c alone left the in-place extensions on the old core)
+    depends=HEADERS + C_SOURCES,
     extra_compile_args=compile_args,
     extra_link_args=link_args,
     define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],

@@ -16,8 +16,8 @@ cdef extern from "vm.h" nogil:
     ctypedef void (*jx_dgemv_fn)(char *, int *, int *, double *, double *, int *, double *,
                                  int *, double *, double *, int *)
 
-    ctypedef struct jx_code:
-        int32_t code
+    ctypedef struct jx_code:   # (its fields are the C sweep's alone: vm.h)
+        pass
     int JX_CODE_MAX_INSTR
     int32_t jx_tape_code(const jx_tape *t, jx_code *code)
 

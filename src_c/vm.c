@@ -547,15 +547,15 @@ static int32_t jx_forward_chain(const jx_tape *t, double *value, int32_t i, int3
 }
 
 /* The value sweep over the decoded stream (jx_tape_code): the same VALUE of ops.def on
-   the same operands as jx_forward_one, so the same doubles.  With GCC or clang each
-   handler jumps to the next through a table of label addresses (threaded code: one
-   indirect jump per handler, which the CPU predicts from the handler it is in; one shared
-   switch jump mispredicted about every other instruction of a Jacobian tape); elsewhere
-   a switch in a loop. */
+   the same operands as jx_forward_one, so the same doubles.  With GCC or clang each entry
+   holds its handler's address and each handler jumps to the next entry's (direct threaded
+   code: one indirect jump per handler, which the CPU predicts from the handler it is in;
+   one shared switch jump mispredicted about every other instruction of a Jacobian tape);
+   elsewhere a switch in a loop. */
 #if defined(__GNUC__) || defined(__clang__)
 #define JX_CODE_THREADED 1
 #define JX_CASE(label, code) label:
-#define JX_NEXT goto *table[(++p)->code]
+#define JX_NEXT goto *(++p)->op.handler
 #else
 #define JX_CODE_THREADED 0
 #define JX_CASE(label, code) case code:
@@ -566,9 +566,11 @@ static int32_t jx_forward_chain(const jx_tape *t, double *value, int32_t i, int3
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wpedantic"
 #endif
-static void jx_forward_code(const jx_tape *t, double *value)
+/* With t NULL: the handlers' table (threaded code; NULL for the switch), which
+   jx_tape_code writes into the entries (direct threading: one load to the next handler). */
+static const void *const *jx_forward_code(const jx_tape *t, double *value)
 {
-    const jx_code *p = t->code;    /* ends with a JX_CODE_END entry */
+    const jx_code *p;
     jx_run_fn run_values = NULL;
 #if JX_CODE_THREADED
     static const void *const table[JX_N_CODES] = {
@@ -578,9 +580,13 @@ static void jx_forward_code(const jx_tape *t, double *value)
 #undef OP
         &&code_run, &&code_chain, &&code_block, &&code_one, &&code_end
     };
-    goto *table[p->code];
+    if (!t) return table;
+    p = t->code;    /* ends with a JX_CODE_END entry */
+    goto *p->op.handler;
 #else
-    for (;; p++) switch (p->code) {
+    if (!t) return NULL;
+    p = t->code;
+    for (;; p++) switch (p->op.code) {
 #endif
 #define OP(NAME, ARITY, COMMUTES, VALUE, D0, D1, FIXED)                              \
     JX_CASE(op_##NAME##_0, JX_CODE_OF(JX_OP_##NAME, 0)) {                           \
@@ -621,14 +627,15 @@ static void jx_forward_code(const jx_tape *t, double *value)
     JX_NEXT;
     JX_CASE(code_block, JX_CODE_BLOCK) jx_block_op_value(t, p->s, value, 1);
     JX_NEXT;
-    JX_CASE(code_one, JX_CODE_ONE) jx_forward_one(t, value, p->i);
+    JX_CASE(code_one, JX_CODE_ONE) jx_forward_one(t, value, p->dst);
     JX_NEXT;
-    JX_CASE(code_end, JX_CODE_END) return;
+    JX_CASE(code_end, JX_CODE_END) return NULL;
 #if !JX_CODE_THREADED
     default:
         break;
     }
 #endif
+    return NULL;   /* not reached */
 }
 #if JX_CODE_THREADED
 #pragma GCC diagnostic pop
@@ -641,12 +648,11 @@ static void jx_code_one(const jx_tape *t, int32_t i, jx_code *c)
     const int32_t word = t->op[i];
     const int kind = (word & JX_A_IMM) ? ((word & JX_B_IMM) ? -1 : 2)
                                        : ((word & JX_B_IMM) ? 1 : 0);
-    c->code = kind < 0 ? JX_CODE_ONE : JX_CODE_OF(word & JX_OP_MASK, kind);
-    c->dst = t->dst[i];
+    c->op.code = kind < 0 ? JX_CODE_ONE : JX_CODE_OF(word & JX_OP_MASK, kind);
+    c->dst = kind < 0 ? i : t->dst[i];
     c->a = t->a[i];
     c->b = t->b[i];
     c->s = t->s[i];
-    c->i = i;
     c->imm = t->imm[i];
 }
 
@@ -656,9 +662,8 @@ int32_t jx_tape_code(const jx_tape *t, jx_code *code)
     while (i < t->n_instr) {
         jx_code *c = code + n++;
         memset(c, 0, sizeof *c);
-        c->i = i;
         if (t->op[i] == JX_BLOCK) {       /* a block is a run of its own */
-            c->code = JX_CODE_BLOCK;
+            c->op.code = JX_CODE_BLOCK;
             c->s = kb++;
             i++;
             r++;
@@ -669,13 +674,13 @@ int32_t jx_tape_code(const jx_tape *t, jx_code *code)
             if (run[5] & JX_RUN_TILE_NEXT) {   /* a tile chain: runs r .. e */
                 int32_t e = r;
                 while (t->runs[(size_t)JX_RUN_FIELDS * e + 5] & JX_RUN_TILE_NEXT) e++;
-                c->code = JX_CODE_CHAIN;
+                c->op.code = JX_CODE_CHAIN;
                 c->a = i;
                 c->s = r;
                 c->b = e;
                 for (; r <= e; r++) i += t->runs[(size_t)JX_RUN_FIELDS * r];
             } else if (run[0] >= JX_RUN_MIN_LEN) {
-                c->code = JX_CODE_RUN;
+                c->op.code = JX_CODE_RUN;
                 c->a = i;
                 c->s = r++;
                 i += run[0];
@@ -687,8 +692,15 @@ int32_t jx_tape_code(const jx_tape *t, jx_code *code)
         }
     }
     memset(code + n, 0, sizeof *code);   /* the sentinel the sweep stops at */
-    code[n].code = JX_CODE_END;
-    code[n].i = i;
+    code[n].op.code = JX_CODE_END;
+    {
+        const void *const *table = jx_forward_code(NULL, NULL);
+        if (table)
+            for (k = 0; k <= n; k++) {
+                const int32_t c = code[k].op.code;
+                code[k].op.handler = table[c];
+            }
+    }
     return n;
 }
 

@@ -151,15 +151,17 @@ typedef struct {
    runs): an instruction's operand kinds are part of its code, one switch case per op and
    kind, so the sweep tests no flags per instruction and reads one 32-byte entry (the
    tape's own arrays are six); a run of JX_RUN_MIN_LEN or more, a tile chain or a block is
-   one entry.  arm's dense Jacobian tape (956 instructions) at one point: 62,500 -> 20,800
+   one entry.  arm's dense Jacobian tape (956 instructions) at one point: 62,500 -> 12,700
    machine instructions per F.jacobian (docs/engine-notes.md, "The instruction stream"). */
 typedef struct jx_code {
-    int32_t code;   /* JX_CODE_OF(op, kind), or one of JX_CODE_RUN .. JX_CODE_END */
-    int32_t dst;
+    union {
+        const void *handler;   /* threaded code (GCC, clang): the handler's address */
+        int32_t code;          /* elsewhere: JX_CODE_OF(op, kind), or JX_CODE_RUN .. END */
+    } op;
+    int32_t dst;    /* JX_CODE_ONE: the instruction, run as the tape has it */
     int32_t a;      /* a's slot; RUN, CHAIN: the first instruction */
     int32_t b;      /* b's slot; CHAIN: its last run */
     int32_t s;      /* SELECT's condition slot; RUN, CHAIN: the first run; BLOCK: its number */
-    int32_t i;      /* the instruction (JX_CODE_ONE: run as the tape has it) */
     double imm;
 } jx_code;
 /* kind 0: a and b slots; 1: b immediate; 2: a immediate */
