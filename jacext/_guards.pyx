@@ -298,7 +298,7 @@ cdef class GuardedBase:
                                sparse=sparse))
 
 
-# ---- a batch split by branch: its rows gathered per tape, the results scattered back ----
+# ---- a batch split by branch: its rows gathered per tape, the results put in order ----
 
 cdef Py_ssize_t _row_bytes(cnp.ndarray a, str name) except -1:
     if not cnp.PyArray_IS_C_CONTIGUOUS(a) or cnp.PyArray_NDIM(a) < 1:
@@ -346,7 +346,7 @@ def permute_rows(cnp.ndarray a, cnp.ndarray perm):
     the points' order by following the permutation's cycles, one row held aside per
     cycle. No second result-sized buffer: a fresh one costs its page faults, which were
     most of a split batch's overhead."""
-    cdef Py_ssize_t width = _row_bytes(a, "a"), n = a.shape[0] if a.ndim else 0, k, j, d
+    cdef Py_ssize_t width = _row_bytes(a, "a"), n = a.shape[0], k, d
     cdef char *pa = <char *>cnp.PyArray_DATA(a)
     cdef const cnp.npy_intp *pp
     cdef unsigned char *seen

@@ -93,8 +93,8 @@ JAC_TAPE_MAX_LENGTH = 2
 #: on arm (956 against 261 instructions, 7 lanes: 2.9 against 3.2 us), arm_cs, an 8-wide
 #: tanh layer, a 13-species chain and 3 rotations; the longer tapes of a 6-deep 6-wide
 #: tanh chain (6.25x, 6 lanes: 6.4 against 3.8 us) and of an 8-term product (6.2x, 8
-#: lanes) lost.  A single point takes the dense Jacobian tape only where it is no longer
-#: than that many instructions.
+#: lanes) lost.  A single point takes the dense Jacobian tape only where its work
+#: (instructions, a block of m x n as m x n: ``point_tape_limit``) is at most that.
 POINT_LANE_COST = 0.45
 #: The reverse Jacobian-tape builder goes group by group where groups average at least
 #: this many instructions (a traced vectorised call), node by node otherwise (scalar code).

@@ -578,7 +578,7 @@ static const void *const *jx_forward_code(const jx_tape *t, double *value)
         &&op_##NAME##_0, &&op_##NAME##_1, &&op_##NAME##_2,
 #include "ops.def"
 #undef OP
-        &&code_run, &&code_chain, &&code_block, &&code_one, &&code_end
+        &&code_run, &&code_chain, &&code_block, &&code_end
     };
     if (!t) return table;
     p = t->code;    /* ends with a JX_CODE_END entry */
@@ -588,32 +588,22 @@ static const void *const *jx_forward_code(const jx_tape *t, double *value)
     p = t->code;
     for (;; p++) switch (p->op.code) {
 #endif
-#define OP(NAME, ARITY, COMMUTES, VALUE, D0, D1, FIXED)                              \
-    JX_CASE(op_##NAME##_0, JX_CODE_OF(JX_OP_##NAME, 0)) {                           \
-        const double a = value[p->a];                                               \
-        const double b = (ARITY) >= 2 ? value[p->b] : 0.0;                          \
-        const double s = (ARITY) == 3 ? value[p->s] : 0.0;                          \
-        (void)a; (void)b; (void)s;                                                  \
-        value[p->dst] = (VALUE);                                                    \
-    }                                                                               \
-    JX_NEXT;                                                                        \
-    JX_CASE(op_##NAME##_1, JX_CODE_OF(JX_OP_##NAME, 1)) {                           \
-        const double a = value[p->a], b = p->imm;                                   \
-        const double s = (ARITY) == 3 ? value[p->s] : 0.0;                          \
-        (void)a; (void)b; (void)s;                                                  \
-        value[p->dst] = (VALUE);                                                    \
-    }                                                                               \
-    JX_NEXT;                                                                        \
-    JX_CASE(op_##NAME##_2, JX_CODE_OF(JX_OP_##NAME, 2)) {                           \
-        const double a = p->imm;                                                    \
-        const double b = (ARITY) >= 2 ? value[p->b] : 0.0;                          \
+/* one handler: op NAME with operands a, b in the operand kind KIND */
+#define JX_HANDLER(NAME, KIND, ARITY, VALUE, AEXPR, BEXPR)                          \
+    JX_CASE(op_##NAME##_##KIND, JX_CODE_OF(JX_OP_##NAME, KIND)) {                   \
+        const double a = (AEXPR), b = (BEXPR);                                      \
         const double s = (ARITY) == 3 ? value[p->s] : 0.0;                          \
         (void)a; (void)b; (void)s;                                                  \
         value[p->dst] = (VALUE);                                                    \
     }                                                                               \
     JX_NEXT;
+#define OP(NAME, ARITY, COMMUTES, VALUE, D0, D1, FIXED)                              \
+    JX_HANDLER(NAME, 0, ARITY, VALUE, value[p->a], (ARITY) >= 2 ? value[p->b] : 0.0)  \
+    JX_HANDLER(NAME, 1, ARITY, VALUE, value[p->a], p->imm)                          \
+    JX_HANDLER(NAME, 2, ARITY, VALUE, p->imm, (ARITY) >= 2 ? value[p->b] : 0.0)
 #include "ops.def"
 #undef OP
+#undef JX_HANDLER
     JX_CASE(code_run, JX_CODE_RUN) {
         const int32_t *run = t->runs + (size_t)JX_RUN_FIELDS * p->s;
         if (!run_values) run_values = jx_run_values();
@@ -626,8 +616,6 @@ static const void *const *jx_forward_code(const jx_tape *t, double *value)
     }
     JX_NEXT;
     JX_CASE(code_block, JX_CODE_BLOCK) jx_block_op_value(t, p->s, value, 1);
-    JX_NEXT;
-    JX_CASE(code_one, JX_CODE_ONE) jx_forward_one(t, value, p->dst);
     JX_NEXT;
     JX_CASE(code_end, JX_CODE_END) return NULL;
 #if !JX_CODE_THREADED
@@ -645,11 +633,11 @@ static const void *const *jx_forward_code(const jx_tape *t, double *value)
 
 static void jx_code_one(const jx_tape *t, int32_t i, jx_code *c)
 {
+    /* (jx_tape_check allows at most one immediate operand) */
     const int32_t word = t->op[i];
-    const int kind = (word & JX_A_IMM) ? ((word & JX_B_IMM) ? -1 : 2)
-                                       : ((word & JX_B_IMM) ? 1 : 0);
-    c->op.code = kind < 0 ? JX_CODE_ONE : JX_CODE_OF(word & JX_OP_MASK, kind);
-    c->dst = kind < 0 ? i : t->dst[i];
+    const int kind = (word & JX_A_IMM) ? 2 : (word & JX_B_IMM) ? 1 : 0;
+    c->op.code = JX_CODE_OF(word & JX_OP_MASK, kind);
+    c->dst = t->dst[i];
     c->a = t->a[i];
     c->b = t->b[i];
     c->s = t->s[i];

@@ -158,7 +158,7 @@ typedef struct jx_code {
         const void *handler;   /* threaded code (GCC, clang): the handler's address */
         int32_t code;          /* elsewhere: JX_CODE_OF(op, kind), or JX_CODE_RUN .. END */
     } op;
-    int32_t dst;    /* JX_CODE_ONE: the instruction, run as the tape has it */
+    int32_t dst;
     int32_t a;      /* a's slot; RUN, CHAIN: the first instruction */
     int32_t b;      /* b's slot; CHAIN: its last run */
     int32_t s;      /* SELECT's condition slot; RUN, CHAIN: the first run; BLOCK: its number */
@@ -170,9 +170,8 @@ typedef struct jx_code {
 #define JX_CODE_RUN (JX_CODE_KINDS * JX_N_OPS)
 #define JX_CODE_CHAIN (JX_CODE_RUN + 1)
 #define JX_CODE_BLOCK (JX_CODE_RUN + 2)
-#define JX_CODE_ONE (JX_CODE_RUN + 3)
-#define JX_CODE_END (JX_CODE_RUN + 4)
-#define JX_N_CODES (JX_CODE_RUN + 5)
+#define JX_CODE_END (JX_CODE_RUN + 3)
+#define JX_N_CODES (JX_CODE_RUN + 4)
 /* Tapes longer than this keep the tape's own arrays in the value sweep (the stream takes
    32 bytes an instruction: 32 MiB here). */
 #define JX_CODE_MAX_INSTR (1 << 20)
