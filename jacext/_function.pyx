@@ -21,6 +21,7 @@ from libc.stdint cimport int32_t, int64_t
 from libc.string cimport memcpy, memset
 
 from jacext import arguments as _args
+from jacext import finite as _folding
 from jacext import dask as _lazy          # dask arrays: handed to jacext/dask.py (lazy graphs)
 from jacext import jactape as _jactape  # noqa: F401  (loaded with jacext: the planner imports
 from jacext import plan as _plan         # it lazily, and a first call must not pay for that)
@@ -63,8 +64,8 @@ cdef class Function:
     # its fields: jacext/_function.pxd
 
     def __init__(self, tape, tuple arg_shapes, tuple out_shapes, bint out_is_tuple,
-                 str name="f"):
-        self.tape = tape if isinstance(tape, Tape) else Tape(tape)
+                 str name="f", bint fold=True):
+        self.tape = _folding.tape_of(tape, fold)
         self.arg_shapes = tuple(tuple(int(d) for d in s) for s in arg_shapes)
         self.out_shapes = tuple(tuple(int(d) for d in s) for s in out_shapes)
         self.out_is_tuple = out_is_tuple
@@ -94,9 +95,14 @@ cdef class Function:
             self._pt_after[k] = 0
         self._second = {}
 
-    def __reduce__(self):
-        return (Function, (self.tape.arrays(), self.arg_shapes, self.out_shapes,
-                           self.out_is_tuple, self.name))
+    def __reduce__(self):     # the exact tape (the folded one is made again from it)
+        return (Function, (self.exact_tape.arrays(), self.arg_shapes, self.out_shapes,
+                           self.out_is_tuple, self.name, self.tape.exact is not None))
+
+    @property
+    def exact_tape(self):
+        """The tape as traced: ``tape``, or the tape it was folded from (jacext/finite.py)."""
+        return self.tape.exact if self.tape.exact is not None else self.tape
 
     # ---- facts ----
 
@@ -136,6 +142,7 @@ cdef class Function:
             note = f"; sparse: {p} column colours, {q} row colours"
         if self._second:
             note += _second.repr_note(self)
+        note += _folding.note(t)
         return (f"<jacext.Function {self.name}: inputs {ins} -> outputs {outs}; "
                 f"{t.n_instructions} instructions, {t.n_slots} work slots "
                 f"({t.n_inputs} inputs, {t.n_constants} constants){note}>")

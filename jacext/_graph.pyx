@@ -612,6 +612,22 @@ cdef class Graph:
                       base + j, k, rows)
         return buf
 
+    def constants(self, ids):
+        """(is_const, value) of the nodes ``ids`` (1-D int64): whether each is a constant
+        and its value (0.0 where it is not)."""
+        cdef const int64_t[::1] v = np.ascontiguousarray(ids, dtype=np.int64)
+        cdef Py_ssize_t k, n = v.shape[0]
+        self._check_ids(v, 0)
+        is_const = np.zeros(n, dtype=np.uint8)
+        value = np.zeros(n, dtype=np.float64)
+        cdef unsigned char[::1] c = is_const
+        cdef double[::1] x = value
+        for k in range(n):
+            if self.op[v[k]] == C_CONST:
+                c[k] = 1
+                x[k] = self.imm[v[k]]
+        return is_const.view(np.bool_), value
+
     def node(self, int64_t i):
         """(op word, a, b, s, imm) of node ``i``: a tape op word (op number plus
         A_IMM/B_IMM flags), KIND_INPUT (a = the input's index) or KIND_CONST

@@ -47,6 +47,8 @@ cdef extern from "vm.h" nogil:
         const unsigned char *block_finite
         jx_dgemm_fn dgemm
         jx_dgemv_fn dgemv
+        const jx_tape *exact
+        double bound
 
     ctypedef struct jx_work:
         int32_t lanes
@@ -86,6 +88,7 @@ cdef class Tape:
     cdef bint _has_work     # (read and written only by the holder of _busy)
     cdef cnp.ndarray _block_finite
     cdef readonly int64_t work   # a sweep's work per lane: instructions, a block m x n
+    cdef readonly Tape exact     # the tape this one was folded from (jx_tape.exact), or None
 
     cdef _derive(self)
     cdef jx_work *take_work(self, int32_t lanes) except NULL

@@ -20,6 +20,7 @@ import numpy as np
 cimport numpy as cnp
 from libc.stdint cimport int32_t, int64_t
 from libc.stdlib cimport free, malloc
+from libc.string cimport memset
 from cpython.pycapsule cimport PyCapsule_GetName, PyCapsule_GetPointer
 
 from jacext import blas as _blas
@@ -230,15 +231,18 @@ cdef class Tape:
     ``Tape(arrays)`` takes the dict of arrays the lowering makes (``op, dst, a, b, s, imm,
     out_slot, const_value`` and the counts ``n_in, n_slots``); a ValueError names what is
     inconsistent.  It keeps read-only copies (``copy=False``: the arrays themselves, for a
-    caller that hands over arrays no one else holds); the Tape is immutable.
+    caller that hands over arrays no one else holds); the Tape is immutable.  An
+    ``input_bound`` entry B > 0 says its results hold where every input is within +-B
+    (jacext/finite.py); ``exact``, the tape it was folded from, runs at other points.
     """
 
     def __cinit__(self):
         self._has_work = False
         self._busy = 0
 
-    def __init__(self, dict arrays, bint copy=True):
+    def __init__(self, dict arrays, bint copy=True, Tape exact=None):
         cdef dict own = {}
+        memset(&self.t, 0, sizeof(jx_tape))    # every derived table NULL until _derive
         for key, dtype in _TAPE_FIELDS:
             if key not in arrays:
                 raise ValueError(f"jacext: corrupt tape: no '{key}' array")
@@ -279,22 +283,14 @@ cdef class Tape:
         self.t.imm = <const double *>cnp.PyArray_DATA(own["imm"])
         self.t.out_slot = <const int32_t *>cnp.PyArray_DATA(own["out_slot"])
         self.t.const_value = <const double *>cnp.PyArray_DATA(own["const_value"])
-        self.t.fixed = NULL
-        self.t.fixed_d0 = NULL
-        self.t.fixed_d1 = NULL
-        self.t.sincos_pair = NULL
-        self.t.n_sincos = 0
-        self.t.runs = NULL
-        self.t.n_runs = 0
-        self.t.code = NULL
-        self.t.n_code = 0
         self.t.n_blocks = <int32_t>(own["blocks"].shape[0] // JX_BLOCK_FIELDS)
         self.t.blocks = <const int64_t *>cnp.PyArray_DATA(own["blocks"])
         self.t.weights = <const double *>cnp.PyArray_DATA(own["weights"])
         self.t.n_weights = own["weights"].shape[0]
-        self.t.block_finite = NULL
-        self.t.dgemm = NULL
-        self.t.dgemv = NULL
+        self.t.bound = float(arrays.get("input_bound", 0.0))
+        if exact is not None:
+            self.exact = exact
+            self.t.exact = &exact.t
         if self.t.n_blocks > 0:
             _load_blas()
             self.t.dgemm = _DGEMM
@@ -347,7 +343,7 @@ cdef class Tape:
             jx_work_free(&self._work)
 
     def __reduce__(self):
-        return (Tape, (self.arrays(),))
+        return (Tape, (self.arrays(), True, self.exact))
 
     # ---- facts ----
 
@@ -390,6 +386,8 @@ cdef class Tape:
         out = dict(self._arrays)
         out["n_in"] = int(self.t.n_in)
         out["n_slots"] = int(self.t.n_slots)
+        if self.t.bound > 0.0:
+            out["input_bound"] = float(self.t.bound)
         return out
 
     def fixed_partials(self):

@@ -50,6 +50,13 @@ COMPRESS_MIN_SIZE = 33
 #: outcome (``jacext/guarded.py``); past it the least recently used is dropped (and a
 #: warning names the branch that keeps changing), as torch.compile's recompile limit.
 GUARDED_TAPES = 8
+#: Finite-input tapes (``jacext/finite.py``): a point whose inputs are all within +-this
+#: runs the folded tape (x * 0.0 gone where x is proven finite); any other point, an inf
+#: or nan included, the exact one.  A product of three such inputs is still finite.
+FOLD_INPUT_BOUND = 1e100
+#: ... and the range analysis counts a value finite while its interval stays within
+#: +-this: far enough from overflow that rounding of the bounds cannot matter.
+FOLD_RANGE_LIMIT = 1e300
 #: Compressed sweeps replace dense ones when they cost at most this fraction.
 COMPRESS_MAX_COST = 0.5
 #: Greedy colouring costs the sum of the squared row lengths; above this budget (a
@@ -517,5 +524,7 @@ class Planner:
                                    t.n_instructions, self.n_groups()))
         if arrays is None:
             return None
+        if t.exact is not None:   # it holds where the folded tape holds (vm.h jx_tape.exact)
+            arrays["input_bound"] = FOLD_INPUT_BOUND
         jt = Tape(arrays, copy=False)
         return jt if jt.work <= JAC_TAPE_MAX_LENGTH * work else None

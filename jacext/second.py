@@ -73,7 +73,8 @@ def _make_jacobian_function(F, argnums):
     from jacext._tape import Tape
 
     planner = F._planner
-    t = F.tape          # (its blocks stay blocks: jacext/jactape_blocks.py)
+    t = F.exact_tape    # (its blocks stay blocks: jacext/jactape_blocks.py; the new
+    #                      Function folds its own finite-input tape: jacext/finite.py)
     cols = planner.columns(argnums)
     n_cols, n_out = int(cols.shape[0]), t.n_outputs
     _check_memory(n_cols * n_out, "Jacobian")
@@ -570,7 +571,7 @@ def inline(F, args):
                     f"{_args.shape_str(ids.shape)} (batches are not traced: call it per "
                     f"point, or compile {F.name} at the traced shape)") from None
         ins.append(ids.reshape(-1))
-    arrays = F.tape.arrays()     # (its blocks stay blocks in the trace's graph)
+    arrays = F.exact_tape.arrays()   # (its blocks stay blocks in the trace's graph)
     x = np.concatenate(ins) if ins else np.zeros(0, dtype=np.int64)
     steps = jactape._values(g, arrays, x, jactape._groups(arrays))
     outs = steps.node_after[np.asarray(arrays["out_slot"], dtype=np.int64)]

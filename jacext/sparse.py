@@ -134,7 +134,11 @@ class Structure:
         if self._pattern is None:
             with self._lock:
                 if self._pattern is None:
-                    self._pattern = self.tape.pattern(self.cols)
+                    # the exact tape's: a pattern that holds at every point, also
+                    # where a finite-input tape gives way to it (jacext/finite.py)
+                    exact = self.tape.exact
+                    self._pattern = (exact if exact is not None else self.tape).pattern(
+                        self.cols)
         return self._pattern
 
     @property

@@ -280,6 +280,14 @@ def without_jacobian_tapes(F):
     return F
 
 
+def exact_function(F):
+    """F on its exact tape alone (no finite-input tape, jacext/finite.py): the reference
+    the folded tape is compared with."""
+    from jacext._function import Function
+    return Function(F.exact_tape, F.arg_shapes, F.out_shapes, F.out_is_tuple,
+                    F.name, fold=False)
+
+
 def without_blocks(arrays):
     """The same function as a tape of scalar instructions only (``arrays``: a Tape's
     arrays), to compare a tape with blocks against its scalar form: each block y = W x

@@ -430,6 +430,16 @@ static void jx_block_jacobian(const jx_tape *t, jx_block_work *w, const jx_batch
     }
 }
 
+/* Whether every point of a block is within t's bound (jx_tape.bound in vm.h). */
+static int jx_block_in_bound(const jx_tape *t, const double *x, int32_t n)
+{
+    int32_t l;
+    if (t->bound <= 0.0) return 1;
+    for (l = 0; l < n; l++)
+        if (!jx_in_bound(t, x + (size_t)l * (size_t)t->n_in)) return 0;
+    return 1;
+}
+
 /*
  * The Jacobian from its own tape (job->jac_tape): one value sweep, then the
  * values and the Jacobian copied out.  A block whose Jacobian entries hold an
@@ -448,17 +458,21 @@ static int jx_block_jac_tape(const jx_tape *t, jx_block_work *w, jx_work *pw,
     double *jac = job->out + (size_t)p0 * (size_t)n_jac;
     double acc[JX_BLOCK_MAX];
     int32_t e, l;
-    jx_block_load(jt, w, job->x + (size_t)p0 * (size_t)t->n_in, n);
-    jx_block_values(jt, w->value, w->stash);
-    /* the values: the Jacobian tape's first n_out outputs */
-    jx_block_store(jt->out_slot, n_out, w, job->y ? job->y + (size_t)p0 * n_out : NULL, n);
-    /* the Jacobian out, point-major, checking on the way that it is finite (kernels.h) */
-    for (l = 0; l < n; l++) acc[l] = 0.0;
-    for (e = 0; e < n_jac; e++) {
-        jx_copy_nonfinite_acc(acc, jac + e, (ptrdiff_t)n_jac,
-                              V + (size_t)jt->out_slot[n_out + e] * B, n);
+    /* a folded Jacobian tape holds within its bound only: a block with a point beyond it
+       goes point by point (there t runs its exact tape) */
+    if (jx_block_in_bound(jt, job->x + (size_t)p0 * (size_t)t->n_in, n)) {
+        jx_block_load(jt, w, job->x + (size_t)p0 * (size_t)t->n_in, n);
+        jx_block_values(jt, w->value, w->stash);
+        /* the values: the Jacobian tape's first n_out outputs */
+        jx_block_store(jt->out_slot, n_out, w, job->y ? job->y + (size_t)p0 * n_out : NULL, n);
+        /* the Jacobian out, point-major, checking on the way that it is finite (kernels.h) */
+        for (l = 0; l < n; l++) acc[l] = 0.0;
+        for (e = 0; e < n_jac; e++) {
+            jx_copy_nonfinite_acc(acc, jac + e, (ptrdiff_t)n_jac,
+                                  V + (size_t)jt->out_slot[n_out + e] * B, n);
+        }
+        if (jx_acc_finite(acc, n)) return JX_OK;
     }
-    if (jx_acc_finite(acc, n)) return JX_OK;
     if (!pw->value) {
         int st = jx_work_init(pw, t, jx_dirs_for(t, job));
         if (st != JX_OK) return st;
@@ -561,58 +575,67 @@ static int32_t jx_dirs_for(const jx_tape *t, const jx_batch *job)
     return need < 1 ? 1 : need;
 }
 
+/* Points lo .. hi-1 one at a time, with the work pw (made for t). */
+static int jx_run_points(const jx_tape *t, jx_work *pw, const jx_batch *job, ptrdiff_t lo,
+                         ptrdiff_t hi)
+{
+    const size_t n_in = (size_t)t->n_in, n_out = (size_t)t->n_out;
+    const size_t size = job->task != JX_TASK_COMPRESSED ? n_out * (size_t)job->n_cols
+                        : job->mode == JX_MODE_FORWARD ? n_out * (size_t)job->n_colours
+                                                        : (size_t)job->n_colours * (size_t)job->n_cols;
+    ptrdiff_t p;
+    int st = JX_OK;
+    for (p = lo; p < hi && st == JX_OK; p++) {
+        const double *x = job->x + (size_t)p * n_in;
+        double *y = job->y ? job->y + (size_t)p * n_out : NULL;
+        switch (job->task) {
+        case JX_TASK_VALUE:
+            st = jx_point_value(t, pw, x, y);
+            break;
+        case JX_TASK_JACOBIAN:
+            st = jx_point_jacobian(t, pw, x, y, job->out + (size_t)p * size, job->cols,
+                                   job->n_cols, job->mode);
+            break;
+        case JX_TASK_JVP:
+            st = jx_point_jvp(t, pw, x, job->seed + (size_t)p * n_in, y,
+                              job->out + (size_t)p * n_out);
+            break;
+        case JX_TASK_VJP:
+            st = jx_point_vjp(t, pw, x, job->seed + (size_t)p * n_out, y,
+                              job->out + (size_t)p * n_in);
+            break;
+        case JX_TASK_SUBGRAPH:
+            st = jx_point_subgraph(t, pw, x, y, job->cone_ptr, job->cone, job->row_ptr,
+                                   job->nz_input,
+                                   job->out + (size_t)p * (size_t)job->row_ptr[t->n_out]);
+            break;
+        default:
+            st = jx_point_compressed(t, pw, x, y, job->out + (size_t)p * size, job->cols,
+                                     job->n_cols, job->colour, job->n_colours, job->mode);
+        }
+    }
+    return st;
+}
+
 static void jx_run_share(jx_share *sh)
 {
     const jx_tape *t = sh->tape;
     const jx_batch *job = sh->job;
     jx_block_work w;
+    jx_work pw;
     ptrdiff_t p;
     int st;
     if (job->task == JX_TASK_COMPRESSED || job->task == JX_TASK_SUBGRAPH || sh->block == 0) {
         /* point by point (sparse Jacobians of a batch, and batches smaller
            than a block), each thread its own work; the same arithmetic as the
            block path */
-        const size_t n_in = (size_t)t->n_in, n_out = (size_t)t->n_out;
-        const size_t size = job->task != JX_TASK_COMPRESSED ? n_out * (size_t)job->n_cols
-                            : job->mode == JX_MODE_FORWARD ? n_out * (size_t)job->n_colours
-                                                            : (size_t)job->n_colours * (size_t)job->n_cols;
-        jx_work pw;
         st = jx_work_init(&pw, t, jx_dirs_for(t, job));
-        for (p = sh->lo; p < sh->hi && st == JX_OK; p++) {
-            const double *x = job->x + (size_t)p * n_in;
-            double *y = job->y ? job->y + (size_t)p * n_out : NULL;
-            switch (job->task) {
-            case JX_TASK_VALUE:
-                st = jx_point_value(t, &pw, x, y);
-                break;
-            case JX_TASK_JACOBIAN:
-                st = jx_point_jacobian(t, &pw, x, y, job->out + (size_t)p * size, job->cols,
-                                       job->n_cols, job->mode);
-                break;
-            case JX_TASK_JVP:
-                st = jx_point_jvp(t, &pw, x, job->seed + (size_t)p * n_in, y,
-                                  job->out + (size_t)p * n_out);
-                break;
-            case JX_TASK_VJP:
-                st = jx_point_vjp(t, &pw, x, job->seed + (size_t)p * n_out, y,
-                                  job->out + (size_t)p * n_in);
-                break;
-            case JX_TASK_SUBGRAPH:
-                st = jx_point_subgraph(t, &pw, x, y, job->cone_ptr, job->cone, job->row_ptr,
-                                       job->nz_input,
-                                       job->out + (size_t)p * (size_t)job->row_ptr[t->n_out]);
-                break;
-            default:
-                st = jx_point_compressed(t, &pw, x, y, job->out + (size_t)p * size, job->cols,
-                                         job->n_cols, job->colour, job->n_colours, job->mode);
-            }
-        }
+        if (st == JX_OK) st = jx_run_points(t, &pw, job, sh->lo, sh->hi);
         if (pw.value) jx_work_free(&pw);
         sh->status = st;
         return;
     }
     if (job->task == JX_TASK_JACOBIAN && job->jac_tape) {
-        jx_work pw;
         memset(&pw, 0, sizeof(pw));
         st = jx_block_init(&w, job->jac_tape, 0, sh->block);
         for (p = sh->lo; p < sh->hi && st == JX_OK; p += sh->block) {
@@ -629,8 +652,17 @@ static void jx_run_share(jx_share *sh)
         sh->status = st;
         return;
     }
+    memset(&pw, 0, sizeof(pw));
     for (p = sh->lo; p < sh->hi; p += sh->block) {
         const int32_t n = (int32_t)((sh->hi - p) < sh->block ? (sh->hi - p) : sh->block);
+        if (!jx_block_in_bound(t, job->x + (size_t)p * (size_t)t->n_in, n)) {
+            /* a point beyond a folded tape's bound: this block point by point, each
+               point on the tape that holds there (jx_tape_at) */
+            if (!pw.value) st = jx_work_init(&pw, t, jx_dirs_for(t, job));
+            if (st == JX_OK) st = jx_run_points(t, &pw, job, p, p + n);
+            if (st != JX_OK) break;
+            continue;
+        }
         switch (job->task) {
         case JX_TASK_VALUE:
             jx_block_load(t, &w, job->x + (size_t)p * (size_t)t->n_in, n);
@@ -650,6 +682,7 @@ static void jx_run_share(jx_share *sh)
         if (st != JX_OK) break;
     }
     jx_block_free(&w);
+    if (pw.value) jx_work_free(&pw);
     sh->status = st;
 }
 

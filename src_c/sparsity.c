@@ -13,6 +13,7 @@
  * row get different colours), visiting columns in a caller-given order
  * (largest first works well).  Row colouring is the same on the transpose.
  */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -349,7 +350,19 @@ int jx_point_subgraph(const jx_tape *t, jx_work *w, const double *x, double *y,
     double *A = w->lane;   /* one lane */
     int32_t o, k;
     int64_t c;
+    const jx_tape *at = jx_tape_at(t, w, x);
     if (t->n_blocks > 0) return JX_EARG;   /* no cones for blocks (jx_cones) */
+    if (at != t) {
+        /* the cones are t's instructions: outside t's bound the values come from the tape
+           that runs there and the nonzeros are nan, which the caller redoes by forward
+           sweeps (jacext/nonfinite.py) */
+        if (y) {
+            if (at) jx_point_value(at, w, x, y);
+            else for (o = 0; o < t->n_out; o++) y[o] = NAN;
+        }
+        for (k = 0; k < row_ptr[t->n_out]; k++) vals[k] = NAN;
+        return JX_OK;
+    }
     if (t->n_in > 0) memcpy(w->value, x, (size_t)t->n_in * sizeof(double));
     jx_forward_partials(t, w->value, w->d0, w->d1);
     if (y)

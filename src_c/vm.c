@@ -96,6 +96,13 @@ int jx_tape_check(const jx_tape *t)
     int32_t i, first_temp;
     if (t->n_instr < 0 || t->n_in < 0 || t->n_out < 0 || t->n_const < 0 || t->n_slots < 0)
         return JX_EBADTAPE;
+    /* a bound is a number >= 0; an exact tape takes the same point to as many outputs and
+       holds everywhere itself */
+    if (!(t->bound >= 0.0)) return JX_EBADTAPE;
+    if (t->exact && (t->bound == 0.0 || t->exact->n_in != t->n_in
+                     || t->exact->n_out != t->n_out || t->exact->exact
+                     || t->exact->bound != 0.0))
+        return JX_EBADTAPE;
     int32_t kb = 0;
     first_temp = t->n_in + t->n_const;
     if (first_temp < 0 || first_temp > t->n_slots) return JX_EBADTAPE;
@@ -208,10 +215,14 @@ int32_t jx_tape_sincos_pairs(const jx_tape *t, int32_t *pair)
 
 int jx_work_init(jx_work *w, const jx_tape *t, int32_t lanes)
 {
-    size_t n_slots = (size_t)(t->n_slots > 0 ? t->n_slots : 1);
-    size_t n_instr = (size_t)(t->n_instr > 0 ? t->n_instr : 1);
+    const jx_tape *e = t->exact;
+    int32_t slots = e && e->n_slots > t->n_slots ? e->n_slots : t->n_slots;
+    int32_t instr = e && e->n_instr > t->n_instr ? e->n_instr : t->n_instr;
+    size_t n_slots = (size_t)(slots > 0 ? slots : 1);
+    size_t n_instr = (size_t)(instr > 0 ? instr : 1);
     if (lanes < 1) lanes = 1;
     w->lanes = lanes;
+    w->consts = t;
     w->value = (double *)calloc(n_slots, sizeof(double));
     w->d0 = (double *)malloc(n_instr * sizeof(double));
     w->d1 = (double *)malloc(n_instr * sizeof(double));
@@ -914,6 +925,27 @@ static void jx_adjoint_range(const jx_tape *t, const double *d0, const double *d
     }
 }
 
+/* The tape that runs at the point x (see jx_tape.exact in vm.h): t, or its exact tape
+   with that tape's constants loaded into w; NULL where t holds only within its bound and
+   has no exact tape (the caller gives nan outputs). */
+const jx_tape *jx_tape_at(const jx_tape *t, jx_work *w, const double *x)
+{
+    if (t->bound > 0.0 && !jx_in_bound(t, x)) t = t->exact;
+    if (t && w->consts != t) {
+        if (t->n_const > 0)
+            memcpy(w->value + t->n_in, t->const_value, (size_t)t->n_const * sizeof(double));
+        w->consts = t;
+    }
+    return t;
+}
+
+static void jx_fill_nan(double *p, size_t n)
+{
+    size_t k;
+    if (p)
+        for (k = 0; k < n; k++) p[k] = NAN;
+}
+
 static void jx_load_point(const jx_tape *t, jx_work *w, const double *x)
 {
     if (t->n_in > 0) memcpy(w->value, x, (size_t)t->n_in * sizeof(double));
@@ -928,6 +960,12 @@ static void jx_store_outputs(const jx_tape *t, const jx_work *w, double *y)
 
 int jx_point_value(const jx_tape *t, jx_work *w, const double *x, double *y)
 {
+    const jx_tape *at = jx_tape_at(t, w, x);
+    if (!at) {
+        jx_fill_nan(y, (size_t)t->n_out);
+        return JX_OK;
+    }
+    t = at;
     jx_load_point(t, w, x);
     jx_forward(t, w->value);
     jx_store_outputs(t, w, y);
@@ -938,7 +976,15 @@ int jx_point_outputs(const jx_tape *t, jx_work *w, const double *x, double *y0, 
                      double *y1)
 {
     int32_t i;
+    const jx_tape *at;
     if (n0 < 0 || n0 > t->n_out) return JX_EARG;
+    at = jx_tape_at(t, w, x);
+    if (!at) {
+        jx_fill_nan(y0, (size_t)n0);
+        jx_fill_nan(y1, (size_t)(t->n_out - n0));
+        return JX_OK;
+    }
+    t = at;
     jx_load_point(t, w, x);
     jx_forward(t, w->value);
     if (y0)
@@ -1009,6 +1055,14 @@ int jx_point_compressed(const jx_tape *t, jx_work *w, const double *x, double *y
                         double *comp, const int32_t *cols, int32_t n_cols,
                         const int32_t *colour, int32_t n_colours, int mode)
 {
+    const jx_tape *at = jx_tape_at(t, w, x);
+    if (!at) {
+        jx_fill_nan(y, (size_t)t->n_out);
+        jx_fill_nan(comp, mode == JX_MODE_FORWARD ? (size_t)t->n_out * (size_t)n_colours
+                                                  : (size_t)n_colours * (size_t)n_cols);
+        return JX_OK;
+    }
+    t = at;
     jx_load_point(t, w, x);
     if (mode == JX_MODE_FORWARD && n_colours > 0 && n_colours <= w->lanes && n_cols > 0
         && t->n_out > 0) {
@@ -1051,6 +1105,13 @@ int jx_point_jvp(const jx_tape *t, jx_work *w, const double *x, const double *v,
                  double *y, double *ydot)
 {
     int32_t i;
+    const jx_tape *at = jx_tape_at(t, w, x);
+    if (!at) {
+        jx_fill_nan(y, (size_t)t->n_out);
+        jx_fill_nan(ydot, (size_t)t->n_out);
+        return JX_OK;
+    }
+    t = at;
     jx_load_point(t, w, x);
     jx_forward_partials(t, w->value, w->d0, w->d1);
     jx_store_outputs(t, w, y);
@@ -1066,6 +1127,13 @@ int jx_point_vjp(const jx_tape *t, jx_work *w, const double *x, const double *u,
                  double *y, double *xbar)
 {
     int32_t i;
+    const jx_tape *at = jx_tape_at(t, w, x);
+    if (!at) {
+        jx_fill_nan(y, (size_t)t->n_out);
+        jx_fill_nan(xbar, (size_t)t->n_in);
+        return JX_OK;
+    }
+    t = at;
     jx_load_point(t, w, x);
     jx_forward_partials(t, w->value, w->d0, w->d1);
     jx_store_outputs(t, w, y);

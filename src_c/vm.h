@@ -76,7 +76,7 @@ static inline int32_t jx_point_lanes(int32_t n_slots, int32_t need)
     return need < 1 ? 1 : need;
 }
 
-typedef struct {
+typedef struct jx_tape {
     int32_t n_instr;
     int32_t n_slots;
     int32_t n_in;
@@ -123,7 +123,26 @@ typedef struct {
     const unsigned char *block_finite;
     jx_dgemm_fn dgemm;
     jx_dgemv_fn dgemv;
+    /* Finite-input tapes (jacext/finite.py).  bound > 0: this tape's results hold at the
+       points whose every input x has |x| <= bound (a nan fails); it was folded from
+       `exact` (the tape as traced, NumPy's values at every point), which each point
+       function runs in its place at any other point (jx_tape_at).  Where exact is NULL (a
+       Jacobian tape built from a folded tape) such a point gets nan outputs instead, and
+       the callers' non-finite checks redo it by the sweeps of the function's own tape.
+       bound 0: the tape holds everywhere. */
+    const struct jx_tape *exact;
+    double bound;
 } jx_tape;
+
+/* Whether every input of the point x is within the tape's bound (no branch per input). */
+static inline int jx_in_bound(const jx_tape *t, const double *x)
+{
+    const double B = t->bound;
+    int32_t i;
+    int ok = 1;
+    for (i = 0; i < t->n_in; i++) ok &= (x[i] <= B) & (x[i] >= -B);
+    return ok;
+}
 
 #define JX_RUN_FIELDS 7
 #define JX_RUN_CONTIGUOUS 1
@@ -179,6 +198,7 @@ typedef struct jx_code {
 /* Private memory of one evaluation (one per thread). */
 typedef struct {
     int32_t lanes;   /* capacity of the lane arrays */
+    const jx_tape *consts;   /* the tape whose constants value[] holds (a tape or its exact) */
     double *value;   /* n_slots */
     double *d0;      /* n_instr */
     double *d1;      /* n_instr */
@@ -222,7 +242,11 @@ static inline int32_t jx_segment_end(const jx_tape *t, int32_t k)
     return k < t->n_blocks ? jx_block_instr(t, k) : t->n_instr;
 }
 
+/* Work for t and, where it has one, its exact tape (the larger of the two sizes). */
 int jx_work_init(jx_work *w, const jx_tape *t, int32_t lanes);
+/* The tape that runs at the point x (jx_tape.exact): t, or its exact tape (whose constants
+   it loads into w); NULL where t holds only within its bound and has no exact tape. */
+const jx_tape *jx_tape_at(const jx_tape *t, jx_work *w, const double *x);
 void jx_work_free(jx_work *w);
 
 /*

@@ -345,7 +345,7 @@ def test_scalar_input_and_output():
 def test_shapes_that_do_not_fit_the_tape_raise_value_error():
     F = jx.compile(lambda x, y: (np.where(x > 0, np.sqrt(x), 0.0) * y[0], np.sin(x) + 2.0),
                    np.zeros(3), np.zeros(2))
-    fn, (tape, arg_shapes, out_shapes, out_is_tuple, name) = F.__reduce__()
+    fn, (tape, arg_shapes, out_shapes, out_is_tuple, name, _) = F.__reduce__()
     assert fn is Function
     with pytest.raises(ValueError):
         Function(tape, ((4,), (2,)), out_shapes, out_is_tuple, name)
