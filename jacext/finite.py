@@ -30,25 +30,44 @@ from jacext import jactape_blocks as _blocks
 from jacext import plan as _plan
 from jacext._graph import Graph
 from jacext._tape import BLOCK, Tape
-from jacext.jactape import _groups
-from jacext.ops import A_IMM, ARITY, B_IMM, OP_MASK, OPS, value
-from jacext.passes import lower
+from jacext.ops import A_IMM, B_IMM, OP_MASK, OPS
+from jacext.passes import RANGE_RULES, fold_zeros, lower
 
-_MUL, _DIV, _SELECT = OPS["MUL"], OPS["DIV"], OPS["SELECT"]
+_MUL, _DIV = OPS["MUL"], OPS["DIV"]
 
-#: ops whose value is non-decreasing (+1) or non-increasing (-1) over their domain, an
-#: interval outside of which they give nan: their range over [lo, hi] is [f(lo), f(hi)]
-#: where both are finite (the values from the op table itself, ``ops.value``)
-MONOTONE = {name: +1 for name in (
+#: the range rule of each op (``passes.RANGE_RULES``; an op not named proves nothing:
+#: POW, MOD, FMOD, FLOOR_DIVIDE, TAN).  UP / DOWN: non-decreasing / non-increasing over
+#: its domain, an interval outside of which it gives nan, so its range over [lo, hi] is
+#: [f(lo), f(hi)] where both are numbers (the values from the op table itself).
+RULES = {name: "UP" for name in (
     "EXP", "EXP2", "EXPM1", "LOG", "LOG2", "LOG10", "LOG1P", "SQRT", "CBRT", "SINH",
     "ARCSINH", "ARCCOSH", "ARCTANH", "TANH", "ERF", "EXPIT", "LOGIT", "ARCSIN", "ARCTAN",
     "FLOOR", "CEIL", "RINT", "TRUNC")}
-MONOTONE.update({"ERFC": -1, "ARCCOS": -1})
-#: ops whose value lies in a fixed interval for every finite operand
+RULES.update({"ERFC": "DOWN", "ARCCOS": "DOWN", "ADD": "ADD", "SUB": "SUB", "MUL": "MUL",
+              "DIV": "DIV", "NEG": "NEG", "ABS": "ABS", "SQUARE": "SQUARE", "COSH": "COSH",
+              "RECIPROCAL": "RECIPROCAL", "MAXIMUM": "MAX", "FMAX": "MAX", "MINIMUM": "MIN",
+              "FMIN": "MIN", "SELECT": "SELECT", "HYPOT": "HYPOT",
+              "LOGADDEXP": "LOGADDEXP", "HEAVISIDE": "HEAVISIDE"})
+#: ops whose value lies in a fixed interval for every finite operand (rule FIXED)
 BOUNDED = {"SIN": (-1.0, 1.0), "COS": (-1.0, 1.0), "SIGN": (-1.0, 1.0),
            "ATAN2": (-4.0, 4.0), "LESS": (0.0, 1.0), "LESS_EQUAL": (0.0, 1.0),
            "GREATER": (0.0, 1.0), "GREATER_EQUAL": (0.0, 1.0), "EQUAL": (0.0, 1.0),
            "NOT_EQUAL": (0.0, 1.0)}
+RULES.update({name: "FIXED" for name in BOUNDED})
+
+
+def _tables():
+    rule = np.zeros(len(OPS), dtype=np.int32)
+    lo = np.zeros(len(OPS))
+    hi = np.zeros(len(OPS))
+    for name, r in RULES.items():
+        rule[OPS[name]] = RANGE_RULES[r]
+    for name, (a, b) in BOUNDED.items():
+        lo[OPS[name]], hi[OPS[name]] = a, b
+    return rule, lo, hi
+
+
+_RULE, _FIXED_LO, _FIXED_HI = _tables()
 
 
 def foldable(arrays):
@@ -102,179 +121,26 @@ def ranges(arrays, bound):
     return _fold(arrays, bound, fold=False)[1]
 
 
-class _Ranges:
-    """Intervals by node id of a growing Graph: inputs +-bound, constants their value, any
-    other node unknown until its rule sets it."""
-
-    def __init__(self, g):
-        self.g = g
-        self.lo = np.full(1024, -np.inf)
-        self.hi = np.full(1024, np.inf)
-        self.n = 0
-
-    def sync(self):
-        """Intervals for the nodes made since the last call: constants exact, others
-        unknown (a rule then sets its results')."""
-        n = len(self.g)
-        if n > self.lo.shape[0]:
-            cap = max(n, 2 * self.lo.shape[0])
-            self.lo = np.concatenate([self.lo, np.full(cap - self.lo.shape[0], -np.inf)])
-            self.hi = np.concatenate([self.hi, np.full(cap - self.hi.shape[0], np.inf)])
-        if n > self.n:
-            ids = np.arange(self.n, n)
-            is_const, v = self.g.constants(ids)
-            c = ids[is_const & ~np.isnan(v)]
-            self.lo[c] = self.hi[c] = v[is_const & ~np.isnan(v)]
-        first = self.n
-        self.n = n
-        return first
-
-    def finite(self, ids):
-        limit = _plan.FOLD_RANGE_LIMIT
-        return (self.lo[ids] >= -limit) & (self.hi[ids] <= limit)
-
-    def set(self, ids, lo, hi, first):
-        """Results ``ids`` of a rule: those made since node ``first`` take [lo, hi]."""
-        new = (ids >= first) & np.isfinite(lo) & np.isfinite(hi)
-        is_const = self.g.constants(ids)[0]
-        new &= ~is_const
-        self.lo[ids[new]] = lo[new]
-        self.hi[ids[new]] = hi[new]
-
-
-def _rule(name, a, b, ok):
-    """(lo, hi) of op ``name`` over operand intervals a = (lo, hi), b (unused by unary
-    ops), where ``ok`` (every operand proven finite); -inf, inf elsewhere."""
-    (alo, ahi), (blo, bhi) = a, b
-    n = alo.shape[0]
-    lo, hi = np.full(n, -np.inf), np.full(n, np.inf)
-    with np.errstate(all="ignore"):
-        if name == "ADD":
-            r = (alo + blo, ahi + bhi)
-        elif name == "SUB":
-            r = (alo - bhi, ahi - blo)
-        elif name in ("MUL", "DIV"):
-            if name == "DIV":
-                ok = ok & ((blo > 0.0) | (bhi < 0.0))
-                p = np.stack([alo / blo, alo / bhi, ahi / blo, ahi / bhi])
-            else:
-                p = np.stack([alo * blo, alo * bhi, ahi * blo, ahi * bhi])
-            r = (p.min(axis=0), p.max(axis=0))
-        elif name == "NEG":
-            r = (-ahi, -alo)
-        elif name in ("ABS", "SQUARE", "COSH"):
-            m = np.maximum(np.abs(alo), np.abs(ahi))
-            least = np.where((alo <= 0.0) & (ahi >= 0.0), 0.0,
-                             np.minimum(np.abs(alo), np.abs(ahi)))
-            if name == "ABS":
-                r = (least, m)
-            elif name == "SQUARE":
-                r = (least * least, m * m)
-            else:
-                r = (np.ones(n), _each("COSH", m))
-        elif name == "RECIPROCAL":
-            ok = ok & ((alo > 0.0) | (ahi < 0.0))
-            r = (1.0 / ahi, 1.0 / alo)
-        elif name in MONOTONE:
-            f_lo, f_hi = _each(name, alo), _each(name, ahi)
-            r = (f_lo, f_hi) if MONOTONE[name] > 0 else (f_hi, f_lo)
-        elif name in BOUNDED:
-            r = (np.full(n, BOUNDED[name][0]), np.full(n, BOUNDED[name][1]))
-        elif name in ("MAXIMUM", "FMAX"):
-            r = (np.maximum(alo, blo), np.maximum(ahi, bhi))
-        elif name in ("MINIMUM", "FMIN"):
-            r = (np.minimum(alo, blo), np.minimum(ahi, bhi))
-        elif name == "SELECT":
-            r = (np.minimum(alo, blo), np.maximum(ahi, bhi))
-        elif name == "HYPOT":
-            m = np.maximum(np.abs(alo), np.abs(ahi)) + np.maximum(np.abs(blo), np.abs(bhi))
-            r = (np.zeros(n), m)
-        elif name == "LOGADDEXP":     # max(a, b) <= logaddexp(a, b) <= max(a, b) + log 2
-            r = (np.maximum(alo, blo), np.maximum(ahi, bhi) + 1.0)
-        elif name == "HEAVISIDE":
-            r = (np.minimum(blo, 0.0), np.maximum(bhi, 1.0))
-        else:                         # POW, MOD, FMOD, FLOOR_DIVIDE, TAN: not bounded
-            return lo, hi
-        good = ok & ~np.isnan(r[0]) & ~np.isnan(r[1])
-    lo[good] = r[0][good]
-    hi[good] = r[1][good]
-    return lo, hi
-
-
-def _each(name, x):
-    """The op's value at each x, by the op table (distinct values once)."""
-    u, inv = np.unique(x, return_inverse=True)
-    return np.array([value(name, float(v)) for v in u.tolist()])[inv.reshape(-1)]
-
-
 def _fold(arrays, bound, fold=True):
-    """(the tape arrays rebuilt with the proven-zero products folded, each instruction's
-    result interval [lo, hi] as two arrays)."""
-    from jacext.ops import NAMES
-
-    op, dst, ta, tb, ts, imm = (np.asarray(arrays[k])
-                                for k in ("op", "dst", "a", "b", "s", "imm"))
-    n_in = int(arrays["n_in"])
+    """(the tape arrays rebuilt with the proven-zero products folded (None without
+    ``fold``), each instruction's result interval [lo, hi] as two arrays): a Cython pass
+    over the instructions (``passes.fold_zeros``), blocks by ``_block_rows``."""
     g = Graph(numpy_power=False)       # a tape's pow stays pow (as jacext/jactape.py)
-    iv = _Ranges(g)
-    ins = g.inputs(n_in)
-    zero = g.const(0.0)
-    iv.sync()
-    iv.lo[ins], iv.hi[ins] = -bound, bound
-    node = np.full(int(arrays["n_slots"]), -1, dtype=np.int64)
-    node[:n_in] = ins
-    consts = np.asarray(arrays["const_value"], dtype=np.float64)
-    node[n_in:n_in + len(consts)] = g.consts(consts)
+    ins = np.asarray(g.inputs(int(arrays["n_in"])), dtype=np.int64)
     blocks = _blocks.Blocks(arrays, g)
-    res_lo, res_hi = np.full(len(op), -np.inf), np.full(len(op), np.inf)
-    for i0, i1 in _groups(arrays):
-        word = int(op[i0])
-        sl = slice(i0, i1)
-        if word == BLOCK:
-            m, n_x = blocks.shape(i0)
-            x = node[ta[i0]:ta[i0] + n_x]
-            iv.sync()
-            first = iv.n
-            _blocks.values(g, blocks, node, i0, int(dst[i0]), int(ta[i0]))
-            iv.sync()
-            W = blocks.matrix(i0)[0]
-            with np.errstate(all="ignore"):
-                big = np.maximum(np.abs(iv.lo[x]), np.abs(iv.hi[x]))
-                reach = np.abs(W) @ big if iv.finite(x).all() and np.isfinite(W).all() \
-                    else np.full(m, np.inf)
-            y = node[dst[i0]:dst[i0] + m]
-            iv.set(y, -reach, reach, first)
-            continue
-        rule = word & OP_MASK
-        name = NAMES[rule]
-        a = g.consts(imm[sl]) if word & A_IMM else node[ta[sl]]
-        b = None
-        if ARITY[rule] >= 2:
-            b = g.consts(imm[sl]) if word & B_IMM else node[tb[sl]]
-        cond = node[ts[sl]] if rule == _SELECT else None
-        iv.sync()
-        ok = iv.finite(a) & (iv.finite(b) if b is not None else True)
-        bb = b if b is not None else a
-        lo, hi = _rule(name, (iv.lo[a], iv.hi[a]), (iv.lo[bb], iv.hi[bb]), ok)
-        first = iv.n
-        z = (g.apply(rule, a) if b is None else
-             g.apply(rule, a, b) if cond is None else g.apply(rule, a, b, cond))
-        if fold and rule in (_MUL, _DIV):
-            a_zero = _zeros(g, a)
-            if rule == _MUL:
-                gone = (a_zero & iv.finite(b)) | (_zeros(g, b) & iv.finite(a))
-            else:        # 0 / b: a zero where b is finite and not zero
-                gone = a_zero & iv.finite(b) & ((iv.lo[b] > 0.0) | (iv.hi[b] < 0.0))
-            z = np.where(gone, zero, z)
-        iv.sync()
-        iv.set(z, lo, hi, first)
-        res_lo[sl], res_hi[sl] = iv.lo[z], iv.hi[z]
-        node[dst[sl]] = z     # a group reads no slot it writes (jactape._groups)
-    outs = node[np.asarray(arrays["out_slot"], dtype=np.int64)]
-    new = lower(g, np.asarray(ins, dtype=np.int64), outs) if fold else None
-    return new, (res_lo, res_hi)
 
+    def block_rows(i, node, lo, hi):
+        m, n = blocks.shape(i)
+        src, dst = int(arrays["a"][i]), int(arrays["dst"][i])
+        x = node[src:src + n]
+        _blocks.values(g, blocks, node, i, dst, src)
+        W = blocks.matrix(i)[0]
+        big = np.maximum(np.abs(lo[x]), np.abs(hi[x]))
+        if not (np.isfinite(W).all() and (big <= _plan.FOLD_RANGE_LIMIT).all()):
+            return np.full(m, np.inf)
+        with np.errstate(all="ignore"):
+            return np.abs(W) @ big
 
-def _zeros(g, ids):
-    is_const, v = g.constants(ids)
-    return is_const & (v == 0.0)
+    outs, iv = fold_zeros(g, ins, arrays, _RULE, _FIXED_LO, _FIXED_HI, float(bound),
+                          _plan.FOLD_RANGE_LIMIT, fold, block_rows)
+    return (lower(g, ins, outs) if fold else None), iv

@@ -3,7 +3,8 @@
 
 ``lower`` runs the passes that turn the graph's live nodes into the Tape's arrays (dead
 code, constant slots, last uses, work slots by liveness); ``tape_groups`` finds the
-groups of like instructions of a tape that the Jacobian-tape builder rebuilds in bulk.
+groups of like instructions of a tape that the Jacobian-tape builder rebuilds in bulk;
+``fold_zeros`` rebuilds a tape with an interval per node (jacext/finite.py).
 The DAG-level rewrites (common subexpressions, folding, exact identities, immediates)
 happen earlier, on insert into the graph (``jacext/_graph.pyx``).  The passes over all
 nodes are Cython loops: a trace of 10**6 elements has millions of nodes.
@@ -11,6 +12,7 @@ nodes are Cython loops: a trace of 10**6 elements has millions of nodes.
 import numpy as np
 cimport numpy as cnp
 from libc.stdint cimport int32_t, int64_t, uint64_t
+from libc.math cimport fabs, fmax, fmin, isnan
 from libc.stdlib cimport qsort
 
 from jacext._graph cimport (C_BLOCK, C_CONST, C_INPUT, JX_A_IMM, JX_B_IMM, JX_N_OPS,
@@ -19,7 +21,7 @@ from jacext._graph cimport (C_BLOCK, C_CONST, C_INPUT, JX_A_IMM, JX_B_IMM, JX_N_
 cnp.import_array()
 
 cdef extern from "vm.h":
-    int JX_BLOCK, JX_OP_MUL
+    int JX_BLOCK, JX_OP_MUL, JX_OP_DIV
 
 
 cdef int _cmp_int32(const void *x, const void *y) noexcept nogil:
@@ -391,3 +393,190 @@ def evaluate(Graph g, x, double[::1] vals, int64_t start):
         vb = g.imm[i] if (word & JX_B_IMM) else (vals[g.b[i]] if g.b[i] >= 0 else 0.0)
         vs = vals[g.s[i]] if g.s[i] >= 0 else 0.0
         vals[i] = jx_op_value(base, va, vb, vs)
+
+
+# ---- the finite-input pass (jacext/finite.py): intervals, and x * 0.0 folded ----
+
+cdef enum:
+    R_UNKNOWN = 0
+    R_UP, R_DOWN, R_FIXED, R_ADD, R_SUB, R_MUL, R_DIV, R_NEG, R_ABS, R_SQUARE, R_COSH
+    R_RECIPROCAL, R_MAX, R_MIN, R_SELECT, R_HYPOT, R_LOGADDEXP, R_HEAVISIDE
+
+#: the range rules an op may have (jacext/finite.py gives each op one): UP / DOWN, monotone
+#: over its domain (an interval, nan outside); FIXED, a fixed interval for finite operands;
+#: the others, the op's own interval arithmetic
+RANGE_RULES = {"UNKNOWN": R_UNKNOWN, "UP": R_UP, "DOWN": R_DOWN, "FIXED": R_FIXED,
+               "ADD": R_ADD, "SUB": R_SUB, "MUL": R_MUL, "DIV": R_DIV, "NEG": R_NEG,
+               "ABS": R_ABS, "SQUARE": R_SQUARE, "COSH": R_COSH, "RECIPROCAL": R_RECIPROCAL,
+               "MAX": R_MAX, "MIN": R_MIN, "SELECT": R_SELECT, "HYPOT": R_HYPOT,
+               "LOGADDEXP": R_LOGADDEXP, "HEAVISIDE": R_HEAVISIDE}
+
+
+cdef inline double _min4(double p, double q, double r, double s) noexcept:
+    return fmin(fmin(p, q), fmin(r, s))
+
+
+cdef inline double _max4(double p, double q, double r, double s) noexcept:
+    return fmax(fmax(p, q), fmax(r, s))
+
+
+cdef bint _range(int kind, int op, double al, double ah, double bl, double bh,
+                 double fl, double fh, double *lo, double *hi) noexcept:
+    """[lo, hi] of op over operand intervals [al, ah], [bl, bh] (both proven finite);
+    False where the rule proves nothing."""
+    cdef double m, least
+    if kind == R_ADD:
+        lo[0], hi[0] = al + bl, ah + bh
+    elif kind == R_SUB:
+        lo[0], hi[0] = al - bh, ah - bl
+    elif kind == R_MUL:
+        lo[0] = _min4(al * bl, al * bh, ah * bl, ah * bh)
+        hi[0] = _max4(al * bl, al * bh, ah * bl, ah * bh)
+    elif kind == R_DIV:
+        if not (bl > 0.0 or bh < 0.0):
+            return False
+        lo[0] = _min4(al / bl, al / bh, ah / bl, ah / bh)
+        hi[0] = _max4(al / bl, al / bh, ah / bl, ah / bh)
+    elif kind == R_NEG:
+        lo[0], hi[0] = -ah, -al
+    elif kind == R_ABS or kind == R_SQUARE or kind == R_COSH:
+        m = fmax(fabs(al), fabs(ah))
+        least = 0.0 if al <= 0.0 <= ah else fmin(fabs(al), fabs(ah))
+        if kind == R_ABS:
+            lo[0], hi[0] = least, m
+        elif kind == R_SQUARE:
+            lo[0], hi[0] = least * least, m * m
+        else:
+            lo[0], hi[0] = 1.0, jx_op_value(op, m, 0.0, 0.0)
+    elif kind == R_RECIPROCAL:
+        if not (al > 0.0 or ah < 0.0):
+            return False
+        lo[0], hi[0] = 1.0 / ah, 1.0 / al
+    elif kind == R_UP or kind == R_DOWN:
+        lo[0] = jx_op_value(op, al, 0.0, 0.0)
+        hi[0] = jx_op_value(op, ah, 0.0, 0.0)
+        if kind == R_DOWN:
+            lo[0], hi[0] = hi[0], lo[0]
+    elif kind == R_FIXED:
+        lo[0], hi[0] = fl, fh
+    elif kind == R_MAX:
+        lo[0], hi[0] = fmax(al, bl), fmax(ah, bh)
+    elif kind == R_MIN or kind == R_SELECT:
+        lo[0] = fmin(al, bl)
+        hi[0] = fmin(ah, bh) if kind == R_MIN else fmax(ah, bh)
+    elif kind == R_HYPOT:
+        lo[0], hi[0] = 0.0, fmax(fabs(al), fabs(ah)) + fmax(fabs(bl), fabs(bh))
+    elif kind == R_LOGADDEXP:     # max(a, b) <= logaddexp(a, b) <= max(a, b) + log 2
+        lo[0], hi[0] = fmax(al, bl), fmax(ah, bh) + 1.0
+    elif kind == R_HEAVISIDE:
+        lo[0], hi[0] = fmin(bl, 0.0), fmax(bh, 1.0)
+    else:
+        return False
+    return not (isnan(lo[0]) or isnan(hi[0]))
+
+
+cdef class _Intervals:
+    """[lo, hi] by node id of a growing Graph: inputs +-bound, constants their value,
+    every other node unknown (-inf, inf) until a rule sets it."""
+    cdef Graph g
+    cdef cnp.ndarray lo_arr, hi_arr
+    cdef double *lo
+    cdef double *hi
+    cdef int64_t known
+    cdef double bound, limit
+
+    def __init__(self, Graph g, double bound, double limit):
+        self.g = g
+        self.bound, self.limit = bound, limit
+        self.lo_arr = np.full(max(1024, 2 * g.n), -np.inf)
+        self.hi_arr = np.full(max(1024, 2 * g.n), np.inf)
+        self.known = 0
+        self.sync()
+
+    cdef sync(self):
+        cdef int64_t i, n = self.g.n, cap = self.lo_arr.shape[0]
+        if n > cap:
+            cap = max(n, 2 * cap)
+            self.lo_arr = np.concatenate([self.lo_arr, np.full(cap - self.lo_arr.shape[0],
+                                                               -np.inf)])
+            self.hi_arr = np.concatenate([self.hi_arr, np.full(cap - self.hi_arr.shape[0],
+                                                               np.inf)])
+        self.lo = <double *>cnp.PyArray_DATA(self.lo_arr)
+        self.hi = <double *>cnp.PyArray_DATA(self.hi_arr)
+        for i in range(self.known, n):
+            if self.g.op[i] == C_CONST and not isnan(self.g.imm[i]):
+                self.lo[i] = self.hi[i] = self.g.imm[i]
+            elif self.g.op[i] == C_INPUT:
+                self.lo[i], self.hi[i] = -self.bound, self.bound
+        self.known = n
+
+    cdef inline bint finite(self, int64_t i) noexcept:
+        return self.lo[i] >= -self.limit and self.hi[i] <= self.limit
+
+    cdef inline bint zero(self, int64_t i) noexcept:
+        return self.g.op[i] == C_CONST and self.g.imm[i] == 0.0
+
+
+def fold_zeros(Graph g, ins, tape, const int32_t[::1] rule, const double[::1] fixed_lo,
+               const double[::1] fixed_hi, double bound, double limit, bint fold,
+               block_rows):
+    """The tape (``Tape.arrays()``) rebuilt in the empty graph ``g`` (its inputs ``ins``
+    made), instruction by instruction, each node with the interval its op's range
+    ``rule`` gives it (inputs within +-bound; a value counts finite while within
+    +-limit); with ``fold``, ``x * 0.0`` (and ``0.0 / x``) of a finite x is the constant
+    0.0, so that the graph's own simplification removes what it fed.  ``block_rows(i,
+    node, lo, hi)`` rebuilds block instruction i in g and returns its rows' bound.
+    Returns (the output node ids, each instruction's interval as two arrays)."""
+    cdef const int32_t[::1] op = np.ascontiguousarray(tape["op"], dtype=np.int32)
+    cdef const int32_t[::1] dst = np.ascontiguousarray(tape["dst"], dtype=np.int32)
+    cdef const int32_t[::1] ta = np.ascontiguousarray(tape["a"], dtype=np.int32)
+    cdef const int32_t[::1] tb = np.ascontiguousarray(tape["b"], dtype=np.int32)
+    cdef const int32_t[::1] ts = np.ascontiguousarray(tape["s"], dtype=np.int32)
+    cdef const double[::1] imm = np.ascontiguousarray(tape["imm"], dtype=np.float64)
+    cdef Py_ssize_t n = op.shape[0], i, k
+    cdef int32_t n_in = int(tape["n_in"])
+    cdef cnp.ndarray node_arr = np.full(int(tape["n_slots"]), -1, dtype=np.int64)
+    cdef int64_t[::1] node = node_arr
+    consts = np.asarray(tape["const_value"], dtype=np.float64)
+    node_arr[:n_in] = ins
+    node_arr[n_in:n_in + consts.shape[0]] = g.consts(consts)
+    cdef int64_t zero = g.const(0.0), x, y, c, z, before
+    cdef _Intervals iv = _Intervals(g, bound, limit)
+    cdef cnp.ndarray res_lo = np.full(n, -np.inf), res_hi = np.full(n, np.inf)
+    cdef int32_t w, base, arity
+    cdef double zl = 0.0, zh = 0.0
+    cdef bint known, gone
+    for i in range(n):
+        w = op[i]
+        if w == JX_BLOCK:
+            before = g.n
+            reach = block_rows(i, node_arr, iv.lo_arr, iv.hi_arr)
+            iv.sync()
+            for k in range(reach.shape[0]):
+                z = node[dst[i] + k]
+                if z >= before and g.op[z] != C_CONST and reach[k] <= limit:
+                    iv.lo[z], iv.hi[z] = -reach[k], reach[k]
+            continue
+        base = w & JX_OP_MASK
+        arity = jx_op_arity[base]
+        x = g.const(imm[i]) if w & JX_A_IMM else node[ta[i]]
+        y = (g.const(imm[i]) if w & JX_B_IMM else node[tb[i]]) if arity >= 2 else -1
+        c = node[ts[i]] if arity == 3 else -1
+        iv.sync()
+        known = iv.finite(x) and (arity < 2 or iv.finite(y)) and _range(
+            rule[base], base, iv.lo[x], iv.hi[x], iv.lo[y if y >= 0 else x],
+            iv.hi[y if y >= 0 else x], fixed_lo[base], fixed_hi[base], &zl, &zh)
+        gone = False
+        if fold and base == JX_OP_MUL:
+            gone = (iv.zero(x) and iv.finite(y)) or (iv.zero(y) and iv.finite(x))
+        elif fold and base == JX_OP_DIV:   # 0 / y: y finite and not zero
+            gone = iv.zero(x) and iv.finite(y) and (iv.lo[y] > 0.0 or iv.hi[y] < 0.0)
+        before = g.n
+        z = zero if gone else g.apply1(base, x, y, c)
+        iv.sync()
+        if known and z >= before and g.op[z] != C_CONST:
+            iv.lo[z], iv.hi[z] = zl, zh
+        res_lo[i], res_hi[i] = iv.lo[z], iv.hi[z]
+        node[dst[i]] = z
+    outs = node_arr[np.asarray(tape["out_slot"], dtype=np.int64)]
+    return outs, (res_lo, res_hi)
