@@ -80,7 +80,7 @@ class TooLarge(Exception):
 
 
 def build(tape, fixed, cols, mode, max_nodes, pattern=None, values=True, by_group=True,
-          singletons_in_bulk=False):
+          singletons_in_bulk=False, along=False):
     """The tape arrays of [outputs..., J[0, 0], J[0, 1], ..., J[n_out-1, n_cols-1]]
     (row-major), J the Jacobian of the outputs with respect to the inputs ``cols``, as the
     batched ``mode`` sweep ("forward" or "reverse") computes it; or None when the graph
@@ -93,10 +93,17 @@ def build(tape, fixed, cols, mode, max_nodes, pattern=None, values=True, by_grou
     code, and goes.  ``by_group``: build a group of like instructions at a time (else node
     by node throughout); forward, groups of one instruction still go node by node unless
     ``singletons_in_bulk``.  Every choice gives the same tape.
+
+    With ``along`` (forward mode, no pattern) the tape takes a direction v over the inputs
+    ``cols`` as further inputs, after the function's, and its entries are the one column
+    J v: the directional derivative, the tangent sweep's products with v as its seeds
+    (Hessian-vector products: ``jacext/second.py``).
     """
+    if along and (mode != "forward" or pattern is not None):
+        raise ValueError("jacext: a directional Jacobian tape is a forward one, dense")
     try:
         return _build(tape, fixed, np.asarray(cols, dtype=np.int64), mode, max_nodes, pattern,
-                      values, by_group, singletons_in_bulk)
+                      values, by_group, singletons_in_bulk, along)
     except TooLarge:
         return None
 
@@ -106,12 +113,15 @@ def n_groups(tape):
     return len(_groups(tape))
 
 
-def _build(tape, fixed, cols, mode, max_nodes, pattern, values, by_group, singletons_in_bulk):
+def _build(tape, fixed, cols, mode, max_nodes, pattern, values, by_group, singletons_in_bulk,
+           along):
     op = np.asarray(tape["op"])
     n_in = int(tape["n_in"])
     # NumPy's x**2 -> x*x rewrites are for traced code; a partial's pow stays C's pow
     g = Graph(numpy_power=False)
-    ins = g.inputs(n_in)
+    ins = np.asarray(g.inputs(n_in + (len(cols) if along else 0)), dtype=np.int64)
+    seeds = ins[n_in:] if along else None
+    ins = ins[:n_in] if along else ins
     groups = _groups(tape)
     steps = _values(g, tape, ins, groups)
     out_slot = np.asarray(tape["out_slot"], dtype=np.int64)
@@ -121,13 +131,14 @@ def _build(tape, fixed, cols, mode, max_nodes, pattern, values, by_group, single
         one_by_one = not by_group or not singletons_in_bulk
         if not by_group:   # every instruction a group of its own
             groups = [(i, i + 1) for i in range(len(op))]
-        codes, nodes = _forward(g, tape, fixed, steps, groups, cols, max_nodes, one_by_one)
+        codes, nodes = _forward(g, tape, fixed, steps, groups, cols, max_nodes, one_by_one,
+                                seeds)
     elif by_group:
         codes, nodes = _reverse_bulk(g, tape, fixed, steps, groups, cols, max_nodes)
     else:
         codes, nodes = _reverse(_Builder(g), tape, fixed, steps, cols, n_out, max_nodes)
     # Jacobian entries (row i, column position k) by code i * n_cols + k, sorted
-    n_cols = len(cols)
+    n_cols = 1 if along else len(cols)
     if pattern is None:
         want = np.arange(n_out * n_cols, dtype=np.int64)
     else:   # the pattern's nonzeros only, in CSR order
@@ -140,6 +151,8 @@ def _build(tape, fixed, cols, mode, max_nodes, pattern, values, by_group, single
     ids = np.concatenate([outs if values else outs[:0], jac]).astype(np.int64)
     if len(g) > max_nodes:
         raise TooLarge
+    if along:
+        ins = np.concatenate([ins, seeds])
     return lower(g, np.asarray(ins, dtype=np.int64), ids)
 
 
@@ -353,23 +366,29 @@ def _merge(x, y):
     return s[first], where[:len(x)], where[len(x):]
 
 
-def _forward(g, tape, fixed, steps, groups, cols, max_nodes, one_by_one):
+def _forward(g, tape, fixed, steps, groups, cols, max_nodes, one_by_one, seeds=None):
     """The Jacobian entries as jx_block_tangent computes them, a group at a time, each
     stage of a group one bulk call: (codes, nodes), code = output row * n_cols + column
     position k, sorted.  Per instruction: tangent = p0 * t_a + p1 * t_b, a term only where
-    both factors exist (a zero fixed partial drops its term)."""
+    both factors exist (a zero fixed partial drops its term).  ``seeds`` (a node per
+    column, or None): input cols[k] has tangent seeds[k] in the one column 0 instead."""
     is_fixed, fd0, fd1 = fixed
     op, dst, ta, tb = (np.asarray(tape[k]) for k in ("op", "dst", "a", "b"))
     dst = dst.astype(np.int64)
-    n_cols = len(cols)
     bulk = _Bulk(g)
     one, zero = g.const(1.0), g.const(0.0)
     tan = _Tangents(len(steps.node_after))
-    # the seeds: input cols[k] has tangent 1 in column k
+    # the seeds: input cols[k] has tangent 1 in column k (or seeds[k] in column 0)
     n_in = int(tape["n_in"])
+    n_cols = len(cols)
     order = np.lexsort((np.arange(n_cols), cols))
-    tan.put(np.arange(n_in), n_in, cols[order], order.astype(np.int64),
-            np.full(n_cols, one, dtype=np.int64))
+    if seeds is None:
+        tan.put(np.arange(n_in), n_in, cols[order], order.astype(np.int64),
+                np.full(n_cols, one, dtype=np.int64))
+    else:
+        tan.put(np.arange(n_in), n_in, cols[order], np.zeros(n_cols, dtype=np.int64),
+                np.asarray(seeds, dtype=np.int64)[order])
+        n_cols = 1
     empty = np.zeros(0, dtype=np.int64)
     scalar = _Builder(g)
     for i0, i1 in groups:

@@ -29,8 +29,8 @@ import sys
 import numpy as np
 import scipy.sparse as sp
 
+from jacext import _tape, jactape
 from jacext import arguments as _args
-from jacext import jactape
 from jacext import plan as _plan
 from jacext.errors import TracingError
 
@@ -473,9 +473,9 @@ class _HVP:
     """Hessian-vector products of one kind.  At first one tangent sweep over the gradient
     Function G's tape (``G.jvp``); once enough points asked for it to pay for the build
     (ski rental, ``plan.tape_after``), the tape of that directional derivative: the
-    forward Jacobian tape, with respect to a scalar t, of G(x + t v), run in one value
-    sweep at t = 0 -- the same products, where the value sweep runs like instructions
-    together."""
+    directional Jacobian tape of G along v (``jactape.build(along=True)``: the tangent
+    sweep's products, seeded with v, as instructions), run in one value sweep -- the same
+    products, where the value sweep runs like instructions together."""
 
     def __init__(self, F, key, weighted):
         n_args = len(F.arg_shapes)
@@ -491,19 +491,15 @@ class _HVP:
                                            _plan.tape_after(build, 2 * n_instr), self._build)
 
     def _build(self):
-        from jacext.compile import compile_function
+        from jacext._function import Function
+        from jacext._tape import Tape
 
         G, k = self.G, self.argnums
-        n = len(G.arg_shapes)
-
-        def along(*a):
-            args = list(a[:n])
-            args[k] = args[k] + a[n + 1] * a[n]
-            return G(*args)
-
-        K = compile_function(along, G.arg_shapes + (G.arg_shapes[k], ()),
-                             name=f"along({G.name})")
-        return jacobian_function(K, n + 1)
+        t = G.exact_tape
+        arrays = jactape.build(t.arrays(), t.fixed_partials(), G._planner.columns(k),
+                               "forward", sys.maxsize, values=False, along=True)
+        return Function(Tape(arrays, copy=False), G.arg_shapes + (G.arg_shapes[k],),
+                        G.out_shapes, G.out_is_tuple, f"hvp({G.name})")
 
     def __call__(self, call, v):
         G = self.G
@@ -517,8 +513,8 @@ class _HVP:
         n_points = max(math.prod(batch), 1)
         D = self.slot.tape(n_points)
         if D is not None:
-            r = D(*call, v, 0.0)
-            if np.isfinite(r).all():   # else the sweep decides (its zero kills)
+            r = D(*call, v)
+            if _tape.all_finite(r):   # else the sweep decides (its zero kills)
                 return r
         tangents = [v if j == self.argnums else np.zeros(s)
                     for j, s in enumerate(G.arg_shapes)]

@@ -227,6 +227,35 @@ def test_vectorised_tape_by_group_in_both_modes():
         np.testing.assert_array_equal(F.jacobian(X, mode=mode), J)
 
 
+@pytest.mark.parametrize("by_group", [True, False])
+def test_directional_tape_is_the_jacobian_times_v(by_group):
+    """``build(along=True)``: one column J v with v further inputs (Hessian-vector
+    products), equal to the tangent sweep's jvp at random points and at edge values; with
+    block instructions too."""
+    W = np.random.default_rng(3).normal(size=(40, 40))
+
+    def with_block(x):
+        return np.tanh(W @ np.sin(x)) * x + _vectorised(x)[:40]
+
+    rng = np.random.default_rng(4)
+    X = rng.uniform(-1.0, 1.0, (30, 40))
+    X[3, :3] = [0.1, 0.0, -0.0]
+    V = rng.normal(size=(30, 40))
+    V[7, 5] = 0.0
+    for f in (_vectorised, with_block):
+        F = jx.compile(f, X[0])
+        t = F.exact_tape
+        arrays = jactape.build(t.arrays(), t.fixed_partials(), _cols(F), "forward", 10**6,
+                               values=False, along=True, by_group=by_group)
+        D = jx.Function(arrays, F.arg_shapes + F.arg_shapes, F.out_shapes, False, "jv")
+        for x, v in zip(X, V):
+            np.testing.assert_allclose(D(x, v), F.jvp(x, v)[1], rtol=1e-13, atol=1e-13)
+        np.testing.assert_allclose(D(X, V), np.stack([F.jvp(x, v)[1] for x, v in zip(X, V)]),
+                                   rtol=1e-13, atol=1e-13)
+    with pytest.raises(ValueError, match="directional"):
+        jactape.build(t.arrays(), t.fixed_partials(), _cols(F), "reverse", 10**6, along=True)
+
+
 def test_pow_fmax_fmin_get_jacobian_tapes():
     """Their partials come from ops.def like every op's: a variable exponent, a constant
     one that NumPy's power loop would not rewrite (2.5), fmax and fmin, nan included."""
