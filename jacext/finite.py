@@ -110,7 +110,9 @@ def folded(tape):
     if len(new["op"]) >= tape.n_instructions:
         return None
     new["input_bound"] = _plan.FOLD_INPUT_BOUND
-    return Tape(new, copy=False, exact=tape)
+    t = Tape(new, copy=False, exact=tape)
+    # the check of each point's inputs must cost less than what the folding saves
+    return t if tape.work - t.work > _plan.FOLD_MIN_SAVED * tape.n_inputs else None
 
 
 def ranges(arrays, bound):

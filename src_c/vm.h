@@ -21,6 +21,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "kernels.h"
 #include "ops.h"
@@ -134,14 +135,23 @@ typedef struct jx_tape {
     double bound;
 } jx_tape;
 
-/* Whether every input of the point x is within the tape's bound (no branch per input). */
+/* Whether every input of the point x is within the tape's bound.  On the bits: with the
+   sign cleared, a double's bits order as its magnitude, inf above every finite number and
+   a nan above inf, so |x| <= B (a nan fails) is bits(|x|) <= bits(B); B - bits(|x|) then
+   has its top bit clear.  Integer operations only, which vectorise in the baseline
+   instruction set (the comparisons of doubles with an int accumulator did not: 13
+   machine instructions an input, as many as the tape it guards, callgrind). */
 static inline int jx_in_bound(const jx_tape *t, const double *x)
 {
-    const double B = t->bound;
+    const uint64_t magnitude = 0x7fffffffffffffffULL;
+    uint64_t b, u, bad = 0;
     int32_t i;
-    int ok = 1;
-    for (i = 0; i < t->n_in; i++) ok &= (x[i] <= B) & (x[i] >= -B);
-    return ok;
+    memcpy(&b, &t->bound, sizeof b);
+    for (i = 0; i < t->n_in; i++) {
+        memcpy(&u, x + i, sizeof u);
+        bad |= b - (u & magnitude);
+    }
+    return (bad >> 63) == 0;
 }
 
 #define JX_RUN_FIELDS 7

@@ -150,14 +150,13 @@ def test_adding_a_zero_folds_up_to_the_sign_of_a_zero(f):
 
 
 def test_times_zero_at_infinity_is_nan_as_numpy():
-    """The exact tape keeps x * 0.0; the finite-input tape folds it, and a point with an
-    inf runs the exact one."""
+    """The exact tape keeps x * 0.0 (a finite-input tape that folds it runs only where
+    every input is finite: tests/test_finite.py)."""
     F = jx.compile(lambda v: v * 0.0, np.zeros(2))
     exact = Counter(NAMES[int(w) & OP_MASK] for w in F.exact_tape.arrays()["op"])
-    assert exact["MUL"] == 2 and op_counts(F)["MUL"] == 0
+    assert exact["MUL"] == 2
     got = F(np.array([np.inf, 3.0]))
     assert np.isnan(got[0]) and got[1] == 0.0
-    assert np.array_equal(F(np.array([-3.0, 3.0])), [0.0, 0.0])
 
 
 def test_power_special_cases_are_cheaper_ops():

@@ -89,7 +89,8 @@ def _op_function(name):
         raw = fn(*[x[k] for k in range(arity)])
         bounded = fn(*[np.sin(x[k]) if k % 2 else np.cos(x[k]) for k in range(arity)])
         return np.stack([raw * 0.0 + x[0], bounded * 0.0 + x[1], np.sin(x[2]) * 0.0 + raw,
-                         bounded * 0.0 + np.cos(x[3]) * 0.0, bounded + x[2]])
+                         bounded * 0.0 + np.cos(x[3]) * 0.0, bounded + x[2],
+                         np.sum(np.sin(x) * 0.0) + x[3]])   # (enough to fold: FOLD_MIN_SAVED)
     return f
 
 
@@ -317,19 +318,25 @@ def test_nothing_to_fold_keeps_one_tape():
     assert "finite inputs" not in repr(F)
     H = jx.compile(lambda x: np.exp(x * x * x * x) * 0.0 + x, np.ones(3))   # may overflow
     assert H.tape.exact is None
+    # folding that saves less than the check of the inputs costs (plan.FOLD_MIN_SAVED)
+    small = jx.compile(lambda x: np.exp(x) + x * 0.0, np.ones(100))
+    assert small.tape.exact is None and small.n_instructions == 300
+    assert finite.folded(small.tape) is None
 
 
 def test_the_bound_is_inclusive_and_a_nan_fails_it():
     """The sign of x * 0.0's zero shows which tape ran: the folded one gives +0.0, the
     exact one NumPy's -0.0 for a negative x."""
-    F = jx.compile(lambda x: x * 0.0, np.ones(2))
+    F = jx.compile(lambda x: np.concatenate([x * 0.0, np.sin(x) * 0.0, np.cos(x) * 0.0]),
+                   np.ones(2))
+    assert F.tape.exact is not None
     B = plan.FOLD_INPUT_BOUND
-    assert np.signbit(F(np.array([-B, -1.0]))).tolist() == [False, False]
-    assert np.signbit(F(np.array([np.nextafter(-B, -INF), -1.0]))).tolist() == [True, True]
+    assert np.signbit(F(np.array([-B, -1.0]))[:2]).tolist() == [False, False]
+    assert np.signbit(F(np.array([np.nextafter(-B, -INF), -1.0]))[:2]).tolist() == [True, True]
     with np.errstate(all="ignore"):
-        assert np.isnan(F(np.array([INF, -1.0]))).tolist() == [True, False]
-        assert np.signbit(F(np.array([NAN, -1.0])))[1]
-        assert np.signbit(F(np.array([[-1.0, NAN], [-1.0, -1.0]]))).tolist() == [
+        assert np.isnan(F(np.array([INF, -1.0]))[:2]).tolist() == [True, False]
+        assert np.signbit(F(np.array([NAN, -1.0]))[1])
+        assert np.signbit(F(np.array([[-1.0, NAN], [-1.0, -1.0]]))[:, :2]).tolist() == [
             [True, False], [False, False]]
 
 
