@@ -436,8 +436,10 @@ static void jx_block_jacobian(const jx_tape *t, jx_block_work *w, const jx_batch
  * the way that they are finite (kernels.h); returns whether all were.  A tile's rows of
  * jac (JX_COPY_TILE x n_jac doubles) stay in L1 while every entry is copied into them,
  * where the whole block's rows (64 x 84 for arm: 43 KB) do not; the finiteness sums run in
- * JX_COPY_TILE independent accumulators.  arm's batch of 10^4: this copy was 19% of the
- * call (perf) copying an entry at a time across the block.
+ * JX_COPY_TILE independent accumulators.  arm's batch of 10^4: the copy was 19% of the
+ * call (perf) going an entry at a time across the block; this way it runs 13% fewer
+ * instructions (cachegrind), with as many write misses, which are the output's own first
+ * touch (6.7 MB a call).
  */
 #define JX_COPY_TILE 8
 static int jx_copy_entries(double *JX_RESTRICT jac, int32_t n_jac, const double *V,
@@ -448,23 +450,12 @@ static int jx_copy_entries(double *JX_RESTRICT jac, int32_t n_jac, const double 
     for (l0 = 0; l0 < n; l0 += JX_COPY_TILE) {
         double *JX_RESTRICT row = jac + (size_t)l0 * (size_t)n_jac;
         m = n - l0 < JX_COPY_TILE ? n - l0 : JX_COPY_TILE;
-        if (m == JX_COPY_TILE) {
-            for (e = 0; e < n_jac; e++) {
-                const double *JX_RESTRICT src = V + (size_t)slot[e] * B + l0;
-                for (k = 0; k < JX_COPY_TILE; k++) {
-                    const double v = src[k];
-                    row[(size_t)k * (size_t)n_jac + (size_t)e] = v;
-                    acc[k] += v - v;
-                }
-            }
-        } else {
-            for (e = 0; e < n_jac; e++) {
-                const double *JX_RESTRICT src = V + (size_t)slot[e] * B + l0;
-                for (k = 0; k < m; k++) {
-                    const double v = src[k];
-                    row[(size_t)k * (size_t)n_jac + (size_t)e] = v;
-                    acc[k] += v - v;
-                }
+        for (e = 0; e < n_jac; e++) {
+            const double *JX_RESTRICT src = V + (size_t)slot[e] * B + l0;
+            for (k = 0; k < m; k++) {
+                const double v = src[k];
+                row[(size_t)k * (size_t)n_jac + (size_t)e] = v;
+                acc[k] += v - v;
             }
         }
     }
