@@ -222,3 +222,53 @@ def test_any_program_batched_equals_single_points(problem, n_points):
         YB = F(*batch)
         for p in range(n_points):
             np.testing.assert_array_equal(YB[p], F(*[b[p] for b in batch]))
+
+
+@PROPERTY
+@given(problems(SMOOTH_UNARY + KINKED_UNARY, SMOOTH_BINARY + KINKED_BINARY, where=True),
+       st.sampled_from([np.inf, -np.inf, np.nan, 1e101]))
+def test_finite_input_tapes_on_random_programs(problem, bad):
+    """A random program v with products of zeros on top (cos(v) * 0.0 + ...: they fold
+    where the analysis proves v finite, jacext/finite.py): within the bound, values and
+    Jacobians equal those of the exact tape alone up to the sign of a zero; with an inf, a
+    nan or a number past the bound in any argument, bit for bit (values) and equal
+    (Jacobians); and every instruction's value at the points lies in the interval the
+    analysis proves for it."""
+    from test_finite import _walk
+
+    from jacext import finite, plan
+    from jacext.testing import exact_function
+
+    prog, args = problem
+    hypothesis.note(f"program {describe(prog)}, shapes {[a.shape for a in args]}")
+
+    def f(*a):
+        v = evaluate(prog, a) * 1.0
+        return np.cos(v) * 0.0 + np.sin(v) * 0.0 + np.tanh(v) * 0.0 + v
+
+    with np.errstate(all="ignore"):
+        F = jx.compile(f, *args)
+        E = exact_function(F)
+        hypothesis.event("folded" if F.tape.exact is not None else "not folded")
+        nums = tuple(range(len(args)))
+        points = [args]
+        for k in range(len(args)):
+            worse = [b.copy() for b in args]
+            worse[k].reshape(-1)[0] = bad
+            points.append(worse)
+        for p in points:
+            inside = all((np.abs(a) <= plan.FOLD_INPUT_BOUND).all() for a in p)
+            y, ye = F(*p), E(*p)
+            assert np.array_equal(y, ye, equal_nan=True)
+            if not inside:
+                assert np.array_equal(np.signbit(y), np.signbit(ye))
+            for mode in ("forward", "reverse"):
+                for a, b in zip(F.jacobian(*p, argnums=nums, mode=mode),
+                                E.jacobian(*p, argnums=nums, mode=mode)):
+                    assert np.array_equal(a, b, equal_nan=True), mode
+        arrays = F.exact_tape.arrays()
+        lo, hi = finite.ranges(arrays, plan.FOLD_INPUT_BOUND)
+        proven = np.isfinite(lo) & np.isfinite(hi)
+        for p in points[:1]:
+            vals = _walk(arrays, np.concatenate([np.ravel(a) for a in p]))
+            assert ((vals >= lo) & (vals <= hi))[proven].all()
