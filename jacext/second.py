@@ -455,6 +455,12 @@ def hessian_colours(F, argnums=0):
 def hvp(F, args, w=None, argnums=0):
     """H @ v, forward over reverse.  ``args``: F's arguments, then v, then optionally w."""
     n_args = len(F.arg_shapes)
+    if w is None and argnums == 0 and n_args == 1 and len(args) == 2:
+        parts = F._second.get(("hvp", 0, False))   # one point: no parsing of a batch
+        if parts is not None:
+            r = parts.at_point(args[0], args[1])
+            if r is not None:
+                return r
     if len(args) not in (n_args + 1, n_args + 2):
         raise TypeError(f"jacext: hvp takes the {n_args} argument(s) of {F.name}, then v, "
                         f"then optionally the output weights w; got {len(args)} values")
@@ -500,6 +506,20 @@ class _HVP:
                                "forward", sys.maxsize, values=False, along=True)
         return Function(Tape(arrays, copy=False), G.arg_shapes + (G.arg_shapes[k],),
                         G.out_shapes, G.out_is_tuple, f"hvp({G.name})")
+
+    def at_point(self, x, v):
+        """H v at one point of a one-argument Function, x and v arrays of its shape; None
+        for anything else (the general path then parses it)."""
+        s = self.G.arg_shapes[0]
+        if not (type(x) is np.ndarray and type(v) is np.ndarray and x.shape == s
+                and v.shape == s):
+            return None
+        D = self.slot.tape(1)
+        if D is not None:
+            r = D(x, v)
+            if _tape.all_finite(r):   # else the sweep decides (its zero kills)
+                return r
+        return self.G.jvp(x, v)[1]
 
     def __call__(self, call, v):
         G = self.G

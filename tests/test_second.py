@@ -277,6 +277,15 @@ def test_hvp_tape_after_enough_points():
     assert F._second[("hvp", 0, False)].slot.current is not None
     np.testing.assert_allclose(F.hvp(x, v), first, rtol=1e-14, atol=1e-12)
     np.testing.assert_allclose(batch[0], F.hvp(X[0], v), rtol=1e-14, atol=1e-12)
+    # a single point's own path (arrays of the argument's shape) against the general one
+    # (lists, parsed) and the sweeps (an inf in v: the tape's result is not finite)
+    assert np.array_equal(F.hvp(x, v), F.hvp(list(x), list(v)))
+    w = v.copy()
+    w[3] = np.inf
+    with np.errstate(all="ignore"):
+        assert np.array_equal(F.hvp(x, w), F.hvp(list(x), list(w)), equal_nan=True)
+        G = F.grad_function()
+        assert np.array_equal(F.hvp(x, w), G.jvp(x, w)[1], equal_nan=True)
 
 
 # ---------------------------------------------------------------- sparsity --
