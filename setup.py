@@ -81,7 +81,14 @@ extensions = [
 
 class build_ext(_build_ext):
     """build_ext that builds the C core first (``build`` does; ``build_ext --inplace``,
-    which the README and .ci/sanitize run, would not)."""
+    which the README and .ci/sanitize run, would not), and the extensions on every core
+    unless ``-j`` says otherwise (a clean in-place build on this project's 2 cores: 108 ->
+    71 s; CI builds three times)."""
+
+    def finalize_options(self):
+        super().finalize_options()
+        if not self.parallel:
+            self.parallel = os.cpu_count() or 1
 
     def run(self):
         if self.distribution.has_c_libraries():
