@@ -514,12 +514,7 @@ class _HVP:
         if not (type(x) is np.ndarray and type(v) is np.ndarray and x.shape == s
                 and v.shape == s):
             return None
-        D = self.slot.tape(1)
-        if D is not None:
-            r = D(x, v)
-            if _tape.all_finite(r):   # else the sweep decides (its zero kills)
-                return r
-        return self.G.jvp(x, v)[1]
+        return self._product((x,), v, 1)
 
     def __call__(self, call, v):
         G = self.G
@@ -530,12 +525,18 @@ class _HVP:
             batch = np.broadcast_shapes(_batch_of(G, call), v_batch)
         except ValueError:
             batch = ()   # the argument parser says what is wrong
-        n_points = max(math.prod(batch), 1)
+        return self._product(call, v, max(math.prod(batch), 1))
+
+    def _product(self, call, v, n_points):
+        """H v from the tape once ``n_points`` more points make it worth building; from
+        the tangent sweep before, and where the tape's result is not finite (the sweep's
+        zero kills decide)."""
         D = self.slot.tape(n_points)
         if D is not None:
             r = D(*call, v)
-            if _tape.all_finite(r):   # else the sweep decides (its zero kills)
+            if _tape.all_finite(r):
                 return r
+        G = self.G
         tangents = [v if j == self.argnums else np.zeros(s)
                     for j, s in enumerate(G.arg_shapes)]
         return G.jvp(*call, tangents[0] if len(tangents) == 1 else tuple(tangents))[1]

@@ -462,6 +462,9 @@ static int jx_copy_entries(double *JX_RESTRICT jac, int32_t n_jac, const double 
     return jx_acc_finite(acc, JX_COPY_TILE);
 }
 
+static int jx_run_points(const jx_tape *t, jx_work *pw, const jx_batch *job, ptrdiff_t lo,
+                         ptrdiff_t hi);
+
 /* Whether every point of a block is within t's bound (jx_tape.bound in vm.h). */
 static int jx_block_in_bound(const jx_tape *t, const double *x, int32_t n)
 {
@@ -488,7 +491,6 @@ static int jx_block_jac_tape(const jx_tape *t, jx_block_work *w, jx_work *pw,
     const int32_t n_out = t->n_out, n_jac = jt->n_out - n_out;
     const double *V = w->value;
     double *jac = job->out + (size_t)p0 * (size_t)n_jac;
-    int32_t l;
     /* a folded Jacobian tape holds within its bound only: a block with a point beyond it
        goes point by point (there t runs its exact tape) */
     if (jx_block_in_bound(jt, job->x + (size_t)p0 * (size_t)t->n_in, n)) {
@@ -502,15 +504,7 @@ static int jx_block_jac_tape(const jx_tape *t, jx_block_work *w, jx_work *pw,
         int st = jx_work_init(pw, t, jx_dirs_for(t, job));
         if (st != JX_OK) return st;
     }
-    for (l = 0; l < n; l++) {
-        const ptrdiff_t p = p0 + l;
-        int st = jx_point_jacobian(t, pw, job->x + (size_t)p * (size_t)t->n_in,
-                                   job->y ? job->y + (size_t)p * n_out : NULL,
-                                   job->out + (size_t)p * (size_t)n_jac, job->cols,
-                                   job->n_cols, job->mode);
-        if (st != JX_OK) return st;
-    }
-    return JX_OK;
+    return jx_run_points(t, pw, job, p0, p0 + n);
 }
 
 /*

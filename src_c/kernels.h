@@ -69,8 +69,8 @@ static inline double jx_zmul(double d, double t)
  * Finiteness without a branch per element: x - x is 0 for finite x and nan
  * for inf and nan, so a sum of them is 0 exactly when every term was finite.
  * jx_nonfinite_acc adds p[l] - p[l] into acc[l] (one accumulator per lane: a
- * block's points, no serial chain; jx_nonfinite_acc2 two arrays at once,
- * jx_copy_nonfinite_acc while copying); jx_acc_finite then says whether all of
+ * block's points, no serial chain; jx_nonfinite_acc2 two arrays at once; batch.c's
+ * jx_copy_entries while copying); jx_acc_finite then says whether all of
  * acc[0 .. n) stayed 0.  jx_all_finite checks one contiguous array with four
  * accumulators.
  */
@@ -87,20 +87,6 @@ static inline void jx_nonfinite_acc2(double *JX_RESTRICT acc, const double *JX_R
 {
     ptrdiff_t l;
     for (l = 0; l < n; l++) acc[l] += (p[l] - p[l]) + (q[l] - q[l]);
-}
-
-/* dst[l * stride] = src[l] for l < n, checking src on the way (one pass: the copy of a
-   block's Jacobian entries out to the caller's point-major array). */
-static inline void jx_copy_nonfinite_acc(double *JX_RESTRICT acc, double *JX_RESTRICT dst,
-                                         ptrdiff_t stride, const double *JX_RESTRICT src,
-                                         ptrdiff_t n)
-{
-    ptrdiff_t l;
-    for (l = 0; l < n; l++) {
-        const double v = src[l];
-        dst[l * stride] = v;
-        acc[l] += v - v;
-    }
 }
 
 static inline int jx_acc_finite(const double *acc, ptrdiff_t n)

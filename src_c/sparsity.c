@@ -354,12 +354,9 @@ int jx_point_subgraph(const jx_tape *t, jx_work *w, const double *x, double *y,
     if (t->n_blocks > 0) return JX_EARG;   /* no cones for blocks (jx_cones) */
     if (at != t) {
         /* the cones are t's instructions: outside t's bound the values come from the tape
-           that runs there and the nonzeros are nan, which the caller redoes by forward
-           sweeps (jacext/nonfinite.py) */
-        if (y) {
-            if (at) jx_point_value(at, w, x, y);
-            else for (o = 0; o < t->n_out; o++) y[o] = NAN;
-        }
+           that runs there (jx_point_value dispatches as this does) and the nonzeros are
+           nan, which the caller redoes by forward sweeps (jacext/nonfinite.py) */
+        if (y) jx_point_value(t, w, x, y);
         for (k = 0; k < row_ptr[t->n_out]; k++) vals[k] = NAN;
         return JX_OK;
     }
