@@ -406,10 +406,36 @@ cdef class Graph:
             raise ValueError("jacext: too many blocks, or too many rows in one")
         v.setflags(write=False)
         self._reserve(m)
-        self.blocks.append((w, v))
+        self.blocks.append((w, v, (m, n)))
         for i in range(m):
             self._append(C_BLOCK, <int32_t>k, <int32_t>i, -1, 0.0)
         return np.arange(first, first + m, dtype=np.int64)
+
+    def product(self, a, b):
+        """The m x p node ids of ``a @ b`` for m x n and n x p arrays of node ids: one
+        product block (``blocks`` entry ``(-1, operands, (m, n, p))``, its operands a's
+        ids then b's, row-major), which the lowering turns into one block instruction whose
+        partials are its operands' values (vm.h).  Row j of the result is node j of the
+        block, as for ``block``."""
+        cdef cnp.ndarray ia = np.asarray(a, dtype=np.int64)
+        cdef cnp.ndarray ib = np.asarray(b, dtype=np.int64)
+        cdef int64_t i, first = self.n
+        cdef Py_ssize_t m, n, p, k = len(self.blocks)
+        if ia.ndim != 2 or ib.ndim != 2 or ia.shape[1] != ib.shape[0] or ia.size == 0 \
+                or ib.size == 0:
+            raise ValueError("jacext: a product block takes an m x n and an n x p array of "
+                             "node ids")
+        m, n, p = ia.shape[0], ia.shape[1], ib.shape[1]
+        cdef cnp.ndarray v = np.concatenate([ia.ravel(), ib.ravel()])
+        self._check_ids(v, 0)
+        if k >= 2**31 - 1 or m * p >= 2**31 - 1 or v.shape[0] >= 2**31 - 1:
+            raise ValueError("jacext: too many blocks, or a product too large")
+        v.setflags(write=False)
+        self._reserve(m * p)
+        self.blocks.append((-1, v, (m, n, p)))
+        for i in range(m * p):
+            self._append(C_BLOCK, <int32_t>k, <int32_t>i, -1, 0.0)
+        return np.arange(first, first + m * p, dtype=np.int64).reshape(m, p)
 
     def consts(self, values):
         """Node ids of constants (same value bits, same node)."""

@@ -306,7 +306,10 @@ cdef class Tape:
         self._block_finite = finite
         self.t.block_finite = <const unsigned char *>cnp.PyArray_DATA(finite)
         shapes = self._arrays["blocks"].reshape(-1, JX_BLOCK_FIELDS)
-        self.work = n + int((shapes[:, 1] * shapes[:, 2]).sum()) - shapes.shape[0]
+        # a block counts its multiply-adds: m n, or m n p for a product (W's offset -p)
+        self.work = n + int((shapes[:, 1] * shapes[:, 2]
+                             * np.where(shapes[:, 3] < 0, -shapes[:, 3], 1)).sum()
+                            ) - shapes.shape[0]
         fixed = np.zeros(n, dtype=np.uint8)
         d0 = np.zeros(n, dtype=np.float64)
         d1 = np.zeros(n, dtype=np.float64)
@@ -374,9 +377,9 @@ cdef class Tape:
 
     def blocks(self):
         """The block instructions as (instruction, m, n, W) tuples, W a read-only view of
-        the tape's weights (m x n)."""
+        the tape's weights (m x n); a product block's fourth is p (A m x n @ B n x p)."""
         w = self._arrays["weights"]
-        return [(int(i), int(m), int(n), w[o:o + m * n].reshape(m, n))
+        return [(int(i), int(m), int(n), -o if o < 0 else w[o:o + m * n].reshape(m, n))
                 for i, m, n, o in self._arrays["blocks"].reshape(-1, JX_BLOCK_FIELDS).tolist()]
 
     def arrays(self):

@@ -136,11 +136,15 @@ def _fold(arrays, bound, fold=True):
         src, dst = int(arrays["a"][i]), int(arrays["dst"][i])
         x = node[src:src + n]
         _blocks.values(g, blocks, node, i, dst, src)
-        W = blocks.matrix(i)[0]
         big = np.maximum(np.abs(lo[x]), np.abs(hi[x]))
-        if not (np.isfinite(W).all() and (big <= _plan.FOLD_RANGE_LIMIT).all()):
+        prod = blocks.product(i)
+        W = None if prod else blocks.matrix(i)[0]
+        if not ((prod or np.isfinite(W).all()) and (big <= _plan.FOLD_RANGE_LIMIT).all()):
             return np.full(m, np.inf)
         with np.errstate(all="ignore"):
+            if prod:   # |A B| <= |A| |B| entry by entry
+                pm, pn, pp = prod
+                return (big[:pm * pn].reshape(pm, pn) @ big[pm * pn:].reshape(pn, pp)).ravel()
             return np.abs(W) @ big
 
     outs, iv = fold_zeros(g, ins, arrays, _RULE, _FIXED_LO, _FIXED_HI, float(bound),

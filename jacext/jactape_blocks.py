@@ -43,7 +43,8 @@ _MUL = OPS["MUL"]
 
 class Blocks:
     """A tape's block instructions, by instruction index, and their matrices registered
-    in one Graph once each (W for values and tangents, W^T for adjoints)."""
+    in one Graph once each (W for values and tangents, W^T for adjoints); a product
+    block's operand nodes once ``values`` has made them (its partials)."""
 
     def __init__(self, tape, g):
         table = np.asarray(tape.get("blocks", ()), dtype=np.int64).reshape(-1, BLOCK_FIELDS)
@@ -52,10 +53,17 @@ class Blocks:
         self.g = g
         self._index = {}
         self._matrix = {}
+        self.operands = {}
+
+    def product(self, i):
+        """(m, n, p) of product block i (Y = A B, A m x n), None for a block of W."""
+        m, n, off = self.at[i]
+        return (m, n, -off) if off < 0 else None
 
     def shape(self, i):
-        m, n, _ = self.at[i]
-        return m, n
+        """(the slots block i writes, the slots it reads)."""
+        m, n, off = self.at[i]
+        return (m * -off, n * (m - off)) if off < 0 else (m, n)
 
     def matrix(self, i):
         """(W, W != 0 as CSR (ptr, columns) of its rows and CSC (ptr, rows) of its
@@ -104,15 +112,122 @@ def split_groups(first, tape):
 def rows_written(tape, blocks):
     """Slots each instruction writes: 1, or a block's m."""
     rows = np.ones(len(tape["op"]), dtype=np.int64)
-    for i, (m, _, _) in blocks.at.items():
-        rows[i] = m
+    for i in blocks.at:
+        rows[i] = blocks.shape(i)[0]
     return rows
 
 
 def values(g, blocks, node, i, dst, src):
     """Block instruction i's rows into ``node`` (slot -> node)."""
     m, n = blocks.shape(i)
+    prod = blocks.product(i)
+    if prod is not None:
+        pm, pn, pp = prod
+        ids = node[src:src + n].copy()
+        blocks.operands[i] = ids
+        node[dst:dst + m] = g.product(ids[:pm * pn].reshape(pm, pn),
+                                      ids[pm * pn:].reshape(pn, pp)).ravel()
+        return
     node[dst:dst + m] = g.block(blocks.index(i), node[src:src + n])
+
+
+# ---- product blocks, Y = A B: partials are the operands' values ----
+#
+# A tangent of A[r, c] reaches row r of Y through row c of B, one of B[c, j] through
+# column j through column r... through A's column c: each nonzero gives p (m) products
+# with the other operand's values, summed per Y entry and Jacobian column in operand
+# order.  Where a column's tangents (an output row's adjoints) are dense, they are one
+# product block instead: dA B + A dB (Y_bar B^T and A^T Y_bar), the zero entries the
+# constant 0.
+
+def _split(blocks, i):
+    m, n, p = blocks.product(i)
+    ids = blocks.operands[i]
+    return m, n, p, ids[:m * n].reshape(m, n), ids[m * n:].reshape(n, p)
+
+
+def _product_terms(g, blocks, i, member, key, node, transposed):
+    """Scalar terms of product block i for nonzeros (member, key, node): forward,
+    ``member`` indexes the operands and each term goes to a Y entry; reverse
+    (``transposed``), ``member`` indexes Y and each term to an operand.  Returns (target,
+    key, term, seq), terms that meet a constant zero left out (zero kills)."""
+    m, n, p, A, Bv = _split(blocks, i)
+    mn = m * n
+    if not transposed:
+        in_a = member < mn
+        r, c = np.divmod(member[in_a], n)          # A[r, c] -> Y[r, :] via B[c, :]
+        ta = (r[:, None] * p + np.arange(p)).ravel()
+        fa = Bv[c].ravel()
+        ea = np.repeat(np.flatnonzero(in_a), p)
+        cb, jb = np.divmod(member[~in_a] - mn, p)   # B[c, j] -> Y[:, j] via A[:, c]
+        tb = (np.arange(m)[None, :] * p + jb[:, None]).ravel()
+        fb = A[:, cb].T.ravel()
+        eb = np.repeat(np.flatnonzero(~in_a), m)
+        target, other, e = (np.concatenate(v) for v in ((ta, tb), (fa, fb), (ea, eb)))
+    else:
+        r, j = np.divmod(member, p)                 # Y[r, j] -> A[r, :] and B[:, j]
+        ta = (r[:, None] * n + np.arange(n)).ravel()
+        fa = Bv[:, j].T.ravel()
+        tb = mn + (np.arange(n)[None, :] * p + j[:, None]).ravel()
+        fb = A[r].ravel()
+        e = np.concatenate([np.repeat(np.arange(len(member)), n)] * 2)
+        target, other = np.concatenate((ta, tb)), np.concatenate((fa, fb))
+    terms = g.mul_nonzero(node[e], other) if len(e) else e
+    keep = terms >= 0
+    return target[keep], key[e][keep], terms[keep], member[e][keep]
+
+
+def _product_dense(g, blocks, i, member, node, transposed):
+    """One column's tangents (one row's adjoints), given by their nonzeros, as product
+    blocks: the nodes of dA B + A dB over Y (forward), or of [Y_bar B^T, A^T Y_bar]
+    over the operands (reverse)."""
+    m, n, p, A, Bv = _split(blocks, i)
+    zero = g.const(0.0)
+    if not transposed:
+        vec = np.full(m * n + n * p, zero, dtype=np.int64)
+        vec[member] = node
+        left = g.product(vec[:m * n].reshape(m, n), Bv).ravel()
+        right = g.product(A, vec[m * n:].reshape(n, p)).ravel()
+        # the Y entries reached: rows of A, columns of B with a nonzero tangent
+        rows = np.zeros(m, dtype=bool)
+        rows[member[member < m * n] // n] = True
+        cols = np.zeros(p, dtype=bool)
+        cols[(member[member >= m * n] - m * n) % p] = True
+        out = np.flatnonzero((rows[:, None] | cols[None, :]).ravel())
+        return out, g.apply(OPS["ADD"], left[out], right[out])
+    ybar = np.full(m * p, zero, dtype=np.int64)
+    ybar[member] = node
+    ybar = ybar.reshape(m, p)
+    # the operands reached: rows of A and columns of B that meet a nonzero adjoint
+    rows = np.zeros(m, dtype=bool)
+    rows[member // p] = True
+    cols = np.zeros(p, dtype=bool)
+    cols[member % p] = True
+    out = np.flatnonzero(np.concatenate([np.repeat(rows, n), np.tile(cols, n)]))
+    res = np.concatenate([g.product(ybar, Bv.T).ravel(), g.product(A.T, ybar).ravel()])
+    return out, res[out]
+
+
+def _product_linear(g, blocks, i, member, key, node, n_keys, transposed):
+    """``_linear`` for product block i: (target, key, term, seq) of the sparse keys'
+    scalar terms, and (target, key, node) of the dense keys' products."""
+    size_in = blocks.shape(i)[0 if transposed else 1]
+    order = np.lexsort((member, key))
+    member, key, node = member[order], key[order], node[order]
+    dense_key = np.bincount(key, minlength=n_keys) > _sparse_limit(size_in)
+    is_dense = dense_key[key]
+    d_out, d_key, d_node = [], [], []
+    dense_at = np.flatnonzero(is_dense)
+    if len(dense_at):
+        for part in np.split(dense_at, np.flatnonzero(np.diff(key[dense_at])) + 1):
+            out, res = _product_dense(g, blocks, i, member[part], node[part], transposed)
+            d_out.append(out)
+            d_key.append(np.full(len(res), key[part[0]], dtype=np.int64))
+            d_node.append(res)
+    dense = tuple(np.concatenate(v) if v else np.zeros(0, dtype=np.int64)
+                  for v in (d_out, d_key, d_node))
+    sp = ~is_dense
+    return _product_terms(g, blocks, i, member[sp], key[sp], node[sp], transposed), dense
 
 
 def _sparse_limit(n):
@@ -199,7 +314,8 @@ def forward(g, blocks, tan, i, dst, src, n_cols):
     if len(member) == 0:
         tan.block[slots] = -1
         return
-    (out, k, terms, seq), (d_out, d_key, d_node) = _linear(
+    linear = _linear if blocks.product(i) is None else _product_linear
+    (out, k, terms, seq), (d_out, d_key, d_node) = linear(
         g, blocks, i, member, key, node, n_cols, False)
     codes, sums = (_jt._chain_sums(g, out * n_cols + k, terms, seq) if len(out)
                    else (out, terms))
@@ -214,7 +330,8 @@ def reverse_bulk(g, blocks, pending, i, j, r, adj, defs_of, seq, n_out):
     """Block instruction i in ``_reverse_bulk``: its rows' adjoints (row j of the block,
     output row r, node) become its operands' terms, sent to ``pending`` (``defs_of``:
     the value ids of the operands; ``seq``: the block's place in the sweep)."""
-    (c, rr, terms, _), (d_c, d_r, d_node) = _linear(g, blocks, i, j, r, adj, n_out, True)
+    linear = _linear if blocks.product(i) is None else _product_linear
+    (c, rr, terms, _), (d_c, d_r, d_node) = linear(g, blocks, i, j, r, adj, n_out, True)
     # each term on its own, in row order within an operand and output row (the sweep's
     # sparse lanes), then the blocks' sums
     c = np.concatenate([c, d_c])
@@ -237,7 +354,8 @@ def reverse_one(g, blocks, adj, add, i, dst, src):
         return
     j, r, node = (np.array(v, dtype=np.int64) for v in (j, r, node))
     n_rows = int(r.max()) + 1
-    (c, rr, terms, _), (d_c, d_r, d_node) = _linear(g, blocks, i, j, r, node, n_rows, True)
+    linear = _linear if blocks.product(i) is None else _product_linear
+    (c, rr, terms, _), (d_c, d_r, d_node) = linear(g, blocks, i, j, r, node, n_rows, True)
     for cc, row, t in zip(np.concatenate([c, d_c]).tolist(),
                           np.concatenate([rr, d_r]).tolist(),
                           np.concatenate([terms, d_node]).tolist()):

@@ -92,8 +92,42 @@ def _block_matmul(g, ia, ib):
     return out
 
 
+def _product_matmul(g, ia, ib):
+    """ia @ ib of two traced operands as product blocks (``Graph.product``, one per matrix
+    of a stack) where the product is large enough (plan.use_product) and neither operand
+    holds the constant 0.0 (whose products the scalar form leaves out: a block has no
+    structural zeros); None otherwise."""
+    from jacext import plan
+
+    if ia.dtype.kind == "f" or ib.dtype.kind == "f" or ia.ndim == 0 or ib.ndim == 0:
+        return None
+    a1, b1 = ia.ndim == 1, ib.ndim == 1
+    A = ia[None, :] if a1 else ia
+    Bm = ib[:, None] if b1 else ib
+    m, n, p = A.shape[-2], A.shape[-1], Bm.shape[-1]
+    if n != Bm.shape[-2] or not plan.use_product(m, n, p):
+        return None
+    for ids in (A, Bm):
+        is_const, value = g.constants(ids.ravel())
+        if (is_const.astype(bool) & (value == 0.0)).any():
+            return None
+    batch = np.broadcast_shapes(A.shape[:-2], Bm.shape[:-2])
+    A = np.broadcast_to(A, batch + A.shape[-2:])
+    Bm = np.broadcast_to(Bm, batch + Bm.shape[-2:])
+    out = np.empty(batch + (m, p), dtype=np.int64)
+    for idx in np.ndindex(*batch):
+        out[idx] = g.product(A[idx], Bm[idx])
+    if a1:
+        out = out[..., 0, :]
+    if b1:
+        out = out[..., 0]
+    return out
+
+
 def _matmul_ids(g, ia, ib):
     res = _block_matmul(g, ia, ib)
+    if res is None:
+        res = _product_matmul(g, ia, ib)
     if res is not None:
         return res
     ia, ib = _as_ids(g, ia), _as_ids(g, ib)

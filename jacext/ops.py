@@ -272,6 +272,12 @@ def disassemble(arrays):
     for i, (word, d, x, y, c, imm) in enumerate(zip(
             a["op"].tolist(), a["dst"].tolist(), a["a"].tolist(), a["b"].tolist(),
             a["s"].tolist(), a["imm"].tolist())):
+        if word == _tape.BLOCK and shapes[i][2] < 0:   # a product: o is -p
+            m, n, p = shapes[i][0], shapes[i][1], -shapes[i][2]
+            b = x + m * n
+            lines.append(f"{i:6d} s{d}..s{d + m * p - 1} = PRODUCT [{m}x{n}] s{x}..s{b - 1} "
+                         f"@ [{n}x{p}] s{b}..s{b + n * p - 1}")
+            continue
         if word == _tape.BLOCK:
             m, n, o = shapes[i]
             lines.append(f"{i:6d} s{d}..s{d + m - 1} = BLOCK W[{m}x{n}]@{o} "

@@ -94,7 +94,8 @@ def lower(Graph g, input_ids, output_ids):
                 live_arr[ids] = 1
                 n_order += 1
                 n_gather += ids.shape[0]
-                n_rows += g.weights[g.blocks[g.a[i]][0]].shape[0]
+                shape = g.blocks[g.a[i]][2]
+                n_rows += shape[0] * (shape[2] if len(shape) == 3 else 1)
             continue
         n_instr += 1
         if g.a[i] >= 0:
@@ -135,12 +136,15 @@ def lower(Graph g, input_ids, output_ids):
     cdef cnp.ndarray block_seen_arr = np.zeros(max(n_blocks, 1), dtype=np.uint8)
     cdef unsigned char[::1] block_seen = block_seen_arr
     j = 0
+    pinned = []
     for i in range(n):
         if live[i] and g.op[i] == C_BLOCK:
             if not block_seen[g.a[i]]:   # the block stands where its first live row does
                 block_seen[g.a[i]] = 1
                 order[j] = <int32_t>i
                 last_arr[g.blocks[g.a[i]][1]] = j
+                if g.blocks[g.a[i]][0] < 0:
+                    pinned.append(g.blocks[g.a[i]][1])
                 j += 1
             continue
         if live[i] and g.op[i] != C_INPUT and g.op[i] != C_CONST:
@@ -154,6 +158,10 @@ def lower(Graph g, input_ids, output_ids):
             j += 1
     for i in range(n_out):
         last[outs[i]] = <int32_t>n_order   # outputs live to the end
+    for ids in pinned:
+        # a product's operands too: their values are its partials, which the derivative
+        # sweeps read after the value sweep (vm.h)
+        last_arr[ids] = n_order
     # 4. work slots by liveness (a free stack of slots).  Slots freed inside a
     # group -- consecutive instructions of one op word, none reading a value the
     # group made (one traced NumPy call over an array) -- are reused only after
@@ -196,9 +204,14 @@ def lower(Graph g, input_ids, output_ids):
             n_pend = 0
             group_start = j
             prev_opw = JX_BLOCK
-            w_index, ids = g.blocks[g.a[nd]]
-            W = g.weights[w_index]
-            m, nk = W.shape
+            w_index, ids, shape = g.blocks[g.a[nd]]
+            product = w_index < 0
+            if product:   # m x p results of an m x n and an n x p matrix of operands
+                m = shape[0] * shape[2]
+                nk = ids.shape[0]
+            else:
+                W = g.weights[w_index]
+                m, nk = W.shape
             if next_slot + m + nk >= 2**31 - 1:
                 raise MemoryError("jacext: the tape needs more than 2**31 work slots")
             in_slots = slot_arr[ids]
@@ -218,11 +231,14 @@ def lower(Graph g, input_ids, output_ids):
                 copied = True
             dst0 = next_slot
             next_slot += m
-            if w_index not in weight_at:
-                weight_at[w_index] = weight_size
-                weight_parts.append(W.ravel())
-                weight_size += m * nk
-            blocks_out.append((t, m, nk, weight_at[w_index]))
+            if product:
+                blocks_out.append((t, shape[0], shape[1], -shape[2]))
+            else:
+                if w_index not in weight_at:
+                    weight_at[w_index] = weight_size
+                    weight_parts.append(W.ravel())
+                    weight_size += m * nk
+                blocks_out.append((t, m, nk, weight_at[w_index]))
             top[t] = JX_BLOCK
             tdst[t] = <int32_t>dst0
             ta[t] = tb[t] = ts[t] = <int32_t>src
@@ -236,7 +252,7 @@ def lower(Graph g, input_ids, output_ids):
                 if not live[o]:   # a row nobody reads
                     pending[n_pend] = slot[o]
                     n_pend += 1
-            if copied:
+            if copied and not product:   # (a product's copies hold its partials)
                 for k in range(nk):
                     pending[n_pend] = <int32_t>(src + k)
                     n_pend += 1
@@ -385,8 +401,14 @@ def evaluate(Graph g, x, double[::1] vals, int64_t start):
             vals[i] = g.imm[i]
             continue
         if word == C_BLOCK:     # row b of block a: W[b] @ its operands' values
-            w, v = g.blocks[g.a[i]]
-            vals[i] = float(np.dot(g.weights[w][g.b[i]], np.asarray(vals)[v]))
+            w, v, shape = g.blocks[g.a[i]]
+            if w < 0:   # a product: row i, column j of A @ B
+                m, nk, p = shape
+                r, c = divmod(g.b[i], p)
+                av = np.asarray(vals)[v]
+                vals[i] = float(np.dot(av[r * nk:(r + 1) * nk], av[m * nk + c::p]))
+            else:
+                vals[i] = float(np.dot(g.weights[w][g.b[i]], np.asarray(vals)[v]))
             continue
         base = word & JX_OP_MASK
         va = g.imm[i] if (word & JX_A_IMM) else (vals[g.a[i]] if g.a[i] >= 0 else 0.0)

@@ -134,6 +134,11 @@ FILL_CHUNK_BYTES = 256 * 1024
 #: nonzero; else the scalar form, which skips its zeros (bench/blocks.py measures both).
 BLOCK_MIN_NONZEROS = 64
 BLOCK_MIN_DENSITY = 0.25
+#: A traced product of two traced matrices, A(x) @ B(x) (m x n times n x p), becomes one
+#: product block (vm.h: BLAS for values, tangents and adjoints) where it takes at least
+#: this many multiply-adds; smaller ones (kinematics' 4 x 4 and 3 x 3) keep the scalar
+#: form, faster than any BLAS call there (bench/varvar.py measures both).
+PRODUCT_MIN_WORK = 1000
 #: In a Jacobian tape, a block y = W x (W m x n) carries a Jacobian column's tangents (a
 #: row's adjoints) as scalar products of W's columns (rows) where at most
 #: max(1, n // JAC_TAPE_BLOCK_SPARSE) of its operands' are nonzero, else as one block of
@@ -193,6 +198,12 @@ def use_block(size, nonzeros):
     """Whether a constant matrix of ``size`` entries, ``nonzeros`` of them not zero,
     becomes block instructions (BLOCK_MIN_NONZEROS, BLOCK_MIN_DENSITY)."""
     return nonzeros >= BLOCK_MIN_NONZEROS and nonzeros >= BLOCK_MIN_DENSITY * size
+
+
+def use_product(m, n, p):
+    """Whether a traced m x n by n x p matrix product becomes a product block
+    (PRODUCT_MIN_WORK)."""
+    return m * n * p >= PRODUCT_MIN_WORK
 
 
 def n_threads(threads, n_points, work_per_point):

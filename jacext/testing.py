@@ -292,7 +292,8 @@ def without_blocks(arrays):
     """The same function as a tape of scalar instructions only (``arrays``: a Tape's
     arrays), to compare a tape with blocks against its scalar form: each block y = W x
     (vm.h) becomes, row by row, its operands times W's nonzeros (MUL by an immediate)
-    summed left to right (ADD), through three extra slots (an instruction never writes
+    summed left to right (ADD), and each product block Y = A B its entries' sums of
+    A[r, c] * B[c, j] (MUL of two slots), through three extra slots (an instruction never writes
     over its own operand).  Values equal the block's to rounding (BLAS sums in its own
     order).  A tape without blocks is returned as it is."""
     from jacext._tape import BLOCK_FIELDS
@@ -312,13 +313,30 @@ def without_blocks(arrays):
     def emit(op, dst, a, b, imm=0.0):
         rows.append((op, dst, a, b, imm))
 
+    mul2 = OPS["MUL"]
     for i, m, n, off in blocks.tolist():
         for k in keys:
             pieces[k].append(cols[k][start:i])
         start = i + 1
-        W = weights[off:off + m * n].reshape(m, n)
         x0, y0 = int(cols["a"][i]), int(cols["dst"][i])
         rows.clear()
+        if off < 0:   # a product Y = A B (m x n times n x p): A[r, c] * B[c, j] summed
+            p = -off
+            b0 = x0 + m * n
+            for r_ in range(m):
+                for j in range(p):
+                    cur = y0 + r_ * p + j if n == 1 else acc1
+                    emit(mul2, cur, x0 + r_ * n, b0 + j)
+                    for c in range(1, n):
+                        emit(mul2, prod, x0 + r_ * n + c, b0 + c * p + j)
+                        nxt = y0 + r_ * p + j if c == n - 1 else (acc2 if cur == acc1 else acc1)
+                        emit(add, nxt, cur, prod)
+                        cur = nxt
+            r = np.array(rows, dtype=np.float64).reshape(-1, 5)
+            for k, c in (("op", 0), ("dst", 1), ("a", 2), ("b", 3), ("s", 2), ("imm", 4)):
+                pieces[k].append(r[:, c].astype(cols[k].dtype))
+            continue
+        W = weights[off:off + m * n].reshape(m, n)
         for j in range(m):
             nz = np.flatnonzero(W[j]).tolist() or [0]     # 0 * x: nan where x is not finite
             last = len(nz) - 1

@@ -240,7 +240,7 @@ static void jx_block_tangent(const jx_tape *t, jx_block_work *w, int32_t dirs, i
     for (i = 0; i < t->n_instr; i++) {
         const int reads = jx_reads(t->op[i]);
         if (kb < t->n_blocks && jx_block_instr(t, kb) == i) {
-            jx_block_op_tangent(t, kb++, w->lane, (ptrdiff_t)dirs * B);
+            jx_block_op_tangent(t, kb++, w->value, B, w->lane, (ptrdiff_t)dirs * B);
             continue;
         }
         const int use_a = reads & JX_READS_A, use_b = reads & JX_READS_B;
@@ -295,7 +295,7 @@ static void jx_block_adjoint(const jx_tape *t, jx_block_work *w, int32_t rows, i
     for (i = t->n_instr - 1; i >= 0; i--) {
         const int reads = jx_reads(t->op[i]);
         if (kb >= 0 && jx_block_instr(t, kb) == i) {
-            jx_block_op_adjoint(t, kb--, w->lane, (ptrdiff_t)rows * B);
+            jx_block_op_adjoint(t, kb--, w->value, B, w->lane, (ptrdiff_t)rows * B);
             continue;
         }
         const int use_a = reads & JX_READS_A, use_b = reads & JX_READS_B;

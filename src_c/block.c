@@ -14,6 +14,12 @@
  * Derivative lanes that are mostly zeros (a Jacobian's unit seeds) go by their nonzeros
  * instead, m multiply-adds each (jx_sparse_lanes).
  *
+ * A product block (vm.h) multiplies two matrices of slots, Y = A B; its partials are the
+ * operands' values (kept alive by the lowering), read at value + s * VB: a point's sweeps
+ * (VB = 1) take BLAS (tangents A dB as one product, dA B one per row of A; adjoints
+ * B_bar += A^T Y_bar as one, A_bar += Y_bar B^T one per row), a batch's (VB points, each
+ * with its own A and B) plain loops over the points' lanes.
+ *
  * Values keep BLAS's (and NumPy's) nan and inf.  Derivatives keep the zero kills
  * (kernels.h): a zero weight or a zero tangent contributes exactly zero.  BLAS's products
  * do that whenever W and the incoming lanes are finite (0 * finite is 0); otherwise the
@@ -50,9 +56,151 @@ static void jx_gemm_ny(const jx_tape *t, const double *W, int32_t m, int32_t n,
                  Y, &iL);
 }
 
+/* ---- product blocks: Y (m x p) = A (m x n) B (n x p), all slots ---- */
+
+typedef struct {
+    int32_t m, n, p, dst, src;
+} jx_prod;
+
+static jx_prod jx_prod_of(const jx_tape *t, int32_t k)
+{
+    const int64_t *f = t->blocks + (size_t)JX_BLOCK_FIELDS * k;
+    const int32_t i = (int32_t)f[0];
+    jx_prod q;
+    q.m = (int32_t)f[1];
+    q.n = (int32_t)f[2];
+    q.p = (int32_t)-f[3];
+    q.dst = t->dst[i];
+    q.src = t->a[i];
+    return q;
+}
+
+static void jx_product_value(const jx_tape *t, int32_t k, double *base, ptrdiff_t L)
+{
+    const jx_prod q = jx_prod_of(t, k);
+    const double *A = base + (size_t)q.src * (size_t)L;
+    const double *Bm = A + (size_t)q.m * (size_t)q.n * (size_t)L;
+    double *Y = base + (size_t)q.dst * (size_t)L;
+    int32_t i, j, c;
+    ptrdiff_t l;
+    if (L == 1) {   /* row-major Y = A B is column-major Y^T = B^T A^T */
+        int im = q.m, in = q.n, ip = q.p;
+        double alpha = 1.0, beta = 0.0;
+        char no = 'N';
+        t->dgemm(&no, &no, &ip, &im, &in, &alpha, (double *)Bm, &ip, (double *)A, &in, &beta,
+                 Y, &ip);
+        return;
+    }
+    for (i = 0; i < q.m; i++)
+        for (j = 0; j < q.p; j++) {
+            double *y = Y + ((size_t)i * (size_t)q.p + (size_t)j) * (size_t)L;
+            for (l = 0; l < L; l++) y[l] = 0.0;
+            for (c = 0; c < q.n; c++) {
+                const double *a = A + ((size_t)i * (size_t)q.n + (size_t)c) * (size_t)L;
+                const double *b = Bm + ((size_t)c * (size_t)q.p + (size_t)j) * (size_t)L;
+                for (l = 0; l < L; l++) y[l] += a[l] * b[l];
+            }
+        }
+}
+
+static void jx_product_tangent(const jx_tape *t, int32_t k, const double *value,
+                               ptrdiff_t VB, double *base, ptrdiff_t L)
+{
+    const jx_prod q = jx_prod_of(t, k);
+    const size_t mn = (size_t)q.m * (size_t)q.n, np_ = (size_t)q.n * (size_t)q.p;
+    const double *vA = value + (size_t)q.src * (size_t)VB, *vB = vA + mn * (size_t)VB;
+    const double *tA = base + (size_t)q.src * (size_t)L, *tB = tA + mn * (size_t)L;
+    double *tY = base + (size_t)q.dst * (size_t)L;
+    const ptrdiff_t D = L / VB;
+    int32_t i, j, c;
+    ptrdiff_t d, l;
+    if (VB == 1 && jx_all_finite(vA, (ptrdiff_t)(mn + np_))
+        && jx_all_finite(tA, (ptrdiff_t)(mn + np_) * L)) {
+        /* T_Y = A T_B (one product over the p x D lanes of each row), then row i of A's
+           tangents times B: T_Y[i] (p x D) += B^T T_A[i] */
+        int im = q.m, in = q.n, ipd = (int)(q.p * D), ip = q.p, iD = (int)D;
+        double alpha = 1.0, zero = 0.0, one = 1.0;
+        char no = 'N', tr = 'T';
+        t->dgemm(&no, &no, &ipd, &im, &in, &alpha, (double *)tB, &ipd, (double *)vA, &in,
+                 &zero, tY, &ipd);
+        for (i = 0; i < q.m; i++)
+            t->dgemm(&no, &tr, &iD, &ip, &in, &alpha,
+                     (double *)(tA + (size_t)i * (size_t)q.n * (size_t)D), &iD, (double *)vB,
+                     &ip, &one, tY + (size_t)i * (size_t)q.p * (size_t)D, &iD);
+        return;
+    }
+    for (i = 0; i < q.m; i++)
+        for (j = 0; j < q.p; j++) {
+            double *ty = tY + ((size_t)i * (size_t)q.p + (size_t)j) * (size_t)L;
+            for (l = 0; l < L; l++) ty[l] = 0.0;
+            for (c = 0; c < q.n; c++) {
+                const size_t ia = (size_t)i * (size_t)q.n + (size_t)c;
+                const size_t ib = (size_t)c * (size_t)q.p + (size_t)j;
+                const double *va = vA + ia * (size_t)VB, *vb = vB + ib * (size_t)VB;
+                const double *ta = tA + ia * (size_t)L, *tb = tB + ib * (size_t)L;
+                for (d = 0; d < D; d++)
+                    for (l = 0; l < VB; l++)
+                        ty[d * VB + l] += jx_zmul(vb[l], ta[d * VB + l])
+                                          + jx_zmul(va[l], tb[d * VB + l]);
+            }
+        }
+}
+
+static void jx_product_adjoint(const jx_tape *t, int32_t k, const double *value,
+                               ptrdiff_t VB, double *base, ptrdiff_t L)
+{
+    const jx_prod q = jx_prod_of(t, k);
+    const size_t mn = (size_t)q.m * (size_t)q.n, np_ = (size_t)q.n * (size_t)q.p;
+    const double *vA = value + (size_t)q.src * (size_t)VB, *vB = vA + mn * (size_t)VB;
+    double *aA = base + (size_t)q.src * (size_t)L, *aB = aA + mn * (size_t)L;
+    double *aY = base + (size_t)q.dst * (size_t)L;
+    const ptrdiff_t R = L / VB;
+    int32_t i, j, c;
+    ptrdiff_t r, l;
+    if (VB == 1 && jx_all_finite(vA, (ptrdiff_t)(mn + np_))
+        && jx_all_finite(aY, (ptrdiff_t)q.m * q.p * L)) {
+        /* B_bar (n x pR) += A^T Y_bar; A_bar[i] (n x R) += B Y_bar[i] */
+        int im = q.m, in = q.n, ipr = (int)(q.p * R), ip = q.p, iR = (int)R;
+        double alpha = 1.0, one = 1.0;
+        char no = 'N', tr = 'T';
+        t->dgemm(&no, &tr, &ipr, &in, &im, &alpha, aY, &ipr, (double *)vA, &in, &one, aB,
+                 &ipr);
+        for (i = 0; i < q.m; i++)
+            t->dgemm(&no, &no, &iR, &in, &ip, &alpha, aY + (size_t)i * (size_t)q.p * (size_t)R,
+                     &iR, (double *)vB, &ip, &one, aA + (size_t)i * (size_t)q.n * (size_t)R,
+                     &iR);
+    } else {
+        for (i = 0; i < q.m; i++)
+            for (j = 0; j < q.p; j++) {
+                const double *ay = aY + ((size_t)i * (size_t)q.p + (size_t)j) * (size_t)L;
+                for (c = 0; c < q.n; c++) {
+                    const size_t ia = (size_t)i * (size_t)q.n + (size_t)c;
+                    const size_t ib = (size_t)c * (size_t)q.p + (size_t)j;
+                    const double *va = vA + ia * (size_t)VB, *vb = vB + ib * (size_t)VB;
+                    double *aa = aA + ia * (size_t)L, *ab = aB + ib * (size_t)L;
+                    for (r = 0; r < R; r++)
+                        for (l = 0; l < VB; l++) {
+                            aa[r * VB + l] += jx_zmul(vb[l], ay[r * VB + l]);
+                            ab[r * VB + l] += jx_zmul(va[l], ay[r * VB + l]);
+                        }
+                }
+            }
+    }
+    memset(aY, 0, (size_t)q.m * (size_t)q.p * (size_t)L * sizeof(double));
+}
+
+static int jx_is_product(const jx_tape *t, int32_t k)
+{
+    return t->blocks[(size_t)JX_BLOCK_FIELDS * k + 3] < 0;
+}
+
 void jx_block_op_value(const jx_tape *t, int32_t k, double *base, ptrdiff_t L)
 {
     int32_t m, n, dst, src;
+    if (jx_is_product(t, k)) {
+        jx_product_value(t, k, base, L);
+        return;
+    }
     const double *W = jx_w(t, k, &m, &n, &dst, &src);
     jx_gemm_ny(t, W, m, n, base + (size_t)src * (size_t)L, base + (size_t)dst * (size_t)L, L);
 }
@@ -113,12 +261,18 @@ static void jx_nonzeros_free(jx_nonzeros *nz)
     free(nz->val);
 }
 
-void jx_block_op_tangent(const jx_tape *t, int32_t k, double *base, ptrdiff_t L)
+void jx_block_op_tangent(const jx_tape *t, int32_t k, const double *value, ptrdiff_t VB,
+                         double *base, ptrdiff_t L)
 {
     int32_t m, n, dst, src, j, c;
     ptrdiff_t l, q;
     jx_nonzeros nz;
-    const double *W = jx_w(t, k, &m, &n, &dst, &src);
+    const double *W;
+    if (jx_is_product(t, k)) {
+        jx_product_tangent(t, k, value, VB, base, L);
+        return;
+    }
+    W = jx_w(t, k, &m, &n, &dst, &src);
     const double *X = base + (size_t)src * (size_t)L;
     double *Y = base + (size_t)dst * (size_t)L;
     if (jx_sparse_lanes(X, n, L, &nz)) {   /* by X's nonzeros, W row by row */
@@ -148,14 +302,21 @@ void jx_block_op_tangent(const jx_tape *t, int32_t k, double *base, ptrdiff_t L)
     }
 }
 
-void jx_block_op_adjoint(const jx_tape *t, int32_t k, double *base, ptrdiff_t L)
+void jx_block_op_adjoint(const jx_tape *t, int32_t k, const double *value, ptrdiff_t VB,
+                         double *base, ptrdiff_t L)
 {
     int32_t m, n, dst, src, j, c;
     ptrdiff_t l;
-    const double *W = jx_w(t, k, &m, &n, &dst, &src);
-    double *AX = base + (size_t)src * (size_t)L;
-    double *AY = base + (size_t)dst * (size_t)L;
+    const double *W;
+    double *AX, *AY;
     jx_nonzeros nz;
+    if (jx_is_product(t, k)) {
+        jx_product_adjoint(t, k, value, VB, base, L);
+        return;
+    }
+    W = jx_w(t, k, &m, &n, &dst, &src);
+    AX = base + (size_t)src * (size_t)L;
+    AY = base + (size_t)dst * (size_t)L;
     if (jx_sparse_lanes(AY, m, L, &nz)) {   /* by A_y's nonzeros: lane l += W[j, :] a[j, l] */
         ptrdiff_t q;
         for (q = 0; q < nz.n; q++) {
@@ -193,6 +354,8 @@ void jx_tape_block_finite(const jx_tape *t, unsigned char *finite)
     int32_t k;
     for (k = 0; k < t->n_blocks; k++) {
         const int64_t *f = t->blocks + (size_t)JX_BLOCK_FIELDS * k;
-        finite[k] = (unsigned char)jx_all_finite(t->weights + f[3], (ptrdiff_t)(f[1] * f[2]));
+        /* a product has no W: its sweeps check its operands' values as they run */
+        finite[k] = f[3] < 0 ? 0
+                    : (unsigned char)jx_all_finite(t->weights + f[3], (ptrdiff_t)(f[1] * f[2]));
     }
 }

@@ -107,6 +107,56 @@ static int jx_block_sets(const jx_tape *t, int32_t k, jx_set *sets, jx_set *tmp)
     return st;
 }
 
+/* Appends x's set to acc (acc = acc | x, through tmp). */
+static int jx_set_merge(jx_set *acc, const jx_set *x, jx_set *tmp)
+{
+    jx_set swap;
+    int st;
+    if (x->n == 0) return JX_OK;
+    st = jx_set_union(tmp, acc, x);
+    swap = *acc;
+    *acc = *tmp;
+    *tmp = swap;
+    return st;
+}
+
+/*
+ * The sets of product block k's rows (Y = A B, vm.h): Y[i, j] depends on row i of A and
+ * column j of B, every entry of both (a product of variables has no structural zeros:
+ * the tracer keeps the scalar form where an operand holds a constant zero).  The m row
+ * unions and p column unions are made once: m + p unions of n sets, then m x p merges.
+ */
+static int jx_product_sets(const jx_tape *t, int32_t k, jx_set *sets, jx_set *tmp)
+{
+    const int64_t *f = t->blocks + (size_t)JX_BLOCK_FIELDS * k;
+    const int32_t i0 = (int32_t)f[0], m = (int32_t)f[1], n = (int32_t)f[2];
+    const int32_t p = (int32_t)-f[3];
+    const int32_t dst = t->dst[i0], src = t->a[i0], srcb = src + m * n;
+    jx_set *part = (jx_set *)calloc((size_t)(m + p), sizeof(jx_set));
+    int32_t i, j, c;
+    int st = JX_OK;
+    if (!part) return JX_ENOMEM;
+    for (i = 0; i < m && st == JX_OK; i++)      /* row i of A */
+        for (c = 0; c < n && st == JX_OK; c++)
+            st = jx_set_merge(&part[i], &sets[src + i * n + c], tmp);
+    for (j = 0; j < p && st == JX_OK; j++)      /* column j of B */
+        for (c = 0; c < n && st == JX_OK; c++)
+            st = jx_set_merge(&part[m + j], &sets[srcb + c * p + j], tmp);
+    for (i = 0; i < m && st == JX_OK; i++)
+        for (j = 0; j < p && st == JX_OK; j++) {
+            jx_set *d = &sets[dst + i * p + j];
+            st = jx_set_union(tmp, &part[i], &part[m + j]);
+            if (st == JX_OK) {
+                jx_set old = *d;
+                *d = *tmp;
+                *tmp = old;
+            }
+        }
+    for (i = 0; i < m + p; i++) free(part[i].v);
+    free(part);
+    return st;
+}
+
 int jx_sparsity(const jx_tape *t, const int32_t *col_of_input, int32_t **indptr_out,
                 int32_t **indices_out)
 {
@@ -128,7 +178,9 @@ int jx_sparsity(const jx_tape *t, const int32_t *col_of_input, int32_t **indptr_
     }
     for (i = 0; i < t->n_instr && st == JX_OK; i++) {
         if (t->op[i] == JX_BLOCK) {
-            st = jx_block_sets(t, kb++, sets, &tmp);
+            st = t->blocks[(size_t)JX_BLOCK_FIELDS * kb + 3] < 0
+                     ? jx_product_sets(t, kb, sets, &tmp) : jx_block_sets(t, kb, sets, &tmp);
+            kb++;
             continue;
         }
         {

@@ -115,19 +115,25 @@ int jx_tape_check(const jx_tape *t)
             /* the next block of the table, its ranges inside the slots and apart, its
                matrix inside the weights */
             const int64_t *f = t->blocks + (size_t)JX_BLOCK_FIELDS * kb;
-            int64_t m, n, d, x;
+            int64_t m, n, d, x, rows, reads;
             if (kb >= t->n_blocks || f[0] != i) return JX_EBADTAPE;
             m = f[1];
             n = f[2];
             d = t->dst[i];
             x = t->a[i];
             if (m < 1 || n < 1 || m > INT32_MAX || n > INT32_MAX) return JX_EBADTAPE;
-            if (d < first_temp || d + m > t->n_slots || x < 0 || x + n > t->n_slots)
+            if (f[3] < 0) {   /* a product: p = -f[3] columns, no weights */
+                if (-f[3] > INT32_MAX || m * -f[3] > INT32_MAX || n * (m - f[3]) > INT32_MAX)
+                    return JX_EBADTAPE;
+            } else if (f[3] > t->n_weights || m * n > t->n_weights - f[3]) {
                 return JX_EBADTAPE;
-            if (!(d + m <= x || x + n <= d)) return JX_EBADTAPE;
+            }
+            rows = jx_block_rows(t, kb);
+            reads = jx_block_operands(t, kb);
+            if (d < first_temp || d + rows > t->n_slots || x < 0 || x + reads > t->n_slots)
+                return JX_EBADTAPE;
+            if (!(d + rows <= x || x + reads <= d)) return JX_EBADTAPE;
             if (t->b[i] != t->a[i] || t->s[i] != t->a[i]) return JX_EBADTAPE;
-            if (f[3] < 0 || f[3] > t->n_weights || m * n > t->n_weights - f[3])
-                return JX_EBADTAPE;
             kb++;
             continue;
         }
@@ -203,7 +209,7 @@ int32_t jx_tape_sincos_pairs(const jx_tape *t, int32_t *pair)
             }
         }
         if (word == JX_BLOCK) {   /* a block writes m slots */
-            const int32_t m = (int32_t)t->blocks[(size_t)JX_BLOCK_FIELDS * kb++ + 1];
+            const int32_t m = (int32_t)jx_block_rows(t, kb++);
             int32_t r;
             for (r = 0; r < m; r++) open[t->dst[i] + r] = -1;
         }
@@ -811,8 +817,8 @@ static inline void jx_tangent_step(double p0, double p1, double *td, const doubl
     }
 }
 
-void jx_tangent_sweep(const jx_tape *t, const double *d0, const double *d1,
-                      double *tangent, int32_t lanes)
+void jx_tangent_sweep(const jx_tape *t, const double *value, const double *d0,
+                      const double *d1, double *tangent, int32_t lanes)
 {
     int32_t i = 0, kb, end;
     const size_t K = (size_t)lanes;
@@ -822,7 +828,7 @@ void jx_tangent_sweep(const jx_tape *t, const double *d0, const double *d1,
                             tangent + (size_t)t->a[i] * K, tangent + (size_t)t->b[i] * K,
                             lanes);
         if (kb < t->n_blocks) {
-            jx_block_op_tangent(t, kb, tangent, lanes);
+            jx_block_op_tangent(t, kb, value, 1, tangent, lanes);
             i++;
         }
     }
@@ -847,7 +853,7 @@ static void jx_forward_tangent(const jx_tape *t, double *value, double *tangent,
         }
         if (kb < t->n_blocks) {
             jx_block_op_value(t, kb, value, 1);
-            jx_block_op_tangent(t, kb, tangent, lanes);
+            jx_block_op_tangent(t, kb, value, 1, tangent, lanes);
             i++;
         }
     }
@@ -856,15 +862,15 @@ static void jx_forward_tangent(const jx_tape *t, double *value, double *tangent,
 static void jx_adjoint_range(const jx_tape *t, const double *d0, const double *d1,
                              double *adjoint, int32_t lanes, int32_t lo, int32_t hi);
 
-void jx_adjoint_sweep(const jx_tape *t, const double *d0, const double *d1,
-                      double *adjoint, int32_t lanes)
+void jx_adjoint_sweep(const jx_tape *t, const double *value, const double *d0,
+                      const double *d1, double *adjoint, int32_t lanes)
 {
     int32_t kb;
     /* segments last to first: the scalar instructions after block kb, then the block */
     for (kb = t->n_blocks - 1; kb >= 0; kb--) {
         const int32_t ib = jx_block_instr(t, kb);
         jx_adjoint_range(t, d0, d1, adjoint, lanes, ib + 1, jx_segment_end(t, kb + 1));
-        jx_block_op_adjoint(t, kb, adjoint, lanes);
+        jx_block_op_adjoint(t, kb, value, 1, adjoint, lanes);
     }
     jx_adjoint_range(t, d0, d1, adjoint, lanes, 0, jx_segment_end(t, 0));
 }
@@ -1014,7 +1020,7 @@ static void jx_jacobian_forward(const jx_tape *t, jx_work *w, double *comp,
             const int32_t col = colour ? colour[c] : c;
             if (col >= k0 && col < k0 + kk) w->lane[(size_t)cols[c] * K + (col - k0)] = 1.0;
         }
-        jx_tangent_sweep(t, w->d0, w->d1, w->lane, K);
+        jx_tangent_sweep(t, w->value, w->d0, w->d1, w->lane, K);
         for (i = 0; i < t->n_out; i++) {
             const double *src = w->lane + (size_t)t->out_slot[i] * K;
             double *row = comp + (size_t)i * n_colours + k0;
@@ -1043,7 +1049,7 @@ static void jx_jacobian_reverse(const jx_tape *t, jx_work *w, double *comp,
             const int32_t row = colour ? colour[i] : i;
             if (row >= k0 && row < k0 + kk) w->lane[(size_t)t->out_slot[i] * K + (row - k0)] += 1.0;
         }
-        jx_adjoint_sweep(t, w->d0, w->d1, w->lane, K);
+        jx_adjoint_sweep(t, w->value, w->d0, w->d1, w->lane, K);
         for (k = 0; k < kk; k++) {
             double *dst = comp + (size_t)(k0 + k) * n_cols;
             for (c = 0; c < n_cols; c++) dst[c] = w->lane[(size_t)cols[c] * K + k];
@@ -1118,7 +1124,7 @@ int jx_point_jvp(const jx_tape *t, jx_work *w, const double *x, const double *v,
     /* one lane: the first n_slots entries of the lane array */
     if (t->n_in > 0) memcpy(w->lane, v, (size_t)t->n_in * sizeof(double));
     for (i = 0; i < t->n_const; i++) w->lane[t->n_in + i] = 0.0;
-    jx_tangent_sweep(t, w->d0, w->d1, w->lane, 1);
+    jx_tangent_sweep(t, w->value, w->d0, w->d1, w->lane, 1);
     for (i = 0; i < t->n_out; i++) ydot[i] = w->lane[t->out_slot[i]];
     return JX_OK;
 }
@@ -1139,7 +1145,7 @@ int jx_point_vjp(const jx_tape *t, jx_work *w, const double *x, const double *u,
     jx_store_outputs(t, w, y);
     memset(w->lane, 0, (size_t)t->n_slots * sizeof(double));
     for (i = 0; i < t->n_out; i++) w->lane[t->out_slot[i]] += u[i];
-    jx_adjoint_sweep(t, w->d0, w->d1, w->lane, 1);
+    jx_adjoint_sweep(t, w->value, w->d0, w->d1, w->lane, 1);
     if (t->n_in > 0) memcpy(xbar, w->lane, (size_t)t->n_in * sizeof(double));
     return JX_OK;
 }

@@ -43,6 +43,13 @@
  * values W X, tangents W T, adjoints A_x += W^T A_y, by the BLAS routines dgemm and dgemv
  * whose pointers the tape carries (the Cython layer takes them from SciPy's
  * scipy.linalg.cython_blas, so that the C core links against no BLAS of its own).
+ *
+ * A product block is the same instruction with both factors variable: Y = A B, A an
+ * m x n and B an n x p matrix of slots, row-major and contiguous (A in a .. a+mn-1, B
+ * right after it), Y's m x p in dst .. dst+mp-1.  Its table row holds -p in place of W's
+ * offset.  Its partials are its operands' values, which the lowering keeps alive to the
+ * end of the tape (passes.lower), so the derivative sweeps read them from the values:
+ * tangents dA B + A dB, adjoints A_bar += Y_bar B^T and B_bar += A^T Y_bar.
  */
 #define JX_BLOCK 0x400
 #define JX_BLOCK_FIELDS 4
@@ -232,18 +239,36 @@ int32_t jx_tape_sincos_pairs(const jx_tape *t, int32_t *pair);
 /* Fills finite (n_blocks) as jx_tape.block_finite. */
 void jx_tape_block_finite(const jx_tape *t, unsigned char *finite);
 
-/* ---- block instructions (block.c) over L lanes: slot s's lanes at base + s * L ---- */
+/* ---- block instructions (block.c) over L lanes: slot s's lanes at base + s * L ----
+   The derivative sweeps' lanes are L = D x VB: slot s's lane (d, l) at base + s * L +
+   d * VB + l, its value at value + s * VB + l (a point: VB = 1, D directions; a batch:
+   VB points).  A block of W reads no values; a product block reads its operands'. */
 
-/* Y = W X: the values (NumPy's W @ x through BLAS). */
+/* Y = W X (Y = A B): the values (NumPy's W @ x, A @ B, through BLAS). */
 void jx_block_op_value(const jx_tape *t, int32_t k, double *base, ptrdiff_t L);
-/* T_y = W T_x: tangents, with the zero kills (a zero tangent or weight gives exactly 0). */
-void jx_block_op_tangent(const jx_tape *t, int32_t k, double *base, ptrdiff_t L);
-/* A_x += W^T A_y, then A_y = 0: adjoints, with the zero kills. */
-void jx_block_op_adjoint(const jx_tape *t, int32_t k, double *base, ptrdiff_t L);
-/* Block k's instruction index, m, n and weights. */
+/* T_y = W T_x (dA B + A dB): tangents, with the zero kills (a zero tangent or weight
+   gives exactly 0). */
+void jx_block_op_tangent(const jx_tape *t, int32_t k, const double *value, ptrdiff_t VB,
+                         double *base, ptrdiff_t L);
+/* A_x += W^T A_y (A_bar += Y_bar B^T, B_bar += A^T Y_bar), then A_y = 0: adjoints, with
+   the zero kills. */
+void jx_block_op_adjoint(const jx_tape *t, int32_t k, const double *value, ptrdiff_t VB,
+                         double *base, ptrdiff_t L);
+/* Block k's instruction index. */
 static inline int32_t jx_block_instr(const jx_tape *t, int32_t k)
 {
     return (int32_t)t->blocks[(size_t)JX_BLOCK_FIELDS * k];
+}
+/* The slots block k writes (m, or m x p for a product) and reads (n, or mn + np). */
+static inline int64_t jx_block_rows(const jx_tape *t, int32_t k)
+{
+    const int64_t *f = t->blocks + (size_t)JX_BLOCK_FIELDS * k;
+    return f[3] < 0 ? f[1] * -f[3] : f[1];
+}
+static inline int64_t jx_block_operands(const jx_tape *t, int32_t k)
+{
+    const int64_t *f = t->blocks + (size_t)JX_BLOCK_FIELDS * k;
+    return f[3] < 0 ? f[2] * (f[1] - f[3]) : f[2];
 }
 /* Where the scalar instructions before block k end: block k's instruction, or n_instr
    when k is past the last block.  The sweeps go segment by segment with it. */
@@ -279,10 +304,10 @@ static inline void jx_flag_give(jx_flag *f) { __atomic_store_n(f, 0, __ATOMIC_RE
 /* Sweeps.  value[] must hold the inputs (and constants) before a forward sweep. */
 void jx_forward(const jx_tape *t, double *value);
 void jx_forward_partials(const jx_tape *t, double *value, double *d0, double *d1);
-void jx_tangent_sweep(const jx_tape *t, const double *d0, const double *d1,
-                      double *tangent, int32_t lanes);
-void jx_adjoint_sweep(const jx_tape *t, const double *d0, const double *d1,
-                      double *adjoint, int32_t lanes);
+void jx_tangent_sweep(const jx_tape *t, const double *value, const double *d0,
+                      const double *d1, double *tangent, int32_t lanes);
+void jx_adjoint_sweep(const jx_tape *t, const double *value, const double *d0,
+                      const double *d1, double *adjoint, int32_t lanes);
 
 /* ---- one point ---- */
 
