@@ -264,12 +264,12 @@ def _einsum(subscripts, *operands, out=None, optimize=False, **kw):
 
 def _einsum_as_tensordot(g, in_specs, out_spec, operands):
     """A two-operand einsum that is a tensordot (every letter in the output or in both
-    operands, not both; no repeated letter) with one constant operand: the tensordot, so
-    that its constant matrix may become blocks.  None otherwise."""
+    operands, not both; no repeated letter): the tensordot, so that a constant matrix may
+    become blocks and a product of two traced ones a product block.  None otherwise."""
     if len(operands) != 2:
         return None
     (s1, s2), (x1, x2) = in_specs, operands
-    if sum(_graph_of((v,)) is None and not isinstance(v, Array) for v in operands) != 1:
+    if not any(isinstance(v, Array) for v in operands):
         return None
     if (len(set(s1)) != len(s1) or len(set(s2)) != len(s2) or len(set(out_spec)) !=
             len(out_spec) or np.ndim(x1) != len(s1) or np.ndim(x2) != len(s2)):
@@ -277,6 +277,8 @@ def _einsum_as_tensordot(g, in_specs, out_spec, operands):
     both = [c for c in s1 if c in s2]
     if any(c in out_spec for c in both):
         return None
+    if any(np.shape(x1)[s1.index(c)] != np.shape(x2)[s2.index(c)] for c in both):
+        return None     # a broadcast letter: einsum's own contraction
     if any(c not in out_spec for c in s1 + s2 if c not in both):
         return None
     res = _tensordot(x1, x2, axes=([s1.index(c) for c in both], [s2.index(c) for c in both]))

@@ -138,7 +138,7 @@ BLOCK_MIN_DENSITY = 0.25
 #: product block (vm.h: BLAS for values, tangents and adjoints) where it takes at least
 #: this many multiply-adds; smaller ones (kinematics' 4 x 4 and 3 x 3) keep the scalar
 #: form, faster than any BLAS call there (bench/varvar.py measures both).
-PRODUCT_MIN_WORK = 1000
+PRODUCT_MIN_WORK = 512
 #: In a Jacobian tape, a block y = W x (W m x n) carries a Jacobian column's tangents (a
 #: row's adjoints) as scalar products of W's columns (rows) where at most
 #: max(1, n // JAC_TAPE_BLOCK_SPARSE) of its operands' are nonzero, else as one block of

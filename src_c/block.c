@@ -62,6 +62,9 @@ typedef struct {
     int32_t m, n, p, dst, src;
 } jx_prod;
 
+/* lanes of a batch's product summed in registers at a time */
+#define JX_PRODUCT_TILE 8
+
 static jx_prod jx_prod_of(const jx_tape *t, int32_t k)
 {
     const int64_t *f = t->blocks + (size_t)JX_BLOCK_FIELDS * k;
@@ -91,14 +94,24 @@ static void jx_product_value(const jx_tape *t, int32_t k, double *base, ptrdiff_
                  Y, &ip);
         return;
     }
+    /* a batch: each lane (point) its own product; JX_PRODUCT_TILE lanes of an entry are
+       summed in registers over c, then stored once */
     for (i = 0; i < q.m; i++)
         for (j = 0; j < q.p; j++) {
             double *y = Y + ((size_t)i * (size_t)q.p + (size_t)j) * (size_t)L;
-            for (l = 0; l < L; l++) y[l] = 0.0;
-            for (c = 0; c < q.n; c++) {
-                const double *a = A + ((size_t)i * (size_t)q.n + (size_t)c) * (size_t)L;
-                const double *b = Bm + ((size_t)c * (size_t)q.p + (size_t)j) * (size_t)L;
-                for (l = 0; l < L; l++) y[l] += a[l] * b[l];
+            for (l = 0; l < L; l += JX_PRODUCT_TILE) {
+                const ptrdiff_t w = L - l < JX_PRODUCT_TILE ? L - l : JX_PRODUCT_TILE;
+                double acc[JX_PRODUCT_TILE] = {0.0};
+                ptrdiff_t u;
+                for (c = 0; c < q.n; c++) {
+                    const double *a = A + ((size_t)i * (size_t)q.n + (size_t)c) * (size_t)L + l;
+                    const double *b = Bm + ((size_t)c * (size_t)q.p + (size_t)j) * (size_t)L + l;
+                    if (w == JX_PRODUCT_TILE)
+                        for (u = 0; u < JX_PRODUCT_TILE; u++) acc[u] += a[u] * b[u];
+                    else
+                        for (u = 0; u < w; u++) acc[u] += a[u] * b[u];
+                }
+                for (u = 0; u < w; u++) y[l + u] = acc[u];
             }
         }
 }
@@ -114,6 +127,7 @@ static void jx_product_tangent(const jx_tape *t, int32_t k, const double *value,
     const ptrdiff_t D = L / VB;
     int32_t i, j, c;
     ptrdiff_t d, l;
+    int finite;
     if (VB == 1 && jx_all_finite(vA, (ptrdiff_t)(mn + np_))
         && jx_all_finite(tA, (ptrdiff_t)(mn + np_) * L)) {
         /* T_Y = A T_B (one product over the p x D lanes of each row), then row i of A's
@@ -129,6 +143,9 @@ static void jx_product_tangent(const jx_tape *t, int32_t k, const double *value,
                      &ip, &one, tY + (size_t)i * (size_t)q.p * (size_t)D, &iD);
         return;
     }
+    /* finite values and tangents: plain products (0 * finite is 0 already) */
+    finite = jx_all_finite(vA, (ptrdiff_t)(mn + np_) * VB)
+             && jx_all_finite(tA, (ptrdiff_t)(mn + np_) * L);
     for (i = 0; i < q.m; i++)
         for (j = 0; j < q.p; j++) {
             double *ty = tY + ((size_t)i * (size_t)q.p + (size_t)j) * (size_t)L;
@@ -138,10 +155,15 @@ static void jx_product_tangent(const jx_tape *t, int32_t k, const double *value,
                 const size_t ib = (size_t)c * (size_t)q.p + (size_t)j;
                 const double *va = vA + ia * (size_t)VB, *vb = vB + ib * (size_t)VB;
                 const double *ta = tA + ia * (size_t)L, *tb = tB + ib * (size_t)L;
-                for (d = 0; d < D; d++)
-                    for (l = 0; l < VB; l++)
-                        ty[d * VB + l] += jx_zmul(vb[l], ta[d * VB + l])
-                                          + jx_zmul(va[l], tb[d * VB + l]);
+                for (d = 0; d < D; d++) {
+                    double *JX_RESTRICT y = ty + d * VB;
+                    const double *JX_RESTRICT xa = ta + d * VB, *JX_RESTRICT xb = tb + d * VB;
+                    if (finite)
+                        for (l = 0; l < VB; l++) y[l] += vb[l] * xa[l] + va[l] * xb[l];
+                    else
+                        for (l = 0; l < VB; l++)
+                            y[l] += jx_zmul(vb[l], xa[l]) + jx_zmul(va[l], xb[l]);
+                }
             }
         }
 }
@@ -170,6 +192,8 @@ static void jx_product_adjoint(const jx_tape *t, int32_t k, const double *value,
                      &iR, (double *)vB, &ip, &one, aA + (size_t)i * (size_t)q.n * (size_t)R,
                      &iR);
     } else {
+        const int finite = jx_all_finite(vA, (ptrdiff_t)(mn + np_) * VB)
+                           && jx_all_finite(aY, (ptrdiff_t)q.m * q.p * L);
         for (i = 0; i < q.m; i++)
             for (j = 0; j < q.p; j++) {
                 const double *ay = aY + ((size_t)i * (size_t)q.p + (size_t)j) * (size_t)L;
@@ -178,11 +202,17 @@ static void jx_product_adjoint(const jx_tape *t, int32_t k, const double *value,
                     const size_t ib = (size_t)c * (size_t)q.p + (size_t)j;
                     const double *va = vA + ia * (size_t)VB, *vb = vB + ib * (size_t)VB;
                     double *aa = aA + ia * (size_t)L, *ab = aB + ib * (size_t)L;
-                    for (r = 0; r < R; r++)
-                        for (l = 0; l < VB; l++) {
-                            aa[r * VB + l] += jx_zmul(vb[l], ay[r * VB + l]);
-                            ab[r * VB + l] += jx_zmul(va[l], ay[r * VB + l]);
+                    for (r = 0; r < R; r++) {
+                        double *JX_RESTRICT xa = aa + r * VB, *JX_RESTRICT xb = ab + r * VB;
+                        const double *JX_RESTRICT y = ay + r * VB;
+                        if (finite) {
+                            for (l = 0; l < VB; l++) xa[l] += vb[l] * y[l];
+                            for (l = 0; l < VB; l++) xb[l] += va[l] * y[l];
+                        } else {
+                            for (l = 0; l < VB; l++) xa[l] += jx_zmul(vb[l], y[l]);
+                            for (l = 0; l < VB; l++) xb[l] += jx_zmul(va[l], y[l]);
                         }
+                    }
                 }
             }
     }
