@@ -235,8 +235,8 @@ def best_compressed(structure, n_instr):
     p, q = structure.colours
     mode, cost = ("forward", p * T) if p <= q else ("reverse", q * T)
     cones = structure.cones(cost // CONE_STEP_LANES)
-    if cones is not None and CONE_STEP_LANES * cones.size < cost:
-        mode, cost = "cones", CONE_STEP_LANES * cones.size
+    if cones is not None and CONE_STEP_LANES * structure.cone_work(cones) < cost:
+        mode, cost = "cones", CONE_STEP_LANES * structure.cone_work(cones)
     return mode, cost
 
 
@@ -453,7 +453,7 @@ class Planner:
     def best(self, argnums):
         """best_compressed's (mode, cost) for ``argnums``, made once."""
         return self._once(self._best, argnums, lambda: best_compressed(
-            self.structure(argnums), self.tape.n_instructions))
+            self.structure(argnums), self.tape.work))
 
     def n_groups(self):
         """Groups of like instructions the Jacobian-tape builders work in."""

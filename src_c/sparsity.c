@@ -295,43 +295,77 @@ static int jx_cmp_desc(const void *x, const void *y)
     return (a < b) - (a > b);
 }
 
+/* The work of instruction i in a sweep: 1, or block k's multiply-adds. */
+static int64_t jx_instr_work(const jx_tape *t, int32_t k)
+{
+    const int64_t *f = t->blocks + (size_t)JX_BLOCK_FIELDS * k;
+    return f[3] < 0 ? f[1] * f[2] * -f[3] : f[1] * f[2];
+}
+
+/* The block whose instruction is i (the table is in tape order), or -1. */
+static int32_t jx_block_of(const jx_tape *t, int32_t i)
+{
+    int32_t lo = 0, hi = t->n_blocks;
+    while (lo < hi) {
+        const int32_t mid = lo + (hi - lo) / 2;
+        const int32_t at = jx_block_instr(t, mid);
+        if (at == i) return mid;
+        if (at < i) lo = mid + 1;
+        else hi = mid;
+    }
+    return -1;
+}
+
 int jx_cones(const jx_tape *t, int64_t max_total, int64_t **cone_ptr_out, int32_t **cone_out)
 {
-    /* writer[i][k]: the instruction whose value operand k of instruction i
-       reads (-1: an input or constant); found by tracking each slot's last
-       writer through the tape */
+    /* dep[dep_ptr[i] ..]: the instructions whose values instruction i reads (a block:
+       the writers of all its operand slots, each once), found by tracking each slot's
+       last writer through the tape; inputs and constants have none */
+    const size_t n_i = (size_t)(t->n_instr > 0 ? t->n_instr : 1);
+    int64_t n_dep = 3 * (int64_t)t->n_instr;
     int32_t *last = (int32_t *)malloc((size_t)(t->n_slots > 0 ? t->n_slots : 1) * sizeof(int32_t));
-    int32_t *writer = (int32_t *)malloc((size_t)(t->n_instr > 0 ? t->n_instr : 1) * 3 * sizeof(int32_t));
-    int32_t *stamp = (int32_t *)malloc((size_t)(t->n_instr > 0 ? t->n_instr : 1) * sizeof(int32_t));
-    int32_t *stack = (int32_t *)malloc((size_t)(t->n_instr > 0 ? t->n_instr : 1) * sizeof(int32_t));
+    int64_t *dep_ptr = (int64_t *)malloc((n_i + 1) * sizeof(int64_t));
+    int32_t *dep = NULL;
+    int32_t *stamp = (int32_t *)malloc(n_i * sizeof(int32_t));
+    int32_t *stack = (int32_t *)malloc(n_i * sizeof(int32_t));
     int64_t *ptr = (int64_t *)malloc(((size_t)t->n_out + 1) * sizeof(int64_t));
     int32_t *cone = NULL;
-    int64_t total = 0, cap = 0;
-    int32_t i, o;
+    int64_t total = 0, cap = 0, work = 0, q;
+    int32_t i, o, kb;
     int st = JX_OK;
-    /* Cones: none for a tape with block instructions (a dense block's outputs share their
-       whole cone, which colouring serves as well); the caller takes colourings. */
-    if (t->n_blocks > 0) {
-        free(last);
-        free(writer);
-        free(stamp);
-        free(stack);
-        free(ptr);
-        return JX_EARG;
-    }
-    if (!last || !writer || !stamp || !stack || !ptr) {
+    for (kb = 0; kb < t->n_blocks; kb++) n_dep += jx_block_operands(t, kb);
+    dep = (int32_t *)malloc((size_t)(n_dep > 0 ? n_dep : 1) * sizeof(int32_t));
+    if (!last || !dep_ptr || !dep || !stamp || !stack || !ptr) {
         st = JX_ENOMEM;
         goto done;
     }
     for (i = 0; i < t->n_slots; i++) last[i] = -1;
+    for (i = 0; i < t->n_instr; i++) stamp[i] = -1;
+    dep_ptr[0] = 0;
+    kb = 0;
     for (i = 0; i < t->n_instr; i++) {
-        const int reads = jx_reads(t->op[i]);
-        writer[3 * i] = (reads & JX_READS_A) ? last[t->a[i]] : -1;
-        writer[3 * i + 1] = (reads & JX_READS_B) ? last[t->b[i]] : -1;
-        writer[3 * i + 2] = (reads & JX_READS_S) ? last[t->s[i]] : -1;
-        last[t->dst[i]] = i;
-        stamp[i] = -1;
+        int64_t n = dep_ptr[i];
+        if (t->op[i] == JX_BLOCK) {
+            const int64_t reads = jx_block_operands(t, kb), rows = jx_block_rows(t, kb);
+            kb++;
+            for (q = 0; q < reads; q++) {
+                const int32_t d = last[t->a[i] + q];
+                if (d >= 0 && stamp[d] != i) {   /* each writer once */
+                    stamp[d] = i;
+                    dep[n++] = d;
+                }
+            }
+            for (q = 0; q < rows; q++) last[t->dst[i] + q] = i;
+        } else {
+            const int reads = jx_reads(t->op[i]);
+            if ((reads & JX_READS_A) && last[t->a[i]] >= 0) dep[n++] = last[t->a[i]];
+            if ((reads & JX_READS_B) && last[t->b[i]] >= 0) dep[n++] = last[t->b[i]];
+            if ((reads & JX_READS_S) && last[t->s[i]] >= 0) dep[n++] = last[t->s[i]];
+            last[t->dst[i]] = i;
+        }
+        dep_ptr[i + 1] = n;
     }
+    for (i = 0; i < t->n_instr; i++) stamp[i] = -1;
     ptr[0] = 0;
     for (o = 0; o < t->n_out; o++) {
         int32_t top = 0, start = -1;
@@ -343,15 +377,17 @@ int jx_cones(const jx_tape *t, int64_t max_total, int64_t **cone_ptr_out, int32_
         }
         while (top > 0) {
             const int32_t j = stack[--top];
-            int k;
+            /* the budget counts work: a block its multiply-adds */
+            work += t->op[j] == JX_BLOCK ? jx_instr_work(t, jx_block_of(t, j)) : 1;
+            if (work > max_total) {
+                st = JX_EARG;   /* the cones are too large to pay */
+                goto done;
+            }
             if (total == cap) {
                 int64_t ncap = cap ? 2 * cap : 1024;
                 int32_t *p;
                 if (ncap > max_total) ncap = max_total;
-                if (total >= max_total) {
-                    st = JX_EARG;   /* the cones are too large to pay */
-                    goto done;
-                }
+                if (ncap <= total) ncap = total + 1;
                 p = (int32_t *)realloc(cone, (size_t)ncap * sizeof(int32_t));
                 if (!p) {
                     st = JX_ENOMEM;
@@ -361,9 +397,9 @@ int jx_cones(const jx_tape *t, int64_t max_total, int64_t **cone_ptr_out, int32_
                 cap = ncap;
             }
             cone[total++] = j;
-            for (k = 0; k < 3; k++) {
-                const int32_t d = writer[3 * j + k];
-                if (d >= 0 && stamp[d] != o) {
+            for (q = dep_ptr[j]; q < dep_ptr[j + 1]; q++) {
+                const int32_t d = dep[q];
+                if (stamp[d] != o) {
                     stamp[d] = o;
                     stack[top++] = d;
                 }
@@ -377,7 +413,8 @@ int jx_cones(const jx_tape *t, int64_t max_total, int64_t **cone_ptr_out, int32_
     }
 done:
     free(last);
-    free(writer);
+    free(dep_ptr);
+    free(dep);
     free(stamp);
     free(stack);
     if (st != JX_OK) {
@@ -403,7 +440,6 @@ int jx_point_subgraph(const jx_tape *t, jx_work *w, const double *x, double *y,
     int32_t o, k;
     int64_t c;
     const jx_tape *at = jx_tape_at(t, w, x);
-    if (t->n_blocks > 0) return JX_EARG;   /* no cones for blocks (jx_cones) */
     if (at != t) {
         /* the cones are t's instructions: outside t's bound the values come from the tape
            that runs there (jx_point_value dispatches as this does) and the nonzeros are
@@ -423,10 +459,14 @@ int jx_point_subgraph(const jx_tape *t, jx_work *w, const double *x, double *y,
            output, and the cone's own temporaries are cleared as they go */
         for (c = cone_ptr[o]; c < cone_ptr[o + 1]; c++) {
             const int32_t j = cone[c];
-            const double g = A[t->dst[j]];
-            A[t->dst[j]] = 0.0;
-            A[t->a[j]] += jx_zmul(w->d0[j], g);
-            A[t->b[j]] += jx_zmul(w->d1[j], g);
+            if (t->op[j] == JX_BLOCK) {   /* a block: all its rows at once (block.c) */
+                jx_block_op_adjoint(t, jx_block_of(t, j), w->value, 1, A, 1);
+            } else {
+                const double g = A[t->dst[j]];
+                A[t->dst[j]] = 0.0;
+                A[t->a[j]] += jx_zmul(w->d0[j], g);
+                A[t->b[j]] += jx_zmul(w->d1[j], g);
+            }
         }
         for (k = row_ptr[o]; k < row_ptr[o + 1]; k++) vals[k] = A[nz_input[k]];
         /* inputs and constants keep what they gathered: clear every slot the
@@ -434,8 +474,13 @@ int jx_point_subgraph(const jx_tape *t, jx_work *w, const double *x, double *y,
         A[t->out_slot[o]] = 0.0;
         for (c = cone_ptr[o]; c < cone_ptr[o + 1]; c++) {
             const int32_t j = cone[c];
-            A[t->a[j]] = 0.0;
-            A[t->b[j]] = 0.0;
+            if (t->op[j] == JX_BLOCK) {
+                const int32_t kb = jx_block_of(t, j);
+                memset(A + t->a[j], 0, (size_t)jx_block_operands(t, kb) * sizeof(double));
+            } else {
+                A[t->a[j]] = 0.0;
+                A[t->b[j]] = 0.0;
+            }
         }
     }
     return JX_OK;

@@ -394,9 +394,11 @@ int jx_sparsity(const jx_tape *t, const int32_t *col_of_input, int32_t **indptr,
  */
 /*
  * The dependency cone of every output: the instructions its value depends
- * on, in decreasing order, as lists cone[cone_ptr[i] .. cone_ptr[i+1]).
- * Returns JX_EARG (nothing allocated) once the lists would pass max_total
- * entries; else *cone_ptr and *cone are malloc'ed for the caller to free.
+ * on, in decreasing order, as lists cone[cone_ptr[i] .. cone_ptr[i+1]) (a block
+ * instruction is one entry, its sweep all its rows).  Returns JX_EARG (nothing
+ * allocated) once the lists' work would pass max_total (an instruction counts 1,
+ * a block its multiply-adds); else *cone_ptr and *cone are malloc'ed for the
+ * caller to free.
  */
 int jx_cones(const jx_tape *t, int64_t max_total, int64_t **cone_ptr, int32_t **cone);
 

@@ -18,7 +18,7 @@ from jacext._tape import BLOCK, BLOCK_FIELDS, Tape
 
 import jacext as jx
 from jacext import plan
-from jacext.testing import check_jacobian, jacobian_tape_slot, without_jacobian_tapes
+from jacext.testing import check_jacobian, jacobian_tape_slot, plan_of, without_jacobian_tapes
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
 RNG = np.random.default_rng(1234)
@@ -407,3 +407,52 @@ def test_blas_comes_from_scipy_and_scipy_linalg_still_imports():
     # the jacext this suite imports (an installed wheel, or the tree's in-place build)
     env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(jx.__file__))}
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
+
+
+# ---------------------------------------------------- per-output cones --
+
+W20 = RNG.standard_normal((20, 20))
+
+
+def _arrowhead(block):
+    """Outputs sin(x_i) x_0 (column 0 dense) and one output through a 20 x 20 block (a
+    dense row): both colourings need every colour, the per-output cones are small."""
+    def f(x):
+        inner = W20 @ x[:20] if block else (W20 * x[:20]).sum(axis=1)
+        return np.concatenate([np.sin(x[1:]) * x[0], [np.sum(np.tanh(inner)) + np.sum(x)]])
+    return f
+
+
+def test_cones_run_through_blocks():
+    x = RNG.standard_normal(120)
+    F, Fs = compiled(_arrowhead(True), (120,)), compiled(_arrowhead(False), (120,))
+    assert n_blocks(F) == 1 and n_blocks(Fs) == 0
+    assert "cones" in repr(plan_of(F, sparse=True))
+    want = Fs.jacobian(x)
+    np.testing.assert_allclose(F.jacobian(x, sparse=True).toarray(), want, rtol=1e-12,
+                               atol=1e-13)
+    X = RNG.standard_normal((9, 120))
+    J = F.jacobian(X, sparse=True, threads=2)
+    for k in range(9):
+        np.testing.assert_allclose(J[k].toarray(), Fs.jacobian(X[k]), rtol=1e-12, atol=1e-13)
+    # an inf through the block: the cone sweep's zero kills as the sweeps'
+    y = x.copy()
+    y[3] = np.inf
+    with np.errstate(all="ignore"):
+        got = F.jacobian(y, sparse=True).toarray()
+        ref = without_jacobian_tapes(compiled(_arrowhead(True), (120,))).jacobian(
+            y, mode="reverse")
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(ref))
+    ok = np.isfinite(ref)
+    np.testing.assert_allclose(got[ok], ref[ok], rtol=1e-12, atol=1e-13)
+
+
+def test_cones_count_a_blocks_work():
+    # every output through one dense 64 x 64 block: a cone per output would repeat the
+    # block's 4,096 multiply-adds 64 times, so the plan does not take cones
+    W64 = RNG.standard_normal((64, 64))
+    F = compiled(lambda x: np.tanh(W64 @ x) * x, (64,))
+    assert "cones" not in repr(plan_of(F, sparse=True))
+    x = RNG.standard_normal(64)
+    np.testing.assert_allclose(F.jacobian(x, sparse=True).toarray(), F.jacobian(x),
+                               rtol=1e-12, atol=1e-13)

@@ -24,6 +24,7 @@ from jacext.testing import (
     check_jacobian,
     exact_function,
     jacobian_tape_slot,
+    plan_of,
     without_blocks,
     without_jacobian_tapes,
 )
@@ -340,3 +341,24 @@ def test_corrupt_product_tables_are_refused(breakage):
         blocks[0, 1] = 0
     with pytest.raises(ValueError, match="corrupt"):
         Tape(arrays)
+
+
+def test_cones_run_through_a_product():
+    # outputs x_i * x_0 (a dense column) and one through a product (a dense row): cones
+    def make(product):
+        def f(x):
+            A = np.sin(mat(x))
+            return np.concatenate([np.cos(x[1:]) * x[0],
+                                   [np.sum(np.tanh(product(A, A.T))) + np.sum(x)]])
+        return f
+
+    x = x0(200)
+    Fb, Fs = compiled(make(np.matmul), x), compiled(make(scalar_product), x)
+    assert products(Fb) == [(N, N, N)]
+    assert "cones" in repr(plan_of(Fb, sparse=True))
+    np.testing.assert_allclose(Fb.jacobian(x, sparse=True).toarray(), Fs.jacobian(x),
+                               rtol=1e-12, atol=1e-14)
+    X = RNG.standard_normal((5, 200)) * 0.4
+    J = Fb.jacobian(X, sparse=True)
+    for k in range(5):
+        np.testing.assert_allclose(J[k].toarray(), Fs.jacobian(X[k]), rtol=1e-12, atol=1e-14)
