@@ -110,7 +110,7 @@ def split_groups(first, tape):
 
 
 def rows_written(tape, blocks):
-    """Slots each instruction writes: 1, or a block's m."""
+    """Slots each instruction writes: 1, or a block's rows (m, a product's m x p)."""
     rows = np.ones(len(tape["op"]), dtype=np.int64)
     for i in blocks.at:
         rows[i] = blocks.shape(i)[0]
@@ -133,12 +133,11 @@ def values(g, blocks, node, i, dst, src):
 
 # ---- product blocks, Y = A B: partials are the operands' values ----
 #
-# A tangent of A[r, c] reaches row r of Y through row c of B, one of B[c, j] through
-# column j through column r... through A's column c: each nonzero gives p (m) products
-# with the other operand's values, summed per Y entry and Jacobian column in operand
-# order.  Where a column's tangents (an output row's adjoints) are dense, they are one
-# product block instead: dA B + A dB (Y_bar B^T and A^T Y_bar), the zero entries the
-# constant 0.
+# A tangent of A[r, c] reaches row r of Y, times row c of B's values; a tangent of
+# B[c, j] reaches column j of Y, times column c of A's: each nonzero gives p (or m)
+# products, summed per Y entry and Jacobian column in operand order.  Where a column's
+# tangents (an output row's adjoints) are dense, they are product blocks instead:
+# dA B + A dB (Y_bar B^T and A^T Y_bar), the missing entries the constant 0.
 
 def _split(blocks, i):
     m, n, p = blocks.product(i)
@@ -186,15 +185,19 @@ def _product_dense(g, blocks, i, member, node, transposed):
     if not transposed:
         vec = np.full(m * n + n * p, zero, dtype=np.int64)
         vec[member] = node
-        left = g.product(vec[:m * n].reshape(m, n), Bv).ravel()
-        right = g.product(A, vec[m * n:].reshape(n, p)).ravel()
+        in_a = member < m * n
         # the Y entries reached: rows of A, columns of B with a nonzero tangent
         rows = np.zeros(m, dtype=bool)
-        rows[member[member < m * n] // n] = True
+        rows[member[in_a] // n] = True
         cols = np.zeros(p, dtype=bool)
-        cols[(member[member >= m * n] - m * n) % p] = True
+        cols[(member[~in_a] - m * n) % p] = True
         out = np.flatnonzero((rows[:, None] | cols[None, :]).ravel())
-        return out, g.apply(OPS["ADD"], left[out], right[out])
+        parts = []     # dA B where A has tangents, A dB where B has
+        if in_a.any():
+            parts.append(g.product(vec[:m * n].reshape(m, n), Bv).ravel()[out])
+        if not in_a.all():
+            parts.append(g.product(A, vec[m * n:].reshape(n, p)).ravel()[out])
+        return out, (parts[0] if len(parts) == 1 else g.apply(OPS["ADD"], *parts))
     ybar = np.full(m * p, zero, dtype=np.int64)
     ybar[member] = node
     ybar = ybar.reshape(m, p)

@@ -62,7 +62,8 @@ typedef struct {
     int32_t m, n, p, dst, src;
 } jx_prod;
 
-/* lanes of a batch's product summed in registers at a time */
+/* lanes of a batch's product summed in registers at a time (BLAS's int sizes: a point's
+   p x lanes must fit one, else the plain loops serve) */
 #define JX_PRODUCT_TILE 8
 
 static jx_prod jx_prod_of(const jx_tape *t, int32_t k)
@@ -128,7 +129,7 @@ static void jx_product_tangent(const jx_tape *t, int32_t k, const double *value,
     int32_t i, j, c;
     ptrdiff_t d, l;
     int finite;
-    if (VB == 1 && jx_all_finite(vA, (ptrdiff_t)(mn + np_))
+    if (VB == 1 && (int64_t)q.p * D <= INT32_MAX && jx_all_finite(vA, (ptrdiff_t)(mn + np_))
         && jx_all_finite(tA, (ptrdiff_t)(mn + np_) * L)) {
         /* T_Y = A T_B (one product over the p x D lanes of each row), then row i of A's
            tangents times B: T_Y[i] (p x D) += B^T T_A[i] */
@@ -179,7 +180,7 @@ static void jx_product_adjoint(const jx_tape *t, int32_t k, const double *value,
     const ptrdiff_t R = L / VB;
     int32_t i, j, c;
     ptrdiff_t r, l;
-    if (VB == 1 && jx_all_finite(vA, (ptrdiff_t)(mn + np_))
+    if (VB == 1 && (int64_t)q.p * R <= INT32_MAX && jx_all_finite(vA, (ptrdiff_t)(mn + np_))
         && jx_all_finite(aY, (ptrdiff_t)q.m * q.p * L)) {
         /* B_bar (n x pR) += A^T Y_bar; A_bar[i] (n x R) += B Y_bar[i] */
         int im = q.m, in = q.n, ipr = (int)(q.p * R), ip = q.p, iR = (int)R;

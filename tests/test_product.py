@@ -362,3 +362,84 @@ def test_cones_run_through_a_product():
     J = Fb.jacobian(X, sparse=True)
     for k in range(5):
         np.testing.assert_allclose(J[k].toarray(), Fs.jacobian(X[k]), rtol=1e-12, atol=1e-14)
+
+
+def test_hvp_tape_keeps_dense_tangents_as_products():
+    # the HVP's tape is the gradient's directional Jacobian tape: one column, v's entries
+    # its seeds, dense, so A's and B's tangents go through product blocks (dA B + A dB)
+    def f(x):
+        A = np.sin(mat(x))
+        return np.sum(np.tanh(A @ np.cos(mat(x)).T))
+
+    def fs(x):
+        A = np.sin(mat(x))
+        return np.sum(np.tanh(scalar_product(A, np.cos(mat(x)).T)))
+
+    x, v = x0(), x0()
+    F, Fs = compiled(f, x), compiled(fs, x)
+    H = Fs.hessian(x)
+    first = F.hvp(x, v)                          # the gradient's tangent sweep
+    X = x + 0.01 * RNG.standard_normal((2000, N * N))
+    batch = F.hvp(X, v)                          # enough points: the tape is built
+    D = F._second[("hvp", 0, False)].slot.current
+    assert D is not None and len(products(D)) >= 2
+    np.testing.assert_allclose(F.hvp(x, v), first, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(first, H @ v, rtol=1e-10, atol=1e-12)
+    for k in (0, 999, 1999):
+        np.testing.assert_allclose(batch[k], Fs.hessian(X[k]) @ v, rtol=1e-10, atol=1e-12)
+
+
+# ------------------------------------------------------- users' code --
+
+def test_products_written_the_ways_users_write_them():
+    # normal equations of a residual Jacobian built row by row in a loop (np.stack of
+    # traced rows), J^T J and J^T r
+    def normal_equations(x):
+        rows = []
+        for k in range(24):
+            t = 0.1 * k
+            rows.append(np.stack([np.exp(-x[0] * t), np.sin(x[1] * t), x[2] * t ** 2,
+                                  np.cos(x[3] + t) * x[4], np.tanh(x[5] * t),
+                                  x[6] * x[7] * t, np.sqrt(1.0 + (x[8] * t) ** 2),
+                                  np.exp(x[9] * t)]))
+        J = np.stack(rows)                              # 24 x 8, every entry traced
+        r = J @ x[:8] - np.linspace(0.0, 1.0, 24)
+        return np.concatenate([(J.T @ J).ravel(), J.T @ r])
+
+    x = x0(10)
+    F = compiled(normal_equations, x)
+    assert products(F) == [(8, 24, 8)]     # J^T J; J^T r (192 multiply-adds) stays scalar
+    check_jacobian(normal_equations, x, F=F, value_rtol=1e-12)
+
+    # power iteration in a loop: a traced matrix times a traced vector, normalised
+    def power(x):
+        A = np.tanh(x[:32 * 32].reshape(32, 32))
+        v = np.ones(32)
+        for _ in range(3):
+            v = A @ v
+            v = v / np.sqrt(v @ v)
+        return v
+
+    x = x0(32 * 32)
+    F = compiled(power, x)
+    assert len(products(F)) >= 3
+    check_jacobian(power, x, F=F, value_rtol=1e-12)
+
+    # an `if` in a helper (guarded tracing) choosing between two products
+    def helper(A, B, flip):
+        if flip > 0:
+            return A @ B
+        return B @ A
+
+    def guarded(x):
+        A, B = np.sin(mat(x)), np.cos(mat(x))
+        return np.tanh(helper(A, B, x[0])).ravel()
+
+    xp = x0()
+    xp[0] = 0.3
+    G = compiled(guarded, xp)
+    xm = xp.copy()
+    xm[0] = -0.3
+    for point in (xp, xm):
+        np.testing.assert_allclose(G(point), guarded(point), rtol=1e-13, atol=1e-15)
+        check_jacobian(guarded, point, F=G, value_rtol=1e-12)
