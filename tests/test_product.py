@@ -105,9 +105,9 @@ def test_stacks_and_broadcasting_are_one_product_per_matrix():
     assert products(G) == [(N, N, N)] * 2
     check_jacobian(g, x, F=G, value_rtol=1e-12)
 
-    def h(x):      # a stack of matrices times a stack of vectors: (..., m, n) @ (..., n)
+    def h(x):      # a stack of matrices times a stack of vectors, (..., m, n) @ (..., n, 1)
         A = np.sin(x[:3 * 512].reshape(3, 32, 16))
-        return A @ np.cos(x[3 * 512:].reshape(3, 16))
+        return (A @ np.cos(x[3 * 512:].reshape(3, 16))[..., None])[..., 0]
     x = x0(3 * 512 + 48)
     H = compiled(h, x)
     assert products(H) == [(32, 16, 1)] * 3
