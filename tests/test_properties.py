@@ -272,3 +272,61 @@ def test_finite_input_tapes_on_random_programs(problem, bad):
         for p in points[:1]:
             vals = _walk(arrays, np.concatenate([np.ravel(a) for a in p]))
             assert ((vals >= lo) & (vals <= hi))[proven].all()
+
+
+_FACTORS = [np.sin, np.cos, np.tanh, np.exp, np.square, lambda z: z]
+
+
+@PROPERTY
+@given(st.integers(1, 13), st.integers(1, 13), st.integers(1, 13),
+       st.sampled_from(range(len(_FACTORS))), st.sampled_from(range(len(_FACTORS))),
+       st.sampled_from(["sum", "rows", "all"]),
+       st.sampled_from([None, np.inf, -np.inf, np.nan, 0.0]), st.integers(0, 10**6))
+def test_product_blocks_equal_the_scalar_form(m, n, p, fa, fb, out, bad, seed):
+    """A random product A(x) @ B(x) (src_c/block.c's product block, at least
+    plan.PRODUCT_MIN_WORK multiply-adds) against the same sums written elementwise (the
+    scalar form): values and Jacobians in both modes, sparse, and batches, with an inf, a
+    nan or a zero in any input: the same nan positions and the same numbers to rounding."""
+    from jacext import plan
+
+    n = max(n, -(-plan.PRODUCT_MIN_WORK // (m * p)))
+    size = m * n + n * p + 3
+    ua, ub = _FACTORS[fa], _FACTORS[fb]
+
+    def make(product):
+        def f(x):
+            A = ua(x[:m * n].reshape(m, n)) * x[-1]
+            B = ub(x[m * n:m * n + n * p].reshape(n, p)) + x[-2]
+            Y = product(A, B)
+            if out == "sum":
+                return np.sum(np.tanh(Y)) * x[-3]
+            if out == "rows":
+                return np.tanh(Y).ravel()[::max(1, (m * p) // 7)]
+            return (Y * Y).ravel()
+        return f
+
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(size) * 0.5
+    y = x.copy()
+    if bad is not None:
+        y[rng.integers(0, size)] = bad
+    Fb = jx.compile(make(np.matmul), x)
+    Fs = jx.compile(make(lambda A, B: (A[:, :, None] * B[None, :, :]).sum(axis=1)), x)
+    assert any(not isinstance(b[3], np.ndarray) for b in Fb.tape.blocks())
+
+    def same(got, want):
+        got, want = np.ravel(got), np.ravel(want)
+        assert np.array_equal(np.isnan(got), np.isnan(want))
+        ok = np.isfinite(got) & np.isfinite(want)
+        np.testing.assert_allclose(got[ok], want[ok], rtol=1e-9, atol=1e-11)
+
+    with np.errstate(all="ignore"):
+        for point in (x, y):
+            same(Fb(point), Fs(point))
+            for mode in ("forward", "reverse"):
+                same(Fb.jacobian(point, mode=mode), Fs.jacobian(point, mode=mode))
+            same(Fb.jacobian(point, sparse=True).toarray(), Fs.jacobian(point))
+        X = np.stack([x, y, 0.9 * x])
+        J = Fb.jacobian(X)
+        for k in range(len(X)):
+            same(J[k], Fs.jacobian(X[k]))
