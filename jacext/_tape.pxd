@@ -109,6 +109,7 @@ cdef class Tape:
 cdef class Cones:
     cdef readonly Tape tape
     cdef readonly cnp.ndarray cone_ptr, cone, row_ptr, nz_input
+    cdef readonly int64_t work
     cdef const int64_t *cp
     cdef const int32_t *cn
     cdef const int32_t *rp

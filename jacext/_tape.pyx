@@ -90,7 +90,8 @@ cdef extern from "vm.h" nogil:
     int jx_batch_run(const jx_tape *t, const jx_batch *job, int n_threads)
     int jx_sparsity(const jx_tape *t, const int32_t *col_of_input, int32_t **indptr,
                     int32_t **indices)
-    int jx_cones(const jx_tape *t, int64_t max_total, int64_t **cone_ptr, int32_t **cone)
+    int jx_cones(const jx_tape *t, int64_t max_total, int64_t **cone_ptr, int32_t **cone,
+                 int64_t *work)
     int32_t jx_colour_columns(int32_t n_rows, int32_t n_cols, const int32_t *indptr,
                               const int32_t *indices, const int32_t *order, int32_t *colour,
                               int64_t max_work)
@@ -307,9 +308,8 @@ cdef class Tape:
         self.t.block_finite = <const unsigned char *>cnp.PyArray_DATA(finite)
         shapes = self._arrays["blocks"].reshape(-1, JX_BLOCK_FIELDS)
         # a block counts its multiply-adds: m n, or m n p for a product (W's offset -p)
-        self.work = n + int((shapes[:, 1] * shapes[:, 2]
-                             * np.where(shapes[:, 3] < 0, -shapes[:, 3], 1)).sum()
-                            ) - shapes.shape[0]
+        per = shapes[:, 1] * shapes[:, 2] * np.where(shapes[:, 3] < 0, -shapes[:, 3], 1)
+        self.work = n + int(per.sum()) - shapes.shape[0]
         fixed = np.zeros(n, dtype=np.uint8)
         d0 = np.zeros(n, dtype=np.float64)
         d1 = np.zeros(n, dtype=np.float64)
@@ -690,10 +690,10 @@ cdef class Tape:
         pass ``budget`` entries."""
         cdef int64_t *ptr = NULL
         cdef int32_t *cone = NULL
-        cdef int64_t limit = max(int(budget), 1)
+        cdef int64_t limit = max(int(budget), 1), work = 0
         cdef int st
         with nogil:
-            st = jx_cones(&self.t, limit, &ptr, &cone)
+            st = jx_cones(&self.t, limit, &ptr, &cone, &work)
         if st == JX_EARG:
             return None
         raise_status(st)
@@ -706,16 +706,17 @@ cdef class Tape:
         finally:
             free(ptr)
             free(cone)
-        return Cones(self, p, c, row_ptr, nz_input)
+        return Cones(self, p, c, row_ptr, nz_input, work)
 
 
 cdef class Cones:
     """Every output's dependency cone on a tape, and the CSR pattern its per-output
-    reverse sweeps fill; checked once here, read-only after."""
+    reverse sweeps fill; checked once here, read-only after.  ``work``: the sweeps' work
+    (an instruction 1, a block its multiply-adds), as jx_cones counted it."""
 
-    def __init__(self, Tape tape, cone_ptr, cone, row_ptr, nz_input):
+    def __init__(self, Tape tape, cone_ptr, cone, row_ptr, nz_input, int64_t work):
         cdef Py_ssize_t n_out = tape.t.n_out
-        self.tape = tape
+        self.tape, self.work = tape, work
         self.cone_ptr = np.array(cone_ptr, dtype=np.int64, copy=True)
         self.cone = np.array(cone, dtype=np.int32, copy=True)
         self.row_ptr = np.array(row_ptr, dtype=np.int32, copy=True)

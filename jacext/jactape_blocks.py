@@ -211,28 +211,6 @@ def _product_dense(g, blocks, i, member, node, transposed):
     return out, res[out]
 
 
-def _product_linear(g, blocks, i, member, key, node, n_keys, transposed):
-    """``_linear`` for product block i: (target, key, term, seq) of the sparse keys'
-    scalar terms, and (target, key, node) of the dense keys' products."""
-    size_in = blocks.shape(i)[0 if transposed else 1]
-    order = np.lexsort((member, key))
-    member, key, node = member[order], key[order], node[order]
-    dense_key = np.bincount(key, minlength=n_keys) > _sparse_limit(size_in)
-    is_dense = dense_key[key]
-    d_out, d_key, d_node = [], [], []
-    dense_at = np.flatnonzero(is_dense)
-    if len(dense_at):
-        for part in np.split(dense_at, np.flatnonzero(np.diff(key[dense_at])) + 1):
-            out, res = _product_dense(g, blocks, i, member[part], node[part], transposed)
-            d_out.append(out)
-            d_key.append(np.full(len(res), key[part[0]], dtype=np.int64))
-            d_node.append(res)
-    dense = tuple(np.concatenate(v) if v else np.zeros(0, dtype=np.int64)
-                  for v in (d_out, d_key, d_node))
-    sp = ~is_dense
-    return _product_terms(g, blocks, i, member[sp], key[sp], node[sp], transposed), dense
-
-
 def _sparse_limit(n):
     """The most nonzeros of an operand vector of length n that go by scalar products."""
     return max(1, n // _plan.JAC_TAPE_BLOCK_SPARSE)
@@ -262,50 +240,64 @@ def _product(g, blocks, i, ids, transposed):
 
 
 def _linear(g, blocks, i, member, key, node, n_keys, transposed):
-    """W (W^T where ``transposed``) times ``n_keys`` vectors given by their nonzeros:
-    entry ``member`` of vector ``key`` is node ``node``.  A vector with more than
-    ``_sparse_limit`` nonzeros (and a finite W) is one block (or folded constants): its
-    (out, key, node) for the rows that some nonzero reaches through W's nonzeros.  The
-    others go by products: (out, key, term, member) of each W[out, member] * node where W
-    is not zero, by key, then member, then out (the callers sum them: forward per (out,
+    """Block instruction i's map (W, or a product's dA B + A dB; transposed: W^T, or
+    Y_bar B^T and A^T Y_bar) applied to ``n_keys`` vectors given by their nonzeros: entry
+    ``member`` of vector ``key`` is node ``node``.  A vector with more than
+    ``_sparse_limit`` nonzeros (and, for W, a finite W) is one block (or folded constants):
+    its (out, key, node) for the entries some nonzero reaches.  The others go by scalar
+    products: (out, key, term, member) of each nonzero times a weight (or an operand's
+    value) that is not zero, by key, then member (the callers sum them: forward per (out,
     key) in member order, reverse into each operand's adjoint in that order).  Returns
     (products, blocks)."""
-    W, rows, cols, finite = blocks.matrix(i)
-    m, n = W.shape
-    size_in = m if transposed else n
-    ptr, idx = rows if transposed else cols          # x's entry -> y's entries
+    product = blocks.product(i) is not None
+    size_in = blocks.shape(i)[0 if transposed else 1]
     order = np.lexsort((member, key))
     member, key, node = member[order], key[order], node[order]
-    counts = np.bincount(key, minlength=n_keys)
-    dense_key = (counts > _sparse_limit(size_in)) & finite
+    dense_key = np.bincount(key, minlength=n_keys) > _sparse_limit(size_in)
+    if not product:
+        dense_key &= blocks.matrix(i)[3]   # a W holding an inf or nan: products only
     is_dense = dense_key[key]
-    # dense vectors: one block (or constants) per key
+    dense_of, terms_of = (_product_dense, _product_terms) if product else (_w_dense, _w_terms)
     d_out, d_key, d_node = [], [], []
-    zero = g.const(0.0)
     dense_at = np.flatnonzero(is_dense)
     if len(dense_at):
-        cut = np.flatnonzero(np.diff(key[dense_at])) + 1
-        for part in np.split(dense_at, cut):
-            vec = np.full(size_in, zero, dtype=np.int64)
-            vec[member[part]] = node[part]
-            res = _product(g, blocks, i, vec, transposed)
-            hit = np.zeros(m if not transposed else n, dtype=bool)
-            rep, at = _jt._expand(ptr[member[part]], np.diff(ptr)[member[part]])
-            hit[idx[at]] = True
-            out = np.flatnonzero(hit)
+        for part in np.split(dense_at, np.flatnonzero(np.diff(key[dense_at])) + 1):
+            out, res = dense_of(g, blocks, i, member[part], node[part], transposed)
             d_out.append(out)
             d_key.append(np.full(len(out), key[part[0]], dtype=np.int64))
-            d_node.append(res[out])
-    dense = tuple(np.concatenate(p) if p else np.zeros(0, dtype=np.int64)
-                  for p in (d_out, d_key, d_node))
-    # sparse vectors: W's columns (rows) times their nonzeros, one product per term
-    sp = np.flatnonzero(~is_dense)
-    rep, at = _jt._expand(ptr[member[sp]], np.diff(ptr)[member[sp]])
-    e = sp[rep]
+            d_node.append(res)
+    dense = tuple(np.concatenate(v) if v else np.zeros(0, dtype=np.int64)
+                  for v in (d_out, d_key, d_node))
+    sp = ~is_dense
+    return terms_of(g, blocks, i, member[sp], key[sp], node[sp], transposed), dense
+
+
+def _w_dense(g, blocks, i, member, node, transposed):
+    """One vector, given by its nonzeros, times W (W^T): (the rows its nonzeros reach
+    through W's nonzeros, their nodes) of one block (or folded constants)."""
+    W, rows, cols, _ = blocks.matrix(i)
+    m, n = W.shape
+    ptr, idx = rows if transposed else cols          # x's entry -> y's entries
+    vec = np.full(m if transposed else n, g.const(0.0), dtype=np.int64)
+    vec[member] = node
+    res = _product(g, blocks, i, vec, transposed)
+    hit = np.zeros(n if transposed else m, dtype=bool)
+    _, at = _jt._expand(ptr[member], np.diff(ptr)[member])
+    hit[idx[at]] = True
+    out = np.flatnonzero(hit)
+    return out, res[out]
+
+
+def _w_terms(g, blocks, i, member, key, node, transposed):
+    """W's columns (rows) times the nonzeros: (out, key, term, member) of each
+    W[out, member] * node where W is not zero."""
+    W, rows, cols, _ = blocks.matrix(i)
+    ptr, idx = rows if transposed else cols
+    rep, at = _jt._expand(ptr[member], np.diff(ptr)[member])
     out = idx[at]
-    w = W[member[e], out] if transposed else W[out, member[e]]
-    terms = g.apply(_MUL, g.consts(w), node[e]) if len(e) else e
-    return (out, key[e], terms, member[e]), dense
+    w = W[member[rep], out] if transposed else W[out, member[rep]]
+    terms = g.apply(_MUL, g.consts(w), node[rep]) if len(rep) else rep
+    return out, key[rep], terms, member[rep]
 
 
 def forward(g, blocks, tan, i, dst, src, n_cols):
@@ -317,8 +309,7 @@ def forward(g, blocks, tan, i, dst, src, n_cols):
     if len(member) == 0:
         tan.block[slots] = -1
         return
-    linear = _linear if blocks.product(i) is None else _product_linear
-    (out, k, terms, seq), (d_out, d_key, d_node) = linear(
+    (out, k, terms, seq), (d_out, d_key, d_node) = _linear(
         g, blocks, i, member, key, node, n_cols, False)
     codes, sums = (_jt._chain_sums(g, out * n_cols + k, terms, seq) if len(out)
                    else (out, terms))
@@ -333,8 +324,7 @@ def reverse_bulk(g, blocks, pending, i, j, r, adj, defs_of, seq, n_out):
     """Block instruction i in ``_reverse_bulk``: its rows' adjoints (row j of the block,
     output row r, node) become its operands' terms, sent to ``pending`` (``defs_of``:
     the value ids of the operands; ``seq``: the block's place in the sweep)."""
-    linear = _linear if blocks.product(i) is None else _product_linear
-    (c, rr, terms, _), (d_c, d_r, d_node) = linear(g, blocks, i, j, r, adj, n_out, True)
+    (c, rr, terms, _), (d_c, d_r, d_node) = _linear(g, blocks, i, j, r, adj, n_out, True)
     # each term on its own, in row order within an operand and output row (the sweep's
     # sparse lanes), then the blocks' sums
     c = np.concatenate([c, d_c])
@@ -357,8 +347,7 @@ def reverse_one(g, blocks, adj, add, i, dst, src):
         return
     j, r, node = (np.array(v, dtype=np.int64) for v in (j, r, node))
     n_rows = int(r.max()) + 1
-    linear = _linear if blocks.product(i) is None else _product_linear
-    (c, rr, terms, _), (d_c, d_r, d_node) = linear(g, blocks, i, j, r, node, n_rows, True)
+    (c, rr, terms, _), (d_c, d_r, d_node) = _linear(g, blocks, i, j, r, node, n_rows, True)
     for cc, row, t in zip(np.concatenate([c, d_c]).tolist(),
                           np.concatenate([rr, d_r]).tolist(),
                           np.concatenate([terms, d_node]).tolist()):

@@ -43,6 +43,29 @@ def _as_ids(g, v):
     return v
 
 
+def _as_matrices(ia, ib):
+    """The operands of ia @ ib as matmul takes them, a 1-d one as a row (left) or column
+    (right) matrix, and whether each was 1-d (``_as_vectors`` drops those axes again)."""
+    a1, b1 = ia.ndim == 1, ib.ndim == 1
+    return (ia[None, :] if a1 else ia), (ib[:, None] if b1 else ib), a1, b1
+
+
+def _as_vectors(res, a1, b1):
+    """matmul's result without the axes ``_as_matrices`` added."""
+    if a1:
+        res = res[..., 0, :]
+    if b1:
+        res = res[..., 0]
+    return res
+
+
+def _stacked(A, Bm):
+    """(the broadcast stack shape, A and Bm broadcast to it) of matrix operands."""
+    batch = np.broadcast_shapes(A.shape[:-2], Bm.shape[:-2])
+    return (batch, np.broadcast_to(A, batch + A.shape[-2:]),
+            np.broadcast_to(Bm, batch + Bm.shape[-2:]))
+
+
 def _block_matmul(g, ia, ib):
     """ia @ ib as block instructions where one operand is a constant (float64) matrix
     worth it (plan.use_block); None otherwise.  The constant on the left: each column
@@ -52,9 +75,7 @@ def _block_matmul(g, ia, ib):
 
     if (ia.dtype.kind == "f") == (ib.dtype.kind == "f") or ia.ndim == 0 or ib.ndim == 0:
         return None
-    a1, b1 = ia.ndim == 1, ib.ndim == 1
-    A = ia[None, :] if a1 else ia
-    Bm = ib[:, None] if b1 else ib
+    A, Bm, a1, b1 = _as_matrices(ia, ib)
     if A.shape[-1] != Bm.shape[-2] or A.shape[-1] == 0:
         return None
     left = A.dtype.kind == "f"
@@ -64,9 +85,7 @@ def _block_matmul(g, ia, ib):
     n_mats = int(np.prod(C.shape[:-2], dtype=np.int64))
     if not plan.use_block(C.shape[-2] * C.shape[-1], np.count_nonzero(C) / max(n_mats, 1)):
         return None
-    batch = np.broadcast_shapes(A.shape[:-2], Bm.shape[:-2])
-    A = np.broadcast_to(A, batch + A.shape[-2:])
-    Bm = np.broadcast_to(Bm, batch + Bm.shape[-2:])
+    batch, A, Bm = _stacked(A, Bm)
     m, n = A.shape[-2], Bm.shape[-1]
     out = np.empty(batch + (m, n), dtype=np.int64)
     weights = {}
@@ -85,11 +104,7 @@ def _block_matmul(g, ia, ib):
             ids = A[idx]
             for i in range(m):
                 out[idx + (i,)] = g.block(w, ids[i])
-    if a1:
-        out = out[..., 0, :]
-    if b1:
-        out = out[..., 0]
-    return out
+    return _as_vectors(out, a1, b1)
 
 
 def _product_matmul(g, ia, ib):
@@ -101,9 +116,7 @@ def _product_matmul(g, ia, ib):
 
     if ia.dtype.kind == "f" or ib.dtype.kind == "f" or ia.ndim == 0 or ib.ndim == 0:
         return None
-    a1, b1 = ia.ndim == 1, ib.ndim == 1
-    A = ia[None, :] if a1 else ia
-    Bm = ib[:, None] if b1 else ib
+    A, Bm, a1, b1 = _as_matrices(ia, ib)
     m, n, p = A.shape[-2], A.shape[-1], Bm.shape[-1]
     if n != Bm.shape[-2] or not plan.use_product(m, n, p):
         return None
@@ -111,17 +124,11 @@ def _product_matmul(g, ia, ib):
         is_const, value = g.constants(ids.ravel())
         if (is_const.astype(bool) & (value == 0.0)).any():
             return None
-    batch = np.broadcast_shapes(A.shape[:-2], Bm.shape[:-2])
-    A = np.broadcast_to(A, batch + A.shape[-2:])
-    Bm = np.broadcast_to(Bm, batch + Bm.shape[-2:])
+    batch, A, Bm = _stacked(A, Bm)
     out = np.empty(batch + (m, p), dtype=np.int64)
     for idx in np.ndindex(*batch):
         out[idx] = g.product(A[idx], Bm[idx])
-    if a1:
-        out = out[..., 0, :]
-    if b1:
-        out = out[..., 0]
-    return out
+    return _as_vectors(out, a1, b1)
 
 
 def _matmul_ids(g, ia, ib):
@@ -131,24 +138,16 @@ def _matmul_ids(g, ia, ib):
     if res is not None:
         return res
     ia, ib = _as_ids(g, ia), _as_ids(g, ib)
-    a1, b1 = ia.ndim == 1, ib.ndim == 1
     if ia.ndim == 0 or ib.ndim == 0:
         raise ValueError("matmul: Input operand does not have enough dimensions")
-    if a1:
-        ia = ia[None, :]
-    if b1:
-        ib = ib[:, None]
+    ia, ib, a1, b1 = _as_matrices(ia, ib)
     if ia.shape[-1] != ib.shape[-2]:
         raise ValueError(f"matmul: mismatch in core dimension: {ia.shape[-1]} (a) vs "
                          f"{ib.shape[-2]} (b)")
     lhs = ia[..., :, None, :]                       # (..., m, 1, k)
     rhs = np.swapaxes(ib, -1, -2)[..., None, :, :]  # (..., 1, n, k)
     res = sparse_sum(g, _products(g, lhs, rhs))
-    if a1:
-        res = res[..., 0, :]
-    if b1:
-        res = res[..., 0]
-    return res
+    return _as_vectors(res, a1, b1)
 
 
 def _matmul(a, b):

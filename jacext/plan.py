@@ -235,7 +235,7 @@ def best_compressed(structure, n_instr):
     p, q = structure.colours
     mode, cost = ("forward", p * T) if p <= q else ("reverse", q * T)
     cones = structure.cones(cost // CONE_STEP_LANES)
-    cone_cost = None if cones is None else CONE_STEP_LANES * structure.cone_work(cones)
+    cone_cost = None if cones is None else CONE_STEP_LANES * cones.work
     if cone_cost is not None and cone_cost < cost:
         mode, cost = "cones", cone_cost
     return mode, cost

@@ -189,15 +189,6 @@ class Structure:
             self._cones = (cones, budget)
             return cones
 
-    def cone_work(self, cones):
-        """The work of the per-output sweeps over ``cones``: an instruction counts 1, a
-        block instruction its multiply-adds (the budget jx_cones counts)."""
-        c = cones.cone[:cones.size]
-        extra = np.zeros(self.tape.n_instructions, dtype=np.int64)
-        for i, m, n, w in self.tape.blocks():
-            extra[i] = m * n * (w if isinstance(w, int) else 1) - 1
-        return int(len(c) + extra[c].sum())
-
     def _derived(self, what, mode=None):
         key = (what, mode)
         hit = self._cache.get(key)

@@ -55,6 +55,19 @@ static int jx_set_union(jx_set *dst, const jx_set *x, const jx_set *y)
     return JX_OK;
 }
 
+/* Appends x's set to acc (acc = acc | x, through tmp). */
+static int jx_set_merge(jx_set *acc, const jx_set *x, jx_set *tmp)
+{
+    jx_set swap;
+    int st;
+    if (x->n == 0) return JX_OK;
+    st = jx_set_union(tmp, acc, x);
+    swap = *acc;
+    *acc = *tmp;
+    *tmp = swap;
+    return st;
+}
+
 /*
  * The sets of block k's rows: row j depends on the columns of the operands whose weight
  * W[j, c] is not zero (W's structural nonzeros).  A dense block couples every row to every
@@ -81,14 +94,8 @@ static int jx_block_sets(const jx_tape *t, int32_t k, jx_set *sets, jx_set *tmp)
             if (st == JX_OK && all.n) memcpy(acc.v, all.v, (size_t)all.n * sizeof(int32_t));
             acc.n = all.n;
         } else {
-            for (c = 0; c < n && st == JX_OK; c++) {
-                jx_set swap;
-                if (w[c] == 0.0 || sets[src + c].n == 0) continue;
-                st = jx_set_union(tmp, &acc, &sets[src + c]);
-                swap = acc;
-                acc = *tmp;
-                *tmp = swap;
-            }
+            for (c = 0; c < n && st == JX_OK; c++)
+                if (w[c] != 0.0) st = jx_set_merge(&acc, &sets[src + c], tmp);
             if (dense && st == JX_OK) {   /* keep the union for the other dense rows */
                 st = jx_set_reserve(&all, acc.n);
                 if (st == JX_OK && acc.n) memcpy(all.v, acc.v, (size_t)acc.n * sizeof(int32_t));
@@ -104,19 +111,6 @@ static int jx_block_sets(const jx_tape *t, int32_t k, jx_set *sets, jx_set *tmp)
     }
     free(all.v);
     free(acc.v);
-    return st;
-}
-
-/* Appends x's set to acc (acc = acc | x, through tmp). */
-static int jx_set_merge(jx_set *acc, const jx_set *x, jx_set *tmp)
-{
-    jx_set swap;
-    int st;
-    if (x->n == 0) return JX_OK;
-    st = jx_set_union(tmp, acc, x);
-    swap = *acc;
-    *acc = *tmp;
-    *tmp = swap;
     return st;
 }
 
@@ -316,7 +310,8 @@ static int32_t jx_block_of(const jx_tape *t, int32_t i)
     return -1;
 }
 
-int jx_cones(const jx_tape *t, int64_t max_total, int64_t **cone_ptr_out, int32_t **cone_out)
+int jx_cones(const jx_tape *t, int64_t max_total, int64_t **cone_ptr_out, int32_t **cone_out,
+             int64_t *work_out)
 {
     /* dep[dep_ptr[i] ..]: the instructions whose values instruction i reads (a block:
        the writers of all its operand slots, each once), found by tracking each slot's
@@ -429,6 +424,7 @@ done:
     }
     *cone_ptr_out = ptr;
     *cone_out = cone;
+    *work_out = work;
     return JX_OK;
 }
 

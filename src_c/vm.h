@@ -398,9 +398,10 @@ int jx_sparsity(const jx_tape *t, const int32_t *col_of_input, int32_t **indptr,
  * instruction is one entry, its sweep all its rows).  Returns JX_EARG (nothing
  * allocated) once the lists' work would pass max_total (an instruction counts 1,
  * a block its multiply-adds); else *cone_ptr and *cone are malloc'ed for the
- * caller to free.
+ * caller to free, and *work is that work (the planner's price of the cones).
  */
-int jx_cones(const jx_tape *t, int64_t max_total, int64_t **cone_ptr, int32_t **cone);
+int jx_cones(const jx_tape *t, int64_t max_total, int64_t **cone_ptr, int32_t **cone,
+             int64_t *work);
 
 /*
  * Sparse Jacobian values by one reverse sweep per output over its cone only

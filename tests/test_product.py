@@ -184,7 +184,8 @@ def test_batches_threads_and_jacobian_tapes_equal_points():
                                rtol=1e-12, atol=1e-14)
 
 
-def test_derivative_functions_keep_products_and_second_order_agrees():
+def scalar_pair():
+    """sum(tanh(sin(X) @ cos(X).T)) written with a product block, and in the scalar form."""
     def f(x):
         A = np.sin(mat(x))
         return np.sum(np.tanh(A @ np.cos(mat(x)).T))
@@ -192,7 +193,11 @@ def test_derivative_functions_keep_products_and_second_order_agrees():
     def fs(x):
         A = np.sin(mat(x))
         return np.sum(np.tanh(scalar_product(A, np.cos(mat(x)).T)))
+    return f, fs
 
+
+def test_derivative_functions_keep_products_and_second_order_agrees():
+    f, fs = scalar_pair()
     x = x0()
     F, Fs = compiled(f, x), compiled(fs, x)
     G = F.grad_function()
@@ -375,14 +380,7 @@ def test_cones_run_through_a_product():
 def test_hvp_tape_keeps_dense_tangents_as_products():
     # the HVP's tape is the gradient's directional Jacobian tape: one column, v's entries
     # its seeds, dense, so A's and B's tangents go through product blocks (dA B + A dB)
-    def f(x):
-        A = np.sin(mat(x))
-        return np.sum(np.tanh(A @ np.cos(mat(x)).T))
-
-    def fs(x):
-        A = np.sin(mat(x))
-        return np.sum(np.tanh(scalar_product(A, np.cos(mat(x)).T)))
-
+    f, fs = scalar_pair()
     x, v = x0(), x0()
     F, Fs = compiled(f, x), compiled(fs, x)
     H = Fs.hessian(x)
