@@ -339,8 +339,14 @@ def test_no_rewrite_for_a_constant_merely_close_to_an_exact_one(expr):
         signed = real & ~((c == 0.0) & (x == 0.0) & (expr in ("x + c", "c + x", "x - c")))
         if c == 0.0 and expr in ("x * c", "c * x"):
             signed = np.zeros_like(signed)
-        assert np.array_equal(got[real], want[real]) and np.array_equal(
-            np.signbit(got[signed]), np.signbit(want[signed])), (expr, c, got, want)
+        if expr == "x ** c" and c not in _EXACT:
+            # pow is the C library's: within 4 ulp of NumPy's, which may use its own SIMD
+            # pow (AVX-512 machines: one ulp apart at 1.7 ** -0.9999999999; README "Values")
+            ulps = np.abs(got[real] - want[real]) / np.spacing(np.abs(want[real]))
+            assert np.all((got[real] == want[real]) | (ulps <= 4)), (expr, c, got, want)
+        else:
+            assert np.array_equal(got[real], want[real]), (expr, c, got, want)
+        assert np.array_equal(np.signbit(got[signed]), np.signbit(want[signed])), (expr, c)
         assert np.array_equal(np.isnan(got), np.isnan(want)), (expr, c)
         if c in _EXACT:
             continue
