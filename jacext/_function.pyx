@@ -422,9 +422,9 @@ cdef class Function:
                                               jt.work if jt is not None
                                               else self.tape.work * (1 + n_cols)),
                               _MODE[plan.mode], None, plan.cols, None, 0, jt, None)
-                # (a forward plan's Jacobian tape redoes its non-finite blocks by forward
-                # sweeps in C already: only a reverse plan's batch needs the check)
-                if plan.mode == "reverse" and not _finite(mat):
+                # (a Jacobian tape's non-finite blocks go again by the sweeps in C, reverse
+                # ones' non-finite rows forward: only tapeless reverse sweeps need this)
+                if plan.mode == "reverse" and jt is None and not _finite(mat):
                     _nonfinite.redo_rows(self.tape, X, mat.reshape(n_points, n_out * n_cols),
                                          plan.cols, threads)
         elif plan.compressed is not None:

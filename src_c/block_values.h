@@ -7,63 +7,117 @@
  * FP contraction: no FMA), so their results are identical bit for bit.
  *
  * The block size is a compile-time constant and the pointers are restrict
- * (dst is never an operand's slot, jx_tape_check), so each case compiles to
- * a fixed-length vector loop with no alias checks, no remainder and no
+ * (dst is never an operand's slot, jx_tape_check), so each handler compiles
+ * to a fixed-length vector loop with no alias checks, no remainder and no
  * spreading of immediates: what is left per instruction is the dispatch,
- * which the JX_VB points share.
+ * which the JX_VB points share.  One handler per op word (op and which
+ * operand is an immediate), so no branch inside a handler; with GCC or clang
+ * each handler jumps to the next instruction's itself (threaded code, as
+ * vm.c's jx_forward_code): a shared switch jump, mispredicted about every
+ * other instruction of a Jacobian tape, cost about a third of the sweep.
  *
  * sin and cos of the same slot value (sin(q), and cos(q) for its partial)
  * are one sincos call where the C library has one (glibc: the same
  * results as sin and cos, tests/test_jactape.py checks): the first of the
  * pair computes both and stashes the other for the second.
  */
+#ifndef JX_BV_ONCE
+#define JX_BV_ONCE
+#if defined(__GNUC__) || defined(__clang__)
+#define JX_BV_THREADED 1
+#define JX_BV_CASE(label, word) label:
+#define JX_BV_NEXT                                                   \
+    if (++i == n_instr) return;                                      \
+    goto *table[t->op[i]]
+#else
+#define JX_BV_THREADED 0
+#define JX_BV_CASE(label, word) case word:
+#define JX_BV_NEXT break
+#endif
+/* the second of a sin/cos pair copies the value its first stashed */
+#if JX_HAVE_SINCOS
+#define JX_BV_SINCOS(IS_SIN)                                                  \
+    {                                                                         \
+        const int32_t k = t->sincos_pair[i];                                  \
+        double *JX_RESTRICT st = stash + (size_t)(k >> 1) * JX_VB;            \
+        if (k & 1) {                                                          \
+            for (l = 0; l < JX_VB; l++) pz[l] = st[l];                        \
+        } else if (IS_SIN) {                                                  \
+            for (l = 0; l < JX_VB; l++) sincos(pa[l], &pz[l], &st[l]);        \
+        } else {                                                              \
+            for (l = 0; l < JX_VB; l++) sincos(pa[l], &st[l], &pz[l]);        \
+        }                                                                     \
+    }
+#else
+#define JX_BV_SINCOS(IS_SIN)
+#endif
+/* the words a checked tape holds (jx_tape_check): an op, at most one immediate, or a block */
+#define JX_BV_WORDS (JX_BLOCK + 1)
+#endif
+
+#if JX_BV_THREADED
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wpedantic"
+#endif
 JX_VALUES_ATTR
 static void JX_VALUES_FN(const jx_tape *t, double *V, double *stash)
 {
-    int32_t i, l, kb = 0;
-    for (i = 0; i < t->n_instr; i++) {
-        const int32_t word = t->op[i];
-        const double c = t->imm[i];
-        if (word == JX_BLOCK) {   /* a matrix product over the block's points (block.c) */
-            jx_block_op_value(t, kb++, V, JX_VB);
-            continue;
-        }
-        double *JX_RESTRICT pz = V + (size_t)t->dst[i] * JX_VB;
-        const double *JX_RESTRICT pa = V + (size_t)t->a[i] * JX_VB;
-        const double *JX_RESTRICT pb = V + (size_t)t->b[i] * JX_VB;
-        const double *JX_RESTRICT ps =
-            ((word & JX_OP_MASK) == JX_OP_SELECT) ? V + (size_t)t->s[i] * JX_VB : pa;
-#if JX_HAVE_SINCOS
-        if (t->sincos_pair && t->sincos_pair[i] >= 0) {
-            const int32_t k = t->sincos_pair[i];
-            double *JX_RESTRICT st = stash + (size_t)(k >> 1) * JX_VB;
-            if (k & 1) {   /* the second of the pair: its value is stashed */
-                for (l = 0; l < JX_VB; l++) pz[l] = st[l];
-            } else if ((word & JX_OP_MASK) == JX_OP_SIN) {
-                for (l = 0; l < JX_VB; l++) sincos(pa[l], &pz[l], &st[l]);
-            } else {
-                for (l = 0; l < JX_VB; l++) sincos(pa[l], &st[l], &pz[l]);
-            }
-            continue;
-        }
-#else
-        (void)stash;
-#endif
-        switch (word & JX_OP_MASK) {
-#define OP(NAME, ARITY, COMMUTES, VALUE, D0, D1, FIXED)                  \
-        case JX_OP_##NAME:                                               \
-            if (word & JX_A_IMM) {                                       \
-                JX_VLOOP(c, pb[l], VALUE)                                \
-            } else if (word & JX_B_IMM) {                                \
-                JX_VLOOP(pa[l], c, VALUE)                                \
-            } else {                                                     \
-                JX_VLOOP(pa[l], pb[l], VALUE)                            \
-            }                                                            \
-            break;
+    const int32_t n_instr = t->n_instr;
+    int32_t i = 0, l, kb = 0;
+#if JX_BV_THREADED
+    static const void *const table[JX_BV_WORDS] = {
+#define OP(NAME, ARITY, COMMUTES, VALUE, D0, D1, FIXED)                                   \
+        [JX_OP_##NAME] = &&op_##NAME##_0, [JX_OP_##NAME | JX_B_IMM] = &&op_##NAME##_1,    \
+        [JX_OP_##NAME | JX_A_IMM] = &&op_##NAME##_2,
 #include "ops.def"
 #undef OP
-        default:
-            break;
-        }
+        [JX_BLOCK] = &&code_block
+    };
+    if (n_instr == 0) return;
+    goto *table[t->op[0]];
+#else
+    for (; i < n_instr; i++) switch (t->op[i]) {
+#endif
+/* one handler: op NAME with its operands in kind KIND (0: slots, 1: b immediate, 2: a
+   immediate) */
+#define JX_BV_HANDLER(NAME, KIND, WORD, ARITY, VALUE, AEXPR, BEXPR)                     \
+    JX_BV_CASE(op_##NAME##_##KIND, WORD) {                                              \
+        double *JX_RESTRICT pz = V + (size_t)t->dst[i] * JX_VB;                         \
+        const double *JX_RESTRICT pa = V + (size_t)t->a[i] * JX_VB;                     \
+        const double *JX_RESTRICT pb = V + (size_t)t->b[i] * JX_VB;                     \
+        const double *JX_RESTRICT ps = V + (size_t)t->s[i] * JX_VB;                     \
+        const double c = t->imm[i];                                                     \
+        (void)pa; (void)pb; (void)ps; (void)c;                                          \
+        if (JX_HAVE_SINCOS && KIND == 0                                                 \
+            && (JX_OP_##NAME == JX_OP_SIN || JX_OP_##NAME == JX_OP_COS)                 \
+            && t->sincos_pair && t->sincos_pair[i] >= 0) {                              \
+            JX_BV_SINCOS(JX_OP_##NAME == JX_OP_SIN)                                     \
+        } else {                                                                        \
+            for (l = 0; l < JX_VB; l++) {                                               \
+                const double a = (AEXPR), b = (BEXPR), s = ps[l];                       \
+                (void)a; (void)b; (void)s;                                              \
+                pz[l] = (VALUE);                                                        \
+            }                                                                           \
+        }                                                                               \
+    }                                                                                   \
+    JX_BV_NEXT;
+#define OP(NAME, ARITY, COMMUTES, VALUE, D0, D1, FIXED)                                  \
+    JX_BV_HANDLER(NAME, 0, JX_OP_##NAME, ARITY, VALUE, pa[l], pb[l])                     \
+    JX_BV_HANDLER(NAME, 1, JX_OP_##NAME | JX_B_IMM, ARITY, VALUE, pa[l], c)              \
+    JX_BV_HANDLER(NAME, 2, JX_OP_##NAME | JX_A_IMM, ARITY, VALUE, c, pb[l])
+#include "ops.def"
+#undef OP
+#undef JX_BV_HANDLER
+    JX_BV_CASE(code_block, JX_BLOCK)   /* a matrix product over the block's points (block.c) */
+        jx_block_op_value(t, kb++, V, JX_VB);
+    JX_BV_NEXT;
+#if !JX_BV_THREADED
+    default:
+        break;
     }
+#endif
+    (void)stash;
 }
+#if JX_BV_THREADED
+#pragma GCC diagnostic pop
+#endif
