@@ -444,8 +444,8 @@ static void jx_block_jacobian(const jx_tape *t, jx_block_work *w, const jx_batch
  * call (perf) going an entry at a time across the block; this way it runs 13% fewer
  * instructions (cachegrind), with as many write misses, which are the output's own first
  * touch (6.7 MB a call).  On x86-64 with AVX2 (jx_copy_block_entries picks) a 4 x 4
- * transpose in registers does it with one store per four doubles: the same batch's copy
- * went from about 0.55 ms to 0.25 ms of a 2.3 ms call (Intel Xeon, 2026-12-07).
+ * transpose in registers does it with one store per four doubles (bench/RESULTS.md,
+ * "2026-12-07, morning").
  */
 #define JX_COPY_TILE 8
 static int jx_copy_entries(double *JX_RESTRICT jac, int32_t n_jac, const double *V,
