@@ -68,12 +68,12 @@ typedef struct {
 
 static void jx_block_free(jx_block_work *w)
 {
-    free(w->value);
-    free(w->d0);
-    free(w->d1);
-    free(w->lane);
-    free(w->imm);
-    free(w->stash);
+    jx_lines_free(w->value);
+    jx_lines_free(w->d0);
+    jx_lines_free(w->d1);
+    jx_lines_free(w->lane);
+    jx_lines_free(w->imm);
+    jx_lines_free(w->stash);
     memset(w, 0, sizeof(*w));
 }
 
@@ -87,14 +87,16 @@ static int jx_block_init(jx_block_work *w, const jx_tape *t, int32_t dirs, int32
     memset(w, 0, sizeof(*w));
     w->block = blk;
     w->dirs = dirs < 1 ? 1 : dirs;
-    w->value = (double *)calloc(n_slots * B, sizeof(double));
-    w->imm = (double *)malloc(B * sizeof(double));
+    w->value = n_slots <= SIZE_MAX / (size_t)B ? jx_lines(n_slots * B, 1) : NULL;
+    w->imm = jx_lines((size_t)B, 0);
     if (values_only && t->n_sincos > 0)
-        w->stash = (double *)malloc((size_t)t->n_sincos * B * sizeof(double));
+        w->stash = jx_lines((size_t)t->n_sincos * B, 0);
     if (!values_only) {
-        w->d0 = (double *)malloc(n_instr * B * sizeof(double));
-        w->d1 = (double *)malloc(n_instr * B * sizeof(double));
-        w->lane = (double *)calloc(n_slots * (size_t)w->dirs * B, sizeof(double));
+        const size_t lanes = n_slots * (size_t)w->dirs;
+        w->d0 = n_instr <= SIZE_MAX / (size_t)B ? jx_lines(n_instr * B, 0) : NULL;
+        w->d1 = n_instr <= SIZE_MAX / (size_t)B ? jx_lines(n_instr * B, 0) : NULL;
+        w->lane = lanes / (size_t)w->dirs == n_slots && lanes <= SIZE_MAX / (size_t)B
+                  ? jx_lines(lanes * B, 1) : NULL;
     }
     if (!w->value || !w->imm || (!values_only && (!w->d0 || !w->d1 || !w->lane))
         || (values_only && t->n_sincos > 0 && !w->stash)) {

@@ -219,6 +219,33 @@ int32_t jx_tape_sincos_pairs(const jx_tape *t, int32_t *pair)
     return n;
 }
 
+/* n doubles on a cache line's boundary (JX_LINE bytes; zeroed if asked): a batched
+   sweep's slot of 64 lanes is 8 whole lines, and no vector load of a lane loop or a run
+   straddles two lines (malloc gives 16-byte alignment; a large array from mmap sits 16
+   bytes past a page).  malloc's pointer sits just before them, for jx_lines_free.  NULL
+   for no memory. */
+double *jx_lines(size_t n, int zero)
+{
+    const size_t extra = JX_LINE + sizeof(void *);
+    unsigned char *raw;
+    uintptr_t p;
+    if (n > (SIZE_MAX - extra) / sizeof(double)) return NULL;
+    raw = (unsigned char *)(zero ? calloc(n * sizeof(double) + extra, 1)
+                                 : malloc(n * sizeof(double) + extra));
+    if (!raw) return NULL;
+    p = ((uintptr_t)(raw + sizeof(void *)) + (JX_LINE - 1)) & ~(uintptr_t)(JX_LINE - 1);
+    memcpy((void *)(p - sizeof(void *)), &raw, sizeof(void *));
+    return (double *)p;
+}
+
+void jx_lines_free(double *p)
+{
+    void *raw;
+    if (!p) return;
+    memcpy(&raw, (unsigned char *)p - sizeof(void *), sizeof(void *));
+    free(raw);
+}
+
 int jx_work_init(jx_work *w, const jx_tape *t, int32_t lanes)
 {
     const jx_tape *e = t->exact;
@@ -229,10 +256,10 @@ int jx_work_init(jx_work *w, const jx_tape *t, int32_t lanes)
     if (lanes < 1) lanes = 1;
     w->lanes = lanes;
     w->consts = t;
-    w->value = (double *)calloc(n_slots, sizeof(double));
-    w->d0 = (double *)malloc(n_instr * sizeof(double));
-    w->d1 = (double *)malloc(n_instr * sizeof(double));
-    w->lane = (double *)calloc(n_slots * (size_t)lanes, sizeof(double));
+    w->value = jx_lines(n_slots, 1);
+    w->d0 = jx_lines(n_instr, 0);
+    w->d1 = jx_lines(n_instr, 0);
+    w->lane = n_slots <= SIZE_MAX / (size_t)lanes ? jx_lines(n_slots * (size_t)lanes, 1) : NULL;
     if (!w->value || !w->d0 || !w->d1 || !w->lane) {
         jx_work_free(w);
         return JX_ENOMEM;
@@ -244,10 +271,10 @@ int jx_work_init(jx_work *w, const jx_tape *t, int32_t lanes)
 
 void jx_work_free(jx_work *w)
 {
-    free(w->value);
-    free(w->d0);
-    free(w->d1);
-    free(w->lane);
+    jx_lines_free(w->value);
+    jx_lines_free(w->d0);
+    jx_lines_free(w->d1);
+    jx_lines_free(w->lane);
     w->value = w->d0 = w->d1 = w->lane = NULL;
 }
 

@@ -278,6 +278,11 @@ static inline int32_t jx_segment_end(const jx_tape *t, int32_t k)
 }
 
 /* Work for t and, where it has one, its exact tape (the larger of the two sizes). */
+/* n doubles aligned to a cache line (JX_LINE bytes), zeroed if asked; jx_lines_free
+   frees them (vm.c) */
+#define JX_LINE 64
+double *jx_lines(size_t n, int zero);
+void jx_lines_free(double *p);
 int jx_work_init(jx_work *w, const jx_tape *t, int32_t lanes);
 /* The tape that runs at the point x (jx_tape.exact): t, or its exact tape (whose constants
    it loads into w); NULL where t holds only within its bound and has no exact tape. */
