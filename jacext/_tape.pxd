@@ -60,6 +60,7 @@ cdef extern from "vm.h" nogil:
     bint jx_flag_take(jx_flag *f)
     void jx_flag_give(jx_flag *f)
     int jx_point_value(const jx_tape *t, jx_work *w, const double *x, double *y)
+    int jx_point_value_loaded(const jx_tape *t, jx_work *w, double *y)
     int jx_point_outputs(const jx_tape *t, jx_work *w, const double *x, double *y0,
                          int32_t n0, double *y1)
     int jx_point_jacobian(const jx_tape *t, jx_work *w, const double *x, double *y,

@@ -993,15 +993,19 @@ static void jx_store_outputs(const jx_tape *t, const jx_work *w, double *y)
 
 int jx_point_value(const jx_tape *t, jx_work *w, const double *x, double *y)
 {
-    const jx_tape *at = jx_tape_at(t, w, x);
+    jx_load_point(t, w, x);
+    return jx_point_value_loaded(t, w, y);
+}
+
+int jx_point_value_loaded(const jx_tape *t, jx_work *w, double *y)
+{
+    const jx_tape *at = jx_tape_at(t, w, w->value);
     if (!at) {
         jx_fill_nan(y, (size_t)t->n_out);
         return JX_OK;
     }
-    t = at;
-    jx_load_point(t, w, x);
-    jx_forward(t, w->value);
-    jx_store_outputs(t, w, y);
+    jx_forward(at, w->value);
+    jx_store_outputs(at, w, y);
     return JX_OK;
 }
 

@@ -336,6 +336,9 @@ int jx_point_compressed(const jx_tape *t, jx_work *w, const double *x, double *y
                         double *comp, const int32_t *cols, int32_t n_cols,
                         const int32_t *colour, int32_t n_colours, int mode);
 int jx_point_value(const jx_tape *t, jx_work *w, const double *x, double *y);
+/* The same with the point already in w->value[0 .. n_in): a caller that copies a point's
+   parts there itself (several arguments) makes no joined row. */
+int jx_point_value_loaded(const jx_tape *t, jx_work *w, double *y);
 /* The outputs split in two: the first n0 into y0 (NULL: not stored), the rest into y1 (a
    Jacobian tape's values, then its Jacobian straight into the caller's array). */
 int jx_point_outputs(const jx_tape *t, jx_work *w, const double *x, double *y0, int32_t n0,

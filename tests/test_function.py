@@ -16,6 +16,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -776,3 +777,34 @@ def test_a_batch_of_one_is_the_single_point():
         np.testing.assert_array_equal(F(X).reshape(2), F(x))
     with pytest.raises(ValueError, match="out has shape"):
         F.jacobian(x[None], out=np.empty((2, 2)))
+
+
+def test_one_point_of_several_large_arguments_goes_straight_into_the_work_memory():
+    """F(x, v, c) at one point of two large arrays and a float: each argument is copied into
+    the tape's work memory where the sweep reads it (no joined row).  The values are
+    NumPy's, on the folded tape at finite points and on the exact one where an inf fails
+    the bound; threads calling at once each get their own work memory."""
+    n = 50_000
+
+    def f(x, v, c):
+        return np.sin(x) * 0.0 + v * c + np.cos(v) * 0.0
+
+    rng = np.random.default_rng(4)
+    x, v = rng.uniform(-2.0, 2.0, n), rng.uniform(-2.0, 2.0, n)
+    F = jx.compile(f, x, v, 2.0)
+    assert "folded" in repr(F)
+    np.testing.assert_array_equal(F(x, v, 1.5), f(x, v, 1.5))
+    np.testing.assert_array_equal(F(x, v, np.float64(-3.0)), f(x, v, -3.0))
+    x_inf = x.copy()
+    x_inf[17] = np.inf
+    with np.errstate(invalid="ignore"):
+        want = f(x_inf, v, 1.5)
+    got = F(x_inf, v, 1.5)
+    assert np.isnan(got[17]) and np.isnan(want[17])
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(F(x, v, 1.5), f(x, v, 1.5))   # the folded tape again
+    points = [(rng.uniform(-2.0, 2.0, n), rng.uniform(-2.0, 2.0, n), float(k)) for k in range(8)]
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda p: F(*p), points * 3))
+    for p, r in zip(points * 3, results):
+        np.testing.assert_array_equal(r, f(*p))
