@@ -86,6 +86,7 @@ KINKED_UNARY = ["ABS", "SIGN", "FLOOR", "CEIL", "RINT", "TRUNC"]
 KINKED_BINARY = ["MAXIMUM", "MINIMUM", "FMAX", "FMIN", "MOD", "FMOD", "FLOOR_DIVIDE", "LESS",
                  "LESS_EQUAL", "GREATER", "GREATER_EQUAL", "EQUAL", "NOT_EQUAL", "HEAVISIDE"]
 assert set(SMOOTH_UNARY + SMOOTH_BINARY + KINKED_UNARY + KINKED_BINARY + ["SELECT"]) == set(REF)
+COMPARISONS = {"LESS", "LESS_EQUAL", "GREATER", "GREATER_EQUAL", "EQUAL", "NOT_EQUAL"}
 
 
 # ---------------------------------------------------------------- programs --
@@ -112,7 +113,10 @@ def evaluate(node, args):
         return fn(adapt(children[0]) if adapt else children[0])
     fa, fb = ADAPT2.get(name, (None, None))
     a, b = children
-    return fn(fa(a) if fa else a, fb(b) if fb else b)
+    out = fn(fa(a) if fa else a, fb(b) if fb else b)
+    # a comparison's mask made a number before arithmetic, as users write it: NumPy's bool
+    # arithmetic (exp of a bool array is float16, -mask an error) is not jacext's float64
+    return out * 1.0 if name in COMPARISONS else out
 
 
 def describe(node):
