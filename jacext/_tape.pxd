@@ -18,7 +18,7 @@ cdef extern from "vm.h" nogil:
 
     ctypedef struct jx_code:   # (its fields are the C sweep's alone: vm.h)
         pass
-    int JX_CODE_MAX_INSTR
+    int JX_CODE_MAX_ENTRIES
     int32_t jx_tape_code(const jx_tape *t, jx_code *code)
 
     ctypedef struct jx_tape:

@@ -336,8 +336,9 @@ cdef class Tape:
         if self._runs_used:
             self.t.runs = <const int32_t *>cnp.PyArray_DATA(self._runs)
             self.t.n_runs = n_runs
-        if 0 < n <= JX_CODE_MAX_INSTR:     # the value sweep's stream, over those runs
-            self._code = np.empty((n + 1) * sizeof(jx_code), dtype=np.uint8)
+        m = jx_tape_code(&self.t, NULL) if n > 0 else 0   # its entries, counted
+        if 0 < m <= JX_CODE_MAX_ENTRIES:    # the value sweep's stream, over those runs
+            self._code = np.empty((m + 1) * sizeof(jx_code), dtype=np.uint8)
             self.t.n_code = jx_tape_code(&self.t, <jx_code *>cnp.PyArray_DATA(self._code))
             self.t.code = <const jx_code *>cnp.PyArray_DATA(self._code)
 
@@ -402,16 +403,14 @@ cdef class Tape:
     @property
     def stream_length(self):
         """Entries of the single-point value sweep's decoded stream (vm.h jx_code); 0 past
-        JX_CODE_MAX_INSTR instructions, where the sweep reads the tape's own arrays."""
+        JX_CODE_MAX_ENTRIES entries, where the sweep reads the tape's own arrays."""
         return int(self.t.n_code)
 
     def runs(self):
         """The runs of the single-point value sweep as (n_runs, RUN_FIELDS) int32: length,
         the steps of dst, a, b, s, and flags; empty when the tape's runs are too short to
         be used (``plan.runs_pay``)."""
-        if not self._runs_used:
-            return np.zeros((0, JX_RUN_FIELDS), dtype=np.int32)
-        return self._runs.reshape(-1, JX_RUN_FIELDS)
+        return (self._runs if self._runs_used else self._runs[:0]).reshape(-1, JX_RUN_FIELDS)
 
     def disassemble(self):
         """The tape as text lines (``jacext.ops.disassemble``)."""

@@ -204,6 +204,7 @@ class _Hessian:
         kept2 = np.tile(np.arange(len(self.src)), 2)
         sym, first = np.unique(both, return_index=True)
         self.sym_kept = kept2[first]
+        self.sym_src = self.src[self.sym_kept]   # the same entries straight from G's pattern
         sym_rows = sym // n if n else sym
         sym_cols = sym % n if n else sym
         indptr = np.zeros(self.m * n + 1, dtype=np.int64)
@@ -267,17 +268,21 @@ class _Hessian:
                                 n_points, threads, False)
         return vals.reshape(batch + (vals.shape[-1],)), batch
 
-    def kept(self, args, mode, threads):
+    def kept(self, args, mode, threads, symmetric=False):
         """(the kept entries' values, batch shape): from a star colouring's compressed
         sweeps where it takes fewer colours, else from G's sparse Jacobian (its planner
-        picks column colouring, cones, or its Jacobian tape)."""
+        picks column colouring, cones, or its Jacobian tape).  ``symmetric``: the
+        symmetric pattern's values instead (each entry once, CSR order), in one gather
+        (np.take: a third faster than fancy indexing at 10^5 entries)."""
         star = self.star() if mode == "auto" else None
         if star is None:
             vals, batch = self.values(args, mode, threads)
-            return vals[..., self.src], batch
+            return np.take(vals, self.sym_src if symmetric else self.src, axis=-1), batch
         from jacext._tape import MODES
 
         colour, q, gather = star
+        if symmetric:
+            gather = gather[self.sym_kept]
         G = self.G
         x, batch = G._rows(tuple(args))
         cols = G._planner.columns(self.argnums)
@@ -287,10 +292,10 @@ class _Hessian:
             G.tape.batch("compressed", x.reshape(n_points, G.n_inputs), None, comp,
                          _plan.n_threads(threads, n_points, G.n_instructions * (1 + q)),
                          mode=MODES["forward"], cols=cols, colour=colour, n_colours=q)
-            return comp.reshape(n_points, -1)[:, gather].reshape(batch + (-1,)), batch
+            return np.take(comp.reshape(n_points, -1), gather, axis=1).reshape(batch + (-1,)), batch
         comp = np.empty((G.n_outputs, q), dtype=np.float64)
         G.tape.compressed(x, None, comp, cols, colour, q, MODES["forward"])
-        return comp.reshape(-1)[gather], batch
+        return np.take(comp.reshape(-1), gather), batch
 
     def dense(self, args, mode, out, threads):
         shape = self.out_shape + self.arg_shape + self.arg_shape
@@ -313,8 +318,7 @@ class _Hessian:
             raise ValueError(
                 "jacext: sparse=True needs a scalar Hessian: a scalar output, or weights w "
                 "(the Hessian of w . F(x)); for every output's Hessian use sparse=False")
-        v, batch = self.kept(args, mode, threads)
-        data = np.ascontiguousarray(v[..., self.sym_kept])
+        data, batch = self.kept(args, mode, threads, symmetric=True)
         if batch:
             return SparseJacobians(self.pattern, data)
         return sp.csr_array((data, self.sym_indices.copy(), self.sym_indptr.copy()),

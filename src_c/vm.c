@@ -691,8 +691,10 @@ static void jx_code_one(const jx_tape *t, int32_t i, jx_code *c)
 int32_t jx_tape_code(const jx_tape *t, jx_code *code)
 {
     int32_t i = 0, n = 0, kb = 0, r = 0, k;
+    jx_code scratch;   /* where entries go when only counted (code NULL) */
     while (i < t->n_instr) {
-        jx_code *c = code + n++;
+        jx_code *c = code ? code + n : &scratch;
+        n++;
         memset(c, 0, sizeof *c);
         if (t->op[i] == JX_BLOCK) {       /* a block is a run of its own */
             c->op.code = JX_CODE_BLOCK;
@@ -718,11 +720,12 @@ int32_t jx_tape_code(const jx_tape *t, jx_code *code)
                 i += run[0];
             } else {
                 n--;
-                for (k = 0; k < run[0]; k++) jx_code_one(t, i++, code + n++);
+                for (k = 0; k < run[0]; k++, n++) jx_code_one(t, i++, code ? code + n : &scratch);
                 r++;
             }
         }
     }
+    if (!code) return n;
     memset(code + n, 0, sizeof *code);   /* the sentinel the sweep stops at */
     code[n].op.code = JX_CODE_END;
     {

@@ -208,9 +208,9 @@ typedef struct jx_code {
 #define JX_CODE_BLOCK (JX_CODE_RUN + 2)
 #define JX_CODE_END (JX_CODE_RUN + 3)
 #define JX_N_CODES (JX_CODE_RUN + 4)
-/* Tapes longer than this keep the tape's own arrays in the value sweep (the stream takes
-   32 bytes an instruction: 32 MiB here). */
-#define JX_CODE_MAX_INSTR (1 << 20)
+/* Tapes whose stream would take more entries than this keep the tape's own arrays in the
+   value sweep (an entry takes 32 bytes: 32 MiB here; a run is one entry). */
+#define JX_CODE_MAX_ENTRIES (1 << 20)
 
 /* Private memory of one evaluation (one per thread). */
 typedef struct {
@@ -231,7 +231,7 @@ int32_t jx_tape_fixed_partials(const jx_tape *t, unsigned char *fixed, double *d
 int32_t jx_tape_runs(const jx_tape *t, int32_t *runs);
 /* Fills code (n_instr + 1 entries at most) as jx_tape.code from a checked tape and its
    runs (jx_tape.runs, NULL for none); returns the number of entries before the closing
-   JX_CODE_END. */
+   JX_CODE_END.  code NULL: only counts them. */
 int32_t jx_tape_code(const jx_tape *t, jx_code *code);
 /* Fills pair (n_instr) as jx_tape.sincos_pair; returns the number of pairs or JX_ENOMEM. */
 int32_t jx_tape_sincos_pairs(const jx_tape *t, int32_t *pair);

@@ -717,13 +717,25 @@ def test_value_stream_entries_for_runs_chains_and_blocks(rng):
     assert_identical(F(x), F(np.stack([x, x]))[1])
 
 
-def test_tapes_past_the_stream_bound_read_their_own_arrays(rng):
-    """A tape of more than JX_CODE_MAX_INSTR (2**20) instructions has no stream: its
-    single-point values come from the runs over the tape's arrays, equal to the batch's."""
+def test_the_stream_bound_counts_entries_not_instructions(rng):
+    """The stream's bound, JX_CODE_MAX_ENTRIES (2**20), is on its entries (a run is one):
+    1.2 million instructions in four runs get a stream of a few entries; 1.1 million
+    multiplies of a permuted operand (no runs) get none, and their single-point values
+    come from the tape's own arrays.  Either way equal to the batch's."""
     def f(x):
         return np.cos(x * x + 1.0) - x
 
     x = rng.standard_normal(300_000)
     F = jx.compile(f, x)
-    assert F.n_instructions > 2 ** 20 and F.tape.stream_length == 0
+    assert F.n_instructions > 2 ** 20 and 0 < F.tape.stream_length < 100
     assert_identical(F(x), F(np.stack([x, x]))[0])
+    perm = rng.permutation(1_100_000)
+
+    def g(x):
+        return x[perm] * x
+
+    x = rng.standard_normal(1_100_000)
+    G = jx.compile(g, x)
+    assert G.n_instructions > 2 ** 20 and G.tape.stream_length == 0
+    assert_identical(G(x), G(np.stack([x, x]))[1])
+    assert_identical(G(x), g(x))
