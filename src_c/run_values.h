@@ -25,6 +25,33 @@
     }
 #endif
 
+/* len elements of a contiguous run (every step 1, no operand meeting the destination)
+   at these pointers: into the slots, or a tile chain's rings (jx_forward_chain). */
+JX_RUN_ATTR static void JX_RUN_PTR_FN(int32_t word, double c, double *JX_RESTRICT pz,
+                                      const double *JX_RESTRICT pa,
+                                      const double *JX_RESTRICT pb,
+                                      const double *JX_RESTRICT ps, ptrdiff_t len)
+{
+    ptrdiff_t k;
+    switch (word & JX_OP_MASK) {
+#define OP(NAME, ARITY, COMMUTES, VALUE, D0, D1, FIXED)                      \
+    case JX_OP_##NAME:                                                       \
+        if (word & JX_A_IMM) {                                               \
+            JX_RUN_CLOOP(c, ARITY >= 2 ? pb[k] : 0.0, 0.0, VALUE)            \
+        } else if (word & JX_B_IMM) {                                        \
+            JX_RUN_CLOOP(pa[k], c, 0.0, VALUE)                               \
+        } else {                                                             \
+            JX_RUN_CLOOP(pa[k], ARITY >= 2 ? pb[k] : 0.0,                    \
+                         ARITY == 3 ? ps[k] : 0.0, VALUE)                    \
+        }                                                                    \
+        break;
+#include "ops.def"
+#undef OP
+    default:
+        break;
+    }
+}
+
 /* Elements off .. off+len-1 of the run, in order. */
 JX_RUN_ATTR static void JX_RUN_FN(const jx_tape *t, double *value, int32_t i,
                                   const int32_t *run, ptrdiff_t off, ptrdiff_t len)
@@ -37,27 +64,7 @@ JX_RUN_ATTR static void JX_RUN_FN(const jx_tape *t, double *value, int32_t i,
     const double c = t->imm[i];
     ptrdiff_t k;
     if (run[5] & JX_RUN_CONTIGUOUS) {
-        double *JX_RESTRICT pz = value + d0;
-        const double *JX_RESTRICT pa = value + a0;
-        const double *JX_RESTRICT pb = value + b0;
-        const double *JX_RESTRICT ps = value + s0;
-        switch (word & JX_OP_MASK) {
-#define OP(NAME, ARITY, COMMUTES, VALUE, D0, D1, FIXED)                      \
-        case JX_OP_##NAME:                                                   \
-            if (word & JX_A_IMM) {                                           \
-                JX_RUN_CLOOP(c, ARITY >= 2 ? pb[k] : 0.0, 0.0, VALUE)        \
-            } else if (word & JX_B_IMM) {                                    \
-                JX_RUN_CLOOP(pa[k], c, 0.0, VALUE)                           \
-            } else {                                                         \
-                JX_RUN_CLOOP(pa[k], ARITY >= 2 ? pb[k] : 0.0,                \
-                             ARITY == 3 ? ps[k] : 0.0, VALUE)                \
-            }                                                                \
-            break;
-#include "ops.def"
-#undef OP
-        default:
-            break;
-        }
+        JX_RUN_PTR_FN(word, c, value + d0, value + a0, value + b0, value + s0, len);
         return;
     }
     switch (word & JX_OP_MASK) {

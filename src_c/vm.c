@@ -246,6 +246,18 @@ void jx_lines_free(double *p)
     free(raw);
 }
 
+/* The rings a work needs for t's tile chains (the most any chain has). */
+static int32_t jx_tape_rings(const jx_tape *t)
+{
+    int32_t r, n = 0;
+    if (!t->runs) return 0;
+    for (r = 0; r < t->n_runs; r++) {
+        const int32_t k = t->runs[(size_t)JX_RUN_FIELDS * r + JX_RUN_RING];
+        if (k + 1 > n) n = k + 1;
+    }
+    return n;
+}
+
 int jx_work_init(jx_work *w, const jx_tape *t, int32_t lanes)
 {
     const jx_tape *e = t->exact;
@@ -253,6 +265,7 @@ int jx_work_init(jx_work *w, const jx_tape *t, int32_t lanes)
     int32_t instr = e && e->n_instr > t->n_instr ? e->n_instr : t->n_instr;
     size_t n_slots = (size_t)(slots > 0 ? slots : 1);
     size_t n_instr = (size_t)(instr > 0 ? instr : 1);
+    int32_t rings;
     if (lanes < 1) lanes = 1;
     w->lanes = lanes;
     w->consts = t;
@@ -260,6 +273,10 @@ int jx_work_init(jx_work *w, const jx_tape *t, int32_t lanes)
     w->d0 = jx_lines(n_instr, 0);
     w->d1 = jx_lines(n_instr, 0);
     w->lane = n_slots <= SIZE_MAX / (size_t)lanes ? jx_lines(n_slots * (size_t)lanes, 1) : NULL;
+    rings = jx_tape_rings(t);
+    if (e && jx_tape_rings(e) > rings) rings = jx_tape_rings(e);
+    /* no memory for the rings: the chains keep their slots (the same values) */
+    w->scratch = rings > 0 ? jx_lines((size_t)rings * JX_RING, 0) : NULL;
     if (!w->value || !w->d0 || !w->d1 || !w->lane) {
         jx_work_free(w);
         return JX_ENOMEM;
@@ -275,7 +292,8 @@ void jx_work_free(jx_work *w)
     jx_lines_free(w->d0);
     jx_lines_free(w->d1);
     jx_lines_free(w->lane);
-    w->value = w->d0 = w->d1 = w->lane = NULL;
+    jx_lines_free(w->scratch);
+    w->value = w->d0 = w->d1 = w->lane = w->scratch = NULL;
 }
 
 /* Loads an instruction's operands: an immediate where the op word says so. */
@@ -449,6 +467,187 @@ static void jx_tile_chains(const jx_tape *t, int32_t *runs, int32_t n)
     }
 }
 
+/* The slots instruction i reads (base, count) as up to 3 ranges: a block its operands. */
+static int jx_read_ranges(const jx_tape *t, int32_t i, int32_t kb, int64_t base[3],
+                          int64_t count[3])
+{
+    const int32_t word = t->op[i];
+    int reads, m, n = 0;
+    if (word == JX_BLOCK) {
+        base[0] = t->a[i];
+        count[0] = jx_block_operands(t, kb);
+        return 1;
+    }
+    reads = jx_reads(word);
+    for (m = 0; m < 3; m++)
+        if (reads & (1 << m)) {
+            base[n] = m == 0 ? t->a[i] : m == 1 ? t->b[i] : t->s[i];
+            count[n++] = 1;
+        }
+    return n;
+}
+
+/* The reads of one chain's run r that meet a candidate's values (writer[s]: the run of
+   the chain that last wrote slot s, or -1): each operand's range (a long run's, over its
+   elements; a short run's, one slot) must have one writer p, a long contiguous run, and
+   r must read it where p's ring still holds it -- r long and contiguous, or a short run
+   of one instruction -- else p keeps its slots (bad).  With ring (the rings given out),
+   records each such read's ring in r's fields. */
+static void jx_ring_reads(const jx_tape *t, int32_t *runs, const int32_t *first, int32_t r0,
+                          int32_t r, const int32_t *writer, unsigned char *bad,
+                          const int32_t *ring)
+{
+    int32_t *rr = runs + (size_t)JX_RUN_FIELDS * r;
+    const int32_t i0 = first[r];
+    const int is_long = rr[0] >= JX_RUN_MIN_LEN;
+    const int reads = jx_reads(t->op[i0]);
+    const int64_t base[3] = {t->a[i0], t->b[i0], t->s[i0]};
+    int m;
+    if (!is_long && rr[0] > 1) {   /* a short run of several: its writers keep their slots */
+        int32_t i;
+        for (i = i0; i < i0 + rr[0]; i++) {
+            const int rd = jx_reads(t->op[i]);
+            const int64_t b[3] = {t->a[i], t->b[i], t->s[i]};
+            for (m = 0; m < 3; m++)
+                if ((rd & (1 << m)) && writer[b[m]] >= 0) bad[writer[b[m]] - r0] = 1;
+        }
+        return;
+    }
+    for (m = 0; m < 3; m++) {
+        const int64_t n = is_long && rr[2 + m] ? rr[0] : 1;
+        int32_t p = -1, mixed = 0;
+        int64_t s, e, gap;
+        if (!(reads & (1 << m))) continue;
+        for (s = base[m]; s < base[m] + n; s++) {
+            if (s == base[m]) p = writer[s];
+            else if (writer[s] != p) mixed = 1;
+        }
+        if (mixed) {
+            for (s = base[m]; s < base[m] + n; s++)
+                if (writer[s] >= 0) bad[writer[s] - r0] = 1;
+            continue;
+        }
+        if (p < 0) continue;
+        {
+            const int32_t *rp = runs + (size_t)JX_RUN_FIELDS * p;
+            /* element e of p is written at lag_p + e; read at lag_r + (its element in r) */
+            e = base[m] - t->dst[first[p]];
+            gap = (int64_t)rr[JX_RUN_LAG] - e - rp[JX_RUN_LAG];
+            if ((is_long && !((rr[5] & JX_RUN_CONTIGUOUS) && rr[0] >= JX_TILE_MIN))
+                || gap < 0 || gap + JX_TILE > JX_RING) {
+                bad[p - r0] = 1;
+                continue;
+            }
+            if (ring && ring[p - r0] >= 0) rr[JX_RUN_RING + 1 + m] = ring[p - r0];
+        }
+    }
+}
+
+/* The writes of run r into writer[] (all: -1 again, for the next chain). */
+static void jx_ring_writes(const jx_tape *t, const int32_t *runs, const int32_t *first,
+                           int32_t r, int32_t *writer, int32_t who)
+{
+    const int32_t *rr = runs + (size_t)JX_RUN_FIELDS * r;
+    int32_t i;
+    if (rr[0] >= JX_RUN_MIN_LEN) {
+        const int64_t d = t->dst[first[r]];
+        int64_t s;
+        for (s = d; s < d + rr[0]; s++) writer[s] = who;
+    } else {
+        for (i = first[r]; i < first[r] + rr[0]; i++) writer[t->dst[i]] = who;
+    }
+}
+
+/* One chain's rings (runs r0 .. r1), from the liveness after it: its long contiguous runs
+   whose every value is read only as jx_ring_reads allows, and none of them live past the
+   chain, get rings 0, 1, ... in order.  bad, ring: one entry per run of the chain. */
+static void jx_rings_of_chain(const jx_tape *t, int32_t *runs, const int32_t *first,
+                              int32_t r0, int32_t r1, const unsigned char *live,
+                              int32_t *writer, unsigned char *bad, int32_t *ring)
+{
+    int32_t r, k = 0;
+    int64_t s;
+    for (r = r0; r <= r1; r++) {
+        const int32_t *rr = runs + (size_t)JX_RUN_FIELDS * r;
+        bad[r - r0] = !(rr[0] >= JX_TILE_MIN && (rr[5] & JX_RUN_CONTIGUOUS));
+        ring[r - r0] = -1;
+    }
+    for (r = r0; r <= r1; r++) {   /* who reads what from whom */
+        jx_ring_reads(t, runs, first, r0, r, writer, bad, NULL);
+        jx_ring_writes(t, runs, first, r, writer, r);
+    }
+    for (r = r0; r <= r1; r++) {   /* values live past the chain */
+        const int32_t *rr = runs + (size_t)JX_RUN_FIELDS * r;
+        if (rr[0] >= JX_RUN_MIN_LEN) {
+            const int64_t d = t->dst[first[r]];
+            for (s = d; s < d + rr[0]; s++)
+                if (live[s] && writer[s] >= 0) bad[writer[s] - r0] = 1;
+        }
+    }
+    for (r = r0; r <= r1; r++) jx_ring_writes(t, runs, first, r, writer, -1);
+    for (r = r0; r <= r1 && k < JX_TILE_MAX_CHAIN; r++)
+        if (!bad[r - r0]) {
+            ring[r - r0] = k++;
+            runs[(size_t)JX_RUN_FIELDS * r + JX_RUN_RING] = ring[r - r0];
+        }
+    if (k == 0) return;
+    for (r = r0; r <= r1; r++) {   /* the same reads again, recording the rings */
+        jx_ring_reads(t, runs, first, r0, r, writer, bad, ring);
+        jx_ring_writes(t, runs, first, r, writer, r);
+    }
+    for (r = r0; r <= r1; r++) jx_ring_writes(t, runs, first, r, writer, -1);
+}
+
+/* The tile chains' rings (JX_RUN_RING in vm.h): a backward pass over the tape keeps each
+   slot's liveness, and at each chain's end its rings are given out (jx_rings_of_chain).
+   No memory for the pass: no rings. */
+static void jx_chain_rings(const jx_tape *t, int32_t *runs, int32_t n_runs)
+{
+    unsigned char *live, *bad;
+    int32_t *first, *writer, *ring;
+    int32_t r, e, i, kb = t->n_blocks, m;
+    if (n_runs < 1 || t->n_slots < 1) return;
+    live = (unsigned char *)calloc((size_t)t->n_slots, 1);
+    writer = (int32_t *)malloc((size_t)t->n_slots * sizeof(int32_t));
+    first = (int32_t *)malloc(((size_t)n_runs + 1) * sizeof(int32_t));
+    bad = (unsigned char *)malloc(JX_TILE_MAX_CHAIN);
+    ring = (int32_t *)malloc(JX_TILE_MAX_CHAIN * sizeof(int32_t));
+    if (!live || !writer || !first || !bad || !ring) goto done;
+    for (i = 0; i < t->n_slots; i++) writer[i] = -1;
+    for (r = 0, i = 0; r < n_runs; r++) {
+        first[r] = i;
+        i += runs[(size_t)JX_RUN_FIELDS * r];
+    }
+    first[n_runs] = i;
+    for (i = 0; i < t->n_out; i++) live[t->out_slot[i]] = 1;
+    i = t->n_instr;   /* the pass has gone back to instruction i */
+    for (e = n_runs - 1; e >= 0; e--) {
+        int32_t r0 = e;   /* runs r0 .. e: a chain, or one run */
+        while (r0 > 0 && (runs[(size_t)JX_RUN_FIELDS * (r0 - 1) + 5] & JX_RUN_TILE_NEXT)) r0--;
+        while (i > first[e + 1]) {   /* back through the instructions after runs r0 .. e */
+            int64_t base[3], count[3];
+            int n;
+            i--;
+            if (t->op[i] == JX_BLOCK) kb--;
+            n = jx_read_ranges(t, i, kb, base, count);
+            if (t->op[i] == JX_BLOCK)
+                memset(live + t->dst[i], 0, (size_t)jx_block_rows(t, kb));
+            else
+                live[t->dst[i]] = 0;
+            for (m = 0; m < n; m++) memset(live + base[m], 1, (size_t)count[m]);
+        }
+        if (r0 < e && e - r0 < JX_TILE_MAX_CHAIN)
+            jx_rings_of_chain(t, runs, first, r0, e, live, writer, bad, ring);
+        e = r0;   /* the loop's e-- moves to the run before this chain (or run) */
+    }
+done:
+    free(live);
+    free(writer);
+    free(first);
+    free(bad);
+    free(ring);
+}
+
 /* The end of the run starting at instruction i (one op word, one immediate, evenly
    stepping dst and read slots) and its steps of dst, a, b, s (0 for a slot not read). */
 static int32_t jx_run_end(const jx_tape *t, int32_t i, int32_t step[4])
@@ -507,10 +706,12 @@ int32_t jx_tape_runs(const jx_tape *t, int32_t *runs)
         for (k = 0; k < 4; k++) runs[JX_RUN_FIELDS * n + 1 + k] = step[k];
         runs[JX_RUN_FIELDS * n + 5] = flags;
         runs[JX_RUN_FIELDS * n + JX_RUN_LAG] = 0;
+        for (k = 0; k < 4; k++) runs[JX_RUN_FIELDS * n + JX_RUN_RING + k] = -1;
         n++;
         i = j;
     }
     jx_tile_chains(t, runs, n);
+    jx_chain_rings(t, runs, n);
     return n;
 }
 
@@ -518,18 +719,25 @@ int32_t jx_tape_runs(const jx_tape *t, int32_t *runs)
    the CPU has it, an AVX2 copy (kernels.h), chosen once per sweep. */
 typedef void (*jx_run_fn)(const jx_tape *, double *, int32_t, const int32_t *, ptrdiff_t,
                           ptrdiff_t);
+/* The same loop on pointers (a contiguous run, in the slots or in rings) */
+typedef void (*jx_run_ptr_fn)(int32_t, double, double *, const double *, const double *,
+                              const double *, ptrdiff_t);
 
 #define JX_RUN_FN jx_forward_run_base
+#define JX_RUN_PTR_FN jx_run_ptr_base
 #define JX_RUN_ATTR
 #include "run_values.h"
 #undef JX_RUN_FN
+#undef JX_RUN_PTR_FN
 #undef JX_RUN_ATTR
 
 #if JX_X86_DISPATCH
 #define JX_RUN_FN jx_forward_run_avx2
+#define JX_RUN_PTR_FN jx_run_ptr_avx2
 #define JX_RUN_ATTR JX_TARGET_AVX2
 #include "run_values.h"
 #undef JX_RUN_FN
+#undef JX_RUN_PTR_FN
 #undef JX_RUN_ATTR
 #endif
 
@@ -539,6 +747,48 @@ static jx_run_fn jx_run_values(void)
     if (jx_have_avx2()) return jx_forward_run_avx2;
 #endif
     return jx_forward_run_base;
+}
+
+static jx_run_ptr_fn jx_run_ptrs(void)
+{
+#if JX_X86_DISPATCH
+    if (jx_have_avx2()) return jx_run_ptr_avx2;
+#endif
+    return jx_run_ptr_base;
+}
+
+/* Elements lo .. lo+len-1 of a long run of a chain that writes or reads a ring
+   (JX_RUN_RING in vm.h): each operand in its ring (element k at k mod JX_RING of the ring
+   whose writer's first slot is ring_dst[ring]) or in the slots, the run cut where a ring
+   wraps.  The same loop on the same doubles as the run in the slots. */
+static void jx_run_rings(const jx_tape *t, double *value, int32_t i, const int32_t *run,
+                         ptrdiff_t lo, ptrdiff_t len, double *scratch, const int64_t *ring_dst,
+                         jx_run_ptr_fn run_ptr)
+{
+    const int32_t word = t->op[i];
+    const int reads = jx_reads(word);
+    const int64_t base[4] = {t->dst[i], t->a[i], t->b[i], t->s[i]};
+    ptrdiff_t k = lo;
+    const ptrdiff_t end = lo + len;
+    int m;
+    while (k < end) {
+        double *p[4];
+        ptrdiff_t seg = end - k;
+        for (m = 0; m < 4; m++) {
+            const int32_t ring = run[JX_RUN_RING + m];
+            if (m > 0 && !(reads & (1 << (m - 1)))) {
+                p[m] = value + base[m];          /* not read */
+            } else if (ring < 0) {
+                p[m] = value + base[m] + k;
+            } else {
+                const int64_t at = (base[m] - ring_dst[ring] + k) & (JX_RING - 1);
+                if (JX_RING - at < seg) seg = (ptrdiff_t)(JX_RING - at);
+                p[m] = scratch + (size_t)ring * JX_RING + at;
+            }
+        }
+        run_ptr(word, t->imm[i], p[0], p[1], p[2], p[3], seg);
+        k += seg;
+    }
 }
 
 /* Value of instruction i, one at a time (the sweep without runs, and short runs). */
@@ -558,17 +808,43 @@ static inline void jx_forward_one(const jx_tape *t, double *value, int32_t i)
     value[t->dst[i]] = z;
 }
 
+/* A short run of one instruction that reads a ring (jx_ring_reads): its operands from
+   the rings or the slots, the op's VALUE on them (jx_op_value: the same doubles). */
+static void jx_one_rings(const jx_tape *t, double *value, int32_t i, const int32_t *run,
+                         const double *scratch, const int64_t *ring_dst)
+{
+    const int32_t word = t->op[i];
+    const int64_t slot[3] = {t->a[i], t->b[i], t->s[i]};
+    double v[3];
+    int m;
+    for (m = 0; m < 3; m++) {
+        const int32_t ring = run[JX_RUN_RING + 1 + m];
+        v[m] = ring < 0 ? value[slot[m]]
+                        : scratch[(size_t)ring * JX_RING
+                                  + (size_t)((slot[m] - ring_dst[ring]) & (JX_RING - 1))];
+    }
+    value[t->dst[i]] = jx_op_value(word & JX_OP_MASK, (word & JX_A_IMM) ? t->imm[i] : v[0],
+                                   (word & JX_B_IMM) ? t->imm[i] : v[1], v[2]);
+}
+
 /* A tile chain, runs r .. e from instruction i (see jx_tile_chains): JX_TILE times at a
    time, each run on the elements whose time falls there; the instruction after it. */
 static int32_t jx_forward_chain(const jx_tape *t, double *value, int32_t i, int32_t r,
-                                int32_t e, jx_run_fn run_values)
+                                int32_t e, jx_run_fn run_values, double *scratch)
 {
     ptrdiff_t span = 0, t0;
     int32_t q, iq = i;
+    int64_t ring_dst[JX_TILE_MAX_CHAIN];   /* each ring's writer's first slot */
+    jx_run_ptr_fn run_ptr = NULL;
     for (q = r; q <= e; q++) {
         const int32_t *run = t->runs + (size_t)JX_RUN_FIELDS * q;
         const ptrdiff_t end = (ptrdiff_t)run[JX_RUN_LAG] + (run[0] < JX_RUN_MIN_LEN ? 1 : run[0]);
         if (end > span) span = end;
+        if (scratch && run[JX_RUN_RING] >= 0) {
+            ring_dst[run[JX_RUN_RING]] = t->dst[iq];
+            run_ptr = jx_run_ptrs();
+        }
+        iq += run[0];
     }
     for (t0 = 0; t0 < span; t0 += JX_TILE) {
         for (q = r, iq = i; q <= e; q++) {
@@ -577,12 +853,23 @@ static int32_t jx_forward_chain(const jx_tape *t, double *value, int32_t i, int3
             if (L < JX_RUN_MIN_LEN) {           /* a short run: all at its time */
                 if (lag >= t0 && lag < t0 + JX_TILE) {
                     int32_t k;
-                    for (k = iq; k < iq + L; k++) jx_forward_one(t, value, k);
+                    if (run_ptr && (run[JX_RUN_RING + 1] >= 0 || run[JX_RUN_RING + 2] >= 0
+                                    || run[JX_RUN_RING + 3] >= 0))
+                        jx_one_rings(t, value, iq, run, scratch, ring_dst);
+                    else
+                        for (k = iq; k < iq + L; k++) jx_forward_one(t, value, k);
                 }
             } else {
                 const ptrdiff_t lo = t0 - lag > 0 ? t0 - lag : 0;
                 const ptrdiff_t hi = t0 + JX_TILE - lag < L ? t0 + JX_TILE - lag : L;
-                if (lo < hi) run_values(t, value, iq, run, lo, hi - lo);
+                const int32_t *ring = run + JX_RUN_RING;
+                if (lo >= hi) {
+                } else if (run_ptr && (ring[0] >= 0 || ring[1] >= 0 || ring[2] >= 0
+                                       || ring[3] >= 0)) {
+                    jx_run_rings(t, value, iq, run, lo, hi - lo, scratch, ring_dst, run_ptr);
+                } else {
+                    run_values(t, value, iq, run, lo, hi - lo);
+                }
             }
             iq += (int32_t)L;
         }
@@ -612,7 +899,7 @@ static int32_t jx_forward_chain(const jx_tape *t, double *value, int32_t i, int3
 #endif
 /* With t NULL: the handlers' table (threaded code; NULL for the switch), which
    jx_tape_code writes into the entries (direct threading: one load to the next handler). */
-static const void *const *jx_forward_code(const jx_tape *t, double *value)
+static const void *const *jx_forward_code(const jx_tape *t, double *value, double *scratch)
 {
     const jx_code *p;
     jx_run_fn run_values = NULL;
@@ -656,7 +943,7 @@ static const void *const *jx_forward_code(const jx_tape *t, double *value)
     JX_NEXT;
     JX_CASE(code_chain, JX_CODE_CHAIN) {
         if (!run_values) run_values = jx_run_values();
-        jx_forward_chain(t, value, p->a, p->s, p->b, run_values);
+        jx_forward_chain(t, value, p->a, p->s, p->b, run_values, scratch);
     }
     JX_NEXT;
     JX_CASE(code_block, JX_CODE_BLOCK) jx_block_op_value(t, p->s, value, 1);
@@ -729,7 +1016,7 @@ int32_t jx_tape_code(const jx_tape *t, jx_code *code)
     memset(code + n, 0, sizeof *code);   /* the sentinel the sweep stops at */
     code[n].op.code = JX_CODE_END;
     {
-        const void *const *table = jx_forward_code(NULL, NULL);
+        const void *const *table = jx_forward_code(NULL, NULL, NULL);
         if (table)
             for (k = 0; k <= n; k++) {
                 const int32_t c = code[k].op.code;
@@ -739,12 +1026,12 @@ int32_t jx_tape_code(const jx_tape *t, jx_code *code)
     return n;
 }
 
-void jx_forward(const jx_tape *t, double *value)
+void jx_forward(const jx_tape *t, double *value, double *scratch)
 {
     int32_t i;
     int32_t kb = 0;
     if (t->code) {
-        jx_forward_code(t, value);
+        jx_forward_code(t, value, scratch);
         return;
     }
     if (t->runs) {
@@ -760,7 +1047,7 @@ void jx_forward(const jx_tape *t, double *value)
             } else if (run[5] & JX_RUN_TILE_NEXT) {    /* a tile chain: runs r .. e */
                 int32_t e = r;
                 while (t->runs[(size_t)JX_RUN_FIELDS * e + 5] & JX_RUN_TILE_NEXT) e++;
-                i = jx_forward_chain(t, value, i, r, e, run_values);
+                i = jx_forward_chain(t, value, i, r, e, run_values, scratch);
                 r = e + 1;
             } else if (L < JX_RUN_MIN_LEN) {
                 const int32_t end = i + L;
@@ -1007,7 +1294,7 @@ int jx_point_value_loaded(const jx_tape *t, jx_work *w, double *y)
         jx_fill_nan(y, (size_t)t->n_out);
         return JX_OK;
     }
-    jx_forward(at, w->value);
+    jx_forward(at, w->value, w->scratch);
     jx_store_outputs(at, w, y);
     return JX_OK;
 }
@@ -1026,7 +1313,7 @@ int jx_point_outputs(const jx_tape *t, jx_work *w, const double *x, double *y0, 
     }
     t = at;
     jx_load_point(t, w, x);
-    jx_forward(t, w->value);
+    jx_forward(t, w->value, w->scratch);
     if (y0)
         for (i = 0; i < n0; i++) y0[i] = w->value[t->out_slot[i]];
     for (i = n0; i < t->n_out; i++) y1[i - n0] = w->value[t->out_slot[i]];

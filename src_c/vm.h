@@ -161,7 +161,7 @@ static inline int jx_in_bound(const jx_tape *t, const double *x)
     return (bad >> 63) == 0;
 }
 
-#define JX_RUN_FIELDS 7
+#define JX_RUN_FIELDS 11
 #define JX_RUN_CONTIGUOUS 1
 /* Flag of a run whose tile chain goes on with the next run.  A chain is consecutive runs
    that the value sweep runs JX_TILE elements at a time, every run of the chain on its
@@ -178,6 +178,16 @@ static inline int jx_in_bound(const jx_tape *t, const double *x)
 #define JX_TILE_MIN 4096
 #define JX_TILE_MAX_CHAIN 64
 #define JX_TILE_LAG_MAX 1024
+/* Rings (fields JX_RUN_RING .. +3: the ring of the run's dst, a, b, s, or -1).  A long
+   contiguous run of a chain whose values only later contiguous runs of the same chain read
+   (over ranges inside it; nothing after the chain, no output) writes them into a ring of
+   JX_RING elements of the work's scratch instead of its own slots, and those runs read
+   them there: element k at k mod JX_RING.  A tile's runs then touch a few rings that stay
+   in cache, where the slots of 10^5-element runs go to and from memory (rosen's HVP tape
+   at n = 10^5: 7.2 MB of slots).  A reader lagging the ring's writer by g elements needs
+   g + JX_TILE <= JX_RING (jx_chain_rings checks it). */
+#define JX_RUN_RING 7
+#define JX_RING 2048
 /* A run shorter than this goes instruction by instruction in the value sweep: its
    dispatch (restrict pointers, the op switch, the operand kinds) costs more than the
    instructions themselves (arm: 109 runs of 1 and 77 of 2; callgrind, value sweep). */
@@ -220,6 +230,7 @@ typedef struct {
     double *d0;      /* n_instr */
     double *d1;      /* n_instr */
     double *lane;    /* n_slots * lanes: tangents or adjoints */
+    double *scratch; /* the tile chains' rings: JX_RING each (NULL: the chains keep slots) */
 } jx_work;
 
 /* Checks every index of the tape once; the sweeps then run unchecked. */
@@ -306,8 +317,9 @@ static inline int jx_flag_take(jx_flag *f) { return __atomic_exchange_n(f, 1, __
 static inline void jx_flag_give(jx_flag *f) { __atomic_store_n(f, 0, __ATOMIC_RELEASE); }
 #endif
 
-/* Sweeps.  value[] must hold the inputs (and constants) before a forward sweep. */
-void jx_forward(const jx_tape *t, double *value);
+/* Sweeps.  value[] must hold the inputs (and constants) before a forward sweep; scratch:
+   the work's rings for the tile chains (jx_work.scratch; NULL: the chains keep slots). */
+void jx_forward(const jx_tape *t, double *value, double *scratch);
 void jx_forward_partials(const jx_tape *t, double *value, double *d0, double *d1);
 void jx_tangent_sweep(const jx_tape *t, const double *value, const double *d0,
                       const double *d1, double *tangent, int32_t lanes);

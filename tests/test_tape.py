@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import math
 import pickle
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -132,7 +133,8 @@ class _Reduced:
 # time in Python (_interpret); the expected tables are written out by hand, and a Python
 # re-derivation of the cut (_expected_runs) is checked against them.
 
-RUN_FIELDS = 7
+RUN_FIELDS = 7              # the cut's fields; C's table has 4 more, the rings (below)
+RING_FIELDS = 4
 RUN_CONTIGUOUS = 1
 RUN_TILE_NEXT = 2            # the next run continues this one's tile chain
 RUN_LAG = 6                  # the column of a run's lag in its tile chain
@@ -367,7 +369,7 @@ def _broyden_expr(x):
 def test_traced_elementwise_function_runs_as_contiguous_loops(rng):
     n = 1000
     F = jx.compile(_broyden_expr, np.zeros(n))
-    runs = F.tape.runs()
+    runs = F.tape.runs()[:, :RUN_FIELDS]
     assert runs.dtype == np.int32 and runs.shape[1] == RUN_FIELDS and runs.shape[0] > 0
     assert (runs[:, 0] >= 1).all()
     assert runs[:, 0].sum() == F.n_instructions
@@ -476,7 +478,7 @@ def test_hand_made_runs_execute_as_one_instruction_at_a_time(name, rng):
     # the table written by hand is the cut's rule (and is long enough to be used)
     np.testing.assert_array_equal(_expected_runs(tape), table)
     F = _hand_function(tape)
-    np.testing.assert_array_equal(F.tape.runs(), table)
+    np.testing.assert_array_equal(F.tape.runs()[:, :RUN_FIELDS], table)
     assert F.tape.runs()[:, 0].sum() == F.n_instructions == len(code)
     points = _hand_points(n_in, rng)
     for x in points + points[:1]:      # again: the work memory of an earlier call
@@ -486,7 +488,7 @@ def test_hand_made_runs_execute_as_one_instruction_at_a_time(name, rng):
     assert_identical(F(X), np.stack([_interpret(tape, x) for x in X]))
     # pickles (the runs are derived again) with the same table and values
     G = pickle.loads(pickle.dumps(F))
-    np.testing.assert_array_equal(G.tape.runs(), table)
+    np.testing.assert_array_equal(G.tape.runs()[:, :RUN_FIELDS], table)
     for x in points:
         assert_identical(G(x), F(x))
 
@@ -527,7 +529,7 @@ def test_tile_chains_run_element_for_element_in_order(shift, flags, lags, rng):
     np.testing.assert_array_equal(_expected_runs(tape), table)
     assert _schedule_keeps_order(tape, table)
     F = _hand_function(tape)
-    np.testing.assert_array_equal(F.tape.runs(), table)
+    np.testing.assert_array_equal(F.tape.runs()[:, :RUN_FIELDS], table)
     x = rng.standard_normal(L)
     x[:NASTY.size] = NASTY
     for point in (x, x[::-1].copy(), x):
@@ -555,7 +557,7 @@ def test_tile_chains_of_a_traced_function(rng):
 
     n = 5000
     F = jx.compile(f, np.zeros(n))
-    runs = F.tape.runs()
+    runs = F.tape.runs()[:, :RUN_FIELDS]
     assert (runs[:, 5] & RUN_TILE_NEXT).sum() >= 4, runs
     np.testing.assert_array_equal(runs, _expected_runs(F.tape_arrays()))
     nasty = rng.standard_normal(n)
@@ -580,7 +582,7 @@ def test_tile_chains_over_shifted_runs_and_boundary_elements(rng):
     G = F.grad_function()
     K = jx.compile(lambda x, v, t: G(x + t * v), np.zeros(n), np.zeros(n), 0.0)
     D = K.jacobian_function(argnums=2)
-    runs, tape = D.tape.runs(), D.tape_arrays()
+    runs, tape = D.tape.runs()[:, :RUN_FIELDS], D.tape_arrays()
     np.testing.assert_array_equal(runs, _expected_runs(tape))
     in_chain = (runs[:, 5] & RUN_TILE_NEXT) != 0
     assert in_chain.sum() >= 20, runs
@@ -612,7 +614,8 @@ def test_runs_are_used_only_where_long_enough(code, used, rng):
     tape = _hand_tape(4, code, [8, 9, 10, 11] + ([12] if len(code) > 4 else []))
     F = _hand_function(tape)
     runs = F.tape.runs()
-    assert runs.shape == ((3, RUN_FIELDS) if used else (0, RUN_FIELDS))
+    assert runs.shape == ((3, RUN_FIELDS + RING_FIELDS) if used else (0, RUN_FIELDS + RING_FIELDS))
+    runs = runs[:, :RUN_FIELDS]
     assert runs.dtype == np.int32
     if used:
         np.testing.assert_array_equal(runs, [[2, 1, 1, 1, 0, 1, 0], [1, 0, 0, 0, 0, 0, 0],
@@ -640,8 +643,8 @@ def test_signed_zero_immediates_are_not_one_run():
         want = _interpret(tape, x)
         assert np.isposinf(want[:8]).any() and np.isneginf(want[:8]).any()
         assert_identical(F(x), want)
-    np.testing.assert_array_equal(F.tape.runs(), _expected_runs(tape))
-    np.testing.assert_array_equal(F.tape.runs(), [[4, 1, 1, 0, 0, 1, 0]] * 2
+    np.testing.assert_array_equal(F.tape.runs()[:, :RUN_FIELDS], _expected_runs(tape))
+    np.testing.assert_array_equal(F.tape.runs()[:, :RUN_FIELDS], [[4, 1, 1, 0, 0, 1, 0]] * 2
                                   + [[4, 1, 0, 1, 0, 1, 0]] * 2)
 
 
@@ -739,3 +742,82 @@ def test_the_stream_bound_counts_entries_not_instructions(rng):
     assert G.n_instructions > 2 ** 20 and G.tape.stream_length == 0
     assert_identical(G(x), G(np.stack([x, x]))[1])
     assert_identical(G(x), g(x))
+
+
+# ------------------------------------------------------------------- rings of chains --
+# A long contiguous run of a tile chain whose values only later runs of the same chain
+# read keeps them in a ring of JX_RING (2048) elements of the work's scratch, element k at
+# k mod 2048 (vm.h JX_RUN_RING).  Its readers read them there.  Checked against the
+# batched sweep, which has no runs (bit for bit), and NumPy.
+
+RING = 2048
+
+
+def _ring_programs():
+    """Elementwise functions over shifted slices as users write them (Rosenbrock-like
+    neighbours, a three-point stencil, a broadcast scalar, boundary terms), long enough
+    (9,000 elements) that rings wrap several times."""
+    def rosen_terms(x):
+        u = x[1:] - x[:-1] ** 2
+        return 100.0 * u * u + (1.0 - x[:-1]) ** 2
+
+    def stencil(x):
+        lap = x[2:] - 2.0 * x[1:-1] + x[:-2]
+        return np.tanh(lap) * x[1:-1] + lap * lap
+
+    def chain(x):
+        a = np.sin(x) * 2.0
+        b = a[1:] * a[:-1] - x[1:]
+        c = b[1:] + b[:-1] * 0.5
+        return c * c - a[2:] + x[0]
+
+    def ends(x):
+        d = x[1:] - x[:-1]
+        e = d * d
+        return np.concatenate([e[:1] * 3.0, e[1:] - e[:-1], e[-1:] + 1.0])
+
+    return [rosen_terms, stencil, chain, ends]
+
+
+@pytest.mark.parametrize("f", _ring_programs(), ids=lambda f: f.__name__)
+def test_chain_rings_give_the_batched_sweeps_values(f, rng):
+    n = 9000
+    F = jx.compile(f, np.zeros(n))
+    runs = F.tape.runs()
+    assert (runs[:, RUN_FIELDS] >= 0).any() and (runs[:, RUN_FIELDS + 1:] >= 0).any(), runs
+    if f.__name__ == "ends":   # a boundary element read from a ring by a short run
+        assert ((runs[:, RUN_FIELDS + 1:] >= 0).any(axis=1) & (runs[:, 0] < RUN_MIN_LEN)).any()
+    for x in (rng.uniform(-2.0, 2.0, n), rng.standard_normal(n) * 1e3):
+        got = F(x)
+        assert_identical(got, F(np.stack([x, -x]))[0])      # the block sweep: no runs
+        want = f(x)   # (NumPy's tanh and sin may be its own SIMD ones: an ulp apart)
+        np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-14 * np.abs(want).max())
+
+
+def test_a_rosenbrock_hvp_tape_keeps_most_of_its_runs_in_rings(rng):
+    """The directional derivative tape of Rosenbrock's gradient (F.hvp's tape): 14 long
+    runs in one chain, with the boundary elements in short runs; the runs whose values
+    stay inside the chain take rings, and H v equals the gradient tape's tangent sweep
+    (which has no runs) bit for bit, on one thread and on several at once."""
+    n = 20_000
+    F = jx.compile(_rosen, np.zeros(n))
+    x, v = rng.uniform(-2.0, 2.0, n), rng.standard_normal(n)
+    slot = None
+    for _ in range(5000):
+        F.hvp(x, v)
+        slot = [p for k, p in F._second.items() if k[0] == "hvp"][0].slot
+        if slot.current is not None:
+            break
+    D = slot.current          # the tape's Function of (x, v)
+    runs = D.tape.runs()
+    rings = runs[:, RUN_FIELDS]
+    assert (rings >= 0).sum() >= 6, runs
+    assert (runs[:, RUN_FIELDS + 1:] >= 0).sum() >= (rings >= 0).sum(), runs
+    G = F.grad_function()
+    for p, w in ((x, v), (rng.standard_normal(n) * 30.0, rng.uniform(-1.0, 1.0, n))):
+        want = G.jvp(p, w)[1]
+        assert_identical(D(p, w), want)
+        assert_identical(F.hvp(p, w), want)
+        with ThreadPoolExecutor(4) as pool:
+            for got in pool.map(lambda _, p=p, w=w: D(p, w), range(8)):
+                assert_identical(got, want)
