@@ -252,8 +252,8 @@ static int32_t jx_tape_rings(const jx_tape *t)
     int32_t r, n = 0;
     if (!t->runs) return 0;
     for (r = 0; r < t->n_runs; r++) {
-        const int32_t k = t->runs[(size_t)JX_RUN_FIELDS * r + JX_RUN_RING];
-        if (k + 1 > n) n = k + 1;
+        const int32_t f = t->runs[(size_t)JX_RUN_FIELDS * r + JX_RUN_RING];
+        if (f >= 0 && JX_RING_OF(f) + 1 > n) n = JX_RING_OF(f) + 1;
     }
     return n;
 }
@@ -494,7 +494,7 @@ static int jx_read_ranges(const jx_tape *t, int32_t i, int32_t kb, int64_t base[
    of one instruction -- else p keeps its slots (bad).  With ring (the rings given out),
    records each such read's ring in r's fields. */
 static void jx_ring_reads(const jx_tape *t, int32_t *runs, const int32_t *first, int32_t r0,
-                          int32_t r, const int32_t *writer, unsigned char *bad,
+                          int32_t r, int32_t *writer, unsigned char *bad,
                           const int32_t *ring)
 {
     int32_t *rr = runs + (size_t)JX_RUN_FIELDS * r;
@@ -503,13 +503,24 @@ static void jx_ring_reads(const jx_tape *t, int32_t *runs, const int32_t *first,
     const int reads = jx_reads(t->op[i0]);
     const int64_t base[3] = {t->a[i0], t->b[i0], t->s[i0]};
     int m;
-    if (!is_long && rr[0] > 1) {   /* a short run of several: its writers keep their slots */
-        int32_t i;
-        for (i = i0; i < i0 + rr[0]; i++) {
+    if (!is_long) {   /* a short run: instruction by instruction, each read at the run's time */
+        int32_t j;
+        for (j = 0; j < rr[0]; j++) {
+            const int32_t i = i0 + j;
             const int rd = jx_reads(t->op[i]);
             const int64_t b[3] = {t->a[i], t->b[i], t->s[i]};
-            for (m = 0; m < 3; m++)
-                if ((rd & (1 << m)) && writer[b[m]] >= 0) bad[writer[b[m]] - r0] = 1;
+            int32_t packed = 0;
+            for (m = 0; m < 3; m++) {
+                const int32_t p = (rd & (1 << m)) ? writer[b[m]] : -1;
+                int64_t gap;
+                if (p < 0) continue;
+                gap = (int64_t)rr[JX_RUN_LAG] - (b[m] - t->dst[first[p]])
+                      - runs[(size_t)JX_RUN_FIELDS * p + JX_RUN_LAG];
+                if (gap < 0 || gap + JX_TILE > JX_RING) bad[p - r0] = 1;
+                else if (ring && ring[p - r0] >= 0) packed |= (ring[p - r0] + 1) << (8 * m);
+            }
+            if (ring) rr[JX_RUN_RING + 1 + j] = packed ? packed : -1;
+            writer[t->dst[i]] = r;   /* before the next instruction's reads */
         }
         return;
     }
@@ -563,13 +574,15 @@ static void jx_ring_writes(const jx_tape *t, const int32_t *runs, const int32_t 
    chain, get rings 0, 1, ... in order.  bad, ring: one entry per run of the chain. */
 static void jx_rings_of_chain(const jx_tape *t, int32_t *runs, const int32_t *first,
                               int32_t r0, int32_t r1, const unsigned char *live,
-                              int32_t *writer, unsigned char *bad, int32_t *ring)
+                              int32_t *writer, unsigned char *bad, unsigned char *back,
+                              int32_t *ring)
 {
     int32_t r, k = 0;
     int64_t s;
     for (r = r0; r <= r1; r++) {
         const int32_t *rr = runs + (size_t)JX_RUN_FIELDS * r;
         bad[r - r0] = !(rr[0] >= JX_TILE_MIN && (rr[5] & JX_RUN_CONTIGUOUS));
+        back[r - r0] = 0;
         ring[r - r0] = -1;
     }
     for (r = r0; r <= r1; r++) {   /* who reads what from whom */
@@ -579,16 +592,28 @@ static void jx_rings_of_chain(const jx_tape *t, int32_t *runs, const int32_t *fi
     for (r = r0; r <= r1; r++) {   /* values live past the chain */
         const int32_t *rr = runs + (size_t)JX_RUN_FIELDS * r;
         if (rr[0] >= JX_RUN_MIN_LEN) {
-            const int64_t d = t->dst[first[r]];
-            for (s = d; s < d + rr[0]; s++)
-                if (live[s] && writer[s] >= 0) bad[writer[s] - r0] = 1;
+            const int64_t d = t->dst[first[r]], L = rr[0];
+            const int64_t tail = L > JX_RING ? L - JX_RING : 0;
+            for (s = d; s < d + L; s++)
+                if (live[s] && writer[s] == r) {
+                    /* r's last JX_RING values are still in its ring after the chain: copied
+                       back to their slots (JX_RING_BACK), where r is still every one's
+                       writer, so that one needed past the chain may be among them */
+                    int ok = s - d >= tail;
+                    int64_t u;
+                    for (u = d + tail; ok && u < d + L; u++)
+                        if (writer[u] != r) ok = 0;
+                    if (ok) back[r - r0] = 1;
+                    else bad[r - r0] = 1;
+                }
         }
     }
     for (r = r0; r <= r1; r++) jx_ring_writes(t, runs, first, r, writer, -1);
     for (r = r0; r <= r1 && k < JX_TILE_MAX_CHAIN; r++)
         if (!bad[r - r0]) {
             ring[r - r0] = k++;
-            runs[(size_t)JX_RUN_FIELDS * r + JX_RUN_RING] = ring[r - r0];
+            runs[(size_t)JX_RUN_FIELDS * r + JX_RUN_RING] =
+                ring[r - r0] | (back[r - r0] ? JX_RING_BACK : 0);
         }
     if (k == 0) return;
     for (r = r0; r <= r1; r++) {   /* the same reads again, recording the rings */
@@ -603,7 +628,7 @@ static void jx_rings_of_chain(const jx_tape *t, int32_t *runs, const int32_t *fi
    No memory for the pass: no rings. */
 static void jx_chain_rings(const jx_tape *t, int32_t *runs, int32_t n_runs)
 {
-    unsigned char *live, *bad;
+    unsigned char *live, *bad, *back;
     int32_t *first, *writer, *ring;
     int32_t r, e, i, kb = t->n_blocks, m;
     if (n_runs < 1 || t->n_slots < 1) return;
@@ -611,8 +636,9 @@ static void jx_chain_rings(const jx_tape *t, int32_t *runs, int32_t n_runs)
     writer = (int32_t *)malloc((size_t)t->n_slots * sizeof(int32_t));
     first = (int32_t *)malloc(((size_t)n_runs + 1) * sizeof(int32_t));
     bad = (unsigned char *)malloc(JX_TILE_MAX_CHAIN);
+    back = (unsigned char *)malloc(JX_TILE_MAX_CHAIN);
     ring = (int32_t *)malloc(JX_TILE_MAX_CHAIN * sizeof(int32_t));
-    if (!live || !writer || !first || !bad || !ring) goto done;
+    if (!live || !writer || !first || !bad || !back || !ring) goto done;
     for (i = 0; i < t->n_slots; i++) writer[i] = -1;
     for (r = 0, i = 0; r < n_runs; r++) {
         first[r] = i;
@@ -637,7 +663,7 @@ static void jx_chain_rings(const jx_tape *t, int32_t *runs, int32_t n_runs)
             for (m = 0; m < n; m++) memset(live + base[m], 1, (size_t)count[m]);
         }
         if (r0 < e && e - r0 < JX_TILE_MAX_CHAIN)
-            jx_rings_of_chain(t, runs, first, r0, e, live, writer, bad, ring);
+            jx_rings_of_chain(t, runs, first, r0, e, live, writer, bad, back, ring);
         e = r0;   /* the loop's e-- moves to the run before this chain (or run) */
     }
 done:
@@ -645,6 +671,7 @@ done:
     free(writer);
     free(first);
     free(bad);
+    free(back);
     free(ring);
 }
 
@@ -775,7 +802,7 @@ static void jx_run_rings(const jx_tape *t, double *value, int32_t i, const int32
         double *p[4];
         ptrdiff_t seg = end - k;
         for (m = 0; m < 4; m++) {
-            const int32_t ring = run[JX_RUN_RING + m];
+            const int32_t ring = run[JX_RUN_RING + m] < 0 ? -1 : JX_RING_OF(run[JX_RUN_RING + m]);
             if (m > 0 && !(reads & (1 << (m - 1)))) {
                 p[m] = value + base[m];          /* not read */
             } else if (ring < 0) {
@@ -808,23 +835,32 @@ static inline void jx_forward_one(const jx_tape *t, double *value, int32_t i)
     value[t->dst[i]] = z;
 }
 
-/* A short run of one instruction that reads a ring (jx_ring_reads): its operands from
-   the rings or the slots, the op's VALUE on them (jx_op_value: the same doubles). */
-static void jx_one_rings(const jx_tape *t, double *value, int32_t i, const int32_t *run,
-                         const double *scratch, const int64_t *ring_dst)
+/* A short run of a chain that reads rings (jx_ring_reads): instruction by instruction,
+   each operand from its ring (field JX_RUN_RING + 1 + j, 8 bits an operand: ring + 1) or
+   its slot, the op's VALUE on them (jx_op_value: the same doubles as jx_forward_one). */
+static void jx_short_rings(const jx_tape *t, double *value, int32_t i0, const int32_t *run,
+                           const double *scratch, const int64_t *ring_dst)
 {
-    const int32_t word = t->op[i];
-    const int64_t slot[3] = {t->a[i], t->b[i], t->s[i]};
-    double v[3];
-    int m;
-    for (m = 0; m < 3; m++) {
-        const int32_t ring = run[JX_RUN_RING + 1 + m];
-        v[m] = ring < 0 ? value[slot[m]]
-                        : scratch[(size_t)ring * JX_RING
-                                  + (size_t)((slot[m] - ring_dst[ring]) & (JX_RING - 1))];
+    int32_t j;
+    for (j = 0; j < run[0]; j++) {
+        const int32_t i = i0 + j, word = t->op[i], packed = run[JX_RUN_RING + 1 + j];
+        const int64_t slot[3] = {t->a[i], t->b[i], t->s[i]};
+        double v[3];
+        int m;
+        if (packed < 0) {
+            jx_forward_one(t, value, i);
+            continue;
+        }
+        for (m = 0; m < 3; m++) {
+            const int32_t ring = ((packed >> (8 * m)) & 0xff) - 1;
+            v[m] = ring < 0 ? value[slot[m]]
+                            : scratch[(size_t)ring * JX_RING
+                                      + (size_t)((slot[m] - ring_dst[ring]) & (JX_RING - 1))];
+        }
+        value[t->dst[i]] = jx_op_value(word & JX_OP_MASK,
+                                       (word & JX_A_IMM) ? t->imm[i] : v[0],
+                                       (word & JX_B_IMM) ? t->imm[i] : v[1], v[2]);
     }
-    value[t->dst[i]] = jx_op_value(word & JX_OP_MASK, (word & JX_A_IMM) ? t->imm[i] : v[0],
-                                   (word & JX_B_IMM) ? t->imm[i] : v[1], v[2]);
 }
 
 /* A tile chain, runs r .. e from instruction i (see jx_tile_chains): JX_TILE times at a
@@ -841,7 +877,7 @@ static int32_t jx_forward_chain(const jx_tape *t, double *value, int32_t i, int3
         const ptrdiff_t end = (ptrdiff_t)run[JX_RUN_LAG] + (run[0] < JX_RUN_MIN_LEN ? 1 : run[0]);
         if (end > span) span = end;
         if (scratch && run[JX_RUN_RING] >= 0) {
-            ring_dst[run[JX_RUN_RING]] = t->dst[iq];
+            ring_dst[JX_RING_OF(run[JX_RUN_RING])] = t->dst[iq];
             run_ptr = jx_run_ptrs();
         }
         iq += run[0];
@@ -855,7 +891,7 @@ static int32_t jx_forward_chain(const jx_tape *t, double *value, int32_t i, int3
                     int32_t k;
                     if (run_ptr && (run[JX_RUN_RING + 1] >= 0 || run[JX_RUN_RING + 2] >= 0
                                     || run[JX_RUN_RING + 3] >= 0))
-                        jx_one_rings(t, value, iq, run, scratch, ring_dst);
+                        jx_short_rings(t, value, iq, run, scratch, ring_dst);
                     else
                         for (k = iq; k < iq + L; k++) jx_forward_one(t, value, k);
                 }
@@ -874,6 +910,18 @@ static int32_t jx_forward_chain(const jx_tape *t, double *value, int32_t i, int3
             iq += (int32_t)L;
         }
     }
+    if (run_ptr)   /* rings whose last values are needed past the chain: back to the slots */
+        for (q = r, iq = i; q <= e; q++) {
+            const int32_t *run = t->runs + (size_t)JX_RUN_FIELDS * q;
+            if (run[JX_RUN_RING] >= 0 && (run[JX_RUN_RING] & JX_RING_BACK)) {
+                const int32_t k = JX_RING_OF(run[JX_RUN_RING]);
+                const ptrdiff_t L = run[0];
+                ptrdiff_t el;
+                for (el = L > JX_RING ? L - JX_RING : 0; el < L; el++)
+                    value[t->dst[iq] + el] = scratch[(size_t)k * JX_RING + (size_t)(el & (JX_RING - 1))];
+            }
+            iq += run[0];
+        }
     return iq;
 }
 

@@ -179,15 +179,22 @@ static inline int jx_in_bound(const jx_tape *t, const double *x)
 #define JX_TILE_MAX_CHAIN 64
 #define JX_TILE_LAG_MAX 1024
 /* Rings (fields JX_RUN_RING .. +3: the ring of the run's dst, a, b, s, or -1).  A long
-   contiguous run of a chain whose values only later contiguous runs of the same chain read
-   (over ranges inside it; nothing after the chain, no output) writes them into a ring of
-   JX_RING elements of the work's scratch instead of its own slots, and those runs read
-   them there: element k at k mod JX_RING.  A tile's runs then touch a few rings that stay
+   contiguous run of a chain whose values only later runs of the same chain read (long
+   contiguous ones over ranges inside it, or short ones), and of which past the chain at
+   most its last JX_RING values are needed, writes them into a ring of JX_RING elements of
+   the work's scratch instead of its own slots, and those runs read them there: element k at
+   k mod JX_RING.  A tile's runs then touch a few rings that stay
    in cache, where the slots of 10^5-element runs go to and from memory (rosen's HVP tape
    at n = 10^5: 7.2 MB of slots).  A reader lagging the ring's writer by g elements needs
    g + JX_TILE <= JX_RING (jx_chain_rings checks it). */
 #define JX_RUN_RING 7
 #define JX_RING 2048
+/* In a run's dst ring field: copy the ring's last JX_RING elements back to their slots after
+   the chain (one of them is needed past it).  The ring is the field's low 16 bits.  A short
+   run's fields JX_RUN_RING + 1 + j hold its instruction j's rings, 8 bits an operand (a, b,
+   s: ring + 1, 0 for the slots). */
+#define JX_RING_BACK (1 << 16)
+#define JX_RING_OF(field) ((field) & 0xffff)
 /* A run shorter than this goes instruction by instruction in the value sweep: its
    dispatch (restrict pointers, the op switch, the operand kinds) costs more than the
    instructions themselves (arm: 109 runs of 1 and 77 of 2; callgrind, value sweep). */

@@ -779,12 +779,115 @@ def _ring_programs():
     return [rosen_terms, stencil, chain, ends]
 
 
+RING_BACK = 1 << 16
+
+
+def _expected_rings(tape, runs):
+    """The ring fields re-derived in Python from the rule (vm.h JX_RUN_RING), written
+    independently of vm.c's passes: per chain, in order, each read's writer (the run that
+    last wrote the slot); a long contiguous run of at least TILE_MIN keeps a ring unless a
+    read of its values is by another kind of run, a long run over values of several
+    writers, or lags it by more than RING - TILE; a value of it needed past the chain (an
+    output, or read later) rules it out unless it is among its last RING and none of those
+    slots was written since (then it is copied back)."""
+    op, dst, a, b, s = (np.asarray(tape[k]) for k in ("op", "dst", "a", "b", "s"))
+    n_instr = len(op)
+    first = np.concatenate([[0], np.cumsum(runs[:, 0])]).astype(int)
+    out = np.full((runs.shape[0], RING_FIELDS), -1, dtype=np.int64)
+
+    def reads(i):
+        word = int(op[i])
+        if word == BLOCK:
+            return []
+        base = word & OP_MASK
+        used = (not word & A_IMM, ARITY[base] >= 2 and not word & B_IMM, base == SELECT)
+        return [(m, int(x)) for m, (u, x) in enumerate(zip(used, (a[i], b[i], s[i]))) if u]
+
+    def live_after(end):          # slots whose value at instruction `end` is read later
+        live = set(int(o) for o in tape["out_slot"])
+        for i in range(n_instr - 1, end - 1, -1):
+            live.discard(int(dst[i]))
+            live.update(x for _, x in reads(i))
+        return live
+
+    r = 0
+    while r < runs.shape[0]:
+        e = r
+        while runs[e, 5] & RUN_TILE_NEXT:
+            e += 1
+        chain, r = range(r, e + 1), e + 1
+        if len(chain) < 2:
+            continue
+        writer, bad, who = {}, {}, {}     # who: (reader run, operand or instruction) -> p
+        for q in chain:
+            bad[q] = not (runs[q, 0] >= TILE_MIN and runs[q, 5] & RUN_CONTIGUOUS)
+        for q in chain:
+            i0, L, lag = first[q], int(runs[q, 0]), int(runs[q, RUN_LAG])
+            if L >= RUN_MIN_LEN:
+                for m, base in reads(i0):
+                    span = L if runs[q, 2 + m] else 1
+                    ws = {writer.get(base + k, -1) for k in range(span)}
+                    if len(ws) > 1:
+                        bad.update({w: True for w in ws if w >= 0})
+                        continue
+                    p = ws.pop()
+                    if p < 0:
+                        continue
+                    gap = lag - (base - int(dst[first[p]])) - int(runs[p, RUN_LAG])
+                    if not (runs[q, 5] & RUN_CONTIGUOUS and L >= TILE_MIN) or not (
+                            0 <= gap <= RING - TILE):
+                        bad[p] = True
+                    who[(q, m)] = p
+                for k in range(L):
+                    writer[int(dst[i0]) + k] = q
+            else:
+                for j in range(L):
+                    for m, slot in reads(i0 + j):
+                        p = writer.get(slot, -1)
+                        if p < 0:
+                            continue
+                        gap = lag - (slot - int(dst[first[p]])) - int(runs[p, RUN_LAG])
+                        if not 0 <= gap <= RING - TILE:
+                            bad[p] = True
+                        who[(q, j, m)] = p
+                    writer[int(dst[i0 + j])] = q
+        live, back = live_after(first[e + 1]), {}
+        for q in chain:
+            if bad[q]:
+                continue
+            d, L = int(dst[first[q]]), int(runs[q, 0])
+            tail = range(d + max(L - RING, 0), d + L)
+            needed = [x for x in range(d, d + L) if x in live and writer.get(x) == q]
+            if needed and not (all(x in tail for x in needed)
+                               and all(writer.get(x) == q for x in tail)):
+                bad[q] = True
+            back[q] = bool(needed)
+        ring = {}
+        for q in chain:
+            if not bad[q]:
+                ring[q] = len(ring)
+                out[q, 0] = ring[q] | (RING_BACK if back[q] else 0)
+        packed = {}
+        for key, p in who.items():
+            if p not in ring:
+                continue
+            if len(key) == 2:
+                out[key[0], 1 + key[1]] = ring[p]
+            else:
+                q, j, m = key
+                packed[(q, j)] = packed.get((q, j), 0) | (ring[p] + 1) << (8 * m)
+        for (q, j), v in packed.items():
+            out[q, 1 + j] = v
+    return out
+
+
 @pytest.mark.parametrize("f", _ring_programs(), ids=lambda f: f.__name__)
 def test_chain_rings_give_the_batched_sweeps_values(f, rng):
     n = 9000
     F = jx.compile(f, np.zeros(n))
     runs = F.tape.runs()
     assert (runs[:, RUN_FIELDS] >= 0).any() and (runs[:, RUN_FIELDS + 1:] >= 0).any(), runs
+    np.testing.assert_array_equal(runs[:, RUN_FIELDS:], _expected_rings(F.tape_arrays(), runs))
     if f.__name__ == "ends":   # a boundary element read from a ring by a short run
         assert ((runs[:, RUN_FIELDS + 1:] >= 0).any(axis=1) & (runs[:, 0] < RUN_MIN_LEN)).any()
     for x in (rng.uniform(-2.0, 2.0, n), rng.standard_normal(n) * 1e3):
@@ -797,8 +900,9 @@ def test_chain_rings_give_the_batched_sweeps_values(f, rng):
 def test_a_rosenbrock_hvp_tape_keeps_most_of_its_runs_in_rings(rng):
     """The directional derivative tape of Rosenbrock's gradient (F.hvp's tape): 14 long
     runs in one chain, with the boundary elements in short runs; the runs whose values
-    stay inside the chain take rings, and H v equals the gradient tape's tangent sweep
-    (which has no runs) bit for bit, on one thread and on several at once."""
+    stay inside the chain take rings (as the Python re-derivation says), and H v equals the
+    gradient tape's tangent sweep (which has no runs) bit for bit, on one thread and on
+    several at once."""
     n = 20_000
     F = jx.compile(_rosen, np.zeros(n))
     x, v = rng.uniform(-2.0, 2.0, n), rng.standard_normal(n)
@@ -810,8 +914,14 @@ def test_a_rosenbrock_hvp_tape_keeps_most_of_its_runs_in_rings(rng):
             break
     D = slot.current          # the tape's Function of (x, v)
     runs = D.tape.runs()
+    np.testing.assert_array_equal(runs[:, RUN_FIELDS:], _expected_rings(D.tape_arrays(), runs))
     rings = runs[:, RUN_FIELDS]
-    assert (rings >= 0).sum() >= 6, runs
+    assert (rings >= 0).sum() >= 10, runs
+    # a ring copied back after the chain (the output's last element is in it), and a short
+    # run of two instructions (the boundary terms) reading rings
+    assert ((rings >= 0) & (rings & RING_BACK != 0)).any(), runs
+    short = (runs[:, 0] > 1) & (runs[:, 0] < RUN_MIN_LEN)
+    assert (short & (runs[:, RUN_FIELDS + 1:] >= 0).any(axis=1)).any(), runs
     assert (runs[:, RUN_FIELDS + 1:] >= 0).sum() >= (rings >= 0).sum(), runs
     G = F.grad_function()
     for p, w in ((x, v), (rng.standard_normal(n) * 30.0, rng.uniform(-1.0, 1.0, n))):
