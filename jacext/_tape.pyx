@@ -408,8 +408,8 @@ cdef class Tape:
 
     def runs(self):
         """The runs of the single-point value sweep as (n_runs, RUN_FIELDS) int32: length,
-        the steps of dst, a, b, s, and flags; empty when the tape's runs are too short to
-        be used (``plan.runs_pay``)."""
+        the steps of dst, a, b, s, flags, tile-chain lag, rings (vm.h); empty when the tape's
+        runs are too short to be used (``plan.runs_pay``)."""
         return (self._runs if self._runs_used else self._runs[:0]).reshape(-1, JX_RUN_FIELDS)
 
     def disassemble(self):

@@ -114,8 +114,9 @@ typedef struct jx_tape {
        b (and SELECT's condition) slots step evenly -- one traced NumPy call
        over an array is one run.  JX_RUN_FIELDS int32 per run: length, the
        steps of dst, a, b, s, JX_RUN_CONTIGUOUS when every step is 1 and no
-       instruction reads a slot the run writes, and its tile chain's lag.  The single-point value sweep
-       pays its dispatch once per run. */
+       instruction reads a slot the run writes, its tile chain's lag, and its
+       rings (JX_RUN_RING).  The single-point value sweep pays its dispatch
+       once per run. */
     const int32_t *runs;
     int32_t n_runs;
     /* Derived by jx_tape_code (may be NULL): the single-point value sweep's stream. */
