@@ -488,11 +488,11 @@ static int jx_read_ranges(const jx_tape *t, int32_t i, int32_t kb, int64_t base[
 }
 
 /* The reads of one chain's run r that meet a candidate's values (writer[s]: the run of
-   the chain that last wrote slot s, or -1): each operand's range (a long run's, over its
-   elements; a short run's, one slot) must have one writer p, a long contiguous run, and
-   r must read it where p's ring still holds it -- r long and contiguous, or a short run
-   of one instruction -- else p keeps its slots (bad).  With ring (the rings given out),
-   records each such read's ring in r's fields. */
+   the chain that last wrote slot s, or -1): a long run's operand range must have one
+   writer p, and r must be contiguous and read it where p's ring still holds it (lag); a
+   short run's instructions read one slot each, in order, each within the lag.  Otherwise
+   p keeps its slots (bad).  With ring (the rings given out), records each such read's
+   ring in r's fields (a short run's: 8 bits an operand, per instruction). */
 static void jx_ring_reads(const jx_tape *t, int32_t *runs, const int32_t *first, int32_t r0,
                           int32_t r, int32_t *writer, unsigned char *bad,
                           const int32_t *ring)
