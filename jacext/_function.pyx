@@ -648,59 +648,59 @@ cdef _check_size(tuple batch, Py_ssize_t n_out, Py_ssize_t n_cols):
         "smaller batch")
 
 
-cdef cnp.ndarray _gather(tuple args, tuple shapes, tuple offsets):
-    """One point of a Function of several arguments as the VM's row, where every argument
-    is a float64 C-contiguous array of exactly its traced shape, or a float (Python's or
-    NumPy's) for a scalar argument (an ODE's f(t, y)); None for anything else (the
-    general path, which gives the same numbers)."""
+cdef bint _is_parts(tuple args, tuple shapes):
+    """Whether args are one point of a Function of several arguments: every argument a
+    float64 C-contiguous array of exactly its traced shape, or a float (Python's or
+    NumPy's) for a scalar argument (an ODE's f(t, y))."""
     cdef Py_ssize_t k, n = len(args)
-    cdef cnp.ndarray x, a
-    cdef double *px
     if n < 2 or n != len(shapes):
-        return None
-    x = np.empty(offsets[n], dtype=np.float64)
-    px = <double *>cnp.PyArray_DATA(x)
+        return False
     for k in range(n):
-        v = args[k]
-        if isinstance(v, float) and shapes[k] == ():
-            px[<Py_ssize_t>offsets[k]] = <double>v
-        elif is_point(v, <tuple>shapes[k]):
-            a = <cnp.ndarray>v
-            memcpy(px + <Py_ssize_t>offsets[k], cnp.PyArray_DATA(a),
-                   cnp.PyArray_SIZE(a) * sizeof(double))
+        if not ((isinstance(args[k], float) and shapes[k] == ())
+                or is_point(args[k], <tuple>shapes[k])):
+            return False
+    return True
+
+
+cdef void _copy_parts(tuple args, tuple offsets, double *px):
+    """Such a point's arguments (_is_parts) into the row px, each at its offset."""
+    cdef Py_ssize_t k
+    for k in range(len(args)):
+        if isinstance(args[k], float):
+            px[<Py_ssize_t>offsets[k]] = <double>args[k]
         else:
-            return None
+            memcpy(px + <Py_ssize_t>offsets[k], cnp.PyArray_DATA(<cnp.ndarray>args[k]),
+                   cnp.PyArray_SIZE(<cnp.ndarray>args[k]) * sizeof(double))
+
+
+cdef cnp.ndarray _gather(tuple args, tuple shapes, tuple offsets):
+    """One point of several arguments (_is_parts) as the VM's row; None for anything else
+    (the general path, which gives the same numbers)."""
+    cdef cnp.ndarray x
+    if not _is_parts(args, shapes):
+        return None
+    x = np.empty(offsets[len(args)], dtype=np.float64)
+    _copy_parts(args, offsets, <double *>cnp.PyArray_DATA(x))
     return x
 
 
 cdef object _value_of_parts(Function F, tuple args):
-    """F's value at one point of several arguments (_gather's cases), each copied straight
-    into the tape's work memory, where the sweep reads its inputs: no joined row, whose
-    fresh pages cost more than the copy for large arguments (1.6 MB: 100 us of faults).
-    None for anything else."""
+    """F's value at one point of several arguments (_is_parts), each copied straight into
+    the tape's work memory, where the sweep reads its inputs: no joined row, whose fresh
+    pages cost more than the copy for large arguments (1.6 MB: 100 us of faults).  None
+    for anything else."""
     cdef Tape tape = F.tape
-    cdef Py_ssize_t k, n = len(args)
-    cdef tuple shapes = F.arg_shapes, offsets = F._arg_offsets
     cdef cnp.ndarray y
     cdef jx_work *w
     cdef double *py
     cdef int st
-    if n < 2 or n != len(shapes):
+    if not _is_parts(args, F.arg_shapes):
         return None
-    for k in range(n):
-        if not ((isinstance(args[k], float) and shapes[k] == ())
-                or is_point(args[k], <tuple>shapes[k])):
-            return None
     y = empty_of(F.out_shapes[0] if not F.out_is_tuple else (tape.t.n_out,))
     py = <double *>cnp.PyArray_DATA(y)
     w = tape.take_work(1)
     try:
-        for k in range(n):
-            if isinstance(args[k], float):
-                w.value[<Py_ssize_t>offsets[k]] = <double>args[k]
-            else:
-                memcpy(w.value + <Py_ssize_t>offsets[k], cnp.PyArray_DATA(<cnp.ndarray>args[k]),
-                       cnp.PyArray_SIZE(<cnp.ndarray>args[k]) * sizeof(double))
+        _copy_parts(args, F._arg_offsets, w.value)
         if tape._nogil(1):
             with nogil:
                 st = jx_point_value_loaded(&tape.t, w, py)

@@ -591,22 +591,19 @@ static void jx_rings_of_chain(const jx_tape *t, int32_t *runs, const int32_t *fi
     }
     for (r = r0; r <= r1; r++) {   /* values live past the chain */
         const int32_t *rr = runs + (size_t)JX_RUN_FIELDS * r;
-        if (rr[0] >= JX_RUN_MIN_LEN) {
-            const int64_t d = t->dst[first[r]], L = rr[0];
-            const int64_t tail = L > JX_RING ? L - JX_RING : 0;
-            for (s = d; s < d + L; s++)
-                if (live[s] && writer[s] == r) {
-                    /* r's last JX_RING values are still in its ring after the chain: copied
-                       back to their slots (JX_RING_BACK), where r is still every one's
-                       writer, so that one needed past the chain may be among them */
-                    int ok = s - d >= tail;
-                    int64_t u;
-                    for (u = d + tail; ok && u < d + L; u++)
-                        if (writer[u] != r) ok = 0;
-                    if (ok) back[r - r0] = 1;
-                    else bad[r - r0] = 1;
-                }
-        }
+        const int64_t d = t->dst[first[r]], L = rr[0];
+        const int64_t tail = L > JX_RING ? L - JX_RING : 0;
+        if (bad[r - r0]) continue;
+        /* r's last JX_RING values are still in its ring after the chain: copied back to
+           their slots (JX_RING_BACK) where r is still every one's writer, those needed
+           past the chain may be among them; any other needed value rules the ring out */
+        for (s = d; s < d + L && !bad[r - r0]; s++)
+            if (live[s] && writer[s] == r) {
+                if (s - d < tail) bad[r - r0] = 1;
+                else back[r - r0] = 1;
+            }
+        for (s = d + tail; back[r - r0] && !bad[r - r0] && s < d + L; s++)
+            if (writer[s] != r) bad[r - r0] = 1;
     }
     for (r = r0; r <= r1; r++) jx_ring_writes(t, runs, first, r, writer, -1);
     for (r = r0; r <= r1 && k < JX_TILE_MAX_CHAIN; r++)
@@ -631,7 +628,9 @@ static void jx_chain_rings(const jx_tape *t, int32_t *runs, int32_t n_runs)
     unsigned char *live, *bad, *back;
     int32_t *first, *writer, *ring;
     int32_t r, e, i, kb = t->n_blocks, m;
-    if (n_runs < 1 || t->n_slots < 1) return;
+    for (r = 0; r < n_runs && !(runs[(size_t)JX_RUN_FIELDS * r + 5] & JX_RUN_TILE_NEXT); r++) {
+    }
+    if (r == n_runs || t->n_slots < 1) return;   /* no chain: nothing to pass over */
     live = (unsigned char *)calloc((size_t)t->n_slots, 1);
     writer = (int32_t *)malloc((size_t)t->n_slots * sizeof(int32_t));
     first = (int32_t *)malloc(((size_t)n_runs + 1) * sizeof(int32_t));

@@ -184,9 +184,9 @@ static inline int jx_in_bound(const jx_tape *t, const double *x)
    contiguous ones over ranges inside it, or short ones), and of which past the chain at
    most its last JX_RING values are needed, writes them into a ring of JX_RING elements of
    the work's scratch instead of its own slots, and those runs read them there: element k at
-   k mod JX_RING.  A tile's runs then touch a few rings that stay
-   in cache, where the slots of 10^5-element runs go to and from memory (rosen's HVP tape
-   at n = 10^5: 7.2 MB of slots).  A reader lagging the ring's writer by g elements needs
+   k mod JX_RING.  A tile's runs then touch a few rings that stay in cache, where the slots
+   of 10^5-element runs go to and from memory (rosen's HVP tape at n = 10^5: 7.2 MB of
+   slots).  A reader lagging the ring's writer by g elements needs
    g + JX_TILE <= JX_RING (jx_chain_rings checks it). */
 #define JX_RUN_RING 7
 #define JX_RING 2048
@@ -296,12 +296,12 @@ static inline int32_t jx_segment_end(const jx_tape *t, int32_t k)
     return k < t->n_blocks ? jx_block_instr(t, k) : t->n_instr;
 }
 
-/* Work for t and, where it has one, its exact tape (the larger of the two sizes). */
 /* n doubles aligned to a cache line (JX_LINE bytes), zeroed if asked; jx_lines_free
    frees them (vm.c) */
 #define JX_LINE 64
 double *jx_lines(size_t n, int zero);
 void jx_lines_free(double *p);
+/* Work for t and, where it has one, its exact tape (the larger of the two sizes). */
 int jx_work_init(jx_work *w, const jx_tape *t, int32_t lanes);
 /* The tape that runs at the point x (jx_tape.exact): t, or its exact tape (whose constants
    it loads into w); NULL where t holds only within its bound and has no exact tape. */
