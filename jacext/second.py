@@ -264,8 +264,10 @@ class _Hessian:
         plan = G._planner.plan(self.argnums, mode, True)
         x, batch = G._rows(tuple(args))
         n_points = math.prod(batch) if batch else -1
-        vals, _ = G._compressed(plan, x.reshape(-1, G.n_inputs) if batch else x,
-                                n_points, threads, False)
+        if n_points == 1:   # a batch of one: the single point's path (the same numbers)
+            n_points = -1
+        vals, _ = G._compressed(plan, x.reshape(-1, G.n_inputs) if n_points > 0
+                                else x.reshape(G.n_inputs), n_points, threads, False)
         return vals.reshape(batch + (vals.shape[-1],)), batch
 
     def kept(self, args, mode, threads, symmetric=False):
@@ -286,16 +288,16 @@ class _Hessian:
         G = self.G
         x, batch = G._rows(tuple(args))
         cols = G._planner.columns(self.argnums)
-        if batch:
-            n_points = math.prod(batch)
+        n_points = math.prod(batch) if batch else 1
+        if n_points != 1:   # (a batch of one takes the single point's path below)
             comp = np.empty((n_points, G.n_outputs, q), dtype=np.float64)
             G.tape.batch("compressed", x.reshape(n_points, G.n_inputs), None, comp,
                          _plan.n_threads(threads, n_points, G.n_instructions * (1 + q)),
                          mode=MODES["forward"], cols=cols, colour=colour, n_colours=q)
             return np.take(comp.reshape(n_points, -1), gather, axis=1).reshape(batch + (-1,)), batch
         comp = np.empty((G.n_outputs, q), dtype=np.float64)
-        G.tape.compressed(x, None, comp, cols, colour, q, MODES["forward"])
-        return np.take(comp.reshape(-1), gather), batch
+        G.tape.compressed(x.reshape(G.n_inputs), None, comp, cols, colour, q, MODES["forward"])
+        return np.take(comp.reshape(-1), gather).reshape(batch + (-1,)), batch
 
     def dense(self, args, mode, out, threads):
         shape = self.out_shape + self.arg_shape + self.arg_shape

@@ -666,3 +666,20 @@ def test_second_order_of_a_function_with_a_block_instruction():
     G = jx.compile(lambda y: 2.0 * F(y), x)          # composition: F's tape inlined
     np.testing.assert_allclose(G(x), 2 * f(x), rtol=1e-14)
     np.testing.assert_allclose(G.jacobian(x), 2 * grad(x), rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("coupled", [False, True], ids=["colouring", "star"])
+def test_a_batch_of_one_hessian_is_the_points(coupled):
+    """A batch of one (x[None]) takes the single point's path: the same numbers bit for bit,
+    with the batch's shapes, dense and sparse, through G's colouring (rosen) and through a
+    star colouring (an arrow-head)."""
+    n = 60
+    x = np.linspace(-1.0, 1.0, n)
+    f = (lambda x: x[0] * np.sum(x[1:]) + np.sum(x ** 4)) if coupled else rosen
+    F = jx.compile(f, x)
+    assert (F.hessian_colours() == 2 and "(star)" in repr(F)) if coupled else True
+    H, H1 = F.hessian(x), F.hessian(x[None])
+    assert H1.shape == (1, n, n) and np.array_equal(H1[0], H)
+    S, S1 = F.hessian(x, sparse=True), F.hessian(x[None], sparse=True)
+    assert len(S1) == 1 and np.array_equal(S1[0].toarray(), S.toarray())
+    assert np.array_equal(S.toarray(), H)
