@@ -531,6 +531,12 @@ class _HVP:
             batch = np.broadcast_shapes(_batch_of(G, call), v_batch)
         except ValueError:
             batch = ()   # the argument parser says what is wrong
+        if (batch and math.prod(batch) == 1 and len(call) == 1
+                and np.shape(call[0]) in (batch + s, s) and vs in (batch + s, s)):
+            # a batch of one: the single point's path (the same numbers), reshaped
+            r = self.at_point(np.reshape(call[0], s), np.reshape(v, s))
+            if r is not None:
+                return r.reshape(batch + s)
         return self._product(call, v, max(math.prod(batch), 1))
 
     def _product(self, call, v, n_points):

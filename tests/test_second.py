@@ -683,3 +683,17 @@ def test_a_batch_of_one_hessian_is_the_points(coupled):
     S, S1 = F.hessian(x, sparse=True), F.hessian(x[None], sparse=True)
     assert len(S1) == 1 and np.array_equal(S1[0].toarray(), S.toarray())
     assert np.array_equal(S.toarray(), H)
+
+
+def test_a_batch_of_one_hvp_is_the_points():
+    """F.hvp of x[None] (and v[None], or v) takes the single point's path, before and after
+    the HVP tape is built: the point's numbers bit for bit, in the batch's shape."""
+    n = 5000
+    rng = np.random.default_rng(8)
+    x, v = rng.uniform(-1.0, 1.0, n), rng.standard_normal(n)
+    F = jx.compile(rosen, x)
+    for _ in range(3):
+        for _ in range(400):
+            want = F.hvp(x, v)
+        for got in (F.hvp(x[None], v[None]), F.hvp(x[None], v), F.hvp(x, v[None])):
+            assert got.shape == (1, n) and np.array_equal(got[0], want)
