@@ -20,7 +20,8 @@ C_HEADERS = ["src_c/ops.def", "src_c/ops.h", "src_c/kernels.h", "src_c/vm.h",
              "src_c/block_values.h", "src_c/run_values.h"]
 HEADERS = C_HEADERS + ["src_c/guards.h", "jacext/_graph.pxd", "jacext/_tape.pxd",
                        "jacext/_function.pxd", "jacext/_point.pxd"]
-C_SOURCES = ["src_c/vm.c", "src_c/block.c", "src_c/batch.c", "src_c/sparsity.c"]
+C_SOURCES = ["src_c/vm.c", "src_c/block.c", "src_c/batch.c", "src_c/block_code.c",
+             "src_c/sparsity.c"]
 
 if sys.platform == "win32":
     # MSVC: C99 in the form MSVC's C compiler accepts (VS 2015 or newer), no OpenMP

@@ -40,6 +40,7 @@ cdef extern from "vm.h" nogil:
         int32_t n_runs
         const jx_code *code
         int32_t n_code
+        int32_t n_bcode
         int32_t n_blocks
         const int64_t *blocks
         const double *weights
@@ -49,6 +50,16 @@ cdef extern from "vm.h" nogil:
         jx_dgemv_fn dgemv
         const jx_tape *exact
         double bound
+
+    # the checks and derived tables of a Tape (_tape.pyx, Tape._derive)
+    int jx_tape_check(const jx_tape *t)
+    void jx_tape_block_finite(const jx_tape *t, unsigned char *finite)
+    int32_t jx_tape_fixed_partials(const jx_tape *t, unsigned char *fixed, double *d0,
+                                   double *d1)
+    int32_t jx_tape_sincos_pairs(const jx_tape *t, int32_t *pair)
+    int32_t jx_tape_runs(const jx_tape *t, int32_t *runs)
+    size_t jx_tape_block_code_bytes(const jx_tape *t)
+    int32_t jx_tape_block_code(jx_tape *t, void *mem)
 
     ctypedef struct jx_work:
         int32_t lanes
@@ -83,6 +94,7 @@ cdef class Tape:
     cdef cnp.ndarray _pairs
     cdef cnp.ndarray _runs
     cdef cnp.ndarray _code   # the value sweep's decoded stream (vm.h jx_code), or None
+    cdef cnp.ndarray _bcode  # the batched value sweep's stream (block_code.c)
     cdef bint _runs_used
     cdef jx_work _work      # the Tape's own work memory: whoever takes _busy uses it
     cdef jx_flag _busy

@@ -5,7 +5,7 @@ A Tape holds the arrays the compiler passes make (``jacext/passes.pyx``): per in
 ``op`` (op number plus immediate flags), ``dst``, ``a``, ``b``, ``s`` (SELECT's condition
 slot) and ``imm``; ``out_slot`` and ``const_value``; ``n_in`` and ``n_slots``.  It checks
 them once (``jx_tape_check``), derives the tables the sweeps use (fixed partials, runs,
-sincos pairs), pickles as those arrays, disassembles, and wraps every C sweep with typed,
+streams), pickles as those arrays, disassembles, and wraps every C sweep with typed,
 checked arguments; the sweeps then run unchecked with the GIL released for anything but
 the smallest work.  C returns status codes and this layer raises.
 
@@ -71,12 +71,6 @@ cdef extern from "vm.h" nogil:
         double *y
         double *out
 
-    void jx_tape_block_finite(const jx_tape *t, unsigned char *finite)
-    int jx_tape_check(const jx_tape *t)
-    int32_t jx_tape_fixed_partials(const jx_tape *t, unsigned char *fixed, double *d0,
-                                   double *d1)
-    int32_t jx_tape_sincos_pairs(const jx_tape *t, int32_t *pair)
-    int32_t jx_tape_runs(const jx_tape *t, int32_t *runs)
     int jx_point_compressed(const jx_tape *t, jx_work *w, const double *x, double *y,
                             double *comp, const int32_t *cols, int32_t n_cols,
                             const int32_t *colour, int32_t n_colours, int mode)
@@ -182,8 +176,7 @@ cdef inline const void *_buf(cnp.ndarray arr, int typenum, Py_ssize_t size,
         return <const void *>&_EMPTY
     return cnp.PyArray_DATA(arr)
 
-
-cdef double _EMPTY = 0.0
+cdef double _EMPTY = 0.0   # what an empty array's pointer points at
 
 
 cdef inline double *_out(cnp.ndarray arr, Py_ssize_t size, str what) except NULL:
@@ -328,6 +321,9 @@ cdef class Tape:
         self._pairs = pairs
         self.t.sincos_pair = <const int32_t *>cnp.PyArray_DATA(pairs)
         self.t.n_sincos = n_pairs
+        # the batched value sweep's stream: products fused into sums (block_code.c)
+        self._bcode = np.empty(jx_tape_block_code_bytes(&self.t), dtype=np.uint8)
+        raise_status(min(jx_tape_block_code(&self.t, cnp.PyArray_DATA(self._bcode)), 0))
         # runs of one op word over evenly stepping slots (the single-point value sweep)
         runs = np.empty(max(1, JX_RUN_FIELDS * n), dtype=np.int32)
         n_runs = jx_tape_runs(&self.t, <int32_t *>cnp.PyArray_DATA(runs))
@@ -405,6 +401,11 @@ cdef class Tape:
         """Entries of the single-point value sweep's decoded stream (vm.h jx_code); 0 past
         JX_CODE_MAX_ENTRIES entries, where the sweep reads the tape's own arrays."""
         return int(self.t.n_code)
+
+    @property
+    def block_stream_length(self):
+        """Entries of the batched value sweep's stream (block_code.c); 0: none."""
+        return int(self.t.n_bcode)
 
     def runs(self):
         """The runs of the single-point value sweep as (n_runs, RUN_FIELDS) int32: length,

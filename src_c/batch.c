@@ -80,9 +80,10 @@ static void jx_block_free(jx_block_work *w)
 /* dirs 0: values only (no partials, no lanes) */
 static int jx_block_init(jx_block_work *w, const jx_tape *t, int32_t dirs, int32_t blk)
 {
-    size_t n_slots = (size_t)(t->n_slots > 0 ? t->n_slots : 1);
-    size_t n_instr = (size_t)(t->n_instr > 0 ? t->n_instr : 1);
     const int values_only = dirs == 0;
+    const int32_t slots = values_only && t->bcode ? t->n_bcode_slots : t->n_slots;
+    size_t n_slots = (size_t)(slots > 0 ? slots : 1);
+    size_t n_instr = (size_t)(t->n_instr > 0 ? t->n_instr : 1);
     int32_t k, l;
     memset(w, 0, sizeof(*w));
     w->block = blk;
@@ -150,28 +151,41 @@ static int jx_block_init(jx_block_work *w, const jx_tape *t, int32_t dirs, int32
     }
 
 #define JX_VALUES_FN jx_block_values_base
+#define JX_BCODE_FN jx_block_code_values_base
 #define JX_VALUES_ATTR
 #include "block_values.h"
 #undef JX_VALUES_FN
+#undef JX_BCODE_FN
 #undef JX_VALUES_ATTR
 
 #if JX_X86_DISPATCH
 #define JX_VALUES_FN jx_block_values_avx2
+#define JX_BCODE_FN jx_block_code_values_avx2
 #define JX_VALUES_ATTR JX_TARGET_AVX2
 #include "block_values.h"
 #undef JX_VALUES_FN
+#undef JX_BCODE_FN
 #undef JX_VALUES_ATTR
 #endif
 
+/* the block's values, from the tape's stream where it has one (block_code.c) */
 static void jx_block_values(const jx_tape *t, double *V, double *stash)
 {
 #if JX_X86_DISPATCH
     if (jx_have_avx2()) {
-        jx_block_values_avx2(t, V, stash);
+        if (t->bcode) jx_block_code_values_avx2(t, V, stash);
+        else jx_block_values_avx2(t, V, stash);
         return;
     }
 #endif
-    jx_block_values_base(t, V, stash);
+    if (t->bcode) jx_block_code_values_base(t, V, stash);
+    else jx_block_values_base(t, V, stash);
+}
+
+/* where the value sweep leaves the outputs' values */
+static const int32_t *jx_block_out_slots(const jx_tape *t)
+{
+    return t->bcode ? t->bcode_out : t->out_slot;
 }
 
 /* Values and partials of a block, for the sweeps; returns 1 when every partial
@@ -579,8 +593,9 @@ static int jx_block_jac_tape(const jx_tape *t, jx_block_work *w, jx_work *pw,
         jx_block_load(jt, w, job->x + (size_t)p0 * (size_t)t->n_in, n);
         jx_block_values(jt, w->value, w->stash);
         /* the values: the Jacobian tape's first n_out outputs */
-        jx_block_store(jt->out_slot, n_out, w, job->y ? job->y + (size_t)p0 * n_out : NULL, n);
-        if (jx_copy_block_entries(jac, n_jac, V, jt->out_slot + n_out, blk, n)) return JX_OK;
+        const int32_t *out = jx_block_out_slots(jt);
+        jx_block_store(out, n_out, w, job->y ? job->y + (size_t)p0 * n_out : NULL, n);
+        if (jx_copy_block_entries(jac, n_jac, V, out + n_out, blk, n)) return JX_OK;
     }
     if (!pw->value) {
         int st = jx_work_init(pw, t, jx_dirs_for(t, job));
@@ -768,7 +783,7 @@ static void jx_run_share(jx_share *sh)
         case JX_TASK_VALUE:
             jx_block_load(t, &w, job->x + (size_t)p * (size_t)t->n_in, n);
             jx_block_values(t, w.value, w.stash);
-            jx_block_store_outputs(t, &w, job->y + (size_t)p * t->n_out, n);
+            jx_block_store(jx_block_out_slots(t), t->n_out, &w, job->y + (size_t)p * t->n_out, n);
             break;
         case JX_TASK_JACOBIAN:
             jx_block_jacobian(t, &w, job, p, n);

@@ -122,6 +122,14 @@ typedef struct jx_tape {
     /* Derived by jx_tape_code (may be NULL): the single-point value sweep's stream. */
     const struct jx_code *code;
     int32_t n_code;
+    /* Derived by jx_tape_block_code (may be NULL: the batched value sweep then runs the
+       tape itself): the batched value sweep's stream, with products fused into the sums
+       that alone read them, over slots of its own (n_bcode_slots; the outputs' in
+       bcode_out). */
+    const struct jx_bcode *bcode;
+    int32_t n_bcode;
+    int32_t n_bcode_slots;
+    const int32_t *bcode_out;
     /* Block instructions (see JX_BLOCK above); n_blocks 0 for a tape of scalars only. */
     int32_t n_blocks;
     const int64_t *blocks;      /* JX_BLOCK_FIELDS * n_blocks */
@@ -230,6 +238,26 @@ typedef struct jx_code {
    value sweep (an entry takes 32 bytes: 32 MiB here; a run is one entry). */
 #define JX_CODE_MAX_ENTRIES (1 << 20)
 
+/* An entry of the batched value sweep's stream (block_code.c): an instruction, code
+   JX_CODE_OF(op, kind), its operands in a, b (SELECT's condition in c) and, for SIN and
+   COS, its sincos pair in e (-1: none); or a sum with the products it alone reads fused
+   in: MA, z = a * b + c (a * imm where the product had an immediate), with the sum's
+   op and operand order (code JX_BC_MA + (sub * 2 + product second) * 2 + imm); DOT,
+   z = a * b + c * e (code JX_BC_DOT + sub * 3 + 0, or 1 or 2 where the first or the
+   second product's other factor is imm). */
+typedef struct jx_bcode {
+    int32_t code;
+    int32_t dst;
+    int32_t a;
+    int32_t b;
+    int32_t c;
+    int32_t e;
+    double imm;
+} jx_bcode;
+#define JX_BC_MA (JX_CODE_KINDS * JX_N_OPS)
+#define JX_BC_DOT (JX_BC_MA + 8)
+#define JX_N_BCODES (JX_BC_DOT + 6)
+
 /* Private memory of one evaluation (one per thread). */
 typedef struct {
     int32_t lanes;   /* capacity of the lane arrays */
@@ -252,6 +280,11 @@ int32_t jx_tape_runs(const jx_tape *t, int32_t *runs);
    runs (jx_tape.runs, NULL for none); returns the number of entries before the closing
    JX_CODE_END.  code NULL: only counts them. */
 int32_t jx_tape_code(const jx_tape *t, jx_code *code);
+/* The bytes jx_tape_block_code asks for (0: the tape keeps its own sweep: it has blocks,
+   or more than JX_CODE_MAX_ENTRIES instructions); jx_tape_block_code fills them (after
+   jx_tape_sincos_pairs) and sets t's bcode fields; returns its entries, 0, or JX_ENOMEM. */
+size_t jx_tape_block_code_bytes(const jx_tape *t);
+int32_t jx_tape_block_code(jx_tape *t, void *mem);
 /* Fills pair (n_instr) as jx_tape.sincos_pair; returns the number of pairs or JX_ENOMEM. */
 int32_t jx_tape_sincos_pairs(const jx_tape *t, int32_t *pair);
 
