@@ -1,17 +1,19 @@
 # cython: language_level=3, cdivision=True
 """The single-point C paths that Function's fast paths share: a dense Jacobian by sweeps
 or from a Jacobian tape, the checks of a caller's ``out=``, and the dense fill of a sparse
-result (``jacext/_function.pyx`` calls them; declared in ``_point.pxd``)."""
+result (``jacext/_function.pyx`` calls them; declared in ``_point.pxd``); and the join of a
+batch's several arguments into the VM's rows (``jacext/arguments.py``)."""
 import numpy as np
 cimport numpy as cnp
 from libc.stdint cimport int32_t
+from libc.stdlib cimport free, malloc
 from libc.string cimport memset
 
 from jacext import arguments as _args
 from jacext import plan as _plan
 from jacext._tape cimport (JX_MODE_FORWARD, Tape, empty_of, has_shape, jx_point_lanes,
-                           jx_all_finite, jx_point_jacobian, jx_point_outputs, jx_work,
-                           raise_status)
+                           jx_all_finite, jx_join_rows, jx_point_jacobian, jx_point_outputs,
+                           jx_work, raise_status)
 
 cnp.import_array()
 
@@ -124,3 +126,31 @@ cdef void _fill_rows(cnp.ndarray dense, cnp.ndarray ptr, cnp.ndarray idx,
                 for k in range(p[i], p[i + 1]):
                     row[j[k]] = v[k]
             i1 = i2
+
+
+def join_rows(list parts, cnp.ndarray out):
+    """out[p] = the parts' rows p side by side: each part a C-contiguous float64 (n, width),
+    out a new C-contiguous float64 (n, sum of widths).  One pass in C: NumPy's concatenate
+    along axis 1 copies each row's pieces apart (ba's batch of 10^4: 108 us against 73 us)."""
+    cdef Py_ssize_t n = out.shape[0], k, n_parts = len(parts), total = 0
+    cdef const double **ptr = <const double **>malloc(n_parts * sizeof(double *) + 1)
+    cdef int32_t *width = <int32_t *>malloc(n_parts * sizeof(int32_t) + 1)
+    try:
+        if ptr == NULL or width == NULL:
+            raise MemoryError("jacext: out of memory joining a batch's rows")
+        for k in range(n_parts):
+            p = <cnp.ndarray>parts[k]
+            if (p.dtype != np.float64 or not p.flags.c_contiguous or p.ndim != 2
+                    or p.shape[0] != n):
+                raise ValueError("jacext: join_rows takes C-contiguous float64 (n, width) parts")
+            width[k] = <int32_t>p.shape[1]
+            ptr[k] = <const double *>cnp.PyArray_DATA(p)
+            total += width[k]
+        if (out.dtype != np.float64 or not out.flags.c_contiguous or out.ndim != 2
+                or out.shape[1] != total or not out.flags.writeable):
+            raise ValueError("jacext: join_rows writes a C-contiguous float64 (n, total width)")
+        with nogil:
+            jx_join_rows(n, <int32_t>n_parts, ptr, width, <double *>cnp.PyArray_DATA(out))
+    finally:
+        free(ptr)
+        free(width)

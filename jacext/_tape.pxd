@@ -70,6 +70,8 @@ cdef extern from "vm.h" nogil:
     ctypedef int jx_flag
     bint jx_flag_take(jx_flag *f)
     void jx_flag_give(jx_flag *f)
+    void jx_join_rows(Py_ssize_t n, int32_t n_parts, const double *const *part,
+                      const int32_t *width, double *out)
     int jx_point_value(const jx_tape *t, jx_work *w, const double *x, double *y)
     int jx_point_value_loaded(const jx_tape *t, jx_work *w, double *y)
     int jx_point_outputs(const jx_tape *t, jx_work *w, const double *x, double *y0,

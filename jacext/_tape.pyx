@@ -590,6 +590,7 @@ cdef class Tape:
         cdef Py_ssize_t n_points = x.shape[0] if x.ndim == 2 else -1
         cdef Py_ssize_t n_in = self.t.n_in, n_out = self.t.n_out, per
         cdef int st
+        memset(&job, 0, sizeof(job))   # every pointer NULL, every count 0
         job.task = task
         if task < JX_TASK_VALUE or task > JX_TASK_SUBGRAPH:
             raise ValueError(f"jacext: no batch task {task}")
@@ -599,17 +600,6 @@ cdef class Tape:
         job.n_points = n_points
         job.x = <const double *>_buf(x, cnp.NPY_DOUBLE, n_points * n_in, "x")
         job.y = _maybe_out(y, n_points * n_out, "y")
-        job.cols = NULL
-        job.n_cols = 0
-        job.colour = NULL
-        job.n_colours = 0
-        job.seed = NULL
-        job.out = NULL
-        job.cone_ptr = NULL
-        job.cone = NULL
-        job.row_ptr = NULL
-        job.nz_input = NULL
-        job.jac_tape = NULL
         if cols is not None:
             job.cols = <const int32_t *>_buf(cols, cnp.NPY_INT32, cols.shape[0], "cols")
             job.n_cols = <int32_t>cols.shape[0]

@@ -94,10 +94,15 @@ def flatten(arrays, shapes, batch):
         return np.ascontiguousarray(arrays[0]).reshape(batch + width)
     # explicit widths, not -1: an empty batch (0 points) must reshape too
     n = math.prod(batch)
-    cols = [np.broadcast_to(a, batch + s).reshape(n, math.prod(s))
+    cols = [np.ascontiguousarray(np.broadcast_to(a, batch + s).reshape(n, math.prod(s)))
             for a, s in zip(arrays, shapes)]
-    flat = cols[0] if len(cols) == 1 else np.concatenate(cols, axis=1)
-    return np.ascontiguousarray(flat).reshape(batch + width)
+    if len(cols) == 1:
+        return cols[0].reshape(batch + width)
+    # (C, by the rows in one pass; imported here: _point imports this module)
+    from jacext._point import join_rows
+    flat = np.empty((n,) + width)
+    join_rows(cols, flat)
+    return flat.reshape(batch + width)
 
 
 def offsets(shapes):

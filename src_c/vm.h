@@ -157,17 +157,21 @@ typedef struct jx_tape {
    has its top bit clear.  Integer operations only, which vectorise in the baseline
    instruction set (the comparisons of doubles with an int accumulator did not: 13
    machine instructions an input, as many as the tape it guards, callgrind). */
-static inline int jx_in_bound(const jx_tape *t, const double *x)
+static inline int jx_in_bound_n(double bound, const double *x, size_t n)
 {
     const uint64_t magnitude = 0x7fffffffffffffffULL;
     uint64_t b, u, bad = 0;
-    int32_t i;
-    memcpy(&b, &t->bound, sizeof b);
-    for (i = 0; i < t->n_in; i++) {
+    size_t i;
+    memcpy(&b, &bound, sizeof b);
+    for (i = 0; i < n; i++) {
         memcpy(&u, x + i, sizeof u);
         bad |= b - (u & magnitude);
     }
     return (bad >> 63) == 0;
+}
+static inline int jx_in_bound(const jx_tape *t, const double *x)
+{
+    return jx_in_bound_n(t->bound, x, (size_t)t->n_in);
 }
 
 #define JX_RUN_FIELDS 11
@@ -435,6 +439,11 @@ typedef struct {
     double *out;              /* jacobian: n_points x n_out x n_cols; jvp: x n_out; vjp: x n_in;
                                  compressed: n_points x (n_out x n_colours | n_colours x n_cols) */
 } jx_batch;
+
+/* The rows of n_parts arrays side by side (a batch of several arguments as the VM's input
+   rows): row p of out is row p of part 0 (width[0] doubles), then of part 1, ... */
+void jx_join_rows(ptrdiff_t n, int32_t n_parts, const double *const *part,
+                  const int32_t *width, double *out);
 
 /* ---- sparsity (sparsity.c) ---- */
 

@@ -296,3 +296,30 @@ def test_broadcast_rows():
     X = np.arange(6.0).reshape(2, 1, 3)
     rows = A.broadcast_rows(X, (2, 2))
     np.testing.assert_array_equal(rows, [X[0, 0], X[0, 0], X[1, 0], X[1, 0]])
+
+
+def test_flatten_joins_several_arguments_as_concatenate_does():
+    # flatten's join of a batch's arguments (jacext._point.join_rows, in C): the rows
+    # of every part side by side, widths 0 to 9, against NumPy's concatenate
+    rng = np.random.default_rng(5)
+    shapes = [(3,), (0,), (1,), (2, 2), (9,)]
+    arrays = [rng.standard_normal((37,) + s) for s in shapes]
+    flat = A.flatten(arrays, shapes, (37,))
+    want = np.concatenate([a.reshape(37, -1) for a in arrays], axis=1)
+    assert flat.flags.c_contiguous
+    np.testing.assert_array_equal(flat, want)
+
+
+def test_join_rows_refuses_what_it_cannot_read_or_write():
+    from jacext._point import join_rows
+    a, b = np.ones((4, 2)), np.ones((4, 3))
+    with pytest.raises(ValueError, match="C-contiguous float64 \\(n, width\\) parts"):
+        join_rows([a, np.ones((4, 6))[:, ::2]], np.empty((4, 5)))
+    with pytest.raises(ValueError, match="parts"):
+        join_rows([a, np.ones((3, 3))], np.empty((4, 5)))
+    with pytest.raises(ValueError, match="total width"):
+        join_rows([a, b], np.empty((4, 6)))
+    out = np.empty((4, 5))
+    out.setflags(write=False)
+    with pytest.raises(ValueError, match="total width"):
+        join_rows([a, b], out)
