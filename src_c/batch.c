@@ -168,17 +168,20 @@ static int jx_block_init(jx_block_work *w, const jx_tape *t, int32_t dirs, int32
 #undef JX_VALUES_ATTR
 #endif
 
-/* the block's values, from the tape's stream where it has one (block_code.c) */
-static void jx_block_values(const jx_tape *t, double *V, double *stash)
+/* the block's values, from the tape's stream where it has one (block_code.c); pf: where
+   the block's results will be copied (pf_bytes of them), for the sweep to prefetch */
+static void jx_block_values(const jx_tape *t, double *V, double *stash, const void *pf,
+                            size_t pf_bytes)
 {
+    const char *pf0 = (const char *)pf, *pf1 = pf0 + pf_bytes;
 #if JX_X86_DISPATCH
     if (jx_have_avx2()) {
-        if (t->bcode) jx_block_code_values_avx2(t, V, stash);
+        if (t->bcode) jx_block_code_values_avx2(t, V, stash, pf0, pf1);
         else jx_block_values_avx2(t, V, stash);
         return;
     }
 #endif
-    if (t->bcode) jx_block_code_values_base(t, V, stash);
+    if (t->bcode) jx_block_code_values_base(t, V, stash, pf0, pf1);
     else jx_block_values_base(t, V, stash);
 }
 
@@ -626,7 +629,7 @@ static int jx_block_jac_tape(const jx_tape *t, jx_block_work *w, jx_work *pw,
        goes point by point (there t runs its exact tape) */
     if (jx_block_in_bound(jt, job->x + (size_t)p0 * (size_t)t->n_in, n)) {
         jx_block_load(jt, w, job->x + (size_t)p0 * (size_t)t->n_in, n);
-        jx_block_values(jt, w->value, w->stash);
+        jx_block_values(jt, w->value, w->stash, jac, (size_t)n * (size_t)n_jac * 8);
         /* the values: the Jacobian tape's first n_out outputs */
         const int32_t *out = jx_block_out_slots(jt);
         jx_block_store(out, n_out, w, job->y ? job->y + (size_t)p0 * n_out : NULL, n);
@@ -829,7 +832,7 @@ static void jx_run_share(jx_share *sh)
         switch (job->task) {
         case JX_TASK_VALUE:
             jx_block_load(t, &w, job->x + (size_t)p * (size_t)t->n_in, n);
-            jx_block_values(t, w.value, w.stash);
+            jx_block_values(t, w.value, w.stash, NULL, 0);
             jx_block_store(jx_block_out_slots(t), t->n_out, &w, job->y + (size_t)p * t->n_out, n);
             break;
         case JX_TASK_JACOBIAN:

@@ -36,20 +36,20 @@
 #endif
 /* the second of a sin/cos pair copies the value its first stashed */
 #if JX_HAVE_SINCOS
-#define JX_BV_SINCOS(IS_SIN, PAIR)                                            \
+#define JX_BV_SINCOS(IS_SIN, PAIR, PF)                                        \
     {                                                                         \
         const int32_t k = (PAIR);                                             \
         double *JX_RESTRICT st = stash + (size_t)(k >> 1) * JX_VB;            \
         if (k & 1) {                                                          \
             for (l = 0; l < JX_VB; l++) pz[l] = st[l];                        \
         } else if (IS_SIN) {                                                  \
-            for (l = 0; l < JX_VB; l++) sincos(pa[l], &pz[l], &st[l]);        \
+            for (l = 0; l < JX_VB; l++) { sincos(pa[l], &pz[l], &st[l]); PF; } \
         } else {                                                              \
-            for (l = 0; l < JX_VB; l++) sincos(pa[l], &st[l], &pz[l]);        \
+            for (l = 0; l < JX_VB; l++) { sincos(pa[l], &st[l], &pz[l]); PF; } \
         }                                                                     \
     }
 #else
-#define JX_BV_SINCOS(IS_SIN, PAIR)
+#define JX_BV_SINCOS(IS_SIN, PAIR, PF)
 #endif
 /* the words a checked tape holds (jx_tape_check): an op, at most one immediate, or a block */
 #define JX_BV_WORDS (JX_BLOCK + 1)
@@ -62,6 +62,22 @@
     }
 #include "ops.def"
 #undef OP
+/* While the C library computes a block's sines and cosines (some 13 ns a call here), the
+   stream sweep prefetches the lines that the copy of the block's results will write
+   (pf .. pf_end: four lines a call, into L2 for writing), so that their misses overlap the
+   calls instead of stalling the copy after the sweep (arm's batch: 5% less time). */
+#if defined(__GNUC__) || defined(__clang__)
+#define JX_BC_PF                                                                          \
+    if (pf < pf_end) {                                                                    \
+        __builtin_prefetch(pf, 1, 2);                                                     \
+        __builtin_prefetch(pf + 64, 1, 2);                                                \
+        __builtin_prefetch(pf + 128, 1, 2);                                               \
+        __builtin_prefetch(pf + 192, 1, 2);                                               \
+        pf += 256;                                                                        \
+    }
+#else
+#define JX_BC_PF (void)0
+#endif
 #if JX_BV_THREADED
 #define JX_BC_CASE(label, code) label:
 #define JX_BC_NEXT                                                   \
@@ -109,7 +125,7 @@ static void JX_VALUES_FN(const jx_tape *t, double *V, double *stash)
         if (JX_HAVE_SINCOS && KIND == 0                                                 \
             && (JX_OP_##NAME == JX_OP_SIN || JX_OP_##NAME == JX_OP_COS)                 \
             && t->sincos_pair && t->sincos_pair[i] >= 0) {                              \
-            JX_BV_SINCOS(JX_OP_##NAME == JX_OP_SIN, t->sincos_pair[i])                                   \
+            JX_BV_SINCOS(JX_OP_##NAME == JX_OP_SIN, t->sincos_pair[i], (void)0)                    \
         } else {                                                                        \
             for (l = 0; l < JX_VB; l++) {                                               \
                 const double a = (AEXPR), b = (BEXPR), s = ps[l];                       \
@@ -144,14 +160,16 @@ static void JX_VALUES_FN(const jx_tape *t, double *V, double *stash)
  * The same sweep over the tape's stream (t->bcode, block_code.c): the entries
  * of one instruction as above, and the fused ones -- MA, a product folded
  * into the sum that alone reads it, and DOT, two -- each one lane loop whose
- * products stay in registers.
+ * products stay in registers.  pf .. pf_end: where the block's results go
+ * (JX_BC_PF; NULL, NULL: nowhere).
  */
 #if JX_BV_THREADED
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wpedantic"
 #endif
 JX_VALUES_ATTR
-static void JX_BCODE_FN(const jx_tape *t, double *V, double *stash)
+static void JX_BCODE_FN(const jx_tape *t, double *V, double *stash, const char *pf,
+                        const char *pf_end)
 {
     const jx_bcode *e = t->bcode, *const end = t->bcode + t->n_bcode;
     int32_t l;
@@ -193,7 +211,7 @@ static void JX_BCODE_FN(const jx_tape *t, double *V, double *stash)
         double *JX_RESTRICT pz = V + (size_t)e->dst * JX_VB;                            \
         const double *JX_RESTRICT pa = V + (size_t)e->a * JX_VB;                        \
         (void)pz; (void)pa;                                                             \
-        JX_BV_SINCOS(JX_OP_##NAME == JX_OP_SIN, e->e)                                   \
+        JX_BV_SINCOS(JX_OP_##NAME == JX_OP_SIN, e->e, JX_BC_PF)                         \
     } else JX_BC_LOOP(jx_bv_##NAME(AEXPR, BEXPR, pc[l]))                                \
     JX_BC_NEXT;
 #define OP(NAME, ARITY, COMMUTES, VALUE, D0, D1, FIXED)                                  \
@@ -237,6 +255,8 @@ static void JX_BCODE_FN(const jx_tape *t, double *V, double *stash)
     }
 #endif
     (void)stash;
+    (void)pf;
+    (void)pf_end;
 }
 #if JX_BV_THREADED
 #pragma GCC diagnostic pop
