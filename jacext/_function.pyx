@@ -172,14 +172,13 @@ cdef class Function:
         else:
             if _lazy.is_dask(args):
                 return _lazy.call(self, *args)
-            x, batch = self._rows(args)
+            r, batch = self._rows(args, -1, True)
         if not batch:
-            return self._value_row(x)
-        x = x.reshape(-1, self.tape.t.n_in)
-        y = np.empty((x.shape[0], self.tape.t.n_out), dtype=np.float64)
-        self.tape.run(JX_TASK_VALUE, x, y, None,
-                      _plan.n_threads(None, x.shape[0], self.tape.work), 0, None, None,
-                      None, 0, None, None)
+            return self._value_row(r)
+        r, n = _args.rows(r, self.tape.t.n_in), math.prod(batch)   # rows, or parts
+        y = np.empty((n, self.tape.t.n_out), dtype=np.float64)
+        self.tape.run(JX_TASK_VALUE, r, y, None, _plan.n_threads(None, n, self.tape.work), 0,
+                      None, None, None, 0, None, None)
         return _args.split(y, self.out_shapes, self.out_is_tuple, batch)
 
     cdef object _value_at(self, object a):
@@ -200,10 +199,10 @@ cdef class Function:
         self.tape.value(x, y)
         return _args.split(y, self.out_shapes, True, ())
 
-    def _rows(self, tuple args, Py_ssize_t n_cols=-1):
-        """(x, batch): the arguments as the VM's rows.  With n_cols, the dense Jacobian of
-        that many columns is checked to fit in memory once the batch shape is known, before
-        anything is copied."""
+    def _rows(self, tuple args, Py_ssize_t n_cols=-1, bint parts=False):
+        """(x, batch): the arguments as the VM's rows (parts: or unjoined, _args.flatten).
+        With n_cols, the dense Jacobian of that many columns is checked to fit in memory
+        once the batch shape is known, before anything is copied."""
         cdef cnp.ndarray a
         cdef tuple shape
         cdef Py_ssize_t nd
@@ -225,7 +224,7 @@ cdef class Function:
         arrays, batch = _args.parse(args, self.arg_shapes, self.name)
         if n_cols >= 0:
             _check_size(batch, self.tape.t.n_out, n_cols)
-        return _args.flatten(arrays, self.arg_shapes, batch), batch
+        return _args.flatten(arrays, self.arg_shapes, batch, parts), batch
 
     # ---- Jacobians ----
 
@@ -387,7 +386,7 @@ cdef class Function:
         return self._auto0
 
     def _jacobian(self, tuple args, argnums, mode, out, threads, bint want_value):
-        cdef cnp.ndarray x, mat, y = None
+        cdef cnp.ndarray mat, y = None   # (x: rows, or parts: _args.flatten)
         cdef Tape jt
         cdef Py_ssize_t n_out = self.tape.t.n_out, n_points
         multi = not isinstance(argnums, (int, np.integer))
@@ -395,17 +394,17 @@ cdef class Function:
         nums = argnums if multi else (argnums,)
         plan = self._plan(argnums, mode, False)
         n_cols = int(plan.cols.shape[0])
-        x, batch = self._rows(args, n_cols)
+        x, batch = self._rows(args, n_cols, True)
         direct = out is not None and not multi and not self.out_is_tuple
         shape = batch + (n_out, n_cols)
         if direct:
             mat = _check_out(out, batch + self.out_shapes[0] + self.arg_shapes[argnums])
         if batch:
             n_points = math.prod(batch)
-            X = x.reshape(n_points, self.tape.t.n_in)
+            X = _args.rows(x, self.tape.t.n_in)   # (n_points, n_in), or parts
             jt = plan.dense_tape.tape(n_points)
             if jt is None and plan.compressed is not None:
-                vals, y = self._compressed(plan, X, n_points, threads, want_value)
+                vals, y = self._compressed(plan, _args.joined(X), n_points, threads, want_value)
                 if not direct:
                     mat = np.zeros(shape, dtype=np.float64)
                 flat = mat.reshape(n_points, n_out * n_cols)
@@ -425,7 +424,8 @@ cdef class Function:
                 # (a Jacobian tape's non-finite blocks go again by the sweeps in C, reverse
                 # ones' non-finite rows forward: only tapeless reverse sweeps need this)
                 if plan.mode == "reverse" and jt is None and not _finite(mat):
-                    _nonfinite.redo_rows(self.tape, X, mat.reshape(n_points, n_out * n_cols),
+                    _nonfinite.redo_rows(self.tape, _args.joined(X),
+                                         mat.reshape(n_points, n_out * n_cols),
                                          plan.cols, threads)
         elif plan.compressed is not None:
             vals, y = self._compressed(plan, x, -1, threads, want_value)

@@ -116,7 +116,7 @@ cdef class Tape:
     cpdef cones_jacobian(self, cnp.ndarray x, cnp.ndarray y, Cones cones, cnp.ndarray vals)
     cpdef product(self, bint forward, cnp.ndarray x, cnp.ndarray seed, cnp.ndarray y,
                   cnp.ndarray res)
-    cpdef run(self, int task, cnp.ndarray x, cnp.ndarray y, cnp.ndarray out, int threads,
+    cpdef run(self, int task, object x, cnp.ndarray y, cnp.ndarray out, int threads,
               int mode, cnp.ndarray seed, cnp.ndarray cols, cnp.ndarray colour,
               int32_t n_colours, Tape jac_tape, Cones cones)
 

@@ -67,6 +67,9 @@ cdef extern from "vm.h" nogil:
         const jx_tape *jac_tape
         Py_ssize_t n_points
         const double *x
+        int32_t n_parts
+        const double *const *part
+        const int32_t *part_width
         const double *seed
         double *y
         double *out
@@ -119,6 +122,10 @@ MODES = {"forward": JX_MODE_FORWARD, "reverse": JX_MODE_REVERSE, "cones": JX_MOD
 TASKS = {"value": JX_TASK_VALUE, "jacobian": JX_TASK_JACOBIAN, "jvp": JX_TASK_JVP,
          "vjp": JX_TASK_VJP, "compressed": JX_TASK_COMPRESSED, "cones": JX_TASK_SUBGRAPH}
 RUN_FIELDS = JX_RUN_FIELDS
+#: the most arguments a batch passes to the VM unjoined (Tape.run; more are joined first)
+cdef enum:
+    MAX_PARTS = 16
+MAX_BATCH_PARTS = MAX_PARTS
 MAX_LANES = JX_MAX_LANES
 
 
@@ -582,23 +589,40 @@ cdef class Tape:
         return self.run(TASKS[task], x, y, out, threads, mode, seed, cols, colour, n_colours,
                         jac_tape, cones)
 
-    cpdef run(self, int task, cnp.ndarray x, cnp.ndarray y, cnp.ndarray out, int threads,
+    cpdef run(self, int task, object x, cnp.ndarray y, cnp.ndarray out, int threads,
               int mode, cnp.ndarray seed, cnp.ndarray cols, cnp.ndarray colour,
               int32_t n_colours, Tape jac_tape, Cones cones):
-        """:meth:`batch` with the task's number and every argument given (a C call)."""
+        """:meth:`batch` with the task's number and every argument given (a C call); x
+        the rows (n_points, n_in), or a tuple of at most MAX_PARTS parts (n_points, width)
+        side by side (a batch of several arguments, not joined: jacext/arguments.py)."""
         cdef jx_batch job
-        cdef Py_ssize_t n_points = x.shape[0] if x.ndim == 2 else -1
-        cdef Py_ssize_t n_in = self.t.n_in, n_out = self.t.n_out, per
+        cdef const double *part[MAX_PARTS]
+        cdef int32_t width[MAX_PARTS]
+        cdef Py_ssize_t n_points = -1, n_in = self.t.n_in, n_out = self.t.n_out, per, k
+        cdef Py_ssize_t total = 0
         cdef int st
         memset(&job, 0, sizeof(job))   # every pointer NULL, every count 0
         job.task = task
         if task < JX_TASK_VALUE or task > JX_TASK_SUBGRAPH:
             raise ValueError(f"jacext: no batch task {task}")
-        if n_points < 0 or x.shape[1] != n_in:
-            raise ValueError("jacext: a batch takes x of shape (n_points, n_in)")
+        parts = x if type(x) is tuple and 0 < len(x) <= MAX_PARTS else (x,)
+        n_points = parts[0].shape[0] if parts[0].ndim == 2 else -1
+        for k in range(len(parts)):
+            if (n_points < 0 or parts[k].ndim != 2 or parts[k].shape[0] != n_points
+                    or (parts is not x and parts[k].shape[1] != n_in)):
+                raise ValueError("jacext: a batch takes x of shape (n_points, n_in), or "
+                                 "parts (n_points, width) whose widths add up to n_in")
+            width[k] = <int32_t>parts[k].shape[1]
+            part[k] = <const double *>_buf(parts[k], cnp.NPY_DOUBLE, n_points * width[k], "x")
+            total += width[k]
+        if total != n_in:
+            raise ValueError("jacext: the parts' widths must add up to n_in")
         job.mode = mode
         job.n_points = n_points
-        job.x = <const double *>_buf(x, cnp.NPY_DOUBLE, n_points * n_in, "x")
+        if parts is x:
+            job.n_parts, job.part, job.part_width = <int32_t>len(parts), part, width
+        else:
+            job.x = part[0]
         job.y = _maybe_out(y, n_points * n_out, "y")
         if cols is not None:
             job.cols = <const int32_t *>_buf(cols, cnp.NPY_INT32, cols.shape[0], "cols")

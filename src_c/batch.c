@@ -370,53 +370,83 @@ static void jx_block_adjoint(const jx_tape *t, jx_block_work *w, int32_t rows, i
 /* tangent directions or adjoint rows a sweep of this job carries (defined below) */
 static int32_t jx_dirs_for(const jx_tape *t, const jx_batch *job);
 
-/* Inputs of points p0 .. p0+n-1 into the lanes; pads with the last point.  With AVX2,
-   four points' runs of four inputs at a time, transposed in registers (as the copy of the
-   entries out, jx_copy_entries_avx2): one store per four lanes. */
+/* The inputs slot0 .. slot0+width-1 of points p0 .. p0+n-1 into the lanes, from rows of
+   `stride` doubles (x: point p0's); pads with the last point.  With AVX2, four points'
+   runs of four inputs at a time, transposed in registers (as the copy of the entries out,
+   jx_copy_entries_avx2): one store per four lanes. */
 #if JX_X86_DISPATCH
-JX_TARGET_AVX2 static int32_t jx_block_load_avx2(const jx_tape *t, jx_block_work *w,
-                                                 const double *x, int32_t n)
+JX_TARGET_AVX2 static int32_t jx_block_load_avx2(jx_block_work *w, const double *x,
+                                                 int32_t stride, int32_t width, int32_t slot0,
+                                                 int32_t n)
 {
-    const int32_t blk = w->block, n_in = t->n_in;
+    const int32_t blk = w->block;
     int32_t l0 = 0, j;
     for (; l0 + 4 <= n; l0 += 4) {
-        const double *row = x + (size_t)l0 * (size_t)n_in;
-        for (j = 0; j + 4 <= n_in; j += 4) {
+        const double *row = x + (size_t)l0 * (size_t)stride;
+        for (j = 0; j + 4 <= width; j += 4) {
             const __m256d r0 = _mm256_loadu_pd(row + j);
-            const __m256d r1 = _mm256_loadu_pd(row + (size_t)n_in + j);
-            const __m256d r2 = _mm256_loadu_pd(row + 2 * (size_t)n_in + j);
-            const __m256d r3 = _mm256_loadu_pd(row + 3 * (size_t)n_in + j);
+            const __m256d r1 = _mm256_loadu_pd(row + (size_t)stride + j);
+            const __m256d r2 = _mm256_loadu_pd(row + 2 * (size_t)stride + j);
+            const __m256d r3 = _mm256_loadu_pd(row + 3 * (size_t)stride + j);
             const __m256d t0 = _mm256_unpacklo_pd(r0, r1), t1 = _mm256_unpackhi_pd(r0, r1);
             const __m256d t2 = _mm256_unpacklo_pd(r2, r3), t3 = _mm256_unpackhi_pd(r2, r3);
-            double *v = w->value + (size_t)j * B + l0;
+            double *v = w->value + (size_t)(slot0 + j) * B + l0;
             _mm256_storeu_pd(v, _mm256_permute2f128_pd(t0, t2, 0x20));
             _mm256_storeu_pd(v + B, _mm256_permute2f128_pd(t1, t3, 0x20));
             _mm256_storeu_pd(v + 2 * (size_t)B, _mm256_permute2f128_pd(t0, t2, 0x31));
             _mm256_storeu_pd(v + 3 * (size_t)B, _mm256_permute2f128_pd(t1, t3, 0x31));
         }
-        for (; j < n_in; j++) {
-            double *v = w->value + (size_t)j * B + l0;
+        for (; j < width; j++) {
+            double *v = w->value + (size_t)(slot0 + j) * B + l0;
             v[0] = row[j];
-            v[1] = row[(size_t)n_in + j];
-            v[2] = row[2 * (size_t)n_in + j];
-            v[3] = row[3 * (size_t)n_in + j];
+            v[1] = row[(size_t)stride + j];
+            v[2] = row[2 * (size_t)stride + j];
+            v[3] = row[3 * (size_t)stride + j];
         }
     }
     return l0;   /* the lanes done */
 }
 #endif
 
-static void jx_block_load(const jx_tape *t, jx_block_work *w, const double *x, int32_t n)
+static void jx_block_load_rows(jx_block_work *w, const double *x, int32_t stride,
+                               int32_t width, int32_t slot0, int32_t n)
 {
     const int32_t blk = w->block;
     int32_t j, l = 0;
 #if JX_X86_DISPATCH
-    if (jx_have_avx2()) l = jx_block_load_avx2(t, w, x, n);
+    if (jx_have_avx2()) l = jx_block_load_avx2(w, x, stride, width, slot0, n);
 #endif
     for (; l < B; l++) {
-        const double *row = x + (size_t)(l < n ? l : n - 1) * (size_t)t->n_in;
-        for (j = 0; j < t->n_in; j++) w->value[(size_t)j * B + l] = row[j];
+        const double *row = x + (size_t)(l < n ? l : n - 1) * (size_t)stride;
+        for (j = 0; j < width; j++) w->value[(size_t)(slot0 + j) * B + l] = row[j];
     }
+}
+
+/* Inputs of points p0 .. p0+n-1 of the job into the lanes (x's rows, or each part's) */
+static void jx_block_load(const jx_tape *t, jx_block_work *w, const jx_batch *job,
+                          ptrdiff_t p0, int32_t n)
+{
+    int32_t k, slot0 = 0;
+    if (job->x) {
+        jx_block_load_rows(w, job->x + (size_t)p0 * (size_t)t->n_in, t->n_in, t->n_in, 0, n);
+        return;
+    }
+    for (k = 0; k < job->n_parts; slot0 += job->part_width[k], k++)
+        jx_block_load_rows(w, job->part[k] + (size_t)p0 * (size_t)job->part_width[k],
+                           job->part_width[k], job->part_width[k], slot0, n);
+}
+
+/* Point p's inputs: x's row, or its parts' rows gathered into row (n_in doubles) */
+static const double *jx_point_row(const jx_tape *t, const jx_batch *job, ptrdiff_t p,
+                                  double *row)
+{
+    int32_t k, j, o = 0;
+    if (job->x) return job->x + (size_t)p * (size_t)t->n_in;
+    for (k = 0; k < job->n_parts; k++) {
+        const double *src = job->part[k] + (size_t)p * (size_t)job->part_width[k];
+        for (j = 0; j < job->part_width[k]; j++) row[o++] = src[j];
+    }
+    return row;
 }
 
 /* The values of slots slot[0 .. count) of the first n points into y, point-major. */
@@ -445,7 +475,7 @@ static void jx_block_jacobian(const jx_tape *t, jx_block_work *w, const jx_batch
     double *jac = job->out + (size_t)p0 * (size_t)n_out * (size_t)n_cols;
     int finite;
     int32_t k0, k, l, i, c;
-    jx_block_load(t, w, job->x + (size_t)p0 * (size_t)t->n_in, n);
+    jx_block_load(t, w, job, p0, n);
     finite = jx_block_forward(t, w);
     jx_block_store_outputs(t, w, job->y ? job->y + (size_t)p0 * n_out : NULL, n);
     if (n_cols == 0 || n_out == 0) return;
@@ -585,10 +615,19 @@ static int jx_run_points(const jx_tape *t, jx_work *pw, const jx_batch *job, ptr
                          ptrdiff_t hi);
 
 /* Whether every point of a block is within t's bound (jx_tape.bound in vm.h). */
-static int jx_block_in_bound(const jx_tape *t, const double *x, int32_t n)
+static int jx_block_in_bound(const jx_tape *t, const jx_batch *job, ptrdiff_t p0, int32_t n)
 {
-    /* the block's points are one run of n * n_in doubles: one vector loop over them */
-    return t->bound <= 0.0 || jx_in_bound_n(t->bound, x, (size_t)n * (size_t)t->n_in);
+    /* the block's points are one run of n * n_in doubles (or one a part): one vector loop */
+    int32_t k;
+    if (t->bound <= 0.0) return 1;
+    if (job->x)
+        return jx_in_bound_n(t->bound, job->x + (size_t)p0 * (size_t)t->n_in,
+                             (size_t)n * (size_t)t->n_in);
+    for (k = 0; k < job->n_parts; k++)
+        if (!jx_in_bound_n(t->bound, job->part[k] + (size_t)p0 * (size_t)job->part_width[k],
+                           (size_t)n * (size_t)job->part_width[k]))
+            return 0;
+    return 1;
 }
 
 /* Points p0 .. p0+n-1 by the sweeps of t, where a Jacobian tape's block held an inf or
@@ -598,14 +637,19 @@ static int jx_redo_points(const jx_tape *t, jx_work *pw, const jx_batch *job, pt
                           int32_t n)
 {
     const size_t size = (size_t)t->n_out * (size_t)job->n_cols;
+    double *x = NULL;   /* a point's inputs gathered from the job's parts */
     int32_t l;
     int st = jx_run_points(t, pw, job, p0, p0 + n);
     for (l = 0; l < n && st == JX_OK && job->mode == JX_MODE_REVERSE; l++) {
         double *row = job->out + (size_t)(p0 + l) * size;
-        if (!jx_all_finite(row, (ptrdiff_t)size))
-            st = jx_point_jacobian(t, pw, job->x + (size_t)(p0 + l) * (size_t)t->n_in, NULL,
-                                   row, job->cols, job->n_cols, JX_MODE_FORWARD);
+        if (jx_all_finite(row, (ptrdiff_t)size)) continue;
+        if (!job->x && !x && !(x = (double *)malloc(sizeof(double) * ((size_t)t->n_in + 1))))
+            st = JX_ENOMEM;
+        else
+            st = jx_point_jacobian(t, pw, jx_point_row(t, job, p0 + l, x), NULL, row,
+                                   job->cols, job->n_cols, JX_MODE_FORWARD);
     }
+    free(x);
     return st;
 }
 
@@ -627,8 +671,8 @@ static int jx_block_jac_tape(const jx_tape *t, jx_block_work *w, jx_work *pw,
     double *jac = job->out + (size_t)p0 * (size_t)n_jac;
     /* a folded Jacobian tape holds within its bound only: a block with a point beyond it
        goes point by point (there t runs its exact tape) */
-    if (jx_block_in_bound(jt, job->x + (size_t)p0 * (size_t)t->n_in, n)) {
-        jx_block_load(jt, w, job->x + (size_t)p0 * (size_t)t->n_in, n);
+    if (jx_block_in_bound(jt, job, p0, n)) {
+        jx_block_load(jt, w, job, p0, n);
         jx_block_values(jt, w->value, w->stash, jac, (size_t)n * (size_t)n_jac * 8);
         /* the values: the Jacobian tape's first n_out outputs */
         const int32_t *out = jx_block_out_slots(jt);
@@ -657,7 +701,7 @@ static void jx_block_product(const jx_tape *t, jx_block_work *w, const jx_batch 
     const double *seed = job->seed + (size_t)p0 * (size_t)n_seed;
     double *res = job->out + (size_t)p0 * (size_t)n_res;
     int32_t k, l, finite;
-    jx_block_load(t, w, job->x + (size_t)p0 * (size_t)t->n_in, n);
+    jx_block_load(t, w, job, p0, n);
     finite = jx_block_forward(t, w);
     jx_block_store_outputs(t, w, job->y ? job->y + (size_t)p0 * t->n_out : NULL, n);
     /* tangents: inputs and constants cleared; adjoints: every slot (see jx_block_jacobian) */
@@ -751,8 +795,10 @@ static int jx_run_points(const jx_tape *t, jx_work *pw, const jx_batch *job, ptr
                                                         : (size_t)job->n_colours * (size_t)job->n_cols;
     ptrdiff_t p;
     int st = JX_OK;
+    double *row = job->x ? NULL : (double *)malloc(sizeof(double) * (n_in + 1));
+    if (!job->x && !row) return JX_ENOMEM;
     for (p = lo; p < hi && st == JX_OK; p++) {
-        const double *x = job->x + (size_t)p * n_in;
+        const double *x = jx_point_row(t, job, p, row);
         double *y = job->y ? job->y + (size_t)p * n_out : NULL;
         switch (job->task) {
         case JX_TASK_VALUE:
@@ -780,6 +826,7 @@ static int jx_run_points(const jx_tape *t, jx_work *pw, const jx_batch *job, ptr
                                      job->n_cols, job->colour, job->n_colours, job->mode);
         }
     }
+    free(row);
     return st;
 }
 
@@ -821,7 +868,7 @@ static void jx_run_share(jx_share *sh)
     memset(&pw, 0, sizeof(pw));
     for (p = sh->lo; p < sh->hi; p += sh->block) {
         const int32_t n = (int32_t)((sh->hi - p) < sh->block ? (sh->hi - p) : sh->block);
-        if (!jx_block_in_bound(t, job->x + (size_t)p * (size_t)t->n_in, n)) {
+        if (!jx_block_in_bound(t, job, p, n)) {
             /* a point beyond a folded tape's bound: this block point by point, each
                point on the tape that holds there (jx_tape_at) */
             if (!pw.value) st = jx_work_init(&pw, t, jx_dirs_for(t, job));
@@ -831,7 +878,7 @@ static void jx_run_share(jx_share *sh)
         }
         switch (job->task) {
         case JX_TASK_VALUE:
-            jx_block_load(t, &w, job->x + (size_t)p * (size_t)t->n_in, n);
+            jx_block_load(t, &w, job, p, n);
             jx_block_values(t, w.value, w.stash, NULL, 0);
             jx_block_store(jx_block_out_slots(t), t->n_out, &w, job->y + (size_t)p * t->n_out, n);
             break;
