@@ -1,19 +1,26 @@
 # cython: language_level=3, cdivision=True
 """The single-point C paths that Function's fast paths share: a dense Jacobian by sweeps
 or from a Jacobian tape, the checks of a caller's ``out=``, and the dense fill of a sparse
-result (``jacext/_function.pyx`` calls them; declared in ``_point.pxd``); and the join of a
-batch's several arguments into the VM's rows (``jacext/arguments.py``)."""
+result (``jacext/_function.pyx`` calls them; declared in ``_point.pxd``); and two C helpers
+of the Python layer: the join of a batch's several arguments into the VM's rows
+(``jacext/arguments.py``) and the greedy colouring of a pattern's columns
+(``jacext/sparse.py``)."""
 import numpy as np
 cimport numpy as cnp
-from libc.stdint cimport int32_t
+from libc.stdint cimport int32_t, int64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memset
 
 from jacext import arguments as _args
 from jacext import plan as _plan
-from jacext._tape cimport (JX_MODE_FORWARD, Tape, empty_of, has_shape, jx_point_lanes,
+from jacext._tape cimport (JX_ENOMEM, JX_MODE_FORWARD, Tape, empty_of, has_shape, jx_point_lanes,
                            jx_all_finite, jx_join_rows, jx_point_jacobian, jx_point_outputs,
                            jx_work, raise_status)
+
+cdef extern from "vm.h" nogil:
+    int32_t jx_colour_columns(int32_t n_rows, int32_t n_cols, const int32_t *indptr,
+                              const int32_t *indices, const int32_t *order, int32_t *colour,
+                              int64_t max_work)
 
 cnp.import_array()
 
@@ -154,3 +161,33 @@ def join_rows(list parts, cnp.ndarray out):
     finally:
         free(ptr)
         free(width)
+
+
+def colour_columns(ptr, idx, int32_t n_rows, int32_t n_cols, order, max_work):
+    """Greedy distance-2 colouring of the columns of a CSR pattern (columns sharing a row
+    get different colours), visiting columns in ``order``: int32 colours, or None when
+    the work would pass ``max_work``."""
+    cdef cnp.ndarray p = np.ascontiguousarray(ptr, dtype=np.int32)
+    cdef cnp.ndarray q = np.ascontiguousarray(idx, dtype=np.int32)
+    cdef cnp.ndarray o = np.ascontiguousarray(order, dtype=np.int32)
+    cdef cnp.ndarray colour = np.empty(n_cols, dtype=np.int32)
+    cdef int32_t n
+    cdef int64_t limit = max_work
+    if p.shape[0] != n_rows + 1 or o.shape[0] != n_cols or (n_rows and p[n_rows] != q.shape[0]):
+        raise ValueError("jacext: the pattern and its sizes do not match")
+    if q.shape[0] and (q.min() < 0 or q.max() >= n_cols):
+        raise ValueError("jacext: a column index out of range")
+    if n_cols and (np.sort(o) != np.arange(n_cols)).any():
+        raise ValueError("jacext: order must be a permutation of the columns")
+    if q.shape[0] == 0:
+        q = np.zeros(1, dtype=np.int32)
+    with nogil:
+        n = jx_colour_columns(n_rows, n_cols, <const int32_t *>cnp.PyArray_DATA(p),
+                              <const int32_t *>cnp.PyArray_DATA(q),
+                              <const int32_t *>cnp.PyArray_DATA(o),
+                              <int32_t *>cnp.PyArray_DATA(colour), limit)
+    if n == JX_ENOMEM:
+        raise MemoryError("jacext: out of memory colouring the sparsity pattern")
+    if n < 0:
+        return None
+    return colour

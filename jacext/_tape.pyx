@@ -89,9 +89,6 @@ cdef extern from "vm.h" nogil:
                     int32_t **indices)
     int jx_cones(const jx_tape *t, int64_t max_total, int64_t **cone_ptr, int32_t **cone,
                  int64_t *work)
-    int32_t jx_colour_columns(int32_t n_rows, int32_t n_cols, const int32_t *indptr,
-                              const int32_t *indices, const int32_t *order, int32_t *colour,
-                              int64_t max_work)
 
 
 cdef int raise_status(int st) except -1:
@@ -572,11 +569,12 @@ cdef class Tape:
 
     # ---- batches: rows of x, threads splitting them ----
 
-    def batch(self, str task, cnp.ndarray x, cnp.ndarray y, cnp.ndarray out,
+    def batch(self, str task, object x, cnp.ndarray y, cnp.ndarray out,
               int threads=1, int mode=0, cnp.ndarray seed=None, cnp.ndarray cols=None,
               cnp.ndarray colour=None, int32_t n_colours=0, Tape jac_tape=None,
               Cones cones=None):
-        """One C call over the rows of x (n_points x n_in): ``task`` one of TASKS.
+        """One C call over the rows of x (n_points x n_in, or parts: :meth:`run`): ``task``
+        one of TASKS.
 
         value: y (n_points x n_out).  jacobian: out n_points x n_out x n_cols in ``mode``,
         or from ``jac_tape`` (whose outputs are the n_out values, then the Jacobian
@@ -773,36 +771,6 @@ cdef int _check_columns(cnp.ndarray cols, Py_ssize_t n_in) except -1:
     if not _in_range(<const int32_t *>cnp.PyArray_DATA(cols), cols.shape[0], 0, n_in):
         raise ValueError("jacext: an input index out of range")
     return 0
-
-
-def colour_columns(ptr, idx, int32_t n_rows, int32_t n_cols, order, max_work):
-    """Greedy distance-2 colouring of the columns of a CSR pattern (columns sharing a row
-    get different colours), visiting columns in ``order``: int32 colours, or None when
-    the work would pass ``max_work``."""
-    cdef cnp.ndarray p = np.ascontiguousarray(ptr, dtype=np.int32)
-    cdef cnp.ndarray q = np.ascontiguousarray(idx, dtype=np.int32)
-    cdef cnp.ndarray o = np.ascontiguousarray(order, dtype=np.int32)
-    cdef cnp.ndarray colour = np.empty(n_cols, dtype=np.int32)
-    cdef int32_t n
-    cdef int64_t limit = max_work
-    if p.shape[0] != n_rows + 1 or o.shape[0] != n_cols or (n_rows and p[n_rows] != q.shape[0]):
-        raise ValueError("jacext: the pattern and its sizes do not match")
-    if q.shape[0] and (q.min() < 0 or q.max() >= n_cols):
-        raise ValueError("jacext: a column index out of range")
-    if n_cols and (np.sort(o) != np.arange(n_cols)).any():
-        raise ValueError("jacext: order must be a permutation of the columns")
-    if q.shape[0] == 0:
-        q = np.zeros(1, dtype=np.int32)
-    with nogil:
-        n = jx_colour_columns(n_rows, n_cols, <const int32_t *>cnp.PyArray_DATA(p),
-                              <const int32_t *>cnp.PyArray_DATA(q),
-                              <const int32_t *>cnp.PyArray_DATA(o),
-                              <int32_t *>cnp.PyArray_DATA(colour), limit)
-    if n == JX_ENOMEM:
-        raise MemoryError("jacext: out of memory colouring the sparsity pattern")
-    if n < 0:
-        return None
-    return colour
 
 
 cdef int64_t _NOGIL_WORK = _plan.NOGIL_WORK

@@ -119,7 +119,8 @@ def joined(x):
         return x
     if len(x) == 1:
         return x[0]
-    from jacext._point import join_rows   # (imported here: _point imports this module)
+    # (imported here: _point imports this module)
+    from jacext._point import join_rows
     out = np.empty((x[0].shape[0], sum(p.shape[1] for p in x)))
     join_rows(list(x), out)
     return out

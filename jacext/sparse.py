@@ -18,7 +18,7 @@ import math
 import numpy as np
 import scipy.sparse as sp
 
-from jacext import _tape, nonfinite
+from jacext import _point, _tape, nonfinite
 from jacext import plan as _plan
 
 
@@ -101,8 +101,8 @@ def colour(indptr, indices, n_rows, n_cols, max_work):
     # a row that holds every column makes them all distinct: no greedy pass needed (a dense
     # block's outputs)
     if not dense_row and int(np.dot(lengths, lengths)) <= max_work:
-        result = _tape.colour_columns(indptr, indices, n_rows, n_cols,
-                                      largest_first(indices, n_cols), max_work)
+        result = _point.colour_columns(indptr, indices, n_rows, n_cols,
+                                       largest_first(indices, n_cols), max_work)
     if result is None:
         result = np.arange(n_cols, dtype=np.int32)
     result.setflags(write=False)

@@ -619,6 +619,62 @@ def test_batches_touch_nothing_past_their_arrays():
         f"past the end of a batch's array)\n{proc.stdout}\n{proc.stderr[-3000:]}")
 
 
+def _two_args(a, b):
+    """Rotations as constant matrices full of zeros (a folded finite-input tape), a kink."""
+    C = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    S = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    T = np.cos(a[0]) * C + np.sin(a[0]) * S
+    U = np.cos(b[0]) * C + np.sin(b[0]) * S
+    return np.concatenate([(T @ U @ T).ravel(),
+                           [a[1] * b[1], np.where(a[2] > 0, np.sqrt(a[2]), 0.0) + b[1]]])
+
+
+@pytest.mark.parametrize("n", [3, 8, 70, 301])
+def test_a_batch_of_several_arguments_reads_them_unjoined(n):
+    """F(A, B) over a batch hands A's and B's rows to C side by side, unjoined (Tape.run's
+    parts): values and Jacobians (both modes, through the sweeps and then the Jacobian
+    tapes; nan, inf and points beyond the finite-input bound, which the point paths redo
+    from a row gathered from the parts), 1 and 2 threads, equal bit for bit to the same
+    batch joined first (B broadcast against A[None]), and to the points."""
+    rng = np.random.default_rng(n)
+    A, B = rng.uniform(-2.0, 2.0, (n, 3)), rng.uniform(-2.0, 2.0, (n, 2))
+    A[::7, 0] = np.nan
+    B[3::11, 1] = np.inf
+    B[5::13, 0] = -0.0
+    A[6::17, 2] = 1e300
+    F = jx.compile(_two_args, A[0], B[0])
+    assert "folded" in repr(F)
+    for _ in range(12):   # the sweeps first; the Jacobian tapes once enough points ran
+        for threads in (1, 2):
+            np.testing.assert_array_equal(F(A, B), F(A[None], B)[0])
+            for mode in ("forward", "reverse"):
+                Ja, Jb = F.jacobian(A, B, argnums=(0, 1), mode=mode, threads=threads)
+                Wa, Wb = F.jacobian(A[None], B, argnums=(0, 1), mode=mode, threads=threads)
+                np.testing.assert_array_equal(Ja, Wa[0])
+                np.testing.assert_array_equal(Jb, Wb[0])
+    if n >= 70:
+        assert all(jacobian_tape_slot(F, (0, 1), m).current is not None
+                   for m in ("forward", "reverse"))
+    Y = F(A, B)
+    Ja, Jb = F.jacobian(A, B, argnums=(0, 1))
+    for p in range(n):   # (Jacobians: README "Values", up to the sign of a zero)
+        np.testing.assert_array_equal(Y[p], F(A[p], B[p]))
+        pa, pb = F.jacobian(A[p], B[p], argnums=(0, 1))
+        np.testing.assert_array_equal(Ja[p] + 0.0, pa + 0.0)
+        np.testing.assert_array_equal(Jb[p] + 0.0, pb + 0.0)
+
+
+def test_tape_batches_take_parts_whose_widths_add_up():
+    F = jx.compile(_two_args, np.zeros(3), np.zeros(2))
+    A, B = np.ones((4, 3)), np.ones((4, 2))
+    y = np.empty((4, 11))
+    F.tape.batch("value", (A, B), y, None)
+    np.testing.assert_array_equal(y, F(A, B))
+    for bad in ((A, np.ones((4, 3))), (A, np.ones((5, 2))), (A, np.ones(8))):
+        with pytest.raises(ValueError, match="add up to n_in"):
+            F.tape.batch("value", bad, y, None)
+
+
 # --------------------------------------- batches with sparse=True: the tape too --
 # (Function._compressed with the values, the path of value_and_jacobian's dense auto
 # batches before their dense tape exists, is this module's own to call)
