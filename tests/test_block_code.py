@@ -11,13 +11,10 @@ allocator's slot reuse) are the bench problems' Jacobian tapes, batch against po
 """
 from __future__ import annotations
 
-import os
-import pathlib
-import sys
-
 import numpy as np
 import pytest
 from helpers import NASTY
+from test_jactape import _bench
 
 import jacext as jx
 from jacext import Function, testing
@@ -113,21 +110,9 @@ def test_a_tape_with_a_slot_read_before_any_write_keeps_its_own_sweep():
     assert F(np.ones((70, 2))).shape == (70, 1)
 
 
-def _bench_cases():
-    root = pathlib.Path(__file__).resolve().parent.parent
-    if not (root / "bench" / "batch.py").exists():
-        pytest.skip("bench/ is not part of this tree (an sdist)")
-    if os.environ.get("JACEXT_TEST_INSTALLED") == "1":
-        pytest.skip("the benchmark problems run against the source checkout")
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
-    from bench.batch import _cases
-    return _cases
-
-
 @pytest.mark.parametrize("name", ["arm", "arm_cs", "ba"])
 def test_bench_jacobian_tapes_fuse_and_their_batches_equal_the_points(name):
-    _cases = _bench_cases()
+    _cases = _bench("batch")._cases
     f, _, _, X, data, _, _, _ = _cases(300)[f"{name}_batch"]
     args = (X,) if data is None else (X, data)
     F = jx.compile(f, *(a[0] for a in args))
