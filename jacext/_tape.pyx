@@ -70,6 +70,7 @@ cdef extern from "vm.h" nogil:
         int32_t n_parts
         const double *const *part
         const int32_t *part_width
+        const int32_t *part_step
         const double *seed
         double *y
         double *out
@@ -592,10 +593,12 @@ cdef class Tape:
               int32_t n_colours, Tape jac_tape, Cones cones):
         """:meth:`batch` with the task's number and every argument given (a C call); x
         the rows (n_points, n_in), or a tuple of at most MAX_PARTS parts (n_points, width)
-        side by side (a batch of several arguments, not joined: jacext/arguments.py)."""
+        side by side (a batch of several arguments, not joined: jacext/arguments.py), a
+        part of one row (1, width) shared by every point."""
         cdef jx_batch job
         cdef const double *part[MAX_PARTS]
         cdef int32_t width[MAX_PARTS]
+        cdef int32_t step[MAX_PARTS]
         cdef Py_ssize_t n_points = -1, n_in = self.t.n_in, n_out = self.t.n_out, per, k
         cdef Py_ssize_t total = 0
         cdef int st
@@ -604,21 +607,24 @@ cdef class Tape:
         if task < JX_TASK_VALUE or task > JX_TASK_SUBGRAPH:
             raise ValueError(f"jacext: no batch task {task}")
         parts = x if type(x) is tuple and 0 < len(x) <= MAX_PARTS else (x,)
-        n_points = parts[0].shape[0] if parts[0].ndim == 2 else -1
         for k in range(len(parts)):
-            if (n_points < 0 or parts[k].ndim != 2 or parts[k].shape[0] != n_points
-                    or (parts is not x and parts[k].shape[1] != n_in)):
+            n_points = max(n_points, parts[k].shape[0] if parts[k].ndim == 2 else -1)
+        for k in range(len(parts)):   # (a part of one row: every point's, step 0)
+            if (parts[k].ndim != 2 or parts[k].shape[0] not in (n_points, 1)
+                    or (parts is not x and parts[k].shape != (n_points, n_in))):
                 raise ValueError("jacext: a batch takes x of shape (n_points, n_in), or "
-                                 "parts (n_points, width) whose widths add up to n_in")
+                                 "parts (n_points or 1, width) whose widths add up to n_in")
             width[k] = <int32_t>parts[k].shape[1]
-            part[k] = <const double *>_buf(parts[k], cnp.NPY_DOUBLE, n_points * width[k], "x")
+            step[k] = width[k] if parts[k].shape[0] == n_points else 0
+            part[k] = <const double *>_buf(parts[k], cnp.NPY_DOUBLE,
+                                           parts[k].shape[0] * width[k], "x")
             total += width[k]
         if total != n_in:
             raise ValueError("jacext: the parts' widths must add up to n_in")
         job.mode = mode
         job.n_points = n_points
         if parts is x:
-            job.n_parts, job.part, job.part_width = <int32_t>len(parts), part, width
+            job.n_parts, job.part, job.part_width, job.part_step = len(parts), part, width, step
         else:
             job.x = part[0]
         job.y = _maybe_out(y, n_points * n_out, "y")

@@ -85,9 +85,10 @@ def parse(values, shapes, name, what="argument"):
 def flatten(arrays, shapes, batch, parts=False):
     """The arrays as the VM's input: one C-contiguous float64 row of all their elements,
     (width,) for one point or batch + (width,) for a batch (broadcast).  ``parts``: a
-    batch of several arguments none of which broadcasts comes back as the tuple of their
-    (n, width_k) rows instead, not joined (``Tape.run`` reads them side by side; ba's
-    batch of 10^4 spent 13% of its time joining them)."""
+    batch of several arguments, each with the whole batch's axes or none, comes back as
+    the tuple of their (n, width_k) rows, or (1, width_k) for one every point shares, not
+    joined (``Tape.run`` reads them side by side; ba's batch of 10^4 spent 13% of its time
+    joining them)."""
     if not batch:
         if len(arrays) == 1:
             return np.ascontiguousarray(arrays[0]).reshape(-1)
@@ -97,13 +98,25 @@ def flatten(arrays, shapes, batch, parts=False):
         return np.ascontiguousarray(arrays[0]).reshape(batch + width)
     # explicit widths, not -1: an empty batch (0 points) must reshape too
     n = math.prod(batch)
+    if parts and n > 0 and len(arrays) <= _max_parts():
+        # each argument's own rows, or one row that every point shares (an argument
+        # without batch axes, or with axes of length 1: a parameter); any other broadcast
+        # is joined below
+        own = [a.ndim == len(batch) + len(s) and a.shape[:len(batch)] == batch
+               for a, s in zip(arrays, shapes)]
+        if all(o or math.prod(a.shape[:a.ndim - len(s)]) == 1
+               for o, a, s in zip(own, arrays, shapes)):
+            return tuple(np.ascontiguousarray(a).reshape(n if o else 1, math.prod(s))
+                         for o, a, s in zip(own, arrays, shapes))
     cols = tuple(np.ascontiguousarray(np.broadcast_to(a, batch + s).reshape(n, math.prod(s)))
                  for a, s in zip(arrays, shapes))
-    if parts and n > 0 and all(a.shape[:len(batch)] == batch for a in arrays):
-        from jacext._tape import MAX_BATCH_PARTS
-        if len(cols) <= MAX_BATCH_PARTS:
-            return cols
     return joined(cols).reshape(batch + width)
+
+
+def _max_parts():
+    # (imported here: the C extension)
+    from jacext._tape import MAX_BATCH_PARTS
+    return MAX_BATCH_PARTS
 
 
 def rows(x, width):
@@ -117,12 +130,14 @@ def joined(x):
     row's pieces apart, 108 us against 73 us for ba's 10^4 rows)."""
     if type(x) is not tuple:
         return x
+    n = max(p.shape[0] for p in x)   # a part of one row is every point's
+    x = [np.ascontiguousarray(np.broadcast_to(p, (n, p.shape[1]))) for p in x]
     if len(x) == 1:
         return x[0]
     # (imported here: _point imports this module)
     from jacext._point import join_rows
     out = np.empty((x[0].shape[0], sum(p.shape[1] for p in x)))
-    join_rows(list(x), out)
+    join_rows(x, out)
     return out
 
 

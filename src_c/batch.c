@@ -432,8 +432,8 @@ static void jx_block_load(const jx_tape *t, jx_block_work *w, const jx_batch *jo
         return;
     }
     for (k = 0; k < job->n_parts; slot0 += job->part_width[k], k++)
-        jx_block_load_rows(w, job->part[k] + (size_t)p0 * (size_t)job->part_width[k],
-                           job->part_width[k], job->part_width[k], slot0, n);
+        jx_block_load_rows(w, job->part[k] + (size_t)p0 * (size_t)job->part_step[k],
+                           job->part_step[k], job->part_width[k], slot0, n);
 }
 
 /* Point p's inputs: x's row, or its parts' rows gathered into row (n_in doubles) */
@@ -443,7 +443,7 @@ static const double *jx_point_row(const jx_tape *t, const jx_batch *job, ptrdiff
     int32_t k, j, o = 0;
     if (job->x) return job->x + (size_t)p * (size_t)t->n_in;
     for (k = 0; k < job->n_parts; k++) {
-        const double *src = job->part[k] + (size_t)p * (size_t)job->part_width[k];
+        const double *src = job->part[k] + (size_t)p * (size_t)job->part_step[k];
         for (j = 0; j < job->part_width[k]; j++) row[o++] = src[j];
     }
     return row;
@@ -617,15 +617,16 @@ static int jx_run_points(const jx_tape *t, jx_work *pw, const jx_batch *job, ptr
 /* Whether every point of a block is within t's bound (jx_tape.bound in vm.h). */
 static int jx_block_in_bound(const jx_tape *t, const jx_batch *job, ptrdiff_t p0, int32_t n)
 {
-    /* the block's points are one run of n * n_in doubles (or one a part): one vector loop */
+    /* the block's points are one run of n * n_in doubles (or one a part, or a shared row):
+       one vector loop */
     int32_t k;
     if (t->bound <= 0.0) return 1;
     if (job->x)
         return jx_in_bound_n(t->bound, job->x + (size_t)p0 * (size_t)t->n_in,
                              (size_t)n * (size_t)t->n_in);
     for (k = 0; k < job->n_parts; k++)
-        if (!jx_in_bound_n(t->bound, job->part[k] + (size_t)p0 * (size_t)job->part_width[k],
-                           (size_t)n * (size_t)job->part_width[k]))
+        if (!jx_in_bound_n(t->bound, job->part[k] + (size_t)p0 * (size_t)job->part_step[k],
+                           (size_t)(job->part_step[k] ? n : 1) * (size_t)job->part_width[k]))
             return 0;
     return 1;
 }

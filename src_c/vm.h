@@ -435,8 +435,9 @@ typedef struct {
     ptrdiff_t n_points;
     const double *x;          /* n_points x n_in; or NULL, and the rows in parts: */
     int32_t n_parts;          /* the arguments of a batch, not joined: part k is */
-    const double *const *part;      /* n_points x part_width[k], its columns the next */
-    const int32_t *part_width;      /* part_width[k] inputs (jx_point_row) */
+    const double *const *part;      /* n_points rows of part_width[k] doubles (the next */
+    const int32_t *part_width;      /* part_width[k] inputs), part_step[k] apart: the */
+    const int32_t *part_step;       /* width, or 0 for one row that every point shares */
     const double *seed;       /* JVP: n_points x n_in, VJP: n_points x n_out */
     double *y;                /* n_points x n_out, or NULL */
     double *out;              /* jacobian: n_points x n_out x n_cols; jvp: x n_out; vjp: x n_in;

@@ -664,6 +664,31 @@ def test_a_batch_of_several_arguments_reads_them_unjoined(n):
         np.testing.assert_array_equal(Jb[p] + 0.0, pb + 0.0)
 
 
+@pytest.mark.parametrize("n", [5, 70, 301])
+def test_a_parameter_shared_by_a_batch_is_not_copied_per_point(n):
+    """F(A, b) with b without batch axes (a parameter every point shares) goes to C as one
+    row read by every point: the same bits as b's rows spelled out (np.repeat), and as the
+    points; a parameter whose shape happens to be the batch's is still one point's."""
+    rng = np.random.default_rng(n + 1)
+    A, b = rng.uniform(-2.0, 2.0, (n, 3)), rng.uniform(-2.0, 2.0, 2)
+    A[::9, 1] = np.nan
+    Bn = np.repeat(b[None], n, axis=0)
+    F = jx.compile(_two_args, A[0], b)
+    for _ in range(12):   # the sweeps, then the Jacobian tapes
+        for threads in (1, 2):
+            np.testing.assert_array_equal(F(A, b), F(A, Bn))
+            for mode in ("forward", "reverse"):
+                Ja, Jb = F.jacobian(A, b, argnums=(0, 1), mode=mode, threads=threads)
+                Wa, Wb = F.jacobian(A, Bn, argnums=(0, 1), mode=mode, threads=threads)
+                np.testing.assert_array_equal(Ja, Wa)
+                np.testing.assert_array_equal(Jb, Wb)
+    for p in range(0, n, 3):
+        np.testing.assert_array_equal(F(A, b)[p], F(A[p], b))
+    G = jx.compile(lambda a, c: a * c.sum() + c, np.zeros(3), np.zeros(3))
+    A3, c = A[:3], np.array([1.0, -2.0, 0.5])   # c: (3,), the batch of A3: (3,)
+    np.testing.assert_array_equal(G(A3, c), np.array([G(A3[p], c) for p in range(3)]))
+
+
 def test_tape_batches_take_parts_whose_widths_add_up():
     F = jx.compile(_two_args, np.zeros(3), np.zeros(2))
     A, B = np.ones((4, 3)), np.ones((4, 2))
