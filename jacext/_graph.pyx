@@ -5,8 +5,8 @@ Nodes are hash-consed on insert (common subexpressions become one node),
 constant operands are folded or turned into immediates, and exact identities
 are simplified.  A rewrite keeps every value NumPy would give, but for the sign of a
 zero: ``x * 1 -> x`` yes, ``x * 0 -> 0`` no (nan * 0 must stay nan, inf * 0 too),
-``x + 0.0 -> x`` and ``x - 0.0 -> x`` yes (for either sign of the zero: the results
-differ from NumPy's only where x is -0.0, where NumPy's sum is +0.0; the README's
+``x + 0.0 -> x``, ``x - 0.0 -> x`` and ``0.0 - x -> -x`` yes (for either sign of the
+zero: the results differ from NumPy's only in the sign of a zero result; the README's
 "Values" says so).  Every insert is a bulk operation over arrays of node ids, so a
 NumPy call over 10**6 elements costs one call here.
 
@@ -332,6 +332,11 @@ cdef class Graph:
             v = self.imm[x]
             if op == JX_OP_DIV and v == 1.0:
                 return self._canon(JX_OP_RECIPROCAL, y, -1, -1, k)
+            if op == JX_OP_SUB and v == 0.0:
+                # 0.0 - y is -y but for the sign of a zero y (-0.0 - y is -y bit for bit);
+                # a folded cos(q) * 0.0 - sin(q) becomes -sin(q), whose sign the products
+                # then carry into sums (arm_cs's Jacobian tape: 1,098 -> 956 instructions)
+                return self._canon(JX_OP_NEG, y, -1, -1, k)
             return self._key(k, op | JX_A_IMM, -1, <int32_t>y, -1, v)
         # signs move out of products and into sums, where they cost nothing:
         # (-u) * v == -(u * v) and u + (-v) == u - v exactly, signed zeros included

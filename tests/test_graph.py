@@ -318,6 +318,33 @@ _BINARY_WITH_A_CONSTANT = {
 }
 
 
+def test_zero_minus_x_is_a_negation_whose_sign_moves_into_sums():
+    """0.0 - x becomes -x (NumPy's value but for the sign of a zero: +0.0 - +0.0 is +0.0,
+    -(+0.0) is -0.0; -0.0 - x is -x bit for bit), and the sign then moves out of products
+    into sums: a folded cos(q) * 0.0 - sin(q) times t, added to a, is a - sin(q) * t."""
+    x = np.array([1.5, -2.0, 0.0, -0.0, np.inf, np.nan])
+    for c in (0.0, -0.0):
+        F = jx.compile(lambda v, c=c: c - v, x)
+        assert {line.split("=")[1].split()[0] for line in F.tape.disassemble()[:-1]} == {"NEG"}
+        got, want = F(x), c - x
+        assert np.array_equal(got, want, equal_nan=True)
+        assert np.array_equal(np.signbit(got[:2]), np.signbit(want[:2]))
+        np.testing.assert_array_equal(np.signbit(got[2:4]), [True, False])
+    C = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    S = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+
+    def rotations(q):   # cos(q) * 0.0 - sin(q) where C is 0 and S is -1
+        T, U = (np.cos(v) * C + np.sin(v) * S for v in q[:2])
+        return (T @ U @ T).ravel() * q[2]
+
+    G = jx.compile(rotations, np.ones(3))
+    assert "folded" in repr(G)
+    lines = G.tape.disassemble()
+    assert not [ln for ln in lines if "SUB 0.0," in ln], lines
+    q = np.array([0.3, -1.1, 2.0])
+    np.testing.assert_allclose(G(q), rotations(q), rtol=1e-15, atol=1e-16)
+
+
 @pytest.mark.parametrize("expr", list(_BINARY_WITH_A_CONSTANT))
 def test_no_rewrite_for_a_constant_merely_close_to_an_exact_one(expr):
     """x * c, c / x, x ** c ... with c next to 1, -1, 0, 2 or 0.5 (one ulp away, or 1e-10):
@@ -335,8 +362,9 @@ def test_no_rewrite_for_a_constant_merely_close_to_an_exact_one(expr):
             got = F(x)
         real = ~np.isnan(want)
         # the documented differences, in the sign of a zero result only (README "Values"):
-        # x + 0.0 and x - 0.0 fold to x; at finite inputs x * 0.0 folds to +0.0
+        # x + 0.0 and x - 0.0 fold to x, 0.0 - x to -x; at finite inputs x * 0.0 to +0.0
         signed = real & ~((c == 0.0) & (x == 0.0) & (expr in ("x + c", "c + x", "x - c")))
+        signed &= ~((c == 0.0) & ~np.signbit(c) & (x == 0.0) & (expr == "c - x"))
         if c == 0.0 and expr in ("x * c", "c * x"):
             signed = np.zeros_like(signed)
         if expr == "x ** c" and c not in _EXACT:
