@@ -156,8 +156,11 @@ int main(int argc, char **argv) {
 """
 
 
-def compiled_c(builder, n_x, n_data, out_size, X, data, repeats):
-    """(median seconds per batch, Jacobians (N, m, n)) of CasADi's generated C."""
+def compiled_c(builder, n_x, n_data, out_size, X, data, repeats, prefix=(),
+               march="-march=native"):
+    """(median seconds per batch, Jacobians (N, m, n)) of CasADi's generated C; ``prefix``
+    runs the driver under a tool, ``march`` for the machine the driver runs on
+    (bench/batch_callgrind.py: valgrind, which runs no AVX-512)."""
     import casadi as ca
 
     if shutil.which("gcc") is None:
@@ -176,15 +179,15 @@ def compiled_c(builder, n_x, n_data, out_size, X, data, repeats):
         with open(os.path.join(tmp, "driver.c"), "w") as fh:
             fh.write(DRIVER)
         exe = os.path.join(tmp, "driver")
-        subprocess.run(["gcc", "-O3", "-march=native", "-o", exe, os.path.join(tmp, "jacobian_c.c"),
+        subprocess.run(["gcc", "-O3", march, "-o", exe, os.path.join(tmp, "jacobian_c.c"),
                         os.path.join(tmp, "driver.c"), "-lm"], check=True, capture_output=True)
         n = X.shape[0]
         rows = np.hstack([X, data]) if n_data else X
         rows.astype(np.float64).tofile(os.path.join(tmp, "in.bin"))
         out = os.path.join(tmp, "out.bin")
-        res = subprocess.run([exe, os.path.join(tmp, "in.bin"), str(n), str(n_x), str(n_data),
-                              str(out_size * n_x), out, str(repeats)],
-                             check=True, capture_output=True, text=True)
+        cmd = [exe, os.path.join(tmp, "in.bin"), str(n), str(n_x), str(n_data),
+               str(out_size * n_x), out, str(repeats)]
+        res = subprocess.run(list(prefix) + cmd, check=True, capture_output=True, text=True)
         # CasADi writes each (m, n) Jacobian column-major: C-order (n, m)
         J = np.fromfile(out).reshape(n, n_x, out_size).transpose(0, 2, 1)
         return float(res.stdout.strip()), J
