@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from jacext import transforms as _tf
+from jacext._point import same_capture as _same_capture
 from jacext.arguments import as_real_array as _as_real_array
 from jacext.compile import compile_function
 from jacext.pytree import tree_flatten as _tree_flatten
@@ -190,7 +191,8 @@ def jacobian(f: Callable, inputs: Any, *, argnums: ArgNums | None = None,
     if cache and type(inputs) is np.ndarray and (argnums is None or argnums == 0):
         # the common call, one array: a dict probe and identity checks only
         hit = _recent.get((f, inputs.shape))
-        if hit is not None and _still_valid(f, hit):
+        if hit is not None and (_same_capture(f, hit) if type(f) is _FunctionType
+                                else _still_valid(f, hit)):
             if mode == "auto" and not sparse and threads is None:
                 # no keywords where there is nothing to say: the Function's cheapest call
                 return hit[0].jacobian(inputs) if out is None else hit[0].jacobian(

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import jacext as jx
+from jacext import _point
 from jacext.testing import check_jacobian
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -475,6 +476,39 @@ def test_cache_sees_rebound_cells_defaults_and_other_instances(fresh_cache):
     np.testing.assert_array_equal(jx.jacobian(a.residual, X), 1.5 * np.eye(3))
     np.testing.assert_array_equal(jx.jacobian(b.residual, X), -4.0 * np.eye(3))
     np.testing.assert_array_equal(jx.jacobian(a.residual, X), 1.5 * np.eye(3))
+
+
+def test_cache_sees_replaced_code_keyword_defaults_and_none_cells(fresh_cache):
+    """The probe's identity checks (jacext._point.same_capture, in C) on every field it
+    reads: a replaced ``__code__`` or ``__kwdefaults__`` and a cell rebound from None
+    retrace; the unchanged function hits (its Function is reused)."""
+    def h(x, *, c=2.0):
+        return c * x
+
+    np.testing.assert_array_equal(jx.jacobian(h, X), 2.0 * np.eye(3))
+    h.__kwdefaults__ = {"c": 6.0}
+    np.testing.assert_array_equal(jx.jacobian(h, X), 6.0 * np.eye(3))
+
+    def u(x):
+        return 3.0 * x
+
+    def w(x):
+        return -1.0 * x
+
+    np.testing.assert_array_equal(jx.jacobian(u, X), 3.0 * np.eye(3))
+    u.__code__ = w.__code__
+    np.testing.assert_array_equal(jx.jacobian(u, X), -1.0 * np.eye(3))
+    offset = None
+
+    def v(x):
+        return x * 2.0 if offset is None else x * offset
+
+    np.testing.assert_array_equal(jx.jacobian(v, X), 2.0 * np.eye(3))
+    first = jx.jacobian(v, X)
+    np.testing.assert_array_equal(first, jx.jacobian(v, X))
+    offset = 9.0
+    np.testing.assert_array_equal(jx.jacobian(v, X), 9.0 * np.eye(3))
+    assert _point.same_capture(len, (None, None, (), None, None)) is None
 
 
 def test_cached_tape_keeps_captured_constants(fresh_cache):
