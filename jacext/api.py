@@ -135,21 +135,12 @@ def _remember(f, shape, F):
 
 
 def _still_valid(f, hit):
-    """Same code, the same objects in the closure cells and defaults as when traced."""
-    func = _func_of(f)
-    if type(func) is _FunctionType:     # read in place: no tuples made on the hot path
-        if (func.__code__ is not hit[1] or func.__defaults__ is not hit[3]
-                or func.__kwdefaults__ is not hit[4]):
-            return False
-        closure = func.__closure__
-        if closure is None:
-            return not hit[2]
-        if len(closure) != len(hit[2]):
-            return False
-        for c, b in zip(closure, hit[2]):     # (a loop: all() over a generator costs
-            if _cell_value(c) is not b:       # 0.6 us for arm_cs's six cells)
-                return False
-        return True
+    """Same code, the same objects in the closure cells and defaults as when traced: read
+    in place in C where a Python function is behind f (``_point.same_capture``: a function,
+    a bound method's), else from ``_captured``."""
+    same = _same_capture(f, hit)
+    if same is not None:
+        return same
     code, cells, defaults, kwdefaults = _captured(f)
     return (code is hit[1] and defaults is hit[3] and kwdefaults is hit[4]
             and len(cells) == len(hit[2]) and all(a is b for a, b in zip(cells, hit[2])))

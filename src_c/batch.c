@@ -375,6 +375,20 @@ static int32_t jx_dirs_for(const jx_tape *t, const jx_batch *job);
    runs of four inputs at a time, transposed in registers (as the copy of the entries out,
    jx_copy_entries_avx2): one store per four lanes. */
 #if JX_X86_DISPATCH
+/* Four runs of four doubles r0..r3 transposed in registers and stored as four runs at out,
+   out + stride, ... (run k holds element k of each r): one store per four doubles; the
+   entries' copy out (jx_copy_entries_avx2) and the inputs' load in both go this way. */
+JX_TARGET_AVX2 static inline void jx_transpose4_store(__m256d r0, __m256d r1, __m256d r2,
+                                                      __m256d r3, double *out, size_t stride)
+{
+    const __m256d t0 = _mm256_unpacklo_pd(r0, r1), t1 = _mm256_unpackhi_pd(r0, r1);
+    const __m256d t2 = _mm256_unpacklo_pd(r2, r3), t3 = _mm256_unpackhi_pd(r2, r3);
+    _mm256_storeu_pd(out, _mm256_permute2f128_pd(t0, t2, 0x20));
+    _mm256_storeu_pd(out + stride, _mm256_permute2f128_pd(t1, t3, 0x20));
+    _mm256_storeu_pd(out + 2 * stride, _mm256_permute2f128_pd(t0, t2, 0x31));
+    _mm256_storeu_pd(out + 3 * stride, _mm256_permute2f128_pd(t1, t3, 0x31));
+}
+
 JX_TARGET_AVX2 static int32_t jx_block_load_avx2(jx_block_work *w, const double *x,
                                                  int32_t stride, int32_t width, int32_t slot0,
                                                  int32_t n)
@@ -384,17 +398,11 @@ JX_TARGET_AVX2 static int32_t jx_block_load_avx2(jx_block_work *w, const double 
     for (; l0 + 4 <= n; l0 += 4) {
         const double *row = x + (size_t)l0 * (size_t)stride;
         for (j = 0; j + 4 <= width; j += 4) {
-            const __m256d r0 = _mm256_loadu_pd(row + j);
-            const __m256d r1 = _mm256_loadu_pd(row + (size_t)stride + j);
-            const __m256d r2 = _mm256_loadu_pd(row + 2 * (size_t)stride + j);
-            const __m256d r3 = _mm256_loadu_pd(row + 3 * (size_t)stride + j);
-            const __m256d t0 = _mm256_unpacklo_pd(r0, r1), t1 = _mm256_unpackhi_pd(r0, r1);
-            const __m256d t2 = _mm256_unpacklo_pd(r2, r3), t3 = _mm256_unpackhi_pd(r2, r3);
-            double *v = w->value + (size_t)(slot0 + j) * B + l0;
-            _mm256_storeu_pd(v, _mm256_permute2f128_pd(t0, t2, 0x20));
-            _mm256_storeu_pd(v + B, _mm256_permute2f128_pd(t1, t3, 0x20));
-            _mm256_storeu_pd(v + 2 * (size_t)B, _mm256_permute2f128_pd(t0, t2, 0x31));
-            _mm256_storeu_pd(v + 3 * (size_t)B, _mm256_permute2f128_pd(t1, t3, 0x31));
+            jx_transpose4_store(_mm256_loadu_pd(row + j),
+                                _mm256_loadu_pd(row + (size_t)stride + j),
+                                _mm256_loadu_pd(row + 2 * (size_t)stride + j),
+                                _mm256_loadu_pd(row + 3 * (size_t)stride + j),
+                                w->value + (size_t)(slot0 + j) * B + l0, (size_t)B);
         }
         for (; j < width; j++) {
             double *v = w->value + (size_t)(slot0 + j) * B + l0;
@@ -436,16 +444,23 @@ static void jx_block_load(const jx_tape *t, jx_block_work *w, const jx_batch *jo
                            job->part_step[k], job->part_width[k], slot0, n);
 }
 
+/* Row p of n_parts arrays side by side into row: part k's width[k] doubles at p * step[k] */
+static void jx_gather_row(int32_t n_parts, const double *const *part, const int32_t *width,
+                          const int32_t *step, ptrdiff_t p, double *JX_RESTRICT row)
+{
+    int32_t k, j;
+    for (k = 0; k < n_parts; k++) {
+        const double *JX_RESTRICT src = part[k] + p * (ptrdiff_t)step[k];
+        for (j = 0; j < width[k]; j++) *row++ = src[j];
+    }
+}
+
 /* Point p's inputs: x's row, or its parts' rows gathered into row (n_in doubles) */
 static const double *jx_point_row(const jx_tape *t, const jx_batch *job, ptrdiff_t p,
                                   double *row)
 {
-    int32_t k, j, o = 0;
     if (job->x) return job->x + (size_t)p * (size_t)t->n_in;
-    for (k = 0; k < job->n_parts; k++) {
-        const double *src = job->part[k] + (size_t)p * (size_t)job->part_step[k];
-        for (j = 0; j < job->part_width[k]; j++) row[o++] = src[j];
-    }
+    jx_gather_row(job->n_parts, job->part, job->part_width, job->part_step, p, row);
     return row;
 }
 
@@ -573,15 +588,10 @@ JX_TARGET_AVX2 static int jx_copy_entries_avx2(double *JX_RESTRICT jac, int32_t 
             const __m256d r1 = _mm256_loadu_pd(V + (size_t)slot[e + 1] * B + l0);
             const __m256d r2 = _mm256_loadu_pd(V + (size_t)slot[e + 2] * B + l0);
             const __m256d r3 = _mm256_loadu_pd(V + (size_t)slot[e + 3] * B + l0);
-            const __m256d t0 = _mm256_unpacklo_pd(r0, r1), t1 = _mm256_unpackhi_pd(r0, r1);
-            const __m256d t2 = _mm256_unpacklo_pd(r2, r3), t3 = _mm256_unpackhi_pd(r2, r3);
             const __m256d z01 = _mm256_add_pd(_mm256_sub_pd(r0, r0), _mm256_sub_pd(r1, r1));
             const __m256d z23 = _mm256_add_pd(_mm256_sub_pd(r2, r2), _mm256_sub_pd(r3, r3));
             acc = _mm256_add_pd(acc, _mm256_add_pd(z01, z23));
-            _mm256_storeu_pd(row + e, _mm256_permute2f128_pd(t0, t2, 0x20));
-            _mm256_storeu_pd(row + (size_t)n_jac + e, _mm256_permute2f128_pd(t1, t3, 0x20));
-            _mm256_storeu_pd(row + 2 * (size_t)n_jac + e, _mm256_permute2f128_pd(t0, t2, 0x31));
-            _mm256_storeu_pd(row + 3 * (size_t)n_jac + e, _mm256_permute2f128_pd(t1, t3, 0x31));
+            jx_transpose4_store(r0, r1, r2, r3, row + e, (size_t)n_jac);
         }
         for (; e < n_jac; e++)
             for (k = 0; k < 4; k++) {
@@ -757,13 +767,11 @@ static int32_t jx_block_size(const jx_tape *t, const jx_batch *job)
 void jx_join_rows(ptrdiff_t n, int32_t n_parts, const double *const *part,
                   const int32_t *width, double *out)
 {
-    ptrdiff_t p;
-    int32_t k, j;
-    for (p = 0; p < n; p++)
-        for (k = 0; k < n_parts; k++) {
-            const double *JX_RESTRICT src = part[k] + p * (ptrdiff_t)width[k];
-            for (j = 0; j < width[k]; j++) *out++ = src[j];
-        }
+    ptrdiff_t p, total = 0;
+    int32_t k;
+    for (k = 0; k < n_parts; k++) total += width[k];
+    for (p = 0; p < n; p++)   /* each part's rows contiguous: its step is its width */
+        jx_gather_row(n_parts, part, width, width, p, out + p * total);
 }
 
 /* ---- threads ---- */

@@ -29,14 +29,13 @@
    that nothing wrote (the stream then gives up) */
 static int jx_bc_operands(const jx_tape *t, int32_t k, const int32_t *writer, int32_t *src)
 {
-    const int32_t word = t->op[k], op = word & JX_OP_MASK, arity = jx_op_arity[op];
     const int32_t slot[3] = {t->a[k], t->b[k], t->s[k]};
-    const int used[3] = {arity >= 1 && !(word & JX_A_IMM), arity >= 2 && !(word & JX_B_IMM),
-                         arity == 3};
+    const int reads = jx_reads(t->op[k]);   /* JX_READS_A, _B, _S: bits 0, 1, 2 */
     int j;
     for (j = 0; j < 3; j++) {
-        src[j] = used[j] ? writer[slot[j]] : -1;
-        if (used[j] && src[j] < 0) return -1;
+        const int used = (reads >> j) & 1;
+        src[j] = used ? writer[slot[j]] : -1;
+        if (used && src[j] < 0) return -1;
     }
     return 0;
 }
