@@ -50,6 +50,47 @@ static void jx_bc_factors(const jx_tape *t, int32_t k, const int32_t *src, int32
     f[1] = *imm ? -1 : src[1];
 }
 
+/* The stream entry of instruction k (role[k] not -2): its code and immediate into c, its
+   operands' values into ops (-1: none; a fused sum: its products' factors, MA's in a, b
+   and the sum's other operand in c, DOT's in a, b and c, e) */
+static void jx_bc_entry(const jx_tape *t, int32_t n_fixed, const int32_t *src,
+                        const int32_t *role, int32_t k, jx_bcode *c, int32_t *ops)
+{
+    const int32_t *sk = src + 3 * (size_t)k, word = t->op[k];
+    int32_t p;
+    c->imm = t->imm[k];
+    ops[3] = -1;
+    if (role[k] > 0) {   /* a fused sum: its products' factors are its operands */
+        int32_t f[2][2] = {{sk[0], -1}, {sk[1], -1}};
+        int imm[2] = {0, 0};
+        for (p = 0; p < 2; p++)
+            if (role[k] >> p & 1) {
+                const int32_t m = sk[p] - n_fixed;
+                jx_bc_factors(t, m, src + 3 * (size_t)m, f[p], &imm[p]);
+                if (imm[p]) c->imm = t->imm[m];
+            }
+        if (role[k] == 3) {   /* DOT */
+            c->code = JX_BC_DOT + (word == JX_OP_SUB) * 3 + (imm[0] ? 1 : imm[1] ? 2 : 0);
+            ops[0] = f[0][0];
+            ops[1] = f[0][1];
+            ops[2] = f[1][0];
+            ops[3] = f[1][1];
+        } else {   /* MA */
+            const int32_t q = role[k] == 2;   /* the product is the sum's b */
+            c->code = JX_BC_MA + ((word == JX_OP_SUB) * 2 + q) * 2 + imm[q];
+            ops[0] = f[q][0];
+            ops[1] = f[q][1];
+            ops[2] = sk[1 - q];
+        }
+    } else {
+        c->code = JX_CODE_OF(word & JX_OP_MASK, (word & JX_B_IMM) ? 1
+                             : (word & JX_A_IMM) ? 2 : 0);
+        ops[0] = sk[0];
+        ops[1] = sk[1];
+        ops[2] = sk[2];   /* SELECT's condition */
+    }
+}
+
 size_t jx_tape_block_code_bytes(const jx_tape *t)
 {
     if (t->n_blocks > 0 || t->n_instr <= 0 || t->n_instr > JX_CODE_MAX_ENTRIES) return 0;
@@ -63,8 +104,9 @@ int32_t jx_tape_block_code(jx_tape *t, void *mem)
     const int32_t n_val = n_fixed + n;
     jx_bcode *code = (jx_bcode *)mem;
     int32_t *out = (int32_t *)(code + n + 1);
-    /* per instruction: src (3), its role (-1 kept, -2 absorbed, else the partner's
-       index); per value: reads, last reader, slot; per slot: writer; a free stack */
+    /* per instruction: src (3), its role (-1 an entry of its own, -2 fused into a sum,
+       else the sum's fused operands: bit 0 a, bit 1 b); per value: reads, last reader,
+       slot; per slot: writer; a free stack */
     int32_t *buf, *src, *role, *reads, *last, *slot, *writer, *free_stack;
     int32_t k, j, e, n_code = 0, n_free = 0, next_slot = n_fixed, st = 0;
     if (!jx_tape_block_code_bytes(t)) return 0;
@@ -119,62 +161,24 @@ int32_t jx_tape_block_code(jx_tape *t, void *mem)
         }
         if (taken) role[k] = taken;
     }
-    /* the entries' operand values, and each value's last reader (an output: the end) */
+    /* each value's last reader, an entry (an output: the end) */
     for (k = 0, e = 0; k < n; k++) {
-        const int32_t *sk = src + 3 * (size_t)k;
-        int32_t p, f[2];
-        int imm;
+        jx_bcode scratch;
+        int32_t ops[4], p;
         if (role[k] == -2) continue;
-        for (p = 0; p < 3; p++) {
-            if (sk[p] < 0) continue;
-            if (role[k] > 0 && (role[k] >> p & 1)) {
-                jx_bc_factors(t, sk[p] - n_fixed, src + 3 * (size_t)(sk[p] - n_fixed), f, &imm);
-                last[f[0]] = e;
-                if (f[1] >= 0) last[f[1]] = e;
-            } else {
-                last[sk[p]] = e;
-            }
-        }
+        jx_bc_entry(t, n_fixed, src, role, k, &scratch, ops);
+        for (p = 0; p < 4; p++)
+            if (ops[p] >= 0) last[ops[p]] = e;
         e++;
     }
     for (j = 0; j < t->n_out; j++) last[out[j]] = INT32_MAX;
     /* the entries, their slots given by liveness */
     for (k = 0; k < n; k++) {
-        const int32_t *sk = src + 3 * (size_t)k, word = t->op[k], v = n_fixed + k;
+        const int32_t v = n_fixed + k;
         jx_bcode *c = code + n_code;
-        int32_t ops[4] = {-1, -1, -1, -1}, p;
+        int32_t ops[4], p;
         if (role[k] == -2) continue;
-        c->imm = t->imm[k];
-        if (role[k] > 0) {   /* a fused sum: its products' factors are its operands */
-            int32_t f[2][2] = {{sk[0], -1}, {sk[1], -1}};
-            int imm[2] = {0, 0};
-            for (p = 0; p < 2; p++)
-                if (role[k] >> p & 1) {
-                    const int32_t m = sk[p] - n_fixed;
-                    jx_bc_factors(t, m, src + 3 * (size_t)m, f[p], &imm[p]);
-                    if (imm[p]) c->imm = t->imm[m];
-                }
-            ops[0] = f[0][0];
-            ops[1] = f[0][1];
-            ops[2] = f[1][0];
-            ops[3] = f[1][1];
-            if (role[k] == 3) {   /* DOT: the factors in a, b and c, e */
-                c->code = JX_BC_DOT + (word == JX_OP_SUB) * 3 + (imm[0] ? 1 : imm[1] ? 2 : 0);
-            } else {   /* MA: the product's factors in a, b; the sum's other operand in c */
-                const int32_t q = role[k] == 2;   /* the product is the sum's b */
-                c->code = JX_BC_MA + ((word == JX_OP_SUB) * 2 + q) * 2 + imm[q];
-                ops[0] = f[q][0];
-                ops[1] = f[q][1];
-                ops[2] = sk[1 - q];
-                ops[3] = -1;
-            }
-        } else {
-            c->code = JX_CODE_OF(word & JX_OP_MASK, (word & JX_B_IMM) ? 1
-                                 : (word & JX_A_IMM) ? 2 : 0);
-            ops[0] = sk[0];
-            ops[1] = sk[1];
-            ops[2] = sk[2];   /* SELECT's condition */
-        }
+        jx_bc_entry(t, n_fixed, src, role, k, c, ops);
         /* the result's slot first, so that it is none of the operands' */
         slot[v] = n_free > 0 ? free_stack[--n_free] : next_slot++;
         c->dst = slot[v];
