@@ -30,7 +30,7 @@ from jacext import second as _second
 from jacext import sparse as _sparse
 from jacext._tape cimport (JX_MAX_LANES, JX_MODE_FORWARD, JX_MODE_REVERSE, JX_TASK_JACOBIAN,
                            JX_TASK_VALUE, Tape, empty_of, has_shape, is_point, jx_work, view_as,
-                           jx_point_value_loaded, raise_status)
+                           jx_point_value_parts, JX_IO_MAX_PARTS, raise_status)
 from jacext._point cimport (_check_out, _eval_tape, _fill_rows, _finite, _lanes,
                             _point_jacobian, _tape_jacobian)
 
@@ -685,27 +685,38 @@ cdef cnp.ndarray _gather(tuple args, tuple shapes, tuple offsets):
 
 
 cdef object _value_of_parts(Function F, tuple args):
-    """F's value at one point of several arguments (_is_parts), each copied straight into
-    the tape's work memory, where the sweep reads its inputs: no joined row, whose fresh
-    pages cost more than the copy for large arguments (1.6 MB: 100 us of faults).  None
-    for anything else."""
+    """F's value at one point of several arguments (_is_parts), read where they lie: the
+    sweep's pointer runs read them there and the rest is copied into the work
+    (jx_point_value_parts), with no joined row, whose fresh pages cost more than the copy
+    for large arguments (1.6 MB: 100 us of faults).  None for anything else."""
     cdef Tape tape = F.tape
     cdef cnp.ndarray y
     cdef jx_work *w
     cdef double *py
     cdef int st
-    if not _is_parts(args, F.arg_shapes):
+    cdef Py_ssize_t k, n = len(args)
+    cdef const double *part[JX_IO_MAX_PARTS]
+    cdef int32_t width[JX_IO_MAX_PARTS]
+    cdef double scalar[JX_IO_MAX_PARTS]
+    if n > JX_IO_MAX_PARTS or not _is_parts(args, F.arg_shapes):
         return None
+    for k in range(n):
+        if isinstance(args[k], float):
+            scalar[k] = <double>args[k]
+            part[k] = &scalar[k]
+            width[k] = 1
+        else:
+            part[k] = <const double *>cnp.PyArray_DATA(<cnp.ndarray>args[k])
+            width[k] = <int32_t>cnp.PyArray_SIZE(<cnp.ndarray>args[k])
     y = empty_of(F.out_shapes[0] if not F.out_is_tuple else (tape.t.n_out,))
     py = <double *>cnp.PyArray_DATA(y)
     w = tape.take_work(1)
     try:
-        _copy_parts(args, F._arg_offsets, w.value)
         if tape._nogil(1):
             with nogil:
-                st = jx_point_value_loaded(&tape.t, w, py)
+                st = jx_point_value_parts(&tape.t, w, <int32_t>n, part, width, py)
         else:
-            st = jx_point_value_loaded(&tape.t, w, py)
+            st = jx_point_value_parts(&tape.t, w, <int32_t>n, part, width, py)
     finally:
         tape.give_work(w)
     raise_status(st)

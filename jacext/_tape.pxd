@@ -40,6 +40,8 @@ cdef extern from "vm.h" nogil:
         int32_t n_runs
         const jx_code *code
         int32_t n_code
+        const int32_t *io_copy
+        int32_t n_in_copy, n_out_copy
         int32_t n_bcode
         int32_t n_blocks
         const int64_t *blocks
@@ -58,6 +60,7 @@ cdef extern from "vm.h" nogil:
                                    double *d1)
     int32_t jx_tape_sincos_pairs(const jx_tape *t, int32_t *pair)
     int32_t jx_tape_runs(const jx_tape *t, int32_t *runs)
+    int jx_tape_io(const jx_tape *t, int32_t *copy, int32_t *n)
     size_t jx_tape_block_code_bytes(const jx_tape *t)
     int32_t jx_tape_block_code(jx_tape *t, void *mem)
 
@@ -74,6 +77,9 @@ cdef extern from "vm.h" nogil:
                       const int32_t *width, double *out)
     int jx_point_value(const jx_tape *t, jx_work *w, const double *x, double *y)
     int jx_point_value_loaded(const jx_tape *t, jx_work *w, double *y)
+    enum: JX_IO_MAX_PARTS
+    int jx_point_value_parts(const jx_tape *t, jx_work *w, int32_t n_parts,
+                             const double *const *part, const int32_t *width, double *y)
     int jx_point_outputs(const jx_tape *t, jx_work *w, const double *x, double *y0,
                          int32_t n0, double *y1)
     int jx_point_jacobian(const jx_tape *t, jx_work *w, const double *x, double *y,
@@ -96,6 +102,7 @@ cdef class Tape:
     cdef cnp.ndarray _pairs
     cdef cnp.ndarray _runs
     cdef cnp.ndarray _code   # the value sweep's decoded stream (vm.h jx_code), or None
+    cdef cnp.ndarray _io     # what the value sweep copies in and out (vm.h io_copy)
     cdef cnp.ndarray _bcode  # the batched value sweep's stream (block_code.c)
     cdef bint _runs_used
     cdef jx_work _work      # the Tape's own work memory: whoever takes _busy uses it

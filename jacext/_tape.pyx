@@ -300,6 +300,7 @@ cdef class Tape:
     cdef _derive(self):
         """The tables the sweeps use, derived from the checked arrays (not pickled)."""
         cdef Py_ssize_t n = self.t.n_instr
+        cdef int32_t counts[2]
         finite = np.zeros(max(self.t.n_blocks, 1), dtype=np.uint8)
         jx_tape_block_finite(&self.t, <unsigned char *>cnp.PyArray_DATA(finite))
         self._block_finite = finite
@@ -342,6 +343,11 @@ cdef class Tape:
             self._code = np.empty((m + 1) * sizeof(jx_code), dtype=np.uint8)
             self.t.n_code = jx_tape_code(&self.t, <jx_code *>cnp.PyArray_DATA(self._code))
             self.t.code = <const jx_code *>cnp.PyArray_DATA(self._code)
+        # the inputs and outputs that single points pass through the work (the rest in place)
+        self._io = np.empty(self.t.n_in + self.t.n_out + 2, dtype=np.int32)
+        raise_status(jx_tape_io(&self.t, <int32_t *>cnp.PyArray_DATA(self._io), counts))
+        self.t.n_in_copy, self.t.n_out_copy = counts[0], counts[1]
+        self.t.io_copy = <const int32_t *>cnp.PyArray_DATA(self._io)
 
     def __dealloc__(self):
         if self._has_work:

@@ -674,6 +674,44 @@ done:
     free(ring);
 }
 
+/* Field JX_RUN_OUT of each run (vm.h), from each slot's last instruction (reading or
+   writing it) and output position.  No memory for it: none (-1 everywhere). */
+static void jx_runs_out(const jx_tape *t, int32_t *runs, int32_t n_runs)
+{
+    int32_t *last = (int32_t *)malloc((size_t)t->n_slots * sizeof(int32_t));
+    int32_t *pos = (int32_t *)malloc((size_t)t->n_slots * sizeof(int32_t));
+    int32_t i, r, k, kb = 0;
+    if (!last || !pos) goto done;
+    for (k = 0; k < t->n_slots; k++) last[k] = pos[k] = -1;
+    for (i = 0; i < t->n_instr; i++) {
+        int64_t base[3], count[3], s;
+        const int n = jx_read_ranges(t, i, kb, base, count);
+        int m;
+        for (m = 0; m < n; m++)
+            for (s = base[m]; s < base[m] + count[m]; s++) last[s] = i;
+        if (t->op[i] == JX_BLOCK) {
+            for (s = t->dst[i]; s < t->dst[i] + jx_block_rows(t, kb); s++) last[s] = i;
+            kb++;
+        } else {
+            last[t->dst[i]] = i;
+        }
+    }
+    for (k = 0; k < t->n_out; k++)   /* -2: at several positions */
+        pos[t->out_slot[k]] = pos[t->out_slot[k]] == -1 ? k : -2;
+    for (r = 0, i = 0; r < n_runs; i += runs[(size_t)JX_RUN_FIELDS * r++]) {
+        int32_t *run = runs + (size_t)JX_RUN_FIELDS * r;
+        const int32_t d = t->dst[i], o = pos[d];
+        if (t->op[i] == JX_BLOCK || !JX_RUN_ON_POINTERS(run) || run[JX_RUN_RING] >= 0 || o < 0)
+            continue;
+        for (k = 0; k < run[0] && pos[d + k] == o + k && last[d + k] == i + k; k++) {
+        }
+        if (k == run[0]) run[JX_RUN_OUT] = o;
+    }
+done:
+    free(last);
+    free(pos);
+}
+
 /* The end of the run starting at instruction i (one op word, one immediate, evenly
    stepping dst and read slots) and its steps of dst, a, b, s (0 for a slot not read). */
 static int32_t jx_run_end(const jx_tape *t, int32_t i, int32_t step[4])
@@ -733,12 +771,59 @@ int32_t jx_tape_runs(const jx_tape *t, int32_t *runs)
         runs[JX_RUN_FIELDS * n + 5] = flags;
         runs[JX_RUN_FIELDS * n + JX_RUN_LAG] = 0;
         for (k = 0; k < 4; k++) runs[JX_RUN_FIELDS * n + JX_RUN_RING + k] = -1;
+        runs[JX_RUN_FIELDS * n + JX_RUN_OUT] = -1;
         n++;
         i = j;
     }
     jx_tile_chains(t, runs, n);
     jx_chain_rings(t, runs, n);
+    jx_runs_out(t, runs, n);
     return n;
+}
+
+/* Marks the slots below `below` that instruction i (block kb if a block) reads. */
+static void jx_mark_reads(const jx_tape *t, int32_t i, int32_t kb, unsigned char *mark,
+                          int64_t below)
+{
+    int64_t base[3], count[3], s;
+    const int n = jx_read_ranges(t, i, kb, base, count);
+    int m;
+    for (m = 0; m < n; m++)
+        for (s = base[m]; s < base[m] + count[m] && s < below; s++) mark[s] = 1;
+}
+
+int jx_tape_io(const jx_tape *t, int32_t *copy, int32_t n[2])
+{
+    unsigned char *read = (unsigned char *)calloc((size_t)t->n_in + 1, 1);
+    unsigned char *written = (unsigned char *)calloc((size_t)t->n_out + 1, 1);
+    int32_t i = 0, r = 0, kb = 0, j, k;
+    if (!read || !written) {
+        free(read);
+        free(written);
+        return JX_ENOMEM;
+    }
+    while (i < t->n_instr) {   /* the runs as the value sweep takes them (jx_forward) */
+        const int32_t *run = t->runs ? t->runs + (size_t)JX_RUN_FIELDS * r++ : NULL;
+        const int32_t L = run ? run[0] : 1;
+        if (run && t->op[i] != JX_BLOCK && JX_RUN_ON_POINTERS(run)) {
+            if (run[JX_RUN_OUT] >= 0) memset(written + run[JX_RUN_OUT], 1, (size_t)L);
+        } else {
+            for (j = i; j < i + L; j++) {
+                jx_mark_reads(t, j, kb, read, t->n_in);
+                if (t->op[j] == JX_BLOCK) kb++;
+            }
+        }
+        i += L;
+    }
+    for (k = 0; k < t->n_out; k++)   /* an input that is an output: gathered from the work */
+        if (t->out_slot[k] < t->n_in) read[t->out_slot[k]] = 1;
+    for (k = 0, n[0] = 0; k < t->n_in; k++)
+        if (read[k]) copy[n[0]++] = k;
+    for (k = 0, n[1] = 0; k < t->n_out; k++)
+        if (!written[k]) copy[n[0] + n[1]++] = k;
+    free(read);
+    free(written);
+    return JX_OK;
 }
 
 /* Elements off .. off+len-1 of a run, in order (run_values.h): a plain copy and, where
@@ -783,13 +868,24 @@ static jx_run_ptr_fn jx_run_ptrs(void)
     return jx_run_ptr_base;
 }
 
-/* Elements lo .. lo+len-1 of a long run of a chain that writes or reads a ring
-   (JX_RUN_RING in vm.h): each operand in its ring (element k at k mod JX_RING of the ring
-   whose writer's first slot is ring_dst[ring]) or in the slots, the run cut where a ring
-   wraps.  The same loop on the same doubles as the run in the slots. */
-static void jx_run_rings(const jx_tape *t, double *value, int32_t i, const int32_t *run,
-                         ptrdiff_t lo, ptrdiff_t len, double *scratch, const int64_t *ring_dst,
-                         jx_run_ptr_fn run_ptr)
+/* A single point's inputs and outputs where the caller holds them (jx_point_value_parts):
+   part k holds input slots lo[k] .. lo[k+1]-1; y the outputs (NULL: the runs keep them in
+   their slots). */
+typedef struct {
+    int32_t n_parts;
+    int64_t lo[JX_IO_MAX_PARTS + 1];
+    const double *part[JX_IO_MAX_PARTS];
+    double *y;
+} jx_io;
+
+/* Elements lo .. lo+len-1 of a pointer run (JX_RUN_ON_POINTERS): each operand in its ring
+   (JX_RUN_RING in vm.h; element k at k mod JX_RING of the ring whose writer's first slot
+   is ring_dst[ring]; ring_dst NULL: no rings), in the caller's inputs or outputs (io, or
+   NULL), or in the slots, the run cut where a ring wraps or an input part ends.  The same
+   loop on the same doubles as the run in the slots. */
+static void jx_run_at(const jx_tape *t, double *value, int32_t i, const int32_t *run,
+                      ptrdiff_t lo, ptrdiff_t len, double *scratch, const int64_t *ring_dst,
+                      const jx_io *io, jx_run_ptr_fn run_ptr)
 {
     const int32_t word = t->op[i];
     const int reads = jx_reads(word);
@@ -798,21 +894,33 @@ static void jx_run_rings(const jx_tape *t, double *value, int32_t i, const int32
     const ptrdiff_t end = lo + len;
     int m;
     while (k < end) {
-        double *p[4];
+        double *pz = value;
+        const double *p[4];   /* p[0]: pz */
         ptrdiff_t seg = end - k;
         for (m = 0; m < 4; m++) {
-            const int32_t ring = run[JX_RUN_RING + m] < 0 ? -1 : JX_RING_OF(run[JX_RUN_RING + m]);
+            const int32_t ring = !ring_dst || run[JX_RUN_RING + m] < 0
+                                     ? -1 : JX_RING_OF(run[JX_RUN_RING + m]);
+            double *slots = ring < 0 ? value + base[m] + k : NULL;
             if (m > 0 && !(reads & (1 << (m - 1)))) {
-                p[m] = value + base[m];          /* not read */
-            } else if (ring < 0) {
-                p[m] = value + base[m] + k;
-            } else {
+                slots = value + base[m];          /* not read */
+            } else if (ring >= 0) {
                 const int64_t at = (base[m] - ring_dst[ring] + k) & (JX_RING - 1);
                 if (JX_RING - at < seg) seg = (ptrdiff_t)(JX_RING - at);
-                p[m] = scratch + (size_t)ring * JX_RING + at;
+                slots = scratch + (size_t)ring * JX_RING + at;
+            } else if (io && m == 0 && io->y && run[JX_RUN_OUT] >= 0) {
+                slots = io->y + run[JX_RUN_OUT] + k;
+            } else if (io && m > 0 && base[m] + k < t->n_in) {
+                const int64_t at = base[m] + k;
+                int q = 0;
+                while (at >= io->lo[q + 1]) q++;
+                if (io->lo[q + 1] - at < seg) seg = (ptrdiff_t)(io->lo[q + 1] - at);
+                p[m] = io->part[q] + (at - io->lo[q]);
+                continue;
             }
+            if (m == 0) pz = slots;
+            p[m] = slots;
         }
-        run_ptr(word, t->imm[i], p[0], p[1], p[2], p[3], seg);
+        run_ptr(word, t->imm[i], pz, p[1], p[2], p[3], seg);
         k += seg;
     }
 }
@@ -865,18 +973,21 @@ static void jx_short_rings(const jx_tape *t, double *value, int32_t i0, const in
 /* A tile chain, runs r .. e from instruction i (see jx_tile_chains): JX_TILE times at a
    time, each run on the elements whose time falls there; the instruction after it. */
 static int32_t jx_forward_chain(const jx_tape *t, double *value, int32_t i, int32_t r,
-                                int32_t e, jx_run_fn run_values, double *scratch)
+                                int32_t e, jx_run_fn run_values, double *scratch,
+                                const jx_io *io)
 {
     ptrdiff_t span = 0, t0;
     int32_t q, iq = i;
     int64_t ring_dst[JX_TILE_MAX_CHAIN];   /* each ring's writer's first slot */
-    jx_run_ptr_fn run_ptr = NULL;
+    int rings = 0;
+    jx_run_ptr_fn run_ptr = io ? jx_run_ptrs() : NULL;
     for (q = r; q <= e; q++) {
         const int32_t *run = t->runs + (size_t)JX_RUN_FIELDS * q;
         const ptrdiff_t end = (ptrdiff_t)run[JX_RUN_LAG] + (run[0] < JX_RUN_MIN_LEN ? 1 : run[0]);
         if (end > span) span = end;
         if (scratch && run[JX_RUN_RING] >= 0) {
             ring_dst[JX_RING_OF(run[JX_RUN_RING])] = t->dst[iq];
+            rings = 1;
             run_ptr = jx_run_ptrs();
         }
         iq += run[0];
@@ -888,8 +999,8 @@ static int32_t jx_forward_chain(const jx_tape *t, double *value, int32_t i, int3
             if (L < JX_RUN_MIN_LEN) {           /* a short run: all at its time */
                 if (lag >= t0 && lag < t0 + JX_TILE) {
                     int32_t k;
-                    if (run_ptr && (run[JX_RUN_RING + 1] >= 0 || run[JX_RUN_RING + 2] >= 0
-                                    || run[JX_RUN_RING + 3] >= 0))
+                    if (rings && (run[JX_RUN_RING + 1] >= 0 || run[JX_RUN_RING + 2] >= 0
+                                  || run[JX_RUN_RING + 3] >= 0))
                         jx_short_rings(t, value, iq, run, scratch, ring_dst);
                     else
                         for (k = iq; k < iq + L; k++) jx_forward_one(t, value, k);
@@ -899,9 +1010,11 @@ static int32_t jx_forward_chain(const jx_tape *t, double *value, int32_t i, int3
                 const ptrdiff_t hi = t0 + JX_TILE - lag < L ? t0 + JX_TILE - lag : L;
                 const int32_t *ring = run + JX_RUN_RING;
                 if (lo >= hi) {
-                } else if (run_ptr && (ring[0] >= 0 || ring[1] >= 0 || ring[2] >= 0
-                                       || ring[3] >= 0)) {
-                    jx_run_rings(t, value, iq, run, lo, hi - lo, scratch, ring_dst, run_ptr);
+                } else if ((rings && (ring[0] >= 0 || ring[1] >= 0 || ring[2] >= 0
+                                      || ring[3] >= 0))
+                           || (io && (run[5] & JX_RUN_CONTIGUOUS))) {
+                    jx_run_at(t, value, iq, run, lo, hi - lo, scratch, rings ? ring_dst : NULL,
+                              io, run_ptr);
                 } else {
                     run_values(t, value, iq, run, lo, hi - lo);
                 }
@@ -909,7 +1022,7 @@ static int32_t jx_forward_chain(const jx_tape *t, double *value, int32_t i, int3
             iq += (int32_t)L;
         }
     }
-    if (run_ptr)   /* rings whose last values are needed past the chain: back to the slots */
+    if (rings)   /* rings whose last values are needed past the chain: back to the slots */
         for (q = r, iq = i; q <= e; q++) {
             const int32_t *run = t->runs + (size_t)JX_RUN_FIELDS * q;
             if (run[JX_RUN_RING] >= 0 && (run[JX_RUN_RING] & JX_RING_BACK)) {
@@ -946,7 +1059,8 @@ static int32_t jx_forward_chain(const jx_tape *t, double *value, int32_t i, int3
 #endif
 /* With t NULL: the handlers' table (threaded code; NULL for the switch), which
    jx_tape_code writes into the entries (direct threading: one load to the next handler). */
-static const void *const *jx_forward_code(const jx_tape *t, double *value, double *scratch)
+static const void *const *jx_forward_code(const jx_tape *t, double *value, double *scratch,
+                                          const jx_io *io)
 {
     const jx_code *p;
     jx_run_fn run_values = NULL;
@@ -984,13 +1098,17 @@ static const void *const *jx_forward_code(const jx_tape *t, double *value, doubl
 #undef JX_HANDLER
     JX_CASE(code_run, JX_CODE_RUN) {
         const int32_t *run = t->runs + (size_t)JX_RUN_FIELDS * p->s;
-        if (!run_values) run_values = jx_run_values();
-        run_values(t, value, p->a, run, 0, run[0]);
+        if (io && (run[5] & JX_RUN_CONTIGUOUS)) {
+            jx_run_at(t, value, p->a, run, 0, run[0], NULL, NULL, io, jx_run_ptrs());
+        } else {
+            if (!run_values) run_values = jx_run_values();
+            run_values(t, value, p->a, run, 0, run[0]);
+        }
     }
     JX_NEXT;
     JX_CASE(code_chain, JX_CODE_CHAIN) {
         if (!run_values) run_values = jx_run_values();
-        jx_forward_chain(t, value, p->a, p->s, p->b, run_values, scratch);
+        jx_forward_chain(t, value, p->a, p->s, p->b, run_values, scratch, io);
     }
     JX_NEXT;
     JX_CASE(code_block, JX_CODE_BLOCK) jx_block_op_value(t, p->s, value, 1);
@@ -1063,7 +1181,7 @@ int32_t jx_tape_code(const jx_tape *t, jx_code *code)
     memset(code + n, 0, sizeof *code);   /* the sentinel the sweep stops at */
     code[n].op.code = JX_CODE_END;
     {
-        const void *const *table = jx_forward_code(NULL, NULL, NULL);
+        const void *const *table = jx_forward_code(NULL, NULL, NULL, NULL);
         if (table)
             for (k = 0; k <= n; k++) {
                 const int32_t c = code[k].op.code;
@@ -1073,12 +1191,13 @@ int32_t jx_tape_code(const jx_tape *t, jx_code *code)
     return n;
 }
 
-void jx_forward(const jx_tape *t, double *value, double *scratch)
+/* The value sweep; io NULL: the inputs in value[], the outputs left there. */
+static void jx_forward_io(const jx_tape *t, double *value, double *scratch, const jx_io *io)
 {
     int32_t i;
     int32_t kb = 0;
     if (t->code) {
-        jx_forward_code(t, value, scratch);
+        jx_forward_code(t, value, scratch, io);
         return;
     }
     if (t->runs) {
@@ -1094,14 +1213,17 @@ void jx_forward(const jx_tape *t, double *value, double *scratch)
             } else if (run[5] & JX_RUN_TILE_NEXT) {    /* a tile chain: runs r .. e */
                 int32_t e = r;
                 while (t->runs[(size_t)JX_RUN_FIELDS * e + 5] & JX_RUN_TILE_NEXT) e++;
-                i = jx_forward_chain(t, value, i, r, e, run_values, scratch);
+                i = jx_forward_chain(t, value, i, r, e, run_values, scratch, io);
                 r = e + 1;
             } else if (L < JX_RUN_MIN_LEN) {
                 const int32_t end = i + L;
                 for (; i < end; i++) jx_forward_one(t, value, i);
                 r++;
             } else {
-                run_values(t, value, i, run, 0, L);
+                if (io && (run[5] & JX_RUN_CONTIGUOUS))
+                    jx_run_at(t, value, i, run, 0, L, NULL, NULL, io, jx_run_ptrs());
+                else
+                    run_values(t, value, i, run, 0, L);
                 i += L;
                 r++;
             }
@@ -1114,6 +1236,11 @@ void jx_forward(const jx_tape *t, double *value, double *scratch)
         else
             jx_forward_one(t, value, i);
     }
+}
+
+void jx_forward(const jx_tape *t, double *value, double *scratch)
+{
+    jx_forward_io(t, value, scratch, NULL);
 }
 
 /* Value and local partials of instruction i (both forward sweeps inline this). */
@@ -1298,14 +1425,19 @@ static void jx_adjoint_range(const jx_tape *t, const double *d0, const double *d
 /* The tape that runs at the point x (see jx_tape.exact in vm.h): t, or its exact tape
    with that tape's constants loaded into w; NULL where t holds only within its bound and
    has no exact tape (the caller gives nan outputs). */
-const jx_tape *jx_tape_at(const jx_tape *t, jx_work *w, const double *x)
+static void jx_load_consts(const jx_tape *t, jx_work *w)
 {
-    if (t->bound > 0.0 && !jx_in_bound(t, x)) t = t->exact;
-    if (t && w->consts != t) {
+    if (w->consts != t) {
         if (t->n_const > 0)
             memcpy(w->value + t->n_in, t->const_value, (size_t)t->n_const * sizeof(double));
         w->consts = t;
     }
+}
+
+const jx_tape *jx_tape_at(const jx_tape *t, jx_work *w, const double *x)
+{
+    if (t->bound > 0.0 && !jx_in_bound(t, x)) t = t->exact;
+    if (t) jx_load_consts(t, w);
     return t;
 }
 
@@ -1330,8 +1462,60 @@ static void jx_store_outputs(const jx_tape *t, const jx_work *w, double *y)
 
 int jx_point_value(const jx_tape *t, jx_work *w, const double *x, double *y)
 {
-    jx_load_point(t, w, x);
-    return jx_point_value_loaded(t, w, y);
+    return jx_point_value_parts(t, w, 1, &x, &t->n_in, y);
+}
+
+int jx_point_value_parts(const jx_tape *t, jx_work *w, int32_t n_parts,
+                         const double *const *part, const int32_t *width, double *y)
+{
+    jx_io io;
+    int32_t k, q;
+    const int32_t n_out = t->n_out;
+    if (n_parts < 1 || n_parts > JX_IO_MAX_PARTS) return JX_EARG;
+    io.n_parts = n_parts;
+    io.lo[0] = 0;
+    for (k = 0; k < n_parts; k++) {
+        if (width[k] < 0) return JX_EARG;
+        io.part[k] = part[k];
+        io.lo[k + 1] = io.lo[k] + width[k];
+    }
+    if (io.lo[n_parts] != t->n_in) return JX_EARG;
+    for (k = 0; k < n_parts && t->bound > 0.0; k++)
+        if (!jx_in_bound_n(t->bound, part[k], (size_t)width[k])) {
+            t = t->exact;
+            break;
+        }
+    if (!t) {
+        jx_fill_nan(y, (size_t)n_out);
+        return JX_OK;
+    }
+    jx_load_consts(t, w);
+    /* the outputs in place only where they do not overlap an input */
+    io.y = y;
+    for (k = 0; k < n_parts && y; k++)
+        if (width[k] > 0 && (uintptr_t)y < (uintptr_t)(part[k] + width[k])
+            && (uintptr_t)part[k] < (uintptr_t)(y + n_out))
+            io.y = NULL;
+    if (!t->io_copy || t->n_in_copy == t->n_in) {
+        for (k = 0; k < n_parts; k++)
+            if (width[k] > 0) memcpy(w->value + io.lo[k], part[k], (size_t)width[k] * sizeof(double));
+    } else {
+        for (k = 0, q = 0; k < t->n_in_copy; k++) {   /* (in increasing order) */
+            const int32_t s = t->io_copy[k];
+            while (s >= io.lo[q + 1]) q++;
+            w->value[s] = part[q][s - io.lo[q]];
+        }
+    }
+    jx_forward_io(t, w->value, w->scratch, t->io_copy ? &io : NULL);
+    if (!y) return JX_OK;
+    if (t->io_copy && io.y)
+        for (k = 0; k < t->n_out_copy; k++) {
+            const int32_t o = t->io_copy[t->n_in_copy + k];
+            y[o] = w->value[t->out_slot[o]];
+        }
+    else
+        jx_store_outputs(t, w, y);
+    return JX_OK;
 }
 
 int jx_point_value_loaded(const jx_tape *t, jx_work *w, double *y)

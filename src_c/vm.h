@@ -122,6 +122,15 @@ typedef struct jx_tape {
     /* Derived by jx_tape_code (may be NULL): the single-point value sweep's stream. */
     const struct jx_code *code;
     int32_t n_code;
+    /* Derived by jx_tape_io (may be NULL: jx_point_value_parts then copies every input
+       into the work and gathers every output from it): the input slots that an
+       instruction outside the pointer runs reads in the work (n_in_copy of them, in
+       increasing order; copied there first), then the output positions that no pointer run
+       writes in place (n_out_copy; gathered after).  The pointer runs read the rest where
+       the caller's arrays lie. */
+    const int32_t *io_copy;
+    int32_t n_in_copy;
+    int32_t n_out_copy;
     /* Derived by jx_tape_block_code (may be NULL: the batched value sweep then runs the
        tape itself): the batched value sweep's stream, with products fused into the sums
        that alone read them, over slots of its own (n_bcode_slots; the outputs' in
@@ -174,7 +183,7 @@ static inline int jx_in_bound(const jx_tape *t, const double *x)
     return jx_in_bound_n(t->bound, x, (size_t)t->n_in);
 }
 
-#define JX_RUN_FIELDS 11
+#define JX_RUN_FIELDS 12
 #define JX_RUN_CONTIGUOUS 1
 /* Flag of a run whose tile chain goes on with the next run.  A chain is consecutive runs
    that the value sweep runs JX_TILE elements at a time, every run of the chain on its
@@ -208,6 +217,15 @@ static inline int jx_in_bound(const jx_tape *t, const double *x)
    s: ring + 1, 0 for the slots). */
 #define JX_RING_BACK (1 << 16)
 #define JX_RING_OF(field) ((field) & 0xffff)
+/* A pointer run: contiguous, at least JX_RUN_MIN_LEN instructions.  Its value loop runs on
+   pointers (in the slots, in rings, in the caller's inputs and outputs), every other
+   instruction's on the work's slots. */
+#define JX_RUN_ON_POINTERS(run) ((run)[0] >= JX_RUN_MIN_LEN && ((run)[5] & JX_RUN_CONTIGUOUS))
+/* Field JX_RUN_OUT: o where a pointer run's values are the outputs o .. o+L-1, in order,
+   each at no other output position, and no later instruction reads or writes its slots
+   nor a ring holds them; else -1.  With the outputs' memory at hand
+   (jx_point_value_parts) the run writes them there instead of its slots. */
+#define JX_RUN_OUT 11
 /* A run shorter than this goes instruction by instruction in the value sweep: its
    dispatch (restrict pointers, the op switch, the operand kinds) costs more than the
    instructions themselves (arm: 109 runs of 1 and 77 of 2; callgrind, value sweep). */
@@ -280,6 +298,9 @@ int32_t jx_tape_fixed_partials(const jx_tape *t, unsigned char *fixed, double *d
 
 /* Fills runs (JX_RUN_FIELDS * n_instr at most) as jx_tape.runs; returns the number of runs. */
 int32_t jx_tape_runs(const jx_tape *t, int32_t *runs);
+/* t's io_copy lists (vm.h jx_tape, over the runs t runs: t->runs), into copy (n_in +
+   n_out int32) and their lengths into n[0], n[1]; JX_ENOMEM. */
+int jx_tape_io(const jx_tape *t, int32_t *copy, int32_t n[2]);
 /* Fills code (n_instr + 1 entries at most) as jx_tape.code from a checked tape and its
    runs (jx_tape.runs, NULL for none); returns the number of entries before the closing
    JX_CODE_END.  code NULL: only counts them. */
@@ -393,6 +414,12 @@ int jx_point_compressed(const jx_tape *t, jx_work *w, const double *x, double *y
                         double *comp, const int32_t *cols, int32_t n_cols,
                         const int32_t *colour, int32_t n_colours, int mode);
 int jx_point_value(const jx_tape *t, jx_work *w, const double *x, double *y);
+/* The same with the point in n_parts arrays (at most JX_IO_MAX_PARTS), part k holding the
+   next width[k] inputs: the pointer runs read the inputs there and write the outputs into
+   y (jx_tape_io's lists say what goes through the work), which must not overlap them. */
+#define JX_IO_MAX_PARTS 16
+int jx_point_value_parts(const jx_tape *t, jx_work *w, int32_t n_parts,
+                         const double *const *part, const int32_t *width, double *y);
 /* The same with the point already in w->value[0 .. n_in): a caller that copies a point's
    parts there itself (several arguments) makes no joined row. */
 int jx_point_value_loaded(const jx_tape *t, jx_work *w, double *y);

@@ -133,8 +133,8 @@ class _Reduced:
 # time in Python (_interpret); the expected tables are written out by hand, and a Python
 # re-derivation of the cut (_expected_runs) is checked against them.
 
-RUN_FIELDS = 7              # the cut's fields; C's table has 4 more, the rings (below)
-RING_FIELDS = 4
+RUN_FIELDS = 7              # the cut's fields; C's table has 5 more: the rings (below),
+RING_FIELDS = 4             # then the outputs a run writes in place (test_io.py)
 RUN_CONTIGUOUS = 1
 RUN_TILE_NEXT = 2            # the next run continues this one's tile chain
 RUN_LAG = 6                  # the column of a run's lag in its tile chain
@@ -614,7 +614,8 @@ def test_runs_are_used_only_where_long_enough(code, used, rng):
     tape = _hand_tape(4, code, [8, 9, 10, 11] + ([12] if len(code) > 4 else []))
     F = _hand_function(tape)
     runs = F.tape.runs()
-    assert runs.shape == ((3, RUN_FIELDS + RING_FIELDS) if used else (0, RUN_FIELDS + RING_FIELDS))
+    width = RUN_FIELDS + RING_FIELDS + 1
+    assert runs.shape == ((3, width) if used else (0, width))
     runs = runs[:, :RUN_FIELDS]
     assert runs.dtype == np.int32
     if used:
@@ -886,10 +887,10 @@ def test_chain_rings_give_the_batched_sweeps_values(f, rng):
     n = 9000
     F = jx.compile(f, np.zeros(n))
     runs = F.tape.runs()
-    assert (runs[:, RUN_FIELDS] >= 0).any() and (runs[:, RUN_FIELDS + 1:] >= 0).any(), runs
-    np.testing.assert_array_equal(runs[:, RUN_FIELDS:], _expected_rings(F.tape_arrays(), runs))
+    assert (runs[:, RUN_FIELDS] >= 0).any() and (runs[:, RUN_FIELDS + 1:RUN_FIELDS + RING_FIELDS] >= 0).any(), runs
+    np.testing.assert_array_equal(runs[:, RUN_FIELDS:RUN_FIELDS + RING_FIELDS], _expected_rings(F.tape_arrays(), runs))
     if f.__name__ == "ends":   # a boundary element read from a ring by a short run
-        assert ((runs[:, RUN_FIELDS + 1:] >= 0).any(axis=1) & (runs[:, 0] < RUN_MIN_LEN)).any()
+        assert ((runs[:, RUN_FIELDS + 1:RUN_FIELDS + RING_FIELDS] >= 0).any(axis=1) & (runs[:, 0] < RUN_MIN_LEN)).any()
     for x in (rng.uniform(-2.0, 2.0, n), rng.standard_normal(n) * 1e3):
         got = F(x)
         assert_identical(got, F(np.stack([x, -x]))[0])      # the block sweep: no runs
@@ -914,15 +915,15 @@ def test_a_rosenbrock_hvp_tape_keeps_most_of_its_runs_in_rings(rng):
             break
     D = slot.current          # the tape's Function of (x, v)
     runs = D.tape.runs()
-    np.testing.assert_array_equal(runs[:, RUN_FIELDS:], _expected_rings(D.tape_arrays(), runs))
+    np.testing.assert_array_equal(runs[:, RUN_FIELDS:RUN_FIELDS + RING_FIELDS], _expected_rings(D.tape_arrays(), runs))
     rings = runs[:, RUN_FIELDS]
     assert (rings >= 0).sum() >= 10, runs
     # a ring copied back after the chain (the output's last element is in it), and a short
     # run of two instructions (the boundary terms) reading rings
     assert ((rings >= 0) & (rings & RING_BACK != 0)).any(), runs
     short = (runs[:, 0] > 1) & (runs[:, 0] < RUN_MIN_LEN)
-    assert (short & (runs[:, RUN_FIELDS + 1:] >= 0).any(axis=1)).any(), runs
-    assert (runs[:, RUN_FIELDS + 1:] >= 0).sum() >= (rings >= 0).sum(), runs
+    assert (short & (runs[:, RUN_FIELDS + 1:RUN_FIELDS + RING_FIELDS] >= 0).any(axis=1)).any(), runs
+    assert (runs[:, RUN_FIELDS + 1:RUN_FIELDS + RING_FIELDS] >= 0).sum() >= (rings >= 0).sum(), runs
     G = F.grad_function()
     for p, w in ((x, v), (rng.standard_normal(n) * 30.0, rng.uniform(-1.0, 1.0, n))):
         want = G.jvp(p, w)[1]
