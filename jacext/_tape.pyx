@@ -424,6 +424,12 @@ cdef class Tape:
         runs are too short to be used (``plan.runs_pay``)."""
         return (self._runs if self._runs_used else self._runs[:0]).reshape(-1, JX_RUN_FIELDS)
 
+    def io_copy(self):
+        """(the inputs that single points copy into the work, the outputs they gather from
+        it), int32: the pointer runs read and write the rest in place (vm.h io_copy)."""
+        k = self.t.n_in_copy
+        return self._io[:k].copy(), self._io[k:k + self.t.n_out_copy].copy()
+
     def disassemble(self):
         """The tape as text lines (``jacext.ops.disassemble``)."""
         from jacext import ops
