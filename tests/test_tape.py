@@ -134,7 +134,9 @@ class _Reduced:
 # re-derivation of the cut (_expected_runs) is checked against them.
 
 RUN_FIELDS = 7              # the cut's fields; C's table has 5 more: the rings (below),
-RING_FIELDS = 4             # then the outputs a run writes in place (test_io.py)
+RING_FIELDS = 4             # then the outputs a run writes in place (test_in_place.py)
+RINGS = slice(RUN_FIELDS, RUN_FIELDS + RING_FIELDS)
+READ_RINGS = slice(RUN_FIELDS + 1, RUN_FIELDS + RING_FIELDS)
 RUN_CONTIGUOUS = 1
 RUN_TILE_NEXT = 2            # the next run continues this one's tile chain
 RUN_LAG = 6                  # the column of a run's lag in its tile chain
@@ -887,10 +889,10 @@ def test_chain_rings_give_the_batched_sweeps_values(f, rng):
     n = 9000
     F = jx.compile(f, np.zeros(n))
     runs = F.tape.runs()
-    assert (runs[:, RUN_FIELDS] >= 0).any() and (runs[:, RUN_FIELDS + 1:RUN_FIELDS + RING_FIELDS] >= 0).any(), runs
-    np.testing.assert_array_equal(runs[:, RUN_FIELDS:RUN_FIELDS + RING_FIELDS], _expected_rings(F.tape_arrays(), runs))
+    assert (runs[:, RUN_FIELDS] >= 0).any() and (runs[:, READ_RINGS] >= 0).any(), runs
+    np.testing.assert_array_equal(runs[:, RINGS], _expected_rings(F.tape_arrays(), runs))
     if f.__name__ == "ends":   # a boundary element read from a ring by a short run
-        assert ((runs[:, RUN_FIELDS + 1:RUN_FIELDS + RING_FIELDS] >= 0).any(axis=1) & (runs[:, 0] < RUN_MIN_LEN)).any()
+        assert ((runs[:, READ_RINGS] >= 0).any(axis=1) & (runs[:, 0] < RUN_MIN_LEN)).any()
     for x in (rng.uniform(-2.0, 2.0, n), rng.standard_normal(n) * 1e3):
         got = F(x)
         assert_identical(got, F(np.stack([x, -x]))[0])      # the block sweep: no runs
@@ -915,15 +917,15 @@ def test_a_rosenbrock_hvp_tape_keeps_most_of_its_runs_in_rings(rng):
             break
     D = slot.current          # the tape's Function of (x, v)
     runs = D.tape.runs()
-    np.testing.assert_array_equal(runs[:, RUN_FIELDS:RUN_FIELDS + RING_FIELDS], _expected_rings(D.tape_arrays(), runs))
+    np.testing.assert_array_equal(runs[:, RINGS], _expected_rings(D.tape_arrays(), runs))
     rings = runs[:, RUN_FIELDS]
     assert (rings >= 0).sum() >= 10, runs
     # a ring copied back after the chain (the output's last element is in it), and a short
     # run of two instructions (the boundary terms) reading rings
     assert ((rings >= 0) & (rings & RING_BACK != 0)).any(), runs
     short = (runs[:, 0] > 1) & (runs[:, 0] < RUN_MIN_LEN)
-    assert (short & (runs[:, RUN_FIELDS + 1:RUN_FIELDS + RING_FIELDS] >= 0).any(axis=1)).any(), runs
-    assert (runs[:, RUN_FIELDS + 1:RUN_FIELDS + RING_FIELDS] >= 0).sum() >= (rings >= 0).sum(), runs
+    assert (short & (runs[:, READ_RINGS] >= 0).any(axis=1)).any(), runs
+    assert (runs[:, READ_RINGS] >= 0).sum() >= (rings >= 0).sum(), runs
     G = F.grad_function()
     for p, w in ((x, v), (rng.standard_normal(n) * 30.0, rng.uniform(-1.0, 1.0, n))):
         want = G.jvp(p, w)[1]
