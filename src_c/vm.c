@@ -1518,18 +1518,6 @@ int jx_point_value_parts(const jx_tape *t, jx_work *w, int32_t n_parts,
     return JX_OK;
 }
 
-int jx_point_value_loaded(const jx_tape *t, jx_work *w, double *y)
-{
-    const jx_tape *at = jx_tape_at(t, w, w->value);
-    if (!at) {
-        jx_fill_nan(y, (size_t)t->n_out);
-        return JX_OK;
-    }
-    jx_forward(at, w->value, w->scratch);
-    jx_store_outputs(at, w, y);
-    return JX_OK;
-}
-
 int jx_point_outputs(const jx_tape *t, jx_work *w, const double *x, double *y0, int32_t n0,
                      double *y1)
 {

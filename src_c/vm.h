@@ -420,9 +420,6 @@ int jx_point_value(const jx_tape *t, jx_work *w, const double *x, double *y);
 #define JX_IO_MAX_PARTS 16
 int jx_point_value_parts(const jx_tape *t, jx_work *w, int32_t n_parts,
                          const double *const *part, const int32_t *width, double *y);
-/* The same with the point already in w->value[0 .. n_in): a caller that copies a point's
-   parts there itself (several arguments) makes no joined row. */
-int jx_point_value_loaded(const jx_tape *t, jx_work *w, double *y);
 /* The outputs split in two: the first n0 into y0 (NULL: not stored), the rest into y1 (a
    Jacobian tape's values, then its Jacobian straight into the caller's array). */
 int jx_point_outputs(const jx_tape *t, jx_work *w, const double *x, double *y0, int32_t n0,
