@@ -13,7 +13,9 @@ NumPy call over 10**6 elements costs one call here.
 Node ids are topologically ordered: a node's operands always have smaller ids.
 
 The compiler passes over a finished graph (dead code, slots, the tape) are in
-``jacext/passes.pyx``, which reads the node arrays through ``_graph.pxd``.
+``jacext/passes.pyx``, which reads the node arrays through ``_graph.pxd``.  At the end,
+ops.def's table as C compiled it (``op_rows`` and the rest), which ``jacext/ops.py``
+derives its Python rules from.
 
 Memory layout (what makes a trace of 10**6 elements fast): a node is 24 bytes
 (int32 op, a, b, s and a double immediate); the hash table holds int64 entries
@@ -29,6 +31,29 @@ from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memset
 
 cnp.import_array()
+
+# ops.def's table as C compiled it, for jacext/ops.py (its rows as text) and the tests
+cdef extern from "vm.h" nogil:
+    ctypedef struct jx_op_text_row:
+        const char *value
+        const char *d0
+        const char *d1
+    ctypedef struct jx_helper_text_row:
+        const char *name
+        const char *p
+        const char *q
+        const char *expr
+    ctypedef struct jx_constant_row:
+        const char *name
+        double value
+    const int jx_op_fixed[]
+    const jx_op_text_row jx_op_text[]
+    const jx_helper_text_row jx_helper_text[]
+    const int jx_n_helpers
+    const jx_constant_row jx_op_constants[]
+    const int jx_n_op_constants
+    void jx_op_partials(int op, double a, double b, double s, double *d0, double *d1)
+
 
 cdef extern from *:
     """
@@ -667,3 +692,40 @@ cdef class Graph:
             raise IndexError("jacext: node id out of range")
         return (int(self.op[i]), int(self.a[i]), int(self.b[i]), int(self.s[i]),
                 float(self.imm[i]))
+
+
+def op_rows():
+    """ops.def's rows as C compiled them: (name, arity, commutes, fixed, value, d0, d1),
+    the expressions as the text of the row."""
+    return [(jx_op_names[i].decode(), jx_op_arity[i], jx_op_commutes[i], jx_op_fixed[i],
+             jx_op_text[i].value.decode(), jx_op_text[i].d0.decode(),
+             jx_op_text[i].d1.decode()) for i in range(JX_N_OPS)]
+
+
+def op_helpers():
+    """ops.def's derivative helpers: (name, first parameter, second parameter, text)."""
+    return [(jx_helper_text[i].name.decode(), jx_helper_text[i].p.decode(),
+             jx_helper_text[i].q.decode(), jx_helper_text[i].expr.decode())
+            for i in range(jx_n_helpers)]
+
+
+def op_constants():
+    """The named constants of ops.def's formulas, as the doubles C uses."""
+    return {jx_op_constants[i].name.decode(): jx_op_constants[i].value
+            for i in range(jx_n_op_constants)}
+
+
+def op_value(int op, double a, double b=0.0, double s=0.0):
+    """The value of op number ``op`` on scalars, computed by the C table itself."""
+    if op < 0 or op >= JX_N_OPS:
+        raise ValueError(f"jacext: no op number {op}")
+    return jx_op_value(op, a, b, s)
+
+
+def op_partials(int op, double a, double b=0.0, double s=0.0):
+    """The local partials (d0, d1) of op number ``op`` on scalars, from the C table."""
+    cdef double d0, d1
+    if op < 0 or op >= JX_N_OPS:
+        raise ValueError(f"jacext: no op number {op}")
+    jx_op_partials(op, a, b, s, &d0, &d1)
+    return d0, d1

@@ -29,30 +29,7 @@ from jacext import plan as _plan
 cnp.import_array()
 
 cdef extern from "vm.h" nogil:
-    ctypedef struct jx_op_text_row:
-        const char *value
-        const char *d0
-        const char *d1
-    ctypedef struct jx_helper_text_row:
-        const char *name
-        const char *p
-        const char *q
-        const char *expr
-    ctypedef struct jx_constant_row:
-        const char *name
-        double value
-    const char *jx_op_names[]
-    const int jx_op_arity[]
-    const int jx_op_commutes[]
-    const int jx_op_fixed[]
-    const jx_op_text_row jx_op_text[]
-    const jx_helper_text_row jx_helper_text[]
-    const int jx_n_helpers
-    const jx_constant_row jx_op_constants[]
-    const int jx_n_op_constants
     int JX_K, JX_K_BI, JX_K_AI
-    double jx_op_value(int op, double a, double b, double s)
-    void jx_op_partials(int op, double a, double b, double s, double *d0, double *d1)
 
     ctypedef struct jx_batch:
         int task, mode
@@ -125,43 +102,6 @@ cdef enum:
     MAX_PARTS = 16
 MAX_BATCH_PARTS = MAX_PARTS
 MAX_LANES = JX_MAX_LANES
-
-
-def op_rows():
-    """ops.def's rows as C compiled them: (name, arity, commutes, fixed, value, d0, d1),
-    the expressions as the text of the row."""
-    return [(jx_op_names[i].decode(), jx_op_arity[i], jx_op_commutes[i], jx_op_fixed[i],
-             jx_op_text[i].value.decode(), jx_op_text[i].d0.decode(),
-             jx_op_text[i].d1.decode()) for i in range(JX_N_OPS)]
-
-
-def op_helpers():
-    """ops.def's derivative helpers: (name, first parameter, second parameter, text)."""
-    return [(jx_helper_text[i].name.decode(), jx_helper_text[i].p.decode(),
-             jx_helper_text[i].q.decode(), jx_helper_text[i].expr.decode())
-            for i in range(jx_n_helpers)]
-
-
-def op_constants():
-    """The named constants of ops.def's formulas, as the doubles C uses."""
-    return {jx_op_constants[i].name.decode(): jx_op_constants[i].value
-            for i in range(jx_n_op_constants)}
-
-
-def op_value(int op, double a, double b=0.0, double s=0.0):
-    """The value of op number ``op`` on scalars, computed by the C table itself."""
-    if op < 0 or op >= JX_N_OPS:
-        raise ValueError(f"jacext: no op number {op}")
-    return jx_op_value(op, a, b, s)
-
-
-def op_partials(int op, double a, double b=0.0, double s=0.0):
-    """The local partials (d0, d1) of op number ``op`` on scalars, from the C table."""
-    cdef double d0, d1
-    if op < 0 or op >= JX_N_OPS:
-        raise ValueError(f"jacext: no op number {op}")
-    jx_op_partials(op, a, b, s, &d0, &d1)
-    return d0, d1
 
 
 # ---- argument checks of the entry points below ----

@@ -3,7 +3,7 @@
 ``src_c/ops.def`` is the one definition of every op: its name, arity, whether it
 commutes, its value, its local partials D0 and D1 (as C expressions), and when those
 partials are constants.  The C compiler generates the VM from it; the extension also
-hands this module every row as the text of its expressions (``_tape.op_rows``), and this
+hands this module every row as the text of its expressions (``_graph.op_rows``), and this
 module parses them:
 
 * the vocabulary: an op whose VALUE is ``a + b`` gives ``+`` its meaning, one whose
@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 from typing import NamedTuple
 
-from jacext import _tape
+from jacext import _graph, _tape
 
 OP_MASK = _tape.OP_MASK
 A_IMM = _tape.A_IMM
@@ -44,7 +44,7 @@ class Op(NamedTuple):
 
 #: every op of the table, by number
 TABLE = tuple(Op(k, name, arity, bool(commutes), fixed, value, d0, d1)
-              for k, (name, arity, commutes, fixed, value, d0, d1) in enumerate(_tape.op_rows()))
+              for k, (name, arity, commutes, fixed, value, d0, d1) in enumerate(_graph.op_rows()))
 #: {name: number}
 OPS = {op.name: op.number for op in TABLE}
 #: {number: name}
@@ -55,13 +55,13 @@ FIXED_ALWAYS = _tape.FIXED_ALWAYS
 FIXED_B_IMM = _tape.FIXED_B_IMM
 FIXED_A_IMM = _tape.FIXED_A_IMM
 #: ops.def's named constants, as C has them
-CONSTANTS = _tape.op_constants()
+CONSTANTS = _graph.op_constants()
 
 
 def value(name, a, b=0.0, s=0.0):
     """The op's value on scalars, computed by the C table itself (constant folding uses
     the same code)."""
-    return _tape.op_value(OPS[name], a, b, s)
+    return _graph.op_value(OPS[name], a, b, s)
 
 
 def uses(word):
@@ -202,7 +202,7 @@ def _vocabulary():
 
 
 WORDS = _vocabulary()
-_HELPERS = {name: (p, q, parse(expr)) for name, p, q, expr in _tape.op_helpers()}
+_HELPERS = {name: (p, q, parse(expr)) for name, p, q, expr in _graph.op_helpers()}
 
 
 def _emit(e, tree, env):

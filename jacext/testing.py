@@ -397,17 +397,17 @@ def _argnums_key(argnums):
 def op_value(op, a, b=0.0, s=0.0):
     """The value of op ``op`` (a name of ops.def, or its number) on scalars, computed by
     the C table."""
-    from jacext import _tape
+    from jacext import _graph
 
-    return _tape.op_value(_op_number(op), a, b, s)
+    return _graph.op_value(_op_number(op), a, b, s)
 
 
 def op_partials(op, a, b=0.0, s=0.0):
     """The local partials (d0, d1) of op ``op`` (name or number) on scalars, computed by
     the C table."""
-    from jacext import _tape
+    from jacext import _graph
 
-    return _tape.op_partials(_op_number(op), a, b, s)
+    return _graph.op_partials(_op_number(op), a, b, s)
 
 
 def _op_number(op):
