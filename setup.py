@@ -17,7 +17,7 @@ from setuptools.command.build_ext import build_ext as _build_ext
 
 # what the C core's sources include, and what the extensions include besides
 C_HEADERS = ["src_c/ops.def", "src_c/ops.h", "src_c/kernels.h", "src_c/vm.h",
-             "src_c/block_values.h", "src_c/run_values.h"]
+             "src_c/block_values.h", "src_c/run_values.h", "src_c/threads.h"]
 HEADERS = C_HEADERS + ["src_c/guards.h", "jacext/_graph.pxd", "jacext/_tape.pxd",
                        "jacext/_function.pxd", "jacext/_point.pxd"]
 C_SOURCES = ["src_c/vm.c", "src_c/block.c", "src_c/batch.c", "src_c/block_code.c",

@@ -692,6 +692,7 @@ cdef object _value_of_parts(Function F, tuple args):
     cdef Tape tape = F.tape
     cdef cnp.ndarray y
     cdef jx_work *w
+    cdef jx_work *helper
     cdef double *py
     cdef int st
     cdef Py_ssize_t k, n = len(args)
@@ -711,12 +712,13 @@ cdef object _value_of_parts(Function F, tuple args):
     y = empty_of(F.out_shapes[0] if not F.out_is_tuple else (tape.t.n_out,))
     py = <double *>cnp.PyArray_DATA(y)
     w = tape.take_work(1)
+    helper = tape.helper(w)
     try:
         if tape._nogil(1):
             with nogil:
-                st = jx_point_value_parts(&tape.t, w, <int32_t>n, part, width, py)
+                st = jx_point_value_parts(&tape.t, w, helper, <int32_t>n, part, width, py)
         else:
-            st = jx_point_value_parts(&tape.t, w, <int32_t>n, part, width, py)
+            st = jx_point_value_parts(&tape.t, w, helper, <int32_t>n, part, width, py)
     finally:
         tape.give_work(w)
     raise_status(st)

@@ -42,6 +42,8 @@ cdef extern from "vm.h" nogil:
         int32_t n_code
         const int32_t *io_copy
         int32_t n_in_copy, n_out_copy
+        int32_t split_span, split_halo
+        const int32_t *out_time
         int32_t n_bcode
         int32_t n_blocks
         const int64_t *blocks
@@ -61,6 +63,7 @@ cdef extern from "vm.h" nogil:
     int32_t jx_tape_sincos_pairs(const jx_tape *t, int32_t *pair)
     int32_t jx_tape_runs(const jx_tape *t, int32_t *runs)
     int jx_tape_io(const jx_tape *t, int32_t *copy, int32_t *n)
+    int32_t jx_tape_split(const jx_tape *t, int32_t *out_time, int32_t *span)
     size_t jx_tape_block_code_bytes(const jx_tape *t)
     int32_t jx_tape_block_code(jx_tape *t, void *mem)
 
@@ -77,7 +80,7 @@ cdef extern from "vm.h" nogil:
                       const int32_t *width, double *out)
     int jx_point_value(const jx_tape *t, jx_work *w, const double *x, double *y)
     enum: JX_IO_MAX_PARTS
-    int jx_point_value_parts(const jx_tape *t, jx_work *w, int32_t n_parts,
+    int jx_point_value_parts(const jx_tape *t, jx_work *w, jx_work *helper, int32_t n_parts,
                              const double *const *part, const int32_t *width, double *y)
     int jx_point_outputs(const jx_tape *t, jx_work *w, const double *x, double *y0,
                          int32_t n0, double *y1)
@@ -102,6 +105,9 @@ cdef class Tape:
     cdef cnp.ndarray _runs
     cdef cnp.ndarray _code   # the value sweep's decoded stream (vm.h jx_code), or None
     cdef cnp.ndarray _io     # what the value sweep copies in and out (vm.h io_copy)
+    cdef cnp.ndarray _out_time   # when each output is made (vm.h out_time)
+    cdef jx_work _helper    # a single point's second thread's work (vm.h split_halo)
+    cdef bint _has_helper   # (read and written only by the holder of _busy)
     cdef cnp.ndarray _bcode  # the batched value sweep's stream (block_code.c)
     cdef bint _runs_used
     cdef jx_work _work      # the Tape's own work memory: whoever takes _busy uses it
@@ -114,6 +120,7 @@ cdef class Tape:
     cdef _derive(self)
     cdef jx_work *take_work(self, int32_t lanes) except NULL
     cdef void give_work(self, jx_work *w) noexcept
+    cdef jx_work *helper(self, jx_work *w) noexcept
     cdef bint _nogil(self, Py_ssize_t lanes) noexcept
     cdef int _check_colours(self, cnp.ndarray colour, int32_t n_colours) except -1
     cpdef value(self, cnp.ndarray x, cnp.ndarray y)

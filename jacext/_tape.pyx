@@ -288,10 +288,17 @@ cdef class Tape:
         raise_status(jx_tape_io(&self.t, <int32_t *>cnp.PyArray_DATA(self._io), counts))
         self.t.n_in_copy, self.t.n_out_copy = counts[0], counts[1]
         self.t.io_copy = <const int32_t *>cnp.PyArray_DATA(self._io)
+        # one tile chain: a single point on two threads (vm.h split_halo)
+        self._out_time = np.empty(max(1, self.t.n_out), dtype=np.int32)
+        self.t.split_halo = jx_tape_split(&self.t, <int32_t *>cnp.PyArray_DATA(self._out_time),
+                                          &self.t.split_span)
+        self.t.out_time = <const int32_t *>cnp.PyArray_DATA(self._out_time)
 
     def __dealloc__(self):
         if self._has_work:
             jx_work_free(&self._work)
+        if self._has_helper:
+            jx_work_free(&self._helper)
 
     def __reduce__(self):
         return (Tape, (self.arrays(), True, self.exact))
@@ -370,6 +377,12 @@ cdef class Tape:
         k = self.t.n_in_copy
         return self._io[:k].copy(), self._io[k:k + self.t.n_out_copy].copy()
 
+    @property
+    def split(self):
+        """(span, halo) of a tape whose single points run on two threads (vm.h
+        split_halo), else None."""
+        return (self.t.split_span, self.t.split_halo) if self.t.split_halo >= 0 else None
+
     def disassemble(self):
         """The tape as text lines (``jacext.ops.disassemble``)."""
         from jacext import ops
@@ -404,6 +417,16 @@ cdef class Tape:
             raise_status(st)
         return w
 
+    cdef jx_work *helper(self, jx_work *w) noexcept:
+        """With the Tape's own work w: the work of a single point's second thread where
+        the tape (or its exact tape) splits, made once; else (or without memory) NULL."""
+        if w != &self._work or not (self.t.split_halo >= 0 or (
+                self.exact is not None and self.exact.t.split_halo >= 0)):
+            return NULL
+        if not self._has_helper:
+            self._has_helper = jx_work_init(&self._helper, &self.t, 1) == JX_OK
+        return &self._helper if self._has_helper else NULL
+
     cdef void give_work(self, jx_work *w) noexcept:
         if w == &self._work:
             jx_flag_give(&self._busy)
@@ -421,13 +444,14 @@ cdef class Tape:
         cdef const double *px = <const double *>_buf(x, cnp.NPY_DOUBLE, self.t.n_in, "x")
         cdef double *py = _out(y, self.t.n_out, "y")
         cdef jx_work *w = self.take_work(1)
+        cdef jx_work *helper = self.helper(w)
         cdef int st
         try:
             if self._nogil(1):
                 with nogil:
-                    st = jx_point_value(&self.t, w, px, py)
+                    st = jx_point_value_parts(&self.t, w, helper, 1, &px, &self.t.n_in, py)
             else:
-                st = jx_point_value(&self.t, w, px, py)
+                st = jx_point_value_parts(&self.t, w, helper, 1, &px, &self.t.n_in, py)
         finally:
             self.give_work(w)
         return raise_status(st)

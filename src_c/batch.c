@@ -42,11 +42,7 @@ extern void sincos(double x, double *sin_x, double *cos_x);
 #define JX_HAVE_SINCOS 0
 #endif
 
-#ifdef _WIN32
-#include <windows.h>
-#else
-#include <pthread.h>
-#endif
+#include "threads.h"
 
 /* points per block: a multiple of 8 between these, chosen per tape (jx_block_size) */
 #define JX_BLOCK_MIN 8
@@ -908,31 +904,17 @@ static void jx_run_share(jx_share *sh)
     sh->status = st;
 }
 
-#ifdef _WIN32
-static DWORD WINAPI jx_thread_main(LPVOID arg)
+static void jx_thread_main(void *arg)
 {
     jx_run_share((jx_share *)arg);
-    return 0;
 }
-#else
-static void *jx_thread_main(void *arg)
-{
-    jx_run_share((jx_share *)arg);
-    return NULL;
-}
-#endif
 
 #define JX_MAX_THREADS 256
 
 int jx_batch_run(const jx_tape *t, const jx_batch *job, int n_threads)
 {
     jx_share shares[JX_MAX_THREADS];
-#ifdef _WIN32
-    HANDLE handles[JX_MAX_THREADS];
-#else
-    pthread_t handles[JX_MAX_THREADS];
-#endif
-    int started[JX_MAX_THREADS];
+    jx_thread threads[JX_MAX_THREADS];
     int i, status = JX_OK;
     const ptrdiff_t n = job->n_points;
     /* a small batch takes a block no larger than itself (rounded up to 8);
@@ -955,30 +937,11 @@ int jx_batch_run(const jx_tape *t, const jx_batch *job, int n_threads)
         shares[i].hi = hi < n ? hi : n;
         shares[i].block = point_by_point ? 0 : blk;
         shares[i].status = JX_OK;
-        started[i] = 0;
     }
-    for (i = 1; i < n_threads; i++) {
-#ifdef _WIN32
-        handles[i] = CreateThread(NULL, 0, jx_thread_main, &shares[i], 0, NULL);
-        started[i] = handles[i] != NULL;
-#else
-        started[i] = pthread_create(&handles[i], NULL, jx_thread_main, &shares[i]) == 0;
-#endif
-    }
+    for (i = 1; i < n_threads; i++) jx_thread_start(&threads[i], jx_thread_main, &shares[i]);
     jx_run_share(&shares[0]);
-    for (i = 1; i < n_threads; i++) {
-        if (started[i]) {
-#ifdef _WIN32
-            WaitForSingleObject(handles[i], INFINITE);
-            CloseHandle(handles[i]);
-#else
-            pthread_join(handles[i], NULL);
-#endif
-        } else {
-            /* no thread could be started: do its share here */
-            jx_run_share(&shares[i]);
-        }
-    }
+    /* (a share whose thread could not be started runs here) */
+    for (i = 1; i < n_threads; i++) jx_thread_join(&threads[i]);
     for (i = 0; i < n_threads; i++)
         if (shares[i].status != JX_OK) status = shares[i].status;
     return status;

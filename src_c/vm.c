@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "vm.h"
+#include "threads.h"
 
 const char *const jx_op_names[JX_N_OPS] = {
 #define OP(NAME, ARITY, COMMUTES, VALUE, D0, D1, FIXED) #NAME,
@@ -826,6 +827,64 @@ int jx_tape_io(const jx_tape *t, int32_t *copy, int32_t n[2])
     return JX_OK;
 }
 
+int32_t jx_tape_split(const jx_tape *t, int32_t *out_time, int32_t *span_out)
+{
+    int32_t *when;   /* the time each slot was last written in the chain, or -1 */
+    int64_t span = 0, gap = 0, depth = 0, halo;
+    int32_t r, i = 0, j, k;
+    int m;
+    *span_out = 0;
+    for (k = 0; k < t->n_out; k++) out_time[k] = -1;
+    if (!t->runs || t->n_blocks > 0 || t->n_runs < 2) return -1;
+    for (r = 0; r + 1 < t->n_runs; r++)   /* one chain, the whole tape */
+        if (!(t->runs[(size_t)JX_RUN_FIELDS * r + 5] & JX_RUN_TILE_NEXT)) return -1;
+    when = (int32_t *)malloc((size_t)t->n_slots * sizeof(int32_t));
+    if (!when) return -1;   /* (no memory: no split) */
+    for (k = 0; k < t->n_slots; k++) when[k] = -1;
+    for (r = 0; r < t->n_runs; r++) {
+        const int32_t *run = t->runs + (size_t)JX_RUN_FIELDS * r;
+        const int32_t L = run[0], lag = run[JX_RUN_LAG];
+        if (L >= JX_RUN_MIN_LEN) {   /* a long run: element k at time lag + k */
+            const int reads = jx_reads(t->op[i]);
+            const int64_t d0 = t->dst[i];
+            if (run[1] != 1) break;
+            depth++;
+            for (m = 0; m < 3; m++) {
+                const int64_t base = m == 0 ? t->a[i] : m == 1 ? t->b[i] : t->s[i];
+                if (!(reads & (1 << m))) continue;
+                for (k = 0; k < L; k++) {
+                    const int64_t at = base + (int64_t)k * run[2 + m];
+                    if (at >= d0 && at < d0 + L) break;   /* reads its own values */
+                    if (when[at] >= 0 && lag + k - when[at] > gap) gap = lag + k - when[at];
+                }
+                if (k < L) break;
+            }
+            if (m < 3) break;
+            for (k = 0; k < L; k++) when[d0 + k] = lag + k;
+            if (lag + L > span) span = lag + L;
+        } else {                     /* a short run: all at time lag, in order */
+            for (j = i; j < i + L; j++) {
+                const int reads = jx_reads(t->op[j]);
+                const int32_t slot[3] = {t->a[j], t->b[j], t->s[j]};
+                depth++;
+                for (m = 0; m < 3; m++)
+                    if ((reads & (1 << m)) && when[slot[m]] >= 0 && lag - when[slot[m]] > gap)
+                        gap = lag - when[slot[m]];
+                when[t->dst[j]] = lag;
+            }
+            if (lag + 1 > span) span = lag + 1;
+        }
+        i += L;
+    }
+    for (k = 0; k < t->n_out; k++) out_time[k] = when[t->out_slot[k]];
+    free(when);
+    if (r < t->n_runs) return -1;   /* a run that reads its own values, or not unit steps */
+    halo = (depth * gap + JX_TILE - 1) / JX_TILE * JX_TILE;
+    if (span < JX_SPLIT_MIN_SPAN || halo * JX_SPLIT_HALO_SHARE > span) return -1;
+    *span_out = (int32_t)span;
+    return (int32_t)halo;
+}
+
 /* Elements off .. off+len-1 of a run, in order (run_values.h): a plain copy and, where
    the CPU has it, an AVX2 copy (kernels.h), chosen once per sweep. */
 typedef void (*jx_run_fn)(const jx_tape *, double *, int32_t, const int32_t *, ptrdiff_t,
@@ -974,9 +1033,11 @@ static void jx_short_rings(const jx_tape *t, double *value, int32_t i0, const in
    time, each run on the elements whose time falls there; the instruction after it. */
 static int32_t jx_forward_chain(const jx_tape *t, double *value, int32_t i, int32_t r,
                                 int32_t e, jx_run_fn run_values, double *scratch,
-                                const jx_io *io)
+                                const jx_io *io, ptrdiff_t t_lo, ptrdiff_t t_hi,
+                                ptrdiff_t y_from)
 {
     ptrdiff_t span = 0, t0;
+    jx_io quiet;   /* io without the outputs: the tiles before y_from */
     int32_t q, iq = i;
     int64_t ring_dst[JX_TILE_MAX_CHAIN];   /* each ring's writer's first slot */
     int rings = 0;
@@ -992,7 +1053,13 @@ static int32_t jx_forward_chain(const jx_tape *t, double *value, int32_t i, int3
         }
         iq += run[0];
     }
-    for (t0 = 0; t0 < span; t0 += JX_TILE) {
+    if (io) {
+        quiet = *io;
+        quiet.y = NULL;
+    }
+    if (t_hi < 0 || t_hi > span) t_hi = span;
+    for (t0 = t_lo; t0 < t_hi; t0 += JX_TILE) {
+        const jx_io *wio = io && t0 < y_from ? &quiet : io;
         for (q = r, iq = i; q <= e; q++) {
             const int32_t *run = t->runs + (size_t)JX_RUN_FIELDS * q;
             const ptrdiff_t L = run[0], lag = run[JX_RUN_LAG];
@@ -1014,7 +1081,7 @@ static int32_t jx_forward_chain(const jx_tape *t, double *value, int32_t i, int3
                                       || ring[3] >= 0))
                            || (io && (run[5] & JX_RUN_CONTIGUOUS))) {
                     jx_run_at(t, value, iq, run, lo, hi - lo, scratch, rings ? ring_dst : NULL,
-                              io, run_ptr);
+                              wio, run_ptr);
                 } else {
                     run_values(t, value, iq, run, lo, hi - lo);
                 }
@@ -1108,7 +1175,7 @@ static const void *const *jx_forward_code(const jx_tape *t, double *value, doubl
     JX_NEXT;
     JX_CASE(code_chain, JX_CODE_CHAIN) {
         if (!run_values) run_values = jx_run_values();
-        jx_forward_chain(t, value, p->a, p->s, p->b, run_values, scratch, io);
+        jx_forward_chain(t, value, p->a, p->s, p->b, run_values, scratch, io, 0, -1, 0);
     }
     JX_NEXT;
     JX_CASE(code_block, JX_CODE_BLOCK) jx_block_op_value(t, p->s, value, 1);
@@ -1213,7 +1280,7 @@ static void jx_forward_io(const jx_tape *t, double *value, double *scratch, cons
             } else if (run[5] & JX_RUN_TILE_NEXT) {    /* a tile chain: runs r .. e */
                 int32_t e = r;
                 while (t->runs[(size_t)JX_RUN_FIELDS * e + 5] & JX_RUN_TILE_NEXT) e++;
-                i = jx_forward_chain(t, value, i, r, e, run_values, scratch, io);
+                i = jx_forward_chain(t, value, i, r, e, run_values, scratch, io, 0, -1, 0);
                 r = e + 1;
             } else if (L < JX_RUN_MIN_LEN) {
                 const int32_t end = i + L;
@@ -1462,14 +1529,80 @@ static void jx_store_outputs(const jx_tape *t, const jx_work *w, double *y)
 
 int jx_point_value(const jx_tape *t, jx_work *w, const double *x, double *y)
 {
-    return jx_point_value_parts(t, w, 1, &x, &t->n_in, y);
+    return jx_point_value_parts(t, w, NULL, 1, &x, &t->n_in, y);
 }
 
-int jx_point_value_parts(const jx_tape *t, jx_work *w, int32_t n_parts,
+/* The inputs that t's value sweep reads in the work (io_copy), into value. */
+static void jx_copy_inputs(const jx_tape *t, const jx_io *io, double *value)
+{
+    int32_t k, q;
+    if (!t->io_copy || t->n_in_copy == t->n_in) {
+        for (k = 0; k < io->n_parts; k++)
+            if (io->lo[k + 1] > io->lo[k])
+                memcpy(value + io->lo[k], io->part[k],
+                       (size_t)(io->lo[k + 1] - io->lo[k]) * sizeof(double));
+        return;
+    }
+    for (k = 0, q = 0; k < t->n_in_copy; k++) {   /* (in increasing order) */
+        const int32_t s = t->io_copy[k];
+        while (s >= io->lo[q + 1]) q++;
+        value[s] = io->part[q][s - io->lo[q]];
+    }
+}
+
+/* One thread's share of a split single point (jx_tape_split): the chain's tiles lo .. hi,
+   the outputs written in place from y_from on. */
+typedef struct {
+    const jx_tape *t;
+    jx_work *w;
+    const jx_io *io;
+    ptrdiff_t lo, hi, y_from;
+} jx_half;
+
+static void jx_half_run(void *arg)
+{
+    const jx_half *h = (const jx_half *)arg;
+    jx_forward_chain(h->t, h->w->value, 0, 0, h->t->n_runs - 1, jx_run_values(),
+                     h->w->scratch, h->io, h->lo, h->hi, h->y_from);
+}
+
+/* A single point of a tape that splits, on two threads: the times before T in w, from
+   T - split_halo on in the helper; each output gathered from the work whose thread made
+   it (out_time). */
+static void jx_split_point(const jx_tape *t, jx_work *w, jx_work *helper, const jx_io *io,
+                           double *y)
+{
+    const ptrdiff_t T = ((ptrdiff_t)t->split_span + t->split_halo) / 2 / JX_TILE * JX_TILE;
+    jx_half mine, other;
+    jx_thread th;
+    int32_t k;
+    mine.t = other.t = t;
+    mine.io = other.io = io;
+    mine.w = w;
+    mine.lo = 0;
+    mine.hi = T;
+    mine.y_from = 0;
+    other.w = helper;
+    other.lo = T - t->split_halo;
+    other.hi = t->split_span;
+    other.y_from = T;
+    jx_load_consts(t, helper);
+    jx_copy_inputs(t, io, helper->value);
+    jx_thread_start(&th, jx_half_run, &other);
+    jx_half_run(&mine);
+    jx_thread_join(&th);
+    if (!y) return;
+    for (k = 0; k < (io->y ? t->n_out_copy : t->n_out); k++) {
+        const int32_t o = io->y ? t->io_copy[t->n_in_copy + k] : k;
+        y[o] = (t->out_time[o] >= T ? helper : w)->value[t->out_slot[o]];
+    }
+}
+
+int jx_point_value_parts(const jx_tape *t, jx_work *w, jx_work *helper, int32_t n_parts,
                          const double *const *part, const int32_t *width, double *y)
 {
     jx_io io;
-    int32_t k, q;
+    int32_t k;
     const int32_t n_out = t->n_out;
     if (n_parts < 1 || n_parts > JX_IO_MAX_PARTS) return JX_EARG;
     io.n_parts = n_parts;
@@ -1496,15 +1629,10 @@ int jx_point_value_parts(const jx_tape *t, jx_work *w, int32_t n_parts,
         if (width[k] > 0 && (uintptr_t)y < (uintptr_t)(part[k] + width[k])
             && (uintptr_t)part[k] < (uintptr_t)(y + n_out))
             io.y = NULL;
-    if (!t->io_copy || t->n_in_copy == t->n_in) {
-        for (k = 0; k < n_parts; k++)
-            if (width[k] > 0) memcpy(w->value + io.lo[k], part[k], (size_t)width[k] * sizeof(double));
-    } else {
-        for (k = 0, q = 0; k < t->n_in_copy; k++) {   /* (in increasing order) */
-            const int32_t s = t->io_copy[k];
-            while (s >= io.lo[q + 1]) q++;
-            w->value[s] = part[q][s - io.lo[q]];
-        }
+    jx_copy_inputs(t, &io, w->value);
+    if (helper && t->io_copy && t->split_halo >= 0 && t->out_time) {
+        jx_split_point(t, w, helper, &io, y);
+        return JX_OK;
     }
     jx_forward_io(t, w->value, w->scratch, t->io_copy ? &io : NULL);
     if (!y) return JX_OK;

@@ -131,6 +131,18 @@ typedef struct jx_tape {
     const int32_t *io_copy;
     int32_t n_in_copy;
     int32_t n_out_copy;
+    /* Derived by jx_tape_split (split_halo -1: the tape does not split): a tape that is one
+       tile chain runs a single point on two threads, each in work memory of its own
+       (jx_point_value_parts with a helper work).  The chain's times 0 .. split_span-1 are
+       cut at a tile T near the middle: the caller's thread runs the times before T; the
+       helper runs from T - split_halo, so that every value it reads at time T or later
+       was made by itself (split_halo: the chain's longest path of reads, each reaching
+       back at most its longest gap, in whole tiles), and writes the outputs from T on.
+       out_time[o]: the time output o's slot was last written (-1: an input or constant),
+       which says whose work holds it. */
+    int32_t split_span;
+    int32_t split_halo;
+    const int32_t *out_time;
     /* Derived by jx_tape_block_code (may be NULL: the batched value sweep then runs the
        tape itself): the batched value sweep's stream, with products fused into the sums
        that alone read them, over slots of its own (n_bcode_slots; the outputs' in
@@ -226,6 +238,12 @@ static inline int jx_in_bound(const jx_tape *t, const double *x)
    nor a ring holds them; else -1.  With the outputs' memory at hand
    (jx_point_value_parts) the run writes them there instead of its slots. */
 #define JX_RUN_OUT 11
+/* A single point splits a tape that is one tile chain over two threads (jx_tape_split)
+   where the chain spans at least JX_SPLIT_MIN_SPAN times (a thread's start and join cost
+   about as much as 10,000 elements of one run here) and its halo, redone by the helper, is
+   at most 1 / JX_SPLIT_HALO_SHARE of the span. */
+#define JX_SPLIT_MIN_SPAN 32768
+#define JX_SPLIT_HALO_SHARE 8
 /* A run shorter than this goes instruction by instruction in the value sweep: its
    dispatch (restrict pointers, the op switch, the operand kinds) costs more than the
    instructions themselves (arm: 109 runs of 1 and 77 of 2; callgrind, value sweep). */
@@ -301,6 +319,9 @@ int32_t jx_tape_runs(const jx_tape *t, int32_t *runs);
 /* t's io_copy lists (vm.h jx_tape, over the runs t runs: t->runs), into copy (n_in +
    n_out int32) and their lengths into n[0], n[1]; JX_ENOMEM. */
 int jx_tape_io(const jx_tape *t, int32_t *copy, int32_t n[2]);
+/* t's split (vm.h jx_tape, over t->runs): returns split_halo (-1: no split), with the span
+   in *span and out_time (n_out int32) filled. */
+int32_t jx_tape_split(const jx_tape *t, int32_t *out_time, int32_t *span);
 /* Fills code (n_instr + 1 entries at most) as jx_tape.code from a checked tape and its
    runs (jx_tape.runs, NULL for none); returns the number of entries before the closing
    JX_CODE_END.  code NULL: only counts them. */
@@ -416,9 +437,11 @@ int jx_point_compressed(const jx_tape *t, jx_work *w, const double *x, double *y
 int jx_point_value(const jx_tape *t, jx_work *w, const double *x, double *y);
 /* The same with the point in n_parts arrays (at most JX_IO_MAX_PARTS), part k holding the
    next width[k] inputs: the pointer runs read the inputs there and write the outputs into
-   y (jx_tape_io's lists say what goes through the work), which must not overlap them. */
+   y (jx_tape_io's lists say what goes through the work) where y overlaps none of them.
+   helper (or NULL): a second work memory of the tape (jx_work_init), with which a tape
+   that splits (split_halo) runs on two threads. */
 #define JX_IO_MAX_PARTS 16
-int jx_point_value_parts(const jx_tape *t, jx_work *w, int32_t n_parts,
+int jx_point_value_parts(const jx_tape *t, jx_work *w, jx_work *helper, int32_t n_parts,
                          const double *const *part, const int32_t *width, double *y);
 /* The outputs split in two: the first n0 into y0 (NULL: not stored), the rest into y1 (a
    Jacobian tape's values, then its Jacobian straight into the caller's array). */

@@ -232,3 +232,144 @@ def test_points_on_several_threads_each_read_their_own_arrays(rng):
             got = list(pool.map(lambda k: D(xs[k], vs[k]), range(4)))
             for g, w in zip(got, want):
                 assert_identical(g, w)
+
+
+# ---- a single point on two threads (vm.h split_halo) ----
+
+TILE = 1024                # vm.h JX_TILE
+SPLIT_MIN_SPAN = 32768     # vm.h JX_SPLIT_MIN_SPAN
+HALO_SHARE = 8             # vm.h JX_SPLIT_HALO_SHARE
+RUN_LAG = 6
+RUN_TILE_NEXT = 2
+
+
+def _expected_split(tape, runs):
+    """(span, halo) by the rule of vm.h, or None: a tape that is one tile chain, every long
+    run with unit dst steps and no read of its own values; a long run's element k at time
+    lag + k, a short run's instructions at time lag; the halo is the chain's reads' longest
+    gap (reader's time - writer's time) times the number of long runs and short
+    instructions (the longest path of reads), in whole tiles; a split where the span is at
+    least SPLIT_MIN_SPAN and the halo at most 1 / HALO_SHARE of it."""
+    if runs.shape[0] < 2 or tape["blocks"].size or not (runs[:-1, 5] & RUN_TILE_NEXT).all():
+        return None
+    op, dst, a, b, s = (np.asarray(tape[k], np.int64) for k in ("op", "dst", "a", "b", "s"))
+    when = np.full(int(tape["n_slots"]), -1, np.int64)
+    span = gap = depth = i = 0
+    for row in runs:
+        L, lag = int(row[0]), int(row[RUN_LAG])
+        if L >= RUN_MIN_LEN:
+            if row[1] != 1:
+                return None
+            k = np.arange(L)
+            own = np.arange(dst[i], dst[i] + L)
+            ops = [(a[i], row[2]), (b[i], row[3]), (s[i], row[4])]
+            read = _reads(int(op[i]), 0, 1, 2)
+            for m in read:
+                at = ops[m][0] + k * ops[m][1]
+                if np.isin(at, own).any():
+                    return None
+                made = when[at] >= 0
+                if made.any():
+                    gap = max(gap, int((lag + k[made] - when[at][made]).max()))
+            when[own] = lag + k
+            depth += 1
+            span = max(span, lag + L)
+        else:
+            for j in range(i, i + L):
+                for slot in _reads(int(op[j]), int(a[j]), int(b[j]), int(s[j])):
+                    if when[slot] >= 0:
+                        gap = max(gap, lag - int(when[slot]))
+                when[dst[j]] = lag
+                depth += 1
+            span = max(span, lag + 1)
+        i += L
+    halo = -(-depth * gap // TILE) * TILE
+    if span < SPLIT_MIN_SPAN or halo * HALO_SHARE > span:
+        return None
+    return span, halo
+
+
+def test_the_rosenbrock_hvp_at_one_point_runs_on_two_threads(rng):
+    """n = 10^5: the HVP tape is one chain of 99,999 times with a halo of one tile (the
+    rule re-derived); each point, split over two threads, equals the gradient's tangent
+    sweep and the batched sweep bit for bit, nan, inf and signed zeros included, and so
+    do points asked for from several threads at once (one of them takes the split)."""
+    n = 100_000
+    F = jx.compile(_rosen, np.zeros(n))
+    x, v = rng.uniform(-2.0, 2.0, n), rng.standard_normal(n)
+    D = _hvp_tape(F, x, v)
+    assert D.tape.split == _expected_split(D.tape_arrays(), D.tape.runs()) == (99_999, TILE)
+    G = F.grad_function()
+    X = np.stack([x, rng.standard_normal(n) * 30.0, x])
+    V = np.stack([v, rng.uniform(-1.0, 1.0, n), v])
+    X[2, :NASTY.size] = NASTY
+    X[2, n // 2 - 7:n // 2 - 7 + NASTY.size] = NASTY       # around the cut
+    V[2, -NASTY.size:] = NASTY
+    with np.errstate(all="ignore"):
+        batched = D(X, V)
+        want = [G.jvp(X[k], V[k])[1] for k in range(3)]
+        for k in range(3):
+            assert_identical(D(X[k], V[k]), want[k])
+            assert_identical(batched[k], want[k])
+        with ThreadPoolExecutor(3) as pool:
+            for _ in range(3):
+                got = list(pool.map(lambda k: D(X[k], V[k]), range(3)))
+                for k in range(3):
+                    assert_identical(got[k], want[k])
+
+
+def _sines(x):
+    return np.sin(x) * 2.0 + x
+
+
+def _neighbours(x):
+    u = x[1:] - x[:-1] ** 2
+    return np.concatenate([u[:1] * 3.0, u[1:] * u[:-1] + x[1:-1], u[-1:]])
+
+
+def _broadcast_first(x):
+    s = np.sin(x) * 2.0
+    return s * s[0] - x     # every element reads s[0], made at time 0: a gap of the whole span
+
+
+def _broadcast_input(x):
+    return np.sin(x) * x[0] - x     # x[0] is an input: no gap
+
+
+@pytest.mark.parametrize("f", [_sines, _neighbours, _broadcast_first, _broadcast_input]
+                         + _ring_programs(),
+                         ids=lambda f: f.__name__)
+def test_elementwise_programs_split_where_the_rule_says(f, rng):
+    """Which of these tapes split is the rule's (re-derived), and every point equals the
+    batched sweep bit for bit; an output array over the input (y is x) is gathered from
+    each thread's work."""
+    n = 50_000
+    F = jx.compile(f, np.zeros(n))
+    split = _expected_split(F.tape_arrays(), F.tape.runs())
+    assert F.tape.split == split
+    if f in (_sines, _broadcast_input):
+        assert split is not None and split[1] == 0, split
+    if f is _broadcast_first:
+        assert split is None
+    X = np.stack([rng.uniform(-2.0, 2.0, n), rng.standard_normal(n) * 1e3, rng.standard_normal(n)])
+    X[2, :NASTY.size] = NASTY
+    X[2, n // 2:n // 2 + NASTY.size] = NASTY
+    with np.errstate(all="ignore"):
+        batched = F(X)
+        for k in range(3):
+            assert_identical(F(X[k]), batched[k])
+        if F.tape.n_outputs == n:
+            y = X[1].copy()
+            F.tape.value(y, y)
+            assert_identical(y, batched[1])
+
+
+def test_a_split_is_counted(rng):
+    """The traced Rosenbrock gradient at n = 10^5 splits; at n = 30,000 (under the span
+    that pays for a thread) it does not."""
+    for n, splits in ((100_000, True), (30_000, False)):
+        G = jx.compile(_rosen, np.zeros(n)).grad_function()
+        assert (G.tape.split is not None) == splits
+        assert G.tape.split == _expected_split(G.tape_arrays(), G.tape.runs())
+        x = rng.uniform(-2.0, 2.0, n)
+        assert_identical(G(x), G(np.stack([x, x]))[1])
