@@ -1588,9 +1588,20 @@ static void jx_split_point(const jx_tape *t, jx_work *w, jx_work *helper, const 
     other.y_from = T;
     jx_load_consts(t, helper);
     jx_copy_inputs(t, io, helper->value);
+#ifndef _WIN32
+    if (jx_helper_post(jx_half_run, &other)) {
+        jx_half_run(&mine);
+        jx_helper_wait();
+    } else {
+        jx_half_run(&mine);
+        jx_half_run(&other);
+    }
+    (void)th;
+#else
     jx_thread_start(&th, jx_half_run, &other);
     jx_half_run(&mine);
     jx_thread_join(&th);
+#endif
     if (!y) return;
     for (k = 0; k < (io->y ? t->n_out_copy : t->n_out); k++) {
         const int32_t o = io->y ? t->io_copy[t->n_in_copy + k] : k;

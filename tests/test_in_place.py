@@ -12,6 +12,8 @@ the gradient's tangent sweep, bit for bit, nan, inf and signed zeros included; N
 """
 from __future__ import annotations
 
+import multiprocessing
+import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -373,3 +375,24 @@ def test_a_split_is_counted(rng):
         assert G.tape.split == _expected_split(G.tape_arrays(), G.tape.runs())
         x = rng.uniform(-2.0, 2.0, n)
         assert_identical(G(x), G(np.stack([x, x]))[1])
+
+
+def _split_in_child(n):
+    G = jx.compile(_rosen, np.zeros(n)).grad_function()
+    x = np.linspace(-1.5, 1.5, n)
+    return G(x), G(np.stack([x, x]))[0]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork: POSIX only")
+def test_a_forked_child_splits_its_own_points():
+    """The helper thread stays for the next point; a child forked after a split point has
+    no such thread (pthread_atfork) and starts its own: its points finish and equal the
+    batched sweep."""
+    n = 100_000
+    G = jx.compile(_rosen, np.zeros(n)).grad_function()
+    assert G.tape.split is not None
+    G(np.linspace(-1.0, 1.0, n))            # the helper thread now exists in this process
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(1) as pool:
+        one, batched = pool.apply_async(_split_in_child, (n,)).get(timeout=120)
+    assert_identical(one, batched)
