@@ -102,6 +102,8 @@ cdef enum:
     MAX_PARTS = 16
 MAX_BATCH_PARTS = MAX_PARTS
 MAX_LANES = JX_MAX_LANES
+#: cores this process may run on, read at import: one core never splits a single point
+_CORES = _plan.usable_cores()
 
 
 # ---- argument checks of the entry points below ----
@@ -419,8 +421,9 @@ cdef class Tape:
 
     cdef jx_work *helper(self, jx_work *w) noexcept:
         """With the Tape's own work w: the work of a single point's second thread where
-        the tape (or its exact tape) splits, made once; else (or without memory) NULL."""
-        if w != &self._work or not (self.t.split_halo >= 0 or (
+        the tape (or its exact tape) splits and the process may run on two cores, made
+        once; else (or without memory) NULL."""
+        if w != &self._work or _CORES < 2 or not (self.t.split_halo >= 0 or (
                 self.exact is not None and self.exact.t.split_halo >= 0)):
             return NULL
         if not self._has_helper:

@@ -396,3 +396,32 @@ def test_a_forked_child_splits_its_own_points():
     with ctx.Pool(1) as pool:
         one, batched = pool.apply_async(_split_in_child, (n,)).get(timeout=120)
     assert_identical(one, batched)
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="affinity: Linux only")
+def test_one_core_never_splits_and_gives_the_same_numbers():
+    """A process that may run on one core only (its affinity at import) keeps single
+    points on one thread: the same numbers as a process that splits them."""
+    n = 100_000
+    code = ("import os, sys, numpy as np\n"
+            "os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})\n"
+            "sys.path.insert(0, sys.argv[1])\n"
+            "import jacext as jx\n"
+            "from jacext import _tape\n"
+            "assert _tape._CORES == 1\n"
+            f"n = {n}\n"
+            "f = lambda x: np.sum(100.0 * (x[1:] - x[:-1] ** 2) ** 2 + (1.0 - x[:-1]) ** 2)\n"
+            "G = jx.compile(f, np.zeros(n)).grad_function()\n"
+            "np.save(sys.argv[2], G(np.linspace(-1.5, 1.5, n)))\n")
+    import subprocess
+    import sys
+    import tempfile
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(jx.__file__)))
+    with tempfile.TemporaryDirectory() as d:
+        out = os.path.join(d, "g.npy")
+        subprocess.run([sys.executable, "-c", code, root, out], check=True, timeout=300)
+        one_core = np.load(out)
+    G = jx.compile(_rosen, np.zeros(n)).grad_function()
+    assert G.tape.split is not None
+    assert_identical(G(np.linspace(-1.5, 1.5, n)), one_core)
