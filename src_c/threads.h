@@ -80,7 +80,7 @@ typedef struct {
     pthread_cond_t cond;
     void (*fn)(void *);
     void *arg;
-    int state;     /* 0 idle, 1 posted, 2 done (under lock, and read atomically) */
+    int state;     /* 0 idle, 1 posted, 2 done: atomic, and changed under lock */
     int owner;     /* a caller holds the helper */
     int started;
 } jx_helper_t;
@@ -113,7 +113,8 @@ static void *jx_helper_main(void *unused)
     for (;;) {
         jx_spin_for(&jx_helper.state, 1);
         pthread_mutex_lock(&jx_helper.lock);
-        while (jx_helper.state != 1) pthread_cond_wait(&jx_helper.cond, &jx_helper.lock);
+        while (__atomic_load_n(&jx_helper.state, __ATOMIC_ACQUIRE) != 1)
+            pthread_cond_wait(&jx_helper.cond, &jx_helper.lock);
         pthread_mutex_unlock(&jx_helper.lock);
         jx_helper.fn(jx_helper.arg);
         pthread_mutex_lock(&jx_helper.lock);
@@ -160,8 +161,9 @@ static inline void jx_helper_wait(void)
 {
     jx_spin_for(&jx_helper.state, 2);
     pthread_mutex_lock(&jx_helper.lock);
-    while (jx_helper.state != 2) pthread_cond_wait(&jx_helper.cond, &jx_helper.lock);
-    jx_helper.state = 0;
+    while (__atomic_load_n(&jx_helper.state, __ATOMIC_ACQUIRE) != 2)
+        pthread_cond_wait(&jx_helper.cond, &jx_helper.lock);
+    __atomic_store_n(&jx_helper.state, 0, __ATOMIC_RELAXED);
     pthread_mutex_unlock(&jx_helper.lock);
     __atomic_store_n(&jx_helper.owner, 0, __ATOMIC_RELEASE);
 }
