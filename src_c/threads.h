@@ -1,12 +1,16 @@
 /*
- * threads.h -- start a helper thread and join it: POSIX or Windows threads (no OpenMP:
- * wheels must build everywhere).  The batches' shares (batch.c) and a single point's
- * halves (vm.c) run on them.
+ * threads.h -- threads for the C core: POSIX or Windows threads (no OpenMP: wheels must
+ * build everywhere).  jx_thread_start / jx_thread_join: a thread per share (the batches,
+ * batch.c; a single point's second half on Windows).  jx_helper_post / jx_helper_wait
+ * (POSIX): one helper thread that stays, for a single point's second half (vm.c).
  */
 #ifndef JACEXT_THREADS_H
 #define JACEXT_THREADS_H
 
 #ifdef _WIN32
+#ifndef WIN32_LEAN_AND_MEAN
+#define WIN32_LEAN_AND_MEAN   /* (none of its macros near the VM's names) */
+#endif
 #include <windows.h>
 #else
 #include <pthread.h>
