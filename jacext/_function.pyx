@@ -662,26 +662,31 @@ cdef bint _is_parts(tuple args, tuple shapes):
     return True
 
 
-cdef void _copy_parts(tuple args, tuple offsets, double *px):
-    """Such a point's arguments (_is_parts) into the row px, each at its offset."""
-    cdef Py_ssize_t k
+cdef cnp.ndarray _gather(tuple args, tuple shapes, tuple offsets):
+    """One point of several arguments (_is_parts) as the VM's row, each at its offset; None
+    for anything else (the general path, which gives the same numbers)."""
+    cdef cnp.ndarray x
+    cdef double *px
+    if not _is_parts(args, shapes):
+        return None
+    x = np.empty(offsets[len(args)], dtype=np.float64)
+    px = <double *>cnp.PyArray_DATA(x)
     for k in range(len(args)):
         if isinstance(args[k], float):
             px[<Py_ssize_t>offsets[k]] = <double>args[k]
         else:
             memcpy(px + <Py_ssize_t>offsets[k], cnp.PyArray_DATA(<cnp.ndarray>args[k]),
                    cnp.PyArray_SIZE(<cnp.ndarray>args[k]) * sizeof(double))
-
-
-cdef cnp.ndarray _gather(tuple args, tuple shapes, tuple offsets):
-    """One point of several arguments (_is_parts) as the VM's row; None for anything else
-    (the general path, which gives the same numbers)."""
-    cdef cnp.ndarray x
-    if not _is_parts(args, shapes):
-        return None
-    x = np.empty(offsets[len(args)], dtype=np.float64)
-    _copy_parts(args, offsets, <double *>cnp.PyArray_DATA(x))
     return x
+
+
+cdef tuple _lead_of_one(tuple args, tuple shapes):
+    """(1,) * k where every argument is a float64 C-contiguous array of (1,) * k + its
+    traced shape (a batch of one, k >= 1), else None."""
+    if len(args) < 2 or len(args) != len(shapes) or not isinstance(args[0], np.ndarray):
+        return None
+    lead = (1,) * (np.ndim(args[0]) - len(shapes[0]))
+    return lead if lead and all(is_point(a, lead + s) for a, s in zip(args, shapes)) else None
 
 
 cdef object _value_of_parts(Function F, tuple args):
@@ -699,8 +704,14 @@ cdef object _value_of_parts(Function F, tuple args):
     cdef const double *part[JX_IO_MAX_PARTS]
     cdef int32_t width[JX_IO_MAX_PARTS]
     cdef double scalar[JX_IO_MAX_PARTS]
-    if n > JX_IO_MAX_PARTS or not _is_parts(args, F.arg_shapes):
+    if n > JX_IO_MAX_PARTS:
         return None
+    if not _is_parts(args, F.arg_shapes):   # a batch of one: the point's path, reshaped
+        if (lead := _lead_of_one(args, F.arg_shapes)) is None:
+            return None
+        r = _value_of_parts(F, tuple(a.reshape(s) for a, s in zip(args, F.arg_shapes)))
+        return (tuple(o.reshape(lead + o.shape) for o in r) if F.out_is_tuple
+                else r.reshape(lead + r.shape))
     for k in range(n):
         if isinstance(args[k], float):
             scalar[k] = <double>args[k]

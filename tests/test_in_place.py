@@ -425,3 +425,33 @@ def test_one_core_never_splits_and_gives_the_same_numbers():
     G = jx.compile(_rosen, np.zeros(n)).grad_function()
     assert G.tape.split is not None
     assert_identical(G(np.linspace(-1.5, 1.5, n)), one_core)
+
+
+def test_a_batch_of_one_of_several_arguments_takes_the_points_path(rng):
+    """F(x[None], v[None]) of a two-argument Function is its point, reshaped (one and two
+    leading axes of length one, single and tuple outputs), bit for bit; broadcasts and
+    batches of more points keep the batch path with the same numbers."""
+    n = 50_000
+
+    def f(a, b):
+        return np.sin(a) * b + a * a
+
+    def g(a, b):
+        return np.sin(a) * b, a - b
+
+    for fn in (f, g):
+        F = jx.compile(fn, np.zeros(n), np.zeros(n))
+        a, b = rng.standard_normal(n), rng.standard_normal(n)
+        a[:NASTY.size] = NASTY
+        with np.errstate(all="ignore"):
+            point = F(a, b)
+            for lead in ((1,), (1, 1)):
+                got = F(a.reshape(lead + (n,)), b.reshape(lead + (n,)))
+                batched = F(np.stack([a, a]), np.stack([b, b]))
+                for p, q, r in zip(*((x,) if fn is f else x for x in (point, got, batched))):
+                    assert q.shape == lead + (n,)
+                    assert_identical(q.reshape(n), p)
+                    assert_identical(r[1], p)
+            mixed = F(a[None], b)          # a broadcast: the batch path
+            for p, q in zip(*((x,) if fn is f else x for x in (point, mixed))):
+                assert_identical(q[0], p)
