@@ -384,6 +384,8 @@ def _split_in_child(n):
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="fork: POSIX only")
+# (JAX, where an earlier test imported it, warns at every fork that it has threads)
+@pytest.mark.filterwarnings("ignore:os.fork\\(\\) was called:RuntimeWarning")
 def test_a_forked_child_splits_its_own_points():
     """The helper thread stays for the next point; a child forked after a split point has
     no such thread (pthread_atfork) and starts its own: its points finish and equal the
