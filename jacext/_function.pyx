@@ -30,7 +30,7 @@ from jacext import second as _second
 from jacext import sparse as _sparse
 from jacext._tape cimport (JX_MAX_LANES, JX_MODE_FORWARD, JX_MODE_REVERSE, JX_TASK_JACOBIAN,
                            JX_TASK_VALUE, Tape, empty_of, has_shape, is_point, jx_work, view_as,
-                           jx_point_value_parts, JX_IO_MAX_PARTS, raise_status)
+                           jx_point_value_parts, JX_MAX_PARTS, raise_status)
 from jacext._point cimport (_check_out, _eval_tape, _fill_rows, _finite, _lanes,
                             _point_jacobian, _tape_jacobian)
 
@@ -701,10 +701,10 @@ cdef object _value_of_parts(Function F, tuple args):
     cdef double *py
     cdef int st
     cdef Py_ssize_t k, n = len(args)
-    cdef const double *part[JX_IO_MAX_PARTS]
-    cdef int32_t width[JX_IO_MAX_PARTS]
-    cdef double scalar[JX_IO_MAX_PARTS]
-    if n > JX_IO_MAX_PARTS:
+    cdef const double *part[JX_MAX_PARTS]
+    cdef int32_t width[JX_MAX_PARTS]
+    cdef double scalar[JX_MAX_PARTS]
+    if n > JX_MAX_PARTS:
         return None
     if not _is_parts(args, F.arg_shapes):   # a batch of one: the point's path, reshaped
         if (lead := _lead_of_one(args, F.arg_shapes)) is None:

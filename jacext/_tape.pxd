@@ -79,7 +79,7 @@ cdef extern from "vm.h" nogil:
     void jx_join_rows(Py_ssize_t n, int32_t n_parts, const double *const *part,
                       const int32_t *width, double *out)
     int jx_point_value(const jx_tape *t, jx_work *w, const double *x, double *y)
-    enum: JX_IO_MAX_PARTS
+    enum: JX_MAX_PARTS
     int jx_point_value_parts(const jx_tape *t, jx_work *w, jx_work *helper, int32_t n_parts,
                              const double *const *part, const int32_t *width, double *y)
     int jx_point_outputs(const jx_tape *t, jx_work *w, const double *x, double *y0,

@@ -98,9 +98,7 @@ TASKS = {"value": JX_TASK_VALUE, "jacobian": JX_TASK_JACOBIAN, "jvp": JX_TASK_JV
          "vjp": JX_TASK_VJP, "compressed": JX_TASK_COMPRESSED, "cones": JX_TASK_SUBGRAPH}
 RUN_FIELDS = JX_RUN_FIELDS
 #: the most arguments a batch passes to the VM unjoined (Tape.run; more are joined first)
-cdef enum:
-    MAX_PARTS = 16
-MAX_BATCH_PARTS = MAX_PARTS
+MAX_BATCH_PARTS = JX_MAX_PARTS
 MAX_LANES = JX_MAX_LANES
 #: cores this process may run on, read at import: one core never splits a single point
 _CORES = _plan.usable_cores()
@@ -571,13 +569,13 @@ cdef class Tape:
               int mode, cnp.ndarray seed, cnp.ndarray cols, cnp.ndarray colour,
               int32_t n_colours, Tape jac_tape, Cones cones):
         """:meth:`batch` with the task's number and every argument given (a C call); x
-        the rows (n_points, n_in), or a tuple of at most MAX_PARTS parts (n_points, width)
-        side by side (a batch of several arguments, not joined: jacext/arguments.py), a
+        the rows (n_points, n_in), or a tuple of at most JX_MAX_PARTS parts (n_points,
+        width) side by side (a batch of several arguments, not joined: jacext/arguments.py), a
         part of one row (1, width) shared by every point."""
         cdef jx_batch job
-        cdef const double *part[MAX_PARTS]
-        cdef int32_t width[MAX_PARTS]
-        cdef int32_t step[MAX_PARTS]
+        cdef const double *part[JX_MAX_PARTS]
+        cdef int32_t width[JX_MAX_PARTS]
+        cdef int32_t step[JX_MAX_PARTS]
         cdef Py_ssize_t n_points = -1, n_in = self.t.n_in, n_out = self.t.n_out, per, k
         cdef Py_ssize_t total = 0
         cdef int st
@@ -585,7 +583,7 @@ cdef class Tape:
         job.task = task
         if task < JX_TASK_VALUE or task > JX_TASK_SUBGRAPH:
             raise ValueError(f"jacext: no batch task {task}")
-        parts = x if type(x) is tuple and 0 < len(x) <= MAX_PARTS else (x,)
+        parts = x if type(x) is tuple and 0 < len(x) <= JX_MAX_PARTS else (x,)
         for k in range(len(parts)):
             n_points = max(n_points, parts[k].shape[0] if parts[k].ndim == 2 else -1)
         for k in range(len(parts)):   # (a part of one row: every point's, step 0)

@@ -932,8 +932,8 @@ static jx_run_ptr_fn jx_run_ptrs(void)
    their slots). */
 typedef struct {
     int32_t n_parts;
-    int64_t lo[JX_IO_MAX_PARTS + 1];
-    const double *part[JX_IO_MAX_PARTS];
+    int64_t lo[JX_MAX_PARTS + 1];
+    const double *part[JX_MAX_PARTS];
     double *y;
 } jx_io;
 
@@ -1104,6 +1104,17 @@ static int32_t jx_forward_chain(const jx_tape *t, double *value, int32_t i, int3
     return iq;
 }
 
+/* A whole run outside a tile chain: on pointers where it may read the caller's inputs or
+   write its outputs (io, contiguous), else on the slots. */
+static void jx_run_whole(const jx_tape *t, double *value, int32_t i, const int32_t *run,
+                         const jx_io *io, jx_run_fn run_values)
+{
+    if (io && (run[5] & JX_RUN_CONTIGUOUS))
+        jx_run_at(t, value, i, run, 0, run[0], NULL, NULL, io, jx_run_ptrs());
+    else
+        run_values(t, value, i, run, 0, run[0]);
+}
+
 /* The value sweep over the decoded stream (jx_tape_code): the same VALUE of ops.def on
    the same operands as jx_forward_one, so the same doubles.  With GCC or clang each entry
    holds its handler's address and each handler jumps to the next entry's (direct threaded
@@ -1164,13 +1175,8 @@ static const void *const *jx_forward_code(const jx_tape *t, double *value, doubl
 #undef OP
 #undef JX_HANDLER
     JX_CASE(code_run, JX_CODE_RUN) {
-        const int32_t *run = t->runs + (size_t)JX_RUN_FIELDS * p->s;
-        if (io && (run[5] & JX_RUN_CONTIGUOUS)) {
-            jx_run_at(t, value, p->a, run, 0, run[0], NULL, NULL, io, jx_run_ptrs());
-        } else {
-            if (!run_values) run_values = jx_run_values();
-            run_values(t, value, p->a, run, 0, run[0]);
-        }
+        if (!run_values) run_values = jx_run_values();
+        jx_run_whole(t, value, p->a, t->runs + (size_t)JX_RUN_FIELDS * p->s, io, run_values);
     }
     JX_NEXT;
     JX_CASE(code_chain, JX_CODE_CHAIN) {
@@ -1287,10 +1293,7 @@ static void jx_forward_io(const jx_tape *t, double *value, double *scratch, cons
                 for (; i < end; i++) jx_forward_one(t, value, i);
                 r++;
             } else {
-                if (io && (run[5] & JX_RUN_CONTIGUOUS))
-                    jx_run_at(t, value, i, run, 0, L, NULL, NULL, io, jx_run_ptrs());
-                else
-                    run_values(t, value, i, run, 0, L);
+                jx_run_whole(t, value, i, run, io, run_values);
                 i += L;
                 r++;
             }
@@ -1550,6 +1553,21 @@ static void jx_copy_inputs(const jx_tape *t, const jx_io *io, double *value)
     }
 }
 
+/* The outputs into y that the sweep left in the work: those no run wrote in place (all of
+   them where y took none: io->y NULL, or no io lists), each from w, or from `late` where
+   its time is T or later (a split point's helper; NULL: none). */
+static void jx_gather_outputs(const jx_tape *t, const jx_io *io, double *y, const jx_work *w,
+                              const jx_work *late, ptrdiff_t T)
+{
+    const int listed = t->io_copy && io->y;
+    const int32_t n = listed ? t->n_out_copy : t->n_out;
+    int32_t k;
+    for (k = 0; k < n; k++) {
+        const int32_t o = listed ? t->io_copy[t->n_in_copy + k] : k;
+        y[o] = (late && t->out_time[o] >= T ? late : w)->value[t->out_slot[o]];
+    }
+}
+
 /* One thread's share of a split single point (jx_tape_split): the chain's tiles lo .. hi,
    the outputs written in place from y_from on. */
 typedef struct {
@@ -1575,7 +1593,6 @@ static void jx_split_point(const jx_tape *t, jx_work *w, jx_work *helper, const 
     const ptrdiff_t T = ((ptrdiff_t)t->split_span + t->split_halo) / 2 / JX_TILE * JX_TILE;
     jx_half mine, other;
     jx_thread th;
-    int32_t k;
     mine.t = other.t = t;
     mine.io = other.io = io;
     mine.w = w;
@@ -1602,11 +1619,7 @@ static void jx_split_point(const jx_tape *t, jx_work *w, jx_work *helper, const 
     jx_half_run(&mine);
     jx_thread_join(&th);
 #endif
-    if (!y) return;
-    for (k = 0; k < (io->y ? t->n_out_copy : t->n_out); k++) {
-        const int32_t o = io->y ? t->io_copy[t->n_in_copy + k] : k;
-        y[o] = (t->out_time[o] >= T ? helper : w)->value[t->out_slot[o]];
-    }
+    if (y) jx_gather_outputs(t, io, y, w, helper, T);
 }
 
 int jx_point_value_parts(const jx_tape *t, jx_work *w, jx_work *helper, int32_t n_parts,
@@ -1615,7 +1628,7 @@ int jx_point_value_parts(const jx_tape *t, jx_work *w, jx_work *helper, int32_t 
     jx_io io;
     int32_t k;
     const int32_t n_out = t->n_out;
-    if (n_parts < 1 || n_parts > JX_IO_MAX_PARTS) return JX_EARG;
+    if (n_parts < 1 || n_parts > JX_MAX_PARTS) return JX_EARG;
     io.n_parts = n_parts;
     io.lo[0] = 0;
     for (k = 0; k < n_parts; k++) {
@@ -1646,14 +1659,7 @@ int jx_point_value_parts(const jx_tape *t, jx_work *w, jx_work *helper, int32_t 
         return JX_OK;
     }
     jx_forward_io(t, w->value, w->scratch, t->io_copy ? &io : NULL);
-    if (!y) return JX_OK;
-    if (t->io_copy && io.y)
-        for (k = 0; k < t->n_out_copy; k++) {
-            const int32_t o = t->io_copy[t->n_in_copy + k];
-            y[o] = w->value[t->out_slot[o]];
-        }
-    else
-        jx_store_outputs(t, w, y);
+    if (y) jx_gather_outputs(t, &io, y, w, NULL, 0);
     return JX_OK;
 }
 

@@ -435,12 +435,14 @@ int jx_point_compressed(const jx_tape *t, jx_work *w, const double *x, double *y
                         double *comp, const int32_t *cols, int32_t n_cols,
                         const int32_t *colour, int32_t n_colours, int mode);
 int jx_point_value(const jx_tape *t, jx_work *w, const double *x, double *y);
-/* The same with the point in n_parts arrays (at most JX_IO_MAX_PARTS), part k holding the
+/* The most arguments a single point (jx_point_value_parts) or a batch (jx_batch.part) passes
+   unjoined; more are joined into one row first (jacext/arguments.py). */
+#define JX_MAX_PARTS 16
+/* The same with the point in n_parts arrays (at most JX_MAX_PARTS), part k holding the
    next width[k] inputs: the pointer runs read the inputs there and write the outputs into
    y (jx_tape_io's lists say what goes through the work) where y overlaps none of them.
    helper (or NULL): a second work memory of the tape (jx_work_init), with which a tape
    that splits (split_halo) runs on two threads. */
-#define JX_IO_MAX_PARTS 16
 int jx_point_value_parts(const jx_tape *t, jx_work *w, jx_work *helper, int32_t n_parts,
                          const double *const *part, const int32_t *width, double *y);
 /* The outputs split in two: the first n0 into y0 (NULL: not stored), the rest into y1 (a
