@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 from helpers import NASTY
-from test_tape import _ring_programs, _rosen, assert_identical
+from test_tape import _hvp_tape, _ring_programs, _rosen, assert_identical
 
 import jacext as jx
 from jacext.ops import A_IMM, ARITY, B_IMM, OP_MASK, OPS
@@ -91,16 +91,6 @@ def _check_rules(F):
     np.testing.assert_array_equal(got_in, ins)
     np.testing.assert_array_equal(got_out, outs)
     return runs, got_in, got_out
-
-
-def _hvp_tape(F, x, v):
-    """F.hvp's own tape (a Function of x and v), after the calls that make it be built."""
-    for _ in range(5000):
-        F.hvp(x, v)
-        slot = [p for k, p in F._second.items() if k[0] == "hvp"][0].slot
-        if slot.current is not None:
-            return slot.current
-    raise AssertionError("the HVP tape was never built")
 
 
 def test_the_rosenbrock_hvp_tape_reads_its_inputs_in_place(rng):

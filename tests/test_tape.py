@@ -900,6 +900,16 @@ def test_chain_rings_give_the_batched_sweeps_values(f, rng):
         np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-14 * np.abs(want).max())
 
 
+def _hvp_tape(F, x, v):
+    """F.hvp's own tape (a Function of x and v), after the calls that make it be built."""
+    for _ in range(5000):
+        F.hvp(x, v)
+        slot = [p for k, p in F._second.items() if k[0] == "hvp"][0].slot
+        if slot.current is not None:
+            return slot.current
+    raise AssertionError("the HVP tape was never built")
+
+
 def test_a_rosenbrock_hvp_tape_keeps_most_of_its_runs_in_rings(rng):
     """The directional derivative tape of Rosenbrock's gradient (F.hvp's tape): 14 long
     runs in one chain, with the boundary elements in short runs; the runs whose values
@@ -909,13 +919,7 @@ def test_a_rosenbrock_hvp_tape_keeps_most_of_its_runs_in_rings(rng):
     n = 20_000
     F = jx.compile(_rosen, np.zeros(n))
     x, v = rng.uniform(-2.0, 2.0, n), rng.standard_normal(n)
-    slot = None
-    for _ in range(5000):
-        F.hvp(x, v)
-        slot = [p for k, p in F._second.items() if k[0] == "hvp"][0].slot
-        if slot.current is not None:
-            break
-    D = slot.current          # the tape's Function of (x, v)
+    D = _hvp_tape(F, x, v)
     runs = D.tape.runs()
     np.testing.assert_array_equal(runs[:, RINGS], _expected_rings(D.tape_arrays(), runs))
     rings = runs[:, RUN_FIELDS]
